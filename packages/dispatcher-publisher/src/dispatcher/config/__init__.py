@@ -1,0 +1,55 @@
+"""Loading the dispatcher config, shared by publishers and the service.
+
+Call :func:`setup` once at start-up::
+
+    from dispatcher.config import setup
+    setup(file_path="dispatcher.yml")
+
+Without arguments (or on first use, without :func:`setup`), the config is read from the file
+named by ``$DISPATCHER_CONFIG_FILE``, else from ``./dispatcher.yml``. Every problem is
+reported as a :class:`ConfigError` naming the file, the location and the reason.
+"""
+
+from dispatcher.config.current import get_settings, is_setup, reset, setup
+from dispatcher.config.errors import ConfigError, NotConfiguredError
+from dispatcher.config.loading import CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE, load_settings
+from dispatcher.config.settings import (
+    Brokers,
+    Metrics,
+    PgNotifyBroker,
+    Pool,
+    Producers,
+    Publish,
+    ScheduledTask,
+    Service,
+    Settings,
+    SocketBroker,
+    TaskOptions,
+    Tasks,
+    Worker,
+)
+
+__all__ = [
+    "CONFIG_FILE_ENV",
+    "DEFAULT_CONFIG_FILE",
+    "Brokers",
+    "ConfigError",
+    "Metrics",
+    "NotConfiguredError",
+    "PgNotifyBroker",
+    "Pool",
+    "Producers",
+    "Publish",
+    "ScheduledTask",
+    "Service",
+    "Settings",
+    "SocketBroker",
+    "TaskOptions",
+    "Tasks",
+    "Worker",
+    "get_settings",
+    "is_setup",
+    "load_settings",
+    "reset",
+    "setup",
+]

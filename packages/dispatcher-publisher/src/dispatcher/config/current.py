@@ -1,0 +1,61 @@
+"""The process-wide config: installed by :func:`setup`, read by :func:`get_settings`."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from dispatcher.config.loading import load_settings
+from dispatcher.config.settings import Settings
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+
+
+def setup(
+    config: Mapping[str, Any] | None = None, file_path: str | os.PathLike[str] | None = None
+) -> Settings:
+    """Load, validate and install the config for this process; return it.
+
+    *config* is a dict in the shape of ``dispatcher.yml``; *file_path* a YAML file. With
+    neither, ``$DISPATCHER_CONFIG_FILE`` names the file, else ``./dispatcher.yml`` is read.
+    Calling it again replaces the config.
+
+    :raises ConfigError: when the config is missing, unreadable or invalid (the config in
+        force, if any, stays).
+    """
+    settings = load_settings(config, file_path)
+    global _settings
+    with _lock:
+        _settings = settings
+    return settings
+
+
+def get_settings() -> Settings:
+    """Return the config in force, loading it from the usual places on first use.
+
+    :raises NotConfiguredError: when :func:`setup` was not called and no file is found.
+    :raises ConfigError: when the file found is invalid.
+    """
+    global _settings
+    settings = _settings
+    if settings is not None:
+        return settings
+    with _lock:
+        if _settings is None:
+            _settings = load_settings()
+        return _settings
+
+
+def is_setup() -> bool:
+    """Tell whether a config is installed."""
+    return _settings is not None
+
+
+def reset() -> None:
+    """Forget the config in force (the next use loads it again)."""
+    global _settings
+    with _lock:
+        _settings = None

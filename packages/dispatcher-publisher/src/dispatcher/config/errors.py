@@ -1,0 +1,32 @@
+"""The one exception type of config loading."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """The config is missing, unreadable or invalid.
+
+    The message names the source (file name, or ``config`` for a dict), the location in it
+    and the reason, one problem per line, e.g.
+    ``dispatcher.yml: brokers.pg_notify.channels[1]: 'has space' is not a valid channel name``.
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        """Where the config came from: a file name as given, or ``config`` for a dict."""
+        self.problems = list(problems)
+        """What is wrong, one ``location: reason`` (or plain reason) per entry."""
+        super().__init__("\n".join(f"{source}: {problem}" for problem in self.problems))
+
+
+class NotConfiguredError(ConfigError):
+    """No config was given and none was found where one is looked for."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "dispatcher is not configured",
+            [
+                "call dispatcher.config.setup(config=...) or setup(file_path=...), "
+                "set DISPATCHER_CONFIG_FILE, or create ./dispatcher.yml"
+            ],
+        )

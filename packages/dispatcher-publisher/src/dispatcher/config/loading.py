@@ -1,0 +1,140 @@
+"""Finding, reading and validating a config."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from dispatcher.config import legacy
+from dispatcher.config.errors import ConfigError, NotConfiguredError
+from dispatcher.config.settings import Settings, settings_from_document
+from dispatcher.schema import Problem, validator
+from dispatcher.schema.errors import json_type_name
+
+CONFIG_FILE_ENV: Final = "DISPATCHER_CONFIG_FILE"
+"""Environment variable naming the config file when none is given explicitly."""
+
+DEFAULT_CONFIG_FILE: Final = "dispatcher.yml"
+"""File looked for in the working directory as the last resort."""
+
+DICT_SOURCE: Final = "config"
+"""How errors name a config given as a dict."""
+
+logger = logging.getLogger("dispatcher.config")
+
+
+def load_settings(
+    config: Mapping[str, Any] | None = None, file_path: str | os.PathLike[str] | None = None
+) -> Settings:
+    """Load and validate a config without installing it.
+
+    The first of these is used: *config*, *file_path*, the file named by
+    ``$DISPATCHER_CONFIG_FILE``, ``./dispatcher.yml``.
+
+    :raises ConfigError: when the config is missing, unreadable or invalid.
+    """
+    if config is not None and file_path is not None:
+        raise TypeError("give either config or file_path, not both")
+    if config is not None:
+        return settings_from_data(DICT_SOURCE, config)
+    if file_path is None:
+        file_path = os.environ.get(CONFIG_FILE_ENV) or None
+    if file_path is None:
+        if not Path(DEFAULT_CONFIG_FILE).is_file():
+            raise NotConfiguredError
+        file_path = DEFAULT_CONFIG_FILE
+    return settings_from_data(os.fspath(file_path), read_yaml(file_path))
+
+
+def read_yaml(file_path: str | os.PathLike[str]) -> Any:
+    """Read a YAML file (safe loading: plain data only).
+
+    :raises ConfigError: when the file cannot be read or is not valid YAML; a syntax error
+        names the line and column.
+    """
+    source = os.fspath(file_path)
+    try:
+        text = Path(file_path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, ["file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError(source, ["is a directory, not a file"]) from None
+    except PermissionError:
+        raise ConfigError(source, ["permission denied"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError(source, [exc.strerror or str(exc)]) from None
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except MarkedYAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(exc)]) from None
+    except YAMLError as exc:
+        raise ConfigError(source, [f"YAML error: {exc}"]) from None
+
+
+def _yaml_problem(exc: MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    what = " ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
+    if mark is None:
+        return f"YAML syntax error: {what}"
+    return f"line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: {what}"
+
+
+def settings_from_data(source: str, data: Any) -> Settings:
+    """Validate a config document (translating the unversioned layout) into settings.
+
+    :raises ConfigError: listing every problem, each with its location.
+    """
+    if data is None:
+        raise ConfigError(source, ["the config is empty; it needs at least 'version: 1'"])
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            source, [f"the config must be a mapping of sections, not {json_type_name(data)}"]
+        )
+    paths = legacy.PathMap()
+    if legacy.is_unversioned(data):
+        logger.info("%s: translating the unversioned config layout into version 1", source)
+        data, paths = legacy.translate(data)
+    document = _plain(data)
+    problems = validator("config").problems(document) or _cross_field_problems(document)
+    if problems:
+        as_written = [Problem(paths.original(p.path), p.reason) for p in problems]
+        raise ConfigError(source, [str(p) for p in sorted(as_written, key=lambda p: p.sort_key)])
+    return settings_from_document(source, document)
+
+
+def _plain(data: Any) -> Any:
+    """Copy *data* into plain dicts and lists (YAML loaders may return subclasses)."""
+    if isinstance(data, Mapping):
+        return {key: _plain(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_plain(value) for value in data]
+    return data
+
+
+def _cross_field_problems(document: Mapping[str, Any]) -> list[Problem]:
+    """Rules that span several keys, which the schema cannot state."""
+    problems: list[Problem] = []
+    pool = document.get("service", {}).get("pool", {})
+    min_workers, max_workers = pool.get("min_workers", 1), pool.get("max_workers")
+    if max_workers is not None and min_workers > max_workers:
+        problems.append(
+            Problem(
+                ("service", "pool", "min_workers"),
+                f"{min_workers} is more than max_workers ({max_workers})",
+            )
+        )
+    configured = set(document.get("brokers", {}))
+    for key, value in document.get("publish", {}).items():
+        if value not in configured:
+            problems.append(
+                Problem(("publish", key), f"{value!r} is not configured under 'brokers'")
+            )
+    return problems

@@ -1,0 +1,210 @@
+"""The validated config as typed, read-only objects.
+
+Every default here is also written in ``config.schema.json`` (for the docs); a test keeps
+the two equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+OnDuplicate = Literal["parallel", "discard", "serial", "queue_one"]
+BrokerName = Literal["pg_notify", "socket"]
+
+
+def _empty_mapping() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class PgNotifyBroker:
+    """``brokers.pg_notify``: PostgreSQL LISTEN/NOTIFY."""
+
+    conninfo: str
+    channels: tuple[str, ...] = ()
+    default_publish_channel: str | None = None
+    self_check_interval: float = 30
+    self_check_timeout: float = 2
+
+
+@dataclass(frozen=True)
+class SocketBroker:
+    """``brokers.socket``: the local unix socket."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Brokers:
+    """``brokers``: each configured broker, ``None`` when absent."""
+
+    pg_notify: PgNotifyBroker | None = None
+    socket: SocketBroker | None = None
+
+    @property
+    def names(self) -> tuple[BrokerName, ...]:
+        """The names of the configured brokers."""
+        names: list[BrokerName] = []
+        if self.pg_notify is not None:
+            names.append("pg_notify")
+        if self.socket is not None:
+            names.append("socket")
+        return tuple(names)
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """``tasks``: where the tasks are defined."""
+
+    modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pool:
+    """``service.pool``: the worker subprocesses."""
+
+    min_workers: int = 1
+    max_workers: int | None = None
+    scaledown_wait: float = 15
+    max_worker_lifetime: float | None = 14400
+    max_tasks_per_worker: int | None = None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """``service.metrics``: the Prometheus endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = 8070
+
+
+@dataclass(frozen=True)
+class Service:
+    """``service``: the service process."""
+
+    node_id: str | None = None
+    pool: Pool = field(default_factory=Pool)
+    shutdown_grace: float = 30
+    cancel_grace: float = 5
+    chunk_expiry: float = 1800
+    metrics: Metrics | None = None
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Options of a task the service starts by itself (``producers.on_start`` entries)."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=_empty_mapping)
+    timeout: float | None = None
+    delay: float | None = None
+    on_duplicate: OnDuplicate | None = None
+
+
+@dataclass(frozen=True)
+class ScheduledTask(TaskOptions):
+    """A ``producers.scheduled`` entry: a task run every :attr:`schedule` seconds."""
+
+    schedule: float = 0
+
+
+_Options = TypeVar("_Options", bound=TaskOptions)
+
+
+@dataclass(frozen=True)
+class Producers:
+    """``producers``: sources of work inside the service."""
+
+    scheduled: Mapping[str, ScheduledTask] = field(default_factory=_empty_mapping)
+    on_start: Mapping[str, TaskOptions] = field(default_factory=_empty_mapping)
+    control: bool = False
+
+
+@dataclass(frozen=True)
+class Worker:
+    """``worker``: the worker subprocesses."""
+
+    worker_class: str | None = None
+    """``worker.class`` in the file."""
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Publish:
+    """``publish``: defaults of publishers and ``dispatcherctl``."""
+
+    default_broker: BrokerName | None = None
+    default_control_broker: BrokerName | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A whole, validated config."""
+
+    source: str
+    """Where it came from: a file name as given, or ``config`` for a dict."""
+    data: Mapping[str, Any]
+    """The config as a plain document in the version 1 layout (translated if it was older)."""
+    brokers: Brokers = field(default_factory=Brokers)
+    tasks: Tasks = field(default_factory=Tasks)
+    service: Service = field(default_factory=Service)
+    producers: Producers = field(default_factory=Producers)
+    worker: Worker = field(default_factory=Worker)
+    publish: Publish = field(default_factory=Publish)
+    version: int = 1
+
+
+def settings_from_document(source: str, document: Mapping[str, Any]) -> Settings:
+    """Build :class:`Settings` from a document already validated against the config schema."""
+    brokers = document.get("brokers", {})
+    service = document.get("service", {})
+    producers = document.get("producers", {})
+    pg_notify = brokers.get("pg_notify")
+    socket = brokers.get("socket")
+    metrics = service.get("metrics")
+    worker = document.get("worker", {})
+    return Settings(
+        source=source,
+        data=document,
+        brokers=Brokers(
+            pg_notify=None if pg_notify is None else _pg_notify(pg_notify),
+            socket=None if socket is None else SocketBroker(**socket),
+        ),
+        tasks=Tasks(modules=tuple(document.get("tasks", {}).get("modules", ()))),
+        service=Service(
+            **{k: v for k, v in service.items() if k not in {"pool", "metrics"}},
+            pool=Pool(**service.get("pool", {})),
+            metrics=None if metrics is None else Metrics(**metrics),
+        ),
+        producers=Producers(
+            scheduled=_entries(producers.get("scheduled", {}), ScheduledTask),
+            on_start=_entries(producers.get("on_start", {}), TaskOptions),
+            control="control" in producers,
+        ),
+        worker=Worker(worker_class=worker.get("class"), idle_timeout=worker.get("idle_timeout")),
+        publish=Publish(**document.get("publish", {})),
+    )
+
+
+def _pg_notify(section: Mapping[str, Any]) -> PgNotifyBroker:
+    values = dict(section)
+    values["channels"] = tuple(values.get("channels", ()))
+    return PgNotifyBroker(**values)
+
+
+def _entries(
+    section: Mapping[str, Mapping[str, Any]], cls: type[_Options]
+) -> Mapping[str, _Options]:
+    return MappingProxyType({name: cls(**_options(values)) for name, values in section.items()})
+
+
+def _options(section: Mapping[str, Any]) -> dict[str, Any]:
+    values = dict(section)
+    if "args" in values:
+        values["args"] = tuple(values["args"])
+    if "kwargs" in values:
+        values["kwargs"] = MappingProxyType(dict(values["kwargs"]))
+    return values

