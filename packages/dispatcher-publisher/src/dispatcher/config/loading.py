@@ -81,7 +81,7 @@ def read_yaml(file_path: str | os.PathLike[str]) -> Any:
 
 def _yaml_problem(exc: MarkedYAMLError) -> str:
     mark = exc.problem_mark or exc.context_mark
-    what = " ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
+    what = ": ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
     if mark is None:
         return f"YAML syntax error: {what}"
     return f"line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: {what}"

@@ -9,10 +9,13 @@ whatever language they are written in. This package ships them as data and offer
 """
 
 from dispatcher.schema.errors import Problem, SchemaValidationError
+from dispatcher.schema.limits import MAX_CHANNEL_NAME_BYTES, MAX_NOTIFY_PAYLOAD_BYTES
 from dispatcher.schema.resources import SCHEMA_NAMES, SchemaName, load_schema, schema_text
 from dispatcher.schema.validation import Validator, explain, validator
 
 __all__ = [
+    "MAX_CHANNEL_NAME_BYTES",
+    "MAX_NOTIFY_PAYLOAD_BYTES",
     "SCHEMA_NAMES",
     "Problem",
     "SchemaName",

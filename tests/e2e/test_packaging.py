@@ -1,0 +1,85 @@
+"""The three distributions build as wheels that carry what they must, and nothing shared."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from dispatcher.schema import SCHEMA_NAMES
+from support.paths import PACKAGES
+
+DISTRIBUTIONS = ["dispatcher-schema", "dispatcher-publisher", "dispatcher-server"]
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("wheels")
+    built = {}
+    for name in DISTRIBUTIONS:
+        subprocess.run(
+            [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(out)],
+            cwd=PACKAGES / name,
+            check=True,
+            capture_output=True,
+        )
+        [wheel] = out.glob(f"{name.replace('-', '_')}-*.whl")
+        built[name] = wheel
+    return built
+
+
+def _names(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return set(archive.namelist())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_schema_wheel_contains_the_five_schemas(wheels: dict[str, Path]) -> None:
+    names = _names(wheels["dispatcher-schema"])
+    for schema in SCHEMA_NAMES:
+        assert f"dispatcher/schema/schemas/{schema}.schema.json" in names
+    assert "dispatcher/schema/py.typed" in names
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", DISTRIBUTIONS)
+def test_wheels_share_the_namespace_without_owning_it(
+    wheels: dict[str, Path], name: str
+) -> None:
+    names = _names(wheels[name])
+    assert "dispatcher/__init__.py" not in names
+    own = {"dispatcher-schema": "schema", "dispatcher-publisher": "config", "dispatcher-server": "server"}
+    assert f"dispatcher/{own[name]}/py.typed" in names
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_schemas_load_from_the_installed_wheel(wheels: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+         str(wheels["dispatcher-schema"])],
+        check=True,
+    )
+    probe = (
+        "import dispatcher.schema as s, sys\n"
+        "print(s.__file__)\n"
+        "for name in s.SCHEMA_NAMES:\n"
+        "    assert s.load_schema(name)['title'], name\n"
+        "    s.validator(name)\n"
+        "print(len(s.SCHEMA_NAMES))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PYTHONPATH": str(target)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    location, count = result.stdout.split()
+    assert location.startswith(str(target))
+    assert count == "5"
