@@ -6,6 +6,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from support import postgres
 from support.postgres import embedded_server, unique_channel, wait_for_notifies
 

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from dispatcher.schema import SCHEMA_NAMES
 from support.paths import PACKAGES
 
@@ -47,12 +48,14 @@ def test_schema_wheel_contains_the_five_schemas(wheels: dict[str, Path]) -> None
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("name", DISTRIBUTIONS)
-def test_wheels_share_the_namespace_without_owning_it(
-    wheels: dict[str, Path], name: str
-) -> None:
+def test_wheels_share_the_namespace_without_owning_it(wheels: dict[str, Path], name: str) -> None:
     names = _names(wheels[name])
     assert "dispatcher/__init__.py" not in names
-    own = {"dispatcher-schema": "schema", "dispatcher-publisher": "config", "dispatcher-server": "server"}
+    own = {
+        "dispatcher-schema": "schema",
+        "dispatcher-publisher": "config",
+        "dispatcher-server": "server",
+    }
     assert f"dispatcher/{own[name]}/py.typed" in names
 
 
@@ -61,8 +64,17 @@ def test_wheels_share_the_namespace_without_owning_it(
 def test_schemas_load_from_the_installed_wheel(wheels: dict[str, Path], tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-         str(wheels["dispatcher-schema"])],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheels["dispatcher-schema"]),
+        ],
         check=True,
     )
     probe = (

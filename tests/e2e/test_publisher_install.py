@@ -9,6 +9,7 @@ import venv
 from pathlib import Path
 
 import pytest
+
 from support.paths import PACKAGES
 
 
@@ -19,8 +20,16 @@ def test_publisher_installs_without_server_or_anyio(tmp_path: Path) -> None:
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         str(PACKAGES / "dispatcher-schema"), str(PACKAGES / "dispatcher-publisher")],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(PACKAGES / "dispatcher-schema"),
+            str(PACKAGES / "dispatcher-publisher"),
+        ],
         check=True,
     )
     probe = (

@@ -6,6 +6,7 @@ import json
 
 import psycopg
 import pytest
+
 from dispatcher.schema import MAX_CHANNEL_NAME_BYTES, MAX_NOTIFY_PAYLOAD_BYTES, validator
 from support.postgres import unique_channel, wait_for_notifies
 
