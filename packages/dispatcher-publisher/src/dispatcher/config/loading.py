@@ -6,16 +6,16 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
-
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from typing import TYPE_CHECKING, Any, Final
 
 from dispatcher.config import legacy
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.settings import Settings, settings_from_document
 from dispatcher.schema import Problem, validator
 from dispatcher.schema.errors import json_type_name
+
+if TYPE_CHECKING:
+    from ruamel.yaml.error import MarkedYAMLError
 
 CONFIG_FILE_ENV: Final = "DISPATCHER_CONFIG_FILE"
 """Environment variable naming the config file when none is given explicitly."""
@@ -58,6 +58,9 @@ def read_yaml(file_path: str | os.PathLike[str]) -> Any:
     :raises ConfigError: when the file cannot be read or is not valid YAML; a syntax error
         names the line and column.
     """
+    from ruamel.yaml import YAML  # imported here: apps configured by a dict never need it
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     source = os.fspath(file_path)
     try:
         text = Path(file_path).read_text(encoding="utf-8")
@@ -103,7 +106,9 @@ def settings_from_data(source: str, data: Any) -> Settings:
         logger.info("%s: translating the unversioned config layout into version 1", source)
         data, paths = legacy.translate(data)
     document = _plain(data)
-    problems = validator("config").problems(document) or _cross_field_problems(document)
+    config_validator = validator("config")
+    problems = [] if config_validator.is_valid(document) else config_validator.problems(document)
+    problems = problems or _cross_field_problems(document)
     if problems:
         as_written = [Problem(paths.original(p.path), p.reason) for p in problems]
         raise ConfigError(source, [str(p) for p in sorted(as_written, key=lambda p: p.sort_key)])

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import jsonschema_rs
 
 from dispatcher.schema.errors import Problem, SchemaValidationError, problems_from_errors
 from dispatcher.schema.resources import SchemaName, load_schema
 
+if TYPE_CHECKING:
+    import jsonschema
+
 
 class Validator:
     """Checks documents against one schema.
 
-    :meth:`is_valid` runs a compiled validator (well under a microsecond for a typical task
-    message); only when a document fails is the slower ``jsonschema`` run to say why.
+    :meth:`is_valid` runs a compiled validator (about a microsecond for a typical task
+    message); only when a document fails is the slower ``jsonschema`` loaded and run to say
+    why.
     """
 
     def __init__(self, name: SchemaName, schema: dict[str, Any]) -> None:
         self.name: SchemaName = name
         """The schema's name, e.g. ``task-message``."""
+        self._schema = schema
         self._compiled = jsonschema_rs.Draft202012Validator(schema)
-        self._explainer = jsonschema.Draft202012Validator(schema)
+        self._explainer: jsonschema.Draft202012Validator | None = None
 
     def is_valid(self, instance: Any) -> bool:
         """Tell whether *instance* matches the schema."""
@@ -36,6 +40,10 @@ class Validator:
 
     def problems(self, instance: Any) -> list[Problem]:
         """Say what is wrong with *instance*, sorted by location; empty when it is valid."""
+        if self._explainer is None:
+            import jsonschema  # costs ~0.1 s to import: only when there is something to explain
+
+            self._explainer = jsonschema.Draft202012Validator(self._schema)
         return problems_from_errors(self._explainer.iter_errors(instance))
 
     def validate(self, instance: Any) -> None:
