@@ -91,3 +91,12 @@ def test_files_are_pretty_printed_json() -> None:
         text = path.read_text(encoding="utf-8")
         assert text.endswith("}\n"), path
         json.loads(text)
+
+
+def test_channel_name_rule_is_the_same_everywhere() -> None:
+    from dispatcher.schema import CHANNEL_NAME_PATTERN, CHANNEL_NAME_RULE
+
+    for name in ("control-message", "config"):
+        definition = load_schema(name)["$defs"]["channel_name"]
+        assert definition["pattern"] == CHANNEL_NAME_PATTERN.pattern
+        assert definition["description"] == CHANNEL_NAME_RULE + "."

@@ -20,7 +20,7 @@ TASK = {"task": "myapp.tasks.send_email"}
         ({"uuid": "x"}, ["task: is required"]),
         ([1, 2], ["(root): expected object, got array [1, 2]"]),
         ({**TASK, "timeout": -1}, ["timeout: must be at least 0, got -1"]),
-        ({**TASK, "timeout": "5"}, ["timeout: expected number or null, got string '5'"]),
+        ({**TASK, "timeout": "5"}, ["timeout: expected number, got string '5'"]),
         ({**TASK, "delay": 1e12}, ["delay: must be at most 31536000, got 1000000000000.0"]),
         (
             {**TASK, "on_duplicate": "x"},

@@ -9,12 +9,22 @@ whatever language they are written in. This package ships them as data and offer
 """
 
 from dispatcher.schema.errors import Problem, SchemaValidationError
-from dispatcher.schema.limits import MAX_CHANNEL_NAME_BYTES, MAX_NOTIFY_PAYLOAD_BYTES
 from dispatcher.schema.resources import SCHEMA_NAMES, SchemaName, load_schema, schema_text
 from dispatcher.schema.validation import Validator, explain, validator
+from dispatcher.schema.wire import (
+    CHANNEL_NAME_PATTERN,
+    CHANNEL_NAME_RULE,
+    MAX_CHANNEL_NAME_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_NOTIFY_PAYLOAD_BYTES,
+    is_valid_channel_name,
+)
 
 __all__ = [
+    "CHANNEL_NAME_PATTERN",
+    "CHANNEL_NAME_RULE",
     "MAX_CHANNEL_NAME_BYTES",
+    "MAX_MESSAGE_BYTES",
     "MAX_NOTIFY_PAYLOAD_BYTES",
     "SCHEMA_NAMES",
     "Problem",
@@ -22,6 +32,7 @@ __all__ = [
     "SchemaValidationError",
     "Validator",
     "explain",
+    "is_valid_channel_name",
     "load_schema",
     "schema_text",
     "validator",

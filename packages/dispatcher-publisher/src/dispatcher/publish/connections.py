@@ -1,0 +1,110 @@
+"""Connection details shared by the sync and async senders."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from dispatcher.config import get_settings
+from dispatcher.publish.errors import BrokerUnavailable, PublishError
+
+NOTIFY_MANY: Final = "SELECT count(pg_notify(c, p)) FROM unnest(%s::text[], %s::text[]) AS m(c, p)"
+"""One statement that sends any number of notifications, in order (so, atomically)."""
+
+APPLICATION_NAME: Final = "dispatcher-publisher"
+"""``application_name`` of the SDK's own connections, unless the conninfo sets one."""
+
+CONNECT_TIMEOUT: Final = 10
+"""Seconds a connection attempt may take, unless the conninfo sets ``connect_timeout``."""
+
+_C = TypeVar("_C")
+
+_inherited: list[object] = []
+"""Connections a forked child found open: they belong to the parent, so they are never
+closed here (that would end the parent's session); this only keeps them referenced."""
+
+
+def publisher_conninfo() -> str:
+    """Return the conninfo of ``brokers.pg_notify`` in the config in force.
+
+    :raises PublishError: when the config has no pg_notify broker.
+    """
+    settings = get_settings()
+    if settings.brokers.pg_notify is None:
+        raise PublishError(
+            f"cannot submit tasks: {settings.source} configures no brokers.pg_notify "
+            "(its conninfo is needed), and no connection= was passed"
+        )
+    return settings.brokers.pg_notify.conninfo
+
+
+def connect_options(conninfo: str) -> dict[str, Any]:
+    """Keyword arguments for ``connect()``: autocommit, and our defaults the conninfo lacks."""
+    given = conninfo_to_dict(conninfo)
+    options: dict[str, Any] = {"autocommit": True}
+    if "application_name" not in given:
+        options["application_name"] = APPLICATION_NAME
+    if "connect_timeout" not in given:
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    return options
+
+
+def describe_server(conninfo: str) -> str:
+    """Say where *conninfo* points (host, port, database, user), never its password."""
+    params = conninfo_to_dict(conninfo)
+    host = params.get("host") or params.get("hostaddr") or "the local socket"
+    parts = [f"PostgreSQL at {host}"]
+    if params.get("port"):
+        parts.append(f"port {params['port']}")
+    if params.get("dbname"):
+        parts.append(f"database {params['dbname']!r}")
+    if params.get("user"):
+        parts.append(f"user {params['user']!r}")
+    return ", ".join(parts)
+
+
+def unavailable(conninfo: str, exc: psycopg.Error, doing: str) -> BrokerUnavailable:
+    """Turn a psycopg error into one sentence naming the server, without secrets."""
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    reason = first_line.rsplit("failed: ", 1)[-1]
+    password = conninfo_to_dict(conninfo).get("password")
+    if password:
+        reason = reason.replace(str(password), "***")
+    return BrokerUnavailable(f"cannot {doing} {describe_server(conninfo)}: {reason}")
+
+
+def expect_connection(connection: object, expected: type[_C], caller: str, other: str) -> _C:
+    """Return *connection* if it is of the *expected* kind, else say which function fits."""
+    if not isinstance(connection, expected):
+        raise TypeError(
+            f"{caller}() needs a psycopg {expected.__name__}, got {type(connection).__name__}; "
+            f"use {other}() with that connection"
+        )
+    return connection
+
+
+def sync_owner() -> tuple[int, ...]:
+    """Who may use a sync connection: the process that opened it."""
+    return (os.getpid(),)
+
+
+def async_owner() -> tuple[int, ...]:
+    """Who may use an async connection: the process and event loop that opened it."""
+    import asyncio  # only async callers pay for it
+
+    return os.getpid(), id(asyncio.get_running_loop())
+
+
+def abandon(connection: Any, owner: tuple[int, ...]) -> None:
+    """Let go of a connection opened by another process or event loop, without using it.
+
+    A forked child must not close its parent's connection (that would end the parent's
+    session); a connection of another event loop is closed at the socket level.
+    """
+    if owner[0] != os.getpid():
+        _inherited.append(connection)
+    else:
+        connection.pgconn.finish()

@@ -1,0 +1,157 @@
+"""``@task``: register a function or class as a task and give it ``.delay()``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+from dispatcher.publish.errors import RegistrationError
+from dispatcher.publish.messages import Submission
+from dispatcher.publish.registry import OnDuplicate, Queue, RegisteredTask, registry
+from dispatcher.publish.submit_async import asubmit_task
+from dispatcher.publish.submit_sync import submit_task
+
+P = ParamSpec("P")
+R_co = TypeVar("R_co", covariant=True)
+C = TypeVar("C", bound=type)
+
+
+class TaskFunction(Protocol[P, R_co]):
+    """A function decorated with ``@task``: still callable as before, plus submission methods."""
+
+    __dispatcher_task__: str
+    """The name the task is registered under."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Run the function here and now, as if it were not a task."""
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Submission:
+        """Submit the task with these arguments and its default options."""
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: Queue = None,
+        uuid: str | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        on_duplicate: OnDuplicate | None = None,
+        bind: bool | None = None,
+        extra: Mapping[str, Any] | None = None,
+        connection: Any = None,
+    ) -> Submission:
+        """Submit the task with options that override its defaults (see ``submit_task``)."""
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Submission:
+        """Async ``delay()``."""
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: Queue = None,
+        uuid: str | None = None,
+        timeout: float | None = None,
+        delay: float | None = None,
+        on_duplicate: OnDuplicate | None = None,
+        bind: bool | None = None,
+        extra: Mapping[str, Any] | None = None,
+        connection: Any = None,
+    ) -> Submission:
+        """Async ``apply_async()``."""
+
+
+class TaskDecorator(Protocol):
+    """What ``task(...)`` returns: applied to a function or class, registers it."""
+
+    @overload
+    def __call__(self, target: C, /) -> C: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, target: Callable[P, R_co], /) -> TaskFunction[P, R_co]: ...
+
+
+def task(
+    queue: Queue = None,
+    *,
+    name: str | None = None,
+    bind: bool = False,
+    timeout: float | None = None,
+    delay: float | None = None,
+    on_duplicate: OnDuplicate | None = None,
+    decorate: bool = True,
+) -> TaskDecorator:
+    """Register a function (or a class with a ``run`` method) as a task.
+
+    The task is registered as ``module.qualname``, or *name*. The object is returned
+    unchanged (calling it still runs it here), with ``delay()``, ``apply_async()``,
+    ``adelay()`` and ``aapply_async()`` attached unless *decorate* is false. The options
+    are defaults of every submission; a submission's own options override them:
+
+    - *queue*: the channel to send on, or a function returning it at each submission;
+    - *bind*: the task receives first an object with its uuid and a ``control()`` call;
+    - *timeout*: seconds the task may run; *delay*: seconds before it starts;
+    - *on_duplicate*: ``parallel``, ``discard``, ``serial`` or ``queue_one``.
+
+    :raises RegistrationError: when the name is invalid or registered for another function.
+    """
+    if queue is not None and not (isinstance(queue, str) or callable(queue)):
+        raise RegistrationError(f"queue must be a channel name or a function, not {queue!r}")
+
+    def register(target: Any) -> Any:
+        if not callable(target):
+            raise RegistrationError(f"@task applies to functions and classes, not {target!r}")
+        if isinstance(target, type) and not callable(getattr(target, "run", None)):
+            raise RegistrationError(
+                f"class {target.__qualname__} needs a run() method to be a task"
+            )
+        qualname = getattr(target, "__qualname__", "")
+        if name is None and (not qualname or "<" in qualname):
+            raise RegistrationError(
+                f"{qualname or target!r} has no importable name (it is defined inside a function "
+                "or is a lambda); give it one with @task(name=...)"
+            )
+        entry = registry.register(
+            RegisteredTask(
+                name=name or f"{target.__module__}.{qualname}",
+                target=target,
+                queue=queue,
+                bind=bind,
+                timeout=timeout,
+                delay=delay,
+                on_duplicate=on_duplicate,
+            )
+        )
+        target.__dispatcher_task__ = entry.name
+        if decorate:
+            _attach_submission_methods(target, entry.name)
+        return target
+
+    return register
+
+
+def _attach_submission_methods(target: Any, task_name: str) -> None:
+    def delay(*args: Any, **kwargs: Any) -> Submission:
+        return submit_task(task_name, args=args, kwargs=kwargs)
+
+    def apply_async(
+        args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Submission:
+        return submit_task(task_name, args=args, kwargs=kwargs, **options)
+
+    async def adelay(*args: Any, **kwargs: Any) -> Submission:
+        return await asubmit_task(task_name, args=args, kwargs=kwargs)
+
+    async def aapply_async(
+        args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Submission:
+        return await asubmit_task(task_name, args=args, kwargs=kwargs, **options)
+
+    for method in (delay, apply_async, adelay, aapply_async):
+        method.__qualname__ = f"{getattr(target, '__qualname__', task_name)}.{method.__name__}"
+        # On a class, a plain function would become a method bound to instances.
+        attribute = staticmethod(method) if inspect.isclass(target) else method
+        setattr(target, method.__name__, attribute)

@@ -1,0 +1,23 @@
+"""What the publisher SDK raises."""
+
+from __future__ import annotations
+
+
+class PublishError(Exception):
+    """A task could not be submitted."""
+
+
+class InvalidSubmission(PublishError, ValueError):
+    """An option or argument of a submission is wrong; nothing was sent.
+
+    The message names the task, the option and the reason, e.g.
+    ``cannot submit myapp.tasks.send_email: timeout: must be at least 0, got -1``.
+    """
+
+
+class BrokerUnavailable(PublishError):
+    """The database could not be reached, or refused the NOTIFY; the message was not sent."""
+
+
+class RegistrationError(ValueError):
+    """A function or class cannot be registered as a task (e.g. its name is taken)."""

@@ -1,0 +1,108 @@
+"""The registry of tasks: which names may run, and their default options."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dispatcher.publish.errors import RegistrationError
+from dispatcher.schema import validator
+
+OnDuplicate = Literal["parallel", "discard", "serial", "queue_one"]
+Queue = str | Callable[[], str] | None
+"""A channel name, or a function returning one at each submission."""
+
+
+@dataclass(frozen=True)
+class RegisteredTask:
+    """A function (or a class with ``run``) registered with ``@task``, and its defaults."""
+
+    name: str
+    """The name messages use: ``module.qualname`` unless given at registration."""
+    target: Callable[..., Any]
+    """What runs: the function, or the class (instantiated, then ``run`` is called)."""
+    queue: Queue = None
+    bind: bool = False
+    timeout: float | None = None
+    delay: float | None = None
+    on_duplicate: OnDuplicate | None = None
+
+    @property
+    def is_class(self) -> bool:
+        """Tell whether the target is a class whose instances' ``run`` method is the task."""
+        return isinstance(self.target, type)
+
+
+class TaskRegistry:
+    """Task names and what they run. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, RegisteredTask] = {}
+
+    def register(self, entry: RegisteredTask) -> RegisteredTask:
+        """Add *entry*; return it.
+
+        Registering the same target again (e.g. when its module is reloaded) replaces the
+        entry; a different target under a taken name is an error.
+
+        :raises RegistrationError: when the name is invalid or taken by another target.
+        """
+        if not validator("task-message").is_valid({"task": entry.name}):
+            raise RegistrationError(
+                f"{entry.name!r} is not a valid task name: use dotted Python identifiers in "
+                "ASCII such as 'myapp.tasks.send_email', at most 255 characters"
+            )
+        with self._lock:
+            existing = self._by_name.get(entry.name)
+            if existing is not None and _origin(existing.target) != _origin(entry.target):
+                raise RegistrationError(
+                    f"task name {entry.name!r} is already registered for "
+                    f"{_describe(existing.target)}; cannot register {_describe(entry.target)} "
+                    "under it too"
+                )
+            self._by_name[entry.name] = entry
+        return entry
+
+    def get(self, name: str) -> RegisteredTask | None:
+        """Return the task registered as *name*, or ``None``."""
+        return self._by_name.get(name)
+
+    def find(self, target: object) -> RegisteredTask | None:
+        """Return the entry whose target is *target* (the object itself), or ``None``."""
+        name = getattr(target, "__dispatcher_task__", None)
+        entry = self._by_name.get(name) if isinstance(name, str) else None
+        return entry if entry is not None and entry.target is target else None
+
+    def unregister(self, name: str) -> None:
+        """Remove the task registered as *name*, if any."""
+        with self._lock:
+            self._by_name.pop(name, None)
+
+    def names(self) -> frozenset[str]:
+        """Return the names of every registered task."""
+        return frozenset(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[RegisteredTask]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+def _origin(target: object) -> tuple[str, str]:
+    return getattr(target, "__module__", ""), getattr(target, "__qualname__", repr(target))
+
+
+def _describe(target: object) -> str:
+    module, qualname = _origin(target)
+    return f"{module}.{qualname}"
+
+
+registry = TaskRegistry()
+"""The registry ``@task`` adds to, and the service runs tasks from."""

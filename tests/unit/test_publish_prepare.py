@@ -1,0 +1,197 @@
+"""Building and checking task messages before anything is sent (no database needed)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dispatcher.config import reset, setup
+from dispatcher.publish import (
+    InvalidSubmission,
+    RegistrationError,
+    prepare_submission,
+    registry,
+    task,
+)
+from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES, validator
+from support import tasks
+
+
+@pytest.fixture(autouse=True)
+def _config() -> Iterator[None]:
+    setup({"version": 1, "brokers": {"pg_notify": {"conninfo": "dbname=x", "channels": ["only"]}}})
+    yield
+    reset()
+
+
+def test_defaults_of_a_plain_task() -> None:
+    before = time.time()
+    submission = prepare_submission(tasks.add, args=[1, 2])
+    message = dict(submission.message)
+    assert before <= message.pop("time_pub") <= time.time()
+    assert message == {"task": "support.tasks.add", "uuid": submission.uuid, "args": [1, 2], "kwargs": {}}
+    assert submission.channel == "only"  # the only configured channel
+    assert submission.payloads == (json.dumps(submission.message, separators=(",", ":")),)
+
+
+def test_decorator_defaults_and_call_overrides() -> None:
+    defaults = prepare_submission(tasks.send_email, args=["a@b.c"])
+    assert defaults.channel == "support_emails"
+    assert defaults.message["timeout"] == 30
+    assert defaults.message["on_duplicate"] == "serial"
+    override = prepare_submission(
+        tasks.send_email, args=["a@b.c"], queue="other", timeout=0, on_duplicate="discard", uuid="u-1"
+    )
+    assert override.channel == "other"
+    assert override.uuid == "u-1"
+    assert override.message["timeout"] == 0
+    assert override.message["on_duplicate"] == "discard"
+
+
+def test_name_bind_and_delay_defaults() -> None:
+    message = prepare_submission("support.renamed", args=[3]).message
+    assert message["task"] == "support.renamed"
+    assert message["bind"] is True
+    assert message["delay"] == 2
+
+
+def test_callable_queue_is_evaluated_per_submission() -> None:
+    assert prepare_submission(tasks.dynamic).channel == "support_dynamic"
+    calls = iter(["first", "second"])
+    assert prepare_submission(tasks.add, queue=lambda: next(calls)).channel == "first"
+    assert prepare_submission(tasks.add, queue=lambda: next(calls)).channel == "second"
+
+
+def test_unregistered_name_string_is_accepted() -> None:
+    message = prepare_submission("elsewhere.tasks.job", kwargs={"x": 1}).message
+    assert message["task"] == "elsewhere.tasks.job"
+    assert message["kwargs"] == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"timeout": -1}, "timeout: must be at least 0, got -1"),
+        ({"timeout": "5"}, "timeout: expected number, got string '5'"),
+        ({"delay": -0.5}, "delay: must be at least 0, got -0.5"),
+        ({"on_duplicate": "x"}, "on_duplicate: 'x' is not one of 'parallel', 'discard', 'serial', 'queue_one'"),
+        ({"uuid": ""}, "uuid: '' should be non-empty"),
+        ({"queue": "c" * 64}, f"queue: '{'c' * 64}' is not a valid channel name (1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':')"),
+        ({"queue": "has space"}, "queue: 'has space' is not a valid channel name (1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':')"),
+        ({"args": [datetime.date(2026, 1, 1)]}, "args[0]: a value of type date is not JSON-serialisable"),
+        ({"kwargs": {"when": {"at": {1, 2}}}}, "kwargs.when.at: a value of type set is not JSON-serialisable"),
+        ({"args": [float("nan")]}, "args[0]: nan is not valid in JSON"),
+        ({"args": "abc"}, "args: expected a list or tuple, got str"),
+        ({"kwargs": [("a", 1)]}, "kwargs: expected a dict, got list"),
+        ({"extra": {"uuid": "x", "task": "y"}}, "extra: task, uuid cannot be set through extra"),
+        ({"bind": "yes"}, "bind: expected boolean, got string 'yes'"),
+    ],
+)
+def test_bad_options_are_named(options: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission(tasks.add, **options)
+    assert str(caught.value) == f"cannot submit support.tasks.add: {reason}"
+
+
+def test_bad_task_names() -> None:
+    with pytest.raises(InvalidSubmission, match=r"^cannot submit lambda: 1: task: 'lambda: 1' is not a valid task name"):
+        prepare_submission("lambda: 1")
+
+    def not_a_task() -> None: ...
+
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission(not_a_task)
+    assert str(caught.value).endswith(
+        "not_a_task: it is not a registered task; decorate it with @task(...) or pass the task's name as a string"
+    )
+
+
+def test_queue_function_that_fails_is_reported() -> None:
+    def broken() -> str:
+        raise LookupError("no tenant")
+
+    with pytest.raises(InvalidSubmission, match=r"queue: the queue function raised LookupError\('no tenant'\)"):
+        prepare_submission(tasks.add, queue=broken)
+
+
+def test_no_channel_determinable() -> None:
+    setup({"version": 1, "brokers": {"pg_notify": {"conninfo": "dbname=x", "channels": ["a", "b"]}}})
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission(tasks.add)
+    assert str(caught.value) == (
+        "cannot submit support.tasks.add: no channel to send it on: pass queue=..., give the task "
+        "a queue with @task(queue=...), or set brokers.pg_notify.default_publish_channel in config"
+    )
+
+
+def test_not_configured_says_how() -> None:
+    reset()
+    with pytest.raises(Exception, match="dispatcher is not configured: call dispatcher.config.setup"):
+        prepare_submission(tasks.add)
+
+
+def test_queue_given_needs_no_config() -> None:
+    reset()
+    assert prepare_submission(tasks.add, queue="explicit").channel == "explicit"
+
+
+def test_large_message_becomes_chunks_within_the_limit() -> None:
+    submission = prepare_submission(tasks.add, args=["x" * 100_000, '"\\\n' * 5000])
+    assert len(submission.payloads) > 10
+    envelope_validator = validator("chunk-envelope")
+    for payload in submission.payloads:
+        assert len(payload.encode()) <= MAX_NOTIFY_PAYLOAD_BYTES
+        envelope_validator.validate(json.loads(payload))
+    joined = "".join(json.loads(p)["payload"] for p in submission.payloads)
+    assert json.loads(joined) == submission.message
+
+
+def test_message_over_the_maximum_is_refused() -> None:
+    with pytest.raises(InvalidSubmission, match=r"over the limit of 8388608$"):
+        prepare_submission(tasks.add, args=["x" * (8 * 1024 * 1024)])
+
+
+def test_registration_rules() -> None:
+    def first() -> None: ...
+
+    def second() -> None: ...
+
+    first.__qualname__ = second.__qualname__ = "unique_for_this_test"
+    second.__qualname__ = "other_for_this_test"
+    task(name="support.test_registration")(first)
+    try:
+        task(name="support.test_registration")(first)  # the same function again: fine
+        with pytest.raises(RegistrationError, match="already registered for .*unique_for_this_test"):
+            task(name="support.test_registration")(second)
+    finally:
+        registry.unregister("support.test_registration")
+    with pytest.raises(RegistrationError, match="no importable name"):
+        task()(lambda: None)
+    with pytest.raises(RegistrationError, match="is not a valid task name"):
+        task(name="not valid")(first)
+    with pytest.raises(RegistrationError, match="needs a run"):
+        task(name="support.no_run")(type("NoRun", (), {}))
+
+
+def test_decorated_objects_stay_callable() -> None:
+    assert tasks.add(2, 3) == 5
+    assert tasks.Report().run("q1") == "q1"
+    assert not hasattr(tasks.undecorated, "delay")
+    assert "support.tasks.undecorated" in registry
+    assert prepare_submission(tasks.Report, args=["q1"]).message["task"] == "support.tasks.Report"
+
+
+def test_import_of_the_publisher_loads_no_server_code_and_no_anyio() -> None:
+    probe = (
+        "import sys, dispatcher.publish, dispatcher.config\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'anyio' or m.startswith('dispatcher.server')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
