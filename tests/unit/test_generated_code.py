@@ -8,7 +8,9 @@ from support.paths import REPO
 
 
 def test_generated_sync_modules_are_current() -> None:
-    spec = importlib.util.spec_from_file_location("async_to_sync", REPO / "tools" / "async_to_sync.py")
+    spec = importlib.util.spec_from_file_location(
+        "async_to_sync", REPO / "tools" / "async_to_sync.py"
+    )
     assert spec is not None
     assert spec.loader is not None
     tool = importlib.util.module_from_spec(spec)

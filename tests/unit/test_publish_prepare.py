@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.config import reset, setup
+from dispatcher.config import NotConfiguredError, reset, setup
 from dispatcher.publish import (
     InvalidSubmission,
     RegistrationError,
@@ -36,7 +36,12 @@ def test_defaults_of_a_plain_task() -> None:
     submission = prepare_submission(tasks.add, args=[1, 2])
     message = dict(submission.message)
     assert before <= message.pop("time_pub") <= time.time()
-    assert message == {"task": "support.tasks.add", "uuid": submission.uuid, "args": [1, 2], "kwargs": {}}
+    assert message == {
+        "task": "support.tasks.add",
+        "uuid": submission.uuid,
+        "args": [1, 2],
+        "kwargs": {},
+    }
     assert submission.channel == "only"  # the only configured channel
     assert submission.payloads == (json.dumps(submission.message, separators=(",", ":")),)
 
@@ -47,7 +52,12 @@ def test_decorator_defaults_and_call_overrides() -> None:
     assert defaults.message["timeout"] == 30
     assert defaults.message["on_duplicate"] == "serial"
     override = prepare_submission(
-        tasks.send_email, args=["a@b.c"], queue="other", timeout=0, on_duplicate="discard", uuid="u-1"
+        tasks.send_email,
+        args=["a@b.c"],
+        queue="other",
+        timeout=0,
+        on_duplicate="discard",
+        uuid="u-1",
     )
     assert override.channel == "other"
     assert override.uuid == "u-1"
@@ -81,12 +91,27 @@ def test_unregistered_name_string_is_accepted() -> None:
         ({"timeout": -1}, "timeout: must be at least 0, got -1"),
         ({"timeout": "5"}, "timeout: expected number, got string '5'"),
         ({"delay": -0.5}, "delay: must be at least 0, got -0.5"),
-        ({"on_duplicate": "x"}, "on_duplicate: 'x' is not one of 'parallel', 'discard', 'serial', 'queue_one'"),
+        (
+            {"on_duplicate": "x"},
+            "on_duplicate: 'x' is not one of 'parallel', 'discard', 'serial', 'queue_one'",
+        ),
         ({"uuid": ""}, "uuid: '' should be non-empty"),
-        ({"queue": "c" * 64}, f"queue: '{'c' * 64}' is not a valid channel name (1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':')"),
-        ({"queue": "has space"}, "queue: 'has space' is not a valid channel name (1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':')"),
-        ({"args": [datetime.date(2026, 1, 1)]}, "args[0]: a value of type date is not JSON-serialisable"),
-        ({"kwargs": {"when": {"at": {1, 2}}}}, "kwargs.when.at: a value of type set is not JSON-serialisable"),
+        (
+            {"queue": "c" * 64},
+            f"queue: '{'c' * 64}' is not a valid channel name (1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':')",
+        ),
+        (
+            {"queue": "has space"},
+            "queue: 'has space' is not a valid channel name (1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':')",
+        ),
+        (
+            {"args": [datetime.date(2026, 1, 1)]},
+            "args[0]: a value of type date is not JSON-serialisable",
+        ),
+        (
+            {"kwargs": {"when": {"at": {1, 2}}}},
+            "kwargs.when.at: a value of type set is not JSON-serialisable",
+        ),
         ({"args": [float("nan")]}, "args[0]: nan is not valid in JSON"),
         ({"args": "abc"}, "args: expected a list or tuple, got str"),
         ({"kwargs": [("a", 1)]}, "kwargs: expected a dict, got list"),
@@ -101,7 +126,10 @@ def test_bad_options_are_named(options: dict[str, Any], reason: str) -> None:
 
 
 def test_bad_task_names() -> None:
-    with pytest.raises(InvalidSubmission, match=r"^cannot submit lambda: 1: task: 'lambda: 1' is not a valid task name"):
+    with pytest.raises(
+        InvalidSubmission,
+        match=r"^cannot submit lambda: 1: task: 'lambda: 1' is not a valid task name",
+    ):
         prepare_submission("lambda: 1")
 
     def not_a_task() -> None: ...
@@ -117,12 +145,16 @@ def test_queue_function_that_fails_is_reported() -> None:
     def broken() -> str:
         raise LookupError("no tenant")
 
-    with pytest.raises(InvalidSubmission, match=r"queue: the queue function raised LookupError\('no tenant'\)"):
+    with pytest.raises(
+        InvalidSubmission, match=r"queue: the queue function raised LookupError\('no tenant'\)"
+    ):
         prepare_submission(tasks.add, queue=broken)
 
 
 def test_no_channel_determinable() -> None:
-    setup({"version": 1, "brokers": {"pg_notify": {"conninfo": "dbname=x", "channels": ["a", "b"]}}})
+    setup(
+        {"version": 1, "brokers": {"pg_notify": {"conninfo": "dbname=x", "channels": ["a", "b"]}}}
+    )
     with pytest.raises(InvalidSubmission) as caught:
         prepare_submission(tasks.add)
     assert str(caught.value) == (
@@ -133,7 +165,9 @@ def test_no_channel_determinable() -> None:
 
 def test_not_configured_says_how() -> None:
     reset()
-    with pytest.raises(Exception, match="dispatcher is not configured: call dispatcher.config.setup"):
+    with pytest.raises(
+        NotConfiguredError, match=r"^dispatcher is not configured: call dispatcher\.config\.setup"
+    ):
         prepare_submission(tasks.add)
 
 
@@ -168,7 +202,9 @@ def test_registration_rules() -> None:
     task(name="support.test_registration")(first)
     try:
         task(name="support.test_registration")(first)  # the same function again: fine
-        with pytest.raises(RegistrationError, match="already registered for .*unique_for_this_test"):
+        with pytest.raises(
+            RegistrationError, match=r"already registered for .*unique_for_this_test"
+        ):
             task(name="support.test_registration")(second)
     finally:
         registry.unregister("support.test_registration")
@@ -193,5 +229,7 @@ def test_import_of_the_publisher_loads_no_server_code_and_no_anyio() -> None:
         "import sys, dispatcher.publish, dispatcher.config\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'anyio' or m.startswith('dispatcher.server')))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
