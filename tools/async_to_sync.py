@@ -33,6 +33,7 @@ RENAMES = {
     "asubmit_task": "submit_task",
     "submit_task": "asubmit_task",
     "abatch": "batch",
+    "aclose_connections": "close_connections",
     "asend": "send",
 }
 

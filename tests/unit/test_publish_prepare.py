@@ -233,3 +233,22 @@ def test_import_of_the_publisher_loads_no_server_code_and_no_anyio() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_self_containing_arguments_are_refused_not_crashed_on() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(InvalidSubmission, match=r"nested too deeply, or contain themselves$"):
+        prepare_submission(tasks.add, args=[loop])
+
+
+def test_generated_uuids_are_version_4() -> None:
+    import uuid
+
+    from dispatcher.publish.messages import new_uuid
+
+    values = {new_uuid() for _ in range(1000)}
+    assert len(values) == 1000
+    for value in values:
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, value)

@@ -25,8 +25,8 @@ from dispatcher.publish.errors import (
 )
 from dispatcher.publish.messages import Submission, prepare_submission
 from dispatcher.publish.registry import RegisteredTask, TaskRegistry, registry
-from dispatcher.publish.submit_async import abatch, asubmit_task
-from dispatcher.publish.submit_sync import batch, submit_task
+from dispatcher.publish.submit_async import abatch, aclose_connections, asubmit_task
+from dispatcher.publish.submit_sync import batch, close_connections, submit_task
 
 __all__ = [
     "BrokerUnavailable",
@@ -40,8 +40,10 @@ __all__ = [
     "TaskFunction",
     "TaskRegistry",
     "abatch",
+    "aclose_connections",
     "asubmit_task",
     "batch",
+    "close_connections",
     "prepare_submission",
     "registry",
     "split_message",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-import uuid as uuid_module
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final
 
 from dispatcher.config import get_settings
@@ -65,55 +66,75 @@ def prepare_submission(
     """
     name, entry = _resolve_task(task)
     defaults = entry if entry is not None else _NO_DEFAULTS
-
-    def invalid(reason: str) -> InvalidSubmission:
-        return InvalidSubmission(f"cannot submit {name}: {reason}")
-
-    if args is None:
-        args = ()
-    elif isinstance(args, str | bytes) or not isinstance(args, Sequence):
-        raise invalid(f"args: expected a list or tuple, got {type(args).__name__}")
-    if kwargs is None:
-        kwargs = {}
-    elif not isinstance(kwargs, Mapping):
-        raise invalid(f"kwargs: expected a dict, got {type(kwargs).__name__}")
-
     message: dict[str, Any] = {
         "task": name,
-        "uuid": uuid if uuid is not None else str(uuid_module.uuid4()),
-        "args": list(args),
-        "kwargs": dict(kwargs),
+        "uuid": uuid if uuid is not None else new_uuid(),
+        "args": _as_list(name, args),
+        "kwargs": _as_dict(name, kwargs),
         "time_pub": time.time(),
     }
-    options = {
-        "timeout": timeout if timeout is not None else defaults.timeout,
-        "delay": delay if delay is not None else defaults.delay,
-        "on_duplicate": on_duplicate if on_duplicate is not None else defaults.on_duplicate,
-    }
-    message.update((key, value) for key, value in options.items() if value is not None)
-    if bind is not None and not isinstance(bind, bool):
-        raise invalid(f"bind: expected boolean, got {json_type_name(bind)} {bind!r}")
-    if bind if bind is not None else defaults.bind:
+    # Options left as None take the task's defaults, and are left out when still None.
+    if timeout is None:
+        timeout = defaults.timeout
+    if timeout is not None:
+        message["timeout"] = timeout
+    if delay is None:
+        delay = defaults.delay
+    if delay is not None:
+        message["delay"] = delay
+    if on_duplicate is None:
+        on_duplicate = defaults.on_duplicate
+    if on_duplicate is not None:
+        message["on_duplicate"] = on_duplicate
+    if bind is None:
+        bind = defaults.bind
+    elif not isinstance(bind, bool):
+        raise _invalid(name, f"bind: expected boolean, got {json_type_name(bind)} {bind!r}")
+    if bind:
         message["bind"] = True
     if extra:
         clashes = sorted(str(key) for key in extra if key in RESERVED_KEYS)
         if clashes:
-            raise invalid(f"extra: {', '.join(clashes)} cannot be set through extra")
+            raise _invalid(name, f"extra: {', '.join(clashes)} cannot be set through extra")
         message.update(extra)
 
     checker = validator("task-message")
     if not checker.is_valid(message):
-        problems = checker.problems(message)
-        raise invalid("; ".join(str(problem) for problem in problems) or "invalid message")
+        problems = "; ".join(str(problem) for problem in checker.problems(message))
+        raise _invalid(name, problems or "invalid message")
 
-    channel = _resolve_channel(queue if queue is not None else defaults.queue, invalid)
-    text = _serialise(message, invalid)
+    channel = _resolve_channel(name, queue if queue is not None else defaults.queue)
+    text = _serialise(name, message)
     if len(text) > MAX_MESSAGE_BYTES:
-        raise invalid(
-            f"the message is {len(text)} bytes of JSON, over the limit of {MAX_MESSAGE_BYTES}"
+        raise _invalid(
+            name, f"the message is {len(text)} bytes of JSON, over the limit of {MAX_MESSAGE_BYTES}"
         )
     payloads = (text,) if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else tuple(split_message(text))
     return Submission(uuid=message["uuid"], channel=channel, message=message, payloads=payloads)
+
+
+def _invalid(name: str, reason: str) -> InvalidSubmission:
+    return InvalidSubmission(f"cannot submit {name}: {reason}")
+
+
+def _as_list(name: str, args: Sequence[Any] | None) -> list[Any]:
+    if args is None:
+        return []
+    if (
+        type(args) is list
+        or type(args) is tuple
+        or (isinstance(args, Sequence) and not isinstance(args, str | bytes))
+    ):
+        return list(args)
+    raise _invalid(name, f"args: expected a list or tuple, got {type(args).__name__}")
+
+
+def _as_dict(name: str, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if kwargs is None:
+        return {}
+    if type(kwargs) is dict or isinstance(kwargs, Mapping):
+        return dict(kwargs)
+    raise _invalid(name, f"kwargs: expected a dict, got {type(kwargs).__name__}")
 
 
 _NO_DEFAULTS: Final = RegisteredTask(name="unregistered", target=object)
@@ -133,39 +154,71 @@ def _resolve_task(task: str | Callable[..., Any]) -> tuple[str, RegisteredTask |
     return entry.name, entry
 
 
-def _resolve_channel(queue: Queue, invalid: Callable[[str], InvalidSubmission]) -> str:
+def _resolve_channel(name: str, queue: Queue) -> str:
     if callable(queue):
         try:
             queue = queue()
         except Exception as exc:
-            raise invalid(f"queue: the queue function raised {exc!r}") from exc
+            raise _invalid(name, f"queue: the queue function raised {exc!r}") from exc
     if queue is None:
-        queue = _default_channel(invalid)
+        queue = _default_channel(name)
     if not is_valid_channel_name(queue):
-        raise invalid(f"queue: {queue!r} is not a valid channel name ({CHANNEL_NAME_RULE})")
+        reason = f"queue: {queue!r} is not a valid channel name ({CHANNEL_NAME_RULE})"
+        raise _invalid(name, reason)
     return queue
 
 
-def _default_channel(invalid: Callable[[str], InvalidSubmission]) -> str:
+def _default_channel(name: str) -> str:
     settings = get_settings()
     pg_notify = settings.brokers.pg_notify
     if pg_notify is not None and pg_notify.default_publish_channel is not None:
         return pg_notify.default_publish_channel
     if pg_notify is not None and len(pg_notify.channels) == 1:
         return pg_notify.channels[0]
-    raise invalid(
+    raise _invalid(
+        name,
         "no channel to send it on: pass queue=..., give the task a queue with "
-        f"@task(queue=...), or set brokers.pg_notify.default_publish_channel in {settings.source}"
+        f"@task(queue=...), or set brokers.pg_notify.default_publish_channel in {settings.source}",
     )
 
 
-def _serialise(message: dict[str, Any], invalid: Callable[[str], InvalidSubmission]) -> str:
+def new_uuid() -> str:
+    """Return a random (version 4) UUID in text form; twice as fast as ``str(uuid4())``."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT: Final = "89ab"
+
+
+def _not_json(value: object) -> Any:
+    raise TypeError(f"a value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _make_encoder() -> Callable[[dict[str, Any]], str]:
+    """Return a compact, strict JSON encoder (no NaN, no infinities)."""
+    if c_make_encoder is None:  # pragma: no cover - Python builds without the C accelerator
+        return json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    # The C encoder built once and called directly: json.dumps() builds it for every call.
+    c_encoder = c_make_encoder(
+        None, _not_json, encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+    return lambda message: "".join(c_encoder(message, 0))
+
+
+_encode: Final = _make_encoder()
+
+
+def _serialise(name: str, message: dict[str, Any]) -> str:
     try:
-        return json.dumps(message, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        where = _first_non_json(message, ()) or ((), str(exc))
-        path, reason = where
-        raise invalid(f"{format_path(path)}: {reason}") from None
+        return _encode(message)
+    except (TypeError, ValueError, RecursionError) as exc:
+        try:
+            found = _first_non_json(message, ())
+        except RecursionError:
+            found = ((), "the arguments are nested too deeply, or contain themselves")
+        path, reason = found or ((), str(exc))
+        raise _invalid(name, f"{format_path(path)}: {reason}") from None
 
 
 Path = tuple[str | int, ...]

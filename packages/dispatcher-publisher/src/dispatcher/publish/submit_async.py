@@ -6,6 +6,7 @@ and run ``hatch run generate-sync``.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -83,12 +84,34 @@ _providers: dict[str, AsyncConnectionProvider] = {}
 _providers_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at the fork would stay held forever in the child.
+    global _providers_lock
+    _providers_lock = threading.Lock()
+    for provider in _providers.values():
+        provider._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _provider(conninfo: str) -> AsyncConnectionProvider:
     with _providers_lock:
         provider = _providers.get(conninfo)
         if provider is None:
             provider = _providers[conninfo] = AsyncConnectionProvider(conninfo)
         return provider
+
+
+async def aclose_connections() -> None:
+    """Close the SDK's own connections (they re-open on the next submission).
+
+    Call it when an application shuts down, or in tests between event loops.
+    """
+    with _providers_lock:
+        providers = list(_providers.values())
+    for provider in providers:
+        await provider.close()
 
 
 async def asend(submissions: Sequence[Submission], connection: object | None = None) -> None:

@@ -5,6 +5,7 @@ Generated from ``submit_async.py`` by ``tools/async_to_sync.py``; do not edit.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -82,12 +83,34 @@ _providers: dict[str, ConnectionProvider] = {}
 _providers_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at the fork would stay held forever in the child.
+    global _providers_lock
+    _providers_lock = threading.Lock()
+    for provider in _providers.values():
+        provider._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _provider(conninfo: str) -> ConnectionProvider:
     with _providers_lock:
         provider = _providers.get(conninfo)
         if provider is None:
             provider = _providers[conninfo] = ConnectionProvider(conninfo)
         return provider
+
+
+def close_connections() -> None:
+    """Close the SDK's own connections (they re-open on the next submission).
+
+    Call it when an application shuts down, or in tests between event loops.
+    """
+    with _providers_lock:
+        providers = list(_providers.values())
+    for provider in providers:
+        provider.close()
 
 
 def send(submissions: Sequence[Submission], connection: object | None = None) -> None:

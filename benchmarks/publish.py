@@ -1,0 +1,106 @@
+"""Publishing throughput from one process: one NOTIFY per submission vs. ``batch()``.
+
+Run with ``hatch run bench-publish [--dsn DSN]``. Two rates per case, medians of several
+runs: *published* (until PostgreSQL has accepted every NOTIFY) and *delivered* (until a
+LISTENing connection in another process has received them all). The baseline is a bare
+``SELECT pg_notify(...)`` per message on one connection, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from dispatcher.config import setup
+from dispatcher.publish import batch, close_connections, task
+
+
+@task()
+def noop(n: int) -> None:
+    """A task that is only ever submitted here."""
+
+
+def _count_notifies(dsn: str, channel: str, count: int, ready: Any, done: Any) -> None:
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{channel}"')
+        ready.set()
+        seen = sum(1 for _ in listener.notifies(timeout=120, stop_after=count))
+    if seen == count:
+        done.set()
+
+
+def rates(dsn: str, channel: str, count: int, send: Callable[[int], None]) -> tuple[float, float]:
+    """Messages per second (published, delivered), both from the first send.
+
+    The listener runs in its own process, so it does not compete with the sender for the GIL.
+    """
+    context = multiprocessing.get_context("spawn")
+    ready, done = context.Event(), context.Event()
+    listener = context.Process(target=_count_notifies, args=(dsn, channel, count, ready, done))
+    listener.start()
+    ready.wait(30)
+    start = time.perf_counter()
+    send(count)
+    published = time.perf_counter() - start
+    done.wait(120)
+    delivered = time.perf_counter() - start
+    listener.join()
+    if not done.is_set():
+        raise SystemExit(f"only part of {count} messages arrived")
+    return count / published, count / delivered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--single", type=int, default=5_000, help="messages per unbatched run")
+    parser.add_argument("--batched", type=int, default=50_000, help="messages per batched run")
+    options = parser.parse_args()
+    channel = f"bench_{uuid.uuid4().hex[:12]}"
+    pg_notify = {"conninfo": options.dsn, "channels": [channel]}
+    setup({"version": 1, "brokers": {"pg_notify": pg_notify}})
+
+    with psycopg.connect(options.dsn, autocommit=True) as raw:
+
+        def bare_notify(count: int) -> None:
+            for n in range(count):
+                raw.execute("SELECT pg_notify(%s, %s)", (channel, f'{{"task":"x","args":[{n}]}}'))
+
+        def one_per_delay(count: int) -> None:
+            for n in range(count):
+                noop.delay(n)
+
+        def batched(count: int) -> None:
+            with batch():
+                for n in range(count):
+                    noop.delay(n)
+
+        cases = [
+            ("bare pg_notify, one per statement", bare_notify, options.single),
+            (".delay(), one NOTIFY each", one_per_delay, options.single),
+            ("with batch(): .delay()", batched, options.batched),
+        ]
+        results = {}
+        for label, send, count in cases:
+            measured = [rates(options.dsn, channel, count, send) for _ in range(options.runs)]
+            results[label] = tuple(statistics.median(m[i] for m in measured) for i in (0, 1))
+    close_connections()
+
+    baseline = results[cases[0][0]][0]
+    print(f"messages per second, median of {options.runs} runs (ratio: published vs. baseline)")
+    print(f"  {'':36s}  {'published':>10s}  {'delivered':>10s}")
+    for label, (published, delivered) in results.items():
+        ratio = published / baseline
+        print(f"  {label:36s}: {published:10,.0f}  {delivered:10,.0f}   {ratio:5.1f}x")
+
+
+if __name__ == "__main__":
+    main()

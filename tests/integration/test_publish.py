@@ -1,0 +1,280 @@
+"""Publishing over real PostgreSQL: what a LISTENing connection receives."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from dispatcher.config import Settings, setup
+from dispatcher.publish import (
+    BrokerUnavailable,
+    ChunkAssembler,
+    Submission,
+    batch,
+    close_connections,
+    submit_task,
+)
+from dispatcher.publish.chunking import is_chunk
+from support import tasks
+from support.paths import EXAMPLES
+from support.postgres import wait_for_notifies
+
+Conn = psycopg.Connection[Any]
+
+
+def received(listener: Conn, count: int, timeout: float = 5) -> list[str]:
+    return [n.payload for n in wait_for_notifies(listener, count, timeout)]
+
+
+def nothing_more(listener: Conn) -> bool:
+    return received(listener, 1, timeout=0.3) == []
+
+
+def test_delay_sends_exactly_the_message(
+    configured: Settings, listener: Conn, channel: str
+) -> None:
+    submission = tasks.add.delay(2, 3)
+    [payload] = received(listener, 1)
+    assert json.loads(payload) == {
+        "task": "support.tasks.add",
+        "uuid": submission.uuid,
+        "args": [2, 3],
+        "kwargs": {},
+        "time_pub": submission.message["time_pub"],
+    }
+    assert payload == submission.payloads[0]
+    assert submission.channel == channel
+    assert nothing_more(listener)
+
+
+def test_apply_async_with_options(configured: Settings, listener: Conn, channel: str) -> None:
+    submission = tasks.send_email.apply_async(
+        args=["a@example.com"],
+        kwargs={"subject": "hi"},
+        queue=channel,
+        uuid="fixed-uuid",
+        timeout=5,
+        delay=1.5,
+        on_duplicate="queue_one",
+    )
+    [payload] = received(listener, 1)
+    assert json.loads(payload) == {
+        "task": "support.tasks.send_email",
+        "uuid": "fixed-uuid",
+        "args": ["a@example.com"],
+        "kwargs": {"subject": "hi"},
+        "time_pub": submission.message["time_pub"],
+        "timeout": 5,
+        "delay": 1.5,
+        "on_duplicate": "queue_one",
+    }
+
+
+def test_submit_task_by_name(configured: Settings, listener: Conn) -> None:
+    submission = submit_task("billing.tasks.charge", kwargs={"invoice": 7}, bind=True)
+    [payload] = received(listener, 1)
+    assert json.loads(payload) == {
+        "task": "billing.tasks.charge",
+        "uuid": submission.uuid,
+        "args": [],
+        "kwargs": {"invoice": 7},
+        "time_pub": submission.message["time_pub"],
+        "bind": True,
+    }
+
+
+def test_transaction_rollback_sends_nothing_commit_sends_once(
+    configured: Settings, listener: Conn, pg_dsn: str
+) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        tasks.add.apply_async(args=[1, 1], connection=conn)
+        assert nothing_more(listener)  # not before the commit
+        conn.rollback()
+        assert nothing_more(listener)
+        committed = tasks.add.apply_async(args=[2, 2], connection=conn)
+        conn.commit()
+    assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [committed.uuid]
+    assert nothing_more(listener)
+
+
+def test_100_kb_payload_arrives_as_chunks(configured: Settings, listener: Conn) -> None:
+    big = "".join(chr(32 + i % 90) for i in range(100_000))
+    submission = tasks.add.delay(big, "é and \u2603")
+    payloads = received(listener, len(submission.payloads))
+    assert len(payloads) == len(submission.payloads) > 12
+    assembler = ChunkAssembler()
+    whole = [assembler.add(json.loads(p)) for p in payloads if is_chunk(json.loads(p))]
+    assert json.loads(next(w for w in whole if w is not None)) == submission.message
+
+
+def test_batch_sends_in_order_and_nothing_on_error(configured: Settings, listener: Conn) -> None:
+    with batch() as sent:
+        for n in range(50):
+            tasks.add.delay(n, n)
+        assert nothing_more(listener)  # held until the block ends
+    assert [json.loads(p)["args"][0] for p in received(listener, 50)] == list(range(50))
+    assert len(sent.submissions) == 50
+
+    def failing_block() -> None:
+        with batch():
+            tasks.add.delay(0, 0)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        failing_block()
+    assert nothing_more(listener)
+
+
+def test_batch_joins_a_transaction(configured: Settings, listener: Conn, pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        with batch(connection=conn):
+            tasks.add.delay(1, 2)
+            tasks.add.delay(3, 4)
+        assert nothing_more(listener)
+        conn.commit()
+    assert len(received(listener, 2)) == 2
+
+
+def configure_with_app_name(pg_dsn: str, channel: str) -> str:
+    """Configure the SDK so that its own connections can be told apart; return their name."""
+    app_name = f"pub_{channel}"
+    conninfo = make_conninfo(pg_dsn, application_name=app_name)
+    setup({"version": 1, "brokers": {"pg_notify": {"conninfo": conninfo, "channels": [channel]}}})
+    return app_name
+
+
+def test_lost_connection_is_reopened_without_losing_the_call(
+    pg_dsn: str, channel: str, listener: Conn, pg_conn: Conn
+) -> None:
+    app_name = configure_with_app_name(pg_dsn, channel)
+    tasks.add.delay(0, 0)
+    assert len(received(listener, 1)) == 1
+    killed = pg_conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        (app_name,),
+    ).fetchall()
+    assert killed == [(True,)]
+    after = tasks.add.delay(1, 1)
+    assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [after.uuid]
+    close_connections()
+
+
+def _submit_in_child(config: dict[str, Any], queue: Any) -> None:
+    setup(config)
+    queue.put(tasks.add.delay(7, 7).uuid)
+
+
+def test_forked_child_uses_its_own_connection(configured: Settings, listener: Conn) -> None:
+    tasks.add.delay(0, 0)  # the parent's connection is open before the fork
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_submit_in_child, args=(dict(configured.data), results))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    child_uuid = results.get(timeout=5)
+    parent_after = tasks.add.delay(1, 1)  # the parent's connection survived the child
+    uuids = [json.loads(p)["uuid"] for p in received(listener, 3)]
+    assert uuids[1:] == [child_uuid, parent_after.uuid]
+
+
+def test_threads_share_one_connection(
+    pg_dsn: str, channel: str, listener: Conn, pg_conn: Conn
+) -> None:
+    app_name = configure_with_app_name(pg_dsn, channel)
+    submissions: list[Submission] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for n in range(25):
+            submission = tasks.add.delay(n, n)
+            with lock:
+                submissions.append(submission)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    payloads = received(listener, 200)
+    assert sorted(json.loads(p)["uuid"] for p in payloads) == sorted(s.uuid for s in submissions)
+    [(count,)] = pg_conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+    ).fetchall()
+    assert count == 1
+    close_connections()
+
+
+def test_unreachable_database_is_one_clear_sentence(channel: str) -> None:
+    setup(
+        {
+            "version": 1,
+            "brokers": {
+                "pg_notify": {
+                    "conninfo": "host=127.0.0.1 port=1 dbname=app user=web password=s3cret connect_timeout=2",
+                    "channels": [channel],
+                }
+            },
+        }
+    )
+    with pytest.raises(BrokerUnavailable) as caught:
+        tasks.add.delay(1, 2)
+    message = str(caught.value)
+    assert message.startswith(
+        "cannot connect to PostgreSQL at 127.0.0.1, port 1, database 'app', user 'web': "
+    )
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def test_wrong_connection_kind_is_explained(configured: Settings) -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"^submit_task\(\) needs a psycopg Connection, got str; use asubmit_task\(\)",
+    ):
+        tasks.add.apply_async(args=[1, 2], connection="not a connection")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((EXAMPLES / "task-message" / "valid").glob("*.json")), ids=lambda p: p.stem
+)
+def test_every_valid_example_can_be_produced(
+    configured: Settings, listener: Conn, channel: str, path: Path
+) -> None:
+    example = json.loads(path.read_text(encoding="utf-8"))
+    known = {
+        "task",
+        "uuid",
+        "args",
+        "kwargs",
+        "time_pub",
+        "timeout",
+        "delay",
+        "on_duplicate",
+        "bind",
+    }
+    options = {
+        k: example[k] for k in ("uuid", "timeout", "delay", "on_duplicate", "bind") if k in example
+    }
+    submission = submit_task(
+        example["task"],
+        args=example.get("args"),
+        kwargs=example.get("kwargs"),
+        extra={k: v for k, v in example.items() if k not in known} or None,
+        **options,
+    )
+    [payload] = received(listener, 1)
+    sent = json.loads(payload)
+    # The SDK always sets uuid, time_pub (its own clock), args and kwargs.
+    added = {k: sent[k] for k in ("uuid", "args", "kwargs") if k not in example}
+    assert isinstance(sent.pop("time_pub"), float)
+    example.pop("time_pub", None)
+    assert sent == {**example, **added}
+    assert submission.uuid == sent["uuid"]
