@@ -16,6 +16,7 @@ from dispatcher.config import Settings, setup
 from dispatcher.publish import (
     BrokerUnavailable,
     ChunkAssembler,
+    InvalidSubmission,
     Submission,
     batch,
     close_connections,
@@ -88,6 +89,14 @@ def test_submit_task_by_name(configured: Settings, listener: Conn) -> None:
         "time_pub": submission.message["time_pub"],
         "bind": True,
     }
+
+
+def test_a_refused_submission_sends_nothing(configured: Settings, listener: Conn) -> None:
+    with pytest.raises(InvalidSubmission, match="timeout: must be at least 0"):
+        tasks.add.apply_async(args=[1, 2], timeout=-1)
+    with pytest.raises(InvalidSubmission, match="is not JSON-serialisable"):
+        tasks.add.delay(object(), 1)
+    assert nothing_more(listener)
 
 
 def test_transaction_rollback_sends_nothing_commit_sends_once(

@@ -212,6 +212,21 @@ def test_registration_rules() -> None:
         task()(lambda: None)
     with pytest.raises(RegistrationError, match="is not a valid task name"):
         task(name="not valid")(first)
+    with pytest.raises(
+        RegistrationError,
+        match=r"^cannot register support\.bad: timeout: must be at least 0, got -1$",
+    ):
+        task(name="support.bad", timeout=-1)(first)
+    with pytest.raises(
+        RegistrationError, match=r"^cannot register support\.bad: on_duplicate: 'x' is not one of"
+    ):
+        task(name="support.bad", on_duplicate="x")(first)  # type: ignore[arg-type]
+    with pytest.raises(
+        RegistrationError,
+        match=r"^cannot register support\.bad: queue: 'a b' is not a valid channel name",
+    ):
+        task("a b", name="support.bad")(first)
+    assert "support.bad" not in registry
     with pytest.raises(RegistrationError, match="needs a run"):
         task(name="support.no_run")(type("NoRun", (), {}))
 

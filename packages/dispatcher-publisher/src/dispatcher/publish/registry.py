@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dispatcher.publish.errors import RegistrationError
-from dispatcher.schema import validator
+from dispatcher.schema import CHANNEL_NAME_RULE, is_valid_channel_name, validator
 
 OnDuplicate = Literal["parallel", "discard", "serial", "queue_one"]
 Queue = str | Callable[[], str] | None
@@ -55,6 +55,7 @@ class TaskRegistry:
                 f"{entry.name!r} is not a valid task name: use dotted Python identifiers in "
                 "ASCII such as 'myapp.tasks.send_email', at most 255 characters"
             )
+        _check_defaults(entry)
         with self._lock:
             existing = self._by_name.get(entry.name)
             if existing is not None and _origin(existing.target) != _origin(entry.target):
@@ -93,6 +94,21 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+
+def _check_defaults(entry: RegisteredTask) -> None:
+    """Refuse at registration the defaults every submission would be refused for."""
+    if isinstance(entry.queue, str) and not is_valid_channel_name(entry.queue):
+        raise RegistrationError(
+            f"cannot register {entry.name}: queue: {entry.queue!r} is not a valid channel "
+            f"name ({CHANNEL_NAME_RULE})"
+        )
+    options = {"timeout": entry.timeout, "delay": entry.delay, "on_duplicate": entry.on_duplicate}
+    trial = {"task": entry.name, **{k: v for k, v in options.items() if v is not None}}
+    checker = validator("task-message")
+    if not checker.is_valid(trial):
+        reasons = "; ".join(str(problem) for problem in checker.problems(trial))
+        raise RegistrationError(f"cannot register {entry.name}: {reasons}")
 
 
 def _origin(target: object) -> tuple[str, str]:
