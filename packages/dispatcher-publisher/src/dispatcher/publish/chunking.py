@@ -78,17 +78,25 @@ class _Partial:
     total: int
     started: float
     parts: dict[int, str] = field(default_factory=dict)
+    size: int = 0
 
 
 class ChunkAssembler:
     """Joins chunk envelopes back into whole messages.
 
     Envelopes must already be valid against the ``chunk-envelope`` schema. Partial messages
-    older than *expiry* seconds are dropped by :meth:`expire`.
+    older than *expiry* seconds are dropped by :meth:`expire`; one that grows beyond
+    *max_bytes* is dropped at once.
     """
 
-    def __init__(self, expiry: float = 1800, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        expiry: float = 1800,
+        clock: Callable[[], float] = time.monotonic,
+        max_bytes: int | None = None,
+    ) -> None:
         self.expiry = expiry
+        self.max_bytes = max_bytes
         self._clock = clock
         self._partials: dict[str, _Partial] = {}
 
@@ -109,7 +117,15 @@ class ChunkAssembler:
                 f"chunk {index} of message {message_id} says {total} chunks, "
                 f"earlier ones said {partial.total}; the message is dropped"
             )
-        partial.parts[index] = envelope["payload"]
+        payload = envelope["payload"]
+        if index not in partial.parts:
+            partial.size += len(payload)
+        partial.parts[index] = payload
+        if self.max_bytes is not None and partial.size > self.max_bytes:
+            del self._partials[message_id]
+            raise ChunkError(
+                f"chunked message {message_id} exceeds {self.max_bytes} bytes; it is dropped"
+            )
         if len(partial.parts) < total:
             return None
         del self._partials[message_id]

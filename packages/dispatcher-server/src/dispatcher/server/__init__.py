@@ -1,7 +1,14 @@
 """The dispatcher service: receives task messages and runs them in worker subprocesses.
 
-The service itself is not built yet; this distribution so far only fixes the package and its
-dependencies.
+Run it with the ``dispatcher-standalone`` command, or from Python::
+
+    from dispatcher.config import setup
+    from dispatcher.server import run_service
+
+    setup(file_path="dispatcher.yml")
+    run_service()   # blocks until SIGTERM or SIGINT
 """
 
-__all__: list[str] = []
+from dispatcher.server.service import Service, run_service
+
+__all__ = ["Service", "run_service"]

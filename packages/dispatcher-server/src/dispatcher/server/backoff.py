@@ -1,0 +1,24 @@
+"""Delays between retries: doubling, capped, with jitter."""
+
+from __future__ import annotations
+
+import random
+
+
+class Backoff:
+    """Yields retry delays ``initial, 2*initial, ...`` up to ``maximum``, each +-10 %."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        """Return the delay before the next attempt, and count the attempt."""
+        base: float = min(self.maximum, self.initial * 2.0**self.attempts)
+        self.attempts += 1
+        return base * random.uniform(0.9, 1.1)
+
+    def reset(self) -> None:
+        """Start again from the initial delay (after a success)."""
+        self.attempts = 0

@@ -1,0 +1,121 @@
+"""The pg_notify listener: one connection LISTENing on every configured channel.
+
+It checks its own connection when no notification has arrived for a while, with a NOTIFY
+round trip on a private channel; a connection that fails the check, or breaks, is replaced
+after a backoff delay, and the channels are listened to again. The self-check's message is
+handled here and never reaches the intake.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg import sql
+
+from dispatcher.config import PgNotifyBroker
+from dispatcher.publish.connections import describe_server
+from dispatcher.server.backoff import Backoff
+from dispatcher.server.stats import ServiceStats
+
+logger = logging.getLogger("dispatcher.listener")
+
+
+class PgNotifyListener:
+    """Receives notifications and hands each payload to *on_message(payload, channel)*."""
+
+    def __init__(
+        self,
+        settings: PgNotifyBroker,
+        application_name: str,
+        on_message: Callable[[str, str], None],
+        stats: ServiceStats,
+    ) -> None:
+        self.settings = settings
+        self.application_name = application_name
+        self.channels: Sequence[str] = settings.channels
+        self.check_channel = f"dispatcher_check_{uuid.uuid4().hex[:16]}"
+        self._on_message = on_message
+        self._stats = stats
+        self._check_serial = 0
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting whenever the connection fails."""
+        backoff = Backoff()
+        where = describe_server(self.settings.conninfo)
+        while True:
+            try:
+                async with await self._connect() as conn:
+                    await self._listen(conn)
+                    self._stats.listener_connects += 1
+                    if self._stats.listener_connects == 1:
+                        channels = ", ".join(self.channels)
+                        logger.info("listening on channels %s (%s)", channels, where)
+                    else:
+                        logger.info("reconnected to %s; listening again", where)
+                    backoff.reset()
+                    await self._serve(conn)
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                self._stats.listener_failures += 1
+                delay = backoff.next_delay()
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                logger.warning(
+                    "pg_notify connection to %s failed (%s); retrying in %.1f s",
+                    where,
+                    reason,
+                    delay,
+                )
+                await anyio.sleep(delay)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self.settings.conninfo,
+            autocommit=True,
+            application_name=self.application_name,
+            connect_timeout=10,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        for channel in (*self.channels, self.check_channel):
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        on_message, check_channel = self._on_message, self.check_channel
+        interval = self.settings.self_check_interval
+        last_heard = time.monotonic()
+        while True:
+            quiet_for = time.monotonic() - last_heard
+            if quiet_for >= interval:
+                await self._self_check(conn)
+                last_heard = time.monotonic()
+                continue
+            async for notify in conn.notifies(timeout=interval - quiet_for):
+                last_heard = time.monotonic()
+                if notify.channel != check_channel:
+                    on_message(notify.payload, notify.channel)
+
+    async def _self_check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Send a NOTIFY to ourselves; raise TimeoutError if it does not come back in time."""
+        self._check_serial += 1
+        token = str(self._check_serial)
+        started = time.monotonic()
+        with anyio.fail_after(self.settings.self_check_timeout):
+            await conn.execute("SELECT pg_notify(%s, %s)", (self.check_channel, token))
+            while True:
+                async for notify in conn.notifies(stop_after=1):
+                    if notify.channel != self.check_channel:
+                        self._on_message(notify.payload, notify.channel)
+                    elif notify.payload == token:
+                        self._stats.self_checks += 1
+                        elapsed = (time.monotonic() - started) * 1000
+                        logger.debug("self-check round trip %.1f ms", elapsed)
+                        return

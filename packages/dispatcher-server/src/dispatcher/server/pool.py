@@ -1,0 +1,463 @@
+"""The pool of worker processes: a FIFO queue of jobs, and workers that run them.
+
+Jobs go to the longest-idle worker, or wait in the queue while every worker is busy. The
+pool grows one worker per step while there is a backlog (up to ``max_workers``), shrinks
+after ``scaledown_wait`` idle seconds (down to ``min_workers``), replaces workers after
+``max_worker_lifetime`` seconds or ``max_tasks_per_worker`` tasks (between tasks), and
+replaces a worker that dies at once, recording its task as ``worker_lost``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from socket import socket
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from dispatcher.config import Pool as PoolSettings
+from dispatcher.server.launcher import WorkerLauncher
+from dispatcher.server.protocol import STOP_LINE, LineReader
+from dispatcher.server.stats import ServiceStats
+
+logger = logging.getLogger("dispatcher.pool")
+
+STARTUP_TIMEOUT = 60.0
+"""Seconds a new worker has to import the task modules and report ready."""
+
+EXIT_WAIT = 5.0
+"""Seconds a worker asked to stop (or seen to die) has to exit before it is killed."""
+
+
+class WorkerStatus(enum.Enum):
+    """Where a worker is in its life."""
+
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+_LIVE = frozenset({WorkerStatus.STARTING, WorkerStatus.READY, WorkerStatus.BUSY})
+"""Statuses of workers that count towards the pool's size."""
+
+
+@dataclass(slots=True)
+class Job:
+    """A validated task message waiting for, or running on, a worker."""
+
+    uuid: str
+    task: str
+    line: bytes
+    """The request line for a worker (the message's JSON text, as received)."""
+    received: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class Worker:
+    """The service's view of one worker process."""
+
+    id: int
+    created: float = field(default_factory=time.monotonic)
+    status: WorkerStatus = WorkerStatus.STARTING
+    process: BaseProcess | None = None
+    sock: socket | None = None
+    pid: int | None = None
+    job: Job | None = None
+    tasks_done: int = 0
+    idle_since: float = 0.0
+    outbox: bytearray = field(default_factory=bytearray)
+
+
+class WorkerPool:
+    """Runs jobs on worker processes; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        settings: PoolSettings,
+        launcher: WorkerLauncher,
+        stats: ServiceStats,
+        on_ready: Callable[[frozenset[str]], None],
+        on_fatal: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.min_workers = settings.min_workers
+        self.max_workers = settings.max_workers or os.cpu_count() or 1
+        self._launcher = launcher
+        self._stats = stats
+        self._on_ready = on_ready
+        self._on_fatal = on_fatal
+        self._workers: dict[int, Worker] = {}
+        self._idle: deque[Worker] = deque()
+        self._queue: deque[Job] = deque()
+        self._next_id = 0
+        self._task_names: frozenset[str] | None = None
+        self._closing = False
+        self._wakeup = anyio.Event()
+        """Set to make the manager look at the pool now rather than at its next tick."""
+        self._changed = anyio.Event()
+        """Set (and replaced) whenever a worker finishes a task or goes away."""
+        self._task_group: TaskGroup | None = None
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start ``min_workers`` workers, then keep the pool in shape until cancelled."""
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            for _ in range(self.min_workers):
+                self._start_worker()
+            task_status.started()
+            while True:
+                with anyio.move_on_after(1.0):
+                    await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                if not self._closing:
+                    self._manage(time.monotonic())
+
+    def submit(self, job: Job) -> None:
+        """Run *job* on the longest-idle worker, or queue it (FIFO) if all are busy."""
+        while self._idle:
+            worker = self._idle.popleft()
+            if worker.status is WorkerStatus.READY:
+                self._assign(worker, job)
+                return
+        self._queue.append(job)
+        if len(self._queue) == 1:
+            self._wakeup.set()  # a backlog starts: the manager may add a worker
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a worker."""
+        return len(self._queue)
+
+    @property
+    def workers(self) -> list[Worker]:
+        """Every worker the pool has (starting, ready, busy or stopping)."""
+        return list(self._workers.values())
+
+    def _manage(self, now: float) -> None:
+        live = [w for w in self._workers.values() if w.status in _LIVE]
+        lifetime = self.settings.max_worker_lifetime
+        for worker in live:
+            if (
+                worker.status is WorkerStatus.READY
+                and lifetime is not None
+                and now - worker.created >= lifetime
+            ):
+                logger.info("worker %d reached its maximum lifetime: replacing it", worker.id)
+                self._stop(worker)
+        live = [w for w in live if w.status in _LIVE]
+        starting = sum(1 for w in live if w.status is WorkerStatus.STARTING)
+        if len(live) < self.min_workers:
+            for _ in range(self.min_workers - len(live)):
+                self._start_worker()
+        elif self._queue and len(live) < self.max_workers and not starting:
+            self._start_worker()  # one per step while the backlog lasts
+        elif not self._queue and len(live) > self.min_workers:
+            idle = [w for w in self._idle if w.status is WorkerStatus.READY]
+            if idle and now - idle[0].idle_since >= self.settings.scaledown_wait:
+                logger.debug("worker %d idle: stopping it", idle[0].id)
+                self._stop(idle[0])
+
+    # -- workers -------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        assert self._task_group is not None
+        worker = Worker(self._next_id)
+        self._next_id += 1
+        self._workers[worker.id] = worker
+        self._task_group.start_soon(self._worker_life, worker, name=f"worker-{worker.id}")
+
+    async def _worker_life(self, worker: Worker) -> None:
+        try:
+            worker.process, worker.sock = await anyio.to_thread.run_sync(
+                self._launcher.launch, worker.id
+            )
+        except Exception as exc:
+            logger.error("could not start worker %d: %s", worker.id, exc)
+            self._forget(worker)
+            await anyio.sleep(1.0)  # do not spin if starting workers keeps failing
+            self._wakeup.set()
+            return
+        self._stats.workers_started += 1
+        try:
+            with anyio.move_on_after(STARTUP_TIMEOUT) as startup:
+                await self._read_events(worker, until_ready=True)
+            if startup.cancelled_caught:
+                logger.error(
+                    "worker %d did not start within %.0f s: killing it", worker.id, STARTUP_TIMEOUT
+                )
+            elif worker.status is not WorkerStatus.EXITED:
+                await self._read_events(worker, until_ready=False)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._reap(worker)
+
+    async def _read_events(self, worker: Worker, *, until_ready: bool) -> None:
+        assert worker.sock is not None
+        reader = LineReader()
+        sock = worker.sock
+        while True:
+            await anyio.wait_readable(sock)
+            try:
+                data = sock.recv(1 << 16)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._lost(worker)
+                return
+            for line in reader.feed(data):
+                self._handle_event(worker, json.loads(line))
+            if until_ready and worker.status is not WorkerStatus.STARTING:
+                return
+
+    def _handle_event(self, worker: Worker, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "done":
+            self._finished(worker, event)
+        elif kind == "ready":
+            worker.pid = event["pid"]
+            if self._task_names is None:
+                self._task_names = frozenset(event["tasks"])
+                self._on_ready(self._task_names)
+            logger.debug("worker %d (pid %d) ready", worker.id, worker.pid)
+            self._available(worker)
+            self._wakeup.set()
+        elif kind == "fatal":
+            worker.status = WorkerStatus.STOPPING
+            self._on_fatal(event["error"])
+
+    def _finished(self, worker: Worker, event: dict[str, Any]) -> None:
+        job, worker.job = worker.job, None
+        worker.tasks_done += 1
+        outcome = event["outcome"]
+        self._stats.finished[outcome] += 1
+        if job is not None:
+            if outcome == "error":
+                logger.error(
+                    "task %s (uuid %s) failed: %s\n%s",
+                    job.task,
+                    job.uuid,
+                    event.get("error"),
+                    event.get("traceback", "").rstrip(),
+                )
+            elif logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "task %s (uuid %s) finished %s in %.1f ms on worker %d",
+                    job.task,
+                    job.uuid,
+                    outcome,
+                    (event["finished"] - event["started"]) * 1000,
+                    worker.id,
+                )
+        limit = self.settings.max_tasks_per_worker
+        lifetime = self.settings.max_worker_lifetime
+        if self._closing:
+            self._stop(worker)
+        elif limit is not None and worker.tasks_done >= limit:
+            logger.debug("worker %d ran %d tasks: replacing it", worker.id, worker.tasks_done)
+            self._stop(worker)
+        elif lifetime is not None and time.monotonic() - worker.created >= lifetime:
+            logger.info("worker %d reached its maximum lifetime: replacing it", worker.id)
+            self._stop(worker)
+        else:
+            self._available(worker)
+        self._signal_change()
+
+    def _available(self, worker: Worker) -> None:
+        if self._queue and not self._closing:
+            self._assign(worker, self._queue.popleft())
+        else:
+            worker.status = WorkerStatus.READY
+            worker.idle_since = time.monotonic()
+            self._idle.append(worker)
+
+    def _assign(self, worker: Worker, job: Job) -> None:
+        worker.status = WorkerStatus.BUSY
+        worker.job = job
+        self._send(worker, job.line)
+
+    def _send(self, worker: Worker, line: bytes) -> None:
+        assert worker.sock is not None
+        if worker.outbox:
+            worker.outbox += line
+            return
+        try:
+            sent = worker.sock.send(line)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the worker is gone; its reader will see the end of the socket
+        if sent < len(line):
+            worker.outbox += line[sent:]
+            assert self._task_group is not None
+            self._task_group.start_soon(self._flush, worker, name=f"worker-{worker.id}-writer")
+
+    async def _flush(self, worker: Worker) -> None:
+        assert worker.sock is not None
+        while worker.outbox:
+            await anyio.wait_writable(worker.sock)
+            try:
+                sent = worker.sock.send(worker.outbox)
+            except BlockingIOError:
+                continue
+            except OSError:
+                worker.outbox.clear()
+                return
+            del worker.outbox[:sent]
+
+    def _stop(self, worker: Worker) -> None:
+        """Ask a worker to exit (after its current task, if it has one)."""
+        if worker.status in (WorkerStatus.STOPPING, WorkerStatus.EXITED):
+            return
+        was_starting = worker.status is WorkerStatus.STARTING
+        worker.status = WorkerStatus.STOPPING
+        if was_starting or worker.sock is None:
+            if worker.process is not None:
+                worker.process.kill()
+        else:
+            self._send(worker, STOP_LINE)
+        self._wakeup.set()
+
+    def _lost(self, worker: Worker) -> None:
+        """The worker's socket closed: it exited, or died."""
+        expected = worker.status is WorkerStatus.STOPPING
+        worker.status = WorkerStatus.EXITED
+        job, worker.job = worker.job, None
+        if job is not None:
+            self._stats.finished["worker_lost"] += 1
+            logger.error(
+                "worker %d (pid %s) died while running task %s (uuid %s): worker_lost",
+                worker.id,
+                worker.pid,
+                job.task,
+                job.uuid,
+            )
+        elif not expected and not self._closing:
+            logger.warning("worker %d (pid %s) exited unexpectedly", worker.id, worker.pid)
+        if not expected:
+            self._stats.workers_lost += 1
+        self._signal_change()
+        self._wakeup.set()  # the manager replaces it if needed
+
+    async def _reap(self, worker: Worker) -> None:
+        """Wait for the process to end (killing it if it lingers) and forget the worker."""
+        if worker.status is not WorkerStatus.EXITED:
+            worker.status = WorkerStatus.EXITED
+            if worker.process is not None:
+                worker.process.kill()
+        process = worker.process
+        if process is not None:
+            with anyio.move_on_after(EXIT_WAIT):
+                while process.exitcode is None:
+                    await anyio.wait_readable(process.sentinel)
+                    process.join(0)
+            if process.exitcode is None:
+                logger.warning("worker %d (pid %s) did not exit: killing it", worker.id, worker.pid)
+                process.kill()
+                await anyio.to_thread.run_sync(process.join)
+            if process.exitcode and process.exitcode < 0 and not self._closing:
+                logger.warning(
+                    "worker %d (pid %s) was killed by %s",
+                    worker.id,
+                    worker.pid,
+                    _signal_name(-process.exitcode),
+                )
+            process.close()
+        if worker.sock is not None:
+            worker.sock.close()
+        self._forget(worker)
+
+    def _forget(self, worker: Worker) -> None:
+        worker.status = WorkerStatus.EXITED
+        self._workers.pop(worker.id, None)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+        self._signal_change()
+
+    # -- shutting down -------------------------------------------------------------------
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop every worker: idle ones at once, busy ones after their task or *grace* s."""
+        self._closing = True
+        if self._queue:
+            abandoned = [job.uuid for job in self._queue]
+            self._queue.clear()
+            logger.warning(
+                "shutting down with %d queued tasks abandoned: %s",
+                len(abandoned),
+                _summarise(abandoned),
+            )
+        for worker in list(self._workers.values()):
+            if worker.status is not WorkerStatus.BUSY:
+                self._stop(worker)
+        busy = [w for w in self._workers.values() if w.status is WorkerStatus.BUSY]
+        if busy:
+            logger.info("waiting up to %.0f s for %d running tasks to finish", grace, len(busy))
+        with anyio.move_on_after(grace):
+            await self._wait_until(
+                lambda: not any(w.status is WorkerStatus.BUSY for w in self._workers.values())
+            )
+        for worker in list(self._workers.values()):
+            if worker.status is WorkerStatus.BUSY and worker.job is not None:
+                logger.warning(
+                    "task %s (uuid %s) still running after %.0f s: stopping worker %d",
+                    worker.job.task,
+                    worker.job.uuid,
+                    grace,
+                    worker.id,
+                )
+                self._stats.finished["killed"] += 1
+                worker.job = None
+                worker.status = WorkerStatus.STOPPING
+                if worker.process is not None:
+                    worker.process.terminate()
+        with anyio.move_on_after(EXIT_WAIT * 2):
+            await self._wait_until(lambda: not self._workers)
+        for worker in list(self._workers.values()):
+            if worker.process is not None:
+                worker.process.kill()
+        with anyio.move_on_after(EXIT_WAIT):
+            await self._wait_until(lambda: not self._workers)
+
+    def _signal_change(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            await self._changed.wait()
+
+    def kill_all(self) -> None:
+        """Kill every worker process now (for a forced exit)."""
+        for worker in self._workers.values():
+            if worker.process is not None and worker.process.exitcode is None:
+                worker.process.kill()
+                worker.process.join(1)
+
+
+def _summarise(uuids: list[str], shown: int = 20) -> str:
+    text = ", ".join(uuids[:shown])
+    return text + (f" and {len(uuids) - shown} more" if len(uuids) > shown else "")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -1,0 +1,153 @@
+"""The service: one anyio task group running the listener, the intake and the worker pool."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+from collections.abc import AsyncIterator
+from typing import Final
+
+import anyio
+from anyio import CancelScope
+
+from dispatcher.config import Settings
+from dispatcher.server.intake import Intake
+from dispatcher.server.launcher import WorkerLauncher
+from dispatcher.server.listener import PgNotifyListener
+from dispatcher.server.pool import WorkerPool
+from dispatcher.server.stats import ServiceStats
+
+logger = logging.getLogger("dispatcher.service")
+
+EXIT_OK: Final = 0
+EXIT_FORCED: Final = 1
+EXIT_TASK_MODULES: Final = 3
+"""Exit status when the task modules cannot be imported."""
+
+
+def default_node_id() -> str:
+    """A node id from the host name and process id, within the channel-name rule."""
+    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:48]
+    return f"{host}-{os.getpid()}"
+
+
+class Service:
+    """A dispatcher service built from a config; :meth:`run` it inside an anyio event loop."""
+
+    def __init__(self, settings: Settings, log_level: int = logging.INFO) -> None:
+        self.settings = settings
+        self.node_id = settings.service.node_id or default_node_id()
+        self.stats = ServiceStats()
+        self.exit_status = EXIT_OK
+        self._launcher = WorkerLauncher(settings.tasks.modules, log_level)
+        self.pool = WorkerPool(
+            settings.service.pool,
+            self._launcher,
+            self.stats,
+            on_ready=self._tasks_known,
+            on_fatal=self._task_modules_failed,
+        )
+        self.intake = Intake(self.pool, self.stats, settings.service.chunk_expiry)
+        pg_notify = settings.brokers.pg_notify
+        self.listener = (
+            None
+            if pg_notify is None
+            else PgNotifyListener(
+                pg_notify,
+                application_name=f"dispatcher-service:{self.node_id}"[:63],
+                on_message=self.intake.receive,
+                stats=self.stats,
+            )
+        )
+        self._stop = anyio.Event()
+        self._listening: CancelScope | None = None
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT (or :meth:`stop`); return the exit status."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._watch_signals, signals, name="signals")
+                await task_group.start(self.pool.run, name="worker-pool")
+                logger.info(
+                    "dispatcher service %s started (pid %d, %d-%d workers)",
+                    self.node_id,
+                    os.getpid(),
+                    self.pool.min_workers,
+                    self.pool.max_workers,
+                )
+                if self.listener is None:
+                    logger.warning(
+                        "no brokers.pg_notify in %s: nothing to listen to", self.settings.source
+                    )
+                else:
+                    task_group.start_soon(self._listen, name="pg-notify-listener")
+                task_group.start_soon(self._expire_chunks, name="chunk-expiry")
+                await self._stop.wait()
+                await self._shut_down()
+                task_group.cancel_scope.cancel()
+        logger.info("dispatcher service %s stopped", self.node_id)
+        return self.exit_status
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown."""
+        self._stop.set()
+
+    async def _listen(self) -> None:
+        assert self.listener is not None
+        with anyio.CancelScope() as self._listening:
+            await self.listener.run()
+
+    async def _watch_signals(self, signals: AsyncIterator[signal.Signals]) -> None:
+        async for number in signals:
+            if not self._stop.is_set():
+                logger.info("received %s: shutting down", signal.Signals(number).name)
+                self._stop.set()
+            else:
+                logger.warning("received %s again: forcing exit now", signal.Signals(number).name)
+                self.pool.kill_all()
+                os._exit(EXIT_FORCED)
+
+    async def _shut_down(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+        await self.pool.shutdown(self.settings.service.shutdown_grace)
+        pending = len(self.intake.chunks)
+        if pending:
+            logger.warning("dropped %d incomplete chunked messages", pending)
+
+    async def _expire_chunks(self) -> None:
+        while True:
+            await anyio.sleep(max(1.0, min(60.0, self.settings.service.chunk_expiry / 10)))
+            for message_id in self.intake.chunks.expire():
+                self.stats.rejected["chunk_expired"] += 1
+                logger.warning("incomplete chunked message %s expired", message_id)
+
+    def _tasks_known(self, names: frozenset[str]) -> None:
+        self.intake.tasks_known(names)
+
+    def _task_modules_failed(self, error: str) -> None:
+        if self.exit_status == EXIT_OK:
+            logger.critical(
+                "cannot import the task modules (tasks.modules in %s):\n%s",
+                self.settings.source,
+                error.rstrip(),
+            )
+            self.exit_status = EXIT_TASK_MODULES
+        self._stop.set()
+
+
+def run_service(settings: Settings | None = None, log_level: int = logging.INFO) -> int:
+    """Run a service from *settings* (default: the config in force) until it is stopped.
+
+    Blocks; stops gracefully on SIGTERM or SIGINT. Returns the exit status: 0 after a
+    graceful stop, 3 when the task modules cannot be imported.
+    """
+    if settings is None:
+        from dispatcher.config import get_settings
+
+        settings = get_settings()
+    service = Service(settings, log_level)
+    return anyio.run(service.run, backend="asyncio")

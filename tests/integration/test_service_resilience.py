@@ -1,0 +1,255 @@
+"""The service keeps serving through database outages, dying workers and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from support.postgres import unique_channel
+from support.proxy import DatabaseProxy
+from support.service import (
+    Evidence,
+    ServiceProcess,
+    alive,
+    children,
+    standalone_command,
+    wait_until,
+    worker_pids,
+)
+
+RECORD = "support.service_tasks.record"
+SLEEP = "support.service_tasks.sleep_then_record"
+StartService = Callable[..., ServiceProcess]
+Notify = Callable[[str, str], None]
+
+
+def message(task: str, *args: Any, **extra: Any) -> str:
+    return json.dumps(
+        {"task": task, "args": [str(a) if isinstance(a, Path) else a for a in args], **extra}
+    )
+
+
+def assert_no_orphans(pids: set[int]) -> None:
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=5)
+
+
+def test_database_down_at_start_is_retried(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    pg_dsn: str,
+) -> None:
+    proxy = DatabaseProxy(pg_dsn)
+    service_config["brokers"]["pg_notify"]["conninfo"] = proxy.dsn
+    service = start_service(service_config, wait=False)
+    service.wait_for_log(
+        r"WARNING .*pg_notify connection to PostgreSQL at 127\.0\.0\.1.* failed .*; retrying in",
+        count=2,
+    )
+    assert service.process is not None
+    assert service.process.poll() is None
+    proxy.up()
+    try:
+        service.wait_for_log(r"listening on channels", timeout=40)
+        notify(channel, message(RECORD, evidence.path, "after the outage"))
+        assert evidence.wait_for(1)[0]["args"] == ["after the outage"]
+    finally:
+        proxy.down()
+
+
+def test_terminated_listener_connection_is_survived(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    pg_conn: psycopg.Connection[Any],
+) -> None:
+    service_config["service"]["node_id"] = channel
+    service = start_service(service_config)
+    [(terminated,)] = pg_conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+        (f"dispatcher-service:{channel}",),
+    ).fetchall()
+    assert terminated == 1
+    service.wait_for_log(r"reconnected to PostgreSQL", timeout=10)
+    notify(channel, message(RECORD, evidence.path, "after"))
+    assert evidence.wait_for(1)[0]["args"] == ["after"]
+
+
+def test_killed_busy_worker_is_replaced_within_a_second(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    notify(channel, message(SLEEP, evidence.path, 30, "doomed", uuid="u-doomed"))
+    [started] = evidence.wait_for(1)
+    killed_at = time.time()
+    os.kill(started["pid"], signal.SIGKILL)
+    notify(channel, message(RECORD, evidence.path, "next"))
+    _, replacement = evidence.wait_for(2)
+    assert replacement["pid"] != started["pid"]
+    assert replacement["time"] - killed_at < 1.0
+    service.wait_for_log(
+        r"ERROR .*died while running task support\.service_tasks\.sleep_then_record \(uuid u-doomed\): worker_lost"
+    )
+
+
+def test_sigterm_lets_the_running_task_finish_and_exits_0(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    notify(channel, message(SLEEP, evidence.path, 1.0, "finishing"))
+    evidence.wait_for(1)
+    processes = children(service.pid)
+    assert processes
+    assert service.stop() == 0
+    assert [r.get("event") for r in evidence.records()] == ["start", "end"]
+    assert_no_orphans(processes)
+    assert "stopped" in service.log.splitlines()[-1]
+
+
+def test_shutdown_grace_expires_and_queued_work_is_reported(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"].update(shutdown_grace=0.5, pool={"min_workers": 1, "max_workers": 1})
+    service = start_service(service_config)
+    notify(channel, message(SLEEP, evidence.path, 30, "stuck", uuid="u-stuck"))
+    for n in range(3):
+        notify(channel, message(RECORD, evidence.path, n, uuid=f"u-queued-{n}"))
+    evidence.wait_for(1)
+    processes = children(service.pid)
+    started = time.monotonic()
+    assert service.stop() == 0
+    assert time.monotonic() - started < 5
+    assert [r.get("event") for r in evidence.records()] == ["start"]
+    service.wait_for_log(r"3 queued tasks abandoned: u-queued-0, u-queued-1, u-queued-2")
+    service.wait_for_log(
+        r"task support\.service_tasks\.sleep_then_record \(uuid u-stuck\) still running after"
+    )
+    assert_no_orphans(processes)
+
+
+def test_second_signal_forces_exit(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["shutdown_grace"] = 60
+    service = start_service(service_config)
+    notify(channel, message(SLEEP, evidence.path, 60))
+    evidence.wait_for(1)
+    processes = children(service.pid)
+    service.signal(signal.SIGTERM)
+    service.wait_for_log(r"waiting up to 60 s for 1 running tasks")
+    service.signal(signal.SIGINT)
+    assert service.wait(5) == 1
+    assert_no_orphans(processes)
+
+
+def test_bad_config_exits_2_with_the_error(tmp_path: Path) -> None:
+    import subprocess
+
+    config = tmp_path / "dispatcher.yml"
+    config.write_text("version: 1\nservice: {pool: {max_workers: 0}}\n")
+    result = subprocess.run(
+        [*standalone_command(), "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == f"dispatcher-standalone: {config}: service.pool.max_workers: must be at least 1, got 0\n"
+    )
+
+
+def test_task_module_that_fails_to_import_stops_the_service(
+    start_service: StartService,
+    service_config: dict[str, Any],
+) -> None:
+    service_config["tasks"]["modules"] = ["support.service_tasks", "support.no_such_module"]
+    service = start_service(service_config, wait=False)
+    assert service.wait(30) == 3
+    assert "cannot import the task modules" in service.log
+    assert "No module named 'support.no_such_module'" in service.log
+
+
+def test_worker_replaced_after_max_tasks(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {
+        "min_workers": 1,
+        "max_workers": 1,
+        "max_tasks_per_worker": 2,
+    }
+    start_service(service_config)
+    for n in range(5):
+        notify(channel, message(RECORD, evidence.path, n))
+    records = evidence.wait_for(5)
+    assert [r["args"][0] for r in records] == [0, 1, 2, 3, 4]
+    pids = [r["pid"] for r in records]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+
+
+def test_pool_grows_with_backlog_and_shrinks_when_idle(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 3, "scaledown_wait": 0.5}
+    service = start_service(service_config)
+    for n in range(3):
+        notify(channel, message(SLEEP, evidence.path, 1.0, str(n)))
+    records = evidence.wait_for(6, timeout=15)
+    starts = [r for r in records if r["event"] == "start"]
+    assert len({r["pid"] for r in starts}) == 3  # three workers ran them side by side
+    assert {r["pid"] for r in starts} <= worker_pids(service.pid)
+    # Back to one worker once idle for scaledown_wait.
+    wait_until(lambda: len(worker_pids(service.pid)) == 1, timeout=10)
+
+
+def test_unlistened_worker_channel_names_are_refused_by_config(tmp_path: Path) -> None:
+    import subprocess
+
+    config = tmp_path / "dispatcher.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "brokers": {"pg_notify": {"conninfo": "x", "channels": [unique_channel() + " x"]}},
+            }
+        )
+    )
+    result = subprocess.run(
+        [*standalone_command(), "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "is not a valid channel name" in result.stderr
