@@ -9,6 +9,7 @@ replaces a worker that dies at once, recording its task as ``worker_lost``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import json
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from socket import socket
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -35,6 +36,8 @@ logger = logging.getLogger("dispatcher.pool")
 
 STARTUP_TIMEOUT = 60.0
 """Seconds a new worker has to import the task modules and report ready."""
+
+_READ_SIZE = 1 << 16
 
 EXIT_WAIT = 5.0
 """Seconds a worker asked to stop (or seen to die) has to exit before it is killed."""
@@ -54,15 +57,17 @@ _LIVE = frozenset({WorkerStatus.STARTING, WorkerStatus.READY, WorkerStatus.BUSY}
 """Statuses of workers that count towards the pool's size."""
 
 
-@dataclass(slots=True)
-class Job:
-    """A validated task message waiting for, or running on, a worker."""
+class Job(NamedTuple):
+    """A validated task message waiting for, or running on, a worker.
+
+    A tuple of strings and bytes, so that a long queue of them costs the garbage collector
+    nothing (it stops tracking such tuples).
+    """
 
     uuid: str
     task: str
     line: bytes
     """The request line for a worker (the message's JSON text, as received)."""
-    received: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -74,11 +79,17 @@ class Worker:
     status: WorkerStatus = WorkerStatus.STARTING
     process: BaseProcess | None = None
     sock: socket | None = None
+    fd: int = -1
+    """The socket's file descriptor (read and written with os calls: cheaper)."""
     pid: int | None = None
     job: Job | None = None
     tasks_done: int = 0
     idle_since: float = 0.0
     outbox: bytearray = field(default_factory=bytearray)
+    started: anyio.Event = field(default_factory=anyio.Event)
+    """Set when the worker has reported ready (or failed to import the task modules)."""
+    gone: anyio.Event = field(default_factory=anyio.Event)
+    """Set when the worker's socket has closed."""
 
 
 class WorkerPool:
@@ -107,8 +118,8 @@ class WorkerPool:
         self._closing = False
         self._wakeup = anyio.Event()
         """Set to make the manager look at the pool now rather than at its next tick."""
-        self._changed = anyio.Event()
-        """Set (and replaced) whenever a worker finishes a task or goes away."""
+        self._changed: anyio.Event | None = None
+        """Set when a worker finishes a task or goes away, while someone waits for that."""
         self._task_group: TaskGroup | None = None
 
     # -- running -------------------------------------------------------------------------
@@ -193,38 +204,45 @@ class WorkerPool:
             self._wakeup.set()
             return
         self._stats.workers_started += 1
+        assert worker.sock is not None
+        loop = asyncio.get_running_loop()
+        fd = worker.fd = worker.sock.fileno()
+        # A reader callback rather than a task awaiting readability: one event per wake-up,
+        # with no epoll registration per read and no task switch (this is the hot path).
+        loop.add_reader(fd, self._on_readable, worker, LineReader())
         try:
-            with anyio.move_on_after(STARTUP_TIMEOUT) as startup:
-                await self._read_events(worker, until_ready=True)
-            if startup.cancelled_caught:
+            with anyio.move_on_after(STARTUP_TIMEOUT):
+                await worker.started.wait()
+            if worker.started.is_set():
+                await worker.gone.wait()
+            else:
                 logger.error(
                     "worker %d did not start within %.0f s: killing it", worker.id, STARTUP_TIMEOUT
                 )
-            elif worker.status is not WorkerStatus.EXITED:
-                await self._read_events(worker, until_ready=False)
         finally:
+            loop.remove_reader(fd)
             with anyio.CancelScope(shield=True):
                 await self._reap(worker)
 
-    async def _read_events(self, worker: Worker, *, until_ready: bool) -> None:
-        assert worker.sock is not None
-        reader = LineReader()
-        sock = worker.sock
-        while True:
-            await anyio.wait_readable(sock)
-            try:
-                data = sock.recv(1 << 16)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                self._lost(worker)
-                return
+    def _on_readable(self, worker: Worker, reader: LineReader) -> None:
+        """Read and handle what a worker sent (called by the event loop)."""
+        try:
+            data = os.read(worker.fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(worker.fd)
+            self._lost(worker)
+            return
+        try:
             for line in reader.feed(data):
                 self._handle_event(worker, json.loads(line))
-            if until_ready and worker.status is not WorkerStatus.STARTING:
-                return
+        except Exception:
+            logger.exception("cannot handle an event from worker %d: stopping it", worker.id)
+            if worker.process is not None:
+                worker.process.kill()
 
     def _handle_event(self, worker: Worker, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -236,10 +254,12 @@ class WorkerPool:
                 self._task_names = frozenset(event["tasks"])
                 self._on_ready(self._task_names)
             logger.debug("worker %d (pid %d) ready", worker.id, worker.pid)
+            worker.started.set()
             self._available(worker)
             self._wakeup.set()
         elif kind == "fatal":
             worker.status = WorkerStatus.STOPPING
+            worker.started.set()
             self._on_fatal(event["error"])
 
     def _finished(self, worker: Worker, event: dict[str, Any]) -> None:
@@ -293,12 +313,11 @@ class WorkerPool:
         self._send(worker, job.line)
 
     def _send(self, worker: Worker, line: bytes) -> None:
-        assert worker.sock is not None
         if worker.outbox:
             worker.outbox += line
             return
         try:
-            sent = worker.sock.send(line)
+            sent = os.write(worker.fd, line)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -338,6 +357,7 @@ class WorkerPool:
         """The worker's socket closed: it exited, or died."""
         expected = worker.status is WorkerStatus.STOPPING
         worker.status = WorkerStatus.EXITED
+        worker.gone.set()
         job, worker.job = worker.job, None
         if job is not None:
             self._stats.finished["worker_lost"] += 1
@@ -436,11 +456,14 @@ class WorkerPool:
             await self._wait_until(lambda: not self._workers)
 
     def _signal_change(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:  # only shutdown waits for it: keep the hot path cheap
+            self._changed.set()
+            self._changed = None
 
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():
+            if self._changed is None:
+                self._changed = anyio.Event()
             await self._changed.wait()
 
     def kill_all(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -71,6 +72,9 @@ class Service:
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(self._watch_signals, signals, name="signals")
                 await task_group.start(self.pool.run, name="worker-pool")
+                # What exists now lives as long as the service: keep it out of every
+                # future garbage collection.
+                gc.freeze()
                 logger.info(
                     "dispatcher service %s started (pid %d, %d-%d workers)",
                     self.node_id,
