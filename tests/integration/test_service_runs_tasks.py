@@ -249,3 +249,25 @@ def test_dispatcherd_messages_run_unchanged(
         notify(channel, envelope)
     records = evidence.wait_for(2)
     assert sorted(len(r["args"][0]) for r in records) == [5, 30_000]
+
+
+def test_incomplete_chunked_message_expires_and_late_slices_never_run(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    from dispatcher.publish import split_message
+
+    service_config["service"]["chunk_expiry"] = 0.5
+    service = start_service(service_config)
+    first, *rest = split_message(task_message(evidence.path, "z" * 10_000), message_id="partial-1")
+    notify(channel, first)
+    service.wait_for_log(r"incomplete chunked message partial-1 expired", timeout=5)
+    for envelope in rest:
+        notify(channel, envelope)
+    notify(channel, task_message(evidence.path, "after"))
+    assert [r["args"] for r in evidence.wait_for(1)] == [["after"]]
+    with pytest.raises(AssertionError):
+        evidence.wait_for(2, timeout=0.5)

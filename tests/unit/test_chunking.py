@@ -43,13 +43,15 @@ def test_worst_case_characters_still_fit() -> None:
 def test_partial_messages_expire() -> None:
     now = [100.0]
     assembler = ChunkAssembler(expiry=30, clock=lambda: now[0])
-    first, _second = (json.loads(e) for e in split_message("x" * 300, limit=250, message_id="m"))
+    first, second = (json.loads(e) for e in split_message("x" * 300, limit=250, message_id="m"))
     assert assembler.add(first) is None
     now[0] += 29
     assert assembler.expire() == []
     now[0] += 2
     assert assembler.expire() == ["m"]
     assert len(assembler) == 0
+    assert assembler.add(second) is None  # a late slice of an expired message: ignored
+    assert (len(assembler), assembler.late_slices) == (0, 1)
 
 
 def test_contradicting_envelopes_are_refused() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -23,6 +24,8 @@ CHUNK_VERSION: Final = "v1"
 """The only envelope version there is."""
 
 _MAX_DIGITS: Final = 99999  # stands for the widest index and total when sizing an envelope
+
+_REMEMBERED_DROPS: Final = 10_000
 
 
 def is_chunk(message: Mapping[str, Any]) -> bool:
@@ -73,6 +76,10 @@ class ChunkError(ValueError):
     """A chunk envelope contradicts the others of its message."""
 
 
+class ChunkedMessageTooLarge(ChunkError):
+    """The slices of one message add up to more than the assembler accepts."""
+
+
 @dataclass
 class _Partial:
     total: int
@@ -99,6 +106,11 @@ class ChunkAssembler:
         self.max_bytes = max_bytes
         self._clock = clock
         self._partials: dict[str, _Partial] = {}
+        self._dropped: OrderedDict[str, None] = OrderedDict()
+        """Ids of messages dropped (expired, contradictory, too large): their late slices
+        are ignored. The oldest ids are forgotten beyond :data:`_REMEMBERED_DROPS`."""
+        self.late_slices = 0
+        """Slices that arrived for a message already dropped, and were ignored."""
 
     def add(self, envelope: Mapping[str, Any]) -> str | None:
         """Take one envelope; return the whole message's text once its last slice arrives.
@@ -106,13 +118,16 @@ class ChunkAssembler:
         :raises ChunkError: when the envelope's index or total contradicts its message.
         """
         message_id, index, total = envelope["message_id"], envelope["index"], envelope["total"]
+        if message_id in self._dropped:
+            self.late_slices += 1
+            return None
         if index >= total:
             raise ChunkError(f"chunk index {index} is not below its total {total}")
         partial = self._partials.get(message_id)
         if partial is None:
             partial = self._partials[message_id] = _Partial(total, self._clock())
         elif partial.total != total:
-            self._partials.pop(message_id)
+            self._drop(message_id)
             raise ChunkError(
                 f"chunk {index} of message {message_id} says {total} chunks, "
                 f"earlier ones said {partial.total}; the message is dropped"
@@ -122,8 +137,8 @@ class ChunkAssembler:
             partial.size += len(payload)
         partial.parts[index] = payload
         if self.max_bytes is not None and partial.size > self.max_bytes:
-            del self._partials[message_id]
-            raise ChunkError(
+            self._drop(message_id)
+            raise ChunkedMessageTooLarge(
                 f"chunked message {message_id} exceeds {self.max_bytes} bytes; it is dropped"
             )
         if len(partial.parts) < total:
@@ -136,8 +151,14 @@ class ChunkAssembler:
         deadline = self._clock() - self.expiry
         expired = [mid for mid, partial in self._partials.items() if partial.started < deadline]
         for message_id in expired:
-            del self._partials[message_id]
+            self._drop(message_id)
         return expired
+
+    def _drop(self, message_id: str) -> None:
+        self._partials.pop(message_id, None)
+        self._dropped[message_id] = None
+        if len(self._dropped) > _REMEMBERED_DROPS:
+            self._dropped.popitem(last=False)
 
     def __len__(self) -> int:
         """The number of partial messages waiting for slices."""

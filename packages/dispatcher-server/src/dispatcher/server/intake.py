@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from typing import Any, Final
 
-from dispatcher.publish.chunking import ChunkAssembler, ChunkError
+from dispatcher.publish.chunking import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
 from dispatcher.schema import MAX_MESSAGE_BYTES, validator
 from dispatcher.server.pool import Job, WorkerPool
 from dispatcher.server.protocol import run_line
@@ -109,6 +109,8 @@ class Intake:
             raise Rejected("invalid_chunk", f"invalid chunk envelope: {problems}")
         try:
             whole = self.chunks.add(envelope)
+        except ChunkedMessageTooLarge as exc:
+            raise Rejected("oversized", str(exc)) from None
         except ChunkError as exc:
             raise Rejected("invalid_chunk", str(exc)) from None
         for message_id in self.chunks.expire():

@@ -1,0 +1,142 @@
+"""The intake's decisions, payload by payload (no database, no worker processes)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from dispatcher.publish import split_message
+from dispatcher.server.intake import Intake
+from dispatcher.server.pool import Job
+from dispatcher.server.stats import ServiceStats
+
+
+class RecordingPool:
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def submit(self, job: Job) -> None:
+        self.jobs.append(job)
+
+
+@pytest.fixture
+def pool() -> RecordingPool:
+    return RecordingPool()
+
+
+@pytest.fixture
+def stats() -> ServiceStats:
+    return ServiceStats()
+
+
+@pytest.fixture
+def intake(pool: RecordingPool, stats: ServiceStats) -> Intake:
+    intake = Intake(pool, stats, chunk_expiry=60)  # type: ignore[arg-type]
+    intake.tasks_known(frozenset({"app.tasks.work"}))
+    return intake
+
+
+def sent_message(job: Job) -> dict[str, Any]:
+    request = json.loads(job.line)
+    assert request["op"] == "run"
+    return request["message"]  # type: ignore[no-any-return]
+
+
+def test_valid_message_becomes_a_job_with_its_text_passed_through(
+    intake: Intake, pool: RecordingPool, stats: ServiceStats
+) -> None:
+    payload = '{\n  "task": "app.tasks.work",\n  "uuid": "u1",\n  "args": ["a\\nb"]\n}'
+    intake.receive(payload, "c1")
+    [job] = pool.jobs
+    assert (job.uuid, job.task) == ("u1", "app.tasks.work")
+    assert job.line.count(b"\n") == 1  # one line, whatever the payload's layout
+    assert json.loads(job.line)["channel"] == "c1"
+    assert sent_message(job) == {"task": "app.tasks.work", "uuid": "u1", "args": ["a\nb"]}
+    assert stats.received == 1
+
+
+def test_message_without_uuid_gets_one(intake: Intake, pool: RecordingPool) -> None:
+    intake.receive('{"task": "app.tasks.work"}', "c")
+    intake.receive('{"task": "app.tasks.work"}', "c")
+    assert [sent_message(job)["uuid"] for job in pool.jobs] == ["internal-1", "internal-2"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "text"),
+    [
+        ("not json", "not_json", "not JSON"),
+        ('{"task": "app.tasks.work", "timeout": NaN}', "not_json", "NaN is not valid JSON"),
+        ("[1, 2]", "not_object", "a JSON array, not an object"),
+        ('"text"', "not_object", "a JSON string, not an object"),
+        ("null", "not_object", "a JSON null, not an object"),
+        (
+            '{"task": "os.system", "uuid": "u9"}',
+            "unknown_task",
+            "(uuid u9): task 'os.system' is not registered",
+        ),
+        (
+            '{"task": "app.tasks.work", "delay": -1}',
+            "invalid_message",
+            "delay: must be at least 0, got -1",
+        ),
+        ('{"control": "alive"}', "control_unsupported", "control messages are not supported"),
+        ('{"__dispatcherd_chunk__": "v2"}', "invalid_chunk", "invalid chunk envelope"),
+    ],
+)
+def test_rejections(
+    intake: Intake,
+    pool: RecordingPool,
+    stats: ServiceStats,
+    caplog: pytest.LogCaptureFixture,
+    payload: str,
+    reason: str,
+    text: str,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="dispatcher.intake"):
+        intake.receive(payload, "chan")
+    assert pool.jobs == []
+    assert stats.rejected == {reason: 1}
+    [record] = caplog.records
+    assert record.getMessage().startswith("rejected message on channel chan")
+    assert text in record.getMessage()
+
+
+def test_chunks_out_of_order_are_joined(intake: Intake, pool: RecordingPool) -> None:
+    text = json.dumps({"task": "app.tasks.work", "uuid": "big", "args": ["x" * 20_000]})
+    envelopes = split_message(text)
+    for envelope in reversed(envelopes):
+        intake.receive(envelope, "c")
+    [job] = pool.jobs
+    assert sent_message(job)["args"] == ["x" * 20_000]
+
+
+def test_oversized_chunked_message_is_dropped(pool: RecordingPool, stats: ServiceStats) -> None:
+    intake = Intake(pool, stats, chunk_expiry=60)  # type: ignore[arg-type]
+    intake.chunks.max_bytes = 10_000
+    for envelope in split_message(json.dumps({"task": "app.tasks.work", "args": ["y" * 30_000]})):
+        intake.receive(envelope, "c")
+    assert stats.rejected["oversized"] == 1
+    assert pool.jobs == []
+
+
+def test_messages_wait_until_the_tasks_are_known(pool: RecordingPool, stats: ServiceStats) -> None:
+    intake = Intake(pool, stats, chunk_expiry=60)  # type: ignore[arg-type]
+    intake.receive('{"task": "app.tasks.work", "uuid": "early"}', "c")
+    intake.receive('{"task": "app.tasks.other", "uuid": "unknown"}', "c")
+    assert pool.jobs == []
+    intake.tasks_known(frozenset({"app.tasks.work"}))
+    assert [job.uuid for job in pool.jobs] == ["early"]
+    assert stats.rejected == {"unknown_task": 1}
+
+
+def test_rejection_lines_are_rate_limited(
+    intake: Intake, stats: ServiceStats, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="dispatcher.intake"):
+        for _ in range(1000):
+            intake.receive("garbage", "c")
+    assert stats.rejected["not_json"] == 1000
+    assert len(caplog.records) <= 20

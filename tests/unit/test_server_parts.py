@@ -1,0 +1,60 @@
+"""Small parts of the service: the worker line protocol, backoff, rate-limited logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from dispatcher.server.backoff import Backoff
+from dispatcher.server.protocol import LineReader, event_line, run_line
+from dispatcher.server.ratelimit import RateLimitedLog
+
+
+def test_line_reader_joins_partial_reads() -> None:
+    reader = LineReader()
+    assert reader.feed(b'{"a":') == []
+    assert reader.feed(b'1}\n{"b"') == [b'{"a":1}']
+    assert reader.feed(b":2}\n\n") == [b'{"b":2}', b""]
+
+
+def test_run_line_keeps_the_message_text_on_one_line() -> None:
+    line = run_line('{"task":\r\n "t", "args": ["multi\\nline"]}', "chan")
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert json.loads(line) == {
+        "op": "run",
+        "channel": "chan",
+        "message": {"task": "t", "args": ["multi\nline"]},
+    }
+
+
+def test_event_line() -> None:
+    assert event_line({"event": "ready", "tasks": ["a"]}) == b'{"event":"ready","tasks":["a"]}\n'
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
+    backoff = Backoff(initial=1, maximum=5)
+    delays = [backoff.next_delay() for _ in range(5)]
+    for delay, expected in zip(delays, [1, 2, 4, 5, 5], strict=True):
+        assert expected * 0.9 <= delay <= expected * 1.1
+    backoff.reset()
+    assert backoff.next_delay() <= 1.1
+
+
+def test_rate_limited_log_says_what_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    log = RateLimitedLog(
+        logging.getLogger("test.ratelimit"), logging.WARNING, per_second=2, clock=lambda: now[0]
+    )
+    with caplog.at_level(logging.WARNING, logger="test.ratelimit"):
+        for n in range(5):
+            log.log("event %d", n)
+        now[0] = 1.5
+        log.log("event %d", 5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "event 0",
+        "event 1",
+        "event 5 (3 similar lines suppressed)",
+    ]
