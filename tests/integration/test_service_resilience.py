@@ -86,6 +86,48 @@ def test_terminated_listener_connection_is_survived(
     assert evidence.wait_for(1)[0]["args"] == ["after"]
 
 
+def test_self_check_finds_a_silently_dead_connection(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    pg_dsn: str,
+) -> None:
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    pg_notify = service_config["brokers"]["pg_notify"]
+    pg_notify.update(conninfo=proxy.dsn, self_check_interval=0.3, self_check_timeout=0.5)
+    try:
+        service = start_service(service_config, log_level="DEBUG")
+        service.wait_for_log(r"self-check round trip", count=2)
+        proxy.freeze()  # packets stop; no connection is closed
+        service.wait_for_log(r"pg_notify connection to .* failed \(.*\); retrying in", timeout=10)
+        service.wait_for_log(r"reconnected to PostgreSQL", timeout=10)
+        notify(channel, message(RECORD, evidence.path, "after the partition"))
+        assert evidence.wait_for(1)[0]["args"] == ["after the partition"]
+        assert "rejected" not in service.log  # self-checks never reach the intake
+    finally:
+        proxy.down()
+
+
+def test_ctrl_c_in_a_terminal_stops_gracefully(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    notify(channel, message(SLEEP, evidence.path, 0.5, "finishing"))
+    evidence.wait_for(1)
+    processes = children(service.pid)
+    os.killpg(os.getpgid(service.pid), signal.SIGINT)  # what a terminal sends to the whole group
+    assert service.wait(20) == 0
+    assert [r.get("event") for r in evidence.records()] == ["start", "end"]
+    assert_no_orphans(processes)
+
+
 def test_killed_busy_worker_is_replaced_within_a_second(
     start_service: StartService,
     service_config: dict[str, Any],

@@ -26,6 +26,7 @@ class DatabaseProxy:
         self.dsn = make_conninfo(dsn, host="127.0.0.1", port=self.port)
         self._listener: socket.socket | None = None
         self._sockets: list[socket.socket] = []
+        self._frozen: set[socket.socket] = set()
         self._lock = threading.Lock()
 
     def up(self) -> None:
@@ -47,6 +48,14 @@ class DatabaseProxy:
                 sock.close()
             self._sockets.clear()
 
+    def freeze(self) -> None:
+        """Stop forwarding on the open connections, without closing them: a silent partition.
+
+        New connections are forwarded as usual.
+        """
+        with self._lock:
+            self._frozen.update(self._sockets)
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -61,11 +70,11 @@ class DatabaseProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if source not in self._frozen:
+                    sink.sendall(data)
         except OSError:
             pass
         finally:

@@ -127,6 +127,7 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.folder,
+                start_new_session=True,  # its own process group, as under a terminal
             )
         return self
 
