@@ -59,7 +59,7 @@ def start_service(folder: Path, dsn: str, channel: str, workers: int) -> subproc
     (folder / "dispatcher.yml").write_text(json.dumps(config))
     log = (folder / "service.log").open("wb")
     command = [
-        str(Path(sys.executable).with_name("dispatcher-standalone")),
+        *(sys.executable, "-m", "dispatcher.server"),
         *("--log-level", "WARNING", "--config", str(folder / "dispatcher.yml")),
     ]
     env = dict(os.environ, PYTHONPATH=str(HERE))

@@ -19,8 +19,8 @@ TESTS = REPO / "tests"
 
 
 def standalone_command() -> list[str]:
-    """The installed ``dispatcher-standalone`` console script."""
-    return [str(Path(sys.executable).with_name("dispatcher-standalone"))]
+    """The service's command line (``python -m dispatcher.server`` = ``dispatcher-standalone``)."""
+    return [sys.executable, "-m", "dispatcher.server"]
 
 
 def wait_until(condition: Any, timeout: float, interval: float = 0.02) -> Any:

@@ -82,7 +82,11 @@ def test_message_without_uuid_gets_one(intake: Intake, pool: RecordingPool) -> N
             "invalid_message",
             "delay: must be at least 0, got -1",
         ),
-        ('{"control": "alive"}', "control_unsupported", "control messages are not supported"),
+        (
+            '{"control": "alive"}',
+            "control_unsupported",
+            "control messages over a broker are not supported",
+        ),
         ('{"__dispatcherd_chunk__": "v2"}', "invalid_chunk", "invalid chunk envelope"),
     ],
 )

@@ -19,6 +19,8 @@ from dispatcher.publish.chunking import ChunkAssembler, split_message
 from dispatcher.publish.decorator import TaskDecorator, TaskFunction, task
 from dispatcher.publish.errors import (
     BrokerUnavailable,
+    DispatcherCancel,
+    DispatcherExit,
     InvalidSubmission,
     PublishError,
     RegistrationError,
@@ -31,6 +33,8 @@ from dispatcher.publish.submit_sync import batch, close_connections, submit_task
 __all__ = [
     "BrokerUnavailable",
     "ChunkAssembler",
+    "DispatcherCancel",
+    "DispatcherExit",
     "InvalidSubmission",
     "PublishError",
     "RegisteredTask",

@@ -21,3 +21,20 @@ class BrokerUnavailable(PublishError):
 
 class RegistrationError(ValueError):
     """A function or class cannot be registered as a task (e.g. its name is taken)."""
+
+
+class DispatcherCancel(BaseException):
+    """Raised inside a running task when it is cancelled or times out.
+
+    The service delivers it with SIGUSR1 (a signal reserved for this). It derives from
+    ``BaseException``, so ``except Exception`` does not swallow it; a task may catch it to
+    clean up, and should then re-raise it. A task that ignores it is stopped anyway, with
+    SIGTERM and then SIGKILL, after ``service.cancel_grace`` seconds.
+    """
+
+
+class DispatcherExit(BaseException):
+    """Raised by a task to end its worker process.
+
+    The task counts as done; the worker exits cleanly and is replaced.
+    """

@@ -9,6 +9,7 @@ Run it with the ``dispatcher-standalone`` command, or from Python::
     run_service()   # blocks until SIGTERM or SIGINT
 """
 
+from dispatcher.server.hooks import BaseWorker
 from dispatcher.server.service import Service, run_service
 
-__all__ = ["Service", "run_service"]
+__all__ = ["BaseWorker", "Service", "run_service"]

@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any, Final
 
 from dispatcher.publish.chunking import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
+from dispatcher.publish.messages import new_uuid
 from dispatcher.schema import MAX_MESSAGE_BYTES, validator
 from dispatcher.server.pool import Job, WorkerPool
 from dispatcher.server.protocol import run_line
@@ -66,6 +67,17 @@ class Intake:
             logger.exception("internal error while handling a message on %s", channel)
             self._stats.rejected["internal_error"] += 1
 
+    def submit(self, message: dict[str, Any], source: str) -> str:
+        """Accept a task message made inside the service (a producer, the ``run`` command).
+
+        Returns its uuid.
+
+        :raises Rejected: when the message is refused, saying why.
+        """
+        message = {**message, "uuid": message.get("uuid") or new_uuid()}
+        self._receive(json.dumps(message, separators=(",", ":")), source)
+        return str(message["uuid"])
+
     def _receive(self, payload: str, channel: str) -> None:
         message = self._decode(payload)
         if _CHUNK_KEY in message:
@@ -79,8 +91,8 @@ class Intake:
         if "control" in message:
             raise Rejected(
                 "control_unsupported",
-                f"control command {message.get('control')!r}: control messages are not "
-                "supported by this version of the service",
+                f"control command {message.get('control')!r}: control messages over a broker "
+                "are not supported by this version of the service",
             )
         if not self._task_validator.is_valid(message):
             problems = "; ".join(str(p) for p in self._task_validator.problems(message))
@@ -139,13 +151,31 @@ class Intake:
             self._internal_ids += 1
             uuid = message["uuid"] = f"internal-{self._internal_ids}"
             payload = json.dumps(message, separators=(",", ":"))
-        self._pool.submit(Job(uuid=uuid, task=name, line=run_line(payload, channel)))
+        on_duplicate = message.get("on_duplicate")
+        tracked = on_duplicate is not None and on_duplicate != "parallel"
+        self._pool.submit(
+            Job(
+                uuid=uuid,
+                task=name,
+                line=run_line(payload, channel),
+                timeout=message.get("timeout") or 0,
+                delay=message.get("delay") or 0,
+                on_duplicate=on_duplicate,
+                key=_identity(message) if tracked else None,
+            )
+        )
 
     def _reject(self, rejected: Rejected, channel: str) -> None:
         self._stats.rejected[rejected.reason] += 1
         where = f" on channel {channel}" if channel else ""
         uuid = f" (uuid {rejected.uuid})" if isinstance(rejected.uuid, str) else ""
         self._rejections.log("rejected message%s%s: %s", where, uuid, rejected)
+
+
+def _identity(message: dict[str, Any]) -> str:
+    """What makes two messages duplicates: the same task, args and kwargs."""
+    parts = [message["task"], message.get("args", []), message.get("kwargs", {})]
+    return json.dumps(parts, sort_keys=True, separators=(",", ":"))
 
 
 _JSON_KINDS: Final = {"list": "array", "str": "string", "int": "number", "float": "number"}

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 
-from dispatcher.server.worker import PRELOAD_ENV, worker_main
+from dispatcher.server.worker import PRELOAD_ENV, WorkerOptions, worker_main
 
 
 class WorkerLauncher:
@@ -19,9 +19,17 @@ class WorkerLauncher:
     main process, which runs an event loop and threads, is never forked itself.
     """
 
-    def __init__(self, modules: Sequence[str], log_level: int) -> None:
+    def __init__(
+        self,
+        modules: Sequence[str],
+        log_level: int,
+        hooks_class: str | None = None,
+        idle_timeout: float | None = None,
+    ) -> None:
         self.modules = tuple(modules)
         self.log_level = log_level
+        self.hooks_class = hooks_class
+        self.idle_timeout = idle_timeout
         self._context = multiprocessing.get_context("forkserver")
         # The fork server reads the module list when it starts (see dispatcher.server.preload).
         os.environ[PRELOAD_ENV] = ",".join(self.modules)
@@ -36,7 +44,12 @@ class WorkerLauncher:
         ours, theirs = socket.socketpair()
         process = self._context.Process(
             target=worker_main,
-            args=(theirs, worker_id, self.modules, self.log_level),
+            args=(
+                theirs,
+                WorkerOptions(
+                    worker_id, self.modules, self.hooks_class, self.idle_timeout, self.log_level
+                ),
+            ),
             name=f"dispatcher-worker-{worker_id}",
         )
         try:

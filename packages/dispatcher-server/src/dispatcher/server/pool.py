@@ -5,6 +5,11 @@ pool grows one worker per step while there is a backlog (up to ``max_workers``),
 after ``scaledown_wait`` idle seconds (down to ``min_workers``), replaces workers after
 ``max_worker_lifetime`` seconds or ``max_tasks_per_worker`` tasks (between tasks), and
 replaces a worker that dies at once, recording its task as ``worker_lost``.
+
+Before the queue, a job may be held for its ``delay`` and pass the ``on_duplicate`` gate.
+A running job that times out or is cancelled gets SIGUSR1 (``DispatcherCancel`` in the
+task); if it is still running ``cancel_grace`` seconds later, its worker gets SIGTERM, then
+SIGKILL.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ from typing import Any, NamedTuple
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from dispatcher.config import Pool as PoolSettings
+from dispatcher.config import Service as ServiceSettings
+from dispatcher.server.delayer import Delayer
+from dispatcher.server.gate import Admission, DuplicateGate
 from dispatcher.server.launcher import WorkerLauncher
-from dispatcher.server.protocol import STOP_LINE, LineReader
+from dispatcher.server.protocol import STOP_LINE, LineReader, reply_line
+from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
+from dispatcher.server.timers import Timers
 
 logger = logging.getLogger("dispatcher.pool")
 
@@ -41,6 +50,11 @@ _READ_SIZE = 1 << 16
 
 EXIT_WAIT = 5.0
 """Seconds a worker asked to stop (or seen to die) has to exit before it is killed."""
+
+KILL_AFTER_TERM = 0.5
+"""Seconds between SIGTERM and SIGKILL when a cancelled task will not stop."""
+
+ControlHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
 class WorkerStatus(enum.Enum):
@@ -68,6 +82,17 @@ class Job(NamedTuple):
     task: str
     line: bytes
     """The request line for a worker (the message's JSON text, as received)."""
+    timeout: float = 0
+    """Seconds the task may run (``0``: no limit)."""
+    delay: float = 0
+    """Seconds to hold the job before it is dispatched."""
+    on_duplicate: str | None = None
+    key: str | None = None
+    """Identity for ``on_duplicate`` (task, args, kwargs); ``None`` when not tracked."""
+
+    def matches(self, uuid: str | None, task: str | None) -> bool:
+        """Tell whether the job has this uuid and task name (``None`` matches any)."""
+        return (uuid is None or self.uuid == uuid) and (task is None or self.task == task)
 
 
 @dataclass(eq=False)
@@ -86,6 +111,10 @@ class Worker:
     tasks_done: int = 0
     idle_since: float = 0.0
     outbox: bytearray = field(default_factory=bytearray)
+    cancelling: str | None = None
+    """Why the running task is being cancelled (``timeout`` or ``cancelled``), if it is."""
+    escalated: bool = False
+    """Whether the worker had to be terminated because its task ignored the cancel."""
     started: anyio.Event = field(default_factory=anyio.Event)
     """Set when the worker has reported ready (or failed to import the task modules)."""
     gone: anyio.Event = field(default_factory=anyio.Event)
@@ -97,19 +126,26 @@ class WorkerPool:
 
     def __init__(
         self,
-        settings: PoolSettings,
+        settings: ServiceSettings,
         launcher: WorkerLauncher,
         stats: ServiceStats,
         on_ready: Callable[[frozenset[str]], None],
         on_fatal: Callable[[str], None],
+        on_control: ControlHandler,
     ) -> None:
-        self.settings = settings
-        self.min_workers = settings.min_workers
-        self.max_workers = settings.max_workers or os.cpu_count() or 1
+        self.settings = settings.pool
+        self.cancel_grace = settings.cancel_grace
+        self.min_workers = self.settings.min_workers
+        self.max_workers = self.settings.max_workers or os.cpu_count() or 1
         self._launcher = launcher
         self._stats = stats
         self._on_ready = on_ready
         self._on_fatal = on_fatal
+        self._on_control = on_control
+        self.timers = Timers()
+        self._gate = DuplicateGate()
+        self._delayer = Delayer(self.timers, self._admit)
+        self._timeout_log = RateLimitedLog(logger, logging.WARNING)
         self._workers: dict[int, Worker] = {}
         self._idle: deque[Worker] = deque()
         self._queue: deque[Job] = deque()
@@ -128,6 +164,7 @@ class WorkerPool:
         """Start ``min_workers`` workers, then keep the pool in shape until cancelled."""
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
+            task_group.start_soon(self.timers.run, name="timers")
             for _ in range(self.min_workers):
                 self._start_worker()
             task_status.started()
@@ -139,6 +176,23 @@ class WorkerPool:
                     self._manage(time.monotonic())
 
     def submit(self, job: Job) -> None:
+        """Take a job: hold it for its delay, pass it through the duplicate gate, run it."""
+        if job.delay > 0:
+            self._delayer.hold(job, job.delay)
+        else:
+            self._admit(job)
+
+    def _admit(self, job: Job) -> None:
+        if self._closing:
+            return
+        admission = self._gate.admit(job)
+        if admission is Admission.RUN:
+            self._dispatch(job)
+        elif admission is Admission.DISCARD:
+            self._stats.discarded += 1
+            logger.debug("task %s (uuid %s) discarded: a duplicate is active", job.task, job.uuid)
+
+    def _dispatch(self, job: Job) -> None:
         """Run *job* on the longest-idle worker, or queue it (FIFO) if all are busy."""
         while self._idle:
             worker = self._idle.popleft()
@@ -257,6 +311,9 @@ class WorkerPool:
             worker.started.set()
             self._available(worker)
             self._wakeup.set()
+        elif kind == "control":
+            reply = self._on_control(event["command"], event.get("data") or {})
+            self._send(worker, reply_line(reply))
         elif kind == "fatal":
             worker.status = WorkerStatus.STOPPING
             worker.started.set()
@@ -266,7 +323,15 @@ class WorkerPool:
         job, worker.job = worker.job, None
         worker.tasks_done += 1
         outcome = event["outcome"]
+        if outcome == "cancelled":
+            outcome = worker.cancelling or "cancelled"
+        elif outcome == "exit":
+            outcome = "ok"
+            worker.status = WorkerStatus.STOPPING  # it exits now; the manager replaces it
+        worker.cancelling, worker.escalated = None, False
         self._stats.finished[outcome] += 1
+        if job is not None:
+            self._release(job)
         if job is not None:
             if outcome == "error":
                 logger.error(
@@ -287,7 +352,9 @@ class WorkerPool:
                 )
         limit = self.settings.max_tasks_per_worker
         lifetime = self.settings.max_worker_lifetime
-        if self._closing:
+        if worker.status is WorkerStatus.STOPPING:
+            self._wakeup.set()
+        elif self._closing:
             self._stop(worker)
         elif limit is not None and worker.tasks_done >= limit:
             logger.debug("worker %d ran %d tasks: replacing it", worker.id, worker.tasks_done)
@@ -311,6 +378,98 @@ class WorkerPool:
         worker.status = WorkerStatus.BUSY
         worker.job = job
         self._send(worker, job.line)
+        if job.timeout > 0:
+            self.timers.call_later(job.timeout, self._timed_out, worker, job)
+
+    def _release(self, job: Job) -> None:
+        """*job* has ended: let a blocked duplicate of it run."""
+        if job.key is not None:
+            released = self._gate.finished(job)
+            if released is not None:
+                self._admit(released)
+
+    # -- cancelling ----------------------------------------------------------------------
+
+    def _timed_out(self, worker: Worker, job: Job) -> None:
+        if worker.job is job:
+            self._timeout_log.log(
+                "task %s (uuid %s) exceeded its timeout of %g s: cancelling it",
+                job.task,
+                job.uuid,
+                job.timeout,
+            )
+            self._cancel_running(worker, "timeout")
+
+    def _cancel_running(self, worker: Worker, reason: str) -> None:
+        if worker.cancelling is not None or worker.pid is None or worker.job is None:
+            return
+        worker.cancelling = reason
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGUSR1)
+        self.timers.call_later(self.cancel_grace, self._escalate, worker, worker.job)
+
+    def _escalate(self, worker: Worker, job: Job) -> None:
+        if worker.job is not job or worker.process is None:
+            return
+        logger.warning(
+            "task %s (uuid %s) is still running %g s after its cancel: terminating worker %d",
+            job.task,
+            job.uuid,
+            self.cancel_grace,
+            worker.id,
+        )
+        worker.escalated = True
+        worker.status = WorkerStatus.STOPPING
+        worker.process.terminate()
+        self.timers.call_later(KILL_AFTER_TERM, self._kill, worker, job)
+
+    def _kill(self, worker: Worker, job: Job) -> None:
+        if worker.job is job and worker.process is not None and worker.process.exitcode is None:
+            worker.process.kill()
+
+    def cancel(self, uuid: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
+        """Cancel the tasks with this uuid and/or task name, wherever they are.
+
+        Delayed, blocked and queued copies are removed; running ones are stopped (SIGUSR1,
+        then SIGTERM and SIGKILL if they ignore it). Returns what was cancelled.
+        """
+        if uuid is None and task is None:
+            raise ValueError("cancel needs a uuid or a task name")
+        found = []
+        for worker in self._workers.values():
+            job = worker.job
+            if job is not None and worker.status is WorkerStatus.BUSY and job.matches(uuid, task):
+                self._cancel_running(worker, "cancelled")
+                found.append(_describe(job, f"worker-{worker.id}"))
+        removed_queue = [job for job in self._queue if job.matches(uuid, task)]
+        if removed_queue:
+            self._queue = deque(job for job in self._queue if not job.matches(uuid, task))
+        for where, jobs in (
+            ("queued", removed_queue),
+            ("blocked", self._gate.remove(lambda j: j.matches(uuid, task))),
+            ("delayed", self._delayer.remove(lambda j: j.matches(uuid, task))),
+        ):
+            for job in jobs:
+                self._stats.finished["cancelled"] += 1
+                found.append(_describe(job, where))
+                if where == "queued":
+                    self._release(job)
+        return found
+
+    def running(self, uuid: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
+        """Describe the jobs running, queued, blocked and delayed (filtered like cancel)."""
+        found = [
+            _describe(w.job, f"worker-{w.id}")
+            for w in self._workers.values()
+            if w.job is not None and w.job.matches(uuid, task)
+        ]
+        for where, jobs in (
+            ("queued", list(self._queue)),
+            ("blocked", list(self._gate.blocked())),
+            ("delayed", self._delayer.held()),
+        ):
+            found += [_describe(job, where) for job in jobs if job.matches(uuid, task)]
+        return found
 
     def _send(self, worker: Worker, line: bytes) -> None:
         if worker.outbox:
@@ -359,7 +518,12 @@ class WorkerPool:
         worker.status = WorkerStatus.EXITED
         worker.gone.set()
         job, worker.job = worker.job, None
-        if job is not None:
+        if job is not None and worker.escalated:
+            self._stats.finished["killed"] += 1
+            logger.warning(
+                "task %s (uuid %s) killed with its worker %d", job.task, job.uuid, worker.id
+            )
+        elif job is not None:
             self._stats.finished["worker_lost"] += 1
             logger.error(
                 "worker %d (pid %s) died while running task %s (uuid %s): worker_lost",
@@ -368,6 +532,8 @@ class WorkerPool:
                 job.task,
                 job.uuid,
             )
+        if job is not None:
+            self._release(job)
         elif not expected and not self._closing:
             logger.warning("worker %d (pid %s) exited unexpectedly", worker.id, worker.pid)
         if not expected:
@@ -415,14 +581,20 @@ class WorkerPool:
     async def shutdown(self, grace: float) -> None:
         """Stop every worker: idle ones at once, busy ones after their task or *grace* s."""
         self._closing = True
-        if self._queue:
-            abandoned = [job.uuid for job in self._queue]
-            self._queue.clear()
-            logger.warning(
-                "shutting down with %d queued tasks abandoned: %s",
-                len(abandoned),
-                _summarise(abandoned),
-            )
+        for where, jobs in (
+            ("queued", list(self._queue)),
+            ("blocked", list(self._gate.blocked())),
+            ("delayed", self._delayer.held()),
+        ):
+            if jobs:
+                uuids = [job.uuid for job in jobs]
+                logger.warning(
+                    "shutting down with %d %s tasks abandoned: %s",
+                    len(uuids),
+                    where,
+                    _summarise(uuids),
+                )
+        self._queue.clear()
         for worker in list(self._workers.values()):
             if worker.status is not WorkerStatus.BUSY:
                 self._stop(worker)
@@ -472,6 +644,11 @@ class WorkerPool:
             if worker.process is not None and worker.process.exitcode is None:
                 worker.process.kill()
                 worker.process.join(1)
+
+
+def _describe(job: Job, where: str) -> dict[str, Any]:
+    message = json.loads(job.line)["message"]
+    return {"where": where, "uuid": job.uuid, "task": job.task, "message": message}
 
 
 def _summarise(uuids: list[str], shown: int = 20) -> str:

@@ -1,7 +1,8 @@
 """The line protocol between the service and its workers, over a socket pair.
 
-Each message is one line of compact JSON. The service sends ``{"op": "run", ...}`` and
-``{"op": "stop"}``; a worker answers with events: ``ready``, ``done`` and ``fatal``.
+Each message is one line of compact JSON. The service sends ``{"op": "run", ...}``,
+``{"op": "stop"}`` and ``{"op": "reply", ...}``; a worker sends events: ``ready``, ``done``,
+``control`` (a bound task's request, answered by a reply) and ``fatal``.
 A task message is passed through as the JSON text it arrived in, so the service does not
 encode it again.
 """
@@ -15,6 +16,12 @@ from typing import Any, Final
 
 STOP_LINE: Final = b'{"op":"stop"}\n'
 """Asks a worker to exit after its current task."""
+
+
+def reply_line(reply: dict[str, Any]) -> bytes:
+    """The line answering a worker's control request."""
+    return (_ENCODER.encode({"op": "reply", "reply": reply}) + "\n").encode()
+
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
 
@@ -57,17 +64,40 @@ class BlockingLineSocket:
         self._reader = LineReader()
         self._lines: deque[bytes] = deque()
 
-    def read(self) -> bytes | None:
-        """Return the next line, or ``None`` once the service has gone."""
+    def read(self, timeout: float | None = None) -> bytes | None:
+        """Return the next line, or ``None`` once the service has gone.
+
+        :raises TimeoutError: when *timeout* seconds pass without a line.
+        """
         while not self._lines:
+            self._sock.settimeout(timeout)
             try:
                 data = self._sock.recv(1 << 16)
+            except TimeoutError:
+                raise
             except ConnectionError:
                 return None
             if not data:
                 return None
             self._lines.extend(self._reader.feed(data))
         return self._lines.popleft()
+
+    def read_reply(self) -> bytes:
+        """Return the next ``reply`` line, keeping other lines for :meth:`read`.
+
+        :raises ConnectionError: when the service has gone.
+        """
+        kept: list[bytes] = []
+        try:
+            while True:
+                line = self.read()
+                if line is None:
+                    raise ConnectionError("the service has gone")
+                if line.startswith(b'{"op":"reply"'):
+                    return line
+                kept.append(line)
+        finally:
+            self._lines.extendleft(reversed(kept))
 
     def send(self, line: bytes) -> None:
         """Send one line (as made by :func:`event_line`)."""

@@ -9,16 +9,18 @@ import re
 import signal
 import socket
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 import anyio
 from anyio import CancelScope
 
 from dispatcher.config import Settings
+from dispatcher.server.control import ControlCommands
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.listener import PgNotifyListener
 from dispatcher.server.pool import WorkerPool
+from dispatcher.server.producers import run_schedule, start_on_start_tasks
 from dispatcher.server.stats import ServiceStats
 
 logger = logging.getLogger("dispatcher.service")
@@ -43,15 +45,22 @@ class Service:
         self.node_id = settings.service.node_id or default_node_id()
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
-        self._launcher = WorkerLauncher(settings.tasks.modules, log_level)
+        self._launcher = WorkerLauncher(
+            settings.tasks.modules,
+            log_level,
+            hooks_class=settings.worker.worker_class,
+            idle_timeout=settings.worker.idle_timeout,
+        )
         self.pool = WorkerPool(
-            settings.service.pool,
+            settings.service,
             self._launcher,
             self.stats,
             on_ready=self._tasks_known,
             on_fatal=self._task_modules_failed,
+            on_control=self._control,
         )
         self.intake = Intake(self.pool, self.stats, settings.service.chunk_expiry)
+        self.control = ControlCommands(settings, self.pool, self.intake)
         pg_notify = settings.brokers.pg_notify
         self.listener = (
             None
@@ -89,6 +98,10 @@ class Service:
                 else:
                     task_group.start_soon(self._listen, name="pg-notify-listener")
                 task_group.start_soon(self._expire_chunks, name="chunk-expiry")
+                for task, entry in self.settings.producers.scheduled.items():
+                    task_group.start_soon(
+                        run_schedule, self.intake, task, entry, name=f"scheduled:{task}"
+                    )
                 await self._stop.wait()
                 await self._shut_down()
                 task_group.cancel_scope.cancel()
@@ -130,7 +143,22 @@ class Service:
                 logger.warning("incomplete chunked message %s expired", message_id)
 
     def _tasks_known(self, names: frozenset[str]) -> None:
+        producers = self.settings.producers
+        sections = (("scheduled", producers.scheduled), ("on_start", producers.on_start))
+        for section, entries in sections:
+            for task in entries:
+                if task not in names:
+                    logger.error(
+                        "producers.%s[%r] in %s: no such registered task",
+                        section,
+                        task,
+                        self.settings.source,
+                    )
         self.intake.tasks_known(names)
+        start_on_start_tasks(self.intake, producers.on_start)
+
+    def _control(self, command: str, data: dict[str, Any]) -> dict[str, Any]:
+        return self.control.handle(command, data)
 
     def _task_modules_failed(self, error: str) -> None:
         if self.exit_status == EXIT_OK:

@@ -15,7 +15,10 @@ class ServiceStats:
     rejected: Counter[str] = field(default_factory=Counter)
     """Messages rejected, by reason (``not_json``, ``unknown_task``, ...)."""
     finished: Counter[str] = field(default_factory=Counter)
-    """Tasks finished, by outcome (``ok``, ``error``, ``worker_lost``, ...)."""
+    """Tasks finished, by outcome (``ok``, ``error``, ``timeout``, ``cancelled``, ``killed``,
+    ``worker_lost``)."""
+    discarded: int = 0
+    """Tasks dropped by ``on_duplicate`` (``discard``, ``queue_one``)."""
     listener_connects: int = 0
     """Successful connections of the pg_notify listener (the first, then each reconnect)."""
     listener_failures: int = 0

@@ -9,6 +9,7 @@ only here, never in the service's main process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import importlib
@@ -21,10 +22,12 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.publish import registry
+from dispatcher.publish import DispatcherCancel, DispatcherExit, registry
+from dispatcher.server.hooks import BaseWorker
 from dispatcher.server.protocol import BlockingLineSocket, event_line
 
 logger = logging.getLogger("dispatcher.worker")
@@ -33,13 +36,25 @@ _PR_SET_PDEATHSIG = 1
 
 
 class BoundTask:
-    """What a ``bind=True`` task receives first: facts about its own run."""
+    """What a ``bind=True`` task receives first: facts about its run, and a line home."""
 
-    def __init__(self, uuid: str, worker_id: int) -> None:
+    def __init__(self, uuid: str, worker_id: int, channel: BlockingLineSocket) -> None:
         self.uuid = uuid
         """The uuid of the message being run."""
         self.worker_id = worker_id
         """The id of the worker running it."""
+        self._channel = channel
+
+    def control(self, command: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run a control command in this worker's service and return its reply.
+
+        It travels over the worker's own connection to the service, not the broker. Commands
+        here: ``run`` (start a task; needs ``producers.control``), ``running``, ``cancel``.
+        """
+        request = {"event": "control", "command": command, "data": dict(data or {})}
+        self._channel.send(event_line(request))
+        reply: dict[str, Any] = json.loads(self._channel.read_reply())["reply"]
+        return reply
 
 
 def import_task_modules(modules: Sequence[str]) -> None:
@@ -66,67 +81,118 @@ def preload_task_modules() -> None:
             continue
 
 
-def worker_main(
-    sock: socket.socket, worker_id: int, modules: Sequence[str], log_level: int
-) -> None:
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What a worker needs to know, passed from the service (picklable)."""
+
+    worker_id: int
+    modules: tuple[str, ...]
+    hooks_class: str | None
+    idle_timeout: float | None
+    log_level: int
+
+
+def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     """Entry point of a worker process."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle
     logging.basicConfig(
-        level=log_level,
+        level=options.log_level,
         stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s worker-{worker_id} %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s worker-{options.worker_id} %(name)s: %(message)s",
     )
     channel = BlockingLineSocket(sock)
     try:
-        import_task_modules(modules)
+        import_task_modules(options.modules)
+        hooks = _load_hooks(options.hooks_class, options.worker_id)
     except BaseException:
         channel.send(event_line({"event": "fatal", "error": traceback.format_exc()}))
         return
+    runner = TaskRunner(options.worker_id, channel, hooks)
+    signal.signal(signal.SIGUSR1, runner.on_cancel_signal)
+    _call_hook(hooks.on_start)
     channel.send(
         event_line({"event": "ready", "pid": os.getpid(), "tasks": sorted(registry.names())})
     )
-    runner = TaskRunner(worker_id)
     try:
-        while (line := channel.read()) is not None:
+        while True:
+            try:
+                line = channel.read(timeout=options.idle_timeout)
+            except TimeoutError:
+                _call_hook(hooks.on_idle)
+                continue
+            if line is None:
+                break
             request = json.loads(line)
             if request["op"] == "stop":
                 break
-            channel.send(event_line(runner.run(request["message"])))
+            if request["op"] == "run":
+                done = runner.run(request["message"])
+                channel.send(event_line(done))
+                if done["outcome"] == "exit":
+                    break
     finally:
         runner.close()
+        _call_hook(hooks.on_shutdown)
+
+
+def _load_hooks(path: str | None, worker_id: int) -> BaseWorker:
+    if path is None:
+        return BaseWorker(worker_id)
+    module_name, _, class_name = path.rpartition(".")
+    hooks_class = getattr(importlib.import_module(module_name), class_name, None)
+    if not isinstance(hooks_class, type):
+        raise TypeError(f"worker.class: {path} is not a class")
+    instance = hooks_class(worker_id)
+    if not isinstance(instance, BaseWorker):
+        raise TypeError(f"worker.class: {path} must subclass dispatcher.server.BaseWorker")
+    return instance
+
+
+def _call_hook(hook: Callable[..., object], *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception:
+        logger.exception("worker hook %s raised; the worker carries on", hook.__name__)
 
 
 class TaskRunner:
     """Runs task messages in this process; sync functions directly, coroutines on a loop."""
 
-    def __init__(self, worker_id: int) -> None:
+    def __init__(self, worker_id: int, channel: BlockingLineSocket, hooks: BaseWorker) -> None:
         self.worker_id = worker_id
+        self._channel = channel
+        self._hooks = hooks
         self._loop: asyncio.Runner | None = None
+        self._running = False
+
+    def on_cancel_signal(self, signum: int, frame: object) -> None:
+        """SIGUSR1: cancel the running task (ignored between tasks)."""
+        if self._running:
+            raise DispatcherCancel
 
     def run(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """Run one task message; return its ``done`` event."""
-        uuid = message.get("uuid", "")
-        started = time.time()
+        done: dict[str, Any] = {"event": "done", "uuid": message.get("uuid", "")}
+        _call_hook(self._hooks.pre_task, message)
+        done["started"] = time.time()
         try:
             self._call(message)
+            done["outcome"] = "ok"
+        except DispatcherCancel:
+            done["outcome"] = "cancelled"
+            self._discard_loop()  # a coroutine may have been interrupted mid-step
+        except DispatcherExit:
+            done["outcome"] = "exit"
         except Exception as exc:
-            return {
-                "event": "done",
-                "uuid": uuid,
-                "outcome": "error",
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-                "started": started,
-                "finished": time.time(),
-            }
-        return {
-            "event": "done",
-            "uuid": uuid,
-            "outcome": "ok",
-            "started": started,
-            "finished": time.time(),
-        }
+            done.update(
+                outcome="error",
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
+            )
+        done["finished"] = time.time()
+        _call_hook(self._hooks.post_task, done)
+        return done
 
     def _call(self, message: Mapping[str, Any]) -> None:
         entry = registry.get(message["task"])
@@ -134,19 +200,28 @@ class TaskRunner:
             raise LookupError(f"task {message['task']!r} is not registered in this worker")
         args = list(message.get("args", ()))
         if entry.bind or message.get("bind") is True:
-            args.insert(0, BoundTask(message.get("uuid", ""), self.worker_id))
+            args.insert(0, BoundTask(message.get("uuid", ""), self.worker_id, self._channel))
         kwargs = message.get("kwargs", {})
         function = entry.target().run if entry.is_class else entry.target
-        result = function(*args, **kwargs)
-        if inspect.isawaitable(result):
-            if self._loop is None:
-                self._loop = asyncio.Runner()
-            self._loop.run(_awaited(result))
+        try:
+            self._running = True
+            result = function(*args, **kwargs)
+            if inspect.isawaitable(result):
+                if self._loop is None:
+                    self._loop = asyncio.Runner()
+                self._loop.run(_awaited(result))
+        finally:
+            self._running = False
+
+    def _discard_loop(self) -> None:
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            with contextlib.suppress(BaseException):
+                loop.close()
 
     def close(self) -> None:
         """Release the event loop of ``async def`` tasks, if one was made."""
-        if self._loop is not None:
-            self._loop.close()
+        self._discard_loop()
 
 
 async def _awaited(awaitable: Any) -> Any:

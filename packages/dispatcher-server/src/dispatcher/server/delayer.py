@@ -1,0 +1,44 @@
+"""``delay``: messages held for some seconds, then dispatched as if just received."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dispatcher.server.timers import Timers
+
+if TYPE_CHECKING:
+    from dispatcher.server.pool import Job
+
+
+class Delayer:
+    """Holds jobs until their delay has passed, then hands them to *on_due*."""
+
+    def __init__(self, timers: Timers, on_due: Callable[[Job], None]) -> None:
+        self._timers = timers
+        self._on_due = on_due
+        self._held: dict[int, Job] = {}
+        self._ids = itertools.count()
+
+    def hold(self, job: Job, delay: float) -> None:
+        """Keep *job* for *delay* seconds."""
+        hold_id = next(self._ids)
+        self._held[hold_id] = job
+        self._timers.call_later(delay, self._due, hold_id)
+
+    def _due(self, hold_id: int) -> None:
+        job = self._held.pop(hold_id, None)
+        if job is not None:  # else it was cancelled meanwhile
+            self._on_due(job)
+
+    def remove(self, match: Callable[[Job], bool]) -> list[Job]:
+        """Take the held jobs that *match* out; return them."""
+        removed = [(i, job) for i, job in self._held.items() if match(job)]
+        for hold_id, _ in removed:
+            del self._held[hold_id]
+        return [job for _, job in removed]
+
+    def held(self) -> list[Job]:
+        """Every held job, oldest first."""
+        return list(self._held.values())

@@ -1,0 +1,90 @@
+"""``on_duplicate``: what happens to a task identical to one already queued or running.
+
+Identical means the same ``task``, ``args`` and ``kwargs`` (the uuid does not count). Only
+messages that ask for ``discard``, ``serial`` or ``queue_one`` are tracked:
+
+- ``parallel`` (or none): no rule;
+- ``discard``: dropped if an identical task is active (queued or running) or blocked;
+- ``serial``: blocked while an identical task is active, then released, one at a time;
+- ``queue_one``: dropped if an identical task is already blocked, else blocked while one is
+  active (so at most one waits).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dispatcher.server.pool import Job
+
+
+class Admission(enum.Enum):
+    """The gate's decision about a job."""
+
+    RUN = "run"
+    BLOCK = "block"
+    DISCARD = "discard"
+
+
+class DuplicateGate:
+    """Tracks active and blocked jobs by identity; decides about each new job."""
+
+    def __init__(self) -> None:
+        self._active: dict[str, int] = {}
+        self._blocked: dict[str, deque[Job]] = {}
+
+    def admit(self, job: Job) -> Admission:
+        """Decide about *job*; a job allowed to run counts as active until :meth:`finished`."""
+        key = job.key
+        if key is None:
+            return Admission.RUN
+        active = key in self._active
+        blocked = self._blocked.get(key)
+        mode = job.on_duplicate
+        if mode == "discard" and (active or blocked):
+            return Admission.DISCARD
+        if mode == "queue_one" and blocked:
+            return Admission.DISCARD
+        if mode in ("serial", "queue_one") and active:
+            self._blocked.setdefault(key, deque()).append(job)
+            return Admission.BLOCK
+        self._active[key] = self._active.get(key, 0) + 1
+        return Admission.RUN
+
+    def finished(self, job: Job) -> Job | None:
+        """*job* is no longer active; return a blocked job that may now run, if any."""
+        key = job.key
+        if key is None or key not in self._active:
+            return None
+        self._active[key] -= 1
+        if self._active[key]:
+            return None
+        del self._active[key]
+        waiting = self._blocked.get(key)
+        if not waiting:
+            return None
+        released = waiting.popleft()
+        if not waiting:
+            del self._blocked[key]
+        return released
+
+    def remove(self, match: Callable[[Job], bool]) -> list[Job]:
+        """Take the blocked jobs that *match* out of the gate; return them."""
+        removed = []
+        for key in list(self._blocked):
+            waiting = self._blocked[key]
+            removed += [job for job in waiting if match(job)]
+            kept = deque(job for job in waiting if not match(job))
+            if kept:
+                self._blocked[key] = kept
+            else:
+                del self._blocked[key]
+        return removed
+
+    def blocked(self) -> Iterator[Job]:
+        """Every blocked job."""
+        for waiting in self._blocked.values():
+            yield from waiting
