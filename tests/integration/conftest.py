@@ -60,11 +60,15 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
 
     def start(
-        config: dict[str, Any], *, wait: bool = True, log_level: str = "INFO"
+        config: dict[str, Any],
+        *,
+        wait: bool = True,
+        log_level: str = "INFO",
+        env: dict[str, str] | None = None,
     ) -> ServiceProcess:
         folder = tmp_path / f"service-{len(started)}"
         folder.mkdir()
-        service = ServiceProcess(config, folder, log_level).start()
+        service = ServiceProcess(config, folder, log_level, env).start()
         started.append(service)
         return service.wait_ready() if wait else service
 

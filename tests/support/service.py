@@ -100,8 +100,15 @@ class Evidence:
 class ServiceProcess:
     """A ``dispatcher-standalone`` process with its own config file and log."""
 
-    def __init__(self, config: dict[str, Any], folder: Path, log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        folder: Path,
+        log_level: str = "INFO",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
+        self.extra_env = env or {}
         self.folder = folder
         self.config_path = folder / "dispatcher.yml"
         self.log_path = folder / "service.log"
@@ -111,7 +118,7 @@ class ServiceProcess:
     def start(self, *extra_args: str) -> ServiceProcess:
         # JSON is YAML: the service reads this file as any dispatcher.yml.
         self.config_path.write_text(json.dumps(self.config, indent=2))
-        env = dict(os.environ, PYTHONPATH=str(TESTS), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(TESTS), PYTHONUNBUFFERED="1", **self.extra_env)
         env.pop("DISPATCHER_CONFIG_FILE", None)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(

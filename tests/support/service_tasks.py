@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from typing import Any
 
-from dispatcher.publish import task
+from dispatcher.publish import DispatcherCancel, DispatcherExit, task
 
 
 def _record(path: str, **fields: Any) -> None:
@@ -48,3 +49,52 @@ def fail(path: str) -> None:
 @task()
 def noop() -> None:
     """Does nothing (for load tests)."""
+
+
+@task()
+def sleep_recording_cancel(path: str, seconds: float, label: str = "") -> None:
+    """Record the start; sleep; record ``end``, or ``cancelled`` (then re-raise) if cancelled."""
+    _record(path, event="start", label=label)
+    try:
+        time.sleep(seconds)
+    except DispatcherCancel:
+        _record(path, event="cancelled", label=label)
+        raise
+    _record(path, event="end", label=label)
+
+
+@task()
+def stubborn_sleep(path: str, seconds: float) -> None:
+    """Catch and ignore the cancel exception: only SIGTERM/SIGKILL stop it."""
+    _record(path, event="start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except DispatcherCancel:
+            _record(path, event="ignored cancel")
+    _record(path, event="end")
+
+
+@task()
+def deaf_sleep(path: str, seconds: float) -> None:
+    """Ignore SIGUSR1 and SIGTERM, as code stuck in C might: only SIGKILL stops it."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _record(path, event="start")
+    time.sleep(seconds)
+    _record(path, event="end")
+
+
+@task(bind=True)
+def follow_up(dispatcher: Any, path: str, command: str, data: dict[str, Any]) -> None:
+    """A bound task: send a control command to its own service, record the reply."""
+    reply = dispatcher.control(command, data)
+    _record(path, event="control", uuid=dispatcher.uuid, worker=dispatcher.worker_id, reply=reply)
+
+
+@task()
+def exit_worker(path: str) -> None:
+    """Record, then end this worker process."""
+    _record(path, event="exit")
+    raise DispatcherExit

@@ -1,0 +1,308 @@
+"""Timeouts, cancel, on_duplicate, delay, bind, DispatcherExit, worker hooks, producers.
+
+The service runs as a subprocess; everything is observed through what the tasks did.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.config import Settings
+from dispatcher.publish import batch, submit_task
+from support.service import Evidence, ServiceProcess, wait_until
+
+TASKS = "support.service_tasks."
+StartService = Callable[..., ServiceProcess]
+Notify = Callable[[str, str], None]
+
+
+def message(task: str, *args: Any, **options: Any) -> str:
+    return json.dumps(
+        {
+            "task": TASKS + task,
+            "args": [str(a) if isinstance(a, Path) else a for a in args],
+            **options,
+        }
+    )
+
+
+def events(evidence: Evidence, kind: str) -> list[dict[str, Any]]:
+    return [r for r in evidence.records() if r.get("event") == kind]
+
+
+def test_timeout_cancels_a_sleeping_task_and_the_worker_is_reused(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    notify(
+        channel, message("sleep_recording_cancel", evidence.path, 30, timeout=0.5, uuid="u-slow")
+    )
+    notify(channel, message("record", evidence.path, "next"))
+    start, cancelled, after = evidence.wait_for(3, timeout=5)
+    assert (start["event"], cancelled["event"]) == ("start", "cancelled")
+    assert cancelled["time"] - start["time"] < 1.0
+    assert after["args"] == ["next"]
+    assert after["pid"] == start["pid"]  # the worker survived and took the next task
+    service.wait_for_log(
+        r"task support\.service_tasks\.sleep_recording_cancel \(uuid u-slow\) exceeded its timeout of 0\.5 s"
+    )
+
+
+@pytest.mark.parametrize("task", ["stubborn_sleep", "deaf_sleep"])
+def test_a_task_that_resists_cancel_is_still_stopped(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    task: str,
+) -> None:
+    service_config["service"].update(cancel_grace=1, pool={"min_workers": 1, "max_workers": 1})
+    service = start_service(service_config)
+    notify(channel, message(task, evidence.path, 30, timeout=0.5, uuid="u-resisting"))
+    notify(channel, message("record", evidence.path, "next"))
+    records = evidence.wait_for(2, timeout=10)
+    wait_until(lambda: any(r.get("args") == ["next"] for r in evidence.records()), timeout=10)
+    start = records[0]
+    after = next(r for r in evidence.records() if r.get("args") == ["next"])
+    # Stopped by timeout (0.5 s) + cancel_grace (1 s) + at most 1 s more; then replaced.
+    assert after["time"] - start["time"] < 0.5 + 1 + 1
+    assert after["pid"] != start["pid"]
+    assert not events(evidence, "end")
+    service.wait_for_log(
+        r"task support\.service_tasks\.\w+ \(uuid u-resisting\) killed with its worker"
+    )
+
+
+def test_alternating_timeouts_give_exactly_three(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    configured: Settings,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
+    start_service(service_config)
+    with batch():
+        for n in range(6):
+            if n % 2:
+                submit_task(
+                    TASKS + "sleep_recording_cancel", args=[str(evidence.path), 0.03, str(n)]
+                )
+            else:
+                submit_task(
+                    TASKS + "sleep_recording_cancel",
+                    args=[str(evidence.path), 1.5, str(n)],
+                    timeout=0.2,
+                )
+    wait_until(
+        lambda: len(events(evidence, "cancelled")) + len(events(evidence, "end")) == 6, timeout=10
+    )
+    assert sorted(r["label"] for r in events(evidence, "cancelled")) == ["0", "2", "4"]
+    assert sorted(r["label"] for r in events(evidence, "end")) == ["1", "3", "5"]
+
+
+@pytest.mark.parametrize(("mode", "runs"), [("serial", 10), ("discard", 1), ("queue_one", 2)])
+def test_on_duplicate(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    configured: Settings,
+    evidence: Evidence,
+    mode: str,
+    runs: int,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 3, "max_workers": 3}
+    start_service(service_config)
+    with batch():
+        for _ in range(10):
+            submit_task(
+                TASKS + "sleep_then_record",
+                args=[str(evidence.path), 0.2, "same"],
+                on_duplicate=mode,
+            )
+    wait_until(lambda: len(events(evidence, "end")) >= runs, timeout=15)
+    time.sleep(0.5)  # room for a wrong extra run to show up
+    starts, ends = events(evidence, "start"), events(evidence, "end")
+    assert (len(starts), len(ends)) == (runs, runs)
+    ordered = sorted(starts + ends, key=lambda r: (r["time"], r["event"] == "start"))
+    # One at a time: every start follows the previous run's end.
+    assert [r["event"] for r in ordered] == ["start", "end"] * runs
+
+
+def test_parallel_duplicates_overlap(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    configured: Settings,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 3, "max_workers": 3}
+    start_service(service_config)
+    with batch():
+        for _ in range(3):
+            submit_task(TASKS + "sleep_then_record", args=[str(evidence.path), 0.5, "same"])
+    wait_until(lambda: len(events(evidence, "end")) == 3, timeout=10)
+    starts, ends = events(evidence, "start"), events(evidence, "end")
+    assert max(r["time"] for r in starts) < min(r["time"] for r in ends)
+
+
+def test_delayed_task_starts_no_earlier_than_its_delay(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    configured: Settings,
+    evidence: Evidence,
+) -> None:
+    start_service(service_config)
+    sent = time.time()
+    submit_task(TASKS + "record", args=[str(evidence.path), "late"], delay=1.0)
+    [record] = evidence.wait_for(1, timeout=5)
+    assert record["time"] - sent >= 1.0
+
+
+def test_bound_task_starts_a_follow_up_task(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["producers"] = {"control": {}}
+    start_service(service_config)
+    follow = {"task": TASKS + "record", "args": [str(evidence.path), "follow-up"]}
+    notify(channel, message("follow_up", evidence.path, "run", follow, uuid="u-parent"))
+    records = evidence.wait_for(2)
+    control = next(r for r in records if r.get("event") == "control")
+    assert control["uuid"] == "u-parent"
+    assert control["reply"]["ack"] is True
+    child = next(r for r in records if r.get("args") == ["follow-up"])
+    assert child["time"] >= control["time"] - 1
+
+
+def test_run_command_needs_the_control_producer(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    start_service(service_config)
+    notify(channel, message("follow_up", evidence.path, "run", {"task": TASKS + "record"}))
+    [record] = evidence.wait_for(1)
+    assert record["reply"]["error"].startswith(
+        "the run command is disabled: add 'control: {}' under 'producers'"
+    )
+
+
+def test_bound_task_cancels_a_running_task(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    notify_uuid = "u-victim"
+    start_service(service_config)
+    notify(channel, message("sleep_recording_cancel", evidence.path, 30, uuid=notify_uuid))
+    evidence.wait_for(1)
+    notify(channel, message("follow_up", evidence.path, "cancel", {"uuid": notify_uuid}))
+    wait_until(lambda: events(evidence, "cancelled") and events(evidence, "control"), timeout=5)
+    [control] = events(evidence, "control")
+    assert [(c["where"].split("-")[0], c["uuid"]) for c in control["reply"]["cancelled"]] == [
+        ("worker", notify_uuid)
+    ]
+
+
+def test_dispatcher_exit_replaces_the_worker(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    start_service(service_config)
+    notify(channel, message("exit_worker", evidence.path))
+    notify(channel, message("record", evidence.path, "next"))
+    exited, after = evidence.wait_for(2)
+    assert exited["event"] == "exit"
+    assert after["pid"] != exited["pid"]
+
+
+def test_scheduled_task_runs_on_its_grid(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    evidence: Evidence,
+) -> None:
+    service_config["producers"] = {
+        "scheduled": {TASKS + "record": {"schedule": 0.5, "args": [str(evidence.path), "tick"]}}
+    }
+    start_service(service_config)
+    time.sleep(1.7)
+    assert 2 <= len(evidence.records()) <= 4
+    assert {tuple(r["args"]) for r in evidence.records()} == {("tick",)}
+
+
+def test_on_start_task_runs_once(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    evidence: Evidence,
+) -> None:
+    service_config["producers"] = {
+        "on_start": {TASKS + "record": {"args": [str(evidence.path), "hello"]}}
+    }
+    start_service(service_config)
+    evidence.wait_for(1)
+    time.sleep(0.5)
+    assert [r["args"] for r in evidence.records()] == [["hello"]]
+
+
+def test_all_five_worker_hooks_run(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    tmp_path: Path,
+) -> None:
+    hooks = Evidence(tmp_path / "hooks.jsonl")
+    service_config["worker"] = {
+        "class": "support.service_hooks.RecordingWorker",
+        "idle_timeout": 0.2,
+    }
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config, env={"DISPATCHER_TEST_HOOKS_FILE": str(hooks.path)})
+    notify(channel, message("record", evidence.path, "x"))
+    evidence.wait_for(1)
+    wait_until(lambda: any(r["hook"] == "on_idle" for r in hooks.records()), timeout=5)
+    assert service.stop() == 0
+    calls = [r["hook"] for r in hooks.records()]
+    assert calls[:3] == ["on_start", "pre_task", "post_task"]
+    assert "on_idle" in calls
+    assert calls[-1] == "on_shutdown"
+    assert next(r for r in hooks.records() if r["hook"] == "post_task")["outcome"] == "ok"
+
+
+def test_a_failing_hook_does_not_kill_the_worker(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["worker"] = {"class": "support.service_hooks.FaultyWorker"}
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    notify(channel, message("record", evidence.path, 1))
+    notify(channel, message("record", evidence.path, 2))
+    first, second = evidence.wait_for(2)
+    assert first["pid"] == second["pid"]
+    service.wait_for_log(r"worker hook pre_task raised; the worker carries on")

@@ -1,0 +1,39 @@
+"""A worker class for the tests: records each hook call in ``$DISPATCHER_TEST_HOOKS_FILE``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from dispatcher.server import BaseWorker
+
+
+class RecordingWorker(BaseWorker):
+    def _record(self, hook: str, **fields: Any) -> None:
+        with open(os.environ["DISPATCHER_TEST_HOOKS_FILE"], "a", encoding="utf-8") as out:
+            out.write(
+                json.dumps({"hook": hook, "worker": self.worker_id, "pid": os.getpid(), **fields})
+                + "\n"
+            )
+
+    def on_start(self) -> None:
+        self._record("on_start")
+
+    def pre_task(self, message: Mapping[str, Any]) -> None:
+        self._record("pre_task", task=message["task"])
+
+    def post_task(self, outcome: Mapping[str, Any]) -> None:
+        self._record("post_task", outcome=outcome["outcome"])
+
+    def on_idle(self) -> None:
+        self._record("on_idle")
+
+    def on_shutdown(self) -> None:
+        self._record("on_shutdown")
+
+
+class FaultyWorker(BaseWorker):
+    def pre_task(self, message: Mapping[str, Any]) -> None:
+        raise RuntimeError("a broken hook")
