@@ -306,3 +306,62 @@ def test_a_failing_hook_does_not_kill_the_worker(
     first, second = evidence.wait_for(2)
     assert first["pid"] == second["pid"]
     service.wait_for_log(r"worker hook pre_task raised; the worker carries on")
+
+
+def test_async_task_times_out_and_the_worker_runs_async_tasks_again(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    start_service(service_config)
+    notify(channel, message("async_sleep", evidence.path, 30, timeout=0.5))
+    notify(channel, message("async_record", evidence.path, "next"))
+    start, after = evidence.wait_for(2, timeout=5)
+    assert after["args"] == ["next"]
+    assert after["pid"] == start["pid"]
+    assert after["time"] - start["time"] < 1.5
+    assert not events(evidence, "end")
+
+
+def test_delayed_tasks_can_be_listed_and_cancelled_and_are_reported_at_shutdown(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    notify(channel, message("record", evidence.path, "cancelled", delay=1.5, uuid="u-delayed-1"))
+    notify(channel, message("record", evidence.path, "abandoned", delay=60, uuid="u-delayed-2"))
+    notify(channel, message("follow_up", evidence.path, "running", {}))
+    [listing] = evidence.wait_for(1)
+    assert sorted((t["where"], t["uuid"]) for t in listing["reply"]["tasks"]) == [
+        ("delayed", "u-delayed-1"),
+        ("delayed", "u-delayed-2"),
+        (f"worker-{listing['worker']}", listing["uuid"]),
+    ]
+    notify(channel, message("follow_up", evidence.path, "cancel", {"uuid": "u-delayed-1"}))
+    cancel = evidence.wait_for(2)[1]
+    assert [(c["where"], c["uuid"]) for c in cancel["reply"]["cancelled"]] == [
+        ("delayed", "u-delayed-1")
+    ]
+    time.sleep(2)
+    assert [r for r in evidence.records() if r.get("args")] == []  # the delayed task never ran
+    assert service.stop() == 0
+    service.wait_for_log(r"shutting down with 1 delayed tasks abandoned: u-delayed-2")
+
+
+def test_cancel_needs_a_filter(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    start_service(service_config)
+    notify(channel, message("follow_up", evidence.path, "cancel", {}))
+    [record] = evidence.wait_for(1)
+    assert record["reply"] == {"error": "cancel needs a filter: a uuid, a task name, or both"}

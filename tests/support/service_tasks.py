@@ -98,3 +98,11 @@ def exit_worker(path: str) -> None:
     """Record, then end this worker process."""
     _record(path, event="exit")
     raise DispatcherExit
+
+
+@task()
+async def async_sleep(path: str, seconds: float) -> None:
+    """An ``async def`` task that sleeps."""
+    _record(path, event="start", kind="async")
+    await asyncio.sleep(seconds)
+    _record(path, event="end", kind="async")
