@@ -52,7 +52,12 @@ class BoundTask:
         here: ``run`` (start a task; needs ``producers.control``), ``running``, ``cancel``.
         """
         request = {"event": "control", "command": command, "data": dict(data or {})}
-        self._channel.send(event_line(request))
+        # A cancel arriving mid-send would cut the line in two: hold it until the line is out.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            self._channel.send(event_line(request))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         reply: dict[str, Any] = json.loads(self._channel.read_reply())["reply"]
         return reply
 
