@@ -15,10 +15,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+PUBLISHER = REPO / "packages/dispatcher-publisher/src/dispatcher"
+
 TWINS = {
-    REPO / "packages/dispatcher-publisher/src/dispatcher/publish/submit_async.py": (
-        REPO / "packages/dispatcher-publisher/src/dispatcher/publish/submit_sync.py",
+    PUBLISHER / "publish/submit_async.py": (
+        PUBLISHER / "publish/submit_sync.py",
         "Sending task messages from synchronous code.",
+    ),
+    PUBLISHER / "control/client_async.py": (
+        PUBLISHER / "control/client_sync.py",
+        "Control commands from synchronous code.",
     ),
 }
 
@@ -34,6 +40,8 @@ RENAMES = {
     "submit_task": "asubmit_task",
     "abatch": "batch",
     "aclose_connections": "close_connections",
+    "acontrol_with_reply": "control_with_reply",
+    "acontrol": "control",
     "asend": "send",
 }
 

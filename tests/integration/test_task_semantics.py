@@ -364,4 +364,6 @@ def test_cancel_needs_a_filter(
     start_service(service_config)
     notify(channel, message("follow_up", evidence.path, "cancel", {}))
     [record] = evidence.wait_for(1)
-    assert record["reply"] == {"error": "cancel needs a filter: a uuid, a task name, or both"}
+    assert record["reply"] == {
+        "error": "cancel needs a filter: a uuid, a task name, or both (or all: true)"
+    }

@@ -1,85 +1,220 @@
 """Control commands: an explicit table of what may be asked of a service, and how.
 
-Here they serve bound tasks (``bind=True``), which call ``control()`` over their worker's
-connection to the service.
+Each command has a handler and a JSON Schema for its ``control_data``; bad data gets an
+error reply naming the problem. Commands arrive over a broker (a control message) or from a
+bound task (``dispatcher.control(...)`` over its worker's socket).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from dispatcher.config import Settings
-from dispatcher.server.intake import Intake, Rejected
-from dispatcher.server.pool import WorkerPool
+from dispatcher.schema import Validator
+from dispatcher.server.intake import Rejected
+
+if TYPE_CHECKING:
+    from dispatcher.server.service import Service
 
 logger = logging.getLogger("dispatcher.control")
 
 Reply = dict[str, Any]
+
+_FILTER_PROPERTIES: dict[str, Any] = {
+    "uuid": {"type": "string", "minLength": 1, "description": "Only the task with this uuid."},
+    "task": {"type": "string", "minLength": 1, "description": "Only tasks with this name."},
+}
+_FILTER: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": _FILTER_PROPERTIES,
+}
+_NOTHING: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
+_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class ControlError(Exception):
     """A control command cannot be carried out; the message says why."""
 
 
+@dataclass(frozen=True)
+class Command:
+    """One entry of the command table."""
+
+    handler: Callable[[Mapping[str, Any]], Reply]
+    data: Validator
+    """Checks the command's ``control_data``."""
+
+
+def _schema(name: str, schema: Mapping[str, Any]) -> Validator:
+    full = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": name, **schema}
+    return Validator("control-message", full)
+
+
 class ControlCommands:
-    """Runs control commands against a service's pool and intake."""
+    """Runs control commands against a service."""
 
-    def __init__(self, settings: Settings, pool: WorkerPool, intake: Intake) -> None:
-        self._settings = settings
-        self._pool = pool
-        self._intake = intake
-        self._table: dict[str, Callable[[Mapping[str, Any]], Reply]] = {
-            "alive": lambda data: {},
-            "running": self.running,
-            "cancel": self.cancel,
-            "run": self.run,
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._started = time.monotonic()
+        cancel_data = {
+            **_FILTER,
+            "properties": {
+                **_FILTER_PROPERTIES,
+                "all": {"const": True, "description": "Cancel every task: must be explicit."},
+            },
         }
+        level_data = {
+            "type": "object",
+            "required": ["level"],
+            "additionalProperties": False,
+            "properties": {"level": {"enum": _LEVELS + [name.lower() for name in _LEVELS]}},
+        }
+        self.table: dict[str, Command] = {}
+        for name, handler, data in (
+            ("alive", lambda data: {}, _NOTHING),
+            ("running", self.running, _FILTER),
+            ("cancel", self.cancel, cancel_data),
+            ("workers", self.workers, _NOTHING),
+            ("status", self.status, _NOTHING),
+            ("producers", self.producers, _NOTHING),
+            ("chunks", self.chunks, _NOTHING),
+            ("set_log_level", self.set_log_level, level_data),
+            ("run", self.run, {"type": "object"}),
+        ):
+            self.table[name] = Command(handler, _schema(name, data))
 
-    def handle(self, command: str, data: Mapping[str, Any]) -> Reply:
+    def handle(self, command: str, data: Mapping[str, Any] | None) -> Reply:
         """Run *command* with *data*; return its reply (``{"error": ...}`` when it fails)."""
-        handler = self._table.get(command)
-        if handler is None:
-            known = ", ".join(sorted(self._table))
+        entry = self.table.get(command)
+        if entry is None:
+            known = ", ".join(sorted(self.table))
             return {"error": f"unknown command {command!r} (commands: {known})"}
+        data = {} if data is None else data
+        if not entry.data.is_valid(data):
+            problems = "; ".join(f"control_data.{p}" for p in entry.data.problems(data))
+            return {"error": f"invalid control_data for {command}: {problems}"}
         try:
-            return handler(data)
+            return entry.handler(data)
         except ControlError as exc:
             return {"error": str(exc)}
         except Exception:
             logger.exception("control command %s failed", command)
             return {"error": f"the {command} command failed inside the service; see its log"}
 
+    # -- the commands ----------------------------------------------------------------------
+
     def running(self, data: Mapping[str, Any]) -> Reply:
         """The tasks running, queued, blocked and delayed, optionally filtered."""
-        uuid, task = _filters(data)
-        return {"tasks": self._pool.running(uuid, task)}
+        return {"tasks": self._service.pool.running(data.get("uuid"), data.get("task"))}
 
     def cancel(self, data: Mapping[str, Any]) -> Reply:
-        """Cancel the tasks matching ``uuid`` and/or ``task``."""
-        uuid, task = _filters(data)
+        """Cancel the tasks matching ``uuid`` and/or ``task`` (or all, if asked explicitly)."""
+        uuid, task = data.get("uuid"), data.get("task")
+        if data.get("all"):
+            if uuid or task:
+                raise ControlError("cancel: give either all or a filter, not both")
+            return {"cancelled": self._service.pool.cancel_all()}
         if uuid is None and task is None:
-            raise ControlError("cancel needs a filter: a uuid, a task name, or both")
-        return {"cancelled": self._pool.cancel(uuid, task)}
+            raise ControlError("cancel needs a filter: a uuid, a task name, or both (or all: true)")
+        return {"cancelled": self._service.pool.cancel(uuid, task)}
+
+    def workers(self, data: Mapping[str, Any]) -> Reply:
+        """Each worker: id, pid, status, age, tasks done, current task, memory."""
+        now = time.monotonic()
+        return {
+            "workers": [
+                {
+                    "id": worker.id,
+                    "pid": worker.pid,
+                    "status": worker.status.value,
+                    "age": round(now - worker.created, 3),
+                    "tasks_done": worker.tasks_done,
+                    "current_task": worker.job.task if worker.job else None,
+                    "current_uuid": worker.job.uuid if worker.job else None,
+                    "rss_bytes": _rss(worker.pid),
+                }
+                for worker in self._service.pool.workers
+            ]
+        }
+
+    def status(self, data: Mapping[str, Any]) -> Reply:
+        """Everything at a glance: counters, queue lengths, workers, listener."""
+        service, stats = self._service, self._service.stats
+        pool = service.pool
+        return {
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self._started, 3),
+            "received": stats.received,
+            "rejected": dict(stats.rejected),
+            "finished": dict(stats.finished),
+            "discarded": stats.discarded,
+            "queued": pool.queued,
+            "blocked": pool.blocked,
+            "delayed": pool.delayed,
+            "workers": {
+                "count": len(pool.workers),
+                "min": pool.min_workers,
+                "max": pool.max_workers,
+                "started": stats.workers_started,
+                "lost": stats.workers_lost,
+            },
+            "listener": {
+                "connects": stats.listener_connects,
+                "failures": stats.listener_failures,
+                "self_checks": stats.self_checks,
+            },
+            "chunks": self.chunks(data),
+        }
+
+    def producers(self, data: Mapping[str, Any]) -> Reply:
+        """The producers configured: scheduled entries, on-start entries, control."""
+        producers = self._service.settings.producers
+        scheduled = producers.scheduled
+        return {
+            "scheduled": {task: {"schedule": e.schedule} for task, e in scheduled.items()},
+            "on_start": sorted(producers.on_start),
+            "control": producers.control,
+        }
+
+    def chunks(self, data: Mapping[str, Any]) -> Reply:
+        """Incomplete chunked messages being assembled."""
+        assembler = self._service.intake.chunks
+        return {"partial": len(assembler), "late_slices": assembler.late_slices}
+
+    def set_log_level(self, data: Mapping[str, Any]) -> Reply:
+        """Change the level of the service's ``dispatcher`` loggers."""
+        target = logging.getLogger("dispatcher")
+        previous = logging.getLevelName(target.getEffectiveLevel())
+        level = str(data["level"]).upper()
+        target.setLevel(level)
+        return {"logger": "dispatcher", "level": level, "previous_level": previous}
 
     def run(self, data: Mapping[str, Any]) -> Reply:
         """Start a task: *data* is a task message."""
-        if not self._settings.producers.control:
+        settings = self._service.settings
+        if not settings.producers.control:
             raise ControlError(
                 f"the run command is disabled: add 'control: {{}}' under 'producers' in "
-                f"{self._settings.source} to enable it"
+                f"{settings.source} to enable it"
             )
         try:
-            uuid = self._intake.submit(dict(data), "control")
+            uuid = self._service.intake.submit(dict(data), "control")
         except Rejected as rejected:
             raise ControlError(f"task refused: {rejected}") from None
         return {"ack": True, "uuid": uuid}
 
 
-def _filters(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    uuid, task = data.get("uuid"), data.get("task")
-    for name, value in (("uuid", uuid), ("task", task)):
-        if value is not None and not isinstance(value, str):
-            raise ControlError(f"{name} must be a string, not {type(value).__name__}")
-    return uuid, task
+def _rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")

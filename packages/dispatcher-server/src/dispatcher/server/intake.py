@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from dispatcher.publish.chunking import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
@@ -45,8 +46,15 @@ def _refuse_constant(name: str) -> Any:
 class Intake:
     """Turns received payloads into jobs for the pool."""
 
-    def __init__(self, pool: WorkerPool, stats: ServiceStats, chunk_expiry: float) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        stats: ServiceStats,
+        chunk_expiry: float,
+        on_control: Callable[[dict[str, Any], str], None] | None = None,
+    ) -> None:
         self._pool = pool
+        self._on_control = on_control
         self._stats = stats
         self.chunks = ChunkAssembler(expiry=chunk_expiry, max_bytes=MAX_MESSAGE_BYTES)
         self._task_validator = validator("task-message")
@@ -88,6 +96,9 @@ class Intake:
             if _CHUNK_KEY in message:
                 raise Rejected("invalid_chunk", "a chunk envelope holds another chunk envelope")
         self._stats.received += 1
+        if "control" in message and self._on_control is not None:
+            self._on_control(message, channel)
+            return
         if "control" in message:
             raise Rejected(
                 "control_unsupported",

@@ -209,6 +209,16 @@ class WorkerPool:
         return len(self._queue)
 
     @property
+    def blocked(self) -> int:
+        """Jobs held back by ``on_duplicate``."""
+        return sum(1 for _ in self._gate.blocked())
+
+    @property
+    def delayed(self) -> int:
+        """Jobs held for their ``delay``."""
+        return len(self._delayer.held())
+
+    @property
     def workers(self) -> list[Worker]:
         """Every worker the pool has (starting, ready, busy or stopping)."""
         return list(self._workers.values())
@@ -435,19 +445,26 @@ class WorkerPool:
         """
         if uuid is None and task is None:
             raise ValueError("cancel needs a uuid or a task name")
+        return self._cancel(lambda job: job.matches(uuid, task))
+
+    def cancel_all(self) -> list[dict[str, Any]]:
+        """Cancel every task: running, queued, blocked and delayed."""
+        return self._cancel(lambda job: True)
+
+    def _cancel(self, match: Callable[[Job], bool]) -> list[dict[str, Any]]:
         found = []
         for worker in self._workers.values():
             job = worker.job
-            if job is not None and worker.status is WorkerStatus.BUSY and job.matches(uuid, task):
+            if job is not None and worker.status is WorkerStatus.BUSY and match(job):
                 self._cancel_running(worker, "cancelled")
                 found.append(_describe(job, f"worker-{worker.id}"))
-        removed_queue = [job for job in self._queue if job.matches(uuid, task)]
+        removed_queue = [job for job in self._queue if match(job)]
         if removed_queue:
-            self._queue = deque(job for job in self._queue if not job.matches(uuid, task))
+            self._queue = deque(job for job in self._queue if not match(job))
         for where, jobs in (
             ("queued", removed_queue),
-            ("blocked", self._gate.remove(lambda j: j.matches(uuid, task))),
-            ("delayed", self._delayer.remove(lambda j: j.matches(uuid, task))),
+            ("blocked", self._gate.remove(match)),
+            ("delayed", self._delayer.remove(match)),
         ):
             for job in jobs:
                 self._stats.finished["cancelled"] += 1

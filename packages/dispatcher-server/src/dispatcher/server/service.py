@@ -15,12 +15,15 @@ import anyio
 from anyio import CancelScope
 
 from dispatcher.config import Settings
+from dispatcher.schema import is_valid_channel_name, validator
 from dispatcher.server.control import ControlCommands
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.listener import PgNotifyListener
 from dispatcher.server.pool import WorkerPool
 from dispatcher.server.producers import run_schedule, start_on_start_tasks
+from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.replies import ReplySender
 from dispatcher.server.stats import ServiceStats
 
 logger = logging.getLogger("dispatcher.service")
@@ -59,9 +62,14 @@ class Service:
             on_fatal=self._task_modules_failed,
             on_control=self._control,
         )
-        self.intake = Intake(self.pool, self.stats, settings.service.chunk_expiry)
-        self.control = ControlCommands(settings, self.pool, self.intake)
+        self.intake = Intake(
+            self.pool, self.stats, settings.service.chunk_expiry, on_control=self._control_message
+        )
+        self.control = ControlCommands(self)
+        self._control_validator = validator("control-message")
+        self._control_rejections = RateLimitedLog(logger, logging.WARNING)
         pg_notify = settings.brokers.pg_notify
+        self.replies = None if pg_notify is None else ReplySender(pg_notify.conninfo)
         self.listener = (
             None
             if pg_notify is None
@@ -97,6 +105,8 @@ class Service:
                     )
                 else:
                     task_group.start_soon(self._listen, name="pg-notify-listener")
+                if self.replies is not None:
+                    task_group.start_soon(self.replies.run, name="control-replies")
                 task_group.start_soon(self._expire_chunks, name="chunk-expiry")
                 for task, entry in self.settings.producers.scheduled.items():
                     task_group.start_soon(
@@ -159,6 +169,22 @@ class Service:
 
     def _control(self, command: str, data: dict[str, Any]) -> dict[str, Any]:
         return self.control.handle(command, data)
+
+    def _control_message(self, message: dict[str, Any], channel: str) -> None:
+        """A control message arrived over a broker: run it, reply on ``reply_to``."""
+        reply_to = message.get("reply_to")
+        if not self._control_validator.is_valid(message):
+            problems = "; ".join(str(p) for p in self._control_validator.problems(message))
+            self.stats.rejected["invalid_control"] += 1
+            self._control_rejections.log(
+                "rejected control message on channel %s: %s", channel, problems
+            )
+            reply = {"error": f"invalid control message: {problems}"}
+        else:
+            self.stats.control += 1
+            reply = self.control.handle(message["control"], message.get("control_data"))
+        if is_valid_channel_name(reply_to) and self.replies is not None:
+            self.replies.queue(str(reply_to), {**reply, "node_id": self.node_id})
 
     def _task_modules_failed(self, error: str) -> None:
         if self.exit_status == EXIT_OK:

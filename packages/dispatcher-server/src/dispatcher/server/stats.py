@@ -17,6 +17,8 @@ class ServiceStats:
     finished: Counter[str] = field(default_factory=Counter)
     """Tasks finished, by outcome (``ok``, ``error``, ``timeout``, ``cancelled``, ``killed``,
     ``worker_lost``)."""
+    control: int = 0
+    """Control commands run (from brokers; bound tasks' calls are not counted)."""
     discarded: int = 0
     """Tasks dropped by ``on_duplicate`` (``discard``, ``queue_one``)."""
     listener_connects: int = 0

@@ -1,0 +1,137 @@
+"""Control commands from synchronous code.
+
+Generated from ``client_async.py`` by ``tools/async_to_sync.py``; do not edit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from psycopg import Connection, sql
+
+from dispatcher.config import get_settings
+from dispatcher.control.result import ControlResult, parse_reply
+from dispatcher.publish.chunking import ChunkAssembler, ChunkError, is_chunk
+from dispatcher.publish.connections import connect_options, unavailable
+from dispatcher.publish.errors import InvalidSubmission, PublishError
+from dispatcher.schema import validator
+
+SERVICES_QUERY = (
+    "SELECT substr(application_name, 20) FROM pg_stat_activity"
+    " WHERE application_name LIKE 'dispatcher-service:%%' AND datname = current_database()"
+    " ORDER BY 1"
+)
+"""The node ids of the services connected to this database (see the service's listener)."""
+
+
+def control(
+    command: str, data: Mapping[str, Any] | None = None, *, queue: str | None = None
+) -> None:
+    """Send a control command without waiting for replies."""
+    conninfo, channel = _target(queue)
+    message = _message(command, data, reply_to=None)
+    with _connect(conninfo) as conn:
+        conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+
+
+def control_with_reply(
+    command: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    expected_replies: int | None = None,
+    timeout: float = 2.0,
+    queue: str | None = None,
+) -> ControlResult:
+    """Send a control command and collect the services' replies.
+
+    Without *expected_replies*, the services connected to the database are looked up first
+    (each service names its connection after its node id) and the call waits for exactly
+    those, up to *timeout* seconds; :attr:`ControlResult.missing` names any that did not
+    answer.
+
+    :raises InvalidSubmission: when the command name or data cannot be sent.
+    :raises BrokerUnavailable: when the database cannot be reached.
+    """
+    conninfo, channel = _target(queue)
+    reply_to = f"reply_to_{uuid.uuid4().hex}"
+    message = _message(command, data, reply_to=reply_to)
+    result = ControlResult(command)
+    with _connect(conninfo) as conn:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(reply_to)))
+        if expected_replies is None:
+            cursor = conn.execute(SERVICES_QUERY)
+            result.expected_nodes = [row[0] for row in cursor.fetchall()]
+            result.expected = len(result.expected_nodes)
+        else:
+            result.expected = expected_replies
+        conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+        deadline = time.monotonic() + timeout
+        chunks = ChunkAssembler()
+        while len(result.replies) < result.expected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for notify in conn.notifies(timeout=remaining, stop_after=1):
+                payload: str | None = notify.payload
+                if payload is not None and notify.channel == reply_to:
+                    payload = _join(chunks, payload)
+                    if payload is not None:
+                        result.replies.append(parse_reply(payload))
+    return result
+
+
+def _join(chunks: ChunkAssembler, payload: str) -> str | None:
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        return payload
+    if not isinstance(decoded, dict) or not is_chunk(decoded):
+        return payload
+    if not validator("chunk-envelope").is_valid(decoded):
+        return payload
+    try:
+        return chunks.add(decoded)
+    except ChunkError:
+        return None
+
+
+def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None) -> dict[str, Any]:
+    message: dict[str, Any] = {"control": command, "control_data": dict(data or {})}
+    if reply_to is not None:
+        message["reply_to"] = reply_to
+    checker = validator("control-message")
+    if not checker.is_valid(message):
+        problems = "; ".join(str(p) for p in checker.problems(message))
+        raise InvalidSubmission(f"cannot send control command {command!r}: {problems}")
+    return message
+
+
+def _target(queue: str | None) -> tuple[str, str]:
+    settings = get_settings()
+    pg_notify = settings.brokers.pg_notify
+    if pg_notify is None:
+        raise PublishError(
+            f"cannot send control commands: {settings.source} has no brokers.pg_notify"
+        )
+    channel = queue or pg_notify.default_publish_channel
+    if channel is None and len(pg_notify.channels) == 1:
+        channel = pg_notify.channels[0]
+    if channel is None:
+        raise PublishError(
+            "cannot send control commands: no channel; set brokers.pg_notify."
+            f"default_publish_channel in {settings.source}, or pass queue=..."
+        )
+    return pg_notify.conninfo, channel
+
+
+def _connect(conninfo: str) -> Connection[Any]:
+    options = connect_options(conninfo) | {"application_name": "dispatcher-control"}
+    try:
+        return Connection.connect(conninfo, **options)
+    except psycopg.Error as exc:
+        raise unavailable(conninfo, exc, "connect to") from None

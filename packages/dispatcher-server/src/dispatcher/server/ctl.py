@@ -1,0 +1,165 @@
+"""``dispatcherctl``: send control commands to running services and show their replies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from dispatcher.config import ConfigError, setup
+from dispatcher.control import ControlResult, control_with_reply
+from dispatcher.publish.errors import PublishError
+
+EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options accepted before or after the command."""
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", metavar="FILE", default=default, help="config file")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        default=argparse.SUPPRESS if suppress else 2.0,
+        help="seconds to wait for replies (default: 2)",
+    )
+    parser.add_argument(
+        "--expected-replies",
+        type=int,
+        metavar="N",
+        default=default,
+        help="replies to wait for (default: every service connected to the database)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="print the replies as JSON",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``dispatcherctl``."""
+    main = argparse.ArgumentParser(
+        prog="dispatcherctl", description="Send a control command to dispatcher services."
+    )
+    _global_options(main, suppress=False)
+    commands = main.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        _global_options(sub, suppress=True)
+        return sub
+
+    command("alive", "ask every service to answer")
+    for name, help in (
+        ("running", "list running, queued, blocked and delayed tasks"),
+        ("cancel", "cancel tasks (needs --uuid, --task or --all)"),
+    ):
+        sub = command(name, help)
+        sub.add_argument("--uuid", help="only the task with this uuid")
+        sub.add_argument("--task", help="only tasks with this name")
+        if name == "cancel":
+            sub.add_argument("--all", action="store_true", help="cancel every task")
+    command("workers", "list the worker processes")
+    command("status", "counters and state")
+    command("producers", "scheduled and on-start tasks")
+    command("chunks", "incomplete chunked messages")
+    level = command("set_log_level", "change the services' log level")
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    level.add_argument("level", type=str.upper, choices=levels)
+    run = command("run", "start a task (needs producers.control in the services' config)")
+    run.add_argument("task", help="the task's name")
+    run.add_argument("--args", type=json.loads, default=[], help="positional arguments, as JSON")
+    run.add_argument("--kwargs", type=json.loads, default={}, help="keyword arguments, as JSON")
+    return main
+
+
+def _control_data(options: argparse.Namespace) -> dict[str, Any]:
+    if options.command in ("running", "cancel"):
+        data = {k: getattr(options, k) for k in ("uuid", "task") if getattr(options, k)}
+        if options.command == "cancel" and getattr(options, "all", False):
+            data["all"] = True
+        return data
+    if options.command == "set_log_level":
+        return {"level": options.level}
+    if options.command == "run":
+        return {"task": options.task, "args": options.args, "kwargs": options.kwargs}
+    return {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run dispatcherctl; return its exit status."""
+    arguments = parser()
+    options = arguments.parse_args(argv)
+    if options.command == "cancel" and not (options.uuid or options.task or options.all):
+        arguments.error("cancel needs --uuid, --task or --all")
+    try:
+        setup(file_path=options.config)
+    except ConfigError as exc:
+        print(f"dispatcherctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = control_with_reply(
+            options.command,
+            _control_data(options),
+            expected_replies=options.expected_replies,
+            timeout=options.timeout,
+        )
+    except PublishError as exc:
+        print(f"dispatcherctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if options.json:
+        print(json.dumps(result.replies, indent=2, sort_keys=True, default=str))
+    else:
+        print(render(result), end="")
+    if not result.complete:
+        missing = f"; no answer from {', '.join(result.missing)}" if result.missing else ""
+        print(
+            f"dispatcherctl: {len(result.replies)} of {result.expected} expected replies{missing}",
+            file=sys.stderr,
+        )
+        return EXIT_MISSING
+    return EXIT_OK
+
+
+def render(result: ControlResult) -> str:
+    """Replies as text for people: one block per service."""
+    lines = []
+    for reply in sorted(result.replies, key=lambda r: str(r.get("node_id"))):
+        body = {k: v for k, v in reply.items() if k != "node_id"}
+        lines.append(f"{reply.get('node_id', '?')}:")
+        if not body:
+            lines.append("  ok")
+        for key, value in body.items():
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                lines.append(f"  {key}:")
+                lines += _table(value, indent="    ")
+            elif isinstance(value, list | dict):
+                lines.append(f"  {key}: {json.dumps(value, sort_keys=True)}")
+            else:
+                lines.append(f"  {key}: {value}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _table(rows: list[dict[str, Any]], indent: str) -> list[str]:
+    columns = [c for c in rows[0] if not isinstance(rows[0][c], dict | list)]
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    out = [indent + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    for row in cells:
+        padded = (value.ljust(width) for value, width in zip(row, widths, strict=True))
+        out.append(indent + "  ".join(padded).rstrip())
+    return out
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,131 @@
+"""Control over pg_notify: the client API and dispatcherctl against running services."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.config import Settings
+from dispatcher.control import control_with_reply
+from dispatcher.publish import submit_task
+from support.service import Evidence, ServiceProcess, alive, wait_until
+
+TASKS = "support.service_tasks."
+StartService = Callable[..., ServiceProcess]
+Notify = Callable[[str, str], None]
+
+
+def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def message(task: str, *args: Any, **options: Any) -> str:
+    return json.dumps({"task": TASKS + task, "args": [str(a) if isinstance(a, Path) else a for a in args], **options})
+
+
+@pytest.fixture
+def two_services(start_service: StartService, service_config: dict[str, Any], channel: str) -> list[ServiceProcess]:
+    services = []
+    for n in range(2):
+        config = json.loads(json.dumps(service_config))
+        config["service"]["node_id"] = f"{channel}-node-{n}"
+        services.append(start_service(config))
+    return services
+
+
+def test_alive_from_two_services_without_expected_replies(
+    two_services: list[ServiceProcess], channel: str
+) -> None:
+    result = ctl(two_services[0].config_path, "alive", "--json")
+    assert result.returncode == 0, result.stderr
+    assert sorted(r["node_id"] for r in json.loads(result.stdout)) == [f"{channel}-node-0", f"{channel}-node-1"]
+
+
+def test_expecting_more_replies_than_services_exits_1(
+    two_services: list[ServiceProcess],
+) -> None:
+    result = ctl(two_services[0].config_path, "--expected-replies", "3", "--timeout", "0.5", "alive")
+    assert result.returncode == 1
+    assert "2 of 3 expected replies" in result.stderr
+
+
+def test_running_then_cancel_by_uuid(
+    start_service: StartService, service_config: dict[str, Any], notify: Notify,
+    channel: str, evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    notify(channel, message("sleep_recording_cancel", evidence.path, 30, uuid="u-sleeper"))
+    evidence.wait_for(1)
+    listing = ctl(service.config_path, "running", "--uuid", "u-sleeper", "--json")
+    assert listing.returncode == 0, listing.stderr
+    [reply] = json.loads(listing.stdout)
+    assert [(t["uuid"], t["where"].startswith("worker-")) for t in reply["tasks"]] == [("u-sleeper", True)]
+    refused = ctl(service.config_path, "cancel")
+    assert refused.returncode == 2
+    assert "cancel needs --uuid, --task or --all" in refused.stderr
+    cancelled = ctl(service.config_path, "cancel", "--uuid", "u-sleeper")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "u-sleeper" in cancelled.stdout
+    wait_until(lambda: any(r.get("event") == "cancelled" for r in evidence.records()), timeout=5)
+    status = json.loads(ctl(service.config_path, "status", "--json").stdout)[0]
+    assert status["finished"] == {"cancelled": 1}
+
+
+def test_workers_shows_pids_that_exist(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
+    service = start_service(service_config)
+    result = ctl(service.config_path, "workers", "--json")
+    [reply] = json.loads(result.stdout)
+    pids = [worker["pid"] for worker in reply["workers"]]
+    assert len(pids) == 2
+    assert all(alive(pid) for pid in pids)
+    table = ctl(service.config_path, "workers")
+    assert table.returncode == 0
+    assert "pid" in table.stdout.splitlines()[2]
+
+
+def test_unknown_command_and_bad_control_data_get_error_replies(
+    start_service: StartService, service_config: dict[str, Any], configured: Settings,
+    notify: Notify, channel: str, evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    [unknown] = control_with_reply("no_such_command", expected_replies=1).replies
+    assert unknown["error"].startswith("unknown command 'no_such_command' (commands: alive, ")
+    [bad] = control_with_reply("running", {"uuid": 5}, expected_replies=1).replies
+    assert bad["error"] == "invalid control_data for running: control_data.uuid: expected string, got integer 5"
+    [extra] = control_with_reply("workers", {"verbose": True}, expected_replies=1).replies
+    assert "control_data.verbose: unknown key" in extra["error"]
+    notify(channel, message("record", evidence.path, "still serving"))
+    assert evidence.wait_for(1)[0]["args"] == ["still serving"]
+    assert service.process is not None and service.process.poll() is None
+
+
+def test_reply_over_8000_bytes_arrives_whole(
+    start_service: StartService, service_config: dict[str, Any], configured: Settings,
+    notify: Notify, channel: str, evidence: Evidence,
+) -> None:
+    start_service(service_config)
+    big = "x" * 20_000
+    submit_task(TASKS + "sleep_recording_cancel", args=[str(evidence.path), 30, big], uuid="u-big")
+    evidence.wait_for(1)
+    [reply] = control_with_reply("running", {"uuid": "u-big"}, expected_replies=1).replies
+    [task] = reply["tasks"]
+    assert task["message"]["args"][2] == big
+
+
+def test_set_log_level(start_service: StartService, service_config: dict[str, Any]) -> None:
+    service = start_service(service_config)
+    result = ctl(service.config_path, "set_log_level", "debug", "--json")
+    [reply] = json.loads(result.stdout)
+    assert (reply["level"], reply["previous_level"]) == ("DEBUG", "INFO")
