@@ -108,7 +108,8 @@ def test_unknown_command_and_bad_control_data_get_error_replies(
     assert "control_data.verbose: unknown key" in extra["error"]
     notify(channel, message("record", evidence.path, "still serving"))
     assert evidence.wait_for(1)[0]["args"] == ["still serving"]
-    assert service.process is not None and service.process.poll() is None
+    assert service.process is not None
+    assert service.process.poll() is None
 
 
 def test_reply_over_8000_bytes_arrives_whole(
