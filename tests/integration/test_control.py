@@ -24,16 +24,26 @@ Notify = Callable[[str, str], None]
 def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def message(task: str, *args: Any, **options: Any) -> str:
-    return json.dumps({"task": TASKS + task, "args": [str(a) if isinstance(a, Path) else a for a in args], **options})
+    return json.dumps(
+        {
+            "task": TASKS + task,
+            "args": [str(a) if isinstance(a, Path) else a for a in args],
+            **options,
+        }
+    )
 
 
 @pytest.fixture
-def two_services(start_service: StartService, service_config: dict[str, Any], channel: str) -> list[ServiceProcess]:
+def two_services(
+    start_service: StartService, service_config: dict[str, Any], channel: str
+) -> list[ServiceProcess]:
     services = []
     for n in range(2):
         config = json.loads(json.dumps(service_config))
@@ -47,20 +57,28 @@ def test_alive_from_two_services_without_expected_replies(
 ) -> None:
     result = ctl(two_services[0].config_path, "alive", "--json")
     assert result.returncode == 0, result.stderr
-    assert sorted(r["node_id"] for r in json.loads(result.stdout)) == [f"{channel}-node-0", f"{channel}-node-1"]
+    assert sorted(r["node_id"] for r in json.loads(result.stdout)) == [
+        f"{channel}-node-0",
+        f"{channel}-node-1",
+    ]
 
 
 def test_expecting_more_replies_than_services_exits_1(
     two_services: list[ServiceProcess],
 ) -> None:
-    result = ctl(two_services[0].config_path, "--expected-replies", "3", "--timeout", "0.5", "alive")
+    result = ctl(
+        two_services[0].config_path, "--expected-replies", "3", "--timeout", "0.5", "alive"
+    )
     assert result.returncode == 1
     assert "2 of 3 expected replies" in result.stderr
 
 
 def test_running_then_cancel_by_uuid(
-    start_service: StartService, service_config: dict[str, Any], notify: Notify,
-    channel: str, evidence: Evidence,
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
 ) -> None:
     service = start_service(service_config)
     notify(channel, message("sleep_recording_cancel", evidence.path, 30, uuid="u-sleeper"))
@@ -68,7 +86,9 @@ def test_running_then_cancel_by_uuid(
     listing = ctl(service.config_path, "running", "--uuid", "u-sleeper", "--json")
     assert listing.returncode == 0, listing.stderr
     [reply] = json.loads(listing.stdout)
-    assert [(t["uuid"], t["where"].startswith("worker-")) for t in reply["tasks"]] == [("u-sleeper", True)]
+    assert [(t["uuid"], t["where"].startswith("worker-")) for t in reply["tasks"]] == [
+        ("u-sleeper", True)
+    ]
     refused = ctl(service.config_path, "cancel")
     assert refused.returncode == 2
     assert "cancel needs --uuid, --task or --all" in refused.stderr
@@ -96,14 +116,21 @@ def test_workers_shows_pids_that_exist(
 
 
 def test_unknown_command_and_bad_control_data_get_error_replies(
-    start_service: StartService, service_config: dict[str, Any], configured: Settings,
-    notify: Notify, channel: str, evidence: Evidence,
+    start_service: StartService,
+    service_config: dict[str, Any],
+    configured: Settings,
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
 ) -> None:
     service = start_service(service_config)
     [unknown] = control_with_reply("no_such_command", expected_replies=1).replies
     assert unknown["error"].startswith("unknown command 'no_such_command' (commands: alive, ")
     [bad] = control_with_reply("running", {"uuid": 5}, expected_replies=1).replies
-    assert bad["error"] == "invalid control_data for running: control_data.uuid: expected string, got integer 5"
+    assert (
+        bad["error"]
+        == "invalid control_data for running: control_data.uuid: expected string, got integer 5"
+    )
     [extra] = control_with_reply("workers", {"verbose": True}, expected_replies=1).replies
     assert "control_data.verbose: unknown key" in extra["error"]
     notify(channel, message("record", evidence.path, "still serving"))
@@ -113,8 +140,12 @@ def test_unknown_command_and_bad_control_data_get_error_replies(
 
 
 def test_reply_over_8000_bytes_arrives_whole(
-    start_service: StartService, service_config: dict[str, Any], configured: Settings,
-    notify: Notify, channel: str, evidence: Evidence,
+    start_service: StartService,
+    service_config: dict[str, Any],
+    configured: Settings,
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
 ) -> None:
     start_service(service_config)
     big = "x" * 20_000
