@@ -42,6 +42,7 @@ RENAMES = {
     "aclose_connections": "close_connections",
     "acontrol_with_reply": "control_with_reply",
     "acontrol": "control",
+    "asocket_request": "socket_request",
     "asend": "send",
 }
 

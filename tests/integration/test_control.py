@@ -161,3 +161,40 @@ def test_set_log_level(start_service: StartService, service_config: dict[str, An
     result = ctl(service.config_path, "set_log_level", "debug", "--json")
     [reply] = json.loads(result.stdout)
     assert (reply["level"], reply["previous_level"]) == ("DEBUG", "INFO")
+
+
+def test_socket_broker_answers_with_the_database_stopped(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    pg_dsn: str,
+    tmp_path: Path,
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    import os
+    import stat
+
+    from support.proxy import DatabaseProxy
+
+    proxy = DatabaseProxy(pg_dsn)  # never brought up: the database is "stopped"
+    socket_path = tmp_path / "dispatcher.sock"
+    service_config["brokers"]["pg_notify"]["conninfo"] = proxy.dsn
+    service_config["brokers"]["socket"] = {"path": str(socket_path)}
+    service_config["service"]["node_id"] = "socket-node"
+    service = start_service(service_config, wait=False)
+    service.wait_for_log(r"registered tasks")
+    service.wait_for_log(r"listening on socket")
+    assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
+    result = ctl(service.config_path, "alive", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"node_id": "socket-node"}]
+    # Tasks arrive over the socket too.
+    import socket as sockets
+
+    with sockets.socket(sockets.AF_UNIX) as client:
+        client.connect(str(socket_path))
+        client.sendall((message("record", evidence.path, "via socket") + "\n").encode())
+    assert evidence.wait_for(1)[0]["args"] == ["via socket"]
+    assert service.stop() == 0
+    assert not socket_path.exists()

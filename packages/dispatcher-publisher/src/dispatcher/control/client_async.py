@@ -16,6 +16,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from dispatcher.config import get_settings
+from dispatcher.control.local import asocket_request
 from dispatcher.control.result import ControlResult, parse_reply
 from dispatcher.publish.chunking import ChunkAssembler, ChunkError, is_chunk
 from dispatcher.publish.connections import connect_options, unavailable
@@ -34,8 +35,12 @@ async def acontrol(
     command: str, data: Mapping[str, Any] | None = None, *, queue: str | None = None
 ) -> None:
     """Send a control command without waiting for replies."""
-    conninfo, channel = _target(queue)
     message = _message(command, data, reply_to=None)
+    socket_path = _socket_path()
+    if socket_path is not None:
+        await asocket_request(socket_path, message, timeout=5.0)
+        return
+    conninfo, channel = _target(queue)
     async with await _connect(conninfo) as conn:
         await conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
 
@@ -55,13 +60,24 @@ async def acontrol_with_reply(
     those, up to *timeout* seconds; :attr:`ControlResult.missing` names any that did not
     answer.
 
+    With ``publish.default_control_broker: socket`` (the default when ``brokers.socket`` is
+    configured), the command goes to the local service over its socket, without the
+    database, and one reply is expected.
+
     :raises InvalidSubmission: when the command name or data cannot be sent.
-    :raises BrokerUnavailable: when the database cannot be reached.
+    :raises BrokerUnavailable: when the database (or the socket) cannot be reached.
     """
-    conninfo, channel = _target(queue)
     reply_to = f"reply_to_{uuid.uuid4().hex}"
     message = _message(command, data, reply_to=reply_to)
     result = ControlResult(command)
+    socket_path = _socket_path()
+    if socket_path is not None:
+        result.expected = 1 if expected_replies is None else expected_replies
+        line = await asocket_request(socket_path, message, timeout)
+        if line is not None:
+            result.replies.append(parse_reply(line))
+        return result
+    conninfo, channel = _target(queue)
     async with await _connect(conninfo) as conn:
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(reply_to)))
         if expected_replies is None:
@@ -110,6 +126,17 @@ def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None)
         problems = "; ".join(str(p) for p in checker.problems(message))
         raise InvalidSubmission(f"cannot send control command {command!r}: {problems}")
     return message
+
+
+def _socket_path() -> str | None:
+    """The socket to use for control, if the config points control at one."""
+    settings = get_settings()
+    broker = settings.publish.default_control_broker
+    if broker is None:
+        broker = "socket" if settings.brokers.socket is not None else "pg_notify"
+    if broker == "socket" and settings.brokers.socket is not None:
+        return settings.brokers.socket.path
+    return None
 
 
 def _target(queue: str | None) -> tuple[str, str]:

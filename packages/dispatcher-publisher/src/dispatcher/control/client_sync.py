@@ -15,6 +15,7 @@ import psycopg
 from psycopg import Connection, sql
 
 from dispatcher.config import get_settings
+from dispatcher.control.local import socket_request
 from dispatcher.control.result import ControlResult, parse_reply
 from dispatcher.publish.chunking import ChunkAssembler, ChunkError, is_chunk
 from dispatcher.publish.connections import connect_options, unavailable
@@ -33,8 +34,12 @@ def control(
     command: str, data: Mapping[str, Any] | None = None, *, queue: str | None = None
 ) -> None:
     """Send a control command without waiting for replies."""
-    conninfo, channel = _target(queue)
     message = _message(command, data, reply_to=None)
+    socket_path = _socket_path()
+    if socket_path is not None:
+        socket_request(socket_path, message, timeout=5.0)
+        return
+    conninfo, channel = _target(queue)
     with _connect(conninfo) as conn:
         conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
 
@@ -54,13 +59,24 @@ def control_with_reply(
     those, up to *timeout* seconds; :attr:`ControlResult.missing` names any that did not
     answer.
 
+    With ``publish.default_control_broker: socket`` (the default when ``brokers.socket`` is
+    configured), the command goes to the local service over its socket, without the
+    database, and one reply is expected.
+
     :raises InvalidSubmission: when the command name or data cannot be sent.
-    :raises BrokerUnavailable: when the database cannot be reached.
+    :raises BrokerUnavailable: when the database (or the socket) cannot be reached.
     """
-    conninfo, channel = _target(queue)
     reply_to = f"reply_to_{uuid.uuid4().hex}"
     message = _message(command, data, reply_to=reply_to)
     result = ControlResult(command)
+    socket_path = _socket_path()
+    if socket_path is not None:
+        result.expected = 1 if expected_replies is None else expected_replies
+        line = socket_request(socket_path, message, timeout)
+        if line is not None:
+            result.replies.append(parse_reply(line))
+        return result
+    conninfo, channel = _target(queue)
     with _connect(conninfo) as conn:
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(reply_to)))
         if expected_replies is None:
@@ -109,6 +125,17 @@ def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None)
         problems = "; ".join(str(p) for p in checker.problems(message))
         raise InvalidSubmission(f"cannot send control command {command!r}: {problems}")
     return message
+
+
+def _socket_path() -> str | None:
+    """The socket to use for control, if the config points control at one."""
+    settings = get_settings()
+    broker = settings.publish.default_control_broker
+    if broker is None:
+        broker = "socket" if settings.brokers.socket is not None else "pg_notify"
+    if broker == "socket" and settings.brokers.socket is not None:
+        return settings.brokers.socket.path
+    return None
 
 
 def _target(queue: str | None) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from dispatcher.server.pool import WorkerPool
 from dispatcher.server.producers import run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.replies import ReplySender
+from dispatcher.server.socket_broker import SocketBroker
 from dispatcher.server.stats import ServiceStats
 
 logger = logging.getLogger("dispatcher.service")
@@ -80,6 +81,12 @@ class Service:
                 stats=self.stats,
             )
         )
+        socket_settings = settings.brokers.socket
+        self.socket = (
+            None
+            if socket_settings is None
+            else SocketBroker(socket_settings.path, self.intake.receive, self.run_control)
+        )
         self._stop = anyio.Event()
         self._listening: CancelScope | None = None
 
@@ -107,6 +114,8 @@ class Service:
                     task_group.start_soon(self._listen, name="pg-notify-listener")
                 if self.replies is not None:
                     task_group.start_soon(self.replies.run, name="control-replies")
+                if self.socket is not None:
+                    await task_group.start(self._serve_socket, name="socket-broker")
                 task_group.start_soon(self._expire_chunks, name="chunk-expiry")
                 for task, entry in self.settings.producers.scheduled.items():
                     task_group.start_soon(
@@ -121,6 +130,16 @@ class Service:
     def stop(self) -> None:
         """Begin a graceful shutdown."""
         self._stop.set()
+
+    async def _serve_socket(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert self.socket is not None
+        try:
+            await self.socket.run(task_status=task_status)
+        except OSError as exc:
+            logger.error("cannot serve the socket broker at %s: %s", self.socket.path, exc)
+            task_status.started()
 
     async def _listen(self) -> None:
         assert self.listener is not None
@@ -171,20 +190,23 @@ class Service:
         return self.control.handle(command, data)
 
     def _control_message(self, message: dict[str, Any], channel: str) -> None:
-        """A control message arrived over a broker: run it, reply on ``reply_to``."""
+        """A control message arrived over pg_notify: run it, reply on ``reply_to``."""
+        reply = self.run_control(message, channel)
         reply_to = message.get("reply_to")
+        if is_valid_channel_name(reply_to) and self.replies is not None:
+            self.replies.queue(str(reply_to), reply)
+
+    def run_control(self, message: dict[str, Any], origin: str = "socket") -> dict[str, Any]:
+        """Run a control message from any broker; return its reply (with ``node_id``)."""
         if not self._control_validator.is_valid(message):
             problems = "; ".join(str(p) for p in self._control_validator.problems(message))
             self.stats.rejected["invalid_control"] += 1
-            self._control_rejections.log(
-                "rejected control message on channel %s: %s", channel, problems
-            )
+            self._control_rejections.log("rejected control message on %s: %s", origin, problems)
             reply = {"error": f"invalid control message: {problems}"}
         else:
             self.stats.control += 1
             reply = self.control.handle(message["control"], message.get("control_data"))
-        if is_valid_channel_name(reply_to) and self.replies is not None:
-            self.replies.queue(str(reply_to), {**reply, "node_id": self.node_id})
+        return {**reply, "node_id": self.node_id}
 
     def _task_modules_failed(self, error: str) -> None:
         if self.exit_status == EXIT_OK:
