@@ -1,11 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from support import postgres
+from support.service import Evidence, ServiceProcess
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +29,59 @@ def pg_conn(pg_dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit connection to the test database."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def evidence(tmp_path: Path) -> Evidence:
+    """Where this test's tasks write what they did."""
+    return Evidence(tmp_path / "evidence.jsonl")
+
+
+@pytest.fixture
+def service_config(pg_dsn: str, channel: str) -> dict[str, Any]:
+    """A config for a service on the test database, listening on this test's channel."""
+    return {
+        "version": 1,
+        "brokers": {
+            "pg_notify": {
+                "conninfo": pg_dsn,
+                "channels": [channel],
+                "default_publish_channel": channel,
+            }
+        },
+        "tasks": {"modules": ["support.service_tasks"]},
+        "service": {"pool": {"min_workers": 1, "max_workers": 2}, "shutdown_grace": 5},
+    }
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start services (as subprocesses); they are all killed, with their workers, at the end."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        config: dict[str, Any],
+        *,
+        wait: bool = True,
+        log_level: str = "INFO",
+        env: dict[str, str] | None = None,
+    ) -> ServiceProcess:
+        folder = tmp_path / f"service-{len(started)}"
+        folder.mkdir()
+        service = ServiceProcess(config, folder, log_level, env).start()
+        started.append(service)
+        return service.wait_ready() if wait else service
+
+    yield start
+    for service in started:
+        service.kill_everything()
+
+
+@pytest.fixture
+def notify(pg_conn: psycopg.Connection[Any]) -> Callable[[str, str], None]:
+    """Send a raw NOTIFY: notify(channel, payload)."""
+
+    def send(channel: str, payload: str) -> None:
+        pg_conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    return send

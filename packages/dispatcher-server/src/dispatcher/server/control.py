@@ -85,6 +85,7 @@ class ControlCommands:
             ("producers", self.producers, _NOTHING),
             ("chunks", self.chunks, _NOTHING),
             ("set_log_level", self.set_log_level, level_data),
+            ("metrics", self.metrics, _NOTHING),
             ("run", self.run, {"type": "object"}),
         ):
             self.table[name] = Command(handler, _schema(name, data))
@@ -186,6 +187,18 @@ class ControlCommands:
         """Incomplete chunked messages being assembled."""
         assembler = self._service.intake.chunks
         return {"partial": len(assembler), "late_slices": assembler.late_slices}
+
+    def metrics(self, data: Mapping[str, Any]) -> Reply:
+        """Whether the metrics endpoint is on, and where."""
+        server = self._service.metrics
+        if server is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "host": server.host,
+            "port": server.port,
+            "requests": server.requests,
+        }
 
     def set_log_level(self, data: Mapping[str, Any]) -> Reply:
         """Change the level of the service's ``dispatcher`` loggers."""

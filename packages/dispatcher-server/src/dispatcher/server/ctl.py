@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     command("status", "counters and state")
     command("producers", "scheduled and on-start tasks")
     command("chunks", "incomplete chunked messages")
+    command("metrics", "where the Prometheus endpoint is")
     level = command("set_log_level", "change the services' log level")
     levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     level.add_argument("level", type=str.upper, choices=levels)

@@ -173,6 +173,7 @@ class Intake:
                 delay=message.get("delay") or 0,
                 on_duplicate=on_duplicate,
                 key=_identity(message) if tracked else None,
+                published=message.get("time_pub") or 0,
             )
         )
 

@@ -88,6 +88,8 @@ class Job(NamedTuple):
     """Seconds to hold the job before it is dispatched."""
     on_duplicate: str | None = None
     key: str | None = None
+    published: float = 0
+    """``time_pub`` of the message (publisher's clock), ``0`` when unknown."""
     """Identity for ``on_duplicate`` (task, args, kwargs); ``None`` when not tracked."""
 
     def matches(self, uuid: str | None, task: str | None) -> bool:
@@ -339,8 +341,9 @@ class WorkerPool:
             outcome = "ok"
             worker.status = WorkerStatus.STOPPING  # it exits now; the manager replaces it
         worker.cancelling, worker.escalated = None, False
-        self._stats.finished[outcome] += 1
         if job is not None:
+            self._stats.task_ended(job.task, outcome)
+            self._stats.timings(job.task, job.published, event["started"], event["finished"])
             self._release(job)
         if job is not None:
             if outcome == "error":
@@ -467,7 +470,7 @@ class WorkerPool:
             ("delayed", self._delayer.remove(match)),
         ):
             for job in jobs:
-                self._stats.finished["cancelled"] += 1
+                self._stats.task_ended(job.task, "cancelled")
                 found.append(_describe(job, where))
                 if where == "queued":
                     self._release(job)
@@ -536,12 +539,12 @@ class WorkerPool:
         worker.gone.set()
         job, worker.job = worker.job, None
         if job is not None and worker.escalated:
-            self._stats.finished["killed"] += 1
+            self._stats.task_ended(job.task, "killed")
             logger.warning(
                 "task %s (uuid %s) killed with its worker %d", job.task, job.uuid, worker.id
             )
         elif job is not None:
-            self._stats.finished["worker_lost"] += 1
+            self._stats.task_ended(job.task, "worker_lost")
             logger.error(
                 "worker %d (pid %s) died while running task %s (uuid %s): worker_lost",
                 worker.id,
@@ -631,7 +634,7 @@ class WorkerPool:
                     grace,
                     worker.id,
                 )
-                self._stats.finished["killed"] += 1
+                self._stats.task_ended(worker.job.task, "killed")
                 worker.job = None
                 worker.status = WorkerStatus.STOPPING
                 if worker.process is not None:

@@ -20,6 +20,7 @@ from dispatcher.server.control import ControlCommands
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.listener import PgNotifyListener
+from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.pool import WorkerPool
 from dispatcher.server.producers import run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import RateLimitedLog
@@ -87,6 +88,8 @@ class Service:
             if socket_settings is None
             else SocketBroker(socket_settings.path, self.intake.receive, self.run_control)
         )
+        metrics = settings.service.metrics
+        self.metrics = None if metrics is None else MetricsServer(self, metrics.host, metrics.port)
         self._stop = anyio.Event()
         self._listening: CancelScope | None = None
 
@@ -116,6 +119,8 @@ class Service:
                     task_group.start_soon(self.replies.run, name="control-replies")
                 if self.socket is not None:
                     await task_group.start(self._serve_socket, name="socket-broker")
+                if self.metrics is not None:
+                    await task_group.start(self.metrics.run, name="metrics")
                 task_group.start_soon(self._expire_chunks, name="chunk-expiry")
                 for task, entry in self.settings.producers.scheduled.items():
                     task_group.start_soon(

@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Final
+
+BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0)
+"""Upper bounds (seconds) of the histogram buckets; a last one, +Inf, is implied."""
+
+
+@dataclass
+class Histogram:
+    """Counts of observations per bucket, their sum and number (Prometheus semantics)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        """Add one observation."""
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+        self.count += 1
 
 
 @dataclass
@@ -19,6 +39,12 @@ class ServiceStats:
     ``worker_lost``)."""
     control: int = 0
     """Control commands run (from brokers; bound tasks' calls are not counted)."""
+    finished_by_task: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Tasks finished, by (task name, outcome)."""
+    queue_wait: dict[str, Histogram] = field(default_factory=dict)
+    """Seconds from publication (``time_pub``) to start, by task name."""
+    run_time: dict[str, Histogram] = field(default_factory=dict)
+    """Seconds from start to end, by task name."""
     discarded: int = 0
     """Tasks dropped by ``on_duplicate`` (``discard``, ``queue_one``)."""
     listener_connects: int = 0
@@ -31,3 +57,16 @@ class ServiceStats:
     """Worker processes started."""
     workers_lost: int = 0
     """Worker processes that died without being asked to stop."""
+
+    def task_ended(self, task: str, outcome: str) -> None:
+        """Count a task that ended with *outcome*."""
+        self.finished[outcome] += 1
+        self.finished_by_task[task, outcome] += 1
+
+    def timings(self, task: str, published: float, started: float, finished: float) -> None:
+        """Record a run's queue wait (when it was published) and run time."""
+        if published > 0:
+            wait = self.queue_wait.get(task) or self.queue_wait.setdefault(task, Histogram())
+            wait.observe(max(0.0, started - published))
+        run = self.run_time.get(task) or self.run_time.setdefault(task, Histogram())
+        run.observe(max(0.0, finished - started))

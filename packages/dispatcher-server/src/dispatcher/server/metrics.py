@@ -1,0 +1,147 @@
+"""Prometheus metrics over HTTP: ``GET /metrics`` in the text exposition format 0.0.4.
+
+A small HTTP server of its own (no extra dependency): it reads one request per connection,
+answers it and closes. Malformed requests get 400, other paths 404, other methods 405; none
+can disturb the service.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+import anyio
+from anyio.abc import SocketStream, TaskStatus
+
+from dispatcher.server.stats import BUCKETS, Histogram
+
+if TYPE_CHECKING:
+    from dispatcher.server.service import Service
+
+logger = logging.getLogger("dispatcher.metrics")
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+MAX_REQUEST_HEAD: Final = 8192
+REQUEST_TIMEOUT: Final = 5.0
+
+
+class MetricsServer:
+    """Serves the service's metrics on ``service.metrics.host`` and ``port``."""
+
+    def __init__(self, service: Service, host: str, port: int) -> None:
+        self._service = service
+        self.host = host
+        self.port = port
+        self.requests = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled (a port that cannot be bound is logged, not fatal)."""
+        try:
+            listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        except OSError as exc:
+            logger.error("cannot serve metrics on %s:%d: %s", self.host, self.port, exc)
+            task_status.started()
+            return
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        logger.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
+        task_status.started()
+        async with listener:
+            await listener.serve(self._answer)
+
+    async def _answer(self, client: SocketStream) -> None:
+        async with client:
+            try:
+                with anyio.fail_after(REQUEST_TIMEOUT):
+                    status, body = self._respond(await _read_head(client))
+                head = (
+                    f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                )
+                await client.send(head.encode() + body)
+            except (TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+                return
+
+    def _respond(self, head: bytes | None) -> tuple[str, bytes]:
+        self.requests += 1
+        try:
+            request_line = (head or b"").split(b"\r\n", 1)[0].decode("ascii")
+            method, target, version = request_line.split(" ")
+        except (UnicodeDecodeError, ValueError):
+            return "400 Bad Request", b"bad request\n"
+        if not version.startswith("HTTP/"):
+            return "400 Bad Request", b"bad request\n"
+        if target.split("?", 1)[0] != "/metrics":
+            return "404 Not Found", b"not found: try /metrics\n"
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", b"method not allowed\n"
+        body = "".join(render(self._service)).encode()
+        return "200 OK", b"" if method == "HEAD" else body
+
+
+async def _read_head(client: SocketStream) -> bytes | None:
+    head = b""
+    while b"\r\n\r\n" not in head and b"\n\n" not in head:
+        head += await client.receive()
+        if len(head) > MAX_REQUEST_HEAD:
+            return None
+    return head
+
+
+def _labels(**labels: str) -> str:
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _family(name: str, kind: str, help: str) -> str:
+    return f"# HELP {name} {help}\n# TYPE {name} {kind}\n"
+
+
+def _histograms(name: str, help: str, by_task: dict[str, Histogram]) -> Iterator[str]:
+    yield _family(name, "histogram", help)
+    for task, histogram in sorted(by_task.items()):
+        cumulative = 0
+        for bound, count in zip((*BUCKETS, float("inf")), histogram.counts, strict=True):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            yield f"{name}_bucket{_labels(task=task, le=le)} {cumulative}\n"
+        yield f"{name}_sum{_labels(task=task)} {histogram.total}\n"
+        yield f"{name}_count{_labels(task=task)} {histogram.count}\n"
+
+
+def render(service: Service) -> Iterator[str]:
+    """The metrics of *service* in the Prometheus text format."""
+    stats, pool = service.stats, service.pool
+    yield _family("dispatcher_messages_received_total", "counter", "Messages received.")
+    yield f"dispatcher_messages_received_total {stats.received}\n"
+    yield _family("dispatcher_messages_rejected_total", "counter", "Messages rejected, by reason.")
+    for reason, count in sorted(stats.rejected.items()):
+        yield f"dispatcher_messages_rejected_total{_labels(reason=reason)} {count}\n"
+    yield _family("dispatcher_control_commands_total", "counter", "Control commands run.")
+    yield f"dispatcher_control_commands_total {stats.control}\n"
+    yield _family("dispatcher_tasks_finished_total", "counter", "Tasks ended, by task and outcome.")
+    for (task, outcome), count in sorted(stats.finished_by_task.items()):
+        yield f"dispatcher_tasks_finished_total{_labels(task=task, outcome=outcome)} {count}\n"
+    yield _family("dispatcher_tasks_discarded_total", "counter", "Tasks dropped by on_duplicate.")
+    yield f"dispatcher_tasks_discarded_total {stats.discarded}\n"
+    yield _family("dispatcher_workers", "gauge", "Worker processes, by status.")
+    statuses: dict[str, int] = {}
+    for worker in pool.workers:
+        statuses[worker.status.value] = statuses.get(worker.status.value, 0) + 1
+    for status in ("starting", "ready", "busy", "stopping"):
+        yield f"dispatcher_workers{_labels(status=status)} {statuses.get(status, 0)}\n"
+    for name, help, value in (
+        ("dispatcher_queue_length", "Tasks waiting for a worker.", pool.queued),
+        ("dispatcher_blocked_tasks", "Tasks held back by on_duplicate.", pool.blocked),
+        ("dispatcher_delayed_tasks", "Tasks held for their delay.", pool.delayed),
+    ):
+        yield _family(name, "gauge", help)
+        yield f"{name} {value}\n"
+    yield from _histograms(
+        "dispatcher_queue_wait_seconds", "From publication to start, by task.", stats.queue_wait
+    )
+    yield from _histograms(
+        "dispatcher_run_time_seconds", "From start to end, by task.", stats.run_time
+    )

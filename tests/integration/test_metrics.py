@@ -1,0 +1,106 @@
+"""The Prometheus endpoint: valid text format, counters that match what ran, bad requests."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.service import Evidence, ServiceProcess
+
+TASKS = "support.service_tasks."
+StartService = Callable[..., ServiceProcess]
+Notify = Callable[[str, str], None]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def message(task: str, *args: Any) -> str:
+    return json.dumps(
+        {"task": TASKS + task, "args": [str(a) if isinstance(a, Path) else a for a in args]}
+    )
+
+
+def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(request)
+        return client.recv(65536)
+
+
+@pytest.fixture
+def metrics_service(
+    start_service: StartService, service_config: dict[str, Any]
+) -> tuple[ServiceProcess, int]:
+    port = free_port()
+    service_config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
+    service = start_service(service_config)
+    service.wait_for_log(r"serving metrics on")
+    return service, port
+
+
+def test_metrics_count_what_ran(
+    metrics_service: tuple[ServiceProcess, int], notify: Notify, channel: str, evidence: Evidence
+) -> None:
+    _, port = metrics_service
+    for n in range(3):
+        notify(channel, message("record", evidence.path, n))
+    notify(channel, message("fail", evidence.path))
+    notify(channel, "not json")
+    evidence.wait_for(4)
+
+    def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        found = samples(port)
+        done = found.get(
+            ("dispatcher_tasks_finished_total", (("outcome", "error"), ("task", TASKS + "fail")))
+        )
+        return found if done == 1 else {}
+
+    from support.service import wait_until
+
+    found = wait_until(settled, timeout=5)
+    assert (
+        found[("dispatcher_tasks_finished_total", (("outcome", "ok"), ("task", TASKS + "record")))]
+        == 3
+    )
+    assert found[("dispatcher_messages_received_total", ())] == 4
+    assert found[("dispatcher_messages_rejected_total", (("reason", "not_json"),))] == 1
+    assert found[("dispatcher_run_time_seconds_count", (("task", TASKS + "record"),))] == 3
+    assert found[("dispatcher_workers", (("status", "ready"),))] >= 1
+    assert found[("dispatcher_queue_length", ())] == 0
+
+
+def test_bad_requests_get_errors_and_the_service_keeps_serving(
+    metrics_service: tuple[ServiceProcess, int], notify: Notify, channel: str, evidence: Evidence
+) -> None:
+    _, port = metrics_service
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
+    assert caught.value.code == 404
+    caught.value.close()
+    assert raw_request(port, b"\xff\xfe garbage\r\n\r\n").startswith(b"HTTP/1.1 400 Bad Request")
+    assert raw_request(port, b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
+    notify(channel, message("record", evidence.path, "still serving"))
+    evidence.wait_for(1)
+    assert samples(port)[("dispatcher_messages_received_total", ())] == 1
