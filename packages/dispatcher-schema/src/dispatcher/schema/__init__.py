@@ -9,7 +9,13 @@ whatever language they are written in. This package ships them as data and offer
 """
 
 from dispatcher.schema.errors import Problem, SchemaValidationError
-from dispatcher.schema.resources import SCHEMA_NAMES, SchemaName, load_schema, schema_text
+from dispatcher.schema.resources import (
+    SCHEMA_NAMES,
+    SchemaName,
+    load_schema,
+    schema_text,
+    sql_publisher,
+)
 from dispatcher.schema.validation import Validator, explain, validator
 from dispatcher.schema.wire import (
     CHANNEL_NAME_PATTERN,
@@ -35,5 +41,6 @@ __all__ = [
     "is_valid_channel_name",
     "load_schema",
     "schema_text",
+    "sql_publisher",
     "validator",
 ]

@@ -25,6 +25,12 @@ def schema_text(name: SchemaName) -> str:
     return (package_files / "schemas" / f"{name}.schema.json").read_text(encoding="utf-8")
 
 
+def sql_publisher() -> str:
+    """Return the SQL that installs ``dispatcher_submit()``, a publisher usable from SQL."""
+    package_files = resources.files(__package__ or "dispatcher.schema")
+    return (package_files / "schemas" / "dispatcher_submit.sql").read_text(encoding="utf-8")
+
+
 @functools.cache
 def _parsed(name: SchemaName) -> Any:
     return json.loads(schema_text(name))

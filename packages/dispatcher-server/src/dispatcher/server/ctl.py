@@ -8,9 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dispatcher.config import ConfigError, setup
+import psycopg
+
+from dispatcher.config import ConfigError, Settings, setup
 from dispatcher.control import ControlResult, control_with_reply
+from dispatcher.publish.connections import describe_server, unavailable
 from dispatcher.publish.errors import PublishError
+from dispatcher.schema import sql_publisher
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
 
@@ -76,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("task", help="the task's name")
     run.add_argument("--args", type=json.loads, default=[], help="positional arguments, as JSON")
     run.add_argument("--kwargs", type=json.loads, default={}, help="keyword arguments, as JSON")
+    install = command("install-sql", "install dispatcher_submit() in the database (SQL publisher)")
+    install.add_argument("--print", action="store_true", help="print the SQL instead")
     return main
 
 
@@ -98,11 +104,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = arguments.parse_args(argv)
     if options.command == "cancel" and not (options.uuid or options.task or options.all):
         arguments.error("cancel needs --uuid, --task or --all")
+    if options.command == "install-sql" and options.print:
+        print(sql_publisher(), end="")
+        return EXIT_OK
     try:
-        setup(file_path=options.config)
+        settings = setup(file_path=options.config)
     except ConfigError as exc:
         print(f"dispatcherctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if options.command == "install-sql":
+        return install_sql(settings)
     try:
         result = control_with_reply(
             options.command,
@@ -124,6 +135,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_MISSING
+    return EXIT_OK
+
+
+def install_sql(settings: Settings) -> int:
+    """Create (or replace) ``dispatcher_submit()`` in the configured database."""
+    if settings.brokers.pg_notify is None:
+        print(f"dispatcherctl: {settings.source} has no brokers.pg_notify", file=sys.stderr)
+        return EXIT_USAGE
+    conninfo = settings.brokers.pg_notify.conninfo
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(sql_publisher().encode())
+    except psycopg.Error as exc:
+        failure = unavailable(conninfo, exc, "install dispatcher_submit() in")
+        print(f"dispatcherctl: {failure}", file=sys.stderr)
+        return EXIT_MISSING
+    print(f"installed dispatcher_submit() in {describe_server(conninfo)}")
     return EXIT_OK
 
 

@@ -1,0 +1,136 @@
+-- dispatcher_submit(): publish a dispatcher task from SQL (a trigger, pg_cron, any client).
+--
+--   SELECT dispatcher_submit('emails', 'myapp.tasks.send_email', '["someone@example.com"]');
+--   SELECT dispatcher_submit('emails', 'myapp.tasks.report', '[]', '{"period": "week"}',
+--                            '{"timeout": 60, "on_duplicate": "discard"}');
+--
+-- It builds a message valid against task-message.schema.json, sends it with pg_notify (as
+-- chunk envelopes when it is 8000 bytes or more), and returns the task's uuid. Like any
+-- NOTIFY, it is delivered when the calling transaction commits, and never if it rolls back.
+-- Options: timeout, delay (seconds), on_duplicate (parallel, discard, serial, queue_one),
+-- bind (boolean), uuid (text), guid (text). Needs PostgreSQL 13 or later.
+
+CREATE OR REPLACE FUNCTION dispatcher_submit(
+    channel text,
+    task text,
+    args jsonb DEFAULT '[]',
+    kwargs jsonb DEFAULT '{}',
+    options jsonb DEFAULT '{}'
+) RETURNS uuid
+LANGUAGE plpgsql
+VOLATILE
+AS $function$
+DECLARE
+    max_bytes CONSTANT integer := 7999;
+    task_id uuid;
+    message jsonb;
+    body text;
+    message_id text;
+    slice_size integer;
+    slices text[];
+    envelope text;
+    position integer;
+    unknown text;
+    seconds numeric;
+    option_name text;
+BEGIN
+    IF channel IS NULL OR channel !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
+        RAISE EXCEPTION 'dispatcher_submit: channel %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')', quote_nullable(channel);
+    END IF;
+    IF task IS NULL OR length(task) > 255 OR task !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
+        RAISE EXCEPTION 'dispatcher_submit: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)', quote_nullable(task);
+    END IF;
+    IF args IS NULL OR jsonb_typeof(args) <> 'array' THEN
+        RAISE EXCEPTION 'dispatcher_submit: args must be a JSON array, got %', coalesce(jsonb_typeof(args), 'NULL');
+    END IF;
+    IF kwargs IS NULL OR jsonb_typeof(kwargs) <> 'object' THEN
+        RAISE EXCEPTION 'dispatcher_submit: kwargs must be a JSON object, got %', coalesce(jsonb_typeof(kwargs), 'NULL');
+    END IF;
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'dispatcher_submit: options must be a JSON object, got %', coalesce(jsonb_typeof(options), 'NULL');
+    END IF;
+    SELECT string_agg(key, ', ' ORDER BY key) INTO unknown FROM jsonb_object_keys(options) AS key
+        WHERE key NOT IN ('timeout', 'delay', 'on_duplicate', 'bind', 'uuid', 'guid');
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'dispatcher_submit: options: unknown key(s) % (expected: timeout, delay, on_duplicate, bind, uuid, guid)', unknown;
+    END IF;
+    FOREACH option_name IN ARRAY ARRAY['timeout', 'delay'] LOOP
+        IF options ? option_name THEN
+            IF jsonb_typeof(options -> option_name) <> 'number' THEN
+                RAISE EXCEPTION 'dispatcher_submit: options.%: expected a number of seconds, got %', option_name, options -> option_name;
+            END IF;
+            seconds := (options ->> option_name)::numeric;
+            IF seconds < 0 OR seconds > 31536000 THEN
+                RAISE EXCEPTION 'dispatcher_submit: options.%: must be between 0 and 31536000 seconds, got %', option_name, seconds;
+            END IF;
+        END IF;
+    END LOOP;
+    IF options ? 'on_duplicate' AND (options ->> 'on_duplicate') NOT IN ('parallel', 'discard', 'serial', 'queue_one')
+        OR options ? 'on_duplicate' AND jsonb_typeof(options -> 'on_duplicate') <> 'string' THEN
+        RAISE EXCEPTION 'dispatcher_submit: options.on_duplicate: % is not one of parallel, discard, serial, queue_one', options -> 'on_duplicate';
+    END IF;
+    IF options ? 'bind' AND jsonb_typeof(options -> 'bind') <> 'boolean' THEN
+        RAISE EXCEPTION 'dispatcher_submit: options.bind: expected true or false, got %', options -> 'bind';
+    END IF;
+    IF options ? 'uuid' AND (jsonb_typeof(options -> 'uuid') <> 'string' OR length(options ->> 'uuid') NOT BETWEEN 1 AND 255) THEN
+        RAISE EXCEPTION 'dispatcher_submit: options.uuid: expected a non-empty string, got %', options -> 'uuid';
+    END IF;
+    IF options ? 'guid' AND jsonb_typeof(options -> 'guid') <> 'string' THEN
+        RAISE EXCEPTION 'dispatcher_submit: options.guid: expected a string, got %', options -> 'guid';
+    END IF;
+
+    task_id := CASE WHEN options ? 'uuid' AND (options ->> 'uuid') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                    THEN (options ->> 'uuid')::uuid ELSE gen_random_uuid() END;
+    message := jsonb_build_object(
+        'task', task,
+        'uuid', coalesce(options ->> 'uuid', task_id::text),
+        'args', args,
+        'kwargs', kwargs,
+        'time_pub', extract(epoch FROM clock_timestamp())
+    ) || (options - 'uuid');
+    body := message::text;
+
+    IF octet_length(body) <= max_bytes THEN
+        PERFORM pg_notify(channel, body);
+        RETURN task_id;
+    END IF;
+
+    -- Too large for one NOTIFY: chunk envelopes (chunk-envelope.schema.json), all sent in
+    -- this transaction. Slices are cut on characters, then halved until each envelope fits.
+    message_id := replace(gen_random_uuid()::text, '-', '');
+    slice_size := 3900;
+    <<cutting>>
+    LOOP
+        slices := ARRAY(
+            SELECT substr(body, start, slice_size)
+            FROM generate_series(1, length(body), slice_size) AS start
+        );
+        FOR position IN 1 .. array_length(slices, 1) LOOP
+            envelope := jsonb_build_object(
+                '__dispatcherd_chunk__', 'v1', 'message_id', message_id,
+                'index', position - 1, 'total', array_length(slices, 1),
+                'payload', slices[position]
+            )::text;
+            IF octet_length(envelope) > max_bytes THEN
+                slice_size := slice_size / 2;
+                CONTINUE cutting;
+            END IF;
+        END LOOP;
+        EXIT cutting;
+    END LOOP;
+    IF array_length(slices, 1) > 10000 THEN
+        RAISE EXCEPTION 'dispatcher_submit: the message is too large (% bytes of JSON)', octet_length(body);
+    END IF;
+    FOR position IN 1 .. array_length(slices, 1) LOOP
+        PERFORM pg_notify(channel, jsonb_build_object(
+            '__dispatcherd_chunk__', 'v1', 'message_id', message_id,
+            'index', position - 1, 'total', array_length(slices, 1),
+            'payload', slices[position]
+        )::text);
+    END LOOP;
+    RETURN task_id;
+END;
+$function$;
+
+COMMENT ON FUNCTION dispatcher_submit(text, text, jsonb, jsonb, jsonb) IS
+    'Publish a dispatcher task message (chunked when large); returns its uuid.';
