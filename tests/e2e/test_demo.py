@@ -1,0 +1,33 @@
+"""The README's main command: the demo runs on an embedded PostgreSQL and reports its tasks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.paths import REPO
+from support.service import alive
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_demo_runs_on_an_embedded_database_and_leaves_nothing_running(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "docs" / "examples" / "demo.py"), "--embedded"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "starting an embedded one" in out
+    assert "published 17 tasks:" in out
+    assert "  14 ok\n   2 timeout\n   1 error\nall tasks ran." in out
+    assert "embedded PostgreSQL stopped" in out
+    pid_file = tmp_path / ".demo" / "pgdata" / "postmaster.pid"
+    if pid_file.exists():
+        assert not alive(int(pid_file.read_text().split()[0]))
