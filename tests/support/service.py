@@ -118,7 +118,7 @@ class ServiceProcess:
     def start(self, *extra_args: str) -> ServiceProcess:
         # JSON is YAML: the service reads this file as any dispatcher.yml.
         self.config_path.write_text(json.dumps(self.config, indent=2))
-        env = dict(os.environ, PYTHONPATH=str(TESTS), PYTHONUNBUFFERED="1", **self.extra_env)
+        env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1", **self.extra_env}
         env.pop("DISPATCHER_CONFIG_FILE", None)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
