@@ -46,3 +46,13 @@ def test_readme_publisher_example(pg_dsn: str, channel: str, clean: None) -> Non
     assert "timeout" not in messages[0]
     assert messages[1]["timeout"] == 5
     assert messages[1]["args"] == []
+
+
+def test_readme_schema_example_prints_what_it_says() -> None:
+    import ast
+
+    imports, _, check, call, result = python_block_after("The wire format").strip().splitlines()
+    namespace: dict[str, Any] = {}
+    exec(imports, namespace)
+    assert eval(check.split("  #")[0], namespace) is True
+    assert eval(call, namespace) == ast.literal_eval(result.removeprefix("# "))
