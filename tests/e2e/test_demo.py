@@ -31,3 +31,35 @@ def test_demo_runs_on_an_embedded_database_and_leaves_nothing_running(tmp_path: 
     pid_file = tmp_path / ".demo" / "pgdata" / "postmaster.pid"
     if pid_file.exists():
         assert not alive(int(pid_file.read_text().split()[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
+    import signal
+
+    from support.service import children, wait_until
+
+    with subprocess.Popen(
+        [sys.executable, "-u", str(REPO / "docs" / "examples" / "demo.py"), "--embedded"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    ) as demo:
+        assert demo.stdout is not None
+        seen = []
+        for line in demo.stdout:
+            seen.append(line)
+            if "started (pid" in line:
+                break
+        service_pid = int(seen[-1].split("(pid ")[1].split(")")[0])
+        started = children(demo.pid) | {service_pid}
+        demo.send_signal(signal.SIGINT)
+        rest = demo.stdout.read()
+        assert demo.wait(60) == 130, "".join(seen) + rest
+    assert "interrupted: everything started was stopped" in rest
+    assert "embedded PostgreSQL stopped" in rest
+    wait_until(lambda: not any(alive(pid) for pid in started), timeout=20)
+    pid_file = tmp_path / ".demo" / "pgdata" / "postmaster.pid"
+    assert not pid_file.exists() or not alive(int(pid_file.read_text().split()[0]))
