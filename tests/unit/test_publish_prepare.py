@@ -267,3 +267,13 @@ def test_generated_uuids_are_version_4() -> None:
     for value in values:
         parsed = uuid.UUID(value)
         assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, value)
+
+
+def test_control_result_matches_node_ids_cut_short_by_postgres() -> None:
+    from dispatcher.control import ControlResult
+
+    long_id = "n" * 60
+    result = ControlResult("alive", replies=[{"node_id": long_id}, {"node_id": "b"}], expected=3)
+    result.expected_nodes = [long_id[:44], "b", "c"]
+    assert result.missing == ["c"]
+    assert not result.complete

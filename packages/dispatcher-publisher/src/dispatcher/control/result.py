@@ -24,13 +24,23 @@ class ControlResult:
     @property
     def missing(self) -> list[str]:
         """Node ids of services that were expected and did not answer."""
-        answered = {reply.get("node_id") for reply in self.replies}
-        return [node for node in self.expected_nodes if node not in answered]
+        answered = [str(reply.get("node_id")) for reply in self.replies]
+        return [node for node in self.expected_nodes if not _answered(node, answered)]
 
     @property
     def complete(self) -> bool:
         """Tell whether every expected service answered."""
         return len(self.replies) >= self.expected and not self.missing
+
+
+_FULL_NAME_LENGTH = 44
+"""Node ids longer than this are cut short in ``application_name`` (63 bytes in all)."""
+
+
+def _answered(node: str, answered: list[str]) -> bool:
+    if len(node) < _FULL_NAME_LENGTH:
+        return node in answered
+    return any(reply.startswith(node) for reply in answered)
 
 
 def parse_reply(payload: str) -> dict[str, Any]:

@@ -37,8 +37,11 @@ EXIT_TASK_MODULES: Final = 3
 
 
 def default_node_id() -> str:
-    """A node id from the host name and process id, within the channel-name rule."""
-    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:48]
+    """A node id from the host name and process id, within the channel-name rule.
+
+    Short enough (44 bytes at most) to fit whole in the listener's ``application_name``.
+    """
+    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:32]
     return f"{host}-{os.getpid()}"
 
 
