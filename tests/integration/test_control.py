@@ -15,6 +15,7 @@ from dispatcher.config import Settings
 from dispatcher.control import control_with_reply
 from dispatcher.publish import submit_task
 from support.service import Evidence, ServiceProcess, alive, wait_until
+from support.service import task_message as message
 
 TASKS = "support.service_tasks."
 StartService = Callable[..., ServiceProcess]
@@ -27,16 +28,6 @@ def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-    )
-
-
-def message(task: str, *args: Any, **options: Any) -> str:
-    return json.dumps(
-        {
-            "task": TASKS + task,
-            "args": [str(a) if isinstance(a, Path) else a for a in args],
-            **options,
-        }
     )
 
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.service import Evidence, ServiceProcess
+from support.service import task_message as message
 
 TASKS = "support.service_tasks."
 StartService = Callable[..., ServiceProcess]
@@ -24,12 +23,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def message(task: str, *args: Any) -> str:
-    return json.dumps(
-        {"task": TASKS + task, "args": [str(a) if isinstance(a, Path) else a for a in args]}
-    )
 
 
 def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

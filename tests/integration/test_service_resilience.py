@@ -23,17 +23,12 @@ from support.service import (
     wait_until,
     worker_pids,
 )
+from support.service import task_message as message
 
 RECORD = "support.service_tasks.record"
 SLEEP = "support.service_tasks.sleep_then_record"
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
-
-
-def message(task: str, *args: Any, **extra: Any) -> str:
-    return json.dumps(
-        {"task": task, "args": [str(a) if isinstance(a, Path) else a for a in args], **extra}
-    )
 
 
 def assert_no_orphans(pids: set[int]) -> None:

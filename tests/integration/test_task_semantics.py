@@ -5,7 +5,6 @@ The service runs as a subprocess; everything is observed through what the tasks 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,20 +15,11 @@ import pytest
 from dispatcher.config import Settings
 from dispatcher.publish import batch, submit_task
 from support.service import Evidence, ServiceProcess, wait_until
+from support.service import task_message as message
 
 TASKS = "support.service_tasks."
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
-
-
-def message(task: str, *args: Any, **options: Any) -> str:
-    return json.dumps(
-        {
-            "task": TASKS + task,
-            "args": [str(a) if isinstance(a, Path) else a for a in args],
-            **options,
-        }
-    )
 
 
 def events(evidence: Evidence, kind: str) -> list[dict[str, Any]]:

@@ -17,6 +17,16 @@ from support.paths import REPO
 
 TESTS = REPO / "tests"
 
+TASKS = "support.service_tasks."
+"""Prefix of the tasks the test services run."""
+
+
+def task_message(task: str, *args: Any, **options: Any) -> str:
+    """A task message (JSON text); a bare *task* name means one of ``support.service_tasks``."""
+    name = task if "." in task else TASKS + task
+    arguments = [str(arg) if isinstance(arg, Path) else arg for arg in args]
+    return json.dumps({"task": name, "args": arguments, **options})
+
 
 def standalone_command() -> list[str]:
     """The service's command line (``python -m dispatcher.server`` = ``dispatcher-standalone``)."""
