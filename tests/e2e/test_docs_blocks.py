@@ -93,3 +93,60 @@ def test_readme_psql_one_liners_submit_tasks_that_run(
         assert result.returncode == 0, result.stderr
     assert len(evidence.wait_for(2)) == 2
     assert json.loads(json.dumps(evidence.records()))[0]["args"] == []
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+@pytest.mark.timeout(120)
+def test_service_and_dispatcherctl_lines_work_as_written(
+    path: Path, tmp_path: Path, pg_dsn: str, channel: str
+) -> None:
+    import contextlib
+    import signal
+    import time
+
+    from support.service import TESTS
+
+    configs = [YAML(typ="safe").load(block) for block in blocks(path, "yaml")]
+    config = next(c for c in configs if "tasks" in c)  # the service's config
+    config["brokers"]["pg_notify"].update(conninfo=pg_dsn, channels=[channel])
+    config["tasks"]["modules"] = ["support.service_tasks"]
+    config.setdefault("service", {})["node_id"] = channel
+    (tmp_path / "dispatcher.yml").write_text(json.dumps(config))
+    lines = [line for block in blocks(path, "sh") for line in block.splitlines()]
+    [start] = [line for line in lines if line.startswith("dispatcher-standalone")]
+    ctl_lines = [line for line in lines if line.startswith("dispatcherctl")]
+    assert ctl_lines
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    # `exec`: the shell becomes the service, so the signal and exit status are the service's.
+    with subprocess.Popen(
+        f"exec {start}",
+        shell=True,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as service:
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                result = subprocess.run(
+                    ctl_lines[0],
+                    shell=True,
+                    cwd=tmp_path,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                if result.returncode == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert result.returncode == 0, result.stderr
+            assert f"{channel}:" in result.stdout
+        finally:
+            service.send_signal(signal.SIGTERM)
+            status = service.wait(30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGKILL)  # whatever is left, if the test failed
+        assert status == 0

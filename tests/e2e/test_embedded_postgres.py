@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import psycopg
@@ -39,5 +40,6 @@ def test_harness_prefers_the_configured_dsn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(postgres.TEST_DSN_ENV, "host=db.example user=someone")
+    monkeypatch.setattr(postgres, "own_database", contextlib.nullcontext)
     with postgres.test_database(tmp_path) as dsn:
         assert dsn == "host=db.example user=someone"

@@ -189,3 +189,17 @@ def test_socket_broker_answers_with_the_database_stopped(
     assert evidence.wait_for(1)[0]["args"] == ["via socket"]
     assert service.stop() == 0
     assert not socket_path.exists()
+
+
+def test_dispatcherctl_says_when_no_service_is_running(
+    tmp_path: Path, pg_dsn: str, channel: str
+) -> None:
+    config = tmp_path / "dispatcher.yml"
+    config.write_text(
+        json.dumps(
+            {"version": 1, "brokers": {"pg_notify": {"conninfo": pg_dsn, "channels": [channel]}}}
+        )
+    )
+    result = ctl(config, "alive")
+    assert result.returncode == 1
+    assert result.stderr == "dispatcherctl: no dispatcher service is connected to the database\n"

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 TEST_DSN_ENV = "DISPATCHER_TEST_DSN"
 LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -42,15 +44,40 @@ def embedded_server(data_parent: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def test_database(data_parent: Path) -> Iterator[str]:
-    """Yield the DSN of the PostgreSQL the tests use (see the module docstring)."""
+    """Yield the DSN of the PostgreSQL the tests use (see the module docstring).
+
+    The tests get a database of their own on that server when they may create one, so that
+    services left running by anything else cannot answer their control commands.
+    """
     configured = os.environ.get(TEST_DSN_ENV)
     if configured:
-        yield configured
-    elif answers(LOCAL_DSN):
-        yield LOCAL_DSN
-    else:
-        with embedded_server(data_parent) as dsn:
+        with own_database(configured) as dsn:
             yield dsn
+    elif answers(LOCAL_DSN):
+        with own_database(LOCAL_DSN) as dsn:
+            yield dsn
+    else:
+        with embedded_server(data_parent) as server, own_database(server) as dsn:
+            yield dsn
+
+
+@contextlib.contextmanager
+def own_database(dsn: str) -> Iterator[str]:
+    """Create a throw-away database next to *dsn*'s and yield its DSN (else *dsn* itself)."""
+    name = f"dispatcher_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error:
+        yield dsn  # no right to create databases: share the given one
+        return
+    try:
+        yield make_conninfo(dsn, dbname=name)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def unique_channel(prefix: str = "test") -> str:

@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PublishError as exc:
         print(f"dispatcherctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if result.expected == 0 and options.expected_replies is None:
+        print("dispatcherctl: no dispatcher service is connected to the database", file=sys.stderr)
+        return EXIT_MISSING
     if options.json:
         print(json.dumps(result.replies, indent=2, sort_keys=True, default=str))
     else:
