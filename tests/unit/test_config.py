@@ -76,7 +76,7 @@ BROKEN_CONFIGS: list[tuple[str, Any, str]] = [
         "unknown top-level key",
         {"version": 1, "logging": {}},
         "config: logging: unknown key (expected one of: brokers, producers, publish, "
-        "service, tasks, version, worker)",
+        "security, service, tasks, version, worker)",
     ),
     (
         "negative min_workers",
@@ -415,6 +415,9 @@ def _dataclass_defaults(cls: type) -> dict[str, Any]:
         (("service", "pool"), dispatcher_config.Pool),
         (("service",), dispatcher_config.Service),
         (("service", "metrics"), dispatcher_config.Metrics),
+        (("security",), dispatcher_config.Security),
+        (("service", "limits"), dispatcher_config.Limits),
+        (("worker",), dispatcher_config.Worker),
     ],
 )
 def test_schema_defaults_match_settings_defaults(schema_path: tuple[str, ...], cls: type) -> None:

@@ -15,12 +15,13 @@ from support.paths import SCHEMA_PACKAGE_COPY, SCHEMAS
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 
-def test_the_five_schemas_are_shipped() -> None:
+def test_the_six_schemas_are_shipped() -> None:
     assert set(SCHEMA_NAMES) == {
         "task-message",
         "control-message",
         "control-reply",
         "chunk-envelope",
+        "signed-envelope",
         "config",
     }
     on_disk = {path.name.removesuffix(".schema.json") for path in SCHEMAS.glob("*.schema.json")}

@@ -76,12 +76,13 @@ def test_python_values_outside_json_are_judged_not_crashed_on() -> None:
     checker = validator("task-message")
     assert checker.is_valid({**TASK, "kwargs": {1: "int key"}}) is True
     assert checker.is_valid({**TASK, "args": {1, 2}}) is False
-    for number in (float("nan"), float("inf")):
-        with pytest.raises(SchemaValidationError) as caught:
-            checker.validate({**TASK, "time_pub": number})
-        assert str(caught.value) == (
-            "(root): holds a value JSON cannot represent (such as NaN or Infinity)"
-        )
+    with pytest.raises(SchemaValidationError) as caught:
+        checker.validate({**TASK, "time_pub": float("nan")})
+    assert str(caught.value) == (
+        "(root): holds a value JSON cannot represent (such as NaN or Infinity)"
+    )
+    with pytest.raises(SchemaValidationError, match="time_pub: must be at most 253402300799"):
+        checker.validate({**TASK, "time_pub": float("inf")})
 
 
 def test_validator_is_compiled_once() -> None:

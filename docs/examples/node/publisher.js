@@ -5,7 +5,10 @@
 //
 // The message is validated against schemas/task-message.schema.json before it is sent, so a
 // bad message fails here, with the reason, instead of being rejected by the service.
-import { randomUUID } from "node:crypto";
+//
+// With DISPATCHER_SIGNING_KEY_ID and DISPATCHER_SIGNING_SECRET set (a key of the services'
+// security.keys), the message is sent in a signed envelope (schemas/signed-envelope.schema.json).
+import { createHmac, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -24,13 +27,30 @@ export function buildMessage(task, args = [], kwargs = {}, options = {}) {
   return { task, uuid: randomUUID(), args, kwargs, time_pub: Date.now() / 1000, ...options };
 }
 
-export async function submit(client, channel, message) {
+// signature = hex(HMAC-SHA256(secret, signed_at + "." + body)), over UTF-8 bytes.
+export function signEnvelope(body, keyId, secret, signedAt = (Date.now() / 1000).toFixed(6)) {
+  const signature = createHmac("sha256", Buffer.from(secret, "utf8"))
+    .update(`${signedAt}.${body}`, "utf8")
+    .digest("hex");
+  return JSON.stringify({ __dispatcher_signed__: "v1", key_id: keyId, signed_at: signedAt, signature, body });
+}
+
+export function signingKeyFromEnv(env = process.env) {
+  const id = env.DISPATCHER_SIGNING_KEY_ID;
+  const secret = env.DISPATCHER_SIGNING_SECRET;
+  if (!id && !secret) return null;
+  if (!id || !secret) throw new Error("set both DISPATCHER_SIGNING_KEY_ID and DISPATCHER_SIGNING_SECRET, or neither");
+  return { id, secret };
+}
+
+export async function submit(client, channel, message, key = signingKeyFromEnv()) {
   const validate = loadValidator("task-message");
   if (!validate(message)) {
     const reasons = validate.errors.map((e) => `${e.instancePath || "(root)"} ${e.message}`).join("; ");
     throw new Error(`invalid task message: ${reasons}`);
   }
-  const text = JSON.stringify(message);
+  const body = JSON.stringify(message);
+  const text = key ? signEnvelope(body, key.id, key.secret) : body;
   if (Buffer.byteLength(text, "utf8") > MAX_NOTIFY_BYTES) {
     throw new Error("message too large for one NOTIFY; this example does not chunk");
   }
@@ -43,8 +63,9 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const client = new pg.Client({ connectionString: process.env.DISPATCHER_DSN });
   await client.connect();
   try {
-    const uuid = await submit(client, channel, buildMessage(task, JSON.parse(args), JSON.parse(kwargs)));
-    console.log(`submitted ${task} as ${uuid}`);
+    const key = signingKeyFromEnv();
+    const uuid = await submit(client, channel, buildMessage(task, JSON.parse(args), JSON.parse(kwargs)), key);
+    console.log(`submitted ${task} as ${uuid}${key ? ` (signed with key ${key.id})` : ""}`);
   } finally {
     await client.end();
   }

@@ -13,8 +13,10 @@ reported as a :class:`ConfigError` naming the file, the location and the reason.
 from dispatcher.config.current import get_settings, is_setup, reset, setup
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.loading import CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE, load_settings
+from dispatcher.config.security import Security, SigningKey
 from dispatcher.config.settings import (
     Brokers,
+    Limits,
     Metrics,
     PgNotifyBroker,
     Pool,
@@ -34,6 +36,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "Brokers",
     "ConfigError",
+    "Limits",
     "Metrics",
     "NotConfiguredError",
     "PgNotifyBroker",
@@ -41,8 +44,10 @@ __all__ = [
     "Producers",
     "Publish",
     "ScheduledTask",
+    "Security",
     "Service",
     "Settings",
+    "SigningKey",
     "SocketBroker",
     "TaskOptions",
     "Tasks",

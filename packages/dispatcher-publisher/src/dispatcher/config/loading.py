@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from dispatcher.config import legacy
 from dispatcher.config.errors import ConfigError, NotConfiguredError
+from dispatcher.config.security import hide_secret, load_security
 from dispatcher.config.settings import Settings, settings_from_document
 from dispatcher.schema import Problem, validator
 from dispatcher.schema.errors import json_type_name
@@ -108,11 +109,14 @@ def settings_from_data(source: str, data: Any) -> Settings:
     document = _plain(data)
     config_validator = validator("config")
     problems = [] if config_validator.is_valid(document) else config_validator.problems(document)
-    problems = problems or _cross_field_problems(document)
+    problems = [hide_secret(p) for p in problems] or _cross_field_problems(document)
+    security = None
+    if not problems:
+        security, problems = load_security(document.get("security", {}))
     if problems:
         as_written = [Problem(paths.original(p.path), p.reason) for p in problems]
         raise ConfigError(source, [str(p) for p in sorted(as_written, key=lambda p: p.sort_key)])
-    return settings_from_document(source, document)
+    return settings_from_document(source, document, security)
 
 
 def _plain(data: Any) -> Any:

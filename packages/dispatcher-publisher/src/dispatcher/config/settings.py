@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
+from dispatcher.config.security import Security
+from dispatcher.schema.chunks import MAX_PARTIAL_BYTES, MAX_PARTIAL_MESSAGES
+
 OnDuplicate = Literal["parallel", "discard", "serial", "queue_one"]
 BrokerName = Literal["pg_notify", "socket"]
 
@@ -28,6 +31,8 @@ class PgNotifyBroker:
     default_publish_channel: str | None = None
     self_check_interval: float = 30
     self_check_timeout: float = 2
+    allow_control: tuple[str, ...] | None = None
+    """Control commands accepted over pg_notify; ``None`` means every command."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class SocketBroker:
     """``brokers.socket``: the local unix socket."""
 
     path: str
+    allow_control: tuple[str, ...] | None = None
+    """Control commands accepted over the socket; ``None`` means every command."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,24 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """``service.limits``: bounds on what publishers can make the service hold."""
+
+    max_partial_messages: int = MAX_PARTIAL_MESSAGES
+    """Incomplete chunked messages held; beyond it the oldest is evicted."""
+    max_partial_bytes: int = MAX_PARTIAL_BYTES
+    """Memory held by the slices of incomplete chunked messages; beyond it the oldest go."""
+    max_delayed: int = 100_000
+    """Tasks waiting for their delay; beyond it the newest is refused."""
+    max_blocked: int = 100_000
+    """Tasks held back by ``on_duplicate``; beyond it the newest is refused."""
+    max_queued: int = 1_000_000
+    """Tasks waiting for a free worker; beyond it the newest is refused."""
+    max_held_bytes: int = 256 * 1024 * 1024
+    """Message bytes held in total (queued, delayed, blocked, waiting for the first worker)."""
+
+
+@dataclass(frozen=True)
 class Service:
     """``service``: the service process."""
 
@@ -91,6 +116,7 @@ class Service:
     cancel_grace: float = 5
     chunk_expiry: float = 1800
     metrics: Metrics | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -130,6 +156,10 @@ class Worker:
     worker_class: str | None = None
     """``worker.class`` in the file."""
     idle_timeout: float | None = None
+    max_memory: int | None = None
+    """Bytes of resident memory past which a worker is killed (``memory_exceeded``)."""
+    max_output_bytes: int = 65536
+    """Bytes of each task's standard output and error kept for the log; the rest is counted."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +176,7 @@ class Settings:
 
     source: str
     """Where it came from: a file name as given, or ``config`` for a dict."""
-    data: Mapping[str, Any]
+    data: Mapping[str, Any] = field(repr=False)
     """The config as a plain document in the version 1 layout (translated if it was older)."""
     brokers: Brokers = field(default_factory=Brokers)
     tasks: Tasks = field(default_factory=Tasks)
@@ -154,11 +184,17 @@ class Settings:
     producers: Producers = field(default_factory=Producers)
     worker: Worker = field(default_factory=Worker)
     publish: Publish = field(default_factory=Publish)
+    security: Security = field(default_factory=Security)
     version: int = 1
 
 
-def settings_from_document(source: str, document: Mapping[str, Any]) -> Settings:
-    """Build :class:`Settings` from a document already validated against the config schema."""
+def settings_from_document(
+    source: str, document: Mapping[str, Any], security: Security | None = None
+) -> Settings:
+    """Build :class:`Settings` from a document already validated against the config schema.
+
+    *security* is its ``security`` section with the secrets read (see ``load_security``).
+    """
     brokers = document.get("brokers", {})
     service = document.get("service", {})
     producers = document.get("producers", {})
@@ -171,28 +207,42 @@ def settings_from_document(source: str, document: Mapping[str, Any]) -> Settings
         data=document,
         brokers=Brokers(
             pg_notify=None if pg_notify is None else _pg_notify(pg_notify),
-            socket=None if socket is None else SocketBroker(**socket),
+            socket=None if socket is None else SocketBroker(**_allow_control(socket)),
         ),
         tasks=Tasks(modules=tuple(document.get("tasks", {}).get("modules", ()))),
         service=Service(
-            **{k: v for k, v in service.items() if k not in {"pool", "metrics"}},
+            **{k: v for k, v in service.items() if k not in {"pool", "metrics", "limits"}},
             pool=Pool(**service.get("pool", {})),
             metrics=None if metrics is None else Metrics(**metrics),
+            limits=Limits(**service.get("limits", {})),
         ),
         producers=Producers(
             scheduled=_entries(producers.get("scheduled", {}), ScheduledTask),
             on_start=_entries(producers.get("on_start", {}), TaskOptions),
             control="control" in producers,
         ),
-        worker=Worker(worker_class=worker.get("class"), idle_timeout=worker.get("idle_timeout")),
+        worker=Worker(
+            worker_class=worker.get("class"),
+            idle_timeout=worker.get("idle_timeout"),
+            max_memory=worker.get("max_memory"),
+            max_output_bytes=worker.get("max_output_bytes", Worker.max_output_bytes),
+        ),
         publish=Publish(**document.get("publish", {})),
+        security=security or Security(),
     )
 
 
 def _pg_notify(section: Mapping[str, Any]) -> PgNotifyBroker:
-    values = dict(section)
+    values = _allow_control(section)
     values["channels"] = tuple(values.get("channels", ()))
     return PgNotifyBroker(**values)
+
+
+def _allow_control(section: Mapping[str, Any]) -> dict[str, Any]:
+    values = dict(section)
+    if "allow_control" in values:
+        values["allow_control"] = tuple(values["allow_control"])
+    return values
 
 
 def _entries(

@@ -16,11 +16,12 @@ from psycopg import Connection, sql
 
 from dispatcher.config import get_settings
 from dispatcher.control.local import socket_request
-from dispatcher.control.result import ControlResult, parse_reply
-from dispatcher.publish.chunking import ChunkAssembler, ChunkError, is_chunk
-from dispatcher.publish.connections import connect_options, unavailable
+from dispatcher.control.result import ControlResult
+from dispatcher.publish.connections import NOTIFY_MANY, connect_options, unavailable
 from dispatcher.publish.errors import InvalidSubmission, PublishError
-from dispatcher.schema import validator
+from dispatcher.publish.signing import signed, signing_key
+from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES, DecodeError, decode_json, validator
+from dispatcher.schema.chunks import ChunkAssembler, ChunkError, is_chunk, split_message
 
 SERVICES_QUERY = (
     "SELECT substr(application_name, 20) FROM pg_stat_activity"
@@ -35,13 +36,14 @@ def control(
 ) -> None:
     """Send a control command without waiting for replies."""
     message = _message(command, data, reply_to=None)
+    text = _text(message)
     socket_path = _socket_path()
     if socket_path is not None:
-        socket_request(socket_path, message, timeout=5.0)
+        socket_request(socket_path, message, timeout=5.0, payload=text)
         return
     conninfo, channel = _target(queue)
     with _connect(conninfo) as conn:
-        conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+        _notify(conn, channel, text)
 
 
 def control_with_reply(
@@ -68,13 +70,14 @@ def control_with_reply(
     """
     reply_to = f"reply_to_{uuid.uuid4().hex}"
     message = _message(command, data, reply_to=reply_to)
+    text = _text(message)
     result = ControlResult(command)
     socket_path = _socket_path()
     if socket_path is not None:
         result.expected = 1 if expected_replies is None else expected_replies
-        line = socket_request(socket_path, message, timeout)
+        line = socket_request(socket_path, message, timeout, payload=text)
         if line is not None:
-            result.replies.append(parse_reply(line))
+            result.add(line)
         return result
     conninfo, channel = _target(queue)
     with _connect(conninfo) as conn:
@@ -85,7 +88,7 @@ def control_with_reply(
             result.expected = len(result.expected_nodes)
         else:
             result.expected = expected_replies
-        conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+        _notify(conn, channel, text)
         deadline = time.monotonic() + timeout
         chunks = ChunkAssembler()
         while len(result.replies) < result.expected:
@@ -97,15 +100,16 @@ def control_with_reply(
                 if payload is not None and notify.channel == reply_to:
                     payload = _join(chunks, payload)
                     if payload is not None:
-                        result.replies.append(parse_reply(payload))
+                        result.add(payload)
     return result
 
 
 def _join(chunks: ChunkAssembler, payload: str) -> str | None:
+    """The reply *payload* is, or completes; ``None`` while slices are missing."""
     try:
-        decoded = json.loads(payload)
-    except ValueError:
-        return payload
+        decoded = decode_json(payload)
+    except DecodeError:
+        return payload  # not a chunk: skipped as a reply, saying why
     if not isinstance(decoded, dict) or not is_chunk(decoded):
         return payload
     if not validator("chunk-envelope").is_valid(decoded):
@@ -125,6 +129,17 @@ def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None)
         problems = "; ".join(str(p) for p in checker.problems(message))
         raise InvalidSubmission(f"cannot send control command {command!r}: {problems}")
     return message
+
+
+def _text(message: dict[str, Any]) -> str:
+    """The message's JSON text, in a signed envelope when the config has a key."""
+    return signed(json.dumps(message), signing_key())
+
+
+def _notify(conn: Connection[Any], channel: str, text: str) -> None:
+    """NOTIFY *text* on *channel*, as chunk envelopes when it is too large for one."""
+    payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
+    conn.execute(NOTIFY_MANY, ([channel] * len(payloads), payloads))
 
 
 def _socket_path() -> str | None:

@@ -15,10 +15,14 @@ from dispatcher.config import get_settings
 from dispatcher.publish.chunking import split_message
 from dispatcher.publish.errors import InvalidSubmission
 from dispatcher.publish.registry import OnDuplicate, Queue, RegisteredTask, registry
+from dispatcher.publish.signing import signed, signing_key
 from dispatcher.schema import (
     CHANNEL_NAME_RULE,
     MAX_MESSAGE_BYTES,
+    MAX_NESTING_DEPTH,
     MAX_NOTIFY_PAYLOAD_BYTES,
+    SIGNED_KEY,
+    exceeds_depth,
     is_valid_channel_name,
     validator,
 )
@@ -26,7 +30,7 @@ from dispatcher.schema.errors import format_path, json_type_name
 
 RESERVED_KEYS: Final = frozenset(
     {"task", "uuid", "args", "kwargs", "time_pub", "timeout", "delay", "on_duplicate", "bind"}
-    | {"channel", "control", "__dispatcherd_chunk__"}
+    | {"channel", "control", "__dispatcherd_chunk__", SIGNED_KEY}
 )
 """Message keys the SDK sets itself, which ``extra`` may not contain."""
 
@@ -42,7 +46,8 @@ class Submission:
     message: Mapping[str, Any]
     """The task message, as the service receives it."""
     payloads: tuple[str, ...]
-    """The NOTIFY payloads: the message's JSON text, or its chunk envelopes."""
+    """The NOTIFY payloads: the message's JSON text (in a signed envelope when the config has
+    a key), or its chunk envelopes."""
 
 
 def prepare_submission(
@@ -104,7 +109,7 @@ def prepare_submission(
         raise _invalid(name, problems or "invalid message")
 
     channel = _resolve_channel(name, queue if queue is not None else defaults.queue)
-    text = _serialise(name, message)
+    text = signed(_serialise(name, message), signing_key())
     if len(text) > MAX_MESSAGE_BYTES:
         raise _invalid(
             name, f"the message is {len(text)} bytes of JSON, over the limit of {MAX_MESSAGE_BYTES}"
@@ -211,14 +216,35 @@ _encode: Final = _make_encoder()
 
 def _serialise(name: str, message: dict[str, Any]) -> str:
     try:
-        return _encode(message)
+        text = _encode(message)
     except (TypeError, ValueError, RecursionError) as exc:
+        too_deep = _too_deep(message)
+        if too_deep is not None:
+            raise _invalid(name, too_deep) from None
         try:
             found = _first_non_json(message, ())
         except RecursionError:
             found = ((), "the arguments are nested too deeply, or contain themselves")
         path, reason = found or ((), str(exc))
         raise _invalid(name, f"{format_path(path)}: {reason}") from None
+    # n arrays and objects cannot nest deeper than n: most messages skip the walk.
+    if text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
+        too_deep = _too_deep(message)
+        if too_deep is not None:
+            raise _invalid(name, too_deep)
+    return text
+
+
+def _too_deep(message: dict[str, Any]) -> str | None:
+    """Name the first value nested deeper than a service accepts, and say why."""
+    inner = MAX_NESTING_DEPTH - 1  # the message object is the first level
+    for key, value in message.items():
+        if exceeds_depth(value, inner):
+            return (
+                f"{format_path((str(key),))}: nested more than {inner} levels deep, or contains "
+                f"itself (too_deep: a message may nest {MAX_NESTING_DEPTH} levels in all)"
+            )
+    return None
 
 
 Path = tuple[str | int, ...]

@@ -67,6 +67,25 @@ class AsyncConnectionProvider:
         await fresh.close()  # another caller opened one meanwhile
         return winner
 
+    async def notify_many(self, channels: Sequence[str], payloads: Sequence[str]) -> None:
+        """NOTIFY each payload on its channel, in one round trip.
+
+        A connection found broken (the server restarted, the connection was terminated) is
+        replaced and the NOTIFYs sent once more on the new one.
+
+        :raises BrokerUnavailable: when the database cannot be reached.
+        """
+        for attempt in (1, 2):
+            own = await self.connection()
+            try:
+                await own.execute(NOTIFY_MANY, (list(channels), list(payloads)))
+                return
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or not own.closed:
+                    raise unavailable(self.conninfo, exc, "send to") from None
+            except psycopg.Error as exc:
+                raise unavailable(self.conninfo, exc, "send to") from None
+
     async def close(self) -> None:
         """Close the connection (one opened elsewhere is only let go of)."""
         with self._lock:
@@ -131,17 +150,7 @@ async def asend(submissions: Sequence[Submission], connection: object | None = N
         caller = expect_connection(connection, AsyncConnection, "asubmit_task", "submit_task")
         await caller.execute(NOTIFY_MANY, (channels, payloads))
         return
-    provider = _provider(publisher_conninfo())
-    for attempt in (1, 2):
-        own = await provider.connection()
-        try:
-            await own.execute(NOTIFY_MANY, (channels, payloads))
-            return
-        except psycopg.OperationalError as exc:
-            if attempt == 2 or not own.closed:
-                raise unavailable(provider.conninfo, exc, "send to") from None
-        except psycopg.Error as exc:
-            raise unavailable(provider.conninfo, exc, "send to") from None
+    await _provider(publisher_conninfo()).notify_many(channels, payloads)
 
 
 async def asubmit_task(

@@ -7,7 +7,14 @@ import json
 from importlib import resources
 from typing import Any, Final, Literal, get_args
 
-SchemaName = Literal["task-message", "control-message", "control-reply", "chunk-envelope", "config"]
+SchemaName = Literal[
+    "task-message",
+    "control-message",
+    "control-reply",
+    "chunk-envelope",
+    "signed-envelope",
+    "config",
+]
 """The name of a schema: its file name without ``.schema.json``."""
 
 SCHEMA_NAMES: Final[tuple[SchemaName, ...]] = get_args(SchemaName)

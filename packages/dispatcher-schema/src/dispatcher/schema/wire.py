@@ -12,6 +12,14 @@ A message whose JSON text is longer travels as chunk envelopes of at most this s
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
 """Largest message (its JSON text in UTF-8 bytes) a publisher sends or a service accepts."""
 
+MAX_NESTING_DEPTH: Final = 64
+"""Deepest nesting of arrays and objects in a message; the message object is level 1.
+
+A task's ``args`` and ``kwargs`` may thus nest 63 levels. Deeper text is refused (reason
+``too_deep``) before anything acts on it, so that no decoder, validator or encoder along
+the way can run out of stack.
+"""
+
 MAX_CHANNEL_NAME_BYTES: Final = 63
 """Longest channel name PostgreSQL keeps whole (NAMEDATALEN - 1); longer names are cut."""
 

@@ -7,9 +7,32 @@ Run it with the ``dispatcher-standalone`` command, or from Python::
 
     setup(file_path="dispatcher.yml")
     run_service()   # blocks until SIGTERM or SIGINT
+
+The names are imported on first use, so that the workers' fork server, which imports
+``dispatcher.server.forkserver``, does not load the service's own machinery (anyio, the
+listener) into every worker.
 """
 
-from dispatcher.server.hooks import BaseWorker
-from dispatcher.server.service import Service, run_service
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dispatcher.server.hooks import BaseWorker
+    from dispatcher.server.service import Service, run_service
 
 __all__ = ["BaseWorker", "Service", "run_service"]
+
+_HOMES = {
+    "BaseWorker": "dispatcher.server.hooks",
+    "Service": "dispatcher.server.service",
+    "run_service": "dispatcher.server.service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'dispatcher.server' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

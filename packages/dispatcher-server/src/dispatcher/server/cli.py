@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from dispatcher.config import ConfigError, load_settings
+from dispatcher.server.logsafe import log_to
 from dispatcher.server.service import run_service
 
 EXIT_USAGE = 2
@@ -41,11 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the service; return the process's exit status."""
     options = parser().parse_args(argv)
     level = getattr(logging, options.log_level)
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_to(sys.stderr, level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(file_path=options.config)
     except ConfigError as exc:

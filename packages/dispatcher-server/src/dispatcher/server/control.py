@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.schema import Validator
-from dispatcher.server.intake import Rejected
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.ratelimit import InternalErrorLog
+from dispatcher.server.rejection import Rejected
 
 if TYPE_CHECKING:
     from dispatcher.server.service import Service
 
-logger = logging.getLogger("dispatcher.control")
+logger = get_logger("dispatcher.control")
 
 Reply = dict[str, Any]
 
@@ -62,6 +64,7 @@ class ControlCommands:
     def __init__(self, service: Service) -> None:
         self._service = service
         self._started = time.monotonic()
+        self._internal_errors = InternalErrorLog(logger)
         cancel_data = {
             **_FILTER,
             "properties": {
@@ -104,8 +107,9 @@ class ControlCommands:
             return entry.handler(data)
         except ControlError as exc:
             return {"error": str(exc)}
-        except Exception:
-            logger.exception("control command %s failed", command)
+        except Exception as exc:
+            self._service.stats.rejected["internal_error"] += 1
+            self._internal_errors.report(f"control command {command}", exc)
             return {"error": f"the {command} command failed inside the service; see its log"}
 
     # -- the commands ----------------------------------------------------------------------
@@ -171,6 +175,7 @@ class ControlCommands:
                 "self_checks": stats.self_checks,
             },
             "chunks": self.chunks(data),
+            "signatures": service.signatures.summary(),
         }
 
     def producers(self, data: Mapping[str, Any]) -> Reply:
@@ -186,7 +191,12 @@ class ControlCommands:
     def chunks(self, data: Mapping[str, Any]) -> Reply:
         """Incomplete chunked messages being assembled."""
         assembler = self._service.intake.chunks
-        return {"partial": len(assembler), "late_slices": assembler.late_slices}
+        return {
+            "partial": len(assembler),
+            "partial_bytes": assembler.memory,
+            "evicted": assembler.evictions,
+            "late_slices": assembler.late_slices,
+        }
 
     def metrics(self, data: Mapping[str, Any]) -> Reply:
         """Whether the metrics endpoint is on, and where."""
@@ -202,7 +212,7 @@ class ControlCommands:
 
     def set_log_level(self, data: Mapping[str, Any]) -> Reply:
         """Change the level of the service's ``dispatcher`` loggers."""
-        target = logging.getLogger("dispatcher")
+        target = get_logger("dispatcher")
         previous = logging.getLevelName(target.getEffectiveLevel())
         level = str(data["level"]).upper()
         target.setLevel(level)

@@ -15,6 +15,7 @@ from dispatcher.control import ControlResult, control_with_reply
 from dispatcher.publish.connections import describe_server, unavailable
 from dispatcher.publish.errors import PublishError
 from dispatcher.schema import sql_publisher
+from dispatcher.server.logsafe import escape
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
 
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=options.timeout,
         )
     except PublishError as exc:
-        print(f"dispatcherctl: {exc}", file=sys.stderr)
+        print(f"dispatcherctl: {_shown(exc)}", file=sys.stderr)
         return EXIT_USAGE
     if result.expected == 0 and options.expected_replies is None:
         print("dispatcherctl: no dispatcher service is connected to the database", file=sys.stderr)
@@ -131,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result.replies, indent=2, sort_keys=True, default=str))
     else:
         print(render(result), end="")
+    for note in result.skipped:
+        print(f"dispatcherctl: {_shown(note)}", file=sys.stderr)
     if not result.complete:
-        missing = f"; no answer from {', '.join(result.missing)}" if result.missing else ""
+        missing = f"; no answer from {_shown(', '.join(result.missing))}" if result.missing else ""
         print(
             f"dispatcherctl: {len(result.replies)} of {result.expected} expected replies{missing}",
             file=sys.stderr,
@@ -159,33 +162,43 @@ def install_sql(settings: Settings) -> int:
 
 
 def render(result: ControlResult) -> str:
-    """Replies as text for people: one block per service."""
+    """Replies as text for people: one block per service.
+
+    Every value is shown escaped (see :func:`dispatcher.server.logsafe.escape`): a reply
+    cannot start a line of its own in the terminal, or send it control sequences.
+    """
     lines = []
     for reply in sorted(result.replies, key=lambda r: str(r.get("node_id"))):
         body = {k: v for k, v in reply.items() if k != "node_id"}
-        lines.append(f"{reply.get('node_id', '?')}:")
+        lines.append(f"{_shown(reply.get('node_id', '?'))}:")
         if not body:
             lines.append("  ok")
         for key, value in body.items():
             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                lines.append(f"  {key}:")
+                lines.append(f"  {_shown(key)}:")
                 lines += _table(value, indent="    ")
             elif isinstance(value, list | dict):
-                lines.append(f"  {key}: {json.dumps(value, sort_keys=True)}")
+                lines.append(f"  {_shown(key)}: {json.dumps(value, sort_keys=True)}")
             else:
-                lines.append(f"  {key}: {value}")
+                lines.append(f"  {_shown(key)}: {_shown(value)}")
     return "".join(line + "\n" for line in lines)
 
 
 def _table(rows: list[dict[str, Any]], indent: str) -> list[str]:
     columns = [c for c in rows[0] if not isinstance(rows[0][c], dict | list)]
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    out = [indent + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    cells = [[_shown(row.get(c, "")) for c in columns] for row in rows]
+    titles = [_shown(c) for c in columns]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(titles)]
+    out = [indent + "  ".join(c.ljust(w) for c, w in zip(titles, widths, strict=True)).rstrip()]
     for row in cells:
         padded = (value.ljust(width) for value, width in zip(row, widths, strict=True))
         out.append(indent + "  ".join(padded).rstrip())
     return out
+
+
+def _shown(value: object) -> str:
+    """*value* for the terminal: whole, with its non-printable characters escaped."""
+    return escape(value, limit=None)
 
 
 def entry_point() -> None:

@@ -39,6 +39,11 @@ class Delayer:
             del self._held[hold_id]
         return [job for _, job in removed]
 
+    @property
+    def count(self) -> int:
+        """The number of jobs held."""
+        return len(self._held)
+
     def held(self) -> list[Job]:
         """Every held job, oldest first."""
         return list(self._held.values())

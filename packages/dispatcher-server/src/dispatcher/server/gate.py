@@ -27,6 +27,8 @@ class Admission(enum.Enum):
     RUN = "run"
     BLOCK = "block"
     DISCARD = "discard"
+    REFUSE = "refuse"
+    """It should be blocked, but too many jobs are blocked already."""
 
 
 class DuplicateGate:
@@ -35,9 +37,14 @@ class DuplicateGate:
     def __init__(self) -> None:
         self._active: dict[str, int] = {}
         self._blocked: dict[str, deque[Job]] = {}
+        self.blocked_count = 0
+        """Jobs blocked, in total."""
 
-    def admit(self, job: Job) -> Admission:
-        """Decide about *job*; a job allowed to run counts as active until :meth:`finished`."""
+    def admit(self, job: Job, max_blocked: int | None = None) -> Admission:
+        """Decide about *job*; a job allowed to run counts as active until :meth:`finished`.
+
+        A job that should be blocked while *max_blocked* jobs already are is refused.
+        """
         key = job.key
         if key is None:
             return Admission.RUN
@@ -49,7 +56,10 @@ class DuplicateGate:
         if mode == "queue_one" and blocked:
             return Admission.DISCARD
         if mode in ("serial", "queue_one") and active:
+            if max_blocked is not None and self.blocked_count >= max_blocked:
+                return Admission.REFUSE
             self._blocked.setdefault(key, deque()).append(job)
+            self.blocked_count += 1
             return Admission.BLOCK
         self._active[key] = self._active.get(key, 0) + 1
         return Admission.RUN
@@ -67,6 +77,7 @@ class DuplicateGate:
         if not waiting:
             return None
         released = waiting.popleft()
+        self.blocked_count -= 1
         if not waiting:
             del self._blocked[key]
         return released
@@ -76,7 +87,11 @@ class DuplicateGate:
         removed = []
         for key in list(self._blocked):
             waiting = self._blocked[key]
-            removed += [job for job in waiting if match(job)]
+            matched = [job for job in waiting if match(job)]
+            if not matched:
+                continue
+            removed += matched
+            self.blocked_count -= len(matched)
             kept = deque(job for job in waiting if not match(job))
             if kept:
                 self._blocked[key] = kept

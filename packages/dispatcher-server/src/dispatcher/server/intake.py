@@ -14,33 +14,29 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-from dispatcher.publish.chunking import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
+from dispatcher.config import Limits, Security
 from dispatcher.publish.messages import new_uuid
-from dispatcher.schema import MAX_MESSAGE_BYTES, validator
+from dispatcher.schema import MAX_MESSAGE_BYTES, DecodeError, decode_json, validator
+from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin
 from dispatcher.server.pool import Job, WorkerPool
 from dispatcher.server.protocol import run_line
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
+from dispatcher.server.rejection import Rejected
+from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 
-logger = logging.getLogger("dispatcher.intake")
+logger = get_logger("dispatcher.intake")
 
 MAX_WAITING_FOR_WORKERS: Final = 100_000
 """Messages held while the first worker starts (until the registered names are known)."""
 
 _CHUNK_KEY: Final = "__dispatcherd_chunk__"
 
-
-class Rejected(Exception):
-    """A payload is refused; ``reason`` is the counter's key, the message says why."""
-
-    def __init__(self, reason: str, detail: str, uuid: object = None) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.uuid = uuid
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], None]
+"""Runs a control message, ``sink(message, channel, origin, refused)``, and answers it; with
+*refused*, the message was refused and is only answered with the error."""
 
 
 class Intake:
@@ -51,29 +47,38 @@ class Intake:
         pool: WorkerPool,
         stats: ServiceStats,
         chunk_expiry: float,
-        on_control: Callable[[dict[str, Any], str], None] | None = None,
+        on_control: ControlSink | None = None,
+        limits: Limits | None = None,
+        signatures: SignatureCheck | None = None,
     ) -> None:
         self._pool = pool
         self._on_control = on_control
+        self._signatures = signatures or SignatureCheck(Security())
         self._stats = stats
-        self.chunks = ChunkAssembler(expiry=chunk_expiry, max_bytes=MAX_MESSAGE_BYTES)
+        limits = limits or Limits()
+        self.chunks = ChunkAssembler(
+            expiry=chunk_expiry,
+            max_bytes=MAX_MESSAGE_BYTES,
+            max_messages=limits.max_partial_messages,
+            max_memory=limits.max_partial_bytes,
+        )
         self._task_validator = validator("task-message")
         self._chunk_validator = validator("chunk-envelope")
         self._task_names: frozenset[str] | None = None
         self._waiting: deque[tuple[dict[str, Any], str, str]] = deque()
-        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant)
         self._rejections = RateLimitedLog(logger, logging.WARNING)
+        self._internal_errors = InternalErrorLog(logger)
         self._internal_ids = 0
 
-    def receive(self, payload: str, channel: str) -> None:
-        """Take one payload as it arrived on *channel*; never raises."""
+    def receive(self, payload: str, channel: str, origin: Origin = PG_NOTIFY) -> None:
+        """Take one payload as it arrived on *channel* through *origin*; never raises."""
         try:
-            self._receive(payload, channel)
+            self._receive(payload, channel, origin)
         except Rejected as rejected:
             self._reject(rejected, channel)
-        except Exception:  # a bug here must cost one message, never the service
-            logger.exception("internal error while handling a message on %s", channel)
+        except Exception as exc:  # a bug here must cost one message, never the service
             self._stats.rejected["internal_error"] += 1
+            self._internal_errors.report("intake", exc, f"a message on {channel}")
 
     def submit(self, message: dict[str, Any], source: str) -> str:
         """Accept a task message made inside the service (a producer, the ``run`` command).
@@ -83,10 +88,10 @@ class Intake:
         :raises Rejected: when the message is refused, saying why.
         """
         message = {**message, "uuid": message.get("uuid") or new_uuid()}
-        self._receive(json.dumps(message, separators=(",", ":")), source)
+        self._receive(json.dumps(message, separators=(",", ":")), source, INTERNAL)
         return str(message["uuid"])
 
-    def _receive(self, payload: str, channel: str) -> None:
+    def _receive(self, payload: str, channel: str, origin: Origin) -> None:
         message = self._decode(payload)
         if _CHUNK_KEY in message:
             whole = self._join(message)
@@ -95,9 +100,15 @@ class Intake:
             payload, message = whole, self._decode(whole)
             if _CHUNK_KEY in message:
                 raise Rejected("invalid_chunk", "a chunk envelope holds another chunk envelope")
+        try:
+            payload, message = self._signatures.open(payload, message, origin, self._decode)
+        except Rejected as rejected:
+            if rejected.control is not None and self._on_control is not None:
+                self._on_control(rejected.control, channel, origin, rejected)
+            raise
         self._stats.received += 1
         if "control" in message and self._on_control is not None:
-            self._on_control(message, channel)
+            self._on_control(message, channel, origin, None)
             return
         if "control" in message:
             raise Rejected(
@@ -118,9 +129,9 @@ class Intake:
 
     def _decode(self, text: str) -> dict[str, Any]:
         try:
-            message = self._decoder.decode(text)
-        except ValueError as exc:
-            raise Rejected("not_json", f"not JSON ({exc})") from None
+            message = decode_json(text)
+        except DecodeError as exc:
+            raise Rejected(exc.reason, str(exc)) from None
         if not isinstance(message, dict):
             kind = type(message).__name__ if message is not None else "null"
             raise Rejected("not_object", f"a JSON {_json_kind(kind)}, not an object")
@@ -136,6 +147,14 @@ class Intake:
             raise Rejected("oversized", str(exc)) from None
         except ChunkError as exc:
             raise Rejected("invalid_chunk", str(exc)) from None
+        finally:
+            for message_id in self.chunks.take_evicted():
+                evicted = Rejected(
+                    "chunk_evicted",
+                    f"incomplete chunked message {message_id} evicted to make room "
+                    "(service.limits.max_partial_messages or max_partial_bytes reached)",
+                )
+                self._reject(evicted, "")
         for message_id in self.chunks.expire():
             expired = Rejected("chunk_expired", f"incomplete chunked message {message_id} expired")
             self._reject(expired, "")

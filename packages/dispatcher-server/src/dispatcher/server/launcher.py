@@ -1,60 +1,204 @@
-"""Starting worker processes from a fork server that has the task modules loaded."""
+"""The service's side of the fork server: start it, ask it for workers, hear of their ends.
+
+See :mod:`dispatcher.server.forkserver` for the process itself. Each worker comes back as a
+:class:`WorkerProcess`: its pid, the service's end of its socket, and a pidfd, through which
+the service signals it (no pid-reuse race) and learns of its death at once.
+"""
 
 from __future__ import annotations
 
-import multiprocessing
+import asyncio
+import contextlib
+import dataclasses
+import json
 import os
+import signal
 import socket
-from collections.abc import Sequence
-from multiprocessing.process import BaseProcess
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
 
-from dispatcher.server.worker import PRELOAD_ENV, WorkerOptions, worker_main
+import anyio
+
+from dispatcher.server.forkserver import CONTROL_FD_ENV, MAX_MESSAGE, PARENT_ENV
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.worker import WorkerOptions
+
+logger = get_logger("dispatcher.launcher")
+
+_MAX_FDS = 4
+
+
+class LaunchError(Exception):
+    """A worker could not be started."""
+
+
+class WorkerProcess:
+    """A running (or ended) worker process, seen from the service."""
+
+    def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
+        self.pid = pid
+        """The worker's process id (also its process group id)."""
+        self.pidfd = pidfd
+        """Readable once the process has ended."""
+        self.sock = sock
+        """The service's end of the worker's socket (non-blocking)."""
+        self.exit_status: int | None = None
+        """As ``os.waitstatus_to_exitcode`` gives it (negative: killed by that signal), once
+        the fork server has reaped the process."""
+
+    def signal(self, signum: signal.Signals) -> None:
+        """Send *signum* to the worker, if it is still there."""
+        if self.pidfd < 0:
+            return
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self.pidfd, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the worker (its task's children go with it when it is reaped)."""
+        self.signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        """SIGTERM the worker."""
+        self.signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """Release the pidfd and the socket."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self.sock.close()
 
 
 class WorkerLauncher:
-    """Forks workers from a multiprocessing fork server.
+    """Starts the fork server (from the event loop's thread) and asks it for workers.
 
-    The fork server is started once (on the first launch) with ``dispatcher.server.worker``
-    and the task modules imported; each worker is then a cheap fork of it. The service's
-    main process, which runs an event loop and threads, is never forked itself.
+    ``on_exit(pid, status)`` is called when the fork server reports that a worker ended.
     """
 
     def __init__(
-        self,
-        modules: Sequence[str],
-        log_level: int,
-        hooks_class: str | None = None,
-        idle_timeout: float | None = None,
+        self, options: WorkerOptions, on_exit: Callable[[int, int], None] | None = None
     ) -> None:
-        self.modules = tuple(modules)
-        self.log_level = log_level
-        self.hooks_class = hooks_class
-        self.idle_timeout = idle_timeout
-        self._context = multiprocessing.get_context("forkserver")
-        # The fork server reads the module list when it starts (see dispatcher.server.preload).
-        os.environ[PRELOAD_ENV] = ",".join(self.modules)
-        self._context.set_forkserver_preload(["dispatcher.server.preload"])
+        self.options = options
+        self.on_exit = on_exit
+        """Called with ``(pid, status)`` when the fork server reports that a worker ended."""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
+        self._lock: anyio.Lock | None = None
 
-    def launch(self, worker_id: int) -> tuple[BaseProcess, socket.socket]:
-        """Start worker *worker_id*; return its process and the service's end of its socket.
+    def start(self) -> None:
+        """Start the fork server now (it imports the task modules while we go on).
 
-        Blocks for a few milliseconds (longer for the very first worker, which starts the
-        fork server): call it from a thread.
+        Must run in the thread that lives as long as the service (the event loop's): the
+        kernel ties the fork server's life to the thread that started it.
         """
-        ours, theirs = socket.socketpair()
-        process = self._context.Process(
-            target=worker_main,
-            args=(
-                theirs,
-                WorkerOptions(
-                    worker_id, self.modules, self.hooks_class, self.idle_timeout, self.log_level
-                ),
-            ),
-            name=f"dispatcher-worker-{worker_id}",
-        )
+        if self._control is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {**os.environ, CONTROL_FD_ENV: str(theirs.fileno()), PARENT_ENV: str(os.getpid())}
         try:
-            process.start()
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "dispatcher.server.forkserver"],
+                pass_fds=[theirs.fileno()],
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
         finally:
             theirs.close()
+        setup = {"sys_path": sys.path, "options": dataclasses.asdict(self.options)}
+        ours.sendall(json.dumps(setup).encode())
         ours.setblocking(False)
-        return process, ours
+        self._control = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+
+    async def launch(self, worker_id: int) -> WorkerProcess:
+        """Start worker *worker_id*; return it once forked (it then imports and says ready).
+
+        :raises LaunchError: when the fork server cannot fork it.
+        """
+        if self._control is None:
+            self.start()
+        assert self._control is not None
+        ours, theirs = socket.socketpair()
+        done = anyio.Event()
+        result: list[Any] = []
+        self._pending[worker_id] = (done, result)
+        try:
+            request = json.dumps({"op": "spawn", "id": worker_id}).encode()
+            try:
+                socket.send_fds(self._control, [request], [theirs.fileno()])
+            except OSError as exc:
+                raise LaunchError(f"the fork server is gone ({exc})") from None
+            finally:
+                theirs.close()
+            await done.wait()
+        finally:
+            self._pending.pop(worker_id, None)
+        event, fds = result
+        if event["event"] != "spawned":
+            ours.close()
+            for fd in fds:
+                os.close(fd)
+            raise LaunchError(event.get("error", "the fork server is gone"))
+        ours.setblocking(False)
+        return WorkerProcess(int(event["pid"]), fds[0], ours)
+
+    def _on_readable(self) -> None:
+        assert self._control is not None
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._control, MAX_MESSAGE, _MAX_FDS)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                self._fork_server_gone()
+                return
+            event = json.loads(data)
+            kind = event["event"]
+            if kind == "exited":
+                if self.on_exit is not None:
+                    self.on_exit(int(event["pid"]), int(event["status"]))
+                continue
+            waiting = self._pending.get(int(event["id"]))
+            if waiting is None:  # nobody waits for it any more (cancelled): do not leak it
+                for fd in fds:
+                    os.close(fd)
+                continue
+            waiting[1].extend((event, fds))
+            waiting[0].set()
+
+    def _fork_server_gone(self) -> None:
+        """The fork server ended (it was killed): its workers went with it; start anew."""
+        if self._control is None:
+            return
+        asyncio.get_running_loop().remove_reader(self._control.fileno())
+        self._control.close()
+        self._control = None
+        logger.error("the fork server ended unexpectedly; a new one starts with the next worker")
+        for done, result in self._pending.values():
+            result.extend(({"event": "failed", "error": "the fork server ended"}, []))
+            done.set()
+        self._reap_fork_server(0)
+
+    def close(self) -> None:
+        """Stop the fork server (it kills any worker left), and wait briefly for it to exit."""
+        if self._control is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_reader(self._control.fileno())
+            self._control.close()
+            self._control = None
+        self._reap_fork_server(5.0)
+
+    def _reap_fork_server(self, timeout: float) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

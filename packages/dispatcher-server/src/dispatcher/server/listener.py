@@ -2,17 +2,18 @@
 
 It checks its own connection when no notification has arrived for a while, with a NOTIFY
 round trip on a private channel; a connection that fails the check, or breaks, is replaced
-after a backoff delay, and the channels are listened to again. The self-check's message is
-handled here and never reaches the intake.
+after a backoff delay, and the channels are listened to again. The first retry comes fast
+(0.1 s), since notifications sent while nobody listens are lost; the delay doubles while the
+attempts fail, and while connections break again soon after they were opened. The
+self-check's message is handled here and never reaches the intake.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import psycopg
@@ -21,9 +22,17 @@ from psycopg import sql
 from dispatcher.config import PgNotifyBroker
 from dispatcher.publish.connections import describe_server
 from dispatcher.server.backoff import Backoff
+from dispatcher.server.logsafe import get_logger
 from dispatcher.server.stats import ServiceStats
 
-logger = logging.getLogger("dispatcher.listener")
+logger = get_logger("dispatcher.listener")
+
+FIRST_RETRY: Final = 0.1
+"""Seconds before the first attempt to reconnect; doubled for each further one."""
+MAX_RETRY: Final = 30.0
+"""Longest wait between two attempts to reconnect, in seconds."""
+HEALTHY_AFTER: Final = 5.0
+"""Seconds a connection must have lasted for its loss to start the backoff afresh."""
 
 
 class PgNotifyListener:
@@ -46,21 +55,25 @@ class PgNotifyListener:
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting whenever the connection fails."""
-        backoff = Backoff()
+        backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
         where = describe_server(self.settings.conninfo)
+        connected_at: float | None = None
         while True:
             try:
                 async with await self._connect() as conn:
                     await self._listen(conn)
+                    connected_at = time.monotonic()
                     self._stats.listener_connects += 1
                     if self._stats.listener_connects == 1:
                         channels = ", ".join(self.channels)
                         logger.info("listening on channels %s (%s)", channels, where)
                     else:
                         logger.info("reconnected to %s; listening again", where)
-                    backoff.reset()
                     await self._serve(conn)
             except (psycopg.Error, OSError, TimeoutError) as exc:
+                if connected_at is not None and time.monotonic() - connected_at >= HEALTHY_AFTER:
+                    backoff.reset()
+                connected_at = None
                 self._stats.listener_failures += 1
                 delay = backoff.next_delay()
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

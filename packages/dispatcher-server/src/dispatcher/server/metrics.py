@@ -7,19 +7,19 @@ can disturb the service.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
 
+from dispatcher.server.logsafe import get_logger
 from dispatcher.server.stats import BUCKETS, Histogram
 
 if TYPE_CHECKING:
     from dispatcher.server.service import Service
 
-logger = logging.getLogger("dispatcher.metrics")
+logger = get_logger("dispatcher.metrics")
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST_HEAD: Final = 8192

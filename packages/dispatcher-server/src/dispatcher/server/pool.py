@@ -20,13 +20,12 @@ import enum
 import json
 import logging
 import os
+import select
 import signal
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
-from socket import socket
 from typing import Any, NamedTuple
 
 import anyio
@@ -35,13 +34,14 @@ from anyio.abc import TaskGroup, TaskStatus
 from dispatcher.config import Service as ServiceSettings
 from dispatcher.server.delayer import Delayer
 from dispatcher.server.gate import Admission, DuplicateGate
-from dispatcher.server.launcher import WorkerLauncher
+from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
+from dispatcher.server.logsafe import Block, get_logger
 from dispatcher.server.protocol import STOP_LINE, LineReader, reply_line
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.timers import Timers
 
-logger = logging.getLogger("dispatcher.pool")
+logger = get_logger("dispatcher.pool")
 
 STARTUP_TIMEOUT = 60.0
 """Seconds a new worker has to import the task modules and report ready."""
@@ -50,6 +50,9 @@ _READ_SIZE = 1 << 16
 
 EXIT_WAIT = 5.0
 """Seconds a worker asked to stop (or seen to die) has to exit before it is killed."""
+
+MEMORY_CHECK_INTERVAL = 0.1
+"""Seconds between two looks at the workers' memory, when ``worker.max_memory`` is set."""
 
 KILL_AFTER_TERM = 0.5
 """Seconds between SIGTERM and SIGKILL when a cancelled task will not stop."""
@@ -104,10 +107,10 @@ class Worker:
     id: int
     created: float = field(default_factory=time.monotonic)
     status: WorkerStatus = WorkerStatus.STARTING
-    process: BaseProcess | None = None
-    sock: socket | None = None
+    process: WorkerProcess | None = None
     fd: int = -1
     """The socket's file descriptor (read and written with os calls: cheaper)."""
+    reader: LineReader = field(default_factory=LineReader)
     pid: int | None = None
     job: Job | None = None
     tasks_done: int = 0
@@ -115,12 +118,13 @@ class Worker:
     outbox: bytearray = field(default_factory=bytearray)
     cancelling: str | None = None
     """Why the running task is being cancelled (``timeout`` or ``cancelled``), if it is."""
-    escalated: bool = False
-    """Whether the worker had to be terminated because its task ignored the cancel."""
+    killed_for: str | None = None
+    """The outcome its task gets because the service killed the worker: ``killed`` (the task
+    ignored its cancel) or ``memory_exceeded``."""
     started: anyio.Event = field(default_factory=anyio.Event)
     """Set when the worker has reported ready (or failed to import the task modules)."""
     gone: anyio.Event = field(default_factory=anyio.Event)
-    """Set when the worker's socket has closed."""
+    """Set when the worker's process has ended (or its socket closed)."""
 
 
 class WorkerPool:
@@ -134,8 +138,11 @@ class WorkerPool:
         on_ready: Callable[[frozenset[str]], None],
         on_fatal: Callable[[str], None],
         on_control: ControlHandler,
+        max_memory: int | None = None,
     ) -> None:
         self.settings = settings.pool
+        self.limits = settings.limits
+        self._max_memory = max_memory
         self.cancel_grace = settings.cancel_grace
         self.min_workers = self.settings.min_workers
         self.max_workers = self.settings.max_workers or os.cpu_count() or 1
@@ -148,6 +155,10 @@ class WorkerPool:
         self._gate = DuplicateGate()
         self._delayer = Delayer(self.timers, self._admit)
         self._timeout_log = RateLimitedLog(logger, logging.WARNING)
+        self._refusals = RateLimitedLog(logger, logging.WARNING)
+        self._held_bytes = 0
+        """Bytes of the messages of jobs submitted and not yet running (nor dropped)."""
+        self._internal_errors = InternalErrorLog(logger)
         self._workers: dict[int, Worker] = {}
         self._idle: deque[Worker] = deque()
         self._queue: deque[Job] = deque()
@@ -166,7 +177,10 @@ class WorkerPool:
         """Start ``min_workers`` workers, then keep the pool in shape until cancelled."""
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
+            self._launcher.start()
             task_group.start_soon(self.timers.run, name="timers")
+            if self._max_memory is not None:
+                task_group.start_soon(self._watch_memory, self._max_memory, name="memory-watch")
             for _ in range(self.min_workers):
                 self._start_worker()
             task_status.started()
@@ -177,22 +191,55 @@ class WorkerPool:
                 if not self._closing:
                     self._manage(time.monotonic())
 
-    def submit(self, job: Job) -> None:
-        """Take a job: hold it for its delay, pass it through the duplicate gate, run it."""
+    def submit(self, job: Job) -> bool:
+        """Take a job: hold it for its delay, pass it through the duplicate gate, run it.
+
+        Returns ``False`` when the job is refused because a limit of ``service.limits`` is
+        reached (counted and logged here).
+        """
+        limits, size = self.limits, len(job.line)
+        if self._held_bytes + size > limits.max_held_bytes:
+            return self._refuse(job, "max_held_bytes", limits.max_held_bytes)
         if job.delay > 0:
+            if self._delayer.count >= limits.max_delayed:
+                return self._refuse(job, "max_delayed", limits.max_delayed)
+            self._held_bytes += size
             self._delayer.hold(job, job.delay)
-        else:
-            self._admit(job)
+            return True
+        if not self._idle and len(self._queue) >= limits.max_queued:
+            return self._refuse(job, "max_queued", limits.max_queued)
+        self._held_bytes += len(job.line)
+        self._admit(job)
+        return True
+
+    def _refuse(self, job: Job, limit: str, value: int) -> bool:
+        self._stats.rejected["overloaded"] += 1
+        self._refusals.log(
+            "task %s (uuid %s) refused: service.limits.%s (%d) reached",
+            job.task,
+            job.uuid,
+            limit,
+            value,
+        )
+        return False
 
     def _admit(self, job: Job) -> None:
         if self._closing:
+            self._unhold(job)
             return
-        admission = self._gate.admit(job)
+        admission = self._gate.admit(job, self.limits.max_blocked)
         if admission is Admission.RUN:
             self._dispatch(job)
         elif admission is Admission.DISCARD:
+            self._unhold(job)
             self._stats.discarded += 1
             logger.debug("task %s (uuid %s) discarded: a duplicate is active", job.task, job.uuid)
+        elif admission is Admission.REFUSE:
+            self._unhold(job)
+            self._refuse(job, "max_blocked", self.limits.max_blocked)
+
+    def _unhold(self, job: Job) -> None:
+        self._held_bytes -= len(job.line)
 
     def _dispatch(self, job: Job) -> None:
         """Run *job* on the longest-idle worker, or queue it (FIFO) if all are busy."""
@@ -213,12 +260,17 @@ class WorkerPool:
     @property
     def blocked(self) -> int:
         """Jobs held back by ``on_duplicate``."""
-        return sum(1 for _ in self._gate.blocked())
+        return self._gate.blocked_count
 
     @property
     def delayed(self) -> int:
         """Jobs held for their ``delay``."""
-        return len(self._delayer.held())
+        return self._delayer.count
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the messages held (queued, delayed or blocked)."""
+        return self._held_bytes
 
     @property
     def workers(self) -> list[Worker]:
@@ -227,13 +279,8 @@ class WorkerPool:
 
     def _manage(self, now: float) -> None:
         live = [w for w in self._workers.values() if w.status in _LIVE]
-        lifetime = self.settings.max_worker_lifetime
         for worker in live:
-            if (
-                worker.status is WorkerStatus.READY
-                and lifetime is not None
-                and now - worker.created >= lifetime
-            ):
+            if worker.status is WorkerStatus.READY and self._past_lifetime(worker, now):
                 logger.info("worker %d reached its maximum lifetime: replacing it", worker.id)
                 self._stop(worker)
         live = [w for w in live if w.status in _LIVE]
@@ -260,22 +307,25 @@ class WorkerPool:
 
     async def _worker_life(self, worker: Worker) -> None:
         try:
-            worker.process, worker.sock = await anyio.to_thread.run_sync(
-                self._launcher.launch, worker.id
-            )
-        except Exception as exc:
+            process = await self._launcher.launch(worker.id)
+        except (LaunchError, OSError) as exc:
             logger.error("could not start worker %d: %s", worker.id, exc)
             self._forget(worker)
             await anyio.sleep(1.0)  # do not spin if starting workers keeps failing
             self._wakeup.set()
             return
         self._stats.workers_started += 1
-        assert worker.sock is not None
+        worker.process, worker.pid = process, process.pid
+        if worker.status is WorkerStatus.STOPPING:  # stopped while it was being forked
+            process.kill()
         loop = asyncio.get_running_loop()
-        fd = worker.fd = worker.sock.fileno()
-        # A reader callback rather than a task awaiting readability: one event per wake-up,
+        fd = worker.fd = process.sock.fileno()
+        # Reader callbacks rather than tasks awaiting readability: one event per wake-up,
         # with no epoll registration per read and no task switch (this is the hot path).
-        loop.add_reader(fd, self._on_readable, worker, LineReader())
+        loop.add_reader(fd, self._on_readable, worker)
+        # The pidfd says at once when the process ends, even if a child it started still
+        # holds its socket open (so that no end-of-file comes).
+        loop.add_reader(process.pidfd, self._on_process_end, worker)
         try:
             with anyio.move_on_after(STARTUP_TIMEOUT):
                 await worker.started.wait()
@@ -287,10 +337,11 @@ class WorkerPool:
                 )
         finally:
             loop.remove_reader(fd)
+            loop.remove_reader(process.pidfd)
             with anyio.CancelScope(shield=True):
                 await self._reap(worker)
 
-    def _on_readable(self, worker: Worker, reader: LineReader) -> None:
+    def _on_readable(self, worker: Worker) -> None:
         """Read and handle what a worker sent (called by the event loop)."""
         try:
             data = os.read(worker.fd, _READ_SIZE)
@@ -302,26 +353,46 @@ class WorkerPool:
             asyncio.get_running_loop().remove_reader(worker.fd)
             self._lost(worker)
             return
-        try:
-            for line in reader.feed(data):
+        self._handle_data(worker, data)
+
+    def _on_process_end(self, worker: Worker) -> None:
+        """The worker's process has ended: take what it wrote last, then treat it as gone."""
+        assert worker.process is not None
+        asyncio.get_running_loop().remove_reader(worker.process.pidfd)
+        while worker.status is not WorkerStatus.EXITED:
+            try:
+                data = os.read(worker.fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not data:
+                break
+            self._handle_data(worker, data)
+        if worker.status is not WorkerStatus.EXITED:
+            asyncio.get_running_loop().remove_reader(worker.fd)
+            self._lost(worker)
+
+    def _handle_data(self, worker: Worker, data: bytes) -> None:
+        for line in worker.reader.feed(data):
+            try:
                 self._handle_event(worker, json.loads(line))
-        except Exception:
-            logger.exception("cannot handle an event from worker %d: stopping it", worker.id)
-            if worker.process is not None:
-                worker.process.kill()
+            except Exception as exc:  # costs this event, never the worker or the service
+                self._stats.rejected["internal_error"] += 1
+                self._internal_errors.report("a worker event", exc, f"worker {worker.id}")
 
     def _handle_event(self, worker: Worker, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "done":
             self._finished(worker, event)
         elif kind == "ready":
-            worker.pid = event["pid"]
             if self._task_names is None:
                 self._task_names = frozenset(event["tasks"])
                 self._on_ready(self._task_names)
             logger.debug("worker %d (pid %d) ready", worker.id, worker.pid)
             worker.started.set()
-            self._available(worker)
+            if worker.status is WorkerStatus.STARTING:
+                self._available(worker)
             self._wakeup.set()
         elif kind == "control":
             reply = self._on_control(event["command"], event.get("data") or {})
@@ -334,37 +405,48 @@ class WorkerPool:
     def _finished(self, worker: Worker, event: dict[str, Any]) -> None:
         job, worker.job = worker.job, None
         worker.tasks_done += 1
-        outcome = event["outcome"]
+        outcome = event.get("outcome")
         if outcome == "cancelled":
             outcome = worker.cancelling or "cancelled"
         elif outcome == "exit":
             outcome = "ok"
             worker.status = WorkerStatus.STOPPING  # it exits now; the manager replaces it
-        worker.cancelling, worker.escalated = None, False
+        worker.cancelling, worker.killed_for = None, None
+        # The pool's own state first: nothing below may leave a duplicate blocked or a
+        # worker busy forever.
         if job is not None:
-            self._stats.task_ended(job.task, outcome)
-            self._stats.timings(job.task, job.published, event["started"], event["finished"])
             self._release(job)
+        self._after_task(worker)
+        self._signal_change()
         if job is not None:
-            if outcome == "error":
-                logger.error(
-                    "task %s (uuid %s) failed: %s\n%s",
-                    job.task,
-                    job.uuid,
-                    event.get("error"),
-                    event.get("traceback", "").rstrip(),
-                )
-            elif logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "task %s (uuid %s) finished %s in %.1f ms on worker %d",
-                    job.task,
-                    job.uuid,
-                    outcome,
-                    (event["finished"] - event["started"]) * 1000,
-                    worker.id,
-                )
+            self._record(worker, job, str(outcome), event)
+
+    def _record(self, worker: Worker, job: Job, outcome: str, event: dict[str, Any]) -> None:
+        """Account for a finished task and log it."""
+        self._stats.task_ended(job.task, outcome)
+        started, finished = float(event["started"]), float(event["finished"])
+        self._stats.timings(job.task, job.published, started, finished)
+        if outcome == "error":
+            logger.error(
+                "task %s (uuid %s) failed: %s%s",
+                job.task,
+                job.uuid,
+                event.get("error"),
+                Block(str(event.get("traceback", ""))),
+            )
+        elif logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "task %s (uuid %s) finished %s in %.1f ms on worker %d",
+                job.task,
+                job.uuid,
+                outcome,
+                (finished - started) * 1000,
+                worker.id,
+            )
+
+    def _after_task(self, worker: Worker) -> None:
+        """A worker's task has ended: give it the next job, or stop or replace it."""
         limit = self.settings.max_tasks_per_worker
-        lifetime = self.settings.max_worker_lifetime
         if worker.status is WorkerStatus.STOPPING:
             self._wakeup.set()
         elif self._closing:
@@ -372,12 +454,15 @@ class WorkerPool:
         elif limit is not None and worker.tasks_done >= limit:
             logger.debug("worker %d ran %d tasks: replacing it", worker.id, worker.tasks_done)
             self._stop(worker)
-        elif lifetime is not None and time.monotonic() - worker.created >= lifetime:
+        elif self._past_lifetime(worker, time.monotonic()):
             logger.info("worker %d reached its maximum lifetime: replacing it", worker.id)
             self._stop(worker)
         else:
             self._available(worker)
-        self._signal_change()
+
+    def _past_lifetime(self, worker: Worker, now: float) -> bool:
+        lifetime = self.settings.max_worker_lifetime
+        return lifetime is not None and now - worker.created >= lifetime
 
     def _available(self, worker: Worker) -> None:
         if self._queue and not self._closing:
@@ -388,6 +473,7 @@ class WorkerPool:
             self._idle.append(worker)
 
     def _assign(self, worker: Worker, job: Job) -> None:
+        self._unhold(job)
         worker.status = WorkerStatus.BUSY
         worker.job = job
         self._send(worker, job.line)
@@ -417,8 +503,8 @@ class WorkerPool:
         if worker.cancelling is not None or worker.pid is None or worker.job is None:
             return
         worker.cancelling = reason
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker.pid, signal.SIGUSR1)
+        if worker.process is not None:
+            worker.process.signal(signal.SIGUSR1)
         self.timers.call_later(self.cancel_grace, self._escalate, worker, worker.job)
 
     def _escalate(self, worker: Worker, job: Job) -> None:
@@ -431,13 +517,13 @@ class WorkerPool:
             self.cancel_grace,
             worker.id,
         )
-        worker.escalated = True
+        worker.killed_for = "killed"
         worker.status = WorkerStatus.STOPPING
         worker.process.terminate()
         self.timers.call_later(KILL_AFTER_TERM, self._kill, worker, job)
 
     def _kill(self, worker: Worker, job: Job) -> None:
-        if worker.job is job and worker.process is not None and worker.process.exitcode is None:
+        if worker.job is job and worker.process is not None:
             worker.process.kill()
 
     def cancel(self, uuid: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
@@ -470,6 +556,7 @@ class WorkerPool:
             ("delayed", self._delayer.remove(match)),
         ):
             for job in jobs:
+                self._unhold(job)
                 self._stats.task_ended(job.task, "cancelled")
                 found.append(_describe(job, where))
                 if where == "queued":
@@ -507,11 +594,12 @@ class WorkerPool:
             self._task_group.start_soon(self._flush, worker, name=f"worker-{worker.id}-writer")
 
     async def _flush(self, worker: Worker) -> None:
-        assert worker.sock is not None
+        assert worker.process is not None
+        sock = worker.process.sock
         while worker.outbox:
-            await anyio.wait_writable(worker.sock)
+            await anyio.wait_writable(sock)
             try:
-                sent = worker.sock.send(worker.outbox)
+                sent = sock.send(worker.outbox)
             except BlockingIOError:
                 continue
             except OSError:
@@ -525,7 +613,7 @@ class WorkerPool:
             return
         was_starting = worker.status is WorkerStatus.STARTING
         worker.status = WorkerStatus.STOPPING
-        if was_starting or worker.sock is None:
+        if was_starting:
             if worker.process is not None:
                 worker.process.kill()
         else:
@@ -533,33 +621,66 @@ class WorkerPool:
         self._wakeup.set()
 
     def _lost(self, worker: Worker) -> None:
-        """The worker's socket closed: it exited, or died."""
+        """The worker's process ended (or its socket closed): it exited, or died."""
         expected = worker.status is WorkerStatus.STOPPING
         worker.status = WorkerStatus.EXITED
         worker.gone.set()
         job, worker.job = worker.job, None
-        if job is not None and worker.escalated:
-            self._stats.task_ended(job.task, "killed")
-            logger.warning(
-                "task %s (uuid %s) killed with its worker %d", job.task, job.uuid, worker.id
-            )
-        elif job is not None:
-            self._stats.task_ended(job.task, "worker_lost")
-            logger.error(
-                "worker %d (pid %s) died while running task %s (uuid %s): worker_lost",
-                worker.id,
-                worker.pid,
-                job.task,
-                job.uuid,
-            )
         if job is not None:
             self._release(job)
-        elif not expected and not self._closing:
-            logger.warning("worker %d (pid %s) exited unexpectedly", worker.id, worker.pid)
         if not expected:
             self._stats.workers_lost += 1
         self._signal_change()
         self._wakeup.set()  # the manager replaces it if needed
+        if job is not None:
+            outcome = worker.killed_for or "worker_lost"
+            self._stats.task_ended(job.task, outcome)
+            if outcome == "worker_lost":
+                logger.error(
+                    "worker %d (pid %s) died while running task %s (uuid %s): worker_lost",
+                    worker.id,
+                    worker.pid,
+                    job.task,
+                    job.uuid,
+                )
+            else:
+                logger.warning(
+                    "task %s (uuid %s) %s with its worker %d",
+                    job.task,
+                    job.uuid,
+                    "killed" if outcome == "killed" else f"ended as {outcome}",
+                    worker.id,
+                )
+        elif not expected and not self._closing:
+            logger.warning("worker %d (pid %s) exited unexpectedly", worker.id, worker.pid)
+
+    async def _watch_memory(self, limit: int) -> None:
+        """Kill a worker whose resident memory passes *limit* bytes (``worker.max_memory``)."""
+        while True:
+            await anyio.sleep(MEMORY_CHECK_INTERVAL)
+            for worker in list(self._workers.values()):
+                if worker.status not in _LIVE or worker.killed_for is not None:
+                    continue
+                rss = resident_bytes(worker.pid)
+                if rss is None or rss <= limit or worker.process is None:
+                    continue
+                job = worker.job
+                logger.warning(
+                    "worker %d (pid %s) uses %d MiB, over worker.max_memory (%d MiB): killing it%s",
+                    worker.id,
+                    worker.pid,
+                    rss >> 20,
+                    limit >> 20,
+                    "" if job is None else f" and its task {job.task} (uuid {job.uuid})",
+                )
+                worker.killed_for = "memory_exceeded"
+                worker.status = WorkerStatus.STOPPING
+                worker.process.kill()
+
+    def worker_exited(self, pid: int, status: int) -> None:
+        """The fork server reaped worker *pid* with *status* (negative: killed by a signal)."""
+        if status < 0 and not self._closing:
+            logger.warning("worker process %d was killed by %s", pid, _signal_name(-status))
 
     async def _reap(self, worker: Worker) -> None:
         """Wait for the process to end (killing it if it lingers) and forget the worker."""
@@ -570,23 +691,12 @@ class WorkerPool:
         process = worker.process
         if process is not None:
             with anyio.move_on_after(EXIT_WAIT):
-                while process.exitcode is None:
-                    await anyio.wait_readable(process.sentinel)
-                    process.join(0)
-            if process.exitcode is None:
+                await anyio.wait_readable(process.pidfd)
+            if not _ended(process):
                 logger.warning("worker %d (pid %s) did not exit: killing it", worker.id, worker.pid)
                 process.kill()
-                await anyio.to_thread.run_sync(process.join)
-            if process.exitcode and process.exitcode < 0 and not self._closing:
-                logger.warning(
-                    "worker %d (pid %s) was killed by %s",
-                    worker.id,
-                    worker.pid,
-                    _signal_name(-process.exitcode),
-                )
+                await anyio.wait_readable(process.pidfd)
             process.close()
-        if worker.sock is not None:
-            worker.sock.close()
         self._forget(worker)
 
     def _forget(self, worker: Worker) -> None:
@@ -615,6 +725,7 @@ class WorkerPool:
                     _summarise(uuids),
                 )
         self._queue.clear()
+        self._held_bytes = 0
         for worker in list(self._workers.values()):
             if worker.status is not WorkerStatus.BUSY:
                 self._stop(worker)
@@ -661,9 +772,9 @@ class WorkerPool:
     def kill_all(self) -> None:
         """Kill every worker process now (for a forced exit)."""
         for worker in self._workers.values():
-            if worker.process is not None and worker.process.exitcode is None:
+            if worker.process is not None:
                 worker.process.kill()
-                worker.process.join(1)
+        self._launcher.close()
 
 
 def _describe(job: Job, where: str) -> dict[str, Any]:
@@ -674,6 +785,26 @@ def _describe(job: Job, where: str) -> dict[str, Any]:
 def _summarise(uuids: list[str], shown: int = 20) -> str:
     text = ", ".join(uuids[:shown])
     return text + (f" and {len(uuids) - shown} more" if len(uuids) > shown else "")
+
+
+def resident_bytes(pid: int | None) -> int | None:
+    """The resident memory of process *pid* in bytes, or ``None`` if it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * _PAGE_SIZE
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _ended(process: WorkerProcess) -> bool:
+    readable, _, _ = select.select([process.pidfd], [], [], 0)
+    return bool(readable)
 
 
 def _signal_name(number: int) -> str:

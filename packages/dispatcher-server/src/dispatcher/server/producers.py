@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -10,9 +9,11 @@ from typing import Any
 import anyio
 
 from dispatcher.config import ScheduledTask, TaskOptions
-from dispatcher.server.intake import Intake, Rejected
+from dispatcher.server.intake import Intake
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.rejection import Rejected
 
-logger = logging.getLogger("dispatcher.producers")
+logger = get_logger("dispatcher.producers")
 
 
 def _message(task: str, options: TaskOptions) -> dict[str, Any]:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable
+from typing import Final
+
+from dispatcher.server.logsafe import Block, escape
 
 
 class RateLimitedLog:
@@ -39,3 +43,56 @@ class RateLimitedLog:
             args = (*args, self._suppressed)
             self._suppressed = 0
         self._logger.log(self._level, message, *args)
+
+
+TRACEBACK_INTERVAL: Final = 60.0
+"""Seconds between two full tracebacks at ERROR for the same site."""
+
+_EXCERPT: Final = 160
+"""Characters kept of an exception's text or a detail (escaped again by a log filter)."""
+
+
+class InternalErrorLog:
+    """Reports bugs met while handling one message, without flooding the log.
+
+    Each report is one rate-limited ERROR line ``internal error in <site>: <Type>: <msg>``
+    (values from outside escaped and cut short); the full traceback follows it at most once
+    per site every :data:`TRACEBACK_INTERVAL` seconds, and always at DEBUG. Counting the
+    error is the caller's job.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        per_second: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._clock = clock
+        self._lines = RateLimitedLog(logger, logging.ERROR, per_second, clock)
+        self._last_traceback: dict[str, float] = {}
+
+    def report(self, site: str, exc: BaseException, detail: str = "") -> None:
+        """Log *exc*, raised while handling one message in *site* (``detail``: context)."""
+        args = (
+            site,
+            type(exc).__name__,
+            escape(exc, _EXCERPT),
+            f" ({escape(detail, _EXCERPT)})" if detail else "",
+        )
+        now = self._clock()
+        last = self._last_traceback.get(site)
+        if last is None or now - last >= TRACEBACK_INTERVAL:
+            self._last_traceback[site] = now
+            self._logger.error(_LINE + "%s", *args, _traceback(exc))
+            return
+        self._lines.log(_LINE, *args)
+        if self._logger.isEnabledFor(logging.DEBUG):
+            self._logger.debug(_LINE + "%s", *args, _traceback(exc))
+
+
+_LINE: Final = "internal error in %s: %s: %s%s"
+
+
+def _traceback(exc: BaseException) -> Block:
+    return Block("".join(traceback.format_exception(exc)))

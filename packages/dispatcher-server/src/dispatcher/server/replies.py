@@ -8,7 +8,6 @@ chunk envelopes, like any message.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import anyio
@@ -16,12 +15,12 @@ import psycopg
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from dispatcher.publish.chunking import split_message
-from dispatcher.publish.connections import NOTIFY_MANY
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.submit_async import AsyncConnectionProvider
 from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES
+from dispatcher.server.logsafe import get_logger
 
-logger = logging.getLogger("dispatcher.replies")
+logger = get_logger("dispatcher.replies")
 
 MAX_PENDING_REPLIES = 1000
 
@@ -49,8 +48,7 @@ class ReplySender:
                 text = json.dumps(reply, separators=(",", ":"), default=str)
                 payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
                 try:
-                    connection = await self._provider.connection()
-                    await connection.execute(NOTIFY_MANY, ([channel] * len(payloads), payloads))
+                    await self._provider.notify_many([channel] * len(payloads), payloads)
                 except (psycopg.Error, OSError, PublishError) as exc:
                     logger.warning("could not send a control reply to %s: %s", channel, exc)
         finally:

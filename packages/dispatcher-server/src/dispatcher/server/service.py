@@ -15,20 +15,27 @@ import anyio
 from anyio import CancelScope
 
 from dispatcher.config import Settings
+from dispatcher.config.settings import BrokerName
 from dispatcher.schema import is_valid_channel_name, validator
+from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.control import ControlCommands
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.listener import PgNotifyListener
+from dispatcher.server.logsafe import Block, get_logger
 from dispatcher.server.metrics import MetricsServer
+from dispatcher.server.origin import Origin
 from dispatcher.server.pool import WorkerPool
 from dispatcher.server.producers import run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.rejection import Rejected
 from dispatcher.server.replies import ReplySender
+from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.socket_broker import SocketBroker
 from dispatcher.server.stats import ServiceStats
+from dispatcher.server.worker import WorkerOptions
 
-logger = logging.getLogger("dispatcher.service")
+logger = get_logger("dispatcher.service")
 
 EXIT_OK: Final = 0
 EXIT_FORCED: Final = 1
@@ -54,10 +61,14 @@ class Service:
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
         self._launcher = WorkerLauncher(
-            settings.tasks.modules,
-            log_level,
-            hooks_class=settings.worker.worker_class,
-            idle_timeout=settings.worker.idle_timeout,
+            WorkerOptions(
+                worker_id=0,
+                modules=tuple(settings.tasks.modules),
+                hooks_class=settings.worker.worker_class,
+                idle_timeout=settings.worker.idle_timeout,
+                log_level=log_level,
+                max_output_bytes=settings.worker.max_output_bytes,
+            )
         )
         self.pool = WorkerPool(
             settings.service,
@@ -66,11 +77,27 @@ class Service:
             on_ready=self._tasks_known,
             on_fatal=self._task_modules_failed,
             on_control=self._control,
+            max_memory=settings.worker.max_memory,
         )
+        self._launcher.on_exit = self.pool.worker_exited
+        self.signatures = SignatureCheck(settings.security)
         self.intake = Intake(
-            self.pool, self.stats, settings.service.chunk_expiry, on_control=self._control_message
+            self.pool,
+            self.stats,
+            settings.service.chunk_expiry,
+            on_control=self._control_message,
+            limits=settings.service.limits,
+            signatures=self.signatures,
         )
         self.control = ControlCommands(self)
+        self._allow_list = ControlAllowList(settings.brokers)
+        for broker, name in self._allow_list.unknown(self.control.table):
+            logger.warning(
+                "brokers.%s.allow_control in %s: %r is not a control command",
+                broker,
+                settings.source,
+                name,
+            )
         self._control_validator = validator("control-message")
         self._control_rejections = RateLimitedLog(logger, logging.WARNING)
         pg_notify = settings.brokers.pg_notify
@@ -89,7 +116,7 @@ class Service:
         self.socket = (
             None
             if socket_settings is None
-            else SocketBroker(socket_settings.path, self.intake.receive, self.run_control)
+            else SocketBroker(socket_settings.path, self.intake.receive, stats=self.stats)
         )
         metrics = settings.service.metrics
         self.metrics = None if metrics is None else MetricsServer(self, metrics.host, metrics.port)
@@ -168,6 +195,7 @@ class Service:
         if self._listening is not None:
             self._listening.cancel()
         await self.pool.shutdown(self.settings.service.shutdown_grace)
+        self._launcher.close()
         pending = len(self.intake.chunks)
         if pending:
             logger.warning("dropped %d incomplete chunked messages", pending)
@@ -197,20 +225,40 @@ class Service:
     def _control(self, command: str, data: dict[str, Any]) -> dict[str, Any]:
         return self.control.handle(command, data)
 
-    def _control_message(self, message: dict[str, Any], channel: str) -> None:
-        """A control message arrived over pg_notify: run it, reply on ``reply_to``."""
-        reply = self.run_control(message, channel)
+    def _control_message(
+        self, message: dict[str, Any], channel: str, origin: Origin, refused: Rejected | None
+    ) -> None:
+        """A control message arrived: run it (unless *refused*), answer on ``reply_to``."""
+        if refused is None:
+            reply = self.run_control(message, channel, origin.broker)
+        else:
+            reply = {"error": str(refused), "node_id": self.node_id}
         reply_to = message.get("reply_to")
-        if is_valid_channel_name(reply_to) and self.replies is not None:
+        if not reply_to:
+            return
+        if origin.reply is not None:
+            origin.reply(str(reply_to), reply)
+        elif is_valid_channel_name(reply_to) and self.replies is not None:
             self.replies.queue(str(reply_to), reply)
 
-    def run_control(self, message: dict[str, Any], origin: str = "socket") -> dict[str, Any]:
-        """Run a control message from any broker; return its reply (with ``node_id``)."""
+    def run_control(
+        self, message: dict[str, Any], where: str, broker: BrokerName | None
+    ) -> dict[str, Any]:
+        """Run a control message from *where* over *broker*; return the reply with ``node_id``.
+
+        The message must match its schema and its command be allowed over *broker*.
+        """
+        refusal: str | None
         if not self._control_validator.is_valid(message):
             problems = "; ".join(str(p) for p in self._control_validator.problems(message))
-            self.stats.rejected["invalid_control"] += 1
-            self._control_rejections.log("rejected control message on %s: %s", origin, problems)
-            reply = {"error": f"invalid control message: {problems}"}
+            reason, refusal = "invalid_control", f"invalid control message: {problems}"
+        else:
+            reason = "control_not_allowed"
+            refusal = self._allow_list.refusal(message["control"], broker)
+        if refusal is not None:
+            self.stats.rejected[reason] += 1
+            self._control_rejections.log("rejected control message on %s: %s", where, refusal)
+            reply = {"error": refusal}
         else:
             self.stats.control += 1
             reply = self.control.handle(message["control"], message.get("control_data"))
@@ -219,9 +267,9 @@ class Service:
     def _task_modules_failed(self, error: str) -> None:
         if self.exit_status == EXIT_OK:
             logger.critical(
-                "cannot import the task modules (tasks.modules in %s):\n%s",
+                "cannot import the task modules (tasks.modules in %s):%s",
                 self.settings.source,
-                error.rstrip(),
+                Block(error),
             )
             self.exit_status = EXIT_TASK_MODULES
         self._stop.set()

@@ -1,9 +1,15 @@
 """The local socket broker: task and control messages over a unix socket, one per line.
 
 ``dispatcherctl`` on the same host talks to the service here without a database round
-trip, so it works even while the database is down. Replies to control messages go back on
-the same connection. The socket file is created with mode 0600 (only its owner may connect)
+trip, so it works even while the database is down. Each line goes through the intake like a
+NOTIFY payload (chunks, signatures, validation); replies to control messages go back on the
+same connection. The socket file is created with mode 0600 (only its owner may connect)
 and removed when the service stops.
+
+Input is bounded like any other: lines of at most
+:data:`~dispatcher.schema.MAX_MESSAGE_BYTES` bytes (a longer one closes the connection), at
+most :data:`MAX_CLIENTS` connections at once, and a line that breaks anything costs that
+line only.
 """
 
 from __future__ import annotations
@@ -16,28 +22,79 @@ import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.origin import Origin
+from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
+from dispatcher.server.stats import ServiceStats
 
-logger = logging.getLogger("dispatcher.socket")
+logger = get_logger("dispatcher.socket")
 
-ControlRunner = Callable[[dict[str, Any]], dict[str, Any] | None]
+MAX_CLIENTS: Final = 64
+"""Connections served at once; more are closed at once, with a log line."""
+
+
+class LineTooLong(ValueError):
+    """A line grew beyond the limit of its :class:`LineBuffer`."""
+
+
+class LineBuffer:
+    """Splits a byte stream into lines, in time linear in its length.
+
+    Only the bytes fed since the last call are searched for a newline, and the pending
+    partial line is never copied whole again.
+    """
+
+    def __init__(self, max_line: int = MAX_MESSAGE_BYTES) -> None:
+        self.max_line = max_line
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add *data*; return the lines it completed, without their newlines.
+
+        :raises LineTooLong: when a line is longer than ``max_line`` bytes (the buffer
+            is then in no state to go on: close the stream).
+        """
+        pending = self._pending
+        search = len(pending)
+        pending += data
+        lines = []
+        start = 0
+        while (end := pending.find(b"\n", search)) >= 0:
+            if end - start > self.max_line:
+                raise LineTooLong(f"line over {self.max_line} bytes")
+            lines.append(bytes(pending[start:end]))
+            start = search = end + 1
+        if start:
+            del pending[:start]
+        if len(pending) > self.max_line:
+            raise LineTooLong(f"line over {self.max_line} bytes")
+        return lines
 
 
 class SocketBroker:
     """Serves the unix socket at *path*."""
 
     def __init__(
-        self, path: str, on_message: Callable[[str, str], None], run_control: ControlRunner
+        self,
+        path: str,
+        on_message: Callable[[str, str, Origin], None],
+        stats: ServiceStats | None = None,
+        max_clients: int = MAX_CLIENTS,
     ) -> None:
         self.path = Path(path)
         self._on_message = on_message
-        self._run_control = run_control
+        self._stats = stats or ServiceStats()
+        self.max_clients = max_clients
         self._clients = 0
+        self._connected = 0
+        self._refusals = RateLimitedLog(logger, logging.WARNING)
+        self._internal_errors = InternalErrorLog(logger)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; the socket file is removed on the way out."""
@@ -71,33 +128,48 @@ class SocketBroker:
         raise OSError(f"{self.path} is in use by another running service")
 
     async def _serve_client(self, client: SocketStream) -> None:
-        self._clients += 1
-        origin = f"socket:{self._clients}"
-        buffer = b""
         async with client:
-            try:
-                async for data in client:
-                    buffer += data
-                    if len(buffer) > MAX_MESSAGE_BYTES:
-                        logger.warning("%s: line over %d bytes: closing", origin, MAX_MESSAGE_BYTES)
-                        return
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        if line.strip():
-                            await self._handle_line(client, line, origin)
-            except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+            if self._connected >= self.max_clients:
+                self._refusals.log(
+                    "refusing a socket connection: %d clients already connected",
+                    self._connected,
+                )
                 return
+            self._connected += 1
+            self._clients += 1
+            try:
+                await self._read_lines(client, f"socket:{self._clients}")
+            finally:
+                self._connected -= 1
+
+    async def _read_lines(self, client: SocketStream, origin: str) -> None:
+        lines = LineBuffer()
+        try:
+            async for data in client:
+                for line in lines.feed(data):
+                    if line.strip():
+                        await self._handle_line(client, line, origin)
+        except LineTooLong as exc:
+            self._stats.rejected["oversized"] += 1
+            logger.warning("%s: %s: closing the connection", origin, exc)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+            return
 
     async def _handle_line(self, client: SocketStream, line: bytes, origin: str) -> None:
-        text = line.decode("utf-8", errors="replace")
+        """Act on one line; whatever goes wrong costs this line only."""
         try:
-            message = json.loads(text)
-        except ValueError:
-            message = None
-        if isinstance(message, dict) and "control" in message:
-            reply = self._run_control(message)
-            if reply is not None and message.get("reply_to"):
-                encoded = json.dumps(reply, separators=(",", ":"), default=str) + "\n"
-                await client.send(encoded.encode())
-            return
-        self._on_message(text, origin)
+            await self._act_on(client, line, origin)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            raise  # the connection is gone: stop reading it
+        except Exception as exc:
+            self._stats.rejected["internal_error"] += 1
+            self._internal_errors.report("socket broker", exc, f"a line from {origin}")
+
+    async def _act_on(self, client: SocketStream, line: bytes, origin: str) -> None:
+        """Hand the line to the intake; send back the control replies it produced."""
+        replies: list[dict[str, Any]] = []
+        through = Origin("socket", reply=lambda reply_to, reply: replies.append(reply))
+        self._on_message(line.decode("utf-8", errors="replace"), origin, through)
+        for reply in replies:
+            encoded = json.dumps(reply, separators=(",", ":"), default=str) + "\n"
+            await client.send(encoded.encode())

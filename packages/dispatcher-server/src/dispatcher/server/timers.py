@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 
-logger = logging.getLogger("dispatcher.timers")
+from dispatcher.server.logsafe import get_logger
+
+logger = get_logger("dispatcher.timers")
 
 
 class Timers:

@@ -1,25 +1,21 @@
 """What runs inside a worker subprocess: import the task modules, then run tasks on request.
 
-The service starts workers through a multiprocessing fork server that has already imported
-the task modules, so a new worker is ready in milliseconds. A worker reads requests from its
-socket, runs the registered task named by each, and reports the outcome. Task code runs
-only here, never in the service's main process.
+The service starts workers through its fork server (:mod:`dispatcher.server.forkserver`),
+which has already imported the task modules, so a new worker is ready in milliseconds. A
+worker reads requests from its socket, runs the registered task named by each, and reports
+the outcome. Task code runs only here, never in the service's main process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import importlib
 import inspect
 import json
-import logging
 import os
 import signal
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -27,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.publish import DispatcherCancel, DispatcherExit, registry
+from dispatcher.server.capture import OutputCapture
 from dispatcher.server.hooks import BaseWorker
+from dispatcher.server.logsafe import get_logger, log_to
 from dispatcher.server.protocol import BlockingLineSocket, event_line
 
-logger = logging.getLogger("dispatcher.worker")
-
-_PR_SET_PDEATHSIG = 1
+logger = get_logger("dispatcher.worker")
 
 
 class BoundTask:
@@ -68,18 +64,13 @@ def import_task_modules(modules: Sequence[str]) -> None:
         importlib.import_module(module)
 
 
-PRELOAD_ENV = "DISPATCHER_WORKER_PRELOAD"
-"""Environment variable with the task modules the fork server imports, comma-separated."""
+def import_task_modules_quietly(modules: Sequence[str]) -> None:
+    """Import *modules*, ignoring failures (the fork server preloads them this way).
 
-
-def preload_task_modules() -> None:
-    """Import the task modules named in ``$DISPATCHER_WORKER_PRELOAD``, ignoring failures.
-
-    Runs in the fork server (see :mod:`dispatcher.server.preload`), so that each worker
-    forked from it starts with the modules loaded. A module that fails to import is imported
-    again by each worker, which reports the error to the service.
+    A module that fails to import here is imported again by each worker, which reports the
+    error to the service.
     """
-    for module in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
+    for module in modules:
         try:
             importlib.import_module(module)
         except BaseException:
@@ -95,25 +86,28 @@ class WorkerOptions:
     hooks_class: str | None
     idle_timeout: float | None
     log_level: int
+    max_output_bytes: int = 65536
+    """Bytes of each task's output kept for the log (``worker.max_output_bytes``)."""
 
 
 def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
-    """Entry point of a worker process."""
-    _die_with_parent()
+    """Entry point of a worker process (called in the child the fork server forked)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle
-    logging.basicConfig(
-        level=options.log_level,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s worker-{options.worker_id} %(name)s: %(message)s",
+    capture = OutputCapture(options.max_output_bytes)
+    log_to(
+        capture.start(),
+        options.log_level,
+        f"%(asctime)s %(levelname)s worker-{options.worker_id} %(name)s: %(message)s",
     )
     channel = BlockingLineSocket(sock)
     try:
         import_task_modules(options.modules)
         hooks = _load_hooks(options.hooks_class, options.worker_id)
     except BaseException:
+        capture.close()
         channel.send(event_line({"event": "fatal", "error": traceback.format_exc()}))
         return
-    runner = TaskRunner(options.worker_id, channel, hooks)
+    runner = TaskRunner(options.worker_id, channel, hooks, capture)
     signal.signal(signal.SIGUSR1, runner.on_cancel_signal)
     _call_hook(hooks.on_start)
     channel.send(
@@ -139,6 +133,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     finally:
         runner.close()
         _call_hook(hooks.on_shutdown)
+        capture.close()
 
 
 def _load_hooks(path: str | None, worker_id: int) -> BaseWorker:
@@ -164,10 +159,17 @@ def _call_hook(hook: Callable[..., object], *args: Any) -> None:
 class TaskRunner:
     """Runs task messages in this process; sync functions directly, coroutines on a loop."""
 
-    def __init__(self, worker_id: int, channel: BlockingLineSocket, hooks: BaseWorker) -> None:
+    def __init__(
+        self,
+        worker_id: int,
+        channel: BlockingLineSocket,
+        hooks: BaseWorker,
+        capture: OutputCapture,
+    ) -> None:
         self.worker_id = worker_id
         self._channel = channel
         self._hooks = hooks
+        self._capture = capture
         self._loop: asyncio.Runner | None = None
         self._running = False
 
@@ -179,6 +181,7 @@ class TaskRunner:
     def run(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """Run one task message; return its ``done`` event."""
         done: dict[str, Any] = {"event": "done", "uuid": message.get("uuid", "")}
+        self._capture.begin(str(message.get("task")), str(done["uuid"]))
         _call_hook(self._hooks.pre_task, message)
         done["started"] = time.time()
         try:
@@ -197,6 +200,7 @@ class TaskRunner:
             )
         done["finished"] = time.time()
         _call_hook(self._hooks.post_task, done)
+        self._capture.end()  # its output, logged with its name and uuid
         return done
 
     def _call(self, message: Mapping[str, Any]) -> None:
@@ -231,14 +235,3 @@ class TaskRunner:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
-
-
-def _die_with_parent() -> None:
-    """Have the kernel kill this worker when the fork server (so, the service) goes away."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)

@@ -1,0 +1,159 @@
+"""The ``security`` section: signing keys, whose secrets are read when the config is loaded.
+
+A secret comes from the config itself (``secret``), an environment variable
+(``secret_env``) or a file (``secret_file``). Secrets are kept as bytes in
+:class:`SigningKey`, whose repr leaves them out; no error message ever quotes one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from dispatcher.schema import Problem
+
+MessageKind = Literal["task", "control"]
+
+SECRET_SOURCES: Final = ("secret", "secret_env", "secret_file")
+"""The keys of a ``security.keys`` entry that give its secret; exactly one is needed."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A ``security.keys`` entry: a shared secret and the id that names it in messages."""
+
+    id: str
+    secret: bytes = field(repr=False)
+    """The secret's UTF-8 bytes (never shown in a repr)."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """``security``: signed messages."""
+
+    keys: tuple[SigningKey, ...] = ()
+    sign_with: str | None = None
+    """Id of the key publishers sign with; ``None`` means the first key."""
+    require_signed: tuple[MessageKind, ...] = ()
+    max_age: float = 300
+
+    @property
+    def signing_key(self) -> SigningKey | None:
+        """The key publishers sign with, or ``None`` when no key is configured."""
+        for key in self.keys:
+            if self.sign_with is None or key.id == self.sign_with:
+                return key
+        return None
+
+    @property
+    def secrets(self) -> Mapping[str, bytes]:
+        """Every key's secret by key id: what a service verifies with."""
+        return {key.id: key.secret for key in self.keys}
+
+
+def load_security(section: Mapping[str, Any]) -> tuple[Security, list[Problem]]:
+    """Build :class:`Security` from a ``security`` section that matches the schema.
+
+    Reads the secrets from the environment and files. Returns the settings and the problems
+    found (each with its location); the settings are only meaningful without problems.
+    """
+    problems: list[Problem] = []
+    keys: list[SigningKey] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(section.get("keys", ())):
+        where = ("security", "keys", index)
+        key_id = entry["id"]
+        if key_id in seen:
+            problems.append(
+                Problem((*where, "id"), f"{key_id!r} is also the id of keys[{seen[key_id]}]")
+            )
+        seen.setdefault(key_id, index)
+        secret = _secret(entry, where, problems)
+        if secret is not None:
+            keys.append(SigningKey(key_id, secret))
+    sign_with = section.get("sign_with")
+    if sign_with is not None and sign_with not in seen:
+        problems.append(
+            Problem(("security", "sign_with"), f"{sign_with!r} is not the id of a key in keys")
+        )
+    require_signed = tuple(section.get("require_signed", ()))
+    if require_signed and not seen:
+        problems.append(
+            Problem(("security", "require_signed"), "needs at least one key in security.keys")
+        )
+    security = Security(
+        keys=tuple(keys),
+        sign_with=sign_with,
+        require_signed=require_signed,
+        max_age=section.get("max_age", Security.max_age),
+    )
+    return security, problems
+
+
+def _secret(
+    entry: Mapping[str, Any], where: tuple[str | int, ...], problems: list[Problem]
+) -> bytes | None:
+    """Read the secret of one key entry; on failure add a problem and return ``None``."""
+    given = [name for name in SECRET_SOURCES if name in entry]
+    if len(given) != 1:
+        found = f"got {', '.join(given)}" if given else "got none"
+        problems.append(
+            Problem(where, f"give exactly one of secret, secret_env, secret_file ({found})")
+        )
+        return None
+    source = given[0]
+    text: str | None
+    if source == "secret":
+        text = entry["secret"]
+    elif source == "secret_env":
+        name = entry["secret_env"]
+        text = os.environ.get(name) or None
+        if text is None:
+            problems.append(
+                Problem((*where, source), f"environment variable {name!r} is unset or empty")
+            )
+    else:
+        text = _read_secret_file(entry["secret_file"], (*where, source), problems)
+    return None if text is None else text.encode()
+
+
+def _read_secret_file(
+    path: str, where: tuple[str | int, ...], problems: list[Problem]
+) -> str | None:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        problems.append(Problem(where, f"{path!r} is not UTF-8 text"))
+        return None
+    except OSError as exc:
+        problems.append(Problem(where, f"cannot read {path!r}: {exc.strerror or exc}"))
+        return None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        problems.append(Problem(where, f"{path!r} is empty"))
+        return None
+    return text
+
+
+_HIDDEN: Final = " (the value is not shown: it may hold a secret)"
+
+
+def hide_secret(problem: Problem) -> Problem:
+    """Return *problem* with a reason that quotes nothing, when its value may hold a secret.
+
+    Schema errors quote the offending value; in ``security.keys`` that could be a secret.
+    The only errors the schema reports at these places are about type and size.
+    """
+    path = problem.path
+    if path[:2] != ("security", "keys"):
+        return problem
+    if len(path) == 2:
+        return Problem(path, "expected an array of at most 16 keys" + _HIDDEN)
+    if len(path) == 3:
+        return Problem(path, "expected an object with an id and a secret source" + _HIDDEN)
+    if path[3:] == ("secret",):
+        return Problem(path, "expected a non-empty string" + _HIDDEN)
+    return problem

@@ -1,0 +1,120 @@
+"""Decoding JSON text that came from outside: bounded in depth, strict about numbers.
+
+Every path that reads a message (NOTIFY, the local socket, chunk envelopes, control replies)
+decodes with :func:`decode_json`, so that a hostile payload costs one rejection with a reason,
+never a ``RecursionError`` or a number that breaks arithmetic later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Final, Literal
+
+from dispatcher.schema.wire import MAX_NESTING_DEPTH
+
+DecodeReason = Literal["not_json", "too_deep"]
+
+
+class DecodeError(ValueError):
+    """JSON text refused by :func:`decode_json`; :attr:`reason` is the counter's key."""
+
+    def __init__(self, reason: DecodeReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: DecodeReason = reason
+        """``not_json`` (not strict JSON) or ``too_deep`` (nested beyond the limit)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+_CONTAINERS: Final = (dict, list, tuple)
+
+
+def decode_json(text: str | bytes, max_depth: int = MAX_NESTING_DEPTH) -> Any:
+    """Decode *text* (bytes must be UTF-8), refusing what a message may not hold.
+
+    Refused: text that is not strict JSON (including ``NaN``, ``Infinity``, numbers that
+    overflow a float such as ``1e400``, integers over Python's digit limit, invalid UTF-8),
+    and arrays and objects nested more than *max_depth* levels (the outermost is level 1).
+
+    :raises DecodeError: saying why, with :attr:`DecodeError.reason` set.
+    """
+    if not isinstance(text, str):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError("not_json", f"not JSON (invalid UTF-8 at byte {exc.start})") from None
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise DecodeError("too_deep", _too_deep_message(max_depth)) from None
+    except ValueError as exc:
+        raise DecodeError("not_json", f"not JSON ({_short(str(exc))})") from None
+    # n containers cannot nest deeper than n: most messages never need the measure.
+    if text.count("[") + text.count("{") > max_depth and _text_exceeds_depth(text, max_depth):
+        raise DecodeError("too_deep", _too_deep_message(max_depth))
+    return value
+
+
+_STRUCTURE: Final = bytes.maketrans(b"[{]}", b"(())")
+_NOT_STRUCTURE: Final = bytes(sorted(set(range(256)) - set(b'[]{}"')))
+
+
+def _text_exceeds_depth(text: str, max_depth: int) -> bool:
+    """Tell whether the valid JSON *text* nests more than *max_depth* levels.
+
+    With escapes gone, only brackets and quotes kept (brackets made ``(`` and ``)``) and
+    every other piece between quotes (the strings) dropped, the brackets lose their
+    innermost pairs at each pass, so the passes needed are the depth. Every step runs in
+    C: a few microseconds for a message of a hundred containers.
+    """
+    if "\\" in text:
+        text = text.replace("\\\\", "").replace('\\"', "")
+    kept = text.encode("utf-8", "surrogatepass").translate(_STRUCTURE, _NOT_STRUCTURE)
+    brackets = b"".join(kept.split(b'"')[::2])
+    for _ in range(max_depth):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"()", b"")
+    return bool(brackets)
+
+
+def exceeds_depth(value: object, max_depth: int = MAX_NESTING_DEPTH) -> bool:
+    """Tell whether lists, tuples and dicts in *value* nest more than *max_depth* levels.
+
+    Iterative, and stops at the first container beyond the limit, so a value that contains
+    itself is simply too deep.
+    """
+    if not isinstance(value, _CONTAINERS):
+        return False
+    if max_depth < 1:
+        return True
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, _CONTAINERS):
+                if depth >= max_depth:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep_message(max_depth: int) -> str:
+    return f"arrays and objects nested more than {max_depth} levels deep"
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

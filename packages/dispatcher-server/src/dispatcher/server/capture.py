@@ -1,0 +1,178 @@
+"""A worker's standard output and error, captured per task, capped, and logged with a prefix.
+
+:meth:`OutputCapture.start` points file descriptors 1 and 2 at a pipe, so that ``print()``,
+writes from C code and the output of child processes all land there. A daemon thread drains
+the pipe continuously (a task writing without end never blocks) into the buffer of the task
+running, which keeps the first ``cap`` bytes and counts the rest. When the task ends, its
+output is logged one line at a time, ``task output [<task> <uuid>] <line>``, escaped like
+every logged value, followed by ``task output [<task> <uuid>]: N more bytes dropped`` when
+it wrote more than the cap. What is written between tasks (hooks) is kept the same way and
+logged before the next task, or when the worker stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+import threading
+from typing import Final, TextIO
+
+from dispatcher.server.logsafe import MAX_LOGGED_CHARS, get_logger
+
+logger = get_logger("dispatcher.worker")
+
+_READ_SIZE: Final = 1 << 16
+
+_MAX_READS_AT_SWITCH: Final = 64
+"""Reads (of up to 64 KiB) at the end of a task, at most: a child process the task left
+writing cannot hold the worker; what it writes later goes to the next buffer."""
+
+
+class CapturedOutput:
+    """Output collected for one task (or between tasks): the first *cap* bytes, and a count."""
+
+    __slots__ = ("cap", "data", "dropped", "task", "uuid")
+
+    def __init__(self, cap: int, task: str | None = None, uuid: str = "") -> None:
+        self.cap = cap
+        self.task = task
+        """The task's name; ``None`` between tasks."""
+        self.uuid = uuid
+        self.data = bytearray()
+        self.dropped = 0
+        """Bytes written beyond the cap."""
+
+    def add(self, chunk: bytes) -> None:
+        """Keep what fits under the cap; count the rest."""
+        room = self.cap - len(self.data)
+        if room >= len(chunk):
+            self.data += chunk
+            return
+        if room > 0:
+            self.data += chunk[:room]
+        self.dropped += len(chunk) - max(room, 0)
+
+    def emit(self) -> None:
+        """Log what was collected, then forget it.
+
+        One line per line written (long lines in pieces), then the count of bytes dropped.
+        """
+        if not self.data and not self.dropped:
+            return
+        args: tuple[str, ...] = ()
+        if self.task is None:
+            prefix = "worker output [between tasks]"
+        else:
+            prefix, args = "task output [%s %s]", (self.task, self.uuid)
+        if self.data:
+            text = self.data.decode("utf-8", "backslashreplace")
+            for line in text.removesuffix("\n").split("\n"):
+                # Pieces short enough to be logged whole (arguments are cut at that length).
+                for start in range(0, max(len(line), 1), MAX_LOGGED_CHARS):
+                    logger.info(prefix + " %s", *args, line[start : start + MAX_LOGGED_CHARS])
+        if self.dropped:
+            logger.info(prefix + ": %d more bytes dropped", *args, self.dropped)
+        self.data.clear()
+        self.dropped = 0
+
+
+class OutputCapture:
+    """Captures file descriptors 1 and 2 of this process; see the module docstring."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._between = CapturedOutput(cap)
+        """What is written between tasks (kept from one to the next: one allocation less)."""
+        self._current = self._between
+        self._read_fd = -1
+        self._waiting: select.poll | None = None
+        """Tells, without reading, whether the pipe holds anything (for the main thread)."""
+        self.log_stream: TextIO = sys.stderr
+        """Where the worker's own log goes: the original standard error, once started."""
+
+    def start(self) -> TextIO:
+        """Keep a copy of standard error for the log, redirect fds 1 and 2; return the copy."""
+        log_fd = os.dup(2)
+        self.log_stream = open(  # noqa: SIM115 (open for the life of the process)
+            log_fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1
+        )
+        read_fd, write_fd = os.pipe()
+        _flush_std_streams()
+        os.dup2(write_fd, 1)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self._read_fd = read_fd
+        self._waiting = select.poll()
+        self._waiting.register(read_fd, select.POLLIN)
+        threading.Thread(target=self._drain, name="output-capture", daemon=True).start()
+        return self.log_stream
+
+    def begin(self, task: str, uuid: str) -> None:
+        """A task starts: log what was written since the last one; collect the task's output."""
+        self._switch(CapturedOutput(self.cap, task, uuid)).emit()
+
+    def end(self) -> None:
+        """The task has ended: log its output; collect what comes next as between tasks."""
+        self._switch(self._between).emit()
+
+    def close(self) -> None:
+        """Log what is left; later writes to fd 1 are discarded, to fd 2 go to the log."""
+        self.end()
+        if self._read_fd < 0:
+            return
+        _flush_std_streams()
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
+            os.dup2(self.log_stream.fileno(), 2)
+
+    def _switch(self, following: CapturedOutput) -> CapturedOutput:
+        """Collect what was written so far into the current buffer; make *following* current."""
+        _flush_std_streams()
+        with self._lock:
+            # Polling first is cheaper than a read that fails, and most tasks print nothing.
+            if self._waiting is not None and self._waiting.poll(0):
+                self._read(_MAX_READS_AT_SWITCH)
+            previous, self._current = self._current, following
+        return previous
+
+    def _read(self, reads: int) -> bool:
+        """Read what the pipe holds (up to *reads* reads); ``False`` once it has no writer.
+
+        Called with the lock held, so that a chunk read always goes to the buffer of the
+        task that was current when it was read.
+        """
+        for _ in range(reads):
+            try:
+                chunk = os.read(self._read_fd, _READ_SIZE)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            self._current.add(chunk)
+        return True
+
+    def _drain(self) -> None:
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
+        while True:
+            poller.poll()
+            with self._lock:  # one read at a time: a task's end never waits long for it
+                if not self._read(1):
+                    return  # every writer has gone (fds 1 and 2 closed)
+
+
+def _flush_std_streams() -> None:
+    """Push what Python holds in ``sys.stdout``/``sys.stderr`` into the file descriptors."""
+    try:  # the common case in one go: per-stream handling costs a microsecond a task
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:  # one is None, closed, or was replaced with something odd
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()

@@ -1,0 +1,202 @@
+"""The fork server: a small process that imports the task modules once, then forks workers.
+
+The service's main process runs an event loop and threads, so it never forks a worker
+itself. It starts this process (``python -m dispatcher.server.forkserver``) once and asks it,
+over a ``SOCK_SEQPACKET`` socket, for each new worker. The fork server:
+
+- forks the worker and hands back its pid and a pidfd (a file descriptor that becomes
+  readable the moment the process ends, whatever its children do with its other files);
+- reaps each worker that ends, then kills whatever is left of its process group (the
+  children a task started), and reports the exit status;
+- dies with the service: the kernel sends it SIGUSR2 when the main process ends, even by
+  SIGKILL (``PR_SET_PDEATHSIG``), and it then kills every worker's process group before it
+  exits; it does the same when the service closes its socket. Signals meant for the service
+  (SIGINT, SIGTERM, SIGHUP sent to the whole process group) leave it alone: the service
+  decides when its workers stop. Workers are killed by the kernel in turn if the fork
+  server itself disappears.
+
+Messages to the fork server are one JSON object each: ``{"op": "spawn", "id": N}`` with the
+worker's socket attached (``SCM_RIGHTS``). Messages from it: ``{"event": "spawned", "id": N,
+"pid": P}`` with the pidfd attached, ``{"event": "failed", "id": N, "error": "..."}``, and
+``{"event": "exited", "pid": P, "status": S}`` (``S`` as from ``os.waitstatus_to_exitcode``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from dataclasses import fields
+from typing import Any, Final, NoReturn
+
+from dispatcher.server.lifeline import die_with_parent
+from dispatcher.server.worker import WorkerOptions, import_task_modules_quietly, worker_main
+
+MAX_MESSAGE: Final = 1 << 16
+_MAX_FDS: Final = 4
+
+CONTROL_FD_ENV: Final = "DISPATCHER_FORKSERVER_FD"
+"""Environment variable naming the fork server's end of its control socket."""
+
+DEATH_SIGNAL: Final = signal.SIGUSR2
+"""What the kernel sends the fork server when the service's main process ends."""
+
+PARENT_ENV: Final = "DISPATCHER_FORKSERVER_PARENT"
+"""Environment variable with the pid of the service that started the fork server."""
+
+
+def _send(control: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    with contextlib.suppress(OSError):  # the service has gone: we are about to exit too
+        socket.send_fds(control, [data], fds or [])
+
+
+class ForkServer:
+    """The loop of the fork server process."""
+
+    def __init__(self, control: socket.socket, options: dict[str, Any]) -> None:
+        self._control = control
+        self._options = options
+        self._pid = os.getpid()
+        self._workers: set[int] = set()
+        self._wakeup_read, self._wakeup_write = os.pipe()
+        os.set_blocking(self._wakeup_write, False)
+        os.set_blocking(self._wakeup_read, False)
+
+    def serve(self) -> NoReturn:
+        """Fork workers on request until the service goes away; then kill them all."""
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(number, signal.SIG_IGN)  # the service's to handle
+        signal.signal(DEATH_SIGNAL, self._on_service_death)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
+        # Everything imported so far is shared with every worker: keep the garbage collector
+        # from touching (so copying) those pages in the workers.
+        gc.freeze()
+        try:
+            while True:
+                self._reap()
+                watched = [self._control.fileno(), self._wakeup_read]
+                readable, _, _ = select.select(watched, [], [])
+                if self._wakeup_read in readable:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wakeup_read, 512)
+                if watched[0] in readable and not self._handle_request():
+                    break
+        finally:
+            self._kill_all()
+        os._exit(0)
+
+    def _on_service_death(self, signum: int, frame: object) -> NoReturn:
+        self._kill_all()
+        os._exit(0)
+
+    def _handle_request(self) -> bool:
+        try:
+            data, fds, _, _ = socket.recv_fds(self._control, MAX_MESSAGE, _MAX_FDS)
+        except OSError:
+            return False
+        if not data:
+            return False
+        request = json.loads(data)
+        worker_id = int(request["id"])
+        if request.get("op") != "spawn" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            _send(self._control, {"event": "failed", "id": worker_id, "error": "bad request"})
+            return True
+        worker_fd = fds[0]
+        try:
+            pid = self._fork(worker_id, worker_fd)
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            _send(self._control, {"event": "failed", "id": worker_id, "error": str(exc)})
+            return True
+        finally:
+            os.close(worker_fd)
+        self._workers.add(pid)
+        _send(self._control, {"event": "spawned", "id": worker_id, "pid": pid}, [pidfd])
+        os.close(pidfd)
+        return True
+
+    def _fork(self, worker_id: int, worker_fd: int) -> int:
+        pid = os.fork()
+        if pid:
+            # Set here too, so the group exists before this process could ever signal it.
+            with contextlib.suppress(OSError):
+                os.setpgid(pid, pid)
+            return pid
+        status = 0
+        try:
+            self._become_worker(worker_id, worker_fd)
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        finally:
+            os._exit(status)
+
+    def _become_worker(self, worker_id: int, worker_fd: int) -> None:
+        """Runs in the new child: shed the fork server's state, then be a worker."""
+        signal.set_wakeup_fd(-1)
+        for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, DEATH_SIGNAL):
+            signal.signal(number, signal.SIG_DFL)
+        self._control.close()
+        os.close(self._wakeup_read)
+        os.close(self._wakeup_write)
+        os.setpgid(0, 0)  # its own group: whatever the task starts can be killed with it
+        die_with_parent(signal.SIGKILL, parent=self._pid)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)  # a worker never reads the terminal (and is not stopped for it)
+        os.close(null)
+        options = WorkerOptions(**{**self._options, "worker_id": worker_id})
+        worker_main(socket.socket(fileno=worker_fd), options)
+
+    def _reap(self) -> None:
+        while self._workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self._workers.clear()
+                return
+            if pid == 0:
+                return
+            self._workers.discard(pid)
+            _kill_group(pid)  # the children its task left behind
+            code = os.waitstatus_to_exitcode(status)
+            _send(self._control, {"event": "exited", "pid": pid, "status": code})
+
+    def _kill_all(self) -> None:
+        for pid in list(self._workers):
+            _kill_group(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def main() -> NoReturn:
+    """Entry point: read the worker options sent by the service, preload, then serve."""
+    die_with_parent(DEATH_SIGNAL, parent=int(os.environ.pop(PARENT_ENV)))
+    control = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
+    data = control.recv(MAX_MESSAGE)
+    if not data:
+        os._exit(0)
+    setup = json.loads(data)
+    sys.path[:] = setup["sys_path"]
+    known = {f.name for f in fields(WorkerOptions)}
+    options = {k: v for k, v in setup["options"].items() if k in known}
+    import_task_modules_quietly(options.get("modules", ()))
+    ForkServer(control, options).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Tying a process's life to its parent's, with the kernel's help (Linux)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+from typing import Final
+
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def die_with_parent(signum: signal.Signals, parent: int | None = None) -> None:
+    """Have the kernel send *signum* to this process when its parent ends.
+
+    *parent* is the pid this process expects as its parent (default: the current one): if
+    the parent has already gone when the request takes effect, the process exits at once.
+    The kernel ties the signal to the parent's *thread* that created this process, so a
+    process meant to outlive no one must be started from its parent's main thread. Does
+    nothing on systems other than Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    expected = os.getppid() if parent is None else parent
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signum))
+    if os.getppid() != expected:
+        os._exit(1)

@@ -1,0 +1,169 @@
+r"""Log lines that input from outside cannot forge.
+
+Anyone who can NOTIFY controls task names, uuids, arguments and error texts. Written raw, a
+``\n`` in a uuid would start a line of its own that looks like the service's, a NUL or a
+bidi override would garble the log. Here every value logged as an argument is escaped (each
+non-printable character becomes ``\n``, ``\x00``, ``\u2028`` and so on) and cut short;
+tracebacks and deliberate multi-line texts (:class:`Block`) follow their line with every
+line indented, so that nothing of outside origin can begin a line at column 0.
+
+Modules get their logger from :func:`get_logger`, which installs :class:`EscapingFilter`;
+:func:`log_to` installs it on the process's handler too, for records of other loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Final, TextIO
+
+MAX_LOGGED_CHARS: Final = 200
+"""Longest excerpt of one outside value written into a log line (in characters)."""
+
+MAX_BLOCK_LINES: Final = 200
+"""Lines of a :class:`Block` or traceback kept (the last ones: where the error is)."""
+
+MAX_BLOCK_LINE_CHARS: Final = 1000
+"""Longest line of a :class:`Block` or traceback."""
+
+INDENT: Final = "  | "
+"""What every following line of a block starts with."""
+
+_SHORT_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+_DONE: Final = "_dispatcher_escaped"
+"""Record attribute set once a record has been escaped (so it is escaped only once)."""
+
+
+def escape(value: object, limit: int | None = MAX_LOGGED_CHARS) -> str:
+    r"""*value* as text on one line, printable, at most *limit* characters before escaping.
+
+    Non-printable characters (control characters, NUL, line and paragraph separators, bidi
+    overrides, unassigned code points, lone surrogates) become ``\n``, ``\x00``,
+    ``\u2028``-style escapes. A longer text is cut at *limit* characters and says how many
+    were cut; ``None`` keeps it whole.
+    """
+    text = value if type(value) is str else str(value)
+    cut = 0
+    if limit is not None and len(text) > limit:
+        cut = len(text) - limit
+        text = text[:limit]
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else _escaped_char(char) for char in text)
+    return f"{text}... ({cut} more characters)" if cut else text
+
+
+def _escaped_char(char: str) -> str:
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def indented(text: str) -> str:
+    r"""*text* with each line escaped and starting with :data:`INDENT`.
+
+    Every line break Python knows (including ``\r``, ``\x0b`` and ``\u2028``) ends a line;
+    only the last :data:`MAX_BLOCK_LINES` lines are kept, after a line saying how many went.
+    """
+    lines = text.splitlines() or [""]
+    out = []
+    if len(lines) > MAX_BLOCK_LINES:
+        out.append(f"{INDENT}({len(lines) - MAX_BLOCK_LINES} earlier lines not shown)")
+        lines = lines[-MAX_BLOCK_LINES:]
+    out += [INDENT + escape(line, MAX_BLOCK_LINE_CHARS) for line in lines]
+    return "\n".join(out)
+
+
+class Block:
+    """A multi-line text to log on the lines that follow the message, each one indented.
+
+    For the few messages that carry a text of many lines on purpose (a task's traceback, an
+    import error)::
+
+        logger.error("task %s failed: %s%s", name, error, Block(traceback_text))
+
+    The argument renders as a line break followed by the text, every line escaped and
+    prefixed with :data:`INDENT`; a plain argument would have its line breaks escaped.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        text = self.text.rstrip()
+        return "\n" + indented(text) if text else ""
+
+    def __repr__(self) -> str:
+        return f"Block({self.text!r})"
+
+
+def _safe_arg(value: object) -> object:
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, Block):
+        return str(value)
+    return escape(value)
+
+
+class EscapingFilter(logging.Filter):
+    """Makes a record safe to write: see the module docstring.
+
+    Arguments (``record.args``) are escaped and cut at :data:`MAX_LOGGED_CHARS` (numbers are
+    left alone; a :class:`Block` becomes indented lines); the message itself is escaped
+    whole; an exception or stack trace is rendered into indented, escaped lines. Never
+    drops a record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Escape *record* in place, once; return ``True``."""
+        if getattr(record, _DONE, False):
+            return True
+        setattr(record, _DONE, True)
+        msg = record.msg
+        record.msg = escape(msg, None) if type(msg) is str else escape(msg)
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(_safe_arg(arg) for arg in args)
+        elif isinstance(args, Mapping):
+            record.args = {key: _safe_arg(arg) for key, arg in args.items()}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = indented(_FORMATTER.formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = indented(record.exc_text)
+        if record.stack_info:
+            record.stack_info = indented(record.stack_info)
+        return True
+
+
+_FORMATTER: Final = logging.Formatter()
+_FILTER: Final = EscapingFilter()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger *name*, with the :class:`EscapingFilter` installed (once).
+
+    Every module of the service gets its logger here, never from :func:`logging.getLogger`.
+    """
+    logger = logging.getLogger(name)
+    logger.addFilter(_FILTER)  # a no-op when it is already there
+    return logger
+
+
+def log_to(stream: TextIO, level: int, fmt: str) -> None:
+    """Send the process's log records to *stream*, every one escaped.
+
+    Like :func:`logging.basicConfig`, replacing the root logger's handlers (in a worker,
+    handlers set up at import time write to the captured standard error); the filter on the
+    handler also covers records of loggers that are not ours (libraries, task code).
+    """
+    logging.basicConfig(level=level, stream=stream, format=fmt, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_FILTER)

@@ -1,0 +1,135 @@
+"""Signed messages on receipt: who signed, when, whether seen before, and what must be signed.
+
+The intake hands every message (after chunk reassembly, before routing) to
+:meth:`SignatureCheck.open`. A signed envelope is verified (``security.keys``,
+``security.max_age``) and replaced by its body; an unsigned message passes unless its kind
+is listed in ``security.require_signed``. Messages made inside the service need no signature.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Final
+
+from dispatcher.config import Security
+from dispatcher.schema import SIGNED_KEY, SignatureError, verify
+from dispatcher.schema.chunks import CHUNK_KEY
+from dispatcher.server.origin import Origin
+from dispatcher.server.rejection import Rejected
+
+MAX_REMEMBERED_SIGNATURES: Final = 100_000
+"""Signatures remembered to refuse replays; past it, the oldest are forgotten (and counted)."""
+
+Decode = Callable[[str], dict[str, Any]]
+"""The intake's decoder: JSON text to an object, raising :class:`Rejected`."""
+
+
+class ReplayGuard:
+    """Remembers the signatures accepted within the last *max_age* seconds."""
+
+    def __init__(self, max_age: float, capacity: int = MAX_REMEMBERED_SIGNATURES) -> None:
+        self.max_age = max_age
+        self.capacity = capacity
+        self.forgotten = 0
+        """Signatures dropped before their time to stay within *capacity*: each could be
+        replayed until it grows stale."""
+        self._seen: OrderedDict[str, float] = OrderedDict()  # signature -> signed_at
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_time(self, signature: str, signed_at: float, now: float) -> bool:
+        """Remember *signature*; tell whether it was new (``False``: a replay)."""
+        seen = self._seen
+        horizon = now - self.max_age
+        while seen and next(iter(seen.values())) < horizon:
+            seen.popitem(last=False)  # stale now: a replay would be refused as such
+        if signature in seen:
+            return False
+        if len(seen) >= self.capacity:
+            seen.popitem(last=False)
+            self.forgotten += 1
+        seen[signature] = signed_at
+        return True
+
+
+class SignatureCheck:
+    """Applies the ``security`` settings to received messages."""
+
+    def __init__(self, security: Security, clock: Callable[[], float] = time.time) -> None:
+        self._security = security
+        self._secrets = security.secrets
+        self._required = frozenset(security.require_signed)
+        self._clock = clock
+        self.replays = ReplayGuard(security.max_age)
+
+    def open(
+        self, payload: str, message: dict[str, Any], origin: Origin, decode: Decode
+    ) -> tuple[str, dict[str, Any]]:
+        """Return the text and object to act on, checking signatures.
+
+        That is the verified body of a signed envelope, else the message itself when it may
+        travel unsigned.
+
+        :raises Rejected: with reason ``unsigned``, ``invalid_signed_envelope``,
+            ``unknown_key``, ``bad_signature``, ``stale_signature`` or ``replayed``.
+        """
+        if SIGNED_KEY in message:
+            return self._open_signed(message, decode)
+        if self._required and origin.broker is not None:
+            kind = "control" if "control" in message else "task"
+            if kind in self._required:
+                raise Rejected(
+                    "unsigned",
+                    f"unsigned {kind} message over {origin.broker}: this service requires "
+                    f"{kind} messages to be signed (security.require_signed)",
+                    message.get("uuid"),
+                    control=message if kind == "control" else None,
+                )
+        return payload, message
+
+    def _open_signed(self, envelope: dict[str, Any], decode: Decode) -> tuple[str, dict[str, Any]]:
+        now = self._clock()
+        try:
+            verified = verify(envelope, self._secrets, now, self._security.max_age)
+        except SignatureError as exc:
+            raise Rejected(exc.reason, str(exc), control=_control_in(envelope, decode)) from None
+        if not self.replays.first_time(verified.signature, verified.signed_at, now):
+            raise Rejected(
+                "replayed",
+                f"replayed message: signature {verified.signature[:16]}... was already received",
+                control=_control_in(envelope, decode),
+            )
+        body = decode(verified.body)
+        if SIGNED_KEY in body or CHUNK_KEY in body:
+            raise Rejected(
+                "invalid_signed_envelope",
+                "the body of a signed envelope must be a task or control message, "
+                "not another envelope",
+            )
+        return verified.body, body
+
+    def summary(self) -> dict[str, Any]:
+        """What the ``status`` command shows: key ids (never secrets), rules, replay memory."""
+        security = self._security
+        return {
+            "keys": [key.id for key in security.keys],
+            "require_signed": list(security.require_signed),
+            "max_age": security.max_age,
+            "remembered": len(self.replays),
+            "forgotten": self.replays.forgotten,
+        }
+
+
+def _control_in(envelope: dict[str, Any], decode: Decode) -> dict[str, Any] | None:
+    """The control message in a refused envelope's body, if it can be read (for a reply)."""
+    body = envelope.get("body")
+    if not isinstance(body, str):
+        return None
+    try:
+        message = decode(body)
+    except Rejected:
+        return None
+    return message if "control" in message else None

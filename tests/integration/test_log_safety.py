@@ -1,0 +1,134 @@
+"""The service log cannot be forged by what publishers send or tasks print."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from support.service import Evidence, ServiceProcess, task_message
+
+StartService = Callable[..., ServiceProcess]
+Notify = Callable[[str, str], None]
+
+FORGED = "x\nCRITICAL dispatcher.service: FORGED LINE"
+FORGED_SHOWN = "x\\nCRITICAL dispatcher.service: FORGED LINE"
+
+RECORD_START = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+)
+"""How every line the service writes begins, unless it continues a record (indented)."""
+
+DEFAULT_CAP = 65536
+
+
+def _assert_every_line_is_ours(log: str) -> None:
+    for line in log.splitlines():
+        assert RECORD_START.match(line) or line.startswith("  | "), f"line not ours: {line!r}"
+
+
+def test_a_forged_uuid_is_shown_escaped_and_starts_no_line(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    notify(channel, json.dumps({"task": "not.registered", "uuid": FORGED}))
+    notify(channel, task_message("fail", evidence.path, uuid=FORGED))
+    notify(channel, task_message("print_lines", evidence.path, "forged", 1, uuid=FORGED))
+    evidence.wait_for(2)
+    service.wait_for_log(r"rejected message .*" + re.escape(f"(uuid {FORGED_SHOWN})"))
+    service.wait_for_log(r"ERROR .*" + re.escape(f"(uuid {FORGED_SHOWN}) failed: ValueError"))
+    service.wait_for_log(
+        re.escape(f"task output [support.service_tasks.print_lines {FORGED_SHOWN}]")
+    )
+    log = service.log
+    assert not any(line.startswith("CRITICAL") for line in log.splitlines()), log
+    _assert_every_line_is_ours(log)
+
+
+def test_nul_characters_never_reach_the_log(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    notify(channel, json.dumps({"task": "support.service_tasks.re\x00cord", "uuid": "n\x00one"}))
+    notify(channel, json.dumps({"task": "not.registered", "uuid": "n\x00two"}))
+    notify(channel, task_message("fail", evidence.path, uuid="n\x00three"))
+    evidence.wait_for(1)
+    service.wait_for_log(r"rejected message .*\(uuid n\\x00one\): task: .*re\\x00cord")
+    service.wait_for_log(r"rejected message .*\(uuid n\\x00two\)")
+    service.wait_for_log(r"ERROR .*\(uuid n\\x00three\) failed")
+    raw = service.log_path.read_bytes()
+    assert b"\x00" not in raw
+    _assert_every_line_is_ours(service.log)
+
+
+def _output_lines(log: str, task_id: str) -> list[str]:
+    """The text of the ``task output`` lines of task *task_id* (``<name> <uuid>``)."""
+    prefix = f"task output [{task_id}] "
+    return [line.split(prefix, 1)[1] for line in log.splitlines() if prefix in line]
+
+
+def test_ten_mib_of_output_leave_the_cap_in_the_log_and_a_count(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    size = 10 * 1024 * 1024
+    task_uuid = str(uuid.uuid4())
+    notify(channel, task_message("print_bytes", evidence.path, size, uuid=task_uuid))
+    task_id = f"support.service_tasks.print_bytes {task_uuid}"
+    dropped = f"task output [{task_id}]: {size - DEFAULT_CAP} more bytes dropped"
+    service.wait_for_log(re.escape(dropped), timeout=30)
+    kept = _output_lines(service.log, task_id)
+    assert sum(len(text) for text in kept) == DEFAULT_CAP - DEFAULT_CAP // 1024  # minus "\n"s
+    overhead = 150  # time stamp, level, worker, logger, task name and uuid
+    assert len(service.log_path.read_bytes()) < DEFAULT_CAP + overhead * (len(kept) + 20)
+    _assert_every_line_is_ours(service.log)
+
+
+def test_the_cap_comes_from_the_config(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["worker"] = {"max_output_bytes": 100}
+    service = start_service(service_config)
+    notify(channel, task_message("print_bytes", evidence.path, 1000, uuid="u-capped"))
+    task_id = "support.service_tasks.print_bytes u-capped"
+    service.wait_for_log(re.escape(f"task output [{task_id}]: 900 more bytes dropped"))
+    assert _output_lines(service.log, task_id) == ["z" * 100]
+
+
+def test_output_is_attributed_to_its_task_and_uuid(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
+    service = start_service(service_config)
+    notify(channel, task_message("print_lines", evidence.path, "alpha", 40, uuid="u-alpha"))
+    notify(channel, task_message("print_lines", evidence.path, "beta", 40, uuid="u-beta"))
+    notify(channel, task_message("print_lines", evidence.path, "gamma", 40, uuid="u-gamma"))
+    evidence.wait_for(3)
+    for label in ("alpha", "beta", "gamma"):
+        task_id = f"support.service_tasks.print_lines u-{label}"
+        service.wait_for_log(re.escape(f"task output [{task_id}] {label} line 39"))
+        lines = _output_lines(service.log, task_id)
+        assert sorted(lines) == sorted(f"{label} line {n}" for n in range(40))
+    _assert_every_line_is_ours(service.log)

@@ -1,0 +1,181 @@
+"""No process outlives the service; deaths are seen at once; limits on memory and held work."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from support.service import Evidence, ServiceProcess, alive, children, wait_until
+from support.service import task_message as message
+
+PROCESS_TASKS = "support.process_tasks."
+RECORD = "support.service_tasks.record"
+SLEEP = "support.service_tasks.sleep_then_record"
+StartService = Callable[..., ServiceProcess]
+Notify = Callable[[str, str], None]
+
+
+def status(service: ServiceProcess) -> dict[str, Any]:
+    """The service's ``status`` reply, asked with dispatcherctl over pg_notify."""
+    config = str(service.config_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", "status", "--json", "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    [reply] = json.loads(result.stdout)
+    return reply  # type: ignore[no-any-return]
+
+
+def with_process_tasks(config: dict[str, Any]) -> dict[str, Any]:
+    config["tasks"]["modules"] = ["support.service_tasks", "support.process_tasks"]
+    return config
+
+
+def test_sigkill_of_the_main_process_leaves_no_process_after_one_second(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 3, "max_workers": 3}
+    service = start_service(with_process_tasks(service_config))
+    for n in range(3):
+        task = PROCESS_TASKS + "spawn_child_and_sleep"
+        notify(channel, message(task, evidence.path, 60, uuid=f"u-{n}"))
+    started = evidence.wait_for(3)
+    grandchildren = {record["child"] for record in started}
+    everything = children(service.pid)
+    # The fork server, three workers and the children their tasks started.
+    assert grandchildren <= everything
+    assert len(everything) >= 1 + 3 + 3
+
+    service.signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_until(lambda: not any(alive(pid) for pid in everything), timeout=1.0)
+    assert time.monotonic() - killed_at <= 1.0
+
+
+def test_a_worker_whose_child_keeps_its_socket_is_seen_dead_at_once(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(with_process_tasks(service_config))
+    notify(channel, message(PROCESS_TASKS + "fork_then_exit", evidence.path, uuid="u-forked"))
+    [exiting] = evidence.wait_for(1)
+    service.wait_for_log(
+        r"ERROR .*died while running task support\.process_tasks\.fork_then_exit "
+        r"\(uuid u-forked\): worker_lost",
+        timeout=1.0,
+    )
+    # The task's child went with its worker, and a new worker runs the next task.
+    wait_until(lambda: not alive(exiting["child"]), timeout=1.0)
+    notify(channel, message(RECORD, evidence.path, "next"))
+    _, after = evidence.wait_for(2)
+    assert after["args"] == ["next"]
+    assert after["pid"] != exiting["pid"]
+
+
+def test_a_task_over_the_memory_limit_ends_as_memory_exceeded(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service_config["worker"] = {"max_memory": 200 * 1024 * 1024}
+    service = start_service(with_process_tasks(service_config))
+    notify(channel, message(PROCESS_TASKS + "hoard_memory", evidence.path, 4000, uuid="u-hog"))
+    service.wait_for_log(
+        r"WARNING .*over worker\.max_memory \(200 MiB\): killing it and its task "
+        r"support\.process_tasks\.hoard_memory \(uuid u-hog\)"
+    )
+    service.wait_for_log(
+        r"task support\.process_tasks\.hoard_memory \(uuid u-hog\) ended as memory_exceeded"
+    )
+    notify(channel, message(RECORD, evidence.path, "still serving"))
+    records = evidence.wait_for(2)
+    assert records[0]["event"] == "start"
+    assert records[-1]["args"] == ["still serving"]
+    assert not any(r.get("event") == "end" for r in records)
+    reply = status(service)
+    assert reply["finished"].get("memory_exceeded") == 1
+    assert reply["workers"]["lost"] == 0
+
+
+def test_a_huge_time_pub_costs_no_worker_and_serial_duplicates_still_run(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    huge = "9" * 400
+    for n in range(20):
+        text = message(RECORD, evidence.path, "never", uuid=f"huge-{n}")
+        notify(channel, text[:-1] + f', "time_pub": {huge}}}')
+    for _ in range(2):
+        notify(channel, message(SLEEP, evidence.path, 0.2, "same", on_duplicate="serial"))
+    records = evidence.wait_for(4)
+    assert [r["event"] for r in records] == ["start", "end", "start", "end"]
+    reply = status(service)
+    assert reply["workers"]["lost"] == 0
+    assert reply["rejected"].get("internal_error", 0) == 0
+    assert reply["rejected"]["invalid_message"] == 20
+
+
+def test_held_work_is_bounded_and_refusals_are_counted(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service_config["service"]["limits"] = {"max_delayed": 3, "max_queued": 2, "max_blocked": 1}
+    service = start_service(service_config)
+    for n in range(5):
+        notify(channel, message(RECORD, evidence.path, f"late-{n}", delay=60))
+    service.wait_for_log(r"refused: service\.limits\.max_delayed \(3\) reached", count=1)
+    # One running, two queued, the rest refused.
+    notify(channel, message(SLEEP, evidence.path, 1, "busy"))
+    evidence.wait_for(1)
+    for n in range(4):
+        notify(channel, message(RECORD, evidence.path, f"queued-{n}"))
+    service.wait_for_log(r"refused: service\.limits\.max_queued \(2\) reached", count=1)
+    reply = status(service)
+    assert reply["delayed"] == 3
+    assert reply["rejected"]["overloaded"] == 2 + 2
+    records = evidence.wait_for(4)
+    assert sorted(r["args"][0] for r in records if "args" in r) == ["queued-0", "queued-1"]
+
+
+def test_blocked_duplicates_are_bounded(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["limits"] = {"max_blocked": 1}
+    service = start_service(service_config)
+    for _ in range(3):
+        notify(channel, message(SLEEP, evidence.path, 0.5, "same", on_duplicate="serial"))
+    service.wait_for_log(r"refused: service\.limits\.max_blocked \(1\) reached")
+    records = evidence.wait_for(4)
+    assert [r["event"] for r in records] == ["start", "end", "start", "end"]
+    assert status(service)["rejected"]["overloaded"] == 1

@@ -1,0 +1,45 @@
+"""Tasks that misbehave as processes: fork children, die abruptly, hoard memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from dispatcher.publish import task
+
+
+def _record(path: str, **fields: Any) -> None:
+    line = json.dumps({"pid": os.getpid(), "time": time.time(), **fields}) + "\n"
+    with open(path, "a", encoding="utf-8") as evidence:
+        evidence.write(line)
+
+
+@task()
+def spawn_child_and_sleep(path: str, seconds: float) -> None:
+    """Start a child process that sleeps long, record both pids, then sleep."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    _record(path, event="start", child=child.pid)
+    time.sleep(seconds)
+
+
+@task()
+def fork_then_exit(path: str) -> None:
+    """Fork a child that keeps every inherited descriptor open, then end the worker at once."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    _record(path, event="exiting", child=child)
+    os._exit(3)
+
+
+@task()
+def hoard_memory(path: str, megabytes: int) -> None:
+    """Allocate (and touch) memory 10 MiB at a time, up to *megabytes*."""
+    _record(path, event="start")
+    kept = [b"x" * (10 << 20) for _ in range(megabytes // 10)]
+    _record(path, event="end", kept=len(kept))

@@ -1,0 +1,82 @@
+"""Per-task output capture, in a subprocess of its own (it takes over fds 1 and 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import logging, os, subprocess, sys
+    from dispatcher.server.capture import OutputCapture
+    from dispatcher.server.logsafe import log_to
+
+    capture = OutputCapture(int(sys.argv[1]))
+    log_to(capture.start(), logging.INFO, "LOG %(message)s")
+    print("imported")
+    capture.begin("app.first", "uuid-1")
+    print("from print", flush=False)
+    os.write(1, b"from fd 1\\n")
+    os.write(2, b"from fd 2 \\x00\\x1b[2J\\n")
+    subprocess.run(["echo", "from a child"], check=True)
+    capture.end()
+    print("between")
+    capture.begin("app.second", "uuid-2\\nCRITICAL forged")
+    for _ in range(64):
+        sys.stdout.write("y" * 65535 + "\\n")
+    capture.end()
+    print("at exit")
+    capture.close()
+    os.write(1, b"after close\\n")
+    """
+)
+
+
+def _run(cap: int) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(cap)],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert result.stdout == b""
+    return result.stderr.decode().splitlines()
+
+
+def test_output_is_logged_per_task_with_its_name_and_uuid() -> None:
+    lines = _run(cap=200)
+    assert all(line.startswith("LOG ") for line in lines), lines
+    assert lines[:6] == [
+        "LOG worker output [between tasks] imported",
+        "LOG task output [app.first uuid-1] from print",
+        "LOG task output [app.first uuid-1] from fd 1",
+        "LOG task output [app.first uuid-1] from fd 2 \\x00\\x1b[2J",
+        "LOG task output [app.first uuid-1] from a child",
+        "LOG worker output [between tasks] between",
+    ]
+    assert lines[-1] == "LOG worker output [between tasks] at exit"
+
+
+def test_output_over_the_cap_is_counted_and_dropped() -> None:
+    lines = _run(cap=200)
+    second = [line for line in lines if "app.second" in line]
+    prefix = "LOG task output [app.second uuid-2\\nCRITICAL forged]"
+    assert second == [f"{prefix} {'y' * 200}", f"{prefix}: {64 * 65536 - 200} more bytes dropped"]
+
+
+def test_a_long_line_is_logged_in_pieces() -> None:
+    lines = _run(cap=1000)
+    pieces = [line for line in lines if "app.second" in line and "dropped" not in line]
+    assert [len(line.rsplit(" ", 1)[1]) for line in pieces] == [200] * 5
+
+
+def test_a_cap_of_zero_logs_only_the_count() -> None:
+    lines = _run(cap=0)
+    assert lines == [
+        "LOG worker output [between tasks]: 9 more bytes dropped",
+        "LOG task output [app.first uuid-1]: 50 more bytes dropped",
+        "LOG worker output [between tasks]: 8 more bytes dropped",
+        f"LOG task output [app.second uuid-2\\nCRITICAL forged]: {64 * 65536} more bytes dropped",
+        "LOG worker output [between tasks]: 8 more bytes dropped",
+    ]

@@ -1,0 +1,203 @@
+"""The security section and allow_control: loading, errors that never show a secret, signing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.config import ConfigError, SigningKey, reset, setup
+from dispatcher.publish import prepare_submission
+from dispatcher.schema import verify
+
+SECRET = "s3cret-value-never-shown"
+PG = {"conninfo": "dbname=x", "channels": ["only"]}
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    reset()
+    yield
+    reset()
+
+
+def config(security: dict[str, Any], **brokers: Any) -> dict[str, Any]:
+    return {"version": 1, "brokers": {"pg_notify": PG, **brokers}, "security": security}
+
+
+def test_keys_from_the_config_the_environment_and_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APP_SIGNING_SECRET", "from env")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from file\n", encoding="utf-8")
+    settings = setup(
+        config(
+            {
+                "keys": [
+                    {"id": "inline", "secret": "inline secret"},
+                    {"id": "env", "secret_env": "APP_SIGNING_SECRET"},
+                    {"id": "file", "secret_file": str(secret_file)},
+                ],
+                "sign_with": "env",
+                "require_signed": ["control"],
+                "max_age": 60,
+            }
+        )
+    )
+    security = settings.security
+    assert security.keys == (
+        SigningKey("inline", b"inline secret"),
+        SigningKey("env", b"from env"),
+        SigningKey("file", b"from file"),
+    )
+    assert security.signing_key == SigningKey("env", b"from env")
+    assert (security.require_signed, security.max_age) == (("control",), 60)
+
+
+def test_defaults_without_a_security_section() -> None:
+    security = setup({"version": 1}).security
+    assert (security.keys, security.require_signed, security.max_age) == ((), (), 300)
+    assert security.signing_key is None
+
+
+def test_allow_control_per_broker() -> None:
+    settings = setup(
+        config(
+            {},
+            pg_notify={**PG, "allow_control": ["alive", "running"]},
+            socket={"path": "d.sock", "allow_control": []},
+        )
+    )
+    assert settings.brokers.pg_notify is not None
+    assert settings.brokers.pg_notify.allow_control == ("alive", "running")
+    assert settings.brokers.socket is not None
+    assert settings.brokers.socket.allow_control == ()
+    assert (
+        setup({"version": 1, "brokers": {"pg_notify": PG}}).brokers.pg_notify.allow_control is None
+    )  # type: ignore[union-attr]
+
+
+BROKEN: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "two secret sources",
+        {"keys": [{"id": "k", "secret": SECRET, "secret_env": "X"}]},
+        "config: security.keys[0]: give exactly one of secret, secret_env, secret_file "
+        "(got secret, secret_env)",
+    ),
+    (
+        "no secret source",
+        {"keys": [{"id": "k"}]},
+        "config: security.keys[0]: give exactly one of secret, secret_env, secret_file (got none)",
+    ),
+    (
+        "unset environment variable",
+        {"keys": [{"id": "k", "secret_env": "DISPATCHER_TEST_UNSET_SECRET"}]},
+        "config: security.keys[0].secret_env: environment variable "
+        "'DISPATCHER_TEST_UNSET_SECRET' is unset or empty",
+    ),
+    (
+        "duplicate key id",
+        {"keys": [{"id": "k", "secret": SECRET}, {"id": "k", "secret": SECRET}]},
+        "config: security.keys[1].id: 'k' is also the id of keys[0]",
+    ),
+    (
+        "sign_with names no key",
+        {"keys": [{"id": "k", "secret": SECRET}], "sign_with": "other"},
+        "config: security.sign_with: 'other' is not the id of a key in keys",
+    ),
+    (
+        "required signatures without keys",
+        {"require_signed": ["task"]},
+        "config: security.require_signed: needs at least one key in security.keys",
+    ),
+    (
+        "unknown message kind",
+        {"keys": [{"id": "k", "secret": SECRET}], "require_signed": ["tasks"]},
+        "config: security.require_signed[0]: 'tasks' is not one of 'task', 'control'",
+    ),
+    (
+        "max_age out of bounds",
+        {"keys": [{"id": "k", "secret": SECRET}], "max_age": 100000},
+        "config: security.max_age: must be at most 86400, got 100000",
+    ),
+    (
+        "bad key id",
+        {"keys": [{"id": "a key", "secret": SECRET}]},
+        "config: security.keys[0].id: 'a key' is not a valid key id "
+        "(1-64 ASCII letters, digits, '_', '.' or '-')",
+    ),
+    (
+        "secret of the wrong type",
+        {"keys": [{"id": "k", "secret": 12345678}]},
+        "config: security.keys[0].secret: expected a non-empty string "
+        "(the value is not shown: it may hold a secret)",
+    ),
+    (
+        "key given as a bare string",
+        {"keys": [SECRET]},
+        "config: security.keys[0]: expected an object with an id and a secret source "
+        "(the value is not shown: it may hold a secret)",
+    ),
+    (
+        "too many keys",
+        {"keys": [{"id": f"k{n}", "secret": SECRET} for n in range(17)]},
+        "config: security.keys: expected an array of at most 16 keys "
+        "(the value is not shown: it may hold a secret)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("security", "message"), [pytest.param(s, m, id=name) for name, s, m in BROKEN]
+)
+def test_broken_security_is_reported_exactly_without_the_secret(
+    security: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        setup(config(security))
+    assert str(caught.value) == message
+    assert SECRET not in str(caught.value)
+    assert "12345678" not in str(caught.value)
+
+
+def test_unreadable_and_empty_secret_files(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError) as caught:
+        setup(config({"keys": [{"id": "k", "secret_file": str(missing)}]}))
+    assert str(caught.value) == (
+        f"config: security.keys[0].secret_file: cannot read '{missing}': No such file or directory"
+    )
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"secret_file: '.*empty' is empty$"):
+        setup(config({"keys": [{"id": "k", "secret_file": str(empty)}]}))
+
+
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    settings = setup(config({"keys": [{"id": "k", "secret": SECRET}]}))
+    assert SECRET not in repr(settings)
+    assert "SigningKey(id='k')" in repr(settings)
+
+
+def test_publishers_sign_every_message_when_a_key_is_configured() -> None:
+    setup(
+        config(
+            {
+                "keys": [{"id": "old", "secret": "old"}, {"id": "new", "secret": "new"}],
+                "sign_with": "new",
+            }
+        )
+    )
+    submission = prepare_submission("app.tasks.work", args=["x" * 20_000])
+    assert len(submission.payloads) > 1  # a signed message is chunked like any other
+    text = "".join(json.loads(chunk)["payload"] for chunk in submission.payloads)
+    verified = verify(json.loads(text), {"new": b"new"}, now=time.time(), max_age=5)
+    assert json.loads(verified.body) == dict(submission.message)
+    setup({"version": 1, "brokers": {"pg_notify": PG}})
+    plain = prepare_submission("app.tasks.work")
+    assert json.loads(plain.payloads[0]) == dict(plain.message)

@@ -1,0 +1,109 @@
+"""Replies read by the control client: anyone can NOTIFY the reply channel."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from dispatcher.control import ControlResult
+from dispatcher.control.client_async import _join
+from dispatcher.control.local import socket_request
+from dispatcher.control.result import InvalidReply, parse_reply
+from dispatcher.publish import BrokerUnavailable
+from dispatcher.schema import MAX_MESSAGE_BYTES, MAX_NESTING_DEPTH
+from dispatcher.schema.chunks import ChunkAssembler, split_message
+
+
+def test_a_valid_reply_is_taken() -> None:
+    result = ControlResult("alive", expected=1)
+    result.add('{"node_id": "a", "x": 1}')
+    assert (result.replies, result.skipped, result.complete) == (
+        [{"node_id": "a", "x": 1}],
+        [],
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "said"),
+    [
+        ("[" * 5000 + "]" * 5000, f"nested more than {MAX_NESTING_DEPTH} levels deep"),
+        ('{"node_id": "a", "x": ' + "[" * 100 + "]" * 100 + "}", "nested more than"),
+        ("not json", "not JSON (Expecting value"),
+        ('{"node_id": NaN}', "NaN is not valid JSON"),
+        (b'{"node_id": "\xff"}', "invalid UTF-8"),
+        ('{"x": 1}', "not a control reply (node_id: is required)"),
+        ("[1]", "not a control reply"),
+    ],
+)
+def test_hostile_replies_are_skipped_with_a_reason(
+    payload: str | bytes, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = ControlResult("alive", expected=1)
+    with caplog.at_level(logging.WARNING, logger="dispatcher.control"):
+        result.add(payload)
+        result.add('{"node_id": "real"}')
+    assert result.replies == [{"node_id": "real"}]
+    [note] = result.skipped
+    assert note.startswith("skipped a reply: ")
+    assert said in note
+    [record] = caplog.records
+    assert record.getMessage() == note
+    assert record.exc_info is None
+
+
+def test_parse_reply_raises_a_value_error() -> None:
+    with pytest.raises(InvalidReply):
+        parse_reply("{")
+    assert issubclass(InvalidReply, ValueError)
+
+
+def test_chunked_replies_are_joined_and_hostile_ones_passed_on_to_be_skipped() -> None:
+    chunks = ChunkAssembler()
+    text = json.dumps({"node_id": "n", "tasks": ["t" * 20_000]})
+    pieces = [_join(chunks, envelope) for envelope in split_message(text)]
+    assert pieces[:-1] == [None] * (len(pieces) - 1)
+    assert pieces[-1] == text
+    deep = "[" * 3000 + "]" * 3000
+    assert _join(chunks, deep) == deep
+    envelope = {"__dispatcherd_chunk__": "v1", "message_id": "m", "index": 0.0, "total": 1.0}
+    assert _join(chunks, json.dumps({**envelope, "payload": "{}"})) == "{}"
+    assert _join(chunks, json.dumps({**envelope, "index": 3, "payload": "{}"})) is None
+
+
+def serve_once(path: Path, *pieces: bytes) -> threading.Thread:
+    """A one-connection socket server at *path* that answers with *pieces*."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer() -> None:
+        with server, server.accept()[0] as connection:
+            connection.recv(1 << 16)
+            for piece in pieces:
+                connection.sendall(piece)
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    return thread
+
+
+def test_socket_reply_is_read_across_pieces_up_to_its_newline(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    thread = serve_once(path, b'{"node_id":', b' "a\xff"}\n{"more": 1}\n')
+    line = socket_request(str(path), {"control": "alive", "reply_to": "r"}, timeout=10)
+    thread.join()
+    assert line == '{"node_id": "a\ufffd"}'
+
+
+def test_socket_reply_over_the_message_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    thread = serve_once(path, b"x" * (MAX_MESSAGE_BYTES + 1))
+    with pytest.raises(BrokerUnavailable, match=f"over {MAX_MESSAGE_BYTES} bytes"):
+        socket_request(str(path), {"control": "alive", "reply_to": "r"}, timeout=10)
+    thread.join()

@@ -1,0 +1,174 @@
+"""Log lines that outside input cannot forge: escaping, truncation, indented blocks."""
+
+from __future__ import annotations
+
+import ast
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatcher.server.logsafe import MAX_LOGGED_CHARS, Block, escape, get_logger
+from support.paths import PACKAGES
+
+SERVER = PACKAGES / "dispatcher-server" / "src" / "dispatcher" / "server"
+FORGED = "x\nCRITICAL dispatcher.service: FORGED LINE"
+
+
+@pytest.fixture
+def log() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger from get_logger, writing to a string in the service's format."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = get_logger("dispatcher.test_logsafe")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def test_printable_text_is_returned_as_it_is() -> None:
+    assert escape("task myapp.tasks.send (uuid 1b4e) é ü 漢字 \\n") == (
+        "task myapp.tasks.send (uuid 1b4e) é ü 漢字 \\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("a\nb", "a\\nb"),
+        ("a\rb", "a\\rb"),
+        ("a\tb", "a\\tb"),
+        ("a\x00b", "a\\x00b"),
+        ("a\x1b[31mred", "a\\x1b[31mred"),
+        ("a\x85b", "a\\x85b"),
+        ("a\u2028b\u2029c", "a\\u2028b\\u2029c"),
+        ("evil\u202egnp.exe", "evil\\u202egnp.exe"),
+        ("zero\u200bwidth", "zero\\u200bwidth"),
+        ("lone \ud800 surrogate", "lone \\ud800 surrogate"),
+        ("tag \U000e0041", "tag \\U000e0041"),
+    ],
+)
+def test_non_printable_characters_are_escaped(raw: str, shown: str) -> None:
+    assert escape(raw) == shown
+
+
+def test_long_values_are_cut_and_say_how_much_was_cut() -> None:
+    assert escape("x" * 250, limit=100) == "x" * 100 + "... (150 more characters)"
+    assert escape("x" * MAX_LOGGED_CHARS) == "x" * MAX_LOGGED_CHARS
+    assert escape("\n" * 300, limit=10) == "\\n" * 10 + "... (290 more characters)"
+    assert escape("y" * 100_000, limit=None) == "y" * 100_000
+
+
+def test_other_values_are_escaped_as_their_text() -> None:
+    assert escape(ValueError("bad\nvalue")) == "bad\\nvalue"
+    assert escape(None) == "None"
+
+
+def test_a_forged_line_never_starts_a_line(log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = log
+    logger.warning("rejected message (uuid %s): %s", FORGED, {"uuid": FORGED})
+    logger.info("mapping %(uuid)s", {"uuid": FORGED})
+    logger.info(FORGED)
+    output = stream.getvalue()
+    assert output.count("\n") == 3
+    assert not any(line.startswith("CRITICAL") for line in output.splitlines())
+    assert "x\\nCRITICAL dispatcher.service: FORGED LINE" in output
+
+
+def test_numbers_keep_their_format(log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = log
+    logger.info("worker %d took %.1f ms (%s)", 3, 1.25, True)
+    assert stream.getvalue() == "INFO dispatcher.test_logsafe: worker 3 took 1.2 ms (True)\n"
+
+
+def test_nul_bytes_are_escaped_and_arguments_cut(log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = log
+    logger.info("task %s", "a\x00b" + "c" * 500)
+    output = stream.getvalue()
+    assert "\x00" not in output
+    assert f"a\\x00b{'c' * (MAX_LOGGED_CHARS - 3)}... (303 more characters)\n" in output
+
+
+def test_blocks_follow_on_indented_lines(log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = log
+    traceback = f"Traceback (most recent call last):\n  File 'x'\nValueError: {FORGED}\x00\n"
+    logger.error("task %s failed:%s", "t", Block(traceback))
+    first, *following = stream.getvalue().splitlines()
+    assert first == "ERROR dispatcher.test_logsafe: task t failed:"
+    assert following == [
+        "  | Traceback (most recent call last):",
+        "  |   File 'x'",
+        "  | ValueError: x",
+        "  | CRITICAL dispatcher.service: FORGED LINE\\x00",
+    ]
+
+
+def test_every_line_break_starts_an_indented_line() -> None:
+    lines = str(Block("a\rb\x0bc\u2028d\x1ce")).split("\n")
+    assert lines == ["", "  | a", "  | b", "  | c", "  | d", "  | e"]
+
+
+def test_exceptions_are_indented_and_escaped(log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = log
+    try:
+        raise ValueError(FORGED + "\x00")
+    except ValueError:
+        logger.exception("handling %s", "m")
+    first, *following = stream.getvalue().splitlines()
+    assert first == "ERROR dispatcher.test_logsafe: handling m"
+    assert following[0] == "  | Traceback (most recent call last):"
+    assert all(line.startswith("  | ") for line in following)
+    assert "  | CRITICAL dispatcher.service: FORGED LINE\\x00" in following
+
+
+def test_a_record_is_escaped_once_by_logger_and_handler_filters() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = get_logger("dispatcher.test_logsafe.twice")
+    handler.addFilter(logger.filters[0])
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("a%s", Block("b\nc"))
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == "a\n  | b\n  | c\n"
+
+
+def test_get_logger_installs_its_filter_once() -> None:
+    first = get_logger("dispatcher.test_logsafe.once")
+    again = get_logger("dispatcher.test_logsafe.once")
+    assert first is again
+    assert len(first.filters) == 1
+
+
+def _direct_get_logger_calls(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "getLogger":
+            found.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "logging":
+            found += [node.lineno for alias in node.names if alias.name == "getLogger"]
+    return found
+
+
+def test_server_modules_get_their_loggers_from_logsafe() -> None:
+    modules = sorted(SERVER.rglob("*.py"))
+    assert len(modules) > 10
+    offenders = [
+        f"{path.relative_to(SERVER)}:{line}"
+        for path in modules
+        if path.name != "logsafe.py"
+        for line in _direct_get_logger_calls(path)
+    ]
+    assert offenders == [], "use dispatcher.server.logsafe.get_logger instead of logging.getLogger"
+
+
+def test_an_empty_block_adds_no_line() -> None:
+    assert str(Block("")) == str(Block(" \n")) == ""
