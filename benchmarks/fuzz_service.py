@@ -36,8 +36,7 @@ from typing import Any
 import psycopg
 from live_service import DEFAULT_DSN, LiveService, mib, peak_rss_bytes, rss_bytes
 
-from dispatcher.publish.chunking import CHUNK_KEY
-from dispatcher.schema import MAX_MESSAGE_BYTES, MAX_NOTIFY_PAYLOAD_BYTES
+from dispatcher.schema import CHUNK_KEY, MAX_MESSAGE_BYTES, MAX_NOTIFY_PAYLOAD_BYTES
 
 UNREGISTERED = "fuzz_tasks.nothing"
 FORGED = "FUZZFORGED"

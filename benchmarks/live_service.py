@@ -23,6 +23,7 @@ import psycopg
 
 from dispatcher.control.local import socket_request
 from dispatcher.publish import BrokerUnavailable
+from dispatcher.schema import service_application_name
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -135,7 +136,7 @@ class LiveService:
     def _listening(self) -> bool:
         query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute(query, (f"dispatcher-service:{self.channel}",)).fetchone()
+            row = conn.execute(query, (service_application_name(self.channel),)).fetchone()
         return row == (1,)
 
     def running(self) -> bool:

@@ -29,6 +29,7 @@ import psycopg
 
 from dispatcher.config import setup
 from dispatcher.publish import batch, close_connections, submit_task
+from dispatcher.schema import service_application_name
 
 HERE = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -66,7 +67,7 @@ def start_service(folder: Path, dsn: str, channel: str, workers: int) -> subproc
     process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
     with psycopg.connect(dsn, autocommit=True) as conn:
         query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-        name = f"dispatcher-service:{channel}"
+        name = service_application_name(channel)
         wait_for(lambda: conn.execute(query, (name,)).fetchone() == (1,), timeout=30)
     return process
 

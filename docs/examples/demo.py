@@ -25,6 +25,8 @@ from typing import Any
 
 import psycopg
 
+from dispatcher.schema import service_application_name
+
 HERE = Path(__file__).resolve().parent
 QUICKSTART = HERE / "quickstart"
 LOCAL = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
@@ -87,7 +89,7 @@ def service(dsn: str, channel: str, folder: Path) -> Iterator[subprocess.Popen[b
         with psycopg.connect(dsn, autocommit=True) as conn:
             deadline = time.monotonic() + 30
             query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-            while conn.execute(query, (f"dispatcher-service:{node}",)).fetchone() != (1,):
+            while conn.execute(query, (service_application_name(node),)).fetchone() != (1,):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(
                         f"the service did not start; see {folder / 'demo-service.log'}"

@@ -26,6 +26,7 @@ from dispatcher.config import reset, setup
 from dispatcher.control import control_with_reply
 from dispatcher.control.local import socket_request
 from dispatcher.publish import BrokerUnavailable, close_connections, submit_task
+from dispatcher.schema import SERVICE_NAME_PREFIX
 from support.postgres import EmbeddedServer
 from support.service import Evidence, ServiceProcess, wait_until
 
@@ -203,7 +204,8 @@ def test_listener_connection_terminated_mid_burst(
         with psycopg.connect(own_postgres.dsn, autocommit=True) as conn:
             [(terminated,)] = conn.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE application_name LIKE 'dispatcher-service:%'"
+                " WHERE starts_with(application_name, %s)",
+                (SERVICE_NAME_PREFIX,),
             ).fetchall()
         back_at = time.monotonic()
         assert terminated == 1

@@ -1,15 +1,20 @@
-"""Publishing over real PostgreSQL: what a LISTENing connection receives."""
+"""The sync publishing API over real PostgreSQL: what a LISTENing connection receives.
+
+Generated from ``test_publish_async.py`` by ``tools/async_to_sync.py``; do not edit.
+"""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
-import threading
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import Connection
 from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import Settings, setup
@@ -18,6 +23,7 @@ from dispatcher.publish import (
     ChunkAssembler,
     InvalidSubmission,
     Submission,
+    asubmit_task,
     batch,
     close_connections,
     submit_task,
@@ -26,8 +32,17 @@ from dispatcher.publish.chunking import is_chunk
 from support import tasks
 from support.paths import EXAMPLES
 from support.postgres import wait_for_notifies
+from support.service import wait_until
+from support.twins import block_on, connection_of_the_other_kind, gather
 
 Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture(autouse=True)
+def _own_connections_closed() -> Iterator[None]:
+    """The SDK's own connections opened by the test are closed when it ends."""
+    yield
+    close_connections()
 
 
 def received(listener: Conn, count: int, timeout: float = 5) -> list[str]:
@@ -79,12 +94,12 @@ def test_apply_async_with_options(configured: Settings, listener: Conn, channel:
 
 
 def test_submit_task_by_name(configured: Settings, listener: Conn) -> None:
-    submission = submit_task("billing.tasks.charge", kwargs={"invoice": 7}, bind=True)
+    submission = submit_task("billing.tasks.charge", args=[1], kwargs={"invoice": 7}, bind=True)
     [payload] = received(listener, 1)
     assert json.loads(payload) == {
         "task": "billing.tasks.charge",
         "uuid": submission.uuid,
-        "args": [],
+        "args": [1],
         "kwargs": {"invoice": 7},
         "time_pub": submission.message["time_pub"],
         "bind": True,
@@ -102,7 +117,7 @@ def test_a_refused_submission_sends_nothing(configured: Settings, listener: Conn
 def test_transaction_rollback_sends_nothing_commit_sends_once(
     configured: Settings, listener: Conn, pg_dsn: str
 ) -> None:
-    with psycopg.connect(pg_dsn) as conn:
+    with Connection.connect(pg_dsn) as conn:
         tasks.add.apply_async(args=[1, 1], connection=conn)
         assert nothing_more(listener)  # not before the commit
         conn.rollback()
@@ -142,7 +157,7 @@ def test_batch_sends_in_order_and_nothing_on_error(configured: Settings, listene
 
 
 def test_batch_joins_a_transaction(configured: Settings, listener: Conn, pg_dsn: str) -> None:
-    with psycopg.connect(pg_dsn) as conn:
+    with Connection.connect(pg_dsn) as conn:
         with batch(connection=conn):
             tasks.add.delay(1, 2)
             tasks.add.delay(3, 4)
@@ -159,6 +174,13 @@ def configure_with_app_name(pg_dsn: str, channel: str) -> str:
     return app_name
 
 
+def connections_named(pg_conn: Conn, app_name: str) -> int:
+    [(count,)] = pg_conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+    ).fetchall()
+    return int(count)
+
+
 def test_lost_connection_is_reopened_without_losing_the_call(
     pg_dsn: str, channel: str, listener: Conn, pg_conn: Conn
 ) -> None:
@@ -172,12 +194,11 @@ def test_lost_connection_is_reopened_without_losing_the_call(
     assert killed == [(True,)]
     after = tasks.add.delay(1, 1)
     assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [after.uuid]
-    close_connections()
 
 
 def _submit_in_child(config: dict[str, Any], queue: Any) -> None:
     setup(config)
-    queue.put(tasks.add.delay(7, 7).uuid)
+    queue.put(block_on(tasks.add.delay(7, 7)).uuid)
 
 
 def test_forked_child_uses_its_own_connection(configured: Settings, listener: Conn) -> None:
@@ -194,31 +215,21 @@ def test_forked_child_uses_its_own_connection(configured: Settings, listener: Co
     assert uuids[1:] == [child_uuid, parent_after.uuid]
 
 
-def test_threads_share_one_connection(
+def test_concurrent_callers_share_one_connection(
     pg_dsn: str, channel: str, listener: Conn, pg_conn: Conn
 ) -> None:
     app_name = configure_with_app_name(pg_dsn, channel)
     submissions: list[Submission] = []
-    lock = threading.Lock()
 
     def work() -> None:
         for n in range(25):
-            submission = tasks.add.delay(n, n)
-            with lock:
-                submissions.append(submission)
+            submissions.append(tasks.add.delay(n, n))
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    gather(*[work] * 8)
     payloads = received(listener, 200)
     assert sorted(json.loads(p)["uuid"] for p in payloads) == sorted(s.uuid for s in submissions)
-    [(count,)] = pg_conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
-    ).fetchall()
-    assert count == 1
-    close_connections()
+    # Callers that opened one at the same time close theirs but the first: one is left.
+    assert wait_until(lambda: connections_named(pg_conn, app_name) == 1, timeout=5)
 
 
 def test_unreachable_database_is_one_clear_sentence(channel: str) -> None:
@@ -243,12 +254,28 @@ def test_unreachable_database_is_one_clear_sentence(channel: str) -> None:
     assert "\n" not in message
 
 
-def test_wrong_connection_kind_is_explained(configured: Settings) -> None:
-    with pytest.raises(
-        TypeError,
-        match=r"^submit_task\(\) needs a psycopg Connection, got str; use asubmit_task\(\)",
+def refusal(
+    api: Callable[..., Any], kind: type[object], given: object, other: Callable[..., Any]
+) -> str:
+    """The pattern of the message that refuses *given* as the connection of *api*."""
+    return "^" + re.escape(
+        f"{api.__name__}() needs a psycopg {kind.__name__}, got {type(given).__name__}; "
+        f"use {other.__name__}() with that connection"
+    )
+
+
+def test_a_connection_of_the_wrong_kind_is_explained(
+    configured: Settings, listener: Conn, pg_dsn: str
+) -> None:
+    wrong = "not a connection"
+    with pytest.raises(TypeError, match=refusal(submit_task, Connection, wrong, asubmit_task)):
+        tasks.add.apply_async(args=[1, 2], connection=wrong)
+    with (
+        connection_of_the_other_kind(pg_dsn, Connection) as other,
+        pytest.raises(TypeError, match=refusal(submit_task, Connection, other, asubmit_task)),
     ):
-        tasks.add.apply_async(args=[1, 2], connection="not a connection")
+        tasks.add.apply_async(args=[1, 2], connection=other)
+    assert nothing_more(listener)
 
 
 @pytest.mark.parametrize(

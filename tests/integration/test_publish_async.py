@@ -1,134 +1,357 @@
-"""The async API over real PostgreSQL: the same guarantees as the sync one."""
+"""The async publishing API over real PostgreSQL: what a LISTENing connection receives.
+
+The sync tests, ``test_publish.py``, are generated from this file by
+``tools/async_to_sync.py`` (``hatch run generate-sync``): edit this one. The tests of what
+only the async API has are listed as async-only there, and marked so here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import AsyncConnection
+from psycopg.conninfo import make_conninfo
 
-from dispatcher.config import Settings
+from dispatcher.config import Settings, setup
 from dispatcher.publish import (
+    BrokerUnavailable,
     ChunkAssembler,
+    InvalidSubmission,
+    Submission,
     abatch,
     aclose_connections,
     asubmit_task,
+    submit_task,
 )
 from dispatcher.publish.chunking import is_chunk
 from support import tasks
+from support.paths import EXAMPLES
 from support.postgres import wait_for_notifies
+from support.service import wait_until
+from support.twins import ablock_on, agather, connection_of_the_other_kind
 
 Conn = psycopg.Connection[Any]
 
+pytestmark = pytest.mark.anyio
 
-def received(listener: Conn, count: int, timeout: float = 5) -> list[dict[str, Any]]:
-    return [json.loads(n.payload) for n in wait_for_notifies(listener, count, timeout)]
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """The event loop the tests run in: psycopg's async connections need asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+async def _own_connections_closed() -> AsyncIterator[None]:
+    """The SDK's own connections opened by the test are closed when it ends."""
+    yield
+    await aclose_connections()
+
+
+def received(listener: Conn, count: int, timeout: float = 5) -> list[str]:
+    return [n.payload for n in wait_for_notifies(listener, count, timeout)]
 
 
 def nothing_more(listener: Conn) -> bool:
     return received(listener, 1, timeout=0.3) == []
 
 
-def run(coroutine: Any) -> Any:
-    async def with_cleanup() -> Any:
-        try:
-            return await coroutine
-        finally:
-            await aclose_connections()
-
-    return asyncio.run(with_cleanup())
-
-
-def test_adelay_and_aapply_async(configured: Settings, listener: Conn, channel: str) -> None:
-    async def scenario() -> tuple[Any, Any]:
-        first = await tasks.add.adelay(2, 3)
-        second = await tasks.send_email.aapply_async(
-            args=["a@example.com"], queue=channel, timeout=1, on_duplicate="discard", uuid="u-2"
-        )
-        return first, second
-
-    first, second = run(scenario())
-    assert received(listener, 2) == [
-        {
-            "task": "support.tasks.add",
-            "uuid": first.uuid,
-            "args": [2, 3],
-            "kwargs": {},
-            "time_pub": first.message["time_pub"],
-        },
-        {
-            "task": "support.tasks.send_email",
-            "uuid": "u-2",
-            "args": ["a@example.com"],
-            "kwargs": {},
-            "time_pub": second.message["time_pub"],
-            "timeout": 1,
-            "on_duplicate": "discard",
-        },
-    ]
-
-
-def test_asubmit_task_by_name(configured: Settings, listener: Conn) -> None:
-    submission = run(asubmit_task("billing.tasks.charge", args=[1]))
-    [message] = received(listener, 1)
-    assert message["task"] == "billing.tasks.charge"
-    assert message["uuid"] == submission.uuid
-
-
-def test_async_transaction_rollback_and_commit(
-    configured: Settings, listener: Conn, pg_dsn: str
+async def test_delay_sends_exactly_the_message(
+    configured: Settings, listener: Conn, channel: str
 ) -> None:
-    async def scenario() -> str:
-        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
-            await tasks.add.aapply_async(args=[1, 1], connection=conn)
-            await conn.rollback()
-            committed = await tasks.add.aapply_async(args=[2, 2], connection=conn)
-            await conn.commit()
-            return committed.uuid
-
-    committed_uuid = run(scenario())
-    assert [m["uuid"] for m in received(listener, 1)] == [committed_uuid]
+    submission = await tasks.add.adelay(2, 3)
+    [payload] = received(listener, 1)
+    assert json.loads(payload) == {
+        "task": "support.tasks.add",
+        "uuid": submission.uuid,
+        "args": [2, 3],
+        "kwargs": {},
+        "time_pub": submission.message["time_pub"],
+    }
+    assert payload == submission.payloads[0]
+    assert submission.channel == channel
     assert nothing_more(listener)
 
 
-def test_async_100_kb_payload(configured: Settings, listener: Conn) -> None:
-    submission = run(tasks.add.adelay("y" * 100_000, 1))
+async def test_apply_async_with_options(configured: Settings, listener: Conn, channel: str) -> None:
+    submission = await tasks.send_email.aapply_async(
+        args=["a@example.com"],
+        kwargs={"subject": "hi"},
+        queue=channel,
+        uuid="fixed-uuid",
+        timeout=5,
+        delay=1.5,
+        on_duplicate="queue_one",
+    )
+    [payload] = received(listener, 1)
+    assert json.loads(payload) == {
+        "task": "support.tasks.send_email",
+        "uuid": "fixed-uuid",
+        "args": ["a@example.com"],
+        "kwargs": {"subject": "hi"},
+        "time_pub": submission.message["time_pub"],
+        "timeout": 5,
+        "delay": 1.5,
+        "on_duplicate": "queue_one",
+    }
+
+
+async def test_submit_task_by_name(configured: Settings, listener: Conn) -> None:
+    submission = await asubmit_task(
+        "billing.tasks.charge", args=[1], kwargs={"invoice": 7}, bind=True
+    )
+    [payload] = received(listener, 1)
+    assert json.loads(payload) == {
+        "task": "billing.tasks.charge",
+        "uuid": submission.uuid,
+        "args": [1],
+        "kwargs": {"invoice": 7},
+        "time_pub": submission.message["time_pub"],
+        "bind": True,
+    }
+
+
+async def test_a_refused_submission_sends_nothing(configured: Settings, listener: Conn) -> None:
+    with pytest.raises(InvalidSubmission, match="timeout: must be at least 0"):
+        await tasks.add.aapply_async(args=[1, 2], timeout=-1)
+    with pytest.raises(InvalidSubmission, match="is not JSON-serialisable"):
+        await tasks.add.adelay(object(), 1)
+    assert nothing_more(listener)
+
+
+async def test_transaction_rollback_sends_nothing_commit_sends_once(
+    configured: Settings, listener: Conn, pg_dsn: str
+) -> None:
+    async with await AsyncConnection.connect(pg_dsn) as conn:
+        await tasks.add.aapply_async(args=[1, 1], connection=conn)
+        assert nothing_more(listener)  # not before the commit
+        await conn.rollback()
+        assert nothing_more(listener)
+        committed = await tasks.add.aapply_async(args=[2, 2], connection=conn)
+        await conn.commit()
+    assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [committed.uuid]
+    assert nothing_more(listener)
+
+
+async def test_100_kb_payload_arrives_as_chunks(configured: Settings, listener: Conn) -> None:
+    big = "".join(chr(32 + i % 90) for i in range(100_000))
+    submission = await tasks.add.adelay(big, "é and \u2603")
+    payloads = received(listener, len(submission.payloads))
+    assert len(payloads) == len(submission.payloads) > 12
     assembler = ChunkAssembler()
-    results = [
-        assembler.add(m) for m in received(listener, len(submission.payloads)) if is_chunk(m)
-    ]
-    assert len(results) == len(submission.payloads) > 12
-    assert json.loads(next(r for r in results if r is not None)) == submission.message
+    whole = [assembler.add(json.loads(p)) for p in payloads if is_chunk(json.loads(p))]
+    assert json.loads(next(w for w in whole if w is not None)) == submission.message
 
 
-def test_abatch(configured: Settings, listener: Conn) -> None:
-    async def scenario() -> None:
+async def test_batch_sends_in_order_and_nothing_on_error(
+    configured: Settings, listener: Conn
+) -> None:
+    async with abatch() as sent:
+        for n in range(50):
+            await tasks.add.adelay(n, n)
+        assert nothing_more(listener)  # held until the block ends
+    assert [json.loads(p)["args"][0] for p in received(listener, 50)] == list(range(50))
+    assert len(sent.submissions) == 50
+
+    async def failing_block() -> None:
         async with abatch():
-            for n in range(20):
-                await tasks.add.adelay(n, 0)
-            tasks.add.delay(20, 0)  # a sync call inside the block joins the batch too
+            await tasks.add.adelay(0, 0)
+            raise RuntimeError("boom")
 
-    run(scenario())
-    assert [m["args"][0] for m in received(listener, 21)] == list(range(21))
+    with pytest.raises(RuntimeError, match="boom"):
+        await failing_block()
+    assert nothing_more(listener)
 
 
-def test_sync_connection_is_refused_by_the_async_api(configured: Settings, pg_dsn: str) -> None:
-    async def scenario() -> None:
-        with psycopg.connect(pg_dsn) as conn:
-            await tasks.add.aapply_async(args=[1, 1], connection=conn)
+async def test_batch_joins_a_transaction(configured: Settings, listener: Conn, pg_dsn: str) -> None:
+    async with await AsyncConnection.connect(pg_dsn) as conn:
+        async with abatch(connection=conn):
+            await tasks.add.adelay(1, 2)
+            await tasks.add.adelay(3, 4)
+        assert nothing_more(listener)
+        await conn.commit()
+    assert len(received(listener, 2)) == 2
 
-    with pytest.raises(
-        TypeError,
-        match=r"^asubmit_task\(\) needs a psycopg AsyncConnection, got Connection; use submit_task\(\)",
+
+# Async only: a call of the sync API inside an async batch joins it too.
+async def test_a_sync_call_inside_an_async_batch_joins_it(
+    configured: Settings, listener: Conn
+) -> None:
+    async with abatch():
+        for n in range(20):
+            await tasks.add.adelay(n, 0)
+        tasks.add.delay(20, 0)
+    assert [json.loads(p)["args"][0] for p in received(listener, 21)] == list(range(21))
+
+
+def configure_with_app_name(pg_dsn: str, channel: str) -> str:
+    """Configure the SDK so that its own connections can be told apart; return their name."""
+    app_name = f"pub_{channel}"
+    conninfo = make_conninfo(pg_dsn, application_name=app_name)
+    setup({"version": 1, "brokers": {"pg_notify": {"conninfo": conninfo, "channels": [channel]}}})
+    return app_name
+
+
+def connections_named(pg_conn: Conn, app_name: str) -> int:
+    [(count,)] = pg_conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+    ).fetchall()
+    return int(count)
+
+
+async def test_lost_connection_is_reopened_without_losing_the_call(
+    pg_dsn: str, channel: str, listener: Conn, pg_conn: Conn
+) -> None:
+    app_name = configure_with_app_name(pg_dsn, channel)
+    await tasks.add.adelay(0, 0)
+    assert len(received(listener, 1)) == 1
+    killed = pg_conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        (app_name,),
+    ).fetchall()
+    assert killed == [(True,)]
+    after = await tasks.add.adelay(1, 1)
+    assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [after.uuid]
+
+
+def _submit_in_child(config: dict[str, Any], queue: Any) -> None:
+    setup(config)
+    queue.put(ablock_on(tasks.add.adelay(7, 7)).uuid)
+
+
+async def test_forked_child_uses_its_own_connection(configured: Settings, listener: Conn) -> None:
+    await tasks.add.adelay(0, 0)  # the parent's connection is open before the fork
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_submit_in_child, args=(dict(configured.data), results))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    child_uuid = results.get(timeout=5)
+    parent_after = await tasks.add.adelay(1, 1)  # the parent's connection survived the child
+    uuids = [json.loads(p)["uuid"] for p in received(listener, 3)]
+    assert uuids[1:] == [child_uuid, parent_after.uuid]
+
+
+async def test_concurrent_callers_share_one_connection(
+    pg_dsn: str, channel: str, listener: Conn, pg_conn: Conn
+) -> None:
+    app_name = configure_with_app_name(pg_dsn, channel)
+    submissions: list[Submission] = []
+
+    async def work() -> None:
+        for n in range(25):
+            submissions.append(await tasks.add.adelay(n, n))
+
+    await agather(*[work] * 8)
+    payloads = received(listener, 200)
+    assert sorted(json.loads(p)["uuid"] for p in payloads) == sorted(s.uuid for s in submissions)
+    # Callers that opened one at the same time close theirs but the first: one is left.
+    assert wait_until(lambda: connections_named(pg_conn, app_name) == 1, timeout=5)
+
+
+# Async only: an application (or a test suite) may run event loops one after the other, or
+# at the same time in threads; each gets a working connection.
+async def test_each_event_loop_gets_a_working_connection(
+    configured: Settings, listener: Conn
+) -> None:
+    first = await tasks.add.adelay(1, 0)
+    second = await asyncio.to_thread(asyncio.run, tasks.add.adelay(2, 0))
+    third = await tasks.add.adelay(3, 0)
+    assert [json.loads(p)["uuid"] for p in received(listener, 3)] == [
+        first.uuid,
+        second.uuid,
+        third.uuid,
+    ]
+
+
+async def test_unreachable_database_is_one_clear_sentence(channel: str) -> None:
+    setup(
+        {
+            "version": 1,
+            "brokers": {
+                "pg_notify": {
+                    "conninfo": "host=127.0.0.1 port=1 dbname=app user=web password=s3cret connect_timeout=2",
+                    "channels": [channel],
+                }
+            },
+        }
+    )
+    with pytest.raises(BrokerUnavailable) as caught:
+        await tasks.add.adelay(1, 2)
+    message = str(caught.value)
+    assert message.startswith(
+        "cannot connect to PostgreSQL at 127.0.0.1, port 1, database 'app', user 'web': "
+    )
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def refusal(
+    api: Callable[..., Any], kind: type[object], given: object, other: Callable[..., Any]
+) -> str:
+    """The pattern of the message that refuses *given* as the connection of *api*."""
+    return "^" + re.escape(
+        f"{api.__name__}() needs a psycopg {kind.__name__}, got {type(given).__name__}; "
+        f"use {other.__name__}() with that connection"
+    )
+
+
+async def test_a_connection_of_the_wrong_kind_is_explained(
+    configured: Settings, listener: Conn, pg_dsn: str
+) -> None:
+    wrong = "not a connection"
+    with pytest.raises(TypeError, match=refusal(asubmit_task, AsyncConnection, wrong, submit_task)):
+        await tasks.add.aapply_async(args=[1, 2], connection=wrong)
+    with (
+        connection_of_the_other_kind(pg_dsn, AsyncConnection) as other,
+        pytest.raises(TypeError, match=refusal(asubmit_task, AsyncConnection, other, submit_task)),
     ):
-        run(scenario())
+        await tasks.add.aapply_async(args=[1, 2], connection=other)
+    assert nothing_more(listener)
 
 
-def test_each_event_loop_gets_a_working_connection(configured: Settings, listener: Conn) -> None:
-    # An application (or a test suite) may run several loops one after the other.
-    first = asyncio.run(tasks.add.adelay(1, 0))
-    second = asyncio.run(tasks.add.adelay(2, 0))
-    assert [m["uuid"] for m in received(listener, 2)] == [first.uuid, second.uuid]
-    run(asyncio.sleep(0))
+@pytest.mark.parametrize(
+    "path", sorted((EXAMPLES / "task-message" / "valid").glob("*.json")), ids=lambda p: p.stem
+)
+async def test_every_valid_example_can_be_produced(
+    configured: Settings, listener: Conn, channel: str, path: Path
+) -> None:
+    example = json.loads(path.read_text(encoding="utf-8"))
+    known = {
+        "task",
+        "uuid",
+        "args",
+        "kwargs",
+        "time_pub",
+        "timeout",
+        "delay",
+        "on_duplicate",
+        "bind",
+    }
+    options = {
+        k: example[k] for k in ("uuid", "timeout", "delay", "on_duplicate", "bind") if k in example
+    }
+    submission = await asubmit_task(
+        example["task"],
+        args=example.get("args"),
+        kwargs=example.get("kwargs"),
+        extra={k: v for k, v in example.items() if k not in known} or None,
+        **options,
+    )
+    [payload] = received(listener, 1)
+    sent = json.loads(payload)
+    # The SDK always sets uuid, time_pub (its own clock), args and kwargs.
+    added = {k: sent[k] for k in ("uuid", "args", "kwargs") if k not in example}
+    assert isinstance(sent.pop("time_pub"), float)
+    example.pop("time_pub", None)
+    assert sent == {**example, **added}
+    assert submission.uuid == sent["uuid"]

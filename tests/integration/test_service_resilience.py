@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from dispatcher.schema import service_application_name
 from support.postgres import unique_channel
 from support.proxy import DatabaseProxy
 from support.service import (
@@ -73,7 +74,7 @@ def test_terminated_listener_connection_is_survived(
     service = start_service(service_config)
     [(terminated,)] = pg_conn.execute(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
-        (f"dispatcher-service:{channel}",),
+        (service_application_name(channel),),
     ).fetchall()
     assert terminated == 1
     service.wait_for_log(r"reconnected to PostgreSQL", timeout=10)

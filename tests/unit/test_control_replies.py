@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from dispatcher.control import ControlResult
-from dispatcher.control.client_async import _join
 from dispatcher.control.local import socket_request
 from dispatcher.control.result import InvalidReply, parse_reply
 from dispatcher.publish import BrokerUnavailable
+from dispatcher.publish.notify_async import _join
 from dispatcher.schema import MAX_MESSAGE_BYTES, MAX_NESTING_DEPTH
 from dispatcher.schema.chunks import ChunkAssembler, split_message
 

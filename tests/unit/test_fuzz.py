@@ -20,12 +20,12 @@ import pytest
 
 from dispatcher.config import reset, setup
 from dispatcher.control import ControlResult
-from dispatcher.control.client_async import _join
+from dispatcher.publish.notify_async import _join
 from dispatcher.schema import DecodeError, decode_json, validator
 from dispatcher.schema.chunks import ChunkAssembler, ChunkError, split_message
+from dispatcher.server.brokers.socket import LineBuffer, LineTooLong
 from dispatcher.server.origin import PG_NOTIFY, Origin
 from dispatcher.server.service import Service
-from dispatcher.server.socket_broker import LineBuffer, LineTooLong
 
 SEED = 20_240_917
 PER_KIND = 2_000
@@ -138,7 +138,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
         }
     )
     service = Service(settings)
-    service.intake.tasks_known(frozenset({"app.tasks.work"}))
+    service.intake.catalogue.learn(frozenset({"app.tasks.work"}))
     yield service
     reset()
     assert "internal_error" not in service.stats.rejected, service.stats.rejected
@@ -151,7 +151,9 @@ def test_hostile_inputs_never_cost_an_internal_error(service: Service) -> None:
     receive: Callable[[str], None] = lambda text: service.intake.receive(  # noqa: E731
         text, "fuzz", rng.choice([PG_NOTIFY, socket])
     )
-    commands = sorted(set(service.control.table) - {"set_log_level"})  # keeps the log as is
+    commands = sorted(
+        set(service.control.commands.table) - {"set_log_level"}
+    )  # keeps the log as is
     ids = [f"m{n}" for n in range(5)]
     sent = 0
     for _ in range(PER_KIND):

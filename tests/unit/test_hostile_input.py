@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dispatcher.schema import MAX_NESTING_DEPTH, decode_json, exceeds_depth, validator
 from dispatcher.schema.chunks import split_message
 from dispatcher.server.intake import Intake
-from dispatcher.server.pool import Job
+from dispatcher.server.jobs import Job
 from dispatcher.server.stats import ServiceStats
 
 REGISTERED = "app.tasks.work"
@@ -133,7 +133,7 @@ def test_every_accepted_message_is_dispatched_or_rejected_by_name(
     for payloads in encodings(message, random.Random(seed)):
         pool, stats = RecordingPool(), ServiceStats()
         intake = Intake(pool, stats, chunk_expiry=60)  # type: ignore[arg-type]
-        intake.tasks_known(frozenset({REGISTERED}))
+        intake.catalogue.learn(frozenset({REGISTERED}))
         for payload in payloads:
             intake.receive(payload, "chan")
         assert "internal_error" not in stats.rejected

@@ -10,7 +10,7 @@ import pytest
 
 from dispatcher.publish import split_message
 from dispatcher.server.intake import Intake
-from dispatcher.server.pool import Job
+from dispatcher.server.jobs import Job
 from dispatcher.server.stats import ServiceStats
 
 
@@ -35,7 +35,7 @@ def stats() -> ServiceStats:
 @pytest.fixture
 def intake(pool: RecordingPool, stats: ServiceStats) -> Intake:
     intake = Intake(pool, stats, chunk_expiry=60)  # type: ignore[arg-type]
-    intake.tasks_known(frozenset({"app.tasks.work"}))
+    intake.catalogue.learn(frozenset({"app.tasks.work"}))
     return intake
 
 
@@ -131,7 +131,7 @@ def test_messages_wait_until_the_tasks_are_known(pool: RecordingPool, stats: Ser
     intake.receive('{"task": "app.tasks.work", "uuid": "early"}', "c")
     intake.receive('{"task": "app.tasks.other", "uuid": "unknown"}', "c")
     assert pool.jobs == []
-    intake.tasks_known(frozenset({"app.tasks.work"}))
+    intake.catalogue.learn(frozenset({"app.tasks.work"}))
     assert [job.uuid for job in pool.jobs] == ["early"]
     assert stats.rejected == {"unknown_task": 1}
 

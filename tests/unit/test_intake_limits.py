@@ -11,7 +11,7 @@ from dispatcher.config import Limits
 from dispatcher.publish import split_message
 from dispatcher.schema import MAX_NESTING_DEPTH
 from dispatcher.server.intake import Intake
-from dispatcher.server.pool import Job
+from dispatcher.server.jobs import Job
 from dispatcher.server.stats import ServiceStats
 
 
@@ -30,7 +30,7 @@ class BrokenPool:
 
 def make_intake(pool: object, stats: ServiceStats, limits: Limits | None = None) -> Intake:
     intake = Intake(pool, stats, chunk_expiry=60, limits=limits)  # type: ignore[arg-type]
-    intake.tasks_known(frozenset({"app.tasks.work"}))
+    intake.catalogue.learn(frozenset({"app.tasks.work"}))
     return intake
 
 

@@ -262,7 +262,7 @@ def test_self_containing_arguments_are_refused_not_crashed_on() -> None:
 def test_generated_uuids_are_version_4() -> None:
     import uuid
 
-    from dispatcher.publish.messages import new_uuid
+    from dispatcher.schema import new_uuid
 
     values = {new_uuid() for _ in range(1000)}
     assert len(values) == 1000
@@ -273,9 +273,12 @@ def test_generated_uuids_are_version_4() -> None:
 
 def test_control_result_matches_node_ids_cut_short_by_postgres() -> None:
     from dispatcher.control import ControlResult
+    from dispatcher.schema import node_id_of, service_application_name
 
     long_id = "n" * 60
     result = ControlResult("alive", replies=[{"node_id": long_id}, {"node_id": "b"}], expected=3)
-    result.expected_nodes = [long_id[:44], "b", "c"]
+    seen = node_id_of(service_application_name(long_id))
+    assert seen == long_id[:44]
+    result.expected_nodes = [seen, "b", "c"]
     assert result.missing == ["c"]
     assert not result.complete

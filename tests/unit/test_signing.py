@@ -12,8 +12,8 @@ from dispatcher.config import Security, SigningKey
 from dispatcher.schema import SIGNED_KEY, SignatureError, sign, validator, verify
 from dispatcher.schema.chunks import split_message
 from dispatcher.server.intake import Intake
+from dispatcher.server.jobs import Job
 from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin
-from dispatcher.server.pool import Job
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.signatures import ReplayGuard, SignatureCheck
 from dispatcher.server.stats import ServiceStats
@@ -209,7 +209,7 @@ class RecordingPool:
 def test_intake_runs_the_body_of_a_chunked_signed_message_and_refuses_unsigned_tasks() -> None:
     pool, stats = RecordingPool(), ServiceStats()
     intake = Intake(pool, stats, chunk_expiry=60, signatures=check("task"))  # type: ignore[arg-type]
-    intake.tasks_known(frozenset({"app.tasks.work"}))
+    intake.catalogue.learn(frozenset({"app.tasks.work"}))
     body = json.dumps({"task": "app.tasks.work", "uuid": "big", "args": ["x" * 20_000]})
     for chunk in split_message(sign(body, "k1", KEYS["k1"], NOW)):
         intake.receive(chunk, "c")

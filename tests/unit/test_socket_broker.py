@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.server.brokers.socket import LineBuffer, LineTooLong, SocketBroker
 from dispatcher.server.origin import Origin
-from dispatcher.server.socket_broker import LineBuffer, LineTooLong, SocketBroker
 from dispatcher.server.stats import ServiceStats
 
 
@@ -52,7 +52,7 @@ def serve(tmp_path: Path, scenario: Handler, **options: Any) -> tuple[list[str],
     received: list[str] = []
     stats = ServiceStats()
 
-    def intake(text: str, channel: str, origin: Origin) -> None:
+    def intake(text: str, origin: Origin) -> None:
         """Stands for the intake: records task lines, answers control lines."""
         if not text.startswith('{"control"'):
             received.append(text)
@@ -63,11 +63,11 @@ def serve(tmp_path: Path, scenario: Handler, **options: Any) -> tuple[list[str],
         assert origin.reply is not None
         origin.reply(message["reply_to"], {"pong": message["control"]})
 
-    broker = SocketBroker(str(tmp_path / "d.sock"), intake, stats=stats, **options)
+    broker = SocketBroker(str(tmp_path / "d.sock"), stats=stats, **options)
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
-            await group.start(broker.run)
+            await group.start(broker.run, intake)
             with anyio.fail_after(20):
                 await scenario(broker, broker.path)
             group.cancel_scope.cancel()

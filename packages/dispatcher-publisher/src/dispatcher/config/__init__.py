@@ -7,18 +7,22 @@ Call :func:`setup` once at start-up::
 
 Without arguments (or on first use, without :func:`setup`), the config is read from the file
 named by ``$DISPATCHER_CONFIG_FILE``, else from ``./dispatcher.yml``. Every problem is
-reported as a :class:`ConfigError` naming the file, the location and the reason.
+reported as a :class:`ConfigError` (a :class:`DispatcherError`) naming the file, the location
+and the reason.
 """
 
 from dispatcher.config.current import get_settings, is_setup, reset, setup
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.loading import CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE, load_settings
+from dispatcher.config.plugins import BrokerPlugin, PluginError, installed_plugins, load_plugin
 from dispatcher.config.security import Security, SigningKey
 from dispatcher.config.settings import (
+    BrokerName,
     Brokers,
     Limits,
     Metrics,
     PgNotifyBroker,
+    PluginBroker,
     Pool,
     Producers,
     Publish,
@@ -30,16 +34,22 @@ from dispatcher.config.settings import (
     Tasks,
     Worker,
 )
+from dispatcher.schema import DispatcherError
 
 __all__ = [
     "CONFIG_FILE_ENV",
     "DEFAULT_CONFIG_FILE",
+    "BrokerName",
+    "BrokerPlugin",
     "Brokers",
     "ConfigError",
+    "DispatcherError",
     "Limits",
     "Metrics",
     "NotConfiguredError",
     "PgNotifyBroker",
+    "PluginBroker",
+    "PluginError",
     "Pool",
     "Producers",
     "Publish",
@@ -53,7 +63,9 @@ __all__ = [
     "Tasks",
     "Worker",
     "get_settings",
+    "installed_plugins",
     "is_setup",
+    "load_plugin",
     "load_settings",
     "reset",
     "setup",

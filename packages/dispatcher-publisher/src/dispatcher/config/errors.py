@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dispatcher.schema import DispatcherError
 
-class ConfigError(Exception):
+
+class ConfigError(DispatcherError):
     """The config is missing, unreadable or invalid.
 
     The message names the source (file name, or ``config`` for a dict), the location in it

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dispatcher.config import legacy
+from dispatcher.config import legacy, plugins
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.security import hide_secret, load_security
 from dispatcher.config.settings import Settings, settings_from_document
@@ -107,8 +107,10 @@ def settings_from_data(source: str, data: Any) -> Settings:
         logger.info("%s: translating the unversioned config layout into version 1", source)
         data, paths = legacy.translate(data)
     document = _plain(data)
+    checked, plugin_problems = plugins.without_plugin_sections(document)
     config_validator = validator("config")
-    problems = [] if config_validator.is_valid(document) else config_validator.problems(document)
+    problems = [] if config_validator.is_valid(checked) else config_validator.problems(checked)
+    problems = plugins.name_unknown_brokers(problems) + plugin_problems
     problems = [hide_secret(p) for p in problems] or _cross_field_problems(document)
     security = None
     if not problems:

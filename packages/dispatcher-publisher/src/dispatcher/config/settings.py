@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from dispatcher.config.security import Security
+from dispatcher.schema import OnDuplicate
 from dispatcher.schema.chunks import MAX_PARTIAL_BYTES, MAX_PARTIAL_MESSAGES
 
-OnDuplicate = Literal["parallel", "discard", "serial", "queue_one"]
-BrokerName = Literal["pg_notify", "socket"]
+BrokerName = str
+"""The name of a broker, as a key of the config's ``brokers`` section: ``pg_notify``,
+``socket`` or the name of an installed plug-in (see :mod:`dispatcher.config.plugins`)."""
 
 
 def _empty_mapping() -> Mapping[str, Any]:
@@ -45,21 +47,42 @@ class SocketBroker:
 
 
 @dataclass(frozen=True)
+class PluginBroker:
+    """``brokers.<name>`` of a broker plug-in, checked against the plug-in's own schema."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=_empty_mapping)
+    """The section as written, less the keys every broker takes (``allow_control``)."""
+    allow_control: tuple[str, ...] | None = None
+    """Control commands accepted over this broker; ``None`` means every command."""
+
+
+@dataclass(frozen=True)
 class Brokers:
     """``brokers``: each configured broker, ``None`` when absent."""
 
     pg_notify: PgNotifyBroker | None = None
     socket: SocketBroker | None = None
+    plugins: Mapping[str, PluginBroker] = field(default_factory=_empty_mapping)
+    """The sections of broker plug-ins, by broker name, in the order of the config."""
 
     @property
     def names(self) -> tuple[BrokerName, ...]:
-        """The names of the configured brokers."""
+        """The names of the configured brokers: the built-ins, then the plug-ins."""
         names: list[BrokerName] = []
         if self.pg_notify is not None:
             names.append("pg_notify")
         if self.socket is not None:
             names.append("socket")
-        return tuple(names)
+        return (*names, *self.plugins)
+
+    def allow_control(self, name: BrokerName) -> tuple[str, ...] | None:
+        """The control commands allowed over the broker *name*; ``None`` means every one."""
+        section: PgNotifyBroker | SocketBroker | PluginBroker | None
+        section = {"pg_notify": self.pg_notify, "socket": self.socket}.get(name)
+        if section is None:
+            section = self.plugins.get(name)
+        return None if section is None else section.allow_control
 
 
 @dataclass(frozen=True)
@@ -208,6 +231,13 @@ def settings_from_document(
         brokers=Brokers(
             pg_notify=None if pg_notify is None else _pg_notify(pg_notify),
             socket=None if socket is None else SocketBroker(**_allow_control(socket)),
+            plugins=MappingProxyType(
+                {
+                    name: _plugin(name, section)
+                    for name, section in brokers.items()
+                    if name not in {"pg_notify", "socket"}
+                }
+            ),
         ),
         tasks=Tasks(modules=tuple(document.get("tasks", {}).get("modules", ()))),
         service=Service(
@@ -236,6 +266,15 @@ def _pg_notify(section: Mapping[str, Any]) -> PgNotifyBroker:
     values = _allow_control(section)
     values["channels"] = tuple(values.get("channels", ()))
     return PgNotifyBroker(**values)
+
+
+def _plugin(name: str, section: Mapping[str, Any]) -> PluginBroker:
+    allowed = section.get("allow_control")
+    return PluginBroker(
+        name=name,
+        options=MappingProxyType({k: v for k, v in section.items() if k != "allow_control"}),
+        allow_control=None if allowed is None else tuple(allowed),
+    )
 
 
 def _allow_control(section: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.schema import DecodeError, decode_json, validator
+from dispatcher.schema import DecodeError, DispatcherError, decode_json, matches_node_id, validator
 
 logger = logging.getLogger("dispatcher.control")
 
@@ -21,7 +21,9 @@ class ControlResult:
     expected: int = 0
     """How many replies were waited for."""
     expected_nodes: list[str] = field(default_factory=list)
-    """The node ids of the services found running (when they were looked up)."""
+    """The node ids of the services found running (when they were looked up), as read from
+    their connections' ``application_name``: cut short past
+    :data:`~dispatcher.schema.MAX_WHOLE_NODE_ID_BYTES`."""
     skipped: list[str] = field(default_factory=list)
     """Why payloads on the reply channel were not taken as replies (not JSON, nested too
     deeply, not a control reply): anyone may NOTIFY that channel."""
@@ -30,7 +32,11 @@ class ControlResult:
     def missing(self) -> list[str]:
         """Node ids of services that were expected and did not answer."""
         answered = [str(reply.get("node_id")) for reply in self.replies]
-        return [node for node in self.expected_nodes if not _answered(node, answered)]
+        return [
+            node
+            for node in self.expected_nodes
+            if not any(matches_node_id(node, reply) for reply in answered)
+        ]
 
     def add(self, payload: str | bytes) -> None:
         """Take one payload from the reply channel: a reply, or a note in :attr:`skipped`."""
@@ -47,17 +53,7 @@ class ControlResult:
         return len(self.replies) >= self.expected and not self.missing
 
 
-_FULL_NAME_LENGTH = 44
-"""Node ids longer than this are cut short in ``application_name`` (63 bytes in all)."""
-
-
-def _answered(node: str, answered: list[str]) -> bool:
-    if len(node) < _FULL_NAME_LENGTH:
-        return node in answered
-    return any(reply.startswith(node) for reply in answered)
-
-
-class InvalidReply(ValueError):
+class InvalidReply(DispatcherError, ValueError):
     """A payload on the reply channel that is not a control reply; the message says why."""
 
 

@@ -13,9 +13,17 @@
 Each submission is checked against the task-message schema before it is sent with one
 NOTIFY; see :func:`submit_task` for the options, :func:`batch` to send many at once, and
 pass ``connection=`` to send inside your own transaction (delivered on commit only).
+
+Every error raised here derives from :class:`DispatcherError` (and :class:`PublishError`
+for a submission that failed). For code that sends over PostgreSQL on its own (a broker's
+replies, a command-line tool): :class:`ConnectionProvider` and
+:class:`AsyncConnectionProvider` (a shared autocommit connection that NOTIFYs and reconnects),
+:func:`describe_server` and :func:`broker_unavailable` (errors that name the server, never
+its password).
 """
 
 from dispatcher.publish.chunking import ChunkAssembler, split_message
+from dispatcher.publish.connections import broker_unavailable, describe_server
 from dispatcher.publish.decorator import TaskDecorator, TaskFunction, task
 from dispatcher.publish.errors import (
     BrokerUnavailable,
@@ -26,16 +34,23 @@ from dispatcher.publish.errors import (
     RegistrationError,
 )
 from dispatcher.publish.messages import Submission, prepare_submission
+from dispatcher.publish.notify_async import AsyncConnectionProvider, aclose_connections
+from dispatcher.publish.notify_sync import ConnectionProvider, close_connections
 from dispatcher.publish.registry import RegisteredTask, TaskRegistry, registry
-from dispatcher.publish.submit_async import abatch, aclose_connections, asubmit_task
-from dispatcher.publish.submit_sync import batch, close_connections, submit_task
+from dispatcher.publish.submit_async import abatch, asubmit_task
+from dispatcher.publish.submit_sync import batch, submit_task
+from dispatcher.schema import DispatcherError, OnDuplicate
 
 __all__ = [
+    "AsyncConnectionProvider",
     "BrokerUnavailable",
     "ChunkAssembler",
+    "ConnectionProvider",
     "DispatcherCancel",
+    "DispatcherError",
     "DispatcherExit",
     "InvalidSubmission",
+    "OnDuplicate",
     "PublishError",
     "RegisteredTask",
     "RegistrationError",
@@ -47,7 +62,9 @@ __all__ = [
     "aclose_connections",
     "asubmit_task",
     "batch",
+    "broker_unavailable",
     "close_connections",
+    "describe_server",
     "prepare_submission",
     "registry",
     "split_message",

@@ -69,7 +69,7 @@ def describe_server(conninfo: str) -> str:
     return ", ".join(parts)
 
 
-def unavailable(conninfo: str, exc: psycopg.Error, doing: str) -> BrokerUnavailable:
+def broker_unavailable(conninfo: str, exc: psycopg.Error, doing: str) -> BrokerUnavailable:
     """Turn a psycopg error into one sentence naming the server, without secrets."""
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     reason = first_line.rsplit("failed: ", 1)[-1]

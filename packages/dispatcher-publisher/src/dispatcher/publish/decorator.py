@@ -8,9 +8,10 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from dispatcher.publish.errors import RegistrationError
 from dispatcher.publish.messages import Submission
-from dispatcher.publish.registry import OnDuplicate, Queue, RegisteredTask, registry
+from dispatcher.publish.registry import Queue, RegisteredTask, registry
 from dispatcher.publish.submit_async import asubmit_task
 from dispatcher.publish.submit_sync import submit_task
+from dispatcher.schema import OnDuplicate
 
 P = ParamSpec("P")
 R_co = TypeVar("R_co", covariant=True)

@@ -1,9 +1,15 @@
-"""What the publisher SDK raises."""
+"""What the publisher SDK raises, and the signals a task receives or raises to end itself.
+
+Every error derives from :class:`~dispatcher.schema.DispatcherError`;
+:class:`DispatcherCancel` and :class:`DispatcherExit` are signals, not errors, and do not.
+"""
 
 from __future__ import annotations
 
+from dispatcher.schema import DispatcherError
 
-class PublishError(Exception):
+
+class PublishError(DispatcherError):
     """A task could not be submitted."""
 
 
@@ -19,12 +25,16 @@ class BrokerUnavailable(PublishError):
     """The database could not be reached, or refused the NOTIFY; the message was not sent."""
 
 
-class RegistrationError(ValueError):
+class RegistrationError(DispatcherError, ValueError):
     """A function or class cannot be registered as a task (e.g. its name is taken)."""
 
 
 class DispatcherCancel(BaseException):
     """Raised inside a running task when it is cancelled or times out.
+
+    A control-flow signal, not an error: it is deliberately not a
+    :class:`~dispatcher.schema.DispatcherError`, so that ``except DispatcherError`` in a task
+    does not swallow it either.
 
     The service delivers it with SIGUSR1 (a signal reserved for this). It derives from
     ``BaseException``, so ``except Exception`` does not swallow it; a task may catch it to
@@ -36,5 +46,7 @@ class DispatcherCancel(BaseException):
 class DispatcherExit(BaseException):
     """Raised by a task to end its worker process.
 
-    The task counts as done; the worker exits cleanly and is replaced.
+    The task counts as done; the worker exits cleanly and is replaced. Like
+    :class:`DispatcherCancel`, a control-flow signal, not a
+    :class:`~dispatcher.schema.DispatcherError`.
     """

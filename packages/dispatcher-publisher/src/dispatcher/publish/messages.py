@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,25 +11,29 @@ from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore
 from typing import Any, Final
 
 from dispatcher.config import get_settings
-from dispatcher.publish.chunking import split_message
-from dispatcher.publish.errors import InvalidSubmission
-from dispatcher.publish.registry import OnDuplicate, Queue, RegisteredTask, registry
+from dispatcher.publish.errors import InvalidSubmission, PublishError
+from dispatcher.publish.registry import Queue, RegisteredTask, registry
+from dispatcher.publish.routing import default_broker
 from dispatcher.publish.signing import signed, signing_key
 from dispatcher.schema import (
     CHANNEL_NAME_RULE,
+    CHUNK_KEY,
     MAX_MESSAGE_BYTES,
     MAX_NESTING_DEPTH,
     MAX_NOTIFY_PAYLOAD_BYTES,
     SIGNED_KEY,
+    OnDuplicate,
     exceeds_depth,
     is_valid_channel_name,
+    new_uuid,
+    split_message,
     validator,
 )
 from dispatcher.schema.errors import format_path, json_type_name
 
 RESERVED_KEYS: Final = frozenset(
     {"task", "uuid", "args", "kwargs", "time_pub", "timeout", "delay", "on_duplicate", "bind"}
-    | {"channel", "control", "__dispatcherd_chunk__", SIGNED_KEY}
+    | {"channel", "control", CHUNK_KEY, SIGNED_KEY}
 )
 """Message keys the SDK sets itself, which ``extra`` may not contain."""
 
@@ -174,26 +177,24 @@ def _resolve_channel(name: str, queue: Queue) -> str:
 
 
 def _default_channel(name: str) -> str:
+    """The default queue of the broker tasks go through by default."""
     settings = get_settings()
-    pg_notify = settings.brokers.pg_notify
-    if pg_notify is not None and pg_notify.default_publish_channel is not None:
-        return pg_notify.default_publish_channel
-    if pg_notify is not None and len(pg_notify.channels) == 1:
-        return pg_notify.channels[0]
+    try:
+        broker = default_broker(settings)
+    except PublishError as exc:
+        raise _invalid(name, f"no channel to send it on: {exc}") from None
+    if broker.default_queue is not None:
+        return broker.default_queue
+    hint = (
+        "set brokers.pg_notify.default_publish_channel"
+        if broker.name == "pg_notify"
+        else f"give brokers.{broker.name} a default queue"
+    )
     raise _invalid(
         name,
         "no channel to send it on: pass queue=..., give the task a queue with "
-        f"@task(queue=...), or set brokers.pg_notify.default_publish_channel in {settings.source}",
+        f"@task(queue=...), or {hint} in {settings.source}",
     )
-
-
-def new_uuid() -> str:
-    """Return a random (version 4) UUID in text form; twice as fast as ``str(uuid4())``."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
-
-
-_VARIANT: Final = "89ab"
 
 
 def _not_json(value: object) -> Any:

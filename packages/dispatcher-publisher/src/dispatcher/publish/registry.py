@@ -5,12 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from dispatcher.publish.errors import RegistrationError
-from dispatcher.schema import CHANNEL_NAME_RULE, is_valid_channel_name, validator
+from dispatcher.schema import CHANNEL_NAME_RULE, OnDuplicate, is_valid_channel_name, validator
 
-OnDuplicate = Literal["parallel", "discard", "serial", "queue_one"]
 Queue = str | Callable[[], str] | None
 """A channel name, or a function returning one at each submission."""
 

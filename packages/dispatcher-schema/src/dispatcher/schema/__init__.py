@@ -7,11 +7,23 @@ whatever language they are written in. This package ships them as data and offer
 - :func:`validator`: a compiled validator per schema, cheap enough for every message;
 - :func:`explain`: why an instance is invalid, as ``path: reason`` lines;
 - :func:`decode_json`: JSON text from outside, decoded with bounded depth and strict numbers;
-- :func:`sign` and :func:`verify`: signed envelopes (HMAC-SHA256 with a shared secret).
+- :func:`sign` and :func:`verify`: signed envelopes (HMAC-SHA256 with a shared secret);
+- :func:`split_message` and :class:`ChunkAssembler`: chunk envelopes, both ways;
+- the values both sides share (:mod:`dispatcher.schema.wire`): envelope keys, the service
+  name prefix, :data:`OnDuplicate`, :data:`LOG_LEVELS`, size limits; and :class:`Outcome`;
+- :class:`DispatcherError`: the root of every error the dispatcher distributions raise.
 """
 
+from dispatcher.schema.chunks import (
+    ChunkAssembler,
+    ChunkedMessageTooLarge,
+    ChunkError,
+    is_chunk,
+    split_message,
+)
 from dispatcher.schema.decoding import DecodeError, decode_json, exceeds_depth
-from dispatcher.schema.errors import Problem, SchemaValidationError
+from dispatcher.schema.errors import DispatcherError, Problem, SchemaValidationError
+from dispatcher.schema.outcomes import Outcome
 from dispatcher.schema.resources import (
     SCHEMA_NAMES,
     SchemaName,
@@ -19,28 +31,58 @@ from dispatcher.schema.resources import (
     schema_text,
     sql_publisher,
 )
-from dispatcher.schema.signing import SIGNED_KEY, SignatureError, VerifiedMessage, sign, verify
+from dispatcher.schema.signing import SignatureError, VerifiedMessage, sign, verify
 from dispatcher.schema.validation import Validator, explain, validator
 from dispatcher.schema.wire import (
     CHANNEL_NAME_PATTERN,
     CHANNEL_NAME_RULE,
+    CHUNK_KEY,
+    CHUNK_VERSION,
+    LOG_LEVELS,
+    MAX_APPLICATION_NAME_BYTES,
     MAX_CHANNEL_NAME_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_NESTING_DEPTH,
     MAX_NOTIFY_PAYLOAD_BYTES,
+    MAX_WHOLE_NODE_ID_BYTES,
+    ON_DUPLICATE_MODES,
+    SERVICE_NAME_PREFIX,
+    SIGNED_KEY,
+    SIGNED_VERSION,
+    LogLevel,
+    OnDuplicate,
     is_valid_channel_name,
+    matches_node_id,
+    new_uuid,
+    node_id_of,
+    service_application_name,
 )
 
 __all__ = [
     "CHANNEL_NAME_PATTERN",
     "CHANNEL_NAME_RULE",
+    "CHUNK_KEY",
+    "CHUNK_VERSION",
+    "LOG_LEVELS",
+    "MAX_APPLICATION_NAME_BYTES",
     "MAX_CHANNEL_NAME_BYTES",
     "MAX_MESSAGE_BYTES",
     "MAX_NESTING_DEPTH",
     "MAX_NOTIFY_PAYLOAD_BYTES",
+    "MAX_WHOLE_NODE_ID_BYTES",
+    "ON_DUPLICATE_MODES",
     "SCHEMA_NAMES",
+    "SERVICE_NAME_PREFIX",
     "SIGNED_KEY",
+    "SIGNED_VERSION",
+    "ChunkAssembler",
+    "ChunkError",
+    "ChunkedMessageTooLarge",
     "DecodeError",
+    "DispatcherError",
+    "LogLevel",
+    "OnDuplicate",
+    "Outcome",
     "Problem",
     "SchemaName",
     "SchemaValidationError",
@@ -50,10 +92,16 @@ __all__ = [
     "decode_json",
     "exceeds_depth",
     "explain",
+    "is_chunk",
     "is_valid_channel_name",
     "load_schema",
+    "matches_node_id",
+    "new_uuid",
+    "node_id_of",
     "schema_text",
+    "service_application_name",
     "sign",
+    "split_message",
     "sql_publisher",
     "validator",
     "verify",

@@ -21,13 +21,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from dispatcher.schema.wire import MAX_NOTIFY_PAYLOAD_BYTES
+from dispatcher.schema.errors import DispatcherError
+from dispatcher.schema.wire import CHUNK_KEY, CHUNK_VERSION, MAX_NOTIFY_PAYLOAD_BYTES
 
-CHUNK_KEY: Final = "__dispatcherd_chunk__"
-"""The key that marks a JSON object as a chunk envelope."""
-
-CHUNK_VERSION: Final = "v1"
-"""The only envelope version there is."""
+__all__ = [
+    "CHUNK_KEY",
+    "CHUNK_VERSION",
+    "MAX_PARTIAL_BYTES",
+    "MAX_PARTIAL_MESSAGES",
+    "ChunkAssembler",
+    "ChunkError",
+    "ChunkedMessageTooLarge",
+    "is_chunk",
+    "split_message",
+]
 
 MAX_PARTIAL_MESSAGES: Final = 1000
 """Default bound on the incomplete messages an assembler holds."""
@@ -90,7 +97,7 @@ def _envelope(message_id: str, index: int, total: int, payload: str) -> str:
     return json.dumps(envelope, separators=(",", ":"))
 
 
-class ChunkError(ValueError):
+class ChunkError(DispatcherError, ValueError):
     """A chunk envelope contradicts the others of its message."""
 
 

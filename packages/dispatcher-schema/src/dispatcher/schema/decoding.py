@@ -11,12 +11,13 @@ import json
 import math
 from typing import Any, Final, Literal
 
+from dispatcher.schema.errors import DispatcherError
 from dispatcher.schema.wire import MAX_NESTING_DEPTH
 
 DecodeReason = Literal["not_json", "too_deep"]
 
 
-class DecodeError(ValueError):
+class DecodeError(DispatcherError, ValueError):
     """JSON text refused by :func:`decode_json`; :attr:`reason` is the counter's key."""
 
     def __init__(self, reason: DecodeReason, message: str) -> None:

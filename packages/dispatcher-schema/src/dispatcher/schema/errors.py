@@ -1,4 +1,10 @@
-"""Readable validation problems: ``path: reason`` built from ``jsonschema`` errors."""
+"""The root of every dispatcher error, and readable validation problems.
+
+:class:`DispatcherError` is the base class of every exception the dispatcher distributions
+raise on purpose (schema, publisher, config and control errors alike), so that one
+``except DispatcherError`` catches them all. Validation problems are ``path: reason``
+sentences built from ``jsonschema`` errors.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,17 @@ _JSON_TYPE_NAMES: dict[type, str] = {
 }
 
 PathItem = str | int
+
+
+class DispatcherError(Exception):
+    """The root of every public error of the dispatcher distributions.
+
+    Each error also keeps the built-in base it had (most are ``ValueError``), so existing
+    ``except ValueError`` clauses still catch them. ``DispatcherCancel`` and
+    ``DispatcherExit`` are not errors but signals a task receives or raises to end itself;
+    they derive from ``BaseException`` and not from this class.
+    """
+
 
 _BOUNDS = {
     "minimum": "at least",
@@ -75,7 +92,7 @@ class Problem:
         return f"{self.location}: {self.reason}"
 
 
-class SchemaValidationError(ValueError):
+class SchemaValidationError(DispatcherError, ValueError):
     """A document does not match its schema; :attr:`problems` says where and why."""
 
     def __init__(self, schema: str, problems: Sequence[Problem]) -> None:

@@ -19,13 +19,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from dispatcher.schema.errors import DispatcherError
 from dispatcher.schema.validation import validator
+from dispatcher.schema.wire import SIGNED_KEY, SIGNED_VERSION
 
-SIGNED_KEY: Final = "__dispatcher_signed__"
-"""The key that marks a JSON object as a signed envelope."""
-
-SIGNED_VERSION: Final = "v1"
-"""The only signed envelope version there is."""
+__all__ = [
+    "KEY_ID_PATTERN",
+    "SIGNED_KEY",
+    "SIGNED_VERSION",
+    "SignatureError",
+    "SignatureReason",
+    "VerifiedMessage",
+    "sign",
+    "signature_of",
+    "verify",
+]
 
 KEY_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 """What a key id may be: 1-64 ASCII letters, digits, ``_ . -`` (as in the schema)."""
@@ -36,7 +44,7 @@ SignatureReason = Literal[
 """Why :func:`verify` refused an envelope (the service counts refusals under these names)."""
 
 
-class SignatureError(ValueError):
+class SignatureError(DispatcherError, ValueError):
     """A signed envelope is refused; :attr:`reason` says which check failed."""
 
     def __init__(self, reason: SignatureReason, message: str) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from dispatcher.config import Brokers
-from dispatcher.config.settings import BrokerName
+from dispatcher.config import BrokerName, Brokers
 
 
 class ControlAllowList:
@@ -16,12 +15,11 @@ class ControlAllowList:
     """
 
     def __init__(self, brokers: Brokers) -> None:
-        pg_notify, socket = brokers.pg_notify, brokers.socket
         self._allowed: dict[BrokerName, frozenset[str]] = {}
-        if pg_notify is not None and pg_notify.allow_control is not None:
-            self._allowed["pg_notify"] = frozenset(pg_notify.allow_control)
-        if socket is not None and socket.allow_control is not None:
-            self._allowed["socket"] = frozenset(socket.allow_control)
+        for name in brokers.names:
+            allowed = brokers.allow_control(name)
+            if allowed is not None:
+                self._allowed[name] = frozenset(allowed)
 
     def refusal(self, command: str, broker: BrokerName | None) -> str | None:
         """Say why *command* may not arrive over *broker*; ``None`` when it may."""

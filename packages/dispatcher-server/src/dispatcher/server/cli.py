@@ -8,12 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from dispatcher.config import ConfigError, load_settings
+from dispatcher.schema import LOG_LEVELS
 from dispatcher.server.logsafe import log_to
 from dispatcher.server.service import run_service
 
 EXIT_USAGE = 2
-
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
         "--log-level",
         default="INFO",
         type=str.upper,
-        choices=LEVELS,
+        choices=LOG_LEVELS,
         help="log level (default: INFO)",
     )
     return parser
@@ -50,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return run_service(settings, level)
+    except ConfigError as exc:  # a broker plug-in's service side cannot be built
+        print(f"dispatcher-standalone: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:  # a signal before the service could install its handlers
         return 0
 

@@ -12,16 +12,14 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from dispatcher.schema import Validator
+from dispatcher.config import Settings
+from dispatcher.schema import LOG_LEVELS, Validator
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
-
-if TYPE_CHECKING:
-    from dispatcher.server.service import Service
+from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.control")
 
@@ -37,7 +35,37 @@ _FILTER: dict[str, Any] = {
     "properties": _FILTER_PROPERTIES,
 }
 _NOTHING: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
-_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ControlTarget(Protocol):
+    """What control commands act on and read: the service, seen through a narrow window."""
+
+    def running(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
+        """Jobs running, queued, blocked and delayed, filtered by uuid and/or task."""
+
+    def cancel(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
+        """Cancel the jobs matching the filter (at least one of the two); return them."""
+
+    def cancel_all(self) -> list[dict[str, Any]]:
+        """Cancel every job; return them."""
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Each worker: id, pid, status, age, tasks done, current task, memory."""
+
+    def counts(self) -> dict[str, Any]:
+        """Jobs held (``queued``, ``blocked``, ``delayed``) and ``workers`` (count, min, max)."""
+
+    def chunks(self) -> dict[str, Any]:
+        """Incomplete chunked messages being assembled."""
+
+    def signatures(self) -> dict[str, Any]:
+        """The signature settings in force and the replay guard's state."""
+
+    def metrics_endpoint(self) -> dict[str, Any]:
+        """Whether the metrics endpoint is on, and where."""
+
+    def submit(self, message: dict[str, Any]) -> str:
+        """Submit a task message made here; return its uuid (raises ``Rejected``)."""
 
 
 class ControlError(Exception):
@@ -59,10 +87,12 @@ def _schema(name: str, schema: Mapping[str, Any]) -> Validator:
 
 
 class ControlCommands:
-    """Runs control commands against a service."""
+    """Runs control commands against a :class:`ControlTarget`."""
 
-    def __init__(self, service: Service) -> None:
-        self._service = service
+    def __init__(self, target: ControlTarget, settings: Settings, stats: ServiceStats) -> None:
+        self._target = target
+        self._settings = settings
+        self._stats = stats
         self._started = time.monotonic()
         self._internal_errors = InternalErrorLog(logger)
         cancel_data = {
@@ -76,7 +106,7 @@ class ControlCommands:
             "type": "object",
             "required": ["level"],
             "additionalProperties": False,
-            "properties": {"level": {"enum": _LEVELS + [name.lower() for name in _LEVELS]}},
+            "properties": {"level": {"enum": [*LOG_LEVELS, *(n.lower() for n in LOG_LEVELS)]}},
         }
         self.table: dict[str, Command] = {}
         for name, handler, data in (
@@ -108,7 +138,7 @@ class ControlCommands:
         except ControlError as exc:
             return {"error": str(exc)}
         except Exception as exc:
-            self._service.stats.rejected["internal_error"] += 1
+            self._stats.rejected["internal_error"] += 1
             self._internal_errors.report(f"control command {command}", exc)
             return {"error": f"the {command} command failed inside the service; see its log"}
 
@@ -116,7 +146,7 @@ class ControlCommands:
 
     def running(self, data: Mapping[str, Any]) -> Reply:
         """The tasks running, queued, blocked and delayed, optionally filtered."""
-        return {"tasks": self._service.pool.running(data.get("uuid"), data.get("task"))}
+        return {"tasks": self._target.running(data.get("uuid"), data.get("task"))}
 
     def cancel(self, data: Mapping[str, Any]) -> Reply:
         """Cancel the tasks matching ``uuid`` and/or ``task`` (or all, if asked explicitly)."""
@@ -124,34 +154,19 @@ class ControlCommands:
         if data.get("all"):
             if uuid or task:
                 raise ControlError("cancel: give either all or a filter, not both")
-            return {"cancelled": self._service.pool.cancel_all()}
+            return {"cancelled": self._target.cancel_all()}
         if uuid is None and task is None:
             raise ControlError("cancel needs a filter: a uuid, a task name, or both (or all: true)")
-        return {"cancelled": self._service.pool.cancel(uuid, task)}
+        return {"cancelled": self._target.cancel(uuid, task)}
 
     def workers(self, data: Mapping[str, Any]) -> Reply:
         """Each worker: id, pid, status, age, tasks done, current task, memory."""
-        now = time.monotonic()
-        return {
-            "workers": [
-                {
-                    "id": worker.id,
-                    "pid": worker.pid,
-                    "status": worker.status.value,
-                    "age": round(now - worker.created, 3),
-                    "tasks_done": worker.tasks_done,
-                    "current_task": worker.job.task if worker.job else None,
-                    "current_uuid": worker.job.uuid if worker.job else None,
-                    "rss_bytes": _rss(worker.pid),
-                }
-                for worker in self._service.pool.workers
-            ]
-        }
+        return {"workers": self._target.workers()}
 
     def status(self, data: Mapping[str, Any]) -> Reply:
         """Everything at a glance: counters, queue lengths, workers, listener."""
-        service, stats = self._service, self._service.stats
-        pool = service.pool
+        stats = self._stats
+        counts = self._target.counts()
         return {
             "pid": os.getpid(),
             "uptime": round(time.monotonic() - self._started, 3),
@@ -159,13 +174,11 @@ class ControlCommands:
             "rejected": dict(stats.rejected),
             "finished": dict(stats.finished),
             "discarded": stats.discarded,
-            "queued": pool.queued,
-            "blocked": pool.blocked,
-            "delayed": pool.delayed,
+            "queued": counts["queued"],
+            "blocked": counts["blocked"],
+            "delayed": counts["delayed"],
             "workers": {
-                "count": len(pool.workers),
-                "min": pool.min_workers,
-                "max": pool.max_workers,
+                **counts["workers"],
                 "started": stats.workers_started,
                 "lost": stats.workers_lost,
             },
@@ -174,13 +187,13 @@ class ControlCommands:
                 "failures": stats.listener_failures,
                 "self_checks": stats.self_checks,
             },
-            "chunks": self.chunks(data),
-            "signatures": service.signatures.summary(),
+            "chunks": self._target.chunks(),
+            "signatures": self._target.signatures(),
         }
 
     def producers(self, data: Mapping[str, Any]) -> Reply:
         """The producers configured: scheduled entries, on-start entries, control."""
-        producers = self._service.settings.producers
+        producers = self._settings.producers
         scheduled = producers.scheduled
         return {
             "scheduled": {task: {"schedule": e.schedule} for task, e in scheduled.items()},
@@ -190,25 +203,11 @@ class ControlCommands:
 
     def chunks(self, data: Mapping[str, Any]) -> Reply:
         """Incomplete chunked messages being assembled."""
-        assembler = self._service.intake.chunks
-        return {
-            "partial": len(assembler),
-            "partial_bytes": assembler.memory,
-            "evicted": assembler.evictions,
-            "late_slices": assembler.late_slices,
-        }
+        return self._target.chunks()
 
     def metrics(self, data: Mapping[str, Any]) -> Reply:
         """Whether the metrics endpoint is on, and where."""
-        server = self._service.metrics
-        if server is None:
-            return {"enabled": False}
-        return {
-            "enabled": True,
-            "host": server.host,
-            "port": server.port,
-            "requests": server.requests,
-        }
+        return self._target.metrics_endpoint()
 
     def set_log_level(self, data: Mapping[str, Any]) -> Reply:
         """Change the level of the service's ``dispatcher`` loggers."""
@@ -220,24 +219,14 @@ class ControlCommands:
 
     def run(self, data: Mapping[str, Any]) -> Reply:
         """Start a task: *data* is a task message."""
-        settings = self._service.settings
+        settings = self._settings
         if not settings.producers.control:
             raise ControlError(
                 f"the run command is disabled: add 'control: {{}}' under 'producers' in "
                 f"{settings.source} to enable it"
             )
         try:
-            uuid = self._service.intake.submit(dict(data), "control")
+            uuid = self._target.submit(dict(data))
         except Rejected as rejected:
             raise ControlError(f"task refused: {rejected}") from None
         return {"ack": True, "uuid": uuid}
-
-
-def _rss(pid: int | None) -> int | None:
-    if pid is None:
-        return None
-    try:
-        resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")

@@ -12,9 +12,8 @@ import psycopg
 
 from dispatcher.config import ConfigError, Settings, setup
 from dispatcher.control import ControlResult, control_with_reply
-from dispatcher.publish.connections import describe_server, unavailable
-from dispatcher.publish.errors import PublishError
-from dispatcher.schema import sql_publisher
+from dispatcher.publish import PublishError, broker_unavailable, describe_server
+from dispatcher.schema import LOG_LEVELS, sql_publisher
 from dispatcher.server.logsafe import escape
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
@@ -75,8 +74,7 @@ def parser() -> argparse.ArgumentParser:
     command("chunks", "incomplete chunked messages")
     command("metrics", "where the Prometheus endpoint is")
     level = command("set_log_level", "change the services' log level")
-    levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-    level.add_argument("level", type=str.upper, choices=levels)
+    level.add_argument("level", type=str.upper, choices=LOG_LEVELS)
     run = command("run", "start a task (needs producers.control in the services' config)")
     run.add_argument("task", help="the task's name")
     run.add_argument("--args", type=json.loads, default=[], help="positional arguments, as JSON")
@@ -154,7 +152,7 @@ def install_sql(settings: Settings) -> int:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(sql_publisher().encode())
     except psycopg.Error as exc:
-        failure = unavailable(conninfo, exc, "install dispatcher_submit() in")
+        failure = broker_unavailable(conninfo, exc, "install dispatcher_submit() in")
         print(f"dispatcherctl: {failure}", file=sys.stderr)
         return EXIT_MISSING
     print(f"installed dispatcher_submit() in {describe_server(conninfo)}")

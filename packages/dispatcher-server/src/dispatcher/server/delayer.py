@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from dispatcher.server.timers import Timers
-
-if TYPE_CHECKING:
-    from dispatcher.server.pool import Job
+from dispatcher.server.jobs import Job
+from dispatcher.server.timers import Scheduling
 
 
 class Delayer:
     """Holds jobs until their delay has passed, then hands them to *on_due*."""
 
-    def __init__(self, timers: Timers, on_due: Callable[[Job], None]) -> None:
+    def __init__(self, timers: Scheduling, on_due: Callable[[Job], object]) -> None:
         self._timers = timers
         self._on_due = on_due
         self._held: dict[int, Job] = {}

@@ -15,10 +15,8 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from dispatcher.server.pool import Job
+from dispatcher.server.jobs import Job
 
 
 class Admission(enum.Enum):

@@ -12,18 +12,27 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from dispatcher.config import Limits, Security
-from dispatcher.publish.messages import new_uuid
-from dispatcher.schema import MAX_MESSAGE_BYTES, DecodeError, decode_json, validator
+from dispatcher.schema import (
+    CHUNK_KEY,
+    MAX_MESSAGE_BYTES,
+    DecodeError,
+    Outcome,
+    decode_json,
+    new_uuid,
+    validator,
+)
 from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
+from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.jobs import Job
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin
-from dispatcher.server.pool import Job, WorkerPool
 from dispatcher.server.protocol import run_line
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
 from dispatcher.server.rejection import Rejected
+from dispatcher.server.settlement import REJECTED, Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 
@@ -32,30 +41,46 @@ logger = get_logger("dispatcher.intake")
 MAX_WAITING_FOR_WORKERS: Final = 100_000
 """Messages held while the first worker starts (until the registered names are known)."""
 
-_CHUNK_KEY: Final = "__dispatcherd_chunk__"
 
 ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], None]
 """Runs a control message, ``sink(message, channel, origin, refused)``, and answers it; with
 *refused*, the message was refused and is only answered with the error."""
 
 
+class JobSink(Protocol):
+    """Where accepted jobs go (the :class:`~dispatcher.server.scheduler.Scheduler`)."""
+
+    def submit(self, job: Job) -> bool:
+        """Take *job*; ``False`` if it was refused (counted and logged by the sink)."""
+
+
 class Intake:
-    """Turns received payloads into jobs for the pool."""
+    """Turns received payloads into jobs for a :class:`JobSink`.
+
+    Task messages that arrive before the registered task names are known (the first worker
+    reports them to the *catalogue*) wait, and are released once they are.
+    """
 
     def __init__(
         self,
-        pool: WorkerPool,
+        jobs: JobSink,
         stats: ServiceStats,
         chunk_expiry: float,
         on_control: ControlSink | None = None,
         limits: Limits | None = None,
         signatures: SignatureCheck | None = None,
+        catalogue: TaskCatalogue | None = None,
+        settlements: Settlements | None = None,
     ) -> None:
-        self._pool = pool
+        self._jobs = jobs
+        self._settlements = settlements or Settlements(())
+        self.catalogue = catalogue or TaskCatalogue()
+        """The registered task names (filled by the first worker)."""
+        self.catalogue.on_known(self._release_waiting)
         self._on_control = on_control
         self._signatures = signatures or SignatureCheck(Security())
         self._stats = stats
-        limits = limits or Limits()
+        limits = self._limits = limits or Limits()
         self.chunks = ChunkAssembler(
             expiry=chunk_expiry,
             max_bytes=MAX_MESSAGE_BYTES,
@@ -64,8 +89,8 @@ class Intake:
         )
         self._task_validator = validator("task-message")
         self._chunk_validator = validator("chunk-envelope")
-        self._task_names: frozenset[str] | None = None
-        self._waiting: deque[tuple[dict[str, Any], str, str]] = deque()
+        self._waiting: deque[tuple[dict[str, Any], str, str, Origin]] = deque()
+        self._waiting_bytes = 0
         self._rejections = RateLimitedLog(logger, logging.WARNING)
         self._internal_errors = InternalErrorLog(logger)
         self._internal_ids = 0
@@ -76,9 +101,11 @@ class Intake:
             self._receive(payload, channel, origin)
         except Rejected as rejected:
             self._reject(rejected, channel)
+            self._settlements.origin(origin, REJECTED, str(rejected))
         except Exception as exc:  # a bug here must cost one message, never the service
             self._stats.rejected["internal_error"] += 1
             self._internal_errors.report("intake", exc, f"a message on {channel}")
+            self._settlements.origin(origin, REJECTED, "internal error")
 
     def submit(self, message: dict[str, Any], source: str) -> str:
         """Accept a task message made inside the service (a producer, the ``run`` command).
@@ -88,17 +115,19 @@ class Intake:
         :raises Rejected: when the message is refused, saying why.
         """
         message = {**message, "uuid": message.get("uuid") or new_uuid()}
-        self._receive(json.dumps(message, separators=(",", ":")), source, INTERNAL)
+        if not self._receive(json.dumps(message, separators=(",", ":")), source, INTERNAL):
+            raise Rejected("overloaded", "a limit of service.limits is reached (see the log)")
         return str(message["uuid"])
 
-    def _receive(self, payload: str, channel: str, origin: Origin) -> None:
+    def _receive(self, payload: str, channel: str, origin: Origin) -> bool:
+        """Take one payload; ``False`` when the job sink refused its job (it says why)."""
         message = self._decode(payload)
-        if _CHUNK_KEY in message:
+        if CHUNK_KEY in message:
             whole = self._join(message)
             if whole is None:
-                return
+                return True
             payload, message = whole, self._decode(whole)
-            if _CHUNK_KEY in message:
+            if CHUNK_KEY in message:
                 raise Rejected("invalid_chunk", "a chunk envelope holds another chunk envelope")
         try:
             payload, message = self._signatures.open(payload, message, origin, self._decode)
@@ -109,7 +138,8 @@ class Intake:
         self._stats.received += 1
         if "control" in message and self._on_control is not None:
             self._on_control(message, channel, origin, None)
-            return
+            self._settlements.origin(origin, Outcome.OK)
+            return True
         if "control" in message:
             raise Rejected(
                 "control_unsupported",
@@ -119,13 +149,28 @@ class Intake:
         if not self._task_validator.is_valid(message):
             problems = "; ".join(str(p) for p in self._task_validator.problems(message))
             raise Rejected("invalid_message", problems, message.get("uuid"))
-        if self._task_names is None:
-            if len(self._waiting) >= MAX_WAITING_FOR_WORKERS:
-                uuid = message.get("uuid")
-                raise Rejected("overloaded", "too many messages while workers start", uuid)
-            self._waiting.append((message, payload, channel))
-            return
-        self._dispatch(message, payload, channel)
+        if self.catalogue.names is None:
+            self._wait_for_workers(message, payload, channel, origin)
+            return True
+        return self._dispatch(message, payload, channel, origin)
+
+    def _wait_for_workers(
+        self, message: dict[str, Any], payload: str, channel: str, origin: Origin
+    ) -> None:
+        """Hold a task until the first worker says which tasks are registered."""
+        uuid = message.get("uuid")
+        if len(self._waiting) >= MAX_WAITING_FOR_WORKERS:
+            raise Rejected("overloaded", "too many messages while workers start", uuid)
+        size = len(payload)
+        if self._waiting_bytes + size > self._limits.max_held_bytes:
+            limit = self._limits.max_held_bytes
+            raise Rejected(
+                "overloaded",
+                f"service.limits.max_held_bytes ({limit}) reached while workers start",
+                uuid,
+            )
+        self._waiting_bytes += size
+        self._waiting.append((message, payload, channel, origin))
 
     def _decode(self, text: str) -> dict[str, Any]:
         try:
@@ -160,21 +205,25 @@ class Intake:
             self._reject(expired, "")
         return whole
 
-    def tasks_known(self, names: frozenset[str]) -> None:
-        """The first worker has told which tasks are registered: release what waited."""
-        self._task_names = names
+    def _release_waiting(self, names: frozenset[str]) -> None:
+        """The registered task names are known: release what waited for them."""
         logger.info("%d registered tasks", len(names))
+        self._waiting_bytes = 0
         while self._waiting:
-            message, payload, channel = self._waiting.popleft()
+            message, payload, channel, origin = self._waiting.popleft()
             try:
-                self._dispatch(message, payload, channel)
+                self._dispatch(message, payload, channel, origin)
             except Rejected as rejected:
                 self._reject(rejected, channel)
+                self._settlements.origin(origin, REJECTED, str(rejected))
 
-    def _dispatch(self, message: dict[str, Any], payload: str, channel: str) -> None:
+    def _dispatch(
+        self, message: dict[str, Any], payload: str, channel: str, origin: Origin
+    ) -> bool:
         name = message["task"]
-        assert self._task_names is not None
-        if name not in self._task_names:
+        names = self.catalogue.names
+        assert names is not None
+        if name not in names:
             raise Rejected("unknown_task", f"task {name!r} is not registered", message.get("uuid"))
         uuid = message.get("uuid")
         if uuid is None:
@@ -183,7 +232,7 @@ class Intake:
             payload = json.dumps(message, separators=(",", ":"))
         on_duplicate = message.get("on_duplicate")
         tracked = on_duplicate is not None and on_duplicate != "parallel"
-        self._pool.submit(
+        return self._jobs.submit(
             Job(
                 uuid=uuid,
                 task=name,
@@ -193,6 +242,8 @@ class Intake:
                 on_duplicate=on_duplicate,
                 key=_identity(message) if tracked else None,
                 published=message.get("time_pub") or 0,
+                broker=origin.broker,
+                receipt=origin.receipt,
             )
         )
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -44,9 +45,42 @@ class WorkerProcess:
         """Readable once the process has ended."""
         self.sock = sock
         """The service's end of the worker's socket (non-blocking)."""
-        self.exit_status: int | None = None
-        """As ``os.waitstatus_to_exitcode`` gives it (negative: killed by that signal), once
-        the fork server has reaped the process."""
+        self.fd = sock.fileno()
+        """The socket's descriptor: read and written with os calls, which cost less."""
+        self._outbox = bytearray()
+
+    def send(self, line: bytes) -> bool:
+        """Write *line* to the worker without blocking.
+
+        Returns ``False`` when part of it had to wait in the outbox: :meth:`flush` it then.
+        A worker that has gone is not an error here: its end is noticed by other means.
+        """
+        if self._outbox:
+            self._outbox += line
+            return True  # a flush is already under way
+        try:
+            sent = os.write(self.fd, line)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return True
+        if sent == len(line):
+            return True
+        self._outbox += line[sent:]
+        return False
+
+    async def flush(self) -> None:
+        """Write what waits in the outbox, as the worker reads."""
+        while self._outbox:
+            await anyio.wait_writable(self.sock)
+            try:
+                sent = self.sock.send(self._outbox)
+            except BlockingIOError:
+                continue
+            except OSError:
+                self._outbox.clear()
+                return
+            del self._outbox[:sent]
 
     def signal(self, signum: signal.Signals) -> None:
         """Send *signum* to the worker, if it is still there."""
@@ -62,6 +96,16 @@ class WorkerProcess:
     def terminate(self) -> None:
         """SIGTERM the worker."""
         self.signal(signal.SIGTERM)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to *timeout* seconds (``None``: for ever) for the process to end.
+
+        Returns whether it has ended.
+        """
+        with anyio.move_on_after(timeout):
+            await anyio.wait_readable(self.pidfd)
+        readable, _, _ = select.select([self.pidfd], [], [], 0)
+        return bool(readable)
 
     def close(self) -> None:
         """Release the pidfd and the socket."""

@@ -8,16 +8,13 @@ can disturb the service.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final, Protocol
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
 
 from dispatcher.server.logsafe import get_logger
-from dispatcher.server.stats import BUCKETS, Histogram
-
-if TYPE_CHECKING:
-    from dispatcher.server.service import Service
+from dispatcher.server.stats import BUCKETS, Histogram, ServiceStats
 
 logger = get_logger("dispatcher.metrics")
 
@@ -26,11 +23,25 @@ MAX_REQUEST_HEAD: Final = 8192
 REQUEST_TIMEOUT: Final = 5.0
 
 
+class MetricsSource(Protocol):
+    """What the metrics are read from (a :class:`~dispatcher.server.view.ServiceView`)."""
+
+    @property
+    def stats(self) -> ServiceStats:
+        """The service's counters."""
+
+    def worker_statuses(self) -> dict[str, int]:
+        """How many workers are in each status."""
+
+    def counts(self) -> dict[str, Any]:
+        """Jobs held: ``queued``, ``blocked``, ``delayed``."""
+
+
 class MetricsServer:
     """Serves the service's metrics on ``service.metrics.host`` and ``port``."""
 
-    def __init__(self, service: Service, host: str, port: int) -> None:
-        self._service = service
+    def __init__(self, source: MetricsSource, host: str, port: int) -> None:
+        self._source = source
         self.host = host
         self.port = port
         self.requests = 0
@@ -75,7 +86,7 @@ class MetricsServer:
             return "404 Not Found", b"not found: try /metrics\n"
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", b"method not allowed\n"
-        body = "".join(render(self._service)).encode()
+        body = "".join(render(self._source)).encode()
         return "200 OK", b"" if method == "HEAD" else body
 
 
@@ -111,9 +122,9 @@ def _histograms(name: str, help: str, by_task: dict[str, Histogram]) -> Iterator
         yield f"{name}_count{_labels(task=task)} {histogram.count}\n"
 
 
-def render(service: Service) -> Iterator[str]:
-    """The metrics of *service* in the Prometheus text format."""
-    stats, pool = service.stats, service.pool
+def render(source: MetricsSource) -> Iterator[str]:
+    """The metrics of *source* in the Prometheus text format."""
+    stats, counts = source.stats, source.counts()
     yield _family("dispatcher_messages_received_total", "counter", "Messages received.")
     yield f"dispatcher_messages_received_total {stats.received}\n"
     yield _family("dispatcher_messages_rejected_total", "counter", "Messages rejected, by reason.")
@@ -127,15 +138,13 @@ def render(service: Service) -> Iterator[str]:
     yield _family("dispatcher_tasks_discarded_total", "counter", "Tasks dropped by on_duplicate.")
     yield f"dispatcher_tasks_discarded_total {stats.discarded}\n"
     yield _family("dispatcher_workers", "gauge", "Worker processes, by status.")
-    statuses: dict[str, int] = {}
-    for worker in pool.workers:
-        statuses[worker.status.value] = statuses.get(worker.status.value, 0) + 1
+    statuses = source.worker_statuses()
     for status in ("starting", "ready", "busy", "stopping"):
         yield f"dispatcher_workers{_labels(status=status)} {statuses.get(status, 0)}\n"
     for name, help, value in (
-        ("dispatcher_queue_length", "Tasks waiting for a worker.", pool.queued),
-        ("dispatcher_blocked_tasks", "Tasks held back by on_duplicate.", pool.blocked),
-        ("dispatcher_delayed_tasks", "Tasks held for their delay.", pool.delayed),
+        ("dispatcher_queue_length", "Tasks waiting for a worker.", counts["queued"]),
+        ("dispatcher_blocked_tasks", "Tasks held back by on_duplicate.", counts["blocked"]),
+        ("dispatcher_delayed_tasks", "Tasks held for their delay.", counts["delayed"]),
     ):
         yield _family(name, "gauge", help)
         yield f"{name} {value}\n"

@@ -6,22 +6,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from dispatcher.config.settings import BrokerName
+from dispatcher.config import BrokerName
 
 ReplySink = Callable[[str, dict[str, Any]], None]
 """Sends a control reply back: ``sink(reply_to, reply)``."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Origin:
-    """The broker a message came through (one per broker, or per socket connection)."""
+    """Where a payload came from: its broker, its channel or queue, how to answer it there.
+
+    A broker makes one per channel (or connection) and hands it with every payload it
+    delivers from there; a durable broker makes one per delivery, with its :attr:`receipt`.
+    """
 
     broker: BrokerName | None
-    """``pg_notify`` or ``socket``; ``None`` for messages made inside the service (producers,
-    the ``run`` command), which need no signature."""
+    """The broker's name (``pg_notify``, ``socket``, a plug-in's); ``None`` for messages made
+    inside the service (producers, the ``run`` command), which need no signature."""
     reply: ReplySink | None = None
-    """Sends control replies back over the same connection; ``None`` means publish them on
-    their ``reply_to`` channel over pg_notify."""
+    """Sends control replies back over the same connection (the socket does); ``None`` means
+    the service queues them for the broker's ``reply(reply_to, reply)``."""
+    channel: str = ""
+    """The channel, queue or connection the payload arrived on, as logs and bound tasks
+    name it (``socket:3`` for the third socket connection)."""
+    receipt: str | None = None
+    """Identifies this delivery to a durable broker's ``acknowledge()``; ``None`` for brokers
+    that deliver at most once."""
 
 
 PG_NOTIFY: Final = Origin("pg_notify")

@@ -1,4 +1,4 @@
-"""The service: one anyio task group running the listener, the intake and the worker pool."""
+"""The service: one anyio task group running the brokers, the intake and the worker pool."""
 
 from __future__ import annotations
 
@@ -12,27 +12,31 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import anyio
-from anyio import CancelScope
 
 from dispatcher.config import Settings
-from dispatcher.config.settings import BrokerName
-from dispatcher.schema import is_valid_channel_name, validator
 from dispatcher.server.allowlist import ControlAllowList
+from dispatcher.server.brokers.base import BrokerContext
+from dispatcher.server.brokers.capacity import CapacityGauge
+from dispatcher.server.brokers.registry import create_brokers
+from dispatcher.server.brokers.replies import ReplyRouter
+from dispatcher.server.brokers.runner import run_broker
+from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.control import ControlCommands
+from dispatcher.server.control_messages import ControlMessages
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
-from dispatcher.server.listener import PgNotifyListener
 from dispatcher.server.logsafe import Block, get_logger
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
-from dispatcher.server.pool import WorkerPool
 from dispatcher.server.producers import run_schedule, start_on_start_tasks
-from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.rejection import Rejected
-from dispatcher.server.replies import ReplySender
+from dispatcher.server.scheduler import Scheduler
+from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
-from dispatcher.server.socket_broker import SocketBroker
 from dispatcher.server.stats import ServiceStats
+from dispatcher.server.supervisor import Supervisor
+from dispatcher.server.timers import Timers
+from dispatcher.server.view import ServiceView
 from dispatcher.server.worker import WorkerOptions
 
 logger = get_logger("dispatcher.service")
@@ -46,7 +50,7 @@ EXIT_TASK_MODULES: Final = 3
 def default_node_id() -> str:
     """A node id from the host name and process id, within the channel-name rule.
 
-    Short enough (44 bytes at most) to fit whole in the listener's ``application_name``.
+    Short enough (at most ``MAX_WHOLE_NODE_ID_BYTES``) to fit whole in ``application_name``.
     """
     host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:32]
     return f"{host}-{os.getpid()}"
@@ -70,65 +74,76 @@ class Service:
                 max_output_bytes=settings.worker.max_output_bytes,
             )
         )
-        self.pool = WorkerPool(
+        # Brokers: the configured built-ins and plug-ins, from the registry; run() starts each.
+        self.capacity = CapacityGauge(self._free_capacity)
+        """Free capacity, for brokers that pull work."""
+        context = BrokerContext(self.node_id, settings, self.stats, self.capacity)
+        self.brokers = create_brokers(context)
+        self.replies = ReplyRouter(self.brokers)
+        self.settlements = Settlements(self.brokers)
+        timers = Timers()
+        catalogue = TaskCatalogue()
+        catalogue.on_known(self._check_producers)
+        self.scheduler = Scheduler(
+            settings.service.limits,
+            timers,
+            self.stats,
+            workers=lambda: self.supervisor.workers,
+            settle=self.settlements.job,
+        )
+        self.scheduler.on_free = self.capacity.changed
+        self.supervisor = Supervisor(
             settings.service,
             self._launcher,
+            timers,
+            self.scheduler,
+            catalogue,
             self.stats,
-            on_ready=self._tasks_known,
             on_fatal=self._task_modules_failed,
-            on_control=self._control,
             max_memory=settings.worker.max_memory,
+            settle=self.settlements.job,
         )
-        self._launcher.on_exit = self.pool.worker_exited
+        self.scheduler.on_backlog = self.supervisor.wake
+        self._launcher.on_exit = self.supervisor.worker_exited
         self.signatures = SignatureCheck(settings.security)
         self.intake = Intake(
-            self.pool,
+            self.scheduler,
             self.stats,
             settings.service.chunk_expiry,
             on_control=self._control_message,
             limits=settings.service.limits,
             signatures=self.signatures,
+            catalogue=catalogue,
+            settlements=self.settlements,
         )
-        self.control = ControlCommands(self)
-        self._allow_list = ControlAllowList(settings.brokers)
-        for broker, name in self._allow_list.unknown(self.control.table):
+        catalogue.on_known(self._start_on_start_tasks)
+        self.view = ServiceView(
+            self.stats, self.scheduler, self.supervisor, self.intake, self.signatures
+        )
+        commands = ControlCommands(self.view, settings, self.stats)
+        self.supervisor.on_control = commands.handle
+        allow_list = ControlAllowList(settings.brokers)
+        for broker, name in allow_list.unknown(commands.table):
             logger.warning(
                 "brokers.%s.allow_control in %s: %r is not a control command",
                 broker,
                 settings.source,
                 name,
             )
-        self._control_validator = validator("control-message")
-        self._control_rejections = RateLimitedLog(logger, logging.WARNING)
-        pg_notify = settings.brokers.pg_notify
-        self.replies = None if pg_notify is None else ReplySender(pg_notify.conninfo)
-        self.listener = (
-            None
-            if pg_notify is None
-            else PgNotifyListener(
-                pg_notify,
-                application_name=f"dispatcher-service:{self.node_id}"[:63],
-                on_message=self.intake.receive,
-                stats=self.stats,
-            )
-        )
-        socket_settings = settings.brokers.socket
-        self.socket = (
-            None
-            if socket_settings is None
-            else SocketBroker(socket_settings.path, self.intake.receive, stats=self.stats)
-        )
+        self.control = ControlMessages(commands, allow_list, self.stats, self.node_id)
         metrics = settings.service.metrics
-        self.metrics = None if metrics is None else MetricsServer(self, metrics.host, metrics.port)
+        self.metrics = (
+            None if metrics is None else MetricsServer(self.view, metrics.host, metrics.port)
+        )
+        self.view.metrics_server = self.metrics
         self._stop = anyio.Event()
-        self._listening: CancelScope | None = None
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT (or :meth:`stop`); return the exit status."""
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(self._watch_signals, signals, name="signals")
-                await task_group.start(self.pool.run, name="worker-pool")
+                await task_group.start(self.supervisor.run, name="worker-pool")
                 # What exists now lives as long as the service: keep it out of every
                 # future garbage collection.
                 gc.freeze()
@@ -136,19 +151,17 @@ class Service:
                     "dispatcher service %s started (pid %d, %d-%d workers)",
                     self.node_id,
                     os.getpid(),
-                    self.pool.min_workers,
-                    self.pool.max_workers,
+                    self.supervisor.min_workers,
+                    self.supervisor.max_workers,
                 )
-                if self.listener is None:
-                    logger.warning(
-                        "no brokers.pg_notify in %s: nothing to listen to", self.settings.source
+                if not self.brokers:
+                    logger.warning("no brokers in %s: nothing to listen to", self.settings.source)
+                await task_group.start(self.replies.run, name="control-replies")
+                await task_group.start(self.settlements.run, name="settlements")
+                for broker in self.brokers:
+                    await task_group.start(
+                        run_broker, broker, self._deliver, name=f"broker:{broker.name}"
                     )
-                else:
-                    task_group.start_soon(self._listen, name="pg-notify-listener")
-                if self.replies is not None:
-                    task_group.start_soon(self.replies.run, name="control-replies")
-                if self.socket is not None:
-                    await task_group.start(self._serve_socket, name="socket-broker")
                 if self.metrics is not None:
                     await task_group.start(self.metrics.run, name="metrics")
                 task_group.start_soon(self._expire_chunks, name="chunk-expiry")
@@ -166,20 +179,14 @@ class Service:
         """Begin a graceful shutdown."""
         self._stop.set()
 
-    async def _serve_socket(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        assert self.socket is not None
-        try:
-            await self.socket.run(task_status=task_status)
-        except OSError as exc:
-            logger.error("cannot serve the socket broker at %s: %s", self.socket.path, exc)
-            task_status.started()
+    def _free_capacity(self) -> int:
+        """Jobs the service would start at once: free worker places less jobs waiting."""
+        busy = sum(1 for worker in self.supervisor.workers if worker.job is not None)
+        return self.supervisor.max_workers - busy - self.scheduler.queued
 
-    async def _listen(self) -> None:
-        assert self.listener is not None
-        with anyio.CancelScope() as self._listening:
-            await self.listener.run()
+    def _deliver(self, payload: str, origin: Origin) -> None:
+        """What brokers hand every payload to (see ``brokers.base.Deliver``)."""
+        self.intake.receive(payload, origin.channel, origin)
 
     async def _watch_signals(self, signals: AsyncIterator[signal.Signals]) -> None:
         async for number in signals:
@@ -188,14 +195,15 @@ class Service:
                 self._stop.set()
             else:
                 logger.warning("received %s again: forcing exit now", signal.Signals(number).name)
-                self.pool.kill_all()
+                self.supervisor.kill_all()
                 os._exit(EXIT_FORCED)
 
     async def _shut_down(self) -> None:
-        if self._listening is not None:
-            self._listening.cancel()
-        await self.pool.shutdown(self.settings.service.shutdown_grace)
+        for broker in self.brokers:
+            broker.stop_receiving()
+        await self.supervisor.shutdown(self.settings.service.shutdown_grace)
         self._launcher.close()
+        await self.settlements.flush()
         pending = len(self.intake.chunks)
         if pending:
             logger.warning("dropped %d incomplete chunked messages", pending)
@@ -207,7 +215,8 @@ class Service:
                 self.stats.rejected["chunk_expired"] += 1
                 logger.warning("incomplete chunked message %s expired", message_id)
 
-    def _tasks_known(self, names: frozenset[str]) -> None:
+    def _check_producers(self, names: frozenset[str]) -> None:
+        """The registered names are known: say which producer entries name no task."""
         producers = self.settings.producers
         sections = (("scheduled", producers.scheduled), ("on_start", producers.on_start))
         for section, entries in sections:
@@ -219,50 +228,25 @@ class Service:
                         task,
                         self.settings.source,
                     )
-        self.intake.tasks_known(names)
-        start_on_start_tasks(self.intake, producers.on_start)
 
-    def _control(self, command: str, data: dict[str, Any]) -> dict[str, Any]:
-        return self.control.handle(command, data)
+    def _start_on_start_tasks(self, names: frozenset[str]) -> None:
+        start_on_start_tasks(self.intake, self.settings.producers.on_start)
 
     def _control_message(
         self, message: dict[str, Any], channel: str, origin: Origin, refused: Rejected | None
     ) -> None:
         """A control message arrived: run it (unless *refused*), answer on ``reply_to``."""
         if refused is None:
-            reply = self.run_control(message, channel, origin.broker)
+            reply = self.control.answer(message, channel, origin.broker)
         else:
-            reply = {"error": str(refused), "node_id": self.node_id}
+            reply = self.control.refused(str(refused))
         reply_to = message.get("reply_to")
         if not reply_to:
             return
         if origin.reply is not None:
             origin.reply(str(reply_to), reply)
-        elif is_valid_channel_name(reply_to) and self.replies is not None:
-            self.replies.queue(str(reply_to), reply)
-
-    def run_control(
-        self, message: dict[str, Any], where: str, broker: BrokerName | None
-    ) -> dict[str, Any]:
-        """Run a control message from *where* over *broker*; return the reply with ``node_id``.
-
-        The message must match its schema and its command be allowed over *broker*.
-        """
-        refusal: str | None
-        if not self._control_validator.is_valid(message):
-            problems = "; ".join(str(p) for p in self._control_validator.problems(message))
-            reason, refusal = "invalid_control", f"invalid control message: {problems}"
-        else:
-            reason = "control_not_allowed"
-            refusal = self._allow_list.refusal(message["control"], broker)
-        if refusal is not None:
-            self.stats.rejected[reason] += 1
-            self._control_rejections.log("rejected control message on %s: %s", where, refusal)
-            reply = {"error": refusal}
-        else:
-            self.stats.control += 1
-            reply = self.control.handle(message["control"], message.get("control_data"))
-        return {**reply, "node_id": self.node_id}
+        elif origin.broker is not None:
+            self.replies.send(origin.broker, str(reply_to), reply)
 
     def _task_modules_failed(self, error: str) -> None:
         if self.exit_status == EXIT_OK:

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from dispatcher.config import Security
-from dispatcher.schema import SIGNED_KEY, SignatureError, verify
-from dispatcher.schema.chunks import CHUNK_KEY
+from dispatcher.schema import CHUNK_KEY, SIGNED_KEY, SignatureError, verify
 from dispatcher.server.origin import Origin
 from dispatcher.server.rejection import Rejected
 

@@ -6,13 +6,20 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
 from dispatcher.server.logsafe import get_logger
 
 logger = get_logger("dispatcher.timers")
+
+
+class Scheduling(Protocol):
+    """Something that calls functions later (:class:`Timers`, or a fake in tests)."""
+
+    def call_later(self, delay: float, function: Callable[..., Any], *args: Any) -> None:
+        """Call ``function(*args)`` in *delay* seconds."""
 
 
 class Timers:

@@ -1,4 +1,4 @@
-"""The local socket broker: task and control messages over a unix socket, one per line.
+"""The socket broker: task and control messages over a local unix socket, one per line.
 
 ``dispatcherctl`` on the same host talks to the service here without a database round
 trip, so it works even while the database is down. Each line goes through the intake like a
@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,6 +28,7 @@ import anyio
 from anyio.abc import SocketStream, TaskStatus
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.origin import Origin
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
@@ -77,18 +78,14 @@ class LineBuffer:
         return lines
 
 
-class SocketBroker:
-    """Serves the unix socket at *path*."""
+class SocketBroker(BrokerBase):
+    """Serves the unix socket at *path*; replies go back on the connection they answer."""
 
     def __init__(
-        self,
-        path: str,
-        on_message: Callable[[str, str, Origin], None],
-        stats: ServiceStats | None = None,
-        max_clients: int = MAX_CLIENTS,
+        self, path: str, stats: ServiceStats | None = None, max_clients: int = MAX_CLIENTS
     ) -> None:
+        super().__init__("socket")
         self.path = Path(path)
-        self._on_message = on_message
         self._stats = stats or ServiceStats()
         self.max_clients = max_clients
         self._clients = 0
@@ -96,8 +93,13 @@ class SocketBroker:
         self._refusals = RateLimitedLog(logger, logging.WARNING)
         self._internal_errors = InternalErrorLog(logger)
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Listen until cancelled; the socket file is removed on the way out."""
+    async def receive(
+        self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen until cancelled; the socket file is removed on the way out.
+
+        :raises OSError: when the socket cannot be created (another service uses the path).
+        """
         self._claim_path()
         old_umask = os.umask(0o177)  # the file is created 0600: only its owner may connect
         try:
@@ -108,10 +110,17 @@ class SocketBroker:
         task_status.started()
         try:
             async with listener:
-                await listener.serve(self._serve_client)
+                await listener.serve(lambda client: self._serve_client(client, deliver))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+    def stop_receiving(self) -> None:
+        """Go on serving: ``dispatcherctl`` may follow a graceful shutdown over the socket.
+
+        The socket closes when the service ends; tasks sent to a service that is shutting
+        down are not started.
+        """
 
     def _claim_path(self) -> None:
         """Remove a stale socket file; refuse to take one a live service is using."""
@@ -127,7 +136,7 @@ class SocketBroker:
                 return
         raise OSError(f"{self.path} is in use by another running service")
 
-    async def _serve_client(self, client: SocketStream) -> None:
+    async def _serve_client(self, client: SocketStream, deliver: Deliver) -> None:
         async with client:
             if self._connected >= self.max_clients:
                 self._refusals.log(
@@ -138,38 +147,53 @@ class SocketBroker:
             self._connected += 1
             self._clients += 1
             try:
-                await self._read_lines(client, f"socket:{self._clients}")
+                await self._read_lines(client, deliver, f"socket:{self._clients}")
             finally:
                 self._connected -= 1
 
-    async def _read_lines(self, client: SocketStream, origin: str) -> None:
+    async def _read_lines(self, client: SocketStream, deliver: Deliver, name: str) -> None:
         lines = LineBuffer()
+        replies: list[Mapping[str, Any]] = []
+        origin = Origin("socket", reply=lambda _to, reply: replies.append(reply), channel=name)
         try:
             async for data in client:
                 for line in lines.feed(data):
                     if line.strip():
-                        await self._handle_line(client, line, origin)
+                        await self._handle_line(client, line, deliver, origin, replies)
         except LineTooLong as exc:
             self._stats.rejected["oversized"] += 1
-            logger.warning("%s: %s: closing the connection", origin, exc)
+            logger.warning("%s: %s: closing the connection", name, exc)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
             return
 
-    async def _handle_line(self, client: SocketStream, line: bytes, origin: str) -> None:
-        """Act on one line; whatever goes wrong costs this line only."""
+    async def _handle_line(
+        self,
+        client: SocketStream,
+        line: bytes,
+        deliver: Deliver,
+        origin: Origin,
+        replies: list[Mapping[str, Any]],
+    ) -> None:
+        """Deliver one line, then send back the control replies it produced.
+
+        Whatever goes wrong costs this line only.
+        """
         try:
-            await self._act_on(client, line, origin)
+            deliver(line.decode("utf-8", errors="replace"), origin)
+            for reply in replies:
+                encoded = json.dumps(reply, separators=(",", ":"), default=str) + "\n"
+                await client.send(encoded.encode())
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             raise  # the connection is gone: stop reading it
         except Exception as exc:
             self._stats.rejected["internal_error"] += 1
-            self._internal_errors.report("socket broker", exc, f"a line from {origin}")
+            self._internal_errors.report("socket broker", exc, f"a line from {origin.channel}")
+        finally:
+            replies.clear()
 
-    async def _act_on(self, client: SocketStream, line: bytes, origin: str) -> None:
-        """Hand the line to the intake; send back the control replies it produced."""
-        replies: list[dict[str, Any]] = []
-        through = Origin("socket", reply=lambda reply_to, reply: replies.append(reply))
-        self._on_message(line.decode("utf-8", errors="replace"), origin, through)
-        for reply in replies:
-            encoded = json.dumps(reply, separators=(",", ":"), default=str) + "\n"
-            await client.send(encoded.encode())
+
+def create(options: Mapping[str, Any], context: BrokerContext) -> SocketBroker:
+    """The factory of ``brokers.socket`` (it reads the typed section of the settings)."""
+    settings = context.settings.brokers.socket
+    assert settings is not None, "the socket factory is only called when it is configured"
+    return SocketBroker(settings.path, stats=context.stats)

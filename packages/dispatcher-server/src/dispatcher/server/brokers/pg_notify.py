@@ -1,28 +1,36 @@
-"""The pg_notify listener: one connection LISTENing on every configured channel.
+"""The pg_notify broker: one connection LISTENing on every configured channel.
 
 It checks its own connection when no notification has arrived for a while, with a NOTIFY
 round trip on a private channel; a connection that fails the check, or breaks, is replaced
 after a backoff delay, and the channels are listened to again. The first retry comes fast
 (0.1 s), since notifications sent while nobody listens are lost; the delay doubles while the
 attempts fail, and while connections break again soon after they were opened. The
-self-check's message is handled here and never reaches the intake.
+self-check's message is handled here and never delivered.
+
+Control replies go out on a connection of their own (the listening one is busy), as NOTIFYs
+on their ``reply_to`` channel; a reply too large for one NOTIFY goes as chunk envelopes.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import anyio
 import psycopg
+from anyio.abc import TaskStatus
 from psycopg import sql
 
-from dispatcher.config import PgNotifyBroker
-from dispatcher.publish.connections import describe_server
+from dispatcher.config import PgNotifyBroker as PgNotifySettings
+from dispatcher.publish import AsyncConnectionProvider, describe_server
+from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES, is_valid_channel_name, split_message
 from dispatcher.server.backoff import Backoff
+from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.logsafe import get_logger
+from dispatcher.server.origin import Origin
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.listener")
@@ -35,26 +43,27 @@ HEALTHY_AFTER: Final = 5.0
 """Seconds a connection must have lasted for its loss to start the backoff afresh."""
 
 
-class PgNotifyListener:
-    """Receives notifications and hands each payload to *on_message(payload, channel)*."""
+class PgNotifyBroker(BrokerBase):
+    """Receives notifications on ``brokers.pg_notify.channels``; replies with NOTIFY."""
 
     def __init__(
-        self,
-        settings: PgNotifyBroker,
-        application_name: str,
-        on_message: Callable[[str, str], None],
-        stats: ServiceStats,
+        self, settings: PgNotifySettings, application_name: str, stats: ServiceStats
     ) -> None:
+        super().__init__("pg_notify")
         self.settings = settings
         self.application_name = application_name
         self.channels: Sequence[str] = settings.channels
         self.check_channel = f"dispatcher_check_{uuid.uuid4().hex[:16]}"
-        self._on_message = on_message
+        self._origins = {channel: Origin("pg_notify", channel=channel) for channel in self.channels}
         self._stats = stats
         self._check_serial = 0
+        self._replies = AsyncConnectionProvider(settings.conninfo)
 
-    async def run(self) -> None:
+    async def receive(
+        self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen until cancelled, reconnecting whenever the connection fails."""
+        task_status.started()  # retries go on in the background
         backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
         where = describe_server(self.settings.conninfo)
         connected_at: float | None = None
@@ -69,7 +78,7 @@ class PgNotifyListener:
                         logger.info("listening on channels %s (%s)", channels, where)
                     else:
                         logger.info("reconnected to %s; listening again", where)
-                    await self._serve(conn)
+                    await self._serve(conn, deliver)
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 if connected_at is not None and time.monotonic() - connected_at >= HEALTHY_AFTER:
                     backoff.reset()
@@ -84,6 +93,18 @@ class PgNotifyListener:
                     delay,
                 )
                 await anyio.sleep(delay)
+
+    async def reply(self, reply_to: str, reply: Mapping[str, Any]) -> None:
+        """NOTIFY *reply* on the channel *reply_to* (chunked when too large)."""
+        if not is_valid_channel_name(reply_to):
+            return  # no channel can have that name: nobody waits for it
+        text = json.dumps(reply, separators=(",", ":"), default=str)
+        payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
+        await self._replies.notify_many([reply_to] * len(payloads), payloads)
+
+    async def close(self) -> None:
+        """Close the connection replies are sent on."""
+        await self._replies.close()
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(
@@ -101,22 +122,26 @@ class PgNotifyListener:
         for channel in (*self.channels, self.check_channel):
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
-    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        on_message, check_channel = self._on_message, self.check_channel
+    def _origin(self, channel: str) -> Origin:
+        origin = self._origins.get(channel)
+        return Origin("pg_notify", channel=channel) if origin is None else origin
+
+    async def _serve(self, conn: psycopg.AsyncConnection[Any], deliver: Deliver) -> None:
+        check_channel, origin = self.check_channel, self._origin
         interval = self.settings.self_check_interval
         last_heard = time.monotonic()
         while True:
             quiet_for = time.monotonic() - last_heard
             if quiet_for >= interval:
-                await self._self_check(conn)
+                await self._self_check(conn, deliver)
                 last_heard = time.monotonic()
                 continue
             async for notify in conn.notifies(timeout=interval - quiet_for):
                 last_heard = time.monotonic()
                 if notify.channel != check_channel:
-                    on_message(notify.payload, notify.channel)
+                    deliver(notify.payload, origin(notify.channel))
 
-    async def _self_check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _self_check(self, conn: psycopg.AsyncConnection[Any], deliver: Deliver) -> None:
         """Send a NOTIFY to ourselves; raise TimeoutError if it does not come back in time."""
         self._check_serial += 1
         token = str(self._check_serial)
@@ -126,9 +151,16 @@ class PgNotifyListener:
             while True:
                 async for notify in conn.notifies(stop_after=1):
                     if notify.channel != self.check_channel:
-                        self._on_message(notify.payload, notify.channel)
+                        deliver(notify.payload, self._origin(notify.channel))
                     elif notify.payload == token:
                         self._stats.self_checks += 1
                         elapsed = (time.monotonic() - started) * 1000
                         logger.debug("self-check round trip %.1f ms", elapsed)
                         return
+
+
+def create(options: Mapping[str, Any], context: BrokerContext) -> PgNotifyBroker:
+    """The factory of ``brokers.pg_notify`` (it reads the typed section of the settings)."""
+    settings = context.settings.brokers.pg_notify
+    assert settings is not None, "the pg_notify factory is only called when it is configured"
+    return PgNotifyBroker(settings, context.application_name, context.stats)

@@ -1,0 +1,114 @@
+"""The publishing side of a broker: how task and control messages leave a publisher.
+
+Every broker a service receives from has a counterpart here, built by its factory,
+``factory(options, settings) -> PublishBroker``, from its config section (``brokers.<name>``,
+less ``allow_control``) and the whole config. The SDK picks one per message (see
+:mod:`dispatcher.publish.routing`): a queue one broker claims goes through it, anything
+else through ``publish.default_broker``; control commands go through
+``publish.default_control_broker``.
+
+Payloads are prepared before a broker sees them: the message's JSON text (in a signed
+envelope when the config has a key), or its chunk envelopes when the text is over
+:data:`~dispatcher.schema.MAX_NOTIFY_PAYLOAD_BYTES`. A broker sends them as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+from dispatcher.config import Settings
+
+Outgoing = tuple[str, str]
+"""One payload to send: ``(queue, payload)``."""
+
+
+class ReplyCollector(Protocol):
+    """Where a broker puts the replies to a control command (a ``ControlResult``)."""
+
+    @property
+    def replies(self) -> Sequence[Mapping[str, Any]]:
+        """The replies taken so far."""
+        ...
+
+    expected: int
+    """How many replies to wait for: set by the broker when the caller gave no number."""
+    expected_nodes: list[str]
+    """The node ids of the services expected to answer, when the broker can tell."""
+
+    def add(self, payload: str | bytes) -> None:
+        """Take one payload that arrived on the reply destination (checked, or skipped)."""
+        ...
+
+
+class PublishBroker(Protocol):
+    """Sends task and control messages to services, and collects control replies."""
+
+    @property
+    def name(self) -> str:
+        """The broker's name: its key under ``brokers``."""
+        ...
+
+    @property
+    def default_queue(self) -> str | None:
+        """The queue a task goes to when neither the call nor ``@task`` names one."""
+        ...
+
+    @property
+    def queues(self) -> Collection[str]:
+        """Queues that always go through this broker, whatever the default broker.
+
+        pg_notify's are its channels; may be empty.
+        """
+        ...
+
+    def send(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
+        """Send *messages* in order (in one round trip where the broker can).
+
+        *connection* is the caller's database connection, to send inside its transaction;
+        a broker that cannot raises ``TypeError``. Raise ``BrokerUnavailable`` when the
+        destination cannot be reached: nothing, or not everything, was sent.
+        """
+        ...
+
+    async def asend(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
+        """:meth:`send` for asyncio code (it must not block the event loop)."""
+        ...
+
+    def control_with_reply(
+        self,
+        text: str,
+        reply_to: str,
+        replies: ReplyCollector,
+        *,
+        queue: str | None,
+        expected_replies: int | None,
+        timeout: float,
+    ) -> None:
+        """Send the control message *text* (whole, unchunked) and collect the replies.
+
+        Make *reply_to* (a fresh name, also in the message) a destination the services can
+        reply to, send the message to *queue* (``None``: this broker's default), and
+        :meth:`ReplyCollector.add` each payload arriving there until
+        ``len(replies.replies) >= replies.expected`` or *timeout* seconds have passed. Set
+        ``replies.expected`` to *expected_replies*, or when it is ``None`` to the number of
+        services the broker knows to be listening (``1`` when it cannot tell).
+        """
+        ...
+
+    async def acontrol_with_reply(
+        self,
+        text: str,
+        reply_to: str,
+        replies: ReplyCollector,
+        *,
+        queue: str | None,
+        expected_replies: int | None,
+        timeout: float,
+    ) -> None:
+        """:meth:`control_with_reply` for asyncio code."""
+        ...
+
+
+PublishBrokerFactory = Callable[[Mapping[str, Any], Settings], PublishBroker]
+"""Builds the publishing side of a broker: ``factory(options, settings)``."""

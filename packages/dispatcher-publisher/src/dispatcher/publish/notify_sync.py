@@ -1,0 +1,235 @@
+"""The pg_notify broker's I/O from synchronous code.
+
+Generated from ``notify_async.py`` by ``tools/async_to_sync.py``; do not edit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import Connection, sql
+
+from dispatcher.publish.brokers import ReplyCollector
+from dispatcher.publish.connections import (
+    NOTIFY_MANY,
+    abandon,
+    broker_unavailable,
+    connect_options,
+    expect_connection,
+    sync_owner,
+)
+from dispatcher.schema import (
+    MAX_NOTIFY_PAYLOAD_BYTES,
+    SERVICE_NAME_PREFIX,
+    ChunkAssembler,
+    ChunkError,
+    DecodeError,
+    decode_json,
+    is_chunk,
+    node_id_of,
+    split_message,
+    validator,
+)
+
+SERVICES_QUERY = (
+    "SELECT application_name FROM pg_stat_activity"
+    " WHERE starts_with(application_name, %s) AND datname = current_database()"
+    " ORDER BY 1"
+)
+"""The ``application_name`` of each service connected to this database, given
+:data:`~dispatcher.schema.SERVICE_NAME_PREFIX`; :func:`~dispatcher.schema.node_id_of` reads
+the node id in it."""
+
+
+class ConnectionProvider:
+    """The SDK's own autocommit connection: opened on first use, shared, re-opened when lost.
+
+    Concurrent callers share it; a process forked after first use opens its own.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self._lock = threading.Lock()  # held only while no I/O runs
+        self._connection: Connection[Any] | None = None
+        self._owner: tuple[int, ...] = ()
+
+    def connection(self) -> Connection[Any]:
+        """Return the open connection, opening one if there is none usable here.
+
+        :raises BrokerUnavailable: when the database cannot be reached.
+        """
+        owner = sync_owner()
+        current = self._connection
+        if current is not None and self._owner == owner and not current.closed:
+            return current
+        try:
+            fresh = Connection.connect(self.conninfo, **connect_options(self.conninfo))
+        except psycopg.Error as exc:
+            raise broker_unavailable(self.conninfo, exc, "connect to") from None
+        with self._lock:
+            current = self._connection
+            if current is not None and self._owner == owner and not current.closed:
+                winner: Connection[Any] | None = current
+            else:
+                if current is not None and self._owner != owner:
+                    abandon(current, self._owner)
+                self._connection, self._owner, winner = fresh, owner, None
+        if winner is None:
+            return fresh
+        fresh.close()  # another caller opened one meanwhile
+        return winner
+
+    def notify_many(self, channels: Sequence[str], payloads: Sequence[str]) -> None:
+        """NOTIFY each payload on its channel, in one round trip.
+
+        A connection found broken (the server restarted, the connection was terminated) is
+        replaced and the NOTIFYs sent once more on the new one.
+
+        :raises BrokerUnavailable: when the database cannot be reached.
+        """
+        for attempt in (1, 2):
+            own = self.connection()
+            try:
+                own.execute(NOTIFY_MANY, (list(channels), list(payloads)))
+                return
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or not own.closed:
+                    raise broker_unavailable(self.conninfo, exc, "send to") from None
+            except psycopg.Error as exc:
+                raise broker_unavailable(self.conninfo, exc, "send to") from None
+
+    def close(self) -> None:
+        """Close the connection (one opened elsewhere is only let go of)."""
+        with self._lock:
+            current, owner = self._connection, self._owner
+            self._connection, self._owner = None, ()
+        if current is None:
+            return
+        if owner == sync_owner():
+            current.close()
+        else:
+            abandon(current, owner)
+
+
+_providers: dict[str, ConnectionProvider] = {}
+_providers_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at the fork would stay held forever in the child.
+    global _providers_lock
+    _providers_lock = threading.Lock()
+    for provider in _providers.values():
+        provider._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _provider(conninfo: str) -> ConnectionProvider:
+    with _providers_lock:
+        provider = _providers.get(conninfo)
+        if provider is None:
+            provider = _providers[conninfo] = ConnectionProvider(conninfo)
+        return provider
+
+
+def close_connections() -> None:
+    """Close the SDK's own connections (they re-open on the next submission).
+
+    Call it when an application shuts down, or in tests between event loops.
+    """
+    with _providers_lock:
+        providers = list(_providers.values())
+    for provider in providers:
+        provider.close()
+
+
+def send(
+    conninfo: str | None, messages: Sequence[tuple[str, str]], connection: object | None
+) -> None:
+    """NOTIFY each ``(channel, payload)`` of *messages*, in order, in one statement.
+
+    With *connection*, the NOTIFYs join its current transaction: delivered when it commits,
+    never if it rolls back. Without, the SDK's own connection to *conninfo* sends them at
+    once; a lost connection is re-opened and the send retried once.
+
+    :raises BrokerUnavailable: when the database cannot be reached or refuses the NOTIFY.
+    """
+    channels = [channel for channel, _ in messages]
+    payloads = [payload for _, payload in messages]
+    if connection is not None:
+        caller = expect_connection(connection, Connection, "submit_task", "asubmit_task")
+        caller.execute(NOTIFY_MANY, (channels, payloads))
+        return
+    assert conninfo is not None, "without a connection, a conninfo is needed"
+    _provider(conninfo).notify_many(channels, payloads)
+
+
+def control_with_reply(
+    conninfo: str,
+    channel: str,
+    text: str,
+    reply_to: str,
+    replies: ReplyCollector,
+    *,
+    expected_replies: int | None,
+    timeout: float,
+) -> None:
+    """NOTIFY the control message *text* on *channel* and collect replies on *reply_to*.
+
+    Without *expected_replies*, the services connected to the database are looked up first
+    (each names its LISTEN connection after its node id) and waited for.
+    """
+    with _connect(conninfo) as conn:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(reply_to)))
+        if expected_replies is None:
+            cursor = conn.execute(SERVICES_QUERY, (SERVICE_NAME_PREFIX,))
+            names = [str(name) for (name,) in cursor.fetchall()]
+            replies.expected_nodes = [node for name in names if (node := node_id_of(name))]
+            replies.expected = len(replies.expected_nodes)
+        else:
+            replies.expected = expected_replies
+        payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
+        conn.execute(NOTIFY_MANY, ([channel] * len(payloads), payloads))
+        deadline = time.monotonic() + timeout
+        chunks = ChunkAssembler()
+        while len(replies.replies) < replies.expected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for notify in conn.notifies(timeout=remaining, stop_after=1):
+                payload: str | None = notify.payload
+                if payload is not None and notify.channel == reply_to:
+                    payload = _join(chunks, payload)
+                    if payload is not None:
+                        replies.add(payload)
+
+
+def _join(chunks: ChunkAssembler, payload: str) -> str | None:
+    """The reply *payload* is, or completes; ``None`` while slices are missing."""
+    try:
+        decoded = decode_json(payload)
+    except DecodeError:
+        return payload  # not a chunk: skipped as a reply, saying why
+    if not isinstance(decoded, dict) or not is_chunk(decoded):
+        return payload
+    if not validator("chunk-envelope").is_valid(decoded):
+        return payload
+    try:
+        return chunks.add(decoded)
+    except ChunkError:
+        return None
+
+
+def _connect(conninfo: str) -> Connection[Any]:
+    options = connect_options(conninfo) | {"application_name": "dispatcher-control"}
+    try:
+        return Connection.connect(conninfo, **options)
+    except psycopg.Error as exc:
+        raise broker_unavailable(conninfo, exc, "connect to") from None

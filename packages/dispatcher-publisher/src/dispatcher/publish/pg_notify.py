@@ -1,0 +1,108 @@
+"""The pg_notify broker's publishing side: NOTIFY on a channel, LISTEN for control replies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dispatcher.config import PgNotifyBroker, Settings
+from dispatcher.publish.brokers import Outgoing, ReplyCollector
+from dispatcher.publish.errors import PublishError
+from dispatcher.publish.notify_async import acontrol_with_reply as acollect_replies
+from dispatcher.publish.notify_async import asend as anotify
+from dispatcher.publish.notify_sync import control_with_reply as collect_replies
+from dispatcher.publish.notify_sync import send as notify
+
+
+class PgNotifyPublisher:
+    """Sends payloads with NOTIFY: on the SDK's own connection, or in the caller's transaction."""
+
+    name = "pg_notify"
+
+    def __init__(self, settings: PgNotifyBroker | None, source: str = "config") -> None:
+        self.conninfo = None if settings is None else settings.conninfo
+        self.source = source
+        self.queues: tuple[str, ...] = () if settings is None else settings.channels
+        self.default_queue: str | None = None
+        if settings is not None:
+            self.default_queue = settings.default_publish_channel
+            if self.default_queue is None and len(settings.channels) == 1:
+                self.default_queue = settings.channels[0]
+
+    def send(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
+        """NOTIFY each payload on its channel, in one statement."""
+        notify(self._conninfo(connection), messages, connection)
+
+    async def asend(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
+        """:meth:`send` for asyncio code."""
+        await anotify(self._conninfo(connection), messages, connection)
+
+    def control_with_reply(
+        self,
+        text: str,
+        reply_to: str,
+        replies: ReplyCollector,
+        *,
+        queue: str | None,
+        expected_replies: int | None,
+        timeout: float,
+    ) -> None:
+        """NOTIFY the command, LISTEN on *reply_to* for the services' replies."""
+        conninfo, channel = self._control_target(queue)
+        collect_replies(
+            conninfo,
+            channel,
+            text,
+            reply_to,
+            replies,
+            expected_replies=expected_replies,
+            timeout=timeout,
+        )
+
+    async def acontrol_with_reply(
+        self,
+        text: str,
+        reply_to: str,
+        replies: ReplyCollector,
+        *,
+        queue: str | None,
+        expected_replies: int | None,
+        timeout: float,
+    ) -> None:
+        """:meth:`control_with_reply` for asyncio code."""
+        conninfo, channel = self._control_target(queue)
+        await acollect_replies(
+            conninfo,
+            channel,
+            text,
+            reply_to,
+            replies,
+            expected_replies=expected_replies,
+            timeout=timeout,
+        )
+
+    def _conninfo(self, connection: object | None) -> str | None:
+        if connection is None and self.conninfo is None:
+            raise PublishError(
+                f"cannot submit tasks: {self.source} configures no brokers.pg_notify "
+                "(its conninfo is needed), and no connection= was passed"
+            )
+        return self.conninfo
+
+    def _control_target(self, queue: str | None) -> tuple[str, str]:
+        if self.conninfo is None:
+            raise PublishError(
+                f"cannot send control commands: {self.source} has no brokers.pg_notify"
+            )
+        channel = queue or self.default_queue
+        if channel is None:
+            raise PublishError(
+                "cannot send control commands: no channel; set brokers.pg_notify."
+                f"default_publish_channel in {self.source}, or pass queue=..."
+            )
+        return self.conninfo, channel
+
+
+def create(options: Mapping[str, Any], settings: Settings) -> PgNotifyPublisher:
+    """The factory of the pg_notify broker's publishing side."""
+    return PgNotifyPublisher(settings.brokers.pg_notify, settings.source)

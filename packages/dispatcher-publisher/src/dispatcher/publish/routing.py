@@ -1,0 +1,141 @@
+"""Which broker carries a message: built-ins and plug-ins, chosen by queue and by config.
+
+A task goes through the broker that claims its queue (:attr:`PublishBroker.queues`), else
+through ``publish.default_broker``; without that setting, through ``pg_notify`` when it is
+configured, else through the only configured broker besides ``socket``, else through
+``socket``. Control commands go through ``publish.default_control_broker``, else ``socket``
+when configured, else the task default.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from dispatcher.config import NotConfiguredError, PluginError, Settings, get_settings, load_plugin
+from dispatcher.publish.brokers import Outgoing, PublishBroker, PublishBrokerFactory
+from dispatcher.publish.errors import PublishError
+from dispatcher.publish.pg_notify import PgNotifyPublisher
+from dispatcher.publish.pg_notify import create as create_pg_notify
+from dispatcher.publish.socket import create as create_socket
+
+BUILTIN_FACTORIES: Final[Mapping[str, PublishBrokerFactory]] = {
+    "pg_notify": create_pg_notify,
+    "socket": create_socket,
+}
+"""The publishing sides of the brokers that ship with dispatcher, by name."""
+
+
+class _Brokers:
+    """The publishing brokers of one config, built on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.built: dict[str, PublishBroker] = {}
+        self.by_queue: dict[str, PublishBroker] = {}
+
+
+_current: _Brokers | None = None
+_lock = threading.Lock()
+
+
+def _brokers(settings: Settings) -> _Brokers:
+    global _current
+    current = _current
+    if current is None or current.settings is not settings:
+        with _lock:
+            current = _current = _Brokers(settings)
+    return current
+
+
+def publish_broker(name: str, settings: Settings | None = None) -> PublishBroker:
+    """The publishing side of the configured broker *name* (built once per config).
+
+    :raises PublishError: when *name* is not configured, or its plug-in has no publishing
+        side (or it cannot be loaded).
+    """
+    settings = settings or get_settings()
+    brokers = _brokers(settings)
+    broker = brokers.built.get(name)
+    if broker is not None:
+        return broker
+    if name not in settings.brokers.names:
+        raise PublishError(f"no broker {name!r} is configured under 'brokers' in {settings.source}")
+    plugin = settings.brokers.plugins.get(name)
+    try:
+        if plugin is None:
+            broker = BUILTIN_FACTORIES[name]({}, settings)
+        else:
+            broker = load_plugin(name).load_publisher(name)(plugin.options, settings)
+    except PluginError as exc:
+        raise PublishError(f"cannot publish through brokers.{name}: {exc}") from exc
+    brokers.built[name] = broker
+    return broker
+
+
+def default_broker(settings: Settings | None = None) -> PublishBroker:
+    """The broker tasks go through when no broker claims their queue.
+
+    :raises PublishError: when the config names no broker, or several and no
+        ``publish.default_broker``.
+    """
+    settings = settings or get_settings()
+    name = settings.publish.default_broker
+    names = settings.brokers.names
+    if name is None and "pg_notify" in names:
+        name = "pg_notify"
+    if name is None:
+        others = [n for n in names if n != "socket"] or list(names)
+        if len(others) != 1:
+            raise PublishError(
+                f"cannot submit tasks: {settings.source} configures "
+                + ("no broker" if not names else f"brokers {', '.join(names)}")
+                + "; set publish.default_broker"
+            )
+        name = others[0]
+    return publish_broker(name, settings)
+
+
+def control_broker(settings: Settings | None = None) -> PublishBroker:
+    """The broker control commands go through."""
+    settings = settings or get_settings()
+    name = settings.publish.default_control_broker
+    if name is None and settings.brokers.socket is not None:
+        name = "socket"
+    return default_broker(settings) if name is None else publish_broker(name, settings)
+
+
+def broker_for(queue: str, settings: Settings | None = None) -> PublishBroker:
+    """The broker a task for *queue* goes through."""
+    settings = settings or get_settings()
+    brokers = _brokers(settings)
+    broker = brokers.by_queue.get(queue)
+    if broker is None:
+        claims = (publish_broker(name, settings) for name in settings.brokers.names)
+        broker = next((b for b in claims if queue in b.queues), None) or default_broker(settings)
+        brokers.by_queue[queue] = broker
+    return broker
+
+
+def plan(
+    submissions: Sequence[tuple[str, Sequence[str]]], connection: object | None
+) -> list[tuple[PublishBroker, list[Outgoing]]]:
+    """Group ``(queue, payloads)`` pairs by the broker each goes through, keeping the order.
+
+    With *connection* and no config, the NOTIFYs go inside that connection's transaction.
+    """
+    try:
+        settings = get_settings()
+    except NotConfiguredError:
+        if connection is None:
+            raise
+        messages = [(queue, payload) for queue, payloads in submissions for payload in payloads]
+        return [(PgNotifyPublisher(None), messages)]
+    groups: list[tuple[PublishBroker, list[Outgoing]]] = []
+    for queue, payloads in submissions:
+        broker = broker_for(queue, settings)
+        if not groups or groups[-1][0] is not broker:
+            groups.append((broker, []))
+        groups[-1][1].extend((queue, payload) for payload in payloads)
+    return groups

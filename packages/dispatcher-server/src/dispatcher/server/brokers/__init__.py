@@ -1,0 +1,34 @@
+"""Brokers: how payloads reach the service and how control replies leave it.
+
+Built-ins: :mod:`~dispatcher.server.brokers.pg_notify` (PostgreSQL LISTEN/NOTIFY) and
+:mod:`~dispatcher.server.brokers.socket` (a local unix socket). Others are plug-ins, found
+through the entry-point group ``dispatcher.brokers`` (see
+:mod:`~dispatcher.server.brokers.registry` and ``docs/brokers.md``). A plug-in implements
+:class:`Broker` (most simply by subclassing :class:`BrokerBase`); a durable one also
+:class:`Acknowledging`.
+"""
+
+from dispatcher.server.brokers.base import (
+    Acknowledging,
+    Broker,
+    BrokerBase,
+    BrokerContext,
+    BrokerFactory,
+    Capacity,
+    Deliver,
+    Settled,
+)
+from dispatcher.server.origin import Origin, ReplySink
+
+__all__ = [
+    "Acknowledging",
+    "Broker",
+    "BrokerBase",
+    "BrokerContext",
+    "BrokerFactory",
+    "Capacity",
+    "Deliver",
+    "Origin",
+    "ReplySink",
+    "Settled",
+]

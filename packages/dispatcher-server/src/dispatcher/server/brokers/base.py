@@ -1,0 +1,194 @@
+"""The broker protocol: how payloads reach the service, and how replies and outcomes leave it.
+
+A broker is built once per service by its factory, ``factory(options, context)``, from its
+config section (``brokers.<name>``) and a :class:`BrokerContext`. The service then:
+
+1. runs ``await broker.run(deliver, task_status=...)`` in a task of its own; the broker
+   calls ``task_status.started()`` once it is receiving (or retrying in the background),
+   then ``deliver(payload, origin)`` for every payload it receives;
+2. calls ``await broker.reply(reply_to, reply)`` for each control reply to a message the
+   broker delivered (unless the message's :class:`Origin` carries a reply sink of its own);
+3. calls ``broker.stop_receiving()`` when a graceful shutdown begins: no more deliveries;
+   replies, and a durable broker's acknowledgements, may still follow;
+4. cancels ``run()`` once the workers are done: the broker releases what it holds.
+
+Durable brokers also implement :class:`Acknowledging` and read :attr:`BrokerContext.capacity`
+to claim no more work than the service can start. See ``docs/brokers.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+from anyio.abc import TaskStatus
+
+from dispatcher.config import Settings
+from dispatcher.schema import service_application_name
+from dispatcher.server.origin import Origin
+from dispatcher.server.stats import ServiceStats
+
+Deliver = Callable[[str, Origin], None]
+"""Hands one raw payload to the service: ``deliver(payload, origin)``.
+
+Synchronous and cheap: it decodes, validates and queues the payload (or rejects it, counted
+and logged) before it returns. It never raises and never blocks, so a broker may call it
+from its receiving loop for every payload. The payload is the message's JSON text (or a
+chunk envelope, or a signed envelope) exactly as the publisher sent it.
+"""
+
+
+class Broker(Protocol):
+    """A way for messages to reach the service, and for control replies to go back."""
+
+    name: str
+    """The broker's name: its key under ``brokers`` in the config."""
+
+    async def run(
+        self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Receive payloads and hand each to *deliver*, until cancelled.
+
+        Call ``task_status.started()`` once receiving, or once the first attempt to connect
+        failed and further attempts go on in the background: the service waits for it
+        before it goes on starting. Recover from lost connections here (with a growing
+        delay); an exception that escapes is logged and ends this broker only. Release
+        everything when cancelled (shielded clean-up).
+        """
+        ...
+
+    def stop_receiving(self) -> None:
+        """Deliver nothing more: a graceful shutdown has begun. Idempotent.
+
+        :meth:`reply` and :meth:`Acknowledging.acknowledge` may still be called until
+        :meth:`run` is cancelled.
+        """
+        ...
+
+    async def reply(self, reply_to: str, reply: Mapping[str, Any]) -> None:
+        """Send a control *reply* (a JSON object) to *reply_to*.
+
+        *reply_to* is named by a message this broker delivered: it comes from outside, so
+        check it before using it as a name. Called by one task per broker, in order, never
+        concurrently. Raise ``OSError`` or a ``DispatcherError`` to have the failure logged
+        (rate-limited); the reply is dropped.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """How a job a durable broker delivered ended, for :meth:`Acknowledging.acknowledge`."""
+
+    receipt: str
+    """The :attr:`Origin.receipt` the payload was delivered with."""
+    outcome: str
+    """An :class:`~dispatcher.schema.Outcome` value (``ok``, ``error``, ``timeout``, ...), or
+    how the job never ran: ``rejected`` (refused on receipt), ``discarded``
+    (``on_duplicate``), ``refused`` (a ``service.limits`` limit: deliver it again later),
+    ``abandoned`` (the service stopped first: deliver it again)."""
+    reason: str | None = None
+    """Why, for ``rejected`` (and the error's summary for ``error``)."""
+
+
+@runtime_checkable
+class Acknowledging(Protocol):
+    """Optional: a broker that must hear how each job it delivered ended (a durable queue).
+
+    The service acknowledges every payload delivered with an :attr:`Origin.receipt` exactly
+    once: when its job ends, or when the message is rejected or dropped. Acknowledgements
+    come in batches; until one arrives the broker keeps the job's lease alive.
+    """
+
+    async def acknowledge(self, settled: Sequence[Settled]) -> None:
+        """Record how these deliveries ended (at least one; in one round trip if possible)."""
+        ...
+
+
+class Capacity(Protocol):
+    """How much work the service can start now: durable brokers claim no more than that."""
+
+    def free(self) -> int:
+        """Jobs the service would start at once: free worker places less jobs waiting."""
+        ...
+
+    async def wait_free(self) -> int:
+        """Return :meth:`free` as soon as it is more than zero."""
+        ...
+
+
+@dataclass(frozen=True)
+class BrokerContext:
+    """What the service gives a broker factory besides the broker's own config section."""
+
+    node_id: str
+    """This service's node id (control replies carry it)."""
+    settings: Settings
+    """The whole config (a broker may default to another section, e.g. a conninfo)."""
+    stats: ServiceStats
+    """The service's counters: count a payload refused before delivery with
+    ``stats.rejected[reason] += 1``."""
+    capacity: Capacity
+    """Free capacity, for brokers that pull work (see :class:`Capacity`)."""
+
+    @property
+    def application_name(self) -> str:
+        """The ``application_name`` for a broker's PostgreSQL connections.
+
+        Control clients count the services connected to the database by it.
+        """
+        return service_application_name(self.node_id)
+
+
+BrokerFactory = Callable[[Mapping[str, Any], BrokerContext], Broker]
+"""Builds a broker: ``factory(options, context)``; *options* is its config section, checked
+against its schema, less the keys the service handles (``allow_control``)."""
+
+
+class BrokerBase:
+    """A base for brokers: implement :meth:`receive` (and :meth:`reply`, :meth:`close`).
+
+    :meth:`run` runs :meth:`receive` inside a cancel scope that :meth:`stop_receiving`
+    cancels, then waits (replies may still be sent) until the service cancels it, and
+    calls :meth:`close` on the way out.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._receiving: anyio.CancelScope | None = None
+        self._stopped = False
+
+    async def run(
+        self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """See :meth:`Broker.run`."""
+        try:
+            with anyio.CancelScope() as self._receiving:
+                if self._stopped:
+                    self._receiving.cancel()
+                await self.receive(deliver, task_status=task_status)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    def stop_receiving(self) -> None:
+        """See :meth:`Broker.stop_receiving`."""
+        self._stopped = True
+        if self._receiving is not None:
+            self._receiving.cancel()
+
+    async def receive(
+        self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Receive payloads until cancelled; call ``task_status.started()`` first."""
+        raise NotImplementedError
+
+    async def reply(self, reply_to: str, reply: Mapping[str, Any]) -> None:
+        """Send a control reply; by default the broker has no way to."""
+        raise NotImplementedError(f"the {self.name} broker cannot send replies")
+
+    async def close(self) -> None:
+        """Release what the broker holds (connections, files); called once, shielded."""

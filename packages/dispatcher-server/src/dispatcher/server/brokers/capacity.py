@@ -1,0 +1,38 @@
+"""The service's free capacity, as brokers that pull work (durable queues) read it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+
+
+class CapacityGauge:
+    """A :class:`~dispatcher.server.brokers.base.Capacity` computed when asked.
+
+    *compute* says how many jobs the service would start at once (free worker places less
+    jobs already waiting). :meth:`changed` is called whenever a worker becomes free; it
+    wakes brokers waiting in :meth:`wait_free`, and costs nothing when none waits.
+    """
+
+    def __init__(self, compute: Callable[[], int] = lambda: 0) -> None:
+        self._compute = compute
+        self._waiting: anyio.Event | None = None
+
+    def free(self) -> int:
+        """Jobs the service would start at once."""
+        return max(0, self._compute())
+
+    def changed(self) -> None:
+        """Capacity may have grown: wake whoever waits for it."""
+        if self._waiting is not None:
+            self._waiting.set()
+            self._waiting = None
+
+    async def wait_free(self) -> int:
+        """Return :meth:`free` as soon as it is more than zero."""
+        while (free := self.free()) <= 0:
+            if self._waiting is None:
+                self._waiting = anyio.Event()
+            await self._waiting.wait()
+        return free

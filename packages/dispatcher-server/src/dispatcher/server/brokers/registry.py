@@ -1,0 +1,59 @@
+"""Which brokers a service runs: the built-ins, and plug-ins found through entry points.
+
+A plug-in registers a :class:`~dispatcher.config.BrokerPlugin` in the entry-point group
+``dispatcher.brokers`` (see :mod:`dispatcher.config.plugins`); its ``server`` names the
+factory, ``factory(options, context) -> Broker``. Only configured brokers are built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from dispatcher.config import ConfigError, PluginError, load_plugin
+from dispatcher.server.brokers import pg_notify, socket
+from dispatcher.server.brokers.base import Broker, BrokerContext, BrokerFactory
+
+BUILTIN_FACTORIES: Final[Mapping[str, BrokerFactory]] = {
+    "pg_notify": pg_notify.create,
+    "socket": socket.create,
+}
+"""The factories of the brokers that ship with the service, by name."""
+
+
+def broker_factory(name: str) -> BrokerFactory:
+    """Return the factory of the broker *name*: a built-in, else an installed plug-in's.
+
+    :raises PluginError: when no plug-in has that name, or its service side cannot be loaded.
+    """
+    builtin = BUILTIN_FACTORIES.get(name)
+    if builtin is not None:
+        return builtin
+    factory = load_plugin(name).load_server(name)
+    if not callable(factory):
+        raise PluginError(f"broker plug-in {name!r}: its server side is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+def create_brokers(context: BrokerContext) -> list[Broker]:
+    """Build every broker the config names, in the order of the config.
+
+    :raises ConfigError: when a plug-in's service side cannot be loaded or refuses its
+        options (naming ``brokers.<name>`` and the reason).
+    """
+    brokers = context.settings.brokers
+    built: list[Broker] = []
+    for name in brokers.names:
+        plugin = brokers.plugins.get(name)
+        options: Mapping[str, Any] = {} if plugin is None else plugin.options
+        try:
+            broker = broker_factory(name)(options, context)
+        except (PluginError, ValueError, TypeError) as exc:
+            raise ConfigError(context.settings.source, [f"brokers.{name}: {exc}"]) from exc
+        if broker.name != name:
+            raise ConfigError(
+                context.settings.source,
+                [f"brokers.{name}: the plug-in built a broker named {broker.name!r}"],
+            )
+        built.append(broker)
+    return built

@@ -1,0 +1,42 @@
+"""A job: one validated task message on its way to, or on, a worker."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+
+class Job(NamedTuple):
+    """A validated task message waiting for, or running on, a worker.
+
+    A tuple of strings and bytes, so that a long queue of them costs the garbage collector
+    nothing (it stops tracking such tuples).
+    """
+
+    uuid: str
+    task: str
+    line: bytes
+    """The request line for a worker (the message's JSON text, as received)."""
+    timeout: float = 0
+    """Seconds the task may run (``0``: no limit)."""
+    delay: float = 0
+    """Seconds to hold the job before it is dispatched."""
+    on_duplicate: str | None = None
+    key: str | None = None
+    """Identity for ``on_duplicate`` (task, args, kwargs); ``None`` when not tracked."""
+    published: float = 0
+    """``time_pub`` of the message (publisher's clock), ``0`` when unknown."""
+    broker: str | None = None
+    """The broker that delivered it, when that broker must hear how it ended."""
+    receipt: str | None = None
+    """The delivery's receipt, for that broker's acknowledgement (see ``settlement``)."""
+
+    def matches(self, uuid: str | None, task: str | None) -> bool:
+        """Tell whether the job has this uuid and task name (``None`` matches any)."""
+        return (uuid is None or self.uuid == uuid) and (task is None or self.task == task)
+
+
+def describe(job: Job, where: str) -> dict[str, Any]:
+    """A job as control replies show it: where it is, its uuid, task and message."""
+    message = json.loads(job.line)["message"]
+    return {"where": where, "uuid": job.uuid, "task": job.task, "message": message}

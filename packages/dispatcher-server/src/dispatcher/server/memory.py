@@ -1,0 +1,59 @@
+"""``worker.max_memory``: workers whose resident memory passes the limit are killed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import anyio
+
+from dispatcher.schema import Outcome
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.workers import WorkerHandle
+
+logger = get_logger("dispatcher.memory")
+
+CHECK_INTERVAL: Final = 0.1
+"""Seconds between two looks at the workers' memory."""
+
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes(pid: int | None) -> int | None:
+    """The resident memory of process *pid* in bytes, or ``None`` if it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * _PAGE_SIZE
+
+
+def check(workers: Iterable[WorkerHandle], limit: int) -> None:
+    """Kill every live worker above *limit* bytes; its task ends as ``memory_exceeded``."""
+    for worker in workers:
+        if not worker.is_live or worker.killed_for is not None:
+            continue
+        rss = resident_bytes(worker.pid)
+        if rss is None or rss <= limit:
+            continue
+        job = worker.job
+        logger.warning(
+            "worker %d (pid %s) uses %d MiB, over worker.max_memory (%d MiB): killing it%s",
+            worker.id,
+            worker.pid,
+            rss >> 20,
+            limit >> 20,
+            "" if job is None else f" and its task {job.task} (uuid {job.uuid})",
+        )
+        worker.kill(Outcome.MEMORY_EXCEEDED)
+
+
+async def watch(workers: Callable[[], Iterable[WorkerHandle]], limit: int) -> None:
+    """Check the workers every :data:`CHECK_INTERVAL` seconds, until cancelled."""
+    while True:
+        await anyio.sleep(CHECK_INTERVAL)
+        check(list(workers()), limit)

@@ -1,0 +1,275 @@
+"""From a submitted job to a worker: delay, duplicate gate, FIFO queue, matching.
+
+A job submitted is held for its ``delay`` (:mod:`~dispatcher.server.delayer`), passes the
+``on_duplicate`` gate (:mod:`~dispatcher.server.gate`), then runs on the longest-idle ready
+worker or waits in a FIFO queue. ``cancel`` and ``running`` look at every place that holds
+a job: workers, the queue, the gate and the delayer. Each holding place is bounded by
+``service.limits``; a job over a limit is refused, counted (``overloaded``) and logged.
+
+The scheduler knows workers only through the small :class:`Runner` protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from dispatcher.config import Limits
+from dispatcher.schema import Outcome
+from dispatcher.server.delayer import Delayer
+from dispatcher.server.gate import Admission, DuplicateGate
+from dispatcher.server.jobs import Job, describe
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.settlement import ABANDONED, DISCARDED, REFUSED
+from dispatcher.server.stats import ServiceStats
+from dispatcher.server.timers import Scheduling
+
+logger = get_logger("dispatcher.scheduler")
+
+JobFilter = Callable[[Job], bool]
+
+
+class Runner(Protocol):
+    """A worker as the scheduler sees it (a :class:`~dispatcher.server.workers.WorkerHandle`)."""
+
+    @property
+    def id(self) -> int:
+        """The worker's id."""
+
+    @property
+    def job(self) -> Job | None:
+        """The job it runs, if any."""
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether it waits for a job."""
+
+    def run(self, job: Job) -> None:
+        """Start *job* on it."""
+
+    def cancel(self, reason: Outcome = Outcome.CANCELLED) -> None:
+        """Cancel its running job."""
+
+
+class Scheduler:
+    """Decides which job runs where and when.
+
+    *workers* lists every worker (for ``cancel`` and ``running``); *on_backlog* is called
+    when a backlog starts (the pool may want another worker).
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        timers: Scheduling,
+        stats: ServiceStats,
+        workers: Callable[[], Iterable[Runner]],
+        on_backlog: Callable[[], None] = lambda: None,
+        settle: Callable[[Job, str], None] = lambda job, outcome: None,
+    ) -> None:
+        self.limits = limits
+        self._stats = stats
+        self._workers = workers
+        self.on_backlog = on_backlog
+        """Called when a backlog starts (the pool may want another worker)."""
+        self.on_free: Callable[[], None] = lambda: None
+        """Called when a worker becomes free (brokers that pull work may claim more)."""
+        self._settle = settle
+        self._gate = DuplicateGate()
+        self._delayer = Delayer(timers, self._admit)
+        self._idle: deque[Runner] = deque()
+        self._queue: deque[Job] = deque()
+        self._held_bytes = 0
+        """Bytes of the messages of jobs submitted and not yet running (nor dropped)."""
+        self._closed = False
+        self._refusals = RateLimitedLog(logger, logging.WARNING)
+
+    # -- jobs in -------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> bool:
+        """Take a job: hold it for its delay, pass it through the duplicate gate, run it.
+
+        Returns ``False`` when it is refused because a limit of ``service.limits`` is reached
+        (counted and logged here) or the scheduler is closed.
+        """
+        if self._closed:
+            return False
+        limits, size = self.limits, len(job.line)
+        if self._held_bytes + size > limits.max_held_bytes:
+            return self._refuse(job, "max_held_bytes", limits.max_held_bytes)
+        if job.delay > 0:
+            if self._delayer.count >= limits.max_delayed:
+                return self._refuse(job, "max_delayed", limits.max_delayed)
+            self._held_bytes += size
+            self._delayer.hold(job, job.delay)
+            return True
+        if not self._idle and len(self._queue) >= limits.max_queued:
+            return self._refuse(job, "max_queued", limits.max_queued)
+        self._held_bytes += size
+        return self._admit(job)
+
+    def _refuse(self, job: Job, limit: str, value: int) -> bool:
+        self._stats.rejected["overloaded"] += 1
+        self._settle(job, REFUSED)
+        self._refusals.log(
+            "task %s (uuid %s) refused: service.limits.%s (%d) reached",
+            job.task,
+            job.uuid,
+            limit,
+            value,
+        )
+        return False
+
+    def _admit(self, job: Job) -> bool:
+        """Pass *job* through the gate; ``False`` when it is refused (a discard is not)."""
+        if self._closed:
+            self._unhold(job)
+            self._settle(job, ABANDONED)
+            return False
+        admission = self._gate.admit(job, self.limits.max_blocked)
+        if admission is Admission.RUN:
+            self._dispatch(job)
+        elif admission is Admission.DISCARD:
+            self._unhold(job)
+            self._stats.discarded += 1
+            self._settle(job, DISCARDED)
+            logger.debug("task %s (uuid %s) discarded: a duplicate is active", job.task, job.uuid)
+        elif admission is Admission.REFUSE:
+            self._unhold(job)
+            return self._refuse(job, "max_blocked", self.limits.max_blocked)
+        return True
+
+    def _dispatch(self, job: Job) -> None:
+        """Run *job* on the longest-idle worker, or queue it (FIFO) if all are busy."""
+        while self._idle:
+            worker = self._idle.popleft()
+            if worker.is_ready:
+                self._start(worker, job)
+                return
+        self._queue.append(job)
+        if len(self._queue) == 1:
+            self.on_backlog()
+
+    def _start(self, worker: Runner, job: Job) -> None:
+        self._unhold(job)
+        worker.run(job)
+
+    def _unhold(self, job: Job) -> None:
+        self._held_bytes -= len(job.line)
+
+    # -- workers -------------------------------------------------------------------------
+
+    def worker_free(self, worker: Runner) -> None:
+        """*worker* is ready: give it the next queued job, or keep it as the newest idle."""
+        if self._queue and not self._closed:
+            self._start(worker, self._queue.popleft())
+        else:
+            self._idle.append(worker)
+            self.on_free()
+
+    def forget(self, worker: Runner) -> None:
+        """*worker* is no longer available (stopping or gone)."""
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+
+    def job_ended(self, job: Job) -> None:
+        """*job* has ended, whatever its outcome: let a blocked duplicate of it in."""
+        if job.key is not None:
+            released = self._gate.finished(job)
+            if released is not None:
+                self._admit(released)
+
+    # -- looking and cancelling ------------------------------------------------------------
+
+    def _held(self) -> Iterable[tuple[str, list[Job]]]:
+        return (
+            ("queued", list(self._queue)),
+            ("blocked", list(self._gate.blocked())),
+            ("delayed", self._delayer.held()),
+        )
+
+    def running(self, uuid: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
+        """Describe the jobs running, queued, blocked and delayed (filtered like cancel)."""
+        found = [
+            describe(w.job, f"worker-{w.id}")
+            for w in self._workers()
+            if w.job is not None and w.job.matches(uuid, task)
+        ]
+        for where, jobs in self._held():
+            found += [describe(job, where) for job in jobs if job.matches(uuid, task)]
+        return found
+
+    def cancel(self, uuid: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
+        """Cancel the jobs with this uuid and/or task name, wherever they are.
+
+        Delayed, blocked and queued copies are removed; running ones are cancelled on their
+        worker. Returns what was cancelled.
+        """
+        if uuid is None and task is None:
+            raise ValueError("cancel needs a uuid or a task name")
+        return self._cancel(lambda job: job.matches(uuid, task))
+
+    def cancel_all(self) -> list[dict[str, Any]]:
+        """Cancel every job: running, queued, blocked and delayed."""
+        return self._cancel(lambda job: True)
+
+    def _cancel(self, match: JobFilter) -> list[dict[str, Any]]:
+        found = []
+        for worker in self._workers():
+            job = worker.job
+            if job is not None and match(job):
+                worker.cancel(Outcome.CANCELLED)
+                found.append(describe(job, f"worker-{worker.id}"))
+        queued = [job for job in self._queue if match(job)]
+        if queued:
+            self._queue = deque(job for job in self._queue if not match(job))
+        for where, jobs in (
+            ("queued", queued),
+            ("blocked", self._gate.remove(match)),
+            ("delayed", self._delayer.remove(match)),
+        ):
+            for job in jobs:
+                self._unhold(job)
+                self._stats.task_ended(job.task, Outcome.CANCELLED)
+                self._settle(job, Outcome.CANCELLED)
+                found.append(describe(job, where))
+                if where == "queued":  # it was active in the gate
+                    self.job_ended(job)
+        return found
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a worker."""
+        return len(self._queue)
+
+    @property
+    def blocked(self) -> int:
+        """Jobs held back by ``on_duplicate``."""
+        return self._gate.blocked_count
+
+    @property
+    def delayed(self) -> int:
+        """Jobs held for their ``delay``."""
+        return self._delayer.count
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the messages held (queued, delayed or blocked)."""
+        return self._held_bytes
+
+    def close(self) -> list[tuple[str, list[Job]]]:
+        """Take no more jobs; return those abandoned (queued, blocked, delayed), by place."""
+        self._closed = True
+        abandoned = [(where, jobs) for where, jobs in self._held() if jobs]
+        for _, jobs in abandoned:
+            for job in jobs:
+                self._settle(job, ABANDONED)
+        self._queue.clear()
+        self._gate.remove(lambda job: True)
+        self._delayer.remove(lambda job: True)
+        self._held_bytes = 0
+        return abandoned

@@ -1,0 +1,87 @@
+"""Telling durable brokers how the jobs they delivered ended, in batches.
+
+A payload delivered with a receipt (:attr:`~dispatcher.server.origin.Origin.receipt`) is
+settled exactly once: with its job's outcome when the job ends, or with ``rejected``,
+``discarded``, ``refused`` or ``abandoned`` when it never ran. Settling costs a list append;
+one task per service hands each broker what has gathered, in one call, so that a busy
+service acknowledges many jobs per round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from dispatcher.schema import DispatcherError
+from dispatcher.server.brokers.base import Acknowledging, Broker, Settled
+from dispatcher.server.jobs import Job
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.origin import Origin
+from dispatcher.server.ratelimit import RateLimitedLog
+
+logger = get_logger("dispatcher.settlement")
+
+REJECTED: Final = "rejected"
+"""The message was refused before it became a job (invalid, unknown task, unsigned...)."""
+DISCARDED: Final = "discarded"
+"""``on_duplicate`` dropped it (a duplicate was active)."""
+REFUSED: Final = "refused"
+"""A limit of ``service.limits`` was reached: the broker may deliver it again later."""
+ABANDONED: Final = "abandoned"
+"""The service stopped before the job started: the broker should deliver it again."""
+
+
+class Settlements:
+    """Gathers settlements per acknowledging broker and hands them over in batches."""
+
+    def __init__(self, brokers: Sequence[Broker]) -> None:
+        self._brokers: dict[str, Acknowledging] = {
+            broker.name: broker for broker in brokers if isinstance(broker, Acknowledging)
+        }
+        self._pending: dict[str, list[Settled]] = {name: [] for name in self._brokers}
+        self._wakeup = anyio.Event()
+        self._failures = RateLimitedLog(logger, logging.WARNING)
+
+    def origin(self, origin: Origin, outcome: str, reason: str | None = None) -> None:
+        """Settle a payload that did not become a job (rejected, or a control message)."""
+        if origin.receipt is not None and origin.broker is not None:
+            self._add(origin.broker, Settled(origin.receipt, outcome, reason))
+
+    def job(self, job: Job, outcome: str, reason: str | None = None) -> None:
+        """Settle *job* (a no-op for jobs that came without a receipt)."""
+        if job.receipt is not None and job.broker is not None:
+            self._add(job.broker, Settled(job.receipt, outcome, reason))
+
+    def _add(self, broker: str, settled: Settled) -> None:
+        pending = self._pending.get(broker)
+        if pending is not None:
+            pending.append(settled)
+            self._wakeup.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hand settlements over as they gather, until cancelled."""
+        task_status.started()
+        if not self._brokers:
+            await anyio.sleep_forever()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Hand over everything gathered so far (also called at shutdown)."""
+        for name, broker in self._brokers.items():
+            batch = self._pending[name]
+            if not batch:
+                continue
+            self._pending[name] = []
+            try:
+                await broker.acknowledge(batch)
+            except (OSError, DispatcherError) as exc:
+                self._failures.log(
+                    "the %s broker could not record %d outcomes: %s", name, len(batch), exc
+                )

@@ -1,0 +1,335 @@
+"""The pool of worker processes: start, replace, recycle and shut them down.
+
+The supervisor owns the worker handles and their I/O. It starts workers through the fork
+server, reads their events (``ready``, ``done``, ``control``, ``fatal``), tells the
+scheduler when a worker is free or a job has ended, has outcomes recorded, follows the
+scaling plan, and stops everything in order at shutdown. A worker's death is noticed at
+once through its pidfd, and the worker is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from dispatcher.config import Service as ServiceSettings
+from dispatcher.server import memory, scaling
+from dispatcher.server.accounting import Accounting
+from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.jobs import Job
+from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.protocol import reply_line
+from dispatcher.server.ratelimit import InternalErrorLog
+from dispatcher.server.scheduler import Scheduler
+from dispatcher.server.stats import ServiceStats
+from dispatcher.server.timers import Timers
+from dispatcher.server.worker_io import WorkerEvents
+from dispatcher.server.workers import WorkerHandle, WorkerStatus
+
+logger = get_logger("dispatcher.pool")
+
+STARTUP_TIMEOUT: Final = 60.0
+"""Seconds a new worker has to import the task modules and report ready."""
+
+EXIT_WAIT: Final = 5.0
+"""Seconds a worker asked to stop (or seen to die) has to exit before it is killed."""
+
+ControlHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
+"""Runs a bound task's control request: ``handler(command, data) -> reply``."""
+
+
+class Supervisor:
+    """Keeps the pool of worker processes in shape; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        launcher: WorkerLauncher,
+        timers: Timers,
+        scheduler: Scheduler,
+        catalogue: TaskCatalogue,
+        stats: ServiceStats,
+        on_fatal: Callable[[str], None],
+        max_memory: int | None = None,
+        settle: Callable[[Job, str], None] = lambda job, outcome: None,
+    ) -> None:
+        self.settings = settings.pool
+        self.min_workers = self.settings.min_workers
+        self.max_workers = self.settings.max_workers or os.cpu_count() or 1
+        self.on_control: ControlHandler = lambda command, data: {"error": "no control here"}
+        """Answers bound tasks' control requests (set by the service)."""
+        self._cancel_grace = settings.cancel_grace
+        self._launcher = launcher
+        self._timers = timers
+        self._scheduler = scheduler
+        self._catalogue = catalogue
+        self._stats = stats
+        self._accounting = Accounting(stats, settle)
+        self._on_fatal = on_fatal
+        self._max_memory = max_memory
+        self._internal_errors = InternalErrorLog(logger)
+        self._workers: dict[int, WorkerHandle] = {}
+        self._next_id = 0
+        self._closing = False
+        self._wakeup = anyio.Event()
+        """Set to make the manager look at the pool now rather than at its next tick."""
+        self._changed: anyio.Event | None = None
+        """Set when a worker finishes a task or goes away, while someone waits for that."""
+        self._task_group: TaskGroup | None = None
+
+    @property
+    def workers(self) -> list[WorkerHandle]:
+        """Every worker the pool has (starting, ready, busy or stopping)."""
+        return list(self._workers.values())
+
+    def wake(self) -> None:
+        """Have the pool looked at now (a backlog started)."""
+        self._wakeup.set()
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start ``min_workers`` workers, then keep the pool in shape until cancelled."""
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            self._launcher.start()
+            task_group.start_soon(self._timers.run, name="timers")
+            if self._max_memory is not None:
+                task_group.start_soon(
+                    memory.watch, self._workers.values, self._max_memory, name="memory-watch"
+                )
+            for _ in range(self.min_workers):
+                self._start_worker()
+            task_status.started()
+            while True:
+                with anyio.move_on_after(1.0):
+                    await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                if not self._closing:
+                    self._manage(time.monotonic())
+
+    def _manage(self, now: float) -> None:
+        plan = scaling.plan(
+            now, self.workers, self._scheduler.queued, self.settings, self.max_workers
+        )
+        for worker_id in plan.stop:
+            worker = self._workers[worker_id]
+            logger.debug("worker %d: stopping it (idle, or past its lifetime)", worker_id)
+            self._stop(worker)
+        for _ in range(plan.start):
+            self._start_worker()
+
+    # -- a worker's life -------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        assert self._task_group is not None
+        worker = WorkerHandle(
+            self._next_id, self._timers, self._cancel_grace, on_backlog=self._flush_later
+        )
+        self._next_id += 1
+        self._workers[worker.id] = worker
+        self._task_group.start_soon(self._worker_life, worker, name=f"worker-{worker.id}")
+
+    def _flush_later(self, worker: WorkerHandle) -> None:
+        assert self._task_group is not None
+        assert worker.process is not None
+        self._task_group.start_soon(worker.process.flush, name=f"worker-{worker.id}-writer")
+
+    async def _worker_life(self, worker: WorkerHandle) -> None:
+        try:
+            process = await self._launcher.launch(worker.id)
+        except (LaunchError, OSError) as exc:
+            logger.error("could not start worker %d: %s", worker.id, exc)
+            self._forget(worker)
+            await anyio.sleep(1.0)  # do not spin if starting workers keeps failing
+            self._wakeup.set()
+            return
+        self._stats.workers_started += 1
+        worker.attach(process)
+        events = WorkerEvents(
+            process,
+            on_event=lambda event: self._handle_event(worker, event),
+            on_end=lambda: self._lost(worker),
+            on_error=lambda exc: self._event_failed(worker, exc),
+        )
+        events.start()
+        try:
+            with anyio.move_on_after(STARTUP_TIMEOUT):
+                await worker.started.wait()
+            if worker.status is WorkerStatus.STARTING:
+                logger.error(
+                    "worker %d did not start within %.0f s: killing it", worker.id, STARTUP_TIMEOUT
+                )
+            else:
+                await worker.gone.wait()
+        finally:
+            events.stop()
+            with anyio.CancelScope(shield=True):
+                await self._reap(worker, process)
+
+    def _event_failed(self, worker: WorkerHandle, exc: Exception) -> None:
+        self._stats.rejected["internal_error"] += 1
+        self._internal_errors.report("a worker event", exc, f"worker {worker.id}")
+
+    def _handle_event(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "done":
+            self._finished(worker, event)
+        elif kind == "ready":
+            self._catalogue.learn(frozenset(event["tasks"]))
+            logger.debug("worker %d (pid %d) ready", worker.id, worker.pid)
+            if worker.ready():
+                self._scheduler.worker_free(worker)
+            self._wakeup.set()
+        elif kind == "control":
+            reply = self.on_control(event["command"], event.get("data") or {})
+            worker.reply(reply_line(reply))
+        elif kind == "fatal":
+            worker.stop()
+            worker.started.set()
+            self._on_fatal(event["error"])
+
+    def _finished(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
+        job, outcome = worker.finish(str(event.get("outcome")))
+        # The pool's own state first: nothing below may leave a duplicate blocked or a
+        # worker busy forever.
+        if job is not None:
+            self._scheduler.job_ended(job)
+        self._after_task(worker)
+        self._signal_change()
+        if job is not None:
+            self._accounting.finished(
+                job,
+                outcome,
+                worker.id,
+                float(event["started"]),
+                float(event["finished"]),
+                event.get("error"),
+                str(event.get("traceback", "")),
+            )
+
+    def _after_task(self, worker: WorkerHandle) -> None:
+        """A worker's task has ended: give it the next job, or stop or replace it."""
+        if worker.status is WorkerStatus.STOPPING:
+            self._wakeup.set()
+            return
+        if self._closing:
+            self._stop(worker)
+            return
+        reason = scaling.retire_reason(worker, time.monotonic(), self.settings)
+        if reason is not None:
+            logger.info("worker %d %s: replacing it", worker.id, reason)
+            self._stop(worker)
+        else:
+            self._scheduler.worker_free(worker)
+
+    def _stop(self, worker: WorkerHandle) -> None:
+        """Ask a worker to exit (after its current task, if it has one)."""
+        self._scheduler.forget(worker)
+        worker.stop()
+        self._wakeup.set()
+
+    def _lost(self, worker: WorkerHandle) -> None:
+        """The worker's process ended (or its socket closed): it exited, or died."""
+        job, outcome, expected = worker.exited()
+        self._scheduler.forget(worker)
+        if job is not None:
+            self._scheduler.job_ended(job)
+        if not expected:
+            self._stats.workers_lost += 1
+        self._signal_change()
+        self._wakeup.set()  # the manager replaces it if needed
+        if job is not None and outcome is not None:
+            self._accounting.lost(job, outcome, worker.id, worker.pid)
+        elif not expected and not self._closing:
+            logger.warning("worker %d (pid %s) exited unexpectedly", worker.id, worker.pid)
+
+    def worker_exited(self, pid: int, status: int) -> None:
+        """The fork server reaped worker *pid* with *status* (negative: killed by a signal)."""
+        if status < 0 and not self._closing:
+            logger.warning("worker process %d was killed by %s", pid, _signal_name(-status))
+
+    async def _reap(self, worker: WorkerHandle, process: WorkerProcess) -> None:
+        """Wait for the process to end (killing it if it lingers) and forget the worker."""
+        if worker.status is not WorkerStatus.EXITED:
+            worker.kill()
+            self._lost(worker)
+        if not await process.wait(EXIT_WAIT):
+            logger.warning("worker %d (pid %s) did not exit: killing it", worker.id, worker.pid)
+            process.kill()
+            await process.wait()
+        process.close()
+        self._forget(worker)
+
+    def _forget(self, worker: WorkerHandle) -> None:
+        self._workers.pop(worker.id, None)
+        self._scheduler.forget(worker)
+        self._signal_change()
+
+    # -- shutting down -------------------------------------------------------------------
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop every worker: idle ones at once, busy ones after their task or *grace* s."""
+        self._closing = True
+        for where, jobs in self._scheduler.close():
+            uuids = [job.uuid for job in jobs]
+            logger.warning(
+                "shutting down with %d %s tasks abandoned: %s", len(uuids), where, _summarise(uuids)
+            )
+        for worker in self.workers:
+            if worker.status is not WorkerStatus.BUSY:
+                self._stop(worker)
+        busy = [w for w in self.workers if w.status is WorkerStatus.BUSY]
+        if busy:
+            logger.info("waiting up to %.0f s for %d running tasks to finish", grace, len(busy))
+        with anyio.move_on_after(grace):
+            await self._wait_until(
+                lambda: not any(w.status is WorkerStatus.BUSY for w in self.workers)
+            )
+        for worker in self.workers:
+            if worker.status is WorkerStatus.BUSY:
+                job = worker.terminate()
+                if job is not None:
+                    self._accounting.abandoned(job, grace, worker.id)
+        with anyio.move_on_after(EXIT_WAIT * 2):
+            await self._wait_until(lambda: not self._workers)
+        for worker in self.workers:
+            worker.kill()
+        with anyio.move_on_after(EXIT_WAIT):
+            await self._wait_until(lambda: not self._workers)
+
+    def _signal_change(self) -> None:
+        if self._changed is not None:  # only shutdown waits for it: keep the hot path cheap
+            self._changed.set()
+            self._changed = None
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def kill_all(self) -> None:
+        """Kill every worker process now (for a forced exit)."""
+        for worker in self.workers:
+            worker.kill()
+        self._launcher.close()
+
+
+def _summarise(uuids: list[str], shown: int = 20) -> str:
+    text = ", ".join(uuids[:shown])
+    return text + (f" and {len(uuids) - shown} more" if len(uuids) > shown else "")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -1,0 +1,221 @@
+"""The async control client over real PostgreSQL and a socket, against fake services.
+
+The sync tests, ``test_control_client.py``, are generated from this file by
+``tools/async_to_sync.py`` (``hatch run generate-sync``): edit this one. The tests against
+real services are in ``test_control.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from dispatcher.config import Settings, reset, setup
+from dispatcher.control import ControlResult, acontrol, acontrol_with_reply
+from dispatcher.publish import BrokerUnavailable, InvalidSubmission
+from dispatcher.schema.chunks import split_message
+from support.fake_services import Answer, FakeService, FakeSocketService, echo, silent
+from support.postgres import wait_for_notifies
+
+Conn = psycopg.Connection[Any]
+StartFake = Callable[..., FakeService]
+
+UNREACHABLE = "host=127.0.0.1 port=1 dbname=app user=web password=s3cret connect_timeout=2"
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """The event loop the tests run in: psycopg's async connections need asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+def start_fake(pg_dsn: str, channel: str) -> Iterator[StartFake]:
+    """Start fake services on this test's channel: ``start_fake(name, answer)``."""
+    started: list[FakeService] = []
+
+    def start(name: str, answer: Answer = echo) -> FakeService:
+        started.append(FakeService(pg_dsn, channel, f"{channel}-{name}", answer))
+        return started[-1]
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+def messages(listener: Conn, count: int, timeout: float = 5) -> list[tuple[str, Any]]:
+    """The next *count* notifications on *listener*: (channel, decoded payload)."""
+    return [(n.channel, json.loads(n.payload)) for n in wait_for_notifies(listener, count, timeout)]
+
+
+def nothing_more(listener: Conn) -> bool:
+    return wait_for_notifies(listener, 1, timeout=0.3) == []
+
+
+@pytest.fixture
+def unreachable(channel: str) -> Iterator[Callable[..., Settings]]:
+    """Configure pg_notify on a database that cannot be reached, and a socket if given."""
+
+    def configure(socket_path: Path | None = None) -> Settings:
+        brokers: dict[str, Any] = {"pg_notify": {"conninfo": UNREACHABLE, "channels": [channel]}}
+        if socket_path is not None:
+            brokers["socket"] = {"path": str(socket_path)}
+        return setup({"version": 1, "brokers": brokers})
+
+    yield configure
+    reset()
+
+
+def assert_one_clear_sentence(message: str) -> None:
+    assert message.startswith(
+        "cannot connect to PostgreSQL at 127.0.0.1, port 1, database 'app', user 'web': "
+    )
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+async def test_control_sends_the_command_and_asks_for_no_reply(
+    configured: Settings, listener: Conn, channel: str
+) -> None:
+    assert await acontrol("set_log_level", {"level": "debug"}) is None
+    assert messages(listener, 1) == [
+        (channel, {"control": "set_log_level", "control_data": {"level": "debug"}})
+    ]
+    assert nothing_more(listener)
+
+
+async def test_control_goes_to_the_queue_given(
+    configured: Settings, listener: Conn, channel: str
+) -> None:
+    other = f"{channel}_other"
+    listener.execute(f'LISTEN "{other}"')
+    await acontrol("alive", queue=other)
+    assert messages(listener, 1) == [(other, {"control": "alive", "control_data": {}})]
+    assert nothing_more(listener)
+
+
+async def test_replies_are_collected_until_the_expected_number_came(
+    configured: Settings, start_fake: StartFake
+) -> None:
+    services = [start_fake("one"), start_fake("two")]
+    started = time.monotonic()
+    result = await acontrol_with_reply(
+        "running", {"task": "myapp.tasks.x"}, expected_replies=2, timeout=10
+    )
+    assert time.monotonic() - started < 5  # it did not wait for the timeout
+    assert isinstance(result, ControlResult)
+    assert (result.command, result.expected, result.complete) == ("running", 2, True)
+    assert sorted(reply["node_id"] for reply in result.replies) == [s.node_id for s in services]
+    for service in services:
+        [message] = service.received
+        assert message["control"] == "running"
+        assert message["control_data"] == {"task": "myapp.tasks.x"}
+        assert message["reply_to"].startswith("reply_to_")
+    assert services[0].received[0]["reply_to"] == services[1].received[0]["reply_to"]
+
+
+async def test_without_expected_replies_the_connected_services_are_waited_for(
+    configured: Settings, start_fake: StartFake
+) -> None:
+    answering, quiet = start_fake("answering"), start_fake("quiet", silent)
+    started = time.monotonic()
+    result = await acontrol_with_reply("alive", timeout=1)
+    assert time.monotonic() - started >= 0.9  # it waited for the quiet one
+    assert {answering.node_id, quiet.node_id} <= set(result.expected_nodes)
+    assert result.expected == len(result.expected_nodes)
+    assert [reply["node_id"] for reply in result.replies] == [answering.node_id]
+    assert quiet.node_id in result.missing
+    assert answering.node_id not in result.missing
+    assert not result.complete
+
+
+async def test_no_reply_within_the_timeout_gives_an_incomplete_result(
+    configured: Settings,
+) -> None:
+    started = time.monotonic()
+    result = await acontrol_with_reply("alive", expected_replies=1, timeout=0.5)
+    assert 0.45 <= time.monotonic() - started < 5
+    assert (result.replies, result.expected, result.complete) == ([], 1, False)
+
+
+async def test_a_reply_over_the_notify_limit_arrives_whole(
+    configured: Settings, start_fake: StartFake
+) -> None:
+    big = "x" * 20_000
+
+    def chunked(node_id: str, message: dict[str, Any]) -> list[str]:
+        return split_message(json.dumps({"node_id": node_id, "tasks": [big]}))
+
+    service = start_fake("big", chunked)
+    result = await acontrol_with_reply("running", expected_replies=1, timeout=10)
+    assert result.replies == [{"node_id": service.node_id, "tasks": [big]}]
+    assert result.skipped == []
+
+
+async def test_hostile_payloads_on_the_reply_channel_are_skipped_with_a_reason(
+    configured: Settings, start_fake: StartFake
+) -> None:
+    def hostile_then_good(node_id: str, message: dict[str, Any]) -> list[str]:
+        return ["not json", json.dumps({"no": "node id"}), *echo(node_id, message)]
+
+    service = start_fake("hostile", hostile_then_good)
+    result = await acontrol_with_reply("alive", expected_replies=1, timeout=10)
+    assert [reply["node_id"] for reply in result.replies] == [service.node_id]
+    assert len(result.skipped) == 2
+    assert all(note.startswith("skipped a reply: ") for note in result.skipped)
+
+
+async def test_an_invalid_command_is_refused_and_nothing_sent(
+    configured: Settings, listener: Conn
+) -> None:
+    with pytest.raises(InvalidSubmission, match="cannot send control command 'Not valid'"):
+        await acontrol("Not valid")
+    with pytest.raises(InvalidSubmission, match="cannot send control command 'Not valid'"):
+        await acontrol_with_reply("Not valid", expected_replies=1, timeout=0.1)
+    assert nothing_more(listener)
+
+
+async def test_unreachable_database_is_one_clear_sentence(
+    unreachable: Callable[..., Settings],
+) -> None:
+    unreachable()
+    with pytest.raises(BrokerUnavailable) as caught:
+        await acontrol("alive")
+    assert_one_clear_sentence(str(caught.value))
+    with pytest.raises(BrokerUnavailable) as caught:
+        await acontrol_with_reply("alive", timeout=0.1)
+    assert_one_clear_sentence(str(caught.value))
+
+
+async def test_over_the_socket_the_database_is_not_used(
+    tmp_path: Path, unreachable: Callable[..., Settings]
+) -> None:
+    path = tmp_path / "s.sock"
+    unreachable(socket_path=path)
+    service = FakeSocketService(path, b'{"node_id": "local", "level": "DEBUG"}\n')
+    result = await acontrol_with_reply("set_log_level", {"level": "debug"}, timeout=10)
+    service.join()
+    assert result.replies == [{"node_id": "local", "level": "DEBUG"}]
+    assert (result.expected, result.complete) == (1, True)
+    [message] = service.received
+    assert message["control_data"] == {"level": "debug"}
+    assert message["reply_to"].startswith("reply_to_")
+
+
+async def test_control_over_the_socket_asks_for_no_reply(
+    tmp_path: Path, unreachable: Callable[..., Settings]
+) -> None:
+    path = tmp_path / "s.sock"
+    unreachable(socket_path=path)
+    service = FakeSocketService(path, b'{"node_id": "local"}\n')
+    await acontrol("alive")
+    service.join()
+    assert service.received == [{"control": "alive", "control_data": {}}]

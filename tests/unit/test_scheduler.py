@@ -1,0 +1,499 @@
+"""The scheduler: delay, duplicate gate, FIFO queue, matching, limits, running, cancel, close.
+
+Workers are :class:`FakeRunner` objects (or real worker handles on fake processes where the
+signal a cancel sends matters); time is a manual clock.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from dispatcher.config import Limits
+from dispatcher.schema import Outcome
+from dispatcher.server.jobs import Job
+from dispatcher.server.scheduler import Runner, Scheduler
+from dispatcher.server.stats import ServiceStats
+from dispatcher.server.workers import WorkerHandle
+from support.scheduling import FakeProcess, FakeRunner, FakeTimers, make_job
+
+
+@dataclass
+class Rig:
+    """A scheduler with its clock, counters and workers."""
+
+    limits: Limits = field(default_factory=Limits)
+    timers: FakeTimers = field(default_factory=FakeTimers)
+    stats: ServiceStats = field(default_factory=ServiceStats)
+    workers: list[Runner] = field(default_factory=list)
+    backlogs: int = 0
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(
+            self.limits, self.timers, self.stats, lambda: self.workers, self._backlog
+        )
+
+    def _backlog(self) -> None:
+        self.backlogs += 1
+
+    def runner(self) -> FakeRunner:
+        """A new worker, ready: the scheduler gives it a queued job or keeps it idle."""
+        worker = FakeRunner(len(self.workers) + 1)
+        self.workers.append(worker)
+        self.scheduler.worker_free(worker)
+        return worker
+
+    def finish(self, worker: FakeRunner) -> Job:
+        """*worker*'s job ends and the worker is ready again (as the pool reports it)."""
+        job = worker.done()
+        self.scheduler.job_ended(job)
+        self.scheduler.worker_free(worker)
+        return job
+
+
+def message_of(job: Job) -> dict[str, Any]:
+    """The message of *job* as control replies show it."""
+    return {"uuid": job.uuid, "task": job.task, "args": [], "kwargs": {}} | (
+        {"on_duplicate": job.on_duplicate} if job.on_duplicate else {}
+    )
+
+
+def uuids(found: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(entry["where"], entry["uuid"]) for entry in found]
+
+
+# -- matching and order ----------------------------------------------------------------
+
+
+def test_queued_jobs_run_in_arrival_order() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    jobs = [make_job() for _ in range(4)]
+    for job in jobs:
+        assert rig.scheduler.submit(job)
+    assert worker.ran == jobs[:1]
+    assert rig.scheduler.queued == 3
+    for _ in range(3):
+        rig.finish(worker)
+    assert worker.ran == jobs
+    assert rig.scheduler.queued == 0
+
+
+def test_the_longest_idle_worker_gets_the_next_job() -> None:
+    rig = Rig()
+    first, second = rig.runner(), rig.runner()
+    a, b, c = make_job(), make_job(), make_job()
+    rig.scheduler.submit(a)
+    assert first.ran == [a]
+    rig.finish(first)  # now the newest idle worker
+    rig.scheduler.submit(b)
+    rig.scheduler.submit(c)
+    assert second.ran == [b]
+    assert first.ran == [a, c]
+
+
+def test_an_idle_worker_no_longer_ready_is_skipped() -> None:
+    rig = Rig()
+    stale, ready = rig.runner(), rig.runner()
+    stale.available = False
+    job = make_job()
+    rig.scheduler.submit(job)
+    assert stale.ran == []
+    assert ready.ran == [job]
+
+
+def test_a_forgotten_worker_gets_no_job() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    rig.scheduler.forget(worker)
+    rig.scheduler.forget(worker)  # forgetting twice is harmless
+    rig.scheduler.submit(make_job())
+    assert worker.ran == []
+    assert rig.scheduler.queued == 1
+
+
+def test_backlog_callback_runs_once_each_time_a_backlog_starts() -> None:
+    rig = Rig()
+    for _ in range(3):
+        rig.scheduler.submit(make_job())
+    assert rig.backlogs == 1
+    worker = rig.runner()  # takes the first queued job
+    rig.finish(worker)
+    rig.finish(worker)
+    rig.finish(worker)
+    assert rig.scheduler.queued == 0
+    rig.scheduler.submit(make_job())  # runs on the idle worker: no backlog
+    assert rig.backlogs == 1
+    rig.scheduler.submit(make_job())
+    assert rig.backlogs == 2
+
+
+def test_a_worker_freed_with_nothing_queued_waits_for_the_next_job() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    assert worker.ran == []
+    job = make_job()
+    rig.scheduler.submit(job)
+    assert worker.ran == [job]
+
+
+# -- delays ----------------------------------------------------------------------------
+
+
+def test_a_delayed_job_is_held_until_its_delay_has_passed() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    job = make_job(delay=5)
+    assert rig.scheduler.submit(job)
+    assert rig.scheduler.delayed == 1
+    assert rig.scheduler.held_bytes == len(job.line)
+    rig.timers.advance(4.75)
+    assert worker.ran == []
+    rig.timers.advance(0.25)
+    assert worker.ran == [job]
+    assert rig.scheduler.delayed == 0
+    assert rig.scheduler.held_bytes == 0
+
+
+def test_delayed_jobs_are_admitted_in_the_order_they_fall_due() -> None:
+    rig = Rig()
+    later, sooner = make_job(delay=3), make_job(delay=1)
+    rig.scheduler.submit(later)
+    rig.scheduler.submit(sooner)
+    rig.timers.advance(5)
+    assert rig.scheduler.running() == [
+        {
+            "where": "queued",
+            "uuid": sooner.uuid,
+            "task": sooner.task,
+            "message": message_of(sooner),
+        },
+        {"where": "queued", "uuid": later.uuid, "task": later.task, "message": message_of(later)},
+    ]
+
+
+def test_a_job_cancelled_while_delayed_never_runs() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    job = make_job(delay=5)
+    rig.scheduler.submit(job)
+    assert uuids(rig.scheduler.cancel(uuid=job.uuid)) == [("delayed", job.uuid)]
+    assert rig.stats.finished["cancelled"] == 1
+    assert rig.scheduler.held_bytes == 0
+    rig.timers.advance(10)
+    assert worker.ran == []
+    assert rig.scheduler.running() == []
+
+
+def test_a_delayed_duplicate_meets_the_gate_when_due() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    running = make_job("app.sync", on_duplicate="discard")
+    rig.scheduler.submit(running)
+    rig.scheduler.submit(make_job("app.sync", on_duplicate="discard", delay=2))
+    rig.timers.advance(2)
+    assert rig.stats.discarded == 1
+    rig.finish(worker)
+    rig.scheduler.submit(make_job("app.sync", on_duplicate="discard", delay=2))
+    rig.timers.advance(2)
+    assert len(worker.ran) == 2
+
+
+# -- limits ----------------------------------------------------------------------------
+
+
+def test_max_held_bytes_refuses_a_job_that_would_pass_it() -> None:
+    size = len(make_job().line)
+    rig = Rig(Limits(max_held_bytes=2 * size))
+    kept = [make_job(), make_job(delay=1)]
+    refused = make_job()
+    assert all(rig.scheduler.submit(job) for job in kept)
+    assert not rig.scheduler.submit(refused)
+    assert rig.stats.rejected["overloaded"] == 1
+    assert rig.scheduler.held_bytes == 2 * size
+    rig.timers.advance(1)
+    worker = rig.runner()
+    rig.finish(worker)
+    rig.finish(worker)
+    assert worker.ran == kept
+
+
+def test_max_delayed_refuses_the_newest_delayed_job() -> None:
+    rig = Rig(Limits(max_delayed=1))
+    worker = rig.runner()
+    kept, refused = make_job(delay=1), make_job(delay=1)
+    assert rig.scheduler.submit(kept)
+    assert not rig.scheduler.submit(refused)
+    assert rig.stats.rejected["overloaded"] == 1
+    assert rig.scheduler.delayed == 1
+    rig.timers.advance(1)
+    assert worker.ran == [kept]
+    assert rig.scheduler.submit(make_job(delay=1))  # room again
+
+
+def test_max_queued_refuses_the_newest_job_when_no_worker_is_idle() -> None:
+    rig = Rig(Limits(max_queued=1))
+    kept, refused = make_job(), make_job()
+    assert rig.scheduler.submit(kept)
+    assert not rig.scheduler.submit(refused)
+    assert rig.stats.rejected["overloaded"] == 1
+    assert rig.scheduler.queued == 1
+    worker = rig.runner()
+    assert worker.ran == [kept]
+    assert uuids(rig.scheduler.running()) == [("worker-1", kept.uuid)]
+
+
+def test_max_blocked_refuses_a_duplicate_that_would_wait() -> None:
+    rig = Rig(Limits(max_blocked=1))
+    worker = rig.runner()
+    running, waiting, refused = (make_job("app.sync", on_duplicate="serial") for _ in range(3))
+    assert rig.scheduler.submit(running)
+    assert rig.scheduler.submit(waiting)
+    rig.scheduler.submit(refused)
+    assert rig.stats.rejected["overloaded"] == 1
+    assert rig.scheduler.blocked == 1
+    assert rig.scheduler.held_bytes == len(waiting.line)
+    rig.finish(worker)
+    rig.finish(worker)
+    assert worker.ran == [running, waiting]
+    assert rig.scheduler.held_bytes == 0
+
+
+def test_submit_says_false_for_a_duplicate_refused_at_max_blocked() -> None:
+    rig = Rig(Limits(max_blocked=1))
+    rig.runner()
+    for _ in range(2):  # one runs, one waits
+        assert rig.scheduler.submit(make_job("app.sync", on_duplicate="serial"))
+    assert not rig.scheduler.submit(make_job("app.sync", on_duplicate="serial"))
+
+
+# -- the gate, seen through the scheduler --------------------------------------------------
+
+
+def test_a_discarded_duplicate_is_counted_and_never_runs() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    running, dropped = (make_job("app.sync", on_duplicate="discard") for _ in range(2))
+    rig.scheduler.submit(running)
+    rig.scheduler.submit(dropped)
+    assert rig.stats.discarded == 1
+    assert rig.scheduler.held_bytes == 0
+    rig.finish(worker)
+    assert worker.ran == [running]
+
+
+def test_job_ended_releases_a_serial_duplicate_to_the_worker_that_frees() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    first, second = (make_job("app.sync", on_duplicate="serial") for _ in range(2))
+    rig.scheduler.submit(first)
+    rig.scheduler.submit(second)
+    assert rig.scheduler.blocked == 1
+    assert rig.scheduler.queued == 0
+    rig.finish(worker)
+    assert worker.ran == [first, second]
+    assert rig.scheduler.blocked == 0
+
+
+def test_job_ended_releases_a_serial_duplicate_to_an_idle_worker() -> None:
+    rig = Rig()
+    busy, idle = rig.runner(), rig.runner()
+    first, second = (make_job("app.sync", on_duplicate="serial") for _ in range(2))
+    rig.scheduler.submit(first)
+    rig.scheduler.submit(second)
+    assert idle.ran == []
+    rig.scheduler.job_ended(busy.done())
+    assert idle.ran == [second]
+
+
+def test_held_bytes_return_to_zero_whatever_becomes_of_the_jobs() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    started = make_job("app.sync", on_duplicate="serial")
+    blocked = make_job("app.sync", on_duplicate="serial")
+    queued = make_job()
+    delayed = make_job(delay=9)
+    discarded = make_job("app.sync", on_duplicate="discard")
+    for job in (started, blocked, queued, delayed, discarded):
+        rig.scheduler.submit(job)
+    assert rig.scheduler.held_bytes == sum(len(j.line) for j in (blocked, queued, delayed))
+    rig.scheduler.cancel(uuid=queued.uuid)
+    rig.scheduler.cancel(uuid=delayed.uuid)
+    assert rig.scheduler.held_bytes == len(blocked.line)
+    rig.finish(worker)  # the blocked duplicate starts
+    assert worker.ran == [started, blocked]
+    assert rig.scheduler.held_bytes == 0
+
+
+# -- running and cancel ----------------------------------------------------------------
+
+
+@pytest.fixture
+def everywhere() -> tuple[Rig, dict[str, Job]]:
+    """A scheduler holding a job in every place: on a worker, queued, blocked, delayed."""
+    rig = Rig()
+    rig.runner()
+    jobs = {
+        "worker-1": make_job("app.sync", on_duplicate="serial"),
+        "queued": make_job("app.other"),
+        "blocked": make_job("app.sync", on_duplicate="serial"),
+        "delayed": make_job("app.sync", delay=30),
+    }
+    for job in jobs.values():
+        rig.scheduler.submit(job)
+    return rig, jobs
+
+
+def test_running_lists_every_place_a_job_is(everywhere: tuple[Rig, dict[str, Job]]) -> None:
+    rig, jobs = everywhere
+    assert rig.scheduler.running() == [
+        {"where": where, "uuid": job.uuid, "task": job.task, "message": message_of(job)}
+        for where, job in jobs.items()
+    ]
+    assert uuids(rig.scheduler.running(task="app.sync")) == [
+        ("worker-1", jobs["worker-1"].uuid),
+        ("blocked", jobs["blocked"].uuid),
+        ("delayed", jobs["delayed"].uuid),
+    ]
+    assert uuids(rig.scheduler.running(uuid=jobs["queued"].uuid)) == [
+        ("queued", jobs["queued"].uuid)
+    ]
+    assert rig.scheduler.running(uuid=jobs["queued"].uuid, task="app.sync") == []
+
+
+def test_cancel_by_uuid_cancels_the_running_job_on_its_worker(
+    everywhere: tuple[Rig, dict[str, Job]],
+) -> None:
+    rig, jobs = everywhere
+    worker = rig.workers[0]
+    assert isinstance(worker, FakeRunner)
+    found = rig.scheduler.cancel(uuid=jobs["worker-1"].uuid)
+    assert uuids(found) == [("worker-1", jobs["worker-1"].uuid)]
+    assert worker.cancels == [Outcome.CANCELLED]
+    # its outcome is counted when the worker reports the end, not here
+    assert rig.stats.finished["cancelled"] == 0
+    assert len(rig.scheduler.running()) == 4
+
+
+def test_cancel_by_task_cancels_it_everywhere(everywhere: tuple[Rig, dict[str, Job]]) -> None:
+    rig, jobs = everywhere
+    found = rig.scheduler.cancel(task="app.sync")
+    assert uuids(found) == [
+        (where, jobs[where].uuid) for where in ("worker-1", "blocked", "delayed")
+    ]
+    assert rig.stats.finished["cancelled"] == 2  # the blocked and the delayed one
+    assert rig.stats.finished_by_task["app.sync", "cancelled"] == 2
+    assert uuids(rig.scheduler.running()) == [
+        ("worker-1", jobs["worker-1"].uuid),  # until its worker reports the end
+        ("queued", jobs["queued"].uuid),
+    ]
+    assert (rig.scheduler.blocked, rig.scheduler.delayed, rig.scheduler.queued) == (0, 0, 1)
+
+
+def test_cancel_by_uuid_and_task_needs_both_to_match(
+    everywhere: tuple[Rig, dict[str, Job]],
+) -> None:
+    rig, jobs = everywhere
+    assert rig.scheduler.cancel(uuid=jobs["queued"].uuid, task="app.sync") == []
+    found = rig.scheduler.cancel(uuid=jobs["queued"].uuid, task="app.other")
+    assert uuids(found) == [("queued", jobs["queued"].uuid)]
+    assert rig.scheduler.queued == 0
+
+
+def test_cancel_all_empties_every_place(everywhere: tuple[Rig, dict[str, Job]]) -> None:
+    rig, jobs = everywhere
+    assert uuids(rig.scheduler.cancel_all()) == [(where, job.uuid) for where, job in jobs.items()]
+    assert rig.scheduler.held_bytes == 0
+    assert uuids(rig.scheduler.running()) == [("worker-1", jobs["worker-1"].uuid)]
+    assert rig.stats.finished["cancelled"] == 3
+
+
+def test_cancelling_a_queued_job_lets_its_blocked_duplicate_in() -> None:
+    rig = Rig()
+    queued, waiting = (make_job("app.sync", on_duplicate="serial") for _ in range(2))
+    rig.scheduler.submit(queued)
+    rig.scheduler.submit(waiting)
+    assert (rig.scheduler.queued, rig.scheduler.blocked) == (1, 1)
+    assert uuids(rig.scheduler.cancel(uuid=queued.uuid)) == [("queued", queued.uuid)]
+    assert uuids(rig.scheduler.running()) == [("queued", waiting.uuid)]
+    worker = rig.runner()
+    assert worker.ran == [waiting]
+
+
+def test_cancelling_a_blocked_job_leaves_its_duplicate_running() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    running, waiting = (make_job("app.sync", on_duplicate="serial") for _ in range(2))
+    rig.scheduler.submit(running)
+    rig.scheduler.submit(waiting)
+    assert uuids(rig.scheduler.cancel(uuid=waiting.uuid)) == [("blocked", waiting.uuid)]
+    assert worker.cancels == []
+    rig.finish(worker)
+    assert worker.ran == [running]
+    assert rig.scheduler.held_bytes == 0
+
+
+def test_cancelling_a_job_and_its_blocked_duplicate_runs_neither() -> None:
+    rig = Rig()
+    first, second = (make_job("app.sync", on_duplicate="serial") for _ in range(2))
+    rig.scheduler.submit(first)
+    rig.scheduler.submit(second)
+    assert len(rig.scheduler.cancel(task="app.sync")) == 2
+    worker = rig.runner()
+    assert worker.ran == []
+    assert rig.scheduler.running() == []
+
+
+def test_cancel_needs_a_uuid_or_a_task_name() -> None:
+    with pytest.raises(ValueError, match="uuid or a task name"):
+        Rig().scheduler.cancel()
+
+
+def test_cancel_of_a_running_job_signals_its_worker_process() -> None:
+    timers = FakeTimers()
+    handle = WorkerHandle(1, timers, cancel_grace=5, clock=timers.clock)
+    process = FakeProcess()
+    handle.attach(process)
+    handle.ready()
+    rig = Rig(timers=timers, workers=[handle])
+    rig.scheduler.worker_free(handle)
+    job = make_job()
+    rig.scheduler.submit(job)
+    assert uuids(rig.scheduler.cancel(task=job.task)) == [("worker-1", job.uuid)]
+    assert process.signals == [signal.SIGUSR1]
+    assert handle.finish("cancelled") == (job, Outcome.CANCELLED)
+
+
+# -- closing ---------------------------------------------------------------------------
+
+
+def test_close_returns_abandoned_jobs_by_place_and_refuses_later_ones(
+    everywhere: tuple[Rig, dict[str, Job]],
+) -> None:
+    rig, jobs = everywhere
+    assert rig.scheduler.close() == [
+        ("queued", [jobs["queued"]]),
+        ("blocked", [jobs["blocked"]]),
+        ("delayed", [jobs["delayed"]]),
+    ]
+    assert rig.scheduler.held_bytes == 0
+    assert not rig.scheduler.submit(make_job())
+    assert rig.stats.rejected["overloaded"] == 0  # closing is not overload
+    rig.timers.advance(60)  # the delayed job's time comes: nothing happens
+    worker = rig.workers[0]
+    assert isinstance(worker, FakeRunner)
+    worker.done()
+    rig.scheduler.worker_free(worker)
+    assert worker.ran == [jobs["worker-1"]]
+    assert uuids(rig.scheduler.running()) == []
+
+
+def test_close_leaves_out_empty_places() -> None:
+    rig = Rig()
+    job = make_job()
+    rig.scheduler.submit(job)
+    assert rig.scheduler.close() == [("queued", [job])]
+    assert rig.scheduler.close() == []

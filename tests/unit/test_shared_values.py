@@ -1,0 +1,120 @@
+"""Values both sides share have one home, dispatcher.schema, equal to the schema files."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import get_args
+
+import pytest
+
+from dispatcher.schema import (
+    CHUNK_KEY,
+    CHUNK_VERSION,
+    LOG_LEVELS,
+    MAX_APPLICATION_NAME_BYTES,
+    MAX_WHOLE_NODE_ID_BYTES,
+    ON_DUPLICATE_MODES,
+    SERVICE_NAME_PREFIX,
+    SIGNED_KEY,
+    SIGNED_VERSION,
+    LogLevel,
+    OnDuplicate,
+    load_schema,
+    matches_node_id,
+    node_id_of,
+    service_application_name,
+    sql_publisher,
+)
+
+
+def test_on_duplicate_modes_equal_the_task_message_schema() -> None:
+    schema = load_schema("task-message")
+    assert list(ON_DUPLICATE_MODES) == schema["properties"]["on_duplicate"]["enum"]
+    assert get_args(OnDuplicate) == ON_DUPLICATE_MODES
+
+
+def test_on_duplicate_modes_equal_the_config_schema() -> None:
+    options = load_schema("config")["$defs"]["task_options"]["properties"]
+    assert list(ON_DUPLICATE_MODES) == options["on_duplicate"]["enum"]
+
+
+def test_publisher_and_config_use_the_one_on_duplicate_type() -> None:
+    import dispatcher.publish
+
+    assert dispatcher.publish.OnDuplicate is OnDuplicate
+    for home in ("dispatcher.publish.registry", "dispatcher.config.settings"):
+        assert importlib.import_module(home).OnDuplicate is OnDuplicate, home
+
+
+@pytest.mark.parametrize(
+    ("schema", "key", "version"),
+    [("chunk-envelope", CHUNK_KEY, CHUNK_VERSION), ("signed-envelope", SIGNED_KEY, SIGNED_VERSION)],
+)
+def test_envelope_keys_equal_their_schemas(schema: str, key: str, version: str) -> None:
+    document = load_schema(schema)  # type: ignore[arg-type]
+    assert key in document["required"]
+    assert document["properties"][key]["const"] == version
+
+
+def test_sql_publisher_writes_the_same_envelope_keys() -> None:
+    text = sql_publisher()
+    assert f"'{CHUNK_KEY}', '{CHUNK_VERSION}'" in text
+    assert f"'{SIGNED_KEY}', '{SIGNED_VERSION}'" in text
+
+
+def test_chunking_modules_share_the_one_chunk_key() -> None:
+    import dispatcher.publish.chunking
+    import dispatcher.schema.chunks
+
+    assert dispatcher.schema.chunks.CHUNK_KEY is CHUNK_KEY
+    assert dispatcher.publish.chunking.CHUNK_KEY is CHUNK_KEY
+
+
+def test_log_levels_are_logging_levels_from_the_most_verbose() -> None:
+    assert get_args(LogLevel) == LOG_LEVELS
+    known = logging.getLevelNamesMapping()
+    numbers = [known[name] for name in LOG_LEVELS]
+    assert numbers == sorted(numbers)
+    assert len(set(numbers)) == len(LOG_LEVELS)
+
+
+def test_command_line_tools_offer_the_shared_log_levels() -> None:
+    from dispatcher.server import cli, ctl
+
+    [service_level] = [a for a in cli.parser()._actions if a.dest == "log_level"]
+    assert tuple(service_level.choices or ()) == LOG_LEVELS
+    options = ctl.parser().parse_args(["set_log_level", "debug"])
+    assert options.level == "DEBUG"
+    with pytest.raises(SystemExit):
+        ctl.parser().parse_args(["set_log_level", "loud"])
+
+
+def test_whole_node_ids_fit_in_application_name_after_the_prefix() -> None:
+    # PostgreSQL keeps 63 bytes of application_name; the prefix takes 19 of them.
+    assert len(SERVICE_NAME_PREFIX) == 19
+    assert MAX_WHOLE_NODE_ID_BYTES == MAX_APPLICATION_NAME_BYTES - 19 == 44
+    whole = "n" * MAX_WHOLE_NODE_ID_BYTES
+    assert service_application_name(whole) == SERVICE_NAME_PREFIX + whole
+    assert len(service_application_name(whole + "x")) == MAX_APPLICATION_NAME_BYTES
+    assert node_id_of(service_application_name(whole + "xyz")) == whole
+
+
+def test_node_id_of_reads_only_service_names() -> None:
+    assert node_id_of(service_application_name("host-a")) == "host-a"
+    assert node_id_of("dispatcher-publisher") is None
+    assert node_id_of("psql") is None
+
+
+@pytest.mark.parametrize(
+    ("seen", "node_id", "expected"),
+    [
+        ("host-a", "host-a", True),
+        ("host-a", "host-ab", False),  # short enough to be whole: must be equal
+        ("n" * 44, "n" * 60, True),  # cut short by PostgreSQL: its start
+        ("n" * 44, "m" + "n" * 59, False),
+        ("n" * 43, "n" * 60, False),
+    ],
+)
+def test_node_ids_cut_short_match_their_start(seen: str, node_id: str, expected: bool) -> None:
+    assert matches_node_id(seen, node_id) is expected

@@ -1,0 +1,300 @@
+"""The pool of workers (recycling, loss, shutdown order), with scripted worker processes.
+
+A :class:`ScriptedWorker` is a real :class:`WorkerProcess` on a socket pair and a pipe: the
+test writes the worker's events to the socket, and closing the pipe is the process's end
+(what its pidfd would tell). It records the lines and signals it gets, and ends when asked
+to stop or signalled (unless told to ignore SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from dispatcher.config import Limits, Pool
+from dispatcher.config import Service as ServiceSettings
+from dispatcher.schema import Outcome
+from dispatcher.server import supervisor as supervisor_module
+from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.jobs import Job
+from dispatcher.server.launcher import WorkerProcess
+from dispatcher.server.protocol import STOP_LINE, event_line
+from dispatcher.server.scheduler import Scheduler
+from dispatcher.server.stats import ServiceStats
+from dispatcher.server.supervisor import Supervisor
+from dispatcher.server.timers import Timers
+from support.scheduling import make_job
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class ScriptedWorker(WorkerProcess):
+    """A worker process whose events the test writes and whose end the test decides."""
+
+    def __init__(self, worker_id: int, launcher: ScriptedLauncher) -> None:
+        self._end_read, self._end_write = os.pipe()
+        ours, self._theirs = socket.socketpair()
+        ours.setblocking(False)
+        super().__init__(10_000 + worker_id, self._end_read, ours)
+        self.worker_id = worker_id
+        self.lines: list[bytes] = []
+        self.signals: list[signal.Signals] = []
+        self.ignores_sigterm = False
+        self._launcher = launcher
+
+    def send(self, line: bytes) -> bool:
+        self.lines.append(line)
+        if line == STOP_LINE:
+            self._launcher.note(self.worker_id, "stop")
+            self.end()
+        else:
+            self._launcher.note(self.worker_id, "line")
+        return True
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.signals.append(signum)
+        self._launcher.note(self.worker_id, signum.name)
+        if signum is not signal.SIGTERM or not self.ignores_sigterm:
+            self.end()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Write an event, as the worker would."""
+        self._theirs.sendall(event_line(event))
+
+    def ready(self) -> None:
+        self.emit({"event": "ready", "tasks": ["app.work"]})
+
+    def done(self, outcome: str = "ok") -> None:
+        now = time.time()
+        self.emit({"event": "done", "outcome": outcome, "started": now, "finished": now})
+
+    def ping(self) -> None:
+        """A control request: its reply shows every earlier event has been handled."""
+        self.emit({"event": "control", "command": "ping", "data": {}})
+
+    def end(self) -> None:
+        """The process ends (its pidfd becomes readable)."""
+        if self._end_write >= 0:
+            os.close(self._end_write)
+            self._end_write = -1
+
+    def close(self) -> None:
+        if self.pidfd >= 0:  # the supervisor closes it once done with the worker
+            super().close()
+        self.end()
+        self._theirs.close()
+
+    def running(self, job: Job) -> bool:
+        return job.line in self.lines
+
+    def replies(self) -> int:
+        return sum(line.startswith(b'{"op":"reply"') for line in self.lines)
+
+
+class ScriptedLauncher:
+    """Hands out :class:`ScriptedWorker` processes; keeps a journal of what they were told."""
+
+    def __init__(self) -> None:
+        self.processes: dict[int, ScriptedWorker] = {}
+        self.journal: list[tuple[int, str]] = []
+        """``(worker id, "stop" | signal name)``, in order."""
+        self._news = anyio.Event()
+
+    def start(self) -> None:
+        pass
+
+    async def launch(self, worker_id: int) -> ScriptedWorker:
+        process = ScriptedWorker(worker_id, self)
+        self.processes[worker_id] = process
+        self.note(worker_id, "launched")
+        return process
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.close()
+
+    def note(self, worker_id: int, what: str) -> None:
+        if what not in ("line", "launched"):
+            self.journal.append((worker_id, what))
+        self._news.set()
+        self._news = anyio.Event()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until *condition* holds (it is looked at whenever a worker is told something)."""
+        with anyio.fail_after(5):
+            while not condition():
+                await self._news.wait()
+
+    async def settle(self, process: ScriptedWorker) -> None:
+        """Wait until the supervisor has handled every event *process* has written."""
+        replies = process.replies()
+        process.ping()
+        await self.until(lambda: process.replies() > replies)
+
+
+@dataclass
+class PoolRig:
+    """A running supervisor and what it was built with."""
+
+    launcher: ScriptedLauncher
+    supervisor: Supervisor
+    scheduler: Scheduler
+    stats: ServiceStats
+
+    @property
+    def p(self) -> dict[int, ScriptedWorker]:
+        """The scripted processes, by worker id."""
+        return self.launcher.processes
+
+
+@contextlib.asynccontextmanager
+async def running_pool(workers: int, **pool: Any) -> AsyncIterator[PoolRig]:
+    """A supervisor keeping *workers* scripted workers, wired as the service wires it."""
+    settings = ServiceSettings(
+        pool=Pool(min_workers=workers, max_workers=workers, max_worker_lifetime=None, **pool)
+    )
+    launcher, timers, stats = ScriptedLauncher(), Timers(), ServiceStats()
+    scheduler = Scheduler(Limits(), timers, stats, workers=lambda: supervisor.workers)
+    supervisor = Supervisor(
+        settings, launcher, timers, scheduler, TaskCatalogue(), stats, on_fatal=lambda error: None
+    )
+    scheduler.on_backlog = supervisor.wake
+    try:
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run, name="worker-pool")
+            await launcher.until(lambda: len(launcher.processes) == workers)
+            yield PoolRig(launcher, supervisor, scheduler, stats)
+            group.cancel_scope.cancel()
+    finally:
+        launcher.close()
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_ran_max_tasks_per_worker_is_stopped_and_replaced() -> None:
+    async with running_pool(1, max_tasks_per_worker=2) as pool:
+        jobs = [make_job() for _ in range(3)]
+        for job in jobs:
+            pool.scheduler.submit(job)
+        pool.p[0].ready()
+        for job in jobs[:2]:
+            await pool.launcher.until(lambda job=job: pool.p[0].running(job))
+            pool.p[0].done()
+        await pool.launcher.until(lambda: len(pool.p) == 2)
+        assert pool.launcher.journal == [(0, "stop")]
+        assert not pool.p[0].running(jobs[2])
+        pool.p[1].ready()
+        await pool.launcher.until(lambda: pool.p[1].running(jobs[2]))
+        assert pool.stats.finished == {Outcome.OK: 2}
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_dies_loses_its_task_and_is_replaced() -> None:
+    async with running_pool(1) as pool:
+        lost, queued = make_job("app.crash"), make_job()
+        pool.scheduler.submit(lost)
+        pool.scheduler.submit(queued)
+        pool.p[0].ready()
+        await pool.launcher.until(lambda: pool.p[0].running(lost))
+        pool.p[0].end()  # it dies, unasked
+        await pool.launcher.until(lambda: len(pool.p) == 2)
+        assert pool.stats.finished == {Outcome.WORKER_LOST: 1}
+        assert pool.stats.workers_lost == 1
+        pool.p[1].ready()
+        await pool.launcher.until(lambda: pool.p[1].running(queued))
+
+
+@pytest.mark.anyio
+async def test_shutdown_stops_idle_workers_first_then_waits_for_busy_ones_up_to_grace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    grace = 0.2
+    async with running_pool(3) as pool:
+        finishing = make_job("app.work", on_duplicate="serial")
+        stubborn = make_job("app.stubborn")
+        for job in (finishing, stubborn):
+            pool.scheduler.submit(job)
+        pool.p[0].ready()
+        await pool.launcher.until(lambda: pool.p[0].running(finishing))
+        pool.p[1].ready()
+        await pool.launcher.until(lambda: pool.p[1].running(stubborn))
+        pool.p[2].ready()
+        await pool.launcher.settle(pool.p[2])  # idle now
+        blocked = make_job("app.work", on_duplicate="serial")
+        delayed = make_job("app.later", delay=600)
+        pool.scheduler.submit(blocked)
+        pool.scheduler.submit(delayed)
+
+        shut_down = anyio.Event()
+
+        async def shut_down_pool() -> None:
+            await pool.supervisor.shutdown(grace)
+            shut_down.set()
+
+        with caplog.at_level(logging.INFO, logger="dispatcher.pool"):
+            async with anyio.create_task_group() as group:
+                began = time.monotonic()
+                group.start_soon(shut_down_pool)
+                await pool.launcher.until(lambda: pool.launcher.journal != [])
+                assert pool.launcher.journal == [(2, "stop")]  # the idle worker, at once
+                pool.p[0].done()  # the busy one that finishes in time is stopped then
+                await pool.launcher.until(lambda: len(pool.launcher.journal) == 2)
+                assert pool.launcher.journal[1] == (0, "stop")
+                await pool.launcher.until(lambda: len(pool.launcher.journal) == 3)
+                waited = time.monotonic() - began
+                assert pool.launcher.journal[2] == (1, "SIGTERM")  # the one still busy
+                with anyio.fail_after(5):
+                    await shut_down.wait()
+
+        assert waited >= grace
+        assert pool.supervisor.workers == []
+        assert pool.launcher.journal == [(2, "stop"), (0, "stop"), (1, "SIGTERM")]
+        assert pool.stats.finished == {Outcome.OK: 1, Outcome.KILLED: 1}
+        assert pool.stats.finished_by_task["app.stubborn", Outcome.KILLED] == 1
+        assert pool.p[1].lines == [stubborn.line]  # no stop line: it was busy
+        messages = [r.getMessage() for r in caplog.records if r.name == "dispatcher.pool"]
+        assert f"shutting down with 1 blocked tasks abandoned: {blocked.uuid}" in messages
+        assert f"shutting down with 1 delayed tasks abandoned: {delayed.uuid}" in messages
+
+
+@pytest.mark.anyio
+async def test_shutdown_with_only_idle_workers_does_not_wait_for_the_grace() -> None:
+    async with running_pool(2) as pool:
+        pool.p[0].ready()
+        await pool.launcher.settle(pool.p[0])
+        # worker 1 never reports ready: it is killed, not asked to stop
+        with anyio.fail_after(5):
+            await pool.supervisor.shutdown(grace=3600)
+        assert pool.launcher.journal == [(0, "stop"), (1, "SIGKILL")]
+        assert pool.supervisor.workers == []
+        assert pool.stats.finished == {}
+
+
+@pytest.mark.anyio
+async def test_a_worker_that_ignores_sigterm_at_shutdown_is_killed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(supervisor_module, "EXIT_WAIT", 0.05)
+    async with running_pool(1) as pool:
+        job = make_job("app.stubborn")
+        pool.scheduler.submit(job)
+        pool.p[0].ready()
+        await pool.launcher.until(lambda: pool.p[0].running(job))
+        pool.p[0].ignores_sigterm = True
+        with anyio.fail_after(5):
+            await pool.supervisor.shutdown(grace=0.05)
+        assert pool.launcher.journal == [(0, "SIGTERM"), (0, "SIGKILL")]
+        assert pool.supervisor.workers == []
+        assert pool.stats.finished == {Outcome.KILLED: 1}

@@ -1,0 +1,411 @@
+"""A worker handle on a fake process: its states, outcomes, signals and their escalation."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from dispatcher.schema import Outcome
+from dispatcher.server import memory
+from dispatcher.server.protocol import STOP_LINE
+from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
+from support.scheduling import FakeProcess, FakeTimers, make_job
+
+GRACE = 2.0
+"""``cancel_grace`` of the handles here."""
+
+SIGUSR1, SIGTERM, SIGKILL = signal.SIGUSR1, signal.SIGTERM, signal.SIGKILL
+
+
+@pytest.fixture
+def timers() -> FakeTimers:
+    return FakeTimers()
+
+
+@pytest.fixture
+def process() -> FakeProcess:
+    return FakeProcess()
+
+
+def new_handle(timers: FakeTimers, process: FakeProcess | None = None) -> WorkerHandle:
+    handle = WorkerHandle(7, timers, GRACE, clock=timers.clock)
+    if process is not None:
+        handle.attach(process)
+    return handle
+
+
+@pytest.fixture
+def ready(timers: FakeTimers, process: FakeProcess) -> WorkerHandle:
+    """A worker that has reported ready."""
+    handle = new_handle(timers, process)
+    assert handle.ready()
+    return handle
+
+
+# -- transitions -------------------------------------------------------------------------
+
+
+def test_a_new_worker_is_starting_and_counts_as_live(timers: FakeTimers) -> None:
+    handle = new_handle(timers)
+    assert handle.status is WorkerStatus.STARTING
+    assert handle.is_live
+    assert not handle.is_ready
+    assert handle.job is None
+
+
+def test_attach_gives_the_handle_its_process(timers: FakeTimers, process: FakeProcess) -> None:
+    handle = new_handle(timers, process)
+    assert handle.pid == process.pid
+    assert handle.status is WorkerStatus.STARTING
+    assert process.signals == []
+
+
+def test_ready_then_run_then_finish(timers: FakeTimers, process: FakeProcess) -> None:
+    handle = new_handle(timers, process)
+    timers.advance(1)
+    assert handle.ready()
+    assert handle.started.is_set()
+    assert (handle.status, handle.idle_since) == (WorkerStatus.READY, 1.0)
+    job = make_job()
+    handle.run(job)
+    assert handle.status is WorkerStatus.BUSY
+    assert handle.job is job
+    assert process.lines == [job.line]
+    timers.advance(2)
+    assert handle.finish("ok") == (job, Outcome.OK)
+    assert (handle.status, handle.idle_since, handle.job) == (WorkerStatus.READY, 3.0, None)
+    assert handle.tasks_done == 1
+    assert handle.is_ready
+
+
+def test_run_on_a_starting_worker_is_refused(timers: FakeTimers) -> None:
+    with pytest.raises(RuntimeError, match="cannot run a job"):
+        new_handle(timers).run(make_job())
+
+
+def test_run_on_a_busy_worker_is_refused(ready: WorkerHandle, process: FakeProcess) -> None:
+    first = make_job()
+    ready.run(first)
+    with pytest.raises(RuntimeError, match="cannot run a job"):
+        ready.run(make_job())
+    assert ready.job is first
+    assert process.lines == [first.line]
+
+
+def test_run_on_a_stopping_or_exited_worker_is_refused(ready: WorkerHandle) -> None:
+    ready.stop()
+    with pytest.raises(RuntimeError):
+        ready.run(make_job())
+    ready.exited()
+    with pytest.raises(RuntimeError):
+        ready.run(make_job())
+
+
+def test_stop_sends_the_stop_line_to_a_ready_worker(
+    ready: WorkerHandle, process: FakeProcess
+) -> None:
+    ready.stop()
+    ready.stop()  # once is enough
+    assert process.lines == [STOP_LINE]
+    assert process.signals == []
+    assert ready.status is WorkerStatus.STOPPING
+    assert not ready.is_live
+    assert ready.exited() == (None, None, True)
+    assert ready.status is WorkerStatus.EXITED
+    assert ready.gone.is_set()
+
+
+def test_stop_kills_a_starting_worker(timers: FakeTimers, process: FakeProcess) -> None:
+    handle = new_handle(timers, process)
+    handle.stop()
+    assert process.signals == [SIGKILL]
+    assert process.lines == []
+    assert not handle.ready()  # its late ready report changes nothing
+    assert handle.status is WorkerStatus.STOPPING
+
+
+def test_a_worker_stopped_before_its_process_exists_is_killed_on_attach(
+    timers: FakeTimers, process: FakeProcess
+) -> None:
+    handle = new_handle(timers)
+    handle.stop()
+    assert handle.status is WorkerStatus.STOPPING
+    handle.attach(process)
+    assert process.signals == [SIGKILL]
+
+
+def test_a_busy_worker_asked_to_stop_finishes_its_task_then_stays_stopping(
+    ready: WorkerHandle, process: FakeProcess
+) -> None:
+    job = make_job()
+    ready.run(job)
+    ready.stop()
+    assert process.lines == [job.line, STOP_LINE]
+    assert ready.finish("ok") == (job, Outcome.OK)
+    assert ready.status is WorkerStatus.STOPPING
+    assert not ready.is_ready
+
+
+def test_a_ready_worker_that_exits_unasked_was_not_expected(ready: WorkerHandle) -> None:
+    assert ready.exited() == (None, None, False)
+    assert ready.status is WorkerStatus.EXITED
+
+
+def test_a_busy_worker_that_dies_loses_its_task(ready: WorkerHandle) -> None:
+    job = make_job()
+    ready.run(job)
+    assert ready.exited() == (job, Outcome.WORKER_LOST, False)
+    assert ready.job is None
+
+
+def test_a_worker_that_dies_while_starting_sets_its_events(timers: FakeTimers) -> None:
+    handle = new_handle(timers, FakeProcess())
+    assert handle.exited() == (None, None, False)
+    assert handle.started.is_set()  # nobody waits for its ready report any more
+    assert handle.gone.is_set()
+
+
+def test_terminate_takes_the_job_away_and_sigterms(
+    ready: WorkerHandle, process: FakeProcess
+) -> None:
+    job = make_job()
+    ready.run(job)
+    assert ready.terminate() is job
+    assert process.signals == [SIGTERM]
+    assert ready.status is WorkerStatus.STOPPING
+    assert ready.exited() == (None, None, True)  # the caller accounts for the job
+
+
+def test_kill_ends_the_task_with_the_given_outcome(
+    ready: WorkerHandle, process: FakeProcess
+) -> None:
+    job = make_job()
+    ready.run(job)
+    ready.kill(Outcome.MEMORY_EXCEEDED)
+    assert process.signals == [SIGKILL]
+    assert ready.status is WorkerStatus.STOPPING
+    assert ready.exited() == (job, Outcome.MEMORY_EXCEEDED, True)
+
+
+def test_kill_of_an_exited_worker_does_nothing(ready: WorkerHandle, process: FakeProcess) -> None:
+    ready.exited()
+    ready.kill()
+    assert process.signals == []
+    assert ready.status is WorkerStatus.EXITED
+
+
+# -- outcomes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reported", "outcome"),
+    [
+        ("ok", Outcome.OK),
+        ("error", Outcome.ERROR),
+        ("cancelled", Outcome.CANCELLED),
+        ("timeout", Outcome.ERROR),  # not a word a worker says
+        ("killed", Outcome.ERROR),
+        ("nonsense", Outcome.ERROR),
+    ],
+)
+def test_finish_turns_the_reported_word_into_an_outcome(
+    ready: WorkerHandle, reported: str, outcome: Outcome
+) -> None:
+    job = make_job()
+    ready.run(job)
+    assert ready.finish(reported) == (job, outcome)
+    assert ready.status is WorkerStatus.READY
+
+
+def test_exit_reported_ends_ok_and_the_worker_stops(ready: WorkerHandle) -> None:
+    job = make_job()
+    ready.run(job)
+    assert ready.finish("exit") == (job, Outcome.OK)
+    assert ready.status is WorkerStatus.STOPPING
+    assert ready.exited() == (None, None, True)
+
+
+def test_a_cancelled_report_after_a_cancel_is_cancelled(
+    ready: WorkerHandle, process: FakeProcess
+) -> None:
+    job = make_job()
+    ready.run(job)
+    ready.cancel()
+    assert process.signals == [SIGUSR1]
+    assert ready.finish("cancelled") == (job, Outcome.CANCELLED)
+
+
+def test_a_task_that_completes_despite_its_cancel_keeps_its_own_outcome(
+    ready: WorkerHandle,
+) -> None:
+    job = make_job()
+    ready.run(job)
+    ready.cancel()
+    assert ready.finish("ok") == (job, Outcome.OK)
+
+
+# -- timeouts, cancels and their escalation ----------------------------------------------
+
+
+def test_a_timeout_cancels_the_task_with_sigusr1(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    job = make_job(timeout=3)
+    ready.run(job)
+    timers.advance(2.75)
+    assert process.signals == []
+    timers.advance(0.25)
+    assert process.signals == [SIGUSR1]
+    assert ready.finish("cancelled") == (job, Outcome.TIMEOUT)
+    timers.advance(60)  # no escalation for a task that stopped in time
+    assert process.signals == [SIGUSR1]
+    assert ready.status is WorkerStatus.READY
+
+
+def test_a_timeout_escalates_to_sigterm_then_sigkill(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    job = make_job(timeout=3)
+    ready.run(job)
+    timers.advance(3)
+    timers.advance(GRACE - 0.25)
+    assert process.signals == [SIGUSR1]
+    timers.advance(0.25)
+    assert process.signals == [SIGUSR1, SIGTERM]
+    assert ready.status is WorkerStatus.STOPPING
+    timers.advance(KILL_AFTER_TERM - 0.25)
+    assert process.signals == [SIGUSR1, SIGTERM]
+    timers.advance(0.25)
+    assert process.signals == [SIGUSR1, SIGTERM, SIGKILL]
+    assert ready.exited() == (job, Outcome.KILLED, True)
+
+
+def test_a_task_that_stops_after_sigterm_is_not_sigkilled(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    job = make_job(timeout=1)
+    ready.run(job)
+    timers.advance(1 + GRACE)
+    assert process.signals == [SIGUSR1, SIGTERM]
+    assert ready.finish("cancelled") == (job, Outcome.TIMEOUT)
+    assert ready.status is WorkerStatus.STOPPING  # the worker is on its way out anyway
+    timers.advance(KILL_AFTER_TERM)
+    assert process.signals == [SIGUSR1, SIGTERM]
+
+
+def test_a_cancel_escalates_like_a_timeout(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    job = make_job()
+    ready.run(job)
+    ready.cancel()
+    timers.advance(GRACE + KILL_AFTER_TERM)
+    assert process.signals == [SIGUSR1, SIGTERM, SIGKILL]
+    assert ready.exited() == (job, Outcome.KILLED, True)
+
+
+def test_a_timeout_after_the_task_finished_does_nothing(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    ready.run(make_job(timeout=3))
+    timers.advance(1)
+    ready.finish("ok")
+    following = make_job()
+    ready.run(following)  # the next task must not inherit the old deadline
+    timers.advance(60)
+    assert process.signals == []
+    assert ready.job is following
+
+
+def test_an_escalation_does_not_hit_the_next_task(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    ready.run(make_job())
+    ready.cancel()
+    timers.advance(GRACE / 2)
+    ready.finish("cancelled")
+    following = make_job()
+    ready.run(following)
+    timers.advance(GRACE + KILL_AFTER_TERM)
+    assert process.signals == [SIGUSR1]
+    assert ready.finish("ok") == (following, Outcome.OK)
+
+
+def test_a_second_cancel_sends_no_second_signal_and_keeps_the_first_reason(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    job = make_job(timeout=1)
+    ready.run(job)
+    timers.advance(1)
+    ready.cancel(Outcome.CANCELLED)
+    assert process.signals == [SIGUSR1]
+    assert ready.finish("cancelled") == (job, Outcome.TIMEOUT)
+
+
+def test_cancel_of_an_idle_worker_does_nothing(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    ready.cancel()
+    timers.advance(60)
+    assert process.signals == []
+    assert ready.status is WorkerStatus.READY
+
+
+def test_a_memory_kill_during_an_escalation_keeps_the_killed_outcome(
+    ready: WorkerHandle, timers: FakeTimers
+) -> None:
+    job = make_job(timeout=1)
+    ready.run(job)
+    timers.advance(1 + GRACE)  # SIGTERM sent: the task is being killed
+    ready.kill(Outcome.MEMORY_EXCEEDED)
+    assert ready.exited() == (job, Outcome.KILLED, True)
+
+
+# -- writing to the process ------------------------------------------------------------------
+
+
+def test_a_partial_write_asks_for_a_flush(timers: FakeTimers, process: FakeProcess) -> None:
+    flushes: list[WorkerHandle] = []
+    handle = WorkerHandle(7, timers, GRACE, on_backlog=flushes.append, clock=timers.clock)
+    handle.attach(process)
+    handle.ready()
+    handle.run(make_job())
+    assert flushes == []
+    process.partial = True
+    handle.reply(b'{"op":"reply","reply":{}}\n')
+    assert flushes == [handle]
+    handle.stop()
+    assert flushes == [handle, handle]
+
+
+# -- memory limit ----------------------------------------------------------------------
+
+
+def test_memory_check_kills_a_worker_over_the_limit(timers: FakeTimers) -> None:
+    process = FakeProcess(os.getpid())  # this process: its resident memory is above 1 KiB
+    handle = new_handle(timers, process)
+    handle.ready()
+    job = make_job()
+    handle.run(job)
+    memory.check([handle], limit=1024)
+    assert process.signals == [SIGKILL]
+    memory.check([handle], limit=1024)  # already being killed: once is enough
+    assert process.signals == [SIGKILL]
+    assert handle.exited() == (job, Outcome.MEMORY_EXCEEDED, True)
+
+
+def test_memory_check_spares_workers_under_the_limit_unreadable_or_stopping(
+    timers: FakeTimers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = {1: 100, 2: 5000, 3: None, 4: 5000}
+    monkeypatch.setattr(memory, "resident_bytes", sizes.get)
+    small, big, unreadable, stopping = (FakeProcess(pid) for pid in sizes)
+    handles = [new_handle(timers, p) for p in (small, big, unreadable, stopping)]
+    for handle in handles:
+        handle.ready()
+    handles[3].stop()
+    memory.check(handles, limit=1000)
+    assert [p.signals for p in (small, big, unreadable, stopping)] == [[], [SIGKILL], [], []]
+    assert handles[1].exited() == (None, None, True)
