@@ -75,6 +75,7 @@ SUBMIT = Twin(
         "asubmit_task": "submit_task",
         "abatch": "batch",
         "asend": "send",
+        "asend_jobs": "send_jobs",
     },
 )
 
@@ -85,6 +86,7 @@ NOTIFY = Twin(
     renames={
         "AsyncConnectionProvider": "ConnectionProvider",
         "AsyncConnection": "Connection",
+        "AsyncCursor": "Cursor",
         "async_owner": "sync_owner",
         "aclose_connections": "close_connections",
         "asend": "send",
@@ -92,6 +94,28 @@ NOTIFY = Twin(
     },
     # The refusal of a connection of the wrong kind names the function to use instead.
     strings={"asubmit_task": "submit_task", "submit_task": "asubmit_task"},
+)
+
+QUEUE = Twin(
+    source=PUBLISHER / "publish/queue_async.py",
+    target=PUBLISHER / "publish/queue_sync.py",
+    summary="The durable queue's I/O from synchronous code.",
+    renames={
+        "AsyncConnection": "Connection",
+        "notify_async": "notify_sync",
+        "astore": "store",
+        "aget_job": "get_job",
+        "ajobs": "jobs",
+    },
+    # The refusal of a connection of the wrong kind names the function to use instead.
+    strings={
+        "asubmit_task": "submit_task",
+        "submit_task": "asubmit_task",
+        "aget_job": "get_job",
+        "get_job": "aget_job",
+        "ajobs": "jobs",
+        "jobs": "ajobs",
+    },
 )
 
 CONTROL = Twin(
@@ -131,6 +155,24 @@ PUBLISH_TESTS = Twin(
     ),
 )
 
+DURABLE_TESTS = Twin(
+    source=INTEGRATION / "test_publish_durable_async.py",
+    target=INTEGRATION / "test_publish_durable.py",
+    summary="Publishing to durable queues from synchronous code: the rows it stores.",
+    renames={
+        "AsyncConnection": "Connection",
+        "AsyncIterator": "Iterator",
+        "adelay": "delay",
+        "aapply_async": "apply_async",
+        "asubmit_task": "submit_task",
+        "abatch": "batch",
+        "aclose_connections": "close_connections",
+        "aget_job": "get_job",
+        "ajobs": "jobs",
+    },
+    async_only=frozenset({"pytestmark", "anyio_backend"}),
+)
+
 CONTROL_TESTS = Twin(
     source=INTEGRATION / "test_control_client_async.py",
     target=INTEGRATION / "test_control_client.py",
@@ -139,7 +181,7 @@ CONTROL_TESTS = Twin(
     async_only=frozenset({"pytestmark", "anyio_backend"}),
 )
 
-TWINS = (SUBMIT, NOTIFY, CONTROL, PUBLISH_TESTS, CONTROL_TESTS)
+TWINS = (SUBMIT, NOTIFY, QUEUE, CONTROL, PUBLISH_TESTS, CONTROL_TESTS, DURABLE_TESTS)
 
 LEFTOVER_NAMES = frozenset(
     {

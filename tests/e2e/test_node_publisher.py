@@ -1,4 +1,4 @@
-"""A non-Python publisher: the Node.js example validates with ajv, then NOTIFYs.
+"""A non-Python publisher: the Node.js example validates with ajv, then NOTIFYs (or stores a job).
 
 Needs Node.js and npm (the npm packages `pg` and `ajv`); skipped with the reason otherwise.
 """
@@ -9,13 +9,18 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
+import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key
+from dispatcher.server.brokers.pg_queue.migrations import migrate
 from support.paths import EXAMPLES, REPO, SCHEMAS
 from support.service import Evidence, ServiceProcess
 
@@ -172,3 +177,64 @@ def test_signed_message_from_node_runs_where_signatures_are_required(
     assert sent.stdout.rstrip().endswith("(signed with key node-key)")
     [record] = evidence.wait_for(1)
     assert record["args"] == ["signed in node"]
+
+
+@pytest.fixture
+def queue_schema(pg_dsn: str) -> Iterator[str]:
+    """A schema of this test's own, holding the durable queue's tables."""
+    schema = f"node_{uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn) as conn:
+        migrate(conn, schema)
+    yield schema
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_node_enqueues_a_durable_job_and_wakes_the_services(
+    node_example: Path, pg_dsn: str, queue_schema: str
+) -> None:
+    env = {"DISPATCHER_DSN": node_dsn(pg_dsn), "DISPATCHER_QUEUE_SCHEMA": queue_schema}
+    args, kwargs = ["é", {"b": 1, "a": [1.5, None]}], {"z": True, "ä": "x"}
+    options = {"max_attempts": 7, "delay": 30, "on_duplicate": "queue_one", "timeout": 5}
+    call = ["orders", "myapp.tasks.ship", json.dumps(args), json.dumps(kwargs), json.dumps(options)]
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {QUEUE_WAKEUP_CHANNEL}")
+        sent = node(node_example, "enqueue.js", *call, env=env)
+        assert sent.returncode == 0, sent.stderr
+        woken = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+        again = node(node_example, "enqueue.js", *call, env=env)  # queue_one: one waits already
+        assert again.returncode == 0, again.stderr
+        rows = listener.execute(
+            sql.SQL(
+                "SELECT uuid, queue, task, message, max_attempts, on_duplicate, dup_key,"
+                " run_after - created_at FROM {}.jobs"
+            ).format(sql.Identifier(queue_schema))
+        ).fetchall()
+    assert woken == ["orders"]
+    [(uuid, queue, task, text, max_attempts, mode, key, delay)] = rows
+    assert sent.stdout.strip() == f"enqueued myapp.tasks.ship as {uuid}"
+    message = json.loads(text)
+    assert (queue, task, max_attempts, mode, delay.total_seconds()) == (
+        "orders",
+        "myapp.tasks.ship",
+        7,
+        "queue_one",
+        30,
+    )
+    assert {k: message[k] for k in ("task", "uuid", "args", "kwargs", "timeout", "delay")} == {
+        "task": "myapp.tasks.ship",
+        "uuid": uuid,
+        "args": args,
+        "kwargs": kwargs,
+        "timeout": 5,
+        "delay": 30,
+    }
+    assert "max_attempts" not in message
+    assert key == duplicate_key(message)  # the same key as Python's and SQL's
+    refused = node(
+        node_example, "enqueue.js", "orders", "a.b", "[]", "{}", '{"max_attempts": 0}', env=env
+    )
+    assert refused.returncode != 0
+    assert "max_attempts: expected an integer between 1 and 1000, got 0" in refused.stderr

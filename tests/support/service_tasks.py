@@ -126,3 +126,20 @@ def print_bytes(path: str, size: int) -> None:
     lines, rest = divmod(size, len(line))
     print(line * lines + "z" * rest, end="", flush=True)
     _record(path, event="printed", size=size)
+
+
+DURABLE_TICKS = "durable_ticks"
+"""The durable queue of :func:`tick` (a task's queue is fixed when it is registered)."""
+
+
+@task()
+def give_back(path: str, value: Any) -> Any:
+    """Record, then return *value* (a durable queue stores it as the job's result)."""
+    _record(path, event="give_back")
+    return value
+
+
+@task(queue=DURABLE_TICKS)
+def tick(path: str) -> None:
+    """Record a run (scheduled on the durable queue :data:`DURABLE_TICKS`)."""
+    _record(path, event="tick")

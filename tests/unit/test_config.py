@@ -412,6 +412,7 @@ def _dataclass_defaults(cls: type) -> dict[str, Any]:
     ("schema_path", "cls"),
     [
         (("brokers", "pg_notify"), dispatcher_config.PgNotifyBroker),
+        (("brokers", "pg_queue"), dispatcher_config.PgQueueBroker),
         (("service", "pool"), dispatcher_config.Pool),
         (("service",), dispatcher_config.Service),
         (("service", "metrics"), dispatcher_config.Metrics),

@@ -10,9 +10,11 @@ from support.tools import load_tool
 GENERATED = {
     "packages/dispatcher-publisher/src/dispatcher/publish/submit_sync.py": "submit_async.py",
     "packages/dispatcher-publisher/src/dispatcher/publish/notify_sync.py": "notify_async.py",
+    "packages/dispatcher-publisher/src/dispatcher/publish/queue_sync.py": "queue_async.py",
     "packages/dispatcher-publisher/src/dispatcher/control/client_sync.py": "client_async.py",
     "tests/integration/test_publish.py": "test_publish_async.py",
     "tests/integration/test_control_client.py": "test_control_client_async.py",
+    "tests/integration/test_publish_durable.py": "test_publish_durable_async.py",
 }
 """Each generated file, and the name of the async file it is generated from."""
 

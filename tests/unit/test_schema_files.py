@@ -41,7 +41,8 @@ def test_package_copy_is_identical_to_schemas_folder(name: str) -> None:
 
 def test_package_copy_has_no_extra_files() -> None:
     assert sorted(p.name for p in SCHEMA_PACKAGE_COPY.iterdir()) == sorted(
-        [f"{name}.schema.json" for name in SCHEMA_NAMES] + ["dispatcher_submit.sql"]
+        [f"{name}.schema.json" for name in SCHEMA_NAMES]
+        + ["dispatcher_submit.sql", "dispatcher_enqueue.sql"]
     )
 
 
@@ -50,6 +51,13 @@ def test_package_copy_of_the_sql_publisher_is_identical() -> None:
 
     source = (SCHEMAS / "dispatcher_submit.sql").read_text(encoding="utf-8")
     assert sql_publisher() == source, "stale copy: run `hatch run sync-schemas`"
+
+
+def test_package_copy_of_the_sql_queue_publisher_is_identical() -> None:
+    from dispatcher.schema import sql_queue_publisher
+
+    source = (SCHEMAS / "dispatcher_enqueue.sql").read_text(encoding="utf-8")
+    assert sql_queue_publisher() == source, "stale copy: run `hatch run sync-schemas`"
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)

@@ -142,10 +142,37 @@ def _cross_field_problems(document: Mapping[str, Any]) -> list[Problem]:
                 f"{min_workers} is more than max_workers ({max_workers})",
             )
         )
+    problems += _pg_queue_problems(document.get("brokers", {}))
     configured = set(document.get("brokers", {}))
     for key, value in document.get("publish", {}).items():
         if value not in configured:
             problems.append(
                 Problem(("publish", key), f"{value!r} is not configured under 'brokers'")
+            )
+    return problems
+
+
+def _pg_queue_problems(brokers: Mapping[str, Any]) -> list[Problem]:
+    """``brokers.pg_queue`` needs a conninfo, and its queues may not be NOTIFY channels too."""
+    section, pg_notify = brokers.get("pg_queue"), brokers.get("pg_notify")
+    if section is None:
+        return []
+    problems: list[Problem] = []
+    if "conninfo" not in section and pg_notify is None:
+        problems.append(
+            Problem(
+                ("brokers", "pg_queue", "conninfo"),
+                "required: set it, or configure brokers.pg_notify, whose conninfo it defaults to",
+            )
+        )
+    channels = [] if pg_notify is None else list(pg_notify.get("channels", []))
+    for index, queue in enumerate(section["queues"]):
+        if queue in channels:
+            problems.append(
+                Problem(
+                    ("brokers", "pg_queue", "queues", index),
+                    f"{queue!r} is also a pg_notify channel (brokers.pg_notify.channels"
+                    f"[{channels.index(queue)}]); a queue is durable or not, list it in one only",
+                )
             )
     return problems

@@ -28,7 +28,7 @@ from dispatcher.schema import DispatcherError, Problem, SchemaName, Validator, l
 ENTRY_POINT_GROUP: Final = "dispatcher.brokers"
 """The entry-point group broker plug-ins register in (both sides, one entry per broker)."""
 
-BUILTIN_BROKERS: Final = ("pg_notify", "socket")
+BUILTIN_BROKERS: Final = ("pg_notify", "socket", "pg_queue")
 """Brokers that ship with dispatcher; a plug-in cannot take their names."""
 
 CONFIG_SCHEMA_ID: Final = "urn:dispatcher:schema:config:1"

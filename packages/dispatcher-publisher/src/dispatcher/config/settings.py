@@ -47,6 +47,36 @@ class SocketBroker:
 
 
 @dataclass(frozen=True)
+class PgQueueBroker:
+    """``brokers.pg_queue``: durable queues, one table row per message."""
+
+    conninfo: str
+    """The database of the queue: as written, else ``brokers.pg_notify``'s conninfo."""
+    queues: tuple[str, ...]
+    """The durable queues; every other queue name is a NOTIFY channel."""
+    schema: str = "dispatcher"
+    """PostgreSQL schema of the queue's tables."""
+    lease: float = 30
+    """Seconds a claim holds a job without renewal."""
+    poll_interval: float = 1.0
+    """Seconds between looks at the table when no wake-up arrives."""
+    max_attempts: int = 3
+    """Starts of a job before it is left ``failed`` (a task's own value overrides it)."""
+    retry_backoff: float = 1.0
+    """Seconds before the first retry; doubled for each further one."""
+    retry_backoff_max: float = 300
+    """Longest wait before a retry, in seconds."""
+    retry_jitter: float = 0.1
+    """Fraction of a retry's wait added or taken away at random."""
+    keep_finished: float = 604800
+    """Seconds a finished job stays in the table."""
+    batch_size: int = 100
+    """Most jobs claimed or settled in one statement."""
+    allow_control: tuple[str, ...] | None = None
+    """Control commands accepted from the queue; ``None`` means every command."""
+
+
+@dataclass(frozen=True)
 class PluginBroker:
     """``brokers.<name>`` of a broker plug-in, checked against the plug-in's own schema."""
 
@@ -63,6 +93,7 @@ class Brokers:
 
     pg_notify: PgNotifyBroker | None = None
     socket: SocketBroker | None = None
+    pg_queue: PgQueueBroker | None = None
     plugins: Mapping[str, PluginBroker] = field(default_factory=_empty_mapping)
     """The sections of broker plug-ins, by broker name, in the order of the config."""
 
@@ -74,12 +105,18 @@ class Brokers:
             names.append("pg_notify")
         if self.socket is not None:
             names.append("socket")
+        if self.pg_queue is not None:
+            names.append("pg_queue")
         return (*names, *self.plugins)
 
     def allow_control(self, name: BrokerName) -> tuple[str, ...] | None:
         """The control commands allowed over the broker *name*; ``None`` means every one."""
-        section: PgNotifyBroker | SocketBroker | PluginBroker | None
-        section = {"pg_notify": self.pg_notify, "socket": self.socket}.get(name)
+        section: PgNotifyBroker | SocketBroker | PgQueueBroker | PluginBroker | None
+        section = {
+            "pg_notify": self.pg_notify,
+            "socket": self.socket,
+            "pg_queue": self.pg_queue,
+        }.get(name)
         if section is None:
             section = self.plugins.get(name)
         return None if section is None else section.allow_control
@@ -223,6 +260,7 @@ def settings_from_document(
     producers = document.get("producers", {})
     pg_notify = brokers.get("pg_notify")
     socket = brokers.get("socket")
+    pg_queue = brokers.get("pg_queue")
     metrics = service.get("metrics")
     worker = document.get("worker", {})
     return Settings(
@@ -231,11 +269,12 @@ def settings_from_document(
         brokers=Brokers(
             pg_notify=None if pg_notify is None else _pg_notify(pg_notify),
             socket=None if socket is None else SocketBroker(**_allow_control(socket)),
+            pg_queue=None if pg_queue is None else _pg_queue(pg_queue, pg_notify),
             plugins=MappingProxyType(
                 {
                     name: _plugin(name, section)
                     for name, section in brokers.items()
-                    if name not in {"pg_notify", "socket"}
+                    if name not in {"pg_notify", "socket", "pg_queue"}
                 }
             ),
         ),
@@ -266,6 +305,14 @@ def _pg_notify(section: Mapping[str, Any]) -> PgNotifyBroker:
     values = _allow_control(section)
     values["channels"] = tuple(values.get("channels", ()))
     return PgNotifyBroker(**values)
+
+
+def _pg_queue(section: Mapping[str, Any], pg_notify: Mapping[str, Any] | None) -> PgQueueBroker:
+    values = _allow_control(section)
+    values["queues"] = tuple(values["queues"])
+    if "conninfo" not in values and pg_notify is not None:
+        values["conninfo"] = pg_notify["conninfo"]
+    return PgQueueBroker(**values)
 
 
 def _plugin(name: str, section: Mapping[str, Any]) -> PluginBroker:

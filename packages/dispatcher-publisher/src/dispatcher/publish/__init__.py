@@ -12,7 +12,9 @@
 
 Each submission is checked against the task-message schema before it is sent with one
 NOTIFY; see :func:`submit_task` for the options, :func:`batch` to send many at once, and
-pass ``connection=`` to send inside your own transaction (delivered on commit only).
+pass ``connection=`` to send inside your own transaction (delivered on commit only). A task
+for a durable queue (listed under ``brokers.pg_queue.queues``) is stored as a job instead,
+in the same ways; :func:`get_job` and :func:`jobs` read jobs back.
 
 Every error raised here derives from :class:`DispatcherError` (and :class:`PublishError`
 for a submission that failed). For code that sends over PostgreSQL on its own (a broker's
@@ -33,15 +35,20 @@ from dispatcher.publish.errors import (
     PublishError,
     RegistrationError,
 )
-from dispatcher.publish.messages import Submission, prepare_submission
+from dispatcher.publish.job import JOB_STATES, Job, JobState
+from dispatcher.publish.messages import prepare_submission
 from dispatcher.publish.notify_async import AsyncConnectionProvider, aclose_connections
 from dispatcher.publish.notify_sync import ConnectionProvider, close_connections
+from dispatcher.publish.queue_async import aget_job, ajobs
+from dispatcher.publish.queue_sync import get_job, jobs
 from dispatcher.publish.registry import RegisteredTask, TaskRegistry, registry
+from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import abatch, asubmit_task
 from dispatcher.publish.submit_sync import batch, submit_task
 from dispatcher.schema import DispatcherError, OnDuplicate
 
 __all__ = [
+    "JOB_STATES",
     "AsyncConnectionProvider",
     "BrokerUnavailable",
     "ChunkAssembler",
@@ -50,6 +57,8 @@ __all__ = [
     "DispatcherError",
     "DispatcherExit",
     "InvalidSubmission",
+    "Job",
+    "JobState",
     "OnDuplicate",
     "PublishError",
     "RegisteredTask",
@@ -60,11 +69,15 @@ __all__ = [
     "TaskRegistry",
     "abatch",
     "aclose_connections",
+    "aget_job",
+    "ajobs",
     "asubmit_task",
     "batch",
     "broker_unavailable",
     "close_connections",
     "describe_server",
+    "get_job",
+    "jobs",
     "prepare_submission",
     "registry",
     "split_message",

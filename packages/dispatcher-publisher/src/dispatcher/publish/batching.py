@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from dispatcher.publish.messages import Submission
+from dispatcher.publish.submission import Submission
 
 
 @dataclass

@@ -15,9 +15,10 @@ envelope when the config has a key), or its chunk envelopes when the text is ove
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from dispatcher.config import Settings
+from dispatcher.publish.submission import Submission
 
 Outgoing = tuple[str, str]
 """One payload to send: ``(queue, payload)``."""
@@ -108,6 +109,43 @@ class PublishBroker(Protocol):
     ) -> None:
         """:meth:`control_with_reply` for asyncio code."""
         ...
+
+
+@runtime_checkable
+class JobBroker(PublishBroker, Protocol):
+    """A broker that stores each task as a job (a durable queue) and so takes it whole.
+
+    The SDK hands it whole submissions instead of payloads: the message's JSON text (never
+    signed nor chunked), its uuid, task and options, and the job's ``max_attempts``. Only
+    tasks for a queue it claims (:attr:`PublishBroker.queues`) are prepared that way.
+    """
+
+    def send_jobs(self, jobs: Sequence[Submission], connection: object | None = None) -> None:
+        """Store *jobs* in one round trip and wake the services, all in one transaction.
+
+        *connection* is the caller's connection: the jobs join its transaction (they exist
+        once it commits, never if it rolls back). Raise ``BrokerUnavailable`` when the
+        destination cannot be reached: then nothing was stored.
+        """
+        ...
+
+    async def asend_jobs(
+        self, jobs: Sequence[Submission], connection: object | None = None
+    ) -> None:
+        """:meth:`send_jobs` for asyncio code."""
+        ...
+
+
+_job_broker_types: dict[type, bool] = {}
+
+
+def is_job_broker(broker: PublishBroker) -> TypeGuard[JobBroker]:
+    """Tell whether *broker* is a :class:`JobBroker` (known per class: a protocol check is slow)."""
+    kind = type(broker)
+    known = _job_broker_types.get(kind)
+    if known is None:
+        known = _job_broker_types[kind] = isinstance(broker, JobBroker)
+    return known
 
 
 PublishBrokerFactory = Callable[[Mapping[str, Any], Settings], PublishBroker]

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from dispatcher.publish.errors import RegistrationError
-from dispatcher.publish.messages import Submission
 from dispatcher.publish.registry import Queue, RegisteredTask, registry
+from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import asubmit_task
 from dispatcher.publish.submit_sync import submit_task
 from dispatcher.schema import OnDuplicate
@@ -43,6 +43,7 @@ class TaskFunction(Protocol[P, R_co]):
         bind: bool | None = None,
         extra: Mapping[str, Any] | None = None,
         connection: Any = None,
+        max_attempts: int | None = None,
     ) -> Submission:
         """Submit the task with options that override its defaults (see ``submit_task``)."""
 
@@ -62,6 +63,7 @@ class TaskFunction(Protocol[P, R_co]):
         bind: bool | None = None,
         extra: Mapping[str, Any] | None = None,
         connection: Any = None,
+        max_attempts: int | None = None,
     ) -> Submission:
         """Async ``apply_async()``."""
 
@@ -83,6 +85,7 @@ def task(
     timeout: float | None = None,
     delay: float | None = None,
     on_duplicate: OnDuplicate | None = None,
+    max_attempts: int | None = None,
     decorate: bool = True,
 ) -> TaskDecorator:
     """Register a function (or a class with a ``run`` method) as a task.
@@ -95,7 +98,10 @@ def task(
     - *queue*: the channel to send on, or a function returning it at each submission;
     - *bind*: the task receives first an object with its uuid and a ``control()`` call;
     - *timeout*: seconds the task may run; *delay*: seconds before it starts;
-    - *on_duplicate*: ``parallel``, ``discard``, ``serial`` or ``queue_one``.
+    - *on_duplicate*: ``parallel``, ``discard``, ``serial`` or ``queue_one``;
+    - *max_attempts*: for a durable queue (``brokers.pg_queue``), how many times the job may
+      be started before it is left failed (1-1000; default: the queue's ``max_attempts``).
+      Submitting it to a NOTIFY channel is an error.
 
     :raises RegistrationError: when the name is invalid or registered for another function.
     """
@@ -124,6 +130,7 @@ def task(
                 timeout=timeout,
                 delay=delay,
                 on_duplicate=on_duplicate,
+                max_attempts=max_attempts,
             )
         )
         target.__dispatcher_task__ = entry.name

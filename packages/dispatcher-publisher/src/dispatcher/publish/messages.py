@@ -6,15 +6,16 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final
 
 from dispatcher.config import get_settings
+from dispatcher.publish.brokers import JobBroker
 from dispatcher.publish.errors import InvalidSubmission, PublishError
-from dispatcher.publish.registry import Queue, RegisteredTask, registry
-from dispatcher.publish.routing import default_broker
+from dispatcher.publish.registry import Queue, RegisteredTask, check_max_attempts, registry
+from dispatcher.publish.routing import default_broker, job_broker_for
 from dispatcher.publish.signing import signed, signing_key
+from dispatcher.publish.submission import Submission
 from dispatcher.schema import (
     CHANNEL_NAME_RULE,
     CHUNK_KEY,
@@ -38,21 +39,6 @@ RESERVED_KEYS: Final = frozenset(
 """Message keys the SDK sets itself, which ``extra`` may not contain."""
 
 
-@dataclass(frozen=True)
-class Submission:
-    """A task message ready to send (or sent): what ``submit_task`` and ``.delay()`` return."""
-
-    uuid: str
-    """The submission's identifier, to find or cancel the task later."""
-    channel: str
-    """The channel the message is (or was) sent on."""
-    message: Mapping[str, Any]
-    """The task message, as the service receives it."""
-    payloads: tuple[str, ...]
-    """The NOTIFY payloads: the message's JSON text (in a signed envelope when the config has
-    a key), or its chunk envelopes."""
-
-
 def prepare_submission(
     task: str | Callable[..., Any],
     *,
@@ -65,10 +51,14 @@ def prepare_submission(
     on_duplicate: OnDuplicate | None = None,
     bind: bool | None = None,
     extra: Mapping[str, Any] | None = None,
+    max_attempts: int | None = None,
 ) -> Submission:
     """Build and check the message for one submission, without sending it.
 
     Options left as ``None`` take the defaults given to ``@task``, when *task* is registered.
+    A task for a durable queue (one a :class:`~dispatcher.publish.brokers.JobBroker` claims,
+    such as ``brokers.pg_queue``'s) keeps its JSON text whole and unsigned, for the row;
+    *max_attempts* applies to those only.
 
     :raises InvalidSubmission: naming the option and the reason, when anything is wrong.
     """
@@ -112,13 +102,29 @@ def prepare_submission(
         raise _invalid(name, problems or "invalid message")
 
     channel = _resolve_channel(name, queue if queue is not None else defaults.queue)
-    text = signed(_serialise(name, message), signing_key())
+    if max_attempts is None:
+        max_attempts = defaults.max_attempts
+    elif (problem := check_max_attempts(max_attempts)) is not None:
+        raise _invalid(name, f"max_attempts: {problem}")
+    durable = _job_broker(name, channel) is not None
+    if max_attempts is not None and not durable:
+        raise _invalid(
+            name,
+            f"max_attempts: applies to durable queues only, and {channel!r} is not one "
+            "(durable queues are listed under brokers.pg_queue.queues)",
+        )
+    text = _serialise(name, message)
+    if not durable:
+        text = signed(text, signing_key())
     if len(text) > MAX_MESSAGE_BYTES:
         raise _invalid(
             name, f"the message is {len(text)} bytes of JSON, over the limit of {MAX_MESSAGE_BYTES}"
         )
-    payloads = (text,) if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else tuple(split_message(text))
-    return Submission(uuid=message["uuid"], channel=channel, message=message, payloads=payloads)
+    if durable or len(text) <= MAX_NOTIFY_PAYLOAD_BYTES:
+        payloads: tuple[str, ...] = (text,)
+    else:
+        payloads = tuple(split_message(text))
+    return Submission(message["uuid"], channel, message, payloads, max_attempts)
 
 
 def _invalid(name: str, reason: str) -> InvalidSubmission:
@@ -174,6 +180,18 @@ def _resolve_channel(name: str, queue: Queue) -> str:
         reason = f"queue: {queue!r} is not a valid channel name ({CHANNEL_NAME_RULE})"
         raise _invalid(name, reason)
     return queue
+
+
+def _job_broker(name: str, channel: str) -> JobBroker | None:
+    """The broker that stores tasks for *channel* as jobs, or ``None`` if it is not durable."""
+    broker = job_broker_for(channel)
+    if broker is not None and channel not in broker.queues:
+        raise _invalid(
+            name,
+            f"queue: {channel!r} is not one of the queues of brokers.{broker.name} "
+            f"({', '.join(sorted(broker.queues))}): no service would claim it",
+        )
+    return broker
 
 
 def _default_channel(name: str) -> str:

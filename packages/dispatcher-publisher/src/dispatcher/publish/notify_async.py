@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncCursor, sql
 
 from dispatcher.publish.brokers import ReplyCollector
 from dispatcher.publish.connections import (
@@ -95,16 +95,32 @@ class AsyncConnectionProvider:
 
         :raises BrokerUnavailable: when the database cannot be reached.
         """
+        await self.execute(NOTIFY_MANY, (list(channels), list(payloads)))
+
+    async def execute(
+        self, query: str, params: Sequence[Any], doing: str = "send to"
+    ) -> AsyncCursor[Any]:
+        """Run one statement (a transaction of its own) and return its cursor, rows fetched.
+
+        A connection found broken is replaced and the statement run once more on the new
+        one: make it safe to repeat (the statement may have committed before the break).
+
+        :raises BrokerUnavailable: naming the server and what was being done (*doing*),
+            when the database cannot be reached or refuses the statement.
+        :raises psycopg.errors.UndefinedTable: when a table the statement names is missing.
+        """
         for attempt in (1, 2):
             own = await self.connection()
             try:
-                await own.execute(NOTIFY_MANY, (list(channels), list(payloads)))
-                return
+                return await own.execute(query, params)
+            except psycopg.errors.UndefinedTable:
+                raise  # the database answered: the caller knows which table is meant
             except psycopg.OperationalError as exc:
                 if attempt == 2 or not own.closed:
-                    raise broker_unavailable(self.conninfo, exc, "send to") from None
+                    raise broker_unavailable(self.conninfo, exc, doing) from None
             except psycopg.Error as exc:
-                raise broker_unavailable(self.conninfo, exc, "send to") from None
+                raise broker_unavailable(self.conninfo, exc, doing) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
         """Close the connection (one opened elsewhere is only let go of)."""
@@ -134,7 +150,8 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _provider(conninfo: str) -> AsyncConnectionProvider:
+def shared_provider(conninfo: str) -> AsyncConnectionProvider:
+    """The SDK's own connection to *conninfo*, shared by every caller in this process."""
     with _providers_lock:
         provider = _providers.get(conninfo)
         if provider is None:
@@ -171,7 +188,7 @@ async def asend(
         await caller.execute(NOTIFY_MANY, (channels, payloads))
         return
     assert conninfo is not None, "without a connection, a conninfo is needed"
-    await _provider(conninfo).notify_many(channels, payloads)
+    await shared_provider(conninfo).notify_many(channels, payloads)
 
 
 async def acontrol_with_reply(

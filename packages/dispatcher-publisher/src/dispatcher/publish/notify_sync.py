@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg import Connection, sql
+from psycopg import Connection, Cursor, sql
 
 from dispatcher.publish.brokers import ReplyCollector
 from dispatcher.publish.connections import (
@@ -92,16 +92,30 @@ class ConnectionProvider:
 
         :raises BrokerUnavailable: when the database cannot be reached.
         """
+        self.execute(NOTIFY_MANY, (list(channels), list(payloads)))
+
+    def execute(self, query: str, params: Sequence[Any], doing: str = "send to") -> Cursor[Any]:
+        """Run one statement (a transaction of its own) and return its cursor, rows fetched.
+
+        A connection found broken is replaced and the statement run once more on the new
+        one: make it safe to repeat (the statement may have committed before the break).
+
+        :raises BrokerUnavailable: naming the server and what was being done (*doing*),
+            when the database cannot be reached or refuses the statement.
+        :raises psycopg.errors.UndefinedTable: when a table the statement names is missing.
+        """
         for attempt in (1, 2):
             own = self.connection()
             try:
-                own.execute(NOTIFY_MANY, (list(channels), list(payloads)))
-                return
+                return own.execute(query, params)
+            except psycopg.errors.UndefinedTable:
+                raise  # the database answered: the caller knows which table is meant
             except psycopg.OperationalError as exc:
                 if attempt == 2 or not own.closed:
-                    raise broker_unavailable(self.conninfo, exc, "send to") from None
+                    raise broker_unavailable(self.conninfo, exc, doing) from None
             except psycopg.Error as exc:
-                raise broker_unavailable(self.conninfo, exc, "send to") from None
+                raise broker_unavailable(self.conninfo, exc, doing) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         """Close the connection (one opened elsewhere is only let go of)."""
@@ -131,7 +145,8 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _provider(conninfo: str) -> ConnectionProvider:
+def shared_provider(conninfo: str) -> ConnectionProvider:
+    """The SDK's own connection to *conninfo*, shared by every caller in this process."""
     with _providers_lock:
         provider = _providers.get(conninfo)
         if provider is None:
@@ -168,7 +183,7 @@ def send(
         caller.execute(NOTIFY_MANY, (channels, payloads))
         return
     assert conninfo is not None, "without a connection, a conninfo is needed"
-    _provider(conninfo).notify_many(channels, payloads)
+    shared_provider(conninfo).notify_many(channels, payloads)
 
 
 def control_with_reply(

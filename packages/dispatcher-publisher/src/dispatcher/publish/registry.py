@@ -5,13 +5,25 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from dispatcher.publish.errors import RegistrationError
 from dispatcher.schema import CHANNEL_NAME_RULE, OnDuplicate, is_valid_channel_name, validator
 
 Queue = str | Callable[[], str] | None
 """A channel name, or a function returning one at each submission."""
+
+MAX_ATTEMPTS_LIMIT: Final = 1000
+"""The most attempts a durable job may be given (the table's constraint says the same)."""
+
+
+def check_max_attempts(value: object) -> str | None:
+    """Say what is wrong with *value* as a job's ``max_attempts``; ``None`` when it is fine."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"expected an integer, got {type(value).__name__} {value!r}"
+    if not 1 <= value <= MAX_ATTEMPTS_LIMIT:
+        return f"must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {value}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,8 @@ class RegisteredTask:
     timeout: float | None = None
     delay: float | None = None
     on_duplicate: OnDuplicate | None = None
+    max_attempts: int | None = None
+    """Starts of the job before it is left failed, for durable queues (``None``: the queue's)."""
 
     @property
     def is_class(self) -> bool:
@@ -102,6 +116,10 @@ def _check_defaults(entry: RegisteredTask) -> None:
             f"cannot register {entry.name}: queue: {entry.queue!r} is not a valid channel "
             f"name ({CHANNEL_NAME_RULE})"
         )
+    if entry.max_attempts is not None:
+        problem = check_max_attempts(entry.max_attempts)
+        if problem is not None:
+            raise RegistrationError(f"cannot register {entry.name}: max_attempts: {problem}")
     options = {"timeout": entry.timeout, "delay": entry.delay, "on_duplicate": entry.on_duplicate}
     trial = {"task": entry.name, **{k: v for k, v in options.items() if v is not None}}
     checker = validator("task-message")

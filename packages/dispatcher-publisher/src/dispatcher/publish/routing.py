@@ -1,6 +1,7 @@
 """Which broker carries a message: built-ins and plug-ins, chosen by queue and by config.
 
-A task goes through the broker that claims its queue (:attr:`PublishBroker.queues`), else
+A task goes through the broker that claims its queue (:attr:`PublishBroker.queues`: the
+durable queues of ``brokers.pg_queue``, the channels of ``brokers.pg_notify``), else
 through ``publish.default_broker``; without that setting, through ``pg_notify`` when it is
 configured, else through the only configured broker besides ``socket``, else through
 ``socket``. Control commands go through ``publish.default_control_broker``, else ``socket``
@@ -14,15 +15,23 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from dispatcher.config import NotConfiguredError, PluginError, Settings, get_settings, load_plugin
-from dispatcher.publish.brokers import Outgoing, PublishBroker, PublishBrokerFactory
+from dispatcher.publish.brokers import (
+    JobBroker,
+    PublishBroker,
+    PublishBrokerFactory,
+    is_job_broker,
+)
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_notify import create as create_pg_notify
+from dispatcher.publish.pg_queue import create as create_pg_queue
 from dispatcher.publish.socket import create as create_socket
+from dispatcher.publish.submission import Submission
 
 BUILTIN_FACTORIES: Final[Mapping[str, PublishBrokerFactory]] = {
     "pg_notify": create_pg_notify,
     "socket": create_socket,
+    "pg_queue": create_pg_queue,
 }
 """The publishing sides of the brokers that ship with dispatcher, by name."""
 
@@ -34,6 +43,7 @@ class _Brokers:
         self.settings = settings
         self.built: dict[str, PublishBroker] = {}
         self.by_queue: dict[str, PublishBroker] = {}
+        self.jobs_by_queue: dict[str, JobBroker | None] = {}
 
 
 _current: _Brokers | None = None
@@ -118,10 +128,35 @@ def broker_for(queue: str, settings: Settings | None = None) -> PublishBroker:
     return broker
 
 
+def job_broker_for(queue: str) -> JobBroker | None:
+    """The broker that stores tasks for *queue* as jobs; ``None`` when *queue* is not durable.
+
+    Without a config, or when the broker of *queue* cannot be built (the send says why),
+    ``None``.
+    """
+    try:
+        settings = get_settings()
+    except NotConfiguredError:
+        return None
+    if settings.brokers.pg_queue is None and not settings.brokers.plugins:
+        return None
+    brokers = _brokers(settings)
+    try:
+        return brokers.jobs_by_queue[queue]
+    except KeyError:
+        pass
+    try:
+        broker = broker_for(queue, settings)
+    except PublishError:
+        return None
+    found = brokers.jobs_by_queue[queue] = broker if is_job_broker(broker) else None
+    return found
+
+
 def plan(
-    submissions: Sequence[tuple[str, Sequence[str]]], connection: object | None
-) -> list[tuple[PublishBroker, list[Outgoing]]]:
-    """Group ``(queue, payloads)`` pairs by the broker each goes through, keeping the order.
+    submissions: Sequence[Submission], connection: object | None
+) -> list[tuple[PublishBroker, list[Submission]]]:
+    """Group *submissions* by the broker each goes through, keeping their order.
 
     With *connection* and no config, the NOTIFYs go inside that connection's transaction.
     """
@@ -130,12 +165,11 @@ def plan(
     except NotConfiguredError:
         if connection is None:
             raise
-        messages = [(queue, payload) for queue, payloads in submissions for payload in payloads]
-        return [(PgNotifyPublisher(None), messages)]
-    groups: list[tuple[PublishBroker, list[Outgoing]]] = []
-    for queue, payloads in submissions:
-        broker = broker_for(queue, settings)
+        return [(PgNotifyPublisher(None), list(submissions))]
+    groups: list[tuple[PublishBroker, list[Submission]]] = []
+    for submission in submissions:
+        broker = broker_for(submission.channel, settings)
         if not groups or groups[-1][0] is not broker:
             groups.append((broker, []))
-        groups[-1][1].extend((queue, payload) for payload in payloads)
+        groups[-1][1].append(submission)
     return groups

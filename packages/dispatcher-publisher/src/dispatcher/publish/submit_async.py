@@ -13,9 +13,11 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from dispatcher.publish.batching import Batch, collect, current_batch
-from dispatcher.publish.messages import Submission, prepare_submission
+from dispatcher.publish.brokers import is_job_broker
+from dispatcher.publish.messages import prepare_submission
 from dispatcher.publish.registry import Queue
 from dispatcher.publish.routing import plan
+from dispatcher.publish.submission import Submission
 from dispatcher.schema import OnDuplicate
 
 
@@ -25,14 +27,19 @@ async def asend(submissions: Sequence[Submission], connection: object | None = N
     Over pg_notify they go in one statement: with *connection*, the NOTIFYs join its
     current transaction (delivered when it commits, never if it rolls back); without, the
     SDK's own connection sends them at once, and a lost connection is re-opened and the send
-    retried once. See :mod:`dispatcher.publish.routing` for how the broker is chosen.
+    retried once. Tasks for durable queues are stored as jobs the same way, in one
+    statement per broker. See :mod:`dispatcher.publish.routing` for how the broker is chosen.
 
     :raises BrokerUnavailable: when the broker cannot be reached or refuses the message.
     """
     if not submissions:
         return
-    for broker, messages in plan([(s.channel, s.payloads) for s in submissions], connection):
-        await broker.asend(messages, connection)
+    for broker, group in plan(submissions, connection):
+        if is_job_broker(broker):
+            await broker.asend_jobs(group, connection)
+        else:
+            messages = [(s.channel, payload) for s in group for payload in s.payloads]
+            await broker.asend(messages, connection)
 
 
 async def asubmit_task(
@@ -49,6 +56,7 @@ async def asubmit_task(
     bind: bool | None = None,
     extra: Mapping[str, Any] | None = None,
     connection: AsyncConnection[Any] | None = None,
+    max_attempts: int | None = None,
 ) -> Submission:
     """Submit one task; return what was sent.
 
@@ -57,13 +65,16 @@ async def asubmit_task(
     as ``None`` take the defaults given to ``@task``:
 
     - *queue*: the channel, or a function returning it; default: ``@task(queue=...)``, else
-      ``brokers.pg_notify.default_publish_channel``, else the only configured channel;
+      ``brokers.pg_notify.default_publish_channel``, else the only configured channel; a
+      queue listed under ``brokers.pg_queue.queues`` is durable: the task is stored as a job;
     - *uuid*: the submission's identifier (default: a new UUID4);
     - *timeout*: seconds the task may run; *delay*: seconds before it starts;
     - *on_duplicate*: ``parallel``, ``discard``, ``serial`` or ``queue_one``;
     - *bind*: pass the task an object with its uuid and a ``control()`` call;
     - *extra*: more top-level keys for the message (e.g. ``{"guid": ...}``);
-    - *connection*: send inside this connection's transaction (delivered on commit only).
+    - *connection*: send inside this connection's transaction (delivered on commit only);
+    - *max_attempts*: for a durable queue, how many times the job may be started (1-1000;
+      default: ``@task(max_attempts=...)``, else the queue's); an error for other queues.
 
     Everything is checked before sending; inside a ``batch()`` block the message is only
     queued and leaves when the block ends.
@@ -82,6 +93,7 @@ async def asubmit_task(
         on_duplicate=on_duplicate,
         bind=bind,
         extra=extra,
+        max_attempts=max_attempts,
     )
     if not collect(submission, connection):
         await asend([submission], connection)

@@ -9,6 +9,8 @@ whatever language they are written in. This package ships them as data and offer
 - :func:`decode_json`: JSON text from outside, decoded with bounded depth and strict numbers;
 - :func:`sign` and :func:`verify`: signed envelopes (HMAC-SHA256 with a shared secret);
 - :func:`split_message` and :class:`ChunkAssembler`: chunk envelopes, both ways;
+- :func:`migrations`: the versioned SQL that creates the durable queue's tables;
+- :func:`duplicate_identity` and :func:`duplicate_key`: what makes two tasks duplicates;
 - the values both sides share (:mod:`dispatcher.schema.wire`): envelope keys, the service
   name prefix, :data:`OnDuplicate`, :data:`LOG_LEVELS`, size limits; and :class:`Outcome`;
 - :class:`DispatcherError`: the root of every error the dispatcher distributions raise.
@@ -23,13 +25,17 @@ from dispatcher.schema.chunks import (
 )
 from dispatcher.schema.decoding import DecodeError, decode_json, exceeds_depth
 from dispatcher.schema.errors import DispatcherError, Problem, SchemaValidationError
+from dispatcher.schema.identity import duplicate_identity, duplicate_key
 from dispatcher.schema.outcomes import Outcome
 from dispatcher.schema.resources import (
     SCHEMA_NAMES,
+    Migration,
     SchemaName,
     load_schema,
+    migrations,
     schema_text,
     sql_publisher,
+    sql_queue_publisher,
 )
 from dispatcher.schema.signing import SignatureError, VerifiedMessage, sign, verify
 from dispatcher.schema.validation import Validator, explain, validator
@@ -46,6 +52,7 @@ from dispatcher.schema.wire import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     MAX_WHOLE_NODE_ID_BYTES,
     ON_DUPLICATE_MODES,
+    QUEUE_WAKEUP_CHANNEL,
     SERVICE_NAME_PREFIX,
     SIGNED_KEY,
     SIGNED_VERSION,
@@ -71,6 +78,7 @@ __all__ = [
     "MAX_NOTIFY_PAYLOAD_BYTES",
     "MAX_WHOLE_NODE_ID_BYTES",
     "ON_DUPLICATE_MODES",
+    "QUEUE_WAKEUP_CHANNEL",
     "SCHEMA_NAMES",
     "SERVICE_NAME_PREFIX",
     "SIGNED_KEY",
@@ -81,6 +89,7 @@ __all__ = [
     "DecodeError",
     "DispatcherError",
     "LogLevel",
+    "Migration",
     "OnDuplicate",
     "Outcome",
     "Problem",
@@ -90,12 +99,15 @@ __all__ = [
     "Validator",
     "VerifiedMessage",
     "decode_json",
+    "duplicate_identity",
+    "duplicate_key",
     "exceeds_depth",
     "explain",
     "is_chunk",
     "is_valid_channel_name",
     "load_schema",
     "matches_node_id",
+    "migrations",
     "new_uuid",
     "node_id_of",
     "schema_text",
@@ -103,6 +115,7 @@ __all__ = [
     "sign",
     "split_message",
     "sql_publisher",
+    "sql_queue_publisher",
     "validator",
     "verify",
 ]

@@ -90,6 +90,13 @@ def matches_node_id(seen: str, node_id: str) -> bool:
     return node_id.startswith(seen)
 
 
+QUEUE_WAKEUP_CHANNEL: Final = "dispatcher_queue_wakeup"
+"""The channel services of the durable ``pg_queue`` broker LISTEN on to wake up.
+
+Whoever stores a job NOTIFYs it here, in the same transaction, with the queue's name as the
+payload; the row holds the message, the notification only says where to look.
+"""
+
 CHUNK_KEY: Final = "__dispatcherd_chunk__"
 """The key that marks a JSON object as a chunk envelope (its value is the envelope version)."""
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from dispatcher.schema import Outcome
 from dispatcher.server.jobs import Job
 from dispatcher.server.logsafe import Block, get_logger
+from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.tasks")
@@ -19,7 +19,7 @@ class Accounting:
     def __init__(
         self,
         stats: ServiceStats,
-        settle: Callable[[Job, str], None] = lambda job, outcome: None,
+        settle: SettleJob = settle_nothing,
     ) -> None:
         self._stats = stats
         self._settle = settle
@@ -33,9 +33,19 @@ class Accounting:
         finished: float,
         error: str | None = None,
         traceback: str = "",
+        result: str | None = None,
+        result_note: str | None = None,
     ) -> None:
-        """A worker reported the end of *job* (it ran from *started* to *finished*)."""
-        self._settle(job, outcome)
+        """A worker reported the end of *job* (it ran from *started* to *finished*).
+
+        *error* and *traceback* say why it failed; *result* is its return value as JSON
+        text, or *result_note* says why none was kept (both only for jobs whose broker
+        acknowledges).
+        """
+        if outcome is Outcome.OK:
+            self._settle(job, outcome, result_note, result=result)
+        else:
+            self._settle(job, outcome, error, traceback=traceback or None)
         self._stats.task_ended(job.task, outcome)
         self._stats.timings(job.task, job.published, started, finished)
         if outcome is Outcome.ERROR:
@@ -54,7 +64,7 @@ class Accounting:
 
     def lost(self, job: Job, outcome: Outcome, worker_id: int, pid: int | None) -> None:
         """*job* ended with its worker (``worker_lost``, ``killed``, ``memory_exceeded``)."""
-        self._settle(job, outcome)
+        self._settle(job, outcome, f"{outcome}: worker {worker_id} (pid {pid}) ended with it")
         self._stats.task_ended(job.task, outcome)
         if outcome is Outcome.WORKER_LOST:
             logger.error(
@@ -82,5 +92,5 @@ class Accounting:
             grace,
             worker_id,
         )
-        self._settle(job, Outcome.KILLED)
+        self._settle(job, Outcome.KILLED, f"killed: still running after {grace:.0f} s of shutdown")
         self._stats.task_ended(job.task, Outcome.KILLED)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 
 class TaskCatalogue:
@@ -11,16 +12,22 @@ class TaskCatalogue:
     def __init__(self) -> None:
         self.names: frozenset[str] | None = None
         """The registered names; ``None`` until a worker has said."""
+        self.queues: Mapping[str, str] = MappingProxyType({})
+        """The queue each task registered with, for tasks that named one (a function
+        choosing the queue at each submission is not known here)."""
         self._listeners: list[Callable[[frozenset[str]], None]] = []
 
     def on_known(self, listener: Callable[[frozenset[str]], None]) -> None:
         """Have *listener(names)* called once the names are known."""
         self._listeners.append(listener)
 
-    def learn(self, names: frozenset[str]) -> None:
-        """Record the names a worker reported; only the first report counts."""
+    def learn(self, names: frozenset[str], queues: Mapping[str, object] | None = None) -> None:
+        """Record the names (and queues) a worker reported; only the first report counts."""
         if self.names is not None:
             return
         self.names = names
+        self.queues = MappingProxyType(
+            {task: queue for task, queue in (queues or {}).items() if isinstance(queue, str)}
+        )
         for listener in self._listeners:
             listener(names)

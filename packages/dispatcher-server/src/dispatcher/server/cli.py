@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from dispatcher.config import ConfigError, load_settings
 from dispatcher.schema import LOG_LEVELS
+from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.logsafe import log_to
 from dispatcher.server.service import run_service
 
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return run_service(settings, level)
-    except ConfigError as exc:  # a broker plug-in's service side cannot be built
+    except (ConfigError, BrokerNotReady) as exc:  # a broker cannot be built, or start
         print(f"dispatcher-standalone: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a signal before the service could install its handlers

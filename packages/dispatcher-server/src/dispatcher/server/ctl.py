@@ -13,7 +13,9 @@ import psycopg
 from dispatcher.config import ConfigError, Settings, setup
 from dispatcher.control import ControlResult, control_with_reply
 from dispatcher.publish import PublishError, broker_unavailable, describe_server
-from dispatcher.schema import LOG_LEVELS, sql_publisher
+from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
+from dispatcher.server import ctl_jobs
+from dispatcher.server.ctl_migrate import migrate_command
 from dispatcher.server.logsafe import escape
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
@@ -79,8 +81,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("task", help="the task's name")
     run.add_argument("--args", type=json.loads, default=[], help="positional arguments, as JSON")
     run.add_argument("--kwargs", type=json.loads, default={}, help="keyword arguments, as JSON")
-    install = command("install-sql", "install dispatcher_submit() in the database (SQL publisher)")
+    install = command(
+        "install-sql",
+        "install dispatcher_submit() and dispatcher_enqueue() in the database (SQL publishers)",
+    )
     install.add_argument("--print", action="store_true", help="print the SQL instead")
+    migrate = command("migrate", "create or upgrade the tables of the durable pg_queue broker")
+    migrate.add_argument("--print", action="store_true", help="print the SQL it would run")
+    ctl_jobs.add_commands(command)
     return main
 
 
@@ -104,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command == "cancel" and not (options.uuid or options.task or options.all):
         arguments.error("cancel needs --uuid, --task or --all")
     if options.command == "install-sql" and options.print:
-        print(sql_publisher(), end="")
+        print(sql_publisher(), sql_queue_publisher(), sep="\n", end="")
         return EXIT_OK
     try:
         settings = setup(file_path=options.config)
@@ -113,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if options.command == "install-sql":
         return install_sql(settings)
+    if options.command == "migrate":
+        return migrate_command(settings, options.print)
+    if options.command in ctl_jobs.COMMANDS:
+        return ctl_jobs.run(options, settings)
     try:
         result = control_with_reply(
             options.command,
@@ -143,19 +155,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def install_sql(settings: Settings) -> int:
-    """Create (or replace) ``dispatcher_submit()`` in the configured database."""
-    if settings.brokers.pg_notify is None:
-        print(f"dispatcherctl: {settings.source} has no brokers.pg_notify", file=sys.stderr)
+    """Create (or replace) ``dispatcher_submit()`` and ``dispatcher_enqueue()``.
+
+    ``dispatcher_submit()`` in the database of ``brokers.pg_notify``, ``dispatcher_enqueue()``
+    in that of ``brokers.pg_queue`` (else of ``brokers.pg_notify``).
+    """
+    pg_notify, pg_queue = settings.brokers.pg_notify, settings.brokers.pg_queue
+    installs: list[tuple[str, str, str]] = []
+    if pg_notify is not None:
+        installs.append(("dispatcher_submit()", pg_notify.conninfo, sql_publisher()))
+    queue_database = pg_queue or pg_notify
+    if queue_database is None:
+        print(
+            f"dispatcherctl: {settings.source} has no brokers.pg_notify nor brokers.pg_queue",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
-    conninfo = settings.brokers.pg_notify.conninfo
-    try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(sql_publisher().encode())
-    except psycopg.Error as exc:
-        failure = broker_unavailable(conninfo, exc, "install dispatcher_submit() in")
-        print(f"dispatcherctl: {failure}", file=sys.stderr)
-        return EXIT_MISSING
-    print(f"installed dispatcher_submit() in {describe_server(conninfo)}")
+    installs.append(("dispatcher_enqueue()", queue_database.conninfo, sql_queue_publisher()))
+    for function, conninfo, text in installs:
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute(text.encode())
+        except psycopg.Error as exc:
+            failure = broker_unavailable(conninfo, exc, f"install {function} in")
+            print(f"dispatcherctl: {failure}", file=sys.stderr)
+            return EXIT_MISSING
+        print(f"installed {function} in {describe_server(conninfo)}")
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ from dispatcher.schema import (
     DecodeError,
     Outcome,
     decode_json,
+    duplicate_identity,
     new_uuid,
     validator,
 )
@@ -123,6 +124,10 @@ class Intake:
         """Take one payload; ``False`` when the job sink refused its job (it says why)."""
         message = self._decode(payload)
         if CHUNK_KEY in message:
+            if origin.receipt is not None:  # it could never be settled whole
+                raise Rejected(
+                    "invalid_chunk", "a durable broker delivers whole messages, not chunks"
+                )
             whole = self._join(message)
             if whole is None:
                 return True
@@ -153,6 +158,11 @@ class Intake:
             self._wait_for_workers(message, payload, channel, origin)
             return True
         return self._dispatch(message, payload, channel, origin)
+
+    @property
+    def waiting(self) -> int:
+        """Task messages held until the first worker says which tasks are registered."""
+        return len(self._waiting)
 
     def _wait_for_workers(
         self, message: dict[str, Any], payload: str, channel: str, origin: Origin
@@ -231,16 +241,20 @@ class Intake:
             uuid = message["uuid"] = f"internal-{self._internal_ids}"
             payload = json.dumps(message, separators=(",", ":"))
         on_duplicate = message.get("on_duplicate")
-        tracked = on_duplicate is not None and on_duplicate != "parallel"
+        # A broker that schedules its messages (pg_queue) has applied the delay already
+        # (run_after) and enforces on_duplicate across hosts (unique indexes): the job is
+        # neither held nor gated again here.
+        scheduled = origin.scheduled_by_broker
+        tracked = on_duplicate is not None and on_duplicate != "parallel" and not scheduled
         return self._jobs.submit(
             Job(
                 uuid=uuid,
                 task=name,
-                line=run_line(payload, channel),
+                line=run_line(payload, channel, keep_result=origin.receipt is not None),
                 timeout=message.get("timeout") or 0,
-                delay=message.get("delay") or 0,
+                delay=0 if scheduled else message.get("delay") or 0,
                 on_duplicate=on_duplicate,
-                key=_identity(message) if tracked else None,
+                key=duplicate_identity(message) if tracked else None,
                 published=message.get("time_pub") or 0,
                 broker=origin.broker,
                 receipt=origin.receipt,
@@ -252,12 +266,6 @@ class Intake:
         where = f" on channel {channel}" if channel else ""
         uuid = f" (uuid {rejected.uuid})" if isinstance(rejected.uuid, str) else ""
         self._rejections.log("rejected message%s%s: %s", where, uuid, rejected)
-
-
-def _identity(message: dict[str, Any]) -> str:
-    """What makes two messages duplicates: the same task, args and kwargs."""
-    parts = [message["task"], message.get("args", []), message.get("kwargs", {})]
-    return json.dumps(parts, sort_keys=True, separators=(",", ":"))
 
 
 _JSON_KINDS: Final = {"list": "array", "str": "string", "int": "number", "float": "number"}

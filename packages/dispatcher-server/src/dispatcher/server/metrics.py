@@ -7,14 +7,14 @@ can disturb the service.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Final, Protocol
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
 
 from dispatcher.server.logsafe import get_logger
-from dispatcher.server.stats import BUCKETS, Histogram, ServiceStats
+from dispatcher.server.stats import BUCKETS, Histogram, QueueDepth, ServiceStats
 
 logger = get_logger("dispatcher.metrics")
 
@@ -35,6 +35,9 @@ class MetricsSource(Protocol):
 
     def counts(self) -> dict[str, Any]:
         """Jobs held: ``queued``, ``blocked``, ``delayed``."""
+
+    def queue_depths(self) -> Mapping[str, QueueDepth] | None:
+        """The durable queues' last sampled depth; ``None`` without ``brokers.pg_queue``."""
 
 
 class MetricsServer:
@@ -154,3 +157,36 @@ def render(source: MetricsSource) -> Iterator[str]:
     yield from _histograms(
         "dispatcher_run_time_seconds", "From start to end, by task.", stats.run_time
     )
+    depths = source.queue_depths()
+    if depths is not None:
+        yield from _durable_queues(stats, depths)
+
+
+def _durable_queues(stats: ServiceStats, depths: Mapping[str, QueueDepth]) -> Iterator[str]:
+    """The ``dispatcher_pg_queue_*`` families: sampled depth gauges, then counters."""
+    for name, help, field in (
+        ("ready_jobs", "Jobs of a durable queue ready to start (sampled).", "ready"),
+        ("delayed_jobs", "Jobs of a durable queue waiting for a later time (sampled).", "delayed"),
+        (
+            "oldest_ready_age_seconds",
+            "How long the oldest ready job of a durable queue has waited (sampled).",
+            "oldest_ready_age",
+        ),
+    ):
+        yield _family(f"dispatcher_pg_queue_{name}", "gauge", help)
+        for queue, depth in sorted(depths.items()):
+            value = getattr(depth, field)
+            yield f"dispatcher_pg_queue_{name}{_labels(queue=queue)} {value}\n"
+    for name, help, counts in (
+        ("claims", "Jobs claimed from a durable queue by this service.", stats.pg_queue_claims),
+        ("retries", "Jobs put back to wait for another attempt.", stats.pg_queue_retries),
+        ("failures", "Jobs left failed: attempts used up, or refused.", stats.pg_queue_failures),
+        (
+            "lease_expiries",
+            "Jobs taken back after their claim's lease ran out.",
+            stats.pg_queue_lease_expiries,
+        ),
+    ):
+        yield _family(f"dispatcher_pg_queue_{name}_total", "counter", help)
+        for queue in sorted(set(depths) | set(counts)):
+            yield f"dispatcher_pg_queue_{name}_total{_labels(queue=queue)} {counts[queue]}\n"

@@ -32,6 +32,14 @@ class Origin:
     receipt: str | None = None
     """Identifies this delivery to a durable broker's ``acknowledge()``; ``None`` for brokers
     that deliver at most once."""
+    scheduled_by_broker: bool = False
+    """The broker has applied the message's ``delay`` and ``on_duplicate`` itself (pg_queue
+    does, in its table, across hosts): the service runs the job as it comes, neither
+    holding it for its delay again nor passing it through its own duplicate gate."""
+    authenticated: bool = False
+    """The broker's own access control vouches for who sent it (pg_queue: only roles with
+    INSERT on the jobs table can add a row), so ``security.require_signed`` does not apply.
+    Signed envelopes are still verified when they come this way."""
 
 
 PG_NOTIFY: Final = Origin("pg_notify")

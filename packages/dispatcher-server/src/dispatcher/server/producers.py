@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
 
 from dispatcher.config import ScheduledTask, TaskOptions
+from dispatcher.server.brokers.base import OncePerTick
+from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.intake import Intake
 from dispatcher.server.logsafe import get_logger
+from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.rejection import Rejected
 
 logger = get_logger("dispatcher.producers")
@@ -41,16 +46,71 @@ def start_on_start_tasks(intake: Intake, entries: Mapping[str, TaskOptions]) -> 
         _submit(intake, "on_start", task, options)
 
 
-async def run_schedule(intake: Intake, task: str, entry: ScheduledTask) -> None:
+class DurableRoutes:
+    """Which scheduled tasks go to a durable queue.
+
+    Known once the first worker reports the registered tasks and their queues.
+    """
+
+    def __init__(self, catalogue: TaskCatalogue, brokers: Sequence[object]) -> None:
+        self._catalogue = catalogue
+        self._sinks = [broker for broker in brokers if isinstance(broker, OncePerTick)]
+        self._known = anyio.Event()
+        catalogue.on_known(lambda names: self._known.set())
+
+    async def route(self, task: str) -> tuple[OncePerTick, str] | None:
+        """The broker and queue that store *task* once per tick, or ``None`` (run here)."""
+        if not self._sinks:
+            return None
+        await self._known.wait()
+        queue = self._catalogue.queues.get(task)
+        for sink in self._sinks:
+            if queue is not None and queue in sink.queues:
+                return sink, queue
+        return None
+
+
+async def run_schedule(
+    intake: Intake, task: str, entry: ScheduledTask, routes: DurableRoutes | None = None
+) -> None:
     """Submit *task* every ``entry.schedule`` seconds, the first time one period from now.
 
     Runs stay on the grid ``start + n * period``: a late wake-up does not shift later runs,
-    and periods missed entirely (a stalled service) are skipped, not made up.
+    and periods missed entirely (a stalled service) are skipped, not made up. A task whose
+    queue is durable (see :class:`DurableRoutes`) is stored in its queue instead, once per
+    tick across every service (see :func:`run_once_per_tick`).
     """
     period = entry.schedule
     start = time.monotonic()
+    route = None if routes is None else await routes.route(task)
+    if route is not None:
+        await run_once_per_tick(route[0], route[1], task, entry)
+        return
     runs = 1
     while True:
         await anyio.sleep(max(0.0, start + runs * period - time.monotonic()))
         _submit(intake, "scheduled", task, entry)
         runs = max(runs + 1, int((time.monotonic() - start) // period) + 1)
+
+
+async def run_once_per_tick(sink: OncePerTick, queue: str, task: str, entry: ScheduledTask) -> None:
+    """Store *task* in the durable *queue* at every tick, once across every service.
+
+    Ticks are on the wall clock's grid (``n * period`` seconds since the epoch), the same
+    for every host: each service offers tick ``n`` when it comes, and the database keeps
+    the first offer only. Ticks missed (a stalled service) are skipped, not made up.
+    """
+    period = entry.schedule
+    logger.info(
+        "producers.scheduled[%r]: stored in durable queue %s, once per tick across services",
+        task,
+        queue,
+    )
+    failures = RateLimitedLog(logger, logging.WARNING)
+    while True:
+        tick = math.floor(time.time() / period) + 1
+        await anyio.sleep(max(0.0, tick * period - time.time()))
+        try:
+            await sink.submit_tick(task, tick, queue, _message(task, entry))
+        except Exception as exc:  # a producer must outlive any one submission
+            failures.log("producers.scheduled[%r]: tick %d not stored: %s", task, tick, exc)

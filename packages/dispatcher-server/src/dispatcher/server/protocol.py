@@ -26,12 +26,17 @@ def reply_line(reply: dict[str, Any]) -> bytes:
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
 
 
-def run_line(raw_message: str, channel: str) -> bytes:
-    """The line that asks a worker to run the task message *raw_message* (JSON text)."""
+def run_line(raw_message: str, channel: str, keep_result: bool = False) -> bytes:
+    """The line that asks a worker to run the task message *raw_message* (JSON text).
+
+    With *keep_result*, the worker reports the task's return value (for a durable broker).
+    """
     # A newline in valid JSON text can only be whitespace between tokens: inside strings it
     # must be escaped. Replacing it keeps the message on one line without re-encoding it.
     flat = raw_message.replace("\n", " ").replace("\r", " ")
-    return f'{{"op":"run","channel":{_ENCODER.encode(channel)},"message":{flat}}}\n'.encode()
+    result = ',"result":true' if keep_result else ""
+    head = f'{{"op":"run","channel":{_ENCODER.encode(channel)}{result}'
+    return f'{head},"message":{flat}}}\n'.encode()
 
 
 def event_line(event: dict[str, Any]) -> bytes:

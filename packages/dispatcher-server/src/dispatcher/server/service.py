@@ -17,6 +17,7 @@ from dispatcher.config import Settings
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.brokers.base import BrokerContext
 from dispatcher.server.brokers.capacity import CapacityGauge
+from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
 from dispatcher.server.brokers.registry import create_brokers
 from dispatcher.server.brokers.replies import ReplyRouter
 from dispatcher.server.brokers.runner import run_broker
@@ -28,7 +29,7 @@ from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.logsafe import Block, get_logger
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
-from dispatcher.server.producers import run_schedule, start_on_start_tasks
+from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import Settlements
@@ -117,6 +118,7 @@ class Service:
             settlements=self.settlements,
         )
         catalogue.on_known(self._start_on_start_tasks)
+        self._durable_routes = DurableRoutes(catalogue, self.brokers)
         self.view = ServiceView(
             self.stats, self.scheduler, self.supervisor, self.intake, self.signatures
         )
@@ -136,6 +138,14 @@ class Service:
             None if metrics is None else MetricsServer(self.view, metrics.host, metrics.port)
         )
         self.view.metrics_server = self.metrics
+        durable = settings.brokers.pg_queue
+        if metrics is not None and durable is not None:
+            self.view.queue_sampler = QueueSampler(
+                durable.conninfo,
+                durable.schema,
+                durable.queues,
+                application_name=f"dispatcher-sampler:{self.node_id}"[:63],
+            )
         self._stop = anyio.Event()
 
     async def run(self) -> int:
@@ -164,10 +174,17 @@ class Service:
                     )
                 if self.metrics is not None:
                     await task_group.start(self.metrics.run, name="metrics")
+                if self.view.queue_sampler is not None:
+                    await task_group.start(self.view.queue_sampler.run, name="queue-sampler")
                 task_group.start_soon(self._expire_chunks, name="chunk-expiry")
                 for task, entry in self.settings.producers.scheduled.items():
                     task_group.start_soon(
-                        run_schedule, self.intake, task, entry, name=f"scheduled:{task}"
+                        run_schedule,
+                        self.intake,
+                        task,
+                        entry,
+                        self._durable_routes,
+                        name=f"scheduled:{task}",
                     )
                 await self._stop.wait()
                 await self._shut_down()
@@ -180,9 +197,13 @@ class Service:
         self._stop.set()
 
     def _free_capacity(self) -> int:
-        """Jobs the service would start at once: free worker places less jobs waiting."""
+        """Jobs the service would start at once: free worker places less jobs waiting.
+
+        Waiting for a worker, or for the first worker to say which tasks are registered.
+        """
         busy = sum(1 for worker in self.supervisor.workers if worker.job is not None)
-        return self.supervisor.max_workers - busy - self.scheduler.queued
+        waiting = self.scheduler.queued + self.intake.waiting
+        return self.supervisor.max_workers - busy - waiting
 
     def _deliver(self, payload: str, origin: Origin) -> None:
         """What brokers hand every payload to (see ``brokers.base.Deliver``)."""

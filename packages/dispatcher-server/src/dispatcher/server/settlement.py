@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -35,6 +35,32 @@ ABANDONED: Final = "abandoned"
 """The service stopped before the job started: the broker should deliver it again."""
 
 
+class SettleJob(Protocol):
+    """How the parts that see jobs end report it: :meth:`Settlements.job`."""
+
+    def __call__(
+        self,
+        job: Job,
+        outcome: str,
+        reason: str | None = None,
+        *,
+        result: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """Settle *job* with *outcome* (see :meth:`Settlements.job`)."""
+
+
+def settle_nothing(
+    job: Job,
+    outcome: str,
+    reason: str | None = None,
+    *,
+    result: str | None = None,
+    traceback: str | None = None,
+) -> None:
+    """A :class:`SettleJob` that does nothing (for parts used without durable brokers)."""
+
+
 class Settlements:
     """Gathers settlements per acknowledging broker and hands them over in batches."""
 
@@ -51,10 +77,22 @@ class Settlements:
         if origin.receipt is not None and origin.broker is not None:
             self._add(origin.broker, Settled(origin.receipt, outcome, reason))
 
-    def job(self, job: Job, outcome: str, reason: str | None = None) -> None:
-        """Settle *job* (a no-op for jobs that came without a receipt)."""
+    def job(
+        self,
+        job: Job,
+        outcome: str,
+        reason: str | None = None,
+        *,
+        result: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """Settle *job* (a no-op for jobs that came without a receipt).
+
+        *result* is the task's return value as JSON text (``ok``); *reason* and *traceback*
+        say why it failed (see :class:`~dispatcher.server.brokers.base.Settled`).
+        """
         if job.receipt is not None and job.broker is not None:
-            self._add(job.broker, Settled(job.receipt, outcome, reason))
+            self._add(job.broker, Settled(job.receipt, outcome, reason, result, traceback))
 
     def _add(self, broker: str, settled: Settled) -> None:
         pending = self._pending.get(broker)

@@ -77,7 +77,7 @@ class SignatureCheck:
         """
         if SIGNED_KEY in message:
             return self._open_signed(message, decode)
-        if self._required and origin.broker is not None:
+        if self._required and origin.broker is not None and not origin.authenticated:
             kind = "control" if "control" in message else "task"
             if kind in self._required:
                 raise Rejected(

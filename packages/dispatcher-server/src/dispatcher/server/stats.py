@@ -26,6 +26,18 @@ class Histogram:
         self.count += 1
 
 
+@dataclass(frozen=True)
+class QueueDepth:
+    """One durable queue's backlog, as last sampled from its table."""
+
+    ready: int
+    """Jobs waiting that may start now (counted up to a cap, see the sampler)."""
+    delayed: int
+    """Jobs waiting for a later time: a ``delay`` or a retry's backoff (capped likewise)."""
+    oldest_ready_age: float
+    """Seconds the longest-waiting ready job has been ready; 0 when none is."""
+
+
 @dataclass
 class ServiceStats:
     """Running totals since the service started."""
@@ -57,6 +69,14 @@ class ServiceStats:
     """Worker processes started."""
     workers_lost: int = 0
     """Worker processes that died without being asked to stop."""
+    pg_queue_claims: Counter[str] = field(default_factory=Counter)
+    """Jobs claimed from the durable queue, by queue."""
+    pg_queue_retries: Counter[str] = field(default_factory=Counter)
+    """Jobs of the durable queue put back to wait for another attempt, by queue."""
+    pg_queue_failures: Counter[str] = field(default_factory=Counter)
+    """Jobs of the durable queue left ``failed`` (attempts used up, or rejected), by queue."""
+    pg_queue_lease_expiries: Counter[str] = field(default_factory=Counter)
+    """Jobs of the durable queue recovered after their claim's lease ran out, by queue."""
 
     def task_ended(self, task: str, outcome: str) -> None:
         """Count a task that ended with *outcome*."""

@@ -22,12 +22,12 @@ from dispatcher.config import Service as ServiceSettings
 from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
-from dispatcher.server.jobs import Job
 from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.protocol import reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.scheduler import Scheduler
+from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.timers import Timers
 from dispatcher.server.worker_io import WorkerEvents
@@ -58,7 +58,7 @@ class Supervisor:
         stats: ServiceStats,
         on_fatal: Callable[[str], None],
         max_memory: int | None = None,
-        settle: Callable[[Job, str], None] = lambda job, outcome: None,
+        settle: SettleJob = settle_nothing,
     ) -> None:
         self.settings = settings.pool
         self.min_workers = self.settings.min_workers
@@ -183,7 +183,10 @@ class Supervisor:
         if kind == "done":
             self._finished(worker, event)
         elif kind == "ready":
-            self._catalogue.learn(frozenset(event["tasks"]))
+            queues = event.get("queues")
+            self._catalogue.learn(
+                frozenset(event["tasks"]), queues if isinstance(queues, dict) else None
+            )
             logger.debug("worker %d (pid %d) ready", worker.id, worker.pid)
             if worker.ready():
                 self._scheduler.worker_free(worker)
@@ -213,6 +216,8 @@ class Supervisor:
                 float(event["finished"]),
                 event.get("error"),
                 str(event.get("traceback", "")),
+                _text(event.get("result")),
+                _text(event.get("result_note")),
             )
 
     def _after_task(self, worker: WorkerHandle) -> None:
@@ -321,6 +326,10 @@ class Supervisor:
         for worker in self.workers:
             worker.kill()
         self._launcher.close()
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _summarise(uuids: list[str], shown: int = 20) -> str:

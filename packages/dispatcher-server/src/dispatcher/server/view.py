@@ -8,14 +8,16 @@ so that neither control nor metrics depends on the service or on the pool's clas
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
 from dispatcher.server.intake import Intake
 from dispatcher.server.memory import resident_bytes
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.signatures import SignatureCheck
-from dispatcher.server.stats import ServiceStats
+from dispatcher.server.stats import QueueDepth, ServiceStats
 from dispatcher.server.supervisor import Supervisor
 
 
@@ -32,6 +34,8 @@ class ServiceView:
     ) -> None:
         self.stats = stats
         self.metrics_server: MetricsServer | None = None
+        self.queue_sampler: QueueSampler | None = None
+        """Samples the durable queues' depth (set when metrics are on with pg_queue)."""
         self._scheduler = scheduler
         self._supervisor = supervisor
         self._intake = intake
@@ -86,6 +90,10 @@ class ServiceView:
                 "max": supervisor.max_workers,
             },
         }
+
+    def queue_depths(self) -> Mapping[str, QueueDepth] | None:
+        """The durable queues' last sampled depth; ``None`` when nothing samples them."""
+        return None if self.queue_sampler is None else self.queue_sampler.depths
 
     def chunks(self) -> dict[str, Any]:
         """Incomplete chunked messages being assembled."""

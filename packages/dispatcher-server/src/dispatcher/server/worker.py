@@ -27,6 +27,7 @@ from dispatcher.server.capture import OutputCapture
 from dispatcher.server.hooks import BaseWorker
 from dispatcher.server.logsafe import get_logger, log_to
 from dispatcher.server.protocol import BlockingLineSocket, event_line
+from dispatcher.server.results import encode_result
 
 logger = get_logger("dispatcher.worker")
 
@@ -110,9 +111,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     runner = TaskRunner(options.worker_id, channel, hooks, capture)
     signal.signal(signal.SIGUSR1, runner.on_cancel_signal)
     _call_hook(hooks.on_start)
-    channel.send(
-        event_line({"event": "ready", "pid": os.getpid(), "tasks": sorted(registry.names())})
-    )
+    channel.send(event_line(_ready_event()))
     try:
         while True:
             try:
@@ -126,7 +125,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
             if request["op"] == "stop":
                 break
             if request["op"] == "run":
-                done = runner.run(request["message"])
+                done = runner.run(request["message"], keep_result=request.get("result") is True)
                 channel.send(event_line(done))
                 if done["outcome"] == "exit":
                     break
@@ -134,6 +133,17 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
         runner.close()
         _call_hook(hooks.on_shutdown)
         capture.close()
+
+
+def _ready_event() -> dict[str, Any]:
+    """The first event: this worker's pid, its registered tasks and their fixed queues."""
+    names = sorted(registry.names())
+    queues = {}
+    for name in names:
+        entry = registry.get(name)
+        if entry is not None and isinstance(entry.queue, str):
+            queues[name] = entry.queue
+    return {"event": "ready", "pid": os.getpid(), "tasks": names, "queues": queues}
 
 
 def _load_hooks(path: str | None, worker_id: int) -> BaseWorker:
@@ -178,15 +188,26 @@ class TaskRunner:
         if self._running:
             raise DispatcherCancel
 
-    def run(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """Run one task message; return its ``done`` event."""
+    def run(self, message: Mapping[str, Any], keep_result: bool = False) -> dict[str, Any]:
+        """Run one task message; return its ``done`` event.
+
+        With *keep_result* (the job's broker stores results), the event carries the task's
+        return value as JSON text (``result``), or says why it was not kept
+        (``result_note``); see :func:`~dispatcher.server.results.encode_result`.
+        """
         done: dict[str, Any] = {"event": "done", "uuid": message.get("uuid", "")}
         self._capture.begin(str(message.get("task")), str(done["uuid"]))
         _call_hook(self._hooks.pre_task, message)
         done["started"] = time.time()
         try:
-            self._call(message)
+            value = self._call(message)
             done["outcome"] = "ok"
+            if keep_result and value is not None:
+                result, note = encode_result(value)
+                if note is None:
+                    done["result"] = result
+                else:
+                    done["result_note"] = note
         except DispatcherCancel:
             done["outcome"] = "cancelled"
             self._discard_loop()  # a coroutine may have been interrupted mid-step
@@ -203,7 +224,7 @@ class TaskRunner:
         self._capture.end()  # its output, logged with its name and uuid
         return done
 
-    def _call(self, message: Mapping[str, Any]) -> None:
+    def _call(self, message: Mapping[str, Any]) -> Any:
         entry = registry.get(message["task"])
         if entry is None:  # the service checks names first; a worker re-checks
             raise LookupError(f"task {message['task']!r} is not registered in this worker")
@@ -218,9 +239,10 @@ class TaskRunner:
             if inspect.isawaitable(result):
                 if self._loop is None:
                     self._loop = asyncio.Runner()
-                self._loop.run(_awaited(result))
+                result = self._loop.run(_awaited(result))
         finally:
             self._running = False
+        return result
 
     def _discard_loop(self) -> None:
         if self._loop is not None:

@@ -1,8 +1,9 @@
 """Brokers: how payloads reach the service and how control replies leave it.
 
-Built-ins: :mod:`~dispatcher.server.brokers.pg_notify` (PostgreSQL LISTEN/NOTIFY) and
-:mod:`~dispatcher.server.brokers.socket` (a local unix socket). Others are plug-ins, found
-through the entry-point group ``dispatcher.brokers`` (see
+Built-ins: :mod:`~dispatcher.server.brokers.pg_notify` (PostgreSQL LISTEN/NOTIFY),
+:mod:`~dispatcher.server.brokers.socket` (a local unix socket) and
+:mod:`~dispatcher.server.brokers.pg_queue` (durable queues in PostgreSQL tables). Others
+are plug-ins, found through the entry-point group ``dispatcher.brokers`` (see
 :mod:`~dispatcher.server.brokers.registry` and ``docs/brokers.md``). A plug-in implements
 :class:`Broker` (most simply by subclassing :class:`BrokerBase`); a durable one also
 :class:`Acknowledging`.
@@ -14,8 +15,10 @@ from dispatcher.server.brokers.base import (
     BrokerBase,
     BrokerContext,
     BrokerFactory,
+    BrokerNotReady,
     Capacity,
     Deliver,
+    OncePerTick,
     Settled,
 )
 from dispatcher.server.origin import Origin, ReplySink
@@ -26,8 +29,10 @@ __all__ = [
     "BrokerBase",
     "BrokerContext",
     "BrokerFactory",
+    "BrokerNotReady",
     "Capacity",
     "Deliver",
+    "OncePerTick",
     "Origin",
     "ReplySink",
     "Settled",

@@ -18,7 +18,7 @@ to claim no more work than the service can start. See ``docs/brokers.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,7 +26,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dispatcher.config import Settings
-from dispatcher.schema import service_application_name
+from dispatcher.schema import DispatcherError, service_application_name
 from dispatcher.server.origin import Origin
 from dispatcher.server.stats import ServiceStats
 
@@ -90,7 +90,14 @@ class Settled:
     (``on_duplicate``), ``refused`` (a ``service.limits`` limit: deliver it again later),
     ``abandoned`` (the service stopped first: deliver it again)."""
     reason: str | None = None
-    """Why, for ``rejected`` (and the error's summary for ``error``)."""
+    """Why: the reason for ``rejected``, ``discarded`` and the like; the error's summary
+    (``ValueError: ...``) for ``error``; for ``ok``, why the result was not kept."""
+    result: str | None = None
+    """For ``ok``: the task's return value as JSON text, when it was JSON-serialisable and
+    at most :data:`~dispatcher.server.results.MAX_RESULT_BYTES` long (else ``None``, and
+    :attr:`reason` says why)."""
+    traceback: str | None = None
+    """For ``error``: the traceback of the exception the task raised."""
 
 
 @runtime_checkable
@@ -105,6 +112,33 @@ class Acknowledging(Protocol):
     async def acknowledge(self, settled: Sequence[Settled]) -> None:
         """Record how these deliveries ended (at least one; in one round trip if possible)."""
         ...
+
+
+@runtime_checkable
+class OncePerTick(Protocol):
+    """Optional: a durable broker that runs a scheduled task once per tick across all hosts.
+
+    ``producers.scheduled`` entries whose task's queue is one of :attr:`queues` are handed
+    to :meth:`submit_tick` at every tick instead of being run locally.
+    """
+
+    queues: Collection[str]
+    """The queues the broker stores."""
+
+    async def submit_tick(self, task: str, tick: int, queue: str, message: dict[str, Any]) -> bool:
+        """Store *message* for *queue*, unless a service already did for (*task*, *tick*).
+
+        Returns whether this call stored it.
+        """
+        ...
+
+
+class BrokerNotReady(DispatcherError):
+    """A broker refuses to start until something is done: the message says what, in a line.
+
+    A factory raises it (e.g. the pg_queue tables are missing: run ``dispatcherctl
+    migrate``); the service then exits with status 2 before it listens, printing it.
+    """
 
 
 class Capacity(Protocol):

@@ -43,6 +43,29 @@ HEALTHY_AFTER: Final = 5.0
 """Seconds a connection must have lasted for its loss to start the backoff afresh."""
 
 
+async def open_connection(conninfo: str, application_name: str) -> psycopg.AsyncConnection[Any]:
+    """Open an autocommit connection for a broker.
+
+    With a connect timeout, and TCP keepalives so that a silently dead server is noticed
+    within about a minute.
+    """
+    return await psycopg.AsyncConnection.connect(
+        conninfo,
+        autocommit=True,
+        application_name=application_name,
+        connect_timeout=10,
+        keepalives=1,
+        keepalives_idle=30,
+        keepalives_interval=10,
+        keepalives_count=3,
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class PgNotifyBroker(BrokerBase):
     """Receives notifications on ``brokers.pg_notify.channels``; replies with NOTIFY."""
 
@@ -85,7 +108,7 @@ class PgNotifyBroker(BrokerBase):
                 connected_at = None
                 self._stats.listener_failures += 1
                 delay = backoff.next_delay()
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                reason = first_line(exc)
                 logger.warning(
                     "pg_notify connection to %s failed (%s); retrying in %.1f s",
                     where,
@@ -107,16 +130,7 @@ class PgNotifyBroker(BrokerBase):
         await self._replies.close()
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(
-            self.settings.conninfo,
-            autocommit=True,
-            application_name=self.application_name,
-            connect_timeout=10,
-            keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
-            keepalives_count=3,
-        )
+        return await open_connection(self.settings.conninfo, self.application_name)
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         for channel in (*self.channels, self.check_channel):

@@ -13,10 +13,12 @@ from typing import Any, Final
 from dispatcher.config import ConfigError, PluginError, load_plugin
 from dispatcher.server.brokers import pg_notify, socket
 from dispatcher.server.brokers.base import Broker, BrokerContext, BrokerFactory
+from dispatcher.server.brokers.pg_queue import broker as pg_queue
 
 BUILTIN_FACTORIES: Final[Mapping[str, BrokerFactory]] = {
     "pg_notify": pg_notify.create,
     "socket": socket.create,
+    "pg_queue": pg_queue.create,
 }
 """The factories of the brokers that ship with the service, by name."""
 

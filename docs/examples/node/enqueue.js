@@ -1,0 +1,96 @@
+// Store a dispatcher task as a job of a durable queue (the pg_queue broker) from Node.js.
+//
+//   DISPATCHER_DSN=postgres://postgres@127.0.0.1/postgres \
+//     node enqueue.js <queue> <task> '[args as JSON]' '{kwargs as JSON}' '{options as JSON}'
+//
+// Options: timeout, delay, on_duplicate, bind, guid (they go in the message, which is
+// validated against schemas/task-message.schema.json first), max_attempts (1-1000, default
+// 3: it goes in the row, not in the message). DISPATCHER_QUEUE_SCHEMA names the schema of
+// the tables (brokers.pg_queue.schema, default "dispatcher").
+//
+// One statement inserts the row and NOTIFYs dispatcher_queue_wakeup with the queue's name:
+// inside a transaction of yours (BEGIN ... COMMIT on the same client), the job exists once it
+// commits, never if it rolls back. The row is not signed (signing protects NOTIFY payloads);
+// the queue must be listed under brokers.pg_queue.queues, or no service claims the job.
+import { createHash } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import { buildMessage, loadValidator } from "./publisher.js";
+
+const WAKEUP_CHANNEL = "dispatcher_queue_wakeup";
+const TRACKED = new Set(["discard", "serial", "queue_one"]);
+
+// Python's json.dumps(value, sort_keys=True, separators=(",", ":")): keys in code point
+// order, no spaces, every character outside printable ASCII as a \uXXXX escape.
+function codePointOrder(a, b) {
+  const x = Array.from(a, (c) => c.codePointAt(0));
+  const y = Array.from(b, (c) => c.codePointAt(0));
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
+  return x.length - y.length;
+}
+
+function asciiString(text) {
+  return JSON.stringify(text).replace(/[\u007f-\uffff]/g, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+}
+
+export function identityJson(value) {
+  if (Array.isArray(value)) return `[${value.map(identityJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const keys = Object.keys(value).sort(codePointOrder);
+    return `{${keys.map((k) => `${asciiString(k)}:${identityJson(value[k])}`).join(",")}}`;
+  }
+  if (typeof value === "string") return asciiString(value);
+  return JSON.stringify(value);
+}
+
+// The job's dup_key: hex SHA-256 of the identity of [task, args, kwargs], as
+// dispatcher.schema.duplicate_key() and dispatcher_duplicate_key() compute it.
+export function duplicateKey(task, args, kwargs) {
+  return createHash("sha256").update(identityJson([task, args, kwargs]), "ascii").digest("hex");
+}
+
+export async function enqueue(client, queue, task, args = [], kwargs = {}, options = {}, schema = "dispatcher") {
+  if (!/^[A-Za-z0-9_.:-]{1,63}$/.test(queue)) throw new Error(`queue ${JSON.stringify(queue)}: not a valid channel name`);
+  const { max_attempts: maxAttempts = 3, ...messageOptions } = options;
+  if (!Number.isInteger(maxAttempts) || maxAttempts < 1 || maxAttempts > 1000) {
+    throw new Error(`max_attempts: expected an integer between 1 and 1000, got ${JSON.stringify(maxAttempts)}`);
+  }
+  const message = buildMessage(task, args, kwargs, messageOptions);
+  const validate = loadValidator("task-message");
+  if (!validate(message)) {
+    const reasons = validate.errors.map((e) => `${e.instancePath || "(root)"} ${e.message}`).join("; ");
+    throw new Error(`invalid task message: ${reasons}`);
+  }
+  const mode = TRACKED.has(message.on_duplicate) ? message.on_duplicate : null;
+  await client.query(
+    `WITH stored AS (INSERT INTO ${client.escapeIdentifier(schema)}.jobs` +
+      " (uuid, queue, task, message, max_attempts, run_after, on_duplicate, dup_key)" +
+      " VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8)" +
+      " ON CONFLICT DO NOTHING RETURNING queue)" +
+      ` SELECT pg_notify('${WAKEUP_CHANNEL}', queue) FROM stored`,
+    [
+      message.uuid,
+      queue,
+      task,
+      JSON.stringify(message),
+      maxAttempts,
+      message.delay ?? 0,
+      mode,
+      mode ? duplicateKey(task, args, kwargs) : null,
+    ],
+  );
+  return message.uuid;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const [queue, task, args = "[]", kwargs = "{}", options = "{}"] = process.argv.slice(2);
+  const schema = process.env.DISPATCHER_QUEUE_SCHEMA ?? "dispatcher";
+  const client = new pg.Client({ connectionString: process.env.DISPATCHER_DSN });
+  await client.connect();
+  try {
+    const uuid = await enqueue(client, queue, task, JSON.parse(args), JSON.parse(kwargs), JSON.parse(options), schema);
+    console.log(`enqueued ${task} as ${uuid}`);
+  } finally {
+    await client.end();
+  }
+}

@@ -1,0 +1,130 @@
+"""A durable job as the queue table holds it: the typed view ``get_job()`` and ``jobs()`` return.
+
+The statements that read it are built here too, for the sync and async readers alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal, get_args
+
+from dispatcher.schema import OnDuplicate
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+"""Where a job is: waiting (``queued``, maybe until :attr:`Job.run_after`), claimed by a
+service (``running``), or finished: ``done`` (its task returned), ``failed`` (its last
+attempt failed and none is left, or it could never run), ``cancelled``."""
+
+JOB_STATES: Final[tuple[JobState, ...]] = get_args(JobState)
+"""Every :data:`JobState`, in the order a job goes through them."""
+
+MAX_LISTED: Final = 10_000
+"""The most jobs one ``jobs()`` call returns."""
+
+COLUMNS: Final = (
+    "id",
+    "uuid",
+    "queue",
+    "task",
+    "state",
+    "attempts",
+    "max_attempts",
+    "created_at",
+    "run_after",
+    "started_at",
+    "finished_at",
+    "lease_until",
+    "node_id",
+    "on_duplicate",
+    "outcome",
+    "last_error",
+    "result",
+    "message",
+)
+"""The columns read, in the order of :class:`Job`'s fields."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of a durable queue (a row of its ``jobs`` table), as read at one moment."""
+
+    id: int
+    """The row's number: later jobs have higher ones."""
+    uuid: str
+    """The task message's ``uuid``: what ``submit_task()`` returned in ``Submission.uuid``."""
+    queue: str
+    task: str
+    state: JobState
+    attempts: int
+    """How many times a service started it so far."""
+    max_attempts: int
+    """How many times it may be started before it is left ``failed``."""
+    created_at: datetime
+    run_after: datetime
+    """Not started before this time: its delay, or the backoff before a retry."""
+    started_at: datetime | None
+    """When its last attempt started."""
+    finished_at: datetime | None
+    lease_until: datetime | None
+    """While ``running``: until when the service that claimed it holds it."""
+    node_id: str | None
+    """The service that ran (or runs) its last attempt."""
+    on_duplicate: OnDuplicate | None
+    """Its ``on_duplicate``, unless ``parallel``."""
+    outcome: str | None
+    """How its last attempt ended: ``ok``, ``error``, ``timeout``, ``worker_lost``, ..."""
+    last_error: str | None
+    """The error (and traceback) of its last failed attempt."""
+    result: Any
+    """What the task returned (decoded JSON), once ``done``; ``None`` otherwise."""
+    message: str
+    """The task message's JSON text, as stored."""
+
+    @property
+    def finished(self) -> bool:
+        """Tell whether the job has ended (``done``, ``failed`` or ``cancelled``)."""
+        return self.state in ("done", "failed", "cancelled")
+
+
+def quote_identifier(name: str) -> str:
+    """*name* as a quoted SQL identifier (``"dispatcher"``), for a schema from the config."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def get_job_query(schema: str) -> str:
+    """The statement reading one job by uuid (one parameter)."""
+    return f"SELECT {', '.join(COLUMNS)} FROM {quote_identifier(schema)}.jobs WHERE uuid = %s"
+
+
+def jobs_query(
+    schema: str,
+    *,
+    state: JobState | None,
+    queue: str | None,
+    task: str | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The statement listing jobs, newest first, and its parameters.
+
+    :raises ValueError: when *state* is not a :data:`JobState` or *limit* not in 1-10000.
+    """
+    if state is not None and state not in JOB_STATES:
+        raise ValueError(f"state: {state!r} is not one of {', '.join(JOB_STATES)}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LISTED:
+        raise ValueError(f"limit: must be an integer between 1 and {MAX_LISTED}, got {limit!r}")
+    given = (("state", state), ("queue", queue), ("task", task))
+    filters = [(column, value) for column, value in given if value is not None]
+    where = " AND ".join(f"{column} = %s" for column, _ in filters)
+    query = (
+        f"SELECT {', '.join(COLUMNS)} FROM {quote_identifier(schema)}.jobs"
+        + (f" WHERE {where}" if where else "")
+        + " ORDER BY id DESC LIMIT %s"
+    )
+    return query, [value for _, value in filters] + [limit]
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    """Build a :class:`Job` from a row of :data:`COLUMNS`."""
+    return Job(*row)

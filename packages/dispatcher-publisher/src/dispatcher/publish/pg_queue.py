@@ -1,0 +1,169 @@
+"""The durable pg_queue broker's publishing side: each task becomes a row of the jobs table.
+
+All the jobs of one send go in one statement: an ``INSERT`` of every row (arrays unnested,
+``ON CONFLICT DO NOTHING``: a uuid already stored, or a duplicate ``on_duplicate`` refuses,
+is skipped) followed, in the same statement, by one NOTIFY on
+:data:`~dispatcher.schema.QUEUE_WAKEUP_CHANNEL` per queue that received a row. In the
+caller's transaction when it passes a connection (the jobs exist once it commits, never if it
+rolls back); else on the SDK's own connection, as a transaction of its own.
+
+The message is stored as it is: its JSON text, whole (no chunks) and unsigned (anyone who may
+insert into the table is trusted; signing protects NOTIFY, which any database user can send).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Final
+
+from dispatcher.config import PgQueueBroker, Settings
+from dispatcher.publish.brokers import Outgoing, ReplyCollector
+from dispatcher.publish.errors import PublishError
+from dispatcher.publish.job import quote_identifier
+from dispatcher.publish.queue_async import astore
+from dispatcher.publish.queue_sync import store
+from dispatcher.publish.submission import Submission
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, DecodeError, decode_json, duplicate_key
+
+TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
+"""The ``on_duplicate`` modes the table enforces (``parallel`` is no mode at all)."""
+
+JobRows = tuple[
+    list[str],
+    list[str],
+    list[str],
+    list[str],
+    list[int],
+    list[float],
+    list[str | None],
+    list[str | None],
+]
+"""The columns of the rows to insert, one list each: uuid, queue, task, message, max_attempts,
+delay (seconds), on_duplicate, dup_key."""
+
+
+def insert_statement(schema: str) -> str:
+    """The statement storing :data:`JobRows` in *schema*'s jobs table and waking their queues.
+
+    One NOTIFY per queue that received a row. Rows keep their order (their ids follow it);
+    a row whose uuid is stored already, or that its ``on_duplicate`` refuses, is skipped
+    without error.
+    """
+    return (
+        f"WITH stored AS (INSERT INTO {quote_identifier(schema)}.jobs"
+        " (uuid, queue, task, message, max_attempts, run_after, on_duplicate, dup_key)"
+        " SELECT u, q, t, m, a, now() + make_interval(secs => d), o, k"
+        " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
+        " %b::float8[], %b::text[], %b::text[]) WITH ORDINALITY AS j(u, q, t, m, a, d, o, k, n)"
+        " ORDER BY n ON CONFLICT DO NOTHING RETURNING queue)"
+        f" SELECT count(pg_notify('{QUEUE_WAKEUP_CHANNEL}', queue))"
+        " FROM (SELECT DISTINCT queue FROM stored) AS woken"
+    )
+
+
+def job_rows(jobs: Sequence[Submission], default_max_attempts: int) -> JobRows:
+    """The columns of the rows storing *jobs* (see :data:`JobRows`)."""
+    rows: JobRows = ([], [], [], [], [], [], [], [])
+    uuids, queues, tasks, texts, attempts, delays, modes, keys = rows
+    for job in jobs:
+        message = job.message
+        uuids.append(job.uuid)
+        queues.append(job.channel)
+        tasks.append(message["task"])
+        texts.append(job.payloads[0])
+        attempts.append(default_max_attempts if job.max_attempts is None else job.max_attempts)
+        delays.append(float(message.get("delay") or 0))
+        mode = message.get("on_duplicate")
+        tracked = mode in TRACKED
+        modes.append(mode if tracked else None)
+        keys.append(duplicate_key(message) if tracked else None)
+    return rows
+
+
+class PgQueuePublisher:
+    """Stores tasks as jobs of the durable queues of ``brokers.pg_queue``."""
+
+    name = "pg_queue"
+
+    def __init__(self, settings: PgQueueBroker, source: str = "config") -> None:
+        self.settings = settings
+        self.source = source
+        self.queues: Collection[str] = frozenset(settings.queues)
+        self.default_queue: str | None = settings.queues[0] if len(settings.queues) == 1 else None
+        self.statement = insert_statement(settings.schema)
+
+    def send_jobs(self, jobs: Sequence[Submission], connection: object | None = None) -> None:
+        """Store *jobs* and wake the services, in one statement (see the module)."""
+        if jobs:
+            rows = job_rows(jobs, self.settings.max_attempts)
+            store(self.settings.conninfo, self.settings.schema, self.statement, rows, connection)
+
+    async def asend_jobs(
+        self, jobs: Sequence[Submission], connection: object | None = None
+    ) -> None:
+        """:meth:`send_jobs` for asyncio code."""
+        if jobs:
+            rows = job_rows(jobs, self.settings.max_attempts)
+            await astore(
+                self.settings.conninfo, self.settings.schema, self.statement, rows, connection
+            )
+
+    def send(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
+        """Store task messages given as ``(queue, JSON text)``, with the queue's defaults."""
+        self.send_jobs([self._as_job(queue, text) for queue, text in messages], connection)
+
+    async def asend(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
+        """:meth:`send` for asyncio code."""
+        jobs = [self._as_job(queue, text) for queue, text in messages]
+        await self.asend_jobs(jobs, connection)
+
+    def control_with_reply(
+        self,
+        text: str,
+        reply_to: str,
+        replies: ReplyCollector,
+        *,
+        queue: str | None,
+        expected_replies: int | None,
+        timeout: float,
+    ) -> None:
+        """Refuse: control commands are not stored, they go through pg_notify or socket."""
+        raise self._no_control()
+
+    async def acontrol_with_reply(
+        self,
+        text: str,
+        reply_to: str,
+        replies: ReplyCollector,
+        *,
+        queue: str | None,
+        expected_replies: int | None,
+        timeout: float,
+    ) -> None:
+        """Refuse, as :meth:`control_with_reply`."""
+        raise self._no_control()
+
+    def _no_control(self) -> PublishError:
+        return PublishError(
+            "cannot send control commands through brokers.pg_queue (it stores tasks only): "
+            f"configure brokers.pg_notify or brokers.socket in {self.source}, and "
+            "publish.default_control_broker if several are"
+        )
+
+    def _as_job(self, queue: str, text: str) -> Submission:
+        try:
+            message = decode_json(text)
+        except DecodeError as exc:
+            raise PublishError(f"brokers.pg_queue stores task messages only: {exc}") from None
+        if not isinstance(message, dict) or not isinstance(message.get("task"), str):
+            raise PublishError("brokers.pg_queue stores task messages only (JSON text)")
+        if not isinstance(message.get("uuid"), str):
+            raise PublishError("brokers.pg_queue stores task messages with a uuid only")
+        return Submission(message["uuid"], queue, message, (text,))
+
+
+def create(options: Mapping[str, Any], settings: Settings) -> PgQueuePublisher:
+    """The factory of the pg_queue broker's publishing side."""
+    if settings.brokers.pg_queue is None:
+        raise PublishError(f"{settings.source} has no brokers.pg_queue")
+    return PgQueuePublisher(settings.brokers.pg_queue, settings.source)

@@ -1,0 +1,124 @@
+"""The durable queue's I/O from synchronous code.
+
+Generated from ``queue_async.py`` by ``tools/async_to_sync.py``; do not edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import Connection
+
+from dispatcher.config import NotConfiguredError, get_settings
+from dispatcher.publish.connections import expect_connection
+from dispatcher.publish.errors import PublishError
+from dispatcher.publish.job import Job, JobState, get_job_query, job_from_row, jobs_query
+from dispatcher.publish.notify_sync import shared_provider
+
+
+def store(
+    conninfo: str, schema: str, statement: str, rows: Sequence[list[Any]], connection: object
+) -> None:
+    """Run the insert *statement* with the column lists *rows*.
+
+    With *connection*, in its current transaction; else on the SDK's own connection to
+    *conninfo*, where a lost connection is re-opened and the statement run once more (a uuid
+    stored twice is skipped, so a repeat stores nothing twice).
+
+    :raises BrokerUnavailable: when the database cannot be reached or refuses the rows.
+    :raises PublishError: when the queue's tables are missing from *schema*.
+    """
+    try:
+        if connection is not None:
+            caller = expect_connection(connection, Connection, "submit_task", "asubmit_task")
+            caller.execute(statement, rows)
+        else:
+            shared_provider(conninfo).execute(statement, rows)
+    except psycopg.errors.UndefinedTable:
+        raise _tables_missing(schema) from None
+
+
+def get_job(uuid: str, *, connection: Connection[Any] | None = None) -> Job | None:
+    """Return the job of the durable queue whose message has this *uuid*, or ``None``.
+
+    Read from the database of ``brokers.pg_queue`` (on the SDK's own connection, or on
+    *connection*). A job stays readable until ``brokers.pg_queue.keep_finished`` after it
+    ends.
+
+    :raises PublishError: when the config has no ``brokers.pg_queue``, or its tables are
+        missing.
+    :raises BrokerUnavailable: when the database cannot be reached.
+    """
+    names = ("get_job", "aget_job")
+    rows = _read(lambda schema: (get_job_query(schema), [uuid]), connection, names)
+    return job_from_row(rows[0]) if rows else None
+
+
+def jobs(
+    *,
+    state: JobState | None = None,
+    queue: str | None = None,
+    task: str | None = None,
+    limit: int = 100,
+    connection: Connection[Any] | None = None,
+) -> list[Job]:
+    """Return the jobs of the durable queues matching every filter given, newest first.
+
+    At most *limit* of them (1-10000). Read as :func:`aget_job` reads.
+
+    :raises ValueError: when *state* or *limit* is not valid.
+    :raises PublishError: when the config has no ``brokers.pg_queue``, or its tables are
+        missing.
+    :raises BrokerUnavailable: when the database cannot be reached.
+    """
+
+    def query(schema: str) -> tuple[str, list[Any]]:
+        return jobs_query(schema, state=state, queue=queue, task=task, limit=limit)
+
+    names = ("jobs", "ajobs")
+    return [job_from_row(row) for row in _read(query, connection, names)]
+
+
+def _read(
+    query: Callable[[str], tuple[str, list[Any]]],
+    connection: Connection[Any] | None,
+    names: tuple[str, str],
+) -> list[tuple[Any, ...]]:
+    """Run the statement *query* builds for the schema; *names*: this function and its twin."""
+    conninfo, schema = _queue_database(connection is not None)
+    statement, params = query(schema)
+    try:
+        if connection is not None:
+            caller = expect_connection(connection, Connection, *names)
+            cursor = caller.execute(statement, params)
+        else:
+            cursor = shared_provider(conninfo).execute(statement, params, "read from")
+        return cursor.fetchall()
+    except psycopg.errors.UndefinedTable:
+        raise _tables_missing(schema) from None
+
+
+def _queue_database(own_connection: bool) -> tuple[str, str]:
+    """The conninfo and schema of ``brokers.pg_queue``.
+
+    With a connection of the caller's and no config: no conninfo, the default schema.
+    """
+    try:
+        settings = get_settings()
+    except NotConfiguredError:
+        if own_connection:
+            return "", "dispatcher"
+        raise
+    section = settings.brokers.pg_queue
+    if section is None:
+        raise PublishError(f"cannot read jobs: {settings.source} has no brokers.pg_queue")
+    return section.conninfo, section.schema
+
+
+def _tables_missing(schema: str) -> PublishError:
+    return PublishError(
+        f"the durable queue's tables are missing from schema {schema!r}: "
+        "run `dispatcherctl migrate` first"
+    )

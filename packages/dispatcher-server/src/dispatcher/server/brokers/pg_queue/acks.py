@@ -1,0 +1,133 @@
+"""Recording outcomes in the table: one fenced statement per batch, kept until it succeeds.
+
+Acknowledgements that cannot be written (the database is away) wait and are written with
+the next batch, or by the broker's keeper; their leases are renewed meanwhile, so that no
+other service runs the job again. A row the batch statement cannot take (a result
+PostgreSQL refuses, a race on a queue_one twin) is written alone, without its result if
+need be, so that one bad row never holds the others back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import anyio
+import psycopg
+
+from dispatcher.server.brokers.base import Settled
+from dispatcher.server.brokers.pg_notify import first_line
+from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
+from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.stats import ServiceStats
+
+logger = get_logger("dispatcher.pg_queue")
+
+
+class Acknowledger:
+    """Writes :class:`Ack` batches; see the module docstring."""
+
+    def __init__(
+        self,
+        db: QueueDatabase,
+        statement: bytes,
+        leases: Leases,
+        policy: RetryPolicy,
+        batch_size: int,
+        stats: ServiceStats,
+        on_retry: Callable[[float], None] = lambda delay: None,
+    ) -> None:
+        self._db = db
+        self._statement = statement
+        self._leases = leases
+        self._policy = policy
+        self._batch_size = batch_size
+        self._stats = stats
+        self._on_retry = on_retry
+        self._pending: list[Ack] = []
+        self._lock = anyio.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Acknowledgements not written yet."""
+        return len(self._pending)
+
+    def add_settled(self, settled: Sequence[Settled]) -> None:
+        """Queue the rows' changes for *settled* (receipts that are not ours are ignored)."""
+        for item in settled:
+            ack = to_ack(item, self._policy)
+            if ack is not None:
+                self._pending.append(ack)
+
+    def add(self, ack: Ack) -> None:
+        """Queue one row's change."""
+        self._pending.append(ack)
+
+    async def flush(self) -> None:
+        """Write everything queued, a batch per statement.
+
+        :raises psycopg.Error, OSError, BrokerNotReady: when the database cannot take them
+            now; what was not written stays queued.
+        """
+        async with self._lock:
+            while self._pending:
+                batch = self._pending[: self._batch_size]
+                try:
+                    rows = await self._db.fetch(self._statement, _params(batch))
+                except (psycopg.IntegrityError, psycopg.DataError):
+                    rows = await self._one_by_one(batch)
+                del self._pending[: len(batch)]
+                for ack in batch:
+                    self._leases.release(ack.id, ack.attempts)
+                    if ack.kind == "retry":
+                        self._on_retry(ack.delay)
+                self._count(rows)
+
+    async def _one_by_one(self, batch: list[Ack]) -> Rows:
+        rows: Rows = []
+        for ack in batch:
+            rows += await self._write_alone(ack)
+        return rows
+
+    async def _write_alone(self, ack: Ack) -> Rows:
+        for _ in range(3):
+            try:
+                return await self._db.fetch(self._statement, _params([ack]))
+            except psycopg.DataError as exc:  # PostgreSQL refused the result, or a text
+                ack = _plain(ack, first_line(exc))
+            except psycopg.IntegrityError:  # a queue_one twin came in: the next try sees it
+                continue
+        logger.error(
+            "pg_queue: could not record the outcome of job %d; its lease will run out", ack.id
+        )
+        return []
+
+    def _count(self, rows: Rows) -> None:
+        for queue, kind, state in rows:
+            if kind == "retry" and state == "queued":
+                self._stats.pg_queue_retries[queue] += 1
+            elif state == "failed":
+                self._stats.pg_queue_failures[queue] += 1
+
+
+def _plain(ack: Ack, why: str) -> Ack:
+    """*ack* without its result, and with its error text in plain ASCII."""
+    if ack.kind == "done":
+        error: str | None = f"result not kept: PostgreSQL refused it ({why})"[:500]
+    else:
+        plain = None if ack.error is None else ack.error.encode("ascii", "backslashreplace")
+        error = None if plain is None else plain.decode()
+    return Ack(ack.id, ack.attempts, ack.kind, ack.outcome, error, None, ack.delay)
+
+
+def _params(batch: Sequence[Ack]) -> dict[str, list[object]]:
+    return {
+        "ids": [ack.id for ack in batch],
+        "attempts": [ack.attempts for ack in batch],
+        "kinds": [ack.kind for ack in batch],
+        "outcomes": [ack.outcome for ack in batch],
+        "errors": [ack.error for ack in batch],
+        "results": [ack.result for ack in batch],
+        "delays": [ack.delay for ack in batch],
+    }

@@ -1,0 +1,286 @@
+"""The pg_queue broker: durable queues in a PostgreSQL table, shared by any number of hosts.
+
+Jobs are rows (``{schema}.jobs``, created by ``dispatcherctl migrate``). A service claims
+ready rows with ``FOR UPDATE SKIP LOCKED``, no more than it can start, under a lease it
+renews while they run; it records each outcome in batches, fenced by the attempt number
+(see :mod:`.sql`). Failed attempts are retried with a growing delay until ``max_attempts``,
+then left ``failed``; rows whose service died are taken back when their lease runs out.
+Delivery is at least once: a job runs again if its service dies while running it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import anyio
+import psycopg
+from anyio.abc import TaskStatus
+
+from dispatcher.config import PgQueueBroker as PgQueueSettings
+from dispatcher.publish import AsyncConnectionProvider
+from dispatcher.schema import (
+    MAX_NOTIFY_PAYLOAD_BYTES,
+    QUEUE_WAKEUP_CHANNEL,
+    duplicate_key,
+    is_valid_channel_name,
+    new_uuid,
+    split_message,
+)
+from dispatcher.server.brokers.base import (
+    BrokerBase,
+    BrokerContext,
+    BrokerNotReady,
+    Capacity,
+    Deliver,
+    Settled,
+)
+from dispatcher.server.brokers.pg_notify import first_line
+from dispatcher.server.brokers.pg_queue.acks import Acknowledger
+from dispatcher.server.brokers.pg_queue.claims import Claimer, ClaimOptions
+from dispatcher.server.brokers.pg_queue.database import FAILURES, Connection, QueueDatabase, Rows
+from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.migrations import (
+    latest_version,
+    problem,
+    read_version,
+    version_queries,
+)
+from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy
+from dispatcher.server.brokers.pg_queue.sql import Statements
+from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
+from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.stats import ServiceStats
+
+logger = get_logger("dispatcher.pg_queue")
+
+CLOSE_FLUSH_TIMEOUT: Final = 5.0
+"""Seconds spent, when the broker stops, writing acknowledgements still waiting."""
+TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
+"""The ``on_duplicate`` modes the table enforces (``parallel`` needs nothing)."""
+
+
+class PgQueueBroker(BrokerBase):
+    """Claims, runs (through the service) and settles the jobs of ``brokers.pg_queue``."""
+
+    def __init__(
+        self,
+        settings: PgQueueSettings,
+        node_id: str,
+        stats: ServiceStats,
+        capacity: Capacity,
+        *,
+        listen_name: str,
+        work_name: str,
+        config_file: str | None,
+    ) -> None:
+        super().__init__("pg_queue")
+        self.settings = settings
+        self.queues = settings.queues
+        self._config_file = config_file
+        self._listen_name = listen_name
+        self._stats = stats
+        self._statements = statements = Statements.for_schema(settings.schema)
+        # Claims have a connection of their own, so that a freed worker's next job never
+        # waits behind acknowledgements and renewals (which share the other one).
+        self._claims_db = QueueDatabase(settings.conninfo, work_name, self._on_open_claims)
+        self._db = db = QueueDatabase(settings.conninfo, work_name, self._on_open)
+        self._leases = leases = Leases(db, statements.renew, settings.lease)
+        policy = RetryPolicy(
+            settings.retry_backoff, settings.retry_backoff_max, settings.retry_jitter
+        )
+        self._wakeup = wakeup = Wakeup()
+        self._acks = acks = Acknowledger(
+            db, statements.acknowledge, leases, policy, settings.batch_size, stats, wakeup.after
+        )
+        options = ClaimOptions(
+            settings.queues, node_id, settings.lease, settings.poll_interval, settings.batch_size
+        )
+        self._claimer = Claimer(
+            self._claims_db, statements.claim, options, capacity, leases, acks, stats
+        )
+        self._upkeep = Upkeep(
+            db, statements, leases, acks, stats, settings.lease, settings.keep_finished
+        )
+        self._replies = AsyncConnectionProvider(settings.conninfo)
+        self._ack_failures = RateLimitedLog(logger, logging.WARNING)
+
+    async def run(
+        self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Receive (see :class:`BrokerBase`), and keep the leases.
+
+        Leases are renewed and acknowledgements written from the start until the service
+        cancels this, past ``stop_receiving()``.
+        """
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self._upkeep.run, name="pg_queue:upkeep")
+            await super().run(deliver, task_status=task_status)
+
+    async def receive(
+        self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen for wake-ups and claim jobs until ``stop_receiving()``."""
+        task_status.started()  # connecting goes on in the background
+        logger.info(
+            "claiming jobs of queues %s (schema %s, %s)",
+            ", ".join(self.queues),
+            self.settings.schema,
+            self._db.where,
+        )
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(
+                listen,
+                self.settings.conninfo,
+                self._listen_name,
+                self.queues,
+                self._wakeup,
+                name="pg_queue:listen",
+            )
+            await self._claimer.run(deliver, self._wakeup)
+
+    async def acknowledge(self, settled: Sequence[Settled]) -> None:
+        """Record how these deliveries ended.
+
+        When the database is away they are kept and written later; their leases are
+        renewed meanwhile.
+        """
+        self._acks.add_settled(settled)
+        if self._db.waiting:
+            return  # the database is away: the upkeep writes them once it is back
+        try:
+            await self._acks.flush()
+        except FAILURES as exc:
+            self._ack_failures.log(
+                "pg_queue: %d outcomes not recorded yet (%s); retrying",
+                self._acks.pending,
+                first_line(exc),
+            )
+
+    async def submit_tick(self, task: str, tick: int, queue: str, message: dict[str, Any]) -> bool:
+        """Store a scheduled task's job unless a service already did for this tick."""
+        message = {**message, "uuid": new_uuid(), "time_pub": time.time()}
+        mode = message.get("on_duplicate")
+        tracked = mode in TRACKED
+        params = {
+            "task": task,
+            "tick": tick,
+            "uuid": message["uuid"],
+            "queue": queue,
+            "message": json.dumps(message, separators=(",", ":")),
+            "max_attempts": self.settings.max_attempts,
+            "delay": float(message.get("delay") or 0),
+            "on_duplicate": mode if tracked else None,
+            "dup_key": duplicate_key(message) if tracked else None,
+            "channel": QUEUE_WAKEUP_CHANNEL,
+        }
+        return bool(await self._db.fetch(self._statements.submit_tick, params))
+
+    async def reply(self, reply_to: str, reply: Mapping[str, Any]) -> None:
+        """NOTIFY *reply* on the channel *reply_to* (chunked when too large)."""
+        if not is_valid_channel_name(reply_to):
+            return  # no channel can have that name: nobody waits for it
+        text = json.dumps(reply, separators=(",", ":"), default=str)
+        payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
+        await self._replies.notify_many([reply_to] * len(payloads), payloads)
+
+    async def close(self) -> None:
+        """Write what acknowledgements wait (briefly), then close the connections."""
+        with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+            try:
+                await self._acks.flush()
+            except FAILURES as exc:
+                logger.warning(
+                    "pg_queue: %d outcomes not recorded (%s): their jobs will run again "
+                    "once their lease runs out",
+                    self._acks.pending,
+                    first_line(exc),
+                )
+        await self._claims_db.close()
+        await self._db.close()
+        await self._replies.close()
+
+    async def _on_open(self, conn: Connection) -> None:
+        """A new working connection: check the tables."""
+        await self._check_tables(conn)
+
+    async def _on_open_claims(self, conn: Connection) -> None:
+        """A new claiming connection: check the tables, then sweep what the dead left."""
+        await self._check_tables(conn)
+
+        async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
+            return await (await conn.execute(statement, params)).fetchall()
+
+        await sweep(fetch, self._statements.sweep, self._stats)
+
+    async def _check_tables(self, conn: Connection) -> None:
+        """Raise :class:`BrokerNotReady` when the tables are missing or too old."""
+        exists, version = version_queries(self.settings.schema)
+        found: int | None = None
+        row = await (await conn.execute(exists.encode())).fetchone()
+        if row is not None and row[0]:
+            row = await (await conn.execute(version.encode())).fetchone()
+            found = 0 if row is None else int(row[0])
+        refusal = problem(found, self.settings.schema, self._config_file)
+        if refusal is not None:
+            raise BrokerNotReady(refusal)
+
+
+def check_tables(settings: PgQueueSettings, config_file: str | None) -> None:
+    """Refuse to start on tables that are missing or older than this code needs.
+
+    A database that cannot be reached now is not refused: the broker checks again each
+    time it connects, and waits (logging why) until the tables are there.
+
+    :raises BrokerNotReady: with the one line that says which command to run.
+    """
+    try:
+        with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=5) as conn:
+            found = read_version(conn, settings.schema)
+    except psycopg.Error as exc:
+        logger.warning(
+            "pg_queue: cannot check the tables now (%s); will check when connected",
+            first_line(exc),
+        )
+        return
+    refusal = problem(found, settings.schema, config_file)
+    if refusal is not None:
+        raise BrokerNotReady(refusal)
+    if found is not None and found > latest_version():  # a rolling upgrade under way
+        logger.warning(
+            'pg_queue: the tables in schema "%s" are at version %d, newer than this version '
+            "of dispatcher knows (%d)",
+            settings.schema,
+            found,
+            latest_version(),
+        )
+
+
+def create(options: Mapping[str, Any], context: BrokerContext) -> PgQueueBroker:
+    """The factory of ``brokers.pg_queue`` (it reads the typed section of the settings).
+
+    :raises BrokerNotReady: when the tables are missing or too old.
+    """
+    settings = context.settings.brokers.pg_queue
+    assert settings is not None, "the pg_queue factory is only called when it is configured"
+    source = context.settings.source
+    config_file = None if source == "config" else source
+    check_tables(settings, config_file)
+    # Control clients count services by their connections' application_name: a service
+    # has one such connection, pg_notify's when it has one, else this broker's listener.
+    own_name = f"dispatcher-queue:{context.node_id}"[:63]
+    has_notify = context.settings.brokers.pg_notify is not None
+    return PgQueueBroker(
+        settings,
+        context.node_id,
+        context.stats,
+        context.capacity,
+        listen_name=own_name if has_notify else context.application_name,
+        work_name=own_name,
+        config_file=config_file,
+    )

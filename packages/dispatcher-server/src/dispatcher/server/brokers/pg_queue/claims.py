@@ -1,0 +1,126 @@
+"""Claiming ready jobs, no more than the service can start, and delivering them.
+
+The loop waits for free capacity, claims up to that many rows (at most ``batch_size``) in
+one statement, and delivers each. When it got fewer than it asked for, the queue is drained
+for now: it waits for a wake-up (a NOTIFY) or ``poll_interval`` seconds. A claim and its
+deliveries are never cut in two by a shutdown: rows claimed are always delivered (and so
+always acknowledged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+import psycopg
+
+from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.server.brokers.base import Capacity, Deliver
+from dispatcher.server.brokers.pg_notify import first_line
+from dispatcher.server.brokers.pg_queue.acks import Acknowledger
+from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
+from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.outcomes import Ack, receipt
+from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.origin import Origin
+from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.stats import ServiceStats
+
+logger = get_logger("dispatcher.pg_queue")
+
+CLAIM_TIMEOUT: Final = 30.0
+"""Seconds a claim may take before it is given up (its connection is then replaced)."""
+
+RACES: Final = 5
+"""Claims retried, with a smaller batch, after losing a race for an identical serial job."""
+
+
+@dataclass(frozen=True)
+class ClaimOptions:
+    """What the claim loop needs from ``brokers.pg_queue``."""
+
+    queues: Collection[str]
+    node_id: str
+    lease: float
+    poll_interval: float
+    batch_size: int
+
+
+class Claimer:
+    """The claim loop; see the module docstring."""
+
+    def __init__(
+        self,
+        db: QueueDatabase,
+        statement: bytes,
+        options: ClaimOptions,
+        capacity: Capacity,
+        leases: Leases,
+        acks: Acknowledger,
+        stats: ServiceStats,
+    ) -> None:
+        self._db = db
+        self._statement = statement
+        self._options = options
+        self._capacity = capacity
+        self._leases = leases
+        self._acks = acks
+        self._stats = stats
+        self._failures = RateLimitedLog(logger, logging.WARNING)
+
+    async def run(self, deliver: Deliver, wakeup: Wakeup) -> None:
+        """Claim and deliver until cancelled."""
+        options = self._options
+        while True:
+            wanted = min(await self._capacity.wait_free(), options.batch_size)
+            got = 0
+            try:
+                with anyio.move_on_after(CLAIM_TIMEOUT, shield=True):
+                    got = self._deliver(await self._claim(wanted), deliver)
+            except FAILURES as exc:
+                self._failures.log("pg_queue: cannot claim jobs: %s", first_line(exc))
+                got = 0
+            if got < wanted:
+                await wakeup.wait(options.poll_interval)
+
+    async def _claim(self, wanted: int) -> Rows:
+        options = self._options
+        limit = wanted
+        for _ in range(RACES):
+            params = {
+                "queues": list(options.queues),
+                "limit": limit,
+                "node_id": options.node_id,
+                "lease": options.lease,
+                "max_bytes": MAX_MESSAGE_BYTES,
+            }
+            try:
+                return await self._db.fetch(self._statement, params)
+            except psycopg.errors.UniqueViolation:  # another service took its twin first
+                limit = max(1, limit // 2)
+        return []
+
+    def _deliver(self, rows: Rows, deliver: Deliver) -> int:
+        """Deliver the claimed rows, oldest first; return how many were claimed."""
+        for row, attempts, queue, message, size in sorted(rows):
+            self._leases.add(row, attempts)
+            self._stats.pg_queue_claims[queue] += 1
+            if message is None:
+                self._stats.rejected["oversized"] += 1
+                reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
+                logger.warning("pg_queue: job %d rejected: %s", row, reason)
+                self._acks.add(Ack(row, attempts, "failed", "rejected", reason))
+                continue
+            origin = Origin(
+                "pg_queue",
+                channel=queue,
+                receipt=receipt(row, attempts),
+                scheduled_by_broker=True,
+                authenticated=True,
+            )
+            deliver(message, origin)
+        return len(rows)

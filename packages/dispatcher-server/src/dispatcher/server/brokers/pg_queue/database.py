@@ -1,0 +1,132 @@
+"""The pg_queue broker's working connection: opened on demand, replaced when it breaks.
+
+Claims, renewals, acknowledgements and sweeps share it, one statement at a time (each in
+autocommit). Whenever it is (re)opened, *on_open* runs first (the broker checks the tables'
+version and sweeps what dead services left behind). While the server cannot be reached,
+attempts to connect are spaced by a growing delay (0.1 s, doubling up to 30 s), shared by
+every user of the connection, and each failure is logged once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+import psycopg
+
+from dispatcher.publish import describe_server
+from dispatcher.server.backoff import Backoff
+from dispatcher.server.brokers.base import BrokerNotReady
+from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY, first_line, open_connection
+from dispatcher.server.logsafe import get_logger
+
+logger = get_logger("dispatcher.pg_queue")
+
+Connection = psycopg.AsyncConnection[Any]
+Rows = list[tuple[Any, ...]]
+
+BROKEN = (psycopg.OperationalError, psycopg.InterfaceError)
+"""Errors after which a connection is not used again."""
+
+FAILURES = (psycopg.Error, OSError, BrokerNotReady)
+"""What a statement can fail with: the database's errors, an unreachable server, tables
+that are missing or too old (found when a connection is opened)."""
+
+
+class QueueDatabase:
+    """One autocommit connection, opened when first needed and after each loss."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        application_name: str,
+        on_open: Callable[[Connection], Awaitable[None]],
+    ) -> None:
+        self._conninfo = conninfo
+        self._application_name = application_name
+        self._on_open = on_open
+        self._conn: Connection | None = None
+        self._lock = anyio.Lock()
+        self._backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
+        self._retry_at = 0.0
+        self.where = describe_server(conninfo)
+        """The server, for log lines (never the password)."""
+        self.opened = 0
+        """Connections opened so far."""
+
+    async def fetch(self, statement: bytes, params: Mapping[str, Any]) -> Rows:
+        """Run *statement*; return its rows (none for a statement that returns none).
+
+        :raises psycopg.Error: as psycopg does (the connection is dropped if it broke).
+        :raises OSError: when no connection can be opened.
+        :raises BrokerNotReady: when the tables are missing or too old.
+        """
+        conn = await self._connection()
+        try:
+            cursor = await conn.execute(statement, params)
+            return await cursor.fetchall() if cursor.description is not None else []
+        except psycopg.Error as exc:
+            if isinstance(exc, BROKEN) or conn.broken:
+                await self.discard(f"lost the connection to {self.where} ({first_line(exc)})")
+            elif isinstance(exc, psycopg.errors.UndefinedTable):
+                await self.discard()  # the next connection says which command to run
+            raise
+        except BaseException:  # cancelled mid-statement: the connection's state is unknown
+            await self.discard()
+            raise
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the server failed lately and the next attempt must wait a while."""
+        return self._conn is None and self._retry_at > time.monotonic()
+
+    async def discard(self, reason: str | None = None) -> None:
+        """Close the connection (if any); the next statement opens a new one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if reason is not None:
+                logger.warning("pg_queue: %s; reconnecting", reason)
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    async def _connection(self) -> Connection:
+        async with self._lock:
+            if self._conn is not None and not self._conn.closed:
+                return self._conn
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
+            try:
+                conn = await open_connection(self._conninfo, self._application_name)
+            except (psycopg.Error, OSError) as exc:
+                self._failed(exc)
+                raise
+            try:
+                await self._on_open(conn)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+                if isinstance(exc, FAILURES):
+                    self._failed(exc)
+                raise
+            self._backoff.reset()
+            self._retry_at = 0.0
+            self._conn = conn
+            self.opened += 1
+            return conn
+
+    def _failed(self, exc: BaseException) -> None:
+        delay = self._backoff.next_delay()
+        self._retry_at = time.monotonic() + delay
+        logger.warning(
+            "pg_queue connection to %s failed (%s); retrying in %.1f s",
+            self.where,
+            first_line(exc),
+            delay,
+        )
+
+    async def close(self) -> None:
+        """Close the connection for good (the broker is done)."""
+        await self.discard()

@@ -1,0 +1,52 @@
+"""The claims a service holds: kept alive by one statement for all, until acknowledged."""
+
+from __future__ import annotations
+
+from dispatcher.server.brokers.pg_queue.database import QueueDatabase
+from dispatcher.server.logsafe import get_logger
+
+logger = get_logger("dispatcher.pg_queue")
+
+
+class Leases:
+    """Rows claimed by this service and not yet acknowledged: ``id -> attempt``."""
+
+    def __init__(self, db: QueueDatabase, statement: bytes, lease: float) -> None:
+        self._db = db
+        self._statement = statement
+        self._lease = lease
+        self.held: dict[int, int] = {}
+        """Each claimed row's id and the attempt it was claimed as."""
+
+    def add(self, row: int, attempts: int) -> None:
+        """A row was claimed as attempt *attempts*."""
+        self.held[row] = attempts
+
+    def release(self, row: int, attempts: int) -> None:
+        """The claim of *row* as attempt *attempts* is settled: stop renewing it."""
+        if self.held.get(row) == attempts:
+            del self.held[row]
+
+    async def renew(self) -> None:
+        """Extend every held lease, in one statement.
+
+        A claim the database no longer has as ours (its lease ran out and another service
+        took it over) is dropped, with a warning: its job may run twice.
+        """
+        if not self.held:
+            return
+        held = dict(self.held)
+        rows = await self._db.fetch(
+            self._statement,
+            {"ids": list(held), "attempts": list(held.values()), "lease": self._lease},
+        )
+        renewed = {row for (row,) in rows}
+        for row, attempts in held.items():
+            if row not in renewed and self.held.get(row) == attempts:
+                del self.held[row]
+                logger.warning(
+                    "pg_queue: lost the claim of job %d (attempt %d): its lease ran out and "
+                    "it may run again elsewhere",
+                    row,
+                    attempts,
+                )

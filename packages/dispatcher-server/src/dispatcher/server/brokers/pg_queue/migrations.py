@@ -1,0 +1,174 @@
+"""Creating and upgrading the tables of the pg_queue broker: versioned migrations.
+
+Each migration (``dispatcher.schema.migrations()``) runs once per PostgreSQL schema; the
+table ``{schema}.migrations`` records which have. :func:`migrate` applies the missing ones
+in one transaction, after taking an advisory lock so that two concurrent runs wait for
+each other (the second then finds nothing to do). It never downgrades: a database newer
+than this code is refused with a message saying so. :func:`plan` is the same work as
+text, for ``dispatcherctl migrate --print``.
+
+A service checks the version when it starts (:func:`problem`): it refuses tables that are
+missing or older than the code needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from dispatcher.schema import DispatcherError, migrations
+
+VERSION_TABLE: Final = "migrations"
+"""The table, in the queue's schema, that records the migrations applied."""
+
+
+class MigrationError(DispatcherError):
+    """The tables cannot be migrated: the database is newer than this code."""
+
+
+def latest_version() -> int:
+    """The version of the tables this code needs (the last migration it ships)."""
+    return max((m.version for m in migrations()), default=0)
+
+
+def quoted(schema: str) -> str:
+    """*schema* as a quoted SQL identifier."""
+    return sql.Identifier(schema).as_string(None)
+
+
+def version_queries(schema: str) -> tuple[str, str]:
+    """Two queries: whether the version table exists (one row, a boolean), then its version.
+
+    Run the second only if the first says ``true``.
+    """
+    table = f"{quoted(schema)}.{VERSION_TABLE}"
+    exists = f"SELECT to_regclass({sql.Literal(table).as_string(None)}) IS NOT NULL"
+    return exists, f"SELECT coalesce(max(version), 0) FROM {table}"
+
+
+def problem(version: int | None, schema: str, config: str | None) -> str | None:
+    """Why a service cannot use tables at *version* (``None``: missing), or ``None``.
+
+    *config* is the config file to name in the command to run (``None`` for a dict).
+    """
+    latest = latest_version()
+    if version is not None and version >= latest:
+        return None
+    command = "dispatcherctl migrate" + ("" if config is None else f" --config {config}")
+    where = f'the pg_queue tables in schema "{schema}"'
+    if version is None or version == 0:
+        return f"{where} are missing: run '{command}'"
+    return f"{where} are at version {version}, this version needs {latest}: run '{command}'"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`migrate` does to bring the tables from :attr:`current` to :attr:`latest`."""
+
+    schema: str
+    current: int
+    """The version found (``0``: no tables)."""
+    latest: int
+    """The version this code needs."""
+    setup: tuple[str, ...]
+    """The lock, the schema and the version table: run every time."""
+    steps: tuple[str, ...]
+    """The missing migrations, each followed by the row recording it."""
+
+    @property
+    def statements(self) -> tuple[str, ...]:
+        """Every statement, in order, run in one transaction."""
+        return self.setup + self.steps
+
+    @property
+    def pending(self) -> list[int]:
+        """The versions that would be applied."""
+        return list(range(self.current + 1, self.latest + 1))
+
+    def script(self) -> str:
+        """The statements as one SQL script, in a transaction (a comment when up to date)."""
+        if not self.steps:
+            return (
+                f"-- dispatcher pg_queue tables in schema {quoted(self.schema)}: "
+                f"at version {self.current}, nothing to do\n"
+            )
+        body = "".join(f"{s.strip().rstrip(';')};\n\n" for s in self.statements)
+        header = (
+            f"-- dispatcher pg_queue tables in schema {quoted(self.schema)}: "
+            f"version {self.current} -> {self.latest}\n"
+        )
+        return f"{header}BEGIN;\n\n{body}COMMIT;\n"
+
+
+def plan(schema: str, current: int) -> Plan:
+    """The statements that take the tables of *schema* from version *current* to the latest.
+
+    :raises MigrationError: when *current* is newer than this code knows.
+    """
+    latest = latest_version()
+    if current > latest:
+        raise MigrationError(
+            f'the pg_queue tables in schema "{schema}" are at version {current}, newer than '
+            f"this version of dispatcher knows ({latest}): upgrade dispatcher; migrations "
+            "never downgrade"
+        )
+    name = quoted(schema)
+    steps = []
+    for migration in migrations():
+        if migration.version > current:
+            steps.append(_in_schema(migration.text, name))
+            steps.append(
+                f"INSERT INTO {name}.{VERSION_TABLE} (version) VALUES ({migration.version})"
+            )
+    return Plan(schema, current, latest, _setup(schema), tuple(steps))
+
+
+def _in_schema(text: str, name: str) -> str:
+    """*text* with ``{schema}`` replaced by *name*, outside comments (which keep saying it)."""
+    lines = text.splitlines()
+    return "\n".join(
+        line if line.lstrip().startswith("--") else line.replace("{schema}", name) for line in lines
+    )
+
+
+def _setup(schema: str) -> tuple[str, ...]:
+    name = quoted(schema)
+    lock_key = sql.Literal(f"dispatcher.migrate:{schema}").as_string(None)
+    return (
+        f"SELECT pg_advisory_xact_lock(hashtextextended({lock_key}, 0))",
+        f"CREATE SCHEMA IF NOT EXISTS {name}",
+        f"CREATE TABLE IF NOT EXISTS {name}.{VERSION_TABLE} (\n"
+        "    version     integer PRIMARY KEY,\n"
+        "    applied_at  timestamptz NOT NULL DEFAULT now()\n"
+        ")",
+    )
+
+
+def read_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
+    """The version of the tables of *schema*; ``None`` when there is no version table."""
+    exists, version = version_queries(schema)
+    row = conn.execute(exists.encode()).fetchone()
+    if row is None or not row[0]:
+        return None
+    row = conn.execute(version.encode()).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def migrate(conn: psycopg.Connection[Any], schema: str) -> Plan:
+    """Bring the tables of *schema* to the latest version, in one transaction.
+
+    Safe to run again (it then does nothing) and concurrently (the runs take turns). Returns
+    what was done (:attr:`Plan.pending` is empty when nothing was).
+
+    :raises MigrationError: when the tables are newer than this code.
+    """
+    with conn.transaction():
+        for statement in _setup(schema):  # waits for a concurrent run to commit
+            conn.execute(statement.encode())
+        work = plan(schema, read_version(conn, schema) or 0)
+        for statement in work.steps:
+            conn.execute(statement.encode())
+    return work

@@ -1,0 +1,119 @@
+"""How a settled delivery changes its job's row: the pure part of acknowledging.
+
+Every :class:`~dispatcher.server.brokers.base.Settled` becomes one :class:`Ack`: which kind
+of change (``done``, ``cancelled``, ``failed``, ``retry`` or ``requeue``), the outcome and
+error text to record, the result, and for a retry the backoff before the next attempt.
+Whether a retry is still allowed (``attempts < max_attempts``) is decided by the database,
+from the row, in the same statement.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from dispatcher.schema import Outcome
+from dispatcher.server.brokers.base import Settled
+
+AckKind = Literal["done", "cancelled", "failed", "retry", "requeue"]
+
+RETRIED: Final = frozenset(
+    {Outcome.ERROR, Outcome.TIMEOUT, Outcome.WORKER_LOST, Outcome.KILLED, Outcome.MEMORY_EXCEEDED}
+)
+"""Outcomes that count as a failed attempt: retried after a backoff, until none is left."""
+
+MAX_ERROR_CHARS: Final = 32 * 1024
+"""Longest error text (message and traceback) kept on a row; a longer one keeps its end."""
+
+_KINDS: Final[dict[str, AckKind]] = {
+    Outcome.OK: "done",
+    Outcome.CANCELLED: "cancelled",
+    "discarded": "cancelled",  # cannot happen once the gate is bypassed; never lose it
+    "rejected": "failed",
+    "refused": "requeue",
+    "abandoned": "requeue",
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The backoff between attempts: ``backoff * 2**(attempt - 1)``, capped, +-jitter."""
+
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+    jitter: float = 0.1
+
+    def delay(
+        self, attempt: int, uniform: Callable[[float, float], float] = random.uniform
+    ) -> float:
+        """Seconds to wait after failed attempt number *attempt* (1 for the first)."""
+        base: float = min(self.backoff_max, self.backoff * 2.0 ** min(max(attempt - 1, 0), 64))
+        return max(0.0, base * (1.0 + uniform(-self.jitter, self.jitter)))
+
+
+@dataclass(frozen=True)
+class Ack:
+    """One row's change, as the acknowledging statement takes it."""
+
+    id: int
+    attempts: int
+    """The attempt it was claimed as: the change applies only if the row is still there."""
+    kind: AckKind
+    outcome: str
+    error: str | None = None
+    result: str | None = None
+    """JSON text of the return value (``done`` only)."""
+    delay: float = 0.0
+    """Seconds before the next attempt (``retry`` only)."""
+
+
+def parse_receipt(receipt: str) -> tuple[int, int] | None:
+    """``"<id>:<attempts>"`` as a pair of numbers; ``None`` when it is not one of ours."""
+    row, _, attempts = receipt.partition(":")
+    if not (row.isdigit() and attempts.isdigit()) or len(row) > 19 or len(attempts) > 9:
+        return None
+    return int(row), int(attempts)
+
+
+def receipt(row: int, attempts: int) -> str:
+    """The receipt of the claim of job *row* as attempt *attempts*."""
+    return f"{row}:{attempts}"
+
+
+def to_ack(settled: Settled, policy: RetryPolicy) -> Ack | None:
+    """The change *settled* makes to its row; ``None`` for a receipt that is not ours."""
+    claim = parse_receipt(settled.receipt)
+    if claim is None:
+        return None
+    row, attempts = claim
+    outcome = settled.outcome
+    kind = _KINDS.get(outcome)
+    if kind is None:  # error, timeout, worker_lost, killed, memory_exceeded (or unknown)
+        return Ack(row, attempts, "retry", outcome, _error(settled), None, policy.delay(attempts))
+    if kind == "done":
+        return Ack(row, attempts, kind, outcome, clean_text(settled.reason), settled.result)
+    reason = settled.reason
+    if outcome == "discarded" and not reason:
+        reason = "an identical job was active (on_duplicate)"
+    return Ack(row, attempts, kind, outcome, clean_text(reason))
+
+
+def _error(settled: Settled) -> str:
+    text = settled.reason or settled.outcome
+    if settled.traceback:
+        text = f"{text}\n{settled.traceback.rstrip()}"
+    return clean_text(text) or settled.outcome
+
+
+def clean_text(text: str | None) -> str | None:
+    """*text* as PostgreSQL takes it: no NUL, valid UTF-8, at most :data:`MAX_ERROR_CHARS`."""
+    if text is None:
+        return None
+    text = text.replace("\x00", "\\x00")
+    if not text.isascii():  # lone surrogates cannot be sent: escape them
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > MAX_ERROR_CHARS:
+        text = "[...]\n" + text[-MAX_ERROR_CHARS:]
+    return text

@@ -1,0 +1,124 @@
+"""The durable queues' depth, sampled every few seconds for the metrics endpoint.
+
+One query every :data:`SAMPLE_INTERVAL` seconds, whatever the scrape rate: for each queue of
+``brokers.pg_queue.queues``, the jobs ready now, the jobs waiting for a later time, and how
+long the oldest ready job has waited. Scrapes read the last sample. Counts stop at
+:data:`COUNT_CAP` per queue, so that a huge backlog never makes the sample itself a load
+(the age of the oldest job still tells how far behind the queue is). Every service samples
+the same tables: aggregate their gauges with ``max``, not ``sum``.
+
+The service starts one sampler when metrics are on and ``brokers.pg_queue`` is configured;
+the broker need not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import anyio
+import psycopg
+from anyio.abc import TaskStatus
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from dispatcher.publish import describe_server
+from dispatcher.server.backoff import Backoff
+from dispatcher.server.brokers.pg_notify import first_line
+from dispatcher.server.logsafe import get_logger
+from dispatcher.server.stats import QueueDepth
+
+logger = get_logger("dispatcher.pg_queue.sampler")
+
+SAMPLE_INTERVAL: Final = 5.0
+"""Seconds between two samples."""
+COUNT_CAP: Final = 100_000
+"""Most jobs counted per queue and kind (ready, delayed): a larger backlog reads as this."""
+STATEMENT_TIMEOUT_MS: Final = 5000
+"""A sample that takes longer is cancelled by the server (and tried again later)."""
+
+_QUERY: Final = """
+SELECT q.name,
+  (SELECT count(*) FROM (SELECT FROM {jobs} j WHERE j.state = 'queued' AND j.queue = q.name
+     AND j.run_after <= now() LIMIT %(cap)s) ready),
+  (SELECT count(*) FROM (SELECT FROM {jobs} j WHERE j.state = 'queued' AND j.queue = q.name
+     AND j.run_after > now() LIMIT %(cap)s) delayed),
+  (SELECT coalesce(extract(epoch FROM now() - min(j.run_after)), 0)::float8 FROM {jobs} j
+     WHERE j.state = 'queued' AND j.queue = q.name AND j.run_after <= now())
+FROM unnest(%(queues)s::text[]) AS q(name)
+"""
+
+
+class QueueSampler:
+    """Keeps :attr:`depths` of the durable queues up to date while :meth:`run` runs."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        schema: str,
+        queues: Sequence[str],
+        application_name: str,
+        interval: float = SAMPLE_INTERVAL,
+    ) -> None:
+        self.conninfo = conninfo
+        self.schema = schema
+        self.queues = tuple(queues)
+        self.application_name = application_name
+        self.interval = interval
+        self.depths: dict[str, QueueDepth] = {}
+        """The last sample, by queue; empty before the first one and while sampling fails."""
+        self.samples = 0
+        """Samples taken so far."""
+        self._query = sql.SQL(_QUERY).format(jobs=sql.SQL("{}.jobs").format(sql.Identifier(schema)))
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Sample every :attr:`interval` seconds until cancelled, reconnecting as needed."""
+        task_status.started()
+        backoff = Backoff(initial=self.interval, maximum=max(60.0, self.interval))
+        failing = False
+        while True:
+            try:
+                conn = await self._connect()
+                try:
+                    while True:
+                        await self.sample(conn)
+                        if failing:
+                            logger.info("sampling the durable queues' depth again")
+                            failing = False
+                        backoff.reset()
+                        await anyio.sleep(self.interval)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await conn.close()
+            except (psycopg.Error, OSError) as exc:
+                self.depths = {}
+                if not failing:
+                    logger.warning(
+                        "cannot sample the durable queues' depth in %s (%s); trying again",
+                        describe_server(self.conninfo),
+                        first_line(exc),
+                    )
+                    failing = True
+                await anyio.sleep(backoff.next_delay())
+
+    async def sample(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, QueueDepth]:
+        """Take one sample over *conn*; store it in :attr:`depths` and return it."""
+        cursor = await conn.execute(self._query, {"cap": COUNT_CAP, "queues": list(self.queues)})
+        self.depths = {
+            name: QueueDepth(ready=ready, delayed=delayed, oldest_ready_age=age)
+            for name, ready, delayed, age in await cursor.fetchall()
+        }
+        self.samples += 1
+        return self.depths
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A new connection whose statements time out after :data:`STATEMENT_TIMEOUT_MS`."""
+        options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        given = conninfo_to_dict(self.conninfo).get("options")
+        return await psycopg.AsyncConnection.connect(
+            self.conninfo,
+            autocommit=True,
+            application_name=self.application_name,
+            connect_timeout=10,
+            options=f"{given} {options}" if given else options,
+        )

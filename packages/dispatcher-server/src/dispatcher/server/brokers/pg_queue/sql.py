@@ -1,0 +1,215 @@
+"""The statements of the pg_queue broker, for one PostgreSQL schema.
+
+Each runs alone, in autocommit: no transaction stays open while a job runs. Every change to
+a claimed row is fenced: it applies only while the row is ``running`` with the attempt
+number it was claimed with (a row swept back after its lease ran out, and claimed again
+elsewhere, ignores the old claim's renewals and outcome). Parameters are named
+(``%(name)s``); arrays travel whole, so that one statement serves a whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dispatcher.server.brokers.pg_queue.migrations import quoted
+
+FINAL_STATES = "('done', 'failed', 'cancelled')"
+
+_WAITING_TWIN = """EXISTS (
+            SELECT 1 FROM {s}.jobs AS w
+            WHERE w.state = 'queued' AND w.on_duplicate = 'queue_one' AND w.dup_key = j.dup_key)"""
+"""A queue_one row going back to wait while an identical one already waits (at most one
+may: the jobs_one_waiting index); it is cancelled instead."""
+
+CLAIM = """
+WITH quick AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS commit_mode
+), candidates AS (
+    SELECT c.id, c.dup_key, c.run_after
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.dup_key, j.run_after
+        FROM {s}.jobs AS j
+        WHERE j.queue = q.name AND j.state = 'queued' AND j.run_after <= now()
+          AND (j.on_duplicate IS NULL OR j.on_duplicate = 'discard' OR NOT EXISTS (
+                SELECT 1 FROM {s}.jobs AS r
+                WHERE r.state = 'running' AND r.dup_key = j.dup_key
+                  AND r.on_duplicate IN ('serial', 'queue_one')))
+        ORDER BY j.run_after, j.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), chosen AS (
+    SELECT DISTINCT ON (coalesce(c.dup_key, c.id::text)) c.id, c.run_after
+    FROM candidates AS c
+    ORDER BY coalesce(c.dup_key, c.id::text), c.run_after, c.id
+), claimed AS (
+    SELECT chosen.id FROM chosen, quick
+    ORDER BY chosen.run_after, chosen.id LIMIT %(limit)s
+)
+UPDATE {s}.jobs AS j
+SET state = 'running', attempts = j.attempts + 1, node_id = %(node_id)s,
+    lease_until = now() + make_interval(secs => %(lease)s), started_at = now()
+FROM claimed
+WHERE j.id = claimed.id
+RETURNING j.id, j.attempts, j.queue,
+    CASE WHEN octet_length(j.message) <= %(max_bytes)s THEN j.message END,
+    octet_length(j.message)
+"""
+"""Claim up to ``limit`` ready rows, oldest first, at most one per serial or queue_one key
+and none whose twin runs: running under a lease, one attempt more. Each queue is read in
+the order of its index (queue, run_after, id), so a claim reads about ``limit`` rows per
+queue however long the queue is. Two services racing for identical serial rows meet the
+jobs_one_running index: one gets a unique violation and tries again. A message over
+``max_bytes`` comes back as ``NULL`` (with its size), never delivered.
+
+Its commit does not wait for the disk (``synchronous_commit`` off for this transaction
+only, so it holds through a pooler too): a claim lost in a crash of the database leaves its
+row waiting, or running until its lease runs out, and the job still runs."""
+
+RENEW = """
+UPDATE {s}.jobs AS j
+SET lease_until = now() + make_interval(secs => %(lease)s)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempts)
+WHERE j.id = h.id AND j.attempts = h.attempts AND j.state = 'running'
+RETURNING j.id
+"""
+"""Extend the leases of the claims still held; returns the rows still ours."""
+
+ACKNOWLEDGE = """
+WITH settled AS (
+    SELECT * FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::integer[], %(kinds)s::text[], %(outcomes)s::text[],
+        %(errors)s::text[], %(results)s::text[], %(delays)s::float8[]
+    ) AS s(id, attempts, kind, outcome, error, result, delay)
+), target AS (
+    SELECT s.*, CASE
+            WHEN s.kind = 'retry' AND j.attempts >= j.max_attempts THEN 'failed'
+            WHEN s.kind IN ('retry', 'requeue') AND j.on_duplicate = 'queue_one'
+                 AND {waiting_twin} THEN 'cancelled'
+            WHEN s.kind IN ('retry', 'requeue') THEN 'queued'
+            ELSE s.kind
+        END AS next
+    FROM settled AS s JOIN {s}.jobs AS j ON j.id = s.id
+    WHERE j.state = 'running' AND j.attempts = s.attempts
+)
+UPDATE {s}.jobs AS j
+SET state = t.next,
+    attempts = CASE WHEN t.kind = 'requeue' THEN j.attempts - 1 ELSE j.attempts END,
+    run_after = CASE WHEN t.next = 'queued'
+                     THEN now() + make_interval(secs => t.delay) ELSE j.run_after END,
+    lease_until = NULL,
+    finished_at = CASE WHEN t.next = 'queued' THEN NULL ELSE now() END,
+    outcome = CASE WHEN t.kind = 'requeue' THEN j.outcome ELSE t.outcome END,
+    last_error = CASE
+        WHEN t.kind = 'requeue' THEN j.last_error
+        WHEN t.next = 'cancelled' AND t.kind <> 'cancelled'
+            THEN 'an identical job was already waiting (on_duplicate queue_one)'
+        ELSE t.error END,
+    result = CASE WHEN t.next = 'done' THEN t.result::jsonb END
+FROM target AS t
+WHERE j.id = t.id AND j.state = 'running' AND j.attempts = t.attempts
+RETURNING j.queue, t.kind, j.state
+"""
+"""Record a batch of outcomes (see :mod:`.outcomes` for the kinds). A retry waits for its
+backoff, or fails once the row's ``max_attempts`` are used; a requeue (refused, abandoned:
+the job never ran) waits again at once and its attempt is not counted."""
+
+SWEEP = """
+WITH expired AS (
+    SELECT j.id, CASE
+            WHEN j.attempts >= j.max_attempts THEN 'failed'
+            WHEN j.on_duplicate = 'queue_one' AND {waiting_twin} THEN 'cancelled'
+            ELSE 'queued'
+        END AS next
+    FROM {s}.jobs AS j
+    WHERE j.state = 'running' AND j.lease_until < now()
+    ORDER BY j.lease_until
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE {s}.jobs AS j
+SET state = e.next, run_after = now(), lease_until = NULL,
+    finished_at = CASE WHEN e.next = 'queued' THEN NULL ELSE now() END,
+    outcome = 'worker_lost',
+    last_error = format(
+        'worker_lost: the lease of node %%s ran out at %%s during attempt %%s '
+        '(the service died, or lost its database connection)',
+        j.node_id, j.lease_until, j.attempts)
+FROM expired AS e
+WHERE j.id = e.id AND j.state = 'running' AND j.lease_until < now()
+RETURNING j.queue, j.state
+"""
+"""Take back up to ``limit`` rows whose lease ran out: their service is gone. The attempt
+counts: the row waits again, or fails when none is left."""
+
+PURGE = """
+DELETE FROM {s}.jobs WHERE id IN (
+    SELECT id FROM {s}.jobs
+    WHERE state IN {final} AND finished_at < now() - make_interval(secs => %(keep)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING id
+"""
+"""Delete up to ``limit`` finished rows older than ``keep`` seconds."""
+
+PURGE_TICKS = """
+DELETE FROM {s}.schedule_ticks WHERE (task, tick) IN (
+    SELECT task, tick FROM {s}.schedule_ticks
+    WHERE created_at < now() - make_interval(secs => %(keep)s)
+    LIMIT %(limit)s)
+RETURNING tick
+"""
+"""Delete up to ``limit`` schedule ticks older than ``keep`` seconds."""
+
+SUBMIT_TICK = """
+WITH tick AS (
+    INSERT INTO {s}.schedule_ticks (task, tick) VALUES (%(task)s, %(tick)s)
+    ON CONFLICT DO NOTHING
+    RETURNING task
+), job AS (
+    INSERT INTO {s}.jobs (uuid, queue, task, message, max_attempts, run_after,
+                          on_duplicate, dup_key)
+    SELECT %(uuid)s, %(queue)s, %(task)s, %(message)s, %(max_attempts)s,
+           now() + make_interval(secs => %(delay)s), %(on_duplicate)s, %(dup_key)s
+    FROM tick
+    ON CONFLICT DO NOTHING
+    RETURNING queue
+)
+SELECT pg_notify(%(channel)s, job.queue) FROM job
+"""
+"""Store a scheduled task's job once per (task, tick) across every service: only the one
+whose tick row is new inserts the job and wakes the services, in the same transaction."""
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The statements above for one schema, ready to execute (as bytes)."""
+
+    claim: bytes
+    renew: bytes
+    acknowledge: bytes
+    sweep: bytes
+    purge: bytes
+    purge_ticks: bytes
+    submit_tick: bytes
+
+    @classmethod
+    def for_schema(cls, schema: str) -> Statements:
+        """The statements for the tables in *schema*."""
+        name = quoted(schema)
+        twin = _WAITING_TWIN.format(s=name)
+
+        def make(text: str) -> bytes:
+            return text.format(s=name, waiting_twin=twin, final=FINAL_STATES).strip().encode()
+
+        return cls(
+            make(CLAIM),
+            make(RENEW),
+            make(ACKNOWLEDGE),
+            make(SWEEP),
+            make(PURGE),
+            make(PURGE_TICKS),
+            make(SUBMIT_TICK),
+        )

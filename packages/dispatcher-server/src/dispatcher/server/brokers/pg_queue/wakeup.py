@@ -1,0 +1,96 @@
+"""Waking the claim loop: a NOTIFY on the wake-up channel, or the poll interval.
+
+Publishers NOTIFY :data:`~dispatcher.schema.QUEUE_WAKEUP_CHANNEL` with the queue's name in
+the transaction that stores a job. The listener has a connection of its own (reconnected
+with a growing delay when lost, like the pg_notify broker's) and wakes the claim loop for
+the queues it serves; after each (re)connection it wakes it anyway, for the jobs stored
+while it was not listening. Notifications are only hints: the claim loop also looks every
+``poll_interval`` seconds, so nothing depends on them arriving.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from typing import Final
+
+import anyio
+import psycopg
+from psycopg import sql
+
+from dispatcher.publish import describe_server
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
+from dispatcher.server.backoff import Backoff
+from dispatcher.server.brokers.pg_notify import (
+    FIRST_RETRY,
+    HEALTHY_AFTER,
+    MAX_RETRY,
+    first_line,
+    open_connection,
+)
+from dispatcher.server.logsafe import get_logger
+
+logger = get_logger("dispatcher.pg_queue")
+
+CHECK_AFTER: Final = 30.0
+"""Seconds without a notification after which the listening connection is checked."""
+
+
+class Wakeup:
+    """A flag the listener (or anyone) sets and the claim loop waits for, with a timeout."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._due = float("inf")
+
+    def set(self) -> None:
+        """Wake the waiter now (or make its next wait return at once)."""
+        self._event.set()
+
+    def after(self, delay: float) -> None:
+        """Wake the waiter in *delay* seconds at the latest (a retry becomes ready then)."""
+        self._due = min(self._due, time.monotonic() + delay)
+
+    async def wait(self, timeout: float) -> None:
+        """Return when woken, or after *timeout* seconds; then clear the flag."""
+        now = time.monotonic()
+        if self._due <= now + timeout:
+            timeout, self._due = max(0.0, self._due - now), float("inf")
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+
+async def listen(
+    conninfo: str, application_name: str, queues: Collection[str], wakeup: Wakeup
+) -> None:
+    """LISTEN for wake-ups of *queues* until cancelled, reconnecting when the connection fails."""
+    backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
+    where = describe_server(conninfo)
+    wanted = frozenset(queues)
+    channel = sql.SQL("LISTEN {}").format(sql.Identifier(QUEUE_WAKEUP_CHANNEL))
+    while True:
+        connected_at: float | None = None
+        try:
+            async with await open_connection(conninfo, application_name) as conn:
+                await conn.execute(channel)
+                connected_at = time.monotonic()
+                wakeup.set()  # jobs may have come while nobody listened
+                while True:
+                    async for notify in conn.notifies(timeout=CHECK_AFTER):
+                        if notify.payload in wanted:
+                            wakeup.set()
+                    with anyio.fail_after(10):
+                        await conn.execute("SELECT 1")
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            if connected_at is not None and time.monotonic() - connected_at >= HEALTHY_AFTER:
+                backoff.reset()
+            delay = backoff.next_delay()
+            logger.warning(
+                "pg_queue wake-up connection to %s failed (%s); retrying in %.1f s",
+                where,
+                first_line(exc),
+                delay,
+            )
+            await anyio.sleep(delay)

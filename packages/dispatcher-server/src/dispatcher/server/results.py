@@ -1,0 +1,33 @@
+"""Task return values, as durable brokers store them: JSON text, size-capped.
+
+Runs in the worker (it imports nothing of the service's machinery). Only jobs whose broker
+acknowledges outcomes (a durable queue) have their result encoded; a result that is not
+JSON-serialisable, or too large, is dropped with a note saying why.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+MAX_RESULT_BYTES: Final = 64 * 1024
+"""Largest result kept, in bytes of its JSON text (UTF-8)."""
+
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def encode_result(value: Any) -> tuple[str | None, str | None]:
+    """Return ``(json_text, None)`` for a value worth keeping, else ``(None, note)``.
+
+    JSON as PostgreSQL's ``jsonb`` takes it: no ``NaN`` or infinities, no escaped NUL.
+    """
+    try:
+        text = _ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        kind = type(value).__name__
+        return None, f"result not kept: a {kind} that is not JSON-serialisable ({exc})"[:300]
+    if len(text) > MAX_RESULT_BYTES:  # ASCII: characters are bytes
+        return None, (f"result not kept: {len(text)} bytes of JSON, more than {MAX_RESULT_BYTES}")
+    if "\\u0000" in text:
+        return None, "result not kept: it holds a NUL character, which PostgreSQL refuses"
+    return text, None

@@ -1,0 +1,193 @@
+-- dispatcher_enqueue(): store a dispatcher task as a job of a durable queue, from SQL.
+--
+--   SELECT dispatcher_enqueue('orders', 'myapp.tasks.ship', '[42]');
+--   SELECT dispatcher_enqueue('orders', 'myapp.tasks.report', '[]', '{"period": "week"}',
+--                             '{"max_attempts": 5, "delay": 60, "on_duplicate": "queue_one"}');
+--
+-- The sibling of dispatcher_submit() for the durable pg_queue broker. It builds a message
+-- valid against task-message.schema.json, inserts it into <queue_schema>.jobs (the tables
+-- `dispatcherctl migrate` creates; queue_schema defaults to 'dispatcher', as
+-- brokers.pg_queue.schema does) and NOTIFYs dispatcher_queue_wakeup with the queue's name,
+-- in the calling transaction: the job exists once it commits, never if it rolls back. It
+-- returns the uuid the message carries (options.uuid when given, else a new UUID4), as text.
+-- Storing a uuid that is stored already does nothing (and returns it): safe to repeat.
+--
+-- Options: timeout, delay (seconds; the job's run_after is now() + delay), on_duplicate
+-- (parallel, discard, serial, queue_one: enforced across every service by the table),
+-- bind (boolean), uuid (text), guid (text), max_attempts (1-1000, default 3: pass the value
+-- of brokers.pg_queue.max_attempts if your config changes it). Needs PostgreSQL 13 or later.
+--
+-- The queue must be listed under brokers.pg_queue.queues, or no service claims the job.
+-- The row is not signed: signing protects NOTIFY, which any role that can connect may send;
+-- who may insert into the jobs table is up to the table's privileges (GRANT INSERT).
+--
+-- dispatcher_duplicate_key(task, args, kwargs) is the job's dup_key: the hex SHA-256 of the
+-- JSON text [task, args, kwargs] with object keys sorted, no spaces and every character
+-- outside printable ASCII escaped, as dispatcher.schema.duplicate_key() computes it in
+-- Python (numbers are compared as JSON writes them: 1 and 1.0 differ).
+
+CREATE OR REPLACE FUNCTION dispatcher_identity_json(value jsonb) RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE STRICT
+AS $function$
+DECLARE
+    body text;
+BEGIN
+    CASE jsonb_typeof(value)
+    WHEN 'object' THEN
+        RETURN '{' || coalesce((
+            SELECT string_agg(
+                dispatcher_identity_json(to_jsonb(member.key)) || ':'
+                    || dispatcher_identity_json(member.item),
+                ',' ORDER BY member.key COLLATE "C")
+            FROM jsonb_each(value) AS member(key, item)
+        ), '') || '}';
+    WHEN 'array' THEN
+        RETURN '[' || coalesce((
+            SELECT string_agg(dispatcher_identity_json(element.item), ',' ORDER BY element.n)
+            FROM jsonb_array_elements(value) WITH ORDINALITY AS element(item, n)
+        ), '') || ']';
+    WHEN 'string' THEN
+        body := value::text;  -- quotes, backslashes and control characters escaped already
+        IF body ~ '[^ -~]' THEN
+            SELECT string_agg(
+                CASE
+                    WHEN c.ch ~ '[ -~]' THEN c.ch
+                    WHEN ascii(c.ch) < 65536 THEN '\u' || lpad(to_hex(ascii(c.ch)), 4, '0')
+                    ELSE '\u' || to_hex(55296 + ((ascii(c.ch) - 65536) >> 10))
+                        || '\u' || to_hex(56320 + ((ascii(c.ch) - 65536) & 1023))
+                END, '' ORDER BY c.n)
+            INTO body
+            FROM regexp_split_to_table(body, '') WITH ORDINALITY AS c(ch, n);
+        END IF;
+        RETURN body;
+    ELSE
+        RETURN value::text;  -- numbers as written, true, false, null
+    END CASE;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION dispatcher_duplicate_key(task text, args jsonb, kwargs jsonb)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE STRICT
+AS $function$
+    SELECT encode(sha256(convert_to(
+        dispatcher_identity_json(jsonb_build_array(task, args, kwargs)), 'UTF8')), 'hex')
+$function$;
+
+CREATE OR REPLACE FUNCTION dispatcher_enqueue(
+    queue text,
+    task text,
+    args jsonb DEFAULT '[]',
+    kwargs jsonb DEFAULT '{}',
+    options jsonb DEFAULT '{}',
+    queue_schema text DEFAULT 'dispatcher'
+) RETURNS text
+LANGUAGE plpgsql
+VOLATILE
+AS $function$
+DECLARE
+    task_id text;
+    message jsonb;
+    attempts integer := 3;
+    delay_seconds double precision := 0;
+    mode text;
+    key text;
+    stored integer;
+    unknown text;
+    seconds numeric;
+    option_name text;
+BEGIN
+    IF queue IS NULL OR queue !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: queue %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')', quote_nullable(queue);
+    END IF;
+    IF task IS NULL OR length(task) > 255 OR task !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)', quote_nullable(task);
+    END IF;
+    IF args IS NULL OR jsonb_typeof(args) <> 'array' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: args must be a JSON array, got %', coalesce(jsonb_typeof(args), 'NULL');
+    END IF;
+    IF kwargs IS NULL OR jsonb_typeof(kwargs) <> 'object' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: kwargs must be a JSON object, got %', coalesce(jsonb_typeof(kwargs), 'NULL');
+    END IF;
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: options must be a JSON object, got %', coalesce(jsonb_typeof(options), 'NULL');
+    END IF;
+    IF queue_schema IS NULL OR queue_schema !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: queue_schema %: not a valid PostgreSQL identifier (a lower-case letter or ''_'', then up to 62 lower-case letters, digits or ''_'')', quote_nullable(queue_schema);
+    END IF;
+    SELECT string_agg(k, ', ' ORDER BY k) INTO unknown FROM jsonb_object_keys(options) AS k
+        WHERE k NOT IN ('timeout', 'delay', 'on_duplicate', 'bind', 'uuid', 'guid', 'max_attempts');
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: options: unknown key(s) % (expected: timeout, delay, on_duplicate, bind, uuid, guid, max_attempts)', unknown;
+    END IF;
+    FOREACH option_name IN ARRAY ARRAY['timeout', 'delay'] LOOP
+        IF options ? option_name THEN
+            IF jsonb_typeof(options -> option_name) <> 'number' THEN
+                RAISE EXCEPTION 'dispatcher_enqueue: options.%: expected a number of seconds, got %', option_name, options -> option_name;
+            END IF;
+            seconds := (options ->> option_name)::numeric;
+            IF seconds < 0 OR seconds > 31536000 THEN
+                RAISE EXCEPTION 'dispatcher_enqueue: options.%: must be between 0 and 31536000 seconds, got %', option_name, seconds;
+            END IF;
+        END IF;
+    END LOOP;
+    IF options ? 'on_duplicate' AND (options ->> 'on_duplicate') NOT IN ('parallel', 'discard', 'serial', 'queue_one')
+        OR options ? 'on_duplicate' AND jsonb_typeof(options -> 'on_duplicate') <> 'string' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: options.on_duplicate: % is not one of parallel, discard, serial, queue_one', options -> 'on_duplicate';
+    END IF;
+    IF options ? 'bind' AND jsonb_typeof(options -> 'bind') <> 'boolean' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: options.bind: expected true or false, got %', options -> 'bind';
+    END IF;
+    IF options ? 'uuid' AND (jsonb_typeof(options -> 'uuid') <> 'string' OR length(options ->> 'uuid') NOT BETWEEN 1 AND 255) THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: options.uuid: expected a non-empty string, got %', options -> 'uuid';
+    END IF;
+    IF options ? 'guid' AND jsonb_typeof(options -> 'guid') <> 'string' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: options.guid: expected a string, got %', options -> 'guid';
+    END IF;
+    IF options ? 'max_attempts' THEN
+        IF jsonb_typeof(options -> 'max_attempts') <> 'number'
+            OR (options ->> 'max_attempts') !~ '^[0-9]{1,4}$'
+            OR (options ->> 'max_attempts')::integer NOT BETWEEN 1 AND 1000 THEN
+            RAISE EXCEPTION 'dispatcher_enqueue: options.max_attempts: expected an integer between 1 and 1000, got %', options -> 'max_attempts';
+        END IF;
+        attempts := (options ->> 'max_attempts')::integer;
+    END IF;
+
+    task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);
+    message := jsonb_build_object(
+        'task', task,
+        'uuid', task_id,
+        'args', args,
+        'kwargs', kwargs,
+        'time_pub', extract(epoch FROM clock_timestamp())
+    ) || (options - 'uuid' - 'max_attempts');
+    IF options ? 'delay' THEN
+        delay_seconds := (options ->> 'delay')::double precision;
+    END IF;
+    mode := nullif(options ->> 'on_duplicate', 'parallel');
+    IF mode IS NOT NULL THEN
+        key := dispatcher_duplicate_key(task, args, kwargs);
+    END IF;
+
+    IF to_regclass(format('%I.jobs', queue_schema)) IS NULL THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: the durable queue''s tables are missing from schema %', quote_ident(queue_schema)
+            USING HINT = 'Run `dispatcherctl migrate`, or pass the schema of brokers.pg_queue as queue_schema.';
+    END IF;
+    EXECUTE format(
+        'INSERT INTO %I.jobs (uuid, queue, task, message, max_attempts, run_after, on_duplicate, dup_key)'
+        ' VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8)'
+        ' ON CONFLICT DO NOTHING',
+        queue_schema)
+        USING task_id, queue, task, message::text, attempts, delay_seconds, mode, key;
+    GET DIAGNOSTICS stored = ROW_COUNT;
+    IF stored > 0 THEN
+        PERFORM pg_notify('dispatcher_queue_wakeup', queue);
+    END IF;
+    RETURN task_id;
+END;
+$function$;
+
+COMMENT ON FUNCTION dispatcher_enqueue(text, text, jsonb, jsonb, jsonb, text) IS
+    'Store a dispatcher task as a job of a durable queue (pg_queue) and wake the services; returns its uuid.';

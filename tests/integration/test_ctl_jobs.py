@@ -1,0 +1,278 @@
+"""dispatcherctl jobs, retry and purge against durable-queue tables filled with SQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
+from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.queue_rows import insert_job, job_row, unique_schema
+from support.service import Evidence, ServiceProcess
+
+Conn = psycopg.Connection[Any]
+
+
+def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def schema(pg_conn: Conn) -> str:
+    return migrated(pg_conn, unique_schema())
+
+
+def write_config(folder: Path, pg_dsn: str, schema: str) -> Path:
+    path = folder / "dispatcher.yml"
+    queue = {"conninfo": pg_dsn, "queues": ["jobs", "mail"], "schema": schema}
+    path.write_text(json.dumps({"version": 1, "brokers": {"pg_queue": queue}}))
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path, pg_dsn: str, schema: str) -> Path:
+    return write_config(tmp_path, pg_dsn, schema)
+
+
+def test_jobs_lists_newest_first_as_a_table(config: Path, pg_conn: Conn, schema: str) -> None:
+    insert_job(pg_conn, schema, uuid="u-waiting", age=125)
+    insert_job(
+        pg_conn, schema, uuid="u-delayed", queue="mail", task="myapp.tasks.mail", run_after=90
+    )
+    insert_job(
+        pg_conn,
+        schema,
+        uuid="u-failed",
+        state="failed",
+        attempts=3,
+        age=3700,
+        last_error="Traceback (most recent call last):\n  ...\nValueError: bad\nline",
+    )
+    insert_job(pg_conn, schema, uuid="u-running", state="running", attempts=1, age=4)
+    result = ctl(config, "jobs")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "uuid",
+        "queue",
+        "task",
+        "state",
+        "attempts",
+        "when",
+        "last",
+        "error",
+    ]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "u-running",
+        "u-failed",
+        "u-delayed",
+        "u-waiting",
+    ]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["u-running"] == ["jobs", "myapp.tasks.work", "running", "1/3", "running", "4s"]
+    assert rows["u-failed"][:6] == ["jobs", "myapp.tasks.work", "failed", "3/3", "1h01m", "ago"]
+    assert rows["u-failed"][6:] == ["line"]
+    assert rows["u-delayed"][:5] == ["mail", "myapp.tasks.mail", "queued", "0/3", "in"]
+    assert rows["u-delayed"][5] in ("1m29s", "1m30s")
+    assert rows["u-waiting"][3:5] == ["0/3", "waiting"]
+    assert result.stderr == ""
+
+
+def test_jobs_filters_and_limit(config: Path, pg_conn: Conn, schema: str) -> None:
+    for n in range(3):
+        insert_job(pg_conn, schema, uuid=f"u-mail-{n}", queue="mail", state="failed")
+    insert_job(pg_conn, schema, uuid="u-other-task", queue="mail", task="myapp.tasks.other")
+    insert_job(pg_conn, schema, uuid="u-jobs", state="failed")
+    failed_mail = ctl(config, "jobs", "--state", "failed", "--queue", "mail", "--limit", "2")
+    assert failed_mail.returncode == 0, failed_mail.stderr
+    assert [line.split()[0] for line in failed_mail.stdout.splitlines()[1:]] == [
+        "u-mail-2",
+        "u-mail-1",
+    ]
+    assert "showing the newest 2; --limit N shows more" in failed_mail.stderr
+    by_task = ctl(config, "jobs", "--task", "myapp.tasks.other")
+    assert [line.split()[0] for line in by_task.stdout.splitlines()[1:]] == ["u-other-task"]
+    assert by_task.stderr == ""
+    nothing = ctl(config, "jobs", "--state", "cancelled")
+    assert (nothing.returncode, nothing.stdout) == (0, "no cancelled jobs\n")
+
+
+def test_jobs_json_gives_whole_rows(config: Path, pg_conn: Conn, schema: str) -> None:
+    insert_job(pg_conn, schema, uuid="u-1", state="failed", attempts=2, last_error="boom\nmore")
+    result = ctl(config, "jobs", "--json", "--uuid", "u-1")
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert row["uuid"] == "u-1"
+    assert (row["state"], row["attempts"], row["max_attempts"]) == ("failed", 2, 3)
+    assert row["last_error"] == "boom\nmore"
+    assert json.loads(row["message"])["task"] == "myapp.tasks.work"
+    assert row["finished_at"].endswith("+00:00")
+    assert {"id", "queue", "run_after", "lease_until", "node_id", "outcome", "result"} <= set(row)
+
+
+def test_retry_by_uuid_requeues_with_attempts_reset_and_wakes_the_queue(
+    config: Path, pg_conn: Conn, pg_dsn: str, schema: str
+) -> None:
+    uuid = insert_job(pg_conn, schema, queue="mail", state="failed", attempts=3, age=60)
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {QUEUE_WAKEUP_CHANNEL}")
+        result = ctl(config, "retry", "--uuid", uuid)
+        assert (result.returncode, result.stdout) == (0, f"retried job {uuid}\n"), result.stderr
+        wakeups = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert wakeups == ["mail"]
+    row = job_row(pg_conn, schema, uuid)
+    assert row is not None
+    assert (row["state"], row["attempts"], row["finished_at"]) == ("queued", 0, None)
+    assert row["last_error"] is None or isinstance(row["last_error"], str)
+
+
+def test_retry_by_uuid_refuses_unknown_and_unfinished_jobs(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    running = insert_job(pg_conn, schema, state="running", attempts=1)
+    unknown = ctl(config, "retry", "--uuid", "no-such-job")
+    assert unknown.returncode == 1
+    assert unknown.stderr == "dispatcherctl: no job has uuid 'no-such-job'\n"
+    busy = ctl(config, "retry", "--uuid", running)
+    assert busy.returncode == 1
+    assert "is running: only failed or cancelled jobs are retried" in busy.stderr
+    assert job_row(pg_conn, schema, running)["state"] == "running"  # type: ignore[index]
+
+
+def test_retry_failed_of_one_queue_skips_duplicates_and_cancelled(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    retried = [
+        insert_job(pg_conn, schema, queue="mail", state="failed", attempts=3) for _ in range(2)
+    ]
+    other_queue = insert_job(pg_conn, schema, queue="jobs", state="failed", attempts=3)
+    cancelled = insert_job(pg_conn, schema, queue="mail", state="cancelled")
+    # queue_one: one identical job already waits, so the failed twin stays failed.
+    insert_job(pg_conn, schema, queue="mail", task="myapp.tasks.once", on_duplicate="queue_one")
+    twin = insert_job(
+        pg_conn,
+        schema,
+        queue="mail",
+        task="myapp.tasks.once",
+        on_duplicate="queue_one",
+        state="failed",
+    )
+    result = ctl(config, "retry", "--failed", "--queue", "mail")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "retried 2 failed jobs of queue mail",
+        "left 1 failed job as they were: an identical job is already waiting (on_duplicate)",
+    ]
+    states = {
+        u: job_row(pg_conn, schema, u)["state"] for u in [*retried, other_queue, cancelled, twin]
+    }  # type: ignore[index]
+    assert [states[u] for u in retried] == ["queued", "queued"]
+    assert (states[other_queue], states[cancelled], states[twin]) == (
+        "failed",
+        "cancelled",
+        "failed",
+    )
+    everywhere = ctl(config, "retry", "--failed")
+    assert everywhere.stdout.splitlines()[0] == "retried 1 failed job"
+
+
+def test_retry_needs_one_target(config: Path) -> None:
+    neither = ctl(config, "retry")
+    assert neither.returncode == 2
+    assert "one of the arguments --uuid --failed is required" in neither.stderr
+    queue_alone = ctl(config, "retry", "--uuid", "u", "--queue", "mail")
+    assert (queue_alone.returncode, queue_alone.stderr) == (
+        2,
+        "dispatcherctl: retry --queue goes with --failed\n",
+    )
+
+
+def test_purge_deletes_old_finished_jobs_of_one_state(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    old_done = [insert_job(pg_conn, schema, state="done", age=7200) for _ in range(3)]
+    recent_done = insert_job(pg_conn, schema, state="done", age=10)
+    old_failed = insert_job(pg_conn, schema, state="failed", age=7200)
+    result = ctl(config, "purge", "--state", "done", "--older-than", "3600")
+    assert (result.returncode, result.stdout) == (
+        0,
+        "purged 3 done jobs that ended more than 3600 s ago\n",
+    ), result.stderr
+    assert [job_row(pg_conn, schema, u) for u in old_done] == [None, None, None]
+    assert job_row(pg_conn, schema, recent_done) is not None
+    assert job_row(pg_conn, schema, old_failed) is not None
+    refused = ctl(config, "purge", "--state", "queued", "--older-than", "0")
+    assert refused.returncode == 2
+    assert "invalid choice: 'queued'" in refused.stderr
+
+
+def test_without_pg_queue_in_the_config_exit_2(tmp_path: Path, pg_dsn: str) -> None:
+    path = tmp_path / "dispatcher.yml"
+    path.write_text(
+        json.dumps(
+            {"version": 1, "brokers": {"pg_notify": {"conninfo": pg_dsn, "channels": ["c"]}}}
+        )
+    )
+    result = ctl(path, "jobs")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"dispatcherctl: {path} has no brokers.pg_queue\n"
+
+
+def test_missing_tables_exit_1_naming_migrate(tmp_path: Path, pg_dsn: str) -> None:
+    config = write_config(tmp_path, pg_dsn, unique_schema())
+    for args in (
+        ["jobs"],
+        ["retry", "--failed"],
+        ["purge", "--state", "done", "--older-than", "1"],
+    ):
+        result = ctl(config, *args)
+        assert result.returncode == 1, args
+        assert result.stderr.startswith("dispatcherctl: the durable queue's tables are missing")
+        assert result.stderr.endswith("run `dispatcherctl migrate` first\n")
+        assert len(result.stderr.splitlines()) == 1
+
+
+def test_an_unreachable_database_exits_1_naming_the_server(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "host=127.0.0.1 port=1 user=postgres dbname=nowhere", "s")
+    result = ctl(config, "jobs")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "dispatcherctl: cannot read the queue in PostgreSQL at 127.0.0.1, port 1, database 'nowhere'"
+    )
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_dead_letter_listed_and_retried_runs_again_on_a_service(
+    start_service: Callable[..., ServiceProcess],
+    pg_conn: Conn,
+    pg_dsn: str,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # A long poll interval: only the retry's wake-up can start the job again in time.
+    service = start_service(queue_config(pg_dsn, schema, channel, poll_interval=60))
+    [uuid] = enqueue(pg_conn, schema, channel, [job_message("fail", evidence.path)], max_attempts=1)
+    wait_for_states(pg_conn, schema, [uuid], {"failed"})
+    listed = ctl(service.config_path, "jobs", "--state", "failed")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert row[:5] == [uuid, channel, "support.service_tasks.fail", "failed", "1/1"]
+    assert row[-4:] == ["this", "task", "always", "fails"]
+    retried = ctl(service.config_path, "retry", "--uuid", uuid)
+    assert (retried.returncode, retried.stdout) == (0, f"retried job {uuid}\n"), retried.stderr
+    assert len(evidence.wait_for(2, timeout=10)) == 2
+    [again] = wait_for_states(pg_conn, schema, [uuid], {"failed"})
+    assert again["attempts"] == 1  # reset by the retry, then used once more

@@ -1,0 +1,349 @@
+"""The durable pg_queue broker: services as subprocesses, jobs stored with SQL or the SDK.
+
+Hostile and special rows (invalid messages, exact states) are made with SQL; ordinary
+submissions go through the SDK, as an application's would. The rows are read back.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dispatcher.config import Settings, reset, setup
+from dispatcher.publish import Job, batch, close_connections, get_job, submit_task
+from dispatcher.schema import MAX_MESSAGE_BYTES
+from support.durable import (
+    enqueue,
+    job_message,
+    jobs,
+    migrated,
+    queue_config,
+    wait_for_states,
+)
+from support.queue_rows import unique_schema
+from support.service import TASKS, Evidence, ServiceProcess, wait_until
+from support.service_tasks import DURABLE_TICKS
+
+Conn = psycopg.Connection[Any]
+Start = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def schema(pg_conn: Conn) -> str:
+    """A schema of this test's own, with the queue's tables."""
+    return migrated(pg_conn, unique_schema())
+
+
+@pytest.fixture
+def sdk(pg_dsn: str, schema: str, channel: str) -> Iterator[Settings]:
+    """This process publishes to the durable queue *channel* with the SDK."""
+    queue = {"conninfo": pg_dsn, "schema": schema, "queues": [channel]}
+    settings = setup({"version": 1, "brokers": {"pg_queue": queue}})
+    yield settings
+    close_connections()
+    reset()
+
+
+@pytest.fixture
+def config(pg_dsn: str, schema: str, channel: str) -> dict[str, Any]:
+    """A service config whose only broker is the durable queue named *channel*."""
+    return queue_config(pg_dsn, schema, channel)
+
+
+def ctl(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_migrate_twice_is_a_no_op_and_print_shows_the_sql(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str
+) -> None:
+    schema = unique_schema()
+    path = tmp_path / "dispatcher.yml"
+    path.write_text(json.dumps(queue_config(pg_dsn, schema, channel)))
+    printed = ctl(path, "migrate", "--print")
+    assert printed.returncode == 0, printed.stderr
+    assert f'CREATE TABLE "{schema}".jobs' in printed.stdout
+    assert printed.stdout.count("BEGIN;") == 1
+    assert count_tables(pg_conn, schema) == 0  # --print changes nothing
+
+    first = ctl(path, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert f'migrated the pg_queue tables in schema "{schema}"' in first.stdout
+    assert "from version 0 to 1" in first.stdout
+    second = ctl(path, "migrate")
+    assert second.returncode == 0, second.stderr
+    assert "are at version 1: nothing to do" in second.stdout
+    versions = pg_conn.execute(
+        sql.SQL("SELECT version FROM {}.migrations").format(sql.Identifier(schema))
+    ).fetchall()
+    assert versions == [(1,)]
+    assert "nothing to do" in ctl(path, "migrate", "--print").stdout
+
+
+def count_tables(conn: Conn, schema: str) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_service_refuses_an_unmigrated_database(
+    start_service: Start, pg_dsn: str, channel: str
+) -> None:
+    schema = unique_schema()
+    service = start_service(queue_config(pg_dsn, schema, channel), wait=False)
+    assert service.wait() == 2
+    assert service.log.strip().splitlines() == [
+        f'dispatcher-standalone: the pg_queue tables in schema "{schema}" are missing: '
+        f"run 'dispatcherctl migrate --config {service.config_path}'"
+    ]
+
+
+def test_a_job_runs_and_its_row_is_done_with_its_result(
+    start_service: Start, config: dict[str, Any], sdk: Settings, channel: str, evidence: Evidence
+) -> None:
+    start_service(config)
+    value = {"total": 3, "items": ["a", "é"]}
+    submitted = submit_task(TASKS + "give_back", args=[str(evidence.path), value], queue=channel)
+    job = wait_until(lambda: finished(submitted.uuid), timeout=20)
+    assert (job.state, job.attempts, job.outcome, job.result) == ("done", 1, "ok", value)
+    assert job.last_error is None
+    assert len(evidence.records()) == 1
+
+
+def test_rows_need_no_signature_where_notify_messages_do(
+    start_service: Start, config: dict[str, Any], sdk: Settings, channel: str, evidence: Evidence
+) -> None:
+    # The table's INSERT privilege guards rows; require_signed guards what anyone may NOTIFY.
+    config["security"] = {
+        "keys": [{"id": "k1", "secret": "a-long-random-secret"}],
+        "require_signed": ["task", "control"],
+    }
+    start_service(config)
+    submitted = submit_task(TASKS + "give_back", args=[str(evidence.path), 7], queue=channel)
+    job = wait_until(lambda: finished(submitted.uuid), timeout=20)
+    assert (job.state, job.outcome, job.result) == ("done", "ok", 7)
+
+
+def finished(uuid: str) -> Job | None:
+    job = get_job(uuid)
+    return job if job is not None and job.finished else None
+
+
+def test_a_failing_task_is_retried_with_growing_gaps_then_failed(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    start_service(queue_config(pg_dsn, schema, channel, retry_backoff=0.5))
+    uuids = enqueue(pg_conn, schema, channel, [job_message("fail", evidence.path)], max_attempts=3)
+    (row,) = wait_for_states(pg_conn, schema, uuids, {"failed"})
+    assert (row["attempts"], row["outcome"]) == (3, "error")
+    assert row["last_error"].startswith("ValueError: this task always fails\nTraceback")
+    times = [record["time"] for record in evidence.records()]
+    assert len(times) == 3
+    first_gap, second_gap = times[1] - times[0], times[2] - times[1]
+    assert first_gap >= 0.5
+    assert second_gap >= 1.0
+    assert second_gap > first_gap
+
+
+def test_jobs_stored_while_no_service_runs_all_run_once_one_starts(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    uuids = enqueue(
+        pg_conn, schema, channel, [job_message("record", evidence.path, n) for n in range(20)]
+    )
+    start_service(config)
+    wait_for_states(pg_conn, schema, uuids, {"done"})
+    assert sorted(record["args"][0] for record in evidence.records()) == list(range(20))
+
+
+def test_a_job_whose_service_was_killed_runs_again_elsewhere_after_the_lease(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    first = start_service(config)
+    uuids = enqueue(
+        pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 1.5)]
+    )
+    evidence.wait_for(1)
+    first.signal(signal.SIGKILL)
+    first.wait()
+    second = start_service(config)
+    (row,) = wait_for_states(pg_conn, schema, uuids, {"done"})
+    assert (row["attempts"], row["outcome"]) == (2, "ok")
+    assert row["node_id"].endswith(f"-{second.pid}")
+    events = [(record["event"], record["pid"]) for record in evidence.records()]
+    assert [event for event, _ in events] == ["start", "start", "end"]
+    assert events[0][1] != events[1][1] == events[2][1]
+
+
+def test_serial_jobs_never_overlap_across_three_services(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    for _ in range(3):
+        start_service(config)
+    same = [
+        job_message("sleep_then_record", evidence.path, 0.2, "same", on_duplicate="serial")
+        for _ in range(6)
+    ]
+    rows = wait_for_states(pg_conn, schema, enqueue(pg_conn, schema, channel, same), {"done"})
+    assert all(row["attempts"] == 1 for row in rows)
+    events = sorted(evidence.records(), key=lambda record: record["time"])
+    assert [record["event"] for record in events] == ["start", "end"] * 6
+
+
+def test_a_schedule_on_three_services_runs_once_per_tick(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, evidence: Evidence
+) -> None:
+    config = queue_config(pg_dsn, schema, DURABLE_TICKS)
+    config["producers"] = {
+        "scheduled": {TASKS + "tick": {"schedule": 0.5, "args": [str(evidence.path)]}}
+    }
+    began = time.time()
+    services = [start_service(config, wait=False) for _ in range(3)]
+    for service in services:
+        service.wait_ready()
+    evidence.wait_for(6, timeout=15)
+    for service in services:
+        assert service.stop() == 0
+    elapsed = time.time() - began
+    ticks = pg_conn.execute(
+        sql.SQL("SELECT tick FROM {}.schedule_ticks ORDER BY tick").format(sql.Identifier(schema))
+    ).fetchall()
+    rows = jobs(pg_conn, schema)
+    assert len(rows) == len(ticks) >= 6
+    assert len(rows) <= elapsed / 0.5 + 1  # not three per tick
+    assert len(evidence.records()) == sum(row["state"] == "done" for row in rows)
+
+
+def test_a_delayed_job_survives_a_service_restart(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    first = start_service(config)
+    stored_at = time.time()
+    uuids = enqueue(
+        pg_conn, schema, channel, [job_message("record", evidence.path, "late", delay=2)]
+    )
+    assert first.stop() == 0
+    start_service(config)
+    (row,) = wait_for_states(pg_conn, schema, uuids, {"done"})
+    (record,) = evidence.records()
+    assert record["time"] >= stored_at + 2
+    assert row["attempts"] == 1
+
+
+def test_invalid_rows_go_to_failed_with_the_reason_and_the_consumer_goes_on(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    start_service(config)
+    hostile = [
+        "not json",
+        json.dumps({"task": "nobody.registered_this", "uuid": "u-unknown"}),
+        json.dumps({"task": 5}),
+        json.dumps({"task": TASKS + "record", "pad": "x" * MAX_MESSAGE_BYTES}),
+        json.dumps(
+            {
+                "__dispatcherd_chunk__": "v1",
+                "message_id": "m",
+                "index": 0,
+                "total": 2,
+                "payload": "{",
+            }
+        ),
+    ]
+    bad = enqueue(pg_conn, schema, channel, hostile)
+    good = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, "after")])
+    (_done,) = wait_for_states(pg_conn, schema, good, {"done"})
+    rows = wait_for_states(pg_conn, schema, bad, {"failed"})
+    reasons = [row["last_error"] for row in rows]
+    assert all(row["outcome"] == "rejected" and row["attempts"] == 1 for row in rows)
+    assert reasons[0].startswith("not JSON")
+    assert "'nobody.registered_this' is not registered" in reasons[1]
+    assert "task" in reasons[2]
+    assert reasons[3] == f"the message is {len(hostile[3])} bytes, more than {MAX_MESSAGE_BYTES}"
+    assert "whole messages" in reasons[4]
+    assert [record["args"] for record in evidence.records()] == [["after"]]
+
+
+def test_three_thousand_jobs_stored_while_no_service_runs_run_exactly_once(
+    start_service: Start,
+    config: dict[str, Any],
+    sdk: Settings,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    with batch():
+        uuids = [
+            submit_task(TASKS + "record", args=[str(evidence.path), n], queue=channel).uuid
+            for n in range(3000)
+        ]
+    for node in ("node-a", "node-b", "node-c"):
+        start_service(with_node_id(config, node), wait=False)
+    rows = wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=60)
+    assert Counter(record["args"][0] for record in evidence.records()) == Counter(range(3000))
+    assert all(row["attempts"] == 1 for row in rows)
+    ran_on = Counter(row["node_id"] for row in rows)
+    assert set(ran_on) == {"node-a", "node-b", "node-c"}, ran_on
+
+
+def with_node_id(config: dict[str, Any], node_id: str) -> dict[str, Any]:
+    return {**config, "service": {**config["service"], "node_id": node_id}}
+
+
+def test_finished_rows_are_deleted_after_keep_finished(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    start_service(queue_config(pg_dsn, schema, channel, keep_finished=0.5))
+    enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, "gone")])
+    evidence.wait_for(1)
+    wait_until(lambda: not jobs(pg_conn, schema), timeout=10)

@@ -1,0 +1,189 @@
+"""The durable queues' metrics: depth sampled from the table, counters, Prometheus text."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
+from dispatcher.server.metrics import render
+from dispatcher.server.stats import QueueDepth, ServiceStats
+from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.queue_rows import insert_job, unique_schema
+from support.service import Evidence, ServiceProcess, wait_until
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class Source:
+    """What the metrics endpoint reads, with a sampler for the durable queues."""
+
+    def __init__(self, sampler: QueueSampler | None) -> None:
+        self.stats = ServiceStats()
+        self.sampler = sampler
+
+    def worker_statuses(self) -> dict[str, int]:
+        return {}
+
+    def counts(self) -> dict[str, Any]:
+        return {"queued": 0, "blocked": 0, "delayed": 0}
+
+    def queue_depths(self) -> Mapping[str, QueueDepth] | None:
+        return None if self.sampler is None else self.sampler.depths
+
+
+def exposition(source: Source) -> tuple[str, Samples]:
+    text = "".join(render(source))
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return text, samples
+
+
+async def sample_once(sampler: QueueSampler, dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await sampler.sample(conn)
+
+
+@pytest.fixture
+def schema(pg_conn: psycopg.Connection[Any]) -> str:
+    return migrated(pg_conn, unique_schema())
+
+
+def test_depth_gauges_and_counters_by_queue(
+    pg_conn: psycopg.Connection[Any], pg_dsn: str, schema: str
+) -> None:
+    for waited in (5, 30, 120):
+        insert_job(pg_conn, schema, queue="mail", run_after=-waited)
+    for _ in range(2):
+        insert_job(pg_conn, schema, queue="mail", run_after=600)
+    insert_job(pg_conn, schema, queue="mail", state="running")
+    insert_job(pg_conn, schema, queue="mail", state="failed")
+    insert_job(pg_conn, schema, queue="unlisted")
+    sampler = QueueSampler(pg_dsn, schema, ["mail", "jobs"], "test-sampler")
+    anyio.run(sample_once, sampler, pg_dsn)
+    source = Source(sampler)
+    source.stats.pg_queue_claims["mail"] += 7
+    source.stats.pg_queue_retries["mail"] += 2
+    source.stats.pg_queue_failures["mail"] += 1
+    source.stats.pg_queue_lease_expiries["jobs"] += 1
+    text, found = exposition(source)
+    assert found[("dispatcher_pg_queue_ready_jobs", (("queue", "mail"),))] == 3
+    assert found[("dispatcher_pg_queue_delayed_jobs", (("queue", "mail"),))] == 2
+    oldest = found[("dispatcher_pg_queue_oldest_ready_age_seconds", (("queue", "mail"),))]
+    assert 120 <= oldest < 150
+    for family in ("ready_jobs", "delayed_jobs", "oldest_ready_age_seconds"):
+        assert found[(f"dispatcher_pg_queue_{family}", (("queue", "jobs"),))] == 0
+    assert found[("dispatcher_pg_queue_claims_total", (("queue", "mail"),))] == 7
+    assert found[("dispatcher_pg_queue_claims_total", (("queue", "jobs"),))] == 0
+    assert found[("dispatcher_pg_queue_retries_total", (("queue", "mail"),))] == 2
+    assert found[("dispatcher_pg_queue_failures_total", (("queue", "mail"),))] == 1
+    assert found[("dispatcher_pg_queue_lease_expiries_total", (("queue", "jobs"),))] == 1
+    assert "unlisted" not in text
+    assert "# TYPE dispatcher_pg_queue_claims_total counter" in text
+
+
+def test_no_durable_queue_families_without_pg_queue() -> None:
+    text, _ = exposition(Source(None))
+    assert "dispatcher_pg_queue" not in text
+
+
+def test_the_sampler_keeps_sampling_and_follows_the_table(
+    pg_conn: psycopg.Connection[Any], pg_dsn: str, schema: str
+) -> None:
+    sampler = QueueSampler(pg_dsn, schema, ["mail"], "test-sampler", interval=0.05)
+
+    async def watch() -> list[int]:
+        seen: list[int] = []
+        async with anyio.create_task_group() as group:
+            await group.start(sampler.run)
+            with anyio.fail_after(10):
+                while sampler.samples < 2:
+                    await anyio.sleep(0.01)
+                seen.append(sampler.depths["mail"].ready)
+                insert_job(pg_conn, schema, queue="mail")
+                first = sampler.samples
+                while sampler.samples < first + 2:
+                    await anyio.sleep(0.01)
+                seen.append(sampler.depths["mail"].ready)
+            group.cancel_scope.cancel()
+        return seen
+
+    assert anyio.run(watch) == [0, 1]
+
+
+def test_a_sampler_that_cannot_connect_reports_nothing_and_warns_once(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sampler = QueueSampler(pg_dsn, unique_schema(), ["mail"], "test-sampler", interval=0.05)
+
+    async def run_a_while() -> None:
+        with anyio.move_on_after(0.5):
+            await sampler.run()
+
+    with caplog.at_level(logging.WARNING, logger="dispatcher.pg_queue.sampler"):
+        anyio.run(run_a_while)
+    assert sampler.depths == {}
+    warnings = [r.getMessage() for r in caplog.records if r.name.endswith("sampler")]
+    assert len(warnings) == 1
+    assert "cannot sample the durable queues' depth" in warnings[0]
+    assert 'relation "' in warnings[0]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_service_exports_the_durable_queue_families(
+    start_service: Callable[..., ServiceProcess],
+    pg_conn: psycopg.Connection[Any],
+    pg_dsn: str,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    for _ in range(2):
+        insert_job(pg_conn, schema, queue=channel, run_after=3600)  # delayed: never claimed
+    config = queue_config(pg_dsn, schema, channel)
+    port = free_port()
+    config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
+    start_service(config).wait_for_log(r"serving metrics on")
+    uuids = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 1)])
+    wait_for_states(pg_conn, schema, uuids, {"done"})
+    queue = (("queue", channel),)
+
+    def exported() -> Samples | None:
+        found = scrape(port)
+        claimed = found.get(("dispatcher_pg_queue_claims_total", queue))
+        return (
+            found if claimed == 1 and ("dispatcher_pg_queue_ready_jobs", queue) in found else None
+        )
+
+    found = wait_until(exported, timeout=15)
+    assert found[("dispatcher_pg_queue_delayed_jobs", queue)] == 2
+    assert found[("dispatcher_pg_queue_ready_jobs", queue)] == 0
+    assert found[("dispatcher_pg_queue_oldest_ready_age_seconds", queue)] == 0
+    for counter in ("retries", "failures", "lease_expiries"):
+        assert found[(f"dispatcher_pg_queue_{counter}_total", queue)] == 0

@@ -1,0 +1,252 @@
+"""Publishing to durable queues from synchronous code: the rows it stores.
+
+Generated from ``test_publish_durable_async.py`` by ``tools/async_to_sync.py``; do not edit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import Connection, sql
+
+from dispatcher.config import Settings, reset, setup
+from dispatcher.publish import (
+    InvalidSubmission,
+    Job,
+    PublishError,
+    batch,
+    close_connections,
+    get_job,
+    jobs,
+    submit_task,
+    task,
+)
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key
+from dispatcher.server.brokers.pg_queue.migrations import migrate
+from support.postgres import wait_for_notifies
+from support.queue_rows import unique_schema
+
+Conn = psycopg.Connection[Any]
+
+
+@task(queue="orders")
+def ship(order: int, express: bool = False) -> None:
+    """A task of a durable queue."""
+
+
+@task(queue="orders", max_attempts=7, on_duplicate="queue_one")
+def reindex(table: str) -> None:
+    """A durable task with its own max_attempts, one waiting at most."""
+
+
+@pytest.fixture
+def schema(pg_dsn: str) -> Iterator[str]:
+    """A schema of this test's own, with the queue's tables made by the migrations."""
+    name = unique_schema()
+    with psycopg.connect(pg_dsn) as conn:
+        migrate(conn, name)
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def durable(pg_dsn: str, channel: str, schema: str) -> Iterator[Settings]:
+    """pg_notify on this test's channel, and durable queues ``orders`` and ``mail``."""
+    settings = setup(
+        {
+            "version": 1,
+            "brokers": {
+                "pg_notify": {"conninfo": pg_dsn, "channels": [channel]},
+                "pg_queue": {"queues": ["orders", "mail"], "schema": schema, "max_attempts": 4},
+            },
+        }
+    )
+    yield settings
+    close_connections()
+    reset()
+
+
+@pytest.fixture
+def wakeups(pg_dsn: str) -> Iterator[Conn]:
+    """A connection LISTENing where the services of durable queues are woken."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"LISTEN {QUEUE_WAKEUP_CHANNEL}")
+        yield conn
+
+
+def woken(listener: Conn, count: int = 1, timeout: float = 5) -> list[str]:
+    return [n.payload for n in wait_for_notifies(listener, count, timeout)]
+
+
+def rows(pg_dsn: str, schema: str) -> list[dict[str, Any]]:
+    """Every job row, in id order, with ``delay``: its run_after less its created_at."""
+    query = sql.SQL("SELECT *, run_after - created_at AS delay FROM {}.jobs ORDER BY id").format(
+        sql.Identifier(schema)
+    )
+    with psycopg.connect(pg_dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute(query).fetchall()
+
+
+def test_delay_stores_the_message_as_a_job_and_wakes_its_queue(
+    durable: Settings, wakeups: Conn, pg_dsn: str, schema: str
+) -> None:
+    submission = ship.delay(42, express=True)
+    assert woken(wakeups) == ["orders"]
+    [row] = rows(pg_dsn, schema)
+    assert submission.channel == "orders"
+    assert submission.payloads == (row["message"],)  # stored whole, unsigned
+    assert json.loads(row["message"]) == submission.message
+    assert submission.message["args"] == [42]
+    expected = {
+        "uuid": submission.uuid,
+        "queue": "orders",
+        "task": ship.__dispatcher_task__,
+        "state": "queued",
+        "attempts": 0,
+        "max_attempts": 4,  # the queue's
+        "delay": timedelta(0),
+        "on_duplicate": None,
+        "dup_key": None,
+    }
+    assert {key: row[key] for key in expected} == expected
+    assert "max_attempts" not in row["message"]
+
+
+def test_options_go_to_the_row(durable: Settings, wakeups: Conn, pg_dsn: str, schema: str) -> None:
+    first = submit_task(
+        ship, args=[1], queue="mail", delay=30, on_duplicate="serial", max_attempts=2
+    )
+    second = reindex.delay("users")
+    [a, b] = rows(pg_dsn, schema)
+    assert (a["queue"], a["max_attempts"], a["delay"]) == ("mail", 2, timedelta(seconds=30))
+    assert (a["on_duplicate"], a["dup_key"]) == ("serial", duplicate_key(first.message))
+    assert first.message["delay"] == 30  # the message is unchanged: it keeps its options
+    assert (b["queue"], b["max_attempts"], b["on_duplicate"]) == ("orders", 7, "queue_one")
+    assert b["dup_key"] == duplicate_key(second.message)
+    assert sorted(woken(wakeups, 2)) == ["mail", "orders"]
+
+
+def test_a_job_stored_again_or_refused_by_on_duplicate_is_skipped(
+    durable: Settings, pg_dsn: str, schema: str
+) -> None:
+    ship.apply_async(args=[1], uuid="same-uuid")
+    ship.apply_async(args=[2], uuid="same-uuid")  # e.g. a retried request
+    reindex.delay("users")
+    reindex.delay("users")  # queue_one: one already waits
+    reindex.delay("groups")
+    stored = [(row["uuid"], json.loads(row["message"])["args"]) for row in rows(pg_dsn, schema)]
+    assert stored[0] == ("same-uuid", [1])
+    assert [args for _, args in stored[1:]] == [["users"], ["groups"]]
+
+
+def test_rollback_leaves_no_job_and_commit_leaves_one(
+    durable: Settings, wakeups: Conn, pg_dsn: str, schema: str
+) -> None:
+    with Connection.connect(pg_dsn) as conn:
+        ship.apply_async(args=[1], connection=conn)
+        conn.rollback()
+        assert rows(pg_dsn, schema) == []
+        kept = ship.apply_async(args=[2], connection=conn)
+        assert rows(pg_dsn, schema) == []  # not before the commit
+        conn.commit()
+    assert [row["uuid"] for row in rows(pg_dsn, schema)] == [kept.uuid]
+    assert woken(wakeups, 2, timeout=1) == ["orders"]  # the rolled-back one woke nobody
+
+
+def test_a_batch_stores_everything_in_order_and_wakes_each_queue_once(
+    durable: Settings, wakeups: Conn, pg_dsn: str, schema: str, channel: str
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{channel}"')
+        with batch():
+            for order in range(5):
+                ship.delay(order)
+            submit_task("myapp.tasks.notify", queue=channel)  # a NOTIFY channel
+            submit_task("myapp.tasks.mail", queue="mail")
+        [notified] = [n.payload for n in wait_for_notifies(listener, 1, 5)]
+    assert json.loads(notified)["task"] == "myapp.tasks.notify"
+    stored = rows(pg_dsn, schema)
+    assert [json.loads(row["message"])["args"] for row in stored] == [[0], [1], [2], [3], [4], []]
+    assert [row["queue"] for row in stored] == ["orders"] * 5 + ["mail"]
+    assert sorted(woken(wakeups, 3, timeout=1)) == ["mail", "orders"]
+
+
+def test_a_batch_on_a_connection_that_rolls_back_stores_nothing(
+    durable: Settings, pg_dsn: str, schema: str
+) -> None:
+    with Connection.connect(pg_dsn) as conn:
+        with batch(connection=conn):
+            ship.delay(1)
+            ship.delay(2)
+        conn.rollback()
+    assert rows(pg_dsn, schema) == []
+
+
+def test_a_large_message_is_stored_whole(durable: Settings, pg_dsn: str, schema: str) -> None:
+    submission = ship.delay(1, express="x" * 20_000)
+    [row] = rows(pg_dsn, schema)
+    assert submission.payloads == (row["message"],)
+    assert json.loads(row["message"])["kwargs"]["express"] == "x" * 20_000
+
+
+def test_max_attempts_applies_to_durable_queues_only(durable: Settings, channel: str) -> None:
+    with pytest.raises(InvalidSubmission, match="max_attempts: applies to durable queues only"):
+        submit_task("myapp.tasks.notify", queue=channel, max_attempts=3)
+    with pytest.raises(InvalidSubmission, match="max_attempts: applies to durable queues only"):
+        reindex.apply_async(args=["users"], queue=channel)  # its @task default
+    with pytest.raises(InvalidSubmission, match="max_attempts: must be between 1 and 1000"):
+        ship.apply_async(args=[1], max_attempts=0)
+
+
+def test_get_job_reads_a_job_back(durable: Settings) -> None:
+    submission = ship.apply_async(args=[3], delay=60, max_attempts=9)
+    job = get_job(submission.uuid)
+    assert isinstance(job, Job)
+    assert (job.uuid, job.queue, job.task, job.state) == (
+        submission.uuid,
+        "orders",
+        ship.__dispatcher_task__,
+        "queued",
+    )
+    assert (job.attempts, job.max_attempts, job.finished) == (0, 9, False)
+    assert job.run_after - job.created_at == timedelta(seconds=60)
+    assert (job.started_at, job.finished_at, job.node_id, job.outcome, job.result) == ((None,) * 5)
+    assert json.loads(job.message) == submission.message
+    assert get_job("no-such-uuid") is None
+
+
+def test_jobs_lists_the_newest_first_with_filters(durable: Settings, pg_dsn: str) -> None:
+    first = ship.delay(1)
+    second = reindex.delay("users")
+    third = submit_task("myapp.tasks.mail", queue="mail")
+    assert [job.uuid for job in jobs()] == [third.uuid, second.uuid, first.uuid]
+    assert [job.uuid for job in jobs(queue="orders", limit=1)] == [second.uuid]
+    assert [job.uuid for job in jobs(task="myapp.tasks.mail")] == [third.uuid]
+    assert jobs(state="done") == []
+    with Connection.connect(pg_dsn) as conn:
+        assert [job.uuid for job in jobs(queue="mail", connection=conn)] == [third.uuid]
+    with pytest.raises(ValueError, match="state: 'finished' is not one of queued, running"):
+        jobs(state="finished")  # type: ignore[arg-type]
+
+
+def test_missing_tables_are_explained(pg_dsn: str) -> None:
+    setup(
+        {
+            "version": 1,
+            "brokers": {"pg_queue": {"conninfo": pg_dsn, "queues": ["orders"], "schema": "absent"}},
+        }
+    )
+    try:
+        with pytest.raises(PublishError, match="run `dispatcherctl migrate` first"):
+            ship.delay(1)
+        with pytest.raises(PublishError, match="tables are missing from schema 'absent'"):
+            get_job("any")
+    finally:
+        close_connections()
+        reset()

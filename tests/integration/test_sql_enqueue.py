@@ -1,0 +1,161 @@
+"""``dispatcher_enqueue()``: durable jobs stored from SQL, as the Python publisher stores them."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, sql_queue_publisher
+from dispatcher.server.brokers.pg_queue.migrations import migrate
+from support.postgres import wait_for_notifies
+from support.queue_rows import job_row, unique_schema
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def schema(pg_dsn: str) -> Iterator[str]:
+    """A schema of this test's own, with the queue's tables made by the migrations."""
+    name = unique_schema()
+    with psycopg.connect(pg_dsn) as conn:
+        migrate(conn, name)
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(pg_dsn: str, schema: str) -> Iterator[Conn]:
+    """An autocommit connection to a database where dispatcher_enqueue() is installed."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql_queue_publisher().encode())
+        yield conn
+
+
+def enqueue(conn: Conn, schema: str, *args: str | None) -> str:
+    """Call dispatcher_enqueue(queue, task, args, kwargs, options) on *schema*'s tables."""
+    padded = [*args, *[None] * (5 - len(args))]
+    defaults = [None, None, "[]", "{}", "{}"]
+    values = [d if a is None else a for a, d in zip(padded, defaults, strict=True)]
+    row = conn.execute(
+        "SELECT dispatcher_enqueue(%s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s)",
+        [*values, schema],
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+VECTORS = [
+    ("a.b", [], {}),
+    ("a.b", [1, "x", None, True, False, 2.5, -3, 10**20, [], {}], {"z": 1, "a": {"y": [0.1]}}),
+    ("a.b", ["é€😀", 'q"u\\o\n\t\x01\x7f'], {"é": 1, "b": 2, "B": 3, "aa": 4, "a": 5, "😀": 6}),
+]
+
+
+@pytest.mark.parametrize(("task", "args", "kwargs"), VECTORS)
+def test_the_duplicate_key_is_the_one_python_computes(
+    conn: Conn, task: str, args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    row = conn.execute(
+        "SELECT dispatcher_duplicate_key(%s, %s::jsonb, %s::jsonb)",
+        (task, json.dumps(args), json.dumps(kwargs)),
+    ).fetchone()
+    assert row == (duplicate_key({"task": task, "args": args, "kwargs": kwargs}),)
+
+
+def test_a_job_is_stored_with_its_options_and_wakes_its_queue(
+    conn: Conn, schema: str, pg_dsn: str
+) -> None:
+    options = {"max_attempts": 5, "delay": 30, "on_duplicate": "queue_one", "guid": "g"}
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {QUEUE_WAKEUP_CHANNEL}")
+        uuid = enqueue(
+            conn, schema, "orders", "myapp.tasks.ship", "[42]", '{"a": 1}', json.dumps(options)
+        )
+        woken = [n.payload for n in wait_for_notifies(listener, 1, 5)]
+        again = enqueue(
+            conn, schema, "orders", "myapp.tasks.ship", "[42]", '{"a": 1}', json.dumps(options)
+        )
+        assert [n.payload for n in wait_for_notifies(listener, 1, 0.3)] == []  # nothing stored
+    assert woken == ["orders"]
+    row = job_row(conn, schema, uuid)
+    assert row is not None
+    assert job_row(conn, schema, again) is None
+    message = json.loads(row["message"])
+    assert message == {
+        "task": "myapp.tasks.ship",
+        "uuid": uuid,
+        "args": [42],
+        "kwargs": {"a": 1},
+        "time_pub": message["time_pub"],
+        "delay": 30,
+        "on_duplicate": "queue_one",
+        "guid": "g",
+    }
+    assert (row["queue"], row["task"], row["max_attempts"], row["on_duplicate"]) == (
+        "orders",
+        "myapp.tasks.ship",
+        5,
+        "queue_one",
+    )
+    assert row["run_after"] - row["created_at"] == timedelta(seconds=30)
+    assert row["dup_key"] == duplicate_key(message)
+
+
+def test_defaults_and_a_given_uuid(conn: Conn, schema: str) -> None:
+    uuid = enqueue(conn, schema, "orders", "a.b", None, None, '{"uuid": "mine"}')
+    assert uuid == "mine"
+    assert enqueue(conn, schema, "orders", "a.b", None, None, '{"uuid": "mine"}') == "mine"  # no-op
+    row = job_row(conn, schema, "mine")
+    assert row is not None
+    assert (row["max_attempts"], row["on_duplicate"], row["dup_key"]) == (3, None, None)
+
+
+def test_a_rolled_back_transaction_stores_nothing(conn: Conn, schema: str, pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as caller:
+        enqueue(caller, schema, "orders", "a.b", None, None, '{"uuid": "gone"}')
+        caller.rollback()
+        enqueue(caller, schema, "orders", "a.b", None, None, '{"uuid": "kept"}')
+        assert job_row(conn, schema, "kept") is None  # not before the commit
+        caller.commit()
+    assert job_row(conn, schema, "gone") is None
+    assert job_row(conn, schema, "kept") is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("bad queue", "a.b"), "queue 'bad queue': not a valid channel name"),
+        (("orders", "lambda: 1"), "task 'lambda: 1': not a valid task name"),
+        (("orders", "a.b", "{}"), "args must be a JSON array, got object"),
+        (("orders", "a.b", "[]", "{}", '{"max_attempts": 0}'), "options.max_attempts: expected an"),
+        (("orders", "a.b", "[]", "{}", '{"max_attempts": 2.5}'), "options.max_attempts: expected"),
+        (("orders", "a.b", "[]", "{}", '{"delay": -1}'), "options.delay: must be between 0"),
+        (("orders", "a.b", "[]", "{}", '{"retries": 1}'), "options: unknown key(s) retries"),
+    ],
+)
+def test_bad_calls_are_refused_with_a_reason(
+    conn: Conn, schema: str, args: tuple[str, ...], error: str
+) -> None:
+    with pytest.raises(
+        psycopg.errors.RaiseException, match=f"^dispatcher_enqueue: {re.escape(error)}"
+    ):
+        enqueue(conn, schema, *args)
+
+
+def test_missing_tables_are_explained(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.RaiseException) as caught:
+        conn.execute("SELECT dispatcher_enqueue('orders', 'a.b', queue_schema => 'absent')")
+    assert str(caught.value).startswith(
+        "dispatcher_enqueue: the durable queue's tables are missing from schema absent"
+    )
+    assert caught.value.diag.message_hint == (
+        "Run `dispatcherctl migrate`, or pass the schema of brokers.pg_queue as queue_schema."
+    )

@@ -1,0 +1,285 @@
+"""The pieces of the pg_queue broker that need no database: backoff, outcomes, results,
+migration plans, and how jobs from a broker that schedules them pass the service."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from dispatcher.config import Limits
+from dispatcher.schema import Outcome, migrations
+from dispatcher.server.accounting import Accounting
+from dispatcher.server.brokers import BrokerBase, Settled
+from dispatcher.server.brokers.pg_queue.migrations import (
+    MigrationError,
+    latest_version,
+    plan,
+    problem,
+)
+from dispatcher.server.brokers.pg_queue.outcomes import (
+    MAX_ERROR_CHARS,
+    Ack,
+    RetryPolicy,
+    clean_text,
+    parse_receipt,
+    to_ack,
+)
+from dispatcher.server.intake import Intake
+from dispatcher.server.jobs import Job
+from dispatcher.server.origin import Origin
+from dispatcher.server.results import MAX_RESULT_BYTES, encode_result
+from dispatcher.server.scheduler import Scheduler
+from dispatcher.server.settlement import Settlements
+from dispatcher.server.stats import ServiceStats
+from support.scheduling import FakeRunner, FakeTimers, make_job
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# -- backoff -------------------------------------------------------------------------------
+
+
+def test_retry_delays_double_from_the_backoff_up_to_the_cap() -> None:
+    policy = RetryPolicy(backoff=1.0, backoff_max=10.0, jitter=0.0)
+    assert [policy.delay(attempt) for attempt in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+    assert policy.delay(10_000) == 10  # no overflow, however many attempts
+
+
+def test_retry_jitter_stays_within_its_fraction() -> None:
+    policy = RetryPolicy(backoff=4.0, backoff_max=100.0, jitter=0.25)
+    assert policy.delay(1, uniform=lambda low, high: low) == 3.0
+    assert policy.delay(1, uniform=lambda low, high: high) == 5.0
+    delays = {policy.delay(1) for _ in range(200)}
+    assert all(3.0 <= delay <= 5.0 for delay in delays)
+    assert len(delays) > 1
+
+
+# -- outcomes --------------------------------------------------------------------------------
+
+POLICY = RetryPolicy(backoff=2.0, backoff_max=60.0, jitter=0.0)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "kind"),
+    [
+        ("ok", "done"),
+        ("cancelled", "cancelled"),
+        ("discarded", "cancelled"),
+        ("rejected", "failed"),
+        ("refused", "requeue"),
+        ("abandoned", "requeue"),
+        ("error", "retry"),
+        ("timeout", "retry"),
+        ("worker_lost", "retry"),
+        ("killed", "retry"),
+        ("memory_exceeded", "retry"),
+    ],
+)
+def test_each_outcome_changes_its_row_in_one_way(outcome: str, kind: str) -> None:
+    ack = to_ack(Settled("12:3", outcome, "why"), POLICY)
+    assert ack is not None
+    assert (ack.id, ack.attempts, ack.kind, ack.outcome) == (12, 3, kind, outcome)
+
+
+def test_a_failed_attempt_keeps_its_error_and_traceback_and_waits_its_backoff() -> None:
+    settled = Settled("7:3", "error", "ValueError: no", traceback="Traceback...\nValueError: no\n")
+    assert to_ack(settled, POLICY) == Ack(
+        7, 3, "retry", "error", "ValueError: no\nTraceback...\nValueError: no", None, 8.0
+    )
+
+
+def test_a_result_is_kept_for_a_job_done_and_the_note_when_it_was_not() -> None:
+    assert to_ack(Settled("1:1", "ok", result='{"a":1}'), POLICY) == Ack(
+        1, 1, "done", "ok", None, '{"a":1}'
+    )
+    dropped = to_ack(Settled("1:1", "ok", "result not kept: too big"), POLICY)
+    assert dropped is not None
+    assert dropped.error == "result not kept: too big"
+
+
+def test_a_rejected_message_fails_with_the_reason() -> None:
+    ack = to_ack(Settled("5:1", "rejected", "not JSON (Expecting value)"), POLICY)
+    assert ack == Ack(5, 1, "failed", "rejected", "not JSON (Expecting value)")
+
+
+@pytest.mark.parametrize("receipt", ["", "12", "a:1", "1:b", "-1:2", "1:2:3", "9" * 20 + ":1"])
+def test_receipts_that_are_not_ours_are_ignored(receipt: str) -> None:
+    assert parse_receipt(receipt) is None
+    assert to_ack(Settled(receipt, "ok"), POLICY) is None
+
+
+def test_error_text_is_made_safe_for_postgresql() -> None:
+    assert clean_text("a\x00b") == "a\\x00b"
+    assert clean_text("bad \udc80 surrogate") == "bad \\udc80 surrogate"
+    assert clean_text("é") == "é"
+    long = clean_text("x" * (MAX_ERROR_CHARS + 10) + "END")
+    assert long is not None
+    assert long.endswith("END")
+    assert len(long) < MAX_ERROR_CHARS + 10
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+def test_json_results_are_kept_as_text() -> None:
+    assert encode_result({"b": [1, 2.5, "é"], "a": None}) == (
+        '{"b":[1,2.5,"\\u00e9"],"a":null}',
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "note"),
+    [
+        (object(), "not JSON-serialisable"),
+        (float("nan"), "not JSON-serialisable"),
+        ("x" * MAX_RESULT_BYTES, f"more than {MAX_RESULT_BYTES}"),
+        ("a\x00b", "NUL"),
+    ],
+)
+def test_other_results_are_dropped_with_a_note(value: object, note: str) -> None:
+    text, why = encode_result(value)
+    assert text is None
+    assert why is not None
+    assert note in why
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+
+def test_a_plan_from_scratch_runs_every_migration_in_the_schema() -> None:
+    work = plan("jobs_here", 0)
+    assert work.pending == list(range(1, latest_version() + 1)) == [m.version for m in migrations()]
+    script = work.script()
+    assert script.count("BEGIN;") == 1
+    assert script.rstrip().endswith("COMMIT;")
+    assert 'CREATE SCHEMA IF NOT EXISTS "jobs_here"' in script
+    assert 'CREATE TABLE "jobs_here".jobs' in script
+    statements = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    assert not [line for line in statements if "{schema}" in line]
+    assert 'INSERT INTO "jobs_here".migrations (version) VALUES (1)' in script
+    assert "pg_advisory_xact_lock" in script
+
+
+def test_a_plan_at_the_latest_version_does_nothing() -> None:
+    work = plan("dispatcher", latest_version())
+    assert work.pending == []
+    assert work.steps == ()
+
+
+def test_migrations_never_downgrade() -> None:
+    with pytest.raises(MigrationError, match="newer than this version of dispatcher knows"):
+        plan("dispatcher", latest_version() + 1)
+
+
+def test_a_service_is_told_which_command_to_run() -> None:
+    latest = latest_version()
+    assert problem(latest, "dispatcher", "app.yml") is None
+    assert problem(None, "dispatcher", "app.yml") == (
+        'the pg_queue tables in schema "dispatcher" are missing: '
+        "run 'dispatcherctl migrate --config app.yml'"
+    )
+    assert problem(0, "q", None) == (
+        "the pg_queue tables in schema \"q\" are missing: run 'dispatcherctl migrate'"
+    )
+
+
+# -- the service's side ----------------------------------------------------------------------
+
+
+class Pool:
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def submit(self, job: Job) -> bool:
+        self.jobs.append(job)
+        return True
+
+
+def _intake(pool: Pool) -> Intake:
+    intake = Intake(pool, ServiceStats(), chunk_expiry=60)
+    intake.catalogue.learn(frozenset({"app.work"}))
+    return intake
+
+
+def test_a_job_scheduled_by_its_broker_is_neither_delayed_nor_gated_again() -> None:
+    pool = Pool()
+    message = json.dumps({"task": "app.work", "uuid": "u1", "delay": 30, "on_duplicate": "serial"})
+    scheduled = Origin("pg_queue", channel="q", receipt="1:1", scheduled_by_broker=True)
+    _intake(pool).receive(message, "q", scheduled)
+    (job,) = pool.jobs
+    assert (job.delay, job.key, job.on_duplicate, job.receipt) == (0, None, "serial", "1:1")
+    assert json.loads(job.line)["result"] is True  # the worker reports its result
+
+
+def test_a_job_from_other_brokers_keeps_its_delay_and_gate() -> None:
+    pool = Pool()
+    message = json.dumps({"task": "app.work", "uuid": "u1", "delay": 30, "on_duplicate": "serial"})
+    _intake(pool).receive(message, "q", Origin("spool", channel="q", receipt="r1"))
+    (job,) = pool.jobs
+    assert job.delay == 30
+    assert job.key is not None
+
+
+def test_identical_serial_jobs_from_the_queue_run_at_once_on_two_workers() -> None:
+    stats, workers = ServiceStats(), [FakeRunner(1), FakeRunner(2)]
+    scheduler = Scheduler(Limits(), FakeTimers(), stats, lambda: workers)
+    for worker in workers:
+        scheduler.worker_free(worker)
+    pool = Pool()
+    intake = _intake(pool)
+    for row in (1, 2):
+        message = json.dumps({"task": "app.work", "uuid": f"u{row}", "on_duplicate": "serial"})
+        origin = Origin("pg_queue", channel="q", receipt=f"{row}:1", scheduled_by_broker=True)
+        intake.receive(message, "q", origin)
+    for job in pool.jobs:
+        scheduler.submit(job)
+    assert [worker.job.uuid for worker in workers if worker.job] == ["u1", "u2"]
+    assert scheduler.blocked == 0
+
+
+class Recorder(BrokerBase):
+    """A durable broker that records what it is told."""
+
+    def __init__(self) -> None:
+        super().__init__("pg_queue")
+        self.settled: list[Settled] = []
+
+    async def acknowledge(self, settled: Sequence[Settled]) -> None:
+        self.settled.extend(settled)
+
+
+@pytest.mark.anyio
+async def test_a_chunk_envelope_from_a_durable_broker_is_rejected_and_settled() -> None:
+    broker = Recorder()
+    settlements = Settlements([broker])
+    intake = Intake(Pool(), ServiceStats(), chunk_expiry=60, settlements=settlements)
+    envelope = {"__dispatcherd_chunk__": "v1", "message_id": "m", "index": 0, "total": 2}
+    intake.receive(json.dumps({**envelope, "payload": "{"}), "q", Origin("pg_queue", receipt="3:1"))
+    await settlements.flush()
+    assert [(s.receipt, s.outcome) for s in broker.settled] == [("3:1", "rejected")]
+    assert "whole messages" in str(broker.settled[0].reason)
+
+
+@pytest.mark.anyio
+async def test_outcomes_carry_the_result_and_the_traceback_to_the_broker() -> None:
+    broker = Recorder()
+    settlements = Settlements([broker])
+    accounting = Accounting(ServiceStats(), settlements.job)
+    job = make_job()._replace(broker="pg_queue", receipt="1:1")
+    accounting.finished(job, Outcome.OK, 1, 0.0, 1.0, result="[1,2]")
+    accounting.finished(job, Outcome.OK, 1, 0.0, 1.0, result_note="result not kept: big")
+    accounting.finished(job, Outcome.ERROR, 1, 0.0, 1.0, "ValueError: no", "Traceback...")
+    accounting.lost(job, Outcome.WORKER_LOST, 3, 99)
+    await settlements.flush()
+    assert broker.settled == [
+        Settled("1:1", "ok", None, "[1,2]"),
+        Settled("1:1", "ok", "result not kept: big"),
+        Settled("1:1", "error", "ValueError: no", traceback="Traceback..."),
+        Settled("1:1", "worker_lost", "worker_lost: worker 3 (pid 99) ended with it"),
+    ]
