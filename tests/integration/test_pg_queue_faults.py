@@ -64,3 +64,25 @@ def test_a_database_restart_loses_nothing_and_the_service_goes_on(
         ["after"],
     ]
     assert "pg_queue connection to" in service.log  # it did notice the outage
+
+
+def test_every_job_of_a_burst_runs_through_a_database_restart(
+    own_postgres: EmbeddedServer,
+    start_service: Callable[..., ServiceProcess],
+    evidence: Evidence,
+) -> None:
+    dsn, queue, count = own_postgres.dsn, "burst_queue", 2000
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        schema = migrated(conn, unique_schema())
+        messages = [job_message("record", evidence.path, n) for n in range(count)]
+        uuids = enqueue(conn, schema, queue, messages)
+    start_service(queue_config(dsn, schema, queue, lease=30))
+    evidence.wait_for(200, timeout=30)  # mid-burst
+    own_postgres.stop()
+    own_postgres.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = wait_for_states(conn, schema, uuids, {"done"}, timeout=60)
+    assert len(rows) == count
+    ran = [record["args"][0] for record in evidence.records()]
+    assert set(ran) == set(range(count))  # every job ran (at least once: durable)
+    print(f"{count} jobs, {len(ran) - count} ran twice across the restart")

@@ -226,6 +226,8 @@ def test_the_capacity_gauge_wakes_a_waiting_broker() -> None:
     assert (seen, gauge.free()) == ([3], 3)
     free[0] = -2
     assert gauge.free() == 0
+    # Jobs allowed to wait ahead of the workers count as room.
+    assert (gauge.free(ahead=2), gauge.free(ahead=5)) == (0, 3)
 
 
 def test_plugin_names_reach_the_publisher_without_server_code(

@@ -72,6 +72,8 @@ class PgQueueBroker:
     """Seconds a finished job stays in the table."""
     batch_size: int = 100
     """Most jobs claimed or settled in one statement."""
+    prefetch: int = 100
+    """Jobs claimed ahead of the free workers (leased to this service while they wait)."""
     allow_control: tuple[str, ...] | None = None
     """Control commands accepted from the queue; ``None`` means every command."""
 

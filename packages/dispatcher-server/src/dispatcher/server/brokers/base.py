@@ -142,14 +142,18 @@ class BrokerNotReady(DispatcherError):
 
 
 class Capacity(Protocol):
-    """How much work the service can start now: durable brokers claim no more than that."""
+    """How much work the service can take now: durable brokers claim no more than that."""
 
-    def free(self) -> int:
-        """Jobs the service would start at once: free worker places less jobs waiting."""
+    def free(self, ahead: int = 0) -> int:
+        """Jobs the service would take now.
+
+        That is its free worker places, less the jobs waiting for one, plus *ahead*: how many
+        jobs the broker lets wait for a worker, so that the next is at hand.
+        """
         ...
 
-    async def wait_free(self) -> int:
-        """Return :meth:`free` as soon as it is more than zero."""
+    async def wait_free(self, ahead: int = 0) -> int:
+        """Return :meth:`free` (with *ahead*) as soon as it is more than zero."""
         ...
 
 

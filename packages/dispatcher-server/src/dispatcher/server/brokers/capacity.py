@@ -10,18 +10,19 @@ import anyio
 class CapacityGauge:
     """A :class:`~dispatcher.server.brokers.base.Capacity` computed when asked.
 
-    *compute* says how many jobs the service would start at once (free worker places less
-    jobs already waiting). :meth:`changed` is called whenever a worker becomes free; it
-    wakes brokers waiting in :meth:`wait_free`, and costs nothing when none waits.
+    *compute* says how many jobs the service would start at once: free worker places less
+    jobs already waiting (negative when more wait than there are free places).
+    :meth:`changed` is called whenever a worker becomes free; it wakes brokers waiting in
+    :meth:`wait_free`, and costs nothing when none waits.
     """
 
     def __init__(self, compute: Callable[[], int] = lambda: 0) -> None:
         self._compute = compute
         self._waiting: anyio.Event | None = None
 
-    def free(self) -> int:
-        """Jobs the service would start at once."""
-        return max(0, self._compute())
+    def free(self, ahead: int = 0) -> int:
+        """Jobs the service would take now, holding at most *ahead* waiting for a worker."""
+        return max(0, self._compute() + ahead)
 
     def changed(self) -> None:
         """Capacity may have grown: wake whoever waits for it."""
@@ -29,9 +30,9 @@ class CapacityGauge:
             self._waiting.set()
             self._waiting = None
 
-    async def wait_free(self) -> int:
-        """Return :meth:`free` as soon as it is more than zero."""
-        while (free := self.free()) <= 0:
+    async def wait_free(self, ahead: int = 0) -> int:
+        """Return :meth:`free` (with *ahead*) as soon as it is more than zero."""
+        while (free := self.free(ahead)) <= 0:
             if self._waiting is None:
                 self._waiting = anyio.Event()
             await self._waiting.wait()

@@ -99,7 +99,12 @@ class PgQueueBroker(BrokerBase):
             db, statements.acknowledge, leases, policy, settings.batch_size, stats, wakeup.after
         )
         options = ClaimOptions(
-            settings.queues, node_id, settings.lease, settings.poll_interval, settings.batch_size
+            settings.queues,
+            node_id,
+            settings.lease,
+            settings.poll_interval,
+            settings.batch_size,
+            settings.prefetch,
         )
         self._claimer = Claimer(
             self._claims_db, statements.claim, options, capacity, leases, acks, stats

@@ -1,10 +1,10 @@
-"""Claiming ready jobs, no more than the service can start, and delivering them.
+"""Claiming ready jobs, no more than the service can take, and delivering them.
 
-The loop waits for free capacity, claims up to that many rows (at most ``batch_size``) in
-one statement, and delivers each. When it got fewer than it asked for, the queue is drained
-for now: it waits for a wake-up (a NOTIFY) or ``poll_interval`` seconds. A claim and its
-deliveries are never cut in two by a shutdown: rows claimed are always delivered (and so
-always acknowledged).
+The loop waits for free capacity (free workers, plus ``prefetch`` jobs held ahead of them),
+claims up to that many rows (at most ``batch_size``) in one statement, and delivers each.
+When it got fewer than it asked for, the queue is drained for now: it waits for a wake-up
+(a NOTIFY) or ``poll_interval`` seconds. A claim and its deliveries are never cut in two by
+a shutdown: rows claimed are always delivered (and so always acknowledged).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class ClaimOptions:
     lease: float
     poll_interval: float
     batch_size: int
+    prefetch: int = 0
 
 
 class Claimer:
@@ -76,7 +77,7 @@ class Claimer:
         """Claim and deliver until cancelled."""
         options = self._options
         while True:
-            wanted = min(await self._capacity.wait_free(), options.batch_size)
+            wanted = min(await self._capacity.wait_free(options.prefetch), options.batch_size)
             got = 0
             try:
                 with anyio.move_on_after(CLAIM_TIMEOUT, shield=True):
