@@ -73,7 +73,7 @@ async def test_a_failing_acknowledgement_is_logged_not_raised(
     settlements = Settlements([Spool(fail=True)])
     settlements.job(delivered(make_job(), "r1"), Outcome.OK)
     await settlements.flush()
-    assert "could not record 1 outcomes: the spool is gone" in caplog.text
+    assert "could not record 1 outcomes: OSError: the spool is gone" in caplog.text
 
 
 def test_jobs_that_never_run_are_settled_with_the_reason() -> None:

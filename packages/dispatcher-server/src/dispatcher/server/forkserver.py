@@ -114,13 +114,20 @@ class ForkServer:
         worker_fd = fds[0]
         try:
             pid = self._fork(worker_id, worker_fd)
-            pidfd = os.pidfd_open(pid)
         except OSError as exc:
             _send(self._control, {"event": "failed", "id": worker_id, "error": str(exc)})
             return True
         finally:
             os.close(worker_fd)
-        self._workers.add(pid)
+        self._workers.add(pid)  # from now on it is reaped, and killed with the others
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # the service could not watch it: it must not run
+            _kill_group(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _send(self._control, {"event": "failed", "id": worker_id, "error": str(exc)})
+            return True
         _send(self._control, {"event": "spawned", "id": worker_id, "pid": pid}, [pidfd])
         os.close(pidfd)
         return True

@@ -33,7 +33,7 @@ from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin
 from dispatcher.server.protocol import run_line
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
 from dispatcher.server.rejection import Rejected
-from dispatcher.server.settlement import REJECTED, Settlements
+from dispatcher.server.settlement import ABANDONED, REJECTED, Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 
@@ -226,6 +226,17 @@ class Intake:
             except Rejected as rejected:
                 self._reject(rejected, channel)
                 self._settlements.origin(origin, REJECTED, str(rejected))
+            except Exception as exc:  # costs this message, never the others waiting
+                self._stats.rejected["internal_error"] += 1
+                self._internal_errors.report("intake", exc, f"a message on {channel}")
+                self._settlements.origin(origin, REJECTED, "internal error")
+
+    def close(self) -> None:
+        """The service stops: give back the messages still waiting for the first worker."""
+        while self._waiting:
+            _, _, _, origin = self._waiting.popleft()
+            self._settlements.origin(origin, ABANDONED)
+        self._waiting_bytes = 0
 
     def _dispatch(
         self, message: dict[str, Any], payload: str, channel: str, origin: Origin

@@ -112,7 +112,9 @@ class WorkerProcess:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+        anyio.notify_closing(self.sock)  # a flush still waiting on it gives up
         self.sock.close()
+        self.fd = -1
 
 
 class WorkerLauncher:
@@ -130,7 +132,6 @@ class WorkerLauncher:
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
-        self._lock: anyio.Lock | None = None
 
     def start(self) -> None:
         """Start the fork server now (it imports the task modules while we go on).
@@ -178,6 +179,9 @@ class WorkerLauncher:
             finally:
                 theirs.close()
             await done.wait()
+        except BaseException:
+            ours.close()  # a worker forked all the same reads end-of-file and exits
+            raise
         finally:
             self._pending.pop(worker_id, None)
         event, fds = result

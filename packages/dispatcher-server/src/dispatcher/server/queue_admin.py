@@ -173,7 +173,9 @@ def _retry_one(
     conn: psycopg.Connection[Any], jobs: sql.Composed, row_id: int, done: Retried
 ) -> bool:
     """Queue row *row_id* again unless a unique index refuses it; count it in *done*."""
-    query = sql.SQL("UPDATE {} SET {} WHERE id = %s RETURNING queue").format(jobs, _RESET)
+    query = sql.SQL(
+        "UPDATE {} SET {} WHERE id = %s AND state IN ('failed', 'cancelled') RETURNING queue"
+    ).format(jobs, _RESET)
     try:
         with conn.transaction():  # a savepoint: a refusal undoes this row only
             row = conn.execute(query, (row_id,)).fetchone()

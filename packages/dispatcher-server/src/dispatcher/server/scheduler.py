@@ -97,6 +97,7 @@ class Scheduler:
         (counted and logged here) or the scheduler is closed.
         """
         if self._closed:
+            self._settle(job, ABANDONED)
             return False
         limits, size = self.limits, len(job.line)
         if self._held_bytes + size > limits.max_held_bytes:
@@ -169,7 +170,7 @@ class Scheduler:
             self._start(worker, self._queue.popleft())
         else:
             self._idle.append(worker)
-            self.on_free()
+        self.on_free()  # either way there is room for one more job
 
     def forget(self, worker: Runner) -> None:
         """*worker* is no longer available (stopping or gone)."""

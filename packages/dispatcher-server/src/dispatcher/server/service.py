@@ -224,6 +224,7 @@ class Service:
             broker.stop_receiving()
         await self.supervisor.shutdown(self.settings.service.shutdown_grace)
         self._launcher.close()
+        self.intake.close()
         await self.settlements.flush()
         pending = len(self.intake.chunks)
         if pending:

@@ -16,7 +16,6 @@ from typing import Final, Protocol
 import anyio
 from anyio.abc import TaskStatus
 
-from dispatcher.schema import DispatcherError
 from dispatcher.server.brokers.base import Acknowledging, Broker, Settled
 from dispatcher.server.jobs import Job
 from dispatcher.server.logsafe import get_logger
@@ -119,7 +118,11 @@ class Settlements:
             self._pending[name] = []
             try:
                 await broker.acknowledge(batch)
-            except (OSError, DispatcherError) as exc:
+            except Exception as exc:  # a broker's failure must never stop the service
                 self._failures.log(
-                    "the %s broker could not record %d outcomes: %s", name, len(batch), exc
+                    "the %s broker could not record %d outcomes: %s: %s",
+                    name,
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
                 )

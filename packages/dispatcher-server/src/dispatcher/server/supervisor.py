@@ -200,6 +200,7 @@ class Supervisor:
             self._on_fatal(event["error"])
 
     def _finished(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
+        started, finished = _seconds(event.get("started")), _seconds(event.get("finished"))
         job, outcome = worker.finish(str(event.get("outcome")))
         # The pool's own state first: nothing below may leave a duplicate blocked or a
         # worker busy forever.
@@ -212,8 +213,8 @@ class Supervisor:
                 job,
                 outcome,
                 worker.id,
-                float(event["started"]),
-                float(event["finished"]),
+                started,
+                finished,
                 event.get("error"),
                 str(event.get("traceback", "")),
                 _text(event.get("result")),
@@ -330,6 +331,11 @@ class Supervisor:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _seconds(value: object) -> float:
+    """A time a worker reported; ``0.0`` if it is not a number."""
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _summarise(uuids: list[str], shown: int = 20) -> str:

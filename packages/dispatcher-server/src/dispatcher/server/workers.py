@@ -25,7 +25,7 @@ import anyio
 from dispatcher.schema import Outcome
 from dispatcher.server.jobs import Job
 from dispatcher.server.logsafe import get_logger
-from dispatcher.server.protocol import STOP_LINE, LineReader
+from dispatcher.server.protocol import STOP_LINE
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.timers import Scheduling
 
@@ -105,7 +105,6 @@ class WorkerHandle:
         self.killed_for: Outcome | None = None
         """The outcome its task gets because the service killed the worker: ``killed`` (the
         task ignored its cancel) or ``memory_exceeded``."""
-        self.reader = LineReader()
         self.started = anyio.Event()
         """Set when the worker has reported ready (or failed to import the task modules)."""
         self.gone = anyio.Event()

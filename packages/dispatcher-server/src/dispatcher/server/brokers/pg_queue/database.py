@@ -53,8 +53,6 @@ class QueueDatabase:
         self._retry_at = 0.0
         self.where = describe_server(conninfo)
         """The server, for log lines (never the password)."""
-        self.opened = 0
-        """Connections opened so far."""
 
     async def fetch(self, statement: bytes, params: Mapping[str, Any]) -> Rows:
         """Run *statement*; return its rows (none for a statement that returns none).
@@ -69,12 +67,13 @@ class QueueDatabase:
             return await cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
             if isinstance(exc, BROKEN) or conn.broken:
-                await self.discard(f"lost the connection to {self.where} ({first_line(exc)})")
+                reason = f"lost the connection to {self.where} ({first_line(exc)})"
+                await self.discard(reason, conn)
             elif isinstance(exc, psycopg.errors.UndefinedTable):
-                await self.discard()  # the next connection says which command to run
+                await self.discard(None, conn)  # the next connection says which command to run
             raise
         except BaseException:  # cancelled mid-statement: the connection's state is unknown
-            await self.discard()
+            await self.discard(None, conn)
             raise
 
     @property
@@ -82,9 +81,14 @@ class QueueDatabase:
         """Whether the server failed lately and the next attempt must wait a while."""
         return self._conn is None and self._retry_at > time.monotonic()
 
-    async def discard(self, reason: str | None = None) -> None:
-        """Close the connection (if any); the next statement opens a new one."""
-        conn, self._conn = self._conn, None
+    async def discard(self, reason: str | None = None, conn: Connection | None = None) -> None:
+        """Close *conn* (default: the current connection); the next statement opens a new one.
+
+        A statement that failed on a connection already replaced closes only its own, never
+        the new one other tasks use.
+        """
+        if conn is None or conn is self._conn:
+            conn, self._conn = self._conn, None
         if conn is not None:
             if reason is not None:
                 logger.warning("pg_queue: %s; reconnecting", reason)
@@ -114,7 +118,6 @@ class QueueDatabase:
             self._backoff.reset()
             self._retry_at = 0.0
             self._conn = conn
-            self.opened += 1
             return conn
 
     def _failed(self, exc: BaseException) -> None:

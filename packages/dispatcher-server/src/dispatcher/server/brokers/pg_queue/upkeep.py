@@ -84,18 +84,25 @@ class Upkeep:
         next_sweep, next_purge = now + self._lease / 2, now + purge_every
         while True:
             await anyio.sleep(self._lease / 3)
-            try:
-                await self._acks.flush()
-                await self._leases.renew()
-                now = time.monotonic()
-                if now >= next_sweep:
-                    next_sweep = now + self._lease / 2
-                    await sweep(self._db.fetch, self._statements.sweep, self._stats)
-                if now >= next_purge:
-                    next_purge = now + purge_every
-                    await self.purge()
-            except FAILURES as exc:
-                self._failures.log("pg_queue: upkeep failed: %s", first_line(exc))
+            # Each step on its own: a failing flush must never cost the renewal of leases.
+            await self._attempt(self._leases.renew)
+            await self._attempt(self._acks.flush)
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + self._lease / 2
+                await self._attempt(self._sweep)
+            if now >= next_purge:
+                next_purge = now + purge_every
+                await self._attempt(self.purge)
+
+    async def _attempt(self, step: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await step()
+        except FAILURES as exc:
+            self._failures.log("pg_queue: upkeep failed: %s", first_line(exc))
+
+    async def _sweep(self) -> None:
+        await sweep(self._db.fetch, self._statements.sweep, self._stats)
 
     async def purge(self) -> None:
         """Delete old finished rows and old schedule ticks, a batch per statement."""

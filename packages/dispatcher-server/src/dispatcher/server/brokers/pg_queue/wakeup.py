@@ -54,12 +54,15 @@ class Wakeup:
     async def wait(self, timeout: float) -> None:
         """Return when woken, or after *timeout* seconds; then clear the flag."""
         now = time.monotonic()
-        if self._due <= now + timeout:
-            timeout, self._due = max(0.0, self._due - now), float("inf")
+        due = self._due
+        if due <= now + timeout:
+            timeout = max(0.0, due - now)
         with anyio.move_on_after(timeout):
             await self._event.wait()
         if self._event.is_set():
             self._event = anyio.Event()
+        if self._due == due and time.monotonic() >= due:
+            self._due = float("inf")  # that retry is ready now; a later one keeps its time
 
 
 async def listen(
