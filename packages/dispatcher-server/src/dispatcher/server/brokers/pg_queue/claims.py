@@ -80,6 +80,9 @@ class Claimer:
             wanted = min(await self._capacity.wait_free(options.prefetch), options.batch_size)
             got = 0
             try:
+                # Connecting (and waiting out a reconnect delay) may be cancelled; the claim
+                # itself may not: rows claimed are always delivered, so always settled.
+                await self._db.ready()
                 with anyio.move_on_after(CLAIM_TIMEOUT, shield=True):
                     got = self._deliver(await self._claim(wanted), deliver)
             except FAILURES as exc:

@@ -76,6 +76,13 @@ class QueueDatabase:
             await self.discard(None, conn)
             raise
 
+    async def ready(self) -> None:
+        """Open the connection now if there is none (waiting out a reconnect delay first).
+
+        :raises psycopg.Error, OSError, BrokerNotReady: as :meth:`fetch` does.
+        """
+        await self._connection()
+
     @property
     def waiting(self) -> bool:
         """Whether the server failed lately and the next attempt must wait a while."""
