@@ -167,3 +167,8 @@ def log_to(stream: TextIO, level: int, fmt: str) -> None:
     logging.basicConfig(level=level, stream=stream, format=fmt, force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_FILTER)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

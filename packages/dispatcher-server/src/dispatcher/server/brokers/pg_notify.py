@@ -29,7 +29,7 @@ from dispatcher.publish import AsyncConnectionProvider, describe_server
 from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES, is_valid_channel_name, split_message
 from dispatcher.server.backoff import Backoff
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.origin import Origin
 from dispatcher.server.stats import ServiceStats
 
@@ -59,11 +59,6 @@ async def open_connection(conninfo: str, application_name: str) -> psycopg.Async
         keepalives_interval=10,
         keepalives_count=3,
     )
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class PgNotifyBroker(BrokerBase):

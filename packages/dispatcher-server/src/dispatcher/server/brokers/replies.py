@@ -16,7 +16,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from dispatcher.server.brokers.base import Broker
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 
 logger = get_logger("dispatcher.replies")
@@ -75,7 +75,7 @@ class ReplyRouter:
             try:
                 await broker.reply(reply_to, reply)
             except Exception as exc:  # a broker's failure costs this reply only
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                reason = first_line(exc)
                 self._failures.log(
                     "could not send a control reply to %s over %s: %s",
                     reply_to,

@@ -8,7 +8,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dispatcher.server.brokers.base import Broker, Deliver
-from dispatcher.server.logsafe import Block, get_logger
+from dispatcher.server.logsafe import Block, first_line, get_logger
 
 logger = get_logger("dispatcher.brokers")
 
@@ -41,7 +41,7 @@ async def run_broker(
     try:
         await broker.run(deliver, task_status=started)
     except Exception as exc:  # a broken broker must not stop the service
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         if started.done:
             logger.error("the %s broker stopped: %s", broker.name, reason)
         else:

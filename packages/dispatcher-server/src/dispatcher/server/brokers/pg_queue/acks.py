@@ -15,11 +15,10 @@ import anyio
 import psycopg
 
 from dispatcher.server.brokers.base import Settled
-from dispatcher.server.brokers.pg_notify import first_line
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")

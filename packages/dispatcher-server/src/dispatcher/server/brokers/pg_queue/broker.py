@@ -38,7 +38,6 @@ from dispatcher.server.brokers.base import (
     Deliver,
     Settled,
 )
-from dispatcher.server.brokers.pg_notify import first_line
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.claims import Claimer, ClaimOptions
 from dispatcher.server.brokers.pg_queue.database import FAILURES, Connection, QueueDatabase, Rows
@@ -53,7 +52,7 @@ from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 

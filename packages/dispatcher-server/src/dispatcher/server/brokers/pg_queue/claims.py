@@ -19,13 +19,12 @@ import psycopg
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.server.brokers.base import Capacity, Deliver
-from dispatcher.server.brokers.pg_notify import first_line
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, receipt
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.origin import Origin
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats

@@ -19,8 +19,8 @@ import psycopg
 from dispatcher.publish import describe_server
 from dispatcher.server.backoff import Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
-from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY, first_line, open_connection
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY, open_connection
+from dispatcher.server.logsafe import first_line, get_logger
 
 logger = get_logger("dispatcher.pg_queue")
 

@@ -24,8 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from dispatcher.publish import describe_server
 from dispatcher.server.backoff import Backoff
-from dispatcher.server.brokers.pg_notify import first_line
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.stats import QueueDepth
 
 logger = get_logger("dispatcher.pg_queue.sampler")

@@ -25,10 +25,9 @@ from dispatcher.server.brokers.pg_notify import (
     FIRST_RETRY,
     HEALTHY_AFTER,
     MAX_RETRY,
-    first_line,
     open_connection,
 )
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import first_line, get_logger
 
 logger = get_logger("dispatcher.pg_queue")
 
