@@ -27,3 +27,9 @@ def stamp(path: str, sent: float) -> None:
 @task()
 def noop() -> None:
     """Do nothing: the soak benchmark counts these through the service's ``status``."""
+
+
+@task()
+def tick_sized(path: str, padding: str) -> None:
+    """:func:`tick`, with a *padding* argument that makes the message as large as wanted."""
+    tick(path)

@@ -8,6 +8,15 @@ Consumers run only during their own measurement, and the systems alternate withi
 (dispatcher 1 service, PgQueuer 1 process, dispatcher 3 services, PgQueuer 3 processes), so
 that both see the same machine; medians over ``--runs``.
 
+For dispatcher it also says where the time goes: CPU microseconds per job (user + system,
+from ``/proc/<pid>/stat``, sampled before and after each measurement) of the services' main
+processes, of their workers (every descendant of a main process), of the PostgreSQL backends
+of the benchmark's database (the services' connections, the publisher's, and the rest:
+autovacuum and the like; the benchmark's own progress polls are left out), of the publisher
+(this process, while it publishes), and of the whole machine (every CPU, whoever used it:
+on a shared machine, the part nobody above accounts for is someone else's). Rates are noisy
+on a small or busy machine; CPU per job much less so.
+
 PgQueuer is not a dependency of dispatcher: the benchmark installs it, with asyncpg, into a
 virtual environment of its own under ``.tmp/bench/`` (once; reused afterwards) and drives it
 through ``pgqueuer_side.py``: per process, ``--pgqueuer-dequeuers`` queue managers (5, as in
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,6 +55,7 @@ CACHE = HERE.parent / ".tmp" / "bench"
 PGQUEUER_VERSION = "1.6.0"
 QUEUE = "bench_durable"
 WARM_UP_JOBS = 500
+PUBLISHER_APP = "bench-publisher"
 TIMEOUT = 300.0
 
 
@@ -96,6 +107,101 @@ def drop_database(admin_dsn: str, name: str) -> None:
         )
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+"""Clock ticks per second: the unit of the CPU times in ``/proc``."""
+
+CPU_PARTS = (
+    "service main",
+    "workers",
+    "pg: services",
+    "pg: publisher",
+    "pg: other",
+    "publisher",
+    "machine",
+)
+"""The parts of a dispatcher measurement's CPU time, in the order they are printed."""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds process *pid* has used so far; ``None`` if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every CPU, every process)."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICK
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of process *pid* (read from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+class CpuSample:
+    """The CPU seconds used so far by each process of a dispatcher measurement, by part."""
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], service_pids: list[int], publisher_app: str
+    ) -> None:
+        self.machine = machine_busy_seconds()
+        self.publisher = time.process_time()
+        self.parts: dict[str, dict[int, float]] = {part: {} for part in CPU_PARTS[:5]}
+        for pid in service_pids:
+            self._add("service main", pid)
+            for child in descendants(pid):
+                self._add("workers", child)
+        query = (
+            "SELECT pid, application_name FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        for pid, name in conn.execute(query).fetchall():
+            if name.startswith("dispatcher"):
+                part = "pg: services"
+            elif name == publisher_app:
+                part = "pg: publisher"
+            else:
+                part = "pg: other"
+            self._add(part, pid)
+
+    def _add(self, part: str, pid: int) -> None:
+        seconds = cpu_seconds(pid)
+        if seconds is not None:
+            self.parts[part][pid] = seconds
+
+    def used_since(self, before: CpuSample) -> dict[str, float]:
+        """CPU seconds each part used between *before* and this sample.
+
+        A process seen only now counts whole (it started in between); one gone by now
+        counts nothing after *before* (its last moments are lost: rare, and small).
+        """
+        used = {
+            part: sum(now - before.parts[part].get(pid, 0.0) for pid, now in pids.items())
+            for part, pids in self.parts.items()
+        }
+        used["publisher"] = self.publisher - before.publisher
+        used["machine"] = self.machine - before.machine
+        return used
+
+
 class Contender(Protocol):
     """One system under test: its consumers, its producer, its idea of done."""
 
@@ -106,6 +212,9 @@ class Contender(Protocol):
     def run_jobs(self, jobs: int, batch: int) -> float: ...
 
     def stop(self) -> None: ...
+
+    def cpu(self) -> dict[str, float] | None:
+        """CPU seconds by part during the last :meth:`run_jobs`, if it measures them."""
 
 
 class DurableService(LiveService):
@@ -129,6 +238,7 @@ class Dispatcher:
         self.dsn = fresh_database(admin_dsn, "bench_durable_dispatcher")
         self.workers = workers
         self.services: list[DurableService] = []
+        self._cpu: dict[str, float] | None = None
         config = {"version": 1, "brokers": {"pg_queue": {"conninfo": self.dsn, "queues": [QUEUE]}}}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "dispatcher.yml"
@@ -142,7 +252,11 @@ class Dispatcher:
                 str(path),
             ]
             subprocess.run(command, check=True, capture_output=True, timeout=60)
-        setup(config)
+        # The publisher's connection is named, so that its backend's CPU is told apart.
+        publisher_dsn = make_conninfo(self.dsn, application_name=PUBLISHER_APP)
+        setup(
+            {"version": 1, "brokers": {"pg_queue": {"conninfo": publisher_dsn, "queues": [QUEUE]}}}
+        )
 
     def label(self, consumers: int) -> str:
         noun = "service" if consumers == 1 else "services"
@@ -157,18 +271,31 @@ class Dispatcher:
         self.run_jobs(WARM_UP_JOBS, WARM_UP_JOBS)
 
     def run_jobs(self, jobs: int, batch: int) -> float:
-        started = time.perf_counter()
-        for first in range(0, jobs, batch):
-            with batch_of_jobs():
-                for _ in range(min(batch, jobs - first)):
-                    submit_task("bench_tasks.noop", queue=QUEUE)
         open_jobs = "SELECT count(*) FROM dispatcher.jobs WHERE state IN ('queued', 'running')"
-        wait_for(lambda: scalar(self.dsn, open_jobs) == 0, TIMEOUT, "dispatcher's jobs")
-        elapsed = time.perf_counter() - started
+        with psycopg.connect(self.dsn, autocommit=True, application_name="bench-poll") as conn:
+            pids = [service.pid for service in self.services]
+            submit_task("bench_tasks.noop", queue=QUEUE)  # the publisher's connection is open
+            wait_for(lambda: _scalar(conn, open_jobs) == 0, TIMEOUT, "dispatcher's first job")
+            before = CpuSample(conn, pids, PUBLISHER_APP)
+            started = time.perf_counter()
+            for first in range(0, jobs, batch):
+                with batch_of_jobs():
+                    for _ in range(min(batch, jobs - first)):
+                        submit_task("bench_tasks.noop", queue=QUEUE)
+            published = time.process_time()
+            wait_for(lambda: _scalar(conn, open_jobs) == 0, TIMEOUT, "dispatcher's jobs")
+            elapsed = time.perf_counter() - started
+            after = CpuSample(conn, pids, PUBLISHER_APP)
+            after.publisher = published  # the publisher's work, not the polls that follow
+            self._cpu = after.used_since(before)
         failed = scalar(self.dsn, "SELECT count(*) FROM dispatcher.jobs WHERE state <> 'done'")
         if failed:
             raise SystemExit(f"{failed} dispatcher jobs did not end done")
         return elapsed
+
+    def cpu(self) -> dict[str, float] | None:
+        """CPU seconds by part during the last :meth:`run_jobs`."""
+        return self._cpu
 
     def stop(self) -> None:
         for service in self.services:
@@ -233,6 +360,10 @@ class PgQueuer:
         producer.wait(30)
         return elapsed
 
+    def cpu(self) -> dict[str, float] | None:
+        """Not measured for PgQueuer."""
+        return None
+
     def stop(self) -> None:
         for process in self.consumers:
             process.terminate()
@@ -243,6 +374,11 @@ class PgQueuer:
                 process.kill()
                 process.wait(10)
         self.consumers = []
+
+
+def _scalar(conn: psycopg.Connection[Any], query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    return None if row is None else row[0]
 
 
 def _line(process: subprocess.Popen[str]) -> str:
@@ -266,14 +402,27 @@ def pgqueuer_python(version: str) -> Path:
     return python
 
 
-def measure(contender: Contender, consumers: int, jobs: int, batch: int) -> float:
-    """Jobs per second of one measurement, consumers started and stopped around it."""
+def measure(
+    contender: Contender, consumers: int, jobs: int, batch: int
+) -> tuple[float, dict[str, float] | None]:
+    """Jobs per second of one measurement, consumers started and stopped around it, and the
+    CPU microseconds per job of each part (when the contender measures them)."""
     with tempfile.TemporaryDirectory() as tmp:
         contender.start(consumers, Path(tmp))
         try:
-            return jobs / contender.run_jobs(jobs, batch)
+            rate = jobs / contender.run_jobs(jobs, batch)
         finally:
             contender.stop()
+    cpu = contender.cpu()
+    per_job = None if cpu is None else {part: 1e6 * s / jobs for part, s in cpu.items()}
+    return rate, per_job
+
+
+def cpu_line(per_job: dict[str, float]) -> str:
+    """CPU microseconds per job, by part, on one line."""
+    parts = ", ".join(f"{part} {per_job[part]:.0f}" for part in CPU_PARTS)
+    ours = sum(per_job[part] for part in CPU_PARTS[:-1])
+    return f"CPU µs/job: {parts} (accounted {ours:.0f})"
 
 
 def main() -> None:
@@ -306,32 +455,43 @@ def main() -> None:
         flush=True,
     )
     rates: dict[tuple[str, int], list[float]] = {}
+    cpus: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
         for run in range(options.runs):
             for consumers in counts:
                 for name, contender in contenders.items():
-                    rate = measure(contender, consumers, options.jobs, options.batch)
+                    rate, cpu = measure(contender, consumers, options.jobs, options.batch)
                     rates.setdefault((name, consumers), []).append(rate)
                     print(
                         f"  run {run + 1}: {contender.label(consumers)}: {rate:,.0f} jobs/s",
                         flush=True,
                     )
+                    if cpu is not None:
+                        cpus.setdefault((name, consumers), []).append(cpu)
+                        print(f"    {cpu_line(cpu)}", flush=True)
     finally:
         for contender in contenders.values():
             contender.stop()
         for name in ("bench_durable_dispatcher", "bench_durable_pgqueuer"):
             drop_database(options.dsn, name)
-    report(counts, contenders, rates)
+    report(counts, contenders, rates, cpus)
 
 
 def report(
-    counts: list[int], contenders: dict[str, Contender], rates: dict[tuple[str, int], list[float]]
+    counts: list[int],
+    contenders: dict[str, Contender],
+    rates: dict[tuple[str, int], list[float]],
+    cpus: dict[tuple[str, int], list[dict[str, float]]],
 ) -> None:
     print("medians:")
     medians = {key: statistics.median(values) for key, values in rates.items()}
     for consumers in counts:
         for name, contender in contenders.items():
             print(f"  {contender.label(consumers):58s} {medians[name, consumers]:8,.0f} jobs/s")
+            samples = cpus.get((name, consumers))
+            if samples:
+                median = {p: statistics.median(s[p] for s in samples) for p in CPU_PARTS}
+                print(f"    {cpu_line(median)}")
         if len(contenders) == 2:
             ratio = medians["dispatcher", consumers] / medians["pgqueuer", consumers]
             print(f"  {'ratio dispatcher / PgQueuer':58s} {ratio:8.2f}x")

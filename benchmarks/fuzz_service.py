@@ -299,6 +299,8 @@ class Hostile:
                 "cancel",
                 "workers",
                 "status",
+                "main",
+                "aio_tasks",
                 "producers",
                 "chunks",
                 "set_log_level",
@@ -676,7 +678,7 @@ def run(service: LiveService, options: argparse.Namespace) -> bool:
     if after is not None:
         rejected = Counter(after["rejected"]) - Counter(before["rejected"])
         internal_errors = after["rejected"].get("internal_error", 0)
-        lost = after["workers"]["lost"]
+        lost = after["pool"]["lost"]
         finished = Counter(after["finished"]) - Counter(before["finished"])
         print("rejected by reason: " + ", ".join(f"{k} {n:,}" for k, n in rejected.most_common()))
         print(f"finished by outcome: {dict(finished)}; received {after['received']:,}")

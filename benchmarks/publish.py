@@ -2,8 +2,11 @@
 
 Run with ``hatch run bench-publish [--dsn DSN]``. Two rates per case, medians of several
 runs: *published* (until PostgreSQL has accepted every NOTIFY) and *delivered* (until a
-LISTENing connection in another process has received them all). The baseline is a bare
-``SELECT pg_notify(...)`` per message on one connection, measured in the same run.
+LISTENing connection in another process has received them all), and the sender's CPU time
+per message. The baseline is a bare ``SELECT pg_notify(...)`` per message on one connection.
+Each run measures every case in turn, and the ratio to the baseline is the median of the
+ratios within a run: on a machine shared with other work, the rates drift from one minute
+to the next, and cases measured minutes apart would not compare.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ def _count_notifies(dsn: str, channel: str, count: int, ready: Any, done: Any) -
         done.set()
 
 
-def rates(dsn: str, channel: str, count: int, send: Callable[[int], None]) -> tuple[float, float]:
-    """Messages per second (published, delivered), both from the first send.
+def rates(
+    dsn: str, channel: str, count: int, send: Callable[[int], None]
+) -> tuple[float, float, float]:
+    """Messages per second (published, delivered), both from the first send, and the
+    sender's CPU seconds per message (until published).
 
     The listener runs in its own process, so it does not compete with the sender for the GIL.
     """
@@ -46,15 +52,16 @@ def rates(dsn: str, channel: str, count: int, send: Callable[[int], None]) -> tu
     listener = context.Process(target=_count_notifies, args=(dsn, channel, count, ready, done))
     listener.start()
     ready.wait(30)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     send(count)
     published = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     done.wait(120)
     delivered = time.perf_counter() - start
     listener.join()
     if not done.is_set():
         raise SystemExit(f"only part of {count} messages arrived")
-    return count / published, count / delivered
+    return count / published, count / delivered, cpu / count
 
 
 def main() -> None:
@@ -88,18 +95,26 @@ def main() -> None:
             (".delay(), one NOTIFY each", one_per_delay, options.single),
             ("with batch(): .delay()", batched, options.batched),
         ]
-        results = {}
-        for label, send, count in cases:
-            measured = [rates(options.dsn, channel, count, send) for _ in range(options.runs)]
-            results[label] = tuple(statistics.median(m[i] for m in measured) for i in (0, 1))
+        runs: list[dict[str, tuple[float, float, float]]] = []
+        for _ in range(options.runs):
+            runs.append({label: rates(options.dsn, channel, n, send) for label, send, n in cases})
     close_connections()
 
-    baseline = results[cases[0][0]][0]
-    print(f"messages per second, median of {options.runs} runs (ratio: published vs. baseline)")
-    print(f"  {'':36s}  {'published':>10s}  {'delivered':>10s}")
-    for label, (published, delivered) in results.items():
-        ratio = published / baseline
-        print(f"  {label:36s}: {published:10,.0f}  {delivered:10,.0f}   {ratio:5.1f}x")
+    baseline = cases[0][0]
+    print(
+        f"messages per second, median of {options.runs} runs "
+        "(ratio: published vs. the baseline of the same run)"
+    )
+    print(f"  {'':36s}  {'published':>10s}  {'delivered':>10s}  {'ratio':>6s}  {'CPU/msg':>8s}")
+    for label, _, _ in cases:
+        published, delivered, cpu = (
+            statistics.median(run[label][i] for run in runs) for i in (0, 1, 2)
+        )
+        ratio = statistics.median(run[label][0] / run[baseline][0] for run in runs)
+        print(
+            f"  {label:36s}: {published:10,.0f}  {delivered:10,.0f}  {ratio:5.2f}x"
+            f"  {cpu * 1e6:5.1f} µs"
+        )
 
 
 if __name__ == "__main__":

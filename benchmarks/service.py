@@ -7,6 +7,12 @@ service's main process spent per task (read from /proc, so workers are not count
 should stay flat as the backlog grows). Then it sends single tasks to idle workers, 3 ms apart,
 and reports the NOTIFY-to-task-start latency (p50, p99) beside the floor of this
 machine: a bare NOTIFY to an asyncio listener in another process. Medians over ``--runs``.
+
+With ``--message-bytes 165,2100,7500,40000`` it measures instead what the size of a message
+costs: for each size, ``--sized-backlog`` tasks whose ``args`` are padded with a string so
+that each message's JSON text is about that many bytes (a message over the NOTIFY limit goes
+as chunk envelopes, as ``submit_task`` sends it), reporting the main-process CPU per task
+and per NOTIFY.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 import psycopg
 
 from dispatcher.config import setup
-from dispatcher.publish import batch, close_connections, submit_task
+from dispatcher.publish import batch, close_connections, prepare_submission, submit_task
 from dispatcher.schema import service_application_name
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +92,57 @@ def throughput(pid: int, folder: Path, count: int) -> tuple[float, float]:
     elapsed = time.perf_counter() - started
     cpu = cpu_seconds(pid) - cpu_before
     return count / elapsed, cpu / count * 1e6
+
+
+SIZED_TASK = "bench_tasks.tick_sized"
+
+
+def padding_for(size: int, path: Path) -> str:
+    """The padding argument that makes a task message's JSON text about *size* bytes."""
+    base = len(prepare_submission(SIZED_TASK, args=[str(path), ""]).payloads[0])
+    return "x" * max(0, size - base)
+
+
+def sized_throughput(
+    pid: int, folder: Path, count: int, size: int
+) -> tuple[float, float, int, int]:
+    """Run *count* tasks of messages of about *size* bytes.
+
+    Returns (tasks per second, main-process CPU microseconds per task, NOTIFYs per task, the
+    size of a message's JSON text).
+    """
+    path = folder / f"ticks-{uuid.uuid4().hex}"
+    path.touch()
+    padding = padding_for(size, path)
+    sample = prepare_submission(SIZED_TASK, args=[str(path), padding])
+    notifies = len(sample.payloads)
+    actual = len(json.dumps(sample.message, separators=(",", ":")))
+    cpu_before = cpu_seconds(pid)
+    started = time.perf_counter()
+    per_batch = max(1, 1000 // notifies)
+    for first in range(0, count, per_batch):
+        with batch():
+            for _ in range(min(per_batch, count - first)):
+                submit_task(SIZED_TASK, args=[str(path), padding])
+    wait_for(lambda: path.stat().st_size >= count, timeout=600)
+    elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu_before
+    return count / elapsed, cpu / count * 1e6, notifies, actual
+
+
+def report_sizes(pid: int, folder: Path, sizes: list[int], backlog: int, runs: int) -> None:
+    """Print, for each message size, the main-process CPU per task (medians of *runs*)."""
+    sized_throughput(pid, folder, 200, sizes[0])  # warm-up of the sized task
+    for size in sizes:
+        results = [sized_throughput(pid, folder, backlog, size) for _ in range(runs)]
+        rate = statistics.median(r[0] for r in results)
+        cpu = statistics.median(r[1] for r in results)
+        notifies, actual = results[0][2:]
+        print(
+            f"  message {actual:6d} B, {notifies} NOTIFY/task, backlog {backlog}: "
+            f"{rate:8,.0f} tasks/s, main-process CPU {cpu:6.1f} us/task "
+            f"({cpu / notifies:6.1f} us/NOTIFY)"
+        )
 
 
 def latencies(dsn: str, channel: str, folder: Path, count: int) -> list[float]:
@@ -148,6 +205,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--backlogs", default="1000,5000,20000")
     parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument(
+        "--message-bytes",
+        help="comma-separated message sizes in bytes (e.g. 165,2100,7500,40000): measure the "
+        "main-process CPU per task for each size, instead of the backlogs and latency",
+    )
+    parser.add_argument(
+        "--sized-backlog", type=int, default=5000, help="tasks per run with --message-bytes"
+    )
     options = parser.parse_args()
     channel = f"bench_{uuid.uuid4().hex[:12]}"
     setup(
@@ -159,6 +224,10 @@ def main() -> None:
         try:
             throughput(service.pid, folder, 200)  # warm-up: workers started, code paths hot
             print(f"dispatcher service, {options.workers} workers, medians of {options.runs} runs")
+            if options.message_bytes:
+                sizes = [int(size) for size in options.message_bytes.split(",")]
+                report_sizes(service.pid, folder, sizes, options.sized_backlog, options.runs)
+                return
             for backlog in (int(b) for b in options.backlogs.split(",")):
                 runs = [throughput(service.pid, folder, backlog) for _ in range(options.runs)]
                 rate = statistics.median(r[0] for r in runs)

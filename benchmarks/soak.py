@@ -151,7 +151,7 @@ def soak(service: LiveService, options: argparse.Namespace) -> int:
     status = service.status()
     print(f"steady phase: {elapsed:.0f} s at {rate:,.0f} tasks/s ({sent / elapsed:,.0f} achieved)")
     print(f"  tasks sent {sent:,}, run {run:,}, lost {lost:,}")
-    print(f"  finished by outcome: {status['finished']}; workers lost {status['workers']['lost']}")
+    print(f"  finished by outcome: {status['finished']}; workers lost {status['pool']['lost']}")
     main_first, main_last = memory.main[0], memory.main[-1]
     print(
         f"  main process RSS: {mib(main_first)} -> {mib(main_last)}"

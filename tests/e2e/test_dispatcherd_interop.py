@@ -4,45 +4,24 @@ from __future__ import annotations
 
 import json
 import subprocess
-import venv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from support.dispatcherd import environment
 from support.service import ServiceProcess
 
-DISPATCHERD = "dispatcherd==2026.5.27"
 
-
-@pytest.fixture(scope="module")
-def dispatcherd_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtual environment with dispatcherd from PyPI."""
-    env = tmp_path_factory.mktemp("dispatcherd") / "venv"
-    venv.create(env, with_pip=True)
-    install = subprocess.run(
-        [
-            str(env / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            DISPATCHERD,
-            "psycopg[binary]",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if install.returncode != 0:
-        pytest.skip(f"cannot install {DISPATCHERD} from the package index: {install.stderr[-500:]}")
-    return env
+@pytest.fixture
+def dispatcherd_env() -> Path:
+    """dispatcherd's virtual environment (made once for the whole suite; else the test skips)."""
+    return environment().root
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(120)
 def test_dispatcherd_dispatcherctl_alive_gets_our_reply(
     dispatcherd_env: Path,
     start_service: Callable[..., ServiceProcess],

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dispatcher.config import Settings
-from dispatcher.control import control_with_reply
+from dispatcher.control import control_with_reply, entries
 from dispatcher.publish import submit_task
 from support.service import Evidence, ServiceProcess, alive, wait_until
 from support.service import task_message as message
@@ -67,6 +67,7 @@ def test_expecting_more_replies_than_services_exits_1(
 def test_running_then_cancel_by_uuid(
     start_service: StartService,
     service_config: dict[str, Any],
+    configured: Settings,
     notify: Notify,
     channel: str,
     evidence: Evidence,
@@ -77,18 +78,42 @@ def test_running_then_cancel_by_uuid(
     listing = ctl(service.config_path, "running", "--uuid", "u-sleeper", "--json")
     assert listing.returncode == 0, listing.stderr
     [reply] = json.loads(listing.stdout)
-    assert [(t["uuid"], t["where"].startswith("worker-")) for t in reply["tasks"]] == [
-        ("u-sleeper", True)
-    ]
+    [(slot, task)] = entries(reply).items()
+    assert (slot, task["uuid"], task["where"]) == ("worker-0", "u-sleeper", "worker-0")
     refused = ctl(service.config_path, "cancel")
     assert refused.returncode == 2
-    assert "cancel needs --uuid, --task or --all" in refused.stderr
+    assert "cancel needs --uuid, --task, --args, --kwargs or --all" in refused.stderr
+    [unfiltered] = control_with_reply("cancel", {}, expected_replies=1).replies
+    assert unfiltered["error"].startswith("cancel needs a filter")
     cancelled = ctl(service.config_path, "cancel", "--uuid", "u-sleeper")
     assert cancelled.returncode == 0, cancelled.stderr
     assert "u-sleeper" in cancelled.stdout
     wait_until(lambda: any(r.get("event") == "cancelled" for r in evidence.records()), timeout=5)
     status = json.loads(ctl(service.config_path, "status", "--json").stdout)[0]
     assert status["finished"] == {"cancelled": 1}
+
+
+def test_cancel_without_a_filter_cancels_everything_when_configured(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    configured: Settings,
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["control"] = {"cancel_without_filter": "all"}
+    start_service(service_config)
+    notify(channel, message("sleep_recording_cancel", evidence.path, 30, uuid="u-a"))
+    notify(channel, message("record", evidence.path, "never", uuid="u-b", delay=60))
+    evidence.wait_for(1)
+    [reply] = control_with_reply("cancel", {"uuid": ""}, expected_replies=1).replies
+    assert sorted((key, t["uuid"]) for key, t in entries(reply).items()) == [
+        ("delayed-0", "u-b"),
+        ("worker-0", "u-a"),
+    ]
+    wait_until(lambda: any(r.get("event") == "cancelled" for r in evidence.records()), timeout=5)
+    [after] = control_with_reply("running", expected_replies=1).replies
+    assert entries(after) == {}
 
 
 def test_workers_shows_pids_that_exist(
@@ -98,12 +123,13 @@ def test_workers_shows_pids_that_exist(
     service = start_service(service_config)
     result = ctl(service.config_path, "workers", "--json")
     [reply] = json.loads(result.stdout)
-    pids = [worker["pid"] for worker in reply["workers"]]
+    pids = [worker["pid"] for worker in entries(reply).values()]
+    assert sorted(entries(reply)) == ["worker-0", "worker-1"]
     assert len(pids) == 2
     assert all(alive(pid) for pid in pids)
     table = ctl(service.config_path, "workers")
     assert table.returncode == 0
-    assert "pid" in table.stdout.splitlines()[2]
+    assert "pid" in table.stdout.splitlines()[1]
 
 
 def test_unknown_command_and_bad_control_data_get_error_replies(
@@ -116,11 +142,13 @@ def test_unknown_command_and_bad_control_data_get_error_replies(
 ) -> None:
     service = start_service(service_config)
     [unknown] = control_with_reply("no_such_command", expected_replies=1).replies
-    assert unknown["error"].startswith("unknown command 'no_such_command' (commands: alive, ")
+    assert unknown["error"].startswith(
+        "unknown command 'no_such_command' (commands: aio_tasks, alive, "
+    )
     [bad] = control_with_reply("running", {"uuid": 5}, expected_replies=1).replies
     assert (
         bad["error"]
-        == "invalid control_data for running: control_data.uuid: expected string, got integer 5"
+        == "invalid control_data for running: control_data.uuid: expected string or null, got integer 5"
     )
     [extra] = control_with_reply("workers", {"verbose": True}, expected_replies=1).replies
     assert "control_data.verbose: unknown key" in extra["error"]
@@ -143,8 +171,8 @@ def test_reply_over_8000_bytes_arrives_whole(
     submit_task(TASKS + "sleep_recording_cancel", args=[str(evidence.path), 30, big], uuid="u-big")
     evidence.wait_for(1)
     [reply] = control_with_reply("running", {"uuid": "u-big"}, expected_replies=1).replies
-    [task] = reply["tasks"]
-    assert task["message"]["args"][2] == big
+    [task] = entries(reply).values()
+    assert task["args"][2] == big
 
 
 def test_set_log_level(start_service: StartService, service_config: dict[str, Any]) -> None:
@@ -202,4 +230,7 @@ def test_dispatcherctl_says_when_no_service_is_running(
     )
     result = ctl(config, "alive")
     assert result.returncode == 1
-    assert result.stderr == "dispatcherctl: no dispatcher service is connected to the database\n"
+    assert result.stderr == (
+        "dispatcherctl: no dispatcher service is connected to the database (dispatcherd "
+        "services cannot be found there: pass --expected-replies N to wait for N replies)\n"
+    )

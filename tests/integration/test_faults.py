@@ -173,7 +173,7 @@ def check_recovery(
     assert status["listener"]["connects"] == 2
     assert status["listener"]["failures"] >= 1
     assert status["rejected"] == {}
-    assert status["workers"]["lost"] == 0
+    assert status["pool"]["lost"] == 0
     lost = sorted(set(burst.sent) - ran)
     print(
         f"\n{fault}: listening again {reconnected_at - back_at:.2f} s after the database was "

@@ -134,13 +134,13 @@ def test_a_flood_of_first_slices_keeps_memory_bounded(
             seen = (batch + 1) * per_batch
 
             def caught_up(seen: int = seen) -> dict[str, Any] | None:
-                chunks = control(service, "chunks")
-                return chunks if chunks["partial"] + chunks["evicted"] >= seen else None
+                chunks = control(service, "chunks")["status"]
+                return chunks if chunks["active_messages"] + chunks["evicted"] >= seen else None
 
             chunks = wait_until(caught_up, timeout=60, interval=0.05)
     grown = vm_rss_bytes(service.pid) - baseline
-    assert chunks["partial_bytes"] <= cap
-    assert chunks["partial"] <= 1_000
+    assert chunks["active_bytes"] <= cap
+    assert chunks["active_messages"] <= 1_000
     evicted = control(service, "status")["rejected"]["chunk_evicted"]
     assert evicted == chunks["evicted"] >= batches * per_batch - 1_100
     slack = 32 * 1024 * 1024  # decoding buffers, the allocator's own keeping

@@ -22,7 +22,8 @@ from psycopg import sql
 
 from dispatcher.config import Settings, reset, setup
 from dispatcher.publish import Job, batch, close_connections, get_job, submit_task
-from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.schema import MAX_MESSAGE_BYTES, QUEUE_WAKEUP_CHANNEL
+from dispatcher.server.brokers.pg_queue.migrations import latest_version
 from support.durable import (
     enqueue,
     job_message,
@@ -31,7 +32,7 @@ from support.durable import (
     queue_config,
     wait_for_states,
 )
-from support.queue_rows import unique_schema
+from support.queue_rows import insert_job, unique_schema
 from support.service import TASKS, Evidence, ServiceProcess, wait_until
 from support.service_tasks import DURABLE_TICKS
 
@@ -85,14 +86,15 @@ def test_migrate_twice_is_a_no_op_and_print_shows_the_sql(
     first = ctl(path, "migrate")
     assert first.returncode == 0, first.stderr
     assert f'migrated the pg_queue tables in schema "{schema}"' in first.stdout
-    assert "from version 0 to 1" in first.stdout
+    latest = latest_version()
+    assert f"from version 0 to {latest}" in first.stdout
     second = ctl(path, "migrate")
     assert second.returncode == 0, second.stderr
-    assert "are at version 1: nothing to do" in second.stdout
+    assert f"are at version {latest}: nothing to do" in second.stdout
     versions = pg_conn.execute(
-        sql.SQL("SELECT version FROM {}.migrations").format(sql.Identifier(schema))
+        sql.SQL("SELECT version FROM {}.migrations ORDER BY version").format(sql.Identifier(schema))
     ).fetchall()
-    assert versions == [(1,)]
+    assert versions == [(v,) for v in range(1, latest + 1)]
     assert "nothing to do" in ctl(path, "migrate", "--print").stdout
 
 
@@ -322,13 +324,24 @@ def test_three_thousand_jobs_stored_while_no_service_runs_run_exactly_once(
             submit_task(TASKS + "record", args=[str(evidence.path), n], queue=channel).uuid
             for n in range(3000)
         ]
-    for node in ("node-a", "node-b", "node-c"):
-        start_service(with_node_id(config, node), wait=False)
+    # They become due once the three services run, so that each gets a share however long
+    # each takes to start.
+    jobs_table = sql.Identifier(schema, "jobs")
+    pg_conn.execute(
+        sql.SQL("UPDATE {} SET run_after = now() + interval '1 hour'").format(jobs_table)
+    )
+    nodes = ("node-a", "node-b", "node-c")
+    services = [start_service(with_node_id(config, node), wait=False) for node in nodes]
+    for service in services:
+        service.wait_ready()
+    with pg_conn.transaction():
+        pg_conn.execute(sql.SQL("UPDATE {} SET run_after = now()").format(jobs_table))
+        pg_conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_WAKEUP_CHANNEL, channel))
     rows = wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=60)
     assert Counter(record["args"][0] for record in evidence.records()) == Counter(range(3000))
     assert all(row["attempts"] == 1 for row in rows)
     ran_on = Counter(row["node_id"] for row in rows)
-    assert set(ran_on) == {"node-a", "node-b", "node-c"}, ran_on
+    assert set(ran_on) == set(nodes), ran_on
 
 
 def with_node_id(config: dict[str, Any], node_id: str) -> dict[str, Any]:
@@ -347,3 +360,20 @@ def test_finished_rows_are_deleted_after_keep_finished(
     enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, "gone")])
     evidence.wait_for(1)
     wait_until(lambda: not jobs(pg_conn, schema), timeout=10)
+
+
+def test_finished_rows_of_every_final_state_are_deleted_and_the_others_kept(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str
+) -> None:
+    old = [
+        insert_job(pg_conn, schema, queue=channel, state=state, finished=60)
+        for state in ("done", "failed", "cancelled")
+    ]
+    kept = [
+        insert_job(pg_conn, schema, queue=channel, run_after=3600),  # waiting
+        insert_job(pg_conn, schema, queue=channel, state="running", attempts=1),
+    ]
+    start_service(queue_config(pg_dsn, schema, channel, keep_finished=2, lease=3))
+    wait_until(lambda: len(jobs(pg_conn, schema)) == len(kept), timeout=10)
+    assert {row["uuid"] for row in jobs(pg_conn, schema)} == set(kept)
+    assert not set(old) & {row["uuid"] for row in jobs(pg_conn, schema)}

@@ -175,11 +175,12 @@ def test_a_service_exports_the_durable_queue_families(
     queue = (("queue", channel),)
 
     def exported() -> Samples | None:
+        # A sample taken between the job's insert and its claim still counts it as ready:
+        # wait for one taken after (the sampler samples every few seconds).
         found = scrape(port)
         claimed = found.get(("dispatcher_pg_queue_claims_total", queue))
-        return (
-            found if claimed == 1 and ("dispatcher_pg_queue_ready_jobs", queue) in found else None
-        )
+        ready = found.get(("dispatcher_pg_queue_ready_jobs", queue))
+        return found if claimed == 1 and ready == 0 else None
 
     found = wait_until(exported, timeout=15)
     assert found[("dispatcher_pg_queue_delayed_jobs", queue)] == 2

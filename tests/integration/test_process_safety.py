@@ -113,7 +113,7 @@ def test_a_task_over_the_memory_limit_ends_as_memory_exceeded(
     assert not any(r.get("event") == "end" for r in records)
     reply = status(service)
     assert reply["finished"].get("memory_exceeded") == 1
-    assert reply["workers"]["lost"] == 0
+    assert reply["pool"]["lost"] == 0
 
 
 def test_a_huge_time_pub_costs_no_worker_and_serial_duplicates_still_run(
@@ -133,7 +133,7 @@ def test_a_huge_time_pub_costs_no_worker_and_serial_duplicates_still_run(
     records = evidence.wait_for(4)
     assert [r["event"] for r in records] == ["start", "end", "start", "end"]
     reply = status(service)
-    assert reply["workers"]["lost"] == 0
+    assert reply["pool"]["lost"] == 0
     assert reply["rejected"].get("internal_error", 0) == 0
     assert reply["rejected"]["invalid_message"] == 20
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import psycopg
 
+from dispatcher.config import Settings
+from dispatcher.control import control_with_reply, entries
 from dispatcher.schema import service_application_name
 from support.postgres import unique_channel
 from support.proxy import DatabaseProxy
@@ -167,6 +169,7 @@ def test_sigterm_lets_the_running_task_finish_and_exits_0(
 def test_shutdown_grace_expires_and_queued_work_is_reported(
     start_service: StartService,
     service_config: dict[str, Any],
+    configured: Settings,
     notify: Notify,
     channel: str,
     evidence: Evidence,
@@ -177,6 +180,12 @@ def test_shutdown_grace_expires_and_queued_work_is_reported(
     for n in range(3):
         notify(channel, message(RECORD, evidence.path, n, uuid=f"u-queued-{n}"))
     evidence.wait_for(1)
+
+    def queued() -> list[str]:
+        [reply] = control_with_reply("running", expected_replies=1, timeout=5).replies
+        return [t["uuid"] for key, t in entries(reply).items() if key.startswith("queued-")]
+
+    wait_until(lambda: len(queued()) == 3, timeout=10)  # every NOTIFY has been received
     processes = children(service.pid)
     started = time.monotonic()
     assert service.stop() == 0

@@ -172,7 +172,7 @@ def test_bound_task_starts_a_follow_up_task(
     records = evidence.wait_for(2)
     control = next(r for r in records if r.get("event") == "control")
     assert control["uuid"] == "u-parent"
-    assert control["reply"]["ack"] is True
+    assert control["reply"]["ack"]["task"] == TASKS + "record"
     child = next(r for r in records if r.get("args") == ["follow-up"])
     assert child["time"] >= control["time"] - 1
 
@@ -206,9 +206,8 @@ def test_bound_task_cancels_a_running_task(
     notify(channel, message("follow_up", evidence.path, "cancel", {"uuid": notify_uuid}))
     wait_until(lambda: events(evidence, "cancelled") and events(evidence, "control"), timeout=5)
     [control] = events(evidence, "control")
-    assert [(c["where"].split("-")[0], c["uuid"]) for c in control["reply"]["cancelled"]] == [
-        ("worker", notify_uuid)
-    ]
+    reply = control["reply"]
+    assert [(key.split("-")[0], c["uuid"]) for key, c in reply.items()] == [("worker", notify_uuid)]
 
 
 def test_dispatcher_exit_replaces_the_worker(
@@ -328,15 +327,15 @@ def test_delayed_tasks_can_be_listed_and_cancelled_and_are_reported_at_shutdown(
     notify(channel, message("record", evidence.path, "abandoned", delay=60, uuid="u-delayed-2"))
     notify(channel, message("follow_up", evidence.path, "running", {}))
     [listing] = evidence.wait_for(1)
-    assert sorted((t["where"], t["uuid"]) for t in listing["reply"]["tasks"]) == [
-        ("delayed", "u-delayed-1"),
-        ("delayed", "u-delayed-2"),
-        (f"worker-{listing['worker']}", listing["uuid"]),
+    assert sorted((key, t["where"], t["uuid"]) for key, t in listing["reply"].items()) == [
+        ("delayed-0", "delayed", "u-delayed-1"),
+        ("delayed-1", "delayed", "u-delayed-2"),
+        (f"worker-{listing['worker']}", f"worker-{listing['worker']}", listing["uuid"]),
     ]
     notify(channel, message("follow_up", evidence.path, "cancel", {"uuid": "u-delayed-1"}))
     cancel = evidence.wait_for(2)[1]
-    assert [(c["where"], c["uuid"]) for c in cancel["reply"]["cancelled"]] == [
-        ("delayed", "u-delayed-1")
+    assert [(key, c["uuid"]) for key, c in cancel["reply"].items()] == [
+        ("delayed-0", "u-delayed-1")
     ]
     time.sleep(2)
     assert [r for r in evidence.records() if r.get("args")] == []  # the delayed task never ran
@@ -354,6 +353,8 @@ def test_cancel_needs_a_filter(
     start_service(service_config)
     notify(channel, message("follow_up", evidence.path, "cancel", {}))
     [record] = evidence.wait_for(1)
-    assert record["reply"] == {
-        "error": "cancel needs a filter: a uuid, a task name, or both (or all: true)"
-    }
+    assert set(record["reply"]) == {"error"}
+    assert record["reply"]["error"].startswith(
+        "cancel needs a filter: uuid, task, args or kwargs (or all: true); "
+        "service.control.cancel_without_filter is 'refuse' in "
+    )

@@ -80,14 +80,14 @@ class FakeProcess:
     def __init__(self, pid: int = 4242) -> None:
         self.pid = pid
         self.lines: list[bytes] = []
-        self.signals: list[signal.Signals] = []
+        self.signals: list[int] = []
         self.partial = False
 
     def send(self, line: bytes) -> bool:
         self.lines.append(line)
         return not self.partial
 
-    def signal(self, signum: signal.Signals) -> None:
+    def signal(self, signum: int) -> None:
         self.signals.append(signum)
 
     def kill(self) -> None:
@@ -111,6 +111,13 @@ class FakeRunner:
     @property
     def is_ready(self) -> bool:
         return self.available and self.job is None
+
+    has_room = False
+    """A fake runner holds no job ahead."""
+    ahead: tuple[Job, ...] = ()
+
+    def cancel_ahead(self, job: Job, reason: Outcome = Outcome.CANCELLED) -> bool:
+        return False
 
     def run(self, job: Job) -> None:
         if not self.is_ready:

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from dispatcher.publish import DispatcherCancel, DispatcherExit, task
+from dispatcher.server.protocol import CANCEL_SIGNALS
 
 
 def _record(path: str, **fields: Any) -> None:
@@ -78,9 +79,9 @@ def stubborn_sleep(path: str, seconds: float) -> None:
 
 @task()
 def deaf_sleep(path: str, seconds: float) -> None:
-    """Ignore SIGUSR1 and SIGTERM, as code stuck in C might: only SIGKILL stops it."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Ignore cancels and SIGTERM, as code stuck in C might: only SIGKILL stops it."""
+    for signum in (signal.SIGUSR1, signal.SIGTERM, *CANCEL_SIGNALS):
+        signal.signal(signum, signal.SIG_IGN)
     _record(path, event="start")
     time.sleep(seconds)
     _record(path, event="end")

@@ -198,3 +198,24 @@ def test_surrogate_pairs_cut_across_slices_are_joined_and_lone_ones_refused() ->
     assert assembler.add({**base, "index": 1, "payload": halves[1]}) == '["\U0001f600"]'
     with pytest.raises(ChunkError, match="holds a lone surrogate"):
         assembler.add({**base, "message_id": "n", "total": 1, "index": 0, "payload": "\ud800"})
+
+
+def test_counters_and_partials_snapshot_in_dispatcherd_shape() -> None:
+    now = [100.0]
+    assembler = ChunkAssembler(clock=lambda: now[0])
+    envelopes = [json.loads(e) for e in split_message("x" * 5000, limit=2048, message_id="m1")]
+    assembler.add(envelopes[0])
+    now[0] = 102.5
+    assert assembler.partials() == {
+        "m1": {
+            "seconds_since_start": 2.5,
+            "expected_total": len(envelopes),
+            "chunks": [{"chunk_id": 0, "length": len(envelopes[0]["payload"])}],
+        }
+    }
+    for envelope in envelopes[1:]:
+        assembler.add(envelope)
+    [single] = [json.loads(e) for e in split_message("{}", message_id="m2")]
+    assert assembler.add(single) == "{}"
+    assert (assembler.received, assembler.assembled) == (len(envelopes) + 1, 2)
+    assert assembler.partials() == {}

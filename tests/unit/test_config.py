@@ -45,7 +45,7 @@ def write(path: Path, text: str) -> Path:
 
 BROKEN_CONFIGS: list[tuple[str, Any, str]] = [
     ("empty dict", {}, "config: version: is required"),
-    ("unsupported version", {"version": 2}, "config: version: must be 1, got 2"),
+    ("unsupported version", {"version": 3}, "config: version: must be 1, got 3"),
     ("version as text", {"version": "1"}, "config: version: must be 1, got '1'"),
     (
         "channel with a space",

@@ -2,25 +2,121 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dispatcher.control import ControlResult
-from dispatcher.server.ctl import render
+from dispatcher.server.ctl import _control_data, parser
+from dispatcher.server.ctl_render import render, tally
 
 
 def test_replies_cannot_start_lines_or_send_terminal_sequences() -> None:
     result = ControlResult(
-        "running",
+        "status",
         replies=[
             {
                 "node_id": "host-a\nhost-b:",
                 "note\u2028key": "value\r\x1b[2J\x00",
-                "tasks": [{"uuid": "u\nhost-c:", "task": "t\u202e", "message": {"a": "\n"}}],
+                "running": {
+                    "worker-0\n": {"uuid": "u\nhost-c:", "task": "t\u202e", "where": "worker-0"}
+                },
             }
         ],
     )
     assert render(result).splitlines() == [
         "host-a\\nhost-b::",
         "  note\\u2028key: value\\r\\x1b[2J\\x00",
-        "  tasks:",
-        "    uuid        task",
-        "    u\\nhost-c:  t\\u202e",
+        "  running:",
+        "    slot        where     uuid        task",
+        "    worker-0\\n  worker-0  u\\nhost-c:  t\\u202e",
     ]
+
+
+def test_running_and_workers_replies_are_tables_of_their_entries() -> None:
+    running = ControlResult(
+        "running",
+        replies=[
+            {
+                "node_id": "b",
+                "worker-0": {"task": "app.t", "uuid": "u1", "where": "worker-0", "args": [1]},
+                "queued-0": {"task": "app.t", "uuid": "u2", "where": "worker-0 next"},
+            },
+            {"node_id": "a"},
+            {"node_id": "c", "error": "cancel needs a filter"},
+        ],
+    )
+    assert render(running).splitlines() == [
+        "a:",
+        "  (none)",
+        "b:",
+        "  slot      where          uuid  task",
+        "  worker-0  worker-0       u1    app.t",
+        "  queued-0  worker-0 next  u2    app.t",
+        "c:",
+        "  error: cancel needs a filter",
+    ]
+    worker = {"worker_id": 3, "pid": 7, "status": "ready", "state": "busy", "current_task": "t"}
+    theirs = {"worker_id": 4, "pid": 8, "status": "ready", "current_task": None}
+    replies = [{"node_id": "a", "worker-3": worker, "worker-4": theirs}]
+    lines = render(ControlResult("workers", replies=replies)).splitlines()
+    assert lines[1].split() == [
+        "worker_id",
+        "pid",
+        "state",
+        "age",
+        "finished_count",
+        "current_task",
+        "current_task_uuid",
+        "rss_bytes",
+    ]
+    assert lines[2].split() == ["3", "7", "busy", "-", "-", "t", "-", "-"]
+    assert lines[3].split() == ["4", "8", "ready", "-", "-", "-", "-", "-"]  # a dispatcherd one
+
+
+def test_the_tally_says_how_many_replies_were_waited_for_and_why() -> None:
+    result = ControlResult("alive", replies=[{"node_id": "a"}], expected=2)
+    result.expected_nodes = ["a", "b"]
+    assert tally(result, looked_up=True) == (
+        "(1 of 2 replies: one per dispatcher service connected to the database; "
+        "dispatcherd services are not counted: --expected-replies N waits for N)"
+    )
+    assert tally(result, looked_up=False) == "(1 of 2 replies)"
+
+
+def test_a_reply_from_a_service_not_looked_up_is_unexpected() -> None:
+    result = ControlResult("alive", replies=[{"node_id": "a"}, {"node_id": "dd-1"}], expected=2)
+    assert result.unexpected == []  # nobody was looked up
+    result.expected_nodes = ["a", "b"]
+    assert (result.unexpected, result.missing) == (["dd-1"], ["b"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "data"),
+    [
+        (["running"], {}),
+        (["running", "--uuid", "u", "--args", "[1]"], {"uuid": "u", "args": [1]}),
+        (["cancel", "--kwargs", '{"a": 1}'], {"kwargs": {"a": 1}}),
+        (["cancel", "--all"], {"all": True}),
+        (["aio_tasks", "--limit", "2"], {"limit": 2}),
+        (["set_log_level", "debug"], {"level": "DEBUG"}),
+        (["set_log_level", "--level", "WARN"], {"level": "WARN"}),
+        (["set_log_level", "15"], {"level": 15}),
+        (["main"], {}),
+    ],
+)
+def test_command_line_to_control_data(argv: list[str], data: dict[str, object]) -> None:
+    assert _control_data(parser().parse_args(argv)) == data
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["running", "--args", "{}"], "expected a JSON array"),
+        (["set_log_level", "loud"], "unknown log level 'loud'"),
+    ],
+)
+def test_bad_options_are_refused_saying_why(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(argv)
+    assert said in capsys.readouterr().err

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher.schema import MAX_NESTING_DEPTH, DecodeError, decode_json, exceeds_depth
+from dispatcher.schema.decoding import _may_exceed_depth
 
 
 def nested(depth: int, opener: str = "[") -> str:
@@ -137,3 +138,49 @@ def test_depth_read_from_the_text_agrees_with_the_depth_of_the_value(
         assert caught.value.reason == "too_deep"
     else:
         assert decode_json(text, max_depth=limit) == value
+
+
+# Long texts (1024 characters and more) have their brackets looked for with str.find, short
+# ones counted: either way the answer must be the count's.
+bracket_pieces = st.sampled_from(["[", "{", "]", "}", '"', "\\", "é", "x" * 150, " " * 40])
+
+
+@settings(max_examples=500, deadline=None)
+@given(pieces=st.lists(bracket_pieces, max_size=90), limit=st.integers(0, 70))
+def test_the_bracket_prefilter_says_what_counting_the_brackets_says(
+    pieces: list[str], limit: int
+) -> None:
+    text = "".join(pieces)
+    assert _may_exceed_depth(text, limit) == (text.count("[") + text.count("{") > limit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=json_values,
+    limit=st.integers(1, 20),
+    padding=st.integers(0, 3_000),
+    first=st.booleans(),
+)
+def test_depth_of_long_texts_agrees_with_the_depth_of_the_value(
+    value: Any, limit: int, padding: int, first: bool
+) -> None:
+    # A long string beside the value: the text is long, its brackets few or many.
+    wrapped = ["y" * padding, value] if first else [value, "y" * padding]
+    text = json.dumps(wrapped)
+    if exceeds_depth(wrapped, limit):
+        with pytest.raises(DecodeError) as caught:
+            decode_json(text, max_depth=limit)
+        assert caught.value.reason == "too_deep"
+    else:
+        assert decode_json(text, max_depth=limit) == wrapped
+
+
+@pytest.mark.parametrize("brackets", [15, 16, 17, 63, 64, 65])
+def test_a_long_text_is_refused_exactly_when_too_deep(brackets: int) -> None:
+    padding = "z" * 5_000
+    text = "[" * brackets + json.dumps(padding) + "]" * brackets
+    if brackets > MAX_NESTING_DEPTH:
+        with pytest.raises(DecodeError, match="nested more than"):
+            decode_json(text)
+    else:
+        assert exceeds_depth(decode_json(text), brackets) is False

@@ -7,9 +7,11 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispatcher.publish import split_message
-from dispatcher.server.intake import Intake
+from dispatcher.server.intake import Intake, _with_uuid
 from dispatcher.server.jobs import Job
 from dispatcher.server.stats import ServiceStats
 
@@ -62,6 +64,40 @@ def test_message_without_uuid_gets_one(intake: Intake, pool: RecordingPool) -> N
     intake.receive('{"task": "app.tasks.work"}', "c")
     intake.receive('{"task": "app.tasks.work"}', "c")
     assert [sent_message(job)["uuid"] for job in pool.jobs] == ["internal-1", "internal-2"]
+
+
+def test_a_message_without_uuid_keeps_its_text_with_the_uuid_added(
+    intake: Intake, pool: RecordingPool
+) -> None:
+    payload = ' \t{ "task": "app.tasks.work", "args": [1.10, "\\u00e9é", {"k": []}] }'
+    intake.receive(payload, "c")
+    [job] = pool.jobs
+    assert job.uuid == "internal-1"
+    assert sent_message(job) == {
+        "uuid": "internal-1",
+        "task": "app.tasks.work",
+        "args": [1.1, "éé", {"k": []}],
+    }
+    # Passed through, not encoded again: the number and the escapes are as they were sent.
+    assert '"args": [1.10, "\\u00e9é", {"k": []}] }'.encode() in job.line
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    extra=st.dictionaries(
+        st.text(max_size=5).filter(lambda key: key not in ("task", "uuid")),
+        st.recursive(st.none() | st.integers() | st.text(max_size=5), st.lists, max_leaves=5),
+        max_size=4,
+    ),
+    indent=st.sampled_from([None, 0, 2]),
+    ascii_only=st.booleans(),
+)
+def test_the_uuid_added_to_any_message_text_leaves_valid_json(
+    extra: dict[str, Any], indent: int | None, ascii_only: bool
+) -> None:
+    message = {**extra, "task": "app.tasks.work"}
+    text = json.dumps(message, indent=indent, ensure_ascii=ascii_only)
+    assert json.loads(_with_uuid(text, "internal-7")) == {**message, "uuid": "internal-7"}
 
 
 @pytest.mark.parametrize(
@@ -141,6 +177,6 @@ def test_rejection_lines_are_rate_limited(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="dispatcher.intake"):
         for _ in range(1000):
-            intake.receive("garbage", "c")
+            intake.receive("garbage!", "c")
     assert stats.rejected["not_json"] == 1000
     assert len(caplog.records) <= 20

@@ -6,7 +6,6 @@ signal a cancel sends matters); time is a manual clock.
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +14,9 @@ import pytest
 from dispatcher.config import Limits
 from dispatcher.schema import Outcome
 from dispatcher.server.jobs import Job
+from dispatcher.server.protocol import CANCEL_SIGNALS
 from dispatcher.server.scheduler import Runner, Scheduler
+from dispatcher.server.settlement import ABANDONED
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.workers import WorkerHandle
 from support.scheduling import FakeProcess, FakeRunner, FakeTimers, make_job
@@ -30,10 +31,17 @@ class Rig:
     stats: ServiceStats = field(default_factory=ServiceStats)
     workers: list[Runner] = field(default_factory=list)
     backlogs: int = 0
+    settled: list[tuple[Job, str]] = field(default_factory=list)
+    """Jobs the scheduler settled itself (refused, discarded, abandoned...), with how."""
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(
-            self.limits, self.timers, self.stats, lambda: self.workers, self._backlog
+            self.limits,
+            self.timers,
+            self.stats,
+            lambda: self.workers,
+            self._backlog,
+            lambda job, outcome: self.settled.append((job, outcome)),
         )
 
     def _backlog(self) -> None:
@@ -463,8 +471,100 @@ def test_cancel_of_a_running_job_signals_its_worker_process() -> None:
     job = make_job()
     rig.scheduler.submit(job)
     assert uuids(rig.scheduler.cancel(task=job.task)) == [("worker-1", job.uuid)]
-    assert process.signals == [signal.SIGUSR1]
+    assert process.signals == [CANCEL_SIGNALS[1]]
     assert handle.finish("cancelled") == (job, Outcome.CANCELLED)
+
+
+# -- jobs held ahead ---------------------------------------------------------------------
+
+
+def pipelined_rig() -> tuple[Rig, WorkerHandle, FakeProcess]:
+    """A rig with one real worker handle that may always be sent a job ahead."""
+    timers = FakeTimers()
+    handle = WorkerHandle(1, timers, cancel_grace=5, clock=timers.clock)
+    process = FakeProcess()
+    handle.attach(process)
+    handle.ready()
+    rig = Rig(timers=timers, workers=[handle])
+    rig.scheduler.may_send_ahead = lambda worker: True
+    return rig, handle, process
+
+
+def test_a_backlog_sends_a_busy_worker_one_job_ahead_and_keeps_the_rest_in_order() -> None:
+    rig, handle, process = pipelined_rig()
+    jobs = [make_job() for _ in range(4)]
+    for job in jobs:
+        rig.scheduler.submit(job)
+    rig.scheduler.worker_free(handle)
+    assert process.lines == [jobs[0].line, jobs[1].line]
+    assert rig.scheduler.queued == 2
+    assert handle.finish("ok") == (jobs[0], Outcome.OK)
+    rig.scheduler.worker_free(handle)
+    assert process.lines == [job.line for job in jobs[:3]]
+    assert [where for where, _ in uuids(rig.scheduler.running())] == [
+        "worker-1",
+        "worker-1 next",
+        "queued",
+    ]
+
+
+def test_an_idle_worker_is_sent_one_job_at_a_time() -> None:
+    rig, handle, process = pipelined_rig()
+    rig.scheduler.worker_free(handle)
+    first, second = make_job(), make_job()
+    rig.scheduler.submit(first)
+    rig.scheduler.submit(second)  # the only worker is busy: queued, not sent ahead
+    assert process.lines == [first.line]
+    assert rig.scheduler.queued == 1
+
+
+def test_no_job_is_sent_ahead_unless_the_pool_allows_it() -> None:
+    rig, handle, process = pipelined_rig()
+    rig.scheduler.may_send_ahead = lambda worker: False
+    jobs = [make_job() for _ in range(3)]
+    for job in jobs:
+        rig.scheduler.submit(job)
+    rig.scheduler.worker_free(handle)
+    assert process.lines == [jobs[0].line]
+
+
+def test_cancel_reaches_a_job_held_ahead() -> None:
+    rig, handle, process = pipelined_rig()
+    running, held = make_job(), make_job()
+    rig.scheduler.submit(running)
+    rig.scheduler.submit(held)
+    rig.scheduler.worker_free(handle)
+    assert uuids(rig.scheduler.cancel(uuid=held.uuid)) == [("worker-1 next", held.uuid)]
+    assert process.signals == [CANCEL_SIGNALS[2]]
+    assert handle.finish("ok") == (running, Outcome.OK)
+    assert handle.finish("cancelled") == (held, Outcome.CANCELLED)
+
+
+def test_jobs_given_back_by_a_lost_worker_run_first_on_the_next_free_one() -> None:
+    rig, handle, _ = pipelined_rig()
+    jobs = [make_job() for _ in range(3)]
+    for job in jobs:
+        rig.scheduler.submit(job)
+    rig.scheduler.worker_free(handle)
+    handle.exited()
+    rig.scheduler.forget(handle)
+    rig.scheduler.put_back(handle.take_ahead())
+    assert rig.scheduler.queued == 2
+    worker = rig.runner()
+    assert worker.ran == [jobs[1]]
+
+
+def test_jobs_given_back_after_close_are_abandoned() -> None:
+    rig, handle, _ = pipelined_rig()
+    for _ in range(2):
+        rig.scheduler.submit(make_job())
+    rig.scheduler.worker_free(handle)
+    rig.scheduler.close()
+    handle.exited()
+    held = handle.take_ahead()
+    rig.scheduler.put_back(held)
+    assert rig.scheduler.queued == 0
+    assert (held[0], ABANDONED) in rig.settled
 
 
 # -- closing ---------------------------------------------------------------------------

@@ -41,6 +41,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+
+
 class ScriptedWorker(WorkerProcess):
     """A worker process whose events the test writes and whose end the test decides."""
 
@@ -51,7 +58,7 @@ class ScriptedWorker(WorkerProcess):
         super().__init__(10_000 + worker_id, self._end_read, ours)
         self.worker_id = worker_id
         self.lines: list[bytes] = []
-        self.signals: list[signal.Signals] = []
+        self.signals: list[int] = []
         self.ignores_sigterm = False
         self._launcher = launcher
 
@@ -64,9 +71,9 @@ class ScriptedWorker(WorkerProcess):
             self._launcher.note(self.worker_id, "line")
         return True
 
-    def signal(self, signum: signal.Signals) -> None:
+    def signal(self, signum: int) -> None:
         self.signals.append(signum)
-        self._launcher.note(self.worker_id, signum.name)
+        self._launcher.note(self.worker_id, _signal_name(signum))
         if signum is not signal.SIGTERM or not self.ignores_sigterm:
             self.end()
 
@@ -214,6 +221,46 @@ async def test_a_worker_that_dies_loses_its_task_and_is_replaced() -> None:
         assert pool.stats.workers_lost == 1
         pool.p[1].ready()
         await pool.launcher.until(lambda: pool.p[1].running(queued))
+
+
+@pytest.mark.anyio
+async def test_a_worker_busy_with_a_quick_task_is_sent_the_next_job_ahead() -> None:
+    async with running_pool(1) as pool:
+        jobs = [make_job() for _ in range(4)]
+        for job in jobs:
+            pool.scheduler.submit(job)
+        pool.p[0].ready()
+        await pool.launcher.until(lambda: pool.p[0].running(jobs[0]))
+        assert not pool.p[0].running(jobs[1])  # its task's pace is not known yet
+        pool.p[0].done()
+        await pool.launcher.until(lambda: pool.p[0].running(jobs[2]))  # 1 runs, 2 held ahead
+        pool.p[0].done()
+        await pool.launcher.until(lambda: pool.p[0].running(jobs[3]))
+        for _ in range(2):
+            pool.p[0].done()
+        await pool.launcher.settle(pool.p[0])
+        assert pool.stats.finished == {Outcome.OK: 4}
+        assert sum(line.startswith(b'{"op":"run"') for line in pool.p[0].lines) == 4
+
+
+@pytest.mark.anyio
+async def test_a_job_held_ahead_by_a_worker_that_dies_runs_on_its_replacement() -> None:
+    async with running_pool(1) as pool:
+        warm_up, lost, held = make_job(), make_job(), make_job()
+        for job in (warm_up, lost, held):
+            pool.scheduler.submit(job)
+        pool.p[0].ready()
+        await pool.launcher.until(lambda: pool.p[0].running(warm_up))
+        pool.p[0].done()
+        await pool.launcher.until(lambda: pool.p[0].running(held))
+        pool.p[0].end()  # it dies running `lost`; `held` never started
+        await pool.launcher.until(lambda: len(pool.p) == 2)
+        assert pool.stats.finished == {Outcome.OK: 1, Outcome.WORKER_LOST: 1}
+        pool.p[1].ready()
+        await pool.launcher.until(lambda: pool.p[1].running(held))
+        pool.p[1].done()
+        await pool.launcher.settle(pool.p[1])
+        assert pool.stats.finished == {Outcome.OK: 2, Outcome.WORKER_LOST: 1}
 
 
 @pytest.mark.anyio

@@ -9,14 +9,16 @@ import pytest
 
 from dispatcher.schema import Outcome
 from dispatcher.server import memory
-from dispatcher.server.protocol import STOP_LINE
+from dispatcher.server.protocol import CANCEL_SIGNALS, PIPELINE_DEPTH, STOP_LINE
 from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
 from support.scheduling import FakeProcess, FakeTimers, make_job
 
 GRACE = 2.0
 """``cancel_grace`` of the handles here."""
 
-SIGUSR1, SIGTERM, SIGKILL = signal.SIGUSR1, signal.SIGTERM, signal.SIGKILL
+SIGTERM, SIGKILL = signal.SIGTERM, signal.SIGKILL
+CANCEL_1, CANCEL_2, CANCEL_3 = CANCEL_SIGNALS[1], CANCEL_SIGNALS[2], CANCEL_SIGNALS[3]
+"""The signals that cancel a worker's first, second and third run requests."""
 
 
 @pytest.fixture
@@ -85,13 +87,21 @@ def test_run_on_a_starting_worker_is_refused(timers: FakeTimers) -> None:
         new_handle(timers).run(make_job())
 
 
-def test_run_on_a_busy_worker_is_refused(ready: WorkerHandle, process: FakeProcess) -> None:
+def test_run_on_a_busy_worker_without_room_is_refused(
+    ready: WorkerHandle, process: FakeProcess
+) -> None:
     first = make_job()
     ready.run(first)
+    held = [make_job() for _ in range(PIPELINE_DEPTH)]
+    for job in held:
+        assert ready.has_room
+        ready.run(job)
+    assert not ready.has_room
     with pytest.raises(RuntimeError, match="cannot run a job"):
         ready.run(make_job())
     assert ready.job is first
-    assert process.lines == [first.line]
+    assert list(ready.ahead) == held
+    assert process.lines == [first.line] + [job.line for job in held]
 
 
 def test_run_on_a_stopping_or_exited_worker_is_refused(ready: WorkerHandle) -> None:
@@ -233,7 +243,7 @@ def test_a_cancelled_report_after_a_cancel_is_cancelled(
     job = make_job()
     ready.run(job)
     ready.cancel()
-    assert process.signals == [SIGUSR1]
+    assert process.signals == [CANCEL_1]
     assert ready.finish("cancelled") == (job, Outcome.CANCELLED)
 
 
@@ -249,7 +259,7 @@ def test_a_task_that_completes_despite_its_cancel_keeps_its_own_outcome(
 # -- timeouts, cancels and their escalation ----------------------------------------------
 
 
-def test_a_timeout_cancels_the_task_with_sigusr1(
+def test_a_timeout_cancels_the_task_with_its_cancel_signal(
     ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
 ) -> None:
     job = make_job(timeout=3)
@@ -257,10 +267,10 @@ def test_a_timeout_cancels_the_task_with_sigusr1(
     timers.advance(2.75)
     assert process.signals == []
     timers.advance(0.25)
-    assert process.signals == [SIGUSR1]
+    assert process.signals == [CANCEL_1]
     assert ready.finish("cancelled") == (job, Outcome.TIMEOUT)
     timers.advance(60)  # no escalation for a task that stopped in time
-    assert process.signals == [SIGUSR1]
+    assert process.signals == [CANCEL_1]
     assert ready.status is WorkerStatus.READY
 
 
@@ -271,14 +281,14 @@ def test_a_timeout_escalates_to_sigterm_then_sigkill(
     ready.run(job)
     timers.advance(3)
     timers.advance(GRACE - 0.25)
-    assert process.signals == [SIGUSR1]
+    assert process.signals == [CANCEL_1]
     timers.advance(0.25)
-    assert process.signals == [SIGUSR1, SIGTERM]
+    assert process.signals == [CANCEL_1, SIGTERM]
     assert ready.status is WorkerStatus.STOPPING
     timers.advance(KILL_AFTER_TERM - 0.25)
-    assert process.signals == [SIGUSR1, SIGTERM]
+    assert process.signals == [CANCEL_1, SIGTERM]
     timers.advance(0.25)
-    assert process.signals == [SIGUSR1, SIGTERM, SIGKILL]
+    assert process.signals == [CANCEL_1, SIGTERM, SIGKILL]
     assert ready.exited() == (job, Outcome.KILLED, True)
 
 
@@ -288,11 +298,11 @@ def test_a_task_that_stops_after_sigterm_is_not_sigkilled(
     job = make_job(timeout=1)
     ready.run(job)
     timers.advance(1 + GRACE)
-    assert process.signals == [SIGUSR1, SIGTERM]
+    assert process.signals == [CANCEL_1, SIGTERM]
     assert ready.finish("cancelled") == (job, Outcome.TIMEOUT)
     assert ready.status is WorkerStatus.STOPPING  # the worker is on its way out anyway
     timers.advance(KILL_AFTER_TERM)
-    assert process.signals == [SIGUSR1, SIGTERM]
+    assert process.signals == [CANCEL_1, SIGTERM]
 
 
 def test_a_cancel_escalates_like_a_timeout(
@@ -302,7 +312,7 @@ def test_a_cancel_escalates_like_a_timeout(
     ready.run(job)
     ready.cancel()
     timers.advance(GRACE + KILL_AFTER_TERM)
-    assert process.signals == [SIGUSR1, SIGTERM, SIGKILL]
+    assert process.signals == [CANCEL_1, SIGTERM, SIGKILL]
     assert ready.exited() == (job, Outcome.KILLED, True)
 
 
@@ -329,7 +339,7 @@ def test_an_escalation_does_not_hit_the_next_task(
     following = make_job()
     ready.run(following)
     timers.advance(GRACE + KILL_AFTER_TERM)
-    assert process.signals == [SIGUSR1]
+    assert process.signals == [CANCEL_1]
     assert ready.finish("ok") == (following, Outcome.OK)
 
 
@@ -340,7 +350,7 @@ def test_a_second_cancel_sends_no_second_signal_and_keeps_the_first_reason(
     ready.run(job)
     timers.advance(1)
     ready.cancel(Outcome.CANCELLED)
-    assert process.signals == [SIGUSR1]
+    assert process.signals == [CANCEL_1]
     assert ready.finish("cancelled") == (job, Outcome.TIMEOUT)
 
 
@@ -409,3 +419,92 @@ def test_memory_check_spares_workers_under_the_limit_unreadable_or_stopping(
     memory.check(handles, limit=1000)
     assert [p.signals for p in (small, big, unreadable, stopping)] == [[], [SIGKILL], [], []]
     assert handles[1].exited() == (None, None, True)
+
+
+# -- jobs held ahead ---------------------------------------------------------------------
+
+
+def test_a_job_held_ahead_runs_when_the_current_one_ends_and_its_timeout_starts_then(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    first, held = make_job(), make_job(timeout=1)
+    ready.run(first)
+    ready.run(held)
+    timers.advance(5)  # the held job's clock has not started: no cancel
+    assert process.signals == []
+    assert ready.finish("ok") == (first, Outcome.OK)
+    assert ready.status is WorkerStatus.BUSY
+    assert ready.job is held
+    assert not ready.ahead
+    timers.advance(1)
+    assert process.signals == [CANCEL_2]
+    assert ready.finish("cancelled") == (held, Outcome.TIMEOUT)
+    assert ready.is_ready
+
+
+def test_cancelling_a_held_job_signals_its_own_request_and_it_ends_cancelled(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    first, held = make_job(), make_job()
+    ready.run(first)
+    ready.run(held)
+    assert ready.cancel_ahead(held)
+    assert ready.cancel_ahead(held)  # once signalled is enough
+    assert process.signals == [CANCEL_2]
+    assert not ready.cancel_ahead(make_job())
+    assert ready.finish("ok") == (first, Outcome.OK)
+    assert ready.finish("cancelled") == (held, Outcome.CANCELLED)
+
+
+def test_a_held_job_that_was_cancelled_and_still_runs_gets_its_worker_terminated(
+    ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
+) -> None:
+    ready.run(make_job())
+    held = make_job()
+    ready.run(held)
+    ready.cancel_ahead(held)
+    ready.finish("ok")
+    timers.advance(GRACE)
+    assert process.signals == [CANCEL_2, SIGTERM]
+
+
+def test_cancelling_the_running_job_after_some_ran_names_its_request(
+    ready: WorkerHandle, process: FakeProcess
+) -> None:
+    for _ in range(2):
+        ready.run(make_job())
+        ready.finish("ok")
+    ready.run(make_job())
+    ready.run(make_job())  # held ahead: request 4
+    ready.cancel()
+    assert process.signals == [CANCEL_3]
+
+
+def test_a_worker_that_dies_gives_back_its_held_jobs_not_started(
+    ready: WorkerHandle, process: FakeProcess
+) -> None:
+    running, held = make_job(), make_job()
+    ready.run(running)
+    ready.run(held)
+    assert ready.exited()[:2] == (running, Outcome.WORKER_LOST)
+    assert ready.take_ahead() == [held]
+    assert ready.take_ahead() == []
+
+
+def test_a_worker_killed_or_exiting_does_not_start_its_held_job(
+    ready: WorkerHandle, timers: FakeTimers
+) -> None:
+    ready.run(make_job())
+    held = make_job()
+    ready.run(held)
+    ready.finish("exit")  # DispatcherExit: the worker exits after this task
+    assert ready.job is None
+    assert list(ready.ahead) == [held]
+    other = new_handle(timers, FakeProcess())
+    other.ready()
+    other.run(make_job())
+    other.run(make_job())
+    other.kill(Outcome.MEMORY_EXCEEDED)
+    other.finish("ok")
+    assert other.job is None
+    assert len(other.take_ahead()) == 1

@@ -6,14 +6,21 @@ Call :func:`setup` once at start-up::
     setup(file_path="dispatcher.yml")
 
 Without arguments (or on first use, without :func:`setup`), the config is read from the file
-named by ``$DISPATCHER_CONFIG_FILE``, else from ``./dispatcher.yml``. Every problem is
-reported as a :class:`ConfigError` (a :class:`DispatcherError`) naming the file, the location
-and the reason.
+named by ``$DISPATCHER_CONFIG_FILE``, else by ``$DISPATCHERD_CONFIG_FILE``, else from
+``./dispatcher.yml``. Every problem is reported as a :class:`ConfigError` (a
+:class:`DispatcherError`) naming the file, the location and the reason. dispatcherd's config
+layout (``version: 2``) is read too, translated; what has no equivalent is listed in
+:attr:`Settings.warnings`.
 """
 
 from dispatcher.config.current import get_settings, is_setup, reset, setup
 from dispatcher.config.errors import ConfigError, NotConfiguredError
-from dispatcher.config.loading import CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE, load_settings
+from dispatcher.config.loading import (
+    CONFIG_FILE_ENV,
+    DEFAULT_CONFIG_FILE,
+    DISPATCHERD_CONFIG_FILE_ENV,
+    load_settings,
+)
 from dispatcher.config.plugins import BrokerPlugin, PluginError, installed_plugins, load_plugin
 from dispatcher.config.security import Security, SigningKey
 from dispatcher.config.settings import (
@@ -29,6 +36,7 @@ from dispatcher.config.settings import (
     Publish,
     ScheduledTask,
     Service,
+    ServiceControl,
     Settings,
     SocketBroker,
     TaskOptions,
@@ -40,6 +48,7 @@ from dispatcher.schema import DispatcherError
 __all__ = [
     "CONFIG_FILE_ENV",
     "DEFAULT_CONFIG_FILE",
+    "DISPATCHERD_CONFIG_FILE_ENV",
     "BrokerName",
     "BrokerPlugin",
     "Brokers",
@@ -58,6 +67,7 @@ __all__ = [
     "ScheduledTask",
     "Security",
     "Service",
+    "ServiceControl",
     "Settings",
     "SigningKey",
     "SocketBroker",

@@ -20,7 +20,8 @@ def setup(
     """Load, validate and install the config for this process; return it.
 
     *config* is a dict in the shape of ``dispatcher.yml``; *file_path* a YAML file. With
-    neither, ``$DISPATCHER_CONFIG_FILE`` names the file, else ``./dispatcher.yml`` is read.
+    neither, ``$DISPATCHER_CONFIG_FILE`` names the file, else ``$DISPATCHERD_CONFIG_FILE``,
+    else ``./dispatcher.yml`` is read. A dispatcherd config (``version: 2``) is translated.
     Calling it again replaces the config.
 
     :raises ConfigError: when the config is missing, unreadable or invalid (the config in

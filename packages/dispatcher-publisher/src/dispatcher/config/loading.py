@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dispatcher.config import legacy, plugins
+from dispatcher.config import dispatcherd_layout, legacy, plugins
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.security import hide_secret, load_security
 from dispatcher.config.settings import Settings, settings_from_document
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 
 CONFIG_FILE_ENV: Final = "DISPATCHER_CONFIG_FILE"
 """Environment variable naming the config file when none is given explicitly."""
+
+DISPATCHERD_CONFIG_FILE_ENV: Final = "DISPATCHERD_CONFIG_FILE"
+"""dispatcherd's variable naming its config file: read when :data:`CONFIG_FILE_ENV` is not
+set, so that a dispatcherd deployment finds its file unchanged."""
 
 DEFAULT_CONFIG_FILE: Final = "dispatcher.yml"
 """File looked for in the working directory as the last resort."""
@@ -36,7 +41,10 @@ def load_settings(
     """Load and validate a config without installing it.
 
     The first of these is used: *config*, *file_path*, the file named by
-    ``$DISPATCHER_CONFIG_FILE``, ``./dispatcher.yml``.
+    ``$DISPATCHER_CONFIG_FILE``, the file named by ``$DISPATCHERD_CONFIG_FILE``,
+    ``./dispatcher.yml``. Besides version 1, the unversioned layout and dispatcherd's layout
+    (``version: 2``) are read, translated; what the translation drops is logged as warnings
+    and listed in :attr:`Settings.warnings`.
 
     :raises ConfigError: when the config is missing, unreadable or invalid.
     """
@@ -45,7 +53,9 @@ def load_settings(
     if config is not None:
         return settings_from_data(DICT_SOURCE, config)
     if file_path is None:
-        file_path = os.environ.get(CONFIG_FILE_ENV) or None
+        file_path = (
+            os.environ.get(CONFIG_FILE_ENV) or os.environ.get(DISPATCHERD_CONFIG_FILE_ENV) or None
+        )
     if file_path is None:
         if not Path(DEFAULT_CONFIG_FILE).is_file():
             raise NotConfiguredError
@@ -92,9 +102,9 @@ def _yaml_problem(exc: MarkedYAMLError) -> str:
 
 
 def settings_from_data(source: str, data: Any) -> Settings:
-    """Validate a config document (translating the unversioned layout) into settings.
+    """Validate a config document (translating an older or dispatcherd layout) into settings.
 
-    :raises ConfigError: listing every problem, each with its location.
+    :raises ConfigError: listing every problem, each with its location as written.
     """
     if data is None:
         raise ConfigError(source, ["the config is empty; it needs at least 'version: 1'"])
@@ -103,9 +113,20 @@ def settings_from_data(source: str, data: Any) -> Settings:
             source, [f"the config must be a mapping of sections, not {json_type_name(data)}"]
         )
     paths = legacy.PathMap()
+    found: list[Problem] = []  # by the translation, located as written
+    notes: list[Problem] = []
     if legacy.is_unversioned(data):
         logger.info("%s: translating the unversioned config layout into version 1", source)
         data, paths = legacy.translate(data)
+    elif dispatcherd_layout.is_dispatcherd(data):
+        logger.info("%s: translating dispatcherd's config layout into version 1", source)
+        translation = dispatcherd_layout.translate(data)
+        data, paths = translation.document, translation.paths
+        found, notes = translation.problems, translation.warnings
+    notes = sorted(set(notes), key=lambda p: p.sort_key)
+    for note in notes:  # location and reason apart: a log handler may cut each long argument
+        logger.warning("%s: %s%s", source, f"{note.location}: " if note.path else "", note.reason)
+    warnings = tuple(_note(p) for p in notes)
     document = _plain(data)
     checked, plugin_problems = plugins.without_plugin_sections(document)
     config_validator = validator("config")
@@ -115,10 +136,22 @@ def settings_from_data(source: str, data: Any) -> Settings:
     security = None
     if not problems:
         security, problems = load_security(document.get("security", {}))
-    if problems:
-        as_written = [Problem(paths.original(p.path), p.reason) for p in problems]
+    if problems or found:
+        as_written = {Problem(paths.original(p.path), p.reason) for p in problems}
+        # What the translation found is more precise than validation's view of its result.
+        as_written = {p for p in as_written if not any(_within(f.path, p.path) for f in found)}
+        as_written.update(found)
         raise ConfigError(source, [str(p) for p in sorted(as_written, key=lambda p: p.sort_key)])
-    return settings_from_document(source, document, security)
+    settings = settings_from_document(source, document, security)
+    return dataclasses.replace(settings, warnings=warnings) if warnings else settings
+
+
+def _within(path: tuple[Any, ...], ancestor: tuple[Any, ...]) -> bool:
+    return path[: len(ancestor)] == ancestor
+
+
+def _note(problem: Problem) -> str:
+    return str(problem) if problem.path else problem.reason
 
 
 def _plain(data: Any) -> Any:

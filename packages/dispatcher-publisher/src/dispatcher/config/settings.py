@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from dispatcher.config.security import Security
 from dispatcher.schema import OnDuplicate
@@ -140,6 +140,9 @@ class Pool:
     scaledown_wait: float = 15
     max_worker_lifetime: float | None = 14400
     max_tasks_per_worker: int | None = None
+    hold_ahead_below: float = 0.002
+    """A busy worker is sent the next job ahead while a backlog exists only when its task
+    has lately run for less than this many seconds; ``0`` never sends jobs ahead."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ServiceControl:
+    """``service.control``: how the service answers control commands."""
+
+    cancel_without_filter: Literal["refuse", "all"] = "refuse"
+    """What ``cancel`` with no filter does: ``refuse`` (an error reply), or cancel ``all``
+    tasks, as dispatcherd does."""
+
+
+@dataclass(frozen=True)
 class Service:
     """``service``: the service process."""
 
@@ -179,6 +191,7 @@ class Service:
     chunk_expiry: float = 1800
     metrics: Metrics | None = None
     limits: Limits = field(default_factory=Limits)
+    control: ServiceControl = field(default_factory=ServiceControl)
 
 
 @dataclass(frozen=True)
@@ -248,6 +261,9 @@ class Settings:
     publish: Publish = field(default_factory=Publish)
     security: Security = field(default_factory=Security)
     version: int = 1
+    warnings: tuple[str, ...] = ()
+    """What loading noted without refusing the config, one ``location: note`` each: keys of
+    dispatcherd's layout dropped for want of an equivalent, and the like (also logged)."""
 
 
 def settings_from_document(
@@ -282,10 +298,15 @@ def settings_from_document(
         ),
         tasks=Tasks(modules=tuple(document.get("tasks", {}).get("modules", ()))),
         service=Service(
-            **{k: v for k, v in service.items() if k not in {"pool", "metrics", "limits"}},
+            **{
+                k: v
+                for k, v in service.items()
+                if k not in {"pool", "metrics", "limits", "control"}
+            },
             pool=Pool(**service.get("pool", {})),
             metrics=None if metrics is None else Metrics(**metrics),
             limits=Limits(**service.get("limits", {})),
+            control=ServiceControl(**service.get("control", {})),
         ),
         producers=Producers(
             scheduled=_entries(producers.get("scheduled", {}), ScheduledTask),

@@ -2,17 +2,28 @@
 
 ::
 
-    from dispatcher.control import control_with_reply
+    from dispatcher.control import control_with_reply, entries
 
     result = control_with_reply("running", {"task": "myapp.tasks.send_email"})
     for reply in result.replies:
-        print(reply["node_id"], reply["tasks"])
+        for slot, task in entries(reply).items():   # "worker-0", "queued-2", ...
+            print(reply["node_id"], slot, task["uuid"], task.get("where"))
     if result.missing:
         print("no answer from", result.missing)
+
+Replies have dispatcherd's shapes (see ``docs/control.md``), so code written for
+dispatcherd's ``Control`` reads them too.
 """
 
 from dispatcher.control.client_async import acontrol, acontrol_with_reply
 from dispatcher.control.client_sync import control, control_with_reply
-from dispatcher.control.result import ControlResult
+from dispatcher.control.result import ControlResult, entries
 
-__all__ = ["ControlResult", "acontrol", "acontrol_with_reply", "control", "control_with_reply"]
+__all__ = [
+    "ControlResult",
+    "acontrol",
+    "acontrol_with_reply",
+    "control",
+    "control_with_reply",
+    "entries",
+]

@@ -11,17 +11,21 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from dispatcher.control.local import control_payloads
 from dispatcher.control.result import ControlResult
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.routing import control_broker
 from dispatcher.publish.signing import signed, signing_key
-from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES, split_message, validator
+from dispatcher.schema import validator
 
 
 async def acontrol(
     command: str, data: Mapping[str, Any] | None = None, *, queue: str | None = None
 ) -> None:
-    """Send a control command without waiting for replies."""
+    """Send a control command without waiting for replies.
+
+    A message over one NOTIFY (over the socket: over 1 kB) goes in chunk envelopes.
+    """
     message = _message(command, data, reply_to=None)
     text = _text(message)
     broker = control_broker()
@@ -32,8 +36,7 @@ async def acontrol(
             f"cannot send control commands: no channel; set brokers.{broker.name}.{hint}, "
             "or pass queue=..."
         )
-    payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
-    await broker.asend([(queue, payload) for payload in payloads])
+    await broker.asend([(queue, payload) for payload in control_payloads(text, broker)])
 
 
 async def acontrol_with_reply(
@@ -49,12 +52,18 @@ async def acontrol_with_reply(
     Without *expected_replies*, the services connected to the database are looked up first
     (each service names its connection after its node id) and the call waits for exactly
     those, up to *timeout* seconds; :attr:`ControlResult.missing` names any that did not
-    answer.
+    answer. dispatcherd services cannot be found that way (their connections bear no
+    name): to hear from them too, pass *expected_replies*.
 
     With ``publish.default_control_broker: socket`` (the default when ``brokers.socket`` is
     configured), the command goes to the local service over its socket, without the
-    database, and one reply is expected. Through another broker (a plug-in's), that broker
-    says how many replies to wait for.
+    database, and one reply is expected; the socket speaks dispatcherd's format (see
+    :mod:`dispatcher.control.local`), so a dispatcherd service answers there too. Through
+    another broker (a plug-in's), that broker says how many replies to wait for.
+
+    A command over one NOTIFY goes in chunk envelopes, and replies that come in chunk
+    envelopes are joined; a reply that is not one (or whose envelopes never all came) is
+    noted in :attr:`ControlResult.skipped`.
 
     :raises InvalidSubmission: when the command name or data cannot be sent.
     :raises BrokerUnavailable: when the database (or the socket) cannot be reached.
@@ -70,6 +79,7 @@ async def acontrol_with_reply(
         expected_replies=expected_replies,
         timeout=timeout,
     )
+    result.finish()
     return result
 
 

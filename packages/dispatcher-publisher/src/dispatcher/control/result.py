@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.schema import DecodeError, DispatcherError, decode_json, matches_node_id, validator
+from dispatcher.schema import (
+    CHUNK_KEY,
+    MAX_MESSAGE_BYTES,
+    ChunkAssembler,
+    ChunkError,
+    DecodeError,
+    DispatcherError,
+    decode_json,
+    is_chunk,
+    matches_node_id,
+    validator,
+)
 
 logger = logging.getLogger("dispatcher.control")
 
 
 @dataclass
 class ControlResult:
-    """The replies to one control request, and who did not answer."""
+    """The replies to one control request, and who did not answer.
+
+    It also behaves as the list of :attr:`replies`, as dispatcherd's control calls return
+    one: ``len()``, iteration, indexing, ``in``, and equality with a list. Like an empty
+    list, it is false when no reply came.
+    """
 
     command: str
     replies: list[dict[str, Any]] = field(default_factory=list)
@@ -26,7 +43,9 @@ class ControlResult:
     :data:`~dispatcher.schema.MAX_WHOLE_NODE_ID_BYTES`."""
     skipped: list[str] = field(default_factory=list)
     """Why payloads on the reply channel were not taken as replies (not JSON, nested too
-    deeply, not a control reply): anyone may NOTIFY that channel."""
+    deeply, not a control reply, an invalid chunk envelope): anyone may NOTIFY that
+    channel."""
+    _chunks: ReplyChunks = field(init=False, repr=False, compare=False)
 
     @property
     def missing(self) -> list[str]:
@@ -38,14 +57,86 @@ class ControlResult:
             if not any(matches_node_id(node, reply) for reply in answered)
         ]
 
+    @property
+    def unexpected(self) -> list[str]:
+        """Node ids that answered without being among :attr:`expected_nodes`.
+
+        Empty when the services were not looked up. A dispatcherd service answers too, but
+        cannot be found in the database beforehand (its connections bear no name).
+        """
+        if not self.expected_nodes:
+            return []
+        answered = [str(reply.get("node_id")) for reply in self.replies]
+        return [
+            node
+            for node in answered
+            if not any(matches_node_id(seen, node) for seen in self.expected_nodes)
+        ]
+
+    def __post_init__(self) -> None:
+        self._chunks = ReplyChunks()
+
+    def __len__(self) -> int:
+        """How many replies came."""
+        return len(self.replies)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Iterate over the replies."""
+        return iter(self.replies)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """The reply at *index* (a slice gives a list of replies)."""
+        return self.replies[index]
+
+    def __contains__(self, reply: object) -> bool:
+        """Tell whether *reply* is among the replies."""
+        return reply in self.replies
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a list holding the same replies, or to a result with the same fields."""
+        if isinstance(other, list):
+            return self.replies == other
+        if isinstance(other, ControlResult):
+            return (
+                self.command,
+                self.replies,
+                self.expected,
+                self.expected_nodes,
+                self.skipped,
+            ) == (other.command, other.replies, other.expected, other.expected_nodes, other.skipped)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
     def add(self, payload: str | bytes) -> None:
-        """Take one payload from the reply channel: a reply, or a note in :attr:`skipped`."""
+        """Take one payload from the reply channel: a reply, or a note in :attr:`skipped`.
+
+        A reply may come cut into chunk envelopes (dispatcherd's format, over the socket
+        beyond 1 kB, over pg_notify beyond 8 kB): each envelope is one payload, and the reply
+        is taken once its last one has come, in any order.
+        """
         try:
-            self.replies.append(parse_reply(payload))
+            whole = self._chunks.join(payload)
+            if whole is not None:
+                self.replies.append(parse_reply(whole))
         except InvalidReply as exc:
-            note = f"skipped a reply: {exc}"
-            self.skipped.append(note)
-            logger.warning("%s", note)
+            self._skip(str(exc))
+
+    def finish(self) -> None:
+        """Note in :attr:`skipped` the chunked replies still missing envelopes.
+
+        Call it once no more payloads will come (the wait is over).
+        """
+        incomplete = self._chunks.incomplete
+        if incomplete == 1:
+            self._skip("a chunked reply is missing some of its chunk envelopes")
+        elif incomplete:
+            self._skip(f"{incomplete} chunked replies are missing some of their chunk envelopes")
+
+    def _skip(self, reason: str) -> None:
+        note = f"skipped a reply: {reason}"
+        self.skipped.append(note)
+        logger.warning("%s", note)
 
     @property
     def complete(self) -> bool:
@@ -58,6 +149,62 @@ class InvalidReply(DispatcherError, ValueError):
 
 
 _MAX_REASON_CHARS = 300
+
+MAX_PENDING_CHUNKED_REPLIES = 100
+"""Chunked replies a :class:`ReplyChunks` assembles at once; the oldest give way."""
+
+
+class ReplyChunks:
+    """Joins replies that come cut into chunk envelopes (dispatcherd's format, and ours).
+
+    Bounded: a reply may not exceed :data:`~dispatcher.schema.MAX_MESSAGE_BYTES`, nor more
+    than :data:`MAX_PENDING_CHUNKED_REPLIES` be incomplete at once (anyone may NOTIFY a
+    reply channel).
+    """
+
+    def __init__(self) -> None:
+        self._assembler = ChunkAssembler(
+            max_bytes=MAX_MESSAGE_BYTES, max_messages=MAX_PENDING_CHUNKED_REPLIES
+        )
+        self._validator = validator("chunk-envelope")
+
+    def join(self, payload: str | bytes) -> str | bytes | None:
+        """The reply *payload* is, or completes; ``None`` while envelopes of it are missing.
+
+        A payload that is not a chunk envelope is returned as it is.
+
+        :raises InvalidReply: when it is an invalid chunk envelope, or one that contradicts
+            the others of its reply, or makes it too large.
+        """
+        if isinstance(payload, str):
+            if CHUNK_KEY not in payload:
+                return payload
+        elif CHUNK_KEY.encode() not in payload:
+            return payload
+        try:
+            envelope = decode_json(payload)
+        except DecodeError:
+            return payload  # not JSON: parse_reply says so
+        if not isinstance(envelope, dict) or not is_chunk(envelope):
+            return payload
+        if not self._validator.is_valid(envelope):
+            problems = "; ".join(str(p) for p in self._validator.problems(envelope))
+            raise InvalidReply(f"an invalid chunk envelope ({_cut(problems)})")
+        try:
+            return self._assembler.add(envelope)
+        except ChunkError as exc:
+            raise InvalidReply(f"a chunked reply: {exc}") from None
+
+    @property
+    def incomplete(self) -> int:
+        """Chunked replies still missing envelopes."""
+        return len(self._assembler)
+
+
+def _cut(problems: str) -> str:
+    if len(problems) > _MAX_REASON_CHARS:
+        return problems[:_MAX_REASON_CHARS] + "..."
+    return problems
 
 
 def parse_reply(payload: str | bytes) -> dict[str, Any]:
@@ -72,7 +219,15 @@ def parse_reply(payload: str | bytes) -> dict[str, Any]:
     checker = validator("control-reply")
     if not checker.is_valid(reply):
         problems = "; ".join(str(p) for p in checker.problems(reply))
-        if len(problems) > _MAX_REASON_CHARS:
-            problems = problems[:_MAX_REASON_CHARS] + "..."
-        raise InvalidReply(f"not a control reply ({problems})")
+        raise InvalidReply(f"not a control reply ({_cut(problems)})")
     return reply  # type: ignore[no-any-return]
+
+
+def entries(reply: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The entries of a ``running``, ``cancel``, ``workers`` or ``aio_tasks`` reply.
+
+    Those replies have one key per task (``worker-0``, ``queued-3``, ``blocked-0``,
+    ``delayed-1``), per worker (``worker-0``) or per asyncio task, beside ``node_id``; this
+    returns them alone, in order.
+    """
+    return {k: v for k, v in reply.items() if k != "node_id" and isinstance(v, dict)}

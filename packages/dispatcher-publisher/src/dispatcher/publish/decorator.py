@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from dispatcher.publish.errors import RegistrationError
+from dispatcher.publish.messages import ProcessorOptions, processor_option_values
 from dispatcher.publish.registry import Queue, RegisteredTask, registry
 from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import asubmit_task
@@ -44,6 +45,7 @@ class TaskFunction(Protocol[P, R_co]):
         extra: Mapping[str, Any] | None = None,
         connection: Any = None,
         max_attempts: int | None = None,
+        processor_options: ProcessorOptions = None,
     ) -> Submission:
         """Submit the task with options that override its defaults (see ``submit_task``)."""
 
@@ -64,6 +66,7 @@ class TaskFunction(Protocol[P, R_co]):
         extra: Mapping[str, Any] | None = None,
         connection: Any = None,
         max_attempts: int | None = None,
+        processor_options: ProcessorOptions = None,
     ) -> Submission:
         """Async ``apply_async()``."""
 
@@ -87,6 +90,7 @@ def task(
     on_duplicate: OnDuplicate | None = None,
     max_attempts: int | None = None,
     decorate: bool = True,
+    processor_options: ProcessorOptions = None,
 ) -> TaskDecorator:
     """Register a function (or a class with a ``run`` method) as a task.
 
@@ -101,12 +105,17 @@ def task(
     - *on_duplicate*: ``parallel``, ``discard``, ``serial`` or ``queue_one``;
     - *max_attempts*: for a durable queue (``brokers.pg_queue``), how many times the job may
       be started before it is left failed (1-1000; default: the queue's ``max_attempts``).
-      Submitting it to a NOTIFY channel is an error.
+      Submitting it to a NOTIFY channel is an error;
+    - *processor_options*: dispatcherd's params objects or dicts, setting *delay* and
+      *on_duplicate* (an option given both ways must have the same value).
 
-    :raises RegistrationError: when the name is invalid or registered for another function.
+    :raises RegistrationError: when the name is invalid or registered for another function,
+        or *processor_options* holds something unknown.
     """
     if queue is not None and not (isinstance(queue, str) or callable(queue)):
         raise RegistrationError(f"queue must be a channel name or a function, not {queue!r}")
+    if processor_options is not None:
+        delay, on_duplicate = _from_processor_options(processor_options, delay, on_duplicate)
 
     def register(target: Any) -> Any:
         if not callable(target):
@@ -139,6 +148,21 @@ def task(
         return target
 
     return register
+
+
+def _from_processor_options(
+    processor_options: ProcessorOptions, delay: float | None, on_duplicate: OnDuplicate | None
+) -> tuple[float | None, OnDuplicate | None]:
+    try:
+        values = processor_option_values(processor_options)
+    except ValueError as exc:
+        raise RegistrationError(f"processor_options: {exc}") from None
+    for key, given in (("delay", delay), ("on_duplicate", on_duplicate)):
+        if key in values and given is not None and values[key] != given:
+            raise RegistrationError(
+                f"processor_options: {key} is {values[key]!r} there but {given!r} as an option"
+            )
+    return values.get("delay", delay), values.get("on_duplicate", on_duplicate)
 
 
 def _attach_submission_methods(target: Any, task_name: str) -> None:

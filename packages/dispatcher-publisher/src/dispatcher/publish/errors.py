@@ -36,7 +36,8 @@ class DispatcherCancel(BaseException):
     :class:`~dispatcher.schema.DispatcherError`, so that ``except DispatcherError`` in a task
     does not swallow it either.
 
-    The service delivers it with SIGUSR1 (a signal reserved for this). It derives from
+    The service delivers it with a signal reserved for this (a real-time one naming the
+    task's run; SIGUSR1 by hand). It derives from
     ``BaseException``, so ``except Exception`` does not swallow it; a task may catch it to
     clean up, and should then re-raise it. A task that ignores it is stopped anyway, with
     SIGTERM and then SIGKILL, after ``service.cancel_grace`` seconds.

@@ -5,17 +5,25 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-from dispatcher.config import get_settings
+from dispatcher.config import (
+    ConfigError,
+    NotConfiguredError,
+    Settings,
+    SigningKey,
+    get_settings,
+)
 from dispatcher.publish.brokers import JobBroker
 from dispatcher.publish.errors import InvalidSubmission, PublishError
+from dispatcher.publish.fast_path import surely_valid
 from dispatcher.publish.registry import Queue, RegisteredTask, check_max_attempts, registry
 from dispatcher.publish.routing import default_broker, job_broker_for
 from dispatcher.publish.signing import signed, signing_key
-from dispatcher.publish.submission import Submission
+from dispatcher.publish.submission import Submission, make_submission
+from dispatcher.publish.uuids import submission_uuid
 from dispatcher.schema import (
     CHANNEL_NAME_RULE,
     CHUNK_KEY,
@@ -26,7 +34,6 @@ from dispatcher.schema import (
     OnDuplicate,
     exceeds_depth,
     is_valid_channel_name,
-    new_uuid,
     split_message,
     validator,
 )
@@ -37,6 +44,57 @@ RESERVED_KEYS: Final = frozenset(
     | {"channel", "control", CHUNK_KEY, SIGNED_KEY}
 )
 """Message keys the SDK sets itself, which ``extra`` may not contain."""
+
+ProcessorOptions = Mapping[str, Any] | Iterable[Any] | None
+"""dispatcherd's ``processor_options``: its params objects (anything with a ``to_dict()``),
+plain dicts, a sequence of them, or ``None``."""
+
+PROCESSOR_OPTION_KEYS: Final = ("delay", "on_duplicate")
+"""The keys ``processor_options`` may set: the submission options of the same names."""
+
+
+def processor_option_values(processor_options: ProcessorOptions) -> dict[str, Any]:
+    """The options dispatcherd's *processor_options* set, as ``{option: value}``.
+
+    Accepts one dict or params object, or an iterable of them; a params object is anything
+    with a ``to_dict()`` method (such as dispatcherd's ``Delayer.Params``,
+    ``Blocker.Params`` or ``CompatParams``). Later parts override earlier ones, as in
+    dispatcherd.
+
+    :raises ValueError: naming the part or key that is not understood.
+    """
+    if processor_options is None:
+        return {}
+    if isinstance(processor_options, Mapping) or callable(
+        getattr(processor_options, "to_dict", None)
+    ):
+        parts: Iterable[Any] = (processor_options,)
+    elif isinstance(processor_options, str | bytes) or not isinstance(processor_options, Iterable):
+        raise ValueError(
+            f"expected dispatcherd params objects or dicts, got {type(processor_options).__name__}"
+        )
+    else:
+        parts = processor_options
+    values: dict[str, Any] = {}
+    for part in parts:
+        if isinstance(part, Mapping):
+            items = part
+        else:
+            to_dict = getattr(part, "to_dict", None)
+            if not callable(to_dict):
+                raise ValueError(
+                    f"expected a dispatcherd params object or a dict, got {type(part).__name__}"
+                )
+            items = to_dict()
+            if not isinstance(items, Mapping):
+                raise ValueError(f"{type(part).__name__}.to_dict() did not return a dict")
+        for key, value in items.items():
+            if key not in PROCESSOR_OPTION_KEYS:
+                raise ValueError(
+                    f"unknown option {key!r} (known: {', '.join(PROCESSOR_OPTION_KEYS)})"
+                )
+            values[key] = value
+    return values
 
 
 def prepare_submission(
@@ -52,23 +110,31 @@ def prepare_submission(
     bind: bool | None = None,
     extra: Mapping[str, Any] | None = None,
     max_attempts: int | None = None,
+    processor_options: ProcessorOptions = None,
 ) -> Submission:
     """Build and check the message for one submission, without sending it.
 
     Options left as ``None`` take the defaults given to ``@task``, when *task* is registered.
+    *processor_options* (dispatcherd's) may set ``delay`` and ``on_duplicate`` instead; an
+    option given both ways must have the same value.
     A task for a durable queue (one a :class:`~dispatcher.publish.brokers.JobBroker` claims,
     such as ``brokers.pg_queue``'s) keeps its JSON text whole and unsigned, for the row;
     *max_attempts* applies to those only.
 
     :raises InvalidSubmission: naming the option and the reason, when anything is wrong.
     """
-    name, entry = _resolve_task(task)
+    if isinstance(task, str):
+        name, entry = task, registry.get(task)
+    else:
+        name, entry = _registered(task)
     defaults = entry if entry is not None else _NO_DEFAULTS
+    if processor_options is not None:
+        delay, on_duplicate = _from_processor_options(name, processor_options, delay, on_duplicate)
     message: dict[str, Any] = {
         "task": name,
-        "uuid": uuid if uuid is not None else new_uuid(),
-        "args": _as_list(name, args),
-        "kwargs": _as_dict(name, kwargs),
+        "uuid": uuid if uuid is not None else submission_uuid(),
+        "args": list(args) if type(args) is tuple else _as_list(name, args),
+        "kwargs": dict(kwargs) if type(kwargs) is dict else _as_dict(name, kwargs),
         "time_pub": time.time(),
     }
     # Options left as None take the task's defaults, and are left out when still None.
@@ -96,26 +162,37 @@ def prepare_submission(
             raise _invalid(name, f"extra: {', '.join(clashes)} cannot be set through extra")
         message.update(extra)
 
-    checker = validator("task-message")
-    if not checker.is_valid(message):
-        problems = "; ".join(str(problem) for problem in checker.problems(message))
-        raise _invalid(name, problems or "invalid message")
+    # A registered task's name was checked at registration, and the rest of the message is
+    # built here: a few comparisons prove it valid. Anything else, the schema decides.
+    checked = entry is not None and surely_valid(message)
+    if not checked:
+        checker = validator("task-message")
+        if not checker.is_valid(message):
+            problems = "; ".join(str(problem) for problem in checker.problems(message))
+            raise _invalid(name, problems or "invalid message")
 
-    channel = _resolve_channel(name, queue if queue is not None else defaults.queue)
+    target = queue if queue is not None else defaults.queue
+    if callable(target):
+        target = _called(name, target)
+    route = _known_route(target)
+    channel = route.channel if route is not None else _resolve_channel(name, target)
     if max_attempts is None:
         max_attempts = defaults.max_attempts
     elif (problem := check_max_attempts(max_attempts)) is not None:
         raise _invalid(name, f"max_attempts: {problem}")
-    durable = _job_broker(name, channel) is not None
+    if route is None:
+        route = _remember_route(target, channel, _job_broker(name, channel) is not None)
+    durable = route.durable
     if max_attempts is not None and not durable:
         raise _invalid(
             name,
             f"max_attempts: applies to durable queues only, and {channel!r} is not one "
             "(durable queues are listed under brokers.pg_queue.queues)",
         )
-    text = _serialise(name, message)
-    if not durable:
-        text = signed(text, signing_key())
+    # A checked message of the five keys set above: only its arguments need the encoder.
+    text = _serialise(name, message, plain=checked and len(message) == len(_PLAIN_KEYS))
+    if not durable and route.key is not None:
+        text = signed(text, route.key)
     if len(text) > MAX_MESSAGE_BYTES:
         raise _invalid(
             name, f"the message is {len(text)} bytes of JSON, over the limit of {MAX_MESSAGE_BYTES}"
@@ -124,7 +201,27 @@ def prepare_submission(
         payloads: tuple[str, ...] = (text,)
     else:
         payloads = tuple(split_message(text))
-    return Submission(message["uuid"], channel, message, payloads, max_attempts)
+    return make_submission(message["uuid"], channel, message, payloads, max_attempts)
+
+
+def _from_processor_options(
+    name: str,
+    processor_options: ProcessorOptions,
+    delay: float | None,
+    on_duplicate: OnDuplicate | None,
+) -> tuple[float | None, OnDuplicate | None]:
+    """*delay* and *on_duplicate*, completed from dispatcherd's *processor_options*."""
+    try:
+        values = processor_option_values(processor_options)
+    except ValueError as exc:
+        raise _invalid(name, f"processor_options: {exc}") from None
+    for key, given in (("delay", delay), ("on_duplicate", on_duplicate)):
+        if key in values and given is not None and values[key] != given:
+            raise _invalid(
+                name,
+                f"processor_options: {key} is {values[key]!r} there but {given!r} as an option",
+            )
+    return values.get("delay", delay), values.get("on_duplicate", on_duplicate)
 
 
 def _invalid(name: str, reason: str) -> InvalidSubmission:
@@ -155,9 +252,8 @@ _NO_DEFAULTS: Final = RegisteredTask(name="unregistered", target=object)
 """The defaults of a task known only by its name: none."""
 
 
-def _resolve_task(task: str | Callable[..., Any]) -> tuple[str, RegisteredTask | None]:
-    if isinstance(task, str):
-        return task, registry.get(task)
+def _registered(task: Callable[..., Any]) -> tuple[str, RegisteredTask]:
+    """The name and entry of the registered function or class *task*."""
     entry = registry.find(task)
     if entry is None:
         described = getattr(task, "__qualname__", repr(task))
@@ -168,18 +264,69 @@ def _resolve_task(task: str | Callable[..., Any]) -> tuple[str, RegisteredTask |
     return entry.name, entry
 
 
-def _resolve_channel(name: str, queue: Queue) -> str:
-    if callable(queue):
-        try:
-            queue = queue()
-        except Exception as exc:
-            raise _invalid(name, f"queue: the queue function raised {exc!r}") from exc
+def _called(name: str, queue: Callable[[], str]) -> str:
+    """The queue the queue function *queue* names now (unchecked)."""
+    try:
+        return queue()
+    except Exception as exc:
+        raise _invalid(name, f"queue: the queue function raised {exc!r}") from exc
+
+
+def _resolve_channel(name: str, queue: str | None) -> str:
+    """The channel for *queue* (``None``: the default one), checked."""
     if queue is None:
         queue = _default_channel(name)
     if not is_valid_channel_name(queue):
         reason = f"queue: {queue!r} is not a valid channel name ({CHANNEL_NAME_RULE})"
         raise _invalid(name, reason)
     return queue
+
+
+class _Route(NamedTuple):
+    """Where the submissions for one queue go, under one config."""
+
+    channel: str
+    """The channel (or durable queue) itself, checked."""
+    durable: bool
+    """Whether a job broker stores them (unsigned, whole), rather than a NOTIFY."""
+    key: SigningKey | None
+    """The key NOTIFY messages are signed with, if any."""
+
+
+MAX_REMEMBERED_ROUTES: Final = 1024
+"""Routes remembered per config (queue functions may name many queues): then forgotten."""
+
+_routes: tuple[Settings | None, dict[str | None, _Route]] = (None, {})
+"""The config in force and the routes found under it, by the queue a submission names
+(``None``: the default queue). A config never changes, nor do its brokers' queues."""
+
+
+def _known_route(queue: str | None) -> _Route | None:
+    """The route already found for *queue* under the config in force, if any."""
+    if queue is not None and type(queue) is not str:
+        return None  # not a channel name: the long way says so
+    try:
+        settings = get_settings()
+    except ConfigError:
+        return None  # the long way says what is wrong, when it matters
+    remembered, routes = _routes
+    return routes.get(queue) if remembered is settings else None
+
+
+def _remember_route(queue: str | None, channel: str, durable: bool) -> _Route:
+    """Make the route of *queue*, found the long way, and remember it for the config in force."""
+    global _routes
+    route = _Route(channel, durable, signing_key())
+    try:
+        settings = get_settings()
+    except NotConfiguredError:
+        return route  # an explicit queue and connection need no config
+    remembered, routes = _routes
+    if remembered is not settings or len(routes) >= MAX_REMEMBERED_ROUTES:
+        routes = {}
+        _routes = settings, routes
+    routes[queue] = route
+    return route
 
 
 def _job_broker(name: str, channel: str) -> JobBroker | None:
@@ -231,11 +378,34 @@ def _make_encoder() -> Callable[[dict[str, Any]], str]:
 
 
 _encode: Final = _make_encoder()
+_ascii_text: Final = encode_basestring_ascii
+_PLAIN_KEYS: Final = ("task", "uuid", "args", "kwargs", "time_pub")
 
 
-def _serialise(name: str, message: dict[str, Any]) -> str:
+def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> str:
+    """The JSON text of *message*, as ``_encode(message)`` writes it.
+
+    A *plain* message has the keys of :data:`_PLAIN_KEYS` in that order and no other, with
+    ``task`` and ``uuid`` strings, ``args`` a list, ``kwargs`` a dict and ``time_pub`` a
+    finite ``int`` or ``float`` (whose ``repr()`` is their JSON text): what
+    :func:`prepare_submission` builds when no option is set, once checked. Its text is put
+    together here; only the arguments go through the encoder.
+
+    :raises InvalidSubmission: naming the value JSON cannot represent, or nested too deeply.
+    """
     try:
-        text = _encode(message)
+        if plain:
+            args = _encode(message["args"])
+            kwargs = _encode(message["kwargs"]) if message["kwargs"] else "{}"
+            text = (
+                f'{{"task":{_ascii_text(message["task"])},"uuid":{_ascii_text(message["uuid"])},'
+                f'"args":{args},"kwargs":{kwargs},"time_pub":{message["time_pub"]!r}}}'
+            )
+            # Arguments nest no deeper than they have characters: short ones cannot be too deep.
+            may_be_deep = len(args) + len(kwargs) >= MAX_NESTING_DEPTH
+        else:
+            text = _encode(message)
+            may_be_deep = True
     except (TypeError, ValueError, RecursionError) as exc:
         too_deep = _too_deep(message)
         if too_deep is not None:
@@ -247,7 +417,7 @@ def _serialise(name: str, message: dict[str, Any]) -> str:
         path, reason = found or ((), str(exc))
         raise _invalid(name, f"{format_path(path)}: {reason}") from None
     # n arrays and objects cannot nest deeper than n: most messages skip the walk.
-    if text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
+    if may_be_deep and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
         too_deep = _too_deep(message)
         if too_deep is not None:
             raise _invalid(name, too_deep)

@@ -19,12 +19,13 @@ from psycopg import AsyncConnection, AsyncCursor, sql
 
 from dispatcher.publish.brokers import ReplyCollector
 from dispatcher.publish.connections import (
-    NOTIFY_MANY,
+    NOTIFY_ONE,
     abandon,
     async_owner,
     broker_unavailable,
     connect_options,
     expect_connection,
+    notify_statement,
 )
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
@@ -60,6 +61,11 @@ class AsyncConnectionProvider:
         self._lock = threading.Lock()  # held only while no I/O runs
         self._connection: AsyncConnection[Any] | None = None
         self._owner: tuple[int, ...] = ()
+        # The cursor NOTIFYs go through, with the connection it belongs to: a new cursor
+        # per statement costs more than building and checking the message. Its execute()
+        # holds the connection's lock throughout, so concurrent callers may share it;
+        # nobody reads its results.
+        self._notifier: tuple[AsyncConnection[Any], AsyncCursor[Any]] | None = None
 
     async def connection(self) -> AsyncConnection[Any]:
         """Return the open connection, opening one if there is none usable here.
@@ -95,7 +101,19 @@ class AsyncConnectionProvider:
 
         :raises BrokerUnavailable: when the database cannot be reached.
         """
-        await self.execute(NOTIFY_MANY, (list(channels), list(payloads)))
+        await self.notify(list(zip(channels, payloads, strict=True)))
+
+    async def notify(self, messages: Sequence[tuple[str, str]]) -> None:
+        """NOTIFY each ``(channel, payload)`` of *messages*, in order, in one statement.
+
+        A connection found broken is replaced and the NOTIFYs sent once more on the new one.
+
+        :raises BrokerUnavailable: when the database cannot be reached.
+        """
+        if len(messages) == 1:  # the common case, without building the statement
+            await self._run(NOTIFY_ONE, messages[0], "send to", notifying=True)
+        else:
+            await self._run(*notify_statement(messages), "send to", notifying=True)
 
     async def execute(
         self, query: str, params: Sequence[Any], doing: str = "send to"
@@ -109,10 +127,21 @@ class AsyncConnectionProvider:
             when the database cannot be reached or refuses the statement.
         :raises psycopg.errors.UndefinedTable: when a table the statement names is missing.
         """
+        return await self._run(query, params, doing, notifying=False)
+
+    async def _run(
+        self, query: str, params: Sequence[Any], doing: str, *, notifying: bool
+    ) -> AsyncCursor[Any]:
+        """:meth:`execute`; *notifying* statements go through the shared cursor."""
         for attempt in (1, 2):
             own = await self.connection()
             try:
-                return await own.execute(query, params)
+                if not notifying:
+                    return await own.execute(query, params)
+                notifier = self._notifier
+                if notifier is None or notifier[0] is not own:
+                    notifier = self._notifier = own, own.cursor()
+                return await notifier[1].execute(query, params)
             except psycopg.errors.UndefinedTable:
                 raise  # the database answered: the caller knows which table is meant
             except psycopg.OperationalError as exc:
@@ -126,7 +155,7 @@ class AsyncConnectionProvider:
         """Close the connection (one opened elsewhere is only let go of)."""
         with self._lock:
             current, owner = self._connection, self._owner
-            self._connection, self._owner = None, ()
+            self._connection, self._owner, self._notifier = None, (), None
         if current is None:
             return
         if owner == async_owner():
@@ -152,6 +181,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def shared_provider(conninfo: str) -> AsyncConnectionProvider:
     """The SDK's own connection to *conninfo*, shared by every caller in this process."""
+    provider = _providers.get(conninfo)
+    if provider is not None:
+        return provider
     with _providers_lock:
         provider = _providers.get(conninfo)
         if provider is None:
@@ -181,14 +213,12 @@ async def asend(
 
     :raises BrokerUnavailable: when the database cannot be reached or refuses the NOTIFY.
     """
-    channels = [channel for channel, _ in messages]
-    payloads = [payload for _, payload in messages]
     if connection is not None:
         caller = expect_connection(connection, AsyncConnection, "asubmit_task", "submit_task")
-        await caller.execute(NOTIFY_MANY, (channels, payloads))
+        await caller.execute(*notify_statement(messages))
         return
     assert conninfo is not None, "without a connection, a conninfo is needed"
-    await shared_provider(conninfo).notify_many(channels, payloads)
+    await shared_provider(conninfo).notify(messages)
 
 
 async def acontrol_with_reply(
@@ -216,7 +246,7 @@ async def acontrol_with_reply(
         else:
             replies.expected = expected_replies
         payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
-        await conn.execute(NOTIFY_MANY, ([channel] * len(payloads), payloads))
+        await conn.execute(*notify_statement([(channel, payload) for payload in payloads]))
         deadline = time.monotonic() + timeout
         chunks = ChunkAssembler()
         while len(replies.replies) < replies.expected:

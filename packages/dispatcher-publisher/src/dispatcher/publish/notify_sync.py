@@ -16,11 +16,12 @@ from psycopg import Connection, Cursor, sql
 
 from dispatcher.publish.brokers import ReplyCollector
 from dispatcher.publish.connections import (
-    NOTIFY_MANY,
+    NOTIFY_ONE,
     abandon,
     broker_unavailable,
     connect_options,
     expect_connection,
+    notify_statement,
     sync_owner,
 )
 from dispatcher.schema import (
@@ -57,6 +58,11 @@ class ConnectionProvider:
         self._lock = threading.Lock()  # held only while no I/O runs
         self._connection: Connection[Any] | None = None
         self._owner: tuple[int, ...] = ()
+        # The cursor NOTIFYs go through, with the connection it belongs to: a new cursor
+        # per statement costs more than building and checking the message. Its execute()
+        # holds the connection's lock throughout, so concurrent callers may share it;
+        # nobody reads its results.
+        self._notifier: tuple[Connection[Any], Cursor[Any]] | None = None
 
     def connection(self) -> Connection[Any]:
         """Return the open connection, opening one if there is none usable here.
@@ -92,7 +98,19 @@ class ConnectionProvider:
 
         :raises BrokerUnavailable: when the database cannot be reached.
         """
-        self.execute(NOTIFY_MANY, (list(channels), list(payloads)))
+        self.notify(list(zip(channels, payloads, strict=True)))
+
+    def notify(self, messages: Sequence[tuple[str, str]]) -> None:
+        """NOTIFY each ``(channel, payload)`` of *messages*, in order, in one statement.
+
+        A connection found broken is replaced and the NOTIFYs sent once more on the new one.
+
+        :raises BrokerUnavailable: when the database cannot be reached.
+        """
+        if len(messages) == 1:  # the common case, without building the statement
+            self._run(NOTIFY_ONE, messages[0], "send to", notifying=True)
+        else:
+            self._run(*notify_statement(messages), "send to", notifying=True)
 
     def execute(self, query: str, params: Sequence[Any], doing: str = "send to") -> Cursor[Any]:
         """Run one statement (a transaction of its own) and return its cursor, rows fetched.
@@ -104,10 +122,21 @@ class ConnectionProvider:
             when the database cannot be reached or refuses the statement.
         :raises psycopg.errors.UndefinedTable: when a table the statement names is missing.
         """
+        return self._run(query, params, doing, notifying=False)
+
+    def _run(
+        self, query: str, params: Sequence[Any], doing: str, *, notifying: bool
+    ) -> Cursor[Any]:
+        """:meth:`execute`; *notifying* statements go through the shared cursor."""
         for attempt in (1, 2):
             own = self.connection()
             try:
-                return own.execute(query, params)
+                if not notifying:
+                    return own.execute(query, params)
+                notifier = self._notifier
+                if notifier is None or notifier[0] is not own:
+                    notifier = self._notifier = own, own.cursor()
+                return notifier[1].execute(query, params)
             except psycopg.errors.UndefinedTable:
                 raise  # the database answered: the caller knows which table is meant
             except psycopg.OperationalError as exc:
@@ -121,7 +150,7 @@ class ConnectionProvider:
         """Close the connection (one opened elsewhere is only let go of)."""
         with self._lock:
             current, owner = self._connection, self._owner
-            self._connection, self._owner = None, ()
+            self._connection, self._owner, self._notifier = None, (), None
         if current is None:
             return
         if owner == sync_owner():
@@ -147,6 +176,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def shared_provider(conninfo: str) -> ConnectionProvider:
     """The SDK's own connection to *conninfo*, shared by every caller in this process."""
+    provider = _providers.get(conninfo)
+    if provider is not None:
+        return provider
     with _providers_lock:
         provider = _providers.get(conninfo)
         if provider is None:
@@ -176,14 +208,12 @@ def send(
 
     :raises BrokerUnavailable: when the database cannot be reached or refuses the NOTIFY.
     """
-    channels = [channel for channel, _ in messages]
-    payloads = [payload for _, payload in messages]
     if connection is not None:
         caller = expect_connection(connection, Connection, "submit_task", "asubmit_task")
-        caller.execute(NOTIFY_MANY, (channels, payloads))
+        caller.execute(*notify_statement(messages))
         return
     assert conninfo is not None, "without a connection, a conninfo is needed"
-    shared_provider(conninfo).notify_many(channels, payloads)
+    shared_provider(conninfo).notify(messages)
 
 
 def control_with_reply(
@@ -211,7 +241,7 @@ def control_with_reply(
         else:
             replies.expected = expected_replies
         payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
-        conn.execute(NOTIFY_MANY, ([channel] * len(payloads), payloads))
+        conn.execute(*notify_statement([(channel, payload) for payload in payloads]))
         deadline = time.monotonic() + timeout
         chunks = ChunkAssembler()
         while len(replies.replies) < replies.expected:

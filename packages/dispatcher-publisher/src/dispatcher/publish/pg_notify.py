@@ -10,8 +10,10 @@ from dispatcher.publish.brokers import Outgoing, ReplyCollector
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.notify_async import acontrol_with_reply as acollect_replies
 from dispatcher.publish.notify_async import asend as anotify
+from dispatcher.publish.notify_async import shared_provider as shared_async_provider
 from dispatcher.publish.notify_sync import control_with_reply as collect_replies
 from dispatcher.publish.notify_sync import send as notify
+from dispatcher.publish.notify_sync import shared_provider
 
 
 class PgNotifyPublisher:
@@ -31,11 +33,17 @@ class PgNotifyPublisher:
 
     def send(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
         """NOTIFY each payload on its channel, in one statement."""
-        notify(self._conninfo(connection), messages, connection)
+        if connection is None and self.conninfo is not None:
+            shared_provider(self.conninfo).notify(messages)  # the common case, directly
+        else:
+            notify(self._conninfo(connection), messages, connection)
 
     async def asend(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
         """:meth:`send` for asyncio code."""
-        await anotify(self._conninfo(connection), messages, connection)
+        if connection is None and self.conninfo is not None:
+            await shared_async_provider(self.conninfo).notify(messages)
+        else:
+            await anotify(self._conninfo(connection), messages, connection)
 
     def control_with_reply(
         self,

@@ -119,6 +119,11 @@ def control_broker(settings: Settings | None = None) -> PublishBroker:
 def broker_for(queue: str, settings: Settings | None = None) -> PublishBroker:
     """The broker a task for *queue* goes through."""
     settings = settings or get_settings()
+    current = _current
+    if current is not None and current.settings is settings:  # known: one dict look-up
+        broker = current.by_queue.get(queue)
+        if broker is not None:
+            return broker
     brokers = _brokers(settings)
     broker = brokers.by_queue.get(queue)
     if broker is None:
@@ -166,10 +171,17 @@ def plan(
         if connection is None:
             raise
         return [(PgNotifyPublisher(None), list(submissions))]
+    if len(submissions) == 1:
+        return [(broker_for(submissions[0].channel, settings), list(submissions))]
     groups: list[tuple[PublishBroker, list[Submission]]] = []
+    channel: str | None = None
+    group: list[Submission] = []
     for submission in submissions:
-        broker = broker_for(submission.channel, settings)
-        if not groups or groups[-1][0] is not broker:
-            groups.append((broker, []))
-        groups[-1][1].append(submission)
+        if submission.channel != channel:  # a batch mostly goes to one channel
+            channel = submission.channel
+            broker = broker_for(channel, settings)
+            if not groups or groups[-1][0] is not broker:
+                group = []
+                groups.append((broker, group))
+        group.append(submission)
     return groups

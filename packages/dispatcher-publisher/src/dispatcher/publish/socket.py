@@ -1,78 +1,110 @@
 """The socket broker's publishing side: lines over a service's local unix socket.
 
 No database is involved: ``dispatcherctl`` on the service's host works while the database is
-down. Each connection carries newline-delimited payloads; a control message with a
-``reply_to`` gets its reply back on the same connection, as one line.
+down. The socket speaks dispatcherd's format, both ways: one payload per line, over one
+connection per request; a control message over 1 kB goes in chunk envelopes, one per line;
+the service answers on the same connection, one line per reply, or the reply's chunk
+envelopes when it is over 1 kB (the reply collector joins them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from dispatcher.config import Settings
 from dispatcher.publish.brokers import Outgoing, ReplyCollector
 from dispatcher.publish.errors import BrokerUnavailable
 from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.schema.chunks import socket_lines
 
 SEND_TIMEOUT = 5.0
 """Seconds a send over the socket may take."""
 
 
-def socket_request(
-    path: str, message: dict[str, Any], timeout: float, payload: str | None = None
-) -> str | None:
-    """Send one control message; return the reply line, or ``None``.
+_READ_SIZE = 1 << 16
 
-    ``None`` means no reply was asked for (no ``reply_to``) or none came within *timeout*.
-    *payload* is the text to send for *message* (such as its signed envelope); by default
-    the message's JSON text.
 
-    :raises BrokerUnavailable: when nothing listens at *path*.
+class connected:
+    """A connection to the service's socket at *path*, with *timeout* on each operation.
+
+    :raises BrokerUnavailable: on entry, when nothing listens at *path*.
     """
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+
+    def __enter__(self) -> socket.socket:
         try:
-            sock.connect(path)
+            self.sock.connect(self.path)
+        except OSError as exc:
+            self.sock.close()
+            raise BrokerUnavailable(
+                f"cannot connect to the service's socket {self.path}: {exc.strerror or exc}"
+            ) from None
+        return self.sock
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.sock.close()
+
+
+def send_message(sock: socket.socket, path: str, text: str) -> None:
+    """Send the message *text*, in dispatcherd's socket chunks when it is over 1 kB.
+
+    :raises BrokerUnavailable: when the send fails.
+    """
+    try:
+        sock.sendall("".join(line + "\n" for line in socket_lines(text)).encode())
+    except OSError as exc:
+        raise BrokerUnavailable(
+            f"cannot send to the service's socket {path}: {exc.strerror or exc}"
+        ) from None
+
+
+def read_lines(sock: socket.socket, path: str, deadline: float) -> Iterator[str]:
+    """The lines the service sends, until it closes the connection or *deadline* passes.
+
+    Bytes that are not UTF-8 become U+FFFD, never an exception; empty lines are left out.
+
+    :raises BrokerUnavailable: when the connection fails, or a line is over
+        :data:`~dispatcher.schema.MAX_MESSAGE_BYTES` bytes.
+    """
+    pending = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(_READ_SIZE)
+        except TimeoutError:
+            return
         except OSError as exc:
             raise BrokerUnavailable(
-                f"cannot connect to the service's socket {path}: {exc.strerror or exc}"
+                f"lost the connection to the service's socket {path}: {exc.strerror or exc}"
             ) from None
-        sock.sendall(((payload or json.dumps(message)) + "\n").encode())
-        if not message.get("reply_to"):
-            return None
-        received = bytearray()
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(1 << 16)
-            except TimeoutError:
-                return None
-            if not data:
-                return None
-            end = data.find(b"\n")
-            received += data if end < 0 else data[:end]
-            if len(received) > MAX_MESSAGE_BYTES:
-                raise BrokerUnavailable(
-                    f"the reply on the service's socket {path} is over {MAX_MESSAGE_BYTES} bytes"
-                )
-            if end >= 0:  # bytes that are not UTF-8 become U+FFFD, never an exception
-                return received.decode("utf-8", errors="replace")
-
-
-async def asocket_request(
-    path: str, message: dict[str, Any], timeout: float, payload: str | None = None
-) -> str | None:
-    """:func:`socket_request` for asyncio code (run in a thread)."""
-    return await asyncio.to_thread(socket_request, path, message, timeout, payload)
+        if not data:
+            return
+        search = len(pending)
+        pending += data
+        start = 0
+        while (end := pending.find(b"\n", search)) >= 0:
+            if end - start > MAX_MESSAGE_BYTES:
+                break
+            line = bytes(pending[start:end])
+            start = search = end + 1
+            if line.strip():
+                yield line.decode("utf-8", errors="replace")
+        del pending[:start]
+        if len(pending) > MAX_MESSAGE_BYTES:
+            raise BrokerUnavailable(
+                f"a reply line on the service's socket {path} is over {MAX_MESSAGE_BYTES} bytes"
+            )
 
 
 def send_lines(path: str, payloads: Sequence[str], timeout: float = SEND_TIMEOUT) -> None:
@@ -122,12 +154,26 @@ class SocketPublisher:
         expected_replies: int | None,
         timeout: float,
     ) -> None:
-        """Send a control message; its one service answers on the same connection."""
+        """Send the control message *text*; read its replies from the same connection.
+
+        One service listens on a socket: one reply is waited for unless *expected_replies*
+        says otherwise. Lines (replies, or the chunk envelopes of a long one, which
+        *replies* joins) are read until that many replies have come, the service closes
+        the connection, or *timeout* seconds have passed.
+
+        :raises BrokerUnavailable: when nothing listens at the socket's path, or a line of
+            the reply is over :data:`~dispatcher.schema.MAX_MESSAGE_BYTES` bytes.
+        """
         replies.expected = 1 if expected_replies is None else expected_replies
-        message = {"reply_to": reply_to}
-        line = socket_request(self.path, message, timeout, payload=text)
-        if line is not None:
-            replies.add(line)
+        deadline = time.monotonic() + timeout
+        with connected(self.path, timeout) as sock:
+            send_message(sock, self.path, text)
+            if len(replies.replies) >= replies.expected:
+                return
+            for line in read_lines(sock, self.path, deadline):
+                replies.add(line)
+                if len(replies.replies) >= replies.expected:
+                    return
 
     async def acontrol_with_reply(
         self,

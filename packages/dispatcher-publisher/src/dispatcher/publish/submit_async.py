@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 
 from dispatcher.publish.batching import Batch, collect, current_batch
 from dispatcher.publish.brokers import is_job_broker
-from dispatcher.publish.messages import prepare_submission
+from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.registry import Queue
 from dispatcher.publish.routing import plan
 from dispatcher.publish.submission import Submission
@@ -57,6 +57,7 @@ async def asubmit_task(
     extra: Mapping[str, Any] | None = None,
     connection: AsyncConnection[Any] | None = None,
     max_attempts: int | None = None,
+    processor_options: ProcessorOptions = None,
 ) -> Submission:
     """Submit one task; return what was sent.
 
@@ -74,7 +75,11 @@ async def asubmit_task(
     - *extra*: more top-level keys for the message (e.g. ``{"guid": ...}``);
     - *connection*: send inside this connection's transaction (delivered on commit only);
     - *max_attempts*: for a durable queue, how many times the job may be started (1-1000;
-      default: ``@task(max_attempts=...)``, else the queue's); an error for other queues.
+      default: ``@task(max_attempts=...)``, else the queue's); an error for other queues;
+    - *processor_options*: dispatcherd's params objects (``Delayer.Params``,
+      ``Blocker.Params``...) or dicts, setting ``delay`` and ``on_duplicate``.
+
+    The result also unpacks as dispatcherd's ``(body, queue)``.
 
     Everything is checked before sending; inside a ``batch()`` block the message is only
     queued and leaves when the block ends.
@@ -94,6 +99,7 @@ async def asubmit_task(
         bind=bind,
         extra=extra,
         max_attempts=max_attempts,
+        processor_options=processor_options,
     )
     if not collect(submission, connection):
         await asend([submission], connection)

@@ -27,14 +27,27 @@ from dispatcher.schema.wire import CHUNK_KEY, CHUNK_VERSION, MAX_NOTIFY_PAYLOAD_
 __all__ = [
     "CHUNK_KEY",
     "CHUNK_VERSION",
+    "MAX_CHUNKS",
     "MAX_PARTIAL_BYTES",
     "MAX_PARTIAL_MESSAGES",
+    "SOCKET_CHUNK_BYTES",
     "ChunkAssembler",
     "ChunkError",
     "ChunkedMessageTooLarge",
     "is_chunk",
+    "socket_lines",
     "split_message",
 ]
+
+MAX_CHUNKS: Final = 10000
+"""Most envelopes one message may be cut into (the schema's maximum ``total``)."""
+
+SOCKET_CHUNK_BYTES: Final = 1024
+"""Longest line a message or a reply travels in whole over a service's local socket.
+
+dispatcherd's socket broker cuts longer ones into chunk envelopes of at most this many
+bytes, one per line, both ways; :func:`socket_lines` does the same.
+"""
 
 MAX_PARTIAL_MESSAGES: Final = 1000
 """Default bound on the incomplete messages an assembler holds."""
@@ -80,6 +93,23 @@ def split_message(
         slices.append(text[start : start + size])
         start += size
     return [_envelope(message_id, index, len(slices), part) for index, part in enumerate(slices)]
+
+
+def socket_lines(text: str) -> list[str]:
+    """The lines (without their newlines) that carry the JSON text *text* over the socket.
+
+    Up to :data:`SOCKET_CHUNK_BYTES` bytes, the text itself; beyond, chunk envelopes of at
+    most that size, as dispatcherd's socket broker sends them. A text so long that it
+    would take more than :data:`MAX_CHUNKS` envelopes is cut into larger ones (readers
+    take lines of any length; the count is what the schema bounds).
+    """
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if size <= SOCKET_CHUNK_BYTES:
+        return [text]
+    # In an envelope, a slice grows at most threefold (a quote becomes two bytes, a
+    # character of two UTF-8 bytes six), and 200 bytes hold the envelope's other fields.
+    limit = max(SOCKET_CHUNK_BYTES, 3 * size // (MAX_CHUNKS - 1) + 200)
+    return split_message(text, limit)
 
 
 def _escaped_length(part: str) -> int:
@@ -179,12 +209,17 @@ class ChunkAssembler:
         """Slices that arrived for a message already dropped, and were ignored."""
         self.evictions = 0
         """Incomplete messages evicted to stay within *max_messages* and *max_memory*."""
+        self.received = 0
+        """Envelopes taken by :meth:`add` (every slice, whatever became of it)."""
+        self.assembled = 0
+        """Messages joined whole (and returned by :meth:`add`)."""
 
     def add(self, envelope: Mapping[str, Any]) -> str | None:
         """Take one envelope; return the whole message's text once its last slice arrives.
 
         :raises ChunkError: when the envelope's index or total contradicts its message.
         """
+        self.received += 1
         message_id: str = envelope["message_id"]
         index, total = int(envelope["index"]), int(envelope["total"])
         if message_id in self._dropped:
@@ -198,7 +233,9 @@ class ChunkAssembler:
             if total == 1:
                 if self.max_bytes is not None and len(payload) > self.max_bytes:
                     raise self._too_large(message_id)
-                return _whole_text(message_id, payload)
+                whole = _whole_text(message_id, payload)
+                self.assembled += 1
+                return whole
             while len(self._partials) >= self.max_messages:
                 self._evict_oldest()
             partial = self._partials[message_id] = _Partial(total, self._clock())
@@ -215,7 +252,9 @@ class ChunkAssembler:
             raise self._too_large(message_id)
         if len(partial.parts) == total:
             self._remove(message_id)
-            return _whole_text(message_id, "".join(partial.parts[i] for i in range(total)))
+            whole = _whole_text(message_id, "".join(partial.parts[i] for i in range(total)))
+            self.assembled += 1
+            return whole
         while self._memory > self.max_memory:
             self._evict_oldest()
         return None
@@ -272,6 +311,26 @@ class ChunkAssembler:
         self._dropped[message_id] = None
         if len(self._dropped) > _REMEMBERED_DROPS:
             self._dropped.popitem(last=False)
+
+    def partials(self) -> dict[str, dict[str, Any]]:
+        """A snapshot of the incomplete messages, oldest first, in dispatcherd's shape.
+
+        ``{message_id: {seconds_since_start, expected_total, chunks: [{chunk_id, length}]}}``:
+        the seconds since its first slice arrived, how many slices it says it has, and each
+        slice received so far (its index, and its length in characters), by index.
+        """
+        now = self._clock()
+        return {
+            message_id: {
+                "seconds_since_start": round(now - partial.started, 3),
+                "expected_total": partial.total,
+                "chunks": [
+                    {"chunk_id": index, "length": len(partial.parts[index])}
+                    for index in sorted(partial.parts)
+                ],
+            }
+            for message_id, partial in self._partials.items()
+        }
 
     @property
     def memory(self) -> int:

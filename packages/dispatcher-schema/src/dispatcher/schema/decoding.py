@@ -63,9 +63,44 @@ def decode_json(text: str | bytes, max_depth: int = MAX_NESTING_DEPTH) -> Any:
     except ValueError as exc:
         raise DecodeError("not_json", f"not JSON ({_short(str(exc))})") from None
     # n containers cannot nest deeper than n: most messages never need the measure.
-    if text.count("[") + text.count("{") > max_depth and _text_exceeds_depth(text, max_depth):
+    if _may_exceed_depth(text, max_depth) and _text_exceeds_depth(text, max_depth):
         raise DecodeError("too_deep", _too_deep_message(max_depth))
     return value
+
+
+_COUNT_BELOW: Final = 1024
+"""Texts shorter than this (in characters) have their brackets counted in one pass each."""
+
+_FEW_BRACKETS: Final = 16
+"""How many brackets of a longer text are looked for one by one, before they are counted."""
+
+
+def _may_exceed_depth(text: str, max_depth: int) -> bool:
+    """Tell whether *text* holds more than *max_depth* of ``[`` and ``{`` in all.
+
+    ``str.count`` looks at each character in turn, while ``str.find`` of one character
+    skips ahead with ``memchr``: a long text with few brackets (a large string argument) is
+    looked through by a few ``find`` calls, at memory speed; a short one, or one with more
+    brackets, is counted.
+    """
+    if len(text) >= _COUNT_BELOW:
+        few = min(_FEW_BRACKETS, max_depth)
+        found = _find_up_to(text, "[", few)
+        if found <= few:
+            found += _find_up_to(text, "{", few - found)
+            if found <= few:
+                return False  # every bracket of the text was found: at most max_depth
+    return text.count("[") + text.count("{") > max_depth
+
+
+def _find_up_to(text: str, char: str, limit: int) -> int:
+    """How many times *char* occurs in *text*, counted up to ``limit + 1`` at most."""
+    found = 0
+    at = text.find(char)
+    while at >= 0 and found <= limit:
+        found += 1
+        at = text.find(char, at + 1)
+    return found
 
 
 _STRUCTURE: Final = bytes.maketrans(b"[{]}", b"(())")

@@ -3,6 +3,10 @@
 Each command has a handler and a JSON Schema for its ``control_data``; bad data gets an
 error reply naming the problem. Commands arrive over a broker (a control message) or from a
 bound task (``dispatcher.control(...)`` over its worker's socket).
+
+Every command dispatcherd has answers in dispatcherd's shape, so that its clients (its
+``dispatcherctl``, AWX) read our replies; what we know beyond that is added as extra keys
+where no dispatcherd reader trips on them (see ``docs/control.md``).
 """
 
 from __future__ import annotations
@@ -12,10 +16,16 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from dispatcher.config import Settings
-from dispatcher.schema import LOG_LEVELS, Validator
+from dispatcher.schema import Outcome, Validator
+from dispatcher.server.control_shapes import (
+    FILTER_PROPERTIES,
+    TaskFilter,
+    producers_reply,
+    slotted,
+)
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
@@ -25,14 +35,25 @@ logger = get_logger("dispatcher.control")
 
 Reply = dict[str, Any]
 
-_FILTER_PROPERTIES: dict[str, Any] = {
-    "uuid": {"type": "string", "minLength": 1, "description": "Only the task with this uuid."},
-    "task": {"type": "string", "minLength": 1, "description": "Only tasks with this name."},
-}
+STATUS_WAITING_LIMIT: Final = 100
+"""Most waiting tasks (queued, blocked, delayed) ``status`` lists under ``running``: beyond,
+it lists the tasks on workers only, and ``running_omitted`` counts the others."""
+
+CANCELLED_OUTCOMES: Final = frozenset(
+    {
+        Outcome.CANCELLED,
+        Outcome.TIMEOUT,
+        Outcome.KILLED,
+        Outcome.WORKER_LOST,
+        Outcome.MEMORY_EXCEEDED,
+    }
+)
+"""Outcomes dispatcherd would count in ``canceled_count`` (the others, in ``finished_count``)."""
+
 _FILTER: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "properties": _FILTER_PROPERTIES,
+    "properties": FILTER_PROPERTIES,
 }
 _NOTHING: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
 
@@ -41,7 +62,13 @@ class ControlTarget(Protocol):
     """What control commands act on and read: the service, seen through a narrow window."""
 
     def running(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
-        """Jobs running, queued, blocked and delayed, filtered by uuid and/or task."""
+        """Jobs running, queued, blocked and delayed, filtered by uuid and/or task.
+
+        Each is described as ``{"where", "uuid", "task", "message"}``.
+        """
+
+    def on_workers(self) -> list[dict[str, Any]]:
+        """The jobs running on workers and held ahead by them, described as by :meth:`running`."""
 
     def cancel(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
         """Cancel the jobs matching the filter (at least one of the two); return them."""
@@ -50,13 +77,19 @@ class ControlTarget(Protocol):
         """Cancel every job; return them."""
 
     def workers(self) -> list[dict[str, Any]]:
-        """Each worker: id, pid, status, age, tasks done, current task, memory."""
+        """Each worker, with dispatcherd's fields (``worker_id``, ``pid``, ...) and ours."""
 
     def counts(self) -> dict[str, Any]:
         """Jobs held (``queued``, ``blocked``, ``delayed``) and ``workers`` (count, min, max)."""
 
+    def pool(self) -> dict[str, Any]:
+        """``next_worker_id``, ``worker_ct``, ``running_ct`` and ``active_task_ct``."""
+
     def chunks(self) -> dict[str, Any]:
-        """Incomplete chunked messages being assembled."""
+        """Incomplete chunked messages: ``{"status": {...}, "partials": ...}``."""
+
+    def aio_tasks(self, limit: int) -> dict[str, Any]:
+        """The main process's asyncio tasks: ``{name: {"done", "stack"}}``."""
 
     def signatures(self) -> dict[str, Any]:
         """The signature settings in force and the replay guard's state."""
@@ -86,6 +119,10 @@ def _schema(name: str, schema: Mapping[str, Any]) -> Validator:
     return Validator("control-message", full)
 
 
+def _data(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
 class ControlCommands:
     """Runs control commands against a :class:`ControlTarget`."""
 
@@ -95,29 +132,27 @@ class ControlCommands:
         self._stats = stats
         self._started = time.monotonic()
         self._internal_errors = InternalErrorLog(logger)
-        cancel_data = {
-            **_FILTER,
-            "properties": {
-                **_FILTER_PROPERTIES,
-                "all": {"const": True, "description": "Cancel every task: must be explicit."},
-            },
+        cancel_all = {"const": True, "description": "Cancel every task: must be explicit."}
+        level = {
+            "type": ["string", "integer"],
+            "minimum": 0,
+            "maximum": 2**31 - 1,
+            "maxLength": 32,
+            "description": "A level name or number.",
         }
-        level_data = {
-            "type": "object",
-            "required": ["level"],
-            "additionalProperties": False,
-            "properties": {"level": {"enum": [*LOG_LEVELS, *(n.lower() for n in LOG_LEVELS)]}},
-        }
+        limit = {"type": "integer", "minimum": 0, "maximum": 1000, "description": "Stack depth."}
         self.table: dict[str, Command] = {}
         for name, handler, data in (
             ("alive", lambda data: {}, _NOTHING),
             ("running", self.running, _FILTER),
-            ("cancel", self.cancel, cancel_data),
+            ("cancel", self.cancel, _data(**FILTER_PROPERTIES, all=cancel_all)),
             ("workers", self.workers, _NOTHING),
             ("status", self.status, _NOTHING),
+            ("main", self.main, _NOTHING),
+            ("aio_tasks", self.aio_tasks, _data(limit=limit)),
             ("producers", self.producers, _NOTHING),
             ("chunks", self.chunks, _NOTHING),
-            ("set_log_level", self.set_log_level, level_data),
+            ("set_log_level", self.set_log_level, {**_data(level=level), "required": ["level"]}),
             ("metrics", self.metrics, _NOTHING),
             ("run", self.run, {"type": "object"}),
         ):
@@ -146,30 +181,81 @@ class ControlCommands:
 
     def running(self, data: Mapping[str, Any]) -> Reply:
         """The tasks running, queued, blocked and delayed, optionally filtered."""
-        return {"tasks": self._target.running(data.get("uuid"), data.get("task"))}
+        return slotted(self._found(TaskFilter.from_data(data)))
+
+    def _found(self, wanted: TaskFilter) -> list[dict[str, Any]]:
+        entries = self._target.running(wanted.uuid, wanted.task)
+        return [e for e in entries if wanted.matches(e)] if wanted.needs_message else entries
 
     def cancel(self, data: Mapping[str, Any]) -> Reply:
-        """Cancel the tasks matching ``uuid`` and/or ``task`` (or all, if asked explicitly)."""
-        uuid, task = data.get("uuid"), data.get("task")
+        """Cancel the tasks matching the filter (or all, if asked explicitly or so configured)."""
+        wanted = TaskFilter.from_data(data)
         if data.get("all"):
-            if uuid or task:
+            if not wanted.is_empty:
                 raise ControlError("cancel: give either all or a filter, not both")
-            return {"cancelled": self._target.cancel_all()}
-        if uuid is None and task is None:
-            raise ControlError("cancel needs a filter: a uuid, a task name, or both (or all: true)")
-        return {"cancelled": self._target.cancel(uuid, task)}
+            return slotted(self._target.cancel_all())
+        if wanted.is_empty:
+            if self._settings.service.control.cancel_without_filter == "all":
+                return slotted(self._target.cancel_all())
+            raise ControlError(
+                "cancel needs a filter: uuid, task, args or kwargs (or all: true); "
+                "service.control.cancel_without_filter is 'refuse' in "
+                f"{self._settings.source}"
+            )
+        if not wanted.needs_message:
+            return slotted(self._target.cancel(wanted.uuid, wanted.task))
+        cancelled: list[dict[str, Any]] = []
+        for uuid, task in dict.fromkeys((e["uuid"], e["task"]) for e in self._found(wanted)):
+            cancelled += self._target.cancel(uuid, task)
+        return slotted(cancelled)
 
     def workers(self, data: Mapping[str, Any]) -> Reply:
-        """Each worker: id, pid, status, age, tasks done, current task, memory."""
-        return {"workers": self._target.workers()}
+        """Each worker, keyed ``worker-N``: pid, status, age, tasks finished, current task."""
+        return {f"worker-{worker['worker_id']}": worker for worker in self._target.workers()}
+
+    def main(self, data: Mapping[str, Any]) -> Reply:
+        """Counters of the main process and of the pool."""
+        stats = self._stats
+        finished = stats.finished
+        return {
+            "received_count": stats.received,
+            "control_count": stats.control,
+            "pid": os.getpid(),
+            "pool": {
+                "finished_count": sum(
+                    n for o, n in finished.items() if o not in CANCELLED_OUTCOMES
+                ),
+                "canceled_count": sum(n for o, n in finished.items() if o in CANCELLED_OUTCOMES),
+                "retirement_count": stats.workers_retired,
+                **self._target.pool(),
+            },
+            "uptime": self._uptime(),
+        }
+
+    def aio_tasks(self, data: Mapping[str, Any]) -> Reply:
+        """The main process's asyncio tasks: whether each is done, and its stack."""
+        return self._target.aio_tasks(data.get("limit", 6))
 
     def status(self, data: Mapping[str, Any]) -> Reply:
-        """Everything at a glance: counters, queue lengths, workers, listener."""
+        """Every read-only command's reply, and our counters beside them."""
         stats = self._stats
         counts = self._target.counts()
+        waiting = counts["queued"] + counts["blocked"] + counts["delayed"]
+        if waiting <= STATUS_WAITING_LIMIT:
+            listed, omitted = self._target.running(None, None), 0
+        else:
+            listed, omitted = self._target.on_workers(), waiting
         return {
+            "running": slotted(listed),
+            "aio_tasks": self._target.aio_tasks(6),
+            "workers": self.workers({}),
+            "producers": self.producers({}),
+            "metrics": self.metrics({}),
+            "main": self.main({}),
+            "chunks": self.chunks({}),
+            "running_omitted": omitted,
             "pid": os.getpid(),
-            "uptime": round(time.monotonic() - self._started, 3),
+            "uptime": self._uptime(),
             "received": stats.received,
             "rejected": dict(stats.rejected),
             "finished": dict(stats.finished),
@@ -177,7 +263,7 @@ class ControlCommands:
             "queued": counts["queued"],
             "blocked": counts["blocked"],
             "delayed": counts["delayed"],
-            "workers": {
+            "pool": {
                 **counts["workers"],
                 "started": stats.workers_started,
                 "lost": stats.workers_lost,
@@ -187,22 +273,15 @@ class ControlCommands:
                 "failures": stats.listener_failures,
                 "self_checks": stats.self_checks,
             },
-            "chunks": self._target.chunks(),
             "signatures": self._target.signatures(),
         }
 
     def producers(self, data: Mapping[str, Any]) -> Reply:
-        """The producers configured: scheduled entries, on-start entries, control."""
-        producers = self._settings.producers
-        scheduled = producers.scheduled
-        return {
-            "scheduled": {task: {"schedule": e.schedule} for task, e in scheduled.items()},
-            "on_start": sorted(producers.on_start),
-            "control": producers.control,
-        }
+        """What feeds the service tasks: each broker, the schedules, on-start tasks, ``run``."""
+        return producers_reply(self._settings, self._stats, self._uptime())
 
     def chunks(self, data: Mapping[str, Any]) -> Reply:
-        """Incomplete chunked messages being assembled."""
+        """Incomplete chunked messages being assembled, and what became of the others."""
         return self._target.chunks()
 
     def metrics(self, data: Mapping[str, Any]) -> Reply:
@@ -210,15 +289,26 @@ class ControlCommands:
         return self._target.metrics_endpoint()
 
     def set_log_level(self, data: Mapping[str, Any]) -> Reply:
-        """Change the level of the service's ``dispatcher`` loggers."""
+        """Change the level of the service's ``dispatcher`` loggers (a name, or a number)."""
+        asked = data["level"]
+        if isinstance(asked, str):
+            number = logging.getLevelNamesMapping().get(asked.strip().upper())
+            if number is None:
+                known = ", ".join(logging.getLevelNamesMapping())
+                raise ControlError(
+                    f"invalid control_data for set_log_level: control_data.level: unknown "
+                    f"log level {asked!r} (expected a number or one of {known})"
+                )
+        else:
+            number = int(asked)
         target = get_logger("dispatcher")
         previous = logging.getLevelName(target.getEffectiveLevel())
-        level = str(data["level"]).upper()
-        target.setLevel(level)
+        target.setLevel(number)
+        level = logging.getLevelName(number)
         return {"logger": "dispatcher", "level": level, "previous_level": previous}
 
     def run(self, data: Mapping[str, Any]) -> Reply:
-        """Start a task: *data* is a task message."""
+        """Start a task: *data* is a task message; the reply acknowledges it (``ack``)."""
         settings = self._settings
         if not settings.producers.control:
             raise ControlError(
@@ -229,4 +319,7 @@ class ControlCommands:
             uuid = self._target.submit(dict(data))
         except Rejected as rejected:
             raise ControlError(f"task refused: {rejected}") from None
-        return {"ack": True, "uuid": uuid}
+        return {"ack": {**data, "uuid": uuid}, "uuid": uuid}
+
+    def _uptime(self) -> float:
+        return round(time.monotonic() - self._started, 3)

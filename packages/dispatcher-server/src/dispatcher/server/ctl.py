@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -11,12 +12,12 @@ from typing import Any
 import psycopg
 
 from dispatcher.config import ConfigError, Settings, setup
-from dispatcher.control import ControlResult, control_with_reply
+from dispatcher.control import control_with_reply
 from dispatcher.publish import PublishError, broker_unavailable, describe_server
 from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_jobs
 from dispatcher.server.ctl_migrate import migrate_command
-from dispatcher.server.logsafe import escape
+from dispatcher.server.ctl_render import DISPATCHERD_NOT_FOUND, render, shown, tally
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
 
@@ -63,20 +64,32 @@ def parser() -> argparse.ArgumentParser:
     command("alive", "ask every service to answer")
     for name, help in (
         ("running", "list running, queued, blocked and delayed tasks"),
-        ("cancel", "cancel tasks (needs --uuid, --task or --all)"),
+        ("cancel", "cancel tasks (needs a filter, or --all)"),
     ):
         sub = command(name, help)
         sub.add_argument("--uuid", help="only the task with this uuid")
         sub.add_argument("--task", help="only tasks with this name")
+        sub.add_argument(
+            "--args", type=_json_list, metavar="JSON", help="only tasks with these args"
+        )
+        sub.add_argument(
+            "--kwargs", type=_json_object, metavar="JSON", help="only tasks with these kwargs"
+        )
         if name == "cancel":
             sub.add_argument("--all", action="store_true", help="cancel every task")
     command("workers", "list the worker processes")
-    command("status", "counters and state")
-    command("producers", "scheduled and on-start tasks")
+    command("status", "everything at a glance: what the other commands show, and counters")
+    command("main", "counters of the main process and the pool")
+    tasks = command("aio_tasks", "the asyncio tasks of the services' main processes")
+    tasks.add_argument("--limit", type=int, metavar="N", help="stack depth (default: 6)")
+    command("producers", "brokers, scheduled and on-start tasks")
     command("chunks", "incomplete chunked messages")
     command("metrics", "where the Prometheus endpoint is")
     level = command("set_log_level", "change the services' log level")
-    level.add_argument("level", type=str.upper, choices=LOG_LEVELS)
+    level.add_argument(
+        "level", nargs="?", type=_log_level, help=f"{', '.join(LOG_LEVELS)}, or a number"
+    )
+    level.add_argument("--level", dest="level_option", type=_log_level, help=argparse.SUPPRESS)
     run = command("run", "start a task (needs producers.control in the services' config)")
     run.add_argument("task", help="the task's name")
     run.add_argument("--args", type=json.loads, default=[], help="positional arguments, as JSON")
@@ -92,14 +105,44 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def _json_list(text: str) -> list[Any]:
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a JSON array, got {text!r}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _log_level(text: str) -> str | int:
+    if text.strip().isdigit():
+        return int(text)
+    name = text.strip().upper()
+    if name not in logging.getLevelNamesMapping():
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r} (expected a number or one of {', '.join(LOG_LEVELS)})"
+        )
+    return name
+
+
+FILTERS = ("uuid", "task", "args", "kwargs")
+
+
 def _control_data(options: argparse.Namespace) -> dict[str, Any]:
     if options.command in ("running", "cancel"):
-        data = {k: getattr(options, k) for k in ("uuid", "task") if getattr(options, k)}
+        data = {k: getattr(options, k) for k in FILTERS if getattr(options, k) is not None}
         if options.command == "cancel" and getattr(options, "all", False):
             data["all"] = True
         return data
     if options.command == "set_log_level":
-        return {"level": options.level}
+        return {"level": options.level if options.level is not None else options.level_option}
+    if options.command == "aio_tasks":
+        return {} if options.limit is None else {"limit": options.limit}
     if options.command == "run":
         return {"task": options.task, "args": options.args, "kwargs": options.kwargs}
     return {}
@@ -109,8 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run dispatcherctl; return its exit status."""
     arguments = parser()
     options = arguments.parse_args(argv)
-    if options.command == "cancel" and not (options.uuid or options.task or options.all):
-        arguments.error("cancel needs --uuid, --task or --all")
+    if options.command == "cancel" and not (
+        options.all or any(getattr(options, key) for key in FILTERS)
+    ):
+        arguments.error("cancel needs --uuid, --task, --args, --kwargs or --all")
+    if options.command == "set_log_level" and (options.level is None) == (
+        options.level_option is None
+    ):
+        arguments.error("set_log_level needs a level (LEVEL or --level LEVEL, not both)")
     if options.command == "install-sql" and options.print:
         print(sql_publisher(), sql_queue_publisher(), sep="\n", end="")
         return EXIT_OK
@@ -133,19 +182,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=options.timeout,
         )
     except PublishError as exc:
-        print(f"dispatcherctl: {_shown(exc)}", file=sys.stderr)
+        print(f"dispatcherctl: {shown(exc)}", file=sys.stderr)
         return EXIT_USAGE
     if result.expected == 0 and options.expected_replies is None:
-        print("dispatcherctl: no dispatcher service is connected to the database", file=sys.stderr)
+        print(
+            "dispatcherctl: no dispatcher service is connected to the database "
+            f"({DISPATCHERD_NOT_FOUND})",
+            file=sys.stderr,
+        )
         return EXIT_MISSING
+    looked_up = options.expected_replies is None and bool(result.expected_nodes)
     if options.json:
         print(json.dumps(result.replies, indent=2, sort_keys=True, default=str))
     else:
         print(render(result), end="")
+        print(tally(result, looked_up))
     for note in result.skipped:
-        print(f"dispatcherctl: {_shown(note)}", file=sys.stderr)
+        print(f"dispatcherctl: {shown(note)}", file=sys.stderr)
+    for node in result.unexpected:
+        print(
+            f"dispatcherctl: {shown(node)} answered without being among the dispatcher "
+            f"services found in the database (a dispatcherd service?); {DISPATCHERD_NOT_FOUND}",
+            file=sys.stderr,
+        )
     if not result.complete:
-        missing = f"; no answer from {_shown(', '.join(result.missing))}" if result.missing else ""
+        missing = f"; no answer from {shown(', '.join(result.missing))}" if result.missing else ""
         print(
             f"dispatcherctl: {len(result.replies)} of {result.expected} expected replies{missing}",
             file=sys.stderr,
@@ -182,46 +243,6 @@ def install_sql(settings: Settings) -> int:
             return EXIT_MISSING
         print(f"installed {function} in {describe_server(conninfo)}")
     return EXIT_OK
-
-
-def render(result: ControlResult) -> str:
-    """Replies as text for people: one block per service.
-
-    Every value is shown escaped (see :func:`dispatcher.server.logsafe.escape`): a reply
-    cannot start a line of its own in the terminal, or send it control sequences.
-    """
-    lines = []
-    for reply in sorted(result.replies, key=lambda r: str(r.get("node_id"))):
-        body = {k: v for k, v in reply.items() if k != "node_id"}
-        lines.append(f"{_shown(reply.get('node_id', '?'))}:")
-        if not body:
-            lines.append("  ok")
-        for key, value in body.items():
-            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                lines.append(f"  {_shown(key)}:")
-                lines += _table(value, indent="    ")
-            elif isinstance(value, list | dict):
-                lines.append(f"  {_shown(key)}: {json.dumps(value, sort_keys=True)}")
-            else:
-                lines.append(f"  {_shown(key)}: {_shown(value)}")
-    return "".join(line + "\n" for line in lines)
-
-
-def _table(rows: list[dict[str, Any]], indent: str) -> list[str]:
-    columns = [c for c in rows[0] if not isinstance(rows[0][c], dict | list)]
-    cells = [[_shown(row.get(c, "")) for c in columns] for row in rows]
-    titles = [_shown(c) for c in columns]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(titles)]
-    out = [indent + "  ".join(c.ljust(w) for c, w in zip(titles, widths, strict=True)).rstrip()]
-    for row in cells:
-        padded = (value.ljust(width) for value, width in zip(row, widths, strict=True))
-        out.append(indent + "  ".join(padded).rstrip())
-    return out
-
-
-def _shown(value: object) -> str:
-    """*value* for the terminal: whole, with its non-printable characters escaped."""
-    return escape(value, limit=None)
 
 
 def entry_point() -> None:

@@ -1,8 +1,13 @@
 """The fork server: a small process that imports the task modules once, then forks workers.
 
 The service's main process runs an event loop and threads, so it never forks a worker
-itself. It starts this process (``python -m dispatcher.server.forkserver``) once and asks it,
-over a ``SOCK_SEQPACKET`` socket, for each new worker. The fork server:
+itself. ``dispatcher-standalone`` forks this process from its own at start
+(:func:`fork_server`), while it still has a single thread and after it has imported what
+workers need, so that the fork server and every worker share those modules' memory with it;
+the fork server imports the task modules while the service goes on starting. Otherwise (a
+service run from Python, or a fork server that ended) the service starts it as a new program
+(``python -m dispatcher.server.forkserver``). Either way the service asks it, over a
+``SOCK_SEQPACKET`` socket, for each new worker. The fork server:
 
 - forks the worker and hands back its pid and a pidfd (a file descriptor that becomes
   readable the moment the process ends, whatever its children do with its other files);
@@ -24,19 +29,23 @@ worker's socket attached (``SCM_RIGHTS``). Messages from it: ``{"event": "spawne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import traceback
-from dataclasses import fields
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.lifeline import die_with_parent
 from dispatcher.server.worker import WorkerOptions, import_task_modules_quietly, worker_main
+
+if TYPE_CHECKING:
+    from dispatcher.config import Settings
 
 MAX_MESSAGE: Final = 1 << 16
 _MAX_FDS: Final = 4
@@ -190,6 +199,142 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def worker_options(settings: Settings, log_level: int) -> WorkerOptions:
+    """What every worker of a service configured by *settings* is told (its id aside)."""
+    return WorkerOptions(
+        worker_id=0,
+        modules=tuple(settings.tasks.modules),
+        hooks_class=settings.worker.worker_class,
+        idle_timeout=settings.worker.idle_timeout,
+        log_level=log_level,
+        max_output_bytes=settings.worker.max_output_bytes,
+    )
+
+
+class ForkedServer:
+    """A fork server forked by :func:`fork_server`, seen from the process that forked it.
+
+    Its :meth:`wait` and :meth:`kill` behave as those of :class:`subprocess.Popen`.
+    """
+
+    def __init__(self, pid: int, pidfd: int, control: socket.socket) -> None:
+        self.pid = pid
+        """The fork server's process id."""
+        self.control = control
+        """This process's end of the control socket (blocking)."""
+        self.returncode: int | None = None
+        """The exit status once :meth:`wait` has seen the process end."""
+        self._pidfd = pidfd
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Reap the fork server; return its exit status.
+
+        :raises subprocess.TimeoutExpired: if it is still running after *timeout* seconds.
+        """
+        if self.returncode is None:
+            readable, _, _ = select.select([self._pidfd], [], [], timeout)
+            if not readable:
+                raise subprocess.TimeoutExpired("fork server", timeout or 0.0)
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+            os.close(self._pidfd)
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the fork server (its workers die with it), unless it has been reaped."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop the fork server if no one else has: close its socket, reap it."""
+        self.control.close()
+        try:
+            self.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.wait()
+
+
+_HELD_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def fork_server(options: WorkerOptions) -> ForkedServer | None:
+    """Fork the fork server from this process; ``None`` where that is not safe.
+
+    Forking is safe only while this process has a single thread, so this is for a service's
+    start-up, before its event loop runs, and from its main thread (whose end the fork
+    server's is tied to). Every object that exists now is frozen (:func:`gc.freeze`): no
+    garbage collection, here or in the fork server or its workers, writes to the pages they
+    share.
+    """
+    if not sys.platform.startswith("linux") or not _single_threaded():
+        return None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()  # else what waits in their buffers would be written twice
+    parent = os.getpid()
+    gc.freeze()
+    # Until the child ignores them: a Ctrl-C now is the service's to handle, not its.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _forked(theirs, ours, dataclasses.asdict(options), parent, mask)
+    except OSError:
+        ours.close()
+        return None
+    finally:  # (in this process only: the child never returns from _forked)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        theirs.close()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # it could not be watched: it must not run
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        ours.close()
+        return None
+    return ForkedServer(pid, pidfd, ours)
+
+
+def _single_threaded() -> bool:
+    """Tell whether this process has a single thread (counting those Python did not start)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _forked(
+    control: socket.socket,
+    other: socket.socket,
+    options: dict[str, Any],
+    parent: int,
+    mask: set[int | signal.Signals],
+) -> NoReturn:
+    """The child of :func:`fork_server`: become the fork server."""
+    try:
+        other.close()
+        for number in _HELD_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        die_with_parent(DEATH_SIGNAL, parent=parent)
+        gc.enable()  # whatever the service's start-up did with it: workers collect garbage
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        _preload_and_serve(control, options)
+    except BaseException:
+        traceback.print_exc()
+    os._exit(1)
+
+
+def _preload_and_serve(control: socket.socket, options: dict[str, Any]) -> NoReturn:
+    import_task_modules_quietly(options.get("modules", ()))
+    ForkServer(control, options).serve()
+
+
 def main() -> NoReturn:
     """Entry point: read the worker options sent by the service, preload, then serve."""
     die_with_parent(DEATH_SIGNAL, parent=int(os.environ.pop(PARENT_ENV)))
@@ -199,10 +344,9 @@ def main() -> NoReturn:
         os._exit(0)
     setup = json.loads(data)
     sys.path[:] = setup["sys_path"]
-    known = {f.name for f in fields(WorkerOptions)}
+    known = {f.name for f in dataclasses.fields(WorkerOptions)}
     options = {k: v for k, v in setup["options"].items() if k in known}
-    import_task_modules_quietly(options.get("modules", ()))
-    ForkServer(control, options).serve()
+    _preload_and_serve(control, options)
 
 
 if __name__ == "__main__":

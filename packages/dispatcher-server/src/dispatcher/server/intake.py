@@ -4,6 +4,10 @@ Decode the JSON, join chunk envelopes, validate against the schemas, route, and 
 the task is registered. A payload that fails any step is rejected: one (rate-limited) log
 line with the reason and the uuid if there is one, and a counter. Nothing a payload holds
 can stop the service.
+
+As in dispatcherd, a payload that is not JSON but a task name (``myapp.tasks.cleanup``)
+stands for ``{"task": "myapp.tasks.cleanup"}``: the task runs, without arguments, if it is
+registered. Any other text that is not JSON is rejected (``not_json``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 from dispatcher.config import Limits, Security
@@ -38,6 +42,10 @@ from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.intake")
+
+MAX_TASK_NAME: Final = 255
+"""The longest task name (the task-message schema says the same); a longer bare payload is
+not looked at as one."""
 
 MAX_WAITING_FOR_WORKERS: Final = 100_000
 """Messages held while the first worker starts (until the registered names are known)."""
@@ -98,6 +106,7 @@ class Intake:
 
     def receive(self, payload: str, channel: str, origin: Origin = PG_NOTIFY) -> None:
         """Take one payload as it arrived on *channel* through *origin*; never raises."""
+        self._stats.delivered[origin.broker or ""] += 1
         try:
             self._receive(payload, channel, origin)
         except Rejected as rejected:
@@ -122,7 +131,7 @@ class Intake:
 
     def _receive(self, payload: str, channel: str, origin: Origin) -> bool:
         """Take one payload; ``False`` when the job sink refused its job (it says why)."""
-        message = self._decode(payload)
+        payload, message = self._decode_payload(payload)
         if CHUNK_KEY in message:
             if origin.receipt is not None:  # it could never be settled whole
                 raise Rejected(
@@ -181,6 +190,19 @@ class Intake:
             )
         self._waiting_bytes += size
         self._waiting.append((message, payload, channel, origin))
+
+    def _decode_payload(self, payload: str) -> tuple[str, dict[str, Any]]:
+        """Decode a payload as received: JSON text, or a bare task name (as dispatcherd)."""
+        try:
+            return payload, self._decode(payload)
+        except Rejected as rejected:
+            if rejected.reason != "not_json" or not self._is_task_name(payload):
+                raise
+        message = {"task": payload}
+        return json.dumps(message, separators=(",", ":")), message
+
+    def _is_task_name(self, text: str) -> bool:
+        return len(text) <= MAX_TASK_NAME and self._task_validator.is_valid({"task": text})
 
     def _decode(self, text: str) -> dict[str, Any]:
         try:
@@ -246,11 +268,19 @@ class Intake:
         assert names is not None
         if name not in names:
             raise Rejected("unknown_task", f"task {name!r} is not registered", message.get("uuid"))
+        if "callbacks" in message or "errbacks" in message:
+            for where, follow_up in _follow_ups(message):
+                if follow_up not in names:
+                    raise Rejected(
+                        "unknown_task",
+                        f"{where}: task {follow_up!r} is not registered",
+                        message.get("uuid"),
+                    )
         uuid = message.get("uuid")
         if uuid is None:
             self._internal_ids += 1
             uuid = message["uuid"] = f"internal-{self._internal_ids}"
-            payload = json.dumps(message, separators=(",", ":"))
+            payload = _with_uuid(payload, uuid)
         on_duplicate = message.get("on_duplicate")
         # A broker that schedules its messages (pg_queue) has applied the delay already
         # (run_after) and enforces on_duplicate across hosts (unique indexes): the job is
@@ -277,6 +307,29 @@ class Intake:
         where = f" on channel {channel}" if channel else ""
         uuid = f" (uuid {rejected.uuid})" if isinstance(rejected.uuid, str) else ""
         self._rejections.log("rejected message%s%s: %s", where, uuid, rejected)
+
+
+def _follow_ups(message: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """``(where, task name)`` of each of the ``callbacks`` and ``errbacks``, at any depth.
+
+    *message* is valid (see the task-message schema): each is an object with a ``task``.
+    """
+    for kind in ("errbacks", "callbacks"):
+        for index, follow_up in enumerate(message.get(kind) or ()):
+            where = f"{prefix}{kind}[{index}]"
+            yield where, follow_up["task"]
+            yield from _follow_ups(follow_up, f"{where}.")
+
+
+def _with_uuid(payload: str, uuid: str) -> str:
+    """The JSON text *payload* of a task message without ``uuid``, with ``uuid`` first.
+
+    The text is not encoded again: *uuid* (ASCII, nothing to escape) goes in after the
+    opening brace, which only whitespace can precede; the message holds ``task``, so a
+    comma follows.
+    """
+    head, brace, rest = payload.partition("{")
+    return f'{head}{brace}"uuid":"{uuid}",{rest}'
 
 
 _JSON_KINDS: Final = {"list": "array", "str": "string", "int": "number", "float": "number"}

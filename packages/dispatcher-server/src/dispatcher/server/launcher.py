@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from dispatcher.server.forkserver import CONTROL_FD_ENV, MAX_MESSAGE, PARENT_ENV
+from dispatcher.server.forkserver import CONTROL_FD_ENV, MAX_MESSAGE, PARENT_ENV, ForkedServer
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.worker import WorkerOptions
 
@@ -82,7 +82,7 @@ class WorkerProcess:
                 return
             del self._outbox[:sent]
 
-    def signal(self, signum: signal.Signals) -> None:
+    def signal(self, signum: int) -> None:
         """Send *signum* to the worker, if it is still there."""
         if self.pidfd < 0:
             return
@@ -121,15 +121,22 @@ class WorkerLauncher:
     """Starts the fork server (from the event loop's thread) and asks it for workers.
 
     ``on_exit(pid, status)`` is called when the fork server reports that a worker ended.
+    *fork_server*, if given, is one already running (see
+    :func:`~dispatcher.server.forkserver.fork_server`): the launcher takes it over rather
+    than start one. A fork server that ends is replaced by a new program.
     """
 
     def __init__(
-        self, options: WorkerOptions, on_exit: Callable[[int, int], None] | None = None
+        self,
+        options: WorkerOptions,
+        on_exit: Callable[[int, int], None] | None = None,
+        fork_server: ForkedServer | None = None,
     ) -> None:
         self.options = options
         self.on_exit = on_exit
         """Called with ``(pid, status)`` when the fork server reports that a worker ended."""
-        self._process: subprocess.Popen[bytes] | None = None
+        self._early = fork_server
+        self._process: subprocess.Popen[bytes] | ForkedServer | None = None
         self._control: socket.socket | None = None
         self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
 
@@ -141,6 +148,16 @@ class WorkerLauncher:
         """
         if self._control is not None:
             return
+        early, self._early = self._early, None
+        if early is not None:
+            self._process, self._control = early, early.control
+        else:
+            self._control = self._spawn()
+        self._control.setblocking(False)
+        asyncio.get_running_loop().add_reader(self._control.fileno(), self._on_readable)
+
+    def _spawn(self) -> socket.socket:
+        """Start the fork server as a new program; return our end of its control socket."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, CONTROL_FD_ENV: str(theirs.fileno()), PARENT_ENV: str(os.getpid())}
         try:
@@ -154,9 +171,7 @@ class WorkerLauncher:
             theirs.close()
         setup = {"sys_path": sys.path, "options": dataclasses.asdict(self.options)}
         ours.sendall(json.dumps(setup).encode())
-        ours.setblocking(False)
-        self._control = ours
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+        return ours
 
     async def launch(self, worker_id: int) -> WorkerProcess:
         """Start worker *worker_id*; return it once forked (it then imports and says ready).
@@ -234,6 +249,9 @@ class WorkerLauncher:
 
     def close(self) -> None:
         """Stop the fork server (it kills any worker left), and wait briefly for it to exit."""
+        early, self._early = self._early, None
+        if early is not None:  # never started: the fork server forked for us is not needed
+            early.close()
         if self._control is not None:
             with contextlib.suppress(RuntimeError, ValueError):
                 asyncio.get_running_loop().remove_reader(self._control.fileno())

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import functools
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Final
 
 _PR_SET_PDEATHSIG: Final = 1
+
+
+@functools.cache
+def _prctl() -> Callable[..., int]:
+    """The C library's ``prctl``, looked up once per process (forked children inherit it).
+
+    Found among the symbols the running program already has (``dlopen(NULL)``), rather than
+    by ``ctypes.util.find_library``, which runs ``ldconfig`` in a subprocess.
+    """
+    import ctypes  # only where it is needed: the fork server and its workers
+
+    function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return function
 
 
 def die_with_parent(signum: signal.Signals, parent: int | None = None) -> None:
@@ -24,7 +37,6 @@ def die_with_parent(signum: signal.Signals, parent: int | None = None) -> None:
     if not sys.platform.startswith("linux"):
         return
     expected = os.getppid() if parent is None else parent
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(signum))
+    _prctl()(_PR_SET_PDEATHSIG, int(signum))
     if os.getppid() != expected:
         os._exit(1)

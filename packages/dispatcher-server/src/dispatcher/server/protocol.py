@@ -10,12 +10,35 @@ encode it again.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from collections import deque
 from typing import Any, Final
 
 STOP_LINE: Final = b'{"op":"stop"}\n'
 """Asks a worker to exit after its current task."""
+
+PIPELINE_DEPTH: Final = 1
+"""Run requests a worker may hold beyond the one it runs (sent while a backlog exists)."""
+
+CANCEL_SIGNALS: Final = tuple(signal.SIGRTMIN + n for n in range(4))
+"""The signals that cancel a task: the one of run request number *n* (counted from 1 on each
+worker) is ``CANCEL_SIGNALS[n % 4]``.
+
+With at most one request held ahead, a cancel aimed at request *t* reaches a worker whose
+last started request *s* is between ``t - 2`` and ``t + 1`` (the service sends request
+``t + 2`` only after it has seen ``t`` end), so ``t`` modulo 4 names it exactly: the
+worker cancels *t* if it runs it, remembers it if it has not started it, and ignores a
+cancel that arrives after *t* ended. A plain SIGUSR1 cancels whatever task runs."""
+
+
+def cancel_target(signum: int, last_started: int) -> int | None:
+    """The request a cancel signal aims at, seen by a worker that last started *last_started*.
+
+    ``None`` when the cancel is for a request that has already ended.
+    """
+    offset = (signum - CANCEL_SIGNALS[0] - last_started) % len(CANCEL_SIGNALS)
+    return None if offset == len(CANCEL_SIGNALS) - 1 else last_started + offset
 
 
 def reply_line(reply: dict[str, Any]) -> bytes:

@@ -36,7 +36,9 @@ _RESET: Final = sql.SQL(
     "state = 'queued', attempts = 0, run_after = now(), lease_until = NULL, node_id = NULL,"
     " started_at = NULL, finished_at = NULL"
 )
-"""What a retry sets: waiting from now, with every attempt available again."""
+"""What a retry sets: waiting from now, with every attempt available again. The row's
+``claims`` stays as it is: it fences claims, so an outcome of a claim made before the
+retry can never settle one made after it, whatever their attempt numbers."""
 
 
 class QueueNotConfigured(DispatcherError):
@@ -204,9 +206,11 @@ def purge(conn: psycopg.Connection[Any], schema: str, state: JobState, older_tha
     """
     if state not in FINISHED_STATES:
         raise ValueError(f"only finished jobs are purged, not {state!r} ones")
+    # The ids go through an array, so that the rows are then found by id: a join would
+    # scan the whole table for every batch.
     query = sql.SQL(
-        "DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs} WHERE state = %s"
-        " AND finished_at < now() - make_interval(secs => %s) LIMIT %s)"
+        "DELETE FROM {jobs} WHERE id = ANY(ARRAY(SELECT id FROM {jobs} WHERE state = %s"
+        " AND finished_at < now() - make_interval(secs => %s) LIMIT %s))"
     ).format(jobs=_jobs(schema))
     deleted = 0
     while True:

@@ -6,6 +6,11 @@ worker or waits in a FIFO queue. ``cancel`` and ``running`` look at every place 
 a job: workers, the queue, the gate and the delayer. Each holding place is bounded by
 ``service.limits``; a job over a limit is refused, counted (``overloaded``) and logged.
 
+While a backlog exists, a busy worker whose task is quick (:attr:`Scheduler.may_send_ahead`) is
+also sent the next job to hold ahead, so that it never waits for the service between two
+tasks; an idle service sends one job at a time, for latency. Jobs held ahead count as
+queued for ``running`` (``where``: ``worker-N next``) and are cancelled where they are.
+
 The scheduler knows workers only through the small :class:`Runner` protocol.
 """
 
@@ -48,11 +53,22 @@ class Runner(Protocol):
     def is_ready(self) -> bool:
         """Whether it waits for a job."""
 
+    @property
+    def has_room(self) -> bool:
+        """Whether it is busy and may hold one more job ahead."""
+
+    @property
+    def ahead(self) -> Iterable[Job]:
+        """The jobs it holds ahead, not started yet."""
+
     def run(self, job: Job) -> None:
-        """Start *job* on it."""
+        """Start *job* on it (or hold it ahead, when busy with room)."""
 
     def cancel(self, reason: Outcome = Outcome.CANCELLED) -> None:
         """Cancel its running job."""
+
+    def cancel_ahead(self, job: Job, reason: Outcome = Outcome.CANCELLED) -> bool:
+        """Cancel *job*, which it holds ahead."""
 
 
 class Scheduler:
@@ -78,6 +94,9 @@ class Scheduler:
         """Called when a backlog starts (the pool may want another worker)."""
         self.on_free: Callable[[], None] = lambda: None
         """Called when a worker becomes free (brokers that pull work may claim more)."""
+        self.may_send_ahead: Callable[[Runner], bool] = lambda worker: False
+        """Whether this busy worker (with room) may be sent the next job ahead of its task's
+        end: its task is quick and it will not retire after it (set by the pool)."""
         self._settle = settle
         self._gate = DuplicateGate()
         self._delayer = Delayer(timers, self._admit)
@@ -165,12 +184,43 @@ class Scheduler:
     # -- workers -------------------------------------------------------------------------
 
     def worker_free(self, worker: Runner) -> None:
-        """*worker* is ready: give it the next queued job, or keep it as the newest idle."""
-        if self._queue and not self._closed:
-            self._start(worker, self._queue.popleft())
-        else:
+        """*worker* ended a task: give it the next queued job, or keep it as idle.
+
+        While jobs wait, a worker running a quick task is also sent one to hold ahead.
+        """
+        queue = self._queue
+        while queue and not self._closed and (worker.is_ready or self._may_send_ahead(worker)):
+            self._start(worker, queue.popleft())
+        if worker.is_ready:
             self._idle.append(worker)
         self.on_free()  # either way there is room for one more job
+
+    def _may_send_ahead(self, worker: Runner) -> bool:
+        return worker.has_room and self.may_send_ahead(worker)
+
+    def put_back(self, jobs: Iterable[Job]) -> None:
+        """Jobs a worker held ahead and never started (it is gone): first in the queue again.
+
+        They keep their place in the duplicate gate; once closed, they are abandoned.
+        """
+        jobs = list(jobs)
+        if self._closed:
+            for job in jobs:
+                self._settle(job, ABANDONED)
+            if jobs:
+                logger.warning(
+                    "shutting down with %d tasks held ahead by a worker abandoned: %s",
+                    len(jobs),
+                    ", ".join(job.uuid for job in jobs),
+                )
+            return
+        for job in reversed(jobs):
+            self._held_bytes += len(job.line)
+            self._queue.appendleft(job)
+        while self._queue and self._idle:
+            worker = self._idle.popleft()
+            if worker.is_ready:
+                self._start(worker, self._queue.popleft())
 
     def forget(self, worker: Runner) -> None:
         """*worker* is no longer available (stopping or gone)."""
@@ -195,11 +245,15 @@ class Scheduler:
 
     def running(self, uuid: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
         """Describe the jobs running, queued, blocked and delayed (filtered like cancel)."""
-        found = [
-            describe(w.job, f"worker-{w.id}")
-            for w in self._workers()
-            if w.job is not None and w.job.matches(uuid, task)
-        ]
+        found = []
+        for worker in self._workers():
+            if worker.job is not None and worker.job.matches(uuid, task):
+                found.append(describe(worker.job, f"worker-{worker.id}"))
+            found += [
+                describe(job, f"worker-{worker.id} next")
+                for job in worker.ahead
+                if job.matches(uuid, task)
+            ]
         for where, jobs in self._held():
             found += [describe(job, where) for job in jobs if job.matches(uuid, task)]
         return found
@@ -225,6 +279,9 @@ class Scheduler:
             if job is not None and match(job):
                 worker.cancel(Outcome.CANCELLED)
                 found.append(describe(job, f"worker-{worker.id}"))
+            for job in list(worker.ahead):
+                if match(job) and worker.cancel_ahead(job, Outcome.CANCELLED):
+                    found.append(describe(job, f"worker-{worker.id} next"))
         queued = [job for job in self._queue if match(job)]
         if queued:
             self._queue = deque(job for job in self._queue if not match(job))

@@ -24,6 +24,7 @@ from dispatcher.server.brokers.runner import run_broker
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.control import ControlCommands
 from dispatcher.server.control_messages import ControlMessages
+from dispatcher.server.forkserver import ForkedServer, worker_options
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.logsafe import Block, get_logger
@@ -38,7 +39,6 @@ from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
 from dispatcher.server.timers import Timers
 from dispatcher.server.view import ServiceView
-from dispatcher.server.worker import WorkerOptions
 
 logger = get_logger("dispatcher.service")
 
@@ -60,20 +60,20 @@ def default_node_id() -> str:
 class Service:
     """A dispatcher service built from a config; :meth:`run` it inside an anyio event loop."""
 
-    def __init__(self, settings: Settings, log_level: int = logging.INFO) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_level: int = logging.INFO,
+        fork_server: ForkedServer | None = None,
+    ) -> None:
         self.settings = settings
         self.node_id = settings.service.node_id or default_node_id()
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
+        # The fork server: the one forked at start-up if given (see forkserver.fork_server),
+        # else started with the pool.
         self._launcher = WorkerLauncher(
-            WorkerOptions(
-                worker_id=0,
-                modules=tuple(settings.tasks.modules),
-                hooks_class=settings.worker.worker_class,
-                idle_timeout=settings.worker.idle_timeout,
-                log_level=log_level,
-                max_output_bytes=settings.worker.max_output_bytes,
-            )
+            worker_options(settings, log_level), fork_server=fork_server
         )
         # Brokers: the configured built-ins and plug-ins, from the registry; run() starts each.
         self.capacity = CapacityGauge(self._free_capacity)

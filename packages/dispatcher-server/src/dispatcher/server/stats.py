@@ -44,6 +44,9 @@ class ServiceStats:
 
     received: int = 0
     """Messages received (a chunked message counts once, when complete)."""
+    delivered: Counter[str] = field(default_factory=Counter)
+    """Payloads each broker handed to the service, by broker name (every payload: task and
+    control messages, chunk envelopes, rejected ones; dispatcherd's ``produced_count``)."""
     rejected: Counter[str] = field(default_factory=Counter)
     """Messages rejected, by reason (``not_json``, ``unknown_task``, ...)."""
     finished: Counter[str] = field(default_factory=Counter)
@@ -69,6 +72,8 @@ class ServiceStats:
     """Worker processes started."""
     workers_lost: int = 0
     """Worker processes that died without being asked to stop."""
+    workers_retired: int = 0
+    """Workers replaced after ``max_tasks_per_worker`` tasks or ``max_worker_lifetime``."""
     pg_queue_claims: Counter[str] = field(default_factory=Counter)
     """Jobs claimed from the durable queue, by queue."""
     pg_queue_retries: Counter[str] = field(default_factory=Counter)

@@ -24,9 +24,10 @@ from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
 from dispatcher.server.logsafe import get_logger
+from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
-from dispatcher.server.scheduler import Scheduler
+from dispatcher.server.scheduler import Runner, Scheduler
 from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.timers import Timers
@@ -75,6 +76,8 @@ class Supervisor:
         self._on_fatal = on_fatal
         self._max_memory = max_memory
         self._internal_errors = InternalErrorLog(logger)
+        self._pace = TaskPace(self.settings.hold_ahead_below)
+        scheduler.may_send_ahead = self._may_hold_ahead
         self._workers: dict[int, WorkerHandle] = {}
         self._next_id = 0
         self._closing = False
@@ -88,6 +91,11 @@ class Supervisor:
     def workers(self) -> list[WorkerHandle]:
         """Every worker the pool has (starting, ready, busy or stopping)."""
         return list(self._workers.values())
+
+    @property
+    def next_worker_id(self) -> int:
+        """The id the next worker started will have."""
+        return self._next_id
 
     def wake(self) -> None:
         """Have the pool looked at now (a backlog started)."""
@@ -202,6 +210,8 @@ class Supervisor:
     def _finished(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
         started, finished = _seconds(event.get("started")), _seconds(event.get("finished"))
         job, outcome = worker.finish(str(event.get("outcome")))
+        if job is not None:
+            self._pace.record(job.task, finished - started)
         # The pool's own state first: nothing below may leave a duplicate blocked or a
         # worker busy forever.
         if job is not None:
@@ -232,9 +242,24 @@ class Supervisor:
         reason = scaling.retire_reason(worker, time.monotonic(), self.settings)
         if reason is not None:
             logger.info("worker %d %s: replacing it", worker.id, reason)
+            self._stats.workers_retired += 1
             self._stop(worker)
         else:
             self._scheduler.worker_free(worker)
+
+    def _may_hold_ahead(self, runner: Runner) -> bool:
+        """Whether busy *runner* may be sent a job ahead.
+
+        Only behind a quick task, and not to a worker that retires when its task ends.
+        """
+        worker = self._workers.get(runner.id)
+        job = None if worker is None else worker.job
+        if worker is None or job is None or not self._pace.is_quick(job.task):
+            return False
+        limit = self.settings.max_tasks_per_worker
+        if limit is not None and worker.tasks_done + 1 >= limit:
+            return False
+        return not scaling.past_lifetime(worker, time.monotonic(), self.settings)
 
     def _stop(self, worker: WorkerHandle) -> None:
         """Ask a worker to exit (after its current task, if it has one)."""
@@ -248,6 +273,7 @@ class Supervisor:
         self._scheduler.forget(worker)
         if job is not None:
             self._scheduler.job_ended(job)
+        self._scheduler.put_back(worker.take_ahead())
         if not expected:
             self._stats.workers_lost += 1
         self._signal_change()

@@ -7,18 +7,31 @@ so that neither control nor metrics depends on the service or on the pool's clas
 
 from __future__ import annotations
 
+import asyncio
+import io
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
 from dispatcher.server.intake import Intake
+from dispatcher.server.jobs import describe
 from dispatcher.server.memory import resident_bytes
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import QueueDepth, ServiceStats
 from dispatcher.server.supervisor import Supervisor
+from dispatcher.server.workers import LIVE, WorkerStatus
+
+DISPATCHERD_STATUS: Final[Mapping[WorkerStatus, str]] = {
+    WorkerStatus.STARTING: "starting",
+    WorkerStatus.READY: "ready",
+    WorkerStatus.BUSY: "ready",
+    WorkerStatus.STOPPING: "stopping",
+    WorkerStatus.EXITED: "exited",
+}
+"""A worker's status in dispatcherd's words (``workers``' ``status``): it has no ``busy``."""
 
 
 class ServiceView:
@@ -45,6 +58,15 @@ class ServiceView:
         """Jobs running, queued, blocked and delayed, filtered by uuid and/or task."""
         return self._scheduler.running(uuid, task)
 
+    def on_workers(self) -> list[dict[str, Any]]:
+        """The jobs running on workers and held ahead by them, described as by ``running``."""
+        found = []
+        for worker in self._supervisor.workers:
+            if worker.job is not None:
+                found.append(describe(worker.job, f"worker-{worker.id}"))
+            found += [describe(job, f"worker-{worker.id} next") for job in worker.ahead]
+        return found
+
     def cancel(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
         """Cancel the jobs matching the filter; return them."""
         return self._scheduler.cancel(uuid, task)
@@ -54,17 +76,25 @@ class ServiceView:
         return self._scheduler.cancel_all()
 
     def workers(self) -> list[dict[str, Any]]:
-        """Each worker: id, pid, status, age, tasks done, current task, memory."""
+        """Each worker, with dispatcherd's fields and ours.
+
+        ``status`` is in dispatcherd's words (:data:`DISPATCHERD_STATUS`: a worker running a
+        task is ``ready``, with ``current_task`` set); ``state`` is ours (``busy`` then).
+        Ours also: ``held_ahead`` (jobs it holds ahead) and ``rss_bytes`` (its memory).
+        """
         now = time.monotonic()
         return [
             {
-                "id": worker.id,
+                "worker_id": worker.id,
                 "pid": worker.pid,
-                "status": worker.status.value,
-                "age": round(now - worker.created, 3),
-                "tasks_done": worker.tasks_done,
+                "status": DISPATCHERD_STATUS[worker.status],
+                "state": worker.status.value,
+                "finished_count": worker.tasks_done,
                 "current_task": worker.job.task if worker.job else None,
-                "current_uuid": worker.job.uuid if worker.job else None,
+                "current_task_uuid": worker.job.uuid if worker.job else None,
+                "active_cancel": worker.cancelling is not None,
+                "age": round(now - worker.created, 3),
+                "held_ahead": [job.uuid for job in worker.ahead],
                 "rss_bytes": resident_bytes(worker.pid),
             }
             for worker in self._supervisor.workers
@@ -91,31 +121,121 @@ class ServiceView:
             },
         }
 
+    def pool(self) -> dict[str, Any]:
+        """``next_worker_id``, ``worker_ct``, ``running_ct`` and ``active_task_ct``."""
+        workers = self._supervisor.workers
+        running = sum(1 for worker in workers if worker.job is not None)
+        ahead = sum(len(worker.ahead) for worker in workers)
+        return {
+            "next_worker_id": self._supervisor.next_worker_id,
+            "worker_ct": sum(1 for worker in workers if worker.status in LIVE),
+            "running_ct": running,
+            "active_task_ct": running + ahead + self._scheduler.queued,
+            "usage": self.usage(),
+        }
+
+    def usage(self) -> dict[str, Any]:
+        """Give dispatcherd's ``pool.usage`` from the workers' idle times.
+
+        For each pool size N from 1 to the live workers' count: ``"blocked"`` while N
+        workers are needed now (N is at most the workers running a task plus the jobs
+        queued, or a worker still starting makes the Nth), else the seconds since the pool
+        last needed N (since the worker that made the Nth became idle: the (N - busy)th
+        most recently idle). ``count`` is the number of sizes known, ``top5`` the five
+        largest, ``near_worker_ct`` those within two of the live workers' count
+        (``"absent"`` above it). Our pool stops a worker idle ``scaledown_wait`` seconds,
+        so this is a view of the same facts, not a memory of its own.
+        """
+        now = time.monotonic()
+        live = [worker for worker in self._supervisor.workers if worker.status in LIVE]
+        busy = sum(1 for worker in live if worker.job is not None)
+        demand = busy + self._scheduler.queued
+        idle = sorted(
+            (w.idle_since for w in live if w.job is None and w.status is WorkerStatus.READY),
+            reverse=True,
+        )
+        levels: dict[int, str | float] = {}
+        for size in range(1, len(live) + 1):
+            surplus = size - busy
+            if size <= demand or surplus > len(idle):
+                levels[size] = "blocked"
+            else:
+                levels[size] = round(now - idle[surplus - 1], 2)
+
+        def entries(sizes: Iterable[int]) -> dict[int, str | float]:
+            return {size: levels.get(size, "absent") for size in sizes if size > 0}
+
+        worker_ct = len(live)
+        return {
+            "count": len(levels),
+            "top5": entries(sorted(levels, reverse=True)[:5]),
+            "near_worker_ct": entries(range(worker_ct - 2, worker_ct + 3)),
+        }
+
     def queue_depths(self) -> Mapping[str, QueueDepth] | None:
         """The durable queues' last sampled depth; ``None`` when nothing samples them."""
         return None if self.queue_sampler is None else self.queue_sampler.depths
 
     def chunks(self) -> dict[str, Any]:
-        """Incomplete chunked messages being assembled."""
+        """Chunked messages: dispatcherd's ``status`` counters and ``partials``, and ours.
+
+        ``total_chunks_received`` counts every chunk envelope taken, ``successful_assemblies``
+        the messages joined whole; ``partials`` describes each incomplete message (see
+        :meth:`~dispatcher.schema.chunks.ChunkAssembler.partials`).
+        """
         assembler = self._intake.chunks
+        rejected = self.stats.rejected
         return {
-            "partial": len(assembler),
-            "partial_bytes": assembler.memory,
-            "evicted": assembler.evictions,
-            "late_slices": assembler.late_slices,
+            "status": {
+                "total_chunks_received": assembler.received,
+                "successful_assemblies": assembler.assembled,
+                "errored_assemblies": rejected["invalid_chunk"],
+                "timed_out_assemblies": rejected["chunk_expired"],
+                "active_messages": len(assembler),
+                "active_bytes": assembler.memory,
+                "evicted": assembler.evictions,
+                "late_slices": assembler.late_slices,
+            },
+            "partials": assembler.partials(),
         }
+
+    def aio_tasks(self, limit: int) -> dict[str, Any]:
+        """The main process's asyncio tasks: whether each is done, and its stack (*limit* deep).
+
+        A name two tasks share is told apart by ``#2``, ``#3``, ...
+        """
+        try:
+            tasks = asyncio.all_tasks()
+        except RuntimeError:  # no event loop runs here
+            return {}
+        found: dict[str, Any] = {}
+        for task in sorted(tasks, key=lambda t: t.get_name()):
+            name, n = task.get_name(), 1
+            while name in found:
+                n += 1
+                name = f"{task.get_name()}#{n}"
+            stack = io.StringIO()
+            task.print_stack(limit=limit, file=stack)
+            found[name] = {"done": task.done(), "stack": stack.getvalue()}
+        return found
 
     def signatures(self) -> dict[str, Any]:
         """The signature settings in force and the replay guard's state."""
         return self._signatures.summary()
 
     def metrics_endpoint(self) -> dict[str, Any]:
-        """Whether the metrics endpoint is on, and where."""
+        """Whether the metrics endpoint is on, and where (dispatcherd's shape, and ours)."""
         server = self.metrics_server
         if server is None:
             return {"enabled": False}
         return {
             "enabled": True,
+            "status": {
+                "host": server.host,
+                "port": server.port,
+                "ready": None,
+                "http_server": {"connections_total": server.requests},
+            },
             "host": server.host,
             "port": server.port,
             "requests": server.requests,

@@ -4,6 +4,11 @@ The service starts workers through its fork server (:mod:`dispatcher.server.fork
 which has already imported the task modules, so a new worker is ready in milliseconds. A
 worker reads requests from its socket, runs the registered task named by each, and reports
 the outcome. Task code runs only here, never in the service's main process.
+
+Tasks registered with dispatcherd's ``@task`` count as registered too, when the task modules
+use dispatcherd (see :mod:`dispatcher.server.dispatcherd_tasks`). A message's ``callbacks``
+and ``errbacks`` (task messages too) run after its task, in the same worker and the same job,
+as dispatcherd runs them (see :meth:`TaskRunner.run`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.publish import DispatcherCancel, DispatcherExit, registry
+from dispatcher.publish import DispatcherCancel, registry
 from dispatcher.server.capture import OutputCapture
+from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks, conventions, is_adopted
 from dispatcher.server.hooks import BaseWorker
-from dispatcher.server.logsafe import get_logger, log_to
-from dispatcher.server.protocol import BlockingLineSocket, event_line
+from dispatcher.server.logsafe import Block, get_logger, log_to
+from dispatcher.server.protocol import (
+    CANCEL_SIGNALS,
+    BlockingLineSocket,
+    cancel_target,
+    event_line,
+)
 from dispatcher.server.results import encode_result
 
 logger = get_logger("dispatcher.worker")
@@ -50,13 +61,17 @@ class BoundTask:
         """
         request = {"event": "control", "command": command, "data": dict(data or {})}
         # A cancel arriving mid-send would cut the line in two: hold it until the line is out.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        signal.pthread_sigmask(signal.SIG_BLOCK, _CANCELLING)
         try:
             self._channel.send(event_line(request))
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCELLING)
         reply: dict[str, Any] = json.loads(self._channel.read_reply())["reply"]
         return reply
+
+
+_CANCELLING = {signal.SIGUSR1, *CANCEL_SIGNALS}
+"""The signals that cancel a task (see :data:`~dispatcher.server.protocol.CANCEL_SIGNALS`)."""
 
 
 def import_task_modules(modules: Sequence[str]) -> None:
@@ -69,13 +84,16 @@ def import_task_modules_quietly(modules: Sequence[str]) -> None:
     """Import *modules*, ignoring failures (the fork server preloads them this way).
 
     A module that fails to import here is imported again by each worker, which reports the
-    error to the service.
+    error to the service. Tasks registered with dispatcherd's ``@task`` are adopted here
+    too, once for every worker forked from this process.
     """
     for module in modules:
         try:
             importlib.import_module(module)
         except BaseException:
             continue
+    with contextlib.suppress(Exception):
+        adopt_dispatcherd_tasks()
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,10 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
         return
     runner = TaskRunner(options.worker_id, channel, hooks, capture)
     signal.signal(signal.SIGUSR1, runner.on_cancel_signal)
+    for signum in CANCEL_SIGNALS:
+        signal.signal(signum, runner.on_cancel_request)
     _call_hook(hooks.on_start)
+    adopt_dispatcherd_tasks()  # after every import: the task modules, the hooks, on_start
     channel.send(event_line(_ready_event()))
     try:
         while True:
@@ -125,6 +146,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
             if request["op"] == "stop":
                 break
             if request["op"] == "run":
+                runner.requests += 1
                 done = runner.run(request["message"], keep_result=request.get("result") is True)
                 channel.send(event_line(done))
                 if done["outcome"] == "exit":
@@ -182,11 +204,31 @@ class TaskRunner:
         self._capture = capture
         self._loop: asyncio.Runner | None = None
         self._running = False
+        self.requests = 0
+        """Run requests received so far: the number of the one being run."""
+        self._started = 0
+        """The number of the last request started."""
+        self._ended = True
+        """Whether that request has ended."""
+        self._cancelled: set[int] = set()
+        """Requests cancelled before they started (they end ``cancelled`` without running)."""
+        self._conventions = conventions()
+        self._cancel: type[BaseException] = DispatcherCancel
+        """What a cancel raises in the task running (dispatcherd's too, for its tasks)."""
 
     def on_cancel_signal(self, signum: int, frame: object) -> None:
         """SIGUSR1: cancel the running task (ignored between tasks)."""
         if self._running:
-            raise DispatcherCancel
+            raise self._cancel
+
+    def on_cancel_request(self, signum: int, frame: object) -> None:
+        """One of :data:`CANCEL_SIGNALS`: cancel the request it names, now or before it starts."""
+        target = cancel_target(signum, self._started)
+        if target is None or (target == self._started and self._ended):
+            return  # that request has already ended
+        if target == self._started and self._running:
+            raise self._cancel
+        self._cancelled.add(target)
 
     def run(self, message: Mapping[str, Any], keep_result: bool = False) -> dict[str, Any]:
         """Run one task message; return its ``done`` event.
@@ -194,7 +236,18 @@ class TaskRunner:
         With *keep_result* (the job's broker stores results), the event carries the task's
         return value as JSON text (``result``), or says why it was not kept
         (``result_note``); see :func:`~dispatcher.server.results.encode_result`.
+
+        Then, as dispatcherd does: if the task raised, each of the message's ``errbacks``
+        runs; then, whether it raised or not, each of its ``callbacks``. They are task
+        messages of their own (``task``, ``args``, ``kwargs``, ``bind``, and their own
+        ``callbacks`` and ``errbacks``), run in this worker, one after the other, with the
+        message's ``uuid``; what they return is dropped, and one that raises is logged and
+        does not stop the others. They belong to the job: its timeout covers them, and a
+        cancel stops them (the job ends ``cancelled``). Neither runs after a task that was
+        cancelled or raised ``DispatcherExit`` (dispatcherd runs ``callbacks`` after a
+        cancelled task: here a cancel ends the job, which is ended by force if it goes on).
         """
+        self._started, self._ended = self.requests, False
         done: dict[str, Any] = {"event": "done", "uuid": message.get("uuid", "")}
         self._capture.begin(str(message.get("task")), str(done["uuid"]))
         _call_hook(self._hooks.pre_task, message)
@@ -208,10 +261,10 @@ class TaskRunner:
                     done["result"] = result
                 else:
                     done["result_note"] = note
-        except DispatcherCancel:
+        except self._conventions.cancels:
             done["outcome"] = "cancelled"
             self._discard_loop()  # a coroutine may have been interrupted mid-step
-        except DispatcherExit:
+        except self._conventions.exits:
             done["outcome"] = "exit"
         except Exception as exc:
             done.update(
@@ -219,15 +272,78 @@ class TaskRunner:
                 error=f"{type(exc).__name__}: {exc}",
                 traceback=traceback.format_exc(),
             )
+        if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
+            self._follow_up(message, done)
+        self._ended = True
+        self._cancelled = {n for n in self._cancelled if n > self._started}
         done["finished"] = time.time()
         _call_hook(self._hooks.post_task, done)
         self._capture.end()  # its output, logged with its name and uuid
         return done
 
+    def _follow_up(self, message: Mapping[str, Any], done: dict[str, Any]) -> None:
+        """Run the errbacks and callbacks of *message*, whose task ended as *done* says."""
+        uuid = str(done["uuid"])
+        ended = self._follow_ups(message, uuid, failed=done["outcome"] == "error")
+        if ended == "cancelled":
+            done["outcome"] = "cancelled"
+            for key in ("result", "result_note", "error", "traceback"):
+                done.pop(key, None)
+            self._discard_loop()
+        elif ended == "exit" and done["outcome"] == "ok":
+            done["outcome"] = "exit"
+        elif ended == "exit":  # the job failed: that is what the service must hear
+            logger.warning(
+                "task %s (uuid %s): DispatcherExit in one of its errbacks or callbacks is "
+                "ignored after the task failed; the worker carries on",
+                message.get("task"),
+                uuid,
+            )
+
+    def _follow_ups(self, message: Mapping[str, Any], uuid: str, failed: bool) -> str | None:
+        """Run the errbacks (if *failed*) then the callbacks of *message*, and theirs.
+
+        Returns ``None``, or ``cancelled`` or ``exit`` when one of them ended so (the rest
+        are skipped).
+        """
+        for kind in ("errbacks", "callbacks") if failed else ("callbacks",):
+            for follow_up in message.get(kind) or ():
+                ended = self._run_follow_up(follow_up, kind, message, uuid)
+                if ended is not None:
+                    return ended
+        return None
+
+    def _run_follow_up(
+        self, follow_up: Mapping[str, Any], kind: str, parent: Mapping[str, Any], uuid: str
+    ) -> str | None:
+        """Run one errback or callback (it has the *uuid* of the job), then its own."""
+        follow_up = {**follow_up, "uuid": uuid}
+        try:
+            self._call(follow_up)
+        except self._conventions.cancels:
+            return "cancelled"
+        except self._conventions.exits:
+            return "exit"
+        except Exception as exc:
+            logger.error(
+                "task %s (uuid %s): %s %s failed: %s: %s%s",
+                parent.get("task"),
+                uuid,
+                kind.removesuffix("s"),
+                follow_up.get("task"),
+                type(exc).__name__,
+                exc,
+                Block(traceback.format_exc()),
+            )
+            return self._follow_ups(follow_up, uuid, failed=True)
+        return self._follow_ups(follow_up, uuid, failed=False)
+
     def _call(self, message: Mapping[str, Any]) -> Any:
         entry = registry.get(message["task"])
         if entry is None:  # the service checks names first; a worker re-checks
             raise LookupError(f"task {message['task']!r} is not registered in this worker")
+        if self._conventions.cancel is not DispatcherCancel:  # dispatcherd is loaded
+            self._cancel = self._conventions.cancel if is_adopted(entry.name) else DispatcherCancel
         args = list(message.get("args", ()))
         if entry.bind or message.get("bind") is True:
             args.insert(0, BoundTask(message.get("uuid", ""), self.worker_id, self._channel))
@@ -235,6 +351,8 @@ class TaskRunner:
         function = entry.target().run if entry.is_class else entry.target
         try:
             self._running = True
+            if self._started in self._cancelled:  # cancelled while it waited in this worker
+                raise DispatcherCancel
             result = function(*args, **kwargs)
             if inspect.isawaitable(result):
                 if self._loop is None:
@@ -257,3 +375,7 @@ class TaskRunner:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _has_follow_ups(message: Mapping[str, Any]) -> bool:
+    return bool(message.get("callbacks") or message.get("errbacks"))

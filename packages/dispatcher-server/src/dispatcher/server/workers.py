@@ -2,9 +2,12 @@
 
 A worker moves through ``STARTING → READY ⇄ BUSY → STOPPING → EXITED`` (it may also go to
 ``STOPPING`` or ``EXITED`` from any earlier state). Every transition is a method here, so
-the rules live in one place. A running task that times out or is cancelled gets SIGUSR1
-(``DispatcherCancel`` in the task); still running ``cancel_grace`` seconds later, its worker
-gets SIGTERM, then SIGKILL.
+the rules live in one place. While a backlog exists, a busy worker may also hold the next
+job (:data:`~dispatcher.server.protocol.PIPELINE_DEPTH`), sent ahead so that it starts the
+moment the current one ends. A task that times out or is cancelled gets the cancel signal
+of its request (``DispatcherCancel`` in the task; a job held ahead ends ``cancelled``
+without running); still running ``cancel_grace`` seconds later, its worker gets SIGTERM,
+then SIGKILL.
 
 The handle talks to its process through the small :class:`Process` protocol and schedules
 through :class:`~dispatcher.server.timers.Scheduling`, so that it is tested without
@@ -15,8 +18,8 @@ from __future__ import annotations
 
 import enum
 import logging
-import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
 
@@ -25,7 +28,7 @@ import anyio
 from dispatcher.schema import Outcome
 from dispatcher.server.jobs import Job
 from dispatcher.server.logsafe import get_logger
-from dispatcher.server.protocol import STOP_LINE
+from dispatcher.server.protocol import CANCEL_SIGNALS, PIPELINE_DEPTH, STOP_LINE
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.timers import Scheduling
 
@@ -60,7 +63,7 @@ class Process(Protocol):
     async def flush(self) -> None:
         """Write what waits."""
 
-    def signal(self, signum: signal.Signals) -> None:
+    def signal(self, signum: int) -> None:
         """Send a signal."""
 
     def kill(self) -> None:
@@ -98,6 +101,8 @@ class WorkerHandle:
         self.pid: int | None = None
         self.job: Job | None = None
         """The job it runs (``BUSY``), else ``None``."""
+        self.ahead: deque[Job] = deque()
+        """Jobs sent to it to run next, not started yet (while it is ``BUSY``)."""
         self.tasks_done = 0
         self.idle_since = 0.0
         self.cancelling: Outcome | None = None
@@ -109,6 +114,12 @@ class WorkerHandle:
         """Set when the worker has reported ready (or failed to import the task modules)."""
         self.gone = anyio.Event()
         """Set when the worker's process has ended."""
+        self._doomed = False
+        """Killed or terminated: it will start nothing more."""
+        self._requests = 0
+        """Run requests sent to its process (numbered from 1, as the worker counts them)."""
+        self._cancelled_ahead: dict[int, Outcome] = {}
+        """Jobs held ahead that were cancelled, by request number."""
         self._timers = timers
         self._cancel_grace = cancel_grace
         self._on_backlog = on_backlog
@@ -121,6 +132,11 @@ class WorkerHandle:
     def is_ready(self) -> bool:
         """Whether it waits for a job."""
         return self.status is WorkerStatus.READY
+
+    @property
+    def has_room(self) -> bool:
+        """Whether it is busy and may be sent one more job to hold ahead."""
+        return self.status is WorkerStatus.BUSY and len(self.ahead) < PIPELINE_DEPTH
 
     @property
     def is_live(self) -> bool:
@@ -145,14 +161,33 @@ class WorkerHandle:
         return True
 
     def run(self, job: Job) -> None:
-        """Give it *job*: ``READY → BUSY``; the job's timeout starts now."""
-        if self.status is not WorkerStatus.READY:
+        """Give it *job*: ``READY → BUSY``, and the job's timeout starts now.
+
+        When it :attr:`has_room`, *job* is sent ahead instead (its timeout starts with it).
+        """
+        if self.status is WorkerStatus.READY:
+            self.status = WorkerStatus.BUSY
+            self.job = job
+            self._requests += 1
+            self._send(job.line)
+            self._start_clock(job)
+        elif self.has_room:
+            self.ahead.append(job)
+            self._requests += 1
+            self._send(job.line)
+        else:
             raise RuntimeError(f"{self!r} cannot run a job")
-        self.status = WorkerStatus.BUSY
-        self.job = job
-        self._send(job.line)
+
+    def _start_clock(self, job: Job) -> None:
         if job.timeout > 0:
             self._timers.call_later(job.timeout, self._timed_out, job)
+
+    def take_ahead(self) -> list[Job]:
+        """Take back the jobs held ahead (none started: its process is gone or going)."""
+        jobs = list(self.ahead)
+        self.ahead.clear()
+        self._cancelled_ahead.clear()
+        return jobs
 
     def finish(self, reported: str) -> tuple[Job | None, Outcome]:
         """Its task ended as the worker *reported*: ``BUSY → READY``; returns job and outcome.
@@ -161,8 +196,9 @@ class WorkerHandle:
         """
         job, self.job = self.job, None
         self.tasks_done += 1
+        reason = self.cancelling
         if reported == "cancelled":
-            outcome = self.cancelling or Outcome.CANCELLED
+            outcome = reason or Outcome.CANCELLED
         elif reported == "exit":
             outcome = Outcome.OK
             self.status = WorkerStatus.STOPPING  # it exits now
@@ -171,10 +207,23 @@ class WorkerHandle:
         else:  # not a word a worker says: count it as the task's failure, not ours
             outcome = Outcome.ERROR
         self.cancelling = self.killed_for = None
-        if self.status is WorkerStatus.BUSY:
+        if self.ahead and reported != "exit" and not self._doomed:
+            self._next()
+        elif self.status is WorkerStatus.BUSY:
             self.status = WorkerStatus.READY
             self.idle_since = self._clock()
         return job, outcome
+
+    def _next(self) -> None:
+        """The worker starts the job held ahead: it becomes the running one."""
+        self.job = job = self.ahead.popleft()
+        number = self._requests - len(self.ahead)
+        cancelled = self._cancelled_ahead.pop(number, None)
+        if cancelled is None:
+            self._start_clock(job)
+        else:  # the worker ends it at once; watch that it does
+            self.cancelling = cancelled
+            self._timers.call_later(self._cancel_grace, self._escalate, job)
 
     def stop(self) -> None:
         """Ask it to exit (after its current task, if it has one): ``→ STOPPING``."""
@@ -196,6 +245,7 @@ class WorkerHandle:
         if outcome is not None and self.killed_for is None:
             self.killed_for = outcome
         self.status = WorkerStatus.STOPPING
+        self._doomed = True
         if self.process is not None:
             self.process.kill()
 
@@ -204,6 +254,7 @@ class WorkerHandle:
         job, self.job = self.job, None
         if self.status is not WorkerStatus.EXITED:
             self.status = WorkerStatus.STOPPING
+            self._doomed = True
             if self.process is not None:
                 self.process.terminate()
         return job
@@ -216,6 +267,7 @@ class WorkerHandle:
         """
         expected = self.status is WorkerStatus.STOPPING
         self.status = WorkerStatus.EXITED
+        self._doomed = True
         self.gone.set()
         self.started.set()
         job, self.job = self.job, None
@@ -225,13 +277,27 @@ class WorkerHandle:
     # -- cancelling ----------------------------------------------------------------------
 
     def cancel(self, reason: Outcome = Outcome.CANCELLED) -> None:
-        """Cancel the running task: SIGUSR1 now, SIGTERM and SIGKILL if it resists."""
+        """Cancel the running task: its cancel signal now, SIGTERM and SIGKILL if it resists."""
         job = self.job
         if self.cancelling is not None or job is None or self.process is None:
             return
         self.cancelling = reason
-        self.process.signal(signal.SIGUSR1)
+        self.process.signal(_cancel_signal(self._requests - len(self.ahead)))
         self._timers.call_later(self._cancel_grace, self._escalate, job)
+
+    def cancel_ahead(self, job: Job, reason: Outcome = Outcome.CANCELLED) -> bool:
+        """Cancel *job*, held ahead: the worker ends it ``cancelled`` without running it.
+
+        Returns ``False`` if *job* is not held ahead here.
+        """
+        for position, held in enumerate(self.ahead):
+            if held is job:
+                number = self._requests - len(self.ahead) + 1 + position
+                if number not in self._cancelled_ahead and self.process is not None:
+                    self._cancelled_ahead[number] = reason
+                    self.process.signal(_cancel_signal(number))
+                return True
+        return False
 
     def _timed_out(self, job: Job) -> None:
         if self.job is job:
@@ -255,6 +321,7 @@ class WorkerHandle:
         )
         self.killed_for = Outcome.KILLED
         self.status = WorkerStatus.STOPPING
+        self._doomed = True
         self.process.terminate()
         self._timers.call_later(KILL_AFTER_TERM, self._kill_if_running, job)
 
@@ -271,3 +338,8 @@ class WorkerHandle:
     def _send(self, line: bytes) -> None:
         if self.process is not None and not self.process.send(line):
             self._on_backlog(self)
+
+
+def _cancel_signal(request: int) -> int:
+    """The signal that cancels run request number *request* of a worker."""
+    return CANCEL_SIGNALS[request % len(CANCEL_SIGNALS)]

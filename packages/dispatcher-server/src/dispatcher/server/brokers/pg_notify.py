@@ -1,5 +1,8 @@
 """The pg_notify broker: one connection LISTENing on every configured channel.
 
+Notifications are read straight from the connection: at each wake-up, as many as the
+socket holds (each payload decoded once), rather than a few per wake-up.
+
 It checks its own connection when no notification has arrived for a while, with a NOTIFY
 round trip on a private channel; a connection that fails the check, or breaks, is replaced
 after a backoff delay, and the channels are listened to again. The first retry comes fast
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 import psycopg
 from anyio.abc import TaskStatus
 from psycopg import sql
@@ -41,6 +45,8 @@ MAX_RETRY: Final = 30.0
 """Longest wait between two attempts to reconnect, in seconds."""
 HEALTHY_AFTER: Final = 5.0
 """Seconds a connection must have lasted for its loss to start the backoff afresh."""
+MAX_PER_TURN: Final = 256
+"""Notifications delivered in one go, before the other tasks of the service get a turn."""
 
 
 async def open_connection(conninfo: str, application_name: str) -> psycopg.AsyncConnection[Any]:
@@ -87,7 +93,12 @@ class PgNotifyBroker(BrokerBase):
         connected_at: float | None = None
         while True:
             try:
-                async with await self._connect() as conn:
+                conn = await self._connect()
+                try:
+                    drain = _Drain(conn, self.check_channel, self._origins, deliver)
+                    # What psycopg reads while a statement runs (LISTEN, the self-check)
+                    # comes this way.
+                    conn.add_notify_handler(drain.take)
                     await self._listen(conn)
                     connected_at = time.monotonic()
                     self._stats.listener_connects += 1
@@ -96,7 +107,10 @@ class PgNotifyBroker(BrokerBase):
                         logger.info("listening on channels %s (%s)", channels, where)
                     else:
                         logger.info("reconnected to %s; listening again", where)
-                    await self._serve(conn, deliver)
+                    await self._serve(conn, drain)
+                finally:
+                    with anyio.CancelScope(shield=True):  # closed even when cancelled
+                        await conn.close()
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 if connected_at is not None and time.monotonic() - connected_at >= HEALTHY_AFTER:
                     backoff.reset()
@@ -131,26 +145,24 @@ class PgNotifyBroker(BrokerBase):
         for channel in (*self.channels, self.check_channel):
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
-    def _origin(self, channel: str) -> Origin:
-        origin = self._origins.get(channel)
-        return Origin("pg_notify", channel=channel) if origin is None else origin
-
-    async def _serve(self, conn: psycopg.AsyncConnection[Any], deliver: Deliver) -> None:
-        check_channel, origin = self.check_channel, self._origin
+    async def _serve(self, conn: psycopg.AsyncConnection[Any], drain: _Drain) -> None:
+        """Deliver notifications until the connection fails (or a self-check does)."""
         interval = self.settings.self_check_interval
         last_heard = time.monotonic()
         while True:
             quiet_for = time.monotonic() - last_heard
             if quiet_for >= interval:
-                await self._self_check(conn, deliver)
+                await self._self_check(conn, drain)
                 last_heard = time.monotonic()
                 continue
-            async for notify in conn.notifies(timeout=interval - quiet_for):
-                last_heard = time.monotonic()
-                if notify.channel != check_channel:
-                    deliver(notify.payload, origin(notify.channel))
+            # One deadline for many wake-ups: it is only moved when it passes.
+            with anyio.move_on_after(interval - quiet_for):
+                while True:
+                    if drain.run():
+                        last_heard = time.monotonic()
+                    await drain.wait()
 
-    async def _self_check(self, conn: psycopg.AsyncConnection[Any], deliver: Deliver) -> None:
+    async def _self_check(self, conn: psycopg.AsyncConnection[Any], drain: _Drain) -> None:
         """Send a NOTIFY to ourselves; raise TimeoutError if it does not come back in time."""
         self._check_serial += 1
         token = str(self._check_serial)
@@ -158,14 +170,89 @@ class PgNotifyBroker(BrokerBase):
         with anyio.fail_after(self.settings.self_check_timeout):
             await conn.execute("SELECT pg_notify(%s, %s)", (self.check_channel, token))
             while True:
-                async for notify in conn.notifies(stop_after=1):
-                    if notify.channel != self.check_channel:
-                        deliver(notify.payload, self._origin(notify.channel))
-                    elif notify.payload == token:
-                        self._stats.self_checks += 1
-                        elapsed = (time.monotonic() - started) * 1000
-                        logger.debug("self-check round trip %.1f ms", elapsed)
-                        return
+                drain.run()
+                if drain.check_token == token:
+                    break
+                await drain.wait()
+        self._stats.self_checks += 1
+        logger.debug("self-check round trip %.1f ms", (time.monotonic() - started) * 1000)
+
+
+class _Drain:
+    """Reads the notifications of one connection straight from libpq, many per wake-up.
+
+    psycopg's ``notifies()`` waits for the socket once for every read, and a read brings
+    16 kB at most: a few large notifications. Here each wake-up reads on while reads bring
+    notifications (up to :data:`MAX_PER_TURN` of them before other tasks get a turn), and
+    each payload is decoded once.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        check_channel: str,
+        origins: Mapping[str, Origin],
+        deliver: Deliver,
+    ) -> None:
+        self.fileno = conn.fileno()
+        self._pgconn = conn.pgconn
+        self._encoding = encoding = conn.info.encoding
+        self._check_channel = check_channel
+        self._check = check_channel.encode(encoding)
+        self._origins = origins
+        self._by_name = {name.encode(encoding): origin for name, origin in origins.items()}
+        self._deliver = deliver
+        self.check_token: str | None = None
+        """The payload of the last self-check notification received."""
+        self.more = False
+        """The last :meth:`run` stopped at :data:`MAX_PER_TURN`: more may be waiting."""
+
+    def run(self) -> int:
+        """Read what the socket holds and deliver the notifications; return how many.
+
+        :raises psycopg.OperationalError: when the connection is broken.
+        """
+        pgconn, handle = self._pgconn, self._handle
+        delivered = 0
+        while delivered < MAX_PER_TURN:
+            pgconn.consume_input()  # one non-blocking read
+            notify = pgconn.notifies()  # parses what has been read
+            if notify is None:
+                break
+            while notify is not None:
+                handle(notify.relname, notify.extra)
+                delivered += 1
+                notify = pgconn.notifies()
+        self.more = delivered >= MAX_PER_TURN
+        return delivered
+
+    async def wait(self) -> None:
+        """Wait until the socket has more to read; only give others a turn if it has."""
+        if self.more:
+            await anyio.lowlevel.checkpoint()
+        else:
+            await anyio.wait_readable(self.fileno)
+
+    def take(self, notify: psycopg.Notify) -> None:
+        """Handle a notification psycopg read (and decoded) while a statement ran."""
+        if notify.channel == self._check_channel:
+            self.check_token = notify.payload
+        else:
+            self._deliver(notify.payload, self._origin(notify.channel))
+
+    def _handle(self, channel: bytes, payload: bytes) -> None:
+        text = payload.decode(self._encoding, "replace")
+        origin = self._by_name.get(channel)
+        if origin is not None:
+            self._deliver(text, origin)
+        elif channel == self._check:
+            self.check_token = text
+        else:
+            self._deliver(text, self._origin(channel.decode(self._encoding, "replace")))
+
+    def _origin(self, channel: str) -> Origin:
+        origin = self._origins.get(channel)
+        return Origin("pg_notify", channel=channel) if origin is None else origin
 
 
 def create(options: Mapping[str, Any], context: BrokerContext) -> PgNotifyBroker:

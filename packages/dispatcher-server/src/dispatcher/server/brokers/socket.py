@@ -2,9 +2,15 @@
 
 ``dispatcherctl`` on the same host talks to the service here without a database round
 trip, so it works even while the database is down. Each line goes through the intake like a
-NOTIFY payload (chunks, signatures, validation); replies to control messages go back on the
-same connection. The socket file is created with mode 0600 (only its owner may connect)
-and removed when the service stops.
+NOTIFY payload (chunks, signatures, validation). The format is dispatcherd's: a message
+longer than :data:`~dispatcher.schema.chunks.SOCKET_CHUNK_BYTES` (1 kB) may come cut into
+chunk envelopes, one per line, over one connection; the intake joins them.
+
+Every control message that arrives on a connection is answered on that same connection
+(never through another broker), once its last chunk has arrived: one line per reply, or,
+for a reply over 1 kB, its chunk envelopes one per line (as dispatcherd's service sends
+them, and as its clients and ours join them). The socket file is created with mode 0600
+(only its owner may connect) and removed when the service stops.
 
 Input is bounded like any other: lines of at most
 :data:`~dispatcher.schema.MAX_MESSAGE_BYTES` bytes (a longer one closes the connection), at
@@ -28,6 +34,7 @@ import anyio
 from anyio.abc import SocketStream, TaskStatus
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.schema.chunks import socket_lines
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.origin import Origin
@@ -158,7 +165,7 @@ class SocketBroker(BrokerBase):
         try:
             async for data in client:
                 for line in lines.feed(data):
-                    if line.strip():
+                    if line and not line.isspace():  # as line.strip(), without a copy
                         await self._handle_line(client, line, deliver, origin, replies)
         except LineTooLong as exc:
             self._stats.rejected["oversized"] += 1
@@ -176,13 +183,14 @@ class SocketBroker(BrokerBase):
     ) -> None:
         """Deliver one line, then send back the control replies it produced.
 
-        Whatever goes wrong costs this line only.
+        A reply over 1 kB goes as chunk envelopes, one per line. Whatever goes wrong costs
+        this line only.
         """
         try:
             deliver(line.decode("utf-8", errors="replace"), origin)
             for reply in replies:
-                encoded = json.dumps(reply, separators=(",", ":"), default=str) + "\n"
-                await client.send(encoded.encode())
+                text = json.dumps(reply, separators=(",", ":"), default=str)
+                await client.send("".join(part + "\n" for part in socket_lines(text)).encode())
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             raise  # the connection is gone: stop reading it
         except Exception as exc:

@@ -73,7 +73,7 @@ class Acknowledger:
             while self._pending:
                 batch = self._pending[: self._batch_size]
                 try:
-                    rows = await self._db.fetch(self._statement, _params(batch))
+                    rows = await self._db.fetch(self._statement, self._params(batch))
                 except (psycopg.IntegrityError, psycopg.DataError):
                     rows = await self._one_by_one(batch)
                 del self._pending[: len(batch)]
@@ -92,7 +92,7 @@ class Acknowledger:
     async def _write_alone(self, ack: Ack) -> Rows:
         for _ in range(3):
             try:
-                return await self._db.fetch(self._statement, _params([ack]))
+                return await self._db.fetch(self._statement, self._params([ack]))
             except psycopg.DataError as exc:  # PostgreSQL refused the result, or a text
                 ack = _plain(ack, first_line(exc))
             except psycopg.IntegrityError:  # a queue_one twin came in: the next try sees it
@@ -101,6 +101,23 @@ class Acknowledger:
             "pg_queue: could not record the outcome of job %d; its lease will run out", ack.id
         )
         return []
+
+    def _params(self, batch: Sequence[Ack]) -> dict[str, list[object]]:
+        """The statement's parameters for *batch*, each fenced by the claim it settles.
+
+        A claim no longer held gets no claim number: its row is left as it is.
+        """
+        claim_of = self._leases.claim_of
+        return {
+            "ids": [ack.id for ack in batch],
+            "attempts": [ack.attempts for ack in batch],
+            "claims": [claim_of(ack.id, ack.attempts) for ack in batch],
+            "kinds": [ack.kind for ack in batch],
+            "outcomes": [ack.outcome for ack in batch],
+            "errors": [ack.error for ack in batch],
+            "results": [ack.result for ack in batch],
+            "delays": [ack.delay for ack in batch],
+        }
 
     def _count(self, rows: Rows) -> None:
         for queue, kind, state in rows:
@@ -118,15 +135,3 @@ def _plain(ack: Ack, why: str) -> Ack:
         plain = None if ack.error is None else ack.error.encode("ascii", "backslashreplace")
         error = None if plain is None else plain.decode()
     return Ack(ack.id, ack.attempts, ack.kind, ack.outcome, error, None, ack.delay)
-
-
-def _params(batch: Sequence[Ack]) -> dict[str, list[object]]:
-    return {
-        "ids": [ack.id for ack in batch],
-        "attempts": [ack.attempts for ack in batch],
-        "kinds": [ack.kind for ack in batch],
-        "outcomes": [ack.outcome for ack in batch],
-        "errors": [ack.error for ack in batch],
-        "results": [ack.result for ack in batch],
-        "delays": [ack.delay for ack in batch],
-    }

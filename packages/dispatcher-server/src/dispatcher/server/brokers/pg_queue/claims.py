@@ -109,8 +109,8 @@ class Claimer:
 
     def _deliver(self, rows: Rows, deliver: Deliver) -> int:
         """Deliver the claimed rows, oldest first; return how many were claimed."""
-        for row, attempts, queue, message, size in sorted(rows):
-            self._leases.add(row, attempts)
+        for row, attempts, claim, queue, message, size in sorted(rows):
+            self._leases.add(row, attempts, claim)
             self._stats.pg_queue_claims[queue] += 1
             if message is None:
                 self._stats.rejected["oversized"] += 1

@@ -1,17 +1,23 @@
-"""The pg_queue broker's working connection: opened on demand, replaced when it breaks.
+"""The pg_queue broker's working connections: opened on demand, replaced when they break.
 
-Claims, renewals, acknowledgements and sweeps share it, one statement at a time (each in
-autocommit). Whenever it is (re)opened, *on_open* runs first (the broker checks the tables'
-version and sweeps what dead services left behind). While the server cannot be reached,
-attempts to connect are spaced by a growing delay (0.1 s, doubling up to 30 s), shared by
-every user of the connection, and each failure is logged once.
+A :class:`QueueDatabase` is one connection, used one statement at a time (each in
+autocommit); the broker has two, one for claims and one for renewals, acknowledgements and
+sweeps. Whenever one is (re)opened, its session gets a ``statement_timeout`` (and an
+``idle_in_transaction_session_timeout``) of :data:`STATEMENT_TIMEOUT`, unless the conninfo,
+the role or the database already sets one: a statement stuck behind a lock fails instead of
+hanging the broker, and is retried like any other failure (the connection is kept). Its
+statements are planned once (generic plans, see :data:`_SESSION`). Then *on_open* runs (the
+broker checks the tables' version and sweeps what dead services left behind). While the
+server cannot be reached, attempts to connect are spaced by a growing delay (0.1 s,
+doubling up to 30 s), shared by every user of the connection, and each failure is logged
+once.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import psycopg
@@ -27,8 +33,31 @@ logger = get_logger("dispatcher.pg_queue")
 Connection = psycopg.AsyncConnection[Any]
 Rows = list[tuple[Any, ...]]
 
+STATEMENT_TIMEOUT: Final = 25.0
+"""Seconds a statement may run before the server cancels it: a little less than the claim
+loop's own limit (30 s), so that the server gives up first and the connection survives."""
+
 BROKEN = (psycopg.OperationalError, psycopg.InterfaceError)
-"""Errors after which a connection is not used again."""
+"""Errors after which a connection is not used again..."""
+CANCELLED = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
+"""...except these: the server gave up on one statement (``statement_timeout``,
+``lock_timeout``) and the connection is as good as before."""
+
+_SESSION: Final = b"""
+SELECT set_config(s.name, s.value, false)
+FROM (VALUES ('statement_timeout', %(timeout)s),
+             ('idle_in_transaction_session_timeout', %(timeout)s),
+             ('plan_cache_mode', 'force_generic_plan')) AS s(name, value)
+JOIN pg_settings AS p USING (name)
+WHERE p.source NOT IN ('client', 'user', 'database', 'database user')
+"""
+"""The session's settings, unless the conninfo (``options``, ``PGOPTIONS``), the role or
+the database sets them (an operator's choice wins): the timeouts, and generic plans.
+
+Each statement of the broker runs thousands of times, with arrays whose length changes
+every time: planning it anew for each run (as PostgreSQL does whenever the custom plans
+look cheaper, as they do for a claim) costs a good part of the statement. Every statement
+in :mod:`.sql` is written so that its generic plan is the right one."""
 
 FAILURES = (psycopg.Error, OSError, BrokerNotReady)
 """What a statement can fail with: the database's errors, an unreachable server, tables
@@ -36,15 +65,21 @@ that are missing or too old (found when a connection is opened)."""
 
 
 class QueueDatabase:
-    """One autocommit connection, opened when first needed and after each loss."""
+    """One autocommit connection, opened when first needed and after each loss.
+
+    *statement_timeout* (seconds) is the session's, unless the conninfo, the role or the
+    database sets one.
+    """
 
     def __init__(
         self,
         conninfo: str,
         application_name: str,
         on_open: Callable[[Connection], Awaitable[None]],
+        statement_timeout: float = STATEMENT_TIMEOUT,
     ) -> None:
         self._conninfo = conninfo
+        self._timeout = f"{max(1, round(statement_timeout * 1000))}ms"
         self._application_name = application_name
         self._on_open = on_open
         self._conn: Connection | None = None
@@ -66,7 +101,7 @@ class QueueDatabase:
             cursor = await conn.execute(statement, params)
             return await cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
-            if isinstance(exc, BROKEN) or conn.broken:
+            if conn.broken or (isinstance(exc, BROKEN) and not isinstance(exc, CANCELLED)):
                 reason = f"lost the connection to {self.where} ({first_line(exc)})"
                 await self.discard(reason, conn)
             elif isinstance(exc, psycopg.errors.UndefinedTable):
@@ -115,6 +150,7 @@ class QueueDatabase:
                 self._failed(exc)
                 raise
             try:
+                await conn.execute(_SESSION, {"timeout": self._timeout})
                 await self._on_open(conn)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):

@@ -9,22 +9,36 @@ logger = get_logger("dispatcher.pg_queue")
 
 
 class Leases:
-    """Rows claimed by this service and not yet acknowledged: ``id -> attempt``."""
+    """Rows claimed by this service and not yet acknowledged: ``id -> (attempt, claim)``.
+
+    A claim is fenced by both numbers the row had when it was claimed: its attempt (what
+    the delivery's receipt names) and its claim number (the row's ``claims``, which counts
+    every claim and is never reset, not even by ``dispatcherctl retry``).
+    """
 
     def __init__(self, db: QueueDatabase, statement: bytes, lease: float) -> None:
         self._db = db
         self._statement = statement
         self._lease = lease
-        self.held: dict[int, int] = {}
-        """Each claimed row's id and the attempt it was claimed as."""
+        self.held: dict[int, tuple[int, int]] = {}
+        """Each claimed row's id, and the attempt and claim number it was claimed as."""
 
-    def add(self, row: int, attempts: int) -> None:
-        """A row was claimed as attempt *attempts*."""
-        self.held[row] = attempts
+    def add(self, row: int, attempts: int, claim: int) -> None:
+        """A row was claimed as attempt *attempts*, its claim number *claim*."""
+        self.held[row] = (attempts, claim)
+
+    def claim_of(self, row: int, attempts: int) -> int | None:
+        """The claim number of the claim of *row* as attempt *attempts*.
+
+        ``None`` when it is not held (settled already, or lost): its outcome changes nothing.
+        """
+        held = self.held.get(row)
+        return held[1] if held is not None and held[0] == attempts else None
 
     def release(self, row: int, attempts: int) -> None:
         """The claim of *row* as attempt *attempts* is settled: stop renewing it."""
-        if self.held.get(row) == attempts:
+        held = self.held.get(row)
+        if held is not None and held[0] == attempts:
             del self.held[row]
 
     async def renew(self) -> None:
@@ -38,15 +52,20 @@ class Leases:
         held = dict(self.held)
         rows = await self._db.fetch(
             self._statement,
-            {"ids": list(held), "attempts": list(held.values()), "lease": self._lease},
+            {
+                "ids": list(held),
+                "attempts": [attempts for attempts, _ in held.values()],
+                "claims": [claim for _, claim in held.values()],
+                "lease": self._lease,
+            },
         )
         renewed = {row for (row,) in rows}
-        for row, attempts in held.items():
-            if row not in renewed and self.held.get(row) == attempts:
+        for row, claim in held.items():
+            if row not in renewed and self.held.get(row) == claim:
                 del self.held[row]
                 logger.warning(
                     "pg_queue: lost the claim of job %d (attempt %d): its lease ran out and "
                     "it may run again elsewhere",
                     row,
-                    attempts,
+                    claim[0],
                 )

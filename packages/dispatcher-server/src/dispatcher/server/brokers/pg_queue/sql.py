@@ -1,10 +1,15 @@
 """The statements of the pg_queue broker, for one PostgreSQL schema.
 
 Each runs alone, in autocommit: no transaction stays open while a job runs. Every change to
-a claimed row is fenced: it applies only while the row is ``running`` with the attempt
-number it was claimed with (a row swept back after its lease ran out, and claimed again
-elsewhere, ignores the old claim's renewals and outcome). Parameters are named
-(``%(name)s``); arrays travel whole, so that one statement serves a whole batch.
+a claimed row is fenced: it applies only while the row is ``running`` with the claim number
+and attempt number it was claimed with (a row swept back after its lease ran out, or
+retried by an operator, and claimed again, ignores the old claim's renewals and outcome).
+The claim number (``claims``) counts every claim of the row and is never reset. Parameters
+are named (``%(name)s``); arrays travel whole, so that one statement serves a whole batch.
+
+The services plan each statement once (generic plans: see :mod:`.database`), so each is
+written to need no estimate to be right: rows are looked up by id, and the partial
+indexes are used only by the scans that want them.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from dataclasses import dataclass
 
 from dispatcher.server.brokers.pg_queue.migrations import quoted
 
-FINAL_STATES = "('done', 'failed', 'cancelled')"
+FINAL_STATES = ("done", "failed", "cancelled")
+"""The states a job ends in."""
 
 _WAITING_TWIN = """EXISTS (
             SELECT 1 FROM {s}.jobs AS w
@@ -48,11 +54,11 @@ WITH quick AS (
     ORDER BY chosen.run_after, chosen.id LIMIT %(limit)s
 )
 UPDATE {s}.jobs AS j
-SET state = 'running', attempts = j.attempts + 1, node_id = %(node_id)s,
+SET state = 'running', attempts = j.attempts + 1, claims = j.claims + 1, node_id = %(node_id)s,
     lease_until = now() + make_interval(secs => %(lease)s), started_at = now()
 FROM claimed
 WHERE j.id = claimed.id
-RETURNING j.id, j.attempts, j.queue,
+RETURNING j.id, j.attempts, j.claims, j.queue,
     CASE WHEN octet_length(j.message) <= %(max_bytes)s THEN j.message END,
     octet_length(j.message)
 """
@@ -68,30 +74,43 @@ only, so it holds through a pooler too): a claim lost in a crash of the database
 row waiting, or running until its lease runs out, and the job still runs."""
 
 RENEW = """
+WITH held AS MATERIALIZED (
+    SELECT h.*, 'running' AS state
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(claims)s::integer[])
+        AS h(id, attempts, claims)
+)
 UPDATE {s}.jobs AS j
 SET lease_until = now() + make_interval(secs => %(lease)s)
-FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempts)
-WHERE j.id = h.id AND j.attempts = h.attempts AND j.state = 'running'
+FROM held AS h
+WHERE j.id = h.id AND j.state = h.state AND j.claims = h.claims AND j.attempts = h.attempts
 RETURNING j.id
 """
-"""Extend the leases of the claims still held; returns the rows still ours."""
+"""Extend the leases of the claims still held; returns the rows still ours.
+
+The rows are found by id, whatever the plan's estimates: ``j.state`` is compared with a
+column of a materialized CTE, not with the constant ``'running'``, so the jobs_running
+index cannot be chosen instead (a partial index whose dead entries pile up between two
+vacuums: a bitmap scan of it reads them all, for every batch)."""
 
 ACKNOWLEDGE = """
 WITH settled AS (
     SELECT * FROM unnest(
-        %(ids)s::bigint[], %(attempts)s::integer[], %(kinds)s::text[], %(outcomes)s::text[],
-        %(errors)s::text[], %(results)s::text[], %(delays)s::float8[]
-    ) AS s(id, attempts, kind, outcome, error, result, delay)
-), target AS (
-    SELECT s.*, CASE
+        %(ids)s::bigint[], %(attempts)s::integer[], %(claims)s::integer[], %(kinds)s::text[],
+        %(outcomes)s::text[], %(errors)s::text[], %(results)s::text[], %(delays)s::float8[]
+    ) AS s(id, attempts, claims, kind, outcome, error, result, delay)
+), target AS MATERIALIZED (
+    SELECT s.*, j.state, CASE
             WHEN s.kind = 'retry' AND j.attempts >= j.max_attempts THEN 'failed'
             WHEN s.kind IN ('retry', 'requeue') AND j.on_duplicate = 'queue_one'
                  AND {waiting_twin} THEN 'cancelled'
             WHEN s.kind IN ('retry', 'requeue') THEN 'queued'
             ELSE s.kind
         END AS next
-    FROM settled AS s JOIN {s}.jobs AS j ON j.id = s.id
-    WHERE j.state = 'running' AND j.attempts = s.attempts
+    FROM settled AS s CROSS JOIN LATERAL (
+        SELECT j.state, j.claims, j.attempts, j.max_attempts, j.on_duplicate, j.dup_key
+        FROM {s}.jobs AS j WHERE j.id = s.id OFFSET 0
+    ) AS j
+    WHERE j.state = 'running' AND j.claims = s.claims AND j.attempts = s.attempts
 )
 UPDATE {s}.jobs AS j
 SET state = t.next,
@@ -108,12 +127,16 @@ SET state = t.next,
         ELSE t.error END,
     result = CASE WHEN t.next = 'done' THEN t.result::jsonb END
 FROM target AS t
-WHERE j.id = t.id AND j.state = 'running' AND j.attempts = t.attempts
+WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
 RETURNING j.queue, t.kind, j.state
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds). A retry waits for its
 backoff, or fails once the row's ``max_attempts`` are used; a requeue (refused, abandoned:
-the job never ran) waits again at once and its attempt is not counted."""
+the job never ran) waits again at once and its attempt is not counted.
+
+Each row is found by id, whatever the plan's estimates (see :data:`RENEW`): the lateral
+subquery (kept apart by ``OFFSET 0``) can only look its row up by id, and the update
+compares ``j.state`` with the state the target read, not with a constant."""
 
 SWEEP = """
 WITH expired AS (
@@ -144,15 +167,21 @@ RETURNING j.queue, j.state
 counts: the row waits again, or fails when none is left."""
 
 PURGE = """
-DELETE FROM {s}.jobs WHERE id IN (
+DELETE FROM {s}.jobs WHERE id = ANY(ARRAY(
     SELECT id FROM {s}.jobs
-    WHERE state IN {final} AND finished_at < now() - make_interval(secs => %(keep)s)
+    WHERE state = '{state}' AND finished_at < now() - make_interval(secs => %(keep)s)
     ORDER BY finished_at
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
 RETURNING id
 """
-"""Delete up to ``limit`` finished rows older than ``keep`` seconds."""
+"""Delete up to ``limit`` rows in the finished state ``{state}`` older than ``keep`` seconds.
+
+One statement per state, named in the text: the jobs_finished index (state, finished_at)
+then hands over the oldest rows in order, so a batch reads about ``limit`` rows however
+many are due (ordering the rows of several states at once would sort every one of them
+for each batch). The ids go through an array so that the rows are then found by id,
+whatever the plan's estimates."""
 
 PURGE_TICKS = """
 DELETE FROM {s}.schedule_ticks WHERE (task, tick) IN (
@@ -191,7 +220,8 @@ class Statements:
     renew: bytes
     acknowledge: bytes
     sweep: bytes
-    purge: bytes
+    purge: tuple[bytes, ...]
+    """One per finished state."""
     purge_ticks: bytes
     submit_tick: bytes
 
@@ -201,15 +231,15 @@ class Statements:
         name = quoted(schema)
         twin = _WAITING_TWIN.format(s=name)
 
-        def make(text: str) -> bytes:
-            return text.format(s=name, waiting_twin=twin, final=FINAL_STATES).strip().encode()
+        def make(text: str, state: str = "") -> bytes:
+            return text.format(s=name, waiting_twin=twin, state=state).strip().encode()
 
         return cls(
             make(CLAIM),
             make(RENEW),
             make(ACKNOWLEDGE),
             make(SWEEP),
-            make(PURGE),
+            tuple(make(PURGE, state) for state in FINAL_STATES),
             make(PURGE_TICKS),
             make(SUBMIT_TICK),
         )

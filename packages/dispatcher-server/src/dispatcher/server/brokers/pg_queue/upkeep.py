@@ -106,7 +106,7 @@ class Upkeep:
     async def purge(self) -> None:
         """Delete old finished rows and old schedule ticks, a batch per statement."""
         for statement, keep in (
-            (self._statements.purge, self._keep_finished),
+            *((purge, self._keep_finished) for purge in self._statements.purge),
             (self._statements.purge_ticks, KEEP_TICKS),
         ):
             while True:

@@ -1,0 +1,135 @@
+"""Control replies in dispatcherd's shapes, so that its clients read them.
+
+``running`` and ``cancel`` answer with one key per task found, named after where it is:
+``worker-N`` (running on worker N), ``queued-I``, ``blocked-I`` and ``delayed-I`` (I counts
+from 0 in each place). The value is the task's message, with its ``uuid`` (filled in when the
+message had none) and one key of ours, ``where``: ``worker-N``, ``worker-N next`` (held ahead
+by busy worker N, not started: listed as ``queued-I``), ``queued``, ``blocked`` or
+``delayed``.
+
+The filter is dispatcherd's too: ``uuid``, ``task``, ``args`` and ``kwargs``, each compared
+for equality with the message's value; an empty or null value filters nothing.
+
+``producers`` answers with one key per producer, named as dispatcherd names them
+(``pg_notify-producer``, ``scheduled-producer``, ...).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from dispatcher.config import Settings
+from dispatcher.server.stats import ServiceStats
+
+FILTER_KEYS: Final = ("uuid", "task", "args", "kwargs")
+"""The keys of a task filter, as dispatcherd reads them."""
+
+FILTER_PROPERTIES: Final[dict[str, Any]] = {
+    "uuid": {
+        "type": ["string", "null"],
+        "description": "Only the task with this uuid; empty or null: any.",
+    },
+    "task": {
+        "type": ["string", "null"],
+        "description": "Only tasks with this name; empty or null: any.",
+    },
+    "args": {
+        "type": ["array", "null"],
+        "description": "Only tasks whose message has exactly these args; empty or null: any.",
+    },
+    "kwargs": {
+        "type": ["object", "null"],
+        "description": "Only tasks whose message has exactly these kwargs; empty or null: any.",
+    },
+}
+"""JSON Schema properties of a task filter in ``control_data``."""
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Which tasks ``running`` and ``cancel`` concern (``None``: any value)."""
+
+    uuid: str | None = None
+    task: str | None = None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> TaskFilter:
+        """Read the filter from valid ``control_data``; empty values filter nothing."""
+        return cls(*(data.get(key) or None for key in FILTER_KEYS))
+
+    @property
+    def is_empty(self) -> bool:
+        """Tell whether the filter lets every task through."""
+        return all(getattr(self, key) is None for key in FILTER_KEYS)
+
+    @property
+    def needs_message(self) -> bool:
+        """Tell whether the filter looks at the message itself (``args``, ``kwargs``)."""
+        return self.args is not None or self.kwargs is not None
+
+    def matches(self, entry: Mapping[str, Any]) -> bool:
+        """Tell whether a described job (``where``, ``uuid``, ``task``, ``message``) passes."""
+        message: Mapping[str, Any] = entry["message"]
+        return (
+            (self.uuid is None or entry["uuid"] == self.uuid)
+            and (self.task is None or entry["task"] == self.task)
+            and (self.args is None or message.get("args") == self.args)
+            and (self.kwargs is None or message.get("kwargs") == self.kwargs)
+        )
+
+
+def slot(where: str, counters: Counter[str]) -> str:
+    """The reply key of a job found at *where*; *counters* numbers each holding place."""
+    if where.startswith("worker-") and not where.endswith(" next"):
+        return where
+    place = "queued" if where.startswith("worker-") else where
+    key = f"{place}-{counters[place]}"
+    counters[place] += 1
+    return key
+
+
+def slotted(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``running``/``cancel`` reply listing described jobs."""
+    reply: dict[str, Any] = {}
+    counters: Counter[str] = Counter()
+    for entry in entries:
+        key = slot(entry["where"], counters)
+        reply[key] = {**entry["message"], "uuid": entry["uuid"], "where": entry["where"]}
+    return reply
+
+
+def producers_reply(settings: Settings, stats: ServiceStats, uptime: float) -> dict[str, Any]:
+    """The ``producers`` reply: each broker, the schedules, the on-start tasks, ``run``.
+
+    Each has dispatcherd's ``produced_count`` and ``uptime_seconds``; the pg_notify
+    listener adds its reconnections (``recycle_count``) and self-checks; our own keys say
+    what each one runs. A broker's ``produced_count`` is the number of payloads it handed
+    to the service (:attr:`ServiceStats.delivered`); the schedules, on-start tasks and
+    ``run`` are not counted (``None``).
+    """
+    producers = settings.producers
+
+    def producer(count: int | None = None, **extra: Any) -> dict[str, Any]:
+        return {"produced_count": count, "uptime_seconds": uptime, **extra}
+
+    reply = {f"{name}-producer": producer(stats.delivered[name]) for name in settings.brokers.names}
+    if "pg_notify-producer" in reply:
+        reply["pg_notify-producer"].update(
+            recycle_count=max(0, stats.listener_connects - 1),
+            broker_self_check={"enabled": True, "success_count": stats.self_checks},
+            connects=stats.listener_connects,
+            failures=stats.listener_failures,
+        )
+    if producers.scheduled:
+        schedules = {task: {"schedule": e.schedule} for task, e in producers.scheduled.items()}
+        reply["scheduled-producer"] = producer(schedules=schedules)
+    if producers.on_start:
+        reply["on-start-producer"] = producer(tasks=sorted(producers.on_start))
+    if producers.control:
+        reply["control-producer"] = producer()
+    return reply

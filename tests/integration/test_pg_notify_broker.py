@@ -1,0 +1,117 @@
+"""The pg_notify broker on its own, against a real PostgreSQL: what it delivers, and how.
+
+It reads notifications straight from the connection, many per wake-up: every payload must
+still arrive once, whole, in order, and the self-check's own notifications never.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import anyio
+import psycopg
+import pytest
+
+from dispatcher.config import PgNotifyBroker as PgNotifySettings
+from dispatcher.server.brokers import pg_notify
+from dispatcher.server.brokers.pg_notify import PgNotifyBroker
+from dispatcher.server.origin import Origin
+from dispatcher.server.stats import ServiceStats
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+Received = list[tuple[str, Origin]]
+
+
+def listening(
+    pg_dsn: str, channels: list[str], stats: ServiceStats, self_check_interval: float = 30
+) -> tuple[PgNotifyBroker, Received]:
+    """A broker on *channels*, and the list it is to deliver into."""
+    settings = PgNotifySettings(
+        conninfo=pg_dsn, channels=tuple(channels), self_check_interval=self_check_interval
+    )
+    return PgNotifyBroker(settings, "dispatcher-test", stats), []
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def notify_all(pg_dsn: str, notifications: list[tuple[str, str]]) -> None:
+    """Send every notification in one transaction: they arrive as one burst."""
+    with psycopg.connect(pg_dsn) as conn:
+        for channel, payload in notifications:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+async def test_a_burst_of_small_and_large_payloads_arrives_whole_and_in_order(
+    pg_dsn: str, channel: str
+) -> None:
+    other = f"{channel}_b"
+    stats = ServiceStats()
+    broker, received = listening(pg_dsn, [channel, other], stats)
+    sent = [
+        (channel if n % 3 else other, json.dumps({"n": n, "pad": "x" * (n * 37 % 7_900)}))
+        for n in range(1_500)  # over MAX_PER_TURN: the broker gives other tasks turns
+    ]
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(broker.run, lambda text, origin: received.append((text, origin)))
+        await wait_until(lambda: stats.listener_connects == 1)
+        await anyio.to_thread.run_sync(notify_all, pg_dsn, sent)
+        await wait_until(lambda: len(received) >= len(sent))
+        await anyio.sleep(0.1)  # nothing more comes
+        tasks.cancel_scope.cancel()
+    assert [(origin.channel, text) for text, origin in received] == sent
+    assert {origin.broker for _, origin in received} == {"pg_notify"}
+
+
+async def test_self_checks_go_on_between_notifications_and_are_never_delivered(
+    pg_dsn: str, channel: str
+) -> None:
+    stats = ServiceStats()
+    broker, received = listening(pg_dsn, [channel], stats, self_check_interval=0.05)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(broker.run, lambda text, origin: received.append((text, origin)))
+        await wait_until(lambda: stats.listener_connects == 1)
+        for batch in range(10):
+            notes = [(channel, f"{batch}-{n}") for n in range(50)]
+            await anyio.to_thread.run_sync(notify_all, pg_dsn, notes)
+            await anyio.sleep(0.03)
+        await wait_until(lambda: len(received) >= 500 and stats.self_checks >= 3)
+        tasks.cancel_scope.cancel()
+    assert [text for text, _ in received] == [f"{b}-{n}" for b in range(10) for n in range(50)]
+    assert {origin.channel for _, origin in received} == {channel}
+    assert stats.listener_failures == 0
+
+
+async def test_a_notification_psycopg_reads_during_a_statement_is_delivered(
+    pg_dsn: str, channel: str
+) -> None:
+    stats = ServiceStats()
+    broker, received = listening(pg_dsn, [channel], stats)
+
+    def deliver(text: str, origin: Origin) -> None:
+        received.append((text, origin))
+
+    async with await pg_notify.open_connection(pg_dsn, "dispatcher-test") as conn:
+        drain = pg_notify._Drain(conn, broker.check_channel, broker._origins, deliver)
+        conn.add_notify_handler(drain.take)
+        await broker._listen(conn)
+        # Our own NOTIFY comes back before the statement ends: psycopg reads it.
+        await conn.execute("SELECT pg_notify(%s, 'during')", (channel,))
+        assert [(text, origin.channel) for text, origin in received] == [("during", channel)]
+        await conn.execute("SELECT pg_notify(%s, 'token')", (broker.check_channel,))
+        with anyio.fail_after(5):
+            while drain.check_token != "token":
+                drain.run()
+                await drain.wait()
+    assert [(text, origin.channel) for text, origin in received] == [("during", channel)]

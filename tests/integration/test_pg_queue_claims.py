@@ -1,0 +1,141 @@
+"""Claims of the pg_queue broker: given back on a graceful stop, fenced across retries.
+
+Services run as subprocesses; jobs are stored with SQL and their rows read back. A service
+cut off from the database goes through a TCP proxy the test takes down and brings back.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.proxy import DatabaseProxy
+from support.queue_rows import unique_schema
+from support.service import Evidence, ServiceProcess, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+Conn = psycopg.Connection[Any]
+CTL = (sys.executable, "-m", "dispatcher.server.ctl")
+Start = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def schema(pg_conn: Conn) -> str:
+    return migrated(pg_conn, unique_schema())
+
+
+def on_node(config: dict[str, Any], node_id: str) -> dict[str, Any]:
+    return {**config, "service": {**config["service"], "node_id": node_id}}
+
+
+def test_jobs_claimed_ahead_are_given_back_on_a_graceful_stop_and_run_once_elsewhere(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    config = queue_config(pg_dsn, schema, channel)  # 2 workers, prefetch 100, grace 5 s
+    first = start_service(on_node(config, "node-a"))
+    running = [job_message("sleep_then_record", evidence.path, 3, f"long-{n}") for n in (1, 2)]
+    ahead = [job_message("record", evidence.path, n) for n in range(10)]
+    uuids = enqueue(pg_conn, schema, channel, running + ahead)
+    long_jobs, ahead_jobs = uuids[:2], uuids[2:]
+    # Both workers run a long job; the ten others wait in the service, claimed ahead.
+    starts = evidence.wait_for(2)
+    assert {record["event"] for record in starts} == {"start"}
+    assert {row["state"] for row in wait_for_states(pg_conn, schema, uuids, {"running"})} == {
+        "running"
+    }
+
+    first.signal(signal.SIGTERM)
+    given_back = wait_for_states(pg_conn, schema, ahead_jobs, {"queued"})
+    assert first.wait() == 0
+    # The claim is not counted as an attempt.
+    assert [(row["attempts"], row["outcome"]) for row in given_back] == [(0, None)] * 10
+    rows = wait_for_states(pg_conn, schema, long_jobs, {"done"})
+    assert [(row["attempts"], row["node_id"]) for row in rows] == [(1, "node-a")] * 2
+    assert not [record for record in evidence.records() if "args" in record]  # none ran
+
+    start_service(on_node(config, "node-b"))
+    rows = wait_for_states(pg_conn, schema, ahead_jobs, {"done"})
+    assert [(row["attempts"], row["node_id"]) for row in rows] == [(1, "node-b")] * 10
+    ran = Counter(record["args"][0] for record in evidence.records() if "args" in record)
+    assert ran == Counter(range(10))  # each exactly once
+
+
+def test_a_late_outcome_from_before_a_retry_never_settles_the_new_claim(
+    start_service: Start,
+    tmp_path: Path,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # Service A runs the job, then loses the database; its lease runs out and service B
+    # sweeps the job to failed (one attempt allowed). An operator retries it: its attempts
+    # go back to 0 and B claims it as attempt 1 again. A's job then ends and A, back on
+    # the database, reports the outcome of its own attempt 1: it must not count for B's.
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        start_service(on_node(queue_config(proxy.dsn, schema, channel), "node-a"))
+        (uuid,) = enqueue(
+            pg_conn,
+            schema,
+            channel,
+            [job_message("sleep_then_record", evidence.path, 8, "twice")],
+            max_attempts=1,
+        )
+        evidence.wait_for(1)
+        proxy.down()
+        start_service(on_node(queue_config(pg_dsn, schema, channel), "node-b"))
+        (swept,) = wait_for_states(pg_conn, schema, [uuid], {"failed"})
+        assert (swept["attempts"], swept["outcome"]) == (1, "worker_lost")
+
+        ctl_config = tmp_path / "ctl.yml"
+        ctl_config.write_text(json.dumps(queue_config(pg_dsn, schema, channel)))
+        retried = subprocess.run(
+            [*CTL, "retry", "--uuid", uuid, "--config", str(ctl_config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert retried.returncode == 0, retried.stderr
+        first_start, second_start = evidence.wait_for(2)
+        assert first_start["pid"] != second_start["pid"]
+        proxy.up()
+        # A reconnects while both runs go on, and records its end first.
+        wait_until(lambda: "node-a" in connected_nodes(pg_conn), timeout=20)
+        first_end = evidence.wait_for(3, timeout=20)[2]
+        assert (first_end["event"], first_end["pid"]) == ("end", first_start["pid"])
+        (row,) = wait_for_states(pg_conn, schema, [uuid], {"done"}, timeout=30)
+        second_end = evidence.wait_for(4, timeout=20)[3]
+    finally:
+        proxy.down()
+    assert (second_end["event"], second_end["pid"]) == ("end", second_start["pid"])
+    assert (row["attempts"], row["node_id"]) == (1, "node-b")
+    # Done when B's run ended, not when A's did.
+    assert row["finished_at"].timestamp() >= second_end["time"]
+
+
+def connected_nodes(conn: Conn) -> set[str]:
+    """The node ids of the services whose pg_queue working connections are open now."""
+    rows = conn.execute(
+        "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+        ("dispatcher-queue:%",),
+    ).fetchall()
+    return {name.removeprefix("dispatcher-queue:") for (name,) in rows}

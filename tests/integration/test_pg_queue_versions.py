@@ -1,0 +1,118 @@
+"""The pg_queue tables' version: services refuse older tables, ``dispatcherctl migrate`` upgrades.
+
+Tables of an older version are made for real (only the first migrations applied, as the
+release that shipped them did) or simulated by editing the version table after migrating.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dispatcher.server.brokers.pg_queue.migrations import latest_version, plan
+from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.queue_rows import insert_job, job_row, unique_schema
+from support.service import Evidence, ServiceProcess
+
+pytestmark = pytest.mark.timeout(60)
+
+Conn = psycopg.Connection[Any]
+Start = Callable[..., ServiceProcess]
+
+
+def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def write_config(folder: Path, config: dict[str, Any]) -> Path:
+    path = folder / "dispatcher.yml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def versions(conn: Conn, schema: str) -> list[int]:
+    query = sql.SQL("SELECT version FROM {}.migrations ORDER BY version")
+    return [v for (v,) in conn.execute(query.format(sql.Identifier(schema))).fetchall()]
+
+
+def at_version(conn: Conn, schema: str, version: int) -> str:
+    """Make the tables of *schema* as migrations 1 to *version* alone make them."""
+    work = plan(schema, 0)
+    with conn.transaction():
+        for statement in (*work.setup, *work.steps[: 2 * version]):  # each: its SQL, its row
+            conn.execute(statement.encode())
+    assert versions(conn, schema) == list(range(1, version + 1))
+    return schema
+
+
+def test_a_service_refuses_tables_of_an_older_version_with_one_line(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, channel: str
+) -> None:
+    latest = latest_version()
+    assert latest >= 2
+    schema = migrated(pg_conn, unique_schema())
+    pg_conn.execute(
+        sql.SQL("DELETE FROM {}.migrations WHERE version = %s").format(sql.Identifier(schema)),
+        (latest,),
+    )
+    service = start_service(queue_config(pg_dsn, schema, channel), wait=False)
+    assert service.wait() == 2
+    assert service.log.strip().splitlines() == [
+        f'dispatcher-standalone: the pg_queue tables in schema "{schema}" are at version '
+        f"{latest - 1}, this version needs {latest}: "
+        f"run 'dispatcherctl migrate --config {service.config_path}'"
+    ]
+    # The migrations check before they change anything: applying the last one again is a
+    # no-op that records it, after which a service starts.
+    upgraded = ctl(service.config_path, "migrate")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"from version {latest - 1} to {latest}" in upgraded.stdout
+    assert versions(pg_conn, schema) == list(range(1, latest + 1))
+    start_service(queue_config(pg_dsn, schema, channel))
+
+
+def test_migrate_upgrades_version_one_tables_and_their_jobs_run(
+    start_service: Start,
+    tmp_path: Path,
+    pg_dsn: str,
+    pg_conn: Conn,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    schema = at_version(pg_conn, unique_schema(), 1)
+    waiting = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, "old")])
+    failed = insert_job(pg_conn, schema, queue=channel, state="failed", attempts=3)
+    config = queue_config(pg_dsn, schema, channel)
+    path = write_config(tmp_path, config)
+
+    printed = ctl(path, "migrate", "--print")
+    assert printed.returncode == 0, printed.stderr
+    assert f"version 1 -> {latest_version()}" in printed.stdout
+    assert "VALUES (1)" not in printed.stdout  # only what is missing
+    upgraded = ctl(path, "migrate")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"from version 1 to {latest_version()}" in upgraded.stdout
+    assert versions(pg_conn, schema) == list(range(1, latest_version() + 1))
+    again = ctl(path, "migrate")
+    assert f"are at version {latest_version()}: nothing to do" in again.stdout
+
+    row = job_row(pg_conn, schema, failed)
+    assert row is not None
+    assert (row["state"], row["attempts"], row["claims"]) == ("failed", 3, 0)  # rows are kept
+    start_service(config)
+    (done,) = wait_for_states(pg_conn, schema, waiting, {"done"})
+    assert done["attempts"] == 1
+    assert [record["args"] for record in evidence.records()] == [["old"]]

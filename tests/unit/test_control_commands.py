@@ -1,0 +1,400 @@
+"""Control replies have dispatcherd's shapes: read here the way dispatcherd's clients read them.
+
+The readers (``support.dispatcherd_readers``) do what dispatcherd's ``dispatcherctl`` and
+demo, and AWX, do with the replies they get: AWX polls ``running`` until no task of a name
+is left, looking at ``task`` in every value but ``node_id``'s; dispatcherd's tests take the
+``worker-`` entry's ``uuid``; its demo prints ``done`` and ``stack`` of each ``aio_tasks``
+entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from dispatcher.config import ServiceControl, load_settings
+from dispatcher.control import entries
+from dispatcher.schema import load_schema
+from dispatcher.server.allowlist import ControlAllowList
+from dispatcher.server.control import STATUS_WAITING_LIMIT, ControlCommands
+from dispatcher.server.control_messages import ControlMessages
+from dispatcher.server.rejection import Rejected
+from dispatcher.server.stats import ServiceStats
+from support.dispatcherd_readers import awx_still_running, demo_aio_tasks, running_worker_uuid
+
+DISPATCHERD_STATUS_KEYS = {
+    "running",
+    "aio_tasks",
+    "workers",
+    "producers",
+    "metrics",
+    "main",
+    "chunks",
+}
+
+
+def job(place: str, uuid: str, task: str = "app.t", **message: Any) -> dict[str, Any]:
+    """A job as the scheduler describes it."""
+    return {"where": place, "uuid": uuid, "task": task, "message": {"task": task, **message}}
+
+
+class FakeService:
+    """A ControlTarget holding a fixed set of jobs and two workers; it records cancels."""
+
+    def __init__(self) -> None:
+        self.jobs = [
+            job("worker-0", "u-run", args=[1]),
+            job("worker-0 next", "u-next", args=[2]),
+            job("worker-1", "u-other", task="app.other", kwargs={"k": 1}),
+            job("queued", "u-q1", args=[1]),
+            job("queued", "u-q2", args=[3], where="from the message"),
+            job("blocked", "u-b", args=[1]),
+            job("delayed", "u-d", args=[1], delay=30),
+        ]
+        self.cancelled: list[tuple[str | None, str | None]] = []
+        self.submitted: list[dict[str, Any]] = []
+
+    def running(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
+        return [
+            j
+            for j in self.jobs
+            if (uuid is None or j["uuid"] == uuid) and (task is None or j["task"] == task)
+        ]
+
+    def on_workers(self) -> list[dict[str, Any]]:
+        return [j for j in self.jobs if j["where"].startswith("worker-")]
+
+    def cancel(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
+        self.cancelled.append((uuid, task))
+        return self.running(uuid, task)
+
+    def cancel_all(self) -> list[dict[str, Any]]:
+        self.cancelled.append(("*", "*"))
+        return list(self.jobs)
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "worker_id": n,
+                "pid": 100 + n,
+                "status": "ready",
+                "state": "busy",
+                "finished_count": n,
+                "current_task": "app.t",
+                "current_task_uuid": f"u-{n}",
+                "active_cancel": False,
+                "age": 1.5,
+                "held_ahead": [],
+                "rss_bytes": 1 << 20,
+            }
+            for n in (0, 1)
+        ]
+
+    def counts(self) -> dict[str, Any]:
+        places = [j["where"] for j in self.jobs]
+        return {
+            "queued": places.count("queued"),
+            "blocked": places.count("blocked"),
+            "delayed": places.count("delayed"),
+            "workers": {"count": 2, "min": 1, "max": 4},
+        }
+
+    def pool(self) -> dict[str, Any]:
+        return {
+            "next_worker_id": 2,
+            "worker_ct": 2,
+            "running_ct": 2,
+            "active_task_ct": 5,
+            "usage": {"count": 2, "top5": {2: "blocked", 1: "blocked"}, "near_worker_ct": {}},
+        }
+
+    def chunks(self) -> dict[str, Any]:
+        return {"status": {"active_messages": 0}, "partials": {}}
+
+    def aio_tasks(self, limit: int) -> dict[str, Any]:
+        return {"main": {"done": False, "stack": f"{limit} frames"}}
+
+    def signatures(self) -> dict[str, Any]:
+        return {"keys": []}
+
+    def metrics_endpoint(self) -> dict[str, Any]:
+        return {"enabled": False}
+
+    def submit(self, message: dict[str, Any]) -> str:
+        if message.get("task") == "refused":
+            raise Rejected("unknown_task", "no task named 'refused'")
+        self.submitted.append(message)
+        return str(message.get("uuid") or "u-new")
+
+
+@pytest.fixture
+def service() -> FakeService:
+    return FakeService()
+
+
+def commands(target: FakeService, **config: Any) -> ControlCommands:
+    settings = load_settings({"version": 1, **config})
+    stats = ServiceStats()
+    stats.finished.update({"ok": 3, "error": 1, "cancelled": 2, "timeout": 1})
+    stats.delivered["pg_notify"] = 5
+    return ControlCommands(target, settings, stats)
+
+
+def ask(
+    target: FakeService, command: str, data: dict[str, Any] | None = None, **config: Any
+) -> list[dict[str, Any]]:
+    """One service's reply as a client gets it: through JSON, with ``node_id``, in a list."""
+    answer = ControlMessages(
+        commands(target, **config),
+        ControlAllowList(load_settings({"version": 1}).brokers),
+        ServiceStats(),
+        "node-a",
+    ).answer({"control": command, "control_data": data or {}}, "chan", None)
+    return [json.loads(json.dumps(answer))]
+
+
+# -- running and cancel --------------------------------------------------------------------
+
+
+def test_running_has_a_key_per_task_named_after_where_it_is(service: FakeService) -> None:
+    [reply] = ask(service, "running")
+    assert list(reply) == [
+        "worker-0",
+        "queued-0",
+        "worker-1",
+        "queued-1",
+        "queued-2",
+        "blocked-0",
+        "delayed-0",
+        "node_id",
+    ]
+    assert reply["worker-0"] == {"task": "app.t", "args": [1], "uuid": "u-run", "where": "worker-0"}
+    assert reply["queued-0"]["where"] == "worker-0 next"  # held ahead: not started
+    assert reply["queued-2"]["where"] == "queued"  # ours replaces the message's own `where`
+    assert reply["delayed-0"]["delay"] == 30
+    assert list(entries(reply)) == [key for key in reply if key != "node_id"]
+
+
+def test_running_reads_as_dispatcherd_clients_and_awx_read_it(service: FakeService) -> None:
+    replies = ask(service, "running")
+    assert len(awx_still_running(replies, "app.t")) == 6
+    assert awx_still_running(replies, "app.gone") == []
+    assert running_worker_uuid(replies) == "u-run"
+    assert running_worker_uuid(ask(service, "running", {"uuid": "u-other"})) == "u-other"
+    service.jobs = []
+    assert ask(service, "running") == [{"node_id": "node-a"}]
+    assert awx_still_running(ask(service, "running"), "app.t") == []
+
+
+@pytest.mark.parametrize(
+    ("data", "uuids"),
+    [
+        ({"uuid": "u-q1"}, ["u-q1"]),
+        ({"task": "app.other"}, ["u-other"]),
+        ({"args": [1]}, ["u-run", "u-q1", "u-b", "u-d"]),
+        ({"args": [1], "uuid": "u-b"}, ["u-b"]),
+        ({"kwargs": {"k": 1}}, ["u-other"]),
+        ({"kwargs": {"k": 2}}, []),
+        ({"uuid": "", "task": None, "args": [], "kwargs": {}}, None),  # empty: no filter
+    ],
+)
+def test_running_filters_as_dispatcherd_does(
+    service: FakeService, data: dict[str, Any], uuids: list[str] | None
+) -> None:
+    [reply] = ask(service, "running", data)
+    found = [task["uuid"] for task in entries(reply).values()]
+    assert found == (uuids if uuids is not None else [j["uuid"] for j in service.jobs])
+
+
+def test_cancel_without_a_filter_is_refused_by_default(service: FakeService) -> None:
+    for data in ({}, {"uuid": "", "args": []}):
+        [reply] = ask(service, "cancel", data)
+        assert reply["error"].startswith("cancel needs a filter: uuid, task, args or kwargs")
+        assert "service.control.cancel_without_filter is 'refuse'" in reply["error"]
+    assert service.cancelled == []
+
+
+def test_cancel_without_a_filter_cancels_all_when_configured(service: FakeService) -> None:
+    config = {"service": {"control": {"cancel_without_filter": "all"}}}
+    [reply] = ask(service, "cancel", {}, **config)
+    assert service.cancelled == [("*", "*")]
+    assert len(entries(reply)) == len(service.jobs)
+    assert running_worker_uuid([reply]) == "u-run"
+
+
+def test_cancel_all_explicitly_and_not_with_a_filter(service: FakeService) -> None:
+    [reply] = ask(service, "cancel", {"all": True})
+    assert service.cancelled == [("*", "*")]
+    assert "worker-1" in reply
+    [mixed] = ask(service, "cancel", {"all": True, "uuid": "u-run"})
+    assert mixed["error"] == "cancel: give either all or a filter, not both"
+
+
+def test_cancel_by_uuid_and_by_args(service: FakeService) -> None:
+    [reply] = ask(service, "cancel", {"uuid": "u-d"})
+    assert reply == {
+        "delayed-0": {"task": "app.t", "args": [1], "delay": 30, "uuid": "u-d", "where": "delayed"},
+        "node_id": "node-a",
+    }
+    service.cancelled.clear()
+    [by_args] = ask(service, "cancel", {"args": [3]})
+    assert service.cancelled == [("u-q2", "app.t")]
+    assert [t["uuid"] for t in entries(by_args).values()] == ["u-q2"]
+
+
+def test_filters_of_the_wrong_type_or_unknown_get_an_error_naming_them(
+    service: FakeService,
+) -> None:
+    [reply] = ask(service, "running", {"args": "1"})
+    assert reply["error"].startswith("invalid control_data for running: control_data.args: ")
+    [unknown] = ask(service, "cancel", {"task_ids": ["u"]})
+    assert "control_data.task_ids: unknown key" in unknown["error"]
+
+
+# -- the other commands --------------------------------------------------------------------
+
+
+def test_workers_main_and_aio_tasks(service: FakeService) -> None:
+    [workers] = ask(service, "workers")
+    assert sorted(entries(workers)) == ["worker-0", "worker-1"]
+    for key, worker in entries(workers).items():
+        assert key == f"worker-{worker['worker_id']}"
+        assert {"pid", "status", "finished_count", "current_task", "current_task_uuid"} <= set(
+            worker
+        )
+        assert {"active_cancel", "age"} <= set(worker)
+    [main] = ask(service, "main")
+    assert (main["received_count"], main["control_count"]) == (0, 0)
+    assert main["pool"] == {
+        "finished_count": 4,
+        "canceled_count": 3,
+        "retirement_count": 0,
+        "next_worker_id": 2,
+        "worker_ct": 2,
+        "running_ct": 2,
+        "active_task_ct": 5,
+        "usage": {"count": 2, "top5": {"2": "blocked", "1": "blocked"}, "near_worker_ct": {}},
+    }
+    assert demo_aio_tasks(ask(service, "aio_tasks")) == ["main done=False\n6 frames"]
+    assert demo_aio_tasks(ask(service, "aio_tasks", {"limit": 0})) == ["main done=False\n0 frames"]
+
+
+def test_status_holds_every_read_only_reply_and_our_counters(service: FakeService) -> None:
+    [status] = ask(service, "status")
+    assert set(status) >= DISPATCHERD_STATUS_KEYS
+    for name in DISPATCHERD_STATUS_KEYS - {"producers", "main"}:  # those hold the uptime
+        [alone] = ask(service, name)
+        alone.pop("node_id")
+        assert status[name] == alone, name
+    assert set(status["main"]) == set(ask(service, "main")[0]) - {"node_id"}
+    assert awx_still_running([{**status["running"], "node_id": "n"}], "app.other") != []
+    assert status["pool"] == {"count": 2, "min": 1, "max": 4, "started": 0, "lost": 0}
+    assert status["finished"] == {"ok": 3, "error": 1, "cancelled": 2, "timeout": 1}
+    assert status["running_omitted"] == 0
+
+
+def test_status_lists_only_the_tasks_on_workers_behind_a_long_queue(
+    service: FakeService,
+) -> None:
+    service.jobs += [job("queued", f"u-{n}") for n in range(STATUS_WAITING_LIMIT)]
+    [status] = ask(service, "status")
+    assert sorted(entries(status["running"])) == ["queued-0", "worker-0", "worker-1"]
+    assert status["running"]["queued-0"]["where"] == "worker-0 next"
+    assert status["running_omitted"] == STATUS_WAITING_LIMIT + 4
+    [running] = ask(service, "running")
+    assert len(entries(running)) == len(service.jobs)
+
+
+def test_producers_are_named_as_dispatcherd_names_them(service: FakeService) -> None:
+    config = {
+        "brokers": {"pg_notify": {"conninfo": "dbname=x", "channels": ["c"]}},
+        "producers": {"scheduled": {"app.t": {"schedule": 60}}, "control": {}},
+    }
+    [reply] = ask(service, "producers", **config)
+    assert sorted(entries(reply)) == [
+        "control-producer",
+        "pg_notify-producer",
+        "scheduled-producer",
+    ]
+    assert reply["pg_notify-producer"]["recycle_count"] == 0
+    assert reply["pg_notify-producer"]["produced_count"] == 5
+    assert reply["scheduled-producer"]["produced_count"] is None
+    assert reply["scheduled-producer"]["schedules"] == {"app.t": {"schedule": 60}}
+    assert all("uptime_seconds" in p for p in entries(reply).values())
+
+
+def test_run_acknowledges_with_the_message(service: FakeService) -> None:
+    [disabled] = ask(service, "run", {"task": "app.t"})
+    assert disabled["error"].startswith("the run command is disabled")
+    enabled = {"producers": {"control": {}}}
+    [reply] = ask(service, "run", {"task": "app.t", "args": [1]}, **enabled)
+    assert reply == {
+        "ack": {"task": "app.t", "args": [1], "uuid": "u-new"},
+        "uuid": "u-new",
+        "node_id": "node-a",
+    }
+    [refused] = ask(service, "run", {"task": "refused"}, **enabled)
+    assert refused["error"] == "task refused: no task named 'refused'"
+
+
+@pytest.fixture
+def restored_level() -> Iterator[None]:
+    logger = logging.getLogger("dispatcher")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("restored_level")
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        ("debug", "DEBUG"),
+        (" Warn ", "WARNING"),
+        (10, "DEBUG"),
+        (15, "Level 15"),
+        ("fatal", "CRITICAL"),
+    ],
+)
+def test_set_log_level_takes_names_in_any_case_and_numbers(
+    service: FakeService, level: str | int, expected: str
+) -> None:
+    [reply] = ask(service, "set_log_level", {"level": level})
+    assert (reply["logger"], reply["level"]) == ("dispatcher", expected)
+    assert "previous_level" in reply
+
+
+@pytest.mark.usefixtures("restored_level")
+@pytest.mark.parametrize(
+    ("level", "said"),
+    [
+        ("loud", "control_data.level: unknown log level 'loud' (expected a number or one of "),
+        (True, "control_data.level: expected string or integer, got boolean True"),
+        (-1, "control_data.level: "),
+    ],
+)
+def test_set_log_level_errors_name_the_field(
+    service: FakeService, level: object, said: str
+) -> None:
+    [reply] = ask(service, "set_log_level", {"level": level})
+    assert reply["error"].startswith("invalid control_data for set_log_level: ")
+    assert said in reply["error"]
+
+
+def test_unknown_command_lists_every_command(service: FakeService) -> None:
+    [reply] = ask(service, "bogus")
+    assert reply["error"] == (
+        "unknown command 'bogus' (commands: aio_tasks, alive, cancel, chunks, main, metrics, "
+        "producers, run, running, set_log_level, status, workers)"
+    )
+
+
+def test_the_cancel_setting_defaults_to_refuse_in_schema_and_settings() -> None:
+    node: Mapping[str, Any] = load_schema("config")["properties"]["service"]
+    prop = node["properties"]["control"]["properties"]["cancel_without_filter"]
+    assert prop["default"] == ServiceControl().cancel_without_filter == "refuse"
+    assert load_settings({"version": 1}).service.control == ServiceControl()
