@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,7 +99,7 @@ def test_dispatcherds_cancel_and_exit_mean_what_they_mean_in_dispatcherd(
 ) -> None:
     service_config["tasks"]["modules"] = ["support.dispatcherd_decorated"]
     service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
-    service = start_service(service_config, env=with_dispatcherd)
+    service = start_service(service_config, env=with_dispatcherd, log_level="DEBUG")
     path = evidence.path
     notify(
         channel, message(THEIRS + "sleep_catching_their_cancel", path, 30, timeout=0.5, uuid="u-c")
@@ -115,7 +114,9 @@ def test_dispatcherds_cancel_and_exit_mean_what_they_mean_in_dispatcherd(
     assert cancelled["time"] - start["time"] < 1.5
     assert start["pid"] == after_cancel["pid"] == exited["pid"]  # the worker survived the cancel
     assert after_exit["pid"] != exited["pid"]  # dispatcherd's DispatcherExit ended it
-    time.sleep(0.3)
+    # A job's end is logged at DEBUG: both ended as they should, neither as "failed".
+    service.wait_for_log(r"\(uuid u-c\) finished timeout")
+    service.wait_for_log(r"\(uuid u-exit\) finished ok")
     assert not re.search(r"\(uuid u-(c|exit)\) failed", service.log)
     service.wait_for_log(r"\(uuid u-c\) exceeded its timeout of 0\.5 s")
 
