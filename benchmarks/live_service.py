@@ -136,7 +136,9 @@ class LiveService:
     def _listening(self) -> bool:
         query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute(query, (service_application_name(self.channel),)).fetchone()
+            row = conn.execute(
+                query, (service_application_name(self.channel, [self.channel]),)
+            ).fetchone()
         return row == (1,)
 
     def running(self) -> bool:

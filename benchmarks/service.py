@@ -73,7 +73,7 @@ def start_service(folder: Path, dsn: str, channel: str, workers: int) -> subproc
     process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
     with psycopg.connect(dsn, autocommit=True) as conn:
         query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-        name = service_application_name(channel)
+        name = service_application_name(channel, [channel])
         wait_for(lambda: conn.execute(query, (name,)).fetchone() == (1,), timeout=30)
     return process
 

@@ -444,23 +444,32 @@ def installed_ruff_version() -> str:
 
 
 def pinned_ruff_version(hatch_toml: str | None = None) -> str:
-    """Return the ruff version pinned by the default environment of *hatch_toml*.
+    """Return the ruff version pinned by the environment of *hatch_toml* that installs ruff.
 
-    :raises GenerationError: when ruff is missing there or not pinned with ``==``.
+    The first environment (in file order) whose ``dependencies`` or ``extra-dependencies``
+    name ruff decides.
+
+    :raises GenerationError: when no environment names ruff or it is not pinned with ``==``.
     """
     if hatch_toml is None:
         hatch_toml = HATCH_TOML.read_text(encoding="utf-8")
-    dependencies = tomllib.loads(hatch_toml).get("envs", {}).get("default", {})
-    for requirement in dependencies.get("dependencies", []):
-        name = re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0]
-        if name.lower() == "ruff":
-            pin = re.fullmatch(r"ruff\s*==\s*([0-9][^\s,;]*)", requirement.strip(), re.I)
-            if pin is None:
-                break
-            return pin[1]
+    ruff_requirements = [
+        requirement.strip()
+        for env in tomllib.loads(hatch_toml).get("envs", {}).values()
+        for requirement in [*env.get("dependencies", []), *env.get("extra-dependencies", [])]
+        if re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower() == "ruff"
+    ]
+    pin = (
+        re.fullmatch(r"ruff\s*==\s*([0-9][^\s,;]*)", ruff_requirements[0], re.I)
+        if ruff_requirements
+        else None
+    )
+    if pin is not None:
+        return pin[1]
     raise GenerationError(
-        "hatch.toml must pin ruff with `ruff==<version>` in envs.default.dependencies: "
-        "the generated files are formatted with it, and must not change with its version"
+        "hatch.toml must pin ruff with `ruff==<version>` in the dependencies of its "
+        "environment: the generated files are formatted with it, and must not change with "
+        "its version"
     )
 
 

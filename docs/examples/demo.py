@@ -89,7 +89,8 @@ def service(dsn: str, channel: str, folder: Path) -> Iterator[subprocess.Popen[b
         with psycopg.connect(dsn, autocommit=True) as conn:
             deadline = time.monotonic() + 30
             query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-            while conn.execute(query, (service_application_name(node),)).fetchone() != (1,):
+            name = service_application_name(node, [channel])
+            while conn.execute(query, (name,)).fetchone() != (1,):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(
                         f"the service did not start; see {folder / 'demo-service.log'}"

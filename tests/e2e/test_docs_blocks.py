@@ -111,6 +111,8 @@ def test_service_and_dispatcherctl_lines_work_as_written(
     config["brokers"]["pg_notify"].update(conninfo=pg_dsn, channels=[channel])
     config["tasks"]["modules"] = ["support.service_tasks"]
     config.setdefault("service", {})["node_id"] = channel
+    if "metrics" in config["service"]:  # any free port: tests may run side by side
+        config["service"]["metrics"]["port"] = 0
     (tmp_path / "dispatcher.yml").write_text(json.dumps(config))
     lines = [line for block in blocks(path, "sh") for line in block.splitlines()]
     [start] = [line for line in lines if line.startswith("dispatcher-standalone")]

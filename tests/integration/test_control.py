@@ -231,6 +231,7 @@ def test_dispatcherctl_says_when_no_service_is_running(
     result = ctl(config, "alive")
     assert result.returncode == 1
     assert result.stderr == (
-        "dispatcherctl: no dispatcher service is connected to the database (dispatcherd "
-        "services cannot be found there: pass --expected-replies N to wait for N replies)\n"
+        f"dispatcherctl: no dispatcher service listening on channel {channel} is connected to "
+        "the database (dispatcherd services cannot be found there: pass --expected-replies N "
+        "to wait for N replies)\n"
     )

@@ -21,7 +21,7 @@ from dispatcher.control import ControlResult, acontrol, acontrol_with_reply
 from dispatcher.publish import BrokerUnavailable, InvalidSubmission
 from dispatcher.schema.chunks import split_message
 from support.fake_services import Answer, FakeService, FakeSocketService, echo, silent
-from support.postgres import wait_for_notifies
+from support.postgres import unique_channel, wait_for_notifies
 
 Conn = psycopg.Connection[Any]
 StartFake = Callable[..., FakeService]
@@ -122,15 +122,20 @@ async def test_replies_are_collected_until_the_expected_number_came(
     assert services[0].received[0]["reply_to"] == services[1].received[0]["reply_to"]
 
 
-async def test_without_expected_replies_the_connected_services_are_waited_for(
-    configured: Settings, start_fake: StartFake
+async def test_without_expected_replies_the_services_on_the_channel_are_waited_for(
+    configured: Settings, start_fake: StartFake, pg_dsn: str
 ) -> None:
-    answering, quiet = start_fake("answering"), start_fake("quiet", silent)
-    started = time.monotonic()
-    result = await acontrol_with_reply("alive", timeout=1)
-    assert time.monotonic() - started >= 0.9  # it waited for the quiet one
-    assert {answering.node_id, quiet.node_id} <= set(result.expected_nodes)
-    assert result.expected == len(result.expected_nodes)
+    answering, quiet = start_fake("a"), start_fake("q", silent)
+    # A service on another channel in the same database would never get the command.
+    elsewhere = FakeService(pg_dsn, unique_channel(), "elsewhere", silent)
+    try:
+        started = time.monotonic()
+        result = await acontrol_with_reply("alive", timeout=1)
+        assert time.monotonic() - started >= 0.9  # it waited for the quiet one
+    finally:
+        elsewhere.stop()
+    assert sorted(result.expected_nodes) == sorted([answering.node_id, quiet.node_id])
+    assert result.expected == 2
     assert [reply["node_id"] for reply in result.replies] == [answering.node_id]
     assert quiet.node_id in result.missing
     assert answering.node_id not in result.missing

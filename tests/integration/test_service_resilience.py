@@ -76,7 +76,7 @@ def test_terminated_listener_connection_is_survived(
     service = start_service(service_config)
     [(terminated,)] = pg_conn.execute(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
-        (service_application_name(channel),),
+        (service_application_name(channel, [channel]),),
     ).fetchall()
     assert terminated == 1
     service.wait_for_log(r"reconnected to PostgreSQL", timeout=10)
@@ -239,7 +239,7 @@ def test_task_module_that_fails_to_import_stops_the_service(
     service_config["tasks"]["modules"] = ["support.service_tasks", "support.no_such_module"]
     service = start_service(service_config, wait=False)
     assert service.wait(30) == 3
-    assert "cannot import the task modules" in service.log
+    assert "cannot import task module 'support.no_such_module'" in service.log
     assert "No module named 'support.no_such_module'" in service.log
 
 

@@ -1,7 +1,7 @@
 """Stand-ins for running services, for the tests of the control client.
 
 A :class:`FakeService` LISTENs on a channel over a connection named like a service's (so the
-client finds it among the connected services) and answers each control message it receives
+client finds it among the services listening on that channel) and answers each control message it receives
 on the message's ``reply_to`` channel; a :class:`FakeSocketService` answers one request on a
 unix socket, as a service's socket broker does.
 """
@@ -18,8 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-SERVICE_APPLICATION_NAME = "dispatcher-service:"
-"""How a service names its connection: this, then its node id."""
+from dispatcher.schema import service_application_name
 
 Answer = Callable[[str, dict[str, Any]], list[str]]
 """What a fake service NOTIFYs on ``reply_to``, given its node id and the message."""
@@ -46,7 +45,7 @@ class FakeService:
         self._answer = answer
         self._stop = threading.Event()
         self._conn = psycopg.connect(
-            dsn, autocommit=True, application_name=SERVICE_APPLICATION_NAME + node_id
+            dsn, autocommit=True, application_name=service_application_name(node_id, [channel])
         )
         self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         self._thread = threading.Thread(target=self._serve, name=f"fake-service-{node_id}")

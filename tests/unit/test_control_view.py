@@ -19,6 +19,7 @@ def worker(n: int, status: WorkerStatus, idle_for: float = 0.0, busy: bool = Fal
         ahead=[],
         idle_since=time.monotonic() - idle_for,
         created=time.monotonic(),
+        job_since=time.monotonic() - 7,
         tasks_done=0,
         cancelling=None,
     )
@@ -39,6 +40,7 @@ def view(workers: list[Any], queued: int = 0) -> ServiceView:
 def test_a_busy_worker_is_ready_in_dispatcherds_words_and_busy_in_ours() -> None:
     [found] = view([worker(0, WorkerStatus.BUSY, busy=True)]).workers()
     assert (found["status"], found["state"], found["current_task_uuid"]) == ("ready", "busy", "u-0")
+    assert 7 <= found["current_task_age"] < 8
 
 
 def test_usage_says_which_pool_sizes_are_needed_and_since_when_the_others_are_not() -> None:

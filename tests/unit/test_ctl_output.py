@@ -6,7 +6,14 @@ import pytest
 
 from dispatcher.control import ControlResult
 from dispatcher.server.ctl import _control_data, parser
-from dispatcher.server.ctl_render import render, tally
+from dispatcher.server.ctl_render import (
+    add_elapsed,
+    duration_text,
+    render,
+    size_text,
+    tally,
+    task_ages,
+)
 
 
 def test_replies_cannot_start_lines_or_send_terminal_sequences() -> None:
@@ -48,9 +55,9 @@ def test_running_and_workers_replies_are_tables_of_their_entries() -> None:
         "a:",
         "  (none)",
         "b:",
-        "  slot      where          uuid  task",
-        "  worker-0  worker-0       u1    app.t",
-        "  queued-0  worker-0 next  u2    app.t",
+        "  slot      where          uuid  task   args",
+        "  worker-0  worker-0       u1    app.t  [1]",
+        "  queued-0  worker-0 next  u2    app.t  -",
         "c:",
         "  error: cancel needs a filter",
     ]
@@ -58,25 +65,17 @@ def test_running_and_workers_replies_are_tables_of_their_entries() -> None:
     theirs = {"worker_id": 4, "pid": 8, "status": "ready", "current_task": None}
     replies = [{"node_id": "a", "worker-3": worker, "worker-4": theirs}]
     lines = render(ControlResult("workers", replies=replies)).splitlines()
-    assert lines[1].split() == [
-        "worker_id",
-        "pid",
-        "state",
-        "age",
-        "finished_count",
-        "current_task",
-        "current_task_uuid",
-        "rss_bytes",
-    ]
-    assert lines[2].split() == ["3", "7", "busy", "-", "-", "t", "-", "-"]
-    assert lines[3].split() == ["4", "8", "ready", "-", "-", "-", "-", "-"]  # a dispatcherd one
+    # Columns no worker has a value for are left out.
+    assert lines[1].split() == ["worker_id", "pid", "state", "current_task"]
+    assert lines[2].split() == ["3", "7", "busy", "t"]
+    assert lines[3].split() == ["4", "8", "ready", "-"]  # a dispatcherd one
 
 
 def test_the_tally_says_how_many_replies_were_waited_for_and_why() -> None:
     result = ControlResult("alive", replies=[{"node_id": "a"}], expected=2)
     result.expected_nodes = ["a", "b"]
-    assert tally(result, looked_up=True) == (
-        "(1 of 2 replies: one per dispatcher service connected to the database; "
+    assert tally(result, looked_up=True, channel="tasks") == (
+        "(1 of 2 replies: one per dispatcher service listening on channel tasks; "
         "dispatcherd services are not counted: --expected-replies N waits for N)"
     )
     assert tally(result, looked_up=False) == "(1 of 2 replies)"
@@ -120,3 +119,73 @@ def test_bad_options_are_refused_saying_why(
     with pytest.raises(SystemExit):
         parser().parse_args(argv)
     assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.25, "250 ms"),
+        (9.383, "9.4 s"),
+        (42.4, "42 s"),
+        (185, "3 min 5 s"),
+        (180, "3 min"),
+        (7800, "2 h 10 min"),
+        (3 * 86400 + 4 * 3600, "3 d 4 h"),
+    ],
+)
+def test_durations_have_units(seconds: float, shown: str) -> None:
+    assert duration_text(seconds) == shown
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [(512, "512 B"), (12 * 1024, "12.0 KiB"), (29769728, "28.4 MiB"), (3 << 29, "1.50 GiB")],
+)
+def test_sizes_have_units(size: int, shown: str) -> None:
+    assert size_text(size) == shown
+
+
+def test_fields_are_blocks_of_json_words_and_units() -> None:
+    reply = {
+        "node_id": "a",
+        "uptime": 9.383,
+        "metrics": {"enabled": False},
+        "chunks": {"status": {"active_bytes": 2048}, "partials": {}},
+        "producer": {"produced_count": None, "uptime_seconds": 200.0},
+        "keys": ["k1"],
+        "pool": {"usage": {"top5": {"1": 61.0}, "near_worker_ct": {"2": "absent"}}},
+    }
+    assert render(ControlResult("status", replies=[reply])).splitlines() == [
+        "a:",
+        "  uptime: 9.4 s",
+        "  metrics:",
+        "    enabled: false",
+        "  chunks:",
+        "    status:",
+        "      active_bytes: 2.0 KiB",
+        "    partials: (none)",
+        "  producer:",
+        "    produced_count: null",
+        "    uptime_seconds: 3 min 20 s",
+        '  keys: ["k1"]',
+        "  pool:",
+        "    usage:",
+        "      top5:",
+        "        1: 1 min 1 s",
+        "      near_worker_ct:",
+        "        2: absent",
+    ]
+
+
+def test_a_task_s_elapsed_time_is_its_run_time_else_its_age() -> None:
+    running = {
+        "worker-0": {"uuid": "u1", "time_pub": 100.0},
+        "queued-0": {"uuid": "u2", "time_pub": 150.0},
+        "blocked-0": {"uuid": "u3"},
+    }
+    shown = add_elapsed(
+        running,
+        task_ages({"worker-0": {"current_task_uuid": "u1", "current_task_age": 7.5}}),
+        now=160.0,
+    )
+    assert [entry.get("elapsed") for entry in shown.values()] == [7.5, 10.0, None]

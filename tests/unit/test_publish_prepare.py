@@ -278,7 +278,7 @@ def test_control_result_matches_node_ids_cut_short_by_postgres() -> None:
     long_id = "n" * 60
     result = ControlResult("alive", replies=[{"node_id": long_id}, {"node_id": "b"}], expected=3)
     seen = node_id_of(service_application_name(long_id))
-    assert seen == long_id[:44]
+    assert seen == long_id[:33]
     result.expected_nodes = [seen, "b", "c"]
     assert result.missing == ["c"]
     assert not result.complete

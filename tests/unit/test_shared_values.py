@@ -9,6 +9,7 @@ from typing import get_args
 import pytest
 
 from dispatcher.schema import (
+    CHANNELS_DIGEST_CHARS,
     CHUNK_KEY,
     CHUNK_VERSION,
     LOG_LEVELS,
@@ -20,9 +21,12 @@ from dispatcher.schema import (
     SIGNED_VERSION,
     LogLevel,
     OnDuplicate,
+    channels_digest,
+    digest_has_channel,
     load_schema,
     matches_node_id,
     node_id_of,
+    parse_service_name,
     service_application_name,
     sql_publisher,
 )
@@ -90,20 +94,55 @@ def test_command_line_tools_offer_the_shared_log_levels() -> None:
         ctl.parser().parse_args(["set_log_level", "loud"])
 
 
-def test_whole_node_ids_fit_in_application_name_after_the_prefix() -> None:
-    # PostgreSQL keeps 63 bytes of application_name; the prefix takes 19 of them.
+def test_whole_node_ids_fit_in_application_name_after_the_prefix_and_digest() -> None:
+    # PostgreSQL keeps 63 bytes of application_name; the prefix takes 19 of them, the
+    # digest of the channels 10 and a colon.
     assert len(SERVICE_NAME_PREFIX) == 19
-    assert MAX_WHOLE_NODE_ID_BYTES == MAX_APPLICATION_NAME_BYTES - 19 == 44
+    assert MAX_WHOLE_NODE_ID_BYTES == MAX_APPLICATION_NAME_BYTES - 19 - 11 == 33
     whole = "n" * MAX_WHOLE_NODE_ID_BYTES
-    assert service_application_name(whole) == SERVICE_NAME_PREFIX + whole
+    name = service_application_name(whole, ["tasks"])
+    assert name == f"{SERVICE_NAME_PREFIX}{channels_digest(['tasks'])}:{whole}"
+    assert len(name) == MAX_APPLICATION_NAME_BYTES
     assert len(service_application_name(whole + "x")) == MAX_APPLICATION_NAME_BYTES
     assert node_id_of(service_application_name(whole + "xyz")) == whole
 
 
 def test_node_id_of_reads_only_service_names() -> None:
-    assert node_id_of(service_application_name("host-a")) == "host-a"
+    assert node_id_of(service_application_name("host-a", ["tasks"])) == "host-a"
+    assert node_id_of("dispatcher-service:host-b") == "host-b"  # an older version's name
     assert node_id_of("dispatcher-publisher") is None
     assert node_id_of("psql") is None
+
+
+def test_a_service_name_tells_which_channels_it_may_listen_on() -> None:
+    name = parse_service_name(service_application_name("host-a", ["tasks", "emails"]))
+    assert name is not None
+    assert name.node_id == "host-a"
+    assert name.may_listen_on("tasks")
+    assert name.may_listen_on("emails")
+    assert not name.may_listen_on("other_team")
+    deaf = parse_service_name(service_application_name("host-q"))  # no pg_notify channels
+    assert deaf is not None
+    assert not deaf.may_listen_on("tasks")
+    older = parse_service_name("dispatcher-service:host-b")
+    assert older == ("host-b", None)
+    assert older.may_listen_on("anything")  # cannot tell: counted, as before
+    assert parse_service_name("dispatcher-queue:host-a") is None
+
+
+def test_the_digest_of_channels_is_stable_and_never_misses_a_channel() -> None:
+    # Services and clients of different processes (and versions) must agree on it.
+    assert channels_digest([]) == "a" * CHANNELS_DIGEST_CHARS
+    assert channels_digest(["tasks"]) == "aaaaqeaeaa"  # a change breaks mixed versions
+    assert channels_digest(["tasks", "emails"]) == "aaaaqecebq"
+    assert channels_digest(["tasks"]) == channels_digest(["tasks", "tasks"])
+    channels = [f"channel_{n}" for n in range(20)]
+    digest = channels_digest(channels)
+    assert len(digest) == CHANNELS_DIGEST_CHARS
+    assert all(digest_has_channel(digest, channel) for channel in channels)
+    others = [f"other_{n}" for n in range(2000)]
+    one = channels_digest(["tasks"])
+    assert sum(digest_has_channel(one, other) for other in others) <= 5
 
 
 @pytest.mark.parametrize(
@@ -111,9 +150,9 @@ def test_node_id_of_reads_only_service_names() -> None:
     [
         ("host-a", "host-a", True),
         ("host-a", "host-ab", False),  # short enough to be whole: must be equal
-        ("n" * 44, "n" * 60, True),  # cut short by PostgreSQL: its start
-        ("n" * 44, "m" + "n" * 59, False),
-        ("n" * 43, "n" * 60, False),
+        ("n" * 33, "n" * 60, True),  # cut short by PostgreSQL: its start
+        ("n" * 33, "m" + "n" * 59, False),
+        ("n" * 32, "n" * 60, False),
     ],
 )
 def test_node_ids_cut_short_match_their_start(seen: str, node_id: str, expected: bool) -> None:

@@ -27,3 +27,9 @@ def nightly_report(period: str) -> None:
 def flaky() -> None:
     """Always fails: the error is logged with the task's name and uuid."""
     raise RuntimeError("this one always fails")
+
+
+@task(queue="quickstart")
+def sleep(seconds: float) -> None:
+    """Long enough to be seen running with `dispatcherctl running`, and cancelled."""
+    time.sleep(seconds)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from dispatcher.config import dispatcherd_layout, legacy, plugins
 from dispatcher.config.errors import ConfigError, NotConfiguredError
+from dispatcher.config.schedules import scheduled_problems
 from dispatcher.config.security import hide_secret, load_security
 from dispatcher.config.settings import Settings, settings_from_document
 from dispatcher.schema import Problem, validator
@@ -176,6 +177,7 @@ def _cross_field_problems(document: Mapping[str, Any]) -> list[Problem]:
             )
         )
     problems += _pg_queue_problems(document.get("brokers", {}))
+    problems += scheduled_problems(document.get("producers", {}))
     configured = set(document.get("brokers", {}))
     for key, value in document.get("publish", {}).items():
         if value not in configured:

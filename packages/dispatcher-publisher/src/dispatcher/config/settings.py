@@ -180,6 +180,10 @@ class ServiceControl:
     tasks, as dispatcherd does."""
 
 
+TaskLog = Literal["end", "start_and_end", "off"]
+"""``service.task_log``: which per-task lines the service logs at INFO."""
+
+
 @dataclass(frozen=True)
 class Service:
     """``service``: the service process."""
@@ -189,6 +193,8 @@ class Service:
     shutdown_grace: float = 30
     cancel_grace: float = 5
     chunk_expiry: float = 1800
+    task_log: TaskLog = "end"
+    """Per-task INFO lines: at each task's ``end``, at its ``start_and_end``, or ``off``."""
     metrics: Metrics | None = None
     limits: Limits = field(default_factory=Limits)
     control: ServiceControl = field(default_factory=ServiceControl)
@@ -207,9 +213,17 @@ class TaskOptions:
 
 @dataclass(frozen=True)
 class ScheduledTask(TaskOptions):
-    """A ``producers.scheduled`` entry: a task run every :attr:`schedule` seconds."""
+    """A ``producers.scheduled`` entry: a task run periodically."""
 
-    schedule: float = 0
+    schedule: float | str = 0
+    """A period in seconds, or a cron expression (a string: see :attr:`is_cron`)."""
+    timezone: str = "UTC"
+    """The IANA time zone a cron :attr:`schedule` is read in."""
+
+    @property
+    def is_cron(self) -> bool:
+        """Tell whether :attr:`schedule` is a cron expression rather than a period."""
+        return isinstance(self.schedule, str)
 
 
 _Options = TypeVar("_Options", bound=TaskOptions)

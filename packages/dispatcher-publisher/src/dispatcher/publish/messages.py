@@ -16,9 +16,11 @@ from dispatcher.config import (
     SigningKey,
     get_settings,
 )
+from dispatcher.publish import interception
 from dispatcher.publish.brokers import JobBroker
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.fast_path import surely_valid
+from dispatcher.publish.mistakes import check_queue, check_task_name
 from dispatcher.publish.registry import Queue, RegisteredTask, check_max_attempts, registry
 from dispatcher.publish.routing import default_broker, job_broker_for
 from dispatcher.publish.signing import signed, signing_key
@@ -170,6 +172,8 @@ def prepare_submission(
         if not checker.is_valid(message):
             problems = "; ".join(str(problem) for problem in checker.problems(message))
             raise _invalid(name, problems or "invalid message")
+        if entry is None:
+            check_task_name(name)
 
     target = queue if queue is not None else defaults.queue
     if callable(target):
@@ -314,13 +318,18 @@ def _known_route(queue: str | None) -> _Route | None:
 
 
 def _remember_route(queue: str | None, channel: str, durable: bool) -> _Route:
-    """Make the route of *queue*, found the long way, and remember it for the config in force."""
+    """Make the route of *queue*, found the long way, and remember it for the config in force.
+
+    A NOTIFY channel no service of the config listens on is warned about here, once.
+    """
     global _routes
     route = _Route(channel, durable, signing_key())
     try:
         settings = get_settings()
     except NotConfiguredError:
         return route  # an explicit queue and connection need no config
+    if not durable:
+        check_queue(channel, settings)
     remembered, routes = _routes
     if remembered is not settings or len(routes) >= MAX_REMEMBERED_ROUTES:
         routes = {}
@@ -342,8 +351,17 @@ def _job_broker(name: str, channel: str) -> JobBroker | None:
 
 
 def _default_channel(name: str) -> str:
-    """The default queue of the broker tasks go through by default."""
-    settings = get_settings()
+    """The default queue of the broker tasks go through by default.
+
+    Without a config, an installed interceptor's default queue, if it has one.
+    """
+    try:
+        settings = get_settings()
+    except NotConfiguredError:
+        interceptor = interception.current
+        if interceptor is None or interceptor.default_queue is None:
+            raise
+        return interceptor.default_queue
     try:
         broker = default_broker(settings)
     except PublishError as exc:

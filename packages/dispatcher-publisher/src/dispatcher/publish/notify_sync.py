@@ -32,7 +32,7 @@ from dispatcher.schema import (
     DecodeError,
     decode_json,
     is_chunk,
-    node_id_of,
+    parse_service_name,
     split_message,
     validator,
 )
@@ -43,8 +43,8 @@ SERVICES_QUERY = (
     " ORDER BY 1"
 )
 """The ``application_name`` of each service connected to this database, given
-:data:`~dispatcher.schema.SERVICE_NAME_PREFIX`; :func:`~dispatcher.schema.node_id_of` reads
-the node id in it."""
+:data:`~dispatcher.schema.SERVICE_NAME_PREFIX`; :func:`~dispatcher.schema.parse_service_name`
+reads the node id and the digest of the channels in it."""
 
 
 class ConnectionProvider:
@@ -228,15 +228,20 @@ def control_with_reply(
 ) -> None:
     """NOTIFY the control message *text* on *channel* and collect replies on *reply_to*.
 
-    Without *expected_replies*, the services connected to the database are looked up first
-    (each names its LISTEN connection after its node id) and waited for.
+    Without *expected_replies*, the services connected to the database and listening on
+    *channel* are looked up first (each names its LISTEN connection after its node id and
+    its channels) and waited for.
     """
     with _connect(conninfo) as conn:
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(reply_to)))
         if expected_replies is None:
             cursor = conn.execute(SERVICES_QUERY, (SERVICE_NAME_PREFIX,))
-            names = [str(name) for (name,) in cursor.fetchall()]
-            replies.expected_nodes = [node for name in names if (node := node_id_of(name))]
+            services = [parse_service_name(str(name)) for (name,) in cursor.fetchall()]
+            replies.expected_nodes = [
+                service.node_id
+                for service in services
+                if service is not None and service.may_listen_on(channel)
+            ]
             replies.expected = len(replies.expected_nodes)
         else:
             replies.expected = expected_replies

@@ -12,6 +12,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from dispatcher.publish import interception
 from dispatcher.publish.batching import Batch, collect, current_batch
 from dispatcher.publish.brokers import is_job_broker
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
@@ -29,10 +30,16 @@ async def asend(submissions: Sequence[Submission], connection: object | None = N
     SDK's own connection sends them at once, and a lost connection is re-opened and the send
     retried once. Tasks for durable queues are stored as jobs the same way, in one
     statement per broker. See :mod:`dispatcher.publish.routing` for how the broker is chosen.
+    While an interceptor is installed (:mod:`dispatcher.publish.interception`), it takes
+    them instead and nothing is sent.
 
     :raises BrokerUnavailable: when the broker cannot be reached or refuses the message.
     """
     if not submissions:
+        return
+    interceptor = interception.current
+    if interceptor is not None:
+        await interceptor.asend(submissions, connection)
         return
     for broker, group in plan(submissions, connection):
         if is_job_broker(broker):

@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg import Connection
 
+from dispatcher.publish import interception
 from dispatcher.publish.batching import Batch, collect, current_batch
 from dispatcher.publish.brokers import is_job_broker
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
@@ -28,10 +29,16 @@ def send(submissions: Sequence[Submission], connection: object | None = None) ->
     SDK's own connection sends them at once, and a lost connection is re-opened and the send
     retried once. Tasks for durable queues are stored as jobs the same way, in one
     statement per broker. See :mod:`dispatcher.publish.routing` for how the broker is chosen.
+    While an interceptor is installed (:mod:`dispatcher.publish.interception`), it takes
+    them instead and nothing is sent.
 
     :raises BrokerUnavailable: when the broker cannot be reached or refuses the message.
     """
     if not submissions:
+        return
+    interceptor = interception.current
+    if interceptor is not None:
+        interceptor.send(submissions, connection)
         return
     for broker, group in plan(submissions, connection):
         if is_job_broker(broker):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+from dispatcher.config.settings import TaskLog
 from dispatcher.schema import Outcome
 from dispatcher.server.jobs import Job
 from dispatcher.server.logsafe import Block, get_logger
@@ -14,15 +16,28 @@ logger = get_logger("dispatcher.tasks")
 
 
 class Accounting:
-    """Records how each task run ended."""
+    """Records how each task run ended.
+
+    *task_log* (``service.task_log``) says which per-task lines go to the log at INFO: one
+    when a task ends (``end``), also one when it starts (``start_and_end``), or none
+    (``off``). A failed task is logged at ERROR whatever it says.
+    """
 
     def __init__(
         self,
         stats: ServiceStats,
         settle: SettleJob = settle_nothing,
+        task_log: TaskLog = "end",
     ) -> None:
         self._stats = stats
         self._settle = settle
+        self._log_ends = task_log != "off"
+        self.logs_starts = task_log == "start_and_end"
+        """Whether :meth:`started` is to be called for each task that starts."""
+
+    def started(self, job: Job, worker_id: int) -> None:
+        """*job* starts on worker *worker_id* (called only when :attr:`logs_starts`)."""
+        logger.info("task %s (uuid %s) started on worker %d", job.task, job.uuid, worker_id)
 
     def finished(
         self,
@@ -48,24 +63,29 @@ class Accounting:
             self._settle(job, outcome, error, traceback=traceback or None)
         self._stats.task_ended(job.task, outcome)
         self._stats.timings(job.task, job.published, started, finished)
+        if outcome is not Outcome.OK:
+            self._failed(job, outcome, error)
         if outcome is Outcome.ERROR:
             logger.error(
                 "task %s (uuid %s) failed: %s%s", job.task, job.uuid, error, Block(traceback)
             )
-        elif logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
+        else:
+            logger.log(
+                logging.INFO if self._log_ends else logging.DEBUG,
                 "task %s (uuid %s) finished %s in %.1f ms on worker %d",
                 job.task,
                 job.uuid,
-                outcome,
+                outcome.value,
                 (finished - started) * 1000,
                 worker_id,
             )
 
     def lost(self, job: Job, outcome: Outcome, worker_id: int, pid: int | None) -> None:
         """*job* ended with its worker (``worker_lost``, ``killed``, ``memory_exceeded``)."""
-        self._settle(job, outcome, f"{outcome}: worker {worker_id} (pid {pid}) ended with it")
+        error = f"{outcome}: worker {worker_id} (pid {pid}) ended with it"
+        self._settle(job, outcome, error)
         self._stats.task_ended(job.task, outcome)
+        self._failed(job, outcome, error)
         if outcome is Outcome.WORKER_LOST:
             logger.error(
                 "worker %d (pid %s) died while running task %s (uuid %s): worker_lost",
@@ -92,5 +112,12 @@ class Accounting:
             grace,
             worker_id,
         )
-        self._settle(job, Outcome.KILLED, f"killed: still running after {grace:.0f} s of shutdown")
+        error = f"killed: still running after {grace:.0f} s of shutdown"
+        self._settle(job, Outcome.KILLED, error)
         self._stats.task_ended(job.task, Outcome.KILLED)
+        self._failed(job, Outcome.KILLED, error)
+
+    def _failed(self, job: Job, outcome: Outcome, error: str | None) -> None:
+        """Remember a failed run for ``status`` (a cancel asked for is not a failure)."""
+        if outcome is not Outcome.CANCELLED:
+            self._stats.task_failed(job.task, job.uuid, outcome, error or outcome, time.time())

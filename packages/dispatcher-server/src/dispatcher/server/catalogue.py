@@ -25,9 +25,13 @@ class TaskCatalogue:
         """Record the names (and queues) a worker reported; only the first report counts."""
         if self.names is not None:
             return
+        self.refresh(names, queues)
+        for listener in self._listeners:
+            listener(names)
+
+    def refresh(self, names: frozenset[str], queues: Mapping[str, object] | None = None) -> None:
+        """Replace the names (and queues) by those of reloaded code; listeners are not told."""
         self.names = names
         self.queues = MappingProxyType(
             {task: queue for task, queue in (queues or {}).items() if isinstance(queue, str)}
         )
-        for listener in self._listeners:
-            listener(names)

@@ -4,7 +4,9 @@ Start-up is arranged for speed and shared memory: the garbage collector is off w
 modules are imported; the fork server is forked from this process as soon as the config is
 read, with only what workers need imported by then (so that it and every worker share those
 pages with this process); it imports the task modules while this process imports the
-service's own machinery (anyio, the brokers).
+service's own machinery (anyio, the brokers). The service then waits for the fork server's
+report on the task modules and refuses to start, before any broker listens, when they
+cannot serve (see :mod:`dispatcher.server.task_imports`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,36 @@ import gc
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from dispatcher.schema import LOG_LEVELS
 
 EXIT_USAGE = 2
+
+DISTRIBUTION = "dispatcher-server"
+"""The distribution whose version ``--version`` prints."""
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: print the distribution's name and version, then exit 0.
+
+    The version is looked up only when asked for, not at every start.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=kwargs.get("help"))
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib.metadata import version
+
+        print(f"{DISTRIBUTION} {version(DISTRIBUTION)}")
+        parser.exit(0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,12 +67,29 @@ def parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="log level (default: INFO)",
     )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the workers when a task module changes (for development)",
+    )
+    parser.add_argument(
+        "--version",
+        action=_PrintVersion,
+        help="print the name and version of the installed dispatcher-server, and exit",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the service; return the process's exit status."""
     options = parser().parse_args(argv)
+    if options.reload:
+        from dispatcher.server.reload import missing_watchfiles
+
+        missing = missing_watchfiles()
+        if missing is not None:
+            print(f"dispatcher-standalone: {missing}", file=sys.stderr)
+            return EXIT_USAGE
     level = getattr(logging, options.log_level)
     collecting = gc.isenabled()
     gc.disable()
@@ -52,12 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dispatcher.config import ConfigError, load_settings
         from dispatcher.server.forkserver import fork_server, worker_options
         from dispatcher.server.logsafe import log_to
+        from dispatcher.server.task_imports import missing_modules
 
         log_to(sys.stderr, level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             settings = load_settings(file_path=options.config)
         except ConfigError as exc:
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        missing = missing_modules(settings.tasks.modules, settings.source)
+        if missing is not None:
+            print(f"dispatcher-standalone: {missing}", file=sys.stderr)
             return EXIT_USAGE
         forked = fork_server(worker_options(settings, level))
     finally:
@@ -70,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dispatcher.server.service import Service
 
         try:
-            service = Service(settings, level, fork_server=forked)
+            service = Service(settings, level, fork_server=forked, reload=options.reload)
             return anyio.run(service.run, backend="asyncio")
         except (ConfigError, BrokerNotReady) as exc:  # a broker cannot be built, or start
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)

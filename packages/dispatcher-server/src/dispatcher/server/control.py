@@ -22,6 +22,7 @@ from dispatcher.config import Settings
 from dispatcher.schema import Outcome, Validator
 from dispatcher.server.control_shapes import (
     FILTER_PROPERTIES,
+    NextRuns,
     TaskFilter,
     producers_reply,
     slotted,
@@ -126,10 +127,18 @@ def _data(**properties: Any) -> dict[str, Any]:
 class ControlCommands:
     """Runs control commands against a :class:`ControlTarget`."""
 
-    def __init__(self, target: ControlTarget, settings: Settings, stats: ServiceStats) -> None:
+    def __init__(
+        self,
+        target: ControlTarget,
+        settings: Settings,
+        stats: ServiceStats,
+        *,
+        next_runs: NextRuns | None = None,
+    ) -> None:
         self._target = target
         self._settings = settings
         self._stats = stats
+        self._next_runs = next_runs
         self._started = time.monotonic()
         self._internal_errors = InternalErrorLog(logger)
         cancel_all = {"const": True, "description": "Cancel every task: must be explicit."}
@@ -188,26 +197,39 @@ class ControlCommands:
         return [e for e in entries if wanted.matches(e)] if wanted.needs_message else entries
 
     def cancel(self, data: Mapping[str, Any]) -> Reply:
-        """Cancel the tasks matching the filter (or all, if asked explicitly or so configured)."""
+        """Cancel the tasks matching the filter (or all, if asked explicitly or so configured).
+
+        What was cancelled is logged at INFO.
+        """
+        cancelled = self._cancel(data)
+        logger.info(
+            "control cancel (%s): cancelled %d tasks%s",
+            _filter_text(data),
+            len(cancelled),
+            _cancelled_text(cancelled),
+        )
+        return slotted(cancelled)
+
+    def _cancel(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
         wanted = TaskFilter.from_data(data)
         if data.get("all"):
             if not wanted.is_empty:
                 raise ControlError("cancel: give either all or a filter, not both")
-            return slotted(self._target.cancel_all())
+            return self._target.cancel_all()
         if wanted.is_empty:
             if self._settings.service.control.cancel_without_filter == "all":
-                return slotted(self._target.cancel_all())
+                return self._target.cancel_all()
             raise ControlError(
                 "cancel needs a filter: uuid, task, args or kwargs (or all: true); "
                 "service.control.cancel_without_filter is 'refuse' in "
                 f"{self._settings.source}"
             )
         if not wanted.needs_message:
-            return slotted(self._target.cancel(wanted.uuid, wanted.task))
+            return self._target.cancel(wanted.uuid, wanted.task)
         cancelled: list[dict[str, Any]] = []
         for uuid, task in dict.fromkeys((e["uuid"], e["task"]) for e in self._found(wanted)):
             cancelled += self._target.cancel(uuid, task)
-        return slotted(cancelled)
+        return cancelled
 
     def workers(self, data: Mapping[str, Any]) -> Reply:
         """Each worker, keyed ``worker-N``: pid, status, age, tasks finished, current task."""
@@ -218,7 +240,7 @@ class ControlCommands:
         stats = self._stats
         finished = stats.finished
         return {
-            "received_count": stats.received,
+            "received_count": stats.received_tasks,
             "control_count": stats.control,
             "pid": os.getpid(),
             "pool": {
@@ -256,7 +278,8 @@ class ControlCommands:
             "running_omitted": omitted,
             "pid": os.getpid(),
             "uptime": self._uptime(),
-            "received": stats.received,
+            "received": stats.received_tasks,
+            "received_control": stats.received_control,
             "rejected": dict(stats.rejected),
             "finished": dict(stats.finished),
             "discarded": stats.discarded,
@@ -274,11 +297,12 @@ class ControlCommands:
                 "self_checks": stats.self_checks,
             },
             "signatures": self._target.signatures(),
+            "recent_failures": [failure.as_reply() for failure in reversed(stats.recent_failures)],
         }
 
     def producers(self, data: Mapping[str, Any]) -> Reply:
         """What feeds the service tasks: each broker, the schedules, on-start tasks, ``run``."""
-        return producers_reply(self._settings, self._stats, self._uptime())
+        return producers_reply(self._settings, self._stats, self._uptime(), self._next_runs)
 
     def chunks(self, data: Mapping[str, Any]) -> Reply:
         """Incomplete chunked messages being assembled, and what became of the others."""
@@ -305,6 +329,12 @@ class ControlCommands:
         previous = logging.getLevelName(target.getEffectiveLevel())
         target.setLevel(number)
         level = logging.getLevelName(number)
+        logger.log(
+            max(logging.INFO, number),  # seen even when the new level hides INFO
+            "control set_log_level: the dispatcher loggers' level is now %s (was %s)",
+            level,
+            previous,
+        )
         return {"logger": "dispatcher", "level": level, "previous_level": previous}
 
     def run(self, data: Mapping[str, Any]) -> Reply:
@@ -319,7 +349,30 @@ class ControlCommands:
             uuid = self._target.submit(dict(data))
         except Rejected as rejected:
             raise ControlError(f"task refused: {rejected}") from None
+        logger.info("control run: submitted task %s (uuid %s)", data.get("task"), uuid)
         return {"ack": {**data, "uuid": uuid}, "uuid": uuid}
 
     def _uptime(self) -> float:
         return round(time.monotonic() - self._started, 3)
+
+
+CANCELLED_SHOWN: Final = 3
+"""Cancelled tasks a ``cancel`` log line names (the others are counted)."""
+
+
+def _filter_text(data: Mapping[str, Any]) -> str:
+    """The filter of a ``cancel`` command, for its log line."""
+    if data.get("all"):
+        return "all"
+    shown = [f"{key}={data[key]!r}" for key in ("uuid", "task", "args", "kwargs") if key in data]
+    return ", ".join(shown) or "no filter"
+
+
+def _cancelled_text(cancelled: list[dict[str, Any]]) -> str:
+    """The first tasks a ``cancel`` command cancelled, for its log line (``""``: none)."""
+    named = [
+        f"{entry['task']} (uuid {entry['uuid']}, {entry['where']})"
+        for entry in cancelled[:CANCELLED_SHOWN]
+    ]
+    more = ", ..." if len(cancelled) > CANCELLED_SHOWN else ""
+    return ": " + ", ".join(named) + more if named else ""

@@ -17,7 +17,7 @@ for equality with the message's value; an empty or null value filters nothing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -46,6 +46,9 @@ FILTER_PROPERTIES: Final[dict[str, Any]] = {
     },
 }
 """JSON Schema properties of a task filter in ``control_data``."""
+
+NextRuns = Callable[[str], list[str]]
+"""The next run times of a ``producers.scheduled`` task, in ISO 8601 with an offset."""
 
 
 @dataclass(frozen=True)
@@ -103,14 +106,17 @@ def slotted(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return reply
 
 
-def producers_reply(settings: Settings, stats: ServiceStats, uptime: float) -> dict[str, Any]:
+def producers_reply(
+    settings: Settings, stats: ServiceStats, uptime: float, next_runs: NextRuns | None = None
+) -> dict[str, Any]:
     """The ``producers`` reply: each broker, the schedules, the on-start tasks, ``run``.
 
     Each has dispatcherd's ``produced_count`` and ``uptime_seconds``; the pg_notify
     listener adds its reconnections (``recycle_count``) and self-checks; our own keys say
     what each one runs. A broker's ``produced_count`` is the number of payloads it handed
     to the service (:attr:`ServiceStats.delivered`); the schedules, on-start tasks and
-    ``run`` are not counted (``None``).
+    ``run`` are not counted (``None``). Each schedule shows its ``schedule``, its
+    ``timezone`` (cron expressions) and, given *next_runs*, its ``next_runs``.
     """
     producers = settings.producers
 
@@ -126,7 +132,13 @@ def producers_reply(settings: Settings, stats: ServiceStats, uptime: float) -> d
             failures=stats.listener_failures,
         )
     if producers.scheduled:
-        schedules = {task: {"schedule": e.schedule} for task, e in producers.scheduled.items()}
+        schedules: dict[str, dict[str, Any]] = {}
+        for task, entry in producers.scheduled.items():
+            schedule = schedules[task] = {"schedule": entry.schedule}
+            if entry.is_cron:
+                schedule["timezone"] = entry.timezone
+            if next_runs is not None:
+                schedule["next_runs"] = next_runs(task)
         reply["scheduled-producer"] = producer(schedules=schedules)
     if producers.on_start:
         reply["on-start-producer"] = producer(tasks=sorted(producers.on_start))

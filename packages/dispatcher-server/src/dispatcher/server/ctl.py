@@ -7,25 +7,55 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from importlib import metadata
+from typing import Any, Final
 
 import psycopg
 
-from dispatcher.config import ConfigError, Settings, setup
-from dispatcher.control import control_with_reply
+from dispatcher.config import ConfigError, NotConfiguredError, Settings, setup
+from dispatcher.control import ControlResult, control_with_reply, entries
 from dispatcher.publish import PublishError, broker_unavailable, describe_server
+from dispatcher.publish.routing import control_broker
 from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
-from dispatcher.server import ctl_jobs
+from dispatcher.server import ctl_jobs, ctl_submit
 from dispatcher.server.ctl_migrate import migrate_command
-from dispatcher.server.ctl_render import DISPATCHERD_NOT_FOUND, render, shown, tally
+from dispatcher.server.ctl_render import (
+    DISPATCHERD_NOT_FOUND,
+    add_elapsed,
+    render,
+    shown,
+    tally,
+    task_ages,
+)
+from dispatcher.server.ctl_submit import json_list, json_object
 
-EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_ERROR_REPLY = 0, 1, 2, 3
+"""Exit statuses of control commands: every expected service answered, without an error;
+some did not answer (or none was found); usage or config error (or the command could not
+be sent); a service answered with an error."""
+
+TOP_HELP: Final = "a live view of every service: workers, running tasks, queues, rates, failures"
+
+NOT_CONFIGURED: Final = (
+    "no config found: pass --config FILE, set DISPATCHER_CONFIG_FILE (or "
+    "DISPATCHERD_CONFIG_FILE), or create ./dispatcher.yml"
+)
 
 
-def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """The options accepted before or after the command."""
+def _global_options(
+    parser: argparse.ArgumentParser, *, suppress: bool, control: bool = True
+) -> None:
+    """The options accepted before or after the command (*control*: those of commands)."""
     default: Any = argparse.SUPPRESS if suppress else None
     parser.add_argument("--config", metavar="FILE", default=default, help="config file")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="print the replies as JSON" if control else "print the outcome as JSON",
+    )
+    if not control:
+        return
     parser.add_argument(
         "--timeout",
         type=float,
@@ -38,13 +68,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         type=int,
         metavar="N",
         default=default,
-        help="replies to wait for (default: every service connected to the database)",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=argparse.SUPPRESS if suppress else False,
-        help="print the replies as JSON",
+        help="replies to wait for (default: one per service listening on the channel)",
     )
 
 
@@ -53,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="dispatcherctl", description="Send a control command to dispatcher services."
     )
+    main.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     _global_options(main, suppress=False)
     commands = main.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -70,10 +95,10 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--uuid", help="only the task with this uuid")
         sub.add_argument("--task", help="only tasks with this name")
         sub.add_argument(
-            "--args", type=_json_list, metavar="JSON", help="only tasks with these args"
+            "--args", type=json_list, metavar="JSON", help="only tasks with these args"
         )
         sub.add_argument(
-            "--kwargs", type=_json_object, metavar="JSON", help="only tasks with these kwargs"
+            "--kwargs", type=json_object, metavar="JSON", help="only tasks with these kwargs"
         )
         if name == "cancel":
             sub.add_argument("--all", action="store_true", help="cancel every task")
@@ -92,8 +117,22 @@ def parser() -> argparse.ArgumentParser:
     level.add_argument("--level", dest="level_option", type=_log_level, help=argparse.SUPPRESS)
     run = command("run", "start a task (needs producers.control in the services' config)")
     run.add_argument("task", help="the task's name")
-    run.add_argument("--args", type=json.loads, default=[], help="positional arguments, as JSON")
-    run.add_argument("--kwargs", type=json.loads, default={}, help="keyword arguments, as JSON")
+    run.add_argument(
+        "--args", type=json_list, default=[], metavar="JSON", help="positional arguments"
+    )
+    run.add_argument(
+        "--kwargs", type=json_object, default={}, metavar="JSON", help="keyword arguments"
+    )
+    submit = commands.add_parser(
+        "submit",
+        help="publish a task, as the SDK's submit_task does",
+        description="Publish a task, as the SDK's submit_task does (over pg_notify, or "
+        "stored as a job for a durable queue).",
+    )
+    _global_options(submit, suppress=True, control=False)
+    ctl_submit.add_arguments(submit)
+    # Its options come from ctl_top, imported only when it runs (see _top).
+    commands.add_parser("top", help=TOP_HELP, description=TOP_HELP, add_help=False)
     install = command(
         "install-sql",
         "install dispatcher_submit() and dispatcher_enqueue() in the database (SQL publishers)",
@@ -105,18 +144,12 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def _json_list(text: str) -> list[Any]:
-    value = json.loads(text)
-    if not isinstance(value, list):
-        raise argparse.ArgumentTypeError(f"expected a JSON array, got {text!r}")
-    return value
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
+def version() -> str:
+    """The version of dispatcher installed (of the ``dispatcher-server`` distribution)."""
+    try:
+        return metadata.version("dispatcher-server")
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 def _log_level(text: str) -> str | int:
@@ -151,7 +184,11 @@ def _control_data(options: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run dispatcherctl; return its exit status."""
     arguments = parser()
-    options = arguments.parse_args(argv)
+    options, extra = arguments.parse_known_args(argv)
+    if options.command == "top":
+        return _top(options, extra)
+    if extra:
+        arguments.error(f"unrecognized arguments: {' '.join(extra)}")
     if options.command == "cancel" and not (
         options.all or any(getattr(options, key) for key in FILTERS)
     ):
@@ -163,17 +200,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command == "install-sql" and options.print:
         print(sql_publisher(), sql_queue_publisher(), sep="\n", end="")
         return EXIT_OK
-    try:
-        settings = setup(file_path=options.config)
-    except ConfigError as exc:
-        print(f"dispatcherctl: {exc}", file=sys.stderr)
+    settings = _settings(options.config)
+    if settings is None:
         return EXIT_USAGE
     if options.command == "install-sql":
         return install_sql(settings)
     if options.command == "migrate":
         return migrate_command(settings, options.print)
+    if options.command == "submit":
+        return ctl_submit.run(settings, options)
     if options.command in ctl_jobs.COMMANDS:
         return ctl_jobs.run(options, settings)
+    return _control(settings, options)
+
+
+def _settings(config: str | None) -> Settings | None:
+    """The config to use, or ``None`` once the reason it cannot be loaded was printed."""
+    try:
+        return setup(file_path=config)
+    except NotConfiguredError:
+        print(f"dispatcherctl: {NOT_CONFIGURED}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"dispatcherctl: {exc}", file=sys.stderr)
+    return None
+
+
+def _top(options: argparse.Namespace, extra: list[str]) -> int:
+    """``dispatcherctl top``: the options and the view are ``ctl_top``'s."""
+    from dispatcher.server import ctl_top  # its terminal library is optional
+
+    top = argparse.ArgumentParser(prog="dispatcherctl top", description=TOP_HELP)
+    _global_options(top, suppress=True)  # given before the command, they are in options
+    ctl_top.add_arguments(top)
+    top.parse_args(extra, namespace=options)
+    settings = _settings(options.config)
+    if settings is None:
+        return EXIT_USAGE
+    return ctl_top.run(settings, options)
+
+
+def _control(settings: Settings, options: argparse.Namespace) -> int:
+    """Send the control command of *options*; print the replies; return the exit status."""
     try:
         result = control_with_reply(
             options.command,
@@ -184,9 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PublishError as exc:
         print(f"dispatcherctl: {shown(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    channel = _control_channel(settings)
     if result.expected == 0 and options.expected_replies is None:
+        listening = f" listening on channel {shown(channel)}" if channel else ""
         print(
-            "dispatcherctl: no dispatcher service is connected to the database "
+            f"dispatcherctl: no dispatcher service{listening} is connected to the database "
             f"({DISPATCHERD_NOT_FOUND})",
             file=sys.stderr,
         )
@@ -195,8 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.json:
         print(json.dumps(result.replies, indent=2, sort_keys=True, default=str))
     else:
-        print(render(result), end="")
-        print(tally(result, looked_up))
+        shown_result = (
+            _with_elapsed(result, options.timeout) if result.command == "running" else result
+        )
+        print(render(shown_result), end="")
+        print(tally(result, looked_up, channel))
     for note in result.skipped:
         print(f"dispatcherctl: {shown(note)}", file=sys.stderr)
     for node in result.unexpected:
@@ -212,7 +284,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_MISSING
+    failed = [reply for reply in result.replies if "error" in reply]
+    if failed:
+        nodes = ", ".join(shown(reply.get("node_id", "?")) for reply in failed)
+        print(f"dispatcherctl: error reply from {nodes}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
     return EXIT_OK
+
+
+def _control_channel(settings: Settings) -> str | None:
+    """The channel control commands go on, when they go through pg_notify."""
+    try:
+        broker = control_broker(settings)
+    except PublishError:
+        return None
+    return broker.default_queue if broker.name == "pg_notify" else None
+
+
+def _with_elapsed(result: ControlResult, timeout: float) -> ControlResult:
+    """*result* (of ``running``), each task with how long it has run or waited.
+
+    How long a task on a worker has run is in the ``workers`` reply (asked here, when a
+    task runs on a worker); without it, the time since it was submitted is shown.
+    """
+    ages: dict[str, dict[str, float]] = {}
+    if any(key.startswith("worker-") for reply in result.replies for key in entries(reply)):
+        try:
+            workers = control_with_reply(
+                "workers", expected_replies=len(result.replies), timeout=timeout
+            )
+        except PublishError:
+            workers = ControlResult("workers")
+        ages = {str(reply.get("node_id")): task_ages(entries(reply)) for reply in workers}
+    replies = [
+        reply if "error" in reply else add_elapsed(reply, ages.get(str(reply.get("node_id")), {}))
+        for reply in result.replies
+    ]
+    return ControlResult(result.command, replies=replies, expected=result.expected)
 
 
 def install_sql(settings: Settings) -> int:

@@ -1,9 +1,16 @@
-"""How ``dispatcherctl`` shows replies to people: one block per service, tables of entries."""
+"""How ``dispatcherctl`` shows replies to people: one block per service, tables of entries.
+
+Values are shown as JSON writes them (``true``, ``false``, ``null``), with units where the
+key says what a number is (durations such as ``9.4 s`` or ``3 min 12 s``, sizes such as
+``28.4 MiB``); nested objects as indented blocks, lists of objects as tables.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from collections.abc import Mapping
+from typing import Any, Final
 
 from dispatcher.control import ControlResult
 from dispatcher.server.logsafe import escape
@@ -13,8 +20,8 @@ DISPATCHERD_NOT_FOUND = (
 )
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "running": ("slot", "where", "uuid", "task"),
-    "cancel": ("slot", "where", "uuid", "task"),
+    "running": ("slot", "where", "uuid", "task", "elapsed", "args", "kwargs"),
+    "cancel": ("slot", "where", "uuid", "task", "args", "kwargs"),
     "workers": (
         "worker_id",
         "pid",
@@ -23,6 +30,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "finished_count",
         "current_task",
         "current_task_uuid",
+        "current_task_age",
         "rss_bytes",
     ),
     "aio_tasks": ("task", "done"),
@@ -30,33 +38,63 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 """The columns shown for the replies with one key per task, worker or asyncio task (the
 first column is that key, unless it is one of the entries' own fields). Workers show our
 ``state`` (``busy`` while running a task), not dispatcherd's ``status`` (``ready`` then),
-except for a reply without ``state`` (a dispatcherd service's): its ``status``."""
+except for a reply without ``state`` (a dispatcherd service's): its ``status``. A column
+no entry has a value for is left out."""
+
+DURATION_KEYS: Final = frozenset(
+    {
+        "age",
+        "current_task_age",
+        "elapsed",
+        "max_age",
+        "seconds_since_start",
+        "uptime",
+        "uptime_seconds",
+    }
+)
+"""Keys whose numbers are seconds."""
+
+DURATION_GROUPS: Final = frozenset({"top5", "near_worker_ct"})
+"""Keys of objects whose numbers are seconds (``main.pool.usage``'s)."""
+
+SIZE_KEYS: Final = frozenset({"rss_bytes", "active_bytes"})
+"""Keys whose numbers are bytes."""
+
+ARGUMENTS_WIDTH: Final = 40
+"""Characters of a task's ``args`` or ``kwargs`` shown in a table."""
 
 
-def tally(result: ControlResult, looked_up: bool) -> str:
+def tally(result: ControlResult, looked_up: bool, channel: str | None = None) -> str:
     """Say how many replies came, and how many were waited for and why."""
     counted = f"{len(result.replies)} of {result.expected} replies"
     if looked_up:
+        listening = (
+            f" listening on channel {shown(channel)}" if channel else " connected to the database"
+        )
         return (
-            f"({counted}: one per dispatcher service connected to the database; "
+            f"({counted}: one per dispatcher service{listening}; "
             "dispatcherd services are not counted: --expected-replies N waits for N)"
         )
     return f"({counted})"
 
 
-def render(result: ControlResult) -> str:
+def render(result: ControlResult, now: float | None = None) -> str:
     """Replies as text for people: one block per service.
 
     ``running``, ``cancel``, ``workers`` and ``aio_tasks`` replies (and those parts of
     ``status``) are shown as tables, one row per task, worker or asyncio task; ``--json``
-    shows everything. Every value is shown escaped (see
-    :func:`dispatcher.server.logsafe.escape`): a reply cannot start a line of its own in the
-    terminal, or send it control sequences.
+    shows everything. A task's ``elapsed`` (see :func:`add_elapsed`) is shown when it is
+    there; in ``status``, it is worked out from the reply itself. Every value is shown
+    escaped (see :func:`dispatcher.server.logsafe.escape`): a reply cannot start a line of
+    its own in the terminal, or send it control sequences.
     """
     lines = []
     for reply in sorted(result.replies, key=lambda r: str(r.get("node_id"))):
         body = {k: v for k, v in reply.items() if k != "node_id"}
         lines.append(f"{shown(reply.get('node_id', '?'))}:")
+        if result.command == "status" and isinstance(body.get("running"), dict):
+            ages = task_ages(body.get("workers"))
+            body["running"] = add_elapsed(body["running"], ages, now)
         if result.command in COLUMNS and "error" not in body:
             lines += _entries(body, COLUMNS[result.command], indent="  ")
         elif not body:
@@ -66,24 +104,65 @@ def render(result: ControlResult) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _fields(body: dict[str, Any], indent: str) -> list[str]:
+def add_elapsed(
+    entries: Mapping[str, Any], task_ages: Mapping[str, float], now: float | None = None
+) -> dict[str, Any]:
+    """The entries of a ``running`` reply, each with ``elapsed`` seconds, when known.
+
+    A task on a worker: how long it has run (*task_ages*, by uuid, from the ``workers``
+    reply's ``current_task_age``); otherwise, or when that is unknown, how long since it was
+    submitted (its message's ``time_pub``, by the publisher's clock).
+    """
+    now = time.time() if now is None else now
+    shown_entries: dict[str, Any] = {}
+    for key, entry in entries.items():
+        if isinstance(entry, dict):
+            elapsed = task_ages.get(str(entry.get("uuid")))
+            published = entry.get("time_pub")
+            if elapsed is None and isinstance(published, int | float) and published > 0:
+                elapsed = max(0.0, now - published)
+            if elapsed is not None:
+                entry = {**entry, "elapsed": elapsed}
+        shown_entries[key] = entry
+    return shown_entries
+
+
+def task_ages(workers: object) -> dict[str, float]:
+    """How long each task on a worker has run, by uuid, from a ``workers`` reply."""
+    if not isinstance(workers, Mapping):
+        return {}
+    ages = {}
+    for worker in workers.values():
+        if isinstance(worker, Mapping):
+            uuid, age = worker.get("current_task_uuid"), worker.get("current_task_age")
+            if isinstance(uuid, str) and isinstance(age, int | float):
+                ages[uuid] = float(age)
+    return ages
+
+
+def _fields(body: Mapping[str, Any], indent: str, group: str | None = None) -> list[str]:
     lines = []
     for key, value in body.items():
+        title = f"{indent}{shown(key)}:"
         if key in COLUMNS and isinstance(value, dict):
-            lines.append(f"{indent}{shown(key)}:")
+            lines.append(title)
             lines += _entries(value, COLUMNS[key], indent=indent + "  ")
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            lines.append(f"{indent}{shown(key)}:")
-            columns = [c for c in value[0] if not isinstance(value[0][c], dict | list)]
+            lines.append(title)
+            columns = list(dict.fromkeys(c for row in value for c in row))
             lines += _table(columns, value, indent=indent + "  ")
-        elif isinstance(value, list | dict):
-            lines.append(f"{indent}{shown(key)}: {json.dumps(value, sort_keys=True)}")
+        elif isinstance(value, dict) and value:
+            lines.append(title)
+            lines += _fields(value, indent + "  ", group=key)
+        elif isinstance(value, dict | list) and not value:
+            lines.append(f"{title} (none)")
         else:
-            lines.append(f"{indent}{shown(key)}: {shown(value)}")
+            unit_key = "elapsed" if group in DURATION_GROUPS else key
+            lines.append(f"{title} {value_text(value, unit_key)}")
     return lines
 
 
-def _entries(body: dict[str, Any], columns: tuple[str, ...], indent: str) -> list[str]:
+def _entries(body: Mapping[str, Any], columns: tuple[str, ...], indent: str) -> list[str]:
     """A table of a reply's entries (one per key), its first column being the key."""
     entries = {key: value for key, value in body.items() if isinstance(value, dict)}
     if not entries:
@@ -92,11 +171,12 @@ def _entries(body: dict[str, Any], columns: tuple[str, ...], indent: str) -> lis
     if "state" in columns:
         for row in rows:
             row.setdefault("state", row.get("status"))
-    return _table(list(columns), rows, indent)
+    shown_columns = [columns[0], *(c for c in columns[1:] if any(c in row for row in rows))]
+    return _table(shown_columns, rows, indent)
 
 
 def _table(columns: list[str], rows: list[dict[str, Any]], indent: str) -> list[str]:
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c), c) for c in columns] for row in rows]
     titles = [shown(c) for c in columns]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(titles)]
     out = [indent + "  ".join(c.ljust(w) for c, w in zip(titles, widths, strict=True)).rstrip()]
@@ -106,12 +186,66 @@ def _table(columns: list[str], rows: list[dict[str, Any]], indent: str) -> list[
     return out
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, key: str) -> str:
+    """A table cell: ``-`` for nothing; arguments and other lists or objects cut short."""
     if value is None:
         return "-"
     if isinstance(value, list | dict):
-        return json.dumps(value, sort_keys=True)
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+        if len(text) > ARGUMENTS_WIDTH:
+            text = text[: ARGUMENTS_WIDTH - 3] + "..."
+        return shown(text)
+    return value_text(value, key)
+
+
+def value_text(value: object, key: str | None = None) -> str:
+    """One value as people read it.
+
+    JSON's words for ``true``, ``false`` and ``null``; a duration or a size when *key* says
+    the number is one; lists and objects as JSON; everything escaped.
+    """
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float) and key is not None:
+        if key in DURATION_KEYS:
+            return duration_text(value)
+        if key in SIZE_KEYS:
+            return size_text(value)
+    if isinstance(value, list | dict):
+        return shown(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str))
     return shown(value)
+
+
+def duration_text(seconds: float) -> str:
+    """*seconds* for people: ``250 ms``, ``9.4 s``, ``42 s``, ``3 min 5 s``, ``2 h 10 min``."""
+    if seconds < 0:
+        return f"-{duration_text(-seconds)}"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
+
+
+def size_text(size: float) -> str:
+    """*size* bytes for people: ``512 B``, ``12.0 KiB``, ``28.4 MiB``, ``1.50 GiB``."""
+    if size < 1024:
+        return f"{size:.0f} B"
+    if size < 1024**2:
+        return f"{size / 1024:.1f} KiB"
+    if size < 1024**3:
+        return f"{size / 1024**2:.1f} MiB"
+    return f"{size / 1024**3:.2f} GiB"
 
 
 def shown(value: object) -> str:

@@ -21,9 +21,12 @@ service run from Python, or a fork server that ended) the service starts it as a
   server itself disappears.
 
 Messages to the fork server are one JSON object each: ``{"op": "spawn", "id": N}`` with the
-worker's socket attached (``SCM_RIGHTS``). Messages from it: ``{"event": "spawned", "id": N,
-"pid": P}`` with the pidfd attached, ``{"event": "failed", "id": N, "error": "..."}``, and
-``{"event": "exited", "pid": P, "status": S}`` (``S`` as from ``os.waitstatus_to_exitcode``).
+worker's socket attached (``SCM_RIGHTS``). Messages from it: first ``{"event": "imported",
+"ok": true, "task_count": N}`` or ``{"event": "imported", "ok": false, ...}`` once it has
+imported the task modules (see :mod:`dispatcher.server.task_imports`; spawn requests wait
+until then), then ``{"event": "spawned", "id": N, "pid": P}`` with the pidfd attached,
+``{"event": "failed", "id": N, "error": "..."}``, and ``{"event": "exited", "pid": P,
+"status": S}`` (``S`` as from ``os.waitstatus_to_exitcode``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ import traceback
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.lifeline import die_with_parent
-from dispatcher.server.worker import WorkerOptions, import_task_modules_quietly, worker_main
+from dispatcher.server.task_imports import import_report
+from dispatcher.server.worker import WorkerOptions, worker_main
 
 if TYPE_CHECKING:
     from dispatcher.config import Settings
@@ -331,7 +335,13 @@ def _forked(
 
 
 def _preload_and_serve(control: socket.socket, options: dict[str, Any]) -> NoReturn:
-    import_task_modules_quietly(options.get("modules", ()))
+    """Import the task modules, report how that went, then fork workers on request.
+
+    The service waits for the report before any broker listens. Serving goes on after a
+    failure too: each worker then imports the modules again and reports its error.
+    """
+    report = import_report(options.get("modules", ()))
+    _send(control, {"event": "imported", **report})
     ForkServer(control, options).serve()
 
 

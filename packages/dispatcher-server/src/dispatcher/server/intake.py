@@ -12,6 +12,7 @@ registered. Any other text that is not JSON is rejected (``not_json``).
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from collections import deque
@@ -49,6 +50,10 @@ not looked at as one."""
 
 MAX_WAITING_FOR_WORKERS: Final = 100_000
 """Messages held while the first worker starts (until the registered names are known)."""
+
+MAX_SUGGESTION_CANDIDATES: Final = 5_000
+"""Registered names beyond which an unknown task name gets no "did you mean" (its cost
+grows with their number, and anyone who can publish can send unknown names)."""
 
 
 ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], None]
@@ -150,6 +155,10 @@ class Intake:
                 self._on_control(rejected.control, channel, origin, rejected)
             raise
         self._stats.received += 1
+        if "control" in message:
+            self._stats.received_control += 1
+        else:
+            self._stats.received_tasks += 1
         if "control" in message and self._on_control is not None:
             self._on_control(message, channel, origin, None)
             self._settlements.origin(origin, Outcome.OK)
@@ -267,13 +276,18 @@ class Intake:
         names = self.catalogue.names
         assert names is not None
         if name not in names:
-            raise Rejected("unknown_task", f"task {name!r} is not registered", message.get("uuid"))
+            raise Rejected(
+                "unknown_task",
+                f"task {name!r} is not registered{_suggestion(name, names)}",
+                message.get("uuid"),
+            )
         if "callbacks" in message or "errbacks" in message:
             for where, follow_up in _follow_ups(message):
                 if follow_up not in names:
                     raise Rejected(
                         "unknown_task",
-                        f"{where}: task {follow_up!r} is not registered",
+                        f"{where}: task {follow_up!r} is not registered"
+                        f"{_suggestion(follow_up, names)}",
                         message.get("uuid"),
                     )
         uuid = message.get("uuid")
@@ -307,6 +321,14 @@ class Intake:
         where = f" on channel {channel}" if channel else ""
         uuid = f" (uuid {rejected.uuid})" if isinstance(rejected.uuid, str) else ""
         self._rejections.log("rejected message%s%s: %s", where, uuid, rejected)
+
+
+def _suggestion(name: str, names: frozenset[str]) -> str:
+    """``" (did you mean 'x'?)"`` when a registered name is close to *name*, else ``""``."""
+    if len(names) > MAX_SUGGESTION_CANDIDATES or not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _follow_ups(message: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:

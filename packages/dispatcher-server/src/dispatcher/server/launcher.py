@@ -117,6 +117,28 @@ class WorkerProcess:
         self.fd = -1
 
 
+class ForkServerLink:
+    """One fork server, seen from the launcher: its process and our end of its socket."""
+
+    def __init__(
+        self, process: subprocess.Popen[bytes] | ForkedServer, control: socket.socket
+    ) -> None:
+        self.process = process
+        """The fork server's process."""
+        self.control = control
+        """The service's end of its control socket (non-blocking once opened)."""
+        self.pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
+        """Spawn requests waiting for an answer, by worker id."""
+        self.workers: set[int] = set()
+        """Pids of the workers it forked that it has not reported ended."""
+        self.retiring = False
+        """Replaced by a newer fork server: closed once its last worker has ended."""
+        self.report: dict[str, Any] | None = None
+        """Its report on importing the task modules (see ``forkserver``), once received."""
+        self.reported = anyio.Event()
+        """Set when :attr:`report` has arrived, or the fork server has ended without one."""
+
+
 class WorkerLauncher:
     """Starts the fork server (from the event loop's thread) and asks it for workers.
 
@@ -124,6 +146,11 @@ class WorkerLauncher:
     *fork_server*, if given, is one already running (see
     :func:`~dispatcher.server.forkserver.fork_server`): the launcher takes it over rather
     than start one. A fork server that ends is replaced by a new program.
+
+    For a reload, :meth:`prepare` starts a new fork server (which imports the task modules
+    afresh) beside the one in use; :meth:`switch_to` makes it the one new workers come from,
+    and the old one is closed once its last worker has ended; :meth:`discard` closes it
+    instead.
     """
 
     def __init__(
@@ -135,10 +162,12 @@ class WorkerLauncher:
         self.options = options
         self.on_exit = on_exit
         """Called with ``(pid, status)`` when the fork server reports that a worker ended."""
+        self.on_imported: Callable[[dict[str, Any] | None], None] | None = None
+        """Called with each fork server's task-import report (``None``: it ended first)."""
         self._early = fork_server
-        self._process: subprocess.Popen[bytes] | ForkedServer | None = None
-        self._control: socket.socket | None = None
-        self._pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
+        self._current: ForkServerLink | None = None
+        self._links: list[ForkServerLink] = []
+        """Every fork server open: the current one, one being prepared, retiring ones."""
 
     def start(self) -> None:
         """Start the fork server now (it imports the task modules while we go on).
@@ -146,22 +175,59 @@ class WorkerLauncher:
         Must run in the thread that lives as long as the service (the event loop's): the
         kernel ties the fork server's life to the thread that started it.
         """
-        if self._control is not None:
+        if self._current is not None:
             return
         early, self._early = self._early, None
         if early is not None:
-            self._process, self._control = early, early.control
+            self._current = self._open(ForkServerLink(early, early.control))
         else:
-            self._control = self._spawn()
-        self._control.setblocking(False)
-        asyncio.get_running_loop().add_reader(self._control.fileno(), self._on_readable)
+            self._current = self._open(self._spawn())
 
-    def _spawn(self) -> socket.socket:
-        """Start the fork server as a new program; return our end of its control socket."""
+    def prepare(self) -> ForkServerLink:
+        """Start a new fork server beside the current one; workers come from it once switched.
+
+        It is a new program: it imports the task modules as they are now.
+        """
+        return self._open(self._spawn())
+
+    def switch_to(self, link: ForkServerLink) -> None:
+        """Have new workers come from *link*; the old fork server goes with its last worker."""
+        old, self._current = self._current, link
+        if old is not None and old is not link:
+            old.retiring = True
+            self._close_if_idle(old)
+
+    def discard(self, link: ForkServerLink) -> None:
+        """Close a fork server from :meth:`prepare` that is not wanted (its workers die)."""
+        if link is not self._current:
+            self._detach(link)
+            self._reap(link, 5.0)
+
+    async def import_report(self, link: ForkServerLink | None = None) -> dict[str, Any] | None:
+        """Wait for the task-import report of *link* (default: the current fork server).
+
+        ``None`` when the fork server ended before it reported.
+        """
+        if link is None:
+            self.start()
+            link = self._current
+            assert link is not None
+        await link.reported.wait()
+        return link.report
+
+    def _open(self, link: ForkServerLink) -> ForkServerLink:
+        link.control.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(link.control.fileno(), self._on_readable, link)
+        self._links.append(link)
+        return link
+
+    def _spawn(self) -> ForkServerLink:
+        """Start the fork server as a new program."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, CONTROL_FD_ENV: str(theirs.fileno()), PARENT_ENV: str(os.getpid())}
         try:
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-m", "dispatcher.server.forkserver"],
                 pass_fds=[theirs.fileno()],
                 env=env,
@@ -171,24 +237,27 @@ class WorkerLauncher:
             theirs.close()
         setup = {"sys_path": sys.path, "options": dataclasses.asdict(self.options)}
         ours.sendall(json.dumps(setup).encode())
-        return ours
+        return ForkServerLink(process, ours)
 
-    async def launch(self, worker_id: int) -> WorkerProcess:
+    async def launch(self, worker_id: int, link: ForkServerLink | None = None) -> WorkerProcess:
         """Start worker *worker_id*; return it once forked (it then imports and says ready).
+
+        It comes from the current fork server, or from *link* (see :meth:`prepare`).
 
         :raises LaunchError: when the fork server cannot fork it.
         """
-        if self._control is None:
+        if link is None:
             self.start()
-        assert self._control is not None
+            link = self._current
+            assert link is not None
         ours, theirs = socket.socketpair()
         done = anyio.Event()
         result: list[Any] = []
-        self._pending[worker_id] = (done, result)
+        link.pending[worker_id] = (done, result)
         try:
             request = json.dumps({"op": "spawn", "id": worker_id}).encode()
             try:
-                socket.send_fds(self._control, [request], [theirs.fileno()])
+                socket.send_fds(link.control, [request], [theirs.fileno()])
             except OSError as exc:
                 raise LaunchError(f"the fork server is gone ({exc})") from None
             finally:
@@ -198,7 +267,9 @@ class WorkerLauncher:
             ours.close()  # a worker forked all the same reads end-of-file and exits
             raise
         finally:
-            self._pending.pop(worker_id, None)
+            link.pending.pop(worker_id, None)
+            if link.retiring:
+                self._close_if_idle(link)
         event, fds = result
         if event["event"] != "spawned":
             ours.close()
@@ -208,63 +279,96 @@ class WorkerLauncher:
         ours.setblocking(False)
         return WorkerProcess(int(event["pid"]), fds[0], ours)
 
-    def _on_readable(self) -> None:
-        assert self._control is not None
+    def _on_readable(self, link: ForkServerLink) -> None:
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(self._control, MAX_MESSAGE, _MAX_FDS)
+                data, fds, _, _ = socket.recv_fds(link.control, MAX_MESSAGE, _MAX_FDS)
             except BlockingIOError:
                 return
             except OSError:
                 data, fds = b"", []
             if not data:
-                self._fork_server_gone()
+                self._fork_server_gone(link)
                 return
             event = json.loads(data)
-            kind = event["event"]
+            kind = event.get("event")
             if kind == "exited":
+                link.workers.discard(int(event["pid"]))
                 if self.on_exit is not None:
                     self.on_exit(int(event["pid"]), int(event["status"]))
+                if link.retiring and self._close_if_idle(link):
+                    return
                 continue
-            waiting = self._pending.get(int(event["id"]))
-            if waiting is None:  # nobody waits for it any more (cancelled): do not leak it
+            if kind == "imported":
+                self._reported(link, event)
+                continue
+            if kind == "spawned":
+                link.workers.add(int(event["pid"]))
+            waiting = link.pending.get(int(event.get("id", -1)))
+            if waiting is None:  # nobody waits for it (cancelled, or not ours): do not leak it
                 for fd in fds:
                     os.close(fd)
                 continue
             waiting[1].extend((event, fds))
             waiting[0].set()
 
-    def _fork_server_gone(self) -> None:
-        """The fork server ended (it was killed): its workers went with it; start anew."""
-        if self._control is None:
+    def _fork_server_gone(self, link: ForkServerLink) -> None:
+        """A fork server ended (it was killed): its workers went with it."""
+        if link not in self._links:
             return
-        asyncio.get_running_loop().remove_reader(self._control.fileno())
-        self._control.close()
-        self._control = None
-        logger.error("the fork server ended unexpectedly; a new one starts with the next worker")
-        for done, result in self._pending.values():
+        self._reported(link, None)
+        self._detach(link)
+        if link is self._current:
+            self._current = None
+            logger.error(
+                "the fork server ended unexpectedly; a new one starts with the next worker"
+            )
+        for done, result in link.pending.values():
             result.extend(({"event": "failed", "error": "the fork server ended"}, []))
             done.set()
-        self._reap_fork_server(0)
+        self._reap(link, 0)
+
+    def _reported(self, link: ForkServerLink, report: dict[str, Any] | None) -> None:
+        if link.reported.is_set():
+            return
+        link.report = report
+        link.reported.set()
+        if self.on_imported is not None:
+            self.on_imported(report)
+
+    def _close_if_idle(self, link: ForkServerLink) -> bool:
+        """Close retiring *link* if none of its workers is left; tell whether it was."""
+        if link.workers or link.pending or link not in self._links:
+            return False
+        self._detach(link)
+        self._reap(link, 5.0)
+        return True
 
     def close(self) -> None:
-        """Stop the fork server (it kills any worker left), and wait briefly for it to exit."""
+        """Stop the fork servers (they kill any worker left), and wait briefly for them to exit."""
         early, self._early = self._early, None
         if early is not None:  # never started: the fork server forked for us is not needed
             early.close()
-        if self._control is not None:
-            with contextlib.suppress(RuntimeError, ValueError):
-                asyncio.get_running_loop().remove_reader(self._control.fileno())
-            self._control.close()
-            self._control = None
-        self._reap_fork_server(5.0)
+        links = list(self._links)
+        for link in links:
+            self._detach(link)
+        self._current = None
+        for link in links:
+            self._reap(link, 5.0)
 
-    def _reap_fork_server(self, timeout: float) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
+    def _detach(self, link: ForkServerLink) -> None:
+        """Stop reading *link* and close our end of its socket (the fork server then exits)."""
+        if link in self._links:
+            self._links.remove(link)
+        link.reported.set()  # no report will come now (it is ours that closes it)
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(link.control.fileno())
+        link.control.close()
+
+    @staticmethod
+    def _reap(link: ForkServerLink, timeout: float) -> None:
         try:
-            process.wait(timeout)
+            link.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            link.process.kill()
+            link.process.wait()

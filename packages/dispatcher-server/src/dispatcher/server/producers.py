@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -17,6 +16,7 @@ from dispatcher.server.intake import Intake
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.rejection import Rejected
+from dispatcher.server.timetables import ScheduleBoard
 
 logger = get_logger("dispatcher.producers")
 
@@ -71,46 +71,94 @@ class DurableRoutes:
 
 
 async def run_schedule(
-    intake: Intake, task: str, entry: ScheduledTask, routes: DurableRoutes | None = None
+    intake: Intake,
+    task: str,
+    entry: ScheduledTask,
+    board: ScheduleBoard,
+    routes: DurableRoutes | None = None,
 ) -> None:
-    """Submit *task* every ``entry.schedule`` seconds, the first time one period from now.
+    """Submit *task* on its schedule (the *board* says when, and hears when it runs next).
 
-    Runs stay on the grid ``start + n * period``: a late wake-up does not shift later runs,
-    and periods missed entirely (a stalled service) are skipped, not made up. A task whose
-    queue is durable (see :class:`DurableRoutes`) is stored in its queue instead, once per
-    tick across every service (see :func:`run_once_per_tick`).
+    Every ``entry.schedule`` seconds, the first time one period from now: runs stay on the
+    grid ``start + n * period``; a late wake-up does not shift later runs, and periods
+    missed entirely (a stalled service) are skipped, not made up. A cron schedule runs at
+    the wall-clock times it names; runs missed (a stalled or stopped service) are skipped,
+    not made up. A task whose queue is durable (see :class:`DurableRoutes`) is stored in
+    its queue instead, once per tick across every service (see :func:`run_once_per_tick`).
     """
-    period = entry.schedule
-    start = time.monotonic()
+    start, now = time.monotonic(), time.time()
+    period = None if isinstance(entry.schedule, str) else entry.schedule
+    board.expect(task, board.timetable(task).next_after(now) if period is None else now + period)
     route = None if routes is None else await routes.route(task)
     if route is not None:
-        await run_once_per_tick(route[0], route[1], task, entry)
+        await run_once_per_tick(route[0], route[1], task, entry, board)
         return
+    if period is not None:
+        await _run_every(intake, task, entry, period, start, board)
+        return
+
+    async def submit_here(due: float) -> None:
+        _submit(intake, "scheduled", task, entry)
+
+    await _run_on_wall_clock(task, board, submit_here)
+
+
+async def _run_every(
+    intake: Intake,
+    task: str,
+    entry: ScheduledTask,
+    period: float,
+    start: float,
+    board: ScheduleBoard,
+) -> None:
+    """Submit *task* at ``start + n * period`` (monotonic clock), skipping missed periods."""
     runs = 1
     while True:
-        await anyio.sleep(max(0.0, start + runs * period - time.monotonic()))
+        due = start + runs * period
+        board.expect(task, time.time() + due - time.monotonic())
+        await anyio.sleep(max(0.0, due - time.monotonic()))
         _submit(intake, "scheduled", task, entry)
         runs = max(runs + 1, int((time.monotonic() - start) // period) + 1)
 
 
-async def run_once_per_tick(sink: OncePerTick, queue: str, task: str, entry: ScheduledTask) -> None:
+async def run_once_per_tick(
+    sink: OncePerTick, queue: str, task: str, entry: ScheduledTask, board: ScheduleBoard
+) -> None:
     """Store *task* in the durable *queue* at every tick, once across every service.
 
-    Ticks are on the wall clock's grid (``n * period`` seconds since the epoch), the same
-    for every host: each service offers tick ``n`` when it comes, and the database keeps
-    the first offer only. Ticks missed (a stalled service) are skipped, not made up.
+    Ticks are on the wall clock, the same for every host: a period's multiples since the
+    epoch (the tick is the multiple's number), or a cron expression's times (the tick is
+    the time itself, in seconds since the epoch). Each service offers each tick when it
+    comes, and the database keeps the first offer only. Ticks missed (a stalled service)
+    are skipped, not made up.
     """
-    period = entry.schedule
     logger.info(
         "producers.scheduled[%r]: stored in durable queue %s, once per tick across services",
         task,
         queue,
     )
     failures = RateLimitedLog(logger, logging.WARNING)
-    while True:
-        tick = math.floor(time.time() / period) + 1
-        await anyio.sleep(max(0.0, tick * period - time.time()))
+    timetable = board.timetable(task)
+
+    async def offer(due: float) -> None:
+        tick = timetable.tick(due)
         try:
             await sink.submit_tick(task, tick, queue, _message(task, entry))
         except Exception as exc:  # a producer must outlive any one submission
             failures.log("producers.scheduled[%r]: tick %d not stored: %s", task, tick, exc)
+
+    await _run_on_wall_clock(task, board, offer)
+
+
+async def _run_on_wall_clock(
+    task: str, board: ScheduleBoard, run: Callable[[float], Awaitable[None]]
+) -> None:
+    """Call ``run(due)`` at each time of the task's timetable; times missed are skipped."""
+    timetable = board.timetable(task)
+    due = timetable.next_after(time.time())
+    while True:
+        board.expect(task, due)
+        while (left := due - time.time()) > 0:  # the wall clock may lag the sleep's clock
+            await anyio.sleep(left)
+        await run(due)
+        due = timetable.next_after(max(due, time.time()))

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import anyio
+from anyio.abc import TaskGroup
 
 from dispatcher.config import Settings
 from dispatcher.server.allowlist import ControlAllowList
@@ -32,20 +33,25 @@ from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.rejection import Rejected
+from dispatcher.server.reload import watch_task_modules
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
+from dispatcher.server.task_imports import missing_modules, refusal
 from dispatcher.server.timers import Timers
+from dispatcher.server.timetables import ScheduleBoard
 from dispatcher.server.view import ServiceView
 
 logger = get_logger("dispatcher.service")
 
 EXIT_OK: Final = 0
 EXIT_FORCED: Final = 1
+EXIT_CONFIG: Final = 2
+"""Exit status when the config cannot serve: here, when ``tasks.modules`` is empty."""
 EXIT_TASK_MODULES: Final = 3
-"""Exit status when the task modules cannot be imported."""
+"""Exit status when the task modules cannot be imported, or register no task."""
 
 
 def default_node_id() -> str:
@@ -53,7 +59,7 @@ def default_node_id() -> str:
 
     Short enough (at most ``MAX_WHOLE_NODE_ID_BYTES``) to fit whole in ``application_name``.
     """
-    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:32]
+    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:25]
     return f"{host}-{os.getpid()}"
 
 
@@ -65,16 +71,25 @@ class Service:
         settings: Settings,
         log_level: int = logging.INFO,
         fork_server: ForkedServer | None = None,
+        reload: bool = False,
     ) -> None:
         self.settings = settings
+        self._reload = reload
+        """Whether to restart the workers when a task module changes (see ``reload``)."""
         self.node_id = settings.service.node_id or default_node_id()
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
+        # First: a cron schedule without croniter refuses the config before anything starts.
+        self.schedules = ScheduleBoard(settings)
         # The fork server: the one forked at start-up if given (see forkserver.fork_server),
         # else started with the pool.
         self._launcher = WorkerLauncher(
             worker_options(settings, log_level), fork_server=fork_server
         )
+        self._launcher.on_imported = self._task_modules_imported
+        self._import_report: dict[str, Any] | None = None
+        self._imported = anyio.Event()
+        """Set when the first fork server has reported on the task modules (or ended)."""
         # Brokers: the configured built-ins and plug-ins, from the registry; run() starts each.
         self.capacity = CapacityGauge(self._free_capacity)
         """Free capacity, for brokers that pull work."""
@@ -122,7 +137,9 @@ class Service:
         self.view = ServiceView(
             self.stats, self.scheduler, self.supervisor, self.intake, self.signatures
         )
-        commands = ControlCommands(self.view, settings, self.stats)
+        commands = ControlCommands(
+            self.view, settings, self.stats, next_runs=self.schedules.next_runs
+        )
         self.supervisor.on_control = commands.handle
         allow_list = ControlAllowList(settings.brokers)
         for broker, name in allow_list.unknown(commands.table):
@@ -147,50 +164,104 @@ class Service:
                 application_name=f"dispatcher-sampler:{self.node_id}"[:63],
             )
         self._stop = anyio.Event()
+        self._started = False
 
     async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT (or :meth:`stop`); return the exit status."""
+        """Serve until SIGTERM or SIGINT (or :meth:`stop`); return the exit status.
+
+        Refuses to start, before any broker listens, when ``tasks.modules`` is empty
+        (:data:`EXIT_CONFIG`), or when the fork server reports that a task module cannot be
+        imported or that the modules register no task (:data:`EXIT_TASK_MODULES`).
+        """
+        missing = missing_modules(self.settings.tasks.modules, self.settings.source)
+        if missing is not None:
+            logger.critical("cannot start: %s", missing)
+            self._launcher.close()
+            return EXIT_CONFIG
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(self._watch_signals, signals, name="signals")
-                await task_group.start(self.supervisor.run, name="worker-pool")
-                # What exists now lives as long as the service: keep it out of every
-                # future garbage collection.
-                gc.freeze()
-                logger.info(
-                    "dispatcher service %s started (pid %d, %d-%d workers)",
-                    self.node_id,
-                    os.getpid(),
-                    self.supervisor.min_workers,
-                    self.supervisor.max_workers,
-                )
-                if not self.brokers:
-                    logger.warning("no brokers in %s: nothing to listen to", self.settings.source)
-                await task_group.start(self.replies.run, name="control-replies")
-                await task_group.start(self.settlements.run, name="settlements")
-                for broker in self.brokers:
-                    await task_group.start(
-                        run_broker, broker, self._deliver, name=f"broker:{broker.name}"
-                    )
-                if self.metrics is not None:
-                    await task_group.start(self.metrics.run, name="metrics")
-                if self.view.queue_sampler is not None:
-                    await task_group.start(self.view.queue_sampler.run, name="queue-sampler")
-                task_group.start_soon(self._expire_chunks, name="chunk-expiry")
-                for task, entry in self.settings.producers.scheduled.items():
-                    task_group.start_soon(
-                        run_schedule,
-                        self.intake,
-                        task,
-                        entry,
-                        self._durable_routes,
-                        name=f"scheduled:{task}",
-                    )
-                await self._stop.wait()
-                await self._shut_down()
+                if await self._task_modules_ready():
+                    await self._serve(task_group)
+                else:
+                    self._launcher.close()
                 task_group.cancel_scope.cancel()
-        logger.info("dispatcher service %s stopped", self.node_id)
+        if self._started or self._stop.is_set():  # (not after refusing to start)
+            logger.info("dispatcher service %s stopped", self.node_id)
         return self.exit_status
+
+    async def _task_modules_ready(self) -> bool:
+        """Start the fork server and wait for its word on the task modules.
+
+        Returns whether the service may go on: ``False`` (with :attr:`exit_status` set)
+        when the modules cannot serve, or when a signal came first.
+        """
+        self._launcher.start()
+        async with anyio.create_task_group() as waiting:
+
+            async def until(event: anyio.Event) -> None:
+                await event.wait()
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(until, self._imported)
+            waiting.start_soon(until, self._stop)
+            waiting.start_soon(_remind_while_importing)
+        if self._stop.is_set():
+            return False
+        problem = refusal(self._import_report, self.settings.tasks.modules, self.settings.source)
+        if problem is None:
+            return True
+        headline, _, details = problem.partition("\n")
+        logger.critical("cannot start: %s%s", headline, Block(details))
+        self.exit_status = EXIT_TASK_MODULES
+        return False
+
+    def _task_modules_imported(self, report: dict[str, Any] | None) -> None:
+        """The fork server's import report (``None``: it ended); only the first one counts."""
+        if not self._imported.is_set():
+            self._import_report = report
+            self._imported.set()
+
+    async def _serve(self, task_group: TaskGroup) -> None:
+        """Start the pool, the brokers and the rest in *task_group*; serve until stopped."""
+        self._started = True
+        await task_group.start(self.supervisor.run, name="worker-pool")
+        if self._reload:
+            modules = self.settings.tasks.modules
+            task_group.start_soon(watch_task_modules, modules, self.supervisor, name="reload")
+        # What exists now lives as long as the service: keep it out of every
+        # future garbage collection.
+        gc.freeze()
+        logger.info(
+            "dispatcher service %s started (pid %d, %d-%d workers)",
+            self.node_id,
+            os.getpid(),
+            self.supervisor.min_workers,
+            self.supervisor.max_workers,
+        )
+        if not self.brokers:
+            logger.warning("no brokers in %s: nothing to listen to", self.settings.source)
+        await task_group.start(self.replies.run, name="control-replies")
+        await task_group.start(self.settlements.run, name="settlements")
+        for broker in self.brokers:
+            await task_group.start(run_broker, broker, self._deliver, name=f"broker:{broker.name}")
+        if self.metrics is not None:
+            await task_group.start(self.metrics.run, name="metrics")
+        if self.view.queue_sampler is not None:
+            await task_group.start(self.view.queue_sampler.run, name="queue-sampler")
+        task_group.start_soon(self._expire_chunks, name="chunk-expiry")
+        for task, entry in self.settings.producers.scheduled.items():
+            task_group.start_soon(
+                run_schedule,
+                self.intake,
+                task,
+                entry,
+                self.schedules,
+                self._durable_routes,
+                name=f"scheduled:{task}",
+            )
+        await self._stop.wait()
+        await self._shut_down()
 
     def stop(self) -> None:
         """Begin a graceful shutdown."""
@@ -281,11 +352,26 @@ class Service:
         self._stop.set()
 
 
+IMPORT_REMINDER: Final = 10.0
+"""Seconds between the log lines saying that the task modules are still being imported."""
+
+
+async def _remind_while_importing() -> None:
+    """Say, now and then, that the service still waits for the task modules to import."""
+    waited = 0.0
+    while True:
+        await anyio.sleep(IMPORT_REMINDER)
+        waited += IMPORT_REMINDER
+        logger.warning("still importing tasks.modules after %.0f s: not listening yet", waited)
+
+
 def run_service(settings: Settings | None = None, log_level: int = logging.INFO) -> int:
     """Run a service from *settings* (default: the config in force) until it is stopped.
 
     Blocks; stops gracefully on SIGTERM or SIGINT. Returns the exit status: 0 after a
-    graceful stop, 3 when the task modules cannot be imported.
+    graceful stop; 2 when ``tasks.modules`` is empty; 3 when the task modules cannot be
+    imported or register no task (the service then refuses to start, before any broker
+    listens, and logs why).
     """
     if settings is None:
         from dispatcher.config import get_settings

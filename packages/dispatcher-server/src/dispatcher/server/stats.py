@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0)
 """Upper bounds (seconds) of the histogram buckets; a last one, +Inf, is implied."""
+
+RECENT_FAILURES: Final = 20
+"""Failed task runs :attr:`ServiceStats.recent_failures` keeps (the newest ones)."""
+
+MAX_FAILURE_ERROR_CHARS: Final = 200
+"""Longest error line kept for a failed task run."""
 
 
 @dataclass
@@ -38,12 +44,41 @@ class QueueDepth:
     """Seconds the longest-waiting ready job has been ready; 0 when none is."""
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One failed task run, as ``status`` lists it under ``recent_failures``."""
+
+    task: str
+    uuid: str
+    outcome: str
+    """How it ended: ``error``, ``timeout``, ``killed``, ``worker_lost``, ``memory_exceeded``."""
+    error: str
+    """The first line of its error, cut to :data:`MAX_FAILURE_ERROR_CHARS`."""
+    time: float
+    """When it ended, in seconds since the epoch."""
+
+    def as_reply(self) -> dict[str, Any]:
+        """Its entry in the ``status`` reply."""
+        return {
+            "task": self.task,
+            "uuid": self.uuid,
+            "outcome": self.outcome,
+            "error": self.error,
+            "time": self.time,
+        }
+
+
 @dataclass
 class ServiceStats:
     """Running totals since the service started."""
 
     received: int = 0
-    """Messages received (a chunked message counts once, when complete)."""
+    """Messages received (a chunked message counts once, when complete): task and control
+    messages, :attr:`received_tasks` and :attr:`received_control`."""
+    received_tasks: int = 0
+    """Task messages received (dispatcherd's ``received_count``)."""
+    received_control: int = 0
+    """Control messages received (run, or refused by their schema or the allow-list)."""
     delivered: Counter[str] = field(default_factory=Counter)
     """Payloads each broker handed to the service, by broker name (every payload: task and
     control messages, chunk envelopes, rejected ones; dispatcherd's ``produced_count``)."""
@@ -82,11 +117,20 @@ class ServiceStats:
     """Jobs of the durable queue left ``failed`` (attempts used up, or rejected), by queue."""
     pg_queue_lease_expiries: Counter[str] = field(default_factory=Counter)
     """Jobs of the durable queue recovered after their claim's lease ran out, by queue."""
+    recent_failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=RECENT_FAILURES))
+    """The last :data:`RECENT_FAILURES` failed task runs, oldest first."""
 
     def task_ended(self, task: str, outcome: str) -> None:
         """Count a task that ended with *outcome*."""
         self.finished[outcome] += 1
         self.finished_by_task[task, outcome] += 1
+
+    def task_failed(self, task: str, uuid: str, outcome: str, error: str, when: float) -> None:
+        """Remember a failed run among :attr:`recent_failures` (*error*: its first line is kept)."""
+        line = (error.strip().splitlines() or [outcome])[0]
+        if len(line) > MAX_FAILURE_ERROR_CHARS:
+            line = line[: MAX_FAILURE_ERROR_CHARS - 3] + "..."
+        self.recent_failures.append(Failure(task, uuid, outcome, line, when))
 
     def timings(self, task: str, published: float, started: float, finished: float) -> None:
         """Record a run's queue wait (when it was published) and run time."""

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import anyio
@@ -22,7 +23,7 @@ from dispatcher.config import Service as ServiceSettings
 from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
-from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
+from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import reply_line
@@ -44,6 +45,30 @@ EXIT_WAIT: Final = 5.0
 
 ControlHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 """Runs a bound task's control request: ``handler(command, data) -> reply``."""
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """How a reload went: workers restarted and tasks registered, or why nothing changed."""
+
+    restarted: int = 0
+    """Workers retired (each replaced by one running the new code)."""
+    tasks: int = 0
+    """Task names registered by the new code."""
+    error: str | None = None
+    """Why the new code cannot run (the old workers carry on), or ``None``."""
+
+
+@dataclass
+class _Reload:
+    """A reload under way: the first worker of the new fork server, and the workers parked."""
+
+    probe: WorkerHandle | None = None
+    tasks: frozenset[str] = frozenset()
+    queues: dict[str, object] | None = None
+    error: str | None = None
+    parked: list[WorkerHandle] = field(default_factory=list)
+    """Old workers that became free: no job starts on the old code while the new loads."""
 
 
 class Supervisor:
@@ -72,7 +97,7 @@ class Supervisor:
         self._scheduler = scheduler
         self._catalogue = catalogue
         self._stats = stats
-        self._accounting = Accounting(stats, settle)
+        self._accounting = Accounting(stats, settle, settings.task_log)
         self._on_fatal = on_fatal
         self._max_memory = max_memory
         self._internal_errors = InternalErrorLog(logger)
@@ -86,6 +111,7 @@ class Supervisor:
         self._changed: anyio.Event | None = None
         """Set when a worker finishes a task or goes away, while someone waits for that."""
         self._task_group: TaskGroup | None = None
+        self._reloading: _Reload | None = None
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -120,7 +146,7 @@ class Supervisor:
                 with anyio.move_on_after(1.0):
                     await self._wakeup.wait()
                 self._wakeup = anyio.Event()
-                if not self._closing:
+                if not self._closing and self._reloading is None:
                     self._manage(time.monotonic())
 
     def _manage(self, now: float) -> None:
@@ -136,25 +162,36 @@ class Supervisor:
 
     # -- a worker's life -------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
+    def _start_worker(self, link: ForkServerLink | None = None) -> WorkerHandle:
+        """Start a worker from the current fork server, or from *link*."""
         assert self._task_group is not None
+        accounting = self._accounting
         worker = WorkerHandle(
-            self._next_id, self._timers, self._cancel_grace, on_backlog=self._flush_later
+            self._next_id,
+            self._timers,
+            self._cancel_grace,
+            on_backlog=self._flush_later,
+            on_start=accounting.started if accounting.logs_starts else None,
         )
         self._next_id += 1
         self._workers[worker.id] = worker
-        self._task_group.start_soon(self._worker_life, worker, name=f"worker-{worker.id}")
+        self._task_group.start_soon(self._worker_life, worker, link, name=f"worker-{worker.id}")
+        return worker
 
     def _flush_later(self, worker: WorkerHandle) -> None:
         assert self._task_group is not None
         assert worker.process is not None
         self._task_group.start_soon(worker.process.flush, name=f"worker-{worker.id}-writer")
 
-    async def _worker_life(self, worker: WorkerHandle) -> None:
+    async def _worker_life(self, worker: WorkerHandle, link: ForkServerLink | None) -> None:
         try:
-            process = await self._launcher.launch(worker.id)
+            if link is None:
+                process = await self._launcher.launch(worker.id)
+            else:
+                process = await self._launcher.launch(worker.id, link)
         except (LaunchError, OSError) as exc:
             logger.error("could not start worker %d: %s", worker.id, exc)
+            worker.started.set()  # it never will
             self._forget(worker)
             await anyio.sleep(1.0)  # do not spin if starting workers keeps failing
             self._wakeup.set()
@@ -196,8 +233,12 @@ class Supervisor:
                 frozenset(event["tasks"]), queues if isinstance(queues, dict) else None
             )
             logger.debug("worker %d (pid %d) ready", worker.id, worker.pid)
+            reload = self._reloading
+            if reload is not None and worker is reload.probe:
+                reload.tasks = frozenset(event["tasks"])
+                reload.queues = queues if isinstance(queues, dict) else None
             if worker.ready():
-                self._scheduler.worker_free(worker)
+                self._free(worker)
             self._wakeup.set()
         elif kind == "control":
             reply = self.on_control(event["command"], event.get("data") or {})
@@ -205,7 +246,11 @@ class Supervisor:
         elif kind == "fatal":
             worker.stop()
             worker.started.set()
-            self._on_fatal(event["error"])
+            reload = self._reloading
+            if reload is not None and worker is reload.probe:
+                reload.error = str(event["error"])
+            else:
+                self._on_fatal(event["error"])
 
     def _finished(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
         started, finished = _seconds(event.get("started")), _seconds(event.get("finished"))
@@ -216,6 +261,7 @@ class Supervisor:
         # worker busy forever.
         if job is not None:
             self._scheduler.job_ended(job)
+        self._scheduler.put_back(worker.take_recalled())
         self._after_task(worker)
         self._signal_change()
         if job is not None:
@@ -245,7 +291,15 @@ class Supervisor:
             self._stats.workers_retired += 1
             self._stop(worker)
         else:
+            self._free(worker)
+
+    def _free(self, worker: WorkerHandle) -> None:
+        """*worker* may take a job: give it one, unless it runs code a reload replaces."""
+        reload = self._reloading
+        if reload is None or worker is reload.probe:
             self._scheduler.worker_free(worker)
+        else:
+            reload.parked.append(worker)
 
     def _may_hold_ahead(self, runner: Runner) -> bool:
         """Whether busy *runner* may be sent a job ahead.
@@ -253,6 +307,8 @@ class Supervisor:
         Only behind a quick task, and not to a worker that retires when its task ends.
         """
         worker = self._workers.get(runner.id)
+        if self._reloading is not None:
+            return False
         job = None if worker is None else worker.job
         if worker is None or job is None or not self._pace.is_quick(job.task):
             return False
@@ -273,7 +329,7 @@ class Supervisor:
         self._scheduler.forget(worker)
         if job is not None:
             self._scheduler.job_ended(job)
-        self._scheduler.put_back(worker.take_ahead())
+        self._scheduler.put_back(worker.take_recalled() + worker.take_ahead())
         if not expected:
             self._stats.workers_lost += 1
         self._signal_change()
@@ -304,6 +360,71 @@ class Supervisor:
         self._workers.pop(worker.id, None)
         self._scheduler.forget(worker)
         self._signal_change()
+
+    # -- reloading -----------------------------------------------------------------------
+
+    async def reload(self) -> Reloaded:
+        """Replace every worker by one running the task modules as they are now.
+
+        A new fork server imports the modules afresh; once its first worker is ready, the
+        registered task names are refreshed and every older worker is stopped (a running
+        task finishes first; the jobs held ahead by a worker go back to the queue). Until
+        then no job starts on an old worker. When the new code cannot be imported, nothing
+        changes: the old workers carry on.
+        """
+        if self._closing or self._reloading is not None:
+            return Reloaded(error="the service is shutting down, or already reloading")
+        reload = self._reloading = _Reload()
+        for worker in self.workers:
+            worker.recall_ahead()
+            if worker.is_ready:
+                self._scheduler.forget(worker)
+                reload.parked.append(worker)
+        try:
+            try:
+                link = self._launcher.prepare()
+            except OSError as exc:
+                return Reloaded(error=f"cannot start a new fork server: {exc}")
+            error = await self._start_probe(reload, link)
+            if error is not None or self._closing:
+                if reload.probe is not None:
+                    self._stop(reload.probe)
+                self._launcher.discard(link)
+                return Reloaded(error=error or "the service is shutting down")
+            self._launcher.switch_to(link)
+            self._catalogue.refresh(reload.tasks, reload.queues)
+            retired = [w for w in self.workers if w.is_live and w is not reload.probe]
+            for worker in retired:
+                self._stop(worker)
+            return Reloaded(restarted=len(retired), tasks=len(reload.tasks))
+        finally:
+            self._reloading = None
+            for worker in reload.parked:
+                if worker.is_ready:
+                    self._scheduler.worker_free(worker)
+            self._wakeup.set()
+
+    async def _start_probe(self, reload: _Reload, link: ForkServerLink) -> str | None:
+        """Have *link* import the modules and start a worker; ``None``, or what went wrong."""
+        report: dict[str, Any] | None = None
+        with anyio.move_on_after(STARTUP_TIMEOUT):
+            report = await self._launcher.import_report(link)
+        if report is None:
+            return "the new fork server ended, or took too long, before importing tasks.modules"
+        if not report.get("ok"):
+            where = f" (at {report['location']})" if report.get("location") else ""
+            return f"cannot import {report.get('module')}: {report.get('error')}{where}"
+        if not report.get("task_count"):
+            return "tasks.modules register no task (a file saved half-way?)"
+        probe = reload.probe = self._start_worker(link)
+        with anyio.move_on_after(STARTUP_TIMEOUT):
+            await probe.started.wait()
+        if probe.status in (WorkerStatus.READY, WorkerStatus.BUSY):
+            return None
+        if reload.error is not None:
+            lines = [line for line in reload.error.splitlines() if line.strip()]
+            return f"a new worker failed to start: {lines[-1] if lines else 'no error given'}"
+        return "a new worker did not start"
 
     # -- shutting down -------------------------------------------------------------------
 

@@ -80,7 +80,8 @@ class ServiceView:
 
         ``status`` is in dispatcherd's words (:data:`DISPATCHERD_STATUS`: a worker running a
         task is ``ready``, with ``current_task`` set); ``state`` is ours (``busy`` then).
-        Ours also: ``held_ahead`` (jobs it holds ahead) and ``rss_bytes`` (its memory).
+        Ours also: ``current_task_age`` (seconds its task has run), ``held_ahead`` (jobs it
+        holds ahead) and ``rss_bytes`` (its memory).
         """
         now = time.monotonic()
         return [
@@ -92,6 +93,7 @@ class ServiceView:
                 "finished_count": worker.tasks_done,
                 "current_task": worker.job.task if worker.job else None,
                 "current_task_uuid": worker.job.uuid if worker.job else None,
+                "current_task_age": round(now - worker.job_since, 3) if worker.job else None,
                 "active_cancel": worker.cancelling is not None,
                 "age": round(now - worker.created, 3),
                 "held_ahead": [job.uuid for job in worker.ahead],

@@ -80,22 +80,6 @@ def import_task_modules(modules: Sequence[str]) -> None:
         importlib.import_module(module)
 
 
-def import_task_modules_quietly(modules: Sequence[str]) -> None:
-    """Import *modules*, ignoring failures (the fork server preloads them this way).
-
-    A module that fails to import here is imported again by each worker, which reports the
-    error to the service. Tasks registered with dispatcherd's ``@task`` are adopted here
-    too, once for every worker forked from this process.
-    """
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except BaseException:
-            continue
-    with contextlib.suppress(Exception):
-        adopt_dispatcherd_tasks()
-
-
 @dataclass(frozen=True)
 class WorkerOptions:
     """What a worker needs to know, passed from the service (picklable)."""

@@ -83,7 +83,8 @@ class WorkerHandle:
     """One worker process as the service sees it.
 
     *on_backlog* is called with the handle when a line could not be written whole (its
-    process must then be flushed asynchronously).
+    process must then be flushed asynchronously). *on_start*, if given, is called with
+    ``(job, worker id)`` when a job starts: sent to it idle, or held ahead and its turn come.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class WorkerHandle:
         cancel_grace: float,
         on_backlog: Callable[[WorkerHandle], None] = lambda handle: None,
         clock: Callable[[], float] = time.monotonic,
+        on_start: Callable[[Job, int], None] | None = None,
     ) -> None:
         self.id = worker_id
         self.created = clock()
@@ -101,6 +103,8 @@ class WorkerHandle:
         self.pid: int | None = None
         self.job: Job | None = None
         """The job it runs (``BUSY``), else ``None``."""
+        self.job_since = 0.0
+        """When :attr:`job` started, on the clock (meaningless without a job)."""
         self.ahead: deque[Job] = deque()
         """Jobs sent to it to run next, not started yet (while it is ``BUSY``)."""
         self.tasks_done = 0
@@ -120,10 +124,18 @@ class WorkerHandle:
         """Run requests sent to its process (numbered from 1, as the worker counts them)."""
         self._cancelled_ahead: dict[int, Outcome] = {}
         """Jobs held ahead that were cancelled, by request number."""
+        self._recalled_ahead: set[int] = set()
+        """Request numbers of jobs held ahead that were recalled (:meth:`recall_ahead`)."""
+        self._recalling: Job | None = None
+        """The running job, if it was recalled: the worker ends it unstarted."""
+        self._recalled: list[Job] = []
+        """Recalled jobs the worker ended unstarted, to be taken back (:meth:`take_recalled`)."""
         self._timers = timers
         self._cancel_grace = cancel_grace
         self._on_backlog = on_backlog
         self._clock = clock
+        self._on_start = on_start
+        """Called with ``(job, worker id)`` when a job starts here, if given."""
 
     def __repr__(self) -> str:
         return f"<worker {self.id} pid={self.pid} {self.status.value}>"
@@ -168,9 +180,12 @@ class WorkerHandle:
         if self.status is WorkerStatus.READY:
             self.status = WorkerStatus.BUSY
             self.job = job
+            self.job_since = self._clock()
             self._requests += 1
             self._send(job.line)
             self._start_clock(job)
+            if self._on_start is not None:
+                self._on_start(job, self.id)
         elif self.has_room:
             self.ahead.append(job)
             self._requests += 1
@@ -187,6 +202,27 @@ class WorkerHandle:
         jobs = list(self.ahead)
         self.ahead.clear()
         self._cancelled_ahead.clear()
+        self._recalled_ahead.clear()
+        return jobs
+
+    def recall_ahead(self) -> None:
+        """Have the jobs held ahead not run here (a reload): each gets its cancel signal.
+
+        The worker ends each unstarted (``cancelled``) and it comes back through
+        :meth:`take_recalled` rather than as ended. (One the worker started in the instant
+        before the signal came is interrupted, and comes back all the same.)
+        """
+        first = self._requests - len(self.ahead) + 1
+        for number in range(first, first + len(self.ahead)):
+            if number in self._cancelled_ahead or number in self._recalled_ahead:
+                continue
+            if self.process is not None:
+                self._recalled_ahead.add(number)
+                self.process.signal(_cancel_signal(number))
+
+    def take_recalled(self) -> list[Job]:
+        """Take the recalled jobs the worker has ended unstarted (see :meth:`recall_ahead`)."""
+        jobs, self._recalled = self._recalled, []
         return jobs
 
     def finish(self, reported: str) -> tuple[Job | None, Outcome]:
@@ -195,7 +231,12 @@ class WorkerHandle:
         After ``DispatcherExit`` it goes to ``STOPPING`` instead (the worker exits).
         """
         job, self.job = self.job, None
-        self.tasks_done += 1
+        if job is not None and job is self._recalling and reported == "cancelled":
+            self._recalled.append(job)  # it never ran here: it is given back
+            job = None
+        else:
+            self.tasks_done += 1
+        self._recalling = None
         reason = self.cancelling
         if reported == "cancelled":
             outcome = reason or Outcome.CANCELLED
@@ -217,10 +258,18 @@ class WorkerHandle:
     def _next(self) -> None:
         """The worker starts the job held ahead: it becomes the running one."""
         self.job = job = self.ahead.popleft()
+        self.job_since = self._clock()
         number = self._requests - len(self.ahead)
         cancelled = self._cancelled_ahead.pop(number, None)
+        if number in self._recalled_ahead:
+            self._recalled_ahead.discard(number)
+            if cancelled is None:  # the worker ends it at once, unstarted
+                self._recalling = job
+                return
         if cancelled is None:
             self._start_clock(job)
+            if self._on_start is not None:
+                self._on_start(job, self.id)
         else:  # the worker ends it at once; watch that it does
             self.cancelling = cancelled
             self._timers.call_later(self._cancel_grace, self._escalate, job)
@@ -271,6 +320,10 @@ class WorkerHandle:
         self.gone.set()
         self.started.set()
         job, self.job = self.job, None
+        if job is not None and job is self._recalling:  # not started as far as we know
+            self._recalled.append(job)
+            job = None
+        self._recalling = None
         outcome = None if job is None else (self.killed_for or Outcome.WORKER_LOST)
         return job, outcome, expected
 

@@ -175,7 +175,9 @@ class BrokerContext:
     def application_name(self) -> str:
         """The ``application_name`` for a broker's PostgreSQL connections.
 
-        Control clients count the services connected to the database by it.
+        It names the service but no channel: control clients over pg_notify count only the
+        connections named with the channels they send on (see
+        :func:`~dispatcher.schema.service_application_name`).
         """
         return service_application_name(self.node_id)
 

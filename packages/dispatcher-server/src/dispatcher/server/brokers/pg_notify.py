@@ -30,7 +30,12 @@ from psycopg import sql
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.publish import AsyncConnectionProvider, describe_server
-from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES, is_valid_channel_name, split_message
+from dispatcher.schema import (
+    MAX_NOTIFY_PAYLOAD_BYTES,
+    is_valid_channel_name,
+    service_application_name,
+    split_message,
+)
 from dispatcher.server.backoff import Backoff
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.logsafe import first_line, get_logger
@@ -259,4 +264,7 @@ def create(options: Mapping[str, Any], context: BrokerContext) -> PgNotifyBroker
     """The factory of ``brokers.pg_notify`` (it reads the typed section of the settings)."""
     settings = context.settings.brokers.pg_notify
     assert settings is not None, "the pg_notify factory is only called when it is configured"
-    return PgNotifyBroker(settings, context.application_name, context.stats)
+    # Named after the node and its channels: a control client counts the services that will
+    # get its command (those listening on the channel it sends on).
+    name = service_application_name(context.node_id, settings.channels)
+    return PgNotifyBroker(settings, name, context.stats)

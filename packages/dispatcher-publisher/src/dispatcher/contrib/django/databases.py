@@ -1,0 +1,77 @@
+"""Django's ``DATABASES`` entries seen as PostgreSQL connection strings (conninfo)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+POSTGRESQL_BACKENDS: Final = frozenset({"postgresql", "postgis"})
+"""Last components of the ``ENGINE`` values that are PostgreSQL (Django's, GeoDjango's)."""
+
+DJANGO_ONLY_OPTIONS: Final = frozenset(
+    {
+        "assume_role",
+        "client_encoding",
+        "context",
+        "cursor_factory",
+        "isolation_level",
+        "pool",
+        "prepare_threshold",
+        "server_side_binding",
+    }
+)
+"""``OPTIONS`` keys that Django's backend reads itself: no libpq parameters."""
+
+
+def is_postgresql(database: Mapping[str, Any]) -> bool:
+    """Tell whether a ``DATABASES`` entry uses a PostgreSQL backend."""
+    engine = str(database.get("ENGINE") or "")
+    return engine.rpartition(".")[2] in POSTGRESQL_BACKENDS
+
+
+def database_conninfo(database: Mapping[str, Any]) -> str | None:
+    """The conninfo that reaches the database of a ``DATABASES`` entry.
+
+    Built as Django's backend connects: ``NAME``, ``USER``, ``PASSWORD``, ``HOST`` and
+    ``PORT`` when set (``NAME`` ``None`` means the ``postgres`` database), and the
+    ``OPTIONS`` that are libpq parameters (``sslmode``, ``options``, ``service``...).
+    ``None`` when the entry is not PostgreSQL.
+    """
+    if not is_postgresql(database):
+        return None
+    params: dict[str, str] = {}
+    options = database.get("OPTIONS") or {}
+    for key, value in options.items():
+        if key not in DJANGO_ONLY_OPTIONS and isinstance(value, str | int) and value != "":
+            params[key] = str(value)
+    name = database.get("NAME", "")
+    if name is None:
+        params.pop("service", None)
+        params["dbname"] = "postgres"
+    elif name:
+        params["dbname"] = str(name)
+    for setting, key in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host")):
+        if database.get(setting):
+            params[key] = str(database[setting])
+    if database.get("PORT"):
+        params["port"] = str(database["PORT"])
+    return make_conninfo(**params)
+
+
+def _target(params: Mapping[str, Any]) -> tuple[str, str, str]:
+    host = params.get("host") or params.get("hostaddr") or ""
+    return str(host), str(params.get("port") or ""), str(params.get("dbname") or "")
+
+
+def same_database(conninfo: str, database: Mapping[str, Any]) -> bool:
+    """Tell whether *conninfo* names the database of the ``DATABASES`` entry *database*.
+
+    Both must say the same host, port and database name, as written (an unset value
+    matches only an unset value): ``localhost`` and ``127.0.0.1`` count as different.
+    """
+    own = database_conninfo(database)
+    if own is None:
+        return False
+    return _target(conninfo_to_dict(conninfo)) == _target(conninfo_to_dict(own))

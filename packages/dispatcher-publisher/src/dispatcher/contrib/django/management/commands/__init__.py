@@ -1,0 +1,1 @@
+"""``rundispatcher``: see :mod:`.rundispatcher`."""

@@ -1,0 +1,58 @@
+"""``python manage.py rundispatcher``: run the dispatcher service with the project's settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from dispatcher.config import (
+    CONFIG_FILE_ENV,
+    DEFAULT_CONFIG_FILE,
+    NotConfiguredError,
+    get_settings,
+)
+from dispatcher.schema import LOG_LEVELS, DispatcherError
+
+
+class Command(BaseCommand):
+    """Run the dispatcher service, its config from ``settings.DISPATCHER``."""
+
+    help = (
+        "Run the dispatcher service with this project's settings: the config of "
+        "settings.DISPATCHER, the task modules of tasks.modules, Django set up in every "
+        "worker. Stops gracefully on SIGTERM or SIGINT. Needs dispatcher-server."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """``--log-level``."""
+        parser.add_argument(
+            "--log-level",
+            default="INFO",
+            type=str.upper,
+            choices=LOG_LEVELS,
+            help="log level of the service (default: INFO)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Run the service until it stops; fail with its exit status if that is not 0."""
+        from dispatcher.contrib.django.service import ServerMissing, run
+
+        try:
+            settings = get_settings()
+            status = run(settings, getattr(logging, options["log_level"]))
+        except ServerMissing as exc:
+            raise CommandError(str(exc)) from None
+        except NotConfiguredError:
+            raise CommandError(
+                "dispatcher is not configured: set DISPATCHER in the Django settings "
+                f"(or ${CONFIG_FILE_ENV}, or create ./{DEFAULT_CONFIG_FILE})",
+                returncode=2,
+            ) from None
+        except DispatcherError as exc:  # the config, or a broker that cannot start
+            raise CommandError(str(exc), returncode=2) from None
+        if status != 0:
+            raise CommandError(
+                f"the dispatcher service stopped with exit status {status}", returncode=status
+            )

@@ -1,0 +1,83 @@
+"""Running the dispatcher service from a Django project (``manage.py rundispatcher``).
+
+The service runs in this process, which Django has set up: its fork server is forked from
+it (so it inherits the set-up project, shared with every worker) after Django's database
+connections are closed. :mod:`dispatcher.contrib.django.worker` is imported first of the
+task modules: it sets Django up where the fork server had to be started as a new program,
+and keeps every worker from inheriting a database connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Final
+
+from django.db import connections
+
+from dispatcher.config import Settings
+from dispatcher.schema import DispatcherError
+
+WORKER_MODULE: Final = "dispatcher.contrib.django.worker"
+"""Imported by the fork server before the task modules: Django set up, connections closed."""
+
+WORKER_CLASS: Final = f"{WORKER_MODULE}.DjangoWorker"
+"""The workers' hooks when the config names no ``worker.class``."""
+
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The log format of the service (as ``dispatcher-standalone``'s)."""
+
+
+class ServerMissing(DispatcherError, ImportError):
+    """The ``dispatcher-server`` distribution, which runs the service, is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__("the dispatcher service is not installed: pip install dispatcher-server")
+
+
+def service_settings(settings: Settings) -> Settings:
+    """*settings* with the Django worker module first in ``tasks.modules``.
+
+    And :class:`~dispatcher.contrib.django.worker.DjangoWorker` as ``worker.class`` unless
+    one is set. An empty ``tasks.modules`` stays empty (the service says what to do).
+    """
+    modules = settings.tasks.modules
+    if modules:
+        modules = (WORKER_MODULE, *(name for name in modules if name != WORKER_MODULE))
+    worker = settings.worker
+    if worker.worker_class is None:
+        worker = dataclasses.replace(worker, worker_class=WORKER_CLASS)
+    tasks = dataclasses.replace(settings.tasks, modules=modules)
+    return dataclasses.replace(settings, tasks=tasks, worker=worker)
+
+
+def run(settings: Settings, log_level: int) -> int:
+    """Run the service configured by *settings* until SIGTERM or SIGINT; return its status.
+
+    :raises ServerMissing: when ``dispatcher-server`` is not installed.
+    :raises DispatcherError: when a broker cannot be built or started (``ConfigError``,
+        ``BrokerNotReady``).
+    """
+    try:
+        from dispatcher.server.forkserver import fork_server, worker_options
+        from dispatcher.server.logsafe import log_to
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[:2] == ["dispatcher", "server"]:
+            raise ServerMissing from None
+        raise
+    settings = service_settings(settings)
+    log_to(sys.stderr, log_level, LOG_FORMAT)
+    connections.close_all()  # neither the fork server nor the workers may share them
+    forked = fork_server(worker_options(settings, log_level))
+    try:
+        import anyio
+
+        from dispatcher.server.service import Service
+
+        service = Service(settings, log_level, fork_server=forked)
+        return anyio.run(service.run, backend="asyncio")
+    except KeyboardInterrupt:  # a signal before the service could install its handlers
+        return 0
+    finally:
+        if forked is not None:
+            forked.close()  # if the service did not take it over and stop it already

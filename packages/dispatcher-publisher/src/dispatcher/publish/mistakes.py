@@ -1,0 +1,94 @@
+"""Warnings about likely mistakes in a submission: a queue no service serves, a mistyped name.
+
+Both go to the ``dispatcher.publish`` logger at WARNING, once per name: the submission still
+goes ahead (the name may be right for a service this config does not describe). Each check
+runs off the hot path: the queue's when its route is first found under a config, the task
+name's behind one set look-up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Iterable
+from typing import Final
+
+from dispatcher.config import Settings
+from dispatcher.publish.errors import PublishError
+from dispatcher.publish.registry import registry
+from dispatcher.publish.routing import broker_for
+
+logger = logging.getLogger("dispatcher.publish")
+
+MAX_REMEMBERED_NAMES: Final = 4096
+"""Names remembered as checked; past that they are forgotten (and may be warned about again)."""
+
+_checked_queues: tuple[Settings | None, set[str]] = (None, set())
+"""The config the queues were checked under, and those queues."""
+_checked_tasks: set[str] = set()
+
+
+def close_name(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to *name* when one is close enough to be a typo of it."""
+    found = difflib.get_close_matches(name, list(candidates), n=1)
+    return found[0] if found else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the candidate close to *name*, else ``""``."""
+    close = close_name(name, candidates)
+    return "" if close is None else f"; did you mean {close!r}?"
+
+
+def check_queue(queue: str, settings: Settings) -> None:
+    """Warn, once per queue and config, when *queue* goes by NOTIFY where no service listens.
+
+    That is a queue the pg_notify broker carries (no other broker claims it) while not one of
+    the ``brokers.pg_notify.channels`` the config lists. Nothing when it lists none.
+    """
+    global _checked_queues
+    checked_under, checked = _checked_queues
+    if checked_under is not settings or len(checked) >= MAX_REMEMBERED_NAMES:
+        checked = set()
+        _checked_queues = settings, checked
+    if queue in checked:
+        return
+    checked.add(queue)
+    notify = settings.brokers.pg_notify
+    if notify is None or not notify.channels or queue in notify.channels:
+        return
+    try:
+        if broker_for(queue, settings).name != "pg_notify":
+            return
+    except PublishError:
+        return  # sending says what is wrong
+    durable = settings.brokers.pg_queue.queues if settings.brokers.pg_queue is not None else ()
+    logger.warning(
+        "queue %r is not one of brokers.pg_notify.channels (%s)%s in %s: no service "
+        "configured there listens on it, tasks sent to it are lost%s",
+        queue,
+        ", ".join(notify.channels),
+        " nor of brokers.pg_queue.queues" if durable else "",
+        settings.source,
+        did_you_mean(queue, (*notify.channels, *durable)),
+    )
+
+
+def check_task_name(name: str) -> None:
+    """Warn, once per name, when the unregistered task *name* is close to a registered one.
+
+    A name unknown here may be a task of another code base, so only a near miss is reported.
+    """
+    if name in _checked_tasks:
+        return
+    if len(_checked_tasks) >= MAX_REMEMBERED_NAMES:
+        _checked_tasks.clear()
+    _checked_tasks.add(name)
+    close = close_name(name, registry.names())
+    if close is not None:
+        logger.warning(
+            "task %r is not registered in this process; did you mean %r? "
+            "(submitting it by name anyway)",
+            name,
+            close,
+        )

@@ -1,0 +1,151 @@
+"""``dispatcherctl submit``: publish one task, as the SDK's ``submit_task`` does.
+
+It is an ordinary submission (no control command, so the services need no
+``producers.control``): checked before it is sent, over pg_notify or stored as a job for a
+durable queue. The exit status is 0 when sent, 1 when the broker cannot be reached, and 2
+for a bad option, an unknown queue or a submission the SDK refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Final
+
+from dispatcher.config import Settings
+from dispatcher.publish import BrokerUnavailable, InvalidSubmission, PublishError, submit_task
+from dispatcher.publish.brokers import is_job_broker
+from dispatcher.publish.routing import broker_for, publish_broker
+from dispatcher.schema import ON_DUPLICATE_MODES
+from dispatcher.server.logsafe import escape
+
+EXIT_OK: Final = 0
+EXIT_UNREACHABLE: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``dispatcherctl submit``."""
+    parser.add_argument("task", help="the task's name, such as myapp.tasks.cleanup")
+    parser.add_argument(
+        "--args", type=json_list, default=None, metavar="JSON", help="positional arguments"
+    )
+    parser.add_argument(
+        "--kwargs", type=json_object, default=None, metavar="JSON", help="keyword arguments"
+    )
+    parser.add_argument(
+        "--queue",
+        metavar="Q",
+        help="a channel or durable queue of the config (default: its default)",
+    )
+    parser.add_argument("--uuid", metavar="U", help="the submission's uuid (default: a new one)")
+    parser.add_argument(
+        "--delay", type=float, metavar="S", help="seconds to wait before the task starts"
+    )
+    parser.add_argument(
+        "--timeout",
+        dest="task_timeout",
+        type=float,
+        metavar="S",
+        help="seconds the task may run",
+    )
+    parser.add_argument(
+        "--on-duplicate",
+        choices=ON_DUPLICATE_MODES,
+        help="what to do when an identical task is queued or running",
+    )
+    parser.add_argument(
+        "--max-attempts", type=int, metavar="N", help="durable queues: times the job may start"
+    )
+
+
+def json_list(text: str) -> list[Any]:
+    """An argument that must be a JSON array."""
+    value = _json(text)
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a JSON array, got {text!r}")
+    return value
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argument that must be a JSON object."""
+    value = _json(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+
+
+def configured_queues(settings: Settings) -> list[str]:
+    """The queues the config names: pg_notify's channels, the durable queues, plug-ins'."""
+    queues: dict[str, None] = {}
+    for name in settings.brokers.names:
+        try:
+            broker = publish_broker(name, settings)
+        except PublishError:
+            continue  # the send says why, if the task goes there
+        queues.update(dict.fromkeys(broker.queues))
+        if broker.default_queue is not None and name != "socket":
+            queues[broker.default_queue] = None
+    return list(queues)
+
+
+def run(settings: Settings, options: argparse.Namespace) -> int:
+    """Submit the task of *options*; print its uuid and where it went; return the status."""
+    queue: str | None = options.queue
+    if queue is not None:
+        known = configured_queues(settings)
+        if queue not in known:
+            listed = ", ".join(known) if known else "none"
+            return _fail(
+                f"unknown queue {queue!r}: {settings.source} names no such channel or durable "
+                f"queue (its queues: {listed})",
+                EXIT_USAGE,
+            )
+    try:
+        submission = submit_task(
+            options.task,
+            args=options.args,
+            kwargs=options.kwargs,
+            queue=queue,
+            uuid=options.uuid,
+            timeout=options.task_timeout,
+            delay=options.delay,
+            on_duplicate=options.on_duplicate,
+            max_attempts=options.max_attempts,
+        )
+    except InvalidSubmission as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except BrokerUnavailable as exc:
+        return _fail(str(exc), EXIT_UNREACHABLE)
+    except PublishError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    broker = broker_for(submission.channel, settings)
+    durable = is_job_broker(broker)
+    if options.json:
+        shown = {
+            "uuid": submission.uuid,
+            "queue": submission.channel,
+            "broker": broker.name,
+            "durable": durable,
+            "message": dict(submission.message),
+        }
+        print(json.dumps(shown, indent=2, sort_keys=True))
+        return EXIT_OK
+    where = "durable queue: stored as a job" if durable else "channel"
+    print(f"uuid: {escape(submission.uuid, limit=None)}")
+    print(f"task: {escape(options.task, limit=None)}")
+    print(f"queue: {escape(submission.channel, limit=None)} ({broker.name} {where})")
+    return EXIT_OK
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"dispatcherctl: {escape(message, limit=None)}", file=sys.stderr)
+    return status

@@ -1,0 +1,182 @@
+"""``dispatcherctl top``: a live view of every service, refreshed until ``q`` or Ctrl-C.
+
+Each refresh asks every service for ``status`` (and samples the durable queues when the
+config has ``brokers.pg_queue``, see :mod:`dispatcher.server.ctl_top_poll`), then redraws
+the screen (:mod:`dispatcher.server.ctl_top_render`). Drawing needs ``rich``, the ``top``
+extra of dispatcher-server.
+
+When standard output is not a terminal, or with ``--once``, one snapshot is printed instead
+(``--json``: the replies and the queues' depth as JSON), and the exit status says whether
+every service answered, as for the other commands. The live view exits 0 when ``q`` is
+pressed (standard input is then read key by key, and its mode restored on the way out) or
+on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+import termios
+import tty
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from dispatcher.config import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from dispatcher.server.ctl_top_poll import Collector
+    from dispatcher.server.ctl_top_render import Poll
+
+EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_INTERRUPTED: Final = 130
+"""A snapshot interrupted by Ctrl-C (as shells report SIGINT); the live view exits 0."""
+
+MISSING_RICH: Final = (
+    "dispatcherctl: top needs the rich library: pip install 'dispatcher-server[top]'"
+)
+"""What ``top`` says, and exits with :data:`EXIT_USAGE`, when rich is not installed."""
+QUIT_KEYS: Final = frozenset(b"qQ")
+"""Keys that end the live view."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``top``'s options (``--interval``, ``--once``) to its subcommand parser."""
+    parser.add_argument(
+        "--interval",
+        type=_interval,
+        default=1.0,
+        metavar="S",
+        help="seconds between refreshes (default: 1)",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="print one snapshot and exit (what top does when its output is not a terminal)",
+    )
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0.1 and 3600 seconds, got {text!r}")
+    return value
+
+
+def run(settings: Settings, options: argparse.Namespace) -> int:
+    """Run ``top`` with the parsed *options*; return the exit status."""
+    try:
+        importlib.import_module("rich")
+    except ImportError:
+        print(MISSING_RICH, file=sys.stderr)
+        return EXIT_USAGE
+    from rich.console import Console
+
+    from dispatcher.server.ctl_top_poll import Collector
+
+    collector = Collector(settings, options.expected_replies, options.timeout)
+    console = Console()
+    if options.once or options.json or not sys.stdout.isatty():
+        try:
+            return anyio.run(_snapshot, collector, console, options.json)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+    try:
+        with _keys_readable(sys.stdin) as keys:
+            anyio.run(_live, collector, console, options.interval, keys)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+async def _snapshot(collector: Collector, console: Console, as_json: bool) -> int:
+    """Print one poll; return its exit status."""
+    from dispatcher.server.ctl_top_render import screen
+
+    try:
+        poll = await collector.poll()
+    finally:
+        await collector.aclose()
+    if as_json:
+        print(json.dumps(snapshot_json(poll), indent=2, sort_keys=True, default=str))
+        for note in poll.notes:
+            print(f"dispatcherctl: {note}", file=sys.stderr)
+    else:
+        console.print(screen(poll))
+    return poll.status
+
+
+def snapshot_json(poll: Poll) -> dict[str, Any]:
+    """One poll as ``top --json`` prints it."""
+    depths = None if poll.depths is None else {q: asdict(d) for q, d in poll.depths.items()}
+    return {"replies": poll.replies, "missing": poll.missing, "pg_queue": depths}
+
+
+async def _live(collector: Collector, console: Console, interval: float, keys: int | None) -> None:
+    """Redraw every *interval* seconds until a quit key comes on file descriptor *keys*."""
+    from rich.live import Live
+
+    from dispatcher.server.ctl_top_render import screen
+
+    async def refresh(live: Live) -> None:
+        previous: Poll | None = None
+        while True:
+            deadline = anyio.current_time() + interval
+            poll = await collector.poll()
+            live.update(screen(poll, previous, interval), refresh=True)
+            previous = poll
+            await anyio.sleep_until(deadline)
+
+    try:
+        with Live(console=console, screen=True, auto_refresh=False) as live:
+            async with anyio.create_task_group() as group:
+                group.start_soon(refresh, live)
+                await _quit_key(keys)
+                group.cancel_scope.cancel()
+    finally:
+        await collector.aclose()
+
+
+async def _quit_key(fd: int | None) -> None:
+    """Return once a quit key is read from *fd*; never when there is none to read from."""
+    while fd is not None:
+        await anyio.wait_readable(fd)
+        data = os.read(fd, 64)
+        if not data:  # end of input: no key will come
+            break
+        if QUIT_KEYS.intersection(data):
+            return
+    await anyio.sleep_forever()
+
+
+@contextlib.contextmanager
+def _keys_readable(stream: Any) -> Iterator[int | None]:
+    """Standard input read key by key (cbreak mode) while inside, when it is a terminal.
+
+    Yields its file descriptor, or ``None`` when it is not a terminal (then only Ctrl-C
+    quits). Its previous mode is restored on the way out, whatever the way.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        fd = -1
+    if fd < 0 or not os.isatty(fd):
+        yield None
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd, termios.TCSANOW)
+        yield fd
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

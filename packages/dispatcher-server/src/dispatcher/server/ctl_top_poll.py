@@ -1,0 +1,127 @@
+"""What ``dispatcherctl top`` collects at each refresh: ``status`` replies, durable queue depth.
+
+One ``status`` request per refresh (it carries ``workers``, ``running``, the counters and
+``recent_failures``), and, when the config has ``brokers.pg_queue``, one sample of the
+durable queues' depth over a connection kept open between refreshes (the query the service's
+own sampler runs, see :mod:`dispatcher.server.brokers.pg_queue.sampler`). Failures become
+notes on the :class:`~dispatcher.server.ctl_top_render.Poll`, never exceptions: the live
+view shows them and tries again at the next refresh.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import anyio
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from dispatcher.config import Settings
+from dispatcher.control import ControlResult, acontrol_with_reply
+from dispatcher.publish import PublishError, describe_server
+from dispatcher.server.brokers.pg_queue.sampler import STATEMENT_TIMEOUT_MS, QueueSampler
+from dispatcher.server.ctl_render import DISPATCHERD_NOT_FOUND, shown
+from dispatcher.server.ctl_top_render import Poll
+from dispatcher.server.logsafe import first_line
+from dispatcher.server.stats import QueueDepth
+
+APPLICATION_NAME: Final = "dispatcherctl-top"
+"""``application_name`` of the connection that samples the durable queues."""
+
+CONNECT_TIMEOUT: Final = 10
+"""Seconds connecting to the durable queues' database may take."""
+
+
+class Collector:
+    """Collects one :class:`Poll` per call of :meth:`poll`; :meth:`aclose` when done."""
+
+    def __init__(self, settings: Settings, expected_replies: int | None, timeout: float) -> None:
+        self._expected_replies = expected_replies
+        self._timeout = timeout
+        durable = settings.brokers.pg_queue
+        self._sampler = (
+            None
+            if durable is None
+            else QueueSampler(durable.conninfo, durable.schema, durable.queues, APPLICATION_NAME)
+        )
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def poll(self) -> Poll:
+        """Ask the services for ``status`` and sample the queues, both at once."""
+        asked: list[ControlResult | PublishError] = []
+        sampled: list[tuple[Mapping[str, QueueDepth] | None, str | None]] = []
+
+        async def ask() -> None:
+            asked.append(await self._status())
+
+        async def sample() -> None:
+            sampled.append(await self._depths())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask)
+            group.start_soon(sample)
+        [result], [(depths, depth_note)] = asked, sampled
+        notes = [] if depth_note is None else [depth_note]
+        at, wall = time.monotonic(), time.time()
+        if isinstance(result, PublishError):
+            notes.insert(0, f"cannot ask the services: {shown(result)}")
+            return Poll(at, wall, depths=depths, notes=notes, status=2)
+        if result.expected == 0 and self._expected_replies is None:
+            notes.insert(
+                0,
+                f"no dispatcher service is connected to the database ({DISPATCHERD_NOT_FOUND})",
+            )
+        notes[:0] = [shown(note) for note in result.skipped]
+        return Poll(
+            at,
+            wall,
+            replies=result.replies,
+            missing=result.missing,
+            depths=depths,
+            notes=notes,
+            status=0 if result.complete and result.expected > 0 else 1,
+        )
+
+    async def _status(self) -> ControlResult | PublishError:
+        try:
+            return await acontrol_with_reply(
+                "status", expected_replies=self._expected_replies, timeout=self._timeout
+            )
+        except PublishError as exc:
+            return exc
+
+    async def _depths(self) -> tuple[Mapping[str, QueueDepth] | None, str | None]:
+        """The queues' depth (``None`` without ``brokers.pg_queue``), or why there is none."""
+        sampler = self._sampler
+        if sampler is None:
+            return None, None
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await self._connect(sampler.conninfo)
+            return await sampler.sample(self._conn), None
+        except (psycopg.Error, OSError) as exc:
+            await self.aclose()
+            where = describe_server(sampler.conninfo)
+            return {}, f"cannot read the durable queues' depth in {where}: {shown(first_line(exc))}"
+
+    @staticmethod
+    async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
+        """A connection whose statements time out as the service's sampler's do."""
+        timeout = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        given = conninfo_to_dict(conninfo).get("options")
+        return await psycopg.AsyncConnection.connect(
+            conninfo,
+            autocommit=True,
+            application_name=APPLICATION_NAME,
+            connect_timeout=CONNECT_TIMEOUT,
+            options=f"{given} {timeout}" if given else timeout,
+        )
+
+    async def aclose(self) -> None:
+        """Close the queue-sampling connection, if open."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with anyio.CancelScope(shield=True):
+                await conn.close()

@@ -1,0 +1,1 @@
+"""The demo project's application: notes, written by a task."""

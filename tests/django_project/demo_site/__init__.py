@@ -1,0 +1,1 @@
+"""A small Django project using dispatcher.contrib.django, for the integration tests."""

@@ -1,0 +1,538 @@
+"""dispatcher.contrib.django in a real Django project (tests/django_project) on the test database.
+
+The project is set up in this process once (Django allows no more): its tables live in a
+schema of their own, its tasks go on a channel of their own. The service runs as
+``manage.py rundispatcher``, a subprocess; the tests see what its tasks did through the ORM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+pytest.importorskip("django", reason="Django is not installed (a test dependency: django>=5.2)")
+
+import django
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import CommandError, call_command
+from django.db import connections, transaction
+from django.test import override_settings
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from dispatcher.config import get_settings, reset
+from dispatcher.publish import Submission, close_connections
+from dispatcher.server.brokers.pg_queue.migrations import migrate
+from support.postgres import unique_channel
+from support.service import alive, children, wait_until
+
+PROJECT = Path(__file__).resolve().parents[1] / "django_project"
+SETTINGS_MODULE = "demo_site.settings"
+
+
+class Boom(Exception):
+    """Raised to roll a block back."""
+
+
+@dataclass(frozen=True)
+class DemoSite:
+    """The demo project, set up in this process."""
+
+    dsn: str
+    schema: str
+    channel: str
+
+    def env(self, channel: str | None = None, settings: str = SETTINGS_MODULE) -> dict[str, str]:
+        """The environment of a ``manage.py`` subprocess of the project."""
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": settings,
+            "DEMO_SITE_DSN": self.dsn,
+            "DEMO_SITE_SCHEMA": self.schema,
+            "DEMO_SITE_CHANNEL": channel or self.channel,
+            "PYTHONPATH": str(PROJECT),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("DISPATCHER_CONFIG_FILE", None)
+        return env
+
+
+@pytest.fixture(scope="module")
+def demo_site(pg_dsn: str) -> Iterator[DemoSite]:
+    site = DemoSite(pg_dsn, f"demo_site_{uuid.uuid4().hex[:12]}", unique_channel("django"))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(site.schema)))
+        migrate(conn, site.schema)  # the durable queue's tables
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in site.env().items() if k.startswith(("DEMO_", "DJANGO_"))})
+    sys.path.insert(0, str(PROJECT))
+    try:
+        django.setup()  # the app's ready() applies settings.DISPATCHER
+        call_command("migrate", verbosity=0)
+        yield site
+    finally:
+        connections.close_all()
+        close_connections()
+        reset()
+        sys.path.remove(str(PROJECT))
+        os.environ.clear()
+        os.environ.update(saved)
+        time.tzset()  # Django set TZ from TIME_ZONE
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(site.schema)))
+
+
+class ManagePy:
+    """A ``manage.py`` subprocess of the demo project, its output in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", *args],
+                cwd=PROJECT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 20) -> str:
+        regex = re.compile(pattern)
+
+        def found() -> str | None:
+            match = regex.search(self.log)
+            if match is None and self.process.poll() is not None:
+                raise AssertionError(f"manage.py exited ({self.process.returncode}):\n{self.log}")
+            return match.group(0) if match else None
+
+        try:
+            return wait_until(found, timeout)  # type: ignore[no-any-return]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; no {pattern!r} in the log:\n{self.log}") from None
+
+    def wait_ready(self) -> ManagePy:
+        self.wait_for_log(r"listening on channels")
+        self.wait_for_log(r"started \(pid")
+        return self
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def site_service(
+    demo_site: DemoSite, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ManagePy]:
+    """``manage.py rundispatcher`` on the project's channel (one worker: tasks run in order)."""
+    log = tmp_path_factory.mktemp("rundispatcher") / "service.log"
+    service = ManagePy(demo_site.env(), log, "rundispatcher")
+    try:
+        yield service.wait_ready()
+    finally:
+        service.kill()
+
+
+@pytest.fixture
+def restore_config(demo_site: DemoSite) -> Iterator[None]:
+    """Put the project's own config back after a test that installs another."""
+    from dispatcher.contrib.django.config import configure
+
+    yield
+    close_connections()
+    configure()
+
+
+def submit_then_roll_back(
+    text: str, using: str, submitted: list[Submission] | None = None, **options: Any
+) -> None:
+    """Submit a note's task inside an atomic block of *using* that then rolls back.
+
+    The submission is appended to *submitted*.
+    """
+    from demo_notes.tasks import write_note
+
+    from dispatcher.contrib.django import submit_on_commit
+
+    with transaction.atomic(using=using):
+        submission = submit_on_commit(write_note, args=[text], using=using, **options)
+        if submitted is not None:
+            submitted.append(submission)
+        raise Boom
+
+
+def note(text: str, timeout: float = 15) -> Any:
+    """The note *text*, once a task has written it."""
+    from demo_notes.models import Note
+
+    return wait_until(lambda: Note.objects.filter(text=text).first(), timeout)
+
+
+def note_exists(text: str) -> bool:
+    from demo_notes.models import Note
+
+    return Note.objects.filter(text=text).exists()
+
+
+def unique(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:12]}"
+
+
+# --- config from settings.DISPATCHER ---------------------------------------------------------
+
+
+def test_settings_dispatcher_is_the_config_and_the_conninfo_comes_from_databases(
+    demo_site: DemoSite,
+) -> None:
+    settings = get_settings()
+    assert settings.brokers.pg_notify is not None
+    assert settings.brokers.pg_notify.channels == (demo_site.channel,)
+    assert settings.tasks.modules == ("demo_notes.tasks",)
+    used = conninfo_to_dict(settings.brokers.pg_notify.conninfo)
+    given = conninfo_to_dict(demo_site.dsn)
+    assert {key: used.get(key) for key in ("host", "port", "dbname", "user")} == {
+        key: given.get(key) for key in ("host", "port", "dbname", "user")
+    }
+    assert used["options"] == f"-c search_path={demo_site.schema}"  # OPTIONS travel too
+    with psycopg.connect(settings.brokers.pg_notify.conninfo) as conn:  # and it connects
+        assert conn.execute("SELECT current_schema()").fetchone() == (demo_site.schema,)
+
+
+@pytest.mark.usefixtures("restore_config")
+def test_settings_dispatcher_may_name_a_file(demo_site: DemoSite, tmp_path: Path) -> None:
+    from dispatcher.contrib.django.config import configure
+
+    path = tmp_path / "dispatcher.yml"
+    path.write_text("version: 1\nbrokers:\n  pg_notify:\n    channels: [from_a_file]\n")
+    with override_settings(DISPATCHER=str(path)):
+        settings = configure()
+    assert settings is not None
+    assert settings.brokers.pg_notify is not None
+    assert settings.brokers.pg_notify.channels == ("from_a_file",)
+    assert (
+        conninfo_to_dict(settings.brokers.pg_notify.conninfo)["dbname"]
+        == (conninfo_to_dict(demo_site.dsn)["dbname"])
+    )
+
+
+@pytest.mark.usefixtures("demo_site", "restore_config")
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            {"version": 1, "brokers": {"pg_notify": {"chanels": ["x"]}}},
+            "settings.DISPATCHER: brokers.pg_notify.chanels: unknown key (did you mean 'channels'?)",
+        ),
+        (
+            {"version": 1, "brokers": {"pg_notify": {"channels": ["a b"]}}},
+            "settings.DISPATCHER: brokers.pg_notify.channels[0]: ",
+        ),
+        (
+            42,
+            "settings.DISPATCHER: must be a dict in the shape of dispatcher.yml, or the path "
+            "of such a file, not int",
+        ),
+        ("no-such-file.yml", "settings.DISPATCHER (no-such-file.yml): file not found"),
+    ],
+    ids=["unknown-key", "bad-value", "not-a-dict", "missing-file"],
+)
+def test_a_bad_settings_dispatcher_is_named(value: object, expected: str) -> None:
+    from dispatcher.contrib.django import DjangoSettingsError
+    from dispatcher.contrib.django.config import configure
+
+    with override_settings(DISPATCHER=value), pytest.raises(DjangoSettingsError) as raised:
+        configure()
+    assert str(raised.value).startswith(expected)
+    assert isinstance(raised.value, ImproperlyConfigured)
+    assert get_settings().brokers.pg_notify is not None  # the config in force stays
+
+
+def test_a_bad_key_stops_django_at_start_up(demo_site: DemoSite) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=PROJECT,
+        env=demo_site.env(settings="demo_site.settings_bad_key"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "DjangoSettingsError: settings.DISPATCHER: brokers.pg_notify.chanels: "
+            "unknown key (did you mean 'channels'?)"
+        )
+    )
+
+
+# --- publishing that joins Django's transaction ----------------------------------------------
+
+
+@contextlib.contextmanager
+def listening(dsn: str, *channels: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for channel in channels:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        yield conn
+
+
+def notifications_before_probe(
+    dsn: str, listener: psycopg.Connection[Any], probe: str
+) -> list[str]:
+    """NOTIFY *probe* now, from another connection; return the channels heard before it.
+
+    Notifications reach a listener in the order their transactions committed: whatever was
+    sent before the probe arrives before it.
+    """
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SELECT pg_notify(%s, 'probe')", (probe,))
+    heard: list[str] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for notify in listener.notifies(timeout=deadline - time.monotonic(), stop_after=1):
+            if notify.channel == probe:
+                return heard
+            heard.append(notify.channel)
+    raise AssertionError("the probe never arrived")
+
+
+@pytest.mark.usefixtures("site_service")
+@pytest.mark.parametrize("using", ["default", "sqlite"], ids=["joins-postgresql", "on-commit"])
+def test_a_task_submitted_in_atomic_is_delivered_at_commit(demo_site: DemoSite, using: str) -> None:
+    from demo_notes.tasks import write_note
+
+    from dispatcher.contrib.django import submit_on_commit
+
+    text, probe = unique("committed"), unique_channel("probe")
+    with listening(demo_site.dsn, demo_site.channel, probe) as listener:
+        with transaction.atomic(using=using):
+            submit_on_commit(write_note, args=[text], using=using)
+            assert notifications_before_probe(demo_site.dsn, listener, probe) == []
+        assert note(text).text == text
+
+
+@pytest.mark.usefixtures("site_service")
+@pytest.mark.parametrize("using", ["default", "sqlite"], ids=["joins-postgresql", "on-commit"])
+def test_a_task_submitted_in_a_rolled_back_atomic_never_runs(
+    demo_site: DemoSite, using: str
+) -> None:
+    from demo_notes.tasks import write_note
+
+    from dispatcher.contrib.django import submit_on_commit
+
+    rolled_back, sentinel = unique("rolled-back"), unique("sentinel")
+    with pytest.raises(Boom):
+        submit_then_roll_back(rolled_back, using)
+    submit_on_commit(write_note, args=[sentinel], using=using)  # autocommit: sent at once
+    note(sentinel)  # one worker, tasks in order: the other would have run first
+    assert not note_exists(rolled_back)
+
+
+@pytest.mark.usefixtures("site_service")
+@pytest.mark.parametrize("using", ["default", "sqlite"], ids=["joins-postgresql", "on-commit"])
+def test_a_rolled_back_savepoint_drops_only_its_own_tasks(using: str) -> None:
+    from demo_notes.tasks import write_note
+
+    from dispatcher.contrib.django import submit_on_commit
+
+    dropped, kept = unique("savepoint"), unique("kept")
+    with transaction.atomic(using=using):
+        with pytest.raises(Boom):
+            submit_then_roll_back(dropped, using)  # in a savepoint
+        submit_on_commit(write_note, args=[kept], using=using)
+    note(kept)  # sent after the other, in one worker: the other would have run first
+    assert not note_exists(dropped)
+
+
+def stored_jobs(demo_site: DemoSite, uuid: str) -> int:
+    """Rows of the durable queue with this *uuid*, as another connection sees them."""
+    with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
+        query = sql.SQL("SELECT count(*) FROM {}.jobs WHERE uuid = %s").format(
+            sql.Identifier(demo_site.schema)
+        )
+        row = conn.execute(query, (uuid,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.usefixtures("site_service")
+@pytest.mark.parametrize("using", ["default", "sqlite"], ids=["joins-postgresql", "on-commit"])
+def test_a_durable_job_is_stored_at_commit_and_never_on_rollback(
+    demo_site: DemoSite, using: str
+) -> None:
+    from demo_notes.tasks import write_note
+
+    from dispatcher.contrib.django import submit_on_commit
+
+    committed, rolled_back = unique("durable"), unique("durable-rolled-back")
+    with transaction.atomic(using=using):
+        job = submit_on_commit(write_note, args=[committed], queue="demo_durable", using=using)
+        assert stored_jobs(demo_site, job.uuid) == 0
+    assert stored_jobs(demo_site, job.uuid) == 1
+    assert note(committed).text == committed
+    submitted: list[Submission] = []
+    with pytest.raises(Boom):
+        submit_then_roll_back(rolled_back, using, submitted, queue="demo_durable")
+    assert stored_jobs(demo_site, submitted[0].uuid) == 0
+
+
+@pytest.mark.usefixtures("site_service")
+def test_delay_on_commit_outside_atomic_sends_at_once() -> None:
+    from demo_notes.tasks import write_note
+
+    from dispatcher.contrib.django import delay_on_commit
+
+    text = unique("autocommit")
+    delay_on_commit(write_note, text)
+    assert note(text).text == text
+
+
+@pytest.mark.usefixtures("demo_site")
+def test_dispatcher_testing_captures_on_commit_submissions_at_the_commit() -> None:
+    from demo_notes.tasks import write_note
+
+    from dispatcher.contrib.django import delay_on_commit
+    from dispatcher.testing import captured
+
+    with captured() as tasks:
+        with transaction.atomic():
+            delay_on_commit(write_note, "captured")
+            assert tasks.for_task(write_note) == []
+        [submitted] = tasks.for_task(write_note)
+        assert submitted.args == ["captured"]
+        with pytest.raises(Boom):
+            submit_then_roll_back("never", "default")
+        assert len(tasks.for_task(write_note)) == 1
+
+
+@pytest.mark.usefixtures("demo_site", "restore_config")
+def test_the_transaction_is_joined_only_on_the_brokers_database() -> None:
+    from dispatcher.config import setup
+    from dispatcher.contrib.django.publishing import transaction_connection
+
+    channel = get_settings().brokers.pg_notify.channels[0]  # type: ignore[union-attr]
+    joined = transaction_connection("default", channel)
+    assert joined is not None
+    assert joined is connections["default"].connection
+    assert transaction_connection("sqlite", channel) is None
+    conninfo = get_settings().brokers.pg_notify.conninfo  # type: ignore[union-attr]
+    other = psycopg.conninfo.make_conninfo(conninfo, dbname="another_database")
+    setup({"version": 1, "brokers": {"pg_notify": {"conninfo": other, "channels": [channel]}}})
+    assert transaction_connection("default", channel) is None
+
+
+# --- manage.py rundispatcher -----------------------------------------------------------------
+
+
+def test_rundispatcher_runs_orm_tasks_in_workers_and_stops_on_sigterm(
+    demo_site: DemoSite, tmp_path: Path
+) -> None:
+    channel, text = unique_channel("rundispatcher"), unique("from-rundispatcher")
+    service = ManagePy(demo_site.env(channel), tmp_path / "service.log", "rundispatcher")
+    try:
+        service.wait_ready()
+        descendants = children(service.process.pid)
+        message = {"task": "demo_notes.tasks.write_note", "args": [text]}
+        with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+        worker = note(text).written_by_pid
+        assert worker in descendants  # a worker wrote it, with the ORM
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(20) == 0, service.log
+        assert "stopped" in service.log
+        assert not any(alive(pid) for pid in descendants)
+    finally:
+        service.kill()
+
+
+def test_rundispatcher_log_level_is_checked(demo_site: DemoSite) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "rundispatcher", "--log-level", "LOUD"],
+        cwd=PROJECT,
+        env=demo_site.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--log-level: invalid choice: 'LOUD'" in result.stderr
+
+
+@pytest.mark.usefixtures("demo_site")
+def test_rundispatcher_names_the_missing_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [
+        n for n in sys.modules if n == "dispatcher.server" or n.startswith("dispatcher.server.")
+    ]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "dispatcher.server", None)
+    with pytest.raises(CommandError) as raised:
+        call_command("rundispatcher")
+    assert (
+        str(raised.value)
+        == "the dispatcher service is not installed: pip install dispatcher-server"
+    )
+
+
+def test_dispatcher_standalone_sets_django_up_in_workers_through_the_worker_module(
+    demo_site: DemoSite, tmp_path: Path
+) -> None:
+    """The worker module also serves dispatcher-standalone: Django set up by the fork server."""
+    channel, text = unique_channel("standalone"), unique("from-standalone")
+    settings = get_settings()
+    config = {
+        "version": 1,
+        "brokers": {
+            "pg_notify": {"conninfo": settings.brokers.pg_notify.conninfo, "channels": [channel]}
+        },  # type: ignore[union-attr]
+        "tasks": {"modules": ["dispatcher.contrib.django.worker", "demo_notes.tasks"]},
+        "worker": {"class": "dispatcher.contrib.django.worker.DjangoWorker"},
+    }
+    config_path = tmp_path / "dispatcher.yml"
+    config_path.write_text(json.dumps(config))
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.server", "--config", str(config_path)],
+            cwd=PROJECT,
+            env=demo_site.env(channel),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: "listening on channels" in log_path.read_text(), 20)
+        message = {"task": "demo_notes.tasks.write_note", "args": [text]}
+        with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+        assert note(text).text == text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)

@@ -1,0 +1,323 @@
+"""Cron schedules of ``producers.scheduled``: config checks, next runs, DST, durable ticks."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+import zoneinfo
+from collections.abc import Collection
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import anyio
+import pytest
+
+from dispatcher.config import ConfigError, Settings, load_settings
+from dispatcher.server.control_shapes import producers_reply
+from dispatcher.server.cron import CronSchedule
+from dispatcher.server.producers import run_once_per_tick
+from dispatcher.server.stats import ServiceStats
+from dispatcher.server.timetables import (
+    NEXT_RUNS_SHOWN,
+    CronTimetable,
+    IntervalTimetable,
+    ScheduleBoard,
+)
+
+TASK = "app.tasks.report"
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def settings(**entry: Any) -> Settings:
+    """A config with one scheduled entry for TASK."""
+    return load_settings({"version": 1, "producers": {"scheduled": {TASK: entry}}})
+
+
+def problems(**entry: Any) -> list[str]:
+    """The config errors of one scheduled entry, without the source."""
+    with pytest.raises(ConfigError) as caught:
+        settings(**entry)
+    return caught.value.problems
+
+
+def at(
+    zone: ZoneInfo,
+    year: int,
+    month: int,
+    day: int,
+    hour: int,
+    minute: int,
+    second: int = 0,
+    *,
+    fold: int = 0,
+) -> datetime:
+    """A wall-clock time in *zone* (*fold* 1: the second pass of a repeated hour)."""
+    return datetime(year, month, day, hour, minute, second, tzinfo=zone, fold=fold)
+
+
+def shown(runs: list[datetime]) -> list[str]:
+    return [run.isoformat() for run in runs]
+
+
+# -- the config --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    ["0 3 * * *", "*/5 * * * *", "0 9 * * mon-fri", "* * * * * */10", "@hourly", "@DAILY"],
+)
+def test_cron_expressions_are_accepted(schedule: str) -> None:
+    entry = settings(schedule=schedule).producers.scheduled[TASK]
+    assert entry.schedule == schedule
+    assert entry.is_cron
+    assert entry.timezone == "UTC"
+
+
+def test_a_period_is_still_a_number_of_seconds() -> None:
+    entry = settings(schedule=2.5).producers.scheduled[TASK]
+    assert entry.schedule == 2.5
+    assert not entry.is_cron
+
+
+@pytest.mark.parametrize(
+    ("schedule", "reason"),
+    [
+        ("61 * * * *", "out of range"),
+        ("* * *", "3 fields; expected 5 (minute hour day-of-month month day-of-week) or 6"),
+        ("* * * * * * 2030", "7 fields"),
+        ("@reboot", "unknown alias (expected one of @annually, @daily"),
+        ("H * * * *", "hashed and random values (H, R) are not supported"),
+        ("R 3 * * *", "hashed and random values (H, R) are not supported"),
+        ("0 0 31 2 *", "no date matches it"),
+        ("*/0 * * * *", "step '0' in field 0 is not acceptable"),
+        ("every day", "2 fields"),
+    ],
+)
+def test_bad_cron_expressions_name_the_key_and_the_reason(schedule: str, reason: str) -> None:
+    [problem] = problems(schedule=schedule)
+    prefix = f"producers.scheduled['{TASK}'].schedule: not a cron expression: {schedule!r}: "
+    assert problem.startswith(prefix), problem
+    assert reason in problem.removeprefix(prefix)
+
+
+def test_a_time_zone_is_an_iana_name_and_goes_with_a_cron_schedule_only() -> None:
+    entry = settings(schedule="0 3 * * *", timezone="Europe/Berlin").producers.scheduled[TASK]
+    assert entry.timezone == "Europe/Berlin"
+    where = f"producers.scheduled['{TASK}'].timezone"
+    assert problems(schedule="0 3 * * *", timezone="Mars/Olympus") == [
+        f"{where}: unknown time zone 'Mars/Olympus' (expected an IANA name such as 'Europe/Paris')"
+    ]
+    assert problems(schedule="0 3 * * *", timezone="../../etc/passwd")[0].startswith(
+        f"{where}: unknown time zone"
+    )
+    assert problems(schedule=60, timezone="Europe/Berlin") == [
+        f"{where}: only allowed with a cron schedule (schedule is a number of seconds)"
+    ]
+
+
+def test_a_host_without_a_time_zone_database_is_told_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(zoneinfo, "available_timezones", set)
+    [problem] = problems(schedule="0 3 * * *", timezone="Mars/Olympus")
+    assert problem.endswith("this host has no time zone database (pip install tzdata)")
+
+
+def test_without_croniter_the_loader_checks_the_shape_and_the_service_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "croniter", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "dispatcher.server.cron", raising=False)
+    loaded = settings(schedule="61 * * * *")  # only croniter knows minute 61 is wrong
+    assert problems(schedule="* * *")[0].endswith(
+        "3 fields; expected 5 (minute hour "
+        "day-of-month month day-of-week) or 6 (the same, then seconds)"
+    )
+    with pytest.raises(ConfigError) as caught:
+        ScheduleBoard(loaded)
+    assert str(caught.value) == (
+        f"config: producers.scheduled['{TASK}'].schedule: a cron schedule needs croniter: "
+        "pip install 'dispatcher-server[cron]'"
+    )
+    ScheduleBoard(settings(schedule=60))  # periods need nothing more
+
+
+# -- next runs ---------------------------------------------------------------------------
+
+
+def test_next_runs_in_utc_are_strictly_after_the_moment() -> None:
+    schedule = CronSchedule("*/15 * * * *")
+    assert shown(schedule.runs(at(ZoneInfo("UTC"), 2026, 5, 1, 10, 15), 3)) == [
+        "2026-05-01T10:30:00+00:00",
+        "2026-05-01T10:45:00+00:00",
+        "2026-05-01T11:00:00+00:00",
+    ]
+
+
+def test_a_time_zone_moves_the_runs_and_the_offset_shows_it() -> None:
+    after = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+    assert shown(CronSchedule("0 9 * * *", "America/New_York").runs(after, 2)) == [
+        "2026-01-15T09:00:00-05:00",  # 07:00 there when it is 12:00 in UTC
+        "2026-01-16T09:00:00-05:00",
+    ]
+    assert CronSchedule("0 9 * * *", "America/New_York").next_run(after).timestamp() == (
+        datetime(2026, 1, 15, 14, 0, tzinfo=UTC).timestamp()
+    )
+
+
+def test_six_fields_end_with_seconds_and_aliases_expand() -> None:
+    after = at(ZoneInfo("UTC"), 2026, 5, 1, 10, 0, 0)
+    assert shown(CronSchedule("* * * * * */20").runs(after, 3)) == [
+        "2026-05-01T10:00:20+00:00",
+        "2026-05-01T10:00:40+00:00",
+        "2026-05-01T10:01:00+00:00",
+    ]
+    assert shown(CronSchedule("@hourly").runs(after, 1)) == ["2026-05-01T11:00:00+00:00"]
+
+
+def test_spring_forward_runs_a_skipped_time_once_right_after_the_gap() -> None:
+    # Berlin, 2026-03-29: 02:00 CET becomes 03:00 CEST; 02:xx does not exist.
+    night_before = at(BERLIN, 2026, 3, 28, 23, 0)
+    assert shown(CronSchedule("30 2 * * *", BERLIN).runs(night_before, 3)) == [
+        "2026-03-29T03:00:00+02:00",
+        "2026-03-30T02:30:00+02:00",
+        "2026-03-31T02:30:00+02:00",
+    ]
+    assert shown(CronSchedule("*/20 2 * * *", BERLIN).runs(night_before, 2)) == [
+        "2026-03-29T03:00:00+02:00",  # once, not three times
+        "2026-03-30T02:00:00+02:00",
+    ]
+    assert shown(CronSchedule("0 * * * *", BERLIN).runs(at(BERLIN, 2026, 3, 29, 0, 30), 3)) == [
+        "2026-03-29T01:00:00+01:00",
+        "2026-03-29T03:00:00+02:00",  # an hour after 01:00 CET
+        "2026-03-29T04:00:00+02:00",
+    ]
+
+
+def test_fall_back_runs_a_daily_time_once_and_an_hourly_one_every_hour() -> None:
+    # Berlin, 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:xx happens twice.
+    night_before = at(BERLIN, 2026, 10, 24, 23, 0)
+    assert shown(CronSchedule("30 2 * * *", BERLIN).runs(night_before, 2)) == [
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-26T02:30:00+01:00",
+    ]
+    assert shown(CronSchedule("0 * * * *", BERLIN).runs(at(BERLIN, 2026, 10, 25, 1, 30), 4)) == [
+        "2026-10-25T02:00:00+02:00",
+        "2026-10-25T02:00:00+01:00",  # an hour later, the same wall time
+        "2026-10-25T03:00:00+01:00",
+        "2026-10-25T04:00:00+01:00",
+    ]
+    # Started during the second pass, after the first pass ran: nothing more that night.
+    second_pass = at(BERLIN, 2026, 10, 25, 2, 10, fold=1)
+    assert shown(CronSchedule("30 2 * * *", BERLIN).runs(second_pass, 1)) == [
+        "2026-10-26T02:30:00+01:00"
+    ]
+
+
+def test_new_york_dst_days_keep_a_daily_job_daily() -> None:
+    schedule = CronSchedule("30 1 * * *", NEW_YORK)
+    spring = schedule.runs(at(NEW_YORK, 2026, 3, 7, 12, 0), 3)  # 2026-03-08: 02:00 -> 03:00
+    fall = schedule.runs(at(NEW_YORK, 2026, 10, 31, 12, 0), 3)  # 2026-11-01: 02:00 -> 01:00
+    assert [run.day for run in spring] == [8, 9, 10]
+    assert [run.day for run in fall] == [1, 2, 3]
+    assert shown(fall)[0] == "2026-11-01T01:30:00-04:00"
+
+
+# -- timetables and the producers reply ---------------------------------------------------
+
+
+def test_interval_ticks_stay_the_multiples_of_the_period() -> None:
+    timetable = IntervalTimetable(60)
+    due = timetable.next_after(1_800_000_030.5)
+    assert due == 1_800_000_060
+    assert timetable.tick(due) == 30_000_001
+    assert timetable.following(due) == 1_800_000_120
+    assert timetable.show(due) == "2027-01-15T08:01:00+00:00"
+
+
+def test_a_cron_tick_is_the_run_time_itself() -> None:
+    timetable = CronTimetable("0 */6 * * *", "Europe/Berlin")
+    due = timetable.next_after(datetime(2026, 6, 1, 1, 0, tzinfo=UTC).timestamp())
+    assert timetable.show(due) == "2026-06-01T06:00:00+02:00"
+    assert timetable.tick(due) == int(datetime(2026, 6, 1, 4, 0, tzinfo=UTC).timestamp())
+    assert timetable.show(timetable.following(due)) == "2026-06-01T12:00:00+02:00"
+
+
+def test_the_producers_reply_lists_the_next_runs() -> None:
+    config = load_settings(
+        {
+            "version": 1,
+            "producers": {
+                "scheduled": {
+                    TASK: {"schedule": "0 3 * * *", "timezone": "Europe/Berlin"},
+                    "app.tasks.poll": {"schedule": 30},
+                }
+            },
+        }
+    )
+    board = ScheduleBoard(config)
+    board.expect("app.tasks.poll", 1_800_000_000)
+    reply = producers_reply(config, ServiceStats(), 1.0, board.next_runs)
+    schedules = reply["scheduled-producer"]["schedules"]
+    assert schedules["app.tasks.poll"] == {
+        "schedule": 30,
+        "next_runs": [
+            "2027-01-15T08:00:00+00:00",
+            "2027-01-15T08:00:30+00:00",
+            "2027-01-15T08:01:00+00:00",
+        ],
+    }
+    cron = schedules[TASK]
+    assert (cron["schedule"], cron["timezone"]) == ("0 3 * * *", "Europe/Berlin")
+    assert len(cron["next_runs"]) == NEXT_RUNS_SHOWN
+    runs = [datetime.fromisoformat(run) for run in cron["next_runs"]]
+    assert runs[0].timestamp() > time.time()
+    assert all(run.astimezone(BERLIN).hour == 3 for run in runs)
+    assert [(b - a).days for a, b in itertools.pairwise(runs)] == [1, 1]
+    unchanged = producers_reply(config, ServiceStats(), 1.0)["scheduled-producer"]
+    assert "next_runs" not in unchanged["schedules"][TASK]
+
+
+# -- a durable queue: every host offers the same ticks ------------------------------------
+
+
+class RecordingSink:
+    """A durable broker that records the ticks offered to it."""
+
+    def __init__(self, wanted: int) -> None:
+        self.queues: Collection[str] = ("q",)
+        self.offered: list[tuple[str, int, dict[str, Any]]] = []
+        self.wanted = wanted
+        self.enough = anyio.Event()
+
+    async def submit_tick(self, task: str, tick: int, queue: str, message: dict[str, Any]) -> bool:
+        self.offered.append((task, tick, message))
+        if len(self.offered) >= self.wanted:
+            self.enough.set()
+        return True
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_durable_cron_ticks_are_the_run_times_whole_seconds() -> None:
+    config = settings(schedule="* * * * * *", args=["x"])
+    entry = config.producers.scheduled[TASK]
+    board = ScheduleBoard(config)
+    sink = RecordingSink(wanted=2)
+    began = time.time()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_once_per_tick, sink, "q", TASK, entry, board)
+            await sink.enough.wait()
+            group.cancel_scope.cancel()
+    ticks = [tick for _, tick, _ in sink.offered]
+    assert ticks[1] == ticks[0] + 1
+    assert began < ticks[0] <= time.time()
+    assert sink.offered[0][2] == {"task": TASK, "args": ["x"], "kwargs": {}}

@@ -1,0 +1,222 @@
+"""What ``dispatcherctl top`` draws from collected replies (no service, no terminal)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+from typing import Any
+
+import pytest
+from rich.console import Console, RenderableType
+
+from dispatcher.config import load_settings
+from dispatcher.server import ctl_top
+from dispatcher.server.ctl_top_render import (
+    FAILURES_SHOWN,
+    Poll,
+    Rates,
+    rates,
+    screen,
+    service_panel,
+)
+from dispatcher.server.stats import QueueDepth
+
+NOW = 1_800_000_000.0
+
+
+def text_of(renderable: RenderableType, width: int = 160) -> str:
+    """What a terminal of *width* columns shows, without colours."""
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None, force_terminal=False).print(renderable)
+    return out.getvalue()
+
+
+def status(node: str = "node-a", **fields: Any) -> dict[str, Any]:
+    """A ``status`` reply with a busy and an idle worker, nothing finished yet."""
+    return {
+        "node_id": node,
+        "uptime": 100.0,
+        "pid": 4242,
+        "received": 0,
+        "finished": {},
+        "queued": 3,
+        "blocked": 1,
+        "delayed": 2,
+        "pool": {"count": 2, "min": 1, "max": 4},
+        "workers": {
+            "worker-0": {
+                "worker_id": 0,
+                "pid": 5000,
+                "state": "busy",
+                "current_task": "app.tasks.resize",
+                "current_task_uuid": "u-resize",
+                "current_task_age": 75.0,
+                "finished_count": 12,
+                "rss_bytes": 30 * 2**20,
+            },
+            "worker-1": {
+                "worker_id": 1,
+                "pid": 5001,
+                "state": "ready",
+                "current_task": None,
+                "current_task_uuid": None,
+                "current_task_age": None,
+                "finished_count": 7,
+            },
+        },
+        "recent_failures": [],
+        **fields,
+    }
+
+
+def row_of(text: str, marker: str) -> list[str]:
+    [line] = [line for line in text.splitlines() if marker in line]
+    return line.strip("│ ").split()
+
+
+def test_each_worker_shows_what_it_runs_and_for_how_long() -> None:
+    text = text_of(screen(Poll(at=1.0, wall=NOW, replies=[status()])))
+    assert "node-a" in text
+    assert row_of(text, "u-resize") == [
+        *("0", "5000", "busy", "app.tasks.resize", "u-resize"),
+        *("1", "min", "15", "s", "12", "30.0", "MiB"),
+    ]
+    assert row_of(text, "5001") == ["1", "5001", "ready", "-", "-", "-", "7", "-"]
+    assert "queued 3   blocked 1   delayed 2" in text
+    assert "workers 2 (min 1, max 4)" in text
+
+
+def test_a_failure_is_listed_with_its_task_uuid_age_and_error_line() -> None:
+    failure = {
+        "task": "app.tasks.charge",
+        "uuid": "u-charge",
+        "outcome": "error",
+        "error": "ValueError: card declined",
+        "time": NOW - 42,
+    }
+    text = text_of(screen(Poll(at=1.0, wall=NOW, replies=[status(recent_failures=[failure])])))
+    assert "recent failures" in text
+    row = " ".join(row_of(text, "u-charge"))
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d \(42 s ago\) error app\.tasks\.charge u-charge ValueError: card declined",
+        row,
+    ), row
+
+
+def test_only_the_newest_failures_are_listed_and_the_others_counted() -> None:
+    failures = [
+        {"task": "t", "uuid": f"u-{n}", "outcome": "timeout", "error": "timeout", "time": NOW - n}
+        for n in range(FAILURES_SHOWN + 3)
+    ]
+    text = text_of(service_panel(status(recent_failures=failures), None, NOW))
+    assert [f"u-{n}" in text for n in range(FAILURES_SHOWN + 3)] == [True] * FAILURES_SHOWN + [
+        False
+    ] * 3
+    assert "and 3 older (dispatcherctl status --json)" in text
+
+
+def test_rates_come_from_the_counters_of_two_polls() -> None:
+    before = Poll(at=10.0, wall=NOW, replies=[status(received=4, finished={"ok": 4})])
+    after = Poll(
+        at=12.0,
+        wall=NOW + 2,
+        replies=[status(uptime=102.0, received=10, finished={"ok": 8, "error": 1})],
+    )
+    assert rates(before, after) == {"node-a": Rates(received=3.0, finished=2.5)}
+    text = text_of(screen(after, before))
+    assert "received 3.0/s   finished 2.5/s" in text
+    assert "finished: ok 8, error 1" in text
+    alone = text_of(screen(after))
+    assert "received -/s   finished -/s" in alone
+
+
+def test_no_rate_across_a_restart_or_for_a_service_seen_once() -> None:
+    before = Poll(at=10.0, wall=NOW, replies=[status(received=50, finished={"ok": 50})])
+    restarted = Poll(
+        at=12.0,
+        wall=NOW + 2,
+        replies=[
+            status(uptime=1.5, received=2, finished={"ok": 1}),
+            status("node-new", received=9, finished={"ok": 9}),
+        ],
+    )
+    assert rates(before, restarted) == {}
+    assert rates(restarted, restarted) == {}  # no time passed
+
+
+def test_missing_services_notes_and_error_replies_are_shown() -> None:
+    poll = Poll(
+        at=1.0,
+        wall=NOW,
+        replies=[{"node_id": "node-b", "error": "the status command is not allowed"}],
+        missing=["node-c"],
+        notes=["skipped a reply: not JSON"],
+    )
+    text = text_of(screen(poll))
+    assert "dispatcherctl top: 1 service at" in text
+    assert "error: the status command is not allowed" in text
+    assert "node-c: no answer in time" in text
+    assert "skipped a reply: not JSON" in text
+
+
+def test_the_durable_queues_depth_is_shown_when_configured() -> None:
+    depths = {
+        "mail": QueueDepth(ready=3, delayed=1, oldest_ready_age=130.0),
+        "bulk": QueueDepth(ready=100_000, delayed=0, oldest_ready_age=7200.0),
+        "idle": QueueDepth(ready=0, delayed=0, oldest_ready_age=0.0),
+    }
+    text = text_of(screen(Poll(at=1.0, wall=NOW, depths=depths)))
+    assert "durable queues (brokers.pg_queue)" in text
+    assert row_of(text, "mail ") == ["mail", "3", "1", "2", "min", "10", "s"]
+    assert row_of(text, "bulk ") == ["bulk", ">=100000", "0", "2", "h"]
+    assert row_of(text, "idle ") == ["idle", "0", "0", "-"]
+    assert "durable queues" not in text_of(screen(Poll(at=1.0, wall=NOW)))
+    assert "(not sampled)" in text_of(screen(Poll(at=1.0, wall=NOW, depths={})))
+
+
+def test_values_from_replies_cannot_style_the_screen_or_reach_the_terminal() -> None:
+    hostile = "[bold red]x[/] \x1b[2J\nline"
+    reply = status(
+        node=hostile,
+        recent_failures=[
+            {"task": hostile, "uuid": "u-h", "outcome": "error", "error": hostile, "time": NOW}
+        ],
+    )
+    reply["workers"]["worker-0"]["current_task"] = hostile
+    out = io.StringIO()
+    Console(file=out, width=200, force_terminal=True, color_system="truecolor").print(
+        screen(Poll(at=1.0, wall=NOW, replies=[reply]))
+    )
+    written = out.getvalue()
+    assert "\x1b[2J" not in written
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", written)
+    assert plain.count("[bold red]x[/] \\x1b[2J\\nline") == 4  # title, worker, failure x2
+
+
+def test_replies_of_unexpected_shapes_show_dashes_instead_of_failing() -> None:
+    odd = {
+        "node_id": "node-odd",
+        "uptime": "long",
+        "pool": [],
+        "workers": {"worker-0": {"worker_id": "zero", "current_task": {"a": 1}}, "x": 3},
+        "finished": {"ok": "many", "error": True},
+        "recent_failures": ["not a failure", {"time": "yesterday"}],
+    }
+    text = text_of(screen(Poll(at=1.0, wall=NOW, replies=[odd]), Poll(at=0.0, wall=NOW)))
+    assert "uptime -" in text
+    assert "finished: none yet" in text
+
+
+def test_without_rich_top_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "rich", None)
+    options = argparse.Namespace(
+        interval=1.0, once=True, json=False, timeout=1.0, expected_replies=None, config=None
+    )
+    assert ctl_top.run(load_settings({"version": 1}), options) == 2
+    assert capsys.readouterr().err == (
+        "dispatcherctl: top needs the rich library: pip install 'dispatcher-server[top]'\n"
+    )

@@ -1,0 +1,135 @@
+"""The publisher warns, once, about a queue no service listens on and a mistyped task name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.config import reset, setup
+from dispatcher.publish import messages, prepare_submission, submit_task
+from dispatcher.testing import captured
+from support import testing_tasks as tasks
+
+CONNINFO = "host=127.0.0.1 port=9 dbname=none"
+
+
+def configure(**brokers: Any) -> None:
+    setup(
+        {
+            "version": 1,
+            "brokers": {
+                "pg_notify": {"conninfo": CONNINFO, "channels": ["myapp", "reports"]},
+                **brokers,
+            },
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    tasks.forbid_database(monkeypatch, tmp_path)
+    caplog.set_level(logging.WARNING, logger="dispatcher.publish")
+    yield
+    reset()
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "dispatcher.publish" and r.levelno == logging.WARNING
+    ]
+
+
+def test_a_mistyped_queue_is_warned_about_once_with_a_suggestion(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    configure()
+    for _ in range(3):
+        submission = prepare_submission(tasks.add, args=[1, 2], queue="my_app")
+    assert submission.channel == "my_app"  # still submitted as asked
+    [warning] = warnings_of(caplog)
+    assert warning == (
+        "queue 'my_app' is not one of brokers.pg_notify.channels (myapp, reports) in config: "
+        "no service configured there listens on it, tasks sent to it are lost; did you mean 'myapp'?"
+    )
+
+
+def test_a_queue_far_from_every_channel_gets_no_suggestion(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    configure()
+    prepare_submission(tasks.add, args=[1, 2])  # @task(queue="orders")
+    [warning] = warnings_of(caplog)
+    assert warning.startswith("queue 'orders' is not one of brokers.pg_notify.channels")
+    assert "did you mean" not in warning
+
+
+def test_durable_queues_are_suggested_and_known(caplog: pytest.LogCaptureFixture) -> None:
+    configure(pg_queue={"queues": ["invoices"]})
+    prepare_submission(tasks.add, args=[1, 2], queue="invoices")
+    prepare_submission(tasks.add, args=[1, 2], queue="myapp")
+    assert warnings_of(caplog) == []
+    prepare_submission(tasks.add, args=[1, 2], queue="invoice")
+    [warning] = warnings_of(caplog)
+    assert "nor of brokers.pg_queue.queues" in warning
+    assert warning.endswith("did you mean 'invoices'?")
+
+
+def test_each_config_is_checked_on_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    configure()
+    prepare_submission(tasks.add, args=[1, 2], queue="my_app")
+    configure()
+    prepare_submission(tasks.add, args=[1, 2], queue="my_app")
+    assert len(warnings_of(caplog)) == 2
+
+
+def test_no_warning_without_config_or_without_channels(caplog: pytest.LogCaptureFixture) -> None:
+    connection: Any = object()
+    with captured():
+        submit_task(tasks.add, args=[1, 2], queue="my_app", connection=connection)
+    setup(
+        {
+            "version": 1,
+            "brokers": {"pg_notify": {"conninfo": CONNINFO, "default_publish_channel": "x"}},
+        }
+    )
+    prepare_submission(tasks.add, args=[1, 2], queue="my_app")
+    assert warnings_of(caplog) == []
+
+
+def test_the_check_runs_once_per_queue_not_per_submission(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure()
+    checked: list[str] = []
+    monkeypatch.setattr(messages, "check_queue", lambda queue, settings: checked.append(queue))
+    for _ in range(100):
+        prepare_submission(tasks.add, args=[1, 2], queue="myapp")
+        prepare_submission(tasks.add, args=[1, 2], queue="reports")
+    assert checked == ["myapp", "reports"]
+
+
+def test_a_task_name_close_to_a_registered_one_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    configure()
+    for _ in range(2):
+        prepare_submission("support.testing_tasks.asyncdouble", args=[1], queue="myapp")
+    [warning] = warnings_of(caplog)
+    assert warning == (
+        "task 'support.testing_tasks.asyncdouble' is not registered in this process; "
+        "did you mean 'support.testing_tasks.async_double'? "
+        "(submitting it by name anyway)"
+    )
+
+
+def test_names_of_other_code_bases_are_not_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    configure()
+    prepare_submission("billing.invoicing.charge_card", args=[1], queue="myapp")
+    prepare_submission(tasks.add, args=[1, 2], queue="myapp")
+    assert warnings_of(caplog) == []
