@@ -55,8 +55,13 @@ def wait_for(condition: Any, timeout: float) -> None:
         time.sleep(0.005)
 
 
-def start_service(folder: Path, dsn: str, channel: str, workers: int) -> subprocess.Popen[bytes]:
-    """Start ``dispatcher-standalone`` (node id = *channel*) and wait until it listens."""
+def start_service(
+    folder: Path, dsn: str, channel: str, workers: int, log_level: str = "WARNING"
+) -> subprocess.Popen[bytes]:
+    """Start ``dispatcher-standalone`` (node id = *channel*) and wait until it listens.
+
+    At the default WARNING level no per-task line is written; ``INFO`` measures their cost.
+    """
     config = {
         "version": 1,
         "brokers": {"pg_notify": {"conninfo": dsn, "channels": [channel]}},
@@ -67,7 +72,7 @@ def start_service(folder: Path, dsn: str, channel: str, workers: int) -> subproc
     log = (folder / "service.log").open("wb")
     command = [
         *(sys.executable, "-m", "dispatcher.server"),
-        *("--log-level", "WARNING", "--config", str(folder / "dispatcher.yml")),
+        *("--log-level", log_level, "--config", str(folder / "dispatcher.yml")),
     ]
     env = dict(os.environ, PYTHONPATH=str(HERE))
     process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
@@ -213,6 +218,11 @@ def main() -> None:
     parser.add_argument(
         "--sized-backlog", type=int, default=5000, help="tasks per run with --message-bytes"
     )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="the service's log level (INFO writes a line per task: measures what they cost)",
+    )
     options = parser.parse_args()
     channel = f"bench_{uuid.uuid4().hex[:12]}"
     setup(
@@ -220,10 +230,13 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        service = start_service(folder, options.dsn, channel, options.workers)
+        service = start_service(folder, options.dsn, channel, options.workers, options.log_level)
         try:
             throughput(service.pid, folder, 200)  # warm-up: workers started, code paths hot
-            print(f"dispatcher service, {options.workers} workers, medians of {options.runs} runs")
+            print(
+                f"dispatcher service, {options.workers} workers, log level {options.log_level},"
+                f" medians of {options.runs} runs"
+            )
             if options.message_bytes:
                 sizes = [int(size) for size in options.message_bytes.split(",")]
                 report_sizes(service.pid, folder, sizes, options.sized_backlog, options.runs)
