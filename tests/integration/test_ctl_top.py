@@ -240,7 +240,8 @@ def test_snapshot_shows_the_durable_queues_depth_and_says_no_service_runs(
         env={**os.environ, "COLUMNS": "200"},
     )
     assert shown.returncode == 1
-    assert "no dispatcher service is connected to the database" in shown.stdout
+    said = " ".join(shown.stdout.split())  # as rich wraps it
+    assert f"no dispatcher service listening on channel {channel} is connected to the" in said
     [row] = [line for line in shown.stdout.splitlines() if line.startswith("mail ")]
     assert re.fullmatch(r"mail +3 +1 +2 min( \d+ s)? *", row), row  # ready, delayed, oldest
 

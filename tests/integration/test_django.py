@@ -29,8 +29,9 @@ pytest.importorskip("django", reason="Django is not installed (a test dependency
 import django
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
-from django.db import connections, transaction
-from django.test import override_settings
+from django.db import DatabaseError, connections, transaction
+from django.db.transaction import TransactionManagementError
+from django.test import TestCase, override_settings
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -483,6 +484,57 @@ def test_rundispatcher_log_level_is_checked(demo_site: DemoSite) -> None:
     assert "--log-level: invalid choice: 'LOUD'" in result.stderr
 
 
+EDITED_TASKS = """
+import os
+
+from demo_notes.models import Note
+from dispatcher.publish import task
+
+
+@task()
+def write_versioned_note(text):
+    Note.objects.create(text={version!r} + ":" + text, written_by_pid=os.getpid())
+"""
+
+
+def test_rundispatcher_reload_runs_edited_task_code_with_the_orm(
+    demo_site: DemoSite, tmp_path: Path
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    module = code / "edited_notes.py"
+    module.write_text(EDITED_TASKS.format(version="v1"))
+    channel, label = unique_channel("reload"), unique("reload")
+    env = demo_site.env(channel, settings="demo_site.settings_reload")
+    env.update(DEMO_SITE_TASK_MODULE="edited_notes", PYTHONPATH=f"{PROJECT}{os.pathsep}{code}")
+    service = ManagePy(env, tmp_path / "service.log", "rundispatcher", "--reload")
+
+    def send(text: str) -> None:
+        message = {"task": "edited_notes.write_versioned_note", "args": [text]}
+        with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+
+    try:
+        service.wait_ready()
+        service.wait_for_log(r"reload: watching .*code")
+        send(f"{label}-1")
+        note(f"v1:{label}-1")
+        module.write_text(EDITED_TASKS.format(version="v2"))
+        service.wait_for_log(r"reloaded: 1 workers restarted", timeout=30)
+        send(f"{label}-2")
+        note(f"v2:{label}-2")
+    finally:
+        service.kill()
+
+
+@pytest.mark.usefixtures("demo_site")
+def test_rundispatcher_reload_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "watchfiles", None)
+    with pytest.raises(CommandError) as raised:
+        call_command("rundispatcher", "--reload")
+    assert str(raised.value) == "--reload needs watchfiles: pip install 'dispatcher-server[reload]'"
+
+
 @pytest.mark.usefixtures("demo_site")
 def test_rundispatcher_names_the_missing_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [
@@ -536,3 +588,77 @@ def test_dispatcher_standalone_sets_django_up_in_workers_through_the_worker_modu
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
+
+
+def break_the_transaction_then_submit() -> None:
+    """In an atomic block, make a query fail without a savepoint; submitting then raises."""
+    from demo_notes.tasks import write_note
+
+    from dispatcher.contrib.django import delay_on_commit
+
+    with transaction.atomic():
+        with pytest.raises(DatabaseError), transaction.atomic(savepoint=False):
+            connections["default"].cursor().execute("SELECT 1/0")
+        with pytest.raises(TransactionManagementError):
+            delay_on_commit(write_note, "never")
+
+
+@pytest.mark.usefixtures("demo_site")
+def test_submitting_in_a_broken_transaction_raises() -> None:
+    break_the_transaction_then_submit()
+
+
+# --- Django's TestCase, whose transaction never commits ---------------------------------------
+
+
+@pytest.mark.usefixtures("site_service")
+class TestSubmittingInADjangoTestCase(TestCase):
+    """The tools Django gives tests for ``on_commit()`` work for the transactional helpers."""
+
+    def test_capture_on_commit_callbacks_sends_the_task(self) -> None:
+        from demo_notes.tasks import write_note
+
+        from dispatcher.contrib.django import delay_on_commit, submit_on_commit
+
+        first, second = unique("testcase"), unique("testcase-atomic")
+        with self.captureOnCommitCallbacks(execute=True) as callbacks:
+            delay_on_commit(write_note, first)  # "autocommit", but in the TestCase's transaction
+            with transaction.atomic():
+                submit_on_commit(write_note, args=[second], queue="demo_durable")
+        assert len(callbacks) == 2
+        assert note(first).text == first
+        assert note(second).text == second
+
+    def test_a_broken_transaction_is_refused_as_outside_a_test_case(self) -> None:
+        break_the_transaction_then_submit()
+
+    def test_without_capturing_nothing_is_sent(self) -> None:
+        from demo_notes.tasks import write_note
+
+        from dispatcher.contrib.django import delay_on_commit
+
+        dropped, sentinel = unique("testcase-dropped"), unique("testcase-sentinel")
+        with self.captureOnCommitCallbacks(execute=False) as callbacks:
+            delay_on_commit(write_note, dropped)
+        assert len(callbacks) == 1
+        with self.captureOnCommitCallbacks(execute=True):
+            delay_on_commit(write_note, sentinel)
+        note(sentinel)  # one worker, tasks in order: the other would have run first
+        assert not note_exists(dropped)
+
+
+def test_rundispatcher_stops_on_ctrl_c_sent_to_its_whole_process_group(
+    demo_site: DemoSite, tmp_path: Path
+) -> None:
+    """Ctrl-C in a terminal signals the command, its fork server and its workers at once."""
+    service = ManagePy(demo_site.env(unique_channel("ctrl_c")), tmp_path / "s.log", "rundispatcher")
+    try:
+        service.wait_ready()
+        descendants = children(service.process.pid)
+        assert descendants
+        os.killpg(service.process.pid, signal.SIGINT)
+        assert service.process.wait(20) == 0, service.log
+        assert "Traceback" not in service.log, service.log
+        wait_until(lambda: not any(alive(pid) for pid in descendants), 10)
+    finally:
+        service.kill()

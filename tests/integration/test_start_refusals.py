@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from dispatcher.schema import matches_node_id, node_id_of
 from support.service import TESTS, ServiceProcess, standalone_command, wait_until
 
 StartService = Callable[..., ServiceProcess]
@@ -51,12 +52,14 @@ class Refused:
 def node_connections(pg_dsn: str, node_id: str) -> int:
     """Connections the service *node_id* holds to the database (its listener's among them)."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
-            (f"%:{node_id}",),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+        return count_node_connections(conn, node_id)
+
+
+def count_node_connections(conn: psycopg.Connection[Any], node_id: str) -> int:
+    """Connections whose ``application_name`` names the service *node_id*, on *conn*."""
+    names = conn.execute("SELECT application_name FROM pg_stat_activity").fetchall()
+    seen = (node_id_of(name) for (name,) in names)
+    return sum(node is not None and matches_node_id(node, node_id) for node in seen)
 
 
 def run_until_exit(
@@ -80,11 +83,7 @@ def run_until_exit(
         )
         try:
             while process.poll() is None and time.monotonic() - began < 20:
-                row = watcher.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
-                    (f"%:{node_id}",),
-                ).fetchone()
-                connected = connected or bool(row and row[0])
+                connected = connected or count_node_connections(watcher, node_id) > 0
                 time.sleep(0.01)  # leave the CPU to the service
             seconds = time.monotonic() - began
         finally:

@@ -57,7 +57,8 @@ def test_a_mistyped_queue_is_warned_about_once_with_a_suggestion(
     [warning] = warnings_of(caplog)
     assert warning == (
         "queue 'my_app' is not one of brokers.pg_notify.channels (myapp, reports) in config: "
-        "no service configured there listens on it, tasks sent to it are lost; did you mean 'myapp'?"
+        "no service configured there listens on it, tasks sent to it are lost unless another "
+        "service does; did you mean 'myapp'?"
     )
 
 

@@ -96,12 +96,12 @@ def test_command_line_tools_offer_the_shared_log_levels() -> None:
 
 def test_whole_node_ids_fit_in_application_name_after_the_prefix_and_digest() -> None:
     # PostgreSQL keeps 63 bytes of application_name; the prefix takes 19 of them, the
-    # digest of the channels 10 and a colon.
+    # digest of the channels 10 and a slash.
     assert len(SERVICE_NAME_PREFIX) == 19
     assert MAX_WHOLE_NODE_ID_BYTES == MAX_APPLICATION_NAME_BYTES - 19 - 11 == 33
     whole = "n" * MAX_WHOLE_NODE_ID_BYTES
     name = service_application_name(whole, ["tasks"])
-    assert name == f"{SERVICE_NAME_PREFIX}{channels_digest(['tasks'])}:{whole}"
+    assert name == f"{SERVICE_NAME_PREFIX}{channels_digest(['tasks'])}/{whole}"
     assert len(name) == MAX_APPLICATION_NAME_BYTES
     assert len(service_application_name(whole + "x")) == MAX_APPLICATION_NAME_BYTES
     assert node_id_of(service_application_name(whole + "xyz")) == whole

@@ -56,9 +56,9 @@ def test_a_missing_module_gets_the_working_directory_and_a_hint(modules: Path) -
 
 
 def test_refusals_without_a_report_or_without_tasks() -> None:
-    assert refusal(None, ["a"], "d.yml") == (
-        "the fork server ended before it had imported tasks.modules"
-    )
+    ended = refusal(None, ["a"], "d.yml")
+    assert ended is not None
+    assert ended.startswith("the fork server ended while it imported tasks.modules")
     no_tasks = refusal({"ok": True, "task_count": 0}, ["a", "b"], "d.yml")
     assert no_tasks is not None
     assert no_tasks.startswith("tasks.modules in d.yml (a, b) register no task")

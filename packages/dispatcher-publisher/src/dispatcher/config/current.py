@@ -15,19 +15,23 @@ _settings: Settings | None = None
 
 
 def setup(
-    config: Mapping[str, Any] | None = None, file_path: str | os.PathLike[str] | None = None
+    config: Mapping[str, Any] | None = None,
+    file_path: str | os.PathLike[str] | None = None,
+    *,
+    source: str | None = None,
 ) -> Settings:
     """Load, validate and install the config for this process; return it.
 
     *config* is a dict in the shape of ``dispatcher.yml``; *file_path* a YAML file. With
     neither, ``$DISPATCHER_CONFIG_FILE`` names the file, else ``$DISPATCHERD_CONFIG_FILE``,
     else ``./dispatcher.yml`` is read. A dispatcherd config (``version: 2``) is translated.
-    Calling it again replaces the config.
+    Calling it again replaces the config. *source* names where a *config* dict came from,
+    in error messages and warnings (default: ``config``).
 
     :raises ConfigError: when the config is missing, unreadable or invalid (the config in
         force, if any, stays).
     """
-    settings = load_settings(config, file_path)
+    settings = load_settings(config, file_path, source=source)
     global _settings
     with _lock:
         _settings = settings

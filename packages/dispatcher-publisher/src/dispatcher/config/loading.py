@@ -37,7 +37,10 @@ logger = logging.getLogger("dispatcher.config")
 
 
 def load_settings(
-    config: Mapping[str, Any] | None = None, file_path: str | os.PathLike[str] | None = None
+    config: Mapping[str, Any] | None = None,
+    file_path: str | os.PathLike[str] | None = None,
+    *,
+    source: str | None = None,
 ) -> Settings:
     """Load and validate a config without installing it.
 
@@ -45,14 +48,15 @@ def load_settings(
     ``$DISPATCHER_CONFIG_FILE``, the file named by ``$DISPATCHERD_CONFIG_FILE``,
     ``./dispatcher.yml``. Besides version 1, the unversioned layout and dispatcherd's layout
     (``version: 2``) are read, translated; what the translation drops is logged as warnings
-    and listed in :attr:`Settings.warnings`.
+    and listed in :attr:`Settings.warnings`. *source* names where a *config* dict came
+    from in messages (default: ``config``).
 
     :raises ConfigError: when the config is missing, unreadable or invalid.
     """
     if config is not None and file_path is not None:
         raise TypeError("give either config or file_path, not both")
     if config is not None:
-        return settings_from_data(DICT_SOURCE, config)
+        return settings_from_data(source or DICT_SOURCE, config)
     if file_path is None:
         file_path = (
             os.environ.get(CONFIG_FILE_ENV) or os.environ.get(DISPATCHERD_CONFIG_FILE_ENV) or None

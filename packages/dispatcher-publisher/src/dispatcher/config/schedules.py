@@ -48,7 +48,10 @@ def cron_problem(expression: str) -> str | None:
     if len(fields) == 1 and fields[0].startswith("@"):
         if fields[0].lower() in CRON_ALIASES:
             return None
-        return f"{what}: unknown alias (expected one of {', '.join(sorted(CRON_ALIASES))})"
+        reason = f"{what}: unknown alias (expected one of {', '.join(sorted(CRON_ALIASES))})"
+        if fields[0].lower() == "@reboot":
+            reason += "; to run a task when the service starts, list it in producers.on_start"
+        return reason
     if len(fields) not in CRON_FIELD_COUNTS:
         return (
             f"{what}: {len(fields)} fields; expected 5 (minute hour day-of-month month "
@@ -81,16 +84,32 @@ def _croniter_problem(expression: str, what: str) -> str | None:
     return None
 
 
+HOST_ZONES: Final = frozenset({"localtime", "posixrules"})
+"""Names some time zone databases hold that stand for the host's own zone, not a place's."""
+
+
 def timezone_problem(name: str) -> str | None:
-    """Why *name* is not an IANA time zone (``Europe/Paris``, ``UTC``), or ``None``."""
+    """Why *name* is not an IANA time zone (``Europe/Paris``, ``UTC``), or ``None``.
+
+    The host's own zone (``localtime``) is refused: it differs from host to host.
+    """
+    if name in HOST_ZONES:
+        return (
+            f"{name!r} is whatever zone the host is set to, which differs between hosts: "
+            "name the zone (e.g. 'Europe/Paris')"
+        )
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        if not zoneinfo.available_timezones():
+        known = zoneinfo.available_timezones()
+        if not known:
             return (
                 f"unknown time zone {name!r}: this host has no time zone database "
                 "(pip install tzdata)"
             )
+        same = sorted(zone for zone in known if zone.lower() == name.strip().lower())
+        if same:
+            return f"unknown time zone {name!r} (did you mean {same[0]!r}?)"
         return f"unknown time zone {name!r} (expected an IANA name such as 'Europe/Paris')"
     return None
 

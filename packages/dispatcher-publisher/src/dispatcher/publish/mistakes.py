@@ -65,7 +65,8 @@ def check_queue(queue: str, settings: Settings) -> None:
     durable = settings.brokers.pg_queue.queues if settings.brokers.pg_queue is not None else ()
     logger.warning(
         "queue %r is not one of brokers.pg_notify.channels (%s)%s in %s: no service "
-        "configured there listens on it, tasks sent to it are lost%s",
+        "configured there listens on it, tasks sent to it are lost unless another service "
+        "does%s",
         queue,
         ", ".join(notify.channels),
         " nor of brokers.pg_queue.queues" if durable else "",

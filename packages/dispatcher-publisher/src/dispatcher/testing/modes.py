@@ -88,18 +88,37 @@ class Eager:
         raise LookupError(f"no task with uuid {uuid!r} has run")
 
     def send(self, submissions: Sequence[Submission], connection: object | None) -> None:
-        """Run each of *submissions*, in order (the interceptor's side)."""
+        """Run each of *submissions*, in order (the interceptor's side).
+
+        As the tasks of one send (a ``batch()``) all reach a service, each runs even when
+        one before it raised; then the first exception is raised.
+        """
         records = _recorded(submissions, connection, allow_unregistered=False)
         self.submitted += records
+        first_error: Exception | None = None
         for record in records:
-            self._runner.run(record.message)
+            try:
+                self._runner.run(record.message)
+            except Exception as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
     async def asend(self, submissions: Sequence[Submission], connection: object | None) -> None:
-        """Run each of *submissions*, in order; a coroutine task in the caller's loop."""
+        """Run each of *submissions*, in order; a coroutine task in the caller's loop.
+
+        One that raises does not stop the others, as for :meth:`send`.
+        """
         records = _recorded(submissions, connection, allow_unregistered=False)
         self.submitted += records
+        first_error: Exception | None = None
         for record in records:
-            await self._runner.arun(record.message)
+            try:
+                await self._runner.arun(record.message)
+            except Exception as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
 
 class Captured:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from dispatcher.publish.submission import Submission
+from dispatcher.schema import SIGNED_KEY
 
 if TYPE_CHECKING:
     from dispatcher.testing.bound import InMemoryBoundTask
@@ -16,6 +19,24 @@ RunOutcome = Literal["ok", "error", "cancelled"]
 ``DispatcherCancel``."""
 
 _BASE_KEYS: Final = frozenset({"task", "uuid", "args", "kwargs", "time_pub"})
+
+
+def sent_message(submission: Submission) -> dict[str, Any]:
+    """The task message that *submission*'s payloads carry, as a service would decode it.
+
+    The payloads were written when the submission was made: what the caller does to its
+    arguments afterwards (in a ``batch()`` block, or once recorded) does not show here.
+    """
+    payloads = submission.payloads
+    text = (
+        payloads[0]
+        if len(payloads) == 1
+        else "".join(json.loads(chunk)["payload"] for chunk in payloads)
+    )
+    decoded: dict[str, Any] = json.loads(text)
+    if SIGNED_KEY in decoded:
+        decoded = json.loads(decoded["body"])
+    return decoded
 
 
 @dataclass(frozen=True)
@@ -36,12 +57,12 @@ class CapturedTask:
     @property
     def args(self) -> list[Any]:
         """The positional arguments, as in the message."""
-        return list(self.submission.message.get("args", ()))
+        return list(self.message.get("args", ()))
 
     @property
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments, as in the message."""
-        return dict(self.submission.message.get("kwargs", {}))
+        return dict(self.message.get("kwargs", {}))
 
     @property
     def queue(self) -> str:
@@ -53,10 +74,13 @@ class CapturedTask:
         """The submission's uuid."""
         return self.submission.uuid
 
-    @property
+    @cached_property
     def message(self) -> Mapping[str, Any]:
-        """The task message, as a service would receive it."""
-        return self.submission.message
+        """The task message, as a service would receive it: decoded from :attr:`payloads`.
+
+        So it holds the arguments as they were when submitted, through JSON.
+        """
+        return sent_message(self.submission)
 
     @property
     def payloads(self) -> tuple[str, ...]:
@@ -70,7 +94,7 @@ class CapturedTask:
         That is ``timeout``, ``delay``, ``on_duplicate``, ``bind`` and ``extra``'s keys when
         set, and ``max_attempts`` when one was given.
         """
-        options = {k: v for k, v in self.submission.message.items() if k not in _BASE_KEYS}
+        options = {k: v for k, v in self.message.items() if k not in _BASE_KEYS}
         if self.submission.max_attempts is not None:
             options["max_attempts"] = self.submission.max_attempts
         return options

@@ -5,23 +5,32 @@ JSON (tuples arrive as lists), a bound object first when the task or message ask
 a fresh instance's ``run()`` for a class. A coroutine is awaited: in the caller's event
 loop from asyncio code, else in a loop of its own. Then, as in a worker, the message's
 ``errbacks`` (when the task raised) and ``callbacks`` run, with the message's uuid.
-Timeouts, delays and ``on_duplicate`` are not applied.
+Timeouts, delays and ``on_duplicate`` are not applied. A task submitted by a running task
+runs inside it: :data:`MAX_NESTED_RUNS` bounds how deep that goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Final
 
 from dispatcher.publish.errors import DispatcherCancel, DispatcherExit
 from dispatcher.publish.mistakes import did_you_mean
 from dispatcher.publish.registry import registry
 from dispatcher.testing.bound import InMemoryBoundTask
 from dispatcher.testing.records import TaskRun
+
+MAX_NESTED_RUNS: Final = 100
+"""How many runs may be in progress one inside another (a task submitting a task, at once)."""
+
+_nested_runs: contextvars.ContextVar[int] = contextvars.ContextVar("nested_runs", default=0)
+"""The runs in progress around the current code, across the threads that wait for coroutines."""
 
 
 def not_registered(name: str) -> LookupError:
@@ -47,31 +56,33 @@ class InProcessRunner:
         :raises Exception: what the task raised, when :attr:`propagate` is set.
         """
         run, call = _start(message)
-        try:
-            value = call()
-            if inspect.isawaitable(value):
-                value = _wait(value)
-            run.result = value
-            follow = True
-        except BaseException as exc:
-            follow = _failed(run, exc)
-        for follow_up in _follow_ups(run) if follow else ():
-            self.run(follow_up)
+        with _nested(run):
+            try:
+                value = call()
+                if inspect.isawaitable(value):
+                    value = _wait(value)
+                run.result = value
+                follow = True
+            except BaseException as exc:
+                follow = _failed(run, exc)
+            for follow_up in _follow_ups(run) if follow else ():
+                self.run(follow_up)
         return self._ended(run)
 
     async def arun(self, message: Mapping[str, Any]) -> TaskRun:
         """:meth:`run` from asyncio code: a coroutine task is awaited in the running loop."""
         run, call = _start(message)
-        try:
-            value = call()
-            if inspect.isawaitable(value):
-                value = await value
-            run.result = value
-            follow = True
-        except BaseException as exc:
-            follow = _failed(run, exc)
-        for follow_up in _follow_ups(run) if follow else ():
-            await self.arun(follow_up)
+        with _nested(run):
+            try:
+                value = call()
+                if inspect.isawaitable(value):
+                    value = await value
+                run.result = value
+                follow = True
+            except BaseException as exc:
+                follow = _failed(run, exc)
+            for follow_up in _follow_ups(run) if follow else ():
+                await self.arun(follow_up)
         return self._ended(run)
 
     def _ended(self, run: TaskRun) -> TaskRun:
@@ -79,6 +90,26 @@ class InProcessRunner:
         if run.outcome == "error" and self.propagate and run.error is not None:
             raise run.error
         return run
+
+
+@contextmanager
+def _nested(run: TaskRun) -> Iterator[None]:
+    """Count *run* among the runs in progress for its duration.
+
+    :raises RecursionError: when :data:`MAX_NESTED_RUNS` are in progress already.
+    """
+    depth = _nested_runs.get()
+    if depth >= MAX_NESTED_RUNS:
+        raise RecursionError(
+            f"cannot run {run.task}: {depth} tasks are running one inside another, each "
+            "submitted by the one before (does a task keep submitting itself? captured() "
+            "runs them one after another)"
+        )
+    token = _nested_runs.set(depth + 1)
+    try:
+        yield
+    finally:
+        _nested_runs.reset(token)
 
 
 def _start(message: Mapping[str, Any]) -> tuple[TaskRun, Callable[[], Any]]:
@@ -140,5 +171,6 @@ def _wait(awaitable: Awaitable[Any]) -> Any:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(awaited())
+    context = contextvars.copy_context()  # the runs in progress, to bound their nesting
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-testing") as pool:
-        return pool.submit(asyncio.run, awaited()).result()
+        return pool.submit(context.run, asyncio.run, awaited()).result()

@@ -50,7 +50,7 @@ MAX_APPLICATION_NAME_BYTES: Final = 63
 
 SERVICE_NAME_PREFIX: Final = "dispatcher-service:"
 """How a service's LISTEN connection names itself: this prefix, a digest of the channels it
-listens on, ``:``, then the service's node id (see :func:`service_application_name`).
+listens on, ``/``, then the service's node id (see :func:`service_application_name`).
 
 Control clients count the services connected to a database, and listening on the channel
 they send on, by looking for connections whose ``application_name`` starts with it (see
@@ -63,10 +63,23 @@ CHANNELS_DIGEST_CHARS: Final = 10
 _DIGEST_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz234567"
 _DIGEST_BITS: Final = CHANNELS_DIGEST_CHARS * 5
 _BITS_PER_CHANNEL: Final = 3
-_DIGEST_PATTERN: Final = re.compile(f"[{_DIGEST_ALPHABET}]{{{CHANNELS_DIGEST_CHARS}}}:")
+DIGEST_SEPARATOR: Final = "/"
+"""What comes between the digest of the channels and the node id in a service's name.
+
+No node id holds it (see :data:`CHANNEL_NAME_PATTERN`, which node ids follow): the name of
+an older version's service, ``dispatcher-service:<node_id>``, cannot be mistaken for a
+digest and a node id, whatever its node id (``dispatcher:web-1`` starts like a digest and
+a colon).
+"""
+_DIGEST_PATTERN: Final = re.compile(
+    f"[{_DIGEST_ALPHABET}]{{{CHANNELS_DIGEST_CHARS}}}{re.escape(DIGEST_SEPARATOR)}"
+)
 
 MAX_WHOLE_NODE_ID_BYTES: Final = (
-    MAX_APPLICATION_NAME_BYTES - len(SERVICE_NAME_PREFIX) - CHANNELS_DIGEST_CHARS - 1
+    MAX_APPLICATION_NAME_BYTES
+    - len(SERVICE_NAME_PREFIX)
+    - CHANNELS_DIGEST_CHARS
+    - len(DIGEST_SEPARATOR)
 )
 """Longest node id that fits whole in a service's ``application_name`` (33 bytes).
 
@@ -116,12 +129,12 @@ def digest_has_channel(digest: str, channel: str) -> bool:
 def service_application_name(node_id: str, channels: Iterable[str] = ()) -> str:
     """Return the ``application_name`` of the LISTEN connection of the service *node_id*.
 
-    ``dispatcher-service:<digest of channels>:<node_id>``, as PostgreSQL stores it: cut to
+    ``dispatcher-service:<digest of channels>/<node_id>``, as PostgreSQL stores it: cut to
     :data:`MAX_APPLICATION_NAME_BYTES` (node ids are ASCII, so characters and bytes count
     alike). *channels* are those its control messages may arrive on; without any, no
     control client counts the service.
     """
-    name = f"{SERVICE_NAME_PREFIX}{channels_digest(channels)}:{node_id}"
+    name = f"{SERVICE_NAME_PREFIX}{channels_digest(channels)}{DIGEST_SEPARATOR}{node_id}"
     return name[:MAX_APPLICATION_NAME_BYTES]
 
 

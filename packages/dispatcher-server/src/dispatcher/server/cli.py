@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -81,8 +82,30 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the service; return the process's exit status."""
+    """Run the service; return the process's exit status.
+
+    SIGTERM and SIGINT that come before the service handles them (while it starts) stop it
+    as they would later: exit status 0, no traceback.
+    """
     options = parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)  # (inside: it may be called at once)
+        return _run(options)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM before the service handles it: stop as SIGINT does then."""
+    raise KeyboardInterrupt
+
+
+def _run(options: argparse.Namespace) -> int:
+    """Load the config, fork the fork server, run the service; the exit status."""
     if options.reload:
         from dispatcher.server.reload import missing_watchfiles
 
@@ -126,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)
             return EXIT_USAGE
     except KeyboardInterrupt:  # a signal before the service could install its handlers
+        if forked is not None:
+            forked.kill()  # no worker yet; it may be stuck importing the task modules
         return 0
     finally:
         if forked is not None:

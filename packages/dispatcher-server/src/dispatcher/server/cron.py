@@ -11,7 +11,8 @@ happens once, the first time, unless the expression runs every hour (its hour fi
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
+import math
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -34,6 +35,15 @@ class CronSchedule:
 
     def next_run(self, after: datetime) -> datetime:
         """The first run strictly after *after* (an aware datetime), in :attr:`zone`."""
+        found = self._next_on_wall_clock(after)
+        if self._every_hour:
+            repeated = self._next_in_repeated_time(after, found)
+            if repeated is not None:
+                return repeated
+        return found
+
+    def _next_on_wall_clock(self, after: datetime) -> datetime:
+        """The next run as croniter walks the zone's wall clock (see :meth:`next_run`)."""
         # Instants are compared as timestamps: two datetimes of one zone compare by wall time.
         moment = after.astimezone(self.zone)
         while True:
@@ -44,6 +54,40 @@ class CronSchedule:
             if candidate.timestamp() > after.timestamp() and not self._second_pass(candidate):
                 return candidate
             moment = candidate
+
+    def _next_in_repeated_time(self, after: datetime, found: datetime) -> datetime | None:
+        """A run between *after* and *found* in the second pass of a time that comes twice.
+
+        croniter's walk over wall times can step from the end of the first pass past the
+        second one (it does in zones whose clocks go back by 30 minutes): the first time
+        the expression names in the second pass, if earlier than *found*, is that run.
+        """
+        start, end = after.timestamp(), found.timestamp()
+        before, later = self._offset_at(start), self._offset_at(end)
+        if later >= before:
+            return None  # the clocks did not go back in between
+        low, high = start, end  # the change: the first second at the later offset
+        while high - low > 1:
+            middle = (low + high) / 2
+            low, high = (middle, high) if self._offset_at(middle) == before else (low, middle)
+        # Offsets change on whole seconds: the first whole second at the later offset.
+        change = next(
+            second
+            for second in range(math.floor(low), math.ceil(high) + 1)
+            if self._offset_at(second) == later
+        )
+        fixed = timezone(later)
+        wall = datetime.fromtimestamp(max(start, change - 1), fixed).replace(tzinfo=None)
+        candidate: datetime = croniter(self.expression, wall).get_next(datetime)
+        moment = candidate.replace(tzinfo=fixed).timestamp()
+        if change <= moment < change + (before - later).total_seconds() and start < moment < end:
+            return datetime.fromtimestamp(moment, self.zone)
+        return None
+
+    def _offset_at(self, moment: float) -> timedelta:
+        offset = datetime.fromtimestamp(moment, self.zone).utcoffset()
+        assert offset is not None  # a ZoneInfo has an offset for every time
+        return offset
 
     def runs(self, after: datetime, count: int) -> list[datetime]:
         """The next *count* runs after *after*."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -14,25 +16,48 @@ import psycopg
 
 from dispatcher.config import ConfigError, NotConfiguredError, Settings, setup
 from dispatcher.control import ControlResult, control_with_reply, entries
-from dispatcher.publish import PublishError, broker_unavailable, describe_server
-from dispatcher.publish.routing import control_broker
+from dispatcher.publish import (
+    BrokerUnavailable,
+    PublishError,
+    broker_unavailable,
+    describe_server,
+)
 from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_jobs, ctl_submit
 from dispatcher.server.ctl_migrate import migrate_command
 from dispatcher.server.ctl_render import (
     DISPATCHERD_NOT_FOUND,
     add_elapsed,
+    control_channel,
+    no_service_found,
     render,
     shown,
     tally,
     task_ages,
 )
-from dispatcher.server.ctl_submit import json_list, json_object
+from dispatcher.server.ctl_submit import count, json_list, json_object, positive_seconds
+from dispatcher.server.logsafe import EscapingFilter
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_ERROR_REPLY = 0, 1, 2, 3
 """Exit statuses of control commands: every expected service answered, without an error;
-some did not answer (or none was found); usage or config error (or the command could not
-be sent); a service answered with an error."""
+some did not answer (or none was found, or the database or socket could not be reached);
+usage or config error (or the command could not be sent); a service answered with an
+error."""
+
+EXIT_INTERRUPTED: Final = 130
+"""Any command interrupted by Ctrl-C (as shells report SIGINT)."""
+
+EXIT_BROKEN_PIPE: Final = 141
+"""Any command whose reader went away before it was done (``| head``), as shells report
+SIGPIPE."""
+
+EXIT_STATUSES: Final = """exit status:
+  0    every expected service answered, without an error
+  1    a service did not answer, none is listening, or the database cannot be reached
+  2    usage or config error
+  3    a service answered with an error
+  130  interrupted (Ctrl-C)"""
+"""The exit statuses, as ``dispatcherctl --help`` lists them."""
 
 TOP_HELP: Final = "a live view of every service: workers, running tasks, queues, rates, failures"
 
@@ -49,6 +74,14 @@ def _global_options(
     default: Any = argparse.SUPPRESS if suppress else None
     parser.add_argument("--config", metavar="FILE", default=default, help="config file")
     parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,  # dispatcherd's dispatcherctl takes the same
+        metavar="LEVEL",
+        default=argparse.SUPPRESS if suppress else "WARNING",
+        help="what dispatcherctl itself logs on stderr (default: WARNING)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         default=argparse.SUPPRESS if suppress else False,
@@ -58,14 +91,14 @@ def _global_options(
         return
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         metavar="S",
-        default=argparse.SUPPRESS if suppress else 2.0,
-        help="seconds to wait for replies (default: 2)",
+        default=default,  # DEFAULT_TIMEOUT, once known not to be given before submit
+        help=f"seconds to wait for replies, once connected (default: {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--expected-replies",
-        type=int,
+        type=count,
         metavar="N",
         default=default,
         help="replies to wait for (default: one per service listening on the channel)",
@@ -75,7 +108,11 @@ def _global_options(
 def parser() -> argparse.ArgumentParser:
     """The command line of ``dispatcherctl``."""
     main = argparse.ArgumentParser(
-        prog="dispatcherctl", description="Send a control command to dispatcher services."
+        prog="dispatcherctl",
+        description="Ask running dispatcher services what they do, and tell them what to do;\n"
+        "submit tasks; manage the durable queues.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     main.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     _global_options(main, suppress=False)
@@ -106,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
     command("status", "everything at a glance: what the other commands show, and counters")
     command("main", "counters of the main process and the pool")
     tasks = command("aio_tasks", "the asyncio tasks of the services' main processes")
-    tasks.add_argument("--limit", type=int, metavar="N", help="stack depth (default: 6)")
+    tasks.add_argument("--limit", type=count, metavar="N", help="stack depth (default: 6)")
     command("producers", "brokers, scheduled and on-start tasks")
     command("chunks", "incomplete chunked messages")
     command("metrics", "where the Prometheus endpoint is")
@@ -165,6 +202,12 @@ def _log_level(text: str) -> str | int:
 
 FILTERS = ("uuid", "task", "args", "kwargs")
 
+DEFAULT_TIMEOUT: Final = 2.0
+"""Seconds to wait for replies, without ``--timeout``."""
+
+WITHOUT_JSON: Final = frozenset({"install-sql", "migrate"})
+"""Commands that print no JSON: ``--json`` is refused rather than ignored."""
+
 
 def _control_data(options: argparse.Namespace) -> dict[str, Any]:
     if options.command in ("running", "cancel"):
@@ -182,9 +225,33 @@ def _control_data(options: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run dispatcherctl; return its exit status."""
+    """Run dispatcherctl; return its exit status (:data:`EXIT_INTERRUPTED` on Ctrl-C)."""
+    root = logging.root
+    level = root.level
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        root.removeHandler(_HANDLER)
+        root.setLevel(level)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     arguments = parser()
     options, extra = arguments.parse_known_args(argv)
+    _log_to_stderr(options.log_level)
+    if options.command == "submit":
+        # Given before the command, they are about replies, and submit waits for none.
+        if options.timeout is not None:
+            arguments.error(
+                "--timeout before submit is the wait for replies, and submit waits for none; "
+                "a task's own timeout goes after it: submit TASK --timeout S"
+            )
+        if options.expected_replies is not None:
+            arguments.error("--expected-replies: submit waits for no replies")
+    if options.timeout is None:
+        options.timeout = DEFAULT_TIMEOUT
     if options.command == "top":
         return _top(options, extra)
     if extra:
@@ -197,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.level_option is None
     ):
         arguments.error("set_log_level needs a level (LEVEL or --level LEVEL, not both)")
+    if options.json and options.command in WITHOUT_JSON:
+        arguments.error(f"{options.command} has no --json output")
     if options.command == "install-sql" and options.print:
         print(sql_publisher(), sql_queue_publisher(), sep="\n", end="")
         return EXIT_OK
@@ -212,6 +281,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command in ctl_jobs.COMMANDS:
         return ctl_jobs.run(options, settings)
     return _control(settings, options)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each record to the ``sys.stderr`` of the moment, escaped.
+
+    ``top``'s live view puts a ``sys.stderr`` of its own in place while it draws; the
+    escaping is :class:`~dispatcher.server.logsafe.EscapingFilter`'s.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _reported_otherwise(record: logging.LogRecord) -> bool:
+    # The control client logs each reply it skipped; dispatcherctl reports them itself.
+    return record.name != "dispatcher.control"
+
+
+_HANDLER: Final = _StderrHandler()
+_HANDLER.addFilter(_reported_otherwise)
+_HANDLER.addFilter(EscapingFilter())
+
+
+def _log_to_stderr(level: str) -> None:
+    """Send what dispatcherctl logs (config warnings, ...) to stderr, from *level* up."""
+    detailed = logging.getLevelName(level) < logging.WARNING
+    fmt = (
+        "dispatcherctl: %(levelname)s %(name)s: %(message)s"
+        if detailed
+        else "dispatcherctl: %(message)s"
+    )
+    _HANDLER.setFormatter(logging.Formatter(fmt))
+    _HANDLER.setLevel(level)
+    root = logging.root
+    if _HANDLER not in root.handlers:
+        root.addHandler(_HANDLER)
+    root.setLevel(level)
 
 
 def _settings(config: str | None) -> Settings | None:
@@ -233,6 +342,7 @@ def _top(options: argparse.Namespace, extra: list[str]) -> int:
     _global_options(top, suppress=True)  # given before the command, they are in options
     ctl_top.add_arguments(top)
     top.parse_args(extra, namespace=options)
+    _log_to_stderr(options.log_level)
     settings = _settings(options.config)
     if settings is None:
         return EXIT_USAGE
@@ -250,15 +360,10 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
         )
     except PublishError as exc:
         print(f"dispatcherctl: {shown(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    channel = _control_channel(settings)
+        return EXIT_MISSING if isinstance(exc, BrokerUnavailable) else EXIT_USAGE
+    channel = control_channel(settings)
     if result.expected == 0 and options.expected_replies is None:
-        listening = f" listening on channel {shown(channel)}" if channel else ""
-        print(
-            f"dispatcherctl: no dispatcher service{listening} is connected to the database "
-            f"({DISPATCHERD_NOT_FOUND})",
-            file=sys.stderr,
-        )
+        print(f"dispatcherctl: {no_service_found(channel)}", file=sys.stderr)
         return EXIT_MISSING
     looked_up = options.expected_replies is None and bool(result.expected_nodes)
     if options.json:
@@ -290,15 +395,6 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
         print(f"dispatcherctl: error reply from {nodes}", file=sys.stderr)
         return EXIT_ERROR_REPLY
     return EXIT_OK
-
-
-def _control_channel(settings: Settings) -> str | None:
-    """The channel control commands go on, when they go through pg_notify."""
-    try:
-        broker = control_broker(settings)
-    except PublishError:
-        return None
-    return broker.default_queue if broker.name == "pg_notify" else None
 
 
 def _with_elapsed(result: ControlResult, timeout: float) -> ControlResult:
@@ -347,7 +443,7 @@ def install_sql(settings: Settings) -> int:
                 conn.execute(text.encode())
         except psycopg.Error as exc:
             failure = broker_unavailable(conninfo, exc, f"install {function} in")
-            print(f"dispatcherctl: {failure}", file=sys.stderr)
+            print(f"dispatcherctl: {shown(failure)}", file=sys.stderr)
             return EXIT_MISSING
         print(f"installed {function} in {describe_server(conninfo)}")
     return EXIT_OK
@@ -355,7 +451,18 @@ def install_sql(settings: Settings) -> int:
 
 def entry_point() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    for stream in (sys.stdout, sys.stderr):
+        # A character the terminal's encoding lacks (a reply may hold any) is shown escaped.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Nothing more can be shown; keep the interpreter's last flush from failing too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_BROKEN_PIPE
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -65,16 +66,22 @@ def add_commands(add: AddCommand) -> None:
 
 
 def _limit(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if not 1 <= value <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_LIMIT}, got {value}")
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_LIMIT}, got {text!r}")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least 0, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least 0, got {text!r}")
     return value
 
 
@@ -130,9 +137,15 @@ def _jobs(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespac
 def _retry(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
     if options.uuid:
         queue_admin.retry_job(conn, schema, options.uuid)
-        print(f"retried job {escape(options.uuid, limit=None)}")
+        if options.json:
+            print(json.dumps({"retried": 1, "skipped": 0, "uuid": options.uuid}))
+        else:
+            print(f"retried job {escape(options.uuid, limit=None)}")
         return EXIT_OK
     done = queue_admin.retry_failed(conn, schema, options.queue)
+    if options.json:
+        print(json.dumps({"retried": done.count, "skipped": done.skipped}))
+        return EXIT_OK
     where = f" of queue {escape(options.queue, limit=None)}" if options.queue else ""
     print(f"retried {done.count} failed {_jobs_word(done.count)}{where}")
     if done.skipped:
@@ -145,6 +158,9 @@ def _retry(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespa
 
 def _purge(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
     count = queue_admin.purge(conn, schema, options.state, options.older_than)
+    if options.json:
+        print(json.dumps({"purged": count, "state": options.state}))
+        return EXIT_OK
     print(
         f"purged {count} {options.state} {_jobs_word(count)} "
         f"that ended more than {options.older_than:g} s ago"

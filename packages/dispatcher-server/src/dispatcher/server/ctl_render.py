@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, Final
 
+from dispatcher.config import Settings
 from dispatcher.control import ControlResult
+from dispatcher.publish import PublishError
+from dispatcher.publish.routing import control_broker
 from dispatcher.server.logsafe import escape
 
 DISPATCHERD_NOT_FOUND = (
@@ -60,8 +64,28 @@ DURATION_GROUPS: Final = frozenset({"top5", "near_worker_ct"})
 SIZE_KEYS: Final = frozenset({"rss_bytes", "active_bytes"})
 """Keys whose numbers are bytes."""
 
+TIME_KEYS: Final = frozenset({"time", "time_pub"})
+"""Keys whose numbers are dates, in seconds since the epoch (shown in local time)."""
+
 ARGUMENTS_WIDTH: Final = 40
 """Characters of a task's ``args`` or ``kwargs`` shown in a table."""
+
+
+def control_channel(settings: Settings) -> str | None:
+    """The channel control commands go on, when they go through pg_notify."""
+    try:
+        broker = control_broker(settings)
+    except PublishError:
+        return None
+    return broker.default_queue if broker.name == "pg_notify" else None
+
+
+def no_service_found(channel: str | None) -> str:
+    """What to say when no service was found to wait for (on *channel*, when known)."""
+    listening = f" listening on channel {shown(channel)}" if channel else ""
+    return (
+        f"no dispatcher service{listening} is connected to the database ({DISPATCHERD_NOT_FOUND})"
+    )
 
 
 def tally(result: ControlResult, looked_up: bool, channel: str | None = None) -> str:
@@ -178,12 +202,26 @@ def _entries(body: Mapping[str, Any], columns: tuple[str, ...], indent: str) -> 
 def _table(columns: list[str], rows: list[dict[str, Any]], indent: str) -> list[str]:
     cells = [[_cell(row.get(c), c) for c in columns] for row in rows]
     titles = [shown(c) for c in columns]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(titles)]
-    out = [indent + "  ".join(c.ljust(w) for c, w in zip(titles, widths, strict=True)).rstrip()]
-    for row in cells:
-        padded = (value.ljust(width) for value, width in zip(row, widths, strict=True))
+    widths = [max(width(c), *(width(r[i]) for r in cells)) for i, c in enumerate(titles)]
+    out = []
+    for row in (titles, *cells):
+        padded = (value + " " * (w - width(value)) for value, w in zip(row, widths, strict=True))
         out.append(indent + "  ".join(padded).rstrip())
     return out
+
+
+def width(text: str) -> int:
+    """How many columns *text* takes in a terminal.
+
+    2 for a wide character (CJK), 0 for a combining mark, else 1 (non-printable characters
+    were escaped before).
+    """
+    if text.isascii():
+        return len(text)
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        for char in text
+    )
 
 
 def _cell(value: object, key: str) -> str:
@@ -211,15 +249,24 @@ def value_text(value: object, key: str | None = None) -> str:
             return duration_text(value)
         if key in SIZE_KEYS:
             return size_text(value)
+        if key in TIME_KEYS:
+            return date_text(value)
     if isinstance(value, list | dict):
         return shown(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str))
     return shown(value)
+
+
+MAX_WHOLE_DAYS: Final = 99_999
+"""Longest duration, in days, written in whole days; beyond, in days with 3 digits
+(``1.16e+295 d``): a reply may hold any number."""
 
 
 def duration_text(seconds: float) -> str:
     """*seconds* for people: ``250 ms``, ``9.4 s``, ``42 s``, ``3 min 5 s``, ``2 h 10 min``."""
     if seconds < 0:
         return f"-{duration_text(-seconds)}"
+    if seconds >= MAX_WHOLE_DAYS * 86400:
+        return f"{seconds / 86400:.3g} d"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 10:
@@ -237,15 +284,37 @@ def duration_text(seconds: float) -> str:
     return f"{secs} s"
 
 
+def date_text(seconds: float) -> str:
+    """*seconds* since the epoch as a local date and time, ``2026-11-29 16:15:48``.
+
+    A number no clock can show (a reply may hold any) is shown as it is.
+    """
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds:g}"
+
+
+SIZE_UNITS: Final = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+"""Binary units of :func:`size_text`, beyond bytes."""
+
+
 def size_text(size: float) -> str:
-    """*size* bytes for people: ``512 B``, ``12.0 KiB``, ``28.4 MiB``, ``1.50 GiB``."""
+    """*size* bytes for people: ``512 B``, ``12.0 KiB``, ``28.4 MiB``, ``1.50 GiB``.
+
+    A size beyond the units (a reply may hold any number) keeps 3 digits: ``8.67e+279 EiB``.
+    """
+    if size < 0:
+        return f"-{size_text(-size)}"
     if size < 1024:
         return f"{size:.0f} B"
-    if size < 1024**2:
-        return f"{size / 1024:.1f} KiB"
-    if size < 1024**3:
-        return f"{size / 1024**2:.1f} MiB"
-    return f"{size / 1024**3:.2f} GiB"
+    for power, unit in enumerate(SIZE_UNITS, start=1):
+        scaled = size / 1024**power
+        if scaled < 1024 or unit == SIZE_UNITS[-1]:
+            break
+    if scaled >= 1024:
+        return f"{scaled:.3g} {unit}"
+    return f"{scaled:.2f} {unit}" if power >= 3 else f"{scaled:.1f} {unit}"
 
 
 def shown(value: object) -> str:

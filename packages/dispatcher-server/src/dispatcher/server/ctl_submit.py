@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any, Final
 
@@ -41,12 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--uuid", metavar="U", help="the submission's uuid (default: a new one)")
     parser.add_argument(
-        "--delay", type=float, metavar="S", help="seconds to wait before the task starts"
+        "--delay", type=seconds, metavar="S", help="seconds to wait before the task starts"
     )
     parser.add_argument(
         "--timeout",
         dest="task_timeout",
-        type=float,
+        type=seconds,
         metavar="S",
         help="seconds the task may run",
     )
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what to do when an identical task is queued or running",
     )
     parser.add_argument(
-        "--max-attempts", type=int, metavar="N", help="durable queues: times the job may start"
+        "--max-attempts", type=count, metavar="N", help="durable queues: times the job may start"
     )
 
 
@@ -73,6 +74,40 @@ def json_object(text: str) -> dict[str, Any]:
     value = _json(text)
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argument that must be a number of seconds: finite, at least 0."""
+    value = _number(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0 or more), got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argument that must be a number of seconds above 0 (and finite)."""
+    value = _number(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def count(text: str) -> int:
+    """An argument that must be a whole number, at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
     return value
 
 

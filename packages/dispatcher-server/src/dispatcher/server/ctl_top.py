@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import os
 import sys
 import termios
@@ -134,10 +135,12 @@ async def _live(collector: Collector, console: Console, interval: float, keys: i
         while True:
             deadline = anyio.current_time() + interval
             poll = await collector.poll()
-            live.update(screen(poll, previous, interval), refresh=True)
+            live.update(screen(poll, previous, interval, keys is not None), refresh=True)
             previous = poll
             await anyio.sleep_until(deadline)
 
+    # Log lines would scroll the screen away: the view shows what went wrong as notes.
+    logging.disable(logging.WARNING)
     try:
         with Live(console=console, screen=True, auto_refresh=False) as live:
             async with anyio.create_task_group() as group:
@@ -146,6 +149,7 @@ async def _live(collector: Collector, console: Console, interval: float, keys: i
                 group.cancel_scope.cancel()
     finally:
         await collector.aclose()
+        logging.disable(logging.NOTSET)
 
 
 async def _quit_key(fd: int | None) -> None:

@@ -5,7 +5,9 @@ One ``status`` request per refresh (it carries ``workers``, ``running``, the cou
 durable queues' depth over a connection kept open between refreshes (the query the service's
 own sampler runs, see :mod:`dispatcher.server.brokers.pg_queue.sampler`). Failures become
 notes on the :class:`~dispatcher.server.ctl_top_render.Poll`, never exceptions: the live
-view shows them and tries again at the next refresh.
+view shows them and tries again at the next refresh. Each part of a poll has a deadline of
+its own (:attr:`Collector.deadline`), so that a database that stops answering mid-way (a
+network partition) cannot freeze the view.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from dispatcher.config import Settings
 from dispatcher.control import ControlResult, acontrol_with_reply
-from dispatcher.publish import PublishError, describe_server
+from dispatcher.publish import BrokerUnavailable, PublishError, describe_server
 from dispatcher.server.brokers.pg_queue.sampler import STATEMENT_TIMEOUT_MS, QueueSampler
-from dispatcher.server.ctl_render import DISPATCHERD_NOT_FOUND, shown
+from dispatcher.server.ctl_render import control_channel, no_service_found, shown
 from dispatcher.server.ctl_top_render import Poll
 from dispatcher.server.logsafe import first_line
 from dispatcher.server.stats import QueueDepth
@@ -40,6 +42,7 @@ class Collector:
     def __init__(self, settings: Settings, expected_replies: int | None, timeout: float) -> None:
         self._expected_replies = expected_replies
         self._timeout = timeout
+        self._channel = control_channel(settings)
         durable = settings.brokers.pg_queue
         self._sampler = (
             None
@@ -48,16 +51,29 @@ class Collector:
         )
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
+    @property
+    def deadline(self) -> float:
+        """Seconds each part of a poll may take: connecting, then waiting for the replies."""
+        return CONNECT_TIMEOUT + self._timeout
+
     async def poll(self) -> Poll:
         """Ask the services for ``status`` and sample the queues, both at once."""
         asked: list[ControlResult | PublishError] = []
         sampled: list[tuple[Mapping[str, QueueDepth] | None, str | None]] = []
+        late = f"no answer from the database within {self.deadline:g} s"
 
         async def ask() -> None:
-            asked.append(await self._status())
+            with anyio.move_on_after(self.deadline):
+                asked.append(await self._status())
+                return
+            asked.append(BrokerUnavailable(late))
 
         async def sample() -> None:
-            sampled.append(await self._depths())
+            with anyio.move_on_after(self.deadline):
+                sampled.append(await self._depths())
+                return
+            await self.aclose()  # it may be stuck: the next poll connects afresh
+            sampled.append(({}, f"cannot read the durable queues' depth: {late}"))
 
         async with anyio.create_task_group() as group:
             group.start_soon(ask)
@@ -67,12 +83,11 @@ class Collector:
         at, wall = time.monotonic(), time.time()
         if isinstance(result, PublishError):
             notes.insert(0, f"cannot ask the services: {shown(result)}")
-            return Poll(at, wall, depths=depths, notes=notes, status=2)
-        if result.expected == 0 and self._expected_replies is None:
-            notes.insert(
-                0,
-                f"no dispatcher service is connected to the database ({DISPATCHERD_NOT_FOUND})",
-            )
+            status = 1 if isinstance(result, BrokerUnavailable) else 2
+            return Poll(at, wall, depths=depths, notes=notes, status=status)
+        told_how_many = self._expected_replies is not None  # then none is fine too
+        if result.expected == 0 and not told_how_many:
+            notes.insert(0, no_service_found(self._channel))
         notes[:0] = [shown(note) for note in result.skipped]
         return Poll(
             at,
@@ -81,7 +96,7 @@ class Collector:
             missing=result.missing,
             depths=depths,
             notes=notes,
-            status=0 if result.complete and result.expected > 0 else 1,
+            status=0 if result.complete and (result.expected > 0 or told_how_many) else 1,
         )
 
     async def _status(self) -> ControlResult | PublishError:

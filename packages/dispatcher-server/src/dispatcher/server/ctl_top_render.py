@@ -45,7 +45,8 @@ class Poll:
     """Problems met while collecting, one line each."""
     status: int = 0
     """The exit status this poll alone gives: 0 when every expected service answered, 1
-    when some did not (or none is connected), 2 when the services could not be asked."""
+    when some did not (or none is connected, or the database cannot be reached), 2 when
+    the services could not be asked (the config names no channel to ask them on)."""
 
 
 @dataclass(frozen=True)
@@ -92,27 +93,46 @@ def _counters(reply: Mapping[str, Any]) -> tuple[float, float, float] | None:
     return uptime, received, finished
 
 
-def screen(current: Poll, previous: Poll | None = None, interval: float | None = None) -> Group:
+def screen(
+    current: Poll,
+    previous: Poll | None = None,
+    interval: float | None = None,
+    quit_keys: bool = True,
+) -> Group:
     """Everything ``top`` draws for *current*: a header, a panel per service, the queues.
 
     *previous* gives the rates; *interval* (seconds between refreshes) is shown in the
-    header of the live view, and a snapshot has none.
+    header of the live view, and a snapshot has none; *quit_keys* says whether ``q`` quits
+    it (standard input is a terminal), else only Ctrl-C does.
     """
     speeds = rates(previous, current)
     clock = time.strftime("%H:%M:%S", time.localtime(current.wall))
     count = len(current.replies)
     header = Text(f"dispatcherctl top: {count} service{'' if count == 1 else 's'} at {clock}")
     if interval is not None:
-        header.append(f", every {interval:g} s; q quits", style="dim")
+        quits = "q quits" if quit_keys else "Ctrl-C quits"
+        header.append(f", every {interval:g} s; {quits}", style="dim")
     parts: list[RenderableType] = [header]
     for reply in sorted(current.replies, key=node_of):
-        parts.append(service_panel(reply, speeds.get(node_of(reply)), current.wall))
+        parts.append(_panel_or_why_not(reply, speeds.get(node_of(reply)), current.wall))
     for node in current.missing:
         parts.append(Text(f"{shown(node)}: no answer in time", style="bold red"))
     if current.depths is not None:
         parts.append(durable_queues(current.depths))
     parts += [Text(note, style="yellow") for note in current.notes]
     return Group(*parts)
+
+
+def _panel_or_why_not(reply: Mapping[str, Any], speed: Rates | None, now: float) -> Panel:
+    """:func:`service_panel`, or a panel saying why the reply cannot be shown.
+
+    A reply may come from anyone: one odd reply must not take down the view of every service.
+    """
+    try:
+        return service_panel(reply, speed, now)
+    except Exception as exc:
+        why = f"cannot show this reply ({type(exc).__name__}: {shown(exc)}); --json shows it"
+        return Panel(Text(why, style="red"), title=Text(shown(node_of(reply))), title_align="left")
 
 
 def service_panel(reply: Mapping[str, Any], speed: Rates | None, now: float) -> Panel:
@@ -243,7 +263,11 @@ def _finished_total(reply: Mapping[str, Any]) -> float | None:
 def _when(at: float | None, now: float) -> str:
     if at is None:
         return "-"
-    return f"{time.strftime('%H:%M:%S', time.localtime(at))} ({duration_text(now - at)} ago)"
+    try:
+        clock = time.strftime("%H:%M:%S", time.localtime(at))
+    except (OverflowError, OSError, ValueError):  # beyond the platform's dates
+        return f"{at:g}"
+    return f"{clock} ({duration_text(now - at)} ago)"
 
 
 def _count(n: int) -> str:

@@ -45,7 +45,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.lifeline import die_with_parent
-from dispatcher.server.task_imports import import_report
+from dispatcher.server.task_imports import fitted, import_report
 from dispatcher.server.worker import WorkerOptions, worker_main
 
 if TYPE_CHECKING:
@@ -341,7 +341,7 @@ def _preload_and_serve(control: socket.socket, options: dict[str, Any]) -> NoRet
     failure too: each worker then imports the modules again and reports its error.
     """
     report = import_report(options.get("modules", ()))
-    _send(control, {"event": "imported", **report})
+    _send(control, fitted({"event": "imported", **report}, MAX_MESSAGE))
     ForkServer(control, options).serve()
 
 

@@ -134,9 +134,13 @@ class ForkServerLink:
         self.retiring = False
         """Replaced by a newer fork server: closed once its last worker has ended."""
         self.report: dict[str, Any] | None = None
-        """Its report on importing the task modules (see ``forkserver``), once received."""
+        """Its report on importing the task modules (see ``forkserver``), once received;
+        ``{"ok": False, "ended": status}`` when it ended before it could report."""
         self.reported = anyio.Event()
         """Set when :attr:`report` has arrived, or the fork server has ended without one."""
+        self.pidfd = -1
+        """Readable once its process has ended (its socket may outlive it, held by a child
+        that a task module forked as it was imported)."""
 
 
 class WorkerLauncher:
@@ -200,8 +204,9 @@ class WorkerLauncher:
     def discard(self, link: ForkServerLink) -> None:
         """Close a fork server from :meth:`prepare` that is not wanted (its workers die)."""
         if link is not self._current:
+            importing = not link.reported.is_set()  # (stuck there, maybe: not waited for)
             self._detach(link)
-            self._reap(link, 5.0)
+            self._reap(link, 0.0 if importing else 5.0)
 
     async def import_report(self, link: ForkServerLink | None = None) -> dict[str, Any] | None:
         """Wait for the task-import report of *link* (default: the current fork server).
@@ -219,6 +224,9 @@ class WorkerLauncher:
         link.control.setblocking(False)
         loop = asyncio.get_running_loop()
         loop.add_reader(link.control.fileno(), self._on_readable, link)
+        with contextlib.suppress(OSError):  # (without it, its socket's end tells)
+            link.pidfd = os.pidfd_open(link.process.pid)
+            loop.add_reader(link.pidfd, self._fork_server_gone, link)
         self._links.append(link)
         return link
 
@@ -280,16 +288,22 @@ class WorkerLauncher:
         return WorkerProcess(int(event["pid"]), fds[0], ours)
 
     def _on_readable(self, link: ForkServerLink) -> None:
+        if not self._read_events(link):
+            self._fork_server_gone(link)
+
+    def _read_events(self, link: ForkServerLink) -> bool:
+        """Handle what *link* has sent; ``False`` at the end of its socket."""
         while True:
+            if link not in self._links:  # closed meanwhile (a retired one's last worker)
+                return True
             try:
                 data, fds, _, _ = socket.recv_fds(link.control, MAX_MESSAGE, _MAX_FDS)
             except BlockingIOError:
-                return
+                return True
             except OSError:
                 data, fds = b"", []
             if not data:
-                self._fork_server_gone(link)
-                return
+                return False
             event = json.loads(data)
             kind = event.get("event")
             if kind == "exited":
@@ -297,7 +311,7 @@ class WorkerLauncher:
                 if self.on_exit is not None:
                     self.on_exit(int(event["pid"]), int(event["status"]))
                 if link.retiring and self._close_if_idle(link):
-                    return
+                    return True
                 continue
             if kind == "imported":
                 self._reported(link, event)
@@ -316,17 +330,27 @@ class WorkerLauncher:
         """A fork server ended (it was killed): its workers went with it."""
         if link not in self._links:
             return
-        self._reported(link, None)
+        self._read_events(link)  # what it said before it ended (its report, maybe)
+        if link not in self._links:
+            return
+        importing = not link.reported.is_set()
+        # Its socket is closed, or its process has ended: it is exiting, or gone. Its
+        # status says how (os._exit(n), a signal).
+        status = self._reap(link, 1.0)
+        if importing:
+            self._reported(link, {"ok": False, "ended": status})
         self._detach(link)
         if link is self._current:
             self._current = None
-            logger.error(
-                "the fork server ended unexpectedly; a new one starts with the next worker"
-            )
+            if not importing:  # (else the import report's reader says what happened)
+                logger.error(
+                    "the fork server ended unexpectedly (exit status %s); a new one starts "
+                    "with the next worker",
+                    status,
+                )
         for done, result in link.pending.values():
             result.extend(({"event": "failed", "error": "the fork server ended"}, []))
             done.set()
-        self._reap(link, 0)
 
     def _reported(self, link: ForkServerLink, report: dict[str, Any] | None) -> None:
         if link.reported.is_set():
@@ -350,11 +374,14 @@ class WorkerLauncher:
         if early is not None:  # never started: the fork server forked for us is not needed
             early.close()
         links = list(self._links)
+        # One still importing the task modules may be stuck there (it reads no socket, and
+        # has no worker to stop): it is killed at once rather than waited for.
+        importing = {id(link) for link in links if not link.reported.is_set()}
         for link in links:
             self._detach(link)
         self._current = None
         for link in links:
-            self._reap(link, 5.0)
+            self._reap(link, 0.0 if id(link) in importing else 5.0)
 
     def _detach(self, link: ForkServerLink) -> None:
         """Stop reading *link* and close our end of its socket (the fork server then exits)."""
@@ -364,11 +391,17 @@ class WorkerLauncher:
         with contextlib.suppress(RuntimeError, ValueError, OSError):
             asyncio.get_running_loop().remove_reader(link.control.fileno())
         link.control.close()
+        if link.pidfd >= 0:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(link.pidfd)
+            os.close(link.pidfd)
+            link.pidfd = -1
 
     @staticmethod
-    def _reap(link: ForkServerLink, timeout: float) -> None:
+    def _reap(link: ForkServerLink, timeout: float) -> int:
+        """Wait up to *timeout* seconds for *link*'s process to end, then kill it; its status."""
         try:
-            link.process.wait(timeout)
+            return link.process.wait(timeout)
         except subprocess.TimeoutExpired:
             link.process.kill()
-            link.process.wait()
+            return link.process.wait()

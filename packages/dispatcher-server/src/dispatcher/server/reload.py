@@ -39,6 +39,9 @@ MISSING_WATCHFILES: Final = "--reload needs watchfiles: pip install 'dispatcher-
 STEP_MS: Final = 100
 """A burst of changes ends after this many milliseconds without another one."""
 
+FOUND_AGAIN_POLL: Final = 0.5
+"""Seconds between looks for a watched folder that was deleted or moved away."""
+
 
 def missing_watchfiles() -> str | None:
     """The line saying what to install when watchfiles is missing; ``None`` when it is there."""
@@ -113,39 +116,88 @@ def describe(paths: Sequence[str]) -> str:
 async def watch_task_modules(modules: Sequence[str], supervisor: Supervisor) -> None:
     """Reload *supervisor*'s workers whenever the source of *modules* changes; until cancelled.
 
+    A watched folder that is deleted or moved away (a branch switched, a folder replaced)
+    is watched again once it is back, and the workers reloaded then.
+
     (This module imports neither anyio nor watchfiles until called: the command line checks
     for watchfiles with :func:`missing_watchfiles` before its start-up fork.)
     """
     import anyio
-    from watchfiles import awatch
 
     get_logger("watchfiles").setLevel(logging.WARNING)  # "1 change detected": ours say more
     folders = watched_folders(modules, sys.path)
     if not folders:
         logger.warning("--reload: the source of %s was not found: nothing is watched", modules)
         return
-    logger.info("reload: watching %s", ", ".join(str(folder) for folder in folders))
     async with anyio.create_task_group() as group:
         stop = anyio.Event()
         group.start_soon(_set_when_cancelled, stop, name="reload-stop")
-        changes_seen = awatch(*folders, watch_filter=is_source, step=STEP_MS, stop_event=stop)
-        async for changes in changes_seen:
-            changed = sorted({path for _, path in changes})
+        while True:
+            logger.info("reload: watching %s", ", ".join(str(folder) for folder in folders))
+            gone = await _watch(folders, supervisor, stop)
+            if gone is None:
+                break
+            logger.warning(
+                "reload: %s was deleted or moved away: watched again once it is back", gone
+            )
+            folders = await _found_again(modules)
+            logger.info("reloading: %s is back", gone)
+            if not await _reload(supervisor):
+                break
+        group.cancel_scope.cancel()
+
+
+async def _watch(folders: Sequence[Path], supervisor: Supervisor, stop: anyio.Event) -> Path | None:
+    """Reload at each change in *folders*; return one that went away (``None``: stopped)."""
+    from watchfiles import awatch
+
+    roots = {str(folder) for folder in folders}
+
+    def wanted(change: Change, path: str) -> bool:
+        return path in roots or is_source(change, path)
+
+    async for changes in awatch(*folders, watch_filter=wanted, step=STEP_MS, stop_event=stop):
+        changed = sorted({path for _, path in changes if path not in roots})
+        if changed:
             forget_bytecode(changed)
             logger.info("reloading: %s changed", describe(changed))
-            outcome = await supervisor.reload()
-            if outcome.error is not None:
-                logger.error(
-                    "reload failed, the old workers carry on (tried again at the next change): %s",
-                    outcome.error,
-                )
-            else:
-                logger.info(
-                    "reloaded: %d workers restarted, %d tasks registered",
-                    outcome.restarted,
-                    outcome.tasks,
-                )
-        group.cancel_scope.cancel()
+            if not await _reload(supervisor):
+                return None
+        for folder in folders:
+            if not folder.is_dir():
+                return folder
+    return None
+
+
+async def _found_again(modules: Sequence[str]) -> list[Path]:
+    """The folders of *modules*, once every one of them can be found (polled)."""
+    import anyio
+
+    while True:
+        importlib.invalidate_caches()
+        folders = watched_folders(modules, sys.path)
+        if folders and all(folder.is_dir() for folder in folders):
+            return folders
+        await anyio.sleep(FOUND_AGAIN_POLL)
+
+
+async def _reload(supervisor: Supervisor) -> bool:
+    """Reload the workers and log how it went; ``False`` when the service is stopping."""
+    outcome = await supervisor.reload()
+    if outcome.shutting_down:
+        return False
+    if outcome.error is not None:
+        logger.error(
+            "reload failed, the old workers carry on (tried again at the next change): %s",
+            outcome.error,
+        )
+    else:
+        logger.info(
+            "reloaded: %d workers restarted, %d tasks registered",
+            outcome.restarted,
+            outcome.tasks,
+        )
+    return True
 
 
 async def _set_when_cancelled(stop: anyio.Event) -> None:

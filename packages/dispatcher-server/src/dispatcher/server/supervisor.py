@@ -31,6 +31,7 @@ from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.scheduler import Runner, Scheduler
 from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
+from dispatcher.server.task_imports import ended_early
 from dispatcher.server.timers import Timers
 from dispatcher.server.worker_io import WorkerEvents
 from dispatcher.server.workers import WorkerHandle, WorkerStatus
@@ -57,6 +58,8 @@ class Reloaded:
     """Task names registered by the new code."""
     error: str | None = None
     """Why the new code cannot run (the old workers carry on), or ``None``."""
+    shutting_down: bool = False
+    """Whether it was given up because the service is stopping (not the code's fault)."""
 
 
 @dataclass
@@ -390,8 +393,11 @@ class Supervisor:
                 if reload.probe is not None:
                     self._stop(reload.probe)
                 self._launcher.discard(link)
-                return Reloaded(error=error or "the service is shutting down")
+                if self._closing:
+                    return Reloaded(error="the service is shutting down", shutting_down=True)
+                return Reloaded(error=error)
             self._launcher.switch_to(link)
+            self._warn_of_removed_tasks(reload.tasks, reload.probe)
             self._catalogue.refresh(reload.tasks, reload.queues)
             retired = [w for w in self.workers if w.is_live and w is not reload.probe]
             for worker in retired:
@@ -404,13 +410,36 @@ class Supervisor:
                     self._scheduler.worker_free(worker)
             self._wakeup.set()
 
+    def _warn_of_removed_tasks(self, tasks: frozenset[str], probe: WorkerHandle | None) -> None:
+        """Say which jobs not yet run name a task the reloaded code no longer registers.
+
+        They are not dropped: each runs on a new worker and fails there as not registered
+        (one running on an old worker finishes there). A task renamed by mistake can be
+        renamed back before they start, or they can be cancelled (``cancel`` by task).
+        """
+        running = {f"worker-{w.id}" for w in self.workers if w is not probe and not w.giving_back}
+        waiting: dict[str, list[str]] = {}
+        for entry in self._scheduler.running():
+            if entry["task"] not in tasks and entry["where"] not in running:
+                waiting.setdefault(str(entry["task"]), []).append(str(entry["uuid"]))
+        for task, uuids in waiting.items():
+            logger.warning(
+                "reload: %d waiting tasks name %s, which the new code does not register: "
+                "they will fail as not registered (uuids %s)",
+                len(uuids),
+                task,
+                _summarise(uuids),
+            )
+
     async def _start_probe(self, reload: _Reload, link: ForkServerLink) -> str | None:
         """Have *link* import the modules and start a worker; ``None``, or what went wrong."""
         report: dict[str, Any] | None = None
         with anyio.move_on_after(STARTUP_TIMEOUT):
             report = await self._launcher.import_report(link)
         if report is None:
-            return "the new fork server ended, or took too long, before importing tasks.modules"
+            return f"the new code took more than {STARTUP_TIMEOUT:.0f} s to import"
+        if "ended" in report:
+            return ended_early(report["ended"]).replace("\n", ": ", 1)
         if not report.get("ok"):
             where = f" (at {report['location']})" if report.get("location") else ""
             return f"cannot import {report.get('module')}: {report.get('error')}{where}"

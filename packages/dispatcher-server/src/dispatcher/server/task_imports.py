@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
+import site
 import sys
+import sysconfig
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from importlib.machinery import PathFinder
 from typing import Any, Final
 
 from dispatcher.publish import registry
@@ -25,6 +29,10 @@ MAX_ERROR_CHARS: Final = 2000
 
 MAX_PATH_ENTRIES: Final = 12
 """``sys.path`` entries a report lists (the first ones)."""
+
+MAX_PATH_CHARS: Final = 500
+"""Longest path (working directory, ``sys.path`` entry, file) kept in a report: the report
+must fit in one socket message whatever the paths, or the service would wait for it."""
 
 _THIS_FILE: Final = os.path.abspath(__file__)
 _IMPORTLIB_DIR: Final = os.path.dirname(os.path.abspath(importlib.__file__ or ""))
@@ -40,48 +48,136 @@ def import_report(modules: Sequence[str]) -> dict[str, Any]:
         try:
             importlib.import_module(module)
         except BaseException as exc:  # whatever it is, the service must hear of it
-            return failure(module, exc)
+            try:
+                return failure(module, exc)
+            except BaseException:  # not even that: say what can be said for sure
+                return {"ok": False, "module": module, "error": _type_name(exc)}
     with contextlib.suppress(Exception):  # it logs its own problems
         adopt_dispatcherd_tasks()
-    return {"ok": True, "task_count": len(registry.names())}
+    return {"ok": True, "task_count": len(registry.names()), "files": _files(modules)}
+
+
+def fitted(report: dict[str, Any], limit: int) -> dict[str, Any]:
+    """*report*, or its essentials when its JSON is longer than *limit* bytes.
+
+    The report travels in one socket message: one that could not be sent would leave the
+    service waiting for it.
+    """
+    if len(json.dumps(report, separators=(",", ":")).encode()) <= limit:
+        return report
+    kept = ("ok", "task_count", "module", "import_error", "missing", "ended")
+    short = {key: report[key] for key in kept if key in report}
+    for key in ("error", "location", "raised_in"):
+        if report.get(key):
+            short[key] = str(report[key])[: limit // 20]
+    return short
 
 
 def failure(module: str, exc: BaseException) -> dict[str, Any]:
     """The report of *module* failing to import with *exc*.
 
     Its keys: ``module``, ``error`` (``Type: message``), ``location`` (``file:line`` of the
-    line that raised it outside the import machinery, or ``None``), ``import_error``
+    line of the user's code that raised it, or ``None``), ``raised_in`` (``file:line``
+    where it was raised, when that is in a library rather than there), ``import_error``
     (whether it is an :class:`ImportError`), ``cwd`` and ``sys_path``.
     """
-    message = str(exc)
+    message = _message(exc)
     if len(message) > MAX_ERROR_CHARS:
         message = message[:MAX_ERROR_CHARS] + "..."
-    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    name = _type_name(exc)
+    error = f"{name}: {message}" if message else name
+    location, raised_in = _locations(module, exc)
     return {
         "ok": False,
         "module": module,
         "error": error,
-        "location": _location(exc),
+        "location": location,
+        "raised_in": raised_in if raised_in != location else None,
         "import_error": isinstance(exc, ImportError),
-        "cwd": os.getcwd(),
-        "sys_path": sys.path[:MAX_PATH_ENTRIES],
+        "missing": _short(str(exc.name)) if isinstance(exc, ModuleNotFoundError) else None,
+        "cwd": _short(os.getcwd()),
+        "sys_path": [_short(str(entry)) for entry in sys.path[:MAX_PATH_ENTRIES]],
         "more_path_entries": max(0, len(sys.path) - MAX_PATH_ENTRIES),
     }
 
 
-def _location(exc: BaseException) -> str | None:
-    """``file:line`` where *exc* was raised in the user's code (not in importlib's)."""
+def _type_name(exc: BaseException) -> str:
+    return str(getattr(type(exc), "__name__", "exception"))[:MAX_ERROR_CHARS]
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or what is known when that fails (an exception's ``__str__`` is code)."""
+    try:
+        return str(exc)
+    except BaseException as failed:
+        return f"(its message cannot be shown: str() raised {_type_name(failed)})"
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= MAX_PATH_CHARS else path[:MAX_PATH_CHARS] + "..."
+
+
+def _files(modules: Sequence[str]) -> dict[str, str]:
+    """Where each imported module was loaded from (a module named like another shows)."""
+    found = {}
+    for module in modules:
+        loaded = sys.modules.get(module)
+        origin = getattr(loaded, "__file__", None) if loaded is not None else None
+        found[module] = _short(str(origin)) if origin else "(no file)"
+    return found
+
+
+def _locations(module: str, exc: BaseException) -> tuple[str | None, str | None]:
+    """``(where in the user's code, where raised)`` of *exc*, each ``file:line`` or ``None``.
+
+    The user's code is every file but the import machinery's, the standard library's,
+    installed libraries' and this project's own, except that the package being imported
+    counts as the user's even when it is installed.
+    """
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
-        return f"{exc.filename}:{exc.lineno}"
-    found = None
+        where = f"{exc.filename}:{exc.lineno}"
+        return where, where
+    user = raised = None
+    own = _own_folders(module)
+    libraries = _library_folders()
     for frame in traceback.extract_tb(exc.__traceback__):
         name = frame.filename
         if name.startswith("<frozen ") or name == _THIS_FILE:
             continue
-        if os.path.dirname(os.path.abspath(name)) == _IMPORTLIB_DIR:
+        path = os.path.abspath(name)
+        if os.path.dirname(path) == _IMPORTLIB_DIR:
             continue
-        found = f"{name}:{frame.lineno}"
-    return found
+        raised = f"{name}:{frame.lineno}"
+        if _under(path, own) or not _under(path, libraries):
+            user = raised
+    return user or raised, raised
+
+
+def _under(path: str, folders: Iterable[str]) -> bool:
+    return any(path == folder or path.startswith(folder + os.sep) for folder in folders)
+
+
+def _library_folders() -> list[str]:
+    """The standard library, the installed libraries, and this project's own packages."""
+    paths = sysconfig.get_paths()
+    folders = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    with contextlib.suppress(AttributeError):
+        folders.update(site.getsitepackages())
+    namespace = sys.modules.get("dispatcher")
+    folders.update(getattr(namespace, "__path__", ()))
+    return [os.path.abspath(folder) for folder in folders if folder]
+
+
+def _own_folders(module: str) -> list[str]:
+    """The folder or file of *module*'s top-level package, found without importing it."""
+    with contextlib.suppress(Exception):
+        spec = PathFinder.find_spec(module.partition(".")[0], sys.path)
+        if spec is not None:
+            if spec.submodule_search_locations:
+                return [os.path.abspath(folder) for folder in spec.submodule_search_locations]
+            if spec.origin:
+                return [os.path.abspath(spec.origin)]
+    return []
 
 
 def refusal(report: Mapping[str, Any] | None, modules: Sequence[str], source: str) -> str | None:
@@ -90,39 +186,91 @@ def refusal(report: Mapping[str, Any] | None, modules: Sequence[str], source: st
     ``None`` when the modules imported and registered at least one task. The text's first
     line says what went wrong; the lines after it help to fix it.
     """
-    if report is None:
-        return "the fork server ended before it had imported tasks.modules"
+    if report is None or "ended" in report:
+        return ended_early(None if report is None else report.get("ended"))
     if report.get("ok"):
         if report.get("task_count"):
             return None
-        return (
-            f"tasks.modules in {source} ({', '.join(modules)}) register no task\n"
-            "decorate the functions to run with @task (from dispatcher.publish), or "
-            "dispatcherd's @task, in those modules or in modules they import"
+        files = report.get("files") or {}
+        return "\n".join(
+            [
+                f"tasks.modules in {source} ({', '.join(modules)}) register no task",
+                *(f"{module} was loaded from {files[module]}" for module in files),
+                "decorate the functions to run with @task (from dispatcher.publish), or "
+                "dispatcherd's @task, in those modules or in modules they import",
+            ]
         )
     module = report.get("module")
     lines = [f"cannot import task module {module!r} (tasks.modules in {source})"]
     lines.append(f"error: {report.get('error')}")
     if report.get("location"):
         lines.append(f"at: {report['location']}")
+    if report.get("raised_in"):
+        lines.append(f"raised in: {report['raised_in']}")
     if report.get("import_error"):
-        path = [str(entry) for entry in report.get("sys_path") or ()]
-        cwd = str(report.get("cwd"))
-        more = int(report.get("more_path_entries") or 0)
-        on_path = "on" if cwd in path or "" in path else "not on"
+        lines += _import_hints(report, str(module))
+    return "\n".join(lines)
+
+
+def _import_hints(report: Mapping[str, Any], module: str) -> list[str]:
+    """Where Python looked for the module, and what to do about it."""
+    path = [str(entry) for entry in report.get("sys_path") or ()]
+    cwd = str(report.get("cwd"))
+    more = int(report.get("more_path_entries") or 0)
+    on_path = "on" if cwd in path or "" in path else "not on"
+    lines = []
+    if "cwd" in report:  # (not in a report cut to its essentials: see fitted)
         lines.append(f"working directory: {cwd} ({on_path} sys.path)")
         lines.append(
             "sys.path: "
             + ", ".join(entry or "(working directory)" for entry in path)
             + (f" and {more} more" if more else "")
         )
-        example = "/path/to/project" if on_path == "on" else cwd
+    missing = str(report.get("missing") or "")
+    if module.endswith(".py"):
+        lines.append(
+            "hint: tasks.modules lists module names, not file names: write "
+            f"{module.removesuffix('.py')!r} for {module!r}"
+        )
+    elif "." in missing and f"{module}.".startswith(f"{missing}."):
+        parent, _, name = missing.rpartition(".")  # (Python names the first part not found)
+        lines.append(
+            f"hint: the package {parent!r} was found, but holds no module {name!r}: check "
+            "the name in tasks.modules"
+        )
+    elif missing and f"{module}.".startswith(f"{missing}."):  # the task module, or its package
+        example = cwd if "cwd" in report and on_path == "not on" else "/path/to/project"
         lines.append(
             "hint: Python looks for task modules on sys.path; put the folder that holds the "
             f"module's top-level package on PYTHONPATH (e.g. PYTHONPATH={example}), or "
             "install the project into the service's environment"
         )
-    return "\n".join(lines)
+    elif missing and missing.partition(".")[0] == module.partition(".")[0]:
+        lines.append(
+            f"hint: {missing!r}, imported by the task module, is not in its package: a file "
+            "missing, or a misspelt import"
+        )
+    elif missing:
+        lines.append(
+            f"hint: the task module imports {missing!r}, which is not installed where the "
+            "service runs: install it into the service's environment (or, if it is part of "
+            "your project, put its folder on PYTHONPATH)"
+        )
+    return lines
+
+
+def ended_early(status: object) -> str:
+    """Why the service cannot start when the fork server ended with *status* before its report.
+
+    Nothing in Python can catch a module that ends the process as it is imported.
+    """
+    how = "" if status is None else f" (exit status {status})"
+    return (
+        f"the fork server ended{how} while it imported tasks.modules, before it could report\n"
+        "a task module (or code it imports) ended the process: os._exit(), a crash in C "
+        "code, or a kill (the out-of-memory killer?); import the modules in a Python shell "
+        "to see which"
+    )
 
 
 def missing_modules(modules: Sequence[str], source: str) -> str | None:

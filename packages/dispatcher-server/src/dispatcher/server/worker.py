@@ -254,7 +254,8 @@ class TaskRunner:
             done.update(
                 outcome="error",
                 error=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(),
+                # Where the worker found no task is no news to the user: no traceback.
+                traceback="" if isinstance(exc, NotRegisteredHere) else traceback.format_exc(),
             )
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
             self._follow_up(message, done)
@@ -325,7 +326,10 @@ class TaskRunner:
     def _call(self, message: Mapping[str, Any]) -> Any:
         entry = registry.get(message["task"])
         if entry is None:  # the service checks names first; a worker re-checks
-            raise LookupError(f"task {message['task']!r} is not registered in this worker")
+            raise NotRegisteredHere(
+                f"task {message['task']!r} is not registered in this worker"
+                " (its code no longer registers it: renamed or removed since it was sent?)"
+            )
         if self._conventions.cancel is not DispatcherCancel:  # dispatcherd is loaded
             self._cancel = self._conventions.cancel if is_adopted(entry.name) else DispatcherCancel
         args = list(message.get("args", ()))
@@ -355,6 +359,10 @@ class TaskRunner:
     def close(self) -> None:
         """Release the event loop of ``async def`` tasks, if one was made."""
         self._discard_loop()
+
+
+class NotRegisteredHere(LookupError):
+    """A job names a task the worker's code does not register (changed since it was sent)."""
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -220,6 +220,11 @@ class WorkerHandle:
                 self._recalled_ahead.add(number)
                 self.process.signal(_cancel_signal(number))
 
+    @property
+    def giving_back(self) -> bool:
+        """Whether its :attr:`job` is a recalled one the worker ends unstarted (to run again)."""
+        return self.job is not None and self.job is self._recalling
+
     def take_recalled(self) -> list[Job]:
         """Take the recalled jobs the worker has ended unstarted (see :meth:`recall_ahead`)."""
         jobs, self._recalled = self._recalled, []

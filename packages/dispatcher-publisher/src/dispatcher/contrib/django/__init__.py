@@ -15,6 +15,14 @@ rollback) with :func:`delay_on_commit` and :func:`submit_on_commit`; run the ser
 ``python manage.py rundispatcher``. See :mod:`.config`, :mod:`.publishing`, :mod:`.worker`.
 """
 
+from importlib.util import find_spec
+
+if find_spec("django") is None:
+    raise ModuleNotFoundError(
+        "dispatcher.contrib.django needs Django: pip install 'dispatcher-publisher[django]'",
+        name="django",
+    )
+
 from dispatcher.contrib.django.config import DjangoSettingsError
 from dispatcher.contrib.django.publishing import delay_on_commit, submit_on_commit
 

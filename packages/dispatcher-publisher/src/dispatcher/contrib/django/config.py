@@ -20,7 +20,7 @@ from django.db import DEFAULT_DB_ALIAS
 
 from dispatcher.config import ConfigError, Settings, setup
 from dispatcher.config.loading import read_yaml
-from dispatcher.contrib.django.databases import database_conninfo
+from dispatcher.contrib.django.databases import database_conninfo, is_postgresql
 
 SETTING: Final = "DISPATCHER"
 """The name of the Django setting holding the dispatcher config."""
@@ -52,9 +52,21 @@ def configure() -> Settings | None:
         return None
     document, source = _read(value)
     try:
-        return setup(config=with_database_conninfo(document))
+        return setup(config=with_database_conninfo(document), source=source)
     except ConfigError as exc:
-        raise DjangoSettingsError(source, exc.problems) from None
+        raise DjangoSettingsError(source, [_explained(p) for p in exc.problems]) from None
+
+
+def _explained(problem: str) -> str:
+    """*problem*, saying why a missing conninfo was not taken from ``DATABASES``."""
+    database = django_settings.DATABASES.get(DEFAULT_DB_ALIAS, {})
+    if not problem.endswith(".conninfo: is required") or is_postgresql(database):
+        return problem
+    engine = database.get("ENGINE")
+    return (
+        f"{problem} (it is taken from DATABASES[{DEFAULT_DB_ALIAS!r}] only when that is "
+        f"PostgreSQL, not {engine!r})"
+    )
 
 
 def _read(value: object) -> tuple[Mapping[str, Any], str]:

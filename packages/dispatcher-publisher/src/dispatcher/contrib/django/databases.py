@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -36,7 +37,8 @@ def database_conninfo(database: Mapping[str, Any]) -> str | None:
 
     Built as Django's backend connects: ``NAME``, ``USER``, ``PASSWORD``, ``HOST`` and
     ``PORT`` when set (``NAME`` ``None`` means the ``postgres`` database), and the
-    ``OPTIONS`` that are libpq parameters (``sslmode``, ``options``, ``service``...).
+    ``OPTIONS`` that are libpq parameters (``sslmode``, ``options``, ``service``...; paths
+    such as ``sslrootcert`` may be ``pathlib.Path`` objects).
     ``None`` when the entry is not PostgreSQL.
     """
     if not is_postgresql(database):
@@ -44,7 +46,11 @@ def database_conninfo(database: Mapping[str, Any]) -> str | None:
     params: dict[str, str] = {}
     options = database.get("OPTIONS") or {}
     for key, value in options.items():
-        if key not in DJANGO_ONLY_OPTIONS and isinstance(value, str | int) and value != "":
+        if key in DJANGO_ONLY_OPTIONS or isinstance(value, bool) or value == "":
+            continue
+        if isinstance(value, os.PathLike):  # sslrootcert = BASE_DIR / "ca.pem"
+            params[key] = os.fspath(value)
+        elif isinstance(value, str | int | float):
             params[key] = str(value)
     name = database.get("NAME", "")
     if name is None:

@@ -95,7 +95,10 @@ def transaction_connection(alias: str, channel: str) -> psycopg.Connection[Any] 
     """Django's psycopg 3 connection of *alias*, when a task for *channel* may be sent on it.
 
     That is when the broker of *channel* is ``pg_notify`` or ``pg_queue`` and uses the
-    database of *alias*. ``None`` otherwise: the caller then waits for the commit.
+    database of *alias*, and the transaction is not one of Django's ``TestCase`` (which is
+    never committed: a task waits for it with ``on_commit()``, as Django's test tools
+    expect, so that ``captureOnCommitCallbacks(execute=True)`` sends it). ``None``
+    otherwise: the caller then waits for the commit.
 
     :raises django.db.TransactionManagementError: when the transaction is already broken.
     """
@@ -103,11 +106,13 @@ def transaction_connection(alias: str, channel: str) -> psycopg.Connection[Any] 
     database = connections[alias]
     if conninfo is None or not same_database(conninfo, database.settings_dict):
         return None
+    database.validate_no_broken_transaction()
+    if any(getattr(block, "_from_testcase", False) for block in database.atomic_blocks):
+        return None
     database.ensure_connection()
     raw = database.connection
     if not isinstance(raw, psycopg.Connection):  # psycopg2: the SDK speaks psycopg 3
         return None
-    database.validate_no_broken_transaction()
     return raw
 
 

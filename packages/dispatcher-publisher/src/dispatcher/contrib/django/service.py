@@ -51,8 +51,25 @@ def service_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, tasks=tasks, worker=worker)
 
 
-def run(settings: Settings, log_level: int) -> int:
+def missing_watchfiles() -> str | None:
+    """What ``--reload`` lacks, in one line (watchfiles); ``None`` when nothing.
+
+    :raises ServerMissing: when ``dispatcher-server`` is not installed.
+    """
+    try:
+        from dispatcher.server.reload import missing_watchfiles as missing
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[:2] == ["dispatcher", "server"]:
+            raise ServerMissing from None
+        raise
+    return missing()
+
+
+def run(settings: Settings, log_level: int, reload: bool = False) -> int:
     """Run the service configured by *settings* until SIGTERM or SIGINT; return its status.
+
+    *reload*: restart the workers when a task module's source changes (as
+    ``dispatcher-standalone --reload``).
 
     :raises ServerMissing: when ``dispatcher-server`` is not installed.
     :raises DispatcherError: when a broker cannot be built or started (``ConfigError``,
@@ -74,7 +91,7 @@ def run(settings: Settings, log_level: int) -> int:
 
         from dispatcher.server.service import Service
 
-        service = Service(settings, log_level, fork_server=forked)
+        service = Service(settings, log_level, fork_server=forked, reload=reload)
         return anyio.run(service.run, backend="asyncio")
     except KeyboardInterrupt:  # a signal before the service could install its handlers
         return 0

@@ -26,7 +26,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        """``--log-level``."""
+        """``--log-level``, ``--reload``."""
         parser.add_argument(
             "--log-level",
             default="INFO",
@@ -34,14 +34,22 @@ class Command(BaseCommand):
             choices=LOG_LEVELS,
             help="log level of the service (default: INFO)",
         )
+        parser.add_argument(
+            "--reload",
+            action="store_true",
+            help="restart the workers when a task module changes (for development; needs "
+            "dispatcher-server[reload])",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the service until it stops; fail with its exit status if that is not 0."""
-        from dispatcher.contrib.django.service import ServerMissing, run
+        from dispatcher.contrib.django.service import ServerMissing, missing_watchfiles, run
 
         try:
+            if options["reload"] and (missing := missing_watchfiles()) is not None:
+                raise CommandError(missing, returncode=2)
             settings = get_settings()
-            status = run(settings, getattr(logging, options["log_level"]))
+            status = run(settings, getattr(logging, options["log_level"]), options["reload"])
         except ServerMissing as exc:
             raise CommandError(str(exc)) from None
         except NotConfiguredError:

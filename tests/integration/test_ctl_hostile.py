@@ -1,0 +1,349 @@
+"""dispatcherctl against replies from anyone, a database that is not there, Ctrl-C, a closed
+pipe and a terminal that cannot show every character: never a traceback, never a control
+sequence reaching the terminal, the same exit status for the same failure in every command.
+
+A fake service (a connection named like a service's, on this test's channel) answers what
+a hostile or broken service could.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from argparse import _SubParsersAction
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.fake_services import FakeService
+from support.postgres import unique_channel as postgres_channel
+
+HOSTILE = "\x1b[31mred\x1b]0;title\x07\u2028line\nbreak\u202eright-to-left\x00ü中"
+"""A text that, written raw, would colour, retitle and break the terminal's lines."""
+
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]")
+"""What must never reach the terminal from a reply (newline and tab aside)."""
+
+
+def ctl(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run our dispatcherctl with *config*."""
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def write_config(path: Path, conninfo: str, channel: str, durable: bool = False) -> Path:
+    config: dict[str, Any] = {
+        "version": 1,
+        "brokers": {"pg_notify": {"conninfo": conninfo, "channels": [channel]}},
+    }
+    if durable:
+        config["brokers"]["pg_queue"] = {"conninfo": conninfo, "queues": ["mail"]}
+    path.write_text(json.dumps(config))
+    return path
+
+
+def hostile_reply(node_id: str, message: dict[str, Any]) -> list[str]:
+    """Every field a view shows, holding control sequences or absurd numbers."""
+    worker = {
+        "worker_id": HOSTILE,
+        "pid": 1e300,
+        "state": HOSTILE,
+        "current_task": HOSTILE,
+        "current_task_uuid": HOSTILE,
+        "current_task_age": 1e300,
+        "finished_count": HOSTILE,
+        "rss_bytes": 1e300,
+    }
+    task = {"uuid": HOSTILE, "task": HOSTILE, "args": [HOSTILE], "kwargs": {HOSTILE: HOSTILE}}
+    reply = {
+        "node_id": node_id,
+        HOSTILE: HOSTILE,
+        "worker-0": worker | task | {"time_pub": -1e300},
+        "uptime": 1e300,
+        "finished": {HOSTILE: 1e300},
+        "pool": {"count": HOSTILE},
+        "workers": {"worker-0": worker},
+        "running": {"worker-0": task},
+        "recent_failures": [
+            {"time": 1e300, "task": HOSTILE, "uuid": HOSTILE, "error": HOSTILE, "outcome": HOSTILE},
+            {"time": -1e300, "task": "t", "uuid": "u", "error": "e", "outcome": "error"},
+        ],
+    }
+    junk = ["not json \x1b[2J", json.dumps([HOSTILE]), json.dumps({"node_id": 5})]
+    return [*junk, json.dumps(reply)]
+
+
+@pytest.fixture
+def hostile(pg_dsn: str, channel: str, tmp_path: Path) -> Iterator[Path]:
+    """A config whose channel has a hostile service on it; yields the config's path."""
+    service = FakeService(pg_dsn, channel, "hostile-node", hostile_reply)
+    try:
+        yield write_config(tmp_path / "dispatcher.json", pg_dsn, channel)
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("command", ["alive", "status", "running", "workers", "main"])
+def test_hostile_replies_never_reach_the_terminal_raw(hostile: Path, command: str) -> None:
+    result = ctl(hostile, command)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("hostile-node:\n")
+    assert "\\x1b[31mred" in result.stdout + result.stderr or command == "alive"
+    assert not CONTROL_CHARS.search(result.stdout), result.stdout
+    assert not CONTROL_CHARS.search(result.stderr), result.stderr
+    # The three payloads that are no reply are each said once, on stderr.
+    assert result.stderr.count("dispatcherctl: skipped a reply: ") == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert all(len(line) < 2000 for line in result.stdout.splitlines())
+
+
+def test_hostile_replies_as_json_stay_valid_json(hostile: Path) -> None:
+    result = ctl(hostile, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    [reply] = json.loads(result.stdout)
+    assert reply[HOSTILE] == HOSTILE
+    assert "\x1b" not in result.stdout
+    snapshot = ctl(hostile, "top", "--once", "--json")
+    assert snapshot.returncode == 0, snapshot.stderr
+    assert json.loads(snapshot.stdout)["replies"][0]["uptime"] == 1e300
+
+
+def test_top_shows_a_hostile_reply_escaped_and_absurd_dates_plainly(hostile: Path) -> None:
+    result = ctl(hostile, "top", "--once")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hostile-node" in result.stdout
+    assert "cannot show this reply" not in result.stdout
+    assert "\\x1b[31mred" in result.stdout
+    assert not CONTROL_CHARS.search(result.stdout.replace("\x1b", "")), result.stdout
+    assert "1e+300" in result.stdout  # the failure's date, beyond any clock
+
+
+def test_a_terminal_without_unicode_gets_escapes_not_a_traceback(hostile: Path) -> None:
+    for command in ("status", "running"):
+        result = ctl(hostile, command, env={"PYTHONIOENCODING": "ascii"})
+        assert result.returncode == 0, result.stderr
+        assert "\\xfc\\u4e2d" in result.stdout  # the u-umlaut and the CJK character
+
+
+# -- a database that is not there ----------------------------------------------------------------
+
+
+@pytest.fixture
+def nowhere(tmp_path: Path) -> Path:
+    """A config whose database refuses connections (a port nothing listens on)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conninfo = f"host=127.0.0.1 port={port} dbname=test user=postgres"
+    return write_config(tmp_path / "dispatcher.json", conninfo, "tasks", durable=True)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["alive"],
+        ["running", "--task", "t"],
+        ["status", "--json"],
+        ["top", "--once"],
+        ["top", "--once", "--json"],
+        ["submit", "app.tasks.t"],
+        ["submit", "app.tasks.t", "--queue", "mail"],
+        ["jobs"],
+        ["install-sql"],
+        ["migrate"],
+    ],
+    ids=" ".join,
+)
+def test_an_unreachable_database_exits_1_in_every_command(
+    nowhere: Path, command: list[str]
+) -> None:
+    result = ctl(nowhere, *command)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    said = result.stdout + result.stderr
+    assert re.search(
+        r"cannot .* PostgreSQL at 127\.0\.0\.1, port \d+, .*: Connection refused", said
+    )
+    assert "Traceback" not in result.stderr
+
+
+class SilentServer:
+    """Accepts connections and never answers: a database that hangs while connecting."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self.connected = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(connection)
+            self.connected.set()
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self._held:
+            connection.close()
+
+
+@pytest.mark.parametrize(
+    "command", [["alive"], ["status"], ["submit", "app.tasks.t"], ["jobs"], ["top", "--once"]]
+)
+def test_ctrl_c_while_connecting_exits_130_without_a_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    server = SilentServer()
+    try:
+        conninfo = f"host=127.0.0.1 port={server.port} dbname=test user=postgres"
+        config = write_config(tmp_path / "dispatcher.json", conninfo, "tasks", durable=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.server.ctl", *command, "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert server.connected.wait(30), "dispatcherctl never connected"
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        out, err = process.communicate(timeout=30)
+        assert time.monotonic() - started < 5  # not after the 10 s connect timeout
+        assert process.returncode == 130, (out, err)
+        assert "Traceback" not in err
+    finally:
+        server.close()
+
+
+def test_a_reader_that_goes_away_ends_it_quietly() -> None:
+    read, write = os.pipe()
+    os.close(read)  # as `dispatcherctl install-sql --print | head -0`
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "dispatcher.server.ctl", "install-sql", "--print"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+# -- who is waited for -------------------------------------------------------------------------
+
+
+def test_older_services_and_long_node_ids_with_colons_are_waited_for(
+    pg_dsn: str, channel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older version names its connection dispatcher-service:<node_id>, without a digest
+    # of its channels: a node id such as "dispatcher:web-1" must not be read as one.
+    from support import fake_services
+
+    with monkeypatch.context() as older:
+        older.setattr(
+            fake_services, "service_application_name", lambda node, _: f"dispatcher-service:{node}"
+        )
+        started = [FakeService(pg_dsn, channel, "dispatcher:web-1")]
+    long_id = "team:billing:" + "x" * 40  # cut short in application_name
+    started += [
+        FakeService(pg_dsn, channel, long_id),
+        FakeService(pg_dsn, postgres_channel(), "elsewhere:1"),  # not on this channel
+    ]
+    config = write_config(tmp_path / "dispatcher.json", pg_dsn, channel)
+    try:
+        result = ctl(config, "--timeout", "20", "alive", "--json")
+    finally:
+        for service in started:
+            service.stop()
+    assert result.returncode == 0, result.stderr
+    assert sorted(reply["node_id"] for reply in json.loads(result.stdout)) == sorted(
+        ["dispatcher:web-1", long_id]
+    )
+    assert result.stderr == ""
+
+
+# -- --json ------------------------------------------------------------------------------------
+
+COMMAND_LINES = {
+    "alive": [],
+    "running": ["--task", "t"],
+    "cancel": ["--all"],
+    "workers": [],
+    "status": [],
+    "main": [],
+    "aio_tasks": ["--limit", "1"],
+    "producers": [],
+    "chunks": [],
+    "metrics": [],
+    "set_log_level": ["debug"],
+    "run": ["app.tasks.t"],
+    "submit": ["app.tasks.t"],
+    "top": ["--once"],
+    "install-sql": [],
+    "migrate": [],
+    "jobs": [],
+    "retry": ["--failed"],
+    "purge": ["--state", "done", "--older-than", "60"],
+}
+"""A way to run each command of dispatcherctl."""
+
+
+def test_every_command_prints_json_with_json_or_refuses_it(
+    pg_dsn: str, pg_conn: Any, channel: str, tmp_path: Path
+) -> None:
+    from dispatcher.server.ctl import parser
+    from support.durable import migrated
+    from support.queue_rows import unique_schema
+
+    [commands] = [a.choices for a in parser()._actions if isinstance(a, _SubParsersAction)]
+    assert set(commands) == set(COMMAND_LINES)  # a new command needs a line here
+    schema = migrated(pg_conn, unique_schema())
+    config = tmp_path / "dispatcher.json"
+    config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "brokers": {
+                    "pg_notify": {"conninfo": pg_dsn, "channels": [channel]},
+                    "pg_queue": {"conninfo": pg_dsn, "schema": schema, "queues": ["mail"]},
+                },
+            }
+        )
+    )
+    service = FakeService(pg_dsn, channel, "echo-node")
+    try:
+        for command, args in COMMAND_LINES.items():
+            result = ctl(config, command, *args, "--json")
+            if result.returncode == 2:
+                assert result.stderr.endswith(f"{command} has no --json output\n"), result.stderr
+                continue
+            assert result.returncode == 0, (command, result.stderr)
+            shown = json.loads(result.stdout)
+            if command in ("retry", "purge"):
+                assert shown in ({"retried": 0, "skipped": 0}, {"purged": 0, "state": "done"})
+    finally:
+        service.stop()

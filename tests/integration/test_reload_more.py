@@ -1,0 +1,205 @@
+"""``--reload`` when the new code is not what the queued work expects, or cannot be had.
+
+A one-worker service runs with ``--reload`` on a task module written into the test's own
+folder; the test rewrites or deletes that file and reads the service's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.config import Settings
+from dispatcher.control import control_with_reply, entries
+from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.queue_rows import unique_schema
+from support.service import TESTS, Evidence, ServiceProcess, wait_until
+
+MODULE = "reload_more_tasks"
+
+SOURCE = """
+import json
+import os
+import time
+
+from dispatcher.publish import task
+
+
+@task()
+def {record}(path, label):
+    with open(path, "a", encoding="utf-8") as evidence:
+        evidence.write(json.dumps({{"label": label}}) + "\\n")
+
+
+@task()
+def hold(gate):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+"""
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / f"{MODULE}.py").write_text(SOURCE.format(record="record"))
+    return folder / f"{MODULE}.py"
+
+
+@pytest.fixture
+def service(tmp_path: Path, service_config: dict[str, Any], code: Path) -> Iterator[ServiceProcess]:
+    service_config["tasks"]["modules"] = [MODULE]
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    folder = tmp_path / "service"
+    folder.mkdir()
+    path = os.pathsep.join([str(code.parent), str(TESTS)])
+    running = ServiceProcess(service_config, folder, env={"PYTHONPATH": path}).start("--reload")
+    try:
+        running.wait_ready()
+        running.wait_for_log(r"reload: watching .*code")
+        yield running
+    finally:
+        running.kill_everything()
+
+
+@pytest.fixture
+def send(channel: str, notify: Callable[[str, str], None]) -> Callable[..., None]:
+    def send_task(task: str, *args: Any, uuid: str) -> None:
+        message = {"task": f"{MODULE}.{task}", "args": list(args), "uuid": uuid}
+        notify(channel, json.dumps(message))
+
+    return send_task
+
+
+def waiting() -> list[str]:
+    """The uuids of the jobs the service holds (running or not)."""
+    [listing] = control_with_reply("running", expected_replies=1).replies
+    return [job["uuid"] for job in entries(listing).values()]
+
+
+@pytest.mark.timeout(90)
+def test_queued_tasks_of_a_renamed_task_are_named_and_fail_visibly(
+    configured: Settings,
+    service: ServiceProcess,
+    code: Path,
+    tmp_path: Path,
+    evidence: Evidence,
+    send: Callable[..., None],
+) -> None:
+    gate = tmp_path / "gate"
+    send("hold", str(gate), uuid="u-hold")
+    for n in range(2):
+        send("record", str(evidence.path), f"queued-{n}", uuid=f"u-queued-{n}")
+    wait_until(lambda: len(waiting()) == 3, timeout=20)
+    code.write_text(SOURCE.format(record="record_renamed"))
+    service.wait_for_log(
+        rf"reload: 2 waiting tasks name {MODULE}\.record, which the new code does not "
+        r"register: they will fail as not registered \(uuids u-queued-0, u-queued-1\)",
+        timeout=30,
+    )
+    service.wait_for_log(r"reloaded: 0 workers restarted|reloaded: 1 workers restarted")
+    gate.touch()
+    for n in range(2):
+        service.wait_for_log(rf"task {MODULE}\.record \(uuid u-queued-{n}\) failed: ", timeout=20)
+    send("record_renamed", str(evidence.path), "renamed", uuid="u-renamed")
+    assert evidence.wait_for(1, timeout=20) == [{"label": "renamed"}]
+
+
+@pytest.mark.timeout(90)
+def test_code_that_ends_the_process_at_import_leaves_the_old_workers_serving(
+    service: ServiceProcess,
+    code: Path,
+    evidence: Evidence,
+    send: Callable[..., None],
+) -> None:
+    code.write_text("import os\n\nos._exit(9)\n")
+    service.wait_for_log(
+        r"reload failed, the old workers carry on .*: the fork server ended \(exit status 9\)",
+        timeout=30,
+    )
+    code.unlink()
+    service.wait_for_log(
+        rf"reload failed, the old workers carry on .*No module named '{MODULE}'", timeout=30
+    )
+    send("record", str(evidence.path), "still-served", uuid="u-served")
+    assert evidence.wait_for(1, timeout=20) == [{"label": "still-served"}]
+    assert service.stop(timeout=10) == 0
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_while_the_new_code_hangs_at_import_stops_at_once(
+    service: ServiceProcess, code: Path
+) -> None:
+    code.write_text(SOURCE.format(record="record") + "\ntime.sleep(600)\n")
+    service.wait_for_log(rf"reloading: .*{MODULE}\.py changed", timeout=30)
+    began = time.monotonic()
+    service.signal(signal.SIGTERM)
+    assert service.wait(timeout=20) == 0, service.log
+    assert time.monotonic() - began < 3.0, service.log
+    assert "reload failed" not in service.log  # it was given up, not failed
+    assert "dispatcher service" in service.log.splitlines()[-1]
+
+
+@pytest.mark.timeout(90)
+def test_a_watched_folder_moved_away_and_back_is_watched_again(
+    service: ServiceProcess,
+    code: Path,
+    evidence: Evidence,
+    send: Callable[..., None],
+) -> None:
+    away = code.parent.with_name("code-away")
+    code.parent.rename(away)  # as a branch switch or a folder replaced would
+    service.wait_for_log(r"reload: .*code was deleted or moved away", timeout=30)
+    (away / code.name).write_text(SOURCE.format(record="record_back"))
+    away.rename(code.parent)
+    service.wait_for_log(r"reloading: .*code is back", timeout=30)
+    service.wait_for_log(r"reloaded: \d+ workers restarted, 2 tasks registered", timeout=30)
+    service.wait_for_log(r"reload: watching .*code", count=2, timeout=30)
+    code.write_text(SOURCE.format(record="record_edited"))  # seen: the watch is back
+    service.wait_for_log(r"reloaded: \d+ workers restarted", count=2, timeout=30)
+    send("record_edited", str(evidence.path), "edited", uuid="u-edited")
+    assert evidence.wait_for(1, timeout=20) == [{"label": "edited"}]
+
+
+@pytest.mark.timeout(120)
+def test_durable_jobs_held_through_a_slow_reload_run_once(
+    tmp_path: Path,
+    code: Path,
+    pg_conn: Any,
+    pg_dsn: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A job claimed while the new code imports waits longer than its lease: it runs once."""
+    schema = migrated(pg_conn, unique_schema())
+    config = queue_config(pg_dsn, schema, channel)  # a lease of 2 s
+    config["tasks"]["modules"] = [MODULE]
+    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    folder = tmp_path / "durable-service"
+    folder.mkdir()
+    path = os.pathsep.join([str(code.parent), str(TESTS)])
+    service = ServiceProcess(config, folder, env={"PYTHONPATH": path}).start("--reload")
+    try:
+        service.wait_for_log(r"reload: watching .*code", timeout=20)
+        service.wait_for_log(r"registered tasks", timeout=20)
+        code.write_text(SOURCE.format(record="record") + "\ntime.sleep(5)\n")
+        service.wait_for_log(rf"reloading: .*{MODULE}\.py changed", timeout=30)
+        messages = [
+            job_message(f"{MODULE}.record", str(evidence.path), f"durable-{n}") for n in range(3)
+        ]
+        uuids = enqueue(pg_conn, schema, channel, messages)
+        rows = wait_for_states(pg_conn, schema, uuids, {"done", "failed"}, timeout=60)
+        assert [(row["state"], row["attempts"]) for row in rows] == [("done", 1)] * 3, rows
+        assert sorted(r["label"] for r in evidence.records()) == [f"durable-{n}" for n in range(3)]
+        assert "reloaded: 1 workers restarted" in service.log
+        assert "lease ran out" not in service.log, service.log
+    finally:
+        service.kill_everything()

@@ -1,0 +1,165 @@
+"""Task modules that misbehave as they are imported: the service still refuses, fast and clearly.
+
+Each case is a module that does something a newcomer's (or an attacker's) module could do
+at import: end the process, raise what ``except Exception`` would not catch, hang, or raise
+an error whose text would forge log lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.service import TESTS, ServiceProcess, alive, children, wait_until
+
+REFUSAL_SECONDS = 2.0
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ |  \| )")
+"""How every line the service writes starts: a time stamp, or a block's indent."""
+
+MODULES = {
+    "exits_t": "import os\n\nos._exit(7)\n",
+    "forks_t": (  # its child holds the fork server's socket open after it ends
+        "import os\nimport time\n\npid = os.fork()\nif pid == 0:\n    time.sleep(60)\n"
+        "    os._exit(0)\nwith open(__file__ + '.pid', 'w') as f:\n    f.write(str(pid))\n"
+        "os._exit(5)\n"
+    ),
+    "system_exit_t": "raise SystemExit(4)\n",
+    "interrupt_t": "raise KeyboardInterrupt\n",
+    "hangs_t": "import time\n\ntime.sleep(600)\n",
+    "forges_t": (
+        "raise RuntimeError('bad\\n2026-01-01 00:00:00,000 CRITICAL dispatcher.service: "
+        "forged\\x1b[31m\\u2028also forged\\x00')\n"
+    ),
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for name, source in MODULES.items():
+        (folder / f"{name}.py").write_text(source)
+    return folder
+
+
+def start(config: dict[str, Any], module: str, project: Path, tmp_path: Path) -> ServiceProcess:
+    config["tasks"]["modules"] = [module]
+    folder = tmp_path / "service"
+    folder.mkdir()
+    path = os.pathsep.join([str(project), str(TESTS)])
+    return ServiceProcess(config, folder, env={"PYTHONPATH": path}).start()
+
+
+def catches(pid: int, number: int) -> bool:
+    """Tell whether process *pid* has a handler for signal *number* (it is past start-up)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    [mask] = re.findall(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    return bool(int(mask, 16) >> (number - 1) & 1)
+
+
+def assert_log_lines_are_the_services(log: str) -> None:
+    for line in log.splitlines():
+        assert LOG_LINE.match(line), f"a line not of the service's making: {line!r}"
+
+
+def test_a_module_that_ends_the_process_is_refused_with_its_exit_status(
+    service_config: dict[str, Any], project: Path, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    service = start(service_config, "exits_t", project, tmp_path)
+    assert service.wait(10) == 3, service.log
+    assert time.monotonic() - began < REFUSAL_SECONDS
+    log = service.log
+    assert "cannot start: the fork server ended (exit status 7) while it imported" in log
+    assert "os._exit()" in log
+    assert "a new one starts" not in log  # none will: the service does not start
+    assert "listening on" not in log
+    assert_log_lines_are_the_services(log)
+
+
+def test_a_module_whose_child_outlives_the_fork_server_is_refused_at_once(
+    service_config: dict[str, Any], project: Path, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    service = start(service_config, "forks_t", project, tmp_path)
+    try:
+        assert service.wait(10) == 3, service.log
+        assert time.monotonic() - began < REFUSAL_SECONDS
+        assert "the fork server ended (exit status 5) while it imported" in service.log
+    finally:
+        child = project / "forks_t.py.pid"
+        wait_until(child.exists, timeout=10)
+        os.kill(int(child.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("module", "error"),
+    [("system_exit_t", "error: SystemExit: 4"), ("interrupt_t", "error: KeyboardInterrupt")],
+)
+def test_exceptions_beyond_exception_are_refused_like_any_other(
+    module: str,
+    error: str,
+    service_config: dict[str, Any],
+    project: Path,
+    tmp_path: Path,
+) -> None:
+    service = start(service_config, module, project, tmp_path)
+    assert service.wait(10) == 3, service.log
+    assert f"cannot import task module {module!r}" in service.log
+    assert f"  | {error}\n" in service.log
+    assert f"  | at: {project / module}.py:1\n" in service.log
+
+
+def test_an_error_text_cannot_forge_log_lines(
+    service_config: dict[str, Any], project: Path, tmp_path: Path
+) -> None:
+    service = start(service_config, "forges_t", project, tmp_path)
+    assert service.wait(10) == 3, service.log
+    log = service.log
+    assert_log_lines_are_the_services(log)
+    assert "\x1b" not in log
+    assert "\\x1b[31m" in log
+    assert "  | 2026-01-01 00:00:00,000 CRITICAL dispatcher.service: forged" in log
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("when", ["starting", "waiting"])
+def test_a_hanging_import_is_waited_for_and_a_sigterm_ends_it_at_once(
+    when: str, service_config: dict[str, Any], project: Path, tmp_path: Path
+) -> None:
+    """SIGTERM as the command starts, or once the service waits for the import (10 s)."""
+    service = start(service_config, "hangs_t", project, tmp_path)
+    wait_until(lambda: catches(service.pid, signal.SIGTERM), timeout=10, interval=0.001)
+    forked: set[int] = set()
+    if when == "waiting":
+        service.wait_for_log(r"still importing tasks.modules after 10 s", timeout=30)
+        forked = children(service.pid)  # the fork server, importing
+        assert forked
+    assert service.process is not None
+    assert service.process.poll() is None  # no refusal: a slow import is not an error
+    began = time.monotonic()
+    service.signal(signal.SIGTERM)
+    assert service.wait(10) == 0, service.log
+    assert time.monotonic() - began < REFUSAL_SECONDS, service.log
+    assert "listening on" not in service.log
+    wait_until(lambda: not any(alive(pid) for pid in forked), timeout=5)
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_service_starts_stops_it_quietly(
+    number: signal.Signals, service_config: dict[str, Any], project: Path, tmp_path: Path
+) -> None:
+    """Sent as soon as the command's own code runs: before the service handles signals."""
+    service = start(service_config, "support.service_tasks", project, tmp_path)
+    wait_until(lambda: catches(service.pid, signal.SIGTERM), timeout=10, interval=0.001)
+    service.signal(number)
+    assert service.wait(10) == 0, service.log
+    assert "received SIG" not in service.log  # (it came before the service's own handling)
+    assert "Traceback" not in service.log
+    assert_log_lines_are_the_services(service.log)
