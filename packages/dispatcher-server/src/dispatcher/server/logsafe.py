@@ -106,6 +106,8 @@ class Block:
 
 
 def _safe_arg(value: object) -> object:
+    if type(value) is str and len(value) <= MAX_LOGGED_CHARS and value.isprintable():
+        return value  # the common case, first: nothing to escape or cut
     if isinstance(value, int | float):
         return value
     if isinstance(value, Block):
@@ -167,6 +169,20 @@ def log_to(stream: TextIO, level: int, fmt: str) -> None:
     logging.basicConfig(level=level, stream=stream, format=fmt, force=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_FILTER)
+
+
+def lean_records() -> None:
+    """Stop gathering, for every log record of this process, what the service never shows.
+
+    That is the caller's file, line and function, and thread and process names (the
+    logging HOWTO's "Optimization" knobs): with a line per task, they save a quarter of a
+    line's cost. For the service's main process only, once its helpers are forked (workers
+    run user code, whose own log formats may show them).
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def first_line(exc: BaseException) -> str:

@@ -28,12 +28,11 @@ from dispatcher.server.control_messages import ControlMessages
 from dispatcher.server.forkserver import ForkedServer, worker_options
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
-from dispatcher.server.logsafe import Block, get_logger
+from dispatcher.server.logsafe import Block, get_logger, lean_records
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.rejection import Rejected
-from dispatcher.server.reload import watch_task_modules
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
@@ -173,6 +172,7 @@ class Service:
         (:data:`EXIT_CONFIG`), or when the fork server reports that a task module cannot be
         imported or that the modules register no task (:data:`EXIT_TASK_MODULES`).
         """
+        lean_records()  # this process forks no more: the fork server spawns afresh
         missing = missing_modules(self.settings.tasks.modules, self.settings.source)
         if missing is not None:
             logger.critical("cannot start: %s", missing)
@@ -227,6 +227,8 @@ class Service:
         self._started = True
         await task_group.start(self.supervisor.run, name="worker-pool")
         if self._reload:
+            from dispatcher.server.reload import watch_task_modules  # a development aid
+
             modules = self.settings.tasks.modules
             task_group.start_soon(watch_task_modules, modules, self.supervisor, name="reload")
         # What exists now lives as long as the service: keep it out of every

@@ -15,7 +15,6 @@ import json
 import os
 import site
 import sys
-import sysconfig
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.machinery import PathFinder
@@ -159,6 +158,8 @@ def _under(path: str, folders: Iterable[str]) -> bool:
 
 def _library_folders() -> list[str]:
     """The standard library, the installed libraries, and this project's own packages."""
+    import sysconfig  # only when an import failed: its data is large, and seldom needed
+
     paths = sysconfig.get_paths()
     folders = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
     with contextlib.suppress(AttributeError):
