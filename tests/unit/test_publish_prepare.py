@@ -113,6 +113,8 @@ def test_unregistered_name_string_is_accepted() -> None:
             "kwargs.when.at: a value of type set is not JSON-serialisable",
         ),
         ({"args": [float("nan")]}, "args[0]: nan is not valid in JSON"),
+        ({"delay": float("nan")}, "delay: nan is not valid in JSON"),
+        ({"timeout": float("nan")}, "timeout: nan is not valid in JSON"),
         ({"args": "abc"}, "args: expected a list or tuple, got str"),
         ({"kwargs": [("a", 1)]}, "kwargs: expected a dict, got list"),
         ({"extra": {"uuid": "x", "task": "y"}}, "extra: task, uuid cannot be set through extra"),

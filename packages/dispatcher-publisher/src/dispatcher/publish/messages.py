@@ -171,7 +171,7 @@ def prepare_submission(
         checker = validator("task-message")
         if not checker.is_valid(message):
             problems = "; ".join(str(problem) for problem in checker.problems(message))
-            raise _invalid(name, problems or "invalid message")
+            raise _invalid(name, problems or _unexplained(message))
         if entry is None:
             check_task_name(name)
 
@@ -440,6 +440,19 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
         if too_deep is not None:
             raise _invalid(name, too_deep)
     return text
+
+
+def _unexplained(message: dict[str, Any]) -> str:
+    """Why *message* is invalid when the schema's detailed problems name nothing.
+
+    A NaN compares neither below nor above a limit: the fast check refuses it, the detailed
+    one finds nothing to say.
+    """
+    try:
+        found = _first_non_json(message, ())
+    except RecursionError:
+        return "the arguments are nested too deeply, or contain themselves"
+    return "invalid message" if found is None else f"{format_path(found[0])}: {found[1]}"
 
 
 def _too_deep(message: dict[str, Any]) -> str | None:
