@@ -134,3 +134,15 @@ def test_names_of_other_code_bases_are_not_warned_about(caplog: pytest.LogCaptur
     prepare_submission("billing.invoicing.charge_card", args=[1], queue="myapp")
     prepare_submission(tasks.add, args=[1, 2], queue="myapp")
     assert warnings_of(caplog) == []
+
+
+def test_a_testing_mode_refuses_a_near_miss_without_the_contradicting_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dispatcher.publish import InvalidSubmission
+    from dispatcher.testing import eager
+
+    with eager(), pytest.raises(InvalidSubmission, match="did you mean") as refused:
+        submit_task("support.testing_tasks.asyncdoubel", args=[1])
+    assert "registered tasks only" in str(refused.value)
+    assert warnings_of(caplog) == []
