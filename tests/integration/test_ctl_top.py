@@ -146,9 +146,12 @@ def busy_service(
     channel: str,
     evidence: Evidence,
 ) -> ServiceProcess:
-    """A service with a failed task behind it and a long task running on a worker."""
+    """A service with a failed task and a rejected message behind it, and a long task
+    running on a worker."""
     service_config["service"]["node_id"] = f"{channel}-top"
     service = start_service(service_config)
+    notify(channel, message("no_such_task", uuid="u-top-rejected"))
+    service.wait_for_log(r"'support\.service_tasks\.no_such_task' is not registered")
     notify(channel, message("fail", evidence.path, uuid="u-top-failed"))
     service.wait_for_log(r"u-top-failed\) failed")
     notify(channel, message("sleep_recording_cancel", evidence.path, 60, uuid="u-top-sleeper"))
@@ -197,6 +200,7 @@ def test_without_a_terminal_it_prints_one_snapshot_and_exits_0(
     assert SLEEPER in row
     assert "busy" in row
     assert f"{channel}-top" in shown.stdout
+    assert re.search(r"rejected: unknown_task 1(?!\d)", shown.stdout), shown.stdout
     as_json = subprocess.run(
         top_command(busy_service.config_path, "--once", before=("--json",)),
         capture_output=True,

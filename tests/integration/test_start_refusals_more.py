@@ -163,3 +163,22 @@ def test_a_signal_while_the_service_starts_stops_it_quietly(
     assert "received SIG" not in service.log  # (it came before the service's own handling)
     assert "Traceback" not in service.log
     assert_log_lines_are_the_services(service.log)
+
+
+@pytest.mark.parametrize("section", ["scheduled", "on_start"])
+def test_a_producer_naming_an_unregistered_task_is_refused_with_a_suggestion(
+    start_service: Any, service_config: dict[str, Any], section: str
+) -> None:
+    entry = {"schedule": 60} if section == "scheduled" else {}
+    service_config["producers"] = {section: {"support.service_tasks.recrod": entry}}
+    service = start_service(service_config, wait=False)
+    assert service.wait(30) == 3, service.log
+    log = service.log
+    assert (
+        f"CRITICAL dispatcher.service: cannot start: producers.{section}"
+        "['support.service_tasks.recrod']: no such registered task; "
+        "did you mean 'support.service_tasks.record'?\n"
+    ) in log, log
+    assert f"  | hint: in {service.config_path}, name each task by its registered name" in log
+    assert "started (pid" not in log
+    assert "Traceback" not in log

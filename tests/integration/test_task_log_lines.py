@@ -106,7 +106,7 @@ def test_control_actions_are_logged_and_queries_are_not(
     [reply] = control_with_reply("cancel", {"uuid": "u-sleeper"}, expected_replies=1).replies
     assert "error" not in reply, reply
     service.wait_for_log(
-        r"INFO dispatcher\.control: control cancel \(uuid='u-sleeper'\): cancelled 1 tasks: "
+        r"INFO dispatcher\.control: control cancel \(uuid='u-sleeper'\): cancelled 1 task: "
         r"support\.service_tasks\.sleep_recording_cancel \(uuid u-sleeper, worker-0\)$"
     )
     service.wait_for_log(

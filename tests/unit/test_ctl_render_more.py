@@ -119,6 +119,21 @@ def test_table_columns_line_up_with_wide_and_combining_characters() -> None:
     assert len(starts) == 1, lines
 
 
+def test_where_a_task_is_is_not_repeated_when_its_slot_says_it() -> None:
+    on_workers = {
+        "node_id": "n",
+        "worker-2": {"uuid": "u-2", "task": "a.b", "where": "worker-2", "args": [], "kwargs": {}},
+        "worker-0": {"uuid": "u-0", "task": "a.b", "where": "worker-0", "args": [], "kwargs": {}},
+    }
+    lines = render(ControlResult("running", replies=[on_workers], expected=1)).splitlines()
+    assert lines[1].split() == ["slot", "uuid", "task", "args", "kwargs"]
+    assert lines[2].split() == ["worker-2", "u-2", "a.b", "[]", "{}"]
+    waiting = {**on_workers, "queued-0": {"uuid": "u-q", "task": "a.b", "where": "worker-0 next"}}
+    lines = render(ControlResult("cancel", replies=[waiting], expected=1)).splitlines()
+    assert lines[1].split()[:3] == ["slot", "where", "uuid"]
+    assert lines[4].split()[:4] == ["queued-0", "worker-0", "next", "u-q"]
+
+
 def test_one_reply_top_cannot_draw_leaves_the_others_drawn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import re
 import sys
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from rich.console import Console, RenderableType
 
 from dispatcher.config import load_settings
-from dispatcher.server import ctl_top
+from dispatcher.server import ctl_top, ctl_top_poll
 from dispatcher.server.ctl_top_render import (
     FAILURES_SHOWN,
     Poll,
@@ -209,14 +210,119 @@ def test_replies_of_unexpected_shapes_show_dashes_instead_of_failing() -> None:
     assert "finished: none yet" in text
 
 
-def test_without_rich_top_names_the_extra_to_install(
+def without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make rich fail to import, as when it is not installed (even what is loaded already)."""
+    for name in [n for n in sys.modules if n == "rich" or n.startswith("rich.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.delitem(sys.modules, "dispatcher.server.ctl_top_render", raising=False)
+
+
+def top_options(**given: Any) -> argparse.Namespace:
+    options = {"interval": 1.0, "once": True, "json": False, "timeout": 1.0}
+    return argparse.Namespace(**{**options, "expected_replies": None, "config": None, **given})
+
+
+@pytest.fixture
+def polled(monkeypatch: pytest.MonkeyPatch) -> Poll:
+    """What top's collector gets (without asking any service): a busy service with a
+    failure and a rejection, and the durable queues."""
+    failure = {"task": "app.t", "uuid": "u-failed", "outcome": "error", "error": "E", "time": NOW}
+    poll = Poll(
+        at=1.0,
+        wall=NOW,
+        replies=[status(recent_failures=[failure], rejected={"unknown_task": 1})],
+        depths={"mail": QueueDepth(ready=3, delayed=1, oldest_ready_age=130.0)},
+        notes=["a note"],
+    )
+
+    async def collected(self: ctl_top_poll.Collector) -> Poll:
+        return poll
+
+    monkeypatch.setattr(ctl_top_poll.Collector, "poll", collected)
+    return poll
+
+
+def test_without_rich_the_live_view_names_the_extra_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "rich", None)
-    options = argparse.Namespace(
-        interval=1.0, once=True, json=False, timeout=1.0, expected_replies=None, config=None
-    )
-    assert ctl_top.run(load_settings({"version": 1}), options) == 2
+    without_rich(monkeypatch)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert ctl_top.run(load_settings({"version": 1}), top_options(once=False)) == 2
     assert capsys.readouterr().err == (
-        "dispatcherctl: top needs the rich library: pip install 'dispatcher-server[top]'\n"
+        "dispatcherctl: top's live view needs the rich library: pip install "
+        "'dispatcher-server[top]' (top --once prints a plain snapshot without it)\n"
     )
+
+
+def test_without_rich_a_json_snapshot_is_printed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], polled: Poll
+) -> None:
+    without_rich(monkeypatch)
+    assert ctl_top.run(load_settings({"version": 1}), top_options(json=True)) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == {
+        "replies": polled.replies,
+        "missing": [],
+        "pg_queue": {"mail": {"ready": 3, "delayed": 1, "oldest_ready_age": 130.0}},
+    }
+    assert printed.err == "dispatcherctl: a note\n"
+
+
+def test_without_rich_a_snapshot_is_printed_as_plain_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], polled: Poll
+) -> None:
+    without_rich(monkeypatch)
+    assert ctl_top.run(load_settings({"version": 1}), top_options()) == 0
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    text = printed.out
+    assert text.startswith("dispatcherctl top: 1 service at ")
+    assert "\nnode-a:\n  uptime 1 min 40 s   pid 4242   workers 2 (min 1, max 4)\n" in text
+    assert "\n  rejected: unknown_task 1\n" in text
+    assert row_of(text, "worker ") == [
+        "worker",
+        "pid",
+        "state",
+        "task",
+        "uuid",
+        "running",
+        *("for", "done", "memory"),
+    ]
+    assert row_of(text, "u-resize") == [
+        *("0", "5000", "busy", "app.tasks.resize", "u-resize"),
+        *("1", "min", "15", "s", "12", "30.0", "MiB"),
+    ]
+    assert "  recent failures:\n" in text
+    assert row_of(text, "u-failed")[-4:] == ["error", "app.t", "u-failed", "E"]
+    assert row_of(text, "mail ") == ["mail", "3", "1", "2", "min", "10", "s"]
+    assert text.endswith("\na note\n")
+
+
+def test_rejected_messages_are_counted_by_reason() -> None:
+    reply = status(rejected={"unknown_task": 1, "not_json": 3, "bad_args": 0})
+    text = text_of(screen(Poll(at=1.0, wall=NOW, replies=[reply])))
+    assert "rejected: not_json 3, unknown_task 1" in text
+    assert "rejected" not in text_of(screen(Poll(at=1.0, wall=NOW, replies=[status()])))
+
+
+def test_uuids_and_task_names_do_not_wrap_the_error_takes_the_rest() -> None:
+    uuid = "3f1c9a52-7d4e-4b8a-9c61-ed0a35f31163"
+    task = "myapp.tasks.reports.build_monthly_report"
+    failure = {
+        "task": task,
+        "uuid": uuid,
+        "outcome": "error",
+        "error": "RuntimeError: " + "the report could not be built " * 4,
+        "time": NOW - 5,
+    }
+    reply = status(recent_failures=[failure])
+    reply["workers"]["worker-0"]["current_task_uuid"] = uuid
+    narrow = text_of(screen(Poll(at=1.0, wall=NOW, replies=[reply])), width=120)
+    assert narrow.count(uuid) == 2, narrow  # the worker's and the failure's, each whole
+    [row] = [line for line in narrow.splitlines() if "ago)" in line]
+    assert re.search(r" myapp\.tasks\.reports\.\S*… +" + uuid + r" +RuntimeError: the report ", row)
+    assert "build_monthly" not in narrow.replace(row, "")  # cut short, not wrapped
+    wide = text_of(screen(Poll(at=1.0, wall=NOW, replies=[reply])), width=200)
+    [row] = [line for line in wide.splitlines() if "ago)" in line]
+    assert f" {task}  {uuid}  RuntimeError: the report could not be built " in row

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.server.task_imports import fitted, import_report, refusal
+from dispatcher.server.task_imports import fitted, import_report, refusal, unregistered_producers
 
 NAMES = ("badstr_t", "stdlib_raise_t", "dependency_t")
 
@@ -118,3 +118,65 @@ def test_a_report_too_long_for_one_message_is_cut_to_its_essentials() -> None:
     assert short["error"].startswith("ValueError: é")
     small = {"ok": True, "task_count": 2}
     assert fitted(small, 4096) is small
+
+
+@pytest.mark.parametrize("layout", ["file", "package"])
+def test_a_task_module_next_to_the_config_file_names_that_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    """``cd /tmp && dispatcher-standalone --config nbq/dispatcher.yml``, tasks in nbq/."""
+    project = tmp_path / "nbq"
+    project.mkdir()
+    (project / "dispatcher.yml").write_text("version: 1\n")
+    if layout == "file":
+        (project / "beside_config_t.py").write_text("")
+    else:
+        (project / "beside_config_t").mkdir()
+        (project / "beside_config_t" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    report = import_report(["beside_config_t"])
+    text = refusal(report, ["beside_config_t"], "nbq/dispatcher.yml")
+    assert text is not None
+    hint = text.splitlines()[-1]
+    assert hint.startswith("hint: "), text
+    assert "config file's folder" in hint, text
+    assert hint.endswith(f"(e.g. PYTHONPATH={project})"), text
+    assert f"PYTHONPATH={tmp_path})" not in text
+
+
+def test_a_task_module_found_nowhere_keeps_the_general_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "dispatcher.yml").write_text("version: 1\n")
+    monkeypatch.chdir(tmp_path)
+    text = refusal(import_report(["absent_t"]), ["absent_t"], "dispatcher.yml")
+    assert text is not None
+    assert "config file's folder" not in text
+    assert "hint: Python looks for task modules on sys.path" in text
+
+
+def test_producers_naming_no_registered_task_are_listed_with_suggestions() -> None:
+    report = {"ok": True, "task_count": 2, "task_names": ["app.tasks.hello", "app.tasks.bye"]}
+    producers = {
+        "scheduled": ["app.tasks.helo", "app.tasks.bye"],
+        "on_start": ["hello", "app.other.zzz"],
+    }
+    text = unregistered_producers(report, producers, "d.yml")
+    assert text is not None
+    assert text.splitlines()[:3] == [
+        "producers.scheduled['app.tasks.helo']: no such registered task; "
+        "did you mean 'app.tasks.hello'?",
+        "producers.on_start['hello']: no such registered task; did you mean 'app.tasks.hello'?",
+        "producers.on_start['app.other.zzz']: no such registered task",
+    ]
+    assert text.splitlines()[3].startswith("hint: in d.yml, name each task by its registered")
+    assert unregistered_producers(report, {"scheduled": ["app.tasks.bye"]}, "d.yml") is None
+
+
+def test_a_report_cut_short_lists_no_names_and_refuses_no_producer() -> None:
+    report = import_report([])
+    assert "task_names" in report
+    report["task_names"] = [f"app.tasks.t{n}" for n in range(5000)]
+    short = fitted(report, 4096)
+    assert "task_names" not in short
+    assert unregistered_producers(short, {"scheduled": ["app.nothing"]}, "d.yml") is None

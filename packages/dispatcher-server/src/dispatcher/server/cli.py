@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -117,7 +118,7 @@ def _run(options: argparse.Namespace) -> int:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        from dispatcher.config import ConfigError, load_settings
+        from dispatcher.config import ConfigError, NotConfiguredError, load_settings
         from dispatcher.server.forkserver import fork_server, worker_options
         from dispatcher.server.logsafe import log_to
         from dispatcher.server.task_imports import missing_modules
@@ -125,6 +126,9 @@ def _run(options: argparse.Namespace) -> int:
         log_to(sys.stderr, level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             settings = load_settings(file_path=options.config)
+        except NotConfiguredError:
+            print(f"dispatcher-standalone: {no_config_found()}", file=sys.stderr)
+            return EXIT_USAGE
         except ConfigError as exc:
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -155,6 +159,21 @@ def _run(options: argparse.Namespace) -> int:
     finally:
         if forked is not None:
             forked.close()  # if the service did not take it over and stop it already
+
+
+def no_config_found() -> str:
+    """What to do when no config file was named and ``./dispatcher.yml`` does not exist."""
+    from dispatcher.config import (
+        CONFIG_FILE_ENV,
+        DEFAULT_CONFIG_FILE,
+        DISPATCHERD_CONFIG_FILE_ENV,
+    )
+
+    return (
+        f"no config file found: pass --config FILE, or set {CONFIG_FILE_ENV} (or "
+        f"{DISPATCHERD_CONFIG_FILE_ENV}), or create {DEFAULT_CONFIG_FILE} in the working "
+        f"directory ({os.getcwd()})"
+    )
 
 
 def entry_point() -> None:

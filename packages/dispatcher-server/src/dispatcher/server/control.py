@@ -203,9 +203,10 @@ class ControlCommands:
         """
         cancelled = self._cancel(data)
         logger.info(
-            "control cancel (%s): cancelled %d tasks%s",
+            "control cancel (%s): cancelled %d task%s%s",
             _filter_text(data),
             len(cancelled),
+            "" if len(cancelled) == 1 else "s",
             _cancelled_text(cancelled),
         )
         return slotted(cancelled)

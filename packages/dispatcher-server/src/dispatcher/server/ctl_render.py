@@ -40,7 +40,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "aio_tasks": ("task", "done"),
 }
 """The columns shown for the replies with one key per task, worker or asyncio task (the
-first column is that key, unless it is one of the entries' own fields). Workers show our
+first column is that key, unless it is one of the entries' own fields). Tasks show
+``where`` only when it says more than their ``slot`` (a task waiting for a worker: ``worker-2
+next``); ``--json`` has it always. Workers show our
 ``state`` (``busy`` while running a task), not dispatcherd's ``status`` (``ready`` then),
 except for a reply without ``state`` (a dispatcherd service's): its ``status``. A column
 no entry has a value for is left out."""
@@ -196,15 +198,26 @@ def _entries(body: Mapping[str, Any], columns: tuple[str, ...], indent: str) -> 
         for row in rows:
             row.setdefault("state", row.get("status"))
     shown_columns = [columns[0], *(c for c in columns[1:] if any(c in row for row in rows))]
+    if "where" in shown_columns and all(row.get("where") == row[columns[0]] for row in rows):
+        shown_columns.remove("where")  # a task on a worker: its slot says where already
     return _table(shown_columns, rows, indent)
 
 
 def _table(columns: list[str], rows: list[dict[str, Any]], indent: str) -> list[str]:
     cells = [[_cell(row.get(c), c) for c in columns] for row in rows]
-    titles = [shown(c) for c in columns]
-    widths = [max(width(c), *(width(r[i]) for r in cells)) for i, c in enumerate(titles)]
+    return aligned([[shown(c) for c in columns], *cells], indent)
+
+
+def aligned(rows: list[list[str]], indent: str) -> list[str]:
+    """*rows* of cells (the first being the titles) as lines, in columns two spaces apart.
+
+    A row shorter than the others leaves its last columns empty.
+    """
+    count = max(len(row) for row in rows)
+    filled = [row + [""] * (count - len(row)) for row in rows]
+    widths = [max(width(row[i]) for row in filled) for i in range(count)]
     out = []
-    for row in (titles, *cells):
+    for row in filled:
         padded = (value + " " * (w - width(value)) for value, w in zip(row, widths, strict=True))
         out.append(indent + "  ".join(padded).rstrip())
     return out

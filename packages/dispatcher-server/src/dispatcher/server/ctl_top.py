@@ -2,11 +2,12 @@
 
 Each refresh asks every service for ``status`` (and samples the durable queues when the
 config has ``brokers.pg_queue``, see :mod:`dispatcher.server.ctl_top_poll`), then redraws
-the screen (:mod:`dispatcher.server.ctl_top_render`). Drawing needs ``rich``, the ``top``
-extra of dispatcher-server.
+the screen (:mod:`dispatcher.server.ctl_top_render`). The live view needs ``rich``, the
+``top`` extra of dispatcher-server.
 
 When standard output is not a terminal, or with ``--once``, one snapshot is printed instead
-(``--json``: the replies and the queues' depth as JSON), and the exit status says whether
+(``--json``: the replies and the queues' depth as JSON), drawn by rich when it is installed,
+else as plain text (:mod:`dispatcher.server.ctl_top_plain`); the exit status says whether
 every service answered, as for the other commands. The live view exits 0 when ``q`` is
 pressed (standard input is then read key by key, and its mode restored on the way out) or
 on Ctrl-C.
@@ -35,16 +36,17 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from dispatcher.server.ctl_top_poll import Collector
-    from dispatcher.server.ctl_top_render import Poll
+    from dispatcher.server.ctl_top_text import Poll
 
 EXIT_OK, EXIT_USAGE = 0, 2
 EXIT_INTERRUPTED: Final = 130
 """A snapshot interrupted by Ctrl-C (as shells report SIGINT); the live view exits 0."""
 
 MISSING_RICH: Final = (
-    "dispatcherctl: top needs the rich library: pip install 'dispatcher-server[top]'"
+    "dispatcherctl: top's live view needs the rich library: pip install "
+    "'dispatcher-server[top]' (top --once prints a plain snapshot without it)"
 )
-"""What ``top`` says, and exits with :data:`EXIT_USAGE`, when rich is not installed."""
+"""What the live view says, and exits with :data:`EXIT_USAGE`, when rich is not installed."""
 QUIT_KEYS: Final = frozenset(b"qQ")
 """Keys that end the live view."""
 
@@ -77,22 +79,23 @@ def _interval(text: str) -> float:
 
 def run(settings: Settings, options: argparse.Namespace) -> int:
     """Run ``top`` with the parsed *options*; return the exit status."""
-    try:
-        importlib.import_module("rich")
-    except ImportError:
+    snapshot = options.once or options.json or not sys.stdout.isatty()
+    has_rich = _has_rich()
+    if not snapshot and not has_rich:
         print(MISSING_RICH, file=sys.stderr)
         return EXIT_USAGE
-    from rich.console import Console
-
     from dispatcher.server.ctl_top_poll import Collector
 
     collector = Collector(settings, options.expected_replies, options.timeout)
-    console = Console()
-    if options.once or options.json or not sys.stdout.isatty():
+    if snapshot:
+        how = "json" if options.json else "rich" if has_rich else "plain"
         try:
-            return anyio.run(_snapshot, collector, console, options.json)
+            return anyio.run(_snapshot, collector, how)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+    from rich.console import Console
+
+    console = Console()
     try:
         with _keys_readable(sys.stdin) as keys:
             anyio.run(_live, collector, console, options.interval, keys)
@@ -101,20 +104,34 @@ def run(settings: Settings, options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _snapshot(collector: Collector, console: Console, as_json: bool) -> int:
-    """Print one poll; return its exit status."""
-    from dispatcher.server.ctl_top_render import screen
+def _has_rich() -> bool:
+    try:
+        importlib.import_module("rich")
+    except ImportError:
+        return False
+    return True
 
+
+async def _snapshot(collector: Collector, how: str) -> int:
+    """Print one poll (*how*: ``json``, ``rich`` or ``plain``); return its exit status."""
     try:
         poll = await collector.poll()
     finally:
         await collector.aclose()
-    if as_json:
+    if how == "json":
         print(json.dumps(snapshot_json(poll), indent=2, sort_keys=True, default=str))
         for note in poll.notes:
             print(f"dispatcherctl: {note}", file=sys.stderr)
+    elif how == "rich":
+        from rich.console import Console
+
+        from dispatcher.server.ctl_top_render import screen
+
+        Console().print(screen(poll))
     else:
-        console.print(screen(poll))
+        from dispatcher.server.ctl_top_plain import plain_screen
+
+        print(plain_screen(poll), end="")
     return poll.status
 
 

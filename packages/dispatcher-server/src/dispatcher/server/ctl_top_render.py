@@ -1,96 +1,73 @@
-"""What ``dispatcherctl top`` shows: pure functions from collected replies to rich renderables.
+"""What ``dispatcherctl top`` draws with rich: pure functions from replies to renderables.
 
 Nothing here talks to a service or a terminal: :func:`screen` turns one :class:`Poll` (and
-the one before it, for rates) into what is drawn. Every value from a reply is shown escaped
+the one before it, for rates) into what is drawn, from the strings
+:mod:`dispatcher.server.ctl_top_text` makes of it. Every value from a reply is shown escaped
 (see :func:`dispatcher.server.ctl_render.shown`) and as plain text, never as rich markup: a
 task name or an error cannot style the screen or send the terminal control sequences.
-Replies are read defensively: a field of an unexpected type shows as ``-``.
+Uuids, task names and dates never wrap: the error column takes the room left.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Final
 
-from rich.console import Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from dispatcher.server.brokers.pg_queue.sampler import COUNT_CAP
-from dispatcher.server.ctl_render import duration_text, shown, size_text
+from dispatcher.server.ctl_render import shown
+from dispatcher.server.ctl_top_text import (
+    FAILURE_COLUMNS,
+    FAILURES_SHOWN,
+    QUEUE_COLUMNS,
+    WORKER_COLUMNS,
+    Poll,
+    Rates,
+    failure_rows,
+    header_text,
+    node_of,
+    older_failures,
+    queue_rows,
+    rates,
+    recent_failures,
+    rejected_line,
+    summary_lines,
+    worker_rows,
+)
 from dispatcher.server.stats import QueueDepth
 
-FAILURES_SHOWN: Final = 5
-"""Recent failures shown per service (the newest); ``status`` holds more."""
+__all__ = [
+    "FAILURES_SHOWN",
+    "WORKER_COLUMNS",
+    "Fitted",
+    "Poll",
+    "Rates",
+    "durable_queues",
+    "failures_table",
+    "node_of",
+    "rates",
+    "screen",
+    "service_panel",
+    "summary",
+    "workers_table",
+]
 
+UNWRAPPED: Final = frozenset({"when", "outcome", "task", "uuid", "worker", "pid", "queue"})
+"""Columns cut short with an ellipsis, if they must be, rather than wrapped."""
 
-@dataclass(frozen=True)
-class Poll:
-    """What one refresh collected: the services' ``status`` replies and the queues' depth."""
+ERROR_WIDTH: Final = 24
+"""Columns a failure's error keeps at least (when the task's name can give them up)."""
 
-    at: float
-    """When it was collected, on the monotonic clock (rates divide by differences of it)."""
-    wall: float
-    """When it was collected, in seconds since the epoch (failures are dated against it)."""
-    replies: list[dict[str, Any]] = field(default_factory=list)
-    """One ``status`` reply per service that answered."""
-    missing: list[str] = field(default_factory=list)
-    """Node ids of services found connected that did not answer in time."""
-    depths: Mapping[str, QueueDepth] | None = None
-    """The durable queues' depth, by queue; ``None`` without ``brokers.pg_queue``."""
-    notes: list[str] = field(default_factory=list)
-    """Problems met while collecting, one line each."""
-    status: int = 0
-    """The exit status this poll alone gives: 0 when every expected service answered, 1
-    when some did not (or none is connected, or the database cannot be reached), 2 when
-    the services could not be asked (the config names no channel to ask them on)."""
+WRAPPED_WIDTH: Final = 8
+"""Columns the other wrapped columns keep at least."""
 
-
-@dataclass(frozen=True)
-class Rates:
-    """Tasks per second one service received and finished between two polls."""
-
-    received: float
-    finished: float
-
-
-def node_of(reply: Mapping[str, Any]) -> str:
-    """The node id a reply carries, as text."""
-    return str(reply.get("node_id", "?"))
-
-
-def rates(previous: Poll | None, current: Poll) -> dict[str, Rates]:
-    """Each service's rates between *previous* and *current*, by node id.
-
-    A service missing from either poll, one that restarted in between (its uptime went
-    down, or a counter did), or one without counters gets none.
-    """
-    if previous is None or current.at <= previous.at:
-        return {}
-    seconds = current.at - previous.at
-    before = {node_of(reply): reply for reply in previous.replies}
-    found: dict[str, Rates] = {}
-    for reply in current.replies:
-        old = before.get(node_of(reply))
-        now, then = _counters(reply), None if old is None else _counters(old)
-        if now is None or then is None or any(a < b for a, b in zip(now, then, strict=True)):
-            continue
-        found[node_of(reply)] = Rates(
-            received=(now[1] - then[1]) / seconds, finished=(now[2] - then[2]) / seconds
-        )
-    return found
-
-
-def _counters(reply: Mapping[str, Any]) -> tuple[float, float, float] | None:
-    """A reply's uptime, tasks received and tasks finished; ``None`` if one is missing."""
-    uptime, received = _number(reply.get("uptime")), _number(reply.get("received"))
-    finished = _finished_total(reply)
-    if uptime is None or received is None or finished is None:
-        return None
-    return uptime, received, finished
+SHORTEST_TASK: Final = 12
+"""Columns a failure's task name keeps at least."""
 
 
 def screen(
@@ -106,9 +83,7 @@ def screen(
     it (standard input is a terminal), else only Ctrl-C does.
     """
     speeds = rates(previous, current)
-    clock = time.strftime("%H:%M:%S", time.localtime(current.wall))
-    count = len(current.replies)
-    header = Text(f"dispatcherctl top: {count} service{'' if count == 1 else 's'} at {clock}")
+    header = Text(header_text(current))
     if interval is not None:
         quits = "q quits" if quit_keys else "Ctrl-C quits"
         header.append(f", every {interval:g} s; {quits}", style="dim")
@@ -141,157 +116,108 @@ def service_panel(reply: Mapping[str, Any], speed: Rates | None, now: float) -> 
     if "error" in reply:
         body: RenderableType = Text(f"error: {shown(reply['error'])}", style="red")
         return Panel(body, title=title, title_align="left")
-    parts: list[RenderableType] = [summary(reply, speed), workers_table(reply)]
-    failures = _list(reply.get("recent_failures"))
+    parts: list[RenderableType] = [summary(reply, speed), Fitted(partial(workers_table, reply))]
+    failures = recent_failures(reply)
     if failures:
-        parts.append(failures_table(failures, now))
+        parts.append(Fitted(partial(failures_table, failures, now)))
     return Panel(Group(*parts), title=title, title_align="left")
 
 
 def summary(reply: Mapping[str, Any], speed: Rates | None) -> Text:
-    """The service's counters: uptime, pool, queue lengths, rates, tasks finished."""
-    pool = _dict(reply.get("pool"))
-    uptime = _number(reply.get("uptime"))
-    lines = [
-        f"uptime {'-' if uptime is None else duration_text(uptime)}   pid {_cell(reply.get('pid'))}"
-        f"   workers {_cell(pool.get('count'))} (min {_cell(pool.get('min'))}, "
-        f"max {_cell(pool.get('max'))})",
-        "   ".join(f"{name} {_cell(reply.get(name))}" for name in ("queued", "blocked", "delayed"))
-        + "   "
-        + (
-            f"received {speed.received:.1f}/s   finished {speed.finished:.1f}/s"
-            if speed is not None
-            else "received -/s   finished -/s"
-        ),
-    ]
-    finished = [
-        (-n, shown(outcome))
-        for outcome, value in _dict(reply.get("finished")).items()
-        if (n := _number(value))
-    ]
-    counts = ", ".join(f"{outcome} {-n:g}" for n, outcome in sorted(finished))
-    lines.append(f"finished: {counts or 'none yet'}")
-    return Text("\n".join(lines))
+    """The service's counters: uptime, pool, queue lengths, rates, tasks finished.
+
+    And the messages it rejected, by reason (in red), if any.
+    """
+    text = Text("\n".join(summary_lines(reply, speed)))
+    rejected = rejected_line(reply)
+    if rejected is not None:
+        text.append("\n" + rejected, style="red")
+    return text
 
 
-WORKER_COLUMNS: Final = ("worker", "pid", "state", "task", "uuid", "running for", "done", "memory")
-"""The columns of :func:`workers_table`."""
+def workers_table(reply: Mapping[str, Any], width: int | None = None) -> Table:
+    """A row per worker: what it runs (task, uuid, for how long), tasks done, memory.
 
-
-def workers_table(reply: Mapping[str, Any]) -> Table:
-    """A row per worker: what it runs (task, uuid, for how long), tasks done, memory."""
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in WORKER_COLUMNS:
-        table.add_column(column, overflow="fold")
-    workers = [w for w in _dict(reply.get("workers")).values() if isinstance(w, dict)]
-    for worker in sorted(workers, key=lambda w: _number(w.get("worker_id")) or 0):
-        age = _number(worker.get("current_task_age"))
-        busy = worker.get("current_task") is not None
-        table.add_row(
-            *(
-                Text(cell)
-                for cell in (
-                    _cell(worker.get("worker_id")),
-                    _cell(worker.get("pid")),
-                    _cell(worker.get("state", worker.get("status"))),
-                    _cell(worker.get("current_task")),
-                    _cell(worker.get("current_task_uuid")),
-                    duration_text(age) if busy and age is not None else "-",
-                    _cell(worker.get("finished_count")),
-                    _memory(worker.get("rss_bytes")),
-                )
-            )
-        )
-    if not workers:
+    Uuids and task names do not wrap when *width* (that it is drawn in) leaves room.
+    """
+    rows = worker_rows(reply)
+    table = _table(WORKER_COLUMNS, rows, width)
+    if not rows:
         table.add_row(Text("(no workers)"))
     return table
 
 
-def failures_table(failures: list[Any], now: float) -> Table:
-    """The newest failures (:data:`FAILURES_SHOWN`): when, how, task, uuid, error line."""
-    table = Table(
-        title="recent failures", title_justify="left", box=None, pad_edge=False, header_style="bold"
-    )
-    for column in ("when", "outcome", "task", "uuid", "error"):
-        table.add_column(column, overflow="fold")
+def failures_table(failures: list[Any], now: float, width: int | None = None) -> Table:
+    """The newest failures (:data:`FAILURES_SHOWN`): when, how, task, uuid, error line.
+
+    Given the *width* it is drawn in, a task's name too long to leave the error
+    :data:`ERROR_WIDTH` columns is cut short (with an ellipsis); uuids never are.
+    """
     entries = [f for f in failures if isinstance(f, dict)]
-    for failure in entries[:FAILURES_SHOWN]:
-        table.add_row(
-            Text(_when(_number(failure.get("time")), now)),
-            Text(_cell(failure.get("outcome")), style="red"),
-            Text(_cell(failure.get("task"))),
-            Text(_cell(failure.get("uuid"))),
-            Text(_cell(failure.get("error"))),
-        )
-    if len(entries) > FAILURES_SHOWN:
-        table.caption = f"and {len(entries) - FAILURES_SHOWN} older (dispatcherctl status --json)"
+    table = _table(FAILURE_COLUMNS, failure_rows(entries, now), width, "recent failures")
+    caption = older_failures(entries)
+    if caption is not None:
+        table.caption = caption
         table.caption_justify = "left"
     return table
 
 
+class Fitted:
+    """A table built for the width it is drawn in (by ``build(width)``)."""
+
+    def __init__(self, build: Callable[[int], Table]) -> None:
+        self.build = build
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """Yield the table built for *options*' width."""
+        yield self.build(options.max_width)
+
+
 def durable_queues(depths: Mapping[str, QueueDepth]) -> Table:
     """The durable queues' depth: jobs ready, jobs waiting for later, the oldest ready job."""
-    table = Table(
-        title="durable queues (brokers.pg_queue)",
-        title_justify="left",
-        box=None,
-        pad_edge=False,
-        header_style="bold",
-    )
-    for column in ("queue", "ready", "delayed", "oldest ready waited"):
-        table.add_column(column, overflow="fold")
-    for queue, depth in sorted(depths.items()):
-        table.add_row(
-            Text(shown(queue)),
-            Text(_count(depth.ready)),
-            Text(_count(depth.delayed)),
-            Text(duration_text(depth.oldest_ready_age) if depth.ready else "-"),
-        )
+    table = _table(QUEUE_COLUMNS, queue_rows(depths), None, "durable queues (brokers.pg_queue)")
     if not depths:
         table.add_row(Text("(not sampled)"))
     return table
 
 
-def _finished_total(reply: Mapping[str, Any]) -> float | None:
-    counts = reply.get("finished")
-    if not isinstance(counts, dict):
-        return None
-    numbers = [_number(n) for n in counts.values()]
-    return sum(n for n in numbers if n is not None)
+def _table(
+    columns: tuple[str, ...], rows: list[list[str]], width: int | None, title: str | None = None
+) -> Table:
+    """A table of *rows* whose :data:`UNWRAPPED` columns do not wrap if *width* allows.
+
+    The others keep :data:`WRAPPED_WIDTH` columns (an error :data:`ERROR_WIDTH`), a task's
+    name being cut short (with an ellipsis) to leave them that; when even that does not fit,
+    every column wraps.
+    """
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
+    natural = [max(map(cell_len, cells)) for cells in zip(columns, *rows, strict=True)]
+    task_width: int | None = None
+    unwrapped = True
+    if width is not None:
+        needed = 2 * (len(columns) - 1) + sum(
+            size if name in UNWRAPPED else min(size, _least(name))
+            for name, size in zip(columns, natural, strict=True)
+        )
+        spare = width - needed
+        if spare < 0 and "task" in columns:
+            task_width = natural[columns.index("task")] + spare
+        unwrapped = spare >= 0 or (task_width is not None and task_width >= SHORTEST_TASK)
+    for name in columns:
+        if unwrapped and name in UNWRAPPED:
+            limit = task_width if name == "task" else None
+            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=limit)
+        else:
+            table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(
+            *(
+                Text(value, style="red" if name == "outcome" else "")
+                for name, value in zip(columns, row, strict=True)
+            )
+        )
+    return table
 
 
-def _when(at: float | None, now: float) -> str:
-    if at is None:
-        return "-"
-    try:
-        clock = time.strftime("%H:%M:%S", time.localtime(at))
-    except (OverflowError, OSError, ValueError):  # beyond the platform's dates
-        return f"{at:g}"
-    return f"{clock} ({duration_text(now - at)} ago)"
-
-
-def _count(n: int) -> str:
-    return f">={n}" if n >= COUNT_CAP else str(n)
-
-
-def _memory(value: object) -> str:
-    size = _number(value)
-    return "-" if size is None else size_text(size)
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value
-
-
-def _dict(value: object) -> dict[Any, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _cell(value: object) -> str:
-    return "-" if value is None or isinstance(value, dict | list) else shown(value)
+def _least(column: str) -> int:
+    return ERROR_WIDTH if column == "error" else WRAPPED_WIDTH

@@ -38,7 +38,7 @@ from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
-from dispatcher.server.task_imports import missing_modules, refusal
+from dispatcher.server.task_imports import missing_modules, refusal, unregistered_producers
 from dispatcher.server.timers import Timers
 from dispatcher.server.timetables import ScheduleBoard
 from dispatcher.server.view import ServiceView
@@ -170,7 +170,8 @@ class Service:
 
         Refuses to start, before any broker listens, when ``tasks.modules`` is empty
         (:data:`EXIT_CONFIG`), or when the fork server reports that a task module cannot be
-        imported or that the modules register no task (:data:`EXIT_TASK_MODULES`).
+        imported, that the modules register no task, or that ``producers.scheduled`` or
+        ``producers.on_start`` names a task they do not register (:data:`EXIT_TASK_MODULES`).
         """
         lean_records()  # this process forks no more: the fork server spawns afresh
         missing = missing_modules(self.settings.tasks.modules, self.settings.source)
@@ -209,6 +210,13 @@ class Service:
         if self._stop.is_set():
             return False
         problem = refusal(self._import_report, self.settings.tasks.modules, self.settings.source)
+        if problem is None:
+            producers = self.settings.producers
+            problem = unregistered_producers(
+                self._import_report,
+                {"scheduled": producers.scheduled, "on_start": producers.on_start},
+                self.settings.source,
+            )
         if problem is None:
             return True
         headline, _, details = problem.partition("\n")
@@ -372,8 +380,8 @@ def run_service(settings: Settings | None = None, log_level: int = logging.INFO)
 
     Blocks; stops gracefully on SIGTERM or SIGINT. Returns the exit status: 0 after a
     graceful stop; 2 when ``tasks.modules`` is empty; 3 when the task modules cannot be
-    imported or register no task (the service then refuses to start, before any broker
-    listens, and logs why).
+    imported, register no task, or do not register a task named in ``producers`` (the
+    service then refuses to start, before any broker listens, and logs why).
     """
     if settings is None:
         from dispatcher.config import get_settings

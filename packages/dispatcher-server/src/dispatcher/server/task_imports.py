@@ -40,8 +40,8 @@ _IMPORTLIB_DIR: Final = os.path.dirname(os.path.abspath(importlib.__file__ or ""
 def import_report(modules: Sequence[str]) -> dict[str, Any]:
     """Import *modules* in order, then adopt dispatcherd's tasks; say how it went.
 
-    Returns ``{"ok": True, "task_count": N}``, or ``{"ok": False, ...}`` (see
-    :func:`failure`) at the first module that fails.
+    Returns ``{"ok": True, "task_count": N, "task_names": [...], "files": {...}}``, or
+    ``{"ok": False, ...}`` (see :func:`failure`) at the first module that fails.
     """
     for module in modules:
         try:
@@ -53,14 +53,16 @@ def import_report(modules: Sequence[str]) -> dict[str, Any]:
                 return {"ok": False, "module": module, "error": _type_name(exc)}
     with contextlib.suppress(Exception):  # it logs its own problems
         adopt_dispatcherd_tasks()
-    return {"ok": True, "task_count": len(registry.names()), "files": _files(modules)}
+    names = sorted(registry.names())
+    return {"ok": True, "task_count": len(names), "task_names": names, "files": _files(modules)}
 
 
 def fitted(report: dict[str, Any], limit: int) -> dict[str, Any]:
     """*report*, or its essentials when its JSON is longer than *limit* bytes.
 
     The report travels in one socket message: one that could not be sent would leave the
-    service waiting for it.
+    service waiting for it. The task names are among what is dropped (see
+    :func:`unregistered_producers`).
     """
     if len(json.dumps(report, separators=(",", ":")).encode()) <= limit:
         return report
@@ -209,12 +211,12 @@ def refusal(report: Mapping[str, Any] | None, modules: Sequence[str], source: st
     if report.get("raised_in"):
         lines.append(f"raised in: {report['raised_in']}")
     if report.get("import_error"):
-        lines += _import_hints(report, str(module))
+        lines += _import_hints(report, str(module), source)
     return "\n".join(lines)
 
 
-def _import_hints(report: Mapping[str, Any], module: str) -> list[str]:
-    """Where Python looked for the module, and what to do about it."""
+def _import_hints(report: Mapping[str, Any], module: str, source: str) -> list[str]:
+    """Where Python looked for the module, and what to do about it (*source*: the config)."""
     path = [str(entry) for entry in report.get("sys_path") or ()]
     cwd = str(report.get("cwd"))
     more = int(report.get("more_path_entries") or 0)
@@ -240,6 +242,13 @@ def _import_hints(report: Mapping[str, Any], module: str) -> list[str]:
             "the name in tasks.modules"
         )
     elif missing and f"{module}.".startswith(f"{missing}."):  # the task module, or its package
+        beside = _beside_config(missing, source)
+        if beside is not None:
+            lines.append(
+                f"hint: {beside} is in the config file's folder, which is not on sys.path: "
+                f"put that folder on PYTHONPATH (e.g. PYTHONPATH={os.path.dirname(beside)})"
+            )
+            return lines
         example = cwd if "cwd" in report and on_path == "not on" else "/path/to/project"
         lines.append(
             "hint: Python looks for task modules on sys.path; put the folder that holds the "
@@ -258,6 +267,56 @@ def _import_hints(report: Mapping[str, Any], module: str) -> list[str]:
             "your project, put its folder on PYTHONPATH)"
         )
     return lines
+
+
+def _beside_config(name: str, source: str) -> str | None:
+    """The file ``name.py`` or package folder ``name/`` next to the config file *source*."""
+    if not os.path.isfile(source):  # (a config given as a dict, or a file gone since)
+        return None
+    folder = os.path.dirname(os.path.abspath(source))
+    for candidate in (os.path.join(folder, f"{name}.py"), os.path.join(folder, name)):
+        if os.path.isfile(candidate) or os.path.isdir(candidate):
+            return _short(candidate)
+    return None
+
+
+def unregistered_producers(
+    report: Mapping[str, Any] | None, producers: Mapping[str, Iterable[str]], source: str
+) -> str | None:
+    """Why the service must not start: producer entries that name no registered task.
+
+    *producers* maps each section of ``producers`` (``scheduled``, ``on_start``) to the
+    task names it lists. ``None`` when each is registered, or when *report* does not list
+    the registered names (a report cut short: the service then logs each such entry).
+    """
+    names = (report or {}).get("task_names")
+    if not isinstance(names, list):
+        return None
+    registered = set(names)
+    lines = [
+        f"producers.{section}[{task!r}]: no such registered task{_did_you_mean(task, names)}"
+        for section, tasks in producers.items()
+        for task in tasks
+        if task not in registered
+    ]
+    if not lines:
+        return None
+    lines.append(
+        f"hint: in {source}, name each task by its registered name: its module and function "
+        "(myapp.tasks.send_mail), or the name given to @task(name=...)"
+    )
+    return "\n".join(lines)
+
+
+def _did_you_mean(task: str, names: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the registered name closest to *task*, or ``""``."""
+    from dispatcher.publish.mistakes import close_name  # only when a name is wrong
+
+    close = close_name(task, names)
+    if close is None:  # a short name, say "hello" for "myapp.tasks.hello"
+        same = [name for name in names if name.rpartition(".")[2] == task.rpartition(".")[2]]
+        close = same[0] if len(same) == 1 else None
+    return "" if close is None else f"; did you mean {close!r}?"
 
 
 def ended_early(status: object) -> str:

@@ -25,7 +25,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from dispatcher.publish import DispatcherCancel, registry
 from dispatcher.server.capture import OutputCapture
@@ -255,7 +255,7 @@ class TaskRunner:
                 outcome="error",
                 error=f"{type(exc).__name__}: {exc}",
                 # Where the worker found no task is no news to the user: no traceback.
-                traceback="" if isinstance(exc, NotRegisteredHere) else traceback.format_exc(),
+                traceback="" if isinstance(exc, NotRegisteredHere) else task_traceback(exc),
             )
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
             self._follow_up(message, done)
@@ -318,7 +318,7 @@ class TaskRunner:
                 follow_up.get("task"),
                 type(exc).__name__,
                 exc,
-                Block(traceback.format_exc()),
+                Block(task_traceback(exc)),
             )
             return self._follow_ups(follow_up, uuid, failed=True)
         return self._follow_ups(follow_up, uuid, failed=False)
@@ -367,6 +367,30 @@ class NotRegisteredHere(LookupError):
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+_RUNNER_FILES: Final = frozenset({os.path.abspath(__file__)})
+_ASYNCIO_DIR: Final = os.path.dirname(os.path.abspath(asyncio.__file__))
+
+
+def task_traceback(exc: BaseException) -> str:
+    """The traceback of *exc*, raised by a task, from the task's own code on.
+
+    The frames of this module (and of the asyncio runner between it and an ``async def``
+    task) that lead to the task are left out: they are the same for every task and tell its
+    author nothing. Chained exceptions are shown whole. When every frame is this module's
+    (the task was never reached), the traceback is shown whole.
+    """
+    first = exc.__traceback__
+    while first is not None and _is_runner_frame(first.tb_frame.f_code.co_filename):
+        first = first.tb_next
+    shown = first if first is not None else exc.__traceback__
+    return "".join(traceback.format_exception(type(exc), exc, shown))
+
+
+def _is_runner_frame(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return path in _RUNNER_FILES or os.path.dirname(path) == _ASYNCIO_DIR
 
 
 def _has_follow_ups(message: Mapping[str, Any]) -> bool:

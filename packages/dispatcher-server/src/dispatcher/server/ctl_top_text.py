@@ -1,0 +1,244 @@
+"""What ``dispatcherctl top`` shows, as plain strings: no rich, no service, no terminal.
+
+A :class:`Poll` is what one refresh collected; the functions here read its replies
+defensively (a field of an unexpected type shows as ``-``) and turn them into lines and
+table rows, every value escaped (see :func:`dispatcher.server.ctl_render.shown`). Both
+the rich screen (:mod:`dispatcher.server.ctl_top_render`) and the plain snapshot
+(:mod:`dispatcher.server.ctl_top_plain`) are drawn from them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from dispatcher.server.brokers.pg_queue.sampler import COUNT_CAP
+from dispatcher.server.ctl_render import duration_text, shown, size_text
+from dispatcher.server.stats import QueueDepth
+
+FAILURES_SHOWN: Final = 5
+"""Recent failures shown per service (the newest); ``status`` holds more."""
+
+WORKER_COLUMNS: Final = ("worker", "pid", "state", "task", "uuid", "running for", "done", "memory")
+"""The columns of the workers table."""
+
+FAILURE_COLUMNS: Final = ("when", "outcome", "task", "uuid", "error")
+"""The columns of the recent failures table."""
+
+QUEUE_COLUMNS: Final = ("queue", "ready", "delayed", "oldest ready waited")
+"""The columns of the durable queues table."""
+
+
+@dataclass(frozen=True)
+class Poll:
+    """What one refresh collected: the services' ``status`` replies and the queues' depth."""
+
+    at: float
+    """When it was collected, on the monotonic clock (rates divide by differences of it)."""
+    wall: float
+    """When it was collected, in seconds since the epoch (failures are dated against it)."""
+    replies: list[dict[str, Any]] = field(default_factory=list)
+    """One ``status`` reply per service that answered."""
+    missing: list[str] = field(default_factory=list)
+    """Node ids of services found connected that did not answer in time."""
+    depths: Mapping[str, QueueDepth] | None = None
+    """The durable queues' depth, by queue; ``None`` without ``brokers.pg_queue``."""
+    notes: list[str] = field(default_factory=list)
+    """Problems met while collecting, one line each."""
+    status: int = 0
+    """The exit status this poll alone gives: 0 when every expected service answered, 1
+    when some did not (or none is connected, or the database cannot be reached), 2 when
+    the services could not be asked (the config names no channel to ask them on)."""
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Tasks per second one service received and finished between two polls."""
+
+    received: float
+    finished: float
+
+
+def node_of(reply: Mapping[str, Any]) -> str:
+    """The node id a reply carries, as text."""
+    return str(reply.get("node_id", "?"))
+
+
+def rates(previous: Poll | None, current: Poll) -> dict[str, Rates]:
+    """Each service's rates between *previous* and *current*, by node id.
+
+    A service missing from either poll, one that restarted in between (its uptime went
+    down, or a counter did), or one without counters gets none.
+    """
+    if previous is None or current.at <= previous.at:
+        return {}
+    seconds = current.at - previous.at
+    before = {node_of(reply): reply for reply in previous.replies}
+    found: dict[str, Rates] = {}
+    for reply in current.replies:
+        old = before.get(node_of(reply))
+        now, then = _counters(reply), None if old is None else _counters(old)
+        if now is None or then is None or any(a < b for a, b in zip(now, then, strict=True)):
+            continue
+        found[node_of(reply)] = Rates(
+            received=(now[1] - then[1]) / seconds, finished=(now[2] - then[2]) / seconds
+        )
+    return found
+
+
+def header_text(current: Poll) -> str:
+    """The first line of a screen: how many services answered, and when."""
+    clock = time.strftime("%H:%M:%S", time.localtime(current.wall))
+    count = len(current.replies)
+    return f"dispatcherctl top: {count} service{'' if count == 1 else 's'} at {clock}"
+
+
+def summary_lines(reply: Mapping[str, Any], speed: Rates | None) -> list[str]:
+    """A service's counters: uptime, pool, queue lengths, rates, tasks finished, rejected."""
+    pool = _dict(reply.get("pool"))
+    uptime = _number(reply.get("uptime"))
+    return [
+        f"uptime {'-' if uptime is None else duration_text(uptime)}   pid {cell(reply.get('pid'))}"
+        f"   workers {cell(pool.get('count'))} (min {cell(pool.get('min'))}, "
+        f"max {cell(pool.get('max'))})",
+        "   ".join(f"{name} {cell(reply.get(name))}" for name in ("queued", "blocked", "delayed"))
+        + "   "
+        + (
+            f"received {speed.received:.1f}/s   finished {speed.finished:.1f}/s"
+            if speed is not None
+            else "received -/s   finished -/s"
+        ),
+        f"finished: {counts_text(reply.get('finished')) or 'none yet'}",
+    ]
+
+
+def rejected_line(reply: Mapping[str, Any]) -> str | None:
+    """The messages a service rejected, by reason: ``rejected: unknown_task 1``.
+
+    ``None`` when it rejected none.
+    """
+    counts = counts_text(reply.get("rejected"))
+    return f"rejected: {counts}" if counts else None
+
+
+def counts_text(counts: object) -> str:
+    """Nonzero counts by name, the largest first: ``ok 8, error 1``; empty when none."""
+    found = [(-n, shown(name)) for name, value in _dict(counts).items() if (n := _number(value))]
+    return ", ".join(f"{name} {-n:g}" for n, name in sorted(found))
+
+
+def worker_rows(reply: Mapping[str, Any]) -> list[list[str]]:
+    """A row per worker (:data:`WORKER_COLUMNS`): what it runs, tasks done, memory."""
+    workers = [w for w in _dict(reply.get("workers")).values() if isinstance(w, dict)]
+    rows = []
+    for worker in sorted(workers, key=lambda w: _number(w.get("worker_id")) or 0):
+        age = _number(worker.get("current_task_age"))
+        busy = worker.get("current_task") is not None
+        rows.append(
+            [
+                cell(worker.get("worker_id")),
+                cell(worker.get("pid")),
+                cell(worker.get("state", worker.get("status"))),
+                cell(worker.get("current_task")),
+                cell(worker.get("current_task_uuid")),
+                duration_text(age) if busy and age is not None else "-",
+                cell(worker.get("finished_count")),
+                _memory(worker.get("rss_bytes")),
+            ]
+        )
+    return rows
+
+
+def recent_failures(reply: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The failures a reply lists (the newest first), those of the expected shape."""
+    return [f for f in _list(reply.get("recent_failures")) if isinstance(f, dict)]
+
+
+def failure_rows(failures: list[dict[str, Any]], now: float) -> list[list[str]]:
+    """A row (:data:`FAILURE_COLUMNS`) per failure, for the newest :data:`FAILURES_SHOWN`."""
+    return [
+        [
+            _when(_number(failure.get("time")), now),
+            cell(failure.get("outcome")),
+            cell(failure.get("task")),
+            cell(failure.get("uuid")),
+            cell(failure.get("error")),
+        ]
+        for failure in failures[:FAILURES_SHOWN]
+    ]
+
+
+def older_failures(failures: list[dict[str, Any]]) -> str | None:
+    """What says how many failures are not shown, if any."""
+    left = len(failures) - FAILURES_SHOWN
+    return f"and {left} older (dispatcherctl status --json)" if left > 0 else None
+
+
+def queue_rows(depths: Mapping[str, QueueDepth]) -> list[list[str]]:
+    """A row (:data:`QUEUE_COLUMNS`) per durable queue, by name."""
+    return [
+        [
+            shown(queue),
+            _count(depth.ready),
+            _count(depth.delayed),
+            duration_text(depth.oldest_ready_age) if depth.ready else "-",
+        ]
+        for queue, depth in sorted(depths.items())
+    ]
+
+
+def cell(value: object) -> str:
+    """A value of a reply as one cell: ``-`` for nothing, a list or an object."""
+    return "-" if value is None or isinstance(value, dict | list) else shown(value)
+
+
+def _counters(reply: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """A reply's uptime, tasks received and tasks finished; ``None`` if one is missing."""
+    uptime, received = _number(reply.get("uptime")), _number(reply.get("received"))
+    finished = _finished_total(reply)
+    if uptime is None or received is None or finished is None:
+        return None
+    return uptime, received, finished
+
+
+def _finished_total(reply: Mapping[str, Any]) -> float | None:
+    counts = reply.get("finished")
+    if not isinstance(counts, dict):
+        return None
+    numbers = [_number(n) for n in counts.values()]
+    return sum(n for n in numbers if n is not None)
+
+
+def _when(at: float | None, now: float) -> str:
+    if at is None:
+        return "-"
+    try:
+        clock = time.strftime("%H:%M:%S", time.localtime(at))
+    except (OverflowError, OSError, ValueError):  # beyond the platform's dates
+        return f"{at:g}"
+    return f"{clock} ({duration_text(now - at)} ago)"
+
+
+def _count(n: int) -> str:
+    return f">={n}" if n >= COUNT_CAP else str(n)
+
+
+def _memory(value: object) -> str:
+    size = _number(value)
+    return "-" if size is None else size_text(size)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def _dict(value: object) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []

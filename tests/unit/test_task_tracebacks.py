@@ -1,0 +1,106 @@
+"""A failed task's traceback starts at the task's own code, not at the worker's."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+
+from dispatcher.publish import task
+from dispatcher.server import worker
+from dispatcher.server.hooks import BaseWorker
+from dispatcher.server.worker import TaskRunner
+
+PREFIX = "tests_unit_tracebacks_t."
+
+
+class _NoCapture:
+    """Stands in for the worker's output capture."""
+
+    def begin(self, task: str, uuid: str) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def _inner() -> None:
+    raise KeyError("inner")
+
+
+@task(name=PREFIX + "fails")
+def fails() -> None:
+    raise ValueError("sync failure")
+
+
+@task(name=PREFIX + "fails_chained")
+def fails_chained() -> None:
+    try:
+        _inner()
+    except KeyError as exc:
+        raise RuntimeError("outer") from exc
+
+
+@task(name=PREFIX + "fails_async")
+async def fails_async() -> None:
+    raise ValueError("async failure")
+
+
+@task(name=PREFIX + "ok")
+def ok() -> None:
+    pass
+
+
+def run(task_name: str, **extra: Any) -> dict[str, Any]:
+    runner = TaskRunner(0, None, BaseWorker(0), _NoCapture())  # type: ignore[arg-type]
+    try:
+        return runner.run({"task": PREFIX + task_name, "uuid": "u-1", **extra})
+    finally:
+        runner.close()
+
+
+def frames(text: str) -> list[str]:
+    """The function names of the ``File "...", line N, in name`` lines of *text*."""
+    return re.findall(r'File "[^"]+", line \d+, in (\S+)$', text, re.MULTILINE)
+
+
+def assert_starts_at_the_task(text: str, function: str) -> None:
+    assert text.startswith("Traceback (most recent call last):\n"), text
+    assert frames(text)[0] == function, text
+    assert worker.__file__ not in text, text
+
+
+def test_a_sync_tasks_traceback_starts_at_its_own_frame() -> None:
+    done = run("fails")
+    assert done["outcome"] == "error"
+    assert_starts_at_the_task(done["traceback"], "fails")
+    assert done["traceback"].rstrip().endswith("ValueError: sync failure")
+
+
+def test_an_async_tasks_traceback_starts_at_its_own_frame() -> None:
+    done = run("fails_async")
+    assert_starts_at_the_task(done["traceback"], "fails_async")
+    assert "asyncio" not in done["traceback"]
+
+
+def test_a_chained_exception_is_kept_whole() -> None:
+    text = run("fails_chained")["traceback"]
+    assert_starts_at_the_task(text, "fails_chained")
+    assert "The above exception was the direct cause of the following exception:" in text
+    assert frames(text) == ["fails_chained", "_inner", "fails_chained"]
+    assert "KeyError: 'inner'" in text
+
+
+def test_a_failing_callback_logs_a_traceback_from_its_own_frame(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="dispatcher.worker"):
+        done = run("ok", callbacks=[{"task": PREFIX + "fails"}])
+    assert done["outcome"] == "ok"
+    [record] = [r for r in caplog.records if "callback" in r.getMessage()]
+    message = record.getMessage()
+    assert "Traceback (most recent call last):" in message
+    assert frames(message)[0] == "fails", message
+    assert worker.__file__ not in message
