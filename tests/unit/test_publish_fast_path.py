@@ -320,17 +320,17 @@ def test_a_refused_registered_submission_names_the_field_and_the_reason() -> Non
 
 
 def test_a_new_config_is_a_new_route() -> None:
-    assert prepare_submission(tasks.add).channel == "only"
+    assert prepare_submission(tasks.add, args=[1, 2]).channel == "only"
     setup({"version": 1, "brokers": {"pg_notify": {"conninfo": "dbname=x", "channels": ["next"]}}})
-    assert prepare_submission(tasks.add).channel == "next"
+    assert prepare_submission(tasks.add, args=[1, 2]).channel == "next"
     reset()
     with pytest.raises(Exception, match="not configured"):
-        prepare_submission(tasks.add)
-    assert prepare_submission(tasks.add, queue="given").channel == "given"
+        prepare_submission(tasks.add, args=[1, 2])
+    assert prepare_submission(tasks.add, args=[1, 2], queue="given").channel == "given"
 
 
 def test_signing_follows_the_config() -> None:
-    unsigned = prepare_submission(tasks.add, queue="only")
+    unsigned = prepare_submission(tasks.add, args=[1, 2], queue="only")
     assert json.loads(unsigned.payloads[0])["task"] == "support.tasks.add"
     keys = {"keys": [{"id": "k1", "secret": "s" * 32}]}
     setup(
@@ -340,7 +340,7 @@ def test_signing_follows_the_config() -> None:
             "security": keys,
         }
     )
-    signed = json.loads(prepare_submission(tasks.add, queue="only").payloads[0])
+    signed = json.loads(prepare_submission(tasks.add, args=[1, 2], queue="only").payloads[0])
     assert signed["key_id"] == "k1"
     assert json.loads(signed["body"])["task"] == "support.tasks.add"
 
@@ -349,7 +349,8 @@ def test_remembered_routes_are_bounded() -> None:
     limit = messages_module.MAX_REMEMBERED_ROUTES
     for n in range(limit + 10):
         assert (
-            prepare_submission(tasks.add, queue=lambda n=n: f"tenant_{n}").channel == f"tenant_{n}"
+            prepare_submission(tasks.add, args=[1, 2], queue=lambda n=n: f"tenant_{n}").channel
+            == f"tenant_{n}"
         )
     assert len(messages_module._routes[1]) <= limit
 
@@ -357,7 +358,7 @@ def test_remembered_routes_are_bounded() -> None:
 def test_an_odd_queue_function_result_is_refused_as_before() -> None:
     for odd in (["a"], 5):
         with pytest.raises(InvalidSubmission, match="queue: "):
-            prepare_submission(tasks.add, queue=lambda odd=odd: odd)  # type: ignore[arg-type,return-value]
+            prepare_submission(tasks.add, args=[1, 2], queue=lambda odd=odd: odd)  # type: ignore[arg-type,return-value]
 
 
 # --- uuids: version 4, unique, never shared with a forked child ---

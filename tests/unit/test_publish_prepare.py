@@ -75,8 +75,8 @@ def test_name_bind_and_delay_defaults() -> None:
 def test_callable_queue_is_evaluated_per_submission() -> None:
     assert prepare_submission(tasks.dynamic).channel == "support_dynamic"
     calls = iter(["first", "second"])
-    assert prepare_submission(tasks.add, queue=lambda: next(calls)).channel == "first"
-    assert prepare_submission(tasks.add, queue=lambda: next(calls)).channel == "second"
+    assert prepare_submission(tasks.add, args=[1, 2], queue=lambda: next(calls)).channel == "first"
+    assert prepare_submission(tasks.add, args=[1, 2], queue=lambda: next(calls)).channel == "second"
 
 
 def test_unregistered_name_string_is_accepted() -> None:
@@ -150,7 +150,7 @@ def test_queue_function_that_fails_is_reported() -> None:
     with pytest.raises(
         InvalidSubmission, match=r"queue: the queue function raised LookupError\('no tenant'\)"
     ):
-        prepare_submission(tasks.add, queue=broken)
+        prepare_submission(tasks.add, args=[1, 2], queue=broken)
 
 
 def test_no_channel_determinable() -> None:
@@ -158,7 +158,7 @@ def test_no_channel_determinable() -> None:
         {"version": 1, "brokers": {"pg_notify": {"conninfo": "dbname=x", "channels": ["a", "b"]}}}
     )
     with pytest.raises(InvalidSubmission) as caught:
-        prepare_submission(tasks.add)
+        prepare_submission(tasks.add, args=[1, 2])
     assert str(caught.value) == (
         "cannot submit support.tasks.add: no channel to send it on: pass queue=..., give the task "
         "a queue with @task(queue=...), or set brokers.pg_notify.default_publish_channel in config"
@@ -170,12 +170,12 @@ def test_not_configured_says_how() -> None:
     with pytest.raises(
         NotConfiguredError, match=r"^dispatcher is not configured: call dispatcher\.config\.setup"
     ):
-        prepare_submission(tasks.add)
+        prepare_submission(tasks.add, args=[1, 2])
 
 
 def test_queue_given_needs_no_config() -> None:
     reset()
-    assert prepare_submission(tasks.add, queue="explicit").channel == "explicit"
+    assert prepare_submission(tasks.add, args=[1, 2], queue="explicit").channel == "explicit"
 
 
 def test_large_message_becomes_chunks_within_the_limit() -> None:

@@ -17,6 +17,7 @@ from dispatcher.config import (
     get_settings,
 )
 from dispatcher.publish import interception
+from dispatcher.publish.arguments import argument_problem
 from dispatcher.publish.brokers import JobBroker
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.fast_path import surely_valid
@@ -201,6 +202,10 @@ def prepare_submission(
         raise _invalid(
             name, f"the message is {len(text)} bytes of JSON, over the limit of {MAX_MESSAGE_BYTES}"
         )
+    if entry is not None:  # once the message is known to be sendable: more basic errors first
+        called = argument_problem(entry, message["args"], message["kwargs"], entry.bind or bind)
+        if called is not None:
+            raise _invalid(name, called)
     if durable or len(text) <= MAX_NOTIFY_PAYLOAD_BYTES:
         payloads: tuple[str, ...] = (text,)
     else:
