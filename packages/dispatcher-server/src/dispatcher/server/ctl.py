@@ -24,6 +24,7 @@ from dispatcher.publish import (
 )
 from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_jobs, ctl_submit
+from dispatcher.server.ctl_arguments import count, json_list, json_object, positive_seconds
 from dispatcher.server.ctl_migrate import migrate_command
 from dispatcher.server.ctl_render import (
     DISPATCHERD_NOT_FOUND,
@@ -35,7 +36,6 @@ from dispatcher.server.ctl_render import (
     tally,
     task_ages,
 )
-from dispatcher.server.ctl_submit import count, json_list, json_object, positive_seconds
 from dispatcher.server.logsafe import EscapingFilter
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_ERROR_REPLY = 0, 1, 2, 3

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -22,6 +21,7 @@ from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable
 from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin
+from dispatcher.server.ctl_arguments import count_between, seconds
 from dispatcher.server.logsafe import escape
 from dispatcher.server.queue_admin import FINISHED_STATES, MAX_LIMIT, STATES
 
@@ -44,7 +44,13 @@ def add_commands(add: AddCommand) -> None:
     jobs.add_argument("--queue", help="only jobs of this queue")
     jobs.add_argument("--task", help="only jobs of this task")
     jobs.add_argument("--uuid", help="only the job with this uuid")
-    jobs.add_argument("--limit", type=_limit, default=50, metavar="N", help="most jobs shown (50)")
+    jobs.add_argument(
+        "--limit",
+        type=count_between(1, MAX_LIMIT),
+        default=50,
+        metavar="N",
+        help="most jobs shown (50)",
+    )
     retry = add(
         "retry", "queue failed jobs again, with every attempt available (attempts reset to 0)"
     )
@@ -58,31 +64,11 @@ def add_commands(add: AddCommand) -> None:
     )
     purge.add_argument(
         "--older-than",
-        type=_seconds,
+        type=seconds,
         required=True,
         metavar="SECONDS",
         help="only jobs that ended at least this long ago",
     )
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_LIMIT}, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least 0, got {text!r}")
-    return value
 
 
 def run(options: argparse.Namespace, settings: Settings) -> int:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from typing import Any, Final
+from typing import Final
 
 from dispatcher.config import Settings
 from dispatcher.publish import BrokerUnavailable, InvalidSubmission, PublishError, submit_task
 from dispatcher.publish.brokers import is_job_broker
 from dispatcher.publish.routing import broker_for, publish_broker
 from dispatcher.schema import ON_DUPLICATE_MODES
+from dispatcher.server.ctl_arguments import count, json_list, json_object, seconds
 from dispatcher.server.logsafe import escape
 
 EXIT_OK: Final = 0
@@ -59,63 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-attempts", type=count, metavar="N", help="durable queues: times the job may start"
     )
-
-
-def json_list(text: str) -> list[Any]:
-    """An argument that must be a JSON array."""
-    value = _json(text)
-    if not isinstance(value, list):
-        raise argparse.ArgumentTypeError(f"expected a JSON array, got {text!r}")
-    return value
-
-
-def json_object(text: str) -> dict[str, Any]:
-    """An argument that must be a JSON object."""
-    value = _json(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def seconds(text: str) -> float:
-    """An argument that must be a number of seconds: finite, at least 0."""
-    value = _number(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds (0 or more), got {text!r}")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    """An argument that must be a number of seconds above 0 (and finite)."""
-    value = _number(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
-def count(text: str) -> int:
-    """An argument that must be a whole number, at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
-    return value
-
-
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
 
 
 def configured_queues(settings: Settings) -> list[str]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from dispatcher.config import Settings
+from dispatcher.server.ctl_arguments import seconds_between
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``top``'s options (``--interval``, ``--once``) to its subcommand parser."""
     parser.add_argument(
         "--interval",
-        type=_interval,
+        type=seconds_between(0.1, 3600),
         default=1.0,
         metavar="S",
         help="seconds between refreshes (default: 1)",
@@ -65,16 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one snapshot and exit (what top does when its output is not a terminal)",
     )
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.1 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be between 0.1 and 3600 seconds, got {text!r}")
-    return value
 
 
 def run(settings: Settings, options: argparse.Namespace) -> int:
