@@ -274,6 +274,22 @@ def test_a_schema_the_compiler_does_not_implement_is_refused_and_left_to_jsonsch
         compile_schema(schema)
 
 
+@pytest.mark.parametrize("depth", [60, 400])
+def test_a_schema_nested_past_pythons_limits_is_still_checked(depth: int) -> None:
+    schema: dict[str, Any] = {"type": "integer"}
+    instance: Any = 1
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+        instance = {"a": instance}
+    checker = Validator("config", schema)
+    assert checker.is_valid(instance)
+    assert checker.is_valid({"b": 1})
+    broken: Any = "x"
+    for _ in range(depth):
+        broken = {"a": broken}
+    assert not checker.is_valid(broken)
+
+
 def test_a_plugin_schema_with_other_keywords_is_still_checked() -> None:
     checker = Validator("config", {"type": "object", "dependentRequired": {"a": ["b"]}})
     assert checker.is_valid({"a": 1, "b": 2})

@@ -453,9 +453,13 @@ def compile_schema(schema: Any) -> Callable[[Any], bool]:
         here; the caller should then use ``jsonschema``.
     """
     compiler = _Compiler(schema)
-    entry = compiler.function(schema, "#")
-    source = "\n".join([*compiler.lines, *compiler.tables])
+    try:
+        entry = compiler.function(schema, "#")
+        source = "\n".join([*compiler.lines, *compiler.tables])
+        code = compile(source, "<dispatcher.schema compiled>", "exec")
+    except (RecursionError, SyntaxError, MemoryError) as exc:  # nested past Python's limits
+        raise UnsupportedSchema(f"the schema nests too deeply to compile ({exc})") from None
     namespace = compiler.namespace
-    exec(compile(source, "<dispatcher.schema compiled>", "exec"), namespace)
+    exec(code, namespace)
     check: Callable[[Any], bool] = namespace[entry]
     return check

@@ -44,6 +44,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+from dispatcher.server.heap import release_free_memory
 from dispatcher.server.lifeline import die_with_parent
 from dispatcher.server.task_imports import fitted, import_report
 from dispatcher.server.worker import WorkerOptions, worker_main
@@ -92,6 +93,7 @@ class ForkServer:
         # Everything imported so far is shared with every worker: keep the garbage collector
         # from touching (so copying) those pages in the workers.
         gc.freeze()
+        release_free_memory()  # pages the imports freed: not inherited by every worker
         try:
             while True:
                 self._reap()

@@ -26,6 +26,7 @@ from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.control import ControlCommands
 from dispatcher.server.control_messages import ControlMessages
 from dispatcher.server.forkserver import ForkedServer, worker_options
+from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.logsafe import Block, get_logger, lean_records
@@ -270,6 +271,7 @@ class Service:
                 self._durable_routes,
                 name=f"scheduled:{task}",
             )
+        release_free_memory()  # what start-up allocated and freed
         await self._stop.wait()
         await self._shut_down()
 
