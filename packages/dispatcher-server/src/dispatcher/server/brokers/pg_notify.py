@@ -16,10 +16,12 @@ on their ``reply_to`` channel; a reply too large for one NOTIFY goes as chunk en
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
@@ -153,19 +155,14 @@ class PgNotifyBroker(BrokerBase):
     async def _serve(self, conn: psycopg.AsyncConnection[Any], drain: _Drain) -> None:
         """Deliver notifications until the connection fails (or a self-check does)."""
         interval = self.settings.self_check_interval
-        last_heard = time.monotonic()
         while True:
-            quiet_for = time.monotonic() - last_heard
-            if quiet_for >= interval:
-                await self._self_check(conn, drain)
-                last_heard = time.monotonic()
-                continue
-            # One deadline for many wake-ups: it is only moved when it passes.
-            with anyio.move_on_after(interval - quiet_for):
-                while True:
-                    if drain.run():
-                        last_heard = time.monotonic()
-                    await drain.wait()
+            with drain.watching():
+                while (quiet_for := time.monotonic() - drain.last_heard) < interval:
+                    with anyio.move_on_after(interval - quiet_for):
+                        await drain.failed.wait()
+                    drain.raise_failure()
+            await self._self_check(conn, drain)  # (psycopg needs the socket to itself)
+            drain.last_heard = time.monotonic()
 
     async def _self_check(self, conn: psycopg.AsyncConnection[Any], drain: _Drain) -> None:
         """Send a NOTIFY to ourselves; raise TimeoutError if it does not come back in time."""
@@ -187,9 +184,10 @@ class _Drain:
     """Reads the notifications of one connection straight from libpq, many per wake-up.
 
     psycopg's ``notifies()`` waits for the socket once for every read, and a read brings
-    16 kB at most: a few large notifications. Here each wake-up reads on while reads bring
-    notifications (up to :data:`MAX_PER_TURN` of them before other tasks get a turn), and
-    each payload is decoded once.
+    16 kB at most: a few large notifications. Here a reader callback on the event loop (no
+    task switch, no epoll registration per wake-up: this is the hot path) reads on while
+    reads bring notifications, up to :data:`MAX_PER_TURN` of them before other callbacks
+    get a turn, and each payload is decoded once.
     """
 
     def __init__(
@@ -211,6 +209,12 @@ class _Drain:
         """The payload of the last self-check notification received."""
         self.more = False
         """The last :meth:`run` stopped at :data:`MAX_PER_TURN`: more may be waiting."""
+        self.last_heard = time.monotonic()
+        """When a notification last came (monotonic clock)."""
+        self.failed = anyio.Event()
+        """Set when reading failed: :meth:`raise_failure` raises why."""
+        self._failure: Exception | None = None
+        self._watching = False
 
     def run(self) -> int:
         """Read what the socket holds and deliver the notifications; return how many.
@@ -231,8 +235,42 @@ class _Drain:
         self.more = delivered >= MAX_PER_TURN
         return delivered
 
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Deliver from a reader callback while in this block (the socket is ours then)."""
+        loop = asyncio.get_running_loop()
+        self._watching = True
+        loop.add_reader(self.fileno, self._on_readable)
+        try:
+            self._on_readable()  # what came while nobody watched
+            yield
+        finally:
+            self._watching = False
+            loop.remove_reader(self.fileno)
+
+    def raise_failure(self) -> None:
+        """Raise what made reading fail, if it did."""
+        if self._failure is not None:
+            raise self._failure
+
+    def _on_readable(self) -> None:
+        if not self._watching or self._failure is not None:
+            return
+        try:
+            if self.run():
+                self.last_heard = time.monotonic()
+        except Exception as exc:  # the connection broke: the serving task replaces it
+            self._failure = exc
+            self.failed.set()
+            return
+        if self.more:  # what libpq has already read would not wake the socket again
+            asyncio.get_running_loop().call_soon(self._on_readable)
+
     async def wait(self) -> None:
-        """Wait until the socket has more to read; only give others a turn if it has."""
+        """Wait until the socket has more to read; only give others a turn if it has.
+
+        (For the self-check, which reads between statements of its own.)
+        """
         if self.more:
             await anyio.lowlevel.checkpoint()
         else:
