@@ -184,3 +184,69 @@ def test_a_long_text_is_refused_exactly_when_too_deep(brackets: int) -> None:
             decode_json(text)
     else:
         assert exceeds_depth(decode_json(text), brackets) is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":1}',
+        ' {"a":1}',
+        '{"a":1} ',
+        '\n\t{"a":[1, 2]}\r\n',
+        "1",
+        " 1 ",
+        '"text"',
+        "[]",
+        '{"a":1} x',
+        '{"a":1}{"b":2}',
+        "[1,]",
+        "",
+        "   ",
+        "nul",
+        '{"a":1',
+        '{"a":NaN}',
+        "1e400",
+    ],
+)
+def test_text_with_or_without_outer_whitespace_gets_the_verdict_of_the_reference_decoder(
+    text: str,
+) -> None:
+    strict = json.JSONDecoder(parse_constant=lambda name: 1 / 0)
+    try:
+        expected: Any = strict.decode(text)
+    except (ValueError, ZeroDivisionError):
+        with pytest.raises(DecodeError, match="not JSON"):
+            decode_json(text)
+    else:
+        if expected == float("inf"):
+            with pytest.raises(DecodeError, match="out of range"):
+                decode_json(text)
+        else:
+            assert decode_json(text) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=10,
+    ),
+    before=st.sampled_from(["", " ", "\n"]),
+    after=st.sampled_from(["", " ", "\n", " x", "]"]),
+)
+def test_decoding_agrees_with_json_loads_on_any_value_and_surroundings(
+    value: Any, before: str, after: str
+) -> None:
+    text = before + json.dumps(value) + after
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(DecodeError):
+            decode_json(text)
+    else:
+        assert decode_json(text) == expected == value

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import pytest
 
 from dispatcher.server.backoff import Backoff
-from dispatcher.server.protocol import LineReader, event_line, run_line
+from dispatcher.server.protocol import LineReader, event_line, read_line, run_line
 from dispatcher.server.ratelimit import RateLimitedLog
 
 
@@ -32,6 +33,25 @@ def test_run_line_keeps_the_message_text_on_one_line() -> None:
 
 def test_event_line() -> None:
     assert event_line({"event": "ready", "tasks": ["a"]}) == b'{"event":"ready","tasks":["a"]}\n'
+
+
+@pytest.mark.parametrize(
+    "event", [{"event": "ready", "tasks": ["a"]}, {"event": "done", "result": None, "é": "ü"}, []]
+)
+def test_read_line_reads_what_the_lines_hold(event: Any) -> None:
+    assert read_line(event_line(event).rstrip(b"\n")) == event
+    assert read_line(run_line('{"task":"t"}', "c")[:-1])["message"] == {"task": "t"}
+
+
+@pytest.mark.parametrize("line", [b' {"a":1} ', b'{"a":1}  ', b"  7"])
+def test_read_line_takes_outer_whitespace(line: bytes) -> None:
+    assert read_line(line) == json.loads(line)
+
+
+@pytest.mark.parametrize("line", [b'{"a":1} x', b'{"a":1}{}', b"", b"{", b"\xff{}", b"[1,]"])
+def test_read_line_refuses_what_is_not_one_json_value(line: bytes) -> None:
+    with pytest.raises((json.JSONDecodeError, UnicodeDecodeError)):
+        read_line(line)
 
 
 def test_backoff_doubles_up_to_the_cap_and_resets() -> None:

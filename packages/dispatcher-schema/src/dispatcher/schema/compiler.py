@@ -8,20 +8,26 @@ outside the standard library loaded. A schema that uses a keyword this module do
 implement is refused with :class:`UnsupportedSchema`, and the caller falls back to the
 reference implementation (``jsonschema``), which also explains every failure.
 
-Semantics follow the specification as ``jsonschema`` implements it, with one deliberate
-exception that both sides of this package apply (see :func:`ecma_pattern`): a ``pattern`` is an
-ECMA-262 regular expression, so ``$`` matches only at the very end of the text, never before a
-final newline as Python's ``$`` does. Values JSON cannot represent are refused where a number
-is expected: ``NaN`` and the infinities are not numbers here.
+Semantics follow the specification as ``jsonschema`` implements it, with deliberate
+exceptions that both sides of this package apply (see ``_explainer_class`` in
+:mod:`dispatcher.schema.validation`): a ``pattern`` or a ``patternProperties`` key is an
+ECMA-262 regular expression (:mod:`dispatcher.schema.patterns`), so ``$`` matches only at the
+very end of the text, never before a final newline as Python's ``$`` does, and matches string
+keys only; ``uniqueItems`` compares every pair (see :func:`all_unique`). Values JSON cannot
+represent are refused where a number is expected: ``NaN`` and the infinities are not numbers
+here.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import unquote
 
 from dispatcher.schema.errors import DispatcherError
+from dispatcher.schema.patterns import ecma_pattern
 
 ANNOTATIONS: Final = frozenset(
     {
@@ -56,12 +62,14 @@ _TYPE_TESTS: Final = {
         " or isinstance({v}, float) and {v} - {v} == 0)"  # not NaN, not infinite
     ),
 }
+"""Per ``type``, the test of a value in ``{v}``."""
 _GUARDS: Final = {
     "number": "isinstance({v}, (int, float)) and not isinstance({v}, bool)",
     "string": "isinstance({v}, str)",
     "array": "isinstance({v}, (list, tuple))",
     "object": "isinstance({v}, dict)",
 }
+"""Per kind of keyword (``minimum`` is a number's), the test that the keyword applies to ``{v}``."""
 _KEYWORDS: Final = frozenset(
     {
         "$ref", "type", "enum", "const", "allOf", "anyOf", "oneOf", "not",
@@ -81,6 +89,7 @@ _NESTING: Final = frozenset(
         "additionalProperties", "patternProperties", "propertyNames",
     }
 )  # fmt: skip
+"""The keywords holding subschemas."""
 
 
 def _is_leaf(node: Any) -> bool:
@@ -96,36 +105,6 @@ class UnsupportedSchema(DispatcherError, ValueError):
     """The schema uses something :func:`compile_schema` does not implement."""
 
 
-def ecma_pattern(pattern: str) -> re.Pattern[str]:
-    r"""Compile a JSON Schema ``pattern`` with ECMA-262's meaning of ``$``.
-
-    Outside a character class, an unescaped ``$`` becomes ``\Z`` (the very end of the text);
-    the rest is left to Python's ``re``, which agrees with ECMA-262 on everything the
-    project's schemas use.
-    """
-    out: list[str] = []
-    in_class = False
-    escaped = False
-    for char in pattern:
-        if escaped:
-            out.append(char)
-            escaped = False
-        elif char == "\\":
-            out.append(char)
-            escaped = True
-        elif in_class:
-            out.append(char)
-            in_class = char != "]"
-        elif char == "[":
-            out.append(char)
-            in_class = True
-        elif char == "$":
-            out.append(r"\Z")
-        else:
-            out.append(char)
-    return re.compile("".join(out))
-
-
 class _Matching:
     """A pattern's test, remembering the texts that matched (task names repeat)."""
 
@@ -139,6 +118,7 @@ class _Matching:
         self.seen: dict[str, None] = {}
 
     def check(self, text: str) -> bool:
+        """Tell whether the pattern matches *text* (not yet remembered as matching)."""
         if self.search(text) is None:
             return False
         if len(self.seen) >= self.LIMIT:
@@ -149,7 +129,12 @@ class _Matching:
 
 
 def json_equal(one: Any, other: Any) -> bool:
-    """Equality as JSON means it: ``true`` is not ``1``, ``1`` is ``1.0``, deep for containers."""
+    """Equality as JSON means it: ``true`` is not ``1``, ``1`` is ``1.0``, deep for containers.
+
+    A value is equal to itself, even ``NaN``, as ``jsonschema`` has it.
+    """
+    if one is other:
+        return True
     if isinstance(one, bool) or isinstance(other, bool):
         return type(one) is type(other) and bool(one == other)
     if isinstance(one, str) or isinstance(other, str):
@@ -161,10 +146,9 @@ def json_equal(one: Any, other: Any) -> bool:
     return bool(one == other)
 
 
-def _all_unique(items: list[Any]) -> bool:
-    return not any(
-        json_equal(items[i], items[j]) for i in range(len(items)) for j in range(i + 1, len(items))
-    )
+def all_unique(items: Sequence[Any]) -> bool:
+    """Tell whether no two of *items* are :func:`json_equal` (``uniqueItems``)."""
+    return not any(json_equal(one, other) for one, other in itertools.combinations(items, 2))
 
 
 class _Compiler:
@@ -181,7 +165,7 @@ class _Compiler:
         self.lines: list[str] = []
         self.namespace: dict[str, Any] = {
             "_equal": json_equal,
-            "_unique": _all_unique,
+            "_unique": all_unique,
         }
         self.by_pointer: dict[str, str] = {}
         self.tables: list[str] = []
@@ -221,10 +205,11 @@ class _Compiler:
         return name
 
     def target(self, reference: Any) -> Any:
+        """The subschema a local ``$ref`` (a URI fragment holding a JSON pointer) names."""
         if not isinstance(reference, str) or not reference.startswith("#"):
             raise UnsupportedSchema(f"only local $ref are supported, not {reference!r}")
         node = self.root
-        pointer = reference[1:]
+        pointer = unquote(reference[1:])  # a URI fragment: percent-decoded, then split
         if pointer and not pointer.startswith("/"):
             raise UnsupportedSchema(f"$ref {reference!r} is not a JSON pointer")
         for part in pointer[1:].split("/") if pointer else []:
@@ -233,7 +218,13 @@ class _Compiler:
                 node = node[int(part)] if isinstance(node, list) else node[part]
             except (KeyError, IndexError, ValueError, TypeError):
                 raise UnsupportedSchema(f"$ref {reference!r} points nowhere") from None
+            self.refuse_embedded_resource(node)
         return node
+
+    def refuse_embedded_resource(self, node: Any) -> None:
+        """Refuse a subschema with its own ``$id``: its ``$ref`` would resolve against it."""
+        if node is not self.root and isinstance(node, Mapping) and "$id" in node:
+            raise UnsupportedSchema("a subschema with its own $id is not supported")
 
     def checks(self, node: Any, var: str, depth: int) -> list[str]:
         """Lines that ``return False`` unless the value in *var* matches *node*."""
@@ -245,13 +236,16 @@ class _Compiler:
             raise UnsupportedSchema(f"a schema must be an object or a boolean, not {node!r}")
         unknown = set(node) - _KEYWORDS - ANNOTATIONS
         if unknown:
-            raise UnsupportedSchema(f"keyword {sorted(unknown)[0]!r} is not supported")
+            raise UnsupportedSchema(f"keyword {min(map(repr, unknown))} is not supported")
+        self.refuse_embedded_resource(node)
         lines: list[str] = []
         only = None
         if "type" in node:
             types = node["type"]
             names = [types] if isinstance(types, str) else types
-            if not isinstance(names, list) or any(t not in _TYPE_TESTS for t in names):
+            if not isinstance(names, list) or not all(
+                isinstance(t, str) and t in _TYPE_TESTS for t in names
+            ):
                 raise UnsupportedSchema(f"type {types!r} is not supported")
             test = " or ".join(_TYPE_TESTS[t].format(v=var) for t in names)
             lines.append(f"if not ({test}): return False")
@@ -285,6 +279,7 @@ class _Compiler:
         return lines
 
     def reference(self, reference: Any, var: str, depth: int) -> list[str]:
+        """Checks of *var* against the target of ``$ref`` *reference*."""
         target = self.target(reference)
         if reference in self.active or not _is_leaf(target):
             name = self.function(target, reference)
@@ -297,6 +292,7 @@ class _Compiler:
 
     @staticmethod
     def schemas(node: Mapping[str, Any], keyword: str) -> list[Any]:
+        """The subschemas of *keyword* (``allOf``...) in *node*; none when it is absent."""
         subs = node.get(keyword, [])
         if not isinstance(subs, list) or (keyword in node and not subs):
             raise UnsupportedSchema(f"{keyword} must be a non-empty array")
@@ -307,6 +303,7 @@ class _Compiler:
         return "(" + "".join(f"{self.function(n)}, " for n in nodes) + ")"
 
     def enum(self, values: Any, var: str) -> list[str]:
+        """Checks of ``enum``: a set lookup when every value is a string."""
         if not isinstance(values, list):
             raise UnsupportedSchema("enum must be an array")
         if all(isinstance(v, str) for v in values):
@@ -316,6 +313,7 @@ class _Compiler:
         return [f"if not any(_equal({var}, v) for v in {listed}): return False"]
 
     def numeric(self, node: Mapping[str, Any], var: str, depth: int) -> list[str]:
+        """Checks of the bounds of a number, for a value known to be one."""
         lines = []
         for keyword, fails in (
             ("minimum", "<"),
@@ -331,6 +329,7 @@ class _Compiler:
         return lines
 
     def string(self, node: Mapping[str, Any], var: str, depth: int) -> list[str]:
+        """Checks of a string's length and pattern, for a value known to be one."""
         lines = self.sizes(node, var, "minLength", "maxLength")
         if "pattern" in node:
             matching = _Matching(self.pattern(node["pattern"]))
@@ -339,6 +338,7 @@ class _Compiler:
         return lines
 
     def array(self, node: Mapping[str, Any], var: str, depth: int) -> list[str]:
+        """Checks of an array's items and size, for a value known to be one."""
         lines = self.sizes(node, var, "minItems", "maxItems")
         prefix = node.get("prefixItems", [])
         if not isinstance(prefix, list):
@@ -354,11 +354,15 @@ class _Compiler:
             if checks:
                 start = f"{var}[{len(prefix)}:]" if prefix else var
                 lines.extend([f"for {item} in {start}:", *_indent(checks)])
-        if node.get("uniqueItems") is True:
+        unique = node.get("uniqueItems", False)
+        if not isinstance(unique, bool):
+            raise UnsupportedSchema("uniqueItems must be a boolean")
+        if unique:
             lines.append(f"if not _unique({var}): return False")
         return lines
 
     def object(self, node: Mapping[str, Any], var: str, depth: int) -> list[str]:
+        """Checks of an object's keys and values, for a value known to be one."""
         lines = []
         required = node.get("required", [])
         if not isinstance(required, list) or not all(isinstance(k, str) for k in required):
@@ -431,13 +435,15 @@ class _Compiler:
 
     @staticmethod
     def count_of(node: Mapping[str, Any], keyword: str) -> int:
+        """The non-negative integer *keyword* (e.g. ``minLength``) holds in *node*."""
         value = node[keyword]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UnsupportedSchema(f"{keyword} must be a non-negative integer")
-        return value
+        return int(value)  # a plain int: its text goes into the generated source
 
     @staticmethod
     def pattern(text: Any) -> re.Pattern[str]:
+        """The compiled ``pattern`` or ``patternProperties`` key *text*."""
         if not isinstance(text, str):
             raise UnsupportedSchema("pattern must be a string")
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from dispatcher.schema.errors import DispatcherError
@@ -39,7 +40,21 @@ def _finite_float(text: str) -> float:
 
 _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 _CONTAINERS: Final = (dict, list, tuple)
+
+
+def _decode(text: str) -> Any:
+    """``_DECODER.decode(text)``, a microsecond cheaper for text with no outer whitespace.
+
+    The scanner is called directly; only text it does not take whole (outer whitespace, or
+    not JSON: the full decoder then says why) goes the long way.
+    """
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return _DECODER.decode(text)
+    return value if end == len(text) else _DECODER.decode(text)
 
 
 def decode_json(text: str | bytes, max_depth: int = MAX_NESTING_DEPTH) -> Any:
@@ -57,7 +72,7 @@ def decode_json(text: str | bytes, max_depth: int = MAX_NESTING_DEPTH) -> Any:
         except UnicodeDecodeError as exc:
             raise DecodeError("not_json", f"not JSON (invalid UTF-8 at byte {exc.start})") from None
     try:
-        value = _DECODER.decode(text)
+        value = _decode(text)
     except RecursionError:
         raise DecodeError("too_deep", _too_deep_message(max_depth)) from None
     except ValueError as exc:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dispatcher.schema.patterns import unlisted_keys
+
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
@@ -162,13 +164,7 @@ def _quoted_name(message: str) -> str:
 def _unexpected_keys(instance: Any, schema: dict[str, Any]) -> list[str]:
     if not isinstance(instance, dict):
         return []
-    known = schema.get("properties", {})
-    patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
-    return [
-        str(key)
-        for key in instance
-        if key not in known and not any(p.search(str(key)) for p in patterns)
-    ]
+    return [str(key) for key in unlisted_keys(instance, schema)]
 
 
 def _unknown_key_reason(key: str, schema: dict[str, Any]) -> str:

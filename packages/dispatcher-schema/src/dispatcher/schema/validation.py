@@ -6,8 +6,9 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.schema.compiler import UnsupportedSchema, compile_schema, ecma_pattern
+from dispatcher.schema.compiler import UnsupportedSchema, all_unique, compile_schema
 from dispatcher.schema.errors import Problem, SchemaValidationError, problems_from_errors
+from dispatcher.schema.patterns import ecma_pattern, unlisted_keys
 from dispatcher.schema.resources import SchemaName, load_schema
 
 if TYPE_CHECKING:
@@ -67,8 +68,10 @@ class Validator:
 def _explainer_class() -> type[jsonschema.Draft202012Validator]:
     """``jsonschema``'s 2020-12 validator, agreeing with the compiled one where they differ.
 
-    A ``pattern`` has ECMA-262's ``$`` (end of text, not before a final newline) and a tuple
-    is an array, as the JSON encoder writes it.
+    A ``pattern`` or a key of ``patternProperties`` has ECMA-262's ``$`` (end of text, not
+    before a final newline) and matches only string keys; a tuple is an array, as the JSON
+    encoder writes it; ``uniqueItems`` compares every pair (``jsonschema`` compares only
+    neighbours once sorted, and ``[[1], [true], [1]]`` sorts with the two ``[1]`` apart).
     """
     import jsonschema  # costs ~0.1 s to import: only when there is something to explain
 
@@ -80,11 +83,48 @@ def _explainer_class() -> type[jsonschema.Draft202012Validator]:
         if validator.is_type(instance, "string") and not ecma_pattern(pattern).search(instance):
             yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
+    def pattern_properties(
+        validator: Any, patterns: dict[str, Any], instance: Any, schema: dict[str, Any]
+    ) -> Iterator[jsonschema.ValidationError]:
+        if not validator.is_type(instance, "object"):
+            return
+        for pattern, subschema in patterns.items():
+            search = ecma_pattern(pattern).search
+            for key, value in instance.items():
+                if isinstance(key, str) and search(key):
+                    yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+    def additional_properties(
+        validator: Any, additional: Any, instance: Any, schema: dict[str, Any]
+    ) -> Iterator[jsonschema.ValidationError]:
+        if not validator.is_type(instance, "object"):
+            return
+        extras = unlisted_keys(instance, schema)
+        if validator.is_type(additional, "object"):
+            for extra in extras:
+                yield from validator.descend(instance[extra], additional, path=extra)
+        elif additional is False and extras:
+            listed = ", ".join(repr(extra) for extra in extras)
+            yield jsonschema.ValidationError(f"unexpected keys: {listed}")
+
+    def unique_items(
+        validator: Any, unique: Any, instance: Any, schema: dict[str, Any]
+    ) -> Iterator[jsonschema.ValidationError]:
+        if unique and validator.is_type(instance, "array") and not all_unique(instance):
+            yield jsonschema.ValidationError(f"{instance!r} has non-unique elements")
+
     checker = base.TYPE_CHECKER.redefine(
         "array", lambda checker, instance: isinstance(instance, (list, tuple))
     )
     extended: type[jsonschema.Draft202012Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-        base, {"pattern": pattern}, type_checker=checker
+        base,
+        {
+            "pattern": pattern,
+            "patternProperties": pattern_properties,
+            "additionalProperties": additional_properties,
+            "uniqueItems": unique_items,
+        },
+        type_checker=checker,
     )
     return extended
 

@@ -13,6 +13,7 @@ import json
 import signal
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 STOP_LINE: Final = b'{"op":"stop"}\n'
@@ -60,6 +61,26 @@ def run_line(raw_message: str, channel: str, keep_result: bool = False) -> bytes
     result = ',"result":true' if keep_result else ""
     head = f'{{"op":"run","channel":{_ENCODER.encode(channel)}{result}'
     return f'{head},"message":{flat}}}\n'.encode()
+
+
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def read_line(line: bytes) -> Any:
+    """Decode one line of the protocol (without its newline).
+
+    The JSON scanner is called directly, which skips what ``json.loads`` does around it
+    (guessing the encoding, matching whitespace at both ends): about two microseconds less
+    per line. A line it does not take whole goes through ``json.loads``, which says why.
+
+    :raises ValueError: when the line is not JSON.
+    """
+    text = line.decode()
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
 
 
 def event_line(event: dict[str, Any]) -> bytes:

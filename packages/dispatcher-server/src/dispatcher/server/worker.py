@@ -37,6 +37,7 @@ from dispatcher.server.protocol import (
     BlockingLineSocket,
     cancel_target,
     event_line,
+    read_line,
 )
 from dispatcher.server.results import encode_result
 
@@ -126,7 +127,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
                 continue
             if line is None:
                 break
-            request = json.loads(line)
+            request = read_line(line)
             if request["op"] == "stop":
                 break
             if request["op"] == "run":

@@ -9,13 +9,12 @@ socket open (so that no end-of-file comes); what the process wrote last is read 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Callable
 from typing import Any, Final
 
 from dispatcher.server.launcher import WorkerProcess
-from dispatcher.server.protocol import LineReader
+from dispatcher.server.protocol import LineReader, read_line
 
 _READ_SIZE: Final = 1 << 16
 
@@ -81,7 +80,7 @@ class WorkerEvents:
     def _deliver(self, data: bytes) -> None:
         for line in self._reader.feed(data):
             try:
-                self._on_event(json.loads(line))
+                self._on_event(read_line(line))
             except Exception as exc:  # costs this event, never the worker or the service
                 self._on_error(exc)
 

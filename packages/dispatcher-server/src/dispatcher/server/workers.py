@@ -75,8 +75,8 @@ class Process(Protocol):
 
 _timeouts = RateLimitedLog(logger, logging.WARNING)
 
-_REPORTABLE: Final = frozenset({Outcome.OK.value, Outcome.ERROR.value})
-"""Outcomes a worker reports as they are (besides ``cancelled`` and ``exit``)."""
+_REPORTABLE: Final = {outcome.value: outcome for outcome in (Outcome.OK, Outcome.ERROR)}
+"""Outcomes a worker reports as they are (besides ``cancelled`` and ``exit``), by word."""
 
 
 class WorkerHandle:
@@ -248,10 +248,8 @@ class WorkerHandle:
         elif reported == "exit":
             outcome = Outcome.OK
             self.status = WorkerStatus.STOPPING  # it exits now
-        elif reported in _REPORTABLE:
-            outcome = Outcome(reported)
-        else:  # not a word a worker says: count it as the task's failure, not ours
-            outcome = Outcome.ERROR
+        else:  # a word no worker says counts as the task's failure, not ours
+            outcome = _REPORTABLE.get(reported, Outcome.ERROR)
         self.cancelling = self.killed_for = None
         if self.ahead and reported != "exit" and not self._doomed:
             self._next()
