@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from live_service import DEFAULT_DSN, descendants, parent_pid
+from live_service import DEFAULT_DSN, compile_dispatcher, descendants, parent_pid
 from service import cpu_seconds, percentile, raw_latencies, wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -433,6 +433,7 @@ def main() -> None:
         help="of both services (at WARNING dispatcherd logs every task it queues)",
     )
     options = parser.parse_args()
+    compile_dispatcher()
     options.backlog_sizes = [int(b) for b in options.backlogs.split(",")]
     contenders = (dispatcher_contender(), dispatcherd_contender(options.dispatcherd_version))
     print(

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import psycopg
-from live_service import DEFAULT_DSN, LiveService
+from live_service import DEFAULT_DSN, LiveService, compile_dispatcher
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -438,6 +438,7 @@ def main() -> None:
     parser.add_argument("--pgqueuer-dequeuers", type=int, default=5)
     parser.add_argument("--pgqueuer-batch-size", type=int, default=100)
     options = parser.parse_args()
+    compile_dispatcher()
     counts = [int(n) for n in options.services.split(",")]
     contenders: dict[str, Contender] = {}
     if options.only != "pgqueuer":

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from live_service import DEFAULT_DSN, descendants, parent_pid
+from live_service import DEFAULT_DSN, compile_dispatcher, descendants, parent_pid
 
 HERE = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--idle", type=float, default=2.0, help="seconds idle before measuring")
     options = parser.parse_args()
+    compile_dispatcher()
     runs = [one_run(options.dsn, options.workers, options.idle) for _ in range(options.runs)]
     report(runs, options.workers)
 

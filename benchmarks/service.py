@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from live_service import compile_dispatcher
 
 from dispatcher.config import setup
 from dispatcher.publish import batch, close_connections, prepare_submission, submit_task
@@ -224,6 +225,7 @@ def main() -> None:
         help="the service's log level (INFO writes a line per task: measures what they cost)",
     )
     options = parser.parse_args()
+    compile_dispatcher()
     channel = f"bench_{uuid.uuid4().hex[:12]}"
     setup(
         {"version": 1, "brokers": {"pg_notify": {"conninfo": options.dsn, "channels": [channel]}}}
