@@ -12,7 +12,10 @@ With ``--message-bytes 165,2100,7500,40000`` it measures instead what the size o
 costs: for each size, ``--sized-backlog`` tasks whose ``args`` are padded with a string so
 that each message's JSON text is about that many bytes (a message over the NOTIFY limit goes
 as chunk envelopes, as ``submit_task`` sends it), reporting the main-process CPU per task
-and per NOTIFY.
+and per NOTIFY. Published as fast as possible, large messages arrive more slowly (PostgreSQL
+is then the bottleneck), so each wake-up of the service finds fewer of them and its cost per
+task rises for that reason alone; ``--rate 5000`` publishes every size at the same rate, which
+separates what the size costs from what the rate does.
 """
 
 from __future__ import annotations
@@ -110,9 +113,9 @@ def padding_for(size: int, path: Path) -> str:
 
 
 def sized_throughput(
-    pid: int, folder: Path, count: int, size: int
+    pid: int, folder: Path, count: int, size: int, rate: float | None = None
 ) -> tuple[float, float, int, int]:
-    """Run *count* tasks of messages of about *size* bytes.
+    """Run *count* tasks of messages of about *size* bytes, at most *rate* per second.
 
     Returns (tasks per second, main-process CPU microseconds per task, NOTIFYs per task, the
     size of a message's JSON text).
@@ -125,28 +128,38 @@ def sized_throughput(
     actual = len(json.dumps(sample.message, separators=(",", ":")))
     cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
-    per_batch = max(1, 1000 // notifies)
+    per_batch = max(1, 1000 // notifies) if rate is None else max(1, int(rate) // 100)
+    due = started
     for first in range(0, count, per_batch):
         with batch():
             for _ in range(min(per_batch, count - first)):
                 submit_task(SIZED_TASK, args=[str(path), padding])
+        if rate is not None:  # a batch every 10 ms
+            due += per_batch / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
     wait_for(lambda: path.stat().st_size >= count, timeout=600)
     elapsed = time.perf_counter() - started
     cpu = cpu_seconds(pid) - cpu_before
     return count / elapsed, cpu / count * 1e6, notifies, actual
 
 
-def report_sizes(pid: int, folder: Path, sizes: list[int], backlog: int, runs: int) -> None:
-    """Print, for each message size, the main-process CPU per task (medians of *runs*)."""
+def report_sizes(
+    pid: int, folder: Path, sizes: list[int], backlog: int, runs: int, rate: float | None
+) -> None:
+    """Print, for each message size, the main-process CPU per task (medians of *runs*).
+
+    With *rate*, every size is published at that rate: the main process's cost per task
+    depends on how many tasks each of its wake-ups finds, so sizes compare at equal rates.
+    """
     sized_throughput(pid, folder, 200, sizes[0])  # warm-up of the sized task
     for size in sizes:
-        results = [sized_throughput(pid, folder, backlog, size) for _ in range(runs)]
-        rate = statistics.median(r[0] for r in results)
+        results = [sized_throughput(pid, folder, backlog, size, rate) for _ in range(runs)]
+        achieved = statistics.median(r[0] for r in results)
         cpu = statistics.median(r[1] for r in results)
         notifies, actual = results[0][2:]
         print(
             f"  message {actual:6d} B, {notifies} NOTIFY/task, backlog {backlog}: "
-            f"{rate:8,.0f} tasks/s, main-process CPU {cpu:6.1f} us/task "
+            f"{achieved:8,.0f} tasks/s, main-process CPU {cpu:6.1f} us/task "
             f"({cpu / notifies:6.1f} us/NOTIFY)"
         )
 
@@ -220,6 +233,12 @@ def main() -> None:
         "--sized-backlog", type=int, default=5000, help="tasks per run with --message-bytes"
     )
     parser.add_argument(
+        "--rate",
+        type=float,
+        help="with --message-bytes: publish at this many tasks per second (else as fast as "
+        "possible), so that every size is compared at the same rate",
+    )
+    parser.add_argument(
         "--log-level",
         default="WARNING",
         help="the service's log level (INFO writes a line per task: measures what they cost)",
@@ -241,7 +260,9 @@ def main() -> None:
             )
             if options.message_bytes:
                 sizes = [int(size) for size in options.message_bytes.split(",")]
-                report_sizes(service.pid, folder, sizes, options.sized_backlog, options.runs)
+                report_sizes(
+                    service.pid, folder, sizes, options.sized_backlog, options.runs, options.rate
+                )
                 return
             for backlog in (int(b) for b in options.backlogs.split(",")):
                 runs = [throughput(service.pid, folder, backlog) for _ in range(options.runs)]
