@@ -127,6 +127,33 @@ def test_a_job_runs_and_its_row_is_done_with_its_result(
     assert len(evidence.records()) == 1
 
 
+HOSTILE_TEXTS = [
+    "quotes \" and ' and \\ backslashes",
+    "lines\nand\ttabs\r and \x01\x1f controls",
+    "é ü 日本 🚀 \u2028\u2029",
+    'a literal \\u0000 escape, and {"json": [1]}',
+]
+
+
+def test_results_and_errors_keep_every_character_through_the_acknowledgement(
+    start_service: Start, config: dict[str, Any], sdk: Settings, channel: str, evidence: Evidence
+) -> None:
+    start_service(config)
+    value = {"texts": HOSTILE_TEXTS, "nested": {"k\n": [None, 1.5, -0.0, 2**53]}}
+    kept = submit_task(TASKS + "give_back", args=[str(evidence.path), value], queue=channel)
+    text = " | ".join([*HOSTILE_TEXTS, "NUL \x00 and lone \udc80 surrogate"])
+    failed = submit_task(
+        TASKS + "fail_saying", args=[str(evidence.path), text], queue=channel, max_attempts=1
+    )
+    job = wait_until(lambda: finished(kept.uuid), timeout=20)
+    assert (job.state, job.result) == ("done", value)
+    job = wait_until(lambda: finished(failed.uuid), timeout=20)
+    assert job.state == "failed"
+    assert job.last_error is not None
+    assert " | ".join(HOSTILE_TEXTS) in job.last_error
+    assert "NUL \\x00 and lone \\udc80 surrogate" in job.last_error  # escaped, not lost
+
+
 def test_rows_need_no_signature_where_notify_messages_do(
     start_service: Start, config: dict[str, Any], sdk: Settings, channel: str, evidence: Evidence
 ) -> None:

@@ -48,6 +48,13 @@ def fail(path: str) -> None:
 
 
 @task()
+def fail_saying(path: str, text: str) -> None:
+    """Record, then raise a ValueError saying *text*."""
+    _record(path, event="fail")
+    raise ValueError(text)
+
+
+@task()
 def noop() -> None:
     """Does nothing (for load tests)."""
 

@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispatcher.config import Limits
 from dispatcher.schema import Outcome, migrations
@@ -147,6 +149,35 @@ def test_other_results_are_dropped_with_a_note(value: object, note: str) -> None
     assert text is None
     assert why is not None
     assert note in why
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.recursive(
+        st.text(alphabet=st.sampled_from(["\\", "u", "0", "\x00", "a", '"'])),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.text(alphabet="\\u0\x00a", max_size=6), inner, max_size=3)
+        ),
+        max_leaves=6,
+    )
+)
+def test_a_result_is_dropped_for_a_nul_exactly_when_it_holds_one(value: object) -> None:
+    holds_nul = _holds_nul(value)
+    text, why = encode_result(value)
+    assert (text is None) is holds_nul, (value, why)
+    if text is not None:
+        assert json.loads(text) == value
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(map(_holds_nul, value))
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    return False
 
 
 # -- migrations ------------------------------------------------------------------------------

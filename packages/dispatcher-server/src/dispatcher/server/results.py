@@ -8,12 +8,18 @@ JSON-serialisable, or too large, is dropped with a note saying why.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 MAX_RESULT_BYTES: Final = 64 * 1024
 """Largest result kept, in bytes of its JSON text (UTF-8)."""
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+_ESCAPED_NUL: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+r"""A NUL character's escape in JSON text: ``\u0000`` after an even number of backslashes.
+
+(``\\u0000`` is an escaped backslash followed by the letters ``u0000``: PostgreSQL takes it.)"""
 
 
 def encode_result(value: Any) -> tuple[str | None, str | None]:
@@ -28,6 +34,6 @@ def encode_result(value: Any) -> tuple[str | None, str | None]:
         return None, f"result not kept: a {kind} that is not JSON-serialisable ({exc})"[:300]
     if len(text) > MAX_RESULT_BYTES:  # ASCII: characters are bytes
         return None, (f"result not kept: {len(text)} bytes of JSON, more than {MAX_RESULT_BYTES}")
-    if "\\u0000" in text:
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
         return None, "result not kept: it holds a NUL character, which PostgreSQL refuses"
     return text, None

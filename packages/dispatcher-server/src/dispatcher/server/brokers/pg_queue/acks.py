@@ -9,7 +9,9 @@ need be, so that one bad row never holds the others back.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import anyio
 import psycopg
@@ -22,6 +24,9 @@ from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
+
+_ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""Text as it is (sent in the connection's encoding, as the other parameters are)."""
 
 
 class Acknowledger:
@@ -102,22 +107,26 @@ class Acknowledger:
         )
         return []
 
-    def _params(self, batch: Sequence[Ack]) -> dict[str, list[object]]:
-        """The statement's parameters for *batch*, each fenced by the claim it settles.
+    def _params(self, batch: Sequence[Ack]) -> dict[str, str]:
+        """The statement's parameter for *batch*, each row fenced by the claim it settles.
 
         A claim no longer held gets no claim number: its row is left as it is.
         """
         claim_of = self._leases.claim_of
-        return {
-            "ids": [ack.id for ack in batch],
-            "attempts": [ack.attempts for ack in batch],
-            "claims": [claim_of(ack.id, ack.attempts) for ack in batch],
-            "kinds": [ack.kind for ack in batch],
-            "outcomes": [ack.outcome for ack in batch],
-            "errors": [ack.error for ack in batch],
-            "results": [ack.result for ack in batch],
-            "delays": [ack.delay for ack in batch],
-        }
+        rows = [
+            {
+                "id": ack.id,
+                "attempts": ack.attempts,
+                "claims": claim_of(ack.id, ack.attempts),
+                "kind": ack.kind,
+                "outcome": ack.outcome,
+                "error": ack.error,
+                "result": ack.result,
+                "delay": ack.delay,
+            }
+            for ack in batch
+        ]
+        return {"acks": _ENCODE(rows)}
 
     def _count(self, rows: Rows) -> None:
         for queue, kind, state in rows:
