@@ -85,3 +85,23 @@ def test_asking_for_the_bound_object_counts_it() -> None:
     with pytest.raises(InvalidSubmission, match="multiple values for argument 'first'"):
         prepare_submission(flexible, args=[], kwargs={"first": 1}, bind=True, queue="q")
     prepare_submission(flexible, args=[1], bind=True, queue="q")  # the bound object, then 1
+
+
+@task(queue="q")
+def shaped(a: int, b: int = 0, *, c: int = 0) -> None:
+    """Takes one or two positional arguments and an optional keyword."""
+
+
+def test_a_call_shape_once_accepted_does_not_let_other_shapes_through() -> None:
+    for _ in range(3):  # the accepted shapes are remembered: later calls take the quick way
+        prepare_submission(shaped, args=[1], kwargs={"c": 2}, queue="q")
+        prepare_submission(shaped, args=[1, 2], kwargs={"c": 2}, queue="q")
+        prepare_submission(shaped, args=[], kwargs={"a": 1, "b": 2}, queue="q")
+        for args, kwargs, reason in [
+            ([1, 2, 3], {"c": 2}, "too many positional arguments"),
+            ([1], {"d": 2}, "unexpected keyword argument 'd'"),
+            ([1, 2], {"b": 2}, "multiple values for argument 'b'"),
+            ([], {"b": 2, "c": 1}, "missing a required argument: 'a'"),
+        ]:
+            with pytest.raises(InvalidSubmission, match=reason):
+                prepare_submission(shaped, args=args, kwargs=kwargs, queue="q")

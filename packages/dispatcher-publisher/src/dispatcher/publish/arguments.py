@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from dispatcher.publish.registry import RegisteredTask
@@ -34,6 +34,13 @@ class _Shape:
     """Most positional arguments (``None``: ``*args``), counting the leading slots."""
     simple: bool
     """No keyword-only parameter without a default: keyword-free calls need only counting."""
+    accepted: set[tuple[int, tuple[str, ...]]] = field(default_factory=set)
+    """Calls found to fit, as (positional arguments, keyword names): binding depends on
+    nothing else, so a call of a known shape is not bound again."""
+
+
+_ACCEPTED_SHAPES: Final = 256
+"""Most call shapes remembered per task."""
 
 
 _shapes: dict[object, _Shape | None] = {}
@@ -55,6 +62,9 @@ def argument_problem(
         given = slots + len(args)
         if shape.fewest <= given and (shape.most is None or given <= shape.most):
             return None
+    call = (slots + len(args), tuple(kwargs))
+    if call in shape.accepted:
+        return None
     try:
         shape.signature.bind(*(_SLOT,) * slots, *args, **kwargs)
     except TypeError as exc:
@@ -63,6 +73,8 @@ def argument_problem(
             parameters=parameters, return_annotation=inspect.Signature.empty
         )
         return f"args, kwargs: {exc}: the task is {entry.name}{shown}"
+    if len(shape.accepted) < _ACCEPTED_SHAPES:
+        shape.accepted.add(call)
     return None
 
 
