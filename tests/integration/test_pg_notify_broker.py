@@ -6,7 +6,11 @@ still arrive once, whole, in order, and the self-check's own notifications never
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import socket
 from collections.abc import Callable
 
 import anyio
@@ -116,3 +120,45 @@ async def test_a_notification_psycopg_reads_during_a_statement_is_delivered(
                 drain.run()
                 await drain.wait()
     assert [(text, origin.channel) for text, origin in received] == [("during", channel)]
+
+
+def terminate(pg_dsn: str, pid: int) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+async def test_a_broken_connection_leaves_its_socket_number_to_whoever_gets_it_next(
+    pg_dsn: str, channel: str
+) -> None:
+    # libpq closes the socket of a connection it finds broken; a socket opened before the
+    # serving task resumes may get the same number, and must be watchable.
+    broker, _ = listening(pg_dsn, [channel], ServiceStats())
+    loop = asyncio.get_running_loop()
+    readable = anyio.Event()
+    first, second = socket.socketpair()
+    async with await pg_notify.open_connection(pg_dsn, "dispatcher-test") as conn:
+        drain = pg_notify._Drain(conn, broker.check_channel, broker._origins, lambda *_: None)
+        await broker._listen(conn)
+        fileno = drain.fileno
+        try:
+            with drain.watching():
+                await anyio.to_thread.run_sync(terminate, pg_dsn, conn.info.backend_pid)
+                with anyio.fail_after(10):
+                    await drain.failed.wait()
+                with pytest.raises(OSError, match="Bad file descriptor"):
+                    os.fstat(fileno)  # closed by libpq
+                os.dup2(first.fileno(), fileno)  # the number is taken again
+                loop.add_reader(fileno, readable.set)
+                second.send(b"x")
+                with anyio.fail_after(5):
+                    await readable.wait()
+            # Leaving the block left the other socket's reader alone.
+            assert loop.remove_reader(fileno)
+        finally:
+            loop.remove_reader(fileno)
+            with contextlib.suppress(OSError):
+                os.close(fileno)
+            first.close()
+            second.close()
+    with pytest.raises(psycopg.OperationalError):
+        drain.raise_failure()

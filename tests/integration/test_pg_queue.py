@@ -16,14 +16,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import Settings, reset, setup
 from dispatcher.publish import Job, batch, close_connections, get_job, submit_task
 from dispatcher.schema import MAX_MESSAGE_BYTES, QUEUE_WAKEUP_CHANNEL
-from dispatcher.server.brokers.pg_queue.migrations import latest_version
+from dispatcher.server.brokers.pg_queue.acks import Acknowledger
+from dispatcher.server.brokers.pg_queue.database import QueueDatabase
+from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.migrations import latest_version, migrate
+from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy
+from dispatcher.server.brokers.pg_queue.sql import Statements
+from dispatcher.server.stats import ServiceStats
 from support.durable import (
     enqueue,
     job_message,
@@ -32,7 +40,7 @@ from support.durable import (
     queue_config,
     wait_for_states,
 )
-from support.queue_rows import insert_job, unique_schema
+from support.queue_rows import insert_job, job_row, unique_schema
 from support.service import TASKS, Evidence, ServiceProcess, wait_until
 from support.service_tasks import DURABLE_TICKS
 
@@ -404,3 +412,53 @@ def test_finished_rows_of_every_final_state_are_deleted_and_the_others_kept(
     wait_until(lambda: len(jobs(pg_conn, schema)) == len(kept), timeout=10)
     assert {row["uuid"] for row in jobs(pg_conn, schema)} == set(kept)
     assert not set(old) & {row["uuid"] for row in jobs(pg_conn, schema)}
+
+
+@pytest.fixture
+def latin1_dsn(pg_dsn: str) -> Iterator[str]:
+    """A database of this test's own whose encoding is LATIN1, not UTF8."""
+    name = f"latin1_{unique_schema()}"
+    create = "CREATE DATABASE {} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(create).format(sql.Identifier(name)))
+    yield make_conninfo(pg_dsn, dbname=name)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_an_error_text_the_database_encoding_cannot_hold_is_recorded_escaped(
+    latin1_dsn: str,
+) -> None:
+    schema = unique_schema()
+    with psycopg.connect(latin1_dsn, autocommit=True) as conn:
+        migrate(conn, schema)
+        uuids = [insert_job(conn, schema, state="running", attempts=1) for _ in range(2)]
+        query = sql.SQL("SELECT id, claims FROM {}.jobs WHERE uuid = %s").format(
+            sql.Identifier(schema)
+        )
+        ids: list[tuple[int, int]] = [conn.execute(query, (uuid,)).fetchall()[0] for uuid in uuids]
+
+    async def flush() -> None:
+        async def nothing(conn: object) -> None:
+            pass
+
+        db = QueueDatabase(latin1_dsn, "pg-queue-latin1", nothing)
+        statements = Statements.for_schema(schema)
+        leases = Leases(db, statements.renew, 30)
+        acks = Acknowledger(db, statements.acknowledge, leases, RetryPolicy(), 10, ServiceStats())
+        for (row, claim), error in zip(ids, ["caf\u00e9 \u65e5\u672c", "plain"], strict=True):
+            leases.add(row, 1, claim)
+            acks.add(Ack(row, 1, "failed", "rejected", error))
+        try:
+            await acks.flush()
+        finally:
+            await db.close()
+        assert acks.pending == 0
+
+    anyio.run(flush)
+    with psycopg.connect(latin1_dsn) as conn:
+        rows = [job_row(conn, schema, uuid) for uuid in uuids]
+    assert [(row["state"], row["last_error"]) for row in rows if row is not None] == [
+        ("failed", "caf\\xe9 \\u65e5\\u672c"),  # escaped, not lost; the others unharmed
+        ("failed", "plain"),
+    ]

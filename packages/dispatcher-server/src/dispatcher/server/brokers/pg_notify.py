@@ -161,6 +161,7 @@ class PgNotifyBroker(BrokerBase):
                     with anyio.move_on_after(interval - quiet_for):
                         await drain.failed.wait()
                     drain.raise_failure()
+            drain.raise_failure()  # (one on entering the block, its deadline already past)
             await self._self_check(conn, drain)  # (psycopg needs the socket to itself)
             drain.last_heard = time.monotonic()
 
@@ -237,16 +238,24 @@ class _Drain:
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
-        """Deliver from a reader callback while in this block (the socket is ours then)."""
+        """Deliver from a reader callback while in this block (the socket is ours then).
+
+        :raises Exception: at once, what made reading fail before (see :meth:`raise_failure`).
+        """
+        self.raise_failure()  # never watch a socket number libpq has given up
         loop = asyncio.get_running_loop()
-        self._watching = True
         loop.add_reader(self.fileno, self._on_readable)
+        self._watching = True
         try:
             self._on_readable()  # what came while nobody watched
             yield
         finally:
+            self._stop_watching()
+
+    def _stop_watching(self) -> None:
+        if self._watching:
             self._watching = False
-            loop.remove_reader(self.fileno)
+            asyncio.get_running_loop().remove_reader(self.fileno)
 
     def raise_failure(self) -> None:
         """Raise what made reading fail, if it did."""
@@ -260,6 +269,10 @@ class _Drain:
             if self.run():
                 self.last_heard = time.monotonic()
         except Exception as exc:  # the connection broke: the serving task replaces it
+            # At once: libpq has closed a broken connection's socket, and a socket opened
+            # before the serving task resumes may get its number (and needs the loop's
+            # reader slot for it).
+            self._stop_watching()
             self._failure = exc
             self.failed.set()
             return

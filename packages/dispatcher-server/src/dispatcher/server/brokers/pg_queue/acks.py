@@ -79,7 +79,7 @@ class Acknowledger:
                 batch = self._pending[: self._batch_size]
                 try:
                     rows = await self._db.fetch(self._statement, self._params(batch))
-                except (psycopg.IntegrityError, psycopg.DataError):
+                except (psycopg.IntegrityError, psycopg.DataError, UnicodeEncodeError):
                     rows = await self._one_by_one(batch)
                 del self._pending[: len(batch)]
                 for ack in batch:
@@ -98,7 +98,9 @@ class Acknowledger:
         for _ in range(3):
             try:
                 return await self._db.fetch(self._statement, self._params([ack]))
-            except psycopg.DataError as exc:  # PostgreSQL refused the result, or a text
+            # PostgreSQL refused the result or a text, or the connection's encoding (not
+            # UTF8) has no code for one of its characters.
+            except (psycopg.DataError, UnicodeEncodeError) as exc:
                 ack = _plain(ack, first_line(exc))
             except psycopg.IntegrityError:  # a queue_one twin came in: the next try sees it
                 continue
