@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,16 @@ JSON_VALUES = st.recursive(
 )
 
 
+_BUILT: dict[int, tuple[dict[str, Any], Callable[[Any], bool], Validator]] = {}
+
+
 def verdicts(schema: dict[str, Any], instance: Any) -> tuple[bool, bool]:
     """What the compiled validator says, and what the explaining one (jsonschema) says."""
-    compiled = compile_schema(schema)(instance)
-    explained = not Validator("config", schema).problems(instance)
-    return compiled, explained
+    built = _BUILT.get(id(schema))
+    if built is None or built[0] is not schema:  # compiled once per schema object
+        built = _BUILT[id(schema)] = (schema, compile_schema(schema), Validator("config", schema))
+    _, compiled, explaining = built
+    return compiled(instance), not explaining.problems(instance)
 
 
 def valid_examples() -> list[tuple[str, Any]]:
