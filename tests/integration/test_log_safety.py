@@ -8,25 +8,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from support.log_lines import FORGED, FORGED_SHOWN, assert_every_line_is_ours
 from support.service import Evidence, ServiceProcess, task_message
 
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
 
-FORGED = "x\nCRITICAL dispatcher.service: FORGED LINE"
-FORGED_SHOWN = "x\\nCRITICAL dispatcher.service: FORGED LINE"
-
-RECORD_START = re.compile(
-    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
-)
-"""How every line the service writes begins, unless it continues a record (indented)."""
-
 DEFAULT_CAP = 65536
-
-
-def _assert_every_line_is_ours(log: str) -> None:
-    for line in log.splitlines():
-        assert RECORD_START.match(line) or line.startswith("  | "), f"line not ours: {line!r}"
 
 
 def test_a_forged_uuid_is_shown_escaped_and_starts_no_line(
@@ -48,7 +36,7 @@ def test_a_forged_uuid_is_shown_escaped_and_starts_no_line(
     )
     log = service.log
     assert not any(line.startswith("CRITICAL") for line in log.splitlines()), log
-    _assert_every_line_is_ours(log)
+    assert_every_line_is_ours(log)
 
 
 def test_nul_characters_never_reach_the_log(
@@ -68,7 +56,7 @@ def test_nul_characters_never_reach_the_log(
     service.wait_for_log(r"ERROR .*\(uuid n\\x00three\) failed")
     raw = service.log_path.read_bytes()
     assert b"\x00" not in raw
-    _assert_every_line_is_ours(service.log)
+    assert_every_line_is_ours(service.log)
 
 
 def _output_lines(log: str, task_id: str) -> list[str]:
@@ -95,7 +83,7 @@ def test_ten_mib_of_output_leave_the_cap_in_the_log_and_a_count(
     assert sum(len(text) for text in kept) == DEFAULT_CAP - DEFAULT_CAP // 1024  # minus "\n"s
     overhead = 150  # time stamp, level, worker, logger, task name and uuid
     assert len(service.log_path.read_bytes()) < DEFAULT_CAP + overhead * (len(kept) + 20)
-    _assert_every_line_is_ours(service.log)
+    assert_every_line_is_ours(service.log)
 
 
 def test_the_cap_comes_from_the_config(
@@ -131,4 +119,4 @@ def test_output_is_attributed_to_its_task_and_uuid(
         service.wait_for_log(re.escape(f"task output [{task_id}] {label} line 39"))
         lines = _output_lines(service.log, task_id)
         assert sorted(lines) == sorted(f"{label} line {n}" for n in range(40))
-    _assert_every_line_is_ours(service.log)
+    assert_every_line_is_ours(service.log)

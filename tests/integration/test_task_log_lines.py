@@ -10,18 +10,14 @@ from typing import Any
 
 from dispatcher.config import Settings
 from dispatcher.control import control_with_reply
+from support.log_lines import FORGED, FORGED_SHOWN, assert_every_line_is_ours
 from support.service import Evidence, ServiceProcess, task_message
 
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
 
 RECORD = "support.service_tasks.record"
-FORGED = "x\nCRITICAL dispatcher.service: FORGED LINE"
-FORGED_SHOWN = re.escape("x\\nCRITICAL dispatcher.service: FORGED LINE")
-
-LINE_START = re.compile(
-    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
-)
+FORGED_PATTERN = re.escape(FORGED_SHOWN)
 
 
 def finished_line(task: str, uuid: str, outcome: str) -> str:
@@ -61,15 +57,14 @@ def test_start_and_end_lines_escape_a_hostile_uuid(
     service_config["service"]["task_log"] = "start_and_end"
     service = start_service(service_config)
     notify(channel, task_message("record", evidence.path, uuid=FORGED))
-    service.wait_for_log(finished_line(RECORD, FORGED_SHOWN, "ok"))
+    service.wait_for_log(finished_line(RECORD, FORGED_PATTERN, "ok"))
     log = service.log
     start = line_number(
         log,
-        rf"INFO dispatcher\.tasks: task {RECORD} \(uuid {FORGED_SHOWN}\) started on worker \d+$",
+        rf"INFO dispatcher\.tasks: task {RECORD} \(uuid {FORGED_PATTERN}\) started on worker \d+$",
     )
-    assert start < line_number(log, finished_line(RECORD, FORGED_SHOWN, "ok"))
-    for line in log.splitlines():
-        assert LINE_START.match(line) or line.startswith("  | "), f"line not ours: {line!r}"
+    assert start < line_number(log, finished_line(RECORD, FORGED_PATTERN, "ok"))
+    assert_every_line_is_ours(log)
 
 
 def test_off_leaves_no_line_for_a_success_but_still_logs_a_failure(
