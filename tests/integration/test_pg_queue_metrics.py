@@ -93,6 +93,33 @@ def test_depth_gauges_and_counters_by_queue(
     assert "# TYPE dispatcher_pg_queue_claims_total counter" in text
 
 
+def test_a_job_committed_as_the_sample_starts_counts_as_ready(
+    pg_conn: psycopg.Connection[Any], pg_dsn: str, schema: str
+) -> None:
+    """A job's run_after is its insert's start, which may come after the sample's own start.
+
+    The sample below runs in a transaction begun before the insert, so its ``now()`` is
+    earlier than the job's run_after while its snapshot (taken per statement) sees the job:
+    what happens in autocommit when the insert commits between the two.
+    """
+    sampler = QueueSampler(pg_dsn, schema, ["mail"], "test-sampler")
+
+    async def sample_across_the_insert() -> QueueDepth:
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            began = await (await conn.execute("SELECT now()")).fetchone()
+            insert_job(pg_conn, schema, queue="mail")
+            inserted = pg_conn.execute(
+                f"SELECT run_after FROM {schema}.jobs WHERE queue = 'mail'"
+            ).fetchone()
+            assert began is not None
+            assert inserted is not None
+            assert inserted[0] > began[0]
+            return (await sampler.sample(conn))["mail"]
+
+    depth = anyio.run(sample_across_the_insert)
+    assert (depth.ready, depth.delayed) == (1, 0)
+
+
 def test_no_durable_queue_families_without_pg_queue() -> None:
     text, _ = exposition(Source(None))
     assert "dispatcher_pg_queue" not in text

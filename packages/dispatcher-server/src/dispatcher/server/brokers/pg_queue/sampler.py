@@ -37,14 +37,22 @@ STATEMENT_TIMEOUT_MS: Final = 5000
 """A sample that takes longer is cancelled by the server (and tried again later)."""
 
 _QUERY: Final = """
+WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now)
 SELECT q.name,
   (SELECT count(*) FROM (SELECT FROM {jobs} j WHERE j.state = 'queued' AND j.queue = q.name
-     AND j.run_after <= now() LIMIT %(cap)s) ready),
+     AND j.run_after <= clock.now LIMIT %(cap)s) ready),
   (SELECT count(*) FROM (SELECT FROM {jobs} j WHERE j.state = 'queued' AND j.queue = q.name
-     AND j.run_after > now() LIMIT %(cap)s) delayed),
-  (SELECT coalesce(extract(epoch FROM now() - min(j.run_after)), 0)::float8 FROM {jobs} j
-     WHERE j.state = 'queued' AND j.queue = q.name AND j.run_after <= now())
-FROM unnest(%(queues)s::text[]) AS q(name)
+     AND j.run_after > clock.now LIMIT %(cap)s) delayed),
+  (SELECT coalesce(extract(epoch FROM clock.now - min(j.run_after)), 0)::float8 FROM {jobs} j
+     WHERE j.state = 'queued' AND j.queue = q.name AND j.run_after <= clock.now)
+FROM unnest(%(queues)s::text[]) AS q(name), clock
+"""
+"""Ready and delayed jobs, and the oldest ready job's age, per queue.
+
+"Now" is read after the statement's snapshot is taken (``clock_timestamp()``, once): a job
+whose insert committed just before the snapshot was stamped with its transaction's start,
+which may be later than this statement's own ``now()``; compared with that, it would count
+as delayed.
 """
 
 
