@@ -6,11 +6,11 @@ sweeps. Whenever one is (re)opened, its session gets a ``statement_timeout`` (an
 ``idle_in_transaction_session_timeout``) of :data:`STATEMENT_TIMEOUT`, unless the conninfo,
 the role or the database already sets one: a statement stuck behind a lock fails instead of
 hanging the broker, and is retried like any other failure (the connection is kept). Its
-statements are planned once (generic plans, see :data:`_SESSION`). Then *on_open* runs (the
-broker checks the tables' version and sweeps what dead services left behind). While the
-server cannot be reached, attempts to connect are spaced by a growing delay (0.1 s,
-doubling up to 30 s), shared by every user of the connection, and each failure is logged
-once.
+statements are planned once (generic plans, see :data:`_SESSION`) and never JIT-compiled.
+Then *on_open* runs (the broker checks the tables' version and sweeps what dead services
+left behind). While the server cannot be reached, attempts to connect are spaced by a
+growing delay (0.1 s, doubling up to 30 s), shared by every user of the connection, and
+each failure is logged once.
 """
 
 from __future__ import annotations
@@ -47,17 +47,23 @@ _SESSION: Final = b"""
 SELECT set_config(s.name, s.value, false)
 FROM (VALUES ('statement_timeout', %(timeout)s),
              ('idle_in_transaction_session_timeout', %(timeout)s),
-             ('plan_cache_mode', 'force_generic_plan')) AS s(name, value)
+             ('plan_cache_mode', 'force_generic_plan'),
+             ('jit', 'off')) AS s(name, value)
 JOIN pg_settings AS p USING (name)
 WHERE p.source NOT IN ('client', 'user', 'database', 'database user')
 """
 """The session's settings, unless the conninfo (``options``, ``PGOPTIONS``), the role or
-the database sets them (an operator's choice wins): the timeouts, and generic plans.
+the database sets them (an operator's choice wins): the timeouts, generic plans, no JIT.
 
 Each statement of the broker runs thousands of times, with arrays whose length changes
 every time: planning it anew for each run (as PostgreSQL does whenever the custom plans
 look cheaper, as they do for a claim) costs a good part of the statement. Every statement
-in :mod:`.sql` is written so that its generic plan is the right one."""
+in :mod:`.sql` is written so that its generic plan is the right one.
+
+JIT compilation is off: PostgreSQL decides it from the plan's estimated cost, which for a
+claim over a large backlog (the ``LIMIT`` aside) passes ``jit_above_cost``, and then
+compiles the statement anew at every run: about 30 ms of CPU for a claim that otherwise
+takes well under 1 ms."""
 
 FAILURES = (psycopg.Error, OSError, BrokerNotReady)
 """What a statement can fail with: the database's errors, an unreachable server, tables

@@ -119,13 +119,17 @@ class QueueSampler:
         return self.depths
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        """A new connection whose statements time out after :data:`STATEMENT_TIMEOUT_MS`."""
-        options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        """A new connection whose statements time out after :data:`STATEMENT_TIMEOUT_MS`.
+
+        JIT is off, as on the broker's connections. Options given in the conninfo come
+        last, so that an operator's choice wins.
+        """
+        options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c jit=off"
         given = conninfo_to_dict(self.conninfo).get("options")
         return await psycopg.AsyncConnection.connect(
             self.conninfo,
             autocommit=True,
             application_name=self.application_name,
             connect_timeout=10,
-            options=f"{given} {options}" if given else options,
+            options=f"{options} {given}" if given else options,
         )
