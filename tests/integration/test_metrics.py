@@ -64,11 +64,15 @@ def test_metrics_count_what_ran(
     evidence.wait_for(4)
 
     def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        # A worker reports a task finished after the task wrote its evidence: wait for
+        # every report, then check the rest.
         found = samples(port)
-        done = found.get(
-            ("dispatcher_tasks_finished_total", (("outcome", "error"), ("task", TASKS + "fail")))
+        failed = (
+            "dispatcher_tasks_finished_total",
+            (("outcome", "error"), ("task", TASKS + "fail")),
         )
-        return found if done == 1 else {}
+        ok = ("dispatcher_tasks_finished_total", (("outcome", "ok"), ("task", TASKS + "record")))
+        return found if found.get(failed) == 1 and found.get(ok) == 3 else {}
 
     from support.service import wait_until
 

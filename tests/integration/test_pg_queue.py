@@ -345,6 +345,28 @@ def test_invalid_rows_go_to_failed_with_the_reason_and_the_consumer_goes_on(
     assert [record["args"] for record in evidence.records()] == [["after"]]
 
 
+def test_a_row_whose_claim_counter_is_at_the_integer_limit_runs_and_stops_nothing(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    (at_limit,) = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 1)])
+    pg_conn.execute(
+        sql.SQL("UPDATE {} SET claims = 2147483647 WHERE uuid = %s").format(
+            sql.Identifier(schema, "jobs")
+        ),
+        (at_limit,),
+    )
+    others = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 2)])
+    start_service(config)
+    rows = wait_for_states(pg_conn, schema, [at_limit, *others], {"done"})
+    assert [row["attempts"] for row in rows] == [1, 1]
+    assert sorted(record["args"][0] for record in evidence.records()) == [1, 2]
+
+
 def test_three_thousand_jobs_stored_while_no_service_runs_run_exactly_once(
     start_service: Start,
     config: dict[str, Any],

@@ -116,3 +116,51 @@ def test_migrate_upgrades_version_one_tables_and_their_jobs_run(
     (done,) = wait_for_states(pg_conn, schema, waiting, {"done"})
     assert done["attempts"] == 1
     assert [record["args"] for record in evidence.records()] == [["old"]]
+
+
+def test_migrate_ends_rows_no_service_can_work_off_and_the_table_refuses_new_ones(
+    pg_conn: Conn,
+) -> None:
+    schema = at_version(pg_conn, unique_schema(), 2)
+    jobs = sql.Identifier(schema, "jobs")
+    hostile = {
+        "used-up": "'queued', 3, 3, NULL, 0",
+        "no-lease": "'running', 1, 3, NULL, 1",
+        "endless-lease": "'running', 1, 3, 'infinity', 1",
+        "too-many": "'done', 5, 3, NULL, 5",
+        "fine": "'queued', 0, 3, NULL, 0",
+    }
+    for uuid, values in hostile.items():
+        pg_conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (uuid, queue, task, message, state, attempts, max_attempts,"
+                " lease_until, claims) VALUES (%s, 'q', 't', '{{}}', " + values + ")"
+            ).format(jobs),
+            (uuid,),
+        )
+    migrated(pg_conn, schema)
+
+    rows = {uuid: job_row(pg_conn, schema, uuid) for uuid in hostile}
+    ended = {uuid: (row["state"], row["last_error"]) for uuid, row in rows.items() if row}
+    assert rows["too-many"] is not None
+    assert rows["too-many"]["attempts"] == 3
+    assert ended == {
+        "used-up": ("failed", "rejected: waiting with no attempt left (3 of 3 used)"),
+        "no-lease": ("failed", "rejected: running without a lease that can run out"),
+        "endless-lease": ("failed", "rejected: running without a lease that can run out"),
+        "too-many": ("done", None),
+        "fine": ("queued", None),
+    }
+    refused = {
+        "'queued', 1, 1, NULL, 0": "jobs_attempts_left",
+        "'running', 1, 3, NULL, 1": "jobs_running_leased",
+        "'done', 4, 3, NULL, 4": "jobs_attempts_left",
+    }
+    for values, check in refused.items():
+        with pytest.raises(psycopg.errors.CheckViolation, match=check):
+            pg_conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (uuid, queue, task, message, state, attempts, max_attempts,"
+                    " lease_until, claims) VALUES ('new', 'q', 't', '{{}}', " + values + ")"
+                ).format(jobs)
+            )

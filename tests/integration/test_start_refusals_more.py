@@ -18,7 +18,12 @@ import pytest
 
 from support.service import TESTS, ServiceProcess, alive, children, wait_until
 
-REFUSAL_SECONDS = 2.0
+REFUSAL_SECONDS = 8.0
+"""Longest a refusal may take, from the start of the process: under the 10 s after which
+a slow import is reported (what "at once" must be told apart from), with room for a
+loaded machine, where starting the interpreter and the fork server alone takes seconds."""
+STOP_SECONDS = 2.0
+"""Longest a service still importing its task modules may take to stop on SIGTERM."""
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ |  \| )")
 """How every line the service writes starts: a time stamp, or a block's indent."""
 
@@ -146,7 +151,7 @@ def test_a_hanging_import_is_waited_for_and_a_sigterm_ends_it_at_once(
     began = time.monotonic()
     service.signal(signal.SIGTERM)
     assert service.wait(10) == 0, service.log
-    assert time.monotonic() - began < REFUSAL_SECONDS, service.log
+    assert time.monotonic() - began < STOP_SECONDS, service.log
     assert "listening on" not in service.log
     wait_until(lambda: not any(alive(pid) for pid in forked), timeout=5)
 

@@ -48,6 +48,21 @@ async def fails_async() -> None:
     raise ValueError("async failure")
 
 
+class Unprintable(Exception):
+    """An exception whose text cannot be had: its ``__str__`` and ``__repr__`` raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str boom")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr boom")
+
+
+@task(name=PREFIX + "fails_unprintably")
+def fails_unprintably() -> None:
+    raise Unprintable
+
+
 @task(name=PREFIX + "ok")
 def ok() -> None:
     pass
@@ -104,3 +119,22 @@ def test_a_failing_callback_logs_a_traceback_from_its_own_frame(
     assert "Traceback (most recent call last):" in message
     assert frames(message)[0] == "fails", message
     assert worker.__file__ not in message
+
+
+def test_an_exception_whose_text_cannot_be_had_is_still_an_error() -> None:
+    done = run("fails_unprintably")
+    assert done["outcome"] == "error"
+    assert done["error"] == "Unprintable: <str() failed: RuntimeError>"
+    assert_starts_at_the_task(done["traceback"], "fails_unprintably")
+
+
+def test_a_callback_whose_exception_has_no_text_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="dispatcher.worker"):
+        done = run(
+            "ok", callbacks=[{"task": PREFIX + "fails_unprintably"}, {"task": PREFIX + "ok"}]
+        )
+    assert done["outcome"] == "ok"
+    [record] = [r for r in caplog.records if "callback" in r.getMessage()]
+    assert "failed: Unprintable: <str() failed: RuntimeError>" in record.getMessage()

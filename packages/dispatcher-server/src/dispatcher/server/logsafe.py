@@ -43,7 +43,7 @@ def escape(value: object, limit: int | None = MAX_LOGGED_CHARS) -> str:
     ``\u2028``-style escapes. A longer text is cut at *limit* characters and says how many
     were cut; ``None`` keeps it whole.
     """
-    text = value if type(value) is str else str(value)
+    text = safe_str(value)
     cut = 0
     if limit is not None and len(text) > limit:
         cut = len(text) - limit
@@ -187,4 +187,20 @@ def lean_records() -> None:
 
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message (its type's name when it has none)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (safe_str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def safe_str(value: object) -> str:
+    """``str(value)``, or a note saying it could not be had: a ``__str__`` is code, and a
+    task's exception or return value may hold one that raises."""
+    if type(value) is str:
+        return value
+    try:
+        return str(value)
+    except Exception as failed:
+        return f"<str() failed: {type(failed).__name__}>"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` for *exc*, whatever its ``__str__`` does."""
+    return f"{type(exc).__name__}: {safe_str(exc)}"

@@ -31,7 +31,7 @@ from dispatcher.publish import DispatcherCancel, registry
 from dispatcher.server.capture import OutputCapture
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks, conventions, is_adopted
 from dispatcher.server.hooks import BaseWorker
-from dispatcher.server.logsafe import Block, get_logger, log_to
+from dispatcher.server.logsafe import Block, describe_exception, get_logger, log_to
 from dispatcher.server.protocol import (
     CANCEL_SIGNALS,
     BlockingLineSocket,
@@ -254,7 +254,7 @@ class TaskRunner:
         except Exception as exc:
             done.update(
                 outcome="error",
-                error=f"{type(exc).__name__}: {exc}",
+                error=describe_exception(exc),
                 # Where the worker found no task is no news to the user: no traceback.
                 traceback="" if isinstance(exc, NotRegisteredHere) else task_traceback(exc),
             )
@@ -312,13 +312,12 @@ class TaskRunner:
             return "exit"
         except Exception as exc:
             logger.error(
-                "task %s (uuid %s): %s %s failed: %s: %s%s",
+                "task %s (uuid %s): %s %s failed: %s%s",
                 parent.get("task"),
                 uuid,
                 kind.removesuffix("s"),
                 follow_up.get("task"),
-                type(exc).__name__,
-                exc,
+                describe_exception(exc),
                 Block(task_traceback(exc)),
             )
             return self._follow_ups(follow_up, uuid, failed=True)

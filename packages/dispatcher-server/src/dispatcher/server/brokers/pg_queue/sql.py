@@ -54,7 +54,8 @@ WITH quick AS (
     ORDER BY chosen.run_after, chosen.id LIMIT %(limit)s
 )
 UPDATE {s}.jobs AS j
-SET state = 'running', attempts = j.attempts + 1, claims = j.claims + 1, node_id = %(node_id)s,
+SET state = 'running', attempts = j.attempts + 1, claims = j.claims %% 2147483647 + 1,
+    node_id = %(node_id)s,
     lease_until = now() + make_interval(secs => %(lease)s), started_at = now()
 FROM claimed
 WHERE j.id = claimed.id
