@@ -367,6 +367,23 @@ def test_a_row_whose_claim_counter_is_at_the_integer_limit_runs_and_stops_nothin
     assert sorted(record["args"][0] for record in evidence.records()) == [1, 2]
 
 
+def test_a_stored_control_message_ends_failed_when_its_reply_is_an_error(
+    start_service: Start, config: dict[str, Any], pg_conn: Conn, schema: str, channel: str
+) -> None:
+    start_service(config)
+    stored = [
+        json.dumps({"control": "alive"}),
+        json.dumps({"control": "no_such_command"}),
+        json.dumps({"control": "set_log_level", "control_data": {"level": []}}),
+    ]
+    uuids = enqueue(pg_conn, schema, channel, stored)
+    rows = wait_for_states(pg_conn, schema, uuids, {"done", "failed"})
+    ended = [(row["state"], row["outcome"]) for row in rows]
+    assert ended == [("done", "ok"), ("failed", "rejected"), ("failed", "rejected")]
+    assert "unknown command 'no_such_command'" in rows[1]["last_error"]
+    assert "invalid control_data for set_log_level" in rows[2]["last_error"]
+
+
 def test_three_thousand_jobs_stored_while_no_service_runs_run_exactly_once(
     start_service: Start,
     config: dict[str, Any],

@@ -71,7 +71,17 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "upper-case schema",
         {"queues": ["a"], "schema": "Jobs"},
-        "brokers.pg_queue.schema: 'Jobs' is not a valid PostgreSQL identifier",
+        "brokers.pg_queue.schema: 'Jobs' is not a valid PostgreSQL schema name",
+    ),
+    (
+        "a system schema",
+        {"queues": ["a"], "schema": "information_schema"},
+        "brokers.pg_queue.schema: 'information_schema' is not a valid PostgreSQL schema name",
+    ),
+    (
+        "a pg_ schema",
+        {"queues": ["a"], "schema": "pg_catalog"},
+        "brokers.pg_queue.schema: 'pg_catalog' is not a valid PostgreSQL schema name",
     ),
     ("lease of zero", {"queues": ["a"], "lease": 0}, "brokers.pg_queue.lease: must be at least 1"),
     (

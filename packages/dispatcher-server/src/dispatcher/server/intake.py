@@ -56,9 +56,10 @@ MAX_SUGGESTION_CANDIDATES: Final = 5_000
 grows with their number, and anyone who can publish can send unknown names)."""
 
 
-ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], None]
+ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], str | None]
 """Runs a control message, ``sink(message, channel, origin, refused)``, and answers it; with
-*refused*, the message was refused and is only answered with the error."""
+*refused*, the message was refused and is only answered with the error. Returns the error
+of its reply (an unknown command, invalid ``control_data``), or ``None``."""
 
 
 class JobSink(Protocol):
@@ -160,8 +161,11 @@ class Intake:
         else:
             self._stats.received_tasks += 1
         if "control" in message and self._on_control is not None:
-            self._on_control(message, channel, origin, None)
-            self._settlements.origin(origin, Outcome.OK)
+            error = self._on_control(message, channel, origin, None)
+            if error is None:
+                self._settlements.origin(origin, Outcome.OK)
+            else:  # a stored control message ends failed, with its reply's error
+                self._settlements.origin(origin, REJECTED, error)
             return True
         if "control" in message:
             raise Rejected(

@@ -339,19 +339,23 @@ class Service:
 
     def _control_message(
         self, message: dict[str, Any], channel: str, origin: Origin, refused: Rejected | None
-    ) -> None:
-        """A control message arrived: run it (unless *refused*), answer on ``reply_to``."""
+    ) -> str | None:
+        """A control message arrived: run it (unless *refused*), answer on ``reply_to``.
+
+        Returns the reply's error, if it has one.
+        """
         if refused is None:
             reply = self.control.answer(message, channel, origin.broker)
         else:
             reply = self.control.refused(str(refused))
         reply_to = message.get("reply_to")
-        if not reply_to:
-            return
-        if origin.reply is not None:
-            origin.reply(str(reply_to), reply)
-        elif origin.broker is not None:
-            self.replies.send(origin.broker, str(reply_to), reply)
+        if reply_to:
+            if origin.reply is not None:
+                origin.reply(str(reply_to), reply)
+            elif origin.broker is not None:
+                self.replies.send(origin.broker, str(reply_to), reply)
+        error = reply.get("error")
+        return None if error is None else str(error)
 
     def _task_modules_failed(self, error: str) -> None:
         if self.exit_status == EXIT_OK:
