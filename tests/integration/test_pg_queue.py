@@ -384,6 +384,38 @@ def test_a_stored_control_message_ends_failed_when_its_reply_is_an_error(
     assert "invalid control_data for set_log_level" in rows[2]["last_error"]
 
 
+def test_large_messages_are_claimed_a_few_megabytes_at_a_time_and_all_run(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str
+) -> None:
+    size = 6 * 1024 * 1024
+    messages = [{**job_message("noop"), "pad": "x" * size} for _ in range(8)]
+    uuids = enqueue(pg_conn, schema, channel, messages)
+    start_service(queue_config(pg_dsn, schema, channel, batch_size=100, prefetch=100))
+    rows = wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=60)
+    # A claim stamps its rows' started_at with its own time: rows claimed together share it.
+    claims = Counter(row["started_at"] for row in rows)
+    assert len(claims) >= 3
+    # Each claim stops at the first row past CLAIM_BYTES (16 MiB): 3 rows of 6 MiB at most.
+    assert max(claims.values()) <= 3
+
+
+def test_a_job_the_service_refuses_waits_a_moment_before_it_is_claimed_again(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str
+) -> None:
+    config = queue_config(pg_dsn, schema, channel, poll_interval=0.05)
+    config["service"]["limits"] = {"max_held_bytes": 1000}
+    (uuid,) = enqueue(pg_conn, schema, channel, [{**job_message("noop"), "pad": "x" * 2000}])
+    start_service(config)
+
+    def requeued() -> dict[str, Any] | None:
+        row = job_row(pg_conn, schema, uuid)
+        return row if row is not None and row["claims"] >= 1 and row["state"] == "queued" else None
+
+    row = wait_until(requeued, timeout=15)
+    # Back in the queue, not ready before REFUSED_DELAY (1 s) after the claim it was refused in.
+    assert (row["run_after"] - row["started_at"]).total_seconds() >= 1
+
+
 def test_three_thousand_jobs_stored_while_no_service_runs_run_exactly_once(
     start_service: Start,
     config: dict[str, Any],

@@ -36,7 +36,14 @@ async def nothing(conn: Connection) -> None:
 
 
 def claim_params(queue: str) -> dict[str, Any]:
-    return {"queues": [queue], "limit": 10, "node_id": "jit-test", "lease": 30, "max_bytes": 1000}
+    return {
+        "queues": [queue],
+        "limit": 10,
+        "node_id": "jit-test",
+        "lease": 30,
+        "max_bytes": 1000,
+        "max_total_bytes": 10_000,
+    }
 
 
 def jit_of_explained_claim(rows: list[tuple[Any, ...]]) -> Any:

@@ -111,8 +111,20 @@ def test_files_are_pretty_printed_json() -> None:
 
 def test_channel_name_rule_is_the_same_everywhere() -> None:
     from dispatcher.schema import CHANNEL_NAME_PATTERN, CHANNEL_NAME_RULE
+    from dispatcher.schema.patterns import ecma_pattern
 
     for name in ("control-message", "config"):
         definition = load_schema(name)["$defs"]["channel_name"]
-        assert definition["pattern"] == CHANNEL_NAME_PATTERN.pattern
+        # The schemas' pattern is ECMA-262, where "$" is the very end of the text.
+        assert ecma_pattern(definition["pattern"]).pattern == CHANNEL_NAME_PATTERN.pattern
         assert definition["description"] == CHANNEL_NAME_RULE + "."
+
+
+def test_no_name_rule_takes_a_final_line_break() -> None:
+    from dispatcher.schema import is_valid_channel_name
+    from dispatcher.schema.signing import KEY_ID_PATTERN
+
+    assert is_valid_channel_name("orders")
+    assert not is_valid_channel_name("orders\n")
+    assert KEY_ID_PATTERN.match("k1")
+    assert not KEY_ID_PATTERN.match("k1\n")

@@ -16,7 +16,7 @@ from dispatcher.control.result import ControlResult
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.routing import control_broker
 from dispatcher.publish.signing import signed, signing_key
-from dispatcher.schema import validator
+from dispatcher.schema import CHANNEL_NAME_RULE, is_valid_channel_name, validator
 
 
 async def acontrol(
@@ -25,8 +25,12 @@ async def acontrol(
     """Send a control command without waiting for replies.
 
     A message over one NOTIFY (over the socket: over 1 kB) goes in chunk envelopes.
+
+    :raises InvalidSubmission: when the command name, data or *queue* cannot be sent.
+    :raises BrokerUnavailable: when the database (or the socket) cannot be reached.
     """
     message = _message(command, data, reply_to=None)
+    _check_queue(command, queue)
     text = _text(message)
     broker = control_broker()
     queue = queue or broker.default_queue
@@ -65,11 +69,12 @@ async def acontrol_with_reply(
     envelopes are joined; a reply that is not one (or whose envelopes never all came) is
     noted in :attr:`ControlResult.skipped`.
 
-    :raises InvalidSubmission: when the command name or data cannot be sent.
+    :raises InvalidSubmission: when the command name, data or *queue* cannot be sent.
     :raises BrokerUnavailable: when the database (or the socket) cannot be reached.
     """
     reply_to = f"reply_to_{uuid.uuid4().hex}"
     message = _message(command, data, reply_to=reply_to)
+    _check_queue(command, queue)
     result = ControlResult(command)
     await control_broker().acontrol_with_reply(
         _text(message),
@@ -92,6 +97,15 @@ def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None)
         problems = "; ".join(str(p) for p in checker.problems(message))
         raise InvalidSubmission(f"cannot send control command {command!r}: {problems}")
     return message
+
+
+def _check_queue(command: str, queue: object) -> None:
+    """Refuse a *queue* that is no channel name (it would reach the database as it is)."""
+    if queue and not is_valid_channel_name(queue):
+        raise InvalidSubmission(
+            f"cannot send control command {command!r}: queue: {queue!r} is not a valid "
+            f"channel name ({CHANNEL_NAME_RULE})"
+        )
 
 
 def _text(message: dict[str, Any]) -> str:

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from typing import Any, Final, TypeVar
 
 import psycopg
+from psycopg import BaseConnection
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 
 from dispatcher.config import get_settings
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
@@ -41,6 +43,10 @@ CONNECT_TIMEOUT: Final = 10
 """Seconds a connection attempt may take, unless the conninfo sets ``connect_timeout``."""
 
 _C = TypeVar("_C")
+_Conn = TypeVar("_Conn", bound="BaseConnection[Any]")
+
+CALLER_CONNECTION: Final = "the connection passed as connection="
+"""How errors name the caller's own connection (never its conninfo: it may hold a password)."""
 
 _inherited: list[object] = []
 """Connections a forked child found open: they belong to the parent, so they are never
@@ -122,6 +128,39 @@ def expect_connection(connection: object, expected: type[_C], caller: str, other
             f"use {other}() with that connection"
         )
     return connection
+
+
+def caller_connection(connection: object, expected: type[_Conn], caller: str, other: str) -> _Conn:
+    """Return the caller's *connection*, checked: of the *expected* kind, open, usable.
+
+    Nothing is sent on it, so its transaction is left as it was, when it is closed or its
+    transaction is aborted (an earlier statement failed): the error says which, and that
+    it is the caller's connection.
+
+    :raises TypeError: when it is not of the *expected* kind (naming the function to use).
+    :raises BrokerUnavailable: when it is closed, or its transaction is aborted.
+    """
+    checked = expect_connection(connection, expected, caller, other)
+    if checked.closed:
+        raise BrokerUnavailable(f"cannot use {CALLER_CONNECTION}: it is closed; nothing was sent")
+    if checked.info.transaction_status == TransactionStatus.INERROR:
+        raise BrokerUnavailable(
+            f"cannot use {CALLER_CONNECTION}: its transaction is aborted (an earlier statement "
+            "failed), so it takes no more statements until it is rolled back; nothing was sent"
+        )
+    return checked
+
+
+def caller_unavailable(
+    connection: BaseConnection[Any], exc: psycopg.Error, doing: str
+) -> BrokerUnavailable:
+    """:func:`broker_unavailable` for a statement the caller's own *connection* failed."""
+    try:
+        where = f"{describe_server(connection.info.dsn)} ({CALLER_CONNECTION})"
+    except psycopg.Error:  # the connection broke: its parameters cannot be read any more
+        where = CALLER_CONNECTION
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return BrokerUnavailable(f"cannot {doing} {where}: {first_line}")
 
 
 _pid = os.getpid()

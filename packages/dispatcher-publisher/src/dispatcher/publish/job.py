@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, get_args
 
+from dispatcher.publish.pg_text import text_problem
 from dispatcher.schema import OnDuplicate
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -110,10 +111,7 @@ def jobs_query(
 
     :raises ValueError: when *state* is not a :data:`JobState` or *limit* not in 1-10000.
     """
-    if state is not None and state not in JOB_STATES:
-        raise ValueError(f"state: {state!r} is not one of {', '.join(JOB_STATES)}")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LISTED:
-        raise ValueError(f"limit: must be an integer between 1 and {MAX_LISTED}, got {limit!r}")
+    check_listing(state, limit)
     given = (("state", state), ("queue", queue), ("task", task))
     filters = [(column, value) for column, value in given if value is not None]
     where = " AND ".join(f"{column} = %s" for column, _ in filters)
@@ -123,6 +121,35 @@ def jobs_query(
         + " ORDER BY id DESC LIMIT %s"
     )
     return query, [value for _, value in filters] + [limit]
+
+
+def check_listing(state: object, limit: object) -> None:
+    """Check the options of a listing of jobs.
+
+    :raises ValueError: when *state* is not a :data:`JobState` or *limit* not in 1-10000.
+    """
+    if state is not None and state not in JOB_STATES:
+        raise ValueError(f"state: {state!r} is not one of {', '.join(JOB_STATES)}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LISTED:
+        raise ValueError(f"limit: must be an integer between 1 and {MAX_LISTED}, got {limit!r}")
+
+
+def may_be_stored(parameter: str, value: object, *, optional: bool = False) -> bool:
+    """Tell whether a ``text`` column could hold *value*, given for *parameter* to match it.
+
+    A ``str`` PostgreSQL cannot hold (see :mod:`dispatcher.publish.pg_text`) matches no
+    job: the caller answers "none" without sending it (sent, it would fail, and abort the
+    transaction it was sent in). ``None`` is accepted when *optional* (no filter).
+
+    :raises TypeError: naming *parameter*, when *value* is not a ``str`` (nor ``None`` when
+        *optional*).
+    """
+    if isinstance(value, str):
+        return text_problem(value) is None
+    if value is None and optional:
+        return True
+    expected = "a str or None" if optional else "a str"
+    raise TypeError(f"{parameter}: expected {expected}, got {type(value).__name__}")
 
 
 def job_from_row(row: Sequence[Any]) -> Job:

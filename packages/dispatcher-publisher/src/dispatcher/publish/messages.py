@@ -22,6 +22,7 @@ from dispatcher.publish.brokers import JobBroker
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.fast_path import surely_valid
 from dispatcher.publish.mistakes import check_queue, check_task_name
+from dispatcher.publish.pg_text import text_problem
 from dispatcher.publish.registry import Queue, RegisteredTask, check_max_attempts, registry
 from dispatcher.publish.routing import default_broker, job_broker_for
 from dispatcher.publish.signing import signed, signing_key
@@ -175,6 +176,8 @@ def prepare_submission(
             raise _invalid(name, problems or _unexplained(message))
         if entry is None:
             check_task_name(name)
+    if uuid is not None and (problem := text_problem(uuid)) is not None:
+        raise _invalid(name, f"uuid: {problem}")  # a job's key, and what get_job() looks for
 
     target = queue if queue is not None else defaults.queue
     if callable(target):
@@ -234,7 +237,9 @@ def _from_processor_options(
 
 
 def _invalid(name: str, reason: str) -> InvalidSubmission:
-    return InvalidSubmission(f"cannot submit {name}: {reason}")
+    # A name that is no task name may hold anything (a line break, a NUL): shown quoted.
+    shown = name if type(name) is str and name.isprintable() else repr(name)
+    return InvalidSubmission(f"cannot submit {shown}: {reason}")
 
 
 def _as_list(name: str, args: Sequence[Any] | None) -> list[Any]:

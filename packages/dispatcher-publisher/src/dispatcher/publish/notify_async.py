@@ -23,8 +23,9 @@ from dispatcher.publish.connections import (
     abandon,
     async_owner,
     broker_unavailable,
+    caller_connection,
+    caller_unavailable,
     connect_options,
-    expect_connection,
     notify_statement,
 )
 from dispatcher.schema import (
@@ -211,11 +212,15 @@ async def asend(
     never if it rolls back. Without, the SDK's own connection to *conninfo* sends them at
     once; a lost connection is re-opened and the send retried once.
 
-    :raises BrokerUnavailable: when the database cannot be reached or refuses the NOTIFY.
+    :raises BrokerUnavailable: when the database cannot be reached or refuses the NOTIFY;
+        when *connection* is closed or its transaction aborted (nothing is sent on it then).
     """
     if connection is not None:
-        caller = expect_connection(connection, AsyncConnection, "asubmit_task", "submit_task")
-        await caller.execute(*notify_statement(messages))
+        caller = caller_connection(connection, AsyncConnection, "asubmit_task", "submit_task")
+        try:
+            await caller.execute(*notify_statement(messages))
+        except psycopg.Error as exc:
+            raise caller_unavailable(caller, exc, "send to") from None
         return
     assert conninfo is not None, "without a connection, a conninfo is needed"
     await shared_provider(conninfo).notify(messages)

@@ -19,8 +19,9 @@ from dispatcher.publish.connections import (
     NOTIFY_ONE,
     abandon,
     broker_unavailable,
+    caller_connection,
+    caller_unavailable,
     connect_options,
-    expect_connection,
     notify_statement,
     sync_owner,
 )
@@ -206,11 +207,15 @@ def send(
     never if it rolls back. Without, the SDK's own connection to *conninfo* sends them at
     once; a lost connection is re-opened and the send retried once.
 
-    :raises BrokerUnavailable: when the database cannot be reached or refuses the NOTIFY.
+    :raises BrokerUnavailable: when the database cannot be reached or refuses the NOTIFY;
+        when *connection* is closed or its transaction aborted (nothing is sent on it then).
     """
     if connection is not None:
-        caller = expect_connection(connection, Connection, "submit_task", "asubmit_task")
-        caller.execute(*notify_statement(messages))
+        caller = caller_connection(connection, Connection, "submit_task", "asubmit_task")
+        try:
+            caller.execute(*notify_statement(messages))
+        except psycopg.Error as exc:
+            raise caller_unavailable(caller, exc, "send to") from None
         return
     assert conninfo is not None, "without a connection, a conninfo is needed"
     shared_provider(conninfo).notify(messages)

@@ -14,9 +14,17 @@ import psycopg
 from psycopg import AsyncConnection
 
 from dispatcher.config import NotConfiguredError, get_settings
-from dispatcher.publish.connections import expect_connection
+from dispatcher.publish.connections import caller_connection, caller_unavailable
 from dispatcher.publish.errors import PublishError
-from dispatcher.publish.job import Job, JobState, get_job_query, job_from_row, jobs_query
+from dispatcher.publish.job import (
+    Job,
+    JobState,
+    check_listing,
+    get_job_query,
+    job_from_row,
+    jobs_query,
+    may_be_stored,
+)
 from dispatcher.publish.notify_async import shared_provider
 
 
@@ -29,13 +37,19 @@ async def astore(
     *conninfo*, where a lost connection is re-opened and the statement run once more (a uuid
     stored twice is skipped, so a repeat stores nothing twice).
 
-    :raises BrokerUnavailable: when the database cannot be reached or refuses the rows.
+    :raises BrokerUnavailable: when the database cannot be reached or refuses the rows;
+        when *connection* is closed or its transaction aborted (nothing is sent on it then).
     :raises PublishError: when the queue's tables are missing from *schema*.
     """
     try:
         if connection is not None:
-            caller = expect_connection(connection, AsyncConnection, "asubmit_task", "submit_task")
-            await caller.execute(statement, rows)
+            caller = caller_connection(connection, AsyncConnection, "asubmit_task", "submit_task")
+            try:
+                await caller.execute(statement, rows)
+            except psycopg.errors.UndefinedTable:
+                raise
+            except psycopg.Error as exc:
+                raise caller_unavailable(caller, exc, "send to") from None
         else:
             await shared_provider(conninfo).execute(statement, rows)
     except psycopg.errors.UndefinedTable:
@@ -47,12 +61,18 @@ async def aget_job(uuid: str, *, connection: AsyncConnection[Any] | None = None)
 
     Read from the database of ``brokers.pg_queue`` (on the SDK's own connection, or on
     *connection*). A job stays readable until ``brokers.pg_queue.keep_finished`` after it
-    ends.
+    ends. A *uuid* no job can have (one holding a NUL character or a lone surrogate, which
+    PostgreSQL cannot store, and which ``submit_task()`` refuses) finds ``None`` without
+    asking the database.
 
+    :raises TypeError: when *uuid* is not a ``str``.
     :raises PublishError: when the config has no ``brokers.pg_queue``, or its tables are
         missing.
-    :raises BrokerUnavailable: when the database cannot be reached.
+    :raises BrokerUnavailable: when the database cannot be reached, or *connection* is
+        closed or its transaction aborted.
     """
+    if not may_be_stored("uuid", uuid):
+        return None
     names = ("aget_job", "get_job")
     rows = await _read(lambda schema: (get_job_query(schema), [uuid]), connection, names)
     return job_from_row(rows[0]) if rows else None
@@ -68,13 +88,20 @@ async def ajobs(
 ) -> list[Job]:
     """Return the jobs of the durable queues matching every filter given, newest first.
 
-    At most *limit* of them (1-10000). Read as :func:`aget_job` reads.
+    At most *limit* of them (1-10000). Read as :func:`aget_job` reads: a *queue* or *task*
+    no job can have (holding a NUL character or a lone surrogate) finds none.
 
+    :raises TypeError: when *queue* or *task* is neither ``None`` nor a ``str``.
     :raises ValueError: when *state* or *limit* is not valid.
     :raises PublishError: when the config has no ``brokers.pg_queue``, or its tables are
         missing.
-    :raises BrokerUnavailable: when the database cannot be reached.
+    :raises BrokerUnavailable: when the database cannot be reached, or *connection* is
+        closed or its transaction aborted.
     """
+    check_listing(state, limit)
+    filters = (("queue", queue), ("task", task))
+    if not all([may_be_stored(name, value, optional=True) for name, value in filters]):
+        return []
 
     def query(schema: str) -> tuple[str, list[Any]]:
         return jobs_query(schema, state=state, queue=queue, task=task, limit=limit)
@@ -93,8 +120,13 @@ async def _read(
     statement, params = query(schema)
     try:
         if connection is not None:
-            caller = expect_connection(connection, AsyncConnection, *names)
-            cursor = await caller.execute(statement, params)
+            caller = caller_connection(connection, AsyncConnection, *names)
+            try:
+                cursor = await caller.execute(statement, params)
+            except psycopg.errors.UndefinedTable:
+                raise
+            except psycopg.Error as exc:
+                raise caller_unavailable(caller, exc, "read from") from None
         else:
             cursor = await shared_provider(conninfo).execute(statement, params, "read from")
         return await cursor.fetchall()

@@ -19,7 +19,7 @@ from dispatcher.schema.patterns import unlisted_keys
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 _JSON_TYPE_NAMES: dict[type, str] = {
     type(None): "null",

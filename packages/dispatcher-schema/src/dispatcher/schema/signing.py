@@ -35,7 +35,7 @@ __all__ = [
     "verify",
 ]
 
-KEY_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+KEY_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 """What a key id may be: 1-64 ASCII letters, digits, ``_ . -`` (as in the schema)."""
 
 SignatureReason = Literal[

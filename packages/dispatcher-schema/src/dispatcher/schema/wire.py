@@ -30,7 +30,7 @@ the way can run out of stack.
 MAX_CHANNEL_NAME_BYTES: Final = 63
 """Longest channel name PostgreSQL keeps whole (NAMEDATALEN - 1); longer names are cut."""
 
-CHANNEL_NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,63}$")
+CHANNEL_NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,63}\Z")
 """What a channel name may be: 1-63 bytes of ASCII letters, digits, ``_ . - :``.
 
 The same rule as ``$defs/channel_name`` in the schemas (a test keeps them equal).

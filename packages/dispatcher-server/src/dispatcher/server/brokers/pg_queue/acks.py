@@ -84,7 +84,7 @@ class Acknowledger:
                 del self._pending[: len(batch)]
                 for ack in batch:
                     self._leases.release(ack.id, ack.attempts)
-                    if ack.kind == "retry":
+                    if ack.kind == "retry" or ack.delay:
                         self._on_retry(ack.delay)
                 self._count(rows)
 

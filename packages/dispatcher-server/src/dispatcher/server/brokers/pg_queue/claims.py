@@ -1,9 +1,10 @@
 """Claiming ready jobs, no more than the service can take, and delivering them.
 
 The loop waits for free capacity (free workers, plus ``prefetch`` jobs held ahead of them),
-claims up to that many rows (at most ``batch_size``) in one statement, and delivers each.
-When it got fewer than it asked for, the queue is drained for now: it waits for a wake-up
-(a NOTIFY) or ``poll_interval`` seconds. A claim and its deliveries are never cut in two by
+claims up to that many rows (at most ``batch_size``, and :data:`CLAIM_BYTES` of messages) in
+one statement, and delivers each. When it got fewer than it asked for, and not for want of
+bytes, the queue is drained for now: it waits for a wake-up (a NOTIFY) or ``poll_interval``
+seconds. A claim and its deliveries are never cut in two by
 a shutdown: rows claimed are always delivered (and so always acknowledged).
 """
 
@@ -33,6 +34,10 @@ logger = get_logger("dispatcher.pg_queue")
 
 CLAIM_TIMEOUT: Final = 30.0
 """Seconds a claim may take before it is given up (its connection is then replaced)."""
+
+CLAIM_BYTES: Final = 16 * 1024 * 1024
+"""Most bytes of messages one claim takes (and at least one message, whatever its size): a
+batch of large messages comes in several claims, never hundreds of megabytes at once."""
 
 RACES: Final = 5
 """Claims retried, with a smaller batch, after losing a race for an identical serial job."""
@@ -77,17 +82,19 @@ class Claimer:
         options = self._options
         while True:
             wanted = min(await self._capacity.wait_free(options.prefetch), options.batch_size)
-            got = 0
+            drained = True
             try:
                 # Connecting (and waiting out a reconnect delay) may be cancelled; the claim
                 # itself may not: rows claimed are always delivered, so always settled.
                 await self._db.ready()
                 with anyio.move_on_after(CLAIM_TIMEOUT, shield=True):
-                    got = self._deliver(await self._claim(wanted), deliver)
+                    rows = await self._claim(wanted)
+                    self._deliver(rows, deliver)
+                    # Fewer than wanted: none left, unless the claim's bytes ran out first.
+                    drained = len(rows) < wanted and sum(row[5] for row in rows) < CLAIM_BYTES
             except FAILURES as exc:
                 self._failures.log("pg_queue: cannot claim jobs: %s", first_line(exc))
-                got = 0
-            if got < wanted:
+            if drained:
                 await wakeup.wait(options.poll_interval)
 
     async def _claim(self, wanted: int) -> Rows:
@@ -100,6 +107,7 @@ class Claimer:
                 "node_id": options.node_id,
                 "lease": options.lease,
                 "max_bytes": MAX_MESSAGE_BYTES,
+                "max_total_bytes": CLAIM_BYTES,
             }
             try:
                 return await self._db.fetch(self._statement, params)
@@ -107,8 +115,8 @@ class Claimer:
                 limit = max(1, limit // 2)
         return []
 
-    def _deliver(self, rows: Rows, deliver: Deliver) -> int:
-        """Deliver the claimed rows, oldest first; return how many were claimed."""
+    def _deliver(self, rows: Rows, deliver: Deliver) -> None:
+        """Deliver the claimed rows, oldest first."""
         for row, attempts, claim, queue, message, size in sorted(rows):
             self._leases.add(row, attempts, claim)
             self._stats.pg_queue_claims[queue] += 1
@@ -126,4 +134,3 @@ class Claimer:
                 authenticated=True,
             )
             deliver(message, origin)
-        return len(rows)

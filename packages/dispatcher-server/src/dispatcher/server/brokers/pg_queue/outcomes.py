@@ -24,6 +24,11 @@ RETRIED: Final = frozenset(
 )
 """Outcomes that count as a failed attempt: retried after a backoff, until none is left."""
 
+REFUSED_DELAY: Final = 1.0
+"""Seconds a job the service refused (one of its ``service.limits`` was reached) waits before
+it may be claimed again, by any service: time for the service to drain, instead of claiming
+it back at once, again and again."""
+
 MAX_ERROR_CHARS: Final = 32 * 1024
 """Longest error text (message and traceback) kept on a row; a longer one keeps its end."""
 
@@ -66,7 +71,7 @@ class Ack:
     result: str | None = None
     """JSON text of the return value (``done`` only)."""
     delay: float = 0.0
-    """Seconds before the next attempt (``retry`` only)."""
+    """Seconds before the next attempt (``retry``, and ``requeue`` of a refused job)."""
 
 
 def parse_receipt(receipt: str) -> tuple[int, int] | None:
@@ -97,7 +102,8 @@ def to_ack(settled: Settled, policy: RetryPolicy) -> Ack | None:
     reason = settled.reason
     if outcome == "discarded" and not reason:
         reason = "an identical job was active (on_duplicate)"
-    return Ack(row, attempts, kind, outcome, clean_text(reason))
+    delay = REFUSED_DELAY if outcome == "refused" else 0.0
+    return Ack(row, attempts, kind, outcome, clean_text(reason), None, delay)
 
 
 def _error(settled: Settled) -> str:

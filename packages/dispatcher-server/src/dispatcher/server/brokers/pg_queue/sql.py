@@ -31,10 +31,10 @@ CLAIM = """
 WITH quick AS (
     SELECT set_config('synchronous_commit', 'off', true) AS commit_mode
 ), candidates AS (
-    SELECT c.id, c.dup_key, c.run_after
+    SELECT c.id, c.dup_key, c.run_after, c.size
     FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
-        SELECT j.id, j.dup_key, j.run_after
+        SELECT j.id, j.dup_key, j.run_after, octet_length(j.message) AS size
         FROM {s}.jobs AS j
         WHERE j.queue = q.name AND j.state = 'queued' AND j.run_after <= now()
           AND (j.on_duplicate IS NULL OR j.on_duplicate = 'discard' OR NOT EXISTS (
@@ -46,12 +46,17 @@ WITH quick AS (
         FOR UPDATE SKIP LOCKED
     ) AS c
 ), chosen AS (
-    SELECT DISTINCT ON (coalesce(c.dup_key, c.id::text)) c.id, c.run_after
+    SELECT DISTINCT ON (coalesce(c.dup_key, c.id::text)) c.id, c.run_after, c.size
     FROM candidates AS c
     ORDER BY coalesce(c.dup_key, c.id::text), c.run_after, c.id
 ), claimed AS (
-    SELECT chosen.id FROM chosen, quick
-    ORDER BY chosen.run_after, chosen.id LIMIT %(limit)s
+    SELECT o.id FROM (
+        SELECT chosen.id,
+            sum(chosen.size) OVER (ORDER BY chosen.run_after, chosen.id) - chosen.size AS before
+        FROM chosen, quick
+        ORDER BY chosen.run_after, chosen.id LIMIT %(limit)s
+    ) AS o
+    WHERE o.before < %(max_total_bytes)s
 )
 UPDATE {s}.jobs AS j
 SET state = 'running', attempts = j.attempts + 1, claims = j.claims %% 2147483647 + 1,
@@ -64,7 +69,8 @@ RETURNING j.id, j.attempts, j.claims, j.queue,
     octet_length(j.message)
 """
 """Claim up to ``limit`` ready rows, oldest first, at most one per serial or queue_one key
-and none whose twin runs: running under a lease, one attempt more. Each queue is read in
+and none whose twin runs: running under a lease, one attempt more. The messages claimed
+together hold at most ``max_total_bytes`` (the first row is claimed whatever its size). Each queue is read in
 the order of its index (queue, run_after, id), so a claim reads about ``limit`` rows per
 queue however long the queue is. Two services racing for identical serial rows meet the
 jobs_one_running index: one gets a unique violation and tries again. A message over

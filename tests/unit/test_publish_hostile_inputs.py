@@ -1,0 +1,43 @@
+"""Hostile strings refused while a submission is checked, before anything is sent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from dispatcher.config import reset, setup
+from dispatcher.publish import InvalidSubmission, prepare_submission
+
+
+@pytest.fixture(autouse=True)
+def _config() -> Iterator[None]:
+    setup({"version": 1, "brokers": {"pg_notify": {"conninfo": "dbname=x", "channels": ["jobs"]}}})
+    yield
+    reset()
+
+
+@pytest.mark.parametrize(
+    ("uuid", "reason"),
+    [
+        ("a\x00b", "'a\\x00b' holds a NUL character at index 1"),
+        ("\x00", "'\\x00' holds a NUL character at index 0"),
+        ("ab\udcff", "'ab\\udcff' holds the lone surrogate '\\udcff' at index 2"),
+        ("é\ud800", "'é\\ud800' holds the lone surrogate '\\ud800' at index 1"),
+    ],
+)
+def test_only_a_uuid_postgresql_cannot_hold_is_an_invalid_submission(
+    uuid: str, reason: str
+) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission("myapp.tasks.work", uuid=uuid, queue="jobs")
+    assert str(caught.value).startswith(f"cannot submit myapp.tasks.work: uuid: {reason}, ")
+    for fine in ("fixed", "é-ü-ß", "😀", "a\nb", "x" * 255):  # any other is kept as given
+        assert prepare_submission("myapp.tasks.work", uuid=fine, queue="jobs").uuid == fine
+
+
+@pytest.mark.parametrize("name", ["a.b\n", "a.b\x00", "a.b\r\nX-Injected: 1", "a.b\udcff"])
+def test_a_task_name_that_cannot_be_printed_is_shown_quoted(name: str) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission(name, queue="jobs")
+    assert str(caught.value).startswith(f"cannot submit {name!r}: task: {name!r} is not a valid")
