@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import AsyncConnection, sql
-from psycopg.pq import TransactionStatus
+from psycopg.pq import Format, TransactionStatus
 
 from dispatcher.config import Settings, reset, setup
 from dispatcher.control import acontrol, acontrol_with_reply, control, control_with_reply
@@ -32,6 +32,12 @@ from dispatcher.publish import (
     jobs,
     submit_task,
     task,
+)
+from dispatcher.publish.timestamps import (
+    EARLIEST,
+    LATEST,
+    TIMESTAMPTZ_OID,
+    TolerantTimestamptzLoader,
 )
 from dispatcher.server.brokers.pg_queue.migrations import migrate
 from support.postgres import wait_for_notifies
@@ -360,4 +366,46 @@ async def test_a_control_queue_that_is_no_channel_name_is_refused_in_async_code(
         await acontrol("alive", queue="a\x00b")
     with pytest.raises(InvalidSubmission, match=r"queue: .* is not a valid channel name"):
         await acontrol_with_reply("alive", queue="a\udcffb", timeout=0.1)
+    await aclose_connections()
+
+
+def park(pg_dsn: str, schema: str) -> None:
+    """Store jobs whose times no datetime can hold, as an operator may by hand."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (uuid, queue, task, message, max_attempts, run_after, created_at)"
+                " VALUES ('parked', 'q', 't', '{{}}', 3, 'infinity', '4713-01-01 BC'),"
+                " ('ancient', 'q', 't', '{{}}', 3, '-infinity', '20000-01-01')"
+            ).format(sql.Identifier(schema, "jobs"))
+        )
+
+
+def test_a_job_whose_times_no_datetime_can_hold_is_read_with_the_extreme_ones(
+    configured: Settings, pg_dsn: str, schema: str
+) -> None:
+    park(pg_dsn, schema)
+    with psycopg.connect(pg_dsn) as conn:
+        for connection in (None, conn):
+            parked = get_job("parked", connection=connection)
+            assert parked is not None
+            assert (parked.run_after, parked.created_at) == (LATEST, EARLIEST)
+            listed = {job.uuid: job for job in jobs(queue="q", connection=connection)}
+            assert (listed["ancient"].run_after, listed["ancient"].created_at) == (EARLIEST, LATEST)
+        assert conn.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT) is not (
+            TolerantTimestamptzLoader
+        )  # the caller's connection reads as it did
+
+
+@pytest.mark.anyio
+async def test_a_job_whose_times_no_datetime_can_hold_is_read_in_async_code(
+    configured: Settings, pg_dsn: str, schema: str
+) -> None:
+    park(pg_dsn, schema)
+    async with await AsyncConnection.connect(pg_dsn) as conn:
+        for connection in (None, conn):
+            parked = await aget_job("parked", connection=connection)
+            assert parked is not None
+            assert parked.run_after == LATEST
+            assert len(await ajobs(queue="q", connection=connection)) == 2
     await aclose_connections()

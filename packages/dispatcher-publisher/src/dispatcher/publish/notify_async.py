@@ -28,6 +28,7 @@ from dispatcher.publish.connections import (
     connect_options,
     notify_statement,
 )
+from dispatcher.publish.timestamps import tolerant_adapters
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     SERVICE_NAME_PREFIX,
@@ -40,6 +41,10 @@ from dispatcher.schema import (
     split_message,
     validator,
 )
+
+_ADAPTERS = tolerant_adapters()
+"""The adapters of the SDK's own connections: a job's time that no datetime can hold (an
+``infinity`` set by hand) is read, not refused (see :mod:`dispatcher.publish.timestamps`)."""
 
 SERVICES_QUERY = (
     "SELECT application_name FROM pg_stat_activity"
@@ -78,7 +83,9 @@ class AsyncConnectionProvider:
         if current is not None and self._owner == owner and not current.closed:
             return current
         try:
-            fresh = await AsyncConnection.connect(self.conninfo, **connect_options(self.conninfo))
+            fresh = await AsyncConnection.connect(
+                self.conninfo, context=_ADAPTERS, **connect_options(self.conninfo)
+            )
         except psycopg.Error as exc:
             raise broker_unavailable(self.conninfo, exc, "connect to") from None
         with self._lock:

@@ -25,6 +25,7 @@ from dispatcher.publish.connections import (
     notify_statement,
     sync_owner,
 )
+from dispatcher.publish.timestamps import tolerant_adapters
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     SERVICE_NAME_PREFIX,
@@ -37,6 +38,10 @@ from dispatcher.schema import (
     split_message,
     validator,
 )
+
+_ADAPTERS = tolerant_adapters()
+"""The adapters of the SDK's own connections: a job's time that no datetime can hold (an
+``infinity`` set by hand) is read, not refused (see :mod:`dispatcher.publish.timestamps`)."""
 
 SERVICES_QUERY = (
     "SELECT application_name FROM pg_stat_activity"
@@ -75,7 +80,9 @@ class ConnectionProvider:
         if current is not None and self._owner == owner and not current.closed:
             return current
         try:
-            fresh = Connection.connect(self.conninfo, **connect_options(self.conninfo))
+            fresh = Connection.connect(
+                self.conninfo, context=_ADAPTERS, **connect_options(self.conninfo)
+            )
         except psycopg.Error as exc:
             raise broker_unavailable(self.conninfo, exc, "connect to") from None
         with self._lock:

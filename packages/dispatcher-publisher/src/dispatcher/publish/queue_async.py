@@ -26,6 +26,7 @@ from dispatcher.publish.job import (
     may_be_stored,
 )
 from dispatcher.publish.notify_async import shared_provider
+from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
 
 
 async def astore(
@@ -121,8 +122,10 @@ async def _read(
     try:
         if connection is not None:
             caller = caller_connection(connection, AsyncConnection, *names)
+            cursor = caller.cursor()  # its adapters are its own: the caller's stay as they are
+            cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
             try:
-                cursor = await caller.execute(statement, params)
+                await cursor.execute(statement, params)
             except psycopg.errors.UndefinedTable:
                 raise
             except psycopg.Error as exc:

@@ -24,6 +24,7 @@ from dispatcher.publish.job import (
     may_be_stored,
 )
 from dispatcher.publish.notify_sync import shared_provider
+from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
 
 
 def store(
@@ -119,8 +120,10 @@ def _read(
     try:
         if connection is not None:
             caller = caller_connection(connection, Connection, *names)
+            cursor = caller.cursor()  # its adapters are its own: the caller's stay as they are
+            cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
             try:
-                cursor = caller.execute(statement, params)
+                cursor.execute(statement, params)
             except psycopg.errors.UndefinedTable:
                 raise
             except psycopg.Error as exc:

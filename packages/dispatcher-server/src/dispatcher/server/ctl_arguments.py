@@ -6,10 +6,14 @@ argparse prefixes each error with the option's name (``argument --timeout: ...``
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from dispatcher.schema import DecodeError, decode_json
+
+SHOWN_CHARACTERS: Final = 80
+"""Characters of a refused value quoted in the error (a long one is cut short)."""
 
 
 def json_list(text: str) -> list[Any]:
@@ -34,6 +38,21 @@ def seconds(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a number of seconds (0 or more), got {text!r}")
     return value
+
+
+def seconds_up_to(high: int) -> Callable[[str], float]:
+    """An argument that must be a number of seconds from 0 to *high* (a whole number)."""
+    days = f" ({high // 86400} days)" if high % 86400 == 0 else ""
+
+    def parse(text: str) -> float:
+        value = _number(text)
+        if not 0 <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of seconds from 0 to {high}{days}, got {text!r}"
+            )
+        return value
+
+    return parse
 
 
 def positive_seconds(text: str) -> float:
@@ -64,9 +83,56 @@ def count(text: str) -> int:
 
 def _json(text: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+        return decode_json(text)
+    except DecodeError as exc:  # also too deep for the decoder, NaN, 1e400
+        raise argparse.ArgumentTypeError(f"{exc}: {shown(text)}") from None
+
+
+def shown(text: str) -> str:
+    """*text* quoted for an error message, cut to :data:`SHOWN_CHARACTERS`."""
+    if len(text) <= SHOWN_CHARACTERS:
+        return repr(text)
+    return repr(text[:SHOWN_CHARACTERS]) + f"... ({len(text)} characters)"
+
+
+def text_problem(text: str) -> str | None:
+    """Say why *text* cannot name a job, a task or a queue; ``None`` when it can.
+
+    Empty text is refused: an empty shell variable (``--uuid "$U"``) must not turn a filter
+    into no filter. So are a NUL character and lone surrogates (bytes of the command line
+    that are not UTF-8), which a PostgreSQL ``text`` value cannot hold.
+    """
+    if not text:
+        return "must not be empty"
+    if "\x00" in text:
+        return f"must not hold a NUL character, got {shown(text)}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"must be UTF-8 text (the command line holds bytes that are not), got {shown(text)}"
+    return None
+
+
+class Text(argparse.Action):
+    """Stores a name or uuid given on the command line, refusing what :func:`text_problem` does.
+
+    The error names the option (``argument --uuid: must not be empty``), with exit status 2.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        """Check *values* (one string) and store it."""
+        if not isinstance(values, str):
+            raise argparse.ArgumentError(self, f"expected one value, got {values!r}")
+        problem = text_problem(values)
+        if problem is not None:
+            raise argparse.ArgumentError(self, problem)
+        setattr(namespace, self.dest, values)
 
 
 def seconds_between(low: float, high: float) -> Callable[[str], float]:

@@ -1,9 +1,12 @@
 """``dispatcherctl jobs``, ``retry`` and ``purge``: the durable queue's rows, for operators.
 
 These commands talk to the database of ``brokers.pg_queue`` directly (no service needs to
-run). The exit status is 0 on success, 1 when the database cannot be reached, the tables
-are missing (run ``dispatcherctl migrate``) or a named job cannot be retried, and 2 for
-usage or config errors, including a config without ``brokers.pg_queue``.
+run). ``--timeout S`` is how long they wait for a lock another session holds on the jobs
+table or one of its rows (each statement may run :data:`~.queue_admin.STATEMENT_MARGIN`
+seconds more). The exit status is 0 on success, 1 when the database cannot be reached or
+refuses, a lock or a statement takes too long, the tables are missing (run
+``dispatcherctl migrate``) or a named job cannot be retried, and 2 for usage or config
+errors, including a config without ``brokers.pg_queue``.
 """
 
 from __future__ import annotations
@@ -18,12 +21,18 @@ from typing import Any, Final
 import psycopg
 
 from dispatcher.config import Settings
-from dispatcher.publish import broker_unavailable
+from dispatcher.publish import broker_unavailable, describe_server
 from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin
-from dispatcher.server.ctl_arguments import count_between, seconds
-from dispatcher.server.logsafe import escape
-from dispatcher.server.queue_admin import FINISHED_STATES, MAX_LIMIT, STATES
+from dispatcher.server.ctl_arguments import Text, count_between, seconds_up_to
+from dispatcher.server.logsafe import escape, first_line
+from dispatcher.server.queue_admin import (
+    FINISHED_STATES,
+    MAX_LIMIT,
+    MAX_OLDER_THAN,
+    STATEMENT_MARGIN,
+    STATES,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -36,14 +45,21 @@ ERROR_WIDTH: Final = 60
 AddCommand = Callable[[str, str], argparse.ArgumentParser]
 """``dispatcherctl``'s way to add a subcommand: ``add(name, help) -> parser``."""
 
+DOING: Final = {
+    "jobs": ("read", "reading"),
+    "retry": ("change", "changing"),
+    "purge": ("change", "changing"),
+}
+"""What each command does to the queue, as its errors word it."""
+
 
 def add_commands(add: AddCommand) -> None:
     """Add ``jobs``, ``retry`` and ``purge`` to ``dispatcherctl``'s command line."""
     jobs = add("jobs", "list the jobs of the durable queue (brokers.pg_queue)")
     jobs.add_argument("--state", choices=STATES, help="only jobs in this state")
-    jobs.add_argument("--queue", help="only jobs of this queue")
-    jobs.add_argument("--task", help="only jobs of this task")
-    jobs.add_argument("--uuid", help="only the job with this uuid")
+    jobs.add_argument("--queue", action=Text, help="only jobs of this queue")
+    jobs.add_argument("--task", action=Text, help="only jobs of this task")
+    jobs.add_argument("--uuid", action=Text, help="only the job with this uuid")
     jobs.add_argument(
         "--limit",
         type=count_between(1, MAX_LIMIT),
@@ -55,25 +71,36 @@ def add_commands(add: AddCommand) -> None:
         "retry", "queue failed jobs again, with every attempt available (attempts reset to 0)"
     )
     which = retry.add_mutually_exclusive_group(required=True)
-    which.add_argument("--uuid", help="the failed or cancelled job with this uuid")
+    which.add_argument("--uuid", action=Text, help="the failed or cancelled job with this uuid")
     which.add_argument("--failed", action="store_true", help="every failed job")
-    retry.add_argument("--queue", help="with --failed: only the failed jobs of this queue")
+    retry.add_argument(
+        "--queue", action=Text, help="with --failed: only the failed jobs of this queue"
+    )
     purge = add("purge", "delete finished jobs that ended some time ago")
     purge.add_argument(
         "--state", choices=FINISHED_STATES, required=True, help="the finished jobs to delete"
     )
     purge.add_argument(
         "--older-than",
-        type=seconds,
+        type=seconds_up_to(MAX_OLDER_THAN),
         required=True,
         metavar="SECONDS",
-        help="only jobs that ended at least this long ago",
+        help=f"only jobs that ended at least this long ago (at most {MAX_OLDER_THAN})",
     )
+    from dispatcher.server.ctl import DEFAULT_TIMEOUT  # ctl imports this module first
+
+    for parser in (jobs, retry, purge):
+        for action in parser._actions:
+            if action.dest == "timeout":
+                action.help = (
+                    "seconds to wait for a lock another session holds on the jobs table "
+                    f"(default: {DEFAULT_TIMEOUT:g})"
+                )
 
 
 def run(options: argparse.Namespace, settings: Settings) -> int:
     """Run the queue command in *options*; print its output; return the exit status."""
-    if options.command == "retry" and options.queue and not options.failed:
+    if options.command == "retry" and options.queue is not None and not options.failed:
         return _fail("retry --queue goes with --failed", EXIT_USAGE)
     try:
         section = queue_admin.queue_settings(settings)
@@ -81,12 +108,36 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         return _fail(str(exc), EXIT_USAGE)
     try:
         with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+            queue_admin.limit_waits(conn, options.timeout)
             queue_admin.check_tables(conn, section.schema)
             return _COMMANDS[options.command](conn, section.schema, options)
     except psycopg.Error as exc:
-        return _fail(str(broker_unavailable(section.conninfo, exc, "read the queue in")))
+        return _fail(database_error(exc, section.conninfo, options.command, options.timeout))
     except DispatcherError as exc:
         return _fail(str(exc))
+
+
+def database_error(exc: psycopg.Error, conninfo: str, command: str, timeout: float) -> str:
+    """One line saying why *command* failed in the database of *conninfo* (no password).
+
+    A lock or a statement that took too long, the database out of reach or refusing the
+    command, or a value it could not take: each is worded as what it is.
+    """
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return (
+            "the jobs table (or a job's row) is locked by another session: gave up after "
+            f"{timeout:g} s (--timeout S waits longer)"
+        )
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return (
+            f"the database cancelled a statement on the jobs table: {first_line(exc)} "
+            f"(one may take --timeout plus {STATEMENT_MARGIN:g} s)"
+        )
+    verb, gerund = DOING[command]
+    unreachable = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    if unreachable or isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return str(broker_unavailable(conninfo, exc, f"{verb} the queue in"))
+    return f"{gerund} the queue in {describe_server(conninfo)} failed: {first_line(exc)}"
 
 
 def _fail(message: str, status: int = EXIT_FAILED) -> int:
@@ -97,6 +148,7 @@ def _fail(message: str, status: int = EXIT_FAILED) -> int:
 def _jobs(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
     rows = queue_admin.list_jobs(
         conn,
+        schema,
         state=options.state,
         queue=options.queue,
         task=options.task,
@@ -121,7 +173,7 @@ def _jobs(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespac
 
 
 def _retry(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
-    if options.uuid:
+    if options.uuid is not None:
         queue_admin.retry_job(conn, schema, options.uuid)
         if options.json:
             print(json.dumps({"retried": 1, "skipped": 0, "uuid": options.uuid}))
@@ -132,7 +184,7 @@ def _retry(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespa
     if options.json:
         print(json.dumps({"retried": done.count, "skipped": done.skipped}))
         return EXIT_OK
-    where = f" of queue {escape(options.queue, limit=None)}" if options.queue else ""
+    where = "" if options.queue is None else f" of queue {escape(options.queue, limit=None)}"
     print(f"retried {done.count} failed {_jobs_word(done.count)}{where}")
     if done.skipped:
         print(
@@ -149,7 +201,7 @@ def _purge(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespa
         return EXIT_OK
     print(
         f"purged {count} {options.state} {_jobs_word(count)} "
-        f"that ended more than {options.older_than:g} s ago"
+        f"that ended more than {options.older_than:.15g} s ago"
     )
     return EXIT_OK
 
@@ -198,17 +250,31 @@ def render_jobs(rows: list[dict[str, Any]]) -> str:
 
 
 def when(row: dict[str, Any]) -> str:
-    """Where a job stands in time: ``in 30s``, ``waiting 2m05s``, ``running 4s``, ``1h ago``."""
+    """Where a job stands in time: ``in 30s``, ``waiting 2m05s``, ``running 4s``, ``1h ago``.
+
+    A time that is not a datetime (``infinity``, a year before 1 or after 9999: see
+    :class:`~dispatcher.server.queue_admin.TimestampLoader`) is shown as PostgreSQL wrote
+    it, after what it is: ``run after infinity``, ``finished -infinity``.
+    """
     now: datetime = row["now"]
     state = row["state"]
     if state == "queued":
-        wait = (row["run_after"] - now).total_seconds()
+        run_after = row["run_after"]
+        if not isinstance(run_after, datetime):
+            return f"run after {escape(run_after, limit=None)}"
+        wait = (run_after - now).total_seconds()
         return f"in {duration(wait)}" if wait > 0 else f"waiting {duration(-wait)}"
     if state == "running" and row["started_at"] is not None:
-        return f"running {duration((now - row['started_at']).total_seconds())}"
+        return _since(now, row["started_at"], "running {}", "started {}")
     if row["finished_at"] is not None:
-        return f"{duration((now - row['finished_at']).total_seconds())} ago"
-    return f"created {duration((now - row['created_at']).total_seconds())} ago"
+        return _since(now, row["finished_at"], "{} ago", "finished {}")
+    return _since(now, row["created_at"], "created {} ago", "created {}")
+
+
+def _since(now: datetime, then: datetime | str, shown: str, otherwise: str) -> str:
+    if isinstance(then, datetime):
+        return shown.format(duration((now - then).total_seconds()))
+    return otherwise.format(escape(then, limit=None))
 
 
 def duration(seconds: float) -> str:

@@ -18,7 +18,7 @@ from dispatcher.publish import BrokerUnavailable, InvalidSubmission, PublishErro
 from dispatcher.publish.brokers import is_job_broker
 from dispatcher.publish.routing import broker_for, publish_broker
 from dispatcher.schema import ON_DUPLICATE_MODES
-from dispatcher.server.ctl_arguments import count, json_list, json_object, seconds
+from dispatcher.server.ctl_arguments import Text, count, json_list, json_object, seconds
 from dispatcher.server.logsafe import escape
 
 EXIT_OK: Final = 0
@@ -28,7 +28,7 @@ EXIT_USAGE: Final = 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``dispatcherctl submit``."""
-    parser.add_argument("task", help="the task's name, such as myapp.tasks.cleanup")
+    parser.add_argument("task", action=Text, help="the task's name, such as myapp.tasks.cleanup")
     parser.add_argument(
         "--args", type=json_list, default=None, metavar="JSON", help="positional arguments"
     )
@@ -37,10 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--queue",
+        action=Text,
         metavar="Q",
         help="a channel or durable queue of the config (default: its default)",
     )
-    parser.add_argument("--uuid", metavar="U", help="the submission's uuid (default: a new one)")
+    parser.add_argument(
+        "--uuid", action=Text, metavar="U", help="the submission's uuid (default: a new one)"
+    )
     parser.add_argument(
         "--delay", type=seconds, metavar="S", help="seconds to wait before the task starts"
     )

@@ -191,8 +191,10 @@ def first_line(exc: BaseException) -> str:
 
 
 def safe_str(value: object) -> str:
-    """``str(value)``, or a note saying it could not be had: a ``__str__`` is code, and a
-    task's exception or return value may hold one that raises."""
+    """``str(value)``, or a note saying it could not be had.
+
+    A ``__str__`` is code: a task's exception or return value may hold one that raises.
+    """
     if type(value) is str:
         return value
     try:

@@ -1,25 +1,31 @@
 """Operator reads and repairs of the durable queue's tables: list, retry, purge.
 
 What ``dispatcherctl jobs``, ``retry`` and ``purge`` run, over one synchronous connection to
-the database of ``brokers.pg_queue``. Listing goes through the publisher's readers
-(:func:`dispatcher.publish.jobs` and :func:`~dispatcher.publish.get_job`); the repairs are
-statements of their own, each naming the configured schema. None holds a transaction open
-longer than one command (long transactions hold back vacuum on a hot queue table).
+the database of ``brokers.pg_queue``. Listing runs the publisher's statements (those of
+:func:`dispatcher.publish.jobs` and :func:`~dispatcher.publish.get_job`) but reads their
+timestamps itself, so that a value Python cannot hold is shown rather than fatal; the repairs
+are statements of their own, each naming the configured schema. None holds a transaction
+open longer than one command (long transactions hold back vacuum on a hot queue table).
+
+Every change re-checks, on the row it writes, the conditions it chose the row by: a row that
+another session (a retry, a service, the services' own purge) changes meanwhile is left as
+that session made it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import psycopg
 from psycopg import sql
 
 from dispatcher.config import PgQueueBroker, Settings
-from dispatcher.publish import JOB_STATES, JobState, get_job, jobs
-from dispatcher.publish.job import MAX_LISTED
+from dispatcher.publish import JOB_STATES, JobState
+from dispatcher.publish.job import COLUMNS, MAX_LISTED, get_job_query, jobs_query
+from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, DispatcherError
 
 MAX_LIMIT: Final = MAX_LISTED
@@ -31,6 +37,12 @@ FINISHED_STATES: Final[tuple[JobState, ...]] = ("done", "failed", "cancelled")
 
 PURGE_BATCH: Final = 10_000
 """Rows deleted per statement (and transaction) by :func:`purge`."""
+
+MAX_OLDER_THAN: Final = 31_536_000
+"""The most seconds :func:`purge` looks back (365 days, the longest ``keep_finished``)."""
+
+STATEMENT_MARGIN: Final = 30.0
+"""Seconds a statement may run beyond its wait for locks (see :func:`limit_waits`)."""
 
 _RESET: Final = sql.SQL(
     "state = 'queued', attempts = 0, run_after = now(), lease_until = NULL, node_id = NULL,"
@@ -76,8 +88,38 @@ def check_tables(conn: psycopg.Connection[Any], schema: str) -> None:
         )
 
 
+def limit_waits(conn: psycopg.Connection[Any], lock_timeout: float) -> None:
+    """Make *conn*'s statements wait at most *lock_timeout* seconds for a lock.
+
+    A statement that waits longer fails with :class:`psycopg.errors.LockNotAvailable`; one
+    that runs more than :data:`STATEMENT_MARGIN` seconds longer still, with
+    :class:`psycopg.errors.QueryCanceled`. Either undoes what its transaction did.
+    """
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+        (_milliseconds(lock_timeout), _milliseconds(lock_timeout + STATEMENT_MARGIN)),
+    )
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+class TimestampLoader(TolerantTimestamptzLoader):
+    """Loads a ``timestamptz`` as an aware datetime, or as PostgreSQL's text of it.
+
+    The text (``infinity``, ``-infinity``, ``4713-01-01 00:00:00+00 BC``) is for the values
+    a :class:`~datetime.datetime` cannot hold: a listing shows them as they are.
+    """
+
+    def out_of_range(self, text: str) -> str:
+        """*text* itself."""
+        return text
+
+
 def list_jobs(
     conn: psycopg.Connection[Any],
+    schema: str,
     *,
     state: JobState | None = None,
     queue: str | None = None,
@@ -85,22 +127,28 @@ def list_jobs(
     uuid: str | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """Jobs matching every filter given, newest first, at most *limit* (up to 10,000).
+    """Jobs of *schema* matching every filter given, newest first, at most *limit* (10,000).
 
-    Each is a dict of the job's columns (timestamps as aware datetimes, ``result`` decoded)
-    plus ``now``, the database's clock when they were read. Read with the publisher's
-    readers, in the schema of the process's config.
+    Each is a dict of the job's columns plus ``now``, the database's clock when they were
+    read: ``result`` decoded, timestamps as aware datetimes, or as PostgreSQL writes them
+    when a datetime cannot hold them (``infinity``, ``-infinity``, years before 1 or after
+    9999), as :class:`TimestampLoader` reads them.
+
+    :raises ValueError: when *state* or *limit* is not valid.
     """
     if uuid is not None:
-        job = get_job(uuid, connection=conn)
-        wanted = {"state": state, "queue": queue, "task": task}
-        found = [] if job is None else [job]
-        found = [j for j in found if all(v in (None, getattr(j, k)) for k, v in wanted.items())]
+        statement, params = get_job_query(schema), [uuid]
     else:
-        found = jobs(state=state, queue=queue, task=task, limit=limit, connection=conn)
-    row = conn.execute("SELECT now()").fetchone()
-    now = None if row is None else row[0]
-    return [{**asdict(job), "now": now} for job in found]
+        statement, params = jobs_query(schema, state=state, queue=queue, task=task, limit=limit)
+    with conn.cursor() as cursor:
+        cursor.adapters.register_loader(TIMESTAMPTZ_OID, TimestampLoader)
+        rows = cursor.execute(statement, params).fetchall()
+        now = cursor.execute("SELECT now()").fetchone()
+    found = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+    if uuid is not None:
+        wanted = {"state": state, "queue": queue, "task": task}
+        found = [j for j in found if all(v in (None, j[k]) for k, v in wanted.items())]
+    return [{**job, "now": None if now is None else now[0]} for job in found]
 
 
 @dataclass
@@ -127,6 +175,7 @@ def retry_job(conn: psycopg.Connection[Any], schema: str, uuid: str) -> Retried:
     jobs = _jobs(schema)
     done = Retried()
     with conn.transaction():
+        # The row stays locked until the retry commits: nothing changes it in between.
         found = conn.execute(
             sql.SQL("SELECT id, state FROM {} WHERE uuid = %s FOR UPDATE").format(jobs), (uuid,)
         ).fetchone()
@@ -134,7 +183,8 @@ def retry_job(conn: psycopg.Connection[Any], schema: str, uuid: str) -> Retried:
             raise NotRetried(f"no job has uuid {uuid!r}")
         if found[1] not in ("failed", "cancelled"):
             raise NotRetried(f"job {uuid} is {found[1]}: only failed or cancelled jobs are retried")
-        if not _retry_one(conn, jobs, found[0], done):
+        where = sql.SQL("state IN ('failed', 'cancelled')")
+        if not _retry_one(conn, jobs, found[0], where, [], done):
             raise NotRetried(f"job {uuid} not retried: an identical job is already waiting")
         _wake(conn, done.by_queue)
     return done
@@ -144,8 +194,8 @@ def retry_failed(conn: psycopg.Connection[Any], schema: str, queue: str | None =
     """Queue every failed job (of *queue*, if given) again, with its attempts reset to 0.
 
     One transaction: jobs without an ``on_duplicate`` constraint in one statement, the
-    others one by one, skipping those an identical waiting job blocks. Cancelled jobs stay
-    as they are (retry those by uuid).
+    others one by one (locked first), skipping those an identical waiting job blocks.
+    Cancelled jobs stay as they are (retry those by uuid).
     """
     jobs = _jobs(schema)
     where: sql.Composable = sql.SQL("state = 'failed'")
@@ -162,25 +212,34 @@ def retry_failed(conn: psycopg.Connection[Any], schema: str, queue: str | None =
         for (name,) in conn.execute(free, values).fetchall():
             done.by_queue[name] += 1
         constrained = sql.SQL(
-            "SELECT id FROM {} WHERE {} AND on_duplicate IN ('discard', 'queue_one') ORDER BY id"
+            "SELECT id FROM {} WHERE {} AND on_duplicate IN ('discard', 'queue_one')"
+            " ORDER BY id FOR UPDATE"
         ).format(jobs, where)
         for (row_id,) in conn.execute(constrained, values).fetchall():
-            if not _retry_one(conn, jobs, row_id, done):
+            if not _retry_one(conn, jobs, row_id, where, values, done):
                 done.skipped += 1
         _wake(conn, done.by_queue)
     return done
 
 
 def _retry_one(
-    conn: psycopg.Connection[Any], jobs: sql.Composed, row_id: int, done: Retried
+    conn: psycopg.Connection[Any],
+    jobs: sql.Composed,
+    row_id: int,
+    where: sql.Composable,
+    values: list[Any],
+    done: Retried,
 ) -> bool:
-    """Queue row *row_id* again unless a unique index refuses it; count it in *done*."""
-    query = sql.SQL(
-        "UPDATE {} SET {} WHERE id = %s AND state IN ('failed', 'cancelled') RETURNING queue"
-    ).format(jobs, _RESET)
+    """Queue row *row_id* again if it still meets *where*, unless a unique index refuses it.
+
+    Counts it in *done*; ``False`` when refused (or no longer meeting *where*).
+    """
+    query = sql.SQL("UPDATE {} SET {} WHERE id = %s AND {} RETURNING queue").format(
+        jobs, _RESET, where
+    )
     try:
         with conn.transaction():  # a savepoint: a refusal undoes this row only
-            row = conn.execute(query, (row_id,)).fetchone()
+            row = conn.execute(query, [row_id, *values]).fetchone()
     except psycopg.errors.UniqueViolation:
         return False
     if row is not None:
@@ -202,20 +261,34 @@ def purge(conn: psycopg.Connection[Any], schema: str, state: JobState, older_tha
     """Delete the jobs in *state* (a finished one) that ended *older_than* seconds ago.
 
     Deletes :data:`PURGE_BATCH` rows per transaction, so that a large purge never holds
-    many locks or one long transaction. Returns how many rows went.
+    many locks or one long transaction. A row another session is changing (a retry queuing
+    it again) is skipped, and one changed since the batch was chosen is deleted only if it
+    still is in *state* and old enough. Returns how many rows went.
+
+    :raises ValueError: when *state* is not a finished state, or *older_than* not within
+        0 to :data:`MAX_OLDER_THAN`.
     """
     if state not in FINISHED_STATES:
         raise ValueError(f"only finished jobs are purged, not {state!r} ones")
+    if not 0 <= older_than <= MAX_OLDER_THAN:
+        raise ValueError(f"older_than: must be 0 to {MAX_OLDER_THAN} seconds, got {older_than!r}")
     # The ids go through an array, so that the rows are then found by id: a join would
-    # scan the whole table for every batch.
+    # scan the whole table for every batch. The outer conditions are those PostgreSQL checks
+    # again on a row updated while the DELETE waited for it (an id alone would still match).
     query = sql.SQL(
-        "DELETE FROM {jobs} WHERE id = ANY(ARRAY(SELECT id FROM {jobs} WHERE state = %s"
-        " AND finished_at < now() - make_interval(secs => %s) LIMIT %s))"
-    ).format(jobs=_jobs(schema))
+        "DELETE FROM {jobs} WHERE id = ANY(ARRAY(SELECT id FROM {jobs} WHERE {old}"
+        " LIMIT %(batch)s FOR UPDATE SKIP LOCKED)) AND {old}"
+    ).format(
+        jobs=_jobs(schema),
+        old=sql.SQL(
+            "state = %(state)s AND finished_at < now() - make_interval(secs => %(older_than)s)"
+        ),
+    )
+    params = {"state": state, "older_than": older_than, "batch": PURGE_BATCH}
     deleted = 0
     while True:
         with conn.transaction():
-            count = conn.execute(query, (state, older_than, PURGE_BATCH)).rowcount
+            count = conn.execute(query, params).rowcount
         deleted += count
         if count < PURGE_BATCH:
             return deleted

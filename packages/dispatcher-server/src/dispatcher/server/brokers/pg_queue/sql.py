@@ -70,11 +70,11 @@ RETURNING j.id, j.attempts, j.claims, j.queue,
 """
 """Claim up to ``limit`` ready rows, oldest first, at most one per serial or queue_one key
 and none whose twin runs: running under a lease, one attempt more. The messages claimed
-together hold at most ``max_total_bytes`` (the first row is claimed whatever its size). Each queue is read in
-the order of its index (queue, run_after, id), so a claim reads about ``limit`` rows per
-queue however long the queue is. Two services racing for identical serial rows meet the
-jobs_one_running index: one gets a unique violation and tries again. A message over
-``max_bytes`` comes back as ``NULL`` (with its size), never delivered.
+together hold at most ``max_total_bytes`` (the first row is claimed whatever its size).
+Each queue is read in the order of its index (queue, run_after, id), so a claim reads
+about ``limit`` rows per queue however long the queue is. Two services racing for identical
+serial rows meet the jobs_one_running index: one gets a unique violation and tries again. A
+message over ``max_bytes`` comes back as ``NULL`` (with its size), never delivered.
 
 Its commit does not wait for the disk (``synchronous_commit`` off for this transaction
 only, so it holds through a pooler too): a claim lost in a crash of the database leaves its
