@@ -10,12 +10,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, sql_queue_publisher
-from dispatcher.server.brokers.pg_queue.migrations import migrate
+from support.durable import own_schema
 from support.postgres import wait_for_notifies
-from support.queue_rows import job_row, unique_schema
+from support.queue_rows import job_row
 
 Conn = psycopg.Connection[Any]
 
@@ -23,12 +22,8 @@ Conn = psycopg.Connection[Any]
 @pytest.fixture
 def schema(pg_dsn: str) -> Iterator[str]:
     """A schema of this test's own, with the queue's tables made by the migrations."""
-    name = unique_schema()
-    with psycopg.connect(pg_dsn) as conn:
-        migrate(conn, name)
-    yield name
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+    with own_schema(pg_dsn) as name:
+        yield name
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from psycopg import sql
 
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, new_uuid
 from dispatcher.server.brokers.pg_queue.migrations import migrate
+from support.queue_rows import unique_schema
 from support.service import TASKS, wait_until
 
 Conn = psycopg.Connection[Any]
@@ -23,6 +25,18 @@ def migrated(conn: Conn, schema: str) -> str:
     """Create the queue's tables in *schema* (as ``dispatcherctl migrate`` does); return it."""
     migrate(conn, schema)
     return schema
+
+
+@contextmanager
+def own_schema(dsn: str) -> Iterator[str]:
+    """A new schema with the queue's tables (as ``dispatcherctl migrate`` makes them), dropped
+    when the block ends."""
+    name = unique_schema()
+    with psycopg.connect(dsn) as conn:
+        migrate(conn, name)
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
 def queue_config(dsn: str, schema: str, queue: str, **options: Any) -> dict[str, Any]:
