@@ -234,6 +234,11 @@ def test_a_locked_jobs_table_is_waited_for_timeout_seconds_then_named(
     )
 
 
+def test_a_timeout_past_what_postgresql_takes_waits_as_long_as_it_can(config: Path) -> None:
+    result = ctl(config, "jobs", "--timeout", "3000000")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 def test_a_cancelled_statement_is_named_as_such(
     config: Path, pg_conn: Conn, locked_table: Conn
 ) -> None:

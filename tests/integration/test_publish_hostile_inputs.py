@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import AsyncConnection, sql
+from psycopg.conninfo import make_conninfo
 from psycopg.pq import Format, TransactionStatus
 
 from dispatcher.config import Settings, reset, setup
@@ -299,6 +300,35 @@ def test_a_connection_broken_under_the_caller_is_broker_unavailable(
         pg_conn.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
         with pytest.raises(BrokerUnavailable, match=r"\(the connection passed as connection=\)"):
             submit_task("myapp.tasks.work", queue=target, connection=conn)
+
+
+def test_an_error_of_the_callers_transaction_is_raised_as_psycopg_raises_it(
+    configured: Settings, pg_dsn: str, delivered: Callable[[], list[str]]
+) -> None:
+    # What a caller may retry its transaction on (a conflict, a lock timeout, a read-only
+    # transaction) keeps its type: it is no "broker unavailable".
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("SET TRANSACTION READ ONLY")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as caught:
+            submit_task("myapp.tasks.work", queue=DURABLE, connection=conn)
+        assert not isinstance(caught.value, BrokerUnavailable)
+        conn.rollback()
+    assert delivered() == []
+
+
+def test_a_lock_timeout_in_the_callers_transaction_is_raised_as_psycopg_raises_it(
+    configured: Settings, pg_dsn: str, schema: str
+) -> None:
+    impatient = make_conninfo(pg_dsn, options="-c lock_timeout=100ms")
+    with psycopg.connect(pg_dsn) as holder, psycopg.connect(impatient) as conn:
+        holder.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "jobs"))
+        )
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            submit_task("myapp.tasks.work", queue=DURABLE, connection=conn)
+        conn.rollback()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            get_job("some-uuid", connection=conn)
 
 
 @pytest.mark.anyio

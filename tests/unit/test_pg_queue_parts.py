@@ -22,6 +22,7 @@ from dispatcher.server.brokers.pg_queue.migrations import (
 )
 from dispatcher.server.brokers.pg_queue.outcomes import (
     MAX_ERROR_CHARS,
+    REFUSED_DELAY,
     Ack,
     RetryPolicy,
     clean_text,
@@ -86,6 +87,15 @@ def test_each_outcome_changes_its_row_in_one_way(outcome: str, kind: str) -> Non
     ack = to_ack(Settled("12:3", outcome, "why"), POLICY)
     assert ack is not None
     assert (ack.id, ack.attempts, ack.kind, ack.outcome) == (12, 3, kind, outcome)
+
+
+def test_a_refused_job_waits_a_moment_and_one_given_back_at_shutdown_does_not() -> None:
+    refused = to_ack(Settled("1:1", "refused", "service.limits.max_queued"), POLICY)
+    abandoned = to_ack(Settled("1:1", "abandoned"), POLICY)
+    assert refused is not None
+    assert abandoned is not None
+    assert (refused.delay, abandoned.delay) == (REFUSED_DELAY, 0.0)
+    assert REFUSED_DELAY > 0
 
 
 def test_a_failed_attempt_keeps_its_error_and_traceback_and_waits_its_backoff() -> None:

@@ -151,10 +151,17 @@ def caller_connection(connection: object, expected: type[_Conn], caller: str, ot
     return checked
 
 
-def caller_unavailable(
+def caller_lost(
     connection: BaseConnection[Any], exc: psycopg.Error, doing: str
-) -> BrokerUnavailable:
-    """:func:`broker_unavailable` for a statement the caller's own *connection* failed."""
+) -> BrokerUnavailable | None:
+    """:func:`broker_unavailable` for the caller's own *connection*, lost while *doing*.
+
+    ``None`` when *exc* left the connection working (a serialization failure, a lock or
+    statement timeout, a constraint): the caller's own error, to be raised as it is, so that
+    the caller's handling of it (retrying the transaction, say) still works.
+    """
+    if not (connection.closed or connection.broken):
+        return None
     try:
         where = f"{describe_server(connection.info.dsn)} ({CALLER_CONNECTION})"
     except psycopg.Error:  # the connection broke: its parameters cannot be read any more

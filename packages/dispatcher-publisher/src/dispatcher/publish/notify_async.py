@@ -24,7 +24,7 @@ from dispatcher.publish.connections import (
     async_owner,
     broker_unavailable,
     caller_connection,
-    caller_unavailable,
+    caller_lost,
     connect_options,
     notify_statement,
 )
@@ -41,10 +41,6 @@ from dispatcher.schema import (
     split_message,
     validator,
 )
-
-_ADAPTERS = tolerant_adapters()
-"""The adapters of the SDK's own connections: a job's time that no datetime can hold (an
-``infinity`` set by hand) is read, not refused (see :mod:`dispatcher.publish.timestamps`)."""
 
 SERVICES_QUERY = (
     "SELECT application_name FROM pg_stat_activity"
@@ -83,8 +79,10 @@ class AsyncConnectionProvider:
         if current is not None and self._owner == owner and not current.closed:
             return current
         try:
+            # Its adapters read a job's time that no datetime can hold (an ``infinity`` set
+            # by hand) instead of refusing it (see dispatcher.publish.timestamps).
             fresh = await AsyncConnection.connect(
-                self.conninfo, context=_ADAPTERS, **connect_options(self.conninfo)
+                self.conninfo, context=tolerant_adapters(), **connect_options(self.conninfo)
             )
         except psycopg.Error as exc:
             raise broker_unavailable(self.conninfo, exc, "connect to") from None
@@ -227,7 +225,10 @@ async def asend(
         try:
             await caller.execute(*notify_statement(messages))
         except psycopg.Error as exc:
-            raise caller_unavailable(caller, exc, "send to") from None
+            lost = caller_lost(caller, exc, "send to")
+            if lost is None:
+                raise
+            raise lost from exc
         return
     assert conninfo is not None, "without a connection, a conninfo is needed"
     await shared_provider(conninfo).notify(messages)

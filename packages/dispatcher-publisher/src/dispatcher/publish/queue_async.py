@@ -14,7 +14,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from dispatcher.config import NotConfiguredError, get_settings
-from dispatcher.publish.connections import caller_connection, caller_unavailable
+from dispatcher.publish.connections import caller_connection, caller_lost
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.job import (
     Job,
@@ -50,7 +50,10 @@ async def astore(
             except psycopg.errors.UndefinedTable:
                 raise
             except psycopg.Error as exc:
-                raise caller_unavailable(caller, exc, "send to") from None
+                lost = caller_lost(caller, exc, "send to")
+                if lost is None:
+                    raise
+                raise lost from exc
         else:
             await shared_provider(conninfo).execute(statement, rows)
     except psycopg.errors.UndefinedTable:
@@ -129,7 +132,10 @@ async def _read(
             except psycopg.errors.UndefinedTable:
                 raise
             except psycopg.Error as exc:
-                raise caller_unavailable(caller, exc, "read from") from None
+                lost = caller_lost(caller, exc, "read from")
+                if lost is None:
+                    raise
+                raise lost from exc
         else:
             cursor = await shared_provider(conninfo).execute(statement, params, "read from")
         return await cursor.fetchall()

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import Connection
 
 from dispatcher.config import NotConfiguredError, get_settings
-from dispatcher.publish.connections import caller_connection, caller_unavailable
+from dispatcher.publish.connections import caller_connection, caller_lost
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.job import (
     Job,
@@ -48,7 +48,10 @@ def store(
             except psycopg.errors.UndefinedTable:
                 raise
             except psycopg.Error as exc:
-                raise caller_unavailable(caller, exc, "send to") from None
+                lost = caller_lost(caller, exc, "send to")
+                if lost is None:
+                    raise
+                raise lost from exc
         else:
             shared_provider(conninfo).execute(statement, rows)
     except psycopg.errors.UndefinedTable:
@@ -127,7 +130,10 @@ def _read(
             except psycopg.errors.UndefinedTable:
                 raise
             except psycopg.Error as exc:
-                raise caller_unavailable(caller, exc, "read from") from None
+                lost = caller_lost(caller, exc, "read from")
+                if lost is None:
+                    raise
+                raise lost from exc
         else:
             cursor = shared_provider(conninfo).execute(statement, params, "read from")
         return cursor.fetchall()

@@ -2,8 +2,7 @@
 
 These commands talk to the database of ``brokers.pg_queue`` directly (no service needs to
 run). ``--timeout S`` is how long they wait for a lock another session holds on the jobs
-table or one of its rows (each statement may run :data:`~.queue_admin.STATEMENT_MARGIN`
-seconds more). The exit status is 0 on success, 1 when the database cannot be reached or
+table or one of its rows. The exit status is 0 on success, 1 when the database cannot be reached or
 refuses, a lock or a statement takes too long, the tables are missing (run
 ``dispatcherctl migrate``) or a named job cannot be retried, and 2 for usage or config
 errors, including a config without ``brokers.pg_queue``.
@@ -30,7 +29,6 @@ from dispatcher.server.queue_admin import (
     FINISHED_STATES,
     MAX_LIMIT,
     MAX_OLDER_THAN,
-    STATEMENT_MARGIN,
     STATES,
 )
 
@@ -129,10 +127,7 @@ def database_error(exc: psycopg.Error, conninfo: str, command: str, timeout: flo
             f"{timeout:g} s (--timeout S waits longer)"
         )
     if isinstance(exc, psycopg.errors.QueryCanceled):
-        return (
-            f"the database cancelled a statement on the jobs table: {first_line(exc)} "
-            f"(one may take --timeout plus {STATEMENT_MARGIN:g} s)"
-        )
+        return f"the database cancelled a statement on the jobs table: {first_line(exc)}"
     verb, gerund = DOING[command]
     unreachable = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
     if unreachable or isinstance(exc, psycopg.errors.InsufficientPrivilege):

@@ -41,9 +41,6 @@ PURGE_BATCH: Final = 10_000
 MAX_OLDER_THAN: Final = 31_536_000
 """The most seconds :func:`purge` looks back (365 days, the longest ``keep_finished``)."""
 
-STATEMENT_MARGIN: Final = 30.0
-"""Seconds a statement may run beyond its wait for locks (see :func:`limit_waits`)."""
-
 _RESET: Final = sql.SQL(
     "state = 'queued', attempts = 0, run_after = now(), lease_until = NULL, node_id = NULL,"
     " started_at = NULL, finished_at = NULL"
@@ -88,21 +85,23 @@ def check_tables(conn: psycopg.Connection[Any], schema: str) -> None:
         )
 
 
+MAX_SETTING_MS: Final = 2_147_483_647
+"""The largest number of milliseconds a PostgreSQL timeout setting takes."""
+
+
 def limit_waits(conn: psycopg.Connection[Any], lock_timeout: float) -> None:
     """Make *conn*'s statements wait at most *lock_timeout* seconds for a lock.
 
-    A statement that waits longer fails with :class:`psycopg.errors.LockNotAvailable`; one
-    that runs more than :data:`STATEMENT_MARGIN` seconds longer still, with
-    :class:`psycopg.errors.QueryCanceled`. Either undoes what its transaction did.
+    A statement that waits longer fails with :class:`psycopg.errors.LockNotAvailable`,
+    which undoes what its transaction did. How long a statement runs once it has its locks
+    is not bounded here: retrying a million failed jobs takes as long as it takes.
     """
-    conn.execute(
-        "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-        (_milliseconds(lock_timeout), _milliseconds(lock_timeout + STATEMENT_MARGIN)),
-    )
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (_milliseconds(lock_timeout),))
 
 
 def _milliseconds(seconds: float) -> str:
-    return f"{max(1, round(seconds * 1000))}ms"
+    """*seconds* as a setting PostgreSQL takes (1 ms to its largest, about 24 days)."""
+    return f"{min(MAX_SETTING_MS, max(1, round(seconds * 1000)))}ms"
 
 
 class TimestampLoader(TolerantTimestamptzLoader):

@@ -6,7 +6,8 @@
 -- (no sweep takes it back, and a running job cannot be retried). (`claims` is never
 -- checked: a claim counts it on modulo the integer limit.) Such rows are ended first, as
 -- failed with the reason; then the checks keep new ones out (an INSERT or UPDATE that
--- would make one fails, naming the check). The table is read once, under its lock.
+-- would make one fails, naming the check). The table is read three times (two updates,
+-- then the checks' validation), under its lock: about a second per million rows.
 -- Safe to run again.
 
 UPDATE {schema}.jobs
@@ -15,7 +16,7 @@ SET state = 'failed', lease_until = NULL, finished_at = now(), outcome = 'reject
         WHEN state = 'running'
             THEN 'rejected: running without a lease that can run out'
         ELSE format('rejected: waiting with no attempt left (%s of %s used)',
-                    attempts, max_attempts)
+                    least(attempts, max_attempts), max_attempts)
     END
 WHERE (state = 'queued' AND attempts >= max_attempts)
    OR (state = 'running' AND (lease_until IS NULL OR NOT isfinite(lease_until)));

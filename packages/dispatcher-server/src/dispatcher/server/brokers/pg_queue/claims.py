@@ -36,8 +36,9 @@ CLAIM_TIMEOUT: Final = 30.0
 """Seconds a claim may take before it is given up (its connection is then replaced)."""
 
 CLAIM_BYTES: Final = 16 * 1024 * 1024
-"""Most bytes of messages one claim takes (and at least one message, whatever its size): a
-batch of large messages comes in several claims, never hundreds of megabytes at once."""
+"""Bytes of messages after which a claim takes no more (the message that reaches them
+included: at most this plus one message, and at least one message whatever its size): a
+backlog of large messages comes in several claims, never hundreds of megabytes at once."""
 
 RACES: Final = 5
 """Claims retried, with a smaller batch, after losing a race for an identical serial job."""

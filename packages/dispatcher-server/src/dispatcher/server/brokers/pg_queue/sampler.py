@@ -121,15 +121,15 @@ class QueueSampler:
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         """A new connection whose statements time out after :data:`STATEMENT_TIMEOUT_MS`.
 
-        JIT is off, as on the broker's connections. Options given in the conninfo come
-        last, so that an operator's choice wins.
+        JIT is off, as on the broker's connections, unless the conninfo's options turn it
+        on; the statement timeout is always the sampler's own.
         """
-        options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c jit=off"
         given = conninfo_to_dict(self.conninfo).get("options")
+        timeout = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
         return await psycopg.AsyncConnection.connect(
             self.conninfo,
             autocommit=True,
             application_name=self.application_name,
             connect_timeout=10,
-            options=f"{options} {given}" if given else options,
+            options=f"-c jit=off {given} {timeout}" if given else f"-c jit=off {timeout}",
         )

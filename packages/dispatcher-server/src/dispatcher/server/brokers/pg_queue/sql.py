@@ -69,8 +69,9 @@ RETURNING j.id, j.attempts, j.claims, j.queue,
     octet_length(j.message)
 """
 """Claim up to ``limit`` ready rows, oldest first, at most one per serial or queue_one key
-and none whose twin runs: running under a lease, one attempt more. The messages claimed
-together hold at most ``max_total_bytes`` (the first row is claimed whatever its size).
+and none whose twin runs: running under a lease, one attempt more. A claim stops at
+the first message that takes its messages past ``max_total_bytes`` (that one included: a
+claim holds at most that plus one message, and at least one row whatever its size).
 Each queue is read in the order of its index (queue, run_after, id), so a claim reads
 about ``limit`` rows per queue however long the queue is. Two services racing for identical
 serial rows meet the jobs_one_running index: one gets a unique violation and tries again. A
@@ -139,9 +140,9 @@ RETURNING j.queue, t.kind, j.state
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
-retry waits for its
-backoff, or fails once the row's ``max_attempts`` are used; a requeue (refused, abandoned:
-the job never ran) waits again at once and its attempt is not counted.
+retry waits for its backoff, or fails once the row's ``max_attempts`` are used; a requeue
+(refused, abandoned: the job never ran) waits again, its attempt not counted: at once when
+abandoned, for its ``delay`` when refused.
 
 Each row is found by id, whatever the plan's estimates (see :data:`RENEW`): the lateral
 subquery (kept apart by ``OFFSET 0``) can only look its row up by id, and the update
