@@ -400,20 +400,38 @@ def test_large_messages_are_claimed_a_few_megabytes_at_a_time_and_all_run(
 
 
 def test_a_job_the_service_refuses_waits_a_moment_before_it_is_claimed_again(
-    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str, evidence: Evidence
 ) -> None:
-    config = queue_config(pg_dsn, schema, channel, poll_interval=0.05)
-    config["service"]["limits"] = {"max_held_bytes": 1000}
-    (uuid,) = enqueue(pg_conn, schema, channel, [{**job_message("noop"), "pad": "x" * 2000}])
+    config = queue_config(pg_dsn, schema, channel, poll_interval=0.05, prefetch=10)
+    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    config["service"]["limits"] = {"max_queued": 1}
+    messages = [job_message("sleep_then_record", evidence.path, 2) for _ in range(4)]
+    uuids = enqueue(pg_conn, schema, channel, messages)
     start_service(config)
 
     def requeued() -> dict[str, Any] | None:
-        row = job_row(pg_conn, schema, uuid)
-        return row if row is not None and row["claims"] >= 1 and row["state"] == "queued" else None
+        for uuid in uuids:
+            row = job_row(pg_conn, schema, uuid)
+            if row is not None and row["claims"] >= 1 and row["state"] == "queued":
+                return row
+        return None
 
     row = wait_until(requeued, timeout=15)
     # Back in the queue, not ready before REFUSED_DELAY (1 s) after the claim it was refused in.
     assert (row["run_after"] - row["started_at"]).total_seconds() >= 1
+    assert row["attempts"] == 0
+
+
+def test_a_job_larger_than_the_service_may_hold_fails_instead_of_coming_back(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str
+) -> None:
+    config = queue_config(pg_dsn, schema, channel)
+    config["service"]["limits"] = {"max_held_bytes": 1000}
+    (uuid,) = enqueue(pg_conn, schema, channel, [{**job_message("noop"), "pad": "x" * 2000}])
+    start_service(config)
+    (row,) = wait_for_states(pg_conn, schema, [uuid], {"failed"})
+    assert (row["outcome"], row["attempts"]) == ("rejected", 1)
+    assert "more than service.limits.max_held_bytes (1000)" in row["last_error"]
 
 
 def test_three_thousand_jobs_stored_while_no_service_runs_run_exactly_once(

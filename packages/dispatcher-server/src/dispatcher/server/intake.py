@@ -305,11 +305,19 @@ class Intake:
         # neither held nor gated again here.
         scheduled = origin.scheduled_by_broker
         tracked = on_duplicate is not None and on_duplicate != "parallel" and not scheduled
+        line = run_line(payload, channel, keep_result=origin.receipt is not None)
+        if len(line) > self._limits.max_held_bytes:  # never takeable: refusing it would loop
+            raise Rejected(
+                "oversized",
+                f"the message is {len(payload)} bytes, more than service.limits.max_held_bytes "
+                f"({self._limits.max_held_bytes}) lets this service hold",
+                uuid,
+            )
         return self._jobs.submit(
             Job(
                 uuid=uuid,
                 task=name,
-                line=run_line(payload, channel, keep_result=origin.receipt is not None),
+                line=line,
                 timeout=message.get("timeout") or 0,
                 delay=0 if scheduled else message.get("delay") or 0,
                 on_duplicate=on_duplicate,
