@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dispatcher.config import reset, setup
-from dispatcher.publish import messages, prepare_submission, submit_task
+from dispatcher.publish import InvalidSubmission, messages, prepare_submission, submit_task
 from dispatcher.testing import captured
 from support import testing_tasks as tasks
 
@@ -77,10 +77,31 @@ def test_durable_queues_are_suggested_and_known(caplog: pytest.LogCaptureFixture
     prepare_submission(tasks.add, args=[1, 2], queue="invoices")
     prepare_submission(tasks.add, args=[1, 2], queue="myapp")
     assert warnings_of(caplog) == []
-    prepare_submission(tasks.add, args=[1, 2], queue="invoice")
+    prepare_submission(tasks.add, args=[1, 2], queue="invo")
     [warning] = warnings_of(caplog)
     assert "nor of brokers.pg_queue.queues" in warning
     assert warning.endswith("did you mean 'invoices'?")
+
+
+def test_a_near_miss_of_a_durable_queue_is_refused_every_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A typo must not turn a job stored for sure into a NOTIFY that nobody hears.
+    configure(pg_queue={"queues": ["payments"]})
+    for _ in range(2):
+        with pytest.raises(InvalidSubmission) as caught:
+            prepare_submission(tasks.add, args=[1, 2], queue="paymnets")
+        assert str(caught.value) == (
+            "queue 'paymnets' is not one of brokers.pg_queue.queues in config, but close to "
+            "the durable queue 'payments': sent by NOTIFY instead, its tasks would be lost where "
+            "nobody listens (list it under brokers.pg_notify.channels to send there on purpose)"
+        )
+    prepare_submission(tasks.add, args=[1, 2], queue="payments_fast")  # a channel of its own
+    configure(
+        pg_notify={"conninfo": CONNINFO, "channels": ["paymnets"]},
+        pg_queue={"queues": ["payments"]},
+    )
+    assert prepare_submission(tasks.add, args=[1, 2], queue="paymnets").channel == "paymnets"
 
 
 def test_each_config_is_checked_on_its_own(caplog: pytest.LogCaptureFixture) -> None:

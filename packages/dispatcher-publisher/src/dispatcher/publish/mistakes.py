@@ -15,23 +15,30 @@ from typing import Final
 
 from dispatcher.config import Settings
 from dispatcher.publish import interception
-from dispatcher.publish.errors import PublishError
+from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.registry import registry
 from dispatcher.publish.routing import broker_for
 
 logger = logging.getLogger("dispatcher.publish")
 
+TYPO_CUTOFF: Final = 0.8
+"""How alike a NOTIFY queue's name must be to a durable queue's to be refused as its typo
+(``paymnets`` and ``payments``: 0.88; ``orders_fast`` and ``orders``: 0.71, let through)."""
+
 MAX_REMEMBERED_NAMES: Final = 4096
 """Names remembered as checked; past that they are forgotten (and may be warned about again)."""
 
-_checked_queues: tuple[Settings | None, set[str]] = (None, set())
+_checked_queues: tuple[Settings | None, dict[str, str | None]] = (None, {})
 """The config the queues were checked under, and those queues."""
 _checked_tasks: set[str] = set()
 
 
-def close_name(name: str, candidates: Iterable[str]) -> str | None:
-    """The candidate closest to *name* when one is close enough to be a typo of it."""
-    found = difflib.get_close_matches(name, list(candidates), n=1)
+def close_name(name: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The candidate closest to *name* when one is close enough to be a typo of it.
+
+    *cutoff* is the least similarity, from 0 to 1, of a candidate taken.
+    """
+    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
     return found[0] if found else None
 
 
@@ -46,24 +53,40 @@ def check_queue(queue: str, settings: Settings) -> None:
 
     That is a queue the pg_notify broker carries (no other broker claims it) while not one of
     the ``brokers.pg_notify.channels`` the config lists. Nothing when it lists none.
+
+    :raises InvalidSubmission: when *queue* is a near miss of a durable queue's name (a
+        typo would otherwise turn a job stored for sure into a NOTIFY nobody hears).
     """
     global _checked_queues
     checked_under, checked = _checked_queues
     if checked_under is not settings or len(checked) >= MAX_REMEMBERED_NAMES:
-        checked = set()
+        checked = {}
         _checked_queues = settings, checked
     if queue in checked:
+        refusal = checked[queue]
+        if refusal is not None:
+            raise InvalidSubmission(refusal)
         return
-    checked.add(queue)
+    checked[queue] = None
     notify = settings.brokers.pg_notify
-    if notify is None or not notify.channels or queue in notify.channels:
-        return
+    listed = notify is not None and bool(notify.channels) and queue in notify.channels
     try:
-        if broker_for(queue, settings).name != "pg_notify":
+        if listed or broker_for(queue, settings).name != "pg_notify":
             return
     except PublishError:
         return  # sending says what is wrong
     durable = settings.brokers.pg_queue.queues if settings.brokers.pg_queue is not None else ()
+    near_durable = close_name(queue, durable, cutoff=TYPO_CUTOFF)
+    if near_durable is not None:
+        refusal = checked[queue] = (
+            f"queue {queue!r} is not one of brokers.pg_queue.queues in {settings.source}, "
+            f"but close to the durable queue {near_durable!r}: sent by NOTIFY instead, its "
+            "tasks would be lost where nobody listens (list it under brokers.pg_notify.channels "
+            "to send there on purpose)"
+        )
+        raise InvalidSubmission(refusal)
+    if notify is None or not notify.channels:
+        return
     logger.warning(
         "queue %r is not one of brokers.pg_notify.channels (%s)%s in %s: no service "
         "configured there listens on it, tasks sent to it are lost unless another service "
