@@ -7,6 +7,7 @@ submissions go through the SDK, as an application's would. The rows are read bac
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -189,10 +190,14 @@ def test_a_failing_task_is_retried_with_growing_gaps_then_failed(
     channel: str,
     evidence: Evidence,
 ) -> None:
-    start_service(queue_config(pg_dsn, schema, channel, retry_backoff=0.5))
+    service = start_service(queue_config(pg_dsn, schema, channel, retry_backoff=0.5))
     uuids = enqueue(pg_conn, schema, channel, [job_message("fail", evidence.path)], max_attempts=3)
     (row,) = wait_for_states(pg_conn, schema, uuids, {"failed"})
     assert (row["attempts"], row["outcome"]) == (3, "error")
+    job = f"{TASKS}fail (uuid {uuids[0]})"
+    service.wait_for_log(re.escape(f"{job}: attempt 3 of 3 ended in error; no attempt left"))
+    assert f"{job}: attempt 1 of 3 ended in error; retried in 0.5 s" in service.log
+    assert f"{job}: attempt 2 of 3 ended in error; retried in 1.0 s" in service.log
     assert row["last_error"].startswith("ValueError: this task always fails\nTraceback")
     times = [record["time"] for record in evidence.records()]
     assert len(times) == 3

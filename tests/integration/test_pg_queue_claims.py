@@ -63,6 +63,8 @@ def test_jobs_claimed_ahead_are_given_back_on_a_graceful_stop_and_run_once_elsew
     first.signal(signal.SIGTERM)
     given_back = wait_for_states(pg_conn, schema, ahead_jobs, {"queued"})
     assert first.wait() == 0
+    assert "tasks handed back to their durable queue" in first.log
+    assert "abandoned" not in first.log
     # The claim is not counted as an attempt.
     assert [(row["attempts"], row["outcome"]) for row in given_back] == [(0, None)] * 10
     rows = wait_for_states(pg_conn, schema, long_jobs, {"done"})

@@ -461,10 +461,24 @@ class Supervisor:
         """Stop every worker: idle ones at once, busy ones after their task or *grace* s."""
         self._closing = True
         for where, jobs in self._scheduler.close():
-            uuids = [job.uuid for job in jobs]
-            logger.warning(
-                "shutting down with %d %s tasks abandoned: %s", len(uuids), where, _summarise(uuids)
-            )
+            # A job with a receipt goes back to its broker (a durable queue): not lost.
+            lost = [job.uuid for job in jobs if job.receipt is None]
+            back = [job.uuid for job in jobs if job.receipt is not None]
+            if lost:
+                logger.warning(
+                    "shutting down with %d %s tasks abandoned: %s",
+                    len(lost),
+                    where,
+                    _summarise(lost),
+                )
+            if back:
+                logger.info(
+                    "shutting down: %d %s tasks handed back to their durable queue, to run "
+                    "elsewhere or after the restart: %s",
+                    len(back),
+                    where,
+                    _summarise(back),
+                )
         for worker in self.workers:
             if worker.status is not WorkerStatus.BUSY:
                 self._stop(worker)

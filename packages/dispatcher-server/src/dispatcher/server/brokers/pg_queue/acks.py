@@ -131,11 +131,15 @@ class Acknowledger:
         return {"acks": _ENCODE(rows)}
 
     def _count(self, rows: Rows) -> None:
-        for queue, kind, state in rows:
+        """Count the retries and failures among the rows written, and log each attempt's fate."""
+        for queue, kind, state, attempt, delay in rows:
             if kind == "retry" and state == "queued":
                 self._stats.pg_queue_retries[queue] += 1
+                logger.info("pg_queue: task %s; retried in %.1f s", attempt, delay)
             elif state == "failed":
                 self._stats.pg_queue_failures[queue] += 1
+                if kind == "retry":
+                    logger.warning("pg_queue: task %s; no attempt left: the job is failed", attempt)
 
 
 def _plain(ack: Ack, why: str) -> Ack:

@@ -136,7 +136,10 @@ SET state = t.next,
     result = CASE WHEN t.next = 'done' THEN t.result::jsonb END
 FROM target AS t
 WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
-RETURNING j.queue, t.kind, j.state
+RETURNING j.queue, t.kind, j.state,
+    CASE WHEN t.kind = 'retry' THEN format('%%s (uuid %%s): attempt %%s of %%s ended in %%s',
+        j.task, j.uuid, j.attempts, j.max_attempts, t.outcome) END,
+    t.delay
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
@@ -144,7 +147,8 @@ retry waits for its backoff, or fails once the row's ``max_attempts`` are used; 
 (refused, abandoned: the job never ran) waits again, its attempt not counted: at once when
 abandoned, for its ``delay`` when refused.
 
-Each row is found by id, whatever the plan's estimates (see :data:`RENEW`): the lateral
+For a failed attempt it also returns a line saying which job's attempt ended how, for the
+log. Each row is found by id, whatever the plan's estimates (see :data:`RENEW`): the lateral
 subquery (kept apart by ``OFFSET 0``) can only look its row up by id, and the update
 compares ``j.state`` with the state the target read, not with a constant."""
 

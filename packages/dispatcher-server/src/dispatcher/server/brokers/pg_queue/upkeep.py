@@ -39,18 +39,25 @@ KEEP_TICKS: Final = 3600.0
 
 async def sweep(fetch: Fetch, statement: bytes, stats: ServiceStats) -> int:
     """Take back every row whose lease ran out; return how many."""
-    total = 0
+    total = failed = 0
     while True:
         rows = await fetch(statement, {"limit": BATCH})
         for queue, state in rows:
             stats.pg_queue_lease_expiries[queue] += 1
             if state == "failed":
                 stats.pg_queue_failures[queue] += 1
+                failed += 1
         total += len(rows)
         if len(rows) < BATCH:
             break
     if total:
-        logger.warning("pg_queue: took back %d jobs whose service's lease ran out", total)
+        logger.warning(
+            "pg_queue: the leases of %d jobs ran out (their service died or lost the "
+            "database): %d waiting again, %d failed with no attempt left",
+            total,
+            total - failed,
+            failed,
+        )
     return total
 
 
