@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.proxy import DatabaseProxy
-from support.queue_rows import unique_schema
+from support.queue_rows import job_row, unique_schema
 from support.service import Evidence, ServiceProcess, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -141,3 +144,41 @@ def connected_nodes(conn: Conn) -> set[str]:
         ("dispatcher-queue:%",),
     ).fetchall()
     return {name.removeprefix("dispatcher-queue:") for (name,) in rows}
+
+
+def test_a_late_outcome_never_settles_the_same_services_new_claim_of_the_row(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # The service runs the job; meanwhile the row is taken from it (as a sweep does when the
+    # service is cut off) and retried, and the same service claims it again: attempt 1
+    # again, in a second run beside the first. The first run's outcome, reported first,
+    # must not settle the second claim (the receipt carries the claim number).
+    start_service(queue_config(pg_dsn, schema, channel, lease=30))
+    (uuid,) = enqueue(
+        pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 3, "run")]
+    )
+    evidence.wait_for(1)
+    time.sleep(1.5)  # not a wait for anything: the second run then ends well after the first
+    jobs = sql.Identifier(schema, "jobs")
+    pg_conn.execute(
+        sql.SQL(
+            "UPDATE {} SET state = 'queued', attempts = 0, lease_until = NULL, run_after = now()"
+            " WHERE uuid = %s AND state = 'running'"
+        ).format(jobs),
+        (uuid,),
+    )
+    pg_conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_WAKEUP_CHANNEL, channel))
+    records = evidence.wait_for(3)  # the second run started; then the first one ended
+    assert [record["event"] for record in records] == ["start", "start", "end"]
+    row = job_row(pg_conn, schema, uuid)
+    assert row is not None
+    assert (row["state"], row["attempts"], row["claims"]) == ("running", 1, 2)  # still the 2nd's
+    (done,) = wait_for_states(pg_conn, schema, [uuid], {"done"})
+    ended = evidence.wait_for(4)[-1]
+    assert done["finished_at"].timestamp() >= ended["time"] - 0.5  # settled by the second run
+    assert done["finished_at"].timestamp() > records[2]["time"] + 1  # not by the first

@@ -84,14 +84,14 @@ POLICY = RetryPolicy(backoff=2.0, backoff_max=60.0, jitter=0.0)
     ],
 )
 def test_each_outcome_changes_its_row_in_one_way(outcome: str, kind: str) -> None:
-    ack = to_ack(Settled("12:3", outcome, "why"), POLICY)
+    ack = to_ack(Settled("12:3:4", outcome, "why"), POLICY)
     assert ack is not None
-    assert (ack.id, ack.attempts, ack.kind, ack.outcome) == (12, 3, kind, outcome)
+    assert (ack.id, ack.attempts, ack.claim, ack.kind, ack.outcome) == (12, 3, 4, kind, outcome)
 
 
 def test_a_refused_job_waits_a_moment_and_one_given_back_at_shutdown_does_not() -> None:
-    refused = to_ack(Settled("1:1", "refused", "service.limits.max_queued"), POLICY)
-    abandoned = to_ack(Settled("1:1", "abandoned"), POLICY)
+    refused = to_ack(Settled("1:1:4", "refused", "service.limits.max_queued"), POLICY)
+    abandoned = to_ack(Settled("1:1:4", "abandoned"), POLICY)
     assert refused is not None
     assert abandoned is not None
     assert (refused.delay, abandoned.delay) == (REFUSED_DELAY, 0.0)
@@ -99,27 +99,31 @@ def test_a_refused_job_waits_a_moment_and_one_given_back_at_shutdown_does_not() 
 
 
 def test_a_failed_attempt_keeps_its_error_and_traceback_and_waits_its_backoff() -> None:
-    settled = Settled("7:3", "error", "ValueError: no", traceback="Traceback...\nValueError: no\n")
+    settled = Settled(
+        "7:3:4", "error", "ValueError: no", traceback="Traceback...\nValueError: no\n"
+    )
     assert to_ack(settled, POLICY) == Ack(
-        7, 3, "retry", "error", "ValueError: no\nTraceback...\nValueError: no", None, 8.0
+        7, 3, "retry", "error", "ValueError: no\nTraceback...\nValueError: no", None, 8.0, 4
     )
 
 
 def test_a_result_is_kept_for_a_job_done_and_the_note_when_it_was_not() -> None:
-    assert to_ack(Settled("1:1", "ok", result='{"a":1}'), POLICY) == Ack(
-        1, 1, "done", "ok", None, '{"a":1}'
+    assert to_ack(Settled("1:1:4", "ok", result='{"a":1}'), POLICY) == Ack(
+        1, 1, "done", "ok", None, '{"a":1}', claim=4
     )
-    dropped = to_ack(Settled("1:1", "ok", "result not kept: too big"), POLICY)
+    dropped = to_ack(Settled("1:1:4", "ok", "result not kept: too big"), POLICY)
     assert dropped is not None
     assert dropped.error == "result not kept: too big"
 
 
 def test_a_rejected_message_fails_with_the_reason() -> None:
-    ack = to_ack(Settled("5:1", "rejected", "not JSON (Expecting value)"), POLICY)
-    assert ack == Ack(5, 1, "failed", "rejected", "not JSON (Expecting value)")
+    ack = to_ack(Settled("5:1:4", "rejected", "not JSON (Expecting value)"), POLICY)
+    assert ack == Ack(5, 1, "failed", "rejected", "not JSON (Expecting value)", claim=4)
 
 
-@pytest.mark.parametrize("receipt", ["", "12", "a:1", "1:b", "-1:2", "1:2:3", "9" * 20 + ":1"])
+@pytest.mark.parametrize(
+    "receipt", ["", "12", "12:3", "a:1:1", "1:b:1", "1:1:c", "-1:2:3", "1:2:3:4", "9" * 20 + ":1:1"]
+)
 def test_receipts_that_are_not_ours_are_ignored(receipt: str) -> None:
     assert parse_receipt(receipt) is None
     assert to_ack(Settled(receipt, "ok"), POLICY) is None
@@ -312,15 +316,15 @@ async def test_outcomes_carry_the_result_and_the_traceback_to_the_broker() -> No
     broker = Recorder()
     settlements = Settlements([broker])
     accounting = Accounting(ServiceStats(), settlements.job)
-    job = make_job()._replace(broker="pg_queue", receipt="1:1")
+    job = make_job()._replace(broker="pg_queue", receipt="1:1:4")
     accounting.finished(job, Outcome.OK, 1, 0.0, 1.0, result="[1,2]")
     accounting.finished(job, Outcome.OK, 1, 0.0, 1.0, result_note="result not kept: big")
     accounting.finished(job, Outcome.ERROR, 1, 0.0, 1.0, "ValueError: no", "Traceback...")
     accounting.lost(job, Outcome.WORKER_LOST, 3, 99)
     await settlements.flush()
     assert broker.settled == [
-        Settled("1:1", "ok", None, "[1,2]"),
-        Settled("1:1", "ok", "result not kept: big"),
-        Settled("1:1", "error", "ValueError: no", traceback="Traceback..."),
-        Settled("1:1", "worker_lost", "worker_lost: worker 3 (pid 99) ended with it"),
+        Settled("1:1:4", "ok", None, "[1,2]"),
+        Settled("1:1:4", "ok", "result not kept: big"),
+        Settled("1:1:4", "error", "ValueError: no", traceback="Traceback..."),
+        Settled("1:1:4", "worker_lost", "worker_lost: worker 3 (pid 99) ended with it"),
     ]

@@ -83,7 +83,7 @@ class Acknowledger:
                     rows = await self._one_by_one(batch)
                 del self._pending[: len(batch)]
                 for ack in batch:
-                    self._leases.release(ack.id, ack.attempts)
+                    self._leases.release(ack.id, ack.claim)
                     if ack.kind == "retry" or ack.delay:
                         self._on_retry(ack.delay)
                 self._count(rows)
@@ -112,14 +112,14 @@ class Acknowledger:
     def _params(self, batch: Sequence[Ack]) -> dict[str, str]:
         """The statement's parameter for *batch*, each row fenced by the claim it settles.
 
-        A claim no longer held gets no claim number: its row is left as it is.
+        The claim's own numbers, from its receipt: a row claimed again since (by any
+        service, this one included) has another claim number and is left as it is.
         """
-        claim_of = self._leases.claim_of
         rows = [
             {
                 "id": ack.id,
                 "attempts": ack.attempts,
-                "claims": claim_of(ack.id, ack.attempts),
+                "claims": ack.claim,
                 "kind": ack.kind,
                 "outcome": ack.outcome,
                 "error": ack.error,
@@ -149,4 +149,4 @@ def _plain(ack: Ack, why: str) -> Ack:
     else:
         plain = None if ack.error is None else ack.error.encode("ascii", "backslashreplace")
         error = None if plain is None else plain.decode()
-    return Ack(ack.id, ack.attempts, ack.kind, ack.outcome, error, None, ack.delay)
+    return Ack(ack.id, ack.attempts, ack.kind, ack.outcome, error, None, ack.delay, ack.claim)

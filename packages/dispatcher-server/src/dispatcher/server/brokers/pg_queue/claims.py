@@ -125,12 +125,12 @@ class Claimer:
                 self._stats.rejected["oversized"] += 1
                 reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
                 logger.warning("pg_queue: job %d rejected: %s", row, reason)
-                self._acks.add(Ack(row, attempts, "failed", "rejected", reason))
+                self._acks.add(Ack(row, attempts, "failed", "rejected", reason, claim=claim))
                 continue
             origin = Origin(
                 "pg_queue",
                 channel=queue,
-                receipt=receipt(row, attempts),
+                receipt=receipt(row, attempts, claim),
                 scheduled_by_broker=True,
                 authenticated=True,
             )

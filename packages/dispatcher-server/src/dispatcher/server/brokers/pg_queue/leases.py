@@ -11,9 +11,9 @@ logger = get_logger("dispatcher.pg_queue")
 class Leases:
     """Rows claimed by this service and not yet acknowledged: ``id -> (attempt, claim)``.
 
-    A claim is fenced by both numbers the row had when it was claimed: its attempt (what
-    the delivery's receipt names) and its claim number (the row's ``claims``, which counts
-    every claim and is never reset, not even by ``dispatcherctl retry``).
+    A claim is fenced by both numbers the row had when it was claimed (both in the
+    delivery's receipt): its attempt and its claim number (the row's ``claims``, which
+    counts every claim and is never reset, not even by ``dispatcherctl retry``).
     """
 
     def __init__(self, db: QueueDatabase, statement: bytes, lease: float) -> None:
@@ -27,18 +27,13 @@ class Leases:
         """A row was claimed as attempt *attempts*, its claim number *claim*."""
         self.held[row] = (attempts, claim)
 
-    def claim_of(self, row: int, attempts: int) -> int | None:
-        """The claim number of the claim of *row* as attempt *attempts*.
+    def release(self, row: int, claim: int | None) -> None:
+        """The claim of *row* numbered *claim* is settled: stop renewing it.
 
-        ``None`` when it is not held (settled already, or lost): its outcome changes nothing.
+        A later claim of the same row (claimed again after a retry) is kept.
         """
         held = self.held.get(row)
-        return held[1] if held is not None and held[0] == attempts else None
-
-    def release(self, row: int, attempts: int) -> None:
-        """The claim of *row* as attempt *attempts* is settled: stop renewing it."""
-        held = self.held.get(row)
-        if held is not None and held[0] == attempts:
+        if held is not None and held[1] == claim:
             del self.held[row]
 
     async def renew(self) -> None:

@@ -72,38 +72,50 @@ class Ack:
     """JSON text of the return value (``done`` only)."""
     delay: float = 0.0
     """Seconds before the next attempt (``retry``, and ``requeue`` of a refused job)."""
+    claim: int | None = None
+    """The claim number it was claimed with (the row's ``claims``): with :attr:`attempts`, the
+    fence of the change. ``None`` changes nothing."""
 
 
-def parse_receipt(receipt: str) -> tuple[int, int] | None:
-    """``"<id>:<attempts>"`` as a pair of numbers; ``None`` when it is not one of ours."""
-    row, _, attempts = receipt.partition(":")
-    if not (row.isdigit() and attempts.isdigit()) or len(row) > 19 or len(attempts) > 9:
+def parse_receipt(receipt: str) -> tuple[int, int, int] | None:
+    """``"<id>:<attempts>:<claim>"`` as three numbers; ``None`` when it is not one of ours."""
+    parts = receipt.split(":")
+    if len(parts) != 3 or not all(part.isdigit() and len(part) <= 19 for part in parts):
         return None
-    return int(row), int(attempts)
+    row, attempts, claim = parts
+    if len(attempts) > 9 or len(claim) > 10:
+        return None
+    return int(row), int(attempts), int(claim)
 
 
-def receipt(row: int, attempts: int) -> str:
-    """The receipt of the claim of job *row* as attempt *attempts*."""
-    return f"{row}:{attempts}"
+def receipt(row: int, attempts: int, claim: int) -> str:
+    """The receipt of the claim of job *row* as attempt *attempts*, claim number *claim*.
+
+    The claim number tells two claims with the same attempt apart (one made before a
+    ``dispatcherctl retry`` reset the attempts, one after), even in the same service.
+    """
+    return f"{row}:{attempts}:{claim}"
 
 
 def to_ack(settled: Settled, policy: RetryPolicy) -> Ack | None:
     """The change *settled* makes to its row; ``None`` for a receipt that is not ours."""
-    claim = parse_receipt(settled.receipt)
-    if claim is None:
+    parsed = parse_receipt(settled.receipt)
+    if parsed is None:
         return None
-    row, attempts = claim
+    row, attempts, claim = parsed
     outcome = settled.outcome
     kind = _KINDS.get(outcome)
     if kind is None:  # error, timeout, worker_lost, killed, memory_exceeded (or unknown)
-        return Ack(row, attempts, "retry", outcome, _error(settled), None, policy.delay(attempts))
+        error = _error(settled)
+        return Ack(row, attempts, "retry", outcome, error, None, policy.delay(attempts), claim)
     if kind == "done":
-        return Ack(row, attempts, kind, outcome, clean_text(settled.reason), settled.result)
+        reason = clean_text(settled.reason)
+        return Ack(row, attempts, kind, outcome, reason, settled.result, claim=claim)
     reason = settled.reason
     if outcome == "discarded" and not reason:
         reason = "an identical job was active (on_duplicate)"
     delay = REFUSED_DELAY if outcome == "refused" else 0.0
-    return Ack(row, attempts, kind, outcome, clean_text(reason), None, delay)
+    return Ack(row, attempts, kind, outcome, clean_text(reason), None, delay, claim)
 
 
 def _error(settled: Settled) -> str:
