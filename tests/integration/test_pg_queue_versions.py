@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,24 @@ def test_migrate_ends_rows_no_service_can_work_off_and_the_table_refuses_new_one
                     " lease_until, claims) VALUES ('new', 'q', 't', '{{}}', " + values + ")"
                 ).format(jobs)
             )
+
+
+def test_migrate_gives_up_on_a_lock_held_elsewhere_naming_the_holder(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str
+) -> None:
+    schema = at_version(pg_conn, unique_schema(), 2)
+    path = write_config(tmp_path, queue_config(pg_dsn, schema, channel))
+    with psycopg.connect(pg_dsn, application_name="forgotten-session") as holder:
+        holder.execute(sql.SQL("SELECT count(*) FROM {}.jobs").format(sql.Identifier(schema)))
+        started = time.monotonic()
+        result = ctl(path, "--timeout", "0.5", "migrate")
+        took = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"dispatcherctl: gave up after 0.5 s waiting for a lock on the pg_queue tables in schema "
+        f'"{schema}" (--timeout S waits longer); nothing was changed; held by: pid '
+    )
+    assert "(forgotten-session, idle in transaction, transaction open" in result.stderr
+    assert took < 30
+    assert versions(pg_conn, schema) == [1, 2]
+    assert ctl(path, "migrate").returncode == 0  # once the transaction is over

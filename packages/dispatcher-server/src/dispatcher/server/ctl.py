@@ -205,6 +205,10 @@ FILTERS = ("uuid", "task", "args", "kwargs")
 DEFAULT_TIMEOUT: Final = 2.0
 """Seconds to wait for replies, without ``--timeout``."""
 
+MIGRATE_LOCK_WAIT: Final = 5.0
+"""Seconds ``migrate`` waits for the locks it needs, without ``--timeout``: while it waits,
+publishers and services queue behind it, so not long."""
+
 WITHOUT_JSON: Final = frozenset({"install-sql", "migrate"})
 """Commands that print no JSON: ``--json`` is refused rather than ignored."""
 
@@ -250,6 +254,7 @@ def _main(argv: Sequence[str] | None) -> int:
             )
         if options.expected_replies is not None:
             arguments.error("--expected-replies: submit waits for no replies")
+    given_timeout = options.timeout
     if options.timeout is None:
         options.timeout = DEFAULT_TIMEOUT
     if options.command == "top":
@@ -275,7 +280,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if options.command == "install-sql":
         return install_sql(settings)
     if options.command == "migrate":
-        return migrate_command(settings, options.print)
+        return migrate_command(settings, options.print, given_timeout or MIGRATE_LOCK_WAIT)
     if options.command == "submit":
         return ctl_submit.run(settings, options)
     if options.command in ctl_jobs.COMMANDS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 
@@ -13,20 +13,37 @@ from dispatcher.server.brokers.pg_queue.migrations import (
     MigrationError,
     migrate,
     plan,
+    quoted,
     read_version,
 )
+from dispatcher.server.logsafe import escape
+from dispatcher.server.queue_admin import limit_waits
+
+_HOLDERS: Final = """
+SELECT a.pid, coalesce(nullif(a.application_name, ''), '-'), a.state,
+       extract(epoch FROM now() - a.xact_start)::int
+FROM pg_stat_activity AS a
+WHERE a.pid <> pg_backend_pid() AND a.pid IN (
+    SELECT l.pid FROM pg_locks AS l
+    WHERE l.granted AND l.relation = to_regclass(%s))
+ORDER BY a.xact_start LIMIT 3
+"""
+"""Up to three sessions holding a lock on the jobs table, oldest transaction first."""
 
 EXIT_OK: Final = 0
 EXIT_UNREACHABLE: Final = 1
 EXIT_USAGE: Final = 2
 
 
-def migrate_command(settings: Settings, print_only: bool = False) -> int:
+def migrate_command(settings: Settings, print_only: bool = False, lock_wait: float = 5.0) -> int:
     """Bring the pg_queue tables to this version (or, with *print_only*, print the SQL).
 
+    It waits at most *lock_wait* seconds for a lock (another session's transaction on the
+    jobs table, another migration): every statement on the table waits behind it meanwhile.
+
     Returns the exit status: 0 when done (or nothing to do), 1 when the database cannot be
-    reached, 2 when the config has no ``brokers.pg_queue`` or the tables are newer than
-    this version.
+    reached or a lock was not had in time (nothing changed), 2 when the config has no
+    ``brokers.pg_queue`` or the tables are newer than this version.
     """
     section = settings.brokers.pg_queue
     if section is None:
@@ -38,7 +55,12 @@ def migrate_command(settings: Settings, print_only: bool = False) -> int:
             if print_only:
                 print(plan(schema, read_version(conn, schema) or 0).script(), end="")
                 return EXIT_OK
-            done = migrate(conn, schema)
+            limit_waits(conn, lock_wait)
+            try:
+                done = migrate(conn, schema)
+            except psycopg.errors.LockNotAvailable:
+                print(f"dispatcherctl: {_locked(conn, schema, lock_wait)}", file=sys.stderr)
+                return EXIT_UNREACHABLE
     except MigrationError as exc:
         print(f"dispatcherctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -52,3 +74,20 @@ def migrate_command(settings: Settings, print_only: bool = False) -> int:
     else:
         print(f"{where} are at version {done.current}: nothing to do")
     return EXIT_OK
+
+
+def _locked(conn: psycopg.Connection[Any], schema: str, waited: float) -> str:
+    """Say that a lock was not had in *waited* seconds, and who holds the jobs table."""
+    message = (
+        f"gave up after {waited:g} s waiting for a lock on the pg_queue tables in schema "
+        f'"{schema}" (--timeout S waits longer); nothing was changed'
+    )
+    try:
+        rows = conn.execute(_HOLDERS, (f"{quoted(schema)}.jobs",)).fetchall()
+    except psycopg.Error:
+        return message
+    holders = [
+        f"pid {pid} ({escape(name, limit=64)}, {state}, transaction open {age} s)"
+        for pid, name, state, age in rows
+    ]
+    return message + (f"; held by: {', '.join(holders)}" if holders else "")
