@@ -541,7 +541,7 @@ def test_an_error_text_the_database_encoding_cannot_hold_is_recorded_escaped(
         leases = Leases(db, statements.renew, 30)
         acks = Acknowledger(db, statements.acknowledge, leases, RetryPolicy(), 10, ServiceStats())
         for (row, claim), error in zip(ids, ["caf\u00e9 \u65e5\u672c", "plain"], strict=True):
-            leases.add(row, 1, claim)
+            leases.add(row, 1, claim, time.monotonic())
             acks.add(Ack(row, 1, "failed", "rejected", error, claim=claim))
         try:
             await acks.flush()

@@ -182,3 +182,36 @@ def test_a_late_outcome_never_settles_the_same_services_new_claim_of_the_row(
     ended = evidence.wait_for(4)[-1]
     assert done["finished_at"].timestamp() >= ended["time"] - 0.5  # settled by the second run
     assert done["finished_at"].timestamp() > records[2]["time"] + 1  # not by the first
+
+
+def test_jobs_held_ahead_whose_lease_ran_out_meanwhile_are_not_started(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # Service A holds jobs ahead of its one worker, then stops (SIGSTOP of its main process)
+    # for longer than the lease: service B takes the jobs back and runs them. When A goes
+    # on, it must not start the jobs it no longer holds.
+    config = queue_config(pg_dsn, schema, channel, lease=2, prefetch=10)
+    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    first = start_service(on_node(config, "node-a"))
+    messages = [job_message("sleep_then_record", evidence.path, 1.5, f"job-{n}") for n in range(4)]
+    uuids = enqueue(pg_conn, schema, channel, messages)
+    wait_for_states(pg_conn, schema, uuids, {"running"})  # all claimed by A, one started
+    evidence.wait_for(1)
+    first.signal(signal.SIGSTOP)
+    try:
+        lapsed = sql.SQL(
+            "SELECT bool_and(lease_until < now()) FROM {} WHERE uuid = ANY(%s)"
+        ).format(sql.Identifier(schema, "jobs"))
+        wait_until(lambda: pg_conn.execute(lapsed, (uuids,)).fetchone() == (True,), timeout=20)
+        start_service(on_node(config, "node-b"))  # it sweeps at start, then claims them
+        wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=30)
+    finally:
+        first.signal(signal.SIGCONT)
+    first.wait_for_log(r"not started: its broker no longer holds it", timeout=20)
+    starts = Counter(r["label"] for r in evidence.records() if r.get("event") == "start")
+    assert [starts[f"job-{n}"] for n in range(1, 4)] == [1, 1, 1]  # only B ran them

@@ -94,6 +94,10 @@ class Scheduler:
         """Called when a backlog starts (the pool may want another worker)."""
         self.on_free: Callable[[], None] = lambda: None
         """Called when a worker becomes free (brokers that pull work may claim more)."""
+        self.may_start: Callable[[Job], bool] = lambda job: True
+        """Whether a job with a receipt that waited here may still start (set by the service:
+        a durable broker's lease may have run out meanwhile); one that may not is settled
+        ``abandoned``."""
         self.may_send_ahead: Callable[[Runner], bool] = lambda worker: False
         """Whether this busy worker (with room) may be sent the next job ahead of its task's
         end: its task is quick and it will not retire after it (set by the pool)."""
@@ -178,6 +182,21 @@ class Scheduler:
         self._unhold(job)
         worker.run(job)
 
+    def _start_waiting(self, worker: Runner, job: Job) -> None:
+        """Start *job*, which waited in the queue, unless its broker no longer holds it."""
+        if job.receipt is not None and not self.may_start(job):
+            self._unhold(job)
+            self._settle(job, ABANDONED)
+            self.job_ended(job)
+            logger.info(
+                "task %s (uuid %s) not started: its broker no longer holds it (the lease may "
+                "have run out); handed back",
+                job.task,
+                job.uuid,
+            )
+            return
+        self._start(worker, job)
+
     def _unhold(self, job: Job) -> None:
         self._held_bytes -= len(job.line)
 
@@ -190,7 +209,7 @@ class Scheduler:
         """
         queue = self._queue
         while queue and not self._closed and (worker.is_ready or self._may_send_ahead(worker)):
-            self._start(worker, queue.popleft())
+            self._start_waiting(worker, queue.popleft())
         if worker.is_ready:
             self._idle.append(worker)
         self.on_free()  # either way there is room for one more job
@@ -220,7 +239,10 @@ class Scheduler:
         while self._queue and self._idle:
             worker = self._idle.popleft()
             if worker.is_ready:
-                self._start(worker, self._queue.popleft())
+                self._start_waiting(worker, self._queue.popleft())
+            if not worker.is_ready:
+                continue
+            self._idle.appendleft(worker)  # the job it was given may not start: next one
 
     def forget(self, worker: Runner) -> None:
         """*worker* is no longer available (stopping or gone)."""

@@ -16,7 +16,7 @@ from anyio.abc import TaskGroup
 
 from dispatcher.config import Settings
 from dispatcher.server.allowlist import ControlAllowList
-from dispatcher.server.brokers.base import BrokerContext
+from dispatcher.server.brokers.base import BrokerContext, Leasing
 from dispatcher.server.brokers.capacity import CapacityGauge
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
 from dispatcher.server.brokers.registry import create_brokers
@@ -108,6 +108,11 @@ class Service:
             settle=self.settlements.job,
         )
         self.scheduler.on_free = self.capacity.changed
+        leasing = {b.name: b for b in self.brokers if isinstance(b, Leasing)}
+        if leasing:
+            self.scheduler.may_start = lambda job: (
+                job.broker not in leasing or leasing[job.broker].still_held(str(job.receipt))
+            )
         self.supervisor = Supervisor(
             settings.service,
             self._launcher,

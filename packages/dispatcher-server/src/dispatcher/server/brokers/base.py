@@ -115,6 +115,21 @@ class Acknowledging(Protocol):
 
 
 @runtime_checkable
+class Leasing(Protocol):
+    """Optional: a durable broker whose deliveries are held under leases that can run out.
+
+    A delivery may wait in the service (claimed ahead of a free worker) while its lease runs
+    out: the service stopped, or the broker could not renew it, and another service may have
+    taken the job back. Before such a delivery starts, the service asks :meth:`still_held`;
+    one no longer held is settled ``abandoned`` instead of run.
+    """
+
+    def still_held(self, receipt: str) -> bool:
+        """Whether the delivery of *receipt* may still start (its lease surely holds)."""
+        ...
+
+
+@runtime_checkable
 class OncePerTick(Protocol):
     """Optional: a durable broker that runs a scheduled task once per tick across all hosts.
 

@@ -11,6 +11,7 @@ a shutdown: rows claimed are always delivered (and so always acknowledged).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
@@ -89,8 +90,9 @@ class Claimer:
                 # itself may not: rows claimed are always delivered, so always settled.
                 await self._db.ready()
                 with anyio.move_on_after(CLAIM_TIMEOUT, shield=True):
+                    sent = time.monotonic()
                     rows = await self._claim(wanted)
-                    self._deliver(rows, deliver)
+                    self._deliver(rows, deliver, sent)
                     # Fewer than wanted: none left, unless the claim's bytes ran out first.
                     drained = len(rows) < wanted and sum(row[5] for row in rows) < CLAIM_BYTES
             except FAILURES as exc:
@@ -116,10 +118,10 @@ class Claimer:
                 limit = max(1, limit // 2)
         return []
 
-    def _deliver(self, rows: Rows, deliver: Deliver) -> None:
-        """Deliver the claimed rows, oldest first."""
+    def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
+        """Deliver the rows claimed by a statement sent at *sent*, oldest first."""
         for row, attempts, claim, queue, message, size in sorted(rows):
-            self._leases.add(row, attempts, claim)
+            self._leases.add(row, attempts, claim, sent)
             self._stats.pg_queue_claims[queue] += 1
             if message is None:
                 self._stats.rejected["oversized"] += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase
 from dispatcher.server.logsafe import get_logger
 
@@ -22,10 +24,28 @@ class Leases:
         self._lease = lease
         self.held: dict[int, tuple[int, int]] = {}
         """Each claimed row's id, and the attempt and claim number it was claimed as."""
+        self._confirmed: dict[int, float] = {}
+        """Each claimed row's id, and when (``time.monotonic()``) the statement that last
+        granted its lease was sent: the lease runs at least ``lease`` seconds from then."""
 
-    def add(self, row: int, attempts: int, claim: int) -> None:
-        """A row was claimed as attempt *attempts*, its claim number *claim*."""
+    def add(self, row: int, attempts: int, claim: int, sent: float) -> None:
+        """A row was claimed as attempt *attempts*, its claim number *claim*.
+
+        *sent* is when (``time.monotonic()``) the claiming statement was sent.
+        """
         self.held[row] = (attempts, claim)
+        self._confirmed[row] = sent
+
+    def still_held(self, row: int, claim: int) -> bool:
+        """Whether the claim of *row* numbered *claim* is held, its lease surely not run out.
+
+        ``False`` once the lease may have run out (the service was stopped, or could not
+        renew it): another service may have taken the row back, so its job must not start.
+        """
+        held = self.held.get(row)
+        if held is None or held[1] != claim:
+            return False
+        return time.monotonic() < self._confirmed[row] + self._lease
 
     def release(self, row: int, claim: int | None) -> None:
         """The claim of *row* numbered *claim* is settled: stop renewing it.
@@ -35,6 +55,7 @@ class Leases:
         held = self.held.get(row)
         if held is not None and held[1] == claim:
             del self.held[row]
+            del self._confirmed[row]
 
     async def renew(self) -> None:
         """Extend every held lease, in one statement.
@@ -45,6 +66,7 @@ class Leases:
         if not self.held:
             return
         held = dict(self.held)
+        sent = time.monotonic()
         rows = await self._db.fetch(
             self._statement,
             {
@@ -56,8 +78,13 @@ class Leases:
         )
         renewed = {row for (row,) in rows}
         for row, claim in held.items():
-            if row not in renewed and self.held.get(row) == claim:
+            if self.held.get(row) != claim:
+                continue  # settled (or claimed again) meanwhile
+            if row in renewed:
+                self._confirmed[row] = sent
+            else:
                 del self.held[row]
+                del self._confirmed[row]
                 logger.warning(
                     "pg_queue: lost the claim of job %d (attempt %d): its lease ran out and "
                     "it may run again elsewhere",
