@@ -162,6 +162,41 @@ def test_retry_by_uuid_refuses_unknown_and_unfinished_jobs(
     assert job_row(pg_conn, schema, running)["state"] == "running"  # type: ignore[index]
 
 
+def test_cancel_job_cancels_a_waiting_job_and_refuses_the_others(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    waiting = insert_job(pg_conn, schema, queue="mail", run_after=600)
+    result = ctl(config, "cancel-job", "--uuid", waiting)
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"cancelled waiting job {waiting} of queue mail\n",
+    ), result.stderr
+    row = job_row(pg_conn, schema, waiting)
+    assert row is not None
+    assert (row["state"], row["outcome"], row["last_error"]) == (
+        "cancelled",
+        "cancelled",
+        "cancelled by an operator before it started",
+    )
+    assert row["finished_at"] is not None
+    again = ctl(config, "cancel-job", "--uuid", waiting)
+    assert (again.returncode, again.stderr) == (
+        1,
+        f"dispatcherctl: job {waiting} is cancelled already: only waiting jobs are cancelled "
+        "here\n",
+    )
+    running = insert_job(pg_conn, schema, state="running", attempts=1)
+    busy = ctl(config, "cancel-job", "--uuid", running)
+    assert busy.returncode == 1
+    assert f"cancel it with 'dispatcherctl cancel --uuid {running}'" in busy.stderr
+    assert job_row(pg_conn, schema, running)["state"] == "running"  # type: ignore[index]
+    unknown = ctl(config, "cancel-job", "--uuid", "no-such-job", "--json")
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    other = insert_job(pg_conn, schema)
+    as_json = ctl(config, "cancel-job", "--uuid", other, "--json")
+    assert json.loads(as_json.stdout) == {"cancelled": 1, "uuid": other, "queue": "jobs"}
+
+
 def test_retry_failed_of_one_queue_skips_duplicates_and_cancelled(
     config: Path, pg_conn: Conn, schema: str
 ) -> None:

@@ -34,7 +34,7 @@ from dispatcher.server.queue_admin import (
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-COMMANDS: Final = frozenset({"jobs", "retry", "purge"})
+COMMANDS: Final = frozenset({"jobs", "retry", "purge", "cancel-job"})
 """The subcommands this module adds to ``dispatcherctl``."""
 
 ERROR_WIDTH: Final = 60
@@ -47,6 +47,7 @@ DOING: Final = {
     "jobs": ("read", "reading"),
     "retry": ("change", "changing"),
     "purge": ("change", "changing"),
+    "cancel-job": ("change", "changing"),
 }
 """What each command does to the queue, as its errors word it."""
 
@@ -85,9 +86,14 @@ def add_commands(add: AddCommand) -> None:
         metavar="SECONDS",
         help=f"only jobs that ended at least this long ago (at most {MAX_OLDER_THAN})",
     )
+    cancel = add(
+        "cancel-job",
+        "cancel a durable job that waits (queued): it ends cancelled and never starts",
+    )
+    cancel.add_argument("--uuid", action=Text, required=True, help="the waiting job's uuid")
     from dispatcher.server.ctl import DEFAULT_TIMEOUT  # ctl imports this module first
 
-    for parser in (jobs, retry, purge):
+    for parser in (jobs, retry, purge, cancel):
         for action in parser._actions:
             if action.dest == "timeout":
                 action.help = (
@@ -201,8 +207,25 @@ def _purge(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespa
     return EXIT_OK
 
 
+def _cancel_job(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
+    queue = queue_admin.cancel_waiting(conn, schema, options.uuid)
+    if options.json:
+        print(json.dumps({"cancelled": 1, "uuid": options.uuid, "queue": queue}))
+    else:
+        print(
+            f"cancelled waiting job {escape(options.uuid, limit=None)} "
+            f"of queue {escape(queue, limit=None)}"
+        )
+    return EXIT_OK
+
+
 Command = Callable[[psycopg.Connection[Any], str, argparse.Namespace], int]
-_COMMANDS: Final[dict[str, Command]] = {"jobs": _jobs, "retry": _retry, "purge": _purge}
+_COMMANDS: Final[dict[str, Command]] = {
+    "jobs": _jobs,
+    "retry": _retry,
+    "purge": _purge,
+    "cancel-job": _cancel_job,
+}
 
 
 def _jobs_word(count: int) -> str:

@@ -62,6 +62,10 @@ class NotRetried(DispatcherError):
     """The job named cannot be retried (unknown, not finished, or a duplicate waits)."""
 
 
+class NotCancelled(DispatcherError):
+    """The job named cannot be cancelled here: unknown, or no longer waiting."""
+
+
 def queue_settings(settings: Settings) -> PgQueueBroker:
     """The ``brokers.pg_queue`` section of *settings*, or :class:`QueueNotConfigured`."""
     section = settings.brokers.pg_queue
@@ -163,6 +167,41 @@ class Retried:
     def count(self) -> int:
         """Jobs queued again."""
         return sum(self.by_queue.values())
+
+
+CANCELLED_WAITING: Final = "cancelled by an operator before it started"
+"""The ``last_error`` of a waiting job :func:`cancel_waiting` cancelled."""
+
+
+def cancel_waiting(conn: psycopg.Connection[Any], schema: str, uuid: str) -> str:
+    """Cancel the waiting (``queued``) job *uuid*: it ends ``cancelled`` and never starts.
+
+    Returns its queue. A job a service has claimed is its service's to cancel (the
+    ``cancel`` control command), so it is refused here, as are unknown and finished jobs.
+
+    :raises NotCancelled: saying why.
+    """
+    jobs = _jobs(schema)
+    row = conn.execute(
+        sql.SQL(
+            "UPDATE {} SET state = 'cancelled', outcome = 'cancelled', last_error = %s,"
+            " finished_at = now(), lease_until = NULL WHERE uuid = %s AND state = 'queued'"
+            " RETURNING queue"
+        ).format(jobs),
+        (CANCELLED_WAITING, uuid),
+    ).fetchone()
+    if row is not None:
+        return str(row[0])
+    found = conn.execute(sql.SQL("SELECT state FROM {} WHERE uuid = %s").format(jobs), (uuid,))
+    state = found.fetchone()
+    if state is None:
+        raise NotCancelled(f"no job has uuid {uuid!r}")
+    if state[0] == "running":
+        raise NotCancelled(
+            f"job {uuid} is running (or held ahead by a service): cancel it with "
+            f"'dispatcherctl cancel --uuid {uuid}'"
+        )
+    raise NotCancelled(f"job {uuid} is {state[0]} already: only waiting jobs are cancelled here")
 
 
 def retry_job(conn: psycopg.Connection[Any], schema: str, uuid: str) -> Retried:
