@@ -177,7 +177,7 @@ def parser() -> argparse.ArgumentParser:
     install.add_argument("--print", action="store_true", help="print the SQL instead")
     migrate = command("migrate", "create or upgrade the tables of the durable pg_queue broker")
     migrate.add_argument("--print", action="store_true", help="print the SQL it would run")
-    ctl_jobs.add_commands(command)
+    ctl_jobs.add_commands(command, DEFAULT_TIMEOUT)
     return main
 
 

@@ -52,8 +52,11 @@ DOING: Final = {
 """What each command does to the queue, as its errors word it."""
 
 
-def add_commands(add: AddCommand) -> None:
-    """Add ``jobs``, ``retry`` and ``purge`` to ``dispatcherctl``'s command line."""
+def add_commands(add: AddCommand, default_timeout: float) -> None:
+    """Add ``jobs``, ``retry``, ``purge`` and ``cancel-job`` to ``dispatcherctl``'s command line.
+
+    *default_timeout* is ``dispatcherctl``'s ``--timeout`` when none is given.
+    """
     jobs = add("jobs", "list the jobs of the durable queue (brokers.pg_queue)")
     jobs.add_argument("--state", choices=STATES, help="only jobs in this state")
     jobs.add_argument("--queue", action=Text, help="only jobs of this queue")
@@ -91,14 +94,12 @@ def add_commands(add: AddCommand) -> None:
         "cancel a durable job that waits (queued): it ends cancelled and never starts",
     )
     cancel.add_argument("--uuid", action=Text, required=True, help="the waiting job's uuid")
-    from dispatcher.server.ctl import DEFAULT_TIMEOUT  # ctl imports this module first
-
     for parser in (jobs, retry, purge, cancel):
         for action in parser._actions:
             if action.dest == "timeout":
                 action.help = (
                     "seconds to wait for a lock another session holds on the jobs table "
-                    f"(default: {DEFAULT_TIMEOUT:g})"
+                    f"(default: {default_timeout:g})"
                 )
 
 
