@@ -135,7 +135,10 @@ class LiveService:
             *(sys.executable, "-m", "dispatcher.server"),
             *("--log-level", self.log_level, "--config", str(config_path)),
         ]
-        env = {**os.environ, "PYTHONPATH": str(HERE)}
+        # The benchmarks' tasks, after the caller's path: PYTHONPATH naming another
+        # checkout's sources measures that code (an A/B against an older commit).
+        given = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (given, str(HERE))))}
         env.pop("DISPATCHER_CONFIG_FILE", None)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(

@@ -132,14 +132,14 @@ class Acknowledger:
 
     def _count(self, rows: Rows) -> None:
         """Count the retries and failures among the rows written, and log each attempt's fate."""
-        for queue, kind, state, attempt, delay in rows:
+        for queue, kind, state, attempt in rows:
             if kind == "retry" and state == "queued":
                 self._stats.pg_queue_retries[queue] += 1
-                logger.info("pg_queue: task %s; retried in %.1f s", attempt, delay)
+                logger.info("pg_queue: task %s", attempt)
             elif state == "failed":
                 self._stats.pg_queue_failures[queue] += 1
                 if kind == "retry":
-                    logger.warning("pg_queue: task %s; no attempt left: the job is failed", attempt)
+                    logger.warning("pg_queue: task %s", attempt)
 
 
 def _plain(ack: Ack, why: str) -> Ack:

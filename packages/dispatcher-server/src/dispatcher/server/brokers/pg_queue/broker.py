@@ -48,7 +48,7 @@ from dispatcher.server.brokers.pg_queue.migrations import (
     read_version,
     version_queries,
 )
-from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy, parse_receipt
+from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
@@ -168,8 +168,11 @@ class PgQueueBroker(BrokerBase):
 
     def still_held(self, receipt: str) -> bool:
         """Whether the job of *receipt* may still start: its claim held, its lease not out."""
-        parsed = parse_receipt(receipt)
-        return parsed is not None and self._leases.still_held(parsed[0], parsed[2])
+        row, _, rest = receipt.partition(":")  # one of ours: made by the claim loop
+        try:
+            return self._leases.still_held(int(row), int(rest.rpartition(":")[2]))
+        except ValueError:
+            return False
 
     async def submit_tick(self, task: str, tick: int, queue: str, message: dict[str, Any]) -> bool:
         """Store a scheduled task's job unless a service already did for this tick."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from dispatcher.schema import Outcome
 from dispatcher.server.brokers.base import Settled
@@ -58,9 +58,11 @@ class RetryPolicy:
         return max(0.0, base * (1.0 + uniform(-self.jitter, self.jitter)))
 
 
-@dataclass(frozen=True)
-class Ack:
-    """One row's change, as the acknowledging statement takes it."""
+class Ack(NamedTuple):
+    """One row's change, as the acknowledging statement takes it.
+
+    A tuple: one is made for every job, and a frozen dataclass costs a microsecond more.
+    """
 
     id: int
     attempts: int
@@ -80,10 +82,12 @@ class Ack:
 def parse_receipt(receipt: str) -> tuple[int, int, int] | None:
     """``"<id>:<attempts>:<claim>"`` as three numbers; ``None`` when it is not one of ours."""
     parts = receipt.split(":")
-    if len(parts) != 3 or not all(part.isdigit() and len(part) <= 19 for part in parts):
+    if len(parts) != 3:
         return None
     row, attempts, claim = parts
-    if len(attempts) > 9 or len(claim) > 10:
+    if not (row.isdigit() and attempts.isdigit() and claim.isdigit()):
+        return None
+    if len(row) > 19 or len(attempts) > 9 or len(claim) > 10:
         return None
     return int(row), int(attempts), int(claim)
 

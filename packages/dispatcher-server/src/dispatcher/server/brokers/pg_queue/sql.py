@@ -137,9 +137,11 @@ SET state = t.next,
 FROM target AS t
 WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
 RETURNING j.queue, t.kind, j.state,
-    CASE WHEN t.kind = 'retry' THEN format('%%s (uuid %%s): attempt %%s of %%s ended in %%s',
-        j.task, j.uuid, j.attempts, j.max_attempts, t.outcome) END,
-    t.delay
+    CASE WHEN t.kind = 'retry' THEN format('%%s (uuid %%s): attempt %%s of %%s ended in %%s; %%s',
+        j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, CASE j.state
+            WHEN 'queued' THEN format('retried in %%s s', round(t.delay::numeric, 1))
+            WHEN 'failed' THEN 'no attempt left: the job is failed'
+            ELSE 'not retried: ' || j.last_error END) END
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
