@@ -308,6 +308,7 @@ COMMAND_LINES = {
     "jobs": [],
     "retry": ["--failed"],
     "purge": ["--state", "done", "--older-than", "60"],
+    "cancel-job": ["--uuid", "u-waiting"],
 }
 """A way to run each command of dispatcherctl."""
 
@@ -317,11 +318,12 @@ def test_every_command_prints_json_with_json_or_refuses_it(
 ) -> None:
     from dispatcher.server.ctl import parser
     from support.durable import migrated
-    from support.queue_rows import unique_schema
+    from support.queue_rows import insert_job, unique_schema
 
     [commands] = [a.choices for a in parser()._actions if isinstance(a, _SubParsersAction)]
     assert set(commands) == set(COMMAND_LINES)  # a new command needs a line here
     schema = migrated(pg_conn, unique_schema())
+    insert_job(pg_conn, schema, queue="mail", uuid="u-waiting", run_after=600)
     config = tmp_path / "dispatcher.json"
     config.write_text(
         json.dumps(
