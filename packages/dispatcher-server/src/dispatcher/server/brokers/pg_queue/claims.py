@@ -4,8 +4,8 @@ The loop waits for free capacity (free workers, plus ``prefetch`` jobs held ahea
 claims up to that many rows (at most ``batch_size``, and :data:`CLAIM_BYTES` of messages) in
 one statement, and delivers each. When it got fewer than it asked for, and not for want of
 bytes, the queue is drained for now: it waits for a wake-up (a NOTIFY) or ``poll_interval``
-seconds. A claim and its deliveries are never cut in two by
-a shutdown: rows claimed are always delivered (and so always acknowledged).
+seconds. A claim and its deliveries are never cut in two by a shutdown: rows claimed are
+always delivered (and so always acknowledged).
 """
 
 from __future__ import annotations
