@@ -160,8 +160,19 @@ def test_no_channel_determinable() -> None:
     with pytest.raises(InvalidSubmission) as caught:
         prepare_submission(tasks.add, args=[1, 2])
     assert str(caught.value) == (
-        "cannot submit support.tasks.add: no channel to send it on: pass queue=..., give the task "
-        "a queue with @task(queue=...), or set brokers.pg_notify.default_publish_channel in config"
+        "cannot submit support.tasks.add: no channel to send it on: pass queue=..., or give the "
+        "task a queue with @task(queue=...), or set brokers.pg_notify.default_publish_channel in "
+        "config"
+    )
+
+
+def test_no_queue_determinable_among_several_durable_ones() -> None:
+    setup({"version": 1, "brokers": {"pg_queue": {"conninfo": "dbname=x", "queues": ["a", "b"]}}})
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission(tasks.add, args=[1, 2], queue=None)
+    assert str(caught.value).endswith(
+        "no channel to send it on: pass queue=..., or give the task a queue with "
+        "@task(queue=...) (brokers.pg_queue has a default only when it lists one queue, in config)"
     )
 
 

@@ -378,15 +378,18 @@ def _default_channel(name: str) -> str:
         raise _invalid(name, f"no channel to send it on: {exc}") from None
     if broker.default_queue is not None:
         return broker.default_queue
-    hint = (
-        "set brokers.pg_notify.default_publish_channel"
-        if broker.name == "pg_notify"
-        else f"give brokers.{broker.name} a default queue"
-    )
+    if broker.name == "pg_notify":
+        hint = f", or set brokers.pg_notify.default_publish_channel in {settings.source}"
+    elif broker.name == "pg_queue":
+        hint = (
+            f" (brokers.pg_queue has a default only when it lists one queue, in {settings.source})"
+        )
+    else:
+        hint = f" (brokers.{broker.name}, the default broker, names no default queue)"
     raise _invalid(
         name,
-        "no channel to send it on: pass queue=..., give the task a queue with "
-        f"@task(queue=...), or {hint} in {settings.source}",
+        "no channel to send it on: pass queue=..., or give the task a queue with "
+        f"@task(queue=...){hint}",
     )
 
 
