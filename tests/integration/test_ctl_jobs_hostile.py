@@ -188,6 +188,15 @@ def test_unusable_arguments_are_usage_errors_naming_the_option(
     assert len(result.stderr) < 2000
 
 
+@pytest.mark.parametrize("command", [["jobs"], ["retry", "--failed"], ["migrate"]])
+def test_expected_replies_is_refused_where_no_service_is_asked(
+    config: Path, command: list[str]
+) -> None:
+    result = ctl(config, *command, "--expected-replies", "1")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert f"--expected-replies: {command[0]} asks no service, so waits for none" in result.stderr
+
+
 def test_purge_takes_up_to_a_year(config: Path) -> None:
     result = ctl(config, "purge", "--state", "done", "--older-than", "31536000")
     assert (result.returncode, result.stdout) == (

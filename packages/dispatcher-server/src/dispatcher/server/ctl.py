@@ -269,6 +269,9 @@ def _main(argv: Sequence[str] | None) -> int:
         options.level_option is None
     ):
         arguments.error("set_log_level needs a level (LEVEL or --level LEVEL, not both)")
+    asks_no_service = options.command in ctl_jobs.COMMANDS or options.command in WITHOUT_JSON
+    if options.expected_replies is not None and asks_no_service:
+        arguments.error(f"--expected-replies: {options.command} asks no service, so waits for none")
     if options.json and options.command in WITHOUT_JSON:
         arguments.error(f"{options.command} has no --json output")
     if options.command == "install-sql" and options.print:

@@ -101,6 +101,10 @@ def add_commands(add: AddCommand, default_timeout: float) -> None:
                     "seconds to wait for a lock another session holds on the jobs table "
                     f"(default: {default_timeout:g})"
                 )
+            elif action.dest == "expected_replies":
+                action.help = argparse.SUPPRESS  # no service is asked: no replies
+            elif action.dest == "json":
+                action.help = "print JSON instead of text"
 
 
 def run(options: argparse.Namespace, settings: Settings) -> int:
