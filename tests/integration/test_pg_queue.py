@@ -542,7 +542,7 @@ def test_an_error_text_the_database_encoding_cannot_hold_is_recorded_escaped(
         acks = Acknowledger(db, statements.acknowledge, leases, RetryPolicy(), 10, ServiceStats())
         for (row, claim), error in zip(ids, ["caf\u00e9 \u65e5\u672c", "plain"], strict=True):
             leases.add(row, 1, claim, time.monotonic())
-            acks.add(Ack(row, 1, "failed", "rejected", error, claim=claim))
+            acks.add(Ack(row, 1, claim, "failed", "rejected", error))
         try:
             await acks.flush()
         finally:

@@ -140,7 +140,8 @@ def test_a_late_outcome_from_before_a_retry_never_settles_the_new_claim(
 def connected_nodes(conn: Conn) -> set[str]:
     """The node ids of the services whose pg_queue working connections are open now."""
     rows = conn.execute(
-        "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+        "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s"
+        " AND datname = current_database()",
         ("dispatcher-queue:%",),
     ).fetchall()
     return {name.removeprefix("dispatcher-queue:") for (name,) in rows}

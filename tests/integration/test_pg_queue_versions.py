@@ -21,11 +21,12 @@ from psycopg import sql
 from dispatcher.server.brokers.pg_queue.migrations import latest_version, plan
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.queue_rows import insert_job, job_row, unique_schema
-from support.service import Evidence, ServiceProcess
+from support.service import Evidence, ServiceProcess, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 Conn = psycopg.Connection[Any]
+CTL = (sys.executable, "-m", "dispatcher.server.ctl")
 Start = Callable[..., ServiceProcess]
 
 
@@ -186,3 +187,32 @@ def test_migrate_gives_up_on_a_lock_held_elsewhere_naming_the_holder(
     assert took < 30
     assert versions(pg_conn, schema) == [1, 2]
     assert ctl(path, "migrate").returncode == 0  # once the transaction is over
+
+
+def test_migrate_waits_for_a_migrate_in_progress_past_its_lock_timeout(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str
+) -> None:
+    schema = at_version(pg_conn, unique_schema(), 2)
+    path = write_config(tmp_path, queue_config(pg_dsn, schema, channel))
+    key = f"dispatcher.migrate:{schema}"
+    with psycopg.connect(pg_dsn) as other:  # a migrate in progress holds this lock
+        other.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+        process = subprocess.Popen(
+            [*CTL, "--timeout", "0.5", "migrate", "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND wait_event = 'advisory' AND datname = current_database()"
+            )
+            wait_until(lambda: pg_conn.execute(waiting).fetchone() == (1,), timeout=20)
+            time.sleep(1)  # not a wait for anything: past the 0.5 s it would give up after
+            assert process.poll() is None
+        finally:
+            other.rollback()
+        stdout, stderr = process.communicate(timeout=30)
+    assert (process.returncode, stderr) == (0, "")
+    assert f"from version 2 to {latest_version()}" in stdout

@@ -103,13 +103,13 @@ def test_a_failed_attempt_keeps_its_error_and_traceback_and_waits_its_backoff() 
         "7:3:4", "error", "ValueError: no", traceback="Traceback...\nValueError: no\n"
     )
     assert to_ack(settled, POLICY) == Ack(
-        7, 3, "retry", "error", "ValueError: no\nTraceback...\nValueError: no", None, 8.0, 4
+        7, 3, 4, "retry", "error", "ValueError: no\nTraceback...\nValueError: no", None, 8.0
     )
 
 
 def test_a_result_is_kept_for_a_job_done_and_the_note_when_it_was_not() -> None:
     assert to_ack(Settled("1:1:4", "ok", result='{"a":1}'), POLICY) == Ack(
-        1, 1, "done", "ok", None, '{"a":1}', claim=4
+        1, 1, 4, "done", "ok", None, '{"a":1}'
     )
     dropped = to_ack(Settled("1:1:4", "ok", "result not kept: too big"), POLICY)
     assert dropped is not None
@@ -118,7 +118,7 @@ def test_a_result_is_kept_for_a_job_done_and_the_note_when_it_was_not() -> None:
 
 def test_a_rejected_message_fails_with_the_reason() -> None:
     ack = to_ack(Settled("5:1:4", "rejected", "not JSON (Expecting value)"), POLICY)
-    assert ack == Ack(5, 1, "failed", "rejected", "not JSON (Expecting value)", claim=4)
+    assert ack == Ack(5, 1, 4, "failed", "rejected", "not JSON (Expecting value)")
 
 
 @pytest.mark.parametrize(

@@ -597,3 +597,53 @@ def test_close_leaves_out_empty_places() -> None:
     rig.scheduler.submit(job)
     assert rig.scheduler.close() == [("queued", [job])]
     assert rig.scheduler.close() == []
+
+
+# -- durable jobs whose broker no longer holds them ---------------------------------------
+
+
+def durable(job: Job) -> Job:
+    """*job* as a durable broker delivers it: with a receipt to settle."""
+    return job._replace(broker="pg_queue", receipt=f"{job.uuid}:1:1")
+
+
+def test_a_waiting_job_no_longer_held_is_handed_back_and_the_next_one_runs() -> None:
+    rig = Rig()
+    rig.scheduler.may_start = lambda job: job.uuid != "u-a"
+    busy = rig.runner()
+    first = make_job()
+    rig.scheduler.submit(first)
+    lapsed, held = durable(make_job(uuid="u-a")), durable(make_job(uuid="u-b"))
+    rig.scheduler.submit(lapsed)
+    rig.scheduler.submit(held)
+    rig.finish(busy)
+    assert busy.ran == [first, held]
+    assert rig.settled == [(lapsed, ABANDONED)]
+    assert rig.scheduler.held_bytes == 0
+
+
+def test_a_worker_whose_waiting_jobs_were_all_handed_back_is_idle_again() -> None:
+    rig = Rig()
+    rig.scheduler.may_start = lambda job: False
+    busy = rig.runner()
+    first = make_job()
+    rig.scheduler.submit(first)
+    lapsed = [durable(make_job()), durable(make_job())]
+    for job in lapsed:
+        rig.scheduler.submit(job)
+    rig.finish(busy)
+    assert rig.settled == [(job, ABANDONED) for job in lapsed]
+    later = make_job()  # no receipt: never asked about
+    rig.scheduler.submit(later)
+    assert busy.ran == [first, later]
+
+
+def test_jobs_put_back_are_checked_and_no_idle_worker_is_lost() -> None:
+    rig = Rig()
+    rig.scheduler.may_start = lambda job: job.uuid != "u-a"
+    one, two = rig.runner(), rig.runner()
+    jobs = [durable(make_job(uuid=u)) for u in ("u-a", "u-b", "u-c")]
+    rig.scheduler.put_back(jobs)
+    assert (one.ran, two.ran) == ([jobs[1]], [jobs[2]])
+    assert rig.settled == [(jobs[0], ABANDONED)]
+    assert (rig.scheduler.queued, rig.scheduler.held_bytes) == (0, 0)

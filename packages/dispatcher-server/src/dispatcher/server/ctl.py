@@ -177,6 +177,14 @@ def parser() -> argparse.ArgumentParser:
     install.add_argument("--print", action="store_true", help="print the SQL instead")
     migrate = command("migrate", "create or upgrade the tables of the durable pg_queue broker")
     migrate.add_argument("--print", action="store_true", help="print the SQL it would run")
+    for action in migrate._actions:
+        if action.dest == "timeout":
+            action.help = (
+                "seconds to wait for a lock another session holds on the tables "
+                f"(default: {MIGRATE_LOCK_WAIT:g}; another migrate is waited for)"
+            )
+        elif action.dest in ("expected_replies", "json"):
+            action.help = argparse.SUPPRESS  # no service is asked, and no JSON printed
     ctl_jobs.add_commands(command, DEFAULT_TIMEOUT)
     return main
 

@@ -17,15 +17,15 @@ from dispatcher.server.brokers.pg_queue.migrations import (
     read_version,
 )
 from dispatcher.server.logsafe import escape
-from dispatcher.server.queue_admin import limit_waits
 
 _HOLDERS: Final = """
-SELECT a.pid, coalesce(nullif(a.application_name, ''), '-'), a.state,
-       extract(epoch FROM now() - a.xact_start)::int
+SELECT a.pid, coalesce(nullif(a.application_name, ''), '-'), coalesce(a.state, 'state unknown'),
+       coalesce(extract(epoch FROM now() - a.xact_start)::int::text, '?')
 FROM pg_stat_activity AS a
 WHERE a.pid <> pg_backend_pid() AND a.pid IN (
     SELECT l.pid FROM pg_locks AS l
-    WHERE l.granted AND l.relation = to_regclass(%s))
+    WHERE l.granted AND l.relation = to_regclass(%s)
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
 ORDER BY a.xact_start LIMIT 3
 """
 """Up to three sessions holding a lock on the jobs table, oldest transaction first."""
@@ -38,8 +38,9 @@ EXIT_USAGE: Final = 2
 def migrate_command(settings: Settings, print_only: bool = False, lock_wait: float = 5.0) -> int:
     """Bring the pg_queue tables to this version (or, with *print_only*, print the SQL).
 
-    It waits at most *lock_wait* seconds for a lock (another session's transaction on the
-    jobs table, another migration): every statement on the table waits behind it meanwhile.
+    It waits at most *lock_wait* seconds for a lock on the tables (another session's
+    transaction): every statement on the table waits behind it meanwhile. Another
+    ``migrate`` running is waited for, however long it takes.
 
     Returns the exit status: 0 when done (or nothing to do), 1 when the database cannot be
     reached or a lock was not had in time (nothing changed), 2 when the config has no
@@ -55,9 +56,8 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
             if print_only:
                 print(plan(schema, read_version(conn, schema) or 0).script(), end="")
                 return EXIT_OK
-            limit_waits(conn, lock_wait)
             try:
-                done = migrate(conn, schema)
+                done = migrate(conn, schema, lock_wait)
             except psycopg.errors.LockNotAvailable:
                 print(f"dispatcherctl: {_locked(conn, schema, lock_wait)}", file=sys.stderr)
                 return EXIT_UNREACHABLE

@@ -110,6 +110,7 @@ class Scheduler:
         """Bytes of the messages of jobs submitted and not yet running (nor dropped)."""
         self._closed = False
         self._refusals = RateLimitedLog(logger, logging.WARNING)
+        self._hand_backs = RateLimitedLog(logger, logging.INFO)
 
     # -- jobs in -------------------------------------------------------------------------
 
@@ -188,7 +189,7 @@ class Scheduler:
             self._unhold(job)
             self._settle(job, ABANDONED)
             self.job_ended(job)
-            logger.info(
+            self._hand_backs.log(
                 "task %s (uuid %s) not started: its broker no longer holds it (the lease may "
                 "have run out); handed back",
                 job.task,

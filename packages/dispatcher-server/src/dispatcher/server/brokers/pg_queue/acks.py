@@ -149,4 +149,4 @@ def _plain(ack: Ack, why: str) -> Ack:
     else:
         plain = None if ack.error is None else ack.error.encode("ascii", "backslashreplace")
         error = None if plain is None else plain.decode()
-    return Ack(ack.id, ack.attempts, ack.kind, ack.outcome, error, None, ack.delay, ack.claim)
+    return ack._replace(error=error, result=None)

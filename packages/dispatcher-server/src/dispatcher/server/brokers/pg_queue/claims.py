@@ -127,7 +127,7 @@ class Claimer:
                 self._stats.rejected["oversized"] += 1
                 reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
                 logger.warning("pg_queue: job %d rejected: %s", row, reason)
-                self._acks.add(Ack(row, attempts, "failed", "rejected", reason, claim=claim))
+                self._acks.add(Ack(row, attempts, claim, "failed", "rejected", reason))
                 continue
             origin = Origin(
                 "pg_queue",

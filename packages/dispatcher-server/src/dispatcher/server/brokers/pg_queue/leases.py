@@ -47,7 +47,7 @@ class Leases:
             return False
         return time.monotonic() < self._confirmed[row] + self._lease
 
-    def release(self, row: int, claim: int | None) -> None:
+    def release(self, row: int, claim: int) -> None:
         """The claim of *row* numbered *claim* is settled: stop renewing it.
 
         A later claim of the same row (claimed again after a retry) is kept.

@@ -157,16 +157,25 @@ def read_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
     return 0 if row is None else int(row[0])
 
 
-def migrate(conn: psycopg.Connection[Any], schema: str) -> Plan:
+def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None = None) -> Plan:
     """Bring the tables of *schema* to the latest version, in one transaction.
 
-    Safe to run again (it then does nothing) and concurrently (the runs take turns). Returns
-    what was done (:attr:`Plan.pending` is empty when nothing was).
+    Safe to run again (it then does nothing) and concurrently (the runs take turns: a
+    second run waits for the first however long it takes). With *lock_wait*, each step waits
+    at most that many seconds for a lock on the tables (another session's transaction),
+    then fails with :class:`psycopg.errors.LockNotAvailable`, leaving the tables as they
+    were. Returns what was done (:attr:`Plan.pending` is empty when nothing was).
 
     :raises MigrationError: when the tables are newer than this code.
     """
     with conn.transaction():
-        for statement in _setup(schema):  # waits for a concurrent run to commit
+        conn.execute(b"SELECT set_config('lock_timeout', '0', true)")
+        first, *setup = _setup(schema)
+        conn.execute(first.encode())  # waits for a concurrent run to commit
+        if lock_wait is not None:
+            milliseconds = min(2_147_483_647, max(1, round(lock_wait * 1000)))
+            conn.execute(b"SELECT set_config('lock_timeout', %s, true)", (f"{milliseconds}ms",))
+        for statement in setup:
             conn.execute(statement.encode())
         work = plan(schema, read_version(conn, schema) or 0)
         for statement in work.steps:

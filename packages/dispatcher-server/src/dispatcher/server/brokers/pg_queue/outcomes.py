@@ -66,7 +66,10 @@ class Ack(NamedTuple):
 
     id: int
     attempts: int
-    """The attempt it was claimed as: the change applies only if the row is still there."""
+    """The attempt it was claimed as."""
+    claim: int
+    """The claim number it was claimed with (the row's ``claims``): with :attr:`attempts`, the
+    fence of the change, which applies only while the row is still under this claim."""
     kind: AckKind
     outcome: str
     error: str | None = None
@@ -74,9 +77,6 @@ class Ack(NamedTuple):
     """JSON text of the return value (``done`` only)."""
     delay: float = 0.0
     """Seconds before the next attempt (``retry``, and ``requeue`` of a refused job)."""
-    claim: int | None = None
-    """The claim number it was claimed with (the row's ``claims``): with :attr:`attempts`, the
-    fence of the change. ``None`` changes nothing."""
 
 
 def parse_receipt(receipt: str) -> tuple[int, int, int] | None:
@@ -111,15 +111,15 @@ def to_ack(settled: Settled, policy: RetryPolicy) -> Ack | None:
     kind = _KINDS.get(outcome)
     if kind is None:  # error, timeout, worker_lost, killed, memory_exceeded (or unknown)
         error = _error(settled)
-        return Ack(row, attempts, "retry", outcome, error, None, policy.delay(attempts), claim)
+        return Ack(row, attempts, claim, "retry", outcome, error, None, policy.delay(attempts))
     if kind == "done":
         reason = clean_text(settled.reason)
-        return Ack(row, attempts, kind, outcome, reason, settled.result, claim=claim)
+        return Ack(row, attempts, claim, kind, outcome, reason, settled.result)
     reason = settled.reason
     if outcome == "discarded" and not reason:
         reason = "an identical job was active (on_duplicate)"
     delay = REFUSED_DELAY if outcome == "refused" else 0.0
-    return Ack(row, attempts, kind, outcome, clean_text(reason), None, delay, claim)
+    return Ack(row, attempts, claim, kind, outcome, clean_text(reason), None, delay)
 
 
 def _error(settled: Settled) -> str:
