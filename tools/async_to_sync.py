@@ -102,6 +102,7 @@ QUEUE = Twin(
     summary="The durable queue's I/O from synchronous code.",
     renames={
         "AsyncConnection": "Connection",
+        "AsyncCursor": "Cursor",
         "notify_async": "notify_sync",
         "astore": "store",
         "aget_job": "get_job",

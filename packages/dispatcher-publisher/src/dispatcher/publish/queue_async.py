@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 
 from dispatcher.config import NotConfiguredError, get_settings
 from dispatcher.publish.connections import caller_connection, caller_lost
@@ -45,15 +45,7 @@ async def astore(
     try:
         if connection is not None:
             caller = caller_connection(connection, AsyncConnection, "asubmit_task", "submit_task")
-            try:
-                await caller.execute(statement, rows)
-            except psycopg.errors.UndefinedTable:
-                raise
-            except psycopg.Error as exc:
-                lost = caller_lost(caller, exc, "send to")
-                if lost is None:
-                    raise
-                raise lost from exc
+            await _run_on_caller(caller, caller.cursor(), statement, rows, "send to")
         else:
             await shared_provider(conninfo).execute(statement, rows)
     except psycopg.errors.UndefinedTable:
@@ -127,20 +119,34 @@ async def _read(
             caller = caller_connection(connection, AsyncConnection, *names)
             cursor = caller.cursor()  # its adapters are its own: the caller's stay as they are
             cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
-            try:
-                await cursor.execute(statement, params)
-            except psycopg.errors.UndefinedTable:
-                raise
-            except psycopg.Error as exc:
-                lost = caller_lost(caller, exc, "read from")
-                if lost is None:
-                    raise
-                raise lost from exc
+            await _run_on_caller(caller, cursor, statement, params, "read from")
         else:
             cursor = await shared_provider(conninfo).execute(statement, params, "read from")
         return await cursor.fetchall()
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
+
+
+async def _run_on_caller(
+    caller: AsyncConnection[Any],
+    cursor: AsyncCursor[Any],
+    statement: str,
+    params: Sequence[Any],
+    doing: str,
+) -> None:
+    """Run *statement* on the caller's connection, through *cursor*, one of its cursors.
+
+    :raises BrokerUnavailable: when the connection was lost (saying it is the caller's).
+    :raises psycopg.Error: any other error, as psycopg raises it (the caller's transaction
+        is aborted, as by any failed statement).
+    """
+    try:
+        await cursor.execute(statement, params)
+    except psycopg.Error as exc:
+        lost = caller_lost(caller, exc, doing)
+        if lost is None:
+            raise
+        raise lost from exc
 
 
 def _queue_database(own_connection: bool) -> tuple[str, str]:

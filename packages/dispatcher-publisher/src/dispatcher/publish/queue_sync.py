@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import Connection
+from psycopg import Connection, Cursor
 
 from dispatcher.config import NotConfiguredError, get_settings
 from dispatcher.publish.connections import caller_connection, caller_lost
@@ -43,15 +43,7 @@ def store(
     try:
         if connection is not None:
             caller = caller_connection(connection, Connection, "submit_task", "asubmit_task")
-            try:
-                caller.execute(statement, rows)
-            except psycopg.errors.UndefinedTable:
-                raise
-            except psycopg.Error as exc:
-                lost = caller_lost(caller, exc, "send to")
-                if lost is None:
-                    raise
-                raise lost from exc
+            _run_on_caller(caller, caller.cursor(), statement, rows, "send to")
         else:
             shared_provider(conninfo).execute(statement, rows)
     except psycopg.errors.UndefinedTable:
@@ -125,20 +117,34 @@ def _read(
             caller = caller_connection(connection, Connection, *names)
             cursor = caller.cursor()  # its adapters are its own: the caller's stay as they are
             cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
-            try:
-                cursor.execute(statement, params)
-            except psycopg.errors.UndefinedTable:
-                raise
-            except psycopg.Error as exc:
-                lost = caller_lost(caller, exc, "read from")
-                if lost is None:
-                    raise
-                raise lost from exc
+            _run_on_caller(caller, cursor, statement, params, "read from")
         else:
             cursor = shared_provider(conninfo).execute(statement, params, "read from")
         return cursor.fetchall()
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
+
+
+def _run_on_caller(
+    caller: Connection[Any],
+    cursor: Cursor[Any],
+    statement: str,
+    params: Sequence[Any],
+    doing: str,
+) -> None:
+    """Run *statement* on the caller's connection, through *cursor*, one of its cursors.
+
+    :raises BrokerUnavailable: when the connection was lost (saying it is the caller's).
+    :raises psycopg.Error: any other error, as psycopg raises it (the caller's transaction
+        is aborted, as by any failed statement).
+    """
+    try:
+        cursor.execute(statement, params)
+    except psycopg.Error as exc:
+        lost = caller_lost(caller, exc, doing)
+        if lost is None:
+            raise
+        raise lost from exc
 
 
 def _queue_database(own_connection: bool) -> tuple[str, str]:
