@@ -78,7 +78,10 @@ def start_service(
         *(sys.executable, "-m", "dispatcher.server"),
         *("--log-level", log_level, "--config", str(folder / "dispatcher.yml")),
     ]
-    env = dict(os.environ, PYTHONPATH=str(HERE))
+    # The benchmark's tasks after the caller's path: PYTHONPATH naming another checkout's
+    # sources measures that code (an A/B comparison).
+    given = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (given, str(HERE)))))
     process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
     with psycopg.connect(dsn, autocommit=True) as conn:
         query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"

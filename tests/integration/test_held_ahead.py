@@ -37,16 +37,19 @@ def labelled(evidence: Evidence, label: str, event: str) -> bool:
     return any(r.get("label") == label and r.get("event") == event for r in evidence.records())
 
 
-@pytest.mark.timeout(60)
-def test_a_job_held_ahead_is_listed_and_cancelled_without_running(
+Send = Callable[..., None]
+
+
+@pytest.fixture
+def one_worker(
     start_service: StartService,
     service_config: dict[str, Any],
     notify: Notify,
     channel: str,
-    evidence: Evidence,
     configured: Settings,
-) -> None:
-    # Quick enough to be followed by a held job, even on a loaded machine: under a second.
+) -> tuple[ServiceProcess, Send]:
+    """A service with one worker, and a function that sends it a task message."""
+    # Quick enough to be followed by held jobs, even on a loaded machine: under a second.
     service_config["service"]["pool"] = {
         "min_workers": 1,
         "max_workers": 1,
@@ -57,6 +60,14 @@ def test_a_job_held_ahead_is_listed_and_cancelled_without_running(
     def send(*args: Any, **options: Any) -> None:
         notify(channel, message(*args, **options))
 
+    return service, send
+
+
+@pytest.mark.timeout(60)
+def test_a_job_held_ahead_is_listed_and_cancelled_without_running(
+    one_worker: tuple[ServiceProcess, Send], evidence: Evidence
+) -> None:
+    service, send = one_worker
     send("sleep_recording_cancel", evidence.path, 0.5, "blocker")  # the others queue meanwhile
     for n in range(5):  # quick runs: the worker is then sent a job ahead of each one's end
         send("sleep_then_record", evidence.path, 0, f"quick-{n}")
@@ -81,3 +92,34 @@ def test_a_job_held_ahead_is_listed_and_cancelled_without_running(
     # The long job's "ok" is counted once its worker reports it, after its "end" record.
     wait_until(lambda: finished() == {"ok": 7, "cancelled": 1}, timeout=10)
     assert not [r for r in evidence.records() if r.get("args") == ["held"]]
+
+
+@pytest.mark.timeout(60)
+def test_of_several_jobs_held_ahead_only_the_cancelled_one_is_skipped(
+    one_worker: tuple[ServiceProcess, Send], evidence: Evidence
+) -> None:
+    _, send = one_worker
+    send("sleep_recording_cancel", evidence.path, 0.5, "blocker")
+    for n in range(5):
+        send("sleep_then_record", evidence.path, 0, f"quick-{n}")
+    send("sleep_then_record", evidence.path, 3, "long", uuid="u-long")
+    after = [f"after-{n}" for n in range(6)]
+    for label in after:
+        send("record", evidence.path, label, uuid=f"u-{label}")
+    wait_until(lambda: labelled(evidence, "long", "start"), timeout=15)
+    [listing] = control_with_reply("running", expected_replies=1).replies
+    places = {t["uuid"]: t["where"] for t in entries(listing).values()}
+    held = [label for label in after if places.get(f"u-{label}") == "worker-0 next"]
+    assert places["u-long"] == "worker-0"
+    assert len(held) >= 3, places  # several held at once, sent in one write
+    assert held == after[: len(held)]  # the first ones, in order
+    skipped = held[1]
+    [cancelled] = control_with_reply("cancel", {"uuid": f"u-{skipped}"}, expected_replies=1).replies
+    assert [t["where"] for t in entries(cancelled).values()] == ["worker-0 next"]
+    wanted = [label for label in after if label != skipped]
+
+    def ran() -> list[str]:
+        return [r["args"][0] for r in evidence.records() if r.get("args", [""])[0] in after]
+
+    wait_until(lambda: len(ran()) >= len(wanted), timeout=20)
+    assert ran() == wanted  # in order, the cancelled one never

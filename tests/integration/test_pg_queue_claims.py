@@ -7,6 +7,7 @@ cut off from the database goes through a TCP proxy the test takes down and bring
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.proxy import DatabaseProxy
 from support.queue_rows import job_row, unique_schema
-from support.service import Evidence, ServiceProcess, wait_until
+from support.service import Evidence, ServiceProcess, children, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -216,3 +217,52 @@ def test_jobs_held_ahead_whose_lease_ran_out_meanwhile_are_not_started(
     first.wait_for_log(r"not started: its broker no longer holds it", timeout=20)
     starts = Counter(r["label"] for r in evidence.records() if r.get("event") == "start")
     assert [starts[f"job-{n}"] for n in range(1, 4)] == [1, 1, 1]  # only B ran them
+
+
+def test_jobs_already_sent_to_a_frozen_worker_are_not_started_after_their_lease(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # Service A's one worker runs a job with the next ones sent to it ahead (in its socket),
+    # then every process of A stops (SIGSTOP) for longer than the lease: service B takes
+    # the jobs back and runs them. When A goes on, its worker reads the jobs sent ahead,
+    # and must not start them: they came after the time their lease surely held until.
+    config = queue_config(pg_dsn, schema, channel, lease=2, prefetch=10)
+    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1, "hold_ahead_below": 5.0}
+    first = start_service(on_node(config, "node-a"))
+    (warm_up,) = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, "w")])
+    wait_for_states(pg_conn, schema, [warm_up], {"done"})  # the task's pace is known: quick
+    labels = ["quick", "long", "ahead-1", "ahead-2", "ahead-3"]
+    seconds = {"quick": 0.1, "long": 3}
+    messages = [
+        job_message("sleep_then_record", evidence.path, seconds.get(label, 0), label)
+        for label in labels
+    ]
+    uuids = enqueue(pg_conn, schema, channel, messages)
+    wait_until(lambda: any(r.get("label") == "long" for r in evidence.records()), timeout=20)
+    assert first.process is not None
+    frozen = [first.process.pid, *children(first.process.pid)]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        lapsed = sql.SQL(
+            "SELECT bool_and(lease_until < now()) FROM {} WHERE uuid = ANY(%s)"
+        ).format(sql.Identifier(schema, "jobs"))
+        wait_until(lambda: pg_conn.execute(lapsed, (uuids[1:],)).fetchone() == (True,), timeout=20)
+        start_service(on_node(config, "node-b"))
+        wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=30)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    first.wait_for_log(r"not started: its broker no longer holds it", timeout=20)
+    wait_until(lambda: labels_ended(evidence, "long") == 2, timeout=20)  # A's run ended too
+    starts = Counter(r["label"] for r in evidence.records() if r.get("event") == "start")
+    assert [starts[label] for label in labels[2:]] == [1, 1, 1]  # only B ran them
+
+
+def labels_ended(evidence: Evidence, label: str) -> int:
+    return sum(r.get("label") == label and r.get("event") == "end" for r in evidence.records())

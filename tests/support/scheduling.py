@@ -112,9 +112,12 @@ class FakeRunner:
     def is_ready(self) -> bool:
         return self.available and self.job is None
 
-    has_room = False
+    room_ahead = 0
     """A fake runner holds no job ahead."""
     ahead: tuple[Job, ...] = ()
+
+    def hold_ahead(self, jobs: list[Job]) -> None:
+        raise RuntimeError(f"worker {self.id} holds no job ahead")
 
     def cancel_ahead(self, job: Job, reason: Outcome = Outcome.CANCELLED) -> bool:
         return False

@@ -119,7 +119,7 @@ def test_a_recalled_job_ended_unstarted_is_given_back_not_ended(timers: FakeTime
     process = FakeProcess()
     handle = busy_with_one_ahead(timers, process)
     held = make_job()
-    handle.run(held)  # request 2, held ahead
+    handle.hold_ahead([held])  # request 2, held ahead
     handle.recall_ahead()
     handle.recall_ahead()  # once signalled is enough
     assert process.signals == [CANCEL_SIGNALS[2]]
@@ -137,7 +137,7 @@ def test_a_recalled_job_that_ran_all_the_same_ends_as_reported(timers: FakeTimer
     process = FakeProcess()
     handle = busy_with_one_ahead(timers, process)
     held = make_job()
-    handle.run(held)
+    handle.hold_ahead([held])
     handle.recall_ahead()
     handle.finish("ok")
     assert handle.finish("ok") == (held, Outcome.OK)
@@ -148,7 +148,7 @@ def test_a_recalled_job_of_a_worker_that_dies_is_given_back(timers: FakeTimers) 
     process = FakeProcess()
     handle = busy_with_one_ahead(timers, process)
     held = make_job()
-    handle.run(held)
+    handle.hold_ahead([held])
     handle.recall_ahead()
     handle.finish("ok")
     job, outcome, _ = handle.exited()
@@ -160,7 +160,7 @@ def test_a_job_cancelled_ahead_is_not_recalled(timers: FakeTimers) -> None:
     process = FakeProcess()
     handle = busy_with_one_ahead(timers, process)
     held = make_job()
-    handle.run(held)
+    handle.hold_ahead([held])
     assert handle.cancel_ahead(held)
     handle.recall_ahead()
     assert process.signals == [CANCEL_SIGNALS[2]]  # the cancel's only

@@ -6,6 +6,7 @@ signal a cancel sends matters); time is a manual clock.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,13 @@ import pytest
 from dispatcher.config import Limits
 from dispatcher.schema import Outcome
 from dispatcher.server.jobs import Job
-from dispatcher.server.protocol import CANCEL_SIGNALS
+from dispatcher.server.protocol import (
+    CANCEL_SIGNALS,
+    PIPELINE_DEPTH,
+    REFILL_BELOW,
+    read_line,
+    with_start_by,
+)
 from dispatcher.server.scheduler import Runner, Scheduler
 from dispatcher.server.settlement import ABANDONED
 from dispatcher.server.stats import ServiceStats
@@ -486,26 +493,45 @@ def pipelined_rig() -> tuple[Rig, WorkerHandle, FakeProcess]:
     handle.attach(process)
     handle.ready()
     rig = Rig(timers=timers, workers=[handle])
-    rig.scheduler.may_send_ahead = lambda worker: True
+    rig.scheduler.ahead_allowed = lambda worker: PIPELINE_DEPTH
     return rig, handle, process
 
 
-def test_a_backlog_sends_a_busy_worker_one_job_ahead_and_keeps_the_rest_in_order() -> None:
+def test_a_backlog_sends_a_busy_worker_jobs_ahead_in_one_write_and_keeps_the_rest_in_order() -> (
+    None
+):
     rig, handle, process = pipelined_rig()
-    jobs = [make_job() for _ in range(4)]
+    jobs = [make_job() for _ in range(PIPELINE_DEPTH + 3)]
     for job in jobs:
         rig.scheduler.submit(job)
     rig.scheduler.worker_free(handle)
-    assert process.lines == [jobs[0].line, jobs[1].line]
+    ahead = jobs[1 : PIPELINE_DEPTH + 1]
+    assert process.lines == [jobs[0].line, b"".join(job.line for job in ahead)]
     assert rig.scheduler.queued == 2
     assert handle.finish("ok") == (jobs[0], Outcome.OK)
+    rig.scheduler.worker_free(handle)  # it still holds enough: no write
+    assert len(process.lines) == 2
+    while rig.scheduler.queued:
+        assert len(process.lines) == 2 or len(handle.ahead) < REFILL_BELOW
+        handle.finish("ok")
+        rig.scheduler.worker_free(handle)
+    refill = jobs[PIPELINE_DEPTH + 1 :]
+    assert process.lines[2:] == [b"".join(job.line for job in refill)]
+    assert [where for where, _ in uuids(rig.scheduler.running())] == ["worker-1"] + [
+        "worker-1 next"
+    ] * len(handle.ahead)
+    assert [job.uuid for job in handle.ahead][-2:] == [job.uuid for job in refill]
+
+
+def test_no_more_jobs_are_sent_ahead_than_the_pool_allows() -> None:
+    rig, handle, process = pipelined_rig()
+    rig.scheduler.ahead_allowed = lambda worker: 2  # say, it retires after three more tasks
+    jobs = [make_job() for _ in range(6)]
+    for job in jobs:
+        rig.scheduler.submit(job)
     rig.scheduler.worker_free(handle)
-    assert process.lines == [job.line for job in jobs[:3]]
-    assert [where for where, _ in uuids(rig.scheduler.running())] == [
-        "worker-1",
-        "worker-1 next",
-        "queued",
-    ]
+    assert process.lines == [jobs[0].line, jobs[1].line + jobs[2].line]
+    assert rig.scheduler.queued == 3
 
 
 def test_an_idle_worker_is_sent_one_job_at_a_time() -> None:
@@ -520,7 +546,7 @@ def test_an_idle_worker_is_sent_one_job_at_a_time() -> None:
 
 def test_no_job_is_sent_ahead_unless_the_pool_allows_it() -> None:
     rig, handle, process = pipelined_rig()
-    rig.scheduler.may_send_ahead = lambda worker: False
+    rig.scheduler.ahead_allowed = lambda worker: 0
     jobs = [make_job() for _ in range(3)]
     for job in jobs:
         rig.scheduler.submit(job)
@@ -609,7 +635,7 @@ def durable(job: Job) -> Job:
 
 def test_a_waiting_job_no_longer_held_is_handed_back_and_the_next_one_runs() -> None:
     rig = Rig()
-    rig.scheduler.may_start = lambda job: job.uuid != "u-a"
+    rig.scheduler.held_until = lambda job: 0.0 if job.uuid == "u-a" else math.inf
     busy = rig.runner()
     first = make_job()
     rig.scheduler.submit(first)
@@ -624,7 +650,7 @@ def test_a_waiting_job_no_longer_held_is_handed_back_and_the_next_one_runs() -> 
 
 def test_a_worker_whose_waiting_jobs_were_all_handed_back_is_idle_again() -> None:
     rig = Rig()
-    rig.scheduler.may_start = lambda job: False
+    rig.scheduler.held_until = lambda job: 0.0
     busy = rig.runner()
     first = make_job()
     rig.scheduler.submit(first)
@@ -640,10 +666,40 @@ def test_a_worker_whose_waiting_jobs_were_all_handed_back_is_idle_again() -> Non
 
 def test_jobs_put_back_are_checked_and_no_idle_worker_is_lost() -> None:
     rig = Rig()
-    rig.scheduler.may_start = lambda job: job.uuid != "u-a"
+    rig.scheduler.held_until = lambda job: 0.0 if job.uuid == "u-a" else math.inf
     one, two = rig.runner(), rig.runner()
     jobs = [durable(make_job(uuid=u)) for u in ("u-a", "u-b", "u-c")]
     rig.scheduler.put_back(jobs)
     assert (one.ran, two.ran) == ([jobs[1]], [jobs[2]])
     assert rig.settled == [(jobs[0], ABANDONED)]
     assert (rig.scheduler.queued, rig.scheduler.held_bytes) == (0, 0)
+
+
+def test_jobs_sent_ahead_carry_the_time_their_broker_holds_them_until() -> None:
+    rig, handle, process = pipelined_rig()
+    rig.scheduler.held_until = lambda job: 1e9 if job.receipt else math.inf
+    first, plain, leased = make_job(), make_job(), durable(make_job())
+    for job in (first, plain, leased):
+        rig.scheduler.submit(job)
+    rig.scheduler.worker_free(handle)
+    requests = [read_line(line) for line in b"".join(process.lines).splitlines()]
+    assert [(r["message"]["uuid"], r.get("start_by")) for r in requests] == [
+        (first.uuid, None),
+        (plain.uuid, None),
+        (leased.uuid, 1e9),
+    ]
+    assert rig.scheduler.held_bytes == 0
+    assert [job.uuid for job in handle.ahead] == [plain.uuid, leased.uuid]
+
+
+def test_a_job_given_back_with_a_stale_start_by_is_sent_with_the_new_one() -> None:
+    rig = Rig()
+    rig.scheduler.held_until = lambda job: 2e9
+    worker = rig.runner()
+    job = durable(make_job())
+    given_back = job._replace(line=with_start_by(job.line, 5.0))
+    rig.scheduler.put_back([given_back])
+    [sent] = worker.ran
+    assert read_line(sent.line.rstrip(b"\n"))["start_by"] == 2e9
+    assert read_line(sent.line.rstrip(b"\n"))["message"] == read_line(job.line)["message"]
+    assert rig.scheduler.held_bytes == 0

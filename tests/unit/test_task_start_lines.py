@@ -26,11 +26,11 @@ def test_a_job_held_ahead_starts_when_the_one_before_it_ends() -> None:
     first, held, cancelled = make_job(uuid="a"), make_job(uuid="b"), make_job(uuid="c")
     handle.run(first)
     assert starts == [("a", 3)]
-    handle.run(held)
+    handle.hold_ahead([held])
     assert starts == [("a", 3)]  # sent ahead: not started yet
     handle.finish("ok")
     assert starts == [("a", 3), ("b", 3)]
-    handle.run(cancelled)
+    handle.hold_ahead([cancelled])
     assert handle.cancel_ahead(cancelled)
     handle.finish("ok")
     assert starts == [("a", 3), ("b", 3)]  # cancelled while held: it never starts

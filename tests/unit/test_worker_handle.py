@@ -9,7 +9,7 @@ import pytest
 
 from dispatcher.schema import Outcome
 from dispatcher.server import memory
-from dispatcher.server.protocol import CANCEL_SIGNALS, PIPELINE_DEPTH, STOP_LINE
+from dispatcher.server.protocol import CANCEL_SIGNALS, PIPELINE_DEPTH, REFILL_BELOW, STOP_LINE
 from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
 from support.scheduling import FakeProcess, FakeTimers, make_job
 
@@ -87,21 +87,27 @@ def test_run_on_a_starting_worker_is_refused(timers: FakeTimers) -> None:
         new_handle(timers).run(make_job())
 
 
-def test_run_on_a_busy_worker_without_room_is_refused(
+def test_a_busy_worker_is_sent_jobs_ahead_in_one_write_and_refilled_only_when_low(
     ready: WorkerHandle, process: FakeProcess
 ) -> None:
     first = make_job()
+    assert ready.room_ahead == 0  # not busy: nothing to hold ahead of
     ready.run(first)
-    held = [make_job() for _ in range(PIPELINE_DEPTH)]
-    for job in held:
-        assert ready.has_room
-        ready.run(job)
-    assert not ready.has_room
     with pytest.raises(RuntimeError, match="cannot run a job"):
         ready.run(make_job())
-    assert ready.job is first
-    assert list(ready.ahead) == held
-    assert process.lines == [first.line] + [job.line for job in held]
+    assert ready.room_ahead == PIPELINE_DEPTH
+    held = [make_job() for _ in range(PIPELINE_DEPTH)]
+    ready.hold_ahead(held)
+    assert process.lines == [first.line, b"".join(job.line for job in held)]
+    assert ready.room_ahead == 0
+    with pytest.raises(RuntimeError, match="cannot hold 1 more"):
+        ready.hold_ahead([make_job()])
+    for _ in range(PIPELINE_DEPTH - REFILL_BELOW + 1):
+        assert ready.room_ahead == 0
+        ready.finish("ok")
+    assert len(ready.ahead) == REFILL_BELOW - 1
+    assert ready.room_ahead == PIPELINE_DEPTH - REFILL_BELOW + 1
+    assert ready.job is held[PIPELINE_DEPTH - REFILL_BELOW]
 
 
 def test_run_on_a_stopping_or_exited_worker_is_refused(ready: WorkerHandle) -> None:
@@ -429,7 +435,7 @@ def test_a_job_held_ahead_runs_when_the_current_one_ends_and_its_timeout_starts_
 ) -> None:
     first, held = make_job(), make_job(timeout=1)
     ready.run(first)
-    ready.run(held)
+    ready.hold_ahead([held])
     timers.advance(5)  # the held job's clock has not started: no cancel
     assert process.signals == []
     assert ready.finish("ok") == (first, Outcome.OK)
@@ -447,7 +453,7 @@ def test_cancelling_a_held_job_signals_its_own_request_and_it_ends_cancelled(
 ) -> None:
     first, held = make_job(), make_job()
     ready.run(first)
-    ready.run(held)
+    ready.hold_ahead([held])
     assert ready.cancel_ahead(held)
     assert ready.cancel_ahead(held)  # once signalled is enough
     assert process.signals == [CANCEL_2]
@@ -461,7 +467,7 @@ def test_a_held_job_that_was_cancelled_and_still_runs_gets_its_worker_terminated
 ) -> None:
     ready.run(make_job())
     held = make_job()
-    ready.run(held)
+    ready.hold_ahead([held])
     ready.cancel_ahead(held)
     ready.finish("ok")
     timers.advance(GRACE)
@@ -475,7 +481,7 @@ def test_cancelling_the_running_job_after_some_ran_names_its_request(
         ready.run(make_job())
         ready.finish("ok")
     ready.run(make_job())
-    ready.run(make_job())  # held ahead: request 4
+    ready.hold_ahead([make_job()])  # held ahead: request 4
     ready.cancel()
     assert process.signals == [CANCEL_3]
 
@@ -485,7 +491,7 @@ def test_a_worker_that_dies_gives_back_its_held_jobs_not_started(
 ) -> None:
     running, held = make_job(), make_job()
     ready.run(running)
-    ready.run(held)
+    ready.hold_ahead([held])
     assert ready.exited()[:2] == (running, Outcome.WORKER_LOST)
     assert ready.take_ahead() == [held]
     assert ready.take_ahead() == []
@@ -496,15 +502,39 @@ def test_a_worker_killed_or_exiting_does_not_start_its_held_job(
 ) -> None:
     ready.run(make_job())
     held = make_job()
-    ready.run(held)
+    ready.hold_ahead([held])
     ready.finish("exit")  # DispatcherExit: the worker exits after this task
     assert ready.job is None
     assert list(ready.ahead) == [held]
     other = new_handle(timers, FakeProcess())
     other.ready()
     other.run(make_job())
-    other.run(make_job())
+    other.hold_ahead([make_job()])
     other.kill(Outcome.MEMORY_EXCEEDED)
     other.finish("ok")
     assert other.job is None
     assert len(other.take_ahead()) == 1
+
+
+def test_a_job_that_came_after_its_start_by_is_given_back_not_ended(
+    ready: WorkerHandle, timers: FakeTimers
+) -> None:
+    first, late, after = make_job(), make_job(timeout=1), make_job()
+    ready.run(first)
+    ready.hold_ahead([late, after])
+    ready.finish("ok")
+    assert ready.finish("expired") == (None, Outcome.CANCELLED)  # no job ended
+    assert ready.take_recalled() == [late]
+    assert ready.tasks_done == 1
+    assert ready.job is after  # the next one starts as usual
+    timers.advance(5)  # the given-back job's timeout went with it
+
+
+def test_a_job_cancelled_ahead_that_expired_still_ends_cancelled(ready: WorkerHandle) -> None:
+    ready.run(make_job())
+    late = make_job()
+    ready.hold_ahead([late])
+    ready.cancel_ahead(late)
+    ready.finish("ok")
+    assert ready.finish("expired") == (late, Outcome.CANCELLED)
+    assert ready.take_recalled() == []

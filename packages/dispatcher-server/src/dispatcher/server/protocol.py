@@ -19,18 +19,26 @@ from typing import Any, Final
 STOP_LINE: Final = b'{"op":"stop"}\n'
 """Asks a worker to exit after its current task."""
 
-PIPELINE_DEPTH: Final = 1
+PIPELINE_DEPTH: Final = 4
 """Run requests a worker may hold beyond the one it runs (sent while a backlog exists)."""
 
-CANCEL_SIGNALS: Final = tuple(signal.SIGRTMIN + n for n in range(4))
-"""The signals that cancel a task: the one of run request number *n* (counted from 1 on each
-worker) is ``CANCEL_SIGNALS[n % 4]``.
+REFILL_BELOW: Final = 2
+"""A busy worker is sent more jobs ahead only once it holds fewer than this many: then as
+many as make :data:`PIPELINE_DEPTH`, in one write (one system call for several jobs, on
+both sides, rather than one per job)."""
 
-With at most one request held ahead, a cancel aimed at request *t* reaches a worker whose
-last started request *s* is between ``t - 2`` and ``t + 1`` (the service sends request
-``t + 2`` only after it has seen ``t`` end), so ``t`` modulo 4 names it exactly: the
-worker cancels *t* if it runs it, remembers it if it has not started it, and ignores a
-cancel that arrives after *t* ended. A plain SIGUSR1 cancels whatever task runs."""
+CANCEL_SIGNALS: Final = tuple(signal.SIGRTMIN + n for n in range(2 * PIPELINE_DEPTH + 2))
+"""The signals that cancel a task: the one of run request number *n* (counted from 1 on each
+worker) is ``CANCEL_SIGNALS[n % len(CANCEL_SIGNALS)]``.
+
+With at most *D* (:data:`PIPELINE_DEPTH`) requests held ahead, a cancel aimed at request *t*
+reaches a worker whose last started request *s* is between ``t - D - 1`` (the service saw
+``t - D - 1`` end, so it counts ``t - D`` as running, but the worker has not started it
+yet) and ``t + D`` (the service has not yet seen *t* end, so it sent nothing past
+``t + D``, but the worker may have run all of them). Those ``2D + 2`` cases each get a
+signal of their own: the worker cancels *t* if it runs it, remembers it if it has not
+started it, and ignores a cancel that arrives after *t* ended. A plain SIGUSR1 cancels
+whatever task runs."""
 
 
 def cancel_target(signum: int, last_started: int) -> int | None:
@@ -39,7 +47,7 @@ def cancel_target(signum: int, last_started: int) -> int | None:
     ``None`` when the cancel is for a request that has already ended.
     """
     offset = (signum - CANCEL_SIGNALS[0] - last_started) % len(CANCEL_SIGNALS)
-    return None if offset == len(CANCEL_SIGNALS) - 1 else last_started + offset
+    return None if offset > PIPELINE_DEPTH + 1 else last_started + offset
 
 
 def reply_line(reply: dict[str, Any]) -> bytes:
@@ -61,6 +69,27 @@ def run_line(raw_message: str, channel: str, keep_result: bool = False) -> bytes
     result = ',"result":true' if keep_result else ""
     head = f'{{"op":"run","channel":{_ENCODER.encode(channel)}{result}'
     return f'{head},"message":{flat}}}\n'.encode()
+
+
+_RUN_HEAD: Final = b'{"op":"run",'
+_START_BY_HEAD: Final = b'{"op":"run","start_by":'
+
+
+def has_start_by(line: bytes) -> bool:
+    """Whether run request *line* carries a ``start_by`` (see :func:`with_start_by`)."""
+    return line.startswith(_START_BY_HEAD)
+
+
+def with_start_by(line: bytes, deadline: float) -> bytes:
+    """*line* (a run request) with ``start_by``: not to be started after *deadline*.
+
+    *deadline* is on ``time.monotonic()``, which every process of the machine shares; a
+    worker that reads the request later reports it ``expired`` instead of running it. A
+    ``start_by`` the line had is replaced.
+    """
+    if line.startswith(_START_BY_HEAD):
+        line = _RUN_HEAD + line[line.index(b",", len(_START_BY_HEAD)) + 1 :]
+    return b"%s%r,%s" % (_START_BY_HEAD, deadline, line[len(_RUN_HEAD) :])
 
 
 _SCAN: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]

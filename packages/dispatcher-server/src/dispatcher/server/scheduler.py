@@ -6,10 +6,12 @@ worker or waits in a FIFO queue. ``cancel`` and ``running`` look at every place 
 a job: workers, the queue, the gate and the delayer. Each holding place is bounded by
 ``service.limits``; a job over a limit is refused, counted (``overloaded``) and logged.
 
-While a backlog exists, a busy worker whose task is quick (:attr:`Scheduler.may_send_ahead`) is
-also sent the next job to hold ahead, so that it never waits for the service between two
-tasks; an idle service sends one job at a time, for latency. Jobs held ahead count as
-queued for ``running`` (``where``: ``worker-N next``) and are cancelled where they are.
+While a backlog exists, a busy worker whose task is quick (:attr:`Scheduler.ahead_allowed`)
+is also sent the next jobs to hold ahead, several in one write, so that it never waits for
+the service between two tasks; an idle service sends one job at a time, for latency. Jobs
+held ahead count as queued for ``running`` (``where``: ``worker-N next``) and are cancelled
+where they are. A job whose broker holds it only until some time (a lease) is sent ahead
+with that time: its worker gives it back unstarted if it comes later.
 
 The scheduler knows workers only through the small :class:`Runner` protocol.
 """
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
 from dispatcher.config import Limits
@@ -28,6 +32,7 @@ from dispatcher.server.delayer import Delayer
 from dispatcher.server.gate import Admission, DuplicateGate
 from dispatcher.server.jobs import Job, describe
 from dispatcher.server.logsafe import get_logger
+from dispatcher.server.protocol import has_start_by, with_start_by
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.settlement import ABANDONED, DISCARDED, REFUSED
 from dispatcher.server.stats import ServiceStats
@@ -54,15 +59,18 @@ class Runner(Protocol):
         """Whether it waits for a job."""
 
     @property
-    def has_room(self) -> bool:
-        """Whether it is busy and may hold one more job ahead."""
+    def room_ahead(self) -> int:
+        """How many jobs it may be sent now to hold ahead (none unless it is busy)."""
 
     @property
-    def ahead(self) -> Iterable[Job]:
+    def ahead(self) -> Collection[Job]:
         """The jobs it holds ahead, not started yet."""
 
     def run(self, job: Job) -> None:
-        """Start *job* on it (or hold it ahead, when busy with room)."""
+        """Start *job* on it (it is ready)."""
+
+    def hold_ahead(self, jobs: list[Job]) -> None:
+        """Send it *jobs* (at most :attr:`room_ahead`) to run after its task, in order."""
 
     def cancel(self, reason: Outcome = Outcome.CANCELLED) -> None:
         """Cancel its running job."""
@@ -94,13 +102,15 @@ class Scheduler:
         """Called when a backlog starts (the pool may want another worker)."""
         self.on_free: Callable[[], None] = lambda: None
         """Called when a worker becomes free (brokers that pull work may claim more)."""
-        self.may_start: Callable[[Job], bool] = lambda job: True
-        """Whether a job with a receipt that waited here may still start (set by the service:
-        a durable broker's lease may have run out meanwhile); one that may not is settled
-        ``abandoned``."""
-        self.may_send_ahead: Callable[[Runner], bool] = lambda worker: False
-        """Whether this busy worker (with room) may be sent the next job ahead of its task's
-        end: its task is quick and it will not retire after it (set by the pool)."""
+        self.held_until: Callable[[Job], float] = lambda job: math.inf
+        """Until when (``time.monotonic()``) a job with a receipt that waited here may still
+        start (set by the service: a durable broker's lease may run out meanwhile). One past
+        it is settled ``abandoned``; one sent ahead to a busy worker carries it, and the
+        worker gives it back unstarted past it."""
+        self.ahead_allowed: Callable[[Runner], int] = lambda worker: 0
+        """How many jobs in all this busy worker may hold ahead of its task's end: none
+        unless its task is quick, and no more than it runs before it retires (set by the
+        pool)."""
         self._settle = settle
         self._gate = DuplicateGate()
         self._delayer = Delayer(timers, self._admit)
@@ -185,18 +195,32 @@ class Scheduler:
 
     def _start_waiting(self, worker: Runner, job: Job) -> None:
         """Start *job*, which waited in the queue, unless its broker no longer holds it."""
-        if job.receipt is not None and not self.may_start(job):
+        deadline = self._start_by(job)
+        if deadline is not None:
             self._unhold(job)
-            self._settle(job, ABANDONED)
-            self.job_ended(job)
-            self._hand_backs.log(
-                "task %s (uuid %s) not started: its broker no longer holds it (the lease may "
-                "have run out); handed back",
-                job.task,
-                job.uuid,
-            )
-            return
-        self._start(worker, job)
+            # One given back by a worker carries the deadline it had then: a stale one.
+            worker.run(stamped(job, deadline) if has_start_by(job.line) else job)
+
+    def _start_by(self, job: Job) -> float | None:
+        """Until when *job*, which waited, may start (``math.inf``: no limit).
+
+        ``None`` when its broker no longer holds it: it is then settled and handed back.
+        """
+        if job.receipt is None:
+            return math.inf
+        deadline = self.held_until(job)
+        if time.monotonic() < deadline:
+            return deadline
+        self._unhold(job)
+        self._settle(job, ABANDONED)
+        self.job_ended(job)
+        self._hand_backs.log(
+            "task %s (uuid %s) not started: its broker no longer holds it (the lease may "
+            "have run out); handed back",
+            job.task,
+            job.uuid,
+        )
+        return None
 
     def _unhold(self, job: Job) -> None:
         self._held_bytes -= len(job.line)
@@ -206,17 +230,30 @@ class Scheduler:
     def worker_free(self, worker: Runner) -> None:
         """*worker* ended a task: give it the next queued job, or keep it as idle.
 
-        While jobs wait, a worker running a quick task is also sent one to hold ahead.
+        While jobs wait, a worker running a quick task is also sent the next ones to hold
+        ahead (all in one write).
         """
         queue = self._queue
-        while queue and not self._closed and (worker.is_ready or self._may_send_ahead(worker)):
+        while queue and not self._closed and worker.is_ready:
             self._start_waiting(worker, queue.popleft())
+        if queue and not self._closed and worker.room_ahead:
+            self._send_ahead(worker)
         if worker.is_ready:
             self._idle.append(worker)
         self.on_free()  # either way there is room for one more job
 
-    def _may_send_ahead(self, worker: Runner) -> bool:
-        return worker.has_room and self.may_send_ahead(worker)
+    def _send_ahead(self, worker: Runner) -> None:
+        room = min(worker.room_ahead, self.ahead_allowed(worker) - len(worker.ahead))
+        queue = self._queue
+        batch: list[Job] = []
+        while queue and len(batch) < room:
+            job = queue.popleft()
+            deadline = self._start_by(job)
+            if deadline is None:
+                continue
+            self._unhold(job)
+            batch.append(stamped(job, deadline))  # the worker must not start it later
+        worker.hold_ahead(batch)
 
     def put_back(self, jobs: Iterable[Job]) -> None:
         """Jobs a worker held ahead and never started (it is gone): first in the queue again.
@@ -354,3 +391,8 @@ class Scheduler:
         self._delayer.remove(lambda job: True)
         self._held_bytes = 0
         return abandoned
+
+
+def stamped(job: Job, deadline: float) -> Job:
+    """*job* with its *deadline* (``time.monotonic()``) to start in its request line, if any."""
+    return job if deadline == math.inf else job._replace(line=with_start_by(job.line, deadline))

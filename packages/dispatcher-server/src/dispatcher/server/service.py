@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import re
 import signal
@@ -110,8 +111,10 @@ class Service:
         self.scheduler.on_free = self.capacity.changed
         leasing = {b.name: b for b in self.brokers if isinstance(b, Leasing)}
         if leasing:
-            self.scheduler.may_start = lambda job: (
-                job.broker not in leasing or leasing[job.broker].still_held(str(job.receipt))
+            self.scheduler.held_until = lambda job: (
+                leasing[job.broker].held_until(str(job.receipt))
+                if job.broker in leasing
+                else math.inf
             )
         self.supervisor = Supervisor(
             settings.service,

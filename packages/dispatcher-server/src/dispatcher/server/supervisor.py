@@ -26,7 +26,7 @@ from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.pace import TaskPace
-from dispatcher.server.protocol import reply_line
+from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.scheduler import Runner, Scheduler
 from dispatcher.server.settlement import SettleJob, settle_nothing
@@ -105,7 +105,7 @@ class Supervisor:
         self._max_memory = max_memory
         self._internal_errors = InternalErrorLog(logger)
         self._pace = TaskPace(self.settings.hold_ahead_below)
-        scheduler.may_send_ahead = self._may_hold_ahead
+        scheduler.ahead_allowed = self._ahead_allowed
         self._workers: dict[int, WorkerHandle] = {}
         self._next_id = 0
         self._closing = False
@@ -304,21 +304,24 @@ class Supervisor:
         else:
             reload.parked.append(worker)
 
-    def _may_hold_ahead(self, runner: Runner) -> bool:
-        """Whether busy *runner* may be sent a job ahead.
+    def _ahead_allowed(self, runner: Runner) -> int:
+        """How many jobs in all busy *runner* may hold ahead.
 
-        Only behind a quick task, and not to a worker that retires when its task ends.
+        Only behind a quick task, and no more than it runs before it retires (after
+        ``max_tasks_per_worker`` tasks, or once past its lifetime: none then).
         """
         worker = self._workers.get(runner.id)
         if self._reloading is not None:
-            return False
+            return 0
         job = None if worker is None else worker.job
         if worker is None or job is None or not self._pace.is_quick(job.task):
-            return False
+            return 0
+        if scaling.past_lifetime(worker, time.monotonic(), self.settings):
+            return 0
         limit = self.settings.max_tasks_per_worker
-        if limit is not None and worker.tasks_done + 1 >= limit:
-            return False
-        return not scaling.past_lifetime(worker, time.monotonic(), self.settings)
+        if limit is None:
+            return PIPELINE_DEPTH
+        return max(0, min(PIPELINE_DEPTH, limit - worker.tasks_done - 1))
 
     def _stop(self, worker: WorkerHandle) -> None:
         """Ask a worker to exit (after its current task, if it has one)."""

@@ -132,7 +132,11 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
                 break
             if request["op"] == "run":
                 runner.requests += 1
-                done = runner.run(request["message"], keep_result=request.get("result") is True)
+                start_by = request.get("start_by")
+                if isinstance(start_by, float) and time.monotonic() >= start_by:
+                    done = runner.expired(request["message"])
+                else:
+                    done = runner.run(request["message"], keep_result=request.get("result") is True)
                 channel.send(event_line(done))
                 if done["outcome"] == "exit":
                     break
@@ -214,6 +218,19 @@ class TaskRunner:
         if target == self._started and self._running:
             raise self._cancel
         self._cancelled.add(target)
+
+    def expired(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """End the current request unstarted: it came too late (past its ``start_by``).
+
+        Its ``done`` event says ``expired`` (the service gives the job back), or
+        ``cancelled`` if it was cancelled meanwhile.
+        """
+        self._started, self._ended = self.requests, True
+        outcome = "cancelled" if self._started in self._cancelled else "expired"
+        self._cancelled = {n for n in self._cancelled if n > self._started}
+        now = time.time()
+        uuid = message.get("uuid", "")
+        return {"event": "done", "uuid": uuid, "outcome": outcome, "started": now, "finished": now}
 
     def run(self, message: Mapping[str, Any], keep_result: bool = False) -> dict[str, Any]:
         """Run one task message; return its ``done`` event.

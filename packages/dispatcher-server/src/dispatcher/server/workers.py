@@ -3,11 +3,11 @@
 A worker moves through ``STARTING → READY ⇄ BUSY → STOPPING → EXITED`` (it may also go to
 ``STOPPING`` or ``EXITED`` from any earlier state). Every transition is a method here, so
 the rules live in one place. While a backlog exists, a busy worker may also hold the next
-job (:data:`~dispatcher.server.protocol.PIPELINE_DEPTH`), sent ahead so that it starts the
-moment the current one ends. A task that times out or is cancelled gets the cancel signal
-of its request (``DispatcherCancel`` in the task; a job held ahead ends ``cancelled``
-without running); still running ``cancel_grace`` seconds later, its worker gets SIGTERM,
-then SIGKILL.
+jobs (up to :data:`~dispatcher.server.protocol.PIPELINE_DEPTH`), sent ahead several in one
+write, so that the next starts the moment the current one ends. A task that times out or is
+cancelled gets the cancel signal of its request (``DispatcherCancel`` in the task; a job
+held ahead ends ``cancelled`` without running); still running ``cancel_grace`` seconds
+later, its worker gets SIGTERM, then SIGKILL.
 
 The handle talks to its process through the small :class:`Process` protocol and schedules
 through :class:`~dispatcher.server.timers.Scheduling`, so that it is tested without
@@ -20,7 +20,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 import anyio
@@ -28,7 +28,7 @@ import anyio
 from dispatcher.schema import Outcome
 from dispatcher.server.jobs import Job
 from dispatcher.server.logsafe import get_logger
-from dispatcher.server.protocol import CANCEL_SIGNALS, PIPELINE_DEPTH, STOP_LINE
+from dispatcher.server.protocol import CANCEL_SIGNALS, PIPELINE_DEPTH, REFILL_BELOW, STOP_LINE
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.timers import Scheduling
 
@@ -129,7 +129,8 @@ class WorkerHandle:
         self._recalling: Job | None = None
         """The running job, if it was recalled: the worker ends it unstarted."""
         self._recalled: list[Job] = []
-        """Recalled jobs the worker ended unstarted, to be taken back (:meth:`take_recalled`)."""
+        """Jobs the worker ended unstarted (recalled, or expired: they came after their
+        ``start_by``), to be taken back (:meth:`take_recalled`)."""
         self._timers = timers
         self._cancel_grace = cancel_grace
         self._on_backlog = on_backlog
@@ -146,9 +147,16 @@ class WorkerHandle:
         return self.status is WorkerStatus.READY
 
     @property
-    def has_room(self) -> bool:
-        """Whether it is busy and may be sent one more job to hold ahead."""
-        return self.status is WorkerStatus.BUSY and len(self.ahead) < PIPELINE_DEPTH
+    def room_ahead(self) -> int:
+        """How many jobs it may be sent now to hold ahead (:meth:`hold_ahead`).
+
+        None unless it is busy and holds fewer than
+        :data:`~dispatcher.server.protocol.REFILL_BELOW`; then as many as make
+        :data:`~dispatcher.server.protocol.PIPELINE_DEPTH`, so that they go in one write.
+        """
+        if self.status is not WorkerStatus.BUSY or len(self.ahead) >= REFILL_BELOW:
+            return 0
+        return PIPELINE_DEPTH - len(self.ahead)
 
     @property
     def is_live(self) -> bool:
@@ -173,25 +181,29 @@ class WorkerHandle:
         return True
 
     def run(self, job: Job) -> None:
-        """Give it *job*: ``READY → BUSY``, and the job's timeout starts now.
-
-        When it :attr:`has_room`, *job* is sent ahead instead (its timeout starts with it).
-        """
-        if self.status is WorkerStatus.READY:
-            self.status = WorkerStatus.BUSY
-            self.job = job
-            self.job_since = self._clock()
-            self._requests += 1
-            self._send(job.line)
-            self._start_clock(job)
-            if self._on_start is not None:
-                self._on_start(job, self.id)
-        elif self.has_room:
-            self.ahead.append(job)
-            self._requests += 1
-            self._send(job.line)
-        else:
+        """Give it *job*: ``READY → BUSY``, and the job's timeout starts now."""
+        if self.status is not WorkerStatus.READY:
             raise RuntimeError(f"{self!r} cannot run a job")
+        self.status = WorkerStatus.BUSY
+        self.job = job
+        self.job_since = self._clock()
+        self._requests += 1
+        self._send(job.line)
+        self._start_clock(job)
+        if self._on_start is not None:
+            self._on_start(job, self.id)
+
+    def hold_ahead(self, jobs: Sequence[Job]) -> None:
+        """Send it *jobs* (at most :attr:`room_ahead`) in one write, to run after its task.
+
+        Each one's timeout starts when its turn comes.
+        """
+        if len(jobs) > self.room_ahead:
+            raise RuntimeError(f"{self!r} cannot hold {len(jobs)} more jobs ahead")
+        if jobs:
+            self.ahead.extend(jobs)
+            self._requests += len(jobs)
+            self._send(b"".join([job.line for job in jobs]))
 
     def _start_clock(self, job: Job) -> None:
         if job.timeout > 0:
@@ -226,7 +238,11 @@ class WorkerHandle:
         return self.job is not None and self.job is self._recalling
 
     def take_recalled(self) -> list[Job]:
-        """Take the recalled jobs the worker has ended unstarted (see :meth:`recall_ahead`)."""
+        """Take the jobs the worker has ended unstarted.
+
+        They were recalled (see :meth:`recall_ahead`), or expired: they came to it after
+        their ``start_by``.
+        """
         jobs, self._recalled = self._recalled, []
         return jobs
 
@@ -236,14 +252,19 @@ class WorkerHandle:
         After ``DispatcherExit`` it goes to ``STOPPING`` instead (the worker exits).
         """
         job, self.job = self.job, None
-        if job is not None and job is self._recalling and reported == "cancelled":
-            self._recalled.append(job)  # it never ran here: it is given back
+        if job is not None and (
+            (job is self._recalling and reported == "cancelled")
+            or (reported == "expired" and self.cancelling is None)
+        ):
+            # It never ran here (recalled, or it came to the worker after its start_by):
+            # it is given back.
+            self._recalled.append(job)
             job = None
         else:
             self.tasks_done += 1
         self._recalling = None
         reason = self.cancelling
-        if reported == "cancelled":
+        if reported in ("cancelled", "expired"):
             outcome = reason or Outcome.CANCELLED
         elif reported == "exit":
             outcome = Outcome.OK

@@ -120,12 +120,17 @@ class Leasing(Protocol):
 
     A delivery may wait in the service (claimed ahead of a free worker) while its lease runs
     out: the service stopped, or the broker could not renew it, and another service may have
-    taken the job back. Before such a delivery starts, the service asks :meth:`still_held`;
-    one no longer held is settled ``abandoned`` instead of run.
+    taken the job back. Before such a delivery starts, or is sent to a busy worker to start
+    after its task, the service asks :meth:`held_until`; one no longer held is settled
+    ``abandoned`` instead of run, and a worker given one ahead does not start it past that
+    time (it gives it back, to be settled so).
     """
 
-    def still_held(self, receipt: str) -> bool:
-        """Whether the delivery of *receipt* may still start (its lease surely holds)."""
+    def held_until(self, receipt: str) -> float:
+        """Until when (``time.monotonic()``) the delivery of *receipt* may start.
+
+        Its lease surely holds until then. ``0.0`` when it is not held any more.
+        """
         ...
 
 

@@ -166,13 +166,13 @@ class PgQueueBroker(BrokerBase):
                 first_line(exc),
             )
 
-    def still_held(self, receipt: str) -> bool:
-        """Whether the job of *receipt* may still start: its claim held, its lease not out."""
+    def held_until(self, receipt: str) -> float:
+        """Until when the job of *receipt* may start: its claim held, its lease not out."""
         row, _, rest = receipt.partition(":")  # one of ours: made by the claim loop
         try:
-            return self._leases.still_held(int(row), int(rest.rpartition(":")[2]))
+            return self._leases.held_until(int(row), int(rest.rpartition(":")[2]))
         except ValueError:
-            return False
+            return 0.0
 
     async def submit_tick(self, task: str, tick: int, queue: str, message: dict[str, Any]) -> bool:
         """Store a scheduled task's job unless a service already did for this tick."""

@@ -36,16 +36,17 @@ class Leases:
         self.held[row] = (attempts, claim)
         self._confirmed[row] = sent
 
-    def still_held(self, row: int, claim: int) -> bool:
-        """Whether the claim of *row* numbered *claim* is held, its lease surely not run out.
+    def held_until(self, row: int, claim: int) -> float:
+        """Until when (``time.monotonic()``) the claim of *row* numbered *claim* surely holds.
 
-        ``False`` once the lease may have run out (the service was stopped, or could not
+        Past that time the lease may have run out (the service was stopped, or could not
         renew it): another service may have taken the row back, so its job must not start.
+        ``0.0`` when the claim is not held (any more).
         """
         held = self.held.get(row)
         if held is None or held[1] != claim:
-            return False
-        return time.monotonic() < self._confirmed[row] + self._lease
+            return 0.0
+        return self._confirmed[row] + self._lease
 
     def release(self, row: int, claim: int) -> None:
         """The claim of *row* numbered *claim* is settled: stop renewing it.
