@@ -190,9 +190,22 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def interrupted(error: BaseException) -> bool:
+    """Whether *error* is Ctrl-C, or was caused by it (one that lands in an import may be
+    wrapped in another exception)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:
+    except BaseException as error:
+        if not interrupted(error):
+            raise
         print("\ninterrupted: everything started was stopped")
         sys.exit(130)

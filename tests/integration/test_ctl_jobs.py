@@ -234,6 +234,23 @@ def test_retry_failed_of_one_queue_skips_duplicates_and_cancelled(
     assert everywhere.stdout.splitlines()[0] == "retried 1 failed job"
 
 
+def test_a_queue_neither_configured_nor_in_the_table_is_refused_with_a_hint(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    insert_job(pg_conn, schema, queue="mail", state="failed", attempts=3)
+    for command in (["retry", "--failed"], ["jobs"]):
+        result = ctl(config, *command, "--queue", "mial")
+        assert (result.returncode, result.stdout) == (2, ""), result.stderr
+        assert result.stderr == (
+            "dispatcherctl: --queue mial: no such queue (not in brokers.pg_queue.queues: jobs,"
+            " mail; and no job in the table names it); did you mean 'mail'?\n"
+        )
+    # A queue no longer configured whose jobs are still in the table is still served.
+    insert_job(pg_conn, schema, uuid="u-old", queue="retired", state="failed", attempts=3)
+    result = ctl(config, "retry", "--failed", "--queue", "retired")
+    assert (result.returncode, result.stdout) == (0, "retried 1 failed job of queue retired\n")
+
+
 def test_retry_needs_one_target(config: Path) -> None:
     neither = ctl(config, "retry")
     assert neither.returncode == 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -21,6 +21,7 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
+from dispatcher.publish.mistakes import did_you_mean
 from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin
 from dispatcher.server.ctl_arguments import Text, count_between, seconds_up_to
@@ -119,11 +120,23 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
             queue_admin.limit_waits(conn, options.timeout)
             queue_admin.check_tables(conn, section.schema)
+            queue = getattr(options, "queue", None)
+            if queue is not None and not queue_admin.queue_known(conn, section, queue):
+                return _fail(unknown_queue(queue, section.queues), EXIT_USAGE)
             return _COMMANDS[options.command](conn, section.schema, options)
     except psycopg.Error as exc:
         return _fail(database_error(exc, section.conninfo, options.command, options.timeout))
     except DispatcherError as exc:
         return _fail(str(exc))
+
+
+def unknown_queue(queue: str, configured: Sequence[str]) -> str:
+    """Why a ``--queue`` that neither the config lists nor any job names is refused."""
+    listed = ", ".join(escape(name, limit=None) for name in configured)
+    return (
+        f"--queue {escape(queue, limit=None)}: no such queue (not in brokers.pg_queue.queues:"
+        f" {listed}; and no job in the table names it){did_you_mean(queue, configured)}"
+    )
 
 
 def database_error(exc: psycopg.Error, conninfo: str, command: str, timeout: float) -> str:

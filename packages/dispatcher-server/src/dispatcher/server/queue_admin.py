@@ -74,6 +74,15 @@ def queue_settings(settings: Settings) -> PgQueueBroker:
     return section
 
 
+def queue_known(conn: psycopg.Connection[Any], section: PgQueueBroker, queue: str) -> bool:
+    """Whether *queue* is one the config lists, or one that some job of the table names."""
+    if queue in section.queues:
+        return True
+    statement = sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE queue = %s)")
+    row = conn.execute(statement.format(_jobs(section.schema)), (queue,)).fetchone()
+    return bool(row and row[0])
+
+
 def _jobs(schema: str) -> sql.Composed:
     return sql.SQL("{}.jobs").format(sql.Identifier(schema))
 
