@@ -191,13 +191,13 @@ def main() -> int:
 
 
 def interrupted(error: BaseException) -> bool:
-    """Whether *error* is Ctrl-C, or was caused by it (one that lands in an import may be
-    wrapped in another exception)."""
+    """Whether *error* is Ctrl-C, or was directly caused by it (one that lands in an import
+    may be wrapped in another exception)."""
     seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, KeyboardInterrupt):
             return True
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
     return False
 
 

@@ -556,3 +556,33 @@ def test_an_error_text_the_database_encoding_cannot_hold_is_recorded_escaped(
         ("failed", "caf\\xe9 \\u65e5\\u672c"),  # escaped, not lost; the others unharmed
         ("failed", "plain"),
     ]
+
+
+def test_a_service_holds_no_more_jobs_than_its_workers_plus_prefetch(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str, evidence: Evidence
+) -> None:
+    # Jobs sent ahead to a busy worker count as held: they must not make room for more
+    # claims (the rows a service holds lose an attempt if it dies).
+    config = queue_config(pg_dsn, schema, channel, prefetch=2)
+    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1, "hold_ahead_below": 1.0}
+    uuids = enqueue(
+        pg_conn,
+        schema,
+        channel,
+        [job_message("sleep_then_record", evidence.path, 0.02, f"job-{n}") for n in range(60)],
+    )
+    start_service(config)
+    running = sql.SQL("SELECT uuid FROM {} WHERE state = 'running'").format(
+        sql.Identifier(schema, "jobs")
+    )
+    labels = {uuid: f"job-{n}" for n, uuid in enumerate(uuids)}
+    most = 0
+    while len(evidence.records()) < 2 * len(uuids):
+        claimed = {labels[uuid] for (uuid,) in pg_conn.execute(running).fetchall()}
+        # A job that ended stays running in its row until its outcome is recorded (in
+        # batches): it no longer counts.
+        ended = {r["label"] for r in evidence.records() if r.get("event") == "end"}
+        most = max(most, len(claimed - ended))
+        time.sleep(0.01)
+    assert 1 <= most <= 3  # its one worker's job, plus prefetch
+    wait_for_states(pg_conn, schema, uuids, {"done"})

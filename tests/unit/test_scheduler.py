@@ -494,6 +494,7 @@ def pipelined_rig() -> tuple[Rig, WorkerHandle, FakeProcess]:
     handle.ready()
     rig = Rig(timers=timers, workers=[handle])
     rig.scheduler.ahead_allowed = lambda worker: PIPELINE_DEPTH
+    rig.scheduler.is_quick = lambda job: job.task != "app.slow"
     return rig, handle, process
 
 
@@ -703,3 +704,36 @@ def test_a_job_given_back_with_a_stale_start_by_is_sent_with_the_new_one() -> No
     assert read_line(sent.line.rstrip(b"\n"))["start_by"] == 2e9
     assert read_line(sent.line.rstrip(b"\n"))["message"] == read_line(job.line)["message"]
     assert rig.scheduler.held_bytes == 0
+
+
+def test_no_job_is_sent_ahead_behind_one_whose_task_is_not_known_quick() -> None:
+    rig, handle, process = pipelined_rig()
+    first, quick, slow, after = make_job(), make_job(), make_job("app.slow"), make_job()
+    for job in (first, quick, slow, after):
+        rig.scheduler.submit(job)
+    rig.scheduler.worker_free(handle)
+    assert process.lines == [first.line, quick.line + slow.line]  # the slow one goes last
+    assert uuids(rig.scheduler.running())[-1] == ("queued", after.uuid)
+    free = rig.runner()
+    rig.scheduler.worker_free(free)
+    assert free.ran == [after]
+
+
+def test_jobs_given_back_one_at_a_time_keep_their_order_before_the_queue() -> None:
+    rig = Rig()
+    busy = rig.runner()
+    rig.scheduler.submit(make_job())
+    queued = make_job(uuid="u-queued")
+    rig.scheduler.submit(queued)
+    given_back = [make_job(uuid=f"u-back-{n}") for n in range(4)]
+    for job in given_back:  # as a worker gives back its held jobs, one event each
+        rig.scheduler.put_back([job])
+    rig.scheduler.cancel(uuid="u-back-1")
+    rig.scheduler.put_back([late := make_job(uuid="u-back-late")])
+    order = [job.uuid for job in (given_back[0], *given_back[2:], late, queued)]
+    assert [uuid for _, uuid in uuids(rig.scheduler.running())][1:] == order
+    ran = []
+    while rig.scheduler.queued:
+        rig.finish(busy)
+        ran.append(busy.ran[-1].uuid)
+    assert ran == order

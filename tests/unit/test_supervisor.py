@@ -242,6 +242,25 @@ async def test_a_worker_busy_with_a_quick_task_is_sent_the_next_job_ahead() -> N
 
 
 @pytest.mark.anyio
+async def test_a_worker_is_never_sent_more_jobs_than_it_runs_before_it_retires() -> None:
+    async with running_pool(1, max_tasks_per_worker=4) as pool:
+        jobs = [make_job() for _ in range(8)]
+        for job in jobs:
+            pool.scheduler.submit(job)
+        pool.p[0].ready()
+        await pool.launcher.until(lambda: pool.p[0].running(jobs[0]))
+        pool.p[0].done()  # now quick: 1 runs, 2 and 3 held, and no more
+        await pool.launcher.until(lambda: pool.p[0].running(jobs[3]))
+        for _ in range(3):
+            pool.p[0].done()
+        await pool.launcher.until(lambda: len(pool.p) == 2)
+        assert sum(line.startswith(b'{"op":"run"') for line in pool.p[0].lines) == 4
+        assert pool.stats.finished == {Outcome.OK: 4}
+        pool.p[1].ready()
+        await pool.launcher.until(lambda: pool.p[1].running(jobs[4]))
+
+
+@pytest.mark.anyio
 async def test_a_job_held_ahead_by_a_worker_that_dies_runs_on_its_replacement() -> None:
     async with running_pool(1) as pool:
         warm_up, lost, held = make_job(), make_job(), make_job()

@@ -517,7 +517,7 @@ def test_a_worker_killed_or_exiting_does_not_start_its_held_job(
 
 
 def test_a_job_that_came_after_its_start_by_is_given_back_not_ended(
-    ready: WorkerHandle, timers: FakeTimers
+    ready: WorkerHandle, timers: FakeTimers, process: FakeProcess
 ) -> None:
     first, late, after = make_job(), make_job(timeout=1), make_job()
     ready.run(first)
@@ -527,7 +527,9 @@ def test_a_job_that_came_after_its_start_by_is_given_back_not_ended(
     assert ready.take_recalled() == [late]
     assert ready.tasks_done == 1
     assert ready.job is after  # the next one starts as usual
-    timers.advance(5)  # the given-back job's timeout went with it
+    process.signals.clear()
+    timers.advance(5)  # the given-back job's timeout (1 s) went with it
+    assert process.signals == []
 
 
 def test_a_job_cancelled_ahead_that_expired_still_ends_cancelled(ready: WorkerHandle) -> None:

@@ -141,7 +141,7 @@ class Pool:
     max_worker_lifetime: float | None = 14400
     max_tasks_per_worker: int | None = None
     hold_ahead_below: float = 0.002
-    """A busy worker is sent the next job ahead while a backlog exists only when its task
+    """A busy worker is sent the next jobs ahead while a backlog exists only when its task
     has lately run for less than this many seconds; ``0`` never sends jobs ahead."""
 
 

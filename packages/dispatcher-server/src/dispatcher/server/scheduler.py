@@ -111,11 +111,18 @@ class Scheduler:
         """How many jobs in all this busy worker may hold ahead of its task's end: none
         unless its task is quick, and no more than it runs before it retires (set by the
         pool)."""
+        self.is_quick: Callable[[Job], bool] = lambda job: False
+        """Whether *job*'s task has run quickly lately (set by the pool): a job sent ahead
+        behind one that is not would wait behind a long task while other workers may be
+        free, so such a job is the last of the jobs sent ahead at once."""
         self._settle = settle
         self._gate = DuplicateGate()
         self._delayer = Delayer(timers, self._admit)
         self._idle: deque[Runner] = deque()
         self._queue: deque[Job] = deque()
+        self._returned = 0
+        """How many jobs at the front of the queue were given back (:meth:`put_back`): the
+        next ones given back go after them, so that they keep the order they were sent in."""
         self._held_bytes = 0
         """Bytes of the messages of jobs submitted and not yet running (nor dropped)."""
         self._closed = False
@@ -235,7 +242,7 @@ class Scheduler:
         """
         queue = self._queue
         while queue and not self._closed and worker.is_ready:
-            self._start_waiting(worker, queue.popleft())
+            self._start_waiting(worker, self._take())
         if queue and not self._closed and worker.room_ahead:
             self._send_ahead(worker)
         if worker.is_ready:
@@ -247,18 +254,28 @@ class Scheduler:
         queue = self._queue
         batch: list[Job] = []
         while queue and len(batch) < room:
-            job = queue.popleft()
+            job = self._take()
             deadline = self._start_by(job)
             if deadline is None:
                 continue
             self._unhold(job)
             batch.append(stamped(job, deadline))  # the worker must not start it later
+            if not self.is_quick(job):
+                break  # none goes behind it
         worker.hold_ahead(batch)
 
-    def put_back(self, jobs: Iterable[Job]) -> None:
-        """Jobs a worker held ahead and never started (it is gone): first in the queue again.
+    def _take(self) -> Job:
+        """The first job of the queue, taken out of it."""
+        if self._returned:
+            self._returned -= 1
+        return self._queue.popleft()
 
-        They keep their place in the duplicate gate; once closed, they are abandoned.
+    def put_back(self, jobs: Iterable[Job]) -> None:
+        """Jobs a worker held ahead and never started: first in the queue again.
+
+        The worker is gone, or it gave them back. They go after the jobs given back before
+        them (so that jobs given back one at a time keep their order). They keep their
+        place in the duplicate gate; once closed, they are abandoned.
         """
         jobs = list(jobs)
         if self._closed:
@@ -271,13 +288,14 @@ class Scheduler:
                     ", ".join(job.uuid for job in jobs),
                 )
             return
-        for job in reversed(jobs):
+        for job in jobs:
             self._held_bytes += len(job.line)
-            self._queue.appendleft(job)
+            self._queue.insert(self._returned, job)
+            self._returned += 1
         while self._queue and self._idle:
             worker = self._idle.popleft()
             if worker.is_ready:
-                self._start_waiting(worker, self._queue.popleft())
+                self._start_waiting(worker, self._take())
             if not worker.is_ready:
                 continue
             self._idle.appendleft(worker)  # the job it was given may not start: next one
@@ -344,6 +362,8 @@ class Scheduler:
                     found.append(describe(job, f"worker-{worker.id} next"))
         queued = [job for job in self._queue if match(job)]
         if queued:
+            returned = [job for _, job in zip(range(self._returned), self._queue, strict=False)]
+            self._returned -= sum(1 for job in returned if match(job))
             self._queue = deque(job for job in self._queue if not match(job))
         for where, jobs in (
             ("queued", queued),
@@ -387,6 +407,7 @@ class Scheduler:
             for job in jobs:
                 self._settle(job, ABANDONED)
         self._queue.clear()
+        self._returned = 0
         self._gate.remove(lambda job: True)
         self._delayer.remove(lambda job: True)
         self._held_bytes = 0

@@ -290,10 +290,15 @@ class Service:
     def _free_capacity(self) -> int:
         """Jobs the service would start at once: free worker places less jobs waiting.
 
-        Waiting for a worker, or for the first worker to say which tasks are registered.
+        Waiting for a worker (queued, or held ahead by a busy one), or for the first worker
+        to say which tasks are registered.
         """
-        busy = sum(1 for worker in self.supervisor.workers if worker.job is not None)
-        waiting = self.scheduler.queued + self.intake.waiting
+        busy = held = 0
+        for worker in self.supervisor.workers:
+            if worker.job is not None:
+                busy += 1
+            held += len(worker.ahead)
+        waiting = self.scheduler.queued + held + self.intake.waiting
         return self.supervisor.max_workers - busy - waiting
 
     def _deliver(self, payload: str, origin: Origin) -> None:

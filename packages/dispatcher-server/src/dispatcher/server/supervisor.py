@@ -106,6 +106,7 @@ class Supervisor:
         self._internal_errors = InternalErrorLog(logger)
         self._pace = TaskPace(self.settings.hold_ahead_below)
         scheduler.ahead_allowed = self._ahead_allowed
+        scheduler.is_quick = lambda job: self._pace.is_quick(job.task)
         self._workers: dict[int, WorkerHandle] = {}
         self._next_id = 0
         self._closing = False

@@ -123,7 +123,7 @@ class Leasing(Protocol):
     taken the job back. Before such a delivery starts, or is sent to a busy worker to start
     after its task, the service asks :meth:`held_until`; one no longer held is settled
     ``abandoned`` instead of run, and a worker given one ahead does not start it past that
-    time (it gives it back, to be settled so).
+    time: it gives it back, and the service checks it again as a waiting job.
     """
 
     def held_until(self, receipt: str) -> float:
