@@ -100,6 +100,7 @@ def test_of_several_jobs_held_ahead_only_the_cancelled_one_is_skipped(
 ) -> None:
     _, send = one_worker
     send("sleep_recording_cancel", evidence.path, 0.5, "blocker")
+    send("record", evidence.path, "warm-up")  # so that jobs of this task may be held too
     for n in range(5):
         send("sleep_then_record", evidence.path, 0, f"quick-{n}")
     send("sleep_then_record", evidence.path, 3, "long", uuid="u-long")
@@ -123,3 +124,67 @@ def test_of_several_jobs_held_ahead_only_the_cancelled_one_is_skipped(
 
     wait_until(lambda: len(ran()) >= len(wanted), timeout=20)
     assert ran() == wanted  # in order, the cancelled one never
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_retiring_while_it_holds_jobs_never_runs_them_beside_its_replacement(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    configured: Settings,
+) -> None:
+    service_config["service"]["pool"] = {
+        "min_workers": 1,
+        "max_workers": 1,
+        "hold_ahead_below": 1.0,
+        "max_worker_lifetime": 0.5,
+    }
+    start_service(service_config)
+    labels = [f"job-{n}" for n in range(40)]
+    for label in labels:
+        notify(channel, message("sleep_then_record", evidence.path, 0.05, label))
+
+    def ended() -> list[dict[str, Any]]:
+        return [r for r in evidence.records() if r.get("event") == "end"]
+
+    wait_until(lambda: len(ended()) >= len(labels), timeout=40)
+    runs = evidence.records()
+    assert sorted(r["label"] for r in runs if r["event"] == "start") == sorted(labels)
+    assert len({r["pid"] for r in runs}) >= 3  # it was replaced, more than once
+    running = 0
+    for record in sorted(runs, key=lambda r: (r["time"], r["event"] == "start")):
+        running += 1 if record["event"] == "start" else -1
+        assert running <= 1, "two tasks ran at once on a pool of one worker"
+
+
+@pytest.mark.timeout(60)
+def test_a_held_job_cancelled_before_its_worker_dies_is_not_run_elsewhere(
+    one_worker: tuple[ServiceProcess, Send], evidence: Evidence
+) -> None:
+    service, send = one_worker
+    send("sleep_recording_cancel", evidence.path, 0.5, "blocker")  # the others queue
+    send("record", evidence.path, "warm-up")  # now known quick, as is sleep_then_exit below
+    for _ in range(2):
+        send("sleep_then_exit", evidence.path, 0, False)
+    # Held behind the second one: the job that ends the worker, and three after it.
+    send("sleep_then_exit", evidence.path, 1.5, uuid="u-exits")
+    for n in range(3):
+        send("record", evidence.path, f"held-{n}", uuid=f"u-held-{n}")
+    wait_until(lambda: any(r.get("label") == "exits" for r in evidence.records()), timeout=15)
+    [listing] = control_with_reply("running", expected_replies=1).replies
+    places = {t["uuid"]: t["where"] for t in entries(listing).values()}
+    assert places.get("u-held-1") == "worker-0 next", places
+    [cancelled] = control_with_reply("cancel", {"uuid": "u-held-1"}, expected_replies=1).replies
+    assert [t["where"] for t in entries(cancelled).values()] == ["worker-0 next"]
+    [again] = control_with_reply("cancel", {"uuid": "u-held-1"}, expected_replies=1).replies
+    assert entries(again) == {}  # cancelled once, not listed again
+
+    def ran() -> list[str]:
+        found = [r.get("args", [""])[0] for r in evidence.records()]
+        return [str(label) for label in found if str(label).startswith("held-")]
+
+    wait_until(lambda: len(ran()) >= 2, timeout=20)  # on the replacement worker
+    service.wait_for_log(r"uuid u-held-1\) finished cancelled", timeout=10)
+    assert ran() == ["held-0", "held-2"]

@@ -115,6 +115,7 @@ class FakeRunner:
     room_ahead = 0
     """A fake runner holds no job ahead."""
     ahead: tuple[Job, ...] = ()
+    pending_ahead: list[Job] = []  # noqa: RUF012 (never changed)
 
     def hold_ahead(self, jobs: list[Job]) -> None:
         raise RuntimeError(f"worker {self.id} holds no job ahead")

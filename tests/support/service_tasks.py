@@ -102,6 +102,15 @@ def follow_up(dispatcher: Any, path: str, command: str, data: dict[str, Any]) ->
 
 
 @task()
+def sleep_then_exit(path: str, seconds: float, exit: bool = True) -> None:
+    """Record, sleep, then (if *exit*) end this worker process."""
+    _record(path, event="start", label="exits" if exit else "stays")
+    time.sleep(seconds)
+    if exit:
+        raise DispatcherExit
+
+
+@task()
 def exit_worker(path: str) -> None:
     """Record, then end this worker process."""
     _record(path, event="exit")

@@ -17,6 +17,7 @@ def worker(n: int, status: WorkerStatus, idle_for: float = 0.0, busy: bool = Fal
         status=status,
         job=SimpleNamespace(task="app.t", uuid=f"u-{n}") if busy else None,
         ahead=[],
+        pending_ahead=[],
         idle_since=time.monotonic() - idle_for,
         created=time.monotonic(),
         job_since=time.monotonic() - 7,

@@ -575,7 +575,7 @@ def test_jobs_given_back_by_a_lost_worker_run_first_on_the_next_free_one() -> No
     rig.scheduler.worker_free(handle)
     handle.exited()
     rig.scheduler.forget(handle)
-    rig.scheduler.put_back(handle.take_ahead())
+    rig.scheduler.put_back(handle.take_ahead()[0])
     assert rig.scheduler.queued == 2
     worker = rig.runner()
     assert worker.ran == [jobs[1]]
@@ -588,7 +588,7 @@ def test_jobs_given_back_after_close_are_abandoned() -> None:
     rig.scheduler.worker_free(handle)
     rig.scheduler.close()
     handle.exited()
-    held = handle.take_ahead()
+    held, _ = handle.take_ahead()
     rig.scheduler.put_back(held)
     assert rig.scheduler.queued == 0
     assert (held[0], ABANDONED) in rig.settled
@@ -737,3 +737,17 @@ def test_jobs_given_back_one_at_a_time_keep_their_order_before_the_queue() -> No
         rig.finish(busy)
         ran.append(busy.ran[-1].uuid)
     assert ran == order
+
+
+def test_no_refill_goes_behind_a_held_job_whose_task_is_not_known_quick() -> None:
+    rig, handle, process = pipelined_rig()
+    first, quick, slow = make_job(), make_job(), make_job("app.slow")
+    later = [make_job() for _ in range(3)]
+    for job in (first, quick, slow, *later):
+        rig.scheduler.submit(job)
+    rig.scheduler.worker_free(handle)
+    assert process.lines == [first.line, quick.line + slow.line]
+    handle.finish("ok")  # quick runs, slow is held alone: a refill would go behind it
+    rig.scheduler.worker_free(handle)
+    assert len(process.lines) == 2
+    assert rig.scheduler.queued == 3

@@ -455,7 +455,7 @@ def test_cancelling_a_held_job_signals_its_own_request_and_it_ends_cancelled(
     ready.run(first)
     ready.hold_ahead([held])
     assert ready.cancel_ahead(held)
-    assert ready.cancel_ahead(held)  # once signalled is enough
+    assert not ready.cancel_ahead(held)  # once is enough: it is not cancelled again
     assert process.signals == [CANCEL_2]
     assert not ready.cancel_ahead(make_job())
     assert ready.finish("ok") == (first, Outcome.OK)
@@ -493,8 +493,8 @@ def test_a_worker_that_dies_gives_back_its_held_jobs_not_started(
     ready.run(running)
     ready.hold_ahead([held])
     assert ready.exited()[:2] == (running, Outcome.WORKER_LOST)
-    assert ready.take_ahead() == [held]
-    assert ready.take_ahead() == []
+    assert ready.take_ahead() == ([held], [])
+    assert ready.take_ahead() == ([], [])
 
 
 def test_a_worker_killed_or_exiting_does_not_start_its_held_job(
@@ -513,7 +513,7 @@ def test_a_worker_killed_or_exiting_does_not_start_its_held_job(
     other.kill(Outcome.MEMORY_EXCEEDED)
     other.finish("ok")
     assert other.job is None
-    assert len(other.take_ahead()) == 1
+    assert len(other.take_ahead()[0]) == 1
 
 
 def test_a_job_that_came_after_its_start_by_is_given_back_not_ended(
@@ -540,3 +540,16 @@ def test_a_job_cancelled_ahead_that_expired_still_ends_cancelled(ready: WorkerHa
     ready.finish("ok")
     assert ready.finish("expired") == (late, Outcome.CANCELLED)
     assert ready.take_recalled() == []
+
+
+def test_a_worker_that_dies_holding_a_cancelled_job_hands_it_over_as_cancelled(
+    ready: WorkerHandle,
+) -> None:
+    running = make_job()
+    ready.run(running)
+    held = [make_job() for _ in range(3)]
+    ready.hold_ahead(held)
+    assert ready.cancel_ahead(held[1], Outcome.TIMEOUT)
+    assert ready.pending_ahead == [held[0], held[2]]
+    ready.exited()
+    assert ready.take_ahead() == ([held[0], held[2]], [(held[1], Outcome.TIMEOUT)])

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from dispatcher.config import Limits
@@ -63,8 +63,12 @@ class Runner(Protocol):
         """How many jobs it may be sent now to hold ahead (none unless it is busy)."""
 
     @property
-    def ahead(self) -> Collection[Job]:
+    def ahead(self) -> Sequence[Job]:
         """The jobs it holds ahead, not started yet."""
+
+    @property
+    def pending_ahead(self) -> list[Job]:
+        """The jobs it holds ahead that are to run: those not cancelled while held."""
 
     def run(self, job: Job) -> None:
         """Start *job* on it (it is ready)."""
@@ -250,7 +254,10 @@ class Scheduler:
         self.on_free()  # either way there is room for one more job
 
     def _send_ahead(self, worker: Runner) -> None:
-        room = min(worker.room_ahead, self.ahead_allowed(worker) - len(worker.ahead))
+        held = worker.ahead
+        if held and not self.is_quick(held[-1]):
+            return  # nothing goes behind a job that may be long
+        room = min(worker.room_ahead, self.ahead_allowed(worker) - len(held))
         queue = self._queue
         batch: list[Job] = []
         while queue and len(batch) < room:
@@ -329,7 +336,7 @@ class Scheduler:
                 found.append(describe(worker.job, f"worker-{worker.id}"))
             found += [
                 describe(job, f"worker-{worker.id} next")
-                for job in worker.ahead
+                for job in worker.pending_ahead
                 if job.matches(uuid, task)
             ]
         for where, jobs in self._held():
@@ -357,7 +364,7 @@ class Scheduler:
             if job is not None and match(job):
                 worker.cancel(Outcome.CANCELLED)
                 found.append(describe(job, f"worker-{worker.id}"))
-            for job in list(worker.ahead):
+            for job in worker.pending_ahead:
                 if match(job) and worker.cancel_ahead(job, Outcome.CANCELLED):
                     found.append(describe(job, f"worker-{worker.id} next"))
         queued = [job for job in self._queue if match(job)]

@@ -290,12 +290,17 @@ class Supervisor:
             self._stop(worker)
             return
         reason = scaling.retire_reason(worker, time.monotonic(), self.settings)
-        if reason is not None:
+        if reason is None:
+            self._free(worker)
+        elif worker.job is not None:
+            # It started a job it held: it retires when that one ends, and the others it
+            # holds run on other workers (not beside its replacement).
+            worker.recall_ahead()
+            self._free(worker)
+        else:
             logger.info("worker %d %s: replacing it", worker.id, reason)
             self._stats.workers_retired += 1
             self._stop(worker)
-        else:
-            self._free(worker)
 
     def _free(self, worker: WorkerHandle) -> None:
         """*worker* may take a job: give it one, unless it runs code a reload replaces."""
@@ -336,7 +341,12 @@ class Supervisor:
         self._scheduler.forget(worker)
         if job is not None:
             self._scheduler.job_ended(job)
-        self._scheduler.put_back(worker.take_recalled() + worker.take_ahead())
+        again, cancelled = worker.take_ahead()
+        self._scheduler.put_back(worker.take_recalled() + again)
+        now = time.time()
+        for held, held_outcome in cancelled:  # cancelled while held: they end so, not run
+            self._scheduler.job_ended(held)
+            self._accounting.finished(held, held_outcome, worker.id, now, now)
         if not expected:
             self._stats.workers_lost += 1
         self._signal_change()

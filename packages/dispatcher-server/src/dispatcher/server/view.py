@@ -64,7 +64,7 @@ class ServiceView:
         for worker in self._supervisor.workers:
             if worker.job is not None:
                 found.append(describe(worker.job, f"worker-{worker.id}"))
-            found += [describe(job, f"worker-{worker.id} next") for job in worker.ahead]
+            found += [describe(job, f"worker-{worker.id} next") for job in worker.pending_ahead]
         return found
 
     def cancel(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
@@ -96,7 +96,7 @@ class ServiceView:
                 "current_task_age": round(now - worker.job_since, 3) if worker.job else None,
                 "active_cancel": worker.cancelling is not None,
                 "age": round(now - worker.created, 3),
-                "held_ahead": [job.uuid for job in worker.ahead],
+                "held_ahead": [job.uuid for job in worker.pending_ahead],
                 "rss_bytes": resident_bytes(worker.pid),
             }
             for worker in self._supervisor.workers
@@ -127,7 +127,7 @@ class ServiceView:
         """``next_worker_id``, ``worker_ct``, ``running_ct`` and ``active_task_ct``."""
         workers = self._supervisor.workers
         running = sum(1 for worker in workers if worker.job is not None)
-        ahead = sum(len(worker.ahead) for worker in workers)
+        ahead = sum(len(worker.pending_ahead) for worker in workers)
         return {
             "next_worker_id": self._supervisor.next_worker_id,
             "worker_ct": sum(1 for worker in workers if worker.status in LIVE),

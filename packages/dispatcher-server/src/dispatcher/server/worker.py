@@ -61,13 +61,16 @@ class BoundTask:
         here: ``run`` (start a task; needs ``producers.control``), ``running``, ``cancel``.
         """
         request = {"event": "control", "command": command, "data": dict(data or {})}
-        # A cancel arriving mid-send would cut the line in two: hold it until the line is out.
+        # A cancel arriving mid-send would cut the line in two, and one arriving between a
+        # read and the keeping of what it read would lose the run requests that came with
+        # the reply: hold cancels until the reply is in (the service answers at once).
         signal.pthread_sigmask(signal.SIG_BLOCK, _CANCELLING)
         try:
             self._channel.send(event_line(request))
+            line = self._channel.read_reply()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCELLING)
-        reply: dict[str, Any] = json.loads(self._channel.read_reply())["reply"]
+        reply: dict[str, Any] = json.loads(line)["reply"]
         return reply
 
 
@@ -219,6 +222,14 @@ class TaskRunner:
             raise self._cancel
         self._cancelled.add(target)
 
+    def _forget_cancels(self) -> None:
+        """Forget the cancels of requests up to the one started last: they are over.
+
+        The set changes in place, and is read through a copy made in one step: a cancel
+        signal's handler may add to it at any moment (a set changed while iterated raises).
+        """
+        self._cancelled.difference_update([n for n in tuple(self._cancelled) if n <= self._started])
+
     def expired(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """End the current request unstarted: it came too late (past its ``start_by``).
 
@@ -227,7 +238,7 @@ class TaskRunner:
         """
         self._started, self._ended = self.requests, True
         outcome = "cancelled" if self._started in self._cancelled else "expired"
-        self._cancelled = {n for n in self._cancelled if n > self._started}
+        self._forget_cancels()
         now = time.time()
         uuid = message.get("uuid", "")
         return {"event": "done", "uuid": uuid, "outcome": outcome, "started": now, "finished": now}
@@ -278,7 +289,7 @@ class TaskRunner:
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
             self._follow_up(message, done)
         self._ended = True
-        self._cancelled = {n for n in self._cancelled if n > self._started}
+        self._forget_cancels()
         done["finished"] = time.time()
         _call_hook(self._hooks.post_task, done)
         self._capture.end()  # its output, logged with its name and uuid

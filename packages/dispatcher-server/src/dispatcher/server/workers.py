@@ -209,13 +209,37 @@ class WorkerHandle:
         if job.timeout > 0:
             self._timers.call_later(job.timeout, self._timed_out, job)
 
-    def take_ahead(self) -> list[Job]:
-        """Take back the jobs held ahead (none started: its process is gone or going)."""
-        jobs = list(self.ahead)
+    @property
+    def pending_ahead(self) -> list[Job]:
+        """The jobs held ahead that are to run: those not cancelled while held."""
+        if not self._cancelled_ahead:
+            return list(self.ahead)
+        first = self._requests - len(self.ahead) + 1
+        return [
+            job
+            for number, job in enumerate(self.ahead, first)
+            if number not in self._cancelled_ahead
+        ]
+
+    def take_ahead(self) -> tuple[list[Job], list[tuple[Job, Outcome]]]:
+        """Take back the jobs held ahead (none started: its process is gone or going).
+
+        Returns those to run elsewhere, and those cancelled while held, with the outcome
+        each ends with.
+        """
+        first = self._requests - len(self.ahead) + 1
+        again: list[Job] = []
+        ended: list[tuple[Job, Outcome]] = []
+        for number, job in enumerate(self.ahead, first):
+            cancelled = self._cancelled_ahead.get(number)
+            if cancelled is None:
+                again.append(job)
+            else:
+                ended.append((job, cancelled))
         self.ahead.clear()
         self._cancelled_ahead.clear()
         self._recalled_ahead.clear()
-        return jobs
+        return again, ended
 
     def recall_ahead(self) -> None:
         """Have the jobs held ahead not run here (a reload): each gets its cancel signal.
@@ -365,13 +389,15 @@ class WorkerHandle:
     def cancel_ahead(self, job: Job, reason: Outcome = Outcome.CANCELLED) -> bool:
         """Cancel *job*, held ahead: the worker ends it ``cancelled`` without running it.
 
-        Returns ``False`` if *job* is not held ahead here.
+        Returns ``False`` if *job* is not held ahead here, or was cancelled already.
         """
         for position, held in enumerate(self.ahead):
             if held is job:
                 number = self._requests - len(self.ahead) + 1 + position
-                if number not in self._cancelled_ahead and self.process is not None:
-                    self._cancelled_ahead[number] = reason
+                if number in self._cancelled_ahead:
+                    return False  # cancelled already
+                self._cancelled_ahead[number] = reason
+                if self.process is not None:
                     self.process.signal(_cancel_signal(number))
                 return True
         return False
