@@ -293,9 +293,9 @@ class Supervisor:
         if reason is None:
             self._free(worker)
         elif worker.job is not None:
-            # It started a job it held: it retires when that one ends, and the others it
-            # holds run on other workers (not beside its replacement).
-            worker.recall_ahead()
+            # It started a job it held: it is sent no more, and retires once it has run
+            # those it holds (quick ones), before its replacement starts. Recalling them
+            # instead could interrupt one it had just started, to run it again elsewhere.
             self._free(worker)
         else:
             logger.info("worker %d %s: replacing it", worker.id, reason)
