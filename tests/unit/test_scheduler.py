@@ -7,6 +7,7 @@ signal a cancel sends matters); time is a manual clock.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -751,3 +752,19 @@ def test_no_refill_goes_behind_a_held_job_whose_task_is_not_known_quick() -> Non
     rig.scheduler.worker_free(handle)
     assert len(process.lines) == 2
     assert rig.scheduler.queued == 3
+
+
+def test_a_job_whose_lease_may_run_out_before_its_turn_is_not_sent_ahead() -> None:
+    rig, handle, process = pipelined_rig()
+    rig.scheduler.ahead_wait = 5.0
+    soon = time.monotonic() + 3  # held for less than a job sent ahead may wait
+    rig.scheduler.held_until = lambda job: soon if job.uuid == "u-short" else 1e12
+    first, plain, short = make_job(), make_job(), durable(make_job(uuid="u-short"))
+    for job in (first, plain, short):
+        rig.scheduler.submit(job)
+    rig.scheduler.worker_free(handle)
+    assert process.lines == [first.line, plain.line]
+    assert uuids(rig.scheduler.running())[-1] == ("queued", "u-short")
+    free = rig.runner()
+    rig.scheduler.worker_free(free)  # a free worker starts it at once, while it is held
+    assert free.ran == [short]

@@ -115,6 +115,10 @@ class Scheduler:
         """How many jobs in all this busy worker may hold ahead of its task's end: none
         unless its task is quick, and no more than it runs before it retires (set by the
         pool)."""
+        self.ahead_wait = 0.0
+        """Seconds a job sent ahead may wait in its worker, at most (set by the pool): a job
+        whose broker holds it for less than that (a lease about to need renewing) is not
+        sent ahead, so that it never comes to its worker after its ``start_by``."""
         self.is_quick: Callable[[Job], bool] = lambda job: False
         """Whether *job*'s task has run quickly lately (set by the pool): a job sent ahead
         behind one that is not would wait behind a long task while other workers may be
@@ -260,7 +264,7 @@ class Scheduler:
         room = min(worker.room_ahead, self.ahead_allowed(worker) - len(held))
         queue = self._queue
         batch: list[Job] = []
-        while queue and len(batch) < room:
+        while queue and len(batch) < room and self._may_wait_ahead(queue[0]):
             job = self._take()
             deadline = self._start_by(job)
             if deadline is None:
@@ -270,6 +274,16 @@ class Scheduler:
             if not self.is_quick(job):
                 break  # none goes behind it
         worker.hold_ahead(batch)
+
+    def _may_wait_ahead(self, job: Job) -> bool:
+        """Whether *job* may be sent ahead: its broker holds it longer than it may wait there.
+
+        One no longer held at all is dealt with when taken.
+        """
+        if job.receipt is None:
+            return True
+        left = self.held_until(job) - time.monotonic()
+        return left <= 0 or left > self.ahead_wait
 
     def _take(self) -> Job:
         """The first job of the queue, taken out of it."""

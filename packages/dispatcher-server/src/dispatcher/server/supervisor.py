@@ -107,6 +107,8 @@ class Supervisor:
         self._pace = TaskPace(self.settings.hold_ahead_below)
         scheduler.ahead_allowed = self._ahead_allowed
         scheduler.is_quick = lambda job: self._pace.is_quick(job.task)
+        # Behind a quick task, and a few more of them at most.
+        scheduler.ahead_wait = (PIPELINE_DEPTH + 1) * self.settings.hold_ahead_below
         self._workers: dict[int, WorkerHandle] = {}
         self._next_id = 0
         self._closing = False
