@@ -231,8 +231,9 @@ def test_jobs_already_sent_to_a_frozen_worker_are_not_started_after_their_lease(
     # then every process of A stops (SIGSTOP) for longer than the lease: service B takes
     # the jobs back and runs them. When A goes on, its worker reads the jobs sent ahead,
     # and must not start them: they came after the time their lease surely held until.
-    config = queue_config(pg_dsn, schema, channel, lease=2, prefetch=10)
-    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1, "hold_ahead_below": 5.0}
+    # Jobs are sent ahead only when their lease surely outlasts 5 x hold_ahead_below: 1.25 s.
+    config = queue_config(pg_dsn, schema, channel, lease=3, prefetch=10)
+    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1, "hold_ahead_below": 0.25}
     first = start_service(on_node(config, "node-a"))
     (warm_up,) = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, "w")])
     wait_for_states(pg_conn, schema, [warm_up], {"done"})  # the task's pace is known: quick
