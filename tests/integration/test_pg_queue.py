@@ -564,7 +564,7 @@ def test_a_service_holds_no_more_jobs_than_its_workers_plus_prefetch(
     # Jobs sent ahead to a busy worker count as held: they must not make room for more
     # claims (the rows a service holds lose an attempt if it dies).
     config = queue_config(pg_dsn, schema, channel, prefetch=2)
-    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1, "hold_ahead_below": 1.0}
+    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1, "hold_ahead_below": 0.1}
     uuids = enqueue(
         pg_conn,
         schema,
