@@ -93,9 +93,11 @@ class Evidence:
         self.path = path
 
     def records(self) -> list[dict[str, Any]]:
+        """The records written whole so far (a task may be writing the last one now)."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        whole, _, _ = self.path.read_text().rpartition("\n")
+        return [json.loads(line) for line in whole.splitlines() if line]
 
     def wait_for(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
         """Wait until at least *count* records exist; return them all."""
