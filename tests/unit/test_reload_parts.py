@@ -1,18 +1,22 @@
 """The pieces of ``--reload``: which folders are watched, which changes count, and how a busy
-worker gives back the job it held ahead."""
+worker gives back the jobs it held ahead."""
 
 from __future__ import annotations
 
 import importlib.util
+import signal
 from pathlib import Path
 
 import pytest
 from watchfiles import Change
 
+from dispatcher.publish import task
 from dispatcher.schema import Outcome
 from dispatcher.server import cli
-from dispatcher.server.protocol import CANCEL_SIGNALS
+from dispatcher.server.hooks import BaseWorker
+from dispatcher.server.protocol import CANCEL_SIGNALS, RECALL_SIGNAL
 from dispatcher.server.reload import describe, forget_bytecode, is_source, watched_folders
+from dispatcher.server.worker import TaskRunner
 from dispatcher.server.workers import WorkerHandle, WorkerStatus
 from support.scheduling import FakeProcess, FakeTimers, make_job
 
@@ -120,40 +124,41 @@ def test_a_recalled_job_ended_unstarted_is_given_back_not_ended(timers: FakeTime
     handle = busy_with_one_ahead(timers, process)
     held = make_job()
     handle.hold_ahead([held])  # request 2, held ahead
-    handle.recall_ahead()
-    handle.recall_ahead()  # once signalled is enough
-    assert process.signals == [CANCEL_SIGNALS[2]]
+    assert handle.recall_ahead()
+    assert handle.recall_ahead()  # once signalled is enough
+    assert process.signals == [RECALL_SIGNAL]
+    assert handle.room_ahead == 0  # a recalled worker is sent nothing more
     running, _ = handle.finish("ok")
     assert running is not None
-    assert handle.job is held  # the worker ends it at once
-    assert handle.finish("cancelled") == (None, Outcome.CANCELLED)
-    assert handle.take_recalled() == [held]
-    assert handle.take_recalled() == []
+    assert handle.job is held  # as far as the service knows, it may have started
+    assert handle.finish("recalled") == (None, Outcome.CANCELLED)
+    assert handle.take_unstarted() == [held]
+    assert handle.take_unstarted() == []
     assert handle.tasks_done == 1
     assert handle.status is WorkerStatus.READY
 
 
-def test_a_recalled_job_that_ran_all_the_same_ends_as_reported(timers: FakeTimers) -> None:
+def test_a_recalled_job_the_worker_had_started_ends_as_reported_once(
+    timers: FakeTimers,
+) -> None:
     process = FakeProcess()
     handle = busy_with_one_ahead(timers, process)
-    held = make_job()
-    handle.hold_ahead([held])
+    first, second = make_job(), make_job()
+    handle.hold_ahead([first, second])
     handle.recall_ahead()
     handle.finish("ok")
-    assert handle.finish("ok") == (held, Outcome.OK)
-    assert handle.take_recalled() == []
+    assert handle.finish("error") == (first, Outcome.ERROR)  # it had started: not given back
+    assert handle.finish("recalled") == (None, Outcome.CANCELLED)
+    assert handle.take_unstarted() == [second]
+    assert handle.tasks_done == 2
 
 
-def test_a_recalled_job_of_a_worker_that_dies_is_given_back(timers: FakeTimers) -> None:
+def test_a_worker_holding_nothing_is_not_recalled(timers: FakeTimers) -> None:
     process = FakeProcess()
     handle = busy_with_one_ahead(timers, process)
-    held = make_job()
-    handle.hold_ahead([held])
-    handle.recall_ahead()
-    handle.finish("ok")
-    job, outcome, _ = handle.exited()
-    assert (job, outcome) == (None, None)
-    assert handle.take_recalled() == [held]
+    assert not handle.recall_ahead()
+    assert process.signals == []
+    assert handle.room_ahead > 0  # it may still be sent jobs
 
 
 def test_a_job_cancelled_ahead_is_not_recalled(timers: FakeTimers) -> None:
@@ -162,8 +167,89 @@ def test_a_job_cancelled_ahead_is_not_recalled(timers: FakeTimers) -> None:
     held = make_job()
     handle.hold_ahead([held])
     assert handle.cancel_ahead(held)
-    handle.recall_ahead()
+    assert not handle.recall_ahead()  # nothing left to recall
     assert process.signals == [CANCEL_SIGNALS[2]]  # the cancel's only
     handle.finish("ok")
     assert handle.finish("cancelled") == (held, Outcome.CANCELLED)
-    assert handle.take_recalled() == []
+    assert handle.take_unstarted() == []
+
+
+def test_a_recalled_job_that_was_also_cancelled_ends_cancelled(timers: FakeTimers) -> None:
+    process = FakeProcess()
+    handle = busy_with_one_ahead(timers, process)
+    first, second = make_job(), make_job()
+    handle.hold_ahead([first, second])
+    handle.recall_ahead()
+    assert handle.cancel_ahead(second)
+    handle.finish("ok")
+    assert handle.finish("recalled") == (None, Outcome.CANCELLED)
+    assert handle.finish("cancelled") == (second, Outcome.CANCELLED)
+    assert handle.take_unstarted() == [first]
+
+
+# -- the worker's side of a recall --------------------------------------------------------
+
+
+class _NoCapture:
+    def begin(self, task: str, uuid: str) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+RAN: list[str] = []
+
+
+@task(name="tests_unit_reload_parts.record")
+def record(label: str, recall: bool = False) -> None:
+    RAN.append(label)
+    if recall:  # the recall signal comes while this task runs
+        RUNNER[0].on_recall_signal(RECALL_SIGNAL, None)
+
+
+RUNNER: list[TaskRunner] = []
+
+
+def take(runner: TaskRunner, label: str, recall: bool = False) -> str:
+    runner.requests += 1
+    message = {"uuid": label, "task": "tests_unit_reload_parts.record", "args": [label, recall]}
+    return str(runner.take({"op": "run", "message": message})["outcome"])
+
+
+@pytest.fixture
+def runner() -> TaskRunner:
+    RAN.clear()
+    RUNNER[:] = [TaskRunner(0, None, BaseWorker(0), _NoCapture())]  # type: ignore[arg-type]
+    return RUNNER[0]
+
+
+def test_a_worker_recalled_while_a_task_runs_ends_every_later_request_unstarted(
+    runner: TaskRunner,
+) -> None:
+    assert take(runner, "first") == "ok"
+    assert take(runner, "running", recall=True) == "ok"  # started: it runs to its end
+    assert [take(runner, label) for label in ("held-1", "held-2")] == ["recalled"] * 2
+    assert take(runner, "sent-later") == "recalled"  # hence no more is sent to it
+    assert RAN == ["first", "running"]
+
+
+def test_a_recall_signal_between_two_requests_recalls_the_next_one(runner: TaskRunner) -> None:
+    assert take(runner, "first") == "ok"
+    runner.on_recall_signal(RECALL_SIGNAL, None)
+    runner.on_recall_signal(RECALL_SIGNAL, None)  # a second changes nothing
+    assert take(runner, "held") == "recalled"
+    assert RAN == ["first"]
+
+
+def test_a_recalled_request_that_was_cancelled_reports_cancelled(runner: TaskRunner) -> None:
+    assert take(runner, "first", recall=True) == "ok"
+    runner.on_cancel_request(CANCEL_SIGNALS[2], None)  # request 2, not started
+    assert take(runner, "held") == "cancelled"
+    assert take(runner, "next") == "recalled"
+    assert RAN == ["first"]
+
+
+def test_the_recall_signal_is_a_real_time_signal_apart_from_the_cancels() -> None:
+    assert RECALL_SIGNAL not in CANCEL_SIGNALS
+    assert signal.SIGRTMIN <= RECALL_SIGNAL <= signal.SIGRTMAX

@@ -48,9 +48,9 @@ def test_an_expired_request_ends_unstarted_or_cancelled_if_it_was_cancelled() ->
     message: dict[str, Any] = json.loads(MESSAGE)
     runner.requests = 1
     before = time.time()
-    done = runner.expired(message)
+    done = runner.unstarted(message, "expired")
     assert (done["event"], done["uuid"], done["outcome"]) == ("done", "u-1", "expired")
     assert before <= done["started"] == done["finished"] <= time.time()
     runner.on_cancel_request(CANCEL_SIGNALS[2 % len(CANCEL_SIGNALS)], None)  # for request 2
     runner.requests = 2
-    assert runner.expired(message)["outcome"] == "cancelled"
+    assert runner.unstarted(message, "expired")["outcome"] == "cancelled"

@@ -28,7 +28,7 @@ from dispatcher.server import supervisor as supervisor_module
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job
 from dispatcher.server.launcher import WorkerProcess
-from dispatcher.server.protocol import STOP_LINE, event_line
+from dispatcher.server.protocol import RECALL_SIGNAL, STOP_LINE, event_line
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
@@ -74,6 +74,8 @@ class ScriptedWorker(WorkerProcess):
     def signal(self, signum: int) -> None:
         self.signals.append(signum)
         self._launcher.note(self.worker_id, _signal_name(signum))
+        if signum == RECALL_SIGNAL:
+            return  # a worker handles it and carries on
         if signum is not signal.SIGTERM or not self.ignores_sigterm:
             self.end()
 
@@ -122,6 +124,10 @@ class ScriptedLauncher:
 
     def start(self) -> None:
         pass
+
+    def prepare(self) -> object:
+        """A new fork server for a reload: none can start here (the reload fails)."""
+        raise OSError("no fork server in this test")
 
     async def launch(self, worker_id: int) -> ScriptedWorker:
         process = ScriptedWorker(worker_id, self)
@@ -278,6 +284,34 @@ async def test_a_job_held_ahead_by_a_worker_that_dies_runs_on_its_replacement() 
         pool.p[1].done()
         await pool.launcher.settle(pool.p[1])
         assert pool.stats.finished == {Outcome.OK: 2, Outcome.WORKER_LOST: 1}
+
+
+@pytest.mark.anyio
+async def test_a_worker_whose_held_jobs_a_failed_reload_recalled_is_replaced() -> None:
+    async with running_pool(1) as pool:
+        warm_up, running, *held = (make_job() for _ in range(4))
+        for job in (warm_up, running, *held):
+            pool.scheduler.submit(job)
+        pool.p[0].ready()
+        await pool.launcher.until(lambda: pool.p[0].running(warm_up))
+        pool.p[0].done()
+        await pool.launcher.until(lambda: pool.p[0].running(held[-1]))
+        reloaded = await pool.supervisor.reload()
+        assert reloaded.error == "cannot start a new fork server: no fork server in this test"
+        assert pool.p[0].signals == [RECALL_SIGNAL]
+        pool.p[0].done()  # `running` ends; the held ones come back unstarted
+        pool.p[0].done("recalled")
+        pool.p[0].done("recalled")
+        await pool.launcher.until(lambda: len(pool.p) == 2)  # it would recall any job sent
+        assert pool.launcher.journal == [(0, "SIGRTMIN+10"), (0, "stop")]
+        assert pool.stats.finished == {Outcome.OK: 2}
+        pool.p[1].ready()
+        await pool.launcher.until(lambda: pool.p[1].running(held[1]))
+        assert pool.p[1].lines.index(held[0].line) < pool.p[1].lines.index(held[1].line)
+        pool.p[1].done()
+        pool.p[1].done()
+        await pool.launcher.settle(pool.p[1])
+        assert pool.stats.finished == {Outcome.OK: 4}  # each ran once
 
 
 @pytest.mark.anyio

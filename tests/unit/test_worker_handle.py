@@ -524,7 +524,7 @@ def test_a_job_that_came_after_its_start_by_is_given_back_not_ended(
     ready.hold_ahead([late, after])
     ready.finish("ok")
     assert ready.finish("expired") == (None, Outcome.CANCELLED)  # no job ended
-    assert ready.take_recalled() == [late]
+    assert ready.take_unstarted() == [late]
     assert ready.tasks_done == 1
     assert ready.job is after  # the next one starts as usual
     process.signals.clear()
@@ -539,7 +539,7 @@ def test_a_job_cancelled_ahead_that_expired_still_ends_cancelled(ready: WorkerHa
     ready.cancel_ahead(late)
     ready.finish("ok")
     assert ready.finish("expired") == (late, Outcome.CANCELLED)
-    assert ready.take_recalled() == []
+    assert ready.take_unstarted() == []
 
 
 def test_a_worker_that_dies_holding_a_cancelled_job_hands_it_over_as_cancelled(

@@ -41,6 +41,13 @@ started it, and ignores a cancel that arrives after *t* ended. A plain SIGUSR1 c
 whatever task runs."""
 
 
+RECALL_SIGNAL: Final = signal.SIGRTMIN + len(CANCEL_SIGNALS)
+"""The signal that recalls a worker's jobs (a reload): every run request it has not started
+when the signal comes, and every one it reads after, it ends unstarted, reporting
+``recalled``. One it has started runs to its end. So the service sends such a worker no
+more requests: it retires it."""
+
+
 def cancel_target(signum: int, last_started: int) -> int | None:
     """The request a cancel signal aims at, seen by a worker that last started *last_started*.
 

@@ -267,7 +267,7 @@ class Supervisor:
         # worker busy forever.
         if job is not None:
             self._scheduler.job_ended(job)
-        self._scheduler.put_back(worker.take_recalled())
+        self._scheduler.put_back(worker.take_unstarted())
         self._after_task(worker)
         self._signal_change()
         if job is not None:
@@ -289,6 +289,10 @@ class Supervisor:
             self._wakeup.set()
             return
         if self._closing:
+            self._stop(worker)
+            return
+        if worker.recalled and worker.job is None and self._reloading is None:
+            # A reload recalled the jobs it held: it would give back any job sent to it now.
             self._stop(worker)
             return
         reason = scaling.retire_reason(worker, time.monotonic(), self.settings)
@@ -322,7 +326,7 @@ class Supervisor:
         if self._reloading is not None:
             return 0
         job = None if worker is None else worker.job
-        if worker is None or job is None or not self._pace.is_quick(job.task):
+        if worker is None or job is None or worker.recalled or not self._pace.is_quick(job.task):
             return 0
         if scaling.past_lifetime(worker, time.monotonic(), self.settings):
             return 0
@@ -344,7 +348,7 @@ class Supervisor:
         if job is not None:
             self._scheduler.job_ended(job)
         again, cancelled = worker.take_ahead()
-        self._scheduler.put_back(worker.take_recalled() + again)
+        self._scheduler.put_back(worker.take_unstarted() + again)
         now = time.time()
         for held, held_outcome in cancelled:  # cancelled while held: they end so, not run
             self._scheduler.job_ended(held)
@@ -389,7 +393,7 @@ class Supervisor:
         registered task names are refreshed and every older worker is stopped (a running
         task finishes first; the jobs held ahead by a worker go back to the queue). Until
         then no job starts on an old worker. When the new code cannot be imported, nothing
-        changes: the old workers carry on.
+        changes: the old workers carry on (those whose held jobs went back are replaced).
         """
         if self._closing or self._reloading is not None:
             return Reloaded(error="the service is shutting down, or already reloading")
@@ -422,7 +426,9 @@ class Supervisor:
         finally:
             self._reloading = None
             for worker in reload.parked:
-                if worker.is_ready:
+                if worker.is_ready and worker.recalled:  # the reload failed: replace it
+                    self._stop(worker)
+                elif worker.is_ready:
                     self._scheduler.worker_free(worker)
             self._wakeup.set()
 
@@ -433,7 +439,7 @@ class Supervisor:
         (one running on an old worker finishes there). A task renamed by mistake can be
         renamed back before they start, or they can be cancelled (``cancel`` by task).
         """
-        running = {f"worker-{w.id}" for w in self.workers if w is not probe and not w.giving_back}
+        running = {f"worker-{w.id}" for w in self.workers if w is not probe}
         waiting: dict[str, list[str]] = {}
         for entry in self._scheduler.running():
             if entry["task"] not in tasks and entry["where"] not in running:

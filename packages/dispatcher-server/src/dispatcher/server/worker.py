@@ -34,6 +34,7 @@ from dispatcher.server.hooks import BaseWorker
 from dispatcher.server.logsafe import Block, describe_exception, get_logger, log_to
 from dispatcher.server.protocol import (
     CANCEL_SIGNALS,
+    RECALL_SIGNAL,
     BlockingLineSocket,
     cancel_target,
     event_line,
@@ -118,6 +119,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     signal.signal(signal.SIGUSR1, runner.on_cancel_signal)
     for signum in CANCEL_SIGNALS:
         signal.signal(signum, runner.on_cancel_request)
+    signal.signal(RECALL_SIGNAL, runner.on_recall_signal)
     _call_hook(hooks.on_start)
     adopt_dispatcherd_tasks()  # after every import: the task modules, the hooks, on_start
     channel.send(event_line(_ready_event()))
@@ -135,11 +137,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
                 break
             if request["op"] == "run":
                 runner.requests += 1
-                start_by = request.get("start_by")
-                if isinstance(start_by, float) and time.monotonic() >= start_by:
-                    done = runner.expired(request["message"])
-                else:
-                    done = runner.run(request["message"], keep_result=request.get("result") is True)
+                done = runner.take(request)
                 channel.send(event_line(done))
                 if done["outcome"] == "exit":
                     break
@@ -204,6 +202,9 @@ class TaskRunner:
         """Whether that request has ended."""
         self._cancelled: set[int] = set()
         """Requests cancelled before they started (they end ``cancelled`` without running)."""
+        self._recalled_after: int | None = None
+        """Set by :data:`RECALL_SIGNAL`: the last request started then; every later one is
+        ended unstarted (``recalled``)."""
         self._conventions = conventions()
         self._cancel: type[BaseException] = DispatcherCancel
         """What a cancel raises in the task running (dispatcherd's too, for its tasks)."""
@@ -222,6 +223,11 @@ class TaskRunner:
             raise self._cancel
         self._cancelled.add(target)
 
+    def on_recall_signal(self, signum: int, frame: object) -> None:
+        """:data:`RECALL_SIGNAL`: end unstarted every request not started yet (a reload)."""
+        if self._recalled_after is None:
+            self._recalled_after = self._started
+
     def _forget_cancels(self) -> None:
         """Forget the cancels of requests up to the one started last: they are over.
 
@@ -230,14 +236,32 @@ class TaskRunner:
         """
         self._cancelled.difference_update([n for n in tuple(self._cancelled) if n <= self._started])
 
-    def expired(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """End the current request unstarted: it came too late (past its ``start_by``).
+    def take(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Take up run request number :attr:`requests`: run it, or end it unstarted.
 
-        Its ``done`` event says ``expired`` (the service gives the job back), or
-        ``cancelled`` if it was cancelled meanwhile.
+        It ends unstarted when the worker's jobs were recalled before it started
+        (:data:`RECALL_SIGNAL`), or when it came after its ``start_by``. Returns its ``done``
+        event.
+        """
+        # Counted as started first: a recall signal coming after this line lets it run,
+        # one coming before has it end unstarted. Either way the report says which.
+        self._started, self._ended = self.requests, False
+        recalled_after = self._recalled_after
+        if recalled_after is not None and self._started > recalled_after:
+            return self.unstarted(request["message"], "recalled")
+        start_by = request.get("start_by")
+        if isinstance(start_by, float) and time.monotonic() >= start_by:
+            return self.unstarted(request["message"], "expired")
+        return self.run(request["message"], keep_result=request.get("result") is True)
+
+    def unstarted(self, message: Mapping[str, Any], why: str) -> dict[str, Any]:
+        """End the current request unstarted, for the reason *why* (``recalled`` or ``expired``).
+
+        Its ``done`` event says *why* (the service gives the job back), or ``cancelled`` if
+        it was cancelled meanwhile.
         """
         self._started, self._ended = self.requests, True
-        outcome = "cancelled" if self._started in self._cancelled else "expired"
+        outcome = "cancelled" if self._started in self._cancelled else why
         self._forget_cancels()
         now = time.time()
         uuid = message.get("uuid", "")

@@ -28,7 +28,13 @@ import anyio
 from dispatcher.schema import Outcome
 from dispatcher.server.jobs import Job
 from dispatcher.server.logsafe import get_logger
-from dispatcher.server.protocol import CANCEL_SIGNALS, PIPELINE_DEPTH, REFILL_BELOW, STOP_LINE
+from dispatcher.server.protocol import (
+    CANCEL_SIGNALS,
+    PIPELINE_DEPTH,
+    RECALL_SIGNAL,
+    REFILL_BELOW,
+    STOP_LINE,
+)
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.timers import Scheduling
 
@@ -74,6 +80,9 @@ class Process(Protocol):
 
 
 _timeouts = RateLimitedLog(logger, logging.WARNING)
+
+_UNSTARTED: Final = frozenset({"recalled", "expired"})
+"""What a worker reports for a request it ended without starting it (given back)."""
 
 _REPORTABLE: Final = {outcome.value: outcome for outcome in (Outcome.OK, Outcome.ERROR)}
 """Outcomes a worker reports as they are (besides ``cancelled`` and ``exit``), by word."""
@@ -124,13 +133,12 @@ class WorkerHandle:
         """Run requests sent to its process (numbered from 1, as the worker counts them)."""
         self._cancelled_ahead: dict[int, Outcome] = {}
         """Jobs held ahead that were cancelled, by request number."""
-        self._recalled_ahead: set[int] = set()
-        """Request numbers of jobs held ahead that were recalled (:meth:`recall_ahead`)."""
-        self._recalling: Job | None = None
-        """The running job, if it was recalled: the worker ends it unstarted."""
-        self._recalled: list[Job] = []
+        self.recalled = False
+        """Whether its jobs held ahead were recalled (:meth:`recall_ahead`): it ends unstarted
+        every request it had not started then, and any sent later, so it is sent no more."""
+        self._unstarted: list[Job] = []
         """Jobs the worker ended unstarted (recalled, or expired: they came after their
-        ``start_by``), to be taken back (:meth:`take_recalled`)."""
+        ``start_by``), to be taken back (:meth:`take_unstarted`)."""
         self._timers = timers
         self._cancel_grace = cancel_grace
         self._on_backlog = on_backlog
@@ -154,7 +162,7 @@ class WorkerHandle:
         :data:`~dispatcher.server.protocol.REFILL_BELOW`; then as many as make
         :data:`~dispatcher.server.protocol.PIPELINE_DEPTH`, so that they go in one write.
         """
-        if self.status is not WorkerStatus.BUSY or len(self.ahead) >= REFILL_BELOW:
+        if self.status is not WorkerStatus.BUSY or len(self.ahead) >= REFILL_BELOW or self.recalled:
             return 0
         return PIPELINE_DEPTH - len(self.ahead)
 
@@ -238,36 +246,29 @@ class WorkerHandle:
                 ended.append((job, cancelled))
         self.ahead.clear()
         self._cancelled_ahead.clear()
-        self._recalled_ahead.clear()
         return again, ended
 
-    def recall_ahead(self) -> None:
-        """Have the jobs held ahead not run here (a reload): each gets its cancel signal.
+    def recall_ahead(self) -> bool:
+        """Have the jobs it holds ahead not run here (a reload), if it holds any.
 
-        The worker ends each unstarted (``cancelled``) and it comes back through
-        :meth:`take_recalled` rather than as ended. (One the worker started in the instant
-        before the signal came is interrupted, and comes back all the same.)
+        The worker ends unstarted each one it has not started when the signal comes
+        (:data:`~dispatcher.server.protocol.RECALL_SIGNAL`), reporting it ``recalled``: it
+        comes back through :meth:`take_unstarted`. One it had started already runs to its end
+        and ends as reported. Once recalled, a worker is sent nothing more: it is to retire.
+        Returns whether it was recalled (now or before).
         """
-        first = self._requests - len(self.ahead) + 1
-        for number in range(first, first + len(self.ahead)):
-            if number in self._cancelled_ahead or number in self._recalled_ahead:
-                continue
-            if self.process is not None:
-                self._recalled_ahead.add(number)
-                self.process.signal(_cancel_signal(number))
+        if not self.recalled and self.pending_ahead and self.process is not None:
+            self.recalled = True
+            self.process.signal(RECALL_SIGNAL)
+        return self.recalled
 
-    @property
-    def giving_back(self) -> bool:
-        """Whether its :attr:`job` is a recalled one the worker ends unstarted (to run again)."""
-        return self.job is not None and self.job is self._recalling
-
-    def take_recalled(self) -> list[Job]:
+    def take_unstarted(self) -> list[Job]:
         """Take the jobs the worker has ended unstarted.
 
         They were recalled (see :meth:`recall_ahead`), or expired: they came to it after
         their ``start_by``.
         """
-        jobs, self._recalled = self._recalled, []
+        jobs, self._unstarted = self._unstarted, []
         return jobs
 
     def finish(self, reported: str) -> tuple[Job | None, Outcome]:
@@ -276,19 +277,15 @@ class WorkerHandle:
         After ``DispatcherExit`` it goes to ``STOPPING`` instead (the worker exits).
         """
         job, self.job = self.job, None
-        if job is not None and (
-            (job is self._recalling and reported == "cancelled")
-            or (reported == "expired" and self.cancelling is None)
-        ):
+        if job is not None and reported in _UNSTARTED and self.cancelling is None:
             # It never ran here (recalled, or it came to the worker after its start_by):
             # it is given back.
-            self._recalled.append(job)
+            self._unstarted.append(job)
             job = None
         else:
             self.tasks_done += 1
-        self._recalling = None
         reason = self.cancelling
-        if reported in ("cancelled", "expired"):
+        if reported == "cancelled" or reported in _UNSTARTED:
             outcome = reason or Outcome.CANCELLED
         elif reported == "exit":
             outcome = Outcome.OK
@@ -309,14 +306,10 @@ class WorkerHandle:
         self.job_since = self._clock()
         number = self._requests - len(self.ahead)
         cancelled = self._cancelled_ahead.pop(number, None)
-        if number in self._recalled_ahead:
-            self._recalled_ahead.discard(number)
-            if cancelled is None:  # the worker ends it at once, unstarted
-                self._recalling = job
-                return
         if cancelled is None:
             self._start_clock(job)
-            if self._on_start is not None:
+            # After a recall, it most likely comes back unstarted: no start line for it.
+            if self._on_start is not None and not self.recalled:
                 self._on_start(job, self.id)
         else:  # the worker ends it at once; watch that it does
             self.cancelling = cancelled
@@ -368,10 +361,6 @@ class WorkerHandle:
         self.gone.set()
         self.started.set()
         job, self.job = self.job, None
-        if job is not None and job is self._recalling:  # not started as far as we know
-            self._recalled.append(job)
-            job = None
-        self._recalling = None
         outcome = None if job is None else (self.killed_for or Outcome.WORKER_LOST)
         return job, outcome, expected
 
