@@ -13,6 +13,7 @@ from dispatcher.server.protocol import (
     has_start_by,
     read_line,
     run_line,
+    start_by_of,
     with_start_by,
 )
 from dispatcher.server.worker import TaskRunner
@@ -32,6 +33,9 @@ def test_start_by_is_added_to_a_run_request_and_replaced_not_repeated() -> None:
     again = read_line(with_start_by(stamped, 1e9).rstrip(b"\n"))
     assert again == {**request, "start_by": 1e9}
     assert with_start_by(stamped, 1e9).count(b'"start_by"') == 2  # the op's and the arg's
+    assert start_by_of(stamped) == 123.25
+    assert start_by_of(with_start_by(stamped, 1e9)) == 1e9
+    assert start_by_of(line) is None
 
 
 class NoCapture(OutputCapture):

@@ -10,6 +10,7 @@ from dispatcher.config.settings import TaskLog
 from dispatcher.schema import Outcome
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.jobs import Job
+from dispatcher.server.scheduler import stamped
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.workers import WorkerHandle
 from support.scheduling import FakeProcess, FakeTimers, make_job
@@ -34,6 +35,45 @@ def test_a_job_held_ahead_starts_when_the_one_before_it_ends() -> None:
     assert handle.cancel_ahead(cancelled)
     handle.finish("ok")
     assert starts == [("a", 3), ("b", 3)]  # cancelled while held: it never starts
+
+
+def starting_handle(timers: FakeTimers, starts: list[str]) -> WorkerHandle:
+    handle = WorkerHandle(
+        3, timers, 2.0, clock=timers.clock, on_start=lambda job, n: starts.append(job.uuid)
+    )
+    handle.attach(FakeProcess())
+    assert handle.ready()
+    handle.run(make_job(uuid="first"))
+    return handle
+
+
+def test_a_held_job_near_its_start_by_is_told_started_only_once_it_has_run() -> None:
+    timers, starts = FakeTimers(), []
+    handle = starting_handle(timers, starts)
+    late, near, far = (make_job(uuid=name) for name in ("late", "near", "far"))
+    handle.hold_ahead([stamped(late, 5.0), stamped(near, 5.5), stamped(far, 100.0)])
+    timers.advance(5.0)
+    handle.finish("ok")
+    assert starts == ["first"]  # "late" may have been found past its start_by
+    assert handle.finish("expired") == (None, Outcome.CANCELLED)
+    assert starts == ["first"]  # it never ran: no start line; "near" too may come back
+    assert handle.finish("ok")[0] is not None  # "near" ran after all: told at its end
+    assert starts == ["first", "near", "far"]  # "far" is surely not past its start_by
+    assert [job.uuid for job in handle.take_unstarted()] == ["late"]
+
+
+def test_a_recalled_worker_tells_a_start_only_once_the_job_has_run() -> None:
+    timers, starts = FakeTimers(), []
+    handle = starting_handle(timers, starts)
+    ran, given_back = make_job(uuid="ran"), make_job(uuid="given-back")
+    handle.hold_ahead([ran, given_back])
+    assert handle.recall_ahead()
+    handle.finish("ok")
+    handle.finish("ok")  # the worker had started it when the recall came
+    assert starts == ["first", "ran"]
+    handle.finish("recalled")
+    assert starts == ["first", "ran"]
+    assert handle.take_unstarted() == [given_back]
 
 
 def job(uuid: str) -> Job:

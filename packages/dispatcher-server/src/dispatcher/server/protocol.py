@@ -87,6 +87,13 @@ def has_start_by(line: bytes) -> bool:
     return line.startswith(_START_BY_HEAD)
 
 
+def start_by_of(line: bytes) -> float | None:
+    """The ``start_by`` of run request *line* (see :func:`with_start_by`), if it has one."""
+    if not line.startswith(_START_BY_HEAD):
+        return None
+    return float(line[len(_START_BY_HEAD) : line.index(b",", len(_START_BY_HEAD))])
+
+
 def with_start_by(line: bytes, deadline: float) -> bytes:
     """*line* (a run request) with ``start_by``: not to be started after *deadline*.
 

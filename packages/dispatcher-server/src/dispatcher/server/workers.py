@@ -34,6 +34,7 @@ from dispatcher.server.protocol import (
     RECALL_SIGNAL,
     REFILL_BELOW,
     STOP_LINE,
+    start_by_of,
 )
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.timers import Scheduling
@@ -80,6 +81,10 @@ class Process(Protocol):
 
 
 _timeouts = RateLimitedLog(logger, logging.WARNING)
+
+_EXPIRY_MARGIN: Final = 1.0
+"""Seconds: a held job whose ``start_by`` is nearer than this when its turn comes may come
+back expired, so its start is only told once it is known to have run."""
 
 _UNSTARTED: Final = frozenset({"recalled", "expired"})
 """What a worker reports for a request it ended without starting it (given back)."""
@@ -136,6 +141,9 @@ class WorkerHandle:
         self.recalled = False
         """Whether its jobs held ahead were recalled (:meth:`recall_ahead`): it ends unstarted
         every request it had not started then, and any sent later, so it is sent no more."""
+        self._start_unsure: Job | None = None
+        """The running job, if it may yet come back unstarted (recalled, or expired): its
+        start is told (*on_start*) only once it is known to have run."""
         self._unstarted: list[Job] = []
         """Jobs the worker ended unstarted (recalled, or expired: they came after their
         ``start_by``), to be taken back (:meth:`take_unstarted`)."""
@@ -277,6 +285,7 @@ class WorkerHandle:
         After ``DispatcherExit`` it goes to ``STOPPING`` instead (the worker exits).
         """
         job, self.job = self.job, None
+        unsure, self._start_unsure = self._start_unsure, None
         if job is not None and reported in _UNSTARTED and self.cancelling is None:
             # It never ran here (recalled, or it came to the worker after its start_by):
             # it is given back.
@@ -284,6 +293,8 @@ class WorkerHandle:
             job = None
         else:
             self.tasks_done += 1
+            if job is not None and job is unsure and self._on_start is not None:
+                self._on_start(job, self.id)  # it did start, after all
         reason = self.cancelling
         if reported == "cancelled" or reported in _UNSTARTED:
             outcome = reason or Outcome.CANCELLED
@@ -308,12 +319,23 @@ class WorkerHandle:
         cancelled = self._cancelled_ahead.pop(number, None)
         if cancelled is None:
             self._start_clock(job)
-            # After a recall, it most likely comes back unstarted: no start line for it.
-            if self._on_start is not None and not self.recalled:
-                self._on_start(job, self.id)
+            if self._on_start is not None:
+                if self.recalled or self._may_expire(job):
+                    self._start_unsure = job  # told at its end if it ran
+                else:
+                    self._on_start(job, self.id)
         else:  # the worker ends it at once; watch that it does
             self.cancelling = cancelled
             self._timers.call_later(self._cancel_grace, self._escalate, job)
+
+    def _may_expire(self, job: Job) -> bool:
+        """Whether the worker may find *job* past its ``start_by`` (and not run it).
+
+        The worker takes it up as soon as it has reported the job ahead of it, so about now:
+        a deadline more than :data:`_EXPIRY_MARGIN` ahead is surely not past then.
+        """
+        deadline = start_by_of(job.line)
+        return deadline is not None and self._clock() + _EXPIRY_MARGIN >= deadline
 
     def stop(self) -> None:
         """Ask it to exit (after its current task, if it has one): ``→ STOPPING``."""
@@ -361,6 +383,7 @@ class WorkerHandle:
         self.gone.set()
         self.started.set()
         job, self.job = self.job, None
+        self._start_unsure = None
         outcome = None if job is None else (self.killed_for or Outcome.WORKER_LOST)
         return job, outcome, expected
 
