@@ -45,6 +45,7 @@ def test_a_durable_submission_keeps_its_json_text_whole_and_unsigned() -> None:
     assert submission.max_attempts is None  # the queue's
     notified = prepare_submission("myapp.tasks.ship", args=[1], queue="fast")
     assert "__dispatcher_signed__" in notified.payloads[0]  # NOTIFY is signed
+    assert (submission.durable, notified.durable) == (True, False)
 
 
 def test_max_attempts_from_the_call_or_the_decorator() -> None:

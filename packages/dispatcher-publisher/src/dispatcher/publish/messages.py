@@ -213,7 +213,7 @@ def prepare_submission(
         payloads: tuple[str, ...] = (text,)
     else:
         payloads = tuple(split_message(text))
-    return make_submission(message["uuid"], channel, message, payloads, max_attempts)
+    return make_submission(message["uuid"], channel, message, payloads, max_attempts, durable)
 
 
 def _from_processor_options(

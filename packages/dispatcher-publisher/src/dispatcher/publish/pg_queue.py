@@ -159,7 +159,7 @@ class PgQueuePublisher:
             raise PublishError("brokers.pg_queue stores task messages only (JSON text)")
         if not isinstance(message.get("uuid"), str):
             raise PublishError("brokers.pg_queue stores task messages with a uuid only")
-        return Submission(message["uuid"], queue, message, (text,))
+        return Submission(message["uuid"], queue, message, (text,), durable=True)
 
 
 def create(options: Mapping[str, Any], settings: Settings) -> PgQueuePublisher:

@@ -28,6 +28,9 @@ class Submission:
     max_attempts: int | None = None
     """For a durable queue: how many times the job may be started (``None``: the queue's
     ``max_attempts``). Stored in the job's row, never in the message."""
+    durable: bool = False
+    """Whether it goes to a durable queue (``brokers.pg_queue``): stored as a job, whose
+    state ``get_job(uuid)`` reads, rather than sent by NOTIFY."""
 
     def __iter__(self) -> Iterator[Any]:
         """Yield :attr:`message` then :attr:`channel`: dispatcherd's ``(body, queue)``."""
@@ -48,8 +51,9 @@ def make_submission(
     message: Mapping[str, Any],
     payloads: tuple[str, ...],
     max_attempts: int | None,
+    durable: bool,
 ) -> Submission:
-    """Return ``Submission(uuid, channel, message, payloads, max_attempts)``, made cheaper.
+    """Return ``Submission(uuid, channel, message, payloads, max_attempts, durable)``, faster.
 
     A frozen dataclass sets each field through ``object.__setattr__``; this fills them in
     directly, for the submission path, where that detour costs as much as checking the
@@ -62,6 +66,7 @@ def make_submission(
     fields["message"] = message
     fields["payloads"] = payloads
     fields["max_attempts"] = max_attempts
+    fields["durable"] = durable
     return submission
 
 
