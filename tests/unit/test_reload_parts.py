@@ -153,6 +153,21 @@ def test_a_recalled_job_the_worker_had_started_ends_as_reported_once(
     assert handle.tasks_done == 2
 
 
+def test_a_recalled_worker_that_dies_loses_the_job_it_may_have_started(
+    timers: FakeTimers,
+) -> None:
+    process = FakeProcess()
+    handle = busy_with_one_ahead(timers, process)
+    first, second = make_job(), make_job()
+    handle.hold_ahead([first, second])
+    handle.recall_ahead()
+    handle.finish("ok")
+    job, outcome, expected = handle.exited()  # before it said whether it started `first`
+    assert (job, outcome, expected) == (first, Outcome.WORKER_LOST, False)
+    assert handle.take_ahead() == ([second], [])  # never started: it runs elsewhere
+    assert handle.take_unstarted() == []
+
+
 def test_a_worker_holding_nothing_is_not_recalled(timers: FakeTimers) -> None:
     process = FakeProcess()
     handle = busy_with_one_ahead(timers, process)

@@ -315,6 +315,24 @@ async def test_a_worker_whose_held_jobs_a_failed_reload_recalled_is_replaced() -
 
 
 @pytest.mark.anyio
+async def test_a_worker_recalled_by_someone_else_is_replaced_not_sent_its_job_again() -> None:
+    async with running_pool(1) as pool:
+        job = make_job()
+        pool.scheduler.submit(job)
+        pool.p[0].ready()
+        await pool.launcher.until(lambda: pool.p[0].running(job))
+        pool.p[0].done("recalled")  # SIGRTMIN+10 sent by hand: it now gives back everything
+        await pool.launcher.until(lambda: len(pool.p) == 2)
+        assert pool.launcher.journal == [(0, "stop")]
+        assert pool.p[0].lines.count(job.line) == 1  # not sent to it again
+        pool.p[1].ready()
+        await pool.launcher.until(lambda: pool.p[1].running(job))
+        pool.p[1].done()
+        await pool.launcher.settle(pool.p[1])
+        assert pool.stats.finished == {Outcome.OK: 1}
+
+
+@pytest.mark.anyio
 async def test_shutdown_stops_idle_workers_first_then_waits_for_busy_ones_up_to_grace(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -62,6 +62,24 @@ def test_a_held_job_near_its_start_by_is_told_started_only_once_it_has_run() -> 
     assert [job.uuid for job in handle.take_unstarted()] == ["late"]
 
 
+def test_a_job_sent_to_an_idle_worker_near_its_start_by_is_told_started_once_it_ran() -> None:
+    timers, starts = FakeTimers(), []
+    handle = WorkerHandle(
+        3, timers, 2.0, clock=timers.clock, on_start=lambda job, n: starts.append(job.uuid)
+    )
+    handle.attach(FakeProcess())
+    assert handle.ready()
+    handle.run(stamped(make_job(uuid="late"), 0.5))
+    assert starts == []
+    handle.finish("expired")
+    assert starts == []
+    handle.run(stamped(make_job(uuid="near"), 0.5))
+    handle.finish("ok")
+    assert starts == ["near"]
+    handle.run(stamped(make_job(uuid="far"), 60.0))
+    assert starts == ["near", "far"]
+
+
 def test_a_recalled_worker_tells_a_start_only_once_the_job_has_run() -> None:
     timers, starts = FakeTimers(), []
     handle = starting_handle(timers, starts)

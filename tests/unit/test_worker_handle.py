@@ -532,6 +532,70 @@ def test_a_job_that_came_after_its_start_by_is_given_back_not_ended(
     assert process.signals == []
 
 
+@pytest.mark.parametrize("reported", ["expired", "recalled"])
+def test_a_timeout_counted_for_a_job_that_comes_back_unstarted_does_not_end_it(
+    ready: WorkerHandle, timers: FakeTimers, reported: str
+) -> None:
+    ready.run(make_job())
+    held = make_job(timeout=1)
+    ready.hold_ahead([held])
+    ready.finish("ok")  # its turn: its clock starts, as far as the service knows
+    timers.advance(1)  # timed out before the worker's report arrives
+    assert ready.finish(reported) == (None, Outcome.TIMEOUT)  # no job ended: it never ran
+    assert ready.take_unstarted() == [held]
+    assert ready.tasks_done == 1
+
+
+@pytest.mark.parametrize("reported", ["expired", "recalled"])
+def test_a_job_cancelled_as_it_comes_back_unstarted_ends_cancelled_uncounted(
+    timers: FakeTimers, process: FakeProcess, reported: str
+) -> None:
+    starts: list[str] = []
+    handle = WorkerHandle(
+        7, timers, GRACE, clock=timers.clock, on_start=lambda job, n: starts.append(job.uuid)
+    )
+    handle.attach(process)
+    handle.ready()
+    handle.run(make_job(uuid="first"))
+    held = make_job(uuid="held")
+    handle.hold_ahead([held])
+    assert handle.recall_ahead()  # its start is unsure from now on
+    handle.finish("ok")
+    handle.cancel()  # the user cancels it before the worker's report arrives
+    assert handle.finish(reported) == (held, Outcome.CANCELLED)  # as the user asked
+    assert handle.take_unstarted() == []
+    assert handle.tasks_done == 1
+    assert starts == ["first"]  # it never started
+
+
+def test_a_job_given_back_and_sent_again_keeps_only_its_new_timeout(
+    ready: WorkerHandle, timers: FakeTimers, process: FakeProcess
+) -> None:
+    ready.run(make_job())
+    late = make_job(timeout=10)
+    ready.hold_ahead([late])
+    ready.finish("ok")  # its clock starts at 0
+    ready.finish("expired")
+    assert ready.take_unstarted() == [late]
+    timers.advance(5)
+    ready.run(late)  # the same job again: its clock starts at 5
+    timers.advance(5)  # the first clock's end: nothing
+    assert process.signals == []
+    timers.advance(5)
+    assert process.signals == [CANCEL_SIGNALS[3]]  # its own timeout, in request 3
+
+
+def test_a_recall_the_service_did_not_send_gives_back_the_job_and_retires_the_worker(
+    ready: WorkerHandle, process: FakeProcess
+) -> None:
+    job = make_job()
+    ready.run(job)
+    assert ready.finish("recalled") == (None, Outcome.CANCELLED)  # SIGRTMIN+10 sent by hand
+    assert ready.take_unstarted() == [job]
+    assert ready.recalled  # it gives back whatever it is sent now: it is to be replaced
+    assert process.signals == []
+
+
 def test_a_job_cancelled_ahead_that_expired_still_ends_cancelled(ready: WorkerHandle) -> None:
     ready.run(make_job())
     late = make_job()

@@ -292,7 +292,9 @@ class Supervisor:
             self._stop(worker)
             return
         if worker.recalled and worker.job is None and self._reloading is None:
-            # A reload recalled the jobs it held: it would give back any job sent to it now.
+            # Its held jobs were recalled: it would give back any job sent to it now.
+            logger.info("worker %d gave back the jobs it held: replacing it", worker.id)
+            self._stats.workers_retired += 1
             self._stop(worker)
             return
         reason = scaling.retire_reason(worker, time.monotonic(), self.settings)
@@ -300,8 +302,7 @@ class Supervisor:
             self._free(worker)
         elif worker.job is not None:
             # It started a job it held: it is sent no more, and retires once it has run
-            # those it holds (quick ones), before its replacement starts. Recalling them
-            # instead could interrupt one it had just started, to run it again elsewhere.
+            # those it holds (quick ones), before its replacement starts.
             self._free(worker)
         else:
             logger.info("worker %d %s: replacing it", worker.id, reason)
@@ -313,7 +314,7 @@ class Supervisor:
         reload = self._reloading
         if reload is None or worker is reload.probe:
             self._scheduler.worker_free(worker)
-        else:
+        elif worker not in reload.parked:
             reload.parked.append(worker)
 
     def _ahead_allowed(self, runner: Runner) -> int:
@@ -326,7 +327,7 @@ class Supervisor:
         if self._reloading is not None:
             return 0
         job = None if worker is None else worker.job
-        if worker is None or job is None or worker.recalled or not self._pace.is_quick(job.task):
+        if worker is None or job is None or not self._pace.is_quick(job.task):
             return 0
         if scaling.past_lifetime(worker, time.monotonic(), self.settings):
             return 0

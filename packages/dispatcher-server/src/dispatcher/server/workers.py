@@ -207,7 +207,10 @@ class WorkerHandle:
         self._send(job.line)
         self._start_clock(job)
         if self._on_start is not None:
-            self._on_start(job, self.id)
+            if self._may_expire(job):
+                self._start_unsure = job  # told at its end if it ran
+            else:
+                self._on_start(job, self.id)
 
     def hold_ahead(self, jobs: Sequence[Job]) -> None:
         """Send it *jobs* (at most :attr:`room_ahead`) in one write, to run after its task.
@@ -223,7 +226,7 @@ class WorkerHandle:
 
     def _start_clock(self, job: Job) -> None:
         if job.timeout > 0:
-            self._timers.call_later(job.timeout, self._timed_out, job)
+            self._timers.call_later(job.timeout, self._timed_out, job, self._running)
 
     @property
     def pending_ahead(self) -> list[Job]:
@@ -286,12 +289,18 @@ class WorkerHandle:
         """
         job, self.job = self.job, None
         unsure, self._start_unsure = self._start_unsure, None
-        if job is not None and reported in _UNSTARTED and self.cancelling is None:
-            # It never ran here (recalled, or it came to the worker after its start_by):
-            # it is given back.
+        unstarted = reported in _UNSTARTED
+        if reported == "recalled" and not self.recalled:
+            # Not the service's recall (its signal was sent by hand?): the worker now gives
+            # back whatever it is sent, so it is sent no more, and is replaced.
+            logger.warning("worker %d was recalled, not by this service: replacing it", self.id)
+            self.recalled = True
+        if job is not None and unstarted and self.cancelling is not Outcome.CANCELLED:
+            # It never ran here (recalled, or it came to the worker after its start_by): it
+            # is given back. A timeout counted from its turn says nothing of a job not run.
             self._unstarted.append(job)
             job = None
-        else:
+        elif not unstarted:
             self.tasks_done += 1
             if job is not None and job is unsure and self._on_start is not None:
                 self._on_start(job, self.id)  # it did start, after all
@@ -315,7 +324,7 @@ class WorkerHandle:
         """The worker starts the job held ahead: it becomes the running one."""
         self.job = job = self.ahead.popleft()
         self.job_since = self._clock()
-        number = self._requests - len(self.ahead)
+        number = self._running
         cancelled = self._cancelled_ahead.pop(number, None)
         if cancelled is None:
             self._start_clock(job)
@@ -326,7 +335,7 @@ class WorkerHandle:
                     self._on_start(job, self.id)
         else:  # the worker ends it at once; watch that it does
             self.cancelling = cancelled
-            self._timers.call_later(self._cancel_grace, self._escalate, job)
+            self._timers.call_later(self._cancel_grace, self._escalate, job, number)
 
     def _may_expire(self, job: Job) -> bool:
         """Whether the worker may find *job* past its ``start_by`` (and not run it).
@@ -395,8 +404,8 @@ class WorkerHandle:
         if self.cancelling is not None or job is None or self.process is None:
             return
         self.cancelling = reason
-        self.process.signal(_cancel_signal(self._requests - len(self.ahead)))
-        self._timers.call_later(self._cancel_grace, self._escalate, job)
+        self.process.signal(_cancel_signal(self._running))
+        self._timers.call_later(self._cancel_grace, self._escalate, job, self._running)
 
     def cancel_ahead(self, job: Job, reason: Outcome = Outcome.CANCELLED) -> bool:
         """Cancel *job*, held ahead: the worker ends it ``cancelled`` without running it.
@@ -414,8 +423,20 @@ class WorkerHandle:
                 return True
         return False
 
-    def _timed_out(self, job: Job) -> None:
-        if self.job is job:
+    @property
+    def _running(self) -> int:
+        """The number of the run request of :attr:`job` (as the worker counts them)."""
+        return self._requests - len(self.ahead)
+
+    def _is_running(self, job: Job, number: int) -> bool:
+        """Whether *job* is still the running job, in run request *number*.
+
+        (A job given back unstarted may come to this worker again, in a later request.)
+        """
+        return self.job is job and self._running == number
+
+    def _timed_out(self, job: Job, number: int) -> None:
+        if self._is_running(job, number):
             _timeouts.log(
                 "task %s (uuid %s) exceeded its timeout of %g s: cancelling it",
                 job.task,
@@ -424,8 +445,8 @@ class WorkerHandle:
             )
             self.cancel(Outcome.TIMEOUT)
 
-    def _escalate(self, job: Job) -> None:
-        if self.job is not job or self.process is None:
+    def _escalate(self, job: Job, number: int) -> None:
+        if not self._is_running(job, number) or self.process is None:
             return
         logger.warning(
             "task %s (uuid %s) is still running %g s after its cancel: terminating worker %d",
@@ -438,10 +459,10 @@ class WorkerHandle:
         self.status = WorkerStatus.STOPPING
         self._doomed = True
         self.process.terminate()
-        self._timers.call_later(KILL_AFTER_TERM, self._kill_if_running, job)
+        self._timers.call_later(KILL_AFTER_TERM, self._kill_if_running, job, number)
 
-    def _kill_if_running(self, job: Job) -> None:
-        if self.job is job and self.process is not None:
+    def _kill_if_running(self, job: Job, number: int) -> None:
+        if self._is_running(job, number) and self.process is not None:
             self.process.kill()
 
     # -- talking to it -------------------------------------------------------------------
