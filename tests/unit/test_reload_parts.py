@@ -14,6 +14,7 @@ from dispatcher.publish import task
 from dispatcher.schema import Outcome
 from dispatcher.server import cli
 from dispatcher.server.hooks import BaseWorker
+from dispatcher.server.jobs import Job
 from dispatcher.server.protocol import CANCEL_SIGNALS, RECALL_SIGNAL
 from dispatcher.server.reload import describe, forget_bytecode, is_source, watched_folders
 from dispatcher.server.worker import TaskRunner
@@ -138,15 +139,20 @@ def test_a_recalled_job_ended_unstarted_is_given_back_not_ended(timers: FakeTime
     assert handle.status is WorkerStatus.READY
 
 
+def recalled_with_two_held(timers: FakeTimers) -> tuple[WorkerHandle, Job, Job]:
+    """A busy worker holding two jobs, recalled; the first held one has its turn."""
+    handle = busy_with_one_ahead(timers, FakeProcess())
+    first, second = make_job(), make_job()
+    handle.hold_ahead([first, second])
+    assert handle.recall_ahead()
+    handle.finish("ok")
+    return handle, first, second
+
+
 def test_a_recalled_job_the_worker_had_started_ends_as_reported_once(
     timers: FakeTimers,
 ) -> None:
-    process = FakeProcess()
-    handle = busy_with_one_ahead(timers, process)
-    first, second = make_job(), make_job()
-    handle.hold_ahead([first, second])
-    handle.recall_ahead()
-    handle.finish("ok")
+    handle, first, second = recalled_with_two_held(timers)
     assert handle.finish("error") == (first, Outcome.ERROR)  # it had started: not given back
     assert handle.finish("recalled") == (None, Outcome.CANCELLED)
     assert handle.take_unstarted() == [second]
@@ -156,12 +162,7 @@ def test_a_recalled_job_the_worker_had_started_ends_as_reported_once(
 def test_a_recalled_worker_that_dies_loses_the_job_it_may_have_started(
     timers: FakeTimers,
 ) -> None:
-    process = FakeProcess()
-    handle = busy_with_one_ahead(timers, process)
-    first, second = make_job(), make_job()
-    handle.hold_ahead([first, second])
-    handle.recall_ahead()
-    handle.finish("ok")
+    handle, first, second = recalled_with_two_held(timers)
     job, outcome, expected = handle.exited()  # before it said whether it started `first`
     assert (job, outcome, expected) == (first, Outcome.WORKER_LOST, False)
     assert handle.take_ahead() == ([second], [])  # never started: it runs elsewhere

@@ -9,6 +9,7 @@ import pytest
 
 from dispatcher.schema import Outcome
 from dispatcher.server import memory
+from dispatcher.server.jobs import Job
 from dispatcher.server.protocol import CANCEL_SIGNALS, PIPELINE_DEPTH, REFILL_BELOW, STOP_LINE
 from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
 from support.scheduling import FakeProcess, FakeTimers, make_job
@@ -532,14 +533,20 @@ def test_a_job_that_came_after_its_start_by_is_given_back_not_ended(
     assert process.signals == []
 
 
+def its_turn(handle: WorkerHandle, held: Job) -> Job:
+    """Run a job on *handle* with *held* held ahead, then end that job: *held* has its turn
+    (its clock starts, as far as the service knows)."""
+    handle.run(make_job())
+    handle.hold_ahead([held])
+    handle.finish("ok")
+    return held
+
+
 @pytest.mark.parametrize("reported", ["expired", "recalled"])
 def test_a_timeout_counted_for_a_job_that_comes_back_unstarted_does_not_end_it(
     ready: WorkerHandle, timers: FakeTimers, reported: str
 ) -> None:
-    ready.run(make_job())
-    held = make_job(timeout=1)
-    ready.hold_ahead([held])
-    ready.finish("ok")  # its turn: its clock starts, as far as the service knows
+    held = its_turn(ready, make_job(timeout=1))
     timers.advance(1)  # timed out before the worker's report arrives
     assert ready.finish(reported) == (None, Outcome.TIMEOUT)  # no job ended: it never ran
     assert ready.take_unstarted() == [held]
@@ -571,10 +578,7 @@ def test_a_job_cancelled_as_it_comes_back_unstarted_ends_cancelled_uncounted(
 def test_a_job_given_back_and_sent_again_keeps_only_its_new_timeout(
     ready: WorkerHandle, timers: FakeTimers, process: FakeProcess
 ) -> None:
-    ready.run(make_job())
-    late = make_job(timeout=10)
-    ready.hold_ahead([late])
-    ready.finish("ok")  # its clock starts at 0
+    late = its_turn(ready, make_job(timeout=10))  # its clock starts at 0
     ready.finish("expired")
     assert ready.take_unstarted() == [late]
     timers.advance(5)
