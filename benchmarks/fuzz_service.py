@@ -682,7 +682,10 @@ def run(service: LiveService, options: argparse.Namespace) -> bool:
         finished = Counter(after["finished"]) - Counter(before["finished"])
         print("rejected by reason: " + ", ".join(f"{k} {n:,}" for k, n in rejected.most_common()))
         print(f"finished by outcome: {dict(finished)}; received {after['received']:,}")
-        print(f"queued {after['queued']}, delayed {after['delayed']}, chunks {after['chunks']}")
+        chunks = after["chunks"]
+        if isinstance(chunks, dict) and "status" in chunks:
+            chunks = chunks["status"]  # the counts; not every partial message
+        print(f"queued {after['queued']}, delayed {after['delayed']}, chunks {chunks}")
     decoys = fuzz.decoy_path.stat().st_size if fuzz.decoy_path.exists() else 0
     print(f"registered tasks run with hostile options (decoys): {decoys:,}")
     growth = None if rss_after is None or rss_before is None else rss_after - rss_before
