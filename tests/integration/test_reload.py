@@ -181,3 +181,49 @@ def test_edited_code_runs_and_queued_tasks_survive_the_reload(
     # The old fork servers went with their last workers: one fork server, one worker left.
     wait_until(lambda: len(children(service.pid)) == 2, timeout=20)
     assert service.stop(timeout=10) == 0
+
+
+STEADY = """
+
+@task()
+def steady(path, label):
+    _record(path, label=label)
+    time.sleep(0.005)  # one interrupted after its record and run again would show twice
+"""
+
+
+@pytest.mark.timeout(120)
+def test_every_job_runs_once_through_reloads_that_recall_held_jobs(
+    reloading_service: Callable[[], ServiceProcess],
+    tmp_path: Path,
+    evidence: Evidence,
+    channel: str,
+    pg_conn: Any,
+) -> None:
+    """Reloads while a backlog of quick tasks drains: the busy worker holds jobs each time.
+
+    Each recall races with the worker: the jobs it had started run to their end there, the
+    others come back; none may run twice, or be lost.
+    """
+    code = tmp_path / "code"
+    code.mkdir()
+    module = code / f"{MODULE}.py"
+    module.write_text(source("one") + STEADY)
+    service = reloading_service()
+    labels = [f"job-{n}" for n in range(500)]
+    with pg_conn.transaction():  # delivered together, at commit: a backlog at once
+        for label in labels:
+            message = {"task": f"{MODULE}.steady", "args": [str(evidence.path), label]}
+            pg_conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+    versions = ["two", "three", "four", "five", "six"]
+    for number, version in enumerate(versions, 1):
+        ran = 60 * number
+        wait_until(lambda ran=ran: len(evidence.records()) >= ran, timeout=30)
+        module.write_text(source(version) + STEADY)
+        service.wait_for_log(r"reloaded: 1 workers restarted", count=number, timeout=30)
+    wait_until(lambda: len(evidence.records()) >= len(labels), timeout=60)
+    runs = Counter(record["label"] for record in evidence.records())
+    assert {label: n for label, n in runs.items() if n != 1} == {}  # none ran twice
+    assert sorted(runs) == sorted(labels)  # none lost
+    ran_on = {record["version"] for record in evidence.records()}
+    assert ran_on == {"one", *versions}
