@@ -287,7 +287,10 @@ async def test_a_job_held_ahead_by_a_worker_that_dies_runs_on_its_replacement() 
 
 
 @pytest.mark.anyio
-async def test_a_worker_whose_held_jobs_a_failed_reload_recalled_is_replaced() -> None:
+async def test_a_worker_whose_held_jobs_a_failed_reload_recalled_is_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dispatcher")
     async with running_pool(1) as pool:
         warm_up, running, *held = (make_job() for _ in range(4))
         for job in (warm_up, running, *held):
@@ -305,6 +308,7 @@ async def test_a_worker_whose_held_jobs_a_failed_reload_recalled_is_replaced() -
         await pool.launcher.until(lambda: len(pool.p) == 2)  # it would recall any job sent
         assert pool.launcher.journal == [(0, "SIGRTMIN+10"), (0, "stop")]
         assert pool.stats.finished == {Outcome.OK: 2}
+        assert "worker 0 gave back the jobs it held: replacing it" in caplog.messages
         pool.p[1].ready()
         await pool.launcher.until(lambda: pool.p[1].running(held[1]))
         assert pool.p[1].lines.index(held[0].line) < pool.p[1].lines.index(held[1].line)

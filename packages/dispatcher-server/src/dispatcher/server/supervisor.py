@@ -292,10 +292,7 @@ class Supervisor:
             self._stop(worker)
             return
         if worker.recalled and worker.job is None and self._reloading is None:
-            # Its held jobs were recalled: it would give back any job sent to it now.
-            logger.info("worker %d gave back the jobs it held: replacing it", worker.id)
-            self._stats.workers_retired += 1
-            self._stop(worker)
+            self._replace_recalled(worker)
             return
         reason = scaling.retire_reason(worker, time.monotonic(), self.settings)
         if reason is None:
@@ -308,6 +305,12 @@ class Supervisor:
             logger.info("worker %d %s: replacing it", worker.id, reason)
             self._stats.workers_retired += 1
             self._stop(worker)
+
+    def _replace_recalled(self, worker: WorkerHandle) -> None:
+        """*worker* gave back the jobs it held: it would give back any job sent to it now."""
+        logger.info("worker %d gave back the jobs it held: replacing it", worker.id)
+        self._stats.workers_retired += 1
+        self._stop(worker)
 
     def _free(self, worker: WorkerHandle) -> None:
         """*worker* may take a job: give it one, unless it runs code a reload replaces."""
@@ -428,7 +431,7 @@ class Supervisor:
             self._reloading = None
             for worker in reload.parked:
                 if worker.is_ready and worker.recalled:  # the reload failed: replace it
-                    self._stop(worker)
+                    self._replace_recalled(worker)
                 elif worker.is_ready:
                     self._scheduler.worker_free(worker)
             self._wakeup.set()
