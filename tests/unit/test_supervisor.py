@@ -158,6 +158,24 @@ class ScriptedLauncher:
         await self.until(lambda: process.replies() > replies)
 
 
+class SlowlyFailingReloads(ScriptedLauncher):
+    """A launcher whose new code fails to import, once the test lets the import end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.import_ends = anyio.Event()
+
+    def prepare(self) -> object:
+        return object()
+
+    async def import_report(self, link: object) -> dict[str, Any]:
+        await self.import_ends.wait()
+        return {"ok": False, "module": "app", "error": "SyntaxError: invalid syntax"}
+
+    def discard(self, link: object) -> None:
+        pass
+
+
 @dataclass
 class PoolRig:
     """A running supervisor and what it was built with."""
@@ -174,12 +192,15 @@ class PoolRig:
 
 
 @contextlib.asynccontextmanager
-async def running_pool(workers: int, **pool: Any) -> AsyncIterator[PoolRig]:
+async def running_pool(
+    workers: int, launcher: ScriptedLauncher | None = None, **pool: Any
+) -> AsyncIterator[PoolRig]:
     """A supervisor keeping *workers* scripted workers, wired as the service wires it."""
     settings = ServiceSettings(
         pool=Pool(min_workers=workers, max_workers=workers, max_worker_lifetime=None, **pool)
     )
-    launcher, timers, stats = ScriptedLauncher(), Timers(), ServiceStats()
+    launcher = launcher or ScriptedLauncher()
+    timers, stats = Timers(), ServiceStats()
     scheduler = Scheduler(Limits(), timers, stats, workers=lambda: supervisor.workers)
     supervisor = Supervisor(
         settings, launcher, timers, scheduler, TaskCatalogue(), stats, on_fatal=lambda error: None
@@ -315,6 +336,46 @@ async def test_a_worker_whose_held_jobs_a_failed_reload_recalled_is_replaced(
         pool.p[1].done()
         pool.p[1].done()
         await pool.launcher.settle(pool.p[1])
+        assert pool.stats.finished == {Outcome.OK: 4}  # each ran once
+
+
+@pytest.mark.anyio
+async def test_a_recalled_worker_idle_when_the_reload_fails_is_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dispatcher")
+    launcher = SlowlyFailingReloads()
+    async with running_pool(1, launcher=launcher) as pool:
+        warm_up, running, *held = (make_job() for _ in range(4))
+        for job in (warm_up, running, *held):
+            pool.scheduler.submit(job)
+        pool.p[0].ready()
+        await launcher.until(lambda: pool.p[0].running(warm_up))
+        pool.p[0].done()
+        await launcher.until(lambda: pool.p[0].running(held[-1]))
+        outcome: list[str | None] = []
+
+        async def reload() -> None:
+            outcome.append((await pool.supervisor.reload()).error)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(reload)
+            await launcher.until(lambda: pool.p[0].signals == [RECALL_SIGNAL])
+            pool.p[0].done()  # while the new code imports: `running` ends, the rest come back
+            pool.p[0].done("recalled")
+            pool.p[0].done("recalled")
+            await launcher.settle(pool.p[0])
+            assert launcher.journal == [(0, "SIGRTMIN+10")]  # idle now, kept until the end
+            launcher.import_ends.set()
+        assert outcome == ["cannot import app: SyntaxError: invalid syntax"]
+        await launcher.until(lambda: len(pool.p) == 2)
+        assert launcher.journal == [(0, "SIGRTMIN+10"), (0, "stop")]
+        assert "worker 0 gave back the jobs it held: replacing it" in caplog.messages
+        pool.p[1].ready()
+        await launcher.until(lambda: pool.p[1].running(held[1]))
+        pool.p[1].done()
+        pool.p[1].done()
+        await launcher.settle(pool.p[1])
         assert pool.stats.finished == {Outcome.OK: 4}  # each ran once
 
 
