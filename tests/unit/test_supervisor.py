@@ -307,19 +307,26 @@ async def test_a_job_held_ahead_by_a_worker_that_dies_runs_on_its_replacement() 
         assert pool.stats.finished == {Outcome.OK: 2, Outcome.WORKER_LOST: 1}
 
 
+async def running_with_two_held(pool: PoolRig) -> list[Job]:
+    """Worker 0 runs a job (its task known quick by then) and holds the next two ahead;
+    returns those two."""
+    warm_up, running, *held = (make_job() for _ in range(4))
+    for job in (warm_up, running, *held):
+        pool.scheduler.submit(job)
+    pool.p[0].ready()
+    await pool.launcher.until(lambda: pool.p[0].running(warm_up))
+    pool.p[0].done()
+    await pool.launcher.until(lambda: pool.p[0].running(held[-1]))
+    return held
+
+
 @pytest.mark.anyio
 async def test_a_worker_whose_held_jobs_a_failed_reload_recalled_is_replaced(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="dispatcher")
     async with running_pool(1) as pool:
-        warm_up, running, *held = (make_job() for _ in range(4))
-        for job in (warm_up, running, *held):
-            pool.scheduler.submit(job)
-        pool.p[0].ready()
-        await pool.launcher.until(lambda: pool.p[0].running(warm_up))
-        pool.p[0].done()
-        await pool.launcher.until(lambda: pool.p[0].running(held[-1]))
+        held = await running_with_two_held(pool)
         reloaded = await pool.supervisor.reload()
         assert reloaded.error == "cannot start a new fork server: no fork server in this test"
         assert pool.p[0].signals == [RECALL_SIGNAL]
@@ -346,13 +353,7 @@ async def test_a_recalled_worker_idle_when_the_reload_fails_is_replaced(
     caplog.set_level(logging.INFO, logger="dispatcher")
     launcher = SlowlyFailingReloads()
     async with running_pool(1, launcher=launcher) as pool:
-        warm_up, running, *held = (make_job() for _ in range(4))
-        for job in (warm_up, running, *held):
-            pool.scheduler.submit(job)
-        pool.p[0].ready()
-        await launcher.until(lambda: pool.p[0].running(warm_up))
-        pool.p[0].done()
-        await launcher.until(lambda: pool.p[0].running(held[-1]))
+        held = await running_with_two_held(pool)
         outcome: list[str | None] = []
 
         async def reload() -> None:
