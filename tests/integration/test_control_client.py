@@ -18,7 +18,7 @@ from dispatcher.config import Settings, reset, setup
 from dispatcher.control import ControlResult, control, control_with_reply
 from dispatcher.publish import BrokerUnavailable, InvalidSubmission
 from dispatcher.schema.chunks import split_message
-from support.fake_services import Answer, FakeService, FakeSocketService, echo, silent
+from support.fake_services import Answer, FakeService, FakeSocketService, echo, late, silent
 from support.postgres import unique_channel, wait_for_notifies
 
 Conn = psycopg.Connection[Any]
@@ -130,6 +130,21 @@ def test_without_expected_replies_the_services_on_the_channel_are_waited_for(
     assert quiet.node_id in result.missing
     assert answering.node_id not in result.missing
     assert not result.complete
+
+
+def test_a_reply_from_a_service_not_looked_up_does_not_stand_in_for_one_that_was(
+    configured: Settings, start_fake: StartFake, pg_dsn: str, channel: str
+) -> None:
+    # A dispatcherd service on the same channel answers at once; ours answers later.
+    ours = start_fake("ours", late)
+    theirs = FakeService(pg_dsn, channel, "theirs", named=False)
+    try:
+        result = control_with_reply("alive", timeout=10)
+    finally:
+        theirs.stop()
+    assert result.expected_nodes == [ours.node_id]
+    assert sorted(reply["node_id"] for reply in result.replies) == sorted([ours.node_id, "theirs"])
+    assert (result.missing, result.unexpected, result.complete) == ([], ["theirs"], True)
 
 
 def test_no_reply_within_the_timeout_gives_an_incomplete_result(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ def echo(node_id: str, message: dict[str, Any]) -> list[str]:
     return [json.dumps(reply | {"control_data": message.get("control_data", {})})]
 
 
+def late(node_id: str, message: dict[str, Any]) -> list[str]:
+    """Answer as :func:`echo` does, a moment later: the other services answer first."""
+    time.sleep(0.5)
+    return echo(node_id, message)
+
+
 def silent(node_id: str, message: dict[str, Any]) -> list[str]:
     """Answer nothing, like a service too busy to reply in time."""
     return []
@@ -38,14 +45,20 @@ def silent(node_id: str, message: dict[str, Any]) -> list[str]:
 class FakeService:
     """A thread that answers the control messages NOTIFYed on *channel*."""
 
-    def __init__(self, dsn: str, channel: str, node_id: str, answer: Answer = echo) -> None:
+    def __init__(
+        self, dsn: str, channel: str, node_id: str, answer: Answer = echo, *, named: bool = True
+    ) -> None:
+        """Listen on *channel*; *named* ``False`` leaves the connection unnamed, as a
+        dispatcherd service's is (the client cannot find it)."""
         self.node_id = node_id
         self.received: list[dict[str, Any]] = []
         """The control messages received, decoded."""
         self._answer = answer
         self._stop = threading.Event()
         self._conn = psycopg.connect(
-            dsn, autocommit=True, application_name=service_application_name(node_id, [channel])
+            dsn,
+            autocommit=True,
+            application_name=service_application_name(node_id, [channel]) if named else "",
         )
         self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         self._thread = threading.Thread(target=self._serve, name=f"fake-service-{node_id}")

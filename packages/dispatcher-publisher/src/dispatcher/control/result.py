@@ -140,7 +140,11 @@ class ControlResult:
 
     @property
     def complete(self) -> bool:
-        """Tell whether every expected service answered."""
+        """Tell whether every expected service answered.
+
+        When the services were looked up, each of them must have answered: a reply from
+        another (a dispatcherd service, say) does not stand in for one.
+        """
         return len(self.replies) >= self.expected and not self.missing
 
 

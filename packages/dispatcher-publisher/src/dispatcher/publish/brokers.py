@@ -37,6 +37,11 @@ class ReplyCollector(Protocol):
     expected_nodes: list[str]
     """The node ids of the services expected to answer, when the broker can tell."""
 
+    @property
+    def complete(self) -> bool:
+        """Whether every reply waited for has come (see ``ControlResult.complete``)."""
+        ...
+
     def add(self, payload: str | bytes) -> None:
         """Take one payload that arrived on the reply destination (checked, or skipped)."""
         ...

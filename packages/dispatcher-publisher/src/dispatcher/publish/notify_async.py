@@ -267,7 +267,7 @@ async def acontrol_with_reply(
         await conn.execute(*notify_statement([(channel, payload) for payload in payloads]))
         deadline = time.monotonic() + timeout
         chunks = ChunkAssembler()
-        while len(replies.replies) < replies.expected:
+        while not replies.complete:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
