@@ -39,10 +39,6 @@ LAMBDA_NOTE = (
     "a lambda never runs here (only registered tasks do): entry ignored; register a function "
     "with @task and name it instead"
 )
-FACTORY_NOTE = (
-    "no equivalent: the service and the publishers connect with 'config' themselves "
-    "(autocommit, and their own reconnection); ignored"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -151,8 +147,9 @@ def test_the_demo_file_loads_translated(tmp_path: Path, caplog: pytest.LogCaptur
     assert settings.producers.on_start["demo.tasks.warm_up"] == TaskOptions(args=(1,))
     assert settings.producers.control is True
     assert settings.worker.idle_timeout == 3
+    assert settings.brokers.pg_notify is not None
+    assert settings.brokers.pg_notify.connection_factory is None  # dispatcherd's own: ours
     assert settings.warnings == (
-        f"brokers.pg_notify.sync_connection_factory: {FACTORY_NOTE}",
         f"producers.OnStartProducer.task_list['lambda: print(\"on start\")']: {LAMBDA_NOTE}",
         "producers.ScheduledProducer.task_schedule['lambda: __import__(\"time\").sleep(1)']: "
         f"{LAMBDA_NOTE}",
@@ -201,7 +198,8 @@ def awx_shaped() -> dict[str, Any]:
             "ScheduledProducer": {
                 "task_schedule": {
                     "awx.main.tasks.system.cluster_node_heartbeat": {"schedule": 60},
-                    "awx.main.scheduler.tasks.task_manager": {"schedule": 20, "timeout": 15},
+                    # dispatcherd reads a schedule with float(): a text of seconds too
+                    "awx.main.scheduler.tasks.task_manager": {"schedule": "20", "timeout": 15},
                 }
             },
             "OnStartProducer": {"task_list": {"awx.main.tasks.system.dispatch_startup": {}}},
@@ -241,8 +239,9 @@ def test_an_awx_shaped_config_loads_translated() -> None:
     }
     assert list(settings.producers.on_start) == ["awx.main.tasks.system.dispatch_startup"]
     assert settings.producers.control is True
+    assert pg.connection_factory == "ansible_base.lib.utils.db.psycopg_connection_from_django"
+    assert pg.async_connection_factory is None
     assert settings.warnings == (
-        f"brokers.pg_notify.sync_connection_factory: {FACTORY_NOTE}",
         "service.pool_kwargs.scaledown_reserve: no equivalent (idle workers above min_workers "
         "stop after scaledown_wait); ignored",
         "worker.worker_cls: read as worker.class, which must subclass "
@@ -413,6 +412,7 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
                         "app.tasks.a": {"schedule": 0, "on_duplicate": "run_once"},
                         "app.tasks.b": {"args": [1]},
                         "not a name": {"schedule": 1},
+                        "app.tasks.d": {"schedule": "*/5 * * * *"},
                     }
                 },
                 "OnStartProducer": {"task_list": {"app.tasks.c": {"timeout": "soon"}}},
@@ -431,6 +431,8 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
             "producers.ScheduledProducer.task_schedule['app.tasks.a'].schedule: must be more "
             "than 0, got 0",
             "producers.ScheduledProducer.task_schedule['app.tasks.b'].schedule: is required",
+            "producers.ScheduledProducer.task_schedule['app.tasks.d'].schedule: expected a "
+            "number of seconds, got '*/5 * * * *'",
             "producers.ScheduledProducer.task_schedule['not a name']: 'not a name' is not a "
             f"valid task name ({TASK_RULE})",
         ],
@@ -514,6 +516,8 @@ def test_keys_with_no_equivalent_warn_and_the_file_loads(caplog: pytest.LogCaptu
         "brokers": {
             "pg_notify": {
                 "config": {"conninfo": "dbname=app", "autocommit": True, "sslrootcert": None},
+                "sync_connection": object(),
+                "async_connection_factory": "dispatcherd.brokers.pg_notify.async_connection_saver",
                 "max_connection_idle_seconds": None,
                 "max_self_check_message_age_seconds": None,
             }
@@ -544,6 +548,8 @@ def test_keys_with_no_equivalent_warn_and_the_file_loads(caplog: pytest.LogCaptu
         "brokers.pg_notify.max_connection_idle_seconds: null (no self-check) has no "
         "equivalent: the connection is checked after self_check_interval seconds (default "
         "30) without traffic",
+        "brokers.pg_notify.sync_connection: a connection object has no place in a config: the "
+        "service and the publishers connect with 'config' (or a connection factory); ignored",
         "extras: not a section of dispatcherd's layout; ignored, as it does",
         "producers.OnStartProducer.task_list['app.tasks.a'].data: a message key with no "
         "equivalent here; ignored",
@@ -565,9 +571,10 @@ def test_keys_with_no_equivalent_warn_and_the_file_loads(caplog: pytest.LogCaptu
         "worker.worker_kwargs.greeting: no equivalent: a worker class here is given only its "
         "worker id; ignored",
     )
-    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 14
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 15
     assert settings.brokers.pg_notify is not None
     assert settings.brokers.pg_notify.conninfo == "dbname=app"
+    assert settings.brokers.pg_notify.async_connection_factory is None
     assert settings.brokers.pg_notify.self_check_interval == 30
     assert settings.service.chunk_expiry == 31536000
     assert settings.service.shutdown_grace == 30
@@ -600,15 +607,20 @@ def test_a_config_string_and_default_choices_translate_silently() -> None:
     assert settings.warnings == ()
 
 
-def test_preloaded_modules_and_our_tasks_section_join() -> None:
+def test_preloaded_modules_and_our_own_sections_join() -> None:
     settings = load_settings(
         {
             "version": 2,
             "tasks": {"modules": ["app.more", "app.tasks"]},
-            "service": {"process_manager_kwargs": {"preload_modules": ["app.tasks"]}},
+            "service": {
+                "process_manager_kwargs": {"preload_modules": ["app.tasks"]},
+                "control": {"cancel_without_filter": "all"},
+            },
             "security": {"keys": [{"id": "k1", "secret": "s" * 32}]},
         }
     )
+    assert settings.warnings == ()
+    assert settings.service.control.cancel_without_filter == "all"
     assert settings.tasks.modules == ("app.tasks", "app.more")
     assert [key.id for key in settings.security.keys] == ["k1"]
     with pytest.raises(ConfigError) as caught:

@@ -12,6 +12,7 @@ in the "dispatcherd config files" section of ``docs/config.md``.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -60,6 +61,13 @@ _CONNECT_OPTIONS: Final = frozenset(
     {"autocommit", "prepare_threshold", "row_factory", "cursor_factory", "context"}
 )
 """psycopg ``connect()`` arguments that are not libpq parameters."""
+
+_CONNECTION_SAVERS: Final = (
+    "dispatcherd.brokers.pg_notify.connection_saver",
+    "dispatcherd.brokers.pg_notify.async_connection_saver",
+)
+"""dispatcherd's own connection factories: one shared connection per process, opened from
+``config``, which is what the publishers here do without a factory."""
 
 _SCHEDULED_OPTIONS: Final = ("schedule", "args", "kwargs", "timeout", "on_duplicate")
 _ON_START_OPTIONS: Final = ("args", "kwargs", "timeout", "delay", "on_duplicate")
@@ -224,13 +232,13 @@ class _Translator:
         if section is None:
             return
         self.put(old, old, {})
-        moves = {"channels": "channels", "default_publish_channel": "default_publish_channel"}
-        connections = (
-            "sync_connection_factory",
-            "async_connection_factory",
-            "sync_connection",
-            "async_connection",
-        )
+        moves = {
+            "channels": "channels",
+            "default_publish_channel": "default_publish_channel",
+            "sync_connection_factory": "connection_factory",
+            "async_connection_factory": "async_connection_factory",
+        }
+        connections = ("sync_connection", "async_connection")
         allowed = {
             *moves,
             *connections,
@@ -243,13 +251,13 @@ class _Translator:
             if key == "config":
                 self.connection_config(item)
             elif key in moves:
-                if not (key == "default_publish_channel" and item is None):
+                if item is not None and item not in _CONNECTION_SAVERS:
                     self.put((*old, moves[key]), where, item)
             elif key in connections:
                 self.warn(
                     where,
-                    "no equivalent: the service and the publishers connect with 'config' "
-                    "themselves (autocommit, and their own reconnection); ignored",
+                    "a connection object has no place in a config: the service and the "
+                    "publishers connect with 'config' (or a connection factory); ignored",
                 )
             elif key == "max_connection_idle_seconds":
                 if item is None:
@@ -342,6 +350,8 @@ class _Translator:
                 self.process_manager(item)
             elif key == "process_manager_kwargs":
                 self.preload(item)
+            elif key == "control":  # ours (cancel_without_filter): kept, as our sections are
+                self.put(where, where, item)
             else:
                 self.warn(where, "not a key of dispatcherd's service section; ignored, as it does")
 
@@ -486,10 +496,28 @@ class _Translator:
                 continue
             self.put((*new, name), where, {})
             for key, item in entry.items():
+                if key == "schedule" and isinstance(item, str):
+                    item = self.seconds((*where, key), item)
                 if key in options:
                     self.put((*new, name, key), (*where, key), item)
                 elif key != "uuid":  # dispatcherd replaces it too
                     self.warn((*where, key), "a message key with no equivalent here; ignored")
+
+    def seconds(self, where: Path, text: str) -> Any:
+        """A ``schedule`` given as text: seconds, as dispatcherd reads it (``float()``).
+
+        Here a text would be a cron expression; dispatcherd's schedules are periods only.
+        """
+        try:
+            period = float(text)
+        except ValueError:
+            period = math.nan
+        if not math.isfinite(period):
+            self.error(where, f"expected a number of seconds, got {text!r}")
+            return text
+        if period.is_integer() and abs(period) < 2**53:
+            return int(period)
+        return period
 
     # -- worker, publish --------------------------------------------------------------------
 

@@ -31,6 +31,10 @@ class PgNotifyBroker:
     conninfo: str
     channels: tuple[str, ...] = ()
     default_publish_channel: str | None = None
+    connection_factory: str | None = None
+    """``module.name`` of a function returning the connection publishers send tasks on."""
+    async_connection_factory: str | None = None
+    """The same for asyncio publishers (it may be a coroutine function)."""
     self_check_interval: float = 30
     self_check_timeout: float = 2
     allow_control: tuple[str, ...] | None = None

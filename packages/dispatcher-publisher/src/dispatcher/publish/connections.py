@@ -130,29 +130,38 @@ def expect_connection(connection: object, expected: type[_C], caller: str, other
     return connection
 
 
-def caller_connection(connection: object, expected: type[_Conn], caller: str, other: str) -> _Conn:
+def caller_connection(
+    connection: object,
+    expected: type[_Conn],
+    caller: str,
+    other: str,
+    whose: str = CALLER_CONNECTION,
+) -> _Conn:
     """Return the caller's *connection*, checked: of the *expected* kind, open, usable.
 
     Nothing is sent on it, so its transaction is left as it was, when it is closed or its
     transaction is aborted (an earlier statement failed): the error says which, and that
-    it is the caller's connection.
+    it is the caller's connection (or *whose* it is).
 
     :raises TypeError: when it is not of the *expected* kind (naming the function to use).
     :raises BrokerUnavailable: when it is closed, or its transaction is aborted.
     """
     checked = expect_connection(connection, expected, caller, other)
     if checked.closed:
-        raise BrokerUnavailable(f"cannot use {CALLER_CONNECTION}: it is closed; nothing was sent")
+        raise BrokerUnavailable(f"cannot use {whose}: it is closed; nothing was sent")
     if checked.info.transaction_status == TransactionStatus.INERROR:
         raise BrokerUnavailable(
-            f"cannot use {CALLER_CONNECTION}: its transaction is aborted (an earlier statement "
+            f"cannot use {whose}: its transaction is aborted (an earlier statement "
             "failed), so it takes no more statements until it is rolled back; nothing was sent"
         )
     return checked
 
 
 def caller_lost(
-    connection: BaseConnection[Any], exc: psycopg.Error, doing: str
+    connection: BaseConnection[Any],
+    exc: psycopg.Error,
+    doing: str,
+    whose: str = CALLER_CONNECTION,
 ) -> BrokerUnavailable | None:
     """:func:`broker_unavailable` for the caller's own *connection*, lost while *doing*.
 
@@ -163,9 +172,9 @@ def caller_lost(
     if not (connection.closed or connection.broken):
         return None
     try:
-        where = f"{describe_server(connection.info.dsn)} ({CALLER_CONNECTION})"
+        where = f"{describe_server(connection.info.dsn)} ({whose})"
     except psycopg.Error:  # the connection broke: its parameters cannot be read any more
-        where = CALLER_CONNECTION
+        where = whose
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return BrokerUnavailable(f"cannot {doing} {where}: {first_line}")
 

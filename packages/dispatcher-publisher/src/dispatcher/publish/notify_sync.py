@@ -16,6 +16,7 @@ from psycopg import Connection, Cursor, sql
 
 from dispatcher.publish.brokers import ReplyCollector
 from dispatcher.publish.connections import (
+    CALLER_CONNECTION,
     NOTIFY_ONE,
     abandon,
     broker_unavailable,
@@ -204,23 +205,27 @@ def close_connections() -> None:
 
 
 def send(
-    conninfo: str | None, messages: Sequence[tuple[str, str]], connection: object | None
+    conninfo: str | None,
+    messages: Sequence[tuple[str, str]],
+    connection: object | None,
+    whose: str = CALLER_CONNECTION,
 ) -> None:
     """NOTIFY each ``(channel, payload)`` of *messages*, in order, in one statement.
 
     With *connection*, the NOTIFYs join its current transaction: delivered when it commits,
-    never if it rolls back. Without, the SDK's own connection to *conninfo* sends them at
-    once; a lost connection is re-opened and the send retried once.
+    never if it rolls back; errors name it as *whose* it is. Without, the SDK's own
+    connection to *conninfo* sends them at once; a lost connection is re-opened and the send
+    retried once.
 
     :raises BrokerUnavailable: when the database cannot be reached or refuses the NOTIFY;
         when *connection* is closed or its transaction aborted (nothing is sent on it then).
     """
     if connection is not None:
-        caller = caller_connection(connection, Connection, "submit_task", "asubmit_task")
+        caller = caller_connection(connection, Connection, "submit_task", "asubmit_task", whose)
         try:
             caller.execute(*notify_statement(messages))
         except psycopg.Error as exc:
-            lost = caller_lost(caller, exc, "send to")
+            lost = caller_lost(caller, exc, "send to", whose)
             if lost is None:
                 raise
             raise lost from exc

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psycopg
+
 from dispatcher.config import PgNotifyBroker, Settings
 from dispatcher.publish.brokers import Outgoing, ReplyCollector
+from dispatcher.publish.connection_factory import ConnectionFactory
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.notify_async import acontrol_with_reply as acollect_replies
 from dispatcher.publish.notify_async import asend as anotify
@@ -26,21 +29,47 @@ class PgNotifyPublisher:
         self.source = source
         self.queues: tuple[str, ...] = () if settings is None else settings.channels
         self.default_queue: str | None = None
+        self._factory: ConnectionFactory | None = None
+        self._async_factory: ConnectionFactory | None = None
         if settings is not None:
             self.default_queue = settings.default_publish_channel
             if self.default_queue is None and len(settings.channels) == 1:
                 self.default_queue = settings.channels[0]
+            key = "brokers.pg_notify."
+            if settings.connection_factory is not None:
+                self._factory = ConnectionFactory(
+                    f"{key}connection_factory",
+                    settings.connection_factory,
+                    settings.conninfo,
+                    psycopg.Connection,
+                )
+            if settings.async_connection_factory is not None:
+                self._async_factory = ConnectionFactory(
+                    f"{key}async_connection_factory",
+                    settings.async_connection_factory,
+                    settings.conninfo,
+                    psycopg.AsyncConnection,
+                )
 
     def send(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
-        """NOTIFY each payload on its channel, in one statement."""
-        if connection is None and self.conninfo is not None:
+        """NOTIFY each payload on its channel, in one statement.
+
+        On *connection*, else on the one ``connection_factory`` returns, else on the SDK's own.
+        """
+        if connection is None and self._factory is not None:
+            factory = self._factory
+            notify(self.conninfo, messages, factory.connection(), factory.whose)
+        elif connection is None and self.conninfo is not None:
             shared_provider(self.conninfo).notify(messages)  # the common case, directly
         else:
             notify(self._conninfo(connection), messages, connection)
 
     async def asend(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
-        """:meth:`send` for asyncio code."""
-        if connection is None and self.conninfo is not None:
+        """:meth:`send` for asyncio code (with ``async_connection_factory``)."""
+        if connection is None and self._async_factory is not None:
+            factory = self._async_factory
+            await anotify(self.conninfo, messages, await factory.aconnection(), factory.whose)
+        elif connection is None and self.conninfo is not None:
             await shared_async_provider(self.conninfo).notify(messages)
         else:
             await anotify(self._conninfo(connection), messages, connection)
