@@ -192,6 +192,49 @@ def test_run_command_needs_the_control_producer(
     )
 
 
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (
+            {"control": "cancel", "control_data": {"all": True}},
+            "task refused: control: a control command, not a task message",
+        ),
+        (
+            {"task": TASKS + "record", "control": "set_log_level"},
+            "task refused: control: a control command, not a task message",
+        ),
+        (
+            {"__dispatcherd_chunk__": "v1", "message_id": "m", "total": 1, "index": 0},
+            "task refused: __dispatcherd_chunk__: a chunk envelope, not a task message",
+        ),
+        (
+            {"__dispatcher_signed__": "v1", "body": "{}"},
+            "task refused: __dispatcher_signed__: a signed envelope, not a task message",
+        ),
+    ],
+)
+def test_the_run_command_takes_a_task_message_and_nothing_else(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    data: dict[str, Any],
+    error: str,
+) -> None:
+    # run's data would otherwise be taken with no broker's checks: a cancel sent this way
+    # would pass every allow_control and require_signed.
+    service_config["producers"] = {"control": {}}
+    start_service(service_config)
+    notify(channel, message("sleep_recording_cancel", evidence.path, 30, uuid="u-running"))
+    evidence.wait_for(1)
+    notify(channel, message("follow_up", evidence.path, "run", data))
+    wait_until(lambda: events(evidence, "control"), timeout=5)
+    [control] = events(evidence, "control")
+    assert control["reply"]["error"] == error
+    assert events(evidence, "cancelled") == []
+
+
 def test_bound_task_cancels_a_running_task(
     start_service: StartService,
     service_config: dict[str, Any],

@@ -58,6 +58,11 @@ def test_non_ascii_body_is_signed_as_utf8() -> None:
         ({"signature": "0" * 63}, "invalid_signed_envelope", "signature: '000"),
         ({SIGNED_KEY: "v2"}, "invalid_signed_envelope", "__dispatcher_signed__: must be 'v1'"),
         ({"extra": 1}, "invalid_signed_envelope", "extra: unknown key"),
+        (
+            {"body": TASK.replace("[1]", '["\ud800"]')},
+            "invalid_signed_envelope",
+            "body: holds a lone surrogate",
+        ),
     ],
 )
 def test_tampered_envelopes_are_refused(change: dict[str, Any], reason: str, text: str) -> None:

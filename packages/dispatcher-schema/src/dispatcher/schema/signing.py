@@ -112,7 +112,13 @@ def verify(
         raise SignatureError("unknown_key", f"signed with unknown key {key_id!r}")
     body: str = envelope["body"]
     signed_at: str = envelope["signed_at"]
-    expected = signature_of(body, signed_at, secret)
+    try:
+        expected = signature_of(body, signed_at, secret)
+    except UnicodeEncodeError:  # a lone surrogate (\ud800): no UTF-8 text was ever signed
+        raise SignatureError(
+            "invalid_signed_envelope",
+            "invalid signed envelope: body: holds a lone surrogate, which no UTF-8 text has",
+        ) from None
     if not hmac.compare_digest(expected, envelope["signature"]):
         raise SignatureError("bad_signature", f"bad signature (key {key_id!r})")
     age = now - float(signed_at)

@@ -23,6 +23,7 @@ from dispatcher.config import Limits, Security
 from dispatcher.schema import (
     CHUNK_KEY,
     MAX_MESSAGE_BYTES,
+    SIGNED_KEY,
     DecodeError,
     Outcome,
     decode_json,
@@ -60,6 +61,15 @@ ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], str | Non
 """Runs a control message, ``sink(message, channel, origin, refused)``, and answers it; with
 *refused*, the message was refused and is only answered with the error. Returns the error
 of its reply (an unknown command, invalid ``control_data``), or ``None``."""
+
+_NOT_TASKS: Final = {
+    "control": "a control command",
+    CHUNK_KEY: "a chunk envelope",
+    SIGNED_KEY: "a signed envelope",
+}
+"""Keys of the payloads a message made inside the service may not be: it is taken as a
+task message with no broker's checks (no allow-list, no signature), so it may be nothing
+else."""
 
 
 class JobSink(Protocol):
@@ -130,6 +140,9 @@ class Intake:
 
         :raises Rejected: when the message is refused, saying why.
         """
+        for key, what in _NOT_TASKS.items():
+            if key in message:
+                raise Rejected("invalid_message", f"{key}: {what}, not a task message")
         message = {**message, "uuid": message.get("uuid") or new_uuid()}
         if not self._receive(json.dumps(message, separators=(",", ":")), source, INTERNAL):
             raise Rejected("overloaded", "a limit of service.limits is reached (see the log)")
