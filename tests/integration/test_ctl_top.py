@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,14 @@ def running_for(frame: str) -> float:
 
 
 class Terminal:
-    """A command running on a pseudo-terminal of 200 columns by 60 rows, as under a person:
-    the terminal is its controlling one, so that Ctrl-C interrupts it."""
+    """A command running on a pseudo-terminal of *columns* (200) by 60 rows, as under a
+    person: the terminal is its controlling one, so that Ctrl-C interrupts it."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], columns: int = 200) -> None:
         self.master, self.slave = os.openpty()
-        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 200, 0, 0))
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, columns, 0, 0))
         self.mode_before = termios.tcgetattr(self.slave)
-        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "200", "LINES": "60"}
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": "60"}
         env.pop("NO_COLOR", None)
         self.process = subprocess.Popen(
             command,
@@ -126,11 +127,11 @@ class Terminal:
 
 
 @pytest.fixture
-def terminal() -> Iterator[Callable[[list[str]], Terminal]]:
+def terminal() -> Iterator[Callable[..., Terminal]]:
     opened: list[Terminal] = []
 
-    def open_terminal(command: list[str]) -> Terminal:
-        opened.append(Terminal(command))
+    def open_terminal(command: list[str], columns: int = 200) -> Terminal:
+        opened.append(Terminal(command, columns))
         return opened[-1]
 
     yield open_terminal
@@ -162,7 +163,7 @@ def busy_service(
 @pytest.mark.parametrize("quit_key", [b"q", b"\x03"], ids=["q", "ctrl-c"])
 def test_live_view_shows_the_running_task_until_quit_and_restores_the_terminal(
     busy_service: ServiceProcess,
-    terminal: Callable[[list[str]], Terminal],
+    terminal: Callable[..., Terminal],
     channel: str,
     quit_key: bytes,
 ) -> None:
@@ -181,6 +182,33 @@ def test_live_view_shows_the_running_task_until_quit_and_restores_the_terminal(
     assert screen.wait_exit(timeout=10) == 0
     assert screen.mode() == screen.mode_before
     assert LEAVE_ALTERNATE_SCREEN in screen.output  # the screen as it was before
+
+
+def test_on_80_columns_a_worker_takes_one_line_and_uuids_are_whole(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    terminal: Callable[..., Terminal],
+) -> None:
+    sleeper, failed = str(uuid.uuid4()), str(uuid.uuid4())
+    service = start_service(service_config)
+    notify(channel, message("fail", evidence.path, uuid=failed))
+    service.wait_for_log(failed + r"\) failed")
+    notify(channel, message("sleep_recording_cancel", evidence.path, 60, uuid=sleeper))
+    evidence.wait_for(2)
+    screen = terminal(top_command(service.config_path, "--interval", "0.3"), columns=80)
+    screen.wait_for(lambda text: len(screen.frames()) >= 2, timeout=30)
+    lines = screen.frames()[-1].splitlines()
+    [row] = [line for line in lines if sleeper in line]  # whole, on one line
+    assert re.fullmatch(r"│ 0 +support\.\S*… +" + sleeper + r" +\S.* │", row), row
+    after = lines[lines.index(row) + 1]
+    assert re.match(r"│ (\d+ |recent failures)", after), after  # the row took one line
+    assert any(failed in line for line in lines)
+    assert max(map(len, lines)) <= 80
+    screen.send(b"q")
+    assert screen.wait_exit(timeout=10) == 0
 
 
 def test_without_a_terminal_it_prints_one_snapshot_and_exits_0(

@@ -14,6 +14,7 @@ from rich.console import Console, RenderableType
 
 from dispatcher.config import load_settings
 from dispatcher.server import ctl_top, ctl_top_poll
+from dispatcher.server.ctl_top_plain import plain_screen
 from dispatcher.server.ctl_top_render import (
     FAILURES_SHOWN,
     Poll,
@@ -326,3 +327,147 @@ def test_uuids_and_task_names_do_not_wrap_the_error_takes_the_rest() -> None:
     wide = text_of(screen(Poll(at=1.0, wall=NOW, replies=[reply])), width=200)
     [row] = [line for line in wide.splitlines() if "ago)" in line]
     assert f" {task}  {uuid}  RuntimeError: the report could not be built " in row
+
+
+# -- fitted to the terminal's width ---------------------------------------------------------------
+
+UUIDS = ["3f1c9a52-7d4e-4b8a-9c61-ed0a35f31163", "9b2e4c11-0a6f-4d3e-8b7c-5f1a2e3d4c5b"]
+LONG_TASK = "myapp.tasks.reports.build_monthly_report_for_every_customer"
+FAILED_UUID = "c0ffee00-1234-4abc-8def-0123456789ab"
+
+
+def busy_reply() -> dict[str, Any]:
+    """Two workers running tasks of long names under whole uuids, one stopping, and a
+    failure of a long name and a long error."""
+    reply = status(
+        recent_failures=[
+            {
+                "task": LONG_TASK,
+                "uuid": FAILED_UUID,
+                "outcome": "error",
+                "error": "RuntimeError: " + "the report could not be built " * 4,
+                "time": NOW - 5,
+            }
+        ]
+    )
+    workers = reply["workers"]
+    for worker, uuid in zip(("worker-0", "worker-1"), UUIDS, strict=True):
+        workers[worker].update(
+            state="busy", current_task=LONG_TASK, current_task_uuid=uuid, current_task_age=75.0
+        )
+    workers["worker-2"] = {"worker_id": 2, "pid": 5002, "state": "stopping", "finished_count": 3}
+    return reply
+
+
+WORKERS_AT = {  # the workers' columns shown, by how many: done, pid, memory, state, running
+    # for are left out, in this order
+    3: ["worker", "task", "uuid"],
+    4: ["worker", "task", "uuid", "running for"],
+    5: ["worker", "state", "task", "uuid", "running for"],
+    6: ["worker", "state", "task", "uuid", "running for", "memory"],
+    7: ["worker", "pid", "state", "task", "uuid", "running for", "memory"],
+    8: ["worker", "pid", "state", "task", "uuid", "running for", "done", "memory"],
+}
+FAILURES_AT = {3: ["task", "uuid", "error"], 5: ["when", "outcome", "task", "uuid", "error"]}
+FITTED = {  # width: the workers' columns, the failures', whether uuids are whole in each
+    40: (WORKERS_AT[3], FAILURES_AT[3], False, False),
+    60: (WORKERS_AT[5], FAILURES_AT[3], False, False),
+    80: (WORKERS_AT[4], FAILURES_AT[3], True, True),
+    100: (WORKERS_AT[6], FAILURES_AT[3], True, True),
+    120: (WORKERS_AT[8], FAILURES_AT[5], True, True),
+    200: (WORKERS_AT[8], FAILURES_AT[5], True, True),
+}
+"""What the rich screen shows at each width (its panel takes 4 columns): a uuid is cut to 8
+characters only when every column that can be left out is (then the others come back)."""
+PLAIN_FITTED = {  # the same for the plain snapshot (indented by 2 columns, 4 for failures)
+    40: (WORKERS_AT[3], FAILURES_AT[3], False, False),
+    60: (WORKERS_AT[3], FAILURES_AT[3], True, False),
+    80: (WORKERS_AT[4], FAILURES_AT[3], True, True),
+    100: (WORKERS_AT[7], FAILURES_AT[3], True, True),
+    120: (WORKERS_AT[8], FAILURES_AT[5], True, True),
+    200: (WORKERS_AT[8], FAILURES_AT[5], True, True),
+}
+
+
+def uuid_as_shown(uuid: str, whole: bool) -> str:
+    return uuid if whole else uuid[:8] + "…"
+
+
+def header_columns(line: str, names: list[str]) -> list[str]:
+    """The column names a table's header line shows, in order ("running for" is one)."""
+    found = re.findall(r"running for|\S+", line)
+    assert " ".join(found) == " ".join(names), line
+    return found
+
+
+@pytest.mark.parametrize("width", sorted(FITTED))
+def test_at_any_width_a_worker_takes_one_line_and_no_uuid_wraps(width: int) -> None:
+    worker_columns, failure_columns, whole, failure_whole = FITTED[width]
+    text = text_of(screen(Poll(at=1.0, wall=NOW, replies=[busy_reply()])), width=width)
+    assert max(map(len, text.splitlines())) <= width
+    lines = [line[2:-2].rstrip() if line.startswith("│") else line for line in text.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("worker "))
+    header_columns(lines[start], worker_columns)
+    # A line per worker, then the failures: no row took a second line.
+    workers = lines[start + 1 : start + 4]
+    assert [row.split()[0] for row in workers] == ["0", "1", "2"], text
+    assert lines[start + 4] == "recent failures", text
+    for row, uuid in zip(workers[:2], UUIDS, strict=True):
+        assert f"  {uuid_as_shown(uuid, whole)}  " in row + "  ", text
+        [task] = [cell for cell in row.split() if cell.startswith("myapp.")]
+        assert task == LONG_TASK or (task.endswith("…") and LONG_TASK.startswith(task[:-1]))
+    assert "running for" not in worker_columns or "1 min 15 s" in workers[0]
+    # The failure: its task, uuid and the start of its error on one line; only the error
+    # wraps, under itself.
+    header = lines[start + 5]
+    header_columns(header, failure_columns)
+    failed = uuid_as_shown(FAILED_UUID, failure_whole)
+    [row] = [line for line in lines if failed in line]
+    assert re.search(r"myapp\.\S+  " + re.escape(failed), row), text
+    assert re.search(r"  RuntimeErr", row), text
+    error_at = header.index("error")
+    below = lines[lines.index(row) + 1 : -1]
+    assert below, text  # the error did wrap
+    assert all(not line[:error_at].strip() for line in below), text
+    assert sum(LONG_TASK[:10] in line for line in lines) == 3  # no task name wrapped
+
+
+@pytest.mark.parametrize("width", sorted(PLAIN_FITTED))
+def test_the_plain_snapshot_fits_a_terminal_of_any_width_too(width: int) -> None:
+    worker_columns, failure_columns, whole, failure_whole = PLAIN_FITTED[width]
+    text = plain_screen(Poll(at=1.0, wall=NOW, replies=[busy_reply()]), width)
+    lines = text.splitlines()
+    start = lines.index("  finished: none yet") + 1
+    tables = lines[start:]
+    assert max(map(len, tables)) <= width, text  # no line the terminal would wrap
+    header_columns(tables[0], worker_columns)
+    for row, uuid in zip(tables[1:3], UUIDS, strict=True):
+        assert f"  {uuid_as_shown(uuid, whole)}  " in row + "  ", text
+    assert tables[3].split()[0] == "2"
+    assert tables[4] == "  recent failures:"
+    header_columns(tables[5], failure_columns)
+    failed = uuid_as_shown(FAILED_UUID, failure_whole)
+    assert re.search(r"  myapp\.\S+  " + re.escape(failed) + "  RuntimeErr", tables[6])
+    assert tables[6].endswith("…") or width == 200, text
+    assert len(tables) == 7, text
+
+
+def test_a_plain_snapshot_on_a_terminal_fits_its_width(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], polled: Poll
+) -> None:
+    without_rich(monkeypatch)
+    polled.replies[:] = [busy_reply()]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert ctl_top.run(load_settings({"version": 1}), top_options()) == 0
+    text = capsys.readouterr().out
+    tables = text[text.index("  worker ") : text.index("durable queues")].splitlines()
+    assert max(map(len, tables)) <= 80, text
+    assert all(f"  {uuid}  1 min 15 s" in text for uuid in UUIDS), text
+
+
+def test_without_a_terminal_the_plain_snapshot_shows_every_value_whole() -> None:
+    text = plain_screen(Poll(at=1.0, wall=NOW, replies=[busy_reply()]))
+    for uuid in UUIDS:
+        assert re.search(f"  {LONG_TASK}  {uuid}  1 min 15 s  ", text), text
+    assert "RuntimeError: " + "the report could not be built " * 3 in text

@@ -7,10 +7,10 @@ the screen (:mod:`dispatcher.server.ctl_top_render`). The live view needs ``rich
 
 When standard output is not a terminal, or with ``--once``, one snapshot is printed instead
 (``--json``: the replies and the queues' depth as JSON), drawn by rich when it is installed,
-else as plain text (:mod:`dispatcher.server.ctl_top_plain`); the exit status says whether
-every service answered, as for the other commands. The live view exits 0 when ``q`` is
-pressed (standard input is then read key by key, and its mode restored on the way out) or
-on Ctrl-C.
+else as plain text (:mod:`dispatcher.server.ctl_top_plain`, fitted to the terminal's width
+when printed on one); the exit status says whether every service answered, as for the
+other commands. The live view exits 0 when ``q`` is pressed (standard input is then read
+key by key, and its mode restored on the way out) or on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import termios
 import tty
@@ -122,7 +123,8 @@ async def _snapshot(collector: Collector, how: str) -> int:
     else:
         from dispatcher.server.ctl_top_plain import plain_screen
 
-        print(plain_screen(poll), end="")
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        print(plain_screen(poll, width), end="")
     return poll.status
 
 

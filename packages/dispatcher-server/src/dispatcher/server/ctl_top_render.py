@@ -5,7 +5,8 @@ the one before it, for rates) into what is drawn, from the strings
 :mod:`dispatcher.server.ctl_top_text` makes of it. Every value from a reply is shown escaped
 (see :func:`dispatcher.server.ctl_render.shown`) and as plain text, never as rich markup: a
 task name or an error cannot style the screen or send the terminal control sequences.
-Uuids, task names and dates never wrap: the error column takes the room left.
+A table fits the width it is drawn in (see :func:`dispatcher.server.ctl_top_text.fit_table`):
+its rows take one line each, only a failure's error wraps, in the room left.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from dispatcher.server.ctl_render import shown
 from dispatcher.server.ctl_top_text import (
+    ERROR_WIDTH,
     FAILURE_COLUMNS,
     FAILURES_SHOWN,
     QUEUE_COLUMNS,
@@ -29,6 +31,7 @@ from dispatcher.server.ctl_top_text import (
     Poll,
     Rates,
     failure_rows,
+    fit_table,
     header_text,
     node_of,
     older_failures,
@@ -57,17 +60,12 @@ __all__ = [
     "workers_table",
 ]
 
-UNWRAPPED: Final = frozenset({"when", "outcome", "task", "uuid", "worker", "pid", "queue"})
-"""Columns cut short with an ellipsis, if they must be, rather than wrapped."""
-
-ERROR_WIDTH: Final = 24
-"""Columns a failure's error keeps at least (when the task's name can give them up)."""
-
 WRAPPED_WIDTH: Final = 8
 """Columns the other wrapped columns keep at least."""
 
-SHORTEST_TASK: Final = 12
-"""Columns a failure's task name keeps at least."""
+WRAPPED: Final = frozenset({"error", "ready", "delayed", "oldest ready waited"})
+"""Columns that wrap when they must; the others never do (they are cut short, see
+:func:`dispatcher.server.ctl_top_text.fit_table`)."""
 
 
 def screen(
@@ -138,7 +136,8 @@ def summary(reply: Mapping[str, Any], speed: Rates | None) -> Text:
 def workers_table(reply: Mapping[str, Any], width: int | None = None) -> Table:
     """A row per worker: what it runs (task, uuid, for how long), tasks done, memory.
 
-    Uuids and task names do not wrap when *width* (that it is drawn in) leaves room.
+    Fitted to the *width* it is drawn in: each row takes one line (see
+    :func:`dispatcher.server.ctl_top_text.fit_table`).
     """
     rows = worker_rows(reply)
     table = _table(WORKER_COLUMNS, rows, width)
@@ -150,8 +149,8 @@ def workers_table(reply: Mapping[str, Any], width: int | None = None) -> Table:
 def failures_table(failures: list[Any], now: float, width: int | None = None) -> Table:
     """The newest failures (:data:`FAILURES_SHOWN`): when, how, task, uuid, error line.
 
-    Given the *width* it is drawn in, a task's name too long to leave the error
-    :data:`ERROR_WIDTH` columns is cut short (with an ellipsis); uuids never are.
+    Fitted to the *width* it is drawn in (see :func:`dispatcher.server.ctl_top_text.fit_table`):
+    the error keeps at least :data:`ERROR_WIDTH` columns and wraps in them.
     """
     entries = [f for f in failures if isinstance(f, dict)]
     table = _table(FAILURE_COLUMNS, failure_rows(entries, now), width, "recent failures")
@@ -184,36 +183,20 @@ def durable_queues(depths: Mapping[str, QueueDepth]) -> Table:
 def _table(
     columns: tuple[str, ...], rows: list[list[str]], width: int | None, title: str | None = None
 ) -> Table:
-    """A table of *rows* whose :data:`UNWRAPPED` columns do not wrap if *width* allows.
-
-    The others keep :data:`WRAPPED_WIDTH` columns (an error :data:`ERROR_WIDTH`), a task's
-    name being cut short (with an ellipsis) to leave them that; when even that does not fit,
-    every column wraps.
-    """
+    """A table of *rows*, fitted to *width* if given; only its :data:`WRAPPED` columns wrap."""
     table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    natural = [max(map(cell_len, cells)) for cells in zip(columns, *rows, strict=True)]
-    task_width: int | None = None
-    unwrapped = True
-    if width is not None:
-        needed = 2 * (len(columns) - 1) + sum(
-            size if name in UNWRAPPED else min(size, _least(name))
-            for name, size in zip(columns, natural, strict=True)
-        )
-        spare = width - needed
-        if spare < 0 and "task" in columns:
-            task_width = natural[columns.index("task")] + spare
-        unwrapped = spare >= 0 or (task_width is not None and task_width >= SHORTEST_TASK)
-    for name in columns:
-        if unwrapped and name in UNWRAPPED:
-            limit = task_width if name == "task" else None
-            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=limit)
-        else:
+    least = {name: _least(name) for name in columns if name in WRAPPED}
+    kept, fitted = fit_table(columns, rows, width, least, cell_len)
+    for name in kept:
+        if name in WRAPPED:
             table.add_column(name, overflow="fold")
-    for row in rows:
+        else:
+            table.add_column(name, no_wrap=True, overflow="ellipsis")
+    for row in fitted:
         table.add_row(
             *(
                 Text(value, style="red" if name == "outcome" else "")
-                for name, value in zip(columns, row, strict=True)
+                for name, value in zip(kept, row, strict=True)
             )
         )
     return table
