@@ -267,6 +267,31 @@ def test_serial_jobs_never_overlap_across_three_services(
     assert [record["event"] for record in events] == ["start", "end"] * 6
 
 
+def test_identical_serial_jobs_at_the_head_of_a_queue_do_not_hold_up_the_others(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # More identical serial jobs than a claim reads, then others: a claim that reads only
+    # twins claims one of them, and the queue must not be taken for drained (a long poll
+    # interval would then hold every other job up).
+    twins = [
+        job_message("sleep_then_record", evidence.path, 5, "twin", on_duplicate="serial")
+        for _ in range(10)
+    ]
+    others = [job_message("record", evidence.path, n) for n in range(3)]
+    start_service(queue_config(pg_dsn, schema, channel, poll_interval=60, prefetch=0))
+    # A first job, woken by its NOTIFY: the service now waits for the next wake-up.
+    first = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, -1)])
+    wait_for_states(pg_conn, schema, first, {"done"}, timeout=20)
+    uuids = enqueue(pg_conn, schema, channel, twins + others)[len(twins) :]
+    wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=20)
+    assert sorted(r["args"][0] for r in evidence.records() if r.get("args")) == [-1, 0, 1, 2]
+
+
 def test_a_schedule_on_three_services_runs_once_per_tick(
     start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, evidence: Evidence
 ) -> None:

@@ -4,8 +4,11 @@ migration plans, and how jobs from a broker that schedules them pass the service
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +32,9 @@ from dispatcher.server.brokers.pg_queue.outcomes import (
     parse_receipt,
     to_ack,
 )
+from dispatcher.server.brokers.pg_queue.sql import Statements
+from dispatcher.server.brokers.pg_queue.upkeep import BATCH, Upkeep, sweep
+from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
 from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job
 from dispatcher.server.origin import Origin
@@ -122,11 +128,18 @@ def test_a_rejected_message_fails_with_the_reason() -> None:
 
 
 @pytest.mark.parametrize(
-    "receipt", ["", "12", "12:3", "a:1:1", "1:b:1", "1:1:c", "-1:2:3", "1:2:3:4", "9" * 20 + ":1:1"]
+    "receipt",
+    ["", "12", "12:3", "a:1:1", "1:b:1", "1:1:c", "--1:2:3", "1:2:3:4", "9" * 20 + ":1:1"],
 )
 def test_receipts_that_are_not_ours_are_ignored(receipt: str) -> None:
     assert parse_receipt(receipt) is None
     assert to_ack(Settled(receipt, "ok"), POLICY) is None
+
+
+def test_a_row_with_a_negative_id_or_claim_counter_is_still_settled() -> None:
+    # Rows inserted by hand may have them (an id given with OVERRIDING SYSTEM VALUE).
+    assert parse_receipt("-7:1:1") == (-7, 1, 1)
+    assert to_ack(Settled("3:1:-4", "ok"), POLICY) == Ack(3, 1, -4, "done", "ok", None, None)
 
 
 def test_error_text_is_made_safe_for_postgresql() -> None:
@@ -328,3 +341,48 @@ async def test_outcomes_carry_the_result_and_the_traceback_to_the_broker() -> No
         Settled("1:1:4", "error", "ValueError: no", traceback="Traceback..."),
         Settled("1:1:4", "worker_lost", "worker_lost: worker 3 (pid 99) ended with it"),
     ]
+
+
+@pytest.mark.anyio
+async def test_a_retry_due_sooner_cuts_short_a_wait_already_under_way() -> None:
+    # The claim loop may be waiting out a long poll_interval when a job is retried with a
+    # shorter backoff: the retry must not wait for the poll.
+    wakeup = Wakeup()
+    done = anyio.Event()
+
+    async def claim_loop() -> None:
+        while True:
+            await wakeup.wait(60)
+            if time.monotonic() >= due:
+                done.set()
+                return
+
+    async with anyio.create_task_group() as tasks:
+        due = time.monotonic() + 0.3
+        tasks.start_soon(claim_loop)
+        await anyio.sleep(0.05)  # the loop waits now
+        wakeup.after(0.3 - 0.05)
+        with anyio.fail_after(10):
+            await done.wait()
+    assert time.monotonic() - due < 5  # not the 60 s poll
+
+
+@pytest.mark.anyio
+async def test_a_sweep_or_purge_with_endless_rows_due_stops_at_its_deadline() -> None:
+    # Millions of rows due at once must not hold up the renewal of leases that follows.
+    calls = 0
+
+    async def fetch(statement: bytes, params: Any) -> list[tuple[Any, ...]]:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.001)
+        return [("q", "queued")] * params["limit"]
+
+    stats = ServiceStats()
+    with anyio.fail_after(10):
+        swept = await sweep(fetch, b"SWEEP", stats, time.monotonic() + 0.05)
+    assert swept == calls * BATCH > 0
+    db: Any = type("Db", (), {"fetch": staticmethod(fetch)})()
+    upkeep = Upkeep(db, Statements.for_schema("s"), Any, Any, stats, lease=3, keep_finished=1)
+    with anyio.fail_after(10):
+        assert await upkeep.purge(time.monotonic() + 0.05) is False

@@ -93,8 +93,13 @@ class Claimer:
                     sent = time.monotonic()
                     rows = await self._claim(wanted)
                     self._deliver(rows, deliver, sent)
-                    # Fewer than wanted: none left, unless the claim's bytes ran out first.
-                    drained = len(rows) < wanted and sum(row[5] for row in rows) < CLAIM_BYTES
+                    # Fewer than wanted: none left, unless the claim's bytes ran out first,
+                    # or identical serial rows were left for later (the candidates it read).
+                    drained = (
+                        len(rows) < wanted
+                        and sum(row[5] for row in rows) < CLAIM_BYTES
+                        and (not rows or rows[0][6] < wanted)
+                    )
             except FAILURES as exc:
                 self._failures.log("pg_queue: cannot claim jobs: %s", first_line(exc))
             if drained:
@@ -120,7 +125,7 @@ class Claimer:
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""
-        for row, attempts, claim, queue, message, size in sorted(rows):
+        for row, attempts, claim, queue, message, size, _ in sorted(rows):
             self._leases.add(row, attempts, claim, sent)
             self._stats.pg_queue_claims[queue] += 1
             if message is None:

@@ -84,12 +84,13 @@ def parse_receipt(receipt: str) -> tuple[int, int, int] | None:
     parts = receipt.split(":")
     if len(parts) != 3:
         return None
-    row, attempts, claim = parts
+    # A row inserted by hand may have a negative id or claim counter: still ours to settle.
+    row, attempts, claim = (part.removeprefix("-") for part in parts)
     if not (row.isdigit() and attempts.isdigit() and claim.isdigit()):
         return None
-    if len(row) > 19 or len(attempts) > 9 or len(claim) > 10:
+    if len(row) > 19 or len(attempts) > 10 or len(claim) > 10:
         return None
-    return int(row), int(attempts), int(claim)
+    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 def receipt(row: int, attempts: int, claim: int) -> str:

@@ -66,7 +66,7 @@ FROM claimed
 WHERE j.id = claimed.id
 RETURNING j.id, j.attempts, j.claims, j.queue,
     CASE WHEN octet_length(j.message) <= %(max_bytes)s THEN j.message END,
-    octet_length(j.message)
+    octet_length(j.message), (SELECT count(*) FROM candidates)
 """
 """Claim up to ``limit`` ready rows, oldest first, at most one per serial or queue_one key
 and none whose twin runs: running under a lease, one attempt more. A claim stops at
@@ -75,7 +75,10 @@ claim holds at most that plus one message, and at least one row whatever its siz
 Each queue is read in the order of its index (queue, run_after, id), so a claim reads
 about ``limit`` rows per queue however long the queue is. Two services racing for identical
 serial rows meet the jobs_one_running index: one gets a unique violation and tries again. A
-message over ``max_bytes`` comes back as ``NULL`` (with its size), never delivered.
+message over ``max_bytes`` comes back as ``NULL`` (with its size), never delivered. Each
+row also says how many candidates the claim read: more rows than it claimed when identical
+serial or queue_one rows were left for later, so that the queue is not taken for drained
+(the rows behind them are claimed next, at once).
 
 Its commit does not wait for the disk (``synchronous_commit`` off for this transaction
 only, so it holds through a pooler too): a claim lost in a crash of the database leaves its

@@ -6,6 +6,11 @@
 - every minute (or every ``keep_finished`` seconds, when shorter; at most every lease/3):
   delete finished rows older than ``keep_finished``, and schedule ticks older than an
   hour, in small batches.
+
+A sweep or a purge stops after ``lease / 3`` seconds of work, and goes on at the next round
+(the purge without waiting for its minute): however many rows are due at once (millions,
+after ``keep_finished`` was lowered), leases are renewed on time, so that no job this
+service runs is taken for lost and run elsewhere meanwhile.
 """
 
 from __future__ import annotations
@@ -37,10 +42,15 @@ KEEP_TICKS: Final = 3600.0
 """Seconds a schedule tick is remembered (long after every service has seen it)."""
 
 
-async def sweep(fetch: Fetch, statement: bytes, stats: ServiceStats) -> int:
-    """Take back every row whose lease ran out; return how many."""
+async def sweep(
+    fetch: Fetch, statement: bytes, stats: ServiceStats, deadline: float = float("inf")
+) -> int:
+    """Take back every row whose lease ran out; return how many.
+
+    Or as many as there is time for before the :func:`time.monotonic` *deadline*.
+    """
     total = failed = 0
-    while True:
+    while time.monotonic() < deadline:
         rows = await fetch(statement, {"limit": BATCH})
         for queue, state in rows:
             stats.pg_queue_lease_expiries[queue] += 1
@@ -88,35 +98,44 @@ class Upkeep:
         purge_every = min(PURGE_EVERY, self._keep_finished)
         now = time.monotonic()
         next_sweep, next_purge = now + self._lease / 2, now + purge_every
+        budget = self._lease / 3
         while True:
-            await anyio.sleep(self._lease / 3)
+            await anyio.sleep(budget)
             # Each step on its own: a failing flush must never cost the renewal of leases.
             await self._attempt(self._leases.renew)
             await self._attempt(self._acks.flush)
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + self._lease / 2
-                await self._attempt(self._sweep)
+                await self._attempt(self._sweep, now + budget)
             if now >= next_purge:
-                next_purge = now + purge_every
-                await self._attempt(self.purge)
+                finished = await self._attempt(self.purge, time.monotonic() + budget)
+                next_purge = now if finished is False else now + purge_every
 
-    async def _attempt(self, step: Callable[[], Awaitable[object]]) -> None:
+    async def _attempt(self, step: Callable[..., Awaitable[object]], *args: float) -> object | None:
         try:
-            await step()
+            return await step(*args)
         except FAILURES as exc:
             self._failures.log("pg_queue: upkeep failed: %s", first_line(exc))
+            return None
 
-    async def _sweep(self) -> None:
-        await sweep(self._db.fetch, self._statements.sweep, self._stats)
+    async def _sweep(self, deadline: float) -> None:
+        await sweep(self._db.fetch, self._statements.sweep, self._stats, deadline)
 
-    async def purge(self) -> None:
-        """Delete old finished rows and old schedule ticks, a batch per statement."""
+    async def purge(self, deadline: float = float("inf")) -> bool:
+        """Delete old finished rows and old schedule ticks, a batch per statement.
+
+        Until none is left, or the :func:`time.monotonic` *deadline* has passed; returns
+        whether none is left.
+        """
         for statement, keep in (
             *((purge, self._keep_finished) for purge in self._statements.purge),
             (self._statements.purge_ticks, KEEP_TICKS),
         ):
             while True:
+                if time.monotonic() >= deadline:
+                    return False
                 rows = await self._db.fetch(statement, {"keep": keep, "limit": BATCH})
                 if len(rows) < BATCH:
                     break
+        return True

@@ -48,7 +48,10 @@ class Wakeup:
 
     def after(self, delay: float) -> None:
         """Wake the waiter in *delay* seconds at the latest (a retry becomes ready then)."""
-        self._due = min(self._due, time.monotonic() + delay)
+        due = time.monotonic() + delay
+        if due < self._due:
+            self._due = due
+            self._event.set()  # a wait under way started with a later timeout: it starts over
 
     async def wait(self, timeout: float) -> None:
         """Return when woken, or after *timeout* seconds; then clear the flag."""
