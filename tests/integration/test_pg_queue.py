@@ -107,6 +107,30 @@ def test_migrate_twice_is_a_no_op_and_print_shows_the_sql(
     assert "nothing to do" in ctl(path, "migrate", "--print").stdout
 
 
+def test_migrate_needs_no_right_to_create_schemas_when_the_schema_exists(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str
+) -> None:
+    # A DBA made the schema for the service's role, which may not create schemas itself.
+    schema = unique_schema()
+    role = f"owner_{schema}"
+    names = {"role": sql.Identifier(role), "schema": sql.Identifier(schema)}
+    pg_conn.execute(sql.SQL("CREATE ROLE {role} LOGIN").format(**names))
+    try:
+        pg_conn.execute(sql.SQL("CREATE SCHEMA {schema} AUTHORIZATION {role}").format(**names))
+        path = tmp_path / "dispatcher.yml"
+        conninfo = make_conninfo(pg_dsn, user=role)
+        path.write_text(json.dumps(queue_config(conninfo, schema, channel)))
+        for expected in ("from version 0 to", "nothing to do"):
+            done = ctl(path, "migrate")
+            assert done.returncode == 0, done.stderr
+            assert expected in done.stdout
+        assert count_tables(pg_conn, schema) > 0
+    finally:
+        pg_conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {schema} CASCADE").format(**names))
+        pg_conn.execute(sql.SQL("DROP OWNED BY {role}").format(**names))
+        pg_conn.execute(sql.SQL("DROP ROLE {role}").format(**names))
+
+
 def count_tables(conn: Conn, schema: str) -> int:
     row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone()
     return int(row[0]) if row else 0

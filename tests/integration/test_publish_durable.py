@@ -154,6 +154,22 @@ def test_rollback_leaves_no_job_and_commit_leaves_one(
     assert woken(wakeups, 2, timeout=1) == ["orders"]  # the rolled-back one woke nobody
 
 
+def test_a_delay_counts_from_the_call_in_a_long_transaction(
+    durable: Settings, pg_dsn: str, schema: str
+) -> None:
+    with Connection.connect(pg_dsn) as conn:
+        conn.execute("SELECT pg_sleep(1)")  # the transaction began a second ago
+        ship.apply_async(args=[1], delay=5, connection=conn)
+        conn.commit()
+    with psycopg.connect(pg_dsn) as check:
+        waits = check.execute(
+            sql.SQL("SELECT extract(epoch FROM run_after - created_at) FROM {}").format(
+                sql.Identifier(schema, "jobs")
+            )
+        ).fetchall()
+    assert len(waits) == 1 and waits[0][0] >= 5.9  # 5 s after the call, not after BEGIN
+
+
 def test_a_batch_stores_everything_in_order_and_wakes_each_queue_once(
     durable: Settings, wakeups: Conn, pg_dsn: str, schema: str, channel: str
 ) -> None:

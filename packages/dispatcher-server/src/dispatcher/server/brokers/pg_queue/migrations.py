@@ -139,7 +139,10 @@ def _setup(schema: str) -> tuple[str, ...]:
     lock_key = sql.Literal(f"dispatcher.migrate:{schema}").as_string(None)
     return (
         f"SELECT pg_advisory_xact_lock(hashtextextended({lock_key}, 0))",
-        f"CREATE SCHEMA IF NOT EXISTS {name}",
+        # Created only when missing: CREATE SCHEMA IF NOT EXISTS needs the right to create
+        # schemas in the database even when this one exists (a DBA may have made it).
+        f"DO $$BEGIN IF to_regnamespace({sql.Literal(name).as_string(None)}) IS NULL THEN "
+        f"CREATE SCHEMA {name}; END IF; END$$",
         f"CREATE TABLE IF NOT EXISTS {name}.{VERSION_TABLE} (\n"
         "    version     integer PRIMARY KEY,\n"
         "    applied_at  timestamptz NOT NULL DEFAULT now()\n"
