@@ -22,7 +22,7 @@ from dispatcher.publish import (
     prepare_submission,
     submit_task,
 )
-from dispatcher.testing import InMemoryBoundTask, eager
+from dispatcher.testing import InMemoryBoundTask, captured, eager
 from support import testing_tasks as tasks
 from support.testing_tasks import CALLS
 
@@ -152,6 +152,25 @@ def test_bad_arguments_raise_what_publishing_raises_and_run_nothing() -> None:
     with eager(), pytest.raises(InvalidSubmission, match="timeout"):
         tasks.add.apply_async(args=[1, 2], timeout=-1)
     assert mode.runs == []
+
+
+def test_a_misspelt_name_is_reported_before_the_missing_default_channel(tmp_path: Path) -> None:
+    # Several channels and no default: a name known here would need queue=... to be sent.
+    (tmp_path / "dispatcher.yml").write_text(
+        "version: 1\n"
+        "brokers:\n"
+        "  pg_notify:\n"
+        "    conninfo: host=127.0.0.1 port=9\n"
+        "    channels: [orders, emails]\n"
+    )
+    for mode in (eager(), captured()):
+        with mode, pytest.raises(InvalidSubmission) as refused:
+            submit_task("support.testing_tasks.no_queu", args=[1])
+        assert "not a task registered in this process" in str(refused.value)
+        assert "did you mean 'support.testing_tasks.no_queue'?" in str(refused.value)
+    with captured(allow_unregistered=True), pytest.raises(InvalidSubmission) as refused:
+        submit_task("support.testing_tasks.no_queu", args=[1])
+    assert "no channel to send it on" in str(refused.value)
 
 
 def test_unregistered_names_are_refused_with_a_suggestion() -> None:

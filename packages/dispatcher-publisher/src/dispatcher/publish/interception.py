@@ -25,6 +25,14 @@ class Interceptor(Protocol):
         """The queue of a task that names none when no config is set up (``None``: an error)."""
         ...
 
+    def refusal(self, task: str) -> str | None:
+        """Why it will not take submissions of *task*, a name not registered here, if it won't.
+
+        Asked as soon as the message of such a task is checked, before its queue is looked
+        for: a misspelt name is then reported as such, rather than as what follows from it.
+        """
+        ...
+
     def send(self, submissions: Sequence[Submission], connection: object | None) -> None:
         """Take *submissions*, checked and ready to send, in order.
 

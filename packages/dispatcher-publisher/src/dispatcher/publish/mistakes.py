@@ -103,9 +103,17 @@ def check_task_name(name: str) -> None:
     """Warn, once per name, when the unregistered task *name* is close to a registered one.
 
     A name unknown here may be a task of another code base, so only a near miss is reported.
-    Not while a testing mode takes the submissions: it refuses or accepts the name itself.
+    While a testing mode takes the submissions, it refuses or accepts the name instead.
+
+    :raises InvalidSubmission: when the testing mode in force refuses the name.
     """
-    if name in _checked_tasks or interception.current is not None:
+    interceptor = interception.current
+    if interceptor is not None:
+        refusal = interceptor.refusal(name)
+        if refusal is not None:
+            raise InvalidSubmission(refusal)
+        return
+    if name in _checked_tasks:
         return
     if len(_checked_tasks) >= MAX_REMEMBERED_NAMES:
         _checked_tasks.clear()

@@ -26,6 +26,17 @@ MAX_RUNS: Final = 10_000
 """The most runs :meth:`Captured.run_all` makes: tasks that keep submitting tasks never end."""
 
 
+def _refusal(name: str, allow_unregistered: bool) -> str | None:
+    """Why the task *name* is refused, when it is not registered here and must be."""
+    if allow_unregistered or name in registry:
+        return None
+    return (
+        f"cannot submit {name}: it is not a task registered in this process, and "
+        "dispatcher.testing runs registered tasks only (import the module that "
+        f"defines it){did_you_mean(name, registry.names())}"
+    )
+
+
 def _recorded(
     submissions: Sequence[Submission], connection: object | None, allow_unregistered: bool
 ) -> list[CapturedTask]:
@@ -33,15 +44,10 @@ def _recorded(
 
     :raises InvalidSubmission: naming the first unregistered task (then none is recorded).
     """
-    if not allow_unregistered:
-        for submission in submissions:
-            name = submission.message["task"]
-            if name not in registry:
-                raise InvalidSubmission(
-                    f"cannot submit {name}: it is not a task registered in this process, and "
-                    "dispatcher.testing runs registered tasks only (import the module that "
-                    f"defines it){did_you_mean(name, registry.names())}"
-                )
+    for submission in submissions:
+        refusal = _refusal(submission.message["task"], allow_unregistered)
+        if refusal is not None:
+            raise InvalidSubmission(refusal)
     in_transaction = connection is not None
     return [CapturedTask(submission, in_transaction) for submission in submissions]
 
@@ -86,6 +92,10 @@ class Eager:
             if run.uuid == uuid:
                 return run
         raise LookupError(f"no task with uuid {uuid!r} has run")
+
+    def refusal(self, task: str) -> str | None:
+        """Why *task*, a name not registered here, is refused: it cannot be run."""
+        return _refusal(task, allow_unregistered=False)
 
     def send(self, submissions: Sequence[Submission], connection: object | None) -> None:
         """Run each of *submissions*, in order (the interceptor's side).
@@ -201,6 +211,10 @@ class Captured:
             self._check_limit(len(runs), max_runs)
             runs.append(await self.arun())
         return runs
+
+    def refusal(self, task: str) -> str | None:
+        """Why *task*, a name not registered here, is refused, unless :attr:`allow_unregistered`."""
+        return _refusal(task, self.allow_unregistered)
 
     def send(self, submissions: Sequence[Submission], connection: object | None) -> None:
         """Record *submissions* (the interceptor's side)."""
