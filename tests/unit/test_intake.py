@@ -144,6 +144,30 @@ def test_rejections(
     assert text in record.getMessage()
 
 
+@pytest.mark.parametrize(
+    ("task", "suggestion"),
+    [
+        ("myapp.tasks.nope", ""),  # the module alone is no likeness
+        ("myapp.tasks.send_confirmaton", " (did you mean 'myapp.tasks.send_confirmation'?)"),
+        ("myap.tasks.slow", " (did you mean 'myapp.tasks.slow'?)"),
+        ("myapp.mails.slow", ""),
+    ],
+)
+def test_an_unknown_task_is_suggested_a_name_only_when_it_looks_like_a_typo(
+    pool: RecordingPool,
+    stats: ServiceStats,
+    caplog: pytest.LogCaptureFixture,
+    task: str,
+    suggestion: str,
+) -> None:
+    intake = Intake(pool, stats, chunk_expiry=60)  # type: ignore[arg-type]
+    intake.catalogue.learn(frozenset({"myapp.tasks.slow", "myapp.tasks.send_confirmation"}))
+    with caplog.at_level(logging.WARNING, logger="dispatcher.intake"):
+        intake.receive(json.dumps({"task": task, "uuid": "u1"}), "chan")
+    [record] = caplog.records
+    assert record.getMessage().endswith(f"task {task!r} is not registered{suggestion}")
+
+
 def test_chunks_out_of_order_are_joined(intake: Intake, pool: RecordingPool) -> None:
     text = json.dumps({"task": "app.tasks.work", "uuid": "big", "args": ["x" * 20_000]})
     envelopes = split_message(text)

@@ -150,6 +150,31 @@ def test_a_task_name_close_to_a_registered_one_is_warned_about_once(
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("support.testing_tasks.nope", None),  # the module alone is no likeness (no_queue)
+        ("support.testing_tasks.echo", None),  # nor is a shared prefix (echo_types, chain)
+        ("support.testing_tasks.chian", "support.testing_tasks.chain"),
+        ("support.testing_tasks.asyncdoubel", "support.testing_tasks.async_double"),
+        ("suport.testing_tasks.exits", "support.testing_tasks.exits"),
+    ],
+)
+def test_a_suggestion_is_a_close_function_name_not_merely_the_same_module(
+    caplog: pytest.LogCaptureFixture, name: str, suggested: str | None
+) -> None:
+    configure()
+    prepare_submission(name, queue="myapp")
+    warnings = warnings_of(caplog)
+    if suggested is None:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"task {name!r} is not registered in this process; did you mean {suggested!r}? "
+            "(submitting it by name anyway)"
+        ]
+
+
 def test_names_of_other_code_bases_are_not_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     configure()
     prepare_submission("billing.invoicing.charge_card", args=[1], queue="myapp")

@@ -25,6 +25,10 @@ TYPO_CUTOFF: Final = 0.8
 """How alike a NOTIFY queue's name must be to a durable queue's to be refused as its typo
 (``paymnets`` and ``payments``: 0.88; ``orders_fast`` and ``orders``: 0.71, let through)."""
 
+TASK_NAME_CUTOFF: Final = 0.75
+"""How alike two parts of task names must be to suggest one for the other (``sned`` and
+``send``: 0.75; ``nope`` and ``slow``: 0.25)."""
+
 MAX_REMEMBERED_NAMES: Final = 4096
 """Names remembered as checked; past that they are forgotten (and may be warned about again)."""
 
@@ -46,6 +50,46 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the candidate close to *name*, else ``""``."""
     close = close_name(name, candidates)
     return "" if close is None else f"; did you mean {close!r}?"
+
+
+def close_task_name(name: str, names: Iterable[str]) -> str | None:
+    """The task name among *names* that *name* is likely a typo of, if there is one.
+
+    Dotted names are compared part by part, so that sharing a module does not make two
+    names alike (``tasks.sleep`` is no suggestion for ``tasks.nope``). Among the names of
+    *name*'s module, the last parts are compared (``send_confirmaton``, ``send_confirmation``);
+    among the others, the modules and the last parts both must be close (``myap.tasks.x``,
+    ``myapp.tasks.x``), and a name of the same module is preferred.
+    """
+    module, _, last = name.rpartition(".")
+    best: tuple[bool, float] | None = None
+    found: str | None = None
+    for candidate in sorted(names):  # of equally close names, the first in order
+        candidate_module, _, candidate_last = candidate.rpartition(".")
+        score = _similarity(last, candidate_last)
+        same_module = candidate_module == module
+        if not same_module and score >= TASK_NAME_CUTOFF:
+            score = min(score, _similarity(module, candidate_module))
+        if score < TASK_NAME_CUTOFF:
+            continue
+        rank = (same_module, score)
+        if best is None or rank > best:
+            best, found = rank, candidate
+    return found
+
+
+def did_you_mean_task(name: str, names: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the task name close to *name* (:func:`close_task_name`)."""
+    close = close_task_name(name, names)
+    return "" if close is None else f"; did you mean {close!r}?"
+
+
+def _similarity(text: str, other: str) -> float:
+    """How alike *text* and *other* are, from 0 to 1 (``difflib``'s ratio)."""
+    matcher = difflib.SequenceMatcher(None, text, other)
+    if matcher.real_quick_ratio() < TASK_NAME_CUTOFF or matcher.quick_ratio() < TASK_NAME_CUTOFF:
+        return 0.0  # cheap upper bounds, as difflib.get_close_matches uses them
+    return matcher.ratio()
 
 
 def check_queue(queue: str, settings: Settings) -> None:
@@ -118,7 +162,7 @@ def check_task_name(name: str) -> None:
     if len(_checked_tasks) >= MAX_REMEMBERED_NAMES:
         _checked_tasks.clear()
     _checked_tasks.add(name)
-    close = close_name(name, registry.names())
+    close = close_task_name(name, registry.names())
     if close is not None:
         logger.warning(
             "task %r is not registered in this process; did you mean %r? "

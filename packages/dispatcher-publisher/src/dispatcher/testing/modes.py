@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from dispatcher.publish import interception
 from dispatcher.publish.errors import InvalidSubmission
-from dispatcher.publish.mistakes import did_you_mean
+from dispatcher.publish.mistakes import did_you_mean_task
 from dispatcher.publish.registry import registry
 from dispatcher.publish.submission import Submission
 from dispatcher.testing.records import CapturedTask, TaskRun
@@ -33,7 +33,7 @@ def _refusal(name: str, allow_unregistered: bool) -> str | None:
     return (
         f"cannot submit {name}: it is not a task registered in this process, and "
         "dispatcher.testing runs registered tasks only (import the module that "
-        f"defines it){did_you_mean(name, registry.names())}"
+        f"defines it){did_you_mean_task(name, registry.names())}"
     )
 
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 from dispatcher.publish.errors import DispatcherCancel, DispatcherExit
-from dispatcher.publish.mistakes import did_you_mean
+from dispatcher.publish.mistakes import did_you_mean_task
 from dispatcher.publish.registry import registry
 from dispatcher.testing.bound import InMemoryBoundTask
 from dispatcher.testing.records import TaskRun
@@ -35,9 +35,8 @@ _nested_runs: contextvars.ContextVar[int] = contextvars.ContextVar("nested_runs"
 
 def not_registered(name: str) -> LookupError:
     """The error for running *name*, which is not registered in this process."""
-    return LookupError(
-        f"task {name!r} is not registered in this process{did_you_mean(name, registry.names())}"
-    )
+    suggestion = did_you_mean_task(name, registry.names())
+    return LookupError(f"task {name!r} is not registered in this process{suggestion}")
 
 
 class InProcessRunner:

@@ -12,7 +12,6 @@ registered. Any other text that is not JSON is rejected (``not_json``).
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 from collections import deque
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 from dispatcher.config import Limits, Security
+from dispatcher.publish.mistakes import close_task_name
 from dispatcher.schema import (
     CHUNK_KEY,
     MAX_MESSAGE_BYTES,
@@ -352,8 +352,8 @@ def _suggestion(name: str, names: frozenset[str]) -> str:
     """``" (did you mean 'x'?)"`` when a registered name is close to *name*, else ``""``."""
     if len(names) > MAX_SUGGESTION_CANDIDATES or not isinstance(name, str):
         return ""
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = close_task_name(name, names)
+    return f" (did you mean {close!r}?)" if close is not None else ""
 
 
 def _follow_ups(message: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:

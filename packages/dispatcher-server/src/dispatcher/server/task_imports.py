@@ -310,9 +310,9 @@ def unregistered_producers(
 
 def _did_you_mean(task: str, names: Sequence[str]) -> str:
     """``"; did you mean 'x'?"`` for the registered name closest to *task*, or ``""``."""
-    from dispatcher.publish.mistakes import close_name  # only when a name is wrong
+    from dispatcher.publish.mistakes import close_task_name  # only when a name is wrong
 
-    close = close_name(task, names)
+    close = close_task_name(task, names)
     if close is None:  # a short name, say "hello" for "myapp.tasks.hello"
         same = [name for name in names if name.rpartition(".")[2] == task.rpartition(".")[2]]
         close = same[0] if len(same) == 1 else None
