@@ -203,6 +203,33 @@ async def test_an_invalid_command_is_refused_and_nothing_sent(
     assert nothing_more(listener)
 
 
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (
+            {"limit": 10**5000},
+            "control_data.limit: the integer has more than 4300 digits, too many to send "
+            "(a service reads integers of at most 4300 digits)",
+        ),
+        ({"limit": float("nan")}, "control_data.limit: nan is not valid in JSON"),
+        (
+            {"when": [object()]},
+            "control_data.when[0]: a value of type object is not JSON-serialisable",
+        ),
+    ],
+)
+async def test_control_data_a_service_could_not_read_is_named_and_nothing_sent(
+    configured: Settings, listener: Conn, data: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidSubmission) as refused:
+        await acontrol("running", data)
+    assert str(refused.value) == f"cannot send control command 'running': {reason}"
+    with pytest.raises(InvalidSubmission) as refused:
+        await acontrol_with_reply("running", data, expected_replies=1, timeout=0.1)
+    assert str(refused.value) == f"cannot send control command 'running': {reason}"
+    assert nothing_more(listener)
+
+
 async def test_unreachable_database_is_one_clear_sentence(
     unreachable: Callable[..., Settings],
 ) -> None:

@@ -127,6 +127,51 @@ def test_bad_options_are_named(options: dict[str, Any], reason: str) -> None:
     assert str(caught.value) == f"cannot submit support.tasks.add: {reason}"
 
 
+TOO_MANY_DIGITS = (
+    "has more than 4300 digits, too many to send (a service reads integers of at most 4300 digits)"
+)
+
+
+@pytest.fixture(params=["default", "lifted"])
+def int_digits_limit(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Python's limit on the digits of an integer written out: as it is, or lifted here."""
+    before = sys.get_int_max_str_digits()
+    if request.param == "lifted":
+        sys.set_int_max_str_digits(0)  # a service still reads 4300 digits at most
+    yield
+    sys.set_int_max_str_digits(before)
+
+
+@pytest.mark.usefixtures("int_digits_limit")
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"args": [10**5000]}, f"args[0]: the integer {TOO_MANY_DIGITS}"),
+        ({"kwargs": {"n": [1, -(10**4300)]}}, f"kwargs.n[1]: the integer {TOO_MANY_DIGITS}"),
+        ({"args": [{10**4300: "key"}]}, f"args[0]: an integer key {TOO_MANY_DIGITS}"),
+        ({"extra": {"trace": 10**4300}}, f"trace: the integer {TOO_MANY_DIGITS}"),
+    ],
+)
+def test_an_integer_too_long_for_a_service_is_named(options: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission(tasks.add, **options)
+    assert str(caught.value) == f"cannot submit support.tasks.add: {reason}"
+
+
+def test_the_longest_integer_a_service_reads_is_sent() -> None:
+    largest = 10**4300 - 1
+    submission = prepare_submission(tasks.add, args=[largest, -largest])
+    assert submission.message["args"] == [largest, -largest]
+
+
+def test_an_option_too_long_to_write_out_is_named() -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission(tasks.add, args=[1, 2], timeout=10**5000)
+    assert str(caught.value) == (
+        f"cannot submit support.tasks.add: timeout: the integer {TOO_MANY_DIGITS}"
+    )
+
+
 def test_bad_task_names() -> None:
     with pytest.raises(
         InvalidSubmission,

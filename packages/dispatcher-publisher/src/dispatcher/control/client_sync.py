@@ -13,6 +13,7 @@ from typing import Any
 from dispatcher.control.local import control_payloads
 from dispatcher.control.result import ControlResult
 from dispatcher.publish.errors import InvalidSubmission, PublishError
+from dispatcher.publish.json_values import may_hold_too_long_integer, unsendable_reason
 from dispatcher.publish.routing import control_broker
 from dispatcher.publish.signing import signed, signing_key
 from dispatcher.schema import CHANNEL_NAME_RULE, is_valid_channel_name, validator
@@ -93,7 +94,10 @@ def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None)
         message["reply_to"] = reply_to
     checker = validator("control-message")
     if not checker.is_valid(message):
-        problems = "; ".join(str(p) for p in checker.problems(message))
+        try:
+            problems = "; ".join(str(p) for p in checker.problems(message))
+        except ValueError:  # explaining writes the values out: too long an integer cannot be
+            problems = unsendable_reason(message) or "invalid message"
         raise InvalidSubmission(f"cannot send control command {command!r}: {problems}")
     return message
 
@@ -108,5 +112,16 @@ def _check_queue(command: str, queue: object) -> None:
 
 
 def _text(message: dict[str, Any]) -> str:
-    """The message's JSON text, in a signed envelope when the config has a key."""
-    return signed(json.dumps(message), signing_key())
+    """The message's JSON text, in a signed envelope when the config has a key.
+
+    :raises InvalidSubmission: naming the value in ``control_data`` a service could not read.
+    """
+    try:
+        text = json.dumps(message, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason: str | None = unsendable_reason(message) or str(exc)
+    else:
+        reason = unsendable_reason(message) if may_hold_too_long_integer(text) else None
+    if reason is not None:
+        raise InvalidSubmission(f"cannot send control command {message['control']!r}: {reason}")
+    return signed(text, signing_key())

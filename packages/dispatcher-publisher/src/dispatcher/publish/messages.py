@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
@@ -21,6 +20,7 @@ from dispatcher.publish.arguments import argument_problem
 from dispatcher.publish.brokers import JobBroker
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.fast_path import surely_valid
+from dispatcher.publish.json_values import first_unsendable, may_hold_too_long_integer
 from dispatcher.publish.mistakes import check_queue, check_task_name
 from dispatcher.publish.pg_text import text_problem
 from dispatcher.publish.registry import Queue, RegisteredTask, check_max_attempts, registry
@@ -172,7 +172,10 @@ def prepare_submission(
     if not checked:
         checker = validator("task-message")
         if not checker.is_valid(message):
-            problems = "; ".join(str(problem) for problem in checker.problems(message))
+            try:
+                problems = "; ".join(str(problem) for problem in checker.problems(message))
+            except ValueError:  # explaining writes the values out: too long an integer cannot be
+                problems = ""
             raise _invalid(name, problems or _unexplained(message))
         if entry is None:
             check_task_name(name)
@@ -442,11 +445,13 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
         if too_deep is not None:
             raise _invalid(name, too_deep) from None
         try:
-            found = _first_non_json(message, ())
+            found = first_unsendable(message)
         except RecursionError:
             found = ((), "the arguments are nested too deeply, or contain themselves")
         path, reason = found or ((), str(exc))
         raise _invalid(name, f"{format_path(path)}: {reason}") from None
+    if may_hold_too_long_integer(text) and (found := first_unsendable(message)) is not None:
+        raise _invalid(name, f"{format_path(found[0])}: {found[1]}")
     # n arrays and objects cannot nest deeper than n: most messages skip the walk.
     if may_be_deep and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
         too_deep = _too_deep(message)
@@ -462,7 +467,7 @@ def _unexplained(message: dict[str, Any]) -> str:
     one finds nothing to say.
     """
     try:
-        found = _first_non_json(message, ())
+        found = first_unsendable(message)
     except RecursionError:
         return "the arguments are nested too deeply, or contain themselves"
     return "invalid message" if found is None else f"{format_path(found[0])}: {found[1]}"
@@ -478,29 +483,3 @@ def _too_deep(message: dict[str, Any]) -> str | None:
                 f"itself (too_deep: a message may nest {MAX_NESTING_DEPTH} levels in all)"
             )
     return None
-
-
-Path = tuple[str | int, ...]
-
-
-def _first_non_json(value: Any, path: Path) -> tuple[Path, str] | None:
-    """Find the first value JSON cannot represent, and say why."""
-    if value is None or isinstance(value, str | bool | int):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path, f"{value} is not valid in JSON")
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _first_non_json(item, (*path, index))
-            if found:
-                return found
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str | int | float | bool) and key is not None:
-                return (path, f"key {key!r} of type {type(key).__name__} cannot be a JSON key")
-            found = _first_non_json(item, (*path, str(key)))
-            if found:
-                return found
-        return None
-    return path, f"a value of type {type(value).__name__} is not JSON-serialisable"

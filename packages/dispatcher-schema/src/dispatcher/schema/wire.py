@@ -7,6 +7,7 @@ schema files) import it from here.
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import Final, Literal, NamedTuple, get_args
 
@@ -26,6 +27,21 @@ A task's ``args`` and ``kwargs`` may thus nest 63 levels. Deeper text is refused
 ``too_deep``) before anything acts on it, so that no decoder, validator or encoder along
 the way can run out of stack.
 """
+
+MAX_INTEGER_DIGITS: Final = sys.int_info.default_max_str_digits
+"""Most decimal digits of an integer in a message (4300): Python's default limit, with which
+a service decodes JSON. A message holding a longer integer is refused as not JSON, so a
+publisher refuses to send one, even where its own process allows longer."""
+
+
+def has_too_many_digits(value: int) -> bool:
+    """Tell whether the integer *value* has more than :data:`MAX_INTEGER_DIGITS` digits."""
+    return not -_SMALLEST_TOO_LONG < value < _SMALLEST_TOO_LONG
+
+
+_SMALLEST_TOO_LONG: Final = 10**MAX_INTEGER_DIGITS
+"""The smallest integer of more than :data:`MAX_INTEGER_DIGITS` digits (compared, never
+written out: cheaper than counting digits, which the limit forbids anyway)."""
 
 MAX_CHANNEL_NAME_BYTES: Final = 63
 """Longest channel name PostgreSQL keeps whole (NAMEDATALEN - 1); longer names are cut."""

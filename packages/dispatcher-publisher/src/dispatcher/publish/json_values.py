@@ -1,0 +1,83 @@
+"""Finding the value a service could not read back, among those a caller sends.
+
+Task messages and control commands are encoded at once, for speed; only when the encoder
+fails (or may have let through what a service refuses) are the values walked here, to name
+the one at fault and say why.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Final
+
+from dispatcher.schema import MAX_INTEGER_DIGITS, has_too_many_digits
+from dispatcher.schema.errors import format_path
+
+Path = tuple[str | int, ...]
+"""Where a value is in a message: keys and indexes from the message down."""
+
+TOO_MANY_DIGITS: Final = (
+    f"has more than {MAX_INTEGER_DIGITS} digits, too many to send (a service reads integers "
+    f"of at most {MAX_INTEGER_DIGITS} digits)"
+)
+"""Why an integer is refused, after what it is (``the integer``, ``an integer key``)."""
+
+
+def first_unsendable(value: Any, path: Path = ()) -> tuple[Path, str] | None:
+    """The first value in *value* that JSON cannot represent or a service cannot read, and why.
+
+    Those are values of other types than JSON's, NaN and infinities, keys that are no
+    strings nor numbers, and integers of more than :data:`MAX_INTEGER_DIGITS` digits.
+    *path* is where *value* is.
+
+    :raises RecursionError: when *value* contains itself, or nests too deeply to walk.
+    """
+    if value is None or isinstance(value, str | bool):
+        return None
+    if isinstance(value, int):
+        return (path, f"the integer {TOO_MANY_DIGITS}") if has_too_many_digits(value) else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, f"{value} is not valid in JSON")
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = first_unsendable(item, (*path, index))
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                return (path, f"key {key!r} of type {type(key).__name__} cannot be a JSON key")
+            if isinstance(key, int) and has_too_many_digits(key):
+                return (path, f"an integer key {TOO_MANY_DIGITS}")
+            found = first_unsendable(item, (*path, str(key)))
+            if found:
+                return found
+        return None
+    return path, f"a value of type {type(value).__name__} is not JSON-serialisable"
+
+
+def unsendable_reason(value: Any, path: Path = ()) -> str | None:
+    """``"where: why"`` for the first value in *value* a service could not read, if any.
+
+    A value that contains itself, or nests too deeply to walk, is named as such.
+    """
+    try:
+        found = first_unsendable(value, path)
+    except RecursionError:
+        where = f"{format_path(path)}: " if path else ""
+        return f"{where}nested too deeply, or contains itself"
+    return None if found is None else f"{format_path(found[0])}: {found[1]}"
+
+
+def may_hold_too_long_integer(text: str) -> bool:
+    """Tell whether the JSON text *text*, which this process wrote, may hold too long an integer.
+
+    Only when it is long enough and this process writes integers longer than a service reads
+    (``sys.set_int_max_str_digits()`` raised, or lifted): by default, writing one fails.
+    """
+    if len(text) <= MAX_INTEGER_DIGITS:
+        return False
+    limit = sys.get_int_max_str_digits()
+    return limit == 0 or limit > MAX_INTEGER_DIGITS
