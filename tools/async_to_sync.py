@@ -143,6 +143,7 @@ PUBLISH_TESTS = Twin(
         "submit_task": "asubmit_task",
         "abatch": "batch",
         "aclose_connections": "close_connections",
+        "acontrol_with_reply": "control_with_reply",
         "agather": "gather",
         "ablock_on": "block_on",
     },

@@ -355,3 +355,13 @@ def test_missing_privileges_are_worded_by_what_the_command_does(
     assert unread.returncode == 1
     assert unread.stderr.startswith("dispatcherctl: cannot read the queue in PostgreSQL at ")
     assert unread.stderr.endswith(": permission denied for table jobs\n")
+
+
+def test_a_submission_the_database_refuses_for_good_exits_2_not_1(reader: Path) -> None:
+    refused = ctl(reader, "submit", "app.tasks.work", "--queue", "jobs")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith("dispatcherctl: cannot send to PostgreSQL at ")
+    assert refused.stderr.endswith(
+        ": it refused to store the job: permission denied for table jobs "
+        "(SQLSTATE 42501: sending again will not help)\n"
+    )

@@ -11,20 +11,22 @@ import asyncio
 import json
 import multiprocessing
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.conninfo import make_conninfo
 
-from dispatcher.config import Settings, setup
+from dispatcher.config import Settings, reset, setup
+from dispatcher.control import acontrol_with_reply
 from dispatcher.publish import (
     BrokerUnavailable,
     ChunkAssembler,
     InvalidSubmission,
+    PublishError,
     Submission,
     abatch,
     aclose_connections,
@@ -34,7 +36,7 @@ from dispatcher.publish import (
 from dispatcher.publish.chunking import is_chunk
 from support import tasks
 from support.paths import EXAMPLES
-from support.postgres import wait_for_notifies
+from support.postgres import unique_channel, wait_for_notifies
 from support.service import wait_until
 from support.twins import ablock_on, agather, connection_of_the_other_kind
 
@@ -293,6 +295,54 @@ async def test_unreachable_database_is_one_clear_sentence(channel: str) -> None:
     )
     assert "s3cret" not in message
     assert "\n" not in message
+
+
+@pytest.fixture
+def notify_refused(pg_dsn: str) -> Iterator[str]:
+    """The conninfo of a role not allowed to NOTIFY, in a database of this test's own."""
+    name = unique_channel("no_notify")
+    names = {"name": sql.Identifier(name)}
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {name}").format(**names))
+        conn.execute(sql.SQL("CREATE ROLE {name} LOGIN").format(**names))
+    with psycopg.connect(make_conninfo(pg_dsn, dbname=name), autocommit=True) as conn:
+        conn.execute("REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC")
+    yield make_conninfo(pg_dsn, dbname=name, user=name)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {name} WITH (FORCE)").format(**names))
+        conn.execute(sql.SQL("DROP ROLE {name}").format(**names))
+
+
+async def test_a_refused_notify_is_a_publish_error_that_no_retry_cures(
+    notify_refused: str, channel: str
+) -> None:
+    setup(
+        {
+            "version": 1,
+            "brokers": {"pg_notify": {"conninfo": notify_refused, "channels": [channel]}},
+        }
+    )
+    try:
+        for _ in range(2):  # refused every time, on a connection still usable
+            with pytest.raises(PublishError) as caught:
+                await tasks.add.adelay(1, 2)
+            assert not isinstance(caught.value, BrokerUnavailable)
+            message = str(caught.value)
+            assert message.startswith("cannot send to PostgreSQL at "), message
+            assert message.endswith(
+                ": it refused the NOTIFY: permission denied for function pg_notify "
+                "(SQLSTATE 42501: sending again will not help)"
+            ), message
+        with pytest.raises(PublishError) as caught:
+            await acontrol_with_reply("alive", queue=channel, expected_replies=1, timeout=0.1)
+        assert not isinstance(caught.value, BrokerUnavailable)
+        assert str(caught.value).endswith(
+            ": it refused the control command: permission denied for function pg_notify "
+            "(SQLSTATE 42501: sending again will not help)"
+        )
+    finally:
+        await aclose_connections()
+        reset()
 
 
 def refusal(

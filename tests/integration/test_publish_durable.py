@@ -13,9 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import Connection, sql
+from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import Settings, reset, setup
 from dispatcher.publish import (
+    BrokerUnavailable,
     InvalidSubmission,
     Job,
     PublishError,
@@ -59,6 +61,37 @@ def durable(pg_dsn: str, channel: str, schema: str) -> Iterator[Settings]:
             "brokers": {
                 "pg_notify": {"conninfo": pg_dsn, "channels": [channel]},
                 "pg_queue": {"queues": ["orders", "mail"], "schema": schema, "max_attempts": 4},
+            },
+        }
+    )
+    yield settings
+    close_connections()
+    reset()
+
+
+@pytest.fixture
+def reader_conninfo(pg_dsn: str, schema: str) -> Iterator[str]:
+    """The conninfo of a role that may read the queue's jobs, but not store any."""
+    names = {"role": sql.Identifier(f"reader_{schema}"), "schema": sql.Identifier(schema)}
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {role} LOGIN").format(**names))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {schema} TO {role}").format(**names))
+        conn.execute(sql.SQL("GRANT SELECT ON {schema}.jobs TO {role}").format(**names))
+    yield make_conninfo(pg_dsn, user=f"reader_{schema}")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {role}").format(**names))
+        conn.execute(sql.SQL("DROP ROLE {role}").format(**names))
+
+
+@pytest.fixture
+def read_only(reader_conninfo: str, channel: str, schema: str) -> Iterator[Settings]:
+    """The config of :func:`reader_conninfo`'s role, with the durable queue ``orders``."""
+    settings = setup(
+        {
+            "version": 1,
+            "brokers": {
+                "pg_notify": {"conninfo": reader_conninfo, "channels": [channel]},
+                "pg_queue": {"queues": ["orders"], "schema": schema},
             },
         }
     )
@@ -262,3 +295,27 @@ def test_missing_tables_are_explained(pg_dsn: str) -> None:
     finally:
         close_connections()
         reset()
+
+
+def test_a_missing_privilege_is_a_publish_error_that_no_retry_cures(
+    read_only: Settings,
+) -> None:
+    for _ in range(2):  # refused every time, on a connection still usable
+        with pytest.raises(PublishError) as caught:
+            ship.delay(1)
+        assert not isinstance(caught.value, BrokerUnavailable)
+        message = str(caught.value)
+        assert message.startswith("cannot send to PostgreSQL at "), message
+        assert message.endswith(
+            ": it refused to store the job: permission denied for table jobs "
+            "(SQLSTATE 42501: sending again will not help)"
+        ), message
+
+    def store_two() -> None:
+        with batch():
+            ship.delay(2)
+            ship.delay(3)
+
+    with pytest.raises(PublishError, match="it refused to store the jobs: permission denied"):
+        store_two()
+    assert jobs() == []  # reading is granted

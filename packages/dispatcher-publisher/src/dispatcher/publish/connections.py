@@ -112,12 +112,46 @@ def describe_server(conninfo: str) -> str:
 
 def broker_unavailable(conninfo: str, exc: psycopg.Error, doing: str) -> BrokerUnavailable:
     """Turn a psycopg error into one sentence naming the server, without secrets."""
+    reason = _reason(conninfo, exc)
+    return BrokerUnavailable(f"cannot {doing} {describe_server(conninfo)}: {reason}")
+
+
+REFUSALS: Final = (
+    psycopg.ProgrammingError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.NotSupportedError,
+)
+"""The errors of a statement the database refuses, and will refuse again however often it is
+sent: a missing privilege, table or schema (SQLSTATE classes 42 and 3F), data it does not
+take (22, 23), a feature it lacks (0A), an exception raised on purpose (P0). Not a lost
+connection (08), a shutdown (57P), a cancelled statement, a lock or serialization failure, a
+read-only standby, a lack of resources: a retry may succeed after those."""
+
+
+def broker_failure(conninfo: str, exc: psycopg.Error, doing: str, what: str) -> PublishError:
+    """The error for *exc*, raised by the database at *conninfo* while *doing* (*what*).
+
+    A :class:`BrokerUnavailable` when sending again later may succeed; a plain
+    :class:`PublishError` when the database refused *what* (``the NOTIFY``, ``to store the
+    jobs``) for a reason no retry cures (:data:`REFUSALS`), saying so.
+    """
+    if not isinstance(exc, REFUSALS):
+        return broker_unavailable(conninfo, exc, doing)
+    return PublishError(
+        f"cannot {doing} {describe_server(conninfo)}: it refused {what}: {_reason(conninfo, exc)}"
+        f" (SQLSTATE {exc.sqlstate}: sending again will not help)"
+    )
+
+
+def _reason(conninfo: str, exc: psycopg.Error) -> str:
+    """The first line of *exc*'s message, without libpq's preamble nor the password."""
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     reason = first_line.rsplit("failed: ", 1)[-1]
     password = conninfo_to_dict(conninfo).get("password")
     if password:
         reason = reason.replace(str(password), "***")
-    return BrokerUnavailable(f"cannot {doing} {describe_server(conninfo)}: {reason}")
+    return reason
 
 
 def expect_connection(connection: object, expected: type[_C], caller: str, other: str) -> _C:

@@ -19,6 +19,7 @@ from dispatcher.publish.connections import (
     CALLER_CONNECTION,
     NOTIFY_ONE,
     abandon,
+    broker_failure,
     broker_unavailable,
     caller_connection,
     caller_lost,
@@ -104,6 +105,7 @@ class ConnectionProvider:
         replaced and the NOTIFYs sent once more on the new one.
 
         :raises BrokerUnavailable: when the database cannot be reached.
+        :raises PublishError: when it refuses the NOTIFY for good (a missing privilege).
         """
         self.notify(list(zip(channels, payloads, strict=True)))
 
@@ -113,26 +115,37 @@ class ConnectionProvider:
         A connection found broken is replaced and the NOTIFYs sent once more on the new one.
 
         :raises BrokerUnavailable: when the database cannot be reached.
+        :raises PublishError: when it refuses the NOTIFY for good (a missing privilege).
         """
         if len(messages) == 1:  # the common case, without building the statement
-            self._run(NOTIFY_ONE, messages[0], "send to", notifying=True)
+            self._run(NOTIFY_ONE, messages[0], "send to", "the NOTIFY", notifying=True)
         else:
-            self._run(*notify_statement(messages), "send to", notifying=True)
+            statement = notify_statement(messages)
+            self._run(*statement, "send to", "the NOTIFY", notifying=True)
 
-    def execute(self, query: str, params: Sequence[Any], doing: str = "send to") -> Cursor[Any]:
+    def execute(
+        self,
+        query: str,
+        params: Sequence[Any],
+        doing: str = "send to",
+        what: str = "the statement",
+    ) -> Cursor[Any]:
         """Run one statement (a transaction of its own) and return its cursor, rows fetched.
 
         A connection found broken is replaced and the statement run once more on the new
         one: make it safe to repeat (the statement may have committed before the break).
 
         :raises BrokerUnavailable: naming the server and what was being done (*doing*),
-            when the database cannot be reached or refuses the statement.
+            when the database cannot be reached, or fails the statement in a way sending it
+            again later may cure (a shutdown, a lock or statement timeout).
+        :raises PublishError: naming the server and *what* was refused, when the database
+            refuses the statement for a reason no retry cures (a missing privilege).
         :raises psycopg.errors.UndefinedTable: when a table the statement names is missing.
         """
-        return self._run(query, params, doing, notifying=False)
+        return self._run(query, params, doing, what, notifying=False)
 
     def _run(
-        self, query: str, params: Sequence[Any], doing: str, *, notifying: bool
+        self, query: str, params: Sequence[Any], doing: str, what: str, *, notifying: bool
     ) -> Cursor[Any]:
         """:meth:`execute`; *notifying* statements go through the shared cursor."""
         for attempt in (1, 2):
@@ -150,7 +163,7 @@ class ConnectionProvider:
                 if attempt == 2 or not own.closed:
                     raise broker_unavailable(self.conninfo, exc, doing) from None
             except psycopg.Error as exc:
-                raise broker_unavailable(self.conninfo, exc, doing) from None
+                raise broker_failure(self.conninfo, exc, doing, what) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -249,34 +262,40 @@ def control_with_reply(
     Without *expected_replies*, the services connected to the database and listening on
     *channel* are looked up first (each names its LISTEN connection after its node id and
     its channels) and waited for.
+
+    :raises BrokerUnavailable: when the database cannot be reached, or the connection is lost.
+    :raises PublishError: when the database refuses the command for good (a missing privilege).
     """
-    with _connect(conninfo) as conn:
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(reply_to)))
-        if expected_replies is None:
-            cursor = conn.execute(SERVICES_QUERY, (SERVICE_NAME_PREFIX,))
-            services = [parse_service_name(str(name)) for (name,) in cursor.fetchall()]
-            replies.expected_nodes = [
-                service.node_id
-                for service in services
-                if service is not None and service.may_listen_on(channel)
-            ]
-            replies.expected = len(replies.expected_nodes)
-        else:
-            replies.expected = expected_replies
-        payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
-        conn.execute(*notify_statement([(channel, payload) for payload in payloads]))
-        deadline = time.monotonic() + timeout
-        chunks = ChunkAssembler()
-        while not replies.complete:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            for notify in conn.notifies(timeout=remaining, stop_after=1):
-                payload: str | None = notify.payload
-                if payload is not None and notify.channel == reply_to:
-                    payload = _join(chunks, payload)
-                    if payload is not None:
-                        replies.add(payload)
+    try:
+        with _connect(conninfo) as conn:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(reply_to)))
+            if expected_replies is None:
+                cursor = conn.execute(SERVICES_QUERY, (SERVICE_NAME_PREFIX,))
+                services = [parse_service_name(str(name)) for (name,) in cursor.fetchall()]
+                replies.expected_nodes = [
+                    service.node_id
+                    for service in services
+                    if service is not None and service.may_listen_on(channel)
+                ]
+                replies.expected = len(replies.expected_nodes)
+            else:
+                replies.expected = expected_replies
+            payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
+            conn.execute(*notify_statement([(channel, payload) for payload in payloads]))
+            deadline = time.monotonic() + timeout
+            chunks = ChunkAssembler()
+            while not replies.complete:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                for notify in conn.notifies(timeout=remaining, stop_after=1):
+                    payload: str | None = notify.payload
+                    if payload is not None and notify.channel == reply_to:
+                        payload = _join(chunks, payload)
+                        if payload is not None:
+                            replies.add(payload)
+    except psycopg.Error as exc:
+        raise broker_failure(conninfo, exc, "send to", "the control command") from None
 
 
 def _join(chunks: ChunkAssembler, payload: str) -> str | None:

@@ -36,16 +36,18 @@ def store(
     *conninfo*, where a lost connection is re-opened and the statement run once more (a uuid
     stored twice is skipped, so a repeat stores nothing twice).
 
-    :raises BrokerUnavailable: when the database cannot be reached or refuses the rows;
-        when *connection* is closed or its transaction aborted (nothing is sent on it then).
-    :raises PublishError: when the queue's tables are missing from *schema*.
+    :raises BrokerUnavailable: when the database cannot be reached, or fails the statement
+        in a way sending it again later may cure; when *connection* is closed or its
+        transaction aborted (nothing is sent on it then).
+    :raises PublishError: when the queue's tables are missing from *schema*; when the
+        database refuses the rows for a reason no retry cures (a missing privilege).
     """
     try:
         if connection is not None:
             caller = caller_connection(connection, Connection, "submit_task", "asubmit_task")
             _run_on_caller(caller, caller.cursor(), statement, rows, "send to")
         else:
-            shared_provider(conninfo).execute(statement, rows)
+            shared_provider(conninfo).execute(statement, rows, what=_storing(rows))
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
 
@@ -119,7 +121,8 @@ def _read(
             cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
             _run_on_caller(caller, cursor, statement, params, "read from")
         else:
-            cursor = shared_provider(conninfo).execute(statement, params, "read from")
+            provider = shared_provider(conninfo)
+            cursor = provider.execute(statement, params, "read from", "to read the jobs")
         return cursor.fetchall()
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
@@ -162,6 +165,11 @@ def _queue_database(own_connection: bool) -> tuple[str, str]:
     if section is None:
         raise PublishError(f"cannot read jobs: {settings.source} has no brokers.pg_queue")
     return section.conninfo, section.schema
+
+
+def _storing(rows: Sequence[list[Any]]) -> str:
+    """What storing *rows* (one list per column) is called in an error."""
+    return "to store the job" if rows and len(rows[0]) == 1 else "to store the jobs"
 
 
 def _tables_missing(schema: str) -> PublishError:
