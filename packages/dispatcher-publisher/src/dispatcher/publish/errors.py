@@ -10,7 +10,12 @@ from dispatcher.schema import DispatcherError
 
 
 class PublishError(DispatcherError):
-    """A task could not be submitted."""
+    """A task could not be submitted.
+
+    Raised as it is (not as a subclass) for causes sending again will not cure: no broker
+    configured, missing durable-queue tables, a statement the database refuses for good
+    (a missing privilege). The message says which.
+    """
 
 
 class InvalidSubmission(PublishError, ValueError):
@@ -22,7 +27,12 @@ class InvalidSubmission(PublishError, ValueError):
 
 
 class BrokerUnavailable(PublishError):
-    """The database could not be reached, or refused the NOTIFY; the message was not sent."""
+    """The database could not be reached, or failed the send in a way that may pass.
+
+    The message was not sent; sending it again later may succeed (the connection was lost,
+    the server was shutting down, a statement timed out). A refusal that would hold however
+    often the message is sent (a missing privilege) is a plain :class:`PublishError`.
+    """
 
 
 class RegistrationError(DispatcherError, ValueError):

@@ -233,8 +233,9 @@ async def asend(
     connection to *conninfo* sends them at once; a lost connection is re-opened and the send
     retried once.
 
-    :raises BrokerUnavailable: when the database cannot be reached or refuses the NOTIFY;
-        when *connection* is closed or its transaction aborted (nothing is sent on it then).
+    :raises BrokerUnavailable: when the database cannot be reached; when *connection* is
+        closed or its transaction aborted (nothing is sent on it then).
+    :raises PublishError: when the database refuses the NOTIFY for good (a missing privilege).
     """
     if connection is not None:
         caller = caller_connection(

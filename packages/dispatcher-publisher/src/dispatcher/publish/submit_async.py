@@ -33,7 +33,9 @@ async def asend(submissions: Sequence[Submission], connection: object | None = N
     While an interceptor is installed (:mod:`dispatcher.publish.interception`), it takes
     them instead and nothing is sent.
 
-    :raises BrokerUnavailable: when the broker cannot be reached or refuses the message.
+    :raises BrokerUnavailable: when the broker cannot be reached, or fails the send in a way
+        sending again later may cure.
+    :raises PublishError: when it refuses the message for good (a missing privilege).
     """
     if not submissions:
         return
@@ -92,7 +94,10 @@ async def asubmit_task(
     queued and leaves when the block ends.
 
     :raises InvalidSubmission: when an option or argument is wrong (nothing is sent).
-    :raises BrokerUnavailable: when the database cannot be reached.
+    :raises BrokerUnavailable: when the database cannot be reached (sending again later may
+        succeed).
+    :raises PublishError: when the database refuses the message for good (a missing
+        privilege, missing tables).
     """
     submission = prepare_submission(
         task,
