@@ -192,3 +192,24 @@ def test_a_testing_mode_refuses_a_near_miss_without_the_contradicting_warning(
         submit_task("support.testing_tasks.asyncdoubel", args=[1])
     assert "registered tasks only" in str(refused.value)
     assert warnings_of(caplog) == []
+
+
+def test_a_task_of_the_script_being_run_is_warned_about_as_no_service_can_run_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dispatcher.publish import registry, task
+
+    script: dict[str, Any] = {"__name__": "__main__"}
+    exec("def print_hello(): ...\ndef named(): ...", script)
+    try:
+        task(queue="myapp")(script["print_hello"])
+        task(queue="myapp", name="myapp.tasks.named")(script["named"])  # named on purpose
+    finally:
+        registry.unregister("__main__.print_hello")
+        registry.unregister("myapp.tasks.named")
+    assert warnings_of(caplog) == [
+        "task '__main__.print_hello' is defined in the script being run: a service runs only "
+        "tasks of the modules it imports (tasks.modules), so it will reject this name; define "
+        "the task in such a module and import it from there, or submit it by that module's "
+        "name (submit_task('myapp.tasks.print_hello'))"
+    ]

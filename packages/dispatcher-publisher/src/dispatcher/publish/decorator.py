@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -13,6 +14,8 @@ from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import asubmit_task
 from dispatcher.publish.submit_sync import submit_task
 from dispatcher.schema import OnDuplicate
+
+logger = logging.getLogger("dispatcher.publish")
 
 P = ParamSpec("P")
 R_co = TypeVar("R_co", covariant=True)
@@ -142,12 +145,31 @@ def task(
                 max_attempts=max_attempts,
             )
         )
+        if name is None and target.__module__ == "__main__":
+            _warn_main_module(entry.name, qualname)
         target.__dispatcher_task__ = entry.name
         if decorate:
             _attach_submission_methods(target, entry.name)
         return target
 
     return register
+
+
+def _warn_main_module(task_name: str, qualname: str) -> None:
+    """Warn that the task *task_name*, defined in the script being run, cannot run anywhere.
+
+    Its name starts with ``__main__``: no service imports that module, so each one rejects
+    the task as not registered. Only a warning: the script may run its tasks itself
+    (``dispatcher.testing``), and an explicit ``@task(name=...)`` says nothing here.
+    """
+    logger.warning(
+        "task %r is defined in the script being run: a service runs only tasks of the "
+        "modules it imports (tasks.modules), so it will reject this name; define the task "
+        "in such a module and import it from there, or submit it by that module's name "
+        "(submit_task('myapp.tasks.%s'))",
+        task_name,
+        qualname,
+    )
 
 
 def _from_processor_options(
