@@ -177,8 +177,9 @@ BEGIN
             USING HINT = 'Run `dispatcherctl migrate`, or pass the schema of brokers.pg_queue as queue_schema.';
     END IF;
     EXECUTE format(
-        'INSERT INTO %I.jobs (uuid, queue, task, message, max_attempts, run_after, on_duplicate, dup_key)'
-        ' VALUES ($1, $2, $3, $4, $5, statement_timestamp() + make_interval(secs => $6), $7, $8)'
+        'INSERT INTO %I.jobs (uuid, queue, task, message, max_attempts, created_at, run_after,'
+        ' on_duplicate, dup_key) VALUES ($1, $2, $3, $4, $5, statement_timestamp(),'
+        ' statement_timestamp() + make_interval(secs => $6), $7, $8)'
         ' ON CONFLICT DO NOTHING',
         queue_schema)
         USING task_id, queue, task, message::text, attempts, delay_seconds, mode, key;

@@ -47,14 +47,15 @@ def insert_statement(schema: str) -> str:
 
     One NOTIFY per queue that received a row. Rows keep their order (their ids follow it);
     a row whose uuid is stored already, or that its ``on_duplicate`` refuses, is skipped
-    without error. A delay counts from the statement, not from the start of its transaction
-    (``now()``): in the caller's long transaction, the job still waits its delay after the
-    call.
+    without error. A row's ``created_at`` is the statement's time, not the start of its
+    transaction (``now()``), and its delay counts from it: in the caller's long transaction,
+    the job still waits its delay after the call.
     """
     return (
         f"WITH stored AS (INSERT INTO {quote_identifier(schema)}.jobs"
-        " (uuid, queue, task, message, max_attempts, run_after, on_duplicate, dup_key)"
-        " SELECT u, q, t, m, a, statement_timestamp() + make_interval(secs => d), o, k"
+        " (uuid, queue, task, message, max_attempts, created_at, run_after, on_duplicate,"
+        " dup_key) SELECT u, q, t, m, a, statement_timestamp(),"
+        " statement_timestamp() + make_interval(secs => d), o, k"
         " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
         " %b::float8[], %b::text[], %b::text[]) WITH ORDINALITY AS j(u, q, t, m, a, d, o, k, n)"
         " ORDER BY n ON CONFLICT DO NOTHING RETURNING queue)"
