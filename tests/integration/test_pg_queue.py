@@ -340,6 +340,26 @@ def test_a_schedule_on_three_services_runs_once_per_tick(
     assert len(evidence.records()) == sum(row["state"] == "done" for row in rows)
 
 
+def test_a_scheduled_job_has_the_max_attempts_of_its_task(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, evidence: Evidence
+) -> None:
+    config = queue_config(pg_dsn, schema, DURABLE_TICKS)
+    config["producers"] = {
+        "scheduled": {TASKS + "failing_tick": {"schedule": 0.5, "args": [str(evidence.path)]}}
+    }
+    service = start_service(config)
+
+    def failed() -> list[dict[str, Any]]:
+        return [row for row in jobs(pg_conn, schema) if row["state"] == "failed"]
+
+    wait_until(lambda: len(failed()) >= 2, timeout=15)
+    assert service.stop() == 0
+    rows = jobs(pg_conn, schema)
+    assert {(row["attempts"], row["max_attempts"]) for row in failed()} == {(1, 1)}
+    assert all(row["state"] in ("failed", "running", "queued") for row in rows)
+    assert not any(row["state"] == "queued" and row["attempts"] > 0 for row in rows)  # no retry
+
+
 def test_a_delayed_job_survives_a_service_restart(
     start_service: Start,
     config: dict[str, Any],

@@ -103,7 +103,7 @@ def enqueue(
 def jobs(conn: Conn, schema: str, uuids: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """The job rows (of these *uuids*), oldest first, as dicts."""
     query = sql.SQL(
-        "SELECT uuid, state, attempts, outcome, last_error, result, node_id, run_after,"
+        "SELECT uuid, state, attempts, max_attempts, outcome, last_error, result, node_id, run_after,"
         " created_at, started_at, finished_at FROM {}.jobs"
         " WHERE %(all)s OR uuid = ANY(%(uuids)s) ORDER BY id"
     ).format(sql.Identifier(schema))

@@ -160,3 +160,10 @@ def give_back(path: str, value: Any) -> Any:
 def tick(path: str) -> None:
     """Record a run (scheduled on the durable queue :data:`DURABLE_TICKS`)."""
     _record(path, event="tick")
+
+
+@task(queue=DURABLE_TICKS, max_attempts=1)
+def failing_tick(path: str) -> None:
+    """Record a run, then fail: a task that must not run twice (one attempt only)."""
+    _record(path, event="failing_tick")
+    raise RuntimeError("this tick failed")

@@ -293,7 +293,14 @@ class RecordingSink:
         self.wanted = wanted
         self.enough = anyio.Event()
 
-    async def submit_tick(self, task: str, tick: int, queue: str, message: dict[str, Any]) -> bool:
+    async def submit_tick(
+        self,
+        task: str,
+        tick: int,
+        queue: str,
+        message: dict[str, Any],
+        max_attempts: int | None = None,
+    ) -> bool:
         self.offered.append((task, tick, message))
         if len(self.offered) >= self.wanted:
             self.enough.set()

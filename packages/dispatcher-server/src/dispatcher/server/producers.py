@@ -69,6 +69,10 @@ class DurableRoutes:
                 return sink, queue
         return None
 
+    def max_attempts(self, task: str) -> int | None:
+        """The ``max_attempts`` *task* was registered with (``None``: the queue's)."""
+        return self._catalogue.max_attempts.get(task)
+
 
 async def run_schedule(
     intake: Intake,
@@ -90,8 +94,8 @@ async def run_schedule(
     period = None if isinstance(entry.schedule, str) else entry.schedule
     board.expect(task, board.timetable(task).next_after(now) if period is None else now + period)
     route = None if routes is None else await routes.route(task)
-    if route is not None:
-        await run_once_per_tick(route[0], route[1], task, entry, board)
+    if route is not None and routes is not None:
+        await run_once_per_tick(route[0], route[1], task, entry, board, routes.max_attempts)
         return
     if period is not None:
         await _run_every(intake, task, entry, period, start, board)
@@ -122,7 +126,12 @@ async def _run_every(
 
 
 async def run_once_per_tick(
-    sink: OncePerTick, queue: str, task: str, entry: ScheduledTask, board: ScheduleBoard
+    sink: OncePerTick,
+    queue: str,
+    task: str,
+    entry: ScheduledTask,
+    board: ScheduleBoard,
+    max_attempts: Callable[[str], int | None] = lambda task: None,
 ) -> None:
     """Store *task* in the durable *queue* at every tick, once across every service.
 
@@ -143,7 +152,8 @@ async def run_once_per_tick(
     async def offer(due: float) -> None:
         tick = timetable.tick(due)
         try:
-            await sink.submit_tick(task, tick, queue, _message(task, entry))
+            message = _message(task, entry)
+            await sink.submit_tick(task, tick, queue, message, max_attempts(task))
         except Exception as exc:  # a producer must outlive any one submission
             failures.log("producers.scheduled[%r]: tick %d not stored: %s", task, tick, exc)
 

@@ -148,14 +148,23 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
 
 
 def _ready_event() -> dict[str, Any]:
-    """The first event: this worker's pid, its registered tasks and their fixed queues."""
+    """The first event: this worker's pid, its registered tasks, their fixed queues and
+    the ``max_attempts`` of those that set one."""
     names = sorted(registry.names())
-    queues = {}
+    queues, attempts = {}, {}
     for name in names:
         entry = registry.get(name)
         if entry is not None and isinstance(entry.queue, str):
             queues[name] = entry.queue
-    return {"event": "ready", "pid": os.getpid(), "tasks": names, "queues": queues}
+        if entry is not None and entry.max_attempts is not None:
+            attempts[name] = entry.max_attempts
+    return {
+        "event": "ready",
+        "pid": os.getpid(),
+        "tasks": names,
+        "queues": queues,
+        "max_attempts": attempts,
+    }
 
 
 def _load_hooks(path: str | None, worker_id: int) -> BaseWorker:

@@ -145,8 +145,17 @@ class OncePerTick(Protocol):
     queues: Collection[str]
     """The queues the broker stores."""
 
-    async def submit_tick(self, task: str, tick: int, queue: str, message: dict[str, Any]) -> bool:
+    async def submit_tick(
+        self,
+        task: str,
+        tick: int,
+        queue: str,
+        message: dict[str, Any],
+        max_attempts: int | None = None,
+    ) -> bool:
         """Store *message* for *queue*, unless a service already did for (*task*, *tick*).
+
+        *max_attempts* is the one the task was registered with (``None``: the queue's).
 
         Returns whether this call stored it.
         """

@@ -174,8 +174,18 @@ class PgQueueBroker(BrokerBase):
         except ValueError:
             return 0.0
 
-    async def submit_tick(self, task: str, tick: int, queue: str, message: dict[str, Any]) -> bool:
-        """Store a scheduled task's job unless a service already did for this tick."""
+    async def submit_tick(
+        self,
+        task: str,
+        tick: int,
+        queue: str,
+        message: dict[str, Any],
+        max_attempts: int | None = None,
+    ) -> bool:
+        """Store a scheduled task's job unless a service already did for this tick.
+
+        With the task's *max_attempts*, else the queue's.
+        """
         message = {**message, "uuid": new_uuid(), "time_pub": time.time()}
         mode = message.get("on_duplicate")
         tracked = mode in TRACKED
@@ -185,7 +195,7 @@ class PgQueueBroker(BrokerBase):
             "uuid": message["uuid"],
             "queue": queue,
             "message": json.dumps(message, separators=(",", ":")),
-            "max_attempts": self.settings.max_attempts,
+            "max_attempts": max_attempts or self.settings.max_attempts,
             "delay": float(message.get("delay") or 0),
             "on_duplicate": mode if tracked else None,
             "dup_key": duplicate_key(message) if tracked else None,
