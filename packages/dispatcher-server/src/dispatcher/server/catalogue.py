@@ -42,8 +42,10 @@ class TaskCatalogue:
         queues: Mapping[str, object] | None = None,
         max_attempts: Mapping[str, object] | None = None,
     ) -> None:
-        """Replace the names (queues, max_attempts) by those of reloaded code; listeners are
-        not told."""
+        """Replace the names (queues, max_attempts) by those of reloaded code.
+
+        Listeners are not told.
+        """
         self.names = names
         self.queues = MappingProxyType(
             {task: queue for task, queue in (queues or {}).items() if isinstance(queue, str)}

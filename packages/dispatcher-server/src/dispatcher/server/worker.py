@@ -148,8 +148,10 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
 
 
 def _ready_event() -> dict[str, Any]:
-    """The first event: this worker's pid, its registered tasks, their fixed queues and
-    the ``max_attempts`` of those that set one."""
+    """The first event: this worker's pid, its registered tasks and their fixed queues.
+
+    Also the ``max_attempts`` of the tasks that set one.
+    """
     names = sorted(registry.names())
     queues, attempts = {}, {}
     for name in names:
