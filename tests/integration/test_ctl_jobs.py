@@ -293,17 +293,20 @@ def test_without_pg_queue_in_the_config_exit_2(tmp_path: Path, pg_dsn: str) -> N
     assert result.stderr == f"dispatcherctl: {path} has no brokers.pg_queue\n"
 
 
-def test_missing_tables_exit_1_naming_migrate(tmp_path: Path, pg_dsn: str) -> None:
+def test_missing_tables_exit_2_naming_migrate_with_the_config(tmp_path: Path, pg_dsn: str) -> None:
+    # Not an unreachable database (1): like submit and the service, a set-up to finish.
     config = write_config(tmp_path, pg_dsn, unique_schema())
     for args in (
         ["jobs"],
         ["retry", "--failed"],
         ["purge", "--state", "done", "--older-than", "1"],
+        ["cancel-job", "--uuid", "u"],
+        ["submit", "myapp.tasks.t", "--queue", "mail"],
     ):
         result = ctl(config, *args)
-        assert result.returncode == 1, args
+        assert (result.returncode, result.stdout) == (2, ""), args
         assert result.stderr.startswith("dispatcherctl: the durable queue's tables are missing")
-        assert result.stderr.endswith("run `dispatcherctl migrate` first\n")
+        assert result.stderr.endswith(f"run `dispatcherctl migrate --config {config}` first\n")
         assert len(result.stderr.splitlines()) == 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -287,18 +288,24 @@ async def test_jobs_lists_the_newest_first_with_filters(durable: Settings, pg_ds
         await ajobs(state="finished")  # type: ignore[arg-type]
 
 
-async def test_missing_tables_are_explained(pg_dsn: str) -> None:
-    setup(
-        {
-            "version": 1,
-            "brokers": {"pg_queue": {"conninfo": pg_dsn, "queues": ["orders"], "schema": "absent"}},
-        }
-    )
+async def test_missing_tables_are_explained(pg_dsn: str, tmp_path: Path) -> None:
+    config = {
+        "version": 1,
+        "brokers": {"pg_queue": {"conninfo": pg_dsn, "queues": ["orders"], "schema": "absent"}},
+    }
+    setup(config)
     try:
         with pytest.raises(PublishError, match="run `dispatcherctl migrate` first"):
             await ship.adelay(1)
         with pytest.raises(PublishError, match="tables are missing from schema 'absent'"):
             await aget_job("any")
+        # Read from a file, the config is named in the command to run, as the service names it.
+        path = tmp_path / "queues.yml"
+        path.write_text(json.dumps(config))
+        setup(file_path=path)
+        with pytest.raises(PublishError) as caught:
+            await ship.adelay(1)
+        assert str(caught.value).endswith(f"run `dispatcherctl migrate --config {path}` first")
     finally:
         await aclose_connections()
         reset()

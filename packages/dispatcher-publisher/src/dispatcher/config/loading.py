@@ -65,7 +65,8 @@ def load_settings(
         if not Path(DEFAULT_CONFIG_FILE).is_file():
             raise NotConfiguredError
         file_path = DEFAULT_CONFIG_FILE
-    return settings_from_data(os.fspath(file_path), read_yaml(file_path))
+    source = os.fspath(file_path)
+    return dataclasses.replace(settings_from_data(source, read_yaml(file_path)), file=source)
 
 
 def read_yaml(file_path: str | os.PathLike[str]) -> Any:

@@ -268,7 +268,8 @@ class Settings:
     """A whole, validated config."""
 
     source: str
-    """Where it came from: a file name as given, or ``config`` for a dict."""
+    """Where it came from: a file name as given, or ``config`` for a dict (or what the
+    caller of :func:`~dispatcher.config.setup` named it, such as ``settings.DISPATCHER``)."""
     data: Mapping[str, Any] = field(repr=False)
     """The config as a plain document in the version 1 layout (translated if it was older)."""
     brokers: Brokers = field(default_factory=Brokers)
@@ -282,6 +283,17 @@ class Settings:
     warnings: tuple[str, ...] = ()
     """What loading noted without refusing the config, one ``location: note`` each: keys of
     dispatcherd's layout dropped for want of an equivalent, and the like (also logged)."""
+    file: str | None = None
+    """The file it was read from, as given (``None`` for a dict): what a command to run
+    names with ``--config``."""
+
+
+def dispatcherctl_command(command: str, config_file: str | None) -> str:
+    """``dispatcherctl COMMAND``, with ``--config FILE`` when the config was read from a file.
+
+    What an error message tells people to run; *config_file* is :attr:`Settings.file`.
+    """
+    return f"dispatcherctl {command}" + ("" if config_file is None else f" --config {config_file}")
 
 
 def settings_from_document(

@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 from psycopg import Connection, Cursor
 
-from dispatcher.config import NotConfiguredError, get_settings
+from dispatcher.config import ConfigError, NotConfiguredError, get_settings
+from dispatcher.config.settings import dispatcherctl_command
 from dispatcher.publish.connections import caller_connection, caller_lost
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.job import (
@@ -173,7 +174,11 @@ def _storing(rows: Sequence[list[Any]]) -> str:
 
 
 def _tables_missing(schema: str) -> PublishError:
+    try:
+        config_file = get_settings().file
+    except ConfigError:
+        config_file = None  # the caller's connection, and no config
     return PublishError(
         f"the durable queue's tables are missing from schema {schema!r}: "
-        "run `dispatcherctl migrate` first"
+        f"run `{dispatcherctl_command('migrate', config_file)}` first"
     )

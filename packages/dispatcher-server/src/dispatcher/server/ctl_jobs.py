@@ -2,10 +2,11 @@
 
 These commands talk to the database of ``brokers.pg_queue`` directly (no service needs to
 run). ``--timeout S`` is how long they wait for a lock another session holds on the jobs
-table or one of its rows. The exit status is 0 on success, 1 when the database cannot be reached or
-refuses, a lock or a statement takes too long, the tables are missing (run
-``dispatcherctl migrate``) or a named job cannot be retried, and 2 for usage or config
-errors, including a config without ``brokers.pg_queue``.
+table or one of its rows. The exit status is 0 on success, 1 when the database cannot be
+reached or refuses, a lock or a statement takes too long or a named job cannot be retried,
+and 2 for usage or config errors, including a config without ``brokers.pg_queue``, and for
+tables not created yet (run ``dispatcherctl migrate``), as ``submit`` and the service do: no
+retry mends those.
 """
 
 from __future__ import annotations
@@ -119,13 +120,15 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
     try:
         with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
             queue_admin.limit_waits(conn, options.timeout)
-            queue_admin.check_tables(conn, section.schema)
+            queue_admin.check_tables(conn, section.schema, settings.file)
             queue = getattr(options, "queue", None)
             if queue is not None and not queue_admin.queue_known(conn, section, queue):
                 return _fail(unknown_queue(queue, section.queues), EXIT_USAGE)
             return _COMMANDS[options.command](conn, section.schema, options)
     except psycopg.Error as exc:
         return _fail(database_error(exc, section.conninfo, options.command, options.timeout))
+    except queue_admin.TablesMissing as exc:
+        return _fail(str(exc), EXIT_USAGE)  # set-up to finish: retrying alone would not help
     except DispatcherError as exc:
         return _fail(str(exc))
 

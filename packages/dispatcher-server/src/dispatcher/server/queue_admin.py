@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 
 from dispatcher.config import PgQueueBroker, Settings
+from dispatcher.config.settings import dispatcherctl_command
 from dispatcher.publish import JOB_STATES, JobState
 from dispatcher.publish.job import COLUMNS, MAX_LISTED, get_job_query, jobs_query
 from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
@@ -87,14 +88,17 @@ def _jobs(schema: str) -> sql.Composed:
     return sql.SQL("{}.jobs").format(sql.Identifier(schema))
 
 
-def check_tables(conn: psycopg.Connection[Any], schema: str) -> None:
-    """Raise :class:`TablesMissing` unless *schema* holds the queue's ``jobs`` table."""
+def check_tables(conn: psycopg.Connection[Any], schema: str, config_file: str | None) -> None:
+    """Raise :class:`TablesMissing` unless *schema* holds the queue's ``jobs`` table.
+
+    *config_file* is the config's file (:attr:`Settings.file`), for the command to run.
+    """
     quoted = sql.Identifier(schema).as_string(conn) + ".jobs"
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (quoted,)).fetchone()
     if not (row and row[0]):
         raise TablesMissing(
             f"the durable queue's tables are missing from schema {schema!r}: "
-            "run `dispatcherctl migrate` first"
+            f"run `{dispatcherctl_command('migrate', config_file)}` first"
         )
 
 

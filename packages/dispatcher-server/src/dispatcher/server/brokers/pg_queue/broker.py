@@ -290,8 +290,7 @@ def create(options: Mapping[str, Any], context: BrokerContext) -> PgQueueBroker:
     """
     settings = context.settings.brokers.pg_queue
     assert settings is not None, "the pg_queue factory is only called when it is configured"
-    source = context.settings.source
-    config_file = None if source == "config" else source
+    config_file = context.settings.file
     check_tables(settings, config_file)
     # Control clients count services by their connections' application_name: a service
     # has one such connection, pg_notify's when it has one, else this broker's listener.

@@ -19,6 +19,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from dispatcher.config.settings import dispatcherctl_command
 from dispatcher.schema import DispatcherError, migrations
 
 VERSION_TABLE: Final = "migrations"
@@ -57,7 +58,7 @@ def problem(version: int | None, schema: str, config: str | None) -> str | None:
     latest = latest_version()
     if version is not None and version >= latest:
         return None
-    command = "dispatcherctl migrate" + ("" if config is None else f" --config {config}")
+    command = dispatcherctl_command("migrate", config)
     where = f'the pg_queue tables in schema "{schema}"'
     if version is None or version == 0:
         return f"{where} are missing: run '{command}'"
