@@ -215,6 +215,35 @@ def test_submit_refuses_bad_options_saying_why(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("brokers", "said"),
+    [
+        (
+            {"pg_queue": {"conninfo": "dbname=app", "queues": ["default", "payments"]}},
+            " (brokers.pg_queue has a default only when it lists one queue, in {config}); "
+            "the queues of {config}: default, payments",
+        ),
+        (
+            {"pg_notify": {"conninfo": "dbname=app", "channels": ["a", "b"]}},
+            ", or set brokers.pg_notify.default_publish_channel in {config}; "
+            "the queues of {config}: a, b",
+        ),
+    ],
+)
+def test_submit_without_a_default_queue_says_to_pass_queue_naming_them(
+    tmp_path: Path, brokers: dict[str, Any], said: str
+) -> None:
+    # The SDK's advice (queue=..., @task(queue=...)) is Python's: the command line has --queue.
+    config = tmp_path / "queues.yml"
+    config.write_text(json.dumps({"version": 1, "brokers": brokers}))
+    result = ctl(config, "submit", "myapp.tasks.slow", "--args", "[0]")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "dispatcherctl: cannot submit myapp.tasks.slow: no channel to send it on: "
+        f"pass --queue Q{said.format(config=config)}\n"
+    )
+
+
 def test_version() -> None:
     result = ctl(None, "--version")
     assert result.returncode == 0

@@ -381,19 +381,24 @@ def _default_channel(name: str) -> str:
         raise _invalid(name, f"no channel to send it on: {exc}") from None
     if broker.default_queue is not None:
         return broker.default_queue
-    if broker.name == "pg_notify":
-        hint = f", or set brokers.pg_notify.default_publish_channel in {settings.source}"
-    elif broker.name == "pg_queue":
-        hint = (
-            f" (brokers.pg_queue has a default only when it lists one queue, in {settings.source})"
-        )
-    else:
-        hint = f" (brokers.{broker.name}, the default broker, names no default queue)"
     raise _invalid(
         name,
         "no channel to send it on: pass queue=..., or give the task a queue with "
-        f"@task(queue=...){hint}",
+        f"@task(queue=...){no_default_queue(broker.name, settings.source)}",
     )
+
+
+def no_default_queue(broker_name: str, source: str) -> str:
+    """What the config *source* lacks for tasks to have a default queue.
+
+    *broker_name* is the default broker's. The clause ends a message that first says what
+    to pass instead: ``, or set ...`` or `` (...)``.
+    """
+    if broker_name == "pg_notify":
+        return f", or set brokers.pg_notify.default_publish_channel in {source}"
+    if broker_name == "pg_queue":
+        return f" (brokers.pg_queue has a default only when it lists one queue, in {source})"
+    return f" (brokers.{broker_name}, the default broker, names no default queue)"
 
 
 def _not_json(value: object) -> Any:

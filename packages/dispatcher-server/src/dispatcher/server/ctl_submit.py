@@ -16,7 +16,8 @@ from typing import Final
 from dispatcher.config import Settings
 from dispatcher.publish import BrokerUnavailable, InvalidSubmission, PublishError, submit_task
 from dispatcher.publish.brokers import is_job_broker
-from dispatcher.publish.routing import broker_for, publish_broker
+from dispatcher.publish.messages import no_default_queue
+from dispatcher.publish.routing import broker_for, default_broker, publish_broker
 from dispatcher.schema import ON_DUPLICATE_MODES
 from dispatcher.server.ctl_arguments import Text, count, json_list, json_object, seconds
 from dispatcher.server.logsafe import escape
@@ -81,7 +82,11 @@ def configured_queues(settings: Settings) -> list[str]:
 def run(settings: Settings, options: argparse.Namespace) -> int:
     """Submit the task of *options*; print its uuid and where it went; return the status."""
     queue: str | None = options.queue
-    if queue is not None:
+    if queue is None:
+        refusal = _no_default_queue(settings, options.task)
+        if refusal is not None:
+            return _fail(refusal, EXIT_USAGE)
+    else:
         known = configured_queues(settings)
         if queue not in known:
             listed = ", ".join(known) if known else "none"
@@ -125,6 +130,26 @@ def run(settings: Settings, options: argparse.Namespace) -> int:
     print(f"task: {escape(options.task, limit=None)}")
     print(f"queue: {escape(submission.channel, limit=None)} ({broker.name} {where})")
     return EXIT_OK
+
+
+def _no_default_queue(settings: Settings, task: str) -> str | None:
+    """Why a task without ``--queue`` cannot be sent, in the command line's terms, if it cannot.
+
+    The SDK's own refusal names its options (``queue=...``, ``@task(queue=...)``); the task
+    is not imported here, so it has no queue of its own.
+    """
+    try:
+        broker = default_broker(settings)
+    except PublishError:
+        return None  # the submission says why
+    if broker.default_queue is not None:
+        return None
+    listed = ", ".join(configured_queues(settings)) or "none"
+    return (
+        f"cannot submit {task}: no channel to send it on: pass --queue Q"
+        f"{no_default_queue(broker.name, settings.source)}; the queues of {settings.source}: "
+        f"{listed}"
+    )
 
 
 def _fail(message: str, status: int) -> int:
