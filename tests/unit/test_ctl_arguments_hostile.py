@@ -35,6 +35,7 @@ def free_text_options() -> set[tuple[str, str]]:
         and action.type is None
         and action.choices is None
         and action.dest != "config"
+        and action.help != argparse.SUPPRESS  # options of others, refused (--expected-replies)
     }
 
 

@@ -220,7 +220,7 @@ def test_the_options_take_what_people_type(capsys: pytest.CaptureFixture[str]) -
     ("before", "said"),
     [
         (["--timeout", "5"], "--timeout before submit is the wait for replies"),
-        (["--expected-replies", "1"], "--expected-replies: submit waits for no replies"),
+        (["--expected-replies", "1"], "--expected-replies: submit asks no service"),
     ],
 )
 def test_reply_options_before_submit_are_refused_not_ignored(

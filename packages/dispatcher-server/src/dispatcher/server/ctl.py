@@ -67,42 +67,106 @@ NOT_CONFIGURED: Final = (
 )
 
 
+DEFAULT_TIMEOUT: Final = 2.0
+"""Seconds to wait for replies, without ``--timeout``."""
+
+MIGRATE_LOCK_WAIT: Final = 5.0
+"""Seconds ``migrate`` waits for the locks it needs, without ``--timeout``: while it waits,
+publishers and services queue behind it, so not long."""
+
+REPLIES_JSON_HELP: Final = "print the replies as JSON"
+REPLIES_TIMEOUT_HELP: Final = (
+    f"seconds to wait for replies, once connected (default: {DEFAULT_TIMEOUT:g})"
+)
+EXPECTED_REPLIES_HELP: Final = (
+    "replies to wait for (default: one per service listening on the channel)"
+)
+
+
+class _Refused(argparse.Action):
+    """An option of the others that this command does not take: refused, saying why.
+
+    Not listed in the command's help. Refused rather than left unknown, so that the error
+    says why (``argument --json: migrate has no --json output``); given before the
+    command, the same reason is given (see :func:`_check_options_before`).
+    """
+
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, reason: str, **kwargs: Any
+    ) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, **kwargs)
+        self.reason = reason
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        """Refuse the option."""
+        raise argparse.ArgumentError(self, self.reason)
+
+
 def _global_options(
-    parser: argparse.ArgumentParser, *, suppress: bool, control: bool = True
+    parser: argparse.ArgumentParser,
+    *,
+    command: str | None = None,
+    json: str | None = REPLIES_JSON_HELP,
+    timeout: str | None = REPLIES_TIMEOUT_HELP,
+    expected_replies: bool = True,
 ) -> None:
-    """The options accepted before or after the command (*control*: those of commands)."""
-    default: Any = argparse.SUPPRESS if suppress else None
+    """The options accepted before or after the command.
+
+    On the parser of a *command*, the help of the ones it takes (``None``: it does not take
+    it); the others are refused there, unlisted. On the main parser (no *command*), they are
+    all listed, with their defaults.
+    """
+    on_command = command is not None
+    default: Any = argparse.SUPPRESS if on_command else None
     parser.add_argument("--config", metavar="FILE", default=default, help="config file")
     parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,  # dispatcherd's dispatcherctl takes the same
         metavar="LEVEL",
-        default=argparse.SUPPRESS if suppress else "WARNING",
+        default=argparse.SUPPRESS if on_command else "WARNING",
         help="what dispatcherctl itself logs on stderr (default: WARNING)",
     )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=argparse.SUPPRESS if suppress else False,
-        help="print the replies as JSON" if control else "print the outcome as JSON",
-    )
-    if not control:
-        return
-    parser.add_argument(
-        "--timeout",
-        type=positive_seconds,
-        metavar="S",
-        default=default,  # DEFAULT_TIMEOUT, once known not to be given before submit
-        help=f"seconds to wait for replies, once connected (default: {DEFAULT_TIMEOUT:g})",
-    )
-    parser.add_argument(
-        "--expected-replies",
-        type=count,
-        metavar="N",
-        default=default,
-        help="replies to wait for (default: one per service listening on the channel)",
-    )
+    if json is not None:
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            default=argparse.SUPPRESS if on_command else False,
+            help=json,
+        )
+    else:
+        _refuse(parser, "--json", 0, f"{command} has no --json output")
+    if timeout is not None:
+        parser.add_argument(
+            "--timeout",
+            type=positive_seconds,
+            metavar="S",
+            default=default,  # the command's own default, once known not to be given
+            help=timeout,
+        )
+    elif command != "submit":  # whose --timeout is the task's
+        _refuse(parser, "--timeout", None, f"{command} waits for no reply and no lock")
+    if expected_replies:
+        parser.add_argument(
+            "--expected-replies",
+            type=count,
+            metavar="N",
+            default=default,
+            help=EXPECTED_REPLIES_HELP,
+        )
+    else:
+        reason = f"{command} asks no service, so waits for none"
+        _refuse(parser, "--expected-replies", None, reason)
+
+
+def _refuse(parser: argparse.ArgumentParser, option: str, nargs: int | None, reason: str) -> None:
+    parser.add_argument(option, action=_Refused, nargs=nargs, reason=reason, help=argparse.SUPPRESS)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -110,17 +174,24 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="dispatcherctl",
         description="Ask running dispatcher services what they do, and tell them what to do;\n"
-        "submit tasks; manage the durable queues.",
+        "submit tasks; manage the durable queues. The options below may come before or\n"
+        "after the command; COMMAND --help lists those it takes.",
         epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     main.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    _global_options(main, suppress=False)
+    _global_options(
+        main,
+        json="print JSON: the replies, or what the command did",
+        timeout=f"seconds to wait for replies, once connected (default: {DEFAULT_TIMEOUT:g}); "
+        "for the commands on durable queues, for a lock",
+    )
     commands = main.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str, **options: Any) -> argparse.ArgumentParser:
+        """Add the command *name*; *options*: what it takes of the global options."""
         sub = commands.add_parser(name, help=help, description=help)
-        _global_options(sub, suppress=True)
+        _global_options(sub, command=name, **options)
         return sub
 
     command("alive", "ask every service to answer")
@@ -151,7 +222,13 @@ def parser() -> argparse.ArgumentParser:
     level.add_argument(
         "level", nargs="?", type=_log_level, help=f"{', '.join(LOG_LEVELS)}, or a number"
     )
-    level.add_argument("--level", dest="level_option", type=_log_level, help=argparse.SUPPRESS)
+    level.add_argument(
+        "--level",
+        dest="level_option",
+        type=_log_level,
+        metavar="LEVEL",
+        help="the level, as an option (as dispatcherd's dispatcherctl takes it)",
+    )
     run = command("run", "start a task (needs producers.control in the services' config)")
     run.add_argument("task", help="the task's name")
     run.add_argument(
@@ -166,25 +243,33 @@ def parser() -> argparse.ArgumentParser:
         description="Publish a task, as the SDK's submit_task does (over pg_notify, or "
         "stored as a job for a durable queue).",
     )
-    _global_options(submit, suppress=True, control=False)
+    _global_options(
+        submit,
+        command="submit",
+        json="print the outcome as JSON",
+        timeout=None,  # its --timeout is the task's, from ctl_submit
+        expected_replies=False,
+    )
     ctl_submit.add_arguments(submit)
     # Its options come from ctl_top, imported only when it runs (see _top).
     commands.add_parser("top", help=TOP_HELP, description=TOP_HELP, add_help=False)
     install = command(
         "install-sql",
         "install dispatcher_submit() and dispatcher_enqueue() in the database (SQL publishers)",
+        json=None,
+        timeout=None,
+        expected_replies=False,
     )
     install.add_argument("--print", action="store_true", help="print the SQL instead")
-    migrate = command("migrate", "create or upgrade the tables of the durable pg_queue broker")
+    migrate = command(
+        "migrate",
+        "create or upgrade the tables of the durable pg_queue broker",
+        json=None,
+        timeout="seconds to wait for a lock another session holds on the tables "
+        f"(default: {MIGRATE_LOCK_WAIT:g}; another migrate is waited for)",
+        expected_replies=False,
+    )
     migrate.add_argument("--print", action="store_true", help="print the SQL it would run")
-    for action in migrate._actions:
-        if action.dest == "timeout":
-            action.help = (
-                "seconds to wait for a lock another session holds on the tables "
-                f"(default: {MIGRATE_LOCK_WAIT:g}; another migrate is waited for)"
-            )
-        elif action.dest in ("expected_replies", "json"):
-            action.help = argparse.SUPPRESS  # no service is asked, and no JSON printed
     ctl_jobs.add_commands(command, DEFAULT_TIMEOUT)
     return main
 
@@ -209,16 +294,6 @@ def _log_level(text: str) -> str | int:
 
 
 FILTERS = ("uuid", "task", "args", "kwargs")
-
-DEFAULT_TIMEOUT: Final = 2.0
-"""Seconds to wait for replies, without ``--timeout``."""
-
-MIGRATE_LOCK_WAIT: Final = 5.0
-"""Seconds ``migrate`` waits for the locks it needs, without ``--timeout``: while it waits,
-publishers and services queue behind it, so not long."""
-
-WITHOUT_JSON: Final = frozenset({"install-sql", "migrate"})
-"""Commands that print no JSON: ``--json`` is refused rather than ignored."""
 
 
 def _control_data(options: argparse.Namespace) -> dict[str, Any]:
@@ -250,23 +325,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    options = parse_command_line(argv)
+    _log_to_stderr(options.log_level)
+    if options.command == "top":
+        return _top(options)
+    if options.command == "install-sql" and options.print:
+        print(sql_publisher(), sql_queue_publisher(), sep="\n", end="")
+        return EXIT_OK
+    settings = _settings(options.config)
+    if settings is None:
+        return EXIT_USAGE
+    if options.command == "install-sql":
+        return install_sql(settings)
+    if options.command == "migrate":
+        return migrate_command(settings, options.print, options.timeout)
+    if options.command == "submit":
+        return ctl_submit.run(settings, options)
+    if options.command in ctl_jobs.COMMANDS:
+        return ctl_jobs.run(options, settings)
+    return _control(settings, options)
+
+
+def parse_command_line(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options of the command line *argv* (default: ``sys.argv``), checked.
+
+    Options given before the command are those given after it; ``--timeout`` not given is
+    the command's default. A usage error exits 2 with its reason, as argparse does.
+    """
     arguments = parser()
     options, extra = arguments.parse_known_args(argv)
-    _log_to_stderr(options.log_level)
-    if options.command == "submit":
-        # Given before the command, they are about replies, and submit waits for none.
-        if options.timeout is not None:
-            arguments.error(
-                "--timeout before submit is the wait for replies, and submit waits for none; "
-                "a task's own timeout goes after it: submit TASK --timeout S"
-            )
-        if options.expected_replies is not None:
-            arguments.error("--expected-replies: submit waits for no replies")
-    given_timeout = options.timeout
+    if options.command == "submit" and options.timeout is not None:
+        arguments.error(
+            "--timeout before submit is the wait for replies, and submit waits for none; "
+            "a task's own timeout goes after it: submit TASK --timeout S"
+        )
+    _check_options_before(arguments, options)
     if options.timeout is None:
-        options.timeout = DEFAULT_TIMEOUT
+        options.timeout = MIGRATE_LOCK_WAIT if options.command == "migrate" else DEFAULT_TIMEOUT
     if options.command == "top":
-        return _top(options, extra)
+        _top_parser().parse_args(extra, namespace=options)
+        return options
     if extra:
         arguments.error(f"unrecognized arguments: {' '.join(extra)}")
     if options.command == "cancel" and not (
@@ -277,26 +375,18 @@ def _main(argv: Sequence[str] | None) -> int:
         options.level_option is None
     ):
         arguments.error("set_log_level needs a level (LEVEL or --level LEVEL, not both)")
-    asks_no_service = options.command in ctl_jobs.COMMANDS or options.command in WITHOUT_JSON
-    if options.expected_replies is not None and asks_no_service:
-        arguments.error(f"--expected-replies: {options.command} asks no service, so waits for none")
-    if options.json and options.command in WITHOUT_JSON:
-        arguments.error(f"{options.command} has no --json output")
-    if options.command == "install-sql" and options.print:
-        print(sql_publisher(), sql_queue_publisher(), sep="\n", end="")
-        return EXIT_OK
-    settings = _settings(options.config)
-    if settings is None:
-        return EXIT_USAGE
-    if options.command == "install-sql":
-        return install_sql(settings)
-    if options.command == "migrate":
-        return migrate_command(settings, options.print, given_timeout or MIGRATE_LOCK_WAIT)
-    if options.command == "submit":
-        return ctl_submit.run(settings, options)
-    if options.command in ctl_jobs.COMMANDS:
-        return ctl_jobs.run(options, settings)
-    return _control(settings, options)
+    return options
+
+
+def _check_options_before(arguments: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    """Refuse an option given before the command that the command does not take."""
+    [commands] = [a for a in arguments._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in commands.choices[options.command]._actions:
+        if isinstance(action, _Refused) and getattr(options, action.dest, None) not in (
+            None,
+            False,
+        ):
+            arguments.error(f"{action.option_strings[0]}: {action.reason}")
 
 
 class _StderrHandler(logging.Handler):
@@ -350,15 +440,20 @@ def _settings(config: str | None) -> Settings | None:
     return None
 
 
-def _top(options: argparse.Namespace, extra: list[str]) -> int:
-    """``dispatcherctl top``: the options and the view are ``ctl_top``'s."""
-    from dispatcher.server import ctl_top  # its terminal library is optional
+def _top_parser() -> argparse.ArgumentParser:
+    """The options of ``top``: the global ones and ``ctl_top``'s."""
+    from dispatcher.server import ctl_top  # imported only when it runs (its terminal modules)
 
     top = argparse.ArgumentParser(prog="dispatcherctl top", description=TOP_HELP)
-    _global_options(top, suppress=True)  # given before the command, they are in options
+    _global_options(top, command="top")  # given before the command, they are in options
     ctl_top.add_arguments(top)
-    top.parse_args(extra, namespace=options)
-    _log_to_stderr(options.log_level)
+    return top
+
+
+def _top(options: argparse.Namespace) -> int:
+    """``dispatcherctl top``: the view is ``ctl_top``'s."""
+    from dispatcher.server import ctl_top
+
     settings = _settings(options.config)
     if settings is None:
         return EXIT_USAGE

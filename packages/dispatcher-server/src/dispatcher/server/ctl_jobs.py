@@ -42,8 +42,10 @@ COMMANDS: Final = frozenset({"jobs", "retry", "purge", "cancel-job"})
 ERROR_WIDTH: Final = 60
 """Characters of a job's last error shown in the table (its first line)."""
 
-AddCommand = Callable[[str, str], argparse.ArgumentParser]
-"""``dispatcherctl``'s way to add a subcommand: ``add(name, help) -> parser``."""
+AddCommand = Callable[..., argparse.ArgumentParser]
+"""``dispatcherctl``'s way to add a subcommand: ``add(name, help, **taken) -> parser``, where
+*taken* gives the help of the global options it takes (``json``, ``timeout``; ``None``: not
+taken) and whether it takes ``expected_replies``."""
 
 DOING: Final = {
     "jobs": ("read", "reading"),
@@ -59,7 +61,13 @@ def add_commands(add: AddCommand, default_timeout: float) -> None:
 
     *default_timeout* is ``dispatcherctl``'s ``--timeout`` when none is given.
     """
-    jobs = add("jobs", "list the jobs of the durable queue (brokers.pg_queue)")
+    taken = {
+        "json": "print JSON instead of text",
+        "timeout": "seconds to wait for a lock another session holds on the jobs table "
+        f"(default: {default_timeout:g})",
+        "expected_replies": False,  # no service is asked: no replies
+    }
+    jobs = add("jobs", "list the jobs of the durable queue (brokers.pg_queue)", **taken)
     jobs.add_argument("--state", choices=STATES, help="only jobs in this state")
     jobs.add_argument("--queue", action=Text, help="only jobs of this queue")
     jobs.add_argument("--task", action=Text, help="only jobs of this task")
@@ -72,7 +80,9 @@ def add_commands(add: AddCommand, default_timeout: float) -> None:
         help="most jobs shown (50)",
     )
     retry = add(
-        "retry", "queue failed jobs again, with every attempt available (attempts reset to 0)"
+        "retry",
+        "queue failed jobs again, with every attempt available (attempts reset to 0)",
+        **taken,
     )
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("--uuid", action=Text, help="the failed or cancelled job with this uuid")
@@ -80,7 +90,7 @@ def add_commands(add: AddCommand, default_timeout: float) -> None:
     retry.add_argument(
         "--queue", action=Text, help="with --failed: only the failed jobs of this queue"
     )
-    purge = add("purge", "delete finished jobs that ended some time ago")
+    purge = add("purge", "delete finished jobs that ended some time ago", **taken)
     purge.add_argument(
         "--state", choices=FINISHED_STATES, required=True, help="the finished jobs to delete"
     )
@@ -94,19 +104,9 @@ def add_commands(add: AddCommand, default_timeout: float) -> None:
     cancel = add(
         "cancel-job",
         "cancel a durable job that waits (queued): it ends cancelled and never starts",
+        **taken,
     )
     cancel.add_argument("--uuid", action=Text, required=True, help="the waiting job's uuid")
-    for parser in (jobs, retry, purge, cancel):
-        for action in parser._actions:
-            if action.dest == "timeout":
-                action.help = (
-                    "seconds to wait for a lock another session holds on the jobs table "
-                    f"(default: {default_timeout:g})"
-                )
-            elif action.dest == "expected_replies":
-                action.help = argparse.SUPPRESS  # no service is asked: no replies
-            elif action.dest == "json":
-                action.help = "print JSON instead of text"
 
 
 def run(options: argparse.Namespace, settings: Settings) -> int:
