@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Final
 
 from dispatcher.config import Settings
@@ -66,14 +67,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configured_queues(settings: Settings) -> list[str]:
-    """The queues the config names: pg_notify's channels, the durable queues, plug-ins'."""
+    """The queues the config names: pg_notify's channels, the durable queues, plug-ins'.
+
+    In the config's order where a broker keeps one (pg_notify's channels), else sorted (the
+    durable queues), so that a message listing them reads the same every time.
+    """
     queues: dict[str, None] = {}
     for name in settings.brokers.names:
         try:
             broker = publish_broker(name, settings)
         except PublishError:
             continue  # the send says why, if the task goes there
-        queues.update(dict.fromkeys(broker.queues))
+        listed = broker.queues
+        queues.update(dict.fromkeys(listed if isinstance(listed, Sequence) else sorted(listed)))
         if broker.default_queue is not None and name != "socket":
             queues[broker.default_queue] = None
     return list(queues)
