@@ -15,9 +15,16 @@ from dispatcher.control.local import control_payloads
 from dispatcher.control.result import ControlResult
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.json_values import may_hold_too_long_integer, unsendable_reason
+from dispatcher.publish.messages import too_deep
 from dispatcher.publish.routing import control_broker
 from dispatcher.publish.signing import signed, signing_key
-from dispatcher.schema import CHANNEL_NAME_RULE, is_valid_channel_name, validator
+from dispatcher.schema import (
+    CHANNEL_NAME_RULE,
+    MAX_MESSAGE_BYTES,
+    MAX_NESTING_DEPTH,
+    is_valid_channel_name,
+    validator,
+)
 
 
 async def acontrol(
@@ -90,6 +97,11 @@ async def acontrol_with_reply(
 
 
 def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None) -> dict[str, Any]:
+    if data is not None and not isinstance(data, Mapping):
+        raise InvalidSubmission(
+            f"cannot send control command {command!r}: control_data: expected a dict, got "
+            f"{type(data).__name__}"
+        )
     message: dict[str, Any] = {"control": command, "control_data": dict(data or {})}
     if reply_to is not None:
         message["reply_to"] = reply_to
@@ -123,6 +135,14 @@ def _text(message: dict[str, Any]) -> str:
         reason: str | None = unsendable_reason(message) or str(exc)
     else:
         reason = unsendable_reason(message) if may_hold_too_long_integer(text) else None
+        if reason is None and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
+            reason = too_deep(message)
+    if reason is None:
+        text = signed(text, signing_key())
+        if len(text) > MAX_MESSAGE_BYTES:
+            reason = (
+                f"the message is {len(text)} bytes of JSON, over the limit of {MAX_MESSAGE_BYTES}"
+            )
     if reason is not None:
         raise InvalidSubmission(f"cannot send control command {message['control']!r}: {reason}")
-    return signed(text, signing_key())
+    return text

@@ -446,9 +446,9 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
             text = _encode(message)
             may_be_deep = True
     except (TypeError, ValueError, RecursionError) as exc:
-        too_deep = _too_deep(message)
-        if too_deep is not None:
-            raise _invalid(name, too_deep) from None
+        nested = too_deep(message)
+        if nested is not None:
+            raise _invalid(name, nested) from None
         try:
             found = first_unsendable(message)
         except RecursionError:
@@ -459,9 +459,9 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
         raise _invalid(name, f"{format_path(found[0])}: {found[1]}")
     # n arrays and objects cannot nest deeper than n: most messages skip the walk.
     if may_be_deep and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
-        too_deep = _too_deep(message)
-        if too_deep is not None:
-            raise _invalid(name, too_deep)
+        nested = too_deep(message)
+        if nested is not None:
+            raise _invalid(name, nested)
     return text
 
 
@@ -478,7 +478,7 @@ def _unexplained(message: dict[str, Any]) -> str:
     return "invalid message" if found is None else f"{format_path(found[0])}: {found[1]}"
 
 
-def _too_deep(message: dict[str, Any]) -> str | None:
+def too_deep(message: dict[str, Any]) -> str | None:
     """Name the first value nested deeper than a service accepts, and say why."""
     inner = MAX_NESTING_DEPTH - 1  # the message object is the first level
     for key, value in message.items():
