@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import urllib.error
 import urllib.request
@@ -11,7 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.service import Evidence, ServiceProcess
+from support.log_lines import assert_every_line_is_ours
+from support.service import Evidence, ServiceProcess, wait_until
 from support.service import task_message as message
 
 TASKS = "support.service_tasks."
@@ -74,8 +77,6 @@ def test_metrics_count_what_ran(
         ok = ("dispatcher_tasks_finished_total", (("outcome", "ok"), ("task", TASKS + "record")))
         return found if found.get(failed) == 1 and found.get(ok) == 3 else {}
 
-    from support.service import wait_until
-
     found = wait_until(settled, timeout=5)
     assert (
         found[("dispatcher_tasks_finished_total", (("outcome", "ok"), ("task", TASKS + "record")))]
@@ -101,3 +102,58 @@ def test_bad_requests_get_errors_and_the_service_keeps_serving(
     notify(channel, message("record", evidence.path, "still serving"))
     evidence.wait_for(1)
     assert samples(port)[("dispatcher_messages_received_total", ())] == 1
+
+
+def answers(port: int) -> bool:
+    """Whether ``GET /metrics`` gets its 200 now."""
+    try:
+        return raw_request(port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def test_running_out_of_file_descriptors_costs_connections_not_the_service(
+    metrics_service: tuple[ServiceProcess, int], notify: Notify, channel: str, evidence: Evidence
+) -> None:
+    service, port = metrics_service
+    _, hard = resource.prlimit(service.pid, resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir(f"/proc/{service.pid}/fd"))
+    resource.prlimit(service.pid, resource.RLIMIT_NOFILE, (in_use + 10, hard))
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
+    try:
+        service.wait_for_log(
+            r"WARNING dispatcher\.metrics: the metrics server cannot accept a connection: "
+            r"Too many open files \(EMFILE\); pausing 0\.5 s"
+        )
+    finally:
+        for client in clients:
+            client.close()
+    wait_until(lambda: answers(port), timeout=10)
+    notify(channel, message("record", evidence.path, "still serving"))
+    evidence.wait_for(1)
+    assert service.process is not None
+    assert service.process.poll() is None
+    assert "Traceback" not in service.log
+    assert_every_line_is_ours(service.log)
+
+
+def test_connections_past_the_cap_wait_for_a_free_place(
+    metrics_service: tuple[ServiceProcess, int],
+) -> None:
+    service, port = metrics_service
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(64)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as late:
+            late.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            with pytest.raises(TimeoutError):  # not accepted while 64 are open
+                late.recv(65536)
+            idle.pop().close()
+            late.settimeout(10)
+            assert late.recv(65536).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for client in idle:
+            client.close()
+    service.wait_for_log(
+        r"WARNING dispatcher\.metrics: the metrics server serves 64 connections, the most it "
+        r"serves at once: new ones wait"
+    )

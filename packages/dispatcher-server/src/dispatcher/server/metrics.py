@@ -2,7 +2,9 @@
 
 A small HTTP server of its own (no extra dependency): it reads one request per connection,
 answers it and closes. Malformed requests get 400, other paths 404, other methods 405; none
-can disturb the service.
+can disturb the service. It serves at most :data:`MAX_CONNECTIONS` connections at once (more
+wait to be accepted), each for at most :data:`REQUEST_TIMEOUT` seconds, and outlives running
+out of file descriptors (see :mod:`dispatcher.server.accepting`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Final, Protocol
 import anyio
 from anyio.abc import SocketStream, TaskStatus
 
+from dispatcher.server.accepting import serve_connections
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.stats import BUCKETS, Histogram, QueueDepth, ServiceStats
 
@@ -21,6 +24,9 @@ logger = get_logger("dispatcher.metrics")
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST_HEAD: Final = 8192
 REQUEST_TIMEOUT: Final = 5.0
+"""Seconds a connection may take to send its request and read the answer."""
+MAX_CONNECTIONS: Final = 64
+"""Connections served at once; more wait, unaccepted, until one closes."""
 
 
 class MetricsSource(Protocol):
@@ -61,18 +67,24 @@ class MetricsServer:
         logger.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
         task_status.started()
         async with listener:
-            await listener.serve(self._answer)
+            await serve_connections(
+                listener,
+                self._answer,
+                name="the metrics server",
+                max_connections=MAX_CONNECTIONS,
+                logger=logger,
+            )
 
     async def _answer(self, client: SocketStream) -> None:
         async with client:
             try:
-                with anyio.fail_after(REQUEST_TIMEOUT):
+                with anyio.fail_after(REQUEST_TIMEOUT):  # a client that never reads too
                     status, body = self._respond(await _read_head(client))
-                head = (
-                    f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                )
-                await client.send(head.encode() + body)
+                    head = (
+                        f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                    )
+                    await client.send(head.encode() + body)
             except (TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
                 return
 

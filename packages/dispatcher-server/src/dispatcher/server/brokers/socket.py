@@ -35,6 +35,7 @@ from anyio.abc import SocketStream, TaskStatus
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.schema.chunks import socket_lines
+from dispatcher.server.accepting import serve_connections
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.origin import Origin
@@ -96,7 +97,6 @@ class SocketBroker(BrokerBase):
         self._stats = stats or ServiceStats()
         self.max_clients = max_clients
         self._clients = 0
-        self._connected = 0
         self._refusals = RateLimitedLog(logger, logging.WARNING)
         self._internal_errors = InternalErrorLog(logger)
 
@@ -117,7 +117,14 @@ class SocketBroker(BrokerBase):
         task_status.started()
         try:
             async with listener:
-                await listener.serve(lambda client: self._serve_client(client, deliver))
+                await serve_connections(
+                    listener,
+                    lambda client: self._serve_client(client, deliver),
+                    name="the socket broker",
+                    max_connections=self.max_clients,
+                    refuse=self._refuse,
+                    logger=logger,
+                )
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -143,20 +150,14 @@ class SocketBroker(BrokerBase):
                 return
         raise OSError(f"{self.path} is in use by another running service")
 
+    async def _refuse(self, client: SocketStream, connected: int) -> None:
+        """Log the refusal of a client beyond :attr:`max_clients` (it is closed)."""
+        self._refusals.log("refusing a socket connection: %d clients already connected", connected)
+
     async def _serve_client(self, client: SocketStream, deliver: Deliver) -> None:
         async with client:
-            if self._connected >= self.max_clients:
-                self._refusals.log(
-                    "refusing a socket connection: %d clients already connected",
-                    self._connected,
-                )
-                return
-            self._connected += 1
             self._clients += 1
-            try:
-                await self._read_lines(client, deliver, f"socket:{self._clients}")
-            finally:
-                self._connected -= 1
+            await self._read_lines(client, deliver, f"socket:{self._clients}")
 
     async def _read_lines(self, client: SocketStream, deliver: Deliver, name: str) -> None:
         lines = LineBuffer()
