@@ -219,6 +219,36 @@ def test_socket_broker_answers_with_the_database_stopped(
     assert not socket_path.exists()
 
 
+def test_dispatcherctl_shows_why_a_service_with_too_many_socket_clients_refused_it(
+    start_service: StartService, service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    import socket as sockets
+
+    socket_path = tmp_path / "dispatcher.sock"
+    service_config["brokers"]["socket"] = {"path": str(socket_path)}
+    service_config["service"]["node_id"] = "busy-node"
+    service = start_service(service_config)
+    service.wait_for_log(r"listening on socket")
+    idle = []
+    try:
+        for _ in range(64):  # connected, never sending a line
+            client = sockets.socket(sockets.AF_UNIX)
+            idle.append(client)
+            client.connect(str(socket_path))
+        result = ctl(service.config_path, "alive")
+    finally:
+        for client in idle:
+            client.close()
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.splitlines()[:2] == [
+        "busy-node:",
+        "  error: the service has too many socket clients (64 connected, the most it serves "
+        "at once); try again shortly",
+    ]
+    assert result.stderr == "dispatcherctl: error reply from busy-node\n"
+    wait_until(lambda: ctl(service.config_path, "alive").returncode == 0, timeout=10)
+
+
 def test_dispatcherctl_says_when_no_service_is_running(
     tmp_path: Path, pg_dsn: str, channel: str
 ) -> None:

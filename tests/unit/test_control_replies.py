@@ -15,6 +15,7 @@ from dispatcher.control.local import socket_request
 from dispatcher.control.result import InvalidReply, parse_reply
 from dispatcher.publish import BrokerUnavailable
 from dispatcher.publish.notify_async import _join
+from dispatcher.publish.socket import SocketPublisher
 from dispatcher.schema import MAX_MESSAGE_BYTES, MAX_NESTING_DEPTH
 from dispatcher.schema.chunks import ChunkAssembler, split_message
 
@@ -91,6 +92,57 @@ def serve_once(path: Path, *pieces: bytes) -> threading.Thread:
     thread = threading.Thread(target=answer)
     thread.start()
     return thread
+
+
+def serve_refusing(path: Path, reply: bytes) -> threading.Thread:
+    """A socket server at *path* that answers one connection with *reply* and closes it,
+    reading nothing (as a service with too many socket clients does)."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+
+    def refuse() -> None:
+        with server, server.accept()[0] as connection:
+            connection.sendall(reply)
+
+    thread = threading.Thread(target=refuse)
+    thread.start()
+    return thread
+
+
+TOO_MANY = {"node_id": "n", "error": "the service has too many socket clients"}
+LONG_CONTROL = {"control": "alive", "reply_to": "r", "pad": "x" * (4 << 20)}
+"""A message too long to fit in the socket's buffers: its send fails once the server closes."""
+
+
+def test_the_error_reply_of_a_service_that_closed_before_the_send_is_read(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sock"
+    thread = serve_refusing(path, json.dumps(TOO_MANY).encode() + b"\n")
+    line = socket_request(str(path), LONG_CONTROL, timeout=10)
+    thread.join()
+    assert line is not None
+    assert json.loads(line) == TOO_MANY
+
+    path = tmp_path / "t.sock"
+    thread = serve_refusing(path, json.dumps(TOO_MANY).encode() + b"\n")
+    result = ControlResult("alive")
+    SocketPublisher(str(path)).control_with_reply(
+        json.dumps(LONG_CONTROL), "r", result, queue=None, expected_replies=None, timeout=10
+    )
+    thread.join()
+    assert result.replies == [TOO_MANY]
+
+
+def test_a_service_that_closed_before_the_send_saying_nothing_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sock"
+    thread = serve_refusing(path, b"")
+    with pytest.raises(BrokerUnavailable, match="cannot send to the service's socket"):
+        socket_request(str(path), LONG_CONTROL, timeout=10)
+    thread.join()
 
 
 def test_socket_reply_is_read_across_pieces_up_to_its_newline(tmp_path: Path) -> None:

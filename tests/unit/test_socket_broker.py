@@ -123,6 +123,11 @@ def test_clients_beyond_the_cap_are_refused(
         await request(first, b'{"control": "a", "reply_to": "r"}\n')
         await request(second, b'{"control": "b", "reply_to": "r"}\n')
         third = await anyio.connect_unix(path)
+        assert json.loads(await third.receive()) == {
+            "node_id": "node-a",
+            "error": "the service has too many socket clients (2 connected, the most it "
+            "serves at once); try again shortly",
+        }
         with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
             await third.receive()
         await first.aclose()
@@ -140,7 +145,7 @@ def test_clients_beyond_the_cap_are_refused(
         await second.aclose()
 
     with caplog.at_level(logging.WARNING, logger="dispatcher.socket"):
-        serve(tmp_path, scenario, max_clients=2)
+        serve(tmp_path, scenario, max_clients=2, node_id="node-a")
     assert any(
         "refusing a socket connection: 2 clients already connected" in r.getMessage()
         for r in caplog.records
@@ -154,3 +159,65 @@ def test_socket_file_is_private(tmp_path: Path) -> None:
             probe.connect(str(path))
 
     serve(tmp_path, scenario)
+
+
+async def served_again(path: Path) -> None:
+    """Wait until a new connection to *path* is served (a place has been freed)."""
+    with anyio.fail_after(10):
+        while True:
+            async with await anyio.connect_unix(path) as stream:
+                reply = await request(stream, b'{"control": "again", "reply_to": "r"}\n')
+                if "error" not in reply:
+                    assert reply == {"pong": "again"}
+                    return
+
+
+def test_a_client_that_sends_no_whole_line_is_closed_and_frees_its_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(broker: SocketBroker, path: Path) -> None:
+        async with await anyio.connect_unix(path) as idle:
+            await idle.send(b'{"control": "half a line')
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await idle.receive()
+            await served_again(path)
+
+    with caplog.at_level(logging.WARNING, logger="dispatcher.socket"):
+        serve(tmp_path, scenario, max_clients=1, idle_timeout=0.5)
+    assert any(
+        "socket:1: no complete line in 0.5 s: closing the connection" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_each_whole_line_gives_a_client_more_time(tmp_path: Path) -> None:
+    async def scenario(broker: SocketBroker, path: Path) -> None:
+        async with await anyio.connect_unix(path) as stream:
+            for _ in range(6):  # 1.2 s in all, beyond the idle timeout
+                assert await request(stream, b'{"control": "a", "reply_to": "r"}\n')
+                await anyio.sleep(0.2)
+            assert await request(stream, b'{"control": "b", "reply_to": "r"}\n') == {"pong": "b"}
+
+    serve(tmp_path, scenario, idle_timeout=0.5)
+
+
+def test_a_client_that_reads_no_reply_is_closed_and_frees_its_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(broker: SocketBroker, path: Path) -> None:
+        long_request = b'{"control": "' + b"x" * 65536 + b'", "reply_to": "r"}\n'
+        async with await anyio.connect_unix(path) as deaf:
+            closed = False
+            while not closed:  # until the service closes it: it never reads the replies
+                try:
+                    await deaf.send(long_request)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    closed = True
+        await served_again(path)
+
+    with caplog.at_level(logging.WARNING, logger="dispatcher.socket"):
+        serve(tmp_path, scenario, max_clients=1, write_timeout=0.5)
+    assert any(
+        "socket:1: replies left unread for 0.5 s: closing the connection" in r.getMessage()
+        for r in caplog.records
+    )

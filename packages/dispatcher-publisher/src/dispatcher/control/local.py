@@ -20,11 +20,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from dispatcher.control.result import InvalidReply, ReplyChunks
 from dispatcher.publish.brokers import PublishBroker
-from dispatcher.publish.socket import SocketPublisher, connected, read_lines, send_message
+from dispatcher.publish.errors import BrokerUnavailable
+from dispatcher.publish.socket import (
+    SocketPublisher,
+    connected,
+    lines_before_close,
+    read_lines,
+    send_message,
+)
 from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES, split_message
 from dispatcher.schema.chunks import socket_lines
 
@@ -52,10 +60,19 @@ def socket_request(
     deadline = time.monotonic() + timeout
     chunks = ReplyChunks()
     with connected(path, timeout) as sock:
-        send_message(sock, path, payload or json.dumps(message))
-        if not message.get("reply_to"):
-            return None
-        for line in read_lines(sock, path, deadline):
+        lines: Iterable[str]
+        try:
+            send_message(sock, path, payload or json.dumps(message))
+        except BrokerUnavailable:
+            # A service with too many clients says so (an error reply) and closes.
+            lines = lines_before_close(sock, path) if message.get("reply_to") else []
+            if not lines:
+                raise
+        else:
+            if not message.get("reply_to"):
+                return None
+            lines = read_lines(sock, path, deadline)
+        for line in lines:
             try:
                 whole = chunks.join(line)
             except InvalidReply:

@@ -10,6 +10,7 @@ envelopes when it is over 1 kB (the reply collector joins them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +25,9 @@ from dispatcher.schema.chunks import socket_lines
 SEND_TIMEOUT = 5.0
 """Seconds a send over the socket may take."""
 
+
+REFUSAL_WAIT = 1.0
+"""Seconds spent reading the reason of a service that closed the connection before a send."""
 
 _READ_SIZE = 1 << 16
 
@@ -107,6 +111,18 @@ def read_lines(sock: socket.socket, path: str, deadline: float) -> Iterator[str]
             )
 
 
+def lines_before_close(sock: socket.socket, path: str) -> list[str]:
+    """The lines a service sent before closing the connection, read after a send failed.
+
+    A service serving too many socket clients already answers one more with an error reply
+    saying so, then closes the connection: the send fails, the reply is there to read.
+    """
+    lines: list[str] = []
+    with contextlib.suppress(BrokerUnavailable):
+        lines.extend(read_lines(sock, path, time.monotonic() + REFUSAL_WAIT))
+    return lines
+
+
 def send_lines(path: str, payloads: Sequence[str], timeout: float = SEND_TIMEOUT) -> None:
     """Send *payloads* as lines over one connection to the socket at *path*.
 
@@ -167,8 +183,14 @@ class SocketPublisher:
         replies.expected = 1 if expected_replies is None else expected_replies
         deadline = time.monotonic() + timeout
         with connected(self.path, timeout) as sock:
-            send_message(sock, self.path, text)
-            if len(replies.replies) >= replies.expected:
+            try:
+                send_message(sock, self.path, text)
+            except BrokerUnavailable:
+                said = lines_before_close(sock, self.path)
+                if not said:
+                    raise
+                for line in said:
+                    replies.add(line)
                 return
             for line in read_lines(sock, self.path, deadline):
                 replies.add(line)

@@ -13,9 +13,11 @@ them, and as its clients and ours join them). The socket file is created with mo
 (only its owner may connect) and removed when the service stops.
 
 Input is bounded like any other: lines of at most
-:data:`~dispatcher.schema.MAX_MESSAGE_BYTES` bytes (a longer one closes the connection), at
-most :data:`MAX_CLIENTS` connections at once, and a line that breaks anything costs that
-line only.
+:data:`~dispatcher.schema.MAX_MESSAGE_BYTES` bytes (a longer one closes the connection), and
+a line that breaks anything costs that line only. Clients cannot hold the socket either: at
+most :data:`MAX_CLIENTS` connections are served at once (one more gets an error reply, then
+is closed), a connection that sends no complete line for :data:`IDLE_TIMEOUT` seconds is
+closed, and so is one that leaves its replies unread for :data:`WRITE_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
@@ -45,7 +47,23 @@ from dispatcher.server.stats import ServiceStats
 logger = get_logger("dispatcher.socket")
 
 MAX_CLIENTS: Final = 64
-"""Connections served at once; more are closed at once, with a log line."""
+"""Connections served at once; more get an error reply and are closed, with a log line."""
+
+IDLE_TIMEOUT: Final = 30.0
+"""Seconds a connection may go without sending a complete line before it is closed."""
+
+WRITE_TIMEOUT: Final = 10.0
+"""Seconds the sending of replies may wait for the client to read, before it is closed."""
+
+TOO_MANY_CLIENTS: Final = (
+    "the service has too many socket clients ({open} connected, the most it serves at once); "
+    "try again shortly"
+)
+"""The ``error`` of the reply to a connection refused for want of a place."""
+
+
+class ClientStalled(Exception):
+    """A client left its replies unread for :data:`WRITE_TIMEOUT` seconds."""
 
 
 class LineTooLong(ValueError):
@@ -90,14 +108,26 @@ class SocketBroker(BrokerBase):
     """Serves the unix socket at *path*; replies go back on the connection they answer."""
 
     def __init__(
-        self, path: str, stats: ServiceStats | None = None, max_clients: int = MAX_CLIENTS
+        self,
+        path: str,
+        stats: ServiceStats | None = None,
+        max_clients: int = MAX_CLIENTS,
+        *,
+        node_id: str = "dispatcher",
+        idle_timeout: float = IDLE_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         super().__init__("socket")
         self.path = Path(path)
         self._stats = stats or ServiceStats()
         self.max_clients = max_clients
+        self.node_id = node_id
+        """Named in the error reply to a connection refused for want of a place."""
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
         self._clients = 0
         self._refusals = RateLimitedLog(logger, logging.WARNING)
+        self._closings = RateLimitedLog(logger, logging.WARNING)
         self._internal_errors = InternalErrorLog(logger)
 
     async def receive(
@@ -151,8 +181,10 @@ class SocketBroker(BrokerBase):
         raise OSError(f"{self.path} is in use by another running service")
 
     async def _refuse(self, client: SocketStream, connected: int) -> None:
-        """Log the refusal of a client beyond :attr:`max_clients` (it is closed)."""
+        """Tell a client beyond :attr:`max_clients` why it is closed: one error reply."""
         self._refusals.log("refusing a socket connection: %d clients already connected", connected)
+        reply = {"node_id": self.node_id, "error": TOO_MANY_CLIENTS.format(open=connected)}
+        await client.send(json.dumps(reply).encode() + b"\n")
 
     async def _serve_client(self, client: SocketStream, deliver: Deliver) -> None:
         async with client:
@@ -164,13 +196,32 @@ class SocketBroker(BrokerBase):
         replies: list[Mapping[str, Any]] = []
         origin = Origin("socket", reply=lambda _to, reply: replies.append(reply), channel=name)
         try:
-            async for data in client:
-                for line in lines.feed(data):
+            while True:
+                complete: list[bytes] = []
+                with anyio.move_on_after(self.idle_timeout):
+                    while True:  # until a line is whole (each one gives more time)
+                        complete = lines.feed(await client.receive())
+                        if complete:
+                            break
+                if not complete:
+                    self._closings.log(
+                        "%s: no complete line in %g s: closing the connection",
+                        name,
+                        self.idle_timeout,
+                    )
+                    return
+                for line in complete:
                     if line and not line.isspace():  # as line.strip(), without a copy
                         await self._handle_line(client, line, deliver, origin, replies)
         except LineTooLong as exc:
             self._stats.rejected["oversized"] += 1
             logger.warning("%s: %s: closing the connection", name, exc)
+        except ClientStalled:
+            self._closings.log(
+                "%s: replies left unread for %g s: closing the connection",
+                name,
+                self.write_timeout,
+            )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
             return
 
@@ -191,18 +242,28 @@ class SocketBroker(BrokerBase):
             deliver(line.decode("utf-8", errors="replace"), origin)
             for reply in replies:
                 text = json.dumps(reply, separators=(",", ":"), default=str)
-                await client.send("".join(part + "\n" for part in socket_lines(text)).encode())
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            raise  # the connection is gone: stop reading it
+                await self._send(client, "".join(part + "\n" for part in socket_lines(text)))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ClientStalled):
+            raise  # the connection is gone, or useless: stop reading it
         except Exception as exc:
             self._stats.rejected["internal_error"] += 1
             self._internal_errors.report("socket broker", exc, f"a line from {origin.channel}")
         finally:
             replies.clear()
 
+    async def _send(self, client: SocketStream, text: str) -> None:
+        """Send *text* to *client*.
+
+        :raises ClientStalled: when the client has not read it within :attr:`write_timeout`.
+        """
+        with anyio.move_on_after(self.write_timeout):
+            await client.send(text.encode())
+            return
+        raise ClientStalled
+
 
 def create(options: Mapping[str, Any], context: BrokerContext) -> SocketBroker:
     """The factory of ``brokers.socket`` (it reads the typed section of the settings)."""
     settings = context.settings.brokers.socket
     assert settings is not None, "the socket factory is only called when it is configured"
-    return SocketBroker(settings.path, stats=context.stats)
+    return SocketBroker(settings.path, stats=context.stats, node_id=context.node_id)
