@@ -37,3 +37,10 @@ class RecordingWorker(BaseWorker):
 class FaultyWorker(BaseWorker):
     def pre_task(self, message: Mapping[str, Any]) -> None:
         raise RuntimeError("a broken hook")
+
+
+class ExitingWorker(BaseWorker):
+    """Ends its worker from a hook, saying a forged log line (``$DISPATCHER_TEST_EXIT_TEXT``)."""
+
+    def post_task(self, outcome: Mapping[str, Any]) -> None:
+        raise SystemExit(os.environ["DISPATCHER_TEST_EXIT_TEXT"])

@@ -46,11 +46,14 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.lifeline import die_with_parent
+from dispatcher.server.logsafe import Block, describe_exception, get_logger
 from dispatcher.server.task_imports import fitted, import_report
 from dispatcher.server.worker import WorkerOptions, worker_main
 
 if TYPE_CHECKING:
     from dispatcher.config import Settings
+
+logger = get_logger("dispatcher.worker")
 
 MAX_MESSAGE: Final = 1 << 16
 _MAX_FDS: Final = 4
@@ -63,6 +66,17 @@ DEATH_SIGNAL: Final = signal.SIGUSR2
 
 PARENT_ENV: Final = "DISPATCHER_FORKSERVER_PARENT"
 """Environment variable with the pid of the service that started the fork server."""
+
+
+def _report_worker_failure(worker_id: int, exc: BaseException) -> None:
+    """Log what ended a worker outside any task, escaped: its text may come from task code."""
+    with contextlib.suppress(BaseException):  # the worker exits whatever happens here
+        logger.critical(
+            "worker %d ended on an unexpected error: %s%s",
+            worker_id,
+            describe_exception(exc),
+            Block("".join(traceback.format_exception(exc))),
+        )
 
 
 def _send(control: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -157,8 +171,8 @@ class ForkServer:
         status = 0
         try:
             self._become_worker(worker_id, worker_fd)
-        except BaseException:
-            traceback.print_exc()
+        except BaseException as exc:
+            _report_worker_failure(worker_id, exc)
             status = 1
         finally:
             os._exit(status)

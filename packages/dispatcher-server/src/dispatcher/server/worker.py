@@ -314,7 +314,9 @@ class TaskRunner:
             self._discard_loop()  # a coroutine may have been interrupted mid-step
         except self._conventions.exits:
             done["outcome"] = "exit"
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: errors of the task
+            if not isinstance(exc, Exception):
+                self._discard_loop()  # it may have left an async task's loop mid-step
             done.update(
                 outcome="error",
                 error=describe_exception(exc),
@@ -373,7 +375,9 @@ class TaskRunner:
             return "cancelled"
         except self._conventions.exits:
             return "exit"
-        except Exception as exc:
+        except BaseException as exc:  # as for the task: SystemExit too is its error
+            if not isinstance(exc, Exception):
+                self._discard_loop()
             logger.error(
                 "task %s (uuid %s): %s %s failed: %s%s",
                 parent.get("task"),

@@ -1,0 +1,122 @@
+"""Tasks that raise what is not an ``Exception``: each is a failed task (outcome ``error``,
+logged escaped), and the worker carries on.
+
+The service runs as a subprocess; everything is observed through what the tasks did and what
+the service logged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from support.log_lines import FORGED, FORGED_SHOWN, assert_every_line_is_ours
+from support.service import Evidence, ServiceProcess
+from support.service import task_message as message
+
+UNRULY = "support.unruly_tasks."
+StartService = Callable[..., ServiceProcess]
+Notify = Callable[[str, str], None]
+
+ANSI_RED = "\x1b[31m"
+TEXT = FORGED + ANSI_RED
+"""What the exceptions say: a forged log line and a terminal escape, if written raw."""
+TEXT_SHOWN = FORGED_SHOWN + "\\x1b[31m"
+
+
+@pytest.fixture
+def config(service_config: dict[str, Any]) -> dict[str, Any]:
+    service_config["tasks"]["modules"] = ["support.service_tasks", "support.unruly_tasks"]
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    return service_config
+
+
+def assert_log_is_ours(service: ServiceProcess) -> None:
+    log = service.log
+    assert "\x1b" not in log
+    assert "worker_lost" not in log
+    assert_every_line_is_ours(log)
+
+
+@pytest.mark.parametrize("task", ["raise_base", "async_raise_base"])
+def test_a_task_raising_a_base_exception_fails_and_its_worker_carries_on(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    task: str,
+) -> None:
+    service = start_service(config)
+    kinds = ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "Unruly"]
+    for kind in kinds:
+        notify(channel, message(UNRULY + task, evidence.path, kind, TEXT, uuid=f"u-{kind}"))
+    notify(channel, message("record", evidence.path, "next"))
+    records = evidence.wait_for(len(kinds) + 1)
+    assert records[-1]["args"] == ["next"]
+    assert len({r["pid"] for r in records}) == 1  # one worker ran them all
+    for kind in kinds:
+        service.wait_for_log(
+            rf"ERROR dispatcher\.\w+: task support\.unruly_tasks\.{task} \(uuid u-{kind}\) "
+            rf"failed: {kind}: " + re.escape(TEXT_SHOWN)
+        )
+    assert_log_is_ours(service)
+
+
+def test_a_callback_raising_system_exit_is_logged_and_the_job_ends_ok(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(config, log_level="DEBUG")  # a job's end is logged at DEBUG
+    path = str(evidence.path)
+    callback = {"task": UNRULY + "raise_base", "args": [path, "SystemExit", TEXT]}
+    errback = {"task": "support.service_tasks.record", "args": [path, "its errback"]}
+    job = {
+        "task": "support.service_tasks.record",
+        "args": [path, "task"],
+        "uuid": "u-callback",
+        "callbacks": [{**callback, "errbacks": [errback]}],
+    }
+    notify(channel, json.dumps(job))
+    notify(channel, message("record", evidence.path, "next"))
+    records = evidence.wait_for(4)
+    assert [r.get("args", [r.get("event")])[0] for r in records] == [
+        "task",
+        "raise",
+        "its errback",
+        "next",
+    ]
+    assert len({r["pid"] for r in records}) == 1
+    service.wait_for_log(
+        r"ERROR .*task support\.service_tasks\.record \(uuid u-callback\): callback "
+        r"support\.unruly_tasks\.raise_base failed: SystemExit: " + re.escape(TEXT_SHOWN)
+    )
+    service.wait_for_log(r"\(uuid u-callback\) finished ok")
+    assert_log_is_ours(service)
+
+
+def test_what_ends_a_worker_outside_a_task_is_logged_escaped(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    config["worker"] = {"class": "support.service_hooks.ExitingWorker"}
+    service = start_service(config, env={"DISPATCHER_TEST_EXIT_TEXT": TEXT})
+    notify(channel, message("record", evidence.path, "x", uuid="u-hooked"))
+    evidence.wait_for(1)
+    service.wait_for_log(
+        r"CRITICAL worker-\d+ dispatcher\.worker: worker \d+ ended on an unexpected error: "
+        r"SystemExit: " + re.escape(TEXT_SHOWN)
+    )
+    service.wait_for_log(r"\(uuid u-hooked\): worker_lost")  # its end was never reported
+    assert "\x1b" not in service.log
+    assert_every_line_is_ours(service.log)
