@@ -1,5 +1,5 @@
-"""Tasks that raise what is not an ``Exception``: each is a failed task (outcome ``error``,
-logged escaped), and the worker carries on.
+"""Tasks that raise what is not an ``Exception``, or hand back a generator: each is a failed
+task (outcome ``error``, logged escaped), and the worker carries on.
 
 The service runs as a subprocess; everything is observed through what the tasks did and what
 the service logged.
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from support.log_lines import FORGED, FORGED_SHOWN, assert_every_line_is_ours
-from support.service import Evidence, ServiceProcess
+from support.service import Evidence, ServiceProcess, wait_until
 from support.service import task_message as message
 
 UNRULY = "support.unruly_tasks."
@@ -120,3 +120,34 @@ def test_what_ends_a_worker_outside_a_task_is_logged_escaped(
     service.wait_for_log(r"\(uuid u-hooked\): worker_lost")  # its end was never reported
     assert "\x1b" not in service.log
     assert_every_line_is_ours(service.log)
+
+
+@pytest.mark.parametrize(
+    ("task", "kind"),
+    [
+        ("returns_generator", "a generator"),
+        ("returns_async_generator", "an async generator"),
+        ("wrapped_generator", "a generator"),
+    ],
+)
+def test_a_task_that_returns_a_generator_fails_saying_its_body_never_ran(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    task: str,
+    kind: str,
+) -> None:
+    service = start_service(config)
+    notify(channel, message(UNRULY + task, evidence.path, uuid="u-generator"))
+    notify(channel, message("record", evidence.path, "next"))
+    service.wait_for_log(
+        rf"ERROR dispatcher\.\w+: task support\.unruly_tasks\.{task} \(uuid u-generator\) "
+        rf"failed: GeneratorReturned: the task returned {kind}: its body never ran; "
+    )
+    wait_until(lambda: any(r.get("args") == ["next"] for r in evidence.records()), timeout=10)
+    records = evidence.records()
+    assert len({r["pid"] for r in records}) == 1  # the worker carried on
+    assert not [r for r in records if r.get("event", "").endswith("body ran")]
+    assert_log_is_ours(service)

@@ -1,11 +1,13 @@
-"""Tasks that end in ways a task should not: raising what is not an ``Exception``. Each leaves
-evidence before it misbehaves."""
+"""Tasks that end in ways a task should not: raising what is not an ``Exception``, or handing
+back a generator whose body never runs. Each leaves evidence before it misbehaves."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from dispatcher.publish import task
@@ -41,3 +43,45 @@ async def async_raise_base(path: str, kind: str, text: str) -> None:
     """:func:`raise_base` as an ``async def`` task."""
     _record(path, event="raise", kind=kind, run="async")
     raise RAISED[kind](text)
+
+
+@task()
+def returns_generator(path: str) -> Iterator[int]:
+    """Record, then return a generator (its body never runs)."""
+    _record(path, event="returns_generator")
+
+    def numbers() -> Iterator[int]:
+        _record(path, event="generator body ran")
+        yield 1
+
+    return numbers()
+
+
+@task()
+def returns_async_generator(path: str) -> AsyncIterator[int]:
+    """Record, then return an async generator (its body never runs)."""
+    _record(path, event="returns_async_generator")
+
+    async def numbers() -> AsyncIterator[int]:
+        _record(path, event="async generator body ran")
+        yield 1
+
+    return numbers()
+
+
+def _logged(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator that hides what *function* is (a generator function, here)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@task()
+@_logged
+def wrapped_generator(path: str) -> Iterator[int]:
+    """A generator function behind a decorator: ``@task`` cannot tell what it is."""
+    _record(path, event="generator body ran")
+    yield 1

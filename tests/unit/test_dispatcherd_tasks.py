@@ -282,3 +282,37 @@ def test_dispatcherd_is_not_imported_by_the_worker_modules() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def numbers() -> Any:
+    yield 1
+
+
+async def async_numbers() -> Any:
+    yield 1
+
+
+class Counting:
+    def run(self) -> Any:
+        yield 1
+
+
+def test_a_generator_function_is_not_adopted_and_says_why(
+    theirs: TheirRegistry, ours: TaskRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    for target in (numbers, async_numbers, Counting):
+        theirs.registry.add(Method(target))
+    with caplog.at_level(logging.WARNING, logger="dispatcher.worker"):
+        assert adopt_dispatcherd_tasks(ours) == []
+        adopt_dispatcherd_tasks(ours)  # said once
+    assert len(ours) == 0
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"dispatcherd task {name_of(Counting)} not adopted: its run() method is a generator "
+        "function (it yields), whose body a worker would never run: return the values (in a "
+        "list) instead",
+        f"dispatcherd task {name_of(async_numbers)} not adopted: it is an async generator "
+        "function (it yields), whose body a worker would never run: return the values (in a "
+        "list) instead",
+        f"dispatcherd task {name_of(numbers)} not adopted: it is a generator function (it "
+        "yields), whose body a worker would never run: return the values (in a list) instead",
+    ]

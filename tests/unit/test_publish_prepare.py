@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -287,6 +287,37 @@ def test_registration_rules() -> None:
     assert "support.bad" not in registry
     with pytest.raises(RegistrationError, match="needs a run"):
         task(name="support.no_run")(type("NoRun", (), {}))
+
+
+def test_a_generator_function_is_no_task() -> None:
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    async def async_numbers() -> AsyncIterator[int]:
+        yield 1
+
+    class Counting:
+        def run(self) -> Iterator[int]:
+            yield 1
+
+    said = r"whose body a worker would never run: return the values \(in a list\) instead$"
+    with pytest.raises(
+        RegistrationError,
+        match=r"^cannot register support\.numbers: it is a generator function \(it yields\), "
+        + said,
+    ):
+        task(name="support.numbers")(numbers)
+    with pytest.raises(
+        RegistrationError, match=r"^cannot register support\.numbers: it is an async generator"
+    ):
+        task(name="support.numbers")(async_numbers)
+    with pytest.raises(
+        RegistrationError,
+        match=r"^cannot register support\.counting: its run\(\) method is a generator function",
+    ):
+        task(name="support.counting")(Counting)
+    assert "support.numbers" not in registry
+    assert "support.counting" not in registry
 
 
 def test_decorated_objects_stay_callable() -> None:

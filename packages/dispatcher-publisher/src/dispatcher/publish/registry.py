@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,13 +62,17 @@ class TaskRegistry:
         Registering the same target again (e.g. when its module is reloaded) replaces the
         entry; a different target under a taken name is an error.
 
-        :raises RegistrationError: when the name is invalid or taken by another target.
+        :raises RegistrationError: when the name is invalid or taken by another target, or
+            the target is a generator function (see :func:`generator_problem`).
         """
         if not validator("task-message").is_valid({"task": entry.name}):
             raise RegistrationError(
                 f"{entry.name!r} is not a valid task name: use dotted Python identifiers in "
                 "ASCII such as 'myapp.tasks.send_email', at most 255 characters"
             )
+        problem = generator_problem(entry.target)
+        if problem is not None:
+            raise RegistrationError(f"cannot register {entry.name}: {problem}")
         _check_defaults(entry)
         with self._lock:
             existing = self._by_name.get(entry.name)
@@ -107,6 +112,28 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+
+def generator_problem(target: object) -> str | None:
+    """Say why *target* cannot be a task if it is a generator function; ``None`` otherwise.
+
+    Called, a generator function (or an ``async`` one) returns a generator without running
+    any of its body: as a task, it would end ``ok`` having done nothing. The same goes for
+    a class whose ``run`` method is one. (``async def`` functions that do not yield are
+    tasks: the worker awaits them.)
+    """
+    function = getattr(target, "run", None) if isinstance(target, type) else target
+    if inspect.isasyncgenfunction(function):
+        kind = "an async generator function"
+    elif inspect.isgeneratorfunction(function):
+        kind = "a generator function"
+    else:
+        return None
+    what = "its run() method is" if isinstance(target, type) else "it is"
+    return (
+        f"{what} {kind} (it yields), whose body a worker would never run: "
+        "return the values (in a list) instead"
+    )
 
 
 def _check_defaults(entry: RegisteredTask) -> None:

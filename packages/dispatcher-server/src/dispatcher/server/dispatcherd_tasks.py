@@ -40,6 +40,7 @@ from dispatcher.publish import (
     TaskRegistry,
     registry,
 )
+from dispatcher.publish.registry import generator_problem
 from dispatcher.schema import ON_DUPLICATE_MODES, is_valid_channel_name
 from dispatcher.server.logsafe import get_logger
 
@@ -126,6 +127,12 @@ def _adopt(method: Any, into: TaskRegistry) -> str | None:
             getattr(existing.target, "__module__", "?"),
             getattr(existing.target, "__qualname__", "?"),
         )
+        return None
+    problem = generator_problem(target)
+    if problem is not None:
+        if name not in _warned:
+            _warned.add(name)
+            logger.warning("dispatcherd task %s not adopted: %s", name, problem)
         return None
     bind = bool(getattr(method, "bind", False))
     options = _options(method)

@@ -320,8 +320,7 @@ class TaskRunner:
             done.update(
                 outcome="error",
                 error=describe_exception(exc),
-                # Where the worker found no task is no news to the user: no traceback.
-                traceback="" if isinstance(exc, NotRegisteredHere) else task_traceback(exc),
+                traceback=_traceback_of(exc),
             )
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
             self._follow_up(message, done)
@@ -385,7 +384,7 @@ class TaskRunner:
                 kind.removesuffix("s"),
                 follow_up.get("task"),
                 describe_exception(exc),
-                Block(task_traceback(exc)),
+                Block(_traceback_of(exc)),
             )
             return self._follow_ups(follow_up, uuid, failed=True)
         return self._follow_ups(follow_up, uuid, failed=False)
@@ -415,6 +414,7 @@ class TaskRunner:
                 result = self._loop.run(_awaited(result))
         finally:
             self._running = False
+        _refuse_generator(result)
         return result
 
     def _discard_loop(self) -> None:
@@ -430,6 +430,29 @@ class TaskRunner:
 
 class NotRegisteredHere(LookupError):
     """A job names a task the worker's code does not register (changed since it was sent)."""
+
+
+class GeneratorReturned(TypeError):
+    """A task returned a generator: its body never ran (a generator function is no task)."""
+
+
+def _refuse_generator(result: object) -> None:
+    """Raise :class:`GeneratorReturned` when *result* is a generator (closed first).
+
+    ``@task`` refuses generator functions, but a decorator can hide one, and a function may
+    return a generator: ending ``ok`` would pass off a body that never ran as done.
+    """
+    if inspect.isgenerator(result):
+        result.close()  # not started: no code of the task runs
+        kind = "a generator"
+    elif inspect.isasyncgen(result):
+        kind = "an async generator"  # not started: it needs no closing
+    else:
+        return
+    raise GeneratorReturned(
+        f"the task returned {kind}: its body never ran; a task must do its work when called "
+        "(a plain or async def function that does not yield), returning the values in a list"
+    )
 
 
 async def _awaited(awaitable: Any) -> Any:
@@ -453,6 +476,16 @@ def task_traceback(exc: BaseException) -> str:
         first = first.tb_next
     shown = first if first is not None else exc.__traceback__
     return "".join(traceback.format_exception(type(exc), exc, shown))
+
+
+def _traceback_of(exc: BaseException) -> str:
+    """The traceback to show for *exc*: none where the worker's own frames are all it holds.
+
+    That is when the worker found no task, or when the task returned a generator.
+    """
+    if isinstance(exc, NotRegisteredHere | GeneratorReturned):
+        return ""
+    return task_traceback(exc)
 
 
 def _is_runner_frame(filename: str) -> bool:
