@@ -441,6 +441,49 @@ def test_a_row_whose_claim_counter_is_at_the_integer_limit_runs_and_stops_nothin
     assert sorted(record["args"][0] for record in evidence.records()) == [1, 2]
 
 
+def test_a_row_is_run_as_the_uuid_and_task_it_was_stored_under(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # Listings, get_job() and a cancel by uuid go by the row's columns: a row written by
+    # hand whose message says otherwise fails, and a message without a uuid takes the row's.
+    insert = sql.SQL(
+        "INSERT INTO {} (uuid, queue, task, message, max_attempts, run_after)"
+        " VALUES (%s, %s, %s, %s, 3, now())"
+    ).format(sql.Identifier(schema, "jobs"))
+    path, bound = str(evidence.path), TASKS + "follow_up"
+    stored = {
+        "row-task": (
+            TASKS + "noop",
+            {"task": bound, "uuid": "row-task", "args": [path, "alive", {}]},
+        ),
+        "row-uuid": (bound, {"task": bound, "uuid": "other", "args": [path, "alive", {}]}),
+        "row-none": (bound, {"task": bound, "args": [path, "alive", {}]}),
+    }
+    for uuid, (task, message) in stored.items():
+        pg_conn.execute(insert, (uuid, channel, task, json.dumps(message)))
+    start_service(config)
+    rows = wait_for_states(pg_conn, schema, list(stored), {"done", "failed"})
+    assert [(row["uuid"], row["state"], row["outcome"]) for row in rows] == [
+        ("row-task", "failed", "rejected"),
+        ("row-uuid", "failed", "rejected"),
+        ("row-none", "done", "ok"),
+    ]
+    assert rows[0]["last_error"] == (
+        f"task: the message's {bound!r} is not the {TASKS + 'noop'!r} its row was stored under "
+        "(the row's task column)"
+    )
+    assert rows[1]["last_error"] == (
+        "uuid: the message's 'other' is not the 'row-uuid' its row was stored under (the "
+        "row's uuid column)"
+    )
+    assert [record["uuid"] for record in evidence.records()] == ["row-none"]
+
+
 def test_a_stored_control_message_ends_failed_when_its_reply_is_an_error(
     start_service: Start, config: dict[str, Any], pg_conn: Conn, schema: str, channel: str
 ) -> None:

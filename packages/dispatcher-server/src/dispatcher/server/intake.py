@@ -126,6 +126,8 @@ class Intake:
         try:
             self._receive(payload, channel, origin)
         except Rejected as rejected:
+            if rejected.uuid is None and origin.stored_as is not None:
+                rejected.uuid = origin.stored_as[0]  # the row's, for the log line
             self._reject(rejected, channel)
             self._settlements.origin(origin, REJECTED, str(rejected))
         except Exception as exc:  # a bug here must cost one message, never the service
@@ -307,6 +309,8 @@ class Intake:
                         f"{_suggestion(follow_up, names)}",
                         message.get("uuid"),
                     )
+        if origin.stored_as is not None:
+            payload = self._agree_with_row(message, payload, origin.stored_as)
         uuid = message.get("uuid")
         if uuid is None:
             self._internal_ids += 1
@@ -340,6 +344,31 @@ class Intake:
                 receipt=origin.receipt,
             )
         )
+
+    def _agree_with_row(
+        self, message: dict[str, Any], payload: str, stored_as: tuple[str, str]
+    ) -> str:
+        """*payload*, checked against the uuid and task its row was stored under.
+
+        A message without a uuid takes the row's. Listings, ``get_job()`` and a cancel by
+        uuid go by the row's columns: a message naming another uuid or task (a row written
+        by hand) would run as something they cannot find.
+
+        :raises Rejected: when the message names another uuid or task than its row.
+        """
+        uuid, task = stored_as
+        if message.get("uuid") is None:
+            message["uuid"] = uuid
+            payload = _with_uuid(payload, uuid)
+        for key, stored in (("task", task), ("uuid", uuid)):
+            if message[key] != stored:
+                raise Rejected(
+                    "invalid_message",
+                    f"{key}: the message's {message[key]!r} is not the {stored!r} its row was "
+                    f"stored under (the row's {key} column)",
+                    uuid,
+                )
+        return payload
 
     def _reject(self, rejected: Rejected, channel: str) -> None:
         self._stats.rejected[rejected.reason] += 1

@@ -40,6 +40,9 @@ class Origin:
     """The broker's own access control vouches for who sent it (pg_queue: only roles with
     INSERT on the jobs table can add a row), so ``security.require_signed`` does not apply.
     Signed envelopes are still verified when they come this way."""
+    stored_as: tuple[str, str] | None = None
+    """The ``(uuid, task)`` a durable broker stored the message under (pg_queue: the row's
+    columns, which listings and cancels go by): a task message must agree with them."""
 
 
 PG_NOTIFY: Final = Origin("pg_notify")

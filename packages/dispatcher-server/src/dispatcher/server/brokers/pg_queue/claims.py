@@ -125,13 +125,13 @@ class Claimer:
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""
-        for row, attempts, claim, queue, message, size, _ in sorted(rows):
+        for row, attempts, claim, queue, message, size, _, uuid, task in sorted(rows):
             self._leases.add(row, attempts, claim, sent)
             self._stats.pg_queue_claims[queue] += 1
             if message is None:
                 self._stats.rejected["oversized"] += 1
                 reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
-                logger.warning("pg_queue: job %d rejected: %s", row, reason)
+                logger.warning("pg_queue: job %d (uuid %s) rejected: %s", row, uuid, reason)
                 self._acks.add(Ack(row, attempts, claim, "failed", "rejected", reason))
                 continue
             origin = Origin(
@@ -140,5 +140,6 @@ class Claimer:
                 receipt=receipt(row, attempts, claim),
                 scheduled_by_broker=True,
                 authenticated=True,
+                stored_as=(uuid, task),
             )
             deliver(message, origin)
