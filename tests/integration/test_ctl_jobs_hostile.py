@@ -15,6 +15,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from dispatcher.config import reset, setup
+from dispatcher.publish import close_connections, get_job
 from support.durable import migrated
 from support.queue_rows import insert_job, job_row, unique_schema
 from support.service import wait_until
@@ -365,3 +367,30 @@ def test_a_submission_the_database_refuses_for_good_exits_2_not_1(reader: Path) 
         ": it refused to store the job: permission denied for table jobs "
         "(SQLSTATE 42501: sending again will not help)\n"
     )
+
+
+def test_a_result_python_cannot_decode_is_read_as_none(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    # Services never store such results; a row edited by hand may hold one.
+    huge = insert_job(pg_conn, schema, uuid="u-huge", state="done")
+    set_columns(pg_conn, schema, huge, result="9" * 5000)
+    deep = insert_job(pg_conn, schema, uuid="u-deep", state="done")
+    set_columns(pg_conn, schema, deep, result="[" * 5000 + "]" * 5000)
+    plain = insert_job(pg_conn, schema, uuid="u-plain", state="done")
+    set_columns(pg_conn, schema, plain, result='{"a": 1}')
+    as_json = ctl(config, "jobs", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    results = {row["uuid"]: row["result"] for row in json.loads(as_json.stdout)}
+    assert results == {"u-huge": None, "u-deep": None, "u-plain": {"a": 1}}
+    setup(json.loads(config.read_text()))
+    try:
+        assert get_job("u-huge") is not None
+        assert [get_job(uuid).result for uuid in ("u-huge", "u-deep", "u-plain")] == [
+            None,
+            None,
+            {"a": 1},
+        ]
+    finally:
+        close_connections()
+        reset()
