@@ -211,7 +211,7 @@ def test_second_signal_forces_exit(
     evidence.wait_for(1)
     processes = children(service.pid)
     service.signal(signal.SIGTERM)
-    service.wait_for_log(r"waiting up to 60 s for 1 running tasks")
+    service.wait_for_log(r"waiting up to 60 s for 1 running task to finish")
     service.signal(signal.SIGINT)
     assert service.wait(5) == 1
     assert_no_orphans(processes)

@@ -206,3 +206,8 @@ def safe_str(value: object) -> str:
 def describe_exception(exc: BaseException) -> str:
     """``Type: message`` for *exc*, whatever its ``__str__`` does."""
     return f"{type(exc).__name__}: {safe_str(exc)}"
+
+
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """*number* and *noun*, in the plural unless it is one: ``1 job``, ``3 jobs``."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"

@@ -31,7 +31,7 @@ from dispatcher.schema import Outcome
 from dispatcher.server.delayer import Delayer
 from dispatcher.server.gate import Admission, DuplicateGate
 from dispatcher.server.jobs import Job, describe
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import counted, get_logger
 from dispatcher.server.protocol import has_start_by, with_start_by
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.settlement import ABANDONED, DISCARDED, REFUSED
@@ -304,8 +304,8 @@ class Scheduler:
                 self._settle(job, ABANDONED)
             if jobs:
                 logger.warning(
-                    "shutting down with %d tasks held ahead by a worker abandoned: %s",
-                    len(jobs),
+                    "shutting down with %s held ahead by a worker abandoned: %s",
+                    counted(len(jobs), "task"),
                     ", ".join(job.uuid for job in jobs),
                 )
             return

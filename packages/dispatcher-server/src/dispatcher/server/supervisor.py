@@ -24,7 +24,7 @@ from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import counted, get_logger
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
@@ -493,9 +493,8 @@ class Supervisor:
             back = [job.uuid for job in jobs if job.receipt is not None]
             if lost:
                 logger.warning(
-                    "shutting down with %d %s tasks abandoned: %s",
-                    len(lost),
-                    where,
+                    "shutting down with %s abandoned: %s",
+                    counted(len(lost), f"{where} task"),
                     _summarise(lost),
                 )
             if back:
@@ -511,7 +510,8 @@ class Supervisor:
                 self._stop(worker)
         busy = [w for w in self.workers if w.status is WorkerStatus.BUSY]
         if busy:
-            logger.info("waiting up to %.0f s for %d running tasks to finish", grace, len(busy))
+            running = counted(len(busy), "running task")
+            logger.info("waiting up to %.0f s for %s to finish", grace, running)
         with anyio.move_on_after(grace):
             await self._wait_until(
                 lambda: not any(w.status is WorkerStatus.BUSY for w in self.workers)

@@ -105,7 +105,7 @@ class Acknowledger:
             except psycopg.IntegrityError:  # a queue_one twin came in: the next try sees it
                 continue
         logger.error(
-            "pg_queue: could not record the outcome of job %d; its lease will run out", ack.id
+            "could not record the outcome of job %d; its lease will run out", ack.id
         )
         return []
 
@@ -135,11 +135,11 @@ class Acknowledger:
         for queue, kind, state, attempt in rows:
             if kind == "retry" and state == "queued":
                 self._stats.pg_queue_retries[queue] += 1
-                logger.info("pg_queue: task %s", attempt)
+                logger.info("task %s", attempt)
             elif state == "failed":
                 self._stats.pg_queue_failures[queue] += 1
                 if kind == "retry":
-                    logger.warning("pg_queue: task %s", attempt)
+                    logger.warning("task %s", attempt)
 
 
 def _plain(ack: Ack, why: str) -> Ack:

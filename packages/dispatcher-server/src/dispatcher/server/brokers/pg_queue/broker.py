@@ -161,7 +161,7 @@ class PgQueueBroker(BrokerBase):
             await self._acks.flush()
         except FAILURES as exc:
             self._ack_failures.log(
-                "pg_queue: %d outcomes not recorded yet (%s); retrying",
+                "%d outcomes not recorded yet (%s); retrying",
                 self._acks.pending,
                 first_line(exc),
             )
@@ -218,7 +218,7 @@ class PgQueueBroker(BrokerBase):
                 await self._acks.flush()
             except FAILURES as exc:
                 logger.warning(
-                    "pg_queue: %d outcomes not recorded (%s): their jobs will run again "
+                    "%d outcomes not recorded (%s): their jobs will run again "
                     "once their lease runs out",
                     self._acks.pending,
                     first_line(exc),
@@ -266,7 +266,7 @@ def check_tables(settings: PgQueueSettings, config_file: str | None) -> None:
             found = read_version(conn, settings.schema)
     except psycopg.Error as exc:
         logger.warning(
-            "pg_queue: cannot check the tables now (%s); will check when connected",
+            "cannot check the tables now (%s); will check when connected",
             first_line(exc),
         )
         return

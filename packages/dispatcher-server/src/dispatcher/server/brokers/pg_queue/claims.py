@@ -101,7 +101,7 @@ class Claimer:
                         and (not rows or rows[0][6] < wanted)
                     )
             except FAILURES as exc:
-                self._failures.log("pg_queue: cannot claim jobs: %s", first_line(exc))
+                self._failures.log("cannot claim jobs: %s", first_line(exc))
             if drained:
                 await wakeup.wait(options.poll_interval)
 
@@ -131,7 +131,7 @@ class Claimer:
             if message is None:
                 self._stats.rejected["oversized"] += 1
                 reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
-                logger.warning("pg_queue: job %d (uuid %s) rejected: %s", row, uuid, reason)
+                logger.warning("job %d (uuid %s) rejected: %s", row, uuid, reason)
                 self._acks.add(Ack(row, attempts, claim, "failed", "rejected", reason))
                 continue
             origin = Origin(

@@ -139,7 +139,7 @@ class QueueDatabase:
             conn, self._conn = self._conn, None
         if conn is not None:
             if reason is not None:
-                logger.warning("pg_queue: %s; reconnecting", reason)
+                logger.warning("%s; reconnecting", reason)
             with anyio.CancelScope(shield=True):
                 await conn.close()
 

@@ -87,7 +87,7 @@ class Leases:
                 del self.held[row]
                 del self._confirmed[row]
                 logger.warning(
-                    "pg_queue: lost the claim of job %d (attempt %d): its lease ran out and "
+                    "lost the claim of job %d (attempt %d): its lease ran out and "
                     "it may run again elsewhere",
                     row,
                     claim[0],

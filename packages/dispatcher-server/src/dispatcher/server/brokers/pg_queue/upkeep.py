@@ -26,7 +26,7 @@ from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.sql import Statements
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.logsafe import counted, first_line, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
@@ -62,9 +62,9 @@ async def sweep(
             break
     if total:
         logger.warning(
-            "pg_queue: the leases of %d jobs ran out (their service died or lost the "
+            "the leases of %s ran out (their service died or lost the "
             "database): %d waiting again, %d failed with no attempt left",
-            total,
+            counted(total, "job"),
             total - failed,
             failed,
         )
@@ -116,7 +116,7 @@ class Upkeep:
         try:
             return await step(*args)
         except FAILURES as exc:
-            self._failures.log("pg_queue: upkeep failed: %s", first_line(exc))
+            self._failures.log("upkeep failed: %s", first_line(exc))
             return None
 
     async def _sweep(self, deadline: float) -> None:

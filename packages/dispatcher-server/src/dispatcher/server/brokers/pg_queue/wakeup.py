@@ -93,7 +93,7 @@ async def listen(
                 backoff.reset()
             delay = backoff.next_delay()
             logger.warning(
-                "pg_queue wake-up connection to %s failed (%s); retrying in %.1f s",
+                "wake-up connection to %s failed (%s); retrying in %.1f s",
                 where,
                 first_line(exc),
                 delay,
