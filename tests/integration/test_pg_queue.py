@@ -316,6 +316,25 @@ def test_identical_serial_jobs_at_the_head_of_a_queue_do_not_hold_up_the_others(
     assert sorted(r["args"][0] for r in evidence.records() if r.get("args")) == [-1, 0, 1, 2]
 
 
+def test_identical_serial_jobs_run_one_after_another_without_waiting_for_a_poll(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    start_service(queue_config(pg_dsn, schema, channel, poll_interval=60, prefetch=0))
+    first = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 0)])
+    wait_for_states(pg_conn, schema, first, {"done"}, timeout=20)  # the service waits now
+    twins = [
+        job_message("sleep_then_record", evidence.path, 0.2, "twin", on_duplicate="serial")
+        for _ in range(3)
+    ]
+    # Each twin ends, and the next starts at once: not a poll interval (60 s) later.
+    wait_for_states(pg_conn, schema, enqueue(pg_conn, schema, channel, twins), {"done"}, 20)
+
+
 def test_a_schedule_on_three_services_runs_once_per_tick(
     start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, evidence: Evidence
 ) -> None:

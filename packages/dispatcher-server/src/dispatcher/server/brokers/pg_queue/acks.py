@@ -41,6 +41,7 @@ class Acknowledger:
         batch_size: int,
         stats: ServiceStats,
         on_retry: Callable[[float], None] = lambda delay: None,
+        on_twin_free: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._statement = statement
@@ -49,6 +50,7 @@ class Acknowledger:
         self._batch_size = batch_size
         self._stats = stats
         self._on_retry = on_retry
+        self._on_twin_free = on_twin_free
         self._pending: list[Ack] = []
         self._lock = anyio.Lock()
 
@@ -104,9 +106,7 @@ class Acknowledger:
                 ack = _plain(ack, first_line(exc))
             except psycopg.IntegrityError:  # a queue_one twin came in: the next try sees it
                 continue
-        logger.error(
-            "could not record the outcome of job %d; its lease will run out", ack.id
-        )
+        logger.error("could not record the outcome of job %d; its lease will run out", ack.id)
         return []
 
     def _params(self, batch: Sequence[Ack]) -> dict[str, str]:
@@ -131,8 +131,14 @@ class Acknowledger:
         return {"acks": _ENCODE(rows)}
 
     def _count(self, rows: Rows) -> None:
-        """Count the retries and failures among the rows written, and log each attempt's fate."""
-        for queue, kind, state, attempt in rows:
+        """Count the retries and failures among the rows written, and log each attempt's fate.
+
+        A serial or queue_one job no longer running lets an identical one start: the claim
+        loop is told (``on_twin_free``), rather than waiting for its next poll.
+        """
+        if any(gated and state != "running" for _, _, state, _, gated in rows):
+            self._on_twin_free()
+        for queue, kind, state, attempt, _ in rows:
             if kind == "retry" and state == "queued":
                 self._stats.pg_queue_retries[queue] += 1
                 logger.info("task %s", attempt)

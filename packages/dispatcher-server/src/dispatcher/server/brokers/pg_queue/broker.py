@@ -95,7 +95,14 @@ class PgQueueBroker(BrokerBase):
         )
         self._wakeup = wakeup = Wakeup()
         self._acks = acks = Acknowledger(
-            db, statements.acknowledge, leases, policy, settings.batch_size, stats, wakeup.after
+            db,
+            statements.acknowledge,
+            leases,
+            policy,
+            settings.batch_size,
+            stats,
+            on_retry=wakeup.after,
+            on_twin_free=wakeup.set,
         )
         options = ClaimOptions(
             settings.queues,

@@ -144,7 +144,8 @@ RETURNING j.queue, t.kind, j.state,
         j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, CASE j.state
             WHEN 'queued' THEN format('retried in %%s s', round(t.delay::numeric, 1))
             WHEN 'failed' THEN 'no attempt left: the job is failed'
-            ELSE 'not retried: ' || j.last_error END) END
+            ELSE 'not retried: ' || j.last_error END) END,
+    j.on_duplicate IN ('serial', 'queue_one')
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
@@ -153,7 +154,8 @@ retry waits for its backoff, or fails once the row's ``max_attempts`` are used; 
 abandoned, for its ``delay`` when refused.
 
 For a failed attempt it also returns a line saying which job's attempt ended how, for the
-log. Each row is found by id, whatever the plan's estimates (see :data:`RENEW`): the lateral
+log; and for every row whether it is a serial or queue_one job (its end lets an identical
+job start). Each row is found by id, whatever the plan's estimates (see :data:`RENEW`): the lateral
 subquery (kept apart by ``OFFSET 0``) can only look its row up by id, and the update
 compares ``j.state`` with the state the target read, not with a constant."""
 
