@@ -10,7 +10,7 @@ import pytest
 
 from dispatcher.server.backoff import Backoff
 from dispatcher.server.protocol import LineReader, event_line, read_line, run_line
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.ratelimit import RateLimitedLog, flush_suppressed
 
 
 def test_line_reader_joins_partial_reads() -> None:
@@ -77,4 +77,26 @@ def test_rate_limited_log_says_what_it_held_back(caplog: pytest.LogCaptureFixtur
         "event 0",
         "event 1",
         "event 5 (3 similar lines suppressed)",
+    ]
+
+
+def test_lines_held_back_before_a_silence_are_reported_by_the_flush(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    log = RateLimitedLog(
+        logging.getLogger("test.ratelimit"), logging.WARNING, per_second=2, clock=lambda: now[0]
+    )
+    with caplog.at_level(logging.WARNING, logger="test.ratelimit"):
+        for n in range(5):
+            log.log("rejected message %d: %s", n, "why")
+        flush_suppressed()  # within the second: not yet
+        now[0] = 1.5
+        flush_suppressed()
+        flush_suppressed()  # once
+    mine = [r for r in caplog.records if r.name == "test.ratelimit"]  # others flush too
+    assert [r.getMessage() for r in mine] == [
+        "rejected message 0: why",
+        "rejected message 1: why",
+        "3 similar lines suppressed (rejected message ...)",
     ]

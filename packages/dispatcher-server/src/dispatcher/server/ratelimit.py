@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -28,6 +29,8 @@ class RateLimitedLog:
         self._window = -1.0
         self._emitted = 0
         self._suppressed = 0
+        self._last = ""
+        _instances.add(self)
 
     def log(self, message: str, *args: object) -> None:
         """Log ``message % args``, unless this second's allowance is used up."""
@@ -36,6 +39,7 @@ class RateLimitedLog:
             self._window, self._emitted = now, 0
         if self._emitted >= self._per_second:
             self._suppressed += 1
+            self._last = message
             return
         self._emitted += 1
         if self._suppressed:
@@ -43,6 +47,29 @@ class RateLimitedLog:
             args = (*args, self._suppressed)
             self._suppressed = 0
         self._logger.log(self._level, message, *args)
+
+    def flush(self) -> None:
+        """Say how many lines were held back, once their second is over, if no line did."""
+        if self._suppressed and self._clock() - self._window >= 1.0:
+            count, self._suppressed = self._suppressed, 0
+            start = self._last.split("%", 1)[0].rstrip(" :(") or self._last
+            self._logger.log(
+                self._level, "%d similar lines suppressed (%s ...)", count, escape(start, 80)
+            )
+
+
+_instances: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()
+"""Every rate-limited log of the process, for :func:`flush_suppressed`."""
+
+
+def flush_suppressed() -> None:
+    """Have every rate-limited log say how many lines it held back after its last one.
+
+    Without it, a burst followed by silence would never report what it held back (a count
+    is only added to the next line logged). The service calls it every second.
+    """
+    for log in list(_instances):
+        log.flush()
 
 
 TRACEBACK_INTERVAL: Final = 60.0

@@ -34,6 +34,7 @@ from dispatcher.server.logsafe import Block, get_logger, lean_records
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
+from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import Settlements
@@ -269,6 +270,7 @@ class Service:
         if self.view.queue_sampler is not None:
             await task_group.start(self.view.queue_sampler.run, name="queue-sampler")
         task_group.start_soon(self._expire_chunks, name="chunk-expiry")
+        task_group.start_soon(self._flush_suppressed_lines, name="suppressed-lines")
         for task, entry in self.settings.producers.scheduled.items():
             task_group.start_soon(
                 run_schedule,
@@ -325,6 +327,11 @@ class Service:
         pending = len(self.intake.chunks)
         if pending:
             logger.warning("dropped %d incomplete chunked messages", pending)
+
+    async def _flush_suppressed_lines(self) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            flush_suppressed()
 
     async def _expire_chunks(self) -> None:
         while True:
