@@ -165,8 +165,8 @@ def test_json_results_are_kept_as_text() -> None:
 @pytest.mark.parametrize(
     ("value", "note"),
     [
-        (object(), "not JSON-serialisable"),
-        (float("nan"), "not JSON-serialisable"),
+        (object(), "a value of type object that JSON cannot hold"),
+        (float("nan"), "a value of type float that JSON cannot hold"),
         ("x" * MAX_RESULT_BYTES, f"more than {MAX_RESULT_BYTES}"),
         ("a\x00b", "NUL"),
     ],

@@ -144,6 +144,8 @@ def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
         return f"{instance!r} is not a valid {title}{suffix}"
     if keyword == "type":
         types = expected if isinstance(expected, list) else [expected]
+        if instance is None:
+            return f"expected {' or '.join(types)}, got null"
         return f"expected {' or '.join(types)}, got {json_type_name(instance)} {instance!r}"
     if keyword in _BOUNDS:
         return f"must be {_BOUNDS[keyword]} {expected!r}, got {instance!r}"

@@ -31,7 +31,7 @@ def encode_result(value: Any) -> tuple[str | None, str | None]:
         text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         kind = type(value).__name__
-        return None, f"result not kept: a {kind} that is not JSON-serialisable ({exc})"[:300]
+        return None, f"result not kept: a value of type {kind} that JSON cannot hold ({exc})"[:300]
     if len(text) > MAX_RESULT_BYTES:  # ASCII: characters are bytes
         return None, (f"result not kept: {len(text)} bytes of JSON, more than {MAX_RESULT_BYTES}")
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
