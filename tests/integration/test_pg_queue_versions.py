@@ -86,6 +86,25 @@ def test_a_service_refuses_tables_of_an_older_version_with_one_line(
     start_service(queue_config(pg_dsn, schema, channel))
 
 
+def test_tables_whose_jobs_table_was_dropped_are_called_damaged_by_migrate_and_the_service(
+    start_service: Start, tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str
+) -> None:
+    schema = migrated(pg_conn, unique_schema())
+    pg_conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "jobs")))
+    damaged = (
+        f'the pg_queue tables in schema "{schema}" are damaged: migrations are recorded but '
+        f"the jobs table is missing (dropped by hand?); restore it, or drop the schema (DROP "
+        f"SCHEMA \"{schema}\" CASCADE, losing what it holds) and run 'dispatcherctl migrate' again"
+    )
+    config = queue_config(pg_dsn, schema, channel)
+    for args in (["migrate"], ["migrate", "--print"]):
+        refused = ctl(write_config(tmp_path, config), *args)
+        assert (refused.returncode, refused.stderr) == (2, f"dispatcherctl: {damaged}\n")
+    service = start_service(config, wait=False)
+    assert service.wait() == 2
+    assert service.log.strip().splitlines() == [f"dispatcher-standalone: {damaged}"]
+
+
 def test_migrate_upgrades_version_one_tables_and_their_jobs_run(
     start_service: Start,
     tmp_path: Path,

@@ -282,7 +282,7 @@ def check_tables(settings: PgQueueSettings, config_file: str | None) -> None:
         raise BrokerNotReady(refusal)
     if found is not None and found > latest_version():  # a rolling upgrade under way
         logger.warning(
-            'pg_queue: the tables in schema "%s" are at version %d, newer than this version '
+            'the tables in schema "%s" are at version %d, newer than this version '
             "of dispatcher knows (%d)",
             settings.schema,
             found,

@@ -40,14 +40,35 @@ def quoted(schema: str) -> str:
     return sql.Identifier(schema).as_string(None)
 
 
+DAMAGED: Final = -1
+"""The version read when migrations are recorded but the jobs table is gone (dropped by
+hand): no migration can bring that back by itself."""
+
+
 def version_queries(schema: str) -> tuple[str, str]:
     """Two queries: whether the version table exists (one row, a boolean), then its version.
 
-    Run the second only if the first says ``true``.
+    Run the second only if the first says ``true``. It gives :data:`DAMAGED` when versions
+    are recorded but the jobs table is missing.
     """
     table = f"{quoted(schema)}.{VERSION_TABLE}"
+    jobs = sql.Literal(f"{quoted(schema)}.jobs").as_string(None)
     exists = f"SELECT to_regclass({sql.Literal(table).as_string(None)}) IS NOT NULL"
-    return exists, f"SELECT coalesce(max(version), 0) FROM {table}"
+    version = (
+        f"SELECT CASE WHEN max(version) > 0 AND to_regclass({jobs}) IS NULL THEN {DAMAGED}"
+        f" ELSE coalesce(max(version), 0) END FROM {table}"
+    )
+    return exists, version
+
+
+def damaged(schema: str) -> str:
+    """What to do about the tables of *schema* when their jobs table is gone."""
+    return (
+        f'the pg_queue tables in schema "{schema}" are damaged: migrations are recorded but '
+        f"the jobs table is missing (dropped by hand?); restore it, or drop the schema "
+        f"(DROP SCHEMA {quoted(schema)} CASCADE, losing what it holds) and run "
+        "'dispatcherctl migrate' again"
+    )
 
 
 def problem(version: int | None, schema: str, config: str | None) -> str | None:
@@ -58,6 +79,8 @@ def problem(version: int | None, schema: str, config: str | None) -> str | None:
     latest = latest_version()
     if version is not None and version >= latest:
         return None
+    if version == DAMAGED:
+        return damaged(schema)
     command = dispatcherctl_command("migrate", config)
     where = f'the pg_queue tables in schema "{schema}"'
     if version is None or version == 0:
@@ -107,9 +130,12 @@ class Plan:
 def plan(schema: str, current: int) -> Plan:
     """The statements that take the tables of *schema* from version *current* to the latest.
 
-    :raises MigrationError: when *current* is newer than this code knows.
+    :raises MigrationError: when *current* is newer than this code knows, or the tables are
+        damaged (:data:`DAMAGED`).
     """
     latest = latest_version()
+    if current == DAMAGED:
+        raise MigrationError(damaged(schema))
     if current > latest:
         raise MigrationError(
             f'the pg_queue tables in schema "{schema}" are at version {current}, newer than '
