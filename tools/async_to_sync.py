@@ -128,6 +128,7 @@ CONTROL = Twin(
         "acontrol": "control",
         "asend": "send",
     },
+    strings={"asend_control": "send_control"},
 )
 
 PUBLISH_TESTS = Twin(

@@ -7,14 +7,17 @@ connection the factory returns, as with ``connection=``.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from dispatcher.config import Settings, reset, setup
+from dispatcher.control import control
 from dispatcher.publish import (
     BrokerUnavailable,
     PublishError,
@@ -80,8 +83,8 @@ def test_a_task_is_sent_when_the_application_commits(
     assert payloads(listener, 1, timeout=0.3) == []  # not before the commit
     app_conn.commit()
     assert payloads(listener, 1) == [submission.payloads[0]]
-    # Called with the conninfo's parameters, as dispatcherd calls it with its config.
-    assert app_connections.calls == [conninfo_to_dict(pg_dsn)]
+    # Called with the connection config as keywords, as dispatcherd calls it with its config.
+    assert app_connections.calls == [{"conninfo": pg_dsn}]
 
 
 def test_a_rolled_back_transaction_sends_nothing(
@@ -97,6 +100,35 @@ def test_a_rolled_back_transaction_sends_nothing(
     app_conn.commit()
     assert [json.loads(p)["args"] for p in payloads(listener, 1)] == [[7, 8]]
     assert payloads(listener, 1, timeout=0.3) == []
+
+
+def test_control_commands_act_at_once_whatever_the_applications_transaction(
+    app_conn: Conn, listener: Conn, pg_dsn: str, channel: str
+) -> None:
+    configure(pg_dsn, channel, connection_factory=f"{FACTORIES}.connection")
+    control("cancel", {"uuid": "u-1"})
+    assert [json.loads(p)["control"] for p in payloads(listener, 1)] == ["cancel"]
+    app_conn.rollback()
+    assert app_connections.calls == []
+
+
+def test_dispatcherctl_submit_sends_on_its_own_connection(
+    tmp_path: Path, listener: Conn, pg_dsn: str, channel: str
+) -> None:
+    # The command line has no application transaction: the factory (which would need the
+    # application set up, Django's say) is not called.
+    config = tmp_path / "dispatcher.yml"
+    pg = {"conninfo": pg_dsn, "channels": [channel], "connection_factory": "app.db.missing"}
+    config.write_text(json.dumps({"version": 1, "brokers": {"pg_notify": pg}}))
+    command = [sys.executable, "-m", "dispatcher.server.ctl", "--config", str(config)]
+    sent = subprocess.run(
+        [*command, "submit", "support.tasks.add", "--args", "[1, 2]"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert [json.loads(p)["args"] for p in payloads(listener, 1)] == [[1, 2]]
 
 
 def test_a_connection_passed_to_the_call_wins(

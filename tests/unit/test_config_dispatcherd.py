@@ -517,6 +517,7 @@ def test_keys_with_no_equivalent_warn_and_the_file_loads(caplog: pytest.LogCaptu
             "pg_notify": {
                 "config": {"conninfo": "dbname=app", "autocommit": True, "sslrootcert": None},
                 "sync_connection": object(),
+                "sync_connection_factory": "lambda **config: None",
                 "async_connection_factory": "dispatcherd.brokers.pg_notify.async_connection_saver",
                 "max_connection_idle_seconds": None,
                 "max_self_check_message_age_seconds": None,
@@ -550,6 +551,8 @@ def test_keys_with_no_equivalent_warn_and_the_file_loads(caplog: pytest.LogCaptu
         "30) without traffic",
         "brokers.pg_notify.sync_connection: a connection object has no place in a config: the "
         "service and the publishers connect with 'config' (or a connection factory); ignored",
+        "brokers.pg_notify.sync_connection_factory: a lambda is not taken here: name a function "
+        "(module.name); ignored",
         "extras: not a section of dispatcherd's layout; ignored, as it does",
         "producers.OnStartProducer.task_list['app.tasks.a'].data: a message key with no "
         "equivalent here; ignored",
@@ -571,10 +574,11 @@ def test_keys_with_no_equivalent_warn_and_the_file_loads(caplog: pytest.LogCaptu
         "worker.worker_kwargs.greeting: no equivalent: a worker class here is given only its "
         "worker id; ignored",
     )
-    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 15
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 16
     assert settings.brokers.pg_notify is not None
     assert settings.brokers.pg_notify.conninfo == "dbname=app"
     assert settings.brokers.pg_notify.async_connection_factory is None
+    assert settings.brokers.pg_notify.connection_factory is None
     assert settings.brokers.pg_notify.self_check_interval == 30
     assert settings.service.chunk_expiry == 31536000
     assert settings.service.shutdown_grace == 30

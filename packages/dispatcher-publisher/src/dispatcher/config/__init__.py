@@ -13,7 +13,7 @@ layout (``version: 2``) is read too, translated; what has no equivalent is liste
 :attr:`Settings.warnings`.
 """
 
-from dispatcher.config.current import get_settings, is_setup, reset, setup
+from dispatcher.config.current import get_settings, install, is_setup, reset, setup
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.loading import (
     CONFIG_FILE_ENV,
@@ -75,6 +75,7 @@ __all__ = [
     "Tasks",
     "Worker",
     "get_settings",
+    "install",
     "installed_plugins",
     "is_setup",
     "load_plugin",

@@ -54,6 +54,14 @@ def get_settings() -> Settings:
         return _settings
 
 
+def install(settings: Settings) -> Settings:
+    """Install a config already loaded (a variant of the one in force, say); return it."""
+    global _settings
+    with _lock:
+        _settings = settings
+    return settings
+
+
 def is_setup() -> bool:
     """Tell whether a config is installed."""
     return _settings is not None

@@ -250,6 +250,10 @@ class _Translator:
             where = (*old, key)
             if key == "config":
                 self.connection_config(item)
+            elif key in moves and isinstance(item, str) and item.lstrip().startswith("lambda"):
+                self.warn(
+                    where, "a lambda is not taken here: name a function (module.name); ignored"
+                )
             elif key in moves:
                 if item is not None and item not in _CONNECTION_SAVERS:
                     self.put((*old, moves[key]), where, item)

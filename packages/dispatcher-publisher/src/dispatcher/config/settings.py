@@ -7,7 +7,7 @@ the two equal.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -286,6 +286,14 @@ class Settings:
     file: str | None = None
     """The file it was read from, as given (``None`` for a dict): what a command to run
     names with ``--config``."""
+
+    def without_connection_factories(self) -> Settings:
+        """Return the config with publishers on their own connections, not the application's."""
+        pg = self.brokers.pg_notify
+        if pg is None or (pg.connection_factory is None and pg.async_connection_factory is None):
+            return self
+        own = replace(pg, connection_factory=None, async_connection_factory=None)
+        return replace(self, brokers=replace(self.brokers, pg_notify=own))
 
 
 def dispatcherctl_command(command: str, config_file: str | None) -> str:

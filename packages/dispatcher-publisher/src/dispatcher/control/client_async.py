@@ -48,7 +48,11 @@ async def acontrol(
             f"cannot send control commands: no channel; set brokers.{broker.name}.{hint}, "
             "or pass queue=..."
         )
-    await broker.asend([(queue, payload) for payload in control_payloads(text, broker)])
+    payloads = [(queue, payload) for payload in control_payloads(text, broker)]
+    # A broker may send commands otherwise than tasks (pg_notify: never on the application's
+    # connection, whose transaction may roll back).
+    send = getattr(broker, "asend_control", None) or broker.asend
+    await send(payloads)
 
 
 async def acontrol_with_reply(

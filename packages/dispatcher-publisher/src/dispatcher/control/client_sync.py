@@ -47,7 +47,11 @@ def control(
             f"cannot send control commands: no channel; set brokers.{broker.name}.{hint}, "
             "or pass queue=..."
         )
-    broker.send([(queue, payload) for payload in control_payloads(text, broker)])
+    payloads = [(queue, payload) for payload in control_payloads(text, broker)]
+    # A broker may send commands otherwise than tasks (pg_notify: never on the application's
+    # connection, whose transaction may roll back).
+    send = getattr(broker, "send_control", None) or broker.send
+    send(payloads)
 
 
 def control_with_reply(

@@ -4,8 +4,9 @@ A web application whose data and tasks live in one database may name a function 
 returns its current connection (a Django project's, say). Tasks are then sent on it, in its
 current transaction, as if each call passed ``connection=``: delivered when the transaction
 commits, never when it rolls back. dispatcherd calls these ``sync_connection_factory`` and
-``async_connection_factory``, and calls them the same way: for each submission, with the
-parameters of the conninfo as keyword arguments.
+``async_connection_factory``, and calls them the same way: for each submission (dispatcherd
+builds a publisher for each), with its connection config as keyword arguments: here
+``conninfo=``, the conninfo of ``brokers.pg_notify``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
 
@@ -36,7 +36,7 @@ class ConnectionFactory:
         self.whose = f"the connection from {key} ({name})"
         """How errors name the connections it returns."""
         self._expected = expected
-        self._parameters = conninfo_to_dict(conninfo)
+        self._parameters = {"conninfo": conninfo}
         self._function: Callable[..., Any] | None = None
 
     def connection(self) -> Any:

@@ -64,6 +64,17 @@ class PgNotifyPublisher:
         else:
             notify(self._conninfo(connection), messages, connection)
 
+    def send_control(self, messages: Sequence[Outgoing]) -> None:
+        """NOTIFY a control command: on the SDK's own connection, never the application's.
+
+        A command acts at once, whatever the application's transaction does.
+        """
+        shared_provider(self._own_conninfo()).notify(messages)
+
+    async def asend_control(self, messages: Sequence[Outgoing]) -> None:
+        """:meth:`send_control` for asyncio code."""
+        await shared_async_provider(self._own_conninfo()).notify(messages)
+
     async def asend(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
         """:meth:`send` for asyncio code (with ``async_connection_factory``)."""
         if connection is None and self._async_factory is not None:
@@ -126,18 +137,22 @@ class PgNotifyPublisher:
             )
         return self.conninfo
 
-    def _control_target(self, queue: str | None) -> tuple[str, str]:
+    def _own_conninfo(self) -> str:
         if self.conninfo is None:
             raise PublishError(
                 f"cannot send control commands: {self.source} has no brokers.pg_notify"
             )
+        return self.conninfo
+
+    def _control_target(self, queue: str | None) -> tuple[str, str]:
+        self._own_conninfo()
         channel = queue or self.default_queue
         if channel is None:
             raise PublishError(
                 "cannot send control commands: no channel; set brokers.pg_notify."
                 f"default_publish_channel in {self.source}, or pass queue=..."
             )
-        return self.conninfo, channel
+        return self._own_conninfo(), channel
 
 
 def create(options: Mapping[str, Any], settings: Settings) -> PgNotifyPublisher:

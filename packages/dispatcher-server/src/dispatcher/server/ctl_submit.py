@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from dispatcher.config import Settings
+from dispatcher.config import Settings, install
 from dispatcher.publish import BrokerUnavailable, InvalidSubmission, PublishError, submit_task
 from dispatcher.publish.brokers import is_job_broker
 from dispatcher.publish.messages import no_default_queue
@@ -101,6 +101,9 @@ def run(settings: Settings, options: argparse.Namespace) -> int:
                 f"queue (its queues: {listed})",
                 EXIT_USAGE,
             )
+    # The command line has no application transaction to join: an application's
+    # connection factory (its web framework's connection) is not called here.
+    install(settings.without_connection_factories())
     try:
         submission = submit_task(
             options.task,
