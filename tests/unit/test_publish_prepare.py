@@ -172,6 +172,48 @@ def test_an_option_too_long_to_write_out_is_named() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"bind": 10**5000}, "bind: expected boolean, got an integer of more than 4300 digits"),
+        ({"queue": 10**5000}, "queue: an integer of more than 4300 digits is not a valid channel"),
+        (
+            {"max_attempts": 10**5000},
+            "max_attempts: must be between 1 and 1000, got an integer of more than 4300 digits",
+        ),
+        (
+            {"processor_options": [{"delay": 1}], "delay": 10**5000},
+            "processor_options: delay is 1 there but an integer of more than 4300 digits as an",
+        ),
+    ],
+)
+def test_every_option_too_long_to_write_out_is_refused_by_its_name(
+    options: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission("myapp.tasks.x", **options)
+    assert str(caught.value).startswith(f"cannot submit myapp.tasks.x: {reason}")
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"timeout": 10**5000}, "timeout: the integer has more than 4300 digits, too many to"),
+        ({"max_attempts": 10**5000}, "max_attempts: must be between 1 and 1000, got an integer"),
+        ({"queue": 10**5000}, "queue must be a channel name or a function, not an integer of"),
+    ],
+)
+def test_a_registration_option_too_long_to_write_out_is_refused_by_its_name(
+    options: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(RegistrationError) as caught:
+
+        @task(name="myapp.tasks.too_long", **options)
+        def too_long() -> None: ...
+
+    assert reason in str(caught.value)
+
+
 def test_bad_task_names() -> None:
     with pytest.raises(
         InvalidSubmission,

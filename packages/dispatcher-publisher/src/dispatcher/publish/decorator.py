@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from dispatcher.publish.errors import RegistrationError
+from dispatcher.publish.json_values import shown
 from dispatcher.publish.messages import ProcessorOptions, processor_option_values
 from dispatcher.publish.registry import Queue, RegisteredTask, registry
 from dispatcher.publish.submission import Submission
@@ -116,7 +117,7 @@ def task(
         or *processor_options* holds something unknown.
     """
     if queue is not None and not (isinstance(queue, str) or callable(queue)):
-        raise RegistrationError(f"queue must be a channel name or a function, not {queue!r}")
+        raise RegistrationError(f"queue must be a channel name or a function, not {shown(queue)}")
     if processor_options is not None:
         delay, on_duplicate = _from_processor_options(processor_options, delay, on_duplicate)
 
@@ -182,7 +183,8 @@ def _from_processor_options(
     for key, given in (("delay", delay), ("on_duplicate", on_duplicate)):
         if key in values and given is not None and values[key] != given:
             raise RegistrationError(
-                f"processor_options: {key} is {values[key]!r} there but {given!r} as an option"
+                f"processor_options: {key} is {shown(values[key])} there but {shown(given)} as an "
+                "option"
             )
     return values.get("delay", delay), values.get("on_duplicate", on_duplicate)
 

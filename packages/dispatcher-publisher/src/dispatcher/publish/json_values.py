@@ -24,6 +24,22 @@ TOO_MANY_DIGITS: Final = (
 """Why an integer is refused, after what it is (``the integer``, ``an integer key``)."""
 
 
+def shown(value: object) -> str:
+    """Return *value* as an error message quotes it (``repr``).
+
+    Or what it is, when it cannot be written out: Python refuses to write integers of more
+    than 4,300 digits (by default).
+    """
+    try:
+        return repr(value)
+    except ValueError:  # an integer (or a container holding one) too long to write
+        if isinstance(value, int):
+            return f"an integer of more than {MAX_INTEGER_DIGITS} digits"
+        return (
+            f"a {type(value).__name__} holding an integer of more than {MAX_INTEGER_DIGITS} digits"
+        )
+
+
 def first_unsendable(value: Any, path: Path = ()) -> tuple[Path, str] | None:
     """The first value in *value* that JSON cannot represent or a service cannot read, and why.
 

@@ -20,7 +20,7 @@ from dispatcher.publish.arguments import argument_problem
 from dispatcher.publish.brokers import JobBroker
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.fast_path import surely_valid
-from dispatcher.publish.json_values import first_unsendable, may_hold_too_long_integer
+from dispatcher.publish.json_values import first_unsendable, may_hold_too_long_integer, shown
 from dispatcher.publish.mistakes import check_queue, check_task_name
 from dispatcher.publish.pg_text import text_problem
 from dispatcher.publish.registry import Queue, RegisteredTask, check_max_attempts, registry
@@ -157,7 +157,9 @@ def prepare_submission(
     if bind is None:
         bind = defaults.bind
     elif not isinstance(bind, bool):
-        raise _invalid(name, f"bind: expected boolean, got {json_type_name(bind)} {bind!r}")
+        what = shown(bind)
+        got = what if what.startswith("an integer of") else f"{json_type_name(bind)} {what}"
+        raise _invalid(name, f"bind: expected boolean, got {got}")
     if bind:
         message["bind"] = True
     if extra:
@@ -197,7 +199,7 @@ def prepare_submission(
     if max_attempts is not None and not durable:
         raise _invalid(
             name,
-            f"max_attempts: applies to durable queues only, and {channel!r} is not one "
+            f"max_attempts: applies to durable queues only, and {shown(channel)} is not one "
             "(durable queues are listed under brokers.pg_queue.queues)",
         )
     # A checked message of the five keys set above: only its arguments need the encoder.
@@ -234,7 +236,8 @@ def _from_processor_options(
         if key in values and given is not None and values[key] != given:
             raise _invalid(
                 name,
-                f"processor_options: {key} is {values[key]!r} there but {given!r} as an option",
+                f"processor_options: {key} is {shown(values[key])} there but {shown(given)} as an "
+                "option",
             )
     return values.get("delay", delay), values.get("on_duplicate", on_duplicate)
 
@@ -294,7 +297,7 @@ def _resolve_channel(name: str, queue: str | None) -> str:
     if queue is None:
         queue = _default_channel(name)
     if not is_valid_channel_name(queue):
-        reason = f"queue: {queue!r} is not a valid channel name ({CHANNEL_NAME_RULE})"
+        reason = f"queue: {shown(queue)} is not a valid channel name ({CHANNEL_NAME_RULE})"
         raise _invalid(name, reason)
     return queue
 
@@ -357,7 +360,7 @@ def _job_broker(name: str, channel: str) -> JobBroker | None:
     if broker is not None and channel not in broker.queues:
         raise _invalid(
             name,
-            f"queue: {channel!r} is not one of the queues of brokers.{broker.name} "
+            f"queue: {shown(channel)} is not one of the queues of brokers.{broker.name} "
             f"({', '.join(sorted(broker.queues))}): no service would claim it",
         )
     return broker

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dispatcher.publish.errors import RegistrationError
+from dispatcher.publish.json_values import shown
 from dispatcher.schema import CHANNEL_NAME_RULE, OnDuplicate, is_valid_channel_name, validator
 
 Queue = str | Callable[[], str] | None
@@ -21,9 +22,9 @@ MAX_ATTEMPTS_LIMIT: Final = 1000
 def check_max_attempts(value: object) -> str | None:
     """Say what is wrong with *value* as a job's ``max_attempts``; ``None`` when it is fine."""
     if not isinstance(value, int) or isinstance(value, bool):
-        return f"expected an integer, got {type(value).__name__} {value!r}"
+        return f"expected an integer, got {type(value).__name__} {shown(value)}"
     if not 1 <= value <= MAX_ATTEMPTS_LIMIT:
-        return f"must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {value}"
+        return f"must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {shown(value)}"
     return None
 
 
@@ -140,7 +141,7 @@ def _check_defaults(entry: RegisteredTask) -> None:
     """Refuse at registration the defaults every submission would be refused for."""
     if isinstance(entry.queue, str) and not is_valid_channel_name(entry.queue):
         raise RegistrationError(
-            f"cannot register {entry.name}: queue: {entry.queue!r} is not a valid channel "
+            f"cannot register {entry.name}: queue: {shown(entry.queue)} is not a valid channel "
             f"name ({CHANNEL_NAME_RULE})"
         )
     if entry.max_attempts is not None:

@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.schema.compiler import UnsupportedSchema, all_unique, compile_schema
-from dispatcher.schema.errors import Problem, SchemaValidationError, problems_from_errors
+from dispatcher.schema.errors import PathItem, Problem, SchemaValidationError, problems_from_errors
 from dispatcher.schema.patterns import ecma_pattern, unlisted_keys
 from dispatcher.schema.resources import SchemaName, load_schema
+from dispatcher.schema.wire import MAX_INTEGER_DIGITS, has_too_many_digits
 
 if TYPE_CHECKING:
     import jsonschema
@@ -47,7 +48,17 @@ class Validator:
         """Say what is wrong with *instance*, sorted by location; empty when it is valid."""
         if self._explainer is None:
             self._explainer = _explainer_class()(self._schema)
-        return problems_from_errors(self._explainer.iter_errors(instance))
+        try:
+            return problems_from_errors(self._explainer.iter_errors(instance))
+        except ValueError:  # explaining writes values out: a too long integer cannot be
+            path = _too_long_integer(instance, ())
+            if path is None:
+                raise
+            reason = (
+                f"the integer has more than {MAX_INTEGER_DIGITS} digits, too many to send (a "
+                f"service reads integers of at most {MAX_INTEGER_DIGITS} digits)"
+            )
+            return [Problem(path, reason)]
 
     def validate(self, instance: Any) -> None:
         """Return if *instance* matches the schema.
@@ -141,3 +152,19 @@ def explain(name: SchemaName, instance: Any) -> list[str]:
     Returns an empty list when *instance* is valid.
     """
     return [str(problem) for problem in validator(name).problems(instance)]
+
+
+def _too_long_integer(value: Any, path: tuple[PathItem, ...]) -> tuple[PathItem, ...] | None:
+    """Where in *value* the first integer of more than :data:`MAX_INTEGER_DIGITS` digits is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return path if has_too_many_digits(value) else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    for key, item in items:
+        found = _too_long_integer(item, (*path, key))
+        if found is not None:
+            return found
+    return None
