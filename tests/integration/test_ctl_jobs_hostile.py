@@ -343,9 +343,10 @@ def test_missing_privileges_are_worded_by_what_the_command_does(
     insert_job(pg_conn, schema, state="failed", age=7200)
     listed = ctl(reader, "jobs")
     assert listed.returncode == 0, listed.stderr
-    for args in (["retry", "--failed"], ["purge", "--state", "failed", "--older-than", "60"]):
+    changes = (["retry", "--failed"], ["purge", "--state", "failed", "--older-than", "60"])
+    for args in (*changes, ["cancel-job", "--uuid", "u-1"]):
         refused = ctl(reader, *args)
-        assert refused.returncode == 1, args
+        assert refused.returncode == 2, args  # a refusal no retry mends
         assert refused.stderr.startswith("dispatcherctl: cannot change the queue in PostgreSQL at ")
         assert refused.stderr.endswith(": permission denied for table jobs\n")
     pg_conn.execute(
@@ -354,7 +355,7 @@ def test_missing_privileges_are_worded_by_what_the_command_does(
         )
     )
     unread = ctl(reader, "jobs")
-    assert unread.returncode == 1
+    assert unread.returncode == 2
     assert unread.stderr.startswith("dispatcherctl: cannot read the queue in PostgreSQL at ")
     assert unread.stderr.endswith(": permission denied for table jobs\n")
 

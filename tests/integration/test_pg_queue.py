@@ -482,16 +482,20 @@ def test_a_row_is_run_as_the_uuid_and_task_it_was_stored_under(
         ),
         "row-uuid": (bound, {"task": bound, "uuid": "other", "args": [path, "alive", {}]}),
         "row-none": (bound, {"task": bound, "args": [path, "alive", {}]}),
+        "row-unknown": ("myapp.nope", {"task": "myapp.nope", "uuid": "message-uuid"}),
     }
     for uuid, (task, message) in stored.items():
         pg_conn.execute(insert, (uuid, channel, task, json.dumps(message)))
-    start_service(config)
+    service = start_service(config)
     rows = wait_for_states(pg_conn, schema, list(stored), {"done", "failed"})
     assert [(row["uuid"], row["state"], row["outcome"]) for row in rows] == [
         ("row-task", "failed", "rejected"),
         ("row-uuid", "failed", "rejected"),
         ("row-none", "done", "ok"),
+        ("row-unknown", "failed", "rejected"),
     ]
+    # Logged under the row's uuid, which listings show, whatever the message says.
+    service.wait_for_log(r"\(uuid row-unknown\): task 'myapp.nope' is not registered")
     assert rows[0]["last_error"] == (
         f"task: the message's {bound!r} is not the {TASKS + 'noop'!r} its row was stored under "
         "(the row's task column)"

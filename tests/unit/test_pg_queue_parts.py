@@ -3,12 +3,14 @@ migration plans, and how jobs from a broker that schedules them pass the service
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +19,7 @@ from dispatcher.config import Limits
 from dispatcher.schema import Outcome, migrations
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.brokers import BrokerBase, Settled
+from dispatcher.server.brokers.pg_queue.claims import Claimer, ClaimOptions
 from dispatcher.server.brokers.pg_queue.migrations import (
     MigrationError,
     latest_version,
@@ -386,3 +389,93 @@ async def test_a_sweep_or_purge_with_endless_rows_due_stops_at_its_deadline() ->
     upkeep = Upkeep(db, Statements.for_schema("s"), Any, Any, stats, lease=3, keep_finished=1)
     with anyio.fail_after(10):
         assert await upkeep.purge(time.monotonic() + 0.05) is False
+
+
+class _Enough(Exception):
+    """Ends the upkeep loop of the test below."""
+
+
+@pytest.mark.anyio
+async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fake clock: each batch of the sweep or the purge takes 0.1 s, and both always have
+    # a full batch due. Renewals must come at most lease/3 (the pause) + lease/3 (the
+    # round's work) + one batch apart, whatever the backlogs.
+    clock = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        await anyio.sleep(0)
+
+    async def fetch(statement: bytes, params: Any) -> list[tuple[Any, ...]]:
+        clock[0] += 0.1
+        return [("q", "queued")] * params["limit"]
+
+    renewals: list[float] = []
+
+    class FakeLeases:
+        async def renew(self) -> None:
+            renewals.append(clock[0])
+            if len(renewals) == 8:
+                raise _Enough
+
+    class FakeAcks:
+        async def flush(self) -> None:
+            pass
+
+    from dispatcher.server.brokers.pg_queue import upkeep as module
+
+    monkeypatch.setattr(module, "time", type("Clock", (), {"monotonic": lambda: clock[0]}))
+    monkeypatch.setattr(module, "anyio", type("Anyio", (), {"sleep": staticmethod(sleep)}))
+    db: Any = type("Db", (), {"fetch": staticmethod(fetch)})()
+    lease = 3.0
+    upkeep = Upkeep(
+        db, Statements.for_schema("s"), FakeLeases(), FakeAcks(), ServiceStats(), lease, 1
+    )  # type: ignore[arg-type]
+    with pytest.raises(_Enough):
+        await upkeep.run()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(renewals)]
+    assert max(gaps) <= 2 * lease / 3 + 0.1 + 1e-9, gaps
+
+
+@pytest.mark.anyio
+async def test_a_claim_that_lost_a_race_and_got_all_it_asked_for_claims_again_at_once() -> None:
+    # The first claim meets an identical serial row claimed elsewhere (a unique violation)
+    # and is retried with half the limit; getting all of that, the queue is not drained.
+    limits: list[int] = []
+
+    class Db:
+        async def ready(self) -> None:
+            pass
+
+        async def fetch(self, statement: bytes, params: Any) -> list[tuple[Any, ...]]:
+            limits.append(params["limit"])
+            if len(limits) == 1:
+                raise psycopg.errors.UniqueViolation("another service took a twin")
+            size = params["limit"]
+            first = len(limits) * 100
+            return [
+                (row, 1, 1, "q", '{"task":"x"}', 12, size, f"u{row}", "x")
+                for row in range(first, first + size)
+            ]
+
+    class Capacity:
+        async def wait_free(self, prefetch: int) -> int:
+            if len(limits) >= 3:
+                raise _Enough  # claimed again without waiting for a wake-up: done
+            return 4
+
+    class Leases:
+        def add(self, *claim: object) -> None:
+            pass
+
+    class NoWakeup:
+        async def wait(self, timeout: float) -> None:
+            raise AssertionError(f"waited for a wake-up after claims of {limits}")
+
+    options = ClaimOptions(["q"], "node", 30, 60.0, 4)
+    claimer = Claimer(Db(), b"", options, Capacity(), Leases(), None, ServiceStats())  # type: ignore[arg-type]
+    with pytest.raises(_Enough):
+        await claimer.run(lambda message, origin: None, NoWakeup())  # type: ignore[arg-type]
+    assert limits == [4, 2, 4]

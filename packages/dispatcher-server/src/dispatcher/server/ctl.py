@@ -22,6 +22,7 @@ from dispatcher.publish import (
     broker_unavailable,
     describe_server,
 )
+from dispatcher.publish.connections import REFUSALS
 from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_jobs, ctl_submit
 from dispatcher.server.ctl_arguments import count, json_list, json_object, positive_seconds
@@ -555,7 +556,7 @@ def install_sql(settings: Settings) -> int:
         except psycopg.Error as exc:
             failure = broker_unavailable(conninfo, exc, f"install {function} in")
             print(f"dispatcherctl: {shown(failure)}", file=sys.stderr)
-            return EXIT_MISSING
+            return EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_MISSING
         print(f"installed {function} in {describe_server(conninfo)}")
     return EXIT_OK
 

@@ -22,6 +22,7 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
+from dispatcher.publish.connections import REFUSALS
 from dispatcher.publish.mistakes import did_you_mean
 from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin
@@ -126,7 +127,9 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
                 return _fail(unknown_queue(queue, section.queues), EXIT_USAGE)
             return _COMMANDS[options.command](conn, section.schema, options)
     except psycopg.Error as exc:
-        return _fail(database_error(exc, section.conninfo, options.command, options.timeout))
+        message = database_error(exc, section.conninfo, options.command, options.timeout)
+        # Refused for good (a missing privilege, say): trying again would not help.
+        return _fail(message, EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_FAILED)
     except queue_admin.TablesMissing as exc:
         return _fail(str(exc), EXIT_USAGE)  # set-up to finish: retrying alone would not help
     except DispatcherError as exc:

@@ -9,6 +9,7 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
+from dispatcher.publish.connections import REFUSALS
 from dispatcher.server.brokers.pg_queue.migrations import (
     MigrationError,
     migrate,
@@ -67,7 +68,7 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
     except psycopg.Error as exc:
         failure = broker_unavailable(conninfo, exc, "migrate the pg_queue tables in")
         print(f"dispatcherctl: {failure}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_UNREACHABLE
     where = f'the pg_queue tables in schema "{schema}" of {describe_server(conninfo)}'
     if done.pending:
         print(f"migrated {where} from version {done.current} to {done.latest}")

@@ -126,10 +126,7 @@ class Intake:
         try:
             self._receive(payload, channel, origin)
         except Rejected as rejected:
-            if rejected.uuid is None and origin.stored_as is not None:
-                rejected.uuid = origin.stored_as[0]  # the row's, for the log line
-            self._reject(rejected, channel)
-            self._settlements.origin(origin, REJECTED, str(rejected))
+            self._refuse(rejected, channel, origin)
         except Exception as exc:  # a bug here must cost one message, never the service
             self._stats.rejected["internal_error"] += 1
             self._internal_errors.report("intake", exc, f"a message on {channel}")
@@ -274,8 +271,7 @@ class Intake:
             try:
                 self._dispatch(message, payload, channel, origin)
             except Rejected as rejected:
-                self._reject(rejected, channel)
-                self._settlements.origin(origin, REJECTED, str(rejected))
+                self._refuse(rejected, channel, origin)
             except Exception as exc:  # costs this message, never the others waiting
                 self._stats.rejected["internal_error"] += 1
                 self._internal_errors.report("intake", exc, f"a message on {channel}")
@@ -369,6 +365,13 @@ class Intake:
                     uuid,
                 )
         return payload
+
+    def _refuse(self, rejected: Rejected, channel: str, origin: Origin) -> None:
+        """Count and log *rejected*, and settle its delivery as rejected."""
+        if origin.stored_as is not None:
+            rejected.uuid = origin.stored_as[0]  # the row's: what listings show
+        self._reject(rejected, channel)
+        self._settlements.origin(origin, REJECTED, str(rejected))
 
     def _reject(self, rejected: Rejected, channel: str) -> None:
         self._stats.rejected[rejected.reason] += 1

@@ -91,21 +91,25 @@ class Claimer:
                 await self._db.ready()
                 with anyio.move_on_after(CLAIM_TIMEOUT, shield=True):
                     sent = time.monotonic()
-                    rows = await self._claim(wanted)
+                    rows, limit = await self._claim(wanted)
                     self._deliver(rows, deliver, sent)
-                    # Fewer than wanted: none left, unless the claim's bytes ran out first,
+                    # Fewer than asked for: none left, unless the claim's bytes ran out first,
                     # or identical serial rows were left for later (the candidates it read).
                     drained = (
-                        len(rows) < wanted
+                        len(rows) < limit
                         and sum(row[5] for row in rows) < CLAIM_BYTES
-                        and (not rows or rows[0][6] < wanted)
+                        and (not rows or rows[0][6] < limit)
                     )
             except FAILURES as exc:
                 self._failures.log("cannot claim jobs: %s", first_line(exc))
             if drained:
                 await wakeup.wait(options.poll_interval)
 
-    async def _claim(self, wanted: int) -> Rows:
+    async def _claim(self, wanted: int) -> tuple[Rows, int]:
+        """Return the rows claimed, up to *wanted*, and the limit their claim asked for.
+
+        The limit is smaller than *wanted* after a lost race.
+        """
         options = self._options
         limit = wanted
         for _ in range(RACES):
@@ -118,10 +122,10 @@ class Claimer:
                 "max_total_bytes": CLAIM_BYTES,
             }
             try:
-                return await self._db.fetch(self._statement, params)
+                return await self._db.fetch(self._statement, params), limit
             except psycopg.errors.UniqueViolation:  # another service took its twin first
                 limit = max(1, limit // 2)
-        return []
+        return [], limit
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""

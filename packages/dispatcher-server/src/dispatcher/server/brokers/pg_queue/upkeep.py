@@ -7,8 +7,9 @@
   delete finished rows older than ``keep_finished``, and schedule ticks older than an
   hour, in small batches.
 
-A sweep or a purge stops after ``lease / 3`` seconds of work, and goes on at the next round
-(the purge without waiting for its minute): however many rows are due at once (millions,
+A round's sweep and purge stop after ``lease / 3`` seconds of work between them (each
+statement started before then runs to its end), and go on at the next round (the purge
+without waiting for its minute): however many rows are due at once (millions,
 after ``keep_finished`` was lowered), leases are renewed on time, so that no job this
 service runs is taken for lost and run elsewhere meanwhile.
 """
@@ -105,11 +106,12 @@ class Upkeep:
             await self._attempt(self._leases.renew)
             await self._attempt(self._acks.flush)
             now = time.monotonic()
+            deadline = now + budget  # one for the sweep and the purge: renewals stay on time
             if now >= next_sweep:
                 next_sweep = now + self._lease / 2
-                await self._attempt(self._sweep, now + budget)
+                await self._attempt(self._sweep, deadline)
             if now >= next_purge:
-                finished = await self._attempt(self.purge, time.monotonic() + budget)
+                finished = await self._attempt(self.purge, deadline)
                 next_purge = now if finished is False else now + purge_every
 
     async def _attempt(self, step: Callable[..., Awaitable[object]], *args: float) -> object | None:
