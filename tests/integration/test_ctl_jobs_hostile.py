@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import set_json_loads
 
 from dispatcher.config import reset, setup
 from dispatcher.publish import close_connections, get_job
@@ -371,7 +374,7 @@ def test_a_submission_the_database_refuses_for_good_exits_2_not_1(reader: Path) 
 
 
 def test_a_result_python_cannot_decode_is_read_as_none(
-    config: Path, pg_conn: Conn, schema: str
+    config: Path, pg_conn: Conn, pg_dsn: str, schema: str
 ) -> None:
     # Services never store such results; a row edited by hand may hold one.
     huge = insert_job(pg_conn, schema, uuid="u-huge", state="done")
@@ -379,19 +382,26 @@ def test_a_result_python_cannot_decode_is_read_as_none(
     deep = insert_job(pg_conn, schema, uuid="u-deep", state="done")
     set_columns(pg_conn, schema, deep, result="[" * 5000 + "]" * 5000)
     plain = insert_job(pg_conn, schema, uuid="u-plain", state="done")
-    set_columns(pg_conn, schema, plain, result='{"a": 1}')
+    set_columns(pg_conn, schema, plain, result='{"a": 0.1}')
     as_json = ctl(config, "jobs", "--json")
     assert as_json.returncode == 0, as_json.stderr
     results = {row["uuid"]: row["result"] for row in json.loads(as_json.stdout)}
-    assert results == {"u-huge": None, "u-deep": None, "u-plain": {"a": 1}}
+    assert results == {"u-huge": None, "u-deep": None, "u-plain": {"a": 0.1}}
     setup(json.loads(config.read_text()))
     try:
         assert get_job("u-huge") is not None
         assert [get_job(uuid).result for uuid in ("u-huge", "u-deep", "u-plain")] == [
             None,
             None,
-            {"a": 1},
+            {"a": 0.1},
         ]
+        # The application's own loader of its connection is kept.
+        with psycopg.connect(pg_dsn) as own:
+            set_json_loads(functools.partial(json.loads, parse_float=Decimal), own)
+            job = get_job("u-plain", connection=own)
+            assert job is not None
+            assert job.result == {"a": Decimal("0.1")}
+            assert get_job("u-huge", connection=own).result is None
     finally:
         close_connections()
         reset()

@@ -113,6 +113,22 @@ def test_defaults_and_a_given_uuid(conn: Conn, schema: str) -> None:
     assert (row["max_attempts"], row["on_duplicate"], row["dup_key"]) == (3, None, None)
 
 
+def test_a_delay_counts_from_the_call_late_in_a_long_statement(conn: Conn, schema: str) -> None:
+    # As from a trigger of a long UPDATE: the call comes a second after its statement began.
+    row = conn.execute(
+        "SELECT statement_timestamp(), dispatcher_enqueue('orders', 'a.b', options =>"
+        ' \'{"uuid": "late", "delay": 5}\', queue_schema => %s)'
+        " FROM (SELECT pg_sleep(1)) AS slept",
+        (schema,),
+    ).fetchone()
+    assert row is not None
+    began = row[0]
+    job = job_row(conn, schema, "late")
+    assert job is not None
+    assert (job["created_at"] - began).total_seconds() >= 1  # the call, not the statement
+    assert (job["run_after"] - job["created_at"]).total_seconds() == 5
+
+
 def test_a_rolled_back_transaction_stores_nothing(conn: Conn, schema: str, pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as caller:
         enqueue(caller, schema, "orders", "a.b", None, None, '{"uuid": "gone"}')

@@ -438,3 +438,17 @@ def test_settings_are_read_only() -> None:
     settings: Settings = setup({"version": 1})
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.version = 2  # type: ignore[misc]
+
+
+def test_the_command_to_run_quotes_a_config_path_for_the_shell() -> None:
+    from dispatcher.config.settings import dispatcherctl_command
+
+    assert dispatcherctl_command("migrate", None) == "dispatcherctl migrate"
+    assert (
+        dispatcherctl_command("migrate", "conf/d.yml")
+        == "dispatcherctl migrate --config conf/d.yml"
+    )
+    assert (
+        dispatcherctl_command("migrate", "my dir/d.yml")
+        == "dispatcherctl migrate --config 'my dir/d.yml'"
+    )

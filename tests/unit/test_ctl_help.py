@@ -130,3 +130,13 @@ def test_global_options_a_command_does_not_list_are_refused_saying_why(
     assert refused["submit"] == ["--expected-replies"]  # its --timeout is the task's
     assert "alive" not in refused
     assert "top" not in refused
+
+
+@pytest.mark.parametrize("given", [["--expected-replies", "0"], ["--timeout", "0.5"]])
+def test_a_refused_option_is_refused_whatever_its_value(
+    given: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 0 is a value like any other (not "not given").
+    said = accepted([*given, "install-sql", "--print"], capsys)
+    assert said is not None
+    assert f"{given[0]}: " in said

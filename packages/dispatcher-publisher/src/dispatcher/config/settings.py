@@ -6,6 +6,7 @@ the two equal.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -301,7 +302,9 @@ def dispatcherctl_command(command: str, config_file: str | None) -> str:
 
     What an error message tells people to run; *config_file* is :attr:`Settings.file`.
     """
-    return f"dispatcherctl {command}" + ("" if config_file is None else f" --config {config_file}")
+    if config_file is None:
+        return f"dispatcherctl {command}"
+    return f"dispatcherctl {command} --config {shlex.quote(config_file)}"
 
 
 def settings_from_document(

@@ -3,34 +3,50 @@
 A job's ``result`` is written by the services, which store only what a service can read back.
 A value set by hand can be beyond that: an integer of more than 4,300 digits, or nesting
 deeper than Python's recursion limit. psycopg's loader would then raise, failing a whole
-listing of jobs (or ``get_job()``) for one such row. The loader here reads such a value as
-``None`` instead, and logs why.
+listing of jobs (or ``get_job()``) for one such row. :func:`register_tolerant_jsonb` wraps
+the loader in force (psycopg's, or the application's own from ``set_json_loads()``) so that
+such a value reads as ``None`` instead, with a warning.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Final
 
 import psycopg
-from psycopg.abc import Buffer
-from psycopg.adapt import Loader
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import AdaptersMap, Loader
+from psycopg.pq import Format
+from psycopg.types.json import JsonbLoader
 
 JSONB_OID: Final = psycopg.adapters.types["jsonb"].oid
 
 logger = logging.getLogger("dispatcher.publish")
 
 
-class TolerantJsonbLoader(Loader):
-    """Loads a ``jsonb`` value as :func:`json.loads` does, or as ``None`` where it cannot."""
+def register_tolerant_jsonb(adapters: AdaptersMap) -> None:
+    """Have *adapters* read a ``jsonb`` value their loader cannot decode as ``None``."""
+    wrapped = adapters.get_loader(JSONB_OID, Format.TEXT) or JsonbLoader
+    if issubclass(wrapped, _Tolerant):
+        return
+    tolerant = type("TolerantJsonbLoader", (_Tolerant,), {"wrapped": wrapped})
+    adapters.register_loader(JSONB_OID, tolerant)
+
+
+class _Tolerant(Loader):
+    """Loads a ``jsonb`` value with :attr:`wrapped`, or as ``None`` where it cannot."""
+
+    wrapped: type[Loader] = JsonbLoader
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        self._loader = self.wrapped(oid, context)
 
     def load(self, data: Buffer) -> Any:
         """The decoded value; ``None`` (with a warning) for one Python cannot decode."""
-        text = bytes(data).decode("utf-8", "replace")
         try:
-            return json.loads(text)
-        except (ValueError, RecursionError) as exc:
+            return self._loader.load(data)
+        except (ValueError, RecursionError, psycopg.DataError) as exc:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             logger.warning(
                 "a jsonb value (a job's result) cannot be read: %s; read as None", reason

@@ -24,7 +24,7 @@ from dispatcher.publish.job import (
     jobs_query,
     may_be_stored,
 )
-from dispatcher.publish.jsonb import JSONB_OID, TolerantJsonbLoader
+from dispatcher.publish.jsonb import register_tolerant_jsonb
 from dispatcher.publish.notify_sync import shared_provider
 from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
 
@@ -121,7 +121,7 @@ def _read(
             caller = caller_connection(connection, Connection, *names)
             cursor = caller.cursor()  # its adapters are its own: the caller's stay as they are
             cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
-            cursor.adapters.register_loader(JSONB_OID, TolerantJsonbLoader)
+            register_tolerant_jsonb(cursor.adapters)
             _run_on_caller(caller, cursor, statement, params, "read from")
         else:
             provider = shared_provider(conninfo)

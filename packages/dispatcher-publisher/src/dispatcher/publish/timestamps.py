@@ -19,7 +19,7 @@ from psycopg.adapt import AdaptersMap, Loader
 from psycopg.pq import Format
 from psycopg.types.datetime import TimestamptzLoader
 
-from dispatcher.publish.jsonb import JSONB_OID, TolerantJsonbLoader
+from dispatcher.publish.jsonb import register_tolerant_jsonb
 
 LATEST: Final = datetime.max.replace(tzinfo=UTC)
 """What a timestamp after the year 9999 (``infinity`` included) is read as."""
@@ -62,9 +62,9 @@ class TolerantTimestamptzLoader(Loader):
 def tolerant_adapters(context: AdaptContext | None = None) -> AdaptersMap:
     """The adapters of *context* (default: psycopg's global ones) with that loader.
 
-    And with :class:`~dispatcher.publish.jsonb.TolerantJsonbLoader`.
+    And reading ``jsonb`` as :func:`~dispatcher.publish.jsonb.register_tolerant_jsonb` says.
     """
     adapters = AdaptersMap(context.adapters if context is not None else psycopg.adapters)
     adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
-    adapters.register_loader(JSONB_OID, TolerantJsonbLoader)
+    register_tolerant_jsonb(adapters)
     return adapters

@@ -383,10 +383,8 @@ def _check_options_before(arguments: argparse.ArgumentParser, options: argparse.
     """Refuse an option given before the command that the command does not take."""
     [commands] = [a for a in arguments._actions if isinstance(a, argparse._SubParsersAction)]
     for action in commands.choices[options.command]._actions:
-        if isinstance(action, _Refused) and getattr(options, action.dest, None) not in (
-            None,
-            False,
-        ):
+        given = getattr(options, action.dest, None)
+        if isinstance(action, _Refused) and given is not None and given is not False:
             arguments.error(f"{action.option_strings[0]}: {action.reason}")
 
 

@@ -26,7 +26,7 @@ from dispatcher.config import PgQueueBroker, Settings
 from dispatcher.config.settings import dispatcherctl_command
 from dispatcher.publish import JOB_STATES, JobState
 from dispatcher.publish.job import COLUMNS, MAX_LISTED, get_job_query, jobs_query
-from dispatcher.publish.jsonb import JSONB_OID, TolerantJsonbLoader
+from dispatcher.publish.jsonb import register_tolerant_jsonb
 from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, DispatcherError
 
@@ -159,7 +159,7 @@ def list_jobs(
         statement, params = jobs_query(schema, state=state, queue=queue, task=task, limit=limit)
     with conn.cursor() as cursor:
         cursor.adapters.register_loader(TIMESTAMPTZ_OID, TimestampLoader)
-        cursor.adapters.register_loader(JSONB_OID, TolerantJsonbLoader)
+        register_tolerant_jsonb(cursor.adapters)
         rows = cursor.execute(statement, params).fetchall()
         now = cursor.execute("SELECT now()").fetchone()
     found = [dict(zip(COLUMNS, row, strict=True)) for row in rows]

@@ -12,8 +12,8 @@
 -- returns the uuid the message carries (options.uuid when given, else a new UUID4), as text.
 -- Storing a uuid that is stored already does nothing (and returns it): safe to repeat.
 --
--- Options: timeout, delay (seconds from the call, even in a long transaction: run_after is
--- statement_timestamp() + delay), on_duplicate
+-- Options: timeout, delay (seconds from the call, even in a long transaction or statement:
+-- run_after is clock_timestamp() + delay), on_duplicate
 -- (parallel, discard, serial, queue_one: enforced across every service by the table),
 -- bind (boolean), uuid (text), guid (text), max_attempts (1-1000, default 3: pass the value
 -- of brokers.pg_queue.max_attempts if your config changes it). Needs PostgreSQL 13 or later.
@@ -178,11 +178,13 @@ BEGIN
     END IF;
     EXECUTE format(
         'INSERT INTO %I.jobs (uuid, queue, task, message, max_attempts, created_at, run_after,'
-        ' on_duplicate, dup_key) VALUES ($1, $2, $3, $4, $5, statement_timestamp(),'
-        ' statement_timestamp() + make_interval(secs => $6), $7, $8)'
+        ' on_duplicate, dup_key) VALUES ($1, $2, $3, $4, $5, $9,'
+        ' $9 + make_interval(secs => $6), $7, $8)'
         ' ON CONFLICT DO NOTHING',
         queue_schema)
-        USING task_id, queue, task, message::text, attempts, delay_seconds, mode, key;
+        -- The time of the call (a trigger may call it late in a long statement).
+        USING task_id, queue, task, message::text, attempts, delay_seconds, mode, key,
+            clock_timestamp();
     GET DIAGNOSTICS stored = ROW_COUNT;
     IF stored > 0 THEN
         PERFORM pg_notify('dispatcher_queue_wakeup', queue);
