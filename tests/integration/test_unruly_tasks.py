@@ -151,3 +151,27 @@ def test_a_task_that_returns_a_generator_fails_saying_its_body_never_ran(
     assert len({r["pid"] for r in records}) == 1  # the worker carried on
     assert not [r for r in records if r.get("event", "").endswith("body ran")]
     assert_log_is_ours(service)
+
+
+def test_a_task_writing_on_its_event_pipe_gets_its_worker_replaced(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(config)
+    notify(channel, message(UNRULY + "writes_on_the_event_pipe", evidence.path, uuid="u-garble"))
+    [garbling] = evidence.wait_for(1)
+    service.wait_for_log(
+        rf"worker \d+ \(pid {garbling['pid']}\) wrote .* on its event pipe, not an event "
+        r"\(.*\): stopping it"
+    )
+    service.wait_for_log(
+        r"died while running task \S+writes_on_the_event_pipe \(uuid u-garble\): worker_lost"
+    )
+    notify(channel, message("record", evidence.path, "next"))
+    records = evidence.wait_for(2)
+    assert records[-1]["args"] == ["next"]
+    assert records[-1]["pid"] != garbling["pid"]
+    assert "internal error" not in service.log

@@ -4,8 +4,10 @@ back a generator whose body never runs. Each leaves evidence before it misbehave
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -85,3 +87,13 @@ def wrapped_generator(path: str) -> Iterator[int]:
     """A generator function behind a decorator: ``@task`` cannot tell what it is."""
     _record(path, event="generator body ran")
     yield 1
+
+
+@task()
+def writes_on_the_event_pipe(path: str) -> None:
+    """Record, then write what is no event on the worker's socket to the service."""
+    _record(path, event="garbling")
+    for candidate in gc.get_objects():
+        if isinstance(candidate, socket.socket) and candidate.family == socket.AF_UNIX:
+            candidate.send(b'{"garbage": \n\xff\xfe not json\n' * 10)
+    time.sleep(5)  # the service stops this worker meanwhile

@@ -24,7 +24,7 @@ from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
-from dispatcher.server.logsafe import counted, get_logger
+from dispatcher.server.logsafe import counted, escape, first_line, get_logger
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
@@ -210,6 +210,7 @@ class Supervisor:
             on_event=lambda event: self._handle_event(worker, event),
             on_end=lambda: self._lost(worker),
             on_error=lambda exc: self._event_failed(worker, exc),
+            on_garbled=lambda line, exc: self._garbled(worker, line, exc),
         )
         events.start()
         try:
@@ -225,6 +226,17 @@ class Supervisor:
             events.stop()
             with anyio.CancelScope(shield=True):
                 await self._reap(worker, process)
+
+    def _garbled(self, worker: WorkerHandle, line: bytes, exc: Exception) -> None:
+        """The worker wrote what is not an event: its task wrote on the event pipe."""
+        logger.warning(
+            "worker %d (pid %d) wrote %s on its event pipe, not an event (%s): stopping it",
+            worker.id,
+            worker.pid,
+            escape(line, 80),
+            first_line(exc),
+        )
+        worker.kill()
 
     def _event_failed(self, worker: WorkerHandle, exc: Exception) -> None:
         self._stats.rejected["internal_error"] += 1

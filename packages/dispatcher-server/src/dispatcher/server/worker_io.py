@@ -24,8 +24,10 @@ EventHandler = Callable[[dict[str, Any]], None]
 class WorkerEvents:
     """Delivers each event of *process* to *on_event*, then calls *on_end* once.
 
-    An event that cannot be decoded or handled costs that event only: the exception goes
-    to *on_error* and reading goes on.
+    An event that cannot be handled costs that event only: the exception goes to *on_error*
+    and reading goes on. A line that is not an event at all (the worker's task wrote on the
+    event pipe) goes to *on_garbled*, once: nothing more the worker sends can be trusted to
+    be its events, so the rest is ignored.
     """
 
     def __init__(
@@ -34,13 +36,16 @@ class WorkerEvents:
         on_event: EventHandler,
         on_end: Callable[[], None],
         on_error: Callable[[Exception], None],
+        on_garbled: Callable[[bytes, Exception], None],
     ) -> None:
         self._process = process
         self._on_event = on_event
         self._on_end = on_end
         self._on_error = on_error
+        self._on_garbled = on_garbled
         self._reader = LineReader()
         self._ended = False
+        self._garbled = False
 
     def start(self) -> None:
         """Begin watching the socket and the process."""
@@ -78,9 +83,19 @@ class WorkerEvents:
         self._end()
 
     def _deliver(self, data: bytes) -> None:
+        if self._garbled:
+            return
         for line in self._reader.feed(data):
             try:
-                self._on_event(read_line(line))
+                event = read_line(line)
+                if not isinstance(event, dict) or "event" not in event:
+                    raise ValueError("not a worker event")
+            except ValueError as exc:
+                self._garbled = True
+                self._on_garbled(line, exc)
+                return
+            try:
+                self._on_event(event)
             except Exception as exc:  # costs this event, never the worker or the service
                 self._on_error(exc)
 
