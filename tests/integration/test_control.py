@@ -80,6 +80,7 @@ def test_running_then_cancel_by_uuid(
     [reply] = json.loads(listing.stdout)
     [(slot, task)] = entries(reply).items()
     assert (slot, task["uuid"], task["where"]) == ("worker-0", "u-sleeper", "worker-0")
+    assert task["channel"] == channel  # the channel it came on, as dispatcherd says it
     refused = ctl(service.config_path, "cancel")
     assert refused.returncode == 2
     assert "cancel needs --uuid, --task, --args, --kwargs or --all" in refused.stderr

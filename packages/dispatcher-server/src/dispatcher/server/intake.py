@@ -338,6 +338,7 @@ class Intake:
                 published=message.get("time_pub") or 0,
                 broker=origin.broker,
                 receipt=origin.receipt,
+                channel=None if origin.broker is None else channel,
             )
         )
 

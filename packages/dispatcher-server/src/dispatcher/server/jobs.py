@@ -30,6 +30,8 @@ class Job(NamedTuple):
     """The broker that delivered it, when that broker must hear how it ended."""
     receipt: str | None = None
     """The delivery's receipt, for that broker's acknowledgement (see ``settlement``)."""
+    channel: str | None = None
+    """The channel or queue it came on (``None`` for a job made inside the service)."""
 
     def matches(self, uuid: str | None, task: str | None) -> bool:
         """Tell whether the job has this uuid and task name (``None`` matches any)."""
@@ -37,6 +39,11 @@ class Job(NamedTuple):
 
 
 def describe(job: Job, where: str) -> dict[str, Any]:
-    """A job as control replies show it: where it is, its uuid, task and message."""
+    """A job as control replies show it: where it is, its uuid, task and message.
+
+    The message has the ``channel`` it came on, as dispatcherd's replies show it.
+    """
     message = json.loads(job.line)["message"]
+    if job.channel is not None:
+        message["channel"] = job.channel
     return {"where": where, "uuid": job.uuid, "task": job.task, "message": message}
