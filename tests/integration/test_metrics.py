@@ -87,6 +87,9 @@ def test_metrics_count_what_ran(
     assert found[("dispatcher_run_time_seconds_count", (("task", TASKS + "record"),))] == 3
     assert found[("dispatcher_workers", (("status", "ready"),))] >= 1
     assert found[("dispatcher_queue_length", ())] == 0
+    workers = sum(v for (name, _), v in found.items() if name == "dispatcher_workers")
+    assert found[("dispatcher_worker_count_total", ())] == workers  # dispatcherd's names
+    assert found[("dispatcher_control_messages_count_total", ())] == 0
 
 
 def test_bad_requests_get_errors_and_the_service_keeps_serving(

@@ -156,6 +156,15 @@ def render(source: MetricsSource) -> Iterator[str]:
     statuses = source.worker_statuses()
     for status in ("starting", "ready", "busy", "stopping"):
         yield f"dispatcher_workers{_labels(status=status)} {statuses.get(status, 0)}\n"
+    # dispatcherd's two other names, as it exposes them, for dashboards made for it.
+    yield _family(
+        "dispatcher_control_messages_count_total", "counter", "Control commands (dispatcherd's)."
+    )
+    yield f"dispatcher_control_messages_count_total {stats.control}\n"
+    yield _family(
+        "dispatcher_worker_count_total", "counter", "Worker processes now (dispatcherd's)."
+    )
+    yield f"dispatcher_worker_count_total {sum(statuses.values())}\n"
     for name, help, value in (
         ("dispatcher_queue_length", "Tasks waiting for a worker.", counts["queued"]),
         ("dispatcher_blocked_tasks", "Tasks held back by on_duplicate.", counts["blocked"]),
