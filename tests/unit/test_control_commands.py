@@ -22,6 +22,7 @@ from dispatcher.schema import load_schema
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.control import STATUS_WAITING_LIMIT, ControlCommands
 from dispatcher.server.control_messages import ControlMessages
+from dispatcher.server.control_shapes import producers_reply
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.stats import ServiceStats
 from support.dispatcherd_readers import awx_still_running, demo_aio_tasks, running_worker_uuid
@@ -322,6 +323,18 @@ def test_producers_are_named_as_dispatcherd_names_them(service: FakeService) -> 
     ]
     assert reply["pg_notify-producer"]["recycle_count"] == 0
     assert reply["pg_notify-producer"]["produced_count"] == 5
+    assert reply["pg_notify-producer"]["broker_self_check"] == {
+        "enabled": True,
+        "success_count": 0,
+        "average_time_seconds": None,  # none yet, as dispatcherd says it
+        "max_time_seconds": None,
+    }
+    stats = ServiceStats()
+    stats.self_checks, stats.self_check_seconds, stats.self_check_max_seconds = 2, 0.5, 0.3
+    shaped = producers_reply(load_settings({"version": 1, **config}), stats, 1.0)
+    check = shaped["pg_notify-producer"]["broker_self_check"]
+    assert (check["success_count"], check["average_time_seconds"]) == (2, 0.25)
+    assert check["max_time_seconds"] == 0.3
     assert reply["scheduled-producer"]["produced_count"] is None
     assert reply["scheduled-producer"]["schedules"] == {"app.t": {"schedule": 60}}
     assert all("uptime_seconds" in p for p in entries(reply).values())

@@ -127,7 +127,15 @@ def producers_reply(
     if "pg_notify-producer" in reply:
         reply["pg_notify-producer"].update(
             recycle_count=max(0, stats.listener_connects - 1),
-            broker_self_check={"enabled": True, "success_count": stats.self_checks},
+            broker_self_check={
+                "enabled": True,
+                "success_count": stats.self_checks,
+                # dispatcherd's two timings; None before the first check, as there
+                "average_time_seconds": (
+                    stats.self_check_seconds / stats.self_checks if stats.self_checks else None
+                ),
+                "max_time_seconds": stats.self_check_max_seconds if stats.self_checks else None,
+            },
             connects=stats.listener_connects,
             failures=stats.listener_failures,
         )

@@ -103,6 +103,10 @@ class ServiceStats:
     """Times the pg_notify listener lost (or could not open) its connection."""
     self_checks: int = 0
     """Successful self-check round trips of the pg_notify listener."""
+    self_check_seconds: float = 0.0
+    """Their time in all (seconds)."""
+    self_check_max_seconds: float = 0.0
+    """The longest of them (seconds)."""
     workers_started: int = 0
     """Worker processes started."""
     workers_lost: int = 0

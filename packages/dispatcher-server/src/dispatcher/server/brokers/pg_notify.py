@@ -177,8 +177,12 @@ class PgNotifyBroker(BrokerBase):
                 if drain.check_token == token:
                     break
                 await drain.wait()
-        self._stats.self_checks += 1
-        logger.debug("self-check round trip %.1f ms", (time.monotonic() - started) * 1000)
+        took = time.monotonic() - started
+        stats = self._stats
+        stats.self_checks += 1
+        stats.self_check_seconds += took
+        stats.self_check_max_seconds = max(stats.self_check_max_seconds, took)
+        logger.debug("self-check round trip %.1f ms", took * 1000)
 
 
 class _Drain:
