@@ -12,13 +12,14 @@ cannot serve (see :mod:`dispatcher.server.task_imports`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from dispatcher.schema import LOG_LEVELS
 
@@ -86,18 +87,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the service; return the process's exit status.
 
     SIGTERM and SIGINT that come before the service handles them (while it starts) stop it
-    as they would later: exit status 0, no traceback.
+    as they would later: exit status 0, no traceback. They are held while the modules are
+    imported and the fork server forked, and act once that is done: an exception raised
+    by a signal handler in the middle of an import can come out as another one (Python
+    wraps what a class's ``__set_name__`` raises, say), or not at all.
     """
     options = parser().parse_args(argv)
     previous = signal.getsignal(signal.SIGTERM)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _EARLY_SIGNALS)
     try:
-        signal.signal(signal.SIGTERM, _interrupt)  # (inside: it may be called at once)
-        return _run(options)
+        signal.signal(signal.SIGTERM, _interrupt)
+        return _run(options, held)
     except KeyboardInterrupt:
         return 0
     finally:
+        with contextlib.suppress(KeyboardInterrupt):  # one that waited: we stop anyway
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+_EARLY_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
+"""The signals that stop the service, held while it starts (see :func:`main`)."""
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -105,8 +116,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run(options: argparse.Namespace) -> int:
-    """Load the config, fork the fork server, run the service; the exit status."""
+def _run(options: argparse.Namespace, held: set[int | signal.Signals]) -> int:
+    """Load the config, fork the fork server, run the service; the exit status.
+
+    *held* is the signal mask to restore once the service is built, before it runs: a
+    signal that came meanwhile acts there.
+    """
     if options.reload:
         from dispatcher.server.reload import missing_watchfiles
 
@@ -148,6 +163,7 @@ def _run(options: argparse.Namespace) -> int:
 
         try:
             service = Service(settings, level, fork_server=forked, reload=options.reload)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             return anyio.run(service.run, backend="asyncio")
         except (ConfigError, BrokerNotReady) as exc:  # a broker cannot be built, or start
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)

@@ -301,7 +301,9 @@ def fork_server(options: WorkerOptions) -> ForkedServer | None:
     try:
         pid = os.fork()
         if pid == 0:
-            _forked(theirs, ours, dataclasses.asdict(options), parent, mask)
+            # Unblocked in the child whatever the service holds while it starts: the fork
+            # server ignores them, and its workers must get them (SIGTERM stops a worker).
+            _forked(theirs, ours, dataclasses.asdict(options), parent, mask - _HELD_SIGNALS)
     except OSError:
         ours.close()
         return None
