@@ -77,6 +77,7 @@ SUBMIT = Twin(
         "asend": "send",
         "asend_jobs": "send_jobs",
     },
+    strings={"asend_own": "send_own"},
 )
 
 NOTIFY = Twin(
@@ -128,7 +129,7 @@ CONTROL = Twin(
         "acontrol": "control",
         "asend": "send",
     },
-    strings={"asend_control": "send_control"},
+    strings={"asend_own": "send_own"},
 )
 
 PUBLISH_TESTS = Twin(

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,10 @@ from django.test import TestCase, override_settings
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from dispatcher.config import get_settings, reset
+from dispatcher.config import get_settings, install, reset
 from dispatcher.publish import Submission, close_connections
 from dispatcher.server.brokers.pg_queue.migrations import migrate
+from support import app_connections
 from support.postgres import unique_channel
 from support.service import alive, children, wait_until
 
@@ -628,6 +629,29 @@ class TestSubmittingInADjangoTestCase(TestCase):
         assert len(callbacks) == 2
         assert note(first).text == first
         assert note(second).text == second
+
+    def test_a_captured_task_is_sent_for_real_even_with_a_connection_factory(self) -> None:
+        from demo_notes.tasks import write_note
+
+        from dispatcher.contrib.django import delay_on_commit
+
+        # A factory handing out Django's connection (as dispatcherd configs of Django
+        # projects name one) must not take the captured send into the test's transaction.
+        settings = get_settings()
+        assert settings.brokers.pg_notify is not None
+        factory = "support.app_connections.connection"
+        pg = replace(settings.brokers.pg_notify, connection_factory=factory)
+        install(replace(settings, brokers=replace(settings.brokers, pg_notify=pg)))
+        connections["default"].ensure_connection()
+        app_connections.current = connections["default"].connection
+        try:
+            text = unique("testcase-factory")
+            with self.captureOnCommitCallbacks(execute=True):
+                delay_on_commit(write_note, text)
+            assert note(text).text == text
+        finally:
+            app_connections.current = None
+            install(settings)
 
     def test_a_broken_transaction_is_refused_as_outside_a_test_case(self) -> None:
         break_the_transaction_then_submit()

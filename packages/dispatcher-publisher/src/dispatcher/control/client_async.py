@@ -51,7 +51,7 @@ async def acontrol(
     payloads = [(queue, payload) for payload in control_payloads(text, broker)]
     # A broker may send commands otherwise than tasks (pg_notify: never on the application's
     # connection, whose transaction may roll back).
-    send = getattr(broker, "asend_control", None) or broker.asend
+    send = getattr(broker, "asend_own", None) or broker.asend
     await send(payloads)
 
 

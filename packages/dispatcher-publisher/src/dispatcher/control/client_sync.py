@@ -50,7 +50,7 @@ def control(
     payloads = [(queue, payload) for payload in control_payloads(text, broker)]
     # A broker may send commands otherwise than tasks (pg_notify: never on the application's
     # connection, whose transaction may roll back).
-    send = getattr(broker, "send_control", None) or broker.send
+    send = getattr(broker, "send_own", None) or broker.send
     send(payloads)
 
 

@@ -64,15 +64,16 @@ class PgNotifyPublisher:
         else:
             notify(self._conninfo(connection), messages, connection)
 
-    def send_control(self, messages: Sequence[Outgoing]) -> None:
-        """NOTIFY a control command: on the SDK's own connection, never the application's.
+    def send_own(self, messages: Sequence[Outgoing]) -> None:
+        """NOTIFY on the SDK's own connection, never the application's (``connection_factory``).
 
-        A command acts at once, whatever the application's transaction does.
+        For what must act at once, whatever the application's transaction does: a control
+        command, a task sent when that transaction has committed.
         """
         shared_provider(self._own_conninfo()).notify(messages)
 
-    async def asend_control(self, messages: Sequence[Outgoing]) -> None:
-        """:meth:`send_control` for asyncio code."""
+    async def asend_own(self, messages: Sequence[Outgoing]) -> None:
+        """:meth:`send_own` for asyncio code."""
         await shared_async_provider(self._own_conninfo()).notify(messages)
 
     async def asend(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:

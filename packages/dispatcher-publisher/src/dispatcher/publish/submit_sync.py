@@ -21,13 +21,19 @@ from dispatcher.publish.submission import Submission
 from dispatcher.schema import OnDuplicate
 
 
-def send(submissions: Sequence[Submission], connection: object | None = None) -> None:
+def send(
+    submissions: Sequence[Submission],
+    connection: object | None = None,
+    *,
+    own_connection: bool = False,
+) -> None:
     """Send prepared submissions, each through the broker its queue goes to.
 
     Over pg_notify they go in one statement: with *connection*, the NOTIFYs join its
     current transaction (delivered when it commits, never if it rolls back); without, the
     SDK's own connection sends them at once, and a lost connection is re-opened and the send
-    retried once. Tasks for durable queues are stored as jobs the same way, in one
+    retried once (*own_connection*: that one, even where ``connection_factory`` names the
+    application's). Tasks for durable queues are stored as jobs the same way, in one
     statement per broker. See :mod:`dispatcher.publish.routing` for how the broker is chosen.
     While an interceptor is installed (:mod:`dispatcher.publish.interception`), it takes
     them instead and nothing is sent.
@@ -47,7 +53,11 @@ def send(submissions: Sequence[Submission], connection: object | None = None) ->
             broker.send_jobs(group, connection)
         else:
             messages = [(s.channel, payload) for s in group for payload in s.payloads]
-            broker.send(messages, connection)
+            own = getattr(broker, "send_own", None) if own_connection else None
+            if own is not None and connection is None:
+                own(messages)
+            else:
+                broker.send(messages, connection)
 
 
 def submit_task(

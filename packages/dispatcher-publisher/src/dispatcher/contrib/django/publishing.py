@@ -77,7 +77,9 @@ def submit_on_commit(
     if connection is not None:
         send([submission], connection)
     else:
-        transaction.on_commit(partial(send, [submission]), using=alias)
+        # At the commit, on the SDK's own connection: not the application's (through a
+        # connection_factory), whose transaction a test case never commits.
+        transaction.on_commit(partial(send, [submission], own_connection=True), using=alias)
     return submission
 
 
