@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
@@ -306,8 +307,20 @@ def test_missing_tables_exit_2_naming_migrate_with_the_config(tmp_path: Path, pg
         result = ctl(config, *args)
         assert (result.returncode, result.stdout) == (2, ""), args
         assert result.stderr.startswith("dispatcherctl: the durable queue's tables are missing")
-        assert result.stderr.endswith(f"run `dispatcherctl migrate --config {config}` first\n")
+        assert f"run `dispatcherctl migrate --config {config}` first (it creates" in result.stderr
         assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_dropped_jobs_table_is_called_damaged_as_migrate_calls_it(
+    tmp_path: Path, pg_dsn: str, pg_conn: psycopg.Connection[Any]
+) -> None:
+    schema = migrated(pg_conn, unique_schema())
+    pg_conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "jobs")))
+    config = write_config(tmp_path, pg_dsn, schema)
+    for command in (["jobs"], ["migrate"]):
+        result = ctl(config, *command)
+        assert result.returncode == 2, command
+        assert f'the pg_queue tables in schema "{schema}" are damaged' in result.stderr
 
 
 def test_an_unreachable_database_exits_1_naming_the_server(tmp_path: Path) -> None:

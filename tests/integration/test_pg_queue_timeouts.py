@@ -116,7 +116,7 @@ def test_a_service_whose_statements_time_out_goes_on_and_loses_nothing(
     with jobs_locked(pg_dsn, schema):
         # Claims, then the outcome of the job that ends meanwhile, are cancelled by the server.
         service.wait_for_log(r"cannot claim jobs: canceling statement due to statement timeout")
-        service.wait_for_log(r"outcomes not recorded yet \(canceling statement due to statement")
+        service.wait_for_log(r"outcomes? not recorded yet \(canceling statement due to statement")
         assert evidence.wait_for(2)[1]["event"] == "end"
     after = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, "after")])
     rows = wait_for_states(pg_conn, schema, through + after, {"done"})

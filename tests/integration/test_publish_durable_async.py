@@ -305,7 +305,9 @@ async def test_missing_tables_are_explained(pg_dsn: str, tmp_path: Path) -> None
         setup(file_path=path)
         with pytest.raises(PublishError) as caught:
             await ship.adelay(1)
-        assert str(caught.value).endswith(f"run `dispatcherctl migrate --config {path}` first")
+        assert f"run `dispatcherctl migrate --config {path}` first (it creates them" in str(
+            caught.value
+        )
     finally:
         await aclose_connections()
         reset()

@@ -79,6 +79,9 @@ def test_the_tally_says_how_many_replies_were_waited_for_and_why() -> None:
         "dispatcherd services are not counted: --expected-replies N waits for N)"
     )
     assert tally(result, looked_up=False) == "(1 of 2 replies)"
+    more = ControlResult("alive", replies=[{"node_id": "a"}, {"node_id": "dd-1"}], expected=1)
+    more.expected_nodes = ["a"]  # and a dispatcherd service answered too
+    assert tally(more, looked_up=True).startswith("(2 replies, 1 waited for: one per")
 
 
 def test_a_reply_from_a_service_not_looked_up_is_unexpected() -> None:

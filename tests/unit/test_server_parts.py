@@ -98,5 +98,5 @@ def test_lines_held_back_before_a_silence_are_reported_by_the_flush(
     assert [r.getMessage() for r in mine] == [
         "rejected message 0: why",
         "rejected message 1: why",
-        "3 similar lines suppressed (rejected message ...)",
+        "3 similar lines suppressed (the last: rejected message 4: why)",
     ]

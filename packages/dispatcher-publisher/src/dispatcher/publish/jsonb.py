@@ -48,6 +48,10 @@ class _Tolerant(Loader):
             return self._loader.load(data)
         except (ValueError, RecursionError, psycopg.DataError) as exc:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if "integer string conversion" in reason:  # not Python's advice to raise a limit
+                reason = "it holds an integer of more than 4300 digits"
+            elif isinstance(exc, RecursionError):
+                reason = "it is nested too deeply to decode"
             logger.warning(
                 "a jsonb value (a job's result) cannot be read: %s; read as None", reason
             )

@@ -182,5 +182,6 @@ def _tables_missing(schema: str) -> PublishError:
         config_file = None  # the caller's connection, and no config
     return PublishError(
         f"the durable queue's tables are missing from schema {schema!r}: "
-        f"run `{dispatcherctl_command('migrate', config_file)}` first"
+        f"run `{dispatcherctl_command('migrate', config_file)}` first (it creates them, or "
+        "says what to do if they were damaged)"
     )

@@ -92,7 +92,10 @@ def no_service_found(channel: str | None) -> str:
 
 def tally(result: ControlResult, looked_up: bool, channel: str | None = None) -> str:
     """Say how many replies came, and how many were waited for and why."""
-    counted = f"{len(result.replies)} of {result.expected} replies"
+    came = len(result.replies)
+    counted = f"{came} of {result.expected} replies"
+    if came > result.expected:  # services not looked up answered too (dispatcherd's)
+        counted = f"{came} replies, {result.expected} waited for"
     if looked_up:
         listening = (
             f" listening on channel {shown(channel)}" if channel else " connected to the database"

@@ -29,6 +29,7 @@ from dispatcher.publish.job import COLUMNS, MAX_LISTED, get_job_query, jobs_quer
 from dispatcher.publish.jsonb import register_tolerant_jsonb
 from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, DispatcherError
+from dispatcher.server.brokers.pg_queue.migrations import VERSION_TABLE, damaged
 
 MAX_LIMIT: Final = MAX_LISTED
 """The most jobs one listing returns."""
@@ -94,12 +95,18 @@ def check_tables(conn: psycopg.Connection[Any], schema: str, config_file: str | 
 
     *config_file* is the config's file (:attr:`Settings.file`), for the command to run.
     """
-    quoted = sql.Identifier(schema).as_string(conn) + ".jobs"
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (quoted,)).fetchone()
+    name = sql.Identifier(schema).as_string(conn)
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+        (f"{name}.jobs", f"{name}.{VERSION_TABLE}"),
+    ).fetchone()
+    if row is not None and not row[0] and row[1]:  # migrated, then the jobs table dropped
+        raise TablesMissing(damaged(schema))
     if not (row and row[0]):
         raise TablesMissing(
             f"the durable queue's tables are missing from schema {schema!r}: "
-            f"run `{dispatcherctl_command('migrate', config_file)}` first"
+            f"run `{dispatcherctl_command('migrate', config_file)}` first (it creates them, or "
+            "says what to do if they were damaged)"
         )
 
 

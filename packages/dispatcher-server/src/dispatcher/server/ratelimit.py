@@ -29,7 +29,7 @@ class RateLimitedLog:
         self._window = -1.0
         self._emitted = 0
         self._suppressed = 0
-        self._last = ""
+        self._last: tuple[str, tuple[object, ...]] = ("", ())
         _instances.add(self)
 
     def log(self, message: str, *args: object) -> None:
@@ -39,7 +39,7 @@ class RateLimitedLog:
             self._window, self._emitted = now, 0
         if self._emitted >= self._per_second:
             self._suppressed += 1
-            self._last = message
+            self._last = (message, args)
             return
         self._emitted += 1
         if self._suppressed:
@@ -52,9 +52,13 @@ class RateLimitedLog:
         """Say how many lines were held back, once their second is over, if no line did."""
         if self._suppressed and self._clock() - self._window >= 1.0:
             count, self._suppressed = self._suppressed, 0
-            start = self._last.split("%", 1)[0].rstrip(" :(") or self._last
+            message, args = self._last
+            try:
+                last = message % args
+            except (TypeError, ValueError):
+                last = message
             self._logger.log(
-                self._level, "%d similar lines suppressed (%s ...)", count, escape(start, 80)
+                self._level, "%d similar lines suppressed (the last: %s)", count, escape(last, 120)
             )
 
 

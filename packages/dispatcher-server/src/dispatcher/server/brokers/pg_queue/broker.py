@@ -52,7 +52,7 @@ from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.logsafe import counted, first_line, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
@@ -168,8 +168,8 @@ class PgQueueBroker(BrokerBase):
             await self._acks.flush()
         except FAILURES as exc:
             self._ack_failures.log(
-                "%d outcomes not recorded yet (%s); retrying",
-                self._acks.pending,
+                "%s not recorded yet (%s); retrying",
+                counted(self._acks.pending, "outcome"),
                 first_line(exc),
             )
 
@@ -225,9 +225,8 @@ class PgQueueBroker(BrokerBase):
                 await self._acks.flush()
             except FAILURES as exc:
                 logger.warning(
-                    "%d outcomes not recorded (%s): their jobs will run again "
-                    "once their lease runs out",
-                    self._acks.pending,
+                    "%s not recorded (%s): their jobs will run again once their lease runs out",
+                    counted(self._acks.pending, "outcome"),
                     first_line(exc),
                 )
         await self._claims_db.close()
