@@ -641,6 +641,15 @@ def test_preloaded_modules_and_our_own_sections_join() -> None:
     ]
 
 
+def test_a_section_left_empty_is_an_empty_section() -> None:
+    # YAML reads `worker:` with nothing under it as null; dispatcherd takes it as empty.
+    settings = load_settings(
+        {"version": 2, "brokers": {"pg_notify": PG}, "publish": None, "worker": None}
+    )
+    assert settings.warnings == ()
+    assert settings.publish.default_broker is None
+
+
 def test_without_version_dispatcherd_keys_are_recognised() -> None:
     settings = load_settings({"service": {"pool_kwargs": {"max_workers": 3}}})
     assert settings.service.pool.max_workers == 3

@@ -176,9 +176,15 @@ class _Translator:
         self.out.warnings.append(Problem(path, reason))
 
     def section(self, value: Any, new: Path, old: Path) -> Mapping[Any, Any] | None:
-        """*value* when it is a mapping; else write it as it is, for validation to report."""
+        """*value* when it is a mapping; else write it as it is, for validation to report.
+
+        ``null`` (a YAML key with nothing under it) is an empty section, as dispatcherd
+        reads it.
+        """
         if isinstance(value, Mapping):
             return value
+        if value is None:
+            return {}
         self.put(new, old, value)
         return None
 
