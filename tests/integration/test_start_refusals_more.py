@@ -173,6 +173,25 @@ def test_a_sigterm_at_any_moment_of_the_start_stops_the_service_quietly(
         service.kill_everything()
 
 
+@pytest.mark.timeout(120)
+def test_two_stop_signals_at_once_during_the_start_stop_the_service_once(
+    service_config: dict[str, Any], project: Path, tmp_path: Path
+) -> None:
+    # A terminal's SIGINT and a process manager's SIGTERM together: one stop, at once.
+    for attempt in range(6):
+        service = start(service_config, "hangs_t", project, tmp_path / str(attempt))
+        pid = service.pid
+        wait_until(lambda pid=pid: catches(pid, signal.SIGTERM), timeout=10, interval=0.001)
+        time.sleep(attempt * 0.02)
+        began = time.monotonic()
+        service.signal(signal.SIGINT)
+        service.signal(signal.SIGTERM)
+        assert service.wait(10) == 0, service.log
+        assert time.monotonic() - began < STOP_SECONDS, service.log
+        assert "Traceback" not in service.log
+        service.kill_everything()
+
+
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_the_service_starts_stops_it_quietly(
     number: signal.Signals, service_config: dict[str, Any], project: Path, tmp_path: Path

@@ -102,13 +102,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         with contextlib.suppress(KeyboardInterrupt):  # one that waited: we stop anyway
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            _release(held)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
 _EARLY_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
 """The signals that stop the service, held while it starts (see :func:`main`)."""
+
+
+def _release(held: set[int | signal.Signals]) -> None:
+    """Restore the signal mask *held*; raise ``KeyboardInterrupt`` if a stop signal came.
+
+    The signals that came while they were held are taken here, without their handlers
+    (which would raise once each, the second one inside the handling of the first): the
+    service stops once, here, however many came (a terminal's SIGINT and a process
+    manager's SIGTERM, say).
+    """
+    came = signal.sigpending() & _EARLY_SIGNALS
+    for number in came:
+        signal.sigtimedwait({number}, 0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    if came:
+        raise KeyboardInterrupt
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -163,7 +179,7 @@ def _run(options: argparse.Namespace, held: set[int | signal.Signals]) -> int:
 
         try:
             service = Service(settings, level, fork_server=forked, reload=options.reload)
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            _release(held)
             return anyio.run(service.run, backend="asyncio")
         except (ConfigError, BrokerNotReady) as exc:  # a broker cannot be built, or start
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)
