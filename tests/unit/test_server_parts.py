@@ -94,9 +94,16 @@ def test_lines_held_back_before_a_silence_are_reported_by_the_flush(
         now[0] = 1.5
         flush_suppressed()
         flush_suppressed()  # once
+        log.log("rejected message %d: %s", 5, "why")
+        log.log("rejected message %d: %s", 6, "why")
+        log.log("rejected message %d: %s", 7, "why")
+        flush_suppressed(now=True)  # the service stops: within the second
     mine = [r for r in caplog.records if r.name == "test.ratelimit"]  # others flush too
     assert [r.getMessage() for r in mine] == [
         "rejected message 0: why",
         "rejected message 1: why",
         "3 similar lines suppressed (the last: rejected message 4: why)",
+        "rejected message 5: why",
+        "rejected message 6: why",
+        "1 similar line suppressed (the last: rejected message 7: why)",
     ]

@@ -9,7 +9,7 @@ import weakref
 from collections.abc import Callable
 from typing import Final
 
-from dispatcher.server.logsafe import Block, escape
+from dispatcher.server.logsafe import Block, counted, escape
 
 
 class RateLimitedLog:
@@ -43,14 +43,17 @@ class RateLimitedLog:
             return
         self._emitted += 1
         if self._suppressed:
-            message += " (%d similar lines suppressed)"
-            args = (*args, self._suppressed)
+            message += " (%s suppressed)"
+            args = (*args, counted(self._suppressed, "similar line"))
             self._suppressed = 0
         self._logger.log(self._level, message, *args)
 
-    def flush(self) -> None:
-        """Say how many lines were held back, once their second is over, if no line did."""
-        if self._suppressed and self._clock() - self._window >= 1.0:
+    def flush(self, now: bool = False) -> None:
+        """Say how many lines were held back, once their second is over, if no line did.
+
+        With *now*, without waiting for the second to end (the service is stopping).
+        """
+        if self._suppressed and (now or self._clock() - self._window >= 1.0):
             count, self._suppressed = self._suppressed, 0
             message, args = self._last
             try:
@@ -58,7 +61,10 @@ class RateLimitedLog:
             except (TypeError, ValueError):
                 last = message
             self._logger.log(
-                self._level, "%d similar lines suppressed (the last: %s)", count, escape(last, 120)
+                self._level,
+                "%s suppressed (the last: %s)",
+                counted(count, "similar line"),
+                escape(last, 120),
             )
 
 
@@ -66,14 +72,15 @@ _instances: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()
 """Every rate-limited log of the process, for :func:`flush_suppressed`."""
 
 
-def flush_suppressed() -> None:
+def flush_suppressed(now: bool = False) -> None:
     """Have every rate-limited log say how many lines it held back after its last one.
 
     Without it, a burst followed by silence would never report what it held back (a count
-    is only added to the next line logged). The service calls it every second.
+    is only added to the next line logged). The service calls it every second, and with
+    *now* when it stops.
     """
     for log in list(_instances):
-        log.flush()
+        log.flush(now)
 
 
 TRACEBACK_INTERVAL: Final = 60.0

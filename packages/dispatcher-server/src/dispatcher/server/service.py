@@ -318,6 +318,7 @@ class Service:
                 os._exit(EXIT_FORCED)
 
     async def _shut_down(self) -> None:
+        flush_suppressed(now=True)  # what the last second held back, before the stop's lines
         for broker in self.brokers:
             broker.stop_receiving()
         await self.supervisor.shutdown(self.settings.service.shutdown_grace)
