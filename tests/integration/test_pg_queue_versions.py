@@ -93,8 +93,9 @@ def test_tables_whose_jobs_table_was_dropped_are_called_damaged_by_migrate_and_t
     pg_conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "jobs")))
     damaged = (
         f'the pg_queue tables in schema "{schema}" are damaged: migrations are recorded but '
-        f"the jobs table is missing (dropped by hand?); restore it, or drop the schema (DROP "
-        f"SCHEMA \"{schema}\" CASCADE, losing what it holds) and run 'dispatcherctl migrate' again"
+        f"the jobs table is missing (dropped by hand?); restore it, or drop the queue's other "
+        f'tables (DROP TABLE "{schema}".schedule_ticks, "{schema}".migrations) and run '
+        "'dispatcherctl migrate' again"
     )
     config = queue_config(pg_dsn, schema, channel)
     for args in (["migrate"], ["migrate", "--print"]):
@@ -103,6 +104,13 @@ def test_tables_whose_jobs_table_was_dropped_are_called_damaged_by_migrate_and_t
     service = start_service(config, wait=False)
     assert service.wait() == 2
     assert service.log.strip().splitlines() == [f"dispatcher-standalone: {damaged}"]
+    # Doing what it says mends the tables.
+    names = {"schema": sql.Identifier(schema)}
+    pg_conn.execute(
+        sql.SQL("DROP TABLE {schema}.schedule_ticks, {schema}.migrations").format(**names)
+    )
+    mended = ctl(write_config(tmp_path, config), "migrate")
+    assert mended.returncode == 0, mended.stderr
 
 
 def test_migrate_upgrades_version_one_tables_and_their_jobs_run(

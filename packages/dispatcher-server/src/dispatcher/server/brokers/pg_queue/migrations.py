@@ -62,11 +62,16 @@ def version_queries(schema: str) -> tuple[str, str]:
 
 
 def damaged(schema: str) -> str:
-    """What to do about the tables of *schema* when their jobs table is gone."""
+    """What to do about the tables of *schema* when their jobs table is gone.
+
+    Only the queue's own tables are named: the schema may hold the application's too
+    (``public``, say).
+    """
+    name = quoted(schema)
     return (
         f'the pg_queue tables in schema "{schema}" are damaged: migrations are recorded but '
-        f"the jobs table is missing (dropped by hand?); restore it, or drop the schema "
-        f"(DROP SCHEMA {quoted(schema)} CASCADE, losing what it holds) and run "
+        f"the jobs table is missing (dropped by hand?); restore it, or drop the queue's other "
+        f"tables (DROP TABLE {name}.schedule_ticks, {name}.{VERSION_TABLE}) and run "
         "'dispatcherctl migrate' again"
     )
 
