@@ -686,3 +686,30 @@ def test_rundispatcher_stops_on_ctrl_c_sent_to_its_whole_process_group(
         wait_until(lambda: not any(alive(pid) for pid in descendants), 10)
     finally:
         service.kill()
+
+
+@pytest.mark.timeout(120)
+def test_rundispatcher_stops_once_on_stop_signals_while_it_starts(
+    demo_site: DemoSite, tmp_path: Path
+) -> None:
+    """SIGINT and SIGTERM together as the service starts (forking its fork server)."""
+    for attempt in range(4):
+        env = demo_site.env(unique_channel("early"))
+        service = ManagePy(env, tmp_path / f"s{attempt}.log", "rundispatcher")
+        try:
+            pid = service.process.pid
+            wait_until(lambda pid=pid: catches_sigterm(pid), timeout=30, interval=0.001)
+            time.sleep(attempt * 0.01)
+            os.killpg(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)
+            assert service.process.wait(20) == 0, service.log
+            assert "Traceback" not in service.log, service.log
+        finally:
+            service.kill()
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Tell whether process *pid* has a handler for SIGTERM."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    [mask] = re.findall(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE)
+    return bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)

@@ -12,16 +12,15 @@ cannot serve (see :mod:`dispatcher.server.task_imports`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import logging
 import os
-import signal
 import sys
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from dispatcher.schema import LOG_LEVELS
+from dispatcher.server.early_signals import held_stop_signals
 
 EXIT_USAGE = 2
 
@@ -87,56 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the service; return the process's exit status.
 
     SIGTERM and SIGINT that come before the service handles them (while it starts) stop it
-    as they would later: exit status 0, no traceback. They are held while the modules are
-    imported and the fork server forked, and act once that is done: an exception raised
-    by a signal handler in the middle of an import can come out as another one (Python
-    wraps what a class's ``__set_name__`` raises, say), or not at all.
+    as they would later: exit status 0, no traceback (see
+    :mod:`dispatcher.server.early_signals`).
     """
     options = parser().parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _EARLY_SIGNALS)
-    try:
-        signal.signal(signal.SIGTERM, _interrupt)
-        return _run(options, held)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        with contextlib.suppress(KeyboardInterrupt):  # one that waited: we stop anyway
-            _release(held)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with held_stop_signals() as release:
+        try:
+            return _run(options, release)
+        except KeyboardInterrupt:
+            return 0
 
 
-_EARLY_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
-"""The signals that stop the service, held while it starts (see :func:`main`)."""
-
-
-def _release(held: set[int | signal.Signals]) -> None:
-    """Restore the signal mask *held*; raise ``KeyboardInterrupt`` if a stop signal came.
-
-    The signals that came while they were held are taken here, without their handlers
-    (which would raise once each, the second one inside the handling of the first): the
-    service stops once, here, however many came (a terminal's SIGINT and a process
-    manager's SIGTERM, say).
-    """
-    came = signal.sigpending() & _EARLY_SIGNALS
-    for number in came:
-        signal.sigtimedwait({number}, 0)
-    signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    if came:
-        raise KeyboardInterrupt
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM before the service handles it: stop as SIGINT does then."""
-    raise KeyboardInterrupt
-
-
-def _run(options: argparse.Namespace, held: set[int | signal.Signals]) -> int:
+def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
     """Load the config, fork the fork server, run the service; the exit status.
 
-    *held* is the signal mask to restore once the service is built, before it runs: a
-    signal that came meanwhile acts there.
+    *release* lets the stop signals held while the service starts act: it is called once
+    the service is built, before it runs.
     """
     if options.reload:
         from dispatcher.server.reload import missing_watchfiles
@@ -179,7 +144,7 @@ def _run(options: argparse.Namespace, held: set[int | signal.Signals]) -> int:
 
         try:
             service = Service(settings, level, fork_server=forked, reload=options.reload)
-            _release(held)
+            release()
             return anyio.run(service.run, backend="asyncio")
         except (ConfigError, BrokerNotReady) as exc:  # a broker cannot be built, or start
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)

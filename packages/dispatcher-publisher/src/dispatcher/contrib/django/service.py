@@ -76,6 +76,7 @@ def run(settings: Settings, log_level: int, reload: bool = False) -> int:
         ``BrokerNotReady``).
     """
     try:
+        from dispatcher.server.early_signals import held_stop_signals
         from dispatcher.server.forkserver import fork_server, worker_options
         from dispatcher.server.logsafe import log_to
     except ModuleNotFoundError as exc:
@@ -85,16 +86,22 @@ def run(settings: Settings, log_level: int, reload: bool = False) -> int:
     settings = service_settings(settings)
     log_to(sys.stderr, log_level, LOG_FORMAT)
     connections.close_all()  # neither the fork server nor the workers may share them
-    forked = fork_server(worker_options(settings, log_level))
-    try:
-        import anyio
+    forked = None
+    # A stop signal while the service starts stops it once it is built: exit status 0.
+    with held_stop_signals() as release:
+        try:
+            forked = fork_server(worker_options(settings, log_level))
+            import anyio
 
-        from dispatcher.server.service import Service
+            from dispatcher.server.service import Service
 
-        service = Service(settings, log_level, fork_server=forked, reload=reload)
-        return anyio.run(service.run, backend="asyncio")
-    except KeyboardInterrupt:  # a signal before the service could install its handlers
-        return 0
-    finally:
-        if forked is not None:
-            forked.close()  # if the service did not take it over and stop it already
+            service = Service(settings, log_level, fork_server=forked, reload=reload)
+            release()
+            return anyio.run(service.run, backend="asyncio")
+        except KeyboardInterrupt:  # a signal before the service could install its handlers
+            if forked is not None:
+                forked.kill()  # no worker yet; it may be stuck importing the task modules
+            return 0
+        finally:
+            if forked is not None:
+                forked.close()  # if the service did not take it over and stop it already

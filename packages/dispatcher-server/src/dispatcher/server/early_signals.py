@@ -1,0 +1,55 @@
+"""Stop signals that come while a service starts: held, then acted on once, at one point.
+
+While the modules are imported and the fork server forked, SIGINT and SIGTERM are held
+(blocked): an exception raised by a signal handler in the middle of an import can come out
+as another one (Python wraps what a class's ``__set_name__`` raises, say), or not at all.
+Where the service is about to run, the signals that came are taken, without their handlers,
+and the start stops with one ``KeyboardInterrupt`` however many came (a terminal's SIGINT
+and a process manager's SIGTERM, say). From then on, until the service installs its own
+handlers, SIGTERM stops it as SIGINT does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from typing import Final
+
+STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
+"""The signals that stop a service."""
+
+
+@contextlib.contextmanager
+def held_stop_signals() -> Iterator[Callable[[], None]]:
+    """Hold :data:`STOP_SIGNALS` while the block runs; yield the function that releases them.
+
+    Call it where the service is about to run: it raises ``KeyboardInterrupt`` once if a
+    stop signal came meanwhile. The block's end releases them too (a signal that came then
+    is dropped: the start is over either way) and restores SIGTERM's handler.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield lambda: _release(held)
+    finally:
+        with contextlib.suppress(KeyboardInterrupt):
+            _release(held)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _release(held: set[int | signal.Signals]) -> None:
+    """Restore the signal mask *held*; raise ``KeyboardInterrupt`` if a stop signal came."""
+    came = signal.sigpending() & STOP_SIGNALS
+    for number in came:
+        signal.sigtimedwait({number}, 0)  # taken without its handler
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    if came:
+        raise KeyboardInterrupt
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM before the service handles it: stop as SIGINT does then."""
+    raise KeyboardInterrupt
