@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from dispatcher.publish.connections import first_line
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
 
 
@@ -85,7 +86,7 @@ class ConnectionFactory:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            raise PublishError(self._refused(f"cannot be imported: {_first_line(exc)}")) from exc
+            raise PublishError(self._refused(f"cannot be imported: {first_line(exc)}")) from exc
         function: Callable[..., Any] | None = getattr(module, attribute, None)
         if function is None:
             raise PublishError(self._refused(f"module {module_name} has no {attribute!r}"))
@@ -108,9 +109,5 @@ class ConnectionFactory:
     def _failed(self, exc: BaseException) -> str:
         return (
             f"cannot submit tasks: {self.key} ({self.name}) raised "
-            f"{type(exc).__name__}: {_first_line(exc)}"
+            f"{type(exc).__name__}: {first_line(exc)}"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -144,10 +144,18 @@ def broker_failure(conninfo: str, exc: psycopg.Error, doing: str, what: str) -> 
     )
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of *exc*'s message (its type's name when it has none, or no text)."""
+    try:
+        text = str(exc)
+    except Exception:  # an exception of the application's whose __str__ fails
+        text = ""
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _reason(conninfo: str, exc: psycopg.Error) -> str:
     """The first line of *exc*'s message, without libpq's preamble nor the password."""
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    reason = first_line.rsplit("failed: ", 1)[-1]
+    reason = first_line(exc).rsplit("failed: ", 1)[-1]
     password = conninfo_to_dict(conninfo).get("password")
     if password:
         reason = reason.replace(str(password), "***")
@@ -209,8 +217,7 @@ def caller_lost(
         where = f"{describe_server(connection.info.dsn)} ({whose})"
     except psycopg.Error:  # the connection broke: its parameters cannot be read any more
         where = whose
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return BrokerUnavailable(f"cannot {doing} {where}: {first_line}")
+    return BrokerUnavailable(f"cannot {doing} {where}: {first_line(exc)}")
 
 
 _pid = os.getpid()

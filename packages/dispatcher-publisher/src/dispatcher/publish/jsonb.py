@@ -19,6 +19,8 @@ from psycopg.adapt import AdaptersMap, Loader
 from psycopg.pq import Format
 from psycopg.types.json import JsonbLoader
 
+from dispatcher.publish.connections import first_line
+
 JSONB_OID: Final = psycopg.adapters.types["jsonb"].oid
 
 logger = logging.getLogger("dispatcher.publish")
@@ -47,7 +49,7 @@ class _Tolerant(Loader):
         try:
             return self._loader.load(data)
         except (ValueError, RecursionError, psycopg.DataError) as exc:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            reason = first_line(exc)
             if "integer string conversion" in reason:  # not Python's advice to raise a limit
                 reason = "it holds an integer of more than 4300 digits"
             elif isinstance(exc, RecursionError):
