@@ -153,19 +153,27 @@ def test_a_task_that_returns_a_generator_fails_saying_its_body_never_ran(
     assert_log_is_ours(service)
 
 
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [("garbage", r".*"), ("endless", r"a line of more than \d+ bytes")],
+)
 def test_a_task_writing_on_its_event_pipe_gets_its_worker_replaced(
     start_service: StartService,
     config: dict[str, Any],
     notify: Notify,
     channel: str,
     evidence: Evidence,
+    kind: str,
+    why: str,
 ) -> None:
+    """Garbage, or a line that never ends (which the service must not keep waiting for)."""
     service = start_service(config)
-    notify(channel, message(UNRULY + "writes_on_the_event_pipe", evidence.path, uuid="u-garble"))
+    garble = message(UNRULY + "writes_on_the_event_pipe", evidence.path, kind, uuid="u-garble")
+    notify(channel, garble)
     [garbling] = evidence.wait_for(1)
     service.wait_for_log(
         rf"worker \d+ \(pid {garbling['pid']}\) wrote .* on its event pipe, not an event "
-        r"\(.*\): stopping it"
+        rf"\({why}\): stopping it"
     )
     service.wait_for_log(
         r"died while running task \S+writes_on_the_event_pipe \(uuid u-garble\): worker_lost"
@@ -174,4 +182,25 @@ def test_a_task_writing_on_its_event_pipe_gets_its_worker_replaced(
     records = evidence.wait_for(2)
     assert records[-1]["args"] == ["next"]
     assert records[-1]["pid"] != garbling["pid"]
+    assert "internal error" not in service.log
+
+
+def test_a_huge_exception_message_is_reported_cut_and_the_worker_carries_on(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A task's error of 10 million characters is its error, cut, not a garbled worker."""
+    service = start_service(config)
+    notify(
+        channel, message(UNRULY + "raises_a_huge_error", evidence.path, 10_000_000, uuid="u-big")
+    )
+    notify(channel, message("record", evidence.path, "next"))
+    records = evidence.wait_for(2)
+    assert records[-1]["args"] == ["next"]
+    assert records[-1]["pid"] == records[0]["pid"]  # the worker carried on
+    service.wait_for_log(r"task \S+raises_a_huge_error \(uuid u-big\) failed: ValueError: e+")
+    assert "on its event pipe" not in service.log
     assert "internal error" not in service.log

@@ -3,6 +3,7 @@ back a generator whose body never runs. Each leaves evidence before it misbehave
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import json
@@ -89,11 +90,25 @@ def wrapped_generator(path: str) -> Iterator[int]:
     yield 1
 
 
+_WRITTEN_ON_THE_EVENT_PIPE = {
+    "garbage": b'{"garbage": \n\xff\xfe not json\n' * 10,
+    "endless": b"x" * (64 << 20),  # a line that never ends: the service must not wait for it
+}
+
+
 @task()
-def writes_on_the_event_pipe(path: str) -> None:
+def writes_on_the_event_pipe(path: str, kind: str = "garbage") -> None:
     """Record, then write what is no event on the worker's socket to the service."""
     _record(path, event="garbling")
     for candidate in gc.get_objects():
         if isinstance(candidate, socket.socket) and candidate.family == socket.AF_UNIX:
-            candidate.send(b'{"garbage": \n\xff\xfe not json\n' * 10)
+            with contextlib.suppress(OSError):  # the service may stop this worker meanwhile
+                candidate.sendall(_WRITTEN_ON_THE_EVENT_PIPE[kind])
     time.sleep(5)  # the service stops this worker meanwhile
+
+
+@task()
+def raises_a_huge_error(path: str, size: int) -> None:
+    """Record, then raise an exception whose message is *size* characters long."""
+    _record(path, event="raising")
+    raise ValueError("e" * size)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dispatcher.server.backoff import Backoff
-from dispatcher.server.protocol import LineReader, event_line, read_line, run_line
+from dispatcher.server.protocol import LineReader, LineTooLong, event_line, read_line, run_line
 from dispatcher.server.ratelimit import RateLimitedLog, flush_suppressed
 
 
@@ -18,6 +18,31 @@ def test_line_reader_joins_partial_reads() -> None:
     assert reader.feed(b'{"a":') == []
     assert reader.feed(b'1}\n{"b"') == [b'{"a":1}']
     assert reader.feed(b":2}\n\n") == [b'{"b":2}', b""]
+
+
+@pytest.mark.parametrize(
+    "feeds",
+    [
+        [b"x" * 11],  # no newline yet, already too long
+        [b"x" * 6, b"x" * 5],  # too long only once joined
+        [b"ok\n" + b"x" * 11 + b"\nok\n"],  # a complete line, too long
+        [b"ok\nxxxxxx", b"xxxxx\n"],  # the end of a line, too long with its start
+    ],
+)
+def test_line_reader_refuses_a_line_past_its_limit(feeds: list[bytes]) -> None:
+    reader = LineReader(max_line=10)
+    *first, last = feeds
+    for data in first:
+        reader.feed(data)
+    with pytest.raises(LineTooLong, match="a line of more than 10 bytes"):
+        reader.feed(last)
+
+
+def test_line_reader_takes_lines_up_to_its_limit() -> None:
+    reader = LineReader(max_line=10)
+    assert reader.feed(b"x" * 10 + b"\n" + b"y" * 6) == [b"x" * 10]
+    assert reader.feed(b"y" * 4) == []
+    assert reader.feed(b"\n") == [b"y" * 10]
 
 
 def test_run_line_keeps_the_message_text_on_one_line() -> None:

@@ -131,20 +131,48 @@ def event_line(event: dict[str, Any]) -> bytes:
     return (_ENCODER.encode(event) + "\n").encode()
 
 
-class LineReader:
-    """Splits the bytes read from a socket into lines (messages)."""
+class LineTooLong(ValueError):
+    """A line grew past the reader's limit before its newline came."""
 
-    def __init__(self) -> None:
-        self._pending = b""
+
+class LineReader:
+    """Splits the bytes read from a socket into lines (messages).
+
+    With *max_line*, a line longer than that many bytes raises :class:`LineTooLong` as soon
+    as it is known to be too long, without its end being awaited or its bytes kept.
+    """
+
+    def __init__(self, max_line: int | None = None) -> None:
+        self._max_line = max_line
+        self._pending: list[bytes] = []
+        self._pending_size = 0
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add *data*; return the complete lines it finished, without their newlines."""
+        """Add *data*; return the complete lines it finished, without their newlines.
+
+        :raises LineTooLong: when a line passes the limit (the reader is then of no more use).
+        """
         if b"\n" not in data:
-            self._pending += data
+            self._pending.append(data)  # joined once, when the line ends: never quadratic
+            self._pending_size += len(data)
+            self._check(self._pending_size)
             return []
-        lines = (self._pending + data).split(b"\n")
-        self._pending = lines.pop()
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending.clear()
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if rest:
+            self._pending.append(rest)
+        self._pending_size = len(rest)
+        if self._max_line is not None and len(data) > self._max_line:
+            self._check(max(self._pending_size, *map(len, lines)))
         return lines
+
+    def _check(self, size: int) -> None:
+        if self._max_line is not None and size > self._max_line:
+            raise LineTooLong(f"a line of more than {self._max_line} bytes")
 
 
 class BlockingLineSocket:

@@ -44,6 +44,10 @@ from dispatcher.server.results import encode_result
 
 logger = get_logger("dispatcher.worker")
 
+MAX_REPORTED_CHARS: Final = 32 * 1024
+"""Longest error text, and traceback, that a worker reports for a task (an exception's
+message can be as large as the task makes it; the service logs and stores what it gets)."""
+
 
 class BoundTask:
     """What a ``bind=True`` task receives first: facts about its run, and a line home."""
@@ -113,7 +117,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
         hooks = _load_hooks(options.hooks_class, options.worker_id)
     except BaseException:
         capture.close()
-        channel.send(event_line({"event": "fatal", "error": traceback.format_exc()}))
+        channel.send(event_line({"event": "fatal", "error": _capped(traceback.format_exc(), True)}))
         return
     runner = TaskRunner(options.worker_id, channel, hooks, capture)
     signal.signal(signal.SIGUSR1, runner.on_cancel_signal)
@@ -319,8 +323,8 @@ class TaskRunner:
                 self._discard_loop()  # it may have left an async task's loop mid-step
             done.update(
                 outcome="error",
-                error=describe_exception(exc),
-                traceback=_traceback_of(exc),
+                error=_capped(describe_exception(exc)),
+                traceback=_capped(_traceback_of(exc), keep_end=True),
             )
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
             self._follow_up(message, done)
@@ -486,6 +490,16 @@ def _traceback_of(exc: BaseException) -> str:
     if isinstance(exc, NotRegisteredHere | GeneratorReturned):
         return ""
     return task_traceback(exc)
+
+
+def _capped(text: str, keep_end: bool = False) -> str:
+    """*text*, cut to :data:`MAX_REPORTED_CHARS`, saying how much was left out and where."""
+    cut = len(text) - MAX_REPORTED_CHARS
+    if cut <= 0:
+        return text
+    if keep_end:  # a traceback's last lines say what was raised
+        return f"[{cut} characters left out]\n{text[cut:]}"
+    return f"{text[:MAX_REPORTED_CHARS]}... ({cut} more characters)"
 
 
 def _is_runner_frame(filename: str) -> bool:

@@ -14,9 +14,17 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from dispatcher.server.launcher import WorkerProcess
-from dispatcher.server.protocol import LineReader, read_line
+from dispatcher.server.protocol import LineReader, LineTooLong, read_line
 
 _READ_SIZE: Final = 1 << 16
+
+MAX_EVENT_BYTES: Final = 4 << 20
+"""Longest event line taken from a worker. Its largest events (a task's end, with a result
+of at most 64 KiB of JSON and an error and traceback capped by the worker) stay far under
+it; a longer line is the task writing on the event pipe, and ends the worker."""
+
+_SHOWN_BYTES: Final = 200
+"""Bytes of an overlong line passed on to be shown (the log line escapes and cuts them)."""
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -43,7 +51,7 @@ class WorkerEvents:
         self._on_end = on_end
         self._on_error = on_error
         self._on_garbled = on_garbled
-        self._reader = LineReader()
+        self._reader = LineReader(MAX_EVENT_BYTES)
         self._ended = False
         self._garbled = False
 
@@ -85,7 +93,13 @@ class WorkerEvents:
     def _deliver(self, data: bytes) -> None:
         if self._garbled:
             return
-        for line in self._reader.feed(data):
+        try:
+            lines = self._reader.feed(data)
+        except LineTooLong as exc:
+            self._garbled = True
+            self._on_garbled(data[:_SHOWN_BYTES], exc)
+            return
+        for line in lines:
             try:
                 event = read_line(line)
                 if not isinstance(event, dict) or "event" not in event:
