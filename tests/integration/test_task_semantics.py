@@ -73,6 +73,11 @@ def test_a_task_that_resists_cancel_is_still_stopped(
     service.wait_for_log(
         r"task support\.service_tasks\.\w+ \(uuid u-resisting\) killed with its worker"
     )
+    if task == "stubborn_sleep":  # stopped by SIGTERM, it logs what it wrote until then
+        service.wait_for_log(
+            r"task output \[support\.service_tasks\.stubborn_sleep u-resisting\] "
+            r"stubborn sleep of 30 s begins"
+        )
 
 
 def test_alternating_timeouts_give_exactly_three(

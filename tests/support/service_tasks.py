@@ -74,6 +74,7 @@ def sleep_recording_cancel(path: str, seconds: float, label: str = "") -> None:
 @task()
 def stubborn_sleep(path: str, seconds: float) -> None:
     """Catch and ignore the cancel exception: only SIGTERM/SIGKILL stop it."""
+    print(f"stubborn sleep of {seconds} s begins", flush=True)
     _record(path, event="start")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -7,7 +7,8 @@ running, which keeps the first ``cap`` bytes and counts the rest. When the task 
 output is logged one line at a time, ``task output [<task> <uuid>] <line>``, escaped like
 every logged value, followed by ``task output [<task> <uuid>]: N more bytes dropped`` when
 it wrote more than the cap. What is written between tasks (hooks) is kept the same way and
-logged before the next task, or when the worker stops.
+logged before the next task, or when the worker stops. A worker stopped by SIGTERM in the
+middle of a task (one that resisted its cancel) logs what the task wrote until then.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ _READ_SIZE: Final = 1 << 16
 _MAX_READS_AT_SWITCH: Final = 64
 """Reads (of up to 64 KiB) at the end of a task, at most: a child process the task left
 writing cannot hold the worker; what it writes later goes to the next buffer."""
+
+
+_SALVAGE_LOCK_WAIT: Final = 0.1
+"""Seconds a stopped worker waits for the capture's lock before logging what it has."""
 
 
 class CapturedOutput:
@@ -130,6 +135,21 @@ class OutputCapture:
             os.dup2(null, 1)
             os.close(null)
             os.dup2(self.log_stream.fileno(), 2)
+
+    def salvage(self) -> None:
+        """Log what the current task (or the time between tasks) wrote so far.
+
+        For a worker being stopped in the middle of a task, from its SIGTERM handler: the
+        lock may be held by the very code interrupted, so it is waited for briefly only.
+        """
+        _flush_std_streams()
+        if self._lock.acquire(timeout=_SALVAGE_LOCK_WAIT):
+            try:
+                if self._waiting is not None and self._waiting.poll(0):
+                    self._read(_MAX_READS_AT_SWITCH)
+            finally:
+                self._lock.release()
+        self._current.emit()
 
     def _switch(self, following: CapturedOutput) -> CapturedOutput:
         """Collect what was written so far into the current buffer; make *following* current."""
