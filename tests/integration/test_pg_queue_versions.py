@@ -113,6 +113,34 @@ def test_tables_whose_jobs_table_was_dropped_are_called_damaged_by_migrate_and_t
     assert mended.returncode == 0, mended.stderr
 
 
+@pytest.mark.parametrize(
+    "damage", ["DROP TABLE {schema}.migrations", "DELETE FROM {schema}.migrations"]
+)
+def test_a_jobs_table_without_recorded_migrations_is_called_damaged_and_left_alone(
+    start_service: Start, tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str, damage: str
+) -> None:
+    """The migrations table dropped or emptied by hand: migrate must not try to create the
+    jobs table again (it failed on "already exists"), nor offer to drop it."""
+    schema = migrated(pg_conn, unique_schema())
+    names = {"schema": sql.Identifier(schema)}
+    pg_conn.execute(sql.SQL(damage).format(**names))
+    unrecorded = (
+        f'the pg_queue tables in schema "{schema}" are damaged: a jobs table is there but no '
+        f'migration is recorded in "{schema}".migrations (dropped or emptied by hand?); '
+        "restore that table, or, if this jobs table is the application's, give the queue a "
+        "schema of its own (brokers.pg_queue.schema)"
+    )
+    config = queue_config(pg_dsn, schema, channel)
+    for args in (["migrate"], ["migrate", "--print"]):
+        refused = ctl(write_config(tmp_path, config), *args)
+        assert (refused.returncode, refused.stderr) == (2, f"dispatcherctl: {unrecorded}\n")
+    service = start_service(config, wait=False)
+    assert service.wait() == 2
+    assert service.log.strip().splitlines() == [f"dispatcher-standalone: {unrecorded}"]
+    jobs = pg_conn.execute(sql.SQL("SELECT count(*) FROM {schema}.jobs").format(**names))
+    assert jobs.fetchone() == (0,)  # still there
+
+
 def test_migrate_upgrades_version_one_tables_and_their_jobs_run(
     start_service: Start,
     tmp_path: Path,

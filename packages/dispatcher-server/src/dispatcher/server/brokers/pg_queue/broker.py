@@ -43,6 +43,7 @@ from dispatcher.server.brokers.pg_queue.claims import Claimer, ClaimOptions
 from dispatcher.server.brokers.pg_queue.database import FAILURES, Connection, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.migrations import (
+    ASK,
     latest_version,
     problem,
     read_version,
@@ -249,9 +250,9 @@ class PgQueueBroker(BrokerBase):
     async def _check_tables(self, conn: Connection) -> None:
         """Raise :class:`BrokerNotReady` when the tables are missing or too old."""
         exists, version = version_queries(self.settings.schema)
-        found: int | None = None
         row = await (await conn.execute(exists.encode())).fetchone()
-        if row is not None and row[0]:
+        found: int | None = (0 if row is None else int(row[0])) or None
+        if found == ASK:
             row = await (await conn.execute(version.encode())).fetchone()
             found = 0 if row is None else int(row[0])
         refusal = problem(found, self.settings.schema, self._config_file)

@@ -45,17 +45,31 @@ DAMAGED: Final = -1
 hand): no migration can bring that back by itself."""
 
 
-def version_queries(schema: str) -> tuple[str, str]:
-    """Two queries: whether the version table exists (one row, a boolean), then its version.
+UNRECORDED: Final = -2
+"""The version read when a jobs table is there but no migration is recorded (the version
+table dropped or emptied by hand, or a table of the application's named ``jobs``)."""
 
-    Run the second only if the first says ``true``. It gives :data:`DAMAGED` when versions
-    are recorded but the jobs table is missing.
+ASK: Final = 1
+"""What the first of :func:`version_queries` gives when the second must be asked."""
+
+
+def version_queries(schema: str) -> tuple[str, str]:
+    """Two queries: what is there (one row, an integer), then the version recorded.
+
+    The first gives ``0`` when there are no tables, :data:`UNRECORDED` when there is a jobs
+    table but no version table, and :data:`ASK` when there is a version table: then run the
+    second. It gives :data:`DAMAGED` when versions are recorded but the jobs table is
+    missing, and :data:`UNRECORDED` when none is but the jobs table is there.
     """
     table = f"{quoted(schema)}.{VERSION_TABLE}"
-    jobs = sql.Literal(f"{quoted(schema)}.jobs").as_string(None)
-    exists = f"SELECT to_regclass({sql.Literal(table).as_string(None)}) IS NOT NULL"
+    jobs = f"to_regclass({sql.Literal(f'{quoted(schema)}.jobs').as_string(None)})"
+    exists = (
+        f"SELECT CASE WHEN to_regclass({sql.Literal(table).as_string(None)}) IS NOT NULL "
+        f"THEN {ASK} WHEN {jobs} IS NOT NULL THEN {UNRECORDED} ELSE 0 END"
+    )
     version = (
-        f"SELECT CASE WHEN max(version) > 0 AND to_regclass({jobs}) IS NULL THEN {DAMAGED}"
+        f"SELECT CASE WHEN max(version) > 0 AND {jobs} IS NULL THEN {DAMAGED}"
+        f" WHEN coalesce(max(version), 0) = 0 AND {jobs} IS NOT NULL THEN {UNRECORDED}"
         f" ELSE coalesce(max(version), 0) END FROM {table}"
     )
     return exists, version
@@ -76,6 +90,16 @@ def damaged(schema: str) -> str:
     )
 
 
+def unrecorded(schema: str) -> str:
+    """What to do when *schema* holds a jobs table but records no migration."""
+    return (
+        f'the pg_queue tables in schema "{schema}" are damaged: a jobs table is there but no '
+        f"migration is recorded in {quoted(schema)}.{VERSION_TABLE} (dropped or emptied by "
+        "hand?); restore that table, or, if this jobs table is the application's, give the "
+        "queue a schema of its own (brokers.pg_queue.schema)"
+    )
+
+
 def problem(version: int | None, schema: str, config: str | None) -> str | None:
     """Why a service cannot use tables at *version* (``None``: missing), or ``None``.
 
@@ -86,6 +110,8 @@ def problem(version: int | None, schema: str, config: str | None) -> str | None:
         return None
     if version == DAMAGED:
         return damaged(schema)
+    if version == UNRECORDED:
+        return unrecorded(schema)
     command = dispatcherctl_command("migrate", config)
     where = f'the pg_queue tables in schema "{schema}"'
     if version is None or version == 0:
@@ -136,11 +162,13 @@ def plan(schema: str, current: int) -> Plan:
     """The statements that take the tables of *schema* from version *current* to the latest.
 
     :raises MigrationError: when *current* is newer than this code knows, or the tables are
-        damaged (:data:`DAMAGED`).
+        damaged (:data:`DAMAGED`, :data:`UNRECORDED`).
     """
     latest = latest_version()
     if current == DAMAGED:
         raise MigrationError(damaged(schema))
+    if current == UNRECORDED:
+        raise MigrationError(unrecorded(schema))
     if current > latest:
         raise MigrationError(
             f'the pg_queue tables in schema "{schema}" are at version {current}, newer than '
@@ -183,11 +211,12 @@ def _setup(schema: str) -> tuple[str, ...]:
 
 
 def read_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
-    """The version of the tables of *schema*; ``None`` when there is no version table."""
+    """The version of the tables of *schema* (see :func:`version_queries`); ``None``: no tables."""
     exists, version = version_queries(schema)
     row = conn.execute(exists.encode()).fetchone()
-    if row is None or not row[0]:
-        return None
+    found = 0 if row is None else int(row[0])
+    if found != ASK:
+        return found or None
     row = conn.execute(version.encode()).fetchone()
     return 0 if row is None else int(row[0])
 
