@@ -231,6 +231,35 @@ def test_a_failing_task_is_retried_with_growing_gaps_then_failed(
     assert second_gap > first_gap
 
 
+def test_arguments_that_do_not_fit_the_task_fail_it_at_once_and_its_own_type_errors_retry(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """No attempt can call a task with arguments its signature refuses: one is enough."""
+    start_service(queue_config(pg_dsn, schema, channel, retry_backoff=0.1))
+    messages = {
+        "too many": job_message("fail", evidence.path, "extra"),
+        "bound": job_message("fail", evidence.path, bind=True),  # a task that is not bound
+        "keyword": job_message("fail", evidence.path, kwargs={"colour": "red"}),
+        "its own": job_message("fail_with_type_error", evidence.path),
+    }
+    uuids = enqueue(pg_conn, schema, channel, list(messages.values()), max_attempts=3)
+    rows = {row["uuid"]: row for row in wait_for_states(pg_conn, schema, uuids, {"failed"})}
+    ended = {case: rows[m["uuid"]] for case, m in messages.items()}
+    for case in ("too many", "bound", "keyword"):
+        row = ended[case]
+        assert (row["attempts"], row["outcome"]) == (1, "error"), case
+        assert row["last_error"].startswith("TypeError: fail() "), case
+        assert "its arguments do not fit it; not retried" in row["last_error"], case
+    assert (ended["its own"]["attempts"], ended["its own"]["outcome"]) == (3, "error")
+    assert "not retried" not in ended["its own"]["last_error"]
+    assert len(evidence.records()) == 3  # only the task's own error ran its code
+
+
 def test_jobs_stored_while_no_service_runs_all_run_once_one_starts(
     start_service: Start,
     config: dict[str, Any],

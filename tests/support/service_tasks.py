@@ -48,6 +48,13 @@ def fail(path: str) -> None:
 
 
 @task()
+def fail_with_type_error(path: str) -> None:
+    """Record, then raise a ``TypeError`` of its own (a bug in it, not in its arguments)."""
+    _record(path, event="fail")
+    raise TypeError("this task always fails")
+
+
+@task()
 def fail_saying(path: str, text: str) -> None:
     """Record, then raise a ValueError saying *text*."""
     _record(path, event="fail")

@@ -50,17 +50,18 @@ class Accounting:
         traceback: str = "",
         result: str | None = None,
         result_note: str | None = None,
+        final: bool = False,
     ) -> None:
         """A worker reported the end of *job* (it ran from *started* to *finished*).
 
         *error* and *traceback* say why it failed; *result* is its return value as JSON
         text, or *result_note* says why none was kept (both only for jobs whose broker
-        acknowledges).
+        acknowledges); *final* that its error is one no attempt can cure.
         """
         if outcome is Outcome.OK:
             self._settle(job, outcome, result_note, result=result)
         else:
-            self._settle(job, outcome, error, traceback=traceback or None)
+            self._settle(job, outcome, error, traceback=traceback or None, final=final)
         self._stats.task_ended(job.task, outcome)
         self._stats.timings(job.task, job.published, started, finished)
         if outcome is not Outcome.OK:

@@ -45,6 +45,7 @@ class SettleJob(Protocol):
         *,
         result: str | None = None,
         traceback: str | None = None,
+        final: bool = False,
     ) -> None:
         """Settle *job* with *outcome* (see :meth:`Settlements.job`)."""
 
@@ -56,6 +57,7 @@ def settle_nothing(
     *,
     result: str | None = None,
     traceback: str | None = None,
+    final: bool = False,
 ) -> None:
     """A :class:`SettleJob` that does nothing (for parts used without durable brokers)."""
 
@@ -84,14 +86,17 @@ class Settlements:
         *,
         result: str | None = None,
         traceback: str | None = None,
+        final: bool = False,
     ) -> None:
         """Settle *job* (a no-op for jobs that came without a receipt).
 
         *result* is the task's return value as JSON text (``ok``); *reason* and *traceback*
-        say why it failed (see :class:`~dispatcher.server.brokers.base.Settled`).
+        say why it failed, and *final* that no attempt can do better (see
+        :class:`~dispatcher.server.brokers.base.Settled`).
         """
         if job.receipt is not None and job.broker is not None:
-            self._add(job.broker, Settled(job.receipt, outcome, reason, result, traceback))
+            settled = Settled(job.receipt, outcome, reason, result, traceback, final)
+            self._add(job.broker, settled)
 
     def _add(self, broker: str, settled: Settled) -> None:
         pending = self._pending.get(broker)

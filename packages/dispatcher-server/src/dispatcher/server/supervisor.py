@@ -294,6 +294,7 @@ class Supervisor:
                 str(event.get("traceback", "")),
                 _text(event.get("result")),
                 _text(event.get("result_note")),
+                event.get("final") is True,
             )
 
     def _after_task(self, worker: WorkerHandle) -> None:

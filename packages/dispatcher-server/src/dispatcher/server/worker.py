@@ -335,9 +335,13 @@ class TaskRunner:
         except BaseException as exc:  # SystemExit, KeyboardInterrupt...: errors of the task
             if not isinstance(exc, Exception):
                 self._discard_loop()  # it may have left an async task's loop mid-step
+            error = describe_exception(exc)
+            if _does_not_fit(exc):
+                error += f" ({_NOT_RETRIED})"
+                done["final"] = True
             done.update(
                 outcome="error",
-                error=_capped(describe_exception(exc)),
+                error=_capped(error),
                 traceback=_capped(_traceback_of(exc), keep_end=True),
             )
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
@@ -504,6 +508,25 @@ def _traceback_of(exc: BaseException) -> str:
     if isinstance(exc, NotRegisteredHere | GeneratorReturned):
         return ""
     return task_traceback(exc)
+
+
+_NOT_RETRIED: Final = "the task's code never ran: its arguments do not fit it; not retried"
+
+
+def _does_not_fit(exc: BaseException) -> bool:
+    """Whether *exc* says the message's arguments do not fit the task's signature.
+
+    That is a ``TypeError`` raised before any frame of the task's own code (by the call
+    itself): no later attempt of the same message can end otherwise.
+    """
+    if type(exc) is not TypeError:
+        return False
+    frame = exc.__traceback__
+    while frame is not None:
+        if not _is_runner_frame(frame.tb_frame.f_code.co_filename):
+            return False
+        frame = frame.tb_next
+    return True
 
 
 def _capped(text: str, keep_end: bool = False) -> str:

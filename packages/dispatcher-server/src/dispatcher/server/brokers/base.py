@@ -98,6 +98,9 @@ class Settled:
     :attr:`reason` says why)."""
     traceback: str | None = None
     """For ``error``: the traceback of the exception the task raised."""
+    final: bool = False
+    """For ``error``: no attempt can end otherwise (the message's arguments do not fit the
+    task's signature, so its code never ran): a durable broker should not retry it."""
 
 
 @runtime_checkable

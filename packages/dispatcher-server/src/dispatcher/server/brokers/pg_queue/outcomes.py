@@ -112,6 +112,8 @@ def to_ack(settled: Settled, policy: RetryPolicy) -> Ack | None:
     kind = _KINDS.get(outcome)
     if kind is None:  # error, timeout, worker_lost, killed, memory_exceeded (or unknown)
         error = _error(settled)
+        if settled.final:
+            return Ack(row, attempts, claim, "failed", outcome, error)
         return Ack(row, attempts, claim, "retry", outcome, error, None, policy.delay(attempts))
     if kind == "done":
         reason = clean_text(settled.reason)
