@@ -10,13 +10,21 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support.service import TESTS, ServiceProcess, alive, children, wait_until
+from support.service import (
+    TESTS,
+    ServiceProcess,
+    alive,
+    children,
+    standalone_command,
+    wait_until,
+)
 
 REFUSAL_SECONDS = 8.0
 """Longest a refusal may take, from the start of the process: under the 10 s after which
@@ -204,6 +212,28 @@ def test_a_signal_while_the_service_starts_stops_it_quietly(
     assert "received SIG" not in service.log  # (it came before the service's own handling)
     assert "Traceback" not in service.log
     assert_log_lines_are_the_services(service.log)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_ends_the_wait_for_a_config_file_that_is_a_pipe(
+    number: signal.Signals, tmp_path: Path
+) -> None:
+    """``--config /dev/stdin`` in a terminal, or a named pipe no one writes: Ctrl-C stops it."""
+    fifo = tmp_path / "dispatcher.yml"
+    os.mkfifo(fifo)
+    command = [*standalone_command(), "--config", str(fifo)]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            wchan = Path(f"/proc/{process.pid}/wchan")
+            wait_until(lambda: "partner" in wchan.read_text(), timeout=20, interval=0.01)
+            began = time.monotonic()
+            process.send_signal(number)
+            assert process.wait(10) == 0
+            assert time.monotonic() - began < STOP_SECONDS
+            assert "Traceback" not in process.stderr.read()  # type: ignore[union-attr]
+        finally:
+            process.kill()
 
 
 @pytest.mark.parametrize("section", ["scheduled", "on_start"])

@@ -75,28 +75,44 @@ def read_yaml(file_path: str | os.PathLike[str]) -> Any:
     :raises ConfigError: when the file cannot be read or is not valid YAML; a syntax error
         names the line and column.
     """
-    from ruamel.yaml import YAML  # imported here: apps configured by a dict never need it
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
     source = os.fspath(file_path)
     try:
-        text = Path(file_path).read_text(encoding="utf-8")
+        data = Path(file_path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(source, ["file not found"]) from None
     except IsADirectoryError:
         raise ConfigError(source, ["is a directory, not a file"]) from None
     except PermissionError:
         raise ConfigError(source, ["permission denied"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
     except OSError as exc:
         raise ConfigError(source, [exc.strerror or str(exc)]) from None
+    return parse_yaml(source, data)
+
+
+def parse_yaml(source: str, data: bytes) -> Any:
+    """The YAML document *data*, read from *source* (safe loading: plain data only).
+
+    :raises ConfigError: when it is not UTF-8 or not valid YAML; a syntax error names the
+        line and column.
+    """
+    from ruamel.yaml import YAML  # imported here: apps configured by a dict never need it
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
     try:
         return YAML(typ="safe", pure=True).load(text)
     except MarkedYAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc)]) from None
     except YAMLError as exc:
         raise ConfigError(source, [f"YAML error: {exc}"]) from None
+
+
+def settings_from_file_data(source: str, data: bytes) -> Settings:
+    """The settings in *data*, the bytes of the config file *source* (read by the caller)."""
+    return dataclasses.replace(settings_from_data(source, parse_yaml(source, data)), file=source)
 
 
 def _yaml_problem(exc: MarkedYAMLError) -> str:

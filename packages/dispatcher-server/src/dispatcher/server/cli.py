@@ -15,12 +15,13 @@ import argparse
 import gc
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from dispatcher.schema import LOG_LEVELS
-from dispatcher.server.early_signals import held_stop_signals
+from dispatcher.server.early_signals import held_stop_signals, stop_signals_allowed
 
 EXIT_USAGE = 2
 
@@ -114,14 +115,14 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        from dispatcher.config import ConfigError, NotConfiguredError, load_settings
+        from dispatcher.config import ConfigError, NotConfiguredError
         from dispatcher.server.forkserver import fork_server, worker_options
         from dispatcher.server.logsafe import log_to
         from dispatcher.server.task_imports import missing_modules
 
         log_to(sys.stderr, level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            settings = load_settings(file_path=options.config)
+            settings = _load_settings(options.config)
         except NotConfiguredError:
             print(f"dispatcher-standalone: {no_config_found()}", file=sys.stderr)
             return EXIT_USAGE
@@ -156,6 +157,32 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
     finally:
         if forked is not None:
             forked.close()  # if the service did not take it over and stop it already
+
+
+def _load_settings(path: str | None) -> Any:
+    """The config of *path* (else where :func:`~dispatcher.config.load_settings` looks).
+
+    A file that is not a regular one (``/dev/stdin``, a named pipe) may never end: it is
+    read with the stop signals let through, so that they can end the wait.
+    """
+    from dispatcher.config import load_settings
+    from dispatcher.config.loading import settings_from_file_data
+
+    if path is None or _is_regular_file(path):
+        return load_settings(file_path=path)
+    try:
+        with stop_signals_allowed(), open(path, "rb") as stream:
+            data = stream.read()
+    except OSError:
+        return load_settings(file_path=path)  # which says what is wrong, naming the file
+    return settings_from_file_data(path, data)
+
+
+def _is_regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # let the loader say what is wrong
 
 
 def no_config_found() -> str:

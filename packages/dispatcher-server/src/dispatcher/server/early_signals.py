@@ -6,7 +6,9 @@ as another one (Python wraps what a class's ``__set_name__`` raises, say), or no
 Where the service is about to run, the signals that came are taken, without their handlers,
 and the start stops with one ``KeyboardInterrupt`` however many came (a terminal's SIGINT
 and a process manager's SIGTERM, say). From then on, until the service installs its own
-handlers, SIGTERM stops it as SIGINT does.
+handlers, SIGTERM stops it as SIGINT does. A config file that is not a regular file (a
+pipe, a terminal) is read with the signals let through, since nothing else may end that
+read.
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ def held_stop_signals() -> Iterator[Callable[[], None]]:
             _release(held)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def stop_signals_allowed() -> Iterator[None]:
+    """Let :data:`STOP_SIGNALS` act for the block, inside :func:`held_stop_signals`.
+
+    For a read that may wait for ever (a config file that is a pipe). The signals raise
+    ``KeyboardInterrupt`` in the block: it must import nothing.
+    """
+    held = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _release(held: set[int | signal.Signals]) -> None:
