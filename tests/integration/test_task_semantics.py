@@ -363,6 +363,46 @@ def test_async_task_times_out_and_the_worker_runs_async_tasks_again(
     assert not events(evidence, "end")
 
 
+@pytest.mark.parametrize("how", ["sleep", "busy", "gather"])
+def test_an_async_task_sees_its_timeout_as_dispatcher_cancel_and_cleans_up(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    how: str,
+) -> None:
+    """``except DispatcherCancel:`` runs in an ``async def`` task, as in a plain one,
+    whether its loop was waiting, or its code computing, when the timeout came."""
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    notify(channel, message("async_cancellable", evidence.path, 30, how, timeout=0.5, uuid="u-a"))
+    notify(channel, message("async_record", evidence.path, "next"))
+    start, cancelled, after = evidence.wait_for(3, timeout=10)
+    assert (start["event"], cancelled["event"]) == ("start", "cancelled"), cancelled
+    assert cancelled["subtasks"] == (["a", "b"] if how == "gather" else [])
+    assert after["args"] == ["next"]
+    assert after["pid"] == start["pid"]
+    service.wait_for_log(r"task \S+async_cancellable \(uuid u-a\) exceeded its timeout of 0\.5 s")
+
+
+def test_an_async_tasks_own_asyncio_timeout_stays_its_own(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    notify(channel, message("async_cancellable", evidence.path, 30, "own timeout", uuid="u-own"))
+    notify(channel, message("async_record", evidence.path, "next"))
+    _start, own, after = evidence.wait_for(3, timeout=10)
+    assert own["event"] == "own timeout"
+    assert after["args"] == ["next"]
+    service.wait_for_log(r"task \S+async_cancellable \(uuid u-own\) finished ok in")
+
+
 def test_delayed_tasks_can_be_listed_and_cancelled_and_are_reported_at_shutdown(
     start_service: StartService,
     service_config: dict[str, Any],

@@ -134,6 +134,47 @@ async def async_sleep(path: str, seconds: float) -> None:
 
 
 @task()
+async def async_cancellable(path: str, seconds: float, how: str) -> str:
+    """An ``async def`` task recording what a cancel brings into it: waiting (``sleep``),
+    computing without awaiting (``busy``), or waiting for subtasks (``gather``)."""
+    _record(path, event="start", kind="async")
+    subtasks_cancelled: list[str] = []
+
+    async def subtask(name: str) -> None:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            subtasks_cancelled.append(name)
+            raise
+
+    try:
+        if how == "sleep":
+            await asyncio.sleep(seconds)
+        elif how == "busy":
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                pass
+        elif how == "gather":
+            await asyncio.gather(subtask("a"), subtask("b"))
+        elif how == "own timeout":  # asyncio's own cancellation is not the service's
+            try:
+                async with asyncio.timeout(0.05):
+                    await asyncio.sleep(seconds)
+            except TimeoutError:
+                _record(path, event="own timeout")
+                return "ok"
+    except DispatcherCancel:
+        await asyncio.sleep(0)  # the loop still serves the clean-up
+        _record(path, event="cancelled", subtasks=sorted(subtasks_cancelled))
+        raise
+    except BaseException as exc:
+        _record(path, event="got", kind=type(exc).__name__)
+        raise
+    _record(path, event="end")
+    return "ok"
+
+
+@task()
 def print_lines(path: str, label: str, count: int) -> None:
     """Print *count* lines ``<label> line <n>`` (half with print, half straight to fd 2)."""
     for n in range(count):

@@ -24,8 +24,9 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Final
 
 from dispatcher.publish import DispatcherCancel, registry
@@ -237,20 +238,48 @@ class TaskRunner:
         self._conventions = conventions()
         self._cancel: type[BaseException] = DispatcherCancel
         """What a cancel raises in the task running (dispatcherd's too, for its tasks)."""
+        self._async_task: asyncio.Task[Any] | None = None
+        """The asyncio task running an ``async def`` task, while it runs."""
+        self._cancel_due = False
+        """Whether the next ``CancelledError`` thrown into that task is a cancel of ours."""
 
-    def on_cancel_signal(self, signum: int, frame: object) -> None:
+    def on_cancel_signal(self, signum: int, frame: FrameType | None) -> None:
         """SIGUSR1: cancel the running task (ignored between tasks)."""
         if self._running:
-            raise self._cancel
+            self._cancel_running(frame)
 
-    def on_cancel_request(self, signum: int, frame: object) -> None:
+    def on_cancel_request(self, signum: int, frame: FrameType | None) -> None:
         """One of :data:`CANCEL_SIGNALS`: cancel the request it names, now or before it starts."""
         target = cancel_target(signum, self._started)
         if target is None or (target == self._started and self._ended):
             return  # that request has already ended
         if target == self._started and self._running:
-            raise self._cancel
+            self._cancel_running(frame)
         self._cancelled.add(target)
+
+    def _cancel_running(self, frame: FrameType | None) -> None:
+        """Raise the cancel exception in the running task, *frame* being where it is now.
+
+        An ``async def`` task's event loop waiting for I/O or a timer, or busy with its own
+        work, is not the task's code: there, the exception would come out of the loop, and
+        the coroutine would only see a ``CancelledError`` as the loop closes, so that its
+        ``except DispatcherCancel:`` would never run. So the asyncio task is cancelled
+        instead, and the ``CancelledError`` that brings into the coroutine is turned into
+        the cancel exception (:class:`_CancelTranslator`).
+        """
+        task = self._async_task
+        if task is None or _in_coroutine_step(frame):
+            raise self._cancel
+        self._cancel_due = True
+        task.cancel()
+        task.get_loop().call_soon_threadsafe(_nothing)  # wakes the loop from its wait
+
+    def translated(self, exc: asyncio.CancelledError) -> BaseException:
+        """What to throw into an async task's coroutine for *exc*, thrown into its task."""
+        if not self._cancel_due:
+            return exc  # the coroutine's own doing (asyncio.timeout(), say)
+        self._cancel_due = False
+        return self._cancel()
 
     def on_recall_signal(self, signum: int, frame: object) -> None:
         """:data:`RECALL_SIGNAL`: end unstarted every request not started yet (a reload)."""
@@ -433,9 +462,10 @@ class TaskRunner:
             if inspect.isawaitable(result):
                 if self._loop is None:
                     self._loop = asyncio.Runner()
-                result = self._loop.run(_awaited(result))
+                result = self._loop.run(_awaited(_CancelTranslator(result, self)))
         finally:
             self._running = False
+            self._async_task, self._cancel_due = None, False
         _refuse_generator(result)
         return result
 
@@ -475,6 +505,57 @@ def _refuse_generator(result: object) -> None:
         f"the task returned {kind}: its body never ran; a task must do its work when called "
         "(a plain or async def function that does not yield), returning the values in a list"
     )
+
+
+class _CancelTranslator:
+    """Awaits an ``async def`` task's awaitable step by step, as ``await`` would.
+
+    Except that a ``CancelledError`` thrown in for a cancel of the service's reaches the
+    task's code as the cancel exception (``DispatcherCancel``), as in a plain function task.
+    """
+
+    __slots__ = ("_awaitable", "_runner")
+
+    def __init__(self, awaitable: Any, runner: TaskRunner) -> None:
+        self._awaitable = awaitable
+        self._runner = runner
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        steps = self._awaitable.__await__()
+        self._runner._async_task = asyncio.current_task()
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                yielded = steps.send(sent) if thrown is None else steps.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            sent, thrown = None, None
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                steps.close()
+                raise
+            except asyncio.CancelledError as exc:
+                thrown = self._runner.translated(exc)
+            except BaseException as exc:  # thrown in by the task: passed on, as await does
+                thrown = exc
+
+
+_STEP_CODE: Final = _CancelTranslator.__await__.__code__
+
+
+def _in_coroutine_step(frame: FrameType | None) -> bool:
+    """Whether *frame* is code that a step of an async task's coroutine runs (its own)."""
+    while frame is not None and frame.f_back is not None:
+        if frame.f_back.f_code is _STEP_CODE:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _nothing() -> None:
+    """A callback that does nothing: scheduled to wake an event loop up."""
 
 
 async def _awaited(awaitable: Any) -> Any:
