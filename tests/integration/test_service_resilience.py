@@ -166,6 +166,33 @@ def test_sigterm_lets_the_running_task_finish_and_exits_0(
     assert "stopped" in service.log.splitlines()[-1]
 
 
+def test_schedules_stop_when_the_shutdown_begins(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """While a running task is waited for, no tick runs (nor is refused with an error)."""
+    service_config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
+    tick = {"schedule": 0.1, "args": [str(evidence.path), "tick"]}
+    service_config["producers"] = {"scheduled": {RECORD: tick}}
+    service = start_service(service_config)
+    notify(channel, message(SLEEP, evidence.path, 1.5, "finishing"))
+    wait_until(lambda: any(r.get("event") == "start" for r in evidence.records()), timeout=10)
+    sent = time.time()
+    service.signal(signal.SIGTERM)
+    assert service.wait(20) == 0
+    log = service.log
+    stopping = log.index("received SIGTERM: shutting down")
+    assert "refused" not in log[stopping:], log[stopping:]
+    assert "ERROR" not in log[stopping:], log[stopping:]
+    records = evidence.records()
+    assert records[-1].get("event") == "end"  # the task running was waited for
+    ticks = [r["time"] for r in records if r.get("args") == ["tick"]]
+    assert not [t for t in ticks if t > sent + 0.5]  # the task ran on for about a second
+
+
 def test_shutdown_grace_expires_and_queued_work_is_reported(
     start_service: StartService,
     service_config: dict[str, Any],

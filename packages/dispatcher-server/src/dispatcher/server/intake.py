@@ -119,6 +119,7 @@ class Intake:
         self._rejections = RateLimitedLog(logger, logging.WARNING)
         self._internal_errors = InternalErrorLog(logger)
         self._internal_ids = 0
+        self._stopping = False
 
     def receive(self, payload: str, channel: str, origin: Origin = PG_NOTIFY) -> None:
         """Take one payload as it arrived on *channel* through *origin*; never raises."""
@@ -139,6 +140,8 @@ class Intake:
 
         :raises Rejected: when the message is refused, saying why.
         """
+        if self._stopping:
+            raise Rejected("stopping", "the service is stopping")
         for key, what in _NOT_TASKS.items():
             if key in message:
                 raise Rejected("invalid_message", f"{key}: {what}, not a task message")
@@ -276,6 +279,10 @@ class Intake:
                 self._stats.rejected["internal_error"] += 1
                 self._internal_errors.report("intake", exc, f"a message on {channel}")
                 self._settlements.origin(origin, REJECTED, "internal error")
+
+    def stop_accepting(self) -> None:
+        """The service begins to stop: refuse messages made inside it (:meth:`submit`)."""
+        self._stopping = True
 
     def close(self) -> None:
         """The service stops: give back the messages still waiting for the first worker."""

@@ -173,6 +173,8 @@ class Service:
                 application_name=f"dispatcher-sampler:{self.node_id}"[:63],
             )
         self._stop = anyio.Event()
+        self._schedules: anyio.CancelScope | None = None
+        """Where ``producers.scheduled`` run: cancelled as the service begins to stop."""
         self._started = False
 
     async def run(self) -> int:
@@ -271,19 +273,26 @@ class Service:
             await task_group.start(self.view.queue_sampler.run, name="queue-sampler")
         task_group.start_soon(self._expire_chunks, name="chunk-expiry")
         task_group.start_soon(self._flush_suppressed_lines, name="suppressed-lines")
-        for task, entry in self.settings.producers.scheduled.items():
-            task_group.start_soon(
-                run_schedule,
-                self.intake,
-                task,
-                entry,
-                self.schedules,
-                self._durable_routes,
-                name=f"scheduled:{task}",
-            )
+        self._schedules = anyio.CancelScope()
+        task_group.start_soon(self._run_schedules, self._schedules, name="schedules")
         release_free_memory()  # what start-up allocated and freed
         await self._stop.wait()
         await self._shut_down()
+
+    async def _run_schedules(self, scope: anyio.CancelScope) -> None:
+        """Run ``producers.scheduled``, each in a task of its own, until *scope* is cancelled."""
+        with scope:
+            async with anyio.create_task_group() as task_group:
+                for task, entry in self.settings.producers.scheduled.items():
+                    task_group.start_soon(
+                        run_schedule,
+                        self.intake,
+                        task,
+                        entry,
+                        self.schedules,
+                        self._durable_routes,
+                        name=f"scheduled:{task}",
+                    )
 
     def stop(self) -> None:
         """Begin a graceful shutdown."""
@@ -319,6 +328,9 @@ class Service:
 
     async def _shut_down(self) -> None:
         flush_suppressed(now=True)  # what the last second held back, before the stop's lines
+        if self._schedules is not None:
+            self._schedules.cancel()  # no tick runs while the service stops
+        self.intake.stop_accepting()
         for broker in self.brokers:
             broker.stop_receiving()
         await self.supervisor.shutdown(self.settings.service.shutdown_grace)
