@@ -257,3 +257,19 @@ def test_without_a_config_it_says_to_pass_one(tmp_path: Path) -> None:
         "dispatcherctl: no config found: pass --config FILE, set DISPATCHER_CONFIG_FILE (or "
         "DISPATCHERD_CONFIG_FILE), or create ./dispatcher.yml\n"
     )
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_a_reader_that_stops_after_the_first_line_leaves_the_exit_status_alone(
+    ours: ServiceProcess, json_output: bool
+) -> None:
+    """``dispatcherctl status | head -1``: the output is in the pipe before head goes."""
+    command = [sys.executable, "-m", "dispatcher.server.ctl", "status"]
+    command += ["--config", str(ours.config_path), *(["--json"] if json_output else [])]
+    for _ in range(4):
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            assert process.stdout.readline()
+            process.stdout.close()
+            assert process.wait(60) == 0, process.stderr.read()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from typing import Any, Final
 
@@ -330,6 +331,32 @@ def _main(argv: Sequence[str] | None) -> int:
     _log_to_stderr(options.log_level)
     if options.command == "top":
         return _top(options)
+    with _output_in_one_write():
+        return _run(options)
+
+
+@contextlib.contextmanager
+def _output_in_one_write() -> Iterator[None]:
+    """Gather what the block prints, then write it at once.
+
+    So that a reader that stops early (``dispatcherctl status | head -1``) has the whole
+    output in its pipe before it goes: the command keeps its own exit status.
+    """
+    shown = sys.stdout
+    gathered = io.StringIO()
+    sys.stdout = gathered
+    try:
+        yield
+    finally:
+        sys.stdout = shown
+        text = gathered.getvalue()
+        if text:
+            shown.write(text)
+            shown.flush()
+
+
+def _run(options: argparse.Namespace) -> int:
+    """Run the command of *options* (but ``top``); its exit status."""
     if options.command == "install-sql" and options.print:
         print(sql_publisher(), sql_queue_publisher(), sep="\n", end="")
         return EXIT_OK
