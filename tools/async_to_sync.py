@@ -89,6 +89,7 @@ NOTIFY = Twin(
         "AsyncConnection": "Connection",
         "AsyncCursor": "Cursor",
         "async_owner": "sync_owner",
+        "async_opening_lock": "sync_opening_lock",
         "aclose_connections": "close_connections",
         "asend": "send",
         "acontrol_with_reply": "control_with_reply",
@@ -155,6 +156,7 @@ PUBLISH_TESTS = Twin(
             "anyio_backend",
             "test_a_sync_call_inside_an_async_batch_joins_it",
             "test_each_event_loop_gets_a_working_connection",
+            "test_event_loops_of_several_threads_publish_at_once_each_on_its_own_connection",
         }
     ),
 )

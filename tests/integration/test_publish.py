@@ -34,7 +34,7 @@ from dispatcher.publish.chunking import is_chunk
 from support import tasks
 from support.paths import EXAMPLES
 from support.postgres import unique_channel, wait_for_notifies
-from support.service import wait_until
+from support.proxy import DatabaseProxy
 from support.twins import block_on, connection_of_the_other_kind, gather
 
 Conn = psycopg.Connection[Any]
@@ -217,21 +217,27 @@ def test_forked_child_uses_its_own_connection(configured: Settings, listener: Co
     assert uuids[1:] == [child_uuid, parent_after.uuid]
 
 
-def test_concurrent_callers_share_one_connection(
-    pg_dsn: str, channel: str, listener: Conn, pg_conn: Conn
-) -> None:
-    app_name = configure_with_app_name(pg_dsn, channel)
-    submissions: list[Submission] = []
+def test_concurrent_callers_share_one_connection(pg_dsn: str, channel: str, listener: Conn) -> None:
+    proxy = DatabaseProxy(pg_dsn)  # counts the connections opened through it
+    proxy.up()
+    try:
+        configure_with_app_name(proxy.dsn, channel)
+        submissions: list[Submission] = []
 
-    def work() -> None:
-        for n in range(25):
-            submissions.append(tasks.add.delay(n, n))
+        def work() -> None:
+            for n in range(25):
+                submissions.append(tasks.add.delay(n, n))
 
-    gather(*[work] * 8)
-    payloads = received(listener, 200)
-    assert sorted(json.loads(p)["uuid"] for p in payloads) == sorted(s.uuid for s in submissions)
-    # Callers that opened one at the same time close theirs but the first: one is left.
-    assert wait_until(lambda: connections_named(pg_conn, app_name) == 1, timeout=5)
+        gather(*[work] * 8)
+        notifications = wait_for_notifies(listener, 200, 5)
+        uuids = [json.loads(n.payload)["uuid"] for n in notifications]
+        assert sorted(uuids) == sorted(s.uuid for s in submissions)
+        # The first caller opens it while the others wait for it: one connection in all.
+        assert len({n.pid for n in notifications}) == 1
+        assert proxy.accepted == 1
+    finally:
+        close_connections()
+        proxy.down()
 
 
 def test_unreachable_database_is_one_clear_sentence(channel: str) -> None:

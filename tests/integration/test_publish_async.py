@@ -8,9 +8,11 @@ only the async API has are listed as async-only there, and marked so here.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import multiprocessing
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from dispatcher.publish.chunking import is_chunk
 from support import tasks
 from support.paths import EXAMPLES
 from support.postgres import unique_channel, wait_for_notifies
-from support.service import wait_until
+from support.proxy import DatabaseProxy
 from support.twins import ablock_on, agather, connection_of_the_other_kind
 
 Conn = psycopg.Connection[Any]
@@ -244,20 +246,28 @@ async def test_forked_child_uses_its_own_connection(configured: Settings, listen
 
 
 async def test_concurrent_callers_share_one_connection(
-    pg_dsn: str, channel: str, listener: Conn, pg_conn: Conn
+    pg_dsn: str, channel: str, listener: Conn
 ) -> None:
-    app_name = configure_with_app_name(pg_dsn, channel)
-    submissions: list[Submission] = []
+    proxy = DatabaseProxy(pg_dsn)  # counts the connections opened through it
+    proxy.up()
+    try:
+        configure_with_app_name(proxy.dsn, channel)
+        submissions: list[Submission] = []
 
-    async def work() -> None:
-        for n in range(25):
-            submissions.append(await tasks.add.adelay(n, n))
+        async def work() -> None:
+            for n in range(25):
+                submissions.append(await tasks.add.adelay(n, n))
 
-    await agather(*[work] * 8)
-    payloads = received(listener, 200)
-    assert sorted(json.loads(p)["uuid"] for p in payloads) == sorted(s.uuid for s in submissions)
-    # Callers that opened one at the same time close theirs but the first: one is left.
-    assert wait_until(lambda: connections_named(pg_conn, app_name) == 1, timeout=5)
+        await agather(*[work] * 8)
+        notifications = wait_for_notifies(listener, 200, 5)
+        uuids = [json.loads(n.payload)["uuid"] for n in notifications]
+        assert sorted(uuids) == sorted(s.uuid for s in submissions)
+        # The first caller opens it while the others wait for it: one connection in all.
+        assert len({n.pid for n in notifications}) == 1
+        assert proxy.accepted == 1
+    finally:
+        await aclose_connections()
+        proxy.down()
 
 
 # Async only: an application (or a test suite) may run event loops one after the other, or
@@ -273,6 +283,34 @@ async def test_each_event_loop_gets_a_working_connection(
         second.uuid,
         third.uuid,
     ]
+
+
+async def test_event_loops_of_several_threads_publish_at_once_each_on_its_own_connection(
+    configured: Settings, listener: Conn
+) -> None:
+    """Asyncio applications run in threads (or asgiref's async_to_sync): nothing lost or
+    doubled, and no loop's connection closed under another (it once was: errors, hangs)."""
+    threads, each = 4, 50
+    start = threading.Barrier(threads)
+
+    async def publish() -> list[str]:
+        start.wait()
+        return [(await tasks.add.adelay(n, n)).uuid for n in range(each)]
+
+    def in_its_own_loop() -> list[str]:
+        return asyncio.run(publish())
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        published = [
+            uuid
+            for uuids in pool.map(lambda _: in_its_own_loop(), range(threads))
+            for uuid in uuids
+        ]
+    notifications = wait_for_notifies(listener, threads * each, 10)
+    delivered = [json.loads(n.payload)["uuid"] for n in notifications]
+    assert sorted(delivered) == sorted(published)
+    assert nothing_more(listener)
+    assert len({n.pid for n in notifications}) == threads
 
 
 async def test_unreachable_database_is_one_clear_sentence(channel: str) -> None:

@@ -28,6 +28,8 @@ class DatabaseProxy:
         self._sockets: list[socket.socket] = []
         self._frozen: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self.accepted = 0
+        """Connections accepted so far."""
 
     def up(self) -> None:
         listener = socket.socket()
@@ -67,6 +69,7 @@ class DatabaseProxy:
             upstream.connect(address)
             with self._lock:
                 self._sockets += [client, upstream]
+                self.accepted += 1
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from collections.abc import Sequence
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
 from psycopg import BaseConnection
@@ -13,6 +15,9 @@ from psycopg.pq import TransactionStatus
 
 from dispatcher.config import get_settings
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
+
+if TYPE_CHECKING:
+    import asyncio
 
 NOTIFY_MANY: Final = "SELECT count(pg_notify(c, p)) FROM unnest(%b::text[], %b::text[]) AS m(c, p)"
 """One statement that sends any number of notifications, in order (so, atomically).
@@ -232,25 +237,68 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def sync_owner() -> tuple[int, ...]:
-    """Who may use a sync connection: the process that opened it."""
-    return (_pid,)
+class Owner:
+    """Who may use a connection of the SDK's own: a process, and an event loop for async ones.
+
+    :attr:`key` tells owners apart in a dict; :meth:`same` and :meth:`alive` guard against a
+    key reused by a new event loop at the address of a dead one.
+    """
+
+    __slots__ = ("_loop", "key", "pid")
+
+    def __init__(self, loop: object | None = None) -> None:
+        self.pid = _pid
+        self._loop = None if loop is None else weakref.ref(loop)
+        self.key: tuple[int, ...] = (self.pid,) if loop is None else (self.pid, id(loop))
+
+    def same(self, other: Owner) -> bool:
+        """Whether *other* is this owner (the same process, and the same live loop)."""
+        if self.key != other.key:
+            return False
+        return self._loop is None or (other._loop is not None and self._loop() is other._loop())
+
+    def alive(self) -> bool:
+        """Whether its connection may still be used: in this process, by a loop not closed."""
+        if self.pid != _pid:
+            return False
+        if self._loop is None:
+            return True
+        loop = self._loop()
+        return loop is not None and not loop.is_closed()  # type: ignore[attr-defined]
 
 
-def async_owner() -> tuple[int, ...]:
+def sync_owner() -> Owner:
+    """Who may use a sync connection: the process that opened it (any of its threads)."""
+    return Owner()
+
+
+def async_owner() -> Owner:
     """Who may use an async connection: the process and event loop that opened it."""
     import asyncio  # only async callers pay for it
 
-    return _pid, id(asyncio.get_running_loop())
+    return Owner(asyncio.get_running_loop())
 
 
-def abandon(connection: Any, owner: tuple[int, ...]) -> None:
-    """Let go of a connection opened by another process or event loop, without using it.
+def sync_opening_lock() -> threading.Lock:
+    """What callers wait on while one of them opens a sync connection."""
+    return threading.Lock()
+
+
+def async_opening_lock() -> asyncio.Lock:
+    """What callers of one event loop wait on while one of them opens its connection."""
+    import asyncio
+
+    return asyncio.Lock()
+
+
+def abandon(connection: Any, owner: Owner) -> None:
+    """Let go of a connection whose owner is gone, without using it.
 
     A forked child must not close its parent's connection (that would end the parent's
-    session); a connection of another event loop is closed at the socket level.
+    session); the connection of an event loop that was closed is closed at the socket level
+    (nothing can use it any more).
     """
-    if owner[0] != os.getpid():
+    if owner.pid != os.getpid():
         _inherited.append(connection)
     else:
         connection.pgconn.finish()

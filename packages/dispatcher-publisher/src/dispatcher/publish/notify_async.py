@@ -21,7 +21,9 @@ from dispatcher.publish.brokers import ReplyCollector
 from dispatcher.publish.connections import (
     CALLER_CONNECTION,
     NOTIFY_ONE,
+    Owner,
     abandon,
+    async_opening_lock,
     async_owner,
     broker_failure,
     broker_unavailable,
@@ -54,52 +56,79 @@ SERVICES_QUERY = (
 reads the node id and the digest of the channels in it."""
 
 
+class _Slot:
+    """An owner's connection, the cursor NOTIFYs go through, and the lock to open it."""
+
+    __slots__ = ("connection", "notifier", "opening", "owner")
+
+    def __init__(self, owner: Owner, opening: Any) -> None:
+        self.owner = owner
+        self.opening = opening
+        """Held by the one caller opening the connection; the others wait for it."""
+        self.connection: AsyncConnection[Any] | None = None
+        # A new cursor per statement costs more than building and checking the message.
+        # Its execute() holds the connection's lock throughout, so concurrent callers may
+        # share it; nobody reads its results.
+        self.notifier: AsyncCursor[Any] | None = None
+
+
 class AsyncConnectionProvider:
     """The SDK's own autocommit connection: opened on first use, shared, re-opened when lost.
 
-    Concurrent callers share it; a process forked after first use opens its own.
+    Concurrent callers share it, and wait while one of them opens it. Each event loop has
+    its own (a connection serves one loop; closed loops' connections are let go of), and
+    a process forked after first use opens its own.
     """
 
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
         self._lock = threading.Lock()  # held only while no I/O runs
-        self._connection: AsyncConnection[Any] | None = None
-        self._owner: tuple[int, ...] = ()
-        # The cursor NOTIFYs go through, with the connection it belongs to: a new cursor
-        # per statement costs more than building and checking the message. Its execute()
-        # holds the connection's lock throughout, so concurrent callers may share it;
-        # nobody reads its results.
-        self._notifier: tuple[AsyncConnection[Any], AsyncCursor[Any]] | None = None
+        self._slots: dict[tuple[int, ...], _Slot] = {}
 
     async def connection(self) -> AsyncConnection[Any]:
         """Return the open connection, opening one if there is none usable here.
 
         :raises BrokerUnavailable: when the database cannot be reached.
         """
-        owner = async_owner()
-        current = self._connection
-        if current is not None and self._owner == owner and not current.closed:
+        return await self._connection_of(self._slot())
+
+    async def _connection_of(self, slot: _Slot) -> AsyncConnection[Any]:
+        """The connection of *slot*, opened by this caller if none is open yet."""
+        current = slot.connection
+        if current is not None and not current.closed:
             return current
-        try:
-            # Its adapters read a job's time that no datetime can hold (an ``infinity`` set
-            # by hand) instead of refusing it (see dispatcher.publish.timestamps).
-            fresh = await AsyncConnection.connect(
-                self.conninfo, context=tolerant_adapters(), **connect_options(self.conninfo)
-            )
-        except psycopg.Error as exc:
-            raise broker_unavailable(self.conninfo, exc, "connect to") from None
-        with self._lock:
-            current = self._connection
-            if current is not None and self._owner == owner and not current.closed:
-                winner: AsyncConnection[Any] | None = current
-            else:
-                if current is not None and self._owner != owner:
-                    abandon(current, self._owner)
-                self._connection, self._owner, winner = fresh, owner, None
-        if winner is None:
+        async with slot.opening:
+            current = slot.connection
+            if current is not None and not current.closed:
+                return current  # another caller opened it meanwhile
+            try:
+                # Its adapters read a job's time that no datetime can hold (an ``infinity``
+                # set by hand) instead of refusing it (see dispatcher.publish.timestamps).
+                fresh = await AsyncConnection.connect(
+                    self.conninfo, context=tolerant_adapters(), **connect_options(self.conninfo)
+                )
+            except psycopg.Error as exc:
+                raise broker_unavailable(self.conninfo, exc, "connect to") from None
+            slot.connection, slot.notifier = fresh, None
             return fresh
-        await fresh.close()  # another caller opened one meanwhile
-        return winner
+
+    def _slot(self) -> _Slot:
+        """The slot of the caller's owner, made (and those of gone owners let go of) if new."""
+        owner = async_owner()
+        slot = self._slots.get(owner.key)
+        if slot is not None and slot.owner.same(owner):
+            return slot
+        with self._lock:
+            slot = self._slots.get(owner.key)
+            if slot is not None and slot.owner.same(owner):
+                return slot
+            for key, other in list(self._slots.items()):
+                if not other.owner.alive() or key == owner.key:
+                    del self._slots[key]
+                    if other.connection is not None:
+                        abandon(other.connection, other.owner)
+            slot = self._slots[owner.key] = _Slot(owner, async_opening_lock())
+            return slot
 
     async def notify_many(self, channels: Sequence[str], payloads: Sequence[str]) -> None:
         """NOTIFY each payload on its channel, in one round trip.
@@ -152,14 +181,15 @@ class AsyncConnectionProvider:
     ) -> AsyncCursor[Any]:
         """:meth:`execute`; *notifying* statements go through the shared cursor."""
         for attempt in (1, 2):
-            own = await self.connection()
+            slot = self._slot()
+            own = await self._connection_of(slot)
             try:
                 if not notifying:
                     return await own.execute(query, params)
-                notifier = self._notifier
-                if notifier is None or notifier[0] is not own:
-                    notifier = self._notifier = own, own.cursor()
-                return await notifier[1].execute(query, params)
+                notifier = slot.notifier
+                if notifier is None or notifier.connection is not own:
+                    notifier = slot.notifier = own.cursor()
+                return await notifier.execute(query, params)
             except psycopg.errors.UndefinedTable:
                 raise  # the database answered: the caller knows which table is meant
             except psycopg.OperationalError as exc:
@@ -170,16 +200,23 @@ class AsyncConnectionProvider:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
-        """Close the connection (one opened elsewhere is only let go of)."""
+        """Close the caller's connection; let go of those whose owners are gone.
+
+        Connections of other event loops still running are theirs to close.
+        """
+        owner = async_owner()
+        closing = []
         with self._lock:
-            current, owner = self._connection, self._owner
-            self._connection, self._owner, self._notifier = None, (), None
-        if current is None:
-            return
-        if owner == async_owner():
-            await current.close()
-        else:
-            abandon(current, owner)
+            for key, slot in list(self._slots.items()):
+                if slot.owner.same(owner) or not slot.owner.alive():
+                    closing.append(self._slots.pop(key))
+        for slot in closing:
+            if slot.connection is None:
+                continue
+            if slot.owner.same(owner):
+                await slot.connection.close()
+            else:
+                abandon(slot.connection, slot.owner)
 
 
 _providers: dict[str, AsyncConnectionProvider] = {}
