@@ -157,6 +157,7 @@ PUBLISH_TESTS = Twin(
             "test_a_sync_call_inside_an_async_batch_joins_it",
             "test_each_event_loop_gets_a_working_connection",
             "test_event_loops_of_several_threads_publish_at_once_each_on_its_own_connection",
+            "test_a_task_started_in_a_batch_sends_what_it_submits_after_the_block",
         }
     ),
 )

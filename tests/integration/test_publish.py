@@ -158,6 +158,34 @@ def test_batch_sends_in_order_and_nothing_on_error(configured: Settings, listene
     assert nothing_more(listener)
 
 
+def test_a_batch_inside_a_batch_is_all_or_nothing_with_it(
+    configured: Settings, listener: Conn
+) -> None:
+    def outer_fails_after_inner() -> None:
+        with batch():
+            with batch():
+                tasks.add.delay(1, 0)
+            raise RuntimeError("outer")
+
+    with pytest.raises(RuntimeError, match="outer"):
+        outer_fails_after_inner()
+    assert nothing_more(listener)  # the inner block's part went with the outer one
+
+    def inner_fails() -> None:
+        with batch():
+            tasks.add.delay(3, 0)
+            raise RuntimeError("inner")
+
+    with batch():
+        tasks.add.delay(2, 0)
+        with pytest.raises(RuntimeError, match="inner"):
+            inner_fails()
+        with batch():
+            tasks.add.delay(4, 0)
+        assert nothing_more(listener)  # all leaves when the outer block ends
+    assert [json.loads(p)["args"][0] for p in received(listener, 2)] == [2, 4]
+
+
 def test_batch_joins_a_transaction(configured: Settings, listener: Conn, pg_dsn: str) -> None:
     with Connection.connect(pg_dsn) as conn:
         with batch(connection=conn):

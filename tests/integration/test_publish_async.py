@@ -175,6 +175,34 @@ async def test_batch_sends_in_order_and_nothing_on_error(
     assert nothing_more(listener)
 
 
+async def test_a_batch_inside_a_batch_is_all_or_nothing_with_it(
+    configured: Settings, listener: Conn
+) -> None:
+    async def outer_fails_after_inner() -> None:
+        async with abatch():
+            async with abatch():
+                await tasks.add.adelay(1, 0)
+            raise RuntimeError("outer")
+
+    with pytest.raises(RuntimeError, match="outer"):
+        await outer_fails_after_inner()
+    assert nothing_more(listener)  # the inner block's part went with the outer one
+
+    async def inner_fails() -> None:
+        async with abatch():
+            await tasks.add.adelay(3, 0)
+            raise RuntimeError("inner")
+
+    async with abatch():
+        await tasks.add.adelay(2, 0)
+        with pytest.raises(RuntimeError, match="inner"):
+            await inner_fails()
+        async with abatch():
+            await tasks.add.adelay(4, 0)
+        assert nothing_more(listener)  # all leaves when the outer block ends
+    assert [json.loads(p)["args"][0] for p in received(listener, 2)] == [2, 4]
+
+
 async def test_batch_joins_a_transaction(configured: Settings, listener: Conn, pg_dsn: str) -> None:
     async with await AsyncConnection.connect(pg_dsn) as conn:
         async with abatch(connection=conn):
@@ -194,6 +222,26 @@ async def test_a_sync_call_inside_an_async_batch_joins_it(
             await tasks.add.adelay(n, 0)
         tasks.add.delay(20, 0)
     assert [json.loads(p)["args"][0] for p in received(listener, 21)] == list(range(21))
+
+
+# Async only: an asyncio task started in a batch block, which copies its context.
+async def test_a_task_started_in_a_batch_sends_what_it_submits_after_the_block(
+    configured: Settings, listener: Conn
+) -> None:
+    block_ended = asyncio.Event()
+
+    async def later() -> tuple[Submission, Submission]:
+        during = await tasks.add.adelay(1, 0)  # the block is open: it joins the batch
+        await block_ended.wait()
+        return during, await tasks.add.adelay(2, 0)  # the block has ended: sent at once
+
+    async with abatch():
+        background = asyncio.create_task(later())
+        await asyncio.sleep(0)
+    block_ended.set()
+    during, after = await background
+    uuids = [json.loads(p)["uuid"] for p in received(listener, 2)]
+    assert uuids == [during.uuid, after.uuid]
 
 
 def configure_with_app_name(pg_dsn: str, channel: str) -> str:

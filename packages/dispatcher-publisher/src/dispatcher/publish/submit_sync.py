@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import Connection
 
 from dispatcher.publish import interception
-from dispatcher.publish.batching import Batch, collect, current_batch
+from dispatcher.publish.batching import Batch, collect, current_batch, outer_batch
 from dispatcher.publish.brokers import is_job_broker
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.registry import Queue
@@ -133,11 +133,19 @@ def batch(connection: Connection[Any] | None = None) -> Iterator[Batch]:
 
     Calls inside the block return their :class:`Submission` at once. If the block raises,
     nothing is sent. With *connection*, the batch joins that connection's transaction.
+    Inside another block, it joins that block's batch when it ends (unless given a
+    connection of its own): all or nothing with the outer block.
     """
+    outer = outer_batch(connection)
     batch = Batch(connection=connection)
     token = current_batch.set(batch)
     try:
         yield batch
+    except BaseException:
+        batch.close()  # what copies of the context submit later is sent at once
+        raise
     finally:
         current_batch.reset(token)
-    send(batch.submissions, connection)
+    submissions = batch.close()
+    if outer is None or not outer.add(submissions):
+        send(submissions, connection)
