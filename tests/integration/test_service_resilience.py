@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from dispatcher.config import Settings
 from dispatcher.control import control_with_reply, entries
@@ -148,19 +149,24 @@ def test_killed_busy_worker_is_replaced_within_a_second(
     )
 
 
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_lets_the_running_task_finish_and_exits_0(
     start_service: StartService,
     service_config: dict[str, Any],
     notify: Notify,
     channel: str,
     evidence: Evidence,
+    number: signal.Signals,
 ) -> None:
+    """SIGHUP (the terminal or ssh session of a service run by hand closed) as SIGTERM."""
     service = start_service(service_config)
     notify(channel, message(SLEEP, evidence.path, 1.0, "finishing"))
     evidence.wait_for(1)
     processes = children(service.pid)
     assert processes
-    assert service.stop() == 0
+    service.signal(number)
+    assert service.wait(20) == 0
+    assert f"received {number.name}: shutting down" in service.log
     assert [r.get("event") for r in evidence.records()] == ["start", "end"]
     assert_no_orphans(processes)
     assert "stopped" in service.log.splitlines()[-1]

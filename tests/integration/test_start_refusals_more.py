@@ -200,7 +200,7 @@ def test_two_stop_signals_at_once_during_the_start_stop_the_service_once(
         service.kill_everything()
 
 
-@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_the_service_starts_stops_it_quietly(
     number: signal.Signals, service_config: dict[str, Any], project: Path, tmp_path: Path
 ) -> None:

@@ -6,7 +6,7 @@ as another one (Python wraps what a class's ``__set_name__`` raises, say), or no
 Where the service is about to run, the signals that came are taken, without their handlers,
 and the start stops with one ``KeyboardInterrupt`` however many came (a terminal's SIGINT
 and a process manager's SIGTERM, say). From then on, until the service installs its own
-handlers, SIGTERM stops it as SIGINT does. A config file that is not a regular file (a
+handlers, SIGTERM (and SIGHUP) stop it as SIGINT does. A config file that is not a regular file (a
 pipe, a terminal) is read with the signals let through, since nothing else may end that
 read.
 """
@@ -18,8 +18,12 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import Final
 
-STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
-"""The signals that stop a service."""
+STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+"""The signals that stop a service (SIGHUP: its terminal or ssh session closed)."""
+
+_INTERRUPTING: Final = (signal.SIGTERM, signal.SIGHUP)
+"""The stop signals whose default action would end the process without a word: until the
+service handles them, they raise ``KeyboardInterrupt`` as SIGINT does."""
 
 
 @contextlib.contextmanager
@@ -28,18 +32,21 @@ def held_stop_signals() -> Iterator[Callable[[], None]]:
 
     Call it where the service is about to run: it raises ``KeyboardInterrupt`` once if a
     stop signal came meanwhile. The block's end releases them too (a signal that came then
-    is dropped: the start is over either way) and restores SIGTERM's handler.
+    is dropped: the start is over either way) and restores the handlers of SIGTERM and
+    SIGHUP.
     """
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in _INTERRUPTING}
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for number in _INTERRUPTING:
+        signal.signal(number, _interrupt)
     try:
         yield lambda: _release(held)
     finally:
         with contextlib.suppress(KeyboardInterrupt):
             _release(held)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            if handler is not None:
+                signal.signal(number, handler)
 
 
 @contextlib.contextmanager
@@ -67,5 +74,5 @@ def _release(held: set[int | signal.Signals]) -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM before the service handles it: stop as SIGINT does then."""
+    """SIGTERM or SIGHUP before the service handles it: stop as SIGINT does then."""
     raise KeyboardInterrupt

@@ -26,6 +26,7 @@ from dispatcher.server.brokers.runner import run_broker
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.control import ControlCommands
 from dispatcher.server.control_messages import ControlMessages
+from dispatcher.server.early_signals import STOP_SIGNALS
 from dispatcher.server.forkserver import ForkedServer, worker_options
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
@@ -178,7 +179,7 @@ class Service:
         self._started = False
 
     async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT (or :meth:`stop`); return the exit status.
+        """Serve until SIGTERM, SIGINT or SIGHUP (or :meth:`stop`); return the exit status.
 
         Refuses to start, before any broker listens, when ``tasks.modules`` is empty
         (:data:`EXIT_CONFIG`), or when the fork server reports that a task module cannot be
@@ -191,7 +192,7 @@ class Service:
             logger.critical("cannot start: %s", missing)
             self._launcher.close()
             return EXIT_CONFIG
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(self._watch_signals, signals, name="signals")
                 if await self._task_modules_ready():
