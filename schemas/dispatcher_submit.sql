@@ -50,6 +50,9 @@ DECLARE
     message_id text;
     slice_size integer;
     slices text[];
+    encoded bytea;
+    start integer;
+    stop integer;
     envelope text;
     position integer;
     unknown text;
@@ -101,6 +104,14 @@ BEGIN
         RAISE EXCEPTION 'dispatcher_submit: options.guid: expected a string, got %', options -> 'guid';
     END IF;
 
+    IF EXISTS (
+        SELECT FROM jsonb_path_query(jsonb_build_array(args, kwargs), 'strict $.**') AS v
+        WHERE jsonb_typeof(v) = 'number' AND strpos(v::text, '.') = 0
+            AND length(ltrim(v::text, '-')) > 4300
+    ) THEN
+        RAISE EXCEPTION 'dispatcher_submit: args or kwargs hold an integer of more than 4300 digits, which no service can read (Python''s limit for integers in text)';
+    END IF;
+
     task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);
     message := jsonb_build_object(
         'task', task,
@@ -136,21 +147,32 @@ BEGIN
         )::text;
     END IF;
 
+    IF octet_length(body) > 8388608 THEN
+        RAISE EXCEPTION 'dispatcher_submit: the message is % bytes of JSON, over the limit of 8388608 (8 MiB) that services take', octet_length(body);
+    END IF;
     IF octet_length(body) <= max_bytes THEN
         PERFORM pg_notify(channel, body);
         RETURN task_id;
     END IF;
 
     -- Too large for one NOTIFY: chunk envelopes (chunk-envelope.schema.json), all sent in
-    -- this transaction. Slices are cut on characters, then halved until each envelope fits.
+    -- this transaction. Slices are cut on the UTF-8 bytes (at a character's first byte), in
+    -- time linear in the message's size, then halved until each envelope fits.
     message_id := replace(gen_random_uuid()::text, '-', '');
+    encoded := convert_to(body, 'UTF8');
     slice_size := 3900;
     <<cutting>>
     LOOP
-        slices := ARRAY(
-            SELECT substr(body, start, slice_size)
-            FROM generate_series(1, length(body), slice_size) AS start
-        );
+        slices := '{}';
+        start := 0;
+        WHILE start < octet_length(encoded) LOOP
+            stop := least(start + slice_size, octet_length(encoded));
+            WHILE stop < octet_length(encoded) AND get_byte(encoded, stop) BETWEEN 128 AND 191 LOOP
+                stop := stop - 1;  -- a continuation byte: cut before its character
+            END LOOP;
+            slices := slices || convert_from(substring(encoded FROM start + 1 FOR stop - start), 'UTF8');
+            start := stop;
+        END LOOP;
         FOR position IN 1 .. array_length(slices, 1) LOOP
             envelope := jsonb_build_object(
                 '__dispatcherd_chunk__', 'v1', 'message_id', message_id,

@@ -98,6 +98,22 @@ def test_dispatcher_submit_returns_the_uuid_the_message_carries(
     assert sorted(r["uuid"] for r in evidence.wait_for(2)) == sorted(returned)
 
 
+def test_a_large_message_of_characters_of_every_utf8_width_arrives_whole(
+    service: ServiceProcess, pg_dsn: str, channel: str, evidence: Evidence
+) -> None:
+    """Cut into chunks on its bytes, never inside a character (in time linear in its size:
+    a 9 MB message once took 82 s)."""
+    text = "é€😀x" * 250_000  # 1, 2, 3 and 4 bytes: 2.5 MB
+    big = psql(
+        pg_dsn,
+        f"SELECT dispatcher_submit('{channel}', '{RECORD}', "
+        f"jsonb_build_array('{evidence.path}', repeat('é€😀x', 250000)))",
+    )
+    assert big.returncode == 0, big.stderr
+    [record] = evidence.wait_for(1, timeout=30)
+    assert record["args"] == [text]
+
+
 def test_raw_pg_notify_from_psql(
     service: ServiceProcess, pg_dsn: str, channel: str, evidence: Evidence
 ) -> None:
@@ -124,6 +140,18 @@ def test_raw_pg_notify_from_psql(
         (
             "dispatcher_submit('c', 'a.b', '[]', '{}', '{\"retries\": 3}')",
             "options: unknown key(s) retries",
+        ),
+        (  # what the service would drop: refused here, as the Python SDK refuses it
+            "dispatcher_submit('c', 'a.b', jsonb_build_array(repeat('x', 8400000)))",
+            "the message is 8400",
+        ),
+        (
+            "dispatcher_submit('c', 'a.b', ('[' || repeat('9', 4301) || ']')::jsonb)",
+            "args or kwargs hold an integer of more than 4300 digits",
+        ),
+        (
+            "dispatcher_submit('c', 'a.b', '[]', '{\"a\": [{\"b\": -1e5000}]}')",
+            "args or kwargs hold an integer of more than 4300 digits",
         ),
     ],
 )

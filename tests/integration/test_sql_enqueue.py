@@ -150,6 +150,15 @@ def test_a_rolled_back_transaction_stores_nothing(conn: Conn, schema: str, pg_ds
         (("orders", "a.b", "[]", "{}", '{"max_attempts": 2.5}'), "options.max_attempts: expected"),
         (("orders", "a.b", "[]", "{}", '{"delay": -1}'), "options.delay: must be between 0"),
         (("orders", "a.b", "[]", "{}", '{"retries": 1}'), "options: unknown key(s) retries"),
+        (
+            ("orders", "a.b", "[" + "9" * 4301 + "]"),
+            "args or kwargs hold an integer of more than 4300 digits",
+        ),
+        (
+            ("orders", "a.b", "[]", '{"a": [1e5000]}'),
+            "args or kwargs hold an integer of more than 4300 digits",
+        ),
+        (("orders", "a.b", '["' + "x" * 8_400_000 + '"]'), "the message is 8400"),
     ],
 )
 def test_bad_calls_are_refused_with_a_reason(

@@ -156,6 +156,14 @@ BEGIN
         attempts := (options ->> 'max_attempts')::integer;
     END IF;
 
+    IF EXISTS (
+        SELECT FROM jsonb_path_query(jsonb_build_array(args, kwargs), 'strict $.**') AS v
+        WHERE jsonb_typeof(v) = 'number' AND strpos(v::text, '.') = 0
+            AND length(ltrim(v::text, '-')) > 4300
+    ) THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: args or kwargs hold an integer of more than 4300 digits, which no service can read (Python''s limit for integers in text)';
+    END IF;
+
     task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);
     message := jsonb_build_object(
         'task', task,
@@ -164,6 +172,9 @@ BEGIN
         'kwargs', kwargs,
         'time_pub', extract(epoch FROM clock_timestamp())
     ) || (options - 'uuid' - 'max_attempts');
+    IF octet_length(message::text) > 8388608 THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: the message is % bytes of JSON, over the limit of 8388608 (8 MiB) that services take', octet_length(message::text);
+    END IF;
     IF options ? 'delay' THEN
         delay_seconds := (options ->> 'delay')::double precision;
     END IF;
