@@ -180,6 +180,28 @@ async def test_a_reply_over_the_notify_limit_arrives_whole(
     assert result.skipped == []
 
 
+@pytest.mark.parametrize("damage", ["incomplete", "contradicting"])
+async def test_a_chunked_reply_that_cannot_be_joined_is_noted_as_skipped(
+    configured: Settings, start_fake: StartFake, damage: str
+) -> None:
+    """Its envelopes do not all come, or two of them disagree: said, never silently lost."""
+
+    def damaged(node_id: str, message: dict[str, Any]) -> list[str]:
+        envelopes = split_message(json.dumps({"node_id": node_id, "tasks": ["x" * 20_000]}))
+        if damage == "incomplete":
+            return envelopes[:-1]
+        other = json.loads(envelopes[0])
+        other["total"] += 1
+        return [envelopes[0], json.dumps(other)]
+
+    start_fake("damaged", damaged)
+    result = await acontrol_with_reply("running", expected_replies=1, timeout=2)
+    assert result.replies == []
+    assert len(result.skipped) == 1
+    assert result.skipped[0].startswith("skipped a reply: ")
+    assert ("missing some of its chunk envelopes" in result.skipped[0]) == (damage == "incomplete")
+
+
 async def test_hostile_payloads_on_the_reply_channel_are_skipped_with_a_reason(
     configured: Settings, start_fake: StartFake
 ) -> None:

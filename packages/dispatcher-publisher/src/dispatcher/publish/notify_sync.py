@@ -33,14 +33,8 @@ from dispatcher.publish.timestamps import tolerant_adapters
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     SERVICE_NAME_PREFIX,
-    ChunkAssembler,
-    ChunkError,
-    DecodeError,
-    decode_json,
-    is_chunk,
     parse_service_name,
     split_message,
-    validator,
 )
 
 SERVICES_QUERY = (
@@ -321,35 +315,15 @@ def control_with_reply(
             payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
             conn.execute(*notify_statement([(channel, payload) for payload in payloads]))
             deadline = time.monotonic() + timeout
-            chunks = ChunkAssembler()
             while not replies.complete:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 for notify in conn.notifies(timeout=remaining, stop_after=1):
-                    payload: str | None = notify.payload
-                    if payload is not None and notify.channel == reply_to:
-                        payload = _join(chunks, payload)
-                        if payload is not None:
-                            replies.add(payload)
+                    if notify.channel == reply_to:
+                        replies.add(notify.payload)  # which joins chunked replies, or says why not
     except psycopg.Error as exc:
         raise broker_failure(conninfo, exc, "send to", "the control command") from None
-
-
-def _join(chunks: ChunkAssembler, payload: str) -> str | None:
-    """The reply *payload* is, or completes; ``None`` while slices are missing."""
-    try:
-        decoded = decode_json(payload)
-    except DecodeError:
-        return payload  # not a chunk: skipped as a reply, saying why
-    if not isinstance(decoded, dict) or not is_chunk(decoded):
-        return payload
-    if not validator("chunk-envelope").is_valid(decoded):
-        return payload
-    try:
-        return chunks.add(decoded)
-    except ChunkError:
-        return None
 
 
 def _connect(conninfo: str) -> Connection[Any]:
