@@ -237,12 +237,20 @@ def test_ctrl_c_while_connecting_exits_130_without_a_traceback(
         server.close()
 
 
-def test_a_reader_that_goes_away_ends_it_quietly() -> None:
+@pytest.mark.parametrize(
+    "command", [["install-sql", "--print"], ["top", "--once"], ["top", "--once", "--json"]]
+)
+def test_a_reader_that_goes_away_ends_it_quietly(
+    command: list[str], pg_dsn: str, channel: str, tmp_path: Path
+) -> None:
+    """Exit 141, as shells report SIGPIPE (rich's own way, for top, was exit 1: "a service
+    did not answer")."""
+    config = write_config(tmp_path / "dispatcher.json", pg_dsn, channel)
     read, write = os.pipe()
     os.close(read)  # as `dispatcherctl install-sql --print | head -0`
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "dispatcher.server.ctl", "install-sql", "--print"],
+            [sys.executable, "-m", "dispatcher.server.ctl", *command, "--config", str(config)],
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,

@@ -85,15 +85,27 @@ def run(settings: Settings, options: argparse.Namespace) -> int:
             return anyio.run(_snapshot, collector, how)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-    from rich.console import Console
-
-    console = Console()
+    console = _console()
     try:
         with _keys_readable(sys.stdin) as keys:
             anyio.run(_live, collector, console, options.interval, keys)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def _console() -> Console:
+    """A rich console whose reader going away ends the command as any other's (exit 141).
+
+    rich's own answer is to exit with status 1, which says a service did not answer.
+    """
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return _Console()
 
 
 def _has_rich() -> bool:
@@ -115,11 +127,9 @@ async def _snapshot(collector: Collector, how: str) -> int:
         for note in poll.notes:
             print(f"dispatcherctl: {note}", file=sys.stderr)
     elif how == "rich":
-        from rich.console import Console
-
         from dispatcher.server.ctl_top_render import screen
 
-        Console().print(screen(poll))
+        _console().print(screen(poll))
     else:
         from dispatcher.server.ctl_top_plain import plain_screen
 
