@@ -195,6 +195,20 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    """Nine lines whose aliases of aliases expand to 10^9 values (it took minutes and GBs)."""
+    lines = ["version: 1", 'a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 9)]
+    write(tmp_path / "dispatcher.yml", "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="more than 1000000 values once its YAML aliases"):
+        setup(file_path="dispatcher.yml")
+
+
+def test_a_file_that_never_ends_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^/dev/zero: larger than 4194304 bytes"):
+        setup(file_path="/dev/zero")
+
+
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     write(tmp_path / "dispatcher.yml", "version: 1\nversion: 1\n")
     with pytest.raises(ConfigError, match=r"^dispatcher\.yml: line 2, column 1: .*duplicate key"):

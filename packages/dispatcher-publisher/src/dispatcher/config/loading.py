@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from dispatcher.config import dispatcherd_layout, legacy, plugins
 from dispatcher.config.errors import ConfigError, NotConfiguredError
@@ -34,6 +34,13 @@ DICT_SOURCE: Final = "config"
 """How errors name a config given as a dict."""
 
 logger = logging.getLogger("dispatcher.config")
+
+
+MAX_CONFIG_BYTES: Final = 4 << 20
+"""Largest config file read, in bytes (a config is a few kB)."""
+
+MAX_CONFIG_VALUES: Final = 1_000_000
+"""Most values a config may hold once its YAML aliases are expanded."""
 
 
 def load_settings(
@@ -77,7 +84,8 @@ def read_yaml(file_path: str | os.PathLike[str]) -> Any:
     """
     source = os.fspath(file_path)
     try:
-        data = Path(file_path).read_bytes()
+        with open(file_path, "rb") as stream:
+            data = read_limited(stream, source)
     except FileNotFoundError:
         raise ConfigError(source, ["file not found"]) from None
     except IsADirectoryError:
@@ -103,11 +111,52 @@ def parse_yaml(source: str, data: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
     try:
-        return YAML(typ="safe", pure=True).load(text)
+        document = YAML(typ="safe", pure=True).load(text)
     except MarkedYAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc)]) from None
     except YAMLError as exc:
         raise ConfigError(source, [f"YAML error: {exc}"]) from None
+    if _values_beyond(document, MAX_CONFIG_VALUES):
+        raise ConfigError(
+            source,
+            [
+                f"more than {MAX_CONFIG_VALUES} values once its YAML aliases are expanded "
+                "(aliases of aliases?)"
+            ],
+        )
+    return document
+
+
+def read_limited(stream: BinaryIO, source: str) -> bytes:
+    """The bytes of the config file *stream*, refused past :data:`MAX_CONFIG_BYTES`.
+
+    :raises ConfigError: when there are more (``/dev/zero`` given by mistake, say).
+    """
+    data = stream.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, [f"larger than {MAX_CONFIG_BYTES} bytes: not a config file?"])
+    return data
+
+
+def _values_beyond(document: Any, limit: int) -> bool:
+    """Whether *document* holds more than *limit* values, counting each alias's anew.
+
+    The count stops at the limit: an alias bomb (a few lines whose aliases of aliases expand
+    to billions of values) costs no more than a large honest file.
+    """
+    pending = [document]
+    seen = 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def settings_from_file_data(source: str, data: bytes) -> Settings:

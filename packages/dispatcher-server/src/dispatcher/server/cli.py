@@ -166,13 +166,13 @@ def _load_settings(path: str | None) -> Any:
     read with the stop signals let through, so that they can end the wait.
     """
     from dispatcher.config import load_settings
-    from dispatcher.config.loading import settings_from_file_data
+    from dispatcher.config.loading import read_limited, settings_from_file_data
 
     if path is None or _is_regular_file(path):
         return load_settings(file_path=path)
     try:
         with stop_signals_allowed(), open(path, "rb") as stream:
-            data = stream.read()
+            data = read_limited(stream, path)
     except OSError:
         return load_settings(file_path=path)  # which says what is wrong, naming the file
     return settings_from_file_data(path, data)
