@@ -204,6 +204,13 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
         setup(file_path="dispatcher.yml")
 
 
+def test_a_file_name_holding_a_terminal_escape_is_shown_escaped(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        setup(file_path=str(tmp_path / "\x1b[31mred.yml"))
+    assert "\x1b" not in str(caught.value)
+    assert str(caught.value).endswith("/\\x1b[31mred.yml: file not found")
+
+
 def test_a_file_that_never_ends_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^/dev/zero: larger than 4194304 bytes"):
         setup(file_path="/dev/zero")

@@ -114,6 +114,8 @@ def test_command_line_to_control_data(argv: list[str], data: dict[str, object]) 
     [
         (["running", "--args", "{}"], "expected a JSON array"),
         (["set_log_level", "loud"], "unknown log level 'loud'"),
+        (["set_log_level", "--", "-5"], "unknown log level '-5' (expected a whole number, 0 or"),
+        (["--log-level", "\x1b[31m", "alive"], "invalid choice: '\\x1b[31m'"),  # as given
     ],
 )
 def test_bad_options_are_refused_saying_why(

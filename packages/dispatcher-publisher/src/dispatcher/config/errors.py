@@ -18,7 +18,16 @@ class ConfigError(DispatcherError):
         """Where the config came from: a file name as given, or ``config`` for a dict."""
         self.problems = list(problems)
         """What is wrong, one ``location: reason`` (or plain reason) per entry."""
-        super().__init__("\n".join(f"{source}: {problem}" for problem in self.problems))
+        shown = source if source.isprintable() else _escaped(source)
+        super().__init__("\n".join(f"{shown}: {problem}" for problem in self.problems))
+
+
+def _escaped(text: str) -> str:
+    r"""*text* with its non-printable characters escaped (``\x1b``).
+
+    A file name given on a command line may hold a terminal's escape sequence.
+    """
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class NotConfiguredError(ConfigError):

@@ -129,7 +129,7 @@ def _global_options(
     parser.add_argument("--config", metavar="FILE", default=default, help="config file")
     parser.add_argument(
         "--log-level",
-        type=str.upper,
+        type=_own_log_level,
         choices=LOG_LEVELS,  # dispatcherd's dispatcherctl takes the same
         metavar="LEVEL",
         default=argparse.SUPPRESS if on_command else "WARNING",
@@ -284,13 +284,19 @@ def version() -> str:
         return "(version unknown)"
 
 
+def _own_log_level(text: str) -> str:
+    """A level name for ``--log-level``, upper-cased when it is one (else shown as given)."""
+    return text.upper() if text.upper() in LOG_LEVELS else text
+
+
 def _log_level(text: str) -> str | int:
     if text.strip().isdigit():
         return int(text)
     name = text.strip().upper()
     if name not in logging.getLevelNamesMapping():
         raise argparse.ArgumentTypeError(
-            f"unknown log level {text!r} (expected a number or one of {', '.join(LOG_LEVELS)})"
+            f"unknown log level {text!r} (expected a whole number, 0 or more, or one of "
+            f"{', '.join(LOG_LEVELS)})"
         )
     return name
 
