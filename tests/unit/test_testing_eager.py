@@ -142,6 +142,15 @@ def test_durable_queues_run_too_with_their_options_recorded() -> None:
     assert len(mode.runs) == 1
 
 
+def test_without_a_config_max_attempts_is_recorded_for_any_queue() -> None:
+    """No config says which queues are durable: the task's own, as in production, is taken
+    for one (a task declared @task(queue="payments", max_attempts=5) must be testable)."""
+    with eager() as mode:
+        submission = tasks.add.apply_async(args=[1, 2], queue="payments", max_attempts=5)
+    assert mode.run_of(submission).result == 3
+    assert mode.submitted[0].options == {"max_attempts": 5}
+
+
 def test_bad_arguments_raise_what_publishing_raises_and_run_nothing() -> None:
     with pytest.raises(InvalidSubmission) as real:
         prepare_submission(tasks.add, args=[object(), 1])

@@ -196,7 +196,7 @@ def prepare_submission(
     if route is None:
         route = _remember_route(target, channel, _job_broker(name, channel) is not None)
     durable = route.durable
-    if max_attempts is not None and not durable:
+    if max_attempts is not None and not durable and not _durability_unknown():
         raise _invalid(
             name,
             f"max_attempts: applies to durable queues only, and {shown(channel)} is not one "
@@ -364,6 +364,21 @@ def _job_broker(name: str, channel: str) -> JobBroker | None:
             f"({', '.join(sorted(broker.queues))}): no service would claim it",
         )
     return broker
+
+
+def _durability_unknown() -> bool:
+    """Whether no config says which queues are durable, under :mod:`dispatcher.testing`.
+
+    Its submissions are taken in-process, with no config needed: ``max_attempts`` is
+    recorded, as it would be for the durable queue the task names in production.
+    """
+    if interception.current is None:
+        return False
+    try:
+        get_settings()
+    except NotConfiguredError:
+        return True
+    return False
 
 
 def _default_channel(name: str) -> str:
