@@ -14,10 +14,9 @@ from dispatcher.control import ControlResult
 from dispatcher.control.local import socket_request
 from dispatcher.control.result import InvalidReply, parse_reply
 from dispatcher.publish import BrokerUnavailable
-from dispatcher.publish.notify_async import _join
 from dispatcher.publish.socket import SocketPublisher
 from dispatcher.schema import MAX_MESSAGE_BYTES, MAX_NESTING_DEPTH
-from dispatcher.schema.chunks import ChunkAssembler, split_message
+from dispatcher.schema.chunks import split_message
 
 
 def test_a_valid_reply_is_taken() -> None:
@@ -64,17 +63,19 @@ def test_parse_reply_raises_a_value_error() -> None:
     assert issubclass(InvalidReply, ValueError)
 
 
-def test_chunked_replies_are_joined_and_hostile_ones_passed_on_to_be_skipped() -> None:
-    chunks = ChunkAssembler()
+def test_chunked_replies_are_joined_and_hostile_ones_skipped_saying_why() -> None:
+    result = ControlResult("running", expected=2)
     text = json.dumps({"node_id": "n", "tasks": ["t" * 20_000]})
-    pieces = [_join(chunks, envelope) for envelope in split_message(text)]
-    assert pieces[:-1] == [None] * (len(pieces) - 1)
-    assert pieces[-1] == text
-    deep = "[" * 3000 + "]" * 3000
-    assert _join(chunks, deep) == deep
+    for envelope in split_message(text):
+        result.add(envelope)
+    result.add("[" * 3000 + "]" * 3000)  # not an envelope: a reply, too deep
     envelope = {"__dispatcherd_chunk__": "v1", "message_id": "m", "index": 0.0, "total": 1.0}
-    assert _join(chunks, json.dumps({**envelope, "payload": "{}"})) == "{}"
-    assert _join(chunks, json.dumps({**envelope, "index": 3, "payload": "{}"})) is None
+    result.add(json.dumps({**envelope, "payload": '{"node_id": "m"}'}))
+    result.add(json.dumps({**envelope, "message_id": "o", "index": 3, "payload": "{}"}))
+    assert [reply["node_id"] for reply in result.replies] == ["n", "m"]
+    assert len(result.skipped) == 2
+    assert "nested more than" in result.skipped[0]
+    assert "chunk" in result.skipped[1]
 
 
 def serve_once(path: Path, *pieces: bytes) -> threading.Thread:
