@@ -342,9 +342,13 @@ def refusal(
     api: Callable[..., Any], kind: type[object], given: object, other: Callable[..., Any]
 ) -> str:
     """The pattern of the message that refuses *given* as the connection of *api*."""
+    hint = (
+        f"; use {other.__name__}() with that connection"
+        if isinstance(given, psycopg.BaseConnection)
+        else " (a psycopg connection object: a conninfo string goes in the config)"
+    )
     return "^" + re.escape(
-        f"{api.__name__}() needs a psycopg {kind.__name__}, got {type(given).__name__}; "
-        f"use {other.__name__}() with that connection"
+        f"{api.__name__}() needs a psycopg {kind.__name__}, got {type(given).__name__}{hint}"
     )
 
 

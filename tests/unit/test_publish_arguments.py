@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
 
-from dispatcher.publish import InvalidSubmission, prepare_submission, task
+from dispatcher.publish import InvalidSubmission, prepare_submission, submit_task, task
+from dispatcher.publish.mistakes import SUBMIT_OPTIONS
 from support import tasks
 
 
@@ -105,3 +107,64 @@ def test_a_call_shape_once_accepted_does_not_let_other_shapes_through() -> None:
         ]:
             with pytest.raises(InvalidSubmission, match=reason):
                 prepare_submission(shaped, args=args, kwargs=kwargs, queue="q")
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"countdown": 5}, "unexpected keyword argument 'countdown' (Celery's countdown is delay="),
+        ({"eta": 5}, "unexpected keyword argument 'eta' (Celery's eta is delay="),
+        ({"priority": 9}, "(there are no priorities: tasks start in the order they arrive)"),
+        ({"queu": "q"}, "unexpected keyword argument 'queu'; did you mean 'queue'?"),
+    ],
+)
+def test_an_option_apply_async_does_not_take_says_what_to_use(
+    options: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(TypeError) as refused:
+        tasks.add.apply_async(args=[1, 2], **options)
+    assert str(refused.value).startswith("apply_async() got an ")
+    assert said in str(refused.value)
+
+
+def test_apply_async_takes_every_option_submit_task_takes() -> None:
+    taken = {
+        name
+        for name, parameter in inspect.signature(submit_task).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert taken - {"args", "kwargs"} == SUBMIT_OPTIONS
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ([1], "extra: expected a dict, got list"),
+        ("ab", "extra: expected a dict, got str"),
+        ({1: "x"}, "extra: keys must be strings, got 1"),
+    ],
+)
+def test_extra_of_the_wrong_shape_is_refused_naming_it(extra: Any, said: str) -> None:
+    with pytest.raises(InvalidSubmission, match=f": {said}$"):
+        prepare_submission(tasks.add, args=[1, 2], queue="q", extra=extra)
+
+
+def test_bind_given_against_the_task_says_so() -> None:
+    with pytest.raises(InvalidSubmission) as refused:
+        prepare_submission(tasks.add, args=[1, 2], queue="q", bind=True)
+    assert (
+        "too many positional arguments: the task is support.tasks.add(a: 'int', b: 'int')"
+        in str(refused.value)
+    )
+    assert "bind=True passes the bound task first" in str(refused.value)
+    with pytest.raises(InvalidSubmission, match="bind: False, but the task is @task"):
+        prepare_submission(tasks.bound, args=[1], queue="q", bind=False)
+
+
+def test_a_conninfo_given_as_connection_says_what_connection_takes() -> None:
+    with pytest.raises(TypeError) as refused:
+        tasks.add.apply_async(args=[1, 2], queue="q", connection="host=db dbname=app")
+    assert str(refused.value) == (
+        "submit_task() needs a psycopg Connection, got str (a psycopg connection object: a "
+        "conninfo string goes in the config)"
+    )

@@ -68,11 +68,15 @@ def argument_problem(
     try:
         shape.signature.bind(*(_SLOT,) * slots, *args, **kwargs)
     except TypeError as exc:
-        parameters = list(shape.signature.parameters.values())[slots:]
+        hidden = shape.leading + entry.bind  # what the task's callers never pass
+        parameters = list(shape.signature.parameters.values())[hidden:]
         shown = shape.signature.replace(
             parameters=parameters, return_annotation=inspect.Signature.empty
         )
-        return f"args, kwargs: {exc}: the task is {entry.name}{shown}"
+        note = ""
+        if bind and not entry.bind:
+            note = " (bind=True passes the bound task first, and the task is not @task(bind=True))"
+        return f"args, kwargs: {exc}: the task is {entry.name}{shown}{note}"
     if len(shape.accepted) < _ACCEPTED_SHAPES:
         shape.accepted.add(call)
     return None

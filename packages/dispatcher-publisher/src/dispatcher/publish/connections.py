@@ -170,10 +170,13 @@ def _reason(conninfo: str, exc: psycopg.Error) -> str:
 def expect_connection(connection: object, expected: type[_C], caller: str, other: str) -> _C:
     """Return *connection* if it is of the *expected* kind, else say which function fits."""
     if not isinstance(connection, expected):
-        raise TypeError(
-            f"{caller}() needs a psycopg {expected.__name__}, got {type(connection).__name__}; "
-            f"use {other}() with that connection"
+        got = type(connection).__name__
+        hint = (
+            f"; use {other}() with that connection"
+            if isinstance(connection, BaseConnection)
+            else " (a psycopg connection object: a conninfo string goes in the config)"
         )
+        raise TypeError(f"{caller}() needs a psycopg {expected.__name__}, got {got}{hint}")
     return connection
 
 

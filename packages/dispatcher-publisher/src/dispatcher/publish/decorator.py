@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from dispatcher.publish.errors import RegistrationError
 from dispatcher.publish.json_values import shown
 from dispatcher.publish.messages import ProcessorOptions, processor_option_values
+from dispatcher.publish.mistakes import SUBMIT_OPTIONS, check_submit_options
 from dispatcher.publish.registry import Queue, RegisteredTask, registry
 from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import asubmit_task
@@ -196,6 +197,8 @@ def _attach_submission_methods(target: Any, task_name: str) -> None:
     def apply_async(
         args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> Submission:
+        if not options.keys() <= SUBMIT_OPTIONS:
+            check_submit_options(options, "apply_async")
         return submit_task(task_name, args=args, kwargs=kwargs, **options)
 
     async def adelay(*args: Any, **kwargs: Any) -> Submission:
@@ -204,6 +207,8 @@ def _attach_submission_methods(target: Any, task_name: str) -> None:
     async def aapply_async(
         args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> Submission:
+        if not options.keys() <= SUBMIT_OPTIONS:
+            check_submit_options(options, "aapply_async")
         return await asubmit_task(task_name, args=args, kwargs=kwargs, **options)
 
     for method in (delay, apply_async, adelay, aapply_async):

@@ -160,9 +160,18 @@ def prepare_submission(
         what = shown(bind)
         got = what if what.startswith("an integer of") else f"{json_type_name(bind)} {what}"
         raise _invalid(name, f"bind: expected boolean, got {got}")
+    elif not bind and defaults.bind:
+        raise _invalid(
+            name, "bind: False, but the task is @task(bind=True): a worker always binds it"
+        )
     if bind:
         message["bind"] = True
     if extra:
+        if not isinstance(extra, Mapping):
+            raise _invalid(name, f"extra: expected a dict, got {type(extra).__name__}")
+        not_text = [key for key in extra if type(key) is not str]
+        if not_text:
+            raise _invalid(name, f"extra: keys must be strings, got {shown(not_text[0])}")
         clashes = sorted(str(key) for key in extra if key in RESERVED_KEYS)
         if clashes:
             raise _invalid(name, f"extra: {', '.join(clashes)} cannot be set through extra")

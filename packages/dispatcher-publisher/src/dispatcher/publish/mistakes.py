@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from dispatcher.config import Settings
@@ -170,3 +170,53 @@ def check_task_name(name: str) -> None:
             name,
             close,
         )
+
+
+SUBMIT_OPTIONS: Final = frozenset(
+    {
+        "queue",
+        "uuid",
+        "timeout",
+        "delay",
+        "on_duplicate",
+        "bind",
+        "extra",
+        "connection",
+        "max_attempts",
+        "processor_options",
+    }
+)
+"""The options ``apply_async()`` takes besides ``args`` and ``kwargs`` (``submit_task``'s)."""
+
+_CELERY_OPTIONS: Final = {
+    "countdown": "Celery's countdown is delay= here (seconds)",
+    "eta": "Celery's eta is delay= here, in seconds from now",
+    "expires": "there is no expiry; timeout= bounds how long the task may run",
+    "time_limit": "Celery's time_limit is timeout= here (seconds)",
+    "soft_time_limit": "Celery's soft_time_limit is timeout= here (it raises DispatcherCancel)",
+    "task_id": "Celery's task_id is uuid= here",
+    "routing_key": "routing is by queue= here",
+    "exchange": "routing is by queue= here",
+    "priority": "there are no priorities: tasks start in the order they arrive",
+    "retry": "publishing is retried once on a lost connection; a task's retries are "
+    "max_attempts= on a durable queue",
+    "retry_policy": "a task's retries are max_attempts= on a durable queue "
+    "(backoff: brokers.pg_queue.retry_backoff)",
+    "serializer": "messages are always JSON",
+    "compression": "messages are always JSON, chunked when large",
+}
+"""Celery's ``apply_async`` options, and what stands for them here (or that nothing does)."""
+
+
+def check_submit_options(options: Mapping[str, object], caller: str) -> None:
+    """Refuse an option *caller* (``apply_async``) does not take, saying what to use instead.
+
+    :raises TypeError: as Python does for an unexpected keyword argument, with a hint.
+    """
+    unknown = sorted(options.keys() - SUBMIT_OPTIONS)
+    if not unknown:
+        return
+    key = unknown[0]
+    hint = _CELERY_OPTIONS.get(key)
+    why = f" ({hint})" if hint else did_you_mean(key, SUBMIT_OPTIONS)
+    raise TypeError(f"{caller}() got an unexpected keyword argument {key!r}{why}")
