@@ -195,6 +195,35 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("conninfo", "said"),
+    [
+        ("postgresql://app:s3cret%zzPW@db/app", 'invalid percent-encoded token: "..."'),
+        ("password=correct horse battery", 'missing "=" after "..." in connection info string'),
+        ("host=db bogus=1", 'invalid connection option "bogus"'),
+        ("postgresql://db/app?bogus=1", 'invalid URI query parameter: "bogus"'),
+    ],
+)
+@pytest.mark.parametrize("broker", ["pg_notify", "pg_queue"])
+def test_a_conninfo_libpq_cannot_read_is_refused_without_its_password(
+    conninfo: str, said: str, broker: str
+) -> None:
+    """Refused when loaded (a service ran on without its broker), never quoting a token that
+    may be the password."""
+    brokers: dict[str, Any] = {"pg_notify": {"conninfo": "host=db", "channels": ["a"]}}
+    if broker == "pg_queue":
+        brokers["pg_queue"] = {"conninfo": conninfo, "queues": ["q"]}
+    else:
+        brokers["pg_notify"]["conninfo"] = conninfo
+    with pytest.raises(ConfigError) as caught:
+        setup({"version": 1, "brokers": brokers})
+    assert str(caught.value) == (
+        f"config: brokers.{broker}.conninfo: not a valid connection string: {said}"
+    )
+    assert "s3cret" not in str(caught.value)
+    assert "horse" not in str(caught.value)
+
+
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
     """Nine lines whose aliases of aliases expand to 10^9 values (it took minutes and GBs)."""
     lines = ["version: 1", 'a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
@@ -247,6 +248,10 @@ def _cross_field_problems(document: Mapping[str, Any]) -> list[Problem]:
             )
         )
     problems += _pg_queue_problems(document.get("brokers", {}))
+    for broker in ("pg_notify", "pg_queue"):
+        conninfo = (document.get("brokers", {}).get(broker) or {}).get("conninfo")
+        if isinstance(conninfo, str) and (reason := conninfo_problem(conninfo)) is not None:
+            problems.append(Problem(("brokers", broker, "conninfo"), reason))
     problems += scheduled_problems(document.get("producers", {}))
     configured = set(document.get("brokers", {}))
     for key, value in document.get("publish", {}).items():
@@ -255,6 +260,26 @@ def _cross_field_problems(document: Mapping[str, Any]) -> list[Problem]:
                 Problem(("publish", key), f"{value!r} is not configured under 'brokers'")
             )
     return problems
+
+
+def conninfo_problem(conninfo: str) -> str | None:
+    """Why libpq cannot read *conninfo*, without quoting it (it may hold a password)."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(conninfo)
+    except ProgrammingError as exc:
+        said = str(exc).strip()
+        if not said.startswith(("invalid connection option", "invalid URI query parameter")):
+            # The token may be (part of) the password; a one-character one ("=") is kept.
+            said = _QUOTED.sub(lambda m: m[0] if len(m[0]) <= 3 else '"..."', said)
+        return f"not a valid connection string: {said}"
+    return None
+
+
+_QUOTED: Final = re.compile(r'"[^"]*"')
+"""A token libpq quotes in its complaint."""
 
 
 def _pg_queue_problems(brokers: Mapping[str, Any]) -> list[Problem]:
