@@ -12,10 +12,13 @@ import json
 import os
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.server.brokers import pg_notify
@@ -162,3 +165,29 @@ async def test_a_broken_connection_leaves_its_socket_number_to_whoever_gets_it_n
             second.close()
     with pytest.raises(psycopg.OperationalError):
         drain.raise_failure()
+
+
+async def test_a_role_whose_idle_sessions_time_out_keeps_its_listener(
+    pg_dsn: str, channel: str, pg_conn: psycopg.Connection[Any]
+) -> None:
+    """A DBA's ``idle_session_timeout`` on the service's role: a LISTEN session waits by
+    nature, and was cut every few hundred milliseconds (most tasks lost)."""
+    role = f"idle_{channel}"[:63]
+    pg_conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        pg_conn.execute(
+            sql.SQL("ALTER ROLE {} SET idle_session_timeout = '300ms'").format(sql.Identifier(role))
+        )
+        stats = ServiceStats()
+        broker, received = listening(make_conninfo(pg_dsn, user=role), [channel], stats)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(broker.run, lambda text, origin: received.append((text, origin)))
+            await wait_until(lambda: stats.listener_connects == 1)
+            await anyio.sleep(1.0)  # idle for more than three of the role's timeouts
+            await anyio.to_thread.run_sync(notify_all, pg_dsn, [(channel, "after a while")])
+            await wait_until(lambda: bool(received))
+            tasks.cancel_scope.cancel()
+        assert [text for text, _ in received] == ["after a while"]
+        assert (stats.listener_connects, stats.listener_failures) == (1, 0)
+    finally:
+        pg_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -21,7 +21,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
@@ -72,6 +72,21 @@ async def open_connection(conninfo: str, application_name: str) -> psycopg.Async
         keepalives_interval=10,
         keepalives_count=3,
     )
+
+
+NEVER_IDLE_OUT: Final = (
+    "SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'idle_session_timeout'"
+)
+"""Keeps a LISTEN session from being ended for idleness (PostgreSQL 14 and later): waiting
+for notifications is all it does, and ``idle_session_timeout`` set on the role or the database
+would cut it every few seconds, losing what is sent meanwhile."""
+
+
+async def start_listening(conn: psycopg.AsyncConnection[Any], channels: Iterable[str]) -> None:
+    """LISTEN on *channels*, in a session that no ``idle_session_timeout`` ends."""
+    await conn.execute(NEVER_IDLE_OUT)
+    for channel in channels:
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
 
 class PgNotifyBroker(BrokerBase):
@@ -149,8 +164,7 @@ class PgNotifyBroker(BrokerBase):
         return await open_connection(self.settings.conninfo, self.application_name)
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        for channel in (*self.channels, self.check_channel):
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        await start_listening(conn, (*self.channels, self.check_channel))
 
     async def _serve(self, conn: psycopg.AsyncConnection[Any], drain: _Drain) -> None:
         """Deliver notifications until the connection fails (or a self-check does)."""

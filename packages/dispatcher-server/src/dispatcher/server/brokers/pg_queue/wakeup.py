@@ -16,7 +16,6 @@ from typing import Final
 
 import anyio
 import psycopg
-from psycopg import sql
 
 from dispatcher.publish import describe_server
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
@@ -26,6 +25,7 @@ from dispatcher.server.brokers.pg_notify import (
     HEALTHY_AFTER,
     MAX_RETRY,
     open_connection,
+    start_listening,
 )
 from dispatcher.server.logsafe import first_line, get_logger
 
@@ -74,12 +74,11 @@ async def listen(
     backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
     where = describe_server(conninfo)
     wanted = frozenset(queues)
-    channel = sql.SQL("LISTEN {}").format(sql.Identifier(QUEUE_WAKEUP_CHANNEL))
     while True:
         connected_at: float | None = None
         try:
             async with await open_connection(conninfo, application_name) as conn:
-                await conn.execute(channel)
+                await start_listening(conn, [QUEUE_WAKEUP_CHANNEL])
                 connected_at = time.monotonic()
                 wakeup.set()  # jobs may have come while nobody listened
                 while True:
