@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
+from dispatcher.server.brokers.pg_queue.sampler import QueueSampler, sampling_connection
 from dispatcher.server.metrics import render
 from dispatcher.server.stats import QueueDepth, ServiceStats
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
@@ -118,6 +118,35 @@ def test_a_job_committed_as_the_sample_starts_counts_as_ready(
 
     depth = anyio.run(sample_across_the_insert)
     assert (depth.ready, depth.delayed) == (1, 0)
+
+
+def test_a_sample_sets_nothing_on_its_session_and_prepares_nothing(
+    pg_dsn: str, schema: str
+) -> None:
+    """As a pooler in transaction mode needs: its sessions are shared, and forget prepared
+    statements. (Its timeout went in the connection's startup options, which pgbouncer
+    refuses: the metrics had no queue depth behind it.)"""
+    sampler = QueueSampler(pg_dsn, schema, ["mail"], "test-sampler")
+
+    async def sample_then_look() -> tuple[Any, ...]:
+        conn = await sampling_connection(pg_dsn, "test-sampler")
+        async with conn:
+            for _ in range(8):
+                await sampler.sample(conn)
+            cursor = await conn.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('jit'),"
+                " (SELECT count(*) FROM pg_prepared_statements)"
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            return tuple(row)
+
+    with psycopg.connect(pg_dsn) as plain:
+        row = plain.execute(
+            "SELECT current_setting('statement_timeout'), current_setting('jit'), 0::bigint"
+        ).fetchone()
+    assert row is not None
+    assert anyio.run(sample_then_look) == tuple(row)  # the session's settings as they were
 
 
 def test_no_durable_queue_families_without_pg_queue() -> None:

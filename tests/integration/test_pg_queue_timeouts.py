@@ -76,6 +76,54 @@ def test_each_working_connection_gets_a_statement_timeout(pg_dsn: str) -> None:
     assert plans == [("force_generic_plan",)]  # its statements are planned once
 
 
+def test_behind_a_transaction_pooler_nothing_is_set_nor_prepared(pg_dsn: str) -> None:
+    """``transaction_pooler: true``: a SET would land on a session other clients share."""
+    db = QueueDatabase(pg_dsn, "pg-queue-timeouts", nothing, pooled=True)
+    statement = b"SELECT current_setting('plan_cache_mode'), count(*) FROM pg_prepared_statements"
+    try:
+        _pid, timeout, _idle = session_settings(db)
+        runs = [anyio.run(db.fetch, statement, {}) for _ in range(8)]
+    finally:
+        anyio.run(db.close)
+    assert timeout == "0"
+    assert runs[-1] == [("auto", 0)]  # the server's defaults; run 8 times, never prepared
+
+
+def test_a_lost_prepared_statement_turns_preparing_off(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a pooler in transaction mode does to a prepared statement: the service notices,
+    says what to set, and goes on without preparing."""
+    opened: list[Connection] = []
+
+    async def keep(conn: Connection) -> None:
+        opened.append(conn)
+
+    db = QueueDatabase(pg_dsn, "pg-queue-timeouts", keep)
+    statement = b"SELECT count(*) FROM pg_prepared_statements"
+
+    async def scenario() -> list[Any]:
+        for _ in range(6):
+            await db.fetch(statement, {})  # prepared by now (psycopg prepares at the 5th)
+        # Gone from the server session, as a pooler makes it, not from psycopg's own record.
+        names = await (
+            await opened[0].execute("SELECT name FROM pg_prepared_statements")
+        ).fetchall()
+        for (name,) in names:
+            await opened[0].execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(name)))
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            await db.fetch(statement, {})
+        return [await db.fetch(statement, {}) for _ in range(8)]
+
+    try:
+        after = anyio.run(scenario)
+    finally:
+        anyio.run(db.close)
+    assert after[-1] == [(0,)]  # a new connection, which prepares nothing
+    assert len(opened) == 2
+    assert "set brokers.pg_queue.transaction_pooler: true" in caplog.text
+
+
 def test_a_timeout_set_in_the_conninfo_wins(pg_dsn: str) -> None:
     given = make_conninfo(pg_dsn, options="-c statement_timeout=1234")
     db = QueueDatabase(given, "pg-queue-timeouts", nothing, statement_timeout=0.5)

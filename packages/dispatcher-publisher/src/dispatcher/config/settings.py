@@ -79,6 +79,8 @@ class PgQueueBroker:
     """Most jobs claimed or settled in one statement."""
     prefetch: int = 100
     """Jobs claimed ahead of the free workers (leased to this service while they wait)."""
+    transaction_pooler: bool = False
+    """Whether the conninfo leads to a pooler in transaction mode: prepare and set nothing."""
     allow_control: tuple[str, ...] | None = None
     """Control commands accepted from the queue; ``None`` means every command."""
 

@@ -18,12 +18,11 @@ from typing import Any, Final
 
 import anyio
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from dispatcher.config import Settings
 from dispatcher.control import ControlResult, acontrol_with_reply
 from dispatcher.publish import BrokerUnavailable, PublishError, describe_server
-from dispatcher.server.brokers.pg_queue.sampler import STATEMENT_TIMEOUT_MS, QueueSampler
+from dispatcher.server.brokers.pg_queue.sampler import QueueSampler, sampling_connection
 from dispatcher.server.ctl_render import control_channel, no_service_found, shown
 from dispatcher.server.ctl_top_text import Poll
 from dispatcher.server.logsafe import first_line
@@ -123,16 +122,8 @@ class Collector:
 
     @staticmethod
     async def _connect(conninfo: str) -> psycopg.AsyncConnection[Any]:
-        """A connection whose statements time out as the service's sampler's do."""
-        timeout = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-        given = conninfo_to_dict(conninfo).get("options")
-        return await psycopg.AsyncConnection.connect(
-            conninfo,
-            autocommit=True,
-            application_name=APPLICATION_NAME,
-            connect_timeout=CONNECT_TIMEOUT,
-            options=f"{given} {timeout}" if given else timeout,
-        )
+        """A connection to sample the queues on, as the service's sampler does."""
+        return await sampling_connection(conninfo, APPLICATION_NAME, CONNECT_TIMEOUT)
 
     async def aclose(self) -> None:
         """Close the queue-sampling connection, if open."""

@@ -88,8 +88,11 @@ class PgQueueBroker(BrokerBase):
         self._statements = statements = Statements.for_schema(settings.schema)
         # Claims have a connection of their own, so that a freed worker's next job never
         # waits behind acknowledgements and renewals (which share the other one).
-        self._claims_db = QueueDatabase(settings.conninfo, work_name, self._on_open_claims)
-        self._db = db = QueueDatabase(settings.conninfo, work_name, self._on_open)
+        pooled = settings.transaction_pooler
+        self._claims_db = QueueDatabase(
+            settings.conninfo, work_name, self._on_open_claims, pooled=pooled
+        )
+        self._db = db = QueueDatabase(settings.conninfo, work_name, self._on_open, pooled=pooled)
         self._leases = leases = Leases(db, statements.renew, settings.lease)
         policy = RetryPolicy(
             settings.retry_backoff, settings.retry_backoff_max, settings.retry_jitter

@@ -65,6 +65,13 @@ claim over a large backlog (the ``LIMIT`` aside) passes ``jit_above_cost``, and 
 compiles the statement anew at every run: about 30 ms of CPU for a claim that otherwise
 takes well under 1 ms."""
 
+_PREPARED_STATEMENT_LOST: Final = (
+    psycopg.errors.InvalidSqlStatementName,
+    psycopg.errors.DuplicatePreparedStatement,
+)
+"""What psycopg meets when a pooler in transaction mode hands its statements to a server
+session other than the one that prepared them."""
+
 FAILURES = (psycopg.Error, OSError, BrokerNotReady)
 """What a statement can fail with: the database's errors, an unreachable server, tables
 that are missing or too old (found when a connection is opened)."""
@@ -74,7 +81,10 @@ class QueueDatabase:
     """One autocommit connection, opened when first needed and after each loss.
 
     *statement_timeout* (seconds) is the session's, unless the conninfo, the role or the
-    database sets one.
+    database sets one. *pooled*: the conninfo leads to a pooler in transaction mode, whose
+    sessions are shared with other clients and keep no prepared statement from one
+    transaction to the next: nothing is prepared and nothing set on the session. A pooler
+    found that way (a prepared statement gone) is taken as one from then on.
     """
 
     def __init__(
@@ -83,10 +93,13 @@ class QueueDatabase:
         application_name: str,
         on_open: Callable[[Connection], Awaitable[None]],
         statement_timeout: float = STATEMENT_TIMEOUT,
+        *,
+        pooled: bool = False,
     ) -> None:
         self._conninfo = conninfo
         self._timeout = f"{max(1, round(statement_timeout * 1000))}ms"
         self._application_name = application_name
+        self._pooled = pooled
         self._on_open = on_open
         self._conn: Connection | None = None
         self._lock = anyio.Lock()
@@ -112,6 +125,17 @@ class QueueDatabase:
                 await self.discard(reason, conn)
             elif isinstance(exc, psycopg.errors.UndefinedTable):
                 await self.discard(None, conn)  # the next connection says which command to run
+            elif isinstance(exc, _PREPARED_STATEMENT_LOST) and not self._pooled:
+                self._pooled = True
+                logger.warning(
+                    "a prepared statement was lost on %s (%s): a pooler in transaction mode "
+                    "in between? This service's queue connections prepare nothing from now "
+                    "on; set brokers.pg_queue.transaction_pooler: true so that they also set "
+                    "nothing on the pooler's sessions, which other clients share",
+                    self.where,
+                    first_line(exc),
+                )
+                await self.discard(None, conn)
             raise
         except BaseException:  # cancelled mid-statement: the connection's state is unknown
             await self.discard(None, conn)
@@ -156,7 +180,10 @@ class QueueDatabase:
                 self._failed(exc)
                 raise
             try:
-                await conn.execute(_SESSION, {"timeout": self._timeout})
+                if self._pooled:
+                    conn.prepare_threshold = None
+                else:
+                    await conn.execute(_SESSION, {"timeout": self._timeout})
                 await self._on_open(conn)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):

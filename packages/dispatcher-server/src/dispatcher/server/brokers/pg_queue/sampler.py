@@ -20,7 +20,6 @@ import anyio
 import psycopg
 from anyio.abc import TaskStatus
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from dispatcher.publish import describe_server
 from dispatcher.server.backoff import Backoff
@@ -54,6 +53,36 @@ whose insert committed just before the snapshot was stamped with its transaction
 which may be later than this statement's own ``now()``; compared with that, it would count
 as delayed.
 """
+
+
+_LOCAL_SETTINGS: Final = b"""
+SELECT set_config(s.name, s.value, true)
+FROM (VALUES ('statement_timeout', %(timeout)s), ('jit', 'off')) AS s(name, value)
+JOIN pg_settings AS p USING (name)
+WHERE s.name = 'statement_timeout'
+   OR p.source NOT IN ('client', 'user', 'database', 'database user')
+"""
+"""The sample's own settings, for its transaction only: its timeout, and JIT off unless the
+operator turned it on (as on the broker's connections). Set in the transaction rather than
+at connection (``options``), which a pooler such as pgbouncer refuses, and rather than on
+the session, which through a pooler in transaction mode would reach other clients."""
+
+
+async def sampling_connection(
+    conninfo: str, application_name: str, connect_timeout: int = 10
+) -> psycopg.AsyncConnection[Any]:
+    """A connection for :meth:`QueueSampler.sample`, which prepares no statement.
+
+    (A sample runs every few seconds: preparing saves nothing, and a pooler in transaction
+    mode loses prepared statements between transactions.)
+    """
+    return await psycopg.AsyncConnection.connect(
+        conninfo,
+        autocommit=True,
+        application_name=application_name,
+        connect_timeout=connect_timeout,
+        prepare_threshold=None,
+    )
 
 
 class QueueSampler:
@@ -110,26 +139,17 @@ class QueueSampler:
 
     async def sample(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, QueueDepth]:
         """Take one sample over *conn*; store it in :attr:`depths` and return it."""
-        cursor = await conn.execute(self._query, {"cap": COUNT_CAP, "queues": list(self.queues)})
+        async with conn.transaction():
+            await conn.execute(_LOCAL_SETTINGS, {"timeout": f"{STATEMENT_TIMEOUT_MS}ms"})
+            query = {"cap": COUNT_CAP, "queues": list(self.queues)}
+            cursor = await conn.execute(self._query, query)
+            rows = await cursor.fetchall()
         self.depths = {
             name: QueueDepth(ready=ready, delayed=delayed, oldest_ready_age=age)
-            for name, ready, delayed, age in await cursor.fetchall()
+            for name, ready, delayed, age in rows
         }
         self.samples += 1
         return self.depths
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        """A new connection whose statements time out after :data:`STATEMENT_TIMEOUT_MS`.
-
-        JIT is off, as on the broker's connections, unless the conninfo's options turn it
-        on; the statement timeout is always the sampler's own.
-        """
-        given = conninfo_to_dict(self.conninfo).get("options")
-        timeout = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-        return await psycopg.AsyncConnection.connect(
-            self.conninfo,
-            autocommit=True,
-            application_name=self.application_name,
-            connect_timeout=10,
-            options=f"-c jit=off {given} {timeout}" if given else f"-c jit=off {timeout}",
-        )
+        return await sampling_connection(self.conninfo, self.application_name)
