@@ -160,3 +160,32 @@ def test_connections_past_the_cap_wait_for_a_free_place(
         r"WARNING dispatcher\.metrics: the metrics server serves 64 connections, the most it "
         r"serves at once: new ones wait"
     )
+
+
+@pytest.mark.parametrize("taken", ["metrics port", "socket path"])
+def test_an_address_another_process_holds_stops_the_start(
+    start_service: StartService, service_config: dict[str, Any], tmp_path: Any, taken: str
+) -> None:
+    """Exit 2 saying why, rather than run on while Prometheus (or dispatcherctl) reaches
+    another process there."""
+    if taken == "metrics port":
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        service_config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
+        said = (
+            rf"cannot start: cannot serve metrics on 127\.0\.0\.1:{port}: .*address already in use"
+        )
+    else:
+        holder = socket.socket(socket.AF_UNIX)
+        path = tmp_path / "taken.sock"
+        holder.bind(str(path))
+        service_config["brokers"]["socket"] = {"path": str(path)}
+        said = rf"cannot start: cannot listen on socket {path}: .* is in use by another running"
+    with holder:
+        holder.listen()
+        service = start_service(service_config, wait=False)
+        assert service.wait(60) == 2, service.log
+    service.wait_for_log(rf"CRITICAL dispatcher\.service: (?i:{said})")
+    assert "Traceback" not in service.log
+    assert_every_line_is_ours(service.log)

@@ -16,6 +16,7 @@ import anyio
 from anyio.abc import SocketStream, TaskStatus
 
 from dispatcher.server.accepting import serve_connections
+from dispatcher.server.brokers.base import StartRefused
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.stats import BUCKETS, Histogram, QueueDepth, ServiceStats
 
@@ -56,13 +57,14 @@ class MetricsServer:
         self.requests = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled (a port that cannot be bound is logged, not fatal)."""
+        """Serve until cancelled.
+
+        :raises StartRefused: when the address cannot be bound (another process holds it).
+        """
         try:
             listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
         except OSError as exc:
-            logger.error("cannot serve metrics on %s:%d: %s", self.host, self.port, exc)
-            task_status.started()
-            return
+            raise StartRefused(f"cannot serve metrics on {self.host}:{self.port}: {exc}") from None
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         logger.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
         task_status.started()

@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup
 
 from dispatcher.config import Settings
 from dispatcher.server.allowlist import ControlAllowList
-from dispatcher.server.brokers.base import BrokerContext, Leasing
+from dispatcher.server.brokers.base import BrokerContext, Leasing, StartRefused
 from dispatcher.server.brokers.capacity import CapacityGauge
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
 from dispatcher.server.brokers.registry import create_brokers
@@ -266,10 +266,16 @@ class Service:
             logger.warning("no brokers in %s: nothing to listen to", self.settings.source)
         await task_group.start(self.replies.run, name="control-replies")
         await task_group.start(self.settlements.run, name="settlements")
-        for broker in self.brokers:
-            await task_group.start(run_broker, broker, self._deliver, name=f"broker:{broker.name}")
-        if self.metrics is not None:
-            await task_group.start(self.metrics.run, name="metrics")
+        try:
+            for broker in self.brokers:
+                name = f"broker:{broker.name}"
+                await task_group.start(run_broker, broker, self._deliver, name=name)
+            if self.metrics is not None:
+                await task_group.start(self.metrics.run, name="metrics")
+        except StartRefused as refused:
+            logger.critical("cannot start: %s", refused)
+            self.exit_status = EXIT_CONFIG
+            self._stop.set()  # stops what did start, as a stop signal would
         if self.view.queue_sampler is not None:
             await task_group.start(self.view.queue_sampler.run, name="queue-sampler")
         task_group.start_soon(self._expire_chunks, name="chunk-expiry")

@@ -173,6 +173,15 @@ class BrokerNotReady(DispatcherError):
     """
 
 
+class StartRefused(DispatcherError):
+    """A broker (or the metrics server) cannot start, for a reason waiting cannot cure.
+
+    An address another service holds, a path it may not create: raised before it says it
+    started, it stops the service's start (exit status 2) with the reason, in a line,
+    rather than let it run without that broker.
+    """
+
+
 class Capacity(Protocol):
     """How much work the service can take now: durable brokers claim no more than that."""
 

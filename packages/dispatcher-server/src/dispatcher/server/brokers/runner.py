@@ -7,7 +7,7 @@ import traceback
 import anyio
 from anyio.abc import TaskStatus
 
-from dispatcher.server.brokers.base import Broker, Deliver
+from dispatcher.server.brokers.base import Broker, Deliver, StartRefused
 from dispatcher.server.logsafe import Block, first_line, get_logger
 
 logger = get_logger("dispatcher.brokers")
@@ -35,11 +35,16 @@ async def run_broker(
     """Run *broker* until cancelled; log (and outlive) its failure.
 
     The service's start waits for the broker to say it started; a broker that fails before
-    that is logged and the service goes on without it.
+    that is logged and the service goes on without it, but for :class:`StartRefused`, which
+    reaches the service's start.
     """
     started = _Started(task_status)
     try:
         await broker.run(deliver, task_status=started)
+    except StartRefused:
+        if not started.done:
+            raise  # before the start: the service does not start, and says why
+        logger.error("the %s broker stopped: it refused to go on", broker.name)
     except Exception as exc:  # a broken broker must not stop the service
         reason = first_line(exc)
         if started.done:
@@ -49,5 +54,4 @@ async def run_broker(
         logger.debug(
             "the %s broker failed:%s", broker.name, Block("".join(traceback.format_exception(exc)))
         )
-    finally:
-        started.started()
+    started.started()  # (a broker that returned, or failed, does not hold the service's start)

@@ -38,7 +38,7 @@ from anyio.abc import SocketStream, TaskStatus
 from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.schema.chunks import socket_lines
 from dispatcher.server.accepting import serve_connections
-from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
+from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver, StartRefused
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.origin import Origin
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
@@ -135,12 +135,15 @@ class SocketBroker(BrokerBase):
     ) -> None:
         """Listen until cancelled; the socket file is removed on the way out.
 
-        :raises OSError: when the socket cannot be created (another service uses the path).
+        :raises StartRefused: when the socket cannot be created (another service uses the
+            path, its directory is missing or not writable).
         """
-        self._claim_path()
         old_umask = os.umask(0o177)  # the file is created 0600: only its owner may connect
         try:
+            self._claim_path()
             listener = await anyio.create_unix_listener(self.path)
+        except OSError as exc:
+            raise StartRefused(f"cannot listen on socket {self.path}: {exc}") from None
         finally:
             os.umask(old_umask)
         logger.info("listening on socket %s", self.path)
