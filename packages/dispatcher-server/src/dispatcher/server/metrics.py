@@ -142,7 +142,11 @@ def _histograms(name: str, help: str, by_task: dict[str, Histogram]) -> Iterator
 def render(source: MetricsSource) -> Iterator[str]:
     """The metrics of *source* in the Prometheus text format."""
     stats, counts = source.stats, source.counts()
-    yield _family("dispatcher_messages_received_total", "counter", "Messages received.")
+    yield _family(
+        "dispatcher_messages_received_total",
+        "counter",
+        "Messages received: task messages and control commands.",
+    )
     yield f"dispatcher_messages_received_total {stats.received}\n"
     yield _family("dispatcher_messages_rejected_total", "counter", "Messages rejected, by reason.")
     for reason, count in sorted(stats.rejected.items()):
