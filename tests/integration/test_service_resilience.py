@@ -333,3 +333,28 @@ def test_unlistened_worker_channel_names_are_refused_by_config(tmp_path: Path) -
     )
     assert result.returncode == 2
     assert "is not a valid channel name" in result.stderr
+
+
+def test_what_a_task_leaves_behind_is_adopted_and_reaped_by_the_service(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A process orphaned by a task's own child goes to the fork server, which reaps it:
+    under a service run as PID 1 (a container), it went to the service, which did not."""
+    start_service(service_config)
+    notify(channel, message("support.service_tasks.leaves_an_orphan", evidence.path, 1.0))
+    [record] = evidence.wait_for(1)
+    orphan, fork_server = record["orphan"], record["worker_parent"]
+
+    def parent_of(pid: int) -> int | None:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return None
+        return int(status.split("PPid:")[1].split()[0])
+
+    assert parent_of(orphan) in (fork_server, None)  # adopted (or already over and reaped)
+    wait_until(lambda: not Path(f"/proc/{orphan}").exists(), timeout=10)  # reaped: no zombie

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -172,6 +173,18 @@ async def async_cancellable(path: str, seconds: float, how: str) -> str:
         raise
     _record(path, event="end")
     return "ok"
+
+
+@task()
+def leaves_an_orphan(path: str, seconds: float) -> None:
+    """Start a shell that starts a sleep in the background and exits: the sleep is orphaned."""
+    shell = subprocess.Popen(
+        ["sh", "-c", f"sleep {seconds} > /dev/null 2>&1 & echo $!"], stdout=subprocess.PIPE
+    )
+    assert shell.stdout is not None
+    orphan = int(shell.stdout.readline())
+    shell.wait()
+    _record(path, event="orphaned", orphan=orphan, worker_parent=os.getppid())
 
 
 @task()

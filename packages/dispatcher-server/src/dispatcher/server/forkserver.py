@@ -45,7 +45,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.heap import release_free_memory
-from dispatcher.server.lifeline import die_with_parent
+from dispatcher.server.lifeline import adopt_orphans, die_with_parent
 from dispatcher.server.logsafe import Block, describe_exception, get_logger
 from dispatcher.server.task_imports import fitted, import_report
 from dispatcher.server.worker import WorkerOptions, worker_main
@@ -194,7 +194,8 @@ class ForkServer:
         worker_main(socket.socket(fileno=worker_fd), options)
 
     def _reap(self) -> None:
-        while self._workers:
+        """Reap the workers that ended, and the orphans of their tasks it adopted."""
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -202,6 +203,8 @@ class ForkServer:
                 return
             if pid == 0:
                 return
+            if pid not in self._workers:
+                continue  # an orphan a task left (see adopt_orphans): reaped, nothing more
             self._workers.discard(pid)
             _kill_group(pid)  # the children its task left behind
             code = os.waitstatus_to_exitcode(status)
@@ -342,6 +345,7 @@ def _forked(
             signal.signal(number, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         die_with_parent(DEATH_SIGNAL, parent=parent)
+        adopt_orphans()  # what the tasks start and leave behind is reaped here
         gc.enable()  # whatever the service's start-up did with it: workers collect garbage
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)

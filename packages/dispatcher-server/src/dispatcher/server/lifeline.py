@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Final
 
 _PR_SET_PDEATHSIG: Final = 1
+_PR_SET_CHILD_SUBREAPER: Final = 36
 
 
 @functools.cache
@@ -40,3 +41,14 @@ def die_with_parent(signum: signal.Signals, parent: int | None = None) -> None:
     _prctl()(_PR_SET_PDEATHSIG, int(signum))
     if os.getppid() != expected:
         os._exit(1)
+
+
+def adopt_orphans() -> None:
+    """Become the parent of this process's descendants orphaned by their own parent's end.
+
+    Without it they go to the system's init, which reaps them; but a service run as PID 1 in
+    a container would be that init, and never reap them (zombies pile up). Their new parent
+    must reap them. Does nothing on systems other than Linux.
+    """
+    if sys.platform.startswith("linux"):
+        _prctl()(_PR_SET_CHILD_SUBREAPER, 1)
