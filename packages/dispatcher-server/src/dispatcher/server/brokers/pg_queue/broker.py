@@ -224,15 +224,20 @@ class PgQueueBroker(BrokerBase):
 
     async def close(self) -> None:
         """Write what acknowledgements wait (briefly), then close the connections."""
-        with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+        why: str | None = None
+        with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT) as waited:
             try:
                 await self._acks.flush()
             except FAILURES as exc:
-                logger.warning(
-                    "%s not recorded (%s): their jobs will run again once their lease runs out",
-                    counted(self._acks.pending, "outcome"),
-                    first_line(exc),
-                )
+                why = first_line(exc)
+        if waited.cancelled_caught:
+            why = f"the database did not answer within {CLOSE_FLUSH_TIMEOUT:g} s"
+        if why is not None and self._acks.pending:
+            logger.warning(
+                "%s not recorded (%s): their jobs will run again once their lease runs out",
+                counted(self._acks.pending, "outcome"),
+                why,
+            )
         await self._claims_db.close()
         await self._db.close()
         await self._replies.close()
