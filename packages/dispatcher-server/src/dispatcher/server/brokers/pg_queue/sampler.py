@@ -82,6 +82,10 @@ async def sampling_connection(
         application_name=application_name,
         connect_timeout=connect_timeout,
         prepare_threshold=None,
+        keepalives=1,  # a server gone silently is noticed, as on the broker's connections
+        keepalives_idle=30,
+        keepalives_interval=10,
+        keepalives_count=3,
     )
 
 
