@@ -181,7 +181,7 @@ def test_an_address_another_process_holds_stops_the_start(
         path = tmp_path / "taken.sock"
         holder.bind(str(path))
         service_config["brokers"]["socket"] = {"path": str(path)}
-        said = rf"cannot start: cannot listen on socket {path}: .* is in use by another running"
+        said = rf"cannot start: cannot listen on socket {path}: another running service uses it"
     with holder:
         holder.listen()
         service = start_service(service_config, wait=False)

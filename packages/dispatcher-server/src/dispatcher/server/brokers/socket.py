@@ -23,6 +23,7 @@ closed, and so is one that leaves its replies unread for :data:`WRITE_TIMEOUT` s
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -143,7 +144,8 @@ class SocketBroker(BrokerBase):
             self._claim_path()
             listener = await anyio.create_unix_listener(self.path)
         except OSError as exc:
-            raise StartRefused(f"cannot listen on socket {self.path}: {exc}") from None
+            why = exc.strerror or str(exc)  # (not str(exc): it may name the path again)
+            raise StartRefused(f"cannot listen on socket {self.path}: {why}") from None
         finally:
             os.umask(old_umask)
         logger.info("listening on socket %s", self.path)
@@ -174,14 +176,14 @@ class SocketBroker(BrokerBase):
         if not self.path.exists() and not self.path.is_symlink():
             return
         if not stat.S_ISSOCK(self.path.lstat().st_mode):
-            raise OSError(f"{self.path} exists and is not a socket")
+            raise OSError(errno.EEXIST, "it exists and is not a socket")
         with socket.socket(socket.AF_UNIX) as probe:
             try:
                 probe.connect(str(self.path))
             except OSError:
                 self.path.unlink()  # nobody listens: left over from a crash
                 return
-        raise OSError(f"{self.path} is in use by another running service")
+        raise OSError(errno.EADDRINUSE, "another running service uses it")
 
     async def _refuse(self, client: SocketStream, connected: int) -> None:
         """Tell a client beyond :attr:`max_clients` why it is closed: one error reply."""
