@@ -363,7 +363,7 @@ def test_async_task_times_out_and_the_worker_runs_async_tasks_again(
     assert not events(evidence, "end")
 
 
-@pytest.mark.parametrize("how", ["sleep", "busy", "gather"])
+@pytest.mark.parametrize("how", ["sleep", "busy", "gather", "wait_for"])
 def test_an_async_task_sees_its_timeout_as_dispatcher_cancel_and_cleans_up(
     start_service: StartService,
     service_config: dict[str, Any],
@@ -380,7 +380,8 @@ def test_an_async_task_sees_its_timeout_as_dispatcher_cancel_and_cleans_up(
     notify(channel, message("async_record", evidence.path, "next"))
     start, cancelled, after = evidence.wait_for(3, timeout=10)
     assert (start["event"], cancelled["event"]) == ("start", "cancelled"), cancelled
-    assert cancelled["subtasks"] == (["a", "b"] if how == "gather" else [])
+    subtasks = {"gather": ["a", "b"], "wait_for": ["w"]}
+    assert cancelled["subtasks"] == subtasks.get(how, [])  # cancelled before the clean-up
     assert after["args"] == ["next"]
     assert after["pid"] == start["pid"]
     service.wait_for_log(r"task \S+async_cancellable \(uuid u-a\) exceeded its timeout of 0\.5 s")

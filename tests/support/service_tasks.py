@@ -137,7 +137,8 @@ async def async_sleep(path: str, seconds: float) -> None:
 @task()
 async def async_cancellable(path: str, seconds: float, how: str) -> str:
     """An ``async def`` task recording what a cancel brings into it: waiting (``sleep``),
-    computing without awaiting (``busy``), or waiting for subtasks (``gather``)."""
+    computing without awaiting (``busy``), or waiting for subtasks (``gather``,
+    ``wait_for``)."""
     _record(path, event="start", kind="async")
     subtasks_cancelled: list[str] = []
 
@@ -157,6 +158,8 @@ async def async_cancellable(path: str, seconds: float, how: str) -> str:
                 pass
         elif how == "gather":
             await asyncio.gather(subtask("a"), subtask("b"))
+        elif how == "wait_for":  # its inner task is cancelled before the clean-up runs
+            await asyncio.wait_for(subtask("w"), seconds * 2)
         elif how == "own timeout":  # asyncio's own cancellation is not the service's
             try:
                 async with asyncio.timeout(0.05):

@@ -279,7 +279,7 @@ class TaskRunner:
         if not self._cancel_due:
             return exc  # the coroutine's own doing (asyncio.timeout(), say)
         self._cancel_due = False
-        return self._cancel()
+        return _cancellation(self._cancel)()
 
     def on_recall_signal(self, signum: int, frame: object) -> None:
         """:data:`RECALL_SIGNAL`: end unstarted every request not started yet (a reload)."""
@@ -543,6 +543,26 @@ class _CancelTranslator:
 
 
 _STEP_CODE: Final = _CancelTranslator.__await__.__code__
+
+
+_CANCELLATIONS: dict[type[BaseException], type[BaseException]] = {}
+
+
+def _cancellation(cancel: type[BaseException]) -> type[BaseException]:
+    """*cancel* (``DispatcherCancel``) that is also asyncio's ``CancelledError``.
+
+    Thrown into an async task's coroutine, it is caught by the task's ``except
+    DispatcherCancel:``, and by what asyncio runs between the task and the loop as the
+    cancellation it is: ``wait_for()`` cancels its inner task, a lock its waiter.
+    """
+    made = _CANCELLATIONS.get(cancel)
+    if made is None:
+        try:
+            made = type(cancel.__name__, (cancel, asyncio.CancelledError), {})
+        except TypeError:  # a cancel exception whose layout forbids it: itself, then
+            made = cancel
+        _CANCELLATIONS[cancel] = made
+    return made
 
 
 def _in_coroutine_step(frame: FrameType | None) -> bool:
