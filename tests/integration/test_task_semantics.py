@@ -80,6 +80,24 @@ def test_a_task_that_resists_cancel_is_still_stopped(
         )
 
 
+def test_a_tasks_children_stopped_by_sigterm_leave_its_output_alone(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Forked children inherit the worker's SIGTERM handler; it logged the task's output
+    again from each of them."""
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    notify(channel, message("prints_then_stops_its_children", evidence.path, uuid="u-kids"))
+    evidence.wait_for(1)
+    notify(channel, message("record", evidence.path, "next"))
+    evidence.wait_for(2)  # the task has ended, and its output has been logged
+    assert service.log.count("parent line, once") == 1, service.log
+
+
 def test_alternating_timeouts_give_exactly_three(
     start_service: StartService,
     service_config: dict[str, Any],

@@ -179,6 +179,26 @@ async def async_cancellable(path: str, seconds: float, how: str) -> str:
 
 
 @task()
+def prints_then_stops_its_children(path: str) -> None:
+    """Print a line, fork three children, stop them with SIGTERM (as a pool's terminate()
+    does); they inherit the worker's SIGTERM handler, which must leave the output alone."""
+    print("parent line, once", flush=True)
+    time.sleep(0.2)  # the worker has read it into the task's buffer, which the children copy
+    children = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        children.append(pid)
+    time.sleep(0.2)  # the children have started (their handler is inherited at the fork)
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    _record(path, event="stopped children")
+
+
+@task()
 def leaves_an_orphan(path: str, seconds: float) -> None:
     """Start a shell that starts a sleep in the background and exits: the sleep is orphaned."""
     shell = subprocess.Popen(

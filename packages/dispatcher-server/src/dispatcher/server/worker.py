@@ -85,15 +85,17 @@ _CANCELLING = {signal.SIGUSR1, *CANCEL_SIGNALS}
 """The signals that cancel a task (see :data:`~dispatcher.server.protocol.CANCEL_SIGNALS`)."""
 
 
-def _stopped(capture: OutputCapture, signum: int, frame: object) -> None:
+def _stopped(capture: OutputCapture, worker_pid: int, signum: int, frame: object) -> None:
     """SIGTERM: log what the task wrote so far, then end as SIGTERM ends a process.
 
     The service sends it to a task that resisted its cancel (SIGKILL follows if this does
-    not end the process in time).
+    not end the process in time). A process the task forked inherits this handler: there,
+    SIGTERM only ends it, as it would have without the handler.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    with contextlib.suppress(Exception):  # whatever the interrupted code was holding
-        capture.salvage()
+    if os.getpid() == worker_pid:
+        with contextlib.suppress(Exception):  # whatever the interrupted code was holding
+            capture.salvage()
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -138,7 +140,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     for signum in CANCEL_SIGNALS:
         signal.signal(signum, runner.on_cancel_request)
     signal.signal(RECALL_SIGNAL, runner.on_recall_signal)
-    signal.signal(signal.SIGTERM, functools.partial(_stopped, capture))
+    signal.signal(signal.SIGTERM, functools.partial(_stopped, capture, os.getpid()))
     _call_hook(hooks.on_start)
     adopt_dispatcherd_tasks()  # after every import: the task modules, the hooks, on_start
     channel.send(event_line(_ready_event()))
