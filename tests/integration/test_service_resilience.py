@@ -172,6 +172,26 @@ def test_sigterm_lets_the_running_task_finish_and_exits_0(
     assert "stopped" in service.log.splitlines()[-1]
 
 
+def test_a_service_started_with_sighup_ignored_keeps_ignoring_it(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """``nohup dispatcher-standalone ...``: a closing terminal must not stop it."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the service
+    try:
+        service = start_service(service_config)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    service.signal(signal.SIGHUP)
+    notify(channel, message(RECORD, evidence.path, "still there"))
+    assert evidence.wait_for(1)[0]["args"] == ["still there"]
+    assert "received SIGHUP" not in service.log
+    assert service.stop() == 0
+
+
 def test_schedules_stop_when_the_shutdown_begins(
     start_service: StartService,
     service_config: dict[str, Any],

@@ -56,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dispatcher-standalone",
         description="Run a dispatcher service: receive task messages over PostgreSQL "
-        "NOTIFY and run them in worker processes. Stops gracefully on SIGTERM or SIGINT.",
+        "NOTIFY and run them in worker processes. Stops gracefully on SIGTERM, SIGINT or "
+        "SIGHUP (unless started with SIGHUP ignored, as by nohup).",
     )
     parser.add_argument(
         "--config",

@@ -18,10 +18,16 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import Final
 
-STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-"""The signals that stop a service (SIGHUP: its terminal or ssh session closed)."""
+_HANGUP_IGNORED: Final = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+"""Whether the process was started with SIGHUP ignored (``nohup``): it stays ignored."""
 
-_INTERRUPTING: Final = (signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS: Final = frozenset(
+    {signal.SIGINT, signal.SIGTERM} | (set() if _HANGUP_IGNORED else {signal.SIGHUP})
+)
+"""The signals that stop a service (SIGHUP: its terminal or ssh session closed, unless it
+was started with SIGHUP ignored, as ``nohup`` does)."""
+
+_INTERRUPTING: Final = tuple(STOP_SIGNALS - {signal.SIGINT})
 """The stop signals whose default action would end the process without a word: until the
 service handles them, they raise ``KeyboardInterrupt`` as SIGINT does."""
 

@@ -424,7 +424,7 @@ async def _remind_while_importing() -> None:
 def run_service(settings: Settings | None = None, log_level: int = logging.INFO) -> int:
     """Run a service from *settings* (default: the config in force) until it is stopped.
 
-    Blocks; stops gracefully on SIGTERM or SIGINT. Returns the exit status: 0 after a
+    Blocks; stops gracefully on SIGTERM, SIGINT or SIGHUP. Returns the exit status: 0 after a
     graceful stop; 2 when ``tasks.modules`` is empty; 3 when the task modules cannot be
     imported, register no task, or do not register a task named in ``producers`` (the
     service then refuses to start, before any broker listens, and logs why).
