@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from argparse import _SubParsersAction
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import pytest
 
 from support.fake_services import FakeService
 from support.postgres import unique_channel as postgres_channel
+from support.proxy import SilentServer
 
 HOSTILE = "\x1b[31mred\x1b]0;title\x07\u2028line\nbreak\u202eright-to-left\x00ü中"
 """A text that, written raw, would colour, retitle and break the terminal's lines."""
@@ -181,33 +181,6 @@ def test_an_unreachable_database_exits_1_in_every_command(
         r"cannot .* PostgreSQL at 127\.0\.0\.1, port \d+, .*: Connection refused", said
     )
     assert "Traceback" not in result.stderr
-
-
-class SilentServer:
-    """Accepts connections and never answers: a database that hangs while connecting."""
-
-    def __init__(self) -> None:
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self.port = self._listener.getsockname()[1]
-        self._held: list[socket.socket] = []
-        self.connected = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            self._held.append(connection)
-            self.connected.set()
-
-    def close(self) -> None:
-        self._listener.close()
-        for connection in self._held:
-            connection.close()
 
 
 @pytest.mark.parametrize(

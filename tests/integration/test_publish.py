@@ -34,7 +34,7 @@ from dispatcher.publish.chunking import is_chunk
 from support import tasks
 from support.paths import EXAMPLES
 from support.postgres import unique_channel, wait_for_notifies
-from support.proxy import DatabaseProxy
+from support.proxy import DatabaseProxy, SilentServer
 from support.twins import block_on, connection_of_the_other_kind, gather
 
 Conn = psycopg.Connection[Any]
@@ -266,6 +266,35 @@ def test_concurrent_callers_share_one_connection(pg_dsn: str, channel: str, list
     finally:
         close_connections()
         proxy.down()
+
+
+def test_callers_waiting_for_a_connection_share_the_failure_to_open_it(
+    channel: str,
+) -> None:
+    """An unreachable server fails every caller waiting at once, after one attempt, not one
+    after another (the last of N callers waited N connect timeouts)."""
+    server = SilentServer()
+    try:
+        conninfo = (
+            f"host=127.0.0.1 port={server.port} dbname=x user=x connect_timeout=1 sslmode=disable"
+        )
+        setup(
+            {"version": 1, "brokers": {"pg_notify": {"conninfo": conninfo, "channels": [channel]}}}
+        )
+        failures: list[BaseException] = []
+
+        def publish() -> None:
+            try:
+                tasks.add.delay(1, 2)
+            except BrokerUnavailable as exc:
+                failures.append(exc)
+
+        gather(*[publish] * 6)
+        assert len(failures) == 6
+        assert server.accepted == 1
+    finally:
+        server.close()
+        reset()
 
 
 def test_unreachable_database_is_one_clear_sentence(channel: str) -> None:

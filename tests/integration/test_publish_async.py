@@ -39,7 +39,7 @@ from dispatcher.publish.chunking import is_chunk
 from support import tasks
 from support.paths import EXAMPLES
 from support.postgres import unique_channel, wait_for_notifies
-from support.proxy import DatabaseProxy
+from support.proxy import DatabaseProxy, SilentServer
 from support.twins import ablock_on, agather, connection_of_the_other_kind
 
 Conn = psycopg.Connection[Any]
@@ -316,6 +316,35 @@ async def test_concurrent_callers_share_one_connection(
     finally:
         await aclose_connections()
         proxy.down()
+
+
+async def test_callers_waiting_for_a_connection_share_the_failure_to_open_it(
+    channel: str,
+) -> None:
+    """An unreachable server fails every caller waiting at once, after one attempt, not one
+    after another (the last of N callers waited N connect timeouts)."""
+    server = SilentServer()
+    try:
+        conninfo = (
+            f"host=127.0.0.1 port={server.port} dbname=x user=x connect_timeout=1 sslmode=disable"
+        )
+        setup(
+            {"version": 1, "brokers": {"pg_notify": {"conninfo": conninfo, "channels": [channel]}}}
+        )
+        failures: list[BaseException] = []
+
+        async def publish() -> None:
+            try:
+                await tasks.add.adelay(1, 2)
+            except BrokerUnavailable as exc:
+                failures.append(exc)
+
+        await agather(*[publish] * 6)
+        assert len(failures) == 6
+        assert server.accepted == 1
+    finally:
+        server.close()
+        reset()
 
 
 # Async only: an application (or a test suite) may run event loops one after the other, or

@@ -1,4 +1,5 @@
-"""A TCP port in front of the test database that a test can take down and bring back."""
+"""Network stand-ins for the test database: a proxy that can be taken down or frozen, and a
+server that accepts connections and never answers."""
 
 from __future__ import annotations
 
@@ -83,3 +84,33 @@ class DatabaseProxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
+
+
+class SilentServer:
+    """Accepts connections and never answers: a database that hangs while connecting."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self.accepted = 0
+        """Connections accepted so far."""
+        self._held: list[socket.socket] = []
+        self.connected = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(connection)
+            self.accepted += 1
+            self.connected.set()
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self._held:
+            connection.close()

@@ -32,6 +32,7 @@ from dispatcher.publish.connections import (
     connect_options,
     notify_statement,
 )
+from dispatcher.publish.errors import BrokerUnavailable
 from dispatcher.publish.timestamps import tolerant_adapters
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
@@ -53,13 +54,17 @@ reads the node id and the digest of the channels in it."""
 class _Slot:
     """An owner's connection, the cursor NOTIFYs go through, and the lock to open it."""
 
-    __slots__ = ("connection", "notifier", "opening", "owner")
+    __slots__ = ("attempts", "connection", "failure", "notifier", "opening", "owner")
 
     def __init__(self, owner: Owner, opening: Any) -> None:
         self.owner = owner
         self.opening = opening
         """Held by the one caller opening the connection; the others wait for it."""
         self.connection: AsyncConnection[Any] | None = None
+        self.attempts = 0
+        """Attempts to open it that have ended, well or not."""
+        self.failure: BrokerUnavailable | None = None
+        """Why the last attempt failed (``None`` once one succeeded)."""
         # A new cursor per statement costs more than building and checking the message.
         # Its execute() holds the connection's lock throughout, so concurrent callers may
         # share it; nobody reads its results.
@@ -87,14 +92,21 @@ class AsyncConnectionProvider:
         return await self._connection_of(self._slot())
 
     async def _connection_of(self, slot: _Slot) -> AsyncConnection[Any]:
-        """The connection of *slot*, opened by this caller if none is open yet."""
+        """The connection of *slot*, opened by this caller if none is open yet.
+
+        Callers that waited while another tried share its outcome: its connection, or its
+        failure (an unreachable server fails them all at once, not one after another).
+        """
         current = slot.connection
         if current is not None and not current.closed:
             return current
+        seen = slot.attempts
         async with slot.opening:
             current = slot.connection
             if current is not None and not current.closed:
                 return current  # another caller opened it meanwhile
+            if slot.attempts != seen and slot.failure is not None:
+                raise BrokerUnavailable(str(slot.failure))  # another caller's, just now
             try:
                 # Its adapters read a job's time that no datetime can hold (an ``infinity``
                 # set by hand) instead of refusing it (see dispatcher.publish.timestamps).
@@ -102,8 +114,11 @@ class AsyncConnectionProvider:
                     self.conninfo, context=tolerant_adapters(), **connect_options(self.conninfo)
                 )
             except psycopg.Error as exc:
-                raise broker_unavailable(self.conninfo, exc, "connect to") from None
-            slot.connection, slot.notifier = fresh, None
+                slot.attempts += 1
+                slot.failure = broker_unavailable(self.conninfo, exc, "connect to")
+                raise slot.failure from None
+            slot.attempts += 1
+            slot.connection, slot.notifier, slot.failure = fresh, None, None
             return fresh
 
     def _slot(self) -> _Slot:
