@@ -122,6 +122,9 @@ def test_a_lost_prepared_statement_turns_preparing_off(
     assert after[-1] == [(0,)]  # a new connection, which prepares nothing
     assert len(opened) == 2
     assert "set brokers.pg_queue.transaction_pooler: true" in caplog.text
+    _pid, timeout, _idle = session_settings(db)  # its session settings are still made
+    anyio.run(db.close)
+    assert timeout == f"{round(STATEMENT_TIMEOUT)}s"
 
 
 def test_a_timeout_set_in_the_conninfo_wins(pg_dsn: str) -> None:

@@ -72,6 +72,9 @@ _PREPARED_STATEMENT_LOST: Final = (
 """What psycopg meets when a pooler in transaction mode hands its statements to a server
 session other than the one that prepared them."""
 
+_WARNED_UNPREPARED: set[str] = set()
+"""The servers a lost prepared statement was reported for (once each, not per connection)."""
+
 FAILURES = (psycopg.Error, OSError, BrokerNotReady)
 """What a statement can fail with: the database's errors, an unreachable server, tables
 that are missing or too old (found when a connection is opened)."""
@@ -83,8 +86,10 @@ class QueueDatabase:
     *statement_timeout* (seconds) is the session's, unless the conninfo, the role or the
     database sets one. *pooled*: the conninfo leads to a pooler in transaction mode, whose
     sessions are shared with other clients and keep no prepared statement from one
-    transaction to the next: nothing is prepared and nothing set on the session. A pooler
-    found that way (a prepared statement gone) is taken as one from then on.
+    transaction to the next: nothing is prepared and nothing set on the session. A prepared
+    statement found gone turns preparing off from then on, with a warning that names the
+    setting (the session settings are still made: only the operator can say whether they
+    reach other clients).
     """
 
     def __init__(
@@ -100,6 +105,8 @@ class QueueDatabase:
         self._timeout = f"{max(1, round(statement_timeout * 1000))}ms"
         self._application_name = application_name
         self._pooled = pooled
+        self._unprepared = pooled
+        """Whether its connections prepare nothing: configured so, or found necessary."""
         self._on_open = on_open
         self._conn: Connection | None = None
         self._lock = anyio.Lock()
@@ -125,16 +132,19 @@ class QueueDatabase:
                 await self.discard(reason, conn)
             elif isinstance(exc, psycopg.errors.UndefinedTable):
                 await self.discard(None, conn)  # the next connection says which command to run
-            elif isinstance(exc, _PREPARED_STATEMENT_LOST) and not self._pooled:
-                self._pooled = True
-                logger.warning(
-                    "a prepared statement was lost on %s (%s): a pooler in transaction mode "
-                    "in between? This service's queue connections prepare nothing from now "
-                    "on; set brokers.pg_queue.transaction_pooler: true so that they also set "
-                    "nothing on the pooler's sessions, which other clients share",
-                    self.where,
-                    first_line(exc),
-                )
+            elif isinstance(exc, _PREPARED_STATEMENT_LOST) and not self._unprepared:
+                self._unprepared = True
+                if self.where not in _WARNED_UNPREPARED:
+                    _WARNED_UNPREPARED.add(self.where)
+                    logger.warning(
+                        "a prepared statement was lost on %s (%s): a pooler in transaction "
+                        "mode in between? This service's queue connections prepare nothing "
+                        "from now on. If so, set brokers.pg_queue.transaction_pooler: true: "
+                        "the statement_timeout and other settings they give their sessions "
+                        "otherwise reach the pooler's other clients",
+                        self.where,
+                        first_line(exc),
+                    )
                 await self.discard(None, conn)
             raise
         except BaseException:  # cancelled mid-statement: the connection's state is unknown
@@ -180,9 +190,9 @@ class QueueDatabase:
                 self._failed(exc)
                 raise
             try:
-                if self._pooled:
+                if self._unprepared:
                     conn.prepare_threshold = None
-                else:
+                if not self._pooled:
                     await conn.execute(_SESSION, {"timeout": self._timeout})
                 await self._on_open(conn)
             except BaseException as exc:
