@@ -200,6 +200,24 @@ def test_bound_task_starts_a_follow_up_task(
     assert child["time"] >= control["time"] - 1
 
 
+def test_a_bound_task_may_run_a_follow_up_of_several_megabytes(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    configured: Settings,
+    evidence: Evidence,
+) -> None:
+    """Its control event carries the whole message (up to 8 MiB): not taken for a task
+    writing on the event pipe (a cap of 4 MiB on event lines once killed its worker)."""
+    service_config["producers"] = {"control": {}}
+    service = start_service(service_config)
+    big = "é" * 1_000_000  # 6 MB as the event writes it (escaped), 2 MB in the message
+    follow = {"task": TASKS + "record", "args": [str(evidence.path), big]}
+    submit_task(TASKS + "follow_up", args=[str(evidence.path), "run", follow])  # chunked
+    records = evidence.wait_for(2, timeout=30)
+    assert any(r.get("args") == [big] for r in records)
+    assert "on its event pipe" not in service.log
+
+
 def test_run_command_needs_the_control_producer(
     start_service: StartService,
     service_config: dict[str, Any],
