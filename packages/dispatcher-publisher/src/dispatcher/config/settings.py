@@ -38,6 +38,8 @@ class PgNotifyBroker:
     """The same for asyncio publishers (it may be a coroutine function)."""
     self_check_interval: float = 30
     self_check_timeout: float = 2
+    transaction_pooler: bool = False
+    """Whether the conninfo leads to a pooler in transaction mode: publishers prepare nothing."""
     allow_control: tuple[str, ...] | None = None
     """Control commands accepted over pg_notify; ``None`` means every command."""
 

@@ -15,6 +15,7 @@ from psycopg.pq import TransactionStatus
 
 from dispatcher.config import get_settings
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
+from dispatcher.schema import DispatcherError
 
 if TYPE_CHECKING:
     import asyncio
@@ -90,10 +91,33 @@ def publisher_conninfo() -> str:
     return settings.brokers.pg_notify.conninfo
 
 
+def through_transaction_pooler(conninfo: str) -> bool:
+    """Whether the config in force marks *conninfo* as leading to a transaction-mode pooler.
+
+    That is ``brokers.pg_notify.transaction_pooler`` or ``brokers.pg_queue.transaction_pooler``
+    set for a section with that conninfo. Such a pooler loses prepared statements between
+    transactions, or hands the name of one (psycopg's ``_pg3_0``) to another client's server
+    session.
+    """
+    try:
+        brokers = get_settings().brokers
+    except DispatcherError:
+        return False
+    return any(
+        section is not None and section.transaction_pooler and section.conninfo == conninfo
+        for section in (brokers.pg_notify, brokers.pg_queue)
+    )
+
+
 def connect_options(conninfo: str) -> dict[str, Any]:
-    """Keyword arguments for ``connect()``: autocommit, and our defaults the conninfo lacks."""
+    """Keyword arguments for ``connect()``: autocommit, and our defaults the conninfo lacks.
+
+    No statement is prepared on a conninfo the config marks ``transaction_pooler``.
+    """
     given = conninfo_to_dict(conninfo)
     options: dict[str, Any] = {"autocommit": True}
+    if through_transaction_pooler(conninfo):
+        options["prepare_threshold"] = None
     if "application_name" not in given:
         options["application_name"] = APPLICATION_NAME
     if "connect_timeout" not in given:
