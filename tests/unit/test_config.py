@@ -202,6 +202,8 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
         ("password=correct horse battery", 'missing "=" after "..." in connection info string'),
         ("host=db bogus=1", 'invalid connection option "bogus"'),
         ("postgresql://db/app?bogus=1", 'invalid URI query parameter: "bogus"'),
+        ("host=db sslmode=bogusmode", "sslmode: 'bogusmode' is not one of disable, allow"),
+        ("postgresql://db/app?target_session_attrs=x", "target_session_attrs: 'x' is not one"),
     ],
 )
 @pytest.mark.parametrize("broker", ["pg_notify", "pg_queue"])
@@ -217,9 +219,8 @@ def test_a_conninfo_libpq_cannot_read_is_refused_without_its_password(
         brokers["pg_notify"]["conninfo"] = conninfo
     with pytest.raises(ConfigError) as caught:
         setup({"version": 1, "brokers": brokers})
-    assert str(caught.value) == (
-        f"config: brokers.{broker}.conninfo: not a valid connection string: {said}"
-    )
+    assert str(caught.value).startswith(f"config: brokers.{broker}.conninfo: ")
+    assert said in str(caught.value)
     assert "s3cret" not in str(caught.value)
     assert "horse" not in str(caught.value)
 

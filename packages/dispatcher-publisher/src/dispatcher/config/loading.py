@@ -268,15 +268,30 @@ def conninfo_problem(conninfo: str) -> str | None:
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        conninfo_to_dict(conninfo)
+        given = conninfo_to_dict(conninfo)
     except ProgrammingError as exc:
         said = str(exc).strip()
         if not said.startswith(("invalid connection option", "invalid URI query parameter")):
             # The token may be (part of) the password; a one-character one ("=") is kept.
             said = _QUOTED.sub(lambda m: m[0] if len(m[0]) <= 3 else '"..."', said)
         return f"not a valid connection string: {said}"
+    for key, values in _ENUMERATED.items():
+        value = given.get(key)
+        if value is not None and str(value) not in values:
+            return f"{key}: {str(value)!r} is not one of {', '.join(values)}"
     return None
 
+
+_ENUMERATED: Final = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any", "read-write", "read-only", "primary", "standby", "prefer-standby",
+    ),
+}  # fmt: skip
+"""The libpq parameters whose values libpq checks only when it connects (then every attempt
+fails the same way, for ever): checked here, where the config is read."""
 
 _QUOTED: Final = re.compile(r'"[^"]*"')
 """A token libpq quotes in its complaint."""
