@@ -270,8 +270,10 @@ class TaskRunner:
         the cancel exception (:class:`_CancelTranslator`).
         """
         task = self._async_task
-        if task is None or _in_coroutine_step(frame):
+        if task is None:
             raise self._cancel
+        if _in_coroutine_step(frame):  # as the translation would have made it
+            raise _cancellation(self._cancel)
         self._cancel_due = True
         task.cancel()
         task.get_loop().call_soon_threadsafe(_nothing)  # wakes the loop from its wait
