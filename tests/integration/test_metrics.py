@@ -164,10 +164,16 @@ def test_connections_past_the_cap_wait_for_a_free_place(
 
 @pytest.mark.parametrize("taken", ["metrics port", "socket path"])
 def test_an_address_another_process_holds_stops_the_start(
-    start_service: StartService, service_config: dict[str, Any], tmp_path: Any, taken: str
+    start_service: StartService,
+    service_config: dict[str, Any],
+    tmp_path: Any,
+    evidence: Evidence,
+    taken: str,
 ) -> None:
     """Exit 2 saying why, rather than run on while Prometheus (or dispatcherctl) reaches
-    another process there."""
+    another process there; and nothing runs (not even ``producers.on_start``)."""
+    on_start = {"args": [str(evidence.path), "on start"]}
+    service_config["producers"] = {"on_start": {TASKS + "record": on_start}}
     if taken == "metrics port":
         holder = socket.socket()
         holder.bind(("127.0.0.1", 0))
@@ -189,3 +195,4 @@ def test_an_address_another_process_holds_stops_the_start(
     service.wait_for_log(rf"CRITICAL dispatcher\.service: (?i:{said})")
     assert "Traceback" not in service.log
     assert_every_line_is_ours(service.log)
+    assert evidence.records() == []

@@ -275,7 +275,9 @@ class Service:
         except StartRefused as refused:
             logger.critical("cannot start: %s", refused)
             self.exit_status = EXIT_CONFIG
-            self._stop.set()  # stops what did start, as a stop signal would
+            self._stop.set()
+            await self._shut_down()  # what did start stops, as on a stop signal; nothing more
+            return
         if self.view.queue_sampler is not None:
             await task_group.start(self.view.queue_sampler.run, name="queue-sampler")
         task_group.start_soon(self._expire_chunks, name="chunk-expiry")
