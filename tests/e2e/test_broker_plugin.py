@@ -11,14 +11,13 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
-import venv
 from pathlib import Path
 
 import pytest
 
 from support.paths import PACKAGES, REPO
+from support.wheels import build_wheels, fresh_environment
 
 PLUGIN = REPO / "tests" / "plugins" / "dispatcher-example-broker"
 SOURCES = [
@@ -54,29 +53,9 @@ print(json.dumps({"channel": sent.channel, "replies": result.replies}))
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with the three distributions and the plug-in, as wheels."""
-    wheels = tmp_path_factory.mktemp("wheels")
-    for source in SOURCES:
-        subprocess.run(
-            [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(wheels)],
-            cwd=source,
-            check=True,
-            capture_output=True,
-        )
+    wheels = build_wheels(SOURCES, tmp_path_factory.mktemp("wheels"))
     env = tmp_path_factory.mktemp("plugin-env") / "venv"
-    venv.create(env, with_pip=True)
-    subprocess.run(
-        [
-            str(env / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ]
-        + [str(wheel) for wheel in sorted(wheels.glob("*.whl"))],
-        check=True,
-        timeout=600,
-    )
+    fresh_environment(env, wheels)
     return env
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.schema import SCHEMA_NAMES
-from support.paths import PACKAGES
+from support.paths import PACKAGES, REPO
 
 DISTRIBUTIONS = ["dispatcher-schema", "dispatcher-publisher", "dispatcher-server"]
 
@@ -57,6 +57,20 @@ def test_wheels_share_the_namespace_without_owning_it(wheels: dict[str, Path], n
         "dispatcher-server": "server",
     }
     assert f"dispatcher/{own[name]}/py.typed" in names
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", DISTRIBUTIONS)
+def test_each_wheel_carries_the_license(wheels: dict[str, Path], name: str) -> None:
+    with zipfile.ZipFile(wheels[name]) as archive:
+        [license_file] = [
+            n for n in archive.namelist() if n.endswith(".dist-info/licenses/LICENSE")
+        ]
+        carried = archive.read(license_file).decode()
+        metadata = archive.read(license_file.replace("licenses/LICENSE", "METADATA")).decode()
+    assert carried == (REPO / "LICENSE").read_text()
+    assert "License-File: LICENSE" in metadata.splitlines()
 
 
 @pytest.mark.slow

@@ -5,33 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
 
 from support.paths import PACKAGES
+from support.wheels import build_wheels, fresh_environment
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_publisher_installs_without_server_or_anyio(tmp_path: Path) -> None:
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    python = env_dir / "bin" / "python"
-    subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            str(PACKAGES / "dispatcher-schema"),
-            str(PACKAGES / "dispatcher-publisher"),
-        ],
-        check=True,
+    wheels = build_wheels(
+        [PACKAGES / "dispatcher-schema", PACKAGES / "dispatcher-publisher"], tmp_path / "wheels"
     )
+    env_dir = tmp_path / "venv"
+    python = fresh_environment(env_dir, wheels)
     probe = (
         "import importlib.metadata as md, importlib.util, json, sys\n"
         "import dispatcher.config\n"

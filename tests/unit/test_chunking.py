@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from dispatcher.publish import ChunkAssembler, split_message
 from dispatcher.publish.chunking import ChunkError
 from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES, validator
+from support.examples import examples
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     value=st.text(min_size=0, max_size=30_000),
     limit=st.integers(min_value=200, max_value=MAX_NOTIFY_PAYLOAD_BYTES),

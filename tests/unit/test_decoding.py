@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dispatcher.schema import MAX_NESTING_DEPTH, DecodeError, decode_json, exceeds_depth
 from dispatcher.schema.decoding import _may_exceed_depth
+from support.examples import examples
 
 
 def nested(depth: int, opener: str = "[") -> str:
@@ -126,7 +127,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(value=json_values, limit=st.integers(0, 12), ascii_only=st.booleans(), indent=st.booleans())
 def test_depth_read_from_the_text_agrees_with_the_depth_of_the_value(
     value: Any, limit: int, ascii_only: bool, indent: bool
@@ -145,7 +146,7 @@ def test_depth_read_from_the_text_agrees_with_the_depth_of_the_value(
 bracket_pieces = st.sampled_from(["[", "{", "]", "}", '"', "\\", "é", "x" * 150, " " * 40])
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(pieces=st.lists(bracket_pieces, max_size=90), limit=st.integers(0, 70))
 def test_the_bracket_prefilter_says_what_counting_the_brackets_says(
     pieces: list[str], limit: int
@@ -154,7 +155,7 @@ def test_the_bracket_prefilter_says_what_counting_the_brackets_says(
     assert _may_exceed_depth(text, limit) == (text.count("[") + text.count("{") > limit)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     value=json_values,
     limit=st.integers(1, 20),
@@ -225,7 +226,7 @@ def test_text_with_or_without_outer_whitespace_gets_the_verdict_of_the_reference
             assert decode_json(text) == expected
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     value=st.recursive(
         st.none()

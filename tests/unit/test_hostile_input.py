@@ -20,6 +20,7 @@ from dispatcher.schema.chunks import split_message
 from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job
 from dispatcher.server.stats import ServiceStats
+from support.examples import examples
 
 REGISTERED = "app.tasks.work"
 NAMED_REASONS = frozenset({"unknown_task", "invalid_chunk"})
@@ -123,7 +124,7 @@ def encodings(message: dict[str, Any], rng: random.Random) -> list[list[str]]:
     return ways
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(message=task_messages(), seed=st.integers(0, 2**32))
 def test_every_accepted_message_is_dispatched_or_rejected_by_name(
     message: dict[str, Any], seed: int

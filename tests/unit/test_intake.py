@@ -14,6 +14,7 @@ from dispatcher.publish import split_message
 from dispatcher.server.intake import Intake, _with_uuid
 from dispatcher.server.jobs import Job
 from dispatcher.server.stats import ServiceStats
+from support.examples import examples
 
 
 class RecordingPool:
@@ -82,7 +83,7 @@ def test_a_message_without_uuid_keeps_its_text_with_the_uuid_added(
     assert '"args": [1.10, "\\u00e9é", {"k": []}] }'.encode() in job.line
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     extra=st.dictionaries(
         st.text(max_size=5).filter(lambda key: key not in ("task", "uuid")),

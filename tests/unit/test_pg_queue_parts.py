@@ -45,6 +45,7 @@ from dispatcher.server.results import MAX_RESULT_BYTES, encode_result
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.stats import ServiceStats
+from support.examples import examples
 from support.scheduling import FakeRunner, FakeTimers, make_job
 
 
@@ -181,7 +182,7 @@ def test_other_results_are_dropped_with_a_note(value: object, note: str) -> None
     assert note in why
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     st.recursive(
         st.text(alphabet=st.sampled_from(["\\", "u", "0", "\x00", "a", '"'])),

@@ -31,6 +31,7 @@ from dispatcher.publish import messages as messages_module
 from dispatcher.publish.fast_path import RULES, rules_from_schema, surely_valid
 from dispatcher.schema import ON_DUPLICATE_MODES, load_schema, validator
 from support import tasks
+from support.examples import examples
 
 SCHEMA = load_schema("task-message")
 REFERENCE = jsonschema.Draft202012Validator(SCHEMA)
@@ -173,7 +174,7 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
     return message
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(1200), deadline=None)
 @given(messages())
 def test_surely_valid_implies_valid(message: dict[str, Any]) -> None:
     if surely_valid(message):
@@ -181,7 +182,7 @@ def test_surely_valid_implies_valid(message: dict[str, Any]) -> None:
         assert validator("task-message").is_valid(message), message
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     timeout=st.none() | st.floats(0, 31536000) | st.integers(0, 31536000),
     delay=st.none() | st.floats(0, 31536000) | st.integers(0, 31536000),
@@ -247,7 +248,7 @@ def _the_long_way() -> Any:
     return mock.patch.object(messages_module, "surely_valid", return_value=False)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     task=st.sampled_from([tasks.add, tasks.send_email, tasks.bound, "support.tasks.add"]),
     args=st.none() | st.lists(JSON_VALUES, max_size=3) | st.just([{1, 2}]) | st.just("abc"),
@@ -274,7 +275,7 @@ def _text_or_refusal(message: dict[str, Any], *, plain: bool) -> str:
         return f"refused: {exc}"
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     task=st.text(max_size=20),
     uuid=st.text(max_size=40),

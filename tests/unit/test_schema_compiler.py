@@ -23,6 +23,7 @@ from dispatcher.schema import SCHEMA_NAMES, SchemaValidationError, load_schema, 
 from dispatcher.schema.compiler import UnsupportedSchema, compile_schema
 from dispatcher.schema.patterns import ecma_pattern
 from dispatcher.schema.validation import Validator
+from support.examples import examples
 from support.paths import EXAMPLES
 
 JSON_LEAVES = (
@@ -100,7 +101,7 @@ def test_the_conformance_examples_get_their_verdict(path: Path) -> None:
     assert verdicts(schema, instance) == (expected, expected)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), new=JSON_VALUES)
 def test_a_valid_example_with_one_value_replaced_gets_one_verdict(data: Any, new: Any) -> None:
     name, example = data.draw(st.sampled_from(valid_examples()))
@@ -110,7 +111,7 @@ def test_a_valid_example_with_one_value_replaced_gets_one_verdict(data: Any, new
     assert compiled == explained, (name, path, instance)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(data=st.data())
 def test_a_valid_example_with_one_key_added_or_removed_gets_one_verdict(data: Any) -> None:
     name, example = data.draw(st.sampled_from(valid_examples()))
@@ -216,7 +217,7 @@ KEYWORD_VALUES = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(700), deadline=None)
 @given(instance=KEYWORD_VALUES)
 def test_every_implemented_keyword_agrees_with_the_reference(instance: Any) -> None:
     compiled, explained = verdicts(EVERY_KEYWORD, instance)
@@ -394,7 +395,7 @@ SMALL_JSON = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(items=st.lists(SMALL_JSON, max_size=5))
 def test_unique_items_means_no_two_json_equal_values(items: list[Any]) -> None:
     expected = len({_canonical(item) for item in items}) == len(items)
@@ -405,7 +406,7 @@ KEYS = st.sampled_from(["x", "x\n", "x_1", "x_1\n", "y", "$", "]", "a$b", "é", 
 PATTERNS = st.sampled_from(["^x$", "^x_", "1$", "[$]", r"\$", "^[]$]", "^(x|y)$", "b$|^y"])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(
     patterns=st.dictionaries(PATTERNS, st.booleans() | st.just({"type": "integer"}), max_size=3),
     properties=st.dictionaries(KEYS, st.booleans(), max_size=2),

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher.schema import SCHEMA_NAMES, SchemaValidationError, explain, validator
+from support.examples import examples
 
 TASK = {"task": "myapp.tasks.send_email"}
 
@@ -107,7 +108,7 @@ candidate_values = (
 message_like = st.dictionaries(task_keys | st.text(max_size=5), candidate_values, max_size=6)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(instance=message_like, name=st.sampled_from(SCHEMA_NAMES))
 def test_compiled_validator_agrees_with_jsonschema(instance: dict[str, Any], name: str) -> None:
     checker = validator(name)  # type: ignore[arg-type]
