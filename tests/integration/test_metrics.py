@@ -102,6 +102,12 @@ def test_bad_requests_get_errors_and_the_service_keeps_serving(
     caught.value.close()
     assert raw_request(port, b"\xff\xfe garbage\r\n\r\n").startswith(b"HTTP/1.1 400 Bad Request")
     assert raw_request(port, b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
+    # HEAD: GET's headers, its Content-Length included, and no body.
+    head, _, body = raw_request(port, b"HEAD /metrics HTTP/1.1\r\n\r\n").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    [length] = [line for line in head.split(b"\r\n") if line.startswith(b"Content-Length: ")]
+    assert int(length.removeprefix(b"Content-Length: ")) > 1000
+    assert body == b""
     notify(channel, message("record", evidence.path, "still serving"))
     evidence.wait_for(1)
     assert samples(port)[("dispatcher_messages_received_total", ())] == 1

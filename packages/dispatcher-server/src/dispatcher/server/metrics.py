@@ -81,30 +81,32 @@ class MetricsServer:
         async with client:
             try:
                 with anyio.fail_after(REQUEST_TIMEOUT):  # a client that never reads too
-                    status, body = self._respond(await _read_head(client))
+                    status, body, head_only = self._respond(await _read_head(client))
                     head = (
                         f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"
                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
                     )
-                    await client.send(head.encode() + body)
+                    # HEAD: the headers GET would get, its Content-Length too, without the body.
+                    await client.send(head.encode() + (b"" if head_only else body))
             except (TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
                 return
 
-    def _respond(self, head: bytes | None) -> tuple[str, bytes]:
+    def _respond(self, head: bytes | None) -> tuple[str, bytes, bool]:
+        """The status and body answering the request *head*, and whether it is a HEAD."""
         self.requests += 1
         try:
             request_line = (head or b"").split(b"\r\n", 1)[0].decode("ascii")
             method, target, version = request_line.split(" ")
         except (UnicodeDecodeError, ValueError):
-            return "400 Bad Request", b"bad request\n"
+            return "400 Bad Request", b"bad request\n", False
+        head_only = method == "HEAD"
         if not version.startswith("HTTP/"):
-            return "400 Bad Request", b"bad request\n"
+            return "400 Bad Request", b"bad request\n", head_only
         if target.split("?", 1)[0] != "/metrics":
-            return "404 Not Found", b"not found: try /metrics\n"
+            return "404 Not Found", b"not found: try /metrics\n", head_only
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", b"method not allowed\n"
-        body = "".join(render(self._source)).encode()
-        return "200 OK", b"" if method == "HEAD" else body
+            return "405 Method Not Allowed", b"method not allowed\n", False
+        return "200 OK", "".join(render(self._source)).encode(), head_only
 
 
 async def _read_head(client: SocketStream) -> bytes | None:
