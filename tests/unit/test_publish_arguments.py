@@ -136,12 +136,24 @@ def test_apply_async_takes_every_option_submit_task_takes() -> None:
     assert taken - {"args", "kwargs"} == SUBMIT_OPTIONS
 
 
+def deeply_nested(depth: int) -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
 @pytest.mark.parametrize(
     ("extra", "said"),
     [
         ([1], "extra: expected a dict, got list"),
         ("ab", "extra: expected a dict, got str"),
         ({1: "x"}, "extra: keys must be strings, got 1"),
+        # A value inside extra is named by its place in extra.
+        ({"a": {"b": {1}}}, "extra.a.b: a value of type set is not JSON-serialisable"),
+        ({"a": [float("nan")]}, r"extra.a\[0\]: nan is not valid in JSON"),
+        ({"a": 10**5000}, r"extra.a: the integer has more than 4300 digits, .*"),
+        ({"a": deeply_nested(70)}, r"extra.a: nested more than 63 levels deep, .*"),
     ],
 )
 def test_extra_of_the_wrong_shape_is_refused_naming_it(extra: Any, said: str) -> None:

@@ -184,7 +184,10 @@ def prepare_submission(
         checker = validator("task-message")
         if not checker.is_valid(message):
             try:
-                problems = "; ".join(str(problem) for problem in checker.problems(message))
+                problems = "; ".join(
+                    f"{_as_given(problem.path)}: {problem.reason}"
+                    for problem in checker.problems(message)
+                )
             except ValueError:  # explaining writes the values out: too long an integer cannot be
                 problems = ""
             raise _invalid(name, problems or _unexplained(message))
@@ -481,9 +484,9 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
         except RecursionError:
             found = ((), "the arguments are nested too deeply, or contain themselves")
         path, reason = found or ((), str(exc))
-        raise _invalid(name, f"{format_path(path)}: {reason}") from None
+        raise _invalid(name, f"{_as_given(path)}: {reason}") from None
     if may_hold_too_long_integer(text) and (found := first_unsendable(message)) is not None:
-        raise _invalid(name, f"{format_path(found[0])}: {found[1]}")
+        raise _invalid(name, f"{_as_given(found[0])}: {found[1]}")
     # n arrays and objects cannot nest deeper than n: most messages skip the walk.
     if may_be_deep and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
         nested = too_deep(message)
@@ -502,7 +505,14 @@ def _unexplained(message: dict[str, Any]) -> str:
         found = first_unsendable(message)
     except RecursionError:
         return "the arguments are nested too deeply, or contain themselves"
-    return "invalid message" if found is None else f"{format_path(found[0])}: {found[1]}"
+    return "invalid message" if found is None else f"{_as_given(found[0])}: {found[1]}"
+
+
+def _as_given(path: Sequence[str | int]) -> str:
+    """*path*, a place in the message, as the caller gave it: keys of ``extra`` under it."""
+    if path and path[0] not in RESERVED_KEYS:
+        return format_path(("extra", *path))
+    return format_path(tuple(path))
 
 
 def too_deep(message: dict[str, Any]) -> str | None:
@@ -511,7 +521,7 @@ def too_deep(message: dict[str, Any]) -> str | None:
     for key, value in message.items():
         if exceeds_depth(value, inner):
             return (
-                f"{format_path((str(key),))}: nested more than {inner} levels deep, or contains "
+                f"{_as_given((str(key),))}: nested more than {inner} levels deep, or contains "
                 f"itself (too_deep: a message may nest {MAX_NESTING_DEPTH} levels in all)"
             )
     return None
