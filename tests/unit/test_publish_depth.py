@@ -37,7 +37,7 @@ def test_arguments_as_deep_as_a_service_accepts_are_sent() -> None:
     [
         ({"args": nested(MAX_NESTING_DEPTH)}, "args"),
         ({"kwargs": {"a": nested(MAX_NESTING_DEPTH - 1)}}, "kwargs"),
-        ({"args": [(((),),)] * 2, "extra": {"trace": {"x": nested(100_000)}}}, "trace"),
+        ({"args": [(((),),)] * 2, "extra": {"trace": {"x": nested(100_000)}}}, "extra.trace"),
         ({"args": nested(5_000)}, "args"),
     ],
 )

@@ -149,7 +149,7 @@ def int_digits_limit(request: pytest.FixtureRequest) -> Iterator[None]:
         ({"args": [10**5000]}, f"args[0]: the integer {TOO_MANY_DIGITS}"),
         ({"kwargs": {"n": [1, -(10**4300)]}}, f"kwargs.n[1]: the integer {TOO_MANY_DIGITS}"),
         ({"args": [{10**4300: "key"}]}, f"args[0]: an integer key {TOO_MANY_DIGITS}"),
-        ({"extra": {"trace": 10**4300}}, f"trace: the integer {TOO_MANY_DIGITS}"),
+        ({"extra": {"trace": 10**4300}}, f"extra.trace: the integer {TOO_MANY_DIGITS}"),
     ],
 )
 def test_an_integer_too_long_for_a_service_is_named(options: dict[str, Any], reason: str) -> None:
