@@ -17,7 +17,7 @@ class Outcome(enum.StrEnum):
     TIMEOUT = "timeout"
     """It ran past its ``timeout`` and was cancelled."""
     KILLED = "killed"
-    """It ignored its cancel and its worker was terminated, or it outlasted the shutdown."""
+    """It ignored its timeout's cancel and its worker was stopped, or it outlasted the shutdown."""
     WORKER_LOST = "worker_lost"
     """Its worker died while running it."""
     MEMORY_EXCEEDED = "memory_exceeded"

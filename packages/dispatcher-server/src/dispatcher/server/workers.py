@@ -127,7 +127,7 @@ class WorkerHandle:
         """Why the running task is being cancelled (``timeout`` or ``cancelled``), if it is."""
         self.killed_for: Outcome | None = None
         """The outcome its task gets because the service killed the worker: ``killed`` (the
-        task ignored its cancel) or ``memory_exceeded``."""
+        task ignored its timeout), ``cancelled`` (it ignored a cancel) or ``memory_exceeded``."""
         self.started = anyio.Event()
         """Set when the worker has reported ready (or failed to import the task modules)."""
         self.gone = anyio.Event()
@@ -455,7 +455,11 @@ class WorkerHandle:
             self._cancel_grace,
             self.id,
         )
-        self.killed_for = Outcome.KILLED
+        # A cancel asked for stays one when it needs force: the task ends cancelled (a
+        # durable job is not run again); a timeout forced home ends the task killed.
+        self.killed_for = (
+            Outcome.CANCELLED if self.cancelling is Outcome.CANCELLED else Outcome.KILLED
+        )
         self.status = WorkerStatus.STOPPING
         self._doomed = True
         self.process.terminate()
