@@ -381,6 +381,36 @@ def test_a_failing_hook_does_not_kill_the_worker(
     service.wait_for_log(r"worker hook pre_task raised; the worker carries on")
 
 
+def test_workers_dying_before_they_are_ready_are_started_ever_more_slowly(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    tmp_path: Path,
+) -> None:
+    """A hook that ends every worker at its start forked hundreds a second, for ever."""
+    hooks, broken = Evidence(tmp_path / "hooks.jsonl"), tmp_path / "broken"
+    broken.touch()
+    service_config["worker"] = {"class": "support.service_hooks.DyingAtStartWorker"}
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    env = {
+        "DISPATCHER_TEST_HOOKS_FILE": str(hooks.path),
+        "DISPATCHER_TEST_BROKEN_FILE": str(broken),
+    }
+    service = start_service(service_config, wait=False, env=env)
+    service.wait_for_log(
+        r"worker \d+ \(pid \d+\) died before it was ready \(2 workers in a row; .*\): "
+        r"starting the next one in 1\.0 s",
+        timeout=20,
+    )
+    assert len(hooks.records()) <= 3  # 0.5 s, then 1 s, then 2 s between them
+    broken.unlink()
+    notify(channel, message("record", evidence.path, "runs once a worker starts"))
+    assert evidence.wait_for(1, timeout=20)[0]["args"] == ["runs once a worker starts"]
+    assert "exited unexpectedly" not in service.log
+
+
 def test_async_task_times_out_and_the_worker_runs_async_tasks_again(
     start_service: StartService,
     service_config: dict[str, Any],

@@ -44,3 +44,12 @@ class ExitingWorker(BaseWorker):
 
     def post_task(self, outcome: Mapping[str, Any]) -> None:
         raise SystemExit(os.environ["DISPATCHER_TEST_EXIT_TEXT"])
+
+
+class DyingAtStartWorker(RecordingWorker):
+    """Ends its worker in ``on_start`` while the file ``$DISPATCHER_TEST_BROKEN_FILE`` exists."""
+
+    def on_start(self) -> None:
+        self._record("on_start")
+        if os.path.exists(os.environ["DISPATCHER_TEST_BROKEN_FILE"]):
+            raise SystemExit(3)

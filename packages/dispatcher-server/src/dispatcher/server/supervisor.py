@@ -41,6 +41,14 @@ logger = get_logger("dispatcher.pool")
 STARTUP_TIMEOUT: Final = 60.0
 """Seconds a new worker has to import the task modules and report ready."""
 
+START_BACKOFF_FIRST: Final = 0.5
+"""Seconds without new workers after one died before it was ready; doubled for each that
+follows it in a row (a hook or an import that kills every worker must not fork them in a
+tight loop)."""
+
+START_BACKOFF_CAP: Final = 30.0
+"""The longest pause between starts while workers keep dying before they are ready."""
+
 EXIT_WAIT: Final = 5.0
 """Seconds a worker asked to stop (or seen to die) has to exit before it is killed."""
 
@@ -119,6 +127,10 @@ class Supervisor:
         """Set when a worker finishes a task or goes away, while someone waits for that."""
         self._task_group: TaskGroup | None = None
         self._reloading: _Reload | None = None
+        self._failed_starts = 0
+        """Workers that died before they were ready, in a row."""
+        self._starts_paused_until = 0.0
+        """No worker is started before this (monotonic) time: see START_BACKOFF_FIRST."""
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -157,6 +169,8 @@ class Supervisor:
                     self._manage(time.monotonic())
 
     def _manage(self, now: float) -> None:
+        if now < self._starts_paused_until:
+            return  # the next look, within a second, starts what is missing
         plan = scaling.plan(
             now, self.workers, self._scheduler.queued, self.settings, self.max_workers
         )
@@ -258,6 +272,7 @@ class Supervisor:
                 reload.queues, reload.max_attempts = queues, attempts
             if worker.ready():
                 self._free(worker)
+            self._failed_starts = 0
             self._wakeup.set()
         elif kind == "control":
             reply = self.on_control(event["command"], event.get("data") or {})
@@ -361,7 +376,10 @@ class Supervisor:
 
     def _lost(self, worker: WorkerHandle) -> None:
         """The worker's process ended (or its socket closed): it exited, or died."""
+        starting = worker.status is WorkerStatus.STARTING
         job, outcome, expected = worker.exited()
+        if starting and not expected and not self._closing:
+            self._pause_starts(worker)
         self._scheduler.forget(worker)
         if job is not None:
             self._scheduler.job_ended(job)
@@ -377,8 +395,22 @@ class Supervisor:
         self._wakeup.set()  # the manager replaces it if needed
         if job is not None and outcome is not None:
             self._accounting.lost(job, outcome, worker.id, worker.pid)
-        elif not expected and not self._closing:
+        elif not expected and not self._closing and not starting:
             logger.warning("worker %d (pid %s) exited unexpectedly", worker.id, worker.pid)
+
+    def _pause_starts(self, worker: WorkerHandle) -> None:
+        """*worker* died before it was ready: start no other for a while, longer each time."""
+        self._failed_starts += 1
+        pause = min(START_BACKOFF_FIRST * 2 ** (self._failed_starts - 1), START_BACKOFF_CAP)
+        self._starts_paused_until = time.monotonic() + pause
+        logger.error(
+            "worker %d (pid %s) died before it was ready (%s in a row; see its own lines above "
+            "for why: the task modules, the worker hooks?): starting the next one in %.1f s",
+            worker.id,
+            worker.pid,
+            counted(self._failed_starts, "worker"),
+            pause,
+        )
 
     def worker_exited(self, pid: int, status: int) -> None:
         """The fork server reaped worker *pid* with *status* (negative: killed by a signal)."""
