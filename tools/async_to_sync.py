@@ -77,7 +77,7 @@ SUBMIT = Twin(
         "asend": "send",
         "asend_jobs": "send_jobs",
     },
-    strings={"asend_own": "send_own"},
+    strings={"asend_own": "send_own", "abatch": "batch", "batch": "abatch"},
 )
 
 NOTIFY = Twin(

@@ -325,7 +325,7 @@ def test_registration_rules() -> None:
         RegistrationError,
         match=r"^cannot register support\.bad: queue: 'a b' is not a valid channel name",
     ):
-        task("a b", name="support.bad")(first)
+        task(queue="a b", name="support.bad")(first)
     assert "support.bad" not in registry
     with pytest.raises(RegistrationError, match="needs a run"):
         task(name="support.no_run")(type("NoRun", (), {}))

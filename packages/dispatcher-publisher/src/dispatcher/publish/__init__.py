@@ -26,7 +26,16 @@ its password).
 
 from dispatcher.publish.chunking import ChunkAssembler, split_message
 from dispatcher.publish.connections import broker_unavailable, describe_server
-from dispatcher.publish.decorator import TaskDecorator, TaskFunction, task
+from dispatcher.publish.decorator import (
+    BoundTask,
+    BoundTaskDecorator,
+    BoundTaskFunction,
+    SubmissionMethods,
+    TaskDecorator,
+    TaskFunction,
+    UndecoratedTaskDecorator,
+    task,
+)
 from dispatcher.publish.errors import (
     BrokerUnavailable,
     DispatcherCancel,
@@ -50,6 +59,9 @@ from dispatcher.schema import DispatcherError, OnDuplicate
 __all__ = [
     "JOB_STATES",
     "AsyncConnectionProvider",
+    "BoundTask",
+    "BoundTaskDecorator",
+    "BoundTaskFunction",
     "BrokerUnavailable",
     "ChunkAssembler",
     "ConnectionProvider",
@@ -64,9 +76,11 @@ __all__ = [
     "RegisteredTask",
     "RegistrationError",
     "Submission",
+    "SubmissionMethods",
     "TaskDecorator",
     "TaskFunction",
     "TaskRegistry",
+    "UndecoratedTaskDecorator",
     "abatch",
     "aclose_connections",
     "aget_job",
