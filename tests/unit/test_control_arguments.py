@@ -40,7 +40,9 @@ WRONG = [
 
 
 @pytest.mark.parametrize(("options", "said"), WRONG)
-def test_control_with_reply_refuses_naming_the_parameter(options: dict[str, Any], said: str) -> None:
+def test_control_with_reply_refuses_naming_the_parameter(
+    options: dict[str, Any], said: str
+) -> None:
     with pytest.raises(InvalidSubmission) as refused:
         control_with_reply("alive", **options)
     assert str(refused.value).startswith(f"cannot send control command 'alive': {said}")

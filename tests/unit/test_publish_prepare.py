@@ -217,7 +217,7 @@ def test_a_registration_option_too_long_to_write_out_is_refused_by_its_name(
 def test_bad_task_names() -> None:
     with pytest.raises(
         InvalidSubmission,
-        match=r"^cannot submit lambda: 1: task: 'lambda: 1' is not a valid task name",
+        match=r"^cannot submit the task 'lambda: 1': task: 'lambda: 1' is not a valid task name",
     ):
         prepare_submission("lambda: 1")
 
