@@ -15,7 +15,7 @@ from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.schedules import scheduled_problems
 from dispatcher.config.security import hide_secret, load_security
 from dispatcher.config.settings import Settings, settings_from_document
-from dispatcher.schema import Problem, validator
+from dispatcher.schema import InvalidArgumentType, Problem, validator
 from dispatcher.schema.errors import json_type_name
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def load_settings(
     :raises ConfigError: when the config is missing, unreadable or invalid.
     """
     if config is not None and file_path is not None:
-        raise TypeError("give either config or file_path, not both")
+        raise InvalidArgumentType("give either config or file_path, not both")
     if isinstance(config, str | os.PathLike):
         kind = "string" if isinstance(config, str) else "path"
         raise ConfigError(

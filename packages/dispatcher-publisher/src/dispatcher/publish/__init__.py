@@ -54,7 +54,12 @@ from dispatcher.publish.registry import RegisteredTask, TaskRegistry, registry
 from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import abatch, asubmit_task
 from dispatcher.publish.submit_sync import batch, submit_task
-from dispatcher.schema import DispatcherError, OnDuplicate
+from dispatcher.schema import (
+    DispatcherError,
+    InvalidArgumentType,
+    InvalidArgumentValue,
+    OnDuplicate,
+)
 
 __all__ = [
     "JOB_STATES",
@@ -68,6 +73,8 @@ __all__ = [
     "DispatcherCancel",
     "DispatcherError",
     "DispatcherExit",
+    "InvalidArgumentType",
+    "InvalidArgumentValue",
     "InvalidSubmission",
     "Job",
     "JobState",
