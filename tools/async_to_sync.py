@@ -77,7 +77,7 @@ SUBMIT = Twin(
         "asend": "send",
         "asend_jobs": "send_jobs",
     },
-    strings={"asend_own": "send_own"},
+    strings={"asend_own": "send_own", "abatch": "batch", "batch": "abatch"},
 )
 
 NOTIFY = Twin(
@@ -143,12 +143,18 @@ PUBLISH_TESTS = Twin(
         "adelay": "delay",
         "aapply_async": "apply_async",
         "asubmit_task": "submit_task",
-        "submit_task": "asubmit_task",
         "abatch": "batch",
         "aclose_connections": "close_connections",
         "acontrol_with_reply": "control_with_reply",
         "agather": "gather",
         "ablock_on": "block_on",
+    },
+    # The refusal of a connection of the wrong kind names the function to use instead.
+    strings={
+        "asubmit_task": "submit_task",
+        "submit_task": "asubmit_task",
+        "aapply_async": "apply_async",
+        "apply_async": "aapply_async",
     },
     async_only=frozenset(
         {

@@ -22,6 +22,18 @@ def bound(dispatcher: Any, value: int) -> int:
     return value
 
 
+@task
+def tidy(days: int) -> int:
+    """Registered by a bare ``@task``, Celery's ``@shared_task`` style."""
+    return days
+
+
+@task
+class Sweep:
+    def run(self, area: str) -> str:
+        return area
+
+
 @task(decorate=False)
 def undecorated() -> None:
     """Registered, without submission methods."""

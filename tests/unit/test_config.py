@@ -503,3 +503,16 @@ def test_the_command_to_run_quotes_a_config_path_for_the_shell() -> None:
         dispatcherctl_command("migrate", "my dir/d.yml")
         == "dispatcherctl migrate --config 'my dir/d.yml'"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "kind"), [("/path/to/config.yml", "string"), (Path("config.yml"), "path")]
+)
+def test_a_path_given_as_the_config_says_to_pass_file_path(given: Any, kind: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        setup(given)
+    path = str(given)
+    assert str(refused.value) == (
+        f"config: the config must be a mapping of sections, not {kind} {path!r}: to read a "
+        f"file, pass its path as file_path= (file_path={path!r})"
+    )

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from dispatcher.server import ctl
+from dispatcher.server import cli, ctl
 
 OPTION_LINE = re.compile(r"^  (?:-h, )?(--[a-z-]+)(?: (\S+))?")
 COMMAND_LINE = re.compile(r"^    ([a-z_-]+)")
@@ -140,3 +140,12 @@ def test_a_refused_option_is_refused_whatever_its_value(
     said = accepted([*given, "install-sql", "--print"], capsys)
     assert said is not None
     assert f"{given[0]}: " in said
+
+
+def test_config_says_where_the_config_comes_from_without_it() -> None:
+    said = (
+        "config file (default: $DISPATCHER_CONFIG_FILE, else $DISPATCHERD_CONFIG_FILE, "
+        "else ./dispatcher.yml)"
+    )
+    for parser in (cli.parser(), ctl.parser()):
+        assert said in " ".join(parser.format_help().split())

@@ -125,3 +125,46 @@ def test_task_signals_are_not_errors() -> None:
 def test_one_except_clause_catches_a_config_error() -> None:
     with pytest.raises(DispatcherError, match="unknown key"):
         dispatcher.config.load_settings({"version": 1, "nope": 1})
+
+
+def test_argument_errors_of_the_sdk_are_dispatcher_errors_and_their_builtin() -> None:
+    import asyncio
+    from typing import Any
+
+    from dispatcher.config import setup
+    from dispatcher.publish import (
+        InvalidArgumentType,
+        InvalidArgumentValue,
+        batch,
+        get_job,
+        jobs,
+        submit_task,
+    )
+    from dispatcher.schema import load_schema, split_message
+    from dispatcher.testing import NotRecorded, captured, eager
+    from support import tasks
+
+    wrong: Any = 5
+    calls: list[tuple[Any, type[BaseException]]] = [
+        (lambda: get_job(wrong), TypeError),
+        (lambda: jobs(state=wrong), ValueError),
+        (lambda: jobs(state="bogus"), ValueError),  # type: ignore[arg-type]
+        (lambda: submit_task(tasks.add, args=[1, 2], queue="q", connection=wrong), TypeError),
+        (lambda: tasks.add.apply_async(args=[1, 2], countdown=3), TypeError),  # type: ignore[call-arg]
+        (lambda: asyncio.run(tasks.add.aapply_async(args=[1], connection=wrong)), TypeError),
+        (lambda: batch(connection=wrong).__enter__(), TypeError),
+        (lambda: setup({"version": 1}, "dispatcher.yml"), TypeError),
+        (lambda: load_schema(wrong), ValueError),
+        (lambda: split_message("x" * 100, limit=10), ValueError),
+    ]
+    for call, builtin in calls:
+        with pytest.raises(builtin) as raised:
+            call()
+        assert isinstance(raised.value, DispatcherError), raised.value
+        assert isinstance(raised.value, InvalidArgumentType | InvalidArgumentValue)
+    with eager() as mode, pytest.raises(LookupError) as raised:
+        mode.run_of("no-such-uuid")
+    assert isinstance(raised.value, NotRecorded | DispatcherError)
+    with captured() as capture, pytest.raises(LookupError) as raised:
+        capture.run()
+    assert isinstance(raised.value, DispatcherError)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
+import psycopg
 import pytest
 
-from dispatcher.publish import InvalidSubmission, prepare_submission, submit_task, task
+from dispatcher.publish import (
+    InvalidSubmission,
+    abatch,
+    batch,
+    prepare_submission,
+    submit_task,
+    task,
+)
 from dispatcher.publish.mistakes import SUBMIT_OPTIONS
 from support import tasks
 
@@ -56,7 +65,7 @@ def test_the_refusal_shows_the_signature_as_the_caller_fills_it() -> None:
     # The bound object is the worker's to pass: not shown, not counted.
     assert str(refused.value) == (
         "cannot submit support.renamed: args, kwargs: missing a required argument: 'value': "
-        "the task is support.renamed(value: 'int')"
+        "the task is support.renamed(value: int)"
     )
 
 
@@ -164,9 +173,8 @@ def test_extra_of_the_wrong_shape_is_refused_naming_it(extra: Any, said: str) ->
 def test_bind_given_against_the_task_says_so() -> None:
     with pytest.raises(InvalidSubmission) as refused:
         prepare_submission(tasks.add, args=[1, 2], queue="q", bind=True)
-    assert (
-        "too many positional arguments: the task is support.tasks.add(a: 'int', b: 'int')"
-        in str(refused.value)
+    assert "too many positional arguments: the task is support.tasks.add(a: int, b: int)" in str(
+        refused.value
     )
     assert "bind=True passes the bound task first" in str(refused.value)
     with pytest.raises(InvalidSubmission, match="bind: False, but the task is @task"):
@@ -177,6 +185,44 @@ def test_a_conninfo_given_as_connection_says_what_connection_takes() -> None:
     with pytest.raises(TypeError) as refused:
         tasks.add.apply_async(args=[1, 2], queue="q", connection="host=db dbname=app")
     assert str(refused.value) == (
-        "submit_task() needs a psycopg Connection, got str (a psycopg connection object: a "
+        "apply_async() needs a psycopg Connection, got str (a psycopg connection object: a "
         "conninfo string goes in the config)"
     )
+    with pytest.raises(TypeError) as refused:
+        submit_task(tasks.add, args=[1, 2], queue="q", connection="host=db dbname=app")
+    assert str(refused.value).startswith("submit_task() needs a psycopg Connection, got str")
+
+
+def test_a_connection_of_the_other_kind_names_the_method_called() -> None:
+    sync_connection: Any = psycopg.Connection.__new__(psycopg.Connection)
+    async_connection: Any = psycopg.AsyncConnection.__new__(psycopg.AsyncConnection)
+    with pytest.raises(TypeError) as refused:
+        tasks.add.apply_async(args=[1, 2], queue="q", connection=async_connection)
+    assert str(refused.value) == (
+        "apply_async() needs a psycopg Connection, got AsyncConnection; use aapply_async() "
+        "with that connection"
+    )
+    with pytest.raises(TypeError) as refused:
+        asyncio.run(tasks.add.aapply_async(args=[1, 2], queue="q", connection=sync_connection))
+    assert str(refused.value) == (
+        "aapply_async() needs a psycopg AsyncConnection, got Connection; use apply_async() "
+        "with that connection"
+    )
+
+
+@pytest.mark.parametrize("connection", ["dbname=app", 5])
+def test_a_batch_checks_its_connection_on_entry(connection: Any) -> None:
+    with (
+        pytest.raises(TypeError, match=r"^batch\(\) needs a psycopg Connection, got"),
+        batch(connection=connection),
+    ):
+        pass
+
+
+def test_an_async_batch_checks_its_connection_on_entry() -> None:
+    async def enter() -> None:
+        async with abatch(connection="dbname=app"):  # type: ignore[arg-type]
+            pass
+
+    with pytest.raises(TypeError, match=r"^abatch\(\) needs a psycopg AsyncConnection, got str"):
+        asyncio.run(enter())

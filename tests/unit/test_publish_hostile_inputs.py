@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -36,8 +37,22 @@ def test_only_a_uuid_postgresql_cannot_hold_is_an_invalid_submission(
         assert prepare_submission("myapp.tasks.work", uuid=fine, queue="jobs").uuid == fine
 
 
-@pytest.mark.parametrize("name", ["a.b\n", "a.b\x00", "a.b\r\nX-Injected: 1", "a.b\udcff"])
+@pytest.mark.parametrize(
+    "name", ["a.b\n", "a.b\x00", "a.b\r\nX-Injected: 1", "a.b\udcff", "", " ", "a b"]
+)
 def test_a_task_name_that_cannot_be_printed_is_shown_quoted(name: str) -> None:
     with pytest.raises(InvalidSubmission) as caught:
         prepare_submission(name, queue="jobs")
-    assert str(caught.value).startswith(f"cannot submit {name!r}: task: {name!r} is not a valid")
+    assert str(caught.value).startswith(
+        f"cannot submit the task {name!r}: task: {name!r} is not a valid task name"
+    )
+
+
+@pytest.mark.parametrize("task", [123, None, b"myapp.tasks.work"])
+def test_a_task_that_is_neither_a_name_nor_a_function_is_named_as_such(task: Any) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission(task, queue="jobs")
+    assert str(caught.value) == (
+        f"cannot submit {task!r}: task: expected a task name (a string) or a function registered "
+        f"with @task, got {type(task).__name__}"
+    )

@@ -217,7 +217,7 @@ def test_a_registration_option_too_long_to_write_out_is_refused_by_its_name(
 def test_bad_task_names() -> None:
     with pytest.raises(
         InvalidSubmission,
-        match=r"^cannot submit lambda: 1: task: 'lambda: 1' is not a valid task name",
+        match=r"^cannot submit the task 'lambda: 1': task: 'lambda: 1' is not a valid task name",
     ):
         prepare_submission("lambda: 1")
 
@@ -325,7 +325,7 @@ def test_registration_rules() -> None:
         RegistrationError,
         match=r"^cannot register support\.bad: queue: 'a b' is not a valid channel name",
     ):
-        task("a b", name="support.bad")(first)
+        task(queue="a b", name="support.bad")(first)
     assert "support.bad" not in registry
     with pytest.raises(RegistrationError, match="needs a run"):
         task(name="support.no_run")(type("NoRun", (), {}))

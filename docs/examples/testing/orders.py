@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from dispatcher.publish import batch, task
+from dispatcher.publish import BoundTask, batch, task
 
 OUTBOX: list[str] = []
 """Stands in for an email service."""
@@ -18,7 +16,7 @@ def send_confirmation(order_id: int, email: str) -> str:
 
 
 @task(queue="warehouse", bind=True)
-def reserve_stock(dispatcher: Any, order_id: int, items: dict[str, int]) -> None:
+def reserve_stock(dispatcher: BoundTask, order_id: int, items: dict[str, int]) -> None:
     for item, count in items.items():
         if STOCK.get(item, 0) < count:
             raise ValueError(f"not enough {item} for order {order_id}")

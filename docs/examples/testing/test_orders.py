@@ -61,7 +61,8 @@ def test_errors_can_be_recorded_instead() -> None:
 
 def test_arguments_are_checked_as_when_publishing(dispatcher_eager: Eager) -> None:
     with pytest.raises(InvalidSubmission, match="not JSON-serialisable"):
-        orders.send_confirmation.delay(datetime.date.today(), "x@example.com")
+        # A mistake a type checker also reports: made here on purpose.
+        orders.send_confirmation.delay(datetime.date.today(), "x@example.com")  # type: ignore[arg-type]
     assert dispatcher_eager.runs == []
 
 

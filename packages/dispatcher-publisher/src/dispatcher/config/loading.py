@@ -15,7 +15,7 @@ from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.schedules import scheduled_problems
 from dispatcher.config.security import hide_secret, load_security
 from dispatcher.config.settings import Settings, settings_from_document
-from dispatcher.schema import Problem, validator
+from dispatcher.schema import InvalidArgumentType, Problem, validator
 from dispatcher.schema.errors import json_type_name
 
 if TYPE_CHECKING:
@@ -30,6 +30,12 @@ set, so that a dispatcherd deployment finds its file unchanged."""
 
 DEFAULT_CONFIG_FILE: Final = "dispatcher.yml"
 """File looked for in the working directory as the last resort."""
+
+CONFIG_FILE_HELP: Final = (
+    f"config file (default: ${CONFIG_FILE_ENV}, else ${DISPATCHERD_CONFIG_FILE_ENV}, "
+    f"else ./{DEFAULT_CONFIG_FILE})"
+)
+"""The help of a command line's ``--config`` option: where the config comes from without it."""
 
 DICT_SOURCE: Final = "config"
 """How errors name a config given as a dict."""
@@ -62,7 +68,16 @@ def load_settings(
     :raises ConfigError: when the config is missing, unreadable or invalid.
     """
     if config is not None and file_path is not None:
-        raise TypeError("give either config or file_path, not both")
+        raise InvalidArgumentType("give either config or file_path, not both")
+    if isinstance(config, str | os.PathLike):
+        kind = "string" if isinstance(config, str) else "path"
+        raise ConfigError(
+            source or DICT_SOURCE,
+            [
+                f"the config must be a mapping of sections, not {kind} {os.fspath(config)!r}: "
+                f"to read a file, pass its path as file_path= (file_path={os.fspath(config)!r})"
+            ],
+        )
     if config is not None:
         return settings_from_data(source or DICT_SOURCE, config)
     if file_path is None:

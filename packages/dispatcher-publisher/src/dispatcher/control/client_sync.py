@@ -6,6 +6,7 @@ Generated from ``client_async.py`` by ``tools/async_to_sync.py``; do not edit.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from dispatcher.control.local import control_payloads
 from dispatcher.control.result import ControlResult
 from dispatcher.publish.errors import InvalidSubmission, PublishError
-from dispatcher.publish.json_values import may_hold_too_long_integer, unsendable_reason
+from dispatcher.publish.json_values import may_hold_too_long_integer, shown, unsendable_reason
 from dispatcher.publish.messages import too_deep
 from dispatcher.publish.routing import control_broker
 from dispatcher.publish.signing import signed, signing_key
@@ -86,6 +87,7 @@ def control_with_reply(
     reply_to = f"reply_to_{uuid.uuid4().hex}"
     message = _message(command, data, reply_to=reply_to)
     _check_queue(command, queue)
+    _check_waiting(command, expected_replies, timeout)
     result = ControlResult(command)
     control_broker().control_with_reply(
         _text(message),
@@ -120,11 +122,33 @@ def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None)
 
 def _check_queue(command: str, queue: object) -> None:
     """Refuse a *queue* that is no channel name (it would reach the database as it is)."""
-    if queue and not is_valid_channel_name(queue):
+    if queue is not None and not (isinstance(queue, str) and is_valid_channel_name(queue)):
         raise InvalidSubmission(
-            f"cannot send control command {command!r}: queue: {queue!r} is not a valid "
-            f"channel name ({CHANNEL_NAME_RULE})"
+            f"cannot send control command {shown(command)}: queue: {shown(queue)} is not a "
+            f"valid channel name ({CHANNEL_NAME_RULE})"
         )
+
+
+def _check_waiting(command: str, expected_replies: object, timeout: object) -> None:
+    """Refuse an *expected_replies* that is no count, a *timeout* that is no wait."""
+    if expected_replies is not None and (type(expected_replies) is not int or expected_replies < 0):
+        raise InvalidSubmission(
+            f"cannot send control command {shown(command)}: expected_replies: expected a whole "
+            f"number (0 or more) or None, got {_described(expected_replies)}"
+        )
+    if (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not 0 < timeout < math.inf
+    ):
+        raise InvalidSubmission(
+            f"cannot send control command {shown(command)}: timeout: expected a number of "
+            f"seconds above 0, got {_described(timeout)}"
+        )
+
+
+def _described(value: object) -> str:
+    return f"{type(value).__name__} {shown(value)}"
 
 
 def _text(message: dict[str, Any]) -> str:

@@ -26,7 +26,16 @@ its password).
 
 from dispatcher.publish.chunking import ChunkAssembler, split_message
 from dispatcher.publish.connections import broker_unavailable, describe_server
-from dispatcher.publish.decorator import TaskDecorator, TaskFunction, task
+from dispatcher.publish.decorator import (
+    BoundTask,
+    BoundTaskDecorator,
+    BoundTaskFunction,
+    SubmissionMethods,
+    TaskDecorator,
+    TaskFunction,
+    UndecoratedTaskDecorator,
+    task,
+)
 from dispatcher.publish.errors import (
     BrokerUnavailable,
     DispatcherCancel,
@@ -45,17 +54,27 @@ from dispatcher.publish.registry import RegisteredTask, TaskRegistry, registry
 from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import abatch, asubmit_task
 from dispatcher.publish.submit_sync import batch, submit_task
-from dispatcher.schema import DispatcherError, OnDuplicate
+from dispatcher.schema import (
+    DispatcherError,
+    InvalidArgumentType,
+    InvalidArgumentValue,
+    OnDuplicate,
+)
 
 __all__ = [
     "JOB_STATES",
     "AsyncConnectionProvider",
+    "BoundTask",
+    "BoundTaskDecorator",
+    "BoundTaskFunction",
     "BrokerUnavailable",
     "ChunkAssembler",
     "ConnectionProvider",
     "DispatcherCancel",
     "DispatcherError",
     "DispatcherExit",
+    "InvalidArgumentType",
+    "InvalidArgumentValue",
     "InvalidSubmission",
     "Job",
     "JobState",
@@ -64,9 +83,11 @@ __all__ = [
     "RegisteredTask",
     "RegistrationError",
     "Submission",
+    "SubmissionMethods",
     "TaskDecorator",
     "TaskFunction",
     "TaskRegistry",
+    "UndecoratedTaskDecorator",
     "abatch",
     "aclose_connections",
     "aget_job",

@@ -68,11 +68,7 @@ def argument_problem(
     try:
         shape.signature.bind(*(_SLOT,) * slots, *args, **kwargs)
     except TypeError as exc:
-        hidden = shape.leading + entry.bind  # what the task's callers never pass
-        parameters = list(shape.signature.parameters.values())[hidden:]
-        shown = shape.signature.replace(
-            parameters=parameters, return_annotation=inspect.Signature.empty
-        )
+        shown = _callers_signature(shape, entry).replace(return_annotation=inspect.Signature.empty)
         note = ""
         if bind and not entry.bind:
             note = " (bind=True passes the bound task first, and the task is not @task(bind=True))"
@@ -80,6 +76,51 @@ def argument_problem(
     if len(shape.accepted) < _ACCEPTED_SHAPES:
         shape.accepted.add(call)
     return None
+
+
+def shown_signature(entry: RegisteredTask) -> inspect.Signature | None:
+    """The arguments *entry*'s callers pass (``delay()``'s), as ``help()`` shows them.
+
+    That is the task's signature without what the worker fills in first (the instance of a
+    class task, the bound object of a ``bind=True`` one), returning a ``Submission``.
+    ``None`` when the signature cannot be read.
+    """
+    shape = _shape(entry.target)
+    if shape is None:
+        return None
+    return _callers_signature(shape, entry).replace(return_annotation=_Shown("Submission"))
+
+
+def display_signature(signature: inspect.Signature) -> inspect.Signature:
+    """*signature* with its annotations written as in the source, not quoted.
+
+    Under ``from __future__ import annotations`` every annotation is a string, which a
+    signature shows quoted (``to: 'str'``).
+    """
+    parameters = [
+        p.replace(annotation=_Shown(p.annotation)) if isinstance(p.annotation, str) else p
+        for p in signature.parameters.values()
+    ]
+    returned = signature.return_annotation
+    if isinstance(returned, str):
+        returned = _Shown(returned)
+    return signature.replace(parameters=parameters, return_annotation=returned)
+
+
+class _Shown:
+    """An annotation kept as text, shown as it was written."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _callers_signature(shape: _Shape, entry: RegisteredTask) -> inspect.Signature:
+    hidden = shape.leading + entry.bind  # what the task's callers never pass
+    parameters = list(shape.signature.parameters.values())[hidden:]
+    return display_signature(shape.signature.replace(parameters=parameters))
 
 
 def _shape(target: object) -> _Shape | None:

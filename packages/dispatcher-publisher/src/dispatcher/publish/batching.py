@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from dispatcher.publish.submission import Submission
+from dispatcher.schema import InvalidArgumentType
 
 
 @dataclass
@@ -57,7 +58,9 @@ def collect(submission: Submission, connection: object | None) -> bool:
     if batch is None or batch.closed:
         return False
     if connection is not None:
-        raise TypeError("inside batch(), pass connection= to batch(), not to each submission")
+        raise InvalidArgumentType(
+            "inside batch(), pass connection= to batch(), not to each submission"
+        )
     return batch.add([submission])
 
 

@@ -15,7 +15,7 @@ from psycopg.pq import TransactionStatus
 
 from dispatcher.config import get_settings
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
-from dispatcher.schema import DispatcherError
+from dispatcher.schema import DispatcherError, InvalidArgumentType
 
 if TYPE_CHECKING:
     import asyncio
@@ -200,7 +200,9 @@ def expect_connection(connection: object, expected: type[_C], caller: str, other
             if isinstance(connection, BaseConnection)
             else " (a psycopg connection object: a conninfo string goes in the config)"
         )
-        raise TypeError(f"{caller}() needs a psycopg {expected.__name__}, got {got}{hint}")
+        raise InvalidArgumentType(
+            f"{caller}() needs a psycopg {expected.__name__}, got {got}{hint}"
+        )
     return connection
 
 

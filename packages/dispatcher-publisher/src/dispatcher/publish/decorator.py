@@ -5,8 +5,13 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from psycopg import AsyncConnection, Connection
+
+from dispatcher.publish import interception
+from dispatcher.publish.arguments import display_signature, shown_signature
+from dispatcher.publish.connections import expect_connection
 from dispatcher.publish.errors import RegistrationError
 from dispatcher.publish.json_values import shown
 from dispatcher.publish.messages import ProcessorOptions, processor_option_values
@@ -21,20 +26,50 @@ logger = logging.getLogger("dispatcher.publish")
 
 P = ParamSpec("P")
 R_co = TypeVar("R_co", covariant=True)
+R = TypeVar("R")
 C = TypeVar("C", bound=type)
+T = TypeVar("T")
 
 
-class TaskFunction(Protocol[P, R_co]):
-    """A function decorated with ``@task``: still callable as before, plus submission methods."""
+class BoundTask(Protocol):
+    """What a ``@task(bind=True)`` task receives first, to annotate its first parameter with.
+
+    The service passes its worker's object, :mod:`dispatcher.testing` an in-memory one; both
+    have these attributes::
+
+        @task(bind=True)
+        def import_all(dispatcher: BoundTask, feeds: list[str]) -> None:
+            for feed in feeds:
+                dispatcher.control("run", {"task": "myapp.tasks.import_feed", "args": [feed]})
+    """
+
+    uuid: str
+    """The uuid of the message being run."""
+    worker_id: int
+    """The id of the worker running it."""
+
+    def control(self, command: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run a control command in the task's own service and return its reply."""
+        ...
+
+
+class SubmissionMethods(Protocol[P]):
+    """What ``@task`` adds to a function: its name and the submission methods.
+
+    The part :class:`TaskFunction` and :class:`BoundTaskFunction` share: a parameter of
+    this type takes either.
+    """
 
     __dispatcher_task__: str
     """The name the task is registered under."""
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
-        """Run the function here and now, as if it were not a task."""
+    __name__: str
+    __qualname__: str
+    __module__: str
+    __doc__: str | None
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Submission:
         """Submit the task with these arguments and its default options."""
+        ...
 
     def apply_async(
         self,
@@ -48,14 +83,16 @@ class TaskFunction(Protocol[P, R_co]):
         on_duplicate: OnDuplicate | None = None,
         bind: bool | None = None,
         extra: Mapping[str, Any] | None = None,
-        connection: Any = None,
+        connection: Connection[Any] | None = None,
         max_attempts: int | None = None,
         processor_options: ProcessorOptions = None,
     ) -> Submission:
         """Submit the task with options that override its defaults (see ``submit_task``)."""
+        ...
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Submission:
         """Async ``delay()``."""
+        ...
 
     async def aapply_async(
         self,
@@ -69,11 +106,32 @@ class TaskFunction(Protocol[P, R_co]):
         on_duplicate: OnDuplicate | None = None,
         bind: bool | None = None,
         extra: Mapping[str, Any] | None = None,
-        connection: Any = None,
+        connection: AsyncConnection[Any] | None = None,
         max_attempts: int | None = None,
         processor_options: ProcessorOptions = None,
     ) -> Submission:
-        """Async ``apply_async()``."""
+        """Async ``apply_async()`` (*connection*: an ``AsyncConnection``)."""
+        ...
+
+
+class TaskFunction(SubmissionMethods[P], Protocol[P, R_co]):
+    """A function decorated with ``@task``: still callable as before, plus submission methods."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Run the function here and now, as if it were not a task."""
+        ...
+
+
+class BoundTaskFunction(SubmissionMethods[P], Protocol[P, R_co]):
+    """A function decorated with ``@task(bind=True)``.
+
+    Its submission methods take the task's arguments without the first parameter, which
+    the worker fills with a :class:`BoundTask`; calling the function itself still takes it.
+    """
+
+    def __call__(self, bound: Any, /, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Run the function here and now, passing *bound* as the bound object."""
+        ...
 
 
 class TaskDecorator(Protocol):
@@ -82,12 +140,83 @@ class TaskDecorator(Protocol):
     @overload
     def __call__(self, target: C, /) -> C: ...  # type: ignore[overload-overlap]
     @overload
-    def __call__(self, target: Callable[P, R_co], /) -> TaskFunction[P, R_co]: ...
+    def __call__(self, target: Callable[P, R], /) -> TaskFunction[P, R]: ...
 
 
+class BoundTaskDecorator(Protocol):
+    """What ``task(bind=True, ...)`` returns: its functions take a :class:`BoundTask` first."""
+
+    @overload
+    def __call__(self, target: C, /) -> C: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, target: Callable[Concatenate[Any, P], R], /) -> BoundTaskFunction[P, R]: ...
+
+
+class UndecoratedTaskDecorator(Protocol):
+    """What ``task(decorate=False, ...)`` returns: it registers its target and returns it as is."""
+
+    def __call__(self, target: T, /) -> T:
+        """Register *target*; return it unchanged."""
+        ...
+
+
+class _Unset:
+    """The value of ``task()``'s first parameter when nothing is given there."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Final = _Unset()
+
+
+@overload
+def task(target: C, /) -> C: ...  # type: ignore[overload-overlap]
+@overload
+def task(target: Callable[P, R], /) -> TaskFunction[P, R]: ...
+@overload
 def task(
-    queue: Queue = None,
     *,
+    queue: Queue = None,
+    name: str | None = None,
+    bind: bool = False,
+    timeout: float | None = None,
+    delay: float | None = None,
+    on_duplicate: OnDuplicate | None = None,
+    max_attempts: int | None = None,
+    decorate: Literal[False],
+    processor_options: ProcessorOptions = None,
+) -> UndecoratedTaskDecorator: ...
+@overload
+def task(
+    *,
+    queue: Queue = None,
+    name: str | None = None,
+    bind: Literal[True],
+    timeout: float | None = None,
+    delay: float | None = None,
+    on_duplicate: OnDuplicate | None = None,
+    max_attempts: int | None = None,
+    decorate: Literal[True] = True,
+    processor_options: ProcessorOptions = None,
+) -> BoundTaskDecorator: ...
+@overload
+def task(
+    *,
+    queue: Queue = None,
+    name: str | None = None,
+    bind: Literal[False] = False,
+    timeout: float | None = None,
+    delay: float | None = None,
+    on_duplicate: OnDuplicate | None = None,
+    max_attempts: int | None = None,
+    decorate: Literal[True] = True,
+    processor_options: ProcessorOptions = None,
+) -> TaskDecorator: ...
+@overload
+def task(
+    *,
+    queue: Queue = None,
     name: str | None = None,
     bind: bool = False,
     timeout: float | None = None,
@@ -96,16 +225,33 @@ def task(
     max_attempts: int | None = None,
     decorate: bool = True,
     processor_options: ProcessorOptions = None,
-) -> TaskDecorator:
+) -> Callable[[Any], Any]: ...
+def task(
+    target: object = _UNSET,
+    /,
+    *,
+    queue: Queue = None,
+    name: str | None = None,
+    bind: bool = False,
+    timeout: float | None = None,
+    delay: float | None = None,
+    on_duplicate: OnDuplicate | None = None,
+    max_attempts: int | None = None,
+    decorate: bool = True,
+    processor_options: ProcessorOptions = None,
+) -> Any:
     """Register a function (or a class with a ``run`` method) as a task.
 
+    ``@task`` alone registers it with the default options, as ``@task()`` does; options
+    are keywords (``@task(queue="emails")``).
     The task is registered as ``module.qualname``, or *name*. The object is returned
     unchanged (calling it still runs it here), with ``delay()``, ``apply_async()``,
     ``adelay()`` and ``aapply_async()`` attached unless *decorate* is false. The options
     are defaults of every submission; a submission's own options override them:
 
     - *queue*: the channel to send on, or a function returning it at each submission;
-    - *bind*: the task receives first an object with its uuid and a ``control()`` call;
+    - *bind*: the task receives first a :class:`BoundTask`, with its uuid and a
+      ``control()`` call;
     - *timeout*: seconds the task may run; *delay*: seconds before it starts;
     - *on_duplicate*: ``parallel``, ``discard``, ``serial`` or ``queue_one``;
     - *max_attempts*: for a durable queue (``brokers.pg_queue``), how many times the job may
@@ -114,9 +260,27 @@ def task(
     - *processor_options*: dispatcherd's params objects or dicts, setting *delay* and
       *on_duplicate* (an option given both ways must have the same value).
 
-    :raises RegistrationError: when the name is invalid or registered for another function,
-        or *processor_options* holds something unknown.
+    :raises RegistrationError: when an option is of the wrong type or value, the name is
+        invalid or registered for another function, or *processor_options* holds something
+        unknown.
     """
+    if target is not _UNSET:
+        if not callable(target) or isinstance(target, str):
+            raise RegistrationError(
+                f"@task takes its options as keywords, not {shown(target)} as a positional "
+                "argument: write @task(queue='...') (or @task alone on a function or class)"
+            )
+        return task()(target)
+    for option, value in (("bind", bind), ("decorate", decorate)):
+        if not isinstance(value, bool):
+            raise RegistrationError(
+                f"@task option {option} must be True or False, not {type(value).__name__} "
+                f"{shown(value)}"
+            )
+    if name is not None and not isinstance(name, str):
+        raise RegistrationError(
+            f"@task option name must be a string, not {type(name).__name__} {shown(name)}"
+        )
     if queue is not None and not (isinstance(queue, str) or callable(queue)):
         raise RegistrationError(f"queue must be a channel name or a function, not {shown(queue)}")
     if processor_options is not None:
@@ -151,7 +315,7 @@ def task(
             _warn_main_module(entry.name, qualname)
         target.__dispatcher_task__ = entry.name
         if decorate:
-            _attach_submission_methods(target, entry.name)
+            _attach_submission_methods(target, entry)
         return target
 
     return register
@@ -190,7 +354,10 @@ def _from_processor_options(
     return values.get("delay", delay), values.get("on_duplicate", on_duplicate)
 
 
-def _attach_submission_methods(target: Any, task_name: str) -> None:
+def _attach_submission_methods(target: Any, entry: RegisteredTask) -> None:
+    task_name = entry.name
+    owner = getattr(target, "__qualname__", task_name)
+
     def delay(*args: Any, **kwargs: Any) -> Submission:
         return submit_task(task_name, args=args, kwargs=kwargs)
 
@@ -199,6 +366,8 @@ def _attach_submission_methods(target: Any, task_name: str) -> None:
     ) -> Submission:
         if not options.keys() <= SUBMIT_OPTIONS:
             check_submit_options(options, "apply_async")
+        if options.get("connection") is not None and interception.current is None:
+            expect_connection(options["connection"], Connection, "apply_async", "aapply_async")
         return submit_task(task_name, args=args, kwargs=kwargs, **options)
 
     async def adelay(*args: Any, **kwargs: Any) -> Submission:
@@ -209,10 +378,67 @@ def _attach_submission_methods(target: Any, task_name: str) -> None:
     ) -> Submission:
         if not options.keys() <= SUBMIT_OPTIONS:
             check_submit_options(options, "aapply_async")
+        if options.get("connection") is not None and interception.current is None:
+            expect_connection(
+                options["connection"],
+                AsyncConnection,
+                "aapply_async",
+                "apply_async",
+            )
         return await asubmit_task(task_name, args=args, kwargs=kwargs, **options)
 
-    for method in (delay, apply_async, adelay, aapply_async):
-        method.__qualname__ = f"{getattr(target, '__qualname__', task_name)}.{method.__name__}"
+    arguments = shown_signature(entry)
+    described = {
+        delay: (arguments, _DELAY_DOC),
+        adelay: (arguments, _DELAY_DOC),
+        apply_async: (_options_signature(submit_task), _APPLY_ASYNC_DOC),
+        aapply_async: (_options_signature(asubmit_task), _APPLY_ASYNC_DOC),
+    }
+    for method, (signature, doc) in described.items():
+        method.__qualname__ = f"{owner}.{method.__name__}"
+        method.__doc__ = doc.format(task=task_name)
+        if signature is not None:
+            method.__signature__ = signature  # type: ignore[attr-defined]
         # On a class, a plain function would become a method bound to instances.
         attribute = staticmethod(method) if inspect.isclass(target) else method
         setattr(target, method.__name__, attribute)
+
+
+_DELAY_DOC: Final = """Submit the task {task} with these arguments and its default options.
+
+The arguments are those of the task (without the bound object of a ``bind=True`` task);
+they are checked against its signature before anything is sent. Returns the
+:class:`~dispatcher.publish.Submission` (its ``uuid`` finds or cancels the task).
+
+:raises InvalidSubmission: when an argument is wrong (nothing is sent).
+:raises BrokerUnavailable: when the database cannot be reached.
+"""
+
+_APPLY_ASYNC_DOC: Final = """Submit the task {task} with options overriding its defaults.
+
+*args* and *kwargs* are the task's arguments; the options are keywords, as for
+``submit_task()``: *queue*, *uuid*, *timeout* (seconds it may run), *delay* (seconds
+before it starts), *on_duplicate*, *bind*, *extra* (more message keys), *connection* (send
+inside that transaction), *max_attempts* (durable queues), *processor_options*. Returns the
+:class:`~dispatcher.publish.Submission`.
+
+:raises InvalidSubmission: when an option or argument is wrong (nothing is sent).
+:raises BrokerUnavailable: when the database cannot be reached.
+"""
+
+
+def _options_signature(submit: Callable[..., Any]) -> inspect.Signature:
+    """*submit*'s signature (``submit_task``'s) as ``apply_async``'s: without the task."""
+    signature = inspect.signature(submit)
+    parameters = list(signature.parameters.values())[1:]
+    positional = {"args", "kwargs"}
+    return display_signature(
+        signature.replace(
+            parameters=[
+                p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                if p.name in positional
+                else p
+                for p in parameters
+            ]
+        )
+    )

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Final, Literal, get_args
 
 from dispatcher.publish.pg_text import text_problem
-from dispatcher.schema import OnDuplicate
+from dispatcher.schema import InvalidArgumentType, InvalidArgumentValue, OnDuplicate
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 """Where a job is: waiting (``queued``, maybe until :attr:`Job.run_after`), claimed by a
@@ -129,9 +129,11 @@ def check_listing(state: object, limit: object) -> None:
     :raises ValueError: when *state* is not a :data:`JobState` or *limit* not in 1-10000.
     """
     if state is not None and state not in JOB_STATES:
-        raise ValueError(f"state: {state!r} is not one of {', '.join(JOB_STATES)}")
+        raise InvalidArgumentValue(f"state: {state!r} is not one of {', '.join(JOB_STATES)}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LISTED:
-        raise ValueError(f"limit: must be an integer between 1 and {MAX_LISTED}, got {limit!r}")
+        raise InvalidArgumentValue(
+            f"limit: must be an integer between 1 and {MAX_LISTED}, got {limit!r}"
+        )
 
 
 def may_be_stored(parameter: str, value: object, *, optional: bool = False) -> bool:
@@ -149,7 +151,7 @@ def may_be_stored(parameter: str, value: object, *, optional: bool = False) -> b
     if value is None and optional:
         return True
     expected = "a str or None" if optional else "a str"
-    raise TypeError(f"{parameter}: expected {expected}, got {type(value).__name__}")
+    raise InvalidArgumentType(f"{parameter}: expected {expected}, got {type(value).__name__}")
 
 
 def job_from_row(row: Sequence[Any]) -> Job:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
@@ -255,9 +256,14 @@ def _from_processor_options(
 
 
 def _invalid(name: str, reason: str) -> InvalidSubmission:
-    # A name that is no task name may hold anything (a line break, a NUL): shown quoted.
-    shown = name if type(name) is str and name.isprintable() else repr(name)
-    return InvalidSubmission(f"cannot submit {shown}: {reason}")
+    # A name that is no task name may be empty or hold anything (a space, a line break, a
+    # NUL): shown quoted, after words that say what it is.
+    if type(name) is str and name.isprintable() and name and not _SPACE.search(name):
+        return InvalidSubmission(f"cannot submit {name}: {reason}")
+    return InvalidSubmission(f"cannot submit the task {name!r}: {reason}")
+
+
+_SPACE: Final = re.compile(r"\s")
 
 
 def _as_list(name: str, args: Sequence[Any] | None) -> list[Any]:
@@ -287,6 +293,11 @@ _NO_DEFAULTS: Final = RegisteredTask(name="unregistered", target=object)
 def _registered(task: Callable[..., Any]) -> tuple[str, RegisteredTask]:
     """The name and entry of the registered function or class *task*."""
     entry = registry.find(task)
+    if entry is None and not callable(task):
+        raise InvalidSubmission(
+            f"cannot submit {shown(task)}: task: expected a task name (a string) or a function "
+            f"registered with @task, got {type(task).__name__}"
+        )
     if entry is None:
         described = getattr(task, "__qualname__", repr(task))
         raise InvalidSubmission(

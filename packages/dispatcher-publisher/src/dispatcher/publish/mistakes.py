@@ -18,6 +18,7 @@ from dispatcher.publish import interception
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.registry import registry
 from dispatcher.publish.routing import broker_for
+from dispatcher.schema import InvalidArgumentType
 
 logger = logging.getLogger("dispatcher.publish")
 
@@ -219,4 +220,4 @@ def check_submit_options(options: Mapping[str, object], caller: str) -> None:
     key = unknown[0]
     hint = _CELERY_OPTIONS.get(key)
     why = f" ({hint})" if hint else did_you_mean(key, SUBMIT_OPTIONS)
-    raise TypeError(f"{caller}() got an unexpected keyword argument {key!r}{why}")
+    raise InvalidArgumentType(f"{caller}() got an unexpected keyword argument {key!r}{why}")

@@ -19,7 +19,7 @@ from typing import Any
 from dispatcher.config import Settings
 from dispatcher.publish.brokers import Outgoing, ReplyCollector
 from dispatcher.publish.errors import BrokerUnavailable
-from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.schema import MAX_MESSAGE_BYTES, InvalidArgumentType
 from dispatcher.schema.chunks import socket_lines
 
 SEND_TIMEOUT = 5.0
@@ -153,7 +153,7 @@ class SocketPublisher:
     def send(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
         """Send the payloads of *messages* as lines (the queue plays no part here)."""
         if connection is not None:
-            raise TypeError("the socket broker cannot send inside a database transaction")
+            raise InvalidArgumentType("the socket broker cannot send inside a database transaction")
         send_lines(self.path, [payload for _, payload in messages])
 
     async def asend(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:

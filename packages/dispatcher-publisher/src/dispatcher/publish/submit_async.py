@@ -15,6 +15,7 @@ from psycopg import AsyncConnection
 from dispatcher.publish import interception
 from dispatcher.publish.batching import Batch, collect, current_batch, outer_batch
 from dispatcher.publish.brokers import is_job_broker
+from dispatcher.publish.connections import expect_connection
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.registry import Queue
 from dispatcher.publish.routing import plan
@@ -136,7 +137,12 @@ async def abatch(connection: AsyncConnection[Any] | None = None) -> AsyncIterato
     nothing is sent. With *connection*, the batch joins that connection's transaction.
     Inside another block, it joins that block's batch when it ends (unless given a
     connection of its own): all or nothing with the outer block.
+
+    :raises TypeError: when *connection* is not an ``AsyncConnection`` (checked on entering,
+        even if nothing is submitted; a testing mode takes anything).
     """
+    if connection is not None and interception.current is None:
+        expect_connection(connection, AsyncConnection, "abatch", "batch")
     outer = outer_batch(connection)
     batch = Batch(connection=connection)
     token = current_batch.set(batch)

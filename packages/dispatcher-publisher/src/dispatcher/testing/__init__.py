@@ -29,7 +29,7 @@ pytest fixtures (``dispatcher_eager``, ``dispatcher_captured``) come with
 """
 
 from dispatcher.testing.bound import InMemoryBoundTask
-from dispatcher.testing.modes import DEFAULT_QUEUE, Captured, Eager, captured, eager
+from dispatcher.testing.modes import DEFAULT_QUEUE, Captured, Eager, NotRecorded, captured, eager
 from dispatcher.testing.records import CapturedTask, RunOutcome, TaskRun
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "CapturedTask",
     "Eager",
     "InMemoryBoundTask",
+    "NotRecorded",
     "RunOutcome",
     "TaskRun",
     "captured",

@@ -16,6 +16,7 @@ from dispatcher.publish.errors import InvalidSubmission
 from dispatcher.publish.mistakes import did_you_mean_task
 from dispatcher.publish.registry import registry
 from dispatcher.publish.submission import Submission
+from dispatcher.schema import DispatcherError, InvalidArgumentValue
 from dispatcher.testing.records import CapturedTask, TaskRun
 from dispatcher.testing.running import InProcessRunner
 
@@ -52,13 +53,19 @@ def _recorded(
     return [CapturedTask(submission, in_transaction) for submission in submissions]
 
 
+class NotRecorded(DispatcherError, LookupError):
+    """What was asked for was not recorded: no run of that uuid, no captured task pending."""
+
+
 def _task_name(task: str | Callable[..., Any]) -> str:
     """The name of *task*: a name, or a registered function or class."""
     if isinstance(task, str):
         return task
     entry = registry.find(task)
     if entry is None:
-        raise ValueError(f"{getattr(task, '__qualname__', task)!r} is not a registered task")
+        raise InvalidArgumentValue(
+            f"{getattr(task, '__qualname__', task)!r} is not a registered task"
+        )
     return entry.name
 
 
@@ -91,7 +98,7 @@ class Eager:
         for run in reversed(self.runs):
             if run.uuid == uuid:
                 return run
-        raise LookupError(f"no task with uuid {uuid!r} has run")
+        raise NotRecorded(f"no task with uuid {uuid!r} has run")
 
     def refusal(self, task: str) -> str | None:
         """Why *task*, a name not registered here, is refused: it cannot be run."""
@@ -229,7 +236,7 @@ class Captured:
     def _take(self, record: CapturedTask | None) -> CapturedTask:
         if record is None:
             if not self.pending:
-                raise LookupError("no captured task is pending")
+                raise NotRecorded("no captured task is pending")
             return self.pending.pop(0)
         if record in self.pending:
             self.pending.remove(record)

@@ -24,7 +24,13 @@ from dispatcher.schema.chunks import (
     split_message,
 )
 from dispatcher.schema.decoding import DecodeError, decode_json, exceeds_depth
-from dispatcher.schema.errors import DispatcherError, Problem, SchemaValidationError
+from dispatcher.schema.errors import (
+    DispatcherError,
+    InvalidArgumentType,
+    InvalidArgumentValue,
+    Problem,
+    SchemaValidationError,
+)
 from dispatcher.schema.identity import duplicate_identity, duplicate_key
 from dispatcher.schema.outcomes import Outcome
 from dispatcher.schema.resources import (
@@ -97,6 +103,8 @@ __all__ = [
     "ChunkedMessageTooLarge",
     "DecodeError",
     "DispatcherError",
+    "InvalidArgumentType",
+    "InvalidArgumentValue",
     "LogLevel",
     "Migration",
     "OnDuplicate",

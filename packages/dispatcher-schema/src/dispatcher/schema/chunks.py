@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from dispatcher.schema.errors import DispatcherError
+from dispatcher.schema.errors import DispatcherError, InvalidArgumentValue
 from dispatcher.schema.wire import CHUNK_KEY, CHUNK_VERSION, MAX_NOTIFY_PAYLOAD_BYTES
 
 __all__ = [
@@ -82,7 +82,7 @@ def split_message(
     message_id = message_id or uuid.uuid4().hex
     budget = limit - len(_envelope(message_id, _MAX_DIGITS, _MAX_DIGITS, ""))
     if budget < 16:
-        raise ValueError(f"a limit of {limit} bytes leaves no room for a chunk's payload")
+        raise InvalidArgumentValue(f"a limit of {limit} bytes leaves no room for a chunk's payload")
     slices = []
     start = 0
     while start < len(text):

@@ -45,6 +45,22 @@ class DispatcherError(Exception):
     """
 
 
+class InvalidArgumentType(DispatcherError, TypeError):
+    """An argument of a public function is of a type it does not take.
+
+    Such as a connection of the other kind (``submit_task()`` given an ``AsyncConnection``)
+    or ``get_job(5)``; the message names the argument. Also a ``TypeError``, as Python's own.
+    """
+
+
+class InvalidArgumentValue(DispatcherError, ValueError):
+    """An argument of a public function has a value it does not take.
+
+    Such as ``jobs(state="bogus")`` or an unknown schema name; the message names the argument
+    and the reason. Also a ``ValueError``, as Python's own.
+    """
+
+
 _BOUNDS = {
     "minimum": "at least",
     "exclusiveMinimum": "more than",

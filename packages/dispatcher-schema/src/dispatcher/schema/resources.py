@@ -8,6 +8,8 @@ import re
 from importlib import resources
 from typing import Any, Final, Literal, NamedTuple, get_args
 
+from dispatcher.schema.errors import InvalidArgumentValue
+
 SchemaName = Literal[
     "task-message",
     "control-message",
@@ -28,7 +30,9 @@ def schema_text(name: SchemaName) -> str:
     :raises ValueError: when *name* is not one of :data:`SCHEMA_NAMES`.
     """
     if name not in SCHEMA_NAMES:
-        raise ValueError(f"unknown schema {name!r}; known schemas: {', '.join(SCHEMA_NAMES)}")
+        raise InvalidArgumentValue(
+            f"unknown schema {name!r}; known schemas: {', '.join(SCHEMA_NAMES)}"
+        )
     package_files = resources.files(__package__ or "dispatcher.schema")
     return (package_files / "schemas" / f"{name}.schema.json").read_text(encoding="utf-8")
 

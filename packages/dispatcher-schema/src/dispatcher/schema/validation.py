@@ -140,9 +140,15 @@ def _explainer_class() -> type[jsonschema.Draft202012Validator]:
     return extended
 
 
-@functools.cache
 def validator(name: SchemaName) -> Validator:
     """Return the (shared, compiled once) validator of the schema *name*."""
+    return _validator(name)
+
+
+@functools.cache
+def _validator(name: SchemaName) -> Validator:
+    # Behind a plain function: a functools.cache wrapper's type takes any argument, so a
+    # misspelt schema name would pass the type checker.
     return Validator(name, load_schema(name))
 
 

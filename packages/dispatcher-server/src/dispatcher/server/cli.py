@@ -53,6 +53,8 @@ class _PrintVersion(argparse.Action):
 
 def parser() -> argparse.ArgumentParser:
     """The command line of ``dispatcher-standalone``."""
+    from dispatcher.config.loading import CONFIG_FILE_HELP
+
     parser = argparse.ArgumentParser(
         prog="dispatcher-standalone",
         description="Run a dispatcher service: receive task messages over PostgreSQL "
@@ -62,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="config file (default: $DISPATCHER_CONFIG_FILE, else ./dispatcher.yml)",
+        help=CONFIG_FILE_HELP,
     )
     parser.add_argument(
         "--log-level",

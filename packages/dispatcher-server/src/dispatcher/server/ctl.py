@@ -16,6 +16,7 @@ from typing import Any, Final
 import psycopg
 
 from dispatcher.config import ConfigError, NotConfiguredError, Settings, setup
+from dispatcher.config.loading import CONFIG_FILE_HELP
 from dispatcher.control import ControlResult, control_with_reply, entries
 from dispatcher.publish import (
     BrokerUnavailable,
@@ -126,7 +127,7 @@ def _global_options(
     """
     on_command = command is not None
     default: Any = argparse.SUPPRESS if on_command else None
-    parser.add_argument("--config", metavar="FILE", default=default, help="config file")
+    parser.add_argument("--config", metavar="FILE", default=default, help=CONFIG_FILE_HELP)
     parser.add_argument(
         "--log-level",
         type=_own_log_level,

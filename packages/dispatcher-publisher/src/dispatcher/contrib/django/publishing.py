@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ParamSpec, overload
 
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
@@ -21,10 +21,13 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from dispatcher.config import get_settings
 from dispatcher.contrib.django.databases import same_database
 from dispatcher.publish import OnDuplicate, Submission, interception, prepare_submission
+from dispatcher.publish.decorator import SubmissionMethods
 from dispatcher.publish.messages import ProcessorOptions
 from dispatcher.publish.registry import Queue
 from dispatcher.publish.routing import broker_for
 from dispatcher.publish.submit_sync import send
+
+P = ParamSpec("P")
 
 
 def submit_on_commit(
@@ -83,12 +86,19 @@ def submit_on_commit(
     return submission
 
 
-def delay_on_commit(task: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> Submission:
+@overload
+def delay_on_commit(task: str | type[object], /, *args: Any, **kwargs: Any) -> Submission: ...
+@overload
+def delay_on_commit(
+    task: SubmissionMethods[P], /, *args: P.args, **kwargs: P.kwargs
+) -> Submission: ...
+def delay_on_commit(task: Any, /, *args: Any, **kwargs: Any) -> Submission:
     """Submit *task* with these arguments once the current transaction commits.
 
     ``delay_on_commit(send_email, "someone@example.com")`` is ``send_email.delay(...)``
     made part of the transaction of the ``default`` database: see
-    :func:`submit_on_commit`, which also takes options and another database.
+    :func:`submit_on_commit`, which also takes options and another database. A type
+    checker checks the arguments against the task's parameters, as for ``.delay()``.
     """
     return submit_on_commit(task, args=args, kwargs=kwargs)
 
