@@ -25,7 +25,8 @@
 -- dispatcher_duplicate_key(task, args, kwargs) is the job's dup_key: the hex SHA-256 of the
 -- JSON text [task, args, kwargs] with object keys sorted, no spaces and every character
 -- outside printable ASCII escaped, as dispatcher.schema.duplicate_key() computes it in
--- Python (numbers are compared as JSON writes them: 1 and 1.0 differ).
+-- Python. Numbers are written as numeric writes them: plain decimal, no exponent, no sign on
+-- zero (1e16 is 10000000000000000, 1e-7 is 0.0000001; 1 and 1.0 still differ).
 
 CREATE OR REPLACE FUNCTION dispatcher_identity_json(value jsonb) RETURNS text
 LANGUAGE plpgsql

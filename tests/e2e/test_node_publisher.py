@@ -6,8 +6,11 @@ Needs Node.js and npm (the npm packages `pg` and `ajv`); skipped with the reason
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import shutil
+import struct
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, sql_queue_publisher
 from dispatcher.server.brokers.pg_queue.migrations import migrate
 from support.paths import EXAMPLES, REPO, SCHEMAS
 from support.service import Evidence, ServiceProcess
@@ -238,3 +241,51 @@ def test_node_enqueues_a_durable_job_and_wakes_the_services(
     )
     assert refused.returncode != 0
     assert "max_attempts: expected an integer between 1 and 1000, got 0" in refused.stderr
+
+
+def random_doubles(count: int) -> list[float]:
+    """Doubles of every magnitude (random bit patterns), NaN and infinities left out."""
+    rng = random.Random(20260527)
+    found: list[float] = []
+    while len(found) < count:
+        [value] = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))
+        if math.isfinite(value):
+            found.append(value)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_node_sql_and_python_write_every_number_alike_in_duplicate_keys(
+    node_example: Path, pg_dsn: str
+) -> None:
+    edges = [1e16, 1e-7, 1e21, 1.5e20, -1e-5, -0.0, 0.5, 1e-6, 5e-324, 1.7976931348623157e308]
+    numbers = edges + [-n for n in edges] + random_doubles(300) + [2**53 + 2, -(10**20)]
+    script = (
+        "import { duplicateKey, canonicalNumber } from './enqueue.js';"
+        "for (const n of JSON.parse(process.env.NUMBERS)) console.log(JSON.stringify("
+        "[JSON.stringify([n, {k: [n]}]), duplicateKey('t.x', [n, {k: [n]}], {}), canonicalNumber(n)]));"
+    )
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        cwd=node_example,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NUMBERS": json.dumps(numbers)},
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == len(numbers)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql_queue_publisher().encode())
+        for number, (text, node_key, _) in zip(numbers, rows, strict=True):
+            sql_row = conn.execute(
+                "SELECT dispatcher_duplicate_key('t.x', %s::jsonb, '{}')", (text,)
+            ).fetchone()
+            # Node writes 1.0 as 1: Python's 1.0 is another value (the key differs, as it should).
+            python_args = (
+                json.loads(text) if repr(number).endswith(".0") else [number, {"k": [number]}]
+            )
+            python_key = duplicate_key({"task": "t.x", "args": python_args})
+            assert (node_key, sql_row) == (python_key, (python_key,)), (number, text)

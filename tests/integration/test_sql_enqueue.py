@@ -10,9 +10,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, sql_queue_publisher
 from support.durable import own_schema
+from support.examples import examples
 from support.postgres import wait_for_notifies
 from support.queue_rows import job_row
 
@@ -63,6 +66,36 @@ def test_the_duplicate_key_is_the_one_python_computes(
         (task, json.dumps(args), json.dumps(kwargs)),
     ).fetchone()
     assert row == (duplicate_key({"task": task, "args": args, "kwargs": kwargs}),)
+
+
+NUMBERS = [1e16, 1e-7, 1e21, 1.5e20, -1e-5, -0.0, 0.0, 1.0, 5e-324, 1.7976931348623157e308]
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+def test_numbers_in_exponent_form_give_the_key_python_computes(conn: Conn, number: float) -> None:
+    args = [number, -number, {"n": [number]}]
+    row = conn.execute(
+        "SELECT dispatcher_duplicate_key('t.x', %s::jsonb, '{}')", (json.dumps(args),)
+    ).fetchone()
+    assert row == (duplicate_key({"task": "t.x", "args": args}),)
+
+
+@settings(
+    max_examples=examples(200),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # conn is read-only here
+)
+@given(
+    args=st.lists(
+        st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**30), 10**30),
+        max_size=4,
+    )
+)
+def test_every_number_gives_the_key_python_computes(conn: Conn, args: list[float]) -> None:
+    row = conn.execute(
+        "SELECT dispatcher_duplicate_key('t.x', %s::jsonb, '{}')", (json.dumps(args),)
+    ).fetchone()
+    assert row == (duplicate_key({"task": "t.x", "args": args}),)
 
 
 def test_a_job_is_stored_with_its_options_and_wakes_its_queue(

@@ -40,7 +40,25 @@ export function identityJson(value) {
     return `{${keys.map((k) => `${asciiString(k)}:${identityJson(value[k])}`).join(",")}}`;
   }
   if (typeof value === "string") return asciiString(value);
+  if (typeof value === "number") return canonicalNumber(value);
   return JSON.stringify(value);
+}
+
+// A number as PostgreSQL's numeric (so jsonb) writes it: plain decimal, no exponent, no
+// sign on zero. String(1e21) is "1e+21", String(1e-7) "1e-7": both are written out in full.
+export function canonicalNumber(n) {
+  const text = String(n);
+  const match = /^(-?)(\d+)(?:\.(\d+))?e([+-]\d+)$/.exec(text);
+  if (!match) return text === "-0" ? "0" : text;
+  const [, sign, whole, fraction = "", exponent] = match;
+  const digits = whole + fraction;
+  const point = whole.length + Number(exponent); // digits before the decimal point
+  let plain;
+  if (point <= 0) plain = `0.${"0".repeat(-point)}${digits}`;
+  else if (point >= digits.length) plain = digits + "0".repeat(point - digits.length);
+  else plain = `${digits.slice(0, point)}.${digits.slice(point)}`;
+  plain = plain.replace(/^0+(?=\d)/, "");
+  return /[1-9]/.test(plain) ? sign + plain : plain;
 }
 
 // The job's dup_key: hex SHA-256 of the identity of [task, args, kwargs], as
