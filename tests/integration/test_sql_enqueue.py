@@ -181,15 +181,32 @@ def test_a_rolled_back_transaction_stores_nothing(conn: Conn, schema: str, pg_ds
         (("orders", "a.b", "{}"), "args must be a JSON array, got object"),
         (("orders", "a.b", "[]", "{}", '{"max_attempts": 0}'), "options.max_attempts: expected an"),
         (("orders", "a.b", "[]", "{}", '{"max_attempts": 2.5}'), "options.max_attempts: expected"),
+        (("orders", "a.b", "[]", "{}", '{"max_attempts": "3"}'), "options.max_attempts: expected"),
+        (
+            ("orders", "a.b", "[]", "{}", '{"max_attempts": 1e400}'),
+            "options.max_attempts: expected",
+        ),
         (("orders", "a.b", "[]", "{}", '{"delay": -1}'), "options.delay: must be between 0"),
         (("orders", "a.b", "[]", "{}", '{"retries": 1}'), "options: unknown key(s) retries"),
         (
             ("orders", "a.b", "[" + "9" * 4301 + "]"),
-            "args or kwargs hold an integer of more than 4300 digits",
+            "args[0]: the integer has more than 4300 digits, too many to send",
         ),
         (
             ("orders", "a.b", "[]", '{"a": [1e5000]}'),
-            "args or kwargs hold an integer of more than 4300 digits",
+            "kwargs.a[0]: the integer has more than 4300 digits, too many to send",
+        ),
+        (
+            ("orders", "a.b", "[1, [" + "1" * 400 + ".5]]"),
+            "args[1][0]: the number 11111111111111111111... is out of range",
+        ),
+        (
+            ("orders", "a.b", "[" * 64 + "]" * 64),
+            "args: nested more than 63 levels deep (a message may nest 64 levels in all,",
+        ),
+        (
+            ("orders", "a.b", "[]", '{"k": ' + '{"a": ' * 63 + "1" + "}" * 64),
+            "kwargs: nested more than 63 levels deep",
         ),
         (("orders", "a.b", '["' + "x" * 8_400_000 + '"]'), "the message is 8400"),
     ],
@@ -201,6 +218,16 @@ def test_bad_calls_are_refused_with_a_reason(
         psycopg.errors.RaiseException, match=f"^dispatcher_enqueue: {re.escape(error)}"
     ):
         enqueue(conn, schema, *args)
+
+
+def test_an_integral_max_attempts_and_a_sub_microsecond_delay_are_taken(
+    conn: Conn, schema: str
+) -> None:
+    options = '{"uuid": "u", "max_attempts": 2.0, "delay": 1e-400, "timeout": 1e-400}'
+    assert enqueue(conn, schema, "orders", "a.b", "[" * 63 + "]" * 63, None, options) == "u"
+    row = job_row(conn, schema, "u")
+    assert row is not None
+    assert (row["max_attempts"], row["run_after"] - row["created_at"]) == (2, timedelta(0))
 
 
 def test_missing_tables_are_explained(conn: Conn) -> None:
