@@ -238,7 +238,7 @@ class Intake:
         try:
             message = decode_json(text)
         except DecodeError as exc:
-            raise Rejected(exc.reason, str(exc)) from None
+            raise Rejected(exc.reason, str(exc), exc.uuid) from None
         if not isinstance(message, dict):
             kind = type(message).__name__ if message is not None else "null"
             raise Rejected("not_object", f"a JSON {_json_kind(kind)}, not an object")
