@@ -12,11 +12,14 @@
 -- returns the uuid the message carries (options.uuid when given, else a new UUID4), as text.
 -- Storing a uuid that is stored already does nothing (and returns it): safe to repeat.
 --
--- Options: timeout, delay (seconds from the call, even in a long transaction or statement:
+-- Options: timeout, delay (seconds, to the microsecond, from the call, even in a long transaction or statement:
 -- run_after is clock_timestamp() + delay), on_duplicate
 -- (parallel, discard, serial, queue_one: enforced across every service by the table),
 -- bind (boolean), uuid (text), guid (text), max_attempts (1-1000, default 3: pass the value
 -- of brokers.pg_queue.max_attempts if your config changes it). Needs PostgreSQL 13 or later.
+-- It refuses, naming the place, what no service would read: arrays and objects nested more
+-- than 64 levels (the message, args or kwargs, then what they hold), integers of more than
+-- 4300 digits, numbers with a fraction beyond a double's range (about 1.8e308).
 --
 -- The queue must be listed under brokers.pg_queue.queues, or no service claims the job.
 -- The row is not signed: signing protects NOTIFY, which any role that can connect may send;
@@ -25,7 +28,65 @@
 -- dispatcher_duplicate_key(task, args, kwargs) is the job's dup_key: the hex SHA-256 of the
 -- JSON text [task, args, kwargs] with object keys sorted, no spaces and every character
 -- outside printable ASCII escaped, as dispatcher.schema.duplicate_key() computes it in
--- Python (numbers are compared as JSON writes them: 1 and 1.0 differ).
+-- Python. Numbers are written as numeric writes them: plain decimal, no exponent, no sign on
+-- zero (1e16 is 10000000000000000, 1e-7 is 0.0000001; 1 and 1.0 still differ).
+
+-- dispatcher_unreadable_number() and dispatcher_unreadable_path(): what in args or kwargs no
+-- service can read back, and where. dispatcher_submit.sql and dispatcher_enqueue.sql both
+-- define them, alike, so that either file installs on its own.
+CREATE OR REPLACE FUNCTION dispatcher_unreadable_number(value jsonb) RETURNS text
+LANGUAGE sql
+IMMUTABLE STRICT
+AS $function$
+    SELECT CASE
+        WHEN jsonb_typeof(value) <> 'number' THEN NULL
+        WHEN strpos(value::text, '.') = 0 THEN
+            CASE WHEN length(ltrim(value::text, '-')) > 4300 THEN
+                'the integer has more than 4300 digits, too many to send (a service reads integers of at most 4300 digits)'
+            END
+        -- 2^1024 - 2^970: from there on, a double rounds to infinity (the service reads
+        -- non-integers as doubles and refuses an infinite one).
+        WHEN abs(value::text::numeric) >= 179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792 THEN
+            'the number ' || left(value::text, 20) || '... is out of range (a service reads a number with a fraction as a double: below 1.8e308)'
+    END
+$function$;
+
+CREATE OR REPLACE FUNCTION dispatcher_unreadable_path(value jsonb, path text) RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE STRICT
+AS $function$
+DECLARE
+    member record;
+    found text;
+BEGIN
+    CASE jsonb_typeof(value)
+    WHEN 'array' THEN
+        FOR member IN SELECT e.n - 1 AS n, e.item
+                FROM jsonb_array_elements(value) WITH ORDINALITY AS e(item, n) ORDER BY e.n LOOP
+            found := dispatcher_unreadable_path(member.item, path || '[' || member.n || ']');
+            IF found IS NOT NULL THEN
+                RETURN found;
+            END IF;
+        END LOOP;
+    WHEN 'object' THEN
+        FOR member IN SELECT e.key, e.item
+                FROM jsonb_each(value) AS e(key, item) ORDER BY e.key COLLATE "C" LOOP
+            found := dispatcher_unreadable_path(member.item, path || CASE
+                WHEN member.key ~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN '.' || member.key
+                ELSE '[' || to_jsonb(member.key)::text || ']' END);
+            IF found IS NOT NULL THEN
+                RETURN found;
+            END IF;
+        END LOOP;
+    ELSE
+        found := dispatcher_unreadable_number(value);
+        IF found IS NOT NULL THEN
+            RETURN path || ': ' || found;
+        END IF;
+    END CASE;
+    RETURN NULL;
+END;
+$function$;
 
 CREATE OR REPLACE FUNCTION dispatcher_identity_json(value jsonb) RETURNS text
 LANGUAGE plpgsql
@@ -98,6 +159,7 @@ DECLARE
     stored integer;
     unknown text;
     seconds numeric;
+    count numeric;
     option_name text;
 BEGIN
     IF queue IS NULL OR queue !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
@@ -148,20 +210,27 @@ BEGIN
         RAISE EXCEPTION 'dispatcher_enqueue: options.guid: expected a string, got %', options -> 'guid';
     END IF;
     IF options ? 'max_attempts' THEN
-        IF jsonb_typeof(options -> 'max_attempts') <> 'number'
-            OR (options ->> 'max_attempts') !~ '^[0-9]{1,4}$'
-            OR (options ->> 'max_attempts')::integer NOT BETWEEN 1 AND 1000 THEN
+        -- An integral number, as JSON Schema counts integers: 3.0 is 3.
+        IF jsonb_typeof(options -> 'max_attempts') = 'number' THEN
+            count := (options ->> 'max_attempts')::numeric;
+        END IF;
+        IF count IS NULL OR count NOT BETWEEN 1 AND 1000 OR count <> trunc(count) THEN
             RAISE EXCEPTION 'dispatcher_enqueue: options.max_attempts: expected an integer between 1 and 1000, got %', options -> 'max_attempts';
         END IF;
-        attempts := (options ->> 'max_attempts')::integer;
+        attempts := count::integer;
     END IF;
 
+    -- As services decode messages: at most 64 levels (the message, args or kwargs, then what
+    -- they hold), and every number readable.
+    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")') THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: %: nested more than 63 levels deep (a message may nest 64 levels in all, the message itself included)',
+            CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")') THEN 'args' ELSE 'kwargs' END;
+    END IF;
     IF EXISTS (
         SELECT FROM jsonb_path_query(jsonb_build_array(args, kwargs), 'strict $.**') AS v
-        WHERE jsonb_typeof(v) = 'number' AND strpos(v::text, '.') = 0
-            AND length(ltrim(v::text, '-')) > 4300
+        WHERE dispatcher_unreadable_number(v) IS NOT NULL
     ) THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: args or kwargs hold an integer of more than 4300 digits, which no service can read (Python''s limit for integers in text)';
+        RAISE EXCEPTION 'dispatcher_enqueue: %', coalesce(dispatcher_unreadable_path(args, 'args'), dispatcher_unreadable_path(kwargs, 'kwargs'));
     END IF;
 
     task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);
@@ -176,7 +245,8 @@ BEGIN
         RAISE EXCEPTION 'dispatcher_enqueue: the message is % bytes of JSON, over the limit of 8388608 (8 MiB) that services take', octet_length(message::text);
     END IF;
     IF options ? 'delay' THEN
-        delay_seconds := (options ->> 'delay')::double precision;
+        -- To the microsecond, as timestamps hold it (1e-400 is no double: it is 0).
+        delay_seconds := round((options ->> 'delay')::numeric, 6)::double precision;
     END IF;
     mode := nullif(options ->> 'on_duplicate', 'parallel');
     IF mode IS NOT NULL THEN

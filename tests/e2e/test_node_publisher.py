@@ -6,8 +6,11 @@ Needs Node.js and npm (the npm packages `pg` and `ajv`); skipped with the reason
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import shutil
+import struct
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, sql_queue_publisher
 from dispatcher.server.brokers.pg_queue.migrations import migrate
 from support.paths import EXAMPLES, REPO, SCHEMAS
 from support.service import Evidence, ServiceProcess
@@ -238,3 +241,160 @@ def test_node_enqueues_a_durable_job_and_wakes_the_services(
     )
     assert refused.returncode != 0
     assert "max_attempts: expected an integer between 1 and 1000, got 0" in refused.stderr
+
+
+def random_doubles(count: int) -> list[float]:
+    """Doubles of every magnitude (random bit patterns), NaN and infinities left out."""
+    rng = random.Random(20260527)
+    found: list[float] = []
+    while len(found) < count:
+        [value] = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))
+        if math.isfinite(value):
+            found.append(value)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_node_sql_and_python_write_every_number_alike_in_duplicate_keys(
+    node_example: Path, pg_dsn: str
+) -> None:
+    edges = [1e16, 1e-7, 1e21, 1.5e20, -1e-5, -0.0, 0.5, 1e-6, 5e-324, 1.7976931348623157e308]
+    numbers = edges + [-n for n in edges] + random_doubles(300) + [2**53 + 2, -(10**20)]
+    script = (
+        "import { duplicateKey, canonicalNumber } from './enqueue.js';"
+        "for (const n of JSON.parse(process.env.NUMBERS)) console.log(JSON.stringify("
+        "[JSON.stringify([n, {k: [n]}]), duplicateKey('t.x', [n, {k: [n]}], {}), canonicalNumber(n)]));"
+    )
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        cwd=node_example,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NUMBERS": json.dumps(numbers)},
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == len(numbers)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql_queue_publisher().encode())
+        for number, (text, node_key, _) in zip(numbers, rows, strict=True):
+            sql_row = conn.execute(
+                "SELECT dispatcher_duplicate_key('t.x', %s::jsonb, '{}')", (text,)
+            ).fetchone()
+            # Node writes 1.0 as 1: Python's 1.0 is another value (the key differs, as it should).
+            python_args = (
+                json.loads(text) if repr(number).endswith(".0") else [number, {"k": [number]}]
+            )
+            python_key = duplicate_key({"task": "t.x", "args": python_args})
+            assert (node_key, sql_row) == (python_key, (python_key,)), (number, text)
+
+
+REFUSALS_SCRIPT = """
+import pg from 'pg';
+import { submit, buildMessage } from './publisher.js';
+import { enqueue } from './enqueue.js';
+const client = new pg.Client({ connectionString: process.env.DISPATCHER_DSN });
+await client.connect();
+const deep = (n) => JSON.parse('['.repeat(n) + ']'.repeat(n));
+const cases = {
+  deepest: [[deep(62)], {}, {}],
+  too_deep: [[1, deep(63)], {}, {}],
+  too_deep_kwargs: [[], { 'a b': { c: deep(62) } }, {}],
+  nan: [[[NaN]], {}, {}],
+  infinity: [[], { x: -Infinity }, {}],
+  uuid_nul: [[], {}, { uuid: 'a\\u0000b' }],
+  uuid_lone: [[], {}, { uuid: 'x\\udc00y' }],
+};
+for (const [name, [args, kwargs, options]] of Object.entries(cases)) {
+  for (const how of ['notify', 'queue']) {
+    try {
+      if (how === 'notify') await submit(client, 'node_refusals', { ...buildMessage('a.b', args, kwargs), ...options }, null);
+      else await enqueue(client, 'orders', 'a.b', args, kwargs, options, process.env.DISPATCHER_QUEUE_SCHEMA);
+      console.log(JSON.stringify([name, how, 'sent']));
+    } catch (e) {
+      console.log(JSON.stringify([name, how, e.message]));
+    }
+  }
+}
+await client.end();
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_node_refuses_what_a_service_would_drop_naming_the_place(
+    node_example: Path, pg_dsn: str, queue_schema: str
+) -> None:
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", REFUSALS_SCRIPT],
+        cwd=node_example,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "DISPATCHER_DSN": node_dsn(pg_dsn),
+            "DISPATCHER_QUEUE_SCHEMA": queue_schema,
+            "DISPATCHER_SCHEMAS": str(SCHEMAS),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    outcomes: dict[tuple[str, str], str] = {}
+    for line in result.stdout.splitlines():
+        name, how, outcome = json.loads(line)
+        outcomes[name, how] = outcome
+    expected = {
+        "deepest": "sent",
+        "too_deep": "invalid task message: args[1]"
+        + "[0]" * 62
+        + ": nested too deeply, or contains itself (a message may nest 64 levels in all)",
+        "too_deep_kwargs": 'invalid task message: kwargs["a b"].c'
+        + "[0]" * 61
+        + ": nested too deeply, or contains itself (a message may nest 64 levels in all)",
+        "nan": "invalid task message: args[0][0]: NaN is not valid in JSON",
+        "infinity": "invalid task message: kwargs.x: -Infinity is not valid in JSON",
+        "uuid_nul": 'invalid task message: uuid: "a\\u0000b" holds a NUL character at index 1,'
+        " which PostgreSQL text cannot hold",
+        "uuid_lone": 'invalid task message: uuid: "x\\udc00y" holds the lone surrogate \\udc00'
+        " at index 1, which UTF-8 cannot encode",
+    }
+    assert outcomes == {
+        (name, how): text for name, text in expected.items() for how in ("notify", "queue")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_node_counts_a_delay_from_the_statement_not_the_transaction(
+    node_example: Path, pg_dsn: str, queue_schema: str
+) -> None:
+    script = (
+        "import pg from 'pg'; import { enqueue } from './enqueue.js';"
+        "const c = new pg.Client({ connectionString: process.env.DISPATCHER_DSN });"
+        "await c.connect(); await c.query('BEGIN'); await c.query('SELECT pg_sleep(1)');"
+        "await enqueue(c, 'orders', 'a.b', [], {}, { uuid: 'late', delay: 2 },"
+        " process.env.DISPATCHER_QUEUE_SCHEMA);"
+        "const r = await c.query(`SELECT extract(epoch FROM created_at - now()) AS late,"
+        " extract(epoch FROM run_after - created_at) AS delay"
+        " FROM ${process.env.DISPATCHER_QUEUE_SCHEMA}.jobs`);"
+        "await c.query('COMMIT'); await c.end(); console.log(JSON.stringify(r.rows[0]));"
+    )
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        cwd=node_example,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "DISPATCHER_DSN": node_dsn(pg_dsn),
+            "DISPATCHER_QUEUE_SCHEMA": queue_schema,
+            "DISPATCHER_SCHEMAS": str(SCHEMAS),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert float(row["late"]) >= 1  # created by the statement, a second into its transaction
+    assert float(row["delay"]) == 2

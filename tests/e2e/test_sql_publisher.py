@@ -147,11 +147,24 @@ def test_raw_pg_notify_from_psql(
         ),
         (
             "dispatcher_submit('c', 'a.b', ('[' || repeat('9', 4301) || ']')::jsonb)",
-            "args or kwargs hold an integer of more than 4300 digits",
+            "args[0]: the integer has more than 4300 digits, too many to send",
         ),
         (
-            "dispatcher_submit('c', 'a.b', '[]', '{\"a\": [{\"b\": -1e5000}]}')",
-            "args or kwargs hold an integer of more than 4300 digits",
+            "dispatcher_submit('c', 'a.b', '[]', '{\"a\": [{\"b c\": -1e5000}]}')",
+            'kwargs.a[0]["b c"]: the integer has more than 4300 digits, too many to send',
+        ),
+        (  # what the service would drop: "number ... is out of range"
+            "dispatcher_submit('c', 'a.b', jsonb_build_array(1, ('1' || repeat('0', 400) || '.5')::numeric))",
+            "args[1]: the number 10000000000000000000... is out of range (a service reads a number"
+            " with a fraction as a double: below 1.8e308)",
+        ),
+        (  # what the service would drop: nested too deep
+            "dispatcher_submit('c', 'a.b', '[]', jsonb_build_object('k', (repeat('[', 63) || repeat(']', 63))::jsonb))",
+            "kwargs: nested more than 63 levels deep (a message may nest 64 levels in all,",
+        ),
+        (
+            "dispatcher_submit('c', 'a.b', (repeat('[', 64) || repeat(']', 64))::jsonb)",
+            "args: nested more than 63 levels deep",
         ),
     ],
 )
@@ -161,6 +174,25 @@ def test_bad_calls_are_refused_with_a_reason(
     result = psql(pg_dsn, f"SELECT {call}")
     assert result.returncode != 0
     assert f"dispatcher_submit: {error}" in result.stderr
+
+
+def test_the_deepest_and_largest_numbers_a_service_reads_are_sent(
+    service: ServiceProcess, pg_dsn: str, channel: str, evidence: Evidence
+) -> None:
+    deepest = "(repeat('[', 62) || repeat(']', 62))::jsonb"  # the message, args, then 62
+    largest = f"1{'0' * 307}.5, -1.5, 1e-400"  # 1e307 and a half: a double, but no integer
+    result = psql(
+        pg_dsn,
+        f"SELECT dispatcher_submit('{channel}', '{RECORD}',"
+        f" jsonb_build_array('{evidence.path}', {deepest}) || '[{largest}]')",
+    )
+    assert result.returncode == 0, result.stderr
+    [record] = evidence.wait_for(1)
+    deep: Any = record["args"][0]
+    for _ in range(61):
+        [deep] = deep
+    assert deep == []
+    assert record["args"][1:] == [1e307, -1.5, 0.0]
 
 
 def test_install_sql_can_print_the_sql() -> None:

@@ -536,14 +536,83 @@ def test_a_row_is_run_as_the_uuid_and_task_it_was_stored_under(
     assert [record["uuid"] for record in evidence.records()] == ["row-none"]
 
 
+def test_a_row_whose_columns_miss_its_messages_delay_or_on_duplicate_fails_saying_so(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # Rows as a client leaving run_after, on_duplicate and dup_key to their defaults stores
+    # them: the delay would be skipped and the twins not kept apart, silently.
+    insert = sql.SQL(
+        "INSERT INTO {} (uuid, queue, task, message, max_attempts, created_at, run_after,"
+        " on_duplicate, dup_key) VALUES (%s, %s, %s, %s, 3, statement_timestamp(),"
+        " statement_timestamp() + make_interval(secs => %s), %s, %s)"
+    ).format(sql.Identifier(schema, "jobs"))
+    record, path = TASKS + "record", str(evidence.path)
+    stored = {
+        "no-delay": ({"delay": 20}, 0, None),
+        "short-delay": ({"delay": 20}, 5, None),
+        "no-mode": ({"on_duplicate": "discard"}, 0, None),
+        "other-mode": ({"on_duplicate": "serial"}, 0, "discard"),
+        "mode-not-asked": ({}, 0, "discard"),
+        "agreeing": ({"delay": 0.0000014, "on_duplicate": "parallel"}, 0.000001, None),
+        "control": ({"control": "alive"}, 0, None),
+    }
+    for uuid, (options, delay, mode) in stored.items():
+        message: dict[str, Any] = {"task": record, "uuid": uuid, "args": [path, uuid], **options}
+        if "control" in options:
+            message = {"control": "alive"}
+        key = uuid if mode else None
+        pg_conn.execute(insert, (uuid, channel, record, json.dumps(message), delay, mode, key))
+    start_service(config)
+    rows = wait_for_states(pg_conn, schema, list(stored), {"done", "failed"})
+    assert {row["uuid"]: (row["state"], row["last_error"]) for row in rows} == {
+        "no-delay": (
+            "failed",
+            "delay: the message's delay of 20 seconds is not in its row, whose run_after is 0"
+            " seconds after its created_at (store run_after = created_at + delay)",
+        ),
+        "short-delay": (
+            "failed",
+            "delay: the message's delay of 20 seconds is not in its row, whose run_after is 5"
+            " seconds after its created_at (store run_after = created_at + delay)",
+        ),
+        "no-mode": (
+            "failed",
+            "on_duplicate: the message's 'discard' is not the row's 'parallel' (the row's"
+            " on_duplicate and dup_key columns enforce it: NULL for parallel)",
+        ),
+        "other-mode": (
+            "failed",
+            "on_duplicate: the message's 'serial' is not the row's 'discard' (the row's"
+            " on_duplicate and dup_key columns enforce it: NULL for parallel)",
+        ),
+        "mode-not-asked": (
+            "failed",
+            "on_duplicate: the message's 'parallel' is not the row's 'discard' (the row's"
+            " on_duplicate and dup_key columns enforce it: NULL for parallel)",
+        ),
+        "agreeing": ("done", None),
+        "control": (
+            "failed",
+            f"task: a control message is stored under {record!r}, where its row's task column"
+            " must be 'control:alive'",
+        ),
+    }
+    assert [r["args"] for r in evidence.records()] == [["agreeing"]]
+
+
 def test_a_stored_control_message_ends_failed_when_its_reply_is_an_error(
     start_service: Start, config: dict[str, Any], pg_conn: Conn, schema: str, channel: str
 ) -> None:
     start_service(config)
-    stored = [
-        json.dumps({"control": "alive"}),
-        json.dumps({"control": "no_such_command"}),
-        json.dumps({"control": "set_log_level", "control_data": {"level": []}}),
+    stored: list[dict[str, Any] | str] = [
+        {"control": "alive"},
+        {"control": "no_such_command"},
+        {"control": "set_log_level", "control_data": {"level": []}},
     ]
     uuids = enqueue(pg_conn, schema, channel, stored)
     rows = wait_for_states(pg_conn, schema, uuids, {"done", "failed"})

@@ -10,9 +10,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, sql_queue_publisher
 from support.durable import own_schema
+from support.examples import examples
 from support.postgres import wait_for_notifies
 from support.queue_rows import job_row
 
@@ -63,6 +66,36 @@ def test_the_duplicate_key_is_the_one_python_computes(
         (task, json.dumps(args), json.dumps(kwargs)),
     ).fetchone()
     assert row == (duplicate_key({"task": task, "args": args, "kwargs": kwargs}),)
+
+
+NUMBERS = [1e16, 1e-7, 1e21, 1.5e20, -1e-5, -0.0, 0.0, 1.0, 5e-324, 1.7976931348623157e308]
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+def test_numbers_in_exponent_form_give_the_key_python_computes(conn: Conn, number: float) -> None:
+    args = [number, -number, {"n": [number]}]
+    row = conn.execute(
+        "SELECT dispatcher_duplicate_key('t.x', %s::jsonb, '{}')", (json.dumps(args),)
+    ).fetchone()
+    assert row == (duplicate_key({"task": "t.x", "args": args}),)
+
+
+@settings(
+    max_examples=examples(200),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # conn is read-only here
+)
+@given(
+    args=st.lists(
+        st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**30), 10**30),
+        max_size=4,
+    )
+)
+def test_every_number_gives_the_key_python_computes(conn: Conn, args: list[float]) -> None:
+    row = conn.execute(
+        "SELECT dispatcher_duplicate_key('t.x', %s::jsonb, '{}')", (json.dumps(args),)
+    ).fetchone()
+    assert row == (duplicate_key({"task": "t.x", "args": args}),)
 
 
 def test_a_job_is_stored_with_its_options_and_wakes_its_queue(
@@ -148,15 +181,32 @@ def test_a_rolled_back_transaction_stores_nothing(conn: Conn, schema: str, pg_ds
         (("orders", "a.b", "{}"), "args must be a JSON array, got object"),
         (("orders", "a.b", "[]", "{}", '{"max_attempts": 0}'), "options.max_attempts: expected an"),
         (("orders", "a.b", "[]", "{}", '{"max_attempts": 2.5}'), "options.max_attempts: expected"),
+        (("orders", "a.b", "[]", "{}", '{"max_attempts": "3"}'), "options.max_attempts: expected"),
+        (
+            ("orders", "a.b", "[]", "{}", '{"max_attempts": 1e400}'),
+            "options.max_attempts: expected",
+        ),
         (("orders", "a.b", "[]", "{}", '{"delay": -1}'), "options.delay: must be between 0"),
         (("orders", "a.b", "[]", "{}", '{"retries": 1}'), "options: unknown key(s) retries"),
         (
             ("orders", "a.b", "[" + "9" * 4301 + "]"),
-            "args or kwargs hold an integer of more than 4300 digits",
+            "args[0]: the integer has more than 4300 digits, too many to send",
         ),
         (
             ("orders", "a.b", "[]", '{"a": [1e5000]}'),
-            "args or kwargs hold an integer of more than 4300 digits",
+            "kwargs.a[0]: the integer has more than 4300 digits, too many to send",
+        ),
+        (
+            ("orders", "a.b", "[1, [" + "1" * 400 + ".5]]"),
+            "args[1][0]: the number 11111111111111111111... is out of range",
+        ),
+        (
+            ("orders", "a.b", "[" * 64 + "]" * 64),
+            "args: nested more than 63 levels deep (a message may nest 64 levels in all,",
+        ),
+        (
+            ("orders", "a.b", "[]", '{"k": ' + '{"a": ' * 63 + "1" + "}" * 64),
+            "kwargs: nested more than 63 levels deep",
         ),
         (("orders", "a.b", '["' + "x" * 8_400_000 + '"]'), "the message is 8400"),
     ],
@@ -168,6 +218,16 @@ def test_bad_calls_are_refused_with_a_reason(
         psycopg.errors.RaiseException, match=f"^dispatcher_enqueue: {re.escape(error)}"
     ):
         enqueue(conn, schema, *args)
+
+
+def test_an_integral_max_attempts_and_a_sub_microsecond_delay_are_taken(
+    conn: Conn, schema: str
+) -> None:
+    options = '{"uuid": "u", "max_attempts": 2.0, "delay": 1e-400, "timeout": 1e-400}'
+    assert enqueue(conn, schema, "orders", "a.b", "[" * 63 + "]" * 63, None, options) == "u"
+    row = job_row(conn, schema, "u")
+    assert row is not None
+    assert (row["max_attempts"], row["run_after"] - row["created_at"]) == (2, timedelta(0))
 
 
 def test_missing_tables_are_explained(conn: Conn) -> None:

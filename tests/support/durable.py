@@ -85,7 +85,8 @@ def enqueue(
         uuid = str(fields.get("uuid") or new_uuid())
         mode = fields.get("on_duplicate")
         tracked = mode in TRACKED
-        task = str(fields.get("task") or "unknown")
+        control = fields.get("control")
+        task = str(fields.get("task") or (f"control:{control}" if control else "unknown"))
         key = duplicate_key(fields) if tracked else None
         delay = float(fields.get("delay") or 0)
         rows.append((uuid, queue, task, text, max_attempts, delay, mode if tracked else None, key))

@@ -125,6 +125,23 @@ def test_the_uuid_added_to_any_message_text_leaves_valid_json(
             "control messages over a broker are not supported",
         ),
         ('{"__dispatcherd_chunk__": "v2"}', "invalid_chunk", "invalid chunk envelope"),
+        # Refused before the schema, yet with the uuid when the text gives it back.
+        (
+            '{"task": "a.b", "uuid": "u\\n1", "args": [NaN]}',
+            "not_json",
+            "on channel chan (uuid u\\n1): not JSON (NaN is not valid JSON)",
+        ),
+        (
+            '{"task": "a.b", "uuid": "u2", "args": [' + "1" * 400 + ".5]}",
+            "not_json",
+            "(uuid u2): not JSON (number 1111111111",
+        ),
+        (
+            '{"task": "a.b", "uuid": "u3", "args": ' + "[" * 64 + "]" * 64 + "}",
+            "too_deep",
+            "(uuid u3): arrays and objects nested more than 64 levels deep",
+        ),
+        ('{"uuid": ["u4"], "args": [NaN]}', "not_json", "on channel chan: not JSON (NaN"),
     ],
 )
 def test_rejections(

@@ -457,7 +457,7 @@ async def test_a_claim_that_lost_a_race_and_got_all_it_asked_for_claims_again_at
             size = params["limit"]
             first = len(limits) * 100
             return [
-                (row, 1, 1, "q", '{"task":"x"}', 12, size, f"u{row}", "x")
+                (row, 1, 1, "q", '{"task":"x"}', 12, size, f"u{row}", "x", None, 0.0)
                 for row in range(first, first + size)
             ]
 

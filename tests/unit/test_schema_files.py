@@ -128,3 +128,16 @@ def test_no_name_rule_takes_a_final_line_break() -> None:
     assert not is_valid_channel_name("orders\n")
     assert KEY_ID_PATTERN.match("k1")
     assert not KEY_ID_PATTERN.match("k1\n")
+
+
+def test_both_sql_files_define_their_shared_checks_alike() -> None:
+    """Either file installs on its own, so both define the checks of args and kwargs."""
+
+    def shared(name: str) -> str:
+        text = (SCHEMAS / name).read_text(encoding="utf-8")
+        start = text.index("-- dispatcher_unreadable_number()")
+        last = text.index("FUNCTION dispatcher_unreadable_path(")
+        return text[start : text.index("$function$;", text.index("END;", last))]
+
+    assert "dispatcher_unreadable_path" in shared("dispatcher_submit.sql")
+    assert shared("dispatcher_submit.sql") == shared("dispatcher_enqueue.sql")

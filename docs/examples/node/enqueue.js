@@ -15,7 +15,7 @@
 import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
-import { buildMessage, loadValidator } from "./publisher.js";
+import { buildMessage, checkMessage } from "./publisher.js";
 
 const WAKEUP_CHANNEL = "dispatcher_queue_wakeup";
 const TRACKED = new Set(["discard", "serial", "queue_one"]);
@@ -40,7 +40,25 @@ export function identityJson(value) {
     return `{${keys.map((k) => `${asciiString(k)}:${identityJson(value[k])}`).join(",")}}`;
   }
   if (typeof value === "string") return asciiString(value);
+  if (typeof value === "number") return canonicalNumber(value);
   return JSON.stringify(value);
+}
+
+// A number as PostgreSQL's numeric (so jsonb) writes it: plain decimal, no exponent, no
+// sign on zero. String(1e21) is "1e+21", String(1e-7) "1e-7": both are written out in full.
+export function canonicalNumber(n) {
+  const text = String(n);
+  const match = /^(-?)(\d+)(?:\.(\d+))?e([+-]\d+)$/.exec(text);
+  if (!match) return text === "-0" ? "0" : text;
+  const [, sign, whole, fraction = "", exponent] = match;
+  const digits = whole + fraction;
+  const point = whole.length + Number(exponent); // digits before the decimal point
+  let plain;
+  if (point <= 0) plain = `0.${"0".repeat(-point)}${digits}`;
+  else if (point >= digits.length) plain = digits + "0".repeat(point - digits.length);
+  else plain = `${digits.slice(0, point)}.${digits.slice(point)}`;
+  plain = plain.replace(/^0+(?=\d)/, "");
+  return /[1-9]/.test(plain) ? sign + plain : plain;
 }
 
 // The job's dup_key: hex SHA-256 of the identity of [task, args, kwargs], as
@@ -56,16 +74,15 @@ export async function enqueue(client, queue, task, args = [], kwargs = {}, optio
     throw new Error(`max_attempts: expected an integer between 1 and 1000, got ${JSON.stringify(maxAttempts)}`);
   }
   const message = buildMessage(task, args, kwargs, messageOptions);
-  const validate = loadValidator("task-message");
-  if (!validate(message)) {
-    const reasons = validate.errors.map((e) => `${e.instancePath || "(root)"} ${e.message}`).join("; ");
-    throw new Error(`invalid task message: ${reasons}`);
-  }
+  checkMessage(message); // the uuid, queue and task columns hold what it checks
   const mode = TRACKED.has(message.on_duplicate) ? message.on_duplicate : null;
   await client.query(
     `WITH stored AS (INSERT INTO ${client.escapeIdentifier(schema)}.jobs` +
-      " (uuid, queue, task, message, max_attempts, run_after, on_duplicate, dup_key)" +
-      " VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8)" +
+      " (uuid, queue, task, message, max_attempts, created_at, run_after, on_duplicate, dup_key)" +
+      // statement_timestamp(), not now(): a delay counts from this statement, not from the
+      // start of the caller's transaction.
+      " VALUES ($1, $2, $3, $4, $5, statement_timestamp()," +
+      " statement_timestamp() + make_interval(secs => $6), $7, $8)" +
       " ON CONFLICT DO NOTHING RETURNING queue)" +
       ` SELECT pg_notify('${WAKEUP_CHANNEL}', queue) FROM stored`,
     [

@@ -3,8 +3,12 @@
 //   DISPATCHER_DSN=postgres://postgres@127.0.0.1/postgres \
 //     node publisher.js <channel> <task> '[args as JSON]' '{kwargs as JSON}'
 //
-// The message is validated against schemas/task-message.schema.json before it is sent, so a
-// bad message fails here, with the reason, instead of being rejected by the service.
+// The message is checked before it is sent, so a bad message fails here, with its place and
+// the reason, instead of being rejected by the service: against
+// schemas/task-message.schema.json, then for what JSON.stringify would change or a service
+// cannot read (NaN and infinities, which it writes as null; arrays and objects nested more
+// than 64 levels in all, the message itself included; a uuid holding a NUL character or a
+// lone surrogate, which PostgreSQL text cannot hold).
 //
 // With DISPATCHER_SIGNING_KEY_ID and DISPATCHER_SIGNING_SECRET set (a key of the services'
 // security.keys), the message is sent in a signed envelope (schemas/signed-envelope.schema.json).
@@ -17,10 +21,58 @@ import pg from "pg";
 
 const SCHEMAS = process.env.DISPATCHER_SCHEMAS ?? join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "schemas");
 const MAX_NOTIFY_BYTES = 7999;
+export const MAX_NESTING_DEPTH = 64; // as services decode: the message itself is level 1
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 export function loadValidator(name) {
   const schema = JSON.parse(readFileSync(join(SCHEMAS, `${name}.schema.json`), "utf8"));
   return new Ajv2020({ allErrors: true }).compile(schema);
+}
+
+function place(path, key) {
+  if (typeof key === "number") return `${path}[${key}]`;
+  if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) return path ? `${path}.${key}` : key;
+  return `${path}[${JSON.stringify(key)}]`;
+}
+
+// Why a text cannot be stored in a PostgreSQL text column, or null.
+export function unstorableText(text) {
+  const nul = text.indexOf("\u0000");
+  if (nul >= 0) return `${JSON.stringify(text)} holds a NUL character at index ${nul}, which PostgreSQL text cannot hold`;
+  const lone = LONE_SURROGATE.exec(text);
+  if (lone) {
+    const code = lone[0].charCodeAt(0).toString(16).padStart(4, "0");
+    return `${JSON.stringify(text)} holds the lone surrogate \\u${code} at index ${lone.index}, which UTF-8 cannot encode`;
+  }
+  return null;
+}
+
+// "<place>: <reason>" for the first value a service would not get as it is, or null.
+export function unsendable(value, path = "", depth = 1) {
+  if (typeof value === "number") return Number.isFinite(value) ? null : `${path}: ${value} is not valid in JSON`;
+  if (value === null || typeof value !== "object") return null;
+  if (depth > MAX_NESTING_DEPTH) {
+    return `${path}: nested too deeply, or contains itself (a message may nest ${MAX_NESTING_DEPTH} levels in all)`;
+  }
+  const entries = Array.isArray(value) ? value.map((item, i) => [i, item]) : Object.entries(value);
+  for (const [key, item] of entries) {
+    const found = unsendable(item, place(path, key), depth + 1);
+    if (found) return found;
+  }
+  return null;
+}
+
+// Throw, naming the place and the reason, unless a service would take the message as it is.
+export function checkMessage(message) {
+  const validate = loadValidator("task-message");
+  if (!validate(message)) {
+    const reasons = validate.errors.map((e) => `${e.instancePath || "(root)"} ${e.message}`).join("; ");
+    throw new Error(`invalid task message: ${reasons}`);
+  }
+  const found = unsendable(message);
+  if (found) throw new Error(`invalid task message: ${found}`);
+  const unstorable = typeof message.uuid === "string" ? unstorableText(message.uuid) : null;
+  if (unstorable) throw new Error(`invalid task message: uuid: ${unstorable}`);
 }
 
 export function buildMessage(task, args = [], kwargs = {}, options = {}) {
@@ -44,11 +96,7 @@ export function signingKeyFromEnv(env = process.env) {
 }
 
 export async function submit(client, channel, message, key = signingKeyFromEnv()) {
-  const validate = loadValidator("task-message");
-  if (!validate(message)) {
-    const reasons = validate.errors.map((e) => `${e.instancePath || "(root)"} ${e.message}`).join("; ");
-    throw new Error(`invalid task message: ${reasons}`);
-  }
+  checkMessage(message);
   const body = JSON.stringify(message);
   const text = key ? signEnvelope(body, key.id, key.secret) : body;
   if (Buffer.byteLength(text, "utf8") > MAX_NOTIFY_BYTES) {

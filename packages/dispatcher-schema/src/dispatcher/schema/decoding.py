@@ -21,10 +21,14 @@ DecodeReason = Literal["not_json", "too_deep"]
 class DecodeError(DispatcherError, ValueError):
     """JSON text refused by :func:`decode_json`; :attr:`reason` is the counter's key."""
 
-    def __init__(self, reason: DecodeReason, message: str) -> None:
+    def __init__(self, reason: DecodeReason, message: str, uuid: str | None = None) -> None:
         super().__init__(message)
         self.reason: DecodeReason = reason
         """``not_json`` (not strict JSON) or ``too_deep`` (nested beyond the limit)."""
+        self.uuid: str | None = uuid
+        """The ``uuid`` of the refused text's top-level object, when it could be read back
+        (JSON too deep, or holding a NaN, an infinity or a number out of range, at most
+        :data:`UUID_READ_BACK_BELOW` characters for the latter): for the log line."""
 
 
 def _refuse_constant(name: str) -> Any:
@@ -39,6 +43,13 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_LENIENT: Final = json.JSONDecoder()
+"""Takes NaN, infinities and numbers out of range: only to read back a refused text's uuid."""
+
+UUID_READ_BACK_BELOW: Final = 65536
+"""Texts refused for a number are decoded again for their uuid when shorter than this."""
+
+_NUMBER_PROBLEMS: Final = (" is not valid JSON", " is out of range")
 
 _SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 _CONTAINERS: Final = (dict, list, tuple)
@@ -76,11 +87,29 @@ def decode_json(text: str | bytes, max_depth: int = MAX_NESTING_DEPTH) -> Any:
     except RecursionError:
         raise DecodeError("too_deep", _too_deep_message(max_depth)) from None
     except ValueError as exc:
-        raise DecodeError("not_json", f"not JSON ({_short(str(exc))})") from None
+        reason = str(exc)
+        uuid = _lenient_uuid(text) if reason.endswith(_NUMBER_PROBLEMS) else None
+        raise DecodeError("not_json", f"not JSON ({_short(reason)})", uuid) from None
     # n containers cannot nest deeper than n: most messages never need the measure.
     if _may_exceed_depth(text, max_depth) and _text_exceeds_depth(text, max_depth):
-        raise DecodeError("too_deep", _too_deep_message(max_depth))
+        raise DecodeError("too_deep", _too_deep_message(max_depth), _uuid_of(value))
     return value
+
+
+def _uuid_of(value: object) -> str | None:
+    """The ``uuid`` of a decoded message, when it is one a message may carry."""
+    uuid = value.get("uuid") if isinstance(value, dict) else None
+    return uuid if isinstance(uuid, str) and 0 < len(uuid) <= 255 else None
+
+
+def _lenient_uuid(text: str) -> str | None:
+    """The uuid of *text*, refused for one of its numbers only, when it is short enough."""
+    if len(text) >= UUID_READ_BACK_BELOW:
+        return None
+    try:
+        return _uuid_of(_LENIENT.decode(text))
+    except (ValueError, RecursionError):
+        return None
 
 
 _COUNT_BELOW: Final = 1024

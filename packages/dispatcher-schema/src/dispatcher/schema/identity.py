@@ -5,32 +5,67 @@ Two messages are duplicates when they name the same task with the same ``args`` 
 compares :func:`duplicate_key`, its fixed-size digest, in the ``dup_key`` column of its
 table (a unique index cannot hold the arguments themselves: an index entry is limited to
 about 2.7 kB).
+
+Numbers are written in one canonical form, the one PostgreSQL's ``numeric`` (and so
+``jsonb``) writes for the JSON text of the number: plain decimal, never an exponent, with as
+many digits after the point as the text has after its point minus its exponent (none when
+that is zero or less), and no sign on zero. Python writes ``1e16`` as ``1e+16``, JavaScript
+as ``10000000000000000``, ``jsonb`` as ``10000000000000000``: all three become the last.
+``1`` and ``1.0`` still differ, as their JSON texts do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
-from typing import Any
+from decimal import Decimal
+from typing import Any, Final
+
+_MAY_NEED_CANONICAL: Final = re.compile(r"\de[+-]?\d|-0\.0(?![0-9])")
+"""What a number written by ``json.dumps`` looks like when it is not in canonical form."""
+
+_STRING_OR_NUMBER: Final = re.compile(r'"(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*')
+
+
+def canonical_number(text: str) -> str:
+    """Return the JSON number *text* as PostgreSQL's ``numeric`` writes it (see above).
+
+    ``1e+16`` gives ``10000000000000000``, ``1e-07`` ``0.0000001``, ``1.50e1`` ``15.0``,
+    ``-0.0`` ``0.0``; a number in that form already is returned as it is.
+    """
+    written = format(Decimal(text), "f")
+    if written.startswith("-") and not written.strip("-0."):
+        return written[1:]  # PostgreSQL's numeric has no negative zero
+    return written
+
+
+def _canonical_token(match: re.Match[str]) -> str:
+    token = match.group()
+    return token if token.startswith('"') else canonical_number(token)
 
 
 def duplicate_identity(message: Mapping[str, Any]) -> str:
     """Return the identity of a task *message*: the JSON text of ``[task, args, kwargs]``.
 
     Keys sorted, no spaces, every character outside printable ASCII written as a JSON
-    escape (as Python's ``json.dumps`` does by default), so that equal values give equal
-    text whatever the order of their keys.
+    escape (as Python's ``json.dumps`` does by default), and numbers in canonical form (see
+    the module's docstring), so that equal values give equal text whatever the order of
+    their keys, and the SQL function and the Node.js example agree.
     """
     parts = [message["task"], message.get("args", []), message.get("kwargs", {})]
-    return json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    if _MAY_NEED_CANONICAL.search(text) is None:
+        return text  # no float in exponent form, no negative zero: the text is canonical
+    return _STRING_OR_NUMBER.sub(_canonical_token, text)
 
 
 def duplicate_key(message: Mapping[str, Any]) -> str:
     """Return the hex SHA-256 of :func:`duplicate_identity`: the queue table's ``dup_key``.
 
     The SQL function ``dispatcher_duplicate_key()`` and the Node.js example compute the same
-    value from the same arguments (numbers compare as JSON writes them: ``1`` and ``1.0``
-    differ).
+    value from the same arguments (numbers compare as PostgreSQL's ``numeric`` writes their
+    JSON text: ``1e16`` and ``10000000000000000`` are the same, ``1`` and ``1.0`` differ).
     """
     return hashlib.sha256(duplicate_identity(message).encode("ascii")).hexdigest()

@@ -35,7 +35,7 @@ from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, Chu
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job
 from dispatcher.server.logsafe import get_logger
-from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin
+from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin, StoredRow
 from dispatcher.server.protocol import run_line
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
 from dispatcher.server.rejection import Rejected
@@ -175,6 +175,8 @@ class Intake:
             self._stats.received_control += 1
         else:
             self._stats.received_tasks += 1
+        if "control" in message and origin.stored_as is not None:
+            _control_agrees_with_row(message, origin.stored_as)
         if "control" in message and self._on_control is not None:
             error = self._on_control(message, channel, origin, None)
             if error is None:
@@ -236,7 +238,7 @@ class Intake:
         try:
             message = decode_json(text)
         except DecodeError as exc:
-            raise Rejected(exc.reason, str(exc)) from None
+            raise Rejected(exc.reason, str(exc), exc.uuid) from None
         if not isinstance(message, dict):
             kind = type(message).__name__ if message is not None else "null"
             raise Rejected("not_object", f"a JSON {_json_kind(kind)}, not an object")
@@ -349,18 +351,19 @@ class Intake:
             )
         )
 
-    def _agree_with_row(
-        self, message: dict[str, Any], payload: str, stored_as: tuple[str, str]
-    ) -> str:
-        """*payload*, checked against the uuid and task its row was stored under.
+    def _agree_with_row(self, message: dict[str, Any], payload: str, stored_as: StoredRow) -> str:
+        """*payload*, checked against the columns its row was stored under.
 
         A message without a uuid takes the row's. Listings, ``get_job()`` and a cancel by
         uuid go by the row's columns: a message naming another uuid or task (a row written
-        by hand) would run as something they cannot find.
+        by hand) would run as something they cannot find. The table applies the delay and
+        on_duplicate: a message asking for either where its row does not would run early,
+        or beside its twin, silently.
 
-        :raises Rejected: when the message names another uuid or task than its row.
+        :raises Rejected: when the message names another uuid or task than its row, or asks
+            for a delay or an on_duplicate its row does not hold.
         """
-        uuid, task = stored_as
+        uuid, task = stored_as.uuid, stored_as.task
         if message.get("uuid") is None:
             message["uuid"] = uuid
             payload = _with_uuid(payload, uuid)
@@ -372,6 +375,7 @@ class Intake:
                     f"stored under (the row's {key} column)",
                     uuid,
                 )
+        _delay_and_mode_agree_with_row(message, stored_as)
         return payload
 
     def _refuse(self, rejected: Rejected, channel: str, origin: Origin) -> None:
@@ -386,6 +390,50 @@ class Intake:
         where = f" on channel {channel}" if channel else ""
         uuid = f" (uuid {rejected.uuid})" if isinstance(rejected.uuid, str) else ""
         self._rejections.log("rejected message%s%s: %s", where, uuid, rejected)
+
+
+_DELAY_SLACK: Final = 1e-6
+"""A row's delay is rounded to the microsecond (PostgreSQL's timestamps)."""
+
+
+def _delay_and_mode_agree_with_row(message: dict[str, Any], row: StoredRow) -> None:
+    """Refuse a task message whose delay or on_duplicate its row does not apply."""
+    mode = message.get("on_duplicate")
+    if mode == "parallel":
+        mode = None
+    if mode != row.on_duplicate:
+        raise Rejected(
+            "invalid_message",
+            f"on_duplicate: the message's {message.get('on_duplicate', 'parallel')!r} is not "
+            f"the row's {row.on_duplicate or 'parallel'!r} (the row's on_duplicate and dup_key "
+            "columns enforce it: NULL for parallel)",
+            row.uuid,
+        )
+    delay = message.get("delay") or 0
+    if row.delay is not None and delay > row.delay + _DELAY_SLACK:
+        raise Rejected(
+            "invalid_message",
+            f"delay: the message's delay of {delay} seconds is not in its row, whose run_after "
+            f"is {row.delay:g} seconds after its created_at (store run_after = created_at + "
+            "delay)",
+            row.uuid,
+        )
+
+
+def _control_agrees_with_row(message: dict[str, Any], row: StoredRow) -> None:
+    """Refuse a control message stored under a task column other than ``control:<command>``.
+
+    Listings go by the task column: one naming a task would show the command's outcome as
+    that task's.
+    """
+    expected = f"control:{message['control']}"
+    if row.task != expected:
+        raise Rejected(
+            "invalid_message",
+            f"task: a control message is stored under {row.task!r}, where its row's task "
+            f"column must be {expected!r}",
+            row.uuid,
+        )
 
 
 def _suggestion(name: str, names: frozenset[str]) -> str:

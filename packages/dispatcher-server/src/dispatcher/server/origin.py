@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from dispatcher.config import BrokerName
 
 ReplySink = Callable[[str, dict[str, Any]], None]
 """Sends a control reply back: ``sink(reply_to, reply)``."""
+
+
+class StoredRow(NamedTuple):
+    """The columns a durable broker stored a message under, which its message must agree with."""
+
+    uuid: str
+    """The row's uuid: what listings, ``get_job()`` and a cancel by uuid go by."""
+    task: str
+    """The row's task: the message's task, or ``control:<command>`` for a control message."""
+    on_duplicate: str | None = None
+    """The row's on_duplicate mode (``None`` for parallel), which the table enforces."""
+    delay: float | None = None
+    """How long after its creation the row may run (``run_after - created_at``, in seconds),
+    ``None`` when not known: at least the message's delay, which the table applies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +54,10 @@ class Origin:
     """The broker's own access control vouches for who sent it (pg_queue: only roles with
     INSERT on the jobs table can add a row), so ``security.require_signed`` does not apply.
     Signed envelopes are still verified when they come this way."""
-    stored_as: tuple[str, str] | None = None
-    """The ``(uuid, task)`` a durable broker stored the message under (pg_queue: the row's
-    columns, which listings and cancels go by): a task message must agree with them."""
+    stored_as: StoredRow | None = None
+    """The columns a durable broker stored the message under (pg_queue: the row's, which
+    listings and cancels go by, and which apply its delay and on_duplicate): the message
+    must agree with them."""
 
 
 PG_NOTIFY: Final = Origin("pg_notify")

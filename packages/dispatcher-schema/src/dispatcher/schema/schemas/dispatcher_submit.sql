@@ -10,6 +10,9 @@
 -- when the calling transaction commits, and never if it rolls back.
 -- Options: timeout, delay (seconds), on_duplicate (parallel, discard, serial, queue_one),
 -- bind (boolean), uuid (text), guid (text). Needs PostgreSQL 13 or later.
+-- It refuses, naming the place, what no service would read: arrays and objects nested more
+-- than 64 levels (the message, args or kwargs, then what they hold), integers of more than
+-- 4300 digits, numbers with a fraction beyond a double's range (about 1.8e308).
 --
 -- Signing (signed-envelope.schema.json): when the settings dispatcher.signing_key_id and
 -- dispatcher.signing_secret are both set, the message is signed with HMAC-SHA256, which
@@ -26,6 +29,63 @@ BEGIN
     END IF;
 END
 $upgrade$;
+
+-- dispatcher_unreadable_number() and dispatcher_unreadable_path(): what in args or kwargs no
+-- service can read back, and where. dispatcher_submit.sql and dispatcher_enqueue.sql both
+-- define them, alike, so that either file installs on its own.
+CREATE OR REPLACE FUNCTION dispatcher_unreadable_number(value jsonb) RETURNS text
+LANGUAGE sql
+IMMUTABLE STRICT
+AS $function$
+    SELECT CASE
+        WHEN jsonb_typeof(value) <> 'number' THEN NULL
+        WHEN strpos(value::text, '.') = 0 THEN
+            CASE WHEN length(ltrim(value::text, '-')) > 4300 THEN
+                'the integer has more than 4300 digits, too many to send (a service reads integers of at most 4300 digits)'
+            END
+        -- 2^1024 - 2^970: from there on, a double rounds to infinity (the service reads
+        -- non-integers as doubles and refuses an infinite one).
+        WHEN abs(value::text::numeric) >= 179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792 THEN
+            'the number ' || left(value::text, 20) || '... is out of range (a service reads a number with a fraction as a double: below 1.8e308)'
+    END
+$function$;
+
+CREATE OR REPLACE FUNCTION dispatcher_unreadable_path(value jsonb, path text) RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE STRICT
+AS $function$
+DECLARE
+    member record;
+    found text;
+BEGIN
+    CASE jsonb_typeof(value)
+    WHEN 'array' THEN
+        FOR member IN SELECT e.n - 1 AS n, e.item
+                FROM jsonb_array_elements(value) WITH ORDINALITY AS e(item, n) ORDER BY e.n LOOP
+            found := dispatcher_unreadable_path(member.item, path || '[' || member.n || ']');
+            IF found IS NOT NULL THEN
+                RETURN found;
+            END IF;
+        END LOOP;
+    WHEN 'object' THEN
+        FOR member IN SELECT e.key, e.item
+                FROM jsonb_each(value) AS e(key, item) ORDER BY e.key COLLATE "C" LOOP
+            found := dispatcher_unreadable_path(member.item, path || CASE
+                WHEN member.key ~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN '.' || member.key
+                ELSE '[' || to_jsonb(member.key)::text || ']' END);
+            IF found IS NOT NULL THEN
+                RETURN found;
+            END IF;
+        END LOOP;
+    ELSE
+        found := dispatcher_unreadable_number(value);
+        IF found IS NOT NULL THEN
+            RETURN path || ': ' || found;
+        END IF;
+    END CASE;
+    RETURN NULL;
+END;
+$function$;
 
 CREATE OR REPLACE FUNCTION dispatcher_submit(
     channel text,
@@ -104,12 +164,17 @@ BEGIN
         RAISE EXCEPTION 'dispatcher_submit: options.guid: expected a string, got %', options -> 'guid';
     END IF;
 
+    -- As services decode messages: at most 64 levels (the message, args or kwargs, then what
+    -- they hold), and every number readable.
+    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")') THEN
+        RAISE EXCEPTION 'dispatcher_submit: %: nested more than 63 levels deep (a message may nest 64 levels in all, the message itself included)',
+            CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")') THEN 'args' ELSE 'kwargs' END;
+    END IF;
     IF EXISTS (
         SELECT FROM jsonb_path_query(jsonb_build_array(args, kwargs), 'strict $.**') AS v
-        WHERE jsonb_typeof(v) = 'number' AND strpos(v::text, '.') = 0
-            AND length(ltrim(v::text, '-')) > 4300
+        WHERE dispatcher_unreadable_number(v) IS NOT NULL
     ) THEN
-        RAISE EXCEPTION 'dispatcher_submit: args or kwargs hold an integer of more than 4300 digits, which no service can read (Python''s limit for integers in text)';
+        RAISE EXCEPTION 'dispatcher_submit: %', coalesce(dispatcher_unreadable_path(args, 'args'), dispatcher_unreadable_path(kwargs, 'kwargs'));
     END IF;
 
     task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);

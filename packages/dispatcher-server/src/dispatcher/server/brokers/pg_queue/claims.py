@@ -27,7 +27,7 @@ from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, receipt
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
 from dispatcher.server.logsafe import first_line, get_logger
-from dispatcher.server.origin import Origin
+from dispatcher.server.origin import Origin, StoredRow
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
@@ -129,7 +129,7 @@ class Claimer:
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""
-        for row, attempts, claim, queue, message, size, _, uuid, task in sorted(rows):
+        for row, attempts, claim, queue, message, size, _, uuid, task, mode, delay in sorted(rows):
             self._leases.add(row, attempts, claim, sent)
             self._stats.pg_queue_claims[queue] += 1
             if message is None:
@@ -144,6 +144,6 @@ class Claimer:
                 receipt=receipt(row, attempts, claim),
                 scheduled_by_broker=True,
                 authenticated=True,
-                stored_as=(uuid, task),
+                stored_as=StoredRow(uuid, task, mode, delay),
             )
             deliver(message, origin)

@@ -66,7 +66,8 @@ FROM claimed
 WHERE j.id = claimed.id
 RETURNING j.id, j.attempts, j.claims, j.queue,
     CASE WHEN octet_length(j.message) <= %(max_bytes)s THEN j.message END,
-    octet_length(j.message), (SELECT count(*) FROM candidates), j.uuid, j.task
+    octet_length(j.message), (SELECT count(*) FROM candidates), j.uuid, j.task,
+    j.on_duplicate, extract(epoch FROM j.run_after - j.created_at)::float8
 """
 """Claim up to ``limit`` ready rows, oldest first, at most one per serial or queue_one key
 and none whose twin runs: running under a lease, one attempt more. A claim stops at
