@@ -169,8 +169,10 @@ def test_json_results_are_kept_as_text() -> None:
 @pytest.mark.parametrize(
     ("value", "note"),
     [
-        (object(), "a value of type object that JSON cannot hold"),
-        (float("nan"), "a value of type float that JSON cannot hold"),
+        (object(), "result: a value of type object is not JSON-serialisable"),
+        (float("nan"), "result: nan is not valid in JSON"),
+        ([float("inf")], "result[0]: inf is not valid in JSON"),
+        ({"a": [1, {2}]}, "result.a[1]: a value of type set is not JSON-serialisable"),
         ("x" * MAX_RESULT_BYTES, f"more than {MAX_RESULT_BYTES}"),
         ("a\x00b", "NUL"),
     ],

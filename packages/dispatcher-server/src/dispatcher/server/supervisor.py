@@ -25,6 +25,7 @@ from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
 from dispatcher.server.logsafe import counted, escape, first_line, get_logger
+from dispatcher.server.jobs import listed
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
@@ -502,13 +503,13 @@ class Supervisor:
         self._closing = True
         for where, jobs in self._scheduler.close():
             # A job with a receipt goes back to its broker (a durable queue): not lost.
-            lost = [job.uuid for job in jobs if job.receipt is None]
-            back = [job.uuid for job in jobs if job.receipt is not None]
+            lost = [job for job in jobs if job.receipt is None]
+            back = [job for job in jobs if job.receipt is not None]
             if lost:
                 logger.warning(
                     "shutting down with %s abandoned: %s",
                     counted(len(lost), f"{where} task"),
-                    _summarise(lost),
+                    listed(lost),
                 )
             if back:
                 logger.info(
@@ -516,7 +517,7 @@ class Supervisor:
                     "elsewhere or after the restart: %s",
                     len(back),
                     where,
-                    _summarise(back),
+                    listed(back),
                 )
         for worker in self.workers:
             if worker.status is not WorkerStatus.BUSY:
@@ -566,11 +567,6 @@ def _text(value: object) -> str | None:
 def _seconds(value: object) -> float:
     """A time a worker reported; ``0.0`` if it is not a number."""
     return float(value) if isinstance(value, int | float) else 0.0
-
-
-def _summarise(uuids: list[str], shown: int = 20) -> str:
-    text = ", ".join(uuids[:shown])
-    return text + (f" and {len(uuids) - shown} more" if len(uuids) > shown else "")
 
 
 def _signal_name(number: int) -> str:
