@@ -569,6 +569,11 @@ def _seconds(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
+def _summarise(uuids: list[str], shown: int = 20) -> str:
+    text = ", ".join(uuids[:shown])
+    return text + (f" and {len(uuids) - shown} more" if len(uuids) > shown else "")
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
