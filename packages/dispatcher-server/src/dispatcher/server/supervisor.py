@@ -23,9 +23,9 @@ from dispatcher.config import Service as ServiceSettings
 from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.jobs import listed
 from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
 from dispatcher.server.logsafe import counted, escape, first_line, get_logger
-from dispatcher.server.jobs import listed
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
