@@ -7,16 +7,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from dispatcher.config import reset
 from support import postgres
 from support.service import Evidence, ServiceProcess
-
-
-@pytest.fixture(autouse=True)
-def _no_config_left_behind() -> Iterator[None]:
-    """No test sees the publisher config an earlier test of its process installed."""
-    yield
-    reset()
 
 
 @pytest.fixture(scope="session")

@@ -198,6 +198,53 @@ def test_cancel_job_cancels_a_waiting_job_and_refuses_the_others(
     assert json.loads(as_json.stdout) == {"cancelled": 1, "uuid": other, "queue": "jobs"}
 
 
+def test_cancel_by_uuid_cancels_a_durable_job_waiting_in_the_table(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, schema: str
+) -> None:
+    # No service holds a delayed job, or one waiting for its retry: the services' cancel
+    # cannot reach it, so dispatcherctl cancels its row.
+    config = tmp_path / "dispatcher.yml"
+    queue = {"conninfo": pg_dsn, "queues": ["jobs", "mail"], "schema": schema}
+    notify = {"conninfo": pg_dsn, "channels": ["ctl_cancel_waiting"]}
+    config.write_text(
+        json.dumps({"version": 1, "brokers": {"pg_queue": queue, "pg_notify": notify}})
+    )
+    delayed = insert_job(pg_conn, schema, queue="mail", run_after=600)
+    result = ctl(config, "cancel", "--uuid", delayed)
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"cancelled waiting durable job {delayed} of queue mail\n",
+    ), result.stderr
+    assert job_row(pg_conn, schema, delayed)["state"] == "cancelled"  # type: ignore[index]
+    other_task = insert_job(pg_conn, schema, run_after=600)
+    wrong = ctl(config, "cancel", "--uuid", other_task, "--task", "myapp.tasks.other")
+    assert "cancelled waiting" not in wrong.stdout
+    assert job_row(pg_conn, schema, other_task)["state"] == "queued"  # type: ignore[index]
+    by_args = ctl(config, "cancel", "--uuid", other_task, "--args", "[]")
+    assert (
+        f"job {other_task} waits in its durable queue, where --args and --kwargs are not "
+        f"compared: cancel it with 'dispatcherctl cancel-job --uuid {other_task}'"
+    ) in by_args.stderr
+    assert job_row(pg_conn, schema, other_task)["state"] == "queued"  # type: ignore[index]
+
+
+def test_cancel_job_of_a_job_waiting_for_a_retry_keeps_why_it_failed(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    error = "ZeroDivisionError: division by zero\nTraceback (most recent call last): ..."
+    retrying = insert_job(pg_conn, schema, attempts=2, run_after=600, last_error=error)
+    result = ctl(config, "cancel-job", "--uuid", retrying)
+    assert result.returncode == 0, result.stderr
+    row = job_row(pg_conn, schema, retrying)
+    assert row is not None
+    assert (row["state"], row["outcome"], row["last_error"]) == (
+        "cancelled",
+        "cancelled",
+        "cancelled by an operator while it waited to run again (2 of 3 attempts used);"
+        f" the last ended in error: {error}",
+    )
+
+
 def test_retry_failed_of_one_queue_skips_duplicates_and_cancelled(
     config: Path, pg_conn: Conn, schema: str
 ) -> None:

@@ -364,6 +364,23 @@ def test_identical_serial_jobs_run_one_after_another_without_waiting_for_a_poll(
     wait_for_states(pg_conn, schema, enqueue(pg_conn, schema, channel, twins), {"done"}, 20)
 
 
+def test_delayed_jobs_start_when_ready_not_at_the_next_poll(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    start_service(queue_config(pg_dsn, schema, channel, poll_interval=60, prefetch=0))
+    delayed = [job_message("record", evidence.path, delay, delay=delay) for delay in (0.3, 0.9)]
+    uuids = enqueue(pg_conn, schema, channel, delayed)
+    # Each starts at its run_after: not at a NOTIFY (there is none then), nor a poll (60 s).
+    rows = wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=20)
+    late = [(row["started_at"] - row["run_after"]).total_seconds() for row in rows]
+    assert all(0 <= seconds < 0.5 for seconds in late), late
+
+
 def test_a_schedule_on_three_services_runs_once_per_tick(
     start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, evidence: Evidence
 ) -> None:

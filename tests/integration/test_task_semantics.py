@@ -495,7 +495,9 @@ def test_delayed_tasks_can_be_listed_and_cancelled_and_are_reported_at_shutdown(
     time.sleep(2)
     assert [r for r in evidence.records() if r.get("args")] == []  # the delayed task never ran
     assert service.stop() == 0
-    service.wait_for_log(r"shutting down with 1 delayed task abandoned: u-delayed-2")
+    service.wait_for_log(
+        r"shutting down with 1 delayed task abandoned: \S+\.record \(uuid u-delayed-2\)"
+    )
 
 
 def test_cancel_needs_a_filter(

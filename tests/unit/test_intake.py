@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from uuid import UUID
 
 import pytest
 from hypothesis import given, settings
@@ -61,10 +62,14 @@ def test_valid_message_becomes_a_job_with_its_text_passed_through(
     assert stats.received == 1
 
 
-def test_message_without_uuid_gets_one(intake: Intake, pool: RecordingPool) -> None:
+def test_message_without_uuid_gets_a_random_one(intake: Intake, pool: RecordingPool) -> None:
+    # A counted uuid (internal-1) repeats across restarts and services: a cancel by it
+    # would reach every service's job of that number.
     intake.receive('{"task": "app.tasks.work"}', "c")
     intake.receive('{"task": "app.tasks.work"}', "c")
-    assert [sent_message(job)["uuid"] for job in pool.jobs] == ["internal-1", "internal-2"]
+    uuids = [sent_message(job)["uuid"] for job in pool.jobs]
+    assert [UUID(uuid).version for uuid in uuids] == [4, 4]
+    assert uuids[0] != uuids[1]
 
 
 def test_a_message_without_uuid_keeps_its_text_with_the_uuid_added(
@@ -73,9 +78,9 @@ def test_a_message_without_uuid_keeps_its_text_with_the_uuid_added(
     payload = ' \t{ "task": "app.tasks.work", "args": [1.10, "\\u00e9é", {"k": []}] }'
     intake.receive(payload, "c")
     [job] = pool.jobs
-    assert job.uuid == "internal-1"
+    assert UUID(job.uuid).version == 4
     assert sent_message(job) == {
-        "uuid": "internal-1",
+        "uuid": job.uuid,
         "task": "app.tasks.work",
         "args": [1.1, "éé", {"k": []}],
     }

@@ -57,7 +57,7 @@ def test_a_bare_registered_name_runs_as_a_task_message(
     intake.receive(name, "c")
     [job] = pool.jobs
     assert job.task == name
-    assert sent_message(job) == {"uuid": "internal-1", "task": name}
+    assert sent_message(job) == {"uuid": job.uuid, "task": name}
     assert json.loads(job.line)["channel"] == "c"
     assert stats.received == 1
     assert stats.rejected == {}

@@ -169,8 +169,10 @@ def test_json_results_are_kept_as_text() -> None:
 @pytest.mark.parametrize(
     ("value", "note"),
     [
-        (object(), "a value of type object that JSON cannot hold"),
-        (float("nan"), "a value of type float that JSON cannot hold"),
+        (object(), "result: a value of type object is not JSON-serialisable"),
+        (float("nan"), "result: nan is not valid in JSON"),
+        ([float("inf")], "result[0]: inf is not valid in JSON"),
+        ({"a": [1, {2}]}, "result.a[1]: a value of type set is not JSON-serialisable"),
         ("x" * MAX_RESULT_BYTES, f"more than {MAX_RESULT_BYTES}"),
         ("a\x00b", "NUL"),
     ],
@@ -372,6 +374,35 @@ async def test_a_retry_due_sooner_cuts_short_a_wait_already_under_way() -> None:
 
 
 @pytest.mark.anyio
+async def test_every_retry_time_wakes_the_claim_loop_not_only_the_earliest() -> None:
+    # Two retries due at 0.2 s and 0.5 s: the loop (polling every 5 s) wakes at each.
+    wakeup = Wakeup()
+    wakeup.after(0.2)
+    wakeup.after(0.5)
+    began = time.monotonic()
+    await wakeup.wait(0)  # the first look, which the retries' flag makes at once
+    woke = []
+    for _ in range(2):
+        await wakeup.wait(5)
+        woke.append(time.monotonic() - began)
+    assert 0.15 < woke[0] < 0.45
+    assert 0.45 < woke[1] < 2
+
+
+@pytest.mark.anyio
+async def test_the_claim_loop_wakes_when_the_next_waiting_job_becomes_ready() -> None:
+    wakeup = Wakeup()
+    wakeup.next_job_in(0.2)  # what the claim read: a delayed job ready in 0.2 s
+    began = time.monotonic()
+    await wakeup.wait(5)
+    assert 0.15 < time.monotonic() - began < 2
+    wakeup.next_job_in(None)  # none waits: the poll interval
+    began = time.monotonic()
+    await wakeup.wait(0.3)
+    assert time.monotonic() - began >= 0.25
+
+
+@pytest.mark.anyio
 async def test_a_sweep_or_purge_with_endless_rows_due_stops_at_its_deadline() -> None:
     # Millions of rows due at once must not hold up the renewal of leases that follows.
     calls = 0
@@ -457,7 +488,7 @@ async def test_a_claim_that_lost_a_race_and_got_all_it_asked_for_claims_again_at
             size = params["limit"]
             first = len(limits) * 100
             return [
-                (row, 1, 1, "q", '{"task":"x"}', 12, size, f"u{row}", "x", None, 0.0)
+                (row, 1, 1, "q", '{"task":"x"}', 12, size, f"u{row}", "x", None, 0.0, None)
                 for row in range(first, first + size)
             ]
 

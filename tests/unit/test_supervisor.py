@@ -447,8 +447,14 @@ async def test_shutdown_stops_idle_workers_first_then_waits_for_busy_ones_up_to_
         assert pool.stats.finished_by_task["app.stubborn", Outcome.KILLED] == 1
         assert pool.p[1].lines == [stubborn.line]  # no stop line: it was busy
         messages = [r.getMessage() for r in caplog.records if r.name == "dispatcher.pool"]
-        assert f"shutting down with 1 blocked task abandoned: {blocked.uuid}" in messages
-        assert f"shutting down with 1 delayed task abandoned: {delayed.uuid}" in messages
+        assert (
+            f"shutting down with 1 blocked task abandoned: {blocked.task} (uuid {blocked.uuid})"
+            in messages
+        )
+        assert (
+            f"shutting down with 1 delayed task abandoned: {delayed.task} (uuid {delayed.uuid})"
+            in messages
+        )
 
 
 @pytest.mark.anyio

@@ -505,7 +505,13 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
     except PublishError as exc:
         print(f"dispatcherctl: {shown(exc)}", file=sys.stderr)
         return EXIT_MISSING if isinstance(exc, BrokerUnavailable) else EXIT_USAGE
+    waiting, problem = _cancel_waiting(settings, options)
+    if problem is not None:
+        print(f"dispatcherctl: {shown(problem)}", file=sys.stderr)
     channel = control_channel(settings)
+    if waiting is not None and result.expected == 0 and options.expected_replies is None:
+        print(shown(waiting))  # no service, but the job it meant is cancelled
+        return EXIT_OK
     if result.expected == 0 and options.expected_replies is None:
         print(f"dispatcherctl: {no_service_found(channel)}", file=sys.stderr)
         return EXIT_MISSING
@@ -518,6 +524,8 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
         )
         print(render(shown_result), end="")
         print(tally(result, looked_up, channel))
+    if waiting is not None:
+        print(shown(waiting), file=sys.stderr if options.json else sys.stdout)
     for note in result.skipped:
         print(f"dispatcherctl: {shown(note)}", file=sys.stderr)
     for node in result.unexpected:
@@ -539,6 +547,26 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
         print(f"dispatcherctl: error reply from {nodes}", file=sys.stderr)
         return EXIT_ERROR_REPLY
     return EXIT_OK
+
+
+def _cancel_waiting(
+    settings: Settings, options: argparse.Namespace
+) -> tuple[str | None, str | None]:
+    """For ``cancel --uuid U``: cancel the durable job U too if it waits in the table.
+
+    See :func:`ctl_jobs.cancel_waiting_job`. Not with ``--args`` or ``--kwargs``, which
+    compare as Python does (the table holds JSON text): then a hint names ``cancel-job``.
+    """
+    if options.command != "cancel" or not options.uuid:
+        return None, None
+    if options.args is not None or options.kwargs is not None:
+        if not ctl_jobs.waits(settings, options.uuid, options.timeout):
+            return None, None
+        return None, (
+            f"job {options.uuid} waits in its durable queue, where --args and --kwargs are not "
+            f"compared: cancel it with 'dispatcherctl cancel-job --uuid {options.uuid}'"
+        )
+    return ctl_jobs.cancel_waiting_job(settings, options.uuid, options.task, options.timeout)
 
 
 def _with_elapsed(result: ControlResult, timeout: float) -> ControlResult:

@@ -33,6 +33,7 @@ from dispatcher.server.queue_admin import (
     MAX_LIMIT,
     MAX_OLDER_THAN,
     STATES,
+    limit_waits,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -241,6 +242,45 @@ def _cancel_job(conn: psycopg.Connection[Any], schema: str, options: argparse.Na
             f"of queue {escape(queue, limit=None)}"
         )
     return EXIT_OK
+
+
+def cancel_waiting_job(
+    settings: Settings, uuid: str, task: str | None, timeout: float
+) -> tuple[str | None, str | None]:
+    """Cancel the durable job *uuid* if it waits in the table (and is of *task*, if given).
+
+    What ``dispatcherctl cancel --uuid U`` does beside the services' cancel, which reaches
+    only the jobs they hold: a job waiting in the table (delayed, or waiting for a retry) is
+    no service's yet. Returns ``(done, problem)``: the line saying which job was cancelled,
+    or why none could be looked for (the database out of reach, say); both ``None`` when no
+    such job waits, or the config has no durable queue.
+    """
+    section = settings.brokers.pg_queue
+    if section is None:
+        return None, None
+    try:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+            limit_waits(conn, timeout)
+            queue = queue_admin.cancel_waiting(conn, section.schema, uuid, task)
+    except (queue_admin.NotCancelled, queue_admin.TablesMissing):
+        return None, None
+    except psycopg.Error as exc:
+        why = database_error(exc, section.conninfo, "cancel-job", timeout)
+        return None, f"could not look for a waiting durable job {uuid}: {why}"
+    return f"cancelled waiting durable job {uuid} of queue {queue}", None
+
+
+def waits(settings: Settings, uuid: str, timeout: float) -> bool:
+    """Whether the durable job *uuid* waits in the table (``False`` when that cannot be read)."""
+    section = settings.brokers.pg_queue
+    if section is None:
+        return False
+    try:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+            limit_waits(conn, timeout)
+            return bool(queue_admin.list_jobs(conn, section.schema, state="queued", uuid=uuid))
+    except (psycopg.Error, DispatcherError):
+        return False
 
 
 Command = Callable[[psycopg.Connection[Any], str, argparse.Namespace], int]

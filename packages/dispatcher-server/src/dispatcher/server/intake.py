@@ -118,7 +118,6 @@ class Intake:
         self._waiting_bytes = 0
         self._rejections = RateLimitedLog(logger, logging.WARNING)
         self._internal_errors = InternalErrorLog(logger)
-        self._internal_ids = 0
         self._stopping = False
 
     def receive(self, payload: str, channel: str, origin: Origin = PG_NOTIFY) -> None:
@@ -318,8 +317,9 @@ class Intake:
             payload = self._agree_with_row(message, payload, origin.stored_as)
         uuid = message.get("uuid")
         if uuid is None:
-            self._internal_ids += 1
-            uuid = message["uuid"] = f"internal-{self._internal_ids}"
+            # Random, not counted: a counter's values repeat across restarts and services,
+            # so a cancel by one such uuid would reach every service's job of that number.
+            uuid = message["uuid"] = new_uuid()
             payload = _with_uuid(payload, uuid)
         on_duplicate = message.get("on_duplicate")
         # A broker that schedules its messages (pg_queue) has applied the delay already

@@ -38,6 +38,12 @@ class Job(NamedTuple):
         return (uuid is None or self.uuid == uuid) and (task is None or self.task == task)
 
 
+def listed(jobs: list[Job], shown: int = 20) -> str:
+    """The first *shown* of *jobs* for a log line, ``task (uuid u)`` each, and how many more."""
+    text = ", ".join(f"{job.task} (uuid {job.uuid})" for job in jobs[:shown])
+    return text + (f" and {len(jobs) - shown} more" if len(jobs) > shown else "")
+
+
 def describe(job: Job, where: str) -> dict[str, Any]:
     """A job as control replies show it: where it is, its uuid, task and message.
 

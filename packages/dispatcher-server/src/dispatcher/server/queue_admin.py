@@ -192,13 +192,33 @@ class Retried:
 
 
 CANCELLED_WAITING: Final = "cancelled by an operator before it started"
-"""The ``last_error`` of a waiting job :func:`cancel_waiting` cancelled."""
+"""The ``last_error`` of a waiting job :func:`cancel_waiting` cancelled, that never ran."""
+
+CANCELLED_AGAIN: Final = "cancelled by an operator while it waited to run again"
+"""The start of the ``last_error`` of a waiting job that ran before (a retry's wait): the
+error of its last run follows, kept."""
+
+_CANCELLED_ERROR: Final = sql.SQL(
+    "CASE WHEN attempts = 0 AND last_error IS NULL THEN %(fresh)s ELSE %(again)s"
+    " || CASE WHEN attempts > 0"
+    " THEN format(' (%%s of %%s attempts used)', attempts, max_attempts) ELSE '' END"
+    " || CASE WHEN last_error IS NOT NULL"
+    " THEN format('; the last ended in %%s: %%s', coalesce(outcome, 'error'), last_error)"
+    " ELSE '' END END"
+)
+"""What :func:`cancel_waiting` writes in ``last_error``: never the claim that a job that ran
+(and failed) did not start, and never losing why it failed."""
 
 
-def cancel_waiting(conn: psycopg.Connection[Any], schema: str, uuid: str) -> str:
+def cancel_waiting(
+    conn: psycopg.Connection[Any], schema: str, uuid: str, task: str | None = None
+) -> str:
     """Cancel the waiting (``queued``) job *uuid*: it ends ``cancelled`` and never starts.
 
-    Returns its queue. A job a service has claimed is its service's to cancel (the
+    Its ``last_error`` says so: :data:`CANCELLED_WAITING` for a job that never ran; for
+    one that waited to run again (a retry), :data:`CANCELLED_AGAIN`, the attempts used, and
+    how its last run ended with that run's error. With *task*, only a job of that task is
+    cancelled. Returns its queue. A job a service has claimed is its service's to cancel (the
     ``cancel`` control command), so it is refused here, as are unknown and finished jobs.
 
     :raises NotCancelled: saying why.
@@ -206,11 +226,12 @@ def cancel_waiting(conn: psycopg.Connection[Any], schema: str, uuid: str) -> str
     jobs = _jobs(schema)
     row = conn.execute(
         sql.SQL(
-            "UPDATE {} SET state = 'cancelled', outcome = 'cancelled', last_error = %s,"
-            " finished_at = now(), lease_until = NULL WHERE uuid = %s AND state = 'queued'"
+            "UPDATE {} SET state = 'cancelled', outcome = 'cancelled', last_error = {},"
+            " finished_at = now(), lease_until = NULL WHERE uuid = %(uuid)s"
+            " AND state = 'queued' AND (%(task)s::text IS NULL OR task = %(task)s)"
             " RETURNING queue"
-        ).format(jobs),
-        (CANCELLED_WAITING, uuid),
+        ).format(jobs, _CANCELLED_ERROR),
+        {"fresh": CANCELLED_WAITING, "again": CANCELLED_AGAIN, "uuid": uuid, "task": task},
     ).fetchone()
     if row is not None:
         return str(row[0])
@@ -218,6 +239,8 @@ def cancel_waiting(conn: psycopg.Connection[Any], schema: str, uuid: str) -> str
     state = found.fetchone()
     if state is None:
         raise NotCancelled(f"no job has uuid {uuid!r}")
+    if state[0] == "queued":  # of another task than *task*
+        raise NotCancelled(f"job {uuid} is not a job of task {task!r}")
     if state[0] == "running":
         raise NotCancelled(
             f"job {uuid} is running (or held ahead by a service): cancel it with "

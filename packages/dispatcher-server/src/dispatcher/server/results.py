@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any, Final
 
+from dispatcher.publish.json_values import unsendable_reason
+
 MAX_RESULT_BYTES: Final = 64 * 1024
 """Largest result kept, in bytes of its JSON text (UTF-8)."""
 
@@ -30,8 +32,10 @@ def encode_result(value: Any) -> tuple[str | None, str | None]:
     try:
         text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
-        kind = type(value).__name__
-        return None, f"result not kept: a value of type {kind} that JSON cannot hold ({exc})"[:300]
+        why = unsendable_reason(value, ("result",))
+        if why is None:  # refused by the encoder for a reason the walk does not know
+            why = f"a value of type {type(value).__name__} that JSON cannot hold ({exc})"
+        return None, f"result not kept: {why}"[:300]
     if len(text) > MAX_RESULT_BYTES:  # ASCII: characters are bytes
         return None, (f"result not kept: {len(text)} bytes of JSON, more than {MAX_RESULT_BYTES}")
     if "\\u0000" in text and _ESCAPED_NUL.search(text):

@@ -30,7 +30,7 @@ from dispatcher.config import Limits
 from dispatcher.schema import Outcome
 from dispatcher.server.delayer import Delayer
 from dispatcher.server.gate import Admission, DuplicateGate
-from dispatcher.server.jobs import Job, describe
+from dispatcher.server.jobs import Job, describe, listed
 from dispatcher.server.logsafe import counted, get_logger
 from dispatcher.server.protocol import has_start_by, with_start_by
 from dispatcher.server.ratelimit import RateLimitedLog
@@ -306,7 +306,7 @@ class Scheduler:
                 logger.warning(
                     "shutting down with %s held ahead by a worker abandoned: %s",
                     counted(len(jobs), "task"),
-                    ", ".join(job.uuid for job in jobs),
+                    listed(jobs),
                 )
             return
         for job in jobs:

@@ -23,6 +23,7 @@ from dispatcher.config import Service as ServiceSettings
 from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.jobs import listed
 from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
 from dispatcher.server.logsafe import counted, escape, first_line, get_logger
 from dispatcher.server.pace import TaskPace
@@ -534,13 +535,13 @@ class Supervisor:
         self._closing = True
         for where, jobs in self._scheduler.close():
             # A job with a receipt goes back to its broker (a durable queue): not lost.
-            lost = [job.uuid for job in jobs if job.receipt is None]
-            back = [job.uuid for job in jobs if job.receipt is not None]
+            lost = [job for job in jobs if job.receipt is None]
+            back = [job for job in jobs if job.receipt is not None]
             if lost:
                 logger.warning(
                     "shutting down with %s abandoned: %s",
                     counted(len(lost), f"{where} task"),
-                    _summarise(lost),
+                    listed(lost),
                 )
             if back:
                 logger.info(
@@ -548,7 +549,7 @@ class Supervisor:
                     "elsewhere or after the restart: %s",
                     len(back),
                     where,
-                    _summarise(back),
+                    listed(back),
                 )
         for worker in self.workers:
             if worker.status is not WorkerStatus.BUSY:

@@ -3,9 +3,10 @@
 The loop waits for free capacity (free workers, plus ``prefetch`` jobs held ahead of them),
 claims up to that many rows (at most ``batch_size``, and :data:`CLAIM_BYTES` of messages) in
 one statement, and delivers each. When it got fewer than it asked for, and not for want of
-bytes, the queue is drained for now: it waits for a wake-up (a NOTIFY) or ``poll_interval``
-seconds. A claim and its deliveries are never cut in two by a shutdown: rows claimed are
-always delivered (and so always acknowledged).
+bytes, the queue is drained for now: it waits for a wake-up (a NOTIFY, a retry or delayed
+job becoming ready: the claim says when the first one does) or ``poll_interval`` seconds.
+A claim and its deliveries are never cut in two by a shutdown: rows claimed are always
+delivered (and so always acknowledged).
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class Claimer:
                 with anyio.move_on_after(CLAIM_TIMEOUT, shield=True):
                     sent = time.monotonic()
                     rows, limit = await self._claim(wanted)
+                    if rows and rows[-1][0] is None:  # drained: when the next delayed job is due
+                        wakeup.next_job_in(rows.pop()[-1])
                     self._deliver(rows, deliver, sent)
                     # Fewer than asked for: none left, unless the claim's bytes ran out first,
                     # or identical serial rows were left for later (the candidates it read).
@@ -129,7 +132,9 @@ class Claimer:
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""
-        for row, attempts, claim, queue, message, size, _, uuid, task, mode, delay in sorted(rows):
+        for row, attempts, claim, queue, message, size, _, uuid, task, mode, delay, _ in sorted(
+            rows
+        ):
             self._leases.add(row, attempts, claim, sent)
             self._stats.pg_queue_claims[queue] += 1
             if message is None:

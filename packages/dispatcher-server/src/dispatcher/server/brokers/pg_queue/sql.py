@@ -57,17 +57,31 @@ WITH quick AS (
         ORDER BY chosen.run_after, chosen.id LIMIT %(limit)s
     ) AS o
     WHERE o.before < %(max_total_bytes)s
+), taken AS (
+    UPDATE {s}.jobs AS j
+    SET state = 'running', attempts = j.attempts + 1, claims = j.claims %% 2147483647 + 1,
+        node_id = %(node_id)s,
+        lease_until = now() + make_interval(secs => %(lease)s), started_at = now()
+    FROM claimed
+    WHERE j.id = claimed.id
+    RETURNING j.id, j.attempts, j.claims, j.queue,
+        CASE WHEN octet_length(j.message) <= %(max_bytes)s THEN j.message END AS message,
+        octet_length(j.message) AS size, (SELECT count(*) FROM candidates) AS candidates,
+        j.uuid, j.task, j.on_duplicate,
+        extract(epoch FROM j.run_after - j.created_at)::float8 AS delay
 )
-UPDATE {s}.jobs AS j
-SET state = 'running', attempts = j.attempts + 1, claims = j.claims %% 2147483647 + 1,
-    node_id = %(node_id)s,
-    lease_until = now() + make_interval(secs => %(lease)s), started_at = now()
-FROM claimed
-WHERE j.id = claimed.id
-RETURNING j.id, j.attempts, j.claims, j.queue,
-    CASE WHEN octet_length(j.message) <= %(max_bytes)s THEN j.message END,
-    octet_length(j.message), (SELECT count(*) FROM candidates), j.uuid, j.task,
-    j.on_duplicate, extract(epoch FROM j.run_after - j.created_at)::float8
+SELECT t.*, NULL::float8 AS next_in FROM taken AS t
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (
+    SELECT extract(epoch FROM min(n.run_after) - now())::float8
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT w.run_after FROM {s}.jobs AS w
+        WHERE w.queue = q.name AND w.state = 'queued' AND w.run_after > now()
+        ORDER BY w.run_after
+        LIMIT 1
+    ) AS n)
+WHERE (SELECT count(*) FROM taken) < %(limit)s
 """
 """Claim up to ``limit`` ready rows, oldest first, at most one per serial or queue_one key
 and none whose twin runs: running under a lease, one attempt more. A claim stops at
@@ -80,6 +94,12 @@ message over ``max_bytes`` comes back as ``NULL`` (with its size), never deliver
 row also says how many candidates the claim read: more rows than it claimed when identical
 serial or queue_one rows were left for later, so that the queue is not taken for drained
 (the rows behind them are claimed next, at once).
+
+A claim that took fewer rows than ``limit`` (the queues drained for now) ends with one more
+row, all ``NULL`` but its last column: in how many seconds the first job that waits for its
+``run_after`` becomes ready (``NULL``: none waits), so that the service wakes then rather
+than at its next poll. One index probe per queue (jobs_ready, from ``now()`` on), and none
+when the claim took ``limit`` rows: the claim loop claims again at once then.
 
 Its commit does not wait for the disk (``synchronous_commit`` off for this transaction
 only, so it holds through a pooler too): a claim lost in a crash of the database leaves its

@@ -5,11 +5,13 @@ the transaction that stores a job. The listener has a connection of its own (rec
 with a growing delay when lost, like the pg_notify broker's) and wakes the claim loop for
 the queues it serves; after each (re)connection it wakes it anyway, for the jobs stored
 while it was not listening. Notifications are only hints: the claim loop also looks every
-``poll_interval`` seconds, so nothing depends on them arriving.
+``poll_interval`` seconds, so nothing depends on them arriving. Jobs that wait for a time
+(retries, delays) wake the claim loop when that time comes, not at its next poll.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Collection
 from typing import Final
@@ -34,37 +36,65 @@ logger = get_logger("dispatcher.pg_queue")
 CHECK_AFTER: Final = 30.0
 """Seconds without a notification after which the listening connection is checked."""
 
+MAX_DUE: Final = 1024
+"""Retry times a :class:`Wakeup` keeps (the earliest): see :meth:`Wakeup.after`."""
+
 
 class Wakeup:
-    """A flag the listener (or anyone) sets and the claim loop waits for, with a timeout."""
+    """A flag the listener (or anyone) sets and the claim loop waits for, with a timeout.
+
+    Besides the flag, it knows when jobs become ready: the retries this service scheduled
+    (:meth:`after`, every one until its time comes) and the first job waiting in the table
+    for its ``run_after``, as the last claim read it (:meth:`next_job_in`). A wait ends at
+    the earliest of those.
+    """
 
     def __init__(self) -> None:
         self._event = anyio.Event()
-        self._due = float("inf")
+        self._due: list[float] = []  # a heap of monotonic times
+        self._next_job = float("inf")
 
     def set(self) -> None:
         """Wake the waiter now (or make its next wait return at once)."""
         self._event.set()
 
     def after(self, delay: float) -> None:
-        """Wake the waiter in *delay* seconds at the latest (a retry becomes ready then)."""
+        """Wake the waiter in *delay* seconds at the latest (a retry becomes ready then).
+
+        Every time given is kept until it comes, up to :data:`MAX_DUE` of the earliest: a
+        later one dropped is not lost, since each wake-up claims, and the claim reads when
+        the next waiting job becomes ready.
+        """
         due = time.monotonic() + delay
-        if due < self._due:
-            self._due = due
+        earliest = self._due[0] if self._due else float("inf")
+        heapq.heappush(self._due, due)
+        if len(self._due) > MAX_DUE:
+            self._due = heapq.nsmallest(MAX_DUE, self._due)  # sorted: still a heap
+        if due < earliest:
             self._event.set()  # a wait under way started with a later timeout: it starts over
 
+    def next_job_in(self, delay: float | None) -> None:
+        """The first job waiting in the table becomes ready in *delay* s (``None``: none waits).
+
+        Said by the claim loop after each claim that drained the queues, before it waits.
+        """
+        self._next_job = float("inf") if delay is None else time.monotonic() + max(0.0, delay)
+
     async def wait(self, timeout: float) -> None:
-        """Return when woken, or after *timeout* seconds; then clear the flag."""
+        """Return when woken, or when a job becomes ready, or after *timeout* s; clear the flag."""
         now = time.monotonic()
-        due = self._due
+        due = min(self._due[0] if self._due else float("inf"), self._next_job)
         if due <= now + timeout:
             timeout = max(0.0, due - now)
         with anyio.move_on_after(timeout):
             await self._event.wait()
         if self._event.is_set():
             self._event = anyio.Event()
-        if self._due == due and time.monotonic() >= due:
-            self._due = float("inf")  # that retry is ready now; a later one keeps its time
+        now = time.monotonic()
+        while self._due and self._due[0] <= now:  # ready now: the claim that follows takes it
+            heapq.heappop(self._due)
+        if self._next_job <= now:
+            self._next_job = float("inf")
 
 
 async def listen(
