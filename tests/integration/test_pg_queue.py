@@ -381,6 +381,60 @@ def test_delayed_jobs_start_when_ready_not_at_the_next_poll(
     assert all(0 <= seconds < 0.5 for seconds in late), late
 
 
+def test_a_parked_job_and_a_retried_cancelled_delayed_one_leave_the_others_running(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A job parked for ever (run_after = infinity) failed every claim of its queues; a delayed
+    job cancelled while it waited, then retried, was rejected for its delay."""
+    service = start_service(queue_config(pg_dsn, schema, channel))
+    parked, delayed = enqueue(
+        pg_conn,
+        schema,
+        channel,
+        [
+            job_message("record", evidence.path, "parked"),
+            job_message("record", evidence.path, "delayed", delay=600),
+        ],
+    )
+    pg_conn.execute(
+        sql.SQL("UPDATE {}.jobs SET run_after = 'infinity' WHERE uuid = %s").format(
+            sql.Identifier(schema)
+        ),
+        (parked,),
+    )
+    [ready] = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, "ready")])
+    wait_for_states(pg_conn, schema, [ready], {"done"})
+    config = str(service.config_path)
+    for command in ("cancel-job", "retry"):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dispatcher.server.ctl",
+                command,
+                "--uuid",
+                delayed,
+                "-c",
+                config,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    [row] = wait_for_states(pg_conn, schema, [delayed], {"done", "failed"})
+    assert (row["state"], row["outcome"]) == ("done", "ok"), row["last_error"]
+    assert [r["args"][0] for r in evidence.records()] == ["ready", "delayed"]
+    state = sql.SQL("SELECT state FROM {}.jobs WHERE uuid = %s").format(sql.Identifier(schema))
+    assert pg_conn.execute(state, (parked,)).fetchall() == [("queued",)]
+    assert "cannot claim" not in service.log
+
+
 def test_a_schedule_on_three_services_runs_once_per_tick(
     start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, evidence: Evidence
 ) -> None:

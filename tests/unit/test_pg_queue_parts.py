@@ -37,7 +37,7 @@ from dispatcher.server.brokers.pg_queue.outcomes import (
 )
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import BATCH, Upkeep, sweep
-from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
+from dispatcher.server.brokers.pg_queue.wakeup import MAX_DUE, Wakeup
 from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job
 from dispatcher.server.origin import Origin
@@ -387,6 +387,19 @@ async def test_every_retry_time_wakes_the_claim_loop_not_only_the_earliest() -> 
         woke.append(time.monotonic() - began)
     assert 0.15 < woke[0] < 0.45
     assert 0.45 < woke[1] < 2
+
+
+@pytest.mark.anyio
+async def test_past_its_cap_a_wakeup_still_takes_a_retry_due_sooner() -> None:
+    wakeup = Wakeup()
+    for _ in range(MAX_DUE):
+        wakeup.after(50)
+    wakeup.after(60)  # later than every time kept: dropped (a claim at 50 s reads it)
+    wakeup.after(0.2)
+    began = time.monotonic()
+    await wakeup.wait(0)  # the look its flag asks for, at once
+    await wakeup.wait(5)
+    assert 0.15 < time.monotonic() - began < 2
 
 
 @pytest.mark.anyio

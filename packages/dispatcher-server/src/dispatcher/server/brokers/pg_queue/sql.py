@@ -68,7 +68,8 @@ WITH quick AS (
         CASE WHEN octet_length(j.message) <= %(max_bytes)s THEN j.message END AS message,
         octet_length(j.message) AS size, (SELECT count(*) FROM candidates) AS candidates,
         j.uuid, j.task, j.on_duplicate,
-        extract(epoch FROM j.run_after - j.created_at)::float8 AS delay
+        CASE WHEN j.outcome IS NULL AND isfinite(j.run_after) AND isfinite(j.created_at)
+            THEN extract(epoch FROM j.run_after - j.created_at)::float8 END AS delay
 )
 SELECT t.*, NULL::float8 AS next_in FROM taken AS t
 UNION ALL
@@ -78,6 +79,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (
     CROSS JOIN LATERAL (
         SELECT w.run_after FROM {s}.jobs AS w
         WHERE w.queue = q.name AND w.state = 'queued' AND w.run_after > now()
+          AND isfinite(w.run_after)
         ORDER BY w.run_after
         LIMIT 1
     ) AS n)
@@ -93,11 +95,15 @@ serial rows meet the jobs_one_running index: one gets a unique violation and tri
 message over ``max_bytes`` comes back as ``NULL`` (with its size), never delivered. Each
 row also says how many candidates the claim read: more rows than it claimed when identical
 serial or queue_one rows were left for later, so that the queue is not taken for drained
-(the rows behind them are claimed next, at once).
+(the rows behind them are claimed next, at once). Each row also gives its ``on_duplicate``
+and, while it was never settled, its delay (``run_after - created_at``), which the message's
+must not exceed; a row settled before (retried by hand, or by its retry policy) waits from
+a later time, and gives ``NULL``.
 
 A claim that took fewer rows than ``limit`` (the queues drained for now) ends with one more
 row, all ``NULL`` but its last column: in how many seconds the first job that waits for its
-``run_after`` becomes ready (``NULL``: none waits), so that the service wakes then rather
+``run_after`` becomes ready (``NULL``: none waits; a job parked with an infinite ``run_after`` never
+becomes ready by itself), so that the service wakes then rather
 than at its next poll. One index probe per queue (jobs_ready, from ``now()`` on), and none
 when the claim took ``limit`` rows: the claim loop claims again at once then.
 

@@ -61,14 +61,17 @@ class Wakeup:
     def after(self, delay: float) -> None:
         """Wake the waiter in *delay* seconds at the latest (a retry becomes ready then).
 
-        Every time given is kept until it comes, up to :data:`MAX_DUE` of the earliest: a
-        later one dropped is not lost, since each wake-up claims, and the claim reads when
-        the next waiting job becomes ready.
+        Every time given is kept until it comes, up to :data:`MAX_DUE` of them; past that, a
+        time later than the earliest kept is dropped (in constant time), which loses nothing:
+        each wake-up claims, and a claim that drains the queues reads when the next waiting
+        job becomes ready.
         """
         due = time.monotonic() + delay
         earliest = self._due[0] if self._due else float("inf")
+        if len(self._due) >= MAX_DUE and due >= earliest:
+            return  # the claim at the earliest time reads this one's time, if still waiting
         heapq.heappush(self._due, due)
-        if len(self._due) > MAX_DUE:
+        if len(self._due) > 2 * MAX_DUE:  # only times earlier than all the others got here
             self._due = heapq.nsmallest(MAX_DUE, self._due)  # sorted: still a heap
         if due < earliest:
             self._event.set()  # a wait under way started with a later timeout: it starts over
