@@ -419,7 +419,7 @@ def test_a_parked_job_and_a_retried_cancelled_delayed_one_leave_the_others_runni
                 command,
                 "--uuid",
                 delayed,
-                "-c",
+                "--config",
                 config,
             ],
             capture_output=True,
