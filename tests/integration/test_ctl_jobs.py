@@ -216,6 +216,11 @@ def test_cancel_by_uuid_cancels_a_durable_job_waiting_in_the_table(
         f"cancelled waiting durable job {delayed} of queue mail\n",
     ), result.stderr
     assert job_row(pg_conn, schema, delayed)["state"] == "cancelled"  # type: ignore[index]
+    # With --json, stdout holds JSON only: the replies (none), the line goes to stderr.
+    another = insert_job(pg_conn, schema, queue="mail", run_after=600)
+    as_json = ctl(config, "--json", "cancel", "--uuid", another)
+    assert (as_json.returncode, json.loads(as_json.stdout)) == (0, []), as_json.stderr
+    assert f"cancelled waiting durable job {another} of queue mail\n" in as_json.stderr
     other_task = insert_job(pg_conn, schema, run_after=600)
     wrong = ctl(config, "cancel", "--uuid", other_task, "--task", "myapp.tasks.other")
     assert "cancelled waiting" not in wrong.stdout

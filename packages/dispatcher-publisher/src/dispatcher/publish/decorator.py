@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -427,8 +428,12 @@ inside that transaction), *max_attempts* (durable queues), *processor_options*. 
 """
 
 
+@functools.cache
 def _options_signature(submit: Callable[..., Any]) -> inspect.Signature:
-    """*submit*'s signature (``submit_task``'s) as ``apply_async``'s: without the task."""
+    """*submit*'s signature (``submit_task``'s) as ``apply_async``'s: without the task.
+
+    The same for every task: made once.
+    """
     signature = inspect.signature(submit)
     parameters = list(signature.parameters.values())[1:]
     positional = {"args", "kwargs"}

@@ -495,6 +495,11 @@ def _top(options: argparse.Namespace) -> int:
 
 def _control(settings: Settings, options: argparse.Namespace) -> int:
     """Send the control command of *options*; print the replies; return the exit status."""
+    # A waiting durable job is cancelled first: claimed meanwhile, the services' cancel gets it.
+    waiting, problem = _cancel_waiting(settings, options)
+    if problem is not None:
+        print(f"dispatcherctl: {shown(problem)}", file=sys.stderr)
+    waiting_to = sys.stderr if options.json else sys.stdout
     try:
         result = control_with_reply(
             options.command,
@@ -503,14 +508,15 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
             timeout=options.timeout,
         )
     except PublishError as exc:
+        if waiting is not None:
+            print(shown(waiting), file=waiting_to)
         print(f"dispatcherctl: {shown(exc)}", file=sys.stderr)
         return EXIT_MISSING if isinstance(exc, BrokerUnavailable) else EXIT_USAGE
-    waiting, problem = _cancel_waiting(settings, options)
-    if problem is not None:
-        print(f"dispatcherctl: {shown(problem)}", file=sys.stderr)
     channel = control_channel(settings)
     if waiting is not None and result.expected == 0 and options.expected_replies is None:
-        print(shown(waiting))  # no service, but the job it meant is cancelled
+        if options.json:
+            print("[]")  # no service replied
+        print(shown(waiting), file=waiting_to)  # no service, but the job it meant is cancelled
         return EXIT_OK
     if result.expected == 0 and options.expected_replies is None:
         print(f"dispatcherctl: {no_service_found(channel)}", file=sys.stderr)
@@ -525,7 +531,7 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
         print(render(shown_result), end="")
         print(tally(result, looked_up, channel))
     if waiting is not None:
-        print(shown(waiting), file=sys.stderr if options.json else sys.stdout)
+        print(shown(waiting), file=waiting_to)
     for note in result.skipped:
         print(f"dispatcherctl: {shown(note)}", file=sys.stderr)
     for node in result.unexpected:
