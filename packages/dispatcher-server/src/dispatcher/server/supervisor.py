@@ -170,8 +170,6 @@ class Supervisor:
                     self._manage(time.monotonic())
 
     def _manage(self, now: float) -> None:
-        if now < self._starts_paused_until:
-            return  # the next look, within a second, starts what is missing
         plan = scaling.plan(
             now, self.workers, self._scheduler.queued, self.settings, self.max_workers
         )
@@ -179,6 +177,8 @@ class Supervisor:
             worker = self._workers[worker_id]
             logger.debug("worker %d: stopping it (idle, or past its lifetime)", worker_id)
             self._stop(worker)
+        if now < self._starts_paused_until:
+            return  # the next look, within a second, starts what is missing
         for _ in range(plan.start):
             self._start_worker()
 
@@ -273,7 +273,7 @@ class Supervisor:
                 reload.queues, reload.max_attempts = queues, attempts
             if worker.ready():
                 self._free(worker)
-            self._failed_starts = 0
+            self._failed_starts, self._starts_paused_until = 0, 0.0
             self._wakeup.set()
         elif kind == "control":
             reply = self.on_control(event["command"], event.get("data") or {})
