@@ -36,6 +36,13 @@ def plain(x: int) -> int:
     return x
 
 
+BIND = False  # a flag known only when the program runs: still a typed task
+
+
+@task(queue="feeds", bind=BIND)
+def flagged(feed: str) -> None: ...
+
+
 @task(queue=lambda: "computed", timeout=5)
 def send(to: str, subject: str = "hi", *, urgent: bool = False) -> str:
     return to
@@ -55,6 +62,8 @@ def uses(conn: psycopg.Connection[Any]) -> None:
     delay_on_commit(send, "a", urgent=True)
     delay_on_commit(import_all, ["a"])
     delay_on_commit("feeds.fetch", 1, 2)
+    delay_on_commit("plain", 1)  # decorate=False: by its name (its type is its own)
+    assert_type(flagged.delay("x"), Submission)
     assert_type(validator("task-message"), Validator)
     assert_type(load_schema("config"), dict[str, Any])
     print(text, cleanup_type, import_all_type)

@@ -176,7 +176,7 @@ def task(target: C, /) -> C: ...  # type: ignore[overload-overlap]
 @overload
 def task(target: Callable[P, R], /) -> TaskFunction[P, R]: ...
 @overload
-def task(
+def task(  # type: ignore[overload-overlap]
     *,
     queue: Queue = None,
     name: str | None = None,
@@ -189,7 +189,7 @@ def task(
     processor_options: ProcessorOptions = None,
 ) -> UndecoratedTaskDecorator: ...
 @overload
-def task(
+def task(  # type: ignore[overload-overlap]
     *,
     queue: Queue = None,
     name: str | None = None,
@@ -226,7 +226,7 @@ def task(
     max_attempts: int | None = None,
     decorate: bool = True,
     processor_options: ProcessorOptions = None,
-) -> Callable[[Any], Any]: ...
+) -> TaskDecorator: ...
 def task(
     target: object = _UNSET,
     /,
