@@ -49,6 +49,27 @@ def test_timeout_cancels_a_sleeping_task_and_the_worker_is_reused(
     )
 
 
+def test_a_tasks_own_timeout_holds_for_a_message_that_sets_none(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Published by name (SQL, another language, dispatcherctl submit), a message carries no
+    timeout: the task's @task(timeout=0.5) holds all the same; the message's own wins."""
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    notify(channel, message("sleep_under_its_own_timeout", evidence.path, 30, uuid="u-own"))
+    notify(channel, message("sleep_under_its_own_timeout", evidence.path, 1, timeout=5))
+    service.wait_for_log(
+        r"task support\.service_tasks\.sleep_under_its_own_timeout \(uuid u-own\) exceeded its "
+        r"timeout of 0\.5 s"
+    )
+    records = evidence.wait_for(4, timeout=10)
+    assert [r["event"] for r in records] == ["start", "cancelled", "start", "end"]
+
+
 @pytest.mark.parametrize("task", ["stubborn_sleep", "deaf_sleep"])
 def test_a_task_that_resists_cancel_is_still_stopped(
     start_service: StartService,

@@ -79,6 +79,12 @@ def sleep_recording_cancel(path: str, seconds: float, label: str = "") -> None:
     _record(path, event="end", label=label)
 
 
+@task(timeout=0.5)
+def sleep_under_its_own_timeout(path: str, seconds: float) -> None:
+    """``sleep_recording_cancel`` with a timeout of its own, which no message repeats."""
+    sleep_recording_cancel(path, seconds)
+
+
 @task()
 def stubborn_sleep(path: str, seconds: float) -> None:
     """Catch and ignore the cancel exception: only SIGTERM/SIGKILL stop it."""

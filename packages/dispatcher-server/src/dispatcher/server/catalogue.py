@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 
 class TaskCatalogue:
@@ -17,43 +19,50 @@ class TaskCatalogue:
         choosing the queue at each submission is not known here)."""
         self.max_attempts: Mapping[str, int] = MappingProxyType({})
         """The ``max_attempts`` of the tasks registered with one (``@task(max_attempts=)``)."""
+        self.timeouts: Mapping[str, float] = MappingProxyType({})
+        """The ``timeout`` of the tasks registered with one (``@task(timeout=)``): a message
+        that sets none runs under it, whoever published it and however."""
         self._listeners: list[Callable[[frozenset[str]], None]] = []
 
     def on_known(self, listener: Callable[[frozenset[str]], None]) -> None:
         """Have *listener(names)* called once the names are known."""
         self._listeners.append(listener)
 
-    def learn(
-        self,
-        names: frozenset[str],
-        queues: Mapping[str, object] | None = None,
-        max_attempts: Mapping[str, object] | None = None,
-    ) -> None:
-        """Record the names (queues, max_attempts) a worker reported; only the first counts."""
+    def learn(self, names: frozenset[str], details: Mapping[str, object] | None = None) -> None:
+        """Record the names a worker reported, and *details* (see :meth:`refresh`).
+
+        Only the first worker's count.
+        """
         if self.names is not None:
             return
-        self.refresh(names, queues, max_attempts)
+        self.refresh(names, details)
         for listener in self._listeners:
             listener(names)
 
-    def refresh(
-        self,
-        names: frozenset[str],
-        queues: Mapping[str, object] | None = None,
-        max_attempts: Mapping[str, object] | None = None,
-    ) -> None:
-        """Replace the names (queues, max_attempts) by those of reloaded code.
+    def refresh(self, names: frozenset[str], details: Mapping[str, object] | None = None) -> None:
+        """Replace the names, and what *details* says of them, by those of reloaded code.
 
+        *details* is a worker's ``ready`` event: its ``queues``, ``max_attempts`` and
+        ``timeouts`` map task names to their registered values (anything else is ignored).
         Listeners are not told.
         """
+        details = details or {}
         self.names = names
-        self.queues = MappingProxyType(
-            {task: queue for task, queue in (queues or {}).items() if isinstance(queue, str)}
+        self.queues = _values(details.get("queues"), lambda queue: isinstance(queue, str))
+        self.max_attempts = _values(
+            details.get("max_attempts"), lambda attempts: type(attempts) is int
         )
-        self.max_attempts = MappingProxyType(
-            {
-                task: attempts
-                for task, attempts in (max_attempts or {}).items()
-                if type(attempts) is int
-            }
-        )
+        self.timeouts = _values(details.get("timeouts"), _is_timeout)
+
+
+def _is_timeout(seconds: object) -> bool:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return False
+    return math.isfinite(seconds) and seconds > 0
+
+
+def _values(found: object, wanted: Callable[[object], bool]) -> MappingProxyType[str, Any]:
+    """The entries of the mapping *found* (if it is one) whose values are *wanted*."""
+    if not isinstance(found, dict):
+        return MappingProxyType({})
+    return MappingProxyType({task: value for task, value in found.items() if wanted(value)})

@@ -340,7 +340,7 @@ class Intake:
                 uuid=uuid,
                 task=name,
                 line=line,
-                timeout=message.get("timeout") or 0,
+                timeout=_timeout(message, self.catalogue),
                 delay=0 if scheduled else message.get("delay") or 0,
                 on_duplicate=on_duplicate,
                 key=duplicate_identity(message) if tracked else None,
@@ -390,6 +390,18 @@ class Intake:
         where = f" on channel {channel}" if channel else ""
         uuid = f" (uuid {rejected.uuid})" if isinstance(rejected.uuid, str) else ""
         self._rejections.log("rejected message%s%s: %s", where, uuid, rejected)
+
+
+def _timeout(message: dict[str, Any], catalogue: TaskCatalogue) -> float:
+    """The seconds *message* may run: its own ``timeout``, else its task's ``@task(timeout=)``.
+
+    A message published by name (SQL, another language, ``dispatcherctl submit``, a
+    publisher without the task's module) says none: the task's own still holds.
+    """
+    timeout = message.get("timeout")
+    if timeout is None:
+        return catalogue.timeouts.get(message["task"], 0)
+    return timeout or 0
 
 
 _DELAY_SLACK: Final = 1e-6

@@ -77,8 +77,8 @@ class _Reload:
 
     probe: WorkerHandle | None = None
     tasks: frozenset[str] = frozenset()
-    queues: dict[str, object] | None = None
-    max_attempts: dict[str, object] | None = None
+    details: dict[str, Any] | None = None
+    """The probe's ``ready`` event: what its tasks registered (queues, timeouts...)."""
     error: str | None = None
     parked: list[WorkerHandle] = field(default_factory=list)
     """Old workers that became free: no job starts on the old code while the new loads."""
@@ -262,15 +262,12 @@ class Supervisor:
         if kind == "done":
             self._finished(worker, event)
         elif kind == "ready":
-            queues, attempts = event.get("queues"), event.get("max_attempts")
-            queues = queues if isinstance(queues, dict) else None
-            attempts = attempts if isinstance(attempts, dict) else None
-            self._catalogue.learn(frozenset(event["tasks"]), queues, attempts)
+            self._catalogue.learn(frozenset(event["tasks"]), event)
             logger.debug("worker %d (pid %d) ready", worker.id, worker.pid)
             reload = self._reloading
             if reload is not None and worker is reload.probe:
                 reload.tasks = frozenset(event["tasks"])
-                reload.queues, reload.max_attempts = queues, attempts
+                reload.details = event
             if worker.ready():
                 self._free(worker)
             self._failed_starts, self._starts_paused_until = 0, 0.0
@@ -469,7 +466,7 @@ class Supervisor:
                 return Reloaded(error=error)
             self._launcher.switch_to(link)
             self._warn_of_removed_tasks(reload.tasks, reload.probe)
-            self._catalogue.refresh(reload.tasks, reload.queues, reload.max_attempts)
+            self._catalogue.refresh(reload.tasks, reload.details)
             retired = [w for w in self.workers if w.is_live and w is not reload.probe]
             for worker in retired:
                 self._stop(worker)

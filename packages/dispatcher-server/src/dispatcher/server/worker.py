@@ -171,22 +171,27 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
 def _ready_event() -> dict[str, Any]:
     """The first event: this worker's pid, its registered tasks and their fixed queues.
 
-    Also the ``max_attempts`` of the tasks that set one.
+    Also the ``max_attempts`` and the ``timeout`` of the tasks that set one.
     """
     names = sorted(registry.names())
-    queues, attempts = {}, {}
+    queues, attempts, timeouts = {}, {}, {}
     for name in names:
         entry = registry.get(name)
-        if entry is not None and isinstance(entry.queue, str):
+        if entry is None:
+            continue
+        if isinstance(entry.queue, str):
             queues[name] = entry.queue
-        if entry is not None and entry.max_attempts is not None:
+        if entry.max_attempts is not None:
             attempts[name] = entry.max_attempts
+        if entry.timeout is not None:
+            timeouts[name] = entry.timeout
     return {
         "event": "ready",
         "pid": os.getpid(),
         "tasks": names,
         "queues": queues,
         "max_attempts": attempts,
+        "timeouts": timeouts,
     }
 
 
