@@ -138,8 +138,8 @@ async def abatch(connection: AsyncConnection[Any] | None = None) -> AsyncIterato
     Inside another block, it joins that block's batch when it ends (unless given a
     connection of its own): all or nothing with the outer block.
 
-    :raises TypeError: when *connection* is not an ``AsyncConnection`` (checked on entering,
-        even if nothing is submitted; a testing mode takes anything).
+    :raises TypeError: when *connection* is not a psycopg connection of this function's kind
+        (checked on entering, even if nothing is submitted; a testing mode takes anything).
     """
     if connection is not None and interception.current is None:
         expect_connection(connection, AsyncConnection, "abatch", "batch")
