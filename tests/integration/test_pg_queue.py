@@ -595,7 +595,10 @@ def test_a_row_is_run_as_the_uuid_and_task_it_was_stored_under(
         ("row-unknown", "failed", "rejected"),
     ]
     # Logged under the row's uuid, which listings show, whatever the message says.
-    service.wait_for_log(r"\(uuid row-unknown\): task 'myapp.nope' is not registered")
+    service.wait_for_log(
+        rf"rejected message in queue {channel} \(uuid row-unknown\): task 'myapp.nope' is not "
+        "registered"
+    )
     assert rows[0]["last_error"] == (
         f"task: the message's {bound!r} is not the {TASKS + 'noop'!r} its row was stored under "
         "(the row's task column)"

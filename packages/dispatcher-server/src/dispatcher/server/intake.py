@@ -382,12 +382,14 @@ class Intake:
         """Count and log *rejected*, and settle its delivery as rejected."""
         if origin.stored_as is not None:
             rejected.uuid = origin.stored_as[0]  # the row's: what listings show
-        self._reject(rejected, channel)
+            self._reject(rejected, f" in queue {channel}")
+        else:
+            self._reject(rejected, f" on channel {channel}" if channel else "")
         self._settlements.origin(origin, REJECTED, str(rejected))
 
-    def _reject(self, rejected: Rejected, channel: str) -> None:
+    def _reject(self, rejected: Rejected, where: str) -> None:
+        """Count and log *rejected*; *where* says where it came from (`` on channel c``)."""
         self._stats.rejected[rejected.reason] += 1
-        where = f" on channel {channel}" if channel else ""
         uuid = f" (uuid {rejected.uuid})" if isinstance(rejected.uuid, str) else ""
         self._rejections.log("rejected message%s%s: %s", where, uuid, rejected)
 
