@@ -35,7 +35,7 @@ from dispatcher.server.stats import ServiceStats
 from dispatcher.server.task_imports import ended_early
 from dispatcher.server.timers import Timers
 from dispatcher.server.worker_io import WorkerEvents
-from dispatcher.server.workers import WorkerHandle, WorkerStatus
+from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
 
 logger = get_logger("dispatcher.pool")
 
@@ -562,11 +562,25 @@ class Supervisor:
             await self._wait_until(
                 lambda: not any(w.status is WorkerStatus.BUSY for w in self.workers)
             )
-        for worker in self.workers:
-            if worker.status is WorkerStatus.BUSY:
-                job = worker.terminate()
-                if job is not None:
-                    self._accounting.abandoned(job, grace, worker.id)
+        terminated = [w for w in self.workers if w.status is WorkerStatus.BUSY]
+        for worker in terminated:
+            job = worker.terminate()
+            if job is not None:
+                self._accounting.abandoned(job, grace, worker.id)
+        if terminated:
+            with anyio.move_on_after(KILL_AFTER_TERM):
+                await self._wait_until(
+                    lambda: all(w.status is WorkerStatus.EXITED for w in terminated)
+                )
+            for worker in terminated:
+                if worker.status is not WorkerStatus.EXITED:
+                    logger.warning(
+                        "worker %d (pid %s) still running %g s after SIGTERM: killing it",
+                        worker.id,
+                        worker.pid,
+                        KILL_AFTER_TERM,
+                    )
+                    worker.kill()
         with anyio.move_on_after(EXIT_WAIT * 2):
             await self._wait_until(lambda: not self._workers)
         for worker in self.workers:
