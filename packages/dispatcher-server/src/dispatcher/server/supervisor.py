@@ -101,7 +101,7 @@ class Supervisor:
         scheduler: Scheduler,
         catalogue: TaskCatalogue,
         stats: ServiceStats,
-        on_fatal: Callable[[str], None],
+        on_fatal: Callable[[dict[str, Any]], None],
         max_memory: int | None = None,
         settle: SettleJob = settle_nothing,
     ) -> None:
@@ -298,7 +298,7 @@ class Supervisor:
             if reload is not None and worker is reload.probe:
                 reload.error = str(event["error"])
             else:
-                self._on_fatal(event["error"])
+                self._on_fatal(event)
 
     def _finished(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
         started, finished = _seconds(event.get("started")), _seconds(event.get("finished"))
