@@ -24,6 +24,7 @@ from support.service import (
     children,
     standalone_command,
     wait_until,
+    worker_pids,
 )
 
 REFUSAL_SECONDS = 8.0
@@ -45,6 +46,13 @@ MODULES = {
     "system_exit_t": "raise SystemExit(4)\n",
     "interrupt_t": "raise KeyboardInterrupt\n",
     "hangs_t": "import time\n\ntime.sleep(600)\n",
+    "flips_t": (  # imports until the flag file exists: a dependency gone in mid-life
+        "import os\n\nfrom dispatcher.publish import task\n\n"
+        "if os.path.exists(os.environ['FLIP_FLAG']):\n"
+        "    raise RuntimeError('dependency went away')\n\n\n"
+        "@task()\ndef ping() -> str:\n    return 'pong'\n"
+    ),
+    "hooks_t": "raise ImportError('no module named nonexistent_dep (simulated)')\n",
     "forges_t": (
         "raise RuntimeError('bad\\n2026-01-01 00:00:00,000 CRITICAL dispatcher.service: "
         "forged\\x1b[31m\\u2028also forged\\x00')\n"
@@ -61,12 +69,18 @@ def project(tmp_path: Path) -> Path:
     return folder
 
 
-def start(config: dict[str, Any], module: str, project: Path, tmp_path: Path) -> ServiceProcess:
+def start(
+    config: dict[str, Any],
+    module: str,
+    project: Path,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+) -> ServiceProcess:
     config["tasks"]["modules"] = [module]
     folder = tmp_path / "service"
     folder.mkdir(parents=True)
     path = os.pathsep.join([str(project), str(TESTS)])
-    return ServiceProcess(config, folder, env={"PYTHONPATH": path}).start()
+    return ServiceProcess(config, folder, env={"PYTHONPATH": path, **(env or {})}).start()
 
 
 def catches(pid: int, number: int) -> bool:
@@ -253,3 +267,42 @@ def test_a_producer_naming_an_unregistered_task_is_refused_with_a_suggestion(
     assert f"  | hint: in {service.config_path}, name each task by its registered name" in log
     assert "started (pid" not in log
     assert "Traceback" not in log
+
+
+def test_a_task_module_that_fails_in_mid_life_is_said_as_at_start(
+    service_config: dict[str, Any], project: Path, tmp_path: Path
+) -> None:
+    """The fork server, replaced, imports afresh: the module fails now. No traceback."""
+    flag = tmp_path / "flip.flag"
+    service = start(service_config, "flips_t", project, tmp_path, {"FLIP_FLAG": str(flag)})
+    service.wait_ready()
+    flag.touch()
+    [fork_server] = children(service.pid) - worker_pids(service.pid)
+    os.kill(fork_server, signal.SIGKILL)  # its replacement imports the module again
+    assert service.wait(20) == 3
+    log = service.log
+    assert (
+        "CRITICAL dispatcher.service: workers cannot start, stopping: cannot import task "
+        f"module 'flips_t' (tasks.modules in {service.config_path})\n"
+        "  | error: RuntimeError: dependency went away\n"
+        f"  | at: {project / 'flips_t.py'}:6\n"
+    ) in log
+    assert "Traceback" not in log
+    assert_log_lines_are_the_services(log)
+
+
+def test_a_worker_class_that_cannot_be_imported_is_named_so(
+    service_config: dict[str, Any], project: Path, tmp_path: Path
+) -> None:
+    service_config["worker"] = {"class": "hooks_t.AppWorker"}
+    service = start(service_config, "support.service_tasks", project, tmp_path)
+    assert service.wait(20) == 3
+    log = service.log
+    assert (
+        "CRITICAL dispatcher.service: workers cannot start, stopping: cannot import "
+        f"worker.class 'hooks_t.AppWorker' (worker.class in {service.config_path})\n"
+        "  | error: ImportError: no module named nonexistent_dep (simulated)\n"
+        f"  | at: {project / 'hooks_t.py'}:1\n"
+    ) in log
+    assert "Traceback" not in log
+    assert "tasks.modules" not in log

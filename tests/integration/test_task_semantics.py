@@ -421,7 +421,8 @@ def test_workers_dying_before_they_are_ready_are_started_ever_more_slowly(
     }
     service = start_service(service_config, wait=False, env=env)
     service.wait_for_log(
-        r"worker \d+ \(pid \d+\) died before it was ready \(2 workers in a row; .*\): "
+        r"worker \d+ \(pid \d+\) died before it was ready \((exit status \d+; )?2 workers in a "
+        r"row; .*\): "
         r"starting the next one in 1\.0 s",
         timeout=20,
     )

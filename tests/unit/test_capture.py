@@ -80,3 +80,51 @@ def test_a_cap_of_zero_logs_only_the_count() -> None:
         f"LOG task output [app.second uuid-2\\nCRITICAL forged]: {64 * 65536} more bytes dropped",
         "LOG worker output [between tasks]: 8 more bytes dropped",
     ]
+
+
+FD_SCRIPT = textwrap.dedent(
+    """
+    import logging, os, sys
+    from dispatcher.server.capture import OutputCapture
+    from dispatcher.server.logsafe import log_to
+
+    capture = OutputCapture(4096)
+    log_to(capture.start(), logging.INFO, "LOG %(message)s")
+    capture.begin("app.redirects", "uuid-1")
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    sys.stdout = open(os.devnull, "w")
+    capture.end()
+    capture.begin("app.says", "uuid-2")
+    print("said", flush=True)
+    os.write(2, b"said on fd 2\\n")
+    capture.end()
+    capture.begin("app.closes", "uuid-3")
+    os.close(0)
+    os.close(2)
+    capture.end()
+    capture.begin("app.says", "uuid-4")
+    os.write(2, b"said on fd 2 again\\n")
+    os.read(0, 1)  # (end of file: /dev/null, as the fork server set it up)
+    capture.end()
+    capture.close()
+    """
+)
+
+
+def test_fds_a_task_closes_or_redirects_are_put_back_for_the_next_tasks() -> None:
+    """``os.dup2(f, 1)`` or ``os.close(2)`` in a task broke every later task of its worker."""
+    with open("/dev/null") as null:
+        result = subprocess.run(
+            [sys.executable, "-c", FD_SCRIPT], stdin=null, capture_output=True, timeout=30
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr.decode().splitlines() == [
+        "LOG task app.redirects (uuid uuid-1) closed or replaced the worker's standard output "
+        "(fd 1), standard error (fd 2), sys.stdout: put back as they were, for the tasks that "
+        "follow (said once per worker)",
+        "LOG task output [app.says uuid-2] said",
+        "LOG task output [app.says uuid-2] said on fd 2",
+        "LOG task output [app.says uuid-4] said on fd 2 again",
+    ]

@@ -24,7 +24,6 @@ import pytest
 from dispatcher.config import Limits, Pool
 from dispatcher.config import Service as ServiceSettings
 from dispatcher.schema import Outcome
-from dispatcher.server import supervisor as supervisor_module
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job
 from dispatcher.server.launcher import WorkerProcess
@@ -77,7 +76,7 @@ class ScriptedWorker(WorkerProcess):
         if signum == RECALL_SIGNAL:
             return  # a worker handles it and carries on
         if signum is not signal.SIGTERM or not self.ignores_sigterm:
-            self.end()
+            self.end(-signum)
 
     def emit(self, event: dict[str, Any]) -> None:
         """Write an event, as the worker would."""
@@ -94,11 +93,13 @@ class ScriptedWorker(WorkerProcess):
         """A control request: its reply shows every earlier event has been handled."""
         self.emit({"event": "control", "command": "ping", "data": {}})
 
-    def end(self) -> None:
-        """The process ends (its pidfd becomes readable)."""
+    def end(self, status: int = 0) -> None:
+        """The process ends with *status* (its pidfd becomes readable; the fork server tells)."""
         if self._end_write >= 0:
             os.close(self._end_write)
             self._end_write = -1
+            if self._launcher.on_exit is not None:
+                self._launcher.on_exit(self.pid, status)
 
     def close(self) -> None:
         if self.pidfd >= 0:  # the supervisor closes it once done with the worker
@@ -120,6 +121,8 @@ class ScriptedLauncher:
         self.processes: dict[int, ScriptedWorker] = {}
         self.journal: list[tuple[int, str]] = []
         """``(worker id, "stop" | signal name)``, in order."""
+        self.on_exit: Callable[[int, int], None] | None = None
+        """Told of each process's end and exit status, as the fork server tells the service."""
         self._news = anyio.Event()
 
     def start(self) -> None:
@@ -206,6 +209,7 @@ async def running_pool(
         settings, launcher, timers, scheduler, TaskCatalogue(), stats, on_fatal=lambda error: None
     )
     scheduler.on_backlog = supervisor.wake
+    launcher.on_exit = supervisor.worker_exited
     try:
         async with anyio.create_task_group() as group:
             await group.start(supervisor.run, name="worker-pool")
@@ -471,18 +475,98 @@ async def test_shutdown_with_only_idle_workers_does_not_wait_for_the_grace() -> 
 
 
 @pytest.mark.anyio
-async def test_a_worker_that_ignores_sigterm_at_shutdown_is_killed(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_worker_that_ignores_sigterm_at_shutdown_is_killed_half_a_second_later(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(supervisor_module, "EXIT_WAIT", 0.05)
+    """As docs/service.md says: SIGTERM, then SIGKILL half a second later (logged)."""
     async with running_pool(1) as pool:
         job = make_job("app.stubborn")
         pool.scheduler.submit(job)
         pool.p[0].ready()
         await pool.launcher.until(lambda: pool.p[0].running(job))
         pool.p[0].ignores_sigterm = True
-        with anyio.fail_after(5):
+        began = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="dispatcher.pool"), anyio.fail_after(5):
             await pool.supervisor.shutdown(grace=0.05)
+        took = time.monotonic() - began
+        assert 0.5 <= took < 2.0
         assert pool.launcher.journal == [(0, "SIGTERM"), (0, "SIGKILL")]
+        assert "worker 0 (pid 10000) still running 0.5 s after SIGTERM: killing it" in [
+            r.getMessage() for r in caplog.records
+        ]
         assert pool.supervisor.workers == []
         assert pool.stats.finished == {Outcome.KILLED: 1}
+
+
+@pytest.mark.anyio
+async def test_the_line_of_a_worker_lost_under_a_task_says_how_it_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_pool(1) as pool:
+        first, second = make_job("app.exits"), make_job("app.killed")
+        pool.scheduler.submit(first)
+        pool.scheduler.submit(second)
+        with caplog.at_level(logging.ERROR, logger="dispatcher.tasks"):
+            pool.p[0].ready()
+            await pool.launcher.until(lambda: pool.p[0].running(first))
+            pool.p[0].end(7)  # os._exit(7) in the task
+            await pool.launcher.until(lambda: len(pool.p) == 2)
+            pool.p[1].ready()
+            await pool.launcher.until(lambda: pool.p[1].running(second))
+            pool.p[1].end(-signal.SIGKILL)  # kill -9 from outside
+            await pool.launcher.until(lambda: len(pool.p) == 3)
+            pool.p[2].ready()
+            await pool.launcher.settle(pool.p[2])
+        lines = [r.getMessage() for r in caplog.records if r.name == "dispatcher.tasks"]
+        assert lines == [
+            f"worker 0 (pid 10000) died while running task app.exits (uuid {first.uuid}): "
+            "worker_lost (exit status 7)",
+            f"worker 1 (pid 10001) died while running task app.killed (uuid {second.uuid}): "
+            "worker_lost (killed by SIGKILL)",
+        ]
+
+
+@pytest.mark.anyio
+async def test_workers_dying_idle_in_a_row_are_replaced_ever_more_slowly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``os._exit()`` in ``on_idle``: a new worker every idle_timeout, for ever, at first."""
+    async with running_pool(1) as pool:
+        with caplog.at_level(logging.WARNING, logger="dispatcher.pool"):
+            pool.p[0].ready()
+            await pool.launcher.settle(pool.p[0])
+            pool.p[0].end(6)  # the first is replaced at once
+            await pool.launcher.until(lambda: len(pool.p) == 2)
+            pool.p[1].ready()
+            await pool.launcher.settle(pool.p[1])
+            pool.p[1].end(6)
+            died = time.monotonic()
+            await pool.launcher.until(lambda: len(pool.p) == 3)
+            paused = time.monotonic() - died
+            # A worker that ran a task ends the run: one lost under its task is replaced
+            # at once, whatever came before.
+            job = make_job("app.work")
+            pool.scheduler.submit(job)
+            pool.p[2].ready()
+            await pool.launcher.until(lambda: pool.p[2].running(job))
+            pool.p[2].done()
+            await pool.launcher.settle(pool.p[2])
+            pool.p[2].end(6)
+            replaced = time.monotonic()
+            await pool.launcher.until(lambda: len(pool.p) == 4)
+            assert time.monotonic() - replaced < 0.4
+            with anyio.fail_after(5):
+                while len(caplog.records) < 3:  # logged as the worker is reaped
+                    await anyio.sleep(0.01)
+        assert paused >= 0.5
+        lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert lines == [
+            ("WARNING", "worker 0 (pid 10000) exited unexpectedly (exit status 6)"),
+            (
+                "ERROR",
+                "worker 1 (pid 10001) exited unexpectedly without a task (exit status 6; 2 "
+                "workers in a row; see its own lines above for why: a worker hook, on_idle?): "
+                "starting the next one in 0.5 s",
+            ),
+            ("WARNING", "worker 2 (pid 10002) exited unexpectedly (exit status 6)"),
+        ]

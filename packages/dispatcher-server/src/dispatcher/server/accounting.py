@@ -82,20 +82,16 @@ class Accounting:
             )
 
     def lost(self, job: Job, outcome: Outcome, worker_id: int, pid: int | None) -> None:
-        """*job* ended with its worker (``worker_lost``, ``killed``, ``memory_exceeded``)."""
+        """*job* ended with its worker (``worker_lost``, ``killed``, ``memory_exceeded``).
+
+        A ``worker_lost`` is logged apart, by :meth:`log_lost`, once the worker's exit status
+        is known.
+        """
         error = f"{outcome}: worker {worker_id} (pid {pid}) ended with it"
         self._settle(job, outcome, error)
         self._stats.task_ended(job.task, outcome)
         self._failed(job, outcome, error)
-        if outcome is Outcome.WORKER_LOST:
-            logger.error(
-                "worker %d (pid %s) died while running task %s (uuid %s): worker_lost",
-                worker_id,
-                pid,
-                job.task,
-                job.uuid,
-            )
-        else:
+        if outcome is not Outcome.WORKER_LOST:
             logger.warning(
                 "task %s (uuid %s) %s with its worker %d",
                 job.task,
@@ -103,6 +99,20 @@ class Accounting:
                 "killed" if outcome is Outcome.KILLED else f"ended as {outcome}",
                 worker_id,
             )
+
+    def log_lost(self, job: Job, worker_id: int, pid: int | None, how: str) -> None:
+        """Log that *job* ended ``worker_lost``.
+
+        *how*: how the worker ended (``exit status 7``), or ``""``.
+        """
+        logger.error(
+            "worker %d (pid %s) died while running task %s (uuid %s): worker_lost%s",
+            worker_id,
+            pid,
+            job.task,
+            job.uuid,
+            f" ({how})" if how else "",
+        )
 
     def abandoned(self, job: Job, grace: float, worker_id: int) -> None:
         """*job* still ran when the shutdown grace ran out; its worker is being stopped."""

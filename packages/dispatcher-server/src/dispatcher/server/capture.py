@@ -9,11 +9,19 @@ every logged value, followed by ``task output [<task> <uuid>]: N more bytes drop
 it wrote more than the cap. What is written between tasks (hooks) is kept the same way and
 logged before the next task, or when the worker stops. A worker stopped by SIGTERM in the
 middle of a task (one that resisted its cancel) logs what the task wrote until then.
+
+A task that closes or redirects file descriptors 0, 1 or 2 (``os.close(2)``, ``os.dup2(f,
+1)``), or leaves ``sys.stdout`` or ``sys.stderr`` replaced, would break every later task of
+its worker: each is put back as the worker set it up once the task ends, with a warning
+(once per worker). The check costs under a microsecond a task: fds 1 and 2 are known to
+still be the capture's pipe by its size (:data:`PIPE_SIZE`, which few other pipes have),
+and fd 0 to be open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import sys
@@ -30,6 +38,16 @@ _MAX_READS_AT_SWITCH: Final = 64
 """Reads (of up to 64 KiB) at the end of a task, at most: a child process the task left
 writing cannot hold the worker; what it writes later goes to the next buffer."""
 
+
+PIPE_SIZE: Final = 1 << 17
+"""Bytes the capture's pipe holds: twice the default, so that fds 1 and 2 pointing at
+another pipe (or at anything else) are told apart by one ``fcntl`` each."""
+
+_fcntl: Final = fcntl.fcntl
+_GETPIPE_SZ: Final = fcntl.F_GETPIPE_SZ
+_GETFD: Final = fcntl.F_GETFD
+
+_STD_FDS: Final = ("standard input (fd 0)", "standard output (fd 1)", "standard error (fd 2)")
 
 _SALVAGE_LOCK_WAIT: Final = 0.1
 """Seconds a stopped worker waits for the capture's lock before logging what it has."""
@@ -97,6 +115,11 @@ class OutputCapture:
         """Tells, without reading, whether the pipe holds anything (for the main thread)."""
         self.log_stream: TextIO = sys.stderr
         """Where the worker's own log goes: the original standard error, once started."""
+        self._saved_fds: tuple[int, ...] = ()
+        """Copies of fds 0, 1 and 2 as set up, to put back (see :meth:`_check_fds`)."""
+        self._pipe_size = -1
+        self._streams = (sys.stdout, sys.stderr)
+        self._warned = False
 
     def start(self) -> TextIO:
         """Keep a copy of standard error for the log, redirect fds 1 and 2; return the copy."""
@@ -105,10 +128,14 @@ class OutputCapture:
             log_fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1
         )
         read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):  # (over the user's limit: the check is weaker)
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self._pipe_size = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
         _flush_std_streams()
         os.dup2(write_fd, 1)
         os.dup2(write_fd, 2)
-        os.close(write_fd)
+        self._saved_fds = (os.dup(0), write_fd, write_fd)  # (not inherited by children)
+        self._streams = (sys.stdout, sys.stderr)
         os.set_blocking(read_fd, False)
         self._read_fd = read_fd
         self._waiting = select.poll()
@@ -121,8 +148,52 @@ class OutputCapture:
         self._switch(CapturedOutput(self.cap, task, uuid)).emit()
 
     def end(self) -> None:
-        """The task has ended: log its output; collect what comes next as between tasks."""
+        """The task has ended: log its output; collect what comes next as between tasks.
+
+        Also puts back fds 0, 1 and 2, ``sys.stdout`` and ``sys.stderr`` if it changed them.
+        """
+        stdout, stderr = self._streams
+        try:
+            intact = (
+                sys.stdout is stdout
+                and sys.stderr is stderr
+                and _fcntl(1, _GETPIPE_SZ) == self._pipe_size == _fcntl(2, _GETPIPE_SZ)
+                and _fcntl(0, _GETFD) >= 0
+            )
+        except OSError:  # closed, or not a pipe
+            intact = False
+        if not intact and self._saved_fds:
+            self._restore()
         self._switch(self._between).emit()
+
+    def _restore(self) -> None:
+        """Put back what the task that ends changed of fds 0, 1 and 2 and the std streams."""
+        changed = []
+        for fd, saved in enumerate(self._saved_fds):
+            try:
+                same = os.path.samestat(os.fstat(fd), os.fstat(saved))
+            except OSError:
+                same = False
+            if not same:
+                changed.append(_STD_FDS[fd])
+                with contextlib.suppress(OSError):  # (our copy closed too: nothing to do)
+                    os.dup2(saved, fd)
+        if sys.stdout is not self._streams[0]:
+            changed.append("sys.stdout")
+            sys.stdout = self._streams[0]
+        if sys.stderr is not self._streams[1]:
+            changed.append("sys.stderr")
+            sys.stderr = self._streams[1]
+        if changed and not self._warned:
+            self._warned = True
+            current = self._current
+            logger.warning(
+                "task %s (uuid %s) closed or replaced the worker's %s: put back as they were, "
+                "for the tasks that follow (said once per worker)",
+                current.task,
+                current.uuid,
+                ", ".join(changed),
+            )
 
     def close(self) -> None:
         """Log what is left; later writes to fd 1 are discarded, to fd 2 go to the log."""
@@ -135,6 +206,10 @@ class OutputCapture:
             os.dup2(null, 1)
             os.close(null)
             os.dup2(self.log_stream.fileno(), 2)
+        for fd in set(self._saved_fds):  # the pipe's last writer: the drain thread ends
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._saved_fds = ()
 
     def salvage(self) -> None:
         """Log what the current task (or the time between tasks) wrote so far.

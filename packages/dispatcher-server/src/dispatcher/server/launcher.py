@@ -18,17 +18,21 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
 from dispatcher.server.forkserver import CONTROL_FD_ENV, MAX_MESSAGE, PARENT_ENV, ForkedServer
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import counted, get_logger
 from dispatcher.server.worker import WorkerOptions
 
 logger = get_logger("dispatcher.launcher")
 
 _MAX_FDS = 4
+
+FORK_ANSWER_WAIT: Final = 5.0
+"""Seconds a fork server that has imported the task modules has to answer a fork request
+(it takes milliseconds): one that does not is stopped, or stuck, and is replaced."""
 
 
 class LaunchError(Exception):
@@ -270,7 +274,12 @@ class WorkerLauncher:
                 raise LaunchError(f"the fork server is gone ({exc})") from None
             finally:
                 theirs.close()
-            await done.wait()
+            await link.reported.wait()  # (spawn requests wait for the import: not timed)
+            with anyio.move_on_after(FORK_ANSWER_WAIT):
+                await done.wait()
+            if not done.is_set():
+                self._unresponsive(link)
+                raise LaunchError("the fork server did not answer: it is being replaced")
         except BaseException:
             ours.close()  # a worker forked all the same reads end-of-file and exits
             raise
@@ -326,8 +335,11 @@ class WorkerLauncher:
             waiting[1].extend((event, fds))
             waiting[0].set()
 
-    def _fork_server_gone(self, link: ForkServerLink) -> None:
-        """A fork server ended (it was killed): its workers went with it."""
+    def _fork_server_gone(self, link: ForkServerLink, reported: bool = False) -> None:
+        """A fork server ended (it was killed): its workers went with it.
+
+        *reported*: its end has been logged already.
+        """
         if link not in self._links:
             return
         self._read_events(link)  # what it said before it ended (its report, maybe)
@@ -342,7 +354,7 @@ class WorkerLauncher:
         self._detach(link)
         if link is self._current:
             self._current = None
-            if not importing:  # (else the import report's reader says what happened)
+            if not importing and not reported:  # (else the import report's reader says)
                 logger.error(
                     "the fork server ended unexpectedly (exit status %s); a new one starts "
                     "with the next worker",
@@ -351,6 +363,23 @@ class WorkerLauncher:
         for done, result in link.pending.values():
             result.extend(({"event": "failed", "error": "the fork server ended"}, []))
             done.set()
+
+    def _unresponsive(self, link: ForkServerLink) -> None:
+        """*link* did not answer a fork request in time: kill it (its workers go with it).
+
+        The next worker comes from a new fork server, as after any end of the fork server.
+        """
+        if link not in self._links:
+            return
+        logger.error(
+            "the fork server (pid %d) did not answer a fork request within %g s (stopped, "
+            "or stuck?): killing it, with its %s; a new one starts with the next worker",
+            link.process.pid,
+            FORK_ANSWER_WAIT,
+            counted(len(link.workers), "worker"),
+        )
+        link.process.kill()
+        self._fork_server_gone(link, reported=True)
 
     def _reported(self, link: ForkServerLink, report: dict[str, Any] | None) -> None:
         if link.reported.is_set():

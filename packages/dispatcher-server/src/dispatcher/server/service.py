@@ -125,7 +125,7 @@ class Service:
             self.scheduler,
             catalogue,
             self.stats,
-            on_fatal=self._task_modules_failed,
+            on_fatal=self._worker_cannot_start,
             max_memory=settings.worker.max_memory,
             settle=self.settlements.job,
         )
@@ -399,13 +399,19 @@ class Service:
         error = reply.get("error")
         return None if error is None else str(error)
 
-    def _task_modules_failed(self, error: str) -> None:
+    def _worker_cannot_start(self, event: dict[str, Any]) -> None:
+        """A worker's ``fatal`` event: it cannot import the task modules or ``worker.class``.
+
+        Said as the start-up checks say it, when the worker sent its report.
+        """
         if self.exit_status == EXIT_OK:
-            logger.critical(
-                "cannot import the task modules (tasks.modules in %s):%s",
-                self.settings.source,
-                Block(error),
-            )
+            report = event.get("report")
+            if isinstance(report, dict):
+                problem = refusal(report, self.settings.tasks.modules, self.settings.source)
+                headline, _, details = str(problem).partition("\n")
+                logger.critical("workers cannot start, stopping: %s%s", headline, Block(details))
+            else:
+                logger.critical("workers cannot start, stopping:%s", Block(str(event["error"])))
             self.exit_status = EXIT_TASK_MODULES
         self._stop.set()
 

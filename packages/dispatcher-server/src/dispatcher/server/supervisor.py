@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from dispatcher.config import Service as ServiceSettings
+from dispatcher.schema import Outcome
 from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
@@ -35,7 +36,7 @@ from dispatcher.server.stats import ServiceStats
 from dispatcher.server.task_imports import ended_early
 from dispatcher.server.timers import Timers
 from dispatcher.server.worker_io import WorkerEvents
-from dispatcher.server.workers import WorkerHandle, WorkerStatus
+from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
 
 logger = get_logger("dispatcher.pool")
 
@@ -48,7 +49,12 @@ follows it in a row (a hook or an import that kills every worker must not fork t
 tight loop)."""
 
 START_BACKOFF_CAP: Final = 30.0
-"""The longest pause between starts while workers keep dying before they are ready."""
+"""The longest pause between starts while workers keep dying before they are ready (or
+without a task: a worker hook that ends every idle worker must not fork them in a loop
+either; the first such death pauses nothing)."""
+
+STATUS_WAIT: Final = 0.5
+"""Seconds the line saying that a worker died waits for its exit status from the fork server."""
 
 EXIT_WAIT: Final = 5.0
 """Seconds a worker asked to stop (or seen to die) has to exit before it is killed."""
@@ -95,7 +101,7 @@ class Supervisor:
         scheduler: Scheduler,
         catalogue: TaskCatalogue,
         stats: ServiceStats,
-        on_fatal: Callable[[str], None],
+        on_fatal: Callable[[dict[str, Any]], None],
         max_memory: int | None = None,
         settle: SettleJob = settle_nothing,
     ) -> None:
@@ -130,8 +136,15 @@ class Supervisor:
         self._reloading: _Reload | None = None
         self._failed_starts = 0
         """Workers that died before they were ready, in a row."""
+        self._idle_deaths = 0
+        """Workers that died without a task, in a row (no task finished in between)."""
         self._starts_paused_until = 0.0
         """No worker is started before this (monotonic) time: see START_BACKOFF_FIRST."""
+        self._ends: dict[int, Callable[[str], None]] = {}
+        """What to log and record of a worker that ended, once its exit status is known."""
+        self._statuses: dict[int, int] = {}
+        """The exit statuses the fork server reported, by worker id (until it is forgotten)."""
+        self._status_came = anyio.Event()
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -282,11 +295,12 @@ class Supervisor:
             if reload is not None and worker is reload.probe:
                 reload.error = str(event["error"])
             else:
-                self._on_fatal(event["error"])
+                self._on_fatal(event)
 
     def _finished(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
         started, finished = _seconds(event.get("started")), _seconds(event.get("finished"))
         job, outcome = worker.finish(str(event.get("outcome")))
+        self._idle_deaths = 0  # workers run tasks: one that dies idle is replaced at once
         if job is not None:
             self._pace.record(job.task, finished - started)
         # The pool's own state first: nothing below may leave a duplicate blocked or a
@@ -373,11 +387,13 @@ class Supervisor:
         self._wakeup.set()
 
     def _lost(self, worker: WorkerHandle) -> None:
-        """The worker's process ended (or its socket closed): it exited, or died."""
+        """The worker's process ended (or its socket closed): it exited, or died.
+
+        The pool's state changes now (a replacement starts at once); what is logged and
+        recorded about an unexpected end waits for its exit status (see :meth:`_reap`).
+        """
         starting = worker.status is WorkerStatus.STARTING
         job, outcome, expected = worker.exited()
-        if starting and not expected and not self._closing:
-            self._pause_starts(worker)
         self._scheduler.forget(worker)
         if job is not None:
             self._scheduler.job_ended(job)
@@ -389,31 +405,91 @@ class Supervisor:
             self._accounting.finished(held, held_outcome, worker.id, now, now)
         if not expected:
             self._stats.workers_lost += 1
+        unexpected = not expected and not self._closing
+        pause = None
+        if unexpected and starting:
+            self._failed_starts += 1
+            pause = self._pause_starts(START_BACKOFF_FIRST * 2 ** (self._failed_starts - 1))
+        elif unexpected and job is None:
+            self._idle_deaths += 1
+            if self._idle_deaths > 1:
+                pause = self._pause_starts(START_BACKOFF_FIRST * 2 ** (self._idle_deaths - 2))
         self._signal_change()
         self._wakeup.set()  # the manager replaces it if needed
         if job is not None and outcome is not None:
             self._accounting.lost(job, outcome, worker.id, worker.pid)
-        elif not expected and not self._closing and not starting:
-            logger.warning("worker %d (pid %s) exited unexpectedly", worker.id, worker.pid)
+            if outcome is Outcome.WORKER_LOST:
+                lost = job
+                self._ends[worker.id] = lambda how: self._accounting.log_lost(
+                    lost, worker.id, worker.pid, how
+                )
+        elif unexpected:
+            self._ends[worker.id] = lambda how: self._log_end(worker, starting, pause, how)
 
-    def _pause_starts(self, worker: WorkerHandle) -> None:
-        """*worker* died before it was ready: start no other for a while, longer each time."""
-        self._failed_starts += 1
-        pause = min(START_BACKOFF_FIRST * 2 ** (self._failed_starts - 1), START_BACKOFF_CAP)
+    def _pause_starts(self, pause: float) -> float:
+        """Start no worker for *pause* seconds (at most ``START_BACKOFF_CAP``); the pause."""
+        pause = min(pause, START_BACKOFF_CAP)
         self._starts_paused_until = time.monotonic() + pause
-        logger.error(
-            "worker %d (pid %s) died before it was ready (%s in a row; see its own lines above "
-            "for why: the task modules, the worker hooks?): starting the next one in %.1f s",
-            worker.id,
-            worker.pid,
-            counted(self._failed_starts, "worker"),
-            pause,
-        )
+        return pause
+
+    def _log_end(self, worker: WorkerHandle, starting: bool, pause: float | None, how: str) -> None:
+        """Log the unexpected end of *worker*, which ran no task.
+
+        *pause*: the seconds without starts it caused; *how*: its exit status, if known.
+        """
+        if starting:
+            logger.error(
+                "worker %d (pid %s) died before it was ready (%s%s in a row; see its own lines "
+                "above for why: the task modules, the worker hooks?): starting the next one in "
+                "%.1f s",
+                worker.id,
+                worker.pid,
+                f"{how}; " if how else "",
+                counted(self._failed_starts, "worker"),
+                pause,
+            )
+        elif pause is not None:
+            logger.error(
+                "worker %d (pid %s) exited unexpectedly without a task (%s%s in a row; see its "
+                "own lines above for why: a worker hook, on_idle?): starting the next one in "
+                "%.1f s",
+                worker.id,
+                worker.pid,
+                f"{how}; " if how else "",
+                counted(self._idle_deaths, "worker"),
+                pause,
+            )
+        else:
+            logger.warning(
+                "worker %d (pid %s) exited unexpectedly%s",
+                worker.id,
+                worker.pid,
+                f" ({how})" if how else "",
+            )
 
     def worker_exited(self, pid: int, status: int) -> None:
         """The fork server reaped worker *pid* with *status* (negative: killed by a signal)."""
-        if status < 0 and not self._closing:
-            logger.warning("worker process %d was killed by %s", pid, _signal_name(-status))
+        for worker in self._workers.values():
+            if worker.pid == pid:
+                self._statuses[worker.id] = status
+                self._status_came.set()
+                self._status_came = anyio.Event()
+                return
+
+    async def _exit_status(self, worker: WorkerHandle) -> str:
+        """How *worker*'s process ended, as the fork server reports it (``exit status 7``).
+
+        Waits up to ``STATUS_WAIT`` for the report; ``""`` without one.
+        """
+        with anyio.move_on_after(STATUS_WAIT):
+            while worker.id not in self._statuses:
+                await self._status_came.wait()
+        status = self._statuses.get(worker.id)
+        if status is None:
+            return ""
+        if status < 0:
+            return f"killed by {_signal_name(-status)}"
+        return f"exit status {status}"
 
     async def _reap(self, worker: WorkerHandle, process: WorkerProcess) -> None:
         """Wait for the process to end (killing it if it lingers) and forget the worker."""
@@ -425,10 +501,18 @@ class Supervisor:
             process.kill()
             await process.wait()
         process.close()
+        end = self._ends.pop(worker.id, None)
+        if end is not None:
+            how = await self._exit_status(worker)
+            try:
+                end(how)
+            except Exception as exc:  # costs this line, never the pool
+                self._internal_errors.report("a worker's end", exc, f"worker {worker.id}")
         self._forget(worker)
 
     def _forget(self, worker: WorkerHandle) -> None:
         self._workers.pop(worker.id, None)
+        self._statuses.pop(worker.id, None)
         self._scheduler.forget(worker)
         self._signal_change()
 
@@ -559,11 +643,25 @@ class Supervisor:
             await self._wait_until(
                 lambda: not any(w.status is WorkerStatus.BUSY for w in self.workers)
             )
-        for worker in self.workers:
-            if worker.status is WorkerStatus.BUSY:
-                job = worker.terminate()
-                if job is not None:
-                    self._accounting.abandoned(job, grace, worker.id)
+        terminated = [w for w in self.workers if w.status is WorkerStatus.BUSY]
+        for worker in terminated:
+            job = worker.terminate()
+            if job is not None:
+                self._accounting.abandoned(job, grace, worker.id)
+        if terminated:
+            with anyio.move_on_after(KILL_AFTER_TERM):
+                await self._wait_until(
+                    lambda: all(w.status is WorkerStatus.EXITED for w in terminated)
+                )
+            for worker in terminated:
+                if worker.status is not WorkerStatus.EXITED:
+                    logger.warning(
+                        "worker %d (pid %s) still running %g s after SIGTERM: killing it",
+                        worker.id,
+                        worker.pid,
+                        KILL_AFTER_TERM,
+                    )
+                    worker.kill()
         with anyio.move_on_after(EXIT_WAIT * 2):
             await self._wait_until(lambda: not self._workers)
         for worker in self.workers:

@@ -204,13 +204,16 @@ def refusal(report: Mapping[str, Any] | None, modules: Sequence[str], source: st
             ]
         )
     module = report.get("module")
-    lines = [f"cannot import task module {module!r} (tasks.modules in {source})"]
+    if report.get("field") == "worker.class":
+        lines = [f"cannot import worker.class {report.get('name')!r} (worker.class in {source})"]
+    else:
+        lines = [f"cannot import task module {module!r} (tasks.modules in {source})"]
     lines.append(f"error: {report.get('error')}")
     if report.get("location"):
         lines.append(f"at: {report['location']}")
     if report.get("raised_in"):
         lines.append(f"raised in: {report['raised_in']}")
-    if report.get("import_error"):
+    if report.get("import_error") and report.get("field") != "worker.class":
         lines += _import_hints(report, str(module), source)
     return "\n".join(lines)
 

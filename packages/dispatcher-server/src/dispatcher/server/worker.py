@@ -24,7 +24,7 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
@@ -43,6 +43,7 @@ from dispatcher.server.protocol import (
     read_line,
 )
 from dispatcher.server.results import encode_result
+from dispatcher.server.task_imports import failure
 
 logger = get_logger("dispatcher.worker")
 
@@ -99,12 +100,6 @@ def _stopped(capture: OutputCapture, worker_pid: int, signum: int, frame: object
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def import_task_modules(modules: Sequence[str]) -> None:
-    """Import the modules whose ``@task`` functions may run (errors propagate)."""
-    for module in modules:
-        importlib.import_module(module)
-
-
 @dataclass(frozen=True)
 class WorkerOptions:
     """What a worker needs to know, passed from the service (picklable)."""
@@ -129,8 +124,12 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     )
     channel = BlockingLineSocket(sock)
     try:
-        import_task_modules(options.modules)
-        hooks = _load_hooks(options.hooks_class, options.worker_id)
+        hooks = _start(options)
+    except _StartFailed as failed:  # said as the start-up checks say it: no traceback
+        capture.close()
+        error = str(failed.report.get("error"))
+        channel.send(event_line({"event": "fatal", "error": error, "report": failed.report}))
+        return
     except BaseException:
         capture.close()
         channel.send(event_line({"event": "fatal", "error": _capped(traceback.format_exc(), True)}))
@@ -193,6 +192,37 @@ def _ready_event() -> dict[str, Any]:
         "max_attempts": attempts,
         "timeouts": timeouts,
     }
+
+
+class _StartFailed(Exception):
+    """A task module, or the module of ``worker.class``, cannot be imported."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__(report.get("error"))
+        self.report = report
+        """What :func:`~dispatcher.server.task_imports.failure` says, and ``field``."""
+
+
+def _start(options: WorkerOptions) -> BaseWorker:
+    """Import the task modules and the module of ``worker.class``; return the hooks.
+
+    :raises _StartFailed: when one cannot be imported (the fork server imported them when it
+        started, but one may fail since: a fork server replaced imports them afresh).
+    """
+    for module in options.modules:
+        try:
+            importlib.import_module(module)
+        except BaseException as exc:
+            raise _StartFailed({**failure(module, exc), "field": "tasks.modules"}) from None
+    path = options.hooks_class
+    if path is not None:
+        module = path.rpartition(".")[0]
+        try:
+            importlib.import_module(module)
+        except BaseException as exc:
+            report = {**failure(module, exc), "field": "worker.class", "name": path}
+            raise _StartFailed(report) from None
+    return _load_hooks(path, options.worker_id)
 
 
 def _load_hooks(path: str | None, worker_id: int) -> BaseWorker:

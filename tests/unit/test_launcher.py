@@ -1,0 +1,89 @@
+"""The launcher starts workers through a real fork server, and replaces one that stops answering."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+
+import anyio
+import pytest
+
+from dispatcher.server import launcher as launcher_module
+from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
+from dispatcher.server.worker import WorkerOptions
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no parent for {pid}")
+
+
+async def first_event(process: WorkerProcess) -> dict[str, object]:
+    """The worker's first event (``ready``), read from its socket."""
+    data = b""
+    with anyio.fail_after(10):
+        while not data.endswith(b"\n"):
+            await anyio.wait_readable(process.sock)
+            chunk = process.sock.recv(65536)
+            assert chunk, "the worker closed its socket"
+            data += chunk
+    event: dict[str, object] = json.loads(data.splitlines()[0])
+    return event
+
+
+@pytest.mark.anyio
+async def test_a_fork_server_that_stops_answering_is_replaced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGSTOPped (or stuck): without a limit, no worker would ever start again, silently."""
+    monkeypatch.setattr(launcher_module, "FORK_ANSWER_WAIT", 0.3)
+    options = WorkerOptions(
+        worker_id=0,
+        modules=("support.service_tasks",),
+        hooks_class=None,
+        idle_timeout=None,
+        log_level=logging.WARNING,
+    )
+    launcher = WorkerLauncher(options)
+    launcher.start()
+    stopped = -1
+    try:
+        first = await launcher.launch(0)
+        assert (await first_event(first))["event"] == "ready"
+        stopped = parent_of(first.pid)
+        os.kill(stopped, signal.SIGSTOP)
+        began = time.monotonic()
+        with (
+            caplog.at_level(logging.ERROR, logger="dispatcher.launcher"),
+            pytest.raises(LaunchError, match="the fork server did not answer"),
+        ):
+            await launcher.launch(1)
+        assert time.monotonic() - began < 3
+        assert [r.getMessage() for r in caplog.records] == [
+            f"the fork server (pid {stopped}) did not answer a fork request within 0.3 s "
+            "(stopped, or stuck?): killing it, with its 1 worker; a new one starts with the "
+            "next worker"
+        ]
+        assert await first.wait(5)  # its workers went with it
+        second = await launcher.launch(2)
+        assert (await first_event(second))["event"] == "ready"
+        assert parent_of(second.pid) != stopped
+        first.close()
+        second.close()
+    finally:
+        if stopped > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+        launcher.close()
