@@ -13,11 +13,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.proxy import DatabaseProxy
 from support.queue_rows import unique_schema
-from support.service import Evidence, ServiceProcess
+from support.service import Evidence, ServiceProcess, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -61,3 +62,53 @@ def test_a_stop_ends_in_bounded_time_when_the_database_hangs_on_an_open_connecti
         proxy.down()
     assert took < 3 + 10, took
     assert "2 outcomes not recorded" in service.log  # it says what it gave up
+
+
+def test_a_service_back_on_the_database_renews_its_own_leases_before_it_sweeps(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # What a database outage longer than the lease leaves: the leases of the jobs the
+    # service still runs have run out in the table, and its connections are gone. Nobody
+    # else took the jobs: reconnecting, the service must not take its own jobs for lost
+    # (sweeping them back to the queue, to claim and run them a second time).
+    # Claims poll often, renewals come every second: the claiming connection comes back
+    # first, as it may after an outage (each connection waits out its own reconnect delay).
+    config = queue_config(pg_dsn, schema, channel, lease=3, prefetch=0, poll_interval=0.1)
+    config["service"]["node_id"] = "outage-a"
+    config["service"]["pool"] = {"min_workers": 3, "max_workers": 3}  # one stays free
+    service = start_service(config)
+    labels = ["first", "second"]
+    messages = [job_message("sleep_then_record", evidence.path, 2, label) for label in labels]
+    uuids = enqueue(pg_conn, schema, channel, messages)
+    evidence.wait_for(2)  # both running
+    wait_until(lambda: queue_connections(pg_conn) == 2, timeout=10)  # claims, and renewals
+    with pg_conn.transaction():  # in one go: no renewal comes in between
+        pg_conn.execute(
+            sql.SQL(
+                "UPDATE {} SET lease_until = now() - interval '1 second' WHERE state = 'running'"
+            ).format(sql.Identifier(schema, "jobs"))
+        )
+        pg_conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'dispatcher-queue:outage-a'"
+        )
+    service.wait_for_log(r"cannot claim jobs|upkeep failed")  # it noticed
+    rows = wait_for_states(pg_conn, schema, uuids, {"done"})
+    assert [row["attempts"] for row in rows] == [1, 1]
+    runs = [record["label"] for record in evidence.records() if record["event"] == "start"]
+    assert sorted(runs) == sorted(labels)  # none ran twice
+    assert "ran out" not in service.log
+
+
+def queue_connections(conn: Conn) -> int:
+    """How many pg_queue working connections the service "outage-a" has open."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = 'dispatcher-queue:outage-a' AND datname = current_database()"
+    ).fetchone()
+    return 0 if row is None else int(row[0])

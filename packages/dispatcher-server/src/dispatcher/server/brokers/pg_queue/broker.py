@@ -262,12 +262,18 @@ class PgQueueBroker(BrokerBase):
         await self._check_tables(conn)
 
     async def _on_open_claims(self, conn: Connection) -> None:
-        """A new claiming connection: check the tables, then sweep what the dead left."""
+        """A new claiming connection: check the tables, then sweep what the dead left.
+
+        This service's own leases are renewed first: reconnecting after an outage longer
+        than the lease, the jobs it ran meanwhile (outcomes not written yet) are its own,
+        not lost.
+        """
         await self._check_tables(conn)
 
         async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
             return await (await conn.execute(statement, params)).fetchall()
 
+        await self._leases.renew(fetch)
         await sweep(fetch, self._statements.sweep, self._stats)
 
     async def _check_tables(self, conn: Connection) -> None:

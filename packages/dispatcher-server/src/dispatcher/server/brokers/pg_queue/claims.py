@@ -135,7 +135,7 @@ class Claimer:
         for row, attempts, claim, queue, message, size, _, uuid, task, mode, delay, _ in sorted(
             rows
         ):
-            self._leases.add(row, attempts, claim, sent)
+            self._leases.add(row, attempts, claim, sent, uuid)
             self._stats.pg_queue_claims[queue] += 1
             if message is None:
                 self._stats.rejected["oversized"] += 1
