@@ -6,14 +6,19 @@ connection is closed: a database that hangs) or takes down and brings back.
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.proxy import DatabaseProxy
@@ -24,6 +29,7 @@ pytestmark = pytest.mark.timeout(90)
 
 Conn = psycopg.Connection[Any]
 Start = Callable[..., ServiceProcess]
+CTL = (sys.executable, "-m", "dispatcher.server.ctl")
 
 
 @pytest.fixture
@@ -112,3 +118,68 @@ def queue_connections(conn: Conn) -> int:
         " WHERE application_name = 'dispatcher-queue:outage-a' AND datname = current_database()"
     ).fetchone()
     return 0 if row is None else int(row[0])
+
+
+def test_status_reports_failing_claims_and_the_log_says_when_claiming_resumes(
+    start_service: Start,
+    tmp_path: Path,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # The service's role is made read-only (as a standby, or an operator's mistake): every
+    # claim fails; `dispatcherctl status` must say so, and the log when it works again.
+    role = f"ro_{schema}"
+    pg_conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(role)))
+    try:
+        pg_conn.execute(
+            sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(role)
+            )
+        )
+        config = queue_config(make_conninfo(pg_dsn, user=role), schema, channel)
+        config["brokers"]["socket"] = {"path": str(tmp_path / "dispatcher.sock")}
+        config["service"]["node_id"] = "outage-a"
+        service = start_service(config)
+        service.wait_for_log(r"cannot claim jobs: cannot execute UPDATE in a read-only")
+        status = ctl_status(service)
+        health = status["pg_queue"]
+        assert health["claim_failures"] >= 1, health
+        assert health["claiming"] is False
+        assert health["failing_since"] <= time.time()
+        assert "read-only" in health["last_error"]
+        assert health["connect_failures"] >= 1  # its set-up (the first sweep) fails too
+
+        pg_conn.execute(
+            sql.SQL("ALTER ROLE {} RESET default_transaction_read_only").format(
+                sql.Identifier(role)
+            )
+        )
+        pg_conn.execute(  # its connections keep the setting: make it open new ones
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'dispatcher-queue:outage-a'"
+        )
+        uuids = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 1)])
+        wait_for_states(pg_conn, schema, uuids, {"done"})
+        service.wait_for_log(r"claiming jobs again after \d+ failures? over \d+\.\d s")
+        health = ctl_status(service)["pg_queue"]
+        assert (health["claiming"], health["failing_since"]) == (True, None)
+        assert "read-only" in health["last_error"]  # the last error stays, for the record
+        service.stop()
+    finally:
+        pg_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def ctl_status(service: ServiceProcess) -> dict[str, Any]:
+    """The service's answer to ``dispatcherctl status --json``."""
+    result = subprocess.run(
+        [*CTL, "status", "--json", "--config", str(service.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    [status] = json.loads(result.stdout)
+    return status  # type: ignore[no-any-return]

@@ -92,9 +92,11 @@ class PgQueueBroker(BrokerBase):
         # waits behind acknowledgements and renewals (which share the other one).
         pooled = settings.transaction_pooler
         self._claims_db = QueueDatabase(
-            settings.conninfo, work_name, self._on_open_claims, pooled=pooled
+            settings.conninfo, work_name, self._on_open_claims, pooled=pooled, stats=stats
         )
-        self._db = db = QueueDatabase(settings.conninfo, work_name, self._on_open, pooled=pooled)
+        self._db = db = QueueDatabase(
+            settings.conninfo, work_name, self._on_open, pooled=pooled, stats=stats
+        )
         self._leases = leases = Leases(db, statements.renew, settings.lease)
         policy = RetryPolicy(
             settings.retry_backoff, settings.retry_backoff_max, settings.retry_jitter
