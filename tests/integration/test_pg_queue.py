@@ -847,8 +847,9 @@ def test_an_error_text_the_database_encoding_cannot_hold_is_recorded_escaped(
         statements = Statements.for_schema(schema)
         leases = Leases(db, statements.renew, 30)
         acks = Acknowledger(db, statements.acknowledge, leases, RetryPolicy(), 10, ServiceStats())
-        for (row, claim), error in zip(ids, ["caf\u00e9 \u65e5\u672c", "plain"], strict=True):
-            leases.add(row, 1, claim, time.monotonic())
+        errors = ["caf\u00e9 \u65e5\u672c", "plain"]
+        for (row, claim), uuid, error in zip(ids, uuids, errors, strict=True):
+            leases.add(row, 1, claim, time.monotonic(), uuid)
             acks.add(Ack(row, 1, claim, "failed", "rejected", error))
         try:
             await acks.flush()

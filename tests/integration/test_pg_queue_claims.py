@@ -160,7 +160,7 @@ def test_a_late_outcome_never_settles_the_same_services_new_claim_of_the_row(
     # service is cut off) and retried, and the same service claims it again: attempt 1
     # again, in a second run beside the first. The first run's outcome, reported first,
     # must not settle the second claim (the receipt carries the claim number).
-    start_service(queue_config(pg_dsn, schema, channel, lease=30))
+    service = start_service(queue_config(pg_dsn, schema, channel, lease=30))
     (uuid,) = enqueue(
         pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 3, "run")]
     )
@@ -184,6 +184,8 @@ def test_a_late_outcome_never_settles_the_same_services_new_claim_of_the_row(
     ended = evidence.wait_for(4)[-1]
     assert done["finished_at"].timestamp() >= ended["time"] - 0.5  # settled by the second run
     assert done["finished_at"].timestamp() > records[2]["time"] + 1  # not by the first
+    # The refused outcome is not dropped without a word.
+    service.wait_for_log(rf"1 outcome not recorded: the jobs are no longer .* uuids {uuid}$")
 
 
 def test_jobs_held_ahead_whose_lease_ran_out_meanwhile_are_not_started(

@@ -28,6 +28,7 @@ class DatabaseProxy:
         self._listener: socket.socket | None = None
         self._sockets: list[socket.socket] = []
         self._frozen: set[socket.socket] = set()
+        self._frozen_new = False
         self._lock = threading.Lock()
         self.accepted = 0
         """Connections accepted so far."""
@@ -51,13 +52,15 @@ class DatabaseProxy:
                 sock.close()
             self._sockets.clear()
 
-    def freeze(self) -> None:
+    def freeze(self, *, new: bool = False) -> None:
         """Stop forwarding on the open connections, without closing them: a silent partition.
 
-        New connections are forwarded as usual.
+        New connections are forwarded as usual; with *new*, they are accepted and never
+        answered either: a server whose processes are all stopped (SIGSTOP).
         """
         with self._lock:
             self._frozen.update(self._sockets)
+            self._frozen_new = new
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -65,6 +68,11 @@ class DatabaseProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self._frozen_new:
+                with self._lock:
+                    self._sockets.append(client)
+                    self.accepted += 1
+                continue
             family, address = self._target
             upstream = socket.socket(family)
             upstream.connect(address)

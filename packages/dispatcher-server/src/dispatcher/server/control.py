@@ -297,8 +297,26 @@ class ControlCommands:
                 "failures": stats.listener_failures,
                 "self_checks": stats.self_checks,
             },
+            **self._pg_queue_health(),
             "signatures": self._target.signatures(),
             "recent_failures": [failure.as_reply() for failure in reversed(stats.recent_failures)],
+        }
+
+    def _pg_queue_health(self) -> Reply:
+        """``{"pg_queue": ...}``: its connections and claims, when the service has one."""
+        if self._settings.brokers.pg_queue is None:
+            return {}
+        stats = self._stats
+        return {
+            "pg_queue": {
+                "connects": stats.pg_queue_connects,
+                "connect_failures": stats.pg_queue_connect_failures,
+                "claim_failures": stats.pg_queue_claim_failures,
+                "claiming": stats.pg_queue_failing_since is None,
+                "failing_since": stats.pg_queue_failing_since,
+                "last_error": stats.pg_queue_last_error,
+                "last_error_time": stats.pg_queue_last_error_time,
+            }
         }
 
     def producers(self, data: Mapping[str, Any]) -> Reply:

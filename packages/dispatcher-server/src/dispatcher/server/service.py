@@ -55,6 +55,9 @@ EXIT_CONFIG: Final = 2
 """Exit status when the config cannot serve: here, when ``tasks.modules`` is empty."""
 EXIT_TASK_MODULES: Final = 3
 """Exit status when the task modules cannot be imported, or register no task."""
+SETTLE_WAIT: Final = 10.0
+"""Seconds a stop waits for each durable broker to take the last outcomes (a broker whose
+database does not answer gives up sooner, and says what it could not write)."""
 
 
 def default_node_id() -> str:
@@ -345,7 +348,7 @@ class Service:
         await self.supervisor.shutdown(self.settings.service.shutdown_grace)
         self._launcher.close()
         self.intake.close()
-        await self.settlements.flush()
+        await self.settlements.flush(SETTLE_WAIT)
         pending = len(self.intake.chunks)
         if pending:
             logger.warning("dropped %d incomplete chunked messages", pending)

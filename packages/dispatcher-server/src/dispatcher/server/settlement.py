@@ -10,6 +10,7 @@ service acknowledges many jobs per round trip.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Final, Protocol
 
@@ -18,7 +19,7 @@ from anyio.abc import TaskStatus
 
 from dispatcher.server.brokers.base import Acknowledging, Broker, Settled
 from dispatcher.server.jobs import Job
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import counted, get_logger
 from dispatcher.server.origin import Origin
 from dispatcher.server.ratelimit import RateLimitedLog
 
@@ -114,15 +115,27 @@ class Settlements:
             self._wakeup = anyio.Event()
             await self.flush()
 
-    async def flush(self) -> None:
-        """Hand over everything gathered so far (also called at shutdown)."""
+    async def flush(self, timeout: float = math.inf) -> None:
+        """Hand over everything gathered so far (also called at shutdown).
+
+        A broker that has not taken its batch after *timeout* seconds is given up on, with a
+        warning (a stop must not wait for a database that does not answer).
+        """
         for name, broker in self._brokers.items():
             batch = self._pending[name]
             if not batch:
                 continue
             self._pending[name] = []
             try:
-                await broker.acknowledge(batch)
+                with anyio.move_on_after(timeout) as waited:
+                    await broker.acknowledge(batch)
+                if waited.cancelled_caught:
+                    logger.warning(
+                        "the %s broker did not take %s within %g s: given up",
+                        name,
+                        counted(len(batch), "outcome"),
+                        timeout,
+                    )
             except Exception as exc:  # a broker's failure must never stop the service
                 self._failures.log(
                     "the %s broker could not record %d outcomes: %s: %s",

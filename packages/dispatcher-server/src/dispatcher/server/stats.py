@@ -121,6 +121,18 @@ class ServiceStats:
     """Jobs of the durable queue left ``failed`` (attempts used up, or rejected), by queue."""
     pg_queue_lease_expiries: Counter[str] = field(default_factory=Counter)
     """Jobs of the durable queue recovered after their claim's lease ran out, by queue."""
+    pg_queue_connects: int = 0
+    """Connections the pg_queue broker opened for claims and for its other work."""
+    pg_queue_connect_failures: int = 0
+    """Times the pg_queue broker could not open (or set up) such a connection."""
+    pg_queue_claim_failures: int = 0
+    """Claims of the pg_queue broker that failed (no connection, or the statement failed)."""
+    pg_queue_failing_since: float | None = None
+    """When (seconds since the epoch) the claims began to fail; ``None`` while they work."""
+    pg_queue_last_error: str | None = None
+    """The first line of the last pg_queue failure (connecting or claiming)."""
+    pg_queue_last_error_time: float | None = None
+    """When it happened (seconds since the epoch)."""
     recent_failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=RECENT_FAILURES))
     """The last :data:`RECENT_FAILURES` failed task runs, oldest first."""
 

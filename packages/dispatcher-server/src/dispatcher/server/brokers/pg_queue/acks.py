@@ -4,12 +4,15 @@ Acknowledgements that cannot be written (the database is away) wait and are writ
 the next batch, or by the broker's keeper; their leases are renewed meanwhile, so that no
 other service runs the job again. A row the batch statement cannot take (a result
 PostgreSQL refuses, a race on a queue_one twin) is written alone, without its result if
-need be, so that one bad row never holds the others back.
+need be, so that one bad row never holds the others back. An outcome the fence refuses (the
+row is no longer under the claim it settles: its lease ran out and it was taken back) is
+logged with its job's uuid, since the job may run, or have run, twice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -20,11 +23,14 @@ from dispatcher.server.brokers.base import Settled
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.logsafe import counted, first_line, get_logger
+from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
 
+MAX_UUIDS_LOGGED: Final = 20
+"""Uuids named in one line about outcomes the database refused (the count says the rest)."""
 _ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 """Text as it is (sent in the connection's encoding, as the other parameters are)."""
 
@@ -53,6 +59,7 @@ class Acknowledger:
         self._on_twin_free = on_twin_free
         self._pending: list[Ack] = []
         self._lock = anyio.Lock()
+        self._fenced = RateLimitedLog(logger, logging.WARNING, per_second=1)
 
     @property
     def pending(self) -> int:
@@ -79,24 +86,43 @@ class Acknowledger:
         async with self._lock:
             while self._pending:
                 batch = self._pending[: self._batch_size]
+                given_up: set[tuple[int, int]] = set()
                 try:
                     rows = await self._db.fetch(self._statement, self._params(batch))
                 except (psycopg.IntegrityError, psycopg.DataError, UnicodeEncodeError):
-                    rows = await self._one_by_one(batch)
+                    rows = await self._one_by_one(batch, given_up)
                 del self._pending[: len(batch)]
+                written = {(row[5], row[6]) for row in rows}
+                fenced: list[str] = []
                 for ack in batch:
-                    self._leases.release(ack.id, ack.claim)
+                    uuid = self._leases.release(ack.id, ack.claim)
+                    if (ack.id, ack.claim) not in written and (ack.id, ack.claim) not in given_up:
+                        fenced.append(uuid)
                     if ack.kind == "retry" or ack.delay:
                         self._on_retry(ack.delay)
                 self._count(rows)
+                if fenced:
+                    self._fenced.log(
+                        "%s not recorded: the jobs are no longer this service's claims (their "
+                        "lease ran out, or an operator changed them), so they may run again, "
+                        "or already have: uuids %s",
+                        counted(len(fenced), "outcome"),
+                        ", ".join(fenced[:MAX_UUIDS_LOGGED])
+                        + (", ..." if len(fenced) > MAX_UUIDS_LOGGED else ""),
+                    )
 
-    async def _one_by_one(self, batch: list[Ack]) -> Rows:
+    async def _one_by_one(self, batch: list[Ack], given_up: set[tuple[int, int]]) -> Rows:
         rows: Rows = []
         for ack in batch:
-            rows += await self._write_alone(ack)
+            written = await self._write_alone(ack)
+            if written is None:
+                given_up.add((ack.id, ack.claim))
+            else:
+                rows += written
         return rows
 
-    async def _write_alone(self, ack: Ack) -> Rows:
+    async def _write_alone(self, ack: Ack) -> Rows | None:
+        """Write one row's change; ``None`` (logged) when PostgreSQL never took it."""
         for _ in range(3):
             try:
                 return await self._db.fetch(self._statement, self._params([ack]))
@@ -107,7 +133,7 @@ class Acknowledger:
             except psycopg.IntegrityError:  # a queue_one twin came in: the next try sees it
                 continue
         logger.error("could not record the outcome of job %d; its lease will run out", ack.id)
-        return []
+        return None
 
     def _params(self, batch: Sequence[Ack]) -> dict[str, str]:
         """The statement's parameter for *batch*, each row fenced by the claim it settles.
@@ -136,9 +162,9 @@ class Acknowledger:
         A serial or queue_one job no longer running lets an identical one start: the claim
         loop is told (``on_twin_free``), rather than waiting for its next poll.
         """
-        if any(gated and state != "running" for _, _, state, _, gated in rows):
+        if any(gated and state != "running" for _, _, state, _, gated, *_ in rows):
             self._on_twin_free()
-        for queue, kind, state, attempt, _ in rows:
+        for queue, kind, state, attempt, *_ in rows:
             if kind == "retry" and state == "queued":
                 self._stats.pg_queue_retries[queue] += 1
                 logger.info("task %s", attempt)

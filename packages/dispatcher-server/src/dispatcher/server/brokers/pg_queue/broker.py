@@ -60,7 +60,9 @@ from dispatcher.server.stats import ServiceStats
 logger = get_logger("dispatcher.pg_queue")
 
 CLOSE_FLUSH_TIMEOUT: Final = 5.0
-"""Seconds spent, when the broker stops, writing acknowledgements still waiting."""
+"""Seconds a stop spends writing outcomes, all its writes together: those of the jobs that
+end during the stop's grace, and at the end those still waiting. A database that does not
+answer (stopped, frozen, cut off) costs no more than that."""
 TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
 """The ``on_duplicate`` modes the table enforces (``parallel`` needs nothing)."""
 
@@ -90,9 +92,11 @@ class PgQueueBroker(BrokerBase):
         # waits behind acknowledgements and renewals (which share the other one).
         pooled = settings.transaction_pooler
         self._claims_db = QueueDatabase(
-            settings.conninfo, work_name, self._on_open_claims, pooled=pooled
+            settings.conninfo, work_name, self._on_open_claims, pooled=pooled, stats=stats
         )
-        self._db = db = QueueDatabase(settings.conninfo, work_name, self._on_open, pooled=pooled)
+        self._db = db = QueueDatabase(
+            settings.conninfo, work_name, self._on_open, pooled=pooled, stats=stats
+        )
         self._leases = leases = Leases(db, statements.renew, settings.lease)
         policy = RetryPolicy(
             settings.retry_backoff, settings.retry_backoff_max, settings.retry_jitter
@@ -124,6 +128,8 @@ class PgQueueBroker(BrokerBase):
         )
         self._replies = AsyncConnectionProvider(settings.conninfo)
         self._ack_failures = RateLimitedLog(logger, logging.WARNING)
+        self._stop_writes_until: float | None = None
+        """When (``time.monotonic()``) a stop gives up writing outcomes; set by the first."""
 
     async def run(
         self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -169,7 +175,11 @@ class PgQueueBroker(BrokerBase):
         if self._db.waiting:
             return  # the database is away: the upkeep writes them once it is back
         try:
-            await self._acks.flush()
+            if self._stopped:  # a stop waits for no database: close() says what is left
+                with anyio.move_on_after(self._stop_budget()):
+                    await self._acks.flush()
+            else:
+                await self._acks.flush()
         except FAILURES as exc:
             self._ack_failures.log(
                 "%s not recorded yet (%s); retrying",
@@ -225,7 +235,7 @@ class PgQueueBroker(BrokerBase):
     async def close(self) -> None:
         """Write what acknowledgements wait (briefly), then close the connections."""
         why: str | None = None
-        with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT) as waited:
+        with anyio.move_on_after(self._stop_budget()) as waited:
             try:
                 await self._acks.flush()
             except FAILURES as exc:
@@ -242,17 +252,30 @@ class PgQueueBroker(BrokerBase):
         await self._db.close()
         await self._replies.close()
 
+    def _stop_budget(self) -> float:
+        """Seconds left for a stop's writes (see :data:`CLOSE_FLUSH_TIMEOUT`)."""
+        now = time.monotonic()
+        if self._stop_writes_until is None:
+            self._stop_writes_until = now + CLOSE_FLUSH_TIMEOUT
+        return max(0.0, self._stop_writes_until - now)
+
     async def _on_open(self, conn: Connection) -> None:
         """A new working connection: check the tables."""
         await self._check_tables(conn)
 
     async def _on_open_claims(self, conn: Connection) -> None:
-        """A new claiming connection: check the tables, then sweep what the dead left."""
+        """A new claiming connection: check the tables, then sweep what the dead left.
+
+        This service's own leases are renewed first: reconnecting after an outage longer
+        than the lease, the jobs it ran meanwhile (outcomes not written yet) are its own,
+        not lost.
+        """
         await self._check_tables(conn)
 
         async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
             return await (await conn.execute(statement, params)).fetchall()
 
+        await self._leases.renew(fetch)
         await sweep(fetch, self._statements.sweep, self._stats)
 
     async def _check_tables(self, conn: Connection) -> None:

@@ -27,7 +27,7 @@ from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase,
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, receipt
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.logsafe import counted, first_line, get_logger
 from dispatcher.server.origin import Origin, StoredRow
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
@@ -79,6 +79,8 @@ class Claimer:
         self._acks = acks
         self._stats = stats
         self._failures = RateLimitedLog(logger, logging.WARNING)
+        self._failing_from = (0.0, 0)
+        """Since when (``time.monotonic()``) claims fail, and how many had failed before."""
 
     async def run(self, deliver: Deliver, wakeup: Wakeup) -> None:
         """Claim and deliver until cancelled."""
@@ -104,9 +106,33 @@ class Claimer:
                         and (not rows or rows[0][6] < limit)
                     )
             except FAILURES as exc:
-                self._failures.log("cannot claim jobs: %s", first_line(exc))
+                self._failed(first_line(exc))
+            else:
+                self._succeeded()
             if drained:
                 await wakeup.wait(options.poll_interval)
+
+    def _failed(self, error: str) -> None:
+        """A claim failed: count it, remember why, log it (rate-limited)."""
+        stats = self._stats
+        stats.pg_queue_claim_failures += 1
+        stats.pg_queue_last_error, stats.pg_queue_last_error_time = error, time.time()
+        if stats.pg_queue_failing_since is None:
+            stats.pg_queue_failing_since = stats.pg_queue_last_error_time
+            self._failing_from = (time.monotonic(), stats.pg_queue_claim_failures - 1)
+        self._failures.log("cannot claim jobs: %s", error)
+
+    def _succeeded(self) -> None:
+        """A claim worked: after failures, say that claiming goes on again."""
+        if self._stats.pg_queue_failing_since is None:
+            return
+        self._stats.pg_queue_failing_since = None
+        since, before = self._failing_from
+        logger.info(
+            "claiming jobs again after %s over %.1f s",
+            counted(self._stats.pg_queue_claim_failures - before, "failure"),
+            time.monotonic() - since,
+        )
 
     async def _claim(self, wanted: int) -> tuple[Rows, int]:
         """Return the rows claimed, up to *wanted*, and the limit their claim asked for.
@@ -135,7 +161,7 @@ class Claimer:
         for row, attempts, claim, queue, message, size, _, uuid, task, mode, delay, _ in sorted(
             rows
         ):
-            self._leases.add(row, attempts, claim, sent)
+            self._leases.add(row, attempts, claim, sent, uuid)
             self._stats.pg_queue_claims[queue] += 1
             if message is None:
                 self._stats.rejected["oversized"] += 1

@@ -27,6 +27,7 @@ from dispatcher.server.backoff import Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY, open_connection
 from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
 
@@ -100,6 +101,7 @@ class QueueDatabase:
         statement_timeout: float = STATEMENT_TIMEOUT,
         *,
         pooled: bool = False,
+        stats: ServiceStats | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._timeout = f"{max(1, round(statement_timeout * 1000))}ms"
@@ -108,6 +110,7 @@ class QueueDatabase:
         self._unprepared = pooled
         """Whether its connections prepare nothing: configured so, or found necessary."""
         self._on_open = on_open
+        self._stats = stats
         self._conn: Connection | None = None
         self._lock = anyio.Lock()
         self._backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
@@ -204,9 +207,15 @@ class QueueDatabase:
             self._backoff.reset()
             self._retry_at = 0.0
             self._conn = conn
+            if self._stats is not None:
+                self._stats.pg_queue_connects += 1
             return conn
 
     def _failed(self, exc: BaseException) -> None:
+        if self._stats is not None:
+            self._stats.pg_queue_connect_failures += 1
+            self._stats.pg_queue_last_error = first_line(exc)
+            self._stats.pg_queue_last_error_time = time.time()
         delay = self._backoff.next_delay()
         self._retry_at = time.monotonic() + delay
         logger.warning(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-from dispatcher.server.brokers.pg_queue.database import QueueDatabase
+from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
 from dispatcher.server.logsafe import get_logger
 
 logger = get_logger("dispatcher.pg_queue")
+
+Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
 
 
 class Leases:
@@ -27,14 +31,19 @@ class Leases:
         self._confirmed: dict[int, float] = {}
         """Each claimed row's id, and when (``time.monotonic()``) the statement that last
         granted its lease was sent: the lease runs at least ``lease`` seconds from then."""
+        self._uuids: dict[tuple[int, int], str] = {}
+        """Each claim's job uuid, by row id and claim number, until the claim is settled
+        (kept when the lease is lost: the outcome still comes, and is logged if refused)."""
 
-    def add(self, row: int, attempts: int, claim: int, sent: float) -> None:
+    def add(self, row: int, attempts: int, claim: int, sent: float, uuid: str) -> None:
         """A row was claimed as attempt *attempts*, its claim number *claim*.
 
-        *sent* is when (``time.monotonic()``) the claiming statement was sent.
+        *sent* is when (``time.monotonic()``) the claiming statement was sent; *uuid* is its
+        job's.
         """
         self.held[row] = (attempts, claim)
         self._confirmed[row] = sent
+        self._uuids[row, claim] = uuid
 
     def held_until(self, row: int, claim: int) -> float:
         """Until when (``time.monotonic()``) the claim of *row* numbered *claim* surely holds.
@@ -48,18 +57,20 @@ class Leases:
             return 0.0
         return self._confirmed[row] + self._lease
 
-    def release(self, row: int, claim: int) -> None:
-        """The claim of *row* numbered *claim* is settled: stop renewing it.
+    def release(self, row: int, claim: int) -> str:
+        """The claim of *row* numbered *claim* is settled: stop renewing it; return its uuid.
 
         A later claim of the same row (claimed again after a retry) is kept.
         """
+        uuid = self._uuids.pop((row, claim), "?")
         held = self.held.get(row)
         if held is not None and held[1] == claim:
             del self.held[row]
             del self._confirmed[row]
+        return uuid
 
-    async def renew(self) -> None:
-        """Extend every held lease, in one statement.
+    async def renew(self, fetch: Fetch | None = None) -> None:
+        """Extend every held lease, in one statement (through *fetch*, default the db's).
 
         A claim the database no longer has as ours (its lease ran out and another service
         took it over) is dropped, with a warning: its job may run twice.
@@ -68,7 +79,7 @@ class Leases:
             return
         held = dict(self.held)
         sent = time.monotonic()
-        rows = await self._db.fetch(
+        rows = await (fetch or self._db.fetch)(
             self._statement,
             {
                 "ids": list(held),

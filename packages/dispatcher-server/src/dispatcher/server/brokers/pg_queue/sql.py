@@ -172,7 +172,8 @@ RETURNING j.queue, t.kind, j.state,
             WHEN 'queued' THEN format('retried in %%s s', round(t.delay::numeric, 1))
             WHEN 'failed' THEN 'no attempt left: the job is failed'
             ELSE 'not retried: ' || j.last_error END) END,
-    j.on_duplicate IN ('serial', 'queue_one')
+    j.on_duplicate IN ('serial', 'queue_one'),
+    j.id, j.claims
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A

@@ -2,7 +2,9 @@
 
 - every ``lease / 3`` seconds: write acknowledgements still waiting, renew held leases;
 - every ``lease / 2`` seconds (and on each new connection): sweep rows whose lease ran
-  out back to the queue (or to ``failed`` when no attempt is left);
+  out back to the queue (or to ``failed`` when no attempt is left), but only right after
+  this service's own leases were renewed: after an outage longer than the lease, its own
+  rows (jobs running, or whose outcome is not written yet) are never taken for lost;
 - every minute (or every ``keep_finished`` seconds, when shorter; at most every lease/3):
   delete finished rows older than ``keep_finished``, and schedule ticks older than an
   hour, in small batches.
@@ -63,8 +65,8 @@ async def sweep(
             break
     if total:
         logger.warning(
-            "the leases of %s ran out (their service died or lost the "
-            "database): %d waiting again, %d failed with no attempt left",
+            "the leases of %s ran out (not renewed: their service stopped, or could not "
+            "reach the database): %d waiting again, %d failed with no attempt left",
             counted(total, "job"),
             total - failed,
             failed,
@@ -103,11 +105,13 @@ class Upkeep:
         while True:
             await anyio.sleep(budget)
             # Each step on its own: a failing flush must never cost the renewal of leases.
-            await self._attempt(self._leases.renew)
+            renewed = await self._attempt(self._renew)
             await self._attempt(self._acks.flush)
             now = time.monotonic()
             deadline = now + budget  # one for the sweep and the purge: renewals stay on time
-            if now >= next_sweep:
+            # Never sweep before this service's own leases are renewed: after a long outage
+            # they ran out too, and the jobs it ran meanwhile are not lost, only unrecorded.
+            if now >= next_sweep and renewed:
                 next_sweep = now + self._lease / 2
                 await self._attempt(self._sweep, deadline)
             if now >= next_purge:
@@ -120,6 +124,10 @@ class Upkeep:
         except FAILURES as exc:
             self._failures.log("upkeep failed: %s", first_line(exc))
             return None
+
+    async def _renew(self) -> bool:
+        await self._leases.renew()
+        return True
 
     async def _sweep(self, deadline: float) -> None:
         await sweep(self._db.fetch, self._statements.sweep, self._stats, deadline)

@@ -1,0 +1,185 @@
+"""The pg_queue broker when its database stops answering or goes away for a while.
+
+The service reaches the database through a TCP proxy the test freezes (packets stop, no
+connection is closed: a database that hangs) or takes down and brings back.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.proxy import DatabaseProxy
+from support.queue_rows import unique_schema
+from support.service import Evidence, ServiceProcess, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+Conn = psycopg.Connection[Any]
+Start = Callable[..., ServiceProcess]
+CTL = (sys.executable, "-m", "dispatcher.server.ctl")
+
+
+@pytest.fixture
+def schema(pg_conn: Conn) -> str:
+    return migrated(pg_conn, unique_schema())
+
+
+def test_a_stop_ends_in_bounded_time_when_the_database_hangs_on_an_open_connection(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        config = queue_config(proxy.dsn, schema, channel, lease=30)
+        config["service"]["shutdown_grace"] = 3
+        service = start_service(config)
+        # A first job settles: the connection that writes outcomes is open.
+        first = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 1)])
+        wait_for_states(pg_conn, schema, first, {"done"})
+        # Two jobs end one after the other during the stop's grace: the first outcome's
+        # write hangs, the second is written by the stop itself.
+        sleeping = [job_message("sleep_then_record", evidence.path, s) for s in (0.5, 1.5)]
+        enqueue(pg_conn, schema, channel, sleeping)
+        evidence.wait_for(3)  # both running
+        proxy.freeze(new=True)  # the database stops answering, as if SIGSTOPped
+        started = time.monotonic()
+        service.signal(signal.SIGTERM)
+        assert service.wait(timeout=30) == 0
+        took = time.monotonic() - started
+    finally:
+        proxy.down()
+    assert took < 3 + 10, took
+    assert "2 outcomes not recorded" in service.log  # it says what it gave up
+
+
+def test_a_service_back_on_the_database_renews_its_own_leases_before_it_sweeps(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # What a database outage longer than the lease leaves: the leases of the jobs the
+    # service still runs have run out in the table, and its connections are gone. Nobody
+    # else took the jobs: reconnecting, the service must not take its own jobs for lost
+    # (sweeping them back to the queue, to claim and run them a second time).
+    # Claims poll often, renewals come every second: the claiming connection comes back
+    # first, as it may after an outage (each connection waits out its own reconnect delay).
+    config = queue_config(pg_dsn, schema, channel, lease=3, prefetch=0, poll_interval=0.1)
+    config["service"]["node_id"] = "outage-a"
+    config["service"]["pool"] = {"min_workers": 3, "max_workers": 3}  # one stays free
+    service = start_service(config)
+    labels = ["first", "second"]
+    messages = [job_message("sleep_then_record", evidence.path, 2, label) for label in labels]
+    uuids = enqueue(pg_conn, schema, channel, messages)
+    evidence.wait_for(2)  # both running
+    wait_until(lambda: queue_connections(pg_conn) == 2, timeout=10)  # claims, and renewals
+    with pg_conn.transaction():  # in one go: no renewal comes in between
+        pg_conn.execute(
+            sql.SQL(
+                "UPDATE {} SET lease_until = now() - interval '1 second' WHERE state = 'running'"
+            ).format(sql.Identifier(schema, "jobs"))
+        )
+        pg_conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'dispatcher-queue:outage-a'"
+        )
+    service.wait_for_log(r"cannot claim jobs|upkeep failed")  # it noticed
+    rows = wait_for_states(pg_conn, schema, uuids, {"done"})
+    assert [row["attempts"] for row in rows] == [1, 1]
+    runs = [record["label"] for record in evidence.records() if record["event"] == "start"]
+    assert sorted(runs) == sorted(labels)  # none ran twice
+    assert "ran out" not in service.log
+
+
+def queue_connections(conn: Conn) -> int:
+    """How many pg_queue working connections the service "outage-a" has open."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = 'dispatcher-queue:outage-a' AND datname = current_database()"
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def test_status_reports_failing_claims_and_the_log_says_when_claiming_resumes(
+    start_service: Start,
+    tmp_path: Path,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # The service's role is made read-only (as a standby, or an operator's mistake): every
+    # claim fails; `dispatcherctl status` must say so, and the log when it works again.
+    role = f"ro_{schema}"
+    pg_conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(role)))
+    try:
+        pg_conn.execute(
+            sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(role)
+            )
+        )
+        config = queue_config(make_conninfo(pg_dsn, user=role), schema, channel)
+        config["brokers"]["socket"] = {"path": str(tmp_path / "dispatcher.sock")}
+        config["service"]["node_id"] = "outage-a"
+        service = start_service(config)
+        service.wait_for_log(r"cannot claim jobs: cannot execute UPDATE in a read-only")
+        status = ctl_status(service)
+        health = status["pg_queue"]
+        assert health["claim_failures"] >= 1, health
+        assert health["claiming"] is False
+        assert health["failing_since"] <= time.time()
+        assert "read-only" in health["last_error"]
+        assert health["connect_failures"] >= 1  # its set-up (the first sweep) fails too
+
+        pg_conn.execute(
+            sql.SQL("ALTER ROLE {} RESET default_transaction_read_only").format(
+                sql.Identifier(role)
+            )
+        )
+        pg_conn.execute(  # its connections keep the setting: make it open new ones
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'dispatcher-queue:outage-a'"
+        )
+        uuids = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 1)])
+        wait_for_states(pg_conn, schema, uuids, {"done"})
+        service.wait_for_log(r"claiming jobs again after \d+ failures? over \d+\.\d s")
+        health = ctl_status(service)["pg_queue"]
+        assert (health["claiming"], health["failing_since"]) == (True, None)
+        assert "read-only" in health["last_error"]  # the last error stays, for the record
+        service.stop()
+    finally:
+        pg_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def ctl_status(service: ServiceProcess) -> dict[str, Any]:
+    """The service's answer to ``dispatcherctl status --json``."""
+    result = subprocess.run(
+        [*CTL, "status", "--json", "--config", str(service.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    [status] = json.loads(result.stdout)
+    return status  # type: ignore[no-any-return]
