@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -201,6 +202,10 @@ def test_a_rolled_back_transaction_stores_nothing(conn: Conn, schema: str, pg_ds
             "args[1][0]: the number 11111111111111111111... is out of range",
         ),
         (
+            ("orders", "a.b", "[]", '{"k": -1' + "1" * 399 + ".5}"),
+            "kwargs.k: the number -1111111111111111111... is out of range",
+        ),
+        (
             ("orders", "a.b", "[" * 64 + "]" * 64),
             "args: nested more than 63 levels deep (a message may nest 64 levels in all,",
         ),
@@ -228,6 +233,22 @@ def test_an_integral_max_attempts_and_a_sub_microsecond_delay_are_taken(
     row = job_row(conn, schema, "u")
     assert row is not None
     assert (row["max_attempts"], row["run_after"] - row["created_at"]) == (2, timedelta(0))
+
+
+def test_the_largest_numbers_with_a_fraction_a_service_reads_are_taken(
+    conn: Conn, schema: str
+) -> None:
+    largest = f"{int(sys.float_info.max)}.5"  # a double rounds it down to the largest
+    args = f"[{largest}, -{largest}, 1{'0' * 307}.5, 0.{'0' * 400}1]"
+    uuid = enqueue(conn, schema, "orders", "a.b", args)
+    row = job_row(conn, schema, uuid)
+    assert row is not None
+    assert json.loads(row["message"])["args"] == [
+        sys.float_info.max,
+        -sys.float_info.max,
+        1e307,
+        0.0,
+    ]
 
 
 def test_missing_tables_are_explained(conn: Conn) -> None:
