@@ -28,8 +28,10 @@
 -- dispatcher_duplicate_key(task, args, kwargs) is the job's dup_key: the hex SHA-256 of the
 -- JSON text [task, args, kwargs] with object keys sorted, no spaces and every character
 -- outside printable ASCII escaped, as dispatcher.schema.duplicate_key() computes it in
--- Python. Numbers are written as numeric writes them: plain decimal, no exponent, no sign on
--- zero (1e16 is 10000000000000000, 1e-7 is 0.0000001; 1 and 1.0 still differ).
+-- Python. Numbers are in one canonical form (docs/durable-queues.md, "Table layout"): one
+-- without a point in jsonb is an integer (1e5 is 100000: write a float as 100000.0); one
+-- with a point is written as the double a service reads, in its shortest text and plain
+-- decimal (10.50 is 10.5, 1e-7 is 0.0000001, 1e16 is 10000000000000000; 1 and 1.0 differ).
 
 -- dispatcher_unreadable_number() and dispatcher_unreadable_path(): what in args or kwargs no
 -- service can read back, and where. dispatcher_submit.sql and dispatcher_enqueue.sql both
@@ -97,6 +99,10 @@ IMMUTABLE STRICT
 AS $function$
 DECLARE
     body text;
+    double double precision;
+    number numeric;
+    candidate numeric;
+    digits integer;
 BEGIN
     CASE jsonb_typeof(value)
     WHEN 'object' THEN
@@ -126,8 +132,49 @@ BEGIN
             FROM regexp_split_to_table(body, '') WITH ORDINALITY AS c(ch, n);
         END IF;
         RETURN body;
+    WHEN 'number' THEN
+        body := value::text;  -- plain decimal: jsonb writes no exponent
+        IF strpos(body, '.') = 0 THEN
+            RETURN body;  -- an integer, as a service reads it
+        END IF;
+        -- A number with a point: a service reads it as a double. Write that double as Python
+        -- writes a float: its shortest text (float8's with extra_float_digits = 1, which
+        -- dispatcher_duplicate_key() sets), in plain decimal, with '.0' when it is integral
+        -- and below 1e16, as Python writes it.
+        IF length(body) > 308 THEN  -- beyond a double's range, or too small for one
+            BEGIN
+                double := body::double precision;
+            EXCEPTION WHEN numeric_value_out_of_range THEN
+                -- Too small: the service reads 0.0. Too large: it refuses the message.
+                RETURN CASE WHEN ltrim(body, '-') LIKE '0.%' THEN '0.0' ELSE body END;
+            END;
+        ELSE
+            double := body::double precision;
+        END IF;
+        body := double::text::numeric::text;
+        IF strpos(body, '.') > 0 THEN
+            RETURN body;
+        ELSIF length(ltrim(body, '-')) <= 16 THEN
+            RETURN body || '.0';
+        END IF;
+        -- From 2^54 on, float8 may write one digit more than Python (and JavaScript), which
+        -- also take a shorter number half-way to the next double when it reads back as this
+        -- one (19206977437338648 is 19206977437338650 to Python): look for it.
+        number := body::numeric;
+        digits := length(ltrim(body, '-'));
+        FOR kept IN 1 .. length(rtrim(ltrim(body, '-'), '0')) - 1 LOOP
+            candidate := trunc(number, kept - digits);
+            FOR step IN 0 .. 1 LOOP
+                IF abs(candidate) <= 1.7976931348623158e308  -- float8 takes it
+                        AND candidate::double precision = double THEN
+                    RETURN candidate::text;
+                END IF;
+                candidate := candidate + sign(number) * trunc(10::numeric ^ (digits - kept));
+            END LOOP;
+        END LOOP;
+        RETURN body;
     ELSE
-        RETURN value::text;  -- numbers as written, true, false, null
+        RETURN value::text;  -- true, false, null
     END CASE;
 END;
 $function$;
@@ -136,6 +183,7 @@ CREATE OR REPLACE FUNCTION dispatcher_duplicate_key(task text, args jsonb, kwarg
 RETURNS text
 LANGUAGE sql
 IMMUTABLE STRICT
+SET extra_float_digits = 1  -- once here, not at every level of dispatcher_identity_json()
 AS $function$
     SELECT encode(sha256(convert_to(
         dispatcher_identity_json(jsonb_build_array(task, args, kwargs)), 'UTF8')), 'hex')
