@@ -28,8 +28,10 @@
 -- dispatcher_duplicate_key(task, args, kwargs) is the job's dup_key: the hex SHA-256 of the
 -- JSON text [task, args, kwargs] with object keys sorted, no spaces and every character
 -- outside printable ASCII escaped, as dispatcher.schema.duplicate_key() computes it in
--- Python. Numbers are written as numeric writes them: plain decimal, no exponent, no sign on
--- zero (1e16 is 10000000000000000, 1e-7 is 0.0000001; 1 and 1.0 still differ).
+-- Python. Numbers are in one canonical form (docs/durable-queues.md, "Table layout"): one
+-- without a point in jsonb is an integer (1e5 is 100000: write a float as 100000.0); one
+-- with a point is written as the double a service reads, in its shortest text and plain
+-- decimal (10.50 is 10.5, 1e-7 is 0.0000001, 1e16 is 10000000000000000; 1 and 1.0 differ).
 
 -- dispatcher_unreadable_number() and dispatcher_unreadable_path(): what in args or kwargs no
 -- service can read back, and where. dispatcher_submit.sql and dispatcher_enqueue.sql both
@@ -44,6 +46,9 @@ AS $function$
             CASE WHEN length(ltrim(value::text, '-')) > 4300 THEN
                 'the integer has more than 4300 digits, too many to send (a service reads integers of at most 4300 digits)'
             END
+        -- jsonb writes no exponent, so a number of at most 308 characters is below 1e308:
+        -- most are, and need no cast to numeric.
+        WHEN length(value::text) <= 308 THEN NULL
         -- 2^1024 - 2^970: from there on, a double rounds to infinity (the service reads
         -- non-integers as doubles and refuses an infinite one).
         WHEN abs(value::text::numeric) >= 179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792 THEN
@@ -94,6 +99,10 @@ IMMUTABLE STRICT
 AS $function$
 DECLARE
     body text;
+    double double precision;
+    number numeric;
+    candidate numeric;
+    digits integer;
 BEGIN
     CASE jsonb_typeof(value)
     WHEN 'object' THEN
@@ -123,8 +132,49 @@ BEGIN
             FROM regexp_split_to_table(body, '') WITH ORDINALITY AS c(ch, n);
         END IF;
         RETURN body;
+    WHEN 'number' THEN
+        body := value::text;  -- plain decimal: jsonb writes no exponent
+        IF strpos(body, '.') = 0 THEN
+            RETURN body;  -- an integer, as a service reads it
+        END IF;
+        -- A number with a point: a service reads it as a double. Write that double as Python
+        -- writes a float: its shortest text (float8's with extra_float_digits = 1, which
+        -- dispatcher_duplicate_key() sets), in plain decimal, with '.0' when it is integral
+        -- and below 1e16, as Python writes it.
+        IF length(body) > 308 THEN  -- beyond a double's range, or too small for one
+            BEGIN
+                double := body::double precision;
+            EXCEPTION WHEN numeric_value_out_of_range THEN
+                -- Too small: the service reads 0.0. Too large: it refuses the message.
+                RETURN CASE WHEN ltrim(body, '-') LIKE '0.%' THEN '0.0' ELSE body END;
+            END;
+        ELSE
+            double := body::double precision;
+        END IF;
+        body := double::text::numeric::text;
+        IF strpos(body, '.') > 0 THEN
+            RETURN body;
+        ELSIF length(ltrim(body, '-')) <= 16 THEN
+            RETURN body || '.0';
+        END IF;
+        -- From 2^54 on, float8 may write one digit more than Python (and JavaScript), which
+        -- also take a shorter number half-way to the next double when it reads back as this
+        -- one (19206977437338648 is 19206977437338650 to Python): look for it.
+        number := body::numeric;
+        digits := length(ltrim(body, '-'));
+        FOR kept IN 1 .. length(rtrim(ltrim(body, '-'), '0')) - 1 LOOP
+            candidate := trunc(number, kept - digits);
+            FOR step IN 0 .. 1 LOOP
+                IF abs(candidate) <= 1.7976931348623158e308  -- float8 takes it
+                        AND candidate::double precision = double THEN
+                    RETURN candidate::text;
+                END IF;
+                candidate := candidate + sign(number) * trunc(10::numeric ^ (digits - kept));
+            END LOOP;
+        END LOOP;
+        RETURN body;
     ELSE
-        RETURN value::text;  -- numbers as written, true, false, null
+        RETURN value::text;  -- true, false, null
     END CASE;
 END;
 $function$;
@@ -133,6 +183,7 @@ CREATE OR REPLACE FUNCTION dispatcher_duplicate_key(task text, args jsonb, kwarg
 RETURNS text
 LANGUAGE sql
 IMMUTABLE STRICT
+SET extra_float_digits = 1  -- once here, not at every level of dispatcher_identity_json()
 AS $function$
     SELECT encode(sha256(convert_to(
         dispatcher_identity_json(jsonb_build_array(task, args, kwargs)), 'UTF8')), 'hex')
@@ -158,6 +209,7 @@ DECLARE
     key text;
     stored integer;
     unknown text;
+    unreadable text;
     seconds numeric;
     count numeric;
     option_name text;
@@ -226,11 +278,13 @@ BEGIN
         RAISE EXCEPTION 'dispatcher_enqueue: %: nested more than 63 levels deep (a message may nest 64 levels in all, the message itself included)',
             CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")') THEN 'args' ELSE 'kwargs' END;
     END IF;
-    IF EXISTS (
-        SELECT FROM jsonb_path_query(jsonb_build_array(args, kwargs), 'strict $.**') AS v
-        WHERE dispatcher_unreadable_number(v) IS NOT NULL
-    ) THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: %', coalesce(dispatcher_unreadable_path(args, 'args'), dispatcher_unreadable_path(kwargs, 'kwargs'));
+    -- Only a number of 1e308 or more in magnitude may be unreadable: one path query tells
+    -- whether there is any, several times faster than a check of each number.
+    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))') THEN
+        unreadable := coalesce(dispatcher_unreadable_path(args, 'args'), dispatcher_unreadable_path(kwargs, 'kwargs'));
+        IF unreadable IS NOT NULL THEN
+            RAISE EXCEPTION 'dispatcher_enqueue: %', unreadable;
+        END IF;
     END IF;
 
     task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);

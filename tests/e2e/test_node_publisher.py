@@ -291,6 +291,10 @@ def test_node_sql_and_python_write_every_number_alike_in_duplicate_keys(
             assert (node_key, sql_row) == (python_key, (python_key,)), (number, text)
 
 
+NOT_JSON = (
+    "is not valid in JSON (send plain objects, arrays, strings, finite numbers, booleans and null)"
+)
+
 REFUSALS_SCRIPT = """
 import pg from 'pg';
 import { submit, buildMessage } from './publisher.js';
@@ -306,6 +310,14 @@ const cases = {
   infinity: [[], { x: -Infinity }, {}],
   uuid_nul: [[], {}, { uuid: 'a\\u0000b' }],
   uuid_lone: [[], {}, { uuid: 'x\\udc00y' }],
+  undefined: [[undefined], {}, {}],
+  function: [[], { f: () => 1 }, {}],
+  symbol: [[Symbol('s')], {}, {}],
+  bigint: [[], { n: 10n }, {}],
+  map: [[new Map([['a', 1]])], {}, {}],
+  bytes: [[[new Uint8Array([1, 2])]], {}, {}],
+  date: [[new Date(0)], {}, {}],
+  hole: [[1, , 3], {}, {}],
 };
 for (const [name, [args, kwargs, options]] of Object.entries(cases)) {
   for (const how of ['notify', 'queue']) {
@@ -359,10 +371,65 @@ def test_node_refuses_what_a_service_would_drop_naming_the_place(
         " which PostgreSQL text cannot hold",
         "uuid_lone": 'invalid task message: uuid: "x\\udc00y" holds the lone surrogate \\udc00'
         " at index 1, which UTF-8 cannot encode",
+        "undefined": f"invalid task message: args[0]: undefined {NOT_JSON}",
+        "function": f"invalid task message: kwargs.f: a function {NOT_JSON}",
+        "symbol": f"invalid task message: args[0]: a symbol {NOT_JSON}",
+        "bigint": f"invalid task message: kwargs.n: a bigint {NOT_JSON}",
+        "map": f"invalid task message: args[0]: a Map {NOT_JSON}",
+        "bytes": f"invalid task message: args[0][0]: a Uint8Array {NOT_JSON}",
+        "date": f"invalid task message: args[0]: a Date {NOT_JSON}",
+        "hole": "invalid task message: args[1]: a hole in a sparse array"
+        " (JSON.stringify would send null)",
     }
     assert outcomes == {
         (name, how): text for name, text in expected.items() for how in ("notify", "queue")
     }
+
+
+UUID_SCRIPT = """
+import pg from 'pg';
+import { submit, buildMessage } from './publisher.js';
+import { enqueue } from './enqueue.js';
+const client = new pg.Client({ connectionString: process.env.DISPATCHER_DSN });
+await client.connect();
+const sent = [];
+client.on('notification', (n) => sent.push(JSON.parse(n.payload).uuid));
+await client.query('LISTEN node_uuids');
+const returned = [
+  await submit(client, 'node_uuids', buildMessage('a.b', [], {}, { uuid: undefined }), null),
+  await submit(client, 'node_uuids', { task: 'a.b', args: [], kwargs: {} }, null),
+];
+const deadline = Date.now() + 10000;
+while (sent.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+const queued = await enqueue(client, 'orders', 'a.b', [], {}, { uuid: undefined },
+  process.env.DISPATCHER_QUEUE_SCHEMA);
+const row = await client.query(
+  `SELECT message::jsonb ->> 'uuid' AS uuid FROM ${process.env.DISPATCHER_QUEUE_SCHEMA}.jobs`);
+console.log(JSON.stringify({ returned: [...returned, queued], sent: [...sent, row.rows[0].uuid] }));
+await client.end();
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_node_returns_the_uuid_it_sends(node_example: Path, pg_dsn: str, queue_schema: str) -> None:
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", UUID_SCRIPT],
+        cwd=node_example,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "DISPATCHER_DSN": node_dsn(pg_dsn),
+            "DISPATCHER_QUEUE_SCHEMA": queue_schema,
+            "DISPATCHER_SCHEMAS": str(SCHEMAS),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    uuids = json.loads(result.stdout)
+    assert uuids["returned"] == uuids["sent"]
+    assert all(isinstance(uuid, str) and len(uuid) == 36 for uuid in uuids["sent"])
 
 
 @pytest.mark.slow

@@ -233,6 +233,56 @@ def test_cancel_by_uuid_cancels_a_durable_job_waiting_in_the_table(
     assert job_row(pg_conn, schema, other_task)["state"] == "queued"  # type: ignore[index]
 
 
+def test_cancel_job_by_task_cancels_its_waiting_jobs_only(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    task = "myapp.tasks.report"
+    mail = [insert_job(pg_conn, schema, queue="mail", task=task, run_after=600) for _ in "ab"]
+    retrying = insert_job(pg_conn, schema, task=task, attempts=1, run_after=600)
+    running = insert_job(pg_conn, schema, task=task, state="running", attempts=1)
+    other = insert_job(pg_conn, schema, queue="mail", run_after=600)
+    refused = ctl(config, "cancel-job", "--uuid", other, "--queue", "mail")
+    assert (refused.returncode, refused.stderr) == (
+        2,
+        "dispatcherctl: cancel-job --queue goes with --task\n",
+    )
+    in_mail = ctl(config, "cancel-job", "--task", task, "--queue", "mail")
+    assert (in_mail.returncode, in_mail.stdout) == (
+        0,
+        f"cancelled 2 waiting jobs of task {task} in queue mail\n",
+    ), in_mail.stderr
+    states = {u: job_row(pg_conn, schema, u)["state"] for u in [*mail, retrying, running, other]}  # type: ignore[index]
+    assert list(states.values()) == ["cancelled", "cancelled", "queued", "running", "queued"]
+    rest = ctl(config, "cancel-job", "--task", task, "--json")
+    assert json.loads(rest.stdout) == {"cancelled": 1, "task": task, "by_queue": {"jobs": 1}}
+    assert job_row(pg_conn, schema, retrying)["state"] == "cancelled"  # type: ignore[index]
+    assert job_row(pg_conn, schema, running)["state"] == "running"  # type: ignore[index]
+    none = ctl(config, "cancel-job", "--task", task)
+    assert (none.returncode, none.stdout) == (0, f"cancelled 0 waiting jobs of task {task}\n")
+
+
+def test_cancel_by_task_names_cancel_job_when_jobs_of_the_task_wait_in_the_table(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, schema: str
+) -> None:
+    config = tmp_path / "dispatcher.yml"
+    queue = {"conninfo": pg_dsn, "queues": ["jobs", "mail"], "schema": schema}
+    notify = {"conninfo": pg_dsn, "channels": ["ctl_cancel_task_hint"]}
+    config.write_text(
+        json.dumps({"version": 1, "brokers": {"pg_queue": queue, "pg_notify": notify}})
+    )
+    task = "myapp.tasks.report"
+    quiet = ctl(config, "cancel", "--task", task)
+    assert "cancel-job" not in quiet.stderr
+    waiting = [insert_job(pg_conn, schema, task=task, run_after=600) for _ in "ab"]
+    result = ctl(config, "cancel", "--task", task, "--args", "[1]")
+    assert (
+        "dispatcherctl: 2 jobs of this task wait in durable queues (delayed, or waiting for a "
+        "retry), where no service holds them to cancel: 'dispatcherctl cancel-job --task "
+        f"{task}' cancels every waiting job of the task, whatever its args and kwargs\n"
+    ) in result.stderr
+    assert [job_row(pg_conn, schema, u)["state"] for u in waiting] == ["queued", "queued"]  # type: ignore[index]
+
+
 def test_cancel_job_of_a_job_waiting_for_a_retry_keeps_why_it_failed(
     config: Path, pg_conn: Conn, schema: str
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, sql_queue_publisher
+from dispatcher.schema.identity import canonical_number
 from support.durable import own_schema
 from support.examples import examples
 from support.postgres import wait_for_notifies
@@ -96,6 +98,55 @@ def test_every_number_gives_the_key_python_computes(conn: Conn, args: list[float
         "SELECT dispatcher_duplicate_key('t.x', %s::jsonb, '{}')", (json.dumps(args),)
     ).fetchone()
     assert row == (duplicate_key({"task": "t.x", "args": args}),)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("[42, 10.50]", [42, 10.5]),
+        ("[100.000, -0.0, 1.0, 2.50e-3]", [100.0, 0.0, 1.0, 0.0025]),
+        (
+            "[12345678901234567890.5, 19206977437338646.0]",
+            [1.2345678901234567e19, 1.920697743733865e16],
+        ),
+        ("[0.10000000000000000001, 1e-400, -1e-400]", [0.1, 0.0, 0.0]),
+        ("[1.50e1, 1e-7, 5e-324]", [15.0, 1e-7, 5e-324]),
+    ],
+)
+def test_a_number_with_a_point_gives_the_key_of_the_double_a_service_reads(
+    conn: Conn, written: str, read: list[Any]
+) -> None:
+    for digits in (1, 0, -15):  # whatever the session's float8 output, the key is the same
+        conn.execute(f"SET extra_float_digits = {digits}")
+        row = conn.execute(
+            "SELECT dispatcher_duplicate_key('t.x', %s::jsonb, '{}')", (written,)
+        ).fetchone()
+        assert row == (duplicate_key({"task": "t.x", "args": read}),), digits
+
+
+@settings(
+    max_examples=examples(200),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # conn is read-only here
+)
+@given(
+    sign=st.sampled_from(["", "-"]),
+    whole=st.integers(0, 10**25),
+    fraction=st.text("0123456789", min_size=1, max_size=25),
+    exponent=st.none() | st.integers(-340, 340),
+)
+def test_a_number_written_in_sql_has_the_canonical_form_python_writes(
+    conn: Conn, sign: str, whole: int, fraction: str, exponent: int | None
+) -> None:
+    text = f"{sign}{whole}.{fraction}" + ("" if exponent is None else f"e{exponent}")
+    row = conn.execute(
+        "SELECT dispatcher_identity_json(%s::jsonb), dispatcher_duplicate_key('t.x', %s::jsonb, '{}')",
+        (text, f"[{text}]"),
+    ).fetchone()
+    assert row is not None
+    assert row[0] == canonical_number(text)
+    if exponent is None:  # a float to Python, with a point to jsonb: they read the same double
+        assert row[1] == duplicate_key({"task": "t.x", "args": [json.loads(text)]})
 
 
 def test_a_job_is_stored_with_its_options_and_wakes_its_queue(
@@ -201,6 +252,10 @@ def test_a_rolled_back_transaction_stores_nothing(conn: Conn, schema: str, pg_ds
             "args[1][0]: the number 11111111111111111111... is out of range",
         ),
         (
+            ("orders", "a.b", "[]", '{"k": -1' + "1" * 399 + ".5}"),
+            "kwargs.k: the number -1111111111111111111... is out of range",
+        ),
+        (
             ("orders", "a.b", "[" * 64 + "]" * 64),
             "args: nested more than 63 levels deep (a message may nest 64 levels in all,",
         ),
@@ -228,6 +283,22 @@ def test_an_integral_max_attempts_and_a_sub_microsecond_delay_are_taken(
     row = job_row(conn, schema, "u")
     assert row is not None
     assert (row["max_attempts"], row["run_after"] - row["created_at"]) == (2, timedelta(0))
+
+
+def test_the_largest_numbers_with_a_fraction_a_service_reads_are_taken(
+    conn: Conn, schema: str
+) -> None:
+    largest = f"{int(sys.float_info.max)}.5"  # a double rounds it down to the largest
+    args = f"[{largest}, -{largest}, 1{'0' * 307}.5, 0.{'0' * 400}1]"
+    uuid = enqueue(conn, schema, "orders", "a.b", args)
+    row = job_row(conn, schema, uuid)
+    assert row is not None
+    assert json.loads(row["message"])["args"] == [
+        sys.float_info.max,
+        -sys.float_info.max,
+        1e307,
+        0.0,
+    ]
 
 
 def test_missing_tables_are_explained(conn: Conn) -> None:

@@ -23,7 +23,7 @@ BASES: dict[str, list[list[str]]] = {
     "submit": [["myapp.tasks.t"]],
     "retry": [["--failed"], ["--uuid", "u"]],
     "purge": [["--state", "done", "--older-than", "60"]],
-    "cancel-job": [["--uuid", "u"]],
+    "cancel-job": [["--uuid", "u"], ["--task", "myapp.tasks.t"]],
 }
 """Command lines each command is complete with (any one will do), before the option tried."""
 

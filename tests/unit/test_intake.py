@@ -147,6 +147,11 @@ def test_the_uuid_added_to_any_message_text_leaves_valid_json(
             "(uuid u3): arrays and objects nested more than 64 levels deep",
         ),
         ('{"uuid": ["u4"], "args": [NaN]}', "not_json", "on channel chan: not JSON (NaN"),
+        (
+            '{"task": "a.b", "uuid": "u5", "args": [1, {"k": -' + "9" * 5001 + "}]}",
+            "not_json",
+            "on channel chan (uuid u5): not JSON (args[1].k: the integer has more than 4300 digits)",
+        ),
     ],
 )
 def test_rejections(

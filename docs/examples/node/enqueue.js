@@ -44,8 +44,10 @@ export function identityJson(value) {
   return JSON.stringify(value);
 }
 
-// A number as PostgreSQL's numeric (so jsonb) writes it: plain decimal, no exponent, no
-// sign on zero. String(1e21) is "1e+21", String(1e-7) "1e-7": both are written out in full.
+// A number in the canonical form of duplicate keys (docs/durable-queues.md): its shortest
+// text, as String() writes it, in plain decimal with no sign on zero. String(1e21) is
+// "1e+21", String(1e-7) "1e-7": both are written out in full. JavaScript cannot tell 1 from
+// 1.0, so an integral number is written as an integer (Python writes its float 1.0).
 export function canonicalNumber(n) {
   const text = String(n);
   const match = /^(-?)(\d+)(?:\.(\d+))?e([+-]\d+)$/.exec(text);

@@ -6,9 +6,11 @@
 // The message is checked before it is sent, so a bad message fails here, with its place and
 // the reason, instead of being rejected by the service: against
 // schemas/task-message.schema.json, then for what JSON.stringify would change or a service
-// cannot read (NaN and infinities, which it writes as null; arrays and objects nested more
-// than 64 levels in all, the message itself included; a uuid holding a NUL character or a
-// lone surrogate, which PostgreSQL text cannot hold).
+// cannot read: anything but plain objects, arrays, strings, finite numbers, booleans and
+// null (JSON.stringify writes undefined, a function, NaN or an infinity as null, a Map or a
+// Uint8Array as an object of other keys, and throws at a BigInt); a hole in an array;
+// arrays and objects nested more than 64 levels in all, the message itself included; a
+// uuid holding a NUL character or a lone surrogate, which PostgreSQL text cannot hold.
 //
 // With DISPATCHER_SIGNING_KEY_ID and DISPATCHER_SIGNING_SECRET set (a key of the services'
 // security.keys), the message is sent in a signed envelope (schemas/signed-envelope.schema.json).
@@ -47,14 +49,49 @@ export function unstorableText(text) {
   return null;
 }
 
-// "<place>: <reason>" for the first value a service would not get as it is, or null.
+// What a value is, for a reason: "a function", "a Map", "undefined".
+function kind(value) {
+  if (value === undefined) return "undefined";
+  if (typeof value !== "object") return `a ${typeof value}`;
+  const name = value.constructor?.name;
+  return name ? `a ${name}` : "an object with a prototype of its own";
+}
+
+function isPlainObject(value) {
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+// "<place>: <reason>" for the first value a service would not get as it is, or null: only
+// plain objects, arrays, strings, finite numbers, booleans and null go through
+// JSON.stringify unchanged (undefined, functions and symbols become null or vanish, a Map,
+// a Set or a typed array becomes an object of other keys, a BigInt makes it throw).
 export function unsendable(value, path = "", depth = 1) {
   if (typeof value === "number") return Number.isFinite(value) ? null : `${path}: ${value} is not valid in JSON`;
-  if (value === null || typeof value !== "object") return null;
-  if (depth > MAX_NESTING_DEPTH) {
-    return `${path}: nested too deeply, or contains itself (a message may nest ${MAX_NESTING_DEPTH} levels in all)`;
+  if (value === null || typeof value === "string" || typeof value === "boolean") return null;
+  const where = path || "(the message)";
+  if (typeof value !== "object" || !(Array.isArray(value) || isPlainObject(value))) {
+    return `${where}: ${kind(value)} is not valid in JSON (send plain objects, arrays, strings, finite numbers, booleans and null)`;
   }
-  const entries = Array.isArray(value) ? value.map((item, i) => [i, item]) : Object.entries(value);
+  if (depth > MAX_NESTING_DEPTH) {
+    return `${where}: nested too deeply, or contains itself (a message may nest ${MAX_NESTING_DEPTH} levels in all)`;
+  }
+  if (Object.getOwnPropertySymbols(value).length > 0) {
+    return `${where}: has a Symbol key, which JSON.stringify drops`;
+  }
+  let entries;
+  if (Array.isArray(value)) {
+    entries = [];
+    for (let i = 0; i < value.length; i++) {
+      if (!Object.hasOwn(value, i)) return `${place(path, i)}: a hole in a sparse array (JSON.stringify would send null)`;
+      entries.push([i, value[i]]);
+    }
+    if (Object.keys(value).length > value.length) {
+      return `${where}: an array with properties other than its items, which JSON.stringify drops`;
+    }
+  } else {
+    entries = Object.entries(value);
+  }
   for (const [key, item] of entries) {
     const found = unsendable(item, place(path, key), depth + 1);
     if (found) return found;
@@ -75,8 +112,10 @@ export function checkMessage(message) {
   if (unstorable) throw new Error(`invalid task message: uuid: ${unstorable}`);
 }
 
+// An option left undefined is not given: the message keeps its new uuid, for instance.
 export function buildMessage(task, args = [], kwargs = {}, options = {}) {
-  return { task, uuid: randomUUID(), args, kwargs, time_pub: Date.now() / 1000, ...options };
+  const given = Object.entries(options).filter(([, value]) => value !== undefined);
+  return { task, uuid: randomUUID(), args, kwargs, time_pub: Date.now() / 1000, ...Object.fromEntries(given) };
 }
 
 // signature = hex(HMAC-SHA256(secret, signed_at + "." + body)), over UTF-8 bytes.
@@ -95,7 +134,9 @@ export function signingKeyFromEnv(env = process.env) {
   return { id, secret };
 }
 
+// Send the message; return its uuid (a new one, added to what is sent, when it has none).
 export async function submit(client, channel, message, key = signingKeyFromEnv()) {
+  if (!Object.hasOwn(message, "uuid")) message = { ...message, uuid: randomUUID() };
   checkMessage(message);
   const body = JSON.stringify(message);
   const text = key ? signEnvelope(body, key.id, key.secret) : body;

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
-from dispatcher.schema.errors import DispatcherError
+from dispatcher.schema.errors import DispatcherError, format_path
 from dispatcher.schema.wire import MAX_NESTING_DEPTH
 
 DecodeReason = Literal["not_json", "too_deep"]
@@ -27,8 +28,9 @@ class DecodeError(DispatcherError, ValueError):
         """``not_json`` (not strict JSON) or ``too_deep`` (nested beyond the limit)."""
         self.uuid: str | None = uuid
         """The ``uuid`` of the refused text's top-level object, when it could be read back
-        (JSON too deep, or holding a NaN, an infinity or a number out of range, at most
-        :data:`UUID_READ_BACK_BELOW` characters for the latter): for the log line."""
+        (JSON too deep, or holding a NaN, an infinity, a number out of range or an integer of
+        too many digits, at most :data:`UUID_READ_BACK_BELOW` characters for the latter):
+        for the log line."""
 
 
 def _refuse_constant(name: str) -> Any:
@@ -42,14 +44,31 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class _TooManyDigits:
+    """Where a text read back leniently has an integer over Python's digit limit."""
+
+
+_TOO_MANY_DIGITS: Final = _TooManyDigits()
+
+
+def _lenient_int(text: str) -> int | _TooManyDigits:
+    try:
+        return int(text)
+    except ValueError:  # over sys.get_int_max_str_digits()
+        return _TOO_MANY_DIGITS
+
+
 _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-_LENIENT: Final = json.JSONDecoder()
-"""Takes NaN, infinities and numbers out of range: only to read back a refused text's uuid."""
+_LENIENT: Final = json.JSONDecoder(parse_int=_lenient_int)
+"""Takes NaN, infinities, numbers out of range and integers over the digit limit: only to
+read back a refused text's uuid, and where its integer of too many digits is."""
 
 UUID_READ_BACK_BELOW: Final = 65536
 """Texts refused for a number are decoded again for their uuid when shorter than this."""
 
 _NUMBER_PROBLEMS: Final = (" is not valid JSON", " is out of range")
+_DIGITS_PROBLEM: Final = "for integer string conversion"
+"""In the ``ValueError`` of ``int()`` for an integer over Python's digit limit."""
 
 _SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 _CONTAINERS: Final = (dict, list, tuple)
@@ -74,6 +93,7 @@ def decode_json(text: str | bytes, max_depth: int = MAX_NESTING_DEPTH) -> Any:
     Refused: text that is not strict JSON (including ``NaN``, ``Infinity``, numbers that
     overflow a float such as ``1e400``, integers over Python's digit limit, invalid UTF-8),
     and arrays and objects nested more than *max_depth* levels (the outermost is level 1).
+    A number too small for a float (``1e-400``) is read as ``0.0``, as ``float()`` reads it.
 
     :raises DecodeError: saying why, with :attr:`DecodeError.reason` set.
     """
@@ -88,7 +108,15 @@ def decode_json(text: str | bytes, max_depth: int = MAX_NESTING_DEPTH) -> Any:
         raise DecodeError("too_deep", _too_deep_message(max_depth)) from None
     except ValueError as exc:
         reason = str(exc)
-        uuid = _lenient_uuid(text) if reason.endswith(_NUMBER_PROBLEMS) else None
+        if _DIGITS_PROBLEM in reason:
+            read_back = _read_back(text)
+            where = _too_many_digits_at(read_back)
+            digits = f"has more than {sys.get_int_max_str_digits()} digits"
+            reason = (
+                f"{format_path(where)}: the integer {digits}" if where else f"an integer {digits}"
+            )
+            raise DecodeError("not_json", f"not JSON ({reason})", _uuid_of(read_back)) from None
+        uuid = _uuid_of(_read_back(text)) if reason.endswith(_NUMBER_PROBLEMS) else None
         raise DecodeError("not_json", f"not JSON ({_short(reason)})", uuid) from None
     # n containers cannot nest deeper than n: most messages never need the measure.
     if _may_exceed_depth(text, max_depth) and _text_exceeds_depth(text, max_depth):
@@ -102,14 +130,46 @@ def _uuid_of(value: object) -> str | None:
     return uuid if isinstance(uuid, str) and 0 < len(uuid) <= 255 else None
 
 
-def _lenient_uuid(text: str) -> str | None:
-    """The uuid of *text*, refused for one of its numbers only, when it is short enough."""
+def _read_back(text: str) -> Any:
+    """*text*, refused for one of its numbers only, decoded leniently.
+
+    ``None`` when it is :data:`UUID_READ_BACK_BELOW` characters or more, or cannot be decoded
+    even so.
+    """
     if len(text) >= UUID_READ_BACK_BELOW:
         return None
     try:
-        return _uuid_of(_LENIENT.decode(text))
+        return _LENIENT.decode(text)
     except (ValueError, RecursionError):
         return None
+
+
+def _too_many_digits_at(value: Any) -> tuple[str | int, ...] | None:
+    """Where in *value*, read back leniently, the first integer over the digit limit is.
+
+    ``None`` when it is nowhere below the top (the text is that integer, or could not be
+    read back), or too deep to walk.
+    """
+    try:
+        found = _find_too_many_digits(value, ())
+    except RecursionError:
+        return None
+    return found or None
+
+
+def _find_too_many_digits(value: Any, path: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+    if value is _TOO_MANY_DIGITS:
+        return path
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    for key, item in items:
+        found = _find_too_many_digits(item, (*path, key))
+        if found is not None:
+            return found
+    return None
 
 
 _COUNT_BELOW: Final = 1024

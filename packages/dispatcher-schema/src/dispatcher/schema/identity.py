@@ -6,18 +6,21 @@ compares :func:`duplicate_key`, its fixed-size digest, in the ``dup_key`` column
 table (a unique index cannot hold the arguments themselves: an index entry is limited to
 about 2.7 kB).
 
-Numbers are written in one canonical form, the one PostgreSQL's ``numeric`` (and so
-``jsonb``) writes for the JSON text of the number: plain decimal, never an exponent, with as
-many digits after the point as the text has after its point minus its exponent (none when
-that is zero or less), and no sign on zero. Python writes ``1e16`` as ``1e+16``, JavaScript
-as ``10000000000000000``, ``jsonb`` as ``10000000000000000``: all three become the last.
-``1`` and ``1.0`` still differ, as their JSON texts do.
+Numbers are written in one canonical form, the one Python, the SQL function and the Node.js
+example can all reach. An integer, which is a number whose JSON text written as PostgreSQL's
+``numeric`` (so ``jsonb``) writes it has no point (``42``, and ``1e5`` too), is that plain
+decimal text. Any other number is read by a service as a double, and is written as that
+double's shortest text (Python's ``repr``), in plain decimal: ``10.50`` is ``10.5``, ``1e-7``
+``0.0000001``, ``1e16`` (a float from 1e16 on) ``10000000000000000``, ``100.000`` ``100.0``
+(an integral float below 1e16 keeps one zero after its point), ``-0.0`` and ``1e-400``
+``0.0``. ``1`` and ``1.0`` still differ, as their JSON texts do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal
@@ -30,12 +33,17 @@ _STRING_OR_NUMBER: Final = re.compile(r'"(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*')
 
 
 def canonical_number(text: str) -> str:
-    """Return the JSON number *text* as PostgreSQL's ``numeric`` writes it (see above).
+    """Return the JSON number *text* in canonical form (see the module's docstring).
 
-    ``1e+16`` gives ``10000000000000000``, ``1e-07`` ``0.0000001``, ``1.50e1`` ``15.0``,
-    ``-0.0`` ``0.0``; a number in that form already is returned as it is.
+    ``1e+16`` gives ``10000000000000000``, ``1e-07`` ``0.0000001``, ``10.50`` ``10.5``,
+    ``1.50e1`` ``15.0``, ``1e5`` ``100000``, ``-0.0`` ``0.0``; a number in that form already
+    is returned as it is.
     """
     written = format(Decimal(text), "f")
+    if "." in written:
+        number = float(text)  # as a service reads it: correctly rounded, 0.0 when too small
+        if math.isfinite(number):  # else no service takes the message: leave it as it is
+            written = format(Decimal(repr(number)), "f")
     if written.startswith("-") and not written.strip("-0."):
         return written[1:]  # PostgreSQL's numeric has no negative zero
     return written
@@ -65,7 +73,7 @@ def duplicate_key(message: Mapping[str, Any]) -> str:
     """Return the hex SHA-256 of :func:`duplicate_identity`: the queue table's ``dup_key``.
 
     The SQL function ``dispatcher_duplicate_key()`` and the Node.js example compute the same
-    value from the same arguments (numbers compare as PostgreSQL's ``numeric`` writes their
-    JSON text: ``1e16`` and ``10000000000000000`` are the same, ``1`` and ``1.0`` differ).
+    value from the same arguments (numbers in canonical form: ``1e16`` and
+    ``10000000000000000`` are the same, ``10.50`` and ``10.5`` too, ``1`` and ``1.0`` differ).
     """
     return hashlib.sha256(duplicate_identity(message).encode("ascii")).hexdigest()

@@ -499,6 +499,9 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
     waiting, problem = _cancel_waiting(settings, options)
     if problem is not None:
         print(f"dispatcherctl: {shown(problem)}", file=sys.stderr)
+    hint = _waiting_of_task_hint(settings, options)
+    if hint is not None:
+        print(f"dispatcherctl: {shown(hint)}", file=sys.stderr)
     waiting_to = sys.stderr if options.json else sys.stdout
     try:
         result = control_with_reply(
@@ -573,6 +576,27 @@ def _cancel_waiting(
             f"compared: cancel it with 'dispatcherctl cancel-job --uuid {options.uuid}'"
         )
     return ctl_jobs.cancel_waiting_job(settings, options.uuid, options.task, options.timeout)
+
+
+def _waiting_of_task_hint(settings: Settings, options: argparse.Namespace) -> str | None:
+    """For ``cancel --task T`` (no ``--uuid``): name ``cancel-job`` when jobs of T wait.
+
+    Waiting durable jobs (delayed, or waiting for a retry) are no service's yet, so the
+    services' cancel does not reach them; they are counted, not cancelled, here.
+    """
+    if options.command != "cancel" or not options.task or options.uuid:
+        return None
+    count = ctl_jobs.waiting_of_task(settings, options.task, options.timeout)
+    if count == 0:
+        return None
+    jobs = "job of this task waits" if count == 1 else "jobs of this task wait"
+    filtered = options.args is not None or options.kwargs is not None
+    return (
+        f"{count} {jobs} in durable queues (delayed, or waiting for a retry), where no service "
+        f"holds {'it' if count == 1 else 'them'} to cancel: 'dispatcherctl cancel-job --task "
+        f"{options.task}' cancels every waiting job of the task"
+        + (", whatever its args and kwargs" if filtered else "")
+    )
 
 
 def _with_elapsed(result: ControlResult, timeout: float) -> ControlResult:

@@ -1,4 +1,4 @@
-"""``dispatcherctl jobs``, ``retry`` and ``purge``: the durable queue's rows, for operators.
+"""``dispatcherctl jobs``, ``retry``, ``purge`` and ``cancel-job``: the durable queue's rows.
 
 These commands talk to the database of ``brokers.pg_queue`` directly (no service needs to
 run). ``--timeout S`` is how long they wait for a lock another session holds on the jobs
@@ -105,16 +105,23 @@ def add_commands(add: AddCommand, default_timeout: float) -> None:
     )
     cancel = add(
         "cancel-job",
-        "cancel a durable job that waits (queued): it ends cancelled and never starts",
+        "cancel durable jobs that wait (queued): they end cancelled and never start",
         **taken,
     )
-    cancel.add_argument("--uuid", action=Text, required=True, help="the waiting job's uuid")
+    job = cancel.add_mutually_exclusive_group(required=True)
+    job.add_argument("--uuid", action=Text, help="the waiting job with this uuid")
+    job.add_argument("--task", action=Text, help="every waiting job of this task")
+    cancel.add_argument(
+        "--queue", action=Text, help="with --task: only the waiting jobs of this queue"
+    )
 
 
 def run(options: argparse.Namespace, settings: Settings) -> int:
     """Run the queue command in *options*; print its output; return the exit status."""
     if options.command == "retry" and options.queue is not None and not options.failed:
         return _fail("retry --queue goes with --failed", EXIT_USAGE)
+    if options.command == "cancel-job" and options.queue is not None and options.task is None:
+        return _fail("cancel-job --queue goes with --task", EXIT_USAGE)
     try:
         section = queue_admin.queue_settings(settings)
     except queue_admin.QueueNotConfigured as exc:
@@ -233,6 +240,8 @@ def _purge(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespa
 
 
 def _cancel_job(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
+    if options.task is not None:
+        return _cancel_jobs_of_task(conn, schema, options.task, options.queue, options.json)
     queue = queue_admin.cancel_waiting(conn, schema, options.uuid)
     if options.json:
         print(json.dumps({"cancelled": 1, "uuid": options.uuid, "queue": queue}))
@@ -242,6 +251,38 @@ def _cancel_job(conn: psycopg.Connection[Any], schema: str, options: argparse.Na
             f"of queue {escape(queue, limit=None)}"
         )
     return EXIT_OK
+
+
+def _cancel_jobs_of_task(
+    conn: psycopg.Connection[Any], schema: str, task: str, queue: str | None, as_json: bool
+) -> int:
+    cancelled = queue_admin.cancel_waiting_of_task(conn, schema, task, queue)
+    count = sum(cancelled.values())
+    if as_json:
+        print(json.dumps({"cancelled": count, "task": task, "by_queue": dict(cancelled)}))
+        return EXIT_OK
+    where = "" if queue is None else f" in queue {escape(queue, limit=None)}"
+    print(
+        f"cancelled {count} waiting {_jobs_word(count)} of task {escape(task, limit=None)}{where}"
+    )
+    return EXIT_OK
+
+
+def waiting_of_task(settings: Settings, task: str, timeout: float) -> int:
+    """How many durable jobs of *task* wait in the table.
+
+    0 without a durable queue, or when the table cannot be read: ``dispatcherctl cancel``
+    only adds a hint with it.
+    """
+    section = settings.brokers.pg_queue
+    if section is None:
+        return 0
+    try:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+            limit_waits(conn, timeout)
+            return queue_admin.count_waiting(conn, section.schema, task)
+    except (psycopg.Error, DispatcherError):
+        return 0
 
 
 def cancel_waiting_job(

@@ -249,6 +249,38 @@ def cancel_waiting(
     raise NotCancelled(f"job {uuid} is {state[0]} already: only waiting jobs are cancelled here")
 
 
+def cancel_waiting_of_task(
+    conn: psycopg.Connection[Any], schema: str, task: str, queue: str | None = None
+) -> Counter[str]:
+    """Cancel every waiting (``queued``) job of *task*; return how many, by queue.
+
+    Only those of *queue*, if given; each as :func:`cancel_waiting` cancels one. Jobs a
+    service has claimed are left to it (the ``cancel`` control command): a job claimed while
+    this runs is not cancelled here.
+    """
+    rows = conn.execute(
+        sql.SQL(
+            "UPDATE {} SET state = 'cancelled', outcome = 'cancelled', last_error = {},"
+            " finished_at = now(), lease_until = NULL WHERE state = 'queued'"
+            " AND task = %(task)s AND (%(queue)s::text IS NULL OR queue = %(queue)s)"
+            " RETURNING queue"
+        ).format(_jobs(schema), _CANCELLED_ERROR),
+        {"fresh": CANCELLED_WAITING, "again": CANCELLED_AGAIN, "task": task, "queue": queue},
+    ).fetchall()
+    return Counter(str(row[0]) for row in rows)
+
+
+def count_waiting(conn: psycopg.Connection[Any], schema: str, task: str) -> int:
+    """How many jobs of *task* wait (``queued``) in the table."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE state = 'queued' AND task = %s").format(
+            _jobs(schema)
+        ),
+        (task,),
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
 def retry_job(conn: psycopg.Connection[Any], schema: str, uuid: str) -> Retried:
     """Queue the failed or cancelled job *uuid* again, with its attempts reset to 0.
 

@@ -43,6 +43,9 @@ AS $function$
             CASE WHEN length(ltrim(value::text, '-')) > 4300 THEN
                 'the integer has more than 4300 digits, too many to send (a service reads integers of at most 4300 digits)'
             END
+        -- jsonb writes no exponent, so a number of at most 308 characters is below 1e308:
+        -- most are, and need no cast to numeric.
+        WHEN length(value::text) <= 308 THEN NULL
         -- 2^1024 - 2^970: from there on, a double rounds to infinity (the service reads
         -- non-integers as doubles and refuses an infinite one).
         WHEN abs(value::text::numeric) >= 179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792 THEN
@@ -116,6 +119,7 @@ DECLARE
     envelope text;
     position integer;
     unknown text;
+    unreadable text;
     seconds numeric;
     option_name text;
 BEGIN
@@ -170,11 +174,13 @@ BEGIN
         RAISE EXCEPTION 'dispatcher_submit: %: nested more than 63 levels deep (a message may nest 64 levels in all, the message itself included)',
             CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")') THEN 'args' ELSE 'kwargs' END;
     END IF;
-    IF EXISTS (
-        SELECT FROM jsonb_path_query(jsonb_build_array(args, kwargs), 'strict $.**') AS v
-        WHERE dispatcher_unreadable_number(v) IS NOT NULL
-    ) THEN
-        RAISE EXCEPTION 'dispatcher_submit: %', coalesce(dispatcher_unreadable_path(args, 'args'), dispatcher_unreadable_path(kwargs, 'kwargs'));
+    -- Only a number of 1e308 or more in magnitude may be unreadable: one path query tells
+    -- whether there is any, several times faster than a check of each number.
+    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))') THEN
+        unreadable := coalesce(dispatcher_unreadable_path(args, 'args'), dispatcher_unreadable_path(kwargs, 'kwargs'));
+        IF unreadable IS NOT NULL THEN
+            RAISE EXCEPTION 'dispatcher_submit: %', unreadable;
+        END IF;
     END IF;
 
     task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);
