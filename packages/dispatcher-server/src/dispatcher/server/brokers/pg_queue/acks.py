@@ -29,6 +29,11 @@ from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
 
+WRITE_LIMIT: Final = 30.0
+"""Seconds one batch's write may take. It is not cancelled from outside (a stop cancelling
+the write it waits for would leave rows written but their outcomes pending, written again
+and refused by the fence): only this limit, or the caller's shorter one, ends it."""
+
 MAX_UUIDS_LOGGED: Final = 20
 """Uuids named in one line about outcomes the database refused (the count says the rest)."""
 _ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -77,20 +82,25 @@ class Acknowledger:
         """Queue one row's change."""
         self._pending.append(ack)
 
-    async def flush(self) -> None:
-        """Write everything queued, a batch per statement.
+    async def flush(self, limit: float = WRITE_LIMIT) -> None:
+        """Write everything queued, a batch per statement, each within *limit* seconds.
 
         :raises psycopg.Error, OSError, BrokerNotReady: when the database cannot take them
-            now; what was not written stays queued.
+            now (``TimeoutError``: it did not answer within *limit*); what was not written
+            stays queued.
         """
         async with self._lock:
             while self._pending:
                 batch = self._pending[: self._batch_size]
                 given_up: set[tuple[int, int]] = set()
-                try:
-                    rows = await self._db.fetch(self._statement, self._params(batch))
-                except (psycopg.IntegrityError, psycopg.DataError, UnicodeEncodeError):
-                    rows = await self._one_by_one(batch, given_up)
+                with anyio.CancelScope(shield=True) as write:
+                    write.deadline = anyio.current_time() + limit
+                    try:
+                        rows = await self._db.fetch(self._statement, self._params(batch))
+                    except (psycopg.IntegrityError, psycopg.DataError, UnicodeEncodeError):
+                        rows = await self._one_by_one(batch, given_up)
+                if write.cancelled_caught:
+                    raise TimeoutError(f"the database did not answer within {limit:g} s")
                 del self._pending[: len(batch)]
                 written = {(row[5], row[6]) for row in rows}
                 fenced: list[str] = []

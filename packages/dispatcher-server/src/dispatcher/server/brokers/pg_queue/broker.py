@@ -60,9 +60,10 @@ from dispatcher.server.stats import ServiceStats
 logger = get_logger("dispatcher.pg_queue")
 
 CLOSE_FLUSH_TIMEOUT: Final = 5.0
-"""Seconds a stop spends writing outcomes, all its writes together: those of the jobs that
-end during the stop's grace, and at the end those still waiting. A database that does not
-answer (stopped, frozen, cut off) costs no more than that."""
+"""Seconds a write of outcomes may take once a stop began (those of the jobs that end
+during the stop's grace, and at the end those still waiting). The first that takes longer
+shows the database is not answering: the stop writes nothing more, so that it costs no
+more than that; a database that answers gets every outcome written."""
 TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
 """The ``on_duplicate`` modes the table enforces (``parallel`` needs nothing)."""
 
@@ -128,8 +129,8 @@ class PgQueueBroker(BrokerBase):
         )
         self._replies = AsyncConnectionProvider(settings.conninfo)
         self._ack_failures = RateLimitedLog(logger, logging.WARNING)
-        self._stop_writes_until: float | None = None
-        """When (``time.monotonic()``) a stop gives up writing outcomes; set by the first."""
+        self._stop_gave_up = False
+        """A write of the stop took longer than :data:`CLOSE_FLUSH_TIMEOUT`: none follows."""
 
     async def run(
         self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -176,8 +177,7 @@ class PgQueueBroker(BrokerBase):
             return  # the database is away: the upkeep writes them once it is back
         try:
             if self._stopped:  # a stop waits for no database: close() says what is left
-                with anyio.move_on_after(self._stop_budget()):
-                    await self._acks.flush()
+                await self._write_while_stopping()
             else:
                 await self._acks.flush()
         except FAILURES as exc:
@@ -235,13 +235,12 @@ class PgQueueBroker(BrokerBase):
     async def close(self) -> None:
         """Write what acknowledgements wait (briefly), then close the connections."""
         why: str | None = None
-        with anyio.move_on_after(self._stop_budget()) as waited:
-            try:
-                await self._acks.flush()
-            except FAILURES as exc:
-                why = first_line(exc)
-        if waited.cancelled_caught:
-            why = f"the database did not answer within {CLOSE_FLUSH_TIMEOUT:g} s"
+        try:
+            await self._write_while_stopping()
+        except FAILURES as exc:
+            why = first_line(exc)
+        if self._stop_gave_up:
+            why = f"the database did not answer a write within {CLOSE_FLUSH_TIMEOUT:g} s"
         if why is not None and self._acks.pending:
             logger.warning(
                 "%s not recorded (%s): their jobs will run again once their lease runs out",
@@ -252,12 +251,14 @@ class PgQueueBroker(BrokerBase):
         await self._db.close()
         await self._replies.close()
 
-    def _stop_budget(self) -> float:
-        """Seconds left for a stop's writes (see :data:`CLOSE_FLUSH_TIMEOUT`)."""
-        now = time.monotonic()
-        if self._stop_writes_until is None:
-            self._stop_writes_until = now + CLOSE_FLUSH_TIMEOUT
-        return max(0.0, self._stop_writes_until - now)
+    async def _write_while_stopping(self) -> None:
+        """Write the outcomes waiting, within :data:`CLOSE_FLUSH_TIMEOUT` (see there)."""
+        if self._stop_gave_up:
+            return
+        try:
+            await self._acks.flush(CLOSE_FLUSH_TIMEOUT)
+        except TimeoutError:
+            self._stop_gave_up = True
 
     async def _on_open(self, conn: Connection) -> None:
         """A new working connection: check the tables."""
