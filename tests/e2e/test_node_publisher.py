@@ -398,9 +398,10 @@ await client.query('LISTEN node_uuids');
 const returned = [
   await submit(client, 'node_uuids', buildMessage('a.b', [], {}, { uuid: undefined }), null),
   await submit(client, 'node_uuids', { task: 'a.b', args: [], kwargs: {} }, null),
+  await submit(client, 'node_uuids', { task: 'a.b', args: [], kwargs: {}, uuid: undefined }, null),
 ];
 const deadline = Date.now() + 10000;
-while (sent.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+while (sent.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
 const queued = await enqueue(client, 'orders', 'a.b', [], {}, { uuid: undefined },
   process.env.DISPATCHER_QUEUE_SCHEMA);
 const row = await client.query(

@@ -274,6 +274,7 @@ def test_cancel_by_task_names_cancel_job_when_jobs_of_the_task_wait_in_the_table
     quiet = ctl(config, "cancel", "--task", task)
     assert "cancel-job" not in quiet.stderr
     waiting = [insert_job(pg_conn, schema, task=task, run_after=600) for _ in "ab"]
+    insert_job(pg_conn, schema, task=task)  # ready: a service claims it in moments, not counted
     result = ctl(config, "cancel", "--task", task, "--args", "[1]")
     assert (
         "dispatcherctl: 2 jobs of this task wait in durable queues (delayed, or waiting for a "

@@ -128,3 +128,35 @@ def test_fds_a_task_closes_or_redirects_are_put_back_for_the_next_tasks() -> Non
         "LOG task output [app.says uuid-2] said on fd 2",
         "LOG task output [app.says uuid-4] said on fd 2 again",
     ]
+
+
+KEPT_SCRIPT = textwrap.dedent(
+    """
+    import io, logging, os, sys
+    from dispatcher.server.capture import OutputCapture
+    from dispatcher.server.logsafe import log_to
+
+    capture = OutputCapture(4096)
+    log_to(capture.start(), logging.INFO, "LOG %(message)s")
+    # A worker hook wraps sys.stdout (line-buffered), before the worker says it is ready.
+    sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), line_buffering=True)
+    capture.keep_streams()
+    capture.begin("app.prints", "uuid-1")
+    print("through the hook's stream")
+    capture.end()
+    print(sys.stdout.line_buffering, file=sys.stderr)
+    capture.close()
+    """
+)
+
+
+def test_streams_a_worker_hook_set_up_are_kept_for_its_tasks() -> None:
+    with open("/dev/null") as null:
+        result = subprocess.run(
+            [sys.executable, "-c", KEPT_SCRIPT], stdin=null, capture_output=True, timeout=30
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr.decode().splitlines() == [
+        "LOG task output [app.prints uuid-1] through the hook's stream",
+        "LOG worker output [between tasks] True",
+    ]

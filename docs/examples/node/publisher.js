@@ -136,7 +136,7 @@ export function signingKeyFromEnv(env = process.env) {
 
 // Send the message; return its uuid (a new one, added to what is sent, when it has none).
 export async function submit(client, channel, message, key = signingKeyFromEnv()) {
-  if (!Object.hasOwn(message, "uuid")) message = { ...message, uuid: randomUUID() };
+  if (message.uuid === undefined) message = { ...message, uuid: randomUUID() };
   checkMessage(message);
   const body = JSON.stringify(message);
   const text = key ? signEnvelope(body, key.id, key.secret) : body;

@@ -10,12 +10,12 @@ it wrote more than the cap. What is written between tasks (hooks) is kept the sa
 logged before the next task, or when the worker stops. A worker stopped by SIGTERM in the
 middle of a task (one that resisted its cancel) logs what the task wrote until then.
 
-A task that closes or redirects file descriptors 0, 1 or 2 (``os.close(2)``, ``os.dup2(f,
-1)``), or leaves ``sys.stdout`` or ``sys.stderr`` replaced, would break every later task of
-its worker: each is put back as the worker set it up once the task ends, with a warning
-(once per worker). The check costs under a microsecond a task: fds 1 and 2 are known to
-still be the capture's pipe by its size (:data:`PIPE_SIZE`, which few other pipes have),
-and fd 0 to be open.
+A task that closes file descriptors 0, 1 or 2 (``os.close(2)``), redirects 1 or 2
+(``os.dup2(f, 1)``), or leaves ``sys.stdout`` or ``sys.stderr`` replaced, would break every
+later task of its worker: each is put back as the worker set it up once the task ends, with
+a warning (once per worker). The check costs about a microsecond a task: fds 1 and 2 are
+known to still be the capture's pipe by its size (:data:`PIPE_SIZE`, which few other pipes
+have), and fd 0 to be open (fd 0 pointed at another file is not noticed).
 """
 
 from __future__ import annotations
@@ -146,6 +146,14 @@ class OutputCapture:
     def begin(self, task: str, uuid: str) -> None:
         """A task starts: log what was written since the last one; collect the task's output."""
         self._switch(CapturedOutput(self.cap, task, uuid)).emit()
+
+    def keep_streams(self) -> None:
+        """Take ``sys.stdout`` and ``sys.stderr`` as they are now as the ones to put back.
+
+        Called once the worker is set up: a worker hook or a module it imported may have
+        wrapped them (a line-buffered writer, a colouring one), and tasks keep that.
+        """
+        self._streams = (sys.stdout, sys.stderr)
 
     def end(self) -> None:
         """The task has ended: log its output; collect what comes next as between tasks.

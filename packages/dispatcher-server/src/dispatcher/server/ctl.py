@@ -499,9 +499,6 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
     waiting, problem = _cancel_waiting(settings, options)
     if problem is not None:
         print(f"dispatcherctl: {shown(problem)}", file=sys.stderr)
-    hint = _waiting_of_task_hint(settings, options)
-    if hint is not None:
-        print(f"dispatcherctl: {shown(hint)}", file=sys.stderr)
     waiting_to = sys.stderr if options.json else sys.stdout
     try:
         result = control_with_reply(
@@ -515,6 +512,9 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
             print(shown(waiting), file=waiting_to)
         print(f"dispatcherctl: {shown(exc)}", file=sys.stderr)
         return EXIT_MISSING if isinstance(exc, BrokerUnavailable) else EXIT_USAGE
+    hint = _waiting_of_task_hint(settings, options)  # after the cancel: it waits for nothing
+    if hint is not None:
+        print(f"dispatcherctl: {shown(hint)}", file=sys.stderr)
     channel = control_channel(settings)
     if waiting is not None and result.expected == 0 and options.expected_replies is None:
         if options.json:

@@ -271,11 +271,14 @@ def cancel_waiting_of_task(
 
 
 def count_waiting(conn: psycopg.Connection[Any], schema: str, task: str) -> int:
-    """How many jobs of *task* wait (``queued``) in the table."""
+    """How many jobs of *task* wait in the table for a time (delayed, or for a retry).
+
+    Jobs ready to run are left out: a service claims them in moments.
+    """
     row = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE state = 'queued' AND task = %s").format(
-            _jobs(schema)
-        ),
+        sql.SQL(
+            "SELECT count(*) FROM {} WHERE state = 'queued' AND task = %s AND run_after > now()"
+        ).format(_jobs(schema)),
         (task,),
     ).fetchone()
     return 0 if row is None else int(row[0])

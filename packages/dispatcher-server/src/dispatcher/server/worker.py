@@ -142,6 +142,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     signal.signal(signal.SIGTERM, functools.partial(_stopped, capture, os.getpid()))
     _call_hook(hooks.on_start)
     adopt_dispatcherd_tasks()  # after every import: the task modules, the hooks, on_start
+    capture.keep_streams()  # as the hooks and the imports left them: what tasks get back
     channel.send(event_line(_ready_event()))
     try:
         while True:

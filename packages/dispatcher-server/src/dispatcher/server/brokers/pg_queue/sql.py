@@ -79,7 +79,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (
     CROSS JOIN LATERAL (
         SELECT w.run_after FROM {s}.jobs AS w
         WHERE w.queue = q.name AND w.state = 'queued' AND w.run_after > now()
-          AND isfinite(w.run_after)
+          AND w.run_after < 'infinity'
         ORDER BY w.run_after
         LIMIT 1
     ) AS n)
