@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -30,9 +31,12 @@ logger = get_logger("dispatcher.launcher")
 
 _MAX_FDS = 4
 
-FORK_ANSWER_WAIT: Final = 5.0
-"""Seconds a fork server that has imported the task modules has to answer a fork request
-(it takes milliseconds): one that does not is stopped, or stuck, and is replaced."""
+FORK_ANSWER_WAIT: Final = 15.0
+"""Seconds a fork server that has imported the task modules may go without answering
+while a fork request waits (a fork takes milliseconds; requests are answered one after
+another, so the silence is measured, not each request's wait): one that stays silent
+that long is stopped, or stuck, and is replaced. Long, since replacing it kills its
+workers: a machine stalled for a few seconds (swapping, throttled) must not cost that."""
 
 
 class LaunchError(Exception):
@@ -142,6 +146,8 @@ class ForkServerLink:
         ``{"ok": False, "ended": status}`` when it ended before it could report."""
         self.reported = anyio.Event()
         """Set when :attr:`report` has arrived, or the fork server has ended without one."""
+        self.heard = time.monotonic()
+        """When it last sent anything (``time.monotonic()``)."""
         self.pidfd = -1
         """Readable once its process has ended (its socket may outlive it, held by a child
         that a task module forked as it was imported)."""
@@ -275,11 +281,14 @@ class WorkerLauncher:
             finally:
                 theirs.close()
             await link.reported.wait()  # (spawn requests wait for the import: not timed)
-            with anyio.move_on_after(FORK_ANSWER_WAIT):
-                await done.wait()
-            if not done.is_set():
-                self._unresponsive(link)
-                raise LaunchError("the fork server did not answer: it is being replaced")
+            asked = time.monotonic()
+            while not done.is_set():
+                silent = time.monotonic() - max(link.heard, asked)
+                if silent >= FORK_ANSWER_WAIT:
+                    self._unresponsive(link)
+                    raise LaunchError("the fork server did not answer: it is being replaced")
+                with anyio.move_on_after(FORK_ANSWER_WAIT - silent):
+                    await done.wait()
         except BaseException:
             ours.close()  # a worker forked all the same reads end-of-file and exits
             raise
@@ -313,6 +322,7 @@ class WorkerLauncher:
                 data, fds = b"", []
             if not data:
                 return False
+            link.heard = time.monotonic()
             event = json.loads(data)
             kind = event.get("event")
             if kind == "exited":
