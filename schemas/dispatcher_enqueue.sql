@@ -93,6 +93,8 @@ BEGIN
 END;
 $function$;
 
+-- Internal to dispatcher_duplicate_key(), which sets extra_float_digits for it: called
+-- alone, it writes floats as the session's extra_float_digits says.
 CREATE OR REPLACE FUNCTION dispatcher_identity_json(value jsonb) RETURNS text
 LANGUAGE plpgsql
 IMMUTABLE STRICT

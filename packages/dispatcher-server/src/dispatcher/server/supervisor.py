@@ -293,7 +293,7 @@ class Supervisor:
             worker.started.set()
             reload = self._reloading
             if reload is not None and worker is reload.probe:
-                reload.error = str(event["error"])
+                reload.error = _fatal_text(event)
             else:
                 self._on_fatal(event)
 
@@ -685,6 +685,16 @@ class Supervisor:
         for worker in self.workers:
             worker.kill()
         self._launcher.close()
+
+
+def _fatal_text(event: dict[str, Any]) -> str:
+    """What a worker's ``fatal`` event says, in one line: its error, and where (its report)."""
+    report = event.get("report")
+    if not isinstance(report, dict):
+        return str(event["error"])
+    where = report.get("location") or report.get("raised_in")
+    at = f" (at {where})" if where else ""
+    return f"cannot import {report.get('module')}: {report.get('error')}{at}"
 
 
 def _text(value: object) -> str | None:
