@@ -397,7 +397,7 @@ def test_a_parked_job_and_a_retried_cancelled_delayed_one_leave_the_others_runni
         schema,
         channel,
         [
-            job_message("record", evidence.path, "parked"),
+            job_message("record", evidence.path, "parked", delay=600),
             job_message("record", evidence.path, "delayed", delay=600),
         ],
     )
