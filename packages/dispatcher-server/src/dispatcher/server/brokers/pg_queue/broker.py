@@ -129,6 +129,9 @@ class PgQueueBroker(BrokerBase):
         )
         self._replies = AsyncConnectionProvider(settings.conninfo)
         self._ack_failures = RateLimitedLog(logger, logging.WARNING)
+        self._opened: set[str] = set()
+        """The connections (``work``, ``claims``) opened at least once: one opened again came
+        back after it was lost, and holds sweeps (see ``Upkeep.hold_sweeps``)."""
         self._stop_gave_up = False
         """A write of the stop took longer than :data:`CLOSE_FLUSH_TIMEOUT`: none follows."""
 
@@ -261,15 +264,19 @@ class PgQueueBroker(BrokerBase):
             self._stop_gave_up = True
 
     async def _on_open(self, conn: Connection) -> None:
-        """A new working connection: check the tables."""
+        """A new working connection: check the tables (and hold sweeps, if it came back)."""
         await self._check_tables(conn)
+        if "work" in self._opened:
+            self._upkeep.hold_sweeps()
+        self._opened.add("work")
 
     async def _on_open_claims(self, conn: Connection) -> None:
         """A new claiming connection: check the tables, then sweep what the dead left.
 
         This service's own leases are renewed first: reconnecting after an outage longer
         than the lease, the jobs it ran meanwhile (outcomes not written yet) are its own,
-        not lost.
+        not lost. Only the first connection sweeps at once: one that came back leaves the
+        other services of the database a lease to come back too (see ``Upkeep.hold_sweeps``).
         """
         await self._check_tables(conn)
 
@@ -277,7 +284,11 @@ class PgQueueBroker(BrokerBase):
             return await (await conn.execute(statement, params)).fetchall()
 
         await self._leases.renew(fetch)
-        await sweep(fetch, self._statements.sweep, self._stats)
+        if "claims" in self._opened:
+            self._upkeep.hold_sweeps()
+        else:
+            await sweep(fetch, self._statements.sweep, self._stats)
+        self._opened.add("claims")
 
     async def _check_tables(self, conn: Connection) -> None:
         """Raise :class:`BrokerNotReady` when the tables are missing or too old."""

@@ -95,6 +95,17 @@ class Upkeep:
         self._lease = lease
         self._keep_finished = keep_finished
         self._failures = RateLimitedLog(logger, logging.WARNING)
+        self._sweeps_from = 0.0
+        """No sweep before this (``time.monotonic()``): see :meth:`hold_sweeps`."""
+
+    def hold_sweeps(self) -> None:
+        """Sweep no other service's leases for one lease from now.
+
+        Said when a connection comes back after it was lost: the outage may have cut off
+        every service of the database, and those coming back later must have the time to
+        renew their own leases (their jobs ran meanwhile) before anyone takes them for dead.
+        """
+        self._sweeps_from = time.monotonic() + self._lease
 
     async def run(self) -> None:
         """Do each piece of work when due, until cancelled."""
@@ -111,7 +122,7 @@ class Upkeep:
             deadline = now + budget  # one for the sweep and the purge: renewals stay on time
             # Never sweep before this service's own leases are renewed: after a long outage
             # they ran out too, and the jobs it ran meanwhile are not lost, only unrecorded.
-            if now >= next_sweep and renewed:
+            if now >= next_sweep and renewed and now >= self._sweeps_from:
                 next_sweep = now + self._lease / 2
                 await self._attempt(self._sweep, deadline)
             if now >= next_purge:
