@@ -373,6 +373,11 @@ class WorkerLauncher:
         for done, result in link.pending.values():
             result.extend(({"event": "failed", "error": "the fork server ended"}, []))
             done.set()
+        if self.on_exit is not None:
+            # Its workers die with it, by their parent-death signal: it cannot say so now.
+            for pid in sorted(link.workers):
+                self.on_exit(pid, -signal.SIGKILL)
+        link.workers.clear()
 
     def _unresponsive(self, link: ForkServerLink) -> None:
         """*link* did not answer a fork request in time: kill it (its workers go with it).
