@@ -180,6 +180,10 @@ class Service:
         self._schedules: anyio.CancelScope | None = None
         """Where ``producers.scheduled`` run: cancelled as the service begins to stop."""
         self._started = False
+        self._serving = False
+        """Everything started (brokers, metrics): ``producers.on_start`` may run."""
+        self._on_start_due = False
+        """The task names are known: ``producers.on_start`` runs once serving (if ever)."""
 
     async def run(self) -> int:
         """Serve until SIGTERM, SIGINT or SIGHUP (or :meth:`stop`); return the exit status.
@@ -281,6 +285,8 @@ class Service:
             self._stop.set()
             await self._shut_down()  # what did start stops, as on a stop signal; nothing more
             return
+        self._serving = True
+        self._release_on_start_tasks()
         if self.view.queue_sampler is not None:
             await task_group.start(self.view.queue_sampler.run, name="queue-sampler")
         task_group.start_soon(self._expire_chunks, name="chunk-expiry")
@@ -380,7 +386,18 @@ class Service:
                     )
 
     def _start_on_start_tasks(self, names: frozenset[str]) -> None:
-        start_on_start_tasks(self.intake, self.settings.producers.on_start)
+        self._on_start_due = True
+        self._release_on_start_tasks()
+
+    def _release_on_start_tasks(self) -> None:
+        """Run ``producers.on_start`` once the task names are known and everything started.
+
+        The first worker may be ready before a broker or the metrics server fails to start:
+        a start refused then runs nothing.
+        """
+        if self._on_start_due and self._serving:
+            self._on_start_due = False
+            start_on_start_tasks(self.intake, self.settings.producers.on_start)
 
     def _control_message(
         self, message: dict[str, Any], channel: str, origin: Origin, refused: Rejected | None
