@@ -402,6 +402,25 @@ def test_a_failing_hook_does_not_kill_the_worker(
     service.wait_for_log(r"worker hook pre_task raised; the worker carries on")
 
 
+def test_a_stream_a_worker_hook_set_up_is_kept_for_every_task(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """The worker puts back what a task changes of its streams, not what its hooks set up."""
+    service_config["worker"] = {"class": "support.service_hooks.WrappingWorker"}
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    for label in ("one", "two"):
+        notify(channel, message("print_lines", evidence.path, label, 1))
+    evidence.wait_for(2)
+    for label in ("one", "two"):
+        service.wait_for_log(rf"task output \[{TASKS}print_lines \S+\] \[hook\] {label} line 0")
+    assert "closed or replaced" not in service.log
+
+
 def test_workers_dying_before_they_are_ready_are_started_ever_more_slowly(
     start_service: StartService,
     service_config: dict[str, Any],

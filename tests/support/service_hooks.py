@@ -53,3 +53,29 @@ class DyingAtStartWorker(RecordingWorker):
         self._record("on_start")
         if os.path.exists(os.environ["DISPATCHER_TEST_BROKEN_FILE"]):
             raise SystemExit(3)
+
+
+class _Tagged:
+    """A stream writing ``[hook] `` before each line it is given."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        tagged = "".join(
+            f"[hook] {line}" if line.strip() else line for line in text.splitlines(True)
+        )
+        self._stream.write(tagged)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+class WrappingWorker(BaseWorker):
+    """Wraps ``sys.stdout`` in ``on_start``, as a logging or colouring set-up may."""
+
+    def on_start(self) -> None:
+        import sys
+
+        sys.stdout = _Tagged(sys.stdout)  # type: ignore[assignment]
