@@ -56,7 +56,8 @@ async def test_a_fork_server_that_stops_answering_is_replaced(
         idle_timeout=None,
         log_level=logging.WARNING,
     )
-    launcher = WorkerLauncher(options)
+    ended: list[tuple[int, int]] = []
+    launcher = WorkerLauncher(options, on_exit=lambda pid, status: ended.append((pid, status)))
     launcher.start()
     stopped = -1
     try:
@@ -77,6 +78,8 @@ async def test_a_fork_server_that_stops_answering_is_replaced(
             "next worker"
         ]
         assert await first.wait(5)  # its workers went with it
+        # ... by their parent-death signal, which the fork server can no longer report.
+        assert ended == [(first.pid, -signal.SIGKILL)]
         second = await launcher.launch(2)
         assert (await first_event(second))["event"] == "ready"
         assert parent_of(second.pid) != stopped
