@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dispatcher.config import Settings
+from dispatcher.control import control_with_reply, entries
 from support.log_lines import assert_every_line_is_ours
 from support.service import Evidence, ServiceProcess, wait_until
 from support.service import task_message as message
@@ -90,6 +93,55 @@ def test_metrics_count_what_ran(
     workers = sum(v for (name, _), v in found.items() if name == "dispatcher_workers")
     assert found[("dispatcher_worker_count_total", ())] == workers  # dispatcherd's names
     assert found[("dispatcher_control_messages_count_total", ())] == 0
+
+
+def test_tasks_ended_with_their_worker_are_timed_like_the_others(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    configured: Settings,
+) -> None:
+    """A task whose worker dies, or is killed after its timeout or a cancel, started: it is
+    in the queue wait and run time histograms as often as it is in the finished counter."""
+    port = free_port()
+    service_config["service"].update(
+        cancel_grace=0.5,
+        pool={"min_workers": 3, "max_workers": 3},
+        metrics={"host": "127.0.0.1", "port": port},
+    )
+    start_service(service_config)
+    now = time.time()
+    notify(channel, message("die", evidence.path, time_pub=now))
+    notify(channel, message("stubborn_sleep", evidence.path, 30, timeout=0.2, time_pub=now))
+    notify(channel, message("stubborn_sleep", evidence.path, 30, uuid="u-c", time_pub=now))
+    evidence.wait_for(3)
+    [reply] = control_with_reply("cancel", {"uuid": "u-c"}, expected_replies=1).replies
+    assert list(entries(reply).values())
+
+    def ended() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        found = samples(port)
+        counted = [
+            found.get(("dispatcher_tasks_finished_total", (("outcome", o), ("task", TASKS + t))))
+            for t, o in (("die", "worker_lost"), ("stubborn_sleep", "killed"))
+        ] + [
+            found.get(
+                (
+                    "dispatcher_tasks_finished_total",
+                    (("outcome", "cancelled"), ("task", TASKS + "stubborn_sleep")),
+                )
+            )
+        ]
+        return found if counted == [1, 1, 1] else {}
+
+    found = wait_until(ended, timeout=15)
+    for task, runs in (("die", 1), ("stubborn_sleep", 2)):
+        labels = (("task", TASKS + task),)
+        assert found[("dispatcher_run_time_seconds_count", labels)] == runs
+        assert found[("dispatcher_queue_wait_seconds_count", labels)] == runs
+    # The killed one ran its timeout and the cancel grace at least.
+    assert found[("dispatcher_run_time_seconds_sum", (("task", TASKS + "stubborn_sleep"),))] > 0.7
 
 
 def test_bad_requests_get_errors_and_the_service_keeps_serving(

@@ -126,6 +126,13 @@ def sleep_then_exit(path: str, seconds: float, exit: bool = True) -> None:
 
 
 @task()
+def die(path: str) -> None:
+    """Record, then kill this worker process without a word (as a crash would)."""
+    _record(path, event="die")
+    os._exit(3)
+
+
+@task()
 def exit_worker(path: str) -> None:
     """Record, then end this worker process."""
     _record(path, event="exit")

@@ -339,7 +339,7 @@ async def test_outcomes_carry_the_result_and_the_traceback_to_the_broker() -> No
     accounting.finished(job, Outcome.OK, 1, 0.0, 1.0, result="[1,2]")
     accounting.finished(job, Outcome.OK, 1, 0.0, 1.0, result_note="result not kept: big")
     accounting.finished(job, Outcome.ERROR, 1, 0.0, 1.0, "ValueError: no", "Traceback...")
-    accounting.lost(job, Outcome.WORKER_LOST, 3, 99)
+    accounting.lost(job, Outcome.WORKER_LOST, 3, 99, 0.0, 1.0)
     await settlements.flush()
     assert broker.settled == [
         Settled("1:1:4", "ok", None, "[1,2]"),

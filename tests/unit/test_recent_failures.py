@@ -28,7 +28,7 @@ def test_only_the_last_failures_are_kept_and_cancels_and_successes_are_not_failu
 def test_runs_ended_with_their_worker_or_by_timeout_are_failures_with_a_reason() -> None:
     stats = ServiceStats()
     accounting = Accounting(stats)
-    accounting.lost(job("u-lost"), Outcome.WORKER_LOST, 3, 1234)
+    accounting.lost(job("u-lost"), Outcome.WORKER_LOST, 3, 1234, 1.0, 2.0)
     accounting.finished(job("u-slow"), Outcome.TIMEOUT, 0, 1.0, 2.0)
     accounting.finished(job("u-long"), Outcome.ERROR, 0, 1.0, 2.0, error="x" * 1000)
     lost, slow, long = stats.recent_failures

@@ -44,7 +44,7 @@ class Accounting:
         job: Job,
         outcome: Outcome,
         worker_id: int,
-        started: float,
+        started: float | None,
         finished: float,
         error: str | None = None,
         traceback: str = "",
@@ -54,6 +54,8 @@ class Accounting:
     ) -> None:
         """A worker reported the end of *job* (it ran from *started* to *finished*).
 
+        *started* is ``None`` for a job that ended without starting (cancelled while held
+        ahead by a worker that is gone): it has no queue wait or run time to record.
         *error* and *traceback* say why it failed; *result* is its return value as JSON
         text, or *result_note* says why none was kept (both only for jobs whose broker
         acknowledges); *final* that its error is one no attempt can cure.
@@ -63,7 +65,8 @@ class Accounting:
         else:
             self._settle(job, outcome, error, traceback=traceback or None, final=final)
         self._stats.task_ended(job.task, outcome)
-        self._stats.timings(job.task, job.published, started, finished)
+        if started is not None:
+            self._stats.timings(job.task, job.published, started, finished)
         if outcome is not Outcome.OK:
             self._failed(job, outcome, error)
         if outcome is Outcome.ERROR:
@@ -77,19 +80,30 @@ class Accounting:
                 job.task,
                 job.uuid,
                 outcome.value,
-                (finished - started) * 1000,
+                0.0 if started is None else (finished - started) * 1000,
                 worker_id,
             )
 
-    def lost(self, job: Job, outcome: Outcome, worker_id: int, pid: int | None) -> None:
+    def lost(
+        self,
+        job: Job,
+        outcome: Outcome,
+        worker_id: int,
+        pid: int | None,
+        started: float,
+        ended: float,
+    ) -> None:
         """*job* ended with its worker (``worker_lost``, ``killed``, ``memory_exceeded``).
 
+        It ran from *started* until *ended*, when the service saw its worker gone: its queue
+        wait and run time are recorded as for a job that finished.
         A ``worker_lost`` is logged apart, by :meth:`log_lost`, once the worker's exit status
         is known.
         """
         error = f"{outcome}: worker {worker_id} (pid {pid}) ended with it"
         self._settle(job, outcome, error)
         self._stats.task_ended(job.task, outcome)
+        self._stats.timings(job.task, job.published, started, ended)
         self._failed(job, outcome, error)
         if outcome is not Outcome.WORKER_LOST:
             logger.warning(
@@ -114,8 +128,14 @@ class Accounting:
             f" ({how})" if how else "",
         )
 
-    def abandoned(self, job: Job, grace: float, worker_id: int) -> None:
-        """*job* still ran when the shutdown grace ran out; its worker is being stopped."""
+    def abandoned(
+        self, job: Job, grace: float, worker_id: int, started: float, ended: float
+    ) -> None:
+        """*job* still ran when the shutdown grace ran out; its worker is being stopped.
+
+        It ran from *started* until *ended* (the grace's end): its queue wait and run time
+        are recorded as for a job that finished.
+        """
         logger.warning(
             "task %s (uuid %s) still running after %.0f s: stopping worker %d",
             job.task,
@@ -126,6 +146,7 @@ class Accounting:
         error = f"killed: still running after {grace:.0f} s of shutdown"
         self._settle(job, Outcome.KILLED, error)
         self._stats.task_ended(job.task, Outcome.KILLED)
+        self._stats.timings(job.task, job.published, started, ended)
         self._failed(job, Outcome.KILLED, error)
 
     def _failed(self, job: Job, outcome: Outcome, error: str | None) -> None:

@@ -393,6 +393,7 @@ class Supervisor:
         recorded about an unexpected end waits for its exit status (see :meth:`_reap`).
         """
         starting = worker.status is WorkerStatus.STARTING
+        started = _wall_start(worker)
         job, outcome, expected = worker.exited()
         self._scheduler.forget(worker)
         if job is not None:
@@ -402,7 +403,7 @@ class Supervisor:
         now = time.time()
         for held, held_outcome in cancelled:  # cancelled while held: they end so, not run
             self._scheduler.job_ended(held)
-            self._accounting.finished(held, held_outcome, worker.id, now, now)
+            self._accounting.finished(held, held_outcome, worker.id, None, now)
         if not expected:
             self._stats.workers_lost += 1
         unexpected = not expected and not self._closing
@@ -417,7 +418,7 @@ class Supervisor:
         self._signal_change()
         self._wakeup.set()  # the manager replaces it if needed
         if job is not None and outcome is not None:
-            self._accounting.lost(job, outcome, worker.id, worker.pid)
+            self._accounting.lost(job, outcome, worker.id, worker.pid, started, now)
             if outcome is Outcome.WORKER_LOST:
                 lost = job
                 self._ends[worker.id] = lambda how: self._accounting.log_lost(
@@ -645,9 +646,10 @@ class Supervisor:
             )
         terminated = [w for w in self.workers if w.status is WorkerStatus.BUSY]
         for worker in terminated:
+            started = _wall_start(worker)
             job = worker.terminate()
             if job is not None:
-                self._accounting.abandoned(job, grace, worker.id)
+                self._accounting.abandoned(job, grace, worker.id, started, time.time())
         if terminated:
             with anyio.move_on_after(KILL_AFTER_TERM):
                 await self._wait_until(
@@ -699,6 +701,11 @@ def _fatal_text(event: dict[str, Any]) -> str:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _wall_start(worker: WorkerHandle) -> float:
+    """When *worker*'s running job started, in seconds since the epoch, as workers report it."""
+    return time.time() - max(0.0, time.monotonic() - worker.job_since)
 
 
 def _seconds(value: object) -> float:
