@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -15,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler, sampling_connection
 from dispatcher.server.metrics import render
-from dispatcher.server.stats import QueueDepth, ServiceStats
+from dispatcher.server.stats import QueueDepth, QueueSampling, ServiceStats
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.queue_rows import insert_job, unique_schema
 from support.service import Evidence, ServiceProcess, wait_until
@@ -36,8 +37,8 @@ class Source:
     def counts(self) -> dict[str, Any]:
         return {"queued": 0, "blocked": 0, "delayed": 0}
 
-    def queue_depths(self) -> Mapping[str, QueueDepth] | None:
-        return None if self.sampler is None else self.sampler.depths
+    def queue_sampling(self) -> QueueSampling | None:
+        return None if self.sampler is None else self.sampler.sampling()
 
 
 def exposition(source: Source) -> tuple[str, Samples]:
@@ -91,6 +92,55 @@ def test_depth_gauges_and_counters_by_queue(
     assert found[("dispatcher_pg_queue_lease_expiries_total", (("queue", "jobs"),))] == 1
     assert "unlisted" not in text
     assert "# TYPE dispatcher_pg_queue_claims_total counter" in text
+    assert found[("dispatcher_pg_queue_sample_ok", ())] == 1
+    assert 0 < time.time() - found[("dispatcher_pg_queue_sampled_timestamp_seconds", ())] < 60
+
+
+def test_counters_of_every_configured_queue_are_exported_before_anything_happens(
+    pg_dsn: str, schema: str
+) -> None:
+    """At 0, and before any sample: a series that appears only once it moves (the first
+    lease expiry) cannot be alerted on."""
+    source = Source(QueueSampler(pg_dsn, schema, ["mail", "jobs"], "test-sampler"))
+    _, found = exposition(source)
+    for counter in ("claims", "retries", "failures", "lease_expiries"):
+        for queue in ("mail", "jobs"):
+            assert found[(f"dispatcher_pg_queue_{counter}_total", (("queue", queue),))] == 0
+    assert found[("dispatcher_pg_queue_sample_ok", ())] == 0
+    assert found[("dispatcher_pg_queue_sampled_timestamp_seconds", ())] == 0
+    assert not [name for name, _ in found if name == "dispatcher_pg_queue_ready_jobs"]
+
+
+def test_while_sampling_fails_the_last_sample_stays_and_says_when_it_was_taken(
+    pg_conn: psycopg.Connection[Any], pg_dsn: str, schema: str
+) -> None:
+    """Series that vanish while the sampler reconnects would silence the alerts on them."""
+    insert_job(pg_conn, schema, queue="mail")
+    sampler = QueueSampler(pg_dsn, schema, ["mail", "jobs"], "test-sampler", interval=0.05)
+    source = Source(sampler)
+    source.stats.pg_queue_claims["mail"] += 1
+
+    async def sample_then_fail() -> None:
+        async with anyio.create_task_group() as group:
+            await group.start(sampler.run)
+            with anyio.fail_after(10):
+                while not sampler.samples:
+                    await anyio.sleep(0.01)
+                pg_conn.execute(f"ALTER TABLE {schema}.jobs RENAME TO jobs_away")
+                while sampler.ok:
+                    await anyio.sleep(0.01)
+            group.cancel_scope.cancel()
+
+    anyio.run(sample_then_fail)
+    _, found = exposition(source)
+    assert found[("dispatcher_pg_queue_ready_jobs", (("queue", "mail"),))] == 1
+    assert found[("dispatcher_pg_queue_ready_jobs", (("queue", "jobs"),))] == 0
+    assert found[("dispatcher_pg_queue_sample_ok", ())] == 0
+    sampled = found[("dispatcher_pg_queue_sampled_timestamp_seconds", ())]
+    assert sampled == sampler.sampled_at
+    assert 0 < time.time() - sampled < 60
+    assert found[("dispatcher_pg_queue_claims_total", (("queue", "mail"),))] == 1
+    assert found[("dispatcher_pg_queue_lease_expiries_total", (("queue", "jobs"),))] == 0
 
 
 def test_a_job_committed_as_the_sample_starts_counts_as_ready(
@@ -190,6 +240,7 @@ def test_a_sampler_that_cannot_connect_reports_nothing_and_warns_once(
     with caplog.at_level(logging.WARNING, logger="dispatcher.pg_queue.sampler"):
         anyio.run(run_a_while)
     assert sampler.depths == {}
+    assert (sampler.ok, sampler.sampled_at) == (False, None)
     warnings = [r.getMessage() for r in caplog.records if r.name.endswith("sampler")]
     assert len(warnings) == 1
     assert "cannot sample the durable queues' depth" in warnings[0]

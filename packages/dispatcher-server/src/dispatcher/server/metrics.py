@@ -9,7 +9,7 @@ out of file descriptors (see :mod:`dispatcher.server.accepting`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
 import anyio
@@ -18,7 +18,7 @@ from anyio.abc import SocketStream, TaskStatus
 from dispatcher.server.accepting import serve_connections
 from dispatcher.server.brokers.base import StartRefused
 from dispatcher.server.logsafe import get_logger
-from dispatcher.server.stats import BUCKETS, Histogram, QueueDepth, ServiceStats
+from dispatcher.server.stats import BUCKETS, Histogram, QueueSampling, ServiceStats
 
 logger = get_logger("dispatcher.metrics")
 
@@ -43,7 +43,7 @@ class MetricsSource(Protocol):
     def counts(self) -> dict[str, Any]:
         """Jobs held: ``queued``, ``blocked``, ``delayed``."""
 
-    def queue_depths(self) -> Mapping[str, QueueDepth] | None:
+    def queue_sampling(self) -> QueueSampling | None:
         """The durable queues' last sampled depth; ``None`` without ``brokers.pg_queue``."""
 
 
@@ -186,13 +186,18 @@ def render(source: MetricsSource) -> Iterator[str]:
     yield from _histograms(
         "dispatcher_run_time_seconds", "From start to end, by task.", stats.run_time
     )
-    depths = source.queue_depths()
-    if depths is not None:
-        yield from _durable_queues(stats, depths)
+    sampling = source.queue_sampling()
+    if sampling is not None:
+        yield from _durable_queues(stats, sampling)
 
 
-def _durable_queues(stats: ServiceStats, depths: Mapping[str, QueueDepth]) -> Iterator[str]:
-    """The ``dispatcher_pg_queue_*`` families: sampled depth gauges, then counters."""
+def _durable_queues(stats: ServiceStats, sampling: QueueSampling) -> Iterator[str]:
+    """The ``dispatcher_pg_queue_*`` families: depth gauges, the sample's health, counters.
+
+    Counters are exported for every configured queue, at 0 too: a series that appears only
+    once it moves cannot be alerted on.
+    """
+    depths = sampling.depths
     for name, help, field in (
         ("ready_jobs", "Jobs of a durable queue ready to start (sampled).", "ready"),
         ("delayed_jobs", "Jobs of a durable queue waiting for a later time (sampled).", "delayed"),
@@ -206,6 +211,18 @@ def _durable_queues(stats: ServiceStats, depths: Mapping[str, QueueDepth]) -> It
         for queue, depth in sorted(depths.items()):
             value = getattr(depth, field)
             yield f"dispatcher_pg_queue_{name}{_labels(queue=queue)} {value}\n"
+    yield _family(
+        "dispatcher_pg_queue_sample_ok",
+        "gauge",
+        "Whether the last sample of the durable queues' depth succeeded (1) or failed (0).",
+    )
+    yield f"dispatcher_pg_queue_sample_ok {int(sampling.ok)}\n"
+    yield _family(
+        "dispatcher_pg_queue_sampled_timestamp_seconds",
+        "gauge",
+        "When the depth gauges were last sampled (0: never).",
+    )
+    yield f"dispatcher_pg_queue_sampled_timestamp_seconds {sampling.sampled_at or 0}\n"
     for name, help, counts in (
         ("claims", "Jobs claimed from a durable queue by this service.", stats.pg_queue_claims),
         ("retries", "Jobs put back to wait for another attempt.", stats.pg_queue_retries),
@@ -217,5 +234,5 @@ def _durable_queues(stats: ServiceStats, depths: Mapping[str, QueueDepth]) -> It
         ),
     ):
         yield _family(f"dispatcher_pg_queue_{name}_total", "counter", help)
-        for queue in sorted(set(depths) | set(counts)):
+        for queue in sorted(set(sampling.queues) | set(depths) | set(counts)):
             yield f"dispatcher_pg_queue_{name}_total{_labels(queue=queue)} {counts[queue]}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -42,6 +43,21 @@ class QueueDepth:
     """Jobs waiting for a later time: a ``delay`` or a retry's backoff (capped likewise)."""
     oldest_ready_age: float
     """Seconds the longest-waiting ready job has been ready; 0 when none is."""
+
+
+@dataclass(frozen=True)
+class QueueSampling:
+    """The durable queues' depth as the metrics export it: the last sample, and its age."""
+
+    queues: tuple[str, ...]
+    """The configured queues (``brokers.pg_queue.queues``)."""
+    depths: Mapping[str, QueueDepth]
+    """The last successful sample, by queue; empty before the first one. Kept while sampling
+    fails, so that series go on: :attr:`ok` and :attr:`sampled_at` say how old it is."""
+    sampled_at: float | None
+    """When (seconds since the epoch) the last successful sample was taken, if one was."""
+    ok: bool
+    """Whether the last attempt to sample succeeded (``False`` before the first)."""
 
 
 @dataclass(frozen=True)

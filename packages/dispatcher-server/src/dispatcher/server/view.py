@@ -20,7 +20,7 @@ from dispatcher.server.memory import resident_bytes
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.signatures import SignatureCheck
-from dispatcher.server.stats import QueueDepth, ServiceStats
+from dispatcher.server.stats import QueueSampling, ServiceStats
 from dispatcher.server.supervisor import Supervisor
 from dispatcher.server.workers import LIVE, WorkerStatus
 
@@ -174,9 +174,9 @@ class ServiceView:
             "near_worker_ct": entries(range(worker_ct - 2, worker_ct + 3)),
         }
 
-    def queue_depths(self) -> Mapping[str, QueueDepth] | None:
+    def queue_sampling(self) -> QueueSampling | None:
         """The durable queues' last sampled depth; ``None`` when nothing samples them."""
-        return None if self.queue_sampler is None else self.queue_sampler.depths
+        return None if self.queue_sampler is None else self.queue_sampler.sampling()
 
     def chunks(self) -> dict[str, Any]:
         """Chunked messages: dispatcherd's ``status`` counters and ``partials``, and ours.

@@ -5,7 +5,9 @@ One query every :data:`SAMPLE_INTERVAL` seconds, whatever the scrape rate: for e
 long the oldest ready job has waited. Scrapes read the last sample. Counts stop at
 :data:`COUNT_CAP` per queue, so that a huge backlog never makes the sample itself a load
 (the age of the oldest job still tells how far behind the queue is). Every service samples
-the same tables: aggregate their gauges with ``max``, not ``sum``.
+the same tables: aggregate their gauges with ``max``, not ``sum``. While sampling fails, the
+last sample stays (its series do not vanish, which would silence alerts), and
+:attr:`QueueSampler.ok` and :attr:`QueueSampler.sampled_at` say it is old.
 
 The service starts one sampler when metrics are on and ``brokers.pg_queue`` is configured;
 the broker need not.
@@ -13,6 +15,7 @@ the broker need not.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -24,7 +27,7 @@ from psycopg import sql
 from dispatcher.publish import describe_server
 from dispatcher.server.backoff import Backoff
 from dispatcher.server.logsafe import first_line, get_logger
-from dispatcher.server.stats import QueueDepth
+from dispatcher.server.stats import QueueDepth, QueueSampling
 
 logger = get_logger("dispatcher.pg_queue.sampler")
 
@@ -106,9 +109,14 @@ class QueueSampler:
         self.application_name = application_name
         self.interval = interval
         self.depths: dict[str, QueueDepth] = {}
-        """The last sample, by queue; empty before the first one and while sampling fails."""
+        """The last successful sample, by queue; empty before the first one (kept while
+        sampling fails)."""
         self.samples = 0
         """Samples taken so far."""
+        self.sampled_at: float | None = None
+        """When (seconds since the epoch) the last successful sample was taken, if one was."""
+        self.ok = False
+        """Whether the last attempt to sample succeeded (``False`` before the first)."""
         self._query = sql.SQL(_QUERY).format(jobs=sql.SQL("{}.jobs").format(sql.Identifier(schema)))
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -131,7 +139,7 @@ class QueueSampler:
                     with anyio.CancelScope(shield=True):
                         await conn.close()
             except (psycopg.Error, OSError) as exc:
-                self.depths = {}
+                self.ok = False
                 if not failing:
                     logger.warning(
                         "cannot sample the durable queues' depth in %s (%s); trying again",
@@ -153,7 +161,12 @@ class QueueSampler:
             for name, ready, delayed, age in rows
         }
         self.samples += 1
+        self.sampled_at, self.ok = time.time(), True
         return self.depths
+
+    def sampling(self) -> QueueSampling:
+        """What the metrics export: the configured queues, the last sample, and its age."""
+        return QueueSampling(self.queues, dict(self.depths), self.sampled_at, self.ok)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await sampling_connection(self.conninfo, self.application_name)
