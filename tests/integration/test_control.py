@@ -250,6 +250,49 @@ def test_dispatcherctl_shows_why_a_service_with_too_many_socket_clients_refused_
     wait_until(lambda: ctl(service.config_path, "alive").returncode == 0, timeout=10)
 
 
+@pytest.mark.parametrize(
+    ("command", "shape"),
+    [
+        (["status"], list),
+        (["alive"], list),
+        (["workers"], list),
+        (["running"], list),
+        (["cancel", "--uuid", "u-none"], list),
+        (["aio_tasks"], list),
+        (["run", "support.service_tasks.noop"], list),
+        (["jobs"], list),  # no durable queue configured
+        (["retry", "--failed"], dict),
+        (["purge", "--state", "done", "--older-than", "1"], dict),
+        (["cancel-job", "--uuid", "u-none"], dict),
+        (["submit", "app.tasks.t", "--queue", "nowhere"], dict),
+        (["top", "--once"], dict),
+    ],
+)
+@pytest.mark.parametrize("config_file", ["good", "missing"])
+def test_json_output_is_json_whatever_the_outcome(
+    tmp_path: Path,
+    pg_dsn: str,
+    channel: str,
+    command: list[str],
+    shape: type[object],
+    config_file: str,
+) -> None:
+    """No service listening, a command refused, a config that cannot be read: stdout holds
+    the output's shape, empty (the reason is on stderr and in the exit status)."""
+    config = tmp_path / "dispatcher.yml"
+    if config_file == "good":
+        settings = {
+            "version": 1,
+            "brokers": {"pg_notify": {"conninfo": pg_dsn, "channels": [channel]}},
+        }
+        config.write_text(json.dumps(settings))
+    result = ctl(config, *command, "--json")
+    assert isinstance(json.loads(result.stdout), shape), (result.stdout, result.stderr)
+    if shape is list:
+        assert result.returncode != 0 or json.loads(result.stdout) == []
+    assert result.stderr
+
+
 def test_dispatcherctl_says_when_no_service_is_running(
     tmp_path: Path, pg_dsn: str, channel: str
 ) -> None:

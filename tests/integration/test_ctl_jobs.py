@@ -192,7 +192,7 @@ def test_cancel_job_cancels_a_waiting_job_and_refuses_the_others(
     assert f"cancel it with 'dispatcherctl cancel --uuid {running}'" in busy.stderr
     assert job_row(pg_conn, schema, running)["state"] == "running"  # type: ignore[index]
     unknown = ctl(config, "cancel-job", "--uuid", "no-such-job", "--json")
-    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert (unknown.returncode, json.loads(unknown.stdout)) == (1, {})  # JSON, always
     other = insert_job(pg_conn, schema)
     as_json = ctl(config, "cancel-job", "--uuid", other, "--json")
     assert json.loads(as_json.stdout) == {"cancelled": 1, "uuid": other, "queue": "jobs"}

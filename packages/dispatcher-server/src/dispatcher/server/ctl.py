@@ -338,16 +338,31 @@ def _main(argv: Sequence[str] | None) -> int:
     _log_to_stderr(options.log_level)
     if options.command == "top":
         return _top(options)
-    with _output_in_one_write():
+    with _output_in_one_write(_empty_json(options.command) if options.json else None):
         return _run(options)
 
 
+OBJECT_OUTPUTS: Final = frozenset({"retry", "purge", "cancel-job", "submit", "top"})
+"""The commands whose ``--json`` output is one JSON object; the others' is a list (of replies,
+or of jobs)."""
+
+
+def _empty_json(command: str) -> str:
+    """What ``--json`` prints for *command* when it printed nothing: its output's shape, empty.
+
+    It failed (the reason is on stderr), or no service answered.
+    """
+    return "{}\n" if command in OBJECT_OUTPUTS else "[]\n"
+
+
 @contextlib.contextmanager
-def _output_in_one_write() -> Iterator[None]:
+def _output_in_one_write(empty: str | None = None) -> Iterator[None]:
     """Gather what the block prints, then write it at once.
 
     So that a reader that stops early (``dispatcherctl status | head -1``) has the whole
-    output in its pipe before it goes: the command keeps its own exit status.
+    output in its pipe before it goes: the command keeps its own exit status. If the block
+    printed nothing, *empty* (if given) is written instead: with ``--json``, stdout always
+    holds JSON, whatever the outcome.
     """
     shown = sys.stdout
     gathered = io.StringIO()
@@ -356,7 +371,7 @@ def _output_in_one_write() -> Iterator[None]:
         yield
     finally:
         sys.stdout = shown
-        text = gathered.getvalue()
+        text = gathered.getvalue() or empty
         if text:
             shown.write(text)
             shown.flush()
@@ -489,6 +504,8 @@ def _top(options: argparse.Namespace) -> int:
 
     settings = _settings(options.config)
     if settings is None:
+        if options.json:
+            print(_empty_json("top"), end="")  # --json prints JSON, whatever the outcome
         return EXIT_USAGE
     return ctl_top.run(settings, options)
 
@@ -517,9 +534,8 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
         print(f"dispatcherctl: {shown(hint)}", file=sys.stderr)
     channel = control_channel(settings)
     if waiting is not None and result.expected == 0 and options.expected_replies is None:
-        if options.json:
-            print("[]")  # no service replied
-        print(shown(waiting), file=waiting_to)  # no service, but the job it meant is cancelled
+        # No service, but the job it meant is cancelled (with --json, [] is printed: no reply).
+        print(shown(waiting), file=waiting_to)
         return EXIT_OK
     if result.expected == 0 and options.expected_replies is None:
         print(f"dispatcherctl: {no_service_found(channel)}", file=sys.stderr)
