@@ -153,7 +153,14 @@ def test_bad_requests_get_errors_and_the_service_keeps_serving(
     assert caught.value.code == 404
     caught.value.close()
     assert raw_request(port, b"\xff\xfe garbage\r\n\r\n").startswith(b"HTTP/1.1 400 Bad Request")
-    assert raw_request(port, b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
+    refused = raw_request(port, b"POST /metrics HTTP/1.1\r\n\r\n").partition(b"\r\n\r\n")[0]
+    assert refused.startswith(b"HTTP/1.1 405")
+    assert b"\r\nAllow: GET, HEAD\r\n" in refused + b"\r\n"  # as HTTP requires with a 405
+    # The absolute form of the target, as a proxy sends it, is the same resource.
+    absolute = f"GET http://127.0.0.1:{port}/metrics HTTP/1.1\r\n\r\n".encode()
+    assert raw_request(port, absolute).startswith(b"HTTP/1.1 200")
+    absolute = f"GET http://127.0.0.1:{port}/other HTTP/1.1\r\n\r\n".encode()
+    assert raw_request(port, absolute).startswith(b"HTTP/1.1 404")
     # HEAD: GET's headers, its Content-Length included, and no body.
     head, _, body = raw_request(port, b"HEAD /metrics HTTP/1.1\r\n\r\n").partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
@@ -82,8 +83,9 @@ class MetricsServer:
             try:
                 with anyio.fail_after(REQUEST_TIMEOUT):  # a client that never reads too
                     status, body, head_only = self._respond(await _read_head(client))
+                    allow = "Allow: GET, HEAD\r\n" if status.startswith("405") else ""
                     head = (
-                        f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+                        f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n{allow}"
                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
                     )
                     # HEAD: the headers GET would get, its Content-Length too, without the body.
@@ -102,11 +104,22 @@ class MetricsServer:
         head_only = method == "HEAD"
         if not version.startswith("HTTP/"):
             return "400 Bad Request", b"bad request\n", head_only
-        if target.split("?", 1)[0] != "/metrics":
+        if _path(target) != "/metrics":
             return "404 Not Found", b"not found: try /metrics\n", head_only
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", b"method not allowed\n", False
         return "200 OK", "".join(render(self._source)).encode(), head_only
+
+
+def _path(target: str) -> str:
+    """The path of a request *target*, in origin form (``/metrics?x``) or absolute form.
+
+    HTTP/1.1 servers must accept the absolute form (``http://host:8070/metrics``), which
+    proxies send.
+    """
+    if target.partition("://")[0].lower() in ("http", "https"):
+        return urlsplit(target).path or "/"
+    return target.split("?", 1)[0]
 
 
 async def _read_head(client: SocketStream) -> bytes | None:
