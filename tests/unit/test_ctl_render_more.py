@@ -331,3 +331,33 @@ def test_a_database_that_stops_answering_does_not_freeze_top(
         "cannot ask the services: no answer from the database within 0.3 s",
         "cannot read the durable queues' depth: no answer from the database within 0.3 s",
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "reply", "shown"),
+    [
+        # A service of the first version answered running and cancel with lists.
+        ("running", {"tasks": [{"uuid": "u-1", "task": "a.b"}]}, ["tasks:", "uuid  task", "u-1"]),
+        ("cancel", {"cancelled": ["u-1", "u-2"]}, ['cancelled: ["u-1", "u-2"]']),
+        ("workers", {"workers": [{"worker_id": 0, "pid": 42}]}, ["workers:", "worker_id  pid"]),
+        ("aio_tasks", {"count": 3}, ["count: 3"]),
+    ],
+)
+def test_a_reply_of_a_shape_it_does_not_know_is_shown_as_it_came_never_as_empty(
+    command: str, reply: dict[str, Any], shown: list[str]
+) -> None:
+    text = render(ControlResult(command, replies=[{"node_id": "old-1", **reply}], expected=1))
+    lines = [line.strip() for line in text.splitlines()]
+    assert lines[0] == "old-1:"
+    assert "(none)" not in text
+    assert "not in the shape this dispatcherctl knows" in lines[1]
+    for expected in shown:
+        assert any(line.startswith(expected) for line in lines), (expected, lines)
+
+
+def test_entries_beside_parts_of_an_unknown_shape_are_both_shown() -> None:
+    reply = {"node_id": "n", "worker-0": {"uuid": "u-0", "task": "a.b"}, "extra": [1, 2]}
+    lines = render(ControlResult("running", replies=[reply], expected=1)).splitlines()
+    assert lines[2].split()[:3] == ["worker-0", "u-0", "a.b"]
+    assert "not in the shape this dispatcherctl knows" in lines[3]
+    assert lines[4].strip() == "extra: [1, 2]"

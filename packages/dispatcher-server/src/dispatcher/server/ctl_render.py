@@ -191,9 +191,24 @@ def _fields(body: Mapping[str, Any], indent: str, group: str | None = None) -> l
     return lines
 
 
+UNKNOWN_SHAPE: Final = (
+    "(not in the shape this dispatcherctl knows: from a service of another version?"
+    " shown as it came)"
+)
+"""Said before the parts of a table reply that are not entries (objects), shown as fields."""
+
+
 def _entries(body: Mapping[str, Any], columns: tuple[str, ...], indent: str) -> list[str]:
-    """A table of a reply's entries (one per key), its first column being the key."""
+    """A table of a reply's entries (one per key), its first column being the key.
+
+    Whatever else the reply holds (a list, from a service of another version) is never
+    dropped: it is shown as fields after a line saying so.
+    """
     entries = {key: value for key, value in body.items() if isinstance(value, dict)}
+    others = {key: value for key, value in body.items() if not isinstance(value, dict)}
+    if others:
+        table = _entries(entries, columns, indent) if entries else []
+        return [*table, f"{indent}{UNKNOWN_SHAPE}", *_fields(others, indent)]
     if not entries:
         return [f"{indent}(none)"]
     rows = [{columns[0]: key, **value} for key, value in entries.items()]
