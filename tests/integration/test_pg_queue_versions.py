@@ -271,3 +271,28 @@ def test_migrate_waits_for_a_migrate_in_progress_past_its_lock_timeout(
         stdout, stderr = process.communicate(timeout=30)
     assert (process.returncode, stderr) == (0, "")
     assert f"from version 2 to {latest_version()}" in stdout
+
+
+def test_the_printed_migration_bounds_its_lock_waits_as_migrate_does(
+    pg_dsn: str, pg_conn: Conn, channel: str, tmp_path: Path
+) -> None:
+    """Applied with psql behind a long transaction, the script gives up, changing nothing,
+    instead of queueing for its ACCESS EXCLUSIVE lock, with every publisher behind it."""
+    schema = at_version(pg_conn, unique_schema(), 1)
+    path = write_config(tmp_path, queue_config(pg_dsn, schema, channel))
+    printed = ctl(path, "migrate", "--print", "--timeout", "0.5")
+    assert printed.returncode == 0, printed.stderr
+    assert "SET LOCAL lock_timeout = '500ms';" in printed.stdout
+    assert "run it again" in printed.stdout
+    with psycopg.connect(pg_dsn) as holder, psycopg.connect(pg_dsn, autocommit=True) as dba:
+        holder.execute(sql.SQL("SELECT count(*) FROM {}.jobs").format(sql.Identifier(schema)))
+        dba.execute("SET statement_timeout = '20s'")  # unbounded, the script would hang here
+        began = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            dba.execute(printed.stdout.encode())
+        assert time.monotonic() - began < 10
+        holder.rollback()
+    assert versions(pg_conn, schema) == [1]  # nothing changed
+    with psycopg.connect(pg_dsn, autocommit=True) as dba:  # once the holder is gone, it works
+        dba.execute(printed.stdout.encode())
+    assert versions(pg_conn, schema) == list(range(1, latest_version() + 1))

@@ -39,9 +39,9 @@ EXIT_USAGE: Final = 2
 def migrate_command(settings: Settings, print_only: bool = False, lock_wait: float = 5.0) -> int:
     """Bring the pg_queue tables to this version (or, with *print_only*, print the SQL).
 
-    It waits at most *lock_wait* seconds for a lock on the tables (another session's
-    transaction): every statement on the table waits behind it meanwhile. Another
-    ``migrate`` running is waited for, however long it takes.
+    It (and the SQL printed) waits at most *lock_wait* seconds for a lock on the tables
+    (another session's transaction): every statement on the table waits behind it
+    meanwhile. Another ``migrate`` running is waited for, however long it takes.
 
     Returns the exit status: 0 when done (or nothing to do), 1 when the database cannot be
     reached or a lock was not had in time (nothing changed), 2 when the config has no
@@ -55,7 +55,8 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
             if print_only:
-                print(plan(schema, read_version(conn, schema) or 0).script(), end="")
+                work = plan(schema, read_version(conn, schema) or 0)
+                print(work.script(lock_wait), end="")
                 return EXIT_OK
             try:
                 done = migrate(conn, schema, lock_wait)

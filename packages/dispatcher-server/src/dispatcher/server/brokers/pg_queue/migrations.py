@@ -143,19 +143,41 @@ class Plan:
         """The versions that would be applied."""
         return list(range(self.current + 1, self.latest + 1))
 
-    def script(self) -> str:
-        """The statements as one SQL script, in a transaction (a comment when up to date)."""
+    def script(self, lock_wait: float | None = None) -> str:
+        """The statements as one SQL script, in a transaction (a comment when up to date).
+
+        With *lock_wait*, it bounds its waits for a lock on the tables as :func:`migrate`
+        does: after the advisory lock (another migration is waited for however long it
+        takes), each statement waits at most that many seconds, then the whole script fails
+        and changes nothing.
+        """
         if not self.steps:
             return (
                 f"-- dispatcher pg_queue tables in schema {quoted(self.schema)}: "
                 f"at version {self.current}, nothing to do\n"
             )
-        body = "".join(f"{s.strip().rstrip(';')};\n\n" for s in self.statements)
+        statements = [f"{s.strip().rstrip(';')};\n\n" for s in self.statements]
+        if lock_wait is not None:
+            seconds = _lock_timeout(lock_wait)
+            statements.insert(
+                1,
+                f"-- Each statement waits at most {seconds} for a lock on the tables (a\n"
+                "-- long transaction of another session): queued behind it for its ACCESS\n"
+                "-- EXCLUSIVE lock, this script would hold up every publisher and service.\n"
+                "-- If it gives up (ERROR: canceling statement due to lock timeout), nothing\n"
+                "-- changed: run it again, once that transaction has ended.\n"
+                f"SET LOCAL lock_timeout = '{seconds}';\n\n",
+            )
         header = (
             f"-- dispatcher pg_queue tables in schema {quoted(self.schema)}: "
             f"version {self.current} -> {self.latest}\n"
         )
-        return f"{header}BEGIN;\n\n{body}COMMIT;\n"
+        return f"{header}BEGIN;\n\n{''.join(statements)}COMMIT;\n"
+
+
+def _lock_timeout(seconds: float) -> str:
+    """*seconds* as a ``lock_timeout`` PostgreSQL takes (1 ms to its largest)."""
+    return f"{min(2_147_483_647, max(1, round(seconds * 1000)))}ms"
 
 
 def plan(schema: str, current: int) -> Plan:
@@ -237,8 +259,8 @@ def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None 
         first, *setup = _setup(schema)
         conn.execute(first.encode())  # waits for a concurrent run to commit
         if lock_wait is not None:
-            milliseconds = min(2_147_483_647, max(1, round(lock_wait * 1000)))
-            conn.execute(b"SELECT set_config('lock_timeout', %s, true)", (f"{milliseconds}ms",))
+            timeout = _lock_timeout(lock_wait)
+            conn.execute(b"SELECT set_config('lock_timeout', %s, true)", (timeout,))
         for statement in setup:
             conn.execute(statement.encode())
         work = plan(schema, read_version(conn, schema) or 0)
