@@ -385,6 +385,28 @@ def test_purge_deletes_old_finished_jobs_of_one_state(
     assert "invalid choice: 'queued'" in refused.stderr
 
 
+def test_purge_with_queue_deletes_the_old_finished_jobs_of_that_queue_only(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    gone = [insert_job(pg_conn, schema, queue="retired", state="done", age=7200) for _ in range(2)]
+    kept = [
+        insert_job(pg_conn, schema, queue="mail", state="done", age=7200),
+        insert_job(pg_conn, schema, queue="retired", state="done", age=10),
+        insert_job(pg_conn, schema, queue="retired", state="failed", age=7200),
+    ]
+    result = ctl(config, "purge", "--state", "done", "--older-than", "3600", "--queue", "retired")
+    assert (result.returncode, result.stdout) == (
+        0,
+        "purged 2 done jobs of queue retired that ended more than 3600 s ago\n",
+    ), result.stderr
+    assert [job_row(pg_conn, schema, u) for u in gone] == [None, None]
+    assert None not in [job_row(pg_conn, schema, u) for u in kept]
+    shown = ctl(
+        config, "purge", "--state", "failed", "--older-than", "0", "--queue", "retired", "--json"
+    )
+    assert json.loads(shown.stdout) == {"purged": 1, "state": "failed", "queue": "retired"}
+
+
 def test_without_pg_queue_in_the_config_exit_2(tmp_path: Path, pg_dsn: str) -> None:
     path = tmp_path / "dispatcher.yml"
     path.write_text(

@@ -431,7 +431,9 @@ async def test_a_sweep_or_purge_with_endless_rows_due_stops_at_its_deadline() ->
         swept = await sweep(fetch, b"SWEEP", stats, time.monotonic() + 0.05)
     assert swept == calls * BATCH > 0
     db: Any = type("Db", (), {"fetch": staticmethod(fetch)})()
-    upkeep = Upkeep(db, Statements.for_schema("s"), Any, Any, stats, lease=3, keep_finished=1)
+    upkeep = Upkeep(
+        db, Statements.for_schema("s"), Any, Any, stats, lease=3, keep_finished=1, queues=["q"]
+    )
     with anyio.fail_after(10):
         assert await upkeep.purge(time.monotonic() + 0.05) is False
 
@@ -476,7 +478,7 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
     db: Any = type("Db", (), {"fetch": staticmethod(fetch)})()
     lease = 3.0
     upkeep = Upkeep(
-        db, Statements.for_schema("s"), FakeLeases(), FakeAcks(), ServiceStats(), lease, 1
+        db, Statements.for_schema("s"), FakeLeases(), FakeAcks(), ServiceStats(), lease, 1, ["q"]
     )  # type: ignore[arg-type]
     with pytest.raises(_Enough):
         await upkeep.run()

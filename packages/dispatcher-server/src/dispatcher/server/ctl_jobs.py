@@ -103,6 +103,9 @@ def add_commands(add: AddCommand, default_timeout: float) -> None:
         metavar="SECONDS",
         help=f"only jobs that ended at least this long ago (at most {MAX_OLDER_THAN})",
     )
+    purge.add_argument(
+        "--queue", action=Text, help="only the finished jobs of this queue (default: every queue)"
+    )
     cancel = add(
         "cancel-job",
         "cancel durable jobs that wait (queued): they end cancelled and never start",
@@ -228,12 +231,15 @@ def _retry(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespa
 
 
 def _purge(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
-    count = queue_admin.purge(conn, schema, options.state, options.older_than)
+    queue = options.queue
+    count = queue_admin.purge(conn, schema, options.state, options.older_than, queue)
     if options.json:
-        print(json.dumps({"purged": count, "state": options.state}))
+        shown = {"purged": count, "state": options.state}
+        print(json.dumps(shown if queue is None else {**shown, "queue": queue}))
         return EXIT_OK
+    of_queue = "" if queue is None else f" of queue {escape(queue, limit=None)}"
     print(
-        f"purged {count} {options.state} {_jobs_word(count)} "
+        f"purged {count} {options.state} {_jobs_word(count)}{of_queue} "
         f"that ended more than {options.older_than:.15g} s ago"
     )
     return EXIT_OK

@@ -375,8 +375,16 @@ def _wake(conn: psycopg.Connection[Any], queues: Counter[str]) -> None:
         )
 
 
-def purge(conn: psycopg.Connection[Any], schema: str, state: JobState, older_than: float) -> int:
+def purge(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    state: JobState,
+    older_than: float,
+    queue: str | None = None,
+) -> int:
     """Delete the jobs in *state* (a finished one) that ended *older_than* seconds ago.
+
+    Those of every queue, or of *queue* alone.
 
     Deletes :data:`PURGE_BATCH` rows per transaction, so that a large purge never holds
     many locks or one long transaction. A row another session is changing (a retry queuing
@@ -400,9 +408,10 @@ def purge(conn: psycopg.Connection[Any], schema: str, state: JobState, older_tha
         jobs=_jobs(schema),
         old=sql.SQL(
             "state = %(state)s AND finished_at < now() - make_interval(secs => %(older_than)s)"
+            + ("" if queue is None else " AND queue = %(queue)s")
         ),
     )
-    params = {"state": state, "older_than": older_than, "batch": PURGE_BATCH}
+    params = {"state": state, "older_than": older_than, "batch": PURGE_BATCH, "queue": queue}
     deleted = 0
     while True:
         with conn.transaction():

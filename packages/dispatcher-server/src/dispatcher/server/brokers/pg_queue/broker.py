@@ -125,7 +125,14 @@ class PgQueueBroker(BrokerBase):
             self._claims_db, statements.claim, options, capacity, leases, acks, stats
         )
         self._upkeep = Upkeep(
-            db, statements, leases, acks, stats, settings.lease, settings.keep_finished
+            db,
+            statements,
+            leases,
+            acks,
+            stats,
+            settings.lease,
+            settings.keep_finished,
+            settings.queues,
         )
         self._replies = AsyncConnectionProvider(settings.conninfo)
         self._ack_failures = RateLimitedLog(logger, logging.WARNING)

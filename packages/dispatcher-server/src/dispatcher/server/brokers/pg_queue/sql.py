@@ -217,20 +217,30 @@ counts: the row waits again, or fails when none is left."""
 
 PURGE = """
 DELETE FROM {s}.jobs WHERE id = ANY(ARRAY(
-    SELECT id FROM {s}.jobs
-    WHERE state = '{state}' AND finished_at < now() - make_interval(secs => %(keep)s)
-    ORDER BY finished_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED))
+    SELECT o.id
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM {s}.jobs AS j
+        WHERE j.queue = q.name AND j.state = '{state}'
+          AND j.finished_at < now() - make_interval(secs => %(keep)s)
+        ORDER BY j.finished_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS o
+    LIMIT %(limit)s))
 RETURNING id
 """
-"""Delete up to ``limit`` rows in the finished state ``{state}`` older than ``keep`` seconds.
+"""Delete up to ``limit`` rows of the ``queues`` in the finished state ``{state}`` older
+than ``keep`` seconds: a service purges the queues it serves, and only those (the others'
+rows are kept as long as the services serving them say).
 
-One statement per state, named in the text: the jobs_finished index (state, finished_at)
-then hands over the oldest rows in order, so a batch reads about ``limit`` rows however
-many are due (ordering the rows of several states at once would sort every one of them
-for each batch). The ids go through an array so that the rows are then found by id,
-whatever the plan's estimates."""
+One statement per state, named in the text, and one index scan per queue: the
+jobs_finished_by_queue index (queue, state, finished_at) hands over each queue's oldest rows
+in order, so a batch reads about ``limit`` rows however many are due, in these queues or
+in others (ordering the rows of several states or queues at once would sort every one of
+them for each batch). The queues are taken in turn: the next only once the rows due in
+the previous are fewer than ``limit``. The ids go through an array so that the rows are
+then found by id, whatever the plan's estimates."""
 
 PURGE_TICKS = """
 DELETE FROM {s}.schedule_ticks WHERE (task, tick) IN (
@@ -239,7 +249,11 @@ DELETE FROM {s}.schedule_ticks WHERE (task, tick) IN (
     LIMIT %(limit)s)
 RETURNING tick
 """
-"""Delete up to ``limit`` schedule ticks older than ``keep`` seconds."""
+"""Delete up to ``limit`` schedule ticks older than ``keep`` seconds, whatever their task.
+
+Every service, whichever tasks it schedules, keeps ticks for the same time (an hour, not
+configurable), far longer than any service needs one (a tick is offered only while it is
+current): no service deletes a tick that another still needs."""
 
 SUBMIT_TICK = """
 WITH tick AS (

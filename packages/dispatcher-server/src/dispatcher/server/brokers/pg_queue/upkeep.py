@@ -6,8 +6,9 @@
   this service's own leases were renewed: after an outage longer than the lease, its own
   rows (jobs running, or whose outcome is not written yet) are never taken for lost;
 - every minute (or every ``keep_finished`` seconds, when shorter; at most every lease/3):
-  delete finished rows older than ``keep_finished``, and schedule ticks older than an
-  hour, in small batches.
+  delete the finished rows of the queues this service serves older than its
+  ``keep_finished`` (those of other queues are left to the services serving them, which
+  may keep them longer), and schedule ticks older than an hour, in small batches.
 
 A round's sweep and purge stop after ``lease / 3`` seconds of work between them (each
 statement started before then runs to its end), and go on at the next round (the purge
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
@@ -86,6 +87,7 @@ class Upkeep:
         stats: ServiceStats,
         lease: float,
         keep_finished: float,
+        queues: Sequence[str],
     ) -> None:
         self._db = db
         self._statements = statements
@@ -94,6 +96,8 @@ class Upkeep:
         self._stats = stats
         self._lease = lease
         self._keep_finished = keep_finished
+        self._queues = list(queues)
+        """The queues whose finished rows this service purges: those it serves."""
         self._failures = RateLimitedLog(logger, logging.WARNING)
         self._sweeps_from = 0.0
         """No sweep before this (``time.monotonic()``): see :meth:`hold_sweeps`."""
@@ -144,19 +148,25 @@ class Upkeep:
         await sweep(self._db.fetch, self._statements.sweep, self._stats, deadline)
 
     async def purge(self, deadline: float = float("inf")) -> bool:
-        """Delete old finished rows and old schedule ticks, a batch per statement.
+        """Delete the old finished rows of the queues this service serves, and old ticks.
 
-        Until none is left, or the :func:`time.monotonic` *deadline* has passed; returns
-        whether none is left.
+        A batch per statement at a time, until none is left, or the :func:`time.monotonic`
+        *deadline* has passed; returns whether none is left.
         """
-        for statement, keep in (
-            *((purge, self._keep_finished) for purge in self._statements.purge),
-            (self._statements.purge_ticks, KEEP_TICKS),
+        finished: dict[str, object] = {
+            "keep": self._keep_finished,
+            "queues": self._queues,
+            "limit": BATCH,
+        }
+        ticks: dict[str, object] = {"keep": KEEP_TICKS, "limit": BATCH}
+        for statement, params in (
+            *((purge, finished) for purge in self._statements.purge),
+            (self._statements.purge_ticks, ticks),
         ):
             while True:
                 if time.monotonic() >= deadline:
                     return False
-                rows = await self._db.fetch(statement, {"keep": keep, "limit": BATCH})
+                rows = await self._db.fetch(statement, params)
                 if len(rows) < BATCH:
                     break
         return True
