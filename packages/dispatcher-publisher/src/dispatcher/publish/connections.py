@@ -48,6 +48,13 @@ APPLICATION_NAME: Final = "dispatcher-publisher"
 CONNECT_TIMEOUT: Final = 10
 """Seconds a connection attempt may take, unless the conninfo sets ``connect_timeout``."""
 
+CLOSE_WAIT: Final = 5.0
+"""Seconds closing a shared connection waits for the statement running on it to end.
+
+Past that (a long statement; a signal handler that closes the connections while the thread
+it interrupted is sending on one), another thread or task closes it once the statement ends.
+"""
+
 _C = TypeVar("_C")
 _Conn = TypeVar("_Conn", bound="BaseConnection[Any]")
 
@@ -318,6 +325,59 @@ def async_opening_lock() -> asyncio.Lock:
     import asyncio
 
     return asyncio.Lock()
+
+
+_closing: set[Any] = set()
+"""Closers still waiting for the statement running on a connection to end (kept referenced)."""
+
+
+def sync_close_when_free(connection: psycopg.Connection[Any]) -> None:
+    """Close a shared connection no caller can get any more, once no statement runs on it.
+
+    Closing frees the connection's memory in libpq: under the connection's lock, which every
+    statement holds, so that no other thread is using it then. Waits up to
+    :data:`CLOSE_WAIT` seconds for that lock, then leaves the closing to a daemon thread.
+    """
+    lock = connection.lock
+    if lock.acquire(timeout=CLOSE_WAIT):
+        try:
+            connection.close()
+        finally:
+            lock.release()
+        return
+
+    def close_later() -> None:
+        with lock:
+            connection.close()
+
+    threading.Thread(target=close_later, name="dispatcher-close", daemon=True).start()
+
+
+async def async_close_when_free(connection: psycopg.AsyncConnection[Any]) -> None:
+    """:func:`sync_close_when_free` for an async connection.
+
+    Other tasks of its event loop may be sending on it: closing it under them would close
+    the socket they wait on.
+    """
+    import asyncio
+
+    lock = connection.lock
+    try:
+        await asyncio.wait_for(lock.acquire(), CLOSE_WAIT)
+    except TimeoutError:
+
+        async def close_later() -> None:
+            async with lock:
+                await connection.close()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+        return
+    try:
+        await connection.close()
+    finally:
+        lock.release()
 
 
 def abandon(connection: Any, owner: Owner) -> None:
