@@ -198,17 +198,62 @@ def _reason(conninfo: str, exc: psycopg.Error) -> str:
     return reason
 
 
+def type_name(value: object) -> str:
+    """The name of *value*'s type: with its module, unless a builtin's or psycopg's.
+
+    ``Connection`` alone could be psycopg's, SQLAlchemy's or another library's.
+    """
+    kind = type(value)
+    module = kind.__module__
+    if module == "builtins" or module.split(".")[0] == "psycopg":
+        return kind.__qualname__
+    return f"{module}.{kind.__qualname__}"
+
+
+def _attribute(value: object, name: str) -> object:
+    try:
+        return getattr(value, name, None)
+    except Exception:  # a property that fails (a closed SQLAlchemy connection, say)
+        return None
+
+
+def not_a_connection_hint(given: object) -> str:
+    """What to pass instead of *given*, which is not a psycopg connection (or ``""``).
+
+    A conninfo goes in the config; an object that wraps a psycopg connection (SQLAlchemy's
+    ``Connection`` or DBAPI adapter, Django's connection) is asked for it.
+    """
+    if isinstance(given, str | bytes):
+        return " (a psycopg connection object: a conninfo string goes in the config)"
+    if isinstance(_attribute(given, "driver_connection"), BaseConnection):
+        return " (pass its psycopg connection: its .driver_connection)"
+    inner = _attribute(given, "connection")
+    if isinstance(_attribute(inner, "driver_connection"), BaseConnection):
+        return (
+            " (pass its psycopg connection: .connection.driver_connection; with SQLAlchemy, "
+            "session.connection().connection.driver_connection, or in asyncio "
+            "(await conn.get_raw_connection()).driver_connection)"
+        )
+    if isinstance(inner, BaseConnection):
+        return " (pass its psycopg connection: its .connection)"
+    if type(given).__module__.startswith("django.db"):
+        return (
+            " (pass its psycopg connection: django.db.connection.connection, after "
+            "django.db.connection.ensure_connection())"
+        )
+    return ""
+
+
 def expect_connection(connection: object, expected: type[_C], caller: str, other: str) -> _C:
     """Return *connection* if it is of the *expected* kind, else say which function fits."""
     if not isinstance(connection, expected):
-        got = type(connection).__name__
         hint = (
             f"; use {other}() with that connection"
             if isinstance(connection, BaseConnection)
-            else " (a psycopg connection object: a conninfo string goes in the config)"
+            else not_a_connection_hint(connection) or " (a psycopg connection object)"
         )
         raise InvalidArgumentType(
-            f"{caller}() needs a psycopg {expected.__name__}, got {got}{hint}"
+            f"{caller}() needs a psycopg {expected.__name__}, got {type_name(connection)}{hint}"
         )
     return connection
 
