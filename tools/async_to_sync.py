@@ -90,6 +90,7 @@ NOTIFY = Twin(
         "AsyncCursor": "Cursor",
         "async_owner": "sync_owner",
         "async_opening_lock": "sync_opening_lock",
+        "async_close_when_free": "sync_close_when_free",
         "aclose_connections": "close_connections",
         "asend": "send",
         "acontrol_with_reply": "control_with_reply",
@@ -163,6 +164,8 @@ PUBLISH_TESTS = Twin(
             "test_a_sync_call_inside_an_async_batch_joins_it",
             "test_each_event_loop_gets_a_working_connection",
             "test_event_loops_of_several_threads_publish_at_once_each_on_its_own_connection",
+            # Its sync twin is a test of threads: test_publish_threads.py, in a child process.
+            "test_closing_the_connection_while_tasks_of_its_loop_publish_loses_no_send",
             "test_a_task_started_in_a_batch_sends_what_it_submits_after_the_block",
         }
     ),

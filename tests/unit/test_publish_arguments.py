@@ -210,6 +210,61 @@ def test_a_connection_of_the_other_kind_names_the_method_called() -> None:
     )
 
 
+class _DBAPIConnection:
+    """Stands for SQLAlchemy's pool connection: the DBAPI one under .driver_connection."""
+
+    def __init__(self, driver_connection: object) -> None:
+        self.driver_connection = driver_connection
+
+
+class Connection:
+    """Stands for SQLAlchemy's Connection (``session.connection()``): same name as psycopg's."""
+
+    __module__ = "sqlalchemy.engine.base"
+
+    def __init__(self, driver_connection: object) -> None:
+        self.connection = _DBAPIConnection(driver_connection)
+
+
+class DatabaseWrapper:
+    """Stands for Django's ``django.db.connection``, not connected yet."""
+
+    __module__ = "django.db.backends.postgresql.base"
+    connection = None
+
+
+def test_a_wrapper_of_a_psycopg_connection_is_named_in_full_and_told_how_to_unwrap() -> None:
+    psycopg_connection: Any = psycopg.Connection.__new__(psycopg.Connection)
+    with pytest.raises(TypeError) as refused:
+        tasks.add.apply_async(args=[1, 2], queue="q", connection=Connection(psycopg_connection))
+    assert str(refused.value) == (
+        "apply_async() needs a psycopg Connection, got sqlalchemy.engine.base.Connection (pass "
+        "its psycopg connection: .connection.driver_connection; with SQLAlchemy, "
+        "session.connection().connection.driver_connection, or in asyncio "
+        "(await conn.get_raw_connection()).driver_connection)"
+    )
+    with pytest.raises(TypeError) as refused:
+        submit_task(
+            tasks.add, args=[1, 2], queue="q", connection=_DBAPIConnection(psycopg_connection)
+        )
+    assert str(refused.value) == (
+        f"submit_task() needs a psycopg Connection, got {__name__}._DBAPIConnection (pass its "
+        "psycopg connection: its .driver_connection)"
+    )
+    with pytest.raises(TypeError) as refused:
+        submit_task(tasks.add, args=[1, 2], queue="q", connection=DatabaseWrapper())
+    assert str(refused.value) == (
+        "submit_task() needs a psycopg Connection, got "
+        "django.db.backends.postgresql.base.DatabaseWrapper (pass its psycopg connection: "
+        "django.db.connection.connection, after django.db.connection.ensure_connection())"
+    )
+    with pytest.raises(TypeError) as refused:
+        tasks.add.apply_async(args=[1, 2], queue="q", connection=object())
+    assert str(refused.value) == (
+        "apply_async() needs a psycopg Connection, got object (a psycopg connection object)"
+    )
+
+
 @pytest.mark.parametrize("connection", ["dbname=app", 5])
 def test_a_batch_checks_its_connection_on_entry(connection: Any) -> None:
     with (

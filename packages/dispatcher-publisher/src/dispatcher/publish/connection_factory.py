@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from dispatcher.publish.connections import first_line
+from dispatcher.publish.connections import first_line, not_a_connection_hint, type_name
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
 
 
@@ -97,9 +97,10 @@ class ConnectionFactory:
 
     def _checked(self, connection: Any) -> Any:
         if not isinstance(connection, self._expected):
+            hint = "" if isinstance(connection, str | bytes) else not_a_connection_hint(connection)
             raise PublishError(
                 f"cannot submit tasks: {self.key} ({self.name}) returned "
-                f"{type(connection).__name__}, not a psycopg {self._expected.__name__}"
+                f"{type_name(connection)}, not a psycopg {self._expected.__name__}{hint}"
             )
         return connection
 

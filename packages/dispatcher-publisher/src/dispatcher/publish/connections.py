@@ -48,6 +48,13 @@ APPLICATION_NAME: Final = "dispatcher-publisher"
 CONNECT_TIMEOUT: Final = 10
 """Seconds a connection attempt may take, unless the conninfo sets ``connect_timeout``."""
 
+CLOSE_WAIT: Final = 5.0
+"""Seconds closing a shared connection waits for the statement running on it to end.
+
+Past that (a long statement; a signal handler that closes the connections while the thread
+it interrupted is sending on one), another thread or task closes it once the statement ends.
+"""
+
 _C = TypeVar("_C")
 _Conn = TypeVar("_Conn", bound="BaseConnection[Any]")
 
@@ -191,17 +198,62 @@ def _reason(conninfo: str, exc: psycopg.Error) -> str:
     return reason
 
 
+def type_name(value: object) -> str:
+    """The name of *value*'s type: with its module, unless a builtin's or psycopg's.
+
+    ``Connection`` alone could be psycopg's, SQLAlchemy's or another library's.
+    """
+    kind = type(value)
+    module = kind.__module__
+    if module == "builtins" or module.split(".")[0] == "psycopg":
+        return kind.__qualname__
+    return f"{module}.{kind.__qualname__}"
+
+
+def _attribute(value: object, name: str) -> object:
+    try:
+        return getattr(value, name, None)
+    except Exception:  # a property that fails (a closed SQLAlchemy connection, say)
+        return None
+
+
+def not_a_connection_hint(given: object) -> str:
+    """What to pass instead of *given*, which is not a psycopg connection (or ``""``).
+
+    A conninfo goes in the config; an object that wraps a psycopg connection (SQLAlchemy's
+    ``Connection`` or DBAPI adapter, Django's connection) is asked for it.
+    """
+    if isinstance(given, str | bytes):
+        return " (a psycopg connection object: a conninfo string goes in the config)"
+    if isinstance(_attribute(given, "driver_connection"), BaseConnection):
+        return " (pass its psycopg connection: its .driver_connection)"
+    inner = _attribute(given, "connection")
+    if isinstance(_attribute(inner, "driver_connection"), BaseConnection):
+        return (
+            " (pass its psycopg connection: .connection.driver_connection; with SQLAlchemy, "
+            "session.connection().connection.driver_connection, or in asyncio "
+            "(await conn.get_raw_connection()).driver_connection)"
+        )
+    if isinstance(inner, BaseConnection):
+        return " (pass its psycopg connection: its .connection)"
+    if type(given).__module__.startswith("django.db"):
+        return (
+            " (pass its psycopg connection: django.db.connection.connection, after "
+            "django.db.connection.ensure_connection())"
+        )
+    return ""
+
+
 def expect_connection(connection: object, expected: type[_C], caller: str, other: str) -> _C:
     """Return *connection* if it is of the *expected* kind, else say which function fits."""
     if not isinstance(connection, expected):
-        got = type(connection).__name__
         hint = (
             f"; use {other}() with that connection"
             if isinstance(connection, BaseConnection)
-            else " (a psycopg connection object: a conninfo string goes in the config)"
+            else not_a_connection_hint(connection) or " (a psycopg connection object)"
         )
         raise InvalidArgumentType(
-            f"{caller}() needs a psycopg {expected.__name__}, got {got}{hint}"
+            f"{caller}() needs a psycopg {expected.__name__}, got {type_name(connection)}{hint}"
         )
     return connection
 
@@ -318,6 +370,59 @@ def async_opening_lock() -> asyncio.Lock:
     import asyncio
 
     return asyncio.Lock()
+
+
+_closing: set[Any] = set()
+"""Closers still waiting for the statement running on a connection to end (kept referenced)."""
+
+
+def sync_close_when_free(connection: psycopg.Connection[Any]) -> None:
+    """Close a shared connection no caller can get any more, once no statement runs on it.
+
+    Closing frees the connection's memory in libpq: under the connection's lock, which every
+    statement holds, so that no other thread is using it then. Waits up to
+    :data:`CLOSE_WAIT` seconds for that lock, then leaves the closing to a daemon thread.
+    """
+    lock = connection.lock
+    if lock.acquire(timeout=CLOSE_WAIT):
+        try:
+            connection.close()
+        finally:
+            lock.release()
+        return
+
+    def close_later() -> None:
+        with lock:
+            connection.close()
+
+    threading.Thread(target=close_later, name="dispatcher-close", daemon=True).start()
+
+
+async def async_close_when_free(connection: psycopg.AsyncConnection[Any]) -> None:
+    """:func:`sync_close_when_free` for an async connection.
+
+    Other tasks of its event loop may be sending on it: closing it under them would close
+    the socket they wait on.
+    """
+    import asyncio
+
+    lock = connection.lock
+    try:
+        await asyncio.wait_for(lock.acquire(), CLOSE_WAIT)
+    except TimeoutError:
+
+        async def close_later() -> None:
+            async with lock:
+                await connection.close()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+        return
+    try:
+        await connection.close()
+    finally:
+        lock.release()
 
 
 def abandon(connection: Any, owner: Owner) -> None:

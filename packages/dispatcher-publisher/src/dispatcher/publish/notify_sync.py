@@ -26,6 +26,7 @@ from dispatcher.publish.connections import (
     caller_lost,
     connect_options,
     notify_statement,
+    sync_close_when_free,
     sync_opening_lock,
     sync_owner,
 )
@@ -51,7 +52,7 @@ reads the node id and the digest of the channels in it."""
 class _Slot:
     """An owner's connection, the cursor NOTIFYs go through, and the lock to open it."""
 
-    __slots__ = ("attempts", "connection", "failure", "notifier", "opening", "owner")
+    __slots__ = ("attempts", "connection", "failure", "notifier", "opening", "owner", "retired")
 
     def __init__(self, owner: Owner, opening: Any) -> None:
         self.owner = owner
@@ -66,6 +67,9 @@ class _Slot:
         # Its execute() holds the connection's lock throughout, so concurrent callers may
         # share it; nobody reads its results.
         self.notifier: Cursor[Any] | None = None
+        self.retired = False
+        """Set (under the provider's lock) once the slot is let go of: callers that got it
+        before take a new one, and its connection is closed (or abandoned)."""
 
 
 class ConnectionProvider:
@@ -86,19 +90,25 @@ class ConnectionProvider:
 
         :raises BrokerUnavailable: when the database cannot be reached.
         """
-        return self._connection_of(self._slot())
+        while True:
+            own = self._connection_of(self._slot())
+            if own is not None:
+                return own
 
-    def _connection_of(self, slot: _Slot) -> Connection[Any]:
+    def _connection_of(self, slot: _Slot) -> Connection[Any] | None:
         """The connection of *slot*, opened by this caller if none is open yet.
 
         Callers that waited while another tried share its outcome: its connection, or its
         failure (an unreachable server fails them all at once, not one after another).
+        ``None`` when the slot was let go of meanwhile (:meth:`close`): take a new one.
         """
         current = slot.connection
         if current is not None and not current.closed:
             return current
         seen = slot.attempts
         with slot.opening:
+            if slot.retired:
+                return None
             current = slot.connection
             if current is not None and not current.closed:
                 return current  # another caller opened it meanwhile
@@ -115,7 +125,13 @@ class ConnectionProvider:
                 slot.failure = broker_unavailable(self.conninfo, exc, "connect to")
                 raise slot.failure from None
             slot.attempts += 1
-            slot.connection, slot.notifier, slot.failure = fresh, None, None
+            with self._lock:  # so that close() either sees it or the opener sees close()'s
+                retired = slot.retired
+                if not retired:
+                    slot.connection, slot.notifier, slot.failure = fresh, None, None
+            if retired:
+                fresh.close()  # nobody else has it
+                return None
             return fresh
 
     def _slot(self) -> _Slot:
@@ -131,6 +147,7 @@ class ConnectionProvider:
             for key, other in list(self._slots.items()):
                 if not other.owner.alive() or key == owner.key:
                     del self._slots[key]
+                    other.retired = True
                     if other.connection is not None:
                         abandon(other.connection, other.owner)
             slot = self._slots[owner.key] = _Slot(owner, sync_opening_lock())
@@ -186,9 +203,12 @@ class ConnectionProvider:
         self, query: str, params: Sequence[Any], doing: str, what: str, *, notifying: bool
     ) -> Cursor[Any]:
         """:meth:`execute`; *notifying* statements go through the shared cursor."""
-        for attempt in (1, 2):
+        retries = 1
+        while True:
             slot = self._slot()
             own = self._connection_of(slot)
+            if own is None:
+                continue  # closed by close() meanwhile
             try:
                 if not notifying:
                     return own.execute(query, params)
@@ -199,15 +219,19 @@ class ConnectionProvider:
             except psycopg.errors.UndefinedTable:
                 raise  # the database answered: the caller knows which table is meant
             except psycopg.OperationalError as exc:
-                if attempt == 2 or not own.closed:
+                if own.closed and slot.retired:
+                    continue  # close() closed it before the statement was sent: not sent
+                if retries == 0 or not own.closed:
                     raise broker_unavailable(self.conninfo, exc, doing) from None
+                retries -= 1
             except psycopg.Error as exc:
                 raise broker_failure(self.conninfo, exc, doing, what) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         """Close the caller's connection; let go of those whose owners are gone.
 
+        Callers sending meanwhile are safe: the connection is closed once the statement
+        running on it ends; those that got it but had not sent yet send on a new one.
         Connections of other event loops still running are theirs to close.
         """
         owner = sync_owner()
@@ -215,12 +239,13 @@ class ConnectionProvider:
         with self._lock:
             for key, slot in list(self._slots.items()):
                 if slot.owner.same(owner) or not slot.owner.alive():
+                    slot.retired = True
                     closing.append(self._slots.pop(key))
         for slot in closing:
             if slot.connection is None:
                 continue
             if slot.owner.same(owner):
-                slot.connection.close()
+                sync_close_when_free(slot.connection)
             else:
                 abandon(slot.connection, slot.owner)
 
