@@ -1,8 +1,15 @@
 -- dispatcher_enqueue(): store a dispatcher task as a job of a durable queue, from SQL.
 --
---   SELECT dispatcher_enqueue('orders', 'myapp.tasks.ship', '[42]');
---   SELECT dispatcher_enqueue('orders', 'myapp.tasks.report', '[]', '{"period": "week"}',
---                             '{"max_attempts": 5, "delay": 60, "on_duplicate": "queue_one"}');
+--   SELECT public.dispatcher_enqueue('orders', 'myapp.tasks.ship', '[42]');
+--   SELECT public.dispatcher_enqueue('orders', 'myapp.tasks.report', '[]', '{"period": "week"}',
+--                                    '{"max_attempts": 5, "delay": 60, "on_duplicate": "queue_one"}');
+--
+-- The functions are created in the first schema of the installer's search_path (public
+-- above). Install them in a schema only trusted roles may CREATE in, and call them by their
+-- schema-qualified name (or with a search_path of trusted schemas only): a call resolves
+-- through the caller's search_path, where an overload another role created would take it
+-- over. Inside, they resolve names in pg_catalog, then their own schema only (set at the
+-- end of this file), never through the caller's search_path.
 --
 -- The sibling of dispatcher_submit() for the durable pg_queue broker. It builds a message
 -- valid against task-message.schema.json, inserts it into <queue_schema>.jobs (the tables
@@ -188,7 +195,7 @@ IMMUTABLE STRICT
 SET extra_float_digits = 1  -- once here, not at every level of dispatcher_identity_json()
 AS $function$
     SELECT encode(sha256(convert_to(
-        dispatcher_identity_json(jsonb_build_array(task, args, kwargs)), 'UTF8')), 'hex')
+        dispatcher_identity_json(jsonb_build_array(task, args, kwargs)), 'UTF8'::name)), 'hex')
 $function$;
 
 CREATE OR REPLACE FUNCTION dispatcher_enqueue(
@@ -276,14 +283,14 @@ BEGIN
 
     -- As services decode messages: at most 64 levels (the message, args or kwargs, then what
     -- they hold), and every number readable.
-    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")') THEN
+    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN
         RAISE EXCEPTION 'dispatcher_enqueue: %: nested more than 63 levels deep (a message may nest 64 levels in all, the message itself included)',
-            CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")') THEN 'args' ELSE 'kwargs' END;
+            CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN 'args' ELSE 'kwargs' END;
     END IF;
     -- Only a number of 1e308 or more in magnitude may be unreadable: one path query tells
     -- whether there is any, several times faster than a check of each number.
-    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))') THEN
-        unreadable := coalesce(dispatcher_unreadable_path(args, 'args'), dispatcher_unreadable_path(kwargs, 'kwargs'));
+    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))'::jsonpath) THEN
+        unreadable := coalesce(dispatcher_unreadable_path(args, 'args'::text), dispatcher_unreadable_path(kwargs, 'kwargs'::text));
         IF unreadable IS NOT NULL THEN
             RAISE EXCEPTION 'dispatcher_enqueue: %', unreadable;
         END IF;
@@ -332,3 +339,26 @@ $function$;
 
 COMMENT ON FUNCTION dispatcher_enqueue(text, text, jsonb, jsonb, jsonb, text) IS
     'Store a dispatcher task as a job of a durable queue (pg_queue) and wake the services; returns its uuid.';
+
+-- Every function above resolves the names it uses in pg_catalog first, then in the schema
+-- this file created them in (current_schema(), where CREATE puts them), then pg_temp: never
+-- through the caller's search_path, where another role could have put a function that
+-- matches a call better than the built-in (a convert_to(text, text) would receive the
+-- signing secret). Set here, at install time, so that the file run by hand with psql does it.
+DO $search_path$
+DECLARE
+    signature text;
+BEGIN
+    FOREACH signature IN ARRAY ARRAY[
+        'dispatcher_unreadable_number(jsonb)',
+        'dispatcher_unreadable_path(jsonb, text)',
+        'dispatcher_identity_json(jsonb)',
+        'dispatcher_duplicate_key(text, jsonb, jsonb)',
+        'dispatcher_enqueue(text, text, jsonb, jsonb, jsonb, text)'
+    ] LOOP
+        EXECUTE pg_catalog.format(
+            'ALTER FUNCTION %1$I.%2$s SET search_path = pg_catalog, %1$I, pg_temp',
+            pg_catalog.current_schema(), signature);
+    END LOOP;
+END
+$search_path$;

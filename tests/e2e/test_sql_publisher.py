@@ -7,11 +7,16 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
+from dispatcher.schema import sql_publisher
 from support.service import Evidence, ServiceProcess
 
 RECORD = "support.service_tasks.record"
@@ -275,3 +280,92 @@ def test_dispatcher_submit_says_when_pgcrypto_is_missing(
     )
     assert half.returncode != 0
     assert "set both dispatcher.signing_key_id and dispatcher.signing_secret" in half.stderr
+
+
+PLANTS = {
+    # Each would be called, if the functions resolved names through the caller's search_path
+    # or let a looser type match win, and raises: the call fails rather than leak.
+    "convert_to(t text, e text) RETURNS bytea": "the signing secret",
+    "jsonb_path_exists(j jsonb, p text) RETURNS boolean": "args and kwargs",
+    "dispatcher_unreadable_path(j jsonb, p text) RETURNS text": "args and kwargs",
+}
+
+
+@pytest.mark.parametrize("planted_in", ["a schema on the publisher's path", "the install schema"])
+def test_functions_a_role_plants_are_never_called_by_a_signed_submit(
+    pgcrypto: None,
+    start_service: Callable[..., ServiceProcess],
+    service_config: dict[str, Any],
+    pg_dsn: str,
+    pg_conn: psycopg.Connection[Any],
+    channel: str,
+    evidence: Evidence,
+    planted_in: str,
+) -> None:
+    """Installed in a schema of its own and called by its full name by a role whose
+    search_path has a schema another role may create in: the built-ins and the helpers it
+    calls are pg_catalog's and its own (even in its own schema, should another role create
+    there), and the message is signed and delivered."""
+    tag = uuid.uuid4().hex[:10]
+    names = {
+        "publisher": sql.Identifier(f"publisher_{tag}"),
+        "planter": sql.Identifier(f"planter_{tag}"),
+        "installed": sql.Identifier(f"installed_{tag}"),
+        "trap": sql.Identifier(f"trap_{tag}"),
+    }
+    service_config["security"] = {
+        "keys": [{"id": "sql", "secret_env": "SQL_SIGNING_SECRET"}],
+        "require_signed": ["task"],
+    }
+    service = start_service(service_config, env={"SQL_SIGNING_SECRET": "sql sécret"})
+    try:
+        for statement in (
+            "CREATE ROLE {publisher} LOGIN",
+            "CREATE ROLE {planter} LOGIN",
+            "CREATE SCHEMA {installed}",
+            "CREATE SCHEMA {trap} AUTHORIZATION {planter}",
+            "GRANT USAGE ON SCHEMA {installed}, {trap} TO {publisher}",
+            "GRANT USAGE, CREATE ON SCHEMA {installed} TO {planter}",
+        ):
+            pg_conn.execute(sql.SQL(statement).format(**names))
+        # As `psql -f dispatcher_submit.sql` with the schema first on the installer's path.
+        with psycopg.connect(pg_dsn, autocommit=True) as installer:
+            installer.execute(sql.SQL("SET search_path = {installed}").format(**names))
+            installer.execute(sql_publisher().encode())
+        schema = names["trap" if planted_in.startswith("a schema") else "installed"]
+        with psycopg.connect(make_conninfo(pg_dsn, user=f"planter_{tag}"), autocommit=True) as c:
+            for signature, what in PLANTS.items():
+                if signature.startswith("dispatcher_") and schema is names["installed"]:
+                    continue  # its own, already there
+                c.execute(
+                    sql.SQL(
+                        "CREATE FUNCTION {}.{} LANGUAGE plpgsql AS"
+                        " $f$BEGIN RAISE EXCEPTION 'planted function called with {}'; END$f$"
+                    ).format(schema, sql.SQL(signature), sql.SQL(what))
+                )
+        publisher = make_conninfo(
+            pg_dsn, user=f"publisher_{tag}", options=f"-c search_path=trap_{tag},public"
+        )
+        # 10**308: an integer a service reads, which makes the function look for unreadable
+        # numbers with its helper.
+        submitted = psql(
+            publisher,
+            "BEGIN;"
+            + signing("sql", "sql sécret")
+            + f"SELECT installed_{tag}.dispatcher_submit('{channel}', '{RECORD}',"
+            f" jsonb_build_array('{evidence.path}', 'signed', ('1' || repeat('0', 308))::jsonb));"
+            "COMMIT",
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        [record] = evidence.wait_for(1)
+        assert record["args"] == ["signed", 10**308]
+        assert "rejected message" not in service.log
+    finally:
+        pg_conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {installed}, {trap} CASCADE").format(**names)
+        )
+        for role in ("publisher", "planter"):
+            if pg_conn.execute(
+                "SELECT FROM pg_roles WHERE rolname = %s", (f"{role}_{tag}",)
+            ).rowcount:
+                pg_conn.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(names[role]))

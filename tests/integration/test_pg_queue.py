@@ -25,7 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import Settings, reset, setup
 from dispatcher.publish import Job, batch, close_connections, get_job, submit_task
-from dispatcher.schema import MAX_MESSAGE_BYTES, QUEUE_WAKEUP_CHANNEL
+from dispatcher.schema import MAX_MESSAGE_BYTES, QUEUE_WAKEUP_CHANNEL, sign
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase
 from dispatcher.server.brokers.pg_queue.leases import Leases
@@ -894,3 +894,67 @@ def test_a_service_holds_no_more_jobs_than_its_workers_plus_prefetch(
         time.sleep(0.01)
     assert 1 <= most <= 3  # its one worker's job, plus prefetch
     wait_for_states(pg_conn, schema, uuids, {"done"})
+
+
+def store_signed(
+    conn: Conn, schema: str, queue: str, message: dict[str, Any], envelope: str
+) -> str:
+    """Store *envelope* (signing *message*) as a job row of *queue*; wake the queue."""
+    statement = sql.SQL(
+        "INSERT INTO {}.jobs (uuid, queue, task, message, max_attempts) VALUES (%s, %s, %s, %s, 3)"
+    ).format(sql.Identifier(schema))
+    with conn.transaction():
+        conn.execute(statement, (message["uuid"], queue, message["task"], envelope))
+        conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_WAKEUP_CHANNEL, queue))
+    return str(message["uuid"])
+
+
+def test_a_signed_row_is_verified_at_every_attempt_but_never_refused_for_its_age_or_retry(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+    tmp_path: Path,
+) -> None:
+    """A row is written once (a replay takes an INSERT): its retries, and its first run long
+    after it was signed (a delay, a backlog, services down), are no replays; a forged row is
+    still refused."""
+    secret = b"a-long-random-secret"
+    config = queue_config(pg_dsn, schema, channel)
+    config["security"] = {
+        "keys": [{"id": "k1", "secret": secret.decode()}],
+        "require_signed": ["task"],
+        "max_age": 5,
+    }
+    service = start_service(config)
+    retried = job_message("fail_first", evidence.path)
+    late = job_message("record", evidence.path, "late")
+    forged = job_message("record", evidence.path, "forged")
+    uuids = [
+        store_signed(
+            pg_conn, schema, channel, retried, sign(json.dumps(retried), "k1", secret, time.time())
+        ),
+        store_signed(
+            pg_conn, schema, channel, late, sign(json.dumps(late), "k1", secret, time.time() - 60)
+        ),
+        store_signed(
+            pg_conn,
+            schema,
+            channel,
+            forged,
+            sign(json.dumps(forged), "k1", b"guessed", time.time()),
+        ),
+    ]
+    rows = wait_for_states(pg_conn, schema, uuids, {"done", "failed"})
+    states = {row["uuid"]: (row["state"], row["attempts"], row["outcome"]) for row in rows}
+    assert states[retried["uuid"]] == ("done", 2, "ok")
+    assert states[late["uuid"]] == ("done", 1, "ok")
+    assert states[forged["uuid"]] == ("failed", 1, "rejected")
+    assert [r["event"] for r in evidence.records() if r.get("event") == "fail_first"] == [
+        "fail_first",
+        "fail_first",
+    ]
+    assert [r["args"] for r in evidence.records() if "args" in r] == [["late"]]
+    service.wait_for_log(r"bad signature \(key 'k1'\)")

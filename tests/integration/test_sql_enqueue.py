@@ -13,13 +13,14 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, sql_queue_publisher
 from dispatcher.schema.identity import canonical_number
 from support.durable import own_schema
 from support.examples import examples
 from support.postgres import wait_for_notifies
-from support.queue_rows import job_row
+from support.queue_rows import job_row, unique_schema
 
 Conn = psycopg.Connection[Any]
 
@@ -310,3 +311,56 @@ def test_missing_tables_are_explained(conn: Conn) -> None:
     assert caught.value.diag.message_hint == (
         "Run `dispatcherctl migrate`, or pass the schema of brokers.pg_queue as queue_schema."
     )
+
+
+@pytest.mark.parametrize("planted_in", ["a schema on the caller's path", "the install schema"])
+def test_functions_planted_on_the_path_or_in_the_install_schema_are_never_called(
+    pg_dsn: str, schema: str, planted_in: str
+) -> None:
+    """Installed in a schema of its own and called by its full name from a session whose
+    search_path has a schema with functions named like those it calls: it calls pg_catalog's
+    and its own, and stores the job with the key Python computes."""
+    installed, trap = unique_schema(), unique_schema()
+    plants = [
+        "convert_to(t text, e text) RETURNS bytea",
+        "jsonb_path_exists(j jsonb, p text) RETURNS boolean",
+    ]
+    if planted_in == "the install schema":
+        trap = installed
+    else:
+        plants += [
+            "dispatcher_unreadable_path(j jsonb, p text) RETURNS text",
+            "dispatcher_identity_json(j jsonb) RETURNS text",
+            "dispatcher_duplicate_key(t text, a jsonb, k jsonb) RETURNS text",
+        ]
+    names = {"installed": sql.Identifier(installed), "trap": sql.Identifier(trap)}
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        try:
+            conn.execute(sql.SQL("CREATE SCHEMA {installed}").format(**names))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {trap}").format(**names))
+            conn.execute(sql.SQL("SET search_path = {installed}").format(**names))
+            conn.execute(sql_queue_publisher().encode())
+            for signature in plants:
+                conn.execute(
+                    sql.SQL(
+                        "CREATE FUNCTION {}.{} LANGUAGE plpgsql AS"
+                        " $f$BEGIN RAISE EXCEPTION 'planted function called'; END$f$"
+                    ).format(names["trap"], sql.SQL(signature))
+                )
+            conn.execute(sql.SQL("SET search_path = {trap}, public").format(**names))
+            args = ["é", 10**308, 2.5]
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT {installed}.dispatcher_enqueue('q', 'a.b', %s::jsonb, '{{}}',"
+                    ' \'{{"on_duplicate": "discard"}}\', %s)'
+                ).format(**names),
+                (json.dumps(args), schema),
+            ).fetchone()
+            assert row is not None
+            stored = job_row(conn, schema, row[0])
+            assert stored is not None
+            assert stored["dup_key"] == duplicate_key({"task": "a.b", "args": args, "kwargs": {}})
+        finally:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {installed}, {trap} CASCADE").format(**names)
+            )

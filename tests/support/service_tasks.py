@@ -248,6 +248,15 @@ DURABLE_TICKS = "durable_ticks"
 
 
 @task()
+def fail_first(path: str) -> None:
+    """Record, then raise the first time it runs with *path* (its retry succeeds)."""
+    first = not os.path.exists(path)
+    _record(path, event="fail_first")
+    if first:
+        raise ValueError("the first attempt fails")
+
+
+@task()
 def give_back(path: str, value: Any) -> Any:
     """Record, then return *value* (a durable queue stores it as the job's result)."""
     _record(path, event="give_back")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +203,80 @@ def test_publishers_sign_every_message_when_a_key_is_configured() -> None:
     setup({"version": 1, "brokers": {"pg_notify": PG}})
     plain = prepare_submission("app.tasks.work")
     assert json.loads(plain.payloads[0]) == dict(plain.message)
+
+
+LEAK = "SUPERSECRET-LEAK-7"
+MALFORMED = {
+    # name: (the file, what the message still says)
+    "duplicate key": (
+        f"security:\n  keys:\n    - id: k1\n      secret: {LEAK}\n      secret: {LEAK}b\n",
+        "line 5, column 7: YAML syntax error: while constructing a mapping: "
+        "found duplicate key 'secret'",
+    ),
+    "tab": (f"version: 1\n\tsecret: {LEAK}\n", "line 2, column 1: YAML syntax error: "),
+    "bad indentation": (
+        f"security:\n  secret: {LEAK}\n x: 1\n",
+        "line 3, column 2: YAML syntax error: while parsing a block mapping",
+    ),
+    "unclosed double quote": (
+        f'security:\n  secret: "{LEAK}\n  b: 1\n',
+        "line 4, column 1: YAML syntax error: while scanning a quoted scalar",
+    ),
+    "unclosed single quote": (
+        f"security:\n  secret: '{LEAK}\n",
+        "line 3, column 1: YAML syntax error: while scanning a quoted scalar",
+    ),
+    "undefined alias": (
+        f"security:\n  secret: *{LEAK}\n",
+        "line 2, column 11: YAML syntax error: found undefined alias",
+    ),
+    "duplicate anchor": (  # allowed, but ruamel warned with the lines' text
+        f"version: 1\nx: &{LEAK} 1\ny: &{LEAK} 2\nversion: 1\n",
+        "line 4, column 1: YAML syntax error: while constructing a mapping: "
+        "found duplicate key 'version'",
+    ),
+    "unknown tag": (
+        f"security:\n  secret: !{LEAK} x\n",
+        "line 2, column 11: YAML syntax error: could not determine a constructor for the tag",
+    ),
+    "unknown standard tag": (
+        f"security:\n  secret: !!{LEAK} x\n",
+        "line 2, column 11: YAML syntax error: could not determine a constructor for the tag",
+    ),
+    "value in a flow mapping left open": (
+        f"security: {{secret: {LEAK}\n",
+        "line 2, column 1: YAML syntax error: while parsing a flow mapping",
+    ),
+    "duplicate complex key": (
+        f"? [{LEAK}]\n: 1\n? [{LEAK}]\n: 2\n",
+        "line 3, column 3: YAML syntax error: while constructing a mapping: found a duplicate key",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_a_yaml_error_never_shows_a_value_of_the_file(
+    tmp_path: Path, name: str, recwarn: pytest.WarningsRecorder
+) -> None:
+    """The line, the column and the reason (a duplicate key by its name), never a value,
+    an alias, an anchor or a tag of the file: from setup() and from both commands."""
+    text, said = MALFORMED[name]
+    path = tmp_path / "dispatcher.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        setup(file_path=str(path))
+    assert str(caught.value).startswith(f"{path}: {said}")
+    assert LEAK not in repr(caught.value)
+    assert not [w for w in recwarn if LEAK in str(w.message)]
+    for command in ("dispatcher.server.cli", "dispatcher.server.ctl"):
+        ran = subprocess.run(
+            [sys.executable, "-c", f"from {command} import entry_point; entry_point()"]
+            + ["--config", str(path)]
+            + (["status"] if command.endswith("ctl") else []),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 2, ran.stderr
+        assert said in ran.stderr
+        assert LEAK not in ran.stdout + ran.stderr

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
@@ -127,11 +128,16 @@ def parse_yaml(source: str, data: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
     try:
-        document = YAML(typ="safe", pure=True).load(text)
+        with warnings.catch_warnings():
+            # ruamel warns (a duplicate anchor) with the lines' text, secrets included.
+            warnings.simplefilter("ignore")
+            document = YAML(typ="safe", pure=True).load(text)
     except MarkedYAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc)]) from None
     except YAMLError as exc:
-        raise ConfigError(source, [f"YAML error: {exc}"]) from None
+        raise ConfigError(
+            source, [f"YAML error: {_unquoted(' '.join(str(exc).split()))}"]
+        ) from None
     if _values_beyond(document, MAX_CONFIG_VALUES):
         raise ConfigError(
             source,
@@ -180,9 +186,46 @@ def settings_from_file_data(source: str, data: bytes) -> Settings:
     return dataclasses.replace(settings_from_data(source, parse_yaml(source, data)), file=source)
 
 
+_YAML_QUOTED: Final = re.compile(r"""\s*(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")""")
+"""A quoted part of a message of ruamel.yaml (with the spaces before it)."""
+
+_DUPLICATE_KEY: Final = re.compile(r'found duplicate key "(.*?)" with value "', re.DOTALL)
+_KEY_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def _unquoted(text: str) -> str:
+    r"""*text*, a message of ruamel.yaml, without the parts it quotes from the file.
+
+    ruamel.yaml quotes values, aliases, anchors and tags of the file (a secret among them);
+    what it quotes of its own is kept: a token (``'<block end>'``) or a single character
+    (``'\t'``, ``'`'``).
+    """
+
+    def kept(match: re.Match[str]) -> str:
+        quoted = match.group(1) if match.group(1) is not None else match.group(2)
+        if re.fullmatch(r"<[a-z ]+>|.|\\(?:.|x[0-9a-f]+|u[0-9a-f]+)", quoted):
+            return match.group(0)
+        return ""
+
+    return _YAML_QUOTED.sub(kept, text)
+
+
 def _yaml_problem(exc: MarkedYAMLError) -> str:
+    """The line, column and reason of *exc*, quoting nothing of the file's values.
+
+    A duplicate key is named (when it is a plain name), never its values.
+    """
     mark = exc.problem_mark or exc.context_mark
-    what = ": ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
+    duplicate = _DUPLICATE_KEY.match(exc.problem or "")
+    if duplicate:
+        key = duplicate.group(1)
+        problem = (
+            f"found duplicate key {key!r}" if _KEY_NAME.fullmatch(key) else "found a duplicate key"
+        )
+    else:
+        problem = _unquoted(exc.problem or "")
+    parts = (_unquoted(exc.context or ""), problem)
+    what = ": ".join(part for part in parts if part) or "invalid YAML"
     if mark is None:
         return f"YAML syntax error: {what}"
     return f"line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: {what}"

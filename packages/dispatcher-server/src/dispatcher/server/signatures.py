@@ -8,6 +8,7 @@ is listed in ``security.require_signed``. Messages made inside the service need 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -76,7 +77,7 @@ class SignatureCheck:
             ``unknown_key``, ``bad_signature``, ``stale_signature`` or ``replayed``.
         """
         if SIGNED_KEY in message:
-            return self._open_signed(message, decode)
+            return self._open_signed(message, decode, stored=_stored_row(origin))
         if self._required and origin.broker is not None and not origin.authenticated:
             kind = "control" if "control" in message else "task"
             if kind in self._required:
@@ -89,13 +90,17 @@ class SignatureCheck:
                 )
         return payload, message
 
-    def _open_signed(self, envelope: dict[str, Any], decode: Decode) -> tuple[str, dict[str, Any]]:
+    def _open_signed(
+        self, envelope: dict[str, Any], decode: Decode, stored: bool
+    ) -> tuple[str, dict[str, Any]]:
+        """The verified body of *envelope*; of a *stored* row, of any age and seen or not."""
         now = self._clock()
+        max_age = math.inf if stored else self._security.max_age
         try:
-            verified = verify(envelope, self._secrets, now, self._security.max_age)
+            verified = verify(envelope, self._secrets, now, max_age)
         except SignatureError as exc:
             raise Rejected(exc.reason, str(exc), control=_control_in(envelope, decode)) from None
-        if not self.replays.first_time(verified.signature, verified.signed_at, now):
+        if not stored and not self.replays.first_time(verified.signature, verified.signed_at, now):
             raise Rejected(
                 "replayed",
                 f"replayed message: signature {verified.signature[:16]}... was already received",
@@ -120,6 +125,16 @@ class SignatureCheck:
             "remembered": len(self.replays),
             "forgotten": self.replays.forgotten,
         }
+
+
+def _stored_row(origin: Origin) -> bool:
+    """Whether *origin* delivers a row of a durable broker that vouches for who wrote it.
+
+    Such a row is written once, by a role the table's privileges let in (replaying it takes
+    an INSERT), and delivered again on each retry, maybe long after it was signed: its
+    signature is verified, but neither its age nor whether it was seen before.
+    """
+    return origin.receipt is not None and origin.authenticated
 
 
 def _control_in(envelope: dict[str, Any], decode: Decode) -> dict[str, Any] | None:

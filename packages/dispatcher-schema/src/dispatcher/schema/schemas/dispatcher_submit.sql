@@ -1,8 +1,15 @@
 -- dispatcher_submit(): publish a dispatcher task from SQL (a trigger, pg_cron, any client).
 --
---   SELECT dispatcher_submit('emails', 'myapp.tasks.send_email', '["someone@example.com"]');
---   SELECT dispatcher_submit('emails', 'myapp.tasks.report', '[]', '{"period": "week"}',
---                            '{"timeout": 60, "on_duplicate": "discard"}');
+--   SELECT public.dispatcher_submit('emails', 'myapp.tasks.send_email', '["someone@example.com"]');
+--   SELECT public.dispatcher_submit('emails', 'myapp.tasks.report', '[]', '{"period": "week"}',
+--                                   '{"timeout": 60, "on_duplicate": "discard"}');
+--
+-- The functions are created in the first schema of the installer's search_path (public
+-- above). Install them in a schema only trusted roles may CREATE in, and call them by their
+-- schema-qualified name (or with a search_path of trusted schemas only): a call resolves
+-- through the caller's search_path, where an overload another role created would take it
+-- over. Inside, they resolve names in pg_catalog, then their own schema only (set at the
+-- end of this file), never through the caller's search_path.
 --
 -- It builds a message valid against task-message.schema.json, sends it with pg_notify (as
 -- chunk envelopes when it is 8000 bytes or more), and returns the uuid the message carries
@@ -170,14 +177,14 @@ BEGIN
 
     -- As services decode messages: at most 64 levels (the message, args or kwargs, then what
     -- they hold), and every number readable.
-    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")') THEN
+    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN
         RAISE EXCEPTION 'dispatcher_submit: %: nested more than 63 levels deep (a message may nest 64 levels in all, the message itself included)',
-            CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")') THEN 'args' ELSE 'kwargs' END;
+            CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN 'args' ELSE 'kwargs' END;
     END IF;
     -- Only a number of 1e308 or more in magnitude may be unreadable: one path query tells
     -- whether there is any, several times faster than a check of each number.
-    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))') THEN
-        unreadable := coalesce(dispatcher_unreadable_path(args, 'args'), dispatcher_unreadable_path(kwargs, 'kwargs'));
+    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))'::jsonpath) THEN
+        unreadable := coalesce(dispatcher_unreadable_path(args, 'args'::text), dispatcher_unreadable_path(kwargs, 'kwargs'::text));
         IF unreadable IS NOT NULL THEN
             RAISE EXCEPTION 'dispatcher_submit: %', unreadable;
         END IF;
@@ -209,9 +216,11 @@ BEGIN
         END IF;
         -- signature = hex(HMAC-SHA256(secret, signed_at || '.' || body)), all in UTF-8.
         signed_at := round(extract(epoch FROM clock_timestamp())::numeric, 6)::text;
-        EXECUTE format('SELECT encode(%I.hmac($1, $2, %L), %L)', crypto_schema, 'sha256', 'hex')
+        -- The secret goes to no function but pg_catalog's and pgcrypto's, named in full.
+        EXECUTE format('SELECT pg_catalog.encode(%I.hmac($1, $2, %L::text), %L::text)', crypto_schema, 'sha256', 'hex')
             INTO signature
-            USING convert_to(signed_at || '.' || body, 'UTF8'), convert_to(secret, 'UTF8');
+            USING pg_catalog.convert_to(signed_at || '.' || body, 'UTF8'::name),
+                pg_catalog.convert_to(secret, 'UTF8'::name);
         body := jsonb_build_object(
             '__dispatcher_signed__', 'v1', 'key_id', key_id, 'signed_at', signed_at,
             'signature', signature, 'body', body
@@ -230,7 +239,7 @@ BEGIN
     -- this transaction. Slices are cut on the UTF-8 bytes (at a character's first byte), in
     -- time linear in the message's size, then halved until each envelope fits.
     message_id := replace(gen_random_uuid()::text, '-', '');
-    encoded := convert_to(body, 'UTF8');
+    encoded := convert_to(body, 'UTF8'::name);
     slice_size := 3900;
     <<cutting>>
     LOOP
@@ -241,7 +250,7 @@ BEGIN
             WHILE stop < octet_length(encoded) AND get_byte(encoded, stop) BETWEEN 128 AND 191 LOOP
                 stop := stop - 1;  -- a continuation byte: cut before its character
             END LOOP;
-            slices := slices || convert_from(substring(encoded FROM start + 1 FOR stop - start), 'UTF8');
+            slices := slices || convert_from(substring(encoded FROM start + 1 FOR stop - start), 'UTF8'::name);
             start := stop;
         END LOOP;
         FOR position IN 1 .. array_length(slices, 1) LOOP
@@ -273,3 +282,24 @@ $function$;
 
 COMMENT ON FUNCTION dispatcher_submit(text, text, jsonb, jsonb, jsonb) IS
     'Publish a dispatcher task message (signed when dispatcher.signing_key_id is set, chunked when large); returns its uuid.';
+
+-- Every function above resolves the names it uses in pg_catalog first, then in the schema
+-- this file created them in (current_schema(), where CREATE puts them), then pg_temp: never
+-- through the caller's search_path, where another role could have put a function that
+-- matches a call better than the built-in (a convert_to(text, text) would receive the
+-- signing secret). Set here, at install time, so that the file run by hand with psql does it.
+DO $search_path$
+DECLARE
+    signature text;
+BEGIN
+    FOREACH signature IN ARRAY ARRAY[
+        'dispatcher_unreadable_number(jsonb)',
+        'dispatcher_unreadable_path(jsonb, text)',
+        'dispatcher_submit(text, text, jsonb, jsonb, jsonb)'
+    ] LOOP
+        EXECUTE pg_catalog.format(
+            'ALTER FUNCTION %1$I.%2$s SET search_path = pg_catalog, %1$I, pg_temp',
+            pg_catalog.current_schema(), signature);
+    END LOOP;
+END
+$search_path$;
