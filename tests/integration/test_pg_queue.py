@@ -25,7 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import Settings, reset, setup
 from dispatcher.publish import Job, batch, close_connections, get_job, submit_task
-from dispatcher.schema import MAX_MESSAGE_BYTES, QUEUE_WAKEUP_CHANNEL
+from dispatcher.schema import MAX_MESSAGE_BYTES, QUEUE_WAKEUP_CHANNEL, new_uuid
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase
 from dispatcher.server.brokers.pg_queue.leases import Leases
@@ -457,6 +457,37 @@ def test_a_schedule_on_three_services_runs_once_per_tick(
     assert len(rows) == len(ticks) >= 6
     assert len(rows) <= elapsed / 0.5 + 1  # not three per tick
     assert len(evidence.records()) == sum(row["state"] == "done" for row in rows)
+
+
+def offer_tick(conn: Conn, schema: str, ticks: list[int], until: float) -> tuple[bool, bool]:
+    """Run the services' tick statement as they do; return (stored, late)."""
+    params = {
+        "task": TASKS + "tick",
+        "ticks": ticks,
+        "until": until,
+        "uuid": new_uuid(),
+        "queue": DURABLE_TICKS,
+        "message": json.dumps({"task": TASKS + "tick", "args": [], "kwargs": {}}),
+        "max_attempts": 1,
+        "delay": 0.0,
+        "on_duplicate": None,
+        "dup_key": None,
+        "channel": QUEUE_WAKEUP_CHANNEL,
+    }
+    [(stored, late)] = conn.execute(Statements.for_schema(schema).submit_tick, params).fetchall()
+    return stored, late
+
+
+def test_a_tick_is_not_stored_once_its_successor_is_due_by_the_databases_clock(
+    pg_conn: Conn, schema: str
+) -> None:
+    """A statement that waited in a frozen database must not store its tick late, next
+    to the following one."""
+    assert offer_tick(pg_conn, schema, [100], time.time() - 1) == (False, True)
+    assert jobs(pg_conn, schema) == []
+    assert offer_tick(pg_conn, schema, [100], time.time() + 60) == (True, False)
+    assert offer_tick(pg_conn, schema, [100], time.time() - 1) == (False, False)  # stored
+    assert len(jobs(pg_conn, schema)) == 1
 
 
 def test_a_scheduled_job_has_the_max_attempts_of_its_task(

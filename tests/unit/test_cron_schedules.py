@@ -300,6 +300,8 @@ class RecordingSink:
         queue: str,
         message: dict[str, Any],
         max_attempts: int | None = None,
+        *,
+        until: float | None = None,
     ) -> bool:
         self.offered.append((task, tick, message))
         if len(self.offered) >= self.wanted:
@@ -328,3 +330,59 @@ async def test_durable_cron_ticks_are_the_run_times_whole_seconds() -> None:
     assert ticks[1] == ticks[0] + 1
     assert began < ticks[0] <= time.time()
     assert sink.offered[0][2] == {"task": TASK, "args": ["x"], "kwargs": {}}
+
+
+class FlakySink(RecordingSink):
+    """A durable broker whose first *failures* offers fail (a connection found cut)."""
+
+    def __init__(self, wanted: int, failures: int) -> None:
+        super().__init__(wanted)
+        self.failures = failures
+        self.untils: list[float | None] = []
+
+    async def submit_tick(
+        self,
+        task: str,
+        tick: int,
+        queue: str,
+        message: dict[str, Any],
+        max_attempts: int | None = None,
+        *,
+        until: float | None = None,
+    ) -> bool:
+        self.untils.append(until)
+        if self.failures:
+            self.failures -= 1
+            raise OSError("server closed the connection unexpectedly")
+        return await super().submit_tick(task, tick, queue, message, max_attempts)
+
+
+@pytest.mark.anyio
+async def test_a_tick_whose_offer_fails_is_offered_again_until_its_successor_is_due() -> None:
+    config = settings(schedule="* * * * * *")
+    entry = config.producers.scheduled[TASK]
+    sink = FlakySink(wanted=2, failures=2)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_once_per_tick, sink, "q", TASK, entry, ScheduleBoard(config))
+            await sink.enough.wait()
+            group.cancel_scope.cancel()
+    first, second = (tick for _, tick, _ in sink.offered)
+    assert second == first + 1  # the failed tick was stored, then the next one
+    assert sink.untils[:3] == [first + 1] * 3  # each attempt bounded by the next tick
+
+
+@pytest.mark.anyio
+async def test_a_tick_never_stored_is_given_up_when_its_successor_is_due() -> None:
+    config = settings(schedule=0.2)
+    entry = config.producers.scheduled[TASK]
+    sink = FlakySink(wanted=1, failures=10**6)
+    began = time.time()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_once_per_tick, sink, "q", TASK, entry, ScheduleBoard(config))
+            await anyio.sleep(1)
+            group.cancel_scope.cancel()
+    untils = sorted({until for until in sink.untils if until is not None})
+    assert len(untils) >= 3  # every tick offered in turn, none held the loop
+    assert all(until > began for until in untils)

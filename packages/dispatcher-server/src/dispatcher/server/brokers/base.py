@@ -155,10 +155,14 @@ class OncePerTick(Protocol):
         queue: str,
         message: dict[str, Any],
         max_attempts: int | None = None,
+        *,
+        until: float | None = None,
     ) -> bool:
         """Store *message* for *queue*, unless a service already did for (*task*, *tick*).
 
         *max_attempts* is the one the task was registered with (``None``: the queue's).
+        *until* (seconds since the epoch, ``None``: no limit) is when the next tick is
+        due: store nothing from then on. A call that fails is made again (until then).
 
         Returns whether this call stored it.
         """
