@@ -6,7 +6,7 @@ import itertools
 import sys
 import time
 import zoneinfo
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -233,7 +233,8 @@ def test_interval_ticks_stay_the_multiples_of_the_period() -> None:
     timetable = IntervalTimetable(60)
     due = timetable.next_after(1_800_000_030.5)
     assert due == 1_800_000_060
-    assert timetable.tick(due) == 30_000_001
+    assert timetable.tick(due) == 1_800_000_060  # the run's time
+    assert timetable.former_ticks(due) == [30_000_001]  # the multiple's number
     assert timetable.following(due) == 1_800_000_120
     assert timetable.show(due) == "2027-01-15T08:01:00+00:00"
 
@@ -302,6 +303,7 @@ class RecordingSink:
         max_attempts: int | None = None,
         *,
         until: float | None = None,
+        former: Sequence[int] = (),
     ) -> bool:
         self.offered.append((task, tick, message))
         if len(self.offered) >= self.wanted:
@@ -349,6 +351,7 @@ class FlakySink(RecordingSink):
         max_attempts: int | None = None,
         *,
         until: float | None = None,
+        former: Sequence[int] = (),
     ) -> bool:
         self.untils.append(until)
         if self.failures:
@@ -386,3 +389,17 @@ async def test_a_tick_never_stored_is_given_up_when_its_successor_is_due() -> No
     untils = sorted({until for until in sink.untils if until is not None})
     assert len(untils) >= 3  # every tick offered in turn, none held the loop
     assert all(until > began for until in untils)
+
+
+def test_an_interval_tick_is_its_time_as_a_cron_runs_is() -> None:
+    """Periods 5 and 10 firing at the same instant gave different ticks (the multiple's
+    number): a rolling change of the period ran the task twice."""
+    five, ten = IntervalTimetable(5), IntervalTimetable(10)
+    due = 1_800_000_000.0
+    assert five.tick(due) == ten.tick(due) == 1_800_000_000
+    assert (five.former_ticks(due), ten.former_ticks(due)) == ([360_000_000], [180_000_000])
+    half = IntervalTimetable(0.1)
+    due = half.next_after(1_800_000_000.25)  # float arithmetic: not exactly .3
+    assert half.tick(due) == 1_800_000_000_300  # in milliseconds
+    assert half.tick(half.next_after(1_800_000_000.95)) == 1_800_000_001  # a whole second
+    assert IntervalTimetable(1).former_ticks(1_800_000_000.0) == []  # the same: no other

@@ -143,8 +143,9 @@ async def run_once_per_tick(
     """Store *task* in the durable *queue* at every tick, once across every service.
 
     Ticks are on the wall clock, the same for every host: a period's multiples since the
-    epoch (the tick is the multiple's number), or a cron expression's times (the tick is
-    the time itself, in seconds since the epoch). Each service offers each tick when it
+    epoch, or a cron expression's times; a tick's number is its time (see
+    ``timetables.time_tick``), and an interval's tick is also recorded under the number
+    older releases gave it (the multiple's), which they check. Each service offers each tick when it
     comes, and the database keeps the first offer only. Ticks missed (a stalled service)
     are skipped, not made up.
 
@@ -166,7 +167,7 @@ async def run_once_per_tick(
     timetable = board.timetable(task)
 
     async def offer(due: float) -> None:
-        tick = timetable.tick(due)
+        tick, former = timetable.tick(due), timetable.former_ticks(due)
         until = timetable.following(due)
         message = _message(task, entry)
         backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
@@ -174,7 +175,7 @@ async def run_once_per_tick(
             try:
                 with anyio.fail_after(min(left, TICK_ATTEMPT_LIMIT)):
                     await sink.submit_tick(
-                        task, tick, queue, message, max_attempts(task), until=until
+                        task, tick, queue, message, max_attempts(task), until=until, former=former
                     )
                 return
             except Exception as exc:  # a producer must outlive any one submission

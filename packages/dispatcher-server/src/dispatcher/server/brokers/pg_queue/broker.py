@@ -215,6 +215,7 @@ class PgQueueBroker(BrokerBase):
         max_attempts: int | None = None,
         *,
         until: float | None = None,
+        former: Sequence[int] = (),
     ) -> bool:
         """Store a scheduled task's job unless a service already did for this tick.
 
@@ -226,7 +227,7 @@ class PgQueueBroker(BrokerBase):
         tracked = mode in TRACKED
         params = {
             "task": task,
-            "ticks": [tick],
+            "ticks": list(dict.fromkeys([tick, *former])),
             "until": math.inf if until is None else until,
             "uuid": message["uuid"],
             "queue": queue,
