@@ -25,7 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import Settings, reset, setup
 from dispatcher.publish import Job, batch, close_connections, get_job, submit_task
-from dispatcher.schema import MAX_MESSAGE_BYTES, QUEUE_WAKEUP_CHANNEL, sign
+from dispatcher.schema import MAX_MESSAGE_BYTES, QUEUE_WAKEUP_CHANNEL, new_uuid, sign
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase
 from dispatcher.server.brokers.pg_queue.leases import Leases
@@ -454,9 +454,75 @@ def test_a_schedule_on_three_services_runs_once_per_tick(
         sql.SQL("SELECT tick FROM {}.schedule_ticks ORDER BY tick").format(sql.Identifier(schema))
     ).fetchall()
     rows = jobs(pg_conn, schema)
-    assert len(rows) == len(ticks) >= 6
+    # Each tick is recorded under its time and (for older releases) its multiple's number.
+    assert 2 * len(rows) == len(ticks) >= 12
     assert len(rows) <= elapsed / 0.5 + 1  # not three per tick
     assert len(evidence.records()) == sum(row["state"] == "done" for row in rows)
+
+
+def offer_tick(conn: Conn, schema: str, ticks: list[int], until: float) -> tuple[bool, bool]:
+    """Run the services' tick statement as they do; return (stored, late)."""
+    params = {
+        "task": TASKS + "tick",
+        "ticks": ticks,
+        "until": until,
+        "uuid": new_uuid(),
+        "queue": DURABLE_TICKS,
+        "message": json.dumps({"task": TASKS + "tick", "args": [], "kwargs": {}}),
+        "max_attempts": 1,
+        "delay": 0.0,
+        "on_duplicate": None,
+        "dup_key": None,
+        "channel": QUEUE_WAKEUP_CHANNEL,
+    }
+    [(stored, late)] = conn.execute(Statements.for_schema(schema).submit_tick, params).fetchall()
+    return stored, late
+
+
+def test_a_tick_is_not_stored_once_its_successor_is_due_by_the_databases_clock(
+    pg_conn: Conn, schema: str
+) -> None:
+    """A statement that waited in a frozen database must not store its tick late, next
+    to the following one."""
+    assert offer_tick(pg_conn, schema, [100], time.time() - 1) == (False, True)
+    assert jobs(pg_conn, schema) == []
+    assert offer_tick(pg_conn, schema, [100], time.time() + 60) == (True, False)
+    assert offer_tick(pg_conn, schema, [100], time.time() - 1) == (False, False)  # stored
+    assert len(jobs(pg_conn, schema)) == 1
+
+
+def test_services_of_two_releases_store_an_interval_tick_once(pg_conn: Conn, schema: str) -> None:
+    """Older releases number an interval's tick by its multiple (one number), newer ones
+    by its time, recording the multiple's number too: whichever comes first, one job."""
+    later = time.time() + 60
+    multiple, second = 360_000_000, 1_800_000_000  # period 5, due at 1 800 000 000
+    assert offer_tick(pg_conn, schema, [multiple], later) == (True, False)  # an old release
+    assert offer_tick(pg_conn, schema, [second, multiple], later) == (False, False)
+    assert offer_tick(pg_conn, schema, [second + 5, multiple + 1], later) == (True, False)
+    assert offer_tick(pg_conn, schema, [multiple + 1], later) == (False, False)  # old, later
+    assert len(jobs(pg_conn, schema)) == 2
+
+
+def test_a_rolling_change_of_the_period_runs_each_shared_tick_once(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, evidence: Evidence
+) -> None:
+    """One service with period 1, one with period 2 (a rolling change of the config): at
+    every even second both offer the same run, and it used to be stored twice."""
+    services = []
+    for period in (1, 2):
+        config = queue_config(pg_dsn, schema, DURABLE_TICKS)
+        config["producers"] = {
+            "scheduled": {TASKS + "tick": {"schedule": period, "args": [str(evidence.path)]}}
+        }
+        services.append(start_service(config, wait=False))
+    for service in services:
+        service.wait_ready()
+    evidence.wait_for(6, timeout=15)
+    for service in services:
+        assert service.stop() == 0
+    created = [row["created_at"].timestamp() for row in jobs(pg_conn, schema)]
+    seconds = [round(moment) for moment in created]
+    assert len(seconds) == len(set(seconds)), sorted(seconds)  # one job per second at most
 
 
 def test_a_scheduled_job_has_the_max_attempts_of_its_task(

@@ -20,10 +20,18 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.durable import (
+    enqueue,
+    job_message,
+    jobs,
+    migrated,
+    queue_config,
+    wait_for_states,
+)
 from support.proxy import DatabaseProxy
 from support.queue_rows import unique_schema
-from support.service import Evidence, ServiceProcess, wait_until
+from support.service import TASKS, Evidence, ServiceProcess, wait_until
+from support.service_tasks import DURABLE_TICKS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -172,6 +180,42 @@ def test_services_back_from_the_same_outage_leave_each_other_time_to_renew(
     runs = [record["label"] for record in evidence.records() if record["event"] == "start"]
     assert sorted(runs) == sorted(labels)  # none ran twice
     assert not any("ran out" in service.log for service in services)
+
+
+def test_a_durable_schedule_stores_the_tick_after_its_connections_were_cut(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, evidence: Evidence
+) -> None:
+    """A tick offered on an idle connection the database had terminated was not stored by
+    anyone (one attempt, no retry): the schedule lost it."""
+    period = 2
+    # A long lease: no sweep nor renewal finds the cut before the tick does.
+    config = queue_config(pg_dsn, schema, DURABLE_TICKS, lease=60)
+    config["service"]["node_id"] = "outage-tick"
+    config["producers"] = {
+        "scheduled": {TASKS + "tick": {"schedule": period, "args": [str(evidence.path)]}}
+    }
+    service = start_service(config)
+    evidence.wait_for(2, timeout=15)
+    # Every outcome written: no statement waits to find the cut before the next tick does.
+    wait_until(lambda: [row["state"] for row in jobs(pg_conn, schema)] == ["done"] * 2, 5)
+    pg_conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name LIKE 'dispatcher%%:outage-tick'"
+    )
+    evidence.wait_for(4, timeout=4 * period)  # the next two ticks, the first one included
+    service.stop()
+    ticks = [
+        tick
+        for (tick,) in pg_conn.execute(
+            sql.SQL("SELECT tick FROM {} WHERE tick > 1e9 ORDER BY tick").format(
+                sql.Identifier(schema, "schedule_ticks")
+            )
+        ).fetchall()
+    ]  # the runs' times (the other numbers are the multiples', for older releases)
+    assert ticks == list(range(ticks[0], ticks[-1] + 1, period)), ticks  # none skipped
+    rows = jobs(pg_conn, schema)
+    assert len(rows) == len(ticks)
+    assert len(evidence.records()) == sum(row["state"] == "done" for row in rows)
 
 
 def queue_connections(conn: Conn) -> int:

@@ -6,7 +6,7 @@ import itertools
 import sys
 import time
 import zoneinfo
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -233,7 +233,8 @@ def test_interval_ticks_stay_the_multiples_of_the_period() -> None:
     timetable = IntervalTimetable(60)
     due = timetable.next_after(1_800_000_030.5)
     assert due == 1_800_000_060
-    assert timetable.tick(due) == 30_000_001
+    assert timetable.tick(due) == 1_800_000_060  # the run's time
+    assert timetable.former_ticks(due) == [30_000_001]  # the multiple's number
     assert timetable.following(due) == 1_800_000_120
     assert timetable.show(due) == "2027-01-15T08:01:00+00:00"
 
@@ -300,6 +301,9 @@ class RecordingSink:
         queue: str,
         message: dict[str, Any],
         max_attempts: int | None = None,
+        *,
+        until: float | None = None,
+        former: Sequence[int] = (),
     ) -> bool:
         self.offered.append((task, tick, message))
         if len(self.offered) >= self.wanted:
@@ -328,3 +332,74 @@ async def test_durable_cron_ticks_are_the_run_times_whole_seconds() -> None:
     assert ticks[1] == ticks[0] + 1
     assert began < ticks[0] <= time.time()
     assert sink.offered[0][2] == {"task": TASK, "args": ["x"], "kwargs": {}}
+
+
+class FlakySink(RecordingSink):
+    """A durable broker whose first *failures* offers fail (a connection found cut)."""
+
+    def __init__(self, wanted: int, failures: int) -> None:
+        super().__init__(wanted)
+        self.failures = failures
+        self.untils: list[float | None] = []
+
+    async def submit_tick(
+        self,
+        task: str,
+        tick: int,
+        queue: str,
+        message: dict[str, Any],
+        max_attempts: int | None = None,
+        *,
+        until: float | None = None,
+        former: Sequence[int] = (),
+    ) -> bool:
+        self.untils.append(until)
+        if self.failures:
+            self.failures -= 1
+            raise OSError("server closed the connection unexpectedly")
+        return await super().submit_tick(task, tick, queue, message, max_attempts)
+
+
+@pytest.mark.anyio
+async def test_a_tick_whose_offer_fails_is_offered_again_until_its_successor_is_due() -> None:
+    config = settings(schedule="* * * * * *")
+    entry = config.producers.scheduled[TASK]
+    sink = FlakySink(wanted=2, failures=2)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_once_per_tick, sink, "q", TASK, entry, ScheduleBoard(config))
+            await sink.enough.wait()
+            group.cancel_scope.cancel()
+    first, second = (tick for _, tick, _ in sink.offered)
+    assert second == first + 1  # the failed tick was stored, then the next one
+    assert sink.untils[:3] == [first + 1] * 3  # each attempt bounded by the next tick
+
+
+@pytest.mark.anyio
+async def test_a_tick_never_stored_is_given_up_when_its_successor_is_due() -> None:
+    config = settings(schedule=0.2)
+    entry = config.producers.scheduled[TASK]
+    sink = FlakySink(wanted=1, failures=10**6)
+    began = time.time()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_once_per_tick, sink, "q", TASK, entry, ScheduleBoard(config))
+            await anyio.sleep(1)
+            group.cancel_scope.cancel()
+    untils = sorted({until for until in sink.untils if until is not None})
+    assert len(untils) >= 3  # every tick offered in turn, none held the loop
+    assert all(until > began for until in untils)
+
+
+def test_an_interval_tick_is_its_time_as_a_cron_runs_is() -> None:
+    """Periods 5 and 10 firing at the same instant gave different ticks (the multiple's
+    number): a rolling change of the period ran the task twice."""
+    five, ten = IntervalTimetable(5), IntervalTimetable(10)
+    due = 1_800_000_000.0
+    assert five.tick(due) == ten.tick(due) == 1_800_000_000
+    assert (five.former_ticks(due), ten.former_ticks(due)) == ([360_000_000], [180_000_000])
+    half = IntervalTimetable(0.1)
+    due = half.next_after(1_800_000_000.25)  # float arithmetic: not exactly .3
+    assert half.tick(due) == 1_800_000_000_300  # in milliseconds
+    assert half.tick(half.next_after(1_800_000_000.95)) == 1_800_000_001  # a whole second
+    assert IntervalTimetable(1).former_ticks(1_800_000_000.0) == []  # the same: no other

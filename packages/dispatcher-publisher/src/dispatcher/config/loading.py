@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import warnings
@@ -242,6 +243,9 @@ def settings_from_data(source: str, data: Any) -> Settings:
         raise ConfigError(
             source, [f"the config must be a mapping of sections, not {json_type_name(data)}"]
         )
+    non_finite = _non_finite_problems(data)
+    if non_finite:
+        raise ConfigError(source, [str(p) for p in non_finite])
     paths = legacy.PathMap()
     found: list[Problem] = []  # by the translation, located as written
     notes: list[Problem] = []
@@ -274,6 +278,28 @@ def settings_from_data(source: str, data: Any) -> Settings:
         raise ConfigError(source, [str(p) for p in sorted(as_written, key=lambda p: p.sort_key)])
     settings = settings_from_document(source, document, security)
     return dataclasses.replace(settings, warnings=warnings) if warnings else settings
+
+
+def _non_finite_problems(data: Any) -> list[Problem]:
+    """Every NaN or infinity in *data* (YAML ``.nan``, ``.inf``; ``float('nan')`` in a dict).
+
+    Refused wherever it is, before the schema is checked: the schema's bounds are
+    comparisons, which a NaN passes (it is neither below nor above any bound), and no
+    setting means anything with one (a ``schedule`` of NaN seconds, a ``timeout`` of
+    infinity: say "no limit" as the setting documents it, not with an infinity).
+    """
+    problems: list[Problem] = []
+    pending: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, Mapping):
+            pending.extend(((*path, key), item) for key, item in value.items())
+        elif isinstance(value, list | tuple):
+            pending.extend(((*path, index), item) for index, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            what = "NaN (not a number)" if math.isnan(value) else f"{value} (infinite)"
+            problems.append(Problem(path, f"{what}: a finite number is expected"))
+    return sorted(problems, key=lambda p: p.sort_key)
 
 
 def _within(path: tuple[Any, ...], ancestor: tuple[Any, ...]) -> bool:

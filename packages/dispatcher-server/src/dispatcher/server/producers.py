@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
 from dispatcher.config import ScheduledTask, TaskOptions
+from dispatcher.server.backoff import Backoff
 from dispatcher.server.brokers.base import OncePerTick
+from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.intake import Intake
 from dispatcher.server.logsafe import get_logger
@@ -19,6 +21,11 @@ from dispatcher.server.rejection import Rejected
 from dispatcher.server.timetables import ScheduleBoard
 
 logger = get_logger("dispatcher.producers")
+
+TICK_ATTEMPT_LIMIT: Final = 10.0
+"""Seconds one attempt to store a durable schedule's tick may take before it is made again
+(on a new connection): a database that froze, or a connection cut without a word, holds
+the tick no longer than that."""
 
 
 def _message(task: str, options: TaskOptions) -> dict[str, Any]:
@@ -136,10 +143,20 @@ async def run_once_per_tick(
     """Store *task* in the durable *queue* at every tick, once across every service.
 
     Ticks are on the wall clock, the same for every host: a period's multiples since the
-    epoch (the tick is the multiple's number), or a cron expression's times (the tick is
-    the time itself, in seconds since the epoch). Each service offers each tick when it
+    epoch, or a cron expression's times; a tick's number is its time (see
+    ``timetables.time_tick``), and an interval's tick is also recorded under the number
+    older releases gave it (the multiple's), which they check. Each service offers each tick when it
     comes, and the database keeps the first offer only. Ticks missed (a stalled service)
     are skipped, not made up.
+
+    A tick is offered until it is stored (by this service or another) or its successor is
+    due: an offer that fails (a connection found cut, the database away) is made again,
+    after a growing delay (0.1 s, doubling, up to 30 s), each attempt within
+    :data:`TICK_ATTEMPT_LIMIT` so that a database that stopped answering holds no attempt
+    for long; storing a tick twice is harmless (the database keeps the first). A tick
+    not stored before its successor is due is skipped: the broker is told that time
+    (*until*) and stores nothing after it (a statement that waited in a frozen database
+    does not run it late, next to its successor).
     """
     logger.info(
         "producers.scheduled[%r]: stored in durable queue %s, once per tick across services",
@@ -150,12 +167,31 @@ async def run_once_per_tick(
     timetable = board.timetable(task)
 
     async def offer(due: float) -> None:
-        tick = timetable.tick(due)
-        try:
-            message = _message(task, entry)
-            await sink.submit_tick(task, tick, queue, message, max_attempts(task))
-        except Exception as exc:  # a producer must outlive any one submission
-            failures.log("producers.scheduled[%r]: tick %d not stored: %s", task, tick, exc)
+        tick, former = timetable.tick(due), timetable.former_ticks(due)
+        until = timetable.following(due)
+        message = _message(task, entry)
+        backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
+        while (left := until - time.time()) > 0:
+            try:
+                with anyio.fail_after(min(left, TICK_ATTEMPT_LIMIT)):
+                    await sink.submit_tick(
+                        task, tick, queue, message, max_attempts(task), until=until, former=former
+                    )
+                return
+            except Exception as exc:  # a producer must outlive any one submission
+                reason = "no answer in time" if isinstance(exc, TimeoutError) else exc
+                failures.log(
+                    "producers.scheduled[%r]: tick %d not stored yet: %s; retrying",
+                    task,
+                    tick,
+                    reason,
+                )
+            await anyio.sleep(max(0.0, min(backoff.next_delay(), until - time.time())))
+        logger.warning(
+            "producers.scheduled[%r]: tick %d skipped: not stored before the next tick was due",
+            task,
+            tick,
+        )
 
     await _run_on_wall_clock(task, board, offer)
 

@@ -35,6 +35,10 @@ class Timetable(Protocol):
         """The run due at *due* as a number that every host gives it (durable queues)."""
         ...
 
+    def former_ticks(self, due: float) -> list[int]:
+        """The other numbers older releases gave the run due at *due* (none: ``[]``)."""
+        ...
+
     def show(self, due: float) -> str:
         """The run due at *due* in ISO 8601, with the offset of its time zone."""
         ...
@@ -43,8 +47,12 @@ class Timetable(Protocol):
 class IntervalTimetable:
     """Every :attr:`period` seconds: on the grid of multiples of it since the epoch.
 
-    Its tick is the multiple's number. (A schedule run by one service alone keeps a grid of
-    its own, from its start: see ``producers.run_schedule``.)
+    Its tick is the run's time (see :func:`time_tick`), as a cron run's is: services whose
+    periods differ (a rolling change of the period) agree on the runs they share. Releases
+    before this one numbered a tick by its multiple (``due / period``): that number is
+    recorded too (:meth:`former_ticks`), so that a fleet of old and new services still
+    stores each run once. (A schedule run by one service alone keeps a grid of its own,
+    from its start: see ``producers.run_schedule``.)
     """
 
     def __init__(self, period: float) -> None:
@@ -59,8 +67,13 @@ class IntervalTimetable:
         return due + self.period
 
     def tick(self, due: float) -> int:
-        """The multiple's number."""
-        return round(due / self.period)
+        """The run's time (see :func:`time_tick`)."""
+        return time_tick(due)
+
+    def former_ticks(self, due: float) -> list[int]:
+        """The multiple's number, which older releases used as the tick."""
+        former = round(due / self.period)
+        return [] if former == self.tick(due) else [former]
 
     def show(self, due: float) -> str:
         """In UTC."""
@@ -84,12 +97,32 @@ class CronTimetable:
         return self.next_after(due)
 
     def tick(self, due: float) -> int:
-        """The run's time: cron runs fall on whole seconds."""
-        return round(due)
+        """The run's time (see :func:`time_tick`): cron runs fall on whole seconds."""
+        return time_tick(due)
+
+    def former_ticks(self, due: float) -> list[int]:
+        """None: a cron run's tick has always been its time."""
+        return []
 
     def show(self, due: float) -> str:
         """In the schedule's time zone."""
         return _iso(datetime.fromtimestamp(due, self.schedule.zone))
+
+
+WHOLE_SECOND: Final = 1e-6
+"""How far (seconds) a due time may be from a whole second and still be taken for it (the
+float arithmetic of ``n * period``)."""
+
+
+def time_tick(due: float) -> int:
+    """The tick of the run due at *due* (seconds since the epoch), whatever its schedule.
+
+    A run on a whole second: that second (as a cron run's tick). Any other (a period that
+    is not a whole number of seconds): the time in milliseconds, a number about a thousand
+    times larger than any time in seconds, so the two never meet.
+    """
+    second = round(due)
+    return second if abs(due - second) < WHOLE_SECOND else round(due * 1000)
 
 
 def _iso(moment: datetime) -> str:

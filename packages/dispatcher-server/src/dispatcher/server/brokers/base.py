@@ -155,10 +155,18 @@ class OncePerTick(Protocol):
         queue: str,
         message: dict[str, Any],
         max_attempts: int | None = None,
+        *,
+        until: float | None = None,
+        former: Sequence[int] = (),
     ) -> bool:
         """Store *message* for *queue*, unless a service already did for (*task*, *tick*).
 
+        *former*: the other numbers older releases gave this tick. Record them all, and
+        store the message only when none was recorded (a fleet mixing releases).
+
         *max_attempts* is the one the task was registered with (``None``: the queue's).
+        *until* (seconds since the epoch, ``None``: no limit) is when the next tick is
+        due: store nothing from then on. A call that fails is made again (until then).
 
         Returns whether this call stored it.
         """

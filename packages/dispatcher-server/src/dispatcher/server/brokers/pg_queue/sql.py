@@ -257,22 +257,33 @@ current): no service deletes a tick that another still needs."""
 
 SUBMIT_TICK = """
 WITH tick AS (
-    INSERT INTO {s}.schedule_ticks (task, tick) VALUES (%(task)s, %(tick)s)
+    INSERT INTO {s}.schedule_ticks (task, tick)
+    SELECT %(task)s, t FROM unnest(%(ticks)s::bigint[]) AS t
+    WHERE statement_timestamp() < to_timestamp(%(until)s)
     ON CONFLICT DO NOTHING
-    RETURNING task
+    RETURNING tick
 ), job AS (
     INSERT INTO {s}.jobs (uuid, queue, task, message, max_attempts, run_after,
                           on_duplicate, dup_key)
     SELECT %(uuid)s, %(queue)s, %(task)s, %(message)s, %(max_attempts)s,
            now() + make_interval(secs => %(delay)s), %(on_duplicate)s, %(dup_key)s
-    FROM tick
+    WHERE (SELECT count(*) FROM tick) = cardinality(%(ticks)s::bigint[])
     ON CONFLICT DO NOTHING
     RETURNING queue
+), woken AS (
+    SELECT pg_notify(%(channel)s, job.queue) FROM job
 )
-SELECT pg_notify(%(channel)s, job.queue) FROM job
+SELECT (SELECT count(*) FROM woken) > 0 AS stored,
+       statement_timestamp() >= to_timestamp(%(until)s) AND NOT EXISTS (
+           SELECT 1 FROM {s}.schedule_ticks AS k
+           WHERE k.task = %(task)s AND k.tick = (%(ticks)s::bigint[])[1]) AS late
 """
 """Store a scheduled task's job once per (task, tick) across every service: only the one
-whose tick row is new inserts the job and wakes the services, in the same transaction."""
+whose tick rows (``ticks``: every number the tick is known by) are all new inserts the job
+and wakes the services, in the same transaction. Nothing is stored once the database's
+clock reaches ``until`` (seconds since the epoch: when the next tick is due), even by a
+statement that waited that long in the database: ``late`` says so (when no service stored
+the tick in time)."""
 
 
 @dataclass(frozen=True)

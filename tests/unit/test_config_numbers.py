@@ -1,0 +1,123 @@
+"""No NaN nor infinity anywhere in a config: the schema's bounds cannot refuse them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispatcher.config import ConfigError, load_settings
+from dispatcher.config.loading import settings_from_file_data
+from dispatcher.schema import Problem, load_schema
+from support.examples import examples
+
+NON_FINITE = [math.nan, math.inf, -math.inf]
+SAMPLE_KEY = "app.tasks.report"
+"""The key put where the schema takes any key (a task name, a broker's name)."""
+
+
+def numeric_paths() -> list[tuple[str | int, ...]]:
+    """The path of every setting the config schema takes a number for."""
+    schema = load_schema("config")
+
+    def resolve(ref: str) -> Any:
+        node: Any = schema
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+        return node
+
+    found: set[tuple[str | int, ...]] = set()
+    pending: list[tuple[tuple[str | int, ...], Any, frozenset[str]]] = [((), schema, frozenset())]
+    while pending:
+        path, node, refs = pending.pop()
+        if not isinstance(node, dict):
+            continue
+        kinds = node.get("type")
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        if path and ("number" in kinds or "integer" in kinds):
+            found.add(path)
+        ref = node.get("$ref", "")
+        if ref.startswith("#/") and ref not in refs:  # no endless recursion
+            pending.append((path, resolve(ref), refs | {ref}))
+        for key, child in node.get("properties", {}).items():
+            pending.append(((*path, key), child, refs))
+        for child in node.get("patternProperties", {}).values():
+            pending.append(((*path, SAMPLE_KEY), child, refs))
+        if isinstance(node.get("additionalProperties"), dict):
+            pending.append(((*path, SAMPLE_KEY), node["additionalProperties"], refs))
+        if isinstance(node.get("items"), dict):
+            pending.append(((*path, 0), node["items"], refs))
+        for word in ("oneOf", "anyOf", "allOf"):
+            pending.extend((path, child, refs) for child in node.get(word, []))
+        for word in ("if", "then", "else"):
+            if word in node:
+                pending.append((path, node[word], refs))
+    return sorted(found, key=lambda path: [str(part) for part in path])
+
+
+def document_with(path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    """A version 1 config with *value* at *path* (lists of one item where an index is)."""
+    root: dict[str, Any] = {"version": 1}
+    parent: Any = root
+    for part, following in zip(path, [*path[1:], None], strict=True):
+        child: Any = value if following is None else ([] if isinstance(following, int) else {})
+        if isinstance(parent, list):
+            parent.append(child)
+        else:
+            parent[part] = child
+        parent = child
+    return root
+
+
+def test_the_schema_has_numeric_settings_to_check() -> None:
+    paths = numeric_paths()
+    assert ("producers", "scheduled", SAMPLE_KEY, "schedule") in paths
+    assert ("brokers", "pg_queue", "poll_interval") in paths
+    assert len(paths) >= 30
+
+
+@pytest.mark.parametrize("path", numeric_paths(), ids=lambda path: ".".join(map(str, path)))
+@pytest.mark.parametrize("value", NON_FINITE, ids=str)
+def test_no_numeric_setting_takes_a_nan_or_an_infinity(
+    path: tuple[str | int, ...], value: float
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(document_with(path, value))
+    location = Problem(path, "").location
+    [problem] = caught.value.problems
+    assert problem.startswith(f"{location}: ")
+    assert "a finite number is expected" in problem
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(
+    path=st.lists(st.one_of(st.text(min_size=1, max_size=8), st.just(0)), max_size=5),
+    value=st.sampled_from(NON_FINITE),
+)
+def test_a_nan_or_an_infinity_anywhere_is_refused_where_it_is(
+    path: list[str | int], value: float
+) -> None:
+    where = ("producers", *path)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(document_with(where, value))
+    assert caught.value.problems[0].startswith(f"{Problem(where, '').location}: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (".nan", "NaN (not a number)"),
+        (".inf", "inf (infinite)"),
+        ("-.Inf", "-inf (infinite)"),
+    ],
+)
+def test_yaml_nan_and_infinities_are_refused_with_their_setting(text: str, reason: str) -> None:
+    config = f"version: 1\nproducers:\n  scheduled:\n    app.tasks.report: {{schedule: {text}}}\n"
+    with pytest.raises(ConfigError) as caught:
+        settings_from_file_data("dispatcher.yml", config.encode())
+    assert caught.value.problems == [
+        f"producers.scheduled['app.tasks.report'].schedule: {reason}: a finite number is expected"
+    ]
