@@ -48,18 +48,18 @@ LANGUAGE sql
 IMMUTABLE STRICT
 AS $function$
     SELECT CASE
-        WHEN jsonb_typeof(value) <> 'number' THEN NULL
-        WHEN strpos(value::text, '.') = 0 THEN
-            CASE WHEN length(ltrim(value::text, '-')) > 4300 THEN
+        WHEN pg_catalog.jsonb_typeof(value) <> 'number' THEN NULL
+        WHEN pg_catalog.strpos(value::text, '.') = 0 THEN
+            CASE WHEN pg_catalog.length(pg_catalog.ltrim(value::text, '-')) > 4300 THEN
                 'the integer has more than 4300 digits, too many to send (a service reads integers of at most 4300 digits)'
             END
         -- jsonb writes no exponent, so a number of at most 308 characters is below 1e308:
         -- most are, and need no cast to numeric.
-        WHEN length(value::text) <= 308 THEN NULL
+        WHEN pg_catalog.length(value::text) <= 308 THEN NULL
         -- 2^1024 - 2^970: from there on, a double rounds to infinity (the service reads
         -- non-integers as doubles and refuses an infinite one).
-        WHEN abs(value::text::numeric) >= 179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792 THEN
-            'the number ' || left(value::text, 20) || '... is out of range (a service reads a number with a fraction as a double: below 1.8e308)'
+        WHEN pg_catalog.abs(value::text::numeric) >= 179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792 THEN
+            'the number ' || pg_catalog.left(value::text, 20) || '... is out of range (a service reads a number with a fraction as a double: below 1.8e308)'
     END
 $function$;
 
@@ -71,10 +71,10 @@ DECLARE
     member record;
     found text;
 BEGIN
-    CASE jsonb_typeof(value)
+    CASE pg_catalog.jsonb_typeof(value)
     WHEN 'array' THEN
         FOR member IN SELECT e.n - 1 AS n, e.item
-                FROM jsonb_array_elements(value) WITH ORDINALITY AS e(item, n) ORDER BY e.n LOOP
+                FROM pg_catalog.jsonb_array_elements(value) WITH ORDINALITY AS e(item, n) ORDER BY e.n LOOP
             found := dispatcher_unreadable_path(member.item, path || '[' || member.n || ']');
             IF found IS NOT NULL THEN
                 RETURN found;
@@ -82,10 +82,10 @@ BEGIN
         END LOOP;
     WHEN 'object' THEN
         FOR member IN SELECT e.key, e.item
-                FROM jsonb_each(value) AS e(key, item) ORDER BY e.key COLLATE "C" LOOP
+                FROM pg_catalog.jsonb_each(value) AS e(key, item) ORDER BY e.key COLLATE "C" LOOP
             found := dispatcher_unreadable_path(member.item, path || CASE
                 WHEN member.key ~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN '.' || member.key
-                ELSE '[' || to_jsonb(member.key)::text || ']' END);
+                ELSE '[' || pg_catalog.to_jsonb(member.key)::text || ']' END);
             IF found IS NOT NULL THEN
                 RETURN found;
             END IF;
@@ -113,72 +113,72 @@ DECLARE
     candidate numeric;
     digits integer;
 BEGIN
-    CASE jsonb_typeof(value)
+    CASE pg_catalog.jsonb_typeof(value)
     WHEN 'object' THEN
         RETURN '{' || coalesce((
-            SELECT string_agg(
-                dispatcher_identity_json(to_jsonb(member.key)) || ':'
+            SELECT pg_catalog.string_agg(
+                dispatcher_identity_json(pg_catalog.to_jsonb(member.key)) || ':'
                     || dispatcher_identity_json(member.item),
                 ',' ORDER BY member.key COLLATE "C")
-            FROM jsonb_each(value) AS member(key, item)
+            FROM pg_catalog.jsonb_each(value) AS member(key, item)
         ), '') || '}';
     WHEN 'array' THEN
         RETURN '[' || coalesce((
-            SELECT string_agg(dispatcher_identity_json(element.item), ',' ORDER BY element.n)
-            FROM jsonb_array_elements(value) WITH ORDINALITY AS element(item, n)
+            SELECT pg_catalog.string_agg(dispatcher_identity_json(element.item), ',' ORDER BY element.n)
+            FROM pg_catalog.jsonb_array_elements(value) WITH ORDINALITY AS element(item, n)
         ), '') || ']';
     WHEN 'string' THEN
         body := value::text;  -- quotes, backslashes and control characters escaped already
         IF body ~ '[^ -~]' THEN
-            SELECT string_agg(
+            SELECT pg_catalog.string_agg(
                 CASE
                     WHEN c.ch ~ '[ -~]' THEN c.ch
-                    WHEN ascii(c.ch) < 65536 THEN '\u' || lpad(to_hex(ascii(c.ch)), 4, '0')
-                    ELSE '\u' || to_hex(55296 + ((ascii(c.ch) - 65536) >> 10))
-                        || '\u' || to_hex(56320 + ((ascii(c.ch) - 65536) & 1023))
+                    WHEN pg_catalog.ascii(c.ch) < 65536 THEN '\u' || pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.ascii(c.ch)), 4, '0')
+                    ELSE '\u' || pg_catalog.to_hex(55296 + ((pg_catalog.ascii(c.ch) - 65536) >> 10))
+                        || '\u' || pg_catalog.to_hex(56320 + ((pg_catalog.ascii(c.ch) - 65536) & 1023))
                 END, '' ORDER BY c.n)
             INTO body
-            FROM regexp_split_to_table(body, '') WITH ORDINALITY AS c(ch, n);
+            FROM pg_catalog.regexp_split_to_table(body, '') WITH ORDINALITY AS c(ch, n);
         END IF;
         RETURN body;
     WHEN 'number' THEN
         body := value::text;  -- plain decimal: jsonb writes no exponent
-        IF strpos(body, '.') = 0 THEN
+        IF pg_catalog.strpos(body, '.') = 0 THEN
             RETURN body;  -- an integer, as a service reads it
         END IF;
         -- A number with a point: a service reads it as a double. Write that double as Python
         -- writes a float: its shortest text (float8's with extra_float_digits = 1, which
         -- dispatcher_duplicate_key() sets), in plain decimal, with '.0' when it is integral
         -- and below 1e16, as Python writes it.
-        IF length(body) > 308 THEN  -- beyond a double's range, or too small for one
+        IF pg_catalog.length(body) > 308 THEN  -- beyond a double's range, or too small for one
             BEGIN
                 double := body::double precision;
             EXCEPTION WHEN numeric_value_out_of_range THEN
                 -- Too small: the service reads 0.0. Too large: it refuses the message.
-                RETURN CASE WHEN ltrim(body, '-') LIKE '0.%' THEN '0.0' ELSE body END;
+                RETURN CASE WHEN pg_catalog.ltrim(body, '-') LIKE '0.%' THEN '0.0' ELSE body END;
             END;
         ELSE
             double := body::double precision;
         END IF;
         body := double::text::numeric::text;
-        IF strpos(body, '.') > 0 THEN
+        IF pg_catalog.strpos(body, '.') > 0 THEN
             RETURN body;
-        ELSIF length(ltrim(body, '-')) <= 16 THEN
+        ELSIF pg_catalog.length(pg_catalog.ltrim(body, '-')) <= 16 THEN
             RETURN body || '.0';
         END IF;
         -- From 2^54 on, float8 may write one digit more than Python (and JavaScript), which
         -- also take a shorter number half-way to the next double when it reads back as this
         -- one (19206977437338648 is 19206977437338650 to Python): look for it.
         number := body::numeric;
-        digits := length(ltrim(body, '-'));
-        FOR kept IN 1 .. length(rtrim(ltrim(body, '-'), '0')) - 1 LOOP
-            candidate := trunc(number, kept - digits);
+        digits := pg_catalog.length(pg_catalog.ltrim(body, '-'));
+        FOR kept IN 1 .. pg_catalog.length(pg_catalog.rtrim(pg_catalog.ltrim(body, '-'), '0')) - 1 LOOP
+            candidate := pg_catalog.trunc(number, kept - digits);
             FOR step IN 0 .. 1 LOOP
-                IF abs(candidate) <= 1.7976931348623158e308  -- float8 takes it
+                IF pg_catalog.abs(candidate) <= 1.7976931348623158e308  -- float8 takes it
                         AND candidate::double precision = double THEN
                     RETURN candidate::text;
                 END IF;
-                candidate := candidate + sign(number) * trunc(10::numeric ^ (digits - kept));
+                candidate := candidate + pg_catalog.sign(number) * pg_catalog.trunc(10::numeric ^ (digits - kept));
             END LOOP;
         END LOOP;
         RETURN body;
@@ -194,8 +194,8 @@ LANGUAGE sql
 IMMUTABLE STRICT
 SET extra_float_digits = 1  -- once here, not at every level of dispatcher_identity_json()
 AS $function$
-    SELECT encode(sha256(convert_to(
-        dispatcher_identity_json(jsonb_build_array(task, args, kwargs)), 'UTF8'::name)), 'hex')
+    SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+        dispatcher_identity_json(pg_catalog.jsonb_build_array(task, args, kwargs)), 'UTF8'::name)), 'hex')
 $function$;
 
 CREATE OR REPLACE FUNCTION dispatcher_enqueue(
@@ -224,31 +224,31 @@ DECLARE
     option_name text;
 BEGIN
     IF queue IS NULL OR queue !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: queue %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')', quote_nullable(queue);
+        RAISE EXCEPTION 'dispatcher_enqueue: queue %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')', pg_catalog.quote_nullable(queue);
     END IF;
-    IF task IS NULL OR length(task) > 255 OR task !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)', quote_nullable(task);
+    IF task IS NULL OR pg_catalog.length(task) > 255 OR task !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)', pg_catalog.quote_nullable(task);
     END IF;
-    IF args IS NULL OR jsonb_typeof(args) <> 'array' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: args must be a JSON array, got %', coalesce(jsonb_typeof(args), 'NULL');
+    IF args IS NULL OR pg_catalog.jsonb_typeof(args) <> 'array' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: args must be a JSON array, got %', coalesce(pg_catalog.jsonb_typeof(args), 'NULL');
     END IF;
-    IF kwargs IS NULL OR jsonb_typeof(kwargs) <> 'object' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: kwargs must be a JSON object, got %', coalesce(jsonb_typeof(kwargs), 'NULL');
+    IF kwargs IS NULL OR pg_catalog.jsonb_typeof(kwargs) <> 'object' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: kwargs must be a JSON object, got %', coalesce(pg_catalog.jsonb_typeof(kwargs), 'NULL');
     END IF;
-    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: options must be a JSON object, got %', coalesce(jsonb_typeof(options), 'NULL');
+    IF options IS NULL OR pg_catalog.jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: options must be a JSON object, got %', coalesce(pg_catalog.jsonb_typeof(options), 'NULL');
     END IF;
     IF queue_schema IS NULL OR queue_schema !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: queue_schema %: not a valid PostgreSQL identifier (a lower-case letter or ''_'', then up to 62 lower-case letters, digits or ''_'')', quote_nullable(queue_schema);
+        RAISE EXCEPTION 'dispatcher_enqueue: queue_schema %: not a valid PostgreSQL identifier (a lower-case letter or ''_'', then up to 62 lower-case letters, digits or ''_'')', pg_catalog.quote_nullable(queue_schema);
     END IF;
-    SELECT string_agg(k, ', ' ORDER BY k) INTO unknown FROM jsonb_object_keys(options) AS k
+    SELECT pg_catalog.string_agg(k, ', ' ORDER BY k) INTO unknown FROM pg_catalog.jsonb_object_keys(options) AS k
         WHERE k NOT IN ('timeout', 'delay', 'on_duplicate', 'bind', 'uuid', 'guid', 'max_attempts');
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'dispatcher_enqueue: options: unknown key(s) % (expected: timeout, delay, on_duplicate, bind, uuid, guid, max_attempts)', unknown;
     END IF;
     FOREACH option_name IN ARRAY ARRAY['timeout', 'delay'] LOOP
         IF options ? option_name THEN
-            IF jsonb_typeof(options -> option_name) <> 'number' THEN
+            IF pg_catalog.jsonb_typeof(options -> option_name) <> 'number' THEN
                 RAISE EXCEPTION 'dispatcher_enqueue: options.%: expected a number of seconds, got %', option_name, options -> option_name;
             END IF;
             seconds := (options ->> option_name)::numeric;
@@ -258,24 +258,24 @@ BEGIN
         END IF;
     END LOOP;
     IF options ? 'on_duplicate' AND (options ->> 'on_duplicate') NOT IN ('parallel', 'discard', 'serial', 'queue_one')
-        OR options ? 'on_duplicate' AND jsonb_typeof(options -> 'on_duplicate') <> 'string' THEN
+        OR options ? 'on_duplicate' AND pg_catalog.jsonb_typeof(options -> 'on_duplicate') <> 'string' THEN
         RAISE EXCEPTION 'dispatcher_enqueue: options.on_duplicate: % is not one of parallel, discard, serial, queue_one', options -> 'on_duplicate';
     END IF;
-    IF options ? 'bind' AND jsonb_typeof(options -> 'bind') <> 'boolean' THEN
+    IF options ? 'bind' AND pg_catalog.jsonb_typeof(options -> 'bind') <> 'boolean' THEN
         RAISE EXCEPTION 'dispatcher_enqueue: options.bind: expected true or false, got %', options -> 'bind';
     END IF;
-    IF options ? 'uuid' AND (jsonb_typeof(options -> 'uuid') <> 'string' OR length(options ->> 'uuid') NOT BETWEEN 1 AND 255) THEN
+    IF options ? 'uuid' AND (pg_catalog.jsonb_typeof(options -> 'uuid') <> 'string' OR pg_catalog.length(options ->> 'uuid') NOT BETWEEN 1 AND 255) THEN
         RAISE EXCEPTION 'dispatcher_enqueue: options.uuid: expected a non-empty string, got %', options -> 'uuid';
     END IF;
-    IF options ? 'guid' AND jsonb_typeof(options -> 'guid') <> 'string' THEN
+    IF options ? 'guid' AND pg_catalog.jsonb_typeof(options -> 'guid') <> 'string' THEN
         RAISE EXCEPTION 'dispatcher_enqueue: options.guid: expected a string, got %', options -> 'guid';
     END IF;
     IF options ? 'max_attempts' THEN
         -- An integral number, as JSON Schema counts integers: 3.0 is 3.
-        IF jsonb_typeof(options -> 'max_attempts') = 'number' THEN
+        IF pg_catalog.jsonb_typeof(options -> 'max_attempts') = 'number' THEN
             count := (options ->> 'max_attempts')::numeric;
         END IF;
-        IF count IS NULL OR count NOT BETWEEN 1 AND 1000 OR count <> trunc(count) THEN
+        IF count IS NULL OR count NOT BETWEEN 1 AND 1000 OR count <> pg_catalog.trunc(count) THEN
             RAISE EXCEPTION 'dispatcher_enqueue: options.max_attempts: expected an integer between 1 and 1000, got %', options -> 'max_attempts';
         END IF;
         attempts := count::integer;
@@ -283,55 +283,55 @@ BEGIN
 
     -- As services decode messages: at most 64 levels (the message, args or kwargs, then what
     -- they hold), and every number readable.
-    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN
+    IF pg_catalog.jsonb_path_exists(pg_catalog.jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN
         RAISE EXCEPTION 'dispatcher_enqueue: %: nested more than 63 levels deep (a message may nest 64 levels in all, the message itself included)',
-            CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN 'args' ELSE 'kwargs' END;
+            CASE WHEN pg_catalog.jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN 'args' ELSE 'kwargs' END;
     END IF;
     -- Only a number of 1e308 or more in magnitude may be unreadable: one path query tells
     -- whether there is any, several times faster than a check of each number.
-    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))'::jsonpath) THEN
+    IF pg_catalog.jsonb_path_exists(pg_catalog.jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))'::jsonpath) THEN
         unreadable := coalesce(dispatcher_unreadable_path(args, 'args'::text), dispatcher_unreadable_path(kwargs, 'kwargs'::text));
         IF unreadable IS NOT NULL THEN
             RAISE EXCEPTION 'dispatcher_enqueue: %', unreadable;
         END IF;
     END IF;
 
-    task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);
-    message := jsonb_build_object(
+    task_id := coalesce(options ->> 'uuid', pg_catalog.gen_random_uuid()::text);
+    message := pg_catalog.jsonb_build_object(
         'task', task,
         'uuid', task_id,
         'args', args,
         'kwargs', kwargs,
-        'time_pub', extract(epoch FROM clock_timestamp())
+        'time_pub', extract(epoch FROM pg_catalog.clock_timestamp())
     ) || (options - 'uuid' - 'max_attempts');
-    IF octet_length(message::text) > 8388608 THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: the message is % bytes of JSON, over the limit of 8388608 (8 MiB) that services take', octet_length(message::text);
+    IF pg_catalog.octet_length(message::text) > 8388608 THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: the message is % bytes of JSON, over the limit of 8388608 (8 MiB) that services take', pg_catalog.octet_length(message::text);
     END IF;
     IF options ? 'delay' THEN
         -- To the microsecond, as timestamps hold it (1e-400 is no double: it is 0).
-        delay_seconds := round((options ->> 'delay')::numeric, 6)::double precision;
+        delay_seconds := pg_catalog.round((options ->> 'delay')::numeric, 6)::double precision;
     END IF;
     mode := nullif(options ->> 'on_duplicate', 'parallel');
     IF mode IS NOT NULL THEN
         key := dispatcher_duplicate_key(task, args, kwargs);
     END IF;
 
-    IF to_regclass(format('%I.jobs', queue_schema)) IS NULL THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: the durable queue''s tables are missing from schema %', quote_ident(queue_schema)
+    IF pg_catalog.to_regclass(pg_catalog.format('%I.jobs', queue_schema)) IS NULL THEN
+        RAISE EXCEPTION 'dispatcher_enqueue: the durable queue''s tables are missing from schema %', pg_catalog.quote_ident(queue_schema)
             USING HINT = 'Run `dispatcherctl migrate`, or pass the schema of brokers.pg_queue as queue_schema.';
     END IF;
-    EXECUTE format(
+    EXECUTE pg_catalog.format(
         'INSERT INTO %I.jobs (uuid, queue, task, message, max_attempts, created_at, run_after,'
         ' on_duplicate, dup_key) VALUES ($1, $2, $3, $4, $5, $9,'
-        ' $9 + make_interval(secs => $6), $7, $8)'
+        ' $9 + pg_catalog.make_interval(secs => $6), $7, $8)'
         ' ON CONFLICT DO NOTHING',
         queue_schema)
         -- The time of the call (a trigger may call it late in a long statement).
         USING task_id, queue, task, message::text, attempts, delay_seconds, mode, key,
-            clock_timestamp();
+            pg_catalog.clock_timestamp();
     GET DIAGNOSTICS stored = ROW_COUNT;
     IF stored > 0 THEN
-        PERFORM pg_notify('dispatcher_queue_wakeup', queue);
+        PERFORM pg_catalog.pg_notify('dispatcher_queue_wakeup', queue);
     END IF;
     RETURN task_id;
 END;

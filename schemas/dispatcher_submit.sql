@@ -31,7 +31,7 @@
 DO $upgrade$
 BEGIN
     IF (SELECT prorettype FROM pg_proc
-        WHERE oid = to_regprocedure('dispatcher_submit(text, text, jsonb, jsonb, jsonb)')) = 'uuid'::regtype THEN
+        WHERE oid = pg_catalog.to_regprocedure('dispatcher_submit(text, text, jsonb, jsonb, jsonb)')) = 'uuid'::regtype THEN
         DROP FUNCTION IF EXISTS dispatcher_submit(text, text, jsonb, jsonb, jsonb);
     END IF;
 END
@@ -45,18 +45,18 @@ LANGUAGE sql
 IMMUTABLE STRICT
 AS $function$
     SELECT CASE
-        WHEN jsonb_typeof(value) <> 'number' THEN NULL
-        WHEN strpos(value::text, '.') = 0 THEN
-            CASE WHEN length(ltrim(value::text, '-')) > 4300 THEN
+        WHEN pg_catalog.jsonb_typeof(value) <> 'number' THEN NULL
+        WHEN pg_catalog.strpos(value::text, '.') = 0 THEN
+            CASE WHEN pg_catalog.length(pg_catalog.ltrim(value::text, '-')) > 4300 THEN
                 'the integer has more than 4300 digits, too many to send (a service reads integers of at most 4300 digits)'
             END
         -- jsonb writes no exponent, so a number of at most 308 characters is below 1e308:
         -- most are, and need no cast to numeric.
-        WHEN length(value::text) <= 308 THEN NULL
+        WHEN pg_catalog.length(value::text) <= 308 THEN NULL
         -- 2^1024 - 2^970: from there on, a double rounds to infinity (the service reads
         -- non-integers as doubles and refuses an infinite one).
-        WHEN abs(value::text::numeric) >= 179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792 THEN
-            'the number ' || left(value::text, 20) || '... is out of range (a service reads a number with a fraction as a double: below 1.8e308)'
+        WHEN pg_catalog.abs(value::text::numeric) >= 179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792 THEN
+            'the number ' || pg_catalog.left(value::text, 20) || '... is out of range (a service reads a number with a fraction as a double: below 1.8e308)'
     END
 $function$;
 
@@ -68,10 +68,10 @@ DECLARE
     member record;
     found text;
 BEGIN
-    CASE jsonb_typeof(value)
+    CASE pg_catalog.jsonb_typeof(value)
     WHEN 'array' THEN
         FOR member IN SELECT e.n - 1 AS n, e.item
-                FROM jsonb_array_elements(value) WITH ORDINALITY AS e(item, n) ORDER BY e.n LOOP
+                FROM pg_catalog.jsonb_array_elements(value) WITH ORDINALITY AS e(item, n) ORDER BY e.n LOOP
             found := dispatcher_unreadable_path(member.item, path || '[' || member.n || ']');
             IF found IS NOT NULL THEN
                 RETURN found;
@@ -79,10 +79,10 @@ BEGIN
         END LOOP;
     WHEN 'object' THEN
         FOR member IN SELECT e.key, e.item
-                FROM jsonb_each(value) AS e(key, item) ORDER BY e.key COLLATE "C" LOOP
+                FROM pg_catalog.jsonb_each(value) AS e(key, item) ORDER BY e.key COLLATE "C" LOOP
             found := dispatcher_unreadable_path(member.item, path || CASE
                 WHEN member.key ~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN '.' || member.key
-                ELSE '[' || to_jsonb(member.key)::text || ']' END);
+                ELSE '[' || pg_catalog.to_jsonb(member.key)::text || ']' END);
             IF found IS NOT NULL THEN
                 RETURN found;
             END IF;
@@ -110,8 +110,8 @@ AS $function$
 DECLARE
     max_bytes CONSTANT integer := 7999;
     task_id text;
-    key_id text := nullif(current_setting('dispatcher.signing_key_id', true), '');
-    secret text := nullif(current_setting('dispatcher.signing_secret', true), '');
+    key_id text := nullif(pg_catalog.current_setting('dispatcher.signing_key_id', true), '');
+    secret text := nullif(pg_catalog.current_setting('dispatcher.signing_secret', true), '');
     crypto_schema name;
     signed_at text;
     signature text;
@@ -131,28 +131,28 @@ DECLARE
     option_name text;
 BEGIN
     IF channel IS NULL OR channel !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
-        RAISE EXCEPTION 'dispatcher_submit: channel %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')', quote_nullable(channel);
+        RAISE EXCEPTION 'dispatcher_submit: channel %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')', pg_catalog.quote_nullable(channel);
     END IF;
-    IF task IS NULL OR length(task) > 255 OR task !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
-        RAISE EXCEPTION 'dispatcher_submit: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)', quote_nullable(task);
+    IF task IS NULL OR pg_catalog.length(task) > 255 OR task !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
+        RAISE EXCEPTION 'dispatcher_submit: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)', pg_catalog.quote_nullable(task);
     END IF;
-    IF args IS NULL OR jsonb_typeof(args) <> 'array' THEN
-        RAISE EXCEPTION 'dispatcher_submit: args must be a JSON array, got %', coalesce(jsonb_typeof(args), 'NULL');
+    IF args IS NULL OR pg_catalog.jsonb_typeof(args) <> 'array' THEN
+        RAISE EXCEPTION 'dispatcher_submit: args must be a JSON array, got %', coalesce(pg_catalog.jsonb_typeof(args), 'NULL');
     END IF;
-    IF kwargs IS NULL OR jsonb_typeof(kwargs) <> 'object' THEN
-        RAISE EXCEPTION 'dispatcher_submit: kwargs must be a JSON object, got %', coalesce(jsonb_typeof(kwargs), 'NULL');
+    IF kwargs IS NULL OR pg_catalog.jsonb_typeof(kwargs) <> 'object' THEN
+        RAISE EXCEPTION 'dispatcher_submit: kwargs must be a JSON object, got %', coalesce(pg_catalog.jsonb_typeof(kwargs), 'NULL');
     END IF;
-    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
-        RAISE EXCEPTION 'dispatcher_submit: options must be a JSON object, got %', coalesce(jsonb_typeof(options), 'NULL');
+    IF options IS NULL OR pg_catalog.jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'dispatcher_submit: options must be a JSON object, got %', coalesce(pg_catalog.jsonb_typeof(options), 'NULL');
     END IF;
-    SELECT string_agg(key, ', ' ORDER BY key) INTO unknown FROM jsonb_object_keys(options) AS key
+    SELECT pg_catalog.string_agg(key, ', ' ORDER BY key) INTO unknown FROM pg_catalog.jsonb_object_keys(options) AS key
         WHERE key NOT IN ('timeout', 'delay', 'on_duplicate', 'bind', 'uuid', 'guid');
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'dispatcher_submit: options: unknown key(s) % (expected: timeout, delay, on_duplicate, bind, uuid, guid)', unknown;
     END IF;
     FOREACH option_name IN ARRAY ARRAY['timeout', 'delay'] LOOP
         IF options ? option_name THEN
-            IF jsonb_typeof(options -> option_name) <> 'number' THEN
+            IF pg_catalog.jsonb_typeof(options -> option_name) <> 'number' THEN
                 RAISE EXCEPTION 'dispatcher_submit: options.%: expected a number of seconds, got %', option_name, options -> option_name;
             END IF;
             seconds := (options ->> option_name)::numeric;
@@ -162,41 +162,41 @@ BEGIN
         END IF;
     END LOOP;
     IF options ? 'on_duplicate' AND (options ->> 'on_duplicate') NOT IN ('parallel', 'discard', 'serial', 'queue_one')
-        OR options ? 'on_duplicate' AND jsonb_typeof(options -> 'on_duplicate') <> 'string' THEN
+        OR options ? 'on_duplicate' AND pg_catalog.jsonb_typeof(options -> 'on_duplicate') <> 'string' THEN
         RAISE EXCEPTION 'dispatcher_submit: options.on_duplicate: % is not one of parallel, discard, serial, queue_one', options -> 'on_duplicate';
     END IF;
-    IF options ? 'bind' AND jsonb_typeof(options -> 'bind') <> 'boolean' THEN
+    IF options ? 'bind' AND pg_catalog.jsonb_typeof(options -> 'bind') <> 'boolean' THEN
         RAISE EXCEPTION 'dispatcher_submit: options.bind: expected true or false, got %', options -> 'bind';
     END IF;
-    IF options ? 'uuid' AND (jsonb_typeof(options -> 'uuid') <> 'string' OR length(options ->> 'uuid') NOT BETWEEN 1 AND 255) THEN
+    IF options ? 'uuid' AND (pg_catalog.jsonb_typeof(options -> 'uuid') <> 'string' OR pg_catalog.length(options ->> 'uuid') NOT BETWEEN 1 AND 255) THEN
         RAISE EXCEPTION 'dispatcher_submit: options.uuid: expected a non-empty string, got %', options -> 'uuid';
     END IF;
-    IF options ? 'guid' AND jsonb_typeof(options -> 'guid') <> 'string' THEN
+    IF options ? 'guid' AND pg_catalog.jsonb_typeof(options -> 'guid') <> 'string' THEN
         RAISE EXCEPTION 'dispatcher_submit: options.guid: expected a string, got %', options -> 'guid';
     END IF;
 
     -- As services decode messages: at most 64 levels (the message, args or kwargs, then what
     -- they hold), and every number readable.
-    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN
+    IF pg_catalog.jsonb_path_exists(pg_catalog.jsonb_build_array(args, kwargs), 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN
         RAISE EXCEPTION 'dispatcher_submit: %: nested more than 63 levels deep (a message may nest 64 levels in all, the message itself included)',
-            CASE WHEN jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN 'args' ELSE 'kwargs' END;
+            CASE WHEN pg_catalog.jsonb_path_exists(args, 'strict $.**{63} ? (@.type() == "array" || @.type() == "object")'::jsonpath) THEN 'args' ELSE 'kwargs' END;
     END IF;
     -- Only a number of 1e308 or more in magnitude may be unreadable: one path query tells
     -- whether there is any, several times faster than a check of each number.
-    IF jsonb_path_exists(jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))'::jsonpath) THEN
+    IF pg_catalog.jsonb_path_exists(pg_catalog.jsonb_build_array(args, kwargs), 'strict $.** ? (@.type() == "number" && (@ >= 1e308 || @ <= -1e308))'::jsonpath) THEN
         unreadable := coalesce(dispatcher_unreadable_path(args, 'args'::text), dispatcher_unreadable_path(kwargs, 'kwargs'::text));
         IF unreadable IS NOT NULL THEN
             RAISE EXCEPTION 'dispatcher_submit: %', unreadable;
         END IF;
     END IF;
 
-    task_id := coalesce(options ->> 'uuid', gen_random_uuid()::text);
-    message := jsonb_build_object(
+    task_id := coalesce(options ->> 'uuid', pg_catalog.gen_random_uuid()::text);
+    message := pg_catalog.jsonb_build_object(
         'task', task,
         'uuid', task_id,
         'args', args,
         'kwargs', kwargs,
-        'time_pub', extract(epoch FROM clock_timestamp())
+        'time_pub', extract(epoch FROM pg_catalog.clock_timestamp())
     ) || (options - 'uuid');
     body := message::text;
 
@@ -205,7 +205,7 @@ BEGIN
             RAISE EXCEPTION 'dispatcher_submit: cannot sign: set both dispatcher.signing_key_id and dispatcher.signing_secret (or neither)';
         END IF;
         IF key_id !~ '^[A-Za-z0-9_.-]{1,64}$' THEN
-            RAISE EXCEPTION 'dispatcher_submit: dispatcher.signing_key_id %: not a valid key id (1-64 ASCII letters, digits, ''_'', ''.'' or ''-'')', quote_literal(key_id);
+            RAISE EXCEPTION 'dispatcher_submit: dispatcher.signing_key_id %: not a valid key id (1-64 ASCII letters, digits, ''_'', ''.'' or ''-'')', pg_catalog.quote_literal(key_id);
         END IF;
         SELECT n.nspname INTO crypto_schema
             FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
@@ -215,64 +215,64 @@ BEGIN
                 USING HINT = 'Run CREATE EXTENSION pgcrypto, or unset dispatcher.signing_key_id and dispatcher.signing_secret.';
         END IF;
         -- signature = hex(HMAC-SHA256(secret, signed_at || '.' || body)), all in UTF-8.
-        signed_at := round(extract(epoch FROM clock_timestamp())::numeric, 6)::text;
+        signed_at := pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp())::numeric, 6)::text;
         -- The secret goes to no function but pg_catalog's and pgcrypto's, named in full.
-        EXECUTE format('SELECT pg_catalog.encode(%I.hmac($1, $2, %L::text), %L::text)', crypto_schema, 'sha256', 'hex')
+        EXECUTE pg_catalog.format('SELECT pg_catalog.encode(%I.hmac($1, $2, %L::text), %L::text)', crypto_schema, 'sha256', 'hex')
             INTO signature
             USING pg_catalog.convert_to(signed_at || '.' || body, 'UTF8'::name),
                 pg_catalog.convert_to(secret, 'UTF8'::name);
-        body := jsonb_build_object(
+        body := pg_catalog.jsonb_build_object(
             '__dispatcher_signed__', 'v1', 'key_id', key_id, 'signed_at', signed_at,
             'signature', signature, 'body', body
         )::text;
     END IF;
 
-    IF octet_length(body) > 8388608 THEN
-        RAISE EXCEPTION 'dispatcher_submit: the message is % bytes of JSON, over the limit of 8388608 (8 MiB) that services take', octet_length(body);
+    IF pg_catalog.octet_length(body) > 8388608 THEN
+        RAISE EXCEPTION 'dispatcher_submit: the message is % bytes of JSON, over the limit of 8388608 (8 MiB) that services take', pg_catalog.octet_length(body);
     END IF;
-    IF octet_length(body) <= max_bytes THEN
-        PERFORM pg_notify(channel, body);
+    IF pg_catalog.octet_length(body) <= max_bytes THEN
+        PERFORM pg_catalog.pg_notify(channel, body);
         RETURN task_id;
     END IF;
 
     -- Too large for one NOTIFY: chunk envelopes (chunk-envelope.schema.json), all sent in
     -- this transaction. Slices are cut on the UTF-8 bytes (at a character's first byte), in
     -- time linear in the message's size, then halved until each envelope fits.
-    message_id := replace(gen_random_uuid()::text, '-', '');
-    encoded := convert_to(body, 'UTF8'::name);
+    message_id := pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', '');
+    encoded := pg_catalog.convert_to(body, 'UTF8'::name);
     slice_size := 3900;
     <<cutting>>
     LOOP
         slices := '{}';
         start := 0;
-        WHILE start < octet_length(encoded) LOOP
-            stop := least(start + slice_size, octet_length(encoded));
-            WHILE stop < octet_length(encoded) AND get_byte(encoded, stop) BETWEEN 128 AND 191 LOOP
+        WHILE start < pg_catalog.octet_length(encoded) LOOP
+            stop := least(start + slice_size, pg_catalog.octet_length(encoded));
+            WHILE stop < pg_catalog.octet_length(encoded) AND pg_catalog.get_byte(encoded, stop) BETWEEN 128 AND 191 LOOP
                 stop := stop - 1;  -- a continuation byte: cut before its character
             END LOOP;
-            slices := slices || convert_from(substring(encoded FROM start + 1 FOR stop - start), 'UTF8'::name);
+            slices := slices || pg_catalog.convert_from(substring(encoded FROM start + 1 FOR stop - start), 'UTF8'::name);
             start := stop;
         END LOOP;
-        FOR position IN 1 .. array_length(slices, 1) LOOP
-            envelope := jsonb_build_object(
+        FOR position IN 1 .. pg_catalog.array_length(slices, 1) LOOP
+            envelope := pg_catalog.jsonb_build_object(
                 '__dispatcherd_chunk__', 'v1', 'message_id', message_id,
-                'index', position - 1, 'total', array_length(slices, 1),
+                'index', position - 1, 'total', pg_catalog.array_length(slices, 1),
                 'payload', slices[position]
             )::text;
-            IF octet_length(envelope) > max_bytes THEN
+            IF pg_catalog.octet_length(envelope) > max_bytes THEN
                 slice_size := slice_size / 2;
                 CONTINUE cutting;
             END IF;
         END LOOP;
         EXIT cutting;
     END LOOP;
-    IF array_length(slices, 1) > 10000 THEN
-        RAISE EXCEPTION 'dispatcher_submit: the message is too large (% bytes of JSON)', octet_length(body);
+    IF pg_catalog.array_length(slices, 1) > 10000 THEN
+        RAISE EXCEPTION 'dispatcher_submit: the message is too large (% bytes of JSON)', pg_catalog.octet_length(body);
     END IF;
-    FOR position IN 1 .. array_length(slices, 1) LOOP
-        PERFORM pg_notify(channel, jsonb_build_object(
+    FOR position IN 1 .. pg_catalog.array_length(slices, 1) LOOP
+        PERFORM pg_catalog.pg_notify(channel, pg_catalog.jsonb_build_object(
             '__dispatcherd_chunk__', 'v1', 'message_id', message_id,
-            'index', position - 1, 'total', array_length(slices, 1),
+            'index', position - 1, 'total', pg_catalog.array_length(slices, 1),
             'payload', slices[position]
         )::text);
     END LOOP;

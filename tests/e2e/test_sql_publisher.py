@@ -288,6 +288,11 @@ PLANTS = {
     "convert_to(t text, e text) RETURNS bytea": "the signing secret",
     "jsonb_path_exists(j jsonb, p text) RETURNS boolean": "args and kwargs",
     "dispatcher_unreadable_path(j jsonb, p text) RETURNS text": "args and kwargs",
+    # Concrete types beat a built-in's variadic "any" or polymorphic parameters, wherever
+    # the built-in's schema is on the path: only a call naming pg_catalog is safe from them.
+    "jsonb_build_array(a jsonb, b jsonb) RETURNS jsonb": "args and kwargs",
+    "format(f text, a name, b text, c text) RETURNS text": "the HMAC statement",
+    "to_jsonb(t text) RETURNS jsonb": "object keys",
 }
 
 
