@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
@@ -49,10 +49,19 @@ CONNECT_TIMEOUT: Final = 10
 """Seconds a connection attempt may take, unless the conninfo sets ``connect_timeout``."""
 
 CLOSE_WAIT: Final = 5.0
-"""Seconds closing a shared connection waits for the statement running on it to end.
+"""Seconds closing an async shared connection waits for the statement running on it to end.
 
-Past that (a long statement; a signal handler that closes the connections while the thread
-it interrupted is sending on one), another thread or task closes it once the statement ends.
+Past that (a long statement), another task of its event loop closes it once it ends.
+"""
+
+LOCK_WAIT: Final = 0.05
+"""Seconds closing from sync code waits for a lock that the current thread may hold itself.
+
+A signal handler that closes the connections runs in a thread it interrupted, which may be
+sending on one (holding the connection's lock) or taking one (holding a provider's lock):
+waiting longer would only delay the handler, and waiting for good would deadlock it. Other
+threads hold those locks for a moment, or for the statement they run. Past that wait, a
+daemon thread does the rest once the lock is free.
 """
 
 _C = TypeVar("_C")
@@ -376,15 +385,30 @@ _closing: set[Any] = set()
 """Closers still waiting for the statement running on a connection to end (kept referenced)."""
 
 
+def sync_later(function: Callable[..., object], *args: object) -> None:
+    """Run ``function(*args)`` on a daemon thread: what a close that must not wait leaves."""
+    threading.Thread(target=function, args=args, name="dispatcher-close", daemon=True).start()
+
+
+def async_later(function: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
+    """Run ``function(*args)`` as a task of the running event loop (kept referenced)."""
+    import asyncio
+
+    task = asyncio.get_running_loop().create_task(function(*args))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
 def sync_close_when_free(connection: psycopg.Connection[Any]) -> None:
     """Close a shared connection no caller can get any more, once no statement runs on it.
 
     Closing frees the connection's memory in libpq: under the connection's lock, which every
-    statement holds, so that no other thread is using it then. Waits up to
-    :data:`CLOSE_WAIT` seconds for that lock, then leaves the closing to a daemon thread.
+    statement holds, so that no other thread is using it then. Waits :data:`LOCK_WAIT`
+    seconds at most for that lock (the thread calling may hold it: a signal handler's), then
+    leaves the closing to a daemon thread, which closes it once the statement ends.
     """
     lock = connection.lock
-    if lock.acquire(timeout=CLOSE_WAIT):
+    if lock.acquire(timeout=LOCK_WAIT):
         try:
             connection.close()
         finally:
@@ -395,7 +419,7 @@ def sync_close_when_free(connection: psycopg.Connection[Any]) -> None:
         with lock:
             connection.close()
 
-    threading.Thread(target=close_later, name="dispatcher-close", daemon=True).start()
+    sync_later(close_later)
 
 
 async def async_close_when_free(connection: psycopg.AsyncConnection[Any]) -> None:
@@ -415,9 +439,7 @@ async def async_close_when_free(connection: psycopg.AsyncConnection[Any]) -> Non
             async with lock:
                 await connection.close()
 
-        task = asyncio.get_running_loop().create_task(close_later())
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
+        async_later(close_later)
         return
     try:
         await connection.close()
