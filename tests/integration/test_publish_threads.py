@@ -17,6 +17,7 @@ import pytest
 
 from dispatcher.config import Settings
 from dispatcher.publish import Submission, batch, close_connections, notify_sync
+from dispatcher.publish.errors import BrokerUnavailable
 from dispatcher.publish.notify_sync import ConnectionProvider, shared_provider
 from support import tasks
 from support.postgres import wait_for_notifies
@@ -189,3 +190,43 @@ def test_closing_the_connections_while_this_thread_holds_a_provider_lock_does_no
     assert returned.is_set()
     wait_until(lambda: backend_gone(pg_conn, pid), timeout=10)  # closed once the lock was free
     assert backend_of(provider) != pid
+
+
+def test_a_statement_broken_by_the_server_while_closed_is_sent_twice_at_most(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], channel: str
+) -> None:
+    """A close() under a statement, then the server breaking the connection: the statement
+    may have run, so its retry is spent (it was resent for free: up to three sends)."""
+    provider = shared_provider(pg_dsn)
+    counter = f"sends_{channel}"
+    pg_conn.execute(f'CREATE SEQUENCE "{counter}"')
+    tag = f"broken {channel}"
+    done = threading.Event()
+
+    def break_every_attempt() -> None:
+        broken: set[int] = set()
+        while not done.is_set():
+            row = pg_conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+                " AND NOT pid = ANY(%s)",
+                (f"%{tag}%", list(broken)),
+            ).fetchone()
+            if row is None:
+                done.wait(0.02)  # polling pg_stat_activity
+                continue
+            if not broken:
+                close_connections()  # under the statement: left to the closer thread
+            pg_conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            broken.add(row[0])
+
+    breaker = threading.Thread(target=break_every_attempt)
+    breaker.start()
+    try:
+        with pytest.raises(BrokerUnavailable):
+            provider.execute(f"SELECT nextval('\"{counter}\"'), pg_sleep(30) /* {tag} */", ())
+    finally:
+        done.set()
+        breaker.join(10)
+    row = pg_conn.execute(f'SELECT last_value FROM "{counter}"').fetchone()
+    assert row == (2,)
+    pg_conn.execute(f'DROP SEQUENCE "{counter}"')

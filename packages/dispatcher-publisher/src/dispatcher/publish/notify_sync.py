@@ -221,8 +221,10 @@ class ConnectionProvider:
             except psycopg.errors.UndefinedTable:
                 raise  # the database answered: the caller knows which table is meant
             except psycopg.OperationalError as exc:
-                if own.closed and slot.retired:
-                    continue  # close() closed it before the statement was sent: not sent
+                if slot.retired and own.closed and not own.broken:
+                    # close() closed it, which it does only while no statement runs on it:
+                    # before this one was sent. (Broken, the server may have run it.)
+                    continue
                 if retries == 0 or not own.closed:
                     raise broker_unavailable(self.conninfo, exc, doing) from None
                 retries -= 1
