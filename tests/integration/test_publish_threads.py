@@ -112,9 +112,11 @@ def test_closing_the_connections_while_threads_publish_neither_crashes_nor_loses
     assert child.returncode == 0, child.stderr[-3000:]
     outcome = json.loads(child.stdout)
     assert outcome["other"] == []
-    assert len(outcome["delivered"]) + 10 * len(outcome["unavailable"]) == 4 * 100 * 10
+    assert outcome["unavailable"] == []  # a close never makes a send fail
+    assert len(outcome["delivered"]) == 4 * 100 * 10
     arrived = wait_for_notifies(listener, len(outcome["delivered"]), timeout=30)
     assert sorted(json.loads(n.payload)["uuid"] for n in arrived) == sorted(outcome["delivered"])
+    assert list(listener.notifies(timeout=0.5, stop_after=1)) == []  # each sent once
 
 
 def backend_of(provider: ConnectionProvider) -> int:
