@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import weakref
@@ -219,25 +220,38 @@ def type_name(value: object) -> str:
     return f"{module}.{kind.__qualname__}"
 
 
-def _attribute(value: object, name: str) -> object:
-    try:
-        return getattr(value, name, None)
-    except Exception:  # a property that fails (a closed SQLAlchemy connection, say)
-        return None
+_UNREAD: Final = object()
+"""What :func:`_static` gives for an attribute it does not read (a property, say)."""
+
+
+def _static(value: object, name: str) -> object:
+    """*value*'s attribute *name* if it is a plain value (``None`` if it has none).
+
+    Computed attributes are not run (:data:`_UNREAD`): building an error message must not
+    act on the object (SQLAlchemy's ``Connection.connection`` revalidates an invalidated
+    connection, checking one out of the pool).
+    """
+    found = inspect.getattr_static(value, name, None)
+    return _UNREAD if hasattr(type(found), "__get__") else found
 
 
 def not_a_connection_hint(given: object) -> str:
     """What to pass instead of *given*, which is not a psycopg connection (or ``""``).
 
     A conninfo goes in the config; an object that wraps a psycopg connection (SQLAlchemy's
-    ``Connection`` or DBAPI adapter, Django's connection) is asked for it.
+    ``Connection`` or DBAPI adapter, Django's connection) is asked for it. Read from its
+    type and plain attributes only: nothing of it is called.
     """
     if isinstance(given, str | bytes):
         return " (a psycopg connection object: a conninfo string goes in the config)"
-    if isinstance(_attribute(given, "driver_connection"), BaseConnection):
+    package = type(given).__module__.split(".")[0]
+    driver = _static(given, "driver_connection")
+    if isinstance(driver, BaseConnection) or (package == "sqlalchemy" and driver is _UNREAD):
         return " (pass its psycopg connection: its .driver_connection)"
-    inner = _attribute(given, "connection")
-    if isinstance(_attribute(inner, "driver_connection"), BaseConnection):
+    inner = _static(given, "connection")
+    if (inner is not None and isinstance(_static(inner, "driver_connection"), BaseConnection)) or (
+        package == "sqlalchemy" and inner is _UNREAD
+    ):
         return (
             " (pass its psycopg connection: .connection.driver_connection; with SQLAlchemy, "
             "session.connection().connection.driver_connection, or in asyncio "
@@ -245,7 +259,10 @@ def not_a_connection_hint(given: object) -> str:
         )
     if isinstance(inner, BaseConnection):
         return " (pass its psycopg connection: its .connection)"
-    if type(given).__module__.startswith("django.db"):
+    if package == "django" and (
+        type(given).__name__ == "ConnectionProxy"  # django.db.connection: all is delegated
+        or _static(given, "ensure_connection") is not None
+    ):
         return (
             " (pass its psycopg connection: django.db.connection.connection, after "
             "django.db.connection.ensure_connection())"
