@@ -91,6 +91,7 @@ NOTIFY = Twin(
         "async_owner": "sync_owner",
         "async_opening_lock": "sync_opening_lock",
         "async_close_when_free": "sync_close_when_free",
+        "async_later": "sync_later",
         "aclose_connections": "close_connections",
         "asend": "send",
         "acontrol_with_reply": "control_with_reply",

@@ -111,16 +111,10 @@ def test_counters_of_every_configured_queue_are_exported_before_anything_happens
     assert not [name for name, _ in found if name == "dispatcher_pg_queue_ready_jobs"]
 
 
-def test_while_sampling_fails_the_last_sample_stays_and_says_when_it_was_taken(
-    pg_conn: psycopg.Connection[Any], pg_dsn: str, schema: str
-) -> None:
-    """Series that vanish while the sampler reconnects would silence the alerts on them."""
-    insert_job(pg_conn, schema, queue="mail")
-    sampler = QueueSampler(pg_dsn, schema, ["mail", "jobs"], "test-sampler", interval=0.05)
-    source = Source(sampler)
-    source.stats.pg_queue_claims["mail"] += 1
+def sample_then_fail(sampler: QueueSampler, pg_conn: psycopg.Connection[Any], schema: str) -> None:
+    """Run *sampler* until it has sampled once, then until sampling fails (table renamed)."""
 
-    async def sample_then_fail() -> None:
+    async def run() -> None:
         async with anyio.create_task_group() as group:
             await group.start(sampler.run)
             with anyio.fail_after(10):
@@ -131,7 +125,18 @@ def test_while_sampling_fails_the_last_sample_stays_and_says_when_it_was_taken(
                     await anyio.sleep(0.01)
             group.cancel_scope.cancel()
 
-    anyio.run(sample_then_fail)
+    anyio.run(run)
+
+
+def test_while_sampling_fails_the_last_sample_stays_a_while_and_says_when_it_was_taken(
+    pg_conn: psycopg.Connection[Any], pg_dsn: str, schema: str
+) -> None:
+    """Series that vanish while the sampler reconnects would silence the alerts on them."""
+    insert_job(pg_conn, schema, queue="mail")
+    sampler = QueueSampler(pg_dsn, schema, ["mail", "jobs"], "test-sampler", interval=0.05)
+    source = Source(sampler)
+    source.stats.pg_queue_claims["mail"] += 1
+    sample_then_fail(sampler, pg_conn, schema)
     _, found = exposition(source)
     assert found[("dispatcher_pg_queue_ready_jobs", (("queue", "mail"),))] == 1
     assert found[("dispatcher_pg_queue_ready_jobs", (("queue", "jobs"),))] == 0
@@ -141,6 +146,37 @@ def test_while_sampling_fails_the_last_sample_stays_and_says_when_it_was_taken(
     assert 0 < time.time() - sampled < 60
     assert found[("dispatcher_pg_queue_claims_total", (("queue", "mail"),))] == 1
     assert found[("dispatcher_pg_queue_lease_expiries_total", (("queue", "jobs"),))] == 0
+
+
+def test_a_sample_older_than_its_grace_is_dropped_while_health_and_counters_stay(
+    pg_conn: psycopg.Connection[Any], pg_dsn: str, schema: str
+) -> None:
+    """A service that lost the database must not report the backlog it last saw for ever:
+    with ``max`` across services, its old 10,000 ready jobs would hide a drained queue."""
+    for _ in range(3):
+        insert_job(pg_conn, schema, queue="mail", run_after=-60)
+    sampler = QueueSampler(
+        pg_dsn, schema, ["mail", "jobs"], "test-sampler", interval=0.05, keep_last=0.5
+    )
+    source = Source(sampler)
+    source.stats.pg_queue_claims["mail"] += 1
+    sample_then_fail(sampler, pg_conn, schema)
+    sampled_at = sampler.sampled_at
+    assert sampled_at is not None
+
+    def dropped() -> Samples | None:
+        _, found = exposition(source)
+        return None if ("dispatcher_pg_queue_ready_jobs", (("queue", "mail"),)) in found else found
+
+    found = wait_until(dropped, timeout=10)
+    assert time.time() - sampled_at > 0.5
+    depth_families = ("ready_jobs", "delayed_jobs", "oldest_ready_age_seconds")
+    assert not [n for n, _ in found if n.removeprefix("dispatcher_pg_queue_") in depth_families]
+    assert found[("dispatcher_pg_queue_sample_ok", ())] == 0
+    assert found[("dispatcher_pg_queue_sampled_timestamp_seconds", ())] == sampled_at
+    for queue, claims in (("mail", 1), ("jobs", 0)):
+        assert found[("dispatcher_pg_queue_claims_total", (("queue", queue),))] == claims
+        assert found[("dispatcher_pg_queue_lease_expiries_total", (("queue", queue),))] == 0
 
 
 def test_a_job_committed_as_the_sample_starts_counts_as_ready(

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from dispatcher.config import Settings
-from dispatcher.publish import Submission, batch
+from dispatcher.publish import Submission, batch, close_connections, notify_sync
+from dispatcher.publish.errors import BrokerUnavailable
+from dispatcher.publish.notify_sync import ConnectionProvider, shared_provider
 from support import tasks
 from support.postgres import wait_for_notifies
+from support.service import wait_until
 
 THREADS = 8
 EACH = 40
@@ -106,6 +112,123 @@ def test_closing_the_connections_while_threads_publish_neither_crashes_nor_loses
     assert child.returncode == 0, child.stderr[-3000:]
     outcome = json.loads(child.stdout)
     assert outcome["other"] == []
-    assert len(outcome["delivered"]) + 10 * len(outcome["unavailable"]) == 4 * 100 * 10
+    assert outcome["unavailable"] == []  # a close never makes a send fail
+    assert len(outcome["delivered"]) == 4 * 100 * 10
     arrived = wait_for_notifies(listener, len(outcome["delivered"]), timeout=30)
     assert sorted(json.loads(n.payload)["uuid"] for n in arrived) == sorted(outcome["delivered"])
+    assert list(listener.notifies(timeout=0.5, stop_after=1)) == []  # each sent once
+
+
+def backend_of(provider: ConnectionProvider) -> int:
+    row = provider.execute("SELECT pg_backend_pid()", ()).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def backend_gone(conn: psycopg.Connection[Any], pid: int) -> bool:
+    return conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is None
+
+
+def test_a_signal_handler_closing_the_connections_during_a_send_returns_at_once(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], channel: str, listener: psycopg.Connection[Any]
+) -> None:
+    """The handler runs in the thread it interrupted, which holds the connection's lock for
+    its statement: closing waited for it in vain (5 s), the statement ending only after."""
+    provider = shared_provider(pg_dsn)
+    tag = f"signalled {channel}"
+    took: list[float] = []
+
+    def handler(signum: int, frame: object) -> None:
+        started = time.monotonic()
+        close_connections()
+        took.append(time.monotonic() - started)
+
+    def signal_once_running() -> None:
+        wait_until(
+            lambda: pg_conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s",
+                (f"%{tag}%",),
+            ).fetchone(),
+            timeout=10,
+        )
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        signaller = threading.Thread(target=signal_once_running)
+        signaller.start()
+        row = provider.execute(f"SELECT pg_backend_pid(), pg_sleep(2) /* {tag} */", ()).fetchone()
+        signaller.join(10)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert row is not None  # the statement completed
+    assert len(took) == 1
+    assert took[0] < 1
+    wait_until(lambda: backend_gone(pg_conn, row[0]), timeout=10)  # then closed
+    provider.notify([(channel, "after")])
+    assert [n.payload for n in wait_for_notifies(listener, 1)] == ["after"]
+    assert backend_of(provider) != row[0]
+
+
+@pytest.mark.parametrize("held", ["provider", "providers"])
+def test_closing_the_connections_while_this_thread_holds_a_provider_lock_does_not_deadlock(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], channel: str, held: str
+) -> None:
+    """As a signal handler does when it interrupts its thread taking a connection (the
+    provider's lock, in _slot() or _connection_of()) or a provider (shared_provider()'s)."""
+    provider = shared_provider(pg_dsn)
+    pid = backend_of(provider)
+    lock = provider._lock if held == "provider" else notify_sync._providers_lock
+    returned = threading.Event()
+
+    def close_holding_the_lock() -> None:
+        with lock:
+            close_connections()
+            returned.set()
+
+    closer = threading.Thread(target=close_holding_the_lock, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert returned.is_set()
+    wait_until(lambda: backend_gone(pg_conn, pid), timeout=10)  # closed once the lock was free
+    assert backend_of(provider) != pid
+
+
+def test_a_statement_broken_by_the_server_while_closed_is_sent_twice_at_most(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], channel: str
+) -> None:
+    """A close() under a statement, then the server breaking the connection: the statement
+    may have run, so its retry is spent (it was resent for free: up to three sends)."""
+    provider = shared_provider(pg_dsn)
+    counter = f"sends_{channel}"
+    pg_conn.execute(f'CREATE SEQUENCE "{counter}"')
+    tag = f"broken {channel}"
+    done = threading.Event()
+
+    def break_every_attempt() -> None:
+        broken: set[int] = set()
+        while not done.is_set():
+            row = pg_conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+                " AND NOT pid = ANY(%s)",
+                (f"%{tag}%", list(broken)),
+            ).fetchone()
+            if row is None:
+                done.wait(0.02)  # polling pg_stat_activity
+                continue
+            if not broken:
+                close_connections()  # under the statement: left to the closer thread
+            pg_conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            broken.add(row[0])
+
+    breaker = threading.Thread(target=break_every_attempt)
+    breaker.start()
+    try:
+        with pytest.raises(BrokerUnavailable):
+            provider.execute(f"SELECT nextval('\"{counter}\"'), pg_sleep(30) /* {tag} */", ())
+    finally:
+        done.set()
+        breaker.join(10)
+    row = pg_conn.execute(f'SELECT last_value FROM "{counter}"').fetchone()
+    assert row == (2,)
+    pg_conn.execute(f'DROP SEQUENCE "{counter}"')

@@ -227,10 +227,33 @@ class Connection:
 
 
 class DatabaseWrapper:
-    """Stands for Django's ``django.db.connection``, not connected yet."""
+    """Stands for Django's ``connections["default"]``, not connected yet."""
 
     __module__ = "django.db.backends.postgresql.base"
     connection = None
+
+    def ensure_connection(self) -> None:
+        raise AssertionError("not to be called by an error message")
+
+
+class ConnectionProxy:
+    """Stands for ``django.db.connection``: every attribute delegated to the wrapper."""
+
+    __module__ = "django.utils.connection"
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError("not to be read by an error message")
+
+
+class InvalidatedConnection:
+    """Stands for SQLAlchemy's Connection invalidated: reading .connection checks one out."""
+
+    __module__ = "sqlalchemy.engine.base"
+    __qualname__ = "Connection"
+
+    @property
+    def connection(self) -> Any:
+        raise AssertionError("not to be read by an error message")
 
 
 def test_a_wrapper_of_a_psycopg_connection_is_named_in_full_and_told_how_to_unwrap() -> None:
@@ -257,6 +280,21 @@ def test_a_wrapper_of_a_psycopg_connection_is_named_in_full_and_told_how_to_unwr
         "submit_task() needs a psycopg Connection, got "
         "django.db.backends.postgresql.base.DatabaseWrapper (pass its psycopg connection: "
         "django.db.connection.connection, after django.db.connection.ensure_connection())"
+    )
+    for proxy in (ConnectionProxy(), DatabaseWrapper()):
+        with pytest.raises(TypeError) as refused:
+            submit_task(tasks.add, args=[1, 2], queue="q", connection=proxy)
+        assert str(refused.value).endswith(
+            "(pass its psycopg connection: django.db.connection.connection, after "
+            "django.db.connection.ensure_connection())"
+        )
+    with pytest.raises(TypeError) as refused:
+        submit_task(tasks.add, args=[1, 2], queue="q", connection=InvalidatedConnection())
+    assert str(refused.value) == (
+        "submit_task() needs a psycopg Connection, got sqlalchemy.engine.base.Connection (pass "
+        "its psycopg connection: .connection.driver_connection; with SQLAlchemy, "
+        "session.connection().connection.driver_connection, or in asyncio "
+        "(await conn.get_raw_connection()).driver_connection)"
     )
     with pytest.raises(TypeError) as refused:
         tasks.add.apply_async(args=[1, 2], queue="q", connection=object())

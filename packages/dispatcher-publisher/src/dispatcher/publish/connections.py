@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
@@ -49,10 +50,19 @@ CONNECT_TIMEOUT: Final = 10
 """Seconds a connection attempt may take, unless the conninfo sets ``connect_timeout``."""
 
 CLOSE_WAIT: Final = 5.0
-"""Seconds closing a shared connection waits for the statement running on it to end.
+"""Seconds closing an async shared connection waits for the statement running on it to end.
 
-Past that (a long statement; a signal handler that closes the connections while the thread
-it interrupted is sending on one), another thread or task closes it once the statement ends.
+Past that (a long statement), another task of its event loop closes it once it ends.
+"""
+
+LOCK_WAIT: Final = 0.05
+"""Seconds closing from sync code waits for a lock that the current thread may hold itself.
+
+A signal handler that closes the connections runs in a thread it interrupted, which may be
+sending on one (holding the connection's lock) or taking one (holding a provider's lock):
+waiting longer would only delay the handler, and waiting for good would deadlock it. Other
+threads hold those locks for a moment, or for the statement they run. Past that wait, a
+daemon thread does the rest once the lock is free.
 """
 
 _C = TypeVar("_C")
@@ -210,25 +220,38 @@ def type_name(value: object) -> str:
     return f"{module}.{kind.__qualname__}"
 
 
-def _attribute(value: object, name: str) -> object:
-    try:
-        return getattr(value, name, None)
-    except Exception:  # a property that fails (a closed SQLAlchemy connection, say)
-        return None
+_UNREAD: Final = object()
+"""What :func:`_static` gives for an attribute it does not read (a property, say)."""
+
+
+def _static(value: object, name: str) -> object:
+    """*value*'s attribute *name* if it is a plain value (``None`` if it has none).
+
+    Computed attributes are not run (:data:`_UNREAD`): building an error message must not
+    act on the object (SQLAlchemy's ``Connection.connection`` revalidates an invalidated
+    connection, checking one out of the pool).
+    """
+    found = inspect.getattr_static(value, name, None)
+    return _UNREAD if hasattr(type(found), "__get__") else found
 
 
 def not_a_connection_hint(given: object) -> str:
     """What to pass instead of *given*, which is not a psycopg connection (or ``""``).
 
     A conninfo goes in the config; an object that wraps a psycopg connection (SQLAlchemy's
-    ``Connection`` or DBAPI adapter, Django's connection) is asked for it.
+    ``Connection`` or DBAPI adapter, Django's connection) is asked for it. Read from its
+    type and plain attributes only: nothing of it is called.
     """
     if isinstance(given, str | bytes):
         return " (a psycopg connection object: a conninfo string goes in the config)"
-    if isinstance(_attribute(given, "driver_connection"), BaseConnection):
+    package = type(given).__module__.split(".")[0]
+    driver = _static(given, "driver_connection")
+    if isinstance(driver, BaseConnection) or (package == "sqlalchemy" and driver is _UNREAD):
         return " (pass its psycopg connection: its .driver_connection)"
-    inner = _attribute(given, "connection")
-    if isinstance(_attribute(inner, "driver_connection"), BaseConnection):
+    inner = _static(given, "connection")
+    if (inner is not None and isinstance(_static(inner, "driver_connection"), BaseConnection)) or (
+        package == "sqlalchemy" and inner is _UNREAD
+    ):
         return (
             " (pass its psycopg connection: .connection.driver_connection; with SQLAlchemy, "
             "session.connection().connection.driver_connection, or in asyncio "
@@ -236,7 +259,10 @@ def not_a_connection_hint(given: object) -> str:
         )
     if isinstance(inner, BaseConnection):
         return " (pass its psycopg connection: its .connection)"
-    if type(given).__module__.startswith("django.db"):
+    if package == "django" and (
+        type(given).__name__ == "ConnectionProxy"  # django.db.connection: all is delegated
+        or _static(given, "ensure_connection") is not None
+    ):
         return (
             " (pass its psycopg connection: django.db.connection.connection, after "
             "django.db.connection.ensure_connection())"
@@ -376,15 +402,30 @@ _closing: set[Any] = set()
 """Closers still waiting for the statement running on a connection to end (kept referenced)."""
 
 
+def sync_later(function: Callable[..., object], *args: object) -> None:
+    """Run ``function(*args)`` on a daemon thread: what a close that must not wait leaves."""
+    threading.Thread(target=function, args=args, name="dispatcher-close", daemon=True).start()
+
+
+def async_later(function: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
+    """Run ``function(*args)`` as a task of the running event loop (kept referenced)."""
+    import asyncio
+
+    task = asyncio.get_running_loop().create_task(function(*args))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
 def sync_close_when_free(connection: psycopg.Connection[Any]) -> None:
     """Close a shared connection no caller can get any more, once no statement runs on it.
 
     Closing frees the connection's memory in libpq: under the connection's lock, which every
-    statement holds, so that no other thread is using it then. Waits up to
-    :data:`CLOSE_WAIT` seconds for that lock, then leaves the closing to a daemon thread.
+    statement holds, so that no other thread is using it then. Waits :data:`LOCK_WAIT`
+    seconds at most for that lock (the thread calling may hold it: a signal handler's), then
+    leaves the closing to a daemon thread, which closes it once the statement ends.
     """
     lock = connection.lock
-    if lock.acquire(timeout=CLOSE_WAIT):
+    if lock.acquire(timeout=LOCK_WAIT):
         try:
             connection.close()
         finally:
@@ -395,7 +436,7 @@ def sync_close_when_free(connection: psycopg.Connection[Any]) -> None:
         with lock:
             connection.close()
 
-    threading.Thread(target=close_later, name="dispatcher-close", daemon=True).start()
+    sync_later(close_later)
 
 
 async def async_close_when_free(connection: psycopg.AsyncConnection[Any]) -> None:
@@ -415,9 +456,7 @@ async def async_close_when_free(connection: psycopg.AsyncConnection[Any]) -> Non
             async with lock:
                 await connection.close()
 
-        task = asyncio.get_running_loop().create_task(close_later())
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
+        async_later(close_later)
         return
     try:
         await connection.close()

@@ -20,10 +20,12 @@ from psycopg import AsyncConnection, AsyncCursor, sql
 from dispatcher.publish.brokers import ReplyCollector
 from dispatcher.publish.connections import (
     CALLER_CONNECTION,
+    LOCK_WAIT,
     NOTIFY_ONE,
     Owner,
     abandon,
     async_close_when_free,
+    async_later,
     async_opening_lock,
     async_owner,
     broker_failure,
@@ -222,8 +224,10 @@ class AsyncConnectionProvider:
             except psycopg.errors.UndefinedTable:
                 raise  # the database answered: the caller knows which table is meant
             except psycopg.OperationalError as exc:
-                if own.closed and slot.retired:
-                    continue  # close() closed it before the statement was sent: not sent
+                if slot.retired and own.closed and not own.broken:
+                    # close() closed it, which it does only while no statement runs on it:
+                    # before this one was sent. (Broken, the server may have run it.)
+                    continue
                 if retries == 0 or not own.closed:
                     raise broker_unavailable(self.conninfo, exc, doing) from None
                 retries -= 1
@@ -236,14 +240,37 @@ class AsyncConnectionProvider:
         Callers sending meanwhile are safe: the connection is closed once the statement
         running on it ends; those that got it but had not sent yet send on a new one.
         Connections of other event loops still running are theirs to close.
+
+        Never waits long for a lock, so that a signal handler may call it (sync code): the
+        thread it interrupted may hold one (sending on the connection, or taking it). The
+        closing is then left to a daemon thread (a task, in async code), which closes it
+        once the lock is let go of.
         """
         owner = async_owner()
-        closing = []
+        if not self._lock.acquire(timeout=LOCK_WAIT):
+            async_later(self._close_when_unlocked, owner)
+            return
+        try:
+            closing = self._retire(owner)
+        finally:
+            self._lock.release()
+        await self._close_retired(closing, owner)
+
+    async def _close_when_unlocked(self, owner: Owner) -> None:
         with self._lock:
-            for key, slot in list(self._slots.items()):
-                if slot.owner.same(owner) or not slot.owner.alive():
-                    slot.retired = True
-                    closing.append(self._slots.pop(key))
+            closing = self._retire(owner)
+        await self._close_retired(closing, owner)
+
+    def _retire(self, owner: Owner) -> list[_Slot]:
+        """Let go of the slots of *owner* and of gone owners (under :attr:`_lock`)."""
+        closing: list[_Slot] = []
+        for key, slot in list(self._slots.items()):
+            if slot.owner.same(owner) or not slot.owner.alive():
+                slot.retired = True
+                closing.append(self._slots.pop(key))
+        return closing
+
+    async def _close_retired(self, closing: list[_Slot], owner: Owner) -> None:
         for slot in closing:
             if slot.connection is None:
                 continue
@@ -283,10 +310,13 @@ def shared_provider(conninfo: str) -> AsyncConnectionProvider:
 async def aclose_connections() -> None:
     """Close the SDK's own connections (they re-open on the next submission).
 
-    Call it when an application shuts down, or in tests between event loops.
+    Call it when an application shuts down, or in tests between event loops. A signal
+    handler may call it (it waits for no lock the thread it interrupted may hold: what is
+    in use then is closed once it is free).
     """
-    with _providers_lock:
-        providers = list(_providers.values())
+    # Without _providers_lock, which the interrupted thread may hold (in shared_provider):
+    # copying the dict is atomic, and a provider being made has no connection yet.
+    providers = list(_providers.values())
     for provider in providers:
         await provider.close()
 

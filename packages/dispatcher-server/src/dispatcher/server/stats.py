@@ -52,8 +52,9 @@ class QueueSampling:
     queues: tuple[str, ...]
     """The configured queues (``brokers.pg_queue.queues``)."""
     depths: Mapping[str, QueueDepth]
-    """The last successful sample, by queue; empty before the first one. Kept while sampling
-    fails, so that series go on: :attr:`ok` and :attr:`sampled_at` say how old it is."""
+    """The last successful sample, by queue; empty before the first one, and once it is too
+    old (a reconnect does not blank the series, a lost database does not keep them for
+    ever): :attr:`ok` and :attr:`sampled_at` say how old it is."""
     sampled_at: float | None
     """When (seconds since the epoch) the last successful sample was taken, if one was."""
     ok: bool

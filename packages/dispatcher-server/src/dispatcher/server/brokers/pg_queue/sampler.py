@@ -6,8 +6,11 @@ long the oldest ready job has waited. Scrapes read the last sample. Counts stop 
 :data:`COUNT_CAP` per queue, so that a huge backlog never makes the sample itself a load
 (the age of the oldest job still tells how far behind the queue is). Every service samples
 the same tables: aggregate their gauges with ``max``, not ``sum``. While sampling fails, the
-last sample stays (its series do not vanish, which would silence alerts), and
-:attr:`QueueSampler.ok` and :attr:`QueueSampler.sampled_at` say it is old.
+last sample stays for :data:`KEEP_LAST_SAMPLE` seconds (a reconnect does not blank its
+series), then it is dropped: a service that lost the database does not report the backlog
+it last saw for ever (which, under ``max``, would hide that the backlog drained).
+:attr:`QueueSampler.ok` and :attr:`QueueSampler.sampled_at` say whether and when sampling
+last worked.
 
 The service starts one sampler when metrics are on and ``brokers.pg_queue`` is configured;
 the broker need not.
@@ -37,6 +40,10 @@ COUNT_CAP: Final = 100_000
 """Most jobs counted per queue and kind (ready, delayed): a larger backlog reads as this."""
 STATEMENT_TIMEOUT_MS: Final = 5000
 """A sample that takes longer is cancelled by the server (and tried again later)."""
+KEEP_LAST_SAMPLE: Final = 30.0
+"""Seconds a sample is exported after it was taken while no newer one comes: long enough
+for a reconnect (the retries back off from :data:`SAMPLE_INTERVAL`: 5, 10, 20 s), short
+enough that a service that lost the database stops reporting the depth it last saw."""
 
 _QUERY: Final = """
 WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now)
@@ -102,15 +109,18 @@ class QueueSampler:
         queues: Sequence[str],
         application_name: str,
         interval: float = SAMPLE_INTERVAL,
+        keep_last: float = KEEP_LAST_SAMPLE,
     ) -> None:
         self.conninfo = conninfo
         self.schema = schema
         self.queues = tuple(queues)
         self.application_name = application_name
         self.interval = interval
+        self.keep_last = keep_last
+        """Seconds :meth:`sampling` exports a sample for after it was taken."""
         self.depths: dict[str, QueueDepth] = {}
         """The last successful sample, by queue; empty before the first one (kept while
-        sampling fails)."""
+        sampling fails; :meth:`sampling` leaves it out once it is too old)."""
         self.samples = 0
         """Samples taken so far."""
         self.sampled_at: float | None = None
@@ -165,8 +175,13 @@ class QueueSampler:
         return self.depths
 
     def sampling(self) -> QueueSampling:
-        """What the metrics export: the configured queues, the last sample, and its age."""
-        return QueueSampling(self.queues, dict(self.depths), self.sampled_at, self.ok)
+        """What the metrics export: the configured queues, the last sample, and its age.
+
+        The sample is left out once it is older than :attr:`keep_last` seconds.
+        """
+        fresh = self.sampled_at is not None and time.time() - self.sampled_at <= self.keep_last
+        depths = dict(self.depths) if fresh else {}
+        return QueueSampling(self.queues, depths, self.sampled_at, self.ok)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await sampling_connection(self.conninfo, self.application_name)
