@@ -271,6 +271,60 @@ def test_spring_forward_runs_a_skipped_time_once_right_after_the_gap() -> None:
     ]
 
 
+LORD_HOWE = ZoneInfo("Australia/Lord_Howe")
+PARIS = ZoneInfo("Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    ("expression", "runs"),
+    [
+        ("0 * * * *", ["02:30+11:00", "03:00+11:00", "04:00+11:00"]),
+        ("@hourly", ["02:30+11:00", "03:00+11:00", "04:00+11:00"]),
+        ("0 * * * * 0", ["02:30+11:00", "03:00+11:00", "04:00+11:00"]),
+        ("0 0-22 * * *", ["02:30+11:00", "03:00+11:00", "04:00+11:00"]),
+        (
+            "*/20 * * * *",
+            ["01:20+10:30", "01:40+10:30", "02:30+11:00", "02:40+11:00", "03:00+11:00"],
+        ),
+        (
+            "15,45 * * * *",
+            ["01:15+10:30", "01:45+10:30", "02:30+11:00", "02:45+11:00", "03:15+11:00"],
+        ),
+        ("30 * * * *", ["01:30+10:30", "02:30+11:00", "03:30+11:00"]),
+    ],
+)
+def test_a_gap_of_half_an_hour_runs_an_hourly_time_it_skips_at_its_end(
+    expression: str, runs: list[str]
+) -> None:
+    # Lord Howe Island, 2027-10-03: 02:00 (+10:30) becomes 02:30 (+11:00).
+    found = CronSchedule(expression, LORD_HOWE).runs(at(LORD_HOWE, 2027, 10, 3, 1, 10), len(runs))
+    assert [run.isoformat(timespec="minutes")[11:] for run in found] == runs
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "expression", "runs"),
+    [
+        (NEW_YORK, 14, "0 * * * *", ["01:00-05:00", "03:00-04:00", "04:00-04:00"]),
+        (NEW_YORK, 14, "30 * * * *", ["01:30-05:00", "03:30-04:00", "04:30-04:00"]),
+        (
+            NEW_YORK,
+            14,
+            "*/20 * * * *",
+            ["01:00-05:00", "01:20-05:00", "01:40-05:00", "03:00-04:00"],
+        ),
+        (NEW_YORK, 14, "30 2 * * *", ["03:00-04:00"]),
+        (PARIS, 28, "0 * * * *", ["01:00+01:00", "03:00+02:00", "04:00+02:00"]),
+        (PARIS, 28, "15,45 * * * *", ["01:15+01:00", "01:45+01:00", "03:15+02:00"]),
+    ],
+)
+def test_a_gap_of_a_whole_hour_skips_its_hour_in_hourly_expressions(
+    zone: ZoneInfo, day: int, expression: str, runs: list[str]
+) -> None:
+    # 2027-03-14 in New York, 2027-03-28 in Paris: 02:00 becomes 03:00.
+    found = CronSchedule(expression, zone).runs(at(zone, 2027, 3, day, 0, 50), len(runs))
+    assert [run.isoformat(timespec="minutes")[11:] for run in found] == runs
+
+
 def test_fall_back_runs_a_daily_time_once_and_an_hourly_one_every_hour() -> None:
     # Berlin, 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:xx happens twice.
     night_before = at(BERLIN, 2026, 10, 24, 23, 0)
