@@ -13,6 +13,9 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from dispatcher.config import ConfigError, Settings, load_settings
 from dispatcher.server.control_shapes import producers_reply
@@ -25,6 +28,7 @@ from dispatcher.server.timetables import (
     IntervalTimetable,
     ScheduleBoard,
 )
+from support.examples import examples
 
 TASK = "app.tasks.report"
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -85,14 +89,20 @@ def test_a_period_is_still_a_number_of_seconds() -> None:
 @pytest.mark.parametrize(
     ("schedule", "reason"),
     [
-        ("61 * * * *", "out of range"),
+        ("61 * * * *", "minute: '61' is out of range (0-59)"),
+        ("0 0 1-0 * *", "day-of-month: '0' in '1-0' is out of range (1-31)"),
+        ("0 22-2 * * *", "hour: the range '22-2' goes backwards (22 is after 2)"),
+        ("0 0 * nov-feb *", "month: the range 'nov-feb' goes backwards (nov is after feb)"),
+        ("*/90 * * * *", "minute: step '90' in '*/90' is out of range (1-59)"),
+        ("0 0 * * 1-8/2", "day-of-week: '8' in '1-8/2' is out of range (0-7)"),
+        ("0 0 * * * 5/60", "seconds: step '60' in '5/60' is out of range (1-59)"),
         ("* * *", "3 fields; expected 5 (minute hour day-of-month month day-of-week) or 6"),
         ("* * * * * * 2030", "7 fields"),
         ("@reboot", "unknown alias (expected one of @annually, @daily"),
         ("H * * * *", "hashed and random values (H, R) are not supported"),
         ("R 3 * * *", "hashed and random values (H, R) are not supported"),
         ("0 0 31 2 *", "no date matches it"),
-        ("*/0 * * * *", "step '0' in field 0 is not acceptable"),
+        ("*/0 * * * *", "minute: step '0' in '*/0' is out of range (1-59)"),
         ("every day", "2 fields"),
     ],
 )
@@ -101,6 +111,70 @@ def test_bad_cron_expressions_name_the_key_and_the_reason(schedule: str, reason:
     prefix = f"producers.scheduled['{TASK}'].schedule: not a cron expression: {schedule!r}: "
     assert problem.startswith(prefix), problem
     assert reason in problem.removeprefix(prefix)
+
+
+def numbered(words: str, first: int) -> dict[str, int]:
+    """The names of a field's values (``jan``...), numbered from *first*."""
+    return {word: number for number, word in enumerate(words.split(" "), first)}
+
+
+FIELDS = [
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day-of-month", 1, 31, {}),
+    ("month", 1, 12, numbered("jan feb mar apr may jun jul aug sep oct nov dec", 1)),
+    ("day-of-week", 0, 7, numbered("sun mon tue wed thu fri sat", 0)),
+    ("seconds", 0, 59, {}),
+]
+
+
+@st.composite
+def field_items(draw: st.DrawFn) -> tuple[int, str, str | None]:
+    """A field's index, one item of it, and the problem it has (``None`` when none)."""
+    index = draw(st.integers(0, len(FIELDS) - 1))
+    name, least, greatest, names = FIELDS[index]
+
+    def value() -> tuple[str, int]:
+        if names and draw(st.booleans()):
+            word = draw(st.sampled_from(sorted(names)))
+            return draw(st.sampled_from([word, word.upper(), word.title()])), names[word]
+        number = draw(st.integers(0, greatest + 5))
+        return str(number), number
+
+    shape = draw(st.sampled_from(["value", "range", "star"]))
+    step = draw(st.none() | st.integers(0, greatest + 5))
+    start, low = value()
+    end, high = value()
+    item = {"value": start, "range": f"{start}-{end}", "star": "*"}[shape]
+    if step is not None:
+        item += f"/{step}"
+    problem = None
+    bounds = {"value": [(start, low)], "range": [(start, low), (end, high)], "star": []}[shape]
+    outside = [text for text, number in bounds if not least <= number <= greatest]
+    if outside:
+        problem = f"{name}: {outside[0]!r}"
+    elif shape == "range" and low > high:
+        problem = f"{name}: the range {item!r} goes backwards"
+    elif step is not None and not 1 <= step <= greatest:
+        problem = f"{name}: step '{step}' in {item!r} is out of range (1-{greatest})"
+    return index, item, problem
+
+
+@hypothesis_settings(max_examples=examples(300), deadline=None)
+@given(field_items(), st.booleans())
+def test_every_bound_and_step_of_every_field_is_checked_and_the_field_named(
+    case: tuple[int, str, str | None], beside: bool
+) -> None:
+    index, item, problem = case
+    fields = ["*"] * (6 if index == 5 else 5)
+    fields[index] = f"{item},{fields[index] if index != 2 else 1}" if beside else item
+    schedule = " ".join(fields)
+    if problem is None:
+        assert settings(schedule=schedule).producers.scheduled[TASK].schedule == schedule
+        return
+    [found] = problems(schedule=schedule)
+    prefix = f"producers.scheduled['{TASK}'].schedule: not a cron expression: {schedule!r}: "
+    assert found.startswith(prefix + problem), (found, problem)
 
 
 def test_a_time_zone_is_an_iana_name_and_goes_with_a_cron_schedule_only() -> None:
@@ -195,6 +269,60 @@ def test_spring_forward_runs_a_skipped_time_once_right_after_the_gap() -> None:
         "2026-03-29T03:00:00+02:00",  # an hour after 01:00 CET
         "2026-03-29T04:00:00+02:00",
     ]
+
+
+LORD_HOWE = ZoneInfo("Australia/Lord_Howe")
+PARIS = ZoneInfo("Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    ("expression", "runs"),
+    [
+        ("0 * * * *", ["02:30+11:00", "03:00+11:00", "04:00+11:00"]),
+        ("@hourly", ["02:30+11:00", "03:00+11:00", "04:00+11:00"]),
+        ("0 * * * * 0", ["02:30+11:00", "03:00+11:00", "04:00+11:00"]),
+        ("0 0-22 * * *", ["02:30+11:00", "03:00+11:00", "04:00+11:00"]),
+        (
+            "*/20 * * * *",
+            ["01:20+10:30", "01:40+10:30", "02:30+11:00", "02:40+11:00", "03:00+11:00"],
+        ),
+        (
+            "15,45 * * * *",
+            ["01:15+10:30", "01:45+10:30", "02:30+11:00", "02:45+11:00", "03:15+11:00"],
+        ),
+        ("30 * * * *", ["01:30+10:30", "02:30+11:00", "03:30+11:00"]),
+    ],
+)
+def test_a_gap_of_half_an_hour_runs_an_hourly_time_it_skips_at_its_end(
+    expression: str, runs: list[str]
+) -> None:
+    # Lord Howe Island, 2027-10-03: 02:00 (+10:30) becomes 02:30 (+11:00).
+    found = CronSchedule(expression, LORD_HOWE).runs(at(LORD_HOWE, 2027, 10, 3, 1, 10), len(runs))
+    assert [run.isoformat(timespec="minutes")[11:] for run in found] == runs
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "expression", "runs"),
+    [
+        (NEW_YORK, 14, "0 * * * *", ["01:00-05:00", "03:00-04:00", "04:00-04:00"]),
+        (NEW_YORK, 14, "30 * * * *", ["01:30-05:00", "03:30-04:00", "04:30-04:00"]),
+        (
+            NEW_YORK,
+            14,
+            "*/20 * * * *",
+            ["01:00-05:00", "01:20-05:00", "01:40-05:00", "03:00-04:00"],
+        ),
+        (NEW_YORK, 14, "30 2 * * *", ["03:00-04:00"]),
+        (PARIS, 28, "0 * * * *", ["01:00+01:00", "03:00+02:00", "04:00+02:00"]),
+        (PARIS, 28, "15,45 * * * *", ["01:15+01:00", "01:45+01:00", "03:15+02:00"]),
+    ],
+)
+def test_a_gap_of_a_whole_hour_skips_its_hour_in_hourly_expressions(
+    zone: ZoneInfo, day: int, expression: str, runs: list[str]
+) -> None:
+    # 2027-03-14 in New York, 2027-03-28 in Paris: 02:00 becomes 03:00.
+    found = CronSchedule(expression, zone).runs(at(zone, 2027, 3, day, 0, 50), len(runs))
+    assert [run.isoformat(timespec="minutes")[11:] for run in found] == runs
 
 
 def test_fall_back_runs_a_daily_time_once_and_an_hourly_one_every_hour() -> None:

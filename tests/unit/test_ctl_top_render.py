@@ -471,3 +471,62 @@ def test_without_a_terminal_the_plain_snapshot_shows_every_value_whole() -> None
     for uuid in UUIDS:
         assert re.search(f"  {LONG_TASK}  {uuid}  1 min 15 s  ", text), text
     assert "RuntimeError: " + "the report could not be built " * 3 in text
+
+
+def flat(text: str) -> str:
+    """*text*'s words, each line's joined to the next with a space (no borders)."""
+    return " ".join(line.strip("│ ") for line in text.splitlines() if line.strip("│ "))
+
+
+def drawn(reply: dict[str, Any], view: str) -> str:
+    """A snapshot of *reply* on the rich screen or as plain text (*view*), 160 columns."""
+    poll = Poll(at=1.0, wall=NOW, replies=[reply])
+    return text_of(screen(poll, None)) if view == "rich" else plain_screen(poll, 160)
+
+
+def first_version_status() -> dict[str, Any]:
+    """A ``status`` reply of the first versions: the pool's size under ``workers``, no list."""
+    reply = status(node="old-1")
+    del reply["pool"], reply["recent_failures"]
+    reply["workers"] = {"count": 2, "min": 1, "max": 3, "started": 2, "lost": 0}
+    return reply
+
+
+@pytest.mark.parametrize("view", ["rich", "plain"])
+def test_a_workers_reply_of_an_older_shape_is_read_and_never_shown_as_no_workers(
+    view: str,
+) -> None:
+    text = drawn(first_version_status(), view)
+    assert "(no workers)" not in text
+    assert "workers 2 (min 1, max 3)" in text
+    said = flat(text)  # the rich screen wraps a note to the table's width
+    assert "not in the shape this dispatcherctl knows: from a service of another version? " in said
+    assert 'shown as it came) workers: {"count": 2, "lost": 0, "max": 3, "min": 1, ' in said
+
+
+@pytest.mark.parametrize(
+    ("workers", "shown"),
+    [
+        ({"worker-0": {"worker_id": 0, "pid": 7}, "extra": 3}, ['workers: {"extra": 3}']),
+        ([{"worker_id": 0, "pid": 7}, "x"], ['workers: [{"pid": 7, "worker_id": 0}, "x"]']),
+        ("busy", ["workers: busy"]),
+    ],
+)
+@pytest.mark.parametrize("view", ["rich", "plain"])
+def test_parts_of_workers_it_does_not_know_are_shown_as_they_came(
+    view: str, workers: object, shown: list[str]
+) -> None:
+    text = drawn(status(workers=workers), view)
+    assert "(no workers)" not in text
+    assert "not in the shape this dispatcherctl knows" in flat(text)
+    for expected in shown:
+        assert f"shown as it came) {expected}" in flat(text)
+
+
+@pytest.mark.parametrize("view", ["rich", "plain"])
+def test_no_workers_is_said_only_when_the_pool_counts_none(view: str) -> None:
+    none = status(workers={}, pool={"count": 0, "min": 0, "max": 4})
+    assert "(no workers)" in drawn(none, view)
+    unlisted = drawn(status(workers={}), view)  # the pool counts 2
+    assert "(no workers)" not in unlisted
+    assert "the pool counts 2 workers this reply does not list" in flat(unlisted)

@@ -27,6 +27,31 @@ CRON_FIELD_COUNTS: Final = (5, 6)
 CRON_EXTRA: Final = "dispatcher-server[cron]"
 """What to install for cron schedules."""
 
+CRON_FIELDS: Final = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+    ("seconds", 0, 59),
+)
+"""Each field of a cron expression, in order: its name, its least and its greatest value
+(a day of the week is 0 or 7 for Sunday)."""
+
+_NAMES: Final = {
+    "month": {
+        name: number
+        for number, name in enumerate(
+            ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+            start=1,
+        )
+    },
+    "day-of-week": {
+        name: number
+        for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
+    },
+}
+_ITEM: Final = re.compile(r"(?:\*|\?|(?P<start>\w+)(?:-(?P<end>\w+))?)(?:/(?P<step>\w+))?")
 _FIELD_SEPARATOR: Final = re.compile(r"[ \t]+")
 _HASHED_OR_RANDOM: Final = re.compile(r"[hr](\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
 _BRACKETED_EXPRESSION: Final = re.compile(r"^\[[^\]]*\]\s*")
@@ -71,6 +96,9 @@ def _croniter_problem(expression: str, what: str) -> str | None:
         )
     except ImportError:
         return None
+    bound = _bounds_problem(cron_fields(expression))
+    if bound is not None:
+        return f"{what}: {bound}"
     try:
         schedule = croniter(expression.strip(), _SOME_TIME)
     except (ValueError, TypeError, KeyError, IndexError) as exc:  # croniter's own: ValueError
@@ -82,6 +110,54 @@ def _croniter_problem(expression: str, what: str) -> str | None:
     except CroniterBadDateError:
         return f"{what}: no date matches it"
     return None
+
+
+def _bounds_problem(fields: list[str]) -> str | None:
+    """A start, end or step outside its field's range, or a range going backwards.
+
+    croniter lets some through: it reads ``1-0`` as every day of the month, ``22-2`` as a
+    range wrapping around midnight and ``*/90`` as minute 0. Items it reads otherwise
+    (``L``, ``15W``, ``mon#2``) are left to it.
+    """
+    if len(fields) not in CRON_FIELD_COUNTS:
+        return None
+    for text, (field, least, greatest) in zip(fields, CRON_FIELDS, strict=False):
+        for item in text.split(","):
+            reason = _item_problem(item, field, least, greatest)
+            if reason is not None:
+                return f"{field}: {reason}"
+    return None
+
+
+def _item_problem(item: str, field: str, least: int, greatest: int) -> str | None:
+    """What is out of range in one item of a field (``5``, ``1-5``, ``*/15``, ``mon-fri/2``)."""
+    matched = _ITEM.fullmatch(item)
+    if matched is None:
+        return None
+    start, end, step = matched["start"], matched["end"], matched["step"]
+    bounds = [_value(start, field), _value(end, field)]
+    if (start is not None and bounds[0] is None) or (end is not None and bounds[1] is None):
+        return None  # not a number nor a name: croniter's to read
+    for given, value in zip((start, end), bounds, strict=True):
+        if value is not None and not least <= value <= greatest:
+            where = "" if given == item else f" in {item!r}"
+            return f"{given!r}{where} is out of range ({least}-{greatest})"
+    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+        return f"the range {item!r} goes backwards ({start} is after {end})"
+    if step is not None:
+        size = step.isdigit() and int(step)
+        if not size or size > greatest:
+            return f"step {step!r} in {item!r} is out of range (1-{greatest})"
+    return None
+
+
+def _value(text: str | None, field: str) -> int | None:
+    """The number a field's value stands for (``7``, ``mon``); ``None`` for another text."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    return _NAMES.get(field, {}).get(text.lower())
 
 
 HOST_ZONES: Final = frozenset({"localtime", "posixrules"})

@@ -33,6 +33,7 @@ from dispatcher.server.ctl_top_text import (
     recent_failures,
     rejected_line,
     summary_lines,
+    worker_notes,
     worker_rows,
 )
 
@@ -69,7 +70,8 @@ def _service_lines(reply: Mapping[str, Any], now: float, width: int | None) -> l
     rejected = rejected_line(reply)
     if rejected is not None:
         lines.append(INDENT + rejected)
-    lines += _table(WORKER_COLUMNS, worker_rows(reply), width, INDENT, "(no workers)")
+    lines += _table(WORKER_COLUMNS, worker_rows(reply), width, INDENT)
+    lines += [INDENT + note for note in worker_notes(reply)]
     failures = recent_failures(reply)
     if failures:
         lines.append(f"{INDENT}recent failures:")
@@ -85,7 +87,6 @@ def _table(
     rows: list[list[str]],
     width: int | None,
     indent: str,
-    no_rows: str | None = None,
 ) -> list[str]:
     """*rows* under their *columns*, a line each, fitted to *width* if given.
 
@@ -101,6 +102,4 @@ def _table(
             for i, name in enumerate(kept[:-1])
         )
         fitted = [[*row[:-1], cut(row[-1], room - others)] for row in fitted]
-    if not fitted and no_rows is not None:
-        fitted = [[no_rows]]
     return aligned([list(kept), *fitted], indent)

@@ -40,6 +40,7 @@ from dispatcher.server.ctl_top_text import (
     recent_failures,
     rejected_line,
     summary_lines,
+    worker_notes,
     worker_rows,
 )
 from dispatcher.server.stats import QueueDepth
@@ -139,10 +140,11 @@ def workers_table(reply: Mapping[str, Any], width: int | None = None) -> Table:
     Fitted to the *width* it is drawn in: each row takes one line (see
     :func:`dispatcher.server.ctl_top_text.fit_table`).
     """
-    rows = worker_rows(reply)
-    table = _table(WORKER_COLUMNS, rows, width)
-    if not rows:
-        table.add_row(Text("(no workers)"))
+    table = _table(WORKER_COLUMNS, worker_rows(reply), width)
+    notes = worker_notes(reply)
+    if notes:
+        table.caption = Text("\n".join(notes))
+        table.caption_justify = "left"
     return table
 
 

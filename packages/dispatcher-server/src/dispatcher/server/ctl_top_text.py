@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from dispatcher.server.brokers.pg_queue.sampler import COUNT_CAP
-from dispatcher.server.ctl_render import duration_text, shown, size_text, width
+from dispatcher.server.ctl_render import (
+    UNKNOWN_SHAPE,
+    duration_text,
+    shown,
+    size_text,
+    value_text,
+    width,
+)
 from dispatcher.server.stats import QueueDepth
 
 FAILURES_SHOWN: Final = 5
@@ -116,7 +123,7 @@ def header_text(current: Poll) -> str:
 
 def summary_lines(reply: Mapping[str, Any], speed: Rates | None) -> list[str]:
     """A service's counters: uptime, pool, queue lengths, rates, tasks finished, rejected."""
-    pool = _dict(reply.get("pool"))
+    pool = pool_of(reply)
     uptime = _number(reply.get("uptime"))
     return [
         f"uptime {'-' if uptime is None else duration_text(uptime)}   pid {cell(reply.get('pid'))}"
@@ -148,9 +155,57 @@ def counts_text(counts: object) -> str:
     return ", ".join(f"{name} {-n:g}" for n, name in sorted(found))
 
 
+def pool_of(reply: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pool's size in a reply (``count``, ``min``, ``max``).
+
+    A service of the first versions had no ``pool``: its ``workers`` held these numbers.
+    """
+    pool = reply.get("pool")
+    if isinstance(pool, dict):
+        return pool
+    return {k: v for k, v in _dict(reply.get("workers")).items() if not isinstance(v, dict)}
+
+
+def _worker_entries(reply: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The workers a reply lists (objects), and whatever else its ``workers`` holds."""
+    workers = reply.get("workers")
+    if workers is None:
+        return [], []
+    if not isinstance(workers, dict | list):
+        return [], [workers]
+    values = list(workers.values()) if isinstance(workers, dict) else workers
+    return [w for w in values if isinstance(w, dict)], [
+        w for w in values if not isinstance(w, dict)
+    ]
+
+
+def worker_notes(reply: Mapping[str, Any]) -> list[str]:
+    """What to say under the workers table (or in place of its rows): ``(no workers)``.
+
+    Never that there are none when the reply says otherwise: a ``workers`` not in the
+    shape this ``dispatcherctl`` knows (from a service of another version) is named and
+    shown as it came, and a pool counting workers the reply does not list is said to.
+    """
+    listed, others = _worker_entries(reply)
+    if others:
+        workers = reply.get("workers")
+        rest = (
+            {k: v for k, v in workers.items() if not isinstance(v, dict)}
+            if isinstance(workers, dict)
+            else workers
+        )
+        return [UNKNOWN_SHAPE, f"workers: {value_text(rest)}"]
+    if listed:
+        return []
+    count = _number(pool_of(reply).get("count"))
+    if count:
+        return [f"(the pool counts {count:g} workers this reply does not list; --json shows it)"]
+    return ["(no workers)"]
+
+
 def worker_rows(reply: Mapping[str, Any]) -> list[list[str]]:
     """A row per worker (:data:`WORKER_COLUMNS`): what it runs, tasks done, memory."""
-    workers = [w for w in _dict(reply.get("workers")).values() if isinstance(w, dict)]
+    workers, _ = _worker_entries(reply)
     rows = []
     for worker in sorted(workers, key=lambda w: _number(w.get("worker_id")) or 0):
         age = _number(worker.get("current_task_age"))
