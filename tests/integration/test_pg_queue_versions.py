@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -296,3 +297,51 @@ def test_the_printed_migration_bounds_its_lock_waits_as_migrate_does(
     with psycopg.connect(pg_dsn, autocommit=True) as dba:  # once the holder is gone, it works
         dba.execute(printed.stdout.encode())
     assert versions(pg_conn, schema) == list(range(1, latest_version() + 1))
+
+
+def test_the_printed_migration_waits_for_another_migration_whatever_the_lock_timeout(
+    pg_dsn: str, pg_conn: Conn, channel: str, tmp_path: Path
+) -> None:
+    """As migrate, the script waits for a concurrent migration (its advisory lock) however
+    long it takes, even under a role's or session's lock_timeout shorter than that wait."""
+    schema = at_version(pg_conn, unique_schema(), 1)
+    path = write_config(tmp_path, queue_config(pg_dsn, schema, channel))
+    printed = ctl(path, "migrate", "--print", "--timeout", "5")
+    assert printed.returncode == 0, printed.stderr
+    lock = printed.stdout[printed.stdout.index("SELECT pg_advisory_xact_lock") :]
+    lock = lock[: lock.index(";")]
+    with psycopg.connect(pg_dsn) as other, psycopg.connect(pg_dsn, autocommit=True) as dba:
+        other.execute(lock)  # another migration, under way
+        dba.execute("SET lock_timeout = '200ms'")
+        finished = threading.Event()
+        failures: list[BaseException] = []
+
+        def apply() -> None:
+            try:
+                dba.execute(printed.stdout.encode())
+            except psycopg.Error as exc:
+                failures.append(exc)
+            else:
+                finished.set()
+
+        applying = threading.Thread(target=apply)
+        applying.start()
+        # It waits for the other migration's lock, past its session's lock_timeout.
+        wait_until(lambda: advisory_lock_waiters(pg_conn) == 1, 10)
+        # Longer than the session's lock_timeout: a bounded advisory wait would give up here.
+        assert not finished.wait(0.5)
+        other.rollback()
+        applying.join(10)
+        assert failures == []
+        assert finished.is_set()
+    assert versions(pg_conn, schema) == list(range(1, latest_version() + 1))
+
+
+def advisory_lock_waiters(conn: Conn) -> int:
+    """How many sessions of this database wait for an advisory lock."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])

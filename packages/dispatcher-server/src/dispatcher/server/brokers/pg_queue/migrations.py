@@ -160,7 +160,13 @@ class Plan:
         if lock_wait is not None:
             seconds = _lock_timeout(lock_wait)
             statements.insert(
-                1,
+                0,
+                "-- Another migration is waited for however long it takes, whatever the\n"
+                "-- role's or the database's lock_timeout.\n"
+                "SET LOCAL lock_timeout = 0;\n\n",
+            )
+            statements.insert(
+                2,
                 f"-- Each statement waits at most {seconds} for a lock on the tables (a\n"
                 "-- long transaction of another session): queued behind it for its ACCESS\n"
                 "-- EXCLUSIVE lock, this script would hold up every publisher and service.\n"
