@@ -17,6 +17,7 @@ FREE_TEXT = {
     ("jobs", "--uuid"): ["jobs", "--uuid"],
     ("retry", "--uuid"): ["retry", "--uuid"],
     ("retry", "--queue"): ["retry", "--failed", "--queue"],
+    ("purge", "--queue"): ["purge", "--state", "done", "--older-than", "60", "--queue"],
     ("submit", "task"): ["submit"],
     ("submit", "--queue"): ["submit", "app.tasks.t", "--queue"],
     ("submit", "--uuid"): ["submit", "app.tasks.t", "--uuid"],
