@@ -443,3 +443,29 @@ def test_an_interval_tick_is_its_time_as_a_cron_runs_is() -> None:
     assert half.tick(due) == 1_800_000_000_300  # in milliseconds
     assert half.tick(half.next_after(1_800_000_000.95)) == 1_800_000_001  # a whole second
     assert IntervalTimetable(1).former_ticks(1_800_000_000.0) == []  # the same: no other
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("slow", "offered"),
+    [
+        # Each attempt fails after 10 s: the tick at 0 is given up when the one at 10 is
+        # due, which is offered then, and so on until the database is back (at 35).
+        (10.0, [0, 10, 20, 30, 40]),
+        # Each attempt fails after 25 s: the tick at 10 is already given up when the
+        # first attempt ends (at 25); the one at 20 is still due (until 30): offered late.
+        (25.0, [0, 20, 50]),
+    ],
+)
+async def test_after_a_tick_is_given_up_the_next_one_still_due_is_offered(
+    monkeypatch: pytest.MonkeyPatch, slow: float, offered: list[int]
+) -> None:
+    """A tick given up when its successor was due made the producer look for a tick
+    strictly after that time: the successor was skipped, an outage lost every other tick."""
+    start = 1_800_000_000.0
+    clock = FakeClock(monkeypatch, start - 1)
+    sink = OutageSink(clock, back=start + 35, slow=slow, wanted=1)
+    await run_until_enough(sink, settings(schedule=10))
+    assert sorted({tick - round(start) for tick, _ in sink.attempts}) == offered
+    [(_, stored, _)] = sink.offered
+    assert stored == round(start) + offered[-1]

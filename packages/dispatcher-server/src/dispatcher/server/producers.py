@@ -206,13 +206,21 @@ async def run_once_per_tick(
             TICK_OFFER_WINDOW,
         )
 
-    await _run_on_wall_clock(task, board, offer)
+    await _run_on_wall_clock(task, board, offer, lambda due: give_up_time(timetable, due))
 
 
 async def _run_on_wall_clock(
-    task: str, board: ScheduleBoard, run: Callable[[float], Awaitable[None]]
+    task: str,
+    board: ScheduleBoard,
+    run: Callable[[float], Awaitable[None]],
+    give_up: Callable[[float], float] | None = None,
 ) -> None:
-    """Call ``run(due)`` at each time of the task's timetable; times missed are skipped."""
+    """Call ``run(due)`` at each time of the task's timetable; times missed are skipped.
+
+    With *give_up* (when a run due at ``due`` is too late), a run is still made late, until
+    then: a *run* that returned after the next run's time (a tick offered until then) does
+    not skip the next run.
+    """
     timetable = board.timetable(task)
     due = timetable.next_after(time.time())
     while True:
@@ -220,4 +228,13 @@ async def _run_on_wall_clock(
         while (left := due - time.time()) > 0:  # the wall clock may lag the sleep's clock
             await anyio.sleep(left)
         await run(due)
-        due = timetable.next_after(max(due, time.time()))
+        now = time.time()
+        if give_up is None:
+            due = timetable.next_after(max(due, now))
+            continue
+        # Every run due that long ago is too late (see give_up_time): no need to walk
+        # through each after a long stall.
+        stale = now - TICK_OFFER_WINDOW
+        due = timetable.following(due) if due > stale else timetable.next_after(stale)
+        while give_up(due) <= now:
+            due = timetable.following(due)
