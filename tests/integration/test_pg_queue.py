@@ -23,16 +23,19 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from dispatcher.config import Settings, reset, setup
+from dispatcher.config import Settings, load_settings, reset, setup
 from dispatcher.publish import Job, batch, close_connections, get_job, submit_task
 from dispatcher.schema import MAX_MESSAGE_BYTES, QUEUE_WAKEUP_CHANNEL, new_uuid, sign
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
+from dispatcher.server.brokers.pg_queue.broker import PgQueueBroker
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.migrations import latest_version, migrate
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy
 from dispatcher.server.brokers.pg_queue.sql import Statements
+from dispatcher.server.producers import run_once_per_tick
 from dispatcher.server.stats import ServiceStats
+from dispatcher.server.timetables import ScheduleBoard
 from support.durable import (
     enqueue,
     job_message,
@@ -41,6 +44,7 @@ from support.durable import (
     queue_config,
     wait_for_states,
 )
+from support.producer_clock import FakeClock
 from support.queue_rows import insert_job, job_row, unique_schema
 from support.service import TASKS, Evidence, ServiceProcess, wait_until
 from support.service_tasks import DURABLE_TICKS
@@ -460,12 +464,11 @@ def test_a_schedule_on_three_services_runs_once_per_tick(
     assert len(evidence.records()) == sum(row["state"] == "done" for row in rows)
 
 
-def offer_tick(conn: Conn, schema: str, ticks: list[int], until: float) -> tuple[bool, bool]:
-    """Run the services' tick statement as they do; return (stored, late)."""
+def offer_tick(conn: Conn, schema: str, ticks: list[int]) -> bool:
+    """Run the services' tick statement as they do; return whether it stored the job."""
     params = {
         "task": TASKS + "tick",
         "ticks": ticks,
-        "until": until,
         "uuid": new_uuid(),
         "queue": DURABLE_TICKS,
         "message": json.dumps({"task": TASKS + "tick", "args": [], "kwargs": {}}),
@@ -475,31 +478,78 @@ def offer_tick(conn: Conn, schema: str, ticks: list[int], until: float) -> tuple
         "dup_key": None,
         "channel": QUEUE_WAKEUP_CHANNEL,
     }
-    [(stored, late)] = conn.execute(Statements.for_schema(schema).submit_tick, params).fetchall()
-    return stored, late
+    return bool(conn.execute(Statements.for_schema(schema).submit_tick, params).fetchall())
 
 
-def test_a_tick_is_not_stored_once_its_successor_is_due_by_the_databases_clock(
-    pg_conn: Conn, schema: str
+class NoCapacity:
+    """The service's capacity, for a broker that only stores ticks here."""
+
+    def free(self, ahead: int = 0) -> int:
+        return 0
+
+    async def wait_free(self, ahead: int = 0) -> int:
+        await anyio.sleep_forever()
+        return 0
+
+
+def test_a_tick_is_stored_whatever_the_databases_clock_says(
+    pg_dsn: str, pg_conn: Conn, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A statement that waited in a frozen database must not store its tick late, next
-    to the following one."""
-    assert offer_tick(pg_conn, schema, [100], time.time() - 1) == (False, True)
-    assert jobs(pg_conn, schema) == []
-    assert offer_tick(pg_conn, schema, [100], time.time() + 60) == (True, False)
-    assert offer_tick(pg_conn, schema, [100], time.time() - 1) == (False, False)  # stored
-    assert len(jobs(pg_conn, schema)) == 1
+    """The database refused a tick once its own clock reached the next tick's time, as the
+    service's clock put it: with the database's clock ahead by a period, every tick of the
+    schedule was refused (and not offered again)."""
+    section = load_settings(queue_config(pg_dsn, schema, DURABLE_TICKS)).brokers.pg_queue
+    assert section is not None
+    broker = PgQueueBroker(
+        section,
+        "clock-apart",
+        ServiceStats(),
+        NoCapacity(),
+        listen_name="dispatcher-queue:clock-apart",
+        work_name="dispatcher-queue:clock-apart",
+        config_file=None,
+    )
+    task = TASKS + "tick"
+    config = load_settings({"version": 1, "producers": {"scheduled": {task: {"schedule": 10}}}})
+    clock = FakeClock(monkeypatch, time.time() - 3600)  # this host's clock an hour behind
+    stored: list[bool] = []
+    done = anyio.Event()
+
+    class Recording:
+        queues = broker.queues
+
+        async def submit_tick(self, *args: Any, **options: Any) -> bool:
+            stored.append(await broker.submit_tick(*args, **options))
+            done.set()
+            return stored[-1]
+
+    async def offer_one() -> None:
+        entry, board = config.producers.scheduled[task], ScheduleBoard(config)
+        try:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(
+                        run_once_per_tick, Recording(), DURABLE_TICKS, task, entry, board
+                    )
+                    await done.wait()
+                    group.cancel_scope.cancel()
+        finally:
+            await broker.close()
+
+    anyio.run(offer_one)
+    assert stored == [True]
+    assert [row["state"] for row in jobs(pg_conn, schema)] == ["queued"]
+    assert clock.now < time.time()
 
 
 def test_services_of_two_releases_store_an_interval_tick_once(pg_conn: Conn, schema: str) -> None:
     """Older releases number an interval's tick by its multiple (one number), newer ones
     by its time, recording the multiple's number too: whichever comes first, one job."""
-    later = time.time() + 60
     multiple, second = 360_000_000, 1_800_000_000  # period 5, due at 1 800 000 000
-    assert offer_tick(pg_conn, schema, [multiple], later) == (True, False)  # an old release
-    assert offer_tick(pg_conn, schema, [second, multiple], later) == (False, False)
-    assert offer_tick(pg_conn, schema, [second + 5, multiple + 1], later) == (True, False)
-    assert offer_tick(pg_conn, schema, [multiple + 1], later) == (False, False)  # old, later
+    assert offer_tick(pg_conn, schema, [multiple])  # an old release
+    assert not offer_tick(pg_conn, schema, [second, multiple])
+    assert offer_tick(pg_conn, schema, [second + 5, multiple + 1])
+    assert not offer_tick(pg_conn, schema, [multiple + 1])  # old, later
     assert len(jobs(pg_conn, schema)) == 2
 
 

@@ -18,9 +18,12 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from dispatcher.config import ConfigError, Settings, load_settings
+from dispatcher.server.brokers.base import TICK_OFFER_WINDOW
+from dispatcher.server.brokers.pg_notify import MAX_RETRY
+from dispatcher.server.brokers.pg_queue.upkeep import KEEP_TICKS
 from dispatcher.server.control_shapes import producers_reply
 from dispatcher.server.cron import CronSchedule
-from dispatcher.server.producers import run_once_per_tick
+from dispatcher.server.producers import TICK_ATTEMPT_LIMIT, run_once_per_tick
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.timetables import (
     NEXT_RUNS_SHOWN,
@@ -29,6 +32,7 @@ from dispatcher.server.timetables import (
     ScheduleBoard,
 )
 from support.examples import examples
+from support.producer_clock import FakeClock
 
 TASK = "app.tasks.report"
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -430,7 +434,6 @@ class RecordingSink:
         message: dict[str, Any],
         max_attempts: int | None = None,
         *,
-        until: float | None = None,
         former: Sequence[int] = (),
     ) -> bool:
         self.offered.append((task, tick, message))
@@ -468,7 +471,7 @@ class FlakySink(RecordingSink):
     def __init__(self, wanted: int, failures: int) -> None:
         super().__init__(wanted)
         self.failures = failures
-        self.untils: list[float | None] = []
+        self.attempts: list[int] = []
 
     async def submit_tick(
         self,
@@ -478,10 +481,9 @@ class FlakySink(RecordingSink):
         message: dict[str, Any],
         max_attempts: int | None = None,
         *,
-        until: float | None = None,
         former: Sequence[int] = (),
     ) -> bool:
-        self.untils.append(until)
+        self.attempts.append(tick)
         if self.failures:
             self.failures -= 1
             raise OSError("server closed the connection unexpectedly")
@@ -489,7 +491,7 @@ class FlakySink(RecordingSink):
 
 
 @pytest.mark.anyio
-async def test_a_tick_whose_offer_fails_is_offered_again_until_its_successor_is_due() -> None:
+async def test_a_tick_whose_offer_fails_is_offered_again_until_it_is_stored() -> None:
     config = settings(schedule="* * * * * *")
     entry = config.producers.scheduled[TASK]
     sink = FlakySink(wanted=2, failures=2)
@@ -500,23 +502,61 @@ async def test_a_tick_whose_offer_fails_is_offered_again_until_its_successor_is_
             group.cancel_scope.cancel()
     first, second = (tick for _, tick, _ in sink.offered)
     assert second == first + 1  # the failed tick was stored, then the next one
-    assert sink.untils[:3] == [first + 1] * 3  # each attempt bounded by the next tick
+    assert sink.attempts == [first, first, first, second]
+
+
+class OutageSink(RecordingSink):
+    """A durable broker that records when each attempt starts, and fails every attempt
+    that starts before *back* (each taking *slow* seconds of the fake clock)."""
+
+    def __init__(self, clock: FakeClock, back: float, slow: float, wanted: int) -> None:
+        super().__init__(wanted)
+        self.clock, self.back, self.slow = clock, back, slow
+        self.attempts: list[tuple[int, float]] = []
+
+    async def submit_tick(
+        self,
+        task: str,
+        tick: int,
+        queue: str,
+        message: dict[str, Any],
+        max_attempts: int | None = None,
+        *,
+        former: Sequence[int] = (),
+    ) -> bool:
+        self.attempts.append((tick, self.clock.now))
+        if self.clock.now < self.back:
+            self.clock.now += self.slow
+            raise OSError("server closed the connection unexpectedly")
+        return await super().submit_tick(task, tick, queue, message, max_attempts)
+
+
+async def run_until_enough(sink: RecordingSink, config: Settings) -> None:
+    entry = config.producers.scheduled[TASK]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_once_per_tick, sink, "q", TASK, entry, ScheduleBoard(config))
+            await sink.enough.wait()
+            group.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
-async def test_a_tick_never_stored_is_given_up_when_its_successor_is_due() -> None:
-    config = settings(schedule=0.2)
-    entry = config.producers.scheduled[TASK]
-    sink = FlakySink(wanted=1, failures=10**6)
-    began = time.time()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(run_once_per_tick, sink, "q", TASK, entry, ScheduleBoard(config))
-            await anyio.sleep(1)
-            group.cancel_scope.cancel()
-    untils = sorted({until for until in sink.untils if until is not None})
-    assert len(untils) >= 3  # every tick offered in turn, none held the loop
-    assert all(until > began for until in untils)
+async def test_a_daily_tick_is_offered_for_half_an_hour_not_until_the_next_day(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tick offered until its successor was due (a day) outlived its row in the database
+    (kept an hour): a service cut off for two hours stored it again, a second run."""
+    due = datetime(2030, 1, 1, 3, tzinfo=UTC).timestamp()
+    clock = FakeClock(monkeypatch, due - 1)
+    sink = OutageSink(clock, back=due + 7200, slow=10.0, wanted=1)
+    await run_until_enough(sink, settings(schedule="0 3 * * *"))
+    first = [at for tick, at in sink.attempts if tick == round(due)]
+    assert first[0] == due
+    assert max(first) < due + TICK_OFFER_WINDOW <= max(first) + MAX_RETRY + TICK_ATTEMPT_LIMIT
+    assert KEEP_TICKS >= 2 * TICK_OFFER_WINDOW > TICK_OFFER_WINDOW + TICK_ATTEMPT_LIMIT
+    # The next day's tick is offered at its time, and stored.
+    assert [tick for _, tick, _ in sink.offered] == [round(due) + 86400]
+    assert sink.attempts[-1] == (round(due) + 86400, due + 86400)
 
 
 def test_an_interval_tick_is_its_time_as_a_cron_runs_is() -> None:
@@ -531,3 +571,29 @@ def test_an_interval_tick_is_its_time_as_a_cron_runs_is() -> None:
     assert half.tick(due) == 1_800_000_000_300  # in milliseconds
     assert half.tick(half.next_after(1_800_000_000.95)) == 1_800_000_001  # a whole second
     assert IntervalTimetable(1).former_ticks(1_800_000_000.0) == []  # the same: no other
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("slow", "offered"),
+    [
+        # Each attempt fails after 10 s: the tick at 0 is given up when the one at 10 is
+        # due, which is offered then, and so on until the database is back (at 35).
+        (10.0, [0, 10, 20, 30, 40]),
+        # Each attempt fails after 25 s: the tick at 10 is already given up when the
+        # first attempt ends (at 25); the one at 20 is still due (until 30): offered late.
+        (25.0, [0, 20, 50]),
+    ],
+)
+async def test_after_a_tick_is_given_up_the_next_one_still_due_is_offered(
+    monkeypatch: pytest.MonkeyPatch, slow: float, offered: list[int]
+) -> None:
+    """A tick given up when its successor was due made the producer look for a tick
+    strictly after that time: the successor was skipped, an outage lost every other tick."""
+    start = 1_800_000_000.0
+    clock = FakeClock(monkeypatch, start - 1)
+    sink = OutageSink(clock, back=start + 35, slow=slow, wanted=1)
+    await run_until_enough(sink, settings(schedule=10))
+    assert sorted({tick - round(start) for tick, _ in sink.attempts}) == offered
+    [(_, stored, _)] = sink.offered
+    assert stored == round(start) + offered[-1]

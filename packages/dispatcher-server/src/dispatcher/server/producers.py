@@ -11,14 +11,14 @@ import anyio
 
 from dispatcher.config import ScheduledTask, TaskOptions
 from dispatcher.server.backoff import Backoff
-from dispatcher.server.brokers.base import OncePerTick
+from dispatcher.server.brokers.base import TICK_OFFER_WINDOW, OncePerTick
 from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.intake import Intake
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.rejection import Rejected
-from dispatcher.server.timetables import ScheduleBoard
+from dispatcher.server.timetables import ScheduleBoard, Timetable
 
 logger = get_logger("dispatcher.producers")
 
@@ -26,6 +26,16 @@ TICK_ATTEMPT_LIMIT: Final = 10.0
 """Seconds one attempt to store a durable schedule's tick may take before it is made again
 (on a new connection): a database that froze, or a connection cut without a word, holds
 the tick no longer than that."""
+
+
+def give_up_time(timetable: Timetable, due: float) -> float:
+    """When the tick due at *due* stops being offered (seconds since the epoch).
+
+    When its successor is due, or :data:`~dispatcher.server.brokers.base.TICK_OFFER_WINDOW`
+    after its time, whichever comes first: long before a broker forgets the tick (and
+    would store it again).
+    """
+    return min(timetable.following(due), due + TICK_OFFER_WINDOW)
 
 
 def _message(task: str, options: TaskOptions) -> dict[str, Any]:
@@ -149,14 +159,15 @@ async def run_once_per_tick(
     comes, and the database keeps the first offer only. Ticks missed (a stalled service)
     are skipped, not made up.
 
-    A tick is offered until it is stored (by this service or another) or its successor is
-    due: an offer that fails (a connection found cut, the database away) is made again,
-    after a growing delay (0.1 s, doubling, up to 30 s), each attempt within
+    A tick is offered until it is stored (by this service or another) or given up (see
+    :func:`give_up_time`: when its successor is due, at most half an hour after its time):
+    an offer that fails (a connection found cut, the database away) is made again, after a
+    growing delay (0.1 s, doubling, up to 30 s), each attempt within
     :data:`TICK_ATTEMPT_LIMIT` so that a database that stopped answering holds no attempt
-    for long; storing a tick twice is harmless (the database keeps the first). A tick
-    not stored before its successor is due is skipped: the broker is told that time
-    (*until*) and stores nothing after it (a statement that waited in a frozen database
-    does not run it late, next to its successor).
+    for long; storing a tick twice is harmless (the database keeps the first). Whether
+    the tick is given up is decided on this service's clock, before each attempt: none
+    starts after that time, so a tick is stored at most one attempt after it (the
+    database's clock, which may differ, is not asked).
     """
     logger.info(
         "producers.scheduled[%r]: stored in durable queue %s, once per tick across services",
@@ -168,14 +179,14 @@ async def run_once_per_tick(
 
     async def offer(due: float) -> None:
         tick, former = timetable.tick(due), timetable.former_ticks(due)
-        until = timetable.following(due)
+        give_up = give_up_time(timetable, due)
         message = _message(task, entry)
         backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
-        while (left := until - time.time()) > 0:
+        while time.time() < give_up:
             try:
-                with anyio.fail_after(min(left, TICK_ATTEMPT_LIMIT)):
+                with anyio.fail_after(TICK_ATTEMPT_LIMIT):
                     await sink.submit_tick(
-                        task, tick, queue, message, max_attempts(task), until=until, former=former
+                        task, tick, queue, message, max_attempts(task), former=former
                     )
                 return
             except Exception as exc:  # a producer must outlive any one submission
@@ -186,20 +197,30 @@ async def run_once_per_tick(
                     tick,
                     reason,
                 )
-            await anyio.sleep(max(0.0, min(backoff.next_delay(), until - time.time())))
+            await anyio.sleep(max(0.0, min(backoff.next_delay(), give_up - time.time())))
         logger.warning(
-            "producers.scheduled[%r]: tick %d skipped: not stored before the next tick was due",
+            "producers.scheduled[%r]: tick %d skipped: not stored in time (before the next "
+            "tick was due, or within %d s)",
             task,
             tick,
+            TICK_OFFER_WINDOW,
         )
 
-    await _run_on_wall_clock(task, board, offer)
+    await _run_on_wall_clock(task, board, offer, lambda due: give_up_time(timetable, due))
 
 
 async def _run_on_wall_clock(
-    task: str, board: ScheduleBoard, run: Callable[[float], Awaitable[None]]
+    task: str,
+    board: ScheduleBoard,
+    run: Callable[[float], Awaitable[None]],
+    give_up: Callable[[float], float] | None = None,
 ) -> None:
-    """Call ``run(due)`` at each time of the task's timetable; times missed are skipped."""
+    """Call ``run(due)`` at each time of the task's timetable; times missed are skipped.
+
+    With *give_up* (when a run due at ``due`` is too late), a run is still made late, until
+    then: a *run* that returned after the next run's time (a tick offered until then) does
+    not skip the next run.
+    """
     timetable = board.timetable(task)
     due = timetable.next_after(time.time())
     while True:
@@ -207,4 +228,13 @@ async def _run_on_wall_clock(
         while (left := due - time.time()) > 0:  # the wall clock may lag the sleep's clock
             await anyio.sleep(left)
         await run(due)
-        due = timetable.next_after(max(due, time.time()))
+        now = time.time()
+        if give_up is None:
+            due = timetable.next_after(max(due, now))
+            continue
+        # Every run due that long ago is too late (see give_up_time): no need to walk
+        # through each after a long stall.
+        stale = now - TICK_OFFER_WINDOW
+        due = timetable.following(due) if due > stale else timetable.next_after(stale)
+        while give_up(due) <= now:
+            due = timetable.following(due)

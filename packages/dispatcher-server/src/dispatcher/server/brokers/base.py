@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import anyio
 from anyio.abc import TaskStatus
@@ -137,6 +137,14 @@ class Leasing(Protocol):
         ...
 
 
+TICK_OFFER_WINDOW: Final = 1800.0
+"""Seconds after its time that a durable schedule's tick may still be offered (to
+:meth:`OncePerTick.submit_tick`), at most: no attempt starts later (nor once the next tick
+is due), and one attempt lasts at most ``producers.TICK_ATTEMPT_LIMIT``. A broker must
+remember each tick far longer (pg_queue: twice as long), or a late attempt stores it
+again."""
+
+
 @runtime_checkable
 class OncePerTick(Protocol):
     """Optional: a durable broker that runs a scheduled task once per tick across all hosts.
@@ -156,7 +164,6 @@ class OncePerTick(Protocol):
         message: dict[str, Any],
         max_attempts: int | None = None,
         *,
-        until: float | None = None,
         former: Sequence[int] = (),
     ) -> bool:
         """Store *message* for *queue*, unless a service already did for (*task*, *tick*).
@@ -165,8 +172,9 @@ class OncePerTick(Protocol):
         store the message only when none was recorded (a fleet mixing releases).
 
         *max_attempts* is the one the task was registered with (``None``: the queue's).
-        *until* (seconds since the epoch, ``None``: no limit) is when the next tick is
-        due: store nothing from then on. A call that fails is made again (until then).
+        A call that raises is made again, until the tick's give-up time (see
+        ``producers.run_once_per_tick``; a call may be repeated after it stored the tick):
+        remember a tick far longer than that, so that a repeated call stores nothing.
 
         Returns whether this call stored it.
         """

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -214,13 +213,11 @@ class PgQueueBroker(BrokerBase):
         message: dict[str, Any],
         max_attempts: int | None = None,
         *,
-        until: float | None = None,
         former: Sequence[int] = (),
     ) -> bool:
         """Store a scheduled task's job unless a service already did for this tick.
 
-        With the task's *max_attempts*, else the queue's. Nothing is stored once the
-        database's clock reaches *until* (the next tick's time): a warning says so.
+        With the task's *max_attempts*, else the queue's.
         """
         message = {**message, "uuid": new_uuid(), "time_pub": time.time()}
         mode = message.get("on_duplicate")
@@ -228,7 +225,6 @@ class PgQueueBroker(BrokerBase):
         params = {
             "task": task,
             "ticks": list(dict.fromkeys([tick, *former])),
-            "until": math.inf if until is None else until,
             "uuid": message["uuid"],
             "queue": queue,
             "message": json.dumps(message, separators=(",", ":")),
@@ -238,16 +234,7 @@ class PgQueueBroker(BrokerBase):
             "dup_key": duplicate_key(message) if tracked else None,
             "channel": QUEUE_WAKEUP_CHANNEL,
         }
-        [(stored, late)] = await self._db.fetch(self._statements.submit_tick, params)
-        if late:
-            logger.warning(
-                "producers.scheduled[%r]: tick %d skipped: the database's clock says the "
-                "next tick is already due (a statement that waited, or the clocks of this "
-                "host and the database apart?)",
-                task,
-                tick,
-            )
-        return bool(stored)
+        return bool(await self._db.fetch(self._statements.submit_tick, params))
 
     async def reply(self, reply_to: str, reply: Mapping[str, Any]) -> None:
         """NOTIFY *reply* on the channel *reply_to* (chunked when too large)."""

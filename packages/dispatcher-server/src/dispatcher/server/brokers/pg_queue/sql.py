@@ -252,14 +252,16 @@ RETURNING tick
 """Delete up to ``limit`` schedule ticks older than ``keep`` seconds, whatever their task.
 
 Every service, whichever tasks it schedules, keeps ticks for the same time (an hour, not
-configurable), far longer than any service needs one (a tick is offered only while it is
-current): no service deletes a tick that another still needs."""
+configurable), twice as long as any service may still offer one: a tick is offered until
+it is stored or given up, at most ``TICK_OFFER_WINDOW`` (half an hour) after its time plus
+one attempt (``producers.TICK_ATTEMPT_LIMIT``), by a service cut off from the database
+meanwhile, say. No service deletes a tick that another may still offer (and store
+again)."""
 
 SUBMIT_TICK = """
 WITH tick AS (
     INSERT INTO {s}.schedule_ticks (task, tick)
     SELECT %(task)s, t FROM unnest(%(ticks)s::bigint[]) AS t
-    WHERE statement_timestamp() < to_timestamp(%(until)s)
     ON CONFLICT DO NOTHING
     RETURNING tick
 ), job AS (
@@ -270,20 +272,14 @@ WITH tick AS (
     WHERE (SELECT count(*) FROM tick) = cardinality(%(ticks)s::bigint[])
     ON CONFLICT DO NOTHING
     RETURNING queue
-), woken AS (
-    SELECT pg_notify(%(channel)s, job.queue) FROM job
 )
-SELECT (SELECT count(*) FROM woken) > 0 AS stored,
-       statement_timestamp() >= to_timestamp(%(until)s) AND NOT EXISTS (
-           SELECT 1 FROM {s}.schedule_ticks AS k
-           WHERE k.task = %(task)s AND k.tick = (%(ticks)s::bigint[])[1]) AS late
+SELECT pg_notify(%(channel)s, job.queue) FROM job
 """
 """Store a scheduled task's job once per (task, tick) across every service: only the one
 whose tick rows (``ticks``: every number the tick is known by) are all new inserts the job
-and wakes the services, in the same transaction. Nothing is stored once the database's
-clock reaches ``until`` (seconds since the epoch: when the next tick is due), even by a
-statement that waited that long in the database: ``late`` says so (when no service stored
-the tick in time)."""
+and wakes the services, in the same transaction. The database does not judge whether the
+tick is still due (its clock may differ from the services'): the services stop offering
+a tick in time (see ``producers.run_once_per_tick``)."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import anyio
 
+from dispatcher.server.brokers.base import TICK_OFFER_WINDOW
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
@@ -42,8 +43,10 @@ BATCH: Final = 1000
 """Rows swept or deleted per statement."""
 PURGE_EVERY: Final = 60.0
 """Seconds between purges of finished rows."""
-KEEP_TICKS: Final = 3600.0
-"""Seconds a schedule tick is remembered (long after every service has seen it)."""
+KEEP_TICKS: Final = 2 * TICK_OFFER_WINDOW
+"""Seconds a schedule tick is remembered (an hour): twice as long as any service may still
+offer it (:data:`~dispatcher.server.brokers.base.TICK_OFFER_WINDOW`), so that a service
+that offers it late (it was cut off from the database meanwhile) finds it taken."""
 
 
 async def sweep(
