@@ -302,18 +302,20 @@ $function$;
 COMMENT ON FUNCTION dispatcher_submit(text, text, jsonb, jsonb, jsonb) IS
     'Publish a dispatcher task message (signed when dispatcher.signing_key_id is set, chunked when large); returns its uuid.';
 
--- Every function above resolves the names it uses in pg_catalog first, then in the schema
--- this file created them in (current_schema(), where CREATE puts them), then pg_temp: never
--- through the caller's search_path, where another role could have put a function that
--- matches a call better than the built-in (a convert_to(text, text) would receive the
--- signing secret). Set here, at install time, so that the file run by hand with psql does it.
+-- The functions meant to be called resolve the names they use in pg_catalog first, then in
+-- the schema this file created them in (current_schema(), where CREATE puts them), then
+-- pg_temp: never through the caller's search_path, where another role could have put a
+-- function that matches a call better than the built-in (a convert_to(text, text) would
+-- receive the signing secret). Set here, at install time, so that the file run by hand with
+-- psql does it. The helpers they call run under that path too; they have none of their own,
+-- which would be set again at every call, once per JSON node of their recursion. Called
+-- directly, a helper resolves names through its caller's search_path, and handles only
+-- what that caller gave it (never a secret).
 DO $search_path$
 DECLARE
     signature text;
 BEGIN
     FOREACH signature IN ARRAY ARRAY[
-        'dispatcher_unreadable_number(jsonb)',
-        'dispatcher_unreadable_path(jsonb, text)',
         'dispatcher_submit(text, text, jsonb, jsonb, jsonb)'
     ] LOOP
         EXECUTE pg_catalog.format(

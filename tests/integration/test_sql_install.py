@@ -14,6 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from dispatcher.schema import sql_publisher, sql_queue_publisher
 from support.queue_rows import unique_schema
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -118,3 +119,26 @@ def test_psql_without_on_error_stop_creates_nothing_in_a_schema_public_may_creat
     )
     assert refusal(open_schema, file) in result.stderr
     assert installed(pg_dsn, open_schema) == {}
+
+
+def test_only_the_functions_meant_to_be_called_set_their_search_path(
+    pg_dsn: str, open_schema: str
+) -> None:
+    """A function's settings are applied at every call: a helper's, at every JSON node of
+    its recursion. The helpers run under the path of the function that calls them."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(open_schema))
+        )
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(open_schema)))
+        conn.execute(sql_publisher().encode())
+        conn.execute(sql_queue_publisher().encode())
+    path = f"search_path=pg_catalog, {open_schema}, pg_temp"
+    assert installed(pg_dsn, open_schema) == {
+        "dispatcher_submit": [path],
+        "dispatcher_enqueue": [path],
+        "dispatcher_duplicate_key": ["extra_float_digits=1", path],
+        "dispatcher_identity_json": None,
+        "dispatcher_unreadable_path": None,
+        "dispatcher_unreadable_number": None,
+    }
