@@ -5,11 +5,13 @@
 --                                   '{"timeout": 60, "on_duplicate": "discard"}');
 --
 -- The functions are created in the first schema of the installer's search_path (public
--- above). Install them in a schema only trusted roles may CREATE in, and call them by their
--- schema-qualified name (or with a search_path of trusted schemas only): a call resolves
--- through the caller's search_path, where an overload another role created would take it
--- over. Inside, they resolve names in pg_catalog, then their own schema only (set at the
--- end of this file), never through the caller's search_path.
+-- above). Install them in a schema only trusted roles may CREATE in (this file refuses a
+-- schema where PUBLIC may), and call them by their schema-qualified name (or with a
+-- search_path of trusted schemas only): a call resolves through the caller's search_path,
+-- where an overload another role created would take it over. Inside, they resolve names in
+-- pg_catalog, then their own schema only (set at the end of this file), never through the
+-- caller's search_path; they call built-in functions by their pg_catalog name, but operators
+-- by their symbol, so a role that may CREATE in their schema is trusted like its owner.
 --
 -- It builds a message valid against task-message.schema.json, sends it with pg_notify (as
 -- chunk envelopes when it is 8000 bytes or more), and returns the uuid the message carries
@@ -26,6 +28,23 @@
 -- needs the pgcrypto extension in this database. Set the secret in the session or the
 -- transaction only, e.g. SELECT set_config('dispatcher.signing_secret', $1, true): values set
 -- with ALTER ROLE or ALTER DATABASE can be read by every role (pg_roles, pg_db_role_setting).
+
+-- All or nothing, also with psql -f without ON_ERROR_STOP: a failed statement aborts the
+-- transaction, and the COMMIT at the end then rolls it back.
+BEGIN;
+
+-- An operator (||, =, ~ ...) of the install schema can match the functions' operands better
+-- than pg_catalog's, and would receive what they handle (the signing secret): refuse a
+-- schema any role may create in (public on PostgreSQL 14 and earlier), before creating
+-- anything.
+DO $trusted$
+BEGIN
+    IF pg_catalog.has_schema_privilege('public', pg_catalog.current_schema(), 'CREATE') THEN
+        RAISE EXCEPTION 'dispatcher_submit.sql: refusing to install into schema %: PUBLIC has CREATE on it, so any role could create operators the functions would call; run REVOKE CREATE ON SCHEMA % FROM PUBLIC, or install into a schema only trusted roles can CREATE in',
+            pg_catalog.quote_ident(pg_catalog.current_schema()), pg_catalog.quote_ident(pg_catalog.current_schema());
+    END IF;
+END
+$trusted$;
 
 -- Versions before this one returned uuid, and CREATE OR REPLACE cannot change a return type.
 DO $upgrade$
@@ -283,18 +302,20 @@ $function$;
 COMMENT ON FUNCTION dispatcher_submit(text, text, jsonb, jsonb, jsonb) IS
     'Publish a dispatcher task message (signed when dispatcher.signing_key_id is set, chunked when large); returns its uuid.';
 
--- Every function above resolves the names it uses in pg_catalog first, then in the schema
--- this file created them in (current_schema(), where CREATE puts them), then pg_temp: never
--- through the caller's search_path, where another role could have put a function that
--- matches a call better than the built-in (a convert_to(text, text) would receive the
--- signing secret). Set here, at install time, so that the file run by hand with psql does it.
+-- The functions meant to be called resolve the names they use in pg_catalog first, then in
+-- the schema this file created them in (current_schema(), where CREATE puts them), then
+-- pg_temp: never through the caller's search_path, where another role could have put a
+-- function that matches a call better than the built-in (a convert_to(text, text) would
+-- receive the signing secret). Set here, at install time, so that the file run by hand with
+-- psql does it. The helpers they call run under that path too; they have none of their own,
+-- which would be set again at every call, once per JSON node of their recursion. Called
+-- directly, a helper resolves names through its caller's search_path, and handles only
+-- what that caller gave it (never a secret).
 DO $search_path$
 DECLARE
     signature text;
 BEGIN
     FOREACH signature IN ARRAY ARRAY[
-        'dispatcher_unreadable_number(jsonb)',
-        'dispatcher_unreadable_path(jsonb, text)',
         'dispatcher_submit(text, text, jsonb, jsonb, jsonb)'
     ] LOOP
         EXECUTE pg_catalog.format(
@@ -303,3 +324,5 @@ BEGIN
     END LOOP;
 END
 $search_path$;
+
+COMMIT;

@@ -310,7 +310,9 @@ def test_functions_a_role_plants_are_never_called_by_a_signed_submit(
     """Installed in a schema of its own and called by its full name by a role whose
     search_path has a schema another role may create in: the built-ins and the helpers it
     calls are pg_catalog's and its own (even in its own schema, should another role create
-    there), and the message is signed and delivered."""
+    there), and the message is signed and delivered. A role granted CREATE on the install
+    schema is trusted like its owner (it could plant operators, docs/security.md): its
+    functions are still never called."""
     tag = uuid.uuid4().hex[:10]
     names = {
         "publisher": sql.Identifier(f"publisher_{tag}"),

@@ -319,7 +319,8 @@ def test_functions_planted_on_the_path_or_in_the_install_schema_are_never_called
 ) -> None:
     """Installed in a schema of its own and called by its full name from a session whose
     search_path has a schema with functions named like those it calls: it calls pg_catalog's
-    and its own, and stores the job with the key Python computes."""
+    and its own, and stores the job with the key Python computes. (Who may create in the
+    install schema is trusted, as it could plant operators: these are never called still.)"""
     installed, trap = unique_schema(), unique_schema()
     plants = [
         "convert_to(t text, e text) RETURNS bytea",

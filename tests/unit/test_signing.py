@@ -185,6 +185,23 @@ def test_a_signed_message_is_opened_once() -> None:
     }
 
 
+def test_a_stored_row_is_opened_at_every_delivery_and_its_envelope_not_again_by_notify() -> None:
+    """A durable row's retries are no replays, but its envelope, read from the table and sent
+    by NOTIFY within max_age, is one."""
+    text = sign(TASK, "k1", KEYS["k1"], NOW)
+    row = Origin("pg_queue", receipt="1", authenticated=True)
+    opener = check("task")
+    for _attempt in range(2):
+        assert opener.open(text, envelope(text), row, decode) == (TASK, envelope(TASK))
+    with pytest.raises(Rejected) as caught:
+        opener.open(text, envelope(text), PG_NOTIFY, decode)
+    assert caught.value.reason == "replayed"
+    # A row signed before max_age is run, and not remembered: a NOTIFY of it is stale.
+    old = sign(TASK, "k1", KEYS["k1"], NOW - 301)
+    assert opener.open(old, envelope(old), row, decode) == (TASK, envelope(TASK))
+    assert opener.summary()["remembered"] == 1
+
+
 def test_a_refused_signed_control_message_is_answered_when_its_body_can_be_read() -> None:
     body = '{"control":"cancel","reply_to":"r1","control_data":{"all":true}}'
     forged = envelope(sign(body, "k1", b"guessed secret", NOW))

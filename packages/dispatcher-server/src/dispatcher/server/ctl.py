@@ -641,7 +641,8 @@ def install_sql(settings: Settings) -> int:
     """Create (or replace) ``dispatcher_submit()`` and ``dispatcher_enqueue()``.
 
     ``dispatcher_submit()`` in the database of ``brokers.pg_notify``, ``dispatcher_enqueue()``
-    in that of ``brokers.pg_queue`` (else of ``brokers.pg_notify``).
+    in that of ``brokers.pg_queue`` (else of ``brokers.pg_notify``). Each file is one
+    transaction, which refuses a schema where ``PUBLIC`` may create (a refusal: exit 2).
     """
     pg_notify, pg_queue = settings.brokers.pg_notify, settings.brokers.pg_queue
     installs: list[tuple[str, str, str]] = []

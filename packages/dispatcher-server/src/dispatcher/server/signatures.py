@@ -93,14 +93,21 @@ class SignatureCheck:
     def _open_signed(
         self, envelope: dict[str, Any], decode: Decode, stored: bool
     ) -> tuple[str, dict[str, Any]]:
-        """The verified body of *envelope*; of a *stored* row, of any age and seen or not."""
+        """The verified body of *envelope*; of a *stored* row, of any age and seen or not.
+
+        A stored row within *max_age* is still remembered, so that the same envelope sent
+        again by NOTIFY (read from the table) is refused as a replay.
+        """
         now = self._clock()
-        max_age = math.inf if stored else self._security.max_age
+        max_age = self._security.max_age
         try:
-            verified = verify(envelope, self._secrets, now, max_age)
+            verified = verify(envelope, self._secrets, now, math.inf if stored else max_age)
         except SignatureError as exc:
             raise Rejected(exc.reason, str(exc), control=_control_in(envelope, decode)) from None
-        if not stored and not self.replays.first_time(verified.signature, verified.signed_at, now):
+        if stored:
+            if now - verified.signed_at <= max_age:
+                self.replays.first_time(verified.signature, verified.signed_at, now)
+        elif not self.replays.first_time(verified.signature, verified.signed_at, now):
             raise Rejected(
                 "replayed",
                 f"replayed message: signature {verified.signature[:16]}... was already received",

@@ -5,11 +5,13 @@
 --                                    '{"max_attempts": 5, "delay": 60, "on_duplicate": "queue_one"}');
 --
 -- The functions are created in the first schema of the installer's search_path (public
--- above). Install them in a schema only trusted roles may CREATE in, and call them by their
--- schema-qualified name (or with a search_path of trusted schemas only): a call resolves
--- through the caller's search_path, where an overload another role created would take it
--- over. Inside, they resolve names in pg_catalog, then their own schema only (set at the
--- end of this file), never through the caller's search_path.
+-- above). Install them in a schema only trusted roles may CREATE in (this file refuses a
+-- schema where PUBLIC may), and call them by their schema-qualified name (or with a
+-- search_path of trusted schemas only): a call resolves through the caller's search_path,
+-- where an overload another role created would take it over. Inside, they resolve names in
+-- pg_catalog, then their own schema only (set at the end of this file), never through the
+-- caller's search_path; they call built-in functions by their pg_catalog name, but operators
+-- by their symbol, so a role that may CREATE in their schema is trusted like its owner.
 --
 -- The sibling of dispatcher_submit() for the durable pg_queue broker. It builds a message
 -- valid against task-message.schema.json, inserts it into <queue_schema>.jobs (the tables
@@ -39,6 +41,23 @@
 -- without a point in jsonb is an integer (1e5 is 100000: write a float as 100000.0); one
 -- with a point is written as the double a service reads, in its shortest text and plain
 -- decimal (10.50 is 10.5, 1e-7 is 0.0000001, 1e16 is 10000000000000000; 1 and 1.0 differ).
+
+-- All or nothing, also with psql -f without ON_ERROR_STOP: a failed statement aborts the
+-- transaction, and the COMMIT at the end then rolls it back.
+BEGIN;
+
+-- An operator (||, =, ~ ...) of the install schema can match the functions' operands better
+-- than pg_catalog's, and would receive what they handle (the signing secret): refuse a
+-- schema any role may create in (public on PostgreSQL 14 and earlier), before creating
+-- anything.
+DO $trusted$
+BEGIN
+    IF pg_catalog.has_schema_privilege('public', pg_catalog.current_schema(), 'CREATE') THEN
+        RAISE EXCEPTION 'dispatcher_enqueue.sql: refusing to install into schema %: PUBLIC has CREATE on it, so any role could create operators the functions would call; run REVOKE CREATE ON SCHEMA % FROM PUBLIC, or install into a schema only trusted roles can CREATE in',
+            pg_catalog.quote_ident(pg_catalog.current_schema()), pg_catalog.quote_ident(pg_catalog.current_schema());
+    END IF;
+END
+$trusted$;
 
 -- dispatcher_unreadable_number() and dispatcher_unreadable_path(): what in args or kwargs no
 -- service can read back, and where. dispatcher_submit.sql and dispatcher_enqueue.sql both
@@ -340,19 +359,20 @@ $function$;
 COMMENT ON FUNCTION dispatcher_enqueue(text, text, jsonb, jsonb, jsonb, text) IS
     'Store a dispatcher task as a job of a durable queue (pg_queue) and wake the services; returns its uuid.';
 
--- Every function above resolves the names it uses in pg_catalog first, then in the schema
--- this file created them in (current_schema(), where CREATE puts them), then pg_temp: never
--- through the caller's search_path, where another role could have put a function that
--- matches a call better than the built-in (a convert_to(text, text) would receive the
--- signing secret). Set here, at install time, so that the file run by hand with psql does it.
+-- The functions meant to be called resolve the names they use in pg_catalog first, then in
+-- the schema this file created them in (current_schema(), where CREATE puts them), then
+-- pg_temp: never through the caller's search_path, where another role could have put a
+-- function that matches a call better than the built-in (a convert_to(text, text) would
+-- receive the signing secret). Set here, at install time, so that the file run by hand with
+-- psql does it. The helpers they call run under that path too; they have none of their own,
+-- which would be set again at every call, once per JSON node of their recursion. Called
+-- directly, a helper resolves names through its caller's search_path, and handles only
+-- what that caller gave it (never a secret).
 DO $search_path$
 DECLARE
     signature text;
 BEGIN
     FOREACH signature IN ARRAY ARRAY[
-        'dispatcher_unreadable_number(jsonb)',
-        'dispatcher_unreadable_path(jsonb, text)',
-        'dispatcher_identity_json(jsonb)',
         'dispatcher_duplicate_key(text, jsonb, jsonb)',
         'dispatcher_enqueue(text, text, jsonb, jsonb, jsonb, text)'
     ] LOOP
@@ -362,3 +382,5 @@ BEGIN
     END LOOP;
 END
 $search_path$;
+
+COMMIT;
