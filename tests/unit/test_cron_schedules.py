@@ -465,6 +465,34 @@ async def test_durable_cron_ticks_are_the_run_times_whole_seconds() -> None:
     assert sink.offered[0][2] == {"task": TASK, "args": ["x"], "kwargs": {}}
 
 
+class OlderPluginSink(RecordingSink):
+    """A durable broker plug-in written before ``submit_tick`` took ``former``."""
+
+    async def submit_tick(  # type: ignore[override]
+        self,
+        task: str,
+        tick: int,
+        queue: str,
+        message: dict[str, Any],
+        max_attempts: int | None = None,
+    ) -> bool:
+        return await super().submit_tick(task, tick, queue, message, max_attempts)
+
+
+@pytest.mark.anyio
+async def test_a_plugin_written_before_former_ticks_is_offered_each_tick_once() -> None:
+    config = settings(schedule=1)
+    entry = config.producers.scheduled[TASK]
+    sink = OlderPluginSink(wanted=2)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_once_per_tick, sink, "q", TASK, entry, ScheduleBoard(config))
+            await sink.enough.wait()
+            group.cancel_scope.cancel()
+    first, second = (tick for _, tick, _ in sink.offered)
+    assert second == first + 1  # each tick offered once: none refused, none retried
+
+
 class FlakySink(RecordingSink):
     """A durable broker whose first *failures* offers fail (a connection found cut)."""
 

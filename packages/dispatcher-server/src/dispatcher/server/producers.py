@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -176,18 +177,20 @@ async def run_once_per_tick(
     )
     failures = RateLimitedLog(logger, logging.WARNING)
     timetable = board.timetable(task)
+    # A plug-in written before ``former`` existed is called without it (its ticks are then
+    # recorded under their number only).
+    options = {"former"} if _takes_keyword(sink.submit_tick, "former") else set()
 
     async def offer(due: float) -> None:
-        tick, former = timetable.tick(due), timetable.former_ticks(due)
+        tick = timetable.tick(due)
+        extra = {"former": timetable.former_ticks(due)} if options else {}
         give_up = give_up_time(timetable, due)
         message = _message(task, entry)
         backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
         while time.time() < give_up:
             try:
                 with anyio.fail_after(TICK_ATTEMPT_LIMIT):
-                    await sink.submit_tick(
-                        task, tick, queue, message, max_attempts(task), former=former
-                    )
+                    await sink.submit_tick(task, tick, queue, message, max_attempts(task), **extra)
                 return
             except Exception as exc:  # a producer must outlive any one submission
                 reason = "no answer in time" if isinstance(exc, TimeoutError) else exc
@@ -207,6 +210,22 @@ async def run_once_per_tick(
         )
 
     await _run_on_wall_clock(task, board, offer, lambda due: give_up_time(timetable, due))
+
+
+def _takes_keyword(function: Callable[..., object], name: str) -> bool:
+    """Whether *function* accepts the keyword argument *name* (or any keyword)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it as documented
+        return True
+    return any(
+        parameter.kind is parameter.VAR_KEYWORD
+        or (
+            parameter.name == name
+            and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+        )
+        for parameter in parameters
+    )
 
 
 async def _run_on_wall_clock(
