@@ -251,6 +251,32 @@ MALFORMED = {
         f"? [{LEAK}]\n: 1\n? [{LEAK}]\n: 2\n",
         "line 3, column 3: YAML syntax error: while constructing a mapping: found a duplicate key",
     ),
+    # A value its constructor refuses: int(), float(), date() and !!bool's lookup quote it.
+    "not an !!int": (
+        f"security:\n  keys:\n    - id: k1\n      secret: !!int {LEAK}\n",
+        "line 4, column 15: YAML syntax error: a value could not be read as !!int",
+    ),
+    "not an !!float": (
+        f"security:\n  secret: !!float {LEAK}\n",
+        "line 2, column 11: YAML syntax error: a value could not be read as !!float",
+    ),
+    "not an !!bool": (
+        f"version: 1\nsecret: !!bool {LEAK}\n",
+        "line 2, column 9: YAML syntax error: a value could not be read as !!bool",
+    ),
+    "not a date": (
+        f"version: 1\nsecret: 2024-13-45\nother: {LEAK}\n",
+        "line 2, column 9: YAML syntax error: a value could not be read as !!timestamp "
+        "(an unquoted value that looks like a date or time is read as one: quote a string)",
+    ),
+    "a date in a list": (
+        f"version: 1\nsecrets: [{LEAK}, 2024-02-30]\n",
+        "line 2, column 31: YAML syntax error: a value could not be read as !!timestamp",
+    ),
+    "nested too deeply": (
+        f"secret: {LEAK}\nx: " + "[" * 20000 + "\n",
+        "YAML error: nested too deeply",
+    ),
 }
 
 

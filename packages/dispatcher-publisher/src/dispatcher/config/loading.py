@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from dispatcher.schema import InvalidArgumentType, Problem, validator
 from dispatcher.schema.errors import json_type_name
 
 if TYPE_CHECKING:
+    from ruamel.yaml.constructor import SafeConstructor
     from ruamel.yaml.error import MarkedYAMLError
 
 CONFIG_FILE_ENV: Final = "DISPATCHER_CONFIG_FILE"
@@ -128,16 +130,24 @@ def parse_yaml(source: str, data: bytes) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Constructor = _constructor_class()
     try:
         with warnings.catch_warnings():
             # ruamel warns (a duplicate anchor) with the lines' text, secrets included.
             warnings.simplefilter("ignore")
-            document = YAML(typ="safe", pure=True).load(text)
+            document = yaml.load(text)
     except MarkedYAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc)]) from None
     except YAMLError as exc:
         raise ConfigError(
             source, [f"YAML error: {_unquoted(' '.join(str(exc).split()))}"]
+        ) from None
+    except RecursionError:
+        raise ConfigError(source, ["YAML error: nested too deeply"]) from None
+    except Exception as exc:  # its message may quote a value of the file
+        raise ConfigError(
+            source, [f"YAML error: the document could not be read ({type(exc).__name__})"]
         ) from None
     if _values_beyond(document, MAX_CONFIG_VALUES):
         raise ConfigError(
@@ -148,6 +158,45 @@ def parse_yaml(source: str, data: bytes) -> Any:
             ],
         )
     return document
+
+
+_TAG_PREFIX: Final = "tag:yaml.org,2002:"
+
+
+@functools.cache
+def _constructor_class() -> type[SafeConstructor]:
+    """ruamel.yaml's safe constructor, whose failures name the value's place, never the value.
+
+    A value's constructor (``int()``, ``float()``, ``datetime.date()``, a lookup of ``!!bool``'s
+    words) fails with a plain exception quoting the value; here it becomes a
+    :class:`~ruamel.yaml.constructor.ConstructorError` marked with the node's line and column.
+    """
+    from ruamel.yaml.constructor import ConstructorError, SafeConstructor
+    from ruamel.yaml.error import YAMLError
+
+    class Constructor(SafeConstructor):
+        def construct_non_recursive_object(self, node: Any, tag: str | None = None) -> Any:
+            try:
+                return super().construct_non_recursive_object(node, tag)
+            except (YAMLError, RecursionError):
+                raise
+            except Exception:  # its message quotes the value
+                name = str(tag or node.tag)
+                if name.startswith(_TAG_PREFIX):
+                    name = "!!" + name.removeprefix(_TAG_PREFIX)
+                else:  # not one of the standard tags (which have a constructor): not shown
+                    name = "its tag"
+                hint = (
+                    " (an unquoted value that looks like a date or time is read as one: "
+                    "quote a string)"
+                    if name == "!!timestamp"
+                    else ""
+                )
+                raise ConstructorError(
+                    None, None, f"a value could not be read as {name}{hint}", node.start_mark
+                ) from None
+
+    return Constructor
 
 
 def read_limited(stream: BinaryIO, source: str) -> bytes:
