@@ -315,7 +315,9 @@ def settings_from_data(source: str, data: Any) -> Settings:
     config_validator = validator("config")
     problems = [] if config_validator.is_valid(checked) else config_validator.problems(checked)
     problems = plugins.name_unknown_brokers(problems) + plugin_problems
-    problems = [hide_secret(p) for p in problems] or _cross_field_problems(document)
+    problems = [
+        hide_secret(p, document.get("security")) for p in problems
+    ] or _cross_field_problems(document)
     security = None
     if not problems:
         security, problems = load_security(document.get("security", {}))
