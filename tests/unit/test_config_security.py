@@ -332,6 +332,47 @@ def test_unreadable_and_empty_secret_files(tmp_path: Path) -> None:
         setup(config({"keys": [{"id": "k", "secret_file": str(empty)}]}))
 
 
+def test_a_secret_file_is_read_up_to_64_kib(tmp_path: Path) -> None:
+    largest = tmp_path / "largest"
+    largest.write_bytes(b"a" * 65535 + b"\n")
+    settings = setup(config({"keys": [{"id": "k", "secret_file": str(largest)}]}))
+    assert settings.security.keys == (SigningKey("k", b"a" * 65535),)
+    larger = tmp_path / "larger"
+    larger.write_bytes(SECRET.encode() * 3000)
+    with pytest.raises(ConfigError) as caught:
+        setup(config({"keys": [{"id": "k", "secret_file": str(larger)}]}))
+    assert str(caught.value) == (
+        f"config: security.keys[0].secret_file: '{larger}' is larger than 65536 bytes: "
+        "not a secret file?"
+    )
+
+
+@pytest.mark.parametrize("command", ["dispatcher.server.cli", "dispatcher.server.ctl"])
+def test_an_endless_secret_file_is_refused_at_once(tmp_path: Path, command: str) -> None:
+    """/dev/zero as a secret_file: refused after 64 KiB, not read until memory runs out (the
+    command runs with 1 GiB of address space, so that reading it all fails fast)."""
+    path = tmp_path / "dispatcher.yml"
+    path.write_text(
+        "version: 1\nsecurity:\n  keys:\n    - {id: k1, secret_file: /dev/zero}\n",
+        encoding="utf-8",
+    )
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+    ran = subprocess.run(
+        [sys.executable, "-c", f"{limit}from {command} import entry_point; entry_point()"]
+        + ["--config", str(path)]
+        + (["status"] if command.endswith("ctl") else []),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert ran.stderr.strip().endswith(
+        f"{path}: security.keys[0].secret_file: '/dev/zero' is larger than 65536 bytes: "
+        "not a secret file?"
+    ), ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
 def test_secrets_stay_out_of_the_settings_repr() -> None:
     settings = setup(config({"keys": [{"id": "k", "secret": SECRET}]}))
     assert SECRET not in repr(settings)

@@ -22,6 +22,9 @@ MessageKind = Literal["task", "control"]
 SECRET_SOURCES: Final = ("secret", "secret_env", "secret_file")
 """The keys of a ``security.keys`` entry that give its secret; exactly one is needed."""
 
+MAX_SECRET_FILE_BYTES: Final = 64 << 10
+"""Largest ``secret_file`` read, in bytes (a secret is a few dozen; ``/dev/zero`` is endless)."""
+
 
 @dataclass(frozen=True)
 class SigningKey:
@@ -131,12 +134,22 @@ def _read_secret_file(
     path: str, where: tuple[str | int, ...], problems: list[Problem]
 ) -> str | None:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        problems.append(Problem(where, f"{path!r} is not UTF-8 text"))
-        return None
+        with Path(path).open("rb") as stream:
+            data = stream.read(MAX_SECRET_FILE_BYTES + 1)
     except OSError as exc:
         problems.append(Problem(where, f"cannot read {path!r}: {exc.strerror or exc}"))
+        return None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        problems.append(
+            Problem(
+                where, f"{path!r} is larger than {MAX_SECRET_FILE_BYTES} bytes: not a secret file?"
+            )
+        )
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        problems.append(Problem(where, f"{path!r} is not UTF-8 text"))
         return None
     text = text.removesuffix("\n").removesuffix("\r")
     if not text:
