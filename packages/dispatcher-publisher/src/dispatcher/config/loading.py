@@ -53,6 +53,9 @@ MAX_CONFIG_BYTES: Final = 4 << 20
 MAX_CONFIG_VALUES: Final = 1_000_000
 """Most values a config may hold once its YAML aliases are expanded."""
 
+MAX_CONFIG_DEPTH: Final = 64
+"""Deepest nesting of mappings and lists a config may have (a config has a handful)."""
+
 
 def load_settings(
     config: Mapping[str, Any] | None = None,
@@ -154,7 +157,7 @@ def parse_yaml(source: str, data: bytes) -> Any:
             source,
             [
                 f"more than {MAX_CONFIG_VALUES} values once its YAML aliases are expanded "
-                "(aliases of aliases?)"
+                "(aliases of aliases, or an alias inside its own anchor?)"
             ],
         )
     return document
@@ -292,9 +295,9 @@ def settings_from_data(source: str, data: Any) -> Settings:
         raise ConfigError(
             source, [f"the config must be a mapping of sections, not {json_type_name(data)}"]
         )
-    non_finite = _non_finite_problems(data)
-    if non_finite:
-        raise ConfigError(source, [str(p) for p in non_finite])
+    unusable = _unusable_values(data)
+    if unusable:
+        raise ConfigError(source, [str(p) for p in unusable])
     paths = legacy.PathMap()
     found: list[Problem] = []  # by the translation, located as written
     notes: list[Problem] = []
@@ -331,22 +334,45 @@ def settings_from_data(source: str, data: Any) -> Settings:
     return dataclasses.replace(settings, warnings=warnings) if warnings else settings
 
 
-def _non_finite_problems(data: Any) -> list[Problem]:
-    """Every NaN or infinity in *data* (YAML ``.nan``, ``.inf``; ``float('nan')`` in a dict).
+def _unusable_values(data: Any) -> list[Problem]:
+    """Every NaN or infinity in *data*, and every cycle, too deep a nesting or too many values.
+
+    A NaN or infinity: YAML ``.nan``, ``.inf``; ``float('nan')`` in a dict. A cycle: a
+    mapping or list that contains itself (a dict built in Python, a YAML alias inside its
+    own anchor); nesting deeper than :data:`MAX_CONFIG_DEPTH`; more than
+    :data:`MAX_CONFIG_VALUES` values.
 
     Refused wherever it is, before the schema is checked: the schema's bounds are
     comparisons, which a NaN passes (it is neither below nor above any bound), and no
     setting means anything with one (a ``schedule`` of NaN seconds, a ``timeout`` of
-    infinity: say "no limit" as the setting documents it, not with an infinity).
+    infinity: say "no limit" as the setting documents it, not with an infinity). A cycle
+    would have every later step (translation, validation, copying) recurse for ever.
     """
     problems: list[Problem] = []
-    pending: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    enclosing: set[int] = set()  # the ids of the containers around the value walked
+    pending: list[tuple[bool, tuple[Any, ...], Any]] = [(False, (), data)]
+    seen = 0
     while pending:
-        path, value = pending.pop()
-        if isinstance(value, Mapping):
-            pending.extend(((*path, key), item) for key, item in value.items())
-        elif isinstance(value, list | tuple):
-            pending.extend(((*path, index), item) for index, item in enumerate(value))
+        leaving, path, value = pending.pop()
+        if leaving:
+            enclosing.discard(id(value))
+            continue
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            return [Problem((), f"more than {MAX_CONFIG_VALUES} values")]
+        if isinstance(value, Mapping | list | tuple):
+            if id(value) in enclosing:
+                problems.append(
+                    Problem(path, "contains itself (a cycle): a config is a tree of values")
+                )
+                continue
+            if len(path) >= MAX_CONFIG_DEPTH:
+                problems.append(Problem(path, f"nested more than {MAX_CONFIG_DEPTH} levels deep"))
+                continue
+            enclosing.add(id(value))
+            pending.append((True, path, value))
+            items = value.items() if isinstance(value, Mapping) else enumerate(value)
+            pending.extend((False, (*path, key), item) for key, item in items)
         elif isinstance(value, float) and not math.isfinite(value):
             what = "NaN (not a number)" if math.isnan(value) else f"{value} (infinite)"
             problems.append(Problem(path, f"{what}: a finite number is expected"))
