@@ -1,4 +1,5 @@
-"""No NaN nor infinity anywhere in a config: the schema's bounds cannot refuse them."""
+"""No NaN nor infinity anywhere in a config: the schema's bounds cannot refuse them; no cycle,
+too deep a nesting or too many values either (a dict built in Python)."""
 
 from __future__ import annotations
 
@@ -121,3 +122,74 @@ def test_yaml_nan_and_infinities_are_refused_with_their_setting(text: str, reaso
     assert caught.value.problems == [
         f"producers.scheduled['app.tasks.report'].schedule: {reason}: a finite number is expected"
     ]
+
+
+def cyclic_configs() -> dict[str, tuple[dict[str, Any], str]]:
+    """Dicts that contain themselves (as a Python or Django settings module can build), and
+    where the cycle closes."""
+    made: dict[str, tuple[dict[str, Any], str]] = {}
+    base = {"version": 1, "brokers": {"pg_notify": {"conninfo": "dbname=x", "channels": ["c"]}}}
+    whole = dict(base)
+    whole["brokers"] = {**base["brokers"], "self": whole}
+    made["the whole config"] = (whole, "brokers.self")
+    section = dict(base, producers={"scheduled": {}})
+    section["producers"]["scheduled"]["app.tasks.report"] = section["producers"]
+    made["a section"] = (section, "producers.scheduled['app.tasks.report']")
+    listed: list[Any] = ["c"]
+    listed.append(listed)
+    made["a list"] = (
+        dict(base, brokers={"pg_notify": {"channels": listed}}),
+        "brokers.pg_notify.channels[1]",
+    )
+    unversioned = {"pool": {"max_workers": 4}}  # the older layout, translated otherwise
+    unversioned["pool"]["again"] = unversioned
+    made["an unversioned config"] = (unversioned, "pool.again")
+    dispatcherd = {"version": 2, "brokers": {"pg_notify": {}}}
+    dispatcherd["brokers"]["pg_notify"]["config"] = dispatcherd["brokers"]
+    made["a dispatcherd config"] = (dispatcherd, "brokers.pg_notify.config")
+    return made
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", cyclic_configs())
+def test_a_config_that_contains_itself_is_refused_where_the_cycle_closes(name: str) -> None:
+    config, where = cyclic_configs()[name]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert caught.value.problems == [
+        f"{where}: contains itself (a cycle): a config is a tree of values"
+    ]
+
+
+def test_a_shared_value_is_not_a_cycle() -> None:
+    channels = ["c"]
+    settings = load_settings(
+        {
+            "version": 1,
+            "brokers": {
+                "pg_notify": {"conninfo": "dbname=x", "channels": channels},
+                "pg_queue": {"queues": ["q"]},
+            },
+            "publish": {"default_broker": "pg_notify"},
+            "tasks": {"modules": channels},  # the same list twice: a tree still
+        }
+    )
+    assert settings.data["tasks"]["modules"] == ["c"]
+
+
+@pytest.mark.timeout(30)
+def test_too_deep_or_too_large_a_config_is_refused_at_once() -> None:
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(5000):
+        inner["a"] = {}
+        inner = inner["a"]
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"version": 1, "producers": deep})
+    assert caught.value.problems == [f"producers{'.a' * 63}: nested more than 64 levels deep"]
+    shared: list[Any] = [0]
+    for _ in range(40):  # 2^40 values once expanded, from 41 lists
+        shared = [shared, shared]
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"version": 1, "producers": shared})
+    assert caught.value.problems == ["(root): more than 1000000 values"]

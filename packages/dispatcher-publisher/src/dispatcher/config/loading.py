@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from dispatcher.schema import InvalidArgumentType, Problem, validator
 from dispatcher.schema.errors import json_type_name
 
 if TYPE_CHECKING:
+    from ruamel.yaml.constructor import SafeConstructor
     from ruamel.yaml.error import MarkedYAMLError
 
 CONFIG_FILE_ENV: Final = "DISPATCHER_CONFIG_FILE"
@@ -50,6 +52,9 @@ MAX_CONFIG_BYTES: Final = 4 << 20
 
 MAX_CONFIG_VALUES: Final = 1_000_000
 """Most values a config may hold once its YAML aliases are expanded."""
+
+MAX_CONFIG_DEPTH: Final = 64
+"""Deepest nesting of mappings and lists a config may have (a config has a handful)."""
 
 
 def load_settings(
@@ -128,26 +133,73 @@ def parse_yaml(source: str, data: bytes) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"not UTF-8 text (byte {exc.start})"]) from None
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Constructor = _constructor_class()
     try:
         with warnings.catch_warnings():
             # ruamel warns (a duplicate anchor) with the lines' text, secrets included.
             warnings.simplefilter("ignore")
-            document = YAML(typ="safe", pure=True).load(text)
+            document = yaml.load(text)
     except MarkedYAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc)]) from None
     except YAMLError as exc:
         raise ConfigError(
             source, [f"YAML error: {_unquoted(' '.join(str(exc).split()))}"]
         ) from None
+    except RecursionError:
+        raise ConfigError(source, ["YAML error: nested too deeply"]) from None
+    except Exception as exc:  # its message may quote a value of the file
+        raise ConfigError(
+            source, [f"YAML error: the document could not be read ({type(exc).__name__})"]
+        ) from None
     if _values_beyond(document, MAX_CONFIG_VALUES):
         raise ConfigError(
             source,
             [
                 f"more than {MAX_CONFIG_VALUES} values once its YAML aliases are expanded "
-                "(aliases of aliases?)"
+                "(aliases of aliases, or an alias inside its own anchor?)"
             ],
         )
     return document
+
+
+_TAG_PREFIX: Final = "tag:yaml.org,2002:"
+
+
+@functools.cache
+def _constructor_class() -> type[SafeConstructor]:
+    """ruamel.yaml's safe constructor, whose failures name the value's place, never the value.
+
+    A value's constructor (``int()``, ``float()``, ``datetime.date()``, a lookup of ``!!bool``'s
+    words) fails with a plain exception quoting the value; here it becomes a
+    :class:`~ruamel.yaml.constructor.ConstructorError` marked with the node's line and column.
+    """
+    from ruamel.yaml.constructor import ConstructorError, SafeConstructor
+    from ruamel.yaml.error import YAMLError
+
+    class Constructor(SafeConstructor):
+        def construct_non_recursive_object(self, node: Any, tag: str | None = None) -> Any:
+            try:
+                return super().construct_non_recursive_object(node, tag)
+            except (YAMLError, RecursionError):
+                raise
+            except Exception:  # its message quotes the value
+                name = str(tag or node.tag)
+                if name.startswith(_TAG_PREFIX):
+                    name = "!!" + name.removeprefix(_TAG_PREFIX)
+                else:  # not one of the standard tags (which have a constructor): not shown
+                    name = "its tag"
+                hint = (
+                    " (an unquoted value that looks like a date or time is read as one: "
+                    "quote a string)"
+                    if name == "!!timestamp"
+                    else ""
+                )
+                raise ConstructorError(
+                    None, None, f"a value could not be read as {name}{hint}", node.start_mark
+                ) from None
+
+    return Constructor
 
 
 def read_limited(stream: BinaryIO, source: str) -> bytes:
@@ -243,9 +295,9 @@ def settings_from_data(source: str, data: Any) -> Settings:
         raise ConfigError(
             source, [f"the config must be a mapping of sections, not {json_type_name(data)}"]
         )
-    non_finite = _non_finite_problems(data)
-    if non_finite:
-        raise ConfigError(source, [str(p) for p in non_finite])
+    unusable = _unusable_values(data)
+    if unusable:
+        raise ConfigError(source, [str(p) for p in unusable])
     paths = legacy.PathMap()
     found: list[Problem] = []  # by the translation, located as written
     notes: list[Problem] = []
@@ -266,7 +318,9 @@ def settings_from_data(source: str, data: Any) -> Settings:
     config_validator = validator("config")
     problems = [] if config_validator.is_valid(checked) else config_validator.problems(checked)
     problems = plugins.name_unknown_brokers(problems) + plugin_problems
-    problems = [hide_secret(p) for p in problems] or _cross_field_problems(document)
+    problems = [
+        hide_secret(p, document.get("security")) for p in problems
+    ] or _cross_field_problems(document)
     security = None
     if not problems:
         security, problems = load_security(document.get("security", {}))
@@ -280,22 +334,45 @@ def settings_from_data(source: str, data: Any) -> Settings:
     return dataclasses.replace(settings, warnings=warnings) if warnings else settings
 
 
-def _non_finite_problems(data: Any) -> list[Problem]:
-    """Every NaN or infinity in *data* (YAML ``.nan``, ``.inf``; ``float('nan')`` in a dict).
+def _unusable_values(data: Any) -> list[Problem]:
+    """Every NaN or infinity in *data*, and every cycle, too deep a nesting or too many values.
+
+    A NaN or infinity: YAML ``.nan``, ``.inf``; ``float('nan')`` in a dict. A cycle: a
+    mapping or list that contains itself (a dict built in Python, a YAML alias inside its
+    own anchor); nesting deeper than :data:`MAX_CONFIG_DEPTH`; more than
+    :data:`MAX_CONFIG_VALUES` values.
 
     Refused wherever it is, before the schema is checked: the schema's bounds are
     comparisons, which a NaN passes (it is neither below nor above any bound), and no
     setting means anything with one (a ``schedule`` of NaN seconds, a ``timeout`` of
-    infinity: say "no limit" as the setting documents it, not with an infinity).
+    infinity: say "no limit" as the setting documents it, not with an infinity). A cycle
+    would have every later step (translation, validation, copying) recurse for ever.
     """
     problems: list[Problem] = []
-    pending: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    enclosing: set[int] = set()  # the ids of the containers around the value walked
+    pending: list[tuple[bool, tuple[Any, ...], Any]] = [(False, (), data)]
+    seen = 0
     while pending:
-        path, value = pending.pop()
-        if isinstance(value, Mapping):
-            pending.extend(((*path, key), item) for key, item in value.items())
-        elif isinstance(value, list | tuple):
-            pending.extend(((*path, index), item) for index, item in enumerate(value))
+        leaving, path, value = pending.pop()
+        if leaving:
+            enclosing.discard(id(value))
+            continue
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            return [Problem((), f"more than {MAX_CONFIG_VALUES} values")]
+        if isinstance(value, Mapping | list | tuple):
+            if id(value) in enclosing:
+                problems.append(
+                    Problem(path, "contains itself (a cycle): a config is a tree of values")
+                )
+                continue
+            if len(path) >= MAX_CONFIG_DEPTH:
+                problems.append(Problem(path, f"nested more than {MAX_CONFIG_DEPTH} levels deep"))
+                continue
+            enclosing.add(id(value))
+            pending.append((True, path, value))
+            items = value.items() if isinstance(value, Mapping) else enumerate(value)
+            pending.extend((False, (*path, key), item) for key, item in items)
         elif isinstance(value, float) and not math.isfinite(value):
             what = "NaN (not a number)" if math.isnan(value) else f"{value} (infinite)"
             problems.append(Problem(path, f"{what}: a finite number is expected"))

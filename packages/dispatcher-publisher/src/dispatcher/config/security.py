@@ -8,17 +8,22 @@ A secret comes from the config itself (``secret``), an environment variable
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from dispatcher.schema import Problem
+from dispatcher.schema.errors import json_type_name
 
 MessageKind = Literal["task", "control"]
 
 SECRET_SOURCES: Final = ("secret", "secret_env", "secret_file")
 """The keys of a ``security.keys`` entry that give its secret; exactly one is needed."""
+
+MAX_SECRET_FILE_BYTES: Final = 64 << 10
+"""Largest ``secret_file`` read, in bytes (a secret is a few dozen; ``/dev/zero`` is endless)."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,12 @@ def load_security(section: Mapping[str, Any]) -> tuple[Security, list[Problem]]:
             keys.append(SigningKey(key_id, secret))
     sign_with = section.get("sign_with")
     if sign_with is not None and sign_with not in seen:
-        problems.append(
-            Problem(("security", "sign_with"), f"{sign_with!r} is not the id of a key in keys")
+        ids = ", ".join(repr(key_id) for key_id in seen) or "none"
+        problems.append(  # not quoted: it may be a secret written in the wrong place
+            Problem(
+                ("security", "sign_with"),
+                f"is not the id of a key in keys (their ids: {ids}){_HIDDEN}",
+            )
         )
     require_signed = tuple(section.get("require_signed", ()))
     if require_signed and not seen:
@@ -112,8 +121,9 @@ def _secret(
         name = entry["secret_env"]
         text = os.environ.get(name) or None
         if text is None:
+            shown = repr(name) if _ENV_NAME.fullmatch(name) else "(its name is not shown)"
             problems.append(
-                Problem((*where, source), f"environment variable {name!r} is unset or empty")
+                Problem((*where, source), f"environment variable {shown} is unset or empty")
             )
     else:
         text = _read_secret_file(entry["secret_file"], (*where, source), problems)
@@ -124,12 +134,22 @@ def _read_secret_file(
     path: str, where: tuple[str | int, ...], problems: list[Problem]
 ) -> str | None:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        problems.append(Problem(where, f"{path!r} is not UTF-8 text"))
-        return None
+        with Path(path).open("rb") as stream:
+            data = stream.read(MAX_SECRET_FILE_BYTES + 1)
     except OSError as exc:
         problems.append(Problem(where, f"cannot read {path!r}: {exc.strerror or exc}"))
+        return None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        problems.append(
+            Problem(
+                where, f"{path!r} is larger than {MAX_SECRET_FILE_BYTES} bytes: not a secret file?"
+            )
+        )
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        problems.append(Problem(where, f"{path!r} is not UTF-8 text"))
         return None
     text = text.removesuffix("\n").removesuffix("\r")
     if not text:
@@ -140,20 +160,75 @@ def _read_secret_file(
 
 _HIDDEN: Final = " (the value is not shown: it may hold a secret)"
 
+_NOT_GIVEN: Final = object()
 
-def hide_secret(problem: Problem) -> Problem:
+_SCHEMA_REASONS: Final = (
+    # The schema's reasons (dispatcher.schema.errors), each quoting the value, and what is
+    # said instead: what was expected, quoting the schema only.
+    (re.compile(r"(expected [a-z ]+), got .*", re.DOTALL), r"\1"),
+    (
+        re.compile(r"(must be (?:at least|more than|at most|less than) [^,]+), got .*", re.DOTALL),
+        r"\1",
+    ),
+    (re.compile(r".* is not (a valid .*)", re.DOTALL), r"must be \1"),
+    (re.compile(r".* is not (one of .*)", re.DOTALL), r"must be \1"),
+    (re.compile(r"(must be .*), got .*", re.DOTALL), r"\1"),
+    (re.compile(r".* does not match ('\^.*')", re.DOTALL), r"must match \1"),
+)
+
+_ENV_NAME: Final = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+"""An environment variable's name as they are written; anything else is not shown (a
+secret written as ``secret_env: <the secret>``)."""
+
+
+def hide_secret(problem: Problem, document: Any = _NOT_GIVEN) -> Problem:
     """Return *problem* with a reason that quotes nothing, when its value may hold a secret.
 
-    Schema errors quote the offending value; in ``security.keys`` that could be a secret.
-    The only errors the schema reports at these places are about type and size.
+    Schema errors quote the offending value; anywhere in ``security`` that could be a
+    secret (a key written without ``keys:``, a secret pasted into the wrong setting, a flow
+    mapping's ``{secret: a,b}`` making ``b`` a key). Such a problem says what was expected
+    and the JSON type of what was found (looked up in *document*, the config as
+    validated), never the value; an unknown key there is named only when it is a near miss
+    of a known one.
     """
     path = problem.path
-    if path[:2] != ("security", "keys"):
+    if path[:1] != ("security",):
         return problem
-    if len(path) == 2:
-        return Problem(path, "expected an array of at most 16 keys" + _HIDDEN)
-    if len(path) == 3:
-        return Problem(path, "expected an object with an id and a secret source" + _HIDDEN)
-    if path[3:] == ("secret",):
-        return Problem(path, "expected a non-empty string" + _HIDDEN)
-    return problem
+    if path[:2] == ("security", "keys"):
+        if len(path) == 2:
+            return Problem(path, "expected an array of at most 16 keys" + _HIDDEN)
+        if len(path) == 3:
+            return Problem(path, "expected an object with an id and a secret source" + _HIDDEN)
+        if path[3:] == ("secret",):
+            return Problem(path, "expected a non-empty string" + _HIDDEN)
+    reason = problem.reason
+    if reason == "is required" or reason.startswith("unknown key (did you mean"):
+        return problem
+    if reason.startswith("unknown key ("):
+        allowed = reason.removeprefix("unknown key (").removesuffix(")")
+        return Problem(
+            path[:-1],
+            f"has an unknown key ({allowed}; the key is not shown: it may hold a secret)",
+        )
+    if reason.endswith(", got null"):
+        return problem
+    expected = "does not match the schema"
+    for pattern, said in _SCHEMA_REASONS:
+        match = pattern.fullmatch(reason)
+        if match:
+            expected = match.expand(said)
+            break
+    value = _NOT_GIVEN if document is _NOT_GIVEN else _at(document, path[1:])
+    found = "" if value is _NOT_GIVEN else f", got {json_type_name(value)}"
+    return Problem(path, f"{expected}{found}{_HIDDEN}")
+
+
+def _at(document: Any, path: tuple[str | int, ...]) -> Any:
+    """The value at *path* in *document*, or ``_NOT_GIVEN`` when there is none."""
+    value = document
+    for item in path:
+        try:
+            value = value[item]
+        except (KeyError, IndexError, TypeError):
+            return _NOT_GIVEN
+    return value
