@@ -113,11 +113,13 @@ def _croniter_problem(expression: str, what: str) -> str | None:
 
 
 def _bounds_problem(fields: list[str]) -> str | None:
-    """A start, end or step outside its field's range, or a range going backwards.
+    """A start or end outside its field's range, or a step that is not a positive number.
 
-    croniter lets some through: it reads ``1-0`` as every day of the month, ``22-2`` as a
-    range wrapping around midnight and ``*/90`` as minute 0. Items it reads otherwise
-    (``L``, ``15W``, ``mon#2``) are left to it.
+    croniter lets a bound outside the field through (it reads the day of the month ``1-0``
+    as every day). A range going backwards wraps around (``22-2``: 22, 23, 0, 1 and 2;
+    ``sat-sun``), and a step past the field's end keeps the start only (``*/90``: minute
+    0), as croniter reads them and as configs written for earlier releases rely on. Items
+    it reads otherwise (``L``, ``15W``, ``mon#2``) are left to it.
     """
     if len(fields) not in CRON_FIELD_COUNTS:
         return None
@@ -142,12 +144,8 @@ def _item_problem(item: str, field: str, least: int, greatest: int) -> str | Non
         if value is not None and not least <= value <= greatest:
             where = "" if given == item else f" in {item!r}"
             return f"{given!r}{where} is out of range ({least}-{greatest})"
-    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
-        return f"the range {item!r} goes backwards ({start} is after {end})"
-    if step is not None:
-        size = step.isdigit() and int(step)
-        if not size or size > greatest:
-            return f"step {step!r} in {item!r} is out of range (1-{greatest})"
+    if step is not None and not (step.isdigit() and int(step)):
+        return f"step {step!r} in {item!r} is not a positive number"
     return None
 
 
