@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -101,15 +102,18 @@ def test_install_sql_refuses_a_schema_public_may_create_in_and_installs_once_rev
 
 
 @pytest.mark.parametrize("file", ["dispatcher_submit.sql", "dispatcher_enqueue.sql"])
-def test_psql_without_on_error_stop_creates_nothing_in_a_schema_public_may_create_in(
+def test_psql_as_the_docs_say_creates_nothing_in_a_schema_public_may_create_in(
     pg_dsn: str, open_schema: str, file: str
 ) -> None:
-    """The refusal comes first, and the file is one transaction: psql, which goes on after
-    an error unless told to stop, creates nothing (not functions without their search_path)."""
+    """The refusal comes first: psql run as the file's header says (one transaction,
+    stopping at the first error) creates nothing (not functions without their search_path)."""
     result = subprocess.run(
         [
             "psql",
             make_conninfo(pg_dsn, options=f"-csearch_path={open_schema}"),
+            "-1",
+            "-v",
+            "ON_ERROR_STOP=1",
             "-f",
             SCHEMAS / file,
         ],
@@ -142,3 +146,30 @@ def test_only_the_functions_meant_to_be_called_set_their_search_path(
         "dispatcher_unreadable_path": None,
         "dispatcher_unreadable_number": None,
     }
+
+
+@pytest.mark.parametrize("file", ["dispatcher_submit.sql", "dispatcher_enqueue.sql"])
+def test_the_file_runs_inside_a_transaction_of_the_caller(pg_dsn: str, file: str) -> None:
+    """As a framework's migration runs it (Django's RunSQL, Alembic): in the caller's
+    transaction, which it neither commits early nor breaks, so that a rollback undoes it."""
+    schema = unique_schema()
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        try:
+            with psycopg.connect(pg_dsn) as conn:
+                conn.execute(sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(schema)))
+                conn.execute((SCHEMAS / file).read_text(encoding="utf-8").encode())
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+                assert installed_in(conn, schema)  # seen inside the transaction
+                conn.rollback()
+            assert installed(pg_dsn, schema) == {}
+        finally:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def installed_in(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The functions in *schema*, as *conn* sees them."""
+    rows = conn.execute(
+        "SELECT proname FROM pg_proc WHERE pronamespace = %s::regnamespace", (schema,)
+    ).fetchall()
+    return [name for (name,) in rows]

@@ -42,9 +42,9 @@
 -- with a point is written as the double a service reads, in its shortest text and plain
 -- decimal (10.50 is 10.5, 1e-7 is 0.0000001, 1e16 is 10000000000000000; 1 and 1.0 differ).
 
--- All or nothing, also with psql -f without ON_ERROR_STOP: a failed statement aborts the
--- transaction, and the COMMIT at the end then rolls it back.
-BEGIN;
+-- No BEGIN/COMMIT of its own, so that it can run in a transaction of the caller's (a
+-- migration of an application's framework): run it with psql as `psql -1 -v ON_ERROR_STOP=1
+-- -f`, so that a refusal below changes nothing.
 
 -- An operator (||, =, ~ ...) of the install schema can match the functions' operands better
 -- than pg_catalog's, and would receive what they handle (the signing secret): refuse a
@@ -382,5 +382,3 @@ BEGIN
     END LOOP;
 END
 $search_path$;
-
-COMMIT;

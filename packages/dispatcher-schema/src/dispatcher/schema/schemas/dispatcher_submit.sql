@@ -29,9 +29,9 @@
 -- transaction only, e.g. SELECT set_config('dispatcher.signing_secret', $1, true): values set
 -- with ALTER ROLE or ALTER DATABASE can be read by every role (pg_roles, pg_db_role_setting).
 
--- All or nothing, also with psql -f without ON_ERROR_STOP: a failed statement aborts the
--- transaction, and the COMMIT at the end then rolls it back.
-BEGIN;
+-- No BEGIN/COMMIT of its own, so that it can run in a transaction of the caller's (a
+-- migration of an application's framework): run it with psql as `psql -1 -v ON_ERROR_STOP=1
+-- -f`, so that a refusal below changes nothing.
 
 -- An operator (||, =, ~ ...) of the install schema can match the functions' operands better
 -- than pg_catalog's, and would receive what they handle (the signing secret): refuse a
@@ -324,5 +324,3 @@ BEGIN
     END LOOP;
 END
 $search_path$;
-
-COMMIT;
