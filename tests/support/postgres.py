@@ -102,8 +102,13 @@ def own_database(dsn: str) -> Iterator[str]:
     except psycopg.Error:
         yield dsn  # no right to create databases: share the given one
         return
+    given = make_conninfo(dsn, dbname=name)
+    # As PostgreSQL 15 and later make it: on 13 and 14 every role may CREATE in public,
+    # where the SQL functions refuse to be installed.
+    with psycopg.connect(given, autocommit=True) as conn:
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     try:
-        yield make_conninfo(dsn, dbname=name)
+        yield given
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
