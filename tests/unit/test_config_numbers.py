@@ -4,6 +4,8 @@ too deep a nesting or too many values either (a dict built in Python)."""
 from __future__ import annotations
 
 import math
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -91,6 +93,20 @@ def test_no_numeric_setting_takes_a_nan_or_an_infinity(
     [problem] = caught.value.problems
     assert problem.startswith(f"{location}: ")
     assert "a finite number is expected" in problem
+
+
+@pytest.mark.parametrize(
+    "value", [Decimal("NaN"), Decimal("sNaN"), Decimal("5"), Fraction(1, 2)], ids=repr
+)
+def test_a_number_of_another_type_is_refused_naming_its_setting(value: object) -> None:
+    path = ("producers", "scheduled", "m.t", "schedule")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(document_with(path, value))
+    [problem] = caught.value.problems
+    kind = type(value).__name__
+    assert problem == (
+        f"{Problem(path, '').location}: a {kind}, not a number of JSON: give an int or a float"
+    )
 
 
 @settings(max_examples=examples(100), deadline=None)

@@ -120,6 +120,8 @@ def test_a_period_is_still_a_number_of_seconds() -> None:
         ("R 3 * * *", "hashed and random values (H, R) are not supported"),
         ("0 0 31 2 *", "no date matches it"),
         ("*/0 * * * *", "minute: step '0' in '*/0' is not a positive number"),
+        ("0 3-3 * * *", "hour: the range '3-3' has one value: write '3'"),
+        ("0 0 * * sun-sun", "day-of-week: the range 'sun-sun' has one value: write 'sun'"),
         ("every day", "2 fields"),
     ],
 )
@@ -170,6 +172,8 @@ def field_items(draw: st.DrawFn) -> tuple[int, str, str | None]:
     outside = [text for text, number in bounds if not least <= number <= greatest]
     if outside:
         problem = f"{name}: {outside[0]!r}"
+    elif shape == "range" and low == high:
+        problem = f"{name}: the range {item!r} has one value"
     elif step == 0:
         problem = f"{name}: step '0' in {item!r} is not a positive number"
     return index, item, problem

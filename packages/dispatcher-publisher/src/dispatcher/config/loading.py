@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import logging
 import math
+import numbers
 import os
 import re
 import warnings
@@ -376,6 +377,12 @@ def _unusable_values(data: Any) -> list[Problem]:
         elif isinstance(value, float) and not math.isfinite(value):
             what = "NaN (not a number)" if math.isnan(value) else f"{value} (infinite)"
             problems.append(Problem(path, f"{what}: a finite number is expected"))
+        elif isinstance(value, numbers.Number) and not isinstance(value, int | float):
+            # A Decimal, a Fraction, a numpy number: the schema's checks and the code that
+            # reads the setting take int and float only (a Decimal NaN raised from them).
+            kind = type(value).__name__
+            reason = f"a {kind}, not a number of JSON: give an int or a float"
+            problems.append(Problem(path, reason))
     return sorted(problems, key=lambda p: p.sort_key)
 
 

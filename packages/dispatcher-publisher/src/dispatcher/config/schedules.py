@@ -144,6 +144,9 @@ def _item_problem(item: str, field: str, least: int, greatest: int) -> str | Non
         if value is not None and not least <= value <= greatest:
             where = "" if given == item else f" in {item!r}"
             return f"{given!r}{where} is out of range ({least}-{greatest})"
+    if start is not None and end is not None and bounds[0] == bounds[1]:
+        # croniter reads a range of one value as the whole field (3-3 as every hour).
+        return f"the range {item!r} has one value: write {start!r}"
     if step is not None and not (step.isdigit() and int(step)):
         return f"step {step!r} in {item!r} is not a positive number"
     return None
