@@ -46,6 +46,13 @@ BEGIN
 END
 $trusted$;
 
+-- Run by a client that goes on after an error (psql without ON_ERROR_STOP), the refusal
+-- above would not stop the statements below: in a schema any role may create in, this
+-- one empties the session's search_path, so that every CREATE below fails ("no schema has
+-- been selected to create in") and nothing is installed there.
+SELECT CASE WHEN pg_catalog.has_schema_privilege('public', pg_catalog.current_schema(), 'CREATE')
+    THEN pg_catalog.set_config('search_path', '', false) END;
+
 -- Versions before this one returned uuid, and CREATE OR REPLACE cannot change a return type.
 DO $upgrade$
 BEGIN
