@@ -122,6 +122,9 @@ def test_a_period_is_still_a_number_of_seconds() -> None:
         ("*/0 * * * *", "minute: step '0' in '*/0' is not a positive number"),
         ("0 3-3 * * *", "hour: the range '3-3' has one value: write '3'"),
         ("0 0 * * sun-sun", "day-of-week: the range 'sun-sun' has one value: write 'sun'"),
+        ("0 0 * * 7-0", "day-of-week: the range '7-0' has one value: write '7'"),
+        ("0 0 * * ²", "not acceptable"),  # a digit int() does not read: croniter refuses it
+        ("*/² * * * *", "minute: step '²' in '*/²' is not a positive number"),
         ("every day", "2 fields"),
     ],
 )
@@ -172,7 +175,7 @@ def field_items(draw: st.DrawFn) -> tuple[int, str, str | None]:
     outside = [text for text, number in bounds if not least <= number <= greatest]
     if outside:
         problem = f"{name}: {outside[0]!r}"
-    elif shape == "range" and low == high:
+    elif shape == "range" and (low == high or (name == "day-of-week" and (low, high) == (7, 0))):
         problem = f"{name}: the range {item!r} has one value"
     elif step == 0:
         problem = f"{name}: step '0' in {item!r} is not a positive number"
@@ -506,6 +509,33 @@ async def test_a_plugin_written_before_former_ticks_is_offered_each_tick_once() 
             group.cancel_scope.cancel()
     first, second = (tick for _, tick, _ in sink.offered)
     assert second == first + 1  # each tick offered once: none refused, none retried
+
+
+class WrappedOlderPluginSink(OlderPluginSink):
+    """An older plug-in whose submit_tick is behind a wrapper that hides its signature."""
+
+    def __init__(self, wanted: int) -> None:
+        super().__init__(wanted)
+        older = super().submit_tick
+
+        async def wrapper(*args: Any, **kwargs: Any) -> bool:
+            return await older(*args, **kwargs)
+
+        self.submit_tick = wrapper  # type: ignore[method-assign]
+
+
+@pytest.mark.anyio
+async def test_an_older_plugin_behind_a_wrapper_is_called_without_former_once_it_says_so() -> None:
+    config = settings(schedule=1)
+    entry = config.producers.scheduled[TASK]
+    sink = WrappedOlderPluginSink(wanted=2)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_once_per_tick, sink, "q", TASK, entry, ScheduleBoard(config))
+            await sink.enough.wait()
+            group.cancel_scope.cancel()
+    first, second = (tick for _, tick, _ in sink.offered)
+    assert second == first + 1  # each tick stored: the TypeError cost no tick
 
 
 class FlakySink(RecordingSink):

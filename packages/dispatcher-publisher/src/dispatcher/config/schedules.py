@@ -144,10 +144,10 @@ def _item_problem(item: str, field: str, least: int, greatest: int) -> str | Non
         if value is not None and not least <= value <= greatest:
             where = "" if given == item else f" in {item!r}"
             return f"{given!r}{where} is out of range ({least}-{greatest})"
-    if start is not None and end is not None and bounds[0] == bounds[1]:
+    if start is not None and end is not None and _one_value(bounds[0], bounds[1], field):
         # croniter reads a range of one value as the whole field (3-3 as every hour).
         return f"the range {item!r} has one value: write {start!r}"
-    if step is not None and not (step.isdigit() and int(step)):
+    if step is not None and not (_digits(step) and int(step)):
         return f"step {step!r} in {item!r} is not a positive number"
     return None
 
@@ -156,9 +156,23 @@ def _value(text: str | None, field: str) -> int | None:
     """The number a field's value stands for (``7``, ``mon``); ``None`` for another text."""
     if text is None:
         return None
-    if text.isdigit():
+    if _digits(text):
         return int(text)
     return _NAMES.get(field, {}).get(text.lower())
+
+
+def _digits(text: str) -> bool:
+    """Whether *text* is ASCII digits (``'²'.isdigit()`` is true, ``int('²')`` fails)."""
+    return text.isascii() and text.isdigit()
+
+
+def _one_value(start: int | None, end: int | None, field: str) -> bool:
+    """Whether the range *start*-*end* holds one value (Sunday is 0 and 7: ``7-0`` too)."""
+    if start is None or end is None:
+        return False
+    if field == "day-of-week" and {start, end} == {0, 7}:
+        return start == 7  # 0-7 is the whole week; 7-0, from Sunday to Sunday, one day
+    return start == end
 
 
 HOST_ZONES: Final = frozenset({"localtime", "posixrules"})
