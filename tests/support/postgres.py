@@ -103,11 +103,12 @@ def own_database(dsn: str) -> Iterator[str]:
         yield dsn  # no right to create databases: share the given one
         return
     given = make_conninfo(dsn, dbname=name)
-    # As PostgreSQL 15 and later make it: on 13 and 14 every role may CREATE in public,
-    # where the SQL functions refuse to be installed.
-    with psycopg.connect(given, autocommit=True) as conn:
-        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     try:
+        # As PostgreSQL 15 and later make it: on 13 and 14 every role may CREATE in public,
+        # where the SQL functions refuse to be installed (a role that does not own public
+        # cannot revoke it: the tests that install them are then refused).
+        with psycopg.connect(given, autocommit=True) as conn:
+            conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         yield given
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:

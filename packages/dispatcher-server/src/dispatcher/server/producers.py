@@ -193,6 +193,12 @@ async def run_once_per_tick(
                     await sink.submit_tick(task, tick, queue, message, max_attempts(task), **extra)
                 return
             except Exception as exc:  # a producer must outlive any one submission
+                if isinstance(exc, TypeError) and extra and "former" in str(exc):
+                    # An older plug-in behind a wrapper that hid its signature.
+                    logger.warning("%r: its submit_tick takes no former: called without", sink)
+                    options.clear()
+                    extra = {}
+                    continue
                 reason = "no answer in time" if isinstance(exc, TimeoutError) else exc
                 failures.log(
                     "producers.scheduled[%r]: tick %d not stored yet: %s; retrying",
