@@ -238,7 +238,7 @@ class ConnectionProvider:
         running on it ends; those that got it but had not sent yet send on a new one.
         Connections of other event loops still running are theirs to close.
 
-        Never waits long for a lock, so that a signal handler may call it (sync code): the
+        Never waits long for a lock, so that a signal handler may call the sync twin: the
         thread it interrupted may hold one (sending on the connection, or taking it). The
         closing is then left to a daemon thread (a task, in async code), which closes it
         once the lock is let go of.
