@@ -554,8 +554,13 @@ def test_rundispatcher_names_the_missing_distribution(monkeypatch: pytest.Monkey
 def test_dispatcher_standalone_sets_django_up_in_workers_through_the_worker_module(
     demo_site: DemoSite, tmp_path: Path
 ) -> None:
-    """The worker module also serves dispatcher-standalone: Django set up by the fork server."""
+    """The worker module also serves dispatcher-standalone: Django set up by the fork server.
+
+    The service's config file, not ``settings.DISPATCHER`` (another channel here), is the
+    config in force in its workers: Django's start-up there does not replace it.
+    """
     channel, text = unique_channel("standalone"), unique("from-standalone")
+    assert channel != demo_site.channel
     settings = get_settings()
     config = {
         "version": 1,
@@ -572,7 +577,7 @@ def test_dispatcher_standalone_sets_django_up_in_workers_through_the_worker_modu
         process = subprocess.Popen(
             [sys.executable, "-m", "dispatcher.server", "--config", str(config_path)],
             cwd=PROJECT,
-            env=demo_site.env(channel),
+            env=demo_site.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -583,6 +588,13 @@ def test_dispatcher_standalone_sets_django_up_in_workers_through_the_worker_modu
         with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
         assert note(text).text == text
+        asked = {"task": "demo_notes.tasks.write_config_channels", "args": [text]}
+        with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(asked)))
+        from demo_notes.models import Note
+
+        written = wait_until(lambda: Note.objects.filter(text__startswith=f"{text} ").first(), 15)
+        assert written.text == f"{text} {channel}"  # not the channel of settings.DISPATCHER
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
     finally:
