@@ -270,6 +270,18 @@ def test_a_bad_settings_dispatcher_is_named(value: object, expected: str) -> Non
     assert get_settings().brokers.pg_notify is not None  # the config in force stays
 
 
+@pytest.mark.usefixtures("demo_site", "restore_config")
+def test_a_settings_dispatcher_without_version_is_told_only_that() -> None:
+    """Not that the conninfo, which DATABASES gives, is required."""
+    from dispatcher.contrib.django import DjangoSettingsError
+    from dispatcher.contrib.django.config import configure
+
+    value = {"brokers": {"pg_notify": {"channels": ["x"]}}, "tasks": {"modules": ["a.b"]}}
+    with override_settings(DISPATCHER=value), pytest.raises(DjangoSettingsError) as raised:
+        configure()
+    assert [p.split(":")[0] for p in raised.value.problems] == ["version"]
+
+
 def test_a_bad_key_stops_django_at_start_up(demo_site: DemoSite) -> None:
     result = subprocess.run(
         [sys.executable, "manage.py", "check"],
