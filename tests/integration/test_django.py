@@ -270,6 +270,18 @@ def test_a_bad_settings_dispatcher_is_named(value: object, expected: str) -> Non
     assert get_settings().brokers.pg_notify is not None  # the config in force stays
 
 
+@pytest.mark.usefixtures("demo_site", "restore_config")
+def test_a_settings_dispatcher_without_version_is_told_only_that() -> None:
+    """Not that the conninfo, which DATABASES gives, is required."""
+    from dispatcher.contrib.django import DjangoSettingsError
+    from dispatcher.contrib.django.config import configure
+
+    value = {"brokers": {"pg_notify": {"channels": ["x"]}}, "tasks": {"modules": ["a.b"]}}
+    with override_settings(DISPATCHER=value), pytest.raises(DjangoSettingsError) as raised:
+        configure()
+    assert [p.split(":")[0] for p in raised.value.problems] == ["version"]
+
+
 def test_a_bad_key_stops_django_at_start_up(demo_site: DemoSite) -> None:
     result = subprocess.run(
         [sys.executable, "manage.py", "check"],
@@ -554,8 +566,13 @@ def test_rundispatcher_names_the_missing_distribution(monkeypatch: pytest.Monkey
 def test_dispatcher_standalone_sets_django_up_in_workers_through_the_worker_module(
     demo_site: DemoSite, tmp_path: Path
 ) -> None:
-    """The worker module also serves dispatcher-standalone: Django set up by the fork server."""
+    """The worker module also serves dispatcher-standalone: Django set up by the fork server.
+
+    The service's config file, not ``settings.DISPATCHER`` (another channel here), is the
+    config in force in its workers: Django's start-up there does not replace it.
+    """
     channel, text = unique_channel("standalone"), unique("from-standalone")
+    assert channel != demo_site.channel
     settings = get_settings()
     config = {
         "version": 1,
@@ -572,7 +589,7 @@ def test_dispatcher_standalone_sets_django_up_in_workers_through_the_worker_modu
         process = subprocess.Popen(
             [sys.executable, "-m", "dispatcher.server", "--config", str(config_path)],
             cwd=PROJECT,
-            env=demo_site.env(channel),
+            env=demo_site.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -583,6 +600,13 @@ def test_dispatcher_standalone_sets_django_up_in_workers_through_the_worker_modu
         with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
         assert note(text).text == text
+        asked = {"task": "demo_notes.tasks.write_config_channels", "args": [text]}
+        with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(asked)))
+        from demo_notes.models import Note
+
+        written = wait_until(lambda: Note.objects.filter(text__startswith=f"{text} ").first(), 15)
+        assert written.text == f"{text} {channel}"  # not the channel of settings.DISPATCHER
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
     finally:

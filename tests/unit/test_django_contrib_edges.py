@@ -11,7 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 pytest.importorskip("django", reason="Django is not installed (a test dependency: django>=5.2)")
 
-from dispatcher.contrib.django.databases import database_conninfo
+from dispatcher.contrib.django.databases import database_conninfo, same_database
 
 
 def test_options_given_as_paths_reach_the_conninfo(tmp_path: Path) -> None:
@@ -78,3 +78,42 @@ def test_a_conninfo_that_databases_cannot_give_is_explained() -> None:
         "brokers.pg_notify.conninfo: is required (it is taken from DATABASES['default'] only "
         "when that is PostgreSQL, not 'django.db.backends.sqlite3')"
     )
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "port", "same"),
+    [
+        ("dbname=shop host=db.internal", "5432", True),
+        ("dbname=shop host=db.internal port=5432", "", True),
+        ("dbname=shop host=db.internal port=5432", 5432, True),
+        ("dbname=shop host=db.internal", "", True),
+        ("dbname=shop host=db.internal", "5433", False),
+        ("dbname=shop host=db.internal port=5433", "", False),
+        ("dbname=shop host=other port=5432", "5432", False),
+    ],
+)
+def test_a_port_left_out_is_the_default_port(
+    conninfo: str, port: object, same: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left out on one side and 5432 on the other: the same database (the transaction joins)."""
+    monkeypatch.delenv("PGPORT", raising=False)
+    monkeypatch.delenv("PGHOST", raising=False)
+    monkeypatch.delenv("PGDATABASE", raising=False)
+    entry = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "shop",
+        "HOST": "db.internal",
+        "PORT": port,
+    }
+    assert same_database(conninfo, entry) is same
+
+
+def test_values_left_out_are_those_of_the_libpq_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PGPORT", "6543")
+    monkeypatch.setenv("PGHOST", "db.internal")
+    monkeypatch.setenv("PGDATABASE", "shop")
+    entry = {"ENGINE": "django.db.backends.postgresql", "NAME": "", "PORT": "6543"}
+    assert same_database("host=db.internal dbname=shop", entry)
+    assert not same_database("host=db.internal dbname=shop port=5432", entry)

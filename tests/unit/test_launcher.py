@@ -8,11 +8,14 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import anyio
 import pytest
 
+from dispatcher.config import load_settings
 from dispatcher.server import launcher as launcher_module
+from dispatcher.server.forkserver import worker_options
 from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
 from dispatcher.server.worker import WorkerOptions
 
@@ -90,3 +93,40 @@ async def test_a_fork_server_that_stops_answering_is_replaced(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stopped, signal.SIGCONT)
         launcher.close()
+
+
+@pytest.mark.anyio
+async def test_a_fork_server_started_as_a_program_runs_on_the_service_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config the service runs on is the one in force where the task modules run.
+
+    Not the one the environment (or ``./dispatcher.yml``) names, nor none at all.
+    """
+    probe = tmp_path / "probe.json"
+    elsewhere = tmp_path / "elsewhere.yml"
+    elsewhere.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "brokers": {"pg_notify": {"conninfo": "dbname=elsewhere", "channels": ["no"]}},
+            }
+        )
+    )
+    monkeypatch.setenv("DISPATCHER_TEST_CONFIG_PROBE", str(probe))
+    monkeypatch.setenv("DISPATCHER_CONFIG_FILE", str(elsewhere))
+    config = {
+        "version": 1,
+        "brokers": {"pg_notify": {"conninfo": "dbname=probe", "channels": ["the_service_s"]}},
+        "tasks": {"modules": ["support.config_probe"]},
+    }
+    settings = load_settings(config, source="service.yml")
+    launcher = WorkerLauncher(worker_options(settings, logging.WARNING))
+    launcher.start()  # no fork server forked at start-up: it is started as a program
+    try:
+        worker = await launcher.launch(0)
+        assert (await first_event(worker))["event"] == "ready"
+        worker.close()
+    finally:
+        launcher.close()
+    assert json.loads(probe.read_text()) == {"source": "service.yml", "channels": ["the_service_s"]}

@@ -42,6 +42,7 @@ import socket
 import subprocess
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.heap import release_free_memory
@@ -231,7 +232,21 @@ def worker_options(settings: Settings, log_level: int) -> WorkerOptions:
         idle_timeout=settings.worker.idle_timeout,
         log_level=log_level,
         max_output_bytes=settings.worker.max_output_bytes,
+        config=_travelling(settings.data),
+        config_source=settings.source,
     )
+
+
+def _travelling(document: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """*document* as JSON gives it back (how it reaches a fork server started as a program).
+
+    ``None`` when JSON cannot hold it.
+    """
+    try:
+        travelled: Mapping[str, Any] = json.loads(json.dumps(document))
+    except (TypeError, ValueError):
+        return None
+    return travelled
 
 
 class ForkedServer:
@@ -362,9 +377,28 @@ def _preload_and_serve(control: socket.socket, options: dict[str, Any]) -> NoRet
     The service waits for the report before any broker listens. Serving goes on after a
     failure too: each worker then imports the modules again and reports its error.
     """
+    _install_service_config(options)
     report = import_report(options.get("modules", ()))
     _send(control, fitted({"event": "imported", **report}, MAX_MESSAGE))
     ForkServer(control, options).serve()
+
+
+def _install_service_config(options: Mapping[str, Any]) -> None:
+    """Make the service's config the one in force here, so in every worker, from now on.
+
+    Whatever the task modules do when imported (a framework's start-up, such as Django's,
+    may set up a config of its own where none is), ``get_settings()`` in a task answers with
+    the config the service runs on.
+    """
+    document = options.get("config")
+    if document is None:
+        return
+    from dispatcher.config import ConfigError, setup
+
+    try:
+        setup(config=document, source=options.get("config_source") or "config")
+    except ConfigError as exc:  # (it was valid in the service: not expected)
+        logger.warning("the service's config could not be installed in the fork server: %s", exc)
 
 
 def main() -> NoReturn:

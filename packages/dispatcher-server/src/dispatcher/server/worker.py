@@ -111,6 +111,12 @@ class WorkerOptions:
     log_level: int
     max_output_bytes: int = 65536
     """Bytes of each task's output kept for the log (``worker.max_output_bytes``)."""
+    config: Mapping[str, Any] | None = None
+    """The service's config document, installed as the config in force in the fork server
+    (so in every worker) before the task modules are imported; ``None`` when it cannot
+    travel as JSON (the fork server then keeps what it inherited)."""
+    config_source: str = "config"
+    """Where :attr:`config` came from, as the service's config names it."""
 
 
 def worker_main(sock: socket.socket, options: WorkerOptions) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 
+from dispatcher.config import is_setup
 from dispatcher.contrib.django.config import configure
 
 
@@ -15,5 +16,12 @@ class DispatcherConfig(AppConfig):
     verbose_name = "dispatcher"
 
     def ready(self) -> None:
-        """Install the dispatcher config of ``settings.DISPATCHER`` (see :mod:`.config`)."""
-        configure()
+        """Install the dispatcher config of ``settings.DISPATCHER`` (see :mod:`.config`).
+
+        Unless a config is in force already: one set up before Django, such as the config
+        of the service whose fork server or worker this process is (``dispatcher-standalone
+        --config FILE`` with ``dispatcher.contrib.django.worker`` among its task modules),
+        stays.
+        """
+        if not is_setup():
+            configure()

@@ -19,6 +19,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 
 from dispatcher.config import ConfigError, Settings, setup
+from dispatcher.config.dispatcherd_layout import is_dispatcherd
+from dispatcher.config.legacy import is_unversioned
 from dispatcher.config.loading import read_yaml
 from dispatcher.contrib.django.databases import database_conninfo, is_postgresql
 
@@ -94,11 +96,12 @@ def _read(value: object) -> tuple[Mapping[str, Any], str]:
 def with_database_conninfo(document: Mapping[str, Any]) -> Mapping[str, Any]:
     """*document* with the conninfo of ``DATABASES["default"]`` where a broker needs one.
 
-    Only for the version 1 layout, and only for a PostgreSQL database; otherwise (and when
+    Only for the version 1 layout (or a document in its shape that lacks ``version``: the
+    loader then reports that alone), and only for a PostgreSQL database; otherwise (and when
     every broker has its conninfo) *document* is returned as it is.
     """
     brokers = document.get("brokers")
-    if document.get("version") != 1 or not isinstance(brokers, Mapping):
+    if not _version_1_shaped(document) or not isinstance(brokers, Mapping):
         return document
     pg_notify, pg_queue = brokers.get("pg_notify"), brokers.get("pg_queue")
     lacking = []
@@ -112,3 +115,10 @@ def with_database_conninfo(document: Mapping[str, Any]) -> Mapping[str, Any]:
         return document
     filled = {name: {**brokers[name], "conninfo": conninfo} for name in lacking}
     return {**document, "brokers": {**brokers, **filled}}
+
+
+def _version_1_shaped(document: Mapping[str, Any]) -> bool:
+    """Tell whether *document* is in the version 1 layout, ``version`` aside."""
+    if "version" in document:
+        return document["version"] == 1 and type(document["version"]) is int
+    return not is_unversioned(document) and not is_dispatcherd(document)

@@ -66,16 +66,26 @@ def database_conninfo(database: Mapping[str, Any]) -> str | None:
     return make_conninfo(**params)
 
 
+DEFAULT_PORT: Final = "5432"
+"""The port libpq connects to when neither the conninfo nor ``$PGPORT`` names one."""
+
+
 def _target(params: Mapping[str, Any]) -> tuple[str, str, str]:
-    host = params.get("host") or params.get("hostaddr") or ""
-    return str(host), str(params.get("port") or ""), str(params.get("dbname") or "")
+    # What libpq would use where a value is left out, when that is known without a guess:
+    # $PGHOST/$PGPORT/$PGDATABASE, and port 5432 (the socket directory depends on the build).
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or ""
+    port = params.get("port") or os.environ.get("PGPORT") or DEFAULT_PORT
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or ""
+    return str(host), str(port).strip(), str(dbname)
 
 
 def same_database(conninfo: str, database: Mapping[str, Any]) -> bool:
     """Tell whether *conninfo* names the database of the ``DATABASES`` entry *database*.
 
-    Both must say the same host, port and database name, as written (an unset value
-    matches only an unset value): ``localhost`` and ``127.0.0.1`` count as different.
+    Both must say the same host, port and database name, as written, where a value left
+    out is the one libpq would use when that is known without connecting: ``$PGHOST``,
+    ``$PGPORT`` (else 5432) and ``$PGDATABASE``; otherwise an unset host or name matches
+    only an unset one. ``localhost`` and ``127.0.0.1`` count as different.
     """
     own = database_conninfo(database)
     if own is None:
