@@ -812,6 +812,49 @@ def test_a_stored_control_message_ends_failed_when_its_reply_is_an_error(
     assert "invalid control_data for set_log_level" in rows[2]["last_error"]
 
 
+def test_a_control_row_must_be_signed_where_control_messages_must_be(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # INSERT on the jobs table lets a role submit tasks, not run control commands, once
+    # require_signed lists control: a hand-written control:run row is refused and runs nothing.
+    key = {"id": "k1", "secret": "a-long-random-secret"}
+    config["security"] = {"keys": [key], "require_signed": ["control"]}
+    config["producers"] = {"control": {}}
+    start_service(config)
+
+    def run(label: str) -> dict[str, Any]:
+        task = {"task": TASKS + "record", "args": [str(evidence.path), label]}
+        return {"control": "run", "control_data": task}
+
+    signed = sign(json.dumps(run("signed")), key["id"], key["secret"].encode(), time.time())
+    [unsigned_uuid, signed_uuid] = enqueue(pg_conn, schema, channel, [run("unsigned"), signed])
+    # The same signed row again (a role that may read the table and insert copies it).
+    [copy_uuid] = enqueue(pg_conn, schema, channel, [signed])
+    uuids = [unsigned_uuid, signed_uuid, copy_uuid]
+    rows = wait_for_states(pg_conn, schema, uuids, {"done", "failed"})
+    assert [(row["state"], row["outcome"]) for row in rows] == [
+        ("failed", "rejected"),
+        ("done", "ok"),
+        ("failed", "rejected"),
+    ]
+    assert rows[0]["last_error"] == (
+        "unsigned control message over pg_queue: this service requires control messages to "
+        "be signed (security.require_signed), stored as rows too: INSERT on the jobs table "
+        "does not grant control commands"
+    )
+    assert rows[2]["last_error"].startswith("replayed message: signature ")
+    assert [r["args"] for r in evidence.wait_for(1)] == [["signed"]]
+    # Task rows still need no signature: the table's INSERT privilege guards them.
+    [task_uuid] = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, "t")])
+    wait_for_states(pg_conn, schema, [task_uuid], {"done"})
+    assert [r["args"] for r in evidence.records()] == [["signed"], ["t"]]
+
+
 def test_large_messages_are_claimed_a_few_megabytes_at_a_time_and_all_run(
     start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str
 ) -> None:

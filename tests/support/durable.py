@@ -81,7 +81,7 @@ def enqueue(
     rows = []
     for message in messages:
         text = message if isinstance(message, str) else json.dumps(message)
-        fields = message if isinstance(message, dict) else {}
+        fields = message if isinstance(message, dict) else _signed_body(text)
         uuid = str(fields.get("uuid") or new_uuid())
         mode = fields.get("on_duplicate")
         tracked = mode in TRACKED
@@ -99,6 +99,17 @@ def enqueue(
         cursor.executemany(statement, rows)
         cursor.execute("SELECT pg_notify(%s, %s)", (QUEUE_WAKEUP_CHANNEL, queue))
     return [row[0] for row in rows]
+
+
+def _signed_body(text: str) -> dict[str, Any]:
+    """The message a signed envelope's *text* holds (its row takes that message's columns),
+    else nothing."""
+    try:
+        envelope = json.loads(text)
+        body = json.loads(envelope["body"]) if isinstance(envelope, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def jobs(conn: Conn, schema: str, uuids: Iterable[str] | None = None) -> list[dict[str, Any]]:

@@ -202,6 +202,32 @@ def test_a_stored_row_is_opened_at_every_delivery_and_its_envelope_not_again_by_
     assert opener.summary()["remembered"] == 1
 
 
+def test_a_stored_control_row_is_checked_as_a_notify_message_is() -> None:
+    """INSERT on the jobs table does not grant control: a control row must be signed where
+    control messages must be, within max_age and once."""
+    control = '{"control":"cancel","control_data":{"all":true}}'
+    row = Origin("pg_queue", receipt="1", authenticated=True)
+    opener = check("task", "control")
+    with pytest.raises(Rejected) as caught:
+        opener.open(control, envelope(control), row, decode)
+    assert (caught.value.reason, caught.value.control) == ("unsigned", envelope(control))
+    assert str(caught.value) == (
+        "unsigned control message over pg_queue: this service requires control messages to "
+        "be signed (security.require_signed), stored as rows too: INSERT on the jobs table "
+        "does not grant control commands"
+    )
+    assert opener.open(TASK, envelope(TASK), row, decode) == (TASK, envelope(TASK))
+    text = sign(control, "k1", KEYS["k1"], NOW)
+    assert opener.open(text, envelope(text), row, decode) == (control, envelope(control))
+    for copy, reason in (
+        (text, "replayed"),
+        (sign(control, "k1", KEYS["k1"], NOW - 301), "stale_signature"),
+    ):
+        with pytest.raises(Rejected) as caught:
+            opener.open(copy, envelope(copy), row, decode)
+        assert (caught.value.reason, caught.value.control) == (reason, envelope(control))
+
+
 def test_a_refused_signed_control_message_is_answered_when_its_body_can_be_read() -> None:
     body = '{"control":"cancel","reply_to":"r1","control_data":{"all":true}}'
     forged = envelope(sign(body, "k1", b"guessed secret", NOW))

@@ -52,10 +52,12 @@ class Origin:
     holding it for its delay again nor passing it through its own duplicate gate."""
     authenticated: bool = False
     """The broker's own access control vouches for who sent it (pg_queue: only roles with
-    INSERT on the jobs table can add a row), so ``security.require_signed`` does not apply.
-    Signed envelopes are still verified when they come this way; a durable delivery (with a
-    :attr:`receipt`) of one is not checked for its age or replay, as its retries and a late
-    first run would fail them."""
+    INSERT on the jobs table can add a row), so ``security.require_signed: [task]`` does not
+    apply to its task messages. Its control messages are not vouched for: they must be signed
+    where ``require_signed`` lists ``control``, and are checked for their age and replay as a
+    NOTIFY message is. Signed task messages are still verified when they come this way; a
+    durable delivery (with a :attr:`receipt`) of one is not checked for its age or replay, as
+    its retries and a late first run would fail them."""
     stored_as: StoredRow | None = None
     """The columns a durable broker stored the message under (pg_queue: the row's, which
     listings and cancels go by, and which apply its delay and on_duplicate): the message

@@ -4,6 +4,11 @@ The intake hands every message (after chunk reassembly, before routing) to
 :meth:`SignatureCheck.open`. A signed envelope is verified (``security.keys``,
 ``security.max_age``) and replaced by its body; an unsigned message passes unless its kind
 is listed in ``security.require_signed``. Messages made inside the service need no signature.
+
+A durable broker's rows (``Origin.authenticated``) are guarded by the table's privileges:
+an unsigned task row passes, and a signed one is not checked for its age or replay (its
+retries would fail them). A control row is not: it must be signed where control messages
+must be, and its signature is checked as a NOTIFY message's is.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ MAX_REMEMBERED_SIGNATURES: Final = 100_000
 
 Decode = Callable[[str], dict[str, Any]]
 """The intake's decoder: JSON text to an object, raising :class:`Rejected`."""
+
+
+_ROWS_TOO: Final = ", stored as rows too: INSERT on the jobs table does not grant control commands"
+"""Why an unsigned control row is refused where unsigned task rows are not."""
 
 
 class ReplayGuard:
@@ -78,13 +87,14 @@ class SignatureCheck:
         """
         if SIGNED_KEY in message:
             return self._open_signed(message, decode, stored=_stored_row(origin))
-        if self._required and origin.broker is not None and not origin.authenticated:
+        if self._required and origin.broker is not None:
             kind = "control" if "control" in message else "task"
-            if kind in self._required:
+            if kind in self._required and not (origin.authenticated and kind == "task"):
+                rows = _ROWS_TOO if origin.authenticated else ""
                 raise Rejected(
                     "unsigned",
                     f"unsigned {kind} message over {origin.broker}: this service requires "
-                    f"{kind} messages to be signed (security.require_signed)",
+                    f"{kind} messages to be signed (security.require_signed){rows}",
                     message.get("uuid"),
                     control=message if kind == "control" else None,
                 )
@@ -93,10 +103,12 @@ class SignatureCheck:
     def _open_signed(
         self, envelope: dict[str, Any], decode: Decode, stored: bool
     ) -> tuple[str, dict[str, Any]]:
-        """The verified body of *envelope*; of a *stored* row, of any age and seen or not.
+        """The verified body of *envelope*; of a *stored* task row, of any age and seen or not.
 
         A stored row within *max_age* is still remembered, so that the same envelope sent
-        again by NOTIFY (read from the table) is refused as a replay.
+        again by NOTIFY (read from the table) is refused as a replay. A stored control
+        command is checked as one sent by NOTIFY: it acts once, now, and a signed command
+        read off a channel must not be stored to run later, or again.
         """
         now = self._clock()
         max_age = self._security.max_age
@@ -104,10 +116,7 @@ class SignatureCheck:
             verified = verify(envelope, self._secrets, now, math.inf if stored else max_age)
         except SignatureError as exc:
             raise Rejected(exc.reason, str(exc), control=_control_in(envelope, decode)) from None
-        if stored:
-            if now - verified.signed_at <= max_age:
-                self.replays.first_time(verified.signature, verified.signed_at, now)
-        elif not self.replays.first_time(verified.signature, verified.signed_at, now):
+        if not stored and not self.replays.first_time(verified.signature, verified.signed_at, now):
             raise Rejected(
                 "replayed",
                 f"replayed message: signature {verified.signature[:16]}... was already received",
@@ -120,6 +129,10 @@ class SignatureCheck:
                 "the body of a signed envelope must be a task or control message, "
                 "not another envelope",
             )
+        if stored and "control" in body:
+            return self._open_signed(envelope, decode, stored=False)
+        if stored and now - verified.signed_at <= max_age:
+            self.replays.first_time(verified.signature, verified.signed_at, now)
         return verified.body, body
 
     def summary(self) -> dict[str, Any]:
