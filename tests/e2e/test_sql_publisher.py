@@ -58,7 +58,9 @@ def start_with_sql_publisher(
         env={**os.environ, **options.get("env", {})},
     )
     assert installed.returncode == 0, installed.stderr
-    assert installed.stdout.startswith("installed dispatcher_submit() in PostgreSQL at ")
+    assert installed.stdout.startswith(
+        'installed dispatcher_submit() in schema "public" of PostgreSQL at '
+    )
     return service
 
 

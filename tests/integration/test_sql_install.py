@@ -96,6 +96,12 @@ def test_install_sql_refuses_a_schema_public_may_create_in_and_installs_once_rev
         )
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=os.environ)
     assert done.returncode == 0, done.stderr
+    # Each line says where: the first schema of the search_path, which callers must name.
+    lines = done.stdout.splitlines()
+    assert [line.split(" of PostgreSQL at ")[0] for line in lines] == [
+        f'installed {function}() in schema "{open_schema}"'
+        for function in ("dispatcher_submit", "dispatcher_enqueue")
+    ]
     functions = installed(pg_dsn, open_schema)
     assert set(functions) == ALL_FUNCTIONS
     assert f"search_path=pg_catalog, {open_schema}, pg_temp" in str(functions["dispatcher_submit"])

@@ -176,7 +176,7 @@ class ServiceProcess:
         """Wait until the workers report their tasks and the listener listens."""
         self.wait_for_log(r"registered tasks", timeout)
         if self.config.get("brokers", {}).get("pg_notify"):
-            self.wait_for_log(r"listening on channels", timeout)
+            self.wait_for_log(r"listening on (channels|no channel)", timeout)
         return self
 
     def signal(self, number: int) -> None:

@@ -33,6 +33,7 @@ from dispatcher.server.ctl_render import (
     DISPATCHERD_NOT_FOUND,
     add_elapsed,
     control_channel,
+    control_failure,
     no_service_found,
     render,
     shown,
@@ -527,7 +528,7 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
     except PublishError as exc:
         if waiting is not None:
             print(shown(waiting), file=waiting_to)
-        print(f"dispatcherctl: {shown(exc)}", file=sys.stderr)
+        print(f"dispatcherctl: {control_failure(settings, exc)}", file=sys.stderr)
         return EXIT_MISSING if isinstance(exc, BrokerUnavailable) else EXIT_USAGE
     hint = _waiting_of_task_hint(settings, options)  # after the cancel: it waits for nothing
     if hint is not None:
@@ -660,11 +661,14 @@ def install_sql(settings: Settings) -> int:
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 conn.execute(text.encode())
+                # Where the file created it: the first schema of the session's search_path.
+                row = conn.execute(b"SELECT pg_catalog.current_schema()").fetchone()
         except psycopg.Error as exc:
             failure = broker_unavailable(conninfo, exc, f"install {function} in")
             print(f"dispatcherctl: {shown(failure)}", file=sys.stderr)
             return EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_MISSING
-        print(f"installed {function} in {describe_server(conninfo)}")
+        schema = f'"{shown(row[0])}"' if row is not None and row[0] is not None else "?"
+        print(f"installed {function} in schema {schema} of {describe_server(conninfo)}")
     return EXIT_OK
 
 

@@ -31,6 +31,25 @@ ORDER BY a.xact_start LIMIT 3
 """
 """Up to three sessions holding a lock on the jobs table, oldest transaction first."""
 
+_RIGHTS: Final = """
+SELECT current_user, current_database(), n.oid IS NOT NULL,
+       pg_catalog.has_database_privilege(current_database(), 'CREATE'),
+       n.oid IS NOT NULL AND pg_catalog.has_schema_privilege(n.oid, 'USAGE'),
+       n.oid IS NOT NULL AND pg_catalog.has_schema_privilege(n.oid, 'CREATE'),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c
+               WHERE c.relnamespace = n.oid AND c.relname = 'jobs'),
+       ARRAY(SELECT c.relname::text FROM pg_catalog.pg_class AS c
+             WHERE c.relnamespace = n.oid AND c.relname IN ('jobs', 'migrations', 'schedule_ticks')
+               AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')
+             ORDER BY c.relname)
+FROM (SELECT 1) AS one
+LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = %s
+"""
+"""What creating or upgrading the tables needs, as the role has it: its name, the database's,
+whether the schema exists, the role's CREATE on the database, USAGE and CREATE on the
+schema, whether the jobs table exists, and the queue's tables it does not own (a migration
+may alter them)."""
+
 EXIT_OK: Final = 0
 EXIT_UNREACHABLE: Final = 1
 EXIT_USAGE: Final = 2
@@ -45,7 +64,9 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
 
     Returns the exit status: 0 when done (or nothing to do), 1 when the database cannot be
     reached or a lock was not had in time (nothing changed), 2 when the config has no
-    ``brokers.pg_queue`` or the tables are newer than this version.
+    ``brokers.pg_queue``, the tables are newer than this version, or the database refused
+    (a privilege the role lacks is named, with the statement that grants it). Tables at the
+    latest version need no privilege but reading their version.
     """
     section = settings.brokers.pg_queue
     if section is None:
@@ -63,6 +84,12 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
             except psycopg.errors.LockNotAvailable:
                 print(f"dispatcherctl: {_locked(conn, schema, lock_wait)}", file=sys.stderr)
                 return EXIT_UNREACHABLE
+            except psycopg.errors.InsufficientPrivilege:
+                lacking = _lacking(conn, schema)
+                if lacking is None:
+                    raise
+                print(f"dispatcherctl: {lacking}", file=sys.stderr)
+                return EXIT_USAGE
     except MigrationError as exc:
         print(f"dispatcherctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -76,6 +103,49 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
     else:
         print(f"{where} are at version {done.current}: nothing to do")
     return EXIT_OK
+
+
+def _lacking(conn: psycopg.Connection[Any], schema: str) -> str | None:
+    """Which privilege the role lacks to create or upgrade the tables, and how to mend it.
+
+    ``None`` when none of those it reads is lacking (or they cannot be read).
+    """
+    try:
+        row = conn.execute(_RIGHTS, (schema,)).fetchone()
+    except psycopg.Error:
+        return None
+    if row is None:
+        return None
+    user, database, has_schema, create_database, usage, create, has_jobs, not_owned = row
+    role, name = quoted(user), quoted(schema)
+    if not has_schema:
+        if create_database:
+            return None
+        base = quoted(database)
+        return (
+            f'cannot create the pg_queue tables in schema "{schema}": the role {role} lacks '
+            f"CREATE on database {base} (creating schema {name}): GRANT CREATE ON DATABASE "
+            f"{base} TO {role}, or have the schema made for it: CREATE SCHEMA {name} "
+            f"AUTHORIZATION {role}"
+        )
+    doing = "upgrade" if has_jobs else "create"
+    if not (usage and create):
+        if not usage:
+            doing = "migrate"
+        lacks = ", ".join(p for p, has in (("USAGE", usage), ("CREATE", create)) if not has)
+        return (
+            f'cannot {doing} the pg_queue tables in schema "{schema}": the role {role} lacks '
+            f"{lacks} on schema {name}: GRANT {lacks} ON SCHEMA {name} TO {role} (or run "
+            "dispatcherctl migrate as the schema's owner)"
+        )
+    if not_owned:
+        tables = ", ".join(f"{name}.{table}" for table in not_owned)
+        return (
+            f'cannot {doing} the pg_queue tables in schema "{schema}": the role {role} does '
+            f"not own {tables}, which a migration alters: run dispatcherctl migrate as their "
+            "owner"
+        )
+    return None
 
 
 def _locked(conn: psycopg.Connection[Any], schema: str, waited: float) -> str:

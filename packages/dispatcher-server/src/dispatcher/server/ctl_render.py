@@ -82,6 +82,26 @@ def control_channel(settings: Settings) -> str | None:
     return broker.default_queue if broker.name == "pg_notify" else None
 
 
+def control_failure(settings: Settings, exc: PublishError) -> str:
+    """What to say when a control command could not be sent: *exc*, shown.
+
+    Unless control commands go through pg_notify and it has no channel to send them on:
+    then what to set in the config (the SDK's error also offers ``queue=...``, which the
+    command line has no option for).
+    """
+    try:
+        broker = control_broker(settings)
+    except PublishError:
+        return shown(exc)
+    if broker.name != "pg_notify" or broker.default_queue is not None:
+        return shown(exc)
+    return (
+        "cannot send control commands: no channel; set brokers.pg_notify."
+        f"default_publish_channel in {shown(settings.source)} to a channel the services "
+        "listen on (one of their brokers.pg_notify.channels)"
+    )
+
+
 def no_service_found(channel: str | None) -> str:
     """What to say when no service was found to wait for (on *channel*, when known)."""
     listening = f" listening on channel {shown(channel)}" if channel else ""

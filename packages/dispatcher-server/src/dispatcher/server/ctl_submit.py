@@ -62,7 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what to do when an identical task is queued or running",
     )
     parser.add_argument(
-        "--max-attempts", type=count, metavar="N", help="durable queues: times the job may start"
+        "--max-attempts",
+        type=count,
+        metavar="N",
+        help="durable queues: times the job may start (default: the queue's "
+        "brokers.pg_queue.max_attempts is stored, and the services apply the task's "
+        "@task(max_attempts=...) instead; a value other than the queue's wins)",
     )
 
 

@@ -23,7 +23,7 @@ from dispatcher.config import Settings
 from dispatcher.control import ControlResult, acontrol_with_reply
 from dispatcher.publish import BrokerUnavailable, PublishError, describe_server
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler, sampling_connection
-from dispatcher.server.ctl_render import control_channel, no_service_found, shown
+from dispatcher.server.ctl_render import control_channel, control_failure, no_service_found, shown
 from dispatcher.server.ctl_top_text import Poll
 from dispatcher.server.logsafe import first_line
 from dispatcher.server.stats import QueueDepth
@@ -41,6 +41,7 @@ class Collector:
     def __init__(self, settings: Settings, expected_replies: int | None, timeout: float) -> None:
         self._expected_replies = expected_replies
         self._timeout = timeout
+        self._settings = settings
         self._channel = control_channel(settings)
         durable = settings.brokers.pg_queue
         self._sampler = (
@@ -81,7 +82,7 @@ class Collector:
         notes = [] if depth_note is None else [depth_note]
         at, wall = time.monotonic(), time.time()
         if isinstance(result, PublishError):
-            notes.insert(0, f"cannot ask the services: {shown(result)}")
+            notes.insert(0, f"cannot ask the services: {control_failure(self._settings, result)}")
             status = 1 if isinstance(result, BrokerUnavailable) else 2
             return Poll(at, wall, depths=depths, notes=notes, status=status)
         told_how_many = self._expected_replies is not None  # then none is fine too

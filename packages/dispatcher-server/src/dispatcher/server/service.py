@@ -99,12 +99,18 @@ class Service:
         # Brokers: the configured built-ins and plug-ins, from the registry; run() starts each.
         self.capacity = CapacityGauge(self._free_capacity)
         """Free capacity, for brokers that pull work."""
-        context = BrokerContext(self.node_id, settings, self.stats, self.capacity)
+        catalogue = TaskCatalogue()
+        context = BrokerContext(
+            self.node_id,
+            settings,
+            self.stats,
+            self.capacity,
+            declared_attempts=lambda: catalogue.max_attempts,
+        )
         self.brokers = create_brokers(context)
         self.replies = ReplyRouter(self.brokers)
         self.settlements = Settlements(self.brokers)
         timers = Timers()
-        catalogue = TaskCatalogue()
         catalogue.on_known(self._check_producers)
         self.scheduler = Scheduler(
             settings.service.limits,

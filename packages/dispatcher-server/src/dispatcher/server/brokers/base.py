@@ -227,6 +227,10 @@ class BrokerContext:
     ``stats.rejected[reason] += 1``."""
     capacity: Capacity
     """Free capacity, for brokers that pull work (see :class:`Capacity`)."""
+    declared_attempts: Callable[[], Mapping[str, int]] = lambda: {}
+    """The ``max_attempts`` the registered tasks declare (``@task(max_attempts=...)``), by
+    task name, as of now: empty until the first worker says which tasks are registered, and
+    changed by a reload. A durable broker applies them to jobs stored with its default."""
 
     @property
     def application_name(self) -> str:

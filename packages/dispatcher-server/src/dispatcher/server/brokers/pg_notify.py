@@ -124,9 +124,15 @@ class PgNotifyBroker(BrokerBase):
                     await self._listen(conn)
                     connected_at = time.monotonic()
                     self._stats.listener_connects += 1
-                    if self._stats.listener_connects == 1:
+                    if self._stats.listener_connects == 1 and self.channels:
                         channels = ", ".join(self.channels)
                         logger.info("listening on channels %s (%s)", channels, where)
+                    elif self._stats.listener_connects == 1:
+                        logger.info(
+                            "listening on no channel (%s): brokers.pg_notify.channels is "
+                            "empty, so no task nor control command comes this way",
+                            where,
+                        )
                     else:
                         logger.info("reconnected to %s; listening again", where)
                     await self._serve(conn, drain)

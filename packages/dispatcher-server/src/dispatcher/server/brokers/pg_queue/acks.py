@@ -22,6 +22,7 @@ import psycopg
 from dispatcher.server.brokers.base import Settled
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
 from dispatcher.server.logsafe import counted, first_line, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
@@ -53,8 +54,10 @@ class Acknowledger:
         stats: ServiceStats,
         on_retry: Callable[[float], None] = lambda delay: None,
         on_twin_free: Callable[[], None] = lambda: None,
+        limits: DeclaredAttempts | None = None,
     ) -> None:
         self._db = db
+        self._limits = limits
         self._statement = statement
         self._leases = leases
         self._policy = policy
@@ -145,11 +148,12 @@ class Acknowledger:
         logger.error("could not record the outcome of job %d; its lease will run out", ack.id)
         return None
 
-    def _params(self, batch: Sequence[Ack]) -> dict[str, str]:
-        """The statement's parameter for *batch*, each row fenced by the claim it settles.
+    def _params(self, batch: Sequence[Ack]) -> dict[str, object]:
+        """The statement's parameters for *batch*, each row fenced by the claim it settles.
 
         The claim's own numbers, from its receipt: a row claimed again since (by any
-        service, this one included) has another claim number and is left as it is.
+        service, this one included) has another claim number and is left as it is. The
+        limits the tasks declare go with a batch that retries (see :mod:`.limits`).
         """
         rows = [
             {
@@ -164,7 +168,9 @@ class Acknowledger:
             }
             for ack in batch
         ]
-        return {"acks": _ENCODE(rows)}
+        retries = self._limits is not None and any(ack.kind == "retry" for ack in batch)
+        limits = self._limits.params() if retries and self._limits is not None else NO_LIMITS
+        return {"acks": _ENCODE(rows), **limits}
 
     def _count(self, rows: Rows) -> None:
         """Count the retries and failures among the rows written, and log each attempt's fate.

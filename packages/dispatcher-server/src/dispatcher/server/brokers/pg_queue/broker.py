@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
@@ -38,18 +38,20 @@ from dispatcher.server.brokers.base import (
     Deliver,
     Settled,
 )
+from dispatcher.server.brokers.pg_queue import privileges
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
+from dispatcher.server.brokers.pg_queue.checks import check_tables
 from dispatcher.server.brokers.pg_queue.claims import Claimer, ClaimOptions
 from dispatcher.server.brokers.pg_queue.database import FAILURES, Connection, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.limits import DeclaredAttempts, no_declared_limits
 from dispatcher.server.brokers.pg_queue.migrations import (
     ASK,
-    latest_version,
     problem,
-    read_version,
     version_queries,
 )
 from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy
+from dispatcher.server.brokers.pg_queue.privileges import SCHEDULE, SETTLE, PrivilegeRefused
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
@@ -81,6 +83,7 @@ class PgQueueBroker(BrokerBase):
         listen_name: str,
         work_name: str,
         config_file: str | None,
+        declared_attempts: Callable[[], Mapping[str, int]] = no_declared_limits,
     ) -> None:
         super().__init__("pg_queue")
         self.settings = settings
@@ -103,6 +106,7 @@ class PgQueueBroker(BrokerBase):
             settings.retry_backoff, settings.retry_backoff_max, settings.retry_jitter
         )
         self._wakeup = wakeup = Wakeup()
+        limits = DeclaredAttempts(declared_attempts, settings.max_attempts)
         self._acks = acks = Acknowledger(
             db,
             statements.acknowledge,
@@ -112,6 +116,7 @@ class PgQueueBroker(BrokerBase):
             stats,
             on_retry=wakeup.after,
             on_twin_free=wakeup.set,
+            limits=limits,
         )
         options = ClaimOptions(
             settings.queues,
@@ -122,7 +127,15 @@ class PgQueueBroker(BrokerBase):
             settings.prefetch,
         )
         self._claimer = Claimer(
-            self._claims_db, statements.claim, options, capacity, leases, acks, stats
+            self._claims_db,
+            statements.claim,
+            options,
+            capacity,
+            leases,
+            acks,
+            stats,
+            limits,
+            schema=settings.schema,
         )
         self._upkeep = Upkeep(
             db,
@@ -133,6 +146,7 @@ class PgQueueBroker(BrokerBase):
             settings.lease,
             settings.keep_finished,
             settings.queues,
+            schema=settings.schema,
         )
         self._replies = AsyncConnectionProvider(settings.conninfo)
         self._ack_failures = RateLimitedLog(logger, logging.WARNING)
@@ -191,10 +205,9 @@ class PgQueueBroker(BrokerBase):
             else:
                 await self._acks.flush()
         except FAILURES as exc:
+            why = await privileges.explain(exc, self._db.fetch, self.settings.schema, SETTLE)
             self._ack_failures.log(
-                "%s not recorded yet (%s); retrying",
-                counted(self._acks.pending, "outcome"),
-                first_line(exc),
+                "%s not recorded yet (%s); retrying", counted(self._acks.pending, "outcome"), why
             )
 
     def held_until(self, receipt: str) -> float:
@@ -234,7 +247,11 @@ class PgQueueBroker(BrokerBase):
             "dup_key": duplicate_key(message) if tracked else None,
             "channel": QUEUE_WAKEUP_CHANNEL,
         }
-        return bool(await self._db.fetch(self._statements.submit_tick, params))
+        try:
+            return bool(await self._db.fetch(self._statements.submit_tick, params))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            why = await privileges.explain(exc, self._db.fetch, self.settings.schema, SCHEDULE)
+            raise PrivilegeRefused(why) from None
 
     async def reply(self, reply_to: str, reply: Mapping[str, Any]) -> None:
         """NOTIFY *reply* on the channel *reply_to* (chunked when too large)."""
@@ -300,46 +317,33 @@ class PgQueueBroker(BrokerBase):
         self._opened.add("claims")
 
     async def _check_tables(self, conn: Connection) -> None:
-        """Raise :class:`BrokerNotReady` when the tables are missing or too old."""
+        """Raise :class:`BrokerNotReady` when the tables are missing or too old.
+
+        Or when the role may no longer read their version: saying what to grant.
+        """
+        try:
+            found = await self._read_version(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+
+            async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
+                return await (await conn.execute(statement, params)).fetchall()
+
+            needs = (*privileges.REACH, *privileges.VERSION)
+            why = await privileges.explain(exc, fetch, self.settings.schema, needs)
+            raise BrokerNotReady(why) from None
+        refusal = problem(found, self.settings.schema, self._config_file)
+        if refusal is not None:
+            raise BrokerNotReady(refusal)
+
+    async def _read_version(self, conn: Connection) -> int | None:
+        """The version of the tables (see ``migrations.version_queries``); ``None``: none."""
         exists, version = version_queries(self.settings.schema)
         row = await (await conn.execute(exists.encode())).fetchone()
         found: int | None = (0 if row is None else int(row[0])) or None
         if found == ASK:
             row = await (await conn.execute(version.encode())).fetchone()
             found = 0 if row is None else int(row[0])
-        refusal = problem(found, self.settings.schema, self._config_file)
-        if refusal is not None:
-            raise BrokerNotReady(refusal)
-
-
-def check_tables(settings: PgQueueSettings, config_file: str | None) -> None:
-    """Refuse to start on tables that are missing or older than this code needs.
-
-    A database that cannot be reached now is not refused: the broker checks again each
-    time it connects, and waits (logging why) until the tables are there.
-
-    :raises BrokerNotReady: with the one line that says which command to run.
-    """
-    try:
-        with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=5) as conn:
-            found = read_version(conn, settings.schema)
-    except psycopg.Error as exc:
-        logger.warning(
-            "cannot check the tables now (%s); will check when connected",
-            first_line(exc),
-        )
-        return
-    refusal = problem(found, settings.schema, config_file)
-    if refusal is not None:
-        raise BrokerNotReady(refusal)
-    if found is not None and found > latest_version():  # a rolling upgrade under way
-        logger.warning(
-            'the tables in schema "%s" are at version %d, newer than this version '
-            "of dispatcher knows (%d)",
-            settings.schema,
-            found,
-            latest_version(),
-        )
+        return found
 
 
 def create(options: Mapping[str, Any], context: BrokerContext) -> PgQueueBroker:
@@ -350,7 +354,7 @@ def create(options: Mapping[str, Any], context: BrokerContext) -> PgQueueBroker:
     settings = context.settings.brokers.pg_queue
     assert settings is not None, "the pg_queue factory is only called when it is configured"
     config_file = context.settings.file
-    check_tables(settings, config_file)
+    check_tables(settings, config_file, schedules=bool(context.settings.producers.scheduled))
     # Control clients count services by their connections' application_name: a service
     # has one such connection, pg_notify's when it has one, else this broker's listener.
     own_name = f"dispatcher-queue:{context.node_id}"[:63]
@@ -363,4 +367,5 @@ def create(options: Mapping[str, Any], context: BrokerContext) -> PgQueueBroker:
         listen_name=own_name if has_notify else context.application_name,
         work_name=own_name,
         config_file=config_file,
+        declared_attempts=context.declared_attempts,
     )

@@ -25,7 +25,9 @@ from dispatcher.server.brokers.base import Capacity, Deliver
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, receipt
+from dispatcher.server.brokers.pg_queue.privileges import CLAIM, explain
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
 from dispatcher.server.logsafe import counted, first_line, get_logger
 from dispatcher.server.origin import Origin, StoredRow
@@ -70,8 +72,14 @@ class Claimer:
         leases: Leases,
         acks: Acknowledger,
         stats: ServiceStats,
+        limits: DeclaredAttempts | None = None,
+        *,
+        schema: str | None = None,
     ) -> None:
         self._db = db
+        self._limits = limits
+        self._schema = schema
+        """The tables' schema: a claim refused a privilege says what to grant on it."""
         self._statement = statement
         self._options = options
         self._capacity = capacity
@@ -106,11 +114,17 @@ class Claimer:
                         and (not rows or rows[0][6] < limit)
                     )
             except FAILURES as exc:
-                self._failed(first_line(exc))
+                self._failed(await self._explain(exc))
             else:
                 self._succeeded()
             if drained:
                 await wakeup.wait(options.poll_interval)
+
+    async def _explain(self, exc: BaseException) -> str:
+        """Why a claim failed, in one line (with what to grant, if refused a privilege)."""
+        if self._schema is None:
+            return first_line(exc)
+        return await explain(exc, self._db.fetch, self._schema, CLAIM)
 
     def _failed(self, error: str) -> None:
         """A claim failed: count it, remember why, log it (rate-limited)."""
@@ -149,6 +163,7 @@ class Claimer:
                 "lease": options.lease,
                 "max_bytes": MAX_MESSAGE_BYTES,
                 "max_total_bytes": CLAIM_BYTES,
+                **(NO_LIMITS if self._limits is None else self._limits.params()),
             }
             try:
                 return await self._db.fetch(self._statement, params), limit

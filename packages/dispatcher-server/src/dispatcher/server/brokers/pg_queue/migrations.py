@@ -258,18 +258,21 @@ def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None 
     then fails with :class:`psycopg.errors.LockNotAvailable`, leaving the tables as they
     were. Returns what was done (:attr:`Plan.pending` is empty when nothing was).
 
+    The version is read first: tables already at the latest version need no privilege but
+    reading it (a service's role may run it), and nothing is created.
+
     :raises MigrationError: when the tables are newer than this code.
     """
     with conn.transaction():
         conn.execute(b"SELECT set_config('lock_timeout', '0', true)")
         first, *setup = _setup(schema)
         conn.execute(first.encode())  # waits for a concurrent run to commit
+        work = plan(schema, read_version(conn, schema) or 0)
+        if not work.steps:
+            return work
         if lock_wait is not None:
             timeout = _lock_timeout(lock_wait)
             conn.execute(b"SELECT set_config('lock_timeout', %s, true)", (timeout,))
-        for statement in setup:
-            conn.execute(statement.encode())
-        work = plan(schema, read_version(conn, schema) or 0)
-        for statement in work.steps:
+        for statement in (*setup, *work.steps):
             conn.execute(statement.encode())
     return work

@@ -27,6 +27,14 @@ _WAITING_TWIN = """EXISTS (
 """A queue_one row going back to wait while an identical one already waits (at most one
 may: the jobs_one_waiting index); it is cancelled instead."""
 
+_LIMIT = """CASE WHEN j.max_attempts = %(default_attempts)s THEN greatest({least}, coalesce((
+            SELECT d.n
+            FROM unnest(%(limit_tasks)s::text[], %(limit_values)s::integer[]) AS d(task, n)
+            WHERE d.task = j.task LIMIT 1), j.max_attempts)) ELSE j.max_attempts END"""
+"""The row's ``max_attempts``, or its task's declared one (``limit_tasks``, ``limit_values``)
+when the row has the queue's default (``default_attempts``), never below ``{least}`` (the
+attempt it is at): see :mod:`.limits`."""
+
 CLAIM = """
 WITH quick AS (
     SELECT set_config('synchronous_commit', 'off', true) AS commit_mode
@@ -60,7 +68,7 @@ WITH quick AS (
 ), taken AS (
     UPDATE {s}.jobs AS j
     SET state = 'running', attempts = j.attempts + 1, claims = j.claims %% 2147483647 + 1,
-        node_id = %(node_id)s,
+        max_attempts = {claim_limit}, node_id = %(node_id)s,
         lease_until = now() + make_interval(secs => %(lease)s), started_at = now()
     FROM claimed
     WHERE j.id = claimed.id
@@ -107,6 +115,9 @@ becomes ready by itself), so that the service wakes then rather
 than at its next poll. One index probe per queue (jobs_ready, from ``now()`` on), and none
 when the claim took ``limit`` rows: the claim loop claims again at once then.
 
+Its ``max_attempts`` becomes its task's declared one when it is the queue's default (see
+:mod:`.limits`).
+
 Its commit does not wait for the disk (``synchronous_commit`` off for this transaction
 only, so it holds through a pooler too): a claim lost in a crash of the database leaves its
 row waiting, or running until its lease runs out, and the job still runs."""
@@ -137,7 +148,7 @@ WITH settled AS (
         result text, delay float8
     )
 ), target AS MATERIALIZED (
-    SELECT s.*, j.state, CASE
+    SELECT s.*, j.state, j.max_attempts, CASE
             WHEN s.kind = 'retry' AND j.attempts >= j.max_attempts THEN 'failed'
             WHEN s.kind IN ('retry', 'requeue') AND j.on_duplicate = 'queue_one'
                  AND {waiting_twin} THEN 'cancelled'
@@ -145,7 +156,8 @@ WITH settled AS (
             ELSE s.kind
         END AS next
     FROM settled AS s CROSS JOIN LATERAL (
-        SELECT j.state, j.claims, j.attempts, j.max_attempts, j.on_duplicate, j.dup_key
+        SELECT j.state, j.claims, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate,
+            j.dup_key
         FROM {s}.jobs AS j WHERE j.id = s.id OFFSET 0
     ) AS j
     WHERE j.state = 'running' AND j.claims = s.claims AND j.attempts = s.attempts
@@ -153,6 +165,7 @@ WITH settled AS (
 UPDATE {s}.jobs AS j
 SET state = t.next,
     attempts = CASE WHEN t.kind = 'requeue' THEN j.attempts - 1 ELSE j.attempts END,
+    max_attempts = t.max_attempts,
     run_after = CASE WHEN t.next = 'queued'
                      THEN now() + make_interval(secs => t.delay) ELSE j.run_after END,
     lease_until = NULL,
@@ -177,7 +190,9 @@ RETURNING j.queue, t.kind, j.state,
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
-retry waits for its backoff, or fails once the row's ``max_attempts`` are used; a requeue
+retry waits for its backoff, or fails once the row's ``max_attempts`` are used (its task's
+declared one when the row has the queue's default, which the row then keeps: see
+:mod:`.limits`); a requeue
 (refused, abandoned: the job never ran) waits again, its attempt not counted: at once when
 abandoned, for its ``delay`` when refused.
 
@@ -302,7 +317,12 @@ class Statements:
         twin = _WAITING_TWIN.format(s=name)
 
         def make(text: str, state: str = "") -> bytes:
-            return text.format(s=name, waiting_twin=twin, state=state).strip().encode()
+            limits = {
+                "claim_limit": _LIMIT.format(least="j.attempts + 1"),
+                "ack_limit": _LIMIT.format(least="j.attempts"),
+            }
+            filled = text.format(s=name, waiting_twin=twin, state=state, **limits)
+            return filled.strip().encode()
 
         return cls(
             make(CLAIM),

@@ -30,6 +30,7 @@ from dispatcher.server.brokers.base import TICK_OFFER_WINDOW
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.privileges import PURGE, SETTLE, Need, explain
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.logsafe import counted, first_line, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
@@ -91,8 +92,12 @@ class Upkeep:
         lease: float,
         keep_finished: float,
         queues: Sequence[str],
+        *,
+        schema: str | None = None,
     ) -> None:
         self._db = db
+        self._schema = schema
+        """The tables' schema: a step refused a privilege says what to grant on it."""
         self._statements = statements
         self._leases = leases
         self._acks = acks
@@ -123,24 +128,40 @@ class Upkeep:
         while True:
             await anyio.sleep(budget)
             # Each step on its own: a failing flush must never cost the renewal of leases.
-            renewed = await self._attempt(self._renew)
-            await self._attempt(self._acks.flush)
+            renewed = await self._attempt("renewal of leases", SETTLE, self._renew)
+            await self._attempt("writing of outcomes", SETTLE, self._acks.flush)
             now = time.monotonic()
             deadline = now + budget  # one for the sweep and the purge: renewals stay on time
             # Never sweep before this service's own leases are renewed: after a long outage
             # they ran out too, and the jobs it ran meanwhile are not lost, only unrecorded.
             if now >= next_sweep and renewed and now >= self._sweeps_from:
                 next_sweep = now + self._lease / 2
-                await self._attempt(self._sweep, deadline)
+                await self._attempt("sweep of lost leases", SETTLE, self._sweep, deadline)
             if now >= next_purge:
-                finished = await self._attempt(self.purge, deadline)
+                finished = await self._attempt(
+                    "purge of finished jobs", PURGE, self.purge, deadline
+                )
                 next_purge = now if finished is False else now + purge_every
 
-    async def _attempt(self, step: Callable[..., Awaitable[object]], *args: float) -> object | None:
+    async def _attempt(
+        self,
+        what: str,
+        needs: Sequence[Need],
+        step: Callable[..., Awaitable[object]],
+        *args: float,
+    ) -> object | None:
+        """Run *step*; log its failure, naming it (*what*).
+
+        A privilege it *needs* refused, the line says what to grant.
+        """
         try:
             return await step(*args)
         except FAILURES as exc:
-            self._failures.log("upkeep failed: %s", first_line(exc))
+            if self._schema is None:
+                why = first_line(exc)
+            else:
+                why = await explain(exc, self._db.fetch, self._schema, needs)
+            self._failures.log("%s failed: %s", what, why)
             return None
 
     async def _renew(self) -> bool:

@@ -1,0 +1,68 @@
+"""The checks a service makes of the pg_queue tables before it starts (see :func:`check_tables`)."""
+
+from __future__ import annotations
+
+import psycopg
+
+from dispatcher.config import PgQueueBroker as PgQueueSettings
+from dispatcher.publish import describe_server
+from dispatcher.publish.connections import REFUSALS
+from dispatcher.server.brokers.base import BrokerNotReady
+from dispatcher.server.brokers.pg_queue import privileges
+from dispatcher.server.brokers.pg_queue.migrations import latest_version, problem, read_version
+from dispatcher.server.logsafe import first_line, get_logger
+
+logger = get_logger("dispatcher.pg_queue")
+
+
+def check_tables(
+    settings: PgQueueSettings, config_file: str | None, *, schedules: bool = False
+) -> None:
+    """Refuse to start on tables that are missing, too old, or out of the role's reach.
+
+    Too old: older than this code needs; out of reach: the role lacks a privilege a service
+    needs (see :mod:`.privileges`).
+
+    A database that cannot be reached now is not refused: the broker checks again each
+    time it connects, and waits (logging why) until the tables are there. With *schedules*
+    (``producers.scheduled`` is configured), a role that may not store their jobs is warned
+    about: whether any goes to a durable queue is known once the tasks are.
+
+    :raises BrokerNotReady: with the one line that says which command to run, or what to
+        grant.
+    """
+    schema = settings.schema
+    try:
+        with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=5) as conn:
+            refused = privileges.lacking(conn, schema, privileges.SERVICE)
+            if refused:
+                raise BrokerNotReady(refused.described())
+            found = read_version(conn, schema)
+            storing = privileges.lacking(conn, schema, privileges.SCHEDULE) if schedules else None
+    except REFUSALS as exc:  # connected, and refused: no retry mends it
+        where = describe_server(settings.conninfo)
+        raise BrokerNotReady(
+            f'cannot check the pg_queue tables in schema "{schema}" of {where}: {first_line(exc)}'
+        ) from None
+    except psycopg.Error as exc:
+        logger.warning(
+            "cannot check the tables now (%s); will check when connected",
+            first_line(exc),
+        )
+        return
+    refusal = problem(found, schema, config_file)
+    if refusal is not None:
+        raise BrokerNotReady(refusal)
+    if found is not None and found > latest_version():  # a rolling upgrade under way
+        logger.warning(
+            'the tables in schema "%s" are at version %d, newer than this version '
+            "of dispatcher knows (%d)",
+            schema,
+            found,
+            latest_version(),
+        )
+    if storing:
+        lacks, _, grants = storing.described().partition(": ")
+        logger.warning(
+            "%s: the scheduled tasks of durable queues cannot be stored: %s", lacks, grants
+        )
