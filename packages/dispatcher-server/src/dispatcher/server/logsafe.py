@@ -115,13 +115,55 @@ def _safe_arg(value: object) -> object:
     return escape(value)
 
 
+_RENDERED_APART: Final = frozenset({"msg", "args", "exc_info", "exc_text", "stack_info", _DONE})
+"""Record attributes :class:`EscapingFilter` renders in their own way (not as one value)."""
+
+_PLAIN_TYPES: Final = (int, float, type(None))
+"""Types of record attributes shown as they are (``bool`` is an ``int``)."""
+
+_TEXT_ATTRIBUTES: Final = (
+    "name",
+    "levelname",
+    "pathname",
+    "filename",
+    "module",
+    "funcName",
+    "threadName",
+    "processName",
+    "taskName",  # Python 3.12 and later
+)
+"""The texts every record carries (beside its message) that a format may show."""
+
+_TEXT_TYPES: Final = frozenset({str, type(None)})
+
+_SAFE_TEXTS: Final[set[tuple[object, ...]]] = set()
+"""Values of :data:`_TEXT_ATTRIBUTES` seen before with nothing to escape: a logger's records
+share them (a set, as a record's texts are checked with one look-up)."""
+
+_MAX_SAFE_TEXTS: Final = 1024
+"""Most entries :data:`_SAFE_TEXTS` holds (it starts again, empty, when full)."""
+
+_PLAIN_RECORD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+
+_STANDARD_ATTRIBUTES: Final = _PLAIN_RECORD | {"message", "asctime", _DONE}
+"""What a record holds without ``extra=``: the texts above, numbers, and those made apart
+(``message`` and ``asctime`` once a handler before has formatted it)."""
+
+_MOST_PLAIN_ATTRIBUTES: Final = len(_PLAIN_RECORD) + 1
+"""A record (marked escaped) with more attributes than these may have some of ``extra=``."""
+
+
 class EscapingFilter(logging.Filter):
     """Makes a record safe to write: see the module docstring.
 
     Arguments (``record.args``) are escaped and cut at :data:`MAX_LOGGED_CHARS` (numbers are
     left alone; a :class:`Block` becomes indented lines); the message itself is escaped
-    whole; an exception or stack trace is rendered into indented, escaped lines. Never
-    drops a record.
+    whole; an exception or stack trace is rendered into indented, escaped lines. Every
+    other attribute a format can show is escaped and cut as an argument is: the logger's
+    name and the level's name, the thread's, process's and asyncio task's names, the
+    function, module and file names, and whatever ``extra=`` added. Task code chooses them
+    all (``logging.getLogger(any_text)``, ``logging.addLevelName()``, a thread's name).
+    Never drops a record.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -142,7 +184,37 @@ class EscapingFilter(logging.Filter):
             record.exc_text = indented(record.exc_text)
         if record.stack_info:
             record.stack_info = indented(record.stack_info)
+        _escape_attributes(record)
         return True
+
+
+def _escape_attributes(record: logging.LogRecord) -> None:
+    """Escape, in place, the attributes of *record* a format shows as one value each."""
+    attributes = vars(record)
+    texts = tuple(map(attributes.get, _TEXT_ATTRIBUTES))
+    # Exact types first: then neither hashing nor comparing runs code of the record's own.
+    if not (_TEXT_TYPES.issuperset(map(type, texts)) and texts in _SAFE_TEXTS):
+        _escape_texts(attributes, texts)
+    if len(attributes) > _MOST_PLAIN_ATTRIBUTES:  # extra= added some: look at every one
+        for key in attributes.keys() - _STANDARD_ATTRIBUTES:
+            value = attributes[key]
+            if not isinstance(value, _PLAIN_TYPES):
+                attributes[key] = _safe_arg(value)
+
+
+def _escape_texts(attributes: dict[str, object], texts: tuple[object, ...]) -> None:
+    """Escape the :data:`_TEXT_ATTRIBUTES` (*texts*) of a record; remember them if safe."""
+    changed = False
+    for key, value in zip(_TEXT_ATTRIBUTES, texts, strict=True):
+        if value is None:
+            continue
+        if type(value) is not str or len(value) > MAX_LOGGED_CHARS or not value.isprintable():
+            attributes[key] = escape(value)
+            changed = True
+    if not changed:
+        if len(_SAFE_TEXTS) >= _MAX_SAFE_TEXTS:
+            _SAFE_TEXTS.clear()
+        _SAFE_TEXTS.add(texts)
 
 
 _FORMATTER: Final = logging.Formatter()
