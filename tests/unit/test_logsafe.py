@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.server.logsafe import MAX_LOGGED_CHARS, Block, EscapingFilter, escape, get_logger
+from dispatcher.server.logsafe import (
+    MAX_LOGGED_CHARS,
+    Block,
+    EscapingFilter,
+    Excerpt,
+    escape,
+    get_logger,
+)
 from support.paths import PACKAGES
 
 SERVER = PACKAGES / "dispatcher-server" / "src" / "dispatcher" / "server"
@@ -225,3 +232,12 @@ def test_safe_texts_seen_before_are_still_written_as_they_are() -> None:
             "/a/b.py",
         )
         assert record.custom == 7
+
+
+def test_an_excerpt_is_cut_at_its_own_limit(log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = log
+    logger.warning("rejected: %s", Excerpt("a\n" + "b" * 998 + "c" * 5, 1000))
+    assert (
+        stream.getvalue()
+        == f"WARNING dispatcher.test_logsafe: rejected: a\\n{'b' * 998}... (5 more characters)\n"
+    )

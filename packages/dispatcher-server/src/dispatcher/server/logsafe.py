@@ -20,6 +20,10 @@ from typing import Final, TextIO
 MAX_LOGGED_CHARS: Final = 200
 """Longest excerpt of one outside value written into a log line (in characters)."""
 
+MAX_REASON_CHARS: Final = 1000
+"""Longest excerpt of a text naming several values, each cut short already (see
+:class:`Excerpt`): why a message was rejected names every field that is wrong."""
+
 MAX_BLOCK_LINES: Final = 200
 """Lines of a :class:`Block` or traceback kept (the last ones: where the error is)."""
 
@@ -105,12 +109,34 @@ class Block:
         return f"Block({self.text!r})"
 
 
+class Excerpt:
+    """An argument to log escaped and cut at *limit* characters, not :data:`MAX_LOGGED_CHARS`.
+
+    For the texts that name many values, each cut short already (a rejected message's
+    problems, one per wrong field)::
+
+        logger.warning("rejected message: %s", Excerpt(reason, MAX_REASON_CHARS))
+    """
+
+    __slots__ = ("limit", "text")
+
+    def __init__(self, text: object, limit: int) -> None:
+        self.text = text
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return escape(self.text, self.limit)
+
+    def __repr__(self) -> str:
+        return f"Excerpt({self.text!r}, {self.limit})"
+
+
 def _safe_arg(value: object) -> object:
     if type(value) is str and len(value) <= MAX_LOGGED_CHARS and value.isprintable():
         return value  # the common case, first: nothing to escape or cut
     if isinstance(value, int | float):
         return value
-    if isinstance(value, Block):
+    if isinstance(value, Block | Excerpt):
         return str(value)
     return escape(value)
 
