@@ -11,12 +11,16 @@ from pathlib import Path
 import pytest
 
 from dispatcher.server.logsafe import (
+    MAX_BLOCK_HEAD_LINES,
+    MAX_BLOCK_LINES,
     MAX_LOGGED_CHARS,
     Block,
     EscapingFilter,
     Excerpt,
+    cut_middle,
     escape,
     get_logger,
+    indented,
 )
 from support.paths import PACKAGES
 
@@ -241,3 +245,19 @@ def test_an_excerpt_is_cut_at_its_own_limit(log: tuple[logging.Logger, io.String
         stream.getvalue()
         == f"WARNING dispatcher.test_logsafe: rejected: a\\n{'b' * 998}... (5 more characters)\n"
     )
+
+
+def test_cut_middle_keeps_start_and_end_within_the_limit() -> None:
+    assert cut_middle("short", 100) == "short"
+    cut = cut_middle("a" * 500 + "b" * 500, 200)
+    assert cut == f"{'a' * 76}\n[... 848 characters left out ...]\n{'b' * 76}"
+    assert len(cut) <= 200
+
+
+def test_a_long_block_keeps_its_first_and_last_lines() -> None:
+    lines = [f"line {n}" for n in range(1000)]
+    shown = indented("\n".join(lines)).splitlines()
+    assert len(shown) == MAX_BLOCK_LINES + 1
+    assert shown[0] == "  | line 0"
+    assert shown[MAX_BLOCK_HEAD_LINES] == f"  | ({1000 - MAX_BLOCK_LINES} lines not shown)"
+    assert shown[-1] == "  | line 999"

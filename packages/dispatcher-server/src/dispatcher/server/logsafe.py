@@ -25,7 +25,11 @@ MAX_REASON_CHARS: Final = 1000
 :class:`Excerpt`): why a message was rejected names every field that is wrong."""
 
 MAX_BLOCK_LINES: Final = 200
-"""Lines of a :class:`Block` or traceback kept (the last ones: where the error is)."""
+"""Lines of a :class:`Block` or traceback kept (the first few and the last ones)."""
+
+MAX_BLOCK_HEAD_LINES: Final = 20
+"""Of the :data:`MAX_BLOCK_LINES` lines kept, how many are the first ones (the others are the
+last: where the error is)."""
 
 MAX_BLOCK_LINE_CHARS: Final = 1000
 """Longest line of a :class:`Block` or traceback."""
@@ -73,15 +77,35 @@ def indented(text: str) -> str:
     r"""*text* with each line escaped and starting with :data:`INDENT`.
 
     Every line break Python knows (including ``\r``, ``\x0b`` and ``\u2028``) ends a line;
-    only the last :data:`MAX_BLOCK_LINES` lines are kept, after a line saying how many went.
+    of more than :data:`MAX_BLOCK_LINES` lines, the first :data:`MAX_BLOCK_HEAD_LINES` and the
+    last ones are kept (a traceback's outermost frames and what was raised), with a line
+    between them saying how many were left out.
     """
     lines = text.splitlines() or [""]
-    out = []
     if len(lines) > MAX_BLOCK_LINES:
-        out.append(f"{INDENT}({len(lines) - MAX_BLOCK_LINES} earlier lines not shown)")
-        lines = lines[-MAX_BLOCK_LINES:]
-    out += [INDENT + escape(line, MAX_BLOCK_LINE_CHARS) for line in lines]
-    return "\n".join(out)
+        tail = MAX_BLOCK_LINES - MAX_BLOCK_HEAD_LINES
+        left_out = f"({len(lines) - MAX_BLOCK_LINES} lines not shown)"
+        lines = [*lines[:MAX_BLOCK_HEAD_LINES], left_out, *lines[-tail:]]
+    return "\n".join(INDENT + escape(line, MAX_BLOCK_LINE_CHARS) for line in lines)
+
+
+def cut_middle(text: str, limit: int) -> str:
+    """*text*, or, when longer than *limit* characters, its start and its end.
+
+    A line between them says how many characters were left out: ``[... 8135 characters left
+    out ...]``. The start of an error names its type and says what went wrong; the end of a
+    traceback, where it was raised. The result is at most *limit* characters long.
+    """
+    if len(text) <= limit:
+        return text
+    kept = max(limit - _CUT_MARK_CHARS, 0)
+    head, tail = kept - kept // 2, kept // 2
+    left_out = len(text) - head - tail
+    return f"{text[:head]}\n[... {left_out} characters left out ...]\n{text[len(text) - tail :]}"
+
+
+_CUT_MARK_CHARS: Final = 48
+"""Room :func:`cut_middle` leaves for its line saying what it left out (and its breaks)."""
 
 
 class Block:
