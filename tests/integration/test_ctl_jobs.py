@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from psycopg import sql
 
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
+from dispatcher.server.ctl_jobs import CELL_WIDTH
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.queue_rows import insert_job, job_row, unique_schema
 from support.service import Evidence, ServiceProcess
@@ -100,6 +102,40 @@ def test_jobs_lists_newest_first_as_a_table(config: Path, pg_conn: Conn, schema:
     assert 75 <= seconds(rows["u-delayed"][5]) <= 90
     assert rows["u-waiting"][3:5] == ["0/3", "waiting"]
     assert result.stderr == ""
+
+
+def columns(text: str) -> int:
+    """How many terminal columns *text* takes (wide characters two, combining marks none)."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def test_jobs_cuts_long_cells_and_aligns_wide_characters(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    insert_job(pg_conn, schema, uuid="u-huge", task="myapp.tasks." + "t" * 1_000_000, age=3)
+    insert_job(pg_conn, schema, uuid="u-wide", task="myapp.tasks.報告書", age=2)
+    error = "RuntimeError: " + "漢" * 100
+    mark = "myapp.tasks.cafe\u0301"  # a combining accent: no column of its own
+    insert_job(pg_conn, schema, uuid="u-mark", task=mark, state="failed", age=1, last_error=error)
+    result = ctl(config, "jobs")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) < 1000
+    lines = result.stdout.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:]}
+    cut_task = "myapp.tasks." + "t" * (CELL_WIDTH - len("myapp.tasks.") - 1) + "…"
+    assert f" {cut_task} " in rows["u-huge"]
+    assert rows["u-mark"].endswith("  RuntimeError: " + "漢" * 22 + "…")  # 59 columns, and …
+    # Every column starts at the same place on the terminal, whatever the characters before.
+    states = {"u-mark": "failed", "u-wide": "queued", "u-huge": "queued"}
+    for title, values in (("state", states), ("attempts", dict.fromkeys(states, "0/3"))):
+        at = {columns(lines[0][: lines[0].index(title)])}
+        at |= {columns(rows[u][: rows[u].index(f" {v} ") + 1]) for u, v in values.items()}
+        assert len(at) == 1, (title, lines)
+    error_at = columns(rows["u-mark"][: rows["u-mark"].index("RuntimeError")])
+    assert error_at == columns(lines[0][: lines[0].index("last error")])
 
 
 def test_jobs_filters_and_limit(config: Path, pg_conn: Conn, schema: str) -> None:

@@ -167,7 +167,7 @@ def test_running_shows_how_long_each_task_has_run(ours: ServiceProcess, tmp_path
         assert reply["worker-0"]["where"] == "worker-0"  # --json keeps it
         assert re.search(r"  \d+(\.\d)? (ms|s)  ", row), row
         assert "x" * 100 not in row  # long arguments are cut short
-        assert "...  {}" in row
+        assert "…  {}" in row
     finally:
         ctl(ours.config_path, "cancel", "--uuid", "u-sleeper")
 

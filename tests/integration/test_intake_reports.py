@@ -52,3 +52,27 @@ def test_an_unknown_task_close_to_a_registered_one_gets_a_suggestion(
     [far] = service.wait_for_log(r"\(uuid u-far\)")
     assert far.endswith("task 'elsewhere.entirely' is not registered")
     assert not re.search(r"did you mean.*elsewhere", service.log)
+
+
+def test_a_rejection_names_every_wrong_field_however_long_one_value_is(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+) -> None:
+    service = start_service(service_config)
+    record = "support.service_tasks.record"
+    long_bind = {"task": record, "uuid": "u-long", "bind": "x" * 3000, "timeout": -1}
+    notify(channel, json.dumps({**long_bind, "delay": "soon"}))
+    many = {"task": record, "uuid": "u-many", "args": [1], "kwargs": [1], "timeout": "t"}
+    many |= {"delay": -5, "on_duplicate": "x", "bind": 1, "callbacks": 5, "time_pub": -1}
+    notify(channel, json.dumps(many))
+    [long] = service.wait_for_log(r"rejected message .*\(uuid u-long\)")
+    cut = f"bind: expected boolean, got string '{'x' * 80}...' (2920 more characters)"
+    assert long.endswith(
+        f"{cut}; delay: expected number, got string 'soon'; timeout: must be at least 0, got -1"
+    ), long
+    [line] = service.wait_for_log(r"rejected message .*\(uuid u-many\)")
+    for field in ("bind", "callbacks", "delay", "kwargs", "on_duplicate", "time_pub", "timeout"):
+        assert f"{field}: " in line, (field, line)
+    assert "more characters" not in line

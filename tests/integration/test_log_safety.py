@@ -8,8 +8,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from dispatcher.server.logsafe import escape
 from support.log_lines import FORGED, FORGED_SHOWN, assert_every_line_is_ours
 from support.service import Evidence, ServiceProcess, task_message
+from support.service_tasks import FORGED_NAME
 
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
@@ -37,6 +39,24 @@ def test_a_forged_uuid_is_shown_escaped_and_starts_no_line(
     log = service.log
     assert not any(line.startswith("CRITICAL") for line in log.splitlines()), log
     assert_every_line_is_ours(log)
+
+
+def test_a_task_cannot_forge_lines_with_its_logger_or_level_names(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    service = start_service(service_config)
+    notify(channel, task_message("log_with_forged_names", evidence.path))
+    evidence.wait_for(1)
+    shown = escape(FORGED_NAME)
+    service.wait_for_log(re.escape(f"ERROR worker-0 x{shown}: from a forged logger name"))
+    service.wait_for_log(re.escape(f"CRIT{shown} worker-0 support.forged: at a forged level"))
+    assert b"\x1b" not in service.log_path.read_bytes()
+    forged = [line for line in service.log.splitlines() if "FORGED" in line[:60]]
+    assert forged == [], forged
 
 
 def test_nul_characters_never_reach_the_log(

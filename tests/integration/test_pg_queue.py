@@ -191,6 +191,34 @@ def test_results_and_errors_keep_every_character_through_the_acknowledgement(
     assert "NUL \\x00 and lone \\udc80 surrogate" in job.last_error  # escaped, not lost
 
 
+def test_a_huge_error_keeps_its_type_its_traceback_and_its_end(
+    start_service: Start, config: dict[str, Any], sdk: Settings, channel: str, evidence: Evidence
+) -> None:
+    service = start_service(config)
+    text = "bad input: " + "x" * 40_000 + " END"
+    failed = submit_task(
+        TASKS + "fail_saying", args=[str(evidence.path), text], queue=channel, max_attempts=1
+    )
+    job = wait_until(lambda: finished(failed.uuid), timeout=20)
+    error = job.last_error
+    assert error is not None
+    assert error.startswith("ValueError: bad input: xxx"), error[:100]
+    assert "Traceback (most recent call last):" in error
+    assert "in fail_saying\n    raise ValueError(text)\nValueError: bad input: xxx" in error
+    assert re.search(r"\n\[\.\.\. \d+ characters left out \.\.\.\]\n", error)
+    assert error.endswith(" END")
+    assert len(error) <= 32 * 1024
+    # The log: the error's line, then the traceback from its first line.
+    [line] = service.wait_for_log(re.escape(f"(uuid {failed.uuid}) failed: ValueError"))
+    lines = service.log.splitlines()
+    after = lines[lines.index(line) + 1]
+    assert after == "  | Traceback (most recent call last):"
+    # dispatcherctl jobs: the error's type and start.
+    listed = ctl(service.config_path, "jobs").stdout.splitlines()
+    [row] = [row for row in listed if failed.uuid in row]
+    assert "ValueError: bad input: xxx" in row, row
+
+
 def test_rows_need_no_signature_where_notify_messages_do(
     start_service: Start, config: dict[str, Any], sdk: Settings, channel: str, evidence: Evidence
 ) -> None:

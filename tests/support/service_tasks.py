@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
 import time
-from typing import Any
+from typing import Any, Final
 
 from dispatcher.publish import DispatcherCancel, DispatcherExit, task
 from dispatcher.server.protocol import CANCEL_SIGNALS
@@ -241,6 +242,19 @@ def print_bytes(path: str, size: int) -> None:
     lines, rest = divmod(size, len(line))
     print(line * lines + "z" * rest, end="", flush=True)
     _record(path, event="printed", size=size)
+
+
+FORGED_NAME: Final = "\x1b]0;pwned\x07\n2026-11-30 14:00:00,000 INFO dispatcher.service: FORGED"
+"""A terminal's title change, then a line of the service's own, hidden in a name."""
+
+
+@task()
+def log_with_forged_names(path: str) -> None:
+    """Log through a logger, and at a level, whose names would forge a line of the log."""
+    logging.addLevelName(55, "CRIT" + FORGED_NAME)
+    logging.getLogger("x" + FORGED_NAME).error("from a forged logger name")
+    logging.getLogger("support.forged").log(55, "at a forged level name")
+    _record(path, event="logged")
 
 
 DURABLE_TICKS = "durable_ticks"

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dispatcher.control import ControlResult
 from dispatcher.server.ctl import _control_data, parser
 from dispatcher.server.ctl_render import (
+    ARGUMENTS_WIDTH,
     add_elapsed,
+    cut,
     duration_text,
     render,
     size_text,
     tally,
     task_ages,
+    width,
 )
 
 
@@ -69,6 +74,27 @@ def test_running_and_workers_replies_are_tables_of_their_entries() -> None:
     assert lines[1].split() == ["worker_id", "pid", "state", "current_task"]
     assert lines[2].split() == ["3", "7", "busy", "t"]
     assert lines[3].split() == ["4", "8", "ready", "-"]  # a dispatcherd one
+
+
+def test_arguments_are_cut_to_their_columns_wide_characters_counting_two() -> None:
+    entry = {"task": "app.t", "uuid": "u1", "where": "worker-0"}
+    wide = {**entry, "args": ["報告" * 30], "kwargs": {"k": "y" * 100}}
+    result = ControlResult("running", [{"node_id": "a", "worker-0": wide}])
+    [_, _, row] = render(result).splitlines()
+    [*_, args, kwargs] = re.split(r"  +", row)
+    assert args == '["' + "報告" * 9 + "…"  # 39 columns: the next character takes two
+    assert kwargs == '{"k": "' + "y" * 32 + "…"
+    assert width(kwargs) == ARGUMENTS_WIDTH
+
+
+def test_cut_counts_columns() -> None:
+    assert cut("abc", 3) == "abc"
+    assert cut("abcd", 3) == "ab…"
+    assert cut("漢字漢字", 8) == "漢字漢字"
+    assert cut("漢字漢字", 7) == "漢字漢…"
+    assert cut("漢字漢字", 6) == "漢字…"
+    assert cut("cafe\u0301s", 4) == "caf…"
+    assert cut("cafe\u0301", 4) == "cafe\u0301"
 
 
 def test_the_tally_says_how_many_replies_were_waited_for_and_why() -> None:

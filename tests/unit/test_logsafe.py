@@ -10,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.server.logsafe import MAX_LOGGED_CHARS, Block, escape, get_logger
+from dispatcher.server.logsafe import (
+    MAX_BLOCK_HEAD_LINES,
+    MAX_BLOCK_LINES,
+    MAX_LOGGED_CHARS,
+    Block,
+    EscapingFilter,
+    Excerpt,
+    cut_middle,
+    escape,
+    get_logger,
+    indented,
+)
 from support.paths import PACKAGES
 
 SERVER = PACKAGES / "dispatcher-server" / "src" / "dispatcher" / "server"
@@ -172,3 +183,81 @@ def test_server_modules_get_their_loggers_from_logsafe() -> None:
 
 def test_an_empty_block_adds_no_line() -> None:
     assert str(Block("")) == str(Block(" \n")) == ""
+
+
+EVERY_TEXT = (
+    "%(name)s %(levelname)s %(pathname)s %(filename)s %(module)s %(funcName)s"
+    " %(threadName)s %(processName)s %(custom)s: %(message)s"
+)
+"""A format showing every text of a record that its logger's caller chooses."""
+
+
+class _Forging:
+    def __str__(self) -> str:
+        return FORGED
+
+
+@pytest.mark.parametrize(
+    "attribute",
+    [
+        *("name", "levelname", "pathname", "filename", "module", "funcName"),
+        *("threadName", "processName", "custom"),
+    ],
+)
+def test_every_text_a_format_can_show_is_escaped(attribute: str) -> None:
+    record = logging.LogRecord("dispatcher.test", logging.INFO, "/a/b.py", 1, "m", None, None)
+    record.custom = "fine"
+    setattr(record, attribute, FORGED)
+    EscapingFilter().filter(record)
+    line = logging.Formatter(EVERY_TEXT).format(record)
+    assert "\n" not in line
+    assert escape(FORGED) in line
+
+
+def test_texts_that_are_not_strings_or_too_long_are_escaped_and_cut() -> None:
+    record = logging.LogRecord("n" * 5000, logging.INFO, "/a/b.py", 1, "m", None, None)
+    record.levelname = _Forging()  # type: ignore[assignment]
+    record.custom = _Forging()
+    EscapingFilter().filter(record)
+    line = logging.Formatter(EVERY_TEXT).format(record)
+    assert line.count(escape(FORGED)) == 2
+    assert f"{'n' * MAX_LOGGED_CHARS}... (4800 more characters)" in line
+    assert "\n" not in line
+
+
+def test_safe_texts_seen_before_are_still_written_as_they_are() -> None:
+    for _ in range(2):
+        record = logging.LogRecord("dispatcher.x", logging.INFO, "/a/b.py", 1, "m", None, None)
+        record.custom = 7
+        EscapingFilter().filter(record)
+        assert (record.name, record.levelname, record.pathname) == (
+            "dispatcher.x",
+            "INFO",
+            "/a/b.py",
+        )
+        assert record.custom == 7
+
+
+def test_an_excerpt_is_cut_at_its_own_limit(log: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = log
+    logger.warning("rejected: %s", Excerpt("a\n" + "b" * 998 + "c" * 5, 1000))
+    assert (
+        stream.getvalue()
+        == f"WARNING dispatcher.test_logsafe: rejected: a\\n{'b' * 998}... (5 more characters)\n"
+    )
+
+
+def test_cut_middle_keeps_start_and_end_within_the_limit() -> None:
+    assert cut_middle("short", 100) == "short"
+    cut = cut_middle("a" * 500 + "b" * 500, 200)
+    assert cut == f"{'a' * 76}\n[... 848 characters left out ...]\n{'b' * 76}"
+    assert len(cut) <= 200
+
+
+def test_a_long_block_keeps_its_first_and_last_lines() -> None:
+    lines = [f"line {n}" for n in range(1000)]
+    shown = indented("\n".join(lines)).splitlines()
+    assert len(shown) == MAX_BLOCK_LINES + 1
+    assert shown[0] == "  | line 0"
+    assert shown[MAX_BLOCK_HEAD_LINES] == f"  | ({1000 - MAX_BLOCK_LINES} lines not shown)"
+    assert shown[-1] == "  | line 999"

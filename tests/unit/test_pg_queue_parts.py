@@ -150,10 +150,25 @@ def test_error_text_is_made_safe_for_postgresql() -> None:
     assert clean_text("a\x00b") == "a\\x00b"
     assert clean_text("bad \udc80 surrogate") == "bad \\udc80 surrogate"
     assert clean_text("é") == "é"
-    long = clean_text("x" * (MAX_ERROR_CHARS + 10) + "END")
+    long = clean_text("START" + "x" * (MAX_ERROR_CHARS + 10) + "END")
     assert long is not None
+    assert long.startswith("START")
     assert long.endswith("END")
-    assert len(long) < MAX_ERROR_CHARS + 10
+    assert "\n[... 66 characters left out ...]\n" in long
+    assert len(long) <= MAX_ERROR_CHARS
+
+
+def test_a_long_message_leaves_room_for_its_traceback() -> None:
+    message = "ValueError: " + "m" * 40_000
+    traceback = "Traceback (most recent call last):\n  File 't.py', line 1, in f\n" + message
+    ack = to_ack(Settled("1:1:1", "error", message, traceback=traceback, final=True), POLICY)
+    assert ack is not None
+    assert ack.error is not None
+    assert ack.error.startswith("ValueError: mmm")
+    assert "\nTraceback (most recent call last):\n  File 't.py', line 1, in f\n" in ack.error
+    assert ack.error.endswith("mmm")
+    assert ack.error.count("characters left out") == 2
+    assert len(ack.error) <= MAX_ERROR_CHARS
 
 
 # -- results ---------------------------------------------------------------------------------

@@ -42,6 +42,42 @@ def test_task_message_explanations(instance: Any, lines: list[str]) -> None:
     assert explain("task-message", instance) == lines
 
 
+LONG = "x" * 3000
+
+
+@pytest.mark.parametrize(
+    ("instance", "lines"),
+    [
+        (
+            {**TASK, "bind": LONG, "timeout": -1},
+            [
+                f"bind: expected boolean, got string '{'x' * 80}...' (2920 more characters)",
+                "timeout: must be at least 0, got -1",
+            ],
+        ),
+        (
+            {**TASK, "args": {}, "kwargs": list(range(1000))},
+            [
+                "args: expected array, got object {}",
+                f"kwargs: expected object, got array {repr(list(range(1000)))[:80]}... "
+                f"({len(repr(list(range(1000)))) - 80} more characters)",
+            ],
+        ),
+        (
+            {"control": "alive", LONG: 1},
+            [f"['{'x' * 80}...' (2920 more characters)]: unknown key (expected one of: contr"],
+        ),
+        ({"task": "a." + LONG}, [f"task: 'a.{'x' * 78}...' (2922 more characters) is not "]),
+    ],
+)
+def test_long_values_are_quoted_cut_short(instance: Any, lines: list[str]) -> None:
+    explained = explain("control-message" if "control" in instance else "task-message", instance)
+    assert len(explained) == len(lines), explained
+    for line, start in zip(explained, lines, strict=True):
+        assert line.startswith(start), line
+        assert len(line) < 400, line
+
+
 def test_control_message_explanations() -> None:
     assert explain(
         "control-message", {"control": "_find_tasks", "reply_to": "has space", "delay": 1}

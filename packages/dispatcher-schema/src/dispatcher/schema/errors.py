@@ -34,6 +34,10 @@ _JSON_TYPE_NAMES: dict[type, str] = {
 
 PathItem = str | int
 
+MAX_QUOTED_CHARS = 80
+"""Characters of a value quoted in a problem's text: a longer one is cut (saying how much),
+so that one long bad value leaves room for the other problems of the same document."""
+
 
 class DispatcherError(Exception):
     """The root of every public error of the dispatcher distributions.
@@ -79,11 +83,27 @@ def format_path(path: Sequence[PathItem]) -> str:
     for item in path:
         if isinstance(item, int):
             text += f"[{item}]"
-        elif _IDENTIFIER.match(item):
+        elif _IDENTIFIER.match(item) and len(item) <= MAX_QUOTED_CHARS:
             text += f".{item}" if text else item
         else:
-            text += f"[{item!r}]"
+            text += f"[{quoted(item)}]"
     return text or "(root)"
+
+
+def quoted(value: Any) -> str:
+    """``repr(value)``, cut after :data:`MAX_QUOTED_CHARS` characters, saying how many more.
+
+    A string keeps its quotes: ``'xxxxxxxx...' (2940 more characters)``.
+    """
+    if isinstance(value, str) and len(value) > MAX_QUOTED_CHARS:
+        shown = repr(value[:MAX_QUOTED_CHARS])
+        more = len(value) - MAX_QUOTED_CHARS
+        return f"{shown[:-1]}...{shown[-1]} ({more} more characters)"
+    text = repr(value)
+    if len(text) > MAX_QUOTED_CHARS:
+        more = len(text) - MAX_QUOTED_CHARS
+        return f"{text[:MAX_QUOTED_CHARS]}... ({more} more characters)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -157,20 +177,21 @@ def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
     if title and keyword in {"pattern", "minLength", "maxLength"}:
         hint = schema.get("description", "").rstrip(".")
         suffix = f" ({hint})" if hint else ""
-        return f"{instance!r} is not a valid {title}{suffix}"
+        return f"{quoted(instance)} is not a valid {title}{suffix}"
     if keyword == "type":
         types = expected if isinstance(expected, list) else [expected]
         if instance is None:
             return f"expected {' or '.join(types)}, got null"
-        return f"expected {' or '.join(types)}, got {json_type_name(instance)} {instance!r}"
+        return f"expected {' or '.join(types)}, got {json_type_name(instance)} {quoted(instance)}"
     if keyword in _BOUNDS:
-        return f"must be {_BOUNDS[keyword]} {expected!r}, got {instance!r}"
+        return f"must be {_BOUNDS[keyword]} {expected!r}, got {quoted(instance)}"
     if keyword == "const":
-        return f"must be {expected!r}, got {instance!r}"
+        return f"must be {expected!r}, got {quoted(instance)}"
     if keyword == "enum":
         choices = ", ".join(repr(choice) for choice in expected)
-        return f"{instance!r} is not one of {choices}"
-    return str(error.message)
+        return f"{quoted(instance)} is not one of {choices}"
+    # jsonschema's own words quote the value whole: quote it as above instead.
+    return str(error.message).replace(repr(instance), quoted(instance))
 
 
 def _quoted_name(message: str) -> str:

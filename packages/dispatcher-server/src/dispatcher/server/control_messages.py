@@ -14,7 +14,7 @@ from dispatcher.config import BrokerName
 from dispatcher.schema import validator
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.control import ControlCommands
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
@@ -54,7 +54,8 @@ class ControlMessages:
             refusal = self._allow_list.refusal(message["control"], broker)
         if refusal is not None:
             self._stats.rejected[reason] += 1
-            self._rejections.log("rejected control message on %s: %s", where, refusal)
+            shown = Excerpt(refusal, MAX_REASON_CHARS)  # every field's problem, each cut short
+            self._rejections.log("rejected control message on %s: %s", where, shown)
             reply = {"error": refusal}
         else:
             self._stats.control += 1

@@ -27,6 +27,7 @@ from dispatcher.publish.mistakes import did_you_mean
 from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin
 from dispatcher.server.ctl_arguments import Text, count_between, seconds_up_to
+from dispatcher.server.ctl_render import aligned, cut
 from dispatcher.server.logsafe import escape, first_line
 from dispatcher.server.queue_admin import (
     FINISHED_STATES,
@@ -42,7 +43,7 @@ COMMANDS: Final = frozenset({"jobs", "retry", "purge", "cancel-job"})
 """The subcommands this module adds to ``dispatcherctl``."""
 
 ERROR_WIDTH: Final = 60
-"""Characters of a job's last error shown in the table (its first line)."""
+"""Columns of a job's last error shown in the table (its first line, cut with ``…``)."""
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 """``dispatcherctl``'s way to add a subcommand: ``add(name, help, **taken) -> parser``, where
@@ -351,18 +352,23 @@ def _json_value(value: object) -> str:
 
 TITLES: Final = ("uuid", "queue", "task", "state", "attempts", "when", "last error")
 
+CELL_WIDTH: Final = 64
+"""Columns of a job's uuid, queue or task name shown in the table: a longer one (a row
+inserted by hand may hold any text) is cut, ending with ``…``; ``--json`` shows it whole."""
+
 
 def render_jobs(rows: list[dict[str, Any]]) -> str:
     """Job rows (from :func:`~dispatcher.server.queue_admin.list_jobs`) as a text table.
 
     Every value is escaped: a task name or an error cannot start a line of its own in the
-    terminal or send it control sequences.
+    terminal or send it control sequences. Long values are cut to :data:`CELL_WIDTH` (the
+    last error to :data:`ERROR_WIDTH`) columns, wide characters counting two.
     """
     cells = [
         [
-            escape(row["uuid"], limit=None),
-            escape(row["queue"], limit=None),
-            escape(row["task"], limit=None),
+            _cell(row["uuid"]),
+            _cell(row["queue"]),
+            _cell(row["task"]),
             row["state"],
             f"{row['attempts']}/{row['max_attempts']}",
             when(row),
@@ -370,12 +376,12 @@ def render_jobs(rows: list[dict[str, Any]]) -> str:
         ]
         for row in rows
     ]
-    widths = [max(len(title), *(len(r[i]) for r in cells)) for i, title in enumerate(TITLES)]
-    lines = [TITLES, *cells]
-    return "".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n"
-        for line in lines
-    )
+    return "".join(line + "\n" for line in aligned([list(TITLES), *cells], indent=""))
+
+
+def _cell(value: object, columns: int = CELL_WIDTH) -> str:
+    """*value* escaped, cut to *columns* (escaping a bounded excerpt: a value may be huge)."""
+    return cut(escape(value, limit=columns * 2), columns)
 
 
 def when(row: dict[str, Any]) -> str:
@@ -425,8 +431,8 @@ def _first_line(error: str | None) -> str:
     if not error:
         return ""
     lines = error.strip().splitlines() or [""]
+    if lines[0] == "[...]" and len(lines) > 1:  # how earlier versions began a cut error
+        lines = lines[1:]
     # A traceback ends with the exception: show that rather than "Traceback (most recent...".
     line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
-    if len(line) > ERROR_WIDTH:
-        line = line[: ERROR_WIDTH - 3] + "..."
-    return escape(line, limit=None)
+    return _cell(line, ERROR_WIDTH)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from dispatcher.config import Settings
@@ -70,7 +70,7 @@ TIME_KEYS: Final = frozenset({"time", "time_pub"})
 """Keys whose numbers are dates, in seconds since the epoch (shown in local time)."""
 
 ARGUMENTS_WIDTH: Final = 40
-"""Characters of a task's ``args`` or ``kwargs`` shown in a table."""
+"""Columns of a task's ``args`` or ``kwargs`` shown in a table (a longer one is cut, ``…``)."""
 
 
 def control_channel(settings: Settings) -> str | None:
@@ -275,15 +275,31 @@ def width(text: str) -> int:
     )
 
 
+def cut(text: str, cells: int, measure: Callable[[str], int] = width) -> str:
+    """*text*, or as much of it as fits in *cells* columns followed by an ellipsis (``…``).
+
+    Columns as :func:`width` counts them (*measure*): a wide character takes two.
+    """
+    if text.isascii() and measure is width:
+        return text if len(text) <= cells else text[: max(cells - 1, 0)] + "…"
+    if measure(text) <= cells:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += measure(char)
+        if used > cells - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
+
+
 def _cell(value: object, key: str) -> str:
     """A table cell: ``-`` for nothing; arguments and other lists or objects cut short."""
     if value is None:
         return "-"
     if isinstance(value, list | dict):
         text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-        if len(text) > ARGUMENTS_WIDTH:
-            text = text[: ARGUMENTS_WIDTH - 3] + "..."
-        return shown(text)
+        return cut(escape(text, ARGUMENTS_WIDTH * 2), ARGUMENTS_WIDTH)
     return value_text(value, key)
 
 

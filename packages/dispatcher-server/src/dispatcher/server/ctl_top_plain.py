@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from dispatcher.server.ctl_render import aligned, shown
+from dispatcher.server.ctl_render import aligned, cut, shown
 from dispatcher.server.ctl_render import width as width_of
 from dispatcher.server.ctl_top_text import (
     COLUMN_GAP,
@@ -23,7 +23,6 @@ from dispatcher.server.ctl_top_text import (
     QUEUE_COLUMNS,
     WORKER_COLUMNS,
     Poll,
-    cut,
     failure_rows,
     fit_table,
     header_text,

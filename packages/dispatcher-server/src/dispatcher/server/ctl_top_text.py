@@ -18,6 +18,7 @@ from typing import Any, Final
 from dispatcher.server.brokers.pg_queue.sampler import COUNT_CAP
 from dispatcher.server.ctl_render import (
     UNKNOWN_SHAPE,
+    cut,
     duration_text,
     shown,
     size_text,
@@ -307,19 +308,6 @@ def fit_table(
                 return kept, _cut_rows(columns, rows, kept, task_cells, uuid_cells, measure)
     kept = tuple(name for name in columns if name not in optional)
     return kept, _cut_rows(columns, rows, kept, SHORTEST_TASK, SHORT_UUID + 1, measure)
-
-
-def cut(text: str, cells: int, measure: Callable[[str], int] = width) -> str:
-    """*text*, or as much of it as fits in *cells* columns followed by an ellipsis."""
-    if measure(text) <= cells:
-        return text
-    kept, used = [], 0
-    for char in text:
-        used += measure(char)
-        if used > cells - 1:
-            break
-        kept.append(char)
-    return "".join(kept) + "…"
 
 
 def _cut_rows(

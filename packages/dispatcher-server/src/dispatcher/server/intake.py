@@ -34,7 +34,7 @@ from dispatcher.schema import (
 from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, get_logger
 from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin, StoredRow
 from dispatcher.server.protocol import run_line
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
@@ -391,7 +391,8 @@ class Intake:
         """Count and log *rejected*; *where* says where it came from (`` on channel c``)."""
         self._stats.rejected[rejected.reason] += 1
         uuid = f" (uuid {rejected.uuid})" if isinstance(rejected.uuid, str) else ""
-        self._rejections.log("rejected message%s%s: %s", where, uuid, rejected)
+        reason = Excerpt(rejected, MAX_REASON_CHARS)  # every field's problem, each cut short
+        self._rejections.log("rejected message%s%s: %s", where, uuid, reason)
 
 
 def _timeout(message: dict[str, Any], catalogue: TaskCatalogue) -> float:

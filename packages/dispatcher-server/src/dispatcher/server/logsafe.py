@@ -20,8 +20,16 @@ from typing import Final, TextIO
 MAX_LOGGED_CHARS: Final = 200
 """Longest excerpt of one outside value written into a log line (in characters)."""
 
+MAX_REASON_CHARS: Final = 1000
+"""Longest excerpt of a text naming several values, each cut short already (see
+:class:`Excerpt`): why a message was rejected names every field that is wrong."""
+
 MAX_BLOCK_LINES: Final = 200
-"""Lines of a :class:`Block` or traceback kept (the last ones: where the error is)."""
+"""Lines of a :class:`Block` or traceback kept (the first few and the last ones)."""
+
+MAX_BLOCK_HEAD_LINES: Final = 20
+"""Of the :data:`MAX_BLOCK_LINES` lines kept, how many are the first ones (the others are the
+last: where the error is)."""
 
 MAX_BLOCK_LINE_CHARS: Final = 1000
 """Longest line of a :class:`Block` or traceback."""
@@ -69,15 +77,35 @@ def indented(text: str) -> str:
     r"""*text* with each line escaped and starting with :data:`INDENT`.
 
     Every line break Python knows (including ``\r``, ``\x0b`` and ``\u2028``) ends a line;
-    only the last :data:`MAX_BLOCK_LINES` lines are kept, after a line saying how many went.
+    of more than :data:`MAX_BLOCK_LINES` lines, the first :data:`MAX_BLOCK_HEAD_LINES` and the
+    last ones are kept (a traceback's outermost frames and what was raised), with a line
+    between them saying how many were left out.
     """
     lines = text.splitlines() or [""]
-    out = []
     if len(lines) > MAX_BLOCK_LINES:
-        out.append(f"{INDENT}({len(lines) - MAX_BLOCK_LINES} earlier lines not shown)")
-        lines = lines[-MAX_BLOCK_LINES:]
-    out += [INDENT + escape(line, MAX_BLOCK_LINE_CHARS) for line in lines]
-    return "\n".join(out)
+        tail = MAX_BLOCK_LINES - MAX_BLOCK_HEAD_LINES
+        left_out = f"({len(lines) - MAX_BLOCK_LINES} lines not shown)"
+        lines = [*lines[:MAX_BLOCK_HEAD_LINES], left_out, *lines[-tail:]]
+    return "\n".join(INDENT + escape(line, MAX_BLOCK_LINE_CHARS) for line in lines)
+
+
+def cut_middle(text: str, limit: int) -> str:
+    """*text*, or, when longer than *limit* characters, its start and its end.
+
+    A line between them says how many characters were left out: ``[... 8135 characters left
+    out ...]``. The start of an error names its type and says what went wrong; the end of a
+    traceback, where it was raised. The result is at most *limit* characters long.
+    """
+    if len(text) <= limit:
+        return text
+    kept = max(limit - _CUT_MARK_CHARS, 0)
+    head, tail = kept - kept // 2, kept // 2
+    left_out = len(text) - head - tail
+    return f"{text[:head]}\n[... {left_out} characters left out ...]\n{text[len(text) - tail :]}"
+
+
+_CUT_MARK_CHARS: Final = 48
+"""Room :func:`cut_middle` leaves for its line saying what it left out (and its breaks)."""
 
 
 class Block:
@@ -105,14 +133,74 @@ class Block:
         return f"Block({self.text!r})"
 
 
+class Excerpt:
+    """An argument to log escaped and cut at *limit* characters, not :data:`MAX_LOGGED_CHARS`.
+
+    For the texts that name many values, each cut short already (a rejected message's
+    problems, one per wrong field)::
+
+        logger.warning("rejected message: %s", Excerpt(reason, MAX_REASON_CHARS))
+    """
+
+    __slots__ = ("limit", "text")
+
+    def __init__(self, text: object, limit: int) -> None:
+        self.text = text
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return escape(self.text, self.limit)
+
+    def __repr__(self) -> str:
+        return f"Excerpt({self.text!r}, {self.limit})"
+
+
 def _safe_arg(value: object) -> object:
     if type(value) is str and len(value) <= MAX_LOGGED_CHARS and value.isprintable():
         return value  # the common case, first: nothing to escape or cut
     if isinstance(value, int | float):
         return value
-    if isinstance(value, Block):
+    if isinstance(value, Block | Excerpt):
         return str(value)
     return escape(value)
+
+
+_RENDERED_APART: Final = frozenset({"msg", "args", "exc_info", "exc_text", "stack_info", _DONE})
+"""Record attributes :class:`EscapingFilter` renders in their own way (not as one value)."""
+
+_PLAIN_TYPES: Final = (int, float, type(None))
+"""Types of record attributes shown as they are (``bool`` is an ``int``)."""
+
+_TEXT_ATTRIBUTES: Final = (
+    "name",
+    "levelname",
+    "pathname",
+    "filename",
+    "module",
+    "funcName",
+    "threadName",
+    "processName",
+    "taskName",  # Python 3.12 and later
+)
+"""The texts every record carries (beside its message) that a format may show."""
+
+_TEXT_TYPES: Final = frozenset({str, type(None)})
+
+_SAFE_TEXTS: Final[set[tuple[object, ...]]] = set()
+"""Values of :data:`_TEXT_ATTRIBUTES` seen before with nothing to escape: a logger's records
+share them (a set, as a record's texts are checked with one look-up)."""
+
+_MAX_SAFE_TEXTS: Final = 1024
+"""Most entries :data:`_SAFE_TEXTS` holds (it starts again, empty, when full)."""
+
+_PLAIN_RECORD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+
+_STANDARD_ATTRIBUTES: Final = _PLAIN_RECORD | {"message", "asctime", _DONE}
+"""What a record holds without ``extra=``: the texts above, numbers, and those made apart
+(``message`` and ``asctime`` once a handler before has formatted it)."""
+
+_MOST_PLAIN_ATTRIBUTES: Final = len(_PLAIN_RECORD) + 1
+"""A record (marked escaped) with more attributes than these may have some of ``extra=``."""
 
 
 class EscapingFilter(logging.Filter):
@@ -120,8 +208,12 @@ class EscapingFilter(logging.Filter):
 
     Arguments (``record.args``) are escaped and cut at :data:`MAX_LOGGED_CHARS` (numbers are
     left alone; a :class:`Block` becomes indented lines); the message itself is escaped
-    whole; an exception or stack trace is rendered into indented, escaped lines. Never
-    drops a record.
+    whole; an exception or stack trace is rendered into indented, escaped lines. Every
+    other attribute a format can show is escaped and cut as an argument is: the logger's
+    name and the level's name, the thread's, process's and asyncio task's names, the
+    function, module and file names, and whatever ``extra=`` added. Task code chooses them
+    all (``logging.getLogger(any_text)``, ``logging.addLevelName()``, a thread's name).
+    Never drops a record.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -142,7 +234,37 @@ class EscapingFilter(logging.Filter):
             record.exc_text = indented(record.exc_text)
         if record.stack_info:
             record.stack_info = indented(record.stack_info)
+        _escape_attributes(record)
         return True
+
+
+def _escape_attributes(record: logging.LogRecord) -> None:
+    """Escape, in place, the attributes of *record* a format shows as one value each."""
+    attributes = vars(record)
+    texts = tuple(map(attributes.get, _TEXT_ATTRIBUTES))
+    # Exact types first: then neither hashing nor comparing runs code of the record's own.
+    if not (_TEXT_TYPES.issuperset(map(type, texts)) and texts in _SAFE_TEXTS):
+        _escape_texts(attributes, texts)
+    if len(attributes) > _MOST_PLAIN_ATTRIBUTES:  # extra= added some: look at every one
+        for key in attributes.keys() - _STANDARD_ATTRIBUTES:
+            value = attributes[key]
+            if not isinstance(value, _PLAIN_TYPES):
+                attributes[key] = _safe_arg(value)
+
+
+def _escape_texts(attributes: dict[str, object], texts: tuple[object, ...]) -> None:
+    """Escape the :data:`_TEXT_ATTRIBUTES` (*texts*) of a record; remember them if safe."""
+    changed = False
+    for key, value in zip(_TEXT_ATTRIBUTES, texts, strict=True):
+        if value is None:
+            continue
+        if type(value) is not str or len(value) > MAX_LOGGED_CHARS or not value.isprintable():
+            attributes[key] = escape(value)
+            changed = True
+    if not changed:
+        if len(_SAFE_TEXTS) >= _MAX_SAFE_TEXTS:
+            _SAFE_TEXTS.clear()
+        _SAFE_TEXTS.add(texts)
 
 
 _FORMATTER: Final = logging.Formatter()

@@ -16,7 +16,7 @@ from dispatcher.server.brokers.base import TICK_OFFER_WINDOW, OncePerTick
 from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.intake import Intake
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.timetables import ScheduleBoard, Timetable
@@ -53,7 +53,8 @@ def _submit(intake: Intake, section: str, task: str, options: TaskOptions) -> No
     try:
         intake.submit(_message(task, options), section)
     except Rejected as rejected:
-        logger.error("producers.%s[%r]: task refused: %s", section, task, rejected)
+        shown = Excerpt(rejected, MAX_REASON_CHARS)
+        logger.error("producers.%s[%r]: task refused: %s", section, task, shown)
     except Exception:  # a producer must outlive any one submission
         logger.exception("producers.%s[%r]: submission failed", section, task)
 

@@ -33,7 +33,7 @@ from dispatcher.publish import DispatcherCancel, registry
 from dispatcher.server.capture import OutputCapture
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks, conventions, is_adopted
 from dispatcher.server.hooks import BaseWorker
-from dispatcher.server.logsafe import Block, describe_exception, get_logger, log_to
+from dispatcher.server.logsafe import Block, cut_middle, describe_exception, get_logger, log_to
 from dispatcher.server.protocol import (
     CANCEL_SIGNALS,
     RECALL_SIGNAL,
@@ -138,7 +138,9 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
         return
     except BaseException:
         capture.close()
-        channel.send(event_line({"event": "fatal", "error": _capped(traceback.format_exc(), True)}))
+        channel.send(
+            event_line({"event": "fatal", "error": _capped(traceback.format_exc(), whole=True)})
+        )
         return
     runner = TaskRunner(options.worker_id, channel, hooks, capture)
     signal.signal(signal.SIGUSR1, runner.on_cancel_signal)
@@ -417,7 +419,7 @@ class TaskRunner:
             done.update(
                 outcome="error",
                 error=_capped(error),
-                traceback=_capped(_traceback_of(exc), keep_end=True),
+                traceback=_capped(_traceback_of(exc), whole=True),
             )
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
             self._follow_up(message, done)
@@ -676,13 +678,17 @@ def _does_not_fit(exc: BaseException) -> bool:
     return True
 
 
-def _capped(text: str, keep_end: bool = False) -> str:
-    """*text*, cut to :data:`MAX_REPORTED_CHARS`, saying how much was left out and where."""
+def _capped(text: str, whole: bool = False) -> str:
+    """*text*, cut to :data:`MAX_REPORTED_CHARS`, saying how much was left out and where.
+
+    An error's message keeps its start (its type, what went wrong); a traceback (*whole*)
+    its start and its end, the frames and what was raised, cutting the middle.
+    """
+    if whole:
+        return cut_middle(text, MAX_REPORTED_CHARS)
     cut = len(text) - MAX_REPORTED_CHARS
     if cut <= 0:
         return text
-    if keep_end:  # a traceback's last lines say what was raised
-        return f"[{cut} characters left out]\n{text[cut:]}"
     return f"{text[:MAX_REPORTED_CHARS]}... ({cut} more characters)"
 
 

@@ -16,6 +16,7 @@ from typing import Final, Literal, NamedTuple
 
 from dispatcher.schema import Outcome
 from dispatcher.server.brokers.base import Settled
+from dispatcher.server.logsafe import cut_middle
 
 AckKind = Literal["done", "cancelled", "failed", "retry", "requeue"]
 
@@ -30,7 +31,12 @@ it may be claimed again, by any service: time for the service to drain, instead 
 it back at once, again and again."""
 
 MAX_ERROR_CHARS: Final = 32 * 1024
-"""Longest error text (message and traceback) kept on a row; a longer one keeps its end."""
+"""Longest error text (message and traceback) kept on a row; a longer one keeps its start and
+its end (see :func:`~dispatcher.server.logsafe.cut_middle`)."""
+
+MAX_REASON_SHARE: Final = MAX_ERROR_CHARS // 4
+"""Of :data:`MAX_ERROR_CHARS`, the most an error's message takes before its traceback (which
+ends with the message again)."""
 
 _KINDS: Final[dict[str, AckKind]] = {
     Outcome.OK: "done",
@@ -126,19 +132,24 @@ def to_ack(settled: Settled, policy: RetryPolicy) -> Ack | None:
 
 
 def _error(settled: Settled) -> str:
+    """The message, then the traceback: each cut apart, so that both keep start and end."""
     text = settled.reason or settled.outcome
     if settled.traceback:
-        text = f"{text}\n{settled.traceback.rstrip()}"
+        text = cut_middle(text, MAX_REASON_SHARE)
+        room = MAX_ERROR_CHARS - len(text) - 1
+        text = f"{text}\n{cut_middle(settled.traceback.rstrip(), room)}"
     return clean_text(text) or settled.outcome
 
 
 def clean_text(text: str | None) -> str | None:
-    """*text* as PostgreSQL takes it: no NUL, valid UTF-8, at most :data:`MAX_ERROR_CHARS`."""
+    """*text* as PostgreSQL takes it: no NUL, valid UTF-8, at most :data:`MAX_ERROR_CHARS`.
+
+    A longer text keeps its start (an error's type and message) and its end (where it was
+    raised), with a line between them saying how much was left out.
+    """
     if text is None:
         return None
     text = text.replace("\x00", "\\x00")
     if not text.isascii():  # lone surrogates cannot be sent: escape them
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) > MAX_ERROR_CHARS:
-        text = "[...]\n" + text[-MAX_ERROR_CHARS:]
-    return text
+    return cut_middle(text, MAX_ERROR_CHARS)
