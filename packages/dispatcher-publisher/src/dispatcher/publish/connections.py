@@ -43,6 +43,21 @@ thousands of elements (about a sixth of the client's time and two thirds of the 
 for 50,000 messages).
 """
 
+UTF8: Final[dict[str, Any]] = {"client_encoding": "UTF8"}
+"""Connect option of every connection the project opens (the SDK's, the services', dispatcherctl's).
+
+Text then travels as UTF-8 whatever the database's encoding, or the conninfo's or
+``PGCLIENTENCODING``'s: psycopg reads it as ``str`` (on a ``SQL_ASCII`` database it would
+read ``bytes``), and a database in another encoding converts it, refusing the characters it
+lacks with an error of its own (:data:`UNTRANSLATABLE`) rather than the client failing to
+encode them. A startup parameter: it passes through pgbouncer.
+"""
+
+UNTRANSLATABLE: Final = ("22P05", "22021")
+"""SQLSTATEs of text the database's encoding cannot hold: ``untranslatable_character`` (a
+character with no equivalent in that encoding, also a ``\\u`` escape of a ``jsonb`` value)
+and ``character_not_in_repertoire``."""
+
 APPLICATION_NAME: Final = "dispatcher-publisher"
 """``application_name`` of the SDK's own connections, unless the conninfo sets one."""
 
@@ -127,12 +142,13 @@ def through_transaction_pooler(conninfo: str) -> bool:
 
 
 def connect_options(conninfo: str) -> dict[str, Any]:
-    """Keyword arguments for ``connect()``: autocommit, and our defaults the conninfo lacks.
+    """Keyword arguments for ``connect()``: autocommit, UTF-8, our defaults the conninfo lacks.
 
-    No statement is prepared on a conninfo the config marks ``transaction_pooler``.
+    Text is UTF-8 whatever the conninfo says (:data:`UTF8`). No statement is prepared on a
+    conninfo the config marks ``transaction_pooler``.
     """
     given = conninfo_to_dict(conninfo)
-    options: dict[str, Any] = {"autocommit": True}
+    options: dict[str, Any] = {"autocommit": True, **UTF8}
     if through_transaction_pooler(conninfo):
         options["prepare_threshold"] = None
     if "application_name" not in given:

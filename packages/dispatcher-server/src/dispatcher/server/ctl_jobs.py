@@ -22,7 +22,7 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
-from dispatcher.publish.connections import REFUSALS
+from dispatcher.publish.connections import REFUSALS, UTF8
 from dispatcher.publish.mistakes import did_you_mean
 from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin
@@ -130,7 +130,7 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
     except queue_admin.QueueNotConfigured as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
             queue_admin.limit_waits(conn, options.timeout)
             queue_admin.check_tables(conn, section.schema, settings.file)
             queue = getattr(options, "queue", None)
@@ -284,7 +284,7 @@ def waiting_of_task(settings: Settings, task: str, timeout: float) -> int:
     if section is None:
         return 0
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
             limit_waits(conn, timeout)
             return queue_admin.count_waiting(conn, section.schema, task)
     except (psycopg.Error, DispatcherError):
@@ -306,7 +306,7 @@ def cancel_waiting_job(
     if section is None:
         return None, None
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
             limit_waits(conn, timeout)
             queue = queue_admin.cancel_waiting(conn, section.schema, uuid, task)
     except (queue_admin.NotCancelled, queue_admin.TablesMissing):
@@ -323,7 +323,7 @@ def waits(settings: Settings, uuid: str, timeout: float) -> bool:
     if section is None:
         return False
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
             limit_waits(conn, timeout)
             return bool(queue_admin.list_jobs(conn, section.schema, state="queued", uuid=uuid))
     except (psycopg.Error, DispatcherError):

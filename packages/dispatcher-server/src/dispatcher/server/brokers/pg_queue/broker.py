@@ -22,6 +22,7 @@ from anyio.abc import TaskStatus
 
 from dispatcher.config import PgQueueBroker as PgQueueSettings
 from dispatcher.publish import AsyncConnectionProvider
+from dispatcher.publish.connections import UTF8
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     QUEUE_WAKEUP_CHANNEL,
@@ -321,7 +322,7 @@ def check_tables(settings: PgQueueSettings, config_file: str | None) -> None:
     :raises BrokerNotReady: with the one line that says which command to run.
     """
     try:
-        with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=5, **UTF8) as conn:
             found = read_version(conn, settings.schema)
     except psycopg.Error as exc:
         logger.warning(
