@@ -119,7 +119,12 @@ def test_text_travels_whole_through_a_service_and_back(
     assert recorded.count([TEXT]) == 2, records
 
     job = wait_until(lambda: (j := get_job(durable.uuid)) is not None and j.finished and j, 20)
-    assert (job.state, job.uuid, job.task, job.result) == ("done", f"é-{TEXT}", TASKS + "give_back", TEXT)
+    assert (job.state, job.uuid, job.task, job.result) == (
+        "done",
+        f"é-{TEXT}",
+        TASKS + "give_back",
+        TEXT,
+    )
     assert [j.uuid for j in jobs(task=TASKS + "give_back")] == [durable.uuid]
     assert "rejected" not in service.log
 

@@ -299,6 +299,8 @@ class _Translator:
         if not isinstance(value, Mapping):
             self.error(old, f"expected an object of libpq parameters, got {type(value).__name__}")
             return
+        from dispatcher.config.loading import conninfo_text_problem  # loading imports this
+
         conninfo = value.get("conninfo", "")
         params: dict[str, Any] = {}
         for key, item in value.items():
@@ -307,12 +309,18 @@ class _Translator:
                 if not isinstance(conninfo, str):
                     self.error(where, f"expected string, got {type(conninfo).__name__}")
                     return
+                if (unreadable := conninfo_text_problem(conninfo)) is not None:
+                    self.error(where, unreadable)
+                    return
             elif key in _CONNECT_OPTIONS:
                 self.warn(where, "a psycopg option with no equivalent; ignored")
             elif item is None:
                 continue  # psycopg leaves out parameters given as None
             elif isinstance(item, bool) or not isinstance(item, str | int | float):
                 self.error(where, f"expected string or number, got {type(item).__name__}")
+            elif (unreadable := conninfo_text_problem(str(item))) is not None:
+                self.error(where, unreadable)
+                return
             elif not _is_libpq_parameter(str(key)):
                 self.error(where, "unknown key: not a libpq connection parameter")
             else:
@@ -590,7 +598,7 @@ def _is_libpq_parameter(name: str) -> bool:
 
     try:
         make_conninfo("", **{name: "x"})
-    except ProgrammingError:
+    except (ProgrammingError, UnicodeEncodeError):  # a name with lone surrogates is none
         return False
     return True
 

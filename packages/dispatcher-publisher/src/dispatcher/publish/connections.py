@@ -191,19 +191,51 @@ connection (08), a shutdown (57P), a cancelled statement, a lock or serializatio
 read-only standby, a lack of resources: a retry may succeed after those."""
 
 
-def broker_failure(conninfo: str, exc: psycopg.Error, doing: str, what: str) -> PublishError:
+class TextNotStorable(PublishError):
+    """The database refused a text for a character its encoding lacks (:data:`UNTRANSLATABLE`).
+
+    Raised by the SDK's own connections; the callers that know which values they sent name
+    the one at fault instead (:func:`dispatcher.publish.pg_text.unstorable`).
+    """
+
+    def __init__(self, message: str, encoding: str | None) -> None:
+        super().__init__(message)
+        self.encoding = encoding
+        """PostgreSQL's name of the database's encoding (``LATIN1``), if known."""
+
+
+def server_encoding(connection: BaseConnection[Any]) -> str | None:
+    """PostgreSQL's name of the encoding of *connection*'s database, if known."""
+    try:
+        return connection.info.parameter_status("server_encoding")
+    except psycopg.Error:  # the connection is broken: its parameters cannot be read
+        return None
+
+
+def broker_failure(
+    conninfo: str,
+    exc: psycopg.Error,
+    doing: str,
+    what: str,
+    connection: BaseConnection[Any] | None = None,
+) -> PublishError:
     """The error for *exc*, raised by the database at *conninfo* while *doing* (*what*).
 
     A :class:`BrokerUnavailable` when sending again later may succeed; a plain
     :class:`PublishError` when the database refused *what* (``the NOTIFY``, ``to store the
-    jobs``) for a reason no retry cures (:data:`REFUSALS`), saying so.
+    jobs``) for a reason no retry cures (:data:`REFUSALS`), saying so; a
+    :class:`TextNotStorable` (with the encoding of *connection*'s database) when a text
+    held a character the database's encoding lacks.
     """
     if not isinstance(exc, REFUSALS):
         return broker_unavailable(conninfo, exc, doing)
-    return PublishError(
+    message = (
         f"cannot {doing} {describe_server(conninfo)}: it refused {what}: {_reason(conninfo, exc)}"
         f" (SQLSTATE {exc.sqlstate}: sending again will not help)"
     )
+    if exc.sqlstate in UNTRANSLATABLE:
+        return TextNotStorable(message, None if connection is None else server_encoding(connection))
+    return PublishError(message)
 
 
 def first_line(exc: BaseException) -> str:
