@@ -138,3 +138,51 @@ def test_text_travels_whole_through_a_service_and_back(
     ]
     alive = ctl(configured, "alive")
     assert alive.returncode == 0, alive.stdout + alive.stderr
+
+
+LACKED = "€"
+"""A character LATIN1 lacks."""
+
+
+@pytest.mark.parametrize("encoded_dsn", ["LATIN1"], indirect=True)
+def test_text_the_database_cannot_hold_is_named_not_a_traceback(
+    encoded_dsn: str, configured: Path
+) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        submit_task(TASKS + "record", queue=QUEUE, uuid=f"{LACKED}1")
+    said = str(caught.value)
+    assert said.startswith(f"cannot submit '{TASKS}record': uuid: holds '€' (U+20AC), a character")
+    assert "LATIN1" in said
+    # Arguments travel as JSON text, escaped: any database holds them.
+    submitted = submit_task(TASKS + "record", queue=QUEUE, args=[LACKED], kwargs={LACKED: 1})
+    job = get_job(submitted.uuid)
+    assert job is not None
+    assert json.loads(job.message)["args"] == [LACKED]
+    with psycopg.connect(encoded_dsn) as own:  # the database's encoding, as clients default to
+        with pytest.raises(InvalidSubmission, match="^cannot submit .*: uuid: holds '€'"):
+            submit_task(TASKS + "record", queue=QUEUE, uuid=LACKED, connection=own)
+        assert get_job(LACKED, connection=own) is None
+        assert jobs(task=LACKED, connection=own) == []
+        own.execute("SELECT 1")  # its transaction is not aborted: nothing was sent
+    assert get_job(f"{LACKED}1") is None  # no job can have it
+    assert jobs(task=f"x{LACKED}") == jobs(queue=LACKED) == []
+    assert get_job("e1") is None  # the connection is still usable
+
+    for args, option in [
+        (["jobs", "--uuid", LACKED], "--uuid"),
+        (["jobs", "--task", LACKED], "--task"),
+        (["retry", "--uuid", LACKED], "--uuid"),
+        (["cancel-job", "--task", LACKED], "--task"),
+        (["purge", "--state", "done", "--older-than", "1", "--queue", LACKED], "--queue"),
+    ]:
+        result = ctl(configured, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"dispatcherctl: argument {option}: holds '€' (U+20AC), a character the "
+            "database's encoding (LATIN1) lacks"
+        ], args
+    result = ctl(configured, "submit", TASKS + "record", "--queue", QUEUE, "--uuid", LACKED)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert "uuid: holds '€' (U+20AC)" in result.stderr
+    assert "Traceback" not in result.stderr
