@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from dispatcher.config.conninfo import conninfo_text_problem
 from dispatcher.config.legacy import Path, PathMap
 from dispatcher.schema import Problem
 
@@ -299,8 +300,6 @@ class _Translator:
         if not isinstance(value, Mapping):
             self.error(old, f"expected an object of libpq parameters, got {type(value).__name__}")
             return
-        from dispatcher.config.loading import conninfo_text_problem  # loading imports this
-
         conninfo = value.get("conninfo", "")
         params: dict[str, Any] = {}
         for key, item in value.items():

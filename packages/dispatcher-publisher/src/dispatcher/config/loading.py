@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from dispatcher.config import dispatcherd_layout, legacy, plugins
+from dispatcher.config.conninfo import conninfo_text_problem
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.schedules import scheduled_problems
 from dispatcher.config.security import hide_secret, load_security
@@ -450,25 +451,6 @@ def conninfo_problem(conninfo: str) -> str | None:
         value = given.get(key)
         if value is not None and str(value) not in values:
             return f"{key}: {str(value)!r} is not one of {', '.join(values)}"
-    return None
-
-
-def conninfo_text_problem(text: str) -> str | None:
-    """Why *text* cannot be (part of) a conninfo at all, without quoting it; ``None`` if it can.
-
-    libpq reads a C string: a NUL character would end it there, silently dropping what
-    follows (a host, a user); and text holding lone surrogates (bytes that were not UTF-8)
-    cannot be passed to it.
-    """
-    if "\x00" in text:
-        return (
-            f"holds a NUL character (at index {text.index(chr(0))}), which libpq would take "
-            "for its end, ignoring what follows"
-        )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"is not UTF-8 text: it holds a lone surrogate at index {exc.start}"
     return None
 
 
