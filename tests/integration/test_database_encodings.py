@@ -159,7 +159,7 @@ def test_text_the_database_cannot_hold_is_named_not_a_traceback(
     assert job is not None
     assert json.loads(job.message)["args"] == [LACKED]
     with psycopg.connect(encoded_dsn) as own:  # the database's encoding, as clients default to
-        with pytest.raises(InvalidSubmission, match="^cannot submit .*: uuid: holds '€'"):
+        with pytest.raises(InvalidSubmission, match=r"^cannot submit .*: uuid: holds '€'"):
             submit_task(TASKS + "record", queue=QUEUE, uuid=LACKED, connection=own)
         assert get_job(LACKED, connection=own) is None
         assert jobs(task=LACKED, connection=own) == []
