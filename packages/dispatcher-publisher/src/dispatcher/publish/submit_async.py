@@ -78,9 +78,7 @@ async def _asend_groups(groups: Groups, connection: object | None, own_connectio
                 await broker.asend(messages, connection)
 
 
-async def _asend_together(
-    groups: Groups, connection: object | None, own_connection: bool
-) -> None:
+async def _asend_together(groups: Groups, connection: object | None, own_connection: bool) -> None:
     """Send a batch that spans brokers (several statements) all or nothing, where it can.
 
     On the caller's *connection*: in its transaction, or in one of their own when it is in
