@@ -76,6 +76,9 @@ SUBMIT = Twin(
         "abatch": "batch",
         "asend": "send",
         "asend_jobs": "send_jobs",
+        "aown_database": "own_database",
+        "_asend_groups": "_send_groups",
+        "_asend_together": "_send_together",
     },
     strings={"asend_own": "send_own", "abatch": "batch", "batch": "abatch"},
 )

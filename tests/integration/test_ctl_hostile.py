@@ -330,3 +330,30 @@ def test_every_command_prints_json_with_json_or_refuses_it(
                 assert shown in ({"retried": 0, "skipped": 0}, {"purged": 0, "state": "done"})
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "said"),
+    [
+        ("dbname=app\\u0000 host=db user=app password=s3cret", "holds a NUL character"),
+        ("dbname=\\ud800 password=s3cret", "is not UTF-8 text"),
+    ],
+)
+@pytest.mark.parametrize("command", [["alive"], ["jobs"]])
+def test_a_conninfo_libpq_cannot_take_is_a_config_error(
+    tmp_path: Path, conninfo: str, said: str, command: list[str]
+) -> None:
+    """Not cut short at the NUL (the host and user after it ignored), nor a traceback."""
+    path = tmp_path / "dispatcher.yml"
+    # YAML's escapes: the file itself is plain ASCII.
+    path.write_text(
+        "version: 1\nbrokers:\n"
+        f'  pg_notify: {{conninfo: "{conninfo}", channels: [a]}}\n'
+        "  pg_queue: {queues: [q]}\n"
+    )
+    result = ctl(path, *command)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"dispatcherctl: {path}: brokers.pg_notify.conninfo: ")
+    assert said in result.stderr
+    assert "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -288,3 +288,24 @@ def failing_tick(path: str) -> None:
     """Record a run, then fail: a task that must not run twice (one attempt only)."""
     _record(path, event="failing_tick")
     raise RuntimeError("this tick failed")
+
+
+class _ItemsFail(dict):  # type: ignore[type-arg]
+    """A dict whose items cannot be read: encoding it as JSON raises RuntimeError."""
+
+    def items(self) -> Any:
+        raise RuntimeError("no items")
+
+
+class _IterFails(list):  # type: ignore[type-arg]
+    """A list that cannot be iterated: encoding it (or walking it) raises TypeError."""
+
+    def __iter__(self) -> Any:
+        raise TypeError("cannot iterate")
+
+
+@task()
+def give_back_unencodable(path: str, kind: str) -> Any:
+    """Record (the side effect), then return a value whose JSON encoding raises."""
+    _record(path, event="give_back", kind=kind)
+    return _ItemsFail(a=1) if kind == "dict" else _IterFails([1])

@@ -204,6 +204,9 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
         ("postgresql://db/app?bogus=1", 'invalid URI query parameter: "bogus"'),
         ("host=db sslmode=bogusmode", "sslmode: 'bogusmode' is not one of disable, allow"),
         ("postgresql://db/app?target_session_attrs=x", "target_session_attrs: 'x' is not one"),
+        # libpq would stop at the NUL: the host and user after it would be silently ignored.
+        ("dbname=app\x00 host=db user=app password=s3cret", "holds a NUL character (at index 10)"),
+        ("dbname=\ud800 password=s3cret", "is not UTF-8 text: it holds a lone surrogate"),
     ],
 )
 @pytest.mark.parametrize("broker", ["pg_notify", "pg_queue"])
@@ -223,6 +226,16 @@ def test_a_conninfo_libpq_cannot_read_is_refused_without_its_password(
     assert said in str(caught.value)
     assert "s3cret" not in str(caught.value)
     assert "horse" not in str(caught.value)
+
+
+@pytest.mark.parametrize("config", [{"conninfo": "host=db\x00x"}, {"dbname": "a\udcffb"}])
+def test_a_dispatcherd_config_conninfo_libpq_cannot_read_is_refused(config: dict[str, str]) -> None:
+    key = next(iter(config))
+    pg_notify = {"config": config, "channels": ["a"]}
+    with pytest.raises(ConfigError) as caught:
+        setup({"version": 2, "brokers": {"pg_notify": pg_notify}})
+    assert str(caught.value).startswith(f"config: brokers.pg_notify.config.{key}: ")
+    assert "\n" not in str(caught.value)
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:

@@ -175,10 +175,44 @@ def test_a_long_message_leaves_room_for_its_traceback() -> None:
 
 
 def test_json_results_are_kept_as_text() -> None:
-    assert encode_result({"b": [1, 2.5, "é"], "a": None}) == (
-        '{"b":[1,2.5,"\\u00e9"],"a":null}',
-        None,
-    )
+    # Characters as they are: a SQL_ASCII database's jsonb cannot convert \u escapes.
+    assert encode_result({"b": [1, 2.5, "é"], "a": None}) == ('{"b":[1,2.5,"é"],"a":null}', None)
+
+
+class _ItemsFail(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise RuntimeError("no items")
+
+
+class _IterFails(list):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        raise TypeError("cannot iterate")
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+class _RaisesUnprintable(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise _Unprintable
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (_ItemsFail(a=1), "no items"),
+        ([_IterFails([1])], "JSON cannot hold"),
+        (_RaisesUnprintable(a=1), "_Unprintable"),
+    ],
+)
+def test_a_result_whose_encoding_raises_is_dropped_with_a_note(value: object, said: str) -> None:
+    text, why = encode_result(value)
+    assert text is None
+    assert why is not None
+    assert why.startswith("result not kept: ")
+    assert said in why
 
 
 @pytest.mark.parametrize(
@@ -190,6 +224,8 @@ def test_json_results_are_kept_as_text() -> None:
         ({"a": [1, {2}]}, "result.a[1]: a value of type set is not JSON-serialisable"),
         ("x" * MAX_RESULT_BYTES, f"more than {MAX_RESULT_BYTES}"),
         ("a\x00b", "NUL"),
+        (["\udc80"], "lone surrogate"),
+        ("é" * (MAX_RESULT_BYTES // 2), f"more than {MAX_RESULT_BYTES}"),
     ],
 )
 def test_other_results_are_dropped_with_a_note(value: object, note: str) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from dispatcher.config.conninfo import conninfo_text_problem
 from dispatcher.config.legacy import Path, PathMap
 from dispatcher.schema import Problem
 
@@ -307,12 +308,18 @@ class _Translator:
                 if not isinstance(conninfo, str):
                     self.error(where, f"expected string, got {type(conninfo).__name__}")
                     return
+                if (unreadable := conninfo_text_problem(conninfo)) is not None:
+                    self.error(where, unreadable)
+                    return
             elif key in _CONNECT_OPTIONS:
                 self.warn(where, "a psycopg option with no equivalent; ignored")
             elif item is None:
                 continue  # psycopg leaves out parameters given as None
             elif isinstance(item, bool) or not isinstance(item, str | int | float):
                 self.error(where, f"expected string or number, got {type(item).__name__}")
+            elif (unreadable := conninfo_text_problem(str(item))) is not None:
+                self.error(where, unreadable)
+                return
             elif not _is_libpq_parameter(str(key)):
                 self.error(where, "unknown key: not a libpq connection parameter")
             else:
@@ -590,7 +597,7 @@ def _is_libpq_parameter(name: str) -> bool:
 
     try:
         make_conninfo("", **{name: "x"})
-    except ProgrammingError:
+    except (ProgrammingError, UnicodeEncodeError):  # a name with lone surrogates is none
         return False
     return True
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from dispatcher.config import dispatcherd_layout, legacy, plugins
+from dispatcher.config.conninfo import conninfo_text_problem
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.schedules import scheduled_problems
 from dispatcher.config.security import hide_secret, load_security
@@ -435,6 +436,9 @@ def conninfo_problem(conninfo: str) -> str | None:
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
+    unreadable = conninfo_text_problem(conninfo)
+    if unreadable is not None:
+        return unreadable
     try:
         given = conninfo_to_dict(conninfo)
     except ProgrammingError as exc:

@@ -43,6 +43,21 @@ thousands of elements (about a sixth of the client's time and two thirds of the 
 for 50,000 messages).
 """
 
+UTF8: Final[dict[str, Any]] = {"client_encoding": "UTF8"}
+"""Connect option of every connection the project opens (the SDK's, the services', dispatcherctl's).
+
+Text then travels as UTF-8 whatever the database's encoding, or the conninfo's or
+``PGCLIENTENCODING``'s: psycopg reads it as ``str`` (on a ``SQL_ASCII`` database it would
+read ``bytes``), and a database in another encoding converts it, refusing the characters it
+lacks with an error of its own (:data:`UNTRANSLATABLE`) rather than the client failing to
+encode them. A startup parameter: it passes through pgbouncer.
+"""
+
+UNTRANSLATABLE: Final = ("22P05", "22021")
+"""SQLSTATEs of text the database's encoding cannot hold: ``untranslatable_character`` (a
+character with no equivalent in that encoding, also a ``\\u`` escape of a ``jsonb`` value)
+and ``character_not_in_repertoire``."""
+
 APPLICATION_NAME: Final = "dispatcher-publisher"
 """``application_name`` of the SDK's own connections, unless the conninfo sets one."""
 
@@ -127,12 +142,13 @@ def through_transaction_pooler(conninfo: str) -> bool:
 
 
 def connect_options(conninfo: str) -> dict[str, Any]:
-    """Keyword arguments for ``connect()``: autocommit, and our defaults the conninfo lacks.
+    """Keyword arguments for ``connect()``: autocommit, UTF-8, our defaults the conninfo lacks.
 
-    No statement is prepared on a conninfo the config marks ``transaction_pooler``.
+    Text is UTF-8 whatever the conninfo says (:data:`UTF8`). No statement is prepared on a
+    conninfo the config marks ``transaction_pooler``.
     """
     given = conninfo_to_dict(conninfo)
-    options: dict[str, Any] = {"autocommit": True}
+    options: dict[str, Any] = {"autocommit": True, **UTF8}
     if through_transaction_pooler(conninfo):
         options["prepare_threshold"] = None
     if "application_name" not in given:
@@ -175,19 +191,51 @@ connection (08), a shutdown (57P), a cancelled statement, a lock or serializatio
 read-only standby, a lack of resources: a retry may succeed after those."""
 
 
-def broker_failure(conninfo: str, exc: psycopg.Error, doing: str, what: str) -> PublishError:
+class TextNotStorable(PublishError):
+    """The database refused a text for a character its encoding lacks (:data:`UNTRANSLATABLE`).
+
+    Raised by the SDK's own connections; the callers that know which values they sent name
+    the one at fault instead (:func:`dispatcher.publish.pg_text.unstorable`).
+    """
+
+    def __init__(self, message: str, encoding: str | None) -> None:
+        super().__init__(message)
+        self.encoding = encoding
+        """PostgreSQL's name of the database's encoding (``LATIN1``), if known."""
+
+
+def server_encoding(connection: BaseConnection[Any]) -> str | None:
+    """PostgreSQL's name of the encoding of *connection*'s database, if known."""
+    try:
+        return connection.info.parameter_status("server_encoding")
+    except psycopg.Error:  # the connection is broken: its parameters cannot be read
+        return None
+
+
+def broker_failure(
+    conninfo: str,
+    exc: psycopg.Error,
+    doing: str,
+    what: str,
+    connection: BaseConnection[Any] | None = None,
+) -> PublishError:
     """The error for *exc*, raised by the database at *conninfo* while *doing* (*what*).
 
     A :class:`BrokerUnavailable` when sending again later may succeed; a plain
     :class:`PublishError` when the database refused *what* (``the NOTIFY``, ``to store the
-    jobs``) for a reason no retry cures (:data:`REFUSALS`), saying so.
+    jobs``) for a reason no retry cures (:data:`REFUSALS`), saying so; a
+    :class:`TextNotStorable` (with the encoding of *connection*'s database) when a text
+    held a character the database's encoding lacks.
     """
     if not isinstance(exc, REFUSALS):
         return broker_unavailable(conninfo, exc, doing)
-    return PublishError(
+    message = (
         f"cannot {doing} {describe_server(conninfo)}: it refused {what}: {_reason(conninfo, exc)}"
         f" (SQLSTATE {exc.sqlstate}: sending again will not help)"
     )
+    if exc.sqlstate in UNTRANSLATABLE:
+        return TextNotStorable(message, None if connection is None else server_encoding(connection))
+    return PublishError(message)
 
 
 def first_line(exc: BaseException) -> str:

@@ -232,7 +232,7 @@ class AsyncConnectionProvider:
                     raise broker_unavailable(self.conninfo, exc, doing) from None
                 retries -= 1
             except psycopg.Error as exc:
-                raise broker_failure(self.conninfo, exc, doing, what) from None
+                raise broker_failure(self.conninfo, exc, doing, what, own) from None
 
     async def close(self) -> None:
         """Close the caller's connection; let go of those whose owners are gone.

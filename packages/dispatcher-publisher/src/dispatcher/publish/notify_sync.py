@@ -229,7 +229,7 @@ class ConnectionProvider:
                     raise broker_unavailable(self.conninfo, exc, doing) from None
                 retries -= 1
             except psycopg.Error as exc:
-                raise broker_failure(self.conninfo, exc, doing, what) from None
+                raise broker_failure(self.conninfo, exc, doing, what, own) from None
 
     def close(self) -> None:
         """Close the caller's connection; let go of those whose owners are gone.

@@ -64,6 +64,18 @@ class PgNotifyPublisher:
         else:
             notify(self._conninfo(connection), messages, connection)
 
+    def own_database(self) -> str | None:
+        """The conninfo :meth:`send` sends on when given no connection, if the SDK's own.
+
+        ``None`` when ``connection_factory`` gives the application's connection instead, or
+        no conninfo is configured.
+        """
+        return self.conninfo if self._factory is None else None
+
+    def aown_database(self) -> str | None:
+        """:meth:`own_database` for :meth:`asend` (``async_connection_factory``)."""
+        return self.conninfo if self._async_factory is None else None
+
     def send_own(self, messages: Sequence[Outgoing]) -> None:
         """NOTIFY on the SDK's own connection, never the application's (``connection_factory``).
 

@@ -15,7 +15,13 @@ from psycopg import AsyncConnection, AsyncCursor
 
 from dispatcher.config import ConfigError, NotConfiguredError, get_settings
 from dispatcher.config.settings import dispatcherctl_command
-from dispatcher.publish.connections import caller_connection, caller_lost
+from dispatcher.publish.connections import (
+    UNTRANSLATABLE,
+    TextNotStorable,
+    caller_connection,
+    caller_lost,
+    server_encoding,
+)
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.job import (
     Job,
@@ -28,6 +34,7 @@ from dispatcher.publish.job import (
 )
 from dispatcher.publish.jsonb import register_tolerant_jsonb
 from dispatcher.publish.notify_async import shared_provider
+from dispatcher.publish.pg_text import job_not_storable, unstorable
 from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
 
 
@@ -45,15 +52,28 @@ async def astore(
         transaction aborted (nothing is sent on it then).
     :raises PublishError: when the queue's tables are missing from *schema*; when the
         database refuses the rows for a reason no retry cures (a missing privilege).
+    :raises InvalidSubmission: naming the job and the value, when a text holds a character
+        the database's encoding lacks (checked first on *connection*, whose transaction is
+        then left as it was).
     """
     try:
         if connection is not None:
             caller = caller_connection(connection, AsyncConnection, "asubmit_task", "submit_task")
-            await _run_on_caller(caller, caller.cursor(), statement, rows, "send to")
+            refusal = job_not_storable(rows, _encodings(caller))
+            if refusal is not None:
+                raise refusal
+            try:
+                await _run_on_caller(caller, caller.cursor(), statement, rows, "send to")
+            except psycopg.Error as exc:
+                if exc.sqlstate not in UNTRANSLATABLE:
+                    raise
+                raise (job_not_storable(rows, [server_encoding(caller)]) or exc) from exc
         else:
             await shared_provider(conninfo).execute(statement, rows, what=_storing(rows))
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
+    except TextNotStorable as exc:
+        raise job_not_storable(rows, [exc.encoding]) or exc from None
 
 
 async def aget_job(uuid: str, *, connection: AsyncConnection[Any] | None = None) -> Job | None:
@@ -121,6 +141,9 @@ async def _read(
     try:
         if connection is not None:
             caller = caller_connection(connection, AsyncConnection, *names)
+            texts = [("", param) for param in params if isinstance(param, str)]
+            if unstorable(texts, _encodings(caller)) is not None:
+                return []  # no row can hold it: asking would abort the caller's transaction
             cursor = caller.cursor()  # its adapters are its own: the caller's stay as they are
             cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
             register_tolerant_jsonb(cursor.adapters)
@@ -131,6 +154,20 @@ async def _read(
         return await cursor.fetchall()
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
+    except TextNotStorable:
+        return []  # a text no row can hold, as the database's encoding lacks a character of it
+
+
+def _encodings(connection: AsyncConnection[Any]) -> list[str | None]:
+    """The encodings a text sent on the caller's *connection* must fit.
+
+    Its database's, and the connection's own (its ``client_encoding``, which need not be UTF8).
+    """
+    try:
+        client = connection.info.parameter_status("client_encoding")
+    except psycopg.Error:
+        client = None
+    return [server_encoding(connection), client]
 
 
 async def _run_on_caller(

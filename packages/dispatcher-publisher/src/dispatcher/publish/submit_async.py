@@ -10,17 +10,24 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import interception
 from dispatcher.publish.batching import Batch, collect, current_batch, outer_batch
-from dispatcher.publish.brokers import is_job_broker
-from dispatcher.publish.connections import expect_connection
+from dispatcher.publish.brokers import PublishBroker, is_job_broker
+from dispatcher.publish.connections import broker_failure, connect_options, expect_connection
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
+from dispatcher.publish.pg_notify import PgNotifyPublisher
+from dispatcher.publish.pg_queue import PgQueuePublisher
 from dispatcher.publish.registry import Queue
 from dispatcher.publish.routing import plan
 from dispatcher.publish.submission import Submission
 from dispatcher.schema import OnDuplicate
+
+Groups = list[tuple[PublishBroker, list[Submission]]]
+"""Submissions grouped by the broker they go through, in order (see ``routing.plan``)."""
 
 
 async def asend(
@@ -50,7 +57,16 @@ async def asend(
     if interceptor is not None:
         await interceptor.asend(submissions, connection)
         return
-    for broker, group in plan(submissions, connection):
+    groups = plan(submissions, connection)
+    if len(groups) > 1:
+        await _asend_together(groups, connection, own_connection)
+    else:
+        await _asend_groups(groups, connection, own_connection)
+
+
+async def _asend_groups(groups: Groups, connection: object | None, own_connection: bool) -> None:
+    """Send each group through its broker, one statement per group, in order."""
+    for broker, group in groups:
         if is_job_broker(broker):
             await broker.asend_jobs(group, connection)
         else:
@@ -60,6 +76,51 @@ async def asend(
                 await own(messages)
             else:
                 await broker.asend(messages, connection)
+
+
+async def _asend_together(groups: Groups, connection: object | None, own_connection: bool) -> None:
+    """Send a batch that spans brokers (several statements) all or nothing, where it can.
+
+    On the caller's *connection*: in its transaction, or in one of their own when it is in
+    autocommit mode and in none. Without one, when every broker sends on the SDK's own
+    connection to one database (pg_notify and pg_queue, with no ``connection_factory``):
+    in one transaction on a connection opened for it. Else (brokers on several databases,
+    plug-ins) one after another, each all or nothing.
+    """
+    if connection is not None:
+        if (
+            isinstance(connection, AsyncConnection)
+            and connection.autocommit
+            and connection.info.transaction_status == TransactionStatus.IDLE
+        ):
+            async with connection.transaction():
+                await _asend_groups(groups, connection, own_connection)
+        else:
+            await _asend_groups(groups, connection, own_connection)
+        return
+    conninfo = _one_database(groups)
+    if conninfo is None:
+        await _asend_groups(groups, None, own_connection)
+        return
+    try:
+        conn = await AsyncConnection.connect(conninfo, **connect_options(conninfo))
+        async with conn, conn.transaction():
+            await _asend_groups(groups, conn, own_connection)
+    except psycopg.Error as exc:
+        raise broker_failure(conninfo, exc, "send to", "the batch") from None
+
+
+def _one_database(groups: Groups) -> str | None:
+    """The conninfo every broker of *groups* sends on with the SDK's own connection, if one."""
+    conninfos: set[str | None] = set()
+    for broker, _ in groups:
+        if isinstance(broker, PgQueuePublisher):
+            conninfos.add(broker.settings.conninfo)
+        elif isinstance(broker, PgNotifyPublisher):
+            conninfos.add(broker.aown_database())
+        else:
+            return None  # a plug-in's: its own way to send
+    return next(iter(conninfos)) if len(conninfos) == 1 else None
 
 
 async def asubmit_task(

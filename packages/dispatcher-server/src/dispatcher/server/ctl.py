@@ -24,10 +24,10 @@ from dispatcher.publish import (
     broker_unavailable,
     describe_server,
 )
-from dispatcher.publish.connections import REFUSALS
+from dispatcher.publish.connections import REFUSALS, UTF8
 from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_jobs, ctl_submit
-from dispatcher.server.ctl_arguments import count, json_list, json_object, positive_seconds
+from dispatcher.server.ctl_arguments import Text, count, json_list, json_object, positive_seconds
 from dispatcher.server.ctl_migrate import migrate_command
 from dispatcher.server.ctl_render import (
     DISPATCHERD_NOT_FOUND,
@@ -204,8 +204,8 @@ def parser() -> argparse.ArgumentParser:
         ("cancel", "cancel tasks (needs a filter, or --all)"),
     ):
         sub = command(name, help)
-        sub.add_argument("--uuid", help="only the task with this uuid")
-        sub.add_argument("--task", help="only tasks with this name")
+        sub.add_argument("--uuid", action=Text, help="only the task with this uuid")
+        sub.add_argument("--task", action=Text, help="only tasks with this name")
         sub.add_argument(
             "--args", type=json_list, metavar="JSON", help="only tasks with these args"
         )
@@ -234,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
         help="the level, as an option (as dispatcherd's dispatcherctl takes it)",
     )
     run = command("run", "start a task (needs producers.control in the services' config)")
-    run.add_argument("task", help="the task's name")
+    run.add_argument("task", action=Text, help="the task's name")
     run.add_argument(
         "--args", type=json_list, default=[], metavar="JSON", help="positional arguments"
     )
@@ -659,7 +659,7 @@ def install_sql(settings: Settings) -> int:
     installs.append(("dispatcher_enqueue()", queue_database.conninfo, sql_queue_publisher()))
     for function, conninfo, text in installs:
         try:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
+            with psycopg.connect(conninfo, autocommit=True, **UTF8) as conn:
                 conn.execute(text.encode())
                 # Where the file created it: the first schema of the session's search_path.
                 row = conn.execute(b"SELECT pg_catalog.current_schema()").fetchone()

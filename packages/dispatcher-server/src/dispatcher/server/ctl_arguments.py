@@ -82,6 +82,8 @@ def count(text: str) -> int:
 
 
 def _json(text: str) -> Any:
+    if not _is_utf8(text):
+        raise argparse.ArgumentTypeError(NOT_UTF8)
     try:
         return decode_json(text)
     except DecodeError as exc:  # also too deep for the decoder, NaN, 1e400
@@ -106,11 +108,22 @@ def text_problem(text: str) -> str | None:
         return "must not be empty"
     if "\x00" in text:
         return f"must not hold a NUL character, got {shown(text)}"
+    if not _is_utf8(text):
+        return f"{NOT_UTF8}, got {shown(text)}"
+    return None
+
+
+NOT_UTF8: Final = "must be UTF-8 text (the command line holds bytes that are not)"
+"""Why text holding lone surrogates is refused: bytes of the command line that are not UTF-8
+(Python reads them as such), which no message nor database text can hold."""
+
+
+def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return f"must be UTF-8 text (the command line holds bytes that are not), got {shown(text)}"
-    return None
+        return False
+    return True
 
 
 class Text(argparse.Action):

@@ -22,8 +22,9 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
-from dispatcher.publish.connections import REFUSALS
+from dispatcher.publish.connections import REFUSALS, UTF8, server_encoding
 from dispatcher.publish.mistakes import did_you_mean
+from dispatcher.publish.pg_text import unstorable, unstorable_reason
 from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin
 from dispatcher.server.ctl_arguments import Text, count_between, seconds_up_to
@@ -131,7 +132,10 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
     except queue_admin.QueueNotConfigured as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
+            refusal = unstorable_option(options, server_encoding(conn))
+            if refusal is not None:
+                return _fail(refusal, EXIT_USAGE)
             queue_admin.limit_waits(conn, options.timeout)
             queue_admin.check_tables(conn, section.schema, settings.file)
             queue = getattr(options, "queue", None)
@@ -146,6 +150,24 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         return _fail(str(exc), EXIT_USAGE)  # set-up to finish: retrying alone would not help
     except DispatcherError as exc:
         return _fail(str(exc))
+
+
+TEXT_OPTIONS: Final = ("uuid", "task", "queue")
+"""The options of the queue commands whose text is compared with the table's."""
+
+
+def unstorable_option(options: argparse.Namespace, encoding: str | None) -> str | None:
+    """Why an option's text cannot be in the table; ``None`` when every one can.
+
+    The database's *encoding* lacks one of its characters: no job can hold it, and sent, it
+    would be refused.
+    """
+    given = [(name, getattr(options, name, None)) for name in TEXT_OPTIONS]
+    found = unstorable([(name, value) for name, value in given if value is not None], [encoding])
+    if found is None:
+        return None
+    name, character, encoding = found
+    return f"argument --{name}: {unstorable_reason(character, encoding)}"
 
 
 def unknown_queue(queue: str, configured: Sequence[str]) -> str:
@@ -285,10 +307,10 @@ def waiting_of_task(settings: Settings, task: str, timeout: float) -> int:
     if section is None:
         return 0
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
             limit_waits(conn, timeout)
             return queue_admin.count_waiting(conn, section.schema, task)
-    except (psycopg.Error, DispatcherError):
+    except (psycopg.Error, DispatcherError):  # a task no row can hold (UNTRANSLATABLE) too
         return 0
 
 
@@ -307,7 +329,10 @@ def cancel_waiting_job(
     if section is None:
         return None, None
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
+            texts = [("uuid", uuid), ("task", task)] if task is not None else [("uuid", uuid)]
+            if unstorable(texts, [server_encoding(conn)]) is not None:
+                return None, None  # no job can have it
             limit_waits(conn, timeout)
             queue = queue_admin.cancel_waiting(conn, section.schema, uuid, task)
     except (queue_admin.NotCancelled, queue_admin.TablesMissing):
@@ -324,10 +349,10 @@ def waits(settings: Settings, uuid: str, timeout: float) -> bool:
     if section is None:
         return False
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
             limit_waits(conn, timeout)
             return bool(queue_admin.list_jobs(conn, section.schema, state="queued", uuid=uuid))
-    except (psycopg.Error, DispatcherError):
+    except (psycopg.Error, DispatcherError):  # a uuid no row can hold (UNTRANSLATABLE) too
         return False
 
 

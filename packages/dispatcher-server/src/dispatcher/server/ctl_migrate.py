@@ -9,7 +9,7 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
-from dispatcher.publish.connections import REFUSALS
+from dispatcher.publish.connections import REFUSALS, UTF8
 from dispatcher.server.brokers.pg_queue.migrations import (
     MigrationError,
     migrate,
@@ -74,7 +74,7 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
         return EXIT_USAGE
     schema, conninfo = section.schema, section.conninfo
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
             if print_only:
                 work = plan(schema, read_version(conn, schema) or 0)
                 print(work.script(lock_wait), end="")

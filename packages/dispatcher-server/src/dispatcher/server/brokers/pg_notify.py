@@ -32,6 +32,7 @@ from psycopg import sql
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.publish import AsyncConnectionProvider, describe_server
+from dispatcher.publish.connections import UTF8
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     is_valid_channel_name,
@@ -67,6 +68,7 @@ async def open_connection(conninfo: str, application_name: str) -> psycopg.Async
         autocommit=True,
         application_name=application_name,
         connect_timeout=10,
+        **UTF8,
         keepalives=1,
         keepalives_idle=30,
         keepalives_interval=10,

@@ -28,6 +28,7 @@ from anyio.abc import TaskStatus
 from psycopg import sql
 
 from dispatcher.publish import describe_server
+from dispatcher.publish.connections import UTF8
 from dispatcher.server.backoff import Backoff
 from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.stats import QueueDepth, QueueSampling
@@ -92,6 +93,7 @@ async def sampling_connection(
         application_name=application_name,
         connect_timeout=connect_timeout,
         prepare_threshold=None,
+        **UTF8,
         keepalives=1,  # a server gone silently is noticed, as on the broker's connections
         keepalives_idle=30,
         keepalives_interval=10,

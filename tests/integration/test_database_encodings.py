@@ -1,0 +1,188 @@
+"""Databases whose encoding is not UTF8: every connection of the project speaks UTF-8.
+
+On ``SQL_ASCII`` the server passes the bytes through (a client in its own encoding would read
+``bytes``); on ``LATIN1`` it converts them, and refuses the characters it lacks: the SDK and
+``dispatcherctl`` say which value holds one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid as uuids
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from dispatcher.config import reset, setup
+from dispatcher.publish import (
+    InvalidSubmission,
+    close_connections,
+    get_job,
+    jobs,
+    submit_task,
+)
+from dispatcher.server.brokers.pg_queue.migrations import migrate
+from support.service import TASKS, Evidence, ServiceProcess, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+QUEUE = "enc_jobs"
+TEXT = "café ñ ÿ"
+"""Text every encoding tested holds (LATIN1 has these characters, ASCII does not)."""
+
+
+@pytest.fixture(scope="module", params=["SQL_ASCII", "LATIN1"])
+def encoded_dsn(request: pytest.FixtureRequest, pg_dsn: str) -> Iterator[str]:
+    """A database of this encoding, with the durable queue's tables (dropped at the end)."""
+    name = f"dispatcher_enc_{request.param.lower()}_{uuids.uuid4().hex[:10]}"
+    statement = sql.SQL(
+        "CREATE DATABASE {} ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    ).format(sql.Identifier(name), sql.Literal(request.param))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(statement)
+    dsn = make_conninfo(pg_dsn, dbname=name)
+    try:
+        with psycopg.connect(dsn) as conn:
+            migrate(conn, "dispatcher")
+        yield dsn
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def encoding_of(dsn: str) -> str:
+    with psycopg.connect(dsn) as conn:
+        return str(conn.info.parameter_status("server_encoding"))
+
+
+def config_of(dsn: str, channel: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "brokers": {
+            "pg_notify": {"conninfo": dsn, "channels": [channel]},
+            "pg_queue": {"queues": [QUEUE], "poll_interval": 0.5, "lease": 5},
+        },
+        "tasks": {"modules": ["support.service_tasks"]},
+        "service": {"pool": {"min_workers": 1, "max_workers": 2}, "shutdown_grace": 5},
+    }
+
+
+@pytest.fixture
+def configured(encoded_dsn: str, channel: str, tmp_path: Path) -> Iterator[Path]:
+    """The SDK set up on the encoded database; yields the config file, for dispatcherctl."""
+    config = config_of(encoded_dsn, channel)
+    path = tmp_path / "dispatcher.yml"
+    path.write_text(json.dumps(config))
+    setup(config)
+    yield path
+    close_connections()
+    reset()
+
+
+def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=30,
+    )
+
+
+def test_text_travels_whole_through_a_service_and_back(
+    encoded_dsn: str,
+    channel: str,
+    configured: Path,
+    evidence: Evidence,
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    service = start_service(config_of(encoded_dsn, channel))
+    path = str(evidence.path)
+    durable = submit_task(TASKS + "give_back", args=[path, TEXT], queue=QUEUE, uuid=f"é-{TEXT}")
+    submit_task(TASKS + "record", args=[path, TEXT])  # over NOTIFY
+    # Unescaped, as the SQL functions and other clients may send it.
+    raw = {"task": TASKS + "record", "uuid": uuids.uuid4().hex, "args": [path, TEXT]}
+    with psycopg.connect(encoded_dsn, autocommit=True, client_encoding="UTF8") as conn:
+        conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(raw, ensure_ascii=False)))
+
+    records = evidence.wait_for(3)
+    recorded = [r["args"] for r in records if "args" in r]
+    assert recorded.count([TEXT]) == 2, records
+
+    job = wait_until(lambda: (j := get_job(durable.uuid)) is not None and j.finished and j, 20)
+    assert (job.state, job.uuid, job.task, job.result) == (
+        "done",
+        f"é-{TEXT}",
+        TASKS + "give_back",
+        TEXT,
+    )
+    assert [j.uuid for j in jobs(task=TASKS + "give_back")] == [durable.uuid]
+    assert "rejected" not in service.log
+
+    listing = ctl(configured, "jobs")
+    assert listing.returncode == 0, listing.stderr
+    assert f"é-{TEXT}" in listing.stdout
+    listed = ctl(configured, "jobs", "--json", "--uuid", durable.uuid)
+    assert listed.returncode == 0, listed.stderr
+    assert [(row["uuid"], row["result"]) for row in json.loads(listed.stdout)] == [
+        (durable.uuid, TEXT)
+    ]
+    alive = ctl(configured, "alive")
+    assert alive.returncode == 0, alive.stdout + alive.stderr
+
+
+LACKED = "€"
+"""A character LATIN1 lacks."""
+
+
+@pytest.mark.parametrize("encoded_dsn", ["LATIN1"], indirect=True)
+def test_text_the_database_cannot_hold_is_named_not_a_traceback(
+    encoded_dsn: str, configured: Path
+) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        submit_task(TASKS + "record", queue=QUEUE, uuid=f"{LACKED}1")
+    said = str(caught.value)
+    assert said.startswith(f"cannot submit '{TASKS}record': uuid: holds '€' (U+20AC), a character")
+    assert "LATIN1" in said
+    # Arguments travel as JSON text, escaped: any database holds them.
+    submitted = submit_task(TASKS + "record", queue=QUEUE, args=[LACKED], kwargs={LACKED: 1})
+    job = get_job(submitted.uuid)
+    assert job is not None
+    assert json.loads(job.message)["args"] == [LACKED]
+    with psycopg.connect(encoded_dsn) as own:  # the database's encoding, as clients default to
+        with pytest.raises(InvalidSubmission, match=r"^cannot submit .*: uuid: holds '€'"):
+            submit_task(TASKS + "record", queue=QUEUE, uuid=LACKED, connection=own)
+        assert get_job(LACKED, connection=own) is None
+        assert jobs(task=LACKED, connection=own) == []
+        own.execute("SELECT 1")  # its transaction is not aborted: nothing was sent
+    assert get_job(f"{LACKED}1") is None  # no job can have it
+    assert jobs(task=f"x{LACKED}") == jobs(queue=LACKED) == []
+    assert get_job("e1") is None  # the connection is still usable
+
+    for args, option in [
+        (["jobs", "--uuid", LACKED], "--uuid"),
+        (["jobs", "--task", LACKED], "--task"),
+        (["retry", "--uuid", LACKED], "--uuid"),
+        (["cancel-job", "--task", LACKED], "--task"),
+        (["purge", "--state", "done", "--older-than", "1", "--queue", LACKED], "--queue"),
+    ]:
+        result = ctl(configured, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"dispatcherctl: argument {option}: holds '€' (U+20AC), a character the "
+            "database's encoding (LATIN1) lacks"
+        ], args
+    result = ctl(configured, "submit", TASKS + "record", "--queue", QUEUE, "--uuid", LACKED)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert "uuid: holds '€' (U+20AC)" in result.stderr
+    assert "Traceback" not in result.stderr

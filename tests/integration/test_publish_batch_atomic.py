@@ -1,0 +1,96 @@
+"""A batch() that spans brokers (NOTIFYs and durable jobs) is sent all or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dispatcher.config import Settings, reset, setup
+from dispatcher.publish import PublishError, batch, close_connections, submit_task
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
+from support.durable import own_schema
+from support.postgres import wait_for_notifies
+
+pytestmark = pytest.mark.timeout(60)
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def schema(pg_dsn: str) -> Iterator[str]:
+    """The queue's tables, refusing (at the server) the rows whose uuid starts with ``bad``."""
+    with own_schema(pg_dsn) as name:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER TABLE {}.jobs ADD CHECK (uuid NOT LIKE 'bad%%')").format(
+                    sql.Identifier(name)
+                )
+            )
+        yield name
+
+
+@pytest.fixture
+def durable(pg_dsn: str, channel: str, schema: str) -> Iterator[Settings]:
+    settings = setup(
+        {
+            "version": 1,
+            "brokers": {
+                "pg_notify": {"conninfo": pg_dsn, "channels": [channel]},
+                "pg_queue": {"queues": ["orders"], "schema": schema},
+            },
+        }
+    )
+    yield settings
+    close_connections()
+    reset()
+
+
+@pytest.fixture
+def listener(pg_dsn: str, channel: str) -> Iterator[Conn]:
+    """LISTENing on the test's channel and where durable queues are woken."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        conn.execute(f"LISTEN {QUEUE_WAKEUP_CHANNEL}")
+        yield conn
+
+
+def stored(pg_dsn: str, schema: str) -> list[str]:
+    with psycopg.connect(pg_dsn) as conn:
+        query = sql.SQL("SELECT uuid FROM {}.jobs ORDER BY id").format(sql.Identifier(schema))
+        return [row[0] for row in conn.execute(query)]
+
+
+def mixed_batch(channel: str, connection: Conn | None = None, bad: bool = True) -> None:
+    with batch(connection):
+        submit_task("app.tasks.t", queue="orders", uuid="q0")
+        submit_task("app.tasks.t", queue=channel, uuid="n1")
+        submit_task("app.tasks.t", queue="orders", uuid="bad2" if bad else "q2")
+        submit_task("app.tasks.t", queue=channel, uuid="n3")
+
+
+def test_a_batch_failing_partway_leaves_nothing_sent(
+    durable: Settings, pg_dsn: str, schema: str, channel: str, listener: Conn
+) -> None:
+    with pytest.raises(PublishError, match="refused the batch"):
+        mixed_batch(channel)
+    assert stored(pg_dsn, schema) == []
+    assert wait_for_notifies(listener, 1, timeout=0.3) == []
+    mixed_batch(channel, bad=False)  # and a good one goes whole
+    assert stored(pg_dsn, schema) == ["q0", "q2"]
+    received = wait_for_notifies(listener, 3)
+    assert sorted(n.channel for n in received) == sorted([channel, channel, QUEUE_WAKEUP_CHANNEL])
+
+
+def test_on_an_autocommit_connection_it_is_all_or_nothing_too(
+    durable: Settings, pg_dsn: str, schema: str, channel: str, listener: Conn
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            mixed_batch(channel, conn)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert stored(pg_dsn, schema) == []
+    assert wait_for_notifies(listener, 1, timeout=0.3) == []
