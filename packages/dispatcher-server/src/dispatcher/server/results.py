@@ -32,7 +32,10 @@ def encode_result(value: Any) -> tuple[str | None, str | None]:
     try:
         text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
-        why = unsendable_reason(value, ("result",))
+        try:
+            why = unsendable_reason(value, ("result",))
+        except BaseException:  # (a key's __repr__ raising, even SystemExit: the task's code)
+            why = None
         if why is None:  # refused by the encoder for a reason the walk does not know
             why = f"a value of type {type(value).__name__} that JSON cannot hold ({exc})"
         return None, f"result not kept: {why}"[:300]
