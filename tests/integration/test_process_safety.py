@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from support.service import Evidence, ServiceProcess, alive, children, wait_until
 from support.service import task_message as message
 
@@ -62,6 +64,27 @@ def test_sigkill_of_the_main_process_leaves_no_process_after_one_second(
     killed_at = time.monotonic()
     wait_until(lambda: not any(alive(pid) for pid in everything), timeout=1.0)
     assert time.monotonic() - killed_at <= 1.0
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_children_a_task_moved_out_of_its_workers_group_end_with_the_service(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    stop: int,
+) -> None:
+    """A child in a process group or session of its own escapes its worker's group: the fork
+    server, which adopts it once its worker is gone, kills it when the service stops."""
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(with_process_tasks(service_config))
+    notify(channel, message(PROCESS_TASKS + "spawn_escaping_children", evidence.path))
+    [started] = evidence.wait_for(1)
+    assert all(alive(pid) for pid in started["children"])
+    service.signal(stop)
+    service.wait(timeout=10)
+    wait_until(lambda: not any(alive(pid) for pid in started["children"]), timeout=2.0)
 
 
 def test_a_worker_whose_child_keeps_its_socket_is_seen_dead_at_once(

@@ -185,6 +185,32 @@ def test_a_task_writing_on_its_event_pipe_gets_its_worker_replaced(
     assert "internal error" not in service.log
 
 
+def test_a_task_reporting_the_end_of_another_job_gets_its_worker_replaced(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A well-formed ``done`` for another uuid, written by the task: its own job does not end
+    ``ok`` on it (nor does the one named)."""
+    service = start_service(config)
+    forge = message(UNRULY + "writes_on_the_event_pipe", evidence.path, "done", uuid="u-forger")
+    notify(channel, forge)
+    [forging] = evidence.wait_for(1)
+    service.wait_for_log(
+        rf"worker \d+ \(pid {forging['pid']}\) reported the end of uuid zzz while it runs the "
+        r"job of uuid u-forger: not an event of its own \(its task forged it\), stopping it"
+    )
+    service.wait_for_log(
+        r"died while running task \S+writes_on_the_event_pipe \(uuid u-forger\): worker_lost"
+    )
+    notify(channel, message("record", evidence.path, "next"))
+    records = evidence.wait_for(2)
+    assert records[-1]["pid"] != forging["pid"]
+    assert "internal error" not in service.log
+
+
 def test_a_huge_exception_message_is_reported_cut_and_the_worker_carries_on(
     start_service: StartService,
     config: dict[str, Any],

@@ -43,3 +43,12 @@ def hoard_memory(path: str, megabytes: int) -> None:
     _record(path, event="start")
     kept = [b"x" * (10 << 20) for _ in range(megabytes // 10)]
     _record(path, event="end", kept=len(kept))
+
+
+@task()
+def spawn_escaping_children(path: str) -> None:
+    """Start two children out of the worker's process group: one in a group of its own,
+    one in a session of its own; record their pids."""
+    grouped = subprocess.Popen(["sleep", "600"], process_group=0)
+    alone = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    _record(path, event="start", children=[grouped.pid, alone.pid])

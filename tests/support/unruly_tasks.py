@@ -93,6 +93,7 @@ def wrapped_generator(path: str) -> Iterator[int]:
 _WRITTEN_ON_THE_EVENT_PIPE = {
     "garbage": b'{"garbage": \n\xff\xfe not json\n' * 10,
     "endless": b"x" * (64 << 20),  # a line that never ends: the service must not wait for it
+    "done": b'{"event":"done","uuid":"zzz","outcome":"ok","started":0,"finished":0}\n',
 }
 
 

@@ -27,7 +27,7 @@ from dispatcher.schema import Outcome
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job
 from dispatcher.server.launcher import WorkerProcess
-from dispatcher.server.protocol import RECALL_SIGNAL, STOP_LINE, event_line
+from dispatcher.server.protocol import RECALL_SIGNAL, STOP_LINE, event_line, read_line
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
@@ -60,6 +60,7 @@ class ScriptedWorker(WorkerProcess):
         self.signals: list[int] = []
         self.ignores_sigterm = False
         self._launcher = launcher
+        self._ended = 0
 
     def send(self, line: bytes) -> bool:
         self.lines += line.splitlines(keepends=True)  # jobs sent ahead share a write
@@ -85,9 +86,19 @@ class ScriptedWorker(WorkerProcess):
     def ready(self) -> None:
         self.emit({"event": "ready", "tasks": ["app.work"]})
 
-    def done(self, outcome: str = "ok") -> None:
+    def done(self, outcome: str = "ok", uuid: str | None = None) -> None:
+        """End the next job sent to it (or say *uuid* ended)."""
         now = time.time()
-        self.emit({"event": "done", "outcome": outcome, "started": now, "finished": now})
+        if uuid is None:
+            uuid = self._next_uuid()
+        event = {"event": "done", "uuid": uuid, "outcome": outcome}
+        self.emit({**event, "started": now, "finished": now})
+
+    def _next_uuid(self) -> str:
+        runs = [line for line in self.lines if line.startswith(b'{"op":"run"')]
+        self._ended += 1
+        uuid: str = read_line(runs[self._ended - 1].rstrip(b"\n"))["message"]["uuid"]
+        return uuid
 
     def ping(self) -> None:
         """A control request: its reply shows every earlier event has been handled."""
@@ -252,6 +263,26 @@ async def test_a_worker_that_dies_loses_its_task_and_is_replaced() -> None:
         assert pool.stats.workers_lost == 1
         pool.p[1].ready()
         await pool.launcher.until(lambda: pool.p[1].running(queued))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("when", ["busy", "idle"])
+async def test_a_worker_reporting_the_end_of_another_job_is_stopped(when: str) -> None:
+    """A task forging ``done`` for another uuid (or a child it forked, reporting its task
+    again) does not end the job the worker runs: its worker is stopped, the job lost."""
+    async with running_pool(1) as pool:
+        job = make_job()
+        pool.scheduler.submit(job)
+        pool.p[0].ready()
+        await pool.launcher.until(lambda: pool.p[0].running(job))
+        if when == "idle":
+            pool.p[0].done()
+            await pool.launcher.settle(pool.p[0])
+        pool.p[0].done(uuid="zzz")
+        await pool.launcher.until(lambda: pool.p[0].signals == [signal.SIGKILL])
+        await pool.launcher.until(lambda: len(pool.p) == 2)
+        lost = {"busy": {Outcome.WORKER_LOST: 1}, "idle": {Outcome.OK: 1}}[when]
+        assert pool.stats.finished == lost
 
 
 @pytest.mark.anyio

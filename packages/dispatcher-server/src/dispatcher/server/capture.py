@@ -11,11 +11,12 @@ logged before the next task, or when the worker stops. A worker stopped by SIGTE
 middle of a task (one that resisted its cancel) logs what the task wrote until then.
 
 A task that closes file descriptors 0, 1 or 2 (``os.close(2)``), redirects 1 or 2
-(``os.dup2(f, 1)``), or leaves ``sys.stdout`` or ``sys.stderr`` replaced, would break every
-later task of its worker: each is put back as the worker set it up once the task ends, with
-a warning (once per worker). The check costs about a microsecond a task: fds 1 and 2 are
-known to still be the capture's pipe by its size (:data:`PIPE_SIZE`, which few other pipes
-have), and fd 0 to be open (fd 0 pointed at another file is not noticed).
+(``os.dup2(f, 1)``), or leaves ``sys.stdout`` or ``sys.stderr`` replaced or closed, would
+break every later task of its worker: each is put back as the worker set it up once the task
+ends (a closed stream by a new one on the same fd), with a warning (once per worker). The
+check costs about a microsecond a task: fds 1 and 2 are known to still be the capture's pipe
+by its size (:data:`PIPE_SIZE`, which few other pipes have), and fd 0 to be open (fd 0
+pointed at another file is not noticed).
 """
 
 from __future__ import annotations
@@ -165,10 +166,12 @@ class OutputCapture:
             intact = (
                 sys.stdout is stdout
                 and sys.stderr is stderr
+                and not stdout.closed
+                and not stderr.closed
                 and _fcntl(1, _GETPIPE_SZ) == self._pipe_size == _fcntl(2, _GETPIPE_SZ)
                 and _fcntl(0, _GETFD) >= 0
             )
-        except OSError:  # closed, or not a pipe
+        except (OSError, AttributeError):  # closed, or not a pipe; a stream of a hook's own
             intact = False
         if not intact and self._saved_fds:
             self._restore()
@@ -186,12 +189,15 @@ class OutputCapture:
                 changed.append(_STD_FDS[fd])
                 with contextlib.suppress(OSError):  # (our copy closed too: nothing to do)
                     os.dup2(saved, fd)
-        if sys.stdout is not self._streams[0]:
-            changed.append("sys.stdout")
-            sys.stdout = self._streams[0]
-        if sys.stderr is not self._streams[1]:
-            changed.append("sys.stderr")
-            sys.stderr = self._streams[1]
+        kept = []
+        for fd, name, current in ((1, "sys.stdout", sys.stdout), (2, "sys.stderr", sys.stderr)):
+            stream = self._streams[fd - 1]
+            closed = _closed(stream)
+            if closed or current is not stream:
+                changed.append(name)
+            kept.append(_reopened(stream, fd) if closed else stream)
+        self._streams = (kept[0], kept[1])
+        sys.stdout, sys.stderr = self._streams
         if changed and not self._warned:
             self._warned = True
             current = self._current
@@ -268,6 +274,28 @@ class OutputCapture:
             with self._lock:  # one read at a time: a task's end never waits long for it
                 if not self._read(1):
                     return  # every writer has gone (fds 1 and 2 closed)
+
+
+def _closed(stream: TextIO) -> bool:
+    """Whether *stream* is closed (a stream without a ``closed`` that says so is not)."""
+    try:
+        return stream.closed is True
+    except Exception:
+        return False
+
+
+def _reopened(stream: TextIO, fd: int) -> TextIO:
+    """A new text stream on *fd* for the closed *stream* (its encoding and errors kept)."""
+    reopened = open(  # noqa: SIM115 (sys.stdout or sys.stderr: open for the life of the process)
+        fd,
+        "w",
+        encoding=getattr(stream, "encoding", None) or "utf-8",
+        errors=getattr(stream, "errors", None) or "backslashreplace",
+        closefd=False,
+    )
+    if getattr(stream, "line_buffering", False) is True:
+        reopened.reconfigure(line_buffering=True)
+    return reopened
 
 
 def _flush_std_streams() -> None:

@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -216,6 +217,58 @@ class ForkServer:
             _kill_group(pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        _kill_adopted(time.monotonic() + ADOPTED_GRACE)
+
+
+ADOPTED_GRACE: Final = 0.5
+"""Seconds a fork server that stops spends killing the processes it adopted (at most)."""
+
+
+def _kill_adopted(deadline: float) -> None:
+    """Kill every child of this process, and the groups they lead; reap them; again.
+
+    The children are the workers, and what their tasks left in a process group or session
+    of its own (out of reach of the kill of a worker's group), adopted here as their parent
+    ended (see :func:`~dispatcher.server.lifeline.adopt_orphans`); the children of those
+    are adopted in turn as they die. Until none is left, or *deadline* (``time.monotonic()``).
+    """
+    own_group = os.getpgid(0)
+    while True:
+        children = _children()
+        for pid in children:
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pid != own_group:
+                    os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        if not children or time.monotonic() > deadline:
+            return
+        time.sleep(0.005)  # (for the killed to die, and their orphans to come here)
+
+
+def _children() -> list[int]:
+    """The pids of this process's children (from ``/proc``; none where it cannot be read)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children", encoding="ascii") as listed:
+            return [int(pid) for pid in listed.read().split()]
+    except OSError:  # (a kernel without CONFIG_PROC_CHILDREN)
+        return _children_by_scan()
+
+
+def _children_by_scan() -> list[int]:
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with (
+                contextlib.suppress(OSError, ValueError, IndexError),
+                open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat,
+            ):
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == me:
+                    found.append(int(entry))
+    return found
 
 
 def _kill_group(pgid: int) -> None:
@@ -404,6 +457,7 @@ def _install_service_config(options: Mapping[str, Any]) -> None:
 def main() -> NoReturn:
     """Entry point: read the worker options sent by the service, preload, then serve."""
     die_with_parent(DEATH_SIGNAL, parent=int(os.environ.pop(PARENT_ENV)))
+    adopt_orphans()
     control = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
     data = control.recv(MAX_MESSAGE)
     if not data:

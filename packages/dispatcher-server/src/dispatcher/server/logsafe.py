@@ -293,6 +293,30 @@ def log_to(stream: TextIO, level: int, fmt: str) -> None:
         handler.addFilter(_FILTER)
 
 
+def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
+    """Have the logger *name* write to *stream* alone, whatever logging config follows.
+
+    For a worker's own log, in the process where task code runs: the logger gets a handler
+    of its own, and is taken out of the logging module's registry (given a manager of its
+    own), so that neither :func:`logging.config.dictConfig` (which disables every logger it
+    finds unless told not to, as Django's ``LOGGING`` does), nor ``basicConfig(force=True)``
+    (which replaces the root logger's handlers), nor :func:`logging.disable` reaches it.
+    ``getLogger(name)`` gives a new logger from then on: the application's.
+    """
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(_FILTER)
+    logger = logging.getLogger(name)
+    manager = logging.Manager(logging.root)
+    manager.loggerDict[name] = logger
+    logging.Logger.manager.loggerDict.pop(name, None)
+    logger.manager = manager
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.disabled = False
+    logger.setLevel(level)  # (clears its cache of enabled levels too)
+
+
 def lean_records() -> None:
     """Stop gathering, for every log record of this process, what the service never shows.
 
@@ -315,13 +339,14 @@ def first_line(exc: BaseException) -> str:
 def safe_str(value: object) -> str:
     """``str(value)``, or a note saying it could not be had.
 
-    A ``__str__`` is code: a task's exception or return value may hold one that raises.
+    A ``__str__`` is code: a task's exception or return value may hold one that raises,
+    even ``SystemExit``, which must not end the worker reporting it.
     """
     if type(value) is str:
         return value
     try:
         return str(value)
-    except Exception as failed:
+    except BaseException as failed:
         return f"<str() failed: {type(failed).__name__}>"
 
 

@@ -59,7 +59,7 @@ def _why_not_encoded(value: Any, exc: Exception) -> str:
     """
     try:
         why = unsendable_reason(value, ("result",))
-    except Exception:  # the value's own methods fail
+    except BaseException:  # the value's own methods fail (even with SystemExit: task code)
         why = None
     if why is not None:
         return why

@@ -36,7 +36,7 @@ from dispatcher.server.stats import ServiceStats
 from dispatcher.server.task_imports import ended_early
 from dispatcher.server.timers import Timers
 from dispatcher.server.worker_io import WorkerEvents
-from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
+from dispatcher.server.workers import KILL_AFTER_TERM, LIVE, WorkerHandle, WorkerStatus
 
 logger = get_logger("dispatcher.pool")
 
@@ -266,6 +266,31 @@ class Supervisor:
         )
         worker.kill()
 
+    def _owns(self, worker: WorkerHandle, event: dict[str, Any]) -> bool:
+        """Whether a ``done`` event of *worker* is for the job it runs.
+
+        Otherwise its task forged it (writing on the event pipe, or from a process it
+        forked, which may also read the jobs sent to the worker): as for garbled lines,
+        nothing more it sends can be trusted, and it is stopped (its job ends
+        ``worker_lost``). A worker being stopped may still report the job it was taken.
+        """
+        job, uuid = worker.job, event.get("uuid")
+        if job is None and worker.status not in LIVE:
+            return True
+        if job is not None and uuid == job.uuid:
+            return True
+        running = "no job" if job is None else f"the job of uuid {job.uuid}"
+        logger.warning(
+            "worker %d (pid %d) reported the end of uuid %s while it runs %s: not an event "
+            "of its own (its task forged it), stopping it",
+            worker.id,
+            worker.pid,
+            uuid,
+            running,
+        )
+        worker.kill()
+        return False
+
     def _event_failed(self, worker: WorkerHandle, exc: Exception) -> None:
         self._stats.rejected["internal_error"] += 1
         self._internal_errors.report("a worker event", exc, f"worker {worker.id}")
@@ -273,7 +298,8 @@ class Supervisor:
     def _handle_event(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "done":
-            self._finished(worker, event)
+            if self._owns(worker, event):
+                self._finished(worker, event)
         elif kind == "ready":
             self._catalogue.learn(frozenset(event["tasks"]), event)
             logger.debug("worker %d (pid %d) ready", worker.id, worker.pid)

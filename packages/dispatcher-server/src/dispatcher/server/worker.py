@@ -27,13 +27,20 @@ import traceback
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from dispatcher.publish import DispatcherCancel, registry
 from dispatcher.server.capture import OutputCapture
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks, conventions, is_adopted
 from dispatcher.server.hooks import BaseWorker
-from dispatcher.server.logsafe import Block, cut_middle, describe_exception, get_logger, log_to
+from dispatcher.server.logsafe import (
+    Block,
+    cut_middle,
+    describe_exception,
+    get_logger,
+    log_to,
+    set_apart,
+)
 from dispatcher.server.protocol import (
     CANCEL_SIGNALS,
     RECALL_SIGNAL,
@@ -44,12 +51,17 @@ from dispatcher.server.protocol import (
 )
 from dispatcher.server.results import encode_result
 from dispatcher.server.task_imports import failure
+from dispatcher.server.worker_signals import Handler, SignalKeeper
 
 logger = get_logger("dispatcher.worker")
 
 MAX_REPORTED_CHARS: Final = 32 * 1024
 """Longest error text, and traceback, that a worker reports for a task (an exception's
 message can be as large as the task makes it; the service logs and stores what it gets)."""
+
+
+LEFTOVER_GRACE: Final = 1.0
+"""Seconds the asyncio tasks an ``async def`` task left pending get to end once cancelled."""
 
 
 class BoundTask:
@@ -123,11 +135,10 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     """Entry point of a worker process (called in the child the fork server forked)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle
     capture = OutputCapture(options.max_output_bytes)
-    log_to(
-        capture.start(),
-        options.log_level,
-        f"%(asctime)s %(levelname)s worker-{options.worker_id} %(name)s: %(message)s",
-    )
+    stream = capture.start()
+    log_format = f"%(asctime)s %(levelname)s worker-{options.worker_id} %(name)s: %(message)s"
+    log_to(stream, options.log_level, log_format)
+    set_apart(logger.name, stream, options.log_level, log_format)  # (tasks configure logging)
     channel = BlockingLineSocket(sock)
     try:
         hooks = _start(options)
@@ -143,11 +154,8 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
         )
         return
     runner = TaskRunner(options.worker_id, channel, hooks, capture)
-    signal.signal(signal.SIGUSR1, runner.on_cancel_signal)
-    for signum in CANCEL_SIGNALS:
-        signal.signal(signum, runner.on_cancel_request)
-    signal.signal(RECALL_SIGNAL, runner.on_recall_signal)
-    signal.signal(signal.SIGTERM, functools.partial(_stopped, capture, os.getpid()))
+    runner.signals.install()
+    os.register_at_fork(after_in_child=_note_fork)
     _call_hook(hooks.on_start)
     adopt_dispatcherd_tasks()  # after every import: the task modules, the hooks, on_start
     capture.keep_streams()  # as the hooks and the imports left them: what tasks get back
@@ -252,6 +260,34 @@ def _call_hook(hook: Callable[..., object], *args: Any) -> None:
         hook(*args)
     except Exception:
         logger.exception("worker hook %s raised; the worker carries on", hook.__name__)
+    finally:
+        if _FORKED[0]:
+            _exit_forked("worker hook %s", hook.__name__)
+
+
+_FORKED: Final = [False]
+"""Whether this process is a child that ``os.fork()`` made of the worker (set in the child,
+see :func:`worker_main`): a check cheaper than ``os.getpid()``, for every hook called."""
+
+
+def _note_fork() -> None:
+    _FORKED[0] = True
+
+
+def _exit_forked(what: str, *args: object) -> NoReturn:
+    """End this process: a child that *what* forked, returning into the worker's code.
+
+    Left to go on, it would be a second worker on the same socket: it would report the end
+    of the task as well, and read the next requests. ``what`` and ``args`` are a log format.
+    """
+    with contextlib.suppress(BaseException):
+        logger.error(
+            f"a process forked by {what} returned into the worker (pid %d): it exits "
+            "(a forked child must end with os._exit())",
+            *args,
+            os.getpid(),
+        )
+    os._exit(1)
 
 
 class TaskRunner:
@@ -288,6 +324,13 @@ class TaskRunner:
         """The asyncio task running an ``async def`` task, while it runs."""
         self._cancel_due = False
         """Whether the next ``CancelledError`` thrown into that task is a cancel of ours."""
+        handlers: dict[int, Handler] = {signal.SIGUSR1: self.on_cancel_signal}
+        handlers.update(dict.fromkeys(CANCEL_SIGNALS, self.on_cancel_request))
+        handlers[RECALL_SIGNAL] = self.on_recall_signal
+        self._pid = os.getpid()
+        handlers[signal.SIGTERM] = functools.partial(_stopped, capture, self._pid)
+        self.signals = SignalKeeper(handlers)
+        """The worker's handlers of the signals it reserves, put back after each task."""
 
     def on_cancel_signal(self, signum: int, frame: FrameType | None) -> None:
         """SIGUSR1: cancel the running task (ignored between tasks)."""
@@ -427,6 +470,7 @@ class TaskRunner:
         self._forget_cancels()
         done["finished"] = time.time()
         _call_hook(self._hooks.post_task, done)
+        self.signals.check(message.get("task"), done["uuid"])
         self._capture.end()  # its output, logged with its name and uuid
         return done
 
@@ -502,20 +546,72 @@ class TaskRunner:
             args.insert(0, BoundTask(message.get("uuid", ""), self.worker_id, self._channel))
         kwargs = message.get("kwargs", {})
         function = entry.target().run if entry.is_class else entry.target
+        runner = None
         try:
             self._running = True
             if self._started in self._cancelled:  # cancelled while it waited in this worker
                 raise DispatcherCancel
             result = function(*args, **kwargs)
             if inspect.isawaitable(result):
-                if self._loop is None:
-                    self._loop = asyncio.Runner()
-                result = self._loop.run(_awaited(_CancelTranslator(result, self)))
+                runner = self._runner()
+                result = runner.run(_awaited(_CancelTranslator(result, self)))
         finally:
+            if _FORKED[0] or os.getpid() != self._pid:  # (a fork that os.fork() did not make)
+                _exit_forked("task %s (uuid %s)", message["task"], message.get("uuid"))
             self._running = False
             self._async_task, self._cancel_due = None, False
+            if runner is not None:
+                self._end_leftovers(runner, message)
         _refuse_generator(result)
         return result
+
+    def _runner(self) -> asyncio.Runner:
+        """The runner of ``async def`` tasks: made anew if its loop was closed (by a task)."""
+        runner = self._loop
+        if runner is None or runner.get_loop().is_closed():
+            runner = self._loop = asyncio.Runner()
+        return runner
+
+    def _end_leftovers(self, runner: asyncio.Runner, message: Mapping[str, Any]) -> None:
+        """Cancel the asyncio tasks an ``async def`` task left pending, as ``asyncio.run`` does.
+
+        Each gets :data:`LEFTOVER_GRACE` seconds to end; a loop with some still pending then
+        is closed as it is (a new one runs the next task), so none runs in a later task.
+        """
+        loop = runner.get_loop()
+        if loop.is_closed():
+            return  # (replaced before the next task)
+        left = asyncio.all_tasks(loop)
+        if not left:
+            return
+        for task in left:
+            task.cancel()
+        try:
+            pending = loop.run_until_complete(asyncio.wait(left, timeout=LEFTOVER_GRACE))[1]
+        except BaseException:  # one raised what a loop lets through (SystemExit...)
+            pending = left
+        for task in left - pending:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                logger.warning(
+                    "task %s (uuid %s) left an asyncio task pending that raised on its cancel: %s",
+                    message.get("task"),
+                    message.get("uuid"),
+                    describe_exception(error),
+                )
+        if pending:
+            logger.warning(
+                "task %s (uuid %s) left asyncio tasks pending that did not end on their cancel "
+                "(within %g s): their event loop is closed, a new one runs the next task",
+                message.get("task"),
+                message.get("uuid"),
+                LEFTOVER_GRACE,
+            )
+            if self._loop is runner:
+                self._loop = None
+            with contextlib.suppress(BaseException):
+                loop.close()
+            asyncio.set_event_loop(None)
 
     def _discard_loop(self) -> None:
         if self._loop is not None:

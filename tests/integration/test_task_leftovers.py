@@ -1,0 +1,146 @@
+"""What a task leaves changed in its worker process never reaches the tasks that follow.
+
+Logging configured anew, standard streams closed, asyncio tasks left pending or the event
+loop closed, signal handlers, masks and alarms, a forked child returning into the worker,
+an exception whose ``__str__`` raises ``SystemExit``. Each test runs one worker process
+(``worker_main``, without a service) and drives it over its socket.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatcher.server.protocol import CANCEL_SIGNALS
+from support.service import wait_until
+from support.worker_process import WorkerProcess
+
+LEAKY = "support.leaky_tasks."
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[WorkerProcess]:
+    with WorkerProcess(tmp_path / "worker.log", "support.leaky_tasks") as started:
+        yield started
+
+
+@pytest.mark.parametrize("how", ["dict_config", "bare_dict_config", "basic_config", "disable"])
+def test_a_task_configuring_logging_leaves_the_workers_own_log_alone(
+    worker: WorkerProcess, how: str
+) -> None:
+    """Django's LOGGING (``disable_existing_loggers``) or ``basicConfig(force=True)`` in a
+    task silenced the captured output of every later task, and the worker's warnings."""
+    assert worker.run(LEAKY + "configures_logging", how, uuid="u-config")["outcome"] == "ok"
+    assert worker.run(LEAKY + "says", "after", uuid="u-after")["outcome"] == "ok"
+    assert worker.run(LEAKY + "closes_streams", uuid="u-close")["outcome"] == "ok"
+    worker.wait_for_log(f"task output [{LEAKY}says u-after] printed after")
+    worker.wait_for_log(f"task {LEAKY}closes_streams (uuid u-close) closed or replaced")
+
+
+def test_a_task_closing_sys_stdout_and_stderr_has_them_put_back(worker: WorkerProcess) -> None:
+    assert worker.run(LEAKY + "closes_streams", uuid="u-close")["outcome"] == "ok"
+    after = worker.run(LEAKY + "says", "after", uuid="u-after")
+    assert after["outcome"] == "ok", after
+    log = worker.wait_for_log(f"task output [{LEAKY}says u-after] printed after")
+    assert (
+        f"task {LEAKY}closes_streams (uuid u-close) closed or replaced the worker's sys.stdout, "
+        "sys.stderr: put back as they were" in log
+    )
+
+
+def test_asyncio_tasks_an_async_task_leaves_pending_are_cancelled_when_it_ends(
+    worker: WorkerProcess,
+) -> None:
+    """As ``asyncio.run()`` does; one that refuses its cancel has its event loop closed."""
+    for what in ("ticks", "exits", "stubborn"):
+        left = worker.run(LEAKY + "leaves_a_task_pending", what, uuid=f"u-{what}")
+        assert left["outcome"] == "ok", left
+    innocent = worker.run(LEAKY + "awaits", 0.2, uuid="u-innocent")
+    assert innocent["outcome"] == "ok", innocent
+    worker.run(LEAKY + "says", "flush", uuid="u-flush")
+    log = worker.wait_for_log(f"[{LEAKY}says u-flush]")
+    assert "u-innocent] LEFTOVER" not in log
+    assert "LEFTOVER EXIT" not in log
+    assert "u-stubborn] LEFTOVER REFUSES ITS CANCEL" in log
+    assert (
+        f"task {LEAKY}leaves_a_task_pending (uuid u-stubborn) left asyncio tasks pending that "
+        "did not end on their cancel (within 1 s): their event loop is closed" in log
+    )
+
+
+def test_a_sync_task_closing_the_event_loop_leaves_async_tasks_a_working_one(
+    worker: WorkerProcess,
+) -> None:
+    assert worker.run(LEAKY + "awaits", 0, uuid="u-first")["outcome"] == "ok"
+    closing = worker.run(LEAKY + "closes_the_event_loop", uuid="u-close")
+    assert closing["outcome"] == "ok", closing
+    after = worker.run(LEAKY + "awaits", 0, uuid="u-after")
+    assert after["outcome"] == "ok", after
+
+
+def test_signal_handlers_masks_and_alarms_a_task_changed_are_put_back(
+    worker: WorkerProcess,
+) -> None:
+    before = worker.run(LEAKY + "signal_state", uuid="u-before", keep_result=True)
+    assert worker.run(LEAKY + "changes_signals", uuid="u-change")["outcome"] == "ok"
+    after = worker.run(LEAKY + "signal_state", uuid="u-after", keep_result=True)
+    assert after["result"] == before["result"] == '{"blocked":[],"ignored":[],"alarm":0.0}'
+    log = worker.wait_for_log(f"task {LEAKY}changes_signals (uuid u-change) changed the")
+    line = next(line for line in log.splitlines() if "(uuid u-change) changed" in line)
+    assert (
+        "changed the worker's signals (handlers of SIGUSR1, SIGTERM, SIGRTMIN+4; blocked "
+        "SIGUSR1, SIGRTMIN+2; alarm set): put back as the worker set them up" in line
+    ), line
+    # The cancel signal of run request 4 (this one), which the task had ignored, cancels it.
+    worker.send(LEAKY + "sleeps", 5, uuid="u-sleep")
+    os.kill(worker.process.pid, CANCEL_SIGNALS[4])
+    assert worker.event()["outcome"] == "cancelled"
+
+
+def test_a_forked_child_returning_from_its_task_exits_instead_of_serving(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    children = tmp_path / "children"
+    forked = worker.run(LEAKY + "forks_and_returns", str(children), uuid="u-fork")
+    assert forked["outcome"] == "ok"
+    assert worker.run(LEAKY + "says", "after", uuid="u-after")["outcome"] == "ok"
+    assert worker.run(LEAKY + "says", "again", uuid="u-again")["outcome"] == "ok"
+    child = int(wait_until(children.read_text, timeout=5))
+    wait_until(lambda: _gone(child), timeout=5)
+    worker.wait_for_log(f"a process forked by task {LEAKY}forks_and_returns (uuid u-fork)")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("task", "error"),
+    [
+        ("raises_unprintable", "_Unprintable: <str() failed: SystemExit>"),
+        ("raises_with_a_bad_note", "ValueError: noted"),
+    ],
+)
+def test_an_exception_that_cannot_be_rendered_is_the_tasks_error(
+    worker: WorkerProcess, task: str, error: str
+) -> None:
+    done = worker.run(LEAKY + task, uuid="u-bad")
+    assert (done["outcome"], done["error"]) == ("error", error)
+    assert worker.run(LEAKY + "says", "after", uuid="u-after")["outcome"] == "ok"
+
+
+def test_a_result_that_cannot_be_described_is_not_kept_and_the_task_ends_ok(
+    worker: WorkerProcess,
+) -> None:
+    done = worker.run(LEAKY + "returns_unrepresentable", uuid="u-result", keep_result=True)
+    assert done["outcome"] == "ok", done
+    assert done["result_note"].startswith("result not kept: "), done
