@@ -175,10 +175,7 @@ class Lacking:
 
 def _asked(need: Need) -> list[tuple[str, str, str]]:
     """The (table, privilege, column) triples to ask of the catalogs for *need*."""
-    if need.columns is None:
-        columns = [_TABLE]
-    else:
-        columns = list(need.columns) or [_ANY]
+    columns = [_TABLE] if need.columns is None else list(need.columns) or [_ANY]
     return [(need.table, need.privilege, column) for column in columns]
 
 

@@ -34,6 +34,7 @@ class Uses:
     reads: tuple[str, ...]
     writes: tuple[str, ...] = ()
 
+
 _WAITING_TWIN = """EXISTS (
             SELECT 1 FROM {s}.jobs AS w
             WHERE w.state = 'queued' AND w.on_duplicate = 'queue_one' AND w.dup_key = j.dup_key)"""
