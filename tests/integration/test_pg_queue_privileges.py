@@ -46,10 +46,10 @@ STEP_FAILED = (
 class Role:
     """A login role of one test, and the schema it works in."""
 
-    def __init__(self, conn: Conn, dsn: str, schema: str) -> None:
+    def __init__(self, conn: Conn, dsn: str, schema: str, name: str | None = None) -> None:
         self.conn = conn
         self.schema = schema
-        self.name = f"r_{schema}"
+        self.name = name or f"r_{schema}"
         self.conninfo = make_conninfo(dsn, user=self.name)
         self.names = {"role": sql.Identifier(self.name), "schema": sql.Identifier(schema)}
 
@@ -58,10 +58,12 @@ class Role:
             self.conn.execute(sql.SQL(statement).format(**self.names))
 
 
-@pytest.fixture
-def role(pg_conn: Conn, pg_dsn: str) -> Iterator[Role]:
+@pytest.fixture(params=[None])
+def role(pg_conn: Conn, pg_dsn: str, request: pytest.FixtureRequest) -> Iterator[Role]:
+    """A role and its schema; a test may name it (``indirect``: the role's name, after
+    the schema's)."""
     schema = unique_schema()
-    made = Role(pg_conn, pg_dsn, schema)
+    made = Role(pg_conn, pg_dsn, schema, request.param and f"r_{schema}{request.param}")
     made.run("CREATE ROLE {role} LOGIN")
     try:
         yield made
@@ -217,6 +219,7 @@ def test_a_role_lacking_the_privilege_on_one_column_used_is_refused_at_start(
     ]
 
 
+@pytest.mark.parametrize("role", [None, ": a service: its role"], indirect=True)
 def test_a_service_with_durable_schedules_warns_when_it_may_not_store_their_jobs(
     start_service: Start, role: Role, pg_conn: Conn, channel: str
 ) -> None:

@@ -146,13 +146,17 @@ class Lacking:
             statements.append(f"GRANT {privileges} ON {target} TO {role}")
         return "; ".join(statements)
 
-    def described(self) -> str:
-        """``the role "r" lacks SELECT on "s".migrations (reading ...), ...: GRANT ...``."""
+    def lacks(self) -> str:
+        """``the role "r" lacks SELECT on "s".migrations (reading ...), ...``."""
         parts = []
         for table, privileges, purposes in self._by_table():
             where = f"schema {quoted(self.schema)}" if table == SCHEMA else self.table(table)
             parts.append(f"{privileges} on {where} ({purposes})")
-        return f"the role {quoted(self.role)} lacks {', '.join(parts)}: {self.grants()}"
+        return f"the role {quoted(self.role)} lacks {', '.join(parts)}"
+
+    def described(self) -> str:
+        """:meth:`lacks`, then :meth:`grants`: ``the role "r" lacks ...: GRANT ...``."""
+        return f"{self.lacks()}: {self.grants()}"
 
     def table(self, name: str) -> str:
         """The table *name* of the schema, as SQL."""
