@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
@@ -276,7 +277,10 @@ class Service:
         try:
             for broker in self.brokers:
                 name = f"broker:{broker.name}"
-                await task_group.start(run_broker, broker, self._deliver, name=name)
+                running = functools.partial(
+                    run_broker, on_refused=self._broker_refused, stopping=self._stop
+                )
+                await task_group.start(running, broker, self._deliver, name=name)
             if self.metrics is not None:
                 await task_group.start(self.metrics.run, name="metrics")
         except StartRefused as refused:
@@ -418,6 +422,17 @@ class Service:
                 self.replies.send(origin.broker, str(reply_to), reply)
         error = reply.get("error")
         return None if error is None else str(error)
+
+    def _broker_refused(self, refused: StartRefused) -> None:
+        """A broker run again after a failure refuses to start: stop, with exit status 2.
+
+        (Waiting cannot cure it, e.g. another service now holds the socket's path: an
+        orchestrator that sees the service end can tell.)
+        """
+        if self.exit_status == EXIT_OK:
+            logger.critical("a broker cannot go on, stopping: %s", refused)
+            self.exit_status = EXIT_CONFIG
+        self._stop.set()
 
     def _worker_cannot_start(self, event: dict[str, Any]) -> None:
         """A worker's ``fatal`` event: it cannot import the task modules or ``worker.class``.

@@ -23,9 +23,9 @@ import anyio
 import psycopg
 
 from dispatcher.publish import describe_server
-from dispatcher.server.backoff import Backoff
+from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
-from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY, open_connection
+from dispatcher.server.brokers.pg_notify import open_connection
 from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.stats import ServiceStats
 
