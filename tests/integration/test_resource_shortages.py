@@ -79,3 +79,73 @@ def test_brokers_outlive_a_shortage_of_threads_at_start(
     assert sorted(str(r["args"][0]) for r in records) == ["over pg_notify", "over the socket", "q"]
     assert service.stop() == 0
     assert not re.search(r"broker stopped|Traceback", service.log), service.log
+
+
+def soft_fd_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files limit")
+
+
+def sixteen_workers(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    config["service"]["pool"] = {"min_workers": 16, "max_workers": 16}
+    config["brokers"]["socket"] = {"path": str(tmp_path / "service.sock")}
+    return config
+
+
+def test_too_few_file_descriptors_for_the_pool_cost_workers_not_the_service(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    channel: str,
+    notify: Notify,
+    evidence: Evidence,
+    tmp_path: Path,
+) -> None:
+    """A hard limit of 40 for 16 workers: said at start, and the workers that find no file
+    descriptor left fail to start (each a line, with a pause), but the service serves."""
+    config = sixteen_workers(service_config, tmp_path)
+    service = start_service(config, wait=False, env=fault_env(nofile="40:40"))
+    service.wait_for_log(r"WARNING .*file-descriptor limit \(RLIMIT_NOFILE, ulimit -n\) is 40")
+    service.wait_for_log(r"could not start worker \d+: .*out of file descriptors")
+    service.wait_ready()
+    notify(channel, message(RECORD, evidence.path, "served"))
+    assert evidence.wait_for(1)[0]["args"] == ["served"]
+    assert service.stop() == 0
+    assert not re.search(r"Traceback|IndexError|CRITICAL", service.log), service.log
+
+
+def test_a_soft_file_descriptor_limit_too_low_for_the_pool_is_raised(
+    start_service: StartService, service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    config = sixteen_workers(service_config, tmp_path)
+    service = start_service(config, log_level="DEBUG", env=fault_env(nofile="40"))
+    service.wait_for_log(r"raised the file-descriptor limit \(RLIMIT_NOFILE\) from 40 to \d+")
+    assert soft_fd_limit(service.pid) > 40
+    service.wait_for_log(r"worker 15 \(pid \d+\) ready", timeout=10)
+    assert "could not start worker" not in service.log
+    assert service.stop() == 0
+
+
+def test_a_worker_that_cannot_start_its_output_thread_says_why_in_the_service_log(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    service = start_service(service_config, wait=False, env=fault_env(worker_no_threads="1"))
+    service.wait_for_log(r"worker 0 died before it was ready|worker 0 \(pid \d+\) died before")
+    service.wait_for_log(r"worker 0 ended .*can't start new thread")
+    assert service.stop() == 0
+
+
+def test_workers_that_cannot_be_forked_are_retried_with_a_growing_pause_naming_the_limit(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 4, "max_workers": 4}
+    service = start_service(service_config, wait=False, env=fault_env(no_fork="1"))
+    lines = service.wait_for_log(r"ERROR .*could not start worker", count=3, timeout=5)
+    assert "Resource temporarily unavailable" in lines[0]
+    assert "RLIMIT_NPROC" in lines[0]
+    pauses = [float(re.findall(r"in ([\d.]+) s$", line)[0]) for line in lines[:3]]
+    assert pauses == [0.5, 1.0, 2.0]
+    # The next one is 2 s away: no more lines meanwhile (they came dozens a second).
+    assert len(re.findall(r"could not start worker", service.log)) <= 4 + 2
+    assert service.stop() == 0

@@ -32,6 +32,9 @@ FDS_PER_SERVER: Final = 64
 """File descriptors for each server socket's clients (the local socket, the metrics port:
 each serves at most 64 at once)."""
 
+RAISED_LIMIT: Final = 65536
+"""The soft file-descriptor limit a raise aims at (less when the hard limit is lower)."""
+
 PROCESS_LIMIT: Final = (
     "the process limit reached? (RLIMIT_NPROC, ulimit -u, or the container's pids limit; "
     "threads count too)"
@@ -132,16 +135,20 @@ def names_shortages(connect: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaita
 
 
 def raise_fd_limit(needed: int) -> None:
-    """Raise the soft ``RLIMIT_NOFILE`` to *needed* if it is lower (up to the hard limit).
+    """Raise the soft ``RLIMIT_NOFILE`` if it is lower than *needed*.
 
-    Many servers do so: the soft limit is often 1024 while the hard one is far higher. When
+    To the hard limit, or to :data:`RAISED_LIMIT` (or *needed*) when the hard limit is
+    higher. Many servers do so: the soft limit is often 1024 while the hard one is far
+    higher (the main process waits with epoll: descriptors past 1024 are no trouble). When
     the hard limit is lower than *needed* too, the soft one goes up to it, with a warning
     that names the limit: workers then fail to start (each a line) rather than the service.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    target = max(needed, RAISED_LIMIT)
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
     if target > soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

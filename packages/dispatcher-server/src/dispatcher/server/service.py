@@ -38,6 +38,7 @@ from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.rejection import Rejected
+from dispatcher.server.resources import fds_needed, raise_fd_limit
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
@@ -195,6 +196,8 @@ class Service:
         ``producers.on_start`` names a task they do not register (:data:`EXIT_TASK_MODULES`).
         """
         lean_records()  # this process forks no more: the fork server spawns afresh
+        servers = (self.settings.brokers.socket is not None) + (self.metrics is not None)
+        raise_fd_limit(fds_needed(self.supervisor.max_workers, servers))
         missing = missing_modules(self.settings.tasks.modules, self.settings.source)
         if missing is not None:
             logger.critical("cannot start: %s", missing)

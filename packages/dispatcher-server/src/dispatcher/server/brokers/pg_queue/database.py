@@ -166,6 +166,11 @@ class QueueDatabase:
         """Whether the server failed lately and the next attempt must wait a while."""
         return self._conn is None and self._retry_at > time.monotonic()
 
+    @property
+    def failing(self) -> bool:
+        """Whether there is no connection, and the last attempt to open one failed."""
+        return self._conn is None and self._backoff.attempts > 0
+
     async def discard(self, reason: str | None = None, conn: Connection | None = None) -> None:
         """Close *conn* (default: the current connection); the next statement opens a new one.
 
