@@ -7,16 +7,19 @@ say what ran short, wait, and serve again once it is over, never stop listening 
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from dispatcher.server.library_logs import quiet_own_cancellations
 from support.durable import enqueue, job_message, migrated, wait_for_states
 from support.faults import fault_env
 from support.queue_rows import unique_schema
@@ -149,3 +152,41 @@ def test_workers_that_cannot_be_forked_are_retried_with_a_growing_pause_naming_t
     # The next one is 2 s away: no more lines meanwhile (they came dozens a second).
     assert len(re.findall(r"could not start worker", service.log)) <= 4 + 2
     assert service.stop() == 0
+
+
+def test_a_socket_path_refused_is_named_whole_and_the_stop_is_quiet(
+    start_service: StartService, service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A relative path's error names its directory; stopping the brokers that started
+    meanwhile (pg_notify, mid-statement) adds no warning of psycopg's."""
+    service_config["brokers"]["socket"] = {"path": "no-such-folder/service.sock"}
+    service = start_service(service_config, wait=False)
+    assert service.wait(30) == 2
+    whole = service.folder / "no-such-folder" / "service.sock"
+    assert f"cannot listen on socket {whole}: No such file or directory" in service.log
+    assert "psycopg" not in service.log, service.log
+
+
+def test_the_service_silences_psycopgs_warning_about_its_own_cancellations(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statement cancelled by the service (a stop, a refused start) costs no warning."""
+    psycopg_logger = logging.getLogger("psycopg")
+
+    async def cancel_a_statement() -> None:
+        conn = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+        with anyio.move_on_after(0.1):
+            await conn.execute("SELECT pg_sleep(5)")
+        await conn.close()
+
+    with caplog.at_level(logging.WARNING, logger="psycopg"):
+        anyio.run(cancel_a_statement)  # (psycopg as it is: the warning this is about)
+        assert "query cancellation interrupted (CancelledError)" in caplog.text
+        caplog.clear()
+        quiet_own_cancellations()
+        try:
+            anyio.run(cancel_a_statement)
+            psycopg_logger.warning("query cancellation failed: %s", "something else")
+        finally:
+            psycopg_logger.filters.clear()
+    assert [r.getMessage() for r in caplog.records] == ["query cancellation failed: something else"]

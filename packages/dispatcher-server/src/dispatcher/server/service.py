@@ -32,6 +32,7 @@ from dispatcher.server.forkserver import ForkedServer, worker_options
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
+from dispatcher.server.library_logs import quiet_own_cancellations
 from dispatcher.server.logsafe import Block, get_logger, lean_records
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
@@ -196,6 +197,7 @@ class Service:
         ``producers.on_start`` names a task they do not register (:data:`EXIT_TASK_MODULES`).
         """
         lean_records()  # this process forks no more: the fork server spawns afresh
+        quiet_own_cancellations()
         servers = (self.settings.brokers.socket is not None) + (self.metrics is not None)
         raise_fd_limit(fds_needed(self.supervisor.max_workers, servers))
         missing = missing_modules(self.settings.tasks.modules, self.settings.source)
