@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from dispatcher.server.library_logs import quiet_own_cancellations
+from dispatcher.server.library_logs import OwnCancellations, quiet_own_cancellations
 from support.durable import enqueue, job_message, migrated, wait_for_states
 from support.faults import fault_env
 from support.queue_rows import unique_schema
@@ -188,5 +188,6 @@ def test_the_service_silences_psycopgs_warning_about_its_own_cancellations(
             anyio.run(cancel_a_statement)
             psycopg_logger.warning("query cancellation failed: %s", "something else")
         finally:
-            psycopg_logger.filters.clear()
+            for quieting in [f for f in psycopg_logger.filters if isinstance(f, OwnCancellations)]:
+                psycopg_logger.removeFilter(quieting)
     assert [r.getMessage() for r in caplog.records] == ["query cancellation failed: something else"]

@@ -6,6 +6,8 @@ import asyncio
 import logging
 from typing import Final
 
+from dispatcher.server.logsafe import get_logger
+
 _CANCELLATION_INTERRUPTED: Final = "query cancellation interrupted"
 
 
@@ -32,6 +34,6 @@ class OwnCancellations(logging.Filter):
 
 def quiet_own_cancellations() -> None:
     """Install :class:`OwnCancellations` on psycopg's logger (once)."""
-    psycopg_logger = logging.getLogger("psycopg")
+    psycopg_logger = get_logger("psycopg")  # (with the escaping filter: no matter)
     if not any(isinstance(f, OwnCancellations) for f in psycopg_logger.filters):
         psycopg_logger.addFilter(OwnCancellations())
