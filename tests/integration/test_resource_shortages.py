@@ -144,13 +144,14 @@ def test_workers_that_cannot_be_forked_are_retried_with_a_growing_pause_naming_t
 ) -> None:
     service_config["service"]["pool"] = {"min_workers": 4, "max_workers": 4}
     service = start_service(service_config, wait=False, env=fault_env(no_fork="1"))
-    lines = service.wait_for_log(r"ERROR .*could not start worker", count=3, timeout=5)
+    lines = service.wait_for_log(r"ERROR .*could not start worker", count=2, timeout=5)
     assert "Resource temporarily unavailable" in lines[0]
     assert "RLIMIT_NPROC" in lines[0]
-    pauses = [float(re.findall(r"in ([\d.]+) s$", line)[0]) for line in lines[:3]]
-    assert pauses == [0.5, 1.0, 2.0]
-    # The next one is 2 s away: no more lines meanwhile (they came dozens a second).
-    assert len(re.findall(r"could not start worker", service.log)) <= 4 + 2
+    pauses = [float(re.findall(r"in ([\d.]+) s$", line)[0]) for line in lines[:2]]
+    assert pauses == [0.5, 1.0]
+    # The next one is 1 s away: no more lines meanwhile (they came dozens a second), and
+    # the four workers started at once said it once.
+    assert len(re.findall(r"could not start worker", service.log)) <= 3
     assert service.stop() == 0
 
 

@@ -271,7 +271,7 @@ class Supervisor:
                 "could not start worker %d: %s (%s in a row); starting the next one in %.1f s",
                 worker.id,
                 reason,
-                counted(self._failed_starts, "start"),
+                counted(self._failed_starts, "failed start"),
                 pause,
             )
         self._wakeup.set()
