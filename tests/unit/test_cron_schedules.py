@@ -18,8 +18,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from dispatcher.config import ConfigError, Settings, load_settings
+from dispatcher.server.backoff import MAX_RETRY
 from dispatcher.server.brokers.base import TICK_OFFER_WINDOW
-from dispatcher.server.brokers.pg_notify import MAX_RETRY
 from dispatcher.server.brokers.pg_queue.upkeep import KEEP_TICKS
 from dispatcher.server.control_shapes import producers_reply
 from dispatcher.server.cron import CronSchedule
