@@ -110,9 +110,15 @@ def test_a_forked_child_returning_from_its_task_exits_instead_of_serving(
     assert forked["outcome"] == "ok"
     assert worker.run(LEAKY + "says", "after", uuid="u-after")["outcome"] == "ok"
     assert worker.run(LEAKY + "says", "again", uuid="u-again")["outcome"] == "ok"
-    child = int(wait_until(children.read_text, timeout=5))
+    child = int(wait_until(lambda: _whole_line(children), timeout=5))
     wait_until(lambda: _gone(child), timeout=5)
     worker.wait_for_log(f"a process forked by task {LEAKY}forks_and_returns (uuid u-fork)")
+
+
+def _whole_line(path: Path) -> str:
+    """The line the forked child wrote to *path*, once it is all there."""
+    text = path.read_text() if path.exists() else ""
+    return text if text.endswith("\n") else ""
 
 
 def _gone(pid: int) -> bool:

@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import random
+from typing import Final
+
+FIRST_RETRY: Final = 0.1
+"""Seconds before the first attempt to reconnect (to a database, or to run a broker again
+after it failed); doubled for each further one."""
+MAX_RETRY: Final = 30.0
+"""Longest wait between two such attempts, in seconds."""
+HEALTHY_AFTER: Final = 5.0
+"""Seconds a connection (or a broker's run) must have lasted for its loss to start the
+backoff afresh."""
 
 
 class Backoff:

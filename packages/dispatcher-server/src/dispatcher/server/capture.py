@@ -123,12 +123,25 @@ class OutputCapture:
         self._warned = False
 
     def start(self) -> TextIO:
-        """Keep a copy of standard error for the log, redirect fds 1 and 2; return the copy."""
+        """Keep a copy of standard error for the log, redirect fds 1 and 2; return the copy.
+
+        The thread that drains the pipe starts before fds 1 and 2 point at it: when it
+        cannot start (the process limit reached), the error reaches the service's log.
+        """
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        self._read_fd = read_fd
+        try:
+            threading.Thread(target=self._drain, name="output-capture", daemon=True).start()
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            self._read_fd = -1
+            raise
         log_fd = os.dup(2)
         self.log_stream = open(  # noqa: SIM115 (open for the life of the process)
             log_fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1
         )
-        read_fd, write_fd = os.pipe()
         with contextlib.suppress(OSError):  # (over the user's limit: the check is weaker)
             fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self._pipe_size = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
@@ -137,11 +150,8 @@ class OutputCapture:
         os.dup2(write_fd, 2)
         self._saved_fds = (os.dup(0), write_fd, write_fd)  # (not inherited by children)
         self._streams = (sys.stdout, sys.stderr)
-        os.set_blocking(read_fd, False)
-        self._read_fd = read_fd
         self._waiting = select.poll()
         self._waiting.register(read_fd, select.POLLIN)
-        threading.Thread(target=self._drain, name="output-capture", daemon=True).start()
         return self.log_stream
 
     def begin(self, task: str, uuid: str) -> None:

@@ -71,8 +71,20 @@ PARENT_ENV: Final = "DISPATCHER_FORKSERVER_PARENT"
 
 
 def _report_worker_failure(worker_id: int, exc: BaseException) -> None:
-    """Log what ended a worker outside any task, escaped: its text may come from task code."""
+    """Log what ended a worker outside any task, escaped: its text may come from task code.
+
+    A worker whose socket the service closed (it could not take the worker on: out of file
+    descriptors, say, and said so) exits with one line, its traceback at DEBUG only.
+    """
     with contextlib.suppress(BaseException):  # the worker exits whatever happens here
+        if isinstance(exc, BrokenPipeError | ConnectionResetError):
+            logger.info(
+                "worker %d exits: the service closed its socket (%s)",
+                worker_id,
+                describe_exception(exc),
+            )
+            logger.debug("worker %d:%s", worker_id, Block("".join(traceback.format_exception(exc))))
+            return
         logger.critical(
             "worker %d ended on an unexpected error: %s%s",
             worker_id,
@@ -146,7 +158,8 @@ class ForkServer:
         try:
             pid = self._fork(worker_id, worker_fd)
         except OSError as exc:
-            _send(self._control, {"event": "failed", "id": worker_id, "error": str(exc)})
+            failed = {"event": "failed", "id": worker_id, "error": str(exc), "errno": exc.errno}
+            _send(self._control, failed)
             return True
         finally:
             os.close(worker_fd)
@@ -157,7 +170,8 @@ class ForkServer:
             _kill_group(pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            _send(self._control, {"event": "failed", "id": worker_id, "error": str(exc)})
+            failed = {"event": "failed", "id": worker_id, "error": str(exc), "errno": exc.errno}
+            _send(self._control, failed)
             return True
         _send(self._control, {"event": "spawned", "id": worker_id, "pid": pid}, [pidfd])
         os.close(pidfd)

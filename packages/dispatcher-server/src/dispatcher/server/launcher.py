@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import select
@@ -25,6 +26,7 @@ import anyio
 
 from dispatcher.server.forkserver import CONTROL_FD_ENV, MAX_MESSAGE, PARENT_ENV, ForkedServer
 from dispatcher.server.logsafe import counted, get_logger
+from dispatcher.server.resources import PROCESS_LIMIT, out_of_fds_text
 from dispatcher.server.worker import WorkerOptions
 
 logger = get_logger("dispatcher.launcher")
@@ -123,6 +125,19 @@ class WorkerProcess:
         anyio.notify_closing(self.sock)  # a flush still waiting on it gives up
         self.sock.close()
         self.fd = -1
+
+
+def _failure_text(event: dict[str, Any]) -> str:
+    """Why the fork server could not start a worker, with the limit it likely reached."""
+    error = str(event.get("error", "the fork server is gone"))
+    number = event.get("errno")
+    if number == errno.EAGAIN:  # fork(): the process limit, usually
+        return f"{error}: the fork server cannot fork: {PROCESS_LIMIT}"
+    if number in (errno.EMFILE, errno.ENFILE):
+        return f"{error}: the fork server is out of file descriptors"
+    if number == errno.ENOMEM:
+        return f"{error}: no memory for a new process"
+    return error
 
 
 class ForkServerLink:
@@ -301,7 +316,12 @@ class WorkerLauncher:
             ours.close()
             for fd in fds:
                 os.close(fd)
-            raise LaunchError(event.get("error", "the fork server is gone"))
+            raise LaunchError(_failure_text(event))
+        if len(fds) != 1:  # the kernel dropped the pidfd: no descriptor was left for it
+            ours.close()  # the worker reads end-of-file and exits
+            for fd in fds:
+                os.close(fd)
+            raise LaunchError(f"{out_of_fds_text()}: its pidfd could not be received")
         ours.setblocking(False)
         return WorkerProcess(int(event["pid"]), fds[0], ours)
 

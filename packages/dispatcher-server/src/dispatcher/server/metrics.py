@@ -14,11 +14,14 @@ from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.streams.stapled
 from anyio.abc import SocketStream, TaskStatus
 
 from dispatcher.server.accepting import serve_connections
+from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import StartRefused
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.resources import shortage_text
 from dispatcher.server.stats import BUCKETS, Histogram, QueueSampling, ServiceStats
 
 logger = get_logger("dispatcher.metrics")
@@ -62,10 +65,7 @@ class MetricsServer:
 
         :raises StartRefused: when the address cannot be bound (another process holds it).
         """
-        try:
-            listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
-        except OSError as exc:
-            raise StartRefused(f"cannot serve metrics on {self.host}:{self.port}: {exc}") from None
+        listener = await self._listen()
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         logger.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
         task_status.started()
@@ -77,6 +77,29 @@ class MetricsServer:
                 max_connections=MAX_CONNECTIONS,
                 logger=logger,
             )
+
+    async def _listen(self) -> anyio.streams.stapled.MultiListener[SocketStream]:
+        """Bind the address; wait out a shortage of threads (its lookup needs one).
+
+        :raises StartRefused: when the address cannot be bound.
+        """
+        backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
+        while True:
+            try:
+                return await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+            except OSError as exc:
+                where = f"{self.host}:{self.port}"
+                raise StartRefused(f"cannot serve metrics on {where}: {exc}") from None
+            except RuntimeError as exc:  # no thread: a limit reached, maybe for a moment
+                delay = backoff.next_delay()
+                logger.warning(
+                    "cannot serve metrics on %s:%d yet (%s); trying again in %.1f s",
+                    self.host,
+                    self.port,
+                    shortage_text(exc) or first_line(exc),
+                    delay,
+                )
+                await anyio.sleep(delay)
 
     async def _answer(self, client: SocketStream) -> None:
         async with client:

@@ -11,9 +11,8 @@ from typing import Any, Final
 import anyio
 
 from dispatcher.config import ScheduledTask, TaskOptions
-from dispatcher.server.backoff import Backoff
+from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import TICK_OFFER_WINDOW, OncePerTick
-from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.intake import Intake
 from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, get_logger

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
@@ -31,12 +32,14 @@ from dispatcher.server.forkserver import ForkedServer, worker_options
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
+from dispatcher.server.library_logs import quiet_own_cancellations
 from dispatcher.server.logsafe import Block, get_logger, lean_records
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.rejection import Rejected
+from dispatcher.server.resources import fds_needed, raise_fd_limit
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
@@ -206,6 +209,9 @@ class Service:
         ``producers.on_start`` names a task they do not register (:data:`EXIT_TASK_MODULES`).
         """
         lean_records()  # this process forks no more: the fork server spawns afresh
+        quiet_own_cancellations()
+        servers = (self.settings.brokers.socket is not None) + (self.metrics is not None)
+        raise_fd_limit(fds_needed(self.supervisor.max_workers, servers))
         missing = missing_modules(self.settings.tasks.modules, self.settings.source)
         if missing is not None:
             logger.critical("cannot start: %s", missing)
@@ -288,7 +294,10 @@ class Service:
         try:
             for broker in self.brokers:
                 name = f"broker:{broker.name}"
-                await task_group.start(run_broker, broker, self._deliver, name=name)
+                running = functools.partial(
+                    run_broker, on_refused=self._broker_refused, stopping=self._stop
+                )
+                await task_group.start(running, broker, self._deliver, name=name)
             if self.metrics is not None:
                 await task_group.start(self.metrics.run, name="metrics")
         except StartRefused as refused:
@@ -430,6 +439,17 @@ class Service:
                 self.replies.send(origin.broker, str(reply_to), reply)
         error = reply.get("error")
         return None if error is None else str(error)
+
+    def _broker_refused(self, refused: StartRefused) -> None:
+        """A broker run again after a failure refuses to start: stop, with exit status 2.
+
+        (Waiting cannot cure it, e.g. another service now holds the socket's path: an
+        orchestrator that sees the service end can tell.)
+        """
+        if self.exit_status == EXIT_OK:
+            logger.critical("a broker cannot go on, stopping: %s", refused)
+            self.exit_status = EXIT_CONFIG
+        self._stop.set()
 
     def _worker_cannot_start(self, event: dict[str, Any]) -> None:
         """A worker's ``fatal`` event: it cannot import the task modules or ``worker.class``.

@@ -30,6 +30,7 @@ from dispatcher.server.logsafe import counted, escape, first_line, get_logger
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
+from dispatcher.server.resources import shortage_text
 from dispatcher.server.scheduler import Runner, Scheduler
 from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
@@ -192,7 +193,8 @@ class Supervisor:
             self._stop(worker)
         if now < self._starts_paused_until:
             return  # the next look, within a second, starts what is missing
-        for _ in range(plan.start):
+        # While starts fail, one worker at a time: the rest once one of them is ready.
+        for _ in range(min(plan.start, 1) if self._failed_starts else plan.start):
             self._start_worker()
 
     # -- a worker's life -------------------------------------------------------------------
@@ -225,11 +227,9 @@ class Supervisor:
             else:
                 process = await self._launcher.launch(worker.id, link)
         except (LaunchError, OSError) as exc:
-            logger.error("could not start worker %d: %s", worker.id, exc)
             worker.started.set()  # it never will
             self._forget(worker)
-            await anyio.sleep(1.0)  # do not spin if starting workers keeps failing
-            self._wakeup.set()
+            self._launch_failed(worker, exc)
             return
         self._stats.workers_started += 1
         worker.attach(process)
@@ -254,6 +254,27 @@ class Supervisor:
             events.stop()
             with anyio.CancelScope(shield=True):
                 await self._reap(worker, process)
+
+    def _launch_failed(self, worker: WorkerHandle, exc: Exception) -> None:
+        """*worker* could not be started: pause the starts, as for a worker dying unready.
+
+        Workers started together fail together: the first of them to fail says why (at
+        ERROR) and pauses the starts; the others, failing within that pause, at DEBUG.
+        """
+        reason = shortage_text(exc) or str(exc)
+        if time.monotonic() < self._starts_paused_until:
+            logger.debug("could not start worker %d either: %s", worker.id, reason)
+        else:
+            self._failed_starts += 1
+            pause = self._pause_starts(START_BACKOFF_FIRST * 2 ** (self._failed_starts - 1))
+            logger.error(
+                "could not start worker %d: %s (%s in a row); starting the next one in %.1f s",
+                worker.id,
+                reason,
+                counted(self._failed_starts, "failed start"),
+                pause,
+            )
+        self._wakeup.set()
 
     def _garbled(self, worker: WorkerHandle, line: bytes, exc: Exception) -> None:
         """The worker wrote what is not an event: its task wrote on the event pipe."""

@@ -54,7 +54,8 @@ class Broker(Protocol):
         Call ``task_status.started()`` once receiving, or once the first attempt to connect
         failed and further attempts go on in the background: the service waits for it
         before it goes on starting. Recover from lost connections here (with a growing
-        delay); an exception that escapes is logged and ends this broker only. Release
+        delay); an exception that escapes is logged, and the service calls ``run()`` again
+        after a growing pause (see ``brokers.runner``): be ready to run again. Release
         everything when cancelled (shielded clean-up).
         """
         ...

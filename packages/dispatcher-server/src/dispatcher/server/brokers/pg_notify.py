@@ -39,24 +39,20 @@ from dispatcher.schema import (
     service_application_name,
     split_message,
 )
-from dispatcher.server.backoff import Backoff
+from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.origin import Origin
+from dispatcher.server.resources import names_shortages
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.listener")
 
-FIRST_RETRY: Final = 0.1
-"""Seconds before the first attempt to reconnect; doubled for each further one."""
-MAX_RETRY: Final = 30.0
-"""Longest wait between two attempts to reconnect, in seconds."""
-HEALTHY_AFTER: Final = 5.0
-"""Seconds a connection must have lasted for its loss to start the backoff afresh."""
 MAX_PER_TURN: Final = 256
 """Notifications delivered in one go, before the other tasks of the service get a turn."""
 
 
+@names_shortages  # (out of threads or file descriptors: an OSError, retried as one)
 async def open_connection(conninfo: str, application_name: str) -> psycopg.AsyncConnection[Any]:
     """Open an autocommit connection for a broker.
 

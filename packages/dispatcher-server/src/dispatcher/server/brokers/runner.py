@@ -1,14 +1,26 @@
-"""Running one broker inside the service: its failure ends that broker only."""
+"""Running one broker inside the service: a broker that fails is run again, never lost.
+
+A broker's ``run()`` that raises (or returns) while the service runs is logged at ERROR and
+run again after a pause that grows while it keeps failing (0.1 s, doubling up to 30 s, as
+for a database that is down; from 0.1 s again once a run lasted 5 s): the service never
+goes on deaf to one of its brokers. A broker that refuses to start (:class:`StartRefused`:
+a socket path another service holds, say) stops the service's start, or, when it refuses
+on a later run, the service itself, with exit status 2: waiting cannot cure it.
+"""
 
 from __future__ import annotations
 
+import time
 import traceback
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
 
+from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import Broker, Deliver, StartRefused
 from dispatcher.server.logsafe import Block, first_line, get_logger
+from dispatcher.server.resources import shortage_text
 
 logger = get_logger("dispatcher.brokers")
 
@@ -26,32 +38,65 @@ class _Started:
             self._task_status.started()
 
 
+def failure_text(exc: BaseException) -> str:
+    """What ended a broker, in a line: for a group of errors, each of its own (once)."""
+    if isinstance(exc, BaseExceptionGroup):
+        reasons = dict.fromkeys(failure_text(inner) for inner in exc.exceptions)
+        return "; ".join(reasons)
+    return shortage_text(exc) or first_line(exc)
+
+
 async def run_broker(
     broker: Broker,
     deliver: Deliver,
     *,
+    on_refused: Callable[[StartRefused], None] | None = None,
+    stopping: anyio.Event | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run *broker* until cancelled; log (and outlive) its failure.
+    """Run *broker* until cancelled, running it again whenever it fails (see the module).
 
-    The service's start waits for the broker to say it started; a broker that fails before
-    that is logged and the service goes on without it, but for :class:`StartRefused`, which
-    reaches the service's start.
+    The service's start waits for the broker to say it started, or to fail a first time
+    (it then goes on starting while the broker is tried again), but for
+    :class:`StartRefused` before that, which reaches the service's start. A refusal on a
+    later run is handed to *on_refused* (the service stops); without one, it is logged and
+    the broker is not run again. Once *stopping* is set, a broker that ends is not run again.
     """
     started = _Started(task_status)
-    try:
-        await broker.run(deliver, task_status=started)
-    except StartRefused:
-        if not started.done:
-            raise  # before the start: the service does not start, and says why
-        logger.error("the %s broker stopped: it refused to go on", broker.name)
-    except Exception as exc:  # a broken broker must not stop the service
-        reason = first_line(exc)
-        if started.done:
-            logger.error("the %s broker stopped: %s", broker.name, reason)
-        else:
-            logger.error("cannot start the %s broker: %s", broker.name, reason)
-        logger.debug(
-            "the %s broker failed:%s", broker.name, Block("".join(traceback.format_exception(exc)))
-        )
-    started.started()  # (a broker that returned, or failed, does not hold the service's start)
+    backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
+    while True:
+        began = time.monotonic()
+        try:
+            await broker.run(deliver, task_status=started)
+            reason = "its run() returned"
+        except StartRefused as refused:
+            if not started.done:
+                raise  # before the start: the service does not start, and says why
+            _refused(broker, refused, on_refused)
+            return
+        except Exception as exc:  # never the service: the broker is run again
+            reason = failure_text(exc)
+            logger.debug(
+                "the %s broker failed:%s",
+                broker.name,
+                Block("".join(traceback.format_exception(exc))),
+            )
+        what = "the %s broker stopped" if started.done else "cannot start the %s broker"
+        started.started()  # (a broker that failed does not hold the service's start)
+        if stopping is not None and stopping.is_set():
+            logger.info("the %s broker ended while the service stops: %s", broker.name, reason)
+            return
+        if time.monotonic() - began >= HEALTHY_AFTER:
+            backoff.reset()
+        delay = backoff.next_delay()
+        logger.error(what + ": %s; starting it again in %.1f s", broker.name, reason, delay)
+        await anyio.sleep(delay)
+
+
+def _refused(
+    broker: Broker, refused: StartRefused, on_refused: Callable[[StartRefused], None] | None
+) -> None:
+    if on_refused is not None:
+        on_refused(refused)
+    else:
+        logger.error("the %s broker stopped: it cannot go on: %s", broker.name, refused)

@@ -145,10 +145,11 @@ class SocketBroker(BrokerBase):
             listener = await anyio.create_unix_listener(self.path)
         except OSError as exc:
             why = exc.strerror or str(exc)  # (not str(exc): it may name the path again)
-            raise StartRefused(f"cannot listen on socket {self.path}: {why}") from None
+            # Named whole: a relative path says nothing of the directory that refused.
+            raise StartRefused(f"cannot listen on socket {self.path.absolute()}: {why}") from None
         finally:
             os.umask(old_umask)
-        logger.info("listening on socket %s", self.path)
+        logger.info("listening on socket %s", self.path.absolute())
         task_status.started()
         try:
             async with listener:

@@ -271,6 +271,9 @@ class PgQueueBroker(BrokerBase):
             why = first_line(exc)
         if self._stop_gave_up:
             why = f"the database did not answer a write within {CLOSE_FLUSH_TIMEOUT:g} s"
+            if self._db.failing:  # not the database's silence: no connection could be made
+                last = self._stats.pg_queue_last_error
+                why = f"no connection could be made within {CLOSE_FLUSH_TIMEOUT:g} s: {last}"
         if why is not None and self._acks.pending:
             logger.warning(
                 "%s not recorded (%s): their jobs will run again once their lease runs out",

@@ -23,9 +23,9 @@ import anyio
 import psycopg
 
 from dispatcher.publish import describe_server
-from dispatcher.server.backoff import Backoff
+from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
-from dispatcher.server.brokers.pg_notify import FIRST_RETRY, MAX_RETRY, open_connection
+from dispatcher.server.brokers.pg_notify import open_connection
 from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.stats import ServiceStats
 
@@ -165,6 +165,11 @@ class QueueDatabase:
     def waiting(self) -> bool:
         """Whether the server failed lately and the next attempt must wait a while."""
         return self._conn is None and self._retry_at > time.monotonic()
+
+    @property
+    def failing(self) -> bool:
+        """Whether there is no connection, and the last attempt to open one failed."""
+        return self._conn is None and self._backoff.attempts > 0
 
     async def discard(self, reason: str | None = None, conn: Connection | None = None) -> None:
         """Close *conn* (default: the current connection); the next statement opens a new one.

@@ -31,6 +31,7 @@ from dispatcher.publish import describe_server
 from dispatcher.publish.connections import UTF8
 from dispatcher.server.backoff import Backoff
 from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.resources import names_shortages
 from dispatcher.server.stats import QueueDepth, QueueSampling
 
 logger = get_logger("dispatcher.pg_queue.sampler")
@@ -79,6 +80,7 @@ at connection (``options``), which a pooler such as pgbouncer refuses, and rathe
 the session, which through a pooler in transaction mode would reach other clients."""
 
 
+@names_shortages  # (out of threads or file descriptors: an OSError, retried as one)
 async def sampling_connection(
     conninfo: str, application_name: str, connect_timeout: int = 10
 ) -> psycopg.AsyncConnection[Any]:

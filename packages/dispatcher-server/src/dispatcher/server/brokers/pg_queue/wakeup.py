@@ -21,14 +21,8 @@ import psycopg
 
 from dispatcher.publish import describe_server
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
-from dispatcher.server.backoff import Backoff
-from dispatcher.server.brokers.pg_notify import (
-    FIRST_RETRY,
-    HEALTHY_AFTER,
-    MAX_RETRY,
-    open_connection,
-    start_listening,
-)
+from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RETRY, Backoff
+from dispatcher.server.brokers.pg_notify import open_connection, start_listening
 from dispatcher.server.logsafe import first_line, get_logger
 
 logger = get_logger("dispatcher.pg_queue")

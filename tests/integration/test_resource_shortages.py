@@ -1,0 +1,194 @@
+"""The service under resource limits: threads, processes, file descriptors running short.
+
+Shortages are injected into the service subprocess (see ``support/faults``): no thread can
+start for a while, the fork server cannot fork, a low ``RLIMIT_NOFILE``. The service must
+say what ran short, wait, and serve again once it is over, never stop listening for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from dispatcher.server.library_logs import OwnCancellations, quiet_own_cancellations
+from support.durable import enqueue, job_message, migrated, wait_for_states
+from support.faults import fault_env
+from support.queue_rows import unique_schema
+from support.service import Evidence, ServiceProcess
+from support.service import task_message as message
+
+pytestmark = pytest.mark.timeout(60)
+
+RECORD = "support.service_tasks.record"
+StartService = Callable[..., ServiceProcess]
+Notify = Callable[[str, str], None]
+Conn = psycopg.Connection[Any]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_brokers_outlive_a_shortage_of_threads_at_start(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    pg_dsn: str,
+    pg_conn: Conn,
+    channel: str,
+    notify: Notify,
+    evidence: Evidence,
+    tmp_path: Path,
+) -> None:
+    """No thread for the host name's lookup, nor for binding the socket: each broker (and
+    the metrics server) says so, tries again, and serves once threads can start again, as
+    after a database outage."""
+    schema = migrated(pg_conn, unique_schema())
+    # A host name, not an address: psycopg looks it up in a thread.
+    conninfo = make_conninfo(pg_dsn, host="localhost")
+    brokers = service_config["brokers"]
+    brokers["pg_notify"]["conninfo"] = conninfo
+    brokers["pg_queue"] = {"conninfo": conninfo, "schema": schema, "queues": [channel + "_q"]}
+    brokers["socket"] = {"path": str(tmp_path / "service.sock")}
+    service_config["service"]["metrics"] = {"host": "localhost", "port": free_port()}
+    threads_back = tmp_path / "threads-back"
+    env = fault_env(no_threads=str(threads_back))
+    service = start_service(service_config, wait=False, env=env)
+    service.wait_for_log(r"pg_notify.*can't start new thread")
+    service.wait_for_log(r"socket.*can't start new thread")
+    service.wait_for_log(r"pg_queue.*(can't start new thread|TaskGroup)")
+    service.wait_for_log(r"metrics.*can't start new thread")
+    threads_back.touch()
+    service.wait_for_log(r"listening on channels")
+    service.wait_for_log(r"listening on socket")
+    service.wait_for_log(r"serving metrics on")
+    notify(channel, message(RECORD, evidence.path, "over pg_notify"))
+    uuids = enqueue(pg_conn, schema, channel + "_q", [job_message("record", evidence.path, "q")])
+    wait_for_states(pg_conn, schema, uuids, {"done"})
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(tmp_path / "service.sock"))
+        client.sendall((message(RECORD, evidence.path, "over the socket") + "\n").encode())
+    records = evidence.wait_for(3)
+    assert sorted(str(r["args"][0]) for r in records) == ["over pg_notify", "over the socket", "q"]
+    assert service.stop() == 0
+    assert not re.search(r"broker stopped|Traceback", service.log), service.log
+
+
+def soft_fd_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files limit")
+
+
+def sixteen_workers(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    config["service"]["pool"] = {"min_workers": 16, "max_workers": 16}
+    config["brokers"]["socket"] = {"path": str(tmp_path / "service.sock")}
+    return config
+
+
+def test_too_few_file_descriptors_for_the_pool_cost_workers_not_the_service(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    channel: str,
+    notify: Notify,
+    evidence: Evidence,
+    tmp_path: Path,
+) -> None:
+    """A hard limit of 40 for 16 workers: said at start, and the workers that find no file
+    descriptor left fail to start (each a line, with a pause), but the service serves."""
+    config = sixteen_workers(service_config, tmp_path)
+    service = start_service(config, wait=False, env=fault_env(nofile="40:40"))
+    service.wait_for_log(r"WARNING .*file-descriptor limit \(RLIMIT_NOFILE, ulimit -n\) is 40")
+    service.wait_for_log(r"could not start worker \d+: .*out of file descriptors")
+    service.wait_ready()
+    notify(channel, message(RECORD, evidence.path, "served"))
+    assert evidence.wait_for(1)[0]["args"] == ["served"]
+    assert service.stop() == 0
+    assert not re.search(r"Traceback|IndexError|CRITICAL", service.log), service.log
+
+
+def test_a_soft_file_descriptor_limit_too_low_for_the_pool_is_raised(
+    start_service: StartService, service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    config = sixteen_workers(service_config, tmp_path)
+    service = start_service(config, log_level="DEBUG", env=fault_env(nofile="40"))
+    service.wait_for_log(r"raised the file-descriptor limit \(RLIMIT_NOFILE\) from 40 to \d+")
+    assert soft_fd_limit(service.pid) > 40
+    service.wait_for_log(r"worker 15 \(pid \d+\) ready", timeout=10)
+    assert "could not start worker" not in service.log
+    assert service.stop() == 0
+
+
+def test_a_worker_that_cannot_start_its_output_thread_says_why_in_the_service_log(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    service = start_service(service_config, wait=False, env=fault_env(worker_no_threads="1"))
+    service.wait_for_log(r"worker 0 died before it was ready|worker 0 \(pid \d+\) died before")
+    service.wait_for_log(r"worker 0 ended .*can't start new thread")
+    assert service.stop() == 0
+
+
+def test_workers_that_cannot_be_forked_are_retried_with_a_growing_pause_naming_the_limit(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 4, "max_workers": 4}
+    service = start_service(service_config, wait=False, env=fault_env(no_fork="1"))
+    lines = service.wait_for_log(r"ERROR .*could not start worker", count=2, timeout=5)
+    assert "Resource temporarily unavailable" in lines[0]
+    assert "RLIMIT_NPROC" in lines[0]
+    pauses = [float(re.findall(r"in ([\d.]+) s$", line)[0]) for line in lines[:2]]
+    assert pauses == [0.5, 1.0]
+    # The next one is 1 s away: no more lines meanwhile (they came dozens a second), and
+    # the four workers started at once said it once.
+    assert len(re.findall(r"could not start worker", service.log)) <= 3
+    assert service.stop() == 0
+
+
+def test_a_socket_path_refused_is_named_whole_and_the_stop_is_quiet(
+    start_service: StartService, service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A relative path's error names its directory; stopping the brokers that started
+    meanwhile (pg_notify, mid-statement) adds no warning of psycopg's."""
+    service_config["brokers"]["socket"] = {"path": "no-such-folder/service.sock"}
+    service = start_service(service_config, wait=False)
+    assert service.wait(30) == 2
+    whole = service.folder / "no-such-folder" / "service.sock"
+    assert f"cannot listen on socket {whole}: No such file or directory" in service.log
+    assert "psycopg" not in service.log, service.log
+
+
+def test_the_service_silences_psycopgs_warning_about_its_own_cancellations(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statement cancelled by the service (a stop, a refused start) costs no warning."""
+    psycopg_logger = logging.getLogger("psycopg")
+
+    async def cancel_a_statement() -> None:
+        conn = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+        with anyio.move_on_after(0.1):
+            await conn.execute("SELECT pg_sleep(5)")
+        await conn.close()
+
+    with caplog.at_level(logging.WARNING, logger="psycopg"):
+        anyio.run(cancel_a_statement)  # (psycopg as it is: the warning this is about)
+        assert "query cancellation interrupted (CancelledError)" in caplog.text
+        caplog.clear()
+        quiet_own_cancellations()
+        try:
+            anyio.run(cancel_a_statement)
+            psycopg_logger.warning("query cancellation failed: %s", "something else")
+        finally:
+            for quieting in [f for f in psycopg_logger.filters if isinstance(f, OwnCancellations)]:
+                psycopg_logger.removeFilter(quieting)
+    assert [r.getMessage() for r in caplog.records] == ["query cancellation failed: something else"]

@@ -1,0 +1,72 @@
+"""Faults injected into a service subprocess: resources it runs short of, for a while.
+
+Python imports ``sitecustomize`` at start-up from ``sys.path``: a test puts this folder first
+on the service's ``PYTHONPATH`` (see :func:`support.faults.fault_env`) and names the faults
+in the environment. The service's main process is the one that imported this first; its
+fork server is its child, the workers the fork server's children.
+
+- ``DISPATCHER_FAULT_NO_THREADS=<file>``: in the main process, no thread can be started
+  (``RuntimeError: can't start new thread``, as when ``RLIMIT_NPROC`` or a container's pids
+  limit is reached) until *file* exists.
+- ``DISPATCHER_FAULT_WORKER_NO_THREADS=1``: in the workers, no thread can be started.
+- ``DISPATCHER_FAULT_NO_FORK=1``: the fork server cannot fork (``BlockingIOError: [Errno 11]
+  Resource temporarily unavailable``, as at the process limit).
+- ``DISPATCHER_FAULT_NOFILE=<soft>[:<hard>]``: the main process starts with this
+  ``RLIMIT_NOFILE`` (the hard limit unchanged when not given).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import threading
+from typing import Any
+
+_ROOT_ENV = "DISPATCHER_FAULT_ROOT"
+
+_root = _ROOT_ENV not in os.environ
+os.environ.setdefault(_ROOT_ENV, str(os.getpid()))
+_depth = 0 if _root else 1
+"""0 in the main process, 1 in the fork server, 2 in a worker (and more below)."""
+
+
+def _forked() -> None:
+    global _depth
+    _depth += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+_start_thread = threading.Thread.start
+_fork = os.fork
+
+
+def _no_thread_now() -> bool:
+    until = os.environ.get("DISPATCHER_FAULT_NO_THREADS")
+    if _depth == 0 and until and not os.path.exists(until):
+        return True
+    return _depth >= 2 and bool(os.environ.get("DISPATCHER_FAULT_WORKER_NO_THREADS"))
+
+
+def _start(self: threading.Thread, *args: Any, **kwargs: Any) -> None:
+    if _no_thread_now():
+        raise RuntimeError("can't start new thread")
+    _start_thread(self, *args, **kwargs)
+
+
+def _failing_fork() -> int:
+    if _depth == 1:
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    return _fork()
+
+
+threading.Thread.start = _start  # type: ignore[method-assign]
+if os.environ.get("DISPATCHER_FAULT_NO_FORK"):
+    os.fork = _failing_fork
+
+_nofile = os.environ.get("DISPATCHER_FAULT_NOFILE")
+if _root and _nofile:
+    _soft, _, _hard = _nofile.partition(":")
+    _limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if not _hard else int(_hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(_soft), _limit))
