@@ -24,7 +24,7 @@ from dispatcher.publish import (
     broker_unavailable,
     describe_server,
 )
-from dispatcher.publish.connections import REFUSALS, UTF8
+from dispatcher.publish.connections import REFUSALS, connection_options
 from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_jobs, ctl_submit
 from dispatcher.server.ctl_arguments import Text, count, json_list, json_object, positive_seconds
@@ -659,7 +659,7 @@ def install_sql(settings: Settings) -> int:
     installs.append(("dispatcher_enqueue()", queue_database.conninfo, sql_queue_publisher()))
     for function, conninfo, text in installs:
         try:
-            with psycopg.connect(conninfo, autocommit=True, **UTF8) as conn:
+            with psycopg.connect(conninfo, autocommit=True, **connection_options(conninfo)) as conn:
                 conn.execute(text.encode())
                 # Where the file created it: the first schema of the session's search_path.
                 row = conn.execute(b"SELECT pg_catalog.current_schema()").fetchone()
