@@ -19,7 +19,9 @@ from dispatcher.config import Limits
 from dispatcher.schema import Outcome, migrations
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.brokers import BrokerBase, Settled
+from dispatcher.server.brokers.pg_queue.acks import WRITE_LIMIT
 from dispatcher.server.brokers.pg_queue.claims import Claimer, ClaimOptions
+from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.migrations import (
     MigrationError,
     latest_version,
@@ -525,7 +527,8 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
     from dispatcher.server.brokers.pg_queue import upkeep as module
 
     monkeypatch.setattr(module, "time", type("Clock", (), {"monotonic": lambda: clock[0]}))
-    monkeypatch.setattr(module, "anyio", type("Anyio", (), {"sleep": staticmethod(sleep)}))
+    fake_anyio = {"sleep": staticmethod(sleep), "move_on_after": staticmethod(anyio.move_on_after)}
+    monkeypatch.setattr(module, "anyio", type("Anyio", (), fake_anyio))
     db: Any = type("Db", (), {"fetch": staticmethod(fetch)})()
     lease = 3.0
     upkeep = Upkeep(
@@ -577,3 +580,29 @@ async def test_a_claim_that_lost_a_race_and_got_all_it_asked_for_claims_again_at
     with pytest.raises(_Enough):
         await claimer.run(lambda message, origin: None, NoWakeup())  # type: ignore[arg-type]
     assert limits == [4, 2, 4]
+
+
+@pytest.mark.anyio
+async def test_a_renewal_the_database_does_not_answer_is_given_up_in_time() -> None:
+    """A silent partition: the renewal gives up at a third of the lease, so that the next
+    round tries again (on a new connection) and the upkeep's other work goes on meanwhile."""
+    cancelled: list[bool] = []
+
+    class Silent:
+        async def fetch(self, statement: bytes, params: Any) -> list[tuple[Any, ...]]:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                cancelled.append(True)  # (a QueueDatabase then closes its connection)
+                raise
+            return []
+
+    leases = Leases(Silent(), b"renew", 1.5)  # type: ignore[arg-type]
+    leases.add(1, 1, 1, time.monotonic(), "u-1")
+    started = time.monotonic()
+    with anyio.fail_after(10), pytest.raises(TimeoutError, match="did not answer within 0.5 s"):
+        await leases.renew()
+    assert 0.5 <= time.monotonic() - started < 5
+    assert cancelled == [True]
+    # A long lease: bounded as a write of outcomes is.
+    assert Leases(Silent(), b"renew", 3600).renew_limit == WRITE_LIMIT  # type: ignore[arg-type]

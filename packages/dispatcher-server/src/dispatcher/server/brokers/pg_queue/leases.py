@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
+
+import anyio
 
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
 from dispatcher.server.logsafe import get_logger
@@ -12,6 +14,10 @@ from dispatcher.server.logsafe import get_logger
 logger = get_logger("dispatcher.pg_queue")
 
 Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
+
+RENEW_LIMIT: Final = 30.0
+"""Most seconds a renewal may take, as a write of outcomes (``acks.WRITE_LIMIT``); a third of
+the lease when that is shorter."""
 
 
 class Leases:
@@ -69,25 +75,42 @@ class Leases:
             del self._confirmed[row]
         return uuid
 
+    @property
+    def renew_limit(self) -> float:
+        """Seconds a renewal may take: a third of the lease, at most :data:`RENEW_LIMIT`.
+
+        A renewal given up then leaves time for another before the lease runs out.
+        """
+        return min(self._lease / 3, RENEW_LIMIT)
+
     async def renew(self, fetch: Fetch | None = None) -> None:
         """Extend every held lease, in one statement (through *fetch*, default the db's).
 
         A claim the database no longer has as ours (its lease ran out and another service
         took it over) is dropped, with a warning: its job may run twice.
+
+        :raises TimeoutError: when the database did not answer within :attr:`renew_limit`
+            (a network partition: the statement is cancelled, and the connection it was
+            on closed, so that the next renewal opens a new one).
         """
         if not self.held:
             return
         held = dict(self.held)
         sent = time.monotonic()
-        rows = await (fetch or self._db.fetch)(
-            self._statement,
-            {
-                "ids": list(held),
-                "attempts": [attempts for attempts, _ in held.values()],
-                "claims": [claim for _, claim in held.values()],
-                "lease": self._lease,
-            },
-        )
+        limit = self.renew_limit
+        rows: Rows = []
+        with anyio.move_on_after(limit) as renewal:
+            rows = await (fetch or self._db.fetch)(
+                self._statement,
+                {
+                    "ids": list(held),
+                    "attempts": [attempts for attempts, _ in held.values()],
+                    "claims": [claim for _, claim in held.values()],
+                    "lease": self._lease,
+                },
+            )
+        if renewal.cancelled_caught:
+            raise TimeoutError(f"the database did not answer within {limit:g} s")
         renewed = {row for (row,) in rows}
         for row, claim in held.items():
             if self.held.get(row) != claim:
