@@ -568,8 +568,8 @@ async def test_a_claim_that_lost_a_race_and_got_all_it_asked_for_claims_again_at
             return 4
 
     class Leases:
-        def add(self, *claim: object) -> None:
-            pass
+        def add(self, *claim: object) -> bool:
+            return True
 
     class NoWakeup:
         async def wait(self, timeout: float) -> None:
@@ -606,3 +606,22 @@ async def test_a_renewal_the_database_does_not_answer_is_given_up_in_time() -> N
     assert cancelled == [True]
     # A long lease: bounded as a write of outcomes is.
     assert Leases(Silent(), b"renew", 3600).renew_limit == WRITE_LIMIT  # type: ignore[arg-type]
+
+
+def test_a_row_claimed_again_while_its_job_is_delivered_is_adopted_not_delivered_twice() -> None:
+    leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
+    assert leases.add(7, 1, 1, time.monotonic(), "u-7")
+    assert leases.held_until(7, 1) > time.monotonic()
+    # Its lease ran out and the row was taken back; this service claims it again.
+    del leases.held[7]
+    assert not leases.add(7, 2, 2, time.monotonic(), "u-7")
+    assert leases.held == {7: (2, 2)}
+    assert leases.held_until(7, 1) > time.monotonic()  # the running copy may still start
+    # The copy's outcome settles the later claim (the one the row has).
+    settled = leases.settling(Ack(7, 1, 1, "done", "ok"))
+    assert settled == Ack(7, 2, 2, "done", "ok")
+    assert leases.release(7, 2) == "u-7"
+    assert leases.held == {}
+    # Its copy ended: claimed again later, the row is delivered again.
+    assert leases.add(7, 3, 3, time.monotonic(), "u-7")
+    assert leases.settling(Ack(7, 3, 3, "done", "ok")) == Ack(7, 3, 3, "done", "ok")

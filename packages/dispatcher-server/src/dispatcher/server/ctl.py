@@ -622,7 +622,7 @@ def _with_elapsed(result: ControlResult, timeout: float) -> ControlResult:
     How long a task on a worker has run is in the ``workers`` reply (asked here, when a
     task runs on a worker); without it, the time since it was submitted is shown.
     """
-    ages: dict[str, dict[str, float]] = {}
+    ages: dict[str, dict[str, tuple[str, float]]] = {}
     if any(key.startswith("worker-") for reply in result.replies for key in entries(reply)):
         try:
             workers = control_with_reply(
