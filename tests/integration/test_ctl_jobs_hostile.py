@@ -21,6 +21,7 @@ from psycopg.types.json import set_json_loads
 from dispatcher.config import reset, setup
 from dispatcher.publish import close_connections, get_job
 from support.durable import migrated
+from support.proxy import DatabaseProxy
 from support.queue_rows import insert_job, job_row, unique_schema
 from support.service import wait_until
 
@@ -293,6 +294,61 @@ def test_a_cancelled_statement_is_named_as_such(
         "dispatcherctl: the database cancelled a statement on the jobs table: "
     )
     assert "cannot read" not in stderr
+    assert len(stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["jobs"], "read the queue in"),
+        (["retry", "--failed"], "change the queue in"),
+        (["purge", "--state", "done", "--older-than", "0"], "change the queue in"),
+    ],
+)
+def test_a_connection_lost_in_the_middle_of_a_command_is_named_as_such(
+    tmp_path: Path,
+    pg_dsn: str,
+    schema: str,
+    pg_conn: Conn,
+    locked_table: Conn,
+    args: list[str],
+    said: str,
+) -> None:
+    """The database stopped answering (a partition, a crash) while the command ran: said so,
+    not taken for a lock (only PostgreSQL's own lock_timeout says locked)."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        config = write_config(tmp_path / "dispatcher.yml", proxy.dsn, schema)
+        process = subprocess.Popen(
+            command(config, *args, "--timeout", "30"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        holder = locked_table.info.backend_pid
+        wait_until(
+            lambda: (
+                pg_conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                    (holder,),
+                ).fetchone()
+                == (1,)
+            ),
+            30,
+        )
+        proxy.down()  # in the middle of its statement
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        proxy.down()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1
+    assert stderr.startswith(f"dispatcherctl: cannot {said} PostgreSQL at 127.0.0.1, port ")
+    assert ": the database stopped answering during the command (" in stderr
+    assert ("may or may not have been made" in stderr) is (said != "read the queue in")
+    assert "locked" not in stderr
     assert len(stderr.splitlines()) == 1
 
 

@@ -349,6 +349,41 @@ def test_a_job_whose_service_was_killed_runs_again_elsewhere_after_the_lease(
     assert events[0][1] != events[1][1] == events[2][1]
 
 
+def test_a_job_taken_back_while_its_service_runs_it_is_not_started_twice_by_that_service(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Its lease ran out (a partition) and another service's sweep put the row back; the
+    same service claims it again while it still runs it: the claim is adopted (the running
+    copy's outcome settles it), no second copy starts."""
+    start_service(config)
+    uuids = enqueue(
+        pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 1.5)]
+    )
+    evidence.wait_for(1)
+    table = sql.Identifier(schema, "jobs")
+    taken_back = pg_conn.execute(  # what a sweep does to a row whose lease ran out
+        sql.SQL(
+            "UPDATE {} SET state = 'queued', run_after = now(), lease_until = NULL,"
+            " outcome = 'worker_lost' WHERE uuid = %s AND state = 'running' RETURNING claims"
+        ).format(table),
+        uuids,
+    ).fetchall()
+    assert taken_back == [(1,)]
+    pg_conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_WAKEUP_CHANNEL, channel))
+    wait_until(lambda: (job_row(pg_conn, schema, uuids[0]) or {})["claims"] == 2, 10)  # again
+    wait_for_states(pg_conn, schema, uuids, {"done"})
+    row = job_row(pg_conn, schema, uuids[0])
+    assert row is not None
+    assert (row["outcome"], row["claims"], row["attempts"]) == ("ok", 2, 2)
+    events = [record["event"] for record in evidence.records()]
+    assert events == ["start", "end"]
+
+
 def test_serial_jobs_never_overlap_across_three_services(
     start_service: Start,
     config: dict[str, Any],

@@ -34,6 +34,7 @@ from support import tasks
 from support.paths import EXAMPLES
 from support.postgres import unique_channel, wait_for_notifies
 from support.proxy import DatabaseProxy, SilentServer
+from support.service import wait_until
 from support.twins import block_on, connection_of_the_other_kind, gather
 
 Conn = psycopg.Connection[Any]
@@ -221,8 +222,62 @@ def test_lost_connection_is_reopened_without_losing_the_call(
         (app_name,),
     ).fetchall()
     assert killed == [(True,)]
+    # Ended while idle: found so before the next send, which goes on a new connection.
+    wait_until(lambda: connections_named(pg_conn, app_name) == 0, timeout=5)
     after = tasks.add.delay(1, 1)
     assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [after.uuid]
+
+
+def test_a_notify_whose_reply_is_lost_is_delivered_once_and_the_call_says_so(
+    pg_dsn: str, channel: str, listener: Conn
+) -> None:
+    """The connection breaks once the NOTIFY reached the server: it is not sent again (the
+    task would run twice), and the error says the database stopped answering during the
+    send, not that it cannot be connected to."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        configure_with_app_name(proxy.dsn, channel)
+        tasks.add.delay(0, 0)
+        assert len(received(listener, 1)) == 1
+        proxy.lose_next_reply()
+        with pytest.raises(BrokerUnavailable) as failure:
+            tasks.add.delay(1, 1)
+        message = str(failure.value)
+        assert "the database stopped answering during the send" in message
+        assert "may or may not have been delivered" in message
+        assert "cannot connect" not in message
+        [lost] = received(listener, 1)  # the server ran it
+        assert json.loads(lost)["args"] == [1, 1]
+        after = tasks.add.delay(2, 2)  # on a new connection
+        assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [after.uuid]
+    finally:
+        proxy.down()
+
+
+def test_a_batch_whose_reply_is_lost_is_delivered_once(
+    pg_dsn: str, channel: str, listener: Conn
+) -> None:
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        configure_with_app_name(proxy.dsn, channel)
+        tasks.add.delay(0, 0)
+        assert len(received(listener, 1)) == 1
+        proxy.lose_next_reply()
+
+        def send_three() -> None:
+            with batch():
+                for n in range(3):
+                    tasks.add.delay(n, n)
+
+        with pytest.raises(BrokerUnavailable, match="may or may not have been delivered"):
+            send_three()
+        assert [json.loads(p)["args"] for p in received(listener, 3)] == [[0, 0], [1, 1], [2, 2]]
+        after = tasks.add.delay(9, 9)
+        assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [after.uuid]
+    finally:
+        proxy.down()
 
 
 def _submit_in_child(config: dict[str, Any], queue: Any) -> None:

@@ -39,6 +39,7 @@ from support import tasks
 from support.paths import EXAMPLES
 from support.postgres import unique_channel, wait_for_notifies
 from support.proxy import DatabaseProxy, SilentServer
+from support.service import wait_until
 from support.twins import ablock_on, agather, connection_of_the_other_kind
 
 Conn = psycopg.Connection[Any]
@@ -269,8 +270,62 @@ async def test_lost_connection_is_reopened_without_losing_the_call(
         (app_name,),
     ).fetchall()
     assert killed == [(True,)]
+    # Ended while idle: found so before the next send, which goes on a new connection.
+    wait_until(lambda: connections_named(pg_conn, app_name) == 0, timeout=5)
     after = await tasks.add.adelay(1, 1)
     assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [after.uuid]
+
+
+async def test_a_notify_whose_reply_is_lost_is_delivered_once_and_the_call_says_so(
+    pg_dsn: str, channel: str, listener: Conn
+) -> None:
+    """The connection breaks once the NOTIFY reached the server: it is not sent again (the
+    task would run twice), and the error says the database stopped answering during the
+    send, not that it cannot be connected to."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        configure_with_app_name(proxy.dsn, channel)
+        await tasks.add.adelay(0, 0)
+        assert len(received(listener, 1)) == 1
+        proxy.lose_next_reply()
+        with pytest.raises(BrokerUnavailable) as failure:
+            await tasks.add.adelay(1, 1)
+        message = str(failure.value)
+        assert "the database stopped answering during the send" in message
+        assert "may or may not have been delivered" in message
+        assert "cannot connect" not in message
+        [lost] = received(listener, 1)  # the server ran it
+        assert json.loads(lost)["args"] == [1, 1]
+        after = await tasks.add.adelay(2, 2)  # on a new connection
+        assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [after.uuid]
+    finally:
+        proxy.down()
+
+
+async def test_a_batch_whose_reply_is_lost_is_delivered_once(
+    pg_dsn: str, channel: str, listener: Conn
+) -> None:
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        configure_with_app_name(proxy.dsn, channel)
+        await tasks.add.adelay(0, 0)
+        assert len(received(listener, 1)) == 1
+        proxy.lose_next_reply()
+
+        async def send_three() -> None:
+            async with abatch():
+                for n in range(3):
+                    await tasks.add.adelay(n, n)
+
+        with pytest.raises(BrokerUnavailable, match="may or may not have been delivered"):
+            await send_three()
+        assert [json.loads(p)["args"] for p in received(listener, 3)] == [[0, 0], [1, 1], [2, 2]]
+        after = await tasks.add.adelay(9, 9)
+        assert [json.loads(p)["uuid"] for p in received(listener, 1)] == [after.uuid]
+    finally:
+        proxy.down()
 
 
 def _submit_in_child(config: dict[str, Any], queue: Any) -> None:

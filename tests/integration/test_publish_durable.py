@@ -32,6 +32,7 @@ from dispatcher.publish import (
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key
 from support.durable import own_schema
 from support.postgres import wait_for_notifies
+from support.proxy import DatabaseProxy
 
 Conn = psycopg.Connection[Any]
 
@@ -172,6 +173,37 @@ def test_a_job_stored_again_or_refused_by_on_duplicate_is_skipped(
     stored = [(row["uuid"], json.loads(row["message"])["args"]) for row in rows(pg_dsn, schema)]
     assert stored[0] == ("same-uuid", [1])
     assert [args for _, args in stored[1:]] == [["users"], ["groups"]]
+
+
+def test_a_store_whose_reply_is_lost_is_sent_again_and_stores_the_job_once(
+    pg_dsn: str, channel: str, schema: str
+) -> None:
+    """Unlike a NOTIFY, an insert is sent again on a new connection when the first one
+    broke after it reached the server: the job's uuid is stored already, so the repeat
+    stores nothing, and the call succeeds."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        setup(
+            {
+                "version": 1,
+                "brokers": {
+                    "pg_notify": {"conninfo": proxy.dsn, "channels": [channel]},
+                    "pg_queue": {"conninfo": proxy.dsn, "queues": ["orders"], "schema": schema},
+                },
+            }
+        )
+        ship.delay(1)
+        proxy.lose_next_reply()
+        second = ship.delay(2)
+        assert [(row["uuid"], row["attempts"]) for row in rows(pg_dsn, schema)][1:] == [
+            (second.uuid, 0)
+        ]
+        assert proxy.accepted == 2  # sent again on a new connection
+    finally:
+        close_connections()
+        reset()
+        proxy.down()
 
 
 def test_rollback_leaves_no_job_and_commit_leaves_one(

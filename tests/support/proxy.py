@@ -28,6 +28,8 @@ class DatabaseProxy:
         self._listener: socket.socket | None = None
         self._sockets: list[socket.socket] = []
         self._frozen: set[socket.socket] = set()
+        self._upstream: set[socket.socket] = set()
+        self._cut_after_send: set[socket.socket] = set()
         self._frozen_new = False
         self._lock = threading.Lock()
         self.accepted = 0
@@ -62,6 +64,15 @@ class DatabaseProxy:
             self._frozen.update(self._sockets)
             self._frozen_new = new
 
+    def lose_next_reply(self) -> None:
+        """On the open connections, forward the client's next data to the server, then end the
+        connection on the client's side without the server's reply (the server still runs
+        what it got): a statement that reached the server, its reply lost in a partition.
+        New connections are forwarded as usual."""
+        with self._lock:
+            self._frozen.update(self._upstream)
+            self._cut_after_send.update(set(self._sockets) - self._upstream)
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -78,6 +89,7 @@ class DatabaseProxy:
             upstream.connect(address)
             with self._lock:
                 self._sockets += [client, upstream]
+                self._upstream.add(upstream)
                 self.accepted += 1
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
@@ -87,6 +99,9 @@ class DatabaseProxy:
             while data := source.recv(65536):
                 if source not in self._frozen:
                     sink.sendall(data)
+                if source in self._cut_after_send:
+                    source.shutdown(socket.SHUT_RDWR)  # the server's side stays open
+                    return
         except OSError:
             pass
         finally:

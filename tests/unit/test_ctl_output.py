@@ -220,3 +220,18 @@ def test_a_task_s_elapsed_time_is_its_run_time_else_its_age() -> None:
         now=160.0,
     )
     assert [entry.get("elapsed") for entry in shown.values()] == [7.5, 10.0, None]
+
+
+def test_two_copies_of_one_job_on_two_workers_each_show_their_own_run_time() -> None:
+    running = {
+        "worker-0": {"uuid": "u1", "time_pub": 100.0},
+        "worker-1": {"uuid": "u1", "time_pub": 100.0},
+        "worker-2": {"uuid": "u2", "time_pub": 100.0},  # its worker moved on meanwhile
+    }
+    workers = {
+        "worker-0": {"current_task_uuid": "u1", "current_task_age": 50.0},
+        "worker-1": {"current_task_uuid": "u1", "current_task_age": 2.0},
+        "worker-2": {"current_task_uuid": "u3", "current_task_age": 1.0},
+    }
+    shown = add_elapsed(running, task_ages(workers), now=160.0)
+    assert [entry["elapsed"] for entry in shown.values()] == [50.0, 2.0, 60.0]

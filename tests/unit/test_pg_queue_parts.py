@@ -19,7 +19,9 @@ from dispatcher.config import Limits
 from dispatcher.schema import Outcome, migrations
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.brokers import BrokerBase, Settled
+from dispatcher.server.brokers.pg_queue.acks import WRITE_LIMIT
 from dispatcher.server.brokers.pg_queue.claims import Claimer, ClaimOptions
+from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.migrations import (
     MigrationError,
     latest_version,
@@ -525,7 +527,8 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
     from dispatcher.server.brokers.pg_queue import upkeep as module
 
     monkeypatch.setattr(module, "time", type("Clock", (), {"monotonic": lambda: clock[0]}))
-    monkeypatch.setattr(module, "anyio", type("Anyio", (), {"sleep": staticmethod(sleep)}))
+    fake_anyio = {"sleep": staticmethod(sleep), "move_on_after": staticmethod(anyio.move_on_after)}
+    monkeypatch.setattr(module, "anyio", type("Anyio", (), fake_anyio))
     db: Any = type("Db", (), {"fetch": staticmethod(fetch)})()
     lease = 3.0
     upkeep = Upkeep(
@@ -565,8 +568,8 @@ async def test_a_claim_that_lost_a_race_and_got_all_it_asked_for_claims_again_at
             return 4
 
     class Leases:
-        def add(self, *claim: object) -> None:
-            pass
+        def add(self, *claim: object) -> bool:
+            return True
 
     class NoWakeup:
         async def wait(self, timeout: float) -> None:
@@ -577,3 +580,48 @@ async def test_a_claim_that_lost_a_race_and_got_all_it_asked_for_claims_again_at
     with pytest.raises(_Enough):
         await claimer.run(lambda message, origin: None, NoWakeup())  # type: ignore[arg-type]
     assert limits == [4, 2, 4]
+
+
+@pytest.mark.anyio
+async def test_a_renewal_the_database_does_not_answer_is_given_up_in_time() -> None:
+    """A silent partition: the renewal gives up at a third of the lease, so that the next
+    round tries again (on a new connection) and the upkeep's other work goes on meanwhile."""
+    cancelled: list[bool] = []
+
+    class Silent:
+        async def fetch(self, statement: bytes, params: Any) -> list[tuple[Any, ...]]:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                cancelled.append(True)  # (a QueueDatabase then closes its connection)
+                raise
+            return []
+
+    leases = Leases(Silent(), b"renew", 1.5)  # type: ignore[arg-type]
+    leases.add(1, 1, 1, time.monotonic(), "u-1")
+    started = time.monotonic()
+    with anyio.fail_after(10), pytest.raises(TimeoutError, match=r"did not answer within 0\.5 s"):
+        await leases.renew()
+    assert 0.5 <= time.monotonic() - started < 5
+    assert cancelled == [True]
+    # A long lease: bounded as a write of outcomes is.
+    assert Leases(Silent(), b"renew", 3600).renew_limit == WRITE_LIMIT  # type: ignore[arg-type]
+
+
+def test_a_row_claimed_again_while_its_job_is_delivered_is_adopted_not_delivered_twice() -> None:
+    leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
+    assert leases.add(7, 1, 1, time.monotonic(), "u-7")
+    assert leases.held_until(7, 1) > time.monotonic()
+    # Its lease ran out and the row was taken back; this service claims it again.
+    del leases.held[7]
+    assert not leases.add(7, 2, 2, time.monotonic(), "u-7")
+    assert leases.held == {7: (2, 2)}
+    assert leases.held_until(7, 1) > time.monotonic()  # the running copy may still start
+    # The copy's outcome settles the later claim (the one the row has).
+    settled = leases.settling(Ack(7, 1, 1, "done", "ok"))
+    assert settled == Ack(7, 2, 2, "done", "ok")
+    assert leases.release(7, 2) == "u-7"
+    assert leases.held == {}
+    # Its copy ended: claimed again later, the row is delivered again.
+    assert leases.add(7, 3, 3, time.monotonic(), "u-7")
+    assert leases.settling(Ack(7, 3, 3, "done", "ok")) == Ack(7, 3, 3, "done", "ok")

@@ -88,6 +88,14 @@ def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
     assert backoff.next_delay() <= 1.1
 
 
+def test_backoff_jitter_never_goes_above_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("random.uniform", lambda low, high: high)  # the largest jitter
+    backoff = Backoff(initial=1, maximum=5)
+    delays = [backoff.next_delay() for _ in range(6)]
+    assert delays[:3] == pytest.approx([1.1, 2.2, 4.4])
+    assert delays[3:] == [5, 5, 5]
+
+
 def test_rate_limited_log_says_what_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     log = RateLimitedLog(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import select
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
@@ -52,6 +53,46 @@ read ``bytes``), and a database in another encoding converts it, refusing the ch
 lacks with an error of its own (:data:`UNTRANSLATABLE`) rather than the client failing to
 encode them. A startup parameter: it passes through pgbouncer.
 """
+
+TCP_USER_TIMEOUT: Final = 20_000
+"""Milliseconds data sent on a connection may stay unacknowledged by the server's host before
+the connection is given up (libpq's ``tcp_user_timeout``).
+
+A bound on a dead peer only (a silent network partition, a host gone): a slow statement
+does not trip it, since the server's host acknowledges the statement at once, and its own
+keepalive probes while the statement runs. Without it, a statement sent into a partition
+waits for the kernel's retransmissions to give up: about 16 minutes.
+"""
+
+LIVENESS: Final[dict[str, Any]] = {
+    "keepalives": 1,
+    "keepalives_idle": 15,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": TCP_USER_TIMEOUT,
+}
+"""TCP settings of every connection the project opens, unless its conninfo sets them.
+
+Keepalive probes after 15 s without traffic keep a firewall or NAT from dropping an idle
+connection, and notice a server gone silent while waiting for a reply (within about 20 s:
+:data:`TCP_USER_TIMEOUT` ends the probing too); :data:`TCP_USER_TIMEOUT` bounds a send to a
+dead peer. Client-side settings (nothing is sent to the server: they pass any pooler); no
+effect on a Unix-domain socket.
+"""
+
+
+def connection_options(conninfo: str) -> dict[str, Any]:
+    """``connect()`` keyword arguments every connection to *conninfo* the project opens takes.
+
+    :data:`UTF8`, and :data:`LIVENESS` but for the settings *conninfo* makes itself (an
+    operator's choice wins).
+    """
+    try:
+        given = conninfo_to_dict(conninfo)
+    except psycopg.Error:  # connect() says what is wrong with it
+        given = {}
+    return {**UTF8, **{key: value for key, value in LIVENESS.items() if key not in given}}
+
 
 UNTRANSLATABLE: Final = ("22P05", "22021")
 """SQLSTATEs of text the database's encoding cannot hold: ``untranslatable_character`` (a
@@ -144,11 +185,12 @@ def through_transaction_pooler(conninfo: str) -> bool:
 def connect_options(conninfo: str) -> dict[str, Any]:
     """Keyword arguments for ``connect()``: autocommit, UTF-8, our defaults the conninfo lacks.
 
-    Text is UTF-8 whatever the conninfo says (:data:`UTF8`). No statement is prepared on a
+    Text is UTF-8 whatever the conninfo says (:data:`UTF8`); a dead peer is noticed
+    (:data:`LIVENESS`). No statement is prepared on a
     conninfo the config marks ``transaction_pooler``.
     """
     given = conninfo_to_dict(conninfo)
-    options: dict[str, Any] = {"autocommit": True, **UTF8}
+    options: dict[str, Any] = {"autocommit": True, **connection_options(conninfo)}
     if through_transaction_pooler(conninfo):
         options["prepare_threshold"] = None
     if "application_name" not in given:
@@ -176,6 +218,46 @@ def broker_unavailable(conninfo: str, exc: psycopg.Error, doing: str) -> BrokerU
     """Turn a psycopg error into one sentence naming the server, without secrets."""
     reason = _reason(conninfo, exc)
     return BrokerUnavailable(f"cannot {doing} {describe_server(conninfo)}: {reason}")
+
+
+def stopped_answering(
+    conninfo: str, exc: psycopg.Error, doing: str, during: str = "the send", then: str = ""
+) -> BrokerUnavailable:
+    """The error for a connection lost once a statement may have reached the server.
+
+    Not "cannot connect": the connection was open, and broke (or timed out: see
+    :data:`TCP_USER_TIMEOUT`) *during* the statement; *then* says what that means for it
+    (whether it took effect is unknown).
+    """
+    reason = _reason(conninfo, exc)
+    after = f"; {then}" if then else ""
+    return BrokerUnavailable(
+        f"cannot {doing} {describe_server(conninfo)}: the database stopped answering during "
+        f"{during} ({reason}){after}"
+    )
+
+
+def closed_while_idle(connection: BaseConnection[Any]) -> bool:
+    """Whether the server has ended *connection*, idle (no statement running on it), meanwhile.
+
+    An idle connection's socket has nothing to read, unless the server wrote to it: the
+    error of a ``pg_terminate_backend()``, a shutdown or an idle timeout (the server's, a
+    pooler's), then the end of the stream; rarely, a notice or a changed parameter (then
+    the connection is replaced for nothing). A non-blocking ``poll()`` (any descriptor
+    number, unlike ``select()``), under a microsecond: checked before each NOTIFY, which is
+    never sent twice (see :class:`~dispatcher.publish.notify_async.AsyncConnectionProvider`).
+    """
+    if connection.closed:
+        return True
+    try:
+        socket = connection.pgconn.socket
+        if not hasattr(select, "poll"):  # Windows, whose select() takes any socket
+            return bool(select.select([socket], [], [], 0)[0])
+        poll = select.poll()
+        poll.register(socket, select.POLLIN)
+        return bool(poll.poll(0))
+    except (psycopg.Error, OSError, ValueError):  # no socket any more
+        return True
 
 
 REFUSALS: Final = (

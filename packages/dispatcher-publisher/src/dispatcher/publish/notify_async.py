@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, sql
@@ -32,8 +32,10 @@ from dispatcher.publish.connections import (
     broker_unavailable,
     caller_connection,
     caller_lost,
+    closed_while_idle,
     connect_options,
     notify_statement,
+    stopped_answering,
 )
 from dispatcher.publish.errors import BrokerUnavailable
 from dispatcher.publish.timestamps import tolerant_adapters
@@ -54,15 +56,36 @@ SERVICES_QUERY = (
 reads the node id and the digest of the channels in it."""
 
 
+NOT_RESENT: Final = (
+    "the NOTIFY may or may not have been delivered: it is not sent again, since a task "
+    "sent twice would run twice"
+)
+"""What the error of a NOTIFY whose connection broke once it was sent says of it."""
+
+
 class _Slot:
-    """An owner's connection, the cursor NOTIFYs go through, and the lock to open it."""
+    """An owner's connection, the cursor NOTIFYs go through, and the locks to open and use it."""
 
-    __slots__ = ("attempts", "connection", "failure", "notifier", "opening", "owner", "retired")
+    __slots__ = (
+        "attempts",
+        "connection",
+        "failure",
+        "notifier",
+        "opening",
+        "owner",
+        "retired",
+        "sending",
+    )
 
-    def __init__(self, owner: Owner, opening: Any) -> None:
+    def __init__(self, owner: Owner, opening: Any, sending: Any) -> None:
         self.owner = owner
         self.opening = opening
         """Held by the one caller opening the connection; the others wait for it."""
+        self.sending = sending
+        """Held from the check that the connection is still open to the end of the statement
+        sent on it: no statement of another caller breaks it in between, so that a failure
+        is always of the statement that was checked for (see :meth:`_run`). Not while
+        opening it: callers waiting then share the outcome of one attempt."""
         self.connection: AsyncConnection[Any] | None = None
         self.attempts = 0
         """Attempts to open it that have ended, well or not."""
@@ -155,14 +178,15 @@ class AsyncConnectionProvider:
                     other.retired = True
                     if other.connection is not None:
                         abandon(other.connection, other.owner)
-            slot = self._slots[owner.key] = _Slot(owner, async_opening_lock())
+            slot = self._slots[owner.key] = _Slot(owner, async_opening_lock(), async_opening_lock())
             return slot
 
     async def notify_many(self, channels: Sequence[str], payloads: Sequence[str]) -> None:
         """NOTIFY each payload on its channel, in one round trip.
 
-        A connection found broken (the server restarted, the connection was terminated) is
-        replaced and the NOTIFYs sent once more on the new one.
+        A connection the server ended while it was idle (it restarted, the connection was
+        terminated or timed out) is replaced before the NOTIFYs are sent; they are never
+        sent twice (see :meth:`notify`).
 
         :raises BrokerUnavailable: when the database cannot be reached.
         :raises PublishError: when it refuses the NOTIFY for good (a missing privilege).
@@ -172,9 +196,13 @@ class AsyncConnectionProvider:
     async def notify(self, messages: Sequence[tuple[str, str]]) -> None:
         """NOTIFY each ``(channel, payload)`` of *messages*, in order, in one statement.
 
-        A connection found broken is replaced and the NOTIFYs sent once more on the new one.
+        At most once: a connection the server ended while it was idle is replaced before
+        they are sent; one that breaks once they were sent (the server may have run the
+        statement, its reply lost) fails the call, saying that they may or may not have
+        been delivered, and they are not sent again: a task delivered twice would run twice.
 
-        :raises BrokerUnavailable: when the database cannot be reached.
+        :raises BrokerUnavailable: when the database cannot be reached, or stopped
+            answering during the send.
         :raises PublishError: when it refuses the NOTIFY for good (a missing privilege).
         """
         if len(messages) == 1:  # the common case, without building the statement
@@ -192,8 +220,9 @@ class AsyncConnectionProvider:
     ) -> AsyncCursor[Any]:
         """Run one statement (a transaction of its own) and return its cursor, rows fetched.
 
-        A connection found broken is replaced and the statement run once more on the new
-        one: make it safe to repeat (the statement may have committed before the break).
+        A connection the server ended while idle is replaced first; one that breaks under
+        the statement is replaced and the statement run once more on the new one: make it
+        safe to repeat (the statement may have committed before the break).
 
         :raises BrokerUnavailable: naming the server and what was being done (*doing*),
             when the database cannot be reached, or fails the statement in a way sending it
@@ -207,32 +236,74 @@ class AsyncConnectionProvider:
     async def _run(
         self, query: str, params: Sequence[Any], doing: str, what: str, *, notifying: bool
     ) -> AsyncCursor[Any]:
-        """:meth:`execute`; *notifying* statements go through the shared cursor."""
-        retries = 1
+        """:meth:`execute`; *notifying* statements go through the shared cursor.
+
+        A statement is sent again only when it surely did not reach the server (the
+        connection was closed before it was sent), or once when it is not a NOTIFY.
+        """
+        resends = 0 if notifying else 1
+        lost: BrokerUnavailable | None = None
+        checked = False
         while True:
             slot = self._slot()
-            own = await self._connection_of(slot)
+            own = await self._open_for_sending(slot, lost)
             if own is None:
                 continue  # closed by close() meanwhile
-            try:
-                if not notifying:
-                    return await own.execute(query, params)
-                notifier = slot.notifier
-                if notifier is None or notifier.connection is not own:
-                    notifier = slot.notifier = own.cursor()
-                return await notifier.execute(query, params)
-            except psycopg.errors.UndefinedTable:
-                raise  # the database answered: the caller knows which table is meant
-            except psycopg.OperationalError as exc:
-                if slot.retired and own.closed and not own.broken:
-                    # close() closed it, which it does only while no statement runs on it:
-                    # before this one was sent. (Broken, the server may have run it.)
+            async with slot.sending:
+                if own is not slot.connection or own.closed:
+                    continue  # replaced, or broken by another caller's statement, meanwhile
+                if not checked and closed_while_idle(own):
+                    checked = True  # (once: a connection just opened is sent on)
+                    await self._drop(slot, own)
                     continue
-                if retries == 0 or not own.closed:
-                    raise broker_unavailable(self.conninfo, exc, doing) from None
-                retries -= 1
-            except psycopg.Error as exc:
-                raise broker_failure(self.conninfo, exc, doing, what, own) from None
+                try:
+                    if not notifying:
+                        return await own.execute(query, params)
+                    notifier = slot.notifier
+                    if notifier is None or notifier.connection is not own:
+                        notifier = slot.notifier = own.cursor()
+                    return await notifier.execute(query, params)
+                except psycopg.errors.UndefinedTable:
+                    raise  # the database answered: the caller knows which table is meant
+                except psycopg.OperationalError as exc:
+                    if slot.retired and own.closed and not own.broken:
+                        # close() closed it, which it does only while no statement runs on
+                        # it: before this one was sent. (Broken, the server may have run it.)
+                        continue
+                    if not own.closed:  # the server answered: a shutdown, a timeout
+                        raise broker_unavailable(self.conninfo, exc, doing) from None
+                    then = NOT_RESENT if notifying else ""
+                    lost = stopped_answering(self.conninfo, exc, doing, then=then)
+                    if resends == 0:
+                        raise lost from None
+                    resends -= 1
+                except psycopg.Error as exc:
+                    raise broker_failure(self.conninfo, exc, doing, what, own) from None
+
+    async def _open_for_sending(
+        self, slot: _Slot, lost: BrokerUnavailable | None
+    ) -> AsyncConnection[Any] | None:
+        """The connection of *slot* (see :meth:`_connection_of`), before ``slot.sending``.
+
+        After *lost* (the statement's first send failed), a failure to connect again says
+        that the send failed first: the database stopped answering, it did not refuse.
+        """
+        try:
+            return await self._connection_of(slot)
+        except BrokerUnavailable as exc:
+            if lost is None:
+                raise
+            raise BrokerUnavailable(f"{lost}; connecting again failed: {exc}") from None
+
+    async def _drop(self, slot: _Slot, own: AsyncConnection[Any]) -> None:
+        """Close *own*, which the server ended while it was idle; the next use opens another.
+
+        Called under ``slot.sending``, with *own* the slot's: no statement runs on it.
+        """
+        with self._lock:
+            if slot.connection is own:
+                slot.connection, slot.notifier = None, None
+        await own.close()
 
     async def close(self) -> None:
         """Close the caller's connection; let go of those whose owners are gone.
@@ -331,8 +402,8 @@ async def asend(
 
     With *connection*, the NOTIFYs join its current transaction: delivered when it commits,
     never if it rolls back; errors name it as *whose* it is. Without, the SDK's own
-    connection to *conninfo* sends them at once; a lost connection is re-opened and the send
-    retried once.
+    connection to *conninfo* sends them at once, at most once (see
+    :meth:`AsyncConnectionProvider.notify`).
 
     :raises BrokerUnavailable: when the database cannot be reached; when *connection* is
         closed or its transaction aborted (nothing is sent on it then).

@@ -16,7 +16,10 @@ backoff afresh."""
 
 
 class Backoff:
-    """Yields retry delays ``initial, 2*initial, ...`` up to ``maximum``, each +-10 %."""
+    """Yields retry delays ``initial, 2*initial, ...``, each +-10 %, never above ``maximum``.
+
+    The jitter of a delay at the cap only shortens it: "up to 30 s" holds.
+    """
 
     def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
         self.initial = initial
@@ -27,7 +30,7 @@ class Backoff:
         """Return the delay before the next attempt, and count the attempt."""
         base: float = min(self.maximum, self.initial * 2.0**self.attempts)
         self.attempts += 1
-        return base * random.uniform(0.9, 1.1)
+        return min(self.maximum, base * random.uniform(0.9, 1.1))
 
     def reset(self) -> None:
         """Start again from the initial delay (after a success)."""

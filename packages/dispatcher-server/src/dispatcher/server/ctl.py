@@ -24,7 +24,7 @@ from dispatcher.publish import (
     broker_unavailable,
     describe_server,
 )
-from dispatcher.publish.connections import REFUSALS, UTF8
+from dispatcher.publish.connections import REFUSALS, connection_options
 from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_jobs, ctl_submit
 from dispatcher.server.ctl_arguments import Text, count, json_list, json_object, positive_seconds
@@ -621,7 +621,7 @@ def _with_elapsed(result: ControlResult, timeout: float) -> ControlResult:
     How long a task on a worker has run is in the ``workers`` reply (asked here, when a
     task runs on a worker); without it, the time since it was submitted is shown.
     """
-    ages: dict[str, dict[str, float]] = {}
+    ages: dict[str, dict[str, tuple[str, float]]] = {}
     if any(key.startswith("worker-") for reply in result.replies for key in entries(reply)):
         try:
             workers = control_with_reply(
@@ -658,7 +658,7 @@ def install_sql(settings: Settings) -> int:
     installs.append(("dispatcher_enqueue()", queue_database.conninfo, sql_queue_publisher()))
     for function, conninfo, text in installs:
         try:
-            with psycopg.connect(conninfo, autocommit=True, **UTF8) as conn:
+            with psycopg.connect(conninfo, autocommit=True, **connection_options(conninfo)) as conn:
                 conn.execute(text.encode())
                 # Where the file created it: the first schema of the session's search_path.
                 row = conn.execute(b"SELECT pg_catalog.current_schema()").fetchone()

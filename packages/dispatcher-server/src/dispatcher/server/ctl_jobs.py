@@ -22,7 +22,12 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
-from dispatcher.publish.connections import REFUSALS, UTF8, server_encoding
+from dispatcher.publish.connections import (
+    REFUSALS,
+    connection_options,
+    server_encoding,
+    stopped_answering,
+)
 from dispatcher.publish.mistakes import did_you_mean
 from dispatcher.publish.pg_text import unstorable, unstorable_reason
 from dispatcher.schema import DispatcherError
@@ -131,8 +136,9 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         section = queue_admin.queue_settings(settings)
     except queue_admin.QueueNotConfigured as exc:
         return _fail(str(exc), EXIT_USAGE)
+    conn: psycopg.Connection[Any] | None = None
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
+        with _connect(section.conninfo) as conn:
             refusal = unstorable_option(options, server_encoding(conn))
             if refusal is not None:
                 return _fail(refusal, EXIT_USAGE)
@@ -143,7 +149,8 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
                 return _fail(unknown_queue(queue, section.queues), EXIT_USAGE)
             return _COMMANDS[options.command](conn, section.schema, options)
     except psycopg.Error as exc:
-        message = database_error(exc, section.conninfo, options.command, options.timeout)
+        lost = conn is not None and conn.broken
+        message = database_error(exc, section.conninfo, options.command, options.timeout, lost)
         # Refused for good (a missing privilege, say): trying again would not help.
         return _fail(message, EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_FAILED)
     except queue_admin.TablesMissing as exc:
@@ -179,12 +186,30 @@ def unknown_queue(queue: str, configured: Sequence[str]) -> str:
     )
 
 
-def database_error(exc: psycopg.Error, conninfo: str, command: str, timeout: float) -> str:
+def _connect(conninfo: str) -> psycopg.Connection[Any]:
+    """An autocommit connection for a queue command.
+
+    A dead peer is noticed (:func:`~dispatcher.publish.connections.connection_options`): a
+    network partition in the middle of a command fails it within about 20 s.
+    """
+    return psycopg.connect(
+        conninfo, autocommit=True, connect_timeout=10, **connection_options(conninfo)
+    )
+
+
+def database_error(
+    exc: psycopg.Error, conninfo: str, command: str, timeout: float, lost: bool = False
+) -> str:
     """One line saying why *command* failed in the database of *conninfo* (no password).
 
     A lock or a statement that took too long, the database out of reach or refusing the
-    command, or a value it could not take: each is worded as what it is.
+    command, the connection *lost* during a statement (the database stopped answering, or
+    ended the session), or a value it could not take: each is worded as what it is.
     """
+    verb, gerund = DOING[command]
+    if lost:
+        then = "" if verb == "read" else "the change may or may not have been made"
+        return str(stopped_answering(conninfo, exc, f"{verb} the queue in", "the command", then))
     if isinstance(exc, psycopg.errors.LockNotAvailable):
         return (
             "the jobs table (or a job's row) is locked by another session: gave up after "
@@ -192,7 +217,6 @@ def database_error(exc: psycopg.Error, conninfo: str, command: str, timeout: flo
         )
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return f"the database cancelled a statement on the jobs table: {first_line(exc)}"
-    verb, gerund = DOING[command]
     unreachable = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
     if unreachable or isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return str(broker_unavailable(conninfo, exc, f"{verb} the queue in"))
@@ -307,7 +331,7 @@ def waiting_of_task(settings: Settings, task: str, timeout: float) -> int:
     if section is None:
         return 0
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
+        with _connect(section.conninfo) as conn:
             limit_waits(conn, timeout)
             return queue_admin.count_waiting(conn, section.schema, task)
     except (psycopg.Error, DispatcherError):  # a task no row can hold (UNTRANSLATABLE) too
@@ -328,8 +352,9 @@ def cancel_waiting_job(
     section = settings.brokers.pg_queue
     if section is None:
         return None, None
+    conn: psycopg.Connection[Any] | None = None
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
+        with _connect(section.conninfo) as conn:
             texts = [("uuid", uuid), ("task", task)] if task is not None else [("uuid", uuid)]
             if unstorable(texts, [server_encoding(conn)]) is not None:
                 return None, None  # no job can have it
@@ -338,7 +363,8 @@ def cancel_waiting_job(
     except (queue_admin.NotCancelled, queue_admin.TablesMissing):
         return None, None
     except psycopg.Error as exc:
-        why = database_error(exc, section.conninfo, "cancel-job", timeout)
+        lost = conn is not None and conn.broken
+        why = database_error(exc, section.conninfo, "cancel-job", timeout, lost)
         return None, f"could not look for a waiting durable job {uuid}: {why}"
     return f"cancelled waiting durable job {uuid} of queue {queue}", None
 
@@ -349,7 +375,7 @@ def waits(settings: Settings, uuid: str, timeout: float) -> bool:
     if section is None:
         return False
     try:
-        with psycopg.connect(section.conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
+        with _connect(section.conninfo) as conn:
             limit_waits(conn, timeout)
             return bool(queue_admin.list_jobs(conn, section.schema, state="queued", uuid=uuid))
     except (psycopg.Error, DispatcherError):  # a uuid no row can hold (UNTRANSLATABLE) too

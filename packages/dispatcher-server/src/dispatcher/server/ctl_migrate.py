@@ -9,7 +9,7 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
-from dispatcher.publish.connections import REFUSALS, UTF8
+from dispatcher.publish.connections import REFUSALS, connection_options, stopped_answering
 from dispatcher.server.brokers.pg_queue.migrations import (
     VERSION_TABLE,
     MigrationError,
@@ -75,8 +75,11 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
         print(f"dispatcherctl: {settings.source} has no brokers.pg_queue", file=sys.stderr)
         return EXIT_USAGE
     schema, conninfo = section.schema, section.conninfo
+    conn: psycopg.Connection[Any] | None = None
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
+        with psycopg.connect(
+            conninfo, autocommit=True, connect_timeout=10, **connection_options(conninfo)
+        ) as conn:
             if print_only:
                 try:
                     with conn.transaction():
@@ -102,7 +105,12 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
         print(f"dispatcherctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except psycopg.Error as exc:
-        failure = broker_unavailable(conninfo, exc, "migrate the pg_queue tables in")
+        doing = "migrate the pg_queue tables in"
+        if conn is not None and conn.broken:  # lost under a statement, not refused
+            then = "each version is a transaction of its own: migrate again does what is left"
+            failure = stopped_answering(conninfo, exc, doing, "the migration", then)
+        else:
+            failure = broker_unavailable(conninfo, exc, doing)
         print(f"dispatcherctl: {failure}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_UNREACHABLE
     where = f'the pg_queue tables in schema "{schema}" of {describe_server(conninfo)}'

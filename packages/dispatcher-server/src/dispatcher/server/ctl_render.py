@@ -154,19 +154,24 @@ def render(result: ControlResult, now: float | None = None) -> str:
 
 
 def add_elapsed(
-    entries: Mapping[str, Any], task_ages: Mapping[str, float], now: float | None = None
+    entries: Mapping[str, Any], task_ages: Mapping[str, tuple[str, float]], now: float | None = None
 ) -> dict[str, Any]:
     """The entries of a ``running`` reply, each with ``elapsed`` seconds, when known.
 
-    A task on a worker: how long it has run (*task_ages*, by uuid, from the ``workers``
-    reply's ``current_task_age``); otherwise, or when that is unknown, how long since it was
-    submitted (its message's ``time_pub``, by the publisher's clock).
+    A task on a worker (keyed ``worker-N``): how long it has run, from that worker's entry
+    in *task_ages* (from the ``workers`` reply's ``current_task_age``) when it runs the same
+    uuid; so that two copies of one job (on two workers) each show their own start.
+    Otherwise, or when that is unknown, how long since it was submitted (its message's
+    ``time_pub``, by the publisher's clock).
     """
     now = time.time() if now is None else now
     shown_entries: dict[str, Any] = {}
     for key, entry in entries.items():
         if isinstance(entry, dict):
-            elapsed = task_ages.get(str(entry.get("uuid")))
+            elapsed = None
+            on_worker = task_ages.get(key)
+            if on_worker is not None and on_worker[0] == entry.get("uuid"):
+                elapsed = on_worker[1]
             published = entry.get("time_pub")
             if elapsed is None and isinstance(published, int | float) and published > 0:
                 elapsed = max(0.0, now - published)
@@ -176,16 +181,16 @@ def add_elapsed(
     return shown_entries
 
 
-def task_ages(workers: object) -> dict[str, float]:
-    """How long each task on a worker has run, by uuid, from a ``workers`` reply."""
+def task_ages(workers: object) -> dict[str, tuple[str, float]]:
+    """Each worker's task uuid and how long it has run, by worker, from a ``workers`` reply."""
     if not isinstance(workers, Mapping):
         return {}
     ages = {}
-    for worker in workers.values():
+    for key, worker in workers.items():
         if isinstance(worker, Mapping):
             uuid, age = worker.get("current_task_uuid"), worker.get("current_task_age")
             if isinstance(uuid, str) and isinstance(age, int | float):
-                ages[uuid] = float(age)
+                ages[str(key)] = (uuid, float(age))
     return ages
 
 

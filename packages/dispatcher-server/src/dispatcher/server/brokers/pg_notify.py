@@ -32,7 +32,7 @@ from psycopg import sql
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.publish import AsyncConnectionProvider, describe_server
-from dispatcher.publish.connections import UTF8
+from dispatcher.publish.connections import connection_options
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     is_valid_channel_name,
@@ -56,19 +56,16 @@ MAX_PER_TURN: Final = 256
 async def open_connection(conninfo: str, application_name: str) -> psycopg.AsyncConnection[Any]:
     """Open an autocommit connection for a broker.
 
-    With a connect timeout, and TCP keepalives so that a silently dead server is noticed
-    within about a minute.
+    With a connect timeout, TCP keepalives and a bound on unacknowledged data, so that a
+    silently dead server is noticed within about 20 s (see
+    :data:`~dispatcher.publish.connections.LIVENESS`).
     """
     return await psycopg.AsyncConnection.connect(
         conninfo,
         autocommit=True,
         application_name=application_name,
         connect_timeout=10,
-        **UTF8,
-        keepalives=1,
-        keepalives_idle=30,
-        keepalives_interval=10,
-        keepalives_count=3,
+        **connection_options(conninfo),
     )
 
 

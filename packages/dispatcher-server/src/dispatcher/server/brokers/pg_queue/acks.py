@@ -79,11 +79,11 @@ class Acknowledger:
         for item in settled:
             ack = to_ack(item, self._policy)
             if ack is not None:
-                self._pending.append(ack)
+                self._pending.append(self._leases.settling(ack))
 
     def add(self, ack: Ack) -> None:
-        """Queue one row's change."""
-        self._pending.append(ack)
+        """Queue one row's change (a delivered claim's: see ``Leases.settling``)."""
+        self._pending.append(self._leases.settling(ack))
 
     async def flush(self, limit: float = WRITE_LIMIT) -> None:
         """Write everything queued, a batch per statement, each within *limit* seconds.

@@ -6,7 +6,7 @@ import psycopg
 
 from dispatcher.config import PgQueueBroker as PgQueueSettings
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import REFUSALS, UTF8
+from dispatcher.publish.connections import REFUSALS, connection_options
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_queue import privileges
 from dispatcher.server.brokers.pg_queue.migrations import latest_version, problem, read_version
@@ -33,7 +33,12 @@ def check_tables(
     """
     schema = settings.schema
     try:
-        with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=5, **UTF8) as conn:
+        with psycopg.connect(
+            settings.conninfo,
+            autocommit=True,
+            connect_timeout=5,
+            **connection_options(settings.conninfo),
+        ) as conn:
             refused = privileges.lacking(conn, schema, privileges.SERVICE)
             if refused:
                 raise BrokerNotReady(refused.described())

@@ -176,8 +176,9 @@ class Claimer:
         for row, attempts, claim, queue, message, size, _, uuid, task, mode, delay, _ in sorted(
             rows
         ):
-            self._leases.add(row, attempts, claim, sent, uuid)
             self._stats.pg_queue_claims[queue] += 1
+            if not self._leases.add(row, attempts, claim, sent, uuid):
+                continue  # this service has its job already: adopted, not run twice
             if message is None:
                 self._stats.rejected["oversized"] += 1
                 reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
+
+import anyio
 
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
+from dispatcher.server.brokers.pg_queue.outcomes import Ack
 from dispatcher.server.logsafe import get_logger
 
 logger = get_logger("dispatcher.pg_queue")
 
 Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
+
+RENEW_LIMIT: Final = 30.0
+"""Most seconds a renewal may take, as a write of outcomes (``acks.WRITE_LIMIT``); a third of
+the lease when that is shorter."""
 
 
 class Leases:
@@ -34,16 +41,56 @@ class Leases:
         self._uuids: dict[tuple[int, int], str] = {}
         """Each claim's job uuid, by row id and claim number, until the claim is settled
         (kept when the lease is lost: the outcome still comes, and is logged if refused)."""
+        self._delivered: dict[int, int] = {}
+        """Each row delivered to the service and not settled yet (its job runs, or waits for
+        a worker), and the claim number it was delivered with."""
+        self._adopted: dict[tuple[int, int], tuple[int, int]] = {}
+        """A delivered claim (row, claim) whose row was claimed again meanwhile, and the
+        attempt and claim number of that later claim: the one its outcome settles."""
 
-    def add(self, row: int, attempts: int, claim: int, sent: float, uuid: str) -> None:
-        """A row was claimed as attempt *attempts*, its claim number *claim*.
+    def add(self, row: int, attempts: int, claim: int, sent: float, uuid: str) -> bool:
+        """A row was claimed as attempt *attempts*, its claim number *claim*: hold it.
 
         *sent* is when (``time.monotonic()``) the claiming statement was sent; *uuid* is its
-        job's.
+        job's. Returns whether to deliver it: not when this service still has the row's job
+        from an earlier claim (its lease ran out and the row was taken back meanwhile, a
+        partition, say): the new claim is adopted, settled by that copy's outcome (see
+        :meth:`settling`), so that the service never runs two copies of one job.
         """
         self.held[row] = (attempts, claim)
         self._confirmed[row] = sent
-        self._uuids[row, claim] = uuid
+        delivered = self._delivered.get(row)
+        if delivered is None or delivered == claim:
+            self._delivered[row] = claim
+            self._uuids[row, claim] = uuid
+            return True
+        self._adopted[row, delivered] = (attempts, claim)
+        logger.warning(
+            "job %d (uuid %s) claimed again (attempt %d) while this service still has it "
+            "from an earlier claim (its lease ran out meanwhile): not started twice; the "
+            "running copy's outcome settles the new claim",
+            row,
+            uuid,
+            attempts,
+        )
+        return False
+
+    def settling(self, ack: Ack) -> Ack:
+        """*ack*, the outcome of a delivered claim, made to settle the claim it adopted.
+
+        Its job has ended (or was never started): the row is delivered again when claimed
+        again. An outcome whose row was claimed again meanwhile (see :meth:`add`) settles
+        that later claim, with its attempt and claim number, instead of being refused.
+        """
+        key = (ack.id, ack.claim)
+        if self._delivered.get(ack.id) == ack.claim:
+            del self._delivered[ack.id]
+        adopted = self._adopted.pop(key, None)
+        if adopted is None:
+            return ack
+        attempts, claim = adopted
+        self._uuids[ack.id, claim] = self._uuids.pop(key, "?")
+        return ack._replace(attempts=attempts, claim=claim)
 
     def held_until(self, row: int, claim: int) -> float:
         """Until when (``time.monotonic()``) the claim of *row* numbered *claim* surely holds.
@@ -52,6 +99,9 @@ class Leases:
         renew it): another service may have taken the row back, so its job must not start.
         ``0.0`` when the claim is not held (any more).
         """
+        adopted = self._adopted.get((row, claim))
+        if adopted is not None:  # claimed again meanwhile: that claim holds the row
+            claim = adopted[1]
         held = self.held.get(row)
         if held is None or held[1] != claim:
             return 0.0
@@ -69,25 +119,42 @@ class Leases:
             del self._confirmed[row]
         return uuid
 
+    @property
+    def renew_limit(self) -> float:
+        """Seconds a renewal may take: a third of the lease, at most :data:`RENEW_LIMIT`.
+
+        A renewal given up then leaves time for another before the lease runs out.
+        """
+        return min(self._lease / 3, RENEW_LIMIT)
+
     async def renew(self, fetch: Fetch | None = None) -> None:
         """Extend every held lease, in one statement (through *fetch*, default the db's).
 
         A claim the database no longer has as ours (its lease ran out and another service
         took it over) is dropped, with a warning: its job may run twice.
+
+        :raises TimeoutError: when the database did not answer within :attr:`renew_limit`
+            (a network partition: the statement is cancelled, and the connection it was
+            on closed, so that the next renewal opens a new one).
         """
         if not self.held:
             return
         held = dict(self.held)
         sent = time.monotonic()
-        rows = await (fetch or self._db.fetch)(
-            self._statement,
-            {
-                "ids": list(held),
-                "attempts": [attempts for attempts, _ in held.values()],
-                "claims": [claim for _, claim in held.values()],
-                "lease": self._lease,
-            },
-        )
+        limit = self.renew_limit
+        rows: Rows = []
+        with anyio.move_on_after(limit) as renewal:
+            rows = await (fetch or self._db.fetch)(
+                self._statement,
+                {
+                    "ids": list(held),
+                    "attempts": [attempts for attempts, _ in held.values()],
+                    "claims": [claim for _, claim in held.values()],
+                    "lease": self._lease,
+                },
+            )
+        if renewal.cancelled_caught:
+            raise TimeoutError(f"the database did not answer within {limit:g} s")
         renewed = {row for (row,) in rows}
         for row, claim in held.items():
             if self.held.get(row) != claim:

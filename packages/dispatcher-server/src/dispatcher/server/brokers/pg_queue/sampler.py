@@ -28,7 +28,7 @@ from anyio.abc import TaskStatus
 from psycopg import sql
 
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import UTF8
+from dispatcher.publish.connections import connection_options
 from dispatcher.server.backoff import Backoff
 from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.resources import names_shortages
@@ -95,11 +95,7 @@ async def sampling_connection(
         application_name=application_name,
         connect_timeout=connect_timeout,
         prepare_threshold=None,
-        **UTF8,
-        keepalives=1,  # a server gone silently is noticed, as on the broker's connections
-        keepalives_idle=30,
-        keepalives_interval=10,
-        keepalives_count=3,
+        **connection_options(conninfo),  # a server gone silently is noticed, as elsewhere
     )
 
 
