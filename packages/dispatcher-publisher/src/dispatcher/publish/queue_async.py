@@ -39,9 +39,15 @@ from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLo
 
 
 async def astore(
-    conninfo: str, schema: str, statement: str, rows: Sequence[list[Any]], connection: object
+    conninfo: str,
+    schema: str,
+    statement: str,
+    rows: Sequence[list[Any]],
+    connection: object,
+    more: Sequence[Any] = (),
+    what: str | None = None,
 ) -> None:
-    """Run the insert *statement* with the column lists *rows*.
+    """Run the insert *statement* with the column lists *rows* (then the parameters *more*).
 
     With *connection*, in its current transaction; else on the SDK's own connection to
     *conninfo*, where a lost connection is re-opened and the statement run once more (a uuid
@@ -51,11 +57,13 @@ async def astore(
         in a way sending it again later may cure; when *connection* is closed or its
         transaction aborted (nothing is sent on it then).
     :raises PublishError: when the queue's tables are missing from *schema*; when the
-        database refuses the rows for a reason no retry cures (a missing privilege).
+        database refuses the rows for a reason no retry cures (a missing privilege), saying
+        it refused *what* (default: the job, or the jobs).
     :raises InvalidSubmission: naming the job and the value, when a text holds a character
         the database's encoding lacks (checked first on *connection*, whose transaction is
         then left as it was).
     """
+    params = [*rows, *more] if more else rows
     try:
         if connection is not None:
             caller = caller_connection(connection, AsyncConnection, "asubmit_task", "submit_task")
@@ -63,13 +71,14 @@ async def astore(
             if refusal is not None:
                 raise refusal
             try:
-                await _run_on_caller(caller, caller.cursor(), statement, rows, "send to")
+                await _run_on_caller(caller, caller.cursor(), statement, params, "send to")
             except psycopg.Error as exc:
                 if exc.sqlstate not in UNTRANSLATABLE:
                     raise
                 raise (job_not_storable(rows, [server_encoding(caller)]) or exc) from exc
         else:
-            await shared_provider(conninfo).execute(statement, rows, what=_storing(rows))
+            what = what or _storing(rows)
+            await shared_provider(conninfo).execute(statement, params, what=what)
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
     except TextNotStorable as exc:
