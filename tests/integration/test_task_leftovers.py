@@ -8,6 +8,7 @@ an exception whose ``__str__`` raises ``SystemExit``. Each test runs one worker 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,34 @@ def test_signal_handlers_masks_and_alarms_a_task_changed_are_put_back(
     worker.send(LEAKY + "sleeps", 5, uuid="u-sleep")
     os.kill(worker.process.pid, CANCEL_SIGNALS[4])
     assert worker.event()["outcome"] == "cancelled"
+
+
+def test_process_signals_a_task_changed_are_put_back_as_they_were_at_start(
+    worker: WorkerProcess,
+) -> None:
+    """SIGCHLD ignored made the next task's child exit 0; SIGPIPE or SIGXFSZ at their
+    default killed the worker on the next write to a closed pipe (or past the size limit)."""
+    as_at_start = {"false": 1, "closed pipe": "EPIPE", "SIGINT": "SIG_IGN"}
+    before = worker.run(LEAKY + "process_signal_effects", uuid="u-before", keep_result=True)
+    assert json.loads(before["result"]) == as_at_start
+    assert worker.run(LEAKY + "changes_process_signals", uuid="u-change")["outcome"] == "ok"
+    after = worker.run(LEAKY + "process_signal_effects", uuid="u-after", keep_result=True)
+    assert after["outcome"] == "ok", after
+    assert json.loads(after["result"]) == as_at_start
+    log = worker.wait_for_log(f"task {LEAKY}changes_process_signals (uuid u-change) changed")
+    assert "changed the worker's signals (handlers of SIGINT, SIGPIPE, SIGCHLD, SIGXFSZ)" in log
+
+
+def test_an_alarm_the_on_start_hook_left_is_cancelled_and_blamed_on_it(tmp_path: Path) -> None:
+    """Not on the first task; the handlers the hook set stay as it set them."""
+    hooks = "support.leaky_tasks.SignallingHooks"
+    with WorkerProcess(tmp_path / "worker.log", "support.leaky_tasks", hooks=hooks) as worker:
+        state = worker.run(LEAKY + "signal_state", uuid="u-first", keep_result=True)
+        assert json.loads(state["result"])["alarm"] == 0.0
+        effects = worker.run(LEAKY + "process_signal_effects", uuid="u-then", keep_result=True)
+        assert json.loads(effects["result"])["false"] == 0  # SIGCHLD ignored, as on_start wants
+        log = worker.wait_for_log("worker hook on_start changed the worker's signals (alarm set)")
+        assert "u-first) changed" not in log
 
 
 def test_a_forked_child_returning_from_its_task_exits_instead_of_serving(
