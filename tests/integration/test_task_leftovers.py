@@ -68,6 +68,13 @@ def test_asyncio_tasks_an_async_task_leaves_pending_are_cancelled_when_it_ends(
     assert "u-innocent] LEFTOVER" not in log
     assert "LEFTOVER EXIT" not in log
     assert "u-stubborn] LEFTOVER REFUSES ITS CANCEL" in log
+    # Said once, even for a task that ends on its cancel: a loop-scoped client's background
+    # task (a websocket's keepalive) is cancelled so, and the next task fails without it.
+    assert log.count("left asyncio tasks pending, cancelled when it ended") == 1, log
+    assert (
+        f"task {LEAKY}leaves_a_task_pending (uuid u-ticks) left asyncio tasks pending, "
+        "cancelled when it ended: leaves_a_task_pending.<locals>.ticks() (asyncio task " in log
+    )
     assert (
         f"task {LEAKY}leaves_a_task_pending (uuid u-stubborn) left asyncio tasks pending that "
         "did not end on their cancel (within 1 s): their event loop is closed" in log
