@@ -151,6 +151,15 @@ def test_a_forked_child_returning_from_its_task_exits_instead_of_serving(
     worker.wait_for_log(f"a process forked by task {LEAKY}forks_and_returns (uuid u-fork)")
 
 
+def test_a_forked_child_ending_with_sys_exit_exits_with_its_status(
+    worker: WorkerProcess,
+) -> None:
+    for code, status in ((0, 0), (None, 0), (3, 3)):
+        done = worker.run(LEAKY + "forks_and_exits", code, uuid=f"u-{code}", keep_result=True)
+        assert (done["outcome"], done.get("result")) == ("ok", str(status)), done
+    worker.wait_for_log("CHILD SAYS BYE")
+
+
 def _whole_line(path: Path) -> str:
     """The line the forked child wrote to *path*, once it is all there."""
     text = path.read_text() if path.exists() else ""

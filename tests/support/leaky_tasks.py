@@ -167,6 +167,16 @@ def forks_and_returns(path: str) -> int:
     return pid
 
 
+@task()
+def forks_and_exits(code: int | None) -> int:
+    """Fork; the child prints, then ends with ``sys.exit(code)``; return its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        print("CHILD SAYS BYE")  # left in the buffer: flushed as it exits
+        sys.exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 class _Unprintable(Exception):
     def __str__(self) -> str:
         raise SystemExit(9)

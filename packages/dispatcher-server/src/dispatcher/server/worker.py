@@ -281,15 +281,37 @@ def _exit_forked(what: str, *args: object) -> NoReturn:
 
     Left to go on, it would be a second worker on the same socket: it would report the end
     of the task as well, and read the next requests. ``what`` and ``args`` are a log format.
+    Called while a ``SystemExit`` propagates (``sys.exit(0)`` in the child), it exits with
+    that status, as the child meant to, its standard streams flushed first.
     """
+    leaving = sys.exc_info()[1]
+    if isinstance(leaving, SystemExit):
+        status = _exit_status(leaving)
+    else:
+        status = 1
+        with contextlib.suppress(BaseException):
+            logger.error(
+                f"a process forked by {what} returned into the worker (pid %d): it exits "
+                "(a forked child must end with os._exit())",
+                *args,
+                os.getpid(),
+            )
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(status)
+
+
+def _exit_status(request: SystemExit) -> int:
+    """The status a process ends with on *request*, as Python's own exit gives it."""
+    code = request.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
     with contextlib.suppress(BaseException):
-        logger.error(
-            f"a process forked by {what} returned into the worker (pid %d): it exits "
-            "(a forked child must end with os._exit())",
-            *args,
-            os.getpid(),
-        )
-    os._exit(1)
+        print(code, file=sys.stderr)  # as Python prints a message given to sys.exit()
+    return 1
 
 
 class TaskRunner:
