@@ -199,9 +199,11 @@ def test_a_multi_byte_database_is_asked_not_second_guessed(
     # In a transaction from its first statement; in UTF-8 (in EUC_JP, psycopg would encode
     # text with Python's codec, and refuse ① itself).
     with psycopg.connect(encoded_dsn, client_encoding="UTF8") as own:
-        submit_task(TASKS + "record", queue=QUEUE, uuid=f"a-{held}", connection=own)
+        submit_task(
+            TASKS + "record", args=["unused"], queue=QUEUE, uuid=f"a-{held}", connection=own
+        )
         with pytest.raises(InvalidSubmission) as caught:
-            submit_task(TASKS + "record", queue=QUEUE, uuid=lacked, connection=own)
+            submit_task(TASKS + "record", args=["unused"], queue=QUEUE, uuid=lacked, connection=own)
         assert str(caught.value).startswith(
             f"cannot submit '{TASKS}record': uuid: holds '{lacked}' (U+1F600), a character the "
             "database's encoding (EUC_JP) lacks"
@@ -214,8 +216,10 @@ def test_a_multi_byte_database_is_asked_not_second_guessed(
         own.commit()  # the transaction is intact: the first job is stored
     assert [j.uuid for j in jobs(queue=QUEUE)] == [f"a-{held}"]
     with pytest.raises(InvalidSubmission, match=f"^cannot submit .*: uuid: holds '{lacked}'"):
-        submit_task(TASKS + "record", queue=QUEUE, uuid=lacked)
-    assert submit_task(TASKS + "record", queue=QUEUE, kwargs={"x": held}, uuid=f"b-{held}")
+        submit_task(TASKS + "record", args=["unused"], queue=QUEUE, uuid=lacked)
+    assert submit_task(
+        TASKS + "record", args=["unused"], kwargs={"x": held}, queue=QUEUE, uuid=f"b-{held}"
+    )
 
     listed = ctl(configured, "jobs", "--json", "--task", TASKS + "record", "--uuid", f"b-{held}")
     assert listed.returncode == 0, listed.stderr
