@@ -150,7 +150,7 @@ def test_text_the_database_cannot_hold_is_named_not_a_traceback(
     encoded_dsn: str, configured: Path
 ) -> None:
     with pytest.raises(InvalidSubmission) as caught:
-        submit_task(TASKS + "record", queue=QUEUE, uuid=f"{LACKED}1")
+        submit_task(TASKS + "record", args=["unused"], queue=QUEUE, uuid=f"{LACKED}1")
     said = str(caught.value)
     assert said.startswith(f"cannot submit '{TASKS}record': uuid: holds '€' (U+20AC), a character")
     assert "LATIN1" in said
@@ -161,7 +161,7 @@ def test_text_the_database_cannot_hold_is_named_not_a_traceback(
     assert json.loads(job.message)["args"] == [LACKED]
     with psycopg.connect(encoded_dsn) as own:  # the database's encoding, as clients default to
         with pytest.raises(InvalidSubmission, match=r"^cannot submit .*: uuid: holds '€'"):
-            submit_task(TASKS + "record", queue=QUEUE, uuid=LACKED, connection=own)
+            submit_task(TASKS + "record", args=["unused"], queue=QUEUE, uuid=LACKED, connection=own)
         assert get_job(LACKED, connection=own) is None
         assert jobs(task=LACKED, connection=own) == []
         own.execute("SELECT 1")  # its transaction is not aborted: nothing was sent

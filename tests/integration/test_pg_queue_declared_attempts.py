@@ -119,3 +119,46 @@ def test_the_declared_limit_is_on_the_row_from_its_claim_so_a_lost_lease_does_no
     (row,) = wait_for_states(pg_conn, schema, [uuid], {"running"})
     # What dispatcherctl jobs and get_job() show, and what a sweep of the row would go by.
     assert (row["attempts"], row["max_attempts"]) == (1, 1)
+
+
+def test_a_row_claimed_while_the_first_worker_starts_holds_the_declared_limit(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str, evidence: Evidence
+) -> None:
+    # Stored before the service starts: waiting for it, not for a wake-up.
+    message = job_message(TASKS + "once_slowly", str(evidence.path))
+    (uuid,) = enqueue(pg_conn, schema, channel, [message])
+    config = queue_config(pg_dsn, schema, channel, lease=1)
+    config["tasks"]["modules"] = ["support.declared_attempts"]
+    first = start_service(
+        {**config, "worker": {"class": "support.service_hooks.SlowStartWorker"}}, wait=False
+    )
+    evidence.wait_for(1)
+    (row,) = wait_for_states(pg_conn, schema, [uuid], {"running"})
+    assert (row["attempts"], row["max_attempts"]) == (1, 1)
+    first.kill_everything()  # the service dies while it runs the job: its lease runs out
+    second = start_service(config)
+    (row,) = wait_for_states(pg_conn, schema, [uuid], {"failed"})
+    assert (row["attempts"], row["max_attempts"], row["outcome"]) == (1, 1, "worker_lost")
+    assert runs(evidence, "once_slowly") == 1
+    second.wait_for_log(r"the leases? of 1 job ran out")
+
+
+def test_a_lost_lease_of_a_row_holding_the_queue_default_goes_by_the_declared_limit(
+    start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str, evidence: Evidence
+) -> None:
+    # Claimed by a service that did not know the declared limit: the row holds the default.
+    message = job_message(TASKS + "once", str(evidence.path))
+    (uuid,) = enqueue(pg_conn, schema, channel, [message])
+    pg_conn.execute(
+        sql.SQL(
+            "UPDATE {}.jobs SET state = 'running', attempts = 1, claims = 1, node_id = 'gone',"
+            " started_at = now(), lease_until = now() - interval '1 minute' WHERE uuid = %s"
+        ).format(sql.Identifier(schema)),
+        [uuid],
+    )
+    config = queue_config(pg_dsn, schema, channel)
+    config["tasks"]["modules"] = ["support.declared_attempts"]
+    start_service(config)
+    (row,) = wait_for_states(pg_conn, schema, [uuid], {"failed"})
+    assert (row["attempts"], row["max_attempts"], row["outcome"]) == (1, 1, "worker_lost")
+    assert runs(evidence, "once") == 0

@@ -17,6 +17,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from dispatcher.server.brokers.pg_queue.database import Connection, QueueDatabase
+from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from support.durable import enqueue, job_message, migrated
 from support.queue_rows import unique_schema
@@ -43,6 +44,7 @@ def claim_params(queue: str) -> dict[str, Any]:
         "lease": 30,
         "max_bytes": 1000,
         "max_total_bytes": 10_000,
+        **NO_LIMITS,
     }
 
 

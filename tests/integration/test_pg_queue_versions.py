@@ -31,12 +31,12 @@ CTL = (sys.executable, "-m", "dispatcher.server.ctl")
 Start = Callable[..., ServiceProcess]
 
 
-def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def ctl(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -243,6 +243,27 @@ def test_migrate_gives_up_on_a_lock_held_elsewhere_naming_the_holder(
     assert took < 30
     assert versions(pg_conn, schema) == [1, 2]
     assert ctl(path, "migrate").returncode == 0  # once the transaction is over
+
+
+@pytest.mark.parametrize("args", [(), ("--print",)], ids=["migrate", "print"])
+def test_migrate_bounds_its_wait_to_read_the_version_of_up_to_date_tables(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str, args: tuple[str, ...]
+) -> None:
+    schema = migrated(pg_conn, unique_schema())
+    path = write_config(tmp_path, queue_config(pg_dsn, schema, channel))
+    with psycopg.connect(pg_dsn, application_name="maintenance") as holder:
+        table = sql.Identifier(schema, "migrations")
+        holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+        started = time.monotonic()
+        result = ctl(path, "--timeout", "0.5", "migrate", *args, timeout=20)
+        took = time.monotonic() - started
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith(
+        f"dispatcherctl: gave up after 0.5 s waiting for a lock on the pg_queue tables in schema "
+        f'"{schema}" (--timeout S waits longer); nothing was changed; held by: pid '
+    )
+    assert "(maintenance, idle in transaction, transaction open" in result.stderr
+    assert took < 10
 
 
 def test_migrate_waits_for_a_migrate_in_progress_past_its_lock_timeout(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,3 +80,11 @@ class WrappingWorker(BaseWorker):
         import sys
 
         sys.stdout = _Tagged(sys.stdout)  # type: ignore[assignment]
+
+
+class SlowStartWorker(BaseWorker):
+    """Takes a second in ``on_start`` (warming a pool, loading a model): the first worker
+    says which tasks are registered only then."""
+
+    def on_start(self) -> None:
+        time.sleep(1)

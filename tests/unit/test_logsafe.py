@@ -21,6 +21,7 @@ from dispatcher.server.logsafe import (
     escape,
     get_logger,
     indented,
+    log_to,
 )
 from support.paths import PACKAGES
 
@@ -261,3 +262,78 @@ def test_a_long_block_keeps_its_first_and_last_lines() -> None:
     assert shown[0] == "  | line 0"
     assert shown[MAX_BLOCK_HEAD_LINES] == f"  | ({1000 - MAX_BLOCK_LINES} lines not shown)"
     assert shown[-1] == "  | line 999"
+
+
+@pytest.fixture
+def root_log() -> Iterator[io.StringIO]:
+    """The root logger's handler as log_to() sets it up (in a worker, say); undone after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = io.StringIO()
+    log_to(stream, logging.INFO, "%(levelname)s %(name)s: %(message)s ctx=%(ctx)s")
+    yield stream
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+class _Kept(logging.Handler):
+    """An application's structured handler (JSON logging, Sentry): keeps what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[str, object, object, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = record.ctx  # type: ignore[attr-defined]
+        self.records.append((record.name, record.args, ctx, record.getMessage()))
+
+
+def test_other_handlers_get_the_record_as_it_was_logged(root_log: io.StringIO) -> None:
+    kept = _Kept()
+    logging.getLogger().addHandler(kept)  # the application's, after ours
+    name = "app." + "n" * 300
+    context = {"order": 7, "note": FORGED}
+    logging.getLogger(name).info("charged %s", [FORGED], extra={"ctx": context})
+    assert kept.records == [(name, ([FORGED],), context, f"charged {[FORGED]}")]
+    (line,) = root_log.getvalue().splitlines()
+    assert line.startswith(f"INFO app.{'n' * (MAX_LOGGED_CHARS - 4)}... (104 more characters)")
+    assert escape([FORGED]) in line
+    assert line.endswith(f" ctx={escape(context)}")
+
+
+def test_a_record_saying_it_was_escaped_is_escaped(root_log: io.StringIO) -> None:
+    extra = {"ctx": FORGED, "_dispatcher_escaped": True}
+    logging.getLogger("app").warning("%s", FORGED, extra=extra)
+    get_logger("dispatcher.escaped_said").warning("%s", FORGED, extra=extra)
+    lines = root_log.getvalue().splitlines()
+    assert len(lines) == 2
+    assert not any(line.startswith("CRITICAL") for line in lines)
+
+
+class _ForgingInt(int):
+    def __str__(self) -> str:
+        return FORGED
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return FORGED
+
+
+class _ForgingFloat(float):
+    def __str__(self) -> str:
+        return FORGED
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return FORGED
+
+
+@pytest.mark.parametrize("value", [_ForgingInt(1), _ForgingFloat(1.5)], ids=["int", "float"])
+def test_numbers_of_subclasses_are_escaped(root_log: io.StringIO, value: object) -> None:
+    logging.getLogger("app").warning("n=%s %d", value, value, extra={"ctx": value})
+    get_logger("dispatcher.escaped_numbers").warning("n=%s", value, extra={"ctx": value})
+    lines = root_log.getvalue().splitlines()
+    assert len(lines) == 2
+    assert not any(line.startswith("CRITICAL") for line in lines)

@@ -40,7 +40,7 @@ from dispatcher.server.ctl_render import (
     tally,
     task_ages,
 )
-from dispatcher.server.logsafe import EscapingFilter
+from dispatcher.server.logsafe import EscapingFormatter
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_ERROR_REPLY = 0, 1, 2, 3
 """Exit statuses of control commands: every expected service answered, without an error;
@@ -442,7 +442,7 @@ class _StderrHandler(logging.Handler):
     """Writes each record to the ``sys.stderr`` of the moment, escaped.
 
     ``top``'s live view puts a ``sys.stderr`` of its own in place while it draws; the
-    escaping is :class:`~dispatcher.server.logsafe.EscapingFilter`'s.
+    escaping is :class:`~dispatcher.server.logsafe.EscapingFormatter`'s.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -459,7 +459,6 @@ def _reported_otherwise(record: logging.LogRecord) -> bool:
 
 _HANDLER: Final = _StderrHandler()
 _HANDLER.addFilter(_reported_otherwise)
-_HANDLER.addFilter(EscapingFilter())
 
 
 def _log_to_stderr(level: str) -> None:
@@ -470,7 +469,7 @@ def _log_to_stderr(level: str) -> None:
         if detailed
         else "dispatcherctl: %(message)s"
     )
-    _HANDLER.setFormatter(logging.Formatter(fmt))
+    _HANDLER.setFormatter(EscapingFormatter(fmt))
     _HANDLER.setLevel(level)
     root = logging.root
     if _HANDLER not in root.handlers:

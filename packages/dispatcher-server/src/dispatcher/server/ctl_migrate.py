@@ -11,7 +11,9 @@ from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
 from dispatcher.publish.connections import REFUSALS, UTF8
 from dispatcher.server.brokers.pg_queue.migrations import (
+    VERSION_TABLE,
     MigrationError,
+    bound_lock_waits,
     migrate,
     plan,
     quoted,
@@ -25,11 +27,11 @@ SELECT a.pid, coalesce(nullif(a.application_name, ''), '-'), coalesce(a.state, '
 FROM pg_stat_activity AS a
 WHERE a.pid <> pg_backend_pid() AND a.pid IN (
     SELECT l.pid FROM pg_locks AS l
-    WHERE l.granted AND l.relation = to_regclass(%s)
+    WHERE l.granted AND l.relation IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
 ORDER BY a.xact_start LIMIT 3
 """
-"""Up to three sessions holding a lock on the jobs table, oldest transaction first."""
+"""Up to three sessions holding a lock on one of the tables, oldest transaction first."""
 
 _RIGHTS: Final = """
 SELECT current_user, current_database(), n.oid IS NOT NULL,
@@ -76,7 +78,13 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10, **UTF8) as conn:
             if print_only:
-                work = plan(schema, read_version(conn, schema) or 0)
+                try:
+                    with conn.transaction():
+                        bound_lock_waits(conn, lock_wait)
+                        work = plan(schema, read_version(conn, schema) or 0)
+                except psycopg.errors.LockNotAvailable:
+                    print(f"dispatcherctl: {_locked(conn, schema, lock_wait)}", file=sys.stderr)
+                    return EXIT_UNREACHABLE
                 print(work.script(lock_wait), end="")
                 return EXIT_OK
             try:
@@ -149,13 +157,16 @@ def _lacking(conn: psycopg.Connection[Any], schema: str) -> str | None:
 
 
 def _locked(conn: psycopg.Connection[Any], schema: str, waited: float) -> str:
-    """Say that a lock was not had in *waited* seconds, and who holds the jobs table."""
+    """Say that a lock was not had in *waited* seconds, and who holds one of the tables."""
     message = (
         f"gave up after {waited:g} s waiting for a lock on the pg_queue tables in schema "
         f'"{schema}" (--timeout S waits longer); nothing was changed'
     )
     try:
-        rows = conn.execute(_HOLDERS, (f"{quoted(schema)}.jobs",)).fetchall()
+        tables = [
+            f"{quoted(schema)}.{table}" for table in ("jobs", VERSION_TABLE, "schedule_ticks")
+        ]
+        rows = conn.execute(_HOLDERS, (tables,)).fetchall()
     except psycopg.Error:
         return message
     holders = [

@@ -7,8 +7,11 @@ non-printable character becomes ``\n``, ``\x00``, ``\u2028`` and so on) and cut 
 tracebacks and deliberate multi-line texts (:class:`Block`) follow their line with every
 line indented, so that nothing of outside origin can begin a line at column 0.
 
-Modules get their logger from :func:`get_logger`, which installs :class:`EscapingFilter`;
-:func:`log_to` installs it on the process's handler too, for records of other loggers.
+Modules get their logger from :func:`get_logger`, which installs :class:`EscapingFilter`
+(our records are escaped where they are made, for whichever handler gets them);
+:func:`log_to` gives the process's handler an :class:`EscapingFormatter`, for records of
+other loggers: it writes them escaped, and leaves them as they were logged for the
+application's other handlers (a JSON or Sentry handler gets its ``extra=`` values whole).
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ INDENT: Final = "  | "
 _SHORT_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 _DONE: Final = "_dispatcher_escaped"
-"""Record attribute set once a record has been escaped (so it is escaped only once)."""
+"""Record attribute set to :data:`_ESCAPED` once a record has been escaped (so it is escaped
+only once)."""
+
+_ESCAPED: Final = object()
+"""The value of :data:`_DONE` in a record escaped: no other value counts (``extra=`` can set
+the attribute, never to this)."""
 
 
 def escape(value: object, limit: int | None = MAX_LOGGED_CHARS) -> str:
@@ -158,18 +166,25 @@ class Excerpt:
 def _safe_arg(value: object) -> object:
     if type(value) is str and len(value) <= MAX_LOGGED_CHARS and value.isprintable():
         return value  # the common case, first: nothing to escape or cut
-    if isinstance(value, int | float):
+    kind = type(value)
+    if kind in _NUMBERS:
         return value
-    if isinstance(value, Block | Excerpt):
+    # A subclass's own __str__ or __format__ may say anything: its value is the number.
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if kind is Block or kind is Excerpt:
         return str(value)
     return escape(value)
 
 
-_RENDERED_APART: Final = frozenset({"msg", "args", "exc_info", "exc_text", "stack_info", _DONE})
-"""Record attributes :class:`EscapingFilter` renders in their own way (not as one value)."""
+_NUMBERS: Final = frozenset({int, float, bool})
+"""Types of values written as they are (exactly these: not subclasses)."""
 
-_PLAIN_TYPES: Final = (int, float, type(None))
-"""Types of record attributes shown as they are (``bool`` is an ``int``)."""
+
+_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
+"""Types of record attributes shown as they are (exactly these: not subclasses)."""
 
 _TEXT_ATTRIBUTES: Final = (
     "name",
@@ -218,24 +233,47 @@ class EscapingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Escape *record* in place, once; return ``True``."""
-        if getattr(record, _DONE, False):
-            return True
-        setattr(record, _DONE, True)
-        msg = record.msg
-        record.msg = escape(msg, None) if type(msg) is str else escape(msg)
-        args = record.args
-        if isinstance(args, tuple):
-            record.args = tuple(_safe_arg(arg) for arg in args)
-        elif isinstance(args, Mapping):
-            record.args = {key: _safe_arg(arg) for key, arg in args.items()}
-        if record.exc_info and not record.exc_text:
-            record.exc_text = indented(_FORMATTER.formatException(record.exc_info))
-        elif record.exc_text:
-            record.exc_text = indented(record.exc_text)
-        if record.stack_info:
-            record.stack_info = indented(record.stack_info)
-        _escape_attributes(record)
+        if record.__dict__.get(_DONE) is not _ESCAPED:
+            _escape(record)
         return True
+
+
+class EscapingFormatter(logging.Formatter):
+    """A :class:`logging.Formatter` writing records escaped, each left as it was logged.
+
+    Escaped as :class:`EscapingFilter` escapes them, in a copy: other handlers of the
+    record (an application's JSON or Sentry handler) get its arguments and ``extra=``
+    values as they were given. A record escaped already (by the filter of a logger of ours)
+    is formatted as it is.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line of *record*, escaped; *record* itself is not changed."""
+        if record.__dict__.get(_DONE) is not _ESCAPED:
+            copy = object.__new__(type(record))
+            copy.__dict__ = record.__dict__.copy()  # (its values are replaced, not changed)
+            _escape(copy)
+            record = copy
+        return super().format(record)
+
+
+def _escape(record: logging.LogRecord) -> None:
+    """Escape *record* in place (see :class:`EscapingFilter`), and mark it so."""
+    record.__dict__[_DONE] = _ESCAPED
+    msg = record.msg
+    record.msg = escape(msg, None) if type(msg) is str else escape(msg)
+    args = record.args
+    if isinstance(args, tuple):
+        record.args = tuple(_safe_arg(arg) for arg in args)
+    elif isinstance(args, Mapping):
+        record.args = {key: _safe_arg(arg) for key, arg in args.items()}
+    if record.exc_info and not record.exc_text:
+        record.exc_text = indented(_FORMATTER.formatException(record.exc_info))
+    elif record.exc_text:
+        record.exc_text = indented(record.exc_text)
+    if record.stack_info:
+        record.stack_info = indented(record.stack_info)
+    _escape_attributes(record)
 
 
 def _escape_attributes(record: logging.LogRecord) -> None:
@@ -248,7 +286,7 @@ def _escape_attributes(record: logging.LogRecord) -> None:
     if len(attributes) > _MOST_PLAIN_ATTRIBUTES:  # extra= added some: look at every one
         for key in attributes.keys() - _STANDARD_ATTRIBUTES:
             value = attributes[key]
-            if not isinstance(value, _PLAIN_TYPES):
+            if type(value) not in _PLAIN_TYPES:
                 attributes[key] = _safe_arg(value)
 
 
@@ -285,12 +323,13 @@ def log_to(stream: TextIO, level: int, fmt: str) -> None:
     """Send the process's log records to *stream*, every one escaped.
 
     Like :func:`logging.basicConfig`, replacing the root logger's handlers (in a worker,
-    handlers set up at import time write to the captured standard error); the filter on the
-    handler also covers records of loggers that are not ours (libraries, task code).
+    handlers set up at import time write to the captured standard error); the handler's
+    :class:`EscapingFormatter` also covers records of loggers that are not ours (libraries,
+    task code), without changing them for the application's own handlers.
     """
     logging.basicConfig(level=level, stream=stream, format=fmt, force=True)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_FILTER)
+        handler.setFormatter(EscapingFormatter(fmt))
 
 
 def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
@@ -304,8 +343,7 @@ def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
     ``getLogger(name)`` gives a new logger from then on: the application's.
     """
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(fmt))
-    handler.addFilter(_FILTER)
+    handler.setFormatter(EscapingFormatter(fmt))
     logger = logging.getLogger(name)
     manager = logging.Manager(logging.root)
     manager.loggerDict[name] = logger

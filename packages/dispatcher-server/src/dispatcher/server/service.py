@@ -100,9 +100,14 @@ class Service:
         self._imported = anyio.Event()
         """Set when the first fork server has reported on the task modules (or ended)."""
         # Brokers: the configured built-ins and plug-ins, from the registry; run() starts each.
-        self.capacity = CapacityGauge(self._free_capacity)
-        """Free capacity, for brokers that pull work."""
         catalogue = TaskCatalogue()
+        # None until the first worker says which tasks are registered: the intake would hold
+        # what a broker pulled meanwhile, and a durable broker would claim its rows without
+        # the max_attempts their tasks declare (see brokers.pg_queue.limits).
+        self.capacity = CapacityGauge(
+            self._free_capacity, taking=lambda: catalogue.names is not None
+        )
+        """Free capacity, for brokers that pull work: none until the tasks are known."""
         context = BrokerContext(
             self.node_id,
             settings,
@@ -115,6 +120,7 @@ class Service:
         self.settlements = Settlements(self.brokers)
         timers = Timers()
         catalogue.on_known(self._check_producers)
+        catalogue.on_known(lambda names: self.capacity.changed())
         self.scheduler = Scheduler(
             settings.service.limits,
             timers,

@@ -24,8 +24,10 @@
 -- Options: timeout, delay (seconds, to the microsecond, from the call, even in a long transaction or statement:
 -- run_after is clock_timestamp() + delay), on_duplicate
 -- (parallel, discard, serial, queue_one: enforced across every service by the table),
--- bind (boolean), uuid (text), guid (text), max_attempts (1-1000, default 3: pass the value
--- of brokers.pg_queue.max_attempts if your config changes it). Needs PostgreSQL 13 or later.
+-- bind (boolean), uuid (text), guid (text), max_attempts (1-1000, default 3 whatever the
+-- config says: pass the value of brokers.pg_queue.max_attempts if your config changes it,
+-- else the services take the 3 for a value given for the job, and a task's own
+-- @task(max_attempts=...) never applies to the row). Needs PostgreSQL 13 or later.
 -- It refuses, naming the place, what no service would read: arrays and objects nested more
 -- than 64 levels (the message, args or kwargs, then what they hold), integers of more than
 -- 4300 digits, numbers with a fraction beyond a double's range (about 1.8e308).

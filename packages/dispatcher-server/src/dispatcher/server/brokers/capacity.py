@@ -11,17 +11,24 @@ class CapacityGauge:
     """A :class:`~dispatcher.server.brokers.base.Capacity` computed when asked.
 
     *compute* says how many jobs the service would start at once: free worker places less
-    jobs already waiting (negative when more wait than there are free places).
-    :meth:`changed` is called whenever a worker becomes free; it wakes brokers waiting in
-    :meth:`wait_free`, and costs nothing when none waits.
+    jobs already waiting (negative when more wait than there are free places). While
+    *taking* says no (the service does not know its tasks yet), there is none, whatever
+    the brokers would hold ahead. :meth:`changed` is called whenever a worker becomes free,
+    or *taking* turns true; it wakes brokers waiting in :meth:`wait_free`, and costs nothing
+    when none waits.
     """
 
-    def __init__(self, compute: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self, compute: Callable[[], int] = lambda: 0, taking: Callable[[], bool] = lambda: True
+    ) -> None:
         self._compute = compute
+        self._taking = taking
         self._waiting: anyio.Event | None = None
 
     def free(self, ahead: int = 0) -> int:
         """Jobs the service would take now, holding at most *ahead* waiting for a worker."""
+        if not self._taking():
+            return 0
         return max(0, self._compute() + ahead)
 
     def changed(self) -> None:

@@ -106,7 +106,7 @@ class PgQueueBroker(BrokerBase):
             settings.retry_backoff, settings.retry_backoff_max, settings.retry_jitter
         )
         self._wakeup = wakeup = Wakeup()
-        limits = DeclaredAttempts(declared_attempts, settings.max_attempts)
+        self._limits = limits = DeclaredAttempts(declared_attempts, settings.max_attempts)
         self._acks = acks = Acknowledger(
             db,
             statements.acknowledge,
@@ -147,6 +147,7 @@ class PgQueueBroker(BrokerBase):
             settings.keep_finished,
             settings.queues,
             schema=settings.schema,
+            limits=limits,
         )
         self._replies = AsyncConnectionProvider(settings.conninfo)
         self._ack_failures = RateLimitedLog(logger, logging.WARNING)
@@ -306,6 +307,8 @@ class PgQueueBroker(BrokerBase):
         than the lease, the jobs it ran meanwhile (outcomes not written yet) are its own,
         not lost. Only the first connection sweeps at once: one that came back leaves the
         other services of the database a lease to come back too (see ``Upkeep.hold_sweeps``).
+        The upkeep sweeps only after that first sweep (claims, and so this, wait until the
+        service knows its tasks' declared ``max_attempts``, which a sweep applies).
         """
         await self._check_tables(conn)
 
@@ -316,7 +319,8 @@ class PgQueueBroker(BrokerBase):
         if "claims" in self._opened:
             self._upkeep.hold_sweeps()
         else:
-            await sweep(fetch, self._statements.sweep, self._stats)
+            await sweep(fetch, self._statements.sweep, self._stats, limits=self._limits)
+            self._upkeep.begin_sweeps()
         self._opened.add("claims")
 
     async def _check_tables(self, conn: Connection) -> None:

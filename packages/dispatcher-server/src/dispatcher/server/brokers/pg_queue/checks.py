@@ -10,7 +10,7 @@ from dispatcher.publish.connections import REFUSALS, UTF8
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_queue import privileges
 from dispatcher.server.brokers.pg_queue.migrations import latest_version, problem, read_version
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, first_line, get_logger
 
 logger = get_logger("dispatcher.pg_queue")
 
@@ -62,7 +62,8 @@ def check_tables(
             latest_version(),
         )
     if storing:
-        lacks, _, grants = storing.described().partition(": ")
         logger.warning(
-            "%s: the scheduled tasks of durable queues cannot be stored: %s", lacks, grants
+            "%s: the scheduled tasks of durable queues cannot be stored: %s",
+            Excerpt(storing.lacks(), MAX_REASON_CHARS),  # whole: names and GRANTs are long
+            Excerpt(storing.grants(), MAX_REASON_CHARS),
         )

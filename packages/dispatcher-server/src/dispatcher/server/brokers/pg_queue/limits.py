@@ -6,10 +6,15 @@ publisher in another language) stores the queue's default, ``brokers.pg_queue.ma
 the message itself carries no limit. The service imports the task, so it knows the declared
 limit: a row whose ``max_attempts`` is the queue's default gets the task's declared limit when
 it is claimed (so that the sweep of a dead service's rows, ``dispatcherctl jobs`` and
-``get_job()`` see it too), and when the outcome of an attempt is written (for a row claimed
-before the first worker said which tasks are registered). A limit given for the job, other
-than the default, wins. The claim and acknowledging statements take the parameters of
+``get_job()`` see it too), when the outcome of an attempt is written, and when its lease ran
+out and a sweep takes it back (for a row claimed by a service that did not know the limit:
+an older version, or code reloaded since). A limit given for the job, other than the
+default, wins. The claim, acknowledging and sweeping statements take the parameters of
 :meth:`DeclaredAttempts.params`.
+
+The limits are known once the first worker has said which tasks are registered: a service
+claims nothing before (its capacity is none until then), and sweeps first when its claiming
+connection first opens, after that.
 """
 
 from __future__ import annotations

@@ -249,6 +249,14 @@ def read_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
     return 0 if row is None else int(row[0])
 
 
+def bound_lock_waits(conn: psycopg.Connection[Any], seconds: float) -> None:
+    """Have each statement of the transaction under way wait at most *seconds* for a lock.
+
+    Then it fails with :class:`psycopg.errors.LockNotAvailable`. Needs no privilege.
+    """
+    conn.execute(b"SELECT set_config('lock_timeout', %s, true)", (_lock_timeout(seconds),))
+
+
 def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None = None) -> Plan:
     """Bring the tables of *schema* to the latest version, in one transaction.
 
@@ -258,8 +266,9 @@ def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None 
     then fails with :class:`psycopg.errors.LockNotAvailable`, leaving the tables as they
     were. Returns what was done (:attr:`Plan.pending` is empty when nothing was).
 
-    The version is read first: tables already at the latest version need no privilege but
-    reading it (a service's role may run it), and nothing is created.
+    The version is read first (its wait for a lock bounded by *lock_wait* too): tables
+    already at the latest version need no privilege but reading it (a service's role may
+    run it), and nothing is created.
 
     :raises MigrationError: when the tables are newer than this code.
     """
@@ -267,12 +276,11 @@ def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None 
         conn.execute(b"SELECT set_config('lock_timeout', '0', true)")
         first, *setup = _setup(schema)
         conn.execute(first.encode())  # waits for a concurrent run to commit
+        if lock_wait is not None:  # from here on, each wait for a lock is bounded
+            bound_lock_waits(conn, lock_wait)
         work = plan(schema, read_version(conn, schema) or 0)
         if not work.steps:
             return work
-        if lock_wait is not None:
-            timeout = _lock_timeout(lock_wait)
-            conn.execute(b"SELECT set_config('lock_timeout', %s, true)", (timeout,))
         for statement in (*setup, *work.steps):
             conn.execute(statement.encode())
     return work

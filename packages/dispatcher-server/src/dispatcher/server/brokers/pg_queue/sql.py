@@ -21,6 +21,20 @@ from dispatcher.server.brokers.pg_queue.migrations import quoted
 FINAL_STATES = ("done", "failed", "cancelled")
 """The states a job ends in."""
 
+
+@dataclass(frozen=True)
+class Uses:
+    """The columns of a table that a statement reads, and those it writes.
+
+    What a role needs of that table for it: ``SELECT`` on each column read and ``UPDATE``
+    on each written, whether granted on the table or on those columns alone (see
+    :mod:`.privileges`). A column only assigned, never read, needs no ``SELECT``.
+    """
+
+    reads: tuple[str, ...]
+    writes: tuple[str, ...] = ()
+
+
 _WAITING_TWIN = """EXISTS (
             SELECT 1 FROM {s}.jobs AS w
             WHERE w.state = 'queued' AND w.on_duplicate = 'queue_one' AND w.dup_key = j.dup_key)"""
@@ -122,6 +136,17 @@ Its commit does not wait for the disk (``synchronous_commit`` off for this trans
 only, so it holds through a pooler too): a claim lost in a crash of the database leaves its
 row waiting, or running until its lease runs out, and the job still runs."""
 
+CLAIM_USES = Uses(
+    reads=(
+        "id", "uuid", "queue", "task", "message", "state", "attempts", "max_attempts",
+        "claims", "run_after", "on_duplicate", "dup_key", "created_at", "outcome",
+    ),
+    writes=(
+        "state", "attempts", "claims", "max_attempts", "node_id", "lease_until", "started_at",
+    ),
+)  # fmt: skip
+"""The columns of ``jobs`` that :data:`CLAIM` reads and writes."""
+
 RENEW = """
 WITH held AS MATERIALIZED (
     SELECT h.*, 'running' AS state
@@ -140,6 +165,9 @@ The rows are found by id, whatever the plan's estimates: ``j.state`` is compared
 column of a materialized CTE, not with the constant ``'running'``, so the jobs_running
 index cannot be chosen instead (a partial index whose dead entries pile up between two
 vacuums: a bitmap scan of it reads them all, for every batch)."""
+
+RENEW_USES = Uses(reads=("id", "state", "claims", "attempts"), writes=("lease_until",))
+"""The columns of ``jobs`` that :data:`RENEW` reads and writes."""
 
 ACKNOWLEDGE = """
 WITH settled AS (
@@ -202,21 +230,36 @@ job start). Each row is found by id, whatever the plan's estimates (see :data:`R
 subquery (kept apart by ``OFFSET 0``) can only look its row up by id, and the update
 compares ``j.state`` with the state the target read, not with a constant."""
 
+ACKNOWLEDGE_USES = Uses(
+    reads=(
+        "id", "uuid", "queue", "task", "state", "claims", "attempts", "max_attempts",
+        "on_duplicate", "dup_key", "run_after", "outcome", "last_error",
+    ),
+    writes=(
+        "state", "attempts", "max_attempts", "run_after", "lease_until", "finished_at",
+        "outcome", "last_error", "result",
+    ),
+)  # fmt: skip
+"""The columns of ``jobs`` that :data:`ACKNOWLEDGE` reads and writes."""
+
 SWEEP = """
 WITH expired AS (
-    SELECT j.id, CASE
+    SELECT j.id, j.max_attempts, CASE
             WHEN j.attempts >= j.max_attempts THEN 'failed'
             WHEN j.on_duplicate = 'queue_one' AND {waiting_twin} THEN 'cancelled'
             ELSE 'queued'
         END AS next
-    FROM {s}.jobs AS j
-    WHERE j.state = 'running' AND j.lease_until < now()
-    ORDER BY j.lease_until
-    LIMIT %(limit)s
-    FOR UPDATE OF j SKIP LOCKED
+    FROM (
+        SELECT j.id, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate, j.dup_key
+        FROM {s}.jobs AS j
+        WHERE j.state = 'running' AND j.lease_until < now()
+        ORDER BY j.lease_until
+        LIMIT %(limit)s
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS j
 )
 UPDATE {s}.jobs AS j
-SET state = e.next, run_after = now(), lease_until = NULL,
+SET state = e.next, max_attempts = e.max_attempts, run_after = now(), lease_until = NULL,
     finished_at = CASE WHEN e.next = 'queued' THEN NULL ELSE now() END,
     outcome = 'worker_lost',
     last_error = format(
@@ -228,7 +271,21 @@ WHERE j.id = e.id AND j.state = 'running' AND j.lease_until < now()
 RETURNING j.queue, j.state
 """
 """Take back up to ``limit`` rows whose lease ran out: their service is gone. The attempt
-counts: the row waits again, or fails when none is left."""
+counts: the row waits again, or fails when none is left, by its task's declared
+``max_attempts`` when the row has the queue's default (a row claimed by a service that did
+not know it), which the row then keeps (see :mod:`.limits`)."""
+
+SWEEP_USES = Uses(
+    reads=(
+        "id", "queue", "task", "state", "attempts", "max_attempts", "on_duplicate", "dup_key",
+        "lease_until", "node_id",
+    ),
+    writes=(
+        "state", "max_attempts", "run_after", "lease_until", "finished_at", "outcome",
+        "last_error",
+    ),
+)  # fmt: skip
+"""The columns of ``jobs`` that :data:`SWEEP` reads and writes."""
 
 PURGE = """
 DELETE FROM {s}.jobs WHERE id = ANY(ARRAY(
@@ -257,6 +314,10 @@ them for each batch). The queues are taken in turn: the next only once the rows 
 the previous are fewer than ``limit``. The ids go through an array so that the rows are
 then found by id, whatever the plan's estimates."""
 
+PURGE_USES = Uses(reads=("id", "queue", "state", "finished_at"))
+"""The columns of ``jobs`` that :data:`PURGE` reads (it deletes rows, and locks them first:
+``FOR UPDATE`` needs ``UPDATE`` on any one column)."""
+
 PURGE_TICKS = """
 DELETE FROM {s}.schedule_ticks WHERE (task, tick) IN (
     SELECT task, tick FROM {s}.schedule_ticks
@@ -272,6 +333,9 @@ it is stored or given up, at most ``TICK_OFFER_WINDOW`` (half an hour) after its
 one attempt (``producers.TICK_ATTEMPT_LIMIT``), by a service cut off from the database
 meanwhile, say. No service deletes a tick that another may still offer (and store
 again)."""
+
+PURGE_TICKS_USES = Uses(reads=("task", "tick", "created_at"))
+"""The columns of ``schedule_ticks`` that :data:`PURGE_TICKS` reads (it deletes rows)."""
 
 SUBMIT_TICK = """
 WITH tick AS (
@@ -295,6 +359,9 @@ whose tick rows (``ticks``: every number the tick is known by) are all new inser
 and wakes the services, in the same transaction. The database does not judge whether the
 tick is still due (its clock may differ from the services'): the services stop offering
 a tick in time (see ``producers.run_once_per_tick``)."""
+
+SUBMIT_TICK_USES = {"jobs": Uses(reads=("queue",)), "schedule_ticks": Uses(reads=("tick",))}
+"""The columns :data:`SUBMIT_TICK` reads, by table (it inserts rows in both)."""
 
 
 @dataclass(frozen=True)

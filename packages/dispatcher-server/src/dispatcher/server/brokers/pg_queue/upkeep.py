@@ -4,7 +4,10 @@
 - every ``lease / 2`` seconds (and on each new connection): sweep rows whose lease ran
   out back to the queue (or to ``failed`` when no attempt is left), but only right after
   this service's own leases were renewed: after an outage longer than the lease, its own
-  rows (jobs running, or whose outcome is not written yet) are never taken for lost;
+  rows (jobs running, or whose outcome is not written yet) are never taken for lost. The
+  first sweep is the claiming connection's, when it first opens: claims wait until the
+  service knows its tasks, and so the ``max_attempts`` they declare, which a sweep applies
+  (see :mod:`.limits`); none comes from here before it;
 - every minute (or every ``keep_finished`` seconds, when shorter; at most every lease/3):
   delete the finished rows of the queues this service serves older than its
   ``keep_finished`` (those of other queues are left to the services serving them, which
@@ -30,6 +33,7 @@ from dispatcher.server.brokers.base import TICK_OFFER_WINDOW
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.privileges import PURGE, SETTLE, Need, explain
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.logsafe import counted, first_line, get_logger
@@ -51,15 +55,22 @@ that offers it late (it was cut off from the database meanwhile) finds it taken.
 
 
 async def sweep(
-    fetch: Fetch, statement: bytes, stats: ServiceStats, deadline: float = float("inf")
+    fetch: Fetch,
+    statement: bytes,
+    stats: ServiceStats,
+    deadline: float = float("inf"),
+    *,
+    limits: DeclaredAttempts | None = None,
 ) -> int:
     """Take back every row whose lease ran out; return how many.
 
-    Or as many as there is time for before the :func:`time.monotonic` *deadline*.
+    Or as many as there is time for before the :func:`time.monotonic` *deadline*. A row
+    with the queue's default ``max_attempts`` goes by its task's declared one (*limits*).
     """
     total = failed = 0
+    params = {"limit": BATCH, **(NO_LIMITS if limits is None else limits.params())}
     while time.monotonic() < deadline:
-        rows = await fetch(statement, {"limit": BATCH})
+        rows = await fetch(statement, params)
         for queue, state in rows:
             stats.pg_queue_lease_expiries[queue] += 1
             if state == "failed":
@@ -94,6 +105,7 @@ class Upkeep:
         queues: Sequence[str],
         *,
         schema: str | None = None,
+        limits: DeclaredAttempts | None = None,
     ) -> None:
         self._db = db
         self._schema = schema
@@ -109,6 +121,16 @@ class Upkeep:
         self._failures = RateLimitedLog(logger, logging.WARNING)
         self._sweeps_from = 0.0
         """No sweep before this (``time.monotonic()``): see :meth:`hold_sweeps`."""
+        self._limits = limits
+        self._swept = False
+        """The claiming connection swept first (see :meth:`begin_sweeps`)."""
+
+    def begin_sweeps(self) -> None:
+        """The claiming connection swept, on its first open: sweep from now on too.
+
+        It opens once the service knows its tasks (and the limits they declare).
+        """
+        self._swept = True
 
     def hold_sweeps(self) -> None:
         """Sweep no other service's leases for one lease from now.
@@ -134,7 +156,7 @@ class Upkeep:
             deadline = now + budget  # one for the sweep and the purge: renewals stay on time
             # Never sweep before this service's own leases are renewed: after a long outage
             # they ran out too, and the jobs it ran meanwhile are not lost, only unrecorded.
-            if now >= next_sweep and renewed and now >= self._sweeps_from:
+            if now >= next_sweep and renewed and self._swept and now >= self._sweeps_from:
                 next_sweep = now + self._lease / 2
                 await self._attempt("sweep of lost leases", SETTLE, self._sweep, deadline)
             if now >= next_purge:
@@ -169,7 +191,8 @@ class Upkeep:
         return True
 
     async def _sweep(self, deadline: float) -> None:
-        await sweep(self._db.fetch, self._statements.sweep, self._stats, deadline)
+        statement = self._statements.sweep
+        await sweep(self._db.fetch, statement, self._stats, deadline, limits=self._limits)
 
     async def purge(self, deadline: float = float("inf")) -> bool:
         """Delete the old finished rows of the queues this service serves, and old ticks.
