@@ -79,6 +79,7 @@ SUBMIT = Twin(
         "aown_database": "own_database",
         "_asend_groups": "_send_groups",
         "_asend_together": "_send_together",
+        "asend_with_notifies": "send_with_notifies",
     },
     strings={"asend_own": "send_own", "abatch": "batch", "batch": "abatch"},
 )

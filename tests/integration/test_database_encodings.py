@@ -28,6 +28,7 @@ from dispatcher.publish import (
     jobs,
     submit_task,
 )
+from dispatcher.publish.pg_text import CHECKED_IN_ADVANCE
 from dispatcher.server.brokers.pg_queue.migrations import migrate
 from support.service import TASKS, Evidence, ServiceProcess, wait_until
 
@@ -186,3 +187,82 @@ def test_text_the_database_cannot_hold_is_named_not_a_traceback(
     assert len(result.stderr.splitlines()) == 1
     assert "uuid: holds '€' (U+20AC)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("encoded_dsn", ["EUC_JP"], indirect=True)
+def test_a_multi_byte_database_is_asked_not_second_guessed(
+    encoded_dsn: str, configured: Path
+) -> None:
+    """PostgreSQL's EUC_JP holds ①, which Python's euc_jp codec lacks: no false refusal; what
+    it lacks (an emoji) is named from the server's refusal, the caller's transaction intact."""
+    held, lacked = "株式会社①\uff5e㈱\u2160", "\U0001f600"  # (fullwidth tilde, roman one)
+    # In a transaction from its first statement; in UTF-8 (in EUC_JP, psycopg would encode
+    # text with Python's codec, and refuse ① itself).
+    with psycopg.connect(encoded_dsn, client_encoding="UTF8") as own:
+        submit_task(
+            TASKS + "record", args=["unused"], queue=QUEUE, uuid=f"a-{held}", connection=own
+        )
+        with pytest.raises(InvalidSubmission) as caught:
+            submit_task(TASKS + "record", args=["unused"], queue=QUEUE, uuid=lacked, connection=own)
+        assert str(caught.value).startswith(
+            f"cannot submit '{TASKS}record': uuid: holds '{lacked}' (U+1F600), a character the "
+            "database's encoding (EUC_JP) lacks"
+        ), caught.value
+        assert get_job(lacked, connection=own) is None
+        assert jobs(task=lacked, connection=own) == []
+        found = get_job(f"a-{held}", connection=own)
+        assert found is not None
+        assert found.uuid == f"a-{held}"
+        own.commit()  # the transaction is intact: the first job is stored
+    assert [j.uuid for j in jobs(queue=QUEUE)] == [f"a-{held}"]
+    with pytest.raises(InvalidSubmission, match=f"^cannot submit .*: uuid: holds '{lacked}'"):
+        submit_task(TASKS + "record", args=["unused"], queue=QUEUE, uuid=lacked)
+    assert submit_task(
+        TASKS + "record", args=["unused"], kwargs={"x": held}, queue=QUEUE, uuid=f"b-{held}"
+    )
+
+    listed = ctl(configured, "jobs", "--json", "--task", TASKS + "record", "--uuid", f"b-{held}")
+    assert listed.returncode == 0, listed.stderr
+    assert [row["uuid"] for row in json.loads(listed.stdout)] == [f"b-{held}"]
+    for args, option in [
+        (["jobs", "--task", lacked], "--task"),
+        (["cancel-job", "--uuid", lacked], "--uuid"),
+    ]:
+        result = ctl(configured, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"dispatcherctl: argument {option}: holds '{lacked}' (U+1F600), a character the "
+            "database's encoding (EUC_JP) lacks"
+        ], args
+
+
+DECODE_EVERY_BYTE = """
+CREATE FUNCTION pg_temp.decode_every_byte(encoding text) RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE decoded text[] := '{}';
+BEGIN
+    FOR byte IN 128..255 LOOP
+        BEGIN
+            decoded := decoded || convert_from(decode(to_hex(byte), 'hex'), encoding);
+        EXCEPTION WHEN others THEN  -- a byte the encoding leaves undefined
+            decoded := decoded || NULL::text;
+        END;
+    END LOOP;
+    RETURN decoded;
+END $$"""
+
+
+def test_the_encodings_checked_in_advance_are_postgresql_s_own(
+    pg_conn: psycopg.Connection[Any],
+) -> None:
+    """Python's codec of each decodes every byte as PostgreSQL converts it (one byte each)."""
+    pg_conn.execute(DECODE_EVERY_BYTE)
+    for encoding, codec in CHECKED_IN_ADVANCE.items():
+        row = pg_conn.execute("SELECT pg_temp.decode_every_byte(%s)", (encoding,)).fetchone()
+        assert row is not None
+        python: list[str | None] = []
+        for byte in range(128, 256):
+            try:
+                python.append(bytes([byte]).decode(codec))
+            except UnicodeDecodeError:
+                python.append(None)
+        assert row[0] == python, encoding

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,15 @@ import pytest
 from psycopg import sql
 
 from dispatcher.config import Settings, reset, setup
-from dispatcher.publish import PublishError, batch, close_connections, submit_task
+from dispatcher.publish import (
+    PublishError,
+    abatch,
+    aclose_connections,
+    asubmit_task,
+    batch,
+    close_connections,
+    submit_task,
+)
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from support.durable import own_schema
 from support.postgres import wait_for_notifies
@@ -94,3 +103,71 @@ def test_on_an_autocommit_connection_it_is_all_or_nothing_too(
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert stored(pg_dsn, schema) == []
     assert wait_for_notifies(listener, 1, timeout=0.3) == []
+
+
+def record_backends(pg_dsn: str, schema: str) -> sql.Composed:
+    """Make every row stored in *schema*'s jobs table record its backend; the query reading them."""
+    table = sql.Identifier(schema, "backends")
+    function = sql.Identifier(schema, "record_backend")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (pid int)").format(table))
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$BEGIN INSERT INTO {} VALUES (pg_backend_pid()); RETURN NEW; END$$"
+            ).format(function, table)
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER record_backend BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(schema, "jobs"), function)
+        )
+    return sql.SQL("SELECT DISTINCT pid FROM {}").format(table)
+
+
+def test_a_batch_spanning_brokers_opens_no_connection_of_its_own(
+    durable: Settings, pg_dsn: str, schema: str, channel: str, listener: Conn
+) -> None:
+    """It goes on the SDK's shared connection: no new backend per batch (one per request)."""
+    backends = record_backends(pg_dsn, schema)
+    submit_task("app.tasks.t", queue="orders", uuid="single")  # on the shared connection
+    for round in range(3):
+        with batch():
+            submit_task("app.tasks.t", queue="orders", uuid=f"q{round}")
+            submit_task("app.tasks.t", queue=channel, uuid=f"n{round}")
+    with psycopg.connect(pg_dsn) as conn:
+        assert len(conn.execute(backends).fetchall()) == 1
+    assert stored(pg_dsn, schema) == ["single", "q0", "q1", "q2"]
+    received = wait_for_notifies(listener, 7)
+    assert sorted(n.channel for n in received) == sorted([channel] * 3 + [QUEUE_WAKEUP_CHANNEL] * 4)
+
+
+def test_in_asyncio_too_with_one_notify_and_a_chunked_one(
+    durable: Settings, pg_dsn: str, schema: str, channel: str, listener: Conn
+) -> None:
+    backends = record_backends(pg_dsn, schema)
+
+    async def send() -> None:
+        try:
+            await asubmit_task("app.tasks.t", queue="orders", uuid="single")
+            async with abatch():  # the one NOTIFY statement
+                await asubmit_task("app.tasks.t", queue="orders", uuid="q0")
+                await asubmit_task("app.tasks.t", queue=channel, uuid="n0")
+            async with abatch():  # a message in chunks: several NOTIFYs
+                await asubmit_task("app.tasks.t", queue=channel, uuid="n1", args=["x" * 20_000])
+                await asubmit_task("app.tasks.t", queue="orders", uuid="q1")
+            await asubmit_task("app.tasks.t", queue=channel, uuid="last")
+        finally:
+            await aclose_connections()
+
+    asyncio.run(send())
+    with psycopg.connect(pg_dsn) as conn:
+        assert len(conn.execute(backends).fetchall()) == 1
+    assert stored(pg_dsn, schema) == ["single", "q0", "q1"]
+    received: list[psycopg.Notify] = []
+    while not any('"last"' in n.payload for n in received):  # sent after all the others
+        more = wait_for_notifies(listener, 1)
+        assert more, f"no more notifications after {received}"
+        received += more
+    assert sum(n.channel == QUEUE_WAKEUP_CHANNEL for n in received) == 3
+    assert len([n for n in received if n.channel == channel]) > 3  # n0, n1 in chunks, last

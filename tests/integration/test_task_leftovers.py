@@ -8,6 +8,7 @@ an exception whose ``__str__`` raises ``SystemExit``. Each test runs one worker 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,13 @@ def test_asyncio_tasks_an_async_task_leaves_pending_are_cancelled_when_it_ends(
     assert "u-innocent] LEFTOVER" not in log
     assert "LEFTOVER EXIT" not in log
     assert "u-stubborn] LEFTOVER REFUSES ITS CANCEL" in log
+    # Said once, even for a task that ends on its cancel: a loop-scoped client's background
+    # task (a websocket's keepalive) is cancelled so, and the next task fails without it.
+    assert log.count("left asyncio tasks pending, cancelled when it ended") == 1, log
+    assert (
+        f"task {LEAKY}leaves_a_task_pending (uuid u-ticks) left asyncio tasks pending, "
+        "cancelled when it ended: leaves_a_task_pending.<locals>.ticks() (asyncio task " in log
+    )
     assert (
         f"task {LEAKY}leaves_a_task_pending (uuid u-stubborn) left asyncio tasks pending that "
         "did not end on their cancel (within 1 s): their event loop is closed" in log
@@ -102,6 +110,34 @@ def test_signal_handlers_masks_and_alarms_a_task_changed_are_put_back(
     assert worker.event()["outcome"] == "cancelled"
 
 
+def test_process_signals_a_task_changed_are_put_back_as_they_were_at_start(
+    worker: WorkerProcess,
+) -> None:
+    """SIGCHLD ignored made the next task's child exit 0; SIGPIPE or SIGXFSZ at their
+    default killed the worker on the next write to a closed pipe (or past the size limit)."""
+    as_at_start = {"false": 1, "closed pipe": "EPIPE", "SIGINT": "SIG_IGN"}
+    before = worker.run(LEAKY + "process_signal_effects", uuid="u-before", keep_result=True)
+    assert json.loads(before["result"]) == as_at_start
+    assert worker.run(LEAKY + "changes_process_signals", uuid="u-change")["outcome"] == "ok"
+    after = worker.run(LEAKY + "process_signal_effects", uuid="u-after", keep_result=True)
+    assert after["outcome"] == "ok", after
+    assert json.loads(after["result"]) == as_at_start
+    log = worker.wait_for_log(f"task {LEAKY}changes_process_signals (uuid u-change) changed")
+    assert "changed the worker's signals (handlers of SIGINT, SIGPIPE, SIGCHLD, SIGXFSZ)" in log
+
+
+def test_an_alarm_the_on_start_hook_left_is_cancelled_and_blamed_on_it(tmp_path: Path) -> None:
+    """Not on the first task; the handlers the hook set stay as it set them."""
+    hooks = "support.leaky_tasks.SignallingHooks"
+    with WorkerProcess(tmp_path / "worker.log", "support.leaky_tasks", hooks=hooks) as worker:
+        state = worker.run(LEAKY + "signal_state", uuid="u-first", keep_result=True)
+        assert json.loads(state["result"])["alarm"] == 0.0
+        effects = worker.run(LEAKY + "process_signal_effects", uuid="u-then", keep_result=True)
+        assert json.loads(effects["result"])["false"] == 0  # SIGCHLD ignored, as on_start wants
+        log = worker.wait_for_log("worker hook on_start changed the worker's signals (alarm set)")
+        assert "u-first) changed" not in log
+
+
 def test_a_forked_child_returning_from_its_task_exits_instead_of_serving(
     worker: WorkerProcess, tmp_path: Path
 ) -> None:
@@ -113,6 +149,15 @@ def test_a_forked_child_returning_from_its_task_exits_instead_of_serving(
     child = int(wait_until(lambda: _whole_line(children), timeout=5))
     wait_until(lambda: _gone(child), timeout=5)
     worker.wait_for_log(f"a process forked by task {LEAKY}forks_and_returns (uuid u-fork)")
+
+
+def test_a_forked_child_ending_with_sys_exit_exits_with_its_status(
+    worker: WorkerProcess,
+) -> None:
+    for code, status in ((0, 0), (None, 0), (3, 3)):
+        done = worker.run(LEAKY + "forks_and_exits", code, uuid=f"u-{code}", keep_result=True)
+        assert (done["outcome"], done.get("result")) == ("ok", str(status)), done
+    worker.wait_for_log("CHILD SAYS BYE")
 
 
 def _whole_line(path: Path) -> str:

@@ -185,17 +185,19 @@ def test_a_task_writing_on_its_event_pipe_gets_its_worker_replaced(
     assert "internal error" not in service.log
 
 
+@pytest.mark.parametrize("kind", ["done", "done_twice"])
 def test_a_task_reporting_the_end_of_another_job_gets_its_worker_replaced(
     start_service: StartService,
     config: dict[str, Any],
     notify: Notify,
     channel: str,
     evidence: Evidence,
+    kind: str,
 ) -> None:
     """A well-formed ``done`` for another uuid, written by the task: its own job does not end
-    ``ok`` on it (nor does the one named)."""
+    ``ok`` on it (nor does the one named), nor on a ``done`` of its own uuid after it."""
     service = start_service(config)
-    forge = message(UNRULY + "writes_on_the_event_pipe", evidence.path, "done", uuid="u-forger")
+    forge = message(UNRULY + "writes_on_the_event_pipe", evidence.path, kind, uuid="u-forger")
     notify(channel, forge)
     [forging] = evidence.wait_for(1)
     service.wait_for_log(

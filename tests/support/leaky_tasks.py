@@ -13,11 +13,13 @@ import logging
 import logging.config
 import os
 import signal
+import subprocess
 import sys
 import time
 from typing import Any
 
 from dispatcher.publish import task
+from dispatcher.server import BaseWorker
 
 log = logging.getLogger("leaky")
 
@@ -111,6 +113,31 @@ def changes_signals() -> None:
 
 
 @task()
+def changes_process_signals() -> None:
+    """What libraries do to the signals the worker does not reserve, but relies on."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # "no zombies": wait() then finds no child
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # a write to a closed pipe then kills
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # as does a write past RLIMIT_FSIZE
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@task()
+def process_signal_effects() -> dict[str, Any]:
+    """What the next task sees of them: a child's exit status, a write to a closed pipe."""
+    status = subprocess.run(["false"], check=False).returncode
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        os.write(writing, b"x")
+        wrote = "wrote"
+    except BrokenPipeError:
+        wrote = "EPIPE"
+    finally:
+        os.close(writing)
+    return {"false": status, "closed pipe": wrote, "SIGINT": signal.getsignal(signal.SIGINT).name}
+
+
+@task()
 def signal_state() -> dict[str, Any]:
     """What the signals the worker reserves look like now, and whether an alarm is due."""
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())
@@ -138,6 +165,16 @@ def forks_and_returns(path: str) -> int:
         with open(path, "a", encoding="utf-8") as record:
             record.write(f"{os.getpid()}\n")
     return pid
+
+
+@task()
+def forks_and_exits(code: int | None) -> int:
+    """Fork; the child prints, then ends with ``sys.exit(code)``; return its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        print("CHILD SAYS BYE")  # left in the buffer: flushed as it exits
+        sys.exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 class _Unprintable(Exception):
@@ -170,3 +207,11 @@ def raises_with_a_bad_note() -> None:
 def returns_unrepresentable() -> object:
     """Return what JSON cannot hold, keyed by an object whose ``repr`` raises ``SystemExit``."""
     return {_Unrepresentable(): 1}
+
+
+class SignallingHooks(BaseWorker):
+    """Worker hooks whose ``on_start`` leaves an alarm pending and ignores SIGCHLD."""
+
+    def on_start(self) -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the worker's choice: kept as it is
+        signal.alarm(1)

@@ -94,6 +94,9 @@ _WRITTEN_ON_THE_EVENT_PIPE = {
     "garbage": b'{"garbage": \n\xff\xfe not json\n' * 10,
     "endless": b"x" * (64 << 20),  # a line that never ends: the service must not wait for it
     "done": b'{"event":"done","uuid":"zzz","outcome":"ok","started":0,"finished":0}\n',
+    # Then the end of its own job (uuid u-forger), in the same write: too late to be trusted.
+    "done_twice": b'{"event":"done","uuid":"zzz","outcome":"ok","started":0,"finished":0}\n'
+    b'{"event":"done","uuid":"u-forger","outcome":"ok","started":0,"finished":0}\n',
 }
 
 

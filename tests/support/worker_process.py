@@ -21,26 +21,32 @@ from dispatcher.server.protocol import STOP_LINE, run_line
 from support.paths import REPO
 
 _SCRIPT = """
-import logging, socket, sys
+import logging, os, socket, sys
 from dispatcher.server.worker import WorkerOptions, worker_main
 
 options = WorkerOptions(
-    worker_id=7, modules=tuple(sys.argv[2:]), hooks_class=None, idle_timeout=None,
-    log_level=logging.INFO,
+    worker_id=7, modules=tuple(sys.argv[2:]), hooks_class=os.environ.get("TEST_WORKER_HOOKS"),
+    idle_timeout=None, log_level=logging.INFO,
 )
 worker_main(socket.socket(fileno=int(sys.argv[1])), options)
 """
 
 
 class WorkerProcess:
-    """A worker importing *modules*, its log in *log_path*; use as a context manager."""
+    """A worker importing *modules*, its log in *log_path*; use as a context manager.
 
-    def __init__(self, log_path: Path, *modules: str) -> None:
+    *hooks* names its ``worker.class``, if any.
+    """
+
+    def __init__(self, log_path: Path, *modules: str, hooks: str | None = None) -> None:
         self.log_path = log_path
         ours, theirs = socket.socketpair()
         self._socket = ours
         self._lines = ours.makefile("rb")
         env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "PYTHONUNBUFFERED": "1"}
+        env.pop("TEST_WORKER_HOOKS", None)
+        if hooks is not None:
+            env["TEST_WORKER_HOOKS"] = hooks
         with log_path.open("wb") as log, open(os.devnull, "rb") as null:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _SCRIPT, str(theirs.fileno()), *modules],

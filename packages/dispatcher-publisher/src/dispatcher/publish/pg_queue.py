@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from dispatcher.config import PgQueueBroker, Settings
 from dispatcher.publish.brokers import Outgoing, ReplyCollector
+from dispatcher.publish.connections import notify_statement
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.job import quote_identifier
 from dispatcher.publish.queue_async import astore
@@ -51,6 +52,20 @@ def insert_statement(schema: str) -> str:
     transaction (``now()``), and its delay counts from it: in the caller's long transaction,
     the job still waits its delay after the call.
     """
+    return f"{_store(schema)} {_WAKE}"
+
+
+def insert_and_notify_statement(schema: str, notify_query: str) -> str:
+    """:func:`insert_statement` that also runs *notify_query*, a ``SELECT`` of NOTIFYs.
+
+    Its parameters follow :data:`JobRows`'. One statement, so all or nothing even in
+    autocommit mode: the rows are stored and every notification sent, or none.
+    """
+    return f"{_store(schema)} SELECT ({_WAKE}), ({notify_query})"
+
+
+def _store(schema: str) -> str:
+    """The ``WITH`` clause inserting :data:`JobRows`, the queue of each row stored as ``stored``."""
     return (
         f"WITH stored AS (INSERT INTO {quote_identifier(schema)}.jobs"
         " (uuid, queue, task, message, max_attempts, created_at, run_after, on_duplicate,"
@@ -59,9 +74,14 @@ def insert_statement(schema: str) -> str:
         " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
         " %b::float8[], %b::text[], %b::text[]) WITH ORDINALITY AS j(u, q, t, m, a, d, o, k, n)"
         " ORDER BY n ON CONFLICT DO NOTHING RETURNING queue)"
-        f" SELECT count(pg_notify('{QUEUE_WAKEUP_CHANNEL}', queue))"
-        " FROM (SELECT DISTINCT queue FROM stored) AS woken"
     )
+
+
+_WAKE: Final = (
+    f"SELECT count(pg_notify('{QUEUE_WAKEUP_CHANNEL}', queue))"
+    " FROM (SELECT DISTINCT queue FROM stored) AS woken"
+)
+"""One NOTIFY per queue that received a row of ``stored``."""
 
 
 def job_rows(jobs: Sequence[Submission], default_max_attempts: int) -> JobRows:
@@ -94,6 +114,7 @@ class PgQueuePublisher:
         self.queues: Collection[str] = frozenset(settings.queues)
         self.default_queue: str | None = settings.queues[0] if len(settings.queues) == 1 else None
         self.statement = insert_statement(settings.schema)
+        self._together: dict[str, str] = {}
 
     def send_jobs(self, jobs: Sequence[Submission], connection: object | None = None) -> None:
         """Store *jobs* and wake the services, in one statement (see the module)."""
@@ -110,6 +131,35 @@ class PgQueuePublisher:
             await astore(
                 self.settings.conninfo, self.settings.schema, self.statement, rows, connection
             )
+
+    def send_with_notifies(self, jobs: Sequence[Submission], messages: Sequence[Outgoing]) -> None:
+        """Store *jobs* and NOTIFY *messages* on the SDK's own connection, in one statement.
+
+        All or nothing: a ``batch()`` that spans this broker and pg_notify on one database.
+        The NOTIFYs go out in order, with the queues' wake-ups.
+        """
+        statement, rows, params = self._with_notifies(jobs, messages)
+        settings = self.settings
+        store(settings.conninfo, settings.schema, statement, rows, None, params, "the batch")
+
+    async def asend_with_notifies(
+        self, jobs: Sequence[Submission], messages: Sequence[Outgoing]
+    ) -> None:
+        """:meth:`send_with_notifies` for asyncio code."""
+        statement, rows, params = self._with_notifies(jobs, messages)
+        settings = self.settings
+        await astore(settings.conninfo, settings.schema, statement, rows, None, params, "the batch")
+
+    def _with_notifies(
+        self, jobs: Sequence[Submission], messages: Sequence[Outgoing]
+    ) -> tuple[str, JobRows, Sequence[Any]]:
+        """The statement, job rows and NOTIFY parameters of :meth:`send_with_notifies`."""
+        query, params = notify_statement(messages)
+        statement = self._together.get(query)
+        if statement is None:  # one per notify statement (three at most), built once
+            statement = insert_and_notify_statement(self.settings.schema, query)
+            self._together[query] = statement
+        return statement, job_rows(jobs, self.settings.max_attempts), params
 
     def send(self, messages: Sequence[Outgoing], connection: object | None = None) -> None:
         """Store task messages given as ``(queue, JSON text)``, with the queue's defaults."""

@@ -6,10 +6,11 @@ Generated from ``queue_async.py`` by ``tools/async_to_sync.py``; do not edit.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import Connection, Cursor
+from psycopg.pq import TransactionStatus
 
 from dispatcher.config import ConfigError, NotConfiguredError, get_settings
 from dispatcher.config.settings import dispatcherctl_command
@@ -32,14 +33,25 @@ from dispatcher.publish.job import (
 )
 from dispatcher.publish.jsonb import register_tolerant_jsonb
 from dispatcher.publish.notify_sync import shared_provider
-from dispatcher.publish.pg_text import job_not_storable, unstorable
+from dispatcher.publish.pg_text import (
+    checked_by_the_server,
+    job_not_storable,
+    job_refused,
+    unstorable,
+)
 from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
 
 
 def store(
-    conninfo: str, schema: str, statement: str, rows: Sequence[list[Any]], connection: object
+    conninfo: str,
+    schema: str,
+    statement: str,
+    rows: Sequence[list[Any]],
+    connection: object,
+    more: Sequence[Any] = (),
+    what: str | None = None,
 ) -> None:
-    """Run the insert *statement* with the column lists *rows*.
+    """Run the insert *statement* with the column lists *rows* (then the parameters *more*).
 
     With *connection*, in its current transaction; else on the SDK's own connection to
     *conninfo*, where a lost connection is re-opened and the statement run once more (a uuid
@@ -49,29 +61,38 @@ def store(
         in a way sending it again later may cure; when *connection* is closed or its
         transaction aborted (nothing is sent on it then).
     :raises PublishError: when the queue's tables are missing from *schema*; when the
-        database refuses the rows for a reason no retry cures (a missing privilege).
+        database refuses the rows for a reason no retry cures (a missing privilege), saying
+        it refused *what* (default: the job, or the jobs).
     :raises InvalidSubmission: naming the job and the value, when a text holds a character
         the database's encoding lacks (checked first on *connection*, whose transaction is
         then left as it was).
     """
+    params = [*rows, *more] if more else rows
     try:
         if connection is not None:
             caller = caller_connection(connection, Connection, "submit_task", "asubmit_task")
-            refusal = job_not_storable(rows, _encodings(caller))
+            server, client = _encodings(caller)
+            refusal = job_not_storable(rows, [server], client)
             if refusal is not None:
                 raise refusal
+            cursor = caller.cursor()
             try:
-                _run_on_caller(caller, caller.cursor(), statement, rows, "send to")
+                _run_on_caller(caller, cursor, statement, params, "send to", server)
             except psycopg.Error as exc:
                 if exc.sqlstate not in UNTRANSLATABLE:
                     raise
-                raise (job_not_storable(rows, [server_encoding(caller)]) or exc) from exc
+                refusal = job_not_storable(rows, [server]) or job_refused(rows, server, str(exc))
+                raise (refusal or exc) from exc
         else:
-            shared_provider(conninfo).execute(statement, rows, what=_storing(rows))
+            what = what or _storing(rows)
+            shared_provider(conninfo).execute(statement, params, what=what)
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
     except TextNotStorable as exc:
-        raise job_not_storable(rows, [exc.encoding]) or exc from None
+        refusal = job_not_storable(rows, [exc.encoding]) or job_refused(
+            rows, exc.encoding, str(exc)
+        )
+        raise refusal or exc from None
 
 
 def get_job(uuid: str, *, connection: Connection[Any] | None = None) -> Job | None:
@@ -140,12 +161,18 @@ def _read(
         if connection is not None:
             caller = caller_connection(connection, Connection, *names)
             texts = [("", param) for param in params if isinstance(param, str)]
-            if unstorable(texts, _encodings(caller)) is not None:
+            server, client = _encodings(caller)
+            if unstorable(texts, [server], client) is not None:
                 return []  # no row can hold it: asking would abort the caller's transaction
             cursor = caller.cursor()  # its adapters are its own: the caller's stay as they are
             cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
             register_tolerant_jsonb(cursor.adapters)
-            _run_on_caller(caller, cursor, statement, params, "read from")
+            try:
+                _run_on_caller(caller, cursor, statement, params, "read from", server)
+            except psycopg.Error as exc:
+                if exc.sqlstate in UNTRANSLATABLE:
+                    return []  # refused in a savepoint: the caller's transaction goes on
+                raise
         else:
             provider = shared_provider(conninfo)
             cursor = provider.execute(statement, params, "read from", "to read the jobs")
@@ -156,7 +183,7 @@ def _read(
         return []  # a text no row can hold, as the database's encoding lacks a character of it
 
 
-def _encodings(connection: Connection[Any]) -> list[str | None]:
+def _encodings(connection: Connection[Any]) -> tuple[str | None, str | None]:
     """The encodings a text sent on the caller's *connection* must fit.
 
     Its database's, and the connection's own (its ``client_encoding``, which need not be UTF8).
@@ -165,7 +192,7 @@ def _encodings(connection: Connection[Any]) -> list[str | None]:
         client = connection.info.parameter_status("client_encoding")
     except psycopg.Error:
         client = None
-    return [server_encoding(connection), client]
+    return server_encoding(connection), client
 
 
 def _run_on_caller(
@@ -174,20 +201,45 @@ def _run_on_caller(
     statement: str,
     params: Sequence[Any],
     doing: str,
+    encoding: str | None = None,
 ) -> None:
     """Run *statement* on the caller's connection, through *cursor*, one of its cursors.
+
+    When its database's *encoding* is one whose characters the server alone judges
+    (:func:`~dispatcher.publish.pg_text.checked_by_the_server`) and the statement runs in a
+    transaction, it runs in a savepoint: a refusal of a character the encoding lacks
+    (:data:`UNTRANSLATABLE`) leaves the caller's transaction as it was (two round trips
+    more, for those databases only).
 
     :raises BrokerUnavailable: when the connection was lost (saying it is the caller's).
     :raises psycopg.Error: any other error, as psycopg raises it (the caller's transaction
         is aborted, as by any failed statement).
     """
+    guarded = checked_by_the_server(encoding) and (
+        not caller.autocommit or caller.info.transaction_status != TransactionStatus.IDLE
+    )
     try:
-        cursor.execute(statement, params)
+        if not guarded:
+            cursor.execute(statement, params)
+            return
+        caller.execute(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            cursor.execute(statement, params)
+        except psycopg.Error as exc:
+            if exc.sqlstate in UNTRANSLATABLE:
+                caller.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+                caller.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            raise
+        caller.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
     except psycopg.Error as exc:
         lost = caller_lost(caller, exc, doing)
         if lost is None:
             raise
         raise lost from exc
+
+
+_SAVEPOINT: Final = "dispatcher_text"
+"""The savepoint of :func:`_run_on_caller`."""
 
 
 def _queue_database(own_connection: bool) -> tuple[str, str]:

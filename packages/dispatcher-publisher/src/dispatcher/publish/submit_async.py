@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import interception
 from dispatcher.publish.batching import Batch, collect, current_batch, outer_batch
-from dispatcher.publish.brokers import PublishBroker, is_job_broker
-from dispatcher.publish.connections import broker_failure, connect_options, expect_connection
+from dispatcher.publish.brokers import Outgoing, PublishBroker, is_job_broker
+from dispatcher.publish.connections import expect_connection
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_queue import PgQueuePublisher
@@ -79,13 +78,13 @@ async def _asend_groups(groups: Groups, connection: object | None, own_connectio
 
 
 async def _asend_together(groups: Groups, connection: object | None, own_connection: bool) -> None:
-    """Send a batch that spans brokers (several statements) all or nothing, where it can.
+    """Send a batch that spans brokers all or nothing, where it can.
 
     On the caller's *connection*: in its transaction, or in one of their own when it is in
-    autocommit mode and in none. Without one, when every broker sends on the SDK's own
-    connection to one database (pg_notify and pg_queue, with no ``connection_factory``):
-    in one transaction on a connection opened for it. Else (brokers on several databases,
-    plug-ins) one after another, each all or nothing.
+    autocommit mode and in none. Without one, when the brokers are pg_queue and pg_notify
+    sending on the SDK's own connection to one database (no ``connection_factory``): in one
+    statement storing the jobs and sending the NOTIFYs, on that shared connection. Else
+    (brokers on several databases, plug-ins) one after another, each all or nothing.
     """
     if connection is not None:
         if (
@@ -98,29 +97,39 @@ async def _asend_together(groups: Groups, connection: object | None, own_connect
         else:
             await _asend_groups(groups, connection, own_connection)
         return
-    conninfo = _one_database(groups)
-    if conninfo is None:
+    together = _one_statement(groups, own_connection)
+    if together is None:
         await _asend_groups(groups, None, own_connection)
-        return
-    try:
-        conn = await AsyncConnection.connect(conninfo, **connect_options(conninfo))
-        async with conn, conn.transaction():
-            await _asend_groups(groups, conn, own_connection)
-    except psycopg.Error as exc:
-        raise broker_failure(conninfo, exc, "send to", "the batch") from None
+    else:
+        queue_broker, jobs, messages = together
+        await queue_broker.asend_with_notifies(jobs, messages)
 
 
-def _one_database(groups: Groups) -> str | None:
-    """The conninfo every broker of *groups* sends on with the SDK's own connection, if one."""
+def _one_statement(
+    groups: Groups, own_connection: bool
+) -> tuple[PgQueuePublisher, list[Submission], list[Outgoing]] | None:
+    """The jobs and the NOTIFYs of *groups*, if one statement on one database can send them.
+
+    That is, when the brokers are pg_queue and pg_notify, and pg_notify sends on the SDK's
+    own connection to pg_queue's database.
+    """
+    queue_broker: PgQueuePublisher | None = None
+    jobs: list[Submission] = []
+    messages: list[Outgoing] = []
     conninfos: set[str | None] = set()
-    for broker, _ in groups:
-        if isinstance(broker, PgQueuePublisher):
+    for broker, group in groups:
+        if isinstance(broker, PgQueuePublisher) and queue_broker in (None, broker):
+            queue_broker = broker
             conninfos.add(broker.settings.conninfo)
+            jobs.extend(group)
         elif isinstance(broker, PgNotifyPublisher):
-            conninfos.add(broker.aown_database())
+            conninfos.add(broker.conninfo if own_connection else broker.aown_database())
+            messages.extend((s.channel, payload) for s in group for payload in s.payloads)
         else:
             return None  # a plug-in's: its own way to send
-    return next(iter(conninfos)) if len(conninfos) == 1 else None
+    if queue_broker is None or not messages or len(conninfos) != 1:
+        return None
+    return queue_broker, jobs, messages
 
 
 async def asubmit_task(

@@ -20,16 +20,22 @@ from typing import Any, Final
 
 import psycopg
 
-from dispatcher.config import Settings
+from dispatcher.config import PgQueueBroker, Settings
 from dispatcher.publish import broker_unavailable, describe_server
 from dispatcher.publish.connections import (
     REFUSALS,
+    UNTRANSLATABLE,
     connection_options,
     server_encoding,
     stopped_answering,
 )
 from dispatcher.publish.mistakes import did_you_mean
-from dispatcher.publish.pg_text import unstorable, unstorable_reason
+from dispatcher.publish.pg_text import (
+    field_holding,
+    refused_character,
+    unstorable,
+    unstorable_reason,
+)
 from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin
 from dispatcher.server.ctl_arguments import Text, count_between, seconds_up_to
@@ -139,15 +145,19 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
     conn: psycopg.Connection[Any] | None = None
     try:
         with _connect(section.conninfo) as conn:
-            refusal = unstorable_option(options, server_encoding(conn))
+            encoding = server_encoding(conn)
+            refusal = unstorable_option(options, encoding)
             if refusal is not None:
                 return _fail(refusal, EXIT_USAGE)
             queue_admin.limit_waits(conn, options.timeout)
             queue_admin.check_tables(conn, section.schema, settings.file)
-            queue = getattr(options, "queue", None)
-            if queue is not None and not queue_admin.queue_known(conn, section, queue):
-                return _fail(unknown_queue(queue, section.queues), EXIT_USAGE)
-            return _COMMANDS[options.command](conn, section.schema, options)
+            try:
+                return _run_command(conn, section, options)
+            except psycopg.Error as exc:
+                refusal = refused_option(options, encoding, exc)
+                if refusal is None:
+                    raise
+                return _fail(refusal, EXIT_USAGE)
     except psycopg.Error as exc:
         lost = conn is not None and conn.broken
         message = database_error(exc, section.conninfo, options.command, options.timeout, lost)
@@ -157,6 +167,15 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         return _fail(str(exc), EXIT_USAGE)  # set-up to finish: retrying alone would not help
     except DispatcherError as exc:
         return _fail(str(exc))
+
+
+def _run_command(
+    conn: psycopg.Connection[Any], section: PgQueueBroker, options: argparse.Namespace
+) -> int:
+    queue = getattr(options, "queue", None)
+    if queue is not None and not queue_admin.queue_known(conn, section, queue):
+        return _fail(unknown_queue(queue, section.queues), EXIT_USAGE)
+    return _COMMANDS[options.command](conn, section.schema, options)
 
 
 TEXT_OPTIONS: Final = ("uuid", "task", "queue")
@@ -174,6 +193,23 @@ def unstorable_option(options: argparse.Namespace, encoding: str | None) -> str 
     if found is None:
         return None
     name, character, encoding = found
+    return f"argument --{name}: {unstorable_reason(character, encoding)}"
+
+
+def refused_option(
+    options: argparse.Namespace, encoding: str | None, exc: psycopg.Error
+) -> str | None:
+    """Why the database refused an option's text, as its error *exc* says; ``None`` if not that.
+
+    For the encodings whose characters are not checked before sending (``EUC_JP``, say).
+    """
+    if exc.sqlstate not in UNTRANSLATABLE:
+        return None
+    character = refused_character(str(exc))
+    given = [(name, getattr(options, name, None)) for name in TEXT_OPTIONS]
+    name = None if character is None else field_holding(given, character)
+    if character is None or name is None:
+        return None
     return f"argument --{name}: {unstorable_reason(character, encoding)}"
 
 
@@ -363,6 +399,8 @@ def cancel_waiting_job(
     except (queue_admin.NotCancelled, queue_admin.TablesMissing):
         return None, None
     except psycopg.Error as exc:
+        if exc.sqlstate in UNTRANSLATABLE:
+            return None, None  # the database's encoding lacks a character of it: no job has it
         lost = conn is not None and conn.broken
         why = database_error(exc, section.conninfo, "cancel-job", timeout, lost)
         return None, f"could not look for a waiting durable job {uuid}: {why}"

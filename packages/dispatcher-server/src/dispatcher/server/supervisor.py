@@ -292,9 +292,13 @@ class Supervisor:
 
         Otherwise its task forged it (writing on the event pipe, or from a process it
         forked, which may also read the jobs sent to the worker): as for garbled lines,
-        nothing more it sends can be trusted, and it is stopped (its job ends
-        ``worker_lost``). A worker being stopped may still report the job it was taken.
+        nothing more it sends can be trusted (a ``done`` of its own job that follows is
+        ignored too), and it is stopped (its job ends ``worker_lost``). A worker being
+        stopped may still report the job it was taken. A guard against accidents, not
+        against a task bent on it: one that knows its job's uuid can report its end.
         """
+        if worker.distrusted:
+            return False
         job, uuid = worker.job, event.get("uuid")
         if job is None and worker.status not in LIVE:
             return True
@@ -309,6 +313,7 @@ class Supervisor:
             uuid,
             running,
         )
+        worker.distrusted = True
         worker.kill()
         return False
 

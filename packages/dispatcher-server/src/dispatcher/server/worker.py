@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Generator, Mapping
@@ -157,6 +158,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     runner.signals.install()
     os.register_at_fork(after_in_child=_note_fork)
     _call_hook(hooks.on_start)
+    runner.signals.keep("on_start")  # its alarm cancelled, the handlers it set kept
     adopt_dispatcherd_tasks()  # after every import: the task modules, the hooks, on_start
     capture.keep_streams()  # as the hooks and the imports left them: what tasks get back
     channel.send(event_line(_ready_event()))
@@ -279,15 +281,37 @@ def _exit_forked(what: str, *args: object) -> NoReturn:
 
     Left to go on, it would be a second worker on the same socket: it would report the end
     of the task as well, and read the next requests. ``what`` and ``args`` are a log format.
+    Called while a ``SystemExit`` propagates (``sys.exit(0)`` in the child), it exits with
+    that status, as the child meant to, its standard streams flushed first.
     """
+    leaving = sys.exc_info()[1]
+    if isinstance(leaving, SystemExit):
+        status = _exit_status(leaving)
+    else:
+        status = 1
+        with contextlib.suppress(BaseException):
+            logger.error(
+                f"a process forked by {what} returned into the worker (pid %d): it exits "
+                "(a forked child must end with os._exit())",
+                *args,
+                os.getpid(),
+            )
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(status)
+
+
+def _exit_status(request: SystemExit) -> int:
+    """The status a process ends with on *request*, as Python's own exit gives it."""
+    code = request.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
     with contextlib.suppress(BaseException):
-        logger.error(
-            f"a process forked by {what} returned into the worker (pid %d): it exits "
-            "(a forked child must end with os._exit())",
-            *args,
-            os.getpid(),
-        )
-    os._exit(1)
+        print(code, file=sys.stderr)  # as Python prints a message given to sys.exit()
+    return 1
 
 
 class TaskRunner:
@@ -305,6 +329,10 @@ class TaskRunner:
         self._hooks = hooks
         self._capture = capture
         self._loop: asyncio.Runner | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        """The event loop of :attr:`_loop`."""
+        self._told_leftovers = False
+        """Whether the asyncio tasks an ``async def`` task left pending were logged."""
         self._running = False
         self.requests = 0
         """Run requests received so far: the number of the one being run."""
@@ -560,16 +588,17 @@ class TaskRunner:
                 _exit_forked("task %s (uuid %s)", message["task"], message.get("uuid"))
             self._running = False
             self._async_task, self._cancel_due = None, False
-            if runner is not None:
+            if runner is not None and (_EVERY_TASK is None or _EVERY_TASK):
                 self._end_leftovers(runner, message)
         _refuse_generator(result)
         return result
 
     def _runner(self) -> asyncio.Runner:
         """The runner of ``async def`` tasks: made anew if its loop was closed (by a task)."""
-        runner = self._loop
-        if runner is None or runner.get_loop().is_closed():
+        runner, loop = self._loop, self._event_loop
+        if runner is None or loop is None or loop.is_closed():
             runner = self._loop = asyncio.Runner()
+            self._event_loop = runner.get_loop()
         return runner
 
     def _end_leftovers(self, runner: asyncio.Runner, message: Mapping[str, Any]) -> None:
@@ -584,6 +613,17 @@ class TaskRunner:
         left = asyncio.all_tasks(loop)
         if not left:
             return
+        if not self._told_leftovers:
+            self._told_leftovers = True
+            logger.warning(
+                "task %s (uuid %s) left asyncio tasks pending, cancelled when it ended: %s; a "
+                "client bound to the event loop that runs a task of its own (a websocket's "
+                "keepalive, a Kafka producer's sender) does not survive between tasks: create "
+                "it in each task (said once per worker)",
+                message.get("task"),
+                message.get("uuid"),
+                _describe_tasks(left),
+            )
         for task in left:
             task.cancel()
         try:
@@ -622,6 +662,37 @@ class TaskRunner:
     def close(self) -> None:
         """Release the event loop of ``async def`` tasks, if one was made."""
         self._discard_loop()
+
+
+def _describe_tasks(tasks: set[asyncio.Task[Any]], most: int = 5) -> str:
+    """``ticks() (asyncio task Task-3), ...``: the coroutine and name of *most* of *tasks*."""
+    described = []
+    for task in list(tasks)[:most]:
+        coroutine = task.get_coro()
+        name = getattr(coroutine, "__qualname__", None) or type(coroutine).__name__
+        described.append(f"{name}() (asyncio task {task.get_name()})")
+    more = len(tasks) - most
+    return ", ".join(described) + (f" and {more} more" if more > 0 else "")
+
+
+def _task_registry() -> set[Any] | None:
+    """The set of asyncio's references to every task not yet freed, if one can be read.
+
+    Empty, no task of any event loop is left: known at once, where ``asyncio.all_tasks()``
+    costs a few microseconds a task. ``None`` where asyncio keeps no such set (Python 3.14
+    keeps its own tasks in lists of its own, and ``all_tasks()`` is quick there).
+    """
+    if sys.version_info >= (3, 14):
+        return None
+    registry = getattr(asyncio.tasks, "_all_tasks", None)  # Python 3.11
+    if registry is None:
+        registry = getattr(asyncio.tasks, "_scheduled_tasks", None)  # 3.12, 3.13
+    data = getattr(registry, "data", None)  # a WeakSet's own set
+    return data if isinstance(data, set) else None
+
+
+_EVERY_TASK: Final = _task_registry()
+"""See :func:`_task_registry`: checked after each ``async def`` task before asking more."""
 
 
 class NotRegisteredHere(LookupError):

@@ -128,6 +128,9 @@ class WorkerHandle:
         self.killed_for: Outcome | None = None
         """The outcome its task gets because the service killed the worker: ``killed`` (the
         task ignored its timeout), ``cancelled`` (it ignored a cancel) or ``memory_exceeded``."""
+        self.distrusted = False
+        """Set when it sent an event that was not its own (a ``done`` its task forged): what
+        it sends after is ignored, its job ends ``worker_lost``."""
         self.started = anyio.Event()
         """Set when the worker has reported ready (or failed to import the task modules)."""
         self.gone = anyio.Event()
