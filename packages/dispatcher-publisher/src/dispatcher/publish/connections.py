@@ -243,21 +243,44 @@ def closed_while_idle(connection: BaseConnection[Any]) -> bool:
     An idle connection's socket has nothing to read, unless the server wrote to it: the
     error of a ``pg_terminate_backend()``, a shutdown or an idle timeout (the server's, a
     pooler's), then the end of the stream; rarely, a notice or a changed parameter (then
-    the connection is replaced for nothing). A non-blocking ``poll()`` (any descriptor
-    number, unlike ``select()``), under a microsecond: checked before each NOTIFY, which is
-    never sent twice (see :class:`~dispatcher.publish.notify_async.AsyncConnectionProvider`).
+    the connection is replaced for nothing). Checked before each NOTIFY, which is never
+    sent twice (see :class:`~dispatcher.publish.notify_async.AsyncConnectionProvider`),
+    through an :class:`IdleWatch` kept with the connection.
     """
-    if connection.closed:
-        return True
-    try:
-        socket = connection.pgconn.socket
-        if not hasattr(select, "poll"):  # Windows, whose select() takes any socket
-            return bool(select.select([socket], [], [], 0)[0])
-        poll = select.poll()
-        poll.register(socket, select.POLLIN)
-        return bool(poll.poll(0))
-    except (psycopg.Error, OSError, ValueError):  # no socket any more
-        return True
+    return IdleWatch(connection).closed()
+
+
+class IdleWatch:
+    """:func:`closed_while_idle` for one connection, prepared once.
+
+    A check then costs one non-blocking ``poll()``, under a microsecond (``poll()`` takes
+    any descriptor number, unlike ``select()``, which serves where there is no ``poll()``:
+    Windows).
+    """
+
+    __slots__ = ("_poll", "connection")
+
+    def __init__(self, connection: BaseConnection[Any]) -> None:
+        self.connection = connection
+        self._poll: Any = None
+        if hasattr(select, "poll"):
+            try:
+                self._poll = select.poll()
+                self._poll.register(connection.pgconn.socket, select.POLLIN)
+            except (psycopg.Error, OSError, ValueError):  # no socket any more
+                self._poll = None
+
+    def closed(self) -> bool:
+        """Whether the server has ended the connection while it was idle."""
+        connection = self.connection
+        if connection.closed:
+            return True
+        try:
+            if self._poll is not None:
+                return bool(self._poll.poll(0))
+            return bool(select.select([connection.pgconn.socket], [], [], 0)[0])
+        except (psycopg.Error, OSError, ValueError):  # no socket any more
+            return True
 
 
 REFUSALS: Final = (

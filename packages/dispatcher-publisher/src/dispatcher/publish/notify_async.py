@@ -22,6 +22,7 @@ from dispatcher.publish.connections import (
     CALLER_CONNECTION,
     LOCK_WAIT,
     NOTIFY_ONE,
+    IdleWatch,
     Owner,
     abandon,
     async_close_when_free,
@@ -32,7 +33,6 @@ from dispatcher.publish.connections import (
     broker_unavailable,
     caller_connection,
     caller_lost,
-    closed_while_idle,
     connect_options,
     notify_statement,
     stopped_answering,
@@ -75,6 +75,7 @@ class _Slot:
         "owner",
         "retired",
         "sending",
+        "watch",
     )
 
     def __init__(self, owner: Owner, opening: Any, sending: Any) -> None:
@@ -98,6 +99,8 @@ class _Slot:
         self.retired = False
         """Set (under the provider's lock) once the slot is let go of: callers that got it
         before take a new one, and its connection is closed (or abandoned)."""
+        self.watch: IdleWatch | None = None
+        """The check, before a NOTIFY, that the server did not end the connection."""
 
 
 class AsyncConnectionProvider:
@@ -252,7 +255,10 @@ class AsyncConnectionProvider:
             async with slot.sending:
                 if own is not slot.connection or own.closed:
                     continue  # replaced, or broken by another caller's statement, meanwhile
-                if not checked and closed_while_idle(own):
+                watch = slot.watch
+                if watch is None or watch.connection is not own:
+                    watch = slot.watch = IdleWatch(own)
+                if not checked and watch.closed():
                     checked = True  # (once: a connection just opened is sent on)
                     await self._drop(slot, own)
                     continue
