@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from psycopg import sql
 
 from dispatcher.config import Settings, reset, setup
 from dispatcher.publish import (
+    BrokerUnavailable,
     PublishError,
     abatch,
     aclose_connections,
@@ -23,6 +25,7 @@ from dispatcher.publish import (
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from support.durable import own_schema
 from support.postgres import wait_for_notifies
+from support.proxy import DatabaseProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,3 +174,30 @@ def test_in_asyncio_too_with_one_notify_and_a_chunked_one(
         received += more
     assert sum(n.channel == QUEUE_WAKEUP_CHANNEL for n in received) == 3
     assert len([n for n in received if n.channel == channel]) > 3  # n0, n1 in chunks, last
+
+
+def test_a_batch_spanning_brokers_whose_reply_is_lost_is_not_sent_again(
+    pg_dsn: str, schema: str, channel: str, listener: Conn
+) -> None:
+    """Its rows would be skipped the second time, its NOTIFYs not: the tasks would run twice."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        brokers = {
+            "pg_notify": {"conninfo": proxy.dsn, "channels": [channel]},
+            "pg_queue": {"queues": ["orders"], "schema": schema},
+        }
+        setup({"version": 1, "brokers": brokers})
+        submit_task("app.tasks.t", queue=channel, uuid="opened")  # the shared connection
+        assert len(wait_for_notifies(listener, 1)) == 1
+        proxy.lose_next_reply()
+        with pytest.raises(BrokerUnavailable, match="may or may not have been delivered"):
+            mixed_batch(channel, bad=False)
+        assert stored(pg_dsn, schema) == ["q0", "q2"]
+        received = wait_for_notifies(listener, 5, timeout=2)  # (3 expected: wait for more)
+        tasks = [json.loads(n.payload)["uuid"] for n in received if n.channel == channel]
+        assert sorted(tasks) == ["n1", "n3"]
+    finally:
+        close_connections()
+        reset()
+        proxy.down()

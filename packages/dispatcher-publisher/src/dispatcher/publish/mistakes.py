@@ -199,8 +199,8 @@ _CELERY_OPTIONS: Final = {
     "routing_key": "routing is by queue= here",
     "exchange": "routing is by queue= here",
     "priority": "there are no priorities: tasks start in the order they arrive",
-    "retry": "publishing is retried once on a lost connection; a task's retries are "
-    "max_attempts= on a durable queue",
+    "retry": "a connection the server closed is replaced before sending, and a durable "
+    "job's insert is sent again once; a task's retries are max_attempts= on a durable queue",
     "retry_policy": "a task's retries are max_attempts= on a durable queue "
     "(backoff: brokers.pg_queue.retry_backoff)",
     "serializer": "messages are always JSON",

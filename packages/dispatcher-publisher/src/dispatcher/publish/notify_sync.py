@@ -217,12 +217,15 @@ class ConnectionProvider:
         params: Sequence[Any],
         doing: str = "send to",
         what: str = "the statement",
+        *,
+        resend: bool = True,
     ) -> Cursor[Any]:
         """Run one statement (a transaction of its own) and return its cursor, rows fetched.
 
         A connection the server ended while idle is replaced first; one that breaks under
         the statement is replaced and the statement run once more on the new one: make it
-        safe to repeat (the statement may have committed before the break).
+        safe to repeat (the statement may have committed before the break), or pass
+        *resend* false (a statement that NOTIFYs: it fails, saying it may have been sent).
 
         :raises BrokerUnavailable: naming the server and what was being done (*doing*),
             when the database cannot be reached, or fails the statement in a way sending it
@@ -231,17 +234,24 @@ class ConnectionProvider:
             refuses the statement for a reason no retry cures (a missing privilege).
         :raises psycopg.errors.UndefinedTable: when a table the statement names is missing.
         """
-        return self._run(query, params, doing, what, notifying=False)
+        return self._run(query, params, doing, what, notifying=False, resend=resend)
 
     def _run(
-        self, query: str, params: Sequence[Any], doing: str, what: str, *, notifying: bool
+        self,
+        query: str,
+        params: Sequence[Any],
+        doing: str,
+        what: str,
+        *,
+        notifying: bool,
+        resend: bool = False,
     ) -> Cursor[Any]:
         """:meth:`execute`; *notifying* statements go through the shared cursor.
 
         A statement is sent again only when it surely did not reach the server (the
         connection was closed before it was sent), or once when it is not a NOTIFY.
         """
-        resends = 0 if notifying else 1
+        resends = 1 if resend and not notifying else 0
         lost: BrokerUnavailable | None = None
         checked = False
         while True:
@@ -275,7 +285,7 @@ class ConnectionProvider:
                         continue
                     if not own.closed:  # the server answered: a shutdown, a timeout
                         raise broker_unavailable(self.conninfo, exc, doing) from None
-                    then = NOT_RESENT if notifying else ""
+                    then = "" if resends else NOT_RESENT
                     lost = stopped_answering(self.conninfo, exc, doing, then=then)
                     if resends == 0:
                         raise lost from None

@@ -136,11 +136,13 @@ class PgQueuePublisher:
         """Store *jobs* and NOTIFY *messages* on the SDK's own connection, in one statement.
 
         All or nothing: a ``batch()`` that spans this broker and pg_notify on one database.
-        The NOTIFYs go out in order, with the queues' wake-ups.
+        The NOTIFYs go out in order, with the queues' wake-ups. Never sent twice (its
+        NOTIFYs would be): a connection lost under it fails the call, saying so.
         """
         statement, rows, params = self._with_notifies(jobs, messages)
         settings = self.settings
-        store(settings.conninfo, settings.schema, statement, rows, None, params, "the batch")
+        schema = settings.schema
+        store(settings.conninfo, schema, statement, rows, None, params, "the batch", resend=False)
 
     async def asend_with_notifies(
         self, jobs: Sequence[Submission], messages: Sequence[Outgoing]
@@ -148,7 +150,10 @@ class PgQueuePublisher:
         """:meth:`send_with_notifies` for asyncio code."""
         statement, rows, params = self._with_notifies(jobs, messages)
         settings = self.settings
-        await astore(settings.conninfo, settings.schema, statement, rows, None, params, "the batch")
+        schema = settings.schema
+        await astore(
+            settings.conninfo, schema, statement, rows, None, params, "the batch", resend=False
+        )
 
     def _with_notifies(
         self, jobs: Sequence[Submission], messages: Sequence[Outgoing]

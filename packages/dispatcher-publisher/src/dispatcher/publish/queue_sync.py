@@ -50,12 +50,15 @@ def store(
     connection: object,
     more: Sequence[Any] = (),
     what: str | None = None,
+    *,
+    resend: bool = True,
 ) -> None:
     """Run the insert *statement* with the column lists *rows* (then the parameters *more*).
 
     With *connection*, in its current transaction; else on the SDK's own connection to
     *conninfo*, where a lost connection is re-opened and the statement run once more (a uuid
-    stored twice is skipped, so a repeat stores nothing twice).
+    stored twice is skipped, so a repeat stores nothing twice), unless *resend* is false (a
+    statement that also NOTIFYs, which a repeat would send twice).
 
     :raises BrokerUnavailable: when the database cannot be reached, or fails the statement
         in a way sending it again later may cure; when *connection* is closed or its
@@ -85,7 +88,7 @@ def store(
                 raise (refusal or exc) from exc
         else:
             what = what or _storing(rows)
-            shared_provider(conninfo).execute(statement, params, what=what)
+            shared_provider(conninfo).execute(statement, params, what=what, resend=resend)
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
     except TextNotStorable as exc:

@@ -39,10 +39,13 @@ async def asend(
 
     Over pg_notify they go in one statement: with *connection*, the NOTIFYs join its
     current transaction (delivered when it commits, never if it rolls back); without, the
-    SDK's own connection sends them at once, and a lost connection is re-opened and the send
-    retried once (*own_connection*: that one, even where ``connection_factory`` names the
-    application's). Tasks for durable queues are stored as jobs the same way, in one
-    statement per broker. See :mod:`dispatcher.publish.routing` for how the broker is chosen.
+    SDK's own connection sends them at once (*own_connection*: that one, even where
+    ``connection_factory`` names the application's): a connection the server ended while
+    idle is replaced before sending, and a send whose connection broke under it is not
+    repeated (NOTIFY is at most once). Tasks for durable queues are stored as jobs the same
+    way, in one statement per broker (a lost connection: stored again once, the uuid keeping
+    the job single), or with the NOTIFYs in one statement when a batch spans both on one
+    database (not repeated). See :mod:`dispatcher.publish.routing` for how the broker is chosen.
     While an interceptor is installed (:mod:`dispatcher.publish.interception`), it takes
     them instead and nothing is sent.
 
