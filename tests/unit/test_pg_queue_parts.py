@@ -19,7 +19,7 @@ from dispatcher.config import Limits
 from dispatcher.schema import Outcome, migrations
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.brokers import BrokerBase, Settled
-from dispatcher.server.brokers.pg_queue.acks import WRITE_LIMIT
+from dispatcher.server.brokers.pg_queue.acks import WRITE_LIMIT, Acknowledger
 from dispatcher.server.brokers.pg_queue.claims import Claimer, ClaimOptions
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.migrations import (
@@ -620,8 +620,108 @@ def test_a_row_claimed_again_while_its_job_is_delivered_is_adopted_not_delivered
     # The copy's outcome settles the later claim (the one the row has).
     settled = leases.settling(Ack(7, 1, 1, "done", "ok"))
     assert settled == Ack(7, 2, 2, "done", "ok")
-    assert leases.release(7, 2) == "u-7"
+    assert leases.release(settled) == "u-7"
     assert leases.held == {}
-    # Its copy ended: claimed again later, the row is delivered again.
+    # Its outcome written: claimed again later, the row is delivered again.
     assert leases.add(7, 3, 3, time.monotonic(), "u-7")
     assert leases.settling(Ack(7, 3, 3, "done", "ok")) == Ack(7, 3, 3, "done", "ok")
+
+
+class _FencedDb:
+    """A table of rows by id, each under a claim number, fenced as the acknowledging statement
+    is; ``down`` makes every write fail (a partition), ``during`` runs within one."""
+
+    def __init__(self, claims: dict[int, int]) -> None:
+        self.claims = claims
+        self.down = False
+        self.during: list[Any] = []
+        self.written: list[tuple[int, int, str]] = []
+
+    async def fetch(self, statement: bytes, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if self.down:
+            raise OSError("the database is unreachable")
+        acks = json.loads(params["acks"])
+        for step in self.during:
+            step()
+        self.during = []
+        rows: list[tuple[Any, ...]] = []
+        for ack in acks:
+            if self.claims.get(ack["id"]) == ack["claims"]:
+                del self.claims[ack["id"]]
+                self.written.append((ack["id"], ack["claims"], ack["outcome"]))
+                state = "queued" if ack["kind"] == "retry" else ack["kind"]
+                rows.append(("q", ack["kind"], state, "a", False, ack["id"], ack["claims"]))
+        return rows
+
+
+def _acknowledger(db: _FencedDb, leases: Leases) -> Any:
+    return Acknowledger(db, b"ack", leases, RetryPolicy(), 10, ServiceStats())  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_row_claimed_again_while_its_outcome_waits_to_be_written_is_adopted() -> None:
+    """The copy ended, but its outcome could not be written (the partition that lost its
+    lease): claimed again meanwhile, the row is not run again, and that outcome, recorded
+    against the new claim, is not refused."""
+    db = _FencedDb({7: 1})
+    leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
+    acks = _acknowledger(db, leases)
+    assert leases.add(7, 1, 1, time.monotonic(), "u-7")
+    del leases.held[7]  # the partition: the lease ran out, another service swept the row
+    acks.add(Ack(7, 1, 1, "done", "ok"))
+    db.down = True
+    with pytest.raises(OSError, match="unreachable"):
+        await acks.flush()
+    assert acks.pending == 1
+    # The partition heals; this service claims the row again before its next write.
+    db.down, db.claims[7] = False, 2
+    assert not leases.add(7, 2, 2, time.monotonic(), "u-7")
+    assert leases.held == {7: (2, 2)}
+    await acks.flush()
+    assert db.written == [(7, 2, "ok")]
+    assert (acks.pending, leases.held) == (0, {})
+    # Written: claimed again later, the row is delivered again.
+    assert leases.add(7, 3, 3, time.monotonic(), "u-7")
+
+
+@pytest.mark.anyio
+async def test_a_row_claimed_again_while_its_outcome_is_being_written_waits_for_the_write() -> None:
+    """Claimed again while the write is under way: if the write was refused (the row was
+    swept and claimed again before it), the outcome settles the new claim; if it was
+    recorded (a retry put the row back), the new claim is a new attempt, and delivered."""
+    # Refused: the row was taken back and claimed again just before the write.
+    db = _FencedDb({7: 1})
+    leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
+    acks = _acknowledger(db, leases)
+    delivered: list[int] = []
+    assert leases.add(7, 1, 1, time.monotonic(), "u-7", lambda: delivered.append(1))
+    acks.add(Ack(7, 1, 1, "done", "ok"))
+
+    def taken_back() -> None:
+        db.claims[7] = 2
+        assert not leases.add(7, 2, 2, time.monotonic(), "u-7", lambda: delivered.append(2))
+
+    db.during = [taken_back]
+    await acks.flush()
+    assert db.written == [(7, 2, "ok")]
+    assert (acks.pending, leases.held, delivered) == (0, {}, [])
+
+    # Recorded: the retry put the row back, and this service claimed it at once.
+    db = _FencedDb({8: 1})
+    leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
+    acks = _acknowledger(db, leases)
+    assert leases.add(8, 1, 1, time.monotonic(), "u-8", lambda: delivered.append(1))
+    acks.add(Ack(8, 1, 1, "retry", "error", "boom", delay=1.0))
+
+    def claimed_again() -> None:
+        assert not leases.add(8, 2, 2, time.monotonic(), "u-8", lambda: delivered.append(2))
+
+    db.during = [claimed_again]
+    await acks.flush()
+    db.claims[8] = 2
+    assert db.written == [(8, 1, "error")]
+    assert (acks.pending, leases.held, delivered) == (0, {8: (2, 2)}, [2])
+    acks.add(Ack(8, 2, 2, "done", "ok"))
+    await acks.flush()
+    assert db.written[-1] == (8, 2, "ok")
+    assert leases.held == {}

@@ -79,11 +79,11 @@ class Acknowledger:
         for item in settled:
             ack = to_ack(item, self._policy)
             if ack is not None:
-                self._pending.append(self._leases.settling(ack))
+                self._pending.append(ack)
 
     def add(self, ack: Ack) -> None:
         """Queue one row's change (a delivered claim's: see ``Leases.settling``)."""
-        self._pending.append(self._leases.settling(ack))
+        self._pending.append(ack)
 
     async def flush(self, limit: float = WRITE_LIMIT) -> None:
         """Write everything queued, a batch per statement, each within *limit* seconds.
@@ -94,22 +94,25 @@ class Acknowledger:
         """
         async with self._lock:
             while self._pending:
-                batch = self._pending[: self._batch_size]
+                queued = self._pending[: self._batch_size]
+                # Made to settle the claims adopted until now (see Leases.settling).
+                batch = [self._leases.settling(ack) for ack in queued]
                 given_up: set[tuple[int, int]] = set()
-                with anyio.CancelScope(shield=True) as write:
-                    write.deadline = anyio.current_time() + limit
-                    try:
-                        rows = await self._db.fetch(self._statement, self._params(batch))
-                    except (psycopg.IntegrityError, psycopg.DataError, UnicodeEncodeError):
-                        rows = await self._one_by_one(batch, given_up)
-                if write.cancelled_caught:
-                    raise TimeoutError(f"the database did not answer within {limit:g} s")
+                try:
+                    rows = await self._write(batch, given_up, limit)
+                except BaseException:
+                    self._leases.unwritten(batch)
+                    raise
                 del self._pending[: len(batch)]
-                written = {(row[5], row[6]) for row in rows}
+                taken = given_up.union((row[5], row[6]) for row in rows)
                 fenced: list[str] = []
-                for ack in batch:
-                    uuid = self._leases.release(ack.id, ack.claim)
-                    if (ack.id, ack.claim) not in written and (ack.id, ack.claim) not in given_up:
+                for original, ack in zip(queued, batch, strict=True):
+                    refused = (ack.id, ack.claim) not in taken
+                    uuid = self._leases.release(ack, refused)
+                    if uuid is None:  # it settles the claim adopted meanwhile: written next
+                        self._pending.append(original)
+                        continue
+                    if refused:
                         fenced.append(uuid)
                     if ack.kind == "retry" or ack.delay:
                         self._on_retry(ack.delay)
@@ -123,6 +126,18 @@ class Acknowledger:
                         ", ".join(fenced[:MAX_UUIDS_LOGGED])
                         + (", ..." if len(fenced) > MAX_UUIDS_LOGGED else ""),
                     )
+
+    async def _write(self, batch: list[Ack], given_up: set[tuple[int, int]], limit: float) -> Rows:
+        """Write *batch* within *limit* seconds, shielded; return the rows it changed."""
+        with anyio.CancelScope(shield=True) as write:
+            write.deadline = anyio.current_time() + limit
+            try:
+                rows = await self._db.fetch(self._statement, self._params(batch))
+            except (psycopg.IntegrityError, psycopg.DataError, UnicodeEncodeError):
+                rows = await self._one_by_one(batch, given_up)
+        if write.cancelled_caught:
+            raise TimeoutError(f"the database did not answer within {limit:g} s")
+        return rows
 
     async def _one_by_one(self, batch: list[Ack], given_up: set[tuple[int, int]]) -> Rows:
         rows: Rows = []

@@ -11,11 +11,12 @@ delivered (and so always acknowledged).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import psycopg
@@ -173,24 +174,30 @@ class Claimer:
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""
-        for row, attempts, claim, queue, message, size, _, uuid, task, mode, delay, _ in sorted(
-            rows
-        ):
+        for claimed in sorted(rows):
+            row, attempts, claim, queue, *_, uuid, _, _, _, _ = claimed
             self._stats.pg_queue_claims[queue] += 1
-            if not self._leases.add(row, attempts, claim, sent, uuid):
-                continue  # this service has its job already: adopted, not run twice
-            if message is None:
-                self._stats.rejected["oversized"] += 1
-                reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
-                logger.warning("job %d (uuid %s) rejected: %s", row, uuid, reason)
-                self._acks.add(Ack(row, attempts, claim, "failed", "rejected", reason))
-                continue
-            origin = Origin(
-                "pg_queue",
-                channel=queue,
-                receipt=receipt(row, attempts, claim),
-                scheduled_by_broker=True,
-                authenticated=True,
-                stored_as=StoredRow(uuid, task, mode, delay),
-            )
-            deliver(message, origin)
+            send = functools.partial(self._send, deliver, claimed)
+            if self._leases.add(row, attempts, claim, sent, uuid, send):
+                send()
+            # Else this service has the job already, from an earlier claim: adopted, not
+            # run twice (or delivered once the write of that claim's outcome is recorded).
+
+    def _send(self, deliver: Deliver, claimed: tuple[Any, ...]) -> None:
+        """Deliver one claimed row (rejected when its message is too large)."""
+        row, attempts, claim, queue, message, size, _, uuid, task, mode, delay, _ = claimed
+        if message is None:
+            self._stats.rejected["oversized"] += 1
+            reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
+            logger.warning("job %d (uuid %s) rejected: %s", row, uuid, reason)
+            self._acks.add(Ack(row, attempts, claim, "failed", "rejected", reason))
+            return
+        origin = Origin(
+            "pg_queue",
+            channel=queue,
+            receipt=receipt(row, attempts, claim),
+            scheduled_by_broker=True,
+            authenticated=True,
+            stored_as=StoredRow(uuid, task, mode, delay),
+        )
+        deliver(message, origin)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 
 import anyio
@@ -15,6 +15,7 @@ from dispatcher.server.logsafe import get_logger
 logger = get_logger("dispatcher.pg_queue")
 
 Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
+Deliver = Callable[[], None]
 
 RENEW_LIMIT: Final = 30.0
 """Most seconds a renewal may take, as a write of outcomes (``acks.WRITE_LIMIT``); a third of
@@ -42,20 +43,37 @@ class Leases:
         """Each claim's job uuid, by row id and claim number, until the claim is settled
         (kept when the lease is lost: the outcome still comes, and is logged if refused)."""
         self._delivered: dict[int, int] = {}
-        """Each row delivered to the service and not settled yet (its job runs, or waits for
-        a worker), and the claim number it was delivered with."""
+        """Each row delivered to the service whose outcome is not written yet (its job runs,
+        waits for a worker, or has ended and its outcome waits to be written), and the claim
+        number it was delivered with."""
         self._adopted: dict[tuple[int, int], tuple[int, int]] = {}
         """A delivered claim (row, claim) whose row was claimed again meanwhile, and the
         attempt and claim number of that later claim: the one its outcome settles."""
+        self._writing: set[int] = set()
+        """The delivered rows whose outcome is being written (see :meth:`settling`)."""
+        self._parked: dict[int, tuple[int, int, str, Deliver]] = {}
+        """A row claimed again while its outcome was being written: the later claim's
+        attempt, claim number, uuid and delivery, until the write says which it is."""
 
-    def add(self, row: int, attempts: int, claim: int, sent: float, uuid: str) -> bool:
+    def add(
+        self,
+        row: int,
+        attempts: int,
+        claim: int,
+        sent: float,
+        uuid: str,
+        deliver: Deliver | None = None,
+    ) -> bool:
         """A row was claimed as attempt *attempts*, its claim number *claim*: hold it.
 
         *sent* is when (``time.monotonic()``) the claiming statement was sent; *uuid* is its
         job's. Returns whether to deliver it: not when this service still has the row's job
-        from an earlier claim (its lease ran out and the row was taken back meanwhile, a
-        partition, say): the new claim is adopted, settled by that copy's outcome (see
-        :meth:`settling`), so that the service never runs two copies of one job.
+        from an earlier claim whose outcome is not written yet (its lease ran out and the row
+        was taken back meanwhile, a partition, say): the new claim is adopted, settled by
+        that copy's outcome (see :meth:`settling`), so that the service never runs two copies
+        of one job. While that outcome is being written, the claim may as well be a new
+        attempt (a retry the write just recorded): *deliver*, if given, delivers it then, when
+        the write turns out to have been recorded (see :meth:`release`).
         """
         self.held[row] = (attempts, claim)
         self._confirmed[row] = sent
@@ -64,33 +82,51 @@ class Leases:
             self._delivered[row] = claim
             self._uuids[row, claim] = uuid
             return True
+        if row in self._writing and deliver is not None:
+            self._parked[row] = (attempts, claim, uuid, deliver)
+        else:
+            self._adopt(row, delivered, attempts, claim, uuid)
+        return False
+
+    def _adopt(self, row: int, delivered: int, attempts: int, claim: int, uuid: str) -> None:
+        """The row's claim *claim* is settled by the outcome of its *delivered* one."""
         self._adopted[row, delivered] = (attempts, claim)
         logger.warning(
             "job %d (uuid %s) claimed again (attempt %d) while this service still has it "
             "from an earlier claim (its lease ran out meanwhile): not started twice; the "
-            "running copy's outcome settles the new claim",
+            "earlier copy's outcome settles the new claim",
             row,
             uuid,
             attempts,
         )
-        return False
 
     def settling(self, ack: Ack) -> Ack:
-        """*ack*, the outcome of a delivered claim, made to settle the claim it adopted.
+        """*ack*, the outcome of a delivered claim, as it is written now.
 
-        Its job has ended (or was never started): the row is delivered again when claimed
-        again. An outcome whose row was claimed again meanwhile (see :meth:`add`) settles
-        that later claim, with its attempt and claim number, instead of being refused.
+        An outcome whose row was claimed again meanwhile (see :meth:`add`) settles that
+        later claim, with its attempt and claim number, instead of being refused. The row
+        counts as delivered until :meth:`release` (after the write).
         """
-        key = (ack.id, ack.claim)
-        if self._delivered.get(ack.id) == ack.claim:
-            del self._delivered[ack.id]
-        adopted = self._adopted.pop(key, None)
+        if self._delivered.get(ack.id) != ack.claim:
+            return ack
+        self._writing.add(ack.id)
+        adopted = self._adopted.get((ack.id, ack.claim))
         if adopted is None:
             return ack
         attempts, claim = adopted
-        self._uuids[ack.id, claim] = self._uuids.pop(key, "?")
         return ack._replace(attempts=attempts, claim=claim)
+
+    def unwritten(self, acks: Iterable[Ack]) -> None:
+        """The write of *acks* (from :meth:`settling`) failed: they wait for the next one.
+
+        A row claimed again meanwhile is adopted: the outcome is not known to be written.
+        """
+        for ack in acks:
+            self._writing.discard(ack.id)
+            parked = self._parked.pop(ack.id, None)
+            delivered = self._delivered.get(ack.id)
+            if parked is not None and delivered is not None:
+                self._adopt(ack.id, delivered, *parked[:3])
 
     def held_until(self, row: int, claim: int) -> float:
         """Until when (``time.monotonic()``) the claim of *row* numbered *claim* surely holds.
@@ -107,16 +143,36 @@ class Leases:
             return 0.0
         return self._confirmed[row] + self._lease
 
-    def release(self, row: int, claim: int) -> str:
-        """The claim of *row* numbered *claim* is settled: stop renewing it; return its uuid.
+    def release(self, ack: Ack, refused: bool = False) -> str | None:
+        """*ack* (from :meth:`settling`) was written, *refused* by the fence or not.
 
-        A later claim of the same row (claimed again after a retry) is kept.
+        Stop renewing the claim it settles and return its job's uuid; ``None`` when the
+        write was refused because this service claimed the row again meanwhile: the outcome,
+        which now settles that claim, is to be written again. A row claimed again after a
+        recorded write (a retry put it back) is delivered now. A later claim is kept.
         """
-        uuid = self._uuids.pop((row, claim), "?")
+        row = ack.id
+        self._writing.discard(row)
+        delivered = self._delivered.get(row, ack.claim)
+        parked = self._parked.pop(row, None)
+        if refused and parked is not None:
+            self._adopt(row, delivered, *parked[:3])
+        adopted = self._adopted.get((row, delivered))
+        if refused and adopted is not None and adopted[1] != ack.claim:
+            return None
+        if self._delivered.get(row) == delivered:
+            del self._delivered[row]
+        self._adopted.pop((row, delivered), None)
+        uuid = self._uuids.pop((row, delivered), "?")
         held = self.held.get(row)
-        if held is not None and held[1] == claim:
+        if held is not None and held[1] == ack.claim:
             del self.held[row]
             del self._confirmed[row]
+        if parked is not None and not refused:
+            _, claim, later, deliver = parked
+            self._delivered[row] = claim
+            self._uuids[row, claim] = later
+            deliver()
         return uuid
 
     @property
