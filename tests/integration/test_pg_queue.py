@@ -171,14 +171,14 @@ def test_a_result_whose_encoding_raises_is_not_kept_and_the_job_is_done_once(
     path = str(evidence.path)
     submitted = [
         submit_task(TASKS + "give_back_unencodable", args=[path, kind], queue=channel)
-        for kind in ("dict", "list")
+        for kind in ("dict", "list", "exit")
     ]
     for submission in submitted:
         job = wait_until(lambda s=submission: finished(s.uuid), timeout=20)
         assert (job.state, job.attempts, job.outcome, job.result) == ("done", 1, "ok", None)
         assert job.last_error is not None
         assert job.last_error.startswith("result not kept: "), job.last_error
-    assert len(evidence.records()) == 2  # each ran once: never retried
+    assert len(evidence.records()) == 3  # each ran once: never retried
 
 
 HOSTILE_TEXTS = [

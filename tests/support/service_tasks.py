@@ -304,8 +304,17 @@ class _IterFails(list):  # type: ignore[type-arg]
         raise TypeError("cannot iterate")
 
 
+class _ItemsExit(dict):  # type: ignore[type-arg]
+    """A dict whose items cannot be read: encoding it as JSON raises SystemExit."""
+
+    def items(self) -> Any:
+        raise SystemExit(3)
+
+
 @task()
 def give_back_unencodable(path: str, kind: str) -> Any:
     """Record (the side effect), then return a value whose JSON encoding raises."""
     _record(path, event="give_back", kind=kind)
+    if kind == "exit":
+        return _ItemsExit(a=1)
     return _ItemsFail(a=1) if kind == "dict" else _IterFails([1])

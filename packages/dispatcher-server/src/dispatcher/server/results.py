@@ -38,7 +38,7 @@ def encode_result(value: Any) -> tuple[str | None, str | None]:
     """
     try:
         text = _ENCODER.encode(value)
-    except Exception as exc:  # any failure of the task's objects, see above
+    except BaseException as exc:  # any failure of the task's objects (even SystemExit)
         return None, f"result not kept: {_why_not_encoded(value, exc)}"[:300]
     try:
         size = len(text.encode("utf-8"))
@@ -51,7 +51,7 @@ def encode_result(value: Any) -> tuple[str | None, str | None]:
     return text, None
 
 
-def _why_not_encoded(value: Any, exc: Exception) -> str:
+def _why_not_encoded(value: Any, exc: BaseException) -> str:
     """Why JSON could not encode *value*, which raised *exc*: never raises itself.
 
     The walk that names the value at fault runs the task's objects' methods again, which
