@@ -207,3 +207,12 @@ def test_a_stop_signal_during_a_shortage_of_threads_at_start_stops_the_service(
     assert service.stop(timeout=10) == 0, service.log
     assert "received SIGTERM: shutting down" in service.log
     assert "Traceback" not in service.log, service.log
+
+
+def test_a_fork_server_that_cannot_be_started_is_a_one_line_refusal(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    service = start_service(service_config, wait=False, env=fault_env(no_spawn="1"))
+    assert service.wait(20) == 2, service.log
+    assert re.search(r"CRITICAL .*cannot start the fork server: .*RLIMIT_NPROC", service.log)
+    assert "Traceback" not in service.log, service.log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import logging
@@ -33,13 +34,13 @@ from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
-from dispatcher.server.logsafe import Block, get_logger, lean_records
+from dispatcher.server.logsafe import Block, first_line, get_logger, lean_records
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.rejection import Rejected
-from dispatcher.server.resources import fds_needed, raise_fd_limit, shortage_text
+from dispatcher.server.resources import PROCESS_LIMIT, fds_needed, raise_fd_limit, shortage_text
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
@@ -235,7 +236,13 @@ class Service:
         Returns whether the service may go on: ``False`` (with :attr:`exit_status` set)
         when the modules cannot serve, or when a signal came first.
         """
-        self._launcher.start()
+        try:
+            self._launcher.start()
+        except OSError as exc:  # EAGAIN: the process limit, which a pause cures not soon
+            why = f"{first_line(exc)}: {PROCESS_LIMIT}" if exc.errno == errno.EAGAIN else exc
+            logger.critical("cannot start the fork server: %s", why)
+            self.exit_status = EXIT_CONFIG
+            return False
         async with anyio.create_task_group() as waiting:
 
             async def until(event: anyio.Event) -> None:
