@@ -192,3 +192,27 @@ def test_the_service_silences_psycopgs_warning_about_its_own_cancellations(
             for quieting in [f for f in psycopg_logger.filters if isinstance(f, OwnCancellations)]:
                 psycopg_logger.removeFilter(quieting)
     assert [r.getMessage() for r in caplog.records] == ["query cancellation failed: something else"]
+
+
+def test_a_stop_signal_during_a_shortage_of_threads_at_start_stops_the_service(
+    start_service: StartService, service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The metrics server waiting for a thread holds neither the service's start (it
+    serves meanwhile) nor its stop: SIGTERM ends it promptly, with exit status 0."""
+    service_config["brokers"]["socket"] = {"path": str(tmp_path / "service.sock")}
+    service_config["service"]["metrics"] = {"host": "localhost", "port": free_port()}
+    env = fault_env(no_threads=str(tmp_path / "threads-back"))
+    service = start_service(service_config, wait=False, env=env)
+    service.wait_for_log(r"metrics.*can't start new thread", count=2)
+    assert service.stop(timeout=10) == 0, service.log
+    assert "received SIGTERM: shutting down" in service.log
+    assert "Traceback" not in service.log, service.log
+
+
+def test_a_fork_server_that_cannot_be_started_is_a_one_line_refusal(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    service = start_service(service_config, wait=False, env=fault_env(no_spawn="1"))
+    assert service.wait(20) == 2, service.log
+    assert re.search(r"CRITICAL .*cannot start the fork server: .*RLIMIT_NPROC", service.log)
+    assert "Traceback" not in service.log, service.log

@@ -11,6 +11,8 @@ fork server is its child, the workers the fork server's children.
 - ``DISPATCHER_FAULT_WORKER_NO_THREADS=1``: in the workers, no thread can be started.
 - ``DISPATCHER_FAULT_NO_FORK=1``: the fork server cannot fork (``BlockingIOError: [Errno 11]
   Resource temporarily unavailable``, as at the process limit).
+- ``DISPATCHER_FAULT_NO_SPAWN=1``: the main process can neither fork nor start
+  the fork server: ``BlockingIOError``, as at the process limit.
 - ``DISPATCHER_FAULT_NOFILE=<soft>[:<hard>]``: the main process starts with this
   ``RLIMIT_NOFILE`` (the hard limit unchanged when not given).
 """
@@ -64,6 +66,24 @@ def _failing_fork() -> int:
 threading.Thread.start = _start  # type: ignore[method-assign]
 if os.environ.get("DISPATCHER_FAULT_NO_FORK"):
     os.fork = _failing_fork
+
+if os.environ.get("DISPATCHER_FAULT_NO_SPAWN") and _root:
+    import subprocess
+
+    _execute_child = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+
+    def _no_spawn(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        if "dispatcher.server.forkserver" in list(args):
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        _execute_child(self, args, *rest, **kwargs)
+
+    def _main_cannot_fork() -> int:
+        if _depth == 0:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return _fork()
+
+    os.fork = _main_cannot_fork
+    subprocess.Popen._execute_child = _no_spawn  # type: ignore[attr-defined]
 
 _nofile = os.environ.get("DISPATCHER_FAULT_NOFILE")
 if _root and _nofile:

@@ -141,15 +141,13 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
         if collecting:
             gc.enable()
     try:
-        import anyio
-
         from dispatcher.server.brokers.base import BrokerNotReady
-        from dispatcher.server.service import Service
+        from dispatcher.server.service import Service, run_in_event_loop
 
         try:
             service = Service(settings, level, fork_server=forked, reload=options.reload)
             release()
-            return anyio.run(service.run, backend="asyncio")
+            return run_in_event_loop(service)
         except (ConfigError, BrokerNotReady) as exc:  # a broker cannot be built, or start
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -9,7 +9,7 @@ out of file descriptors (see :mod:`dispatcher.server.accepting`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
@@ -60,15 +60,40 @@ class MetricsServer:
         self.port = port
         self.requests = 0
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        *,
+        on_refused: Callable[[StartRefused], None] | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Serve until cancelled.
 
-        :raises StartRefused: when the address cannot be bound (another process holds it).
+        Reports started once serving, or once a shortage of threads delays it: the service
+        goes on starting (and can stop) while the server waits for a thread, and serves
+        metrics once one starts.
+
+        :raises StartRefused: when the address cannot be bound (another process holds it)
+            before the start was reported; after it, the refusal goes to *on_refused*
+            (raised without one).
         """
-        listener = await self._listen()
+        started = False
+
+        def report_started() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        try:
+            listener = await self._listen(report_started)
+        except StartRefused as refused:
+            if not started or on_refused is None:
+                raise
+            on_refused(refused)
+            return
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         logger.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
-        task_status.started()
+        report_started()
         async with listener:
             await serve_connections(
                 listener,
@@ -78,8 +103,12 @@ class MetricsServer:
                 logger=logger,
             )
 
-    async def _listen(self) -> anyio.streams.stapled.MultiListener[SocketStream]:
+    async def _listen(
+        self, waiting: Callable[[], None]
+    ) -> anyio.streams.stapled.MultiListener[SocketStream]:
         """Bind the address; wait out a shortage of threads (its lookup needs one).
+
+        *waiting* is called before each pause.
 
         :raises StartRefused: when the address cannot be bound.
         """
@@ -99,6 +128,7 @@ class MetricsServer:
                     shortage_text(exc) or first_line(exc),
                     delay,
                 )
+                waiting()
                 await anyio.sleep(delay)
 
     async def _answer(self, client: SocketStream) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import logging
@@ -10,7 +11,7 @@ import os
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
 import anyio
@@ -33,13 +34,13 @@ from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
-from dispatcher.server.logsafe import Block, get_logger, lean_records
+from dispatcher.server.logsafe import Block, first_line, get_logger, lean_records
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.rejection import Rejected
-from dispatcher.server.resources import fds_needed, raise_fd_limit
+from dispatcher.server.resources import PROCESS_LIMIT, fds_needed, raise_fd_limit, shortage_text
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
@@ -235,7 +236,13 @@ class Service:
         Returns whether the service may go on: ``False`` (with :attr:`exit_status` set)
         when the modules cannot serve, or when a signal came first.
         """
-        self._launcher.start()
+        try:
+            self._launcher.start()
+        except OSError as exc:  # EAGAIN: the process limit, which a pause cures not soon
+            why = f"{first_line(exc)}: {PROCESS_LIMIT}" if exc.errno == errno.EAGAIN else exc
+            logger.critical("cannot start the fork server: %s", why)
+            self.exit_status = EXIT_CONFIG
+            return False
         async with anyio.create_task_group() as waiting:
 
             async def until(event: anyio.Event) -> None:
@@ -271,6 +278,35 @@ class Service:
     async def _serve(self, task_group: TaskGroup) -> None:
         """Start the pool, the brokers and the rest in *task_group*; serve until stopped."""
         self._started = True
+        # A stop signal ends each start-up step: none that waits (for a thread, say) holds
+        # the stop up.
+        starting = anyio.CancelScope()
+        task_group.start_soon(self._cancel_on_stop, starting, name="start-up-abort")
+        try:
+            with starting:
+                await self._start(task_group)
+        except StartRefused as refused:
+            logger.critical("cannot start: %s", refused)
+            self.exit_status = EXIT_CONFIG
+            self._stop.set()
+        if self._stop.is_set():
+            await self._shut_down()  # what did start stops, as on a stop signal; nothing more
+            return
+        self._serving = True
+        self._release_on_start_tasks()
+        task_group.start_soon(self._expire_chunks, name="chunk-expiry")
+        task_group.start_soon(self._flush_suppressed_lines, name="suppressed-lines")
+        self._schedules = anyio.CancelScope()
+        task_group.start_soon(self._run_schedules, self._schedules, name="schedules")
+        release_free_memory()  # what start-up allocated and freed
+        await self._stop.wait()
+        await self._shut_down()
+
+    async def _start(self, task_group: TaskGroup) -> None:
+        """Start the pool, the replies, the brokers, the metrics server, the queue sampler.
+
+        :raises StartRefused: when a broker or the metrics server refuses to start.
+        """
         await task_group.start(self.supervisor.run, name="worker-pool")
         if self._reload:
             from dispatcher.server.reload import watch_task_modules  # a development aid
@@ -289,34 +325,26 @@ class Service:
         )
         if not self.brokers:
             logger.warning("no brokers in %s: nothing to listen to", self.settings.source)
-        await task_group.start(self.replies.run, name="control-replies")
-        await task_group.start(self.settlements.run, name="settlements")
-        try:
-            for broker in self.brokers:
-                name = f"broker:{broker.name}"
-                running = functools.partial(
-                    run_broker, on_refused=self._broker_refused, stopping=self._stop
-                )
-                await task_group.start(running, broker, self._deliver, name=name)
-            if self.metrics is not None:
-                await task_group.start(self.metrics.run, name="metrics")
-        except StartRefused as refused:
-            logger.critical("cannot start: %s", refused)
-            self.exit_status = EXIT_CONFIG
-            self._stop.set()
-            await self._shut_down()  # what did start stops, as on a stop signal; nothing more
-            return
-        self._serving = True
-        self._release_on_start_tasks()
+        steps: list[tuple[str, Callable[..., Coroutine[Any, Any, None]]]] = [
+            ("control-replies", self.replies.run),
+            ("settlements", self.settlements.run),
+        ]
+        for broker in self.brokers:
+            running = functools.partial(
+                run_broker, broker, self._deliver, on_refused=self._refused, stopping=self._stop
+            )
+            steps.append((f"broker:{broker.name}", running))
+        if self.metrics is not None:
+            steps.append(("metrics", functools.partial(self.metrics.run, on_refused=self._refused)))
         if self.view.queue_sampler is not None:
-            await task_group.start(self.view.queue_sampler.run, name="queue-sampler")
-        task_group.start_soon(self._expire_chunks, name="chunk-expiry")
-        task_group.start_soon(self._flush_suppressed_lines, name="suppressed-lines")
-        self._schedules = anyio.CancelScope()
-        task_group.start_soon(self._run_schedules, self._schedules, name="schedules")
-        release_free_memory()  # what start-up allocated and freed
+            steps.append(("queue-sampler", self.view.queue_sampler.run))
+        for name, step in steps:
+            await task_group.start(step, name=name)
+
+    async def _cancel_on_stop(self, scope: anyio.CancelScope) -> None:
+        """Cancel *scope* once the service begins to stop."""
         await self._stop.wait()
-        await self._shut_down()
+        scope.cancel()
 
     async def _run_schedules(self, scope: anyio.CancelScope) -> None:
         """Run ``producers.scheduled``, each in a task of its own, until *scope* is cancelled."""
@@ -440,14 +468,15 @@ class Service:
         error = reply.get("error")
         return None if error is None else str(error)
 
-    def _broker_refused(self, refused: StartRefused) -> None:
-        """A broker run again after a failure refuses to start: stop, with exit status 2.
+    def _refused(self, refused: StartRefused) -> None:
+        """A broker or the metrics server refuses to start late: stop, with exit status 2.
 
-        (Waiting cannot cure it, e.g. another service now holds the socket's path: an
+        A broker run again after a failure, or the metrics server once a thread could
+        start. (Waiting cannot cure it, e.g. another service now holds the socket's path: an
         orchestrator that sees the service end can tell.)
         """
         if self.exit_status == EXIT_OK:
-            logger.critical("a broker cannot go on, stopping: %s", refused)
+            logger.critical("cannot go on, stopping: %s", refused)
             self.exit_status = EXIT_CONFIG
         self._stop.set()
 
@@ -493,5 +522,24 @@ def run_service(settings: Settings | None = None, log_level: int = logging.INFO)
         from dispatcher.config import get_settings
 
         settings = get_settings()
-    service = Service(settings, log_level)
-    return anyio.run(service.run, backend="asyncio")
+    return run_in_event_loop(Service(settings, log_level))
+
+
+def run_in_event_loop(service: Service) -> int:
+    """Run *service* in an asyncio event loop of its own until it ends; its exit status.
+
+    Closing the loop starts a thread (to shut its default executor down): when none can
+    start (the process limit reached), the service's exit status stands all the same (the
+    executor's threads, if any, end with the process).
+    """
+    status: list[int] = []
+
+    async def run() -> None:
+        status.append(await service.run())
+
+    try:
+        anyio.run(run, backend="asyncio")
+    except RuntimeError as exc:
+        if not status or shortage_text(exc) is None:
+            raise
+    return status[0]
