@@ -179,6 +179,7 @@ def _gone(pid: int) -> bool:
     [
         ("raises_unprintable", "_Unprintable: <str() failed: SystemExit>"),
         ("raises_with_a_bad_note", "ValueError: noted"),
+        ("raises_with_notes_that_exit", "RuntimeError: noted"),
     ],
 )
 def test_an_exception_that_cannot_be_rendered_is_the_tasks_error(

@@ -203,6 +203,21 @@ def raises_with_a_bad_note() -> None:
     raise error
 
 
+class _ExitingNotes(list):  # type: ignore[type-arg]
+    """Notes that cannot be iterated: reading them raises ``SystemExit``."""
+
+    def __iter__(self) -> Any:
+        raise SystemExit(4)
+
+
+@task()
+def raises_with_notes_that_exit() -> None:
+    """Raise an exception whose notes raise ``SystemExit`` when the traceback reads them."""
+    error = RuntimeError("noted")
+    error.__notes__ = _ExitingNotes(["a note"])  # type: ignore[attr-defined]
+    raise error
+
+
 @task()
 def returns_unrepresentable() -> object:
     """Return what JSON cannot hold, keyed by an object whose ``repr`` raises ``SystemExit``."""

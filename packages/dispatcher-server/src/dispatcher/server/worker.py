@@ -813,7 +813,10 @@ def task_traceback(exc: BaseException) -> str:
     while first is not None and _is_runner_frame(first.tb_frame.f_code.co_filename):
         first = first.tb_next
     shown = first if first is not None else exc.__traceback__
-    return "".join(traceback.format_exception(type(exc), exc, shown))
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, shown))
+    except BaseException as failure:  # the task's exception fails its own rendering (notes)
+        return f"(its traceback could not be shown: {describe_exception(failure)})"
 
 
 def _traceback_of(exc: BaseException) -> str:
