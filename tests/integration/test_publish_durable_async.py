@@ -217,6 +217,36 @@ async def test_a_store_whose_reply_is_lost_is_sent_again_and_stores_the_job_once
         proxy.down()
 
 
+async def test_a_store_whose_reply_is_lost_and_that_cannot_be_sent_again_says_it_may_have_run(
+    pg_dsn: str, channel: str, schema: str
+) -> None:
+    """Sent again it would have been stored once; when no new connection opens, the error
+    must not read as "not queued": the job may be stored (and is, here)."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        setup(
+            {
+                "version": 1,
+                "brokers": {
+                    "pg_notify": {"conninfo": proxy.dsn, "channels": [channel]},
+                    "pg_queue": {"conninfo": proxy.dsn, "queues": ["orders"], "schema": schema},
+                },
+            }
+        )
+        await ship.adelay(1)
+        proxy.lose_next_reply()
+        proxy.refuse_new()
+        with pytest.raises(BrokerUnavailable, match="may or may not have run") as caught:
+            await ship.aapply_async(args=[2], uuid="cut-twice")
+        assert "connecting again failed" in str(caught.value)
+        assert [row["uuid"] for row in rows(pg_dsn, schema)][1:] == ["cut-twice"]
+    finally:
+        await aclose_connections()
+        reset()
+        proxy.down()
+
+
 async def test_rollback_leaves_no_job_and_commit_leaves_one(
     durable: Settings, wakeups: Conn, pg_dsn: str, schema: str
 ) -> None:

@@ -54,6 +54,15 @@ class DatabaseProxy:
                 sock.close()
             self._sockets.clear()
 
+    def refuse_new(self) -> None:
+        """Refuse new connections; the open ones go on as they are."""
+        with self._lock:
+            if self._listener is not None:
+                with contextlib.suppress(OSError):  # (wakes the thread blocked in accept())
+                    self._listener.shutdown(socket.SHUT_RDWR)
+                self._listener.close()
+                self._listener = None
+
     def freeze(self, *, new: bool = False) -> None:
         """Stop forwarding on the open connections, without closing them: a silent partition.
 

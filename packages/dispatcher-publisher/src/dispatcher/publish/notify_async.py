@@ -62,6 +62,12 @@ NOT_RESENT: Final = (
 )
 """What the error of a NOTIFY whose connection broke once it was sent says of it."""
 
+NOT_SENT_AGAIN: Final = (
+    "the statement may or may not have run before the connection broke (a durable job is"
+    " stored once per uuid: send it again with the same uuid=)"
+)
+"""What the error of a statement that could not be sent again (no new connection) says."""
+
 
 class _Slot:
     """An owner's connection, the cursor NOTIFYs go through, and the locks to open and use it."""
@@ -309,7 +315,9 @@ class AsyncConnectionProvider:
         except BrokerUnavailable as exc:
             if lost is None:
                 raise
-            raise BrokerUnavailable(f"{lost}; connecting again failed: {exc}") from None
+            raise BrokerUnavailable(
+                f"{lost}; connecting again failed: {exc}; {NOT_SENT_AGAIN}"
+            ) from None
 
     async def _drop(self, slot: _Slot, own: AsyncConnection[Any]) -> None:
         """Close *own*, which the server ended while it was idle; the next use opens another.
