@@ -618,13 +618,13 @@ def test_a_row_claimed_again_while_its_job_is_delivered_is_adopted_not_delivered
     assert leases.held == {7: (2, 2)}
     assert leases.held_until(7, 1) > time.monotonic()  # the running copy may still start
     # The copy's outcome settles the later claim (the one the row has).
-    settled = leases.settling(Ack(7, 1, 1, "done", "ok"))
+    [settled] = leases.settling([Ack(7, 1, 1, "done", "ok")])
     assert settled == Ack(7, 2, 2, "done", "ok")
     assert leases.release(settled) == "u-7"
     assert leases.held == {}
     # Its outcome written: claimed again later, the row is delivered again.
     assert leases.add(7, 3, 3, time.monotonic(), "u-7")
-    assert leases.settling(Ack(7, 3, 3, "done", "ok")) == Ack(7, 3, 3, "done", "ok")
+    assert leases.settling([Ack(7, 3, 3, "done", "ok")]) == [Ack(7, 3, 3, "done", "ok")]
 
 
 class _FencedDb:
@@ -694,12 +694,12 @@ async def test_a_row_claimed_again_while_its_outcome_is_being_written_waits_for_
     leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
     acks = _acknowledger(db, leases)
     delivered: list[int] = []
-    assert leases.add(7, 1, 1, time.monotonic(), "u-7", lambda: delivered.append(1))
+    assert leases.add(7, 1, 1, time.monotonic(), "u-7", delivered.append, 1)
     acks.add(Ack(7, 1, 1, "done", "ok"))
 
     def taken_back() -> None:
         db.claims[7] = 2
-        assert not leases.add(7, 2, 2, time.monotonic(), "u-7", lambda: delivered.append(2))
+        assert not leases.add(7, 2, 2, time.monotonic(), "u-7", delivered.append, 2)
 
     db.during = [taken_back]
     await acks.flush()
@@ -710,11 +710,11 @@ async def test_a_row_claimed_again_while_its_outcome_is_being_written_waits_for_
     db = _FencedDb({8: 1})
     leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
     acks = _acknowledger(db, leases)
-    assert leases.add(8, 1, 1, time.monotonic(), "u-8", lambda: delivered.append(1))
+    assert leases.add(8, 1, 1, time.monotonic(), "u-8", delivered.append, 1)
     acks.add(Ack(8, 1, 1, "retry", "error", "boom", delay=1.0))
 
     def claimed_again() -> None:
-        assert not leases.add(8, 2, 2, time.monotonic(), "u-8", lambda: delivered.append(2))
+        assert not leases.add(8, 2, 2, time.monotonic(), "u-8", delivered.append, 2)
 
     db.during = [claimed_again]
     await acks.flush()

@@ -96,7 +96,7 @@ class Acknowledger:
             while self._pending:
                 queued = self._pending[: self._batch_size]
                 # Made to settle the claims adopted until now (see Leases.settling).
-                batch = [self._leases.settling(ack) for ack in queued]
+                batch = self._leases.settling(queued)
                 given_up: set[tuple[int, int]] = set()
                 try:
                     rows = await self._write(batch, given_up, limit)

@@ -174,12 +174,13 @@ class Claimer:
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""
+        send = functools.partial(self._send, deliver)
+        counts = self._stats.pg_queue_claims
         for claimed in sorted(rows):
-            row, attempts, claim, queue, *_, uuid, _, _, _, _ = claimed
-            self._stats.pg_queue_claims[queue] += 1
-            send = functools.partial(self._send, deliver, claimed)
-            if self._leases.add(row, attempts, claim, sent, uuid, send):
-                send()
+            row, attempts, claim, queue, _, _, _, uuid, _, _, _, _ = claimed
+            counts[queue] += 1
+            if self._leases.add(row, attempts, claim, sent, uuid, send, claimed):
+                send(claimed)
             # Else this service has the job already, from an earlier claim: adopted, not
             # run twice (or delivered once the write of that claim's outcome is recorded).
 

@@ -15,7 +15,7 @@ from dispatcher.server.logsafe import get_logger
 logger = get_logger("dispatcher.pg_queue")
 
 Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
-Deliver = Callable[[], None]
+Deliver = Callable[[Any], None]
 
 RENEW_LIMIT: Final = 30.0
 """Most seconds a renewal may take, as a write of outcomes (``acks.WRITE_LIMIT``); a third of
@@ -39,21 +39,20 @@ class Leases:
         self._confirmed: dict[int, float] = {}
         """Each claimed row's id, and when (``time.monotonic()``) the statement that last
         granted its lease was sent: the lease runs at least ``lease`` seconds from then."""
-        self._uuids: dict[tuple[int, int], str] = {}
-        """Each claim's job uuid, by row id and claim number, until the claim is settled
-        (kept when the lease is lost: the outcome still comes, and is logged if refused)."""
-        self._delivered: dict[int, int] = {}
+        self._delivered: dict[int, tuple[int, str]] = {}
         """Each row delivered to the service whose outcome is not written yet (its job runs,
-        waits for a worker, or has ended and its outcome waits to be written), and the claim
-        number it was delivered with."""
+        waits for a worker, or has ended and its outcome waits to be written), with the claim
+        number it was delivered with and its job's uuid (kept when the lease is lost: the
+        outcome still comes, and is logged if refused)."""
         self._adopted: dict[tuple[int, int], tuple[int, int]] = {}
         """A delivered claim (row, claim) whose row was claimed again meanwhile, and the
         attempt and claim number of that later claim: the one its outcome settles."""
         self._writing: set[int] = set()
         """The delivered rows whose outcome is being written (see :meth:`settling`)."""
-        self._parked: dict[int, tuple[int, int, str, Deliver]] = {}
+        self._parked: dict[int, tuple[int, int, str, Deliver, Any]] = {}
         """A row claimed again while its outcome was being written: the later claim's
-        attempt, claim number, uuid and delivery, until the write says which it is."""
+        attempt, claim number, uuid, delivery and what to deliver, until the write says
+        which it is."""
 
     def add(
         self,
@@ -63,6 +62,7 @@ class Leases:
         sent: float,
         uuid: str,
         deliver: Deliver | None = None,
+        claimed: Any = None,
     ) -> bool:
         """A row was claimed as attempt *attempts*, its claim number *claim*: hold it.
 
@@ -72,20 +72,19 @@ class Leases:
         was taken back meanwhile, a partition, say): the new claim is adopted, settled by
         that copy's outcome (see :meth:`settling`), so that the service never runs two copies
         of one job. While that outcome is being written, the claim may as well be a new
-        attempt (a retry the write just recorded): *deliver*, if given, delivers it then, when
-        the write turns out to have been recorded (see :meth:`release`).
+        attempt (a retry the write just recorded): *deliver*, if given, is called with *claimed*
+        then, when the write turns out to have been recorded (see :meth:`release`).
         """
         self.held[row] = (attempts, claim)
         self._confirmed[row] = sent
         delivered = self._delivered.get(row)
-        if delivered is None or delivered == claim:
-            self._delivered[row] = claim
-            self._uuids[row, claim] = uuid
+        if delivered is None or delivered[0] == claim:
+            self._delivered[row] = (claim, uuid)
             return True
-        if row in self._writing and deliver is not None:
-            self._parked[row] = (attempts, claim, uuid, deliver)
+        if deliver is not None and row in self._writing:
+            self._parked[row] = (attempts, claim, uuid, deliver, claimed)
         else:
-            self._adopt(row, delivered, attempts, claim, uuid)
+            self._adopt(row, delivered[0], attempts, claim, uuid)
         return False
 
     def _adopt(self, row: int, delivered: int, attempts: int, claim: int, uuid: str) -> None:
@@ -100,21 +99,23 @@ class Leases:
             attempts,
         )
 
-    def settling(self, ack: Ack) -> Ack:
-        """*ack*, the outcome of a delivered claim, as it is written now.
+    def settling(self, acks: Iterable[Ack]) -> list[Ack]:
+        """*acks*, the outcomes of delivered claims, as they are written now.
 
         An outcome whose row was claimed again meanwhile (see :meth:`add`) settles that
-        later claim, with its attempt and claim number, instead of being refused. The row
+        later claim, with its attempt and claim number, instead of being refused. Its row
         counts as delivered until :meth:`release` (after the write).
         """
-        if self._delivered.get(ack.id) != ack.claim:
-            return ack
-        self._writing.add(ack.id)
-        adopted = self._adopted.get((ack.id, ack.claim))
-        if adopted is None:
-            return ack
-        attempts, claim = adopted
-        return ack._replace(attempts=attempts, claim=claim)
+        written: list[Ack] = []
+        for ack in acks:
+            delivered = self._delivered.get(ack.id)
+            if delivered is not None and delivered[0] == ack.claim:
+                self._writing.add(ack.id)
+                adopted = self._adopted.get((ack.id, ack.claim)) if self._adopted else None
+                if adopted is not None:
+                    ack = ack._replace(attempts=adopted[0], claim=adopted[1])
+            written.append(ack)
+        return written
 
     def unwritten(self, acks: Iterable[Ack]) -> None:
         """The write of *acks* (from :meth:`settling`) failed: they wait for the next one.
@@ -126,7 +127,7 @@ class Leases:
             parked = self._parked.pop(ack.id, None)
             delivered = self._delivered.get(ack.id)
             if parked is not None and delivered is not None:
-                self._adopt(ack.id, delivered, *parked[:3])
+                self._adopt(ack.id, delivered[0], *parked[:3])
 
     def held_until(self, row: int, claim: int) -> float:
         """Until when (``time.monotonic()``) the claim of *row* numbered *claim* surely holds.
@@ -153,27 +154,28 @@ class Leases:
         """
         row = ack.id
         self._writing.discard(row)
-        delivered = self._delivered.get(row, ack.claim)
-        parked = self._parked.pop(row, None)
-        if refused and parked is not None:
-            self._adopt(row, delivered, *parked[:3])
-        adopted = self._adopted.get((row, delivered))
-        if refused and adopted is not None and adopted[1] != ack.claim:
-            return None
-        if self._delivered.get(row) == delivered:
+        entry = self._delivered.get(row)
+        delivered = ack.claim if entry is None else entry[0]
+        parked = self._parked.pop(row, None) if self._parked else None
+        if refused:
+            if parked is not None:
+                self._adopt(row, delivered, *parked[:3])
+            adopted = self._adopted.get((row, delivered))
+            if adopted is not None and adopted[1] != ack.claim:
+                return None
+        if entry is not None:
             del self._delivered[row]
-        self._adopted.pop((row, delivered), None)
-        uuid = self._uuids.pop((row, delivered), "?")
+        if self._adopted:
+            self._adopted.pop((row, delivered), None)
         held = self.held.get(row)
         if held is not None and held[1] == ack.claim:
             del self.held[row]
             del self._confirmed[row]
         if parked is not None and not refused:
-            _, claim, later, deliver = parked
-            self._delivered[row] = claim
-            self._uuids[row, claim] = later
-            deliver()
-        return uuid
+            _, claim, later, deliver, claimed = parked
+            self._delivered[row] = (claim, later)
+            deliver(claimed)
+        return "?" if entry is None else entry[1]
 
     @property
     def renew_limit(self) -> float:
