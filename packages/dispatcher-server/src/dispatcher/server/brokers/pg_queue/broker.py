@@ -136,6 +136,7 @@ class PgQueueBroker(BrokerBase):
             stats,
             limits,
             schema=settings.schema,
+            quarantine=(statements.quarantine, statements.quarantine_fail),
         )
         self._upkeep = Upkeep(
             db,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -61,6 +61,20 @@ class ClaimOptions:
     prefetch: int = 0
 
 
+def _undecodable(columns: Iterable[tuple[str, bytes]]) -> str | None:
+    """Why the first of *columns* (name, bytes) that is not UTF-8 cannot be read, or ``None``."""
+    for name, value in columns:
+        try:
+            bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = bytes(value)[exc.start : exc.start + 4].hex(" ")
+            return (
+                f"its {name} is not UTF-8 text (bytes {bad} at byte {exc.start}): written by "
+                "a client in another encoding on a SQL_ASCII database"
+            )
+    return None
+
+
 class Claimer:
     """The claim loop; see the module docstring."""
 
@@ -76,8 +90,11 @@ class Claimer:
         limits: DeclaredAttempts | None = None,
         *,
         schema: str | None = None,
+        quarantine: tuple[bytes, bytes] | None = None,
     ) -> None:
         self._db = db
+        self._quarantine_statements = quarantine
+        """The statements that find and fail rows no service can read (see _quarantine)."""
         self._limits = limits
         self._schema = schema
         """The tables' schema: a claim refused a privilege says what to grant on it."""
@@ -170,7 +187,34 @@ class Claimer:
                 return await self._db.fetch(self._statement, params), limit
             except psycopg.errors.UniqueViolation:  # another service took its twin first
                 limit = max(1, limit // 2)
+            except psycopg.errors.CharacterNotInRepertoire:
+                if not await self._quarantine(params):
+                    raise
         return [], limit
+
+    async def _quarantine(self, params: dict[str, Any]) -> bool:
+        """Fail the rows the claim would take whose text is not UTF-8; return whether any.
+
+        Only a ``SQL_ASCII`` database stores such bytes (written by a client in another
+        encoding, by hand): the claim, which reads them as UTF-8, fails on them, every time.
+        They are hostile rows, failed with the reason, like a row whose message is invalid.
+        """
+        if self._quarantine_statements is None:
+            return False
+        find, fail = self._quarantine_statements
+        found = await self._db.fetch(find, {"queues": params["queues"], "limit": params["limit"]})
+        ids: list[int] = []
+        errors: list[str] = []
+        for row, *columns in found:
+            reason = _undecodable(zip(("uuid", "task", "message"), columns, strict=True))
+            if reason is not None:
+                ids.append(row)
+                errors.append(f"rejected: {reason}")
+                self._stats.rejected["invalid_message"] += 1
+                logger.warning("job %d rejected: %s", row, reason)
+        if ids:
+            await self._db.fetch(fail, {"ids": ids, "errors": errors})
+        return bool(ids)
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""

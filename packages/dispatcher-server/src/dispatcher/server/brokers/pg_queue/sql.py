@@ -364,6 +364,38 @@ SUBMIT_TICK_USES = {"jobs": Uses(reads=("queue",)), "schedule_ticks": Uses(reads
 """The columns :data:`SUBMIT_TICK` reads, by table (it inserts rows in both)."""
 
 
+QUARANTINE = """
+WITH candidates AS (
+    SELECT c.id, c.uuid, c.task, c.message
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.uuid, j.task, j.message
+        FROM {s}.jobs AS j
+        WHERE j.queue = q.name AND j.state = 'queued' AND j.run_after <= now()
+        ORDER BY j.run_after, j.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), raw AS (
+    SELECT c.id, convert_to(c.uuid, e.name) AS uuid, convert_to(c.task, e.name) AS task,
+        convert_to(c.message, e.name) AS message
+    FROM candidates AS c, (SELECT current_setting('server_encoding') AS name) AS e
+)
+SELECT raw.id, raw.uuid, raw.task, raw.message FROM raw
+"""
+"""The rows a claim would read (``queues``, ``limit``), their text as the bytes the database
+holds: a claim fails when one of them is not valid in the client's encoding (UTF-8), which
+only a ``SQL_ASCII`` database lets a client store (see ``claims.Claimer``)."""
+
+QUARANTINE_FAIL = """
+UPDATE {s}.jobs AS j
+SET state = 'failed', lease_until = NULL, finished_at = now(), outcome = 'rejected',
+    last_error = f.error
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
+WHERE j.id = f.id AND j.state = 'queued'
+"""
+"""Fail the rows ``ids`` that no service can read, each with its ``errors`` text."""
+
 @dataclass(frozen=True)
 class Statements:
     """The statements above for one schema, ready to execute (as bytes)."""
@@ -376,6 +408,8 @@ class Statements:
     """One per finished state."""
     purge_ticks: bytes
     submit_tick: bytes
+    quarantine: bytes = b""
+    quarantine_fail: bytes = b""
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -399,4 +433,6 @@ class Statements:
             tuple(make(PURGE, state) for state in FINAL_STATES),
             make(PURGE_TICKS),
             make(SUBMIT_TICK),
+            make(QUARANTINE),
+            make(QUARANTINE_FAIL),
         )
