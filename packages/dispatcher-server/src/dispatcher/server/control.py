@@ -292,6 +292,7 @@ class ControlCommands:
                 "started": stats.workers_started,
                 "lost": stats.workers_lost,
             },
+            "brokers": {name: health.as_reply() for name, health in sorted(stats.brokers.items())},
             "listener": {
                 "connects": stats.listener_connects,
                 "failures": stats.listener_failures,

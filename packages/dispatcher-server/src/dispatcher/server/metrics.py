@@ -246,6 +246,7 @@ def render(source: MetricsSource) -> Iterator[str]:
     ):
         yield _family(name, "gauge", help)
         yield f"{name} {value}\n"
+    yield from _brokers(stats)
     yield from _histograms(
         "dispatcher_queue_wait_seconds", "From publication to start, by task.", stats.queue_wait
     )
@@ -255,6 +256,25 @@ def render(source: MetricsSource) -> Iterator[str]:
     sampling = source.queue_sampling()
     if sampling is not None:
         yield from _durable_queues(stats, sampling)
+
+
+def _brokers(stats: ServiceStats) -> Iterator[str]:
+    """``dispatcher_broker_up`` and ``dispatcher_broker_failures_total``, by broker."""
+    brokers = sorted(stats.brokers.items())
+    yield _family(
+        "dispatcher_broker_up",
+        "gauge",
+        "Whether a broker serves the service (1), or fails and is being retried (0).",
+    )
+    for name, health in brokers:
+        yield f"dispatcher_broker_up{_labels(broker=name)} {int(health.failing_since is None)}\n"
+    yield _family(
+        "dispatcher_broker_failures_total",
+        "counter",
+        "Failures of a broker: a lost connection, a failed claim, a run that failed.",
+    )
+    for name, health in brokers:
+        yield f"dispatcher_broker_failures_total{_labels(broker=name)} {health.failures}\n"
 
 
 def _durable_queues(stats: ServiceStats, sampling: QueueSampling) -> Iterator[str]:

@@ -331,7 +331,12 @@ class Service:
         ]
         for broker in self.brokers:
             running = functools.partial(
-                run_broker, broker, self._deliver, on_refused=self._refused, stopping=self._stop
+                run_broker,
+                broker,
+                self._deliver,
+                on_refused=self._refused,
+                stopping=self._stop,
+                health=self.stats.broker(broker.name),
             )
             steps.append((f"broker:{broker.name}", running))
         if self.metrics is not None:

@@ -119,6 +119,7 @@ class PgNotifyBroker(BrokerBase):
                     await self._listen(conn)
                     connected_at = time.monotonic()
                     self._stats.listener_connects += 1
+                    self._stats.broker(self.name).serving()
                     if self._stats.listener_connects == 1 and self.channels:
                         channels = ", ".join(self.channels)
                         logger.info("listening on channels %s (%s)", channels, where)
@@ -141,6 +142,7 @@ class PgNotifyBroker(BrokerBase):
                 self._stats.listener_failures += 1
                 delay = backoff.next_delay()
                 reason = first_line(exc)
+                self._stats.broker(self.name).failed(reason)
                 logger.warning(
                     "pg_notify connection to %s failed (%s); retrying in %.1f s",
                     where,

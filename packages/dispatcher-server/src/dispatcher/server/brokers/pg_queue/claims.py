@@ -149,6 +149,7 @@ class Claimer:
         stats = self._stats
         stats.pg_queue_claim_failures += 1
         stats.pg_queue_last_error, stats.pg_queue_last_error_time = error, time.time()
+        stats.broker("pg_queue").failed(error)
         if stats.pg_queue_failing_since is None:
             stats.pg_queue_failing_since = stats.pg_queue_last_error_time
             self._failing_from = (time.monotonic(), stats.pg_queue_claim_failures - 1)
@@ -159,6 +160,7 @@ class Claimer:
         if self._stats.pg_queue_failing_since is None:
             return
         self._stats.pg_queue_failing_since = None
+        self._stats.broker("pg_queue").serving()
         since, before = self._failing_from
         logger.info(
             "claiming jobs again after %s over %.1f s",

@@ -396,6 +396,7 @@ WHERE j.id = f.id AND j.state = 'queued'
 """
 """Fail the rows ``ids`` that no service can read, each with its ``errors`` text."""
 
+
 @dataclass(frozen=True)
 class Statements:
     """The statements above for one schema, ready to execute (as bytes)."""
