@@ -142,12 +142,14 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
             gc.enable()
     try:
         from dispatcher.server.brokers.base import BrokerNotReady
+        from dispatcher.server.logsafe import lean_records
         from dispatcher.server.service import Service, run_in_event_loop
 
         try:
             service = Service(settings, level, fork_server=forked, reload=options.reload)
             release()
-            return run_in_event_loop(service)
+            with lean_records():  # (this process runs no task code, and shows no caller)
+                return run_in_event_loop(service)
         except (ConfigError, BrokerNotReady) as exc:  # a broker cannot be built, or start
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)
             return EXIT_USAGE

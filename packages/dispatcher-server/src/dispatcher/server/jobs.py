@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from dispatcher.server.logsafe import Phrase
+
 
 class Job(NamedTuple):
     """A validated task message waiting for, or running on, a worker.
@@ -38,10 +40,10 @@ class Job(NamedTuple):
         return (uuid is None or self.uuid == uuid) and (task is None or self.task == task)
 
 
-def listed(jobs: list[Job], shown: int = 20) -> str:
+def listed(jobs: list[Job], shown: int = 20) -> Phrase:
     """The first *shown* of *jobs* for a log line, ``task (uuid u)`` each, and how many more."""
-    text = ", ".join(f"{job.task} (uuid {job.uuid})" for job in jobs[:shown])
-    return text + (f" and {len(jobs) - shown} more" if len(jobs) > shown else "")
+    named = (Phrase("%s (uuid %s)", job.task, job.uuid) for job in jobs[:shown])
+    return Phrase.joined(", ", named, more=len(jobs) - shown)
 
 
 def describe(job: Job, where: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
-from dispatcher.server.logsafe import Block, first_line, get_logger, lean_records
+from dispatcher.server.logsafe import Block, first_line, get_logger
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
@@ -208,9 +208,14 @@ class Service:
         (:data:`EXIT_CONFIG`), or when the fork server reports that a task module cannot be
         imported, that the modules register no task, or that ``producers.scheduled`` or
         ``producers.on_start`` names a task they do not register (:data:`EXIT_TASK_MODULES`).
+
+        Leaves the logging of the process as it found it (a service may run in the
+        application's own process).
         """
-        lean_records()  # this process forks no more: the fork server spawns afresh
-        quiet_own_cancellations()
+        with quiet_own_cancellations():
+            return await self._run()
+
+    async def _run(self) -> int:
         servers = (self.settings.brokers.socket is not None) + (self.metrics is not None)
         raise_fd_limit(fds_needed(self.supervisor.max_workers, servers))
         missing = missing_modules(self.settings.tasks.modules, self.settings.source)

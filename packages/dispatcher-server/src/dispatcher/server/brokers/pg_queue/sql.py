@@ -207,14 +207,10 @@ SET state = t.next,
     result = CASE WHEN t.next = 'done' THEN t.result::jsonb END
 FROM target AS t
 WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
-RETURNING j.queue, t.kind, j.state,
-    CASE WHEN t.kind = 'retry' THEN format('%%s (uuid %%s): attempt %%s of %%s ended in %%s; %%s',
-        j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, CASE j.state
-            WHEN 'queued' THEN format('retried in %%s s', round(t.delay::numeric, 1))
-            WHEN 'failed' THEN 'no attempt left: the job is failed'
-            ELSE 'not retried: ' || j.last_error END) END,
-    j.on_duplicate IN ('serial', 'queue_one'),
-    j.id, j.claims
+RETURNING j.queue, t.kind, j.state, j.on_duplicate IN ('serial', 'queue_one'), j.id, j.claims,
+    CASE WHEN t.kind = 'retry'
+        THEN json_build_array(j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, t.delay)
+    END
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
@@ -224,11 +220,12 @@ declared one when the row has the queue's default, which the row then keeps: see
 (refused, abandoned: the job never ran) waits again, its attempt not counted: at once when
 abandoned, for its ``delay`` when refused.
 
-For a failed attempt it also returns a line saying which job's attempt ended how, for the
-log; and for every row whether it is a serial or queue_one job (its end lets an identical
-job start). Each row is found by id, whatever the plan's estimates (see :data:`RENEW`): the lateral
-subquery (kept apart by ``OFFSET 0``) can only look its row up by id, and the update
-compares ``j.state`` with the state the target read, not with a constant."""
+It returns for every row whether it is a serial or queue_one job (its end lets an identical
+job start); and, for a failed attempt, its task, uuid, attempts, ``max_attempts``, outcome and
+delay (a JSON array), for the log line saying what became of it. Each row is found by id,
+whatever the plan's estimates (see :data:`RENEW`): the lateral subquery (kept apart by
+``OFFSET 0``) can only look its row up by id, and the update compares ``j.state`` with the
+state the target read, not with a constant."""
 
 ACKNOWLEDGE_USES = Uses(
     reads=(
