@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, get_args
+
+from dispatcher.schema.decoding import DecodeReason
+from dispatcher.schema.signing import SignatureReason
+
+REJECTION_REASONS: Final[tuple[str, ...]] = (
+    *get_args(DecodeReason),  # not_json, too_deep
+    "not_object",
+    "invalid_message",
+    "invalid_chunk",
+    "oversized",
+    "chunk_expired",
+    "chunk_evicted",
+    "unknown_task",
+    "invalid_control",
+    "control_not_allowed",
+    "control_unsupported",
+    "overloaded",
+    "internal_error",
+    "unsigned",
+    "replayed",
+    *get_args(SignatureReason),
+)
+"""Every reason the service counts a rejected message under (``stats.rejected``): the
+metrics export each from the start, at 0. A broker plug-in may count others."""
 
 
 class Rejected(Exception):
@@ -20,3 +44,4 @@ class Rejected(Exception):
         self.uuid = uuid
         self.control = control
         """The refused control message, when it could be read: it gets an error reply."""
+
