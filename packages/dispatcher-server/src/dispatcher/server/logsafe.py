@@ -141,6 +141,17 @@ class Block:
         return f"Block({self.text!r})"
 
 
+class Whole(str):
+    """A text given as a record attribute (``extra=``) that the escaping leaves whole.
+
+    For a text of many lines meant for handlers that write it safely themselves (JSON, an
+    error tracker): a failed task's traceback. The record's message shows it escaped; a text
+    format shows an attribute only where its format string names it.
+    """
+
+    __slots__ = ()
+
+
 class Excerpt:
     """An argument to log escaped and cut at *limit* characters, not :data:`MAX_LOGGED_CHARS`.
 
@@ -183,7 +194,7 @@ _NUMBERS: Final = frozenset({int, float, bool})
 """Types of values written as they are (exactly these: not subclasses)."""
 
 
-_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
+_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None), Whole})
 """Types of record attributes shown as they are (exactly these: not subclasses)."""
 
 _TEXT_ATTRIBUTES: Final = (
@@ -249,12 +260,17 @@ class EscapingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The line of *record*, escaped; *record* itself is not changed."""
-        if record.__dict__.get(_DONE) is not _ESCAPED:
-            copy = object.__new__(type(record))
-            copy.__dict__ = record.__dict__.copy()  # (its values are replaced, not changed)
-            _escape(copy)
-            record = copy
-        return super().format(record)
+        return super().format(escaped(record))
+
+
+def escaped(record: logging.LogRecord) -> logging.LogRecord:
+    """*record* if it is escaped already, else an escaped copy of it (see :func:`_escape`)."""
+    if record.__dict__.get(_DONE) is _ESCAPED:
+        return record
+    copy = object.__new__(type(record))
+    copy.__dict__ = record.__dict__.copy()  # (its values are replaced, not changed)
+    _escape(copy)
+    return copy
 
 
 def _escape(record: logging.LogRecord) -> None:
@@ -286,8 +302,12 @@ def _escape_attributes(record: logging.LogRecord) -> None:
     if len(attributes) > _MOST_PLAIN_ATTRIBUTES:  # extra= added some: look at every one
         for key in attributes.keys() - _STANDARD_ATTRIBUTES:
             value = attributes[key]
-            if type(value) not in _PLAIN_TYPES:
-                attributes[key] = _safe_arg(value)
+            if type(value) is str:  # the common case, inline (a line per task has several)
+                if len(value) <= MAX_LOGGED_CHARS and value.isprintable():
+                    continue
+            elif type(value) in _PLAIN_TYPES:
+                continue
+            attributes[key] = _safe_arg(value)
 
 
 def _escape_texts(attributes: dict[str, object], texts: tuple[object, ...]) -> None:
@@ -319,20 +339,25 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
-def log_to(stream: TextIO, level: int, fmt: str) -> None:
+def log_to(stream: TextIO, level: int, fmt: str | logging.Formatter) -> None:
     """Send the process's log records to *stream*, every one escaped.
 
     Like :func:`logging.basicConfig`, replacing the root logger's handlers (in a worker,
     handlers set up at import time write to the captured standard error); the handler's
     :class:`EscapingFormatter` also covers records of loggers that are not ours (libraries,
-    task code), without changing them for the application's own handlers.
+    task code), without changing them for the application's own handlers. *fmt* is its
+    format string, or a formatter that escapes as it does (a JSON one).
     """
-    logging.basicConfig(level=level, stream=stream, format=fmt, force=True)
+    logging.basicConfig(level=level, stream=stream, force=True)
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(EscapingFormatter(fmt))
+        handler.setFormatter(_formatter(fmt))
 
 
-def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
+def _formatter(fmt: str | logging.Formatter) -> logging.Formatter:
+    return fmt if isinstance(fmt, logging.Formatter) else EscapingFormatter(fmt)
+
+
+def set_apart(name: str, stream: TextIO, level: int, fmt: str | logging.Formatter) -> None:
     """Have the logger *name* write to *stream* alone, whatever logging config follows.
 
     For a worker's own log, in the process where task code runs: the logger gets a handler
@@ -343,7 +368,7 @@ def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
     ``getLogger(name)`` gives a new logger from then on: the application's.
     """
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(EscapingFormatter(fmt))
+    handler.setFormatter(_formatter(fmt))
     logger = logging.getLogger(name)
     manager = logging.Manager(logging.root)
     manager.loggerDict[name] = logger

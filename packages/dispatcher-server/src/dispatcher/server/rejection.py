@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final, get_args
 
 from dispatcher.schema.decoding import DecodeReason
+from dispatcher.schema.log_fields import BROKER, EVENT, QUEUE, REASON, UUID
 from dispatcher.schema.signing import SignatureReason
 
 REJECTION_REASONS: Final[tuple[str, ...]] = (
@@ -45,3 +46,12 @@ class Rejected(Exception):
         self.control = control
         """The refused control message, when it could be read: it gets an error reply."""
 
+
+def rejection_fields(
+    reason: str, uuid: str | None, broker: str | None, channel: str | None
+) -> dict[str, object]:
+    """The attributes of a log record saying that a message was rejected for *reason*.
+
+    Its uuid if known, the broker and the channel or queue it came on (``None``: not known).
+    """
+    return {EVENT: "message_rejected", REASON: reason, UUID: uuid, BROKER: broker, QUEUE: channel}
