@@ -538,6 +538,30 @@ def write_versioned_note(text):
 """
 
 
+def test_rundispatcher_log_format_json_makes_every_line_json(
+    demo_site: DemoSite, tmp_path: Path
+) -> None:
+    channel, text = unique_channel("rundispatcher"), unique("json-log")
+    env = demo_site.env(channel)
+    service = ManagePy(env, tmp_path / "service.log", "rundispatcher", "--log-format", "json")
+    try:
+        service.wait_ready()
+        message = {"task": "demo_notes.tasks.write_note", "args": [text], "uuid": text}
+        with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+        note(text)
+        service.wait_for_log(rf'"dispatcher_uuid": "{text}"')
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(20) == 0, service.log
+    finally:
+        service.kill()
+    records = [json.loads(line) for line in service.log.splitlines()]
+    [finished] = [r for r in records if r.get("dispatcher_uuid") == text]
+    assert finished["dispatcher_event"] == "task_finished"
+    assert finished["dispatcher_task"] == "demo_notes.tasks.write_note"
+    assert any(r.get("dispatcher_event") == "service_stopped" for r in records)
+
+
 def test_rundispatcher_reload_runs_edited_task_code_with_the_orm(
     demo_site: DemoSite, tmp_path: Path
 ) -> None:

@@ -100,6 +100,57 @@ def test_metrics_count_what_ran(
     assert found[("dispatcher_control_messages_count_total", ())] == 0
 
 
+REJECTION_REASONS = {
+    "not_json",
+    "too_deep",
+    "not_object",
+    "invalid_message",
+    "invalid_chunk",
+    "oversized",
+    "chunk_expired",
+    "chunk_evicted",
+    "unknown_task",
+    "invalid_control",
+    "control_not_allowed",
+    "control_unsupported",
+    "overloaded",
+    "internal_error",
+    "unsigned",
+    "replayed",
+    "invalid_signed_envelope",
+    "unknown_key",
+    "bad_signature",
+    "stale_signature",
+}
+"""The reasons docs/service.md and docs/control.md name."""
+
+OUTCOMES = {"ok", "error", "cancelled", "timeout", "killed", "worker_lost", "memory_exceeded"}
+
+
+def test_counters_by_reason_and_by_task_are_exported_at_zero_from_the_start(
+    metrics_service: tuple[ServiceProcess, int],
+) -> None:
+    """An alert on increase() sees the first event after a start: the series exists before."""
+    _, port = metrics_service
+    found = samples(port)
+    rejected = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in found.items()
+        if name == "dispatcher_messages_rejected_total"
+    }
+    assert rejected == dict.fromkeys(REJECTION_REASONS, 0)
+    finished = {
+        (dict(labels)["task"], dict(labels)["outcome"]): value
+        for (name, labels), value in found.items()
+        if name == "dispatcher_tasks_finished_total"
+    }
+    assert finished[TASKS + "record", "ok"] == 0
+    assert finished[TASKS + "fail", "error"] == 0
+    assert {outcome for _, outcome in finished} == OUTCOMES
+    assert all(task.startswith(TASKS) for task, _ in finished)  # the registered ones only
+    assert set(finished.values()) == {0}
+
+
 def test_tasks_ended_with_their_worker_are_timed_like_the_others(
     start_service: StartService,
     service_config: dict[str, Any],

@@ -149,6 +149,17 @@ class Block:
         return f"Block({self.text!r})"
 
 
+class Whole(str):
+    """A text given as a record attribute (``extra=``) that the escaping leaves whole.
+
+    For a text of many lines meant for handlers that write it safely themselves (JSON, an
+    error tracker): a failed task's traceback. The record's message shows it escaped; a text
+    format shows an attribute only where its format string names it.
+    """
+
+    __slots__ = ()
+
+
 class Excerpt:
     """An argument to log escaped and cut at *limit* characters, not :data:`MAX_LOGGED_CHARS`.
 
@@ -226,7 +237,7 @@ _NUMBERS: Final = frozenset({int, float, bool})
 """Types of values written as they are (exactly these: not subclasses)."""
 
 
-_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
+_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None), Whole})
 """Types of record attributes shown as they are (exactly these: not subclasses)."""
 
 _TEXT_ATTRIBUTES: Final = (
@@ -292,12 +303,17 @@ class EscapingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The line of *record*, escaped; *record* itself is not changed."""
-        if record.__dict__.get(_DONE) is not _ESCAPED:
-            copy = object.__new__(type(record))
-            copy.__dict__ = record.__dict__.copy()  # (its values are replaced, not changed)
-            _escape(copy)
-            record = copy
-        return super().format(record)
+        return super().format(escaped(record))
+
+
+def escaped(record: logging.LogRecord) -> logging.LogRecord:
+    """*record* if it is escaped already, else an escaped copy of it (see :func:`_escape`)."""
+    if record.__dict__.get(_DONE) is _ESCAPED:
+        return record
+    copy = object.__new__(type(record))
+    copy.__dict__ = record.__dict__.copy()  # (its values are replaced, not changed)
+    _escape(copy)
+    return copy
 
 
 def _escape(record: logging.LogRecord) -> None:
@@ -329,8 +345,12 @@ def _escape_attributes(record: logging.LogRecord) -> None:
     if len(attributes) > _MOST_PLAIN_ATTRIBUTES:  # extra= added some: look at every one
         for key in attributes.keys() - _STANDARD_ATTRIBUTES:
             value = attributes[key]
-            if type(value) not in _PLAIN_TYPES:
-                attributes[key] = _safe_arg(value)
+            if type(value) is str:  # the common case, inline (a line per task has several)
+                if len(value) <= MAX_LOGGED_CHARS and value.isprintable():
+                    continue
+            elif type(value) in _PLAIN_TYPES:
+                continue
+            attributes[key] = _safe_arg(value)
 
 
 def _escape_texts(attributes: dict[str, object], texts: tuple[object, ...]) -> None:
@@ -375,13 +395,14 @@ def library_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
-def log_to(stream: TextIO, level: int, fmt: str) -> None:
+def log_to(stream: TextIO, level: int, fmt: str | logging.Formatter) -> None:
     """Send the process's log records to *stream*, every one escaped, unless the app has a say.
 
     The root logger gets a handler writing to *stream* with an :class:`EscapingFormatter`,
     which also covers records of loggers that are not ours (libraries, task code) without
     changing them for the application's other handlers, and the level *level*. The handler
-    an earlier call put there is replaced (a worker inherits the service's).
+    an earlier call put there is replaced (a worker inherits the service's). *fmt* is its
+    format string, or a formatter that escapes as it does (a JSON one).
 
     Handlers the application put on the root logger (Django's ``LOGGING``, a ``dictConfig``
     or ``basicConfig`` a task module runs when imported) are kept, and the root logger then
@@ -397,7 +418,7 @@ def log_to(stream: TextIO, level: int, fmt: str) -> None:
         logging.getLogger("dispatcher").setLevel(level)
         return
     handler = _ServiceHandler(stream)
-    handler.setFormatter(EscapingFormatter(fmt))
+    handler.setFormatter(_formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)
 
@@ -407,7 +428,11 @@ def is_service_handler(handler: logging.Handler) -> bool:
     return isinstance(handler, _ServiceHandler)
 
 
-def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
+def _formatter(fmt: str | logging.Formatter) -> logging.Formatter:
+    return fmt if isinstance(fmt, logging.Formatter) else EscapingFormatter(fmt)
+
+
+def set_apart(name: str, stream: TextIO, level: int, fmt: str | logging.Formatter) -> None:
     """Have the logger *name* write to *stream* alone, whatever logging config follows.
 
     For a worker's own log, in the process where task code runs: the logger gets a handler
@@ -418,7 +443,7 @@ def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
     ``getLogger(name)`` gives a new logger from then on: the application's.
     """
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(EscapingFormatter(fmt))
+    handler.setFormatter(_formatter(fmt))
     logger = logging.getLogger(name)
     manager = logging.Manager(logging.root)
     manager.loggerDict[name] = logger

@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dispatcher.config import Settings
+from dispatcher.schema.log_fields import EVENT, NODE
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.brokers.base import BrokerContext, Leasing, StartRefused
 from dispatcher.server.brokers.capacity import CapacityGauge
@@ -232,7 +233,9 @@ class Service:
                     self._launcher.close()
                 task_group.cancel_scope.cancel()
         if self._started or self._stop.is_set():  # (not after refusing to start)
-            logger.info("dispatcher service %s stopped", self.node_id)
+            logger.info(
+                "dispatcher service %s stopped", self.node_id, extra=self._fields("service_stopped")
+            )
         return self.exit_status
 
     async def _task_modules_ready(self) -> bool:
@@ -327,6 +330,7 @@ class Service:
             os.getpid(),
             self.supervisor.min_workers,
             self.supervisor.max_workers,
+            extra=self._fields("service_started"),
         )
         if not self.brokers:
             logger.warning("no brokers in %s: nothing to listen to", self.settings.source)
@@ -396,12 +400,20 @@ class Service:
     async def _watch_signals(self, signals: AsyncIterator[signal.Signals]) -> None:
         async for number in signals:
             if not self._stop.is_set():
-                logger.info("received %s: shutting down", signal.Signals(number).name)
+                logger.info(
+                    "received %s: shutting down",
+                    signal.Signals(number).name,
+                    extra=self._fields("service_stopping"),
+                )
                 self._stop.set()
             else:
                 logger.warning("received %s again: forcing exit now", signal.Signals(number).name)
                 self.supervisor.kill_all()
                 os._exit(EXIT_FORCED)
+
+    def _fields(self, event: str) -> dict[str, object]:
+        """The attributes of a log record about the service's life: *event*, its node id."""
+        return {EVENT: event, NODE: self.node_id}
 
     async def _shut_down(self) -> None:
         flush_suppressed(now=True)  # what the last second held back, before the stop's lines

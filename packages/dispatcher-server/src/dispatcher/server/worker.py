@@ -31,9 +31,11 @@ from types import FrameType
 from typing import Any, Final, NoReturn
 
 from dispatcher.publish import DispatcherCancel, registry
+from dispatcher.schema import LogFormat
 from dispatcher.server.capture import OutputCapture
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks, conventions, is_adopted
 from dispatcher.server.hooks import BaseWorker
+from dispatcher.server.logformat import worker_formatter
 from dispatcher.server.logsafe import (
     Block,
     Phrase,
@@ -123,6 +125,8 @@ class WorkerOptions:
     hooks_class: str | None
     idle_timeout: float | None
     log_level: int
+    log_format: LogFormat = "text"
+    """How the worker writes its own lines (``service.log_format``)."""
     max_output_bytes: int = 65536
     """Bytes of each task's output kept for the log (``worker.max_output_bytes``)."""
     config: Mapping[str, Any] | None = None
@@ -138,7 +142,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle
     capture = OutputCapture(options.max_output_bytes)
     stream = capture.start()  # (the app's handlers to fds 1 and 2 now write past it)
-    log_format = f"%(asctime)s %(levelname)s worker-{options.worker_id} %(name)s: %(message)s"
+    log_format = worker_formatter(options.log_format, options.worker_id)
     log_to(stream, options.log_level, log_format)  # (root handlers the task modules set kept)
     set_apart(logger.name, stream, options.log_level, log_format)  # (tasks configure logging)
     channel = BlockingLineSocket(sock)

@@ -22,6 +22,7 @@ import anyio
 import psycopg
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.schema.log_fields import ATTEMPT
 from dispatcher.server.brokers.base import Capacity, Deliver
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
@@ -33,6 +34,7 @@ from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
 from dispatcher.server.logsafe import counted, first_line, get_logger
 from dispatcher.server.origin import Origin, StoredRow
 from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.rejection import rejection_fields
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
@@ -236,7 +238,9 @@ class Claimer:
         if message is None:
             self._stats.rejected["oversized"] += 1
             reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
-            logger.warning("job %d (uuid %s) rejected: %s", row, uuid, reason)
+            fields = rejection_fields("oversized", uuid, "pg_queue", queue)
+            fields[ATTEMPT] = attempts
+            logger.warning("job %d (uuid %s) rejected: %s", row, uuid, reason, extra=fields)
             self._acks.add(Ack(row, attempts, claim, "failed", "rejected", reason))
             return
         origin = Origin(
@@ -246,5 +250,6 @@ class Claimer:
             scheduled_by_broker=True,
             authenticated=True,
             stored_as=StoredRow(uuid, task, mode, delay),
+            attempt=attempts,
         )
         deliver(message, origin)
