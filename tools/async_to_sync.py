@@ -70,8 +70,9 @@ SUBMIT = Twin(
     summary="Sending task messages from synchronous code.",
     renames={
         "AsyncConnection": "Connection",
-        "AsyncIterator": "Iterator",
-        "asynccontextmanager": "contextmanager",
+        "AsyncBatchBlock": "BatchBlock",
+        "__aenter__": "__enter__",
+        "__aexit__": "__exit__",
         "asubmit_task": "submit_task",
         "abatch": "batch",
         "asend": "send",
@@ -96,6 +97,7 @@ NOTIFY = Twin(
         "async_opening_lock": "sync_opening_lock",
         "async_close_when_free": "sync_close_when_free",
         "async_later": "sync_later",
+        "async_inside": "sync_inside",
         "aclose_connections": "close_connections",
         "asend": "send",
         "acontrol_with_reply": "control_with_reply",
@@ -135,6 +137,7 @@ CONTROL = Twin(
         "acontrol_with_reply": "control_with_reply",
         "acontrol": "control",
         "asend": "send",
+        "async_require_loop": "sync_require_loop",
     },
     strings={"asend_own": "send_own"},
 )

@@ -2,7 +2,7 @@
 
 Logging configured anew, standard streams closed, asyncio tasks left pending or the event
 loop closed, signal handlers, masks and alarms, a forked child returning into the worker,
-an exception whose ``__str__`` raises ``SystemExit``. Each test runs one worker process
+an exception whose ``__str__`` raises ``SystemExit``, context variables. Each test runs one worker process
 (``worker_main``, without a service) and drives it over its socket.
 """
 
@@ -136,6 +136,18 @@ def test_an_alarm_the_on_start_hook_left_is_cancelled_and_blamed_on_it(tmp_path:
         assert json.loads(effects["result"])["false"] == 0  # SIGCHLD ignored, as on_start wants
         log = worker.wait_for_log("worker hook on_start changed the worker's signals (alarm set)")
         assert "u-first) changed" not in log
+
+
+@pytest.mark.parametrize("reader", ["reads_context_variables", "reads_context_variables_async"])
+def test_context_variables_a_task_sets_are_not_seen_by_the_next_one(
+    worker: WorkerProcess, reader: str
+) -> None:
+    """A publisher's batch() a task left open held every later task's submissions: each
+    .delay() returned a uuid, and nothing was sent."""
+    assert worker.run(LEAKY + "sets_context_variables", uuid="u-set")["outcome"] == "ok"
+    done = worker.run(LEAKY + reader, uuid="u-read", keep_result=True)
+    assert done["outcome"] == "ok", done
+    assert json.loads(done["result"]) == "setting=unset open batch=False"
 
 
 def test_a_forked_child_returning_from_its_task_exits_instead_of_serving(

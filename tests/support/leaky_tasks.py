@@ -2,8 +2,8 @@
 
 Logging configured anew, standard streams closed, asyncio tasks left pending or the event
 loop closed, signal handlers, masks and alarms changed, a forked child returning into the
-worker, exceptions whose ``__str__`` raises: each would spoil every later task of its
-worker if the worker did not put things back.
+worker, exceptions whose ``__str__`` raises, context variables set: each would spoil every
+later task of its worker if the worker did not put things back.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
-from dispatcher.publish import task
+from dispatcher.publish import batch, task
+from dispatcher.publish.batching import current_batch
 from dispatcher.server import BaseWorker
 
 log = logging.getLogger("leaky")
@@ -230,3 +232,34 @@ class SignallingHooks(BaseWorker):
     def on_start(self) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the worker's choice: kept as it is
         signal.alarm(1)
+
+
+_setting: ContextVar[str] = ContextVar("leaky_setting", default="unset")
+_open_blocks: list[Any] = []
+
+
+@task()
+def sets_context_variables() -> None:
+    """Set a context variable, and leave a publisher's ``batch()`` block open (never ended),
+    as a cancel landing just as a block began could: every later submission would join it."""
+    _setting.set("set by an earlier task")
+    block = batch()
+    block.__enter__()
+    _open_blocks.append(block)  # (kept: were it freed, closing it would end the block)
+
+
+def _context_variables() -> str:
+    held = current_batch.get()
+    return f"setting={_setting.get()} open batch={held is not None and held.usable}"
+
+
+@task()
+def reads_context_variables() -> str:
+    """What this task sees of the context variables the earlier ones set."""
+    return _context_variables()
+
+
+@task()
+async def reads_context_variables_async() -> str:
+    """:func:`reads_context_variables`, as an ``async def`` task."""
+    return _context_variables()

@@ -82,6 +82,13 @@ class DatabaseProxy:
             self._frozen.update(self._upstream)
             self._cut_after_send.update(set(self._sockets) - self._upstream)
 
+    def swallow_replies(self) -> None:
+        """On the open connections, forward the client's data to the server but none of the
+        server's replies: a statement that ran, its reply never coming. New connections are
+        forwarded as usual."""
+        with self._lock:
+            self._frozen.update(self._upstream)
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:

@@ -14,7 +14,7 @@ import pytest
 from dispatcher.schema import LOG_FORMATS, load_schema
 from dispatcher.schema import log_fields as fields
 from dispatcher.server.logformat import JsonFormatter
-from dispatcher.server.logsafe import log_to
+from dispatcher.server.logsafe import MAX_LOGGED_CHARS, log_to
 from dispatcher.server.rejection import REJECTION_REASONS
 from support.paths import REPO
 
@@ -27,6 +27,7 @@ def stream() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     written = io.StringIO()
+    root.handlers[:] = []  # (pytest's own: log_to keeps an application's handlers)
     log_to(written, logging.DEBUG, JsonFormatter(defaults={"dispatcher_worker": 3}))
     try:
         yield written
@@ -58,7 +59,7 @@ def test_every_record_is_one_ascii_line_whatever_its_values(stream: io.StringIO)
     assert record["logger"] == "app\\u2028x"  # escaped as the text line has it
     message = str(record["message"])
     assert message.startswith("a\\nb\\u2028c\\x00 and ")
-    assert message.endswith("(100 more characters)")
+    assert message.endswith(f"({300 - MAX_LOGGED_CHARS} more characters)")
     assert record["n"] == 7
     assert record["dispatcher_worker"] == 3  # a default: set on every line
     assert record["odd"] == "<str() failed: SystemExit>"

@@ -14,6 +14,7 @@ from typing import Any
 
 from dispatcher.control.local import control_payloads
 from dispatcher.control.result import ControlResult
+from dispatcher.publish.connections import async_require_loop
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.json_values import may_hold_too_long_integer, shown, unsendable_reason
 from dispatcher.publish.messages import too_deep
@@ -85,6 +86,7 @@ async def acontrol_with_reply(
     :raises InvalidSubmission: when the command name, data or *queue* cannot be sent.
     :raises BrokerUnavailable: when the database (or the socket) cannot be reached.
     """
+    async_require_loop()
     reply_to = f"reply_to_{uuid.uuid4().hex}"
     message = _message(command, data, reply_to=reply_to)
     _check_queue(command, queue)

@@ -37,6 +37,7 @@ from dispatcher.publish.decorator import (
     task,
 )
 from dispatcher.publish.errors import (
+    AsyncioRequired,
     BrokerUnavailable,
     DispatcherCancel,
     DispatcherExit,
@@ -64,6 +65,7 @@ from dispatcher.schema import (
 __all__ = [
     "JOB_STATES",
     "AsyncConnectionProvider",
+    "AsyncioRequired",
     "BoundTask",
     "BoundTaskDecorator",
     "BoundTaskFunction",

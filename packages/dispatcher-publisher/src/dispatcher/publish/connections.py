@@ -16,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
 from dispatcher.config import get_settings
-from dispatcher.publish.errors import BrokerUnavailable, PublishError
+from dispatcher.publish.errors import AsyncioRequired, BrokerUnavailable, PublishError
 from dispatcher.schema import DispatcherError, InvalidArgumentType
 
 if TYPE_CHECKING:
@@ -533,10 +533,78 @@ def sync_owner() -> Owner:
 
 
 def async_owner() -> Owner:
-    """Who may use an async connection: the process and event loop that opened it."""
+    """Who may use an async connection: the process and event loop that opened it.
+
+    :raises AsyncioRequired: when no asyncio event loop runs (trio's, say).
+    """
+    return Owner(running_loop())
+
+
+def async_require_loop() -> None:
+    """Check that an asyncio event loop runs, before code that would fail obscurely without.
+
+    :raises AsyncioRequired: when none runs (trio's, say).
+    """
+    running_loop()
+
+
+def sync_require_loop() -> None:
+    """The sync twin of :func:`async_require_loop`: nothing to check."""
+
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """The running asyncio event loop.
+
+    :raises AsyncioRequired: when there is none: the caller runs under another event loop
+        (trio, curio) or none at all.
+    """
     import asyncio  # only async callers pay for it
 
-    return Owner(asyncio.get_running_loop())
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise AsyncioRequired(
+            "the async API (asubmit_task, adelay, abatch...) needs a running asyncio event"
+            " loop, and none runs here: it supports asyncio only (psycopg's async"
+            " connections do). Under trio, call the sync API in a worker thread, e.g."
+            " `await trio.to_thread.run_sync(my_task.delay, ...)`"
+        ) from None
+
+
+class ThreadInside(threading.local):
+    """How deep the calling thread is inside sync providers' sending (or opening) now.
+
+    A signal handler, or a ``__del__`` the cyclic garbage collector runs, executes in the
+    thread it interrupted; were that thread inside, holding the locks of the connection it
+    sends on (or opens), a submission of the handler waiting for them would wait for ever.
+    """
+
+    depth: int = 0
+
+
+class NeverInside:
+    """:class:`ThreadInside` of asyncio code, where no caller re-enters so.
+
+    A signal handler or a ``__del__`` cannot await (it may call the sync API, which has
+    connections of its own). Its tasks share the thread: what one of them does says nothing
+    of another.
+    """
+
+    @property
+    def depth(self) -> int:
+        """Never inside."""
+        return 0
+
+    @depth.setter
+    def depth(self, value: int) -> None:
+        """Nothing to keep."""
+
+
+sync_inside: Final = ThreadInside()
+"""Marks the threads inside a sync provider's sending (see :class:`ThreadInside`)."""
+
+async_inside: Final = NeverInside()
+"""The async twin of :data:`sync_inside`: never inside (see :class:`NeverInside`)."""
 
 
 def sync_opening_lock() -> threading.Lock:
@@ -562,9 +630,7 @@ def sync_later(function: Callable[..., object], *args: object) -> None:
 
 def async_later(function: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
     """Run ``function(*args)`` as a task of the running event loop (kept referenced)."""
-    import asyncio
-
-    task = asyncio.get_running_loop().create_task(function(*args))
+    task = running_loop().create_task(function(*args))
     _closing.add(task)
     task.add_done_callback(_closing.discard)
 

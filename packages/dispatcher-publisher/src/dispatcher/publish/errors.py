@@ -35,6 +35,15 @@ class BrokerUnavailable(PublishError):
     """
 
 
+class AsyncioRequired(PublishError, RuntimeError):
+    """An ``a``-prefixed (asyncio) function was called where no asyncio event loop runs.
+
+    Under trio, curio or another event loop: the async API runs on asyncio only (psycopg's
+    async connections do). From trio, call the sync API in a worker thread:
+    ``await trio.to_thread.run_sync(my_task.delay, ...)``.
+    """
+
+
 class RegistrationError(DispatcherError, ValueError):
     """A function or class cannot be registered as a task (e.g. its name is taken)."""
 

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg.pq import TransactionStatus
 
 from dispatcher.publish.brokers import ReplyCollector
 from dispatcher.publish.connections import (
@@ -26,6 +27,7 @@ from dispatcher.publish.connections import (
     Owner,
     abandon,
     async_close_when_free,
+    async_inside,
     async_later,
     async_opening_lock,
     async_owner,
@@ -34,10 +36,11 @@ from dispatcher.publish.connections import (
     caller_connection,
     caller_lost,
     connect_options,
+    describe_server,
     notify_statement,
     stopped_answering,
 )
-from dispatcher.publish.errors import BrokerUnavailable
+from dispatcher.publish.errors import BrokerUnavailable, PublishError
 from dispatcher.publish.timestamps import tolerant_adapters
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
@@ -121,6 +124,8 @@ class AsyncConnectionProvider:
         self.conninfo = conninfo
         self._lock = threading.Lock()  # held only while no I/O runs
         self._slots: dict[tuple[int, ...], _Slot] = {}
+        self._spare: AsyncConnectionProvider | None = None
+        """The provider of callers that re-entered while their thread sent (see :meth:`_run`)."""
 
     async def connection(self) -> AsyncConnection[Any]:
         """Return the open connection, opening one if there is none usable here.
@@ -259,7 +264,53 @@ class AsyncConnectionProvider:
 
         A statement is sent again only when it surely did not reach the server (the
         connection was closed before it was sent), or once when it is not a NOTIFY.
+
+        A caller that re-enters while its thread is already in here (a signal handler, or a
+        ``__del__`` the garbage collector runs, submitting in the thread it interrupted,
+        which may hold the slot's locks and the connection's) does not wait for ever for
+        those locks: it sends on a second connection, kept for such callers. One that
+        re-enters from there too (a handler interrupting a handler's send) is refused.
+
+        :raises PublishError: re-entered twice (nothing is sent).
         """
+        marker = async_inside
+        depth = marker.depth
+        if depth > 1:
+            raise PublishError(
+                f"cannot send to {describe_server(self.conninfo)}: a signal handler (or a"
+                " __del__) submitted while its thread was sending for another one, which had"
+                " interrupted a send itself; nothing was sent"
+            )
+        marker.depth = depth + 1
+        try:
+            provider = self if depth == 0 else self._spare_provider()
+            return await provider._run_shared(
+                query, params, doing, what, notifying=notifying, resend=resend
+            )
+        finally:
+            marker.depth = depth
+
+    def _spare_provider(self) -> AsyncConnectionProvider:
+        """The provider of the connection re-entering callers send on (made on first use)."""
+        spare = self._spare
+        if spare is None:
+            with _spare_lock:  # (never taken by a caller re-entering from a spare's send)
+                spare = self._spare
+                if spare is None:
+                    spare = self._spare = AsyncConnectionProvider(self.conninfo)
+        return spare
+
+    async def _run_shared(
+        self,
+        query: str,
+        params: Sequence[Any],
+        doing: str,
+        what: str,
+        *,
+        notifying: bool,
+        resend: bool,
+    ) -> AsyncCursor[Any]:
+        """:meth:`_run` on the slot's shared connection."""
         resends = 1 if resend and not notifying else 0
         lost: BrokerUnavailable | None = None
         checked = False
@@ -274,6 +325,9 @@ class AsyncConnectionProvider:
                 watch = slot.watch
                 if watch is None or watch.connection is not own:
                     watch = slot.watch = IdleWatch(own)
+                if own.pgconn.transaction_status != TransactionStatus.IDLE:
+                    await self._drop(slot, own)  # busy: left so by a caller interrupted
+                    continue
                 if not checked and watch.closed():
                     checked = True  # (once: a connection just opened is sent on)
                     await self._drop(slot, own)
@@ -301,6 +355,15 @@ class AsyncConnectionProvider:
                     resends -= 1
                 except psycopg.Error as exc:
                     raise broker_failure(self.conninfo, exc, doing, what, own) from None
+                except BaseException:
+                    # Interrupted (an exception of a signal handler's or a deadline's, a
+                    # gevent.Timeout) with the statement perhaps under way and its reply
+                    # unread: the next caller would find the connection busy ("another
+                    # command is already in progress"). It is let go of; the statement is
+                    # not sent again (it may have been delivered).
+                    if own.pgconn.transaction_status != TransactionStatus.IDLE:
+                        await self._drop(slot, own)
+                    raise
 
     async def _open_for_sending(
         self, slot: _Slot, lost: BrokerUnavailable | None
@@ -320,9 +383,10 @@ class AsyncConnectionProvider:
             ) from None
 
     async def _drop(self, slot: _Slot, own: AsyncConnection[Any]) -> None:
-        """Close *own*, which the server ended while it was idle; the next use opens another.
+        """Close *own*, which the server ended while idle (or a caller interrupted left busy).
 
-        Called under ``slot.sending``, with *own* the slot's: no statement runs on it.
+        The next use opens another. Called under ``slot.sending``, with *own* the slot's: no
+        other caller's statement runs on it.
         """
         with self._lock:
             if slot.connection is own:
@@ -340,7 +404,12 @@ class AsyncConnectionProvider:
         thread it interrupted may hold one (sending on the connection, or taking it). The
         closing is then left to a daemon thread (a task, in async code), which closes it
         once the lock is let go of.
+
+        The connection kept for callers re-entering while their thread sent is closed too.
         """
+        spare = self._spare
+        if spare is not None:
+            await spare.close()
         owner = async_owner()
         if not self._lock.acquire(timeout=LOCK_WAIT):
             async_later(self._close_when_unlocked, owner)
@@ -376,15 +445,20 @@ class AsyncConnectionProvider:
 
 
 _providers: dict[str, AsyncConnectionProvider] = {}
-_providers_lock = threading.Lock()
+# Re-entrant: a signal handler submitting in the thread it interrupted may find it making
+# the provider.
+_providers_lock = threading.RLock()
+_spare_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
     # A lock held by another thread at the fork would stay held forever in the child.
-    global _providers_lock
-    _providers_lock = threading.Lock()
+    global _providers_lock, _spare_lock
+    _providers_lock, _spare_lock = threading.RLock(), threading.Lock()
     for provider in _providers.values():
         provider._lock = threading.Lock()
+        if provider._spare is not None:
+            provider._spare._lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import Connection, Cursor, sql
+from psycopg.pq import TransactionStatus
 
 from dispatcher.publish.brokers import ReplyCollector
 from dispatcher.publish.connections import (
@@ -27,14 +28,16 @@ from dispatcher.publish.connections import (
     caller_connection,
     caller_lost,
     connect_options,
+    describe_server,
     notify_statement,
     stopped_answering,
     sync_close_when_free,
+    sync_inside,
     sync_later,
     sync_opening_lock,
     sync_owner,
 )
-from dispatcher.publish.errors import BrokerUnavailable
+from dispatcher.publish.errors import BrokerUnavailable, PublishError
 from dispatcher.publish.timestamps import tolerant_adapters
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
@@ -118,6 +121,8 @@ class ConnectionProvider:
         self.conninfo = conninfo
         self._lock = threading.Lock()  # held only while no I/O runs
         self._slots: dict[tuple[int, ...], _Slot] = {}
+        self._spare: ConnectionProvider | None = None
+        """The provider of callers that re-entered while their thread sent (see :meth:`_run`)."""
 
     def connection(self) -> Connection[Any]:
         """Return the open connection, opening one if there is none usable here.
@@ -256,7 +261,53 @@ class ConnectionProvider:
 
         A statement is sent again only when it surely did not reach the server (the
         connection was closed before it was sent), or once when it is not a NOTIFY.
+
+        A caller that re-enters while its thread is already in here (a signal handler, or a
+        ``__del__`` the garbage collector runs, submitting in the thread it interrupted,
+        which may hold the slot's locks and the connection's) does not wait for ever for
+        those locks: it sends on a second connection, kept for such callers. One that
+        re-enters from there too (a handler interrupting a handler's send) is refused.
+
+        :raises PublishError: re-entered twice (nothing is sent).
         """
+        marker = sync_inside
+        depth = marker.depth
+        if depth > 1:
+            raise PublishError(
+                f"cannot send to {describe_server(self.conninfo)}: a signal handler (or a"
+                " __del__) submitted while its thread was sending for another one, which had"
+                " interrupted a send itself; nothing was sent"
+            )
+        marker.depth = depth + 1
+        try:
+            provider = self if depth == 0 else self._spare_provider()
+            return provider._run_shared(
+                query, params, doing, what, notifying=notifying, resend=resend
+            )
+        finally:
+            marker.depth = depth
+
+    def _spare_provider(self) -> ConnectionProvider:
+        """The provider of the connection re-entering callers send on (made on first use)."""
+        spare = self._spare
+        if spare is None:
+            with _spare_lock:  # (never taken by a caller re-entering from a spare's send)
+                spare = self._spare
+                if spare is None:
+                    spare = self._spare = ConnectionProvider(self.conninfo)
+        return spare
+
+    def _run_shared(
+        self,
+        query: str,
+        params: Sequence[Any],
+        doing: str,
+        what: str,
+        *,
+        notifying: bool,
+        resend: bool,
+    ) -> Cursor[Any]:
+        """:meth:`_run` on the slot's shared connection."""
         resends = 1 if resend and not notifying else 0
         lost: BrokerUnavailable | None = None
         checked = False
@@ -271,6 +322,9 @@ class ConnectionProvider:
                 watch = slot.watch
                 if watch is None or watch.connection is not own:
                     watch = slot.watch = IdleWatch(own)
+                if own.pgconn.transaction_status != TransactionStatus.IDLE:
+                    self._drop(slot, own)  # busy: left so by a caller interrupted
+                    continue
                 if not checked and watch.closed():
                     checked = True  # (once: a connection just opened is sent on)
                     self._drop(slot, own)
@@ -298,6 +352,15 @@ class ConnectionProvider:
                     resends -= 1
                 except psycopg.Error as exc:
                     raise broker_failure(self.conninfo, exc, doing, what, own) from None
+                except BaseException:
+                    # Interrupted (an exception of a signal handler's or a deadline's, a
+                    # gevent.Timeout) with the statement perhaps under way and its reply
+                    # unread: the next caller would find the connection busy ("another
+                    # command is already in progress"). It is let go of; the statement is
+                    # not sent again (it may have been delivered).
+                    if own.pgconn.transaction_status != TransactionStatus.IDLE:
+                        self._drop(slot, own)
+                    raise
 
     def _open_for_sending(
         self, slot: _Slot, lost: BrokerUnavailable | None
@@ -317,9 +380,10 @@ class ConnectionProvider:
             ) from None
 
     def _drop(self, slot: _Slot, own: Connection[Any]) -> None:
-        """Close *own*, which the server ended while it was idle; the next use opens another.
+        """Close *own*, which the server ended while idle (or a caller interrupted left busy).
 
-        Called under ``slot.sending``, with *own* the slot's: no statement runs on it.
+        The next use opens another. Called under ``slot.sending``, with *own* the slot's: no
+        other caller's statement runs on it.
         """
         with self._lock:
             if slot.connection is own:
@@ -337,7 +401,12 @@ class ConnectionProvider:
         thread it interrupted may hold one (sending on the connection, or taking it). The
         closing is then left to a daemon thread (a task, in async code), which closes it
         once the lock is let go of.
+
+        The connection kept for callers re-entering while their thread sent is closed too.
         """
+        spare = self._spare
+        if spare is not None:
+            spare.close()
         owner = sync_owner()
         if not self._lock.acquire(timeout=LOCK_WAIT):
             sync_later(self._close_when_unlocked, owner)
@@ -373,15 +442,20 @@ class ConnectionProvider:
 
 
 _providers: dict[str, ConnectionProvider] = {}
-_providers_lock = threading.Lock()
+# Re-entrant: a signal handler submitting in the thread it interrupted may find it making
+# the provider.
+_providers_lock = threading.RLock()
+_spare_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
     # A lock held by another thread at the fork would stay held forever in the child.
-    global _providers_lock
-    _providers_lock = threading.Lock()
+    global _providers_lock, _spare_lock
+    _providers_lock, _spare_lock = threading.RLock(), threading.Lock()
     for provider in _providers.values():
         provider._lock = threading.Lock()
+        if provider._spare is not None:
+            provider._spare._lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -7,15 +7,16 @@ and run ``hatch run generate-sync``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import Token
+from types import TracebackType
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import interception
-from dispatcher.publish.batching import Batch, collect, current_batch, outer_batch
+from dispatcher.publish.batching import Batch, collect, current_batch, ending, outer_batch
 from dispatcher.publish.brokers import Outgoing, PublishBroker, is_job_broker
 from dispatcher.publish.connections import expect_connection
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
@@ -205,8 +206,7 @@ async def asubmit_task(
     return submission
 
 
-@asynccontextmanager
-async def abatch(connection: AsyncConnection[Any] | None = None) -> AsyncIterator[Batch]:
+def abatch(connection: AsyncConnection[Any] | None = None) -> AsyncBatchBlock:
     """Collect the submissions made in the block and send them in one round trip at its end.
 
     Calls inside the block return their :class:`Submission` at once. If the block raises,
@@ -217,18 +217,61 @@ async def abatch(connection: AsyncConnection[Any] | None = None) -> AsyncIterato
     :raises TypeError: when *connection* is not a psycopg connection of this function's kind
         (checked on entering, even if nothing is submitted; a testing mode takes anything).
     """
-    if connection is not None and interception.current is None:
-        expect_connection(connection, AsyncConnection, "abatch", "batch")
-    outer = outer_batch(connection)
-    batch = Batch(connection=connection)
-    token = current_batch.set(batch)
-    try:
-        yield batch
-    except BaseException:
-        batch.close()  # what copies of the context submit later is sent at once
-        raise
-    finally:
-        current_batch.reset(token)
-    submissions = batch.close()
-    if outer is None or not outer.add(submissions):
-        await asend(submissions, connection)
+    return AsyncBatchBlock(connection)
+
+
+class AsyncBatchBlock:
+    """The block of a batch (see :func:`abatch`, and the sync twin's ``batch``); entered once."""
+
+    __slots__ = ("_batch", "_connection", "_outer", "_token")
+
+    def __init__(self, connection: AsyncConnection[Any] | None) -> None:
+        self._connection = connection
+        self._outer: Batch | None = None
+        self._batch: Batch | None = None
+        self._token: Token[Batch | None] | None = None
+
+    async def __aenter__(self) -> Batch:
+        """Make a new batch current; return it."""
+        connection = self._connection
+        if connection is not None and interception.current is None:
+            expect_connection(connection, AsyncConnection, "abatch", "batch")
+        self._outer = outer_batch(connection)
+        previous = current_batch.get()
+        batch = self._batch = Batch(connection=connection)
+        # Made current last, and undone on any exception until the block has it: one a
+        # signal handler raises (KeyboardInterrupt, a task's cancel, a deadline) as set()
+        # returns leaves no batch open behind it, holding what is submitted afterwards.
+        # (A generator's block could not: interrupted once it yielded, before the with
+        # statement got it, it stayed suspended, its batch current, while the traceback lived.)
+        try:
+            self._token = current_batch.set(batch)
+            return batch
+        except BaseException:
+            batch.close()
+            if self._token is not None:
+                current_batch.reset(self._token)
+            elif current_batch.get() is batch:  # (interrupted as set() returned)
+                current_batch.set(previous)
+            raise
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Send the batch (or join it to the outer one's), unless the block raised."""
+        batch, token = self._batch, self._token
+        assert batch is not None, "the block was not entered"
+        assert token is not None
+        try:
+            if kind is not None:
+                batch.close()  # what copies of the context submit later is sent at once
+                return
+            submissions = ending(batch)
+        finally:
+            current_batch.reset(token)
+        outer = self._outer
+        if outer is None or not outer.add(submissions):
+            await asend(submissions, self._connection)

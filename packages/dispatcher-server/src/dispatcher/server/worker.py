@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import importlib
 import inspect
@@ -584,10 +585,15 @@ class TaskRunner:
             self._running = True
             if self._started in self._cancelled:  # cancelled while it waited in this worker
                 raise DispatcherCancel
-            result = function(*args, **kwargs)
+            # In a copy of the worker's context, made anew for each task (about 25 ns): what
+            # a task leaves in its context variables (a publisher's batch() left open by a
+            # cancel landing as it began, which would hold every later submission) never
+            # reaches the next task.
+            context = contextvars.copy_context()
+            result = context.run(function, *args, **kwargs)
             if inspect.isawaitable(result):
                 runner = self._runner()
-                result = runner.run(_awaited(_CancelTranslator(result, self)))
+                result = runner.run(_awaited(_CancelTranslator(result, self)), context=context)
         finally:
             if _FORKED[0] or os.getpid() != self._pid:  # (a fork that os.fork() did not make)
                 _exit_forked("task %s (uuid %s)", message["task"], message.get("uuid"))

@@ -1,0 +1,416 @@
+"""Publishing where the runtime cuts in: exceptions raised by signal handlers (Ctrl-C, a
+task's cancel, a deadline), signal handlers that publish themselves, forks inside a
+``batch()`` block, an event loop that is not asyncio's.
+
+What is checked is what a LISTENing connection receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dis
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+import pytest
+
+from dispatcher.config import reset, setup
+from dispatcher.control import acontrol_with_reply
+from dispatcher.publish import (
+    AsyncioRequired,
+    DispatcherCancel,
+    DispatcherError,
+    Submission,
+    abatch,
+    aclose_connections,
+    asubmit_task,
+    batch,
+    close_connections,
+)
+from dispatcher.publish.notify_sync import shared_provider
+from support import tasks
+from support.postgres import wait_for_notifies
+from support.proxy import DatabaseProxy
+
+Conn = psycopg.Connection[Any]
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def _own_connections_closed() -> Iterator[None]:
+    yield
+    close_connections()
+
+
+def arrived(listener: Conn, count: int, timeout: float = 10) -> list[str]:
+    """The uuids of the next *count* messages *listener* receives (fewer at the deadline)."""
+    return [json.loads(n.payload)["uuid"] for n in wait_for_notifies(listener, count, timeout)]
+
+
+def nothing_more(listener: Conn) -> bool:
+    return wait_for_notifies(listener, 1, timeout=0.5) == []
+
+
+class InterruptAt:
+    """A trace function raising *exception* at the *n*-th point of the SDK's frames (or
+    contextlib's) where a signal handler may run and raise.
+
+    CPython runs pending signal handlers as a call returns (and at a backward jump): the
+    exception appears in the calling frame before the instruction that follows the call.
+    """
+
+    FILES = ("submit_sync.py", "submit_async.py", "batching.py", "contextlib.py")
+    AFTER = frozenset(
+        dis.opmap[name]
+        for name in ("CALL", "CALL_FUNCTION_EX", "JUMP_BACKWARD")
+        if name in dis.opmap
+    )
+
+    def __init__(self, n: int, exception: BaseException) -> None:
+        self.left = n
+        self.exception = exception
+        self.fired = False
+        self.last: dict[FrameType, int] = {}
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
+        if not frame.f_code.co_filename.endswith(self.FILES):
+            return None
+        frame.f_trace_opcodes = True
+        return self.local
+
+    def local(self, frame: FrameType, event: str, arg: object) -> Any:
+        if event != "opcode" or self.fired:
+            return self.local
+        after = self.last.get(frame)
+        self.last[frame] = frame.f_code.co_code[frame.f_lasti]
+        if after in self.AFTER:
+            if self.left == 0:
+                self.fired = True
+                self.last.clear()
+                raise self.exception
+            self.left -= 1
+        return self.local
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["alone", "in_an_outer_block"])
+def test_an_interrupt_entering_batch_leaves_no_batch_that_swallows_later_submissions(
+    configured: object, listener: Conn, nested: bool
+) -> None:
+    """A KeyboardInterrupt or a task's cancel landing just after batch() made its batch
+    current left that batch open for good: every later .delay() of the thread returned a
+    uuid and sent nothing. Tried at each instruction of entering the block."""
+    sent: list[str] = []
+    interrupted = 0
+    with batch() if nested else contextlib.nullcontext():
+        for n in range(1000):
+            tracer = InterruptAt(n, DispatcherCancel())
+            previous = sys.gettrace()
+            sys.settrace(tracer)
+            try:
+                with batch():
+                    sys.settrace(previous)
+                    sent.append(tasks.add.delay(n, 0).uuid)
+            except DispatcherCancel:
+                interrupted += 1
+            finally:
+                sys.settrace(previous)
+            sent.append(tasks.add.delay(n, 1).uuid)
+            if not tracer.fired:
+                break
+    assert interrupted >= 3  # (the block was entered at last, interrupted at each point before)
+    assert sorted(arrived(listener, len(sent))) == sorted(sent)
+    assert nothing_more(listener)
+
+
+def test_an_interrupt_entering_abatch_leaves_no_batch_that_swallows_later_submissions(
+    configured: object, listener: Conn
+) -> None:
+    sent: list[str] = []
+    interrupted = 0
+
+    async def attempts() -> None:
+        nonlocal interrupted
+        for n in range(1000):
+            tracer = InterruptAt(n, DispatcherCancel())
+            previous = sys.gettrace()
+            sys.settrace(tracer)
+            try:
+                async with abatch():
+                    sys.settrace(previous)
+                    sent.append((await tasks.add.adelay(n, 0)).uuid)
+            except DispatcherCancel:
+                interrupted += 1
+            finally:
+                sys.settrace(previous)
+            sent.append((await tasks.add.adelay(n, 1)).uuid)
+            if not tracer.fired:
+                break
+        await aclose_connections()
+
+    asyncio.run(attempts())
+    assert interrupted >= 3
+    assert sorted(arrived(listener, len(sent))) == sorted(sent)
+    assert nothing_more(listener)
+
+
+FORK_IN_BATCH = """
+import json, multiprocessing, os, sys
+from dispatcher.config import setup
+from dispatcher.publish import batch
+from support import tasks
+
+dsn, channel, how, out = sys.argv[1:]
+setup({"version": 1, "brokers": {"pg_notify": {"conninfo": dsn, "channels": [channel]}}})
+tasks.add.delay(0, 0)  # the connection is open before the fork: the child opens its own
+sent = {}
+
+def in_child(n):
+    return tasks.add.delay(n, 2).uuid
+
+with batch():
+    sent["before"] = tasks.add.delay(1, 0).uuid
+    if how == "pool":
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            sent["children"] = pool.map(in_child, range(4))
+    else:
+        pid = os.fork()
+        mine = tasks.add.delay(2, 1 if pid else 2).uuid
+        if pid == 0 and how == "child_exits":
+            with open(out, "w") as file:
+                json.dump([mine], file)
+            os._exit(0)  # still in the block, as a pool's worker ends
+        if pid:
+            sent["parent"] = mine
+    sent.setdefault("before_end", tasks.add.delay(3, 0).uuid)
+if how != "pool" and pid == 0:
+    with open(out, "w") as file:
+        json.dump([mine, sent["before_end"]], file)
+    os._exit(0)
+if how != "pool":
+    os.waitpid(pid, 0)
+    with open(out) as file:
+        sent["children"] = json.load(file)
+print(json.dumps(sent))
+"""
+
+
+@pytest.mark.parametrize("how", ["pool", "child_exits", "both_leave"])
+def test_a_fork_inside_batch_neither_loses_nor_doubles_a_submission(
+    configured: object, pg_dsn: str, channel: str, listener: Conn, tmp_path: Path, how: str
+) -> None:
+    """A multiprocessing pool made in the block: its workers' submissions were held by the
+    batch they inherited, never sent. A child leaving the block: it sent the parent's
+    submissions from before the fork a second time."""
+    tests_folder = Path(tasks.__file__).parents[1]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tests_folder), *sys.path])}
+    out = tmp_path / "child.json"
+    child = subprocess.run(
+        [sys.executable, "-c", FORK_IN_BATCH, pg_dsn, channel, how, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    sent = json.loads(child.stdout)
+    expected = [sent["before"], sent["before_end"], *sent["children"]]
+    if "parent" in sent:
+        expected.append(sent["parent"])
+    got = arrived(listener, len(expected) + 1)[1:]  # (the first one opened the connection)
+    assert sorted(got) == sorted(expected)
+    assert nothing_more(listener)  # none twice
+    if how == "both_leave":
+        assert "a batch() block entered before this process was forked" in child.stderr
+
+
+SIGNAL_HANDLER_PUBLISHES = """
+import json, signal, sys, threading, time, faulthandler
+import psycopg
+from dispatcher.config import setup
+from dispatcher.publish import PublishError
+from dispatcher.publish.notify_sync import shared_provider
+from support import tasks
+
+faulthandler.dump_traceback_later(30, exit=True)  # a hang: its stacks, then exit
+dsn, channel = sys.argv[1:]
+setup({"version": 1, "brokers": {"pg_notify": {"conninfo": dsn, "channels": [channel]}}})
+published, refused = [], []
+
+def first(signum, frame):  # the thread it interrupted is sending
+    published.append(tasks.add.delay(7, 7).uuid)
+    # A slow statement of its own, which a second handler interrupts.
+    threading.Thread(target=signal_once_running, args=("second", signal.SIGUSR2)).start()
+    shared_provider(dsn).execute("SELECT pg_sleep(1) /* second " + channel + " */", ())
+
+def second(signum, frame):  # the thread it interrupted is sending for the first handler
+    try:
+        tasks.add.delay(9, 9)
+    except PublishError as exc:
+        refused.append(str(exc))
+
+def signal_once_running(tag, signum):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        query = "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+        while not conn.execute(query, (f"%{tag} {channel}%",)).fetchone():
+            time.sleep(0.01)
+    signal.pthread_kill(threading.main_thread().ident, signum)
+
+signal.signal(signal.SIGUSR1, first)
+signal.signal(signal.SIGUSR2, second)
+threading.Thread(target=signal_once_running, args=("first", signal.SIGUSR1)).start()
+# A statement of the SDK's own connection under way: the thread holds its locks.
+shared_provider(dsn).execute(f"SELECT pg_sleep(1) /* first {channel} */", ())
+published.append(tasks.add.delay(8, 8).uuid)
+print(json.dumps({"published": published, "refused": refused}))
+"""
+
+
+def test_a_signal_handler_publishing_while_its_thread_sends_does_not_hang(
+    configured: object, pg_dsn: str, channel: str, listener: Conn
+) -> None:
+    """It waited for ever for the locks of the connection the thread it interrupted held.
+    A handler interrupting a handler's send is refused, saying so."""
+    tests_folder = Path(tasks.__file__).parents[1]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tests_folder), *sys.path])}
+    child = subprocess.run(
+        [sys.executable, "-c", SIGNAL_HANDLER_PUBLISHES, pg_dsn, channel],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    outcome = json.loads(child.stdout)
+    assert len(outcome["published"]) == 2
+    assert sorted(arrived(listener, 2)) == sorted(outcome["published"])
+    assert nothing_more(listener)
+    [refusal] = outcome["refused"]
+    assert "a signal handler (or a __del__) submitted while its thread was sending" in refusal
+    assert "nothing was sent" in refusal
+
+
+class Deadline(Exception):
+    """What a signal-based deadline raises (RQ's job timeout, timeout-decorator...)."""
+
+
+def test_a_send_cut_by_an_exception_leaves_the_connection_usable_and_is_not_resent(
+    pg_dsn: str, channel: str, listener: Conn
+) -> None:
+    """Cut while it waited for the reply, it left the shared connection busy: every other
+    thread then failed with "another command is already in progress"."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    setup({"version": 1, "brokers": {"pg_notify": {"conninfo": proxy.dsn, "channels": [channel]}}})
+    try:
+        warm = tasks.add.delay(0, 0).uuid
+        assert arrived(listener, 1) == [warm]
+        proxy.swallow_replies()  # the next NOTIFY is delivered, its reply never comes
+
+        def deadline(signum: int, frame: object) -> None:
+            raise Deadline("the request took too long")
+
+        def signal_once_delivered() -> None:
+            if arrived(listener, 1) == ["cut"]:
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+        previous = signal.signal(signal.SIGUSR1, deadline)
+        signaller = threading.Thread(target=signal_once_delivered)
+        try:
+            signaller.start()
+            with pytest.raises(Deadline):
+                tasks.add.apply_async(args=[1, 0], uuid="cut")
+            signaller.join(10)
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+        sent: list[Submission] = []
+        failures: list[BaseException] = []
+
+        def publish(n: int) -> None:
+            try:
+                sent.append(tasks.add.delay(2, n))
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=publish, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert failures == []
+        assert sorted(arrived(listener, 3)) == sorted(s.uuid for s in sent)
+        assert nothing_more(listener)  # the cut one was not sent again
+    finally:
+        close_connections()
+        reset()
+        proxy.down()
+
+
+def test_a_shared_connection_left_busy_is_replaced_before_the_next_send(
+    pg_dsn: str, channel: str, listener: Conn
+) -> None:
+    """Whatever leaves the SDK's connection with a statement under way (here, one sent on
+    ``ConnectionProvider.connection()`` whose reply never comes), the next submission does
+    not fail with "another command is already in progress"."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    setup({"version": 1, "brokers": {"pg_notify": {"conninfo": proxy.dsn, "channels": [channel]}}})
+    try:
+        connection = shared_provider(proxy.dsn).connection()
+        proxy.swallow_replies()
+        connection.pgconn.send_query(b"SELECT 1")
+        sent = tasks.add.delay(1, 2).uuid
+        assert arrived(listener, 1) == [sent]
+    finally:
+        close_connections()
+        reset()
+        proxy.down()
+
+
+def drive(coroutine: Coroutine[Any, Any, Any]) -> None:
+    """Run *coroutine* without any event loop, as a foreign one (trio's) would."""
+    try:
+        coroutine.send(None)
+    finally:
+        coroutine.close()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: tasks.add.adelay(1, 2),
+        lambda: asubmit_task("support.tasks.add", args=[1, 2]),
+        lambda: acontrol_with_reply("running", timeout=0.1),
+    ],
+    ids=["adelay", "asubmit_task", "acontrol_with_reply"],
+)
+def test_the_async_api_without_an_asyncio_loop_says_to_use_the_sync_one(
+    configured: object, call: Callable[[], Coroutine[Any, Any, Any]]
+) -> None:
+    """It was a bare "RuntimeError: no running event loop"."""
+    with pytest.raises(AsyncioRequired) as raised:
+        drive(call())
+    assert isinstance(raised.value, DispatcherError)
+    assert isinstance(raised.value, RuntimeError)  # (what it was: `except` clauses still hold)
+    assert "asyncio" in str(raised.value)
+    assert "trio.to_thread.run_sync" in str(raised.value)
+
+
+def test_the_async_api_under_trio_says_to_use_the_sync_one(configured: object) -> None:
+    trio = pytest.importorskip("trio")
+
+    async def main() -> None:
+        await tasks.add.adelay(1, 2)
+
+    with pytest.raises(AsyncioRequired, match=r"trio\.to_thread\.run_sync"):
+        trio.run(main)
