@@ -1,0 +1,151 @@
+"""A service at scale: thousands of registered tasks, floods of unknown names, big replies.
+
+The task modules are generated into a folder of the test's own (on ``PYTHONPATH``); each task
+writes a record to the evidence file, naming itself and its label.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.service import TESTS, Evidence, ServiceProcess
+
+HEADER = """
+import json
+
+from dispatcher.publish import task
+
+
+def _record(path, **fields):
+    with open(path, "a", encoding="utf-8") as evidence:
+        evidence.write(json.dumps(fields) + "\\n")
+
+"""
+
+
+def function_name(number: int, width: int) -> str:
+    """The name of generated task *number*: ``t<number>``, padded to *width* with ``x``."""
+    name = f"t{number}_"
+    return name + "x" * (width - len(name)) if width else name.rstrip("_")
+
+
+def task_module(folder: Path, module: str, count: int, width: int = 0) -> list[str]:
+    """Write *module* with *count* tasks into *folder*; return their registered names."""
+    names = [function_name(number, width) for number in range(count)]
+    source = HEADER + "".join(
+        f"\n@task()\ndef {name}(path, label=''):\n    _record(path, task={name!r}, label=label)\n"
+        for name in names
+    )
+    (folder / f"{module}.py").write_text(source)
+    return [f"{module}.{name}" for name in names]
+
+
+def start(
+    config: dict[str, Any], module: str, code: Path, folder: Path, *args: str
+) -> ServiceProcess:
+    config["tasks"]["modules"] = [module]
+    folder.mkdir()
+    path = os.pathsep.join([str(code), str(TESTS)])
+    return ServiceProcess(config, folder, env={"PYTHONPATH": path}).start(*args)
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
+    folder = tmp_path / "code"
+    folder.mkdir()
+    return folder
+
+
+def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_CONFIG_FILE")}
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+# The report of the task modules' import once had to fit in one 64 KiB packet between the
+# fork server and the service: beyond (some 3,000 short names, or 260 of the longest), the
+# service waited for it for ever, and the producers' task names went unchecked.
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("module", "count", "width"),
+    [("scale_many", 4000, 0), ("scale_long", 300, 255 - len("scale_long."))],
+)
+def test_a_service_with_any_number_of_tasks_starts_and_runs_them(
+    service_config: dict[str, Any],
+    code: Path,
+    tmp_path: Path,
+    evidence: Evidence,
+    channel: str,
+    notify: Callable[[str, str], None],
+    module: str,
+    count: int,
+    width: int,
+) -> None:
+    names = task_module(code, module, count, width)
+    assert max(len(name) for name in names) <= 255
+    service = start(service_config, module, code, tmp_path / "service")
+    try:
+        service.wait_ready(timeout=60)
+        service.wait_for_log(rf"{count} registered tasks")
+        for name in (names[0], names[-1]):
+            notify(channel, json.dumps({"task": name, "args": [str(evidence.path), "ran"]}))
+        records = evidence.wait_for(2, timeout=30)
+        ran = sorted(record["task"] for record in records)
+        assert ran == sorted(name.rpartition(".")[2] for name in (names[0], names[-1]))
+        assert service.stop() == 0
+    finally:
+        service.kill_everything()
+
+    # The producers' task names are checked against the whole list.
+    typo = names[-1].replace(".t", ".T")
+    service_config["producers"] = {"scheduled": {typo: {"schedule": 60}}}
+    refused = start(service_config, module, code, tmp_path / "refused")
+    try:
+        assert refused.wait(60) == 3, refused.log
+        headline = (
+            f"cannot start: producers.scheduled[{typo!r}]: no such registered task; "
+            f"did you mean {names[-1]!r}?"
+        )
+        # (A line that long is cut in the log.)
+        assert headline[:200] in refused.log
+    finally:
+        refused.kill_everything()
+
+
+@pytest.mark.timeout(180)
+def test_a_reload_that_grows_the_tasks_past_thousands_serves_them(
+    service_config: dict[str, Any],
+    code: Path,
+    tmp_path: Path,
+    evidence: Evidence,
+    channel: str,
+    notify: Callable[[str, str], None],
+) -> None:
+    task_module(code, "scale_growing", 2)
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start(service_config, "scale_growing", code, tmp_path / "service", "--reload")
+    try:
+        service.wait_ready(timeout=60)
+        service.wait_for_log(r"reload: watching .*code")
+        names = task_module(code, "scale_growing", 4000)
+        service.wait_for_log(r"reloaded: 1 workers restarted, 4000 tasks registered", timeout=90)
+        notify(channel, json.dumps({"task": names[-1], "args": [str(evidence.path), "new"]}))
+        [record] = evidence.wait_for(1, timeout=30)
+        assert record == {"task": "t3999", "label": "new"}
+        assert "took more than" not in service.log
+        assert service.stop() == 0
+    finally:
+        service.kill_everything()
