@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from support.service import TESTS, Evidence, ServiceProcess
@@ -146,6 +147,57 @@ def test_a_reload_that_grows_the_tasks_past_thousands_serves_them(
         [record] = evidence.wait_for(1, timeout=30)
         assert record == {"task": "t3999", "label": "new"}
         assert "took more than" not in service.log
+        assert service.stop() == 0
+    finally:
+        service.kill_everything()
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process *pid* has used so far (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# Each message naming an unregistered task once cost a "did you mean" looked up among every
+# registered name (milliseconds with thousands): a burst of them stalled the service for
+# seconds, holding up the tasks behind it and the control commands.
+@pytest.mark.timeout(180)
+def test_a_burst_of_unknown_task_names_costs_little_and_holds_nothing_up(
+    service_config: dict[str, Any],
+    code: Path,
+    tmp_path: Path,
+    evidence: Evidence,
+    channel: str,
+    pg_conn: psycopg.Connection[Any],
+) -> None:
+    names = task_module(code, "scale_flood", 3000)
+    service = start(service_config, "scale_flood", code, tmp_path / "service")
+    try:
+        service.wait_ready(timeout=60)
+        service.wait_for_log(r"3000 registered tasks")
+        burst = 2000
+        typos = [names[n].replace(".t", ".tx") for n in range(burst)]
+        unknown = [json.dumps({"task": typo}) for typo in typos]
+        valid = json.dumps({"task": names[-1], "args": [str(evidence.path), "after"]})
+        before = cpu_seconds(service.pid)
+        # One statement: the notifications come together, the valid task last.
+        pg_conn.execute(
+            "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) WITH ORDINALITY AS p(payload, n) "
+            "ORDER BY n",
+            (channel, [*unknown, valid]),
+        )
+        [record] = evidence.wait_for(1, timeout=60)
+        used = cpu_seconds(service.pid) - before
+        assert record == {"task": "t2999", "label": "after"}
+        # Some 12 ms each before: 24 s. Now well under a millisecond each.
+        assert used < 5.0, f"{used:.1f} s of CPU for {burst} unknown task names"
+        alive = ctl(service.config_path, "--timeout", "20", "alive")
+        assert alive.returncode == 0, alive.stderr
+        # The first ones logged still say what was meant.
+        assert (
+            f"task {typos[0]!r} is not registered (did you mean {names[0]!r}?)" in service.log
+        ), service.log[:3000]
+        service.wait_for_log(r"similar lines? suppressed")
         assert service.stop() == 0
     finally:
         service.kill_everything()
