@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from support.service import TESTS, Evidence, ServiceProcess
+from support.service import TESTS, Evidence, ServiceProcess, wait_until
 
 HEADER = """
 import json
@@ -194,10 +195,70 @@ def test_a_burst_of_unknown_task_names_costs_little_and_holds_nothing_up(
         alive = ctl(service.config_path, "--timeout", "20", "alive")
         assert alive.returncode == 0, alive.stderr
         # The first ones logged still say what was meant.
-        assert (
-            f"task {typos[0]!r} is not registered (did you mean {names[0]!r}?)" in service.log
-        ), service.log[:3000]
+        assert f"task {typos[0]!r} is not registered (did you mean {names[0]!r}?)" in service.log, (
+            service.log[:3000]
+        )
         service.wait_for_log(r"similar lines? suppressed")
         assert service.stop() == 0
+    finally:
+        service.kill_everything()
+
+
+# 10,000 queued tasks of 1 KiB each once made replies over the 8 MiB a client takes:
+# ``running`` and ``cancel`` said "no answer" (and exit 1), though the cancel had happened.
+@pytest.mark.timeout(180)
+def test_running_and_cancel_answer_with_any_number_of_tasks_counting_those_not_listed(
+    start_service: Callable[..., ServiceProcess],
+    service_config: dict[str, Any],
+    evidence: Evidence,
+    channel: str,
+    pg_conn: psycopg.Connection[Any],
+) -> None:
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    try:
+        path = str(evidence.path)
+        blocker = {"task": "support.service_tasks.sleep_then_record", "args": [path, 120]}
+        pg_conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(blocker)))
+        evidence.wait_for(1, timeout=30)  # it runs: what follows waits behind it
+        count, blob = 10_000, "x" * 1024
+        queued = [
+            json.dumps({"task": "support.service_tasks.record", "args": [path, n, blob]})
+            for n in range(count)
+        ]
+        pg_conn.execute(
+            "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS p(payload)",
+            (channel, queued),
+        )
+
+        def waiting() -> int:
+            status = ctl(service.config_path, "status", "--json")
+            assert status.returncode == 0, status.stderr
+            return int(json.loads(status.stdout)[0]["queued"])
+
+        wait_until(lambda: waiting() == count, timeout=60, interval=0.5)
+
+        running = ctl(service.config_path, "running", "--json")
+        assert running.returncode == 0, running.stderr
+        [reply] = json.loads(running.stdout)
+        listed = [key for key, value in reply.items() if isinstance(value, dict)]
+        assert 0 < len(listed) < count
+        assert len(listed) + reply["omitted"] == count + 1
+        shown = ctl(service.config_path, "running")
+        assert shown.returncode == 0, shown.stderr
+        assert f"  ... {reply['omitted']} more, not listed (too many for one reply)\n" in (
+            shown.stdout
+        )
+
+        cancel = ctl(service.config_path, "cancel", "--task", "support.service_tasks.record")
+        assert cancel.returncode == 0, cancel.stderr
+        [more] = re.findall(r"^  \.\.\. (\d+) more, not listed", cancel.stdout, re.MULTILINE)
+        rows = re.findall(r"^  queued-\d+ ", cancel.stdout, re.MULTILINE)
+        assert len(rows) + int(more) == count, cancel.stdout[-2000:]
+        assert "no answer" not in cancel.stderr
+        assert waiting() == 0
+        service.wait_for_log(
+            rf"control cancel \(task='support.service_tasks.record'\): cancelled {count} tasks"
+        )
     finally:
         service.kill_everything()
