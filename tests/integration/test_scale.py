@@ -262,3 +262,26 @@ def test_running_and_cancel_answer_with_any_number_of_tasks_counting_those_not_l
         )
     finally:
         service.kill_everything()
+
+
+@pytest.mark.timeout(120)
+def test_the_task_modules_see_the_service_config_checked_once(
+    start_service: Callable[..., ServiceProcess],
+    service_config: dict[str, Any],
+    channel: str,
+    tmp_path: Path,
+) -> None:
+    """The fork server installs the config the service loaded (thousands of channels), as is."""
+    channels = [channel, *(f"{channel}_{n}" for n in range(2000))]
+    service_config["brokers"]["pg_notify"]["channels"] = channels
+    service_config["tasks"]["modules"] = ["support.config_probe", "support.service_tasks"]
+    probe = tmp_path / "probe.json"
+    service = start_service(
+        service_config, env={"DISPATCHER_TEST_CONFIG_PROBE": str(probe)}, wait=False
+    )
+    try:
+        service.wait_ready(timeout=60)
+        seen = json.loads(probe.read_text())
+        assert seen == {"source": str(service.config_path), "channels": channels}
+    finally:
+        service.kill_everything()

@@ -416,8 +416,11 @@ class ForkedServer:
 _HELD_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
-def fork_server(options: WorkerOptions) -> ForkedServer | None:
+def fork_server(options: WorkerOptions, settings: Settings | None = None) -> ForkedServer | None:
     """Fork the fork server from this process; ``None`` where that is not safe.
+
+    *settings*, the config ``options.config`` holds as loaded here, is installed in the fork
+    server as it is, not loaded (and checked) again.
 
     Forking is safe only while this process has a single thread, so this is for a service's
     start-up, before its event loop runs, and from its main thread (whose end the fork
@@ -440,7 +443,8 @@ def fork_server(options: WorkerOptions) -> ForkedServer | None:
         if pid == 0:
             # Unblocked in the child whatever the service holds while it starts: the fork
             # server ignores them, and its workers must get them (SIGTERM stops a worker).
-            _forked(theirs, ours, dataclasses.asdict(options), parent, mask - _HELD_SIGNALS)
+            child_mask = mask - _HELD_SIGNALS
+            _forked(theirs, ours, dataclasses.asdict(options), parent, child_mask, settings)
     except OSError:
         ours.close()
         return None
@@ -471,6 +475,7 @@ def _forked(
     options: dict[str, Any],
     parent: int,
     mask: set[int | signal.Signals],
+    settings: Settings | None,
 ) -> NoReturn:
     """The child of :func:`fork_server`: become the fork server."""
     try:
@@ -484,36 +489,43 @@ def _forked(
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-        _preload_and_serve(control, options)
+        _preload_and_serve(control, options, settings)
     except BaseException:
         traceback.print_exc()
     os._exit(1)
 
 
-def _preload_and_serve(control: socket.socket, options: dict[str, Any]) -> NoReturn:
+def _preload_and_serve(
+    control: socket.socket, options: dict[str, Any], settings: Settings | None = None
+) -> NoReturn:
     """Import the task modules, report how that went, then fork workers on request.
 
     The service waits for the report before any broker listens. Serving goes on after a
     failure too: each worker then imports the modules again and reports its error.
     """
-    _install_service_config(options)
+    _install_service_config(options, settings)
     report = import_report(options.get("modules", ()))
     _send(control, {"event": "imported", **report})
     ForkServer(control, options).serve()
 
 
-def _install_service_config(options: Mapping[str, Any]) -> None:
+def _install_service_config(options: Mapping[str, Any], settings: Settings | None) -> None:
     """Make the service's config the one in force here, so in every worker, from now on.
 
     Whatever the task modules do when imported (a framework's start-up, such as Django's,
     may set up a config of its own where none is), ``get_settings()`` in a task answers with
-    the config the service runs on.
+    the config the service runs on: *settings* when the service's process gave them (it
+    checked them: a config of thousands of channels costs time to check), else the config
+    document of *options*, loaded here.
     """
     document = options.get("config")
     if document is None:
         return
-    from dispatcher.config import ConfigError, setup
+    from dispatcher.config import ConfigError, install, setup
 
+    if settings is not None:
+        install(settings)
+        return
     try:
         setup(config=document, source=options.get("config_source") or "config")
     except ConfigError as exc:  # (it was valid in the service: not expected)

@@ -90,7 +90,7 @@ def run(settings: Settings, log_level: int, reload: bool = False) -> int:
     # A stop signal while the service starts stops it once it is built: exit status 0.
     with held_stop_signals() as release:
         try:
-            forked = fork_server(worker_options(settings, log_level))
+            forked = fork_server(worker_options(settings, log_level), settings)
             import anyio
 
             from dispatcher.server.service import Service
