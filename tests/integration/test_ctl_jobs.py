@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -15,6 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dispatcher.config import reset, setup
+from dispatcher.publish import close_connections, get_job
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from dispatcher.server.ctl_jobs import CELL_WIDTH
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
@@ -168,6 +171,41 @@ def test_jobs_json_gives_whole_rows(config: Path, pg_conn: Conn, schema: str) ->
     assert json.loads(row["message"])["task"] == "myapp.tasks.work"
     assert row["finished_at"].endswith("+00:00")
     assert {"id", "queue", "run_after", "lease_until", "node_id", "outcome", "result"} <= set(row)
+    assert (row["claims"], row["dup_key"]) == (0, None)  # every column of the row
+
+
+def test_jobs_json_and_get_job_give_every_column_of_the_table(
+    config: Path, pg_conn: Conn, schema: str, pg_dsn: str
+) -> None:
+    """What ``--json`` and ``get_job()`` show is the table's columns, all of them."""
+    uuid = insert_job(pg_conn, schema, on_duplicate="serial")
+    table = {
+        name
+        for (name,) in pg_conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = 'jobs'",
+            (schema,),
+        )
+    }
+    result = ctl(config, "jobs", "--json", "--uuid", uuid)
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert set(row) - {"now"} == table
+    assert row["dup_key"] is not None
+    setup(
+        {
+            "version": 1,
+            "brokers": {"pg_queue": {"conninfo": pg_dsn, "schema": schema, "queues": ["jobs"]}},
+        }
+    )
+    try:
+        job = get_job(uuid)
+    finally:
+        close_connections()
+        reset()
+    assert job is not None
+    assert {field.name for field in dataclasses.fields(job)} == table
+    assert (job.claims, job.dup_key) == (row["claims"], row["dup_key"])
 
 
 def test_retry_by_uuid_requeues_with_attempts_reset_and_wakes_the_queue(

@@ -483,6 +483,34 @@ def test_rundispatcher_runs_orm_tasks_in_workers_and_stops_on_sigterm(
         service.kill()
 
 
+def test_rundispatcher_keeps_the_projects_logging_and_its_records_reach_the_log(
+    demo_site: DemoSite, tmp_path: Path
+) -> None:
+    """A ``LOGGING`` in Django's "verbose" format (process and thread ids): the service's lines
+    and the task's records are all written in it, the task's at once with their level."""
+    channel, text = unique_channel("rundispatcher"), unique("logged")
+    env = demo_site.env(channel, settings="demo_site.settings_logging")
+    service = ManagePy(env, tmp_path / "service.log", "rundispatcher")
+    try:
+        service.wait_ready()
+        message = {"task": "demo_notes.tasks.log_then_write_note", "args": [text]}
+        with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+        worker = note(text).written_by_pid
+        service.wait_for_log(rf"(?m)^ERROR \S+ \S+ tasks {worker} \d+ noting {text}$")
+        service.wait_for_log(r"log_then_write_note \(uuid .*\) finished ok")
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(20) == 0, service.log
+    finally:
+        service.kill()
+    log = service.log
+    assert "Logging error" not in log, log
+    assert "task output" not in log, log
+    pid = service.process.pid
+    assert re.search(rf"(?m)^INFO \S+ \S+ \w+ {pid} \d+ listening on channels {channel}", log), log
+    assert re.search(rf"(?m)^INFO \S+ \S+ \w+ {pid} \d+ dispatcher service .* stopped$", log), log
+
+
 def test_rundispatcher_log_level_is_checked(demo_site: DemoSite) -> None:
     result = subprocess.run(
         [sys.executable, "manage.py", "rundispatcher", "--log-level", "LOUD"],
@@ -508,6 +536,30 @@ from dispatcher.publish import task
 def write_versioned_note(text):
     Note.objects.create(text={version!r} + ":" + text, written_by_pid=os.getpid())
 """
+
+
+def test_rundispatcher_log_format_json_makes_every_line_json(
+    demo_site: DemoSite, tmp_path: Path
+) -> None:
+    channel, text = unique_channel("rundispatcher"), unique("json-log")
+    env = demo_site.env(channel)
+    service = ManagePy(env, tmp_path / "service.log", "rundispatcher", "--log-format", "json")
+    try:
+        service.wait_ready()
+        message = {"task": "demo_notes.tasks.write_note", "args": [text], "uuid": text}
+        with psycopg.connect(demo_site.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(message)))
+        note(text)
+        service.wait_for_log(rf'"dispatcher_uuid": "{text}"')
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(20) == 0, service.log
+    finally:
+        service.kill()
+    records = [json.loads(line) for line in service.log.splitlines()]
+    [finished] = [r for r in records if r.get("dispatcher_uuid") == text]
+    assert finished["dispatcher_event"] == "task_finished"
+    assert finished["dispatcher_task"] == "demo_notes.tasks.write_note"
+    assert any(r.get("dispatcher_event") == "service_stopped" for r in records)
 
 
 def test_rundispatcher_reload_runs_edited_task_code_with_the_orm(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatcher.config import Settings
 from dispatcher.control import control_with_reply, entries
 from support.log_lines import assert_every_line_is_ours
+from support.proxy import DatabaseProxy
 from support.service import Evidence, ServiceProcess, wait_until
 from support.service import task_message as message
 
@@ -93,6 +98,57 @@ def test_metrics_count_what_ran(
     workers = sum(v for (name, _), v in found.items() if name == "dispatcher_workers")
     assert found[("dispatcher_worker_count_total", ())] == workers  # dispatcherd's names
     assert found[("dispatcher_control_messages_count_total", ())] == 0
+
+
+REJECTION_REASONS = {
+    "not_json",
+    "too_deep",
+    "not_object",
+    "invalid_message",
+    "invalid_chunk",
+    "oversized",
+    "chunk_expired",
+    "chunk_evicted",
+    "unknown_task",
+    "invalid_control",
+    "control_not_allowed",
+    "control_unsupported",
+    "overloaded",
+    "internal_error",
+    "unsigned",
+    "replayed",
+    "invalid_signed_envelope",
+    "unknown_key",
+    "bad_signature",
+    "stale_signature",
+}
+"""The reasons docs/service.md and docs/control.md name."""
+
+OUTCOMES = {"ok", "error", "cancelled", "timeout", "killed", "worker_lost", "memory_exceeded"}
+
+
+def test_counters_by_reason_and_by_task_are_exported_at_zero_from_the_start(
+    metrics_service: tuple[ServiceProcess, int],
+) -> None:
+    """An alert on increase() sees the first event after a start: the series exists before."""
+    _, port = metrics_service
+    found = samples(port)
+    rejected = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in found.items()
+        if name == "dispatcher_messages_rejected_total"
+    }
+    assert rejected == dict.fromkeys(REJECTION_REASONS, 0)
+    finished = {
+        (dict(labels)["task"], dict(labels)["outcome"]): value
+        for (name, labels), value in found.items()
+        if name == "dispatcher_tasks_finished_total"
+    }
+    assert finished[TASKS + "record", "ok"] == 0
+    assert finished[TASKS + "fail", "error"] == 0
+    assert {outcome for _, outcome in finished} == OUTCOMES
+    assert all(task.startswith(TASKS) for task, _ in finished)  # the registered ones only
+    assert set(finished.values()) == {0}
 
 
 def test_tasks_ended_with_their_worker_are_timed_like_the_others(
@@ -261,3 +317,75 @@ def test_an_address_another_process_holds_stops_the_start(
     assert "Traceback" not in service.log
     assert_every_line_is_ours(service.log)
     assert evidence.records() == []
+
+
+def test_a_broker_that_fails_is_shown_in_status_and_metrics_until_it_serves_again(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    pg_dsn: str,
+    tmp_path: Path,
+) -> None:
+    """The pg_notify listener cannot reach the database: `status` says since when and why,
+    ``dispatcher_broker_up`` is 0 (the socket broker's 1); once it listens, both say so."""
+    proxy = DatabaseProxy(pg_dsn)
+    port = free_port()
+    socket_path = tmp_path / "dispatcher.sock"
+    service_config["brokers"]["pg_notify"]["conninfo"] = proxy.dsn
+    service_config["brokers"]["socket"] = {"path": str(socket_path)}
+    service_config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
+    service = start_service(service_config, wait=False)
+    service.wait_for_log(r"pg_notify connection to .* failed", count=2)
+    ctl_config = tmp_path / "ctl.yml"
+    ctl_config.write_text(
+        json.dumps({"version": 1, "brokers": {"socket": {"path": str(socket_path)}}})
+    )
+
+    def brokers() -> dict[str, Any]:
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dispatcher.server.ctl",
+                "status",
+                "--json",
+                "--config",
+                str(ctl_config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if status.returncode != 0:
+            return {}
+        [reply] = json.loads(status.stdout)
+        return dict(reply["brokers"])
+
+    health = wait_until(lambda: (found := brokers()) and found, 20)
+    assert set(health) == {"pg_notify", "socket"}, health
+    assert health["pg_notify"]["serving"] is False
+    assert health["pg_notify"]["failing_since"] <= time.time()
+    assert health["pg_notify"]["failures"] >= 2
+    assert health["pg_notify"]["last_error"]
+    assert health["socket"] == {
+        "serving": True,
+        "failing_since": None,
+        "last_error": None,
+        "failures": 0,
+    }
+    up = wait_until(lambda: samples(port), 20)
+    assert up[("dispatcher_broker_up", (("broker", "pg_notify"),))] == 0
+    assert up[("dispatcher_broker_up", (("broker", "socket"),))] == 1
+    assert up[("dispatcher_broker_failures_total", (("broker", "pg_notify"),))] >= 2
+
+    proxy.up()
+    try:
+        service.wait_for_log(r"listening on channels", timeout=40)
+        health = brokers()
+        assert (health["pg_notify"]["serving"], health["pg_notify"]["failing_since"]) == (
+            True,
+            None,
+        )
+        assert health["pg_notify"]["last_error"]  # kept, for the record
+        assert samples(port)[("dispatcher_broker_up", (("broker", "pg_notify"),))] == 1
+    finally:
+        proxy.down()

@@ -40,6 +40,9 @@ class Source:
     def queue_sampling(self) -> QueueSampling | None:
         return None if self.sampler is None else self.sampler.sampling()
 
+    def registered_tasks(self) -> frozenset[str]:
+        return frozenset()
+
 
 def exposition(source: Source) -> tuple[str, Samples]:
     text = "".join(render(source))

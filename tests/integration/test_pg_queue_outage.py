@@ -259,6 +259,8 @@ def test_status_reports_failing_claims_and_the_log_says_when_claiming_resumes(
         assert health["failing_since"] <= time.time()
         assert "read-only" in health["last_error"]
         assert health["connect_failures"] >= 1  # its set-up (the first sweep) fails too
+        assert status["brokers"]["pg_queue"]["serving"] is False
+        assert "read-only" in status["brokers"]["pg_queue"]["last_error"]
 
         pg_conn.execute(
             sql.SQL("ALTER ROLE {} RESET default_transaction_read_only").format(
@@ -272,8 +274,10 @@ def test_status_reports_failing_claims_and_the_log_says_when_claiming_resumes(
         uuids = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 1)])
         wait_for_states(pg_conn, schema, uuids, {"done"})
         service.wait_for_log(r"claiming jobs again after \d+ failures? over \d+\.\d s")
-        health = ctl_status(service)["pg_queue"]
+        status = ctl_status(service)
+        health = status["pg_queue"]
         assert (health["claiming"], health["failing_since"]) == (True, None)
+        assert status["brokers"]["pg_queue"]["serving"] is True
         assert health["last_error"]  # the last error stays, for the record
         service.stop()
     finally:

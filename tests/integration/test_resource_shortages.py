@@ -184,13 +184,10 @@ def test_the_service_silences_psycopgs_warning_about_its_own_cancellations(
         anyio.run(cancel_a_statement)  # (psycopg as it is: the warning this is about)
         assert "query cancellation interrupted (CancelledError)" in caplog.text
         caplog.clear()
-        quiet_own_cancellations()
-        try:
+        with quiet_own_cancellations():
             anyio.run(cancel_a_statement)
             psycopg_logger.warning("query cancellation failed: %s", "something else")
-        finally:
-            for quieting in [f for f in psycopg_logger.filters if isinstance(f, OwnCancellations)]:
-                psycopg_logger.removeFilter(quieting)
+    assert not any(isinstance(f, OwnCancellations) for f in psycopg_logger.filters)
     assert [r.getMessage() for r in caplog.records] == ["query cancellation failed: something else"]
 
 

@@ -318,3 +318,14 @@ def give_back_unencodable(path: str, kind: str) -> Any:
     if kind == "exit":
         return _ItemsExit(a=1)
     return _ItemsFail(a=1) if kind == "dict" else _IterFails([1])
+
+
+LONG_NAME: Final = "support.service_tasks.a_long_name_" + "x" * (255 - 34)
+"""The longest valid task name (255 characters)."""
+
+
+@task(name=LONG_NAME)
+def fail_with_a_long_name(path: str) -> None:
+    """Record, then raise; registered under the longest name a task may have."""
+    _record(path, event="fail")
+    raise ValueError("this task always fails")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from dispatcher.server.logsafe import MAX_LOGGED_CHARS
+
 SCRIPT = textwrap.dedent(
     """
     import logging, os, subprocess, sys
@@ -68,7 +70,9 @@ def test_output_over_the_cap_is_counted_and_dropped() -> None:
 def test_a_long_line_is_logged_in_pieces() -> None:
     lines = _run(cap=1000)
     pieces = [line for line in lines if "app.second" in line and "dropped" not in line]
-    assert [len(line.rsplit(" ", 1)[1]) for line in pieces] == [200] * 5
+    full, rest = divmod(1000, MAX_LOGGED_CHARS)
+    expected = [MAX_LOGGED_CHARS] * full + ([rest] if rest else [])
+    assert [len(line.rsplit(" ", 1)[1]) for line in pieces] == expected
 
 
 def test_a_cap_of_zero_logs_only_the_count() -> None:

@@ -662,7 +662,7 @@ def test_without_version_dispatcherd_keys_are_recognised() -> None:
         (
             {"version": 1, "service": {"pool_kwargs": {}}},
             "service.pool_kwargs: unknown key (expected one of: cancel_grace, chunk_expiry, "
-            "control, limits, metrics, node_id, pool, shutdown_grace, task_log)",
+            "control, limits, log_format, metrics, node_id, pool, shutdown_grace, task_log)",
         ),
         ({"version": 3}, "version: must be 1, got 3"),
         ({"version": "2"}, "version: must be 1, got '2'"),

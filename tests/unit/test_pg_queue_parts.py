@@ -650,7 +650,10 @@ class _FencedDb:
                 del self.claims[ack["id"]]
                 self.written.append((ack["id"], ack["claims"], ack["outcome"]))
                 state = "queued" if ack["kind"] == "retry" else ack["kind"]
-                rows.append(("q", ack["kind"], state, "a", False, ack["id"], ack["claims"]))
+                attempt = None
+                if ack["kind"] == "retry":
+                    attempt = ["t", "u", ack["attempts"], 3, ack["outcome"], ack["delay"]]
+                rows.append(("q", ack["kind"], state, False, ack["id"], ack["claims"], attempt))
         return rows
 
 

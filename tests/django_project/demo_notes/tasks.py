@@ -1,5 +1,6 @@
 """The demo project's tasks: they use the ORM."""
 
+import logging
 import os
 
 from demo_notes.models import Note
@@ -20,3 +21,10 @@ def write_config_channels(text: str) -> None:
     pg_notify = get_settings().brokers.pg_notify
     channels = ",".join(pg_notify.channels) if pg_notify is not None else ""
     Note.objects.create(text=f"{text} {channels}", written_by_pid=os.getpid())
+
+
+@task()
+def log_then_write_note(text: str) -> None:
+    """Log *text* through the project's app logger, then store it as a note."""
+    logging.getLogger("demo_notes.tasks").error("noting %s", text)
+    Note.objects.create(text=text, written_by_pid=os.getpid())

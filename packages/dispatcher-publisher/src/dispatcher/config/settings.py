@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from dispatcher.config.security import Security
-from dispatcher.schema import OnDuplicate
+from dispatcher.schema import LogFormat, OnDuplicate
 from dispatcher.schema.chunks import MAX_PARTIAL_BYTES, MAX_PARTIAL_MESSAGES
 
 BrokerName = str
@@ -204,6 +204,9 @@ class Service:
     chunk_expiry: float = 1800
     task_log: TaskLog = "end"
     """Per-task INFO lines: at each task's ``end``, at its ``start_and_end``, or ``off``."""
+    log_format: LogFormat = "text"
+    """How ``dispatcher-standalone`` and ``rundispatcher`` write the log (``text`` lines, or
+    ``json`` objects), and the workers their own lines, whatever starts the service."""
     metrics: Metrics | None = None
     limits: Limits = field(default_factory=Limits)
     control: ServiceControl = field(default_factory=ServiceControl)

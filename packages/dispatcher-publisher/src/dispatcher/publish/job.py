@@ -43,8 +43,10 @@ COLUMNS: Final = (
     "last_error",
     "result",
     "message",
+    "claims",
+    "dup_key",
 )
-"""The columns read, in the order of :class:`Job`'s fields."""
+"""The columns read, in the order of :class:`Job`'s fields: every column of the table."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,12 @@ class Job:
     """What the task returned (decoded JSON), once ``done``; ``None`` otherwise."""
     message: str
     """The task message's JSON text, as stored."""
+    claims: int = 0
+    """How many times a service claimed it so far: each claim's number fences its outcome
+    (a claim whose lease ran out cannot settle the job claimed again since)."""
+    dup_key: str | None = None
+    """The identity of its task and arguments that its ``on_duplicate`` goes by (set
+    unless ``parallel``): the jobs that share one are duplicates."""
 
     @property
     def finished(self) -> bool:

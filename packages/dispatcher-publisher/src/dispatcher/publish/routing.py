@@ -10,6 +10,7 @@ when configured, else the task default.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -27,6 +28,9 @@ from dispatcher.publish.pg_notify import create as create_pg_notify
 from dispatcher.publish.pg_queue import create as create_pg_queue
 from dispatcher.publish.socket import create as create_socket
 from dispatcher.publish.submission import Submission
+from dispatcher.schema.log_fields import BROKER, EVENT, QUEUE, TASK, UUID
+
+logger = logging.getLogger("dispatcher.publish")
 
 BUILTIN_FACTORIES: Final[Mapping[str, PublishBrokerFactory]] = {
     "pg_notify": create_pg_notify,
@@ -185,3 +189,24 @@ def plan(
                 groups.append((broker, group))
         group.append(submission)
     return groups
+
+
+def log_sent(groups: Sequence[tuple[PublishBroker, Sequence[Submission]]]) -> None:
+    """Log each submission of *groups*, sent, at DEBUG (the caller checks that it is on)."""
+    for broker, group in groups:
+        for submission in group:
+            task = submission.message.get("task")
+            logger.debug(
+                "submitted task %s (uuid %s) to %s %s",
+                task,
+                submission.uuid,
+                broker.name,
+                submission.channel,
+                extra={
+                    EVENT: "task_submitted",
+                    TASK: task,
+                    UUID: submission.uuid,
+                    BROKER: broker.name,
+                    QUEUE: submission.channel,
+                },
+            )

@@ -6,6 +6,7 @@ and run ``hatch run generate-sync``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +22,7 @@ from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_queue import PgQueuePublisher
 from dispatcher.publish.registry import Queue
-from dispatcher.publish.routing import plan
+from dispatcher.publish.routing import log_sent, logger, plan
 from dispatcher.publish.submission import Submission
 from dispatcher.schema import OnDuplicate
 
@@ -64,6 +65,8 @@ async def asend(
         await _asend_together(groups, connection, own_connection)
     else:
         await _asend_groups(groups, connection, own_connection)
+    if logger.isEnabledFor(logging.DEBUG):
+        log_sent(groups)
 
 
 async def _asend_groups(groups: Groups, connection: object | None, own_connection: bool) -> None:

@@ -5,6 +5,7 @@ Generated from ``submit_async.py`` by ``tools/async_to_sync.py``; do not edit.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -20,7 +21,7 @@ from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_queue import PgQueuePublisher
 from dispatcher.publish.registry import Queue
-from dispatcher.publish.routing import plan
+from dispatcher.publish.routing import log_sent, logger, plan
 from dispatcher.publish.submission import Submission
 from dispatcher.schema import OnDuplicate
 
@@ -63,6 +64,8 @@ def send(
         _send_together(groups, connection, own_connection)
     else:
         _send_groups(groups, connection, own_connection)
+    if logger.isEnabledFor(logging.DEBUG):
+        log_sent(groups)
 
 
 def _send_groups(groups: Groups, connection: object | None, own_connection: bool) -> None:

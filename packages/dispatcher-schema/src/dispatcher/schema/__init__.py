@@ -12,7 +12,9 @@ whatever language they are written in. This package ships them as data and offer
 - :func:`migrations`: the versioned SQL that creates the durable queue's tables;
 - :func:`duplicate_identity` and :func:`duplicate_key`: what makes two tasks duplicates;
 - the values both sides share (:mod:`dispatcher.schema.wire`): envelope keys, the service
-  name prefix, :data:`OnDuplicate`, :data:`LOG_LEVELS`, size limits; and :class:`Outcome`;
+  name prefix, :data:`OnDuplicate`, :data:`LOG_LEVELS`, :data:`LOG_FORMATS`, size limits;
+  and :class:`Outcome`;
+- :mod:`dispatcher.schema.log_fields`: the attributes log records carry (``extra=``);
 - :class:`DispatcherError`: the root of every error the dispatcher distributions raise.
 """
 
@@ -51,6 +53,7 @@ from dispatcher.schema.wire import (
     CHANNELS_DIGEST_CHARS,
     CHUNK_KEY,
     CHUNK_VERSION,
+    LOG_FORMATS,
     LOG_LEVELS,
     MAX_APPLICATION_NAME_BYTES,
     MAX_CHANNEL_NAME_BYTES,
@@ -64,6 +67,7 @@ from dispatcher.schema.wire import (
     SERVICE_NAME_PREFIX,
     SIGNED_KEY,
     SIGNED_VERSION,
+    LogFormat,
     LogLevel,
     OnDuplicate,
     ServiceName,
@@ -84,6 +88,7 @@ __all__ = [
     "CHANNEL_NAME_RULE",
     "CHUNK_KEY",
     "CHUNK_VERSION",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "MAX_APPLICATION_NAME_BYTES",
     "MAX_CHANNEL_NAME_BYTES",
@@ -105,6 +110,7 @@ __all__ = [
     "DispatcherError",
     "InvalidArgumentType",
     "InvalidArgumentValue",
+    "LogFormat",
     "LogLevel",
     "Migration",
     "OnDuplicate",

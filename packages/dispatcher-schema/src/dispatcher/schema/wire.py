@@ -238,6 +238,12 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
 """Every :data:`LogLevel`, from the most verbose."""
 
+LogFormat = Literal["text", "json"]
+"""How the service writes its log: ``text`` lines, or one ``json`` object per line."""
+
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = get_args(LogFormat)
+"""Every :data:`LogFormat`, the default first."""
+
 
 def new_uuid() -> str:
     """Return a random (version 4) UUID in text form, for a message's ``uuid``.

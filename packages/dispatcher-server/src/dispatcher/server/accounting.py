@@ -7,8 +7,9 @@ import time
 
 from dispatcher.config.settings import TaskLog
 from dispatcher.schema import Outcome
-from dispatcher.server.jobs import Job
-from dispatcher.server.logsafe import Block, get_logger
+from dispatcher.schema.log_fields import DURATION, ERROR, EVENT, OUTCOME, TRACEBACK, WORKER
+from dispatcher.server.jobs import Job, job_fields
+from dispatcher.server.logsafe import Block, Whole, get_logger
 from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
 
@@ -20,7 +21,9 @@ class Accounting:
 
     *task_log* (``service.task_log``) says which per-task lines go to the log at INFO: one
     when a task ends (``end``), also one when it starts (``start_and_end``), or none
-    (``off``). A failed task is logged at ERROR whatever it says.
+    (``off``). A failed task is logged at ERROR whatever it says. Each record carries the
+    run's facts as attributes (see :mod:`dispatcher.schema.log_fields`), made only when the
+    record is to be logged.
     """
 
     def __init__(
@@ -31,13 +34,23 @@ class Accounting:
     ) -> None:
         self._stats = stats
         self._settle = settle
-        self._log_ends = task_log != "off"
+        self._end_level = logging.INFO if task_log != "off" else logging.DEBUG
+        """The level of the line of a task that ended without failing."""
         self.logs_starts = task_log == "start_and_end"
         """Whether :meth:`started` is to be called for each task that starts."""
 
     def started(self, job: Job, worker_id: int) -> None:
         """*job* starts on worker *worker_id* (called only when :attr:`logs_starts`)."""
-        logger.info("task %s (uuid %s) started on worker %d", job.task, job.uuid, worker_id)
+        if logger.isEnabledFor(logging.INFO):
+            fields = job_fields("task_started", job)
+            fields[WORKER] = worker_id
+            logger.info(
+                "task %s (uuid %s) started on worker %d",
+                job.task,
+                job.uuid,
+                worker_id,
+                extra=fields,
+            )
 
     def finished(
         self,
@@ -69,19 +82,36 @@ class Accounting:
             self._stats.timings(job.task, job.published, started, finished)
         if outcome is not Outcome.OK:
             self._failed(job, outcome, error)
-        if outcome is Outcome.ERROR:
+        failed = outcome is Outcome.ERROR
+        level = logging.ERROR if failed else self._end_level
+        if not logger.isEnabledFor(level):
+            return
+        ran = 0.0 if started is None else finished - started
+        fields = job_fields("task_failed" if failed else "task_finished", job)
+        fields[OUTCOME] = outcome.value
+        fields[WORKER] = worker_id
+        fields[DURATION] = ran
+        if failed:
+            fields[ERROR] = error
+            fields[TRACEBACK] = Whole(traceback)
             logger.error(
-                "task %s (uuid %s) failed: %s%s", job.task, job.uuid, error, Block(traceback)
+                "task %s (uuid %s) failed: %s%s",
+                job.task,
+                job.uuid,
+                error,
+                Block(traceback),
+                extra=fields,
             )
         else:
             logger.log(
-                logging.INFO if self._log_ends else logging.DEBUG,
+                level,
                 "task %s (uuid %s) finished %s in %.1f ms on worker %d",
                 job.task,
                 job.uuid,
                 outcome.value,
-                0.0 if started is None else (finished - started) * 1000,
+                ran * 1000,
                 worker_id,
+                extra=fields,
             )
 
     def lost(
@@ -105,13 +135,14 @@ class Accounting:
         self._stats.task_ended(job.task, outcome)
         self._stats.timings(job.task, job.published, started, ended)
         self._failed(job, outcome, error)
-        if outcome is not Outcome.WORKER_LOST:
+        if outcome is not Outcome.WORKER_LOST and logger.isEnabledFor(logging.WARNING):
             logger.warning(
                 "task %s (uuid %s) %s with its worker %d",
                 job.task,
                 job.uuid,
                 "killed" if outcome is Outcome.KILLED else f"ended as {outcome}",
                 worker_id,
+                extra=_lost_fields(job, outcome, worker_id, ended - started, error),
             )
 
     def log_lost(self, job: Job, worker_id: int, pid: int | None, how: str) -> None:
@@ -119,6 +150,11 @@ class Accounting:
 
         *how*: how the worker ended (``exit status 7``), or ``""``.
         """
+        if not logger.isEnabledFor(logging.ERROR):
+            return
+        error = f"worker {worker_id} (pid {pid}) died while running it" + (
+            f" ({how})" if how else ""
+        )
         logger.error(
             "worker %d (pid %s) died while running task %s (uuid %s): worker_lost%s",
             worker_id,
@@ -126,6 +162,7 @@ class Accounting:
             job.task,
             job.uuid,
             f" ({how})" if how else "",
+            extra=_lost_fields(job, Outcome.WORKER_LOST, worker_id, None, error),
         )
 
     def abandoned(
@@ -136,14 +173,18 @@ class Accounting:
         It ran from *started* until *ended* (the grace's end): its queue wait and run time
         are recorded as for a job that finished.
         """
-        logger.warning(
-            "task %s (uuid %s) still running after %.0f s: stopping worker %d",
-            job.task,
-            job.uuid,
-            grace,
-            worker_id,
-        )
         error = f"killed: still running after {grace:.0f} s of shutdown"
+        if logger.isEnabledFor(logging.WARNING):
+            fields = _lost_fields(job, Outcome.KILLED, worker_id, ended - started, error)
+            fields[EVENT] = "task_abandoned"
+            logger.warning(
+                "task %s (uuid %s) still running after %.0f s: stopping worker %d",
+                job.task,
+                job.uuid,
+                grace,
+                worker_id,
+                extra=fields,
+            )
         self._settle(job, Outcome.KILLED, error)
         self._stats.task_ended(job.task, Outcome.KILLED)
         self._stats.timings(job.task, job.published, started, ended)
@@ -153,3 +194,19 @@ class Accounting:
         """Remember a failed run for ``status`` (a cancel asked for is not a failure)."""
         if outcome is not Outcome.CANCELLED:
             self._stats.task_failed(job.task, job.uuid, outcome, error or outcome, time.time())
+
+
+def _lost_fields(
+    job: Job, outcome: Outcome, worker_id: int, ran: float | None, error: str
+) -> dict[str, object]:
+    """The attributes of a record saying that *job* ended with its worker (``task_lost``).
+
+    *ran*: how long it ran, when known.
+    """
+    fields = job_fields("task_lost", job)
+    fields[OUTCOME] = outcome.value
+    fields[WORKER] = worker_id
+    if ran is not None:
+        fields[DURATION] = ran
+    fields[ERROR] = error
+    return fields

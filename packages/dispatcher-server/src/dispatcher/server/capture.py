@@ -17,6 +17,9 @@ ends (a closed stream by a new one on the same fd), with a warning (once per wor
 check costs about a microsecond a task: fds 1 and 2 are known to still be the capture's pipe
 by its size (:data:`PIPE_SIZE`, which few other pipes have), and fd 0 to be open (fd 0
 pointed at another file is not noticed).
+
+Logging handlers of the application's that write to standard output or error are not
+captured: they write to the log at once (see :mod:`dispatcher.server.log_streams`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 import threading
 from typing import Final, TextIO
 
+from dispatcher.server.log_streams import HandlerStreams
 from dispatcher.server.logsafe import MAX_LOGGED_CHARS, get_logger
 
 logger = get_logger("dispatcher.worker")
@@ -52,6 +56,10 @@ _STD_FDS: Final = ("standard input (fd 0)", "standard output (fd 1)", "standard 
 
 _SALVAGE_LOCK_WAIT: Final = 0.1
 """Seconds a stopped worker waits for the capture's lock before logging what it has."""
+
+_ADOPT_RETRY_MS: Final = 50
+"""Milliseconds after which the thread draining the pipe looks again at a logging handler it
+found busy (see :meth:`HandlerStreams.adopt`), when no output wakes it before."""
 
 
 class CapturedOutput:
@@ -121,6 +129,8 @@ class OutputCapture:
         self._pipe_size = -1
         self._streams = (sys.stdout, sys.stderr)
         self._warned = False
+        self._handlers: HandlerStreams | None = None
+        """Points the application's logging handlers past the capture, once started."""
 
     def start(self) -> TextIO:
         """Keep a copy of standard error for the log, redirect fds 1 and 2; return the copy.
@@ -138,9 +148,12 @@ class OutputCapture:
             os.close(write_fd)
             self._read_fd = -1
             raise
-        log_fd = os.dup(2)
+        log_fd, out_fd = os.dup(2), os.dup(1)
         self.log_stream = open(  # noqa: SIM115 (open for the life of the process)
             log_fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1
+        )
+        out_stream = open(  # noqa: SIM115 (as the log's)
+            out_fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1
         )
         with contextlib.suppress(OSError):  # (over the user's limit: the check is weaker)
             fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
@@ -152,10 +165,18 @@ class OutputCapture:
         self._streams = (sys.stdout, sys.stderr)
         self._waiting = select.poll()
         self._waiting.register(read_fd, select.POLLIN)
+        self._handlers = HandlerStreams(out_stream, self.log_stream)
+        self._handlers.adopt()
         return self.log_stream
 
     def begin(self, task: str, uuid: str) -> None:
-        """A task starts: log what was written since the last one; collect the task's output."""
+        """A task starts: log what was written since the last one; collect the task's output.
+
+        First points the logging handlers made since the last task past the capture (those
+        that wrote since are pointed already, by the thread that read what they wrote).
+        """
+        if self._handlers is not None:
+            self._handlers.adopt()
         self._switch(CapturedOutput(self.cap, task, uuid)).emit()
 
     def keep_streams(self) -> None:
@@ -279,11 +300,15 @@ class OutputCapture:
     def _drain(self) -> None:
         poller = select.poll()
         poller.register(self._read_fd, select.POLLIN)
+        adopted = True
         while True:
-            poller.poll()
-            with self._lock:  # one read at a time: a task's end never waits long for it
-                if not self._read(1):
-                    return  # every writer has gone (fds 1 and 2 closed)
+            if poller.poll(None if adopted else _ADOPT_RETRY_MS):
+                with self._lock:  # one read at a time: a task's end never waits long for it
+                    if not self._read(1):
+                        return  # every writer has gone (fds 1 and 2 closed)
+            # Output: maybe the first line of a handler made in the task now running.
+            handlers = self._handlers
+            adopted = handlers is None or handlers.adopt(waiting=False)
 
 
 def _closed(stream: TextIO) -> bool:

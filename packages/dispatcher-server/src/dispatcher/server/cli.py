@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dispatcher.schema import LOG_LEVELS
+from dispatcher.schema import LOG_FORMATS, LOG_LEVELS, LogFormat
 from dispatcher.server.early_signals import held_stop_signals, stop_signals_allowed
 
 EXIT_USAGE = 2
@@ -74,6 +74,12 @@ def parser() -> argparse.ArgumentParser:
         help="log level (default: INFO)",
     )
     parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="how the log is written to standard error: text lines, or one JSON object "
+        "per line (default: service.log_format in the config, else text)",
+    )
+    parser.add_argument(
         "--reload",
         action="store_true",
         help="restart the workers when a task module changes (for development)",
@@ -120,18 +126,34 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
     try:
         from dispatcher.config import ConfigError, NotConfiguredError
         from dispatcher.server.forkserver import fork_server, worker_options
+        from dispatcher.server.logformat import HeldRecords, service_formatter, with_log_format
         from dispatcher.server.logsafe import log_to
         from dispatcher.server.task_imports import missing_modules
 
-        log_to(sys.stderr, level, "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Until the config says the format (reading it may log), records wait for it.
+        held = HeldRecords.hold(level) if options.log_format is None else None
+
+        def start_logging(log_format: LogFormat) -> None:
+            if held is not None:
+                held.release()  # (else log_to would take it for the application's handler)
+            log_to(sys.stderr, level, service_formatter(log_format))
+            if held is not None:
+                held.replay()
+
         try:
-            settings = _load_settings(options.config)
+            settings = with_log_format(_load_settings(options.config), options.log_format)
         except NotConfiguredError:
+            start_logging(options.log_format or "text")
             print(f"dispatcher-standalone: {no_config_found()}", file=sys.stderr)
             return EXIT_USAGE
         except ConfigError as exc:
+            start_logging(options.log_format or "text")
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except BaseException:
+            start_logging(options.log_format or "text")
+            raise
+        start_logging(settings.service.log_format)
         missing = missing_modules(settings.tasks.modules, settings.source)
         if missing is not None:
             print(f"dispatcher-standalone: {missing}", file=sys.stderr)
@@ -142,12 +164,14 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
             gc.enable()
     try:
         from dispatcher.server.brokers.base import BrokerNotReady
+        from dispatcher.server.logsafe import lean_records
         from dispatcher.server.service import Service, run_in_event_loop
 
         try:
             service = Service(settings, level, fork_server=forked, reload=options.reload)
             release()
-            return run_in_event_loop(service)
+            with lean_records():  # (this process runs no task code, and shows no caller)
+                return run_in_event_loop(service)
         except (ConfigError, BrokerNotReady) as exc:  # a broker cannot be built, or start
             print(f"dispatcher-standalone: {exc}", file=sys.stderr)
             return EXIT_USAGE

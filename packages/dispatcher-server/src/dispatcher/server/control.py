@@ -27,7 +27,7 @@ from dispatcher.server.control_shapes import (
     producers_reply,
     slotted,
 )
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import Phrase, get_logger
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.stats import ServiceStats
@@ -300,6 +300,7 @@ class ControlCommands:
                 "started": stats.workers_started,
                 "lost": stats.workers_lost,
             },
+            "brokers": {name: health.as_reply() for name, health in sorted(stats.brokers.items())},
             "listener": {
                 "connects": stats.listener_connects,
                 "failures": stats.listener_failures,
@@ -396,19 +397,25 @@ def _listing(listed: Reply, omitted: int) -> Reply:
     return {**listed, "omitted": omitted} if omitted else listed
 
 
-def _filter_text(data: Mapping[str, Any]) -> str:
+def _filter_text(data: Mapping[str, Any]) -> Phrase:
     """The filter of a ``cancel`` command, for its log line."""
     if data.get("all"):
-        return "all"
-    shown = [f"{key}={data[key]!r}" for key in ("uuid", "task", "args", "kwargs") if key in data]
-    return ", ".join(shown) or "no filter"
+        return Phrase("all")
+    keys = [key for key in ("uuid", "task", "args", "kwargs") if key in data]
+    shown = [Phrase(f"{key}=%s", repr(data[key])) for key in keys]
+    return Phrase.joined(", ", shown) if shown else Phrase("no filter")
 
 
-def _cancelled_text(cancelled: list[dict[str, Any]]) -> str:
-    """The first tasks a ``cancel`` command cancelled, for its log line (``""``: none)."""
-    named = [
-        f"{entry['task']} (uuid {entry['uuid']}, {entry['where']})"
-        for entry in cancelled[:CANCELLED_SHOWN]
-    ]
+def _cancelled_text(cancelled: list[dict[str, Any]]) -> Phrase:
+    """The first tasks a ``cancel`` command cancelled, for its log line (empty: none)."""
+    if not cancelled:
+        return Phrase("")
+    named = Phrase.joined(
+        ", ",
+        (
+            Phrase("%s (uuid %s, %s)", entry["task"], entry["uuid"], entry["where"])
+            for entry in cancelled[:CANCELLED_SHOWN]
+        ),
+    )
     more = ", ..." if len(cancelled) > CANCELLED_SHOWN else ""
-    return ": " + ", ".join(named) + more if named else ""
+    return Phrase(": " + named.text + more, *named.args)

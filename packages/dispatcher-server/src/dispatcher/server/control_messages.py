@@ -16,6 +16,7 @@ from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.control import ControlCommands
 from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.rejection import rejection_fields
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.control")
@@ -55,7 +56,10 @@ class ControlMessages:
         if refusal is not None:
             self._stats.rejected[reason] += 1
             shown = Excerpt(refusal, MAX_REASON_CHARS)  # every field's problem, each cut short
-            self._rejections.log("rejected control message on %s: %s", where, shown)
+            fields = None
+            if logger.isEnabledFor(logging.WARNING):
+                fields = rejection_fields(reason, None, broker, where)
+            self._rejections.log("rejected control message on %s: %s", where, shown, extra=fields)
             reply = {"error": refusal}
         else:
             self._stats.control += 1

@@ -350,6 +350,7 @@ def worker_options(settings: Settings, log_level: int) -> WorkerOptions:
         hooks_class=settings.worker.worker_class,
         idle_timeout=settings.worker.idle_timeout,
         log_level=log_level,
+        log_format=settings.service.log_format,
         max_output_bytes=settings.worker.max_output_bytes,
         config=_travelling(settings.data),
         config_source=settings.source,

@@ -32,12 +32,12 @@ from dispatcher.schema import (
 )
 from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
 from dispatcher.server.catalogue import TaskCatalogue
-from dispatcher.server.jobs import Job
+from dispatcher.server.jobs import Job, job_fields
 from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, get_logger
 from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin, StoredRow
 from dispatcher.server.protocol import run_line
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
-from dispatcher.server.rejection import Rejected
+from dispatcher.server.rejection import Rejected, rejection_fields
 from dispatcher.server.settlement import ABANDONED, REJECTED, Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
@@ -255,10 +255,10 @@ class Intake:
                     f"incomplete chunked message {message_id} evicted to make room "
                     "(service.limits.max_partial_messages or max_partial_bytes reached)",
                 )
-                self._reject(evicted, "")
+                self._reject(evicted, "", None, None)
         for message_id in self.chunks.expire():
             expired = Rejected("chunk_expired", f"incomplete chunked message {message_id} expired")
-            self._reject(expired, "")
+            self._reject(expired, "", None, None)
         return whole
 
     def _release_waiting(self, names: frozenset[str]) -> None:
@@ -330,21 +330,30 @@ class Intake:
                 f"({self._limits.max_held_bytes}) lets this service hold",
                 uuid,
             )
-        return self._jobs.submit(
-            Job(
-                uuid=uuid,
-                task=name,
-                line=line,
-                timeout=_timeout(message, self.catalogue),
-                delay=0 if scheduled else message.get("delay") or 0,
-                on_duplicate=on_duplicate,
-                key=duplicate_identity(message) if tracked else None,
-                published=message.get("time_pub") or 0,
-                broker=origin.broker,
-                receipt=origin.receipt,
-                channel=None if origin.broker is None else channel,
-            )
+        job = Job(
+            uuid=uuid,
+            task=name,
+            line=line,
+            timeout=_timeout(message, self.catalogue),
+            delay=0 if scheduled else message.get("delay") or 0,
+            on_duplicate=on_duplicate,
+            key=duplicate_identity(message) if tracked else None,
+            published=message.get("time_pub") or 0,
+            broker=origin.broker,
+            receipt=origin.receipt,
+            channel=None if origin.broker is None else channel,
+            attempt=origin.attempt,
         )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "received task %s (uuid %s) on %s (%s)",
+                name,
+                uuid,
+                channel,
+                origin.broker or "made inside the service",
+                extra=job_fields("task_received", job),
+            )
+        return self._jobs.submit(job)
 
     def _suggestion(self, name: str) -> str:
         """``" (did you mean 'x'?)"`` when a registered name is close to *name*, else ``""``.
@@ -385,17 +394,28 @@ class Intake:
         """Count and log *rejected*, and settle its delivery as rejected."""
         if origin.stored_as is not None:
             rejected.uuid = origin.stored_as[0]  # the row's: what listings show
-            self._reject(rejected, f" in queue {channel}")
+            self._reject(rejected, f" in queue {channel}", origin.broker, channel)
         else:
-            self._reject(rejected, f" on channel {channel}" if channel else "")
+            where = f" on channel {channel}" if channel else ""
+            self._reject(rejected, where, origin.broker, channel or None)
         self._settlements.origin(origin, REJECTED, str(rejected))
 
-    def _reject(self, rejected: Rejected, where: str) -> None:
-        """Count and log *rejected*; *where* says where it came from (`` on channel c``)."""
+    def _reject(
+        self, rejected: Rejected, where: str, broker: str | None, channel: str | None
+    ) -> None:
+        """Count and log *rejected*.
+
+        *where* says where it came from (`` on channel c``): the *channel* or queue of
+        *broker* (``None`` for neither).
+        """
         self._stats.rejected[rejected.reason] += 1
-        uuid = f" (uuid {rejected.uuid})" if isinstance(rejected.uuid, str) else ""
+        uuid = rejected.uuid if isinstance(rejected.uuid, str) else None
+        shown = "" if uuid is None else f" (uuid {uuid})"
         reason = Excerpt(rejected, MAX_REASON_CHARS)  # every field's problem, each cut short
-        self._rejections.log("rejected message%s%s: %s", where, uuid, reason)
+        fields = None
+        if logger.isEnabledFor(logging.WARNING):
+            fields = rejection_fields(rejected.reason, uuid, broker, channel)
+        self._rejections.log("rejected message%s%s: %s", where, shown, reason, extra=fields)
 
 
 def _timeout(message: dict[str, Any], catalogue: TaskCatalogue) -> float:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from dispatcher.schema.log_fields import ATTEMPT, BROKER, EVENT, QUEUE, TASK, UUID
+from dispatcher.server.logsafe import Phrase
+
 
 class Job(NamedTuple):
     """A validated task message waiting for, or running on, a worker.
@@ -32,16 +35,37 @@ class Job(NamedTuple):
     """The delivery's receipt, for that broker's acknowledgement (see ``settlement``)."""
     channel: str | None = None
     """The channel or queue it came on (``None`` for a job made inside the service)."""
+    attempt: int = 0
+    """Which attempt of a durable job this delivery is (``1`` first); ``0`` when its broker
+    does not count attempts."""
 
     def matches(self, uuid: str | None, task: str | None) -> bool:
         """Tell whether the job has this uuid and task name (``None`` matches any)."""
         return (uuid is None or self.uuid == uuid) and (task is None or self.task == task)
 
 
-def listed(jobs: list[Job], shown: int = 20) -> str:
+def job_fields(event: str, job: Job) -> dict[str, Any]:
+    """The attributes of a log record about *job* (``extra=``).
+
+    *event*, its task, uuid, broker, channel or queue, and its attempt when its broker
+    counts them.
+    """
+    fields: dict[str, Any] = {
+        EVENT: event,
+        TASK: job.task,
+        UUID: job.uuid,
+        BROKER: job.broker,
+        QUEUE: job.channel,
+    }
+    if job.attempt:
+        fields[ATTEMPT] = job.attempt
+    return fields
+
+
+def listed(jobs: list[Job], shown: int = 20) -> Phrase:
     """The first *shown* of *jobs* for a log line, ``task (uuid u)`` each, and how many more."""
-    text = ", ".join(f"{job.task} (uuid {job.uuid})" for job in jobs[:shown])
-    return text + (f" and {len(jobs) - shown} more" if len(jobs) > shown else "")
+    named = (Phrase("%s (uuid %s)", job.task, job.uuid) for job in jobs[:shown])
+    return Phrase.joined(", ", named, more=len(jobs) - shown)
 
 
 def describe(job: Job, where: str) -> dict[str, Any]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Final
 
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import library_logger
 
 _CANCELLATION_INTERRUPTED: Final = "query cancellation interrupted"
 
@@ -32,8 +34,20 @@ class OwnCancellations(logging.Filter):
         )
 
 
-def quiet_own_cancellations() -> None:
-    """Install :class:`OwnCancellations` on psycopg's logger (once)."""
-    psycopg_logger = get_logger("psycopg")  # (with the escaping filter: no matter)
-    if not any(isinstance(f, OwnCancellations) for f in psycopg_logger.filters):
-        psycopg_logger.addFilter(OwnCancellations())
+@contextlib.contextmanager
+def quiet_own_cancellations() -> Iterator[None]:
+    """Within the block, :class:`OwnCancellations` is on psycopg's logger.
+
+    Taken off again when the block ends (if put on here): a service run in the application's
+    own process leaves the application's loggers as they were.
+    """
+    psycopg_logger = library_logger("psycopg")
+    if any(isinstance(f, OwnCancellations) for f in psycopg_logger.filters):
+        yield
+        return
+    quieting = OwnCancellations()
+    psycopg_logger.addFilter(quieting)
+    try:
+        yield
+    finally:
+        psycopg_logger.removeFilter(quieting)

@@ -12,16 +12,24 @@ Modules get their logger from :func:`get_logger`, which installs :class:`Escapin
 :func:`log_to` gives the process's handler an :class:`EscapingFormatter`, for records of
 other loggers: it writes them escaped, and leaves them as they were logged for the
 application's other handlers (a JSON or Sentry handler gets its ``extra=`` values whole).
+
+A line's own words are the format's, never an argument's: an argument made of several values
+(a list of jobs, a job's name and uuid) is a :class:`Phrase`, whose values are escaped and
+cut one by one, so that neither the words after a long value nor the values after it are
+cut away with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final, TextIO
 
-MAX_LOGGED_CHARS: Final = 200
-"""Longest excerpt of one outside value written into a log line (in characters)."""
+MAX_LOGGED_CHARS: Final = 255
+"""Longest excerpt of one outside value written into a log line (in characters): the longest
+task name, uuid or node id a message may hold (the schemas' ``maxLength``), so that a valid
+one is written whole."""
 
 MAX_REASON_CHARS: Final = 1000
 """Longest excerpt of a text naming several values, each cut short already (see
@@ -141,6 +149,17 @@ class Block:
         return f"Block({self.text!r})"
 
 
+class Whole(str):
+    """A text given as a record attribute (``extra=``) that the escaping leaves whole.
+
+    For a text of many lines meant for handlers that write it safely themselves (JSON, an
+    error tracker): a failed task's traceback. The record's message shows it escaped; a text
+    format shows an attribute only where its format string names it.
+    """
+
+    __slots__ = ()
+
+
 class Excerpt:
     """An argument to log escaped and cut at *limit* characters, not :data:`MAX_LOGGED_CHARS`.
 
@@ -163,6 +182,41 @@ class Excerpt:
         return f"Excerpt({self.text!r}, {self.limit})"
 
 
+class Phrase:
+    """An argument to log made of words of ours and values: each value escaped and cut alone.
+
+    For an argument that names several values (a list of jobs, a task and its uuid)::
+
+        logger.warning("abandoned: %s", Phrase("%s (uuid %s)", job.task, job.uuid))
+
+    *text* is a %-format of the service's own, never an outside value; each of *args* is
+    escaped and cut at :data:`MAX_LOGGED_CHARS` as a plain argument is (numbers are left as
+    they are), and the text around them is kept whole, however long the values are.
+    """
+
+    __slots__ = ("args", "text")
+
+    def __init__(self, text: str, *args: object) -> None:
+        self.text = text
+        self.args = args
+
+    @classmethod
+    def joined(cls, separator: str, phrases: Iterable[Phrase], more: int = 0) -> Phrase:
+        """*phrases* one after the other, *separator* between them, then ``and N more``."""
+        phrases = list(phrases)
+        text = separator.replace("%", "%%").join(phrase.text for phrase in phrases)
+        if more > 0:
+            text += " and %d more"
+        args = [arg for phrase in phrases for arg in phrase.args]
+        return cls(text, *args, *((more,) if more > 0 else ()))
+
+    def __str__(self) -> str:
+        return self.text % tuple(_safe_arg(arg) for arg in self.args)
+
+    def __repr__(self) -> str:
+        return f"Phrase({self.text!r}, *{self.args!r})"
+
+
 def _safe_arg(value: object) -> object:
     if type(value) is str and len(value) <= MAX_LOGGED_CHARS and value.isprintable():
         return value  # the common case, first: nothing to escape or cut
@@ -174,7 +228,7 @@ def _safe_arg(value: object) -> object:
         return int.__int__(value)
     if isinstance(value, float):
         return float.__float__(value)
-    if kind is Block or kind is Excerpt:
+    if kind is Block or kind is Excerpt or kind is Phrase:
         return str(value)
     return escape(value)
 
@@ -183,7 +237,7 @@ _NUMBERS: Final = frozenset({int, float, bool})
 """Types of values written as they are (exactly these: not subclasses)."""
 
 
-_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
+_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None), Whole})
 """Types of record attributes shown as they are (exactly these: not subclasses)."""
 
 _TEXT_ATTRIBUTES: Final = (
@@ -249,12 +303,17 @@ class EscapingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The line of *record*, escaped; *record* itself is not changed."""
-        if record.__dict__.get(_DONE) is not _ESCAPED:
-            copy = object.__new__(type(record))
-            copy.__dict__ = record.__dict__.copy()  # (its values are replaced, not changed)
-            _escape(copy)
-            record = copy
-        return super().format(record)
+        return super().format(escaped(record))
+
+
+def escaped(record: logging.LogRecord) -> logging.LogRecord:
+    """*record* if it is escaped already, else an escaped copy of it (see :func:`_escape`)."""
+    if record.__dict__.get(_DONE) is _ESCAPED:
+        return record
+    copy = object.__new__(type(record))
+    copy.__dict__ = record.__dict__.copy()  # (its values are replaced, not changed)
+    _escape(copy)
+    return copy
 
 
 def _escape(record: logging.LogRecord) -> None:
@@ -286,8 +345,12 @@ def _escape_attributes(record: logging.LogRecord) -> None:
     if len(attributes) > _MOST_PLAIN_ATTRIBUTES:  # extra= added some: look at every one
         for key in attributes.keys() - _STANDARD_ATTRIBUTES:
             value = attributes[key]
-            if type(value) not in _PLAIN_TYPES:
-                attributes[key] = _safe_arg(value)
+            if type(value) is str:  # the common case, inline (a line per task has several)
+                if len(value) <= MAX_LOGGED_CHARS and value.isprintable():
+                    continue
+            elif type(value) in _PLAIN_TYPES:
+                continue
+            attributes[key] = _safe_arg(value)
 
 
 def _escape_texts(attributes: dict[str, object], texts: tuple[object, ...]) -> None:
@@ -319,20 +382,57 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
-def log_to(stream: TextIO, level: int, fmt: str) -> None:
-    """Send the process's log records to *stream*, every one escaped.
+class _ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`log_to` puts on the root logger (told apart from the application's)."""
 
-    Like :func:`logging.basicConfig`, replacing the root logger's handlers (in a worker,
-    handlers set up at import time write to the captured standard error); the handler's
-    :class:`EscapingFormatter` also covers records of loggers that are not ours (libraries,
-    task code), without changing them for the application's own handlers.
+
+def library_logger(name: str) -> logging.Logger:
+    """The logger *name* of a library, as it is: no filter of ours.
+
+    Its records are the application's too, where the service runs in the application's own
+    process; whatever the service does to it, it undoes.
     """
-    logging.basicConfig(level=level, stream=stream, format=fmt, force=True)
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(EscapingFormatter(fmt))
+    return logging.getLogger(name)
 
 
-def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
+def log_to(stream: TextIO, level: int, fmt: str | logging.Formatter) -> None:
+    """Send the process's log records to *stream*, every one escaped, unless the app has a say.
+
+    The root logger gets a handler writing to *stream* with an :class:`EscapingFormatter`,
+    which also covers records of loggers that are not ours (libraries, task code) without
+    changing them for the application's other handlers, and the level *level*. The handler
+    an earlier call put there is replaced (a worker inherits the service's). *fmt* is its
+    format string, or a formatter that escapes as it does (a JSON one).
+
+    Handlers the application put on the root logger (Django's ``LOGGING``, a ``dictConfig``
+    or ``basicConfig`` a task module runs when imported) are kept, and the root logger then
+    gets no handler of ours: the application's config says how records are written, ours
+    among them (escaped where they are made: see :func:`get_logger`), and *level* is the
+    level of the ``dispatcher`` loggers only.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ServiceHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    if root.handlers:
+        logging.getLogger("dispatcher").setLevel(level)
+        return
+    handler = _ServiceHandler(stream)
+    handler.setFormatter(_formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def is_service_handler(handler: logging.Handler) -> bool:
+    """Tell whether *handler* is one :func:`log_to` made."""
+    return isinstance(handler, _ServiceHandler)
+
+
+def _formatter(fmt: str | logging.Formatter) -> logging.Formatter:
+    return fmt if isinstance(fmt, logging.Formatter) else EscapingFormatter(fmt)
+
+
+def set_apart(name: str, stream: TextIO, level: int, fmt: str | logging.Formatter) -> None:
     """Have the logger *name* write to *stream* alone, whatever logging config follows.
 
     For a worker's own log, in the process where task code runs: the logger gets a handler
@@ -343,7 +443,7 @@ def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
     ``getLogger(name)`` gives a new logger from then on: the application's.
     """
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(EscapingFormatter(fmt))
+    handler.setFormatter(_formatter(fmt))
     logger = logging.getLogger(name)
     manager = logging.Manager(logging.root)
     manager.loggerDict[name] = logger
@@ -355,18 +455,24 @@ def set_apart(name: str, stream: TextIO, level: int, fmt: str) -> None:
     logger.setLevel(level)  # (clears its cache of enabled levels too)
 
 
-def lean_records() -> None:
-    """Stop gathering, for every log record of this process, what the service never shows.
+@contextlib.contextmanager
+def lean_records() -> Iterator[None]:
+    """Within the block, log records do not look for the file, line and function that made them.
 
-    That is the caller's file, line and function, and thread and process names (the
-    logging HOWTO's "Optimization" knobs): with a line per task, they save a quarter of a
-    line's cost. For the service's main process only, once its helpers are forked (workers
-    run user code, whose own log formats may show them).
+    Finding them is most of what a record costs beyond its formatting (the logging HOWTO's
+    "Optimization"), and the service logs a line per task. For a process the service owns,
+    which runs no code of the application's and shows no such field: the main process of
+    ``dispatcher-standalone``, once its fork server is forked (never a process the service is
+    embedded in, nor a worker). A record still has every attribute a format may show
+    (``pathname`` is ``(unknown file)``, ``lineno`` 0, ``funcName`` ``(unknown function)``;
+    thread and process as always). What was there is put back when the block ends.
     """
+    saved = logging._srcfile
     logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
+    try:
+        yield
+    finally:
+        logging._srcfile = saved
 
 
 def first_line(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from typing import Final
 import anyio
 
 from dispatcher.schema import Outcome
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import Phrase, get_logger
 from dispatcher.server.workers import WorkerHandle
 
 logger = get_logger("dispatcher.memory")
@@ -47,7 +47,7 @@ def check(workers: Iterable[WorkerHandle], limit: int) -> None:
             worker.pid,
             rss >> 20,
             limit >> 20,
-            "" if job is None else f" and its task {job.task} (uuid {job.uuid})",
+            Phrase("") if job is None else Phrase(" and its task %s (uuid %s)", job.task, job.uuid),
         )
         worker.kill(Outcome.MEMORY_EXCEEDED)
 

@@ -17,10 +17,12 @@ import anyio
 import anyio.streams.stapled
 from anyio.abc import SocketStream, TaskStatus
 
+from dispatcher.schema import Outcome
 from dispatcher.server.accepting import serve_connections
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import StartRefused
 from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.rejection import REJECTION_REASONS
 from dispatcher.server.resources import shortage_text
 from dispatcher.server.stats import BUCKETS, Histogram, QueueSampling, ServiceStats
 
@@ -49,6 +51,9 @@ class MetricsSource(Protocol):
 
     def queue_sampling(self) -> QueueSampling | None:
         """The durable queues' last sampled depth; ``None`` without ``brokers.pg_queue``."""
+
+    def registered_tasks(self) -> frozenset[str]:
+        """The registered task names (none until the first worker has said)."""
 
 
 class MetricsServer:
@@ -208,7 +213,12 @@ def _histograms(name: str, help: str, by_task: dict[str, Histogram]) -> Iterator
 
 
 def render(source: MetricsSource) -> Iterator[str]:
-    """The metrics of *source* in the Prometheus text format."""
+    """The metrics of *source* in the Prometheus text format.
+
+    The counters by reason, and by task and outcome, are exported from the start, at 0, for
+    every known reason and every registered task with each outcome: an alert on
+    ``increase()`` sees the first event after a start only when the series was there before.
+    """
     stats, counts = source.stats, source.counts()
     yield _family(
         "dispatcher_messages_received_total",
@@ -217,12 +227,16 @@ def render(source: MetricsSource) -> Iterator[str]:
     )
     yield f"dispatcher_messages_received_total {stats.received}\n"
     yield _family("dispatcher_messages_rejected_total", "counter", "Messages rejected, by reason.")
-    for reason, count in sorted(stats.rejected.items()):
-        yield f"dispatcher_messages_rejected_total{_labels(reason=reason)} {count}\n"
+    rejected = stats.rejected
+    for reason in sorted(_ALL_REASONS.union(rejected)):
+        yield f"dispatcher_messages_rejected_total{_labels(reason=reason)} {rejected[reason]}\n"
     yield _family("dispatcher_control_commands_total", "counter", "Control commands run.")
     yield f"dispatcher_control_commands_total {stats.control}\n"
     yield _family("dispatcher_tasks_finished_total", "counter", "Tasks ended, by task and outcome.")
-    for (task, outcome), count in sorted(stats.finished_by_task.items()):
+    finished = stats.finished_by_task
+    registered = {(task, outcome) for task in source.registered_tasks() for outcome in _OUTCOMES}
+    for task, outcome in sorted(registered.union(finished)):
+        count = finished[task, outcome]
         yield f"dispatcher_tasks_finished_total{_labels(task=task, outcome=outcome)} {count}\n"
     yield _family("dispatcher_tasks_discarded_total", "counter", "Tasks dropped by on_duplicate.")
     yield f"dispatcher_tasks_discarded_total {stats.discarded}\n"
@@ -246,6 +260,7 @@ def render(source: MetricsSource) -> Iterator[str]:
     ):
         yield _family(name, "gauge", help)
         yield f"{name} {value}\n"
+    yield from _brokers(stats)
     yield from _histograms(
         "dispatcher_queue_wait_seconds", "From publication to start, by task.", stats.queue_wait
     )
@@ -255,6 +270,29 @@ def render(source: MetricsSource) -> Iterator[str]:
     sampling = source.queue_sampling()
     if sampling is not None:
         yield from _durable_queues(stats, sampling)
+
+
+_ALL_REASONS: Final = frozenset(REJECTION_REASONS)
+_OUTCOMES: Final = tuple(outcome.value for outcome in Outcome)
+
+
+def _brokers(stats: ServiceStats) -> Iterator[str]:
+    """``dispatcher_broker_up`` and ``dispatcher_broker_failures_total``, by broker."""
+    brokers = sorted(stats.brokers.items())
+    yield _family(
+        "dispatcher_broker_up",
+        "gauge",
+        "Whether a broker serves the service (1), or fails and is being retried (0).",
+    )
+    for name, health in brokers:
+        yield f"dispatcher_broker_up{_labels(broker=name)} {int(health.failing_since is None)}\n"
+    yield _family(
+        "dispatcher_broker_failures_total",
+        "counter",
+        "Failures of a broker: a lost connection, a failed claim, a run that failed.",
+    )
+    for name, health in brokers:
+        yield f"dispatcher_broker_failures_total{_labels(broker=name)} {health.failures}\n"
 
 
 def _durable_queues(stats: ServiceStats, sampling: QueueSampling) -> Iterator[str]:

@@ -62,6 +62,9 @@ class Origin:
     """The columns a durable broker stored the message under (pg_queue: the row's, which
     listings and cancels go by, and which apply its delay and on_duplicate): the message
     must agree with them."""
+    attempt: int = 0
+    """Which attempt of the job this delivery is (``1`` first), for a durable broker that
+    counts them (its log records say it); ``0``: not counted."""
 
 
 PG_NOTIFY: Final = Origin("pg_notify")

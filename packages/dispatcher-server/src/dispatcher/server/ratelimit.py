@@ -6,7 +6,7 @@ import logging
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from dispatcher.server.logsafe import Block, counted, escape
@@ -32,8 +32,11 @@ class RateLimitedLog:
         self._last: tuple[str, tuple[object, ...]] = ("", ())
         _instances.add(self)
 
-    def log(self, message: str, *args: object) -> None:
-        """Log ``message % args``, unless this second's allowance is used up."""
+    def log(self, message: str, *args: object, extra: Mapping[str, object] | None = None) -> None:
+        """Log ``message % args``, unless this second's allowance is used up.
+
+        *extra*: the record's attributes (as :meth:`logging.Logger.log` takes them).
+        """
         now = self._clock()
         if now - self._window >= 1.0:
             self._window, self._emitted = now, 0
@@ -46,7 +49,7 @@ class RateLimitedLog:
             message += " (%s suppressed)"
             args = (*args, counted(self._suppressed, "similar line"))
             self._suppressed = 0
-        self._logger.log(self._level, message, *args)
+        self._logger.log(self._level, message, *args, extra=extra)
 
     def flush(self, now: bool = False) -> None:
         """Say how many lines were held back, once their second is over, if no line did.

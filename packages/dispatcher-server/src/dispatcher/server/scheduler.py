@@ -28,9 +28,10 @@ from typing import Any, Protocol
 
 from dispatcher.config import Limits
 from dispatcher.schema import Outcome
+from dispatcher.schema.log_fields import REASON
 from dispatcher.server.delayer import Delayer
 from dispatcher.server.gate import Admission, DuplicateGate
-from dispatcher.server.jobs import Job, describe, listed
+from dispatcher.server.jobs import Job, describe, job_fields, listed
 from dispatcher.server.logsafe import counted, get_logger
 from dispatcher.server.protocol import has_start_by, with_start_by
 from dispatcher.server.ratelimit import RateLimitedLog
@@ -165,12 +166,17 @@ class Scheduler:
     def _refuse(self, job: Job, limit: str, value: int) -> bool:
         self._stats.rejected["overloaded"] += 1
         self._settle(job, REFUSED)
+        fields = None
+        if logger.isEnabledFor(logging.WARNING):
+            fields = job_fields("message_rejected", job)
+            fields[REASON] = "overloaded"
         self._refusals.log(
             "task %s (uuid %s) refused: service.limits.%s (%d) reached",
             job.task,
             job.uuid,
             limit,
             value,
+            extra=fields,
         )
         return False
 
@@ -187,7 +193,13 @@ class Scheduler:
             self._unhold(job)
             self._stats.discarded += 1
             self._settle(job, DISCARDED)
-            logger.debug("task %s (uuid %s) discarded: a duplicate is active", job.task, job.uuid)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "task %s (uuid %s) discarded: a duplicate is active",
+                    job.task,
+                    job.uuid,
+                    extra=job_fields("task_discarded", job),
+                )
         elif admission is Admission.REFUSE:
             self._unhold(job)
             return self._refuse(job, "max_blocked", self.limits.max_blocked)

@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dispatcher.config import Settings
+from dispatcher.schema.log_fields import EVENT, NODE
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.brokers.base import BrokerContext, Leasing, StartRefused
 from dispatcher.server.brokers.capacity import CapacityGauge
@@ -34,7 +35,7 @@ from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
-from dispatcher.server.logsafe import Block, first_line, get_logger, lean_records
+from dispatcher.server.logsafe import Block, first_line, get_logger
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
@@ -208,9 +209,14 @@ class Service:
         (:data:`EXIT_CONFIG`), or when the fork server reports that a task module cannot be
         imported, that the modules register no task, or that ``producers.scheduled`` or
         ``producers.on_start`` names a task they do not register (:data:`EXIT_TASK_MODULES`).
+
+        Leaves the logging of the process as it found it (a service may run in the
+        application's own process).
         """
-        lean_records()  # this process forks no more: the fork server spawns afresh
-        quiet_own_cancellations()
+        with quiet_own_cancellations():
+            return await self._run()
+
+    async def _run(self) -> int:
         servers = (self.settings.brokers.socket is not None) + (self.metrics is not None)
         raise_fd_limit(fds_needed(self.supervisor.max_workers, servers))
         missing = missing_modules(self.settings.tasks.modules, self.settings.source)
@@ -227,7 +233,9 @@ class Service:
                     self._launcher.close()
                 task_group.cancel_scope.cancel()
         if self._started or self._stop.is_set():  # (not after refusing to start)
-            logger.info("dispatcher service %s stopped", self.node_id)
+            logger.info(
+                "dispatcher service %s stopped", self.node_id, extra=self._fields("service_stopped")
+            )
         return self.exit_status
 
     async def _task_modules_ready(self) -> bool:
@@ -322,6 +330,7 @@ class Service:
             os.getpid(),
             self.supervisor.min_workers,
             self.supervisor.max_workers,
+            extra=self._fields("service_started"),
         )
         if not self.brokers:
             logger.warning("no brokers in %s: nothing to listen to", self.settings.source)
@@ -331,7 +340,12 @@ class Service:
         ]
         for broker in self.brokers:
             running = functools.partial(
-                run_broker, broker, self._deliver, on_refused=self._refused, stopping=self._stop
+                run_broker,
+                broker,
+                self._deliver,
+                on_refused=self._refused,
+                stopping=self._stop,
+                health=self.stats.broker(broker.name),
             )
             steps.append((f"broker:{broker.name}", running))
         if self.metrics is not None:
@@ -386,12 +400,20 @@ class Service:
     async def _watch_signals(self, signals: AsyncIterator[signal.Signals]) -> None:
         async for number in signals:
             if not self._stop.is_set():
-                logger.info("received %s: shutting down", signal.Signals(number).name)
+                logger.info(
+                    "received %s: shutting down",
+                    signal.Signals(number).name,
+                    extra=self._fields("service_stopping"),
+                )
                 self._stop.set()
             else:
                 logger.warning("received %s again: forcing exit now", signal.Signals(number).name)
                 self.supervisor.kill_all()
                 os._exit(EXIT_FORCED)
+
+    def _fields(self, event: str) -> dict[str, object]:
+        """The attributes of a log record about the service's life: *event*, its node id."""
+        return {EVENT: event, NODE: self.node_id}
 
     async def _shut_down(self) -> None:
         flush_suppressed(now=True)  # what the last second held back, before the stop's lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,43 @@ class Histogram:
         self.counts[bisect.bisect_left(BUCKETS, value)] += 1
         self.total += value
         self.count += 1
+
+
+@dataclass
+class BrokerHealth:
+    """Whether a broker serves the service, as it last told: failing since when, and why.
+
+    A broker fails when its ``run()`` fails (the service runs it again), or when it says so
+    itself (the pg_notify listener lost its connection, the pg_queue claims fail); it serves
+    again once it says it started (or reconnected, or claimed).
+    """
+
+    failing_since: float | None = None
+    """Since when (seconds since the epoch) it fails; ``None`` while it serves."""
+    last_error: str | None = None
+    """The first line of its last failure (kept after it serves again)."""
+    failures: int = 0
+    """Its failures so far."""
+
+    def failed(self, error: str) -> None:
+        """It failed with *error* (one line)."""
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        self.last_error = error
+        self.failures += 1
+
+    def serving(self) -> None:
+        """It serves (again)."""
+        self.failing_since = None
+
+    def as_reply(self) -> dict[str, Any]:
+        """Its part of the ``status`` reply."""
+        return {
+            "serving": self.failing_since is None,
+            "failing_since": self.failing_since,
+            "last_error": self.last_error,
+            "failures": self.failures,
+        }
 
 
 @dataclass(frozen=True)
@@ -152,6 +190,15 @@ class ServiceStats:
     """When it happened (seconds since the epoch)."""
     recent_failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=RECENT_FAILURES))
     """The last :data:`RECENT_FAILURES` failed task runs, oldest first."""
+    brokers: dict[str, BrokerHealth] = field(default_factory=dict)
+    """Each broker's health, by name (see :meth:`broker`)."""
+
+    def broker(self, name: str) -> BrokerHealth:
+        """The health of the broker *name* (serving, until it says otherwise)."""
+        health = self.brokers.get(name)
+        if health is None:
+            health = self.brokers[name] = BrokerHealth()
+        return health
 
     def task_ended(self, task: str, outcome: str) -> None:
         """Count a task that ended with *outcome*."""

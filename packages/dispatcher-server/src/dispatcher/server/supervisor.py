@@ -26,7 +26,7 @@ from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import listed
 from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
-from dispatcher.server.logsafe import counted, escape, first_line, get_logger
+from dispatcher.server.logsafe import Phrase, counted, escape, first_line, get_logger
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
@@ -765,9 +765,9 @@ def _seconds(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _summarise(uuids: list[str], shown: int = 20) -> str:
-    text = ", ".join(uuids[:shown])
-    return text + (f" and {len(uuids) - shown} more" if len(uuids) > shown else "")
+def _summarise(uuids: list[str], shown: int = 20) -> Phrase:
+    named = (Phrase("%s", uuid) for uuid in uuids[:shown])
+    return Phrase.joined(", ", named, more=len(uuids) - shown)
 
 
 def _signal_name(number: int) -> str:

@@ -54,6 +54,10 @@ class ServiceView:
         self._intake = intake
         self._signatures = signature_check
 
+    def registered_tasks(self) -> frozenset[str]:
+        """The registered task names (none until the first worker has said)."""
+        return self._intake.catalogue.names or frozenset()
+
     def running(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
         """Jobs running, queued, blocked and delayed, filtered by uuid and/or task."""
         return self._scheduler.running(uuid, task)

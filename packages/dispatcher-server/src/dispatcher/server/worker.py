@@ -31,11 +31,14 @@ from types import FrameType
 from typing import Any, Final, NoReturn
 
 from dispatcher.publish import DispatcherCancel, registry
+from dispatcher.schema import LogFormat
 from dispatcher.server.capture import OutputCapture
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks, conventions, is_adopted
 from dispatcher.server.hooks import BaseWorker
+from dispatcher.server.logformat import worker_formatter
 from dispatcher.server.logsafe import (
     Block,
+    Phrase,
     cut_middle,
     describe_exception,
     get_logger,
@@ -122,6 +125,8 @@ class WorkerOptions:
     hooks_class: str | None
     idle_timeout: float | None
     log_level: int
+    log_format: LogFormat = "text"
+    """How the worker writes its own lines (``service.log_format``)."""
     max_output_bytes: int = 65536
     """Bytes of each task's output kept for the log (``worker.max_output_bytes``)."""
     config: Mapping[str, Any] | None = None
@@ -136,9 +141,9 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     """Entry point of a worker process (called in the child the fork server forked)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle
     capture = OutputCapture(options.max_output_bytes)
-    stream = capture.start()
-    log_format = f"%(asctime)s %(levelname)s worker-{options.worker_id} %(name)s: %(message)s"
-    log_to(stream, options.log_level, log_format)
+    stream = capture.start()  # (the app's handlers to fds 1 and 2 now write past it)
+    log_format = worker_formatter(options.log_format, options.worker_id)
+    log_to(stream, options.log_level, log_format)  # (root handlers the task modules set kept)
     set_apart(logger.name, stream, options.log_level, log_format)  # (tasks configure logging)
     channel = BlockingLineSocket(sock)
     try:
@@ -664,15 +669,14 @@ class TaskRunner:
         self._discard_loop()
 
 
-def _describe_tasks(tasks: set[asyncio.Task[Any]], most: int = 5) -> str:
+def _describe_tasks(tasks: set[asyncio.Task[Any]], most: int = 5) -> Phrase:
     """``ticks() (asyncio task Task-3), ...``: the coroutine and name of *most* of *tasks*."""
     described = []
     for task in list(tasks)[:most]:
         coroutine = task.get_coro()
         name = getattr(coroutine, "__qualname__", None) or type(coroutine).__name__
-        described.append(f"{name}() (asyncio task {task.get_name()})")
-    more = len(tasks) - most
-    return ", ".join(described) + (f" and {more} more" if more > 0 else "")
+        described.append(Phrase("%s() (asyncio task %s)", name, task.get_name()))
+    return Phrase.joined(", ", described, more=len(tasks) - most)
 
 
 def _task_registry() -> set[Any] | None:

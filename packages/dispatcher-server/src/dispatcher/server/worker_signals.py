@@ -25,7 +25,7 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import Phrase, get_logger
 
 logger = get_logger("dispatcher.worker")
 
@@ -96,10 +96,14 @@ class SignalKeeper:
         blocked = _sigmask(_UNBLOCK, self._reserved_numbers)
         alarm = _alarm(0)
         if changed_handlers or alarm or (blocked and not blocked.isdisjoint(self._reserved)):
-            who = f"worker hook {task}" if uuid is None else f"task {task} (uuid {uuid})"
+            who = (
+                Phrase("worker hook %s", task)
+                if uuid is None
+                else Phrase("task %s (uuid %s)", task, uuid)
+            )
             self._put_back(who, changed_handlers, blocked, alarm)
 
-    def _put_back(self, who: str, handlers: bool, blocked: set[Any], alarm: int) -> None:
+    def _put_back(self, who: Phrase, handlers: bool, blocked: set[Any], alarm: int) -> None:
         changes = []
         if handlers:
             changed = []
@@ -119,5 +123,5 @@ class SignalKeeper:
                 "%s changed the worker's signals (%s): put back as the worker set them up, for "
                 "the tasks that follow (said once per worker)",
                 who,
-                "; ".join(changes),
+                Phrase("; ".join(changes)),  # (signal names: words of ours, kept whole)
             )

@@ -26,7 +26,8 @@ from typing import Final, Protocol
 import anyio
 
 from dispatcher.schema import Outcome
-from dispatcher.server.jobs import Job
+from dispatcher.schema.log_fields import WORKER
+from dispatcher.server.jobs import Job, job_fields
 from dispatcher.server.logsafe import get_logger
 from dispatcher.server.protocol import (
     CANCEL_SIGNALS,
@@ -440,24 +441,33 @@ class WorkerHandle:
 
     def _timed_out(self, job: Job, number: int) -> None:
         if self._is_running(job, number):
+            fields = None
+            if logger.isEnabledFor(logging.WARNING):
+                fields = job_fields("task_timeout", job)
+                fields[WORKER] = self.id
             _timeouts.log(
                 "task %s (uuid %s) exceeded its timeout of %g s: cancelling it",
                 job.task,
                 job.uuid,
                 job.timeout,
+                extra=fields,
             )
             self.cancel(Outcome.TIMEOUT)
 
     def _escalate(self, job: Job, number: int) -> None:
         if not self._is_running(job, number) or self.process is None:
             return
-        logger.warning(
-            "task %s (uuid %s) is still running %g s after its cancel: terminating worker %d",
-            job.task,
-            job.uuid,
-            self._cancel_grace,
-            self.id,
-        )
+        if logger.isEnabledFor(logging.WARNING):
+            fields = job_fields("task_terminating", job)
+            fields[WORKER] = self.id
+            logger.warning(
+                "task %s (uuid %s) is still running %g s after its cancel: terminating worker %d",
+                job.task,
+                job.uuid,
+                self._cancel_grace,
+                self.id,
+                extra=fields,
+            )
         # A cancel asked for stays one when it needs force: the task ends cancelled (a
         # durable job is not run again); a timeout forced home ends the task killed.
         self.killed_for = (

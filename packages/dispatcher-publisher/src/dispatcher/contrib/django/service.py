@@ -16,16 +16,13 @@ from typing import Final
 from django.db import connections
 
 from dispatcher.config import Settings
-from dispatcher.schema import DispatcherError
+from dispatcher.schema import DispatcherError, LogFormat
 
 WORKER_MODULE: Final = "dispatcher.contrib.django.worker"
 """Imported by the fork server before the task modules: Django set up, connections closed."""
 
 WORKER_CLASS: Final = f"{WORKER_MODULE}.DjangoWorker"
 """The workers' hooks when the config names no ``worker.class``."""
-
-LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-"""The log format of the service (as ``dispatcher-standalone``'s)."""
 
 
 class ServerMissing(DispatcherError, ImportError):
@@ -65,11 +62,14 @@ def missing_watchfiles() -> str | None:
     return missing()
 
 
-def run(settings: Settings, log_level: int, reload: bool = False) -> int:
+def run(
+    settings: Settings, log_level: int, reload: bool = False, log_format: LogFormat | None = None
+) -> int:
     """Run the service configured by *settings* until SIGTERM or SIGINT; return its status.
 
     *reload*: restart the workers when a task module's source changes (as
-    ``dispatcher-standalone --reload``).
+    ``dispatcher-standalone --reload``). *log_format*: ``text`` or ``json`` (as
+    ``dispatcher-standalone --log-format``); ``None``: ``service.log_format``.
 
     :raises ServerMissing: when ``dispatcher-server`` is not installed.
     :raises DispatcherError: when a broker cannot be built or started (``ConfigError``,
@@ -78,13 +78,14 @@ def run(settings: Settings, log_level: int, reload: bool = False) -> int:
     try:
         from dispatcher.server.early_signals import held_stop_signals
         from dispatcher.server.forkserver import fork_server, worker_options
+        from dispatcher.server.logformat import service_formatter, with_log_format
         from dispatcher.server.logsafe import log_to
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[:2] == ["dispatcher", "server"]:
             raise ServerMissing from None
         raise
-    settings = service_settings(settings)
-    log_to(sys.stderr, log_level, LOG_FORMAT)
+    settings = with_log_format(service_settings(settings), log_format)
+    log_to(sys.stderr, log_level, service_formatter(settings.service.log_format))
     connections.close_all()  # neither the fork server nor the workers may share them
     forked = None
     # A stop signal while the service starts stops it once it is built: exit status 0.

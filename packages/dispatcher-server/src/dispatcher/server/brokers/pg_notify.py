@@ -41,7 +41,7 @@ from dispatcher.schema import (
 )
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.logsafe import Phrase, first_line, get_logger
 from dispatcher.server.origin import Origin
 from dispatcher.server.resources import names_shortages
 from dispatcher.server.stats import ServiceStats
@@ -119,8 +119,9 @@ class PgNotifyBroker(BrokerBase):
                     await self._listen(conn)
                     connected_at = time.monotonic()
                     self._stats.listener_connects += 1
+                    self._stats.broker(self.name).serving()
                     if self._stats.listener_connects == 1 and self.channels:
-                        channels = ", ".join(self.channels)
+                        channels = Phrase.joined(", ", (Phrase("%s", c) for c in self.channels))
                         logger.info("listening on channels %s (%s)", channels, where)
                     elif self._stats.listener_connects == 1:
                         logger.info(
@@ -141,6 +142,7 @@ class PgNotifyBroker(BrokerBase):
                 self._stats.listener_failures += 1
                 delay = backoff.next_delay()
                 reason = first_line(exc)
+                self._stats.broker(self.name).failed(reason)
                 logger.warning(
                     "pg_notify connection to %s failed (%s); retrying in %.1f s",
                     where,

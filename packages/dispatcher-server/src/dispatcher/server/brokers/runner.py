@@ -21,18 +21,25 @@ from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RETRY, Bac
 from dispatcher.server.brokers.base import Broker, Deliver, StartRefused
 from dispatcher.server.logsafe import Block, first_line, get_logger
 from dispatcher.server.resources import shortage_text
+from dispatcher.server.stats import BrokerHealth
 
 logger = get_logger("dispatcher.brokers")
 
 
 class _Started:
-    """Passes ``started()`` on once, and remembers whether it was."""
+    """Passes ``started()`` on once, and remembers whether it was.
 
-    def __init__(self, task_status: TaskStatus[None]) -> None:
+    Each call (each run's) says that the broker serves (again).
+    """
+
+    def __init__(self, task_status: TaskStatus[None], health: BrokerHealth | None) -> None:
         self._task_status = task_status
+        self._health = health
         self.done = False
 
     def started(self, value: None = None) -> None:
+        if self._health is not None:
+            self._health.serving()
         if not self.done:
             self.done = True
             self._task_status.started()
@@ -52,6 +59,7 @@ async def run_broker(
     *,
     on_refused: Callable[[StartRefused], None] | None = None,
     stopping: anyio.Event | None = None,
+    health: BrokerHealth | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run *broker* until cancelled, running it again whenever it fails (see the module).
@@ -61,8 +69,9 @@ async def run_broker(
     :class:`StartRefused` before that, which reaches the service's start. A refusal on a
     later run is handed to *on_refused* (the service stops); without one, it is logged and
     the broker is not run again. Once *stopping* is set, a broker that ends is not run again.
+    Its failures, and its starts, are told to *health*.
     """
-    started = _Started(task_status)
+    started = _Started(task_status, health)
     backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
     while True:
         began = time.monotonic()
@@ -82,7 +91,10 @@ async def run_broker(
                 Block("".join(traceback.format_exception(exc))),
             )
         what = "the %s broker stopped" if started.done else "cannot start the %s broker"
-        started.started()  # (a broker that failed does not hold the service's start)
+        if not started.done:
+            started.started()  # (a broker that failed does not hold the service's start)
+        if health is not None and not (stopping is not None and stopping.is_set()):
+            health.failed(reason)
         if stopping is not None and stopping.is_set():
             logger.info("the %s broker ended while the service stops: %s", broker.name, reason)
             return

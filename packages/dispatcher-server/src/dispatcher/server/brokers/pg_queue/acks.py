@@ -24,7 +24,7 @@ from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
-from dispatcher.server.logsafe import counted, first_line, get_logger
+from dispatcher.server.logsafe import Phrase, counted, first_line, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
@@ -34,6 +34,11 @@ WRITE_LIMIT: Final = 30.0
 """Seconds one batch's write may take. It is not cancelled from outside (a stop cancelling
 the write it waits for would leave rows written but their outcomes pending, written again
 and refused by the fence): only this limit, or the caller's shorter one, ends it."""
+
+_ATTEMPT: Final = "task %s (uuid %s): attempt %d of %d ended in %s; "
+"""How a line on a failed attempt begins; its values are the first five of the attempt the
+statement returns (task, uuid, attempts, max_attempts, outcome), then its delay."""
+_NO_ATTEMPT_LEFT: Final = "no attempt left: the job is failed"
 
 MAX_UUIDS_LOGGED: Final = 20
 """Uuids named in one line about outcomes the database refused (the count says the rest)."""
@@ -104,7 +109,7 @@ class Acknowledger:
                     self._leases.unwritten(batch)
                     raise
                 del self._pending[: len(batch)]
-                taken = given_up.union((row[5], row[6]) for row in rows)
+                taken = given_up.union((row[4], row[5]) for row in rows)
                 fenced: list[str] = []
                 for original, ack in zip(queued, batch, strict=True):
                     refused = (ack.id, ack.claim) not in taken
@@ -123,8 +128,11 @@ class Acknowledger:
                         "lease ran out, or an operator changed them), so they may run again, "
                         "or already have: uuids %s",
                         counted(len(fenced), "outcome"),
-                        ", ".join(fenced[:MAX_UUIDS_LOGGED])
-                        + (", ..." if len(fenced) > MAX_UUIDS_LOGGED else ""),
+                        Phrase.joined(
+                            ", ",
+                            (Phrase("%s", uuid) for uuid in fenced[:MAX_UUIDS_LOGGED]),
+                            more=len(fenced) - MAX_UUIDS_LOGGED,
+                        ),
                     )
 
     async def _write(self, batch: list[Ack], given_up: set[tuple[int, int]], limit: float) -> Rows:
@@ -193,16 +201,16 @@ class Acknowledger:
         A serial or queue_one job no longer running lets an identical one start: the claim
         loop is told (``on_twin_free``), rather than waiting for its next poll.
         """
-        if any(gated and state != "running" for _, _, state, _, gated, *_ in rows):
+        if any(gated and state != "running" for _, _, state, gated, *_ in rows):
             self._on_twin_free()
-        for queue, kind, state, attempt, *_ in rows:
+        for queue, kind, state, _, _, _, attempt in rows:
             if kind == "retry" and state == "queued":
                 self._stats.pg_queue_retries[queue] += 1
-                logger.info("task %s", attempt)
+                logger.info(_ATTEMPT + "retried in %.1f s", *attempt)
             elif state == "failed":
                 self._stats.pg_queue_failures[queue] += 1
                 if kind == "retry":
-                    logger.warning("task %s", attempt)
+                    logger.warning(_ATTEMPT + _NO_ATTEMPT_LEFT, *attempt[:5])
 
 
 def _plain(ack: Ack, why: str) -> Ack:

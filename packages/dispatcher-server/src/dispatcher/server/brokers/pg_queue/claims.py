@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -22,6 +22,7 @@ import anyio
 import psycopg
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.schema.log_fields import ATTEMPT
 from dispatcher.server.brokers.base import Capacity, Deliver
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
@@ -33,6 +34,7 @@ from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
 from dispatcher.server.logsafe import counted, first_line, get_logger
 from dispatcher.server.origin import Origin, StoredRow
 from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.rejection import rejection_fields
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
@@ -61,6 +63,20 @@ class ClaimOptions:
     prefetch: int = 0
 
 
+def _undecodable(columns: Iterable[tuple[str, bytes]]) -> str | None:
+    """Why the first of *columns* (name, bytes) that is not UTF-8 cannot be read, or ``None``."""
+    for name, value in columns:
+        try:
+            bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = bytes(value)[exc.start : exc.start + 4].hex(" ")
+            return (
+                f"its {name} is not UTF-8 text (bytes {bad} at byte {exc.start}): written by "
+                "a client in another encoding on a SQL_ASCII database"
+            )
+    return None
+
+
 class Claimer:
     """The claim loop; see the module docstring."""
 
@@ -76,8 +92,11 @@ class Claimer:
         limits: DeclaredAttempts | None = None,
         *,
         schema: str | None = None,
+        quarantine: tuple[bytes, bytes] | None = None,
     ) -> None:
         self._db = db
+        self._quarantine_statements = quarantine
+        """The statements that find and fail rows no service can read (see _quarantine)."""
         self._limits = limits
         self._schema = schema
         """The tables' schema: a claim refused a privilege says what to grant on it."""
@@ -132,6 +151,7 @@ class Claimer:
         stats = self._stats
         stats.pg_queue_claim_failures += 1
         stats.pg_queue_last_error, stats.pg_queue_last_error_time = error, time.time()
+        stats.broker("pg_queue").failed(error)
         if stats.pg_queue_failing_since is None:
             stats.pg_queue_failing_since = stats.pg_queue_last_error_time
             self._failing_from = (time.monotonic(), stats.pg_queue_claim_failures - 1)
@@ -142,6 +162,7 @@ class Claimer:
         if self._stats.pg_queue_failing_since is None:
             return
         self._stats.pg_queue_failing_since = None
+        self._stats.broker("pg_queue").serving()
         since, before = self._failing_from
         logger.info(
             "claiming jobs again after %s over %.1f s",
@@ -170,7 +191,34 @@ class Claimer:
                 return await self._db.fetch(self._statement, params), limit
             except psycopg.errors.UniqueViolation:  # another service took its twin first
                 limit = max(1, limit // 2)
+            except psycopg.errors.CharacterNotInRepertoire:
+                if not await self._quarantine(params):
+                    raise
         return [], limit
+
+    async def _quarantine(self, params: dict[str, Any]) -> bool:
+        """Fail the rows the claim would take whose text is not UTF-8; return whether any.
+
+        Only a ``SQL_ASCII`` database stores such bytes (written by a client in another
+        encoding, by hand): the claim, which reads them as UTF-8, fails on them, every time.
+        They are hostile rows, failed with the reason, like a row whose message is invalid.
+        """
+        if self._quarantine_statements is None:
+            return False
+        find, fail = self._quarantine_statements
+        found = await self._db.fetch(find, {"queues": params["queues"], "limit": params["limit"]})
+        ids: list[int] = []
+        errors: list[str] = []
+        for row, *columns in found:
+            reason = _undecodable(zip(("uuid", "task", "message"), columns, strict=True))
+            if reason is not None:
+                ids.append(row)
+                errors.append(f"rejected: {reason}")
+                self._stats.rejected["invalid_message"] += 1
+                logger.warning("job %d rejected: %s", row, reason)
+        if ids:
+            await self._db.fetch(fail, {"ids": ids, "errors": errors})
+        return bool(ids)
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""
@@ -190,7 +238,9 @@ class Claimer:
         if message is None:
             self._stats.rejected["oversized"] += 1
             reason = f"the message is {size} bytes, more than {MAX_MESSAGE_BYTES}"
-            logger.warning("job %d (uuid %s) rejected: %s", row, uuid, reason)
+            fields = rejection_fields("oversized", uuid, "pg_queue", queue)
+            fields[ATTEMPT] = attempts
+            logger.warning("job %d (uuid %s) rejected: %s", row, uuid, reason, extra=fields)
             self._acks.add(Ack(row, attempts, claim, "failed", "rejected", reason))
             return
         origin = Origin(
@@ -200,5 +250,6 @@ class Claimer:
             scheduled_by_broker=True,
             authenticated=True,
             stored_as=StoredRow(uuid, task, mode, delay),
+            attempt=attempts,
         )
         deliver(message, origin)

@@ -207,14 +207,10 @@ SET state = t.next,
     result = CASE WHEN t.next = 'done' THEN t.result::jsonb END
 FROM target AS t
 WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
-RETURNING j.queue, t.kind, j.state,
-    CASE WHEN t.kind = 'retry' THEN format('%%s (uuid %%s): attempt %%s of %%s ended in %%s; %%s',
-        j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, CASE j.state
-            WHEN 'queued' THEN format('retried in %%s s', round(t.delay::numeric, 1))
-            WHEN 'failed' THEN 'no attempt left: the job is failed'
-            ELSE 'not retried: ' || j.last_error END) END,
-    j.on_duplicate IN ('serial', 'queue_one'),
-    j.id, j.claims
+RETURNING j.queue, t.kind, j.state, j.on_duplicate IN ('serial', 'queue_one'), j.id, j.claims,
+    CASE WHEN t.kind = 'retry'
+        THEN json_build_array(j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, t.delay)
+    END
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
@@ -224,11 +220,12 @@ declared one when the row has the queue's default, which the row then keeps: see
 (refused, abandoned: the job never ran) waits again, its attempt not counted: at once when
 abandoned, for its ``delay`` when refused.
 
-For a failed attempt it also returns a line saying which job's attempt ended how, for the
-log; and for every row whether it is a serial or queue_one job (its end lets an identical
-job start). Each row is found by id, whatever the plan's estimates (see :data:`RENEW`): the lateral
-subquery (kept apart by ``OFFSET 0``) can only look its row up by id, and the update
-compares ``j.state`` with the state the target read, not with a constant."""
+It returns for every row whether it is a serial or queue_one job (its end lets an identical
+job start); and, for a failed attempt, its task, uuid, attempts, ``max_attempts``, outcome and
+delay (a JSON array), for the log line saying what became of it. Each row is found by id,
+whatever the plan's estimates (see :data:`RENEW`): the lateral subquery (kept apart by
+``OFFSET 0``) can only look its row up by id, and the update compares ``j.state`` with the
+state the target read, not with a constant."""
 
 ACKNOWLEDGE_USES = Uses(
     reads=(
@@ -364,6 +361,39 @@ SUBMIT_TICK_USES = {"jobs": Uses(reads=("queue",)), "schedule_ticks": Uses(reads
 """The columns :data:`SUBMIT_TICK` reads, by table (it inserts rows in both)."""
 
 
+QUARANTINE = """
+WITH candidates AS (
+    SELECT c.id, c.uuid, c.task, c.message
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.uuid, j.task, j.message
+        FROM {s}.jobs AS j
+        WHERE j.queue = q.name AND j.state = 'queued' AND j.run_after <= now()
+        ORDER BY j.run_after, j.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), raw AS (
+    SELECT c.id, convert_to(c.uuid, e.name) AS uuid, convert_to(c.task, e.name) AS task,
+        convert_to(c.message, e.name) AS message
+    FROM candidates AS c, (SELECT current_setting('server_encoding') AS name) AS e
+)
+SELECT raw.id, raw.uuid, raw.task, raw.message FROM raw
+"""
+"""The rows a claim would read (``queues``, ``limit``), their text as the bytes the database
+holds: a claim fails when one of them is not valid in the client's encoding (UTF-8), which
+only a ``SQL_ASCII`` database lets a client store (see ``claims.Claimer``)."""
+
+QUARANTINE_FAIL = """
+UPDATE {s}.jobs AS j
+SET state = 'failed', lease_until = NULL, finished_at = now(), outcome = 'rejected',
+    last_error = f.error
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
+WHERE j.id = f.id AND j.state = 'queued'
+"""
+"""Fail the rows ``ids`` that no service can read, each with its ``errors`` text."""
+
+
 @dataclass(frozen=True)
 class Statements:
     """The statements above for one schema, ready to execute (as bytes)."""
@@ -376,6 +406,8 @@ class Statements:
     """One per finished state."""
     purge_ticks: bytes
     submit_tick: bytes
+    quarantine: bytes = b""
+    quarantine_fail: bytes = b""
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -399,4 +431,6 @@ class Statements:
             tuple(make(PURGE, state) for state in FINAL_STATES),
             make(PURGE_TICKS),
             make(SUBMIT_TICK),
+            make(QUARANTINE),
+            make(QUARANTINE_FAIL),
         )

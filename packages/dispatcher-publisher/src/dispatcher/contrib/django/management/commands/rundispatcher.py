@@ -13,7 +13,7 @@ from dispatcher.config import (
     NotConfiguredError,
     get_settings,
 )
-from dispatcher.schema import LOG_LEVELS, DispatcherError
+from dispatcher.schema import LOG_FORMATS, LOG_LEVELS, DispatcherError
 
 
 class Command(BaseCommand):
@@ -26,13 +26,19 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        """``--log-level``, ``--reload``."""
+        """``--log-level``, ``--log-format``, ``--reload``."""
         parser.add_argument(
             "--log-level",
             default="INFO",
             type=str.upper,
             choices=LOG_LEVELS,
             help="log level of the service (default: INFO)",
+        )
+        parser.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            help="how the log is written to standard error: text lines, or one JSON object "
+            "per line (default: service.log_format in the config, else text)",
         )
         parser.add_argument(
             "--reload",
@@ -49,7 +55,12 @@ class Command(BaseCommand):
             if options["reload"] and (missing := missing_watchfiles()) is not None:
                 raise CommandError(missing, returncode=2)
             settings = get_settings()
-            status = run(settings, getattr(logging, options["log_level"]), options["reload"])
+            status = run(
+                settings,
+                getattr(logging, options["log_level"]),
+                options["reload"],
+                options["log_format"],
+            )
         except ServerMissing as exc:
             raise CommandError(str(exc)) from None
         except NotConfiguredError:
