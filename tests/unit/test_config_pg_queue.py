@@ -66,7 +66,7 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "duplicate queue",
         {"queues": ["a", "a"]},
-        "brokers.pg_queue.queues: ['a', 'a'] has non-unique",
+        "brokers.pg_queue.queues[1]: repeats item [0] (each may be given once)",
     ),
     (
         "upper-case schema",

@@ -18,11 +18,11 @@ import pytest
 
 from dispatcher.config import ServiceControl, load_settings
 from dispatcher.control import entries
-from dispatcher.schema import load_schema
+from dispatcher.schema import MAX_MESSAGE_BYTES, load_schema
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.control import STATUS_WAITING_LIMIT, ControlCommands
 from dispatcher.server.control_messages import ControlMessages
-from dispatcher.server.control_shapes import producers_reply
+from dispatcher.server.control_shapes import MAX_LISTED_BYTES, producers_reply
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.stats import ServiceStats
 from support.dispatcherd_readers import awx_still_running, demo_aio_tasks, running_worker_uuid
@@ -308,6 +308,43 @@ def test_status_lists_only_the_tasks_on_workers_behind_a_long_queue(
     assert status["running_omitted"] == STATUS_WAITING_LIMIT + 4
     [running] = ask(service, "running")
     assert len(entries(running)) == len(service.jobs)
+
+
+@pytest.mark.parametrize(("command", "data"), [("running", {}), ("cancel", {"task": "app.big"})])
+def test_a_listing_too_large_for_one_reply_lists_what_fits_and_counts_the_rest(
+    service: FakeService, command: str, data: dict[str, Any]
+) -> None:
+    """10,000 tasks of 1 KiB each once made a reply over the limit, which no client took."""
+    blob = "x" * 1024
+    service.jobs = [
+        job("queued", f"u-{n}", task="app.big", kwargs={"b": blob}) for n in range(10_000)
+    ]
+    [reply] = ask(service, command, data)
+    listed = entries(reply)
+    assert 0 < len(listed) < 10_000
+    assert reply["omitted"] == 10_000 - len(listed)
+    assert list(listed) == [f"queued-{n}" for n in range(len(listed))]  # the first ones
+    size = len(json.dumps(reply))
+    assert MAX_LISTED_BYTES * 0.9 < size < MAX_MESSAGE_BYTES
+    if command == "cancel":
+        assert service.cancelled == [(None, "app.big")]  # every one, listed or not
+
+
+def test_a_listing_that_fits_says_nothing_of_omitted_tasks(service: FakeService) -> None:
+    """(dispatcherd's readers take every value of the reply but ``node_id`` for a task.)"""
+    for command, data in (("running", {}), ("cancel", {"task": "app.t"})):
+        [reply] = ask(service, command, data)
+        assert "omitted" not in reply
+        awx_still_running([reply], "app.t")
+
+
+def test_status_lists_running_tasks_up_to_the_same_size(service: FakeService) -> None:
+    blob = "x" * (1 << 20)
+    service.jobs = [job(f"worker-{n}", f"u-{n}", kwargs={"b": blob}) for n in range(8)]
+    [status] = ask(service, "status")
+    assert 0 < len(entries(status["running"])) < 8
+    assert status["running_omitted"] == 8 - len(entries(status["running"]))
+    assert len(json.dumps(status)) < MAX_MESSAGE_BYTES
 
 
 def test_producers_are_named_as_dispatcherd_names_them(service: FakeService) -> None:

@@ -160,3 +160,24 @@ def test_socket_reply_over_the_message_limit_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BrokerUnavailable, match=f"over {MAX_MESSAGE_BYTES} bytes"):
         socket_request(str(path), {"control": "alive", "reply_to": "r"}, timeout=10)
     thread.join()
+
+
+def test_a_reply_too_large_to_take_is_counted_and_said_so_not_taken_for_silence() -> None:
+    from dispatcher.server.ctl_render import shortfall
+
+    result = ControlResult("running", expected=2, expected_nodes=["node-a", "node-b"])
+    result.add('{"node_id": "node-b"}')
+    text = json.dumps({"node_id": "node-a", "x": "y" * MAX_MESSAGE_BYTES})
+    for envelope in split_message(text):
+        result.add(envelope)
+    result.finish()
+    assert (len(result.replies), result.too_large, result.complete) == (1, 1, False)
+    [note] = result.skipped
+    assert note.startswith("skipped a reply: a chunked reply too large to take: chunked message")
+    assert shortfall(result) == (
+        "1 of 2 expected replies; 1 reply came too large to take (over "
+        f"{MAX_MESSAGE_BYTES} bytes: from a service of another version?), in place of those "
+        "of node-a"
+    )
+    silent = ControlResult("running", expected=1, expected_nodes=["node-a"])
+    assert shortfall(silent) == "0 of 1 expected replies; no answer from node-a"

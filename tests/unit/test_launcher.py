@@ -130,3 +130,44 @@ async def test_a_fork_server_started_as_a_program_runs_on_the_service_config(
     finally:
         launcher.close()
     assert json.loads(probe.read_text()) == {"source": "service.yml", "channels": ["the_service_s"]}
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(90)
+async def test_a_fork_server_started_as_a_program_takes_and_gives_messages_of_any_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config of 4,000 long channel names in, the report of 4,000 tasks out.
+
+    Each once had to fit in one 64 KiB packet: the fork server could not read its settings,
+    or the service waited for its report for ever.
+    """
+    probe = tmp_path / "probe.json"
+    monkeypatch.setenv("DISPATCHER_TEST_CONFIG_PROBE", str(probe))
+    monkeypatch.syspath_prepend(str(tmp_path))  # (the fork server gets this sys.path)
+    names = [f"t{n}" for n in range(4000)]
+    (tmp_path / "unit_many_tasks.py").write_text(
+        "from dispatcher.publish import task\n"
+        + "".join(f"\n\n@task()\ndef {name}():\n    pass\n" for name in names)
+    )
+    channels = [f"c{n}_" + "x" * 50 for n in range(4000)]
+    config = {
+        "version": 1,
+        "brokers": {"pg_notify": {"conninfo": "dbname=probe", "channels": channels}},
+        "tasks": {"modules": ["support.config_probe", "unit_many_tasks"]},
+    }
+    settings = load_settings(config, source="service.yml")
+    launcher = WorkerLauncher(worker_options(settings, logging.WARNING))
+    launcher.start()
+    try:
+        with anyio.fail_after(60):
+            report = await launcher.import_report()
+        assert report is not None
+        assert (report["ok"], report["task_count"]) == (True, 4000)
+        assert report["task_names"] == sorted(f"unit_many_tasks.{name}" for name in names)
+        worker = await launcher.launch(0)
+        assert (await first_event(worker))["event"] == "ready"
+        worker.close()
+    finally:
+        launcher.close()
+    assert json.loads(probe.read_text()) == {"source": "service.yml", "channels": channels}

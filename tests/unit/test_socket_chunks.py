@@ -278,6 +278,30 @@ def test_dispatcherctl_says_a_reply_is_malformed_and_exits_1(
     assert "(0 of 1 replies)" in out
 
 
+def test_dispatcherctl_says_a_reply_too_large_to_take_came_rather_than_none(
+    tmp_path: Path, fake: list[FakeService], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A service of another version answered over the limit: not silence ("no answer")."""
+    reply = {"node_id": "n", "worker-0": {"uuid": "u", "task": "t", "x": "y" * MAX_MESSAGE_BYTES}}
+    answer = "".join(line + "\n" for line in socket_lines(json.dumps(reply))).encode()
+    service = FakeService(tmp_path / "s.sock", answer)
+    fake.append(service)
+    try:
+        status = ctl.main(
+            ["--timeout", "5", "running", "--config", str(ctl_config(tmp_path, service.path))]
+        )
+    finally:
+        reset()
+    _, err = capsys.readouterr()
+    assert status == ctl.EXIT_MISSING
+    assert err.endswith(
+        "dispatcherctl: 0 of 1 expected replies; 1 reply came too large to take (over "
+        f"{MAX_MESSAGE_BYTES} bytes: from a service of another version?)\n"
+    ), err
+    assert "skipped a reply: a chunked reply too large to take: " in err
+    assert "no answer" not in err
+
+
 def test_dispatcherctl_shows_a_chunked_reply_whole(
     tmp_path: Path, fake: list[FakeService], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.server.task_imports import fitted, import_report, refusal, unregistered_producers
+from dispatcher.server.task_imports import import_report, refusal, unregistered_producers
 
 NAMES = ("badstr_t", "stdlib_raise_t", "dependency_t")
 
@@ -103,23 +103,6 @@ def test_a_fork_server_that_ended_while_importing_gives_its_exit_status() -> Non
     assert "os._exit()" in text
 
 
-def test_a_report_too_long_for_one_message_is_cut_to_its_essentials() -> None:
-    report = {
-        "ok": False,
-        "module": "m",
-        "error": "ValueError: " + "é" * 5000,
-        "location": "/x/m.py:1",
-        "sys_path": ["/" + "p" * 10_000] * 12,
-        "cwd": "/here",
-    }
-    short = fitted(report, 4096)
-    assert len(json.dumps(short, separators=(",", ":")).encode()) <= 4096
-    assert (short["ok"], short["module"], short["location"]) == (False, "m", "/x/m.py:1")
-    assert short["error"].startswith("ValueError: é")
-    small = {"ok": True, "task_count": 2}
-    assert fitted(small, 4096) is small
-
-
 @pytest.mark.parametrize("layout", ["file", "package"])
 def test_a_task_module_next_to_the_config_file_names_that_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
@@ -171,12 +154,3 @@ def test_producers_naming_no_registered_task_are_listed_with_suggestions() -> No
     ]
     assert text.splitlines()[3].startswith("hint: in d.yml, name each task by its registered")
     assert unregistered_producers(report, {"scheduled": ["app.tasks.bye"]}, "d.yml") is None
-
-
-def test_a_report_cut_short_lists_no_names_and_refuses_no_producer() -> None:
-    report = import_report([])
-    assert "task_names" in report
-    report["task_names"] = [f"app.tasks.t{n}" for n in range(5000)]
-    short = fitted(report, 4096)
-    assert "task_names" not in short
-    assert unregistered_producers(short, {"scheduled": ["app.nothing"]}, "d.yml") is None

@@ -11,6 +11,7 @@ from dispatcher.schema import (
     CHUNK_KEY,
     MAX_MESSAGE_BYTES,
     ChunkAssembler,
+    ChunkedMessageTooLarge,
     ChunkError,
     DecodeError,
     DispatcherError,
@@ -45,6 +46,11 @@ class ControlResult:
     """Why payloads on the reply channel were not taken as replies (not JSON, nested too
     deeply, not a control reply, an invalid chunk envelope): anyone may NOTIFY that
     channel."""
+    too_large: int = 0
+    """Replies that came but were not taken, being over
+    :data:`~dispatcher.schema.MAX_MESSAGE_BYTES` (each also noted in :attr:`skipped`). Our
+    services keep their replies under it; one from elsewhere (an older version, dispatcherd)
+    may not. Whose they were is not known: a reply names its service only once whole."""
     _chunks: ReplyChunks = field(init=False, repr=False, compare=False)
 
     @property
@@ -120,6 +126,8 @@ class ControlResult:
             if whole is not None:
                 self.replies.append(parse_reply(whole))
         except InvalidReply as exc:
+            if isinstance(exc, ReplyTooLarge):
+                self.too_large += 1
             self._skip(str(exc))
 
     def finish(self) -> None:
@@ -152,6 +160,10 @@ class InvalidReply(DispatcherError, ValueError):
     """A payload on the reply channel that is not a control reply; the message says why."""
 
 
+class ReplyTooLarge(InvalidReply):
+    """A reply, chunked, that adds up to more than :data:`~dispatcher.schema.MAX_MESSAGE_BYTES`."""
+
+
 _MAX_REASON_CHARS = 300
 
 MAX_PENDING_CHUNKED_REPLIES = 100
@@ -178,7 +190,8 @@ class ReplyChunks:
         A payload that is not a chunk envelope is returned as it is.
 
         :raises InvalidReply: when it is an invalid chunk envelope, or one that contradicts
-            the others of its reply, or makes it too large.
+            the others of its reply; :class:`ReplyTooLarge` when it makes its reply too
+            large.
         """
         if isinstance(payload, str):
             if CHUNK_KEY not in payload:
@@ -196,6 +209,8 @@ class ReplyChunks:
             raise InvalidReply(f"an invalid chunk envelope ({_cut(problems)})")
         try:
             return self._assembler.add(envelope)
+        except ChunkedMessageTooLarge as exc:
+            raise ReplyTooLarge(f"a chunked reply too large to take: {exc}") from None
         except ChunkError as exc:
             raise InvalidReply(f"a chunked reply: {exc}") from None
 

@@ -13,14 +13,14 @@ exceptions that both sides of this package apply (see ``_explainer_class`` in
 :mod:`dispatcher.schema.validation`): a ``pattern`` or a ``patternProperties`` key is an
 ECMA-262 regular expression (:mod:`dispatcher.schema.patterns`), so ``$`` matches only at the
 very end of the text, never before a final newline as Python's ``$`` does, and matches string
-keys only; ``uniqueItems`` compares every pair (see :func:`all_unique`). Values JSON cannot
+keys only; ``uniqueItems`` finds any two equal items, even apart once sorted (see
+:func:`all_unique`). Values JSON cannot
 represent are refused where a number is expected: ``NaN`` and the infinities are not numbers
 here.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -148,7 +148,59 @@ def json_equal(one: Any, other: Any) -> bool:
 
 def all_unique(items: Sequence[Any]) -> bool:
     """Tell whether no two of *items* are :func:`json_equal` (``uniqueItems``)."""
-    return not any(json_equal(one, other) for one, other in itertools.combinations(items, 2))
+    return not repeated(items, 1)
+
+
+def repeated(items: Sequence[Any], limit: int | None = None) -> list[tuple[int, int]]:
+    """``(first, index)`` of each item :func:`json_equal` to an earlier one, in order.
+
+    *first* is the index of the first item of that value. At most *limit* pairs. Each item
+    is hashed once by its JSON form (:func:`_canonical`), so that a list of thousands costs
+    thousands of steps, not millions of comparisons; only a list holding a value that has
+    no such form (of a type JSON does not know, unhashable) is compared pair by pair.
+    """
+    found: list[tuple[int, int]] = []
+    try:
+        seen: dict[Any, int] = {}
+        for index, item in enumerate(items):
+            first = seen.setdefault(_canonical(item), index)
+            if first != index:
+                found.append((first, index))
+                if len(found) == limit:
+                    break
+        return found
+    except (TypeError, RecursionError):
+        found = []
+    for index, item in enumerate(items):
+        for first in range(index):
+            if json_equal(items[first], item):
+                found.append((first, index))
+                if len(found) == limit:
+                    return found
+                break
+    return found
+
+
+_BOOLEAN, _STRING, _ARRAY, _OBJECT, _OTHER = range(5)
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable form of *value*, equal to another's exactly when :func:`json_equal` says.
+
+    A value equals itself, even ``NaN`` (Python's containers compare identity first).
+
+    :raises TypeError: for a value of a type JSON does not know that cannot be hashed.
+    """
+    if isinstance(value, bool):
+        return _BOOLEAN, value
+    if isinstance(value, str):
+        return _STRING, value
+    if isinstance(value, (list, tuple)):
+        return _ARRAY, tuple(_canonical(item) for item in value)
+    if isinstance(value, dict):
+        return _OBJECT, frozenset((key, _canonical(item)) for key, item in value.items())
+    hash(value)
+    return _OTHER, value  # numbers (1 equals 1.0), null, and what == says of the others
 
 
 class _Compiler:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from dispatcher.schema.compiler import UnsupportedSchema, all_unique, compile_schema
+from dispatcher.schema.compiler import UnsupportedSchema, compile_schema, repeated
 from dispatcher.schema.errors import PathItem, Problem, SchemaValidationError, problems_from_errors
 from dispatcher.schema.patterns import ecma_pattern, unlisted_keys
 from dispatcher.schema.resources import SchemaName, load_schema
@@ -14,6 +14,11 @@ from dispatcher.schema.wire import MAX_INTEGER_DIGITS, has_too_many_digits
 
 if TYPE_CHECKING:
     import jsonschema
+
+
+MAX_REPEATS_SHOWN: Final = 10
+"""Repeated items of one array (``uniqueItems``) a validation error names; the others are
+counted."""
 
 
 class Validator:
@@ -81,8 +86,10 @@ def _explainer_class() -> type[jsonschema.Draft202012Validator]:
 
     A ``pattern`` or a key of ``patternProperties`` has ECMA-262's ``$`` (end of text, not
     before a final newline) and matches only string keys; a tuple is an array, as the JSON
-    encoder writes it; ``uniqueItems`` compares every pair (``jsonschema`` compares only
-    neighbours once sorted, and ``[[1], [true], [1]]`` sorts with the two ``[1]`` apart).
+    encoder writes it; ``uniqueItems`` finds any two equal items (``jsonschema`` compares only
+    neighbours once sorted, and ``[[1], [true], [1]]`` sorts with the two ``[1]`` apart), and
+    names each repeated item by its index and the first one's (``channels[3]: repeats item
+    [0]``), at most :data:`MAX_REPEATS_SHOWN`, rather than quoting the whole array.
     """
     import jsonschema  # costs ~0.1 s to import: only when there is something to explain
 
@@ -121,8 +128,18 @@ def _explainer_class() -> type[jsonschema.Draft202012Validator]:
     def unique_items(
         validator: Any, unique: Any, instance: Any, schema: dict[str, Any]
     ) -> Iterator[jsonschema.ValidationError]:
-        if unique and validator.is_type(instance, "array") and not all_unique(instance):
-            yield jsonschema.ValidationError(f"{instance!r} has non-unique elements")
+        if not unique or not validator.is_type(instance, "array"):
+            return
+        pairs = repeated(instance, MAX_REPEATS_SHOWN + 1)
+        for first, index in pairs[:MAX_REPEATS_SHOWN]:
+            # (No value quoted: a config's may be a secret.)
+            message = f"repeats item [{first}] (each may be given once)"
+            yield jsonschema.ValidationError(message, path=(index,), instance=instance[index])
+        if len(pairs) > MAX_REPEATS_SHOWN:
+            count = len(repeated(instance))
+            yield jsonschema.ValidationError(
+                f"{count} items repeat earlier ones; the first {MAX_REPEATS_SHOWN} are named"
+            )
 
     checker = base.TYPE_CHECKER.redefine(
         "array", lambda checker, instance: isinstance(instance, (list, tuple))

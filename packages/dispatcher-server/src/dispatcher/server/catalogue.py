@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
+
+from dispatcher.publish.mistakes import close_task_name
+
+MAX_SUGGESTION_CANDIDATES: Final = 5_000
+"""Registered names beyond which an unknown task name gets no "did you mean" (one costs a
+comparison with each)."""
+
+SUGGESTION_SECONDS: Final = 0.05
+"""Seconds a second at most spent looking for the registered names close to unknown ones
+(each look costs milliseconds with thousands of registered names, and anyone who can
+publish can send unknown names): beyond, an unknown name gets no "did you mean" unless it
+was looked up before."""
+
+MAX_REMEMBERED_SUGGESTIONS: Final = 1024
+"""Unknown names whose look-up is remembered (the oldest are forgotten first)."""
 
 
 class TaskCatalogue:
     """Which task names may run. Empty (unknown) until the first worker reports them."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.names: frozenset[str] | None = None
         """The registered names; ``None`` until a worker has said."""
         self.queues: Mapping[str, str] = MappingProxyType({})
@@ -23,6 +39,11 @@ class TaskCatalogue:
         """The ``timeout`` of the tasks registered with one (``@task(timeout=)``): a message
         that sets none runs under it, whoever published it and however."""
         self._listeners: list[Callable[[frozenset[str]], None]] = []
+        self._clock = clock
+        self._close: dict[str, str | None] = {}
+        """The registered name close to each unknown name looked up (``None``: none)."""
+        self._window = -math.inf
+        self._spent = 0.0
 
     def on_known(self, listener: Callable[[frozenset[str]], None]) -> None:
         """Have *listener(names)* called once the names are known."""
@@ -48,11 +69,35 @@ class TaskCatalogue:
         """
         details = details or {}
         self.names = names
+        self._close.clear()
         self.queues = _values(details.get("queues"), lambda queue: isinstance(queue, str))
         self.max_attempts = _values(
             details.get("max_attempts"), lambda attempts: type(attempts) is int
         )
         self.timeouts = _values(details.get("timeouts"), _is_timeout)
+
+    def close_name(self, name: object) -> str | None:
+        """The registered name *name* is likely a typo of, if one is known to be.
+
+        Looked up at most :data:`SUGGESTION_SECONDS` a second, and remembered; ``None``
+        beyond, as for a name close to none (or before the names are known).
+        """
+        names = self.names
+        if names is None or not isinstance(name, str) or len(names) > MAX_SUGGESTION_CANDIDATES:
+            return None
+        if name in self._close:
+            return self._close[name]
+        began = self._clock()
+        if began - self._window >= 1.0:
+            self._window, self._spent = began, 0.0
+        if self._spent >= SUGGESTION_SECONDS:
+            return None
+        close = close_task_name(name, names)
+        self._spent += self._clock() - began
+        if len(self._close) >= MAX_REMEMBERED_SUGGESTIONS:
+            del self._close[next(iter(self._close))]
+        self._close[name] = close
+        return close
 
 
 def _is_timeout(seconds: object) -> bool:

@@ -158,7 +158,7 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
         if missing is not None:
             print(f"dispatcher-standalone: {missing}", file=sys.stderr)
             return EXIT_USAGE
-        forked = fork_server(worker_options(settings, level))
+        forked = fork_server(worker_options(settings, level), settings)
     finally:
         if collecting:
             gc.enable()

@@ -38,7 +38,8 @@ Reply = dict[str, Any]
 
 STATUS_WAITING_LIMIT: Final = 100
 """Most waiting tasks (queued, blocked, delayed) ``status`` lists under ``running``: beyond,
-it lists the tasks on workers only, and ``running_omitted`` counts the others."""
+it lists the tasks on workers only, and ``running_omitted`` counts the others (and those
+beyond :data:`~dispatcher.server.control_shapes.MAX_LISTED_BYTES`)."""
 
 CANCELLED_OUTCOMES: Final = frozenset(
     {
@@ -189,8 +190,12 @@ class ControlCommands:
     # -- the commands ----------------------------------------------------------------------
 
     def running(self, data: Mapping[str, Any]) -> Reply:
-        """The tasks running, queued, blocked and delayed, optionally filtered."""
-        return slotted(self._found(TaskFilter.from_data(data)))
+        """The tasks running, queued, blocked and delayed, optionally filtered.
+
+        Those beyond :data:`~dispatcher.server.control_shapes.MAX_LISTED_BYTES` are counted
+        (``omitted``), not listed.
+        """
+        return _listing(*slotted(self._found(TaskFilter.from_data(data))))
 
     def _found(self, wanted: TaskFilter) -> list[dict[str, Any]]:
         entries = self._target.running(wanted.uuid, wanted.task)
@@ -199,7 +204,9 @@ class ControlCommands:
     def cancel(self, data: Mapping[str, Any]) -> Reply:
         """Cancel the tasks matching the filter (or all, if asked explicitly or so configured).
 
-        What was cancelled is logged at INFO.
+        What was cancelled is logged at INFO. The reply lists the tasks cancelled, those
+        beyond :data:`~dispatcher.server.control_shapes.MAX_LISTED_BYTES` counted
+        (``omitted``).
         """
         cancelled = self._cancel(data)
         logger.info(
@@ -209,7 +216,7 @@ class ControlCommands:
             "" if len(cancelled) == 1 else "s",
             _cancelled_text(cancelled),
         )
-        return slotted(cancelled)
+        return _listing(*slotted(cancelled))
 
     def _cancel(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
         wanted = TaskFilter.from_data(data)
@@ -265,18 +272,19 @@ class ControlCommands:
         counts = self._target.counts()
         waiting = counts["queued"] + counts["blocked"] + counts["delayed"]
         if waiting <= STATUS_WAITING_LIMIT:
-            listed, omitted = self._target.running(None, None), 0
+            found, omitted = self._target.running(None, None), 0
         else:
-            listed, omitted = self._target.on_workers(), waiting
+            found, omitted = self._target.on_workers(), waiting
+        running, too_many = slotted(found)
         return {
-            "running": slotted(listed),
+            "running": running,
             "aio_tasks": self._target.aio_tasks(6),
             "workers": self.workers({}),
             "producers": self.producers({}),
             "metrics": self.metrics({}),
             "main": self.main({}),
             "chunks": self.chunks({}),
-            "running_omitted": omitted,
+            "running_omitted": omitted + too_many,
             "pid": os.getpid(),
             "uptime": self._uptime(),
             "received": stats.received_tasks,
@@ -378,6 +386,15 @@ class ControlCommands:
 
 CANCELLED_SHOWN: Final = 3
 """Cancelled tasks a ``cancel`` log line names (the others are counted)."""
+
+
+def _listing(listed: Reply, omitted: int) -> Reply:
+    """A ``running``/``cancel`` reply: the tasks *listed*, and ``omitted`` when some are not.
+
+    (Only then: dispatcherd's readers take every value of the reply but ``node_id`` for a
+    task.)
+    """
+    return {**listed, "omitted": omitted} if omitted else listed
 
 
 def _filter_text(data: Mapping[str, Any]) -> Phrase:

@@ -7,6 +7,9 @@ message had none) and one key of ours, ``where``: ``worker-N``, ``worker-N next`
 by busy worker N, not started: listed as ``queued-I``), ``queued``, ``blocked`` or
 ``delayed``.
 
+A reply lists tasks up to :data:`MAX_LISTED_BYTES` of JSON: one that would list more counts
+the others (``omitted``), so that it stays a reply a client can take.
+
 The filter is dispatcherd's too: ``uuid``, ``task``, ``args`` and ``kwargs``, each compared
 for equality with the message's value; an empty or null value filters nothing.
 
@@ -16,13 +19,25 @@ for equality with the message's value; an empty or null value filters nothing.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from dispatcher.config import Settings
+from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.server.stats import ServiceStats
+
+MAX_LISTED_BYTES: Final = MAX_MESSAGE_BYTES // 2
+"""JSON bytes of the tasks one reply lists at most (``running``, ``cancel``, and ``status``
+under ``running``); the others are counted, not listed. A reply over
+:data:`~dispatcher.schema.MAX_MESSAGE_BYTES` would reach no one: no client takes it. Half of
+it leaves room for the rest of a ``status`` reply."""
+
+_ENTRY_OVERHEAD: Final = 32
+"""JSON bytes a listed task costs beyond its message: its key (``queued-12345``), quotes,
+colon, comma."""
 
 FILTER_KEYS: Final = ("uuid", "task", "args", "kwargs")
 """The keys of a task filter, as dispatcherd reads them."""
@@ -96,14 +111,28 @@ def slot(where: str, counters: Counter[str]) -> str:
     return key
 
 
-def slotted(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The ``running``/``cancel`` reply listing described jobs."""
+def slotted(
+    entries: Iterable[Mapping[str, Any]], max_bytes: int = MAX_LISTED_BYTES
+) -> tuple[dict[str, Any], int]:
+    """The ``running``/``cancel`` reply listing described jobs, and how many it leaves out.
+
+    The jobs are listed in order while their JSON stays within *max_bytes*; the ones after
+    are only counted.
+    """
     reply: dict[str, Any] = {}
     counters: Counter[str] = Counter()
+    size = omitted = 0
     for entry in entries:
-        key = slot(entry["where"], counters)
-        reply[key] = {**entry["message"], "uuid": entry["uuid"], "where": entry["where"]}
-    return reply
+        if omitted:
+            omitted += 1
+            continue
+        value = {**entry["message"], "uuid": entry["uuid"], "where": entry["where"]}
+        size += len(json.dumps(value, separators=(",", ":"), default=str)) + _ENTRY_OVERHEAD
+        if size > max_bytes:
+            omitted = 1
+            continue
+        reply[slot(entry["where"], counters)] = value
+    return reply, omitted
 
 
 def producers_reply(

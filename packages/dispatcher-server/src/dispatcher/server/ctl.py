@@ -36,6 +36,7 @@ from dispatcher.server.ctl_render import (
     control_failure,
     no_service_found,
     render,
+    shortfall,
     shown,
     tally,
     task_ages,
@@ -560,11 +561,7 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if not result.complete:
-        missing = f"; no answer from {shown(', '.join(result.missing))}" if result.missing else ""
-        print(
-            f"dispatcherctl: {len(result.replies)} of {result.expected} expected replies{missing}",
-            file=sys.stderr,
-        )
+        print(f"dispatcherctl: {shortfall(result)}", file=sys.stderr)
         return EXIT_MISSING
     failed = [reply for reply in result.replies if "error" in reply]
     if failed:

@@ -17,7 +17,8 @@ from dispatcher.config import Settings
 from dispatcher.control import ControlResult
 from dispatcher.publish import PublishError
 from dispatcher.publish.routing import control_broker
-from dispatcher.server.logsafe import escape
+from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.server.logsafe import counted, escape
 
 DISPATCHERD_NOT_FOUND = (
     "dispatcherd services cannot be found there: pass --expected-replies N to wait for N replies"
@@ -127,6 +128,25 @@ def tally(result: ControlResult, looked_up: bool, channel: str | None = None) ->
     return f"({counted})"
 
 
+def shortfall(result: ControlResult) -> str:
+    """What to say when not every service waited for answered: replies came, or did not.
+
+    A reply that came too large to take (from a service of another version) is said so,
+    not taken for silence; whose it was is not known (it names its service once whole).
+    """
+    text = f"{len(result.replies)} of {result.expected} expected replies"
+    missing = shown(", ".join(result.missing))
+    if not result.too_large:
+        return f"{text}; no answer from {missing}" if result.missing else text
+    text += (
+        f"; {counted(result.too_large, 'reply', 'replies')} came too large to take (over "
+        f"{MAX_MESSAGE_BYTES} bytes: from a service of another version?)"
+    )
+    if len(result.missing) == result.too_large:
+        return f"{text}, in place of those of {missing}"
+    return f"{text}; not taken, or no answer, from {missing}" if result.missing else text
+
+
 def render(result: ControlResult, now: float | None = None) -> str:
     """Replies as text for people: one block per service.
 
@@ -226,16 +246,23 @@ UNKNOWN_SHAPE: Final = (
 def _entries(body: Mapping[str, Any], columns: tuple[str, ...], indent: str) -> list[str]:
     """A table of a reply's entries (one per key), its first column being the key.
 
+    Tasks the reply leaves out (its ``omitted``, a count) are said after the table.
     Whatever else the reply holds (a list, from a service of another version) is never
     dropped: it is shown as fields after a line saying so.
     """
     entries = {key: value for key, value in body.items() if isinstance(value, dict)}
     others = {key: value for key, value in body.items() if not isinstance(value, dict)}
+    omitted = others.get("omitted")
+    if type(omitted) is int:  # the tasks the reply leaves out (else: shown as it came)
+        del others["omitted"]
+    else:
+        omitted = 0
     if others:
         table = _entries(entries, columns, indent) if entries else []
         return [*table, f"{indent}{UNKNOWN_SHAPE}", *_fields(others, indent)]
+    more = [f"{indent}... {omitted} more, not listed (too many for one reply)"] if omitted else []
     if not entries:
-        return [f"{indent}(none)"]
+        return more or [f"{indent}(none)"]
     rows = [{columns[0]: key, **value} for key, value in entries.items()]
     if "state" in columns:
         for row in rows:
@@ -243,7 +270,7 @@ def _entries(body: Mapping[str, Any], columns: tuple[str, ...], indent: str) -> 
     shown_columns = [columns[0], *(c for c in columns[1:] if any(c in row for row in rows))]
     if "where" in shown_columns and all(row.get("where") == row[columns[0]] for row in rows):
         shown_columns.remove("where")  # a task on a worker: its slot says where already
-    return _table(shown_columns, rows, indent)
+    return [*_table(shown_columns, rows, indent), *more]
 
 
 def _table(columns: list[str], rows: list[dict[str, Any]], indent: str) -> list[str]:

@@ -22,11 +22,15 @@ service run from Python, or a fork server that ended) the service starts it as a
 
 Messages to the fork server are one JSON object each: ``{"op": "spawn", "id": N}`` with the
 worker's socket attached (``SCM_RIGHTS``). Messages from it: first ``{"event": "imported",
-"ok": true, "task_count": N}`` or ``{"event": "imported", "ok": false, ...}`` once it has
-imported the task modules (see :mod:`dispatcher.server.task_imports`; spawn requests wait
-until then), then ``{"event": "spawned", "id": N, "pid": P}`` with the pidfd attached,
-``{"event": "failed", "id": N, "error": "..."}``, and ``{"event": "exited", "pid": P,
-"status": S}`` (``S`` as from ``os.waitstatus_to_exitcode``).
+"ok": true, "task_count": N, "task_names": [...]}`` or ``{"event": "imported", "ok": false,
+...}`` once it has imported the task modules (see :mod:`dispatcher.server.task_imports`;
+spawn requests wait until then), then ``{"event": "spawned", "id": N, "pid": P}`` with the
+pidfd attached, ``{"event": "failed", "id": N, "error": "..."}``, and ``{"event": "exited",
+"pid": P, "status": S}`` (``S`` as from ``os.waitstatus_to_exitcode``). A message longer than
+one packet (:data:`MAX_MESSAGE`: the import report of thousands of tasks) goes in parts
+(:func:`packets`, joined by a :class:`PacketJoiner`). A fork server started as a program
+reads its settings (the config among them, of any size) from a memory file whose descriptor
+it inherits.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.lifeline import adopt_orphans, die_with_parent
 from dispatcher.server.logsafe import Block, describe_exception, get_logger
-from dispatcher.server.task_imports import fitted, import_report
+from dispatcher.server.task_imports import import_report
 from dispatcher.server.worker import WorkerOptions, worker_main
 
 if TYPE_CHECKING:
@@ -58,10 +62,22 @@ if TYPE_CHECKING:
 logger = get_logger("dispatcher.worker")
 
 MAX_MESSAGE: Final = 1 << 16
+"""Longest packet on the fork server's socket; a longer message goes in several
+(:func:`packets`)."""
 _MAX_FDS: Final = 4
+
+_PART: Final = b"+"
+"""First byte of a packet that holds a part of a message, more parts following."""
+_LAST_PART: Final = b"."
+"""First byte of the packet holding the last part of a message sent in parts (a message
+sent whole is a JSON object: it starts with ``{``)."""
 
 CONTROL_FD_ENV: Final = "DISPATCHER_FORKSERVER_FD"
 """Environment variable naming the fork server's end of its control socket."""
+
+SETUP_FD_ENV: Final = "DISPATCHER_FORKSERVER_SETUP_FD"
+"""Environment variable naming the file a fork server started as a program reads its
+settings from."""
 
 DEATH_SIGNAL: Final = signal.SIGUSR2
 """What the kernel sends the fork server when the service's main process ends."""
@@ -93,10 +109,46 @@ def _report_worker_failure(worker_id: int, exc: BaseException) -> None:
         )
 
 
+def packets(data: bytes) -> list[bytes]:
+    """The packets that carry the message *data*: itself, or its parts when too long for one.
+
+    Each part is marked by its first byte (:data:`_PART`, :data:`_LAST_PART`); see
+    :class:`PacketJoiner`.
+    """
+    if len(data) <= MAX_MESSAGE:
+        return [data]
+    size = MAX_MESSAGE - 1
+    parts = [data[start : start + size] for start in range(0, len(data), size)]
+    return [_PART + part for part in parts[:-1]] + [_LAST_PART + parts[-1]]
+
+
+class PacketJoiner:
+    """Joins the packets of one socket (see :func:`packets`) into whole messages."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def add(self, packet: bytes) -> bytes | None:
+        """The message *packet* is, or completes; ``None`` when more parts must come."""
+        marker = packet[:1]
+        if marker == _PART:
+            self._parts.append(packet[1:])
+            return None
+        if marker == _LAST_PART:
+            self._parts.append(packet[1:])
+            whole = b"".join(self._parts)
+            self._parts = []
+            return whole
+        self._parts = []  # (parts without their last one cannot be: the sender died?)
+        return packet
+
+
 def _send(control: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(message, separators=(",", ":")).encode()
+    *parts, last = packets(json.dumps(message, separators=(",", ":")).encode())
     with contextlib.suppress(OSError):  # the service has gone: we are about to exit too
-        socket.send_fds(control, [data], fds or [])
+        for part in parts:  # (the socket blocks: the service reads them as they come)
+            control.send(part)
+        socket.send_fds(control, [last], fds or [])
 
 
 class ForkServer:
@@ -365,8 +417,11 @@ class ForkedServer:
 _HELD_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
-def fork_server(options: WorkerOptions) -> ForkedServer | None:
+def fork_server(options: WorkerOptions, settings: Settings | None = None) -> ForkedServer | None:
     """Fork the fork server from this process; ``None`` where that is not safe.
+
+    *settings*, the config ``options.config`` holds as loaded here, is installed in the fork
+    server as it is, not loaded (and checked) again.
 
     Forking is safe only while this process has a single thread, so this is for a service's
     start-up, before its event loop runs, and from its main thread (whose end the fork
@@ -389,7 +444,8 @@ def fork_server(options: WorkerOptions) -> ForkedServer | None:
         if pid == 0:
             # Unblocked in the child whatever the service holds while it starts: the fork
             # server ignores them, and its workers must get them (SIGTERM stops a worker).
-            _forked(theirs, ours, dataclasses.asdict(options), parent, mask - _HELD_SIGNALS)
+            child_mask = mask - _HELD_SIGNALS
+            _forked(theirs, ours, dataclasses.asdict(options), parent, child_mask, settings)
     except OSError:
         ours.close()
         return None
@@ -420,6 +476,7 @@ def _forked(
     options: dict[str, Any],
     parent: int,
     mask: set[int | signal.Signals],
+    settings: Settings | None,
 ) -> NoReturn:
     """The child of :func:`fork_server`: become the fork server."""
     try:
@@ -433,36 +490,43 @@ def _forked(
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-        _preload_and_serve(control, options)
+        _preload_and_serve(control, options, settings)
     except BaseException:
         traceback.print_exc()
     os._exit(1)
 
 
-def _preload_and_serve(control: socket.socket, options: dict[str, Any]) -> NoReturn:
+def _preload_and_serve(
+    control: socket.socket, options: dict[str, Any], settings: Settings | None = None
+) -> NoReturn:
     """Import the task modules, report how that went, then fork workers on request.
 
     The service waits for the report before any broker listens. Serving goes on after a
     failure too: each worker then imports the modules again and reports its error.
     """
-    _install_service_config(options)
+    _install_service_config(options, settings)
     report = import_report(options.get("modules", ()))
-    _send(control, fitted({"event": "imported", **report}, MAX_MESSAGE))
+    _send(control, {"event": "imported", **report})
     ForkServer(control, options).serve()
 
 
-def _install_service_config(options: Mapping[str, Any]) -> None:
+def _install_service_config(options: Mapping[str, Any], settings: Settings | None) -> None:
     """Make the service's config the one in force here, so in every worker, from now on.
 
     Whatever the task modules do when imported (a framework's start-up, such as Django's,
     may set up a config of its own where none is), ``get_settings()`` in a task answers with
-    the config the service runs on.
+    the config the service runs on: *settings* when the service's process gave them (it
+    checked them: a config of thousands of channels costs time to check), else the config
+    document of *options*, loaded here.
     """
     document = options.get("config")
     if document is None:
         return
-    from dispatcher.config import ConfigError, setup
+    from dispatcher.config import ConfigError, install, setup
 
+    if settings is not None:
+        install(settings)
+        return
     try:
         setup(config=document, source=options.get("config_source") or "config")
     except ConfigError as exc:  # (it was valid in the service: not expected)
@@ -470,14 +534,12 @@ def _install_service_config(options: Mapping[str, Any]) -> None:
 
 
 def main() -> NoReturn:
-    """Entry point: read the worker options sent by the service, preload, then serve."""
+    """Entry point: read the worker options the service wrote, preload, then serve."""
     die_with_parent(DEATH_SIGNAL, parent=int(os.environ.pop(PARENT_ENV)))
     adopt_orphans()
     control = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
-    data = control.recv(MAX_MESSAGE)
-    if not data:
-        os._exit(0)
-    setup = json.loads(data)
+    with open(int(os.environ.pop(SETUP_FD_ENV)), "rb") as written:
+        setup = json.load(written)
     sys.path[:] = setup["sys_path"]
     known = {f.name for f in dataclasses.fields(WorkerOptions)}
     options = {k: v for k, v in setup["options"].items() if k in known}

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 from dispatcher.config import Limits, Security
-from dispatcher.publish.mistakes import close_task_name
 from dispatcher.schema import (
     CHUNK_KEY,
     MAX_MESSAGE_BYTES,
@@ -51,10 +50,6 @@ not looked at as one."""
 
 MAX_WAITING_FOR_WORKERS: Final = 100_000
 """Messages held while the first worker starts (until the registered names are known)."""
-
-MAX_SUGGESTION_CANDIDATES: Final = 5_000
-"""Registered names beyond which an unknown task name gets no "did you mean" (its cost
-grows with their number, and anyone who can publish can send unknown names)."""
 
 
 ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], str | None]
@@ -301,7 +296,7 @@ class Intake:
         if name not in names:
             raise Rejected(
                 "unknown_task",
-                f"task {name!r} is not registered{_suggestion(name, names)}",
+                f"task {name!r} is not registered{self._suggestion(name)}",
                 message.get("uuid"),
             )
         if "callbacks" in message or "errbacks" in message:
@@ -310,7 +305,7 @@ class Intake:
                     raise Rejected(
                         "unknown_task",
                         f"{where}: task {follow_up!r} is not registered"
-                        f"{_suggestion(follow_up, names)}",
+                        f"{self._suggestion(follow_up)}",
                         message.get("uuid"),
                     )
         if origin.stored_as is not None:
@@ -359,6 +354,14 @@ class Intake:
                 extra=job_fields("task_received", job),
             )
         return self._jobs.submit(job)
+
+    def _suggestion(self, name: str) -> str:
+        """``" (did you mean 'x'?)"`` when a registered name is close to *name*, else ``""``.
+
+        Not always: see :meth:`TaskCatalogue.close_name`.
+        """
+        close = self.catalogue.close_name(name)
+        return f" (did you mean {close!r}?)" if close is not None else ""
 
     def _agree_with_row(self, message: dict[str, Any], payload: str, stored_as: StoredRow) -> str:
         """*payload*, checked against the columns its row was stored under.
@@ -469,14 +472,6 @@ def _control_agrees_with_row(message: dict[str, Any], row: StoredRow) -> None:
             f"column must be {expected!r}",
             row.uuid,
         )
-
-
-def _suggestion(name: str, names: frozenset[str]) -> str:
-    """``" (did you mean 'x'?)"`` when a registered name is close to *name*, else ``""``."""
-    if len(names) > MAX_SUGGESTION_CANDIDATES or not isinstance(name, str):
-        return ""
-    close = close_task_name(name, names)
-    return f" (did you mean {close!r}?)" if close is not None else ""
 
 
 def _follow_ups(message: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:

@@ -24,7 +24,14 @@ from typing import Any, Final
 
 import anyio
 
-from dispatcher.server.forkserver import CONTROL_FD_ENV, MAX_MESSAGE, PARENT_ENV, ForkedServer
+from dispatcher.server.forkserver import (
+    CONTROL_FD_ENV,
+    MAX_MESSAGE,
+    PARENT_ENV,
+    SETUP_FD_ENV,
+    ForkedServer,
+    PacketJoiner,
+)
 from dispatcher.server.logsafe import counted, get_logger
 from dispatcher.server.resources import PROCESS_LIMIT, out_of_fds_text
 from dispatcher.server.worker import WorkerOptions
@@ -140,6 +147,20 @@ def _failure_text(event: dict[str, Any]) -> str:
     return error
 
 
+def _memory_file(data: bytes) -> int:
+    """A descriptor of an anonymous file holding *data*, read from its start."""
+    fd = os.memfd_create("dispatcher-forkserver-setup", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class ForkServerLink:
     """One fork server, seen from the launcher: its process and our end of its socket."""
 
@@ -163,6 +184,8 @@ class ForkServerLink:
         """Set when :attr:`report` has arrived, or the fork server has ended without one."""
         self.heard = time.monotonic()
         """When it last sent anything (``time.monotonic()``)."""
+        self.joiner = PacketJoiner()
+        """Joins the parts of its messages too long for one packet (its import report)."""
         self.pidfd = -1
         """Readable once its process has ended (its socket may outlive it, held by a child
         that a task module forked as it was imported)."""
@@ -256,20 +279,37 @@ class WorkerLauncher:
         return link
 
     def _spawn(self) -> ForkServerLink:
-        """Start the fork server as a new program."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {**os.environ, CONTROL_FD_ENV: str(theirs.fileno()), PARENT_ENV: str(os.getpid())}
+        """Start the fork server as a new program.
+
+        Its settings (the config among them, of any size) are written to a memory file it
+        inherits: nothing here waits for it to read them.
+        """
+        setup = {"sys_path": sys.path, "options": dataclasses.asdict(self.options)}
+        written = _memory_file(json.dumps(setup).encode())
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            os.close(written)
+            raise
+        env = {
+            **os.environ,
+            CONTROL_FD_ENV: str(theirs.fileno()),
+            SETUP_FD_ENV: str(written),
+            PARENT_ENV: str(os.getpid()),
+        }
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "dispatcher.server.forkserver"],
-                pass_fds=[theirs.fileno()],
+                pass_fds=[theirs.fileno(), written],
                 env=env,
                 stdin=subprocess.DEVNULL,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        setup = {"sys_path": sys.path, "options": dataclasses.asdict(self.options)}
-        ours.sendall(json.dumps(setup).encode())
+            os.close(written)
         return ForkServerLink(process, ours)
 
     async def launch(self, worker_id: int, link: ForkServerLink | None = None) -> WorkerProcess:
@@ -343,7 +383,10 @@ class WorkerLauncher:
             if not data:
                 return False
             link.heard = time.monotonic()
-            event = json.loads(data)
+            whole = link.joiner.add(data)
+            if whole is None:
+                continue
+            event = json.loads(whole)
             kind = event.get("event")
             if kind == "exited":
                 link.workers.discard(int(event["pid"]))

@@ -3,15 +3,15 @@
 The fork server imports ``tasks.modules`` before it forks any worker and reports the result
 to the service (:func:`import_report`), which refuses to start, before any broker listens,
 when a module cannot be imported or the modules register no task (:func:`refusal`). The
-report is one JSON object; an import error in it is already cut down to what helps: the
-module, the exception, the line of the user's code that raised it, and where Python looked.
+report is one JSON object, of any size (it names every registered task); an import error in
+it is already cut down to what helps: the module, the exception, the line of the user's code
+that raised it, and where Python looked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import site
 import sys
@@ -24,14 +24,13 @@ from dispatcher.publish import registry
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks
 
 MAX_ERROR_CHARS: Final = 2000
-"""Longest exception message kept in a report (it travels in one socket message)."""
+"""Longest exception message kept in a report (what helps is at its start)."""
 
 MAX_PATH_ENTRIES: Final = 12
 """``sys.path`` entries a report lists (the first ones)."""
 
 MAX_PATH_CHARS: Final = 500
-"""Longest path (working directory, ``sys.path`` entry, file) kept in a report: the report
-must fit in one socket message whatever the paths, or the service would wait for it."""
+"""Longest path (working directory, ``sys.path`` entry, file) kept in a report."""
 
 _THIS_FILE: Final = os.path.abspath(__file__)
 _IMPORTLIB_DIR: Final = os.path.dirname(os.path.abspath(importlib.__file__ or ""))
@@ -55,23 +54,6 @@ def import_report(modules: Sequence[str]) -> dict[str, Any]:
         adopt_dispatcherd_tasks()
     names = sorted(registry.names())
     return {"ok": True, "task_count": len(names), "task_names": names, "files": _files(modules)}
-
-
-def fitted(report: dict[str, Any], limit: int) -> dict[str, Any]:
-    """*report*, or its essentials when its JSON is longer than *limit* bytes.
-
-    The report travels in one socket message: one that could not be sent would leave the
-    service waiting for it. The task names are among what is dropped (see
-    :func:`unregistered_producers`).
-    """
-    if len(json.dumps(report, separators=(",", ":")).encode()) <= limit:
-        return report
-    kept = ("ok", "task_count", "module", "import_error", "missing", "ended")
-    short = {key: report[key] for key in kept if key in report}
-    for key in ("error", "location", "raised_in"):
-        if report.get(key):
-            short[key] = str(report[key])[: limit // 20]
-    return short
 
 
 def failure(module: str, exc: BaseException) -> dict[str, Any]:
@@ -225,7 +207,7 @@ def _import_hints(report: Mapping[str, Any], module: str, source: str) -> list[s
     more = int(report.get("more_path_entries") or 0)
     on_path = "on" if cwd in path or "" in path else "not on"
     lines = []
-    if "cwd" in report:  # (not in a report cut to its essentials: see fitted)
+    if "cwd" in report:  # (not in the short report of an exception that failed its own report)
         lines.append(f"working directory: {cwd} ({on_path} sys.path)")
         lines.append(
             "sys.path: "
@@ -289,8 +271,8 @@ def unregistered_producers(
     """Why the service must not start: producer entries that name no registered task.
 
     *producers* maps each section of ``producers`` (``scheduled``, ``on_start``) to the
-    task names it lists. ``None`` when each is registered, or when *report* does not list
-    the registered names (a report cut short: the service then logs each such entry).
+    task names it lists. ``None`` when each is registered, or when *report* lists no
+    registered names (a fork server's report always does).
     """
     names = (report or {}).get("task_names")
     if not isinstance(names, list):

@@ -91,7 +91,7 @@ def run(
     # A stop signal while the service starts stops it once it is built: exit status 0.
     with held_stop_signals() as release:
         try:
-            forked = fork_server(worker_options(settings, log_level))
+            forked = fork_server(worker_options(settings, log_level), settings)
             import anyio
 
             from dispatcher.server.service import Service
