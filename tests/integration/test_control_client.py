@@ -132,6 +132,48 @@ def test_without_expected_replies_the_services_on_the_channel_are_waited_for(
     assert not result.complete
 
 
+def test_a_service_of_many_channels_is_waited_for_briefly_and_never_missing(
+    configured: Settings, start_fake: StartFake, pg_dsn: str
+) -> None:
+    # Its connection's name cannot tell whether it listens on this channel: the digest of
+    # its 200 channels matches any channel. It was counted as one that must answer: the
+    # client waited the whole timeout for it and reported it missing.
+    answering = start_fake("a")
+    crowded = [unique_channel() for _ in range(200)]
+    elsewhere = FakeService(pg_dsn, crowded[0], "many-channels", silent, also=crowded[1:])
+    try:
+        started = time.monotonic()
+        result = control_with_reply("alive", timeout=10)
+        waited = time.monotonic() - started
+    finally:
+        elsewhere.stop()
+    assert waited < 5
+    assert (result.expected_nodes, result.uncertain_nodes) == (
+        [answering.node_id],
+        ["many-channels"],
+    )
+    assert [reply["node_id"] for reply in result.replies] == [answering.node_id]
+    assert (result.missing, result.unexpected, result.unconfirmed) == ([], [], ["many-channels"])
+    assert result.complete
+
+
+def test_a_service_of_many_channels_that_gets_the_command_is_heard(
+    configured: Settings, pg_dsn: str, channel: str
+) -> None:
+    # The only service on the channel listens on many: it is waited for until it answers.
+    crowded = [unique_channel() for _ in range(200)]
+    service = FakeService(pg_dsn, channel, f"{channel}-many", late, also=crowded)
+    try:
+        result = control_with_reply("alive", timeout=10)
+    finally:
+        service.stop()
+    assert (result.expected_nodes, result.uncertain_nodes) == ([], [service.node_id])
+    assert [reply["node_id"] for reply in result.replies] == [service.node_id]
+    assert (result.missing, result.unexpected, result.unconfirmed) == ([], [], [])
+    assert result.complete
+    assert result.settled
+
+
 def test_a_reply_from_a_service_not_looked_up_does_not_stand_in_for_one_that_was(
     configured: Settings, start_fake: StartFake, pg_dsn: str, channel: str
 ) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from support.fake_services import FakeService
+from support.fake_services import FakeService, silent
 from support.postgres import unique_channel as postgres_channel
 from support.proxy import SilentServer
 
@@ -265,6 +265,36 @@ def test_older_services_and_long_node_ids_with_colons_are_waited_for(
         ["dispatcher:web-1", long_id]
     )
     assert result.stderr == ""
+
+
+def test_a_service_of_many_channels_elsewhere_is_not_reported_missing(
+    pg_dsn: str, channel: str, tmp_path: Path
+) -> None:
+    # Another team's service listens on 200 channels: the digest of its channels in its
+    # connection's name matches any channel. It was waited for until the timeout, then
+    # reported missing, and `alive` exited 1.
+    crowded = [postgres_channel() for _ in range(200)]
+    started = [
+        FakeService(pg_dsn, channel, "ours"),
+        FakeService(pg_dsn, crowded[0], "theirs", silent, also=crowded[1:]),
+    ]
+    config = write_config(tmp_path / "dispatcher.json", pg_dsn, channel)
+    try:
+        began = time.monotonic()
+        result = ctl(config, "--timeout", "20", "alive")
+        waited = time.monotonic() - began
+    finally:
+        for service in started:
+            service.stop()
+    assert result.returncode == 0, result.stderr
+    assert waited < 10
+    assert "ours:" in result.stdout
+    assert "theirs" not in result.stdout
+    assert result.stderr == (
+        f"dispatcherctl: theirs, which may not listen on channel {channel}, did not answer: it "
+        "listens on too many channels for its connection's name to tell, and is not counted "
+        "missing\n"
+    )
 
 
 # -- --json ------------------------------------------------------------------------------------

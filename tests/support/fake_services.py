@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +46,17 @@ class FakeService:
     """A thread that answers the control messages NOTIFYed on *channel*."""
 
     def __init__(
-        self, dsn: str, channel: str, node_id: str, answer: Answer = echo, *, named: bool = True
+        self,
+        dsn: str,
+        channel: str,
+        node_id: str,
+        answer: Answer = echo,
+        *,
+        named: bool = True,
+        also: Sequence[str] = (),
     ) -> None:
-        """Listen on *channel*; *named* ``False`` leaves the connection unnamed, as a
-        dispatcherd service's is (the client cannot find it)."""
+        """Listen on *channel* and the channels *also*; *named* ``False`` leaves the
+        connection unnamed, as a dispatcherd service's is (the client cannot find it)."""
         self.node_id = node_id
         self.received: list[dict[str, Any]] = []
         """The control messages received, decoded."""
@@ -58,9 +65,10 @@ class FakeService:
         self._conn = psycopg.connect(
             dsn,
             autocommit=True,
-            application_name=service_application_name(node_id, [channel]) if named else "",
+            application_name=service_application_name(node_id, [channel, *also]) if named else "",
         )
-        self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        for listened in (channel, *also):
+            self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(listened)))
         self._thread = threading.Thread(target=self._serve, name=f"fake-service-{node_id}")
         self._thread.start()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console, RenderableType
+from rich.screen import Screen
 
 from dispatcher.config import load_settings
 from dispatcher.server import ctl_top, ctl_top_poll
@@ -176,6 +177,75 @@ def test_the_durable_queues_depth_is_shown_when_configured() -> None:
     assert row_of(text, "idle ") == ["idle", "0", "0", "-"]
     assert "durable queues" not in text_of(screen(Poll(at=1.0, wall=NOW)))
     assert "(not sampled)" in text_of(screen(Poll(at=1.0, wall=NOW, depths={})))
+
+
+def test_the_queues_are_listed_deepest_first_then_by_name() -> None:
+    # They were sorted by name as text: q10 before q2, the busy queue anywhere.
+    depths = {
+        "q2": QueueDepth(ready=0, delayed=0, oldest_ready_age=0.0),
+        "q10": QueueDepth(ready=0, delayed=0, oldest_ready_age=0.0),
+        "busy": QueueDepth(ready=500, delayed=0, oldest_ready_age=9.0),
+        "later": QueueDepth(ready=0, delayed=7, oldest_ready_age=0.0),
+        "some": QueueDepth(ready=3, delayed=0, oldest_ready_age=1.0),
+    }
+    for text in (text_of(screen(Poll(at=1.0, wall=NOW, depths=depths)))
+                 , plain_screen(Poll(at=1.0, wall=NOW, depths=depths))):  # fmt: skip
+        lines = text.splitlines()
+        start = next(n for n, line in enumerate(lines) if "durable queues" in line) + 2
+        assert [line.split()[0] for line in lines[start : start + 5]] == [
+            *("busy", "some", "later", "q2", "q10")
+        ]
+
+
+def live_screen(renderable: RenderableType, width: int, height: int) -> list[str]:
+    """The lines a live view of *width* by *height* shows (rich's full-screen mode)."""
+    out = io.StringIO()
+    console = Console(file=out, width=width, height=height, color_system=None, force_terminal=False)
+    console.print(Screen(renderable))
+    return out.getvalue().splitlines()
+
+
+def test_the_live_view_cuts_the_lists_to_fit_its_height_and_says_so() -> None:
+    # 40 workers and 100 queues: the screen showed workers 0-23, and nothing after them (the
+    # box's end, the failures, the queues) without a word.
+    workers = {
+        f"worker-{n}": {
+            "worker_id": n,
+            "pid": 6000 + n,
+            "state": "busy",
+            "current_task": "app.tasks.slow",
+            "current_task_uuid": f"uuid-of-worker-{n}",
+            "current_task_age": 2.0,
+            "finished_count": 0,
+        }
+        for n in range(40)
+    }
+    failure = {"task": "app.tasks.x", "uuid": "u-failed", "outcome": "error", "error": "boom"}
+    reply = status(workers=workers, recent_failures=[failure | {"time": NOW - 5}])
+    depths = {f"q{n}": QueueDepth(ready=n % 7, delayed=0, oldest_ready_age=1.0) for n in range(100)}
+    poll = Poll(at=1.0, wall=NOW, replies=[reply], depths=depths, notes=["a note"])
+    lines = live_screen(screen(poll, interval=1.0, fit_height=True), width=120, height=40)
+    text = "\n".join(lines)
+    assert len(lines) == 40
+    assert any(line.startswith("╰") for line in lines)  # the service's box is whole
+    assert "u-failed" in text
+    assert lines[-1].strip() == "a note"
+    shown_workers = [n for n in range(40) if f"uuid-of-worker-{n} " in text]
+    assert shown_workers == list(range(len(shown_workers)))
+    assert 3 <= len(shown_workers) < 40
+    assert f"… {40 - len(shown_workers)} more workers (a taller terminal" in text
+    start = next(n for n, line in enumerate(lines) if "durable queues" in line) + 2
+    queues = [line.split()[0] for line in lines[start:] if line.startswith("q")]
+    assert 3 <= len(queues) < 100
+    expected = sorted(depths, key=lambda q: (-depths[q].ready, int(q[1:])))[: len(queues)]
+    assert queues == expected  # the deepest first
+    assert f"… {100 - len(queues)} more queues (a taller terminal" in text
+    # The lines are shared: neither list takes them all.
+    assert abs(len(queues) - len(shown_workers)) <= 1
+    # A snapshot (no height) lists everything.
+    whole = text_of(screen(poll))
+    assert "more workers" not in whole
+    assert all(f"uuid-of-worker-{n} " in whole for n in range(40))
 
 
 def test_values_from_replies_cannot_style_the_screen_or_reach_the_terminal() -> None:

@@ -23,6 +23,7 @@ from dispatcher.schema import (
     OnDuplicate,
     channels_digest,
     digest_has_channel,
+    digest_tells_channels,
     load_schema,
     matches_node_id,
     node_id_of,
@@ -143,6 +144,30 @@ def test_the_digest_of_channels_is_stable_and_never_misses_a_channel() -> None:
     others = [f"other_{n}" for n in range(2000)]
     one = channels_digest(["tasks"])
     assert sum(digest_has_channel(one, other) for other in others) <= 5
+
+
+def test_a_digest_too_full_to_tell_is_known_as_such() -> None:
+    # A digest of many channels matches nearly any channel: with 50 channels, 86 matches
+    # in 100 of channels it was not made of; with 200, all of them. Clients counted every
+    # match as a service that must answer.
+    for count in range(1, 5):  # 3 bits each: at most 12 of 50 set, a match to count on
+        channels = [f"few_{count}_{n}" for n in range(count)]
+        name = parse_service_name(service_application_name("host-f", channels))
+        assert name is not None
+        assert name.tells_channels
+        assert digest_tells_channels(channels_digest(channels))
+    channels = [f"crowded_{n}" for n in range(200)]
+    crowded = parse_service_name(service_application_name("host-m", channels))
+    assert crowded is not None
+    assert crowded.may_listen_on("other_team")  # no way to tell from its name
+    assert not crowded.tells_channels
+    full = channels_digest([f"channel_{n}" for n in range(20)])
+    others = [f"other_{n}" for n in range(2000)]
+    assert sum(digest_has_channel(full, other) for other in others) > 200  # 1 in 10
+    assert not digest_tells_channels(full)
+    older = parse_service_name("dispatcher-service:host-b")
+    assert older is not None
+    assert older.tells_channels  # counted whatever the channel, as before
 
 
 @pytest.mark.parametrize(

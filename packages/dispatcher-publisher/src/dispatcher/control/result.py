@@ -42,6 +42,12 @@ class ControlResult:
     """The node ids of the services found running (when they were looked up), as read from
     their connections' ``application_name``: cut short past
     :data:`~dispatcher.schema.MAX_WHOLE_NODE_ID_BYTES`."""
+    uncertain_nodes: list[str] = field(default_factory=list)
+    """The node ids of the services found running that may or may not listen on the channel
+    the command went to: they listen on so many channels that their connections' names
+    cannot tell (see :data:`~dispatcher.schema.MAX_TELLING_DIGEST_BITS`). They are waited
+    for as well, but not as long, and are never :attr:`missing`: those that did not answer
+    are :attr:`unconfirmed`."""
     skipped: list[str] = field(default_factory=list)
     """Why payloads on the reply channel were not taken as replies (not JSON, nested too
     deeply, not a control reply, an invalid chunk envelope): anyone may NOTIFY that
@@ -64,20 +70,32 @@ class ControlResult:
         ]
 
     @property
-    def unexpected(self) -> list[str]:
-        """Node ids that answered without being among :attr:`expected_nodes`.
+    def unconfirmed(self) -> list[str]:
+        """Node ids of the :attr:`uncertain_nodes` that did not answer (in time).
 
-        Empty when the services were not looked up. A dispatcherd service answers too, but
-        cannot be found in the database beforehand (its connections bear no name).
+        Most likely they do not listen on the channel the command went to; they may also
+        have been too slow, or stuck.
         """
-        if not self.expected_nodes:
-            return []
         answered = [str(reply.get("node_id")) for reply in self.replies]
         return [
             node
-            for node in answered
-            if not any(matches_node_id(seen, node) for seen in self.expected_nodes)
+            for node in self.uncertain_nodes
+            if not any(matches_node_id(node, reply) for reply in answered)
         ]
+
+    @property
+    def unexpected(self) -> list[str]:
+        """Node ids that answered without being among the services found.
+
+        The services found are :attr:`expected_nodes` and :attr:`uncertain_nodes`. Empty
+        when the services were not looked up. A dispatcherd service answers too, but cannot
+        be found in the database beforehand (its connections bear no name).
+        """
+        found = self.expected_nodes + self.uncertain_nodes
+        if not found:
+            return []
+        answered = [str(reply.get("node_id")) for reply in self.replies]
+        return [node for node in answered if not any(matches_node_id(seen, node) for seen in found)]
 
     def __post_init__(self) -> None:
         self._chunks = ReplyChunks()
@@ -108,8 +126,16 @@ class ControlResult:
                 self.replies,
                 self.expected,
                 self.expected_nodes,
+                self.uncertain_nodes,
                 self.skipped,
-            ) == (other.command, other.replies, other.expected, other.expected_nodes, other.skipped)
+            ) == (
+                other.command,
+                other.replies,
+                other.expected,
+                other.expected_nodes,
+                other.uncertain_nodes,
+                other.skipped,
+            )
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
@@ -154,6 +180,14 @@ class ControlResult:
         another (a dispatcherd service, say) does not stand in for one.
         """
         return len(self.replies) >= self.expected and not self.missing
+
+    @property
+    def settled(self) -> bool:
+        """Tell whether there is nothing left to wait for.
+
+        :attr:`complete`, and every one of the :attr:`uncertain_nodes` answered.
+        """
+        return self.complete and not self.unconfirmed
 
 
 class InvalidReply(DispatcherError, ValueError):

@@ -36,15 +36,41 @@ class ReplyCollector(Protocol):
     """How many replies to wait for: set by the broker when the caller gave no number."""
     expected_nodes: list[str]
     """The node ids of the services expected to answer, when the broker can tell."""
+    uncertain_nodes: list[str]
+    """The node ids of the services that may or may not get the command, when the broker
+    cannot tell: waited for too, but not for long (see :func:`wait_until`)."""
 
     @property
     def complete(self) -> bool:
         """Whether every reply waited for has come (see ``ControlResult.complete``)."""
         ...
 
+    @property
+    def settled(self) -> bool:
+        """Whether the uncertain services answered as well (see ``ControlResult.settled``)."""
+        ...
+
     def add(self, payload: str | bytes) -> None:
         """Take one payload that arrived on the reply destination (checked, or skipped)."""
         ...
+
+
+UNCERTAIN_GRACE = 0.25
+"""Seconds a control client waits at least for services that may or may not get its
+command, once those known to get it answered (see :func:`wait_until`)."""
+
+
+def wait_until(replies: ReplyCollector, sent: float, deadline: float, now: float) -> float:
+    """Until when (``time.monotonic()``) to wait for more replies to a command sent at *sent*.
+
+    *deadline* (the caller's timeout), or earlier when the only services yet to answer are
+    uncertain ones (``replies.uncertain_nodes``): once the services known to get the command
+    answered, the others get as long again as those took (at least :data:`UNCERTAIN_GRACE`).
+    Without any service known to get it, uncertain ones are waited for up to *deadline*.
+    """
+    if replies.complete and replies.expected_nodes:
+        return min(deadline, now + max(UNCERTAIN_GRACE, now - sent))
+    return deadline
 
 
 class PublishBroker(Protocol):
@@ -98,7 +124,10 @@ class PublishBroker(Protocol):
         :meth:`ReplyCollector.add` each payload arriving there until
         ``len(replies.replies) >= replies.expected`` or *timeout* seconds have passed. Set
         ``replies.expected`` to *expected_replies*, or when it is ``None`` to the number of
-        services the broker knows to be listening (``1`` when it cannot tell).
+        services the broker knows to be listening (``1`` when it cannot tell). A broker
+        that finds services that may or may not be listening puts them in
+        ``replies.uncertain_nodes`` and waits while ``replies.settled`` is false, until
+        :func:`wait_until`.
         """
         ...
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import Connection, Cursor, sql
 from psycopg.pq import TransactionStatus
 
-from dispatcher.publish.brokers import ReplyCollector
+from dispatcher.publish.brokers import ReplyCollector, wait_until
 from dispatcher.publish.connections import (
     CALLER_CONNECTION,
     LOCK_WAIT,
@@ -532,7 +532,9 @@ def control_with_reply(
 
     Without *expected_replies*, the services connected to the database and listening on
     *channel* are looked up first (each names its LISTEN connection after its node id and
-    its channels) and waited for.
+    its channels) and waited for; those whose names cannot tell whether they listen there
+    (they listen on many channels) are waited for too, but not for long (see
+    :func:`~dispatcher.publish.brokers.wait_until`).
 
     :raises BrokerUnavailable: when the database cannot be reached, or the connection is lost.
     :raises PublishError: when the database refuses the command for good (a missing privilege).
@@ -543,19 +545,20 @@ def control_with_reply(
             if expected_replies is None:
                 cursor = conn.execute(SERVICES_QUERY, (SERVICE_NAME_PREFIX,))
                 services = [parse_service_name(str(name)) for (name,) in cursor.fetchall()]
-                replies.expected_nodes = [
-                    service.node_id
-                    for service in services
-                    if service is not None and service.may_listen_on(channel)
-                ]
+                listening = [s for s in services if s is not None and s.may_listen_on(channel)]
+                replies.expected_nodes = [s.node_id for s in listening if s.tells_channels]
+                replies.uncertain_nodes = [s.node_id for s in listening if not s.tells_channels]
                 replies.expected = len(replies.expected_nodes)
             else:
                 replies.expected = expected_replies
             payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
             conn.execute(*notify_statement([(channel, payload) for payload in payloads]))
-            deadline = time.monotonic() + timeout
-            while not replies.complete:
-                remaining = deadline - time.monotonic()
+            sent = time.monotonic()
+            deadline = sent + timeout
+            while not replies.settled:
+                now = time.monotonic()
+                deadline = wait_until(replies, sent, deadline, now)
+                remaining = deadline - now
                 if remaining <= 0:
                     break
                 for notify in conn.notifies(timeout=remaining, stop_after=1):

@@ -112,15 +112,29 @@ def _channel_bits(channel: str) -> int:
     return bits
 
 
+MAX_TELLING_DIGEST_BITS: Final = 13
+"""Most bits a digest of channels may have set for a match to be counted on.
+
+A channel that is not among a digest's channels matches it when its 3 bits happen to be
+set: about ``(bits / 50) ** 3`` of the time, 1 in 57 with 13 bits. A digest with more bits
+set (the channels of a service with five or more channels, nearly always from six on) is
+too full to tell: a match says the service *may* listen (see
+:attr:`ServiceName.tells_channels`).
+"""
+
+
 def channels_digest(channels: Iterable[str]) -> str:
     """Return the digest of *channels* a service's ``application_name`` carries.
 
     A Bloom filter of :data:`CHANNELS_DIGEST_CHARS` base32 characters (50 bits, 3 per
     channel): :func:`digest_has_channel` tells, for any channel, whether it may be one of
     *channels*. It is never wrong about a channel that is (a control client always waits
-    for the services that will get its command); for one that is not, it is wrong
-    about 1 time in 5,000 with one channel, in 200 with three, in 60 with five. No channels
-    give ``aaaaaaaaaa``, which has none.
+    for the services that will get its command); for one that is not, it is wrong about 1
+    time in 5,000 with one channel, in 600 with two, in 200 with three, in 95 with four
+    (average figures). The more channels, the fuller the digest: one with more than
+    :data:`MAX_TELLING_DIGEST_BITS` bits set cannot tell (wrong more than 1 time in 57;
+    2 times in 3 with 20 channels, every time with 100). No channels give ``aaaaaaaaaa``,
+    which has none.
     """
     bits = 0
     for channel in channels:
@@ -130,16 +144,25 @@ def channels_digest(channels: Iterable[str]) -> str:
     )
 
 
+def _digest_value(digest: str) -> int:
+    bits = 0
+    for char in digest:
+        bits = bits << 5 | _DIGEST_ALPHABET.index(char)
+    return bits
+
+
 def digest_has_channel(digest: str, channel: str) -> bool:
     """Tell whether *channel* may be among the channels *digest* was made of.
 
     See :func:`channels_digest`.
     """
-    bits = 0
-    for char in digest:
-        bits = bits << 5 | _DIGEST_ALPHABET.index(char)
     wanted = _channel_bits(channel)
-    return bits & wanted == wanted
+    return _digest_value(digest) & wanted == wanted
+
+
+def digest_tells_channels(digest: str) -> bool:
+    """Tell whether a match of *digest* can be counted on (see :data:`MAX_TELLING_DIGEST_BITS`)."""
+    return _digest_value(digest).bit_count() <= MAX_TELLING_DIGEST_BITS
 
 
 def service_application_name(node_id: str, channels: Iterable[str] = ()) -> str:
@@ -165,9 +188,21 @@ class ServiceName(NamedTuple):
     def may_listen_on(self, channel: str) -> bool:
         """Tell whether the service may receive control messages sent on *channel*.
 
-        True for a name without a digest: where it listens cannot be told.
+        True for a name without a digest: where it listens cannot be told. False means
+        that it does not listen there, whatever its digest.
         """
         return self.channels_digest is None or digest_has_channel(self.channels_digest, channel)
+
+    @property
+    def tells_channels(self) -> bool:
+        """Whether :meth:`may_listen_on` saying True can be counted on.
+
+        False when the digest is too full to tell (the service listens on many channels:
+        see :data:`MAX_TELLING_DIGEST_BITS`): it may or may not listen on a channel that
+        matches. True for a name without a digest (an older version's), which clients
+        count whatever the channel, as they always did.
+        """
+        return self.channels_digest is None or digest_tells_channels(self.channels_digest)
 
 
 def parse_service_name(application_name: str) -> ServiceName | None:

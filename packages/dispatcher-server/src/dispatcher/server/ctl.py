@@ -40,6 +40,7 @@ from dispatcher.server.ctl_render import (
     shown,
     tally,
     task_ages,
+    uncertain,
 )
 from dispatcher.server.logsafe import EscapingFormatter
 
@@ -538,10 +539,12 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
         # No service, but the job it meant is cancelled (with --json, [] is printed: no reply).
         print(shown(waiting), file=waiting_to)
         return EXIT_OK
-    if result.expected == 0 and options.expected_replies is None:
-        print(f"dispatcherctl: {no_service_found(channel)}", file=sys.stderr)
+    if result.expected == 0 and options.expected_replies is None and not result.replies:
+        print(f"dispatcherctl: {no_service_found(channel, result)}", file=sys.stderr)
         return EXIT_MISSING
-    looked_up = options.expected_replies is None and bool(result.expected_nodes)
+    looked_up = options.expected_replies is None and bool(
+        result.expected_nodes or result.uncertain_nodes
+    )
     if options.json:
         print(json.dumps(result.replies, indent=2, sort_keys=True, default=str))
     else:
@@ -554,6 +557,9 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
         print(shown(waiting), file=waiting_to)
     for note in result.skipped:
         print(f"dispatcherctl: {shown(note)}", file=sys.stderr)
+    if result.unconfirmed:
+        where = f"on channel {shown(channel)}" if channel else "on the channel"
+        print(f"dispatcherctl: {uncertain(result.unconfirmed, where)}", file=sys.stderr)
     for node in result.unexpected:
         print(
             f"dispatcherctl: {shown(node)} answered without being among the dispatcher "

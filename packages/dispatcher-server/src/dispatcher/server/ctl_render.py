@@ -103,17 +103,38 @@ def control_failure(settings: Settings, exc: PublishError) -> str:
     )
 
 
-def no_service_found(channel: str | None) -> str:
-    """What to say when no service was found to wait for (on *channel*, when known)."""
+def no_service_found(channel: str | None, result: ControlResult | None = None) -> str:
+    """What to say when no service was found to wait for (on *channel*, when known).
+
+    With *result*, also the services found that may listen there but did not answer.
+    """
     listening = f" listening on channel {shown(channel)}" if channel else ""
+    found = f"no dispatcher service{listening} is connected to the database"
+    if result is not None and result.unconfirmed:
+        found = f"no dispatcher service{listening} answered ({uncertain(result.unconfirmed)})"
+    return f"{found} ({DISPATCHERD_NOT_FOUND})"
+
+
+def uncertain(nodes: list[str], where: str = "there") -> str:
+    """Say that the services *nodes* did not answer, and why they are not counted missing.
+
+    *where*: the channel, as in "may not listen *where*".
+    """
+    one = len(nodes) == 1
     return (
-        f"no dispatcher service{listening} is connected to the database ({DISPATCHERD_NOT_FOUND})"
-    )
+        f"{shown(', '.join(nodes))}, which may not listen {where}, did not answer: "
+        f"{'it listens' if one else 'they listen'} on too many channels for "
+        f"{'its connection' if one else 'their connections'}' names to tell, and "
+        f"{'is' if one else 'are'} not counted missing"
+    ).replace("connection' names", "connection's name")
 
 
 def tally(result: ControlResult, looked_up: bool, channel: str | None = None) -> str:
     """Say how many replies came, and how many were waited for and why."""
     came = len(result.replies)
+    maybe = len(result.uncertain_nodes)
+    if maybe:  # those answered are counted apart
+        came -= maybe - len(result.unconfirmed)
     counted = f"{came} of {result.expected} replies"
     if came > result.expected:  # services not looked up answered too (dispatcherd's)
         counted = f"{came} replies, {result.expected} waited for"
@@ -121,8 +142,15 @@ def tally(result: ControlResult, looked_up: bool, channel: str | None = None) ->
         listening = (
             f" listening on channel {shown(channel)}" if channel else " connected to the database"
         )
+        uncertain = ""
+        if maybe:
+            answered = maybe - len(result.unconfirmed)
+            uncertain = (
+                f"; {answered} of {maybe} from those that may listen there (on too many "
+                "channels to tell)"
+            )
         return (
-            f"({counted}: one per dispatcher service{listening}; "
+            f"({counted}: one per dispatcher service{listening}{uncertain}; "
             "dispatcherd services are not counted: --expected-replies N waits for N)"
         )
     return f"({counted})"

@@ -155,7 +155,8 @@ async def _live(collector: Collector, console: Console, interval: float, keys: i
         while True:
             deadline = anyio.current_time() + interval
             poll = await collector.poll()
-            live.update(screen(poll, previous, interval, keys is not None), refresh=True)
+            drawn = screen(poll, previous, interval, keys is not None, fit_height=True)
+            live.update(drawn, refresh=True)
             previous = poll
             await anyio.sleep_until(deadline)
 

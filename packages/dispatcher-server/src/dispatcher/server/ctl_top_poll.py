@@ -86,8 +86,9 @@ class Collector:
             status = 1 if isinstance(result, BrokerUnavailable) else 2
             return Poll(at, wall, depths=depths, notes=notes, status=status)
         told_how_many = self._expected_replies is not None  # then none is fine too
-        if result.expected == 0 and not told_how_many:
-            notes.insert(0, no_service_found(self._channel))
+        answered = result.expected > 0 or bool(result.replies) or told_how_many
+        if not answered:
+            notes.insert(0, no_service_found(self._channel, result))
         notes[:0] = [shown(note) for note in result.skipped]
         return Poll(
             at,
@@ -96,7 +97,7 @@ class Collector:
             missing=result.missing,
             depths=depths,
             notes=notes,
-            status=0 if result.complete and (result.expected > 0 or told_how_many) else 1,
+            status=0 if result.complete and answered else 1,
         )
 
     async def _status(self) -> ControlResult | PublishError:

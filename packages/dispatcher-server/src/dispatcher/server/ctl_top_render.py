@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dispatcher.server.ctl_render import shown
+from dispatcher.server.ctl_top_fit import FittedScreen
 from dispatcher.server.ctl_top_text import (
     ERROR_WIDTH,
     FAILURE_COLUMNS,
@@ -33,6 +34,7 @@ from dispatcher.server.ctl_top_text import (
     failure_rows,
     fit_table,
     header_text,
+    more_line,
     node_of,
     older_failures,
     queue_rows,
@@ -49,6 +51,7 @@ __all__ = [
     "FAILURES_SHOWN",
     "WORKER_COLUMNS",
     "Fitted",
+    "FittedScreen",
     "Poll",
     "Rates",
     "durable_queues",
@@ -74,48 +77,83 @@ def screen(
     previous: Poll | None = None,
     interval: float | None = None,
     quit_keys: bool = True,
-) -> Group:
+    fit_height: bool = False,
+) -> FittedScreen:
     """Everything ``top`` draws for *current*: a header, a panel per service, the queues.
 
     *previous* gives the rates; *interval* (seconds between refreshes) is shown in the
     header of the live view, and a snapshot has none; *quit_keys* says whether ``q`` quits
-    it (standard input is a terminal), else only Ctrl-C does.
+    it (standard input is a terminal), else only Ctrl-C does. With *fit_height* (the live
+    view), it fits the height of the console it is drawn on: see :class:`FittedScreen`.
     """
     speeds = rates(previous, current)
     header = Text(header_text(current))
     if interval is not None:
         quits = "q quits" if quit_keys else "Ctrl-C quits"
         header.append(f", every {interval:g} s; {quits}", style="dim")
-    parts: list[RenderableType] = [header]
-    for reply in sorted(current.replies, key=node_of):
-        parts.append(_panel_or_why_not(reply, speeds.get(node_of(reply)), current.wall))
-    for node in current.missing:
-        parts.append(Text(f"{shown(node)}: no answer in time", style="bold red"))
-    if current.depths is not None:
-        parts.append(durable_queues(current.depths))
-    parts += [Text(note, style="yellow") for note in current.notes]
-    return Group(*parts)
+    replies = sorted(current.replies, key=node_of)
+    sizes = {f"workers {n}": _worker_count(reply) for n, reply in enumerate(replies)}
+    if current.depths:
+        sizes[QUEUES] = len(current.depths)
+
+    def parts(rows: Mapping[str, int]) -> Group:
+        drawn: list[RenderableType] = [header]
+        for n, reply in enumerate(replies):
+            shown_rows = rows.get(f"workers {n}")
+            speed = speeds.get(node_of(reply))
+            drawn.append(_panel_or_why_not(reply, speed, current.wall, shown_rows))
+        for node in current.missing:
+            drawn.append(Text(f"{shown(node)}: no answer in time", style="bold red"))
+        if current.depths is not None:
+            drawn.append(durable_queues(current.depths, rows.get(QUEUES)))
+        drawn += [Text(note, style="yellow") for note in current.notes]
+        return Group(*drawn)
+
+    return FittedScreen(parts, sizes, fit_height)
 
 
-def _panel_or_why_not(reply: Mapping[str, Any], speed: Rates | None, now: float) -> Panel:
+QUEUES: Final = "queues"
+"""The key of the durable queues' rows in :attr:`FittedScreen.sizes`."""
+
+
+def _worker_count(reply: Mapping[str, Any]) -> int:
+    """How many workers :func:`workers_table` lists for *reply* (0 for one it cannot read)."""
+    try:
+        return 0 if "error" in reply else len(worker_rows(reply))
+    except Exception:  # a reply may come from anyone: _panel_or_why_not says why
+        return 0
+
+
+def _panel_or_why_not(
+    reply: Mapping[str, Any], speed: Rates | None, now: float, workers: int | None = None
+) -> Panel:
     """:func:`service_panel`, or a panel saying why the reply cannot be shown.
 
     A reply may come from anyone: one odd reply must not take down the view of every service.
     """
     try:
-        return service_panel(reply, speed, now)
+        return service_panel(reply, speed, now, workers)
     except Exception as exc:
         why = f"cannot show this reply ({type(exc).__name__}: {shown(exc)}); --json shows it"
         return Panel(Text(why, style="red"), title=Text(shown(node_of(reply))), title_align="left")
 
 
-def service_panel(reply: Mapping[str, Any], speed: Rates | None, now: float) -> Panel:
-    """One service: its counters, its workers and what each runs, its recent failures."""
+def service_panel(
+    reply: Mapping[str, Any], speed: Rates | None, now: float, workers: int | None = None
+) -> Panel:
+    """One service: its counters, its workers and what each runs, its recent failures.
+
+    Only the first *workers* workers are listed when given (see :func:`workers_table`).
+    """
     title = Text(shown(node_of(reply)), style="bold")
     if "error" in reply:
         body: RenderableType = Text(f"error: {shown(reply['error'])}", style="red")
         return Panel(body, title=title, title_align="left")
-    parts: list[RenderableType] = [summary(reply, speed), Fitted(partial(workers_table, reply))]
+    listed = partial(workers_table, reply, shown_rows=workers)
+    parts: list[RenderableType] = [summary(reply, speed), Fitted(listed)]
+    left_out = 0 if workers is None else len(worker_rows(reply)) - workers
+    if left_out > 0:
+        parts.append(Text(more_line(left_out, "workers"), style="dim"))
     failures = recent_failures(reply)
     if failures:
         parts.append(Fitted(partial(failures_table, failures, now)))
@@ -134,13 +172,16 @@ def summary(reply: Mapping[str, Any], speed: Rates | None) -> Text:
     return text
 
 
-def workers_table(reply: Mapping[str, Any], width: int | None = None) -> Table:
+def workers_table(
+    reply: Mapping[str, Any], width: int | None = None, *, shown_rows: int | None = None
+) -> Table:
     """A row per worker: what it runs (task, uuid, for how long), tasks done, memory.
 
     Fitted to the *width* it is drawn in: each row takes one line (see
-    :func:`dispatcher.server.ctl_top_text.fit_table`).
+    :func:`dispatcher.server.ctl_top_text.fit_table`). With *shown_rows*, only the first
+    ones (:func:`service_panel` says how many more there are).
     """
-    table = _table(WORKER_COLUMNS, worker_rows(reply), width)
+    table = _table(WORKER_COLUMNS, worker_rows(reply)[:shown_rows], width)
     notes = worker_notes(reply)
     if notes:
         table.caption = Text("\n".join(notes))
@@ -174,11 +215,21 @@ class Fitted:
         yield self.build(options.max_width)
 
 
-def durable_queues(depths: Mapping[str, QueueDepth]) -> Table:
-    """The durable queues' depth: jobs ready, jobs waiting for later, the oldest ready job."""
-    table = _table(QUEUE_COLUMNS, queue_rows(depths), None, "durable queues (brokers.pg_queue)")
+def durable_queues(
+    depths: Mapping[str, QueueDepth], shown_rows: int | None = None
+) -> RenderableType:
+    """The durable queues' depth: jobs ready, jobs waiting for later, the oldest ready job.
+
+    The deepest first; with *shown_rows*, only the first ones, and a line saying how many
+    more there are.
+    """
+    rows = queue_rows(depths)
+    title = "durable queues (brokers.pg_queue)"
+    table = _table(QUEUE_COLUMNS, rows[:shown_rows], None, title)
     if not depths:
         table.add_row(Text("(not sampled)"))
+    if shown_rows is not None and shown_rows < len(rows):
+        return Group(table, Text(more_line(len(rows) - shown_rows, "queues"), style="dim"))
     return table
 
 

@@ -10,6 +10,7 @@ a table to the width it is drawn in (:func:`fit_table`). Both the rich screen
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -252,7 +253,11 @@ def older_failures(failures: list[dict[str, Any]]) -> str | None:
 
 
 def queue_rows(depths: Mapping[str, QueueDepth]) -> list[list[str]]:
-    """A row (:data:`QUEUE_COLUMNS`) per durable queue, by name."""
+    """A row (:data:`QUEUE_COLUMNS`) per durable queue, the deepest first.
+
+    By jobs ready, then jobs delayed (the most first), then by name, the numbers in names
+    compared as numbers (``q2`` before ``q10``).
+    """
     return [
         [
             shown(queue),
@@ -260,8 +265,24 @@ def queue_rows(depths: Mapping[str, QueueDepth]) -> list[list[str]]:
             _count(depth.delayed),
             duration_text(depth.oldest_ready_age) if depth.ready else "-",
         ]
-        for queue, depth in sorted(depths.items())
+        for queue, depth in sorted(
+            depths.items(),
+            key=lambda item: (-item[1].ready, -item[1].delayed, _natural(item[0])),
+        )
     ]
+
+
+def _natural(name: str) -> list[tuple[int, int | str]]:
+    """*name* as a key that compares the numbers in it as numbers."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in _DIGITS.split(name)]
+
+
+_DIGITS: Final = re.compile(r"(\d+)")
+
+
+def more_line(count: int, what: str) -> str:
+    """The line that stands for *count* rows of *what* (plural) left out for want of room."""
+    return f"… {count} more {what} (a taller terminal shows them; --once shows all)"
 
 
 def fit_table(

@@ -128,7 +128,7 @@ class PgQueueBroker(BrokerBase):
         )
         self._claimer = Claimer(
             self._claims_db,
-            statements.claim,
+            statements.claim if len(settings.queues) > 1 else statements.claim_single,
             options,
             capacity,
             leases,

@@ -7,6 +7,11 @@ bytes, the queue is drained for now: it waits for a wake-up (a NOTIFY, a retry o
 job becoming ready: the claim says when the first one does) or ``poll_interval`` seconds.
 A claim and its deliveries are never cut in two by a shutdown: rows claimed are always
 delivered (and so always acknowledged).
+
+Over several queues, a claim shares its rows among the queues that have ready jobs, which
+take turns in the order of the list it is given (see ``sql.CLAIM``); the loop rotates that
+list after each claim, to begin after the last queue that got the most rows, so that no
+queue waits behind a busier one, even when each claim takes one job.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -109,6 +115,12 @@ class Claimer:
         self._failures = RateLimitedLog(logger, logging.WARNING)
         self._failing_from = (0.0, 0)
         """Since when (``time.monotonic()``) claims fail, and how many had failed before."""
+        self._order = list(options.queues)
+        self._position = {queue: n for n, queue in enumerate(self._order)}
+        self._start = 0
+        """The position in ``options.queues`` of the queue with the next claim's first turn."""
+        self._queues = self._order
+        """The queues in the order of the next claim's turns."""
 
     async def run(self, deliver: Deliver, wakeup: Wakeup) -> None:
         """Claim and deliver until cancelled."""
@@ -126,8 +138,11 @@ class Claimer:
                     if rows and rows[-1][0] is None:  # drained: when the next delayed job is due
                         wakeup.next_job_in(rows.pop()[-1])
                     self._deliver(rows, deliver, sent)
+                    if len(self._order) > 1 and rows:
+                        self._rotate(rows)
                     # Fewer than asked for: none left, unless the claim's bytes ran out first,
-                    # or identical serial rows were left for later (the candidates it read).
+                    # or rows were left for later (the candidates it says): identical serial
+                    # rows, or the rest of a busy queue that gave its share of the claim.
                     drained = (
                         len(rows) < limit
                         and sum(row[5] for row in rows) < CLAIM_BYTES
@@ -179,7 +194,7 @@ class Claimer:
         limit = wanted
         for _ in range(RACES):
             params = {
-                "queues": list(options.queues),
+                "queues": self._queues,
                 "limit": limit,
                 "node_id": options.node_id,
                 "lease": options.lease,
@@ -219,6 +234,19 @@ class Claimer:
         if ids:
             await self._db.fetch(fail, {"ids": ids, "errors": errors})
         return bool(ids)
+
+    def _rotate(self, rows: Rows) -> None:
+        """Give the first turn of the next claim to the queue after the last one served.
+
+        The last one served is, of the queues that got the most rows of this claim (the
+        ones given a row more, or the only ones given a turn), the last in turn order.
+        """
+        counts = Counter(row[3] for row in rows)
+        most = max(counts.values())
+        size, start, position = len(self._order), self._start, self._position
+        turn = max((position[queue] - start) % size for queue, n in counts.items() if n == most)
+        self._start = start = (start + turn + 1) % size
+        self._queues = self._order[start:] + self._order[:start]
 
     def _deliver(self, rows: Rows, deliver: Deliver, sent: float) -> None:
         """Deliver the rows claimed by a statement sent at *sent*, oldest first."""

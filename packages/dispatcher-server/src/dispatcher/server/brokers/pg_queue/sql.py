@@ -49,34 +49,65 @@ _LIMIT = """CASE WHEN j.max_attempts = %(default_attempts)s THEN greatest({least
 when the row has the queue's default (``default_attempts``), never below ``{least}`` (the
 attempt it is at): see :mod:`.limits`."""
 
-CLAIM = """
-WITH quick AS (
-    SELECT set_config('synchronous_commit', 'off', true) AS commit_mode
-), candidates AS (
-    SELECT c.id, c.dup_key, c.run_after, c.size
-    FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (
-        SELECT j.id, j.dup_key, j.run_after, octet_length(j.message) AS size
-        FROM {s}.jobs AS j
-        WHERE j.queue = q.name AND j.state = 'queued' AND j.run_after <= now()
+_CLAIMABLE = """j.state = 'queued' AND j.run_after <= now()
           AND (j.on_duplicate IS NULL OR j.on_duplicate = 'discard' OR NOT EXISTS (
                 SELECT 1 FROM {s}.jobs AS r
                 WHERE r.state = 'running' AND r.dup_key = j.dup_key
-                  AND r.on_duplicate IN ('serial', 'queue_one')))
-        ORDER BY j.run_after, j.id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
+                  AND r.on_duplicate IN ('serial', 'queue_one')))"""
+"""A row ``j`` a claim may take (its queue aside): ready, and no identical serial or
+queue_one job running."""
+
+_FAIR_CANDIDATES = """active AS (
+    SELECT q.name, row_number() OVER (ORDER BY q.turn) - 1 AS seat, count(*) OVER () AS n
+    FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, turn)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM {s}.jobs AS j WHERE j.queue = q.name AND {claimable} LIMIT 1
+    ) AS ready
+), candidates AS MATERIALIZED (
+    SELECT c.*, a.seat, a.quota
+    FROM (
+        SELECT a.name, a.seat, greatest(1, %(limit)s / a.n
+            + CASE WHEN a.seat < %(limit)s %% a.n THEN 1 ELSE 0 END) AS quota
+        FROM active AS a
+    ) AS a
+    CROSS JOIN LATERAL (
+        SELECT l.*, row_number() OVER () AS rank
+        FROM (
+            SELECT j.id, j.dup_key, j.run_after, octet_length(j.message) AS size
+            FROM {s}.jobs AS j
+            WHERE j.queue = a.name AND {claimable}
+            ORDER BY j.run_after, j.id
+            LIMIT a.quota
+            FOR UPDATE SKIP LOCKED
+        ) AS l
     ) AS c
-), chosen AS (
-    SELECT DISTINCT ON (coalesce(c.dup_key, c.id::text)) c.id, c.run_after, c.size
+    LIMIT %(limit)s
+)"""
+"""The rows a claim over several queues reads: a quota of each queue that has a ready row,
+each queue's oldest first, in turns (see :data:`CLAIM`)."""
+
+_SINGLE_CANDIDATES = """candidates AS MATERIALIZED (
+    SELECT j.id, j.dup_key, j.run_after, octet_length(j.message) AS size
+    FROM {s}.jobs AS j
+    WHERE j.queue = (%(queues)s::text[])[1] AND {claimable}
+    ORDER BY j.run_after, j.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)"""
+"""The rows a claim of one queue reads: its oldest ready rows (see :data:`CLAIM`)."""
+
+_CLAIM = """
+WITH quick AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS commit_mode
+), {candidates}, chosen AS (
+    SELECT DISTINCT ON (coalesce(c.dup_key, c.id::text)) c.*
     FROM candidates AS c
     ORDER BY coalesce(c.dup_key, c.id::text), c.run_after, c.id
 ), claimed AS (
     SELECT o.id FROM (
-        SELECT chosen.id,
-            sum(chosen.size) OVER (ORDER BY chosen.run_after, chosen.id) - chosen.size AS before
-        FROM chosen, quick
-        ORDER BY chosen.run_after, chosen.id LIMIT %(limit)s
+        SELECT c.id, sum(c.size) OVER (ORDER BY {order}) - c.size AS before
+        FROM chosen AS c, quick
+        ORDER BY {order} LIMIT %(limit)s
     ) AS o
     WHERE o.before < %(max_total_bytes)s
 ), taken AS (
@@ -88,7 +119,7 @@ WITH quick AS (
     WHERE j.id = claimed.id
     RETURNING j.id, j.attempts, j.claims, j.queue,
         CASE WHEN octet_length(j.message) <= %(max_bytes)s THEN j.message END AS message,
-        octet_length(j.message) AS size, (SELECT count(*) FROM candidates) AS candidates,
+        octet_length(j.message) AS size, (SELECT {read} FROM candidates AS c) AS candidates,
         j.uuid, j.task, j.on_duplicate,
         CASE WHEN j.outcome IS NULL AND isfinite(j.run_after) AND isfinite(j.created_at)
             THEN extract(epoch FROM j.run_after - j.created_at)::float8 END AS delay
@@ -107,20 +138,42 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (
     ) AS n)
 WHERE (SELECT count(*) FROM taken) < %(limit)s
 """
-"""Claim up to ``limit`` ready rows, oldest first, at most one per serial or queue_one key
-and none whose twin runs: running under a lease, one attempt more. A claim stops at
-the first message that takes its messages past ``max_total_bytes`` (that one included: a
-claim holds at most that plus one message, and at least one row whatever its size).
-Each queue is read in the order of its index (queue, run_after, id), so a claim reads
-about ``limit`` rows per queue however long the queue is. Two services racing for identical
-serial rows meet the jobs_one_running index: one gets a unique violation and tries again. A
-message over ``max_bytes`` comes back as ``NULL`` (with its size), never delivered. Each
-row also says how many candidates the claim read: more rows than it claimed when identical
-serial or queue_one rows were left for later, so that the queue is not taken for drained
-(the rows behind them are claimed next, at once). Each row also gives its ``on_duplicate``
-and, while it was never settled, its delay (``run_after - created_at``), which the message's
-must not exceed; a row settled before (retried by hand, or by its retry policy) waits from
-a later time, and gives ``NULL``.
+
+CLAIM = _CLAIM.replace(
+    "{candidates}", _FAIR_CANDIDATES
+).replace(
+    "{order}", "c.rank, c.seat"
+).replace(
+    "{read}", "count(*) + CASE WHEN bool_or(c.rank >= c.quota) THEN %(limit)s ELSE 0 END"
+)  # fmt: skip
+"""Claim up to ``limit`` ready rows, shared fairly among the ``queues``, at most one per serial
+or queue_one key and none whose twin runs: running under a lease, one attempt more.
+
+Fairness: the queues that have a ready row (one index probe each) take turns in the order
+listed, each given a quota of ``limit`` shared among them (one more to the first ones when
+it does not divide evenly; one each to the first ``limit`` when they are more than
+``limit``). Each queue hands over its oldest ready rows in order (``run_after``, id: the
+jobs_ready index), up to its quota, skipping those another claim holds; the claim keeps the
+first ``limit`` rows so read (a queue whose rows are all held leaves its turn to the next).
+So a busy queue does not hold up the others: a claim of N rows over k busy queues takes
+about N/k of each, each queue's oldest first; the caller rotates the list from one claim to
+the next (see :mod:`.claims`), so that the extra rows, and the turns of a claim smaller than
+the number of busy queues, go round. A claim reads and locks about ``limit`` rows in all
+(plus one index probe per queue listed), however many queues there are and however long.
+
+A claim stops at the first message that takes its messages past ``max_total_bytes`` (that
+one included: a claim holds at most that plus one message, and at least one row whatever
+its size), counting the rows turn by turn (each queue's first, then each queue's second...).
+Two services racing for identical serial rows meet the jobs_one_running index: one gets a
+unique violation and tries again. A message over ``max_bytes`` comes back as ``NULL`` (with
+its size), never delivered. Each row also says how many candidates the claim read, plus
+``limit`` when a queue gave all its quota (it may hold more): ``limit`` or more whenever
+ready rows may be left although the claim took fewer than ``limit`` (identical serial or
+queue_one rows left for later; a busy queue that gave its quota while another had less to
+give), so that the queues are not taken for drained: the rows behind are claimed next, at
+once. Each row also gives its ``on_duplicate`` and, while it was never settled, its delay
+(``run_after - created_at``), which the message's must not exceed; a row settled before
+(retried by hand, or by its retry policy) waits from a later time, and gives ``NULL``.
 
 A claim that took fewer rows than ``limit`` (the queues drained for now) ends with one more
 row, all ``NULL`` but its last column: in how many seconds the first job that waits for its
@@ -135,6 +188,17 @@ Its ``max_attempts`` becomes its task's declared one when it is the queue's defa
 Its commit does not wait for the disk (``synchronous_commit`` off for this transaction
 only, so it holds through a pooler too): a claim lost in a crash of the database leaves its
 row waiting, or running until its lease runs out, and the job still runs."""
+
+CLAIM_SINGLE = _CLAIM.replace(
+    "{candidates}", _SINGLE_CANDIDATES
+).replace(
+    "{order}", "c.run_after, c.id"
+).replace(
+    "{read}", "count(*)"
+)  # fmt: skip
+""":data:`CLAIM` for a service of one queue (the first of ``queues``), the same rows in the
+same order with less work: its oldest ready rows, up to ``limit``; the candidates it gives
+are the rows it read."""
 
 CLAIM_USES = Uses(
     reads=(
@@ -399,6 +463,8 @@ class Statements:
     """The statements above for one schema, ready to execute (as bytes)."""
 
     claim: bytes
+    claim_single: bytes
+    """The claim of a service of one queue."""
     renew: bytes
     acknowledge: bytes
     sweep: bytes
@@ -420,11 +486,15 @@ class Statements:
                 "claim_limit": _LIMIT.format(least="j.attempts + 1"),
                 "ack_limit": _LIMIT.format(least="j.attempts"),
             }
-            filled = text.format(s=name, waiting_twin=twin, state=state, **limits)
+            claimable = _CLAIMABLE.format(s=name)
+            filled = text.format(
+                s=name, waiting_twin=twin, state=state, claimable=claimable, **limits
+            )
             return filled.strip().encode()
 
         return cls(
             make(CLAIM),
+            make(CLAIM_SINGLE),
             make(RENEW),
             make(ACKNOWLEDGE),
             make(SWEEP),
