@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import logging
 import math
@@ -21,7 +22,7 @@ from dispatcher.config.schedules import scheduled_problems
 from dispatcher.config.security import hide_secret, load_security
 from dispatcher.config.settings import Settings, settings_from_document
 from dispatcher.schema import InvalidArgumentType, Problem, validator
-from dispatcher.schema.errors import json_type_name
+from dispatcher.schema.errors import json_type_name, key_kind
 
 if TYPE_CHECKING:
     from ruamel.yaml.constructor import SafeConstructor
@@ -337,9 +338,13 @@ def settings_from_data(source: str, data: Any) -> Settings:
 
 
 def _unusable_values(data: Any) -> list[Problem]:
-    """Every NaN or infinity in *data*, and every cycle, too deep a nesting or too many values.
+    """Every NaN or infinity, key that is no string, cycle, too deep a nesting in *data*.
 
-    A NaN or infinity: YAML ``.nan``, ``.inf``; ``float('nan')`` in a dict. A cycle: a
+    And too many values.
+
+    A NaN or infinity: YAML ``.nan``, ``.inf``; ``float('nan')`` in a dict. A key that is
+    not a string: YAML ``~:``, ``1.5:``, ``2024-01-01:``, ``!!binary``, ``? [a]``, anywhere
+    (a config is a JSON document, whose keys are strings: a task's ``args`` too). A cycle: a
     mapping or list that contains itself (a dict built in Python, a YAML alias inside its
     own anchor); nesting deeper than :data:`MAX_CONFIG_DEPTH`; more than
     :data:`MAX_CONFIG_VALUES` values.
@@ -373,6 +378,12 @@ def _unusable_values(data: Any) -> list[Problem]:
                 continue
             enclosing.add(id(value))
             pending.append((True, path, value))
+            if isinstance(value, Mapping):
+                problems.extend(
+                    Problem((*path, key), _not_text_key(key))
+                    for key in value
+                    if not isinstance(key, str)
+                )
             items = value.items() if isinstance(value, Mapping) else enumerate(value)
             pending.extend((False, (*path, key), item) for key, item in items)
         elif isinstance(value, float) and not math.isfinite(value):
@@ -385,6 +396,14 @@ def _unusable_values(data: Any) -> list[Problem]:
             reason = f"a {kind}, not a number of JSON: give an int or a float"
             problems.append(Problem(path, reason))
     return sorted(problems, key=lambda p: p.sort_key)
+
+
+def _not_text_key(key: object) -> str:
+    """Why the mapping key *key* (not a string) is refused, with how to write a string."""
+    reason = f"a key must be a string, not {key_kind(key)}"
+    if key is None or isinstance(key, int | float | datetime.date):
+        reason += " (YAML reads an unquoted ~, true, number or date as one: quote the key)"
+    return reason
 
 
 def _within(path: tuple[Any, ...], ancestor: tuple[Any, ...]) -> bool:

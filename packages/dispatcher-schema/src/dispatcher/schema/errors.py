@@ -8,6 +8,7 @@ sentences built from ``jsonschema`` errors.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import re
 from collections.abc import Iterable, Sequence
@@ -73,21 +74,62 @@ _BOUNDS = {
 }
 
 
-def format_path(path: Sequence[PathItem]) -> str:
+def format_path(path: Sequence[object]) -> str:
     """Render a location inside a JSON document, e.g. ``brokers.pg_notify.channels[1]``.
 
     Keys that are not plain identifiers are written in brackets (``scheduled['a.b']``);
-    the document itself is ``(root)``.
+    the document itself is ``(root)``. A key of another type than a string (a YAML ``~:``,
+    ``1.5:`` or ``2024-01-01:``, a dict built in Python) is written in brackets as
+    :func:`key_text` writes it (``service[null]``): any value can be a step of a path.
     """
     text = ""
     for item in path:
-        if isinstance(item, int):
+        if isinstance(item, int) and not isinstance(item, bool):
             text += f"[{item}]"
+        elif not isinstance(item, str):
+            text += f"[{key_text(item)}]"
         elif _IDENTIFIER.match(item) and len(item) <= MAX_QUOTED_CHARS:
             text += f".{item}" if text else item
         else:
             text += f"[{quoted(item)}]"
     return text or "(root)"
+
+
+def key_text(key: object) -> str:
+    """A key of a mapping as a path shows it: a string quoted, another key as YAML writes it.
+
+    ``None`` is ``null``, booleans ``true`` and ``false``, a date its ISO form
+    (``2024-01-01``), anything else its ``repr()``, cut as :func:`quoted` cuts it.
+    """
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, datetime.date):  # a datetime too
+        return key.isoformat()
+    return quoted(key)
+
+
+def key_kind(key: object) -> str:
+    """What a key that is not a string is, for a reason: ``null``, ``an integer``, ``a date``..."""
+    if key is None:
+        return "null"
+    for kinds, name in _KEY_KINDS:
+        if isinstance(key, kinds):
+            return name
+    return f"a value of type {type(key).__name__}"
+
+
+_KEY_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (datetime.datetime, "a date and time"),
+    (datetime.date, "a date"),
+    ((bytes, bytearray), "binary data"),
+    ((list, tuple), "a list"),
+    (dict, "a mapping"),
+)
 
 
 def quoted(value: Any) -> str:
@@ -122,8 +164,18 @@ class Problem:
 
     @property
     def sort_key(self) -> tuple[list[tuple[int, str]], str]:
-        """Orders problems as their locations appear in a document (indexes numerically)."""
-        path = [(0, f"{p:08d}") if isinstance(p, int) else (1, p) for p in self.path]
+        """Orders problems as their locations appear in a document (indexes numerically).
+
+        Keys of any type compare (a string key before another key, such as ``None``).
+        """
+        path = [
+            (0, f"{p:08d}")
+            if isinstance(p, int) and not isinstance(p, bool)
+            else (1, p)
+            if isinstance(p, str)
+            else (2, key_text(p))
+            for p in self.path
+        ]
         return path, self.reason
 
     def __str__(self) -> str:
