@@ -8,7 +8,9 @@ testing modes too). Keys that do not collide are sent, as JSON writes them, and 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatcher.config import reset, setup
+from dispatcher.control import acontrol_with_reply, control, control_with_reply
 from dispatcher.publish import InvalidSubmission, prepare_submission, submit_task, task
 from dispatcher.schema import duplicate_identity, duplicate_key
 from dispatcher.testing import captured, eager
@@ -168,3 +171,18 @@ def test_no_value_is_ever_lost_on_the_way(args: list[Any], plain: bool) -> None:
         return
     sent = json.loads(submission.payloads[0])["args"]
     assert count_keys(sent) == count_keys(args)
+
+
+@pytest.mark.usefixtures("_unreachable")
+def test_a_control_command_with_such_keys_is_refused_before_it_is_sent() -> None:
+    data = {"task": "myapp.tasks.work", "args": [{1: "a", "1": "b"}]}
+    said = (
+        """cannot send control command 'run': control_data.args[0]['1']: the keys '1' and 1 """
+        f"""are both "1" {BOTH}"""
+    )
+    with pytest.raises(InvalidSubmission, match=re.escape(said)):
+        control("run", data)
+    with pytest.raises(InvalidSubmission, match=re.escape(said)):
+        control_with_reply("run", data, expected_replies=1)
+    with pytest.raises(InvalidSubmission, match=re.escape(said)):
+        asyncio.run(acontrol_with_reply("run", data, expected_replies=1))

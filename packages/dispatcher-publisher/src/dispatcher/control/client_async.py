@@ -15,7 +15,12 @@ from typing import Any
 from dispatcher.control.local import control_payloads
 from dispatcher.control.result import ControlResult
 from dispatcher.publish.errors import InvalidSubmission, PublishError
-from dispatcher.publish.json_values import may_hold_too_long_integer, shown, unsendable_reason
+from dispatcher.publish.json_values import (
+    may_hold_converted_key,
+    may_hold_too_long_integer,
+    shown,
+    unsendable_reason,
+)
 from dispatcher.publish.messages import too_deep
 from dispatcher.publish.routing import control_broker
 from dispatcher.publish.signing import signed, signing_key
@@ -162,7 +167,11 @@ def _text(message: dict[str, Any]) -> str:
     except (TypeError, ValueError, RecursionError) as exc:
         reason: str | None = unsendable_reason(message) or str(exc)
     else:
-        reason = unsendable_reason(message) if may_hold_too_long_integer(text) else None
+        reason = (
+            unsendable_reason(message)
+            if may_hold_too_long_integer(text) or may_hold_converted_key(text, 1)
+            else None
+        )
         if reason is None and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
             reason = too_deep(message)
     if reason is None:

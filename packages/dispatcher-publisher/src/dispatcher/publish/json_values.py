@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from typing import Any, Final
 
@@ -122,6 +123,22 @@ def unsendable_reason(value: Any, path: Path = ()) -> str | None:
         where = f"{format_path(path)}: " if path else ""
         return f"{where}nested too deeply, or contains itself"
     return None if found is None else f"{format_path(found[0])}: {found[1]}"
+
+
+_CONVERTED_KEY: Final = re.compile(r'"(?:null|true|false|-?[0-9][0-9.e+-]*)":')
+"""A key as JSON writes a key that is no string (``None``, ``True``, a number): the string
+key ``"1"`` looks the same."""
+
+
+def may_hold_converted_key(text: str, start: int = 0) -> bool:
+    """Whether the JSON text *text*, which this process wrote, may hold a key that was no string.
+
+    Two keys JSON writes the same (``1`` and ``"1"``) would lose a value: only a text that
+    holds a key written as one that was no string is walked (:func:`first_unsendable`), to
+    look for them. *start* is where an object may begin whose keys are not known to be
+    strings (1 for a message, whose own keys are).
+    """
+    return text.find("{", start) != -1 and _CONVERTED_KEY.search(text) is not None
 
 
 def may_hold_too_long_integer(text: str) -> bool:

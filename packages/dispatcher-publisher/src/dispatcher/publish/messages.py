@@ -21,7 +21,12 @@ from dispatcher.publish.arguments import argument_problem
 from dispatcher.publish.brokers import JobBroker
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.fast_path import surely_valid
-from dispatcher.publish.json_values import first_unsendable, may_hold_too_long_integer, shown
+from dispatcher.publish.json_values import (
+    first_unsendable,
+    may_hold_converted_key,
+    may_hold_too_long_integer,
+    shown,
+)
 from dispatcher.publish.mistakes import check_queue, check_task_name
 from dispatcher.publish.pg_text import text_problem
 from dispatcher.publish.registry import Queue, RegisteredTask, check_max_attempts, registry
@@ -483,15 +488,15 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
             )
             # Arguments nest no deeper than they have characters: short ones cannot be too deep.
             may_be_deep = len(args) + len(kwargs) >= MAX_NESTING_DEPTH
-            may_hold_converted_key = (
-                _may_hold_converted_key(args, 0)
-                or _may_hold_converted_key(kwargs, 1)
+            converted_keys = (
+                may_hold_converted_key(args, 0)
+                or may_hold_converted_key(kwargs, 1)
                 or not _keys_are_strings(message["kwargs"])
             )
         else:
             text = _encode(message)
             may_be_deep = True
-            may_hold_converted_key = _may_hold_converted_key(text, 1)
+            converted_keys = may_hold_converted_key(text, 1)
     except (TypeError, ValueError, RecursionError) as exc:
         nested = too_deep(message)
         if nested is not None:
@@ -502,7 +507,7 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
             found = ((), "the arguments are nested too deeply, or contain themselves")
         path, reason = found or ((), str(exc))
         raise _invalid(name, f"{_as_given(path)}: {reason}") from None
-    if (may_hold_converted_key or may_hold_too_long_integer(text)) and (
+    if (converted_keys or may_hold_too_long_integer(text)) and (
         found := first_unsendable(message)
     ) is not None:
         raise _invalid(name, f"{_as_given(found[0])}: {found[1]}")
@@ -512,21 +517,6 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
         if nested is not None:
             raise _invalid(name, nested)
     return text
-
-
-_CONVERTED_KEY: Final = re.compile(r'"(?:null|true|false|-?[0-9][0-9.e+-]*)":')
-"""A key as JSON writes a key that is no string (``None``, ``True``, a number), in a text
-written by :data:`_encode`: the string key ``"1"`` looks the same."""
-
-
-def _may_hold_converted_key(text: str, start: int) -> bool:
-    """Whether the JSON text *text* may hold an object key that was no string in Python.
-
-    Two keys JSON writes the same (``1`` and ``"1"``) would lose a value: only a text that
-    holds a key written as one that was no string is walked, to look for them. *start* is
-    where an object may begin that is not the object *text* is (1 for a message or kwargs).
-    """
-    return text.find("{", start) != -1 and _CONVERTED_KEY.search(text) is not None
 
 
 def _keys_are_strings(mapping: dict[Any, Any]) -> bool:
