@@ -6,13 +6,12 @@ Generated from ``client_async.py`` by ``tools/async_to_sync.py``; do not edit.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from dispatcher.control.local import control_payloads
-from dispatcher.control.result import ControlResult
+from dispatcher.control.result import MAX_CONTROL_TIMEOUT, ControlResult
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.json_values import (
     may_hold_converted_key,
@@ -144,11 +143,12 @@ def _check_waiting(command: str, expected_replies: object, timeout: object) -> N
     if (
         not isinstance(timeout, int | float)
         or isinstance(timeout, bool)
-        or not 0 < timeout < math.inf
+        or not 0 < timeout <= MAX_CONTROL_TIMEOUT
     ):
         raise InvalidSubmission(
             f"cannot send control command {shown(command)}: timeout: expected a number of "
-            f"seconds above 0, got {_described(timeout)}"
+            f"seconds above 0 and at most {MAX_CONTROL_TIMEOUT} (365 days), got "
+            f"{_described(timeout)}"
         )
 
 
