@@ -403,7 +403,7 @@ class _Translator:
                 if isinstance(item, int | float) and not isinstance(item, bool) and item <= 0:
                     self.warn(
                         where,
-                        f"{item!r} (never expire) has no equivalent: incomplete chunked "
+                        "0 or less (never expire) has no equivalent: incomplete chunked "
                         f"messages expire after {_CHUNK_EXPIRY_MAX} seconds (one year)",
                     )
                     item = _CHUNK_EXPIRY_MAX
@@ -437,7 +437,7 @@ class _Translator:
             self.warn(where, f"{value!r} has no equivalent: workers start from a fork server")
         else:
             choices = ", ".join(PROCESS_MANAGERS)
-            self.error(where, f"{value!r} is not a dispatcherd process manager ({choices})")
+            self.error(where, f"not a dispatcherd process manager (expected one of {choices})")
 
     def preload(self, value: Any) -> None:
         old: Path = ("service", "process_manager_kwargs")
@@ -530,7 +530,7 @@ class _Translator:
         except ValueError:
             period = math.nan
         if not math.isfinite(period):
-            self.error(where, f"expected a number of seconds, got {text!r}")
+            self.error(where, "expected a number of seconds, got a string that is not a number")
             return text
         if period.is_integer() and abs(period) < 2**53:
             return int(period)

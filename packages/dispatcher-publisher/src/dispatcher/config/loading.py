@@ -319,11 +319,13 @@ def settings_from_data(source: str, data: Any) -> Settings:
     document = _plain(data)
     checked, plugin_problems = plugins.without_plugin_sections(document)
     config_validator = validator("config")
-    problems = [] if config_validator.is_valid(checked) else config_validator.problems(checked)
+    problems = (
+        []
+        if config_validator.is_valid(checked)
+        else config_validator.problems(checked, quote_values=False)  # a value may be a secret
+    )
     problems = plugins.name_unknown_brokers(problems) + plugin_problems
-    problems = [
-        hide_secret(p, document.get("security")) for p in problems
-    ] or _cross_field_problems(document)
+    problems = [hide_secret(p) for p in problems] or _cross_field_problems(document)
     security = None
     if not problems:
         security, problems = load_security(document.get("security", {}))
@@ -429,24 +431,19 @@ def _cross_field_problems(document: Mapping[str, Any]) -> list[Problem]:
     pool = document.get("service", {}).get("pool", {})
     min_workers, max_workers = pool.get("min_workers", 1), pool.get("max_workers")
     if max_workers is not None and min_workers > max_workers:
-        problems.append(
-            Problem(
-                ("service", "pool", "min_workers"),
-                f"{min_workers} is more than max_workers ({max_workers})",
-            )
-        )
+        problems.append(Problem(("service", "pool", "min_workers"), "must be at most max_workers"))
     problems += _pg_queue_problems(document.get("brokers", {}))
     for broker in ("pg_notify", "pg_queue"):
         conninfo = (document.get("brokers", {}).get(broker) or {}).get("conninfo")
         if isinstance(conninfo, str) and (reason := conninfo_problem(conninfo)) is not None:
             problems.append(Problem(("brokers", broker, "conninfo"), reason))
     problems += scheduled_problems(document.get("producers", {}))
-    configured = set(document.get("brokers", {}))
+    configured = sorted(document.get("brokers", {}))
     for key, value in document.get("publish", {}).items():
         if value not in configured:
-            problems.append(
-                Problem(("publish", key), f"{value!r} is not configured under 'brokers'")
-            )
+            listed = f"configured: {', '.join(configured)}" if configured else "none is"
+            reason = f"names a broker not configured under 'brokers' ({listed})"
+            problems.append(Problem(("publish", key), reason))
     return problems
 
 
@@ -469,7 +466,7 @@ def conninfo_problem(conninfo: str) -> str | None:
     for key, values in _ENUMERATED.items():
         value = given.get(key)
         if value is not None and str(value) not in values:
-            return f"{key}: {str(value)!r} is not one of {', '.join(values)}"
+            return f"{key}: expected one of {', '.join(values)}"
     return None
 
 
@@ -507,7 +504,7 @@ def _pg_queue_problems(brokers: Mapping[str, Any]) -> list[Problem]:
             problems.append(
                 Problem(
                     ("brokers", "pg_queue", "queues", index),
-                    f"{queue!r} is also a pg_notify channel (brokers.pg_notify.channels"
+                    "also a pg_notify channel (brokers.pg_notify.channels"
                     f"[{channels.index(queue)}]); a queue is durable or not, list it in one only",
                 )
             )

@@ -196,15 +196,21 @@ def json_type_name(value: Any) -> str:
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def problems_from_errors(errors: Iterable[ValidationError]) -> list[Problem]:
-    """Turn ``jsonschema`` errors into problems, sorted by location."""
+def problems_from_errors(
+    errors: Iterable[ValidationError], *, quote_values: bool = True
+) -> list[Problem]:
+    """Turn ``jsonschema`` errors into problems, sorted by location.
+
+    With *quote_values* false, no reason quotes the value at fault (a config's value may be
+    a secret): it says what was expected, and the JSON type of what was found.
+    """
     problems: list[Problem] = []
     for error in errors:
-        problems.extend(_problems_from_error(error))
+        problems.extend(_problems_from_error(error, quote_values))
     return sorted(set(problems), key=lambda problem: problem.sort_key)
 
 
-def _problems_from_error(error: ValidationError) -> list[Problem]:
+def _problems_from_error(error: ValidationError, quote_values: bool) -> list[Problem]:
     path: tuple[PathItem, ...] = tuple(error.absolute_path)
     keyword = error.validator
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -219,17 +225,18 @@ def _problems_from_error(error: ValidationError) -> list[Problem]:
             Problem((*path, key), _unknown_key_reason(key, schema))
             for key in _unexpected_keys(error.instance, schema)
         ]
-    return [Problem(path, _reason(error, schema))]
+    reason = _reason(error, schema) if quote_values else _unquoted_reason(error, schema)
+    return [Problem(path, reason or f"does not match the schema ({keyword})")]
 
 
 def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
     keyword, instance = error.validator, error.instance
     expected: Any = error.validator_value
     title = schema.get("title")
-    if title and keyword in {"pattern", "minLength", "maxLength"}:
-        hint = schema.get("description", "").rstrip(".")
-        suffix = f" ({hint})" if hint else ""
-        return f"{quoted(instance)} is not a valid {title}{suffix}"
+    if title and keyword in _LENGTHS:
+        return f"{quoted(instance)} is not a valid {title}: {_length_rule(keyword, expected)}"
+    if title and keyword == "pattern":
+        return f"{quoted(instance)} is not a valid {title}{_hint(schema)}"
     if keyword == "type":
         types = expected if isinstance(expected, list) else [expected]
         if instance is None:
@@ -244,6 +251,70 @@ def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
         return f"{quoted(instance)} is not one of {choices}"
     # jsonschema's own words quote the value whole: quote it as above instead.
     return str(error.message).replace(repr(instance), quoted(instance))
+
+
+_LENGTHS = {"minLength": "too short (at least", "maxLength": "too long (at most"}
+
+
+def _length_rule(keyword: str, limit: int) -> str:
+    """``too short (at least 2 characters)``, ``too long (at most 255 characters)``."""
+    return f"{_LENGTHS[keyword]} {limit} character{'' if limit == 1 else 's'})"
+
+
+def _hint(schema: dict[str, Any]) -> str:
+    """`` (what the value should be)``: a titled definition's description, or nothing."""
+    hint = str(schema.get("description", "")).rstrip(".")
+    return f" ({hint})" if hint else ""
+
+
+def _unquoted_reason(error: ValidationError, schema: dict[str, Any]) -> str:
+    """What :func:`_reason` says, quoting no value: what was expected, and the type found."""
+    keyword, instance = error.validator, error.instance
+    expected: Any = error.validator_value
+    title = schema.get("title")
+    found = json_type_name(instance)
+    if keyword in _LENGTHS:
+        rule = _length_rule(keyword, expected)
+        return f"not a valid {title}: {rule}" if title else rule
+    if keyword == "pattern":
+        if title:
+            return f"not a valid {title}{_hint(schema)}"
+        return f"does not match the pattern {expected!r}"
+    if keyword == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        return f"expected {' or '.join(types)}, got {found}"
+    if keyword in _BOUNDS:
+        return f"must be {_BOUNDS[keyword]} {expected!r}"
+    if keyword == "multipleOf":
+        return f"must be a multiple of {expected!r}"
+    if keyword == "const":
+        return f"must be {expected!r}"
+    if keyword == "enum":
+        return f"expected one of {', '.join(repr(choice) for choice in expected)}"
+    if keyword in ("minItems", "maxItems", "minProperties", "maxProperties"):
+        bound = "least" if keyword.startswith("min") else "most"
+        what = "item" if keyword.endswith("Items") else "key"
+        return f"expected at {bound} {expected} {what}{'' if expected == 1 else 's'}"
+    if keyword == "uniqueItems":
+        return _repeated_item(instance)
+    if keyword == "format":
+        return f"not a valid {expected}"
+    if keyword in ("anyOf", "oneOf"):
+        return f"a {found} that matches none of the forms this setting takes"
+    if keyword == "not":
+        return f"a {found} is not taken here"
+    return ""  # the caller says which keyword of the schema it fails
+
+
+def _repeated_item(items: Any) -> str:
+    """Which items of *items* are the same (their indexes, not their values)."""
+    if isinstance(items, list | tuple):
+        for later, item in enumerate(items):
+            for earlier in range(later):
+                other = items[earlier]
+                if type(other) is type(item) and other == item:
+                    return f"items [{earlier}] and [{later}] are the same: each may be given once"
+    return "has repeated items: each may be given once"
 
 
 def _quoted_name(message: str) -> str:

@@ -44,12 +44,18 @@ class Validator:
                 pass
         return not self.problems(instance)
 
-    def problems(self, instance: Any) -> list[Problem]:
-        """Say what is wrong with *instance*, sorted by location; empty when it is valid."""
+    def problems(self, instance: Any, *, quote_values: bool = True) -> list[Problem]:
+        """Say what is wrong with *instance*, sorted by location; empty when it is valid.
+
+        With *quote_values* false, no reason quotes a value of *instance* (a config's may be
+        a secret): each says what was expected, and the JSON type of what was found.
+        """
         if self._explainer is None:
             self._explainer = _explainer_class()(self._schema)
         try:
-            return problems_from_errors(self._explainer.iter_errors(instance))
+            return problems_from_errors(
+                self._explainer.iter_errors(instance), quote_values=quote_values
+            )
         except ValueError:  # explaining writes values out: a too long integer cannot be
             path = _too_long_integer(instance, ())
             if path is None:
