@@ -43,10 +43,14 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+WRONG_VERSION = (
+    "version: must be 1, or 2 for dispatcherd's layout (or left out, for the older layouts), got "
+)
+
 BROKEN_CONFIGS: list[tuple[str, Any, str]] = [
     ("empty dict", {}, "config: version: is required"),
-    ("unsupported version", {"version": 3}, "config: version: must be 1"),
-    ("version as text", {"version": "1"}, "config: version: must be 1"),
+    ("unsupported version", {"version": 3}, f"config: {WRONG_VERSION}another number"),
+    ("version as text", {"version": "1"}, f"config: {WRONG_VERSION}string"),
     (
         "channel with a space",
         {"version": 1, "brokers": {"pg_notify": {**PG, "channels": ["ok", "has space"]}}},

@@ -28,6 +28,7 @@ from dispatcher.config import (
     reset,
     setup,
 )
+from dispatcher.config.loading import settings_from_file_data
 from support import dispatcherd
 
 CHANNEL_RULE = "1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':'"
@@ -35,6 +36,11 @@ TASK_RULE = (
     "dotted Python identifiers in ASCII such as 'myapp.tasks.send_email', at most 255 characters"
 )
 PG = {"config": {"conninfo": "dbname=app"}}
+WRONG_VERSION = (
+    "version: must be 1, or 2 for dispatcherd's layout (or left out, for the older layouts), got "
+)
+
+
 LAMBDA_NOTE = (
     "a lambda never runs here (only registered tasks do): entry ignored; register a function "
     "with @task and name it instead"
@@ -665,12 +671,34 @@ def test_without_version_dispatcherd_keys_are_recognised() -> None:
             "service.pool_kwargs: unknown key (expected one of: cancel_grace, chunk_expiry, "
             "control, limits, log_format, metrics, node_id, pool, shutdown_grace, task_log)",
         ),
-        ({"version": 3}, "version: must be 1"),
-        ({"version": "2"}, "version: must be 1"),
+        ({"version": 3}, f"{WRONG_VERSION}another number"),
+        ({"version": "2"}, f"{WRONG_VERSION}string"),
+        ({"version": True}, f"{WRONG_VERSION}boolean"),
+        ({"version": None}, f"{WRONG_VERSION}null"),
+        ({"version": 2.5}, f"{WRONG_VERSION}another number"),
     ],
 )
 def test_other_versions_are_not_translated(config: dict[str, Any], expected: str) -> None:
     assert problems(config) == [expected]
+
+
+@pytest.mark.parametrize("version", ["3", "'2'", "1.5", "v2"])
+def test_a_wrong_version_is_the_only_problem_said(version: str) -> None:
+    # Read in neither layout, dispatcherd's keys would each be an unknown key.
+    text = DEMO.replace("\nversion: 2\n", f"\nversion: {version}\n")
+    assert text != DEMO
+    with pytest.raises(ConfigError) as caught:
+        settings_from_file_data("dispatcherd.yml", text.encode())
+    [problem] = caught.value.problems
+    assert problem.startswith(WRONG_VERSION)
+
+
+def test_version_2_0_is_dispatcherds_layout_as_dispatcherd_reads_it() -> None:
+    text = DEMO.replace("\nversion: 2\n", "\nversion: 2.0\n")
+    assert text != DEMO
+    settings = settings_from_file_data("dispatcherd.yml", text.encode())
+    assert settings == settings_from_file_data("dispatcherd.yml", DEMO.encode())
+    assert load_settings({"version": 1.0}).data["version"] == 1
 
 
 def test_our_layout_has_no_warnings() -> None:

@@ -94,13 +94,17 @@ class Translation:
 def is_dispatcherd(data: Mapping[str, Any]) -> bool:
     """Tell whether *data* is in dispatcherd's layout.
 
-    It is with ``version: 2``, or with no ``version`` and keys only dispatcherd's layout has
-    (``service.pool_kwargs``, ``brokers.pg_notify.config``, ``producers.ScheduledProducer``,
-    ``worker.worker_cls``, ...).
+    It is with ``version: 2`` (or ``2.0``), or with no ``version`` and keys only dispatcherd's
+    layout has (``service.pool_kwargs``, ``brokers.pg_notify.config``,
+    ``producers.ScheduledProducer``, ``worker.worker_cls``, ...).
     """
     version = data.get("version")
-    if "version" in data:
-        return type(version) is int and version == VERSION
+    if "version" in data:  # 2.0 too: dispatcherd's check is ``!= 2``
+        return (
+            isinstance(version, int | float)
+            and not isinstance(version, bool)
+            and version == VERSION
+        )
     service, brokers = _mapping(data.get("service")), _mapping(data.get("brokers"))
     producers, worker = _mapping(data.get("producers")), _mapping(data.get("worker"))
     pg_notify, socket = _mapping(brokers.get("pg_notify")), _mapping(brokers.get("socket"))

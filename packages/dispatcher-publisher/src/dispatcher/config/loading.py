@@ -301,6 +301,9 @@ def settings_from_data(source: str, data: Any) -> Settings:
     unusable = _unusable_values(data)
     if unusable:
         raise ConfigError(source, [str(p) for p in unusable])
+    version = _version_problem(data)
+    if version is not None:  # alone: the rest would be read in the wrong layout
+        raise ConfigError(source, [str(version)])
     paths = legacy.PathMap()
     found: list[Problem] = []  # by the translation, located as written
     notes: list[Problem] = []
@@ -406,6 +409,26 @@ def _not_text_key(key: object) -> str:
     if key is None or isinstance(key, int | float | datetime.date):
         reason += " (YAML reads an unquoted ~, true, number or date as one: quote the key)"
     return reason
+
+
+def _version_problem(data: Mapping[str, Any]) -> Problem | None:
+    """Why the config's ``version`` is none this release reads, or ``None`` when it is one.
+
+    1 (``1.0`` too) is this layout, 2 (``2.0`` too, as dispatcherd reads it) dispatcherd's;
+    without ``version``, the older layouts are read.
+    """
+    if "version" not in data:
+        return None
+    version = data["version"]
+    number = isinstance(version, int | float) and not isinstance(version, bool)
+    if number and version in (1, dispatcherd_layout.VERSION):
+        return None
+    found = "another number" if number else json_type_name(version)
+    return Problem(
+        ("version",),
+        f"must be 1, or {dispatcherd_layout.VERSION} for dispatcherd's layout (or left out, "
+        f"for the older layouts), got {found}",
+    )
 
 
 def _within(path: tuple[Any, ...], ancestor: tuple[Any, ...]) -> bool:
