@@ -105,7 +105,7 @@ BROKEN_CONFIGS: list[tuple[str, Any, str]] = [
     (
         "schedule of zero",
         {"version": 1, "producers": {"scheduled": {"myapp.tasks.cleanup": {"schedule": 0}}}},
-        "config: producers.scheduled['myapp.tasks.cleanup'].schedule: must be more than 0",
+        "config: producers.scheduled['myapp.tasks.cleanup'].schedule: must be at least 0.01",
     ),
     (
         "scheduled lambda",

@@ -296,7 +296,7 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "a renamed key",
         {"version": 2, "service": {"pool_kwargs": {"worker_max_lifetime_seconds": -1}}},
-        ["service.pool_kwargs.worker_max_lifetime_seconds: must be more than 0"],
+        ["service.pool_kwargs.worker_max_lifetime_seconds: must be at least 0.1"],
     ),
     (
         "min above max",
@@ -347,7 +347,7 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
             "broker (it takes: async_connection, async_connection_factory, channels, config, "
             "default_publish_channel, max_connection_idle_seconds, "
             "max_self_check_message_age_seconds, sync_connection, sync_connection_factory)",
-            "brokers.pg_notify.max_connection_idle_seconds: must be more than 0",
+            "brokers.pg_notify.max_connection_idle_seconds: must be at least 0.01",
             "brokers.pg_notify.max_self_check_message_age_seconds: expected number, got string",
         ],
     ),
@@ -434,8 +434,8 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
             "null, got string",
             "producers.ScheduledProducer.task_schedule['app.tasks.a'].on_duplicate: expected "
             "one of 'parallel', 'discard', 'serial', 'queue_one'",
-            "producers.ScheduledProducer.task_schedule['app.tasks.a'].schedule: must be more "
-            "than 0",
+            "producers.ScheduledProducer.task_schedule['app.tasks.a'].schedule: must be at "
+            "least 0.01",
             "producers.ScheduledProducer.task_schedule['app.tasks.b'].schedule: is required",
             "producers.ScheduledProducer.task_schedule['app.tasks.d'].schedule: expected a "
             "number of seconds, got a string that is not a number",
@@ -481,7 +481,7 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
         [
             "worker.worker_cls: not a valid dotted Python name (dotted Python "
             "identifiers in ASCII such as 'myapp.tasks')",
-            "worker.worker_kwargs.idle_timeout: must be more than 0",
+            "worker.worker_kwargs.idle_timeout: must be at least 0.01",
         ],
     ),
     (

@@ -87,7 +87,7 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "poll_interval of zero",
         {"queues": ["a"], "poll_interval": 0},
-        "brokers.pg_queue.poll_interval: must be more than 0",
+        "brokers.pg_queue.poll_interval: must be at least 0.01",
     ),
     (
         "max_attempts over 1000",
