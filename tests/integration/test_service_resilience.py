@@ -101,7 +101,12 @@ def test_self_check_finds_a_silently_dead_connection(
         service = start_service(service_config, log_level="DEBUG")
         service.wait_for_log(r"self-check round trip", count=2)
         proxy.freeze()  # packets stop; no connection is closed
-        service.wait_for_log(r"pg_notify connection to .* failed \(.*\); retrying in", timeout=10)
+        service.wait_for_log(
+            r"pg_notify connection to PostgreSQL at .* failed \(the self-check round trip took "
+            r"longer than brokers\.pg_notify\.self_check_timeout \(0\.5 s\)\); retrying in "
+            r"0\.1 s",
+            timeout=10,
+        )
         service.wait_for_log(r"reconnected to PostgreSQL", timeout=10)
         notify(channel, message(RECORD, evidence.path, "after the partition"))
         assert evidence.wait_for(1)[0]["args"] == ["after the partition"]
