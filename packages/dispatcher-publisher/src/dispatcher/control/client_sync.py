@@ -119,7 +119,8 @@ def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None)
         try:
             problems = "; ".join(str(p) for p in checker.problems(message))
         except ValueError:  # explaining writes the values out: too long an integer cannot be
-            problems = unsendable_reason(message) or "invalid message"
+            problems = ""
+        problems = problems or unsendable_reason(message) or "invalid message"
         raise InvalidSubmission(f"cannot send control command {command!r}: {problems}")
     return message
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -241,6 +242,8 @@ def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
         types = expected if isinstance(expected, list) else [expected]
         if instance is None:
             return f"expected {' or '.join(types)}, got null"
+        if _foreign_number(instance):
+            return f"expected {' or '.join(types)}, got {quoted(instance)}{_INT_OR_FLOAT}"
         return f"expected {' or '.join(types)}, got {json_type_name(instance)} {quoted(instance)}"
     if keyword in _BOUNDS:
         return f"must be {_BOUNDS[keyword]} {expected!r}, got {quoted(instance)}"
@@ -251,6 +254,14 @@ def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
         return f"{quoted(instance)} is not one of {choices}"
     # jsonschema's own words quote the value whole: quote it as above instead.
     return str(error.message).replace(repr(instance), quoted(instance))
+
+
+_INT_OR_FLOAT = ", which is no number of JSON: give an int or a float"
+
+
+def _foreign_number(value: Any) -> bool:
+    """Whether *value* is a number of another type than JSON's (a ``Decimal``, a ``Fraction``)."""
+    return isinstance(value, numbers.Number) and not isinstance(value, int | float)
 
 
 _LENGTHS = {"minLength": "too short (at least", "maxLength": "too long (at most"}
@@ -282,6 +293,8 @@ def _unquoted_reason(error: ValidationError, schema: dict[str, Any]) -> str:
         return f"does not match the pattern {expected!r}"
     if keyword == "type":
         types = expected if isinstance(expected, list) else [expected]
+        if _foreign_number(instance):
+            return f"expected {' or '.join(types)}, got a {found}{_INT_OR_FLOAT}"
         return f"expected {' or '.join(types)}, got {found}"
     if keyword in _BOUNDS:
         return f"must be {_BOUNDS[keyword]} {expected!r}"
