@@ -55,6 +55,26 @@ RESERVED_KEYS: Final = frozenset(
 )
 """Message keys the SDK sets itself, which ``extra`` may not contain."""
 
+SUBMISSION_ARGUMENTS: Final = frozenset(
+    {"args", "kwargs", "queue", "uuid", "timeout", "delay", "on_duplicate", "bind"}
+    | {"connection", "max_attempts", "processor_options"}
+)
+"""The arguments of ``submit_task()`` (and ``apply_async()``) other than ``extra``: passed in
+``extra``, one would be a message key that does nothing, or the SDK's own key."""
+
+EXTRA_REFUSED: Final = RESERVED_KEYS | SUBMISSION_ARGUMENTS
+"""The keys ``extra`` may not hold."""
+
+
+def _extra_advice(key: str) -> str:
+    """What to do instead of putting *key* in ``extra``."""
+    if key in SUBMISSION_ARGUMENTS:
+        return f"pass {key}=... to submit_task() or apply_async() instead"
+    if key == "task":
+        return "the task is submit_task()'s first argument"
+    return "the SDK sets it"
+
+
 ProcessorOptions = Mapping[str, Any] | Iterable[Any] | None
 """dispatcherd's ``processor_options``: its params objects (anything with a ``to_dict()``),
 plain dicts, a sequence of them, or ``None``."""
@@ -178,9 +198,12 @@ def prepare_submission(
         not_text = [key for key in extra if type(key) is not str]
         if not_text:
             raise _invalid(name, f"extra: keys must be strings, got {shown(not_text[0])}")
-        clashes = sorted(str(key) for key in extra if key in RESERVED_KEYS)
+        clashes = sorted(str(key) for key in extra if key in EXTRA_REFUSED)
         if clashes:
-            raise _invalid(name, f"extra: {', '.join(clashes)} cannot be set through extra")
+            said = "; ".join(
+                f"{key} cannot be set through extra: {_extra_advice(key)}" for key in clashes
+            )
+            raise _invalid(name, f"extra: {said}")
         message.update(extra)
 
     # A registered task's name was checked at registration, and the rest of the message is
