@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -389,3 +390,36 @@ def test_a_broker_that_fails_is_shown_in_status_and_metrics_until_it_serves_agai
         assert samples(port)[("dispatcher_broker_up", (("broker", "pg_notify"),))] == 1
     finally:
         proxy.down()
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_an_ipv6_host_is_bracketed_wherever_the_url_is_shown(
+    start_service: StartService, service_config: dict[str, Any], configured: Settings
+) -> None:
+    service_config["service"]["metrics"] = {"host": "::1", "port": 0}
+    service = start_service(service_config)
+    [line] = service.wait_for_log(r"serving metrics on http://\S+/metrics")
+    url = re.search(r"http://\S+/metrics", line)
+    assert url is not None
+    assert re.fullmatch(r"http://\[::1\]:\d+/metrics", url[0]), line
+    with urllib.request.urlopen(url[0], timeout=5) as response:  # the URL works as written
+        assert b"dispatcher_workers" in response.read()
+    [reply] = control_with_reply("metrics", expected_replies=1).replies
+    assert reply["url"] == url[0]
+    config = str(service.config_path)
+    shown = subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", "metrics", "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"url: {url[0]}\n" in shown.stdout

@@ -127,6 +127,23 @@ def test_tampered_and_replayed_control_messages_are_refused(
     service.wait_for_log(r"rejected message on channel .*: bad signature \(key 'ops-1'\)")
 
 
+def test_a_signed_envelope_with_too_short_a_body_is_refused_saying_why(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    pg_conn: psycopg.Connection[Any],
+    channel: str,
+) -> None:
+    service_config["security"] = SECURITY
+    service = start_service(service_config)
+    envelope = json.loads(sign("1", KEY["id"], KEY["secret"].encode(), time.time()))
+    pg_conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(envelope)))
+    service.wait_for_log(
+        r"rejected message on channel .*: invalid signed envelope: body: '1' is not a valid "
+        r"signed body: too short \(at least 2 characters\)$"
+    )
+    assert "The JSON text" not in service.log  # not the schema's description
+
+
 def test_required_task_signatures_refuse_unsigned_tasks_and_run_signed_ones(
     start_service: StartService,
     service_config: dict[str, Any],

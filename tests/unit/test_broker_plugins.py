@@ -66,10 +66,10 @@ def test_a_plugin_section_is_checked_against_the_plugins_schema_with_precise_pat
     assert problems(
         config(example_spool={"directry": "x", "queues": ["ok", "a b"], "allow_control": [1]})
     ) == [
-        "brokers.example_spool.allow_control[0]: expected string, got integer 1",
+        "brokers.example_spool.allow_control[0]: expected string, got integer",
         "brokers.example_spool.directory: is required",
         "brokers.example_spool.directry: unknown key (did you mean 'directory'?)",
-        "brokers.example_spool.queues[1]: 'a b' is not a valid channel name "
+        "brokers.example_spool.queues[1]: not a valid channel name "
         "(1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':')",
     ]
 
@@ -91,7 +91,10 @@ def test_a_plugin_that_cannot_load_is_reported_at_its_section() -> None:
 def test_the_default_broker_must_be_configured() -> None:
     assert problems(
         {**config(example_spool=SPOOL), "publish": {"default_broker": "pg_notify"}}
-    ) == ["publish.default_broker: 'pg_notify' is not configured under 'brokers'"]
+    ) == [
+        "publish.default_broker: names a broker not configured under 'brokers' "
+        "(configured: example_spool)"
+    ]
 
 
 def test_the_publisher_routes_tasks_by_queue_then_default() -> None:

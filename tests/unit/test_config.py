@@ -44,19 +44,23 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+WRONG_VERSION = (
+    "version: must be 1, or 2 for dispatcherd's layout (or left out, for the older layouts), got "
+)
+
 BROKEN_CONFIGS: list[tuple[str, Any, str]] = [
     ("empty dict", {}, "config: version: is required"),
-    ("unsupported version", {"version": 3}, "config: version: must be 1, got 3"),
-    ("version as text", {"version": "1"}, "config: version: must be 1, got '1'"),
+    ("unsupported version", {"version": 3}, f"config: {WRONG_VERSION}another number"),
+    ("version as text", {"version": "1"}, f"config: {WRONG_VERSION}string"),
     (
         "channel with a space",
         {"version": 1, "brokers": {"pg_notify": {**PG, "channels": ["ok", "has space"]}}},
-        f"config: brokers.pg_notify.channels[1]: 'has space' is not a valid channel name ({CHANNEL_RULE})",
+        f"config: brokers.pg_notify.channels[1]: not a valid channel name ({CHANNEL_RULE})",
     ),
     (
         "channel over 63 bytes",
         {"version": 1, "brokers": {"pg_notify": {**PG, "channels": ["c" * 64]}}},
-        f"config: brokers.pg_notify.channels[0]: '{'c' * 64}' is not a valid channel name ({CHANNEL_RULE})",
+        f"config: brokers.pg_notify.channels[0]: not a valid channel name ({CHANNEL_RULE})",
     ),
     (
         "duplicate channel",
@@ -82,37 +86,37 @@ BROKEN_CONFIGS: list[tuple[str, Any, str]] = [
     (
         "negative min_workers",
         {"version": 1, "service": {"pool": {"min_workers": -1}}},
-        "config: service.pool.min_workers: must be at least 0, got -1",
+        "config: service.pool.min_workers: must be at least 0",
     ),
     (
         "max_workers as text",
         {"version": 1, "service": {"pool": {"max_workers": "4"}}},
-        "config: service.pool.max_workers: expected integer or null, got string '4'",
+        "config: service.pool.max_workers: expected integer or null, got string",
     ),
     (
         "min_workers above max_workers",
         {"version": 1, "service": {"pool": {"min_workers": 3, "max_workers": 2}}},
-        "config: service.pool.min_workers: 3 is more than max_workers (2)",
+        "config: service.pool.min_workers: must be at most max_workers",
     ),
     (
         "boolean where a number is expected",
         {"version": 1, "service": {"shutdown_grace": True}},
-        "config: service.shutdown_grace: expected number, got boolean True",
+        "config: service.shutdown_grace: expected number, got boolean",
     ),
     (
         "schedule of zero",
         {"version": 1, "producers": {"scheduled": {"myapp.tasks.cleanup": {"schedule": 0}}}},
-        "config: producers.scheduled['myapp.tasks.cleanup'].schedule: must be more than 0, got 0",
+        "config: producers.scheduled['myapp.tasks.cleanup'].schedule: must be at least 0.01",
     ),
     (
         "scheduled lambda",
         {"version": 1, "producers": {"scheduled": {"lambda: 1": {"schedule": 5}}}},
-        f"config: producers.scheduled['lambda: 1']: 'lambda: 1' is not a valid task name ({TASK_RULE})",
+        f"config: producers.scheduled['lambda: 1']: not a valid task name ({TASK_RULE})",
     ),
     (
         "unknown on_duplicate",
         {"version": 1, "producers": {"on_start": {"a.b": {"on_duplicate": "run_once"}}}},
-        "config: producers.on_start['a.b'].on_duplicate: 'run_once' is not one of "
+        "config: producers.on_start['a.b'].on_duplicate: expected one of "
         "'parallel', 'discard', 'serial', 'queue_one'",
     ),
     (
@@ -123,17 +127,18 @@ BROKEN_CONFIGS: list[tuple[str, Any, str]] = [
     (
         "default broker not configured",
         {"version": 1, "brokers": {"pg_notify": PG}, "publish": {"default_broker": "socket"}},
-        "config: publish.default_broker: 'socket' is not configured under 'brokers'",
+        "config: publish.default_broker: names a broker not configured under 'brokers' "
+        "(configured: pg_notify)",
     ),
     (
         "metrics port out of range",
         {"version": 1, "service": {"metrics": {"port": 70000}}},
-        "config: service.metrics.port: must be at most 65535, got 70000",
+        "config: service.metrics.port: must be at most 65535",
     ),
     (
         "module name with a slash",
         {"version": 1, "tasks": {"modules": ["myapp/tasks.py"]}},
-        "config: tasks.modules[0]: 'myapp/tasks.py' is not a valid dotted Python name "
+        "config: tasks.modules[0]: not a valid dotted Python name "
         "(dotted Python identifiers in ASCII such as 'myapp.tasks')",
     ),
     (
@@ -144,8 +149,8 @@ BROKEN_CONFIGS: list[tuple[str, Any, str]] = [
     (
         "several problems, one line each, in document order",
         {"version": 1, "service": {"pool": {"min_workers": -1}, "cancel_grace": "5"}},
-        "config: service.cancel_grace: expected number, got string '5'\n"
-        "config: service.pool.min_workers: must be at least 0, got -1",
+        "config: service.cancel_grace: expected number, got string\n"
+        "config: service.pool.min_workers: must be at least 0",
     ),
 ]
 
@@ -193,8 +198,7 @@ def test_error_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         setup(file_path=path)
     assert str(caught.value) == (
-        f"{path}: brokers.pg_notify.channels[1]: 'has space' is not a valid channel name "
-        f"({CHANNEL_RULE})"
+        f"{path}: brokers.pg_notify.channels[1]: not a valid channel name ({CHANNEL_RULE})"
     )
 
 
@@ -221,8 +225,8 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
         ("password=correct horse battery", 'missing "=" after "..." in connection info string'),
         ("host=db bogus=1", 'invalid connection option "bogus"'),
         ("postgresql://db/app?bogus=1", 'invalid URI query parameter: "bogus"'),
-        ("host=db sslmode=bogusmode", "sslmode: 'bogusmode' is not one of disable, allow"),
-        ("postgresql://db/app?target_session_attrs=x", "target_session_attrs: 'x' is not one"),
+        ("host=db sslmode=bogusmode", "sslmode: expected one of disable, allow"),
+        ("postgresql://db/app?target_session_attrs=x", "target_session_attrs: expected one of any"),
         # libpq would stop at the NUL: the host and user after it would be silently ignored.
         ("dbname=app\x00 host=db user=app password=s3cret", "holds a NUL character (at index 10)"),
         ("dbname=\ud800 password=s3cret", "is not UTF-8 text: it holds a lone surrogate"),
@@ -470,10 +474,10 @@ def test_unversioned_layout_errors_name_the_keys_as_written() -> None:
             }
         )
     assert str(caught.value).splitlines() == [
-        "config: pool.max_workers: expected integer or null, got string '4'",
+        "config: pool.max_workers: expected integer or null, got string",
         "config: pool.workers: unknown key (did you mean 'min_workers'?)",
-        f"config: producers.brokers.channels[0]: 'a b' is not a valid channel name ({CHANNEL_RULE})",
-        f"config: producers.scheduled['lambda: 1']: 'lambda: 1' is not a valid task name ({TASK_RULE})",
+        f"config: producers.brokers.channels[0]: not a valid channel name ({CHANNEL_RULE})",
+        f"config: producers.scheduled['lambda: 1']: not a valid task name ({TASK_RULE})",
     ]
 
 

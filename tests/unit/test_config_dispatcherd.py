@@ -28,6 +28,7 @@ from dispatcher.config import (
     reset,
     setup,
 )
+from dispatcher.config.loading import settings_from_file_data
 from support import dispatcherd
 
 CHANNEL_RULE = "1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':'"
@@ -35,6 +36,11 @@ TASK_RULE = (
     "dotted Python identifiers in ASCII such as 'myapp.tasks.send_email', at most 255 characters"
 )
 PG = {"config": {"conninfo": "dbname=app"}}
+WRONG_VERSION = (
+    "version: must be 1, or 2 for dispatcherd's layout (or left out, for the older layouts), got "
+)
+
+
 LAMBDA_NOTE = (
     "a lambda never runs here (only registered tasks do): entry ignored; register a function "
     "with @task and name it instead"
@@ -282,7 +288,7 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
         "pool_kwargs, as written",
         {"version": 2, "service": {"pool_kwargs": {"max_workers": "4", "min_worker": 1}}},
         [
-            "service.pool_kwargs.max_workers: expected integer or null, got string '4'",
+            "service.pool_kwargs.max_workers: expected integer or null, got string",
             "service.pool_kwargs.min_worker: unknown key: not an option of dispatcherd's "
             "pool_kwargs (did you mean 'min_workers'?)",
         ],
@@ -290,17 +296,17 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "a renamed key",
         {"version": 2, "service": {"pool_kwargs": {"worker_max_lifetime_seconds": -1}}},
-        ["service.pool_kwargs.worker_max_lifetime_seconds: must be more than 0, got -1"],
+        ["service.pool_kwargs.worker_max_lifetime_seconds: must be at least 0.1"],
     ),
     (
         "min above max",
         {"version": 2, "service": {"pool_kwargs": {"min_workers": 3, "max_workers": 2}}},
-        ["service.pool_kwargs.min_workers: 3 is more than max_workers (2)"],
+        ["service.pool_kwargs.min_workers: must be at most max_workers"],
     ),
     (
         "pool_kwargs not a mapping",
         {"version": 2, "service": {"pool_kwargs": [1]}},
-        ["service.pool_kwargs: expected object, got array [1]"],
+        ["service.pool_kwargs: expected object, got array"],
     ),
     (
         "main_kwargs and metrics_kwargs",
@@ -312,11 +318,11 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
             },
         },
         [
-            "service.main_kwargs.chunk_message_timeout_seconds: expected number, got string 'long'",
-            "service.main_kwargs.node_id: expected string, got integer 7",
+            "service.main_kwargs.chunk_message_timeout_seconds: expected number, got string",
+            "service.main_kwargs.node_id: expected string, got integer",
             "service.metrics_kwargs.path: unknown key: not an option of dispatcherd's "
             "metrics_kwargs (it takes: host, port)",
-            "service.metrics_kwargs.port: must be at most 65535, got 70000",
+            "service.metrics_kwargs.port: must be at most 65535",
         ],
     ),
     (
@@ -335,14 +341,14 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
             },
         },
         [
-            f"brokers.pg_notify.channels[1]: 'has space' is not a valid channel name ({CHANNEL_RULE})",
-            f"brokers.pg_notify.default_publish_channel: '' is not a valid channel name ({CHANNEL_RULE})",
+            f"brokers.pg_notify.channels[1]: not a valid channel name ({CHANNEL_RULE})",
+            f"brokers.pg_notify.default_publish_channel: not a valid channel name ({CHANNEL_RULE})",
             "brokers.pg_notify.listen: unknown key: not an option of dispatcherd's pg_notify "
             "broker (it takes: async_connection, async_connection_factory, channels, config, "
             "default_publish_channel, max_connection_idle_seconds, "
             "max_self_check_message_age_seconds, sync_connection, sync_connection_factory)",
-            "brokers.pg_notify.max_connection_idle_seconds: must be more than 0, got 0",
-            "brokers.pg_notify.max_self_check_message_age_seconds: expected number, got string '2'",
+            "brokers.pg_notify.max_connection_idle_seconds: must be at least 0.01",
+            "brokers.pg_notify.max_self_check_message_age_seconds: expected number, got string",
         ],
     ),
     (
@@ -382,7 +388,7 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
         [
             "brokers.socket.path: unknown key: not an option of dispatcherd's socket broker "
             "(it takes: socket_path)",
-            "brokers.socket.socket_path: '' should be non-empty",
+            "brokers.socket.socket_path: too short (at least 1 character)",
         ],
     ),
     (
@@ -397,8 +403,8 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
             "equivalent here",
             "brokers['myapp.brokers.redis']: a broker module of dispatcherd has no equivalent "
             "here: the brokers are pg_notify, socket, pg_queue and installed plug-ins",
-            "publish.default_broker: 'dispatcherd.testing.brokers.noop' is not a valid broker "
-            "name (A broker configured under `brokers`: `pg_notify`, `socket`, `pg_queue` or "
+            "publish.default_broker: not a valid broker name (A broker"
+            " configured under `brokers`: `pg_notify`, `socket`, `pg_queue` or "
             "the name of an installed broker plug-in)",
         ],
     ),
@@ -425,16 +431,16 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
             "(ScheduledProducer, OnStartProducer, ControlProducer)",
             "producers.ControlProducer.enabled: unknown key: ControlProducer takes no options",
             "producers.OnStartProducer.task_list['app.tasks.c'].timeout: expected number or "
-            "null, got string 'soon'",
-            "producers.ScheduledProducer.task_schedule['app.tasks.a'].on_duplicate: 'run_once' "
-            "is not one of 'parallel', 'discard', 'serial', 'queue_one'",
-            "producers.ScheduledProducer.task_schedule['app.tasks.a'].schedule: must be more "
-            "than 0, got 0",
+            "null, got string",
+            "producers.ScheduledProducer.task_schedule['app.tasks.a'].on_duplicate: expected "
+            "one of 'parallel', 'discard', 'serial', 'queue_one'",
+            "producers.ScheduledProducer.task_schedule['app.tasks.a'].schedule: must be at "
+            "least 0.01",
             "producers.ScheduledProducer.task_schedule['app.tasks.b'].schedule: is required",
             "producers.ScheduledProducer.task_schedule['app.tasks.d'].schedule: expected a "
-            "number of seconds, got '*/5 * * * *'",
-            "producers.ScheduledProducer.task_schedule['not a name']: 'not a name' is not a "
-            f"valid task name ({TASK_RULE})",
+            "number of seconds, got a string that is not a number",
+            "producers.ScheduledProducer.task_schedule['not a name']: not a valid task name "
+            f"({TASK_RULE})",
         ],
     ),
     (
@@ -460,9 +466,9 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
             },
         },
         [
-            "service.process_manager_cls: 'ThreadManager' is not a dispatcherd process manager "
-            "(ForkServerManager, ProcessManager, SpawnServerManager)",
-            "service.process_manager_kwargs.preload_modules[1]: 'app tasks' is not a valid "
+            "service.process_manager_cls: not a dispatcherd process manager (expected one of "
+            "ForkServerManager, ProcessManager, SpawnServerManager)",
+            "service.process_manager_kwargs.preload_modules[1]: not a valid "
             "dotted Python name (dotted Python identifiers in ASCII such as 'myapp.tasks')",
         ],
     ),
@@ -473,15 +479,18 @@ ERRORS: list[tuple[str, dict[str, Any], list[str]]] = [
             "worker": {"worker_cls": "not a path", "worker_kwargs": {"idle_timeout": -1}},
         },
         [
-            "worker.worker_cls: 'not a path' is not a valid dotted Python name (dotted Python "
+            "worker.worker_cls: not a valid dotted Python name (dotted Python "
             "identifiers in ASCII such as 'myapp.tasks')",
-            "worker.worker_kwargs.idle_timeout: must be more than 0, got -1",
+            "worker.worker_kwargs.idle_timeout: must be at least 0.01",
         ],
     ),
     (
         "publish",
         {"version": 2, "brokers": {"pg_notify": PG}, "publish": {"default_broker": "socket"}},
-        ["publish.default_broker: 'socket' is not configured under 'brokers'"],
+        [
+            "publish.default_broker: names a broker not configured under 'brokers' "
+            "(configured: pg_notify)"
+        ],
     ),
 ]
 
@@ -504,9 +513,7 @@ def test_an_error_names_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as caught:
         load_settings(file_path=path)
-    assert (
-        str(caught.value) == f"{path}: service.pool_kwargs.max_workers: must be at least 1, got 0"
-    )
+    assert str(caught.value) == f"{path}: service.pool_kwargs.max_workers: must be at least 1"
 
 
 def test_keys_with_no_equivalent_warn_and_the_file_loads(caplog: pytest.LogCaptureFixture) -> None:
@@ -557,7 +564,7 @@ def test_keys_with_no_equivalent_warn_and_the_file_loads(caplog: pytest.LogCaptu
         "producers.OnStartProducer.task_list['app.tasks.a'].data: a message key with no "
         "equivalent here; ignored",
         "publish.confirm: not a key of dispatcherd's publish section; ignored, as it does",
-        "service.main_kwargs.chunk_message_timeout_seconds: 0 (never expire) has no "
+        "service.main_kwargs.chunk_message_timeout_seconds: 0 or less (never expire) has no "
         "equivalent: incomplete chunked messages expire after 31536000 seconds (one year)",
         "service.metrics_kwargs.log_level: an option of older dispatcherd releases with no "
         "equivalent",
@@ -636,7 +643,7 @@ def test_preloaded_modules_and_our_own_sections_join() -> None:
             }
         )
     assert caught.value.problems == [
-        "tasks.modules[1]: 'bad name' is not a valid dotted Python name (dotted Python "
+        "tasks.modules[1]: not a valid dotted Python name (dotted Python "
         "identifiers in ASCII such as 'myapp.tasks')"
     ]
 
@@ -664,12 +671,34 @@ def test_without_version_dispatcherd_keys_are_recognised() -> None:
             "service.pool_kwargs: unknown key (expected one of: cancel_grace, chunk_expiry, "
             "control, limits, log_format, metrics, node_id, pool, shutdown_grace, task_log)",
         ),
-        ({"version": 3}, "version: must be 1, got 3"),
-        ({"version": "2"}, "version: must be 1, got '2'"),
+        ({"version": 3}, f"{WRONG_VERSION}another number"),
+        ({"version": "2"}, f"{WRONG_VERSION}string"),
+        ({"version": True}, f"{WRONG_VERSION}boolean"),
+        ({"version": None}, f"{WRONG_VERSION}null"),
+        ({"version": 2.5}, f"{WRONG_VERSION}another number"),
     ],
 )
 def test_other_versions_are_not_translated(config: dict[str, Any], expected: str) -> None:
     assert problems(config) == [expected]
+
+
+@pytest.mark.parametrize("version", ["3", "'2'", "1.5", "v2"])
+def test_a_wrong_version_is_the_only_problem_said(version: str) -> None:
+    # Read in neither layout, dispatcherd's keys would each be an unknown key.
+    text = DEMO.replace("\nversion: 2\n", f"\nversion: {version}\n")
+    assert text != DEMO
+    with pytest.raises(ConfigError) as caught:
+        settings_from_file_data("dispatcherd.yml", text.encode())
+    [problem] = caught.value.problems
+    assert problem.startswith(WRONG_VERSION)
+
+
+def test_version_2_0_is_dispatcherds_layout_as_dispatcherd_reads_it() -> None:
+    text = DEMO.replace("\nversion: 2\n", "\nversion: 2.0\n")
+    assert text != DEMO
+    settings = settings_from_file_data("dispatcherd.yml", text.encode())
+    assert settings == settings_from_file_data("dispatcherd.yml", DEMO.encode())
+    assert load_settings({"version": 1.0}).data["version"] == 1
 
 
 def test_our_layout_has_no_warnings() -> None:

@@ -209,3 +209,44 @@ def test_too_deep_or_too_large_a_config_is_refused_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"version": 1, "producers": shared})
     assert caught.value.problems == ["(root): more than 1000000 values"]
+
+
+FLOORS = {
+    ("producers", "scheduled", SAMPLE_KEY, "schedule"): 0.01,
+    ("brokers", "pg_queue", "poll_interval"): 0.01,
+    ("brokers", "pg_notify", "self_check_interval"): 0.01,
+    ("brokers", "pg_notify", "self_check_timeout"): 0.01,
+    ("worker", "idle_timeout"): 0.01,
+    ("service", "pool", "max_worker_lifetime"): 0.1,
+    ("brokers", "pg_queue", "lease"): 1,
+}
+"""The durations that set how often something repeats, and the shortest each takes: a
+``schedule`` of 1e-9 seconds, a ``poll_interval`` of 1e-9 would keep a core busy."""
+
+
+def complete_with(path: tuple[str | int, ...], value: float) -> dict[str, Any]:
+    """A config that is valid but for *value* at *path*."""
+    document: dict[str, Any] = {
+        "version": 1,
+        "brokers": {
+            "pg_notify": {"conninfo": "dbname=x", "channels": ["c"]},
+            "pg_queue": {"queues": ["q"]},
+        },
+    }
+    parent: Any = document
+    for part in path[:-1]:
+        parent = parent.setdefault(part, {})
+    parent[path[-1]] = value
+    return document
+
+
+@pytest.mark.parametrize("path", FLOORS, ids=lambda path: ".".join(map(str, path)))
+@pytest.mark.parametrize("scale", [1e-9, 0.5])
+def test_a_period_shorter_than_its_floor_is_refused_naming_it(
+    path: tuple[str | int, ...], scale: float
+) -> None:
+    floor = FLOORS[path]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(complete_with(path, floor * scale))
+    assert caught.value.problems == [f"{Problem(path, '').location}: must be at least {floor}"]
+    load_settings(complete_with(path, floor))  # the floor itself is taken

@@ -57,11 +57,11 @@ def test_every_key_as_written() -> None:
 
 ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("no queues", {"conninfo": "x"}, "brokers.pg_queue.queues: is required"),
-    ("empty queues", {"queues": []}, "brokers.pg_queue.queues: [] should be non-empty"),
+    ("empty queues", {"queues": []}, "brokers.pg_queue.queues: expected at least 1 item"),
     (
         "bad queue name",
         {"queues": ["ok", "a b"]},
-        "brokers.pg_queue.queues[1]: 'a b' is not a valid channel name",
+        "brokers.pg_queue.queues[1]: not a valid channel name",
     ),
     (
         "duplicate queue",
@@ -71,23 +71,23 @@ ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "upper-case schema",
         {"queues": ["a"], "schema": "Jobs"},
-        "brokers.pg_queue.schema: 'Jobs' is not a valid PostgreSQL schema name",
+        "brokers.pg_queue.schema: not a valid PostgreSQL schema name",
     ),
     (
         "a system schema",
         {"queues": ["a"], "schema": "information_schema"},
-        "brokers.pg_queue.schema: 'information_schema' is not a valid PostgreSQL schema name",
+        "brokers.pg_queue.schema: not a valid PostgreSQL schema name",
     ),
     (
         "a pg_ schema",
         {"queues": ["a"], "schema": "pg_catalog"},
-        "brokers.pg_queue.schema: 'pg_catalog' is not a valid PostgreSQL schema name",
+        "brokers.pg_queue.schema: not a valid PostgreSQL schema name",
     ),
     ("lease of zero", {"queues": ["a"], "lease": 0}, "brokers.pg_queue.lease: must be at least 1"),
     (
         "poll_interval of zero",
         {"queues": ["a"], "poll_interval": 0},
-        "brokers.pg_queue.poll_interval: must be more than 0",
+        "brokers.pg_queue.poll_interval: must be at least 0.01",
     ),
     (
         "max_attempts over 1000",
@@ -138,7 +138,7 @@ def test_a_queue_may_not_be_a_notify_channel_too() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"version": 1, "brokers": brokers})
     assert str(caught.value) == (
-        "config: brokers.pg_queue.queues[1]: 'orders' is also a pg_notify channel "
+        "config: brokers.pg_queue.queues[1]: also a pg_notify channel "
         "(brokers.pg_notify.channels[1]); a queue is durable or not, list it in one only"
     )
 

@@ -106,9 +106,7 @@ def timezone_error(name: str) -> str:
 
 
 def test_a_zone_name_in_the_wrong_case_gets_the_right_one() -> None:
-    assert "unknown time zone 'europe/paris' (did you mean 'Europe/Paris'?)" in timezone_error(
-        "europe/paris"
-    )
+    assert "unknown time zone (did you mean 'Europe/Paris'?)" in timezone_error("europe/paris")
     assert "(did you mean 'UTC'?)" in timezone_error("utc")
 
 

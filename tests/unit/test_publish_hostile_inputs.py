@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -55,4 +57,17 @@ def test_a_task_that_is_neither_a_name_nor_a_function_is_named_as_such(task: Any
     assert str(caught.value) == (
         f"cannot submit {task!r}: task: expected a task name (a string) or a function registered "
         f"with @task, got {type(task).__name__}"
+    )
+
+
+@pytest.mark.parametrize("option", ["timeout", "delay"])
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("sNaN"), Decimal("2"), Fraction(1, 3)])
+def test_a_number_json_does_not_have_is_an_invalid_submission_naming_the_option(
+    option: str, value: Any
+) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission("myapp.tasks.work", queue="jobs", **{option: value})
+    assert str(caught.value) == (
+        f"cannot submit myapp.tasks.work: {option}: expected number, got {value!r}, which is "
+        "no number of JSON: give an int or a float"
     )

@@ -117,7 +117,16 @@ def test_unregistered_name_string_is_accepted() -> None:
         ({"timeout": float("nan")}, "timeout: nan is not valid in JSON"),
         ({"args": "abc"}, "args: expected a list or tuple, got str"),
         ({"kwargs": [("a", 1)]}, "kwargs: expected a dict, got list"),
-        ({"extra": {"uuid": "x", "task": "y"}}, "extra: task, uuid cannot be set through extra"),
+        (
+            {"extra": {"uuid": "x", "task": "y"}},
+            "extra: task cannot be set through extra: the task is submit_task()'s first "
+            "argument; uuid cannot be set through extra: pass uuid=... to submit_task() or "
+            "apply_async() instead",
+        ),
+        (
+            {"extra": {"time_pub": 1}},
+            "extra: time_pub cannot be set through extra: the SDK sets it",
+        ),
         ({"bind": "yes"}, "bind: expected boolean, got string 'yes'"),
     ],
 )
@@ -413,3 +422,15 @@ def test_control_result_matches_node_ids_cut_short_by_postgres() -> None:
     result.expected_nodes = [seen, "b", "c"]
     assert result.missing == ["c"]
     assert not result.complete
+
+
+@pytest.mark.parametrize(
+    "argument", ["max_attempts", "queue", "processor_options", "connection", "timeout", "args"]
+)
+def test_an_argument_given_in_extra_is_refused_saying_to_pass_it(argument: str) -> None:
+    with pytest.raises(InvalidSubmission) as caught:
+        prepare_submission(tasks.add, args=[1, 2], extra={argument: 5, "guid": "g"})
+    assert str(caught.value) == (
+        f"cannot submit support.tasks.add: extra: {argument} cannot be set through extra: "
+        f"pass {argument}=... to submit_task() or apply_async() instead"
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -115,11 +118,12 @@ def test_python_values_outside_json_are_judged_not_crashed_on() -> None:
     assert checker.is_valid({**TASK, "args": {1, 2}}) is False
     with pytest.raises(SchemaValidationError) as caught:
         checker.validate({**TASK, "time_pub": float("nan")})
-    assert str(caught.value) == (
-        "(root): holds a value JSON cannot represent (such as NaN or Infinity)"
-    )
+    assert str(caught.value) == "time_pub: nan is not valid in JSON"
     with pytest.raises(SchemaValidationError, match="time_pub: must be at most 253402300799"):
         checker.validate({**TASK, "time_pub": float("inf")})
+
+
+NO_JSON_NUMBER = "which is no number of JSON: give an int or a float"
 
 
 def test_validator_is_compiled_once() -> None:
@@ -150,3 +154,46 @@ def test_compiled_validator_agrees_with_jsonschema(instance: dict[str, Any], nam
     checker = validator(name)  # type: ignore[arg-type]
     instance = json.loads(json.dumps(instance))  # what a decoder hands over
     assert checker.is_valid(instance) == (checker.problems(instance) == [])
+
+
+ODD_VALUES = [
+    Decimal("NaN"),
+    Decimal("sNaN"),
+    Decimal("1.5"),
+    Fraction(1, 3),
+    complex(1, 1),
+    float("nan"),
+    float("-inf"),
+    datetime.timedelta(seconds=1),
+    object(),
+]
+"""Values no JSON decoder makes: a Decimal NaN raises when jsonschema compares it."""
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(
+    instance=st.dictionaries(task_keys, candidate_values | st.sampled_from(ODD_VALUES), max_size=6),
+    name=st.sampled_from(SCHEMA_NAMES),
+)
+def test_a_refused_document_is_always_explained_whatever_it_holds(
+    instance: dict[str, Any], name: str
+) -> None:
+    checker = validator(name)  # type: ignore[arg-type]
+    if checker.is_valid(instance):
+        return
+    for quote_values in (True, False):
+        problems = checker.problems(instance, quote_values=quote_values)
+        assert problems, instance
+        assert all(problem.reason for problem in problems)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (Decimal("NaN"), "expected number, got Decimal('NaN'), " + NO_JSON_NUMBER),
+        (Fraction(1, 3), "expected number, got Fraction(1, 3), " + NO_JSON_NUMBER),
+        (float("nan"), "nan is not valid in JSON"),
+    ],
+)
+def test_a_number_json_does_not_have_is_named_as_such(value: Any, said: str) -> None:
+    assert explain("task-message", {**TASK, "timeout": value}) == [f"timeout: {said}"]

@@ -59,6 +59,11 @@ def test_non_ascii_body_is_signed_as_utf8() -> None:
         ({SIGNED_KEY: "v2"}, "invalid_signed_envelope", "__dispatcher_signed__: must be 'v1'"),
         ({"extra": 1}, "invalid_signed_envelope", "extra: unknown key"),
         (
+            {"body": "1"},
+            "invalid_signed_envelope",
+            "body: '1' is not a valid signed body: too short (at least 2 characters)",
+        ),
+        (
             {"body": TASK.replace("[1]", '["\ud800"]')},
             "invalid_signed_envelope",
             "body: holds a lone surrogate",

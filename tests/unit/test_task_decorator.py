@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import inspect
+import math
 import pydoc
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -83,3 +87,28 @@ def test_apply_async_shows_its_options() -> None:
         assert connection in signature
         assert signature.endswith("processor_options: ProcessorOptions = None) -> Submission")
         assert "options overriding its defaults" in (method.__doc__ or "")
+
+
+NO_NUMBER = "which is no number of JSON: give an int or a float"
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"timeout": Decimal("1.5")}, f"timeout: expected number, got Decimal('1.5'), {NO_NUMBER}"),
+        ({"timeout": Decimal("NaN")}, f"timeout: expected number, got Decimal('NaN'), {NO_NUMBER}"),
+        ({"delay": Fraction(1, 3)}, f"delay: expected number, got Fraction(1, 3), {NO_NUMBER}"),
+        ({"delay": Decimal("sNaN")}, f"delay: expected number, got Decimal('sNaN'), {NO_NUMBER}"),
+        ({"timeout": math.nan}, "timeout: nan is not valid in JSON"),
+        ({"delay": datetime.timedelta(seconds=5)}, "delay: expected number, got timedelta "),
+    ],
+)
+def test_a_default_json_cannot_carry_is_refused_naming_the_option(
+    options: dict[str, Any], said: str
+) -> None:
+    def work() -> None:
+        """A task."""
+
+    with pytest.raises(RegistrationError) as refused:
+        task(name="myapp.tasks.odd_default", **options)(work)
+    assert str(refused.value).startswith(f"cannot register myapp.tasks.odd_default: {said}")

@@ -13,7 +13,7 @@ import pytest
 
 from dispatcher.config import reset, setup
 from dispatcher.publish import abatch, batch
-from dispatcher.testing import captured, eager
+from dispatcher.testing import InMemoryBoundTask, captured, eager
 from support import testing_edge_tasks as tasks
 from support import testing_tasks
 
@@ -119,3 +119,16 @@ def test_an_interrupt_stops_an_eager_batch_at_once() -> None:
     with eager(), pytest.raises(KeyboardInterrupt):
         submit_a_batch((tasks.keep, 1), (tasks.interrupt, None), (tasks.keep, 2))
     assert tasks.SEEN == [1]
+
+
+def test_a_bound_run_with_keys_extra_refuses_still_runs_as_on_a_service(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    testing_tasks.forbid_database(monkeypatch, tmp_path)
+    with eager() as mode:
+        bound = InMemoryBoundTask("u-bound")
+        reply = bound.control(
+            "run", {"task": "support.testing_tasks.add", "args": [1, 2], "queue": "x"}
+        )
+    assert "error" not in reply
+    assert mode.run_of(reply["uuid"]).result == 3

@@ -94,13 +94,17 @@ class Translation:
 def is_dispatcherd(data: Mapping[str, Any]) -> bool:
     """Tell whether *data* is in dispatcherd's layout.
 
-    It is with ``version: 2``, or with no ``version`` and keys only dispatcherd's layout has
-    (``service.pool_kwargs``, ``brokers.pg_notify.config``, ``producers.ScheduledProducer``,
-    ``worker.worker_cls``, ...).
+    It is with ``version: 2`` (or ``2.0``), or with no ``version`` and keys only dispatcherd's
+    layout has (``service.pool_kwargs``, ``brokers.pg_notify.config``,
+    ``producers.ScheduledProducer``, ``worker.worker_cls``, ...).
     """
     version = data.get("version")
-    if "version" in data:
-        return type(version) is int and version == VERSION
+    if "version" in data:  # 2.0 too: dispatcherd's check is ``!= 2``
+        return (
+            isinstance(version, int | float)
+            and not isinstance(version, bool)
+            and version == VERSION
+        )
     service, brokers = _mapping(data.get("service")), _mapping(data.get("brokers"))
     producers, worker = _mapping(data.get("producers")), _mapping(data.get("worker"))
     pg_notify, socket = _mapping(brokers.get("pg_notify")), _mapping(brokers.get("socket"))
@@ -403,7 +407,7 @@ class _Translator:
                 if isinstance(item, int | float) and not isinstance(item, bool) and item <= 0:
                     self.warn(
                         where,
-                        f"{item!r} (never expire) has no equivalent: incomplete chunked "
+                        "0 or less (never expire) has no equivalent: incomplete chunked "
                         f"messages expire after {_CHUNK_EXPIRY_MAX} seconds (one year)",
                     )
                     item = _CHUNK_EXPIRY_MAX
@@ -437,7 +441,7 @@ class _Translator:
             self.warn(where, f"{value!r} has no equivalent: workers start from a fork server")
         else:
             choices = ", ".join(PROCESS_MANAGERS)
-            self.error(where, f"{value!r} is not a dispatcherd process manager ({choices})")
+            self.error(where, f"not a dispatcherd process manager (expected one of {choices})")
 
     def preload(self, value: Any) -> None:
         old: Path = ("service", "process_manager_kwargs")
@@ -530,7 +534,7 @@ class _Translator:
         except ValueError:
             period = math.nan
         if not math.isfinite(period):
-            self.error(where, f"expected a number of seconds, got {text!r}")
+            self.error(where, "expected a number of seconds, got a string that is not a number")
             return text
         if period.is_integer() and abs(period) < 2**53:
             return int(period)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import logging
 import math
@@ -21,7 +22,7 @@ from dispatcher.config.schedules import scheduled_problems
 from dispatcher.config.security import hide_secret, load_security
 from dispatcher.config.settings import Settings, settings_from_document
 from dispatcher.schema import InvalidArgumentType, Problem, validator
-from dispatcher.schema.errors import json_type_name
+from dispatcher.schema.errors import json_type_name, key_kind
 
 if TYPE_CHECKING:
     from ruamel.yaml.constructor import SafeConstructor
@@ -300,6 +301,9 @@ def settings_from_data(source: str, data: Any) -> Settings:
     unusable = _unusable_values(data)
     if unusable:
         raise ConfigError(source, [str(p) for p in unusable])
+    version = _version_problem(data)
+    if version is not None:  # alone: the rest would be read in the wrong layout
+        raise ConfigError(source, [str(version)])
     paths = legacy.PathMap()
     found: list[Problem] = []  # by the translation, located as written
     notes: list[Problem] = []
@@ -318,11 +322,13 @@ def settings_from_data(source: str, data: Any) -> Settings:
     document = _plain(data)
     checked, plugin_problems = plugins.without_plugin_sections(document)
     config_validator = validator("config")
-    problems = [] if config_validator.is_valid(checked) else config_validator.problems(checked)
+    problems = (
+        []
+        if config_validator.is_valid(checked)
+        else config_validator.problems(checked, quote_values=False)  # a value may be a secret
+    )
     problems = plugins.name_unknown_brokers(problems) + plugin_problems
-    problems = [
-        hide_secret(p, document.get("security")) for p in problems
-    ] or _cross_field_problems(document)
+    problems = [hide_secret(p) for p in problems] or _cross_field_problems(document)
     security = None
     if not problems:
         security, problems = load_security(document.get("security", {}))
@@ -337,9 +343,13 @@ def settings_from_data(source: str, data: Any) -> Settings:
 
 
 def _unusable_values(data: Any) -> list[Problem]:
-    """Every NaN or infinity in *data*, and every cycle, too deep a nesting or too many values.
+    """Every NaN or infinity, key that is no string, cycle, too deep a nesting in *data*.
 
-    A NaN or infinity: YAML ``.nan``, ``.inf``; ``float('nan')`` in a dict. A cycle: a
+    And too many values.
+
+    A NaN or infinity: YAML ``.nan``, ``.inf``; ``float('nan')`` in a dict. A key that is
+    not a string: YAML ``~:``, ``1.5:``, ``2024-01-01:``, ``!!binary``, ``? [a]``, anywhere
+    (a config is a JSON document, whose keys are strings: a task's ``args`` too). A cycle: a
     mapping or list that contains itself (a dict built in Python, a YAML alias inside its
     own anchor); nesting deeper than :data:`MAX_CONFIG_DEPTH`; more than
     :data:`MAX_CONFIG_VALUES` values.
@@ -373,6 +383,12 @@ def _unusable_values(data: Any) -> list[Problem]:
                 continue
             enclosing.add(id(value))
             pending.append((True, path, value))
+            if isinstance(value, Mapping):
+                problems.extend(
+                    Problem((*path, key), _not_text_key(key))
+                    for key in value
+                    if not isinstance(key, str)
+                )
             items = value.items() if isinstance(value, Mapping) else enumerate(value)
             pending.extend((False, (*path, key), item) for key, item in items)
         elif isinstance(value, float) and not math.isfinite(value):
@@ -385,6 +401,34 @@ def _unusable_values(data: Any) -> list[Problem]:
             reason = f"a {kind}, not a number of JSON: give an int or a float"
             problems.append(Problem(path, reason))
     return sorted(problems, key=lambda p: p.sort_key)
+
+
+def _not_text_key(key: object) -> str:
+    """Why the mapping key *key* (not a string) is refused, with how to write a string."""
+    reason = f"a key must be a string, not {key_kind(key)}"
+    if key is None or isinstance(key, int | float | datetime.date):
+        reason += " (YAML reads an unquoted ~, true, number or date as one: quote the key)"
+    return reason
+
+
+def _version_problem(data: Mapping[str, Any]) -> Problem | None:
+    """Why the config's ``version`` is none this release reads, or ``None`` when it is one.
+
+    1 (``1.0`` too) is this layout, 2 (``2.0`` too, as dispatcherd reads it) dispatcherd's;
+    without ``version``, the older layouts are read.
+    """
+    if "version" not in data:
+        return None
+    version = data["version"]
+    number = isinstance(version, int | float) and not isinstance(version, bool)
+    if number and version in (1, dispatcherd_layout.VERSION):
+        return None
+    found = "another number" if number else json_type_name(version)
+    return Problem(
+        ("version",),
+        f"must be 1, or {dispatcherd_layout.VERSION} for dispatcherd's layout (or left out, "
+        f"for the older layouts), got {found}",
+    )
 
 
 def _within(path: tuple[Any, ...], ancestor: tuple[Any, ...]) -> bool:
@@ -410,24 +454,19 @@ def _cross_field_problems(document: Mapping[str, Any]) -> list[Problem]:
     pool = document.get("service", {}).get("pool", {})
     min_workers, max_workers = pool.get("min_workers", 1), pool.get("max_workers")
     if max_workers is not None and min_workers > max_workers:
-        problems.append(
-            Problem(
-                ("service", "pool", "min_workers"),
-                f"{min_workers} is more than max_workers ({max_workers})",
-            )
-        )
+        problems.append(Problem(("service", "pool", "min_workers"), "must be at most max_workers"))
     problems += _pg_queue_problems(document.get("brokers", {}))
     for broker in ("pg_notify", "pg_queue"):
         conninfo = (document.get("brokers", {}).get(broker) or {}).get("conninfo")
         if isinstance(conninfo, str) and (reason := conninfo_problem(conninfo)) is not None:
             problems.append(Problem(("brokers", broker, "conninfo"), reason))
     problems += scheduled_problems(document.get("producers", {}))
-    configured = set(document.get("brokers", {}))
+    configured = sorted(document.get("brokers", {}))
     for key, value in document.get("publish", {}).items():
         if value not in configured:
-            problems.append(
-                Problem(("publish", key), f"{value!r} is not configured under 'brokers'")
-            )
+            listed = f"configured: {', '.join(configured)}" if configured else "none is"
+            reason = f"names a broker not configured under 'brokers' ({listed})"
+            problems.append(Problem(("publish", key), reason))
     return problems
 
 
@@ -450,7 +489,7 @@ def conninfo_problem(conninfo: str) -> str | None:
     for key, values in _ENUMERATED.items():
         value = given.get(key)
         if value is not None and str(value) not in values:
-            return f"{key}: {str(value)!r} is not one of {', '.join(values)}"
+            return f"{key}: expected one of {', '.join(values)}"
     return None
 
 
@@ -489,7 +528,7 @@ def _pg_queue_problems(brokers: Mapping[str, Any]) -> list[Problem]:
             problems.append(
                 Problem(
                     ("brokers", "pg_queue", "queues", index),
-                    f"{queue!r} is also a pg_notify channel (brokers.pg_notify.channels"
+                    "also a pg_notify channel (brokers.pg_notify.channels"
                     f"[{channels.index(queue)}]); a queue is durable or not, list it in one only",
                 )
             )

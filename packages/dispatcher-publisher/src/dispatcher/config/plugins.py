@@ -155,7 +155,9 @@ def _section_problems(name: str, section: Any) -> list[Problem]:
         explainer = _explainer(name)
     except PluginError as exc:
         return [Problem(where, str(exc))]
-    found = explainer.problems(options) + _shared_explainer().problems(shared)
+    found = explainer.problems(options, quote_values=False) + _shared_explainer().problems(
+        shared, quote_values=False
+    )
     return [Problem((*where, *problem.path), problem.reason) for problem in found]
 
 

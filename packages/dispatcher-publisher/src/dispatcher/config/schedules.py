@@ -56,6 +56,8 @@ _FIELD_SEPARATOR: Final = re.compile(r"[ \t]+")
 _HASHED_OR_RANDOM: Final = re.compile(r"[hr](\(\d+-\d+\))?(/\d+)?", re.IGNORECASE)
 _BRACKETED_EXPRESSION: Final = re.compile(r"^\[[^\]]*\]\s*")
 _SOME_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_QUOTED_PART: Final = re.compile(r"\s*'[^']*'")
+"""A part of a croniter message quoting the expression (``Invalid day_of_week value: '9'``)."""
 
 
 def cron_fields(expression: str) -> list[str]:
@@ -69,7 +71,7 @@ def cron_problem(expression: str) -> str | None:
     The reason starts with ``not a cron expression``.
     """
     fields = cron_fields(expression)
-    what = f"not a cron expression: {expression!r}"
+    what = "not a cron expression"  # the expression is not quoted: it may be a misplaced secret
     if len(fields) == 1 and fields[0].startswith("@"):
         if fields[0].lower() in CRON_ALIASES:
             return None
@@ -103,7 +105,7 @@ def _croniter_problem(expression: str, what: str) -> str | None:
         schedule = croniter(expression.strip(), _SOME_TIME)
     except (ValueError, TypeError, KeyError, IndexError) as exc:  # croniter's own: ValueError
         reason = _BRACKETED_EXPRESSION.sub("", str(exc)).removeprefix("is ").strip()
-        reason = reason.removeprefix("not acceptable, ")
+        reason = _QUOTED_PART.sub("", reason).strip(" :.").removeprefix("not acceptable, ")
         return f"{what}: {reason or 'not acceptable'}"
     try:
         schedule.get_next(float)
@@ -124,10 +126,12 @@ def _bounds_problem(fields: list[str]) -> str | None:
     if len(fields) not in CRON_FIELD_COUNTS:
         return None
     for text, (field, least, greatest) in zip(fields, CRON_FIELDS, strict=False):
-        for item in text.split(","):
+        items = text.split(",")
+        for number, item in enumerate(items, 1):
             reason = _item_problem(item, field, least, greatest)
             if reason is not None:
-                return f"{field}: {reason}"
+                where = f"{field}, item {number} of {len(items)}" if len(items) > 1 else field
+                return f"{where}: {reason}"
     return None
 
 
@@ -140,15 +144,16 @@ def _item_problem(item: str, field: str, least: int, greatest: int) -> str | Non
     bounds = [_value(start, field), _value(end, field)]
     if (start is not None and bounds[0] is None) or (end is not None and bounds[1] is None):
         return None  # not a number nor a name: croniter's to read
-    for given, value in zip((start, end), bounds, strict=True):
+    # No value is quoted (the expression may be a misplaced secret): its place is named.
+    for part, value in zip(("start", "end"), bounds, strict=True):
         if value is not None and not least <= value <= greatest:
-            where = "" if given == item else f" in {item!r}"
-            return f"{given!r}{where} is out of range ({least}-{greatest})"
+            what = "the value" if end is None else f"the {part} of the range"
+            return f"{what} is out of range ({least}-{greatest})"
     if start is not None and end is not None and _one_value(bounds[0], bounds[1], field):
         # croniter reads a range of one value as the whole field (3-3 as every hour).
-        return f"the range {item!r} has one value: write {start!r}"
+        return "a range of one value (such as 3-3), read as the whole field: write the value alone"
     if step is not None and not (_digits(step) and int(step)):
-        return f"step {step!r} in {item!r} is not a positive number"
+        return "the step (after '/') is not a positive number"
     return None
 
 
@@ -194,14 +199,11 @@ def timezone_problem(name: str) -> str | None:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         known = zoneinfo.available_timezones()
         if not known:
-            return (
-                f"unknown time zone {name!r}: this host has no time zone database "
-                "(pip install tzdata)"
-            )
+            return "unknown time zone: this host has no time zone database (pip install tzdata)"
         same = sorted(zone for zone in known if zone.lower() == name.strip().lower())
         if same:
-            return f"unknown time zone {name!r} (did you mean {same[0]!r}?)"
-        return f"unknown time zone {name!r} (expected an IANA name such as 'Europe/Paris')"
+            return f"unknown time zone (did you mean {same[0]!r}?)"
+        return "unknown time zone (expected an IANA name such as 'Europe/Paris')"
     return None
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from dispatcher.schema import Problem
-from dispatcher.schema.errors import json_type_name
 
 MessageKind = Literal["task", "control"]
 
@@ -72,9 +71,7 @@ def load_security(section: Mapping[str, Any]) -> tuple[Security, list[Problem]]:
         where = ("security", "keys", index)
         key_id = entry["id"]
         if key_id in seen:
-            problems.append(
-                Problem((*where, "id"), f"{key_id!r} is also the id of keys[{seen[key_id]}]")
-            )
+            problems.append(Problem((*where, "id"), f"is also the id of keys[{seen[key_id]}]"))
         seen.setdefault(key_id, index)
         secret = _secret(entry, where, problems)
         if secret is not None:
@@ -160,36 +157,19 @@ def _read_secret_file(
 
 _HIDDEN: Final = " (the value is not shown: it may hold a secret)"
 
-_NOT_GIVEN: Final = object()
-
-_SCHEMA_REASONS: Final = (
-    # The schema's reasons (dispatcher.schema.errors), each quoting the value, and what is
-    # said instead: what was expected, quoting the schema only.
-    (re.compile(r"(expected [a-z ]+), got .*", re.DOTALL), r"\1"),
-    (
-        re.compile(r"(must be (?:at least|more than|at most|less than) [^,]+), got .*", re.DOTALL),
-        r"\1",
-    ),
-    (re.compile(r".* is not (a valid .*)", re.DOTALL), r"must be \1"),
-    (re.compile(r".* is not (one of .*)", re.DOTALL), r"must be \1"),
-    (re.compile(r"(must be .*), got .*", re.DOTALL), r"\1"),
-    (re.compile(r".* does not match ('\^.*')", re.DOTALL), r"must match \1"),
-)
-
 _ENV_NAME: Final = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
 """An environment variable's name as they are written; anything else is not shown (a
 secret written as ``secret_env: <the secret>``)."""
 
 
-def hide_secret(problem: Problem, document: Any = _NOT_GIVEN) -> Problem:
-    """Return *problem* with a reason that quotes nothing, when its value may hold a secret.
+def hide_secret(problem: Problem) -> Problem:
+    """Return *problem* saying that its value is not shown, when the value may be a secret.
 
-    Schema errors quote the offending value; anywhere in ``security`` that could be a
-    secret (a key written without ``keys:``, a secret pasted into the wrong setting, a flow
-    mapping's ``{secret: a,b}`` making ``b`` a key). Such a problem says what was expected
-    and the JSON type of what was found (looked up in *document*, the config as
-    validated), never the value; an unknown key there is named only when it is a near miss
-    of a known one.
+    A config's schema problems quote no value (they say what was expected and the JSON type
+    found); in ``security``, where anything could be a secret (a key written without
+    ``keys:``, a secret pasted into the wrong setting, a flow mapping's ``{secret: a,b}``
+    making ``b`` a key), the reason says so, and an unknown key is named only when it is a
+    near miss of a known one.
     """
     path = problem.path
     if path[:1] != ("security",):
@@ -212,23 +192,4 @@ def hide_secret(problem: Problem, document: Any = _NOT_GIVEN) -> Problem:
         )
     if reason.endswith(", got null"):
         return problem
-    expected = "does not match the schema"
-    for pattern, said in _SCHEMA_REASONS:
-        match = pattern.fullmatch(reason)
-        if match:
-            expected = match.expand(said)
-            break
-    value = _NOT_GIVEN if document is _NOT_GIVEN else _at(document, path[1:])
-    found = "" if value is _NOT_GIVEN else f", got {json_type_name(value)}"
-    return Problem(path, f"{expected}{found}{_HIDDEN}")
-
-
-def _at(document: Any, path: tuple[str | int, ...]) -> Any:
-    """The value at *path* in *document*, or ``_NOT_GIVEN`` when there is none."""
-    value = document
-    for item in path:
-        try:
-            value = value[item]
-        except (KeyError, IndexError, TypeError):
-            return _NOT_GIVEN
-    return value
+    return Problem(path, reason + _HIDDEN)

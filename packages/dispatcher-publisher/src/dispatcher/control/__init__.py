@@ -17,9 +17,10 @@ dispatcherd's ``Control`` reads them too.
 
 from dispatcher.control.client_async import acontrol, acontrol_with_reply
 from dispatcher.control.client_sync import control, control_with_reply
-from dispatcher.control.result import ControlResult, entries
+from dispatcher.control.result import MAX_CONTROL_TIMEOUT, ControlResult, entries
 
 __all__ = [
+    "MAX_CONTROL_TIMEOUT",
     "ControlResult",
     "acontrol",
     "acontrol_with_reply",

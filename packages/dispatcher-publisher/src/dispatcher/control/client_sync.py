@@ -6,16 +6,20 @@ Generated from ``client_async.py`` by ``tools/async_to_sync.py``; do not edit.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from dispatcher.control.local import control_payloads
-from dispatcher.control.result import ControlResult
+from dispatcher.control.result import MAX_CONTROL_TIMEOUT, ControlResult
 from dispatcher.publish.connections import sync_require_loop
 from dispatcher.publish.errors import InvalidSubmission, PublishError
-from dispatcher.publish.json_values import may_hold_too_long_integer, shown, unsendable_reason
+from dispatcher.publish.json_values import (
+    may_hold_converted_key,
+    may_hold_too_long_integer,
+    shown,
+    unsendable_reason,
+)
 from dispatcher.publish.messages import too_deep
 from dispatcher.publish.routing import control_broker
 from dispatcher.publish.signing import signed, signing_key
@@ -117,7 +121,8 @@ def _message(command: str, data: Mapping[str, Any] | None, reply_to: str | None)
         try:
             problems = "; ".join(str(p) for p in checker.problems(message))
         except ValueError:  # explaining writes the values out: too long an integer cannot be
-            problems = unsendable_reason(message) or "invalid message"
+            problems = ""
+        problems = problems or unsendable_reason(message) or "invalid message"
         raise InvalidSubmission(f"cannot send control command {command!r}: {problems}")
     return message
 
@@ -141,11 +146,12 @@ def _check_waiting(command: str, expected_replies: object, timeout: object) -> N
     if (
         not isinstance(timeout, int | float)
         or isinstance(timeout, bool)
-        or not 0 < timeout < math.inf
+        or not 0 < timeout <= MAX_CONTROL_TIMEOUT
     ):
         raise InvalidSubmission(
             f"cannot send control command {shown(command)}: timeout: expected a number of "
-            f"seconds above 0, got {_described(timeout)}"
+            f"seconds above 0 and at most {MAX_CONTROL_TIMEOUT} (365 days), got "
+            f"{_described(timeout)}"
         )
 
 
@@ -163,7 +169,11 @@ def _text(message: dict[str, Any]) -> str:
     except (TypeError, ValueError, RecursionError) as exc:
         reason: str | None = unsendable_reason(message) or str(exc)
     else:
-        reason = unsendable_reason(message) if may_hold_too_long_integer(text) else None
+        reason = (
+            unsendable_reason(message)
+            if may_hold_too_long_integer(text) or may_hold_converted_key(text, 1)
+            else None
+        )
         if reason is None and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
             reason = too_deep(message)
     if reason is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from dispatcher.schema import (
     CHUNK_KEY,
@@ -22,6 +22,11 @@ from dispatcher.schema import (
 )
 
 logger = logging.getLogger("dispatcher.control")
+
+MAX_CONTROL_TIMEOUT: Final = 31_536_000
+"""The longest wait for replies, in seconds (365 days): ``timeout`` and ``dispatcherctl
+--timeout`` take no more (the socket's wait cannot be longer than about 290 years, and no
+one waits that long for a reply)."""
 
 
 @dataclass

@@ -7,7 +7,9 @@ the one at fault and say why.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import sys
 from typing import Any, Final
 
@@ -40,12 +42,31 @@ def shown(value: object) -> str:
         )
 
 
+def json_key(key: str | float | bool | None) -> str:
+    """The string JSON writes for the key *key*: ``None`` is ``"null"``, ``1`` is ``"1"``.
+
+    As :mod:`json` writes it: ``True`` ``"true"``, an integer or a float its ``repr()``
+    (that of :class:`int` or :class:`float`, for a subclass such as an ``IntEnum``).
+    """
+    if isinstance(key, str):
+        return key
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, int):
+        return int.__repr__(key)
+    return float.__repr__(key)
+
+
 def first_unsendable(value: Any, path: Path = ()) -> tuple[Path, str] | None:
     """The first value in *value* that JSON cannot represent or a service cannot read, and why.
 
     Those are values of other types than JSON's, NaN and infinities, keys that are no
-    strings nor numbers, and integers of more than :data:`MAX_INTEGER_DIGITS` digits.
-    *path* is where *value* is.
+    strings nor numbers (or that are NaN or infinite), integers of more than
+    :data:`MAX_INTEGER_DIGITS` digits, and two keys of a dict that JSON writes as the same
+    string (``1`` and ``"1"``, ``None`` and ``"null"``): a service would read one value
+    only. *path* is where *value* is; a key in it is the string JSON writes.
 
     :raises RecursionError: when *value* contains itself, or nests too deeply to walk.
     """
@@ -62,12 +83,29 @@ def first_unsendable(value: Any, path: Path = ()) -> tuple[Path, str] | None:
                 return found
         return None
     if isinstance(value, dict):
+        written: dict[str, Any] | None = None  # the keys by their JSON text, once one is no str
         for key, item in value.items():
-            if not isinstance(key, str | int | float | bool) and key is not None:
-                return (path, f"key {key!r} of type {type(key).__name__} cannot be a JSON key")
-            if isinstance(key, int) and has_too_many_digits(key):
-                return (path, f"an integer key {TOO_MANY_DIGITS}")
-            found = first_unsendable(item, (*path, str(key)))
+            if isinstance(key, str):
+                name = key
+            else:
+                if not isinstance(key, int | float) and key is not None:
+                    return (path, f"key {key!r} of type {type(key).__name__} cannot be a JSON key")
+                if isinstance(key, int) and has_too_many_digits(key):
+                    return (path, f"an integer key {TOO_MANY_DIGITS}")
+                if isinstance(key, float) and not math.isfinite(key):
+                    return (path, f"the key {key} is not valid in JSON")
+                name = json_key(key)
+                if written is None:
+                    written = {other: other for other in value if isinstance(other, str)}
+                if name in written:
+                    return (
+                        (*path, name),
+                        f"the keys {shown(written[name])} and {shown(key)} are both "
+                        f"{json.dumps(name)} in JSON: a service would read one of their values "
+                        "only",
+                    )
+                written[name] = key
+            found = first_unsendable(item, (*path, name))
             if found:
                 return found
         return None
@@ -85,6 +123,22 @@ def unsendable_reason(value: Any, path: Path = ()) -> str | None:
         where = f"{format_path(path)}: " if path else ""
         return f"{where}nested too deeply, or contains itself"
     return None if found is None else f"{format_path(found[0])}: {found[1]}"
+
+
+_CONVERTED_KEY: Final = re.compile(r'"(?:null|true|false|-?[0-9][0-9.e+-]*)":')
+"""A key as JSON writes a key that is no string (``None``, ``True``, a number): the string
+key ``"1"`` looks the same."""
+
+
+def may_hold_converted_key(text: str, start: int = 0) -> bool:
+    """Whether the JSON text *text*, which this process wrote, may hold a key that was no string.
+
+    Two keys JSON writes the same (``1`` and ``"1"``) would lose a value: only a text that
+    holds a key written as one that was no string is walked (:func:`first_unsendable`), to
+    look for them. *start* is where an object may begin whose keys are not known to be
+    strings (1 for a message, whose own keys are).
+    """
+    return text.find("{", start) != -1 and _CONVERTED_KEY.search(text) is not None
 
 
 def may_hold_too_long_integer(text: str) -> bool:

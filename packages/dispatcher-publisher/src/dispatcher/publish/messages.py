@@ -21,7 +21,12 @@ from dispatcher.publish.arguments import argument_problem
 from dispatcher.publish.brokers import JobBroker
 from dispatcher.publish.errors import InvalidSubmission, PublishError
 from dispatcher.publish.fast_path import surely_valid
-from dispatcher.publish.json_values import first_unsendable, may_hold_too_long_integer, shown
+from dispatcher.publish.json_values import (
+    first_unsendable,
+    may_hold_converted_key,
+    may_hold_too_long_integer,
+    shown,
+)
 from dispatcher.publish.mistakes import check_queue, check_task_name
 from dispatcher.publish.pg_text import text_problem
 from dispatcher.publish.registry import Queue, RegisteredTask, check_max_attempts, registry
@@ -49,6 +54,26 @@ RESERVED_KEYS: Final = frozenset(
     | {"channel", "control", CHUNK_KEY, SIGNED_KEY}
 )
 """Message keys the SDK sets itself, which ``extra`` may not contain."""
+
+SUBMISSION_ARGUMENTS: Final = frozenset(
+    {"args", "kwargs", "queue", "uuid", "timeout", "delay", "on_duplicate", "bind"}
+    | {"connection", "max_attempts", "processor_options"}
+)
+"""The arguments of ``submit_task()`` (and ``apply_async()``) other than ``extra``: passed in
+``extra``, one would be a message key that does nothing, or the SDK's own key."""
+
+EXTRA_REFUSED: Final = RESERVED_KEYS | SUBMISSION_ARGUMENTS
+"""The keys ``extra`` may not hold."""
+
+
+def _extra_advice(key: str) -> str:
+    """What to do instead of putting *key* in ``extra``."""
+    if key in SUBMISSION_ARGUMENTS:
+        return f"pass {key}=... to submit_task() or apply_async() instead"
+    if key == "task":
+        return "the task is submit_task()'s first argument"
+    return "the SDK sets it"
+
 
 ProcessorOptions = Mapping[str, Any] | Iterable[Any] | None
 """dispatcherd's ``processor_options``: its params objects (anything with a ``to_dict()``),
@@ -173,9 +198,12 @@ def prepare_submission(
         not_text = [key for key in extra if type(key) is not str]
         if not_text:
             raise _invalid(name, f"extra: keys must be strings, got {shown(not_text[0])}")
-        clashes = sorted(str(key) for key in extra if key in RESERVED_KEYS)
+        clashes = sorted(str(key) for key in extra if key in EXTRA_REFUSED)
         if clashes:
-            raise _invalid(name, f"extra: {', '.join(clashes)} cannot be set through extra")
+            said = "; ".join(
+                f"{key} cannot be set through extra: {_extra_advice(key)}" for key in clashes
+            )
+            raise _invalid(name, f"extra: {said}")
         message.update(extra)
 
     # A registered task's name was checked at registration, and the rest of the message is
@@ -483,9 +511,15 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
             )
             # Arguments nest no deeper than they have characters: short ones cannot be too deep.
             may_be_deep = len(args) + len(kwargs) >= MAX_NESTING_DEPTH
+            converted_keys = (
+                may_hold_converted_key(args, 0)
+                or may_hold_converted_key(kwargs, 1)
+                or not _keys_are_strings(message["kwargs"])
+            )
         else:
             text = _encode(message)
             may_be_deep = True
+            converted_keys = may_hold_converted_key(text, 1)
     except (TypeError, ValueError, RecursionError) as exc:
         nested = too_deep(message)
         if nested is not None:
@@ -496,7 +530,9 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
             found = ((), "the arguments are nested too deeply, or contain themselves")
         path, reason = found or ((), str(exc))
         raise _invalid(name, f"{_as_given(path)}: {reason}") from None
-    if may_hold_too_long_integer(text) and (found := first_unsendable(message)) is not None:
+    if (converted_keys or may_hold_too_long_integer(text)) and (
+        found := first_unsendable(message)
+    ) is not None:
         raise _invalid(name, f"{_as_given(found[0])}: {found[1]}")
     # n arrays and objects cannot nest deeper than n: most messages skip the walk.
     if may_be_deep and text.count("[") + text.count("{") > MAX_NESTING_DEPTH:
@@ -504,6 +540,15 @@ def _serialise(name: str, message: dict[str, Any], *, plain: bool = False) -> st
         if nested is not None:
             raise _invalid(name, nested)
     return text
+
+
+def _keys_are_strings(mapping: dict[Any, Any]) -> bool:
+    """Whether every key of *mapping* is a string (joined at C speed: refused if one is not)."""
+    try:
+        "".join(mapping)
+    except TypeError:
+        return False
+    return True
 
 
 def _unexplained(message: dict[str, Any]) -> str:

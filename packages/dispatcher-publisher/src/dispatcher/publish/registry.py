@@ -153,7 +153,9 @@ def _check_defaults(entry: RegisteredTask) -> None:
     checker = validator("task-message")
     if not checker.is_valid(trial):
         reasons = "; ".join(str(problem) for problem in checker.problems(trial))
-        raise RegistrationError(f"cannot register {entry.name}: {reasons}")
+        raise RegistrationError(
+            f"cannot register {entry.name}: {reasons or 'a default the task message refuses'}"
+        )
 
 
 def _origin(target: object) -> tuple[str, str]:

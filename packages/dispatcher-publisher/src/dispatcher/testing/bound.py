@@ -11,6 +11,10 @@ from dispatcher.publish.submit_sync import submit_task
 SUBMIT_OPTIONS: Final = ("args", "kwargs", "uuid", "timeout", "delay", "on_duplicate", "bind")
 """Keys of a ``run`` command's message that are options of ``submit_task()``."""
 
+IGNORED_KEYS: Final = ("queue", "max_attempts", "processor_options", "connection")
+"""Keys of a ``run`` command's message named as ``submit_task()``'s other arguments, which
+``extra`` refuses: a service's ``run`` takes the message as it is, and they do nothing."""
+
 QUIET_COMMANDS: Final = frozenset({"running", "cancel", "alive"})
 """Commands answered as a service with nothing else running would: an empty reply."""
 
@@ -50,6 +54,8 @@ def _run(data: dict[str, Any]) -> dict[str, Any]:
         return {"error": "task refused: the message has no task name"}
     message.pop("time_pub", None)
     options = {key: message.pop(key) for key in SUBMIT_OPTIONS if key in message}
+    for key in IGNORED_KEYS:  # a service keeps them in the message, where they do nothing
+        message.pop(key, None)
     try:
         submission = submit_task(task, extra=message or None, **options)
     except PublishError as exc:

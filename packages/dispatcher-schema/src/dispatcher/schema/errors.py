@@ -8,7 +8,9 @@ sentences built from ``jsonschema`` errors.
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -73,21 +75,62 @@ _BOUNDS = {
 }
 
 
-def format_path(path: Sequence[PathItem]) -> str:
+def format_path(path: Sequence[object]) -> str:
     """Render a location inside a JSON document, e.g. ``brokers.pg_notify.channels[1]``.
 
     Keys that are not plain identifiers are written in brackets (``scheduled['a.b']``);
-    the document itself is ``(root)``.
+    the document itself is ``(root)``. A key of another type than a string (a YAML ``~:``,
+    ``1.5:`` or ``2024-01-01:``, a dict built in Python) is written in brackets as
+    :func:`key_text` writes it (``service[null]``): any value can be a step of a path.
     """
     text = ""
     for item in path:
-        if isinstance(item, int):
+        if isinstance(item, int) and not isinstance(item, bool):
             text += f"[{item}]"
+        elif not isinstance(item, str):
+            text += f"[{key_text(item)}]"
         elif _IDENTIFIER.match(item) and len(item) <= MAX_QUOTED_CHARS:
             text += f".{item}" if text else item
         else:
             text += f"[{quoted(item)}]"
     return text or "(root)"
+
+
+def key_text(key: object) -> str:
+    """A key of a mapping as a path shows it: a string quoted, another key as YAML writes it.
+
+    ``None`` is ``null``, booleans ``true`` and ``false``, a date its ISO form
+    (``2024-01-01``), anything else its ``repr()``, cut as :func:`quoted` cuts it.
+    """
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, datetime.date):  # a datetime too
+        return key.isoformat()
+    return quoted(key)
+
+
+def key_kind(key: object) -> str:
+    """What a key that is not a string is, for a reason: ``null``, ``an integer``, ``a date``..."""
+    if key is None:
+        return "null"
+    for kinds, name in _KEY_KINDS:
+        if isinstance(key, kinds):
+            return name
+    return f"a value of type {type(key).__name__}"
+
+
+_KEY_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (datetime.datetime, "a date and time"),
+    (datetime.date, "a date"),
+    ((bytes, bytearray), "binary data"),
+    ((list, tuple), "a list"),
+    (dict, "a mapping"),
+)
 
 
 def quoted(value: Any) -> str:
@@ -122,8 +165,18 @@ class Problem:
 
     @property
     def sort_key(self) -> tuple[list[tuple[int, str]], str]:
-        """Orders problems as their locations appear in a document (indexes numerically)."""
-        path = [(0, f"{p:08d}") if isinstance(p, int) else (1, p) for p in self.path]
+        """Orders problems as their locations appear in a document (indexes numerically).
+
+        Keys of any type compare (a string key before another key, such as ``None``).
+        """
+        path = [
+            (0, f"{p:08d}")
+            if isinstance(p, int) and not isinstance(p, bool)
+            else (1, p)
+            if isinstance(p, str)
+            else (2, key_text(p))
+            for p in self.path
+        ]
         return path, self.reason
 
     def __str__(self) -> str:
@@ -144,15 +197,21 @@ def json_type_name(value: Any) -> str:
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def problems_from_errors(errors: Iterable[ValidationError]) -> list[Problem]:
-    """Turn ``jsonschema`` errors into problems, sorted by location."""
+def problems_from_errors(
+    errors: Iterable[ValidationError], *, quote_values: bool = True
+) -> list[Problem]:
+    """Turn ``jsonschema`` errors into problems, sorted by location.
+
+    With *quote_values* false, no reason quotes the value at fault (a config's value may be
+    a secret): it says what was expected, and the JSON type of what was found.
+    """
     problems: list[Problem] = []
     for error in errors:
-        problems.extend(_problems_from_error(error))
+        problems.extend(_problems_from_error(error, quote_values))
     return sorted(set(problems), key=lambda problem: problem.sort_key)
 
 
-def _problems_from_error(error: ValidationError) -> list[Problem]:
+def _problems_from_error(error: ValidationError, quote_values: bool) -> list[Problem]:
     path: tuple[PathItem, ...] = tuple(error.absolute_path)
     keyword = error.validator
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -167,21 +226,24 @@ def _problems_from_error(error: ValidationError) -> list[Problem]:
             Problem((*path, key), _unknown_key_reason(key, schema))
             for key in _unexpected_keys(error.instance, schema)
         ]
-    return [Problem(path, _reason(error, schema))]
+    reason = _reason(error, schema) if quote_values else _unquoted_reason(error, schema)
+    return [Problem(path, reason or f"does not match the schema ({keyword})")]
 
 
 def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
     keyword, instance = error.validator, error.instance
     expected: Any = error.validator_value
     title = schema.get("title")
-    if title and keyword in {"pattern", "minLength", "maxLength"}:
-        hint = schema.get("description", "").rstrip(".")
-        suffix = f" ({hint})" if hint else ""
-        return f"{quoted(instance)} is not a valid {title}{suffix}"
+    if title and keyword in _LENGTHS:
+        return f"{quoted(instance)} is not a valid {title}: {_length_rule(keyword, expected)}"
+    if title and keyword == "pattern":
+        return f"{quoted(instance)} is not a valid {title}{_hint(schema)}"
     if keyword == "type":
         types = expected if isinstance(expected, list) else [expected]
         if instance is None:
             return f"expected {' or '.join(types)}, got null"
+        if _foreign_number(instance):
+            return f"expected {' or '.join(types)}, got {quoted(instance)}{_INT_OR_FLOAT}"
         return f"expected {' or '.join(types)}, got {json_type_name(instance)} {quoted(instance)}"
     if keyword in _BOUNDS:
         return f"must be {_BOUNDS[keyword]} {expected!r}, got {quoted(instance)}"
@@ -192,6 +254,83 @@ def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
         return f"{quoted(instance)} is not one of {choices}"
     # jsonschema's own words quote the value whole: quote it as above instead.
     return str(error.message).replace(repr(instance), quoted(instance))
+
+
+_INT_OR_FLOAT = ", which is no number of JSON: give an int or a float"
+
+
+def _foreign_number(value: Any) -> bool:
+    """Whether *value* is a number of another type than JSON's (a ``Decimal``, a ``Fraction``)."""
+    return isinstance(value, numbers.Number) and not isinstance(value, int | float)
+
+
+_LENGTHS = {"minLength": "too short (at least", "maxLength": "too long (at most"}
+
+
+def _length_rule(keyword: str, limit: int) -> str:
+    """``too short (at least 2 characters)``, ``too long (at most 255 characters)``."""
+    return f"{_LENGTHS[keyword]} {limit} character{'' if limit == 1 else 's'})"
+
+
+def _hint(schema: dict[str, Any]) -> str:
+    """`` (what the value should be)``: a titled definition's description, or nothing."""
+    hint = str(schema.get("description", "")).rstrip(".")
+    return f" ({hint})" if hint else ""
+
+
+def _unquoted_reason(error: ValidationError, schema: dict[str, Any]) -> str:
+    """What :func:`_reason` says, quoting no value: what was expected, and the type found."""
+    keyword, instance = error.validator, error.instance
+    expected: Any = error.validator_value
+    title = schema.get("title")
+    found = json_type_name(instance)
+    if keyword in _LENGTHS:
+        rule = _length_rule(keyword, expected)
+        return f"not a valid {title}: {rule}" if title else rule
+    if keyword == "pattern":
+        if title:
+            return f"not a valid {title}{_hint(schema)}"
+        return f"does not match the pattern {expected!r}"
+    if keyword == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        if _foreign_number(instance):
+            return f"expected {' or '.join(types)}, got a {found}{_INT_OR_FLOAT}"
+        return f"expected {' or '.join(types)}, got {found}"
+    if keyword in _BOUNDS:
+        return f"must be {_BOUNDS[keyword]} {expected!r}"
+    if keyword == "multipleOf":
+        return f"must be a multiple of {expected!r}"
+    if keyword == "const":
+        return f"must be {expected!r}"
+    if keyword == "enum":
+        return f"expected one of {', '.join(repr(choice) for choice in expected)}"
+    if keyword in ("minItems", "maxItems", "minProperties", "maxProperties"):
+        bound = "least" if keyword.startswith("min") else "most"
+        what = "item" if keyword.endswith("Items") else "key"
+        return f"expected at {bound} {expected} {what}{'' if expected == 1 else 's'}"
+    if keyword == "uniqueItems":
+        # The explaining validator names the repeated item's index without its value; only
+        # jsonschema's own words ("... has non-unique elements") quote the whole array.
+        message = str(error.message)
+        return _repeated_item(instance) if "non-unique" in message else message
+    if keyword == "format":
+        return f"not a valid {expected}"
+    if keyword in ("anyOf", "oneOf"):
+        return f"a {found} that matches none of the forms this setting takes"
+    if keyword == "not":
+        return f"a {found} is not taken here"
+    return ""  # the caller says which keyword of the schema it fails
+
+
+def _repeated_item(items: Any) -> str:
+    """Which items of *items* are the same (their indexes, not their values)."""
+    if isinstance(items, list | tuple):
+        for later, item in enumerate(items):
+            for earlier in range(later):
+                other = items[earlier]
+                if type(other) is type(item) and other == item:
+                    return f"items [{earlier}] and [{later}] are the same: each may be given once"
+    return "has repeated items: each may be given once"
 
 
 def _quoted_name(message: str) -> str:

@@ -63,10 +63,30 @@ def duplicate_identity(message: Mapping[str, Any]) -> str:
     their keys, and the SQL function and the Node.js example agree.
     """
     parts = [message["task"], message.get("args", []), message.get("kwargs", {})]
-    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    try:
+        text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    except TypeError:  # keys of types that do not compare (1 and "b"): as JSON writes them
+        text = _with_keys_as_written(parts)
+    else:
+        if _CONVERTED_KEY.search(text) is not None:  # maybe sorted as numbers: 10 before 9
+            text = _with_keys_as_written(parts)
     if _MAY_NEED_CANONICAL.search(text) is None:
         return text  # no float in exponent form, no negative zero: the text is canonical
     return _STRING_OR_NUMBER.sub(_canonical_token, text)
+
+
+_CONVERTED_KEY: Final = re.compile(r'"(?:null|true|false|-?[0-9][0-9.eE+-]*)":')
+"""A key as JSON writes one that was no string in Python (``None``, ``True``, a number)."""
+
+
+def _with_keys_as_written(parts: list[Any]) -> str:
+    """The sorted JSON text of *parts* once its keys are strings, as a service reads them.
+
+    A publisher's arguments may have keys that are no strings (``{1: "a"}``): their order is
+    that of the strings JSON writes for them, as in the identity a service computes.
+    """
+    as_read = json.loads(json.dumps(parts, separators=(",", ":")))
+    return json.dumps(as_read, sort_keys=True, separators=(",", ":"))
 
 
 def duplicate_key(message: Mapping[str, Any]) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -49,12 +51,21 @@ class Validator:
                 pass
         return not self.problems(instance)
 
-    def problems(self, instance: Any) -> list[Problem]:
-        """Say what is wrong with *instance*, sorted by location; empty when it is valid."""
+    def problems(self, instance: Any, *, quote_values: bool = True) -> list[Problem]:
+        """Say what is wrong with *instance*, sorted by location; empty when it is valid.
+
+        Never empty when :meth:`is_valid` refuses *instance*, and never raises for a value
+        of a type JSON does not have (a ``Decimal`` NaN, a ``datetime``): it is named.
+
+        With *quote_values* false, no reason quotes a value of *instance* (a config's may be
+        a secret): each says what was expected, and the JSON type of what was found.
+        """
         if self._explainer is None:
             self._explainer = _explainer_class()(self._schema)
         try:
-            return problems_from_errors(self._explainer.iter_errors(instance))
+            found = problems_from_errors(
+                self._explainer.iter_errors(instance), quote_values=quote_values
+            )
         except ValueError:  # explaining writes values out: a too long integer cannot be
             path = _too_long_integer(instance, ())
             if path is None:
@@ -64,6 +75,25 @@ class Validator:
                 f"service reads integers of at most {MAX_INTEGER_DIGITS} digits)"
             )
             return [Problem(path, reason)]
+        except Exception:  # a value no JSON decoder makes, whose comparisons raise
+            found = []
+        if found or not self._refused_by_compiled(instance):
+            return found
+        # jsonschema saw nothing wrong where the compiled schema did (or could not look):
+        # a value JSON has no text for. Never an empty explanation.
+        odd = _first_value_not_json(instance, ())
+        if odd is None:
+            return [Problem((), "does not match the schema")]
+        return [Problem(*odd)]
+
+    def _refused_by_compiled(self, instance: Any) -> bool:
+        """Whether the compiled schema refuses *instance* (or fails on it); not without one."""
+        if self._compiled is None:
+            return False
+        try:
+            return not self._compiled(instance)
+        except Exception:  # a value no JSON decoder makes, with odd methods
+            return True
 
     def validate(self, instance: Any) -> None:
         """Return if *instance* matches the schema.
@@ -72,12 +102,35 @@ class Validator:
         """
         if self.is_valid(instance):
             return
-        # The two validators differ only on values JSON has no text for (NaN, Infinity),
-        # which the compiled one refuses and jsonschema lets pass.
-        problems = self.problems(instance) or [
-            Problem((), "holds a value JSON cannot represent (such as NaN or Infinity)")
-        ]
-        raise SchemaValidationError(self.name, problems)
+        raise SchemaValidationError(self.name, self.problems(instance))
+
+
+def _first_value_not_json(value: Any, path: tuple[PathItem, ...]) -> tuple[Any, str] | None:
+    """The place of the first value in *value* that is not JSON's, and what it is.
+
+    A value of another type than JSON's (a ``Decimal``, a ``datetime``), a NaN or an
+    infinity, or a key that is not a string.
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, f"{value} is not valid in JSON")
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _first_value_not_json(item, (*path, index))
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _first_value_not_json(item, (*path, key))
+            if found is not None:
+                return found
+        return None
+    kind = type(value).__name__
+    if isinstance(value, numbers.Number):
+        return path, f"a {kind}, not a number of JSON: give an int or a float"
+    return path, f"a value of type {kind} is not JSON-serialisable"
 
 
 @functools.cache
@@ -86,10 +139,11 @@ def _explainer_class() -> type[jsonschema.Draft202012Validator]:
 
     A ``pattern`` or a key of ``patternProperties`` has ECMA-262's ``$`` (end of text, not
     before a final newline) and matches only string keys; a tuple is an array, as the JSON
-    encoder writes it; ``uniqueItems`` finds any two equal items (``jsonschema`` compares only
-    neighbours once sorted, and ``[[1], [true], [1]]`` sorts with the two ``[1]`` apart), and
-    names each repeated item by its index and the first one's (``channels[3]: repeats item
-    [0]``), at most :data:`MAX_REPEATS_SHOWN`, rather than quoting the whole array.
+    encoder writes it; a number is an ``int`` or a ``float`` (not a ``Decimal``);
+    ``uniqueItems`` finds any two equal items (``jsonschema`` compares only neighbours once
+    sorted, and ``[[1], [true], [1]]`` sorts with the two ``[1]`` apart), and names each
+    repeated item by its index and the first one's (``channels[3]: repeats item [0]``), at
+    most :data:`MAX_REPEATS_SHOWN`, rather than quoting the whole array.
     """
     import jsonschema  # costs ~0.1 s to import: only when there is something to explain
 
@@ -141,8 +195,19 @@ def _explainer_class() -> type[jsonschema.Draft202012Validator]:
                 f"{count} items repeat earlier ones; the first {MAX_REPEATS_SHOWN} are named"
             )
 
-    checker = base.TYPE_CHECKER.redefine(
-        "array", lambda checker, instance: isinstance(instance, (list, tuple))
+    checker = base.TYPE_CHECKER.redefine_many(
+        {
+            "array": lambda checker, instance: isinstance(instance, (list, tuple)),
+            # An int or a float, as the compiled schema has it: a Decimal or a Fraction is no
+            # number of JSON (and a Decimal NaN raises when compared with a bound).
+            "number": lambda checker, instance: (
+                isinstance(instance, (int, float)) and not isinstance(instance, bool)
+            ),
+            "integer": lambda checker, instance: (
+                (isinstance(instance, int) and not isinstance(instance, bool))
+                or (isinstance(instance, float) and instance.is_integer())
+            ),
+        }
     )
     extended: type[jsonschema.Draft202012Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
         base,

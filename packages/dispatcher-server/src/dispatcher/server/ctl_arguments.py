@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from dispatcher.control import MAX_CONTROL_TIMEOUT
 from dispatcher.schema import DecodeError, decode_json
 
 SHOWN_CHARACTERS: Final = 80
@@ -56,10 +57,16 @@ def seconds_up_to(high: int) -> Callable[[str], float]:
 
 
 def positive_seconds(text: str) -> float:
-    """An argument that must be a number of seconds above 0 (and finite)."""
+    """An argument that must be a number of seconds above 0, and at most a year.
+
+    That is :data:`~dispatcher.control.MAX_CONTROL_TIMEOUT`, the longest wait for replies.
+    """
     value = _number(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    if not 0 < value <= MAX_CONTROL_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds above 0 and at most {MAX_CONTROL_TIMEOUT} "
+            f"(365 days), got {text!r}"
+        )
     return value
 
 

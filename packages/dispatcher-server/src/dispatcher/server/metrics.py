@@ -56,6 +56,16 @@ class MetricsSource(Protocol):
         """The registered task names (none until the first worker has said)."""
 
 
+def metrics_url(host: str, port: int) -> str:
+    """The URL of the metrics on *host* and *port*; an IPv6 address is bracketed (RFC 3986).
+
+    A zone (``fe80::1%eth0``) has its ``%`` written ``%25`` (RFC 6874).
+    """
+    if ":" in host and not host.startswith("["):
+        host = "[" + host.replace("%", "%25") + "]"
+    return f"http://{host}:{port}/metrics"
+
+
 class MetricsServer:
     """Serves the service's metrics on ``service.metrics.host`` and ``port``."""
 
@@ -64,6 +74,11 @@ class MetricsServer:
         self.host = host
         self.port = port
         self.requests = 0
+
+    @property
+    def url(self) -> str:
+        """Where the metrics are: ``http://127.0.0.1:8070/metrics``, ``http://[::1]:8070/metrics``."""
+        return metrics_url(self.host, self.port)
 
     async def run(
         self,
@@ -97,7 +112,7 @@ class MetricsServer:
             on_refused(refused)
             return
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        logger.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
+        logger.info("serving metrics on %s", self.url)
         report_started()
         async with listener:
             await serve_connections(

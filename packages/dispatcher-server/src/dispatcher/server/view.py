@@ -244,6 +244,7 @@ class ServiceView:
             },
             "host": server.host,
             "port": server.port,
+            "url": server.url,
             "requests": server.requests,
         }
 

@@ -84,6 +84,16 @@ async def start_listening(conn: psycopg.AsyncConnection[Any], channels: Iterable
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
 
+class SelfCheckTimeout(TimeoutError):
+    """The self-check's NOTIFY did not come back within ``self_check_timeout`` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            "the self-check round trip took longer than brokers.pg_notify.self_check_timeout "
+            f"({timeout:g} s)"
+        )
+
+
 class PgNotifyBroker(BrokerBase):
     """Receives notifications on ``brokers.pg_notify.channels``; replies with NOTIFY."""
 
@@ -183,17 +193,21 @@ class PgNotifyBroker(BrokerBase):
             drain.last_heard = time.monotonic()
 
     async def _self_check(self, conn: psycopg.AsyncConnection[Any], drain: _Drain) -> None:
-        """Send a NOTIFY to ourselves; raise TimeoutError if it does not come back in time."""
+        """Send a NOTIFY to ourselves; raise :class:`SelfCheckTimeout` if it comes back late."""
         self._check_serial += 1
         token = str(self._check_serial)
         started = time.monotonic()
-        with anyio.fail_after(self.settings.self_check_timeout):
-            await conn.execute("SELECT pg_notify(%s, %s)", (self.check_channel, token))
-            while True:
-                drain.run()
-                if drain.check_token == token:
-                    break
-                await drain.wait()
+        timeout = self.settings.self_check_timeout
+        try:
+            with anyio.fail_after(timeout):
+                await conn.execute("SELECT pg_notify(%s, %s)", (self.check_channel, token))
+                while True:
+                    drain.run()
+                    if drain.check_token == token:
+                        break
+                    await drain.wait()
+        except TimeoutError:
+            raise SelfCheckTimeout(timeout) from None
         took = time.monotonic() - started
         stats = self._stats
         stats.self_checks += 1
