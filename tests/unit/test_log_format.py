@@ -13,7 +13,7 @@ import pytest
 
 from dispatcher.schema import LOG_FORMATS, load_schema
 from dispatcher.schema import log_fields as fields
-from dispatcher.server.logformat import JsonFormatter
+from dispatcher.server.logformat import HeldRecords, JsonFormatter
 from dispatcher.server.logsafe import MAX_LOGGED_CHARS, log_to
 from dispatcher.server.rejection import REJECTION_REASONS
 from support.paths import REPO
@@ -132,3 +132,31 @@ def test_every_reason_the_service_counts_is_a_known_one() -> None:
     counted.discard("stopping")  # refused to the caller inside the service, not counted
     assert {"unknown_task", "control_not_allowed", "internal_error"} <= counted
     assert counted <= set(REJECTION_REASONS)
+
+
+def test_records_held_until_the_format_is_known_are_all_kept_then_written() -> None:
+    """Every record logged while the config is read is kept (the first one used to take the
+    keeper off the root logger, its lock held), then written in the chosen format."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        held = HeldRecords.hold(logging.INFO)
+        logger = logging.getLogger("dispatcher.config")
+        logger.info("first")
+        logger.info("second")
+        logger.warning("third")
+        logger.debug("not kept: below the level")
+        held.stop_holding()
+        written = io.StringIO()
+        log_to(written, logging.INFO, JsonFormatter())
+        held.replay()
+        logger.info("after")
+        assert [(r["level"], r["message"]) for r in lines(written)] == [
+            ("INFO", "first"),
+            ("INFO", "second"),
+            ("WARNING", "third"),
+            ("INFO", "after"),
+        ]
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)

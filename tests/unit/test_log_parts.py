@@ -26,6 +26,7 @@ from dispatcher.server.logsafe import (
     get_logger,
     lean_records,
     log_to,
+    named_list,
 )
 
 FORGED = "x\nCRITICAL dispatcher.service: FORGED LINE"
@@ -185,3 +186,11 @@ def test_handlers_writing_to_fds_1_and_2_are_pointed_at_the_log() -> None:
     finally:
         for handler in handlers:
             handler.close()
+
+
+def test_a_long_list_of_names_is_cut_after_twenty_saying_how_many_more() -> None:
+    names = [f"channel_{n}" for n in range(25)]
+    said = str(named_list(names))
+    assert said.startswith("channel_0, channel_1, ")
+    assert said.endswith("channel_19 and 5 more")
+    assert str(named_list(names[:3])) == "channel_0, channel_1, channel_2"

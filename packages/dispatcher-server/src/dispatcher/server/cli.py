@@ -130,12 +130,17 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
         from dispatcher.server.logsafe import log_to
         from dispatcher.server.task_imports import missing_modules
 
-        # Until the config says the format (reading it may log), records wait for it.
-        held = HeldRecords.hold(level) if options.log_format is None else None
+        # Until the config says the format (reading it may log), records wait for it; a
+        # format given on the command line is the log's from the start.
+        held: HeldRecords | None = None
+        if options.log_format is None:
+            held = HeldRecords.hold(level)
+        else:
+            log_to(sys.stderr, level, service_formatter(options.log_format))
 
         def start_logging(log_format: LogFormat) -> None:
             if held is not None:
-                held.release()  # (else log_to would take it for the application's handler)
+                held.stop_holding()  # (else log_to would take it for the application's)
             log_to(sys.stderr, level, service_formatter(log_format))
             if held is not None:
                 held.replay()

@@ -519,13 +519,13 @@ def _install_service_config(options: Mapping[str, Any], settings: Settings | Non
     checked them: a config of thousands of channels costs time to check), else the config
     document of *options*, loaded here.
     """
-    document = options.get("config")
-    if document is None:
-        return
     from dispatcher.config import ConfigError, install, setup
 
-    if settings is not None:
+    if settings is not None:  # (also when the config cannot travel as a document)
         install(settings)
+        return
+    document = options.get("config")
+    if document is None:
         return
     try:
         setup(config=document, source=options.get("config_source") or "config")

@@ -56,7 +56,7 @@ class HeldRecords(logging.Handler):
     While the config is being read (which may log): written once it is known, the first
     lines are in the format of the rest.
 
-    :meth:`hold` installs it as the root logger's only handler, :meth:`release` takes it
+    :meth:`hold` installs it as the root logger's only handler, :meth:`stop_holding` takes it
     away (before the root logger gets its handler for good), and :meth:`replay` has the
     root logger's handlers of then write what it kept (up to :data:`MAX_HELD` records).
     """
@@ -79,8 +79,11 @@ class HeldRecords(logging.Handler):
         logging.basicConfig(level=level, handlers=[held], force=True)
         return held
 
-    def release(self) -> None:
-        """Stop keeping records: take this handler off the root logger."""
+    def stop_holding(self) -> None:
+        """Stop keeping records: take this handler off the root logger.
+
+        (Not ``release``: that is :class:`logging.Handler`'s lock, released after each record.)
+        """
         logging.root.removeHandler(self)
 
     def replay(self) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final, TextIO
 
 MAX_LOGGED_CHARS: Final = 255
@@ -215,6 +215,15 @@ class Phrase:
 
     def __repr__(self) -> str:
         return f"Phrase({self.text!r}, *{self.args!r})"
+
+
+MAX_NAMES_LOGGED: Final = 20
+"""Names (channels, queues) a log line lists before it says how many more."""
+
+
+def named_list(names: Sequence[str], shown: int = MAX_NAMES_LOGGED) -> Phrase:
+    """*names* for a log line, ``a, b, c``: the first *shown*, then ``and N more``."""
+    return Phrase.joined(", ", (Phrase("%s", name) for name in names[:shown]), len(names) - shown)
 
 
 def _safe_arg(value: object) -> object:

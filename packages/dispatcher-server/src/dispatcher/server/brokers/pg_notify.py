@@ -41,7 +41,7 @@ from dispatcher.schema import (
 )
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
-from dispatcher.server.logsafe import Phrase, first_line, get_logger
+from dispatcher.server.logsafe import first_line, get_logger, named_list
 from dispatcher.server.origin import Origin
 from dispatcher.server.resources import names_shortages
 from dispatcher.server.stats import ServiceStats
@@ -131,7 +131,7 @@ class PgNotifyBroker(BrokerBase):
                     self._stats.listener_connects += 1
                     self._stats.broker(self.name).serving()
                     if self._stats.listener_connects == 1 and self.channels:
-                        channels = Phrase.joined(", ", (Phrase("%s", c) for c in self.channels))
+                        channels = named_list(self.channels)
                         logger.info("listening on channels %s (%s)", channels, where)
                     elif self._stats.listener_connects == 1:
                         logger.info(

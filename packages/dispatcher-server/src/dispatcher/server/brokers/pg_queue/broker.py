@@ -55,7 +55,7 @@ from dispatcher.server.brokers.pg_queue.privileges import SCHEDULE, SETTLE, Priv
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
-from dispatcher.server.logsafe import Phrase, counted, first_line, get_logger
+from dispatcher.server.logsafe import counted, first_line, get_logger, named_list
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
@@ -177,7 +177,7 @@ class PgQueueBroker(BrokerBase):
         task_status.started()  # connecting goes on in the background
         logger.info(
             "claiming jobs of queues %s (schema %s, %s)",
-            Phrase.joined(", ", (Phrase("%s", queue) for queue in self.queues)),
+            named_list(self.queues),
             self.settings.schema,
             self._db.where,
         )
