@@ -201,6 +201,33 @@ def test_tasks_ended_with_their_worker_are_timed_like_the_others(
     assert found[("dispatcher_run_time_seconds_sum", (("task", TASKS + "stubborn_sleep"),))] > 0.7
 
 
+def test_a_step_of_the_wall_clock_under_a_task_changes_neither_its_run_time_nor_its_log(
+    metrics_service: tuple[ServiceProcess, int], notify: Notify, channel: str, evidence: Evidence
+) -> None:
+    service, port = metrics_service
+    task = TASKS + "step_wall_clock"
+    ended = rf"task {task} \(uuid [^)]*\) finished ok in (-?[0-9.]+) ms"
+    for count, step in enumerate((-3600.0, 3600.0), 1):
+        sent = message("step_wall_clock", evidence.path, step, 0.3, time_pub=time.time())
+        notify(channel, sent)
+        lines = service.wait_for_log(ended, count=count)
+    durations = [float(line.rsplit(" in ", 1)[1].split()[0]) for line in lines]
+    assert all(300 <= ms < 10_000 for ms in durations), durations
+    labels = (("task", task),)
+
+    def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        found = samples(port)
+        return found if found.get(("dispatcher_run_time_seconds_count", labels)) == 2 else {}
+
+    found = wait_until(settled, timeout=5)
+    assert 0.6 <= found[("dispatcher_run_time_seconds_sum", labels)] < 20
+    assert found[("dispatcher_run_time_seconds_bucket", (("le", "0.1"), *labels))] == 0
+    # Its queue wait is measured on the wall clock (from its time_pub, the publisher's),
+    # never below 0: the second may have started on the worker whose clock went back.
+    assert found[("dispatcher_queue_wait_seconds_count", labels)] == 2
+    assert 0 <= found[("dispatcher_queue_wait_seconds_sum", labels)] < 60
+
+
 def test_bad_requests_get_errors_and_the_service_keeps_serving(
     metrics_service: tuple[ServiceProcess, int], notify: Notify, channel: str, evidence: Evidence
 ) -> None:

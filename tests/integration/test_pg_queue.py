@@ -815,16 +815,18 @@ def test_a_row_whose_columns_miss_its_messages_delay_or_on_duplicate_fails_sayin
     evidence: Evidence,
 ) -> None:
     # Rows as a client leaving run_after, on_duplicate and dup_key to their defaults stores
-    # them: the delay would be skipped and the twins not kept apart, silently.
+    # them: the delay would be skipped and the twins not kept apart, silently. Each row is
+    # ready now: its created_at is its delay (the third value) before its run_after.
     insert = sql.SQL(
         "INSERT INTO {} (uuid, queue, task, message, max_attempts, created_at, run_after,"
-        " on_duplicate, dup_key) VALUES (%s, %s, %s, %s, 3, statement_timestamp(),"
-        " statement_timestamp() + make_interval(secs => %s), %s, %s)"
+        " on_duplicate, dup_key) VALUES (%s, %s, %s, %s, 3,"
+        " statement_timestamp() - make_interval(secs => %s), statement_timestamp(), %s, %s)"
     ).format(sql.Identifier(schema, "jobs"))
     record, path = TASKS + "record", str(evidence.path)
     stored = {
         "no-delay": ({"delay": 20}, 0, None),
         "short-delay": ({"delay": 20}, 5, None),
+        "before-created": ({"delay": 20}, -3, None),
         "no-mode": ({"on_duplicate": "discard"}, 0, None),
         "other-mode": ({"on_duplicate": "serial"}, 0, "discard"),
         "mode-not-asked": ({}, 0, "discard"),
@@ -839,16 +841,22 @@ def test_a_row_whose_columns_miss_its_messages_delay_or_on_duplicate_fails_sayin
         pg_conn.execute(insert, (uuid, channel, record, json.dumps(message), delay, mode, key))
     start_service(config)
     rows = wait_for_states(pg_conn, schema, list(stored), {"done", "failed"})
+    why = "store run_after = created_at + delay (the row may fall short by up to 1 s, for clocks"
     assert {row["uuid"]: (row["state"], row["last_error"]) for row in rows} == {
         "no-delay": (
             "failed",
-            "delay: the message's delay of 20 seconds is not in its row, whose run_after is 0"
-            " seconds after its created_at (store run_after = created_at + delay)",
+            "delay: the message asks for a delay of 20 seconds, but its row's run_after is only"
+            f" 0 seconds after its created_at: {why} that differ)",
         ),
         "short-delay": (
             "failed",
-            "delay: the message's delay of 20 seconds is not in its row, whose run_after is 5"
-            " seconds after its created_at (store run_after = created_at + delay)",
+            "delay: the message asks for a delay of 20 seconds, but its row's run_after is only"
+            f" 5 seconds after its created_at: {why} that differ)",
+        ),
+        "before-created": (
+            "failed",
+            "delay: the message asks for a delay of 20 seconds, but its row's run_after is 3"
+            f" seconds before its created_at: {why} that differ)",
         ),
         "no-mode": (
             "failed",
@@ -873,6 +881,59 @@ def test_a_row_whose_columns_miss_its_messages_delay_or_on_duplicate_fails_sayin
         ),
     }
     assert [r["args"] for r in evidence.records()] == [["agreeing"]]
+
+
+def test_a_row_stamped_by_clocks_that_differ_runs_when_its_message_asks_no_more_delay(
+    start_service: Start,
+    config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # created_at and run_after from different clocks: clock_timestamp() (as
+    # dispatcher_enqueue() stamps created_at) with run_after left to its default now(), the
+    # start of the transaction; an application's clock a second ahead of the database's;
+    # a client computing run_after on a clock half a second behind the one of created_at.
+    jobs = sql.Identifier(schema, "jobs")
+    record, path = TASKS + "record", str(evidence.path)
+
+    def message(uuid: str, **options: Any) -> str:
+        return json.dumps({"task": record, "uuid": uuid, "args": [path, uuid], **options})
+
+    with pg_conn.transaction():
+        pg_conn.execute("SELECT pg_sleep(0.01)")  # clock_timestamp() moves past now()
+        pg_conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (uuid, queue, task, message, max_attempts, created_at)"
+                " VALUES (%s, %s, %s, %s, 3, clock_timestamp()),"
+                " (%s, %s, %s, %s, 3, clock_timestamp())"
+            ).format(jobs),
+            (
+                *("db-clocks", channel, record, message("db-clocks")),
+                *("db-clocks-0", channel, record, message("db-clocks-0", delay=0)),
+            ),
+        )
+    insert = sql.SQL(
+        "INSERT INTO {} (uuid, queue, task, message, max_attempts, created_at, run_after)"
+        " VALUES (%s, %s, %s, %s, 3, now() + make_interval(secs => %s),"
+        " now() + make_interval(secs => %s))"
+    ).format(jobs)
+    for uuid, options, created, run_after in (
+        ("app-ahead", {}, 1, 0),
+        ("app-ahead-0", {"delay": 0}, 1, 0),
+        ("delay-skewed", {"delay": 2}, 0, 1.5),
+    ):
+        pg_conn.execute(
+            insert, (uuid, channel, record, message(uuid, **options), created, run_after)
+        )
+    uuids = ["db-clocks", "db-clocks-0", "app-ahead", "app-ahead-0", "delay-skewed"]
+    start_service(config)
+    rows = wait_for_states(pg_conn, schema, uuids, {"done", "failed"})
+    assert {row["uuid"]: (row["state"], row["last_error"]) for row in rows} == {
+        uuid: ("done", None) for uuid in uuids
+    }
+    assert sorted(r["args"][0] for r in evidence.records()) == sorted(uuids)
 
 
 def test_a_stored_control_message_ends_failed_when_its_reply_is_an_error(

@@ -182,6 +182,39 @@ def test_a_sample_older_than_its_grace_is_dropped_while_health_and_counters_stay
         assert found[("dispatcher_pg_queue_lease_expiries_total", (("queue", queue),))] == 0
 
 
+@pytest.mark.parametrize("step", [3600.0, -3600.0])
+def test_a_step_of_the_wall_clock_neither_drops_a_sample_early_nor_keeps_it_for_ever(
+    pg_conn: psycopg.Connection[Any],
+    pg_dsn: str,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    step: float,
+) -> None:
+    """The grace of the last sample is counted on the monotonic clock: a wall clock stepped
+    forward (an NTP correction) would blank the depth of a service that merely reconnects,
+    one stepped back would report its last backlog long after it lost the database."""
+    insert_job(pg_conn, schema, queue="mail", run_after=-60)
+    sampler = QueueSampler(pg_dsn, schema, ["mail"], "test-sampler", interval=0.05, keep_last=2)
+    source = Source(sampler)
+    sample_then_fail(sampler, pg_conn, schema)
+    sampled_at = sampler.sampled_at
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + step)
+    ready = ("dispatcher_pg_queue_ready_jobs", (("queue", "mail"),))
+    _, found = exposition(source)
+    assert found.get(ready) == 1  # kept: sampled less than keep_last ago
+    assert found[("dispatcher_pg_queue_sampled_timestamp_seconds", ())] == sampled_at
+    begun = time.monotonic()
+
+    def dropped() -> Samples | None:
+        _, found = exposition(source)
+        return None if ready in found else found
+
+    found = wait_until(dropped, timeout=10)
+    assert time.monotonic() - begun > 1  # not before keep_last, whatever the wall clock says
+    assert found[("dispatcher_pg_queue_sampled_timestamp_seconds", ())] == sampled_at
+
+
 def test_a_job_committed_as_the_sample_starts_counts_as_ready(
     pg_conn: psycopg.Connection[Any], pg_dsn: str, schema: str
 ) -> None:

@@ -127,6 +127,16 @@ def sleep_then_exit(path: str, seconds: float, exit: bool = True) -> None:
 
 
 @task()
+def step_wall_clock(path: str, seconds: float, run_for: float) -> None:
+    """Step its worker's wall clock (``time.time()``) by *seconds*, as an NTP step does,
+    then run *run_for* seconds more (the monotonic clock goes on unmoved)."""
+    real = time.time
+    time.time = lambda: real() + seconds  # for the rest of the worker's life
+    _record(path, event="stepped", seconds=seconds)
+    time.sleep(run_for)
+
+
+@task()
 def die(path: str) -> None:
     """Record, then kill this worker process without a word (as a crash would)."""
     _record(path, event="die")

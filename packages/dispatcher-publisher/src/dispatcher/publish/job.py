@@ -5,12 +5,13 @@ The statements that read it are built here too, for the sync and async readers a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, Final, Literal, get_args
 
 from dispatcher.publish.pg_text import text_problem
+from dispatcher.publish.timestamps import read_datetime, timestamp_sql
 from dispatcher.schema import InvalidArgumentType, InvalidArgumentValue, OnDuplicate
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -47,6 +48,17 @@ COLUMNS: Final = (
     "dup_key",
 )
 """The columns read, in the order of :class:`Job`'s fields: every column of the table."""
+
+TIMESTAMP_COLUMNS: Final = frozenset(
+    {"created_at", "run_after", "started_at", "finished_at", "lease_until"}
+)
+"""The columns of :data:`COLUMNS` that are ``timestamptz``: selected by
+:func:`~dispatcher.publish.timestamps.timestamp_sql`, whatever the session's ``DateStyle``."""
+
+_SELECTED: Final = ", ".join(
+    timestamp_sql(column, column) if column in TIMESTAMP_COLUMNS else column for column in COLUMNS
+)
+_TIMESTAMP_INDEXES: Final = tuple(i for i, c in enumerate(COLUMNS) if c in TIMESTAMP_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ def quote_identifier(name: str) -> str:
 
 def get_job_query(schema: str) -> str:
     """The statement reading one job by uuid (one parameter)."""
-    return f"SELECT {', '.join(COLUMNS)} FROM {quote_identifier(schema)}.jobs WHERE uuid = %s"
+    return f"SELECT {_SELECTED} FROM {quote_identifier(schema)}.jobs WHERE uuid = %s"
 
 
 def jobs_query(
@@ -124,7 +136,7 @@ def jobs_query(
     filters = [(column, value) for column, value in given if value is not None]
     where = " AND ".join(f"{column} = %s" for column, _ in filters)
     query = (
-        f"SELECT {', '.join(COLUMNS)} FROM {quote_identifier(schema)}.jobs"
+        f"SELECT {_SELECTED} FROM {quote_identifier(schema)}.jobs"
         + (f" WHERE {where}" if where else "")
         + " ORDER BY id DESC LIMIT %s"
     )
@@ -162,6 +174,22 @@ def may_be_stored(parameter: str, value: object, *, optional: bool = False) -> b
     raise InvalidArgumentType(f"{parameter}: expected {expected}, got {type(value).__name__}")
 
 
-def job_from_row(row: Sequence[Any]) -> Job:
-    """Build a :class:`Job` from a row of :data:`COLUMNS`."""
-    return Job(*row)
+def read_row(
+    row: Sequence[Any], zone: tzinfo, read: Callable[[object, tzinfo], object] = read_datetime
+) -> list[Any]:
+    """A row of :data:`COLUMNS` as read by these statements, its times made by *read*.
+
+    *zone* is the session's time zone; *read* is
+    :func:`~dispatcher.publish.timestamps.read_datetime` (a time no datetime can hold read
+    as the latest or earliest one) or :func:`~dispatcher.publish.timestamps.read_timestamp`
+    (read as PostgreSQL's text of it).
+    """
+    values = list(row)
+    for index in _TIMESTAMP_INDEXES:
+        values[index] = read(values[index], zone)
+    return values
+
+
+def job_from_row(row: Sequence[Any], zone: tzinfo) -> Job:
+    """Build a :class:`Job` from a row of :data:`COLUMNS` read in the time zone *zone*."""
+    return Job(*read_row(row, zone))

@@ -26,6 +26,16 @@ JSONB_OID: Final = psycopg.adapters.types["jsonb"].oid
 logger = logging.getLogger("dispatcher.publish")
 
 
+def tolerant_adapters(context: AdaptContext | None = None) -> AdaptersMap:
+    """The adapters of *context* (default: psycopg's global ones), with a tolerant jsonb.
+
+    They read ``jsonb`` as :func:`register_tolerant_jsonb` says.
+    """
+    adapters = AdaptersMap(context.adapters if context is not None else psycopg.adapters)
+    register_tolerant_jsonb(adapters)
+    return adapters
+
+
 def register_tolerant_jsonb(adapters: AdaptersMap) -> None:
     """Have *adapters* read a ``jsonb`` value their loader cannot decode as ``None``."""
     wrapped = adapters.get_loader(JSONB_OID, Format.TEXT) or JsonbLoader

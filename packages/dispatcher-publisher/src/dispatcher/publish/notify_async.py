@@ -41,7 +41,7 @@ from dispatcher.publish.connections import (
     stopped_answering,
 )
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
-from dispatcher.publish.timestamps import tolerant_adapters
+from dispatcher.publish.jsonb import tolerant_adapters
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     SERVICE_NAME_PREFIX,
@@ -157,8 +157,8 @@ class AsyncConnectionProvider:
             if slot.attempts != seen and slot.failure is not None:
                 raise BrokerUnavailable(str(slot.failure))  # another caller's, just now
             try:
-                # Its adapters read a job's time that no datetime can hold (an ``infinity``
-                # set by hand) instead of refusing it (see dispatcher.publish.timestamps).
+                # Its adapters read a job's result that Python cannot decode (set by hand)
+                # as None instead of refusing it (see dispatcher.publish.jsonb).
                 fresh = await AsyncConnection.connect(
                     self.conninfo, context=tolerant_adapters(), **connect_options(self.conninfo)
                 )

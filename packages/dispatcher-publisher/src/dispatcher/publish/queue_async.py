@@ -8,6 +8,7 @@ back: :func:`aget_job` and :func:`ajobs`. ``queue_sync.py`` is generated from th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, tzinfo
 from typing import Any, Final
 
 import psycopg
@@ -41,7 +42,7 @@ from dispatcher.publish.pg_text import (
     job_refused,
     unstorable,
 )
-from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
+from dispatcher.publish.timestamps import session_zone
 
 
 async def astore(
@@ -118,8 +119,8 @@ async def aget_job(uuid: str, *, connection: AsyncConnection[Any] | None = None)
     if not may_be_stored("uuid", uuid):
         return None
     names = ("aget_job", "get_job")
-    rows = await _read(lambda schema: (get_job_query(schema), [uuid]), connection, names)
-    return job_from_row(rows[0]) if rows else None
+    rows, zone = await _read(lambda schema: (get_job_query(schema), [uuid]), connection, names)
+    return job_from_row(rows[0], zone) if rows else None
 
 
 async def ajobs(
@@ -151,15 +152,19 @@ async def ajobs(
         return jobs_query(schema, state=state, queue=queue, task=task, limit=limit)
 
     names = ("ajobs", "jobs")
-    return [job_from_row(row) for row in await _read(query, connection, names)]
+    rows, zone = await _read(query, connection, names)
+    return [job_from_row(row, zone) for row in rows]
 
 
 async def _read(
     query: Callable[[str], tuple[str, list[Any]]],
     connection: AsyncConnection[Any] | None,
     names: tuple[str, str],
-) -> list[tuple[Any, ...]]:
-    """Run the statement *query* builds for the schema; *names*: this function and its twin."""
+) -> tuple[list[tuple[Any, ...]], tzinfo]:
+    """Run the statement *query* builds for the schema; *names*: this function and its twin.
+
+    Returns its rows, and the time zone of the session that read them.
+    """
     conninfo, schema = _queue_database(connection is not None)
     statement, params = query(schema)
     try:
@@ -168,24 +173,23 @@ async def _read(
             texts = [("", param) for param in params if isinstance(param, str)]
             server, client = _encodings(caller)
             if unstorable(texts, [server], client) is not None:
-                return []  # no row can hold it: asking would abort the caller's transaction
+                return [], UTC  # no row can hold it: asking would abort the caller's transaction
             cursor = caller.cursor()  # its adapters are its own: the caller's stay as they are
-            cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
             register_tolerant_jsonb(cursor.adapters)
             try:
                 await _run_on_caller(caller, cursor, statement, params, "read from", server)
             except psycopg.Error as exc:
                 if exc.sqlstate in UNTRANSLATABLE:
-                    return []  # refused in a savepoint: the caller's transaction goes on
+                    return [], UTC  # refused in a savepoint: the caller's transaction goes on
                 raise
         else:
             provider = shared_provider(conninfo)
             cursor = await provider.execute(statement, params, "read from", "to read the jobs")
-        return await cursor.fetchall()
+        return await cursor.fetchall(), session_zone(cursor.connection)
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
     except TextNotStorable:
-        return []  # a text no row can hold, as the database's encoding lacks a character of it
+        return [], UTC  # a text no row can hold, as the database's encoding lacks a character
 
 
 def _encodings(connection: AsyncConnection[Any]) -> tuple[str | None, str | None]:

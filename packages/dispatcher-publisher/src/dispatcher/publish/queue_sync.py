@@ -6,6 +6,7 @@ Generated from ``queue_async.py`` by ``tools/async_to_sync.py``; do not edit.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, tzinfo
 from typing import Any, Final
 
 import psycopg
@@ -39,7 +40,7 @@ from dispatcher.publish.pg_text import (
     job_refused,
     unstorable,
 )
-from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
+from dispatcher.publish.timestamps import session_zone
 
 
 def store(
@@ -116,8 +117,8 @@ def get_job(uuid: str, *, connection: Connection[Any] | None = None) -> Job | No
     if not may_be_stored("uuid", uuid):
         return None
     names = ("get_job", "aget_job")
-    rows = _read(lambda schema: (get_job_query(schema), [uuid]), connection, names)
-    return job_from_row(rows[0]) if rows else None
+    rows, zone = _read(lambda schema: (get_job_query(schema), [uuid]), connection, names)
+    return job_from_row(rows[0], zone) if rows else None
 
 
 def jobs(
@@ -149,15 +150,19 @@ def jobs(
         return jobs_query(schema, state=state, queue=queue, task=task, limit=limit)
 
     names = ("jobs", "ajobs")
-    return [job_from_row(row) for row in _read(query, connection, names)]
+    rows, zone = _read(query, connection, names)
+    return [job_from_row(row, zone) for row in rows]
 
 
 def _read(
     query: Callable[[str], tuple[str, list[Any]]],
     connection: Connection[Any] | None,
     names: tuple[str, str],
-) -> list[tuple[Any, ...]]:
-    """Run the statement *query* builds for the schema; *names*: this function and its twin."""
+) -> tuple[list[tuple[Any, ...]], tzinfo]:
+    """Run the statement *query* builds for the schema; *names*: this function and its twin.
+
+    Returns its rows, and the time zone of the session that read them.
+    """
     conninfo, schema = _queue_database(connection is not None)
     statement, params = query(schema)
     try:
@@ -166,24 +171,23 @@ def _read(
             texts = [("", param) for param in params if isinstance(param, str)]
             server, client = _encodings(caller)
             if unstorable(texts, [server], client) is not None:
-                return []  # no row can hold it: asking would abort the caller's transaction
+                return [], UTC  # no row can hold it: asking would abort the caller's transaction
             cursor = caller.cursor()  # its adapters are its own: the caller's stay as they are
-            cursor.adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
             register_tolerant_jsonb(cursor.adapters)
             try:
                 _run_on_caller(caller, cursor, statement, params, "read from", server)
             except psycopg.Error as exc:
                 if exc.sqlstate in UNTRANSLATABLE:
-                    return []  # refused in a savepoint: the caller's transaction goes on
+                    return [], UTC  # refused in a savepoint: the caller's transaction goes on
                 raise
         else:
             provider = shared_provider(conninfo)
             cursor = provider.execute(statement, params, "read from", "to read the jobs")
-        return cursor.fetchall()
+        return cursor.fetchall(), session_zone(cursor.connection)
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
     except TextNotStorable:
-        return []  # a text no row can hold, as the database's encoding lacks a character of it
+        return [], UTC  # a text no row can hold, as the database's encoding lacks a character
 
 
 def _encodings(connection: Connection[Any]) -> tuple[str | None, str | None]:

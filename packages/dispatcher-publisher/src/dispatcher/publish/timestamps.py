@@ -1,25 +1,25 @@
-"""Reading ``timestamptz`` values that no :class:`~datetime.datetime` can hold.
+"""Reading ``timestamptz`` values whatever the session's ``DateStyle``, and whatever their year.
 
-PostgreSQL's timestamps run from 4713 BC to the year 294276, plus ``infinity`` and
-``-infinity`` (an operator may park a job with ``run_after = 'infinity'``); Python's run
-from the year 1 to 9999. psycopg refuses the others with :class:`psycopg.DataError`, which
-would fail a whole listing of jobs for one such row. The loader here reads them as the
-latest or earliest aware datetime instead.
+psycopg reads a ``timestamptz`` sent as text only in the ``ISO`` date style: a role or a
+database set to another (``SQL, DMY``, ``German``, ``Postgres, MDY``) would fail every read
+of a job. And PostgreSQL's timestamps run from 4713 BC to the year 294276, plus
+``infinity`` and ``-infinity`` (an operator may park a job with ``run_after =
+'infinity'``), where Python's run from the year 1 to 9999.
+
+So the statements that read a job select each of its times through :func:`timestamp_sql`,
+which writes it with an explicit pattern (``to_char``) and its offset from UTC in seconds,
+both unchanged by any session setting but the time zone; :func:`read_timestamp` makes it
+an aware datetime in the session's time zone, as psycopg would, or, for a time no datetime
+can hold, the text PostgreSQL writes for it in the ``ISO`` date style. Nothing is set on
+the session: a caller's connection is left as it was.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, Final
 
 import psycopg
-from psycopg import abc
-from psycopg.abc import AdaptContext, Buffer
-from psycopg.adapt import AdaptersMap, Loader
-from psycopg.pq import Format
-from psycopg.types.datetime import TimestamptzLoader
-
-from dispatcher.publish.jsonb import register_tolerant_jsonb
 
 LATEST: Final = datetime.max.replace(tzinfo=UTC)
 """What a timestamp after the year 9999 (``infinity`` included) is read as."""
@@ -27,44 +27,82 @@ LATEST: Final = datetime.max.replace(tzinfo=UTC)
 EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
 """What a timestamp before the year 1 (``-infinity`` included) is read as."""
 
-TIMESTAMPTZ_OID: Final = psycopg.adapters.types["timestamptz"].oid
-
-_STANDARD: Final[type[abc.Loader]] = (
-    psycopg.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT) or TimestamptzLoader
-)
+_INFINITE: Final = frozenset({"infinity", "-infinity"})
 
 
-class TolerantTimestamptzLoader(Loader):
-    """Loads a ``timestamptz`` as psycopg does, except where psycopg cannot.
+def timestamp_sql(expression: str, name: str | None = None) -> str:
+    """SQL selecting the ``timestamptz`` *expression* for :func:`read_timestamp`, as *name*.
 
-    A value no datetime can hold is read as :meth:`out_of_range` says.
+    ``2026-05-17 10:00:00.123456 AD 7200``: its time in the session's time zone, its era,
+    and its offset from UTC in seconds; ``infinity`` or ``-infinity``; ``NULL``.
     """
+    selected = (
+        f"CASE WHEN isfinite({expression})"
+        f" THEN to_char({expression}, 'YYYY-MM-DD HH24:MI:SS.US BC')"
+        f" || ' ' || extract(timezone FROM {expression})::integer"
+        f" ELSE ({expression})::text END"
+    )
+    return selected if name is None else f"{selected} AS {name}"
 
-    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
-        super().__init__(oid, context)
-        self._standard = _STANDARD(oid, context)
 
-    def load(self, data: Buffer) -> Any:
-        """The value as an aware datetime (see :meth:`out_of_range` for the others)."""
+def session_zone(connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> tzinfo:
+    """The time zone of *connection*'s session (UTC when it cannot be told)."""
+    try:
+        return connection.info.timezone
+    except psycopg.Error:  # closed meanwhile
+        return UTC
+
+
+def read_timestamp(value: object, zone: tzinfo) -> datetime | str | None:
+    """A time selected by :func:`timestamp_sql`, as an aware datetime in *zone*.
+
+    A time no datetime can hold is returned as PostgreSQL writes it in the ``ISO`` date
+    style (``infinity``, ``-infinity``, ``4713-01-01 00:00:00+00 BC``, ``20000-01-01
+    00:00:00+00``); ``NULL`` as ``None``.
+    """
+    if not isinstance(value, str):
+        return None
+    if value in _INFINITE:
+        return value
+    try:
+        local, era, seconds = value.rsplit(" ", 2)
+        offset = int(seconds)
+    except ValueError:
+        return value  # not written by timestamp_sql()
+    if era == "AD":
         try:
-            return self._standard.load(data)
-        except psycopg.DataError:
-            return self.out_of_range(bytes(data).decode("utf-8", "replace"))
-
-    def out_of_range(self, text: str) -> Any:
-        """What stands for *text*, PostgreSQL's text of a timestamp no datetime can hold.
-
-        :data:`EARLIEST` for ``-infinity`` and years BC, else :data:`LATEST`.
-        """
-        return EARLIEST if text.startswith("-") or text.endswith(" BC") else LATEST
+            at = datetime.fromisoformat(local)  # a year of 5 digits or more is refused
+            return at.replace(tzinfo=timezone(timedelta(seconds=offset))).astimezone(zone)
+        except (ValueError, OverflowError):
+            pass
+    return _iso_text(local, era, offset)
 
 
-def tolerant_adapters(context: AdaptContext | None = None) -> AdaptersMap:
-    """The adapters of *context* (default: psycopg's global ones) with that loader.
+def _iso_text(local: str, era: str, offset: int) -> str:
+    """What PostgreSQL writes in the ``ISO`` date style for this time, era and offset."""
+    whole, _, fraction = local.partition(".")
+    fraction = fraction.rstrip("0")
+    sign = "-" if offset < 0 else "+"
+    minutes, secs = divmod(abs(offset), 60)
+    hours, minutes = divmod(minutes, 60)
+    zone = f"{sign}{hours:02d}"
+    if minutes or secs:
+        zone += f":{minutes:02d}"
+    if secs:
+        zone += f":{secs:02d}"
+    text = whole + (f".{fraction}" if fraction else "") + zone
+    return text + " BC" if era == "BC" else text
 
-    And reading ``jsonb`` as :func:`~dispatcher.publish.jsonb.register_tolerant_jsonb` says.
+
+def out_of_range(text: str) -> datetime:
+    """What stands for *text*, PostgreSQL's text of a timestamp no datetime can hold.
+
+    :data:`EARLIEST` for ``-infinity`` and years BC, else :data:`LATEST`.
     """
-    adapters = AdaptersMap(context.adapters if context is not None else psycopg.adapters)
-    adapters.register_loader(TIMESTAMPTZ_OID, TolerantTimestamptzLoader)
-    register_tolerant_jsonb(adapters)
-    return adapters
+    return EARLIEST if text.startswith("-") or text.endswith(" BC") else LATEST
+
+
+def read_datetime(value: object, zone: tzinfo) -> datetime | None:
+    """:func:`read_timestamp`, with a time no datetime can hold as :func:`out_of_range` says."""
+    read = read_timestamp(value, zone)
+    return out_of_range(read) if isinstance(read, str) else read

@@ -477,7 +477,7 @@ def when(row: dict[str, Any]) -> str:
     """Where a job stands in time: ``in 30s``, ``waiting 2m05s``, ``running 4s``, ``1h ago``.
 
     A time that is not a datetime (``infinity``, a year before 1 or after 9999: see
-    :class:`~dispatcher.server.queue_admin.TimestampLoader`) is shown as PostgreSQL wrote
+    :func:`~dispatcher.publish.timestamps.read_timestamp`) is shown as PostgreSQL wrote
     it, after what it is: ``run after infinity``, ``finished -infinity``.
     """
     now: datetime = row["now"]

@@ -430,12 +430,21 @@ def _timeout(message: dict[str, Any], catalogue: TaskCatalogue) -> float:
     return timeout or 0
 
 
-_DELAY_SLACK: Final = 1e-6
-"""A row's delay is rounded to the microsecond (PostgreSQL's timestamps)."""
+DELAY_SLACK: Final = 1.0
+"""Seconds a row's delay (``run_after - created_at``) may fall short of its message's.
+
+The two columns may be stamped by different clocks: ``created_at`` by a client's clock
+(an application that writes it) and ``run_after`` by the database's (its default, ``now()``),
+or ``created_at`` by ``clock_timestamp()`` after ``run_after`` by ``now()``, the start of
+the inserting transaction. A row short by more holds a delay other than its message's."""
 
 
 def _delay_and_mode_agree_with_row(message: dict[str, Any], row: StoredRow) -> None:
-    """Refuse a task message whose delay or on_duplicate its row does not apply."""
+    """Refuse a task message whose delay or on_duplicate its row does not apply.
+
+    A message without a delay (or with a delay of 0) agrees with any row; one with a delay
+    agrees with a row whose delay falls short of it by at most :data:`DELAY_SLACK`.
+    """
     mode = message.get("on_duplicate")
     if mode == "parallel":
         mode = None
@@ -448,14 +457,24 @@ def _delay_and_mode_agree_with_row(message: dict[str, Any], row: StoredRow) -> N
             row.uuid,
         )
     delay = message.get("delay") or 0
-    if row.delay is not None and delay > row.delay + _DELAY_SLACK:
-        raise Rejected(
-            "invalid_message",
-            f"delay: the message's delay of {delay} seconds is not in its row, whose run_after "
-            f"is {row.delay:g} seconds after its created_at (store run_after = created_at + "
-            "delay)",
-            row.uuid,
-        )
+    if not delay or row.delay is None or delay <= row.delay + DELAY_SLACK:
+        return
+    if round(row.delay, 6) >= 0:
+        stored = f"only {_seconds(row.delay)} seconds after"
+    else:
+        stored = f"{_seconds(-row.delay)} seconds before"
+    raise Rejected(
+        "invalid_message",
+        f"delay: the message asks for a delay of {_seconds(delay)} seconds, but its row's "
+        f"run_after is {stored} its created_at: store run_after = created_at + delay (the "
+        f"row may fall short by up to {DELAY_SLACK:g} s, for clocks that differ)",
+        row.uuid,
+    )
+
+
+def _seconds(value: float) -> str:
+    """*value* to the microsecond, without trailing zeros: ``20``, ``0.000715``."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def _control_agrees_with_row(message: dict[str, Any], row: StoredRow) -> None:

@@ -23,7 +23,8 @@ class StoredRow(NamedTuple):
     """The row's on_duplicate mode (``None`` for parallel), which the table enforces."""
     delay: float | None = None
     """How long after its creation the row may run (``run_after - created_at``, in seconds),
-    ``None`` when not known: at least the message's delay, which the table applies."""
+    ``None`` when not known: at least the message's delay, which the table applies, less the
+    slack for clocks that differ (:data:`~dispatcher.server.intake.DELAY_SLACK`)."""
 
 
 @dataclass(frozen=True, slots=True)

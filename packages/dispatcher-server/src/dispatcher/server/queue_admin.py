@@ -3,7 +3,7 @@
 What ``dispatcherctl jobs``, ``retry`` and ``purge`` run, over one synchronous connection to
 the database of ``brokers.pg_queue``. Listing runs the publisher's statements (those of
 :func:`dispatcher.publish.jobs` and :func:`~dispatcher.publish.get_job`) but reads their
-timestamps itself, so that a value Python cannot hold is shown rather than fatal; the repairs
+timestamps its own way, so that a value Python cannot hold is shown rather than fatal; the repairs
 are statements of their own, each naming the configured schema. None holds a transaction
 open longer than one command (long transactions hold back vacuum on a hot queue table).
 
@@ -25,9 +25,9 @@ from psycopg import sql
 from dispatcher.config import PgQueueBroker, Settings
 from dispatcher.config.settings import dispatcherctl_command
 from dispatcher.publish import JOB_STATES, JobState
-from dispatcher.publish.job import COLUMNS, MAX_LISTED, get_job_query, jobs_query
+from dispatcher.publish.job import COLUMNS, MAX_LISTED, get_job_query, jobs_query, read_row
 from dispatcher.publish.jsonb import register_tolerant_jsonb
-from dispatcher.publish.timestamps import TIMESTAMPTZ_OID, TolerantTimestamptzLoader
+from dispatcher.publish.timestamps import read_timestamp, session_zone, timestamp_sql
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, DispatcherError
 from dispatcher.server.brokers.pg_queue.migrations import VERSION_TABLE, damaged
 
@@ -129,16 +129,7 @@ def _milliseconds(seconds: float) -> str:
     return f"{min(MAX_SETTING_MS, max(1, round(seconds * 1000)))}ms"
 
 
-class TimestampLoader(TolerantTimestamptzLoader):
-    """Loads a ``timestamptz`` as an aware datetime, or as PostgreSQL's text of it.
-
-    The text (``infinity``, ``-infinity``, ``4713-01-01 00:00:00+00 BC``) is for the values
-    a :class:`~datetime.datetime` cannot hold: a listing shows them as they are.
-    """
-
-    def out_of_range(self, text: str) -> str:
-        """*text* itself."""
-        return text
+_NOW: Final = f"SELECT {timestamp_sql('now()')}"
 
 
 def list_jobs(
@@ -156,7 +147,8 @@ def list_jobs(
     Each is a dict of the job's columns plus ``now``, the database's clock when they were
     read: ``result`` decoded, timestamps as aware datetimes, or as PostgreSQL writes them
     when a datetime cannot hold them (``infinity``, ``-infinity``, years before 1 or after
-    9999), as :class:`TimestampLoader` reads them.
+    9999), as :func:`~dispatcher.publish.timestamps.read_timestamp` reads them: whatever the
+    session's ``DateStyle``, in its time zone.
 
     :raises ValueError: when *state* or *limit* is not valid.
     """
@@ -165,15 +157,16 @@ def list_jobs(
     else:
         statement, params = jobs_query(schema, state=state, queue=queue, task=task, limit=limit)
     with conn.cursor() as cursor:
-        cursor.adapters.register_loader(TIMESTAMPTZ_OID, TimestampLoader)
         register_tolerant_jsonb(cursor.adapters)
         rows = cursor.execute(statement, params).fetchall()
-        now = cursor.execute("SELECT now()").fetchone()
-    found = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+        now = cursor.execute(_NOW).fetchone()
+    zone = session_zone(conn)
+    found = [dict(zip(COLUMNS, read_row(row, zone, read_timestamp), strict=True)) for row in rows]
     if uuid is not None:
         wanted = {"state": state, "queue": queue, "task": task}
         found = [j for j in found if all(v in (None, j[k]) for k, v in wanted.items())]
-    return [{**job, "now": None if now is None else now[0]} for job in found]
+    at = None if now is None else read_timestamp(now[0], zone)
+    return [{**job, "now": at} for job in found]
 
 
 @dataclass

@@ -350,11 +350,16 @@ class Supervisor:
                 self._on_fatal(event)
 
     def _finished(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
-        started, finished = _seconds(event.get("started")), _seconds(event.get("finished"))
+        started = _seconds(event.get("started"))
+        ran = event.get("run_time")  # on the monotonic clock: "finished" may be stepped
+        if not isinstance(ran, int | float):
+            ran = _seconds(event.get("finished")) - started
+        ran = max(0.0, float(ran))
+        finished = started + ran  # its end on the clock of its start
         job, outcome = worker.finish(str(event.get("outcome")))
         self._idle_deaths = 0  # workers run tasks: one that dies idle is replaced at once
         if job is not None:
-            self._pace.record(job.task, finished - started)
+            self._pace.record(job.task, ran)
         # The pool's own state first: nothing below may leave a duplicate blocked or a
         # worker busy forever.
         if job is not None:
@@ -445,7 +450,7 @@ class Supervisor:
         recorded about an unexpected end waits for its exit status (see :meth:`_reap`).
         """
         starting = worker.status is WorkerStatus.STARTING
-        started = _wall_start(worker)
+        started, ended = _run_span(worker)
         job, outcome, expected = worker.exited()
         self._scheduler.forget(worker)
         if job is not None:
@@ -470,7 +475,7 @@ class Supervisor:
         self._signal_change()
         self._wakeup.set()  # the manager replaces it if needed
         if job is not None and outcome is not None:
-            self._accounting.lost(job, outcome, worker.id, worker.pid, started, now)
+            self._accounting.lost(job, outcome, worker.id, worker.pid, started, ended)
             if outcome is Outcome.WORKER_LOST:
                 lost = job
                 self._ends[worker.id] = lambda how: self._accounting.log_lost(
@@ -698,10 +703,10 @@ class Supervisor:
             )
         terminated = [w for w in self.workers if w.status is WorkerStatus.BUSY]
         for worker in terminated:
-            started = _wall_start(worker)
+            started, ended = _run_span(worker)
             job = worker.terminate()
             if job is not None:
-                self._accounting.abandoned(job, grace, worker.id, started, time.time())
+                self._accounting.abandoned(job, grace, worker.id, started, ended)
         if terminated:
             with anyio.move_on_after(KILL_AFTER_TERM):
                 await self._wait_until(
@@ -755,9 +760,15 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _wall_start(worker: WorkerHandle) -> float:
-    """When *worker*'s running job started, in seconds since the epoch, as workers report it."""
-    return time.time() - max(0.0, time.monotonic() - worker.job_since)
+def _run_span(worker: WorkerHandle) -> tuple[float, float]:
+    """When *worker*'s running job started, and now, in seconds since the epoch.
+
+    As workers report them: the wall clock now, and the start that many seconds before as
+    the monotonic clock measured them (a step of the wall clock meanwhile changes neither
+    its run time nor its sign).
+    """
+    now = time.time()
+    return now - max(0.0, time.monotonic() - worker.job_since), now
 
 
 def _seconds(value: object) -> float:

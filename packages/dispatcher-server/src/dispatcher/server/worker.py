@@ -448,7 +448,14 @@ class TaskRunner:
         self._forget_cancels()
         now = time.time()
         uuid = message.get("uuid", "")
-        return {"event": "done", "uuid": uuid, "outcome": outcome, "started": now, "finished": now}
+        return {
+            "event": "done",
+            "uuid": uuid,
+            "outcome": outcome,
+            "started": now,
+            "finished": now,
+            "run_time": 0.0,
+        }
 
     def run(self, message: Mapping[str, Any], keep_result: bool = False) -> dict[str, Any]:
         """Run one task message; return its ``done`` event.
@@ -471,7 +478,10 @@ class TaskRunner:
         done: dict[str, Any] = {"event": "done", "uuid": message.get("uuid", "")}
         self._capture.begin(str(message.get("task")), str(done["uuid"]))
         _call_hook(self._hooks.pre_task, message)
+        # When it started and ended are points in time (the wall clock); how long it ran is
+        # measured on the monotonic clock, which a step of the wall clock does not move.
         done["started"] = time.time()
+        began = time.monotonic()
         try:
             value = self._call(message)
             done["outcome"] = "ok"
@@ -502,6 +512,7 @@ class TaskRunner:
             self._follow_up(message, done)
         self._ended = True
         self._forget_cancels()
+        done["run_time"] = time.monotonic() - began
         done["finished"] = time.time()
         _call_hook(self._hooks.post_task, done)
         self.signals.check(message.get("task"), done["uuid"])

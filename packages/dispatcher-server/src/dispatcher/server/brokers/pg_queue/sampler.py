@@ -125,6 +125,9 @@ class QueueSampler:
         """Samples taken so far."""
         self.sampled_at: float | None = None
         """When (seconds since the epoch) the last successful sample was taken, if one was."""
+        self._sampled_since: float | None = None
+        """When the last successful sample was taken, on ``time.monotonic()``: its age, which
+        a step of the wall clock does not change."""
         self.ok = False
         """Whether the last attempt to sample succeeded (``False`` before the first)."""
         self._query = sql.SQL(_QUERY).format(jobs=sql.SQL("{}.jobs").format(sql.Identifier(schema)))
@@ -171,15 +174,18 @@ class QueueSampler:
             for name, ready, delayed, age in rows
         }
         self.samples += 1
-        self.sampled_at, self.ok = time.time(), True
+        self.sampled_at, self._sampled_since, self.ok = time.time(), time.monotonic(), True
         return self.depths
 
     def sampling(self) -> QueueSampling:
         """What the metrics export: the configured queues, the last sample, and its age.
 
-        The sample is left out once it is older than :attr:`keep_last` seconds.
+        The sample is left out once it is older than :attr:`keep_last` seconds, as the
+        monotonic clock counts them (a step of the wall clock neither drops it early nor
+        keeps it for ever).
         """
-        fresh = self.sampled_at is not None and time.time() - self.sampled_at <= self.keep_last
+        since = self._sampled_since
+        fresh = since is not None and time.monotonic() - since <= self.keep_last
         depths = dict(self.depths) if fresh else {}
         return QueueSampling(self.queues, depths, self.sampled_at, self.ok)
 
