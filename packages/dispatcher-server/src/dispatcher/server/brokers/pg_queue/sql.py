@@ -172,7 +172,8 @@ ready rows may be left although the claim took fewer than ``limit`` (identical s
 queue_one rows left for later; a busy queue that gave its quota while another had less to
 give), so that the queues are not taken for drained: the rows behind are claimed next, at
 once. Each row also gives its ``on_duplicate`` and, while it was never settled, its delay
-(``run_after - created_at``), which the message's must not exceed; a row settled before
+(``run_after - created_at``), which the message's must not exceed by more than
+``intake.DELAY_SLACK``; a row settled before
 (retried by hand, or by its retry policy) waits from a later time, and gives ``NULL``.
 
 A claim that took fewer rows than ``limit`` (the queues drained for now) ends with one more
