@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from support.service import Evidence, ServiceProcess
+from support.service import Evidence, ServiceProcess, task_message
 
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
@@ -119,3 +119,43 @@ def test_a_handler_made_in_a_task_writes_to_the_log_directly_from_its_first_line
     go(evidence)
     service.wait_for_log(r"log_late_then_wait \(uuid .*\) finished ok")
     assert "Logging error" not in service.log
+
+
+def test_a_basic_config_a_task_module_runs_when_imported_is_kept(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+) -> None:
+    # The fork server is forked from the service's process once it set its own logging up:
+    # the service's handler on the root logger must not make the app's basicConfig() a no-op.
+    service_config["tasks"] = {"modules": ["support.app_basic_logging_tasks"]}
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    task = "support.app_basic_logging_tasks.log_a_warning"
+    notify(channel, json.dumps({"task": task, "args": ["hello"]}))
+    service.wait_for_log(r"log_a_warning \(uuid .*\) finished ok")
+    service.wait_for_log(r"^APPFMT WARNING myapp\.basic: basic: hello$")
+    log = service.log
+    # Written once, in the app's format only.
+    assert not re.search(r"worker-0 myapp\.basic", log), log
+    assert "Logging error" not in log, log
+
+
+def test_a_basic_config_the_module_of_the_worker_hooks_runs_when_imported_is_kept(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # The task modules set nothing up; the hooks' module, imported by each worker once it
+    # set its own logging up, calls basicConfig().
+    service_config["worker"] = {"class": "support.app_basic_logging_tasks.BasicConfigWorker"}
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = start_service(service_config)
+    notify(channel, task_message("record", evidence.path, 1))
+    evidence.wait_for(1)
+    service.wait_for_log(r"^APPFMT WARNING myapp\.hooks: before support\.service_tasks\.record$")
+    log = service.log
+    assert not re.search(r"worker-0 myapp\.hooks", log), log

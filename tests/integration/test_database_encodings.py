@@ -341,3 +341,157 @@ def test_rows_holding_bytes_that_are_not_utf8_are_failed_not_blocking_claims(
     purged = ctl(configured, "purge", "--state", "failed", "--older-than", "0")
     assert purged.returncode == 0, purged.stderr
     assert ctl(configured, "jobs").returncode == 0
+
+
+PY_CODECS = {"WIN1252": "cp1252", "EUC_JP": "euc_jp"}
+"""Python's codec of each encoding, for text it holds as PostgreSQL does."""
+
+UNDEFINED = {
+    # A byte WIN1252 leaves undefined (no UTF-8 equivalent), and its é, which is legitimate.
+    "WIN1252": (b"\x81", "undefined (no UTF-8 equivalent)"),
+    # A character of EUC_JP's unassigned row 9: valid EUC_JP, with no UTF-8 equivalent.
+    "EUC_JP": (
+        b"\xa9\xa1",
+        'has no UTF-8 equivalent (character with byte sequence 0xa9 0xa1 in encoding "EUC_JP"',
+    ),
+}
+
+
+@pytest.mark.parametrize("encoded_dsn", list(UNDEFINED), indirect=True)
+def test_rows_holding_characters_without_a_utf8_equivalent_are_failed_not_blocking_claims(
+    encoded_dsn: str,
+    channel: str,
+    configured: Path,
+    evidence: Evidence,
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    """A client in the database's encoding stores a character it leaves undefined (0x81 in
+    WIN1252), which has no UTF-8 equivalent: such a row is failed with the reason, and the
+    jobs around it run, those holding text the encoding defines (é) among them."""
+    encoding = encoding_of(encoded_dsn)
+    undefined, said = UNDEFINED[encoding]
+    path = str(evidence.path)
+    with psycopg.connect(encoded_dsn) as conn:  # (the database is the module's: rows before)
+        first = conn.execute("SELECT coalesce(max(id), 0) FROM dispatcher.jobs").fetchone()
+    submit_task(TASKS + "record", args=[path, "before"], queue=QUEUE)
+    legit = {"WIN1252": "café", "EUC_JP": "株式会社"}[encoding]
+
+    def message(uuid: str, text: str = "") -> bytes:
+        document = {"task": TASKS + "record", "uuid": uuid, "args": [path, text or uuid]}
+        return json.dumps(document, ensure_ascii=False).encode(PY_CODECS[encoding])
+
+    rows = [
+        (
+            b"bad-message",
+            TASKS.encode() + b"record",
+            message("bad-message")[:-1] + b', "' + undefined + b'": 1}',
+        ),
+        (b"bad-uuid-" + undefined, TASKS.encode() + b"record", message("bad-uuid")),
+        (b"bad-task", TASKS.encode() + b"record" + undefined, message("bad-task")),
+        (b"legit", TASKS.encode() + b"record", message("legit", legit)),
+    ]
+    with psycopg.connect(encoded_dsn, autocommit=True) as conn:
+        for uuid, task, text in rows:
+            conn.execute(
+                "INSERT INTO dispatcher.jobs (uuid, queue, task, message, max_attempts) VALUES ("
+                "convert_from(%s, %s), %s, convert_from(%s, %s), convert_from(%s, %s), 3)",
+                (uuid, encoding, QUEUE, task, encoding, text, encoding),
+            )
+    after = submit_task(TASKS + "record", args=[path, "after"], queue=QUEUE)
+    service = start_service(config_of(encoded_dsn, channel))
+
+    records = evidence.wait_for(3, timeout=20)
+    assert sorted(r["args"] for r in records if "args" in r) == [["after"], ["before"], [legit]]
+    with psycopg.connect(encoded_dsn, autocommit=True, client_encoding="UTF8") as conn:
+        states = wait_until(
+            lambda: (
+                (
+                    found := conn.execute(
+                        "SELECT state, outcome, last_error FROM dispatcher.jobs WHERE id > %s"
+                        " ORDER BY id",
+                        first,
+                    ).fetchall()
+                )
+                and all(row[0] in ("done", "failed") for row in found)
+                and found
+            ),
+            20,
+        )
+    assert [(state, outcome) for state, outcome, _ in states] == [("done", "ok")] + [
+        ("failed", "rejected")
+    ] * 3 + [("done", "ok")] * 2, states
+    for (_, _, error), column in zip(states[1:4], ["message", "uuid", "task"], strict=True):
+        assert error.startswith(f"rejected: its {column} "), error
+        assert said in error, error
+    assert get_job(after.uuid) is not None
+    assert "cannot claim jobs" not in service.log
+    service.wait_for_log(r"rejected: its message ")
+
+
+@pytest.mark.parametrize("encoded_dsn", ["SQL_ASCII"], indirect=True)
+def test_a_row_no_service_can_read_behind_serial_jobs_whose_twin_runs_is_found(
+    encoded_dsn: str,
+    channel: str,
+    configured: Path,
+    evidence: Evidence,
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    """The rows a claim skips (serial jobs whose twin runs, older than the rest) hide no
+    unreadable row from what fails it: it is found among the rows the claim reads."""
+    path = str(evidence.path)
+    key = f"twin-{uuids.uuid4().hex}"
+    latin1 = "é".encode("latin-1")  # not UTF-8
+    message = json.dumps({"task": TASKS + "record", "args": [path, "x"]})
+    with psycopg.connect(encoded_dsn, autocommit=True, client_encoding="UTF8") as conn:
+        first = conn.execute("SELECT coalesce(max(id), 0) FROM dispatcher.jobs").fetchone()
+        conn.execute(
+            "INSERT INTO dispatcher.jobs (uuid, queue, task, message, max_attempts, state,"
+            " attempts, claims, node_id, lease_until, started_at, on_duplicate, dup_key)"
+            " VALUES (%s, %s, %s, %s, 3, 'running', 1, 1, 'elsewhere', now() + interval '1 hour',"
+            " now(), 'serial', %s)",
+            (f"{key}-running", QUEUE, TASKS + "record", message, key),
+        )
+        for n in range(20):  # more than a claim of the service reads
+            conn.execute(
+                "INSERT INTO dispatcher.jobs (uuid, queue, task, message, max_attempts,"
+                " run_after, on_duplicate, dup_key)"
+                " VALUES (%s, %s, %s, %s, 3, now() - interval '1 hour', 'serial', %s)",
+                (f"{key}-{n}", QUEUE, TASKS + "record", message, key),
+            )
+        conn.execute(
+            "INSERT INTO dispatcher.jobs (uuid, queue, task, message, max_attempts, run_after)"
+            " VALUES (%s, %s, %s, convert_from(%s, 'SQL_ASCII'), 3,"
+            " now() - interval '30 minutes')",
+            (
+                f"{key}-bad",
+                QUEUE,
+                TASKS + "record",
+                message[:-1].encode() + b', "' + latin1 + b'": 1}',
+            ),
+        )
+    submit_task(TASKS + "record", args=[path, "after"], queue=QUEUE)
+    config = config_of(encoded_dsn, channel)
+    config["brokers"]["pg_queue"]["batch_size"] = 2  # each claim reads 2 rows at most
+    service = start_service(config)
+    try:
+        records = evidence.wait_for(1, timeout=20)
+        assert [r["args"] for r in records] == [["after"]]
+        with psycopg.connect(encoded_dsn, autocommit=True, client_encoding="UTF8") as conn:
+            wait_until(
+                lambda: (
+                    conn.execute(
+                        "SELECT state FROM dispatcher.jobs WHERE uuid = %s", (f"{key}-bad",)
+                    ).fetchone()
+                    == ("failed",)
+                ),
+                20,
+            )
+            waiting = conn.execute(
+                "SELECT count(*) FROM dispatcher.jobs WHERE dup_key = %s AND state = 'queued'",
+                (key,),
+            ).fetchone()
+        assert waiting == (20,)
+        assert "cannot claim jobs" not in service.log
+    finally:
+        with psycopg.connect(encoded_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM dispatcher.jobs WHERE id > %s", first)

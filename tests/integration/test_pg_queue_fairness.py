@@ -87,6 +87,46 @@ def test_a_claim_over_many_queues_locks_only_the_rows_it_takes(
         claimer.rollback()
 
 
+def test_the_rows_no_service_can_read_are_looked_for_among_those_a_claim_reads(
+    pg_dsn: str, pg_conn: Conn, schema: str
+) -> None:
+    # It read `limit` rows of every queue, serial jobs whose twin runs included (which the
+    # claim skips): it missed the row that failed the claim behind them, and locked many.
+    queues = [f"q{n}" for n in range(50)]
+    for queue in queues:
+        store(pg_conn, schema, queue, 20)
+    jobs = sql.Identifier(schema)
+    pg_conn.execute(
+        sql.SQL(
+            "UPDATE {}.jobs SET on_duplicate = 'serial', dup_key = 'twin' WHERE queue = 'q0'"
+        ).format(jobs)
+    )
+    pg_conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.jobs (uuid, queue, task, message, max_attempts, state, attempts,"
+            " claims, node_id, lease_until, on_duplicate, dup_key) VALUES ('running-twin', 'q0',"
+            " 'noop', '{{}}', 3, 'running', 1, 1, 'elsewhere', now() + interval '1 hour',"
+            " 'serial', 'twin')"
+        ).format(jobs)
+    )
+    store(pg_conn, schema, "q0", 1)  # newer than the serial ones
+    statements = Statements.for_schema(schema)
+    with psycopg.connect(pg_dsn) as claimer:
+        read = claimer.execute(statements.quarantine, {"queues": queues, "limit": 10}).fetchall()
+        assert len(read) == 10
+        assert free_rows(pg_conn, schema) == 50 * 20 + 1 - 10
+        claimer.rollback()
+        claimed = {row[0] for row in claim(claimer, schema, queues, 10)}
+        claimer.rollback()
+        assert {row[0] for row in read} == claimed
+        newest = sql.SQL("SELECT max(id) FROM {}.jobs WHERE queue = 'q0'").format(jobs)
+        (row,) = pg_conn.execute(newest).fetchone() or (None,)
+        assert row in claimed
+        alone = claimer.execute(statements.quarantine, {"queues": ["q0"], "limit": 3}).fetchall()
+        assert [found[0] for found in alone] == [row]
+        claimer.rollback()
+
+
 def test_a_claim_shares_its_rows_among_the_busy_queues_oldest_first_in_each(
     pg_dsn: str, pg_conn: Conn, schema: str
 ) -> None:

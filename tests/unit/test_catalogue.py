@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import random
+import time
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
+from dispatcher.publish.mistakes import close_task_name
 from dispatcher.server import catalogue as catalogue_module
 from dispatcher.server.catalogue import SUGGESTION_SECONDS, TaskCatalogue
 
@@ -19,10 +24,11 @@ def test_looking_up_close_names_costs_a_bounded_time_a_second_and_is_remembered(
     looked_up: list[str] = []
     original = catalogue_module.close_task_name
 
-    def costly(name: str, names: Iterable[str]) -> str | None:
+    def costly(name: str, names: Iterable[str], *rest: Any) -> str | None:
         looked_up.append(name)
+        found = original(name, names, *rest)
         now[0] += 0.011  # each look-up takes 11 ms of the clock
-        return original(name, names)
+        return found
 
     monkeypatch.setattr(catalogue_module, "close_task_name", costly)
     answers = [catalogue.close_name(f"app.tasks.tx{n}") for n in range(100)]
@@ -39,3 +45,57 @@ def test_looking_up_close_names_costs_a_bounded_time_a_second_and_is_remembered(
     now[0] += 1.0
     assert catalogue.close_name("app.tasks.tx0") is None
     assert looked_up[-1] == "app.tasks.tx0"
+
+
+def long_names(count: int) -> frozenset[str]:
+    """*count* registered names of 252 characters, alike: the costliest to compare."""
+    chance = random.Random(1)
+    return frozenset(
+        "myapp.tasks." + "".join(chance.choice("ab") for _ in range(240)) for _ in range(count)
+    )
+
+
+def test_one_look_up_stops_when_the_budget_is_spent() -> None:
+    # Compared with a crafted unknown name, 5,000 long names took up to 1.4 s.
+    catalogue = TaskCatalogue()
+    catalogue.learn(long_names(4999))
+    for unknown in ("x" * 255, "myapp.tasks." + "ab" * 120, "myapp.tasks." + "a" * 243):
+        began = time.perf_counter()
+        assert catalogue.close_name(unknown) is None
+        assert time.perf_counter() - began < SUGGESTION_SECONDS + 0.2
+        catalogue._window = -1e9  # the next second: a whole budget again
+
+
+def test_a_look_up_stopped_is_not_remembered() -> None:
+    step = [0.001]
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += step[0]  # each comparison reads the clock: 1 ms each
+        return now[0]
+
+    catalogue = TaskCatalogue(clock=clock)
+    names = frozenset(f"app.tasks.t{n:03}" for n in range(200))
+    catalogue.learn(names)
+    assert catalogue.close_name("app.tasks.t199x") is None  # stopped after ~50 comparisons
+    assert now[0] < SUGGESTION_SECONDS + 0.005
+    assert catalogue.close_name("app.tasks.t198x") is None  # the budget is spent
+    step[0] = 0.0
+    now[0] += 1.0  # the next second, comparisons cheap
+    assert catalogue.close_name("app.tasks.t199x") == "app.tasks.t199"
+
+
+def test_close_task_name_gives_up_at_its_deadline() -> None:
+    names = [f"app.tasks.t{n}" for n in range(10)]
+    assert close_task_name("app.tasks.t1x", names, deadline=math.inf) == "app.tasks.t1"
+    with pytest.raises(TimeoutError):
+        close_task_name("app.tasks.t1x", names, deadline=time.perf_counter())
+    calls = [0]
+
+    def clock() -> float:
+        calls[0] += 1
+        return float(calls[0])
+
+    with pytest.raises(TimeoutError):
+        close_task_name("app.tasks.t9x", names, deadline=3.5, clock=clock)
+    assert calls[0] == 4  # one reading before each comparison, until past the deadline

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from dispatcher.config import Settings
@@ -53,7 +54,12 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return "" if close is None else f"; did you mean {close!r}?"
 
 
-def close_task_name(name: str, names: Iterable[str]) -> str | None:
+def close_task_name(
+    name: str,
+    names: Iterable[str],
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> str | None:
     """The task name among *names* that *name* is likely a typo of, if there is one.
 
     Dotted names are compared part by part, so that sharing a module does not make two
@@ -61,11 +67,19 @@ def close_task_name(name: str, names: Iterable[str]) -> str | None:
     *name*'s module, the last parts are compared (``send_confirmaton``, ``send_confirmation``);
     among the others, the modules and the last parts both must be close (``myap.tasks.x``,
     ``myapp.tasks.x``), and a name of the same module is preferred.
+
+    Each comparison costs up to a fraction of a millisecond (long names), so thousands of
+    names cost up to a second: with a *deadline* (a time of *clock*), the search gives up
+    once it has passed, checked before each comparison.
+
+    :raises TimeoutError: when *deadline* passed before every name was compared.
     """
     module, _, last = name.rpartition(".")
     best: tuple[bool, float] | None = None
     found: str | None = None
     for candidate in sorted(names):  # of equally close names, the first in order
+        if deadline is not None and clock() >= deadline:
+            raise TimeoutError(f"no task name close to {name!r} found in time")
         candidate_module, _, candidate_last = candidate.rpartition(".")
         score = _similarity(last, candidate_last)
         same_module = candidate_module == module

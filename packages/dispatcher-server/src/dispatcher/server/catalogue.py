@@ -16,9 +16,10 @@ comparison with each)."""
 
 SUGGESTION_SECONDS: Final = 0.05
 """Seconds a second at most spent looking for the registered names close to unknown ones
-(each look costs milliseconds with thousands of registered names, and anyone who can
-publish can send unknown names): beyond, an unknown name gets no "did you mean" unless it
-was looked up before."""
+(each look costs milliseconds with thousands of registered names, up to a second with long
+ones, and anyone who can publish can send unknown names): a look stops when the second's
+budget is spent, and an unknown name then gets no "did you mean" unless it was looked up
+whole before."""
 
 MAX_REMEMBERED_SUGGESTIONS: Final = 1024
 """Unknown names whose look-up is remembered (the oldest are forgotten first)."""
@@ -79,8 +80,9 @@ class TaskCatalogue:
     def close_name(self, name: object) -> str | None:
         """The registered name *name* is likely a typo of, if one is known to be.
 
-        Looked up at most :data:`SUGGESTION_SECONDS` a second, and remembered; ``None``
-        beyond, as for a name close to none (or before the names are known).
+        Looked up for at most :data:`SUGGESTION_SECONDS` a second in all (a look-up stops
+        when they are spent), and remembered when the look-up ended; ``None`` otherwise, as
+        for a name close to none (or before the names are known).
         """
         names = self.names
         if names is None or not isinstance(name, str) or len(names) > MAX_SUGGESTION_CANDIDATES:
@@ -92,7 +94,12 @@ class TaskCatalogue:
             self._window, self._spent = began, 0.0
         if self._spent >= SUGGESTION_SECONDS:
             return None
-        close = close_task_name(name, names)
+        deadline = began + SUGGESTION_SECONDS - self._spent
+        try:
+            close = close_task_name(name, names, deadline, self._clock)
+        except TimeoutError:  # not remembered: it may be found whole in a later second
+            self._spent = SUGGESTION_SECONDS
+            return None
         self._spent += self._clock() - began
         if len(self._close) >= MAX_REMEMBERED_SUGGESTIONS:
             del self._close[next(iter(self._close))]

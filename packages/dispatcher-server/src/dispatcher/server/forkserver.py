@@ -52,7 +52,12 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.lifeline import adopt_orphans, die_with_parent
-from dispatcher.server.logsafe import Block, describe_exception, get_logger
+from dispatcher.server.logsafe import (
+    Block,
+    describe_exception,
+    get_logger,
+    root_left_to_the_app,
+)
 from dispatcher.server.task_imports import import_report
 from dispatcher.server.worker import WorkerOptions, worker_main
 
@@ -505,7 +510,8 @@ def _preload_and_serve(
     failure too: each worker then imports the modules again and reports its error.
     """
     _install_service_config(options, settings)
-    report = import_report(options.get("modules", ()))
+    with root_left_to_the_app():  # (it has the service's handler: a basicConfig() must work)
+        report = import_report(options.get("modules", ()))
     _send(control, {"event": "imported", **report})
     ForkServer(control, options).serve()
 

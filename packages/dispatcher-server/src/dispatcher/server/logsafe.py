@@ -432,6 +432,44 @@ def log_to(stream: TextIO, level: int, fmt: str | logging.Formatter) -> None:
     root.setLevel(level)
 
 
+@contextlib.contextmanager
+def root_left_to_the_app() -> Iterator[None]:
+    """Within the block, the root logger has no handler of :func:`log_to`'s: the app's to set up.
+
+    For importing the application's code (the task modules, ``worker.class``) in a process
+    that has the service's handler already: the fork server, forked from the service's
+    process once its logging was set up, and a worker. A ``basicConfig()`` run on import
+    does nothing where the root logger has a handler; within the block it sets the app's
+    logging up as in a process of its own. Records made meanwhile are still written by the
+    service's handler (as :data:`logging.lastResort`, used while the root logger has none).
+
+    When the block ends, the service's handler goes back on the root logger if that still
+    has none; else the app's handlers stay, alone, and the level the root logger had is the
+    level of the ``dispatcher`` loggers (as :func:`log_to` leaves them).
+    """
+    root = logging.getLogger()
+    ours = [handler for handler in root.handlers if isinstance(handler, _ServiceHandler)]
+    if not ours:
+        yield
+        return
+    level = root.level
+    for handler in ours:
+        root.removeHandler(handler)
+    last_resort = logging.lastResort
+    logging.lastResort = ours[0]
+    try:
+        yield
+    finally:
+        logging.lastResort = last_resort
+        if root.handlers:
+            logging.getLogger("dispatcher").setLevel(level)
+            for handler in ours:
+                handler.close()
+        else:
+            for handler in ours:
+                root.addHandler(handler)
+
+
 def is_service_handler(handler: logging.Handler) -> bool:
     """Tell whether *handler* is one :func:`log_to` made."""
     return isinstance(handler, _ServiceHandler)

@@ -9,7 +9,7 @@ out of file descriptors (see :mod:`dispatcher.server.accepting`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
@@ -74,6 +74,7 @@ class MetricsServer:
         self.host = host
         self.port = port
         self.requests = 0
+        self._zeros = ZeroSeries()
 
     @property
     def url(self) -> str:
@@ -181,7 +182,7 @@ class MetricsServer:
             return "404 Not Found", b"not found: try /metrics\n", head_only
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", b"method not allowed\n", False
-        return "200 OK", "".join(render(self._source)).encode(), head_only
+        return "200 OK", "".join(render(self._source, self._zeros)).encode(), head_only
 
 
 def _path(target: str) -> str:
@@ -227,11 +228,12 @@ def _histograms(name: str, help: str, by_task: dict[str, Histogram]) -> Iterator
         yield f"{name}_count{_labels(task=task)} {histogram.count}\n"
 
 
-def render(source: MetricsSource) -> Iterator[str]:
+def render(source: MetricsSource, zeros: ZeroSeries | None = None) -> Iterator[str]:
     """The metrics of *source* in the Prometheus text format.
 
     The counters by reason, and by task and outcome, are exported from the start, at 0, for
-    every known reason and every registered task with each outcome: an alert on
+    every known reason, and for the registered tasks with each failure outcome (see
+    :class:`ZeroSeries`; *zeros* keeps their lines from one call to the next): an alert on
     ``increase()`` sees the first event after a start only when the series was there before.
     """
     stats, counts = source.stats, source.counts()
@@ -249,10 +251,9 @@ def render(source: MetricsSource) -> Iterator[str]:
     yield f"dispatcher_control_commands_total {stats.control}\n"
     yield _family("dispatcher_tasks_finished_total", "counter", "Tasks ended, by task and outcome.")
     finished = stats.finished_by_task
-    registered = {(task, outcome) for task in source.registered_tasks() for outcome in _OUTCOMES}
-    for task, outcome in sorted(registered.union(finished)):
-        count = finished[task, outcome]
+    for (task, outcome), count in sorted(finished.items()):
         yield f"dispatcher_tasks_finished_total{_labels(task=task, outcome=outcome)} {count}\n"
+    yield (zeros or ZeroSeries()).lines(source.registered_tasks(), finished)
     yield _family("dispatcher_tasks_discarded_total", "counter", "Tasks dropped by on_duplicate.")
     yield f"dispatcher_tasks_discarded_total {stats.discarded}\n"
     yield _family("dispatcher_workers", "gauge", "Worker processes, by status.")
@@ -288,7 +289,56 @@ def render(source: MetricsSource) -> Iterator[str]:
 
 
 _ALL_REASONS: Final = frozenset(REJECTION_REASONS)
-_OUTCOMES: Final = tuple(outcome.value for outcome in Outcome)
+
+ZERO_SERIES_OUTCOMES: Final = tuple(
+    outcome.value for outcome in Outcome if outcome not in (Outcome.OK, Outcome.CANCELLED)
+)
+"""The outcomes of ``dispatcher_tasks_finished_total`` exported at 0 for each registered task:
+the failures (``error``, ``timeout``, ``killed``, ``worker_lost``, ``memory_exceeded``), which
+alerts watch. ``ok`` and ``cancelled`` (asked for) appear once they happen."""
+
+MAX_ZERO_SERIES_TASKS: Final = 1_000
+"""Registered tasks beyond which none has series exported at 0 (each scrape would carry
+thousands of lines of zeros)."""
+
+
+class ZeroSeries:
+    """The lines of ``dispatcher_tasks_finished_total`` at 0: registered tasks, failure outcomes.
+
+    One for each of :data:`ZERO_SERIES_OUTCOMES` with each registered task that did not end
+    so yet, while there are at most :data:`MAX_ZERO_SERIES_TASKS` registered tasks (none
+    beyond). Made once for the registered names (again when they are replaced, on reload),
+    and again when a pair of them first happens: a scrape copies them, no more.
+    """
+
+    def __init__(self) -> None:
+        self._names: frozenset[str] | None = None
+        self._lines: dict[tuple[str, str], str] = {}
+        self._finished = -1
+        self._text = ""
+
+    def lines(self, names: frozenset[str], finished: Mapping[tuple[str, str], int]) -> str:
+        """The lines for *names*, the registered tasks, less the pairs *finished* counts.
+
+        *finished* only ever gains pairs (a counter since the start): the lines are made
+        again when it has more than last time.
+        """
+        if names is not self._names:
+            self._names = names
+            self._lines = {}
+            if len(names) <= MAX_ZERO_SERIES_TASKS:
+                self._lines = {
+                    (task, outcome): (
+                        f"dispatcher_tasks_finished_total{_labels(task=task, outcome=outcome)} 0\n"
+                    )
+                    for task in sorted(names)
+                    for outcome in ZERO_SERIES_OUTCOMES
+                }
+            self._finished = -1
+        if len(finished) != self._finished:
+            self._finished = len(finished)
+            self._text = "".join(line for pair, line in self._lines.items() if pair not in finished)
+        return self._text
 
 
 def _brokers(stats: ServiceStats) -> Iterator[str]:

@@ -44,6 +44,7 @@ from dispatcher.server.logsafe import (
     describe_exception,
     get_logger,
     log_to,
+    root_left_to_the_app,
     set_apart,
 )
 from dispatcher.server.protocol import (
@@ -148,7 +149,8 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     set_apart(logger.name, stream, options.log_level, log_format)  # (tasks configure logging)
     channel = BlockingLineSocket(sock)
     try:
-        hooks = _start(options)
+        with root_left_to_the_app():  # (imports may set the app's logging up: basicConfig())
+            hooks = _start(options)
     except _StartFailed as failed:  # said as the start-up checks say it: no traceback
         capture.close()
         error = str(failed.report.get("error"))

@@ -136,7 +136,11 @@ class PgQueueBroker(BrokerBase):
             stats,
             limits,
             schema=settings.schema,
-            quarantine=(statements.quarantine, statements.quarantine_fail),
+            quarantine=(
+                statements.quarantine,
+                statements.quarantine_check,
+                statements.quarantine_fail,
+            ),
         )
         self._upkeep = Upkeep(
             db,

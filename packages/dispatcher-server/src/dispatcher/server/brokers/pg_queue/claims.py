@@ -27,6 +27,7 @@ from typing import Any, Final
 import anyio
 import psycopg
 
+from dispatcher.publish.pg_text import HOLDS_ANY_TEXT, python_codec
 from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.schema.log_fields import ATTEMPT
 from dispatcher.server.brokers.base import Capacity, Deliver
@@ -69,16 +70,41 @@ class ClaimOptions:
     prefetch: int = 0
 
 
-def _undecodable(columns: Iterable[tuple[str, bytes]]) -> str | None:
-    """Why the first of *columns* (name, bytes) that is not UTF-8 cannot be read, or ``None``."""
-    for name, value in columns:
+UNREADABLE: Final = (
+    psycopg.errors.CharacterNotInRepertoire,
+    psycopg.errors.UntranslatableCharacter,
+)
+"""The errors of a claim that reads a row whose text cannot be sent as UTF-8: bytes that are
+not UTF-8 on ``SQL_ASCII``, or a character without a UTF-8 equivalent (a byte the
+database's encoding leaves undefined)."""
+
+
+def _undecodable(columns: Iterable[tuple[str, bytes]], encoding: str) -> str | None:
+    """Why the first of *columns* (name, bytes in *encoding*) cannot be read as UTF-8, or ``None``.
+
+    :raises LookupError: when that cannot be told here: an encoding whose conversion only
+        the server knows (``EUC_JP``...).
+    """
+    name = encoding.upper()
+    codec = "utf-8" if name in HOLDS_ANY_TEXT else python_codec(name)
+    if codec is None:
+        raise LookupError(encoding)
+    for column, value in columns:
+        raw = bytes(value)
         try:
-            bytes(value).decode("utf-8")
+            raw.decode(codec)
         except UnicodeDecodeError as exc:
-            bad = bytes(value)[exc.start : exc.start + 4].hex(" ")
+            if codec == "utf-8":
+                bad = raw[exc.start : exc.start + 4].hex(" ")
+                return (
+                    f"its {column} is not UTF-8 text (bytes {bad} at byte {exc.start}): "
+                    f"written by a client in another encoding on a {name} database"
+                )
+            bad = raw[exc.start : exc.end].hex(" ")
             return (
-                f"its {name} is not UTF-8 text (bytes {bad} at byte {exc.start}): written by "
-                "a client in another encoding on a SQL_ASCII database"
+                f"its {column} holds bytes {bad} at byte {exc.start}, which the database's "
+                f"encoding ({name}) leaves undefined (no UTF-8 equivalent): written unchecked "
+                "by a client in that encoding"
             )
     return None
 
@@ -98,11 +124,11 @@ class Claimer:
         limits: DeclaredAttempts | None = None,
         *,
         schema: str | None = None,
-        quarantine: tuple[bytes, bytes] | None = None,
+        quarantine: tuple[bytes, bytes, bytes] | None = None,
     ) -> None:
         self._db = db
         self._quarantine_statements = quarantine
-        """The statements that find and fail rows no service can read (see _quarantine)."""
+        """The statements that find, check and fail rows no service can read (see _quarantine)."""
         self._limits = limits
         self._schema = schema
         """The tables' schema: a claim refused a privilege says what to grant on it."""
@@ -206,26 +232,33 @@ class Claimer:
                 return await self._db.fetch(self._statement, params), limit
             except psycopg.errors.UniqueViolation:  # another service took its twin first
                 limit = max(1, limit // 2)
-            except psycopg.errors.CharacterNotInRepertoire:
+            except UNREADABLE:
                 if not await self._quarantine(params):
                     raise
         return [], limit
 
     async def _quarantine(self, params: dict[str, Any]) -> bool:
-        """Fail the rows the claim would take whose text is not UTF-8; return whether any.
+        """Fail the rows a claim reads whose text cannot be sent as UTF-8; return whether any.
 
-        Only a ``SQL_ASCII`` database stores such bytes (written by a client in another
-        encoding, by hand): the claim, which reads them as UTF-8, fails on them, every time.
-        They are hostile rows, failed with the reason, like a row whose message is invalid.
+        Only a client in the database's encoding stores such text, unchecked: on
+        ``SQL_ASCII``, bytes that are not UTF-8; on another encoding, a byte it leaves
+        undefined (``0x81`` in ``WIN1252``) or a character without a UTF-8 equivalent. The
+        claim, which reads them as UTF-8, fails on them, every time. They are hostile rows,
+        failed with the reason, like a row whose message is invalid; the text of the others
+        (``é`` in ``WIN1252``) is read as the server converts it, and left alone.
         """
         if self._quarantine_statements is None:
             return False
-        find, fail = self._quarantine_statements
+        find, check, fail = self._quarantine_statements
         found = await self._db.fetch(find, {"queues": params["queues"], "limit": params["limit"]})
         ids: list[int] = []
         errors: list[str] = []
-        for row, *columns in found:
-            reason = _undecodable(zip(("uuid", "task", "message"), columns, strict=True))
+        for row, uuid, task, message, encoding in found:
+            columns = (("uuid", uuid), ("task", task), ("message", message))
+            try:
+                reason = _undecodable(columns, encoding)
+            except LookupError:
+                reason = await self._refused(check, row, [name for name, _ in columns])
             if reason is not None:
                 ids.append(row)
                 errors.append(f"rejected: {reason}")
@@ -234,6 +267,18 @@ class Claimer:
         if ids:
             await self._db.fetch(fail, {"ids": ids, "errors": errors})
         return bool(ids)
+
+    async def _refused(self, check: bytes, row: int, columns: list[str]) -> str | None:
+        """Why the server cannot convert a column of *row* to UTF-8, or ``None``.
+
+        One statement per column: for the encodings whose conversion only it knows.
+        """
+        for column in columns:
+            try:
+                await self._db.fetch(check, {"id": row, "column": column})
+            except UNREADABLE as exc:
+                return f"its {column} has no UTF-8 equivalent ({first_line(exc)})"
+        return None
 
     def _rotate(self, rows: Rows) -> None:
         """Give the first turn of the next claim to the queue after the last one served.

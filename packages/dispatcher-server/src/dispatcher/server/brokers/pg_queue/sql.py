@@ -427,27 +427,30 @@ SUBMIT_TICK_USES = {"jobs": Uses(reads=("queue",)), "schedule_ticks": Uses(reads
 
 
 QUARANTINE = """
-WITH candidates AS (
-    SELECT c.id, c.uuid, c.task, c.message
-    FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (
-        SELECT j.id, j.uuid, j.task, j.message
-        FROM {s}.jobs AS j
-        WHERE j.queue = q.name AND j.state = 'queued' AND j.run_after <= now()
-        ORDER BY j.run_after, j.id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-), raw AS (
-    SELECT c.id, convert_to(c.uuid, e.name) AS uuid, convert_to(c.task, e.name) AS task,
-        convert_to(c.message, e.name) AS message
-    FROM candidates AS c, (SELECT current_setting('server_encoding') AS name) AS e
-)
-SELECT raw.id, raw.uuid, raw.task, raw.message FROM raw
+WITH {candidates}
+SELECT j.id, convert_to(j.uuid, e.name) AS uuid, convert_to(j.task, e.name) AS task,
+    convert_to(j.message, e.name) AS message, e.name AS encoding
+FROM candidates AS c
+JOIN {s}.jobs AS j ON j.id = c.id
+CROSS JOIN (SELECT current_setting('server_encoding') AS name) AS e
+ORDER BY j.id
+""".replace("{candidates}", _FAIR_CANDIDATES)
+"""The rows a claim would read (``queues``, ``limit``: the candidates of :data:`CLAIM`, which
+:data:`CLAIM_SINGLE` reads too for one queue), their text as the bytes the database holds,
+with the database's encoding: a claim fails when one of them cannot be sent in the client's
+encoding (UTF-8). A ``SQL_ASCII`` database stores bytes that are not UTF-8, another encoding
+bytes that it leaves undefined (``0x81`` in ``WIN1252``), when a client in that encoding
+writes them (see ``claims.Claimer``)."""
+
+QUARANTINE_CHECK = """
+SELECT octet_length(convert_to(CASE %(column)s
+        WHEN 'uuid' THEN j.uuid WHEN 'task' THEN j.task ELSE j.message END, 'UTF8'))
+FROM {s}.jobs AS j
+WHERE j.id = %(id)s
 """
-"""The rows a claim would read (``queues``, ``limit``), their text as the bytes the database
-holds: a claim fails when one of them is not valid in the client's encoding (UTF-8), which
-only a ``SQL_ASCII`` database lets a client store (see ``claims.Claimer``)."""
+"""Convert one ``column`` (``uuid``, ``task``, ``message``) of the row ``id`` to UTF-8, as a
+claim's reply is: it fails where the claim would, for an encoding whose conversion only the
+server knows (``EUC_JP``...)."""
 
 QUARANTINE_FAIL = """
 UPDATE {s}.jobs AS j
@@ -474,6 +477,7 @@ class Statements:
     purge_ticks: bytes
     submit_tick: bytes
     quarantine: bytes = b""
+    quarantine_check: bytes = b""
     quarantine_fail: bytes = b""
 
     @classmethod
@@ -503,5 +507,6 @@ class Statements:
             make(PURGE_TICKS),
             make(SUBMIT_TICK),
             make(QUARANTINE),
+            make(QUARANTINE_CHECK),
             make(QUARANTINE_FAIL),
         )
