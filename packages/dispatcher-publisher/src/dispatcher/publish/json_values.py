@@ -138,7 +138,10 @@ def may_hold_converted_key(text: str, start: int = 0) -> bool:
     look for them. *start* is where an object may begin whose keys are not known to be
     strings (1 for a message, whose own keys are).
     """
-    return text.find("{", start) != -1 and _CONVERTED_KEY.search(text) is not None
+    brace = text.find("{", start)
+    while brace != -1 and text.startswith("}", brace + 1):  # an empty object holds no key
+        brace = text.find("{", brace + 2)
+    return brace != -1 and _CONVERTED_KEY.search(text, brace) is not None
 
 
 def may_hold_too_long_integer(text: str) -> bool:
