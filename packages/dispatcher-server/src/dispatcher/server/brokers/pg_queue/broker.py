@@ -272,6 +272,8 @@ class PgQueueBroker(BrokerBase):
             await self._write_while_stopping()
         except FAILURES as exc:
             why = first_line(exc)
+        if why is None and self._acks.pending:  # written, but for rows that stay locked
+            why = "their rows are locked by another session"
         if self._stop_gave_up:
             why = f"the database did not answer a write within {CLOSE_FLUSH_TIMEOUT:g} s"
             if self._db.failing:  # not the database's silence: no connection could be made
