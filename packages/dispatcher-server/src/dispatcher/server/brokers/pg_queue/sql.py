@@ -238,7 +238,7 @@ WITH held AS MATERIALIZED (
     WHERE j.id = f.id
     RETURNING j.id
 )
-SELECT o.id, EXISTS (SELECT 1 FROM renewed AS r WHERE r.id = o.id) AS renewed FROM ours AS o
+SELECT o.id, r.id IS NOT NULL AS renewed FROM ours AS o LEFT JOIN renewed AS r ON r.id = o.id
 """
 """Extend the leases of the claims still held; returns the rows still ours, each with
 whether its lease was extended.
@@ -316,10 +316,12 @@ WITH settled AS (
 SELECT * FROM written
 UNION ALL
 SELECT NULL, 'locked', NULL, false, s.id, s.claims, NULL, false
-FROM settled AS s
-WHERE NOT EXISTS (SELECT 1 FROM target AS t WHERE t.id = s.id AND t.claims = s.claims)
-  AND EXISTS (
-    SELECT 1 FROM {s}.jobs AS j WHERE j.id = s.id AND {settles} OFFSET 0)
+FROM (
+    SELECT s.* FROM settled AS s
+    WHERE NOT EXISTS (SELECT 1 FROM target AS t WHERE t.id = s.id AND t.claims = s.claims)
+    OFFSET 0
+) AS s
+WHERE EXISTS (SELECT 1 FROM {s}.jobs AS j WHERE j.id = s.id AND {settles} OFFSET 0)
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
