@@ -653,7 +653,8 @@ class _FencedDb:
                 attempt = None
                 if ack["kind"] == "retry":
                     attempt = ["t", "u", ack["attempts"], 3, ack["outcome"], ack["delay"]]
-                rows.append(("q", ack["kind"], state, False, ack["id"], ack["claims"], attempt))
+                row = ("q", ack["kind"], state, False, ack["id"], ack["claims"], attempt, False)
+                rows.append(row)
         return rows
 
 
