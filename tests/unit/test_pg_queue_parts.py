@@ -653,8 +653,7 @@ class _FencedDb:
                 attempt = None
                 if ack["kind"] == "retry":
                     attempt = ["t", "u", ack["attempts"], 3, ack["outcome"], ack["delay"]]
-                row = ("q", ack["kind"], state, False, ack["id"], ack["claims"], attempt, False)
-                rows.append(row)
+                rows.append(("q", ack["kind"], state, False, ack["id"], ack["claims"], attempt))
         return rows
 
 

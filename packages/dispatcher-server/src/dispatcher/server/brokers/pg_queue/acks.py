@@ -6,16 +6,13 @@ other service runs the job again. A row the batch statement cannot take (a resul
 PostgreSQL refuses, a race on a queue_one twin) is written alone, without its result if
 need be, so that one bad row never holds the others back. An outcome the fence refuses (the
 row is no longer under the claim it settles: its lease ran out and it was taken back) is
-logged with its job's uuid, every one of them, since the job may run, or have run, twice.
-
-A row that another session holds locked is not waited for (the renewal of leases, on the
-same connection, would wait behind it): its outcome stays queued, said once in the log,
-and is written by a later batch, once the lock is released.
+logged with its job's uuid, since the job may run, or have run, twice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -24,10 +21,11 @@ import psycopg
 
 from dispatcher.server.brokers.base import Settled
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
-from dispatcher.server.brokers.pg_queue.leases import LOCKED_BY_ANOTHER_SESSION, Leases
+from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
 from dispatcher.server.logsafe import Phrase, counted, first_line, get_logger
+from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
@@ -43,9 +41,7 @@ statement returns (task, uuid, attempts, max_attempts, outcome), then its delay.
 _NO_ATTEMPT_LEFT: Final = "no attempt left: the job is failed"
 
 MAX_UUIDS_LOGGED: Final = 20
-"""Uuids named in one line about outcomes the database refused (more take more lines)."""
-LOCKED: Final = "locked"
-"""The kind the statement gives a row it skipped: another session holds it locked."""
+"""Uuids named in one line about outcomes the database refused (the count says the rest)."""
 _ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 """Text as it is (sent in the connection's encoding, as the other parameters are)."""
 
@@ -76,9 +72,7 @@ class Acknowledger:
         self._on_twin_free = on_twin_free
         self._pending: list[Ack] = []
         self._lock = anyio.Lock()
-        self._locked: set[tuple[int, int]] = set()
-        """The outcomes (row, claim) waiting for a row another session holds locked (logged
-        once)."""
+        self._fenced = RateLimitedLog(logger, logging.WARNING, per_second=1)
 
     @property
     def pending(self) -> int:
@@ -99,83 +93,47 @@ class Acknowledger:
     async def flush(self, limit: float = WRITE_LIMIT) -> None:
         """Write everything queued, a batch per statement, each within *limit* seconds.
 
-        An outcome whose row another session holds locked stays queued for the next call.
-
         :raises psycopg.Error, OSError, BrokerNotReady: when the database cannot take them
             now (``TimeoutError``: it did not answer within *limit*); what was not written
             stays queued.
         """
         async with self._lock:
-            waiting: list[Ack] = []
-            try:
-                while self._pending:
-                    waiting += await self._flush_batch(limit)
-            finally:
-                self._pending[:0] = waiting
-
-    async def _flush_batch(self, limit: float) -> list[Ack]:
-        """Write the first batch queued; return those of its outcomes whose rows are locked."""
-        queued = self._pending[: self._batch_size]
-        # Made to settle the claims adopted until now (see Leases.settling).
-        batch = self._leases.settling(queued)
-        given_up: set[tuple[int, int]] = set()
-        try:
-            rows = await self._write(batch, given_up, limit)
-        except BaseException:
-            self._leases.unwritten(batch)
-            raise
-        del self._pending[: len(batch)]
-        locked = {(row[4], row[5]) for row in rows if row[1] == LOCKED}
-        rows = [row for row in rows if row[1] != LOCKED]
-        taken = given_up.union((row[4], row[5]) for row in rows)
-        late = {(row[4], row[5]): row for row in rows if row[7]}
-        fenced: list[str] = []
-        waiting: list[Ack] = []
-        newly_locked: list[int] = []
-        for original, ack in zip(queued, batch, strict=True):
-            key = (ack.id, ack.claim)
-            if key in locked and key not in taken:
-                self._leases.unwritten([ack])
-                waiting.append(original)
-                if key not in self._locked:
-                    self._locked.add(key)
-                    newly_locked.append(ack.id)
-                continue
-            if key in self._locked:
-                self._locked.discard(key)
-                if key in taken:
-                    logger.info("the outcome of job %d is written: the lock is gone", ack.id)
-            refused = key not in taken
-            uuid = self._leases.release(ack, refused)
-            if uuid is None:  # it settles the claim adopted meanwhile: written next
-                self._pending.append(original)
-                continue
-            if refused:
-                fenced.append(uuid)
-            elif key in late:
-                _log_late(ack, uuid, late[key][2])
-            if ack.kind == "retry" or ack.delay:
-                self._on_retry(ack.delay)
-        self._count(rows)
-        if newly_locked:  # said once for each
-            logger.warning(
-                "%s not recorded yet: %s; written once the lock is released: %s",
-                counted(len(newly_locked), "outcome"),
-                LOCKED_BY_ANOTHER_SESSION,
-                self._leases.named(newly_locked),
-            )
-        # Every uuid is logged (each job may have run twice): a line per few of them, never
-        # rate-limited (at most a batch's worth per statement).
-        for first in range(0, len(fenced), MAX_UUIDS_LOGGED):
-            some = fenced[first : first + MAX_UUIDS_LOGGED]
-            logger.warning(
-                "%s not recorded: the jobs are no longer this service's claims (their "
-                "lease ran out, or an operator changed them), so they may run again, "
-                "or already have: uuids %s",
-                counted(len(some), "outcome"),
-                Phrase.joined(", ", (Phrase("%s", uuid) for uuid in some)),
-            )
-        return waiting
+            while self._pending:
+                queued = self._pending[: self._batch_size]
+                # Made to settle the claims adopted until now (see Leases.settling).
+                batch = self._leases.settling(queued)
+                given_up: set[tuple[int, int]] = set()
+                try:
+                    rows = await self._write(batch, given_up, limit)
+                except BaseException:
+                    self._leases.unwritten(batch)
+                    raise
+                del self._pending[: len(batch)]
+                taken = given_up.union((row[4], row[5]) for row in rows)
+                fenced: list[str] = []
+                for original, ack in zip(queued, batch, strict=True):
+                    refused = (ack.id, ack.claim) not in taken
+                    uuid = self._leases.release(ack, refused)
+                    if uuid is None:  # it settles the claim adopted meanwhile: written next
+                        self._pending.append(original)
+                        continue
+                    if refused:
+                        fenced.append(uuid)
+                    if ack.kind == "retry" or ack.delay:
+                        self._on_retry(ack.delay)
+                self._count(rows)
+                if fenced:
+                    self._fenced.log(
+                        "%s not recorded: the jobs are no longer this service's claims (their "
+                        "lease ran out, or an operator changed them), so they may run again, "
+                        "or already have: uuids %s",
+                        counted(len(fenced), "outcome"),
+                        Phrase.joined(
+                            ", ",
+                            (Phrase("%s", uuid) for uuid in fenced[:MAX_UUIDS_LOGGED]),
+                            more=len(fenced) - MAX_UUIDS_LOGGED,
+                        ),
+                    )
 
     async def _write(self, batch: list[Ack], given_up: set[tuple[int, int]], limit: float) -> Rows:
         """Write *batch* within *limit* seconds, shielded; return the rows it changed."""
@@ -245,27 +203,14 @@ class Acknowledger:
         """
         if any(gated and state != "running" for _, _, state, gated, *_ in rows):
             self._on_twin_free()
-        for queue, kind, state, _, _, _, attempt, late in rows:
+        for queue, kind, state, _, _, _, attempt in rows:
             if kind == "retry" and state == "queued":
                 self._stats.pg_queue_retries[queue] += 1
                 logger.info(_ATTEMPT + "retried in %.1f s", *attempt)
             elif state == "failed":
-                if not late:  # (a row failed as lost was counted by the sweep)
-                    self._stats.pg_queue_failures[queue] += 1
+                self._stats.pg_queue_failures[queue] += 1
                 if kind == "retry":
                     logger.warning(_ATTEMPT + _NO_ATTEMPT_LEFT, *attempt[:5])
-
-
-def _log_late(ack: Ack, uuid: str, state: str) -> None:
-    """Say that *ack* was recorded over a sweep's ``worker_lost``: the job was not lost."""
-    logger.warning(
-        "job %d (uuid %s) ended in %s after its lease had run out and it was failed as lost "
-        "(worker_lost); nobody claimed it since: recorded as %s",
-        ack.id,
-        uuid,
-        ack.outcome,
-        state,
-    )
 
 
 def _plain(ack: Ack, why: str) -> Ack:

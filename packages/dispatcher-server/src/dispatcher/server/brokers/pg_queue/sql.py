@@ -217,62 +217,29 @@ WITH held AS MATERIALIZED (
     SELECT h.*, 'running' AS state
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(claims)s::integer[])
         AS h(id, attempts, claims)
-), ours AS MATERIALIZED (
-    SELECT h.id
-    FROM held AS h CROSS JOIN LATERAL (
-        SELECT j.state, j.claims, j.attempts FROM {s}.jobs AS j WHERE j.id = h.id OFFSET 0
-    ) AS j
-    WHERE j.state = h.state AND j.claims = h.claims AND j.attempts = h.attempts
-), free AS MATERIALIZED (
-    SELECT j.id
-    FROM held AS h CROSS JOIN LATERAL (
-        SELECT j.id FROM {s}.jobs AS j
-        WHERE j.id = h.id AND j.state = h.state AND j.claims = h.claims
-          AND j.attempts = h.attempts
-        FOR UPDATE OF j SKIP LOCKED
-    ) AS j
-), renewed AS (
-    UPDATE {s}.jobs AS j
-    SET lease_until = now() + make_interval(secs => %(lease)s)
-    FROM free AS f
-    WHERE j.id = f.id
-    RETURNING j.id
 )
-SELECT o.id, r.id IS NOT NULL AS renewed FROM ours AS o LEFT JOIN renewed AS r ON r.id = o.id
+UPDATE {s}.jobs AS j
+SET lease_until = now() + make_interval(secs => %(lease)s)
+FROM held AS h
+WHERE j.id = h.id AND j.state = h.state AND j.claims = h.claims AND j.attempts = h.attempts
+RETURNING j.id
 """
-"""Extend the leases of the claims still held; returns the rows still ours, each with
-whether its lease was extended.
-
-A row that another session holds locked (an operator's transaction, an application's
-``SELECT ... FOR UPDATE``) is skipped, not waited for: the others are renewed all the same.
-It comes back as still ours (read without a lock, from the statement's snapshot) but not
-renewed, and is tried again at the next renewal; a row that is no longer ours (its lease
-ran out and it was taken back, or an operator changed it) does not come back at all.
+"""Extend the leases of the claims still held; returns the rows still ours.
 
 The rows are found by id, whatever the plan's estimates: ``j.state`` is compared with a
 column of a materialized CTE, not with the constant ``'running'``, so the jobs_running
 index cannot be chosen instead (a partial index whose dead entries pile up between two
-vacuums: a bitmap scan of it reads them all, for every batch); each lateral subquery (kept
-apart by ``OFFSET 0``, or by its lock) can only look its row up by id."""
+vacuums: a bitmap scan of it reads them all, for every batch)."""
 
 RENEW_USES = Uses(reads=("id", "state", "claims", "attempts"), writes=("lease_until",))
 """The columns of ``jobs`` that :data:`RENEW` reads and writes."""
 
-_SETTLES = """j.claims = s.claims AND j.attempts = s.attempts
-          AND (j.state = s.running
-               OR (j.state = s.lost AND j.outcome = 'worker_lost' AND s.kind <> 'requeue'
-                   AND j.last_error LIKE 'worker_lost: the lease of node %%'))"""
-"""The fence of an outcome (``s``) on its row (``j``): the row is still under the claim the
-outcome settles, running; or the claim's lease ran out, a sweep failed the row as lost
-(``worker_lost``, no attempt left, the error :data:`SWEEP` writes) and nobody claimed it
-since, so that the late outcome of the job (which did run, or end) is the truth. A job
-handed back unstarted (``requeue``) leaves such a row as it is."""
-
 ACKNOWLEDGE = """
 WITH settled AS (
-    SELECT s.*, 'running' AS running, 'failed' AS lost FROM json_to_recordset(%(acks)s::json)
-        AS s(id bigint, attempts integer, claims integer, kind text, outcome text, error text,
-             result text, delay float8)
+    SELECT * FROM json_to_recordset(%(acks)s::json) AS s(
+        id bigint, attempts integer, claims integer, kind text, outcome text, error text,
+        result text, delay float8
+    )
 ), target AS MATERIALIZED (
     SELECT s.*, j.state, j.max_attempts, CASE
             WHEN s.kind = 'retry' AND j.attempts >= j.max_attempts THEN 'failed'
@@ -284,44 +251,31 @@ WITH settled AS (
     FROM settled AS s CROSS JOIN LATERAL (
         SELECT j.state, j.claims, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate,
             j.dup_key
-        FROM {s}.jobs AS j
-        WHERE j.id = s.id AND {settles}
-        FOR UPDATE OF j SKIP LOCKED
+        FROM {s}.jobs AS j WHERE j.id = s.id OFFSET 0
     ) AS j
-), written AS (
-    UPDATE {s}.jobs AS j
-    SET state = t.next,
-        attempts = CASE WHEN t.kind = 'requeue' THEN j.attempts - 1 ELSE j.attempts END,
-        max_attempts = t.max_attempts,
-        run_after = CASE WHEN t.next = 'queued'
-                         THEN now() + make_interval(secs => t.delay) ELSE j.run_after END,
-        lease_until = NULL,
-        finished_at = CASE WHEN t.next = 'queued' THEN NULL ELSE now() END,
-        outcome = CASE WHEN t.kind = 'requeue' THEN j.outcome ELSE t.outcome END,
-        last_error = CASE
-            WHEN t.kind = 'requeue' THEN j.last_error
-            WHEN t.next = 'cancelled' AND t.kind <> 'cancelled'
-                THEN 'an identical job was already waiting (on_duplicate queue_one)'
-            ELSE t.error END,
-        result = CASE WHEN t.next = 'done' THEN t.result::jsonb END
-    FROM target AS t
-    WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
-    RETURNING j.queue, t.kind, j.state, j.on_duplicate IN ('serial', 'queue_one') AS gated,
-        j.id, j.claims,
-        CASE WHEN t.kind = 'retry'
-            THEN json_build_array(j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, t.delay)
-        END AS attempt,
-        t.state <> 'running' AS late
+    WHERE j.state = 'running' AND j.claims = s.claims AND j.attempts = s.attempts
 )
-SELECT * FROM written
-UNION ALL
-SELECT NULL, 'locked', NULL, false, s.id, s.claims, NULL, false
-FROM (
-    SELECT s.* FROM settled AS s
-    WHERE NOT EXISTS (SELECT 1 FROM target AS t WHERE t.id = s.id AND t.claims = s.claims)
-    OFFSET 0
-) AS s
-WHERE EXISTS (SELECT 1 FROM {s}.jobs AS j WHERE j.id = s.id AND {settles} OFFSET 0)
+UPDATE {s}.jobs AS j
+SET state = t.next,
+    attempts = CASE WHEN t.kind = 'requeue' THEN j.attempts - 1 ELSE j.attempts END,
+    max_attempts = t.max_attempts,
+    run_after = CASE WHEN t.next = 'queued'
+                     THEN now() + make_interval(secs => t.delay) ELSE j.run_after END,
+    lease_until = NULL,
+    finished_at = CASE WHEN t.next = 'queued' THEN NULL ELSE now() END,
+    outcome = CASE WHEN t.kind = 'requeue' THEN j.outcome ELSE t.outcome END,
+    last_error = CASE
+        WHEN t.kind = 'requeue' THEN j.last_error
+        WHEN t.next = 'cancelled' AND t.kind <> 'cancelled'
+            THEN 'an identical job was already waiting (on_duplicate queue_one)'
+        ELSE t.error END,
+    result = CASE WHEN t.next = 'done' THEN t.result::jsonb END
+FROM target AS t
+WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
+RETURNING j.queue, t.kind, j.state, j.on_duplicate IN ('serial', 'queue_one'), j.id, j.claims,
+    CASE WHEN t.kind = 'retry'
+        THEN json_build_array(j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, t.delay)
+    END
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
@@ -331,20 +285,12 @@ declared one when the row has the queue's default, which the row then keeps: see
 (refused, abandoned: the job never ran) waits again, its attempt not counted: at once when
 abandoned, for its ``delay`` when refused.
 
-It returns for every row written its queue, the outcome's kind, the row's new state,
-whether it is a serial or queue_one job (its end lets an identical job start), its id and
-claim number; for a failed attempt, its task, uuid, attempts, ``max_attempts``, outcome and
-delay (a JSON array), for the log line saying what became of it; and whether the outcome
-came late (over a sweep's ``worker_lost``: see :data:`_SETTLES`). A row that another
-session holds locked is skipped, not waited for (the write of outcomes shares its
-connection with the renewal of leases): it comes back as ``'locked'`` (its id and claim
-number) when it is still the outcome's to settle, read without a lock, and its outcome is
-written by a later statement. A row that comes back not at all was refused by the fence.
-
-Each row is found by id, whatever the plan's estimates (see :data:`RENEW`): the lateral
-subqueries (kept apart by their lock, or ``OFFSET 0``) can only look their row up by id,
-their states are compared with columns of ``settled``, and the update compares ``j.state``
-with the state the target read, not with a constant."""
+It returns for every row whether it is a serial or queue_one job (its end lets an identical
+job start); and, for a failed attempt, its task, uuid, attempts, ``max_attempts``, outcome and
+delay (a JSON array), for the log line saying what became of it. Each row is found by id,
+whatever the plan's estimates (see :data:`RENEW`): the lateral subquery (kept apart by
+``OFFSET 0``) can only look its row up by id, and the update compares ``j.state`` with the
+state the target read, not with a constant."""
 
 ACKNOWLEDGE_USES = Uses(
     reads=(
@@ -547,12 +493,7 @@ class Statements:
             }
             claimable = _CLAIMABLE.format(s=name)
             filled = text.format(
-                s=name,
-                waiting_twin=twin,
-                state=state,
-                claimable=claimable,
-                settles=_SETTLES,
-                **limits,
+                s=name, waiting_twin=twin, state=state, claimable=claimable, **limits
             )
             return filled.strip().encode()
 
