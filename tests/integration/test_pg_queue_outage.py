@@ -136,8 +136,10 @@ def test_a_service_back_on_the_database_renews_its_own_leases_before_it_sweeps(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = 'dispatcher-queue:outage-a'"
         )
-    # It noticed: a claim or a step of the upkeep failed.
-    service.wait_for_log(r"cannot claim jobs|(leases|outcomes|finished jobs) failed")
+    # It noticed: a claim or a step of the upkeep failed, or it found a connection ended.
+    service.wait_for_log(
+        r"cannot claim jobs|(leases|outcomes|finished jobs) failed|was ended while idle"
+    )
     rows = wait_for_states(pg_conn, schema, uuids, {"done"})
     assert [row["attempts"] for row in rows] == [1, 1]
     runs = [record["label"] for record in evidence.records() if record["event"] == "start"]
@@ -155,31 +157,36 @@ def test_services_back_from_the_same_outage_leave_each_other_time_to_renew(
 ) -> None:
     """An outage cuts every service off: the first one back took the others' leases for
     dead (swept them) before they could renew them, and their jobs ran twice."""
-    # A queue each, and a free worker each: both claim (and reconnect) every 0.1 s.
-    services, uuids, labels = [], [], ["first", "second"]
-    for node, label in zip(("outage-b", "outage-c"), labels, strict=True):
-        queue = f"{channel}_{node[-1]}"
-        config = queue_config(pg_dsn, schema, queue, lease=3, prefetch=0, poll_interval=0.1)
-        config["service"]["node_id"] = node
-        config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
-        services.append(start_service(config))
-        message = job_message("sleep_then_record", evidence.path, 2.5, label)
-        uuids += enqueue(pg_conn, schema, queue, [message])
-    evidence.wait_for(2)  # one running on each service
-    with pg_conn.transaction():  # in one go: no renewal comes in between
-        pg_conn.execute(
-            sql.SQL(
-                "UPDATE {} SET lease_until = now() - interval '1 second' WHERE state = 'running'"
-            ).format(sql.Identifier(schema, "jobs"))
-        )
-        pg_conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name IN ('dispatcher-queue:outage-b', 'dispatcher-queue:outage-c')"
-        )
-    rows = wait_for_states(pg_conn, schema, uuids, {"done"})
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        # A queue each, and a free worker each: both claim (and reconnect) every 0.1 s.
+        services, uuids, labels = [], [], ["first", "second"]
+        for node, label in zip(("outage-b", "outage-c"), labels, strict=True):
+            queue = f"{channel}_{node[-1]}"
+            config = queue_config(proxy.dsn, schema, queue, lease=3, prefetch=0, poll_interval=0.1)
+            config["service"]["node_id"] = node
+            config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
+            services.append(start_service(config))
+            message = job_message("sleep_then_record", evidence.path, 2.5, label)
+            uuids += enqueue(pg_conn, schema, queue, [message])
+        evidence.wait_for(2)  # one running on each service
+        proxy.down()  # the database is out of reach for two leases: both services' attempts fail
+        back = time.monotonic() + 2 * 3
+        lapsed = sql.SQL("SELECT bool_and(lease_until < now()) FROM {} WHERE uuid = ANY(%s)")
+        query = lapsed.format(sql.Identifier(schema, "jobs"))
+        wait_until(lambda: pg_conn.execute(query, (uuids,)).fetchone() == (True,), timeout=10)
+        evidence.wait_for(4)  # both jobs ended meanwhile: their outcomes wait
+        wait_until(lambda: time.monotonic() >= back, timeout=10)
+        proxy.up()
+        rows = wait_for_states(pg_conn, schema, uuids, {"done"})
+    finally:
+        proxy.down()
     assert [row["attempts"] for row in rows] == [1, 1]
     runs = [record["label"] for record in evidence.records() if record["event"] == "start"]
     assert sorted(runs) == sorted(labels)  # none ran twice
+    for service in services:  # (each says so, once back)
+        service.wait_for_log(r"taking back no expired lease for 3 s \(the database was out")
     assert not any("ran out" in service.log for service in services)
 
 

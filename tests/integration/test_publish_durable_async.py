@@ -375,6 +375,52 @@ async def test_missing_tables_are_explained(pg_dsn: str, tmp_path: Path) -> None
         reset()
 
 
+def fail_inserts(pg_dsn: str, schema: str, code: str, times: int) -> None:
+    """Have the next *times* inserts into the jobs table fail with SQLSTATE *code*."""
+    names = {"schema": sql.Identifier(schema), "code": sql.Literal(code)}
+    body = sql.SQL(
+        """
+        CREATE SEQUENCE {schema}.failed_inserts;
+        CREATE FUNCTION {schema}.fail_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval({sequence}) <= {times} THEN
+                RAISE EXCEPTION 'made to fail' USING ERRCODE = {code};
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER fail_insert BEFORE INSERT ON {schema}.jobs
+            FOR EACH STATEMENT EXECUTE FUNCTION {schema}.fail_insert();
+        """
+    ).format(sequence=sql.Literal(f'"{schema}".failed_inserts'), times=sql.Literal(times), **names)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(body)
+
+
+@pytest.mark.parametrize("code", ["40001", "40P01"], ids=["serialization", "deadlock"])
+async def test_a_store_rolled_back_by_a_serialization_failure_or_deadlock_is_sent_again(
+    durable: Settings, pg_dsn: str, schema: str, code: str
+) -> None:
+    """The statement was rolled back (a role whose default_transaction_isolation is
+    serializable, a deadlock): nothing was stored, and sending it once more stores the job.
+    It used to fail, saying that it could not send to the database."""
+    fail_inserts(pg_dsn, schema, code, 1)
+    submission = await ship.adelay(1)
+    assert [row["uuid"] for row in rows(pg_dsn, schema)] == [submission.uuid]
+
+
+async def test_a_store_rolled_back_twice_says_nothing_was_stored(
+    durable: Settings, pg_dsn: str, schema: str
+) -> None:
+    fail_inserts(pg_dsn, schema, "40001", 2)
+    with pytest.raises(BrokerUnavailable) as caught:
+        await ship.adelay(1)
+    message = str(caught.value)
+    assert "rolled the statement back, twice" in message
+    assert "nothing was stored" in message
+    assert "made to fail" in message
+    assert rows(pg_dsn, schema) == []
+
+
 async def test_a_missing_privilege_is_a_publish_error_that_no_retry_cures(
     read_only: Settings,
 ) -> None:

@@ -46,6 +46,8 @@ class DatabaseProxy:
     def down(self) -> None:
         with self._lock:
             if self._listener is not None:
+                with contextlib.suppress(OSError):  # (wakes the thread blocked in accept())
+                    self._listener.shutdown(socket.SHUT_RDWR)
                 self._listener.close()
                 self._listener = None
             for sock in self._sockets:
@@ -95,6 +97,10 @@ class DatabaseProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            with self._lock:
+                if self._listener is not listener:  # accepted as it went down: refused
+                    client.close()
+                    return
             if self._frozen_new:
                 with self._lock:
                     self._sockets.append(client)

@@ -317,6 +317,23 @@ def server_encoding(connection: BaseConnection[Any]) -> str | None:
         return None
 
 
+ROLLED_BACK: Final = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+"""The errors of a statement the server rolled back whole, in a transaction of its own: a
+serialization failure (which a role whose ``default_transaction_isolation`` is
+``serializable`` meets) or a deadlock. It did nothing (its NOTIFY is not sent either), and
+sent again at once it may well pass."""
+
+
+def rolled_back(conninfo: str, exc: psycopg.Error) -> BrokerUnavailable:
+    """The error for a statement the database at *conninfo* rolled back twice (*exc*)."""
+    return BrokerUnavailable(
+        f"{describe_server(conninfo)} rolled the statement back, twice: "
+        f"{_reason(conninfo, exc)} (SQLSTATE {exc.sqlstate}: a serialization failure or a "
+        "deadlock; is default_transaction_isolation serializable for the role?): nothing was "
+        "stored or sent; sending it again may succeed"
+    )
+
+
 def broker_failure(
     conninfo: str,
     exc: psycopg.Error,

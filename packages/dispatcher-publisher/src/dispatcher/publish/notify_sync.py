@@ -20,6 +20,7 @@ from dispatcher.publish.connections import (
     CALLER_CONNECTION,
     LOCK_WAIT,
     NOTIFY_ONE,
+    ROLLED_BACK,
     IdleWatch,
     Owner,
     abandon,
@@ -30,6 +31,7 @@ from dispatcher.publish.connections import (
     connect_options,
     describe_server,
     notify_statement,
+    rolled_back,
     stopped_answering,
     sync_close_when_free,
     sync_inside,
@@ -237,10 +239,13 @@ class ConnectionProvider:
         the statement is replaced and the statement run once more on the new one: make it
         safe to repeat (the statement may have committed before the break), or pass
         *resend* false (a statement that NOTIFYs: it fails, saying it may have been sent).
+        A statement the server rolled back for a serialization failure or a deadlock did
+        nothing: it is sent once more, whatever *resend* says.
 
         :raises BrokerUnavailable: naming the server and what was being done (*doing*),
             when the database cannot be reached, or fails the statement in a way sending it
-            again later may cure (a shutdown, a lock or statement timeout).
+            again later may cure (a shutdown, a lock or statement timeout, a serialization
+            failure or deadlock twice).
         :raises PublishError: naming the server and *what* was refused, when the database
             refuses the statement for a reason no retry cures (a missing privilege).
         :raises psycopg.errors.UndefinedTable: when a table the statement names is missing.
@@ -260,7 +265,8 @@ class ConnectionProvider:
         """:meth:`execute`; *notifying* statements go through the shared cursor.
 
         A statement is sent again only when it surely did not reach the server (the
-        connection was closed before it was sent), or once when it is not a NOTIFY.
+        connection was closed before it was sent), or once when it is not a NOTIFY; and once
+        when the server rolled it back whole (:data:`ROLLED_BACK`: it did nothing).
 
         A caller that re-enters while its thread is already in here (a signal handler, or a
         ``__del__`` the garbage collector runs, submitting in the thread it interrupted,
@@ -310,7 +316,7 @@ class ConnectionProvider:
         """:meth:`_run` on the slot's shared connection."""
         resends = 1 if resend and not notifying else 0
         lost: BrokerUnavailable | None = None
-        checked = False
+        checked = rolled = False
         while True:
             slot = self._slot()
             own = self._open_for_sending(slot, lost)
@@ -336,6 +342,11 @@ class ConnectionProvider:
                     if notifier is None or notifier.connection is not own:
                         notifier = slot.notifier = own.cursor()
                     return notifier.execute(query, params)
+                except ROLLED_BACK as exc:
+                    if rolled:
+                        raise rolled_back(self.conninfo, exc) from None
+                    rolled = True
+                    continue
                 except psycopg.errors.UndefinedTable:
                     raise  # the database answered: the caller knows which table is meant
                 except psycopg.OperationalError as exc:

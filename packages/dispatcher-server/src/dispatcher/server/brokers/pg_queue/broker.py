@@ -66,6 +66,8 @@ CLOSE_FLUSH_TIMEOUT: Final = 5.0
 during the stop's grace, and at the end those still waiting). The first that takes longer
 shows the database is not answering: the stop writes nothing more, so that it costs no
 more than that; a database that answers gets every outcome written."""
+_SERVER_UP_FOR: Final = b"SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8"
+"""Seconds since the database server started."""
 TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
 """The ``on_duplicate`` modes the table enforces (``parallel`` needs nothing)."""
 
@@ -158,7 +160,7 @@ class PgQueueBroker(BrokerBase):
         self._ack_failures = RateLimitedLog(logger, logging.WARNING)
         self._opened: set[str] = set()
         """The connections (``work``, ``claims``) opened at least once: one opened again came
-        back after it was lost, and holds sweeps (see ``Upkeep.hold_sweeps``)."""
+        back after it was lost, and may hold sweeps (see :meth:`_came_back`)."""
         self._stop_gave_up = False
         """A write of the stop took longer than :data:`CLOSE_FLUSH_TIMEOUT`: none follows."""
 
@@ -299,19 +301,51 @@ class PgQueueBroker(BrokerBase):
             self._stop_gave_up = True
 
     async def _on_open(self, conn: Connection) -> None:
-        """A new working connection: check the tables (and hold sweeps, if it came back)."""
+        """A new working connection: check the tables (hold sweeps after an outage).
+
+        See :meth:`_came_back`.
+        """
         await self._check_tables(conn)
-        if "work" in self._opened:
-            self._upkeep.hold_sweeps()
+        # Its first open too: the claiming connection may not have come back yet.
+        await self._came_back(conn, self._db)
         self._opened.add("work")
+
+    async def _came_back(self, conn: Connection, db: QueueDatabase) -> None:
+        """*db*'s connection *conn* opened again: hold sweeps if the outage may cost a lease.
+
+        See ``Upkeep.hold_sweeps``. That is when the database was out of reach (the
+        attempts failing) for longer than a third of the lease, or when its server started
+        less than a lease ago: the outage may have cut every service off for long enough
+        that a lease ran out (a service renews its leases every third of the lease). Not
+        after a connection that was ended alone (an idle timeout, ``pg_terminate_backend()``)
+        and opened again at once: holding sweeps then, each time, left the jobs of a dead
+        service where they were.
+        """
+        lease = self.settings.lease
+        reason: str | None = None
+        if db.outage > lease / 3:
+            reason = f"the database was out of reach for {db.outage:.1f} s"
+        else:
+            row = await (await conn.execute(_SERVER_UP_FOR)).fetchone()
+            if row is not None and row[0] is not None and row[0] < lease:
+                reason = f"its server started {row[0]:.1f} s ago"
+        if reason is not None:
+            logger.info(
+                "taking back no expired lease for %g s (%s): the other services have that "
+                "long to come back and renew theirs",
+                lease,
+                reason,
+            )
+            self._upkeep.hold_sweeps()
 
     async def _on_open_claims(self, conn: Connection) -> None:
         """A new claiming connection: check the tables, then sweep what the dead left.
 
         This service's own leases are renewed first: reconnecting after an outage longer
         than the lease, the jobs it ran meanwhile (outcomes not written yet) are its own,
-        not lost. Only the first connection sweeps at once: one that came back leaves the
-        other services of the database a lease to come back too (see ``Upkeep.hold_sweeps``).
+        not lost. Only the first connection sweeps at once: one that came back from an
+        outage leaves the other services of the database a lease to come back too (see
+        :meth:`_came_back`).
         The upkeep sweeps only after that first sweep (claims, and so this, wait until the
         service knows its tasks' declared ``max_attempts``, which a sweep applies).
         """
@@ -322,7 +356,7 @@ class PgQueueBroker(BrokerBase):
 
         await self._leases.renew(fetch)
         if "claims" in self._opened:
-            self._upkeep.hold_sweeps()
+            await self._came_back(conn, self._claims_db)
         else:
             await sweep(fetch, self._statements.sweep, self._stats, limits=self._limits)
             self._upkeep.begin_sweeps()

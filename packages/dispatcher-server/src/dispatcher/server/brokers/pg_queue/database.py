@@ -7,22 +7,33 @@ sweeps. Whenever one is (re)opened, its session gets a ``statement_timeout`` (an
 the role or the database already sets one: a statement stuck behind a lock fails instead of
 hanging the broker, and is retried like any other failure (the connection is kept). Its
 statements are planned once (generic plans, see :data:`_SESSION`) and never JIT-compiled.
-Then *on_open* runs (the broker checks the tables' version and sweeps what dead services
-left behind). While the server cannot be reached, attempts to connect are spaced by a
-growing delay (0.1 s, doubling up to 30 s), shared by every user of the connection, and
-each failure is logged once.
+Whatever the role or the database say, the session is never ended for idleness
+(``idle_session_timeout``: these connections wait between statements by design) and runs
+its statements in ``read committed`` (the isolation they are written for). Then *on_open*
+runs (the broker checks the tables' version and sweeps what dead services left behind).
+While the server cannot be reached, attempts to connect are spaced by a growing delay (0.1
+s, doubling up to 30 s), shared by every user of the connection, and each failure is
+logged once.
+
+A statement the server rolled back for a serialization failure or a deadlock is sent again
+(at most :data:`RETRIES` times), on the same connection: it did nothing, and the connection
+is as good as before. A connection the server ended while it was idle (an operator's
+``pg_terminate_backend()``, a pooler) is replaced before a statement is sent on it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import anyio
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import describe_server
+from dispatcher.publish.connections import IdleWatch
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
@@ -40,21 +51,38 @@ loop's own limit (30 s), so that the server gives up first and the connection su
 
 BROKEN = (psycopg.OperationalError, psycopg.InterfaceError)
 """Errors after which a connection is not used again..."""
-CANCELLED = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
-"""...except these: the server gave up on one statement (``statement_timeout``,
-``lock_timeout``) and the connection is as good as before."""
+RETRIED = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+"""...except these, after which the statement is sent again (:data:`RETRIES` times at most):
+the server rolled it back, and it may well pass the next time (a statement running alone
+cannot have committed);"""
+CANCELLED = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable, *RETRIED)
+"""...and these: the server gave up on one statement (``statement_timeout``,
+``lock_timeout``, or a serialization failure or deadlock sent too often) and the connection
+is as good as before."""
+RETRIES: Final = 3
+"""Times a statement rolled back for a serialization failure or a deadlock is sent again."""
 
 _SESSION: Final = b"""
 SELECT set_config(s.name, s.value, false)
-FROM (VALUES ('statement_timeout', %(timeout)s),
-             ('idle_in_transaction_session_timeout', %(timeout)s),
-             ('plan_cache_mode', 'force_generic_plan'),
-             ('jit', 'off')) AS s(name, value)
+FROM (VALUES ('statement_timeout', %(timeout)s, false),
+             ('idle_in_transaction_session_timeout', %(timeout)s, false),
+             ('plan_cache_mode', 'force_generic_plan', false),
+             ('jit', 'off', false),
+             ('idle_session_timeout', '0', true),
+             ('default_transaction_isolation', 'read committed', true)) AS s(name, value, always)
 JOIN pg_settings AS p USING (name)
-WHERE p.source NOT IN ('client', 'user', 'database', 'database user')
+WHERE s.always OR p.source NOT IN ('client', 'user', 'database', 'database user')
 """
 """The session's settings, unless the conninfo (``options``, ``PGOPTIONS``), the role or
 the database sets them (an operator's choice wins): the timeouts, generic plans, no JIT.
+
+Two are set whatever the operator chose, as the LISTEN session does for the first (see
+``pg_notify.NEVER_IDLE_OUT``): ``idle_session_timeout`` off (PostgreSQL 14 and later; set on
+the role, it ended these connections between two statements: each came back with an error,
+and a new connection), and ``default_transaction_isolation`` read committed (the statements
+are written for it: under ``serializable`` they fail with serialization errors, which a
+claim in read committed never meets). Through a pooler in transaction mode nothing is set
+(see :class:`QueueDatabase`): set them on the services' role.
 
 Each statement of the broker runs thousands of times, with arrays whose length changes
 every time: planning it anew for each run (as PostgreSQL does whenever the custom plans
@@ -112,11 +140,22 @@ class QueueDatabase:
         self._on_open = on_open
         self._stats = stats
         self._conn: Connection | None = None
+        self._idle_ends = 0
+        """Connections the server ended while idle (see :meth:`_ended_while_idle`)."""
+        self._watch: IdleWatch | None = None
+        """Tells whether the server ended the connection while it was idle."""
         self._lock = anyio.Lock()
         self._backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
         self._retry_at = 0.0
         self.where = describe_server(conninfo)
         """The server, for log lines (never the password)."""
+        self._failing: tuple[float, float] | None = None
+        """Since the last connection opened, when (``time.monotonic()``) the first attempt
+        that failed for want of a connection began, and when the last one ended."""
+        self.outage = 0.0
+        """Seconds that attempts failed for want of a connection before the last one opened
+        (from the start of the first to the end of the last); ``0.0`` when none failed (the
+        first connection; one that the server ended while idle, replaced before use)."""
 
     async def fetch(self, statement: bytes, params: Mapping[str, Any]) -> Rows:
         """Run *statement*; return its rows (none for a statement that returns none).
@@ -125,12 +164,34 @@ class QueueDatabase:
         :raises OSError: when no connection can be opened.
         :raises BrokerNotReady: when the tables are missing or too old.
         """
+        ended = False
+        for retry in range(RETRIES + 1):
+            try:
+                return await self._run(statement, params)
+            except RETRIED:
+                if retry == RETRIES:
+                    raise
+            except psycopg.errors.IdleSessionTimeout:
+                # The server ended the session while it waited for this statement, which it
+                # never read (a pooler's, or ours through one): sent again on a new one.
+                if ended:
+                    raise
+                ended = True
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(self, statement: bytes, params: Mapping[str, Any]) -> Rows:
+        """:meth:`fetch`, once."""
         conn = await self._connection()
+        sent = time.monotonic()
         try:
             cursor = await conn.execute(statement, params)
             return await cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
-            if conn.broken or (isinstance(exc, BROKEN) and not isinstance(exc, CANCELLED)):
+            if isinstance(exc, psycopg.errors.IdleSessionTimeout):
+                self._ended_while_idle()
+                await self.discard(None, conn)
+            elif conn.broken or (isinstance(exc, BROKEN) and not isinstance(exc, CANCELLED)):
+                self._failed_since(sent)
                 reason = f"lost the connection to {self.where} ({first_line(exc)})"
                 await self.discard(reason, conn)
             elif isinstance(exc, psycopg.errors.UndefinedTable):
@@ -151,8 +212,28 @@ class QueueDatabase:
                 await self.discard(None, conn)
             raise
         except BaseException:  # cancelled mid-statement: the connection's state is unknown
+            self._failed_since(sent)
             await self.discard(None, conn)
             raise
+
+    def _ended_while_idle(self) -> None:
+        """Say (once at INFO, then at DEBUG) that the server ended the idle connection."""
+        level = logging.DEBUG if self._idle_ends else logging.INFO
+        self._idle_ends += 1
+        logger.log(
+            level,
+            "the connection to %s was ended while idle (an idle timeout of the server's, a "
+            "pooler's or a firewall's?); reconnecting (said once)",
+            self.where,
+        )
+
+    def _failed_since(self, began: float) -> None:
+        """An attempt that began at *began* (``time.monotonic()``) failed: no connection.
+
+        The database was out of reach from then until now, at least.
+        """
+        now = time.monotonic()
+        self._failing = (began if self._failing is None else self._failing[0], now)
 
     async def ready(self) -> None:
         """Open the connection now if there is none (waiting out a reconnect delay first).
@@ -178,7 +259,7 @@ class QueueDatabase:
         the new one other tasks use.
         """
         if conn is None or conn is self._conn:
-            conn, self._conn = self._conn, None
+            conn, self._conn, self._watch = self._conn, None, None
         if conn is not None:
             if reason is not None:
                 logger.warning("%s; reconnecting", reason)
@@ -187,14 +268,24 @@ class QueueDatabase:
 
     async def _connection(self) -> Connection:
         async with self._lock:
-            if self._conn is not None and not self._conn.closed:
-                return self._conn
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                # Only while no statement runs on it: a reply on its way is no sign.
+                idle = conn.info.transaction_status == TransactionStatus.IDLE
+                if not idle or self._watch is None or not self._watch.closed():
+                    return conn
+                # The server ended it while it was idle (the error it sent is unread): a new
+                # one, before a statement is sent on it and fails.
+                self._ended_while_idle()
+                await self.discard(None, conn)
             wait = self._retry_at - time.monotonic()
             if wait > 0:
                 await anyio.sleep(wait)
+            began = time.monotonic()
             try:
                 conn = await open_connection(self._conninfo, self._application_name)
             except (psycopg.Error, OSError) as exc:
+                self._failed_since(began)
                 self._failed(exc)
                 raise
             try:
@@ -202,16 +293,21 @@ class QueueDatabase:
                     conn.prepare_threshold = None
                 if not self._pooled:
                     await conn.execute(_SESSION, {"timeout": self._timeout})
+                failing = self._failing
+                self.outage = 0.0 if failing is None else failing[1] - failing[0]
                 await self._on_open(conn)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
                 if isinstance(exc, FAILURES):
+                    self._failed_since(began)
                     self._failed(exc)
                 raise
             self._backoff.reset()
             self._retry_at = 0.0
+            self._failing = None
             self._conn = conn
+            self._watch = IdleWatch(conn)
             if self._stats is not None:
                 self._stats.pg_queue_connects += 1
             return conn

@@ -135,9 +135,10 @@ class Upkeep:
     def hold_sweeps(self) -> None:
         """Sweep no other service's leases for one lease from now.
 
-        Said when a connection comes back after it was lost: the outage may have cut off
-        every service of the database, and those coming back later must have the time to
-        renew their own leases (their jobs ran meanwhile) before anyone takes them for dead.
+        Said when a connection comes back after an outage long enough to cost a lease: it
+        may have cut off every service of the database, and those coming back later must
+        have the time to renew their own leases (their jobs ran meanwhile) before anyone
+        takes them for dead.
         """
         self._sweeps_from = time.monotonic() + self._lease
 
