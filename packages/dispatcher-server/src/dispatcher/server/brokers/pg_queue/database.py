@@ -223,7 +223,7 @@ class QueueDatabase:
         logger.log(
             level,
             "the connection to %s was ended while idle (an idle timeout of the server's, a "
-            "pooler's or a firewall's?); reconnecting (said once)",
+            "pooler's or a firewall's?); reconnecting (the next times are logged at DEBUG)",
             self.where,
         )
 
