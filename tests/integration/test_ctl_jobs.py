@@ -107,6 +107,28 @@ def test_jobs_lists_newest_first_as_a_table(config: Path, pg_conn: Conn, schema:
     assert result.stderr == ""
 
 
+def test_jobs_marks_a_running_job_whose_lease_ran_out(
+    config: Path, pg_conn: Conn, schema: str
+) -> None:
+    """Its service stopped renewing the lease (died, cut off, frozen): it may no longer run,
+    and is taken back at the next sweep; it read as any running job."""
+    insert_job(pg_conn, schema, uuid="u-lapsed", state="running", attempts=1, age=78)
+    insert_job(pg_conn, schema, uuid="u-held", state="running", attempts=1, age=5)
+    pg_conn.execute(
+        sql.SQL(
+            "UPDATE {} SET lease_until = now() - interval '40 seconds' WHERE uuid = 'u-lapsed'"
+        ).format(sql.Identifier(schema, "jobs"))
+    )
+    result = ctl(config, "jobs")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    match = re.search(r" running (\S+), lease expired (\S+) ago\b", rows["u-lapsed"])
+    assert match, rows["u-lapsed"]
+    assert 78 <= seconds(match.group(1)) <= 90
+    assert 40 <= seconds(match.group(2)) <= 52
+    assert "lease" not in rows["u-held"]
+
+
 def columns(text: str) -> int:
     """How many terminal columns *text* takes (wide characters two, combining marks none)."""
     return sum(

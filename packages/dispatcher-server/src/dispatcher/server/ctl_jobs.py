@@ -476,6 +476,10 @@ def _cell(value: object, columns: int = CELL_WIDTH) -> str:
 def when(row: dict[str, Any]) -> str:
     """Where a job stands in time: ``in 30s``, ``waiting 2m05s``, ``running 4s``, ``1h ago``.
 
+    A running job whose lease ran out (its service stopped renewing it: it died, or cannot
+    reach the database) says so: ``running 1m18s, lease expired 40s ago``; the next sweep
+    takes it back.
+
     A time that is not a datetime (``infinity``, a year before 1 or after 9999: see
     :func:`~dispatcher.publish.timestamps.read_timestamp`) is shown as PostgreSQL wrote
     it, after what it is: ``run after infinity``, ``finished -infinity``.
@@ -489,7 +493,11 @@ def when(row: dict[str, Any]) -> str:
         wait = (run_after - now).total_seconds()
         return f"in {duration(wait)}" if wait > 0 else f"waiting {duration(-wait)}"
     if state == "running" and row["started_at"] is not None:
-        return _since(now, row["started_at"], "running {}", "started {}")
+        running = _since(now, row["started_at"], "running {}", "started {}")
+        lease = row.get("lease_until")
+        if isinstance(lease, datetime) and lease < now:
+            running += f", lease expired {duration((now - lease).total_seconds())} ago"
+        return running
     if row["finished_at"] is not None:
         return _since(now, row["finished_at"], "{} ago", "finished {}")
     return _since(now, row["created_at"], "created {} ago", "created {}")
