@@ -73,6 +73,7 @@ SUBMIT = Twin(
         "AsyncBatchBlock": "BatchBlock",
         "__aenter__": "__enter__",
         "__aexit__": "__exit__",
+        "_aexit_block": "_exit_block",
         "asubmit_task": "submit_task",
         "abatch": "batch",
         "asend": "send",
@@ -175,6 +176,7 @@ PUBLISH_TESTS = Twin(
             # Its sync twin is a test of threads: test_publish_threads.py, in a child process.
             "test_closing_the_connection_while_tasks_of_its_loop_publish_loses_no_send",
             "test_a_task_started_in_a_batch_sends_what_it_submits_after_the_block",
+            "test_a_task_started_in_an_inner_block_joins_the_outer_one_after_the_inner_one",
         }
     ),
 )

@@ -244,6 +244,32 @@ async def test_a_task_started_in_a_batch_sends_what_it_submits_after_the_block(
     assert uuids == [during.uuid, after.uuid]
 
 
+# Async only: an asyncio task started in a block inside another one.
+async def test_a_task_started_in_an_inner_block_joins_the_outer_one_after_the_inner_one(
+    configured: Settings, listener: Conn
+) -> None:
+    inner_ended, submitted, outer_ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def later() -> tuple[Submission, Submission]:
+        await inner_ended.wait()
+        between = await tasks.add.adelay(2, 0)  # the outer block runs: it joins its batch
+        submitted.set()
+        await outer_ended.wait()
+        return between, await tasks.add.adelay(3, 0)  # both have ended: sent at once
+
+    async with abatch():
+        async with abatch():
+            background = asyncio.create_task(later())
+            inside = await tasks.add.adelay(1, 0)
+        inner_ended.set()
+        await submitted.wait()
+        assert nothing_more(listener)
+    outer_ended.set()
+    between, after = await background
+    uuids = [json.loads(p)["uuid"] for p in received(listener, 3)]
+    assert uuids == [inside.uuid, between.uuid, after.uuid]
+
+
 def configure_with_app_name(pg_dsn: str, channel: str) -> str:
     """Configure the SDK so that its own connections can be told apart; return their name."""
     app_name = f"pub_{channel}"

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from types import FrameType
@@ -66,8 +67,11 @@ class InterruptAt:
     """A trace function raising *exception* at the *n*-th point of the SDK's frames (or
     contextlib's) where a signal handler may run and raise.
 
-    CPython runs pending signal handlers as a call returns (and at a backward jump): the
-    exception appears in the calling frame before the instruction that follows the call.
+    CPython runs pending signal handlers as a function begins (before its first line), as a
+    call returns (and at a backward jump): the exception appears in the called frame before
+    its first line, or in the calling frame before the instruction that follows the call.
+    :meth:`arm` adds the points of a frame already running: the caller's, where a ``with``
+    statement calls the block's exit (and, for ``async with``, awaits what it returned).
     """
 
     FILES = ("submit_sync.py", "submit_async.py", "batching.py", "contextlib.py")
@@ -81,12 +85,18 @@ class InterruptAt:
         self.left = n
         self.exception = exception
         self.fired = False
-        self.last: dict[FrameType, int] = {}
+        self.where = ""
+        """Where it fired: the function, and whether as it began."""
+        self.last: dict[FrameType, int | None] = {}
+        self.previous: Any = None
 
     def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
         if not frame.f_code.co_filename.endswith(self.FILES):
             return None
         frame.f_trace_opcodes = True
+        if event == "call" and frame not in self.last:  # begins (a coroutine's resuming: not)
+            self.last[frame] = None
+            self.point(frame, "begins")
         return self.local
 
     def local(self, frame: FrameType, event: str, arg: object) -> Any:
@@ -95,12 +105,29 @@ class InterruptAt:
         after = self.last.get(frame)
         self.last[frame] = frame.f_code.co_code[frame.f_lasti]
         if after in self.AFTER:
-            if self.left == 0:
-                self.fired = True
-                self.last.clear()
-                raise self.exception
-            self.left -= 1
+            self.point(frame, "after a call")
         return self.local
+
+    def point(self, frame: FrameType, where: str) -> None:
+        if self.fired:
+            return
+        if self.left == 0:
+            self.fired = True
+            self.where = f"{frame.f_code.co_name} {where}"
+            self.last.clear()
+            raise self.exception
+        self.left -= 1
+
+    def arm(self, caller: FrameType) -> None:
+        """Start tracing: new frames, and *caller*, already running."""
+        self.previous = sys.gettrace()
+        sys.settrace(self)
+        caller.f_trace_opcodes = True
+        caller.f_trace = self.local
+
+    def disarm(self, caller: FrameType) -> None:
+        caller.f_trace = None
+        sys.settrace(self.previous)
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["alone", "in_an_outer_block"])
@@ -161,6 +188,144 @@ def test_an_interrupt_entering_abatch_leaves_no_batch_that_swallows_later_submis
     asyncio.run(attempts())
     assert interrupted >= 3
     assert sorted(arrived(listener, len(sent))) == sorted(sent)
+    assert nothing_more(listener)
+
+
+def arrived_through(listener: Conn, last: str, timeout: float = 20) -> list[str]:
+    """The uuids *listener* receives up to *last*, included (the NOTIFYs of one connection
+    arrive in the order they were sent); fewer, without *last*, at the deadline."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while last not in got and time.monotonic() < deadline:
+        got.extend(arrived(listener, 1, timeout=max(deadline - time.monotonic(), 0.01)))
+    return got
+
+
+def exited_at_its_start(where: set[str]) -> bool:
+    """Whether one of the interrupts landed as the block's exit began (before its first line)."""
+    exits = ("__exit__", "__aexit__", "_exit_block", "_aexit_block")
+    return any(w.split()[0] in exits and w.endswith("begins") for w in where)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["alone", "in_an_outer_block"])
+def test_an_interrupt_leaving_batch_loses_no_later_submission(
+    configured: object, listener: Conn, nested: bool
+) -> None:
+    """An exception a signal handler raised as the block's exit began (before its first line
+    ran) left its batch open and current: every later .delay() of the thread was held by it,
+    never sent, and a later block joined it as its outer one. Tried at each point of leaving
+    the block, with the exception kept (as an application keeping its errors keeps their
+    tracebacks, and the frames in them)."""
+    must: list[str] = []  # submitted after a block, or in a block left without an exception
+    may: list[str] = []  # submitted in a block an exception cut short as it was left
+    kept: list[BaseException] = []
+    where: set[str] = set()
+    caller = sys._getframe()
+    with batch() if nested else contextlib.nullcontext():
+        for n in range(1000):
+            tracer = InterruptAt(n, DispatcherCancel())
+            try:
+                with batch():
+                    inside = tasks.add.delay(n, 0).uuid
+                    tracer.arm(caller)
+                tracer.disarm(caller)
+                must.append(inside)
+            except DispatcherCancel as exc:
+                tracer.disarm(caller)
+                kept.append(exc)
+                where.add(tracer.where)
+                may.append(inside)
+            must.append(tasks.add.delay(n, 1).uuid)
+            with batch():
+                must.append(tasks.add.delay(n, 2).uuid)
+            if not tracer.fired:
+                break
+    assert exited_at_its_start(where), where
+    last = tasks.add.delay(0, 0).uuid
+    got = arrived_through(listener, last)
+    assert len(got) == len(set(got))  # none twice
+    assert set(must) | {last} <= set(got) <= set(must) | set(may) | {last}
+
+
+@pytest.mark.filterwarnings("ignore:coroutine '.*' was never awaited:RuntimeWarning")
+def test_an_interrupt_leaving_abatch_loses_no_later_submission(
+    configured: object, listener: Conn
+) -> None:
+    """The same for ``async with abatch()``, where the exception may also land in the caller
+    as the call making the exit's coroutine returns, before it is awaited (it never runs)."""
+    must: list[str] = []
+    may: list[str] = []
+    kept: list[BaseException] = []
+    where: set[str] = set()
+
+    async def attempts() -> str:
+        caller = sys._getframe()
+        for n in range(1000):
+            tracer = InterruptAt(n, DispatcherCancel())
+            try:
+                async with abatch():
+                    inside = (await tasks.add.adelay(n, 0)).uuid
+                    tracer.arm(caller)
+                tracer.disarm(caller)
+                must.append(inside)
+            except DispatcherCancel as exc:
+                tracer.disarm(caller)
+                kept.append(exc)
+                where.add(tracer.where)
+                may.append(inside)
+            must.append((await tasks.add.adelay(n, 1)).uuid)
+            async with abatch():
+                must.append((await tasks.add.adelay(n, 2)).uuid)
+            if not tracer.fired:
+                break
+        last = (await tasks.add.adelay(0, 0)).uuid
+        await aclose_connections()
+        return last
+
+    last = asyncio.run(attempts())
+    assert exited_at_its_start(where), where
+    assert any(w.startswith("attempts") for w in where)  # (the coroutine made, not awaited)
+    got = arrived_through(listener, last)
+    assert len(got) == len(set(got))
+    assert set(must) | {last} <= set(got) <= set(must) | set(may) | {last}
+
+
+def test_a_block_entered_twice_is_refused_and_leaves_no_batch_behind(
+    configured: object, listener: Conn
+) -> None:
+    """Entering the same block object again (a helper given it, say) replaced its batch: the
+    outer exit then failed ("Token has already been used once") and left the outer batch
+    open and current, holding what the thread submitted next."""
+
+    def enter_twice() -> None:
+        block = batch()
+        with block:
+            tasks.add.delay(1, 0)
+            with block:
+                tasks.add.delay(2, 0)
+
+    with pytest.raises(RuntimeError, match="entered already"):
+        enter_twice()
+    after = tasks.add.delay(3, 0).uuid
+    assert arrived(listener, 1) == [after]  # (the block raised: nothing of it was sent)
+    assert nothing_more(listener)
+
+    async def enter_twice() -> None:
+        block = abatch()
+        async with block:
+            await tasks.add.adelay(4, 0)
+            async with block:
+                await tasks.add.adelay(5, 0)
+
+    async def twice() -> str:
+        with pytest.raises(RuntimeError, match="entered already"):
+            await enter_twice()
+        uuid = (await tasks.add.adelay(6, 0)).uuid
+        await aclose_connections()
+        return uuid
+
+    after = asyncio.run(twice())
+    assert arrived(listener, 1) == [after]
     assert nothing_more(listener)
 
 

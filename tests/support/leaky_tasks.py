@@ -245,7 +245,7 @@ def sets_context_variables() -> None:
     _setting.set("set by an earlier task")
     block = batch()
     block.__enter__()
-    _open_blocks.append(block)  # (kept: were it freed, closing it would end the block)
+    _open_blocks.append(block)  # (kept: were it freed, its batch would be passed over)
 
 
 def _context_variables() -> str:

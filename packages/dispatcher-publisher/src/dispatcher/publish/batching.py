@@ -3,23 +3,32 @@
 A block's :class:`Batch` is current (``current_batch``) in its context, and in contexts
 copied from it (an asyncio task started in the block, ``asyncio.to_thread``): what those
 submit while the block runs joins it; once the block has ended, the batch is closed and
-they send at once. A block inside another one joins the outer batch when it ends (nothing,
-if it raises), unless it was given a connection of its own.
+they join the block it was inside of, if that one still runs, else they send at once. A
+block inside another one joins the outer batch when it ends (nothing, if it raises),
+unless it was given a connection of its own.
 
-A batch takes submissions only while it is usable: open, and in the process that entered
-the block. Anything submitted where the current batch is not (the block ended, or this
-process was forked inside the block) is sent at once, never held by a batch that will not
-send it.
+A batch takes submissions only while it is usable: open, in the process that entered the
+block, and its block still held by the ``with`` statement that entered it. That last one
+is what makes a block abandoned by an exception that landed as its exit began (a signal
+handler's, before the exit's first line ran: nothing of the exit ran) harmless: the
+``with`` statement let go of it, so its batch, still current in the context, is passed
+over: what is submitted next is sent at once, or joins the block still running around it.
+Anything submitted where no batch is usable is sent at once, never held by a batch that
+will not send it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
-from collections.abc import Sequence
-from contextvars import ContextVar
+import weakref
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Generic, TypeVar, overload
 
 from dispatcher.publish.submission import Submission
 from dispatcher.schema import InvalidArgumentType
@@ -38,6 +47,10 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _held_for_ever() -> object:
+    return True
+
+
 @dataclass
 class Batch:
     """Submissions collected by a ``batch()`` block, sent together when it ends."""
@@ -50,14 +63,24 @@ class Batch:
     """Whether the block has ended: nothing joins the batch any more."""
     pid: int = field(default_factory=lambda: _pid)
     """The process that entered the block: only it sends the batch."""
+    parent: Batch | None = field(default=None, repr=False, compare=False)
+    """The batch usable where the block began (its outer block's), if any: what is
+    submitted where this one is not usable any more goes there, while it is."""
+    holder: Callable[[], object | None] = field(default=_held_for_ever, repr=False, compare=False)
+    """A weak reference to what the ``with`` statement that entered the block holds while
+    the block runs (see :class:`BlockExit`): ``None`` once it is gone."""
     # Re-entrant: a signal handler (or a __del__) submitting in the thread it interrupted
     # may find that thread adding to the batch.
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def usable(self) -> bool:
-        """Whether submissions may join it: open, and in the process that entered the block."""
-        return not self.closed and self.pid == _pid
+        """Whether submissions may join it: open, here, and its block not abandoned.
+
+        Here: in the process that entered the block. Abandoned: let go of by the ``with``
+        statement that entered it without its exit having run.
+        """
+        return not self.closed and self.pid == _pid and self.holder() is not None
 
     @property
     def inherited(self) -> bool:
@@ -68,6 +91,8 @@ class Batch:
         """Add *submissions* unless the batch is not usable; tell whether they were added."""
         if self.pid != _pid:
             return False  # (its lock may have been held by another thread at the fork)
+        if self.holder() is None:
+            return False  # abandoned: never sent
         with self._lock:
             if self.closed:
                 return False
@@ -85,32 +110,51 @@ class Batch:
 
 
 current_batch: ContextVar[Batch | None] = ContextVar("dispatcher_current_batch", default=None)
-"""The innermost open ``batch()`` of this thread or task, if any."""
+"""The batch of the innermost ``batch()`` block entered in this thread or task, if any: it
+may be closed or abandoned since (see :func:`current`)."""
+
+
+def current() -> Batch | None:
+    """The innermost usable batch of this context, if any."""
+    batch = current_batch.get()
+    while batch is not None and not batch.usable:
+        batch = batch.parent
+    return batch
 
 
 def collect(submission: Submission, connection: object | None) -> bool:
-    """Add *submission* to the open batch, if there is one; tell whether it was added.
+    """Add *submission* to the innermost usable batch, if any; tell whether it was added.
 
     :raises TypeError: when a connection is passed to a single call inside a batch.
     """
     batch = current_batch.get()
-    if batch is None or not batch.usable:
-        return False
-    if connection is not None:
-        raise InvalidArgumentType(
-            "inside batch(), pass connection= to batch(), not to each submission"
-        )
-    return batch.add([submission])
+    while batch is not None:
+        if connection is not None and batch.usable:
+            raise InvalidArgumentType(
+                "inside batch(), pass connection= to batch(), not to each submission"
+            )
+        if batch.add([submission]):
+            return True
+        batch = batch.parent
+    return False
 
 
-def outer_batch(connection: object | None) -> Batch | None:
-    """The open batch a new block with *connection* joins when it ends, if any."""
-    outer = current_batch.get()
-    if outer is None or not outer.usable:
-        return None
-    if connection is not None and connection is not outer.connection:
-        return None  # a block on a connection of its own sends in that connection's transaction
-    return outer
+def join(batch: Batch | None, submissions: Sequence[Submission], connection: object | None) -> bool:
+    """Add a block's *submissions* to the batch it joins; tell whether they were added.
+
+    That is *batch*, the batch usable where the block began, or the innermost batch still
+    usable around that one.
+
+    A block with a *connection* of its own joins only a batch on that connection: else it
+    sends in that connection's transaction itself.
+    """
+    while batch is not None:
+        if connection is not None and connection is not batch.connection:
+            return False
+        if batch.add(submissions):
+            return True
+        batch = batch.parent
+    return False
 
 
 def ending(batch: Batch) -> list[Submission]:
@@ -130,3 +174,134 @@ def ending(batch: Batch) -> list[Submission]:
             _pid,
         )
     return submissions
+
+
+class BlockState:
+    """A block's entry: what its exit needs, apart from the block object (see BlockExit)."""
+
+    __slots__ = ("batch", "connection", "exit_ref", "token")
+
+    def __init__(self, connection: object | None) -> None:
+        self.connection = connection
+        self.batch: Batch | None = None
+        """The block's batch, once entered."""
+        self.token: Token[Batch | None] | None = None
+        """What puts the batch current before the block back, until the block has ended."""
+        self.exit_ref: weakref.ref[Callable[..., object]] | None = None
+        """The exit the ``with`` statement looked up just before entering the block."""
+
+
+class Block:
+    """What ``BatchBlock`` and ``AsyncBatchBlock`` share: entering, and the state."""
+
+    __slots__ = ("__weakref__", "_state")
+
+    def __init__(self, connection: object | None) -> None:
+        self._state = BlockState(connection)
+
+    def _enter(self) -> Batch:
+        """Make a new batch current; return it.
+
+        :raises RuntimeError: when the block was entered before.
+        """
+        state = self._state
+        if state.batch is not None:
+            raise RuntimeError(
+                "this batch() block was entered already: a block is entered once (each"
+                " with statement takes a batch() of its own)"
+            )
+        exit_ref = state.exit_ref
+        # Held by the with statement while the block runs, and let go of when it is left,
+        # however; else (entered by hand, or by an ExitStack) the block object is.
+        holder = exit_ref if exit_ref is not None and exit_ref() is not None else weakref.ref(self)
+        previous = current_batch.get()
+        batch = state.batch = Batch(connection=state.connection, parent=current(), holder=holder)
+        # Made current last, and undone on any exception until the block has it: one a
+        # signal handler raises (KeyboardInterrupt, a task's cancel, a deadline) as set()
+        # returns leaves no batch open behind it.
+        try:
+            state.token = current_batch.set(batch)
+            return batch
+        except BaseException:
+            batch.close()
+            if state.token is not None:
+                current_batch.reset(state.token)
+            elif current_batch.get() is batch:  # (interrupted as set() returned)
+                current_batch.set(previous)
+            raise
+
+
+def leave(state: BlockState, ok: bool) -> list[Submission]:
+    """Close the batch of a block ending; return what the block is to send itself.
+
+    Nothing when the block raised (*ok* false), or when it joined an outer batch.
+
+    :raises RuntimeError: when the block is not entered (or was left already).
+    """
+    batch, token = state.batch, state.token
+    if batch is None or token is None:
+        raise RuntimeError("this batch() block is not entered: nothing to leave")
+    try:
+        if not ok:
+            batch.close()  # what copies of the context submit later goes elsewhere
+            return []
+        submissions = ending(batch)
+    finally:
+        state.token = None
+        current_batch.reset(token)
+    if join(batch.parent, submissions, state.connection):
+        return []
+    return submissions
+
+
+R = TypeVar("R")
+ExitFunction = Callable[
+    [BlockState, type[BaseException] | None, BaseException | None, TracebackType | None], R
+]
+
+
+class BlockExit(Generic[R]):
+    """A block's ``__exit__`` (or ``__aexit__``): an exit holding the state, not the block.
+
+    What it gives, the ``with`` statement holds while the block runs, and lets go of when it
+    leaves it, however: even when an exception a signal handler raises lands as the exit
+    begins (before its first line: nothing of it runs). The block's batch lives as long as
+    that, and no longer (:attr:`Batch.holder`); the block object itself may outlive the
+    statement: the exit's frame, kept by the exception's traceback, holds it. (Looked up on
+    the class, as ``contextlib.ExitStack`` does, it is the plain function.)
+    """
+
+    def __init__(self, function: ExitFunction[R]) -> None:
+        self._function = function
+
+        @functools.wraps(function)
+        def exit_of(
+            block: Block,
+            kind: type[BaseException] | None,
+            value: BaseException | None,
+            traceback: TracebackType | None,
+        ) -> R:
+            return function(block._state, kind, value, traceback)
+
+        self._unbound = exit_of
+
+    @overload
+    def __get__(
+        self, block: None, owner: type[Block]
+    ) -> Callable[
+        [Block, type[BaseException] | None, BaseException | None, TracebackType | None], R
+    ]: ...
+
+    @overload
+    def __get__(
+        self, block: Block, owner: type[Block] | None = None
+    ) -> Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], R]: ...
+
+    def __get__(self, block: Block | None, owner: type[Block] | None = None) -> Callable[..., R]:
+        if block is None:
+            return self._unbound
+        state = block._state
+        exit = functools.partial(self._function, state)
+        if state.batch is None:  # the with statement's, about to enter the block
+            state.exit_ref = weakref.ref(exit)
+        return exit

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import Token
 from types import TracebackType
 from typing import Any
 
@@ -16,7 +15,7 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import interception
-from dispatcher.publish.batching import Batch, collect, current_batch, ending, outer_batch
+from dispatcher.publish.batching import Batch, Block, BlockExit, BlockState, collect, leave
 from dispatcher.publish.brokers import Outgoing, PublishBroker, is_job_broker
 from dispatcher.publish.connections import expect_connection
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
@@ -216,62 +215,37 @@ def abatch(connection: AsyncConnection[Any] | None = None) -> AsyncBatchBlock:
 
     :raises TypeError: when *connection* is not a psycopg connection of this function's kind
         (checked on entering, even if nothing is submitted; a testing mode takes anything).
+    :raises RuntimeError: on entering a block entered before (each ``with`` takes its own).
     """
     return AsyncBatchBlock(connection)
 
 
-class AsyncBatchBlock:
+async def _aexit_block(
+    state: BlockState,
+    kind: type[BaseException] | None,
+    value: BaseException | None,
+    traceback: TracebackType | None,
+) -> None:
+    """Send the block's batch (or join it to the outer one's), unless the block raised."""
+    submissions = leave(state, kind is None)
+    if submissions:
+        await asend(submissions, state.connection)
+
+
+class AsyncBatchBlock(Block):
     """The block of a batch (see :func:`abatch`, and the sync twin's ``batch``); entered once."""
 
-    __slots__ = ("_batch", "_connection", "_outer", "_token")
+    __slots__ = ()
 
     def __init__(self, connection: AsyncConnection[Any] | None) -> None:
-        self._connection = connection
-        self._outer: Batch | None = None
-        self._batch: Batch | None = None
-        self._token: Token[Batch | None] | None = None
+        super().__init__(connection)
 
     async def __aenter__(self) -> Batch:
         """Make a new batch current; return it."""
-        connection = self._connection
+        connection = self._state.connection
         if connection is not None and interception.current is None:
             expect_connection(connection, AsyncConnection, "abatch", "batch")
-        self._outer = outer_batch(connection)
-        previous = current_batch.get()
-        batch = self._batch = Batch(connection=connection)
-        # Made current last, and undone on any exception until the block has it: one a
-        # signal handler raises (KeyboardInterrupt, a task's cancel, a deadline) as set()
-        # returns leaves no batch open behind it, holding what is submitted afterwards.
-        # (A generator's block could not: interrupted once it yielded, before the with
-        # statement got it, it stayed suspended, its batch current, while the traceback lived.)
-        try:
-            self._token = current_batch.set(batch)
-            return batch
-        except BaseException:
-            batch.close()
-            if self._token is not None:
-                current_batch.reset(self._token)
-            elif current_batch.get() is batch:  # (interrupted as set() returned)
-                current_batch.set(previous)
-            raise
+        return self._enter()
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Send the batch (or join it to the outer one's), unless the block raised."""
-        batch, token = self._batch, self._token
-        assert batch is not None, "the block was not entered"
-        assert token is not None
-        try:
-            if kind is not None:
-                batch.close()  # what copies of the context submit later is sent at once
-                return
-            submissions = ending(batch)
-        finally:
-            current_batch.reset(token)
-        outer = self._outer
-        if outer is None or not outer.add(submissions):
-            await asend(submissions, self._connection)
+    __aexit__ = BlockExit(_aexit_block)
+    """Send the batch (or join it to the outer one's), unless the block raised."""
