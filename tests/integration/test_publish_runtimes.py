@@ -465,6 +465,174 @@ def test_a_signal_handler_publishing_while_its_thread_sends_does_not_hang(
     assert "nothing was sent" in refusal
 
 
+def run_child(script: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run *script* in a Python child with the tests' modules; return what it printed (JSON)."""
+    tests_folder = Path(tasks.__file__).parents[1]
+    child = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=os.environ
+        | (env or {})
+        | {"PYTHONPATH": os.pathsep.join([str(tests_folder), *sys.path])},
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    return json.loads(child.stdout)
+
+
+FACTORY_HANDLER_PUBLISHES = """
+import faulthandler, json, signal, sys, threading, time
+import psycopg
+from dispatcher.config import setup
+from dispatcher.publish import PublishError
+from support import app_connections, tasks
+
+faulthandler.dump_traceback_later(30, exit=True)  # a hang: its stacks, then exit
+dsn, channel, how = sys.argv[1:]
+app = app_connections.current = psycopg.connect(dsn, autocommit=how != "in_a_transaction")
+setup({"version": 1, "brokers": {"pg_notify": {"conninfo": dsn, "channels": [channel],
+       "connection_factory": "support.app_connections.connection"}}})
+published, refused = [], []
+
+def handler(signum, frame):  # the thread it interrupted runs a statement on app
+    try:
+        if how == "given_the_connection":
+            published.append(tasks.add.apply_async(args=[1, 1], connection=app).uuid)
+        else:
+            published.append(tasks.add.delay(1, 1).uuid)
+    except PublishError as exc:
+        refused.append(str(exc))
+
+def signal_once_running():
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        query = "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+        while not conn.execute(query, (f"%app {channel}%",)).fetchone():
+            time.sleep(0.01)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+signal.signal(signal.SIGUSR1, handler)
+threading.Thread(target=signal_once_running).start()
+app.execute(f"SELECT pg_sleep(1) /* app {channel} */")  # the application's own statement
+if how == "in_a_transaction":
+    app.commit()
+published.append(tasks.add.delay(2, 2).uuid)  # the application's, afterwards
+if how == "in_a_transaction":
+    app.commit()
+print(json.dumps({"published": published, "refused": refused}))
+"""
+
+
+@pytest.mark.parametrize("how", ["autocommit", "in_a_transaction", "given_the_connection"])
+def test_a_signal_handler_publishing_on_the_connection_its_thread_uses_does_not_hang(
+    pg_dsn: str, channel: str, listener: Conn, how: str
+) -> None:
+    """With ``connection_factory`` (the application's connection, as AWX sets it up), a
+    handler submitting while its thread ran any statement on that connection waited for
+    ever for the connection's lock. In autocommit mode the task is sent at once on the SDK's
+    own connection, as it would have been on the application's; in a transaction (or on a
+    connection the call names) it is refused, saying why."""
+    outcome = run_child(FACTORY_HANDLER_PUBLISHES, pg_dsn, channel, how)
+    if how == "autocommit":
+        assert outcome["refused"] == []
+        assert sorted(arrived(listener, 2)) == sorted(outcome["published"])
+    else:
+        [refusal] = outcome["refused"]
+        assert "this thread is in the middle of a statement on it" in refusal
+        assert "nothing was sent" in refusal
+        assert arrived(listener, 2) == outcome["published"]  # the application's own, only
+    assert nothing_more(listener)
+
+
+REENTER_ANYWHERE = """
+import dis, faulthandler, json, sys
+from dispatcher.config import reset
+from dispatcher.publish import close_connections
+from support import tasks
+
+faulthandler.dump_traceback_later(60, exit=True)  # a hang: its stacks, then exit
+FILES = ("/dispatcher/config/", "/dispatcher/publish/")
+AFTER = frozenset(dis.opmap[n] for n in ("CALL", "CALL_FUNCTION_EX", "JUMP_BACKWARD") if n in dis.opmap)
+
+
+class PublishAt:
+    # Submits at the n-th point of the SDK's frames where a signal handler may run, in the
+    # thread, as a handler that publishes does (the trace function runs untraced).
+    def __init__(self, n, call):
+        self.left, self.call, self.fired, self.last = n, call, False, {}
+
+    def __call__(self, frame, event, arg):
+        if not any(f in frame.f_code.co_filename for f in FILES):
+            return None
+        frame.f_trace_opcodes = True
+        if event == "call" and frame not in self.last:
+            self.last[frame] = None
+            self.point()
+        return self.local
+
+    def local(self, frame, event, arg):
+        if event != "opcode" or self.fired:
+            return self.local
+        after = self.last.get(frame)
+        self.last[frame] = frame.f_code.co_code[frame.f_lasti]
+        if after in AFTER:
+            self.point()
+        return self.local
+
+    def point(self):
+        if not self.fired:
+            self.fired = self.left == 0
+            self.left -= 1
+            if self.fired:
+                self.last.clear()
+                self.call()
+
+
+sent, failed = [], []
+
+def handler(n):
+    def publish():
+        try:
+            sent.append(tasks.add.delay(n, 1).uuid)
+        except Exception as exc:
+            failed.append(f"{type(exc).__name__}: {exc}")
+    return publish
+
+for n in range(10000):
+    reset()  # the config is read from its file again, by the first submission
+    close_connections()  # which opens the connection again
+    publisher = PublishAt(n, handler(n))
+    sys.settrace(publisher)
+    try:
+        uuid = tasks.add.delay(n, 0).uuid
+    finally:
+        sys.settrace(None)
+    sent.append(uuid)
+    if not publisher.fired:
+        break
+print(json.dumps({"sent": sent, "failed": failed, "points": n}))
+"""
+
+
+def test_a_signal_handler_publishing_anywhere_in_the_first_submission_does_not_hang(
+    pg_dsn: str, channel: str, listener: Conn, tmp_path: Path
+) -> None:
+    """A handler (or a __del__) submitting while its thread's first submission read the
+    config file waited for ever for the lock held over the reading (and for the one held
+    while the brokers are made). Tried at each point of a first submission."""
+    config = tmp_path / "dispatcher.yml"
+    config.write_text(
+        json.dumps(
+            {"version": 1, "brokers": {"pg_notify": {"conninfo": pg_dsn, "channels": [channel]}}}
+        )
+    )
+    outcome = run_child(REENTER_ANYWHERE, env={"DISPATCHER_CONFIG_FILE": str(config)})
+    assert outcome["failed"] == []
+    assert outcome["points"] > 100
+    assert sorted(arrived(listener, len(outcome["sent"]), timeout=30)) == sorted(outcome["sent"])
+    assert nothing_more(listener)
+
+
 class Deadline(Exception):
     """What a signal-based deadline raises (RQ's job timeout, timeout-decorator...)."""
 

@@ -10,8 +10,19 @@ from typing import Any
 from dispatcher.config.loading import load_settings
 from dispatcher.config.settings import Settings
 
-_lock = threading.Lock()
+# Re-entrant: a signal handler (or a __del__) submitting while its thread loads the config
+# on first use loads it itself rather than waiting for ever for the thread it interrupted.
+_lock = threading.RLock()
 _settings: Settings | None = None
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at the fork would stay held for ever in the child.
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def setup(
@@ -50,7 +61,9 @@ def get_settings() -> Settings:
         return settings
     with _lock:
         if _settings is None:
-            _settings = load_settings()
+            loaded = load_settings()
+            if _settings is None:  # (a caller interrupting the load may have set one up)
+                _settings = loaded
         return _settings
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import inspect
 import os
 import select
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
@@ -473,12 +475,55 @@ def caller_connection(
     checked = expect_connection(connection, expected, caller, other)
     if checked.closed:
         raise BrokerUnavailable(f"cannot use {whose}: it is closed; nothing was sent")
+    if in_use_here(checked):
+        raise PublishError(
+            f"cannot use {whose}: this thread is in the middle of a statement on it (a signal"
+            " handler or a __del__ submitted on it while its thread was running one), and"
+            " waiting for that statement to end would wait for ever; nothing was sent"
+        )
     if checked.info.transaction_status == TransactionStatus.INERROR:
         raise BrokerUnavailable(
             f"cannot use {whose}: its transaction is aborted (an earlier statement "
             "failed), so it takes no more statements until it is rolled back; nothing was sent"
         )
     return checked
+
+
+_PSYCOPG: Final = os.path.dirname(psycopg.__file__) + os.sep
+
+
+def in_use_here(connection: BaseConnection[Any]) -> bool:
+    """Whether this thread is in the middle of using *connection*, holding its lock.
+
+    So it is for a signal handler (or a ``__del__``) that interrupted its thread running a
+    statement on it: waiting for the lock would wait for ever. Looked at only while the lock
+    is held (by this thread or another): a psycopg frame of this thread using *connection*.
+    """
+    lock = getattr(connection, "lock", None)
+    if lock is None or not lock.locked():
+        return False
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_PSYCOPG):
+            user = frame.f_locals.get("self")
+            if user is connection or getattr(user, "_conn", None) is connection:
+                return True
+        frame = frame.f_back
+    return False
+
+
+def in_transaction(connection: BaseConnection[Any]) -> bool:
+    """Whether *connection* is in a transaction, or may be (a statement running on it).
+
+    A statement running in autocommit mode is in none, unless in a ``transaction()`` block
+    (or after a ``BEGIN`` of the application's own, which cannot be seen while it runs).
+    """
+    status = connection.pgconn.transaction_status
+    if status == TransactionStatus.IDLE:
+        return False
+    if status != TransactionStatus.ACTIVE or not connection.autocommit:
+        return True
+    return getattr(connection, "_num_transactions", 1) != 0  # (psycopg's transaction() blocks)
 
 
 def caller_lost(

@@ -10,6 +10,7 @@ import psycopg
 from dispatcher.config import PgNotifyBroker, Settings
 from dispatcher.publish.brokers import Outgoing, ReplyCollector
 from dispatcher.publish.connection_factory import ConnectionFactory
+from dispatcher.publish.connections import in_transaction, in_use_here
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.notify_async import acontrol_with_reply as acollect_replies
 from dispatcher.publish.notify_async import asend as anotify
@@ -58,7 +59,18 @@ class PgNotifyPublisher:
         """
         if connection is None and self._factory is not None:
             factory = self._factory
-            notify(self.conninfo, messages, factory.connection(), factory.whose)
+            application = factory.connection()
+            if (
+                self.conninfo is not None
+                and isinstance(application, psycopg.Connection)
+                and in_use_here(application)
+                and not in_transaction(application)
+            ):
+                # A signal handler (or a __del__) interrupted its thread's statement on the
+                # application's connection, in no transaction: sent at once either way.
+                shared_provider(self.conninfo).notify(messages)
+                return
+            notify(self.conninfo, messages, application, factory.whose)
         elif connection is None and self.conninfo is not None:
             shared_provider(self.conninfo).notify(messages)  # the common case, directly
         else:

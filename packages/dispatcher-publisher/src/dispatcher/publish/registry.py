@@ -54,7 +54,9 @@ class TaskRegistry:
     """Task names and what they run. Thread-safe."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler (or a __del__) may register (importing a module of
+        # tasks) while its thread does.
+        self._lock = threading.RLock()
         self._by_name: dict[str, RegisteredTask] = {}
 
     def register(self, entry: RegisteredTask) -> RegisteredTask:

@@ -11,6 +11,7 @@ when configured, else the task default.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -51,7 +52,18 @@ class _Brokers:
 
 
 _current: _Brokers | None = None
-_lock = threading.Lock()
+# Re-entrant: a signal handler (or a __del__) submitting in the thread it interrupted may find
+# that thread holding it.
+_lock = threading.RLock()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at the fork would stay held for ever in the child.
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _brokers(settings: Settings) -> _Brokers:

@@ -17,7 +17,7 @@ from psycopg.pq import TransactionStatus
 from dispatcher.publish import interception
 from dispatcher.publish.batching import Batch, Block, BlockExit, BlockState, collect, leave
 from dispatcher.publish.brokers import Outgoing, PublishBroker, is_job_broker
-from dispatcher.publish.connections import expect_connection
+from dispatcher.publish.connections import expect_connection, in_use_here
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_queue import PgQueuePublisher
@@ -97,6 +97,7 @@ async def _asend_together(groups: Groups, connection: object | None, own_connect
             isinstance(connection, AsyncConnection)
             and connection.autocommit
             and connection.info.transaction_status == TransactionStatus.IDLE
+            and not in_use_here(connection)  # (refused by each broker, rather than waited for)
         ):
             async with connection.transaction():
                 await _asend_groups(groups, connection, own_connection)
