@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from dispatcher.config import reset, setup
-from dispatcher.control import acontrol_with_reply
+from dispatcher.control import acontrol, acontrol_with_reply
 from dispatcher.publish import (
     AsyncioRequired,
     DispatcherCancel,
@@ -718,14 +718,21 @@ def drive(coroutine: Coroutine[Any, Any, Any]) -> None:
         coroutine.close()
 
 
+def acontrol_over_the_socket() -> Coroutine[Any, Any, None]:
+    setup({"version": 1, "brokers": {"socket": {"path": "/nonexistent/dispatcher.sock"}}})
+    return acontrol("running")
+
+
 @pytest.mark.parametrize(
     "call",
     [
         lambda: tasks.add.adelay(1, 2),
         lambda: asubmit_task("support.tasks.add", args=[1, 2]),
         lambda: acontrol_with_reply("running", timeout=0.1),
+        lambda: acontrol("running"),
+        acontrol_over_the_socket,
     ],
-    ids=["adelay", "asubmit_task", "acontrol_with_reply"],
+    ids=["adelay", "asubmit_task", "acontrol_with_reply", "acontrol", "acontrol_over_the_socket"],
 )
 def test_the_async_api_without_an_asyncio_loop_says_to_use_the_sync_one(
     configured: object, call: Callable[[], Coroutine[Any, Any, Any]]

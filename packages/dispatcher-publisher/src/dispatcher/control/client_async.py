@@ -43,6 +43,7 @@ async def acontrol(
     :raises InvalidSubmission: when the command name, data or *queue* cannot be sent.
     :raises BrokerUnavailable: when the database (or the socket) cannot be reached.
     """
+    async_require_loop()
     message = _message(command, data, reply_to=None)
     _check_queue(command, queue)
     text = _text(message)

@@ -42,6 +42,7 @@ def control(
     :raises InvalidSubmission: when the command name, data or *queue* cannot be sent.
     :raises BrokerUnavailable: when the database (or the socket) cannot be reached.
     """
+    sync_require_loop()
     message = _message(command, data, reply_to=None)
     _check_queue(command, queue)
     text = _text(message)
