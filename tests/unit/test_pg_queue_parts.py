@@ -521,7 +521,7 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
                 raise _Enough
 
     class FakeAcks:
-        async def flush(self) -> None:
+        async def flush_all(self) -> None:
             pass
 
     from dispatcher.server.brokers.pg_queue import upkeep as module
@@ -653,7 +653,8 @@ class _FencedDb:
                 attempt = None
                 if ack["kind"] == "retry":
                     attempt = ["t", "u", ack["attempts"], 3, ack["outcome"], ack["delay"]]
-                rows.append(("q", ack["kind"], state, False, ack["id"], ack["claims"], attempt))
+                row = ("q", ack["kind"], state, False, ack["id"], ack["claims"], attempt, False)
+                rows.append(row)
         return rows
 
 
