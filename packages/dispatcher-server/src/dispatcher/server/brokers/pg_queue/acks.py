@@ -105,7 +105,8 @@ class Acknowledger:
         """Write everything queued, a batch per statement, each within *limit* seconds.
 
         An outcome whose row another session held locked is tried again (alone) only when
-        *retry_locked*; it stays queued while the lock lasts.
+        *retry_locked*, until one is found still locked (the others are tried at the next
+        call): it stays queued while the lock lasts.
 
         :raises psycopg.Error, OSError, BrokerNotReady: when the database cannot take them
             now (``TimeoutError``: it did not answer within *limit*); what was not written
@@ -123,13 +124,21 @@ class Acknowledger:
             # The rows found locked go alone (a batch would wait on them again), first.
             self._pending[:] = alone + others
             waiting: list[Ack] = []
+            still: list[Ack] = []
             try:
-                for _ in alone:
-                    waiting += await self._flush_batch(1, limit)
+                for left in range(len(alone), 0, -1):
+                    still = await self._flush_batch(1, limit)
+                    if still:
+                        # Still locked: the others wait for the next call (each costs the
+                        # connection its lock_timeout, and renewals wait behind it), this
+                        # one tried after them.
+                        later += self._pending[: left - 1]
+                        del self._pending[: left - 1]
+                        break
                 while self._pending:
                     waiting += await self._flush_batch(self._batch_size, limit)
             finally:
-                self._pending[:0] = waiting + later
+                self._pending[:0] = waiting + later + still
 
     async def _flush_batch(self, size: int, limit: float) -> list[Ack]:
         """Write the first *size* outcomes queued; return those whose rows are locked."""

@@ -282,7 +282,7 @@ class PgQueueBroker(BrokerBase):
         """Write what acknowledgements wait (briefly), then close the connections."""
         why: str | None = None
         try:
-            await self._write_while_stopping()
+            await self._write_while_stopping(retry_locked=True)
         except FAILURES as exc:
             why = first_line(exc)
         if why is None and self._acks.pending:  # written, but for rows that stay locked
@@ -302,12 +302,16 @@ class PgQueueBroker(BrokerBase):
         await self._db.close()
         await self._replies.close()
 
-    async def _write_while_stopping(self) -> None:
-        """Write the outcomes waiting, within :data:`CLOSE_FLUSH_TIMEOUT` (see there)."""
+    async def _write_while_stopping(self, retry_locked: bool = False) -> None:
+        """Write the outcomes waiting, within :data:`CLOSE_FLUSH_TIMEOUT` (see there).
+
+        Those whose rows another session held locked are tried too when *retry_locked* (the
+        last write, by :meth:`close`).
+        """
         if self._stop_gave_up:
             return
         try:
-            await self._acks.flush(CLOSE_FLUSH_TIMEOUT, retry_locked=True)
+            await self._acks.flush(CLOSE_FLUSH_TIMEOUT, retry_locked=retry_locked)
         except TimeoutError:
             self._stop_gave_up = True
 
