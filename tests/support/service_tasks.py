@@ -339,3 +339,16 @@ def fail_with_a_long_name(path: str) -> None:
     """Record, then raise; registered under the longest name a task may have."""
     _record(path, event="fail")
     raise ValueError("this task always fails")
+
+
+@task()
+def step_then_give_back(path: str, seconds: float, label: str, value: Any = None) -> Any:
+    """Record the start, sleep in steps of 0.1 s (a stop of the process, SIGSTOP, does not
+    shorten the time left), record the end; return *value*, or raise when it is ``"fail"``."""
+    _record(path, event="start", label=label)
+    for _ in range(round(seconds * 10)):
+        time.sleep(0.1)
+    _record(path, event="end", label=label)
+    if value == "fail":
+        raise ValueError(f"{label} failed after its run")
+    return value

@@ -521,7 +521,7 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
                 raise _Enough
 
     class FakeAcks:
-        async def flush(self) -> None:
+        async def flush_all(self) -> None:
             pass
 
     from dispatcher.server.brokers.pg_queue import upkeep as module
@@ -636,11 +636,17 @@ class _FencedDb:
         self.down = False
         self.during: list[Any] = []
         self.written: list[tuple[int, int, str]] = []
+        self.locked: set[int] = set()
+        """Rows another session holds locked: a statement that writes one fails."""
+        self.lock_waits = 0
 
     async def fetch(self, statement: bytes, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         if self.down:
             raise OSError("the database is unreachable")
         acks = json.loads(params["acks"])
+        if any(ack["id"] in self.locked for ack in acks):
+            self.lock_waits += 1
+            raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
         for step in self.during:
             step()
         self.during = []
@@ -653,12 +659,51 @@ class _FencedDb:
                 attempt = None
                 if ack["kind"] == "retry":
                     attempt = ["t", "u", ack["attempts"], 3, ack["outcome"], ack["delay"]]
-                rows.append(("q", ack["kind"], state, False, ack["id"], ack["claims"], attempt))
+                row = ("q", ack["kind"], state, False, ack["id"], ack["claims"], attempt, False)
+                rows.append(row)
         return rows
 
 
 def _acknowledger(db: _FencedDb, leases: Leases) -> Any:
     return Acknowledger(db, b"ack", leases, RetryPolicy(), 10, ServiceStats())  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_rows_locked_by_another_session_hold_back_no_other_outcome_nor_the_upkeep() -> None:
+    """Outcomes of rows another session holds locked stay queued, the others are written;
+    a write for a new outcome does not wait on the known locked rows again, and a round of
+    the upkeep waits on one of them at most (each wait costs the connection its
+    lock_timeout, and the renewal of leases waits behind it), in turn, until released."""
+    db = _FencedDb({row: 1 for row in range(1, 7)})
+    leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
+    acks = _acknowledger(db, leases)
+    for row in range(1, 7):
+        assert leases.add(row, 1, 1, time.monotonic(), f"u-{row}")
+    db.locked = {1, 2, 3}
+    for row in range(1, 6):
+        acks.add(Ack(row, 1, 1, "done", "ok"))
+    await acks.flush()
+    assert sorted(row for row, *_ in db.written) == [4, 5]
+    assert acks.pending == 3
+    db.lock_waits = 0
+    acks.add(Ack(6, 1, 1, "done", "ok"))
+    await acks.flush()  # a job's end: the locked rows are not tried
+    assert (db.lock_waits, acks.pending) == (0, 3)
+    assert sorted(row for row, *_ in db.written) == [4, 5, 6]
+    for _ in range(3):  # the upkeep's rounds: one wait each, on each row in turn
+        await acks.flush_all()
+        assert (db.lock_waits, acks.pending) == (1, 3)
+        db.lock_waits = 0
+    db.locked = {2}
+    for _ in range(2):  # the released rows are written within two rounds, either way
+        await acks.flush_all()
+        assert db.lock_waits <= 1
+        db.lock_waits = 0
+    assert acks.pending == 1
+    db.locked = set()
+    await acks.flush_all()
+    assert sorted(row for row, *_ in db.written) == [1, 2, 3, 4, 5, 6]
+    assert (acks.pending, leases.held) == (0, {})
 
 
 @pytest.mark.anyio

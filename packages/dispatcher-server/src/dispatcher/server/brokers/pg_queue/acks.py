@@ -6,13 +6,19 @@ other service runs the job again. A row the batch statement cannot take (a resul
 PostgreSQL refuses, a race on a queue_one twin) is written alone, without its result if
 need be, so that one bad row never holds the others back. An outcome the fence refuses (the
 row is no longer under the claim it settles: its lease ran out and it was taken back) is
-logged with its job's uuid, since the job may run, or have run, twice.
+logged with its job's uuid, every one of them, since the job may run, or have run, twice.
+
+A row that another session holds locked is not waited for long: the working connection has
+a short ``lock_timeout`` (see ``QueueDatabase``), so a batch held up by such a row fails
+after it and is written one row at a time; the locked row's outcome stays queued (said once
+in the log) and is tried alone again by the upkeep's rounds (:meth:`Acknowledger.flush_all`,
+every ``lease / 3`` seconds), never in a batch, until the lock is released. The common
+write takes no row lock of its own beyond its update's.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -21,11 +27,10 @@ import psycopg
 
 from dispatcher.server.brokers.base import Settled
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
-from dispatcher.server.brokers.pg_queue.leases import Leases
+from dispatcher.server.brokers.pg_queue.leases import LOCKED_BY_ANOTHER_SESSION, Leases
 from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
 from dispatcher.server.logsafe import Phrase, counted, first_line, get_logger
-from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
@@ -41,7 +46,7 @@ statement returns (task, uuid, attempts, max_attempts, outcome), then its delay.
 _NO_ATTEMPT_LEFT: Final = "no attempt left: the job is failed"
 
 MAX_UUIDS_LOGGED: Final = 20
-"""Uuids named in one line about outcomes the database refused (the count says the rest)."""
+"""Uuids named in one line about outcomes the database refused (more take more lines)."""
 _ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 """Text as it is (sent in the connection's encoding, as the other parameters are)."""
 
@@ -72,7 +77,9 @@ class Acknowledger:
         self._on_twin_free = on_twin_free
         self._pending: list[Ack] = []
         self._lock = anyio.Lock()
-        self._fenced = RateLimitedLog(logger, logging.WARNING, per_second=1)
+        self._locked: set[tuple[int, int]] = set()
+        """The outcomes (row, claim) whose row another session held locked: each is tried
+        again alone, by :meth:`flush_all`."""
 
     @property
     def pending(self) -> int:
@@ -90,67 +97,149 @@ class Acknowledger:
         """Queue one row's change (a delivered claim's: see ``Leases.settling``)."""
         self._pending.append(ack)
 
-    async def flush(self, limit: float = WRITE_LIMIT) -> None:
+    async def flush_all(self) -> None:
+        """:meth:`flush`, the outcomes whose rows were locked by another session included."""
+        await self.flush(retry_locked=True)
+
+    async def flush(self, limit: float = WRITE_LIMIT, *, retry_locked: bool = False) -> None:
         """Write everything queued, a batch per statement, each within *limit* seconds.
+
+        An outcome whose row another session held locked is tried again (alone) only when
+        *retry_locked*, until one is found still locked (the others are tried at the next
+        call): it stays queued while the lock lasts.
 
         :raises psycopg.Error, OSError, BrokerNotReady: when the database cannot take them
             now (``TimeoutError``: it did not answer within *limit*); what was not written
             stays queued.
         """
         async with self._lock:
-            while self._pending:
-                queued = self._pending[: self._batch_size]
-                # Made to settle the claims adopted until now (see Leases.settling).
-                batch = self._leases.settling(queued)
-                given_up: set[tuple[int, int]] = set()
-                try:
-                    rows = await self._write(batch, given_up, limit)
-                except BaseException:
-                    self._leases.unwritten(batch)
-                    raise
-                del self._pending[: len(batch)]
-                taken = given_up.union((row[4], row[5]) for row in rows)
-                fenced: list[str] = []
-                for original, ack in zip(queued, batch, strict=True):
-                    refused = (ack.id, ack.claim) not in taken
-                    uuid = self._leases.release(ack, refused)
-                    if uuid is None:  # it settles the claim adopted meanwhile: written next
-                        self._pending.append(original)
-                        continue
-                    if refused:
-                        fenced.append(uuid)
-                    if ack.kind == "retry" or ack.delay:
-                        self._on_retry(ack.delay)
-                self._count(rows)
-                if fenced:
-                    self._fenced.log(
-                        "%s not recorded: the jobs are no longer this service's claims (their "
-                        "lease ran out, or an operator changed them), so they may run again, "
-                        "or already have: uuids %s",
-                        counted(len(fenced), "outcome"),
-                        Phrase.joined(
-                            ", ",
-                            (Phrase("%s", uuid) for uuid in fenced[:MAX_UUIDS_LOGGED]),
-                            more=len(fenced) - MAX_UUIDS_LOGGED,
-                        ),
-                    )
+            alone: list[Ack] = []
+            later: list[Ack] = []
+            others: list[Ack] = []
+            for ack in self._pending:
+                if (ack.id, ack.claim) not in self._locked:
+                    others.append(ack)
+                else:
+                    (alone if retry_locked else later).append(ack)
+            # The rows found locked go alone (a batch would wait on them again), first.
+            self._pending[:] = alone + others
+            waiting: list[Ack] = []
+            still: list[Ack] = []
+            try:
+                for left in range(len(alone), 0, -1):
+                    still = await self._flush_batch(1, limit)
+                    if still:
+                        # Still locked: the others wait for the next call (each costs the
+                        # connection its lock_timeout, and renewals wait behind it), this
+                        # one tried after them.
+                        later += self._pending[: left - 1]
+                        del self._pending[: left - 1]
+                        break
+                while self._pending:
+                    waiting += await self._flush_batch(self._batch_size, limit)
+            finally:
+                self._pending[:0] = waiting + later + still
 
-    async def _write(self, batch: list[Ack], given_up: set[tuple[int, int]], limit: float) -> Rows:
-        """Write *batch* within *limit* seconds, shielded; return the rows it changed."""
+    async def _flush_batch(self, size: int, limit: float) -> list[Ack]:
+        """Write the first *size* outcomes queued; return those whose rows are locked."""
+        queued = self._pending[:size]
+        # Made to settle the claims adopted until now (see Leases.settling).
+        batch = self._leases.settling(queued)
+        given_up: set[tuple[int, int]] = set()
+        locked: set[tuple[int, int]] = set()
+        try:
+            rows = await self._write(batch, given_up, locked, limit)
+        except BaseException:
+            self._leases.unwritten(batch)
+            raise
+        del self._pending[: len(batch)]
+        taken = given_up.union((row[4], row[5]) for row in rows)
+        late = {(row[4], row[5]) for row in rows if row[7]}
+        fenced: list[str] = []
+        waiting: list[Ack] = []
+        newly_locked: list[int] = []
+        for original, ack in zip(queued, batch, strict=True):
+            key = (ack.id, ack.claim)
+            if key in locked:
+                self._leases.unwritten([ack])
+                waiting.append(original)
+                if (original.id, original.claim) not in self._locked:
+                    self._locked.add((original.id, original.claim))
+                    newly_locked.append(ack.id)
+                continue
+            if (original.id, original.claim) in self._locked:
+                self._locked.discard((original.id, original.claim))
+                logger.info("the outcome of job %d is written: the lock is gone", ack.id)
+            refused = key not in taken
+            uuid = self._leases.release(ack, refused)
+            if uuid is None:  # it settles the claim adopted meanwhile: written next
+                self._pending.append(original)
+                continue
+            if refused:
+                fenced.append(uuid)
+            elif key in late:
+                _log_late(ack, uuid)
+            if ack.kind == "retry" or ack.delay:
+                self._on_retry(ack.delay)
+        self._count(rows)
+        if newly_locked:  # said once for each
+            logger.warning(
+                "%s not recorded yet: %s; tried again at each renewal of leases: %s",
+                counted(len(newly_locked), "outcome"),
+                LOCKED_BY_ANOTHER_SESSION,
+                self._leases.named(newly_locked),
+            )
+        # Every uuid is logged (each job may have run twice): a line per few of them, never
+        # rate-limited (at most a batch's worth per statement).
+        for first in range(0, len(fenced), MAX_UUIDS_LOGGED):
+            some = fenced[first : first + MAX_UUIDS_LOGGED]
+            logger.warning(
+                "%s not recorded: the jobs are no longer this service's claims (their "
+                "lease ran out, or an operator changed them), so they may run again, "
+                "or already have: uuids %s",
+                counted(len(some), "outcome"),
+                Phrase.joined(", ", (Phrase("%s", uuid) for uuid in some)),
+            )
+        return waiting
+
+    async def _write(
+        self,
+        batch: list[Ack],
+        given_up: set[tuple[int, int]],
+        locked: set[tuple[int, int]],
+        limit: float,
+    ) -> Rows:
+        """Write *batch* within *limit* seconds, shielded; return the rows it changed.
+
+        The (row, claim) of an outcome not written because another session holds its row
+        locked go into *locked*; those of outcomes PostgreSQL never took, into *given_up*.
+        """
         with anyio.CancelScope(shield=True) as write:
             write.deadline = anyio.current_time() + limit
             try:
                 rows = await self._db.fetch(self._statement, self._params(batch))
+            except psycopg.errors.LockNotAvailable:
+                if len(batch) == 1:
+                    locked.add((batch[0].id, batch[0].claim))
+                    rows = []
+                else:
+                    rows = await self._one_by_one(batch, given_up, locked)
             except (psycopg.IntegrityError, psycopg.DataError, UnicodeEncodeError):
-                rows = await self._one_by_one(batch, given_up)
+                rows = await self._one_by_one(batch, given_up, locked)
         if write.cancelled_caught:
             raise TimeoutError(f"the database did not answer within {limit:g} s")
         return rows
 
-    async def _one_by_one(self, batch: list[Ack], given_up: set[tuple[int, int]]) -> Rows:
+    async def _one_by_one(
+        self, batch: list[Ack], given_up: set[tuple[int, int]], locked: set[tuple[int, int]]
+    ) -> Rows:
         rows: Rows = []
         for ack in batch:
-            written = await self._write_alone(ack)
+            try:
+                written = await self._write_alone(ack)
+            except psycopg.errors.LockNotAvailable:
+                locked.add((ack.id, ack.claim))
+                continue
             if written is None:
                 given_up.add((ack.id, ack.claim))
             else:
@@ -158,7 +247,10 @@ class Acknowledger:
         return rows
 
     async def _write_alone(self, ack: Ack) -> Rows | None:
-        """Write one row's change; ``None`` (logged) when PostgreSQL never took it."""
+        """Write one row's change; ``None`` (logged) when PostgreSQL never took it.
+
+        :raises psycopg.errors.LockNotAvailable: another session holds the row locked.
+        """
         for _ in range(3):
             try:
                 return await self._db.fetch(self._statement, self._params([ack]))
@@ -203,14 +295,26 @@ class Acknowledger:
         """
         if any(gated and state != "running" for _, _, state, gated, *_ in rows):
             self._on_twin_free()
-        for queue, kind, state, _, _, _, attempt in rows:
+        for queue, kind, state, _, _, _, attempt, late in rows:
             if kind == "retry" and state == "queued":
                 self._stats.pg_queue_retries[queue] += 1
                 logger.info(_ATTEMPT + "retried in %.1f s", *attempt)
             elif state == "failed":
-                self._stats.pg_queue_failures[queue] += 1
+                if not late:  # (a row failed as lost was counted by the sweep)
+                    self._stats.pg_queue_failures[queue] += 1
                 if kind == "retry":
                     logger.warning(_ATTEMPT + _NO_ATTEMPT_LEFT, *attempt[:5])
+
+
+def _log_late(ack: Ack, uuid: str) -> None:
+    """Say that *ack* was recorded over a sweep's ``worker_lost``: the job was not lost."""
+    logger.warning(
+        "job %d (uuid %s) ended in %s after its lease had run out and it was failed as lost "
+        "(worker_lost); nobody claimed it since: its outcome is recorded",
+        ack.id,
+        uuid,
+        ack.outcome,
+    )
 
 
 def _plain(ack: Ack, why: str) -> Ack:

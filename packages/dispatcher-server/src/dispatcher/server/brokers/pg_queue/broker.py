@@ -70,6 +70,10 @@ _SERVER_UP_FOR: Final = b"SELECT extract(epoch FROM now() - pg_postmaster_start_
 """Seconds since the database server started."""
 TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
 """The ``on_duplicate`` modes the table enforces (``parallel`` needs nothing)."""
+LOCK_TIMEOUT: Final = 2.0
+"""Most seconds a statement of the working connection waits for a row lock of another
+session (and a sixth of the lease when that is shorter): an outcome whose row stays locked
+is then written later (see :mod:`.acks`), and the renewals behind it are not held up."""
 
 
 class PgQueueBroker(BrokerBase):
@@ -101,7 +105,12 @@ class PgQueueBroker(BrokerBase):
             settings.conninfo, work_name, self._on_open_claims, pooled=pooled, stats=stats
         )
         self._db = db = QueueDatabase(
-            settings.conninfo, work_name, self._on_open, pooled=pooled, stats=stats
+            settings.conninfo,
+            work_name,
+            self._on_open,
+            lock_timeout=min(LOCK_TIMEOUT, settings.lease / 6),
+            pooled=pooled,
+            stats=stats,
         )
         self._leases = leases = Leases(db, statements.renew, settings.lease)
         policy = RetryPolicy(
@@ -273,9 +282,11 @@ class PgQueueBroker(BrokerBase):
         """Write what acknowledgements wait (briefly), then close the connections."""
         why: str | None = None
         try:
-            await self._write_while_stopping()
+            await self._write_while_stopping(retry_locked=True)
         except FAILURES as exc:
             why = first_line(exc)
+        if why is None and self._acks.pending:  # written, but for rows that stay locked
+            why = "their rows are locked by another session"
         if self._stop_gave_up:
             why = f"the database did not answer a write within {CLOSE_FLUSH_TIMEOUT:g} s"
             if self._db.failing:  # not the database's silence: no connection could be made
@@ -291,12 +302,16 @@ class PgQueueBroker(BrokerBase):
         await self._db.close()
         await self._replies.close()
 
-    async def _write_while_stopping(self) -> None:
-        """Write the outcomes waiting, within :data:`CLOSE_FLUSH_TIMEOUT` (see there)."""
+    async def _write_while_stopping(self, retry_locked: bool = False) -> None:
+        """Write the outcomes waiting, within :data:`CLOSE_FLUSH_TIMEOUT` (see there).
+
+        Those whose rows another session held locked are tried too when *retry_locked* (the
+        last write, by :meth:`close`).
+        """
         if self._stop_gave_up:
             return
         try:
-            await self._acks.flush(CLOSE_FLUSH_TIMEOUT)
+            await self._acks.flush(CLOSE_FLUSH_TIMEOUT, retry_locked=retry_locked)
         except TimeoutError:
             self._stop_gave_up = True
 

@@ -68,10 +68,12 @@ FROM (VALUES ('statement_timeout', %(timeout)s, false),
              ('idle_in_transaction_session_timeout', %(timeout)s, false),
              ('plan_cache_mode', 'force_generic_plan', false),
              ('jit', 'off', false),
+             ('lock_timeout', %(lock_timeout)s, false),
              ('idle_session_timeout', '0', true),
              ('default_transaction_isolation', 'read committed', true)) AS s(name, value, always)
 JOIN pg_settings AS p USING (name)
-WHERE s.always OR p.source NOT IN ('client', 'user', 'database', 'database user')
+WHERE s.value IS NOT NULL
+  AND (s.always OR p.source NOT IN ('client', 'user', 'database', 'database user'))
 """
 """The session's settings, unless the conninfo (``options``, ``PGOPTIONS``), the role or
 the database sets them (an operator's choice wins): the timeouts, generic plans, no JIT.
@@ -88,6 +90,11 @@ Each statement of the broker runs thousands of times, with arrays whose length c
 every time: planning it anew for each run (as PostgreSQL does whenever the custom plans
 look cheaper, as they do for a claim) costs a good part of the statement. Every statement
 in :mod:`.sql` is written so that its generic plan is the right one.
+
+``lock_timeout`` is set on the working connection only (none on the claiming one, whose
+claims skip locked rows): a row another session holds locked (``SELECT ... FOR UPDATE``)
+stops an outcome's write for that long at most, not for the ``statement_timeout``, and the
+renewals of leases that share the connection do not wait behind it (see :mod:`.acks`).
 
 JIT compilation is off: PostgreSQL decides it from the plan's estimated cost, which for a
 claim over a large backlog (the ``LIMIT`` aside) passes ``jit_above_cost``, and then
@@ -113,12 +120,12 @@ class QueueDatabase:
     """One autocommit connection, opened when first needed and after each loss.
 
     *statement_timeout* (seconds) is the session's, unless the conninfo, the role or the
-    database sets one. *pooled*: the conninfo leads to a pooler in transaction mode, whose
-    sessions are shared with other clients and keep no prepared statement from one
-    transaction to the next: nothing is prepared and nothing set on the session. A prepared
-    statement found gone turns preparing off from then on, with a warning that names the
-    setting (the session settings are still made: only the operator can say whether they
-    reach other clients).
+    database sets one; so is *lock_timeout* (seconds; ``None``: the server's). *pooled*:
+    the conninfo leads to a pooler in transaction mode, whose sessions are shared with
+    other clients and keep no prepared statement from one transaction to the next: nothing
+    is prepared and nothing set on the session. A prepared statement found gone turns
+    preparing off from then on, with a warning that names the setting (the session
+    settings are still made: only the operator can say whether they reach other clients).
     """
 
     def __init__(
@@ -128,11 +135,15 @@ class QueueDatabase:
         on_open: Callable[[Connection], Awaitable[None]],
         statement_timeout: float = STATEMENT_TIMEOUT,
         *,
+        lock_timeout: float | None = None,
         pooled: bool = False,
         stats: ServiceStats | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._timeout = f"{max(1, round(statement_timeout * 1000))}ms"
+        self._lock_timeout = (
+            None if lock_timeout is None else f"{max(1, round(lock_timeout * 1000))}ms"
+        )
         self._application_name = application_name
         self._pooled = pooled
         self._unprepared = pooled
@@ -292,7 +303,9 @@ class QueueDatabase:
                 if self._unprepared:
                     conn.prepare_threshold = None
                 if not self._pooled:
-                    await conn.execute(_SESSION, {"timeout": self._timeout})
+                    await conn.execute(
+                        _SESSION, {"timeout": self._timeout, "lock_timeout": self._lock_timeout}
+                    )
                 failing = self._failing
                 self.outage = 0.0 if failing is None else failing[1] - failing[0]
                 await self._on_open(conn)

@@ -10,12 +10,19 @@ import anyio
 
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.outcomes import Ack
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.logsafe import Phrase, counted, get_logger
 
 logger = get_logger("dispatcher.pg_queue")
 
 Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
 Deliver = Callable[[Any], None]
+
+LOCKED_BY_ANOTHER_SESSION: Final = (
+    "locked by another session (a transaction that holds the row, such as SELECT ... FOR UPDATE)"
+)
+"""Why a row's lease or outcome waits, in the log."""
+MAX_NAMED: Final = 20
+"""Jobs named in one line about rows locked by another session (the count says the rest)."""
 
 RENEW_LIMIT: Final = 30.0
 """Most seconds a renewal may take, as a write of outcomes (``acks.WRITE_LIMIT``); a third of
@@ -49,6 +56,8 @@ class Leases:
         attempt and claim number of that later claim: the one its outcome settles."""
         self._writing: set[int] = set()
         """The delivered rows whose outcome is being written (see :meth:`settling`)."""
+        self._locked: set[int] = set()
+        """The held rows another session held locked at the last renewal (logged once)."""
         self._parked: dict[int, tuple[int, int, str, Deliver, Any]] = {}
         """A row claimed again while its outcome was being written: the later claim's
         attempt, claim number, uuid, delivery and what to deliver, until the write says
@@ -171,6 +180,7 @@ class Leases:
         if held is not None and held[1] == ack.claim:
             del self.held[row]
             del self._confirmed[row]
+            self._locked.discard(row)
         if parked is not None and not refused:
             _, claim, later, deliver, claimed = parked
             self._delivered[row] = (claim, later)
@@ -185,11 +195,18 @@ class Leases:
         """
         return min(self._lease / 3, RENEW_LIMIT)
 
+    def uuid(self, row: int) -> str:
+        """The uuid of the job of *row*, delivered to this service (``"?"``: not known)."""
+        delivered = self._delivered.get(row)
+        return "?" if delivered is None else delivered[1]
+
     async def renew(self, fetch: Fetch | None = None) -> None:
         """Extend every held lease, in one statement (through *fetch*, default the db's).
 
         A claim the database no longer has as ours (its lease ran out and another service
-        took it over) is dropped, with a warning: its job may run twice.
+        took it over) is dropped, with a warning: its job may run twice. A row that another
+        session holds locked is kept, its lease not extended this time (said once, with a
+        warning), and tried again at the next renewal.
 
         :raises TimeoutError: when the database did not answer within :attr:`renew_limit`
             (a network partition: the statement is cancelled, and the connection it was
@@ -213,18 +230,46 @@ class Leases:
             )
         if renewal.cancelled_caught:
             raise TimeoutError(f"the database did not answer within {limit:g} s")
-        renewed = {row for (row,) in rows}
+        ours: dict[int, bool] = dict(rows)
+        locked: list[int] = []
         for row, claim in held.items():
             if self.held.get(row) != claim:
                 continue  # settled (or claimed again) meanwhile
-            if row in renewed:
+            renewed = ours.get(row)
+            if renewed:
                 self._confirmed[row] = sent
+                if row in self._locked:
+                    self._locked.discard(row)
+                    logger.info("the lease of job %d is renewed again: the lock is gone", row)
+            elif renewed is not None:
+                if row not in self._locked:
+                    self._locked.add(row)
+                    locked.append(row)
             else:
+                self._locked.discard(row)
                 del self.held[row]
                 del self._confirmed[row]
                 logger.warning(
-                    "lost the claim of job %d (attempt %d): its lease ran out and "
+                    "lost the claim of job %d (uuid %s, attempt %d): its lease ran out and "
                     "it may run again elsewhere",
                     row,
+                    self.uuid(row),
                     claim[0],
                 )
+        if locked:  # ours, but another session holds them locked: said once for each
+            logger.warning(
+                "%s not renewed: %s; the jobs go on, and their leases are renewed once the "
+                "lock is released (a lock held for longer than the lease lets another service "
+                "take a job back): %s",
+                counted(len(locked), "lease"),
+                LOCKED_BY_ANOTHER_SESSION,
+                self.named(locked),
+            )
+
+    def named(self, rows: list[int]) -> Phrase:
+        """The jobs of *rows* as ``job N (uuid U)``, :data:`MAX_NAMED` at most."""
+        return Phrase.joined(
+            ", ",
+            (Phrase("job %d (uuid %s)", row, self.uuid(row)) for row in rows[:MAX_NAMED]),
+            more=len(rows) - MAX_NAMED,
+        )

@@ -217,19 +217,44 @@ WITH held AS MATERIALIZED (
     SELECT h.*, 'running' AS state
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(claims)s::integer[])
         AS h(id, attempts, claims)
+), ours AS MATERIALIZED (
+    SELECT h.id
+    FROM held AS h CROSS JOIN LATERAL (
+        SELECT j.state, j.claims, j.attempts FROM {s}.jobs AS j WHERE j.id = h.id OFFSET 0
+    ) AS j
+    WHERE j.state = h.state AND j.claims = h.claims AND j.attempts = h.attempts
+), free AS MATERIALIZED (
+    SELECT j.id
+    FROM held AS h CROSS JOIN LATERAL (
+        SELECT j.id FROM {s}.jobs AS j
+        WHERE j.id = h.id AND j.state = h.state AND j.claims = h.claims
+          AND j.attempts = h.attempts
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS j
+), renewed AS (
+    UPDATE {s}.jobs AS j
+    SET lease_until = now() + make_interval(secs => %(lease)s)
+    FROM free AS f
+    WHERE j.id = f.id
+    RETURNING j.id
 )
-UPDATE {s}.jobs AS j
-SET lease_until = now() + make_interval(secs => %(lease)s)
-FROM held AS h
-WHERE j.id = h.id AND j.state = h.state AND j.claims = h.claims AND j.attempts = h.attempts
-RETURNING j.id
+SELECT o.id, r.id IS NOT NULL AS renewed FROM ours AS o LEFT JOIN renewed AS r ON r.id = o.id
 """
-"""Extend the leases of the claims still held; returns the rows still ours.
+"""Extend the leases of the claims still held; returns the rows still ours, each with
+whether its lease was extended.
+
+A row that another session holds locked (an operator's transaction, an application's
+``SELECT ... FOR UPDATE``) is skipped, not waited for: the others are renewed all the same.
+It comes back as still ours (read without a lock, from the statement's snapshot) but not
+renewed, and is tried again at the next renewal; a row that is no longer ours (its lease
+ran out and it was taken back, or an operator changed it) does not come back at all. The
+row locks cost a renewal little: it runs every ``lease / 3`` seconds, not once per job.
 
 The rows are found by id, whatever the plan's estimates: ``j.state`` is compared with a
 column of a materialized CTE, not with the constant ``'running'``, so the jobs_running
 index cannot be chosen instead (a partial index whose dead entries pile up between two
-vacuums: a bitmap scan of it reads them all, for every batch)."""
+vacuums: a bitmap scan of it reads them all, for every batch); each lateral subquery (kept
+apart by ``OFFSET 0``, or by its lock) can only look its row up by id."""
 
 RENEW_USES = Uses(reads=("id", "state", "claims", "attempts"), writes=("lease_until",))
 """The columns of ``jobs`` that :data:`RENEW` reads and writes."""
@@ -250,10 +275,13 @@ WITH settled AS (
         END AS next
     FROM settled AS s CROSS JOIN LATERAL (
         SELECT j.state, j.claims, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate,
-            j.dup_key
+            j.dup_key, j.outcome, j.last_error
         FROM {s}.jobs AS j WHERE j.id = s.id OFFSET 0
     ) AS j
-    WHERE j.state = 'running' AND j.claims = s.claims AND j.attempts = s.attempts
+    WHERE j.claims = s.claims AND j.attempts = s.attempts
+      AND (j.state = 'running'
+           OR j.state = 'failed' AND j.outcome = 'worker_lost' AND s.kind <> 'requeue'
+              AND j.last_error LIKE 'worker_lost: the lease of node %%')
 )
 UPDATE {s}.jobs AS j
 SET state = t.next,
@@ -275,7 +303,8 @@ WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts =
 RETURNING j.queue, t.kind, j.state, j.on_duplicate IN ('serial', 'queue_one'), j.id, j.claims,
     CASE WHEN t.kind = 'retry'
         THEN json_build_array(j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, t.delay)
-    END
+    END,
+    t.state <> 'running'
 """
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
@@ -285,9 +314,22 @@ declared one when the row has the queue's default, which the row then keeps: see
 (refused, abandoned: the job never ran) waits again, its attempt not counted: at once when
 abandoned, for its ``delay`` when refused.
 
-It returns for every row whether it is a serial or queue_one job (its end lets an identical
-job start); and, for a failed attempt, its task, uuid, attempts, ``max_attempts``, outcome and
-delay (a JSON array), for the log line saying what became of it. Each row is found by id,
+The fence: the row is still under the claim the outcome settles (its claim number and
+attempt), running; or the claim's lease ran out, a sweep failed the row as lost
+(``worker_lost``, no attempt left, the error :data:`SWEEP` writes) and nobody claimed it
+since, so that the late outcome of the job (which did run, or end) is the truth (a job
+handed back unstarted, ``requeue``, leaves such a row as it is). The second case is only
+looked at for a row that is not running: the common one costs nothing more.
+
+It takes no row lock before its update (a lock per row would write each tuple twice): a
+row locked by another session makes it wait, for the working connection's
+``lock_timeout`` at most (see :mod:`.acks`).
+
+It returns for every row its queue, the outcome's kind, the row's new state, whether it is
+a serial or queue_one job (its end lets an identical job start), its id and claim number;
+for a failed attempt, its task, uuid, attempts, ``max_attempts``, outcome and delay (a JSON
+array), for the log line saying what became of it; and whether the outcome came late (over
+a sweep's ``worker_lost``). Each row is found by id,
 whatever the plan's estimates (see :data:`RENEW`): the lateral subquery (kept apart by
 ``OFFSET 0``) can only look its row up by id, and the update compares ``j.state`` with the
 state the target read, not with a constant."""

@@ -152,7 +152,7 @@ class Upkeep:
             await anyio.sleep(budget)
             # Each step on its own: a failing flush must never cost the renewal of leases.
             renewed = await self._attempt("renewal of leases", SETTLE, self._renew)
-            await self._attempt("writing of outcomes", SETTLE, self._acks.flush)
+            await self._attempt("writing of outcomes", SETTLE, self._acks.flush_all)
             now = time.monotonic()
             deadline = now + budget  # one for the sweep and the purge: renewals stay on time
             # Never sweep before this service's own leases are renewed: after a long outage
