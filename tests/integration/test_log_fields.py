@@ -51,10 +51,17 @@ def find(records: list[dict[str, Any]], **wanted: Any) -> list[dict[str, Any]]:
 
 
 def start_json_service(
-    config: dict[str, Any], folder: Path, *args: str, log_level: str = "INFO"
+    config: dict[str, Any],
+    folder: Path,
+    services: list[ServiceProcess],
+    *args: str,
+    log_level: str = "INFO",
 ) -> ServiceProcess:
+    """Start a service in *folder*; it is in *services* (killed at the end) even if it fails."""
     folder.mkdir()
-    return ServiceProcess(config, folder, log_level).start(*args).wait_ready()
+    service = ServiceProcess(config, folder, log_level)
+    services.append(service)
+    return service.start(*args).wait_ready()
 
 
 @pytest.fixture
@@ -74,9 +81,8 @@ def test_json_log_lines_carry_each_tasks_facts_and_every_line_is_json(
     evidence: Evidence,
 ) -> None:
     service = start_json_service(
-        service_config, tmp_path / "s", "--log-format", "json", log_level="DEBUG"
+        service_config, tmp_path / "s", services, "--log-format", "json", log_level="DEBUG"
     )
-    services.append(service)
     notify(channel, task_message("record", evidence.path, uuid="u-ok"))
     notify(channel, task_message("fail", evidence.path, uuid="u-fail"))
     notify(channel, task_message("print_lines", evidence.path, "said", 2, uuid="u-print"))
@@ -134,13 +140,13 @@ def test_the_config_chooses_the_format_and_the_command_line_wins(
     tmp_path: Path,
 ) -> None:
     service_config["service"]["log_format"] = "json"
-    service = start_json_service(service_config, tmp_path / "json")
-    services.append(service)
+    service = start_json_service(service_config, tmp_path / "json", services)
     assert service.stop() == 0
     assert find(json_lines(service.log), dispatcher_event="service_started")
 
-    service = start_json_service(service_config, tmp_path / "text", "--log-format", "text")
-    services.append(service)
+    service = start_json_service(
+        service_config, tmp_path / "text", services, "--log-format", "text"
+    )
     assert service.stop() == 0
     assert service.log.splitlines()[0][:4].isdigit()  # a time stamp, not JSON
     assert not any(line.startswith("{") for line in service.log.splitlines())
@@ -157,8 +163,7 @@ def test_lines_logged_while_the_config_is_read_are_in_the_format_it_names(
         "tasks": service_config["tasks"],
         "service": {**service_config["service"], "log_format": "json"},
     }
-    service = start_json_service(unversioned, tmp_path / "s")
-    services.append(service)
+    service = start_json_service(unversioned, tmp_path / "s", services)
     assert service.stop() == 0
     [translating] = [
         r for r in json_lines(service.log) if "translating the unversioned" in r["message"]
@@ -187,8 +192,7 @@ def test_a_durable_jobs_records_name_its_queue_and_attempt(
 ) -> None:
     schema = migrated(pg_conn, unique_schema())
     config = queue_config(pg_dsn, schema, channel)
-    service = start_json_service(config, tmp_path / "s", "--log-format", "json")
-    services.append(service)
+    service = start_json_service(config, tmp_path / "s", services, "--log-format", "json")
     [uuid] = enqueue(
         pg_conn, schema, channel, [job_message("fail_first", evidence.path)], max_attempts=2
     )
