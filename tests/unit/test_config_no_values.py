@@ -7,62 +7,18 @@ mapping, a cron expression, a time zone, a name), never shows in the message.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from dispatcher.config import ConfigError, load_settings
 from dispatcher.config.loading import settings_from_file_data
-from dispatcher.schema import load_schema
+from support.config_schema import SAMPLE_KEY, Path, document_with, schema_nodes, sorted_paths
 
 SECRET = "hunter2-SECRET"
-SAMPLE_KEY = "app.tasks.report"
 
 
-def schema_paths() -> list[tuple[str | int, ...]]:
+def schema_paths() -> list[Path]:
     """The path of every setting of the config schema (each key, each list's first item)."""
-    schema = load_schema("config")
-
-    def resolve(ref: str) -> Any:
-        node: Any = schema
-        for part in ref.removeprefix("#/").split("/"):
-            node = node[part]
-        return node
-
-    found: set[tuple[str | int, ...]] = set()
-    pending: list[tuple[tuple[str | int, ...], Any, frozenset[str]]] = [((), schema, frozenset())]
-    while pending:
-        path, node, refs = pending.pop()
-        if not isinstance(node, dict):
-            continue
-        if path:
-            found.add(path)
-        ref = node.get("$ref", "")
-        if ref.startswith("#/") and ref not in refs:
-            pending.append((path, resolve(ref), refs | {ref}))
-        for key, child in node.get("properties", {}).items():
-            pending.append(((*path, key), child, refs))
-        for child in node.get("patternProperties", {}).values():
-            pending.append(((*path, SAMPLE_KEY), child, refs))
-        if isinstance(node.get("additionalProperties"), dict):
-            pending.append(((*path, SAMPLE_KEY), node["additionalProperties"], refs))
-        if isinstance(node.get("items"), dict):
-            pending.append(((*path, 0), node["items"], refs))
-    return sorted(found, key=lambda path: [str(part) for part in path])
-
-
-def document_with(path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
-    """A version 1 config with *value* at *path* (lists of one item where an index is)."""
-    root: dict[str, Any] = {"version": 1}
-    parent: Any = root
-    for part, following in zip(path, [*path[1:], None], strict=True):
-        child: Any = value if following is None else ([] if isinstance(following, int) else {})
-        if isinstance(parent, list):
-            parent.append(child)
-        else:
-            parent[part] = child
-        parent = child
-    return root
+    return sorted_paths({path for path, _ in schema_nodes() if path})
 
 
 SHAPES = {

@@ -14,65 +14,22 @@ from hypothesis import strategies as st
 
 from dispatcher.config import ConfigError, load_settings
 from dispatcher.config.loading import settings_from_file_data
-from dispatcher.schema import Problem, load_schema
+from dispatcher.schema import Problem
+from support.config_schema import SAMPLE_KEY, Path, document_with, schema_nodes, sorted_paths
 from support.examples import examples
 
 NON_FINITE = [math.nan, math.inf, -math.inf]
-SAMPLE_KEY = "app.tasks.report"
-"""The key put where the schema takes any key (a task name, a broker's name)."""
 
 
-def numeric_paths() -> list[tuple[str | int, ...]]:
+def numeric_paths() -> list[Path]:
     """The path of every setting the config schema takes a number for."""
-    schema = load_schema("config")
-
-    def resolve(ref: str) -> Any:
-        node: Any = schema
-        for part in ref.removeprefix("#/").split("/"):
-            node = node[part]
-        return node
-
-    found: set[tuple[str | int, ...]] = set()
-    pending: list[tuple[tuple[str | int, ...], Any, frozenset[str]]] = [((), schema, frozenset())]
-    while pending:
-        path, node, refs = pending.pop()
-        if not isinstance(node, dict):
-            continue
+    found = set()
+    for path, node in schema_nodes():
         kinds = node.get("type")
         kinds = kinds if isinstance(kinds, list) else [kinds]
         if path and ("number" in kinds or "integer" in kinds):
             found.add(path)
-        ref = node.get("$ref", "")
-        if ref.startswith("#/") and ref not in refs:  # no endless recursion
-            pending.append((path, resolve(ref), refs | {ref}))
-        for key, child in node.get("properties", {}).items():
-            pending.append(((*path, key), child, refs))
-        for child in node.get("patternProperties", {}).values():
-            pending.append(((*path, SAMPLE_KEY), child, refs))
-        if isinstance(node.get("additionalProperties"), dict):
-            pending.append(((*path, SAMPLE_KEY), node["additionalProperties"], refs))
-        if isinstance(node.get("items"), dict):
-            pending.append(((*path, 0), node["items"], refs))
-        for word in ("oneOf", "anyOf", "allOf"):
-            pending.extend((path, child, refs) for child in node.get(word, []))
-        for word in ("if", "then", "else"):
-            if word in node:
-                pending.append((path, node[word], refs))
-    return sorted(found, key=lambda path: [str(part) for part in path])
-
-
-def document_with(path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
-    """A version 1 config with *value* at *path* (lists of one item where an index is)."""
-    root: dict[str, Any] = {"version": 1}
-    parent: Any = root
-    for part, following in zip(path, [*path[1:], None], strict=True):
-        child: Any = value if following is None else ([] if isinstance(following, int) else {})
-        if isinstance(parent, list):
-            parent.append(child)
-        else:
-            parent[part] = child
-        parent = child
-    return root
+    return sorted_paths(found)
 
 
 def test_the_schema_has_numeric_settings_to_check() -> None:
