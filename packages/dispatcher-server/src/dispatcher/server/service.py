@@ -83,10 +83,16 @@ class Service:
         log_level: int = logging.INFO,
         fork_server: ForkedServer | None = None,
         reload: bool = False,
+        *,
+        freeze: bool = False,
     ) -> None:
         self.settings = settings
         self._reload = reload
         """Whether to restart the workers when a task module changes (see ``reload``)."""
+        self._freeze = freeze
+        """Whether to freeze (:func:`gc.freeze`) every object once started: for a process
+        that is the service's alone, as ``dispatcher-standalone``'s is; an application's
+        objects would never be collected again."""
         self.node_id = settings.service.node_id or default_node_id()
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
@@ -321,9 +327,10 @@ class Service:
 
             modules = self.settings.tasks.modules
             task_group.start_soon(watch_task_modules, modules, self.supervisor, name="reload")
-        # What exists now lives as long as the service: keep it out of every
-        # future garbage collection.
-        gc.freeze()
+        if self._freeze:
+            # What exists now lives as long as the service (and its process): keep it out
+            # of every future garbage collection.
+            gc.freeze()
         logger.info(
             "dispatcher service %s started (pid %d, %d-%d workers)",
             self.node_id,

@@ -96,7 +96,8 @@ def run(
 
             from dispatcher.server.service import Service
 
-            service = Service(settings, log_level, fork_server=forked, reload=reload)
+            # (The command's process is the service's alone: it freezes what it holds.)
+            service = Service(settings, log_level, fork_server=forked, reload=reload, freeze=True)
             release()
             return anyio.run(service.run, backend="asyncio")
         except KeyboardInterrupt:  # a signal before the service could install its handlers
