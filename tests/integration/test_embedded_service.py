@@ -1,11 +1,15 @@
 """A service run inside the application's process leaves that process as it found it.
 
-``run_service()`` from a script: the application's objects are collected once it returns.
+``run_service()``, or ``await Service(settings).run()`` in the application's own asyncio
+loop, from a script: the application's handlers of the stop signals work again once the
+service returns, its objects are collected, and several services in one loop each stop on
+one SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +21,76 @@ import pytest
 from support.service import TESTS, wait_until
 
 pytestmark = pytest.mark.timeout(90)
+
+APP_SIGNAL_HANDLERS = """
+import logging, os, signal, sys, time
+
+logging.basicConfig(level=logging.INFO)
+
+got = []
+
+
+def app_handler(number, frame):
+    got.append(number)
+
+
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+for number in STOPS:
+    signal.signal(number, app_handler)
+
+from dispatcher.config import setup
+from dispatcher.server import run_service
+
+setup(file_path=sys.argv[1])
+status = run_service()
+kept = [signal.getsignal(number) is app_handler for number in STOPS]
+print("HANDLERS KEPT", kept, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+deadline = time.monotonic() + 10
+while not got and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("AFTER", status, got == [signal.SIGTERM], flush=True)
+"""
+
+APP_LOOP_SIGNAL_HANDLER = """
+import asyncio, logging, os, signal, sys
+
+logging.basicConfig(level=logging.INFO)
+
+from dispatcher.config import load_settings
+from dispatcher.server import Service
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    got = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, got.set)
+    status = await Service(load_settings(file_path=sys.argv[1])).run()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(got.wait(), 10)
+    print("AFTER", status, True, flush=True)
+
+
+asyncio.run(main())
+"""
+
+TWO_SERVICES = """
+import asyncio, logging, sys
+
+logging.basicConfig(level=logging.INFO)
+
+from dispatcher.config import load_settings
+from dispatcher.server import Service
+
+
+async def main():
+    services = [Service(load_settings(file_path=path)) for path in sys.argv[1:3]]
+    statuses = await asyncio.wait_for(asyncio.gather(*(s.run() for s in services)), 30)
+    print("AFTER", statuses, flush=True)
+
+
+asyncio.run(main())
+"""
 
 APP_OBJECTS_COLLECTED = """
 import gc, logging, sys, weakref
@@ -72,6 +146,39 @@ def run_app(
     log = output.read_text()
     assert status == 0, log
     return log
+
+
+def test_run_service_gives_the_apps_signal_handlers_back(
+    service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """They were left at the defaults: the application's next SIGTERM killed it."""
+    log = run_app(APP_SIGNAL_HANDLERS, tmp_path, [service_config])
+    assert "HANDLERS KEPT [True, True, True]" in log, log
+    assert "AFTER 0 True" in log, log
+
+
+def test_a_service_in_the_apps_loop_gives_the_loops_signal_handler_back(
+    service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """asyncio's remove_signal_handler() left SIGTERM at its default, the loop's handler gone."""
+    log = run_app(APP_LOOP_SIGNAL_HANDLER, tmp_path, [service_config])
+    assert "AFTER 0 True" in log, log
+
+
+def test_one_sigterm_stops_every_service_of_a_loop_and_each_has_its_own_node_id(
+    service_config: dict[str, Any], tmp_path: Path, channel: str
+) -> None:
+    """The second service's handler replaced the first's, which then ran on; both took the
+    same default node id (host and pid)."""
+    other = json.loads(json.dumps(service_config))
+    other["brokers"]["pg_notify"]["channels"] = [f"{channel}_b"]
+    other["brokers"]["pg_notify"]["default_publish_channel"] = f"{channel}_b"
+    log = run_app(TWO_SERVICES, tmp_path, [service_config, other], services=2)
+    assert "AFTER [0, 0]" in log, log
+    started = re.findall(r"dispatcher service (\S+) started", log)
+    assert len(set(started)) == len(started) == 2, log
+    stopped = re.findall(r"dispatcher service (\S+) stopped", log)
+    assert sorted(stopped) == sorted(started), log
 
 
 def test_run_service_leaves_the_apps_objects_collectable(

@@ -11,7 +11,8 @@ import os
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine
+import weakref
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 import anyio
@@ -29,7 +30,6 @@ from dispatcher.server.brokers.runner import run_broker
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.control import ControlCommands
 from dispatcher.server.control_messages import ControlMessages
-from dispatcher.server.early_signals import STOP_SIGNALS
 from dispatcher.server.forkserver import ForkedServer, worker_options
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
@@ -43,6 +43,7 @@ from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.resources import PROCESS_LIMIT, fds_needed, raise_fd_limit, shortage_text
 from dispatcher.server.scheduler import Scheduler
+from dispatcher.server.service_signals import receiving_stop_signals
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
@@ -65,17 +66,39 @@ SETTLE_WAIT: Final = 10.0
 database does not answer gives up sooner, and says what it could not write)."""
 
 
-def default_node_id() -> str:
+def default_node_id(instance: int = 1) -> str:
     """A node id from the host name and process id, within the channel-name rule.
 
     Short enough (at most ``MAX_WHOLE_NODE_ID_BYTES``) to fit whole in ``application_name``.
+    *instance*: the how-manieth service of the process that takes it at the same time (after
+    the first, it ends with ``-<instance>``).
     """
-    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:25]
-    return f"{host}-{os.getpid()}"
+    extra = f"-{instance}" if instance > 1 else ""
+    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[: 25 - len(extra)]
+    return f"{host}-{os.getpid()}{extra}"
+
+
+_DEFAULT_IDS_TAKEN: set[str] = set()
+"""The default node ids of this process's services that exist and have not ended."""
+
+
+def _take_default_node_id() -> str:
+    """The first default node id no other service of this process holds; now held."""
+    instance = 1
+    while default_node_id(instance) in _DEFAULT_IDS_TAKEN:
+        instance += 1
+    node_id = default_node_id(instance)
+    _DEFAULT_IDS_TAKEN.add(node_id)
+    return node_id
 
 
 class Service:
-    """A dispatcher service built from a config; :meth:`run` it inside an anyio event loop."""
+    """A dispatcher service built from a config; :meth:`run` it inside an anyio event loop.
+
+    Several services may run in one loop: each stop signal stops them all, and each takes a
+    node id of its own when the config sets none (the first one's is ``<host>-<pid>``, the
+    next ones' end with ``-2``, ``-3``...).
+    """
 
     def __init__(
         self,
@@ -93,7 +116,13 @@ class Service:
         """Whether to freeze (:func:`gc.freeze`) every object once started: for a process
         that is the service's alone, as ``dispatcher-standalone``'s is; an application's
         objects would never be collected again."""
-        self.node_id = settings.service.node_id or default_node_id()
+        self._release_node_id: Callable[[], object] | None = None
+        """Gives the default node id back: once the service ended, or is no more."""
+        if settings.service.node_id:
+            self.node_id = settings.service.node_id
+        else:
+            self.node_id = _take_default_node_id()
+            self._release_node_id = weakref.finalize(self, _DEFAULT_IDS_TAKEN.discard, self.node_id)
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
         # First: a cron schedule without croniter refuses the config before anything starts.
@@ -216,11 +245,16 @@ class Service:
         imported, that the modules register no task, or that ``producers.scheduled`` or
         ``producers.on_start`` names a task they do not register (:data:`EXIT_TASK_MODULES`).
 
-        Leaves the logging of the process as it found it (a service may run in the
-        application's own process).
+        Leaves the process as it found it (a service may run in the application's own
+        process): its logging, and its handlers of the stop signals (the Python-level ones
+        and the loop's), which the service's replace while it runs.
         """
-        with quiet_own_cancellations():
-            return await self._run()
+        try:
+            with quiet_own_cancellations():
+                return await self._run()
+        finally:
+            if self._release_node_id is not None:
+                self._release_node_id()
 
     async def _run(self) -> int:
         servers = (self.settings.brokers.socket is not None) + (self.metrics is not None)
@@ -230,9 +264,8 @@ class Service:
             logger.critical("cannot start: %s", missing)
             self._launcher.close()
             return EXIT_CONFIG
-        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        with receiving_stop_signals(self._on_stop_signal):
             async with anyio.create_task_group() as task_group:
-                task_group.start_soon(self._watch_signals, signals, name="signals")
                 if await self._task_modules_ready():
                     await self._serve(task_group)
                 else:
@@ -404,19 +437,19 @@ class Service:
         """What brokers hand every payload to (see ``brokers.base.Deliver``)."""
         self.intake.receive(payload, origin.channel, origin)
 
-    async def _watch_signals(self, signals: AsyncIterator[signal.Signals]) -> None:
-        async for number in signals:
-            if not self._stop.is_set():
-                logger.info(
-                    "received %s: shutting down",
-                    signal.Signals(number).name,
-                    extra=self._fields("service_stopping"),
-                )
-                self._stop.set()
-            else:
-                logger.warning("received %s again: forcing exit now", signal.Signals(number).name)
-                self.supervisor.kill_all()
-                os._exit(EXIT_FORCED)
+    def _on_stop_signal(self, number: signal.Signals) -> None:
+        """A stop signal came: begin to stop; the second time, kill the workers and exit."""
+        if not self._stop.is_set():
+            logger.info(
+                "received %s: shutting down",
+                signal.Signals(number).name,
+                extra=self._fields("service_stopping"),
+            )
+            self._stop.set()
+        else:
+            logger.warning("received %s again: forcing exit now", signal.Signals(number).name)
+            self.supervisor.kill_all()
+            os._exit(EXIT_FORCED)
 
     def _fields(self, event: str) -> dict[str, object]:
         """The attributes of a log record about the service's life: *event*, its node id."""
