@@ -2,8 +2,8 @@
 
 ``run_service()``, or ``await Service(settings).run()`` in the application's own asyncio
 loop, from a script: the application's handlers of the stop signals work again once the
-service returns, its objects are collected, and several services in one loop each stop on
-one SIGTERM.
+service returns, its objects are collected, several services in one loop each stop on one
+SIGTERM, and a call from where a service cannot run says what to do instead.
 """
 
 from __future__ import annotations
@@ -188,3 +188,79 @@ def test_run_service_leaves_the_apps_objects_collectable(
     cyclic garbage was never collected again."""
     log = run_app(APP_OBJECTS_COLLECTED, tmp_path, [service_config])
     assert "AFTER 0 True" in log, log
+
+
+WHERE_IT_CANNOT_RUN = """
+import asyncio, sys, threading
+
+from dispatcher.config import load_settings, setup
+from dispatcher.server import Service, run_service
+
+setup(file_path=sys.argv[1])
+case = sys.argv[2]
+
+
+def from_a_thread(call):
+    raised = []
+
+    def run():
+        try:
+            call()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    raise raised[0]
+
+
+async def inside_a_loop():
+    run_service()
+
+
+try:
+    if case == "run_service_in_a_thread":
+        from_a_thread(run_service)
+    elif case == "run_service_in_a_loop":
+        asyncio.run(inside_a_loop())
+    elif case == "service_in_a_thread":
+        from_a_thread(lambda: asyncio.run(Service(load_settings(file_path=sys.argv[1])).run()))
+    elif case == "service_under_trio":
+        import trio
+
+        trio.run(Service(load_settings(file_path=sys.argv[1])).run)
+except Exception as exc:
+    print("RAISED", type(exc).__module__, type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("run_service_in_a_thread", "run_service() must be called from the main thread"),
+        ("run_service_in_a_loop", "await Service(settings).run()"),
+        ("service_in_a_thread", "Service.run() must be called from the main thread"),
+        ("service_under_trio", "runs in an asyncio event loop only"),
+    ],
+)
+def test_a_service_asked_to_run_where_it_cannot_says_what_to_do(
+    service_config: dict[str, Any], tmp_path: Path, case: str, said: str
+) -> None:
+    """It was asyncio's or anyio's own message (set_wakeup_fd only works in main thread...,
+    no running event loop), which named neither dispatcher nor what to do."""
+    if case == "service_under_trio":
+        pytest.importorskip("trio")
+    path = tmp_path / "dispatcher.yml"
+    path.write_text(json.dumps(service_config))
+    done = subprocess.run(
+        [sys.executable, "-c", WHERE_IT_CANNOT_RUN, str(path), case],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(TESTS), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    output = done.stdout + done.stderr
+    assert "RAISED dispatcher.server.service CannotRunHere" in output, output
+    assert said in output, output

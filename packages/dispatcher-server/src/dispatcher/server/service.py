@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import gc
@@ -11,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -19,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dispatcher.config import Settings
+from dispatcher.schema import DispatcherError
 from dispatcher.schema.log_fields import EVENT, NODE
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.brokers.base import BrokerContext, Leasing, StartRefused
@@ -66,6 +69,15 @@ SETTLE_WAIT: Final = 10.0
 database does not answer gives up sooner, and says what it could not write)."""
 
 
+class CannotRunHere(DispatcherError, RuntimeError):
+    """A service cannot run where it was asked to; nothing was started.
+
+    It needs the main thread (it handles the stop signals) and an asyncio event loop:
+    :func:`run_service` runs one of its own, so it cannot be called inside a running one
+    (there, ``await Service(settings).run()``).
+    """
+
+
 def default_node_id(instance: int = 1) -> str:
     """A node id from the host name and process id, within the channel-name rule.
 
@@ -93,11 +105,12 @@ def _take_default_node_id() -> str:
 
 
 class Service:
-    """A dispatcher service built from a config; :meth:`run` it inside an anyio event loop.
+    """A dispatcher service built from a config; :meth:`run` it in an asyncio event loop.
 
-    Several services may run in one loop: each stop signal stops them all, and each takes a
-    node id of its own when the config sets none (the first one's is ``<host>-<pid>``, the
-    next ones' end with ``-2``, ``-3``...).
+    asyncio's only (under trio, :meth:`run` raises :class:`CannotRunHere`), in the main
+    thread. Several services may run in one loop: each stop signal stops them all, and
+    each takes a node id of its own when the config sets none (the first one's is
+    ``<host>-<pid>``, the next ones' end with ``-2``, ``-3``...).
     """
 
     def __init__(
@@ -248,8 +261,20 @@ class Service:
         Leaves the process as it found it (a service may run in the application's own
         process): its logging, and its handlers of the stop signals (the Python-level ones
         and the loop's), which the service's replace while it runs.
+
+        :raises CannotRunHere: outside the main thread, or where no asyncio loop runs
+            (under trio, say).
         """
         try:
+            _check_main_thread("Service.run()")
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise CannotRunHere(
+                    "a dispatcher service runs in an asyncio event loop only, and none runs"
+                    " here (under trio, say): run it in an asyncio loop, or with"
+                    " run_service() from the main thread of a process of its own"
+                ) from None
             with quiet_own_cancellations():
                 return await self._run()
         finally:
@@ -576,15 +601,49 @@ def run_service(settings: Settings | None = None, log_level: int = logging.INFO)
     """Run a service from *settings* (default: the config in force) until it is stopped.
 
     Blocks; stops gracefully on SIGTERM, SIGINT or SIGHUP. Returns the exit status: 0 after a
-    graceful stop; 2 when ``tasks.modules`` is empty; 3 when the task modules cannot be
-    imported, register no task, or do not register a task named in ``producers`` (the
-    service then refuses to start, before any broker listens, and logs why).
+    graceful stop; 2 when ``tasks.modules`` is empty, or when a broker or the metrics
+    server cannot start (the metrics port or the socket broker's path taken, say); 3 when
+    the task modules cannot be imported, register no task, or do not register a task named
+    in ``producers`` (the service then refuses to start, before any broker listens, and
+    logs why).
+
+    Call it from the main thread, where no event loop runs: it runs an asyncio loop of its
+    own, and handles the stop signals. Inside a running asyncio loop, ``await
+    Service(settings).run()`` instead. Once it returns, the process's logging and its
+    handlers of the stop signals are as they were.
+
+    :raises CannotRunHere: called from another thread, or inside a running event loop.
+    :raises BrokerNotReady: when a broker cannot be built (a ``pg_queue`` broker whose
+        tables are missing: see ``dispatcherctl migrate``).
+    :raises ConfigError: when the config cannot serve (a cron schedule without croniter).
     """
+    _check_main_thread("run_service()")
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise CannotRunHere(
+            "run_service() cannot be called inside a running event loop (it runs one of its"
+            " own): there, `await Service(settings).run()`, with Service from"
+            " dispatcher.server"
+        )
     if settings is None:
         from dispatcher.config import get_settings
 
         settings = get_settings()
     return run_in_event_loop(Service(settings, log_level))
+
+
+def _check_main_thread(what: str) -> None:
+    """:raises CannotRunHere: when called outside the main thread (*what* says from where)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise CannotRunHere(
+            f"{what} must be called from the main thread: a dispatcher service handles the"
+            " stop signals (SIGTERM, SIGINT, SIGHUP), which only the main thread can. Call"
+            " it from the main thread, or run the service as a process of its own"
+            " (dispatcher-standalone)"
+        )
 
 
 def run_in_event_loop(service: Service) -> int:
