@@ -65,7 +65,7 @@ def missing_watchfiles() -> str | None:
 def run(
     settings: Settings, log_level: int, reload: bool = False, log_format: LogFormat | None = None
 ) -> int:
-    """Run the service configured by *settings* until SIGTERM or SIGINT; return its status.
+    """Run the service configured by *settings* until SIGTERM, SIGINT or SIGHUP; its status.
 
     *reload*: restart the workers when a task module's source changes (as
     ``dispatcher-standalone --reload``). *log_format*: ``text`` or ``json`` (as
