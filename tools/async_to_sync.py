@@ -82,6 +82,7 @@ SUBMIT = Twin(
         "_asend_groups": "_send_groups",
         "_asend_together": "_send_together",
         "asend_with_notifies": "send_with_notifies",
+        "async_require_loop": "sync_require_loop",
     },
     strings={"asend_own": "send_own", "abatch": "batch", "batch": "abatch"},
 )

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dispatcher.config import reset, setup
-from dispatcher.publish import abatch, batch
-from dispatcher.testing import InMemoryBoundTask, captured, eager
+from dispatcher.publish import AsyncioRequired, abatch, asubmit_task, batch
+from dispatcher.testing import Eager, InMemoryBoundTask, captured, eager
 from support import testing_edge_tasks as tasks
 from support import testing_tasks
 
@@ -132,3 +132,33 @@ def test_a_bound_run_with_keys_extra_refuses_still_runs_as_on_a_service(
         )
     assert "error" not in reply
     assert mode.run_of(reply["uuid"]).result == 3
+
+
+async def _adelay() -> None:
+    await tasks.keep.adelay(1)
+
+
+async def _asubmit_task() -> None:
+    await asubmit_task("support.testing_edge_tasks.keep", args=[1])
+
+
+async def _abatch() -> None:
+    async with abatch():
+        await tasks.keep.adelay(1)
+
+
+@pytest.mark.parametrize("mode", [eager, captured])
+@pytest.mark.parametrize(
+    "submit", [_adelay, _asubmit_task, _abatch], ids=["adelay", "asubmit_task", "abatch"]
+)
+def test_the_async_api_under_trio_raises_asyncio_required_as_in_production(
+    mode: Callable[[], Any], submit: Callable[[], Awaitable[None]]
+) -> None:
+    """Both modes took the submission under trio (eager even ran it), where a real send
+    raises AsyncioRequired: an application's trio code passed its tests and failed on
+    every submission once deployed."""
+    trio = pytest.importorskip("trio")
+    with mode() as record, pytest.raises(AsyncioRequired, match=r"trio\.to_thread\.run_sync"):
+        trio.run(submit)
+    assert (record.submitted if isinstance(record, Eager) else record.tasks) == []
+    assert tasks.SEEN == []

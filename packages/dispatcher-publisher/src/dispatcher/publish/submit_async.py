@@ -17,7 +17,7 @@ from psycopg.pq import TransactionStatus
 from dispatcher.publish import interception
 from dispatcher.publish.batching import Batch, Block, BlockExit, BlockState, collect, leave
 from dispatcher.publish.brokers import Outgoing, PublishBroker, is_job_broker
-from dispatcher.publish.connections import expect_connection, in_use_here
+from dispatcher.publish.connections import async_require_loop, expect_connection, in_use_here
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_queue import PgQueuePublisher
@@ -48,7 +48,8 @@ async def asend(
     the job single), or with the NOTIFYs in one statement when a batch spans both on one
     database (not repeated). See :mod:`dispatcher.publish.routing` for how the broker is chosen.
     While an interceptor is installed (:mod:`dispatcher.publish.interception`), it takes
-    them instead and nothing is sent.
+    them instead and nothing is sent (the async API still needs an asyncio loop, as for a
+    real send).
 
     :raises BrokerUnavailable: when the broker cannot be reached, or fails the send in a way
         sending again later may cure.
@@ -58,6 +59,7 @@ async def asend(
         return
     interceptor = interception.current
     if interceptor is not None:
+        async_require_loop()  # (the async API: as a real send, under trio say)
         await interceptor.asend(submissions, connection)
         return
     groups = plan(submissions, connection)

@@ -6,7 +6,11 @@ Run it with the ``dispatcher-standalone`` command, or from Python::
     from dispatcher.server import run_service
 
     setup(file_path="dispatcher.yml")
-    run_service()   # blocks until SIGTERM or SIGINT
+    run_service()   # blocks until SIGTERM, SIGINT or SIGHUP (each stops it; none reloads)
+
+From the main thread only, where no event loop runs; inside a running asyncio loop,
+``await Service(settings).run()``. Once it returns, the process's handlers of those signals
+are as they were. SIGHUP stays ignored in a process started with it ignored (``nohup``).
 
 The names are imported on first use, so that the workers' fork server, which imports
 ``dispatcher.server.forkserver``, does not load the service's own machinery (anyio, the

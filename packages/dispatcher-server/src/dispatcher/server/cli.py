@@ -173,7 +173,9 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
         from dispatcher.server.service import Service, run_in_event_loop
 
         try:
-            service = Service(settings, level, fork_server=forked, reload=options.reload)
+            service = Service(
+                settings, level, fork_server=forked, reload=options.reload, freeze=True
+            )
             release()
             with lean_records():  # (this process runs no task code, and shows no caller)
                 return run_in_event_loop(service)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import gc
@@ -11,13 +12,16 @@ import os
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine
+import threading
+import weakref
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
 
 from dispatcher.config import Settings
+from dispatcher.schema import DispatcherError
 from dispatcher.schema.log_fields import EVENT, NODE
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.brokers.base import BrokerContext, Leasing, StartRefused
@@ -29,7 +33,6 @@ from dispatcher.server.brokers.runner import run_broker
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.control import ControlCommands
 from dispatcher.server.control_messages import ControlMessages
-from dispatcher.server.early_signals import STOP_SIGNALS
 from dispatcher.server.forkserver import ForkedServer, worker_options
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
@@ -43,6 +46,7 @@ from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.resources import PROCESS_LIMIT, fds_needed, raise_fd_limit, shortage_text
 from dispatcher.server.scheduler import Scheduler
+from dispatcher.server.service_signals import receiving_stop_signals
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
@@ -65,17 +69,49 @@ SETTLE_WAIT: Final = 10.0
 database does not answer gives up sooner, and says what it could not write)."""
 
 
-def default_node_id() -> str:
+class CannotRunHere(DispatcherError, RuntimeError):
+    """A service cannot run where it was asked to; nothing was started.
+
+    It needs the main thread (it handles the stop signals) and an asyncio event loop:
+    :func:`run_service` runs one of its own, so it cannot be called inside a running one
+    (there, ``await Service(settings).run()``).
+    """
+
+
+def default_node_id(instance: int = 1) -> str:
     """A node id from the host name and process id, within the channel-name rule.
 
     Short enough (at most ``MAX_WHOLE_NODE_ID_BYTES``) to fit whole in ``application_name``.
+    *instance*: the how-manieth service of the process that takes it at the same time (after
+    the first, it ends with ``-<instance>``).
     """
-    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:25]
-    return f"{host}-{os.getpid()}"
+    extra = f"-{instance}" if instance > 1 else ""
+    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[: 25 - len(extra)]
+    return f"{host}-{os.getpid()}{extra}"
+
+
+_DEFAULT_IDS_TAKEN: set[str] = set()
+"""The default node ids of this process's services that exist and have not ended."""
+
+
+def _take_default_node_id() -> str:
+    """The first default node id no other service of this process holds; now held."""
+    instance = 1
+    while default_node_id(instance) in _DEFAULT_IDS_TAKEN:
+        instance += 1
+    node_id = default_node_id(instance)
+    _DEFAULT_IDS_TAKEN.add(node_id)
+    return node_id
 
 
 class Service:
-    """A dispatcher service built from a config; :meth:`run` it inside an anyio event loop."""
+    """A dispatcher service built from a config; :meth:`run` it in an asyncio event loop.
+
+    asyncio's only (under trio, :meth:`run` raises :class:`CannotRunHere`), in the main
+    thread. Several services may run in one loop: each stop signal stops them all, and
+    each takes a node id of its own when the config sets none (the first one's is
+    ``<host>-<pid>``, the next ones' end with ``-2``, ``-3``...).
+    """
 
     def __init__(
         self,
@@ -83,11 +119,23 @@ class Service:
         log_level: int = logging.INFO,
         fork_server: ForkedServer | None = None,
         reload: bool = False,
+        *,
+        freeze: bool = False,
     ) -> None:
         self.settings = settings
         self._reload = reload
         """Whether to restart the workers when a task module changes (see ``reload``)."""
-        self.node_id = settings.service.node_id or default_node_id()
+        self._freeze = freeze
+        """Whether to freeze (:func:`gc.freeze`) every object once started: for a process
+        that is the service's alone, as ``dispatcher-standalone``'s is; an application's
+        objects would never be collected again."""
+        self._release_node_id: Callable[[], object] | None = None
+        """Gives the default node id back: once the service ended, or is no more."""
+        if settings.service.node_id:
+            self.node_id = settings.service.node_id
+        else:
+            self.node_id = _take_default_node_id()
+            self._release_node_id = weakref.finalize(self, _DEFAULT_IDS_TAKEN.discard, self.node_id)
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
         # First: a cron schedule without croniter refuses the config before anything starts.
@@ -210,11 +258,28 @@ class Service:
         imported, that the modules register no task, or that ``producers.scheduled`` or
         ``producers.on_start`` names a task they do not register (:data:`EXIT_TASK_MODULES`).
 
-        Leaves the logging of the process as it found it (a service may run in the
-        application's own process).
+        Leaves the process as it found it (a service may run in the application's own
+        process): its logging, and its handlers of the stop signals (the Python-level ones
+        and the loop's), which the service's replace while it runs.
+
+        :raises CannotRunHere: outside the main thread, or where no asyncio loop runs
+            (under trio, say).
         """
-        with quiet_own_cancellations():
-            return await self._run()
+        try:
+            _check_main_thread("Service.run()")
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise CannotRunHere(
+                    "a dispatcher service runs in an asyncio event loop only, and none runs"
+                    " here (under trio, say): run it in an asyncio loop, or with"
+                    " run_service() from the main thread of a process of its own"
+                ) from None
+            with quiet_own_cancellations():
+                return await self._run()
+        finally:
+            if self._release_node_id is not None:
+                self._release_node_id()
 
     async def _run(self) -> int:
         servers = (self.settings.brokers.socket is not None) + (self.metrics is not None)
@@ -224,9 +289,8 @@ class Service:
             logger.critical("cannot start: %s", missing)
             self._launcher.close()
             return EXIT_CONFIG
-        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        with receiving_stop_signals(self._on_stop_signal):
             async with anyio.create_task_group() as task_group:
-                task_group.start_soon(self._watch_signals, signals, name="signals")
                 if await self._task_modules_ready():
                     await self._serve(task_group)
                 else:
@@ -321,9 +385,10 @@ class Service:
 
             modules = self.settings.tasks.modules
             task_group.start_soon(watch_task_modules, modules, self.supervisor, name="reload")
-        # What exists now lives as long as the service: keep it out of every
-        # future garbage collection.
-        gc.freeze()
+        if self._freeze:
+            # What exists now lives as long as the service (and its process): keep it out
+            # of every future garbage collection.
+            gc.freeze()
         logger.info(
             "dispatcher service %s started (pid %d, %d-%d workers)",
             self.node_id,
@@ -397,19 +462,19 @@ class Service:
         """What brokers hand every payload to (see ``brokers.base.Deliver``)."""
         self.intake.receive(payload, origin.channel, origin)
 
-    async def _watch_signals(self, signals: AsyncIterator[signal.Signals]) -> None:
-        async for number in signals:
-            if not self._stop.is_set():
-                logger.info(
-                    "received %s: shutting down",
-                    signal.Signals(number).name,
-                    extra=self._fields("service_stopping"),
-                )
-                self._stop.set()
-            else:
-                logger.warning("received %s again: forcing exit now", signal.Signals(number).name)
-                self.supervisor.kill_all()
-                os._exit(EXIT_FORCED)
+    def _on_stop_signal(self, number: signal.Signals) -> None:
+        """A stop signal came: begin to stop; the second time, kill the workers and exit."""
+        if not self._stop.is_set():
+            logger.info(
+                "received %s: shutting down",
+                signal.Signals(number).name,
+                extra=self._fields("service_stopping"),
+            )
+            self._stop.set()
+        else:
+            logger.warning("received %s again: forcing exit now", signal.Signals(number).name)
+            self.supervisor.kill_all()
+            os._exit(EXIT_FORCED)
 
     def _fields(self, event: str) -> dict[str, object]:
         """The attributes of a log record about the service's life: *event*, its node id."""
@@ -536,15 +601,49 @@ def run_service(settings: Settings | None = None, log_level: int = logging.INFO)
     """Run a service from *settings* (default: the config in force) until it is stopped.
 
     Blocks; stops gracefully on SIGTERM, SIGINT or SIGHUP. Returns the exit status: 0 after a
-    graceful stop; 2 when ``tasks.modules`` is empty; 3 when the task modules cannot be
-    imported, register no task, or do not register a task named in ``producers`` (the
-    service then refuses to start, before any broker listens, and logs why).
+    graceful stop; 2 when ``tasks.modules`` is empty, or when a broker or the metrics
+    server cannot start (the metrics port or the socket broker's path taken, say); 3 when
+    the task modules cannot be imported, register no task, or do not register a task named
+    in ``producers`` (the service then refuses to start, before any broker listens, and
+    logs why).
+
+    Call it from the main thread, where no event loop runs: it runs an asyncio loop of its
+    own, and handles the stop signals. Inside a running asyncio loop, ``await
+    Service(settings).run()`` instead. Once it returns, the process's logging and its
+    handlers of the stop signals are as they were.
+
+    :raises CannotRunHere: called from another thread, or inside a running event loop.
+    :raises BrokerNotReady: when a broker cannot be built (a ``pg_queue`` broker whose
+        tables are missing: see ``dispatcherctl migrate``).
+    :raises ConfigError: when the config cannot serve (a cron schedule without croniter).
     """
+    _check_main_thread("run_service()")
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise CannotRunHere(
+            "run_service() cannot be called inside a running event loop (it runs one of its"
+            " own): there, `await Service(settings).run()`, with Service from"
+            " dispatcher.server"
+        )
     if settings is None:
         from dispatcher.config import get_settings
 
         settings = get_settings()
     return run_in_event_loop(Service(settings, log_level))
+
+
+def _check_main_thread(what: str) -> None:
+    """:raises CannotRunHere: when called outside the main thread (*what* says from where)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise CannotRunHere(
+            f"{what} must be called from the main thread: a dispatcher service handles the"
+            " stop signals (SIGTERM, SIGINT, SIGHUP), which only the main thread can. Call"
+            " it from the main thread, or run the service as a process of its own"
+            " (dispatcher-standalone)"
+        )
 
 
 def run_in_event_loop(service: Service) -> int:

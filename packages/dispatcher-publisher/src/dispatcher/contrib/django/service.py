@@ -65,7 +65,7 @@ def missing_watchfiles() -> str | None:
 def run(
     settings: Settings, log_level: int, reload: bool = False, log_format: LogFormat | None = None
 ) -> int:
-    """Run the service configured by *settings* until SIGTERM or SIGINT; return its status.
+    """Run the service configured by *settings* until SIGTERM, SIGINT or SIGHUP; its status.
 
     *reload*: restart the workers when a task module's source changes (as
     ``dispatcher-standalone --reload``). *log_format*: ``text`` or ``json`` (as
@@ -96,7 +96,8 @@ def run(
 
             from dispatcher.server.service import Service
 
-            service = Service(settings, log_level, fork_server=forked, reload=reload)
+            # (The command's process is the service's alone: it freezes what it holds.)
+            service = Service(settings, log_level, fork_server=forked, reload=reload, freeze=True)
             release()
             return anyio.run(service.run, backend="asyncio")
         except KeyboardInterrupt:  # a signal before the service could install its handlers
