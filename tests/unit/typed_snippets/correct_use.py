@@ -48,7 +48,20 @@ def send(to: str, subject: str = "hi", *, urgent: bool = False) -> str:
     return to
 
 
+class Mailer:
+    @task(queue="mail")
+    @staticmethod
+    def send(to: str) -> None: ...
+
+    @staticmethod
+    @task(queue="mail")
+    def resend(to: str) -> None: ...
+
+
 def uses(conn: psycopg.Connection[Any]) -> None:
+    assert_type(Mailer.send.delay("a"), Submission)
+    assert_type(Mailer.resend.delay("a"), Submission)
+    assert_type(Mailer().send("a"), None)
     cleanup_type: TaskFunction[[int], None] = cleanup
     assert_type(cleanup.delay(3), Submission)
     assert_type(Nightly, type[Nightly])
