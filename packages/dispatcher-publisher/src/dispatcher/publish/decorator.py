@@ -497,6 +497,11 @@ they are checked against its signature before anything is sent. Returns the
 
 :raises InvalidSubmission: when an argument is wrong (nothing is sent).
 :raises BrokerUnavailable: when the database cannot be reached.
+:raises PublishError: when the database refuses the message for good (a missing
+    privilege, missing tables).
+:raises ConfigError: when the config cannot be read or is invalid; a
+    ``NotConfiguredError`` when none was given (``setup()``) and none is found. Neither is
+    a ``PublishError``.
 """
 
 _APPLY_ASYNC_DOC: Final = """Submit the task {task} with options overriding its defaults.
@@ -509,6 +514,11 @@ inside that transaction), *max_attempts* (durable queues), *processor_options*. 
 
 :raises InvalidSubmission: when an option or argument is wrong (nothing is sent).
 :raises BrokerUnavailable: when the database cannot be reached.
+:raises PublishError: when the database refuses the message for good (a missing
+    privilege, missing tables).
+:raises ConfigError: when the config cannot be read or is invalid; a
+    ``NotConfiguredError`` when none was given (``setup()``) and none is found. Neither is
+    a ``PublishError``.
 """
 
 
