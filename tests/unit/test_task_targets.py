@@ -31,7 +31,12 @@ def _forget_the_tests_tasks() -> Iterator[None]:
 
 def test_two_lambdas_under_one_name_are_refused() -> None:
     first = task(name=PREFIX + "hook")(lambda: "first")
-    with pytest.raises(RegistrationError, match=r"already registered for .*<lambda>"):
+    line = first.__code__.co_firstlineno
+    with pytest.raises(
+        RegistrationError,
+        match=rf"already registered for .*<lambda> \(line {line}\); cannot register "
+        rf".*<lambda> \(line {line + 7}\) under it",
+    ):
         task(name=PREFIX + "hook")(lambda: "second")
     with eager() as mode:
         submission = first.delay()

@@ -198,6 +198,9 @@ def _origin(target: object) -> tuple[str, str]:
 
 def _describe(target: object) -> str:
     module, qualname = _origin(target)
+    code = getattr(target, "__code__", None)
+    if "<" in qualname and isinstance(code, CodeType):  # which lambda, which closure
+        return f"{module}.{qualname} (line {code.co_firstlineno})"
     return f"{module}.{qualname}"
 
 
