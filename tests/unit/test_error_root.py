@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -16,6 +17,7 @@ import dispatcher.publish
 import dispatcher.schema
 from dispatcher.publish import DispatcherCancel, DispatcherExit
 from dispatcher.schema import DispatcherError
+from support.paths import REPO
 
 PUBLIC_PACKAGES = [
     "dispatcher.schema",
@@ -168,3 +170,16 @@ def test_argument_errors_of_the_sdk_are_dispatcher_errors_and_their_builtin() ->
     with captured() as capture, pytest.raises(LookupError) as raised:
         capture.run()
     assert isinstance(raised.value, DispatcherError)
+
+
+def test_the_error_table_of_the_publishing_docs_lists_every_exported_error() -> None:
+    text = (REPO / "docs" / "publishing.md").read_text()
+    table = text[text.index("| error | raised when |") :].split("\n\n", 1)[0]
+    listed = set(re.findall(r"^\| `dispatcher\.[a-z_.]+\.([A-Za-z]+)` \|", table, re.MULTILINE))
+    exported = {
+        cls.__name__
+        for package in [*PUBLIC_PACKAGES, "dispatcher.testing", "dispatcher.contrib.django"]
+        for _, cls in _exported_exceptions(package)
+        if cls not in SIGNALS and cls is not DispatcherError
+    }
+    assert exported - listed == set()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.publish import RegistrationError, registry, task
+from dispatcher.publish import RegistrationError, registry, submit_task, task
 from dispatcher.testing import captured, eager
 from support import tasks
 
@@ -112,3 +112,11 @@ def test_a_default_json_cannot_carry_is_refused_naming_the_option(
     with pytest.raises(RegistrationError) as refused:
         task(name="myapp.tasks.odd_default", **options)(work)
     assert str(refused.value).startswith(f"cannot register myapp.tasks.odd_default: {said}")
+
+
+def test_the_submission_docstrings_name_the_config_errors_too() -> None:
+    for method in (tasks.add.delay, tasks.add.apply_async, tasks.add.adelay, submit_task):
+        doc = method.__doc__ or ""
+        assert ":raises PublishError:" in doc
+        assert ":raises ConfigError:" in doc
+        assert "``NotConfiguredError`` when none was given" in doc

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, assert_type
 
 import psycopg
 
 from dispatcher.contrib.django import delay_on_commit
-from dispatcher.publish import BoundTask, BoundTaskFunction, Submission, TaskFunction, task
+from dispatcher.publish import (
+    Batch,
+    BatchBlock,
+    BoundTask,
+    BoundTaskFunction,
+    ProcessorOptions,
+    Queue,
+    Submission,
+    TaskFunction,
+    batch,
+    task,
+)
 from dispatcher.schema import Validator, load_schema, validator
 
 
@@ -48,7 +60,30 @@ def send(to: str, subject: str = "hi", *, urgent: bool = False) -> str:
     return to
 
 
+class Mailer:
+    @task(queue="mail")
+    @staticmethod
+    def send(to: str) -> None: ...
+
+    @staticmethod
+    @task(queue="mail")
+    def resend(to: str) -> None: ...
+
+
 def uses(conn: psycopg.Connection[Any]) -> None:
+    assert_type(Mailer.send.delay("a"), Submission)
+    assert_type(Mailer.resend.delay("a"), Submission)
+    assert_type(Mailer().send("a"), None)
+    submission = cleanup.delay(3)
+    assert_type(submission[0], Mapping[str, Any])
+    assert_type(submission[1], str)
+    block: BatchBlock = batch()
+    with block as held:
+        assert_type(held, Batch)
+        print(len(held.submissions))
+    options: ProcessorOptions = [{"delay": 3}]
+    queue: Queue = "emails"
+    cleanup.apply_async(args=[1], queue=queue, processor_options=options)
     cleanup_type: TaskFunction[[int], None] = cleanup
     assert_type(cleanup.delay(3), Submission)
     assert_type(Nightly, type[Nightly])

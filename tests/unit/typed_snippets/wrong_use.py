@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 
 from dispatcher.contrib.django import delay_on_commit
-from dispatcher.publish import BoundTask, task
+from dispatcher.publish import BoundTask, Submission, task
 from dispatcher.schema import load_schema, validator
 
 
@@ -37,3 +38,10 @@ def uses(conn: psycopg.Connection[Any], aconn: psycopg.AsyncConnection[Any]) -> 
 
 async def auses(conn: psycopg.Connection[Any]) -> None:
     await cleanup.aapply_async(args=[3], connection=conn)  # error: [arg-type]
+
+
+def unpacks(submission: Submission) -> None:
+    channel: int = submission[1]  # error: [assignment]
+    body: str = submission[0]  # error: [assignment]
+    either: Mapping[str, Any] = submission[2]  # error: [assignment]
+    print(channel, body, either)

@@ -24,6 +24,7 @@ replies, a command-line tool): :class:`ConnectionProvider` and
 its password).
 """
 
+from dispatcher.publish.batching import Batch
 from dispatcher.publish.chunking import ChunkAssembler, split_message
 from dispatcher.publish.connections import broker_unavailable, describe_server
 from dispatcher.publish.decorator import (
@@ -46,15 +47,15 @@ from dispatcher.publish.errors import (
     RegistrationError,
 )
 from dispatcher.publish.job import JOB_STATES, Job, JobState
-from dispatcher.publish.messages import prepare_submission
+from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.notify_async import AsyncConnectionProvider, aclose_connections
 from dispatcher.publish.notify_sync import ConnectionProvider, close_connections
 from dispatcher.publish.queue_async import aget_job, ajobs
 from dispatcher.publish.queue_sync import get_job, jobs
-from dispatcher.publish.registry import RegisteredTask, TaskRegistry, registry
+from dispatcher.publish.registry import Queue, RegisteredTask, TaskRegistry, registry
 from dispatcher.publish.submission import Submission
-from dispatcher.publish.submit_async import abatch, asubmit_task
-from dispatcher.publish.submit_sync import batch, submit_task
+from dispatcher.publish.submit_async import AsyncBatchBlock, abatch, asubmit_task
+from dispatcher.publish.submit_sync import BatchBlock, batch, submit_task
 from dispatcher.schema import (
     DispatcherError,
     InvalidArgumentType,
@@ -64,8 +65,11 @@ from dispatcher.schema import (
 
 __all__ = [
     "JOB_STATES",
+    "AsyncBatchBlock",
     "AsyncConnectionProvider",
     "AsyncioRequired",
+    "Batch",
+    "BatchBlock",
     "BoundTask",
     "BoundTaskDecorator",
     "BoundTaskFunction",
@@ -81,7 +85,9 @@ __all__ = [
     "Job",
     "JobState",
     "OnDuplicate",
+    "ProcessorOptions",
     "PublishError",
+    "Queue",
     "RegisteredTask",
     "RegistrationError",
     "Submission",

@@ -78,6 +78,24 @@ def argument_problem(
     return None
 
 
+def bind_problem(target: object) -> str | None:
+    """Say why *target* cannot be a ``bind=True`` task, or ``None``.
+
+    It cannot when it takes no positional argument for the bound task the worker passes
+    first (after the instance, for a class task). A signature that cannot be read is not
+    checked.
+    """
+    shape = _shape(target)
+    if shape is None or shape.most is None or shape.most > shape.leading:
+        return None
+    function = "its run()" if shape.leading else "it"
+    return (
+        f"bind=True passes the bound task as the first argument, but {function} takes no "
+        "positional argument for it: add a first parameter (dispatcher: BoundTask), or "
+        "leave bind out"
+    )
+
+
 def shown_signature(entry: RegisteredTask) -> inspect.Signature | None:
     """The arguments *entry*'s callers pass (``delay()``'s), as ``help()`` shows them.
 

@@ -53,7 +53,12 @@ def _held_for_ever() -> object:
 
 @dataclass
 class Batch:
-    """Submissions collected by a ``batch()`` block, sent together when it ends."""
+    """Submissions collected by a ``batch()`` block, sent together when it ends.
+
+    What ``with batch() as held:`` gives: read :attr:`submissions` (and :attr:`connection`,
+    :attr:`closed`); the methods and the other attributes are the SDK's own, and calling them
+    in the block (``close()``) changes what it sends, and in which order.
+    """
 
     connection: object | None = None
     """The connection the batch is sent on, or ``None`` for the SDK's own."""

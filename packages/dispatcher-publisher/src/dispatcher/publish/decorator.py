@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from psycopg import AsyncConnection, Connection
 
 from dispatcher.publish import interception
-from dispatcher.publish.arguments import display_signature, shown_signature
+from dispatcher.publish.arguments import bind_problem, display_signature, shown_signature
 from dispatcher.publish.connections import expect_connection
 from dispatcher.publish.errors import RegistrationError
 from dispatcher.publish.json_values import shown
@@ -266,6 +267,8 @@ def task(
         unknown.
     """
     if target is not _UNSET:
+        if isinstance(target, classmethod):
+            raise _classmethod_refusal(target, None)
         if not callable(target) or isinstance(target, str):
             raise RegistrationError(
                 f"@task takes its options as keywords, not {shown(target)} as a positional "
@@ -287,7 +290,12 @@ def task(
     if processor_options is not None:
         delay, on_duplicate = _from_processor_options(processor_options, delay, on_duplicate)
 
-    def register(target: Any) -> Any:
+    def register(declared: Any) -> Any:
+        if isinstance(declared, classmethod):
+            raise _classmethod_refusal(declared, name)
+        # @task below @staticmethod: the class attribute stays a staticmethod, whose function
+        # (what the class gives back) is the task.
+        target = declared.__func__ if isinstance(declared, staticmethod) else declared
         if not callable(target):
             raise RegistrationError(f"@task applies to functions and classes, not {target!r}")
         if isinstance(target, type) and not callable(getattr(target, "run", None)):
@@ -300,26 +308,102 @@ def task(
                 f"{qualname or target!r} has no importable name (it is defined inside a function "
                 "or is a lambda); give it one with @task(name=...)"
             )
-        entry = registry.register(
-            RegisteredTask(
-                name=name or f"{target.__module__}.{qualname}",
-                target=target,
-                queue=queue,
-                bind=bind,
-                timeout=timeout,
-                delay=delay,
-                on_duplicate=on_duplicate,
-                max_attempts=max_attempts,
+        task_name = name if name is not None else f"{target.__module__}.{qualname}"
+        problem = bind_problem(target) if bind else _method_problem(target, qualname)
+        if problem is not None:
+            raise RegistrationError(f"cannot register {task_name}: {problem}")
+        with _marked(target, task_name):
+            entry = registry.register(
+                RegisteredTask(
+                    name=task_name,
+                    target=target,
+                    queue=queue,
+                    bind=bind,
+                    timeout=timeout,
+                    delay=delay,
+                    on_duplicate=on_duplicate,
+                    max_attempts=max_attempts,
+                )
             )
-        )
         if name is None and target.__module__ == "__main__":
             _warn_main_module(entry.name, qualname)
-        target.__dispatcher_task__ = entry.name
         if decorate:
             _attach_submission_methods(target, entry)
-        return target
+        return declared
 
     return register
+
+
+def _classmethod_refusal(
+    declared: classmethod[Any, Any, Any], name: str | None
+) -> RegistrationError:
+    function = declared.__func__
+    task_name = name if name is not None else f"{function.__module__}.{function.__qualname__}"
+    return RegistrationError(
+        f"cannot register {task_name}: a classmethod cannot be a task (a worker calls a task "
+        "with the submitted arguments only, and nothing would fill cls): make it a "
+        "module-level function, or a @staticmethod (@staticmethod above @task)"
+    )
+
+
+@contextmanager
+def _marked(target: Any, task_name: str) -> Iterator[None]:
+    """Give *target* the task's name (``__dispatcher_task__``) for the registration inside.
+
+    Set first, so that a target that takes no attributes (a bound method, a built-in) is
+    refused before anything is registered; put back as it was if the registration fails.
+    """
+    own = getattr(target, "__dict__", None)
+    previous = own.get(_MARK, _UNSET) if isinstance(own, Mapping) else _UNSET
+    try:
+        target.__dispatcher_task__ = task_name
+    except (AttributeError, TypeError):
+        raise RegistrationError(
+            f"cannot register {task_name}: {_kind(target)} takes no attributes, so neither the "
+            "task's name nor delay(): register a function that calls it"
+        ) from None
+    try:
+        yield
+    except BaseException:
+        if previous is _UNSET:
+            delattr(target, _MARK)
+        else:
+            setattr(target, _MARK, previous)
+        raise
+
+
+_MARK: Final = "__dispatcher_task__"
+
+
+def _kind(target: object) -> str:
+    if inspect.ismethod(target):
+        return f"{shown(target)}, a bound method,"
+    if inspect.isbuiltin(target):
+        return f"{shown(target)}, a built-in function,"
+    return f"{shown(target)} ({type(target).__name__})"
+
+
+def _method_problem(target: object, qualname: str) -> str | None:
+    """Say why *target* is no task if it is a method defined in a class body; else ``None``.
+
+    Such a method's first parameter (``self``, ``cls``) is what calling it through an
+    instance or the class fills in; a worker calls a task with the submitted arguments only.
+    """
+    if not inspect.isfunction(target):
+        return None
+    owner = qualname.rpartition(".")[0]
+    if not owner or owner.endswith("<locals>"):
+        return None  # a module-level function, or one defined in a function
+    code = target.__code__
+    first = code.co_varnames[0] if code.co_argcount else None
+    if first not in ("self", "cls"):
+        return None
+    return (
+        f"{qualname} is a method (its first parameter is {first}): a worker calls a task with "
+        f"the submitted arguments only, and nothing would fill {first}; make it a module-level "
+        "function, or a @staticmethod (@staticmethod above @task), or register the class "
+        "itself with a run() method"
+    )
 
 
 def _warn_main_module(task_name: str, qualname: str) -> None:
@@ -413,6 +497,11 @@ they are checked against its signature before anything is sent. Returns the
 
 :raises InvalidSubmission: when an argument is wrong (nothing is sent).
 :raises BrokerUnavailable: when the database cannot be reached.
+:raises PublishError: when the database refuses the message for good (a missing
+    privilege, missing tables).
+:raises ConfigError: when the config cannot be read or is invalid; a
+    ``NotConfiguredError`` when none was given (``setup()``) and none is found. Neither is
+    a ``PublishError``.
 """
 
 _APPLY_ASYNC_DOC: Final = """Submit the task {task} with options overriding its defaults.
@@ -425,6 +514,11 @@ inside that transaction), *max_attempts* (durable queues), *processor_options*. 
 
 :raises InvalidSubmission: when an option or argument is wrong (nothing is sent).
 :raises BrokerUnavailable: when the database cannot be reached.
+:raises PublishError: when the database refuses the message for good (a missing
+    privilege, missing tables).
+:raises ConfigError: when the config cannot be read or is invalid; a
+    ``NotConfiguredError`` when none was given (``setup()``) and none is found. Neither is
+    a ``PublishError``.
 """
 
 

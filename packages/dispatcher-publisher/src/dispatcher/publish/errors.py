@@ -12,9 +12,11 @@ from dispatcher.schema import DispatcherError
 class PublishError(DispatcherError):
     """A task could not be submitted.
 
-    Raised as it is (not as a subclass) for causes sending again will not cure: no broker
-    configured, missing durable-queue tables, a statement the database refuses for good
-    (a missing privilege). The message says which.
+    Raised as it is (not as a subclass) for causes sending again will not cure: a config
+    that configures no broker for the task, missing durable-queue tables, a statement the
+    database refuses for good (a missing privilege). The message says which. No config at
+    all is no ``PublishError`` but a :class:`~dispatcher.config.NotConfiguredError` (a
+    :class:`~dispatcher.config.ConfigError`), as is a config that cannot be read.
     """
 
 

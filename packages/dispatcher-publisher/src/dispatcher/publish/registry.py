@@ -6,6 +6,7 @@ import inspect
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any, Final
 
 from dispatcher.publish.errors import RegistrationError
@@ -62,8 +63,9 @@ class TaskRegistry:
     def register(self, entry: RegisteredTask) -> RegisteredTask:
         """Add *entry*; return it.
 
-        Registering the same target again (e.g. when its module is reloaded) replaces the
-        entry; a different target under a taken name is an error.
+        Registering the same target again (the object itself, or the same definition made
+        anew when its module is reloaded or imported again) replaces the entry; a different
+        target under a taken name is an error (see :func:`_same_target`).
 
         :raises RegistrationError: when the name is invalid or taken by another target, or
             the target is a generator function (see :func:`generator_problem`).
@@ -79,7 +81,7 @@ class TaskRegistry:
         _check_defaults(entry)
         with self._lock:
             existing = self._by_name.get(entry.name)
-            if existing is not None and _origin(existing.target) != _origin(entry.target):
+            if existing is not None and not _same_target(existing.target, entry.target):
                 raise RegistrationError(
                     f"task name {entry.name!r} is already registered for "
                     f"{_describe(existing.target)}; cannot register {_describe(entry.target)} "
@@ -160,12 +162,45 @@ def _check_defaults(entry: RegisteredTask) -> None:
         )
 
 
+def _same_target(registered: object, target: object) -> bool:
+    """Tell whether *target* may replace *registered* under its name: the same task again.
+
+    It is when it is the object itself, or the same definition made anew: a module
+    re-imported (``importlib.reload``, or imported again once out of ``sys.modules``) makes
+    its functions and classes again, the same ``module.qualname``, as different objects.
+    A qualname with ``<`` in it (``<lambda>``, ``f.<locals>.g``) is no such identity: every
+    lambda of a module has the same, and so has every closure one function makes. Two such
+    functions are the same definition only when they are different compilations of code at
+    the same place (a re-import compiles the module again; two closures of one factory share
+    their code object, and two lambdas of a module are at different places).
+    """
+    if registered is target:
+        return True
+    origin = _origin(target)
+    if _origin(registered) != origin:
+        return False
+    if "<" not in origin[1]:
+        return True
+    code, other = getattr(registered, "__code__", None), getattr(target, "__code__", None)
+    if not isinstance(code, CodeType) or not isinstance(other, CodeType) or code is other:
+        return False
+    return _place(code) == _place(other)
+
+
+def _place(code: CodeType) -> tuple[object, ...]:
+    """Where *code* was written: its file, and the lines and columns of its instructions."""
+    return code.co_filename, code.co_firstlineno, tuple(code.co_positions())
+
+
 def _origin(target: object) -> tuple[str, str]:
     return getattr(target, "__module__", ""), getattr(target, "__qualname__", repr(target))
 
 
 def _describe(target: object) -> str:
     module, qualname = _origin(target)
+    code = getattr(target, "__code__", None)
+    if "<" in qualname and isinstance(code, CodeType):  # which lambda, which closure
+        return f"{module}.{qualname} (line {code.co_firstlineno})"
     return f"{module}.{qualname}"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,26 @@ class Submission:
     state ``get_job(uuid)`` reads, rather than sent by NOTIFY."""
 
     def __iter__(self) -> Iterator[Any]:
-        """Yield :attr:`message` then :attr:`channel`: dispatcherd's ``(body, queue)``."""
+        """Yield :attr:`message` then :attr:`channel`: dispatcherd's ``(body, queue)``.
+
+        Typed ``Any``: a type checker unpacks a class other than a tuple by its iterator's
+        one item type, which cannot tell the body from the queue (a union would make each
+        need narrowing). Index it (``submission[1]`` is a ``str``), or read
+        :attr:`message` and :attr:`channel`, to keep the types.
+        """
         return iter((self.message, self.channel))
 
     def __len__(self) -> int:
         """Two, as dispatcherd's ``(body, queue)`` tuple."""
         return 2
 
-    def __getitem__(self, index: int) -> Any:
+    @overload
+    def __getitem__(self, index: Literal[0, -2]) -> Mapping[str, Any]: ...
+    @overload
+    def __getitem__(self, index: Literal[1, -1]) -> str: ...
+    @overload
+    def __getitem__(self, index: int) -> Mapping[str, Any] | str: ...
+    def __getitem__(self, index: int) -> Mapping[str, Any] | str:
         """``[0]``: :attr:`message`; ``[1]``: :attr:`channel` (dispatcherd's ``(body, queue)``)."""
         return (self.message, self.channel)[index]
 

@@ -187,6 +187,9 @@ def submit_task(
         succeed).
     :raises PublishError: when the database refuses the message for good (a missing
         privilege, missing tables).
+    :raises ConfigError: when the config cannot be read or is invalid; a
+        ``NotConfiguredError`` when none was given (``setup()``) and none is found (an explicit
+        *queue* and *connection* need none). Neither is a ``PublishError``.
     """
     submission = prepare_submission(
         task,
