@@ -8,9 +8,7 @@ import gc
 import logging
 import math
 import os
-import re
 import signal
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
@@ -37,6 +35,7 @@ from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
 from dispatcher.server.logsafe import Block, first_line, get_logger
 from dispatcher.server.metrics import MetricsServer
+from dispatcher.server.node_ids import node_id
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import flush_suppressed
@@ -65,15 +64,6 @@ SETTLE_WAIT: Final = 10.0
 database does not answer gives up sooner, and says what it could not write)."""
 
 
-def default_node_id() -> str:
-    """A node id from the host name and process id, within the channel-name rule.
-
-    Short enough (at most ``MAX_WHOLE_NODE_ID_BYTES``) to fit whole in ``application_name``.
-    """
-    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:25]
-    return f"{host}-{os.getpid()}"
-
-
 class Service:
     """A dispatcher service built from a config; :meth:`run` it inside an anyio event loop."""
 
@@ -87,7 +77,7 @@ class Service:
         self.settings = settings
         self._reload = reload
         """Whether to restart the workers when a task module changes (see ``reload``)."""
-        self.node_id = settings.service.node_id or default_node_id()
+        self.node_id = node_id(settings)
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
         # First: a cron schedule without croniter refuses the config before anything starts.
@@ -539,6 +529,9 @@ def run_service(settings: Settings | None = None, log_level: int = logging.INFO)
     graceful stop; 2 when ``tasks.modules`` is empty; 3 when the task modules cannot be
     imported, register no task, or do not register a task named in ``producers`` (the
     service then refuses to start, before any broker listens, and logs why).
+
+    :raises ConfigError: when ``$DISPATCHER_NODE_ID`` (read without ``service.node_id``) is
+        not a valid node id.
     """
     if settings is None:
         from dispatcher.config import get_settings
