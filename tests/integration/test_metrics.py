@@ -451,3 +451,18 @@ def test_an_ipv6_host_is_bracketed_wherever_the_url_is_shown(
         timeout=60,
     )
     assert f"url: {url[0]}\n" in shown.stdout
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_the_ipv6_any_address_serves_ipv4_clients_too(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    # host "::" bound IPv6 only (anyio sets IPV6_V6ONLY): a Prometheus on an IPv4 pod
+    # network could not scrape it.
+    port = free_port()
+    service_config["service"]["metrics"] = {"host": "::", "port": port}
+    service = start_service(service_config)
+    service.wait_for_log(rf"serving metrics on http://\[::\]:{port}/metrics")
+    for url in (f"http://127.0.0.1:{port}/metrics", f"http://[::1]:{port}/metrics"):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert b"dispatcher_workers" in response.read()

@@ -9,13 +9,15 @@ out of file descriptors (see :mod:`dispatcher.server.accepting`).
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.streams.stapled
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import SocketListener, SocketStream, TaskStatus
 
 from dispatcher.schema import Outcome
 from dispatcher.server.accepting import serve_connections
@@ -34,6 +36,30 @@ REQUEST_TIMEOUT: Final = 5.0
 """Seconds a connection may take to send its request and read the answer."""
 MAX_CONNECTIONS: Final = 64
 """Connections served at once; more wait, unaccepted, until one closes."""
+
+
+DUAL_STACK_HOST: Final = "::"
+"""The host that serves IPv4 clients too (as ``::ffff:a.b.c.d``), where the system allows
+IPv6 sockets to (``IPV6_V6ONLY`` off, as most servers bind it): every address of the host."""
+
+
+def dual_stack_socket(port: int) -> socket.socket:
+    """A listening TCP socket on :data:`DUAL_STACK_HOST` and *port*, for IPv6 and IPv4.
+
+    :raises OSError: when it cannot be created or bound.
+    """
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # a system without dual-stack sockets: IPv6 only
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as anyio's listeners
+        sock.bind((DUAL_STACK_HOST, port))
+        sock.listen()
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class MetricsSource(Protocol):
@@ -136,6 +162,9 @@ class MetricsServer:
         backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
         while True:
             try:
+                if self.host == DUAL_STACK_HOST:
+                    listener = await SocketListener.from_socket(dual_stack_socket(self.port))
+                    return anyio.streams.stapled.MultiListener([listener])
                 return await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
             except OSError as exc:
                 where = f"{self.host}:{self.port}"
