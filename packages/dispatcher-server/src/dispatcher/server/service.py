@@ -291,6 +291,7 @@ class Service:
             await self._shut_down()  # what did start stops, as on a stop signal; nothing more
             return
         self._serving = True
+        self.view.phase = "serving"
         self._release_on_start_tasks()
         task_group.start_soon(self._expire_chunks, name="chunk-expiry")
         task_group.start_soon(self._flush_suppressed_lines, name="suppressed-lines")
@@ -406,6 +407,7 @@ class Service:
         return {EVENT: event, NODE: self.node_id}
 
     async def _shut_down(self) -> None:
+        self.view.phase = "stopping"
         flush_suppressed(now=True)  # what the last second held back, before the stop's lines
         if self._schedules is not None:
             self._schedules.cancel()  # no tick runs while the service stops
