@@ -54,6 +54,30 @@ def test_alive_from_two_services_without_expected_replies(
     ]
 
 
+def test_replicas_of_one_config_take_their_node_ids_from_the_environment(
+    start_service: StartService, service_config: dict[str, Any], channel: str
+) -> None:
+    # Replicas reading one config (a Kubernetes ConfigMap) could not be given node ids of
+    # their own: the node id came only from the file, or from the host name and pid.
+    pods = [f"{channel}-pod-a", f"{channel}-pod-b"]
+    services = [start_service(service_config, env={"DISPATCHER_NODE_ID": pod}) for pod in pods]
+    result = ctl(services[0].config_path, "alive", "--json")
+    assert result.returncode == 0, result.stderr
+    assert sorted(r["node_id"] for r in json.loads(result.stdout)) == pods
+    services[0].wait_for_log(rf"dispatcher service {pods[0]} started")
+
+
+def test_a_node_id_from_the_environment_that_is_not_one_is_refused(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    service = start_service(service_config, wait=False, env={"DISPATCHER_NODE_ID": "pod a"})
+    assert service.wait() == 2
+    assert (
+        "dispatcher-standalone: $DISPATCHER_NODE_ID: 'pod a' is not a valid node id: it must be "
+        "1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':'" in service.log
+    )
+
+
 def test_expecting_more_replies_than_services_exits_1(
     two_services: list[ServiceProcess],
 ) -> None:

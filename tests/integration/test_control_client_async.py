@@ -142,6 +142,36 @@ async def test_without_expected_replies_the_services_on_the_channel_are_waited_f
     assert not result.complete
 
 
+async def test_two_services_sharing_a_node_id_each_need_a_reply(
+    configured: Settings, pg_dsn: str, channel: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two replicas with one node id, one of them stuck: its twin's reply was taken for both,
+    # and result.missing was empty with 1 of 2 replies.
+    node = f"{channel}-twin"
+    twins = [FakeService(pg_dsn, channel, node), FakeService(pg_dsn, channel, node, silent)]
+    try:
+        result = await acontrol_with_reply("alive", timeout=1)
+        twins[1].stop()
+        twins[1] = FakeService(pg_dsn, channel, node)
+        both = await acontrol_with_reply("alive", timeout=10)
+    finally:
+        for twin in twins:
+            twin.stop()
+    assert (result.expected_nodes, len(result.replies)) == ([node, node], 1)
+    assert (result.missing, result.complete) == ([node], False)
+    assert result.duplicates == [node]
+    assert (both.missing, both.duplicates, both.complete) == ([], [node], True)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dispatcher.control"]
+    assert (
+        warnings
+        == [
+            f"more than one service has the node id {node!r}: their replies cannot be told apart; "
+            "give each its own (service.node_id, or the DISPATCHER_NODE_ID environment variable)"
+        ]
+        * 2
+    )
+
+
 async def test_a_service_of_many_channels_is_waited_for_briefly_and_never_missing(
     configured: Settings, start_fake: StartFake, pg_dsn: str
 ) -> None:

@@ -267,6 +267,26 @@ def test_older_services_and_long_node_ids_with_colons_are_waited_for(
     assert result.stderr == ""
 
 
+def test_a_stuck_service_sharing_its_node_id_is_named(
+    pg_dsn: str, channel: str, tmp_path: Path
+) -> None:
+    # Two replicas with one node id, one stuck: "1 of 2 expected replies", naming no one.
+    started = [FakeService(pg_dsn, channel, "pod-1"), FakeService(pg_dsn, channel, "pod-1", silent)]
+    config = write_config(tmp_path / "dispatcher.json", pg_dsn, channel)
+    try:
+        result = ctl(config, "--timeout", "1", "alive")
+    finally:
+        for service in started:
+            service.stop()
+    assert result.returncode == 1
+    assert result.stderr == (
+        "dispatcherctl: more than one service has the node id 'pod-1': their replies cannot be "
+        "told apart; give each its own (service.node_id, or the DISPATCHER_NODE_ID environment "
+        "variable)\n"
+        "dispatcherctl: 1 of 2 expected replies; no answer from pod-1\n"
+    )
+
+
 def test_a_service_of_many_channels_elsewhere_is_not_reported_missing(
     pg_dsn: str, channel: str, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -451,3 +452,74 @@ def test_an_ipv6_host_is_bracketed_wherever_the_url_is_shown(
         timeout=60,
     )
     assert f"url: {url[0]}\n" in shown.stdout
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_the_ipv6_any_address_serves_ipv4_clients_too(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    # host "::" bound IPv6 only (anyio sets IPV6_V6ONLY): a Prometheus on an IPv4 pod
+    # network could not scrape it.
+    port = free_port()
+    service_config["service"]["metrics"] = {"host": "::", "port": port}
+    service = start_service(service_config)
+    service.wait_for_log(rf"serving metrics on http://\[::\]:{port}/metrics")
+    for url in (f"http://127.0.0.1:{port}/metrics", f"http://[::1]:{port}/metrics"):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert b"dispatcher_workers" in response.read()
+
+
+def probe(port: int, path: str) -> tuple[int, str]:
+    """GET *path* of the metrics server: the status code and the body."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_probes_tell_ready_from_alive(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    pg_dsn: str,
+    tmp_path: Path,
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # While the database could not be reached, /metrics answered 200 and there was no
+    # other path: a readiness probe could not tell a service that serves from one that
+    # cannot (dispatcherctl alive and status exited 0 too).
+    proxy = DatabaseProxy(pg_dsn)
+    port = free_port()
+    service_config["brokers"]["pg_notify"]["conninfo"] = proxy.dsn
+    service_config["brokers"]["socket"] = {"path": str(tmp_path / "dispatcher.sock")}
+    service_config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
+    service = start_service(service_config, wait=False)
+    service.wait_for_log(r"pg_notify connection to .* failed")
+    service.wait_for_log(r"serving metrics on")
+    assert probe(port, "/livez") == (200, "alive\n")
+    failing = "not ready: the pg_notify broker is not serving (since "
+
+    def failing_broker() -> tuple[int, str] | None:  # (the service may be starting still)
+        answer = probe(port, "/readyz")
+        return answer if answer[1].startswith(failing) else None
+
+    status, body = wait_until(failing_broker, 20)
+    assert status == 503
+    assert "Connection refused" in body
+    assert "socket" not in body  # it serves
+
+    proxy.up()
+    try:
+        service.wait_for_log(r"listening on channels", timeout=40)
+        assert wait_until(lambda: probe(port, "/readyz") == (200, "ready\n"), 20)
+        notify(channel, message(TASKS + "sleep_then_record", str(evidence.path), 3))
+        evidence.wait_for(1)  # started: the stop waits for it
+        service.signal(signal.SIGTERM)
+        assert wait_until(lambda: probe(port, "/readyz")[0] == 503, 20)
+        assert probe(port, "/readyz") == (503, "not ready: the service is stopping\n")
+        assert probe(port, "/livez") == (200, "alive\n")
+        assert service.wait() == 0
+    finally:
+        proxy.down()

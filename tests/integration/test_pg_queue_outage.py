@@ -302,3 +302,46 @@ def ctl_status(service: ServiceProcess) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     [status] = json.loads(result.stdout)
     return status  # type: ignore[no-any-return]
+
+
+def test_tables_missing_on_a_database_that_comes_up_late_stop_the_service_with_status_2(
+    start_service: Start, pg_dsn: str, channel: str
+) -> None:
+    # The database answered only after the service started: the check of the tables was
+    # put off, and then "the tables are missing" was retried for ever at WARNING, where a
+    # database up at start gets exit status 2.
+    schema = unique_schema()
+    proxy = DatabaseProxy(pg_dsn)  # down: the service cannot check the tables at start
+    try:
+        service = start_service(queue_config(proxy.dsn, schema, channel), wait=False)
+        service.wait_for_log("cannot check the tables now")
+        proxy.up()
+        assert service.wait(timeout=30) == 2
+    finally:
+        proxy.down()
+    missing = (
+        f'the pg_queue tables in schema "{schema}" are missing: '
+        f"run 'dispatcherctl migrate --config {service.config_path}'"
+    )
+    assert f"CRITICAL dispatcher.service: cannot go on, stopping: {missing}" in service.log
+    assert "cannot claim jobs" not in service.log
+
+
+def test_tables_checked_on_a_database_that_comes_up_late_let_the_service_serve(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    proxy = DatabaseProxy(pg_dsn)
+    try:
+        service = start_service(queue_config(proxy.dsn, schema, channel), wait=False)
+        service.wait_for_log("cannot check the tables now")
+        proxy.up()
+        uuids = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 1)])
+        wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=30)
+        assert service.stop() == 0
+    finally:
+        proxy.down()

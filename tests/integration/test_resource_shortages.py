@@ -213,3 +213,13 @@ def test_a_fork_server_that_cannot_be_started_is_a_one_line_refusal(
     assert service.wait(20) == 2, service.log
     assert re.search(r"CRITICAL .*cannot start the fork server: .*RLIMIT_NPROC", service.log)
     assert "Traceback" not in service.log, service.log
+
+
+def test_the_default_pool_size_is_the_cpus_the_service_may_run_on(
+    start_service: StartService, service_config: dict[str, Any]
+) -> None:
+    # It was os.cpu_count(): the machine's CPUs, whatever the process's affinity (a cpuset,
+    # taskset) or its container's CPU limit allowed.
+    service_config["service"]["pool"] = {"min_workers": 1}  # max_workers: the default
+    service = start_service(service_config, env=fault_env(cpus="1"))
+    service.wait_for_log(r"dispatcher service \S+ started \(pid \d+, 1-1 workers\)")

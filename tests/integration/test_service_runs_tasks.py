@@ -274,3 +274,33 @@ def test_incomplete_chunked_message_expires_and_late_slices_never_run(
     assert [r["args"] for r in evidence.wait_for(1)] == [["after"]]
     with pytest.raises(AssertionError):
         evidence.wait_for(2, timeout=0.5)
+
+
+def libpq_environment(dsn: str) -> dict[str, str]:
+    """The ``PG*`` variables that lead libpq to the database of *dsn*."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    names = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER"}
+    params = conninfo_to_dict(dsn)
+    return {names[key]: str(params[key]) for key in names if params.get(key)}
+
+
+def test_an_empty_conninfo_takes_the_database_from_libpqs_environment_and_names_it(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    pg_dsn: str,
+) -> None:
+    # An empty conninfo was refused ("too short"), and the log named "PostgreSQL at the
+    # local socket" for a conninfo without a host, whatever $PGHOST said.
+    environment = libpq_environment(pg_dsn)
+    service_config["brokers"]["pg_notify"]["conninfo"] = ""
+    service = start_service(service_config, env=environment)
+    notify(channel, task_message(evidence.path, "from the environment"))
+    assert evidence.wait_for(1)[0]["args"] == ["from the environment"]
+    host = environment.get("PGHOST", "the local socket")
+    [line] = service.wait_for_log("listening on channels")
+    assert f"(PostgreSQL at {host}, " in line
+    assert f"database {environment['PGDATABASE']!r}" in line

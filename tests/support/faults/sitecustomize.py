@@ -15,6 +15,8 @@ fork server is its child, the workers the fork server's children.
   the fork server: ``BlockingIOError``, as at the process limit.
 - ``DISPATCHER_FAULT_NOFILE=<soft>[:<hard>]``: the main process starts with this
   ``RLIMIT_NOFILE`` (the hard limit unchanged when not given).
+- ``DISPATCHER_FAULT_CPUS=<n>``: the main process may run on its first *n* CPUs only
+  (``os.sched_setaffinity``, as under ``taskset`` or a cpuset).
 """
 
 from __future__ import annotations
@@ -90,3 +92,7 @@ if _root and _nofile:
     _soft, _, _hard = _nofile.partition(":")
     _limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if not _hard else int(_hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (int(_soft), _limit))
+
+_cpus = os.environ.get("DISPATCHER_FAULT_CPUS")
+if _cpus and _root:
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: int(_cpus)])

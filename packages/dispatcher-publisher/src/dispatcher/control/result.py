@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -10,6 +11,7 @@ from typing import Any, Final
 from dispatcher.schema import (
     CHUNK_KEY,
     MAX_MESSAGE_BYTES,
+    MAX_WHOLE_NODE_ID_BYTES,
     ChunkAssembler,
     ChunkedMessageTooLarge,
     ChunkError,
@@ -66,13 +68,12 @@ class ControlResult:
 
     @property
     def missing(self) -> list[str]:
-        """Node ids of services that were expected and did not answer."""
-        answered = [str(reply.get("node_id")) for reply in self.replies]
-        return [
-            node
-            for node in self.expected_nodes
-            if not any(matches_node_id(node, reply) for reply in answered)
-        ]
+        """Node ids of services that were expected and did not answer.
+
+        Each reply stands for one service: two services with one node id need two replies
+        (see :attr:`duplicates`).
+        """
+        return _unanswered(self.expected_nodes, self._answered())
 
     @property
     def unconfirmed(self) -> list[str]:
@@ -81,12 +82,9 @@ class ControlResult:
         Most likely they do not listen on the channel the command went to; they may also
         have been too slow, or stuck.
         """
-        answered = [str(reply.get("node_id")) for reply in self.replies]
-        return [
-            node
-            for node in self.uncertain_nodes
-            if not any(matches_node_id(node, reply) for reply in answered)
-        ]
+        left = self._answered()
+        _unanswered(self.expected_nodes, left)
+        return _unanswered(self.uncertain_nodes, left)
 
     @property
     def unexpected(self) -> list[str]:
@@ -99,8 +97,27 @@ class ControlResult:
         found = self.expected_nodes + self.uncertain_nodes
         if not found:
             return []
-        answered = [str(reply.get("node_id")) for reply in self.replies]
+        answered = self._answered()
         return [node for node in answered if not any(matches_node_id(seen, node) for seen in found)]
+
+    @property
+    def duplicates(self) -> list[str]:
+        """Node ids that more than one service uses, as far as can be told.
+
+        Those found more than once among the services looked up (whole, not cut short:
+        see :data:`~dispatcher.schema.MAX_WHOLE_NODE_ID_BYTES`), or that answered more than
+        once. Replies cannot tell such services apart: give each its own node id.
+        """
+        found = Counter(
+            node
+            for node in self.expected_nodes + self.uncertain_nodes
+            if len(node) < MAX_WHOLE_NODE_ID_BYTES
+        )
+        most = found | Counter(self._answered())
+        return sorted(node for node, count in most.items() if count > 1)
+
+    def _answered(self) -> list[str]:
+        return [str(reply.get("node_id")) for reply in self.replies]
 
     def __post_init__(self) -> None:
         self._chunks = ReplyChunks()
@@ -164,8 +181,11 @@ class ControlResult:
     def finish(self) -> None:
         """Note in :attr:`skipped` the chunked replies still missing envelopes.
 
-        Call it once no more payloads will come (the wait is over).
+        Call it once no more payloads will come (the wait is over). Also logs a warning
+        for each node id in :attr:`duplicates`.
         """
+        for node in self.duplicates:
+            logger.warning("%s", duplicate_node_id(node))
         incomplete = self._chunks.incomplete
         if incomplete == 1:
             self._skip("a chunked reply is missing some of its chunk envelopes")
@@ -193,6 +213,38 @@ class ControlResult:
         :attr:`complete`, and every one of the :attr:`uncertain_nodes` answered.
         """
         return self.complete and not self.unconfirmed
+
+
+def duplicate_node_id(node: str) -> str:
+    """What to say of *node*, a node id among :attr:`ControlResult.duplicates`."""
+    return (
+        f"more than one service has the node id {node!r}: their replies cannot be told "
+        "apart; give each its own (service.node_id, or the DISPATCHER_NODE_ID environment "
+        "variable)"
+    )
+
+
+def _unanswered(nodes: list[str], answered: list[str]) -> list[str]:
+    """The *nodes* left without a reply of their own; takes the replies used from *answered*.
+
+    Each reply stands for one node: a node id two services share needs two replies. A
+    reply goes to a node of its very id before one it matches only by the start (a node id
+    seen cut short).
+    """
+    waiting = []
+    for node in nodes:
+        if node in answered:
+            answered.remove(node)
+        else:
+            waiting.append(node)
+    unanswered = []
+    for node in waiting:
+        reply = next((reply for reply in answered if matches_node_id(node, reply)), None)
+        if reply is None:
+            unanswered.append(node)
+        else:
+            answered.remove(reply)
+    return unanswered
 
 
 class InvalidReply(DispatcherError, ValueError):

@@ -202,17 +202,37 @@ def connect_options(conninfo: str) -> dict[str, Any]:
     return options
 
 
+LIBPQ_ENVIRONMENT: Final = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+}
+"""The environment variables libpq reads for the parameters a conninfo leaves out."""
+
+
 def describe_server(conninfo: str) -> str:
-    """Say where *conninfo* points (host, port, database, user), never its password."""
+    """Say where *conninfo* points (host, port, database, user), never its password.
+
+    A parameter the conninfo leaves out is taken from libpq's environment variable for it
+    (:data:`LIBPQ_ENVIRONMENT`), as libpq does when it connects; without either, no host
+    means the local socket.
+    """
     params = conninfo_to_dict(conninfo)
-    host = params.get("host") or params.get("hostaddr") or "the local socket"
+
+    def given(key: str) -> str:
+        return str(params.get(key) or os.environ.get(LIBPQ_ENVIRONMENT[key]) or "")
+
+    written = params.get("host") or params.get("hostaddr")  # (before the environment's)
+    host = str(written or "") or given("host") or given("hostaddr") or "the local socket"
     parts = [f"PostgreSQL at {host}"]
-    if params.get("port"):
-        parts.append(f"port {params['port']}")
-    if params.get("dbname"):
-        parts.append(f"database {params['dbname']!r}")
-    if params.get("user"):
-        parts.append(f"user {params['user']!r}")
+    if port := given("port"):
+        parts.append(f"port {port}")
+    if dbname := given("dbname"):
+        parts.append(f"database {dbname!r}")
+    if user := given("user"):
+        parts.append(f"user {user!r}")
     return ", ".join(parts)
 
 

@@ -18,6 +18,7 @@ import psycopg
 from dispatcher.config import ConfigError, NotConfiguredError, Settings, setup
 from dispatcher.config.loading import CONFIG_FILE_HELP
 from dispatcher.control import ControlResult, control_with_reply, entries
+from dispatcher.control.result import duplicate_node_id
 from dispatcher.publish import (
     BrokerUnavailable,
     PublishError,
@@ -566,6 +567,8 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
             f"services found in the database (a dispatcherd service?); {DISPATCHERD_NOT_FOUND}",
             file=sys.stderr,
         )
+    for node in result.duplicates:
+        print(f"dispatcherctl: {shown(duplicate_node_id(node))}", file=sys.stderr)
     if not result.complete:
         print(f"dispatcherctl: {shortfall(result)}", file=sys.stderr)
         return EXIT_MISSING

@@ -1,5 +1,9 @@
 """Prometheus metrics over HTTP: ``GET /metrics`` in the text exposition format 0.0.4.
 
+With probes for an orchestrator: ``GET /livez`` (200 while the service's event loop runs)
+and ``GET /readyz`` (200 while it serves, 503 with the reason otherwise: see
+:meth:`MetricsSource.readiness`).
+
 A small HTTP server of its own (no extra dependency): it reads one request per connection,
 answers it and closes. Malformed requests get 400, other paths 404, other methods 405; none
 can disturb the service. It serves at most :data:`MAX_CONNECTIONS` connections at once (more
@@ -9,13 +13,15 @@ out of file descriptors (see :mod:`dispatcher.server.accepting`).
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.streams.stapled
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import SocketListener, SocketStream, TaskStatus
 
 from dispatcher.schema import Outcome
 from dispatcher.server.accepting import serve_connections
@@ -29,11 +35,39 @@ from dispatcher.server.stats import BUCKETS, Histogram, QueueSampling, ServiceSt
 logger = get_logger("dispatcher.metrics")
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+PLAIN_TEXT: Final = "text/plain; charset=utf-8"
+"""The content type of every answer but the metrics'."""
+LIVENESS_PATH: Final = "/livez"
+READINESS_PATH: Final = "/readyz"
 MAX_REQUEST_HEAD: Final = 8192
 REQUEST_TIMEOUT: Final = 5.0
 """Seconds a connection may take to send its request and read the answer."""
 MAX_CONNECTIONS: Final = 64
 """Connections served at once; more wait, unaccepted, until one closes."""
+
+
+DUAL_STACK_HOST: Final = "::"
+"""The host that serves IPv4 clients too (as ``::ffff:a.b.c.d``), where the system allows
+IPv6 sockets to (``IPV6_V6ONLY`` off, as most servers bind it): every address of the host."""
+
+
+def dual_stack_socket(port: int) -> socket.socket:
+    """A listening TCP socket on :data:`DUAL_STACK_HOST` and *port*, for IPv6 and IPv4.
+
+    :raises OSError: when it cannot be created or bound.
+    """
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # a system without dual-stack sockets: IPv6 only
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as anyio's listeners
+        sock.bind((DUAL_STACK_HOST, port))
+        sock.listen()
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class MetricsSource(Protocol):
@@ -54,6 +88,9 @@ class MetricsSource(Protocol):
 
     def registered_tasks(self) -> frozenset[str]:
         """The registered task names (none until the first worker has said)."""
+
+    def readiness(self) -> list[str]:
+        """Why the service does not serve now, one reason each; none: it serves."""
 
 
 def metrics_url(host: str, port: int) -> str:
@@ -136,6 +173,9 @@ class MetricsServer:
         backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
         while True:
             try:
+                if self.host == DUAL_STACK_HOST:
+                    listener = await SocketListener.from_socket(dual_stack_socket(self.port))
+                    return anyio.streams.stapled.MultiListener([listener])
                 return await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
             except OSError as exc:
                 where = f"{self.host}:{self.port}"
@@ -156,10 +196,10 @@ class MetricsServer:
         async with client:
             try:
                 with anyio.fail_after(REQUEST_TIMEOUT):  # a client that never reads too
-                    status, body, head_only = self._respond(await _read_head(client))
+                    status, body, head_only, kind = self._respond(await _read_head(client))
                     allow = "Allow: GET, HEAD\r\n" if status.startswith("405") else ""
                     head = (
-                        f"HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n{allow}"
+                        f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n{allow}"
                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
                     )
                     # HEAD: the headers GET would get, its Content-Length too, without the body.
@@ -167,22 +207,38 @@ class MetricsServer:
             except (TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
                 return
 
-    def _respond(self, head: bytes | None) -> tuple[str, bytes, bool]:
-        """The status and body answering the request *head*, and whether it is a HEAD."""
+    def _respond(self, head: bytes | None) -> tuple[str, bytes, bool, str]:
+        """What answers the request *head*: status, body, whether a HEAD, content type."""
         self.requests += 1
         try:
             request_line = (head or b"").split(b"\r\n", 1)[0].decode("ascii")
             method, target, version = request_line.split(" ")
         except (UnicodeDecodeError, ValueError):
-            return "400 Bad Request", b"bad request\n", False
+            return "400 Bad Request", b"bad request\n", False, PLAIN_TEXT
         head_only = method == "HEAD"
         if not version.startswith("HTTP/"):
-            return "400 Bad Request", b"bad request\n", head_only
-        if _path(target) != "/metrics":
-            return "404 Not Found", b"not found: try /metrics\n", head_only
+            return "400 Bad Request", b"bad request\n", head_only, PLAIN_TEXT
+        path = _path(target)
+        if path not in ("/metrics", LIVENESS_PATH, READINESS_PATH):
+            not_found = b"not found: try /metrics, /livez or /readyz\n"
+            return "404 Not Found", not_found, head_only, PLAIN_TEXT
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", b"method not allowed\n", False
-        return "200 OK", "".join(render(self._source, self._zeros)).encode(), head_only
+            return "405 Method Not Allowed", b"method not allowed\n", False, PLAIN_TEXT
+        if path == LIVENESS_PATH:  # answered: the event loop runs
+            return "200 OK", b"alive\n", head_only, PLAIN_TEXT
+        if path == READINESS_PATH:
+            reasons = self._source.readiness()
+            if reasons:
+                return "503 Service Unavailable", _not_ready(reasons), head_only, PLAIN_TEXT
+            return "200 OK", b"ready\n", head_only, PLAIN_TEXT
+        metrics = "".join(render(self._source, self._zeros)).encode()
+        return "200 OK", metrics, head_only, CONTENT_TYPE
+
+
+def _not_ready(reasons: list[str]) -> bytes:
+    """The body of a 503 from ``/readyz``: the reasons, on one line (control characters out)."""
+    said = "; ".join(reasons)
+    return f"not ready: {''.join(c if c.isprintable() else ' ' for c in said)}\n".encode()
 
 
 def _path(target: str) -> str:

@@ -9,9 +9,7 @@ import gc
 import logging
 import math
 import os
-import re
 import signal
-import socket
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
@@ -40,6 +38,7 @@ from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
 from dispatcher.server.logsafe import Block, first_line, get_logger
 from dispatcher.server.metrics import MetricsServer
+from dispatcher.server.node_ids import NODE_ID_ENV, node_id
 from dispatcher.server.origin import Origin
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import flush_suppressed
@@ -78,30 +77,23 @@ class CannotRunHere(DispatcherError, RuntimeError):
     """
 
 
-def default_node_id(instance: int = 1) -> str:
-    """A node id from the host name and process id, within the channel-name rule.
-
-    Short enough (at most ``MAX_WHOLE_NODE_ID_BYTES``) to fit whole in ``application_name``.
-    *instance*: the how-manieth service of the process that takes it at the same time (after
-    the first, it ends with ``-<instance>``).
-    """
-    extra = f"-{instance}" if instance > 1 else ""
-    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[: 25 - len(extra)]
-    return f"{host}-{os.getpid()}{extra}"
-
-
 _DEFAULT_IDS_TAKEN: set[str] = set()
 """The default node ids of this process's services that exist and have not ended."""
 
 
-def _take_default_node_id() -> str:
-    """The first default node id no other service of this process holds; now held."""
+def _take_node_id(settings: Settings) -> tuple[str, bool]:
+    """The node id of a new service of this process, and whether it is a default one.
+
+    A default one (neither ``service.node_id`` nor ``$DISPATCHER_NODE_ID`` set) is the first
+    no other service of this process holds; it is now held.
+    """
+    if settings.service.node_id or os.environ.get(NODE_ID_ENV):
+        return node_id(settings), False
     instance = 1
-    while default_node_id(instance) in _DEFAULT_IDS_TAKEN:
+    while (taken := node_id(settings, instance=instance)) in _DEFAULT_IDS_TAKEN:
         instance += 1
-    node_id = default_node_id(instance)
-    _DEFAULT_IDS_TAKEN.add(node_id)
-    return node_id
+    _DEFAULT_IDS_TAKEN.add(taken)
+    return taken, True
 
 
 class Service:
@@ -131,10 +123,8 @@ class Service:
         objects would never be collected again."""
         self._release_node_id: Callable[[], object] | None = None
         """Gives the default node id back: once the service ended, or is no more."""
-        if settings.service.node_id:
-            self.node_id = settings.service.node_id
-        else:
-            self.node_id = _take_default_node_id()
+        self.node_id, default = _take_node_id(settings)
+        if default:
             self._release_node_id = weakref.finalize(self, _DEFAULT_IDS_TAKEN.discard, self.node_id)
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
@@ -365,6 +355,7 @@ class Service:
             await self._shut_down()  # what did start stops, as on a stop signal; nothing more
             return
         self._serving = True
+        self.view.phase = "serving"
         self._release_on_start_tasks()
         task_group.start_soon(self._expire_chunks, name="chunk-expiry")
         task_group.start_soon(self._flush_suppressed_lines, name="suppressed-lines")
@@ -481,6 +472,7 @@ class Service:
         return {EVENT: event, NODE: self.node_id}
 
     async def _shut_down(self) -> None:
+        self.view.phase = "stopping"
         flush_suppressed(now=True)  # what the last second held back, before the stop's lines
         if self._schedules is not None:
             self._schedules.cancel()  # no tick runs while the service stops
@@ -615,7 +607,8 @@ def run_service(settings: Settings | None = None, log_level: int = logging.INFO)
     :raises CannotRunHere: called from another thread, or inside a running event loop.
     :raises BrokerNotReady: when a broker cannot be built (a ``pg_queue`` broker whose
         tables are missing: see ``dispatcherctl migrate``).
-    :raises ConfigError: when the config cannot serve (a cron schedule without croniter).
+    :raises ConfigError: when the config cannot serve (a cron schedule without croniter;
+        ``$DISPATCHER_NODE_ID``, read without ``service.node_id``, not a valid node id).
     """
     _check_main_thread("run_service()")
     try:

@@ -9,7 +9,6 @@ once through its pidfd, and the worker is replaced.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dispatcher.schema import Outcome
 from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.cpus import usable_cpus
 from dispatcher.server.jobs import listed
 from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
 from dispatcher.server.logsafe import Phrase, counted, escape, first_line, get_logger
@@ -108,7 +108,7 @@ class Supervisor:
     ) -> None:
         self.settings = settings.pool
         self.min_workers = self.settings.min_workers
-        self.max_workers = self.settings.max_workers or os.cpu_count() or 1
+        self.max_workers = self.settings.max_workers or usable_cpus()
         self.on_control: ControlHandler = lambda command, data: {"error": "no control here"}
         """Answers bound tasks' control requests (set by the service)."""
         self._cancel_grace = settings.cancel_grace

@@ -11,7 +11,7 @@ import asyncio
 import io
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
 from dispatcher.server.intake import Intake
@@ -33,6 +33,14 @@ DISPATCHERD_STATUS: Final[Mapping[WorkerStatus, str]] = {
 }
 """A worker's status in dispatcherd's words (``workers``' ``status``): it has no ``busy``."""
 
+Phase = Literal["starting", "serving", "stopping"]
+"""Where a service is in its life: serving once started, until a stop begins."""
+
+
+def _utc(timestamp: float) -> str:
+    """*timestamp* (seconds since the epoch) as ISO 8601 UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
 
 class ServiceView:
     """Reads and acts on the service's parts for control commands and metrics."""
@@ -49,10 +57,27 @@ class ServiceView:
         self.metrics_server: MetricsServer | None = None
         self.queue_sampler: QueueSampler | None = None
         """Samples the durable queues' depth (set when metrics are on with pg_queue)."""
+        self.phase: Phase = "starting"
+        """Where the service is in its life (set by the service)."""
         self._scheduler = scheduler
         self._supervisor = supervisor
         self._intake = intake
         self._signatures = signature_check
+
+    def readiness(self) -> list[str]:
+        """Why the service does not serve now, one reason each; none: it serves.
+
+        It serves once started and until it stops, while every broker serves (as the
+        ``brokers`` of ``status`` and ``dispatcher_broker_up`` say).
+        """
+        if self.phase != "serving":
+            return [f"the service is {self.phase}"]
+        return [
+            f"the {name} broker is not serving (since {_utc(health.failing_since)}: "
+            f"{health.last_error or 'no reason given'})"
+            for name, health in sorted(self.stats.brokers.items())
+            if health.failing_since is not None
+        ]
 
     def registered_tasks(self) -> frozenset[str]:
         """The registered task names (none until the first worker has said)."""

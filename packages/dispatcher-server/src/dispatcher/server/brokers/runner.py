@@ -45,6 +45,18 @@ class _Started:
             self._task_status.started()
 
 
+def refusal_in(exc: BaseException) -> StartRefused | None:
+    """The :class:`StartRefused` *exc* is, or the first one its group (a task group's) holds."""
+    if isinstance(exc, StartRefused):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = refusal_in(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def failure_text(exc: BaseException) -> str:
     """What ended a broker, in a line: for a group of errors, each of its own (once)."""
     if isinstance(exc, BaseExceptionGroup):
@@ -84,6 +96,12 @@ async def run_broker(
             _refused(broker, refused, on_refused)
             return
         except Exception as exc:  # never the service: the broker is run again
+            refusal = refusal_in(exc)
+            if refusal is not None:  # from one of the broker's own tasks
+                if not started.done:
+                    raise refusal from None
+                _refused(broker, refusal, on_refused)
+                return
             reason = failure_text(exc)
             logger.debug(
                 "the %s broker failed:%s",

@@ -37,6 +37,7 @@ from dispatcher.server.brokers.base import (
     Capacity,
     Deliver,
     Settled,
+    StartRefused,
 )
 from dispatcher.server.brokers.pg_queue import privileges
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
@@ -90,7 +91,14 @@ class PgQueueBroker(BrokerBase):
         work_name: str,
         config_file: str | None,
         declared_attempts: Callable[[], Mapping[str, int]] = no_declared_limits,
+        tables_checked: bool = True,
     ) -> None:
+        """Build the broker (it connects once run).
+
+        *tables_checked*: whether the start-up check of the tables could be made (see
+        ``checks.check_tables``); if not, the first connection makes it (see
+        :meth:`_check_tables`).
+        """
         super().__init__("pg_queue")
         self.settings = settings
         self.queues = settings.queues
@@ -172,6 +180,8 @@ class PgQueueBroker(BrokerBase):
         back after it was lost, and may hold sweeps (see :meth:`_came_back`)."""
         self._stop_gave_up = False
         """A write of the stop took longer than :data:`CLOSE_FLUSH_TIMEOUT`: none follows."""
+        self._tables_checked = tables_checked
+        """Whether the tables were found fit once: until then, unfit tables stop the service."""
 
     async def run(
         self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -380,21 +390,32 @@ class PgQueueBroker(BrokerBase):
     async def _check_tables(self, conn: Connection) -> None:
         """Raise :class:`BrokerNotReady` when the tables are missing or too old.
 
-        Or when the role may no longer read their version: saying what to grant.
+        Or when the role may no longer read their version: saying what to grant. Until the
+        tables were found fit once (the database could not be reached at start, so that
+        ``checks.check_tables`` could not check them), these are :class:`StartRefused`
+        instead, which stop the service with exit status 2, as at start, and so is a role
+        that lacks a privilege a service needs.
         """
+
+        async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
+            return await (await conn.execute(statement, params)).fetchall()
+
+        refused = BrokerNotReady if self._tables_checked else StartRefused
+        schema = self.settings.schema
         try:
+            if not self._tables_checked:
+                lacking = await privileges.lacking_async(fetch, schema, privileges.SERVICE)
+                if lacking:
+                    raise refused(lacking.described())
             found = await self._read_version(conn)
         except psycopg.errors.InsufficientPrivilege as exc:
-
-            async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
-                return await (await conn.execute(statement, params)).fetchall()
-
             needs = (*privileges.REACH, *privileges.VERSION)
-            why = await privileges.explain(exc, fetch, self.settings.schema, needs)
-            raise BrokerNotReady(why) from None
-        refusal = problem(found, self.settings.schema, self._config_file)
+            why = await privileges.explain(exc, fetch, schema, needs)
+            raise refused(why) from None
+        refusal = problem(found, schema, self._config_file)
         if refusal is not None:
-            raise BrokerNotReady(refusal)
+            raise refused(refusal)
+        self._tables_checked = True
 
     async def _read_version(self, conn: Connection) -> int | None:
         """The version of the tables (see ``migrations.version_queries``); ``None``: none."""
@@ -410,12 +431,16 @@ class PgQueueBroker(BrokerBase):
 def create(options: Mapping[str, Any], context: BrokerContext) -> PgQueueBroker:
     """The factory of ``brokers.pg_queue`` (it reads the typed section of the settings).
 
-    :raises BrokerNotReady: when the tables are missing or too old.
+    :raises BrokerNotReady: when the tables are missing or too old (when the database
+        cannot be reached, the broker checks them once it can: see
+        :meth:`PgQueueBroker._check_tables`).
     """
     settings = context.settings.brokers.pg_queue
     assert settings is not None, "the pg_queue factory is only called when it is configured"
     config_file = context.settings.file
-    check_tables(settings, config_file, schedules=bool(context.settings.producers.scheduled))
+    checked = check_tables(
+        settings, config_file, schedules=bool(context.settings.producers.scheduled)
+    )
     # Control clients count services by their connections' application_name: a service
     # has one such connection, pg_notify's when it has one, else this broker's listener.
     own_name = f"dispatcher-queue:{context.node_id}"[:63]
@@ -429,4 +454,5 @@ def create(options: Mapping[str, Any], context: BrokerContext) -> PgQueueBroker:
         work_name=own_name,
         config_file=config_file,
         declared_attempts=context.declared_attempts,
+        tables_checked=checked,
     )

@@ -17,14 +17,15 @@ logger = get_logger("dispatcher.pg_queue")
 
 def check_tables(
     settings: PgQueueSettings, config_file: str | None, *, schedules: bool = False
-) -> None:
+) -> bool:
     """Refuse to start on tables that are missing, too old, or out of the role's reach.
 
     Too old: older than this code needs; out of reach: the role lacks a privilege a service
-    needs (see :mod:`.privileges`).
+    needs (see :mod:`.privileges`). Returns whether the tables could be checked.
 
-    A database that cannot be reached now is not refused: the broker checks again each
-    time it connects, and waits (logging why) until the tables are there. With *schedules*
+    A database that cannot be reached now is not refused (``False`` is returned): the
+    broker makes the same checks when it first connects, and refuses to go on then (see
+    ``PgQueueBroker``). With *schedules*
     (``producers.scheduled`` is configured), a role that may not store their jobs is warned
     about: whether any goes to a durable queue is known once the tasks are.
 
@@ -54,7 +55,7 @@ def check_tables(
             "cannot check the tables now (%s); will check when connected",
             first_line(exc),
         )
-        return
+        return False
     refusal = problem(found, schema, config_file)
     if refusal is not None:
         raise BrokerNotReady(refusal)
@@ -72,3 +73,4 @@ def check_tables(
             Excerpt(storing.lacks(), MAX_REASON_CHARS),  # whole: names and GRANTs are long
             Excerpt(storing.grants(), MAX_REASON_CHARS),
         )
+    return True
