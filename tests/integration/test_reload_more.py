@@ -109,6 +109,11 @@ def test_queued_tasks_of_a_renamed_task_are_named_and_fail_visibly(
     gate.touch()
     for n in range(2):
         service.wait_for_log(rf"task {MODULE}\.record \(uuid u-queued-{n}\) failed: ", timeout=20)
+    # They never ran: counted as refused, as a message naming an unknown task is (they were
+    # counted as errors of a task no longer registered, with series of their own).
+    [status] = control_with_reply("status", expected_replies=1).replies
+    assert status["rejected"] == {"unknown_task": 2}
+    assert "error" not in status["finished"], status["finished"]  # hold's "ok", if it ended
     send("record_renamed", str(evidence.path), "renamed", uuid="u-renamed")
     assert evidence.wait_for(1, timeout=20) == [{"label": "renamed"}]
 

@@ -212,6 +212,14 @@ class ServiceStats:
             line = line[: MAX_FAILURE_ERROR_CHARS - 3] + "..."
         self.recent_failures.append(Failure(task, uuid, outcome, line, when))
 
+    def task_refused(self) -> None:
+        """Count a job whose task was no longer registered when its turn came.
+
+        A reload removed it: the job never ran, so it is counted as refused
+        (``unknown_task``), as a message naming an unknown task is, and not under its name.
+        """
+        self.rejected["unknown_task"] += 1
+
     def timings(self, task: str, published: float, started: float, finished: float) -> None:
         """Record a run's queue wait (when it was published) and run time."""
         if published > 0:

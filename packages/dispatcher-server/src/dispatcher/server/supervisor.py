@@ -358,7 +358,8 @@ class Supervisor:
         finished = started + ran  # its end on the clock of its start
         job, outcome = worker.finish(str(event.get("outcome")))
         self._idle_deaths = 0  # workers run tasks: one that dies idle is replaced at once
-        if job is not None:
+        unregistered = event.get("unregistered") is True  # its name is gone (a reload)
+        if job is not None and not unregistered:
             self._pace.record(job.task, ran)
         # The pool's own state first: nothing below may leave a duplicate blocked or a
         # worker busy forever.
@@ -379,6 +380,7 @@ class Supervisor:
                 _text(event.get("result")),
                 _text(event.get("result_note")),
                 event.get("final") is True,
+                unregistered,
             )
 
     def _after_task(self, worker: WorkerHandle) -> None:
