@@ -611,6 +611,7 @@ class Supervisor:
             self._launcher.switch_to(link)
             self._warn_of_removed_tasks(reload.tasks, reload.probe)
             self._catalogue.refresh(reload.tasks, reload.details)
+            self._forget_removed_tasks(reload.tasks, reload.probe)
             retired = [w for w in self.workers if w.is_live and w is not reload.probe]
             for worker in retired:
                 self._stop(worker)
@@ -644,6 +645,19 @@ class Supervisor:
                 task,
                 _summarise(uuids),
             )
+
+    def _forget_removed_tasks(self, tasks: frozenset[str], probe: WorkerHandle | None) -> None:
+        """Drop the counters (and pace) of the tasks the reloaded code no longer registers.
+
+        Those of a task still running on an old worker (not *probe*, the first new one) are
+        kept: its end is counted under its name (and dropped at the next reload). The jobs
+        of a removed task that wait, or that new workers took, never run: each is counted
+        as refused (``unknown_task``).
+        """
+        running = {w.job.task for w in self.workers if w.job is not None and w is not probe}
+        keep = tasks | running
+        self._stats.forget_tasks(keep)
+        self._pace.keep_only(keep)
 
     async def _start_probe(self, reload: _Reload, link: ForkServerLink) -> str | None:
         """Have *link* import the modules and start a worker; ``None``, or what went wrong."""
