@@ -8,6 +8,7 @@ its connections, nor hold up the sweep that brings a dead service's jobs back.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from dispatcher.server.brokers.pg_queue.database import Connection, QueueDatabase
+from dispatcher.server.ratelimit import flush_suppressed
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.queue_rows import unique_schema
 from support.service import Evidence, ServiceProcess, wait_until
@@ -77,6 +79,42 @@ def test_the_queue_connections_keep_no_idle_timeout_and_read_committed(
         assert anyio.run(db.fetch, query, {})[0][0] == pid  # the same session
     finally:
         anyio.run(db.close)
+
+
+def test_a_connection_ended_while_idle_is_logged_with_the_servers_reason(
+    pg_conn: Conn, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server says why it ends a connection (pg_terminate_backend(): SQLSTATE 57P01):
+    the line names that, not a guessed idle timeout; the losses after the first are counted
+    and the count logged (they went to DEBUG, unseen, 2 lines for 120 of them)."""
+    caplog.set_level(logging.DEBUG, logger="dispatcher.pg_queue")
+    db = QueueDatabase(pg_dsn, "pg-queue-farewell", nothing)
+    query = b"SELECT pg_backend_pid()"
+
+    def terminate(pid: int) -> None:
+        pg_conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+        gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+        wait_until(lambda: pg_conn.execute(gone, [pid]).fetchone() == (0,), timeout=10)
+
+    try:
+        for _ in range(3):
+            pid = anyio.run(db.fetch, query, {})[0][0]
+            terminate(pid)  # while the connection is idle
+        assert anyio.run(db.fetch, query, {})[0][0] != pid  # replaced before use
+        flush_suppressed(now=True)
+    finally:
+        anyio.run(db.close)
+    said = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.name == "dispatcher.pg_queue" and "was ended while idle" in r.getMessage()
+    ]
+    reason = "terminating connection due to administrator command (SQLSTATE 57P01)"
+    levels = [logging.INFO, logging.DEBUG, logging.DEBUG, logging.INFO]
+    assert [level for level, _ in said] == levels, said
+    assert said[0][1].startswith(f"a connection was ended while idle by the server: {reason};")
+    assert all(reason in line and "idle timeout" not in line for _, line in said), said
+    assert said[-1][1].startswith("2 similar lines suppressed (the last: a connection was ended")
 
 
 @pytest.mark.parametrize("pooled", [False, True], ids=["direct", "transaction_pooler"])

@@ -19,6 +19,7 @@ import pytest
 from dispatcher.config import Settings
 from dispatcher.control import control_with_reply, entries
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.metrics import Samples, free_port, scrape, tasks_labelled
 from support.queue_rows import unique_schema
 from support.service import TESTS, Evidence, ServiceProcess, wait_until
 
@@ -109,8 +110,79 @@ def test_queued_tasks_of_a_renamed_task_are_named_and_fail_visibly(
     gate.touch()
     for n in range(2):
         service.wait_for_log(rf"task {MODULE}\.record \(uuid u-queued-{n}\) failed: ", timeout=20)
+    # They never ran: counted as refused, as a message naming an unknown task is (they were
+    # counted as errors of a task no longer registered, with series of their own).
+    [status] = control_with_reply("status", expected_replies=1).replies
+    assert status["rejected"] == {"unknown_task": 2}
+    assert "error" not in status["finished"], status["finished"]  # hold's "ok", if it ended
     send("record_renamed", str(evidence.path), "renamed", uuid="u-renamed")
     assert evidence.wait_for(1, timeout=20) == [{"label": "renamed"}]
+
+
+@pytest.mark.timeout(120)
+def test_a_reload_drops_the_series_of_the_tasks_it_removed(
+    configured: Settings,
+    service_config: dict[str, Any],
+    code: Path,
+    tmp_path: Path,
+    evidence: Evidence,
+    send: Callable[..., None],
+    channel: str,
+    notify: Callable[[str, str], None],
+) -> None:
+    """Each task name that had ended kept its counter and histograms for the life of the
+    process, whatever reloads removed it (/metrics grew by 30 lines for each, without
+    end); and the waiting jobs of a removed task, which never run, made series of their
+    own (``outcome="error"``) for a name no longer registered."""
+    port = free_port()
+    service_config["tasks"]["modules"] = [MODULE]
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service_config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
+    folder = tmp_path / "service"
+    folder.mkdir()
+    path = os.pathsep.join([str(code.parent), str(TESTS)])
+    service = ServiceProcess(service_config, folder, env={"PYTHONPATH": path}).start("--reload")
+    record, hold = f"{MODULE}.record", f"{MODULE}.hold"
+    ok = ("dispatcher_tasks_finished_total", (("outcome", "ok"), ("task", record)))
+    unknown = ("dispatcher_messages_rejected_total", (("reason", "unknown_task"),))
+    try:
+        service.wait_ready()
+        service.wait_for_log(r"reload: watching .*code")
+        send("record", str(evidence.path), "ran", uuid="u-ran")
+        wait_until(lambda: scrape(port).get(ok) == 1, timeout=20)
+        assert tasks_labelled(scrape(port)) == {record, hold}
+
+        gate = tmp_path / "gate"
+        send("hold", str(gate), uuid="u-hold")
+        for n in range(2):
+            send("record", str(evidence.path), f"queued-{n}", uuid=f"u-queued-{n}")
+        wait_until(lambda: len(waiting()) == 3, timeout=20)
+        renamed = SOURCE.format(record="record_renamed").replace("def hold(", "def hold_renamed(")
+        code.write_text(renamed)
+        service.wait_for_log(r"reloaded: \d+ workers restarted, 2 tasks registered", timeout=30)
+        new = {f"{MODULE}.record_renamed", f"{MODULE}.hold_renamed"}
+        assert tasks_labelled(scrape(port)) == new  # record's are gone
+
+        gate.touch()  # hold ends on its old worker; the queued records come to fail
+        for n in range(2):
+            service.wait_for_log(rf"task {record} \(uuid u-queued-{n}\) failed: ", timeout=20)
+        hold_ok = ("dispatcher_tasks_finished_total", (("outcome", "ok"), ("task", hold)))
+
+        def hold_counted() -> Samples | None:
+            found = scrape(port)
+            return found if found.get(hold_ok) == 1 and found[unknown] == 2 else None
+
+        found = wait_until(hold_counted, timeout=20)
+        assert found[unknown] == 2  # never ran: refused, as a name not registered is
+        assert tasks_labelled(found) == {*new, hold}  # it was running: counted by its name
+
+        notify(channel, json.dumps({"task": f"{MODULE}.no_such_task", "uuid": "u-random"}))
+        wait_until(lambda: scrape(port)[unknown] == 3, timeout=20)
+        code.write_text(renamed + "\n# edited\n")  # a reload: hold's series go too
+        service.wait_for_log(r"reloaded: \d+ workers restarted", count=2, timeout=30)
+        assert tasks_labelled(scrape(port)) == new
+    finally:
+        service.kill_everything()
 
 
 @pytest.mark.timeout(90)

@@ -140,3 +140,24 @@ def test_lines_held_back_before_a_silence_are_reported_by_the_flush(
         "rejected message 6: why",
         "1 similar line suppressed (the last: rejected message 7: why)",
     ]
+
+
+def test_a_rate_limited_log_over_a_longer_window_counts_until_it_is_over(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    log = RateLimitedLog(
+        logging.getLogger("test.ratelimit"), logging.INFO, 1, lambda: now[0], window=60.0
+    )
+    with caplog.at_level(logging.INFO, logger="test.ratelimit"):
+        assert log.log("lost %d", 0)
+        for n in range(1, 4):
+            now[0] = n * 10.0
+            assert not log.log("lost %d", n)
+            flush_suppressed()  # the minute is not over: nothing yet
+        now[0] = 61.0
+        flush_suppressed()
+        now[0] = 130.0
+        assert log.log("lost %d", 4)
+    mine = [r.getMessage() for r in caplog.records if r.name == "test.ratelimit"]
+    assert mine == ["lost 0", "3 similar lines suppressed (the last: lost 3)", "lost 4"]

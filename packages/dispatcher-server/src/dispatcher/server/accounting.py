@@ -64,6 +64,7 @@ class Accounting:
         result: str | None = None,
         result_note: str | None = None,
         final: bool = False,
+        unregistered: bool = False,
     ) -> None:
         """A worker reported the end of *job* (it ran from *started* to *finished*).
 
@@ -71,15 +72,20 @@ class Accounting:
         ahead by a worker that is gone): it has no queue wait or run time to record.
         *error* and *traceback* say why it failed; *result* is its return value as JSON
         text, or *result_note* says why none was kept (both only for jobs whose broker
-        acknowledges); *final* that its error is one no attempt can cure.
+        acknowledges); *final* that its error is one no attempt can cure. *unregistered*:
+        the worker found no such task (a reload removed it since the job came): it fails,
+        and is counted as refused (``unknown_task``), never under its name.
         """
         if outcome is Outcome.OK:
             self._settle(job, outcome, result_note, result=result)
         else:
             self._settle(job, outcome, error, traceback=traceback or None, final=final)
-        self._stats.task_ended(job.task, outcome)
-        if started is not None:
-            self._stats.timings(job.task, job.published, started, finished)
+        if unregistered:
+            self._stats.task_refused()
+        else:
+            self._stats.task_ended(job.task, outcome)
+            if started is not None:
+                self._stats.timings(job.task, job.published, started, finished)
         if outcome is not Outcome.OK:
             self._failed(job, outcome, error)
         failed = outcome is Outcome.ERROR

@@ -376,8 +376,9 @@ class ZeroSeries:
     def lines(self, names: frozenset[str], finished: Mapping[tuple[str, str], int]) -> str:
         """The lines for *names*, the registered tasks, less the pairs *finished* counts.
 
-        *finished* only ever gains pairs (a counter since the start): the lines are made
-        again when it has more than last time.
+        *finished* only gains pairs (a counter since the start), but for those of the tasks
+        a reload removes, dropped as the names are replaced: the lines are made again when
+        the names are new, or *finished* has more pairs than last time.
         """
         if names is not self._names:
             self._names = names

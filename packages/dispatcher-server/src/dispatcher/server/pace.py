@@ -7,6 +7,7 @@ task from being followed by a job held ahead for dozens of runs after it.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Final
 
 QUICK_SECONDS: Final = 0.002
@@ -37,3 +38,8 @@ class TaskPace:
     def forget(self, task: str) -> None:
         """Drop what is known of *task*."""
         self._slowest.pop(task, None)
+
+    def keep_only(self, tasks: Container[str]) -> None:
+        """Drop what is known of every task not among *tasks* (those a reload removed)."""
+        for task in [task for task in self._slowest if task not in tasks]:
+            del self._slowest[task]

@@ -13,7 +13,11 @@ from dispatcher.server.logsafe import Block, counted, escape
 
 
 class RateLimitedLog:
-    """Emits at most *per_second* lines a second; says how many it held back."""
+    """Emits at most *per_second* lines a second; says how many it held back.
+
+    *window*: the seconds the allowance of *per_second* lines is for, when not one (a line
+    that recurs over minutes rather than in bursts).
+    """
 
     def __init__(
         self,
@@ -21,42 +25,47 @@ class RateLimitedLog:
         level: int,
         per_second: int = 10,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        window: float = 1.0,
     ) -> None:
         self._logger = logger
         self._level = level
         self._per_second = per_second
         self._clock = clock
+        self._length = window
         self._window = -1.0
         self._emitted = 0
         self._suppressed = 0
         self._last: tuple[str, tuple[object, ...]] = ("", ())
         _instances.add(self)
 
-    def log(self, message: str, *args: object, extra: Mapping[str, object] | None = None) -> None:
+    def log(self, message: str, *args: object, extra: Mapping[str, object] | None = None) -> bool:
         """Log ``message % args``, unless this second's allowance is used up.
 
         *extra*: the record's attributes (as :meth:`logging.Logger.log` takes them).
+        Returns whether it was logged (``False``: held back, and counted).
         """
         now = self._clock()
-        if now - self._window >= 1.0:
+        if now - self._window >= self._length:
             self._window, self._emitted = now, 0
         if self._emitted >= self._per_second:
             self._suppressed += 1
             self._last = (message, args)
-            return
+            return False
         self._emitted += 1
         if self._suppressed:
             message += " (%s suppressed)"
             args = (*args, counted(self._suppressed, "similar line"))
             self._suppressed = 0
         self._logger.log(self._level, message, *args, extra=extra)
+        return True
 
     def flush(self, now: bool = False) -> None:
         """Say how many lines were held back, once their second is over, if no line did.
 
         With *now*, without waiting for the second to end (the service is stopping).
         """
-        if self._suppressed and (now or self._clock() - self._window >= 1.0):
+        if self._suppressed and (now or self._clock() - self._window >= self._length):
             count, self._suppressed = self._suppressed, 0
             message, args = self._last
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -145,7 +145,8 @@ class ServiceStats:
     control: int = 0
     """Control commands run (from brokers; bound tasks' calls are not counted)."""
     finished_by_task: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """Tasks finished, by (task name, outcome)."""
+    """Tasks finished, by (task name, outcome); those of a task a reload removed are
+    dropped (see :meth:`forget_tasks`), as are its histograms."""
     queue_wait: dict[str, Histogram] = field(default_factory=dict)
     """Seconds from publication (``time_pub``) to start, by task name."""
     run_time: dict[str, Histogram] = field(default_factory=dict)
@@ -211,6 +212,26 @@ class ServiceStats:
         if len(line) > MAX_FAILURE_ERROR_CHARS:
             line = line[: MAX_FAILURE_ERROR_CHARS - 3] + "..."
         self.recent_failures.append(Failure(task, uuid, outcome, line, when))
+
+    def task_refused(self) -> None:
+        """Count a job whose task was no longer registered when its turn came.
+
+        A reload removed it: the job never ran, so it is counted as refused
+        (``unknown_task``), as a message naming an unknown task is, and not under its name.
+        """
+        self.rejected["unknown_task"] += 1
+
+    def forget_tasks(self, keep: Container[str]) -> None:
+        """Drop the counters and histograms by task of every task not among *keep*.
+
+        Called when a reload removes tasks: the series of a task that no longer exists
+        would otherwise stay for the life of the process, one set for every name ever run.
+        """
+        for pair in [pair for pair in self.finished_by_task if pair[0] not in keep]:
+            del self.finished_by_task[pair]
+        for by_task in (self.queue_wait, self.run_time):
+            for task in [task for task in by_task if task not in keep]:
+                del by_task[task]
 
     def timings(self, task: str, published: float, started: float, finished: float) -> None:
         """Record a run's queue wait (when it was published) and run time."""

@@ -358,7 +358,8 @@ class Supervisor:
         finished = started + ran  # its end on the clock of its start
         job, outcome = worker.finish(str(event.get("outcome")))
         self._idle_deaths = 0  # workers run tasks: one that dies idle is replaced at once
-        if job is not None:
+        unregistered = event.get("unregistered") is True  # its name is gone (a reload)
+        if job is not None and not unregistered:
             self._pace.record(job.task, ran)
         # The pool's own state first: nothing below may leave a duplicate blocked or a
         # worker busy forever.
@@ -379,6 +380,7 @@ class Supervisor:
                 _text(event.get("result")),
                 _text(event.get("result_note")),
                 event.get("final") is True,
+                unregistered,
             )
 
     def _after_task(self, worker: WorkerHandle) -> None:
@@ -609,6 +611,7 @@ class Supervisor:
             self._launcher.switch_to(link)
             self._warn_of_removed_tasks(reload.tasks, reload.probe)
             self._catalogue.refresh(reload.tasks, reload.details)
+            self._forget_removed_tasks(reload.tasks, reload.probe)
             retired = [w for w in self.workers if w.is_live and w is not reload.probe]
             for worker in retired:
                 self._stop(worker)
@@ -642,6 +645,19 @@ class Supervisor:
                 task,
                 _summarise(uuids),
             )
+
+    def _forget_removed_tasks(self, tasks: frozenset[str], probe: WorkerHandle | None) -> None:
+        """Drop the counters (and pace) of the tasks the reloaded code no longer registers.
+
+        Those of a task still running on an old worker (not *probe*, the first new one) are
+        kept: its end is counted under its name (and dropped at the next reload). The jobs
+        of a removed task that wait, or that new workers took, never run: each is counted
+        as refused (``unknown_task``).
+        """
+        running = {w.job.task for w in self.workers if w.job is not None and w is not probe}
+        keep = tasks | running
+        self._stats.forget_tasks(keep)
+        self._pace.keep_only(keep)
 
     async def _start_probe(self, reload: _Reload, link: ForkServerLink) -> str | None:
         """Have *link* import the modules and start a worker; ``None``, or what went wrong."""

@@ -505,6 +505,8 @@ class TaskRunner:
             if _does_not_fit(exc):
                 error += f" ({_NOT_RETRIED})"
                 done["final"] = True
+            elif isinstance(exc, NotRegisteredHere) and registry.get(message["task"]) is None:
+                done["unregistered"] = True  # never ran: counted as refused, not by its name
             done.update(
                 outcome="error",
                 error=_capped(error),

@@ -18,7 +18,9 @@ logged once.
 A statement the server rolled back for a serialization failure or a deadlock is sent again
 (at most :data:`RETRIES` times), on the same connection: it did nothing, and the connection
 is as good as before. A connection the server ended while it was idle (an operator's
-``pg_terminate_backend()``, a pooler) is replaced before a statement is sent on it.
+``pg_terminate_backend()``, a pooler) is replaced before a statement is sent on it; the log
+line names the reason the server gave, if it gave one (at most one such line a minute for
+each connection, the others counted: a pooler's idle timeout may end them over and over).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
 from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
@@ -61,6 +64,9 @@ CANCELLED = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable, *RET
 is as good as before."""
 RETRIES: Final = 3
 """Times a statement rolled back for a serialization failure or a deadlock is sent again."""
+IDLE_END_LINES_WINDOW: Final = 60.0
+"""Seconds in which one line at most (for each connection) says that the server ended it
+while it was idle; the others are counted, and the count is logged once they are over."""
 
 _SESSION: Final = b"""
 SELECT set_config(s.name, s.value, false)
@@ -151,8 +157,8 @@ class QueueDatabase:
         self._on_open = on_open
         self._stats = stats
         self._conn: Connection | None = None
-        self._idle_ends = 0
-        """Connections the server ended while idle (see :meth:`_ended_while_idle`)."""
+        self._idle_ends = RateLimitedLog(logger, logging.INFO, 1, window=IDLE_END_LINES_WINDOW)
+        """Says that the server ended the connection while idle (see :meth:`_ended_while_idle`)."""
         self._watch: IdleWatch | None = None
         """Tells whether the server ended the connection while it was idle."""
         self._lock = anyio.Lock()
@@ -199,7 +205,7 @@ class QueueDatabase:
             return await cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.IdleSessionTimeout):
-                self._ended_while_idle()
+                self._ended_while_idle(_reason(exc.diag))
                 await self.discard(None, conn)
             elif conn.broken or (isinstance(exc, BROKEN) and not isinstance(exc, CANCELLED)):
                 self._failed_since(sent)
@@ -227,16 +233,23 @@ class QueueDatabase:
             await self.discard(None, conn)
             raise
 
-    def _ended_while_idle(self) -> None:
-        """Say (once at INFO, then at DEBUG) that the server ended the idle connection."""
-        level = logging.DEBUG if self._idle_ends else logging.INFO
-        self._idle_ends += 1
-        logger.log(
-            level,
-            "the connection to %s was ended while idle (an idle timeout of the server's, a "
-            "pooler's or a firewall's?); reconnecting (the next times are logged at DEBUG)",
-            self.where,
-        )
+    def _ended_while_idle(self, reason: str | None) -> None:
+        """Say that the server ended the idle connection, for *reason* (``None``: not known).
+
+        At INFO, one line a minute at most; the others at DEBUG, and their count at INFO.
+        """
+        # The reason first: a count of lines held back quotes the start of the last one.
+        if reason is None:
+            message = (
+                "a connection was ended while idle (an idle timeout of the server's, a "
+                "pooler's or a firewall's?); reconnecting to %s"
+            )
+            args: tuple[str, ...] = (self.where,)
+        else:
+            message = "a connection was ended while idle by the server: %s; reconnecting to %s"
+            args = (reason, self.where)
+        if not self._idle_ends.log(message, *args):
+            logger.debug(message, *args)
 
     def _failed_since(self, began: float) -> None:
         """An attempt that began at *began* (``time.monotonic()``) failed: no connection.
@@ -287,7 +300,7 @@ class QueueDatabase:
                     return conn
                 # The server ended it while it was idle (the error it sent is unread): a new
                 # one, before a statement is sent on it and fails.
-                self._ended_while_idle()
+                self._ended_while_idle(_farewell(conn))
                 await self.discard(None, conn)
             wait = self._retry_at - time.monotonic()
             if wait > 0:
@@ -342,3 +355,34 @@ class QueueDatabase:
     async def close(self) -> None:
         """Close the connection for good (the broker is done)."""
         await self.discard()
+
+
+def _farewell(conn: Connection) -> str | None:
+    """Why the server ended *conn* while it was idle, if it said so before closing it.
+
+    Its error (``FATAL: terminating connection due to administrator command``), sent while
+    no statement ran, is still unread: libpq hands such an error to the notice handlers
+    once it parses what came.
+    """
+    said: list[str] = []
+
+    def handler(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.message_primary:  # read now: the notice is freed once the handler returns
+            said.append(_reason(diag))
+
+    conn.add_notice_handler(handler)
+    try:
+        conn.pgconn.consume_input()
+        conn.pgconn.is_busy()  # parses what was read
+    except psycopg.Error:  # the end of the connection, read after what came before it
+        pass
+    finally:
+        conn.remove_notice_handler(handler)
+    return said[-1] if said else None
+
+
+def _reason(diag: psycopg.errors.Diagnostic) -> str:
+    """The server's message, and its SQLSTATE (``57P01``: an administrator's command)."""
+    lines = (diag.message_primary or "").strip().splitlines()
+    sqlstate = f" (SQLSTATE {diag.sqlstate})" if diag.sqlstate else ""
+    return (lines[0] if lines else "no message") + sqlstate
