@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatcher.config import Settings
 from dispatcher.control import control_with_reply, entries
 from support.log_lines import assert_every_line_is_ours
+from support.metrics import free_port
 from support.proxy import DatabaseProxy
 from support.service import Evidence, ServiceProcess, wait_until
 from support.service import task_message as message
@@ -30,12 +31,6 @@ from support.service import task_message as message
 TASKS = "support.service_tasks."
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

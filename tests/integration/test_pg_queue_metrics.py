@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -18,10 +16,9 @@ from dispatcher.server.brokers.pg_queue.sampler import QueueSampler, sampling_co
 from dispatcher.server.metrics import render
 from dispatcher.server.stats import QueueDepth, QueueSampling, ServiceStats
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.metrics import Samples, free_port, scrape
 from support.queue_rows import insert_job, unique_schema
 from support.service import Evidence, ServiceProcess, wait_until
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class Source:
@@ -317,22 +314,6 @@ def test_a_sampler_that_cannot_connect_reports_nothing_and_warns_once(
     assert len(warnings) == 1
     assert "cannot sample the durable queues' depth" in warnings[0]
     assert 'relation "' in warnings[0]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_a_service_exports_the_durable_queue_families(

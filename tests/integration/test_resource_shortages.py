@@ -22,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 from dispatcher.server.library_logs import OwnCancellations, quiet_own_cancellations
 from support.durable import enqueue, job_message, migrated, wait_for_states
 from support.faults import fault_env
+from support.metrics import free_port
 from support.queue_rows import unique_schema
 from support.service import Evidence, ServiceProcess
 from support.service import task_message as message
@@ -32,12 +33,6 @@ RECORD = "support.service_tasks.record"
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
 Conn = psycopg.Connection[Any]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_brokers_outlive_a_shortage_of_threads_at_start(
