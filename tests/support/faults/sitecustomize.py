@@ -15,6 +15,8 @@ fork server is its child, the workers the fork server's children.
   the fork server: ``BlockingIOError``, as at the process limit.
 - ``DISPATCHER_FAULT_NOFILE=<soft>[:<hard>]``: the main process starts with this
   ``RLIMIT_NOFILE`` (the hard limit unchanged when not given).
+- ``DISPATCHER_FAULT_SIGTERM_ON_IMPORT=<module>``: the main process sends itself SIGTERM
+  as it begins to import *module* (a stop signal at that very moment of the start).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import signal
+import sys
 import threading
 from typing import Any
 
@@ -90,3 +94,20 @@ if _root and _nofile:
     _soft, _, _hard = _nofile.partition(":")
     _limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if not _hard else int(_hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (int(_soft), _limit))
+
+
+class _SigtermOnImport:
+    """A finder that finds nothing, but sends SIGTERM as *module* is first looked for."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == self.module and _depth == 0:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+_sigterm_on = os.environ.get("DISPATCHER_FAULT_SIGTERM_ON_IMPORT")
+if _root and _sigterm_on:
+    sys.meta_path.insert(0, _SigtermOnImport(_sigterm_on))
