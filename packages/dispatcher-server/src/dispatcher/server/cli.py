@@ -129,7 +129,12 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
 
         try:
             service = Service(
-                settings, level, fork_server=forked, reload=options.reload, freeze=True
+                settings,
+                level,
+                fork_server=forked,
+                reload=options.reload,
+                freeze=True,
+                adopt_orphans=True,
             )
             release()
             with lean_records():  # (this process runs no task code, and shows no caller)

@@ -221,6 +221,11 @@ class WorkerLauncher:
         self._links: list[ForkServerLink] = []
         """Every fork server open: the current one, one being prepared, retiring ones."""
 
+    def pids(self) -> set[int]:
+        """The process ids of the fork servers open (the launcher waits for each to end)."""
+        early = set() if self._early is None else {self._early.pid}
+        return early | {link.process.pid for link in self._links}
+
     def start(self) -> None:
         """Start the fork server now (it imports the task modules while we go on).
 
