@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,11 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         wait: bool = True,
         log_level: str = "INFO",
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> ServiceProcess:
         folder = tmp_path / f"service-{len(started)}"
         folder.mkdir()
-        service = ServiceProcess(config, folder, log_level, env).start()
+        service = ServiceProcess(config, folder, log_level, env, prefix).start()
         started.append(service)
         return service.wait_ready() if wait else service
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from support.service import Evidence, ServiceProcess, alive, children, wait_until
+from support.service import (
+    Evidence,
+    ServiceProcess,
+    alive,
+    children,
+    direct_children,
+    wait_until,
+    zombies,
+)
 from support.service import task_message as message
 
 PROCESS_TASKS = "support.process_tasks."
@@ -85,6 +95,95 @@ def test_children_a_task_moved_out_of_its_workers_group_end_with_the_service(
     service.signal(stop)
     service.wait(timeout=10)
     wait_until(lambda: not any(alive(pid) for pid in started["children"]), timeout=2.0)
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def fork_server_of(service_pid: int) -> int:
+    """The fork server: the one live child of the service's main process."""
+    [fork_server] = wait_until(lambda: direct_children(service_pid), timeout=10)
+    return fork_server
+
+
+def test_a_daemon_a_task_started_ends_with_the_service_after_its_fork_server_was_killed(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Adopted by the fork server, then by the service's main process once the fork server is
+    gone (killed, or replaced by the service when it stops answering): killed as the service
+    stops. The workers that went with the fork server leave no zombie."""
+    service_config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
+    service = start_service(with_process_tasks(service_config))
+    notify(channel, message(PROCESS_TASKS + "spawn_daemon", evidence.path))
+    [started] = evidence.wait_for(1)
+    daemon = started["daemon"]
+    try:
+        fork_server = fork_server_of(service.pid)
+        wait_until(lambda: parent_of(daemon) == fork_server, timeout=5)  # its parent exited
+        os.kill(fork_server, signal.SIGKILL)
+        service.wait_for_log(r"the fork server ended unexpectedly")
+        wait_until(lambda: alive(daemon) and not zombies(service.pid), timeout=5)
+        assert service.stop() == 0, service.log
+        wait_until(lambda: not alive(daemon), timeout=2.0)
+        assert "killed 1 process left behind: by tasks whose fork server had ended" in service.log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon, signal.SIGKILL)
+
+
+def pid_namespaces_work() -> bool:
+    try:
+        ran = subprocess.run([*IN_A_PID_NAMESPACE, "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return ran.returncode == 0
+
+
+IN_A_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+"""The command's prefix that makes it PID 1 of a new PID namespace (as in a container)."""
+
+
+@pytest.mark.skipif(not pid_namespaces_work(), reason="cannot create a PID namespace here")
+def test_as_pid_1_the_service_reaps_every_orphan(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """PID 1 of a container adopts every orphan of the container: those of a shell that
+    ``kubectl exec`` ran, the workers and the daemons of a fork server that was killed."""
+    service_config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
+    service = start_service(with_process_tasks(service_config), prefix=IN_A_PID_NAMESPACE)
+    [init] = direct_children(service.pid)  # (the service is the child of unshare)
+    notify(channel, message(PROCESS_TASKS + "spawn_daemon", evidence.path))
+    evidence.wait_for(1)
+    os.kill(fork_server_of(init), signal.SIGKILL)
+    for _ in range(3):  # a session that leaves a process behind as it ends
+        enter = ["nsenter", "--target", str(init), "--pid", "sh", "-c", "sleep 0.2 & exit 0"]
+        subprocess.run(enter, check=True, timeout=30)
+
+    def sessions_left() -> set[int]:
+        return {pid for pid in children(init) if _command(pid) == "sleep 0.2"}
+
+    wait_until(lambda: not sessions_left() and not zombies(init), timeout=5)
+    assert service.process is not None
+    os.kill(init, signal.SIGTERM)
+    assert service.wait() == 0, service.log
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
 
 
 def test_a_worker_whose_child_keeps_its_socket_is_seen_dead_at_once(

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from support.faults import fault_env
 from support.service import (
     TESTS,
     ServiceProcess,
@@ -226,6 +227,25 @@ def test_a_signal_while_the_service_starts_stops_it_quietly(
     assert "received SIG" not in service.log  # (it came before the service's own handling)
     assert "Traceback" not in service.log
     assert_log_lines_are_the_services(service.log)
+
+
+@pytest.mark.parametrize(
+    "module", ["argparse", "logging", "dispatcher.schema", "dispatcher.config"]
+)
+def test_a_sigterm_while_the_command_imports_its_modules_stops_it_quietly(
+    module: str, service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Held from the command's first lines, before its imports: not lost to the default action.
+
+    (Which kills the process, or, for PID 1 of a container, ignores the signal: the
+    container runs on until killed.) The signal is sent as *module* begins to be imported.
+    """
+    service_config["tasks"]["modules"] = ["support.service_tasks"]
+    env = fault_env(sigterm_on_import=module)
+    service = ServiceProcess(service_config, tmp_path, env=env).start()
+    assert service.wait(20) == 0, service.log
+    assert "Traceback" not in service.log
+    assert "started" not in service.log
 
 
 @pytest.mark.timeout(60)

@@ -52,3 +52,17 @@ def spawn_escaping_children(path: str) -> None:
     grouped = subprocess.Popen(["sleep", "600"], process_group=0)
     alone = subprocess.Popen(["sleep", "600"], start_new_session=True)
     _record(path, event="start", children=[grouped.pid, alone.pid])
+
+
+@task()
+def spawn_daemon(path: str) -> None:
+    """Start a daemon (``sleep 600``, in a session of its own, its parent gone at once: a
+    double fork), and record its pid."""
+    started = subprocess.run(
+        ["sh", "-c", "sleep 600 </dev/null >/dev/null 2>&1 & echo $!"],
+        start_new_session=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    _record(path, event="start", daemon=int(started.stdout))

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,25 @@ def worker_pids(service_pid: int) -> set[int]:
     return {child for child, parent in parents.items() if parent in direct}
 
 
+def direct_children(pid: int) -> set[int]:
+    """The live children of process *pid*."""
+    return {child for child, parent in _parents().items() if parent == pid}
+
+
+def zombies(pid: int) -> set[int]:
+    """The children of process *pid* that ended and that it has not reaped."""
+    return {
+        child for child, (state, parent) in _processes().items() if (state, parent) == ("Z", pid)
+    }
+
+
 def _parents() -> dict[int, int]:
-    parents: dict[int, int] = {}
+    return {pid: parent for pid, (state, parent) in _processes().items() if state != "Z"}
+
+
+def _processes() -> dict[int, tuple[str, int]]:
+    """Every process: its state (``Z``: a zombie) and its parent's pid."""
+    found: dict[int, tuple[str, int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -72,9 +90,8 @@ def _parents() -> dict[int, int]:
             except OSError:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    return parents
+            found[int(entry.name)] = (fields[0], int(fields[1]))
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -118,8 +135,11 @@ class ServiceProcess:
         folder: Path,
         log_level: str = "INFO",
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.config = config
+        self.prefix = list(prefix)
+        """What the command runs under (``unshare ...``), if anything."""
         self.extra_env = env or {}
         self.folder = folder
         self.config_path = folder / "dispatcher.yml"
@@ -135,6 +155,7 @@ class ServiceProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
+                    *self.prefix,
                     *standalone_command(),
                     "--config",
                     str(self.config_path),

@@ -8,16 +8,24 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
-from dispatcher.config import load_settings
+from dispatcher.config import Limits, Pool, load_settings
+from dispatcher.config import Service as ServiceSettings
 from dispatcher.server import launcher as launcher_module
+from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.forkserver import worker_options
 from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
+from dispatcher.server.scheduler import Scheduler
+from dispatcher.server.stats import ServiceStats
+from dispatcher.server.supervisor import Supervisor
+from dispatcher.server.timers import Timers
 from dispatcher.server.worker import WorkerOptions
+from dispatcher.server.workers import WorkerHandle, WorkerStatus
 
 
 @pytest.fixture
@@ -171,3 +179,74 @@ async def test_a_fork_server_started_as_a_program_takes_and_gives_messages_of_an
     finally:
         launcher.close()
     assert json.loads(probe.read_text()) == {"source": "service.yml", "channels": channels}
+
+
+@pytest.mark.anyio
+async def test_workers_the_service_killed_with_a_silent_fork_server_are_said_so_not_blamed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not "a worker hook, on_idle?", and no pause of the starts: the service killed them."""
+    monkeypatch.setattr(launcher_module, "FORK_ANSWER_WAIT", 0.3)
+    options = WorkerOptions(
+        worker_id=0,
+        modules=("support.service_tasks",),
+        hooks_class=None,
+        idle_timeout=None,
+        log_level=logging.WARNING,
+    )
+    launcher = WorkerLauncher(options)
+    settings = ServiceSettings(pool=Pool(min_workers=2, max_workers=2, max_worker_lifetime=None))
+    timers, stats = Timers(), ServiceStats()
+    scheduler = Scheduler(Limits(), timers, stats, workers=lambda: supervisor.workers)
+    supervisor = Supervisor(
+        settings, launcher, timers, scheduler, TaskCatalogue(), stats, on_fatal=lambda error: None
+    )
+    launcher.on_exit = supervisor.worker_exited
+
+    async def until(condition: Callable[[], object]) -> None:
+        with anyio.fail_after(30):
+            while not condition():
+                await anyio.sleep(0.01)
+
+    def ready() -> list[WorkerHandle]:
+        return [w for w in supervisor.workers if w.status is WorkerStatus.READY]
+
+    def lines() -> list[str]:
+        return [f"{r.levelname} {r.getMessage()}" for r in caplog.records]
+
+    stopped = -1
+    try:
+        with caplog.at_level(logging.INFO, logger="dispatcher"):
+            async with anyio.create_task_group() as group:
+                await group.start(supervisor.run)
+                await until(lambda: len(ready()) == 2)
+                first, second = sorted(ready(), key=lambda w: w.id)
+                assert first.pid is not None
+                assert second.pid is not None
+                stopped = parent_of(first.pid)
+                os.kill(stopped, signal.SIGSTOP)
+                os.kill(first.pid, signal.SIGKILL)  # its replacement waits for the fork server
+                went = f"worker 1 (pid {second.pid}) ended with its fork server"
+                await until(lambda: any(went in line for line in lines()))
+                await until(lambda: len(ready()) == 2)  # from a new fork server
+                group.cancel_scope.cancel()
+    finally:
+        if stopped > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+        launcher.close()
+    said = [line for line in lines() if line.startswith(("WARNING", "ERROR"))]
+    assert sorted(said) == sorted(
+        [
+            f"WARNING worker 0 (pid {first.pid}) exited unexpectedly (killed by SIGKILL)",
+            f"ERROR the fork server (pid {stopped}) did not answer a fork request within 0.3 s "
+            "(stopped, or stuck?): killing it, with its 2 workers; a new one starts with the "
+            "next worker",  # (it could not report the end of worker 0, being stopped)
+            f"WARNING worker 1 (pid {second.pid}) ended with its fork server (killed by "
+            "SIGKILL): the service killed its fork server, which did not answer",
+        ]
+    )
+    assert (
+        "INFO worker 2 was not started: the fork server did not answer; it starts from a new "
+        "one" in lines()
+    )

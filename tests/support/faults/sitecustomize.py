@@ -17,6 +17,8 @@ fork server is its child, the workers the fork server's children.
   ``RLIMIT_NOFILE`` (the hard limit unchanged when not given).
 - ``DISPATCHER_FAULT_CPUS=<n>``: the main process may run on its first *n* CPUs only
   (``os.sched_setaffinity``, as under ``taskset`` or a cpuset).
+- ``DISPATCHER_FAULT_SIGTERM_ON_IMPORT=<module>``: the main process sends itself SIGTERM
+  as it begins to import *module* (a stop signal at that very moment of the start).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import signal
+import sys
 import threading
 from typing import Any
 
@@ -96,3 +100,20 @@ if _root and _nofile:
 _cpus = os.environ.get("DISPATCHER_FAULT_CPUS")
 if _cpus and _root:
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: int(_cpus)])
+
+
+class _SigtermOnImport:
+    """A finder that finds nothing, but sends SIGTERM as *module* is first looked for."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == self.module and _depth == 0:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+_sigterm_on = os.environ.get("DISPATCHER_FAULT_SIGTERM_ON_IMPORT")
+if _root and _sigterm_on:
+    sys.meta_path.insert(0, _SigtermOnImport(_sigterm_on))

@@ -7,89 +7,40 @@ pages with this process); it imports the task modules while this process imports
 service's own machinery (anyio, the brokers). The service then waits for the fork server's
 report on the task modules and refuses to start, before any broker listens, when they
 cannot serve (see :mod:`dispatcher.server.task_imports`).
+
+The stop signals are held from the command's first lines, before those imports (see
+:mod:`dispatcher.server.early_signals`): one sent as the process starts is acted on once the
+service is built, rather than killing it (or, for PID 1 of a container, being ignored).
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import logging
 import os
 import stat
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dispatcher.schema import LOG_FORMATS, LOG_LEVELS, LogFormat
-from dispatcher.server.early_signals import held_stop_signals, stop_signals_allowed
+from dispatcher.server.early_signals import (
+    held_stop_signals,
+    stop_if_signalled,
+    stop_signals_allowed,
+)
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+
+    from dispatcher.schema import LogFormat
 
 EXIT_USAGE = 2
-
-DISTRIBUTION = "dispatcher-server"
-"""The distribution whose version ``--version`` prints."""
-
-
-class _PrintVersion(argparse.Action):
-    """``--version``: print the distribution's name and version, then exit 0.
-
-    The version is looked up only when asked for, not at every start.
-    """
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, help=kwargs.get("help"))
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: object,
-        option_string: str | None = None,
-    ) -> None:
-        from importlib.metadata import version
-
-        print(f"{DISTRIBUTION} {version(DISTRIBUTION)}")
-        parser.exit(0)
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line of ``dispatcher-standalone``."""
-    from dispatcher.config.loading import CONFIG_FILE_HELP
+    from dispatcher.server.cli_arguments import parser as command_line
 
-    parser = argparse.ArgumentParser(
-        prog="dispatcher-standalone",
-        description="Run a dispatcher service: receive task messages over PostgreSQL "
-        "NOTIFY and run them in worker processes. Stops gracefully on SIGTERM, SIGINT or "
-        "SIGHUP (unless started with SIGHUP ignored, as by nohup).",
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help=CONFIG_FILE_HELP,
-    )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=LOG_LEVELS,
-        help="log level (default: INFO)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        help="how the log is written to standard error: text lines, or one JSON object "
-        "per line (default: service.log_format in the config, else text)",
-    )
-    parser.add_argument(
-        "--reload",
-        action="store_true",
-        help="restart the workers when a task module changes (for development)",
-    )
-    parser.add_argument(
-        "--version",
-        action=_PrintVersion,
-        help="print the name and version of the installed dispatcher-server, and exit",
-    )
-    return parser
+    return command_line()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,9 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     as they would later: exit status 0, no traceback (see
     :mod:`dispatcher.server.early_signals`).
     """
-    options = parser().parse_args(argv)
-    with held_stop_signals() as release:
+    with held_stop_signals() as release:  # first: the modules take a while to import
         try:
+            options = parser().parse_args(argv)
+            stop_if_signalled()
             return _run(options, release)
         except KeyboardInterrupt:
             return 0
@@ -120,6 +72,8 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
         if missing is not None:
             print(f"dispatcher-standalone: {missing}", file=sys.stderr)
             return EXIT_USAGE
+    import logging
+
     level = getattr(logging, options.log_level)
     collecting = gc.isenabled()
     gc.disable()
@@ -163,6 +117,7 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
         if missing is not None:
             print(f"dispatcher-standalone: {missing}", file=sys.stderr)
             return EXIT_USAGE
+        stop_if_signalled()  # (before the fork, and the imports of the service's machinery)
         forked = fork_server(worker_options(settings, level), settings)
     finally:
         if collecting:
@@ -174,7 +129,12 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
 
         try:
             service = Service(
-                settings, level, fork_server=forked, reload=options.reload, freeze=True
+                settings,
+                level,
+                fork_server=forked,
+                reload=options.reload,
+                freeze=True,
+                adopt_orphans=True,
             )
             release()
             with lean_records():  # (this process runs no task code, and shows no caller)

@@ -1,14 +1,17 @@
 """Stop signals that come while a service starts: held, then acted on once, at one point.
 
-While the modules are imported and the fork server forked, SIGINT and SIGTERM are held
-(blocked): an exception raised by a signal handler in the middle of an import can come out
-as another one (Python wraps what a class's ``__set_name__`` raises, say), or not at all.
-Where the service is about to run, the signals that came are taken, without their handlers,
-and the start stops with one ``KeyboardInterrupt`` however many came (a terminal's SIGINT
-and a process manager's SIGTERM, say). From then on, until the service installs its own
-handlers, SIGTERM (and SIGHUP) stop it as SIGINT does. A config file that is not a regular file (a
-pipe, a terminal) is read with the signals let through, since nothing else may end that
-read.
+From the command's first lines (before it imports its modules: see
+:mod:`dispatcher.server.cli`), while the modules are imported and the fork server forked,
+SIGINT and SIGTERM are held (blocked): an exception raised by a signal handler in the middle
+of an import can come out as another one (Python wraps what a class's ``__set_name__``
+raises, say), or not at all; and until a handler is installed, SIGTERM would kill the
+process, or, sent to PID 1 of a container, be ignored. Where the service is about to run
+(or sooner, between two steps of the start: :func:`stop_if_signalled`), the signals that
+came are taken, without their handlers, and the start stops with one ``KeyboardInterrupt``
+however many came (a terminal's SIGINT and a process manager's SIGTERM, say). From then on,
+until the service installs its own handlers, SIGTERM (and SIGHUP) stop it as SIGINT does. A
+config file that is not a regular file (a pipe, a terminal) is read with the signals let
+through, since nothing else may end that read.
 """
 
 from __future__ import annotations
@@ -67,6 +70,17 @@ def stop_signals_allowed() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def stop_if_signalled() -> None:
+    """Raise ``KeyboardInterrupt`` if a held stop signal came (it stays pending, taken later).
+
+    For the points of the start before the service is built where stopping costs least
+    (before the fork server is forked, say): the release then takes the signal without
+    raising again, the block being left by then.
+    """
+    if signal.sigpending() & STOP_SIGNALS:
+        raise KeyboardInterrupt
 
 
 def _release(held: set[int | signal.Signals]) -> None:

@@ -51,7 +51,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.heap import release_free_memory
-from dispatcher.server.lifeline import adopt_orphans, die_with_parent
+from dispatcher.server.lifeline import adopt_orphans, die_with_parent, kill_children
 from dispatcher.server.logsafe import (
     Block,
     describe_exception,
@@ -288,58 +288,13 @@ class ForkServer:
             _kill_group(pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _kill_adopted(time.monotonic() + ADOPTED_GRACE)
+        # What their tasks left in a process group or session of its own (out of reach of
+        # the kill of a worker's group), adopted here as their parent ended.
+        kill_children(time.monotonic() + ADOPTED_GRACE)
 
 
 ADOPTED_GRACE: Final = 0.5
 """Seconds a fork server that stops spends killing the processes it adopted (at most)."""
-
-
-def _kill_adopted(deadline: float) -> None:
-    """Kill every child of this process, and the groups they lead; reap them; again.
-
-    The children are the workers, and what their tasks left in a process group or session
-    of its own (out of reach of the kill of a worker's group), adopted here as their parent
-    ended (see :func:`~dispatcher.server.lifeline.adopt_orphans`); the children of those
-    are adopted in turn as they die. Until none is left, or *deadline* (``time.monotonic()``).
-    """
-    own_group = os.getpgid(0)
-    while True:
-        children = _children()
-        for pid in children:
-            with contextlib.suppress(OSError):
-                if os.getpgid(pid) == pid != own_group:
-                    os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        if not children or time.monotonic() > deadline:
-            return
-        time.sleep(0.005)  # (for the killed to die, and their orphans to come here)
-
-
-def _children() -> list[int]:
-    """The pids of this process's children (from ``/proc``; none where it cannot be read)."""
-    try:
-        with open(f"/proc/self/task/{os.getpid()}/children", encoding="ascii") as listed:
-            return [int(pid) for pid in listed.read().split()]
-    except OSError:  # (a kernel without CONFIG_PROC_CHILDREN)
-        return _children_by_scan()
-
-
-def _children_by_scan() -> list[int]:
-    me, found = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with (
-                contextlib.suppress(OSError, ValueError, IndexError),
-                open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat,
-            ):
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) == me:
-                    found.append(int(entry))
-    return found
 
 
 def _kill_group(pgid: int) -> None:

@@ -52,6 +52,19 @@ class LaunchError(Exception):
     """A worker could not be started."""
 
 
+class ForkServerReplaced(LaunchError):
+    """The fork server did not answer in time: the service is replacing it.
+
+    Not the worker's doing, nor its code's: the next one comes from the new fork server.
+    """
+
+
+KILLED_SILENT: Final = "the service killed its fork server, which did not answer"
+"""Why workers ended with a fork server that stayed silent (see :data:`FORK_ANSWER_WAIT`)."""
+ENDED: Final = "its fork server ended"
+"""Why workers ended with a fork server that ended otherwise (killed from outside, say)."""
+
+
 class WorkerProcess:
     """A running (or ended) worker process, seen from the service."""
 
@@ -64,6 +77,11 @@ class WorkerProcess:
         """The service's end of the worker's socket (non-blocking)."""
         self.fd = sock.fileno()
         """The socket's descriptor: read and written with os calls, which cost less."""
+        self.fork_server_end: str | None = None
+        """Why it ended with its fork server (:data:`KILLED_SILENT`, :data:`ENDED`), if it
+        did (see :meth:`ended_with_fork_server`)."""
+        self.notice_fork_server_end: Callable[[], None] | None = None
+        """Has the end of its fork server handled now, if it has ended (set by the launcher)."""
         self._outbox = bytearray()
 
     def send(self, line: bytes) -> bool:
@@ -124,6 +142,16 @@ class WorkerProcess:
         readable, _, _ = select.select([self.pidfd], [], [], 0)
         return bool(readable)
 
+    def ended_with_fork_server(self) -> str | None:
+        """Why the process ended with its fork server; ``None`` when it did not (or runs).
+
+        For a process that has ended: its end may be seen before its fork server's, whose
+        workers all die with it (by their parent-death signal).
+        """
+        if self.notice_fork_server_end is not None:
+            self.notice_fork_server_end()
+        return self.fork_server_end
+
     def close(self) -> None:
         """Release the pidfd and the socket."""
         if self.pidfd >= 0:
@@ -175,6 +203,8 @@ class ForkServerLink:
         """Spawn requests waiting for an answer, by worker id."""
         self.workers: set[int] = set()
         """Pids of the workers it forked that it has not reported ended."""
+        self.processes: dict[int, WorkerProcess] = {}
+        """Those of :attr:`workers` handed out as processes, by pid."""
         self.retiring = False
         """Replaced by a newer fork server: closed once its last worker has ended."""
         self.report: dict[str, Any] | None = None
@@ -220,6 +250,11 @@ class WorkerLauncher:
         self._current: ForkServerLink | None = None
         self._links: list[ForkServerLink] = []
         """Every fork server open: the current one, one being prepared, retiring ones."""
+
+    def pids(self) -> set[int]:
+        """The process ids of the fork servers open (the launcher waits for each to end)."""
+        early = set() if self._early is None else {self._early.pid}
+        return early | {link.process.pid for link in self._links}
 
     def start(self) -> None:
         """Start the fork server now (it imports the task modules while we go on).
@@ -341,7 +376,7 @@ class WorkerLauncher:
                 silent = time.monotonic() - max(link.heard, asked)
                 if silent >= FORK_ANSWER_WAIT:
                     self._unresponsive(link)
-                    raise LaunchError("the fork server did not answer: it is being replaced")
+                    raise ForkServerReplaced("the fork server did not answer")
                 with anyio.move_on_after(FORK_ANSWER_WAIT - silent):
                     await done.wait()
         except BaseException:
@@ -363,7 +398,11 @@ class WorkerLauncher:
                 os.close(fd)
             raise LaunchError(f"{out_of_fds_text()}: its pidfd could not be received")
         ours.setblocking(False)
-        return WorkerProcess(int(event["pid"]), fds[0], ours)
+        process = WorkerProcess(int(event["pid"]), fds[0], ours)
+        if process.pid in link.workers:  # (not reported ended meanwhile)
+            link.processes[process.pid] = process
+            process.notice_fork_server_end = lambda: self._notice_end(link)
+        return process
 
     def _on_readable(self, link: ForkServerLink) -> None:
         if not self._read_events(link):
@@ -390,6 +429,7 @@ class WorkerLauncher:
             kind = event.get("event")
             if kind == "exited":
                 link.workers.discard(int(event["pid"]))
+                link.processes.pop(int(event["pid"]), None)
                 if self.on_exit is not None:
                     self.on_exit(int(event["pid"]), int(event["status"]))
                 if link.retiring and self._close_if_idle(link):
@@ -408,10 +448,21 @@ class WorkerLauncher:
             waiting[1].extend((event, fds))
             waiting[0].set()
 
-    def _fork_server_gone(self, link: ForkServerLink, reported: bool = False) -> None:
+    def _notice_end(self, link: ForkServerLink) -> None:
+        """Handle the end of *link*'s fork server now, if it has ended."""
+        if link not in self._links or link.pidfd < 0:  # (else its socket's end tells)
+            return
+        readable, _, _ = select.select([link.pidfd], [], [], 0)
+        if readable:
+            self._fork_server_gone(link)
+
+    def _fork_server_gone(
+        self, link: ForkServerLink, reported: bool = False, why: str = ENDED
+    ) -> None:
         """A fork server ended (it was killed): its workers went with it.
 
-        *reported*: its end has been logged already.
+        *reported*: its end has been logged already; *why*: what its workers are told
+        (:attr:`WorkerProcess.fork_server_end`).
         """
         if link not in self._links:
             return
@@ -436,6 +487,9 @@ class WorkerLauncher:
         for done, result in link.pending.values():
             result.extend(({"event": "failed", "error": "the fork server ended"}, []))
             done.set()
+        for process in link.processes.values():
+            process.fork_server_end = why
+        link.processes.clear()
         if self.on_exit is not None:
             # Its workers die with it, by their parent-death signal: it cannot say so now.
             for pid in sorted(link.workers):
@@ -457,7 +511,7 @@ class WorkerLauncher:
             counted(len(link.workers), "worker"),
         )
         link.process.kill()
-        self._fork_server_gone(link, reported=True)
+        self._fork_server_gone(link, reported=True, why=KILLED_SILENT)
 
     def _reported(self, link: ForkServerLink, report: dict[str, Any] | None) -> None:
         if link.reported.is_set():

@@ -1,12 +1,14 @@
-"""Tying a process's life to its parent's, with the kernel's help (Linux)."""
+"""Tying a process's life to its parent's, and its orphans' to its own (Linux)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from typing import Final
 
 _PR_SET_PDEATHSIG: Final = 1
@@ -46,9 +48,84 @@ def die_with_parent(signum: signal.Signals, parent: int | None = None) -> None:
 def adopt_orphans() -> None:
     """Become the parent of this process's descendants orphaned by their own parent's end.
 
-    Without it they go to the system's init, which reaps them; but a service run as PID 1 in
-    a container would be that init, and never reap them (zombies pile up). Their new parent
-    must reap them. Does nothing on systems other than Linux.
+    Without it they go to the system's init (or to a nearer ancestor that adopts orphans),
+    and outlive this process. Their new parent must reap them, and kill them when it should.
+    Does nothing on systems other than Linux.
     """
     if sys.platform.startswith("linux"):
         _prctl()(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def children() -> list[int]:
+    """The pids of this process's children, ended ones not yet reaped included.
+
+    From ``/proc``: each thread's children (an orphan adopted by this process is its main
+    thread's), or, where the kernel does not list them, the parent of each process.
+    """
+    me = os.getpid()
+    try:
+        with open(f"/proc/self/task/{me}/children", encoding="ascii") as listed:
+            found = [int(pid) for pid in listed.read().split()]
+        threads = os.listdir("/proc/self/task")
+    except OSError:  # (a kernel without CONFIG_PROC_CHILDREN, or no /proc)
+        return _children_by_scan()
+    for thread in threads:
+        if thread != str(me):
+            with (
+                contextlib.suppress(OSError),  # (the thread ended)
+                open(f"/proc/self/task/{thread}/children", encoding="ascii") as listed,
+            ):
+                found += [int(pid) for pid in listed.read().split()]
+    return found
+
+
+def _children_by_scan() -> list[int]:
+    me, found = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with (
+                    contextlib.suppress(OSError, ValueError, IndexError),
+                    open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat,
+                ):
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == me:
+                        found.append(int(entry))
+    return found
+
+
+def reap_children(spare: Collection[int] = ()) -> int:
+    """Reap this process's children that have ended, but those in *spare*; how many.
+
+    Each is waited for by its pid: the exit status of a child in *spare* (one that other
+    code waits for) is left for that code.
+    """
+    reaped = 0
+    for pid in children():
+        if pid not in spare:
+            with contextlib.suppress(ChildProcessError):
+                reaped += os.waitpid(pid, os.WNOHANG)[0] == pid
+    return reaped
+
+
+def kill_children(deadline: float, spare: Collection[int] = ()) -> set[int]:
+    """Kill this process's children (but those in *spare*), and the groups they lead; again.
+
+    The children of those killed come here in turn as they die, if this process adopts
+    orphans (:func:`adopt_orphans`): each is killed and reaped, until none is left, or
+    *deadline* (``time.monotonic()``). Returns the pids of those killed.
+    """
+    own_group = os.getpgid(0)
+    killed: set[int] = set()
+    while True:
+        left = [pid for pid in children() if pid not in spare]
+        for pid in left:
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pid != own_group:
+                    os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(left)
+        reap_children(spare)
+        if not left or time.monotonic() > deadline:
+            return killed
+        time.sleep(0.005)  # (for the killed to die, and their orphans to come here)

@@ -40,6 +40,7 @@ from dispatcher.server.logsafe import Block, first_line, get_logger
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.node_ids import NODE_ID_ENV, node_id
 from dispatcher.server.origin import Origin
+from dispatcher.server.orphans import Orphans
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.rejection import Rejected
@@ -103,6 +104,11 @@ class Service:
     thread. Several services may run in one loop: each stop signal stops them all, and
     each takes a node id of its own when the config sets none (the first one's is
     ``<host>-<pid>``, the next ones' end with ``-2``, ``-3``...).
+
+    *adopt_orphans* (``dispatcher-standalone`` sets it): this process adopts the orphans of
+    its descendants, reaps every child it did not start, and kills those left as the service
+    stops (see :mod:`dispatcher.server.orphans`). Not for a service run in an application's
+    process, whose own children it would reap.
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class Service:
         reload: bool = False,
         *,
         freeze: bool = False,
+        adopt_orphans: bool = False,
     ) -> None:
         self.settings = settings
         self._reload = reload
@@ -136,6 +143,8 @@ class Service:
             worker_options(settings, log_level), fork_server=fork_server
         )
         self._launcher.on_imported = self._task_modules_imported
+        self._orphans = Orphans(self._launcher.pids) if adopt_orphans else None
+        """The children this process did not start, when it adopts orphans (see ``orphans``)."""
         self._import_report: dict[str, Any] | None = None
         self._imported = anyio.Event()
         """Set when the first fork server has reported on the task modules (or ended)."""
@@ -279,13 +288,19 @@ class Service:
             logger.critical("cannot start: %s", missing)
             self._launcher.close()
             return EXIT_CONFIG
-        with receiving_stop_signals(self._on_stop_signal):
-            async with anyio.create_task_group() as task_group:
-                if await self._task_modules_ready():
-                    await self._serve(task_group)
-                else:
-                    self._launcher.close()
-                task_group.cancel_scope.cancel()
+        try:
+            with receiving_stop_signals(self._on_stop_signal):
+                async with anyio.create_task_group() as task_group:
+                    if self._orphans is not None:
+                        await task_group.start(self._orphans.run, name="orphans")
+                    if await self._task_modules_ready():
+                        await self._serve(task_group)
+                    else:
+                        self._launcher.close()
+                    task_group.cancel_scope.cancel()
+        finally:
+            if self._orphans is not None:
+                self._orphans.kill()  # (the fork servers, stopped by now, are spared)
         if self._started or self._stop.is_set():  # (not after refusing to start)
             logger.info(
                 "dispatcher service %s stopped", self.node_id, extra=self._fields("service_stopped")
@@ -465,6 +480,8 @@ class Service:
         else:
             logger.warning("received %s again: forcing exit now", signal.Signals(number).name)
             self.supervisor.kill_all()
+            if self._orphans is not None:
+                self._orphans.kill()
             os._exit(EXIT_FORCED)
 
     def _fields(self, event: str) -> dict[str, object]:

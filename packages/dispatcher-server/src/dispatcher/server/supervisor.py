@@ -25,7 +25,13 @@ from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.cpus import usable_cpus
 from dispatcher.server.jobs import listed
-from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
+from dispatcher.server.launcher import (
+    ForkServerLink,
+    ForkServerReplaced,
+    LaunchError,
+    WorkerLauncher,
+    WorkerProcess,
+)
 from dispatcher.server.logsafe import Phrase, counted, escape, first_line, get_logger
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
@@ -236,7 +242,7 @@ class Supervisor:
         events = WorkerEvents(
             process,
             on_event=lambda event: self._handle_event(worker, event),
-            on_end=lambda: self._lost(worker),
+            on_end=lambda: self._lost(worker, process),
             on_error=lambda exc: self._event_failed(worker, exc),
             on_garbled=lambda line, exc: self._garbled(worker, line, exc),
         )
@@ -261,6 +267,10 @@ class Supervisor:
         Workers started together fail together: the first of them to fail says why (at
         ERROR) and pauses the starts; the others, failing within that pause, at DEBUG.
         """
+        if isinstance(exc, ForkServerReplaced):  # (said as the fork server was killed)
+            logger.info("worker %d was not started: %s; it starts from a new one", worker.id, exc)
+            self._wakeup.set()
+            return
         reason = shortage_text(exc) or str(exc)
         if time.monotonic() < self._starts_paused_until:
             logger.debug("could not start worker %d either: %s", worker.id, reason)
@@ -445,13 +455,15 @@ class Supervisor:
         worker.stop()
         self._wakeup.set()
 
-    def _lost(self, worker: WorkerHandle) -> None:
+    def _lost(self, worker: WorkerHandle, process: WorkerProcess) -> None:
         """The worker's process ended (or its socket closed): it exited, or died.
 
         The pool's state changes now (a replacement starts at once); what is logged and
         recorded about an unexpected end waits for its exit status (see :meth:`_reap`).
         """
         starting = worker.status is WorkerStatus.STARTING
+        # The service killed it with its fork server, or that ended: not its own doing.
+        gone_with = process.ended_with_fork_server()
         started, ended = _run_span(worker)
         job, outcome, expected = worker.exited()
         self._scheduler.forget(worker)
@@ -467,7 +479,9 @@ class Supervisor:
             self._stats.workers_lost += 1
         unexpected = not expected and not self._closing
         pause = None
-        if unexpected and starting:
+        if gone_with is not None:
+            pass  # (no pause: the next worker comes from a new fork server)
+        elif unexpected and starting:
             self._failed_starts += 1
             pause = self._pause_starts(START_BACKOFF_FIRST * 2 ** (self._failed_starts - 1))
         elif unexpected and job is None:
@@ -481,8 +495,10 @@ class Supervisor:
             if outcome is Outcome.WORKER_LOST:
                 lost = job
                 self._ends[worker.id] = lambda how: self._accounting.log_lost(
-                    lost, worker.id, worker.pid, how
+                    lost, worker.id, worker.pid, _with_cause(how, gone_with)
                 )
+        elif unexpected and gone_with is not None:
+            self._ends[worker.id] = lambda how: self._log_gone_with(worker, how, gone_with)
         elif unexpected:
             self._ends[worker.id] = lambda how: self._log_end(worker, starting, pause, how)
 
@@ -527,6 +543,17 @@ class Supervisor:
                 f" ({how})" if how else "",
             )
 
+    @staticmethod
+    def _log_gone_with(worker: WorkerHandle, how: str, why: str) -> None:
+        """Log that *worker*, which ran no task, ended with its fork server, for *why*."""
+        logger.warning(
+            "worker %d (pid %s) ended with its fork server%s: %s",
+            worker.id,
+            worker.pid,
+            f" ({how})" if how else "",
+            why,
+        )
+
     def worker_exited(self, pid: int, status: int) -> None:
         """The fork server reaped worker *pid* with *status* (negative: killed by a signal)."""
         for worker in self._workers.values():
@@ -555,7 +582,7 @@ class Supervisor:
         """Wait for the process to end (killing it if it lingers) and forget the worker."""
         if worker.status is not WorkerStatus.EXITED:
             worker.kill()
-            self._lost(worker)
+            self._lost(worker, process)
         if not await process.wait(EXIT_WAIT):
             logger.warning("worker %d (pid %s) did not exit: killing it", worker.id, worker.pid)
             process.kill()
@@ -770,6 +797,13 @@ def _fatal_text(event: dict[str, Any]) -> str:
     where = report.get("location") or report.get("raised_in")
     at = f" (at {where})" if where else ""
     return f"cannot import {report.get('module')}: {report.get('error')}{at}"
+
+
+def _with_cause(how: str, cause: str | None) -> str:
+    """How a worker ended (``killed by SIGKILL``), and why, when known."""
+    if cause is None:
+        return how
+    return f"{how}: {cause}" if how else cause
 
 
 def _text(value: object) -> str | None:
