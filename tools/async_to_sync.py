@@ -173,6 +173,7 @@ PUBLISH_TESTS = Twin(
             "anyio_backend",
             "test_a_sync_call_inside_an_async_batch_joins_it",
             "test_each_event_loop_gets_a_working_connection",
+            "test_a_new_event_loop_for_each_publish_leaks_no_classes",
             "test_event_loops_of_several_threads_publish_at_once_each_on_its_own_connection",
             # Its sync twin is a test of threads: test_publish_threads.py, in a child process.
             "test_closing_the_connection_while_tasks_of_its_loop_publish_loses_no_send",

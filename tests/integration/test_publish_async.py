@@ -37,7 +37,7 @@ from dispatcher.publish import (
 from dispatcher.publish.chunking import is_chunk
 from support import tasks
 from support.paths import EXAMPLES
-from support.postgres import unique_channel, wait_for_notifies
+from support.postgres import adapter_classes, unique_channel, wait_for_notifies
 from support.proxy import DatabaseProxy, SilentServer
 from support.service import wait_until
 from support.twins import ablock_on, agather, connection_of_the_other_kind
@@ -440,6 +440,19 @@ async def test_each_event_loop_gets_a_working_connection(
         second.uuid,
         third.uuid,
     ]
+
+
+async def test_a_new_event_loop_for_each_publish_leaks_no_classes(
+    configured: Settings, listener: Conn
+) -> None:
+    """Each loop's connection once got a loader class of its own, which psycopg keeps for
+    the process's life: code running a loop for each publish grew without bound."""
+    await asyncio.to_thread(asyncio.run, tasks.add.adelay(0, 0))
+    before = adapter_classes()
+    for n in range(1, 11):
+        await asyncio.to_thread(asyncio.run, tasks.add.adelay(n, 0))
+    assert len(received(listener, 11)) == 11
+    assert adapter_classes() == before
 
 
 async def test_event_loops_of_several_threads_publish_at_once_each_on_its_own_connection(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import set_json_loads
 
 from dispatcher.config import Settings, reset, setup
 from dispatcher.publish import (
@@ -32,7 +34,7 @@ from dispatcher.publish import (
 )
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key
 from support.durable import own_schema
-from support.postgres import wait_for_notifies
+from support.postgres import adapter_classes, wait_for_notifies
 from support.proxy import DatabaseProxy
 
 Conn = psycopg.Connection[Any]
@@ -348,6 +350,38 @@ async def test_jobs_lists_the_newest_first_with_filters(durable: Settings, pg_ds
         assert [job.uuid for job in await ajobs(queue="mail", connection=conn)] == [third.uuid]
     with pytest.raises(ValueError, match="state: 'finished' is not one of queued, running"):
         await ajobs(state="finished")  # type: ignore[arg-type]
+
+
+def decimal_loads(data: str | bytes) -> Any:
+    """An application's own JSON decoder: numbers with a point read as ``Decimal``."""
+    return json.loads(data, parse_float=Decimal)
+
+
+async def test_reading_again_and_again_on_the_callers_connection_leaks_no_classes(
+    durable: Settings, pg_dsn: str, schema: str
+) -> None:
+    # psycopg keeps every loader class it is given for the process's life: one made for
+    # each read leaked about 2.7 KB a call in an application polling its jobs.
+    submission = await ship.adelay(1)
+    async with await AsyncConnection.connect(pg_dsn) as conn:
+        await conn.execute(
+            sql.SQL("UPDATE {}.jobs SET result = '{{\"a\": 0.1}}' WHERE uuid = %s").format(
+                sql.Identifier(schema)
+            ),
+            (submission.uuid,),
+        )
+        set_json_loads(decimal_loads, conn)  # the application's own loader: kept
+        job = await aget_job(submission.uuid, connection=conn)
+        assert job is not None
+        assert job.result == {"a": Decimal("0.1")}
+        assert [job.uuid for job in await ajobs(connection=conn)] == [submission.uuid]
+        before = adapter_classes()
+        for _ in range(20):
+            job = await aget_job(submission.uuid, connection=conn)
+            assert job is not None
+            assert job.result == {"a": Decimal("0.1")}
+            assert [job.uuid for job in await ajobs(connection=conn)] == [submission.uuid]
+        assert adapter_classes() == before
 
 
 async def test_missing_tables_are_explained(pg_dsn: str, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ database test) when it answers; else a server started from the ``embedded-postgr
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 import uuid
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper, Loader
 from psycopg.conninfo import make_conninfo
 
 TEST_DSN_ENV = "DISPATCHER_TEST_DSN"
@@ -134,3 +136,20 @@ def wait_for_notifies(
             break
         received.extend(conn.notifies(timeout=remaining, stop_after=count - len(received)))
     return received
+
+
+def adapter_classes() -> int:
+    """How many psycopg loader and dumper classes the process holds (subclasses included).
+
+    psycopg keeps every class it is given for good: a number that grows with the calls made
+    is a leak.
+    """
+    gc.collect()  # those only a cycle held (psycopg's pure Python implementation frees them)
+    found: set[type] = set()
+    waiting: list[type] = [Loader, Dumper]
+    while waiting:
+        for sub in waiting.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                waiting.append(sub)
+    return len(found)

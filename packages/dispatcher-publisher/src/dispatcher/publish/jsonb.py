@@ -11,9 +11,11 @@ such a value reads as ``None`` instead, with a warning.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Final
 
 import psycopg
+from psycopg import abc
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import AdaptersMap, Loader
 from psycopg.pq import Format
@@ -41,8 +43,27 @@ def register_tolerant_jsonb(adapters: AdaptersMap) -> None:
     wrapped = adapters.get_loader(JSONB_OID, Format.TEXT) or JsonbLoader
     if issubclass(wrapped, _Tolerant):
         return
-    tolerant = type("TolerantJsonbLoader", (_Tolerant,), {"wrapped": wrapped})
-    adapters.register_loader(JSONB_OID, tolerant)
+    adapters.register_loader(JSONB_OID, _tolerant(wrapped))
+
+
+_TOLERANT: weakref.WeakValueDictionary[type[abc.Loader], type[Loader]] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _tolerant(wrapped: type[abc.Loader]) -> type[Loader]:
+    """The tolerant loader wrapping *wrapped*: one class for each, made once.
+
+    psycopg's compiled implementation keeps every loader class it is given for the process's
+    life (its cache of optimised adapters), so a class made for each cursor or connection
+    would never be freed. Where a class is freed (psycopg's pure Python implementation),
+    its entry here goes with it.
+    """
+    made = _TOLERANT.get(wrapped)
+    if made is None:
+        made = type("TolerantJsonbLoader", (_Tolerant,), {"wrapped": wrapped})
+        made = _TOLERANT.setdefault(wrapped, made)  # one class even for racing threads
+    return made
 
 
 class _Tolerant(Loader):
