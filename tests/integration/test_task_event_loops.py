@@ -2,9 +2,9 @@
 
 A task's end, cancel or ``SystemExit`` is reported at once whatever threads its
 ``to_thread()`` left running, the worker's loop outlives a cancel (a loop-bound global goes
-on working), a plain task sees the thread's event loop as on a fresh worker, and an async
-generator a task dropped is closed within it. Each test runs one worker process
-(``worker_main``, without a service).
+on working), a plain task sees the thread's event loop as on a fresh worker, an async
+generator a task dropped is closed within it, and a traceback through ``gather()`` shows only
+the task's frames. Each test runs one worker process (``worker_main``, without a service).
 """
 
 from __future__ import annotations
@@ -104,6 +104,16 @@ def test_a_plain_task_sees_the_threads_event_loop_as_on_a_fresh_worker(
         after = worker.run(TASKS + "runs_on_get_event_loop", uuid=uuid, keep_result=True)
         assert after.get("result") == "42", after
     assert worker.run(TASKS + "runs_asyncio_run", uuid="u-run")["outcome"] == "ok"
+
+
+def test_a_failure_through_gather_shows_no_frame_of_the_worker(worker: WorkerProcess) -> None:
+    done = worker.run(TASKS + "fails_in_gather", uuid="u-gather")
+    assert done["outcome"] == "error", done
+    assert "worker.py" not in done["traceback"], done["traceback"]
+    assert (
+        'in fails_in_gather\n    await asyncio.gather(fails(1), fails(2))\n  File "'
+        in (done["traceback"])
+    )
 
 
 def test_an_async_generator_a_task_dropped_is_closed_within_it(

@@ -75,6 +75,17 @@ def runs_on_get_event_loop() -> int:
 
 
 @task()
+async def fails_in_gather() -> None:
+    """Fail through ``asyncio.gather()``."""
+
+    async def fails(number: int) -> None:
+        await asyncio.sleep(0)
+        raise ValueError(f"child {number}")
+
+    await asyncio.gather(fails(1), fails(2))
+
+
+@task()
 async def drops_an_async_generator(path: str) -> None:
     """Leave an async generator unfinished, its ``finally`` awaiting."""
 

@@ -875,17 +875,41 @@ def task_traceback(exc: BaseException) -> str:
 
     The frames of this module (and of the asyncio runner between it and an ``async def``
     task) that lead to the task are left out: they are the same for every task and tell its
-    author nothing. Chained exceptions are shown whole. When every frame is this module's
-    (the task was never reached), the traceback is shown whole.
+    author nothing. So are the steps of :class:`_CancelTranslator` between the task's frames,
+    where an exception came through a future it awaited (``asyncio.gather()``). Chained
+    exceptions are shown whole. When every frame is this module's (the task was never
+    reached), the traceback is shown whole.
     """
     first = exc.__traceback__
     while first is not None and _is_runner_frame(first.tb_frame.f_code.co_filename):
         first = first.tb_next
     shown = first if first is not None else exc.__traceback__
     try:
-        return "".join(traceback.format_exception(type(exc), exc, shown))
+        rendered = traceback.TracebackException(type(exc), exc, shown, compact=True)
+        _drop_steps(rendered)
+        return "".join(rendered.format())
     except BaseException as failure:  # the task's exception fails its own rendering (notes)
         return f"(its traceback could not be shown: {describe_exception(failure)})"
+
+
+def _drop_steps(rendered: traceback.TracebackException) -> None:
+    """Leave the frames of :class:`_CancelTranslator`'s steps out of *rendered*, and its chain."""
+    seen: set[int] = set()
+    waiting = [rendered]
+    while waiting:
+        one = waiting.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        if any(map(_is_step, one.stack)):
+            kept = [frame for frame in one.stack if not _is_step(frame)]
+            one.stack = traceback.StackSummary.from_list(kept)
+        waiting.extend(e for e in (one.__cause__, one.__context__) if e is not None)
+        waiting.extend(one.exceptions or ())
+
+
+def _is_step(frame: traceback.FrameSummary) -> bool:
+    return frame.name == "__await__" and os.path.abspath(frame.filename) in _RUNNER_FILES
 
 
 def _traceback_of(exc: BaseException) -> str:
