@@ -3,8 +3,9 @@
 A task's end, cancel or ``SystemExit`` is reported at once whatever threads its
 ``to_thread()`` left running, the worker's loop outlives a cancel (a loop-bound global goes
 on working), a plain task sees the thread's event loop as on a fresh worker, an async
-generator a task dropped is closed within it, and a traceback through ``gather()`` shows only
-the task's frames. Each test runs one worker process (``worker_main``, without a service).
+generator a task dropped is closed within it, trio cancelled cleans up within its task, and
+a traceback through ``gather()`` shows only the task's frames. Each test runs one worker
+process (``worker_main``, without a service).
 """
 
 from __future__ import annotations
@@ -104,6 +105,25 @@ def test_a_plain_task_sees_the_threads_event_loop_as_on_a_fresh_worker(
         after = worker.run(TASKS + "runs_on_get_event_loop", uuid=uuid, keep_result=True)
         assert after.get("result") == "42", after
     assert worker.run(TASKS + "runs_asyncio_run", uuid="u-run")["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("how", ["runs_trio", "runs_trio_async"])
+def test_trio_cancelled_in_a_task_cleans_up_within_it(
+    worker: WorkerProcess, tmp_path: Path, how: str
+) -> None:
+    """Its finally ran at a garbage collection during a later task, whose output then
+    held dozens of lines of trio's tracebacks ("Exception ignored ...")."""
+    pytest.importorskip("trio")
+    record = tmp_path / "record"
+    worker.send(TASKS + how, str(record), uuid="u-trio")
+    assert _cancel_once(worker, record, "u-trio")["outcome"] == "cancelled"
+    assert _lines(record) == ["started", "trio finally"]
+    for task in ("collects_garbage", "collects_garbage_async"):
+        assert worker.run(TASKS + task, uuid="u-" + task)["outcome"] == "ok"
+    worker.run(TASKS + "runs_asyncio_run", uuid="u-flush")
+    log = worker.log
+    assert "collects_garbage" not in log, log  # no output: nothing of trio's ran in them
+    assert _lines(record) == ["started", "trio finally"]
 
 
 def test_a_failure_through_gather_shows_no_frame_of_the_worker(worker: WorkerProcess) -> None:

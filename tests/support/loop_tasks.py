@@ -1,14 +1,15 @@
 """Tasks that use the event loop of their worker, or one of their own, in ways that outlive them.
 
 A thread ``asyncio.to_thread()`` started still running when the task ends, an object bound
-to the worker's event loop kept in a global, ``asyncio.run()`` in a plain task, an async
-generator dropped unfinished. Each records what it saw in a file
+to the worker's event loop kept in a global, ``asyncio.run()`` in a plain task, trio run
+inside a task, an async generator dropped unfinished. Each records what it saw in a file
 (*path*), so a test reads it whatever the task's outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -75,6 +76,27 @@ def runs_on_get_event_loop() -> int:
 
 
 @task()
+def runs_trio(path: str) -> None:
+    """Run trio (``trio.run()``) until cancelled, recording its ``finally``."""
+    import trio
+
+    async def main() -> None:
+        _record(path, "started")
+        try:
+            await trio.sleep(30)
+        finally:
+            _record(path, "trio finally")
+
+    trio.run(main)
+
+
+@task()
+async def runs_trio_async(path: str) -> None:
+    """:func:`runs_trio` from an ``async def`` task."""
+    runs_trio(path)
+
+
+@task()
 async def fails_in_gather() -> None:
     """Fail through ``asyncio.gather()``."""
 
@@ -102,3 +124,15 @@ async def drops_an_async_generator(path: str) -> None:
         if number == 2:
             break
     _record(path, "returned")
+
+
+@task()
+def collects_garbage() -> None:
+    """Collect garbage: what a task left for the collector is freed now."""
+    gc.collect()
+
+
+@task()
+async def collects_garbage_async() -> None:
+    """:func:`collects_garbage`, as an ``async def`` task."""
+    gc.collect()

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import gc
 import importlib
 import inspect
 import json
@@ -519,6 +520,11 @@ class TaskRunner:
             )
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
             self._follow_up(message, done)
+        if done["outcome"] == "cancelled":
+            # What a cancel cut short and left for the garbage collector (a trio run
+            # abandoned: its coroutines' finally blocks, its warnings) is freed now, within
+            # this task, not during a later one.
+            gc.collect()
         put_back_thread_loop()
         self._ended = True
         self._forget_cancels()
