@@ -17,10 +17,12 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import gc
 import importlib
 import inspect
 import json
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -33,6 +35,7 @@ from typing import Any, Final, NoReturn
 
 from dispatcher.publish import DispatcherCancel, registry
 from dispatcher.schema import LogFormat
+from dispatcher.server import worker_loop
 from dispatcher.server.capture import OutputCapture
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks, conventions, is_adopted
 from dispatcher.server.hooks import BaseWorker
@@ -57,6 +60,7 @@ from dispatcher.server.protocol import (
 )
 from dispatcher.server.results import encode_result
 from dispatcher.server.task_imports import failure
+from dispatcher.server.worker_loop import TaskLoop, put_back_thread_loop
 from dispatcher.server.worker_signals import Handler, SignalKeeper
 
 logger = get_logger("dispatcher.worker")
@@ -336,9 +340,11 @@ class TaskRunner:
         self._channel = channel
         self._hooks = hooks
         self._capture = capture
-        self._loop: asyncio.Runner | None = None
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        """The event loop of :attr:`_loop`."""
+        self._loop: TaskLoop | None = None
+        """The event loop of ``async def`` tasks, made at the first one."""
+        self._loop_interrupted = False
+        """Whether a cancel was raised in the code of that loop itself, which it may have
+        left halfway through a change of its state: the loop is then replaced."""
         self._told_leftovers = False
         """Whether the asyncio tasks an ``async def`` task left pending were logged."""
         self._running = False
@@ -394,8 +400,13 @@ class TaskRunner:
         """
         task = self._async_task
         if task is None:
+            loop = self._loop
+            if loop is not None and loop.loop.is_running():  # (between the task's steps)
+                self._loop_interrupted = True
             raise self._cancel
         if _in_coroutine_step(frame):  # as the translation would have made it
+            if _in_event_loop_code(frame):
+                self._loop_interrupted = True
             raise _cancellation(self._cancel)
         self._cancel_due = True
         task.cancel()
@@ -495,12 +506,9 @@ class TaskRunner:
                     done["result_note"] = note
         except self._conventions.cancels:
             done["outcome"] = "cancelled"
-            self._discard_loop()  # a coroutine may have been interrupted mid-step
         except self._conventions.exits:
             done["outcome"] = "exit"
         except BaseException as exc:  # SystemExit, KeyboardInterrupt...: errors of the task
-            if not isinstance(exc, Exception):
-                self._discard_loop()  # it may have left an async task's loop mid-step
             error = describe_exception(exc)
             if _does_not_fit(exc):
                 error += f" ({_NOT_RETRIED})"
@@ -514,6 +522,12 @@ class TaskRunner:
             )
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
             self._follow_up(message, done)
+        if done["outcome"] == "cancelled":
+            # What a cancel cut short and left for the garbage collector (a trio run
+            # abandoned: its coroutines' finally blocks, its warnings) is freed now, within
+            # this task, not during a later one.
+            gc.collect()
+        put_back_thread_loop()
         self._ended = True
         self._forget_cancels()
         done["run_time"] = time.monotonic() - began
@@ -531,7 +545,6 @@ class TaskRunner:
             done["outcome"] = "cancelled"
             for key in ("result", "result_note", "error", "traceback"):
                 done.pop(key, None)
-            self._discard_loop()
         elif ended == "exit" and done["outcome"] == "ok":
             done["outcome"] = "exit"
         elif ended == "exit":  # the job failed: that is what the service must hear
@@ -567,8 +580,6 @@ class TaskRunner:
         except self._conventions.exits:
             return "exit"
         except BaseException as exc:  # as for the task: SystemExit too is its error
-            if not isinstance(exc, Exception):
-                self._discard_loop()
             logger.error(
                 "task %s (uuid %s): %s %s failed: %s%s",
                 parent.get("task"),
@@ -608,38 +619,65 @@ class TaskRunner:
             result = context.run(function, *args, **kwargs)
             if inspect.isawaitable(result):
                 runner = self._runner()
-                result = runner.run(_awaited(_CancelTranslator(result, self)), context=context)
+                result = runner.run(_awaited(_CancelTranslator(result, self)), context)
         finally:
             if _FORKED[0] or os.getpid() != self._pid:  # (a fork that os.fork() did not make)
                 _exit_forked("task %s (uuid %s)", message["task"], message.get("uuid"))
             self._running = False
             self._async_task, self._cancel_due = None, False
-            if runner is not None and (_EVERY_TASK is None or _EVERY_TASK):
-                self._end_leftovers(runner, message)
+            if runner is not None:
+                self._after_async_task(runner, message)
         _refuse_generator(result)
         return result
 
-    def _runner(self) -> asyncio.Runner:
-        """The runner of ``async def`` tasks: made anew if its loop was closed (by a task)."""
-        runner, loop = self._loop, self._event_loop
-        if runner is None or loop is None or loop.is_closed():
-            runner = self._loop = asyncio.Runner()
-            self._event_loop = runner.get_loop()
+    def _runner(self) -> TaskLoop:
+        """The event loop of ``async def`` tasks: made anew if it was closed (by a task)."""
+        runner = self._loop
+        if runner is None or runner.loop.is_closed():
+            runner = self._loop = TaskLoop()
         return runner
 
-    def _end_leftovers(self, runner: asyncio.Runner, message: Mapping[str, Any]) -> None:
-        """Cancel the asyncio tasks an ``async def`` task left pending, as ``asyncio.run`` does.
+    def _after_async_task(self, runner: TaskLoop, message: Mapping[str, Any]) -> None:
+        """Put the loop of ``async def`` tasks back in order after one, or replace it.
 
-        Each gets :data:`LEFTOVER_GRACE` seconds to end; a loop with some still pending then
-        is closed as it is (a new one runs the next task), so none runs in a later task.
+        It is replaced when a cancel interrupted its own code (it may be halfway through a
+        change of its state) or when a task closed it. Otherwise, what the task left on it
+        is ended (:meth:`_end_leftovers`), and a thread of its executor still running is
+        left to run on: the loop gets a new executor.
         """
-        loop = runner.get_loop()
+        if self._loop_interrupted:
+            self._loop_interrupted = False
+            self._discard_loop()
+            return
+        loop = runner.loop
         if loop.is_closed():
             return  # (replaced before the next task)
+        ready = getattr(loop, "_ready", None)  # callbacks due (an async generator's closing)
+        if _EVERY_TASK is None or _EVERY_TASK or ready is None or ready:
+            self._end_leftovers(loop, message)
+        runner.renew_threads()
+
+    def _end_leftovers(self, loop: asyncio.AbstractEventLoop, message: Mapping[str, Any]) -> None:
+        """Cancel the asyncio tasks an ``async def`` task left pending, as ``asyncio.run`` does.
+
+        First the callbacks it left due run, and the async generators it dropped unfinished
+        (closed by asyncio in tasks of their own) get :data:`LEFTOVER_GRACE` seconds to run
+        their ``finally``. Then each task still pending is cancelled, and gets
+        :data:`LEFTOVER_GRACE` seconds to end; a loop with some still pending then is closed
+        as it is (a new one runs the next task), so none runs in a later task.
+        """
+        try:
+            loop.run_until_complete(asyncio.sleep(0))  # (the callbacks due run first)
+            closing = {task for task in asyncio.all_tasks(loop) if _closes_a_generator(task)}
+            if closing:
+                loop.run_until_complete(asyncio.wait(closing, timeout=LEFTOVER_GRACE))
+        except BaseException:  # one raised what a loop lets through (SystemExit...)
+            pass
         left = asyncio.all_tasks(loop)
         if not left:
             return
-        if not self._told_leftovers:
+        strays = {task for task in left if not _closes_a_generator(task)}
+        if strays and not self._told_leftovers:
             self._told_leftovers = True
             logger.warning(
                 "task %s (uuid %s) left asyncio tasks pending, cancelled when it ended: %s; a "
@@ -648,7 +686,7 @@ class TaskRunner:
                 "it in each task (said once per worker)",
                 message.get("task"),
                 message.get("uuid"),
-                _describe_tasks(left),
+                _describe_tasks(strays),
             )
         for task in left:
             task.cancel()
@@ -673,21 +711,26 @@ class TaskRunner:
                 message.get("uuid"),
                 LEFTOVER_GRACE,
             )
-            if self._loop is runner:
-                self._loop = None
-            with contextlib.suppress(BaseException):
-                loop.close()
-            asyncio.set_event_loop(None)
+            self._discard_loop()
 
     def _discard_loop(self) -> None:
+        """Close the loop of ``async def`` tasks as it is: the next one gets a new loop."""
         if self._loop is not None:
             loop, self._loop = self._loop, None
             with contextlib.suppress(BaseException):
                 loop.close()
 
     def close(self) -> None:
-        """Release the event loop of ``async def`` tasks, if one was made."""
+        """Release the event loop of ``async def`` tasks, if one was made.
+
+        Threads of its executor still running are not waited for.
+        """
         self._discard_loop()
+
+
+def _closes_a_generator(task: asyncio.Task[Any]) -> bool:
+    """Whether *task* is asyncio closing an async generator dropped unfinished (``aclose()``)."""
+    return type(task.get_coro()).__name__ == "async_generator_athrow"
 
 
 def _describe_tasks(tasks: set[asyncio.Task[Any]], most: int = 5) -> Phrase:
@@ -814,6 +857,14 @@ def _in_coroutine_step(frame: FrameType | None) -> bool:
     return False
 
 
+def _in_event_loop_code(frame: FrameType | None) -> bool:
+    """Whether *frame*, the innermost frame of a step of a coroutine, is asyncio's own code."""
+    if frame is None:
+        return False
+    path = os.path.abspath(frame.f_code.co_filename)
+    return os.path.dirname(path) == _ASYNCIO_DIR or path == _SELECTORS_FILE
+
+
 def _nothing() -> None:
     """A callback that does nothing: scheduled to wake an event loop up."""
 
@@ -822,8 +873,9 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-_RUNNER_FILES: Final = frozenset({os.path.abspath(__file__)})
+_RUNNER_FILES: Final = frozenset({os.path.abspath(__file__), os.path.abspath(worker_loop.__file__)})
 _ASYNCIO_DIR: Final = os.path.dirname(os.path.abspath(asyncio.__file__))
+_SELECTORS_FILE: Final = os.path.abspath(selectors.__file__)
 
 
 def task_traceback(exc: BaseException) -> str:
@@ -831,17 +883,41 @@ def task_traceback(exc: BaseException) -> str:
 
     The frames of this module (and of the asyncio runner between it and an ``async def``
     task) that lead to the task are left out: they are the same for every task and tell its
-    author nothing. Chained exceptions are shown whole. When every frame is this module's
-    (the task was never reached), the traceback is shown whole.
+    author nothing. So are the steps of :class:`_CancelTranslator` between the task's frames,
+    where an exception came through a future it awaited (``asyncio.gather()``). Chained
+    exceptions are shown whole. When every frame is this module's (the task was never
+    reached), the traceback is shown whole.
     """
     first = exc.__traceback__
     while first is not None and _is_runner_frame(first.tb_frame.f_code.co_filename):
         first = first.tb_next
     shown = first if first is not None else exc.__traceback__
     try:
-        return "".join(traceback.format_exception(type(exc), exc, shown))
+        rendered = traceback.TracebackException(type(exc), exc, shown, compact=True)
+        _drop_steps(rendered)
+        return "".join(rendered.format())
     except BaseException as failure:  # the task's exception fails its own rendering (notes)
         return f"(its traceback could not be shown: {describe_exception(failure)})"
+
+
+def _drop_steps(rendered: traceback.TracebackException) -> None:
+    """Leave the frames of :class:`_CancelTranslator`'s steps out of *rendered*, and its chain."""
+    seen: set[int] = set()
+    waiting = [rendered]
+    while waiting:
+        one = waiting.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        if any(map(_is_step, one.stack)):
+            kept = [frame for frame in one.stack if not _is_step(frame)]
+            one.stack = traceback.StackSummary.from_list(kept)
+        waiting.extend(e for e in (one.__cause__, one.__context__) if e is not None)
+        waiting.extend(one.exceptions or ())
+
+
+def _is_step(frame: traceback.FrameSummary) -> bool:
+    return frame.name == "__await__" and os.path.abspath(frame.filename) in _RUNNER_FILES
 
 
 def _traceback_of(exc: BaseException) -> str:
