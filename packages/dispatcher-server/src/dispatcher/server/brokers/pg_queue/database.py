@@ -63,15 +63,16 @@ RETRIES: Final = 3
 """Times a statement rolled back for a serialization failure or a deadlock is sent again."""
 
 _SESSION: Final = b"""
-SELECT set_config(s.name, s.value, false)
+SELECT pg_catalog.set_config(s.name, s.value, false)
 FROM (VALUES ('statement_timeout', %(timeout)s, false),
              ('idle_in_transaction_session_timeout', %(timeout)s, false),
              ('plan_cache_mode', 'force_generic_plan', false),
              ('jit', 'off', false),
              ('lock_timeout', %(lock_timeout)s, false),
              ('idle_session_timeout', '0', true),
-             ('default_transaction_isolation', 'read committed', true)) AS s(name, value, always)
-JOIN pg_settings AS p USING (name)
+             ('default_transaction_isolation', 'read committed', true),
+             ('search_path', 'pg_catalog, pg_temp', true)) AS s(name, value, always)
+JOIN pg_catalog.pg_settings AS p USING (name)
 WHERE s.value IS NOT NULL
   AND (s.always OR p.source NOT IN ('client', 'user', 'database', 'database user'))
 """
@@ -85,6 +86,14 @@ and a new connection), and ``default_transaction_isolation`` read committed (the
 are written for it: under ``serializable`` they fail with serialization errors, which a
 claim in read committed never meets). Through a pooler in transaction mode nothing is set
 (see :class:`QueueDatabase`): set them on the services' role.
+
+A third is set whatever the operator chose: ``search_path`` is ``pg_catalog, pg_temp``. No
+statement needs another (each names its tables with their schema, and each built-in
+function as ``pg_catalog.<name>``, so that none resolves through a schema another role may
+create in, pooler or not); this makes sure of the operators as well (``=``, ``||``): a
+schema of the role's ``search_path`` that another role may create in (``public`` before
+PostgreSQL 15, one named like the role) could otherwise hold an operator with concrete
+types that beats a built-in one, and runs as this role. See security.md.
 
 Each statement of the broker runs thousands of times, with arrays whose length changes
 every time: planning it anew for each run (as PostgreSQL does whenever the custom plans

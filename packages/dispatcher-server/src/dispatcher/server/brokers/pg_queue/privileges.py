@@ -95,8 +95,8 @@ _ANY: Final = "*"
 
 _LACKING: Final = """
 SELECT current_user, n.name, n.privilege, n.col
-FROM unnest(%(names)s::text[], %(privileges)s::text[], %(columns)s::text[])
-    AS n(name, privilege, col)
+FROM ROWS FROM (pg_catalog.unnest(%(names)s::text[]), pg_catalog.unnest(%(privileges)s::text[]),
+    pg_catalog.unnest(%(columns)s::text[])) AS n(name, privilege, col)
 CROSS JOIN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s) AS s
 LEFT JOIN pg_catalog.pg_class AS c ON c.relnamespace = s.oid AND c.relname = n.name
 LEFT JOIN pg_catalog.pg_attribute AS a
