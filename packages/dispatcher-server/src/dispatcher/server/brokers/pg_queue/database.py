@@ -13,7 +13,9 @@ its statements in ``read committed`` (the isolation they are written for). Then 
 runs (the broker checks the tables' version and sweeps what dead services left behind).
 While the server cannot be reached, attempts to connect are spaced by a growing delay (0.1
 s, doubling up to 30 s), shared by every user of the connection, and each failure is
-logged once.
+logged once. So are the statements after a write the server refused as read-only (a
+standby, or ``default_transaction_read_only`` on the role or the database): the connection
+is replaced, after that delay.
 
 A statement the server rolled back for a serialization failure or a deadlock is sent again
 (at most :data:`RETRIES` times), on the same connection: it did nothing, and the connection
@@ -33,7 +35,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import IdleWatch
+from dispatcher.publish.connections import IdleWatch, with_cause
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
@@ -167,6 +169,9 @@ class QueueDatabase:
         self._lock = anyio.Lock()
         self._backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
         self._retry_at = 0.0
+        self._read_only = False
+        """The last statement was a write refused as read-only, and none has passed since:
+        the delays before the next connections keep growing though each opens."""
         self.where = describe_server(conninfo)
         """The server, for log lines (never the password)."""
         self._failing: tuple[float, float] | None = None
@@ -205,7 +210,7 @@ class QueueDatabase:
         sent = time.monotonic()
         try:
             cursor = await conn.execute(statement, params)
-            return await cursor.fetchall() if cursor.description is not None else []
+            rows = await cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.IdleSessionTimeout):
                 self._ended_while_idle()
@@ -216,6 +221,14 @@ class QueueDatabase:
                 await self.discard(reason, conn)
             elif isinstance(exc, psycopg.errors.UndefinedTable):
                 await self.discard(None, conn)  # the next connection says which command to run
+            elif isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+                # A standby, or a read-only role or database: every write fails until an
+                # operator mends it. Waited out as an unreachable server is (a new
+                # connection may reach the primary after a failover), not tried at once.
+                self._read_only = True
+                self._failed_since(sent)
+                self._failed(exc)
+                await self.discard(None, conn)
             elif isinstance(exc, _PREPARED_STATEMENT_LOST) and not self._unprepared:
                 self._unprepared = True
                 if self.where not in _WARNED_UNPREPARED:
@@ -235,6 +248,10 @@ class QueueDatabase:
             self._failed_since(sent)
             await self.discard(None, conn)
             raise
+        if self._read_only:
+            self._read_only = False
+            self._backoff.reset()
+        return rows
 
     def _ended_while_idle(self) -> None:
         """Say (once at INFO, then at DEBUG) that the server ended the idle connection."""
@@ -325,7 +342,8 @@ class QueueDatabase:
                     self._failed_since(began)
                     self._failed(exc)
                 raise
-            self._backoff.reset()
+            if not self._read_only:
+                self._backoff.reset()
             self._retry_at = 0.0
             self._failing = None
             self._conn = conn
@@ -344,7 +362,7 @@ class QueueDatabase:
         logger.warning(
             "pg_queue connection to %s failed (%s); retrying in %.1f s",
             self.where,
-            first_line(exc),
+            with_cause(exc, first_line(exc)),
             delay,
         )
 
