@@ -6,7 +6,10 @@ publish a job, run it, store a scheduled task's ticks and purge finished rows.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +24,7 @@ from dispatcher.config import reset, setup
 from dispatcher.publish import close_connections, get_job, submit_task
 from support.durable import own_schema, queue_config
 from support.paths import REPO
+from support.queue_rows import insert_job
 from support.service import TASKS, Evidence, ServiceProcess, wait_until
 from support.service_tasks import DURABLE_TICKS
 
@@ -32,7 +36,7 @@ SECTION = "## Roles and grants (durable queues)"
 
 def documented_grants() -> list[str]:
     """The SQL blocks of the guide's section on grants: the services', the scheduling
-    services' extra grants, the publishers'."""
+    services' extra grants, the publishers', the operators' (dispatcherctl's queue commands)."""
     text = GUIDE.read_text(encoding="utf-8")
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
@@ -42,7 +46,13 @@ def documented_grants() -> list[str]:
 def role_with(conn: Conn, role: str, grants: str, schema: str, database: str) -> Iterator[str]:
     """A login role granted *grants* (the guide's SQL, for its schema, database and role
     names), dropped at the end."""
-    names = {"dispatcher": schema, "app": database, "dispatcher_service": role, "app_web": role}
+    names = {
+        "dispatcher": schema,
+        "app": database,
+        "dispatcher_service": role,
+        "app_web": role,
+        "app_ops": role,
+    }
     pattern = re.compile(r"\b(" + "|".join(names) + r")\b")
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
@@ -61,7 +71,7 @@ def test_the_documented_grants_let_services_and_publishers_do_their_work(
     channel: str,
     tmp_path: Path,
 ) -> None:
-    service_grants, scheduling_grants, publisher_grants = documented_grants()
+    service_grants, scheduling_grants, publisher_grants, _ = documented_grants()
     with own_schema(pg_dsn) as schema:
         run_with_the_documented_grants(
             start_service,
@@ -127,3 +137,51 @@ def run_with_the_documented_grants(
         for running in started:
             assert running.stop() == 0
             assert "permission denied" not in running.log
+
+
+def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_the_documented_operator_grants_let_dispatcherctl_manage_the_queue(
+    pg_dsn: str, pg_conn: Conn, tmp_path: Path
+) -> None:
+    """jobs, cancel-job, retry and purge, as a role with the operators' grants only."""
+    *_, operator_grants = documented_grants()
+    database = str(conninfo_to_dict(pg_dsn)["dbname"])
+    with (
+        own_schema(pg_dsn) as schema,
+        role_with(pg_conn, f"ops_{schema}", operator_grants, schema, database) as operator,
+    ):
+        waiting = insert_job(pg_conn, schema, run_after=3600)
+        failed = insert_job(pg_conn, schema, state="failed", last_error="boom")
+        done = insert_job(pg_conn, schema, state="done", age=120)
+        config = tmp_path / "dispatcher.yml"
+        queue = {
+            "conninfo": make_conninfo(pg_dsn, user=operator),
+            "schema": schema,
+            "queues": ["jobs"],
+        }
+        config.write_text(json.dumps({"version": 1, "brokers": {"pg_queue": queue}}))
+        for command in (
+            ("jobs",),
+            ("cancel-job", "--uuid", waiting),
+            ("retry", "--uuid", failed),
+            ("purge", "--state", "done", "--older-than", "60"),
+        ):
+            run = ctl(config, *command)
+            assert run.returncode == 0, (command, run.stderr)
+        states = sql.SQL("SELECT uuid, state FROM {} ORDER BY uuid").format(
+            sql.Identifier(schema, "jobs")
+        )
+        assert dict(pg_conn.execute(states).fetchall()) == {
+            waiting: "cancelled",
+            failed: "queued",
+        }
+        assert done not in dict(pg_conn.execute(states).fetchall())

@@ -329,7 +329,7 @@ def test_the_printed_migration_waits_for_another_migration_whatever_the_lock_tim
     path = write_config(tmp_path, queue_config(pg_dsn, schema, channel))
     printed = ctl(path, "migrate", "--print", "--timeout", "5")
     assert printed.returncode == 0, printed.stderr
-    lock = printed.stdout[printed.stdout.index("SELECT pg_advisory_xact_lock") :]
+    lock = printed.stdout[printed.stdout.index("SELECT pg_catalog.pg_advisory_xact_lock") :]
     lock = lock[: lock.index(";")]
     with psycopg.connect(pg_dsn) as other, psycopg.connect(pg_dsn, autocommit=True) as dba:
         other.execute(lock)  # another migration, under way

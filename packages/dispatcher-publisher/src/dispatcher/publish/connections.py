@@ -24,19 +24,23 @@ from dispatcher.schema import DispatcherError, InvalidArgumentType
 if TYPE_CHECKING:
     import asyncio
 
-NOTIFY_MANY: Final = "SELECT count(pg_notify(c, p)) FROM unnest(%b::text[], %b::text[]) AS m(c, p)"
+NOTIFY_MANY: Final = (
+    "SELECT pg_catalog.count(pg_catalog.pg_notify(c, p))"
+    " FROM ROWS FROM (pg_catalog.unnest(%b::text[]), pg_catalog.unnest(%b::text[])) AS m(c, p)"
+)
 """One statement that sends any number of notifications, in order (so, atomically).
 
 The arrays travel in binary format: parsing them as text costs the server ten times more.
 """
 
-NOTIFY_ONE: Final = "SELECT pg_notify(%s, %s)"
+NOTIFY_ONE: Final = "SELECT pg_catalog.pg_notify(%s, %s)"
 """One notification: for a single payload, half the cost of :data:`NOTIFY_MANY` on both
 sides (no arrays to build, send and unnest)."""
 
 NOTIFY_LINES: Final = (
-    "SELECT count(pg_notify(c, p)) FROM unnest("
-    "string_to_array(%s::text, E'\\n'), string_to_array(%s::text, E'\\n')) AS m(c, p)"
+    "SELECT pg_catalog.count(pg_catalog.pg_notify(c, p)) FROM ROWS FROM ("
+    "pg_catalog.unnest(pg_catalog.string_to_array(%s::text, E'\\n')),"
+    " pg_catalog.unnest(pg_catalog.string_to_array(%s::text, E'\\n'))) AS m(c, p)"
 )
 """:data:`NOTIFY_MANY` with the channels and the payloads each as one text, a line apiece.
 
@@ -310,12 +314,36 @@ REFUSALS: Final = (
     psycopg.DataError,
     psycopg.IntegrityError,
     psycopg.NotSupportedError,
+    psycopg.errors.ReadOnlySqlTransaction,
 )
 """The errors of a statement the database refuses, and will refuse again however often it is
 sent: a missing privilege, table or schema (SQLSTATE classes 42 and 3F), data it does not
-take (22, 23), a feature it lacks (0A), an exception raised on purpose (P0). Not a lost
-connection (08), a shutdown (57P), a cancelled statement, a lock or serialization failure, a
-read-only standby, a lack of resources: a retry may succeed after those."""
+take (22, 23), a feature it lacks (0A), an exception raised on purpose (P0), a write in a
+read-only database (25006: see :data:`READ_ONLY`). Not a lost connection (08), a shutdown
+(57P), a cancelled statement, a lock or serialization failure, a lack of resources: a retry
+may succeed after those."""
+
+READ_ONLY_SQLSTATE: Final = "25006"
+"""``read_only_sql_transaction``: a write refused in a read-only transaction."""
+
+READ_ONLY: Final = (
+    "the database or the role is read-only (default_transaction_read_only, or a standby)"
+)
+"""What a write refused with :data:`READ_ONLY_SQLSTATE` means, which its message does not
+say: ``default_transaction_read_only`` is on for the role or the database (a setting that
+stays until an operator changes it), or the server is a standby (after a failover, say, the
+conninfo still leading to the old primary). Counted among the :data:`REFUSALS`: sending the
+same statement again on the same database does not help."""
+
+
+def with_cause(exc: BaseException, text: str) -> str:
+    """*text* (a line saying what *exc* is), with the cause that *exc*'s message lacks.
+
+    For a write refused as read-only, :data:`READ_ONLY`; else *text* alone.
+    """
+    if getattr(exc, "sqlstate", None) == READ_ONLY_SQLSTATE:
+        return f"{text}: {READ_ONLY}"
+    return text
 
 
 class TextNotStorable(PublishError):
@@ -397,7 +425,7 @@ def _reason(conninfo: str, exc: psycopg.Error) -> str:
     password = conninfo_to_dict(conninfo).get("password")
     if password:
         reason = reason.replace(str(password), "***")
-    return reason
+    return with_cause(exc, reason)
 
 
 def type_name(value: object) -> str:

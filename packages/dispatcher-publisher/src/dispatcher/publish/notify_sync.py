@@ -49,8 +49,9 @@ from dispatcher.schema import (
 )
 
 SERVICES_QUERY = (
-    "SELECT application_name FROM pg_stat_activity"
-    " WHERE starts_with(application_name, %s) AND datname = current_database()"
+    "SELECT application_name FROM pg_catalog.pg_stat_activity"
+    " WHERE pg_catalog.starts_with(application_name, %s)"
+    " AND datname = pg_catalog.current_database()"
     " ORDER BY 1"
 )
 """The ``application_name`` of each service connected to this database, given

@@ -64,21 +64,27 @@ def insert_and_notify_statement(schema: str, notify_query: str) -> str:
     return f"{_store(schema)} SELECT ({_WAKE}), ({notify_query})"
 
 
+_COLUMNS: Final = ", ".join(
+    f"pg_catalog.unnest(%b::{kind}[])"
+    for kind in ("text", "text", "text", "text", "int4", "float8", "text", "text")
+)
+"""The arrays of :data:`JobRows`, each unnested (side by side: ``ROWS FROM``)."""
+
+
 def _store(schema: str) -> str:
     """The ``WITH`` clause inserting :data:`JobRows`, the queue of each row stored as ``stored``."""
     return (
         f"WITH stored AS (INSERT INTO {quote_identifier(schema)}.jobs"
         " (uuid, queue, task, message, max_attempts, created_at, run_after, on_duplicate,"
-        " dup_key) SELECT u, q, t, m, a, statement_timestamp(),"
-        " statement_timestamp() + make_interval(secs => d), o, k"
-        " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
-        " %b::float8[], %b::text[], %b::text[]) WITH ORDINALITY AS j(u, q, t, m, a, d, o, k, n)"
+        " dup_key) SELECT u, q, t, m, a, pg_catalog.statement_timestamp(),"
+        " pg_catalog.statement_timestamp() + pg_catalog.make_interval(secs => d), o, k"
+        f" FROM ROWS FROM ({_COLUMNS}) WITH ORDINALITY AS j(u, q, t, m, a, d, o, k, n)"
         " ORDER BY n ON CONFLICT DO NOTHING RETURNING queue)"
     )
 
 
 _WAKE: Final = (
-    f"SELECT count(pg_notify('{QUEUE_WAKEUP_CHANNEL}', queue))"
+    f"SELECT pg_catalog.count(pg_catalog.pg_notify('{QUEUE_WAKEUP_CHANNEL}', queue))"
     " FROM (SELECT DISTINCT queue FROM stored) AS woken"
 )
 """One NOTIFY per queue that received a row of ``stored``."""

@@ -37,9 +37,9 @@ def timestamp_sql(expression: str, name: str | None = None) -> str:
     and its offset from UTC in seconds; ``infinity`` or ``-infinity``; ``NULL``.
     """
     selected = (
-        f"CASE WHEN isfinite({expression})"
-        f" THEN to_char({expression}, 'YYYY-MM-DD HH24:MI:SS.US BC')"
-        f" || ' ' || extract(timezone FROM {expression})::integer"
+        f"CASE WHEN pg_catalog.isfinite({expression})"
+        f" THEN pg_catalog.to_char({expression}, 'YYYY-MM-DD HH24:MI:SS.US BC')"
+        f" || ' ' || extract(timezone FROM {expression})::integer::text"
         f" ELSE ({expression})::text END"
     )
     return selected if name is None else f"{selected} AS {name}"

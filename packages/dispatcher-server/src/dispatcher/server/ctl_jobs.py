@@ -28,6 +28,7 @@ from dispatcher.publish.connections import (
     connection_options,
     server_encoding,
     stopped_answering,
+    with_cause,
 )
 from dispatcher.publish.mistakes import did_you_mean
 from dispatcher.publish.pg_text import (
@@ -256,7 +257,8 @@ def database_error(
     unreachable = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
     if unreachable or isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return str(broker_unavailable(conninfo, exc, f"{verb} the queue in"))
-    return f"{gerund} the queue in {describe_server(conninfo)} failed: {first_line(exc)}"
+    reason = with_cause(exc, first_line(exc))
+    return f"{gerund} the queue in {describe_server(conninfo)} failed: {reason}"
 
 
 def _fail(message: str, status: int = EXIT_FAILED) -> int:

@@ -23,19 +23,23 @@ from dispatcher.server.logsafe import escape
 
 _HOLDERS: Final = """
 SELECT a.pid, coalesce(nullif(a.application_name, ''), '-'), coalesce(a.state, 'state unknown'),
-       coalesce(extract(epoch FROM now() - a.xact_start)::int::text, '?')
-FROM pg_stat_activity AS a
-WHERE a.pid <> pg_backend_pid() AND a.pid IN (
-    SELECT l.pid FROM pg_locks AS l
-    WHERE l.granted AND l.relation IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+       coalesce(extract(epoch FROM pg_catalog.now() - a.xact_start)::int::text, '?')
+FROM pg_catalog.pg_stat_activity AS a
+WHERE a.pid <> pg_catalog.pg_backend_pid() AND a.pid IN (
+    SELECT l.pid FROM pg_catalog.pg_locks AS l
+    WHERE l.granted
+      AND l.relation IN (
+        SELECT pg_catalog.to_regclass(t)::oid FROM pg_catalog.unnest(%s::text[]) AS t)
+      AND l.database = (
+        SELECT d.oid FROM pg_catalog.pg_database AS d
+        WHERE d.datname = pg_catalog.current_database()))
 ORDER BY a.xact_start LIMIT 3
 """
 """Up to three sessions holding a lock on one of the tables, oldest transaction first."""
 
 _RIGHTS: Final = """
-SELECT current_user, current_database(), n.oid IS NOT NULL,
-       pg_catalog.has_database_privilege(current_database(), 'CREATE'),
+SELECT current_user, pg_catalog.current_database(), n.oid IS NOT NULL,
+       pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'),
        n.oid IS NOT NULL AND pg_catalog.has_schema_privilege(n.oid, 'USAGE'),
        n.oid IS NOT NULL AND pg_catalog.has_schema_privilege(n.oid, 'CREATE'),
        EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c

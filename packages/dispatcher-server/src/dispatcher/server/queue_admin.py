@@ -45,8 +45,8 @@ MAX_OLDER_THAN: Final = 31_536_000
 """The most seconds :func:`purge` looks back (365 days, the longest ``keep_finished``)."""
 
 _RESET: Final = sql.SQL(
-    "state = 'queued', attempts = 0, run_after = now(), lease_until = NULL, node_id = NULL,"
-    " started_at = NULL, finished_at = NULL"
+    "state = 'queued', attempts = 0, run_after = pg_catalog.now(), lease_until = NULL,"
+    " node_id = NULL, started_at = NULL, finished_at = NULL"
 )
 """What a retry sets: waiting from now, with every attempt available again. The row's
 ``claims`` stays as it is: it fences claims, so an outcome of a claim made before the
@@ -97,7 +97,7 @@ def check_tables(conn: psycopg.Connection[Any], schema: str, config_file: str | 
     """
     name = sql.Identifier(schema).as_string(conn)
     row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+        "SELECT pg_catalog.to_regclass(%s) IS NOT NULL, pg_catalog.to_regclass(%s) IS NOT NULL",
         (f"{name}.jobs", f"{name}.{VERSION_TABLE}"),
     ).fetchone()
     if row is not None and not row[0] and row[1]:  # migrated, then the jobs table dropped
@@ -121,7 +121,9 @@ def limit_waits(conn: psycopg.Connection[Any], lock_timeout: float) -> None:
     which undoes what its transaction did. How long a statement runs once it has its locks
     is not bounded here: retrying a million failed jobs takes as long as it takes.
     """
-    conn.execute("SELECT set_config('lock_timeout', %s, false)", (_milliseconds(lock_timeout),))
+    conn.execute(
+        "SELECT pg_catalog.set_config('lock_timeout', %s, false)", (_milliseconds(lock_timeout),)
+    )
 
 
 def _milliseconds(seconds: float) -> str:
@@ -129,7 +131,7 @@ def _milliseconds(seconds: float) -> str:
     return f"{min(MAX_SETTING_MS, max(1, round(seconds * 1000)))}ms"
 
 
-_NOW: Final = f"SELECT {timestamp_sql('now()')}"
+_NOW: Final = f"SELECT {timestamp_sql('pg_catalog.now()')}"
 
 
 def list_jobs(
@@ -194,9 +196,10 @@ error of its last run follows, kept."""
 _CANCELLED_ERROR: Final = sql.SQL(
     "CASE WHEN attempts = 0 AND last_error IS NULL THEN %(fresh)s ELSE %(again)s"
     " || CASE WHEN attempts > 0"
-    " THEN format(' (%%s of %%s attempts used)', attempts, max_attempts) ELSE '' END"
-    " || CASE WHEN last_error IS NOT NULL"
-    " THEN format('; the last ended in %%s: %%s', coalesce(outcome, 'error'), last_error)"
+    " THEN pg_catalog.format(' (%%s of %%s attempts used)', attempts, max_attempts)"
+    " ELSE '' END || CASE WHEN last_error IS NOT NULL"
+    " THEN pg_catalog.format('; the last ended in %%s: %%s',"
+    " coalesce(outcome, 'error'), last_error)"
     " ELSE '' END END"
 )
 """What :func:`cancel_waiting` writes in ``last_error``: never the claim that a job that ran
@@ -220,7 +223,7 @@ def cancel_waiting(
     row = conn.execute(
         sql.SQL(
             "UPDATE {} SET state = 'cancelled', outcome = 'cancelled', last_error = {},"
-            " finished_at = now(), lease_until = NULL WHERE uuid = %(uuid)s"
+            " finished_at = pg_catalog.now(), lease_until = NULL WHERE uuid = %(uuid)s"
             " AND state = 'queued' AND (%(task)s::text IS NULL OR task = %(task)s)"
             " RETURNING queue"
         ).format(jobs, _CANCELLED_ERROR),
@@ -254,7 +257,7 @@ def cancel_waiting_of_task(
     rows = conn.execute(
         sql.SQL(
             "UPDATE {} SET state = 'cancelled', outcome = 'cancelled', last_error = {},"
-            " finished_at = now(), lease_until = NULL WHERE state = 'queued'"
+            " finished_at = pg_catalog.now(), lease_until = NULL WHERE state = 'queued'"
             " AND task = %(task)s AND (%(queue)s::text IS NULL OR queue = %(queue)s)"
             " RETURNING queue"
         ).format(_jobs(schema), _CANCELLED_ERROR),
@@ -270,7 +273,8 @@ def count_waiting(conn: psycopg.Connection[Any], schema: str, task: str) -> int:
     """
     row = conn.execute(
         sql.SQL(
-            "SELECT count(*) FROM {} WHERE state = 'queued' AND task = %s AND run_after > now()"
+            "SELECT pg_catalog.count(*) FROM {} WHERE state = 'queued' AND task = %s"
+            " AND run_after > pg_catalog.now()"
         ).format(_jobs(schema)),
         (task,),
     ).fetchone()
@@ -363,7 +367,7 @@ def _wake(conn: psycopg.Connection[Any], queues: Counter[str]) -> None:
     names: Sequence[str] = sorted(queues)
     if names:
         conn.execute(
-            "SELECT pg_notify(%s, name) FROM unnest(%s::text[]) AS name",
+            "SELECT pg_catalog.pg_notify(%s, name) FROM pg_catalog.unnest(%s::text[]) AS name",
             (QUEUE_WAKEUP_CHANNEL, list(names)),
         )
 
@@ -400,7 +404,8 @@ def purge(
     ).format(
         jobs=_jobs(schema),
         old=sql.SQL(
-            "state = %(state)s AND finished_at < now() - make_interval(secs => %(older_than)s)"
+            "state = %(state)s AND finished_at"
+            " < pg_catalog.now() - pg_catalog.make_interval(secs => %(older_than)s)"
             + ("" if queue is None else " AND queue = %(queue)s")
         ),
     )

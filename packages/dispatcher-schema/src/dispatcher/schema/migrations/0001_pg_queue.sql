@@ -17,14 +17,14 @@ CREATE TABLE {schema}.jobs (
     attempts      integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_attempts  integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 1000),
     -- Not before: now() for a job to run at once, later for a delay or a retry's backoff.
-    run_after     timestamptz NOT NULL DEFAULT now(),
+    run_after     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- While running: until when the claiming service holds it (renewed while it runs).
     lease_until   timestamptz,
     node_id       text,
     -- on_duplicate: the identity of (task, args, kwargs), set unless the mode is parallel.
     on_duplicate  text CHECK (on_duplicate IN ('discard', 'serial', 'queue_one')),
     dup_key       text,
-    created_at    timestamptz NOT NULL DEFAULT now(),
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
     started_at    timestamptz,
     finished_at   timestamptz,
     -- The outcome of the last attempt (ok, error, timeout, worker_lost, ...), its error
@@ -63,6 +63,6 @@ CREATE UNIQUE INDEX jobs_one_active ON {schema}.jobs (dup_key)
 CREATE TABLE {schema}.schedule_ticks (
     task        text NOT NULL,
     tick        bigint NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now(),
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (task, tick)
 );

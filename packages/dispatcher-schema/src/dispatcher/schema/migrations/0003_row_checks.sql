@@ -11,15 +11,15 @@
 -- Safe to run again.
 
 UPDATE {schema}.jobs
-SET state = 'failed', lease_until = NULL, finished_at = now(), outcome = 'rejected',
+SET state = 'failed', lease_until = NULL, finished_at = pg_catalog.now(), outcome = 'rejected',
     last_error = CASE
         WHEN state = 'running'
             THEN 'rejected: running without a lease that can run out'
-        ELSE format('rejected: waiting with no attempt left (%s of %s used)',
+        ELSE pg_catalog.format('rejected: waiting with no attempt left (%s of %s used)',
                     least(attempts, max_attempts), max_attempts)
     END
 WHERE (state = 'queued' AND attempts >= max_attempts)
-   OR (state = 'running' AND (lease_until IS NULL OR NOT isfinite(lease_until)));
+   OR (state = 'running' AND (lease_until IS NULL OR NOT pg_catalog.isfinite(lease_until)));
 
 UPDATE {schema}.jobs SET attempts = max_attempts WHERE attempts > max_attempts;
 
@@ -29,4 +29,4 @@ ALTER TABLE {schema}.jobs
     ADD CONSTRAINT jobs_attempts_left CHECK (
         attempts <= max_attempts AND (state <> 'queued' OR attempts < max_attempts)),
     ADD CONSTRAINT jobs_running_leased CHECK (
-        state <> 'running' OR (lease_until IS NOT NULL AND isfinite(lease_until)));
+        state <> 'running' OR (lease_until IS NOT NULL AND pg_catalog.isfinite(lease_until)));

@@ -32,7 +32,7 @@ from psycopg import sql
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.publish import AsyncConnectionProvider, describe_server
-from dispatcher.publish.connections import connection_options
+from dispatcher.publish.connections import NOTIFY_ONE, connection_options
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     is_valid_channel_name,
@@ -70,7 +70,8 @@ async def open_connection(conninfo: str, application_name: str) -> psycopg.Async
 
 
 NEVER_IDLE_OUT: Final = (
-    "SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'idle_session_timeout'"
+    "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings"
+    " WHERE name = 'idle_session_timeout'"
 )
 """Keeps a LISTEN session from being ended for idleness (PostgreSQL 14 and later): waiting
 for notifications is all it does, and ``idle_session_timeout`` set on the role or the database
@@ -200,7 +201,7 @@ class PgNotifyBroker(BrokerBase):
         timeout = self.settings.self_check_timeout
         try:
             with anyio.fail_after(timeout):
-                await conn.execute("SELECT pg_notify(%s, %s)", (self.check_channel, token))
+                await conn.execute(NOTIFY_ONE, (self.check_channel, token))
                 while True:
                     drain.run()
                     if drain.check_token == token:

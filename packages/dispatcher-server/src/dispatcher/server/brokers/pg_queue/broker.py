@@ -67,7 +67,9 @@ CLOSE_FLUSH_TIMEOUT: Final = 5.0
 during the stop's grace, and at the end those still waiting). The first that takes longer
 shows the database is not answering: the stop writes nothing more, so that it costs no
 more than that; a database that answers gets every outcome written."""
-_SERVER_UP_FOR: Final = b"SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8"
+_SERVER_UP_FOR: Final = (
+    b"SELECT extract(epoch FROM pg_catalog.now() - pg_catalog.pg_postmaster_start_time())::float8"
+)
 """Seconds since the database server started."""
 TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
 """The ``on_duplicate`` modes the table enforces (``parallel`` needs nothing)."""

@@ -13,7 +13,9 @@ its statements in ``read committed`` (the isolation they are written for). Then 
 runs (the broker checks the tables' version and sweeps what dead services left behind).
 While the server cannot be reached, attempts to connect are spaced by a growing delay (0.1
 s, doubling up to 30 s), shared by every user of the connection, and each failure is
-logged once.
+logged once. So are the statements after a write the server refused as read-only (a
+standby, or ``default_transaction_read_only`` on the role or the database): the connection
+is replaced, after that delay.
 
 A statement the server rolled back for a serialization failure or a deadlock is sent again
 (at most :data:`RETRIES` times), on the same connection: it did nothing, and the connection
@@ -35,7 +37,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import IdleWatch
+from dispatcher.publish.connections import IdleWatch, with_cause
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
@@ -69,15 +71,16 @@ IDLE_END_LINES_WINDOW: Final = 60.0
 while it was idle; the others are counted, and the count is logged once they are over."""
 
 _SESSION: Final = b"""
-SELECT set_config(s.name, s.value, false)
+SELECT pg_catalog.set_config(s.name, s.value, false)
 FROM (VALUES ('statement_timeout', %(timeout)s, false),
              ('idle_in_transaction_session_timeout', %(timeout)s, false),
              ('plan_cache_mode', 'force_generic_plan', false),
              ('jit', 'off', false),
              ('lock_timeout', %(lock_timeout)s, false),
              ('idle_session_timeout', '0', true),
-             ('default_transaction_isolation', 'read committed', true)) AS s(name, value, always)
-JOIN pg_settings AS p USING (name)
+             ('default_transaction_isolation', 'read committed', true),
+             ('search_path', 'pg_catalog, pg_temp', true)) AS s(name, value, always)
+JOIN pg_catalog.pg_settings AS p USING (name)
 WHERE s.value IS NOT NULL
   AND (s.always OR p.source NOT IN ('client', 'user', 'database', 'database user'))
 """
@@ -91,6 +94,14 @@ and a new connection), and ``default_transaction_isolation`` read committed (the
 are written for it: under ``serializable`` they fail with serialization errors, which a
 claim in read committed never meets). Through a pooler in transaction mode nothing is set
 (see :class:`QueueDatabase`): set them on the services' role.
+
+A third is set whatever the operator chose: ``search_path`` is ``pg_catalog, pg_temp``. No
+statement needs another (each names its tables with their schema, and each built-in
+function as ``pg_catalog.<name>``, so that none resolves through a schema another role may
+create in, pooler or not); this makes sure of the operators as well (``=``, ``||``): a
+schema of the role's ``search_path`` that another role may create in (``public`` before
+PostgreSQL 15, one named like the role) could otherwise hold an operator with concrete
+types that beats a built-in one, and runs as this role. See security.md.
 
 Each statement of the broker runs thousands of times, with arrays whose length changes
 every time: planning it anew for each run (as PostgreSQL does whenever the custom plans
@@ -164,6 +175,9 @@ class QueueDatabase:
         self._lock = anyio.Lock()
         self._backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
         self._retry_at = 0.0
+        self._read_only = False
+        """The last statement was a write refused as read-only, and none has passed since:
+        the delays before the next connections keep growing though each opens."""
         self.where = describe_server(conninfo)
         """The server, for log lines (never the password)."""
         self._failing: tuple[float, float] | None = None
@@ -202,7 +216,7 @@ class QueueDatabase:
         sent = time.monotonic()
         try:
             cursor = await conn.execute(statement, params)
-            return await cursor.fetchall() if cursor.description is not None else []
+            rows = await cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.IdleSessionTimeout):
                 self._ended_while_idle(_reason(exc.diag))
@@ -213,6 +227,14 @@ class QueueDatabase:
                 await self.discard(reason, conn)
             elif isinstance(exc, psycopg.errors.UndefinedTable):
                 await self.discard(None, conn)  # the next connection says which command to run
+            elif isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+                # A standby, or a read-only role or database: every write fails until an
+                # operator mends it. Waited out as an unreachable server is (a new
+                # connection may reach the primary after a failover), not tried at once.
+                self._read_only = True
+                self._failed_since(sent)
+                self._failed(exc)
+                await self.discard(None, conn)
             elif isinstance(exc, _PREPARED_STATEMENT_LOST) and not self._unprepared:
                 self._unprepared = True
                 if self.where not in _WARNED_UNPREPARED:
@@ -232,6 +254,10 @@ class QueueDatabase:
             self._failed_since(sent)
             await self.discard(None, conn)
             raise
+        if self._read_only:
+            self._read_only = False
+            self._backoff.reset()
+        return rows
 
     def _ended_while_idle(self, reason: str | None) -> None:
         """Say that the server ended the idle connection, for *reason* (``None``: not known).
@@ -329,7 +355,8 @@ class QueueDatabase:
                     self._failed_since(began)
                     self._failed(exc)
                 raise
-            self._backoff.reset()
+            if not self._read_only:
+                self._backoff.reset()
             self._retry_at = 0.0
             self._failing = None
             self._conn = conn
@@ -348,7 +375,7 @@ class QueueDatabase:
         logger.warning(
             "pg_queue connection to %s failed (%s); retrying in %.1f s",
             self.where,
-            first_line(exc),
+            with_cause(exc, first_line(exc)),
             delay,
         )
 

@@ -62,15 +62,17 @@ def version_queries(schema: str) -> tuple[str, str]:
     missing, and :data:`UNRECORDED` when none is but the jobs table is there.
     """
     table = f"{quoted(schema)}.{VERSION_TABLE}"
-    jobs = f"to_regclass({sql.Literal(f'{quoted(schema)}.jobs').as_string(None)})"
+    jobs = f"pg_catalog.to_regclass({sql.Literal(f'{quoted(schema)}.jobs').as_string(None)})"
     exists = (
-        f"SELECT CASE WHEN to_regclass({sql.Literal(table).as_string(None)}) IS NOT NULL "
-        f"THEN {ASK} WHEN {jobs} IS NOT NULL THEN {UNRECORDED} ELSE 0 END"
+        "SELECT CASE WHEN pg_catalog.to_regclass("
+        f"{sql.Literal(table).as_string(None)}) IS NOT NULL THEN {ASK}"
+        f" WHEN {jobs} IS NOT NULL THEN {UNRECORDED} ELSE 0 END"
     )
     version = (
-        f"SELECT CASE WHEN max(version) > 0 AND {jobs} IS NULL THEN {DAMAGED}"
-        f" WHEN coalesce(max(version), 0) = 0 AND {jobs} IS NOT NULL THEN {UNRECORDED}"
-        f" ELSE coalesce(max(version), 0) END FROM {table}"
+        f"SELECT CASE WHEN pg_catalog.max(version) > 0 AND {jobs} IS NULL THEN {DAMAGED}"
+        f" WHEN coalesce(pg_catalog.max(version), 0) = 0 AND {jobs} IS NOT NULL"
+        f" THEN {UNRECORDED}"
+        f" ELSE coalesce(pg_catalog.max(version), 0) END FROM {table}"
     )
     return exists, version
 
@@ -226,14 +228,14 @@ def _setup(schema: str) -> tuple[str, ...]:
     name = quoted(schema)
     lock_key = sql.Literal(f"dispatcher.migrate:{schema}").as_string(None)
     return (
-        f"SELECT pg_advisory_xact_lock(hashtextextended({lock_key}, 0))",
+        f"SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended({lock_key}, 0))",
         # Created only when missing: CREATE SCHEMA IF NOT EXISTS needs the right to create
         # schemas in the database even when this one exists (a DBA may have made it).
-        f"DO $$BEGIN IF to_regnamespace({sql.Literal(name).as_string(None)}) IS NULL THEN "
-        f"CREATE SCHEMA {name}; END IF; END$$",
+        "DO $$BEGIN IF pg_catalog.to_regnamespace("
+        f"{sql.Literal(name).as_string(None)}) IS NULL THEN CREATE SCHEMA {name}; END IF; END$$",
         f"CREATE TABLE IF NOT EXISTS {name}.{VERSION_TABLE} (\n"
         "    version     integer PRIMARY KEY,\n"
-        "    applied_at  timestamptz NOT NULL DEFAULT now()\n"
+        "    applied_at  timestamptz NOT NULL DEFAULT pg_catalog.now()\n"
         ")",
     )
 
@@ -254,7 +256,9 @@ def bound_lock_waits(conn: psycopg.Connection[Any], seconds: float) -> None:
 
     Then it fails with :class:`psycopg.errors.LockNotAvailable`. Needs no privilege.
     """
-    conn.execute(b"SELECT set_config('lock_timeout', %s, true)", (_lock_timeout(seconds),))
+    conn.execute(
+        b"SELECT pg_catalog.set_config('lock_timeout', %s, true)", (_lock_timeout(seconds),)
+    )
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None = None) -> Plan:
@@ -273,7 +277,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None 
     :raises MigrationError: when the tables are newer than this code.
     """
     with conn.transaction():
-        conn.execute(b"SELECT set_config('lock_timeout', '0', true)")
+        conn.execute(b"SELECT pg_catalog.set_config('lock_timeout', '0', true)")
         first, *setup = _setup(schema)
         conn.execute(first.encode())  # waits for a concurrent run to commit
         if lock_wait is not None:  # from here on, each wait for a lock is bounded

@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple
 
 import psycopg
 
+from dispatcher.publish.connections import with_cause
 from dispatcher.schema import DispatcherError
 from dispatcher.server.brokers.pg_queue import sql
 from dispatcher.server.brokers.pg_queue.migrations import VERSION_TABLE, quoted
@@ -95,8 +96,8 @@ _ANY: Final = "*"
 
 _LACKING: Final = """
 SELECT current_user, n.name, n.privilege, n.col
-FROM unnest(%(names)s::text[], %(privileges)s::text[], %(columns)s::text[])
-    AS n(name, privilege, col)
+FROM ROWS FROM (pg_catalog.unnest(%(names)s::text[]), pg_catalog.unnest(%(privileges)s::text[]),
+    pg_catalog.unnest(%(columns)s::text[])) AS n(name, privilege, col)
 CROSS JOIN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s) AS s
 LEFT JOIN pg_catalog.pg_class AS c ON c.relnamespace = s.oid AND c.relname = n.name
 LEFT JOIN pg_catalog.pg_attribute AS a
@@ -221,12 +222,13 @@ async def lacking_async(fetch: Fetch, schema: str, needs: Sequence[Need]) -> Lac
 async def explain(exc: BaseException, fetch: Fetch, schema: str, needs: Sequence[Need]) -> str:
     """The first line of *exc*; for a refused privilege, with the ``GRANT`` that mends it.
 
-    Asked of the database (through *fetch*) only when *exc* is a refused privilege; when
-    that fails too, or finds nothing lacking among *needs*, the error alone.
+    A write refused as read-only says why (``connections.READ_ONLY``). The database is asked
+    (through *fetch*) only when *exc* is a refused privilege; when that fails too, or finds
+    nothing lacking among *needs*, the error alone.
     """
     text = first_line(exc)
     if not isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return text
+        return with_cause(exc, text)
     try:
         found = await lacking_async(fetch, schema, needs)
     except Exception:  # whatever the failure, the error alone says enough

@@ -48,15 +48,15 @@ for a reconnect (the retries back off from :data:`SAMPLE_INTERVAL`: 5, 10, 20 s)
 enough that a service that lost the database stops reporting the depth it last saw."""
 
 _QUERY: Final = """
-WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now)
+WITH clock AS MATERIALIZED (SELECT pg_catalog.clock_timestamp() AS now)
 SELECT q.name,
-  (SELECT count(*) FROM (SELECT FROM {jobs} j WHERE j.state = 'queued' AND j.queue = q.name
-     AND j.run_after <= clock.now LIMIT %(cap)s) ready),
-  (SELECT count(*) FROM (SELECT FROM {jobs} j WHERE j.state = 'queued' AND j.queue = q.name
-     AND j.run_after > clock.now LIMIT %(cap)s) delayed),
-  (SELECT coalesce(extract(epoch FROM clock.now - min(j.run_after)), 0)::float8 FROM {jobs} j
-     WHERE j.state = 'queued' AND j.queue = q.name AND j.run_after <= clock.now)
-FROM unnest(%(queues)s::text[]) AS q(name), clock
+  (SELECT pg_catalog.count(*) FROM (SELECT FROM {jobs} j WHERE j.state = 'queued'
+     AND j.queue = q.name AND j.run_after <= clock.now LIMIT %(cap)s) ready),
+  (SELECT pg_catalog.count(*) FROM (SELECT FROM {jobs} j WHERE j.state = 'queued'
+     AND j.queue = q.name AND j.run_after > clock.now LIMIT %(cap)s) delayed),
+  (SELECT coalesce(extract(epoch FROM clock.now - pg_catalog.min(j.run_after)), 0)::float8
+     FROM {jobs} j WHERE j.state = 'queued' AND j.queue = q.name AND j.run_after <= clock.now)
+FROM pg_catalog.unnest(%(queues)s::text[]) AS q(name), clock
 """
 """Ready and delayed jobs, and the oldest ready job's age, per queue.
 
@@ -68,9 +68,9 @@ as delayed.
 
 
 _LOCAL_SETTINGS: Final = b"""
-SELECT set_config(s.name, s.value, true)
+SELECT pg_catalog.set_config(s.name, s.value, true)
 FROM (VALUES ('statement_timeout', %(timeout)s), ('jit', 'off')) AS s(name, value)
-JOIN pg_settings AS p USING (name)
+JOIN pg_catalog.pg_settings AS p USING (name)
 WHERE s.name = 'statement_timeout'
    OR p.source NOT IN ('client', 'user', 'database', 'database user')
 """

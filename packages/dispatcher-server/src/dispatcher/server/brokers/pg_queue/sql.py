@@ -43,13 +43,14 @@ may: the jobs_one_waiting index); it is cancelled instead."""
 
 _LIMIT = """CASE WHEN j.max_attempts = %(default_attempts)s THEN greatest({least}, coalesce((
             SELECT d.n
-            FROM unnest(%(limit_tasks)s::text[], %(limit_values)s::integer[]) AS d(task, n)
+            FROM ROWS FROM (pg_catalog.unnest(%(limit_tasks)s::text[]),
+                pg_catalog.unnest(%(limit_values)s::integer[])) AS d(task, n)
             WHERE d.task = j.task LIMIT 1), j.max_attempts)) ELSE j.max_attempts END"""
 """The row's ``max_attempts``, or its task's declared one (``limit_tasks``, ``limit_values``)
 when the row has the queue's default (``default_attempts``), never below ``{least}`` (the
 attempt it is at): see :mod:`.limits`."""
 
-_CLAIMABLE = """j.state = 'queued' AND j.run_after <= now()
+_CLAIMABLE = """j.state = 'queued' AND j.run_after <= pg_catalog.now()
           AND (j.on_duplicate IS NULL OR j.on_duplicate = 'discard' OR NOT EXISTS (
                 SELECT 1 FROM {s}.jobs AS r
                 WHERE r.state = 'running' AND r.dup_key = j.dup_key
@@ -58,22 +59,23 @@ _CLAIMABLE = """j.state = 'queued' AND j.run_after <= now()
 queue_one job running."""
 
 _FAIR_CANDIDATES = """active AS (
-    SELECT q.name, row_number() OVER (ORDER BY q.turn) - 1 AS seat, count(*) OVER () AS n
-    FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, turn)
+    SELECT q.name, pg_catalog.row_number() OVER (ORDER BY q.turn) - 1 AS seat,
+        pg_catalog.count(*) OVER () AS n
+    FROM pg_catalog.unnest(%(queues)s::text[]) WITH ORDINALITY AS q(name, turn)
     CROSS JOIN LATERAL (
         SELECT 1 FROM {s}.jobs AS j WHERE j.queue = q.name AND {claimable} LIMIT 1
     ) AS ready
 ), candidates AS MATERIALIZED (
     SELECT c.*, a.seat, a.quota
     FROM (
-        SELECT a.name, a.seat, greatest(1, %(limit)s / a.n
-            + CASE WHEN a.seat < %(limit)s %% a.n THEN 1 ELSE 0 END) AS quota
+        SELECT a.name, a.seat, greatest(1, %(limit)s::bigint / a.n
+            + CASE WHEN a.seat < %(limit)s::bigint %% a.n THEN 1 ELSE 0 END) AS quota
         FROM active AS a
     ) AS a
     CROSS JOIN LATERAL (
-        SELECT l.*, row_number() OVER () AS rank
+        SELECT l.*, pg_catalog.row_number() OVER () AS rank
         FROM (
-            SELECT j.id, j.dup_key, j.run_after, octet_length(j.message) AS size
+            SELECT j.id, j.dup_key, j.run_after, pg_catalog.octet_length(j.message) AS size
             FROM {s}.jobs AS j
             WHERE j.queue = a.name AND {claimable}
             ORDER BY j.run_after, j.id
@@ -87,7 +89,7 @@ _FAIR_CANDIDATES = """active AS (
 each queue's oldest first, in turns (see :data:`CLAIM`)."""
 
 _SINGLE_CANDIDATES = """candidates AS MATERIALIZED (
-    SELECT j.id, j.dup_key, j.run_after, octet_length(j.message) AS size
+    SELECT j.id, j.dup_key, j.run_after, pg_catalog.octet_length(j.message) AS size
     FROM {s}.jobs AS j
     WHERE j.queue = (%(queues)s::text[])[1] AND {claimable}
     ORDER BY j.run_after, j.id
@@ -98,14 +100,14 @@ _SINGLE_CANDIDATES = """candidates AS MATERIALIZED (
 
 _CLAIM = """
 WITH quick AS (
-    SELECT set_config('synchronous_commit', 'off', true) AS commit_mode
+    SELECT pg_catalog.set_config('synchronous_commit', 'off', true) AS commit_mode
 ), {candidates}, chosen AS (
     SELECT DISTINCT ON (coalesce(c.dup_key, c.id::text)) c.*
     FROM candidates AS c
     ORDER BY coalesce(c.dup_key, c.id::text), c.run_after, c.id
 ), claimed AS (
     SELECT o.id FROM (
-        SELECT c.id, sum(c.size) OVER (ORDER BY {order}) - c.size AS before
+        SELECT c.id, pg_catalog.sum(c.size) OVER (ORDER BY {order}) - c.size AS before
         FROM chosen AS c, quick
         ORDER BY {order} LIMIT %(limit)s
     ) AS o
@@ -114,29 +116,33 @@ WITH quick AS (
     UPDATE {s}.jobs AS j
     SET state = 'running', attempts = j.attempts + 1, claims = j.claims %% 2147483647 + 1,
         max_attempts = {claim_limit}, node_id = %(node_id)s,
-        lease_until = now() + make_interval(secs => %(lease)s), started_at = now()
+        lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => %(lease)s),
+        started_at = pg_catalog.now()
     FROM claimed
     WHERE j.id = claimed.id
     RETURNING j.id, j.attempts, j.claims, j.queue,
-        CASE WHEN octet_length(j.message) <= %(max_bytes)s THEN j.message END AS message,
-        octet_length(j.message) AS size, (SELECT {read} FROM candidates AS c) AS candidates,
+        CASE WHEN pg_catalog.octet_length(j.message) <= %(max_bytes)s
+            THEN j.message END AS message,
+        pg_catalog.octet_length(j.message) AS size,
+        (SELECT {read} FROM candidates AS c) AS candidates,
         j.uuid, j.task, j.on_duplicate,
-        CASE WHEN j.outcome IS NULL AND isfinite(j.run_after) AND isfinite(j.created_at)
+        CASE WHEN j.outcome IS NULL AND pg_catalog.isfinite(j.run_after)
+                AND pg_catalog.isfinite(j.created_at)
             THEN extract(epoch FROM j.run_after - j.created_at)::float8 END AS delay
 )
 SELECT t.*, NULL::float8 AS next_in FROM taken AS t
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, (
-    SELECT extract(epoch FROM min(n.run_after) - now())::float8
-    FROM unnest(%(queues)s::text[]) AS q(name)
+    SELECT extract(epoch FROM pg_catalog.min(n.run_after) - pg_catalog.now())::float8
+    FROM pg_catalog.unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
         SELECT w.run_after FROM {s}.jobs AS w
-        WHERE w.queue = q.name AND w.state = 'queued' AND w.run_after > now()
+        WHERE w.queue = q.name AND w.state = 'queued' AND w.run_after > pg_catalog.now()
           AND w.run_after < 'infinity'
         ORDER BY w.run_after
         LIMIT 1
     ) AS n)
-WHERE (SELECT count(*) FROM taken) < %(limit)s
+WHERE (SELECT pg_catalog.count(*) FROM taken) < %(limit)s
 """
 
 CLAIM = _CLAIM.replace(
@@ -144,7 +150,9 @@ CLAIM = _CLAIM.replace(
 ).replace(
     "{order}", "c.rank, c.seat"
 ).replace(
-    "{read}", "count(*) + CASE WHEN bool_or(c.rank >= c.quota) THEN %(limit)s ELSE 0 END"
+    "{read}",
+    "pg_catalog.count(*)"
+    " + CASE WHEN pg_catalog.bool_or(c.rank >= c.quota) THEN %(limit)s ELSE 0 END",
 )  # fmt: skip
 """Claim up to ``limit`` ready rows, shared fairly among the ``queues``, at most one per serial
 or queue_one key and none whose twin runs: running under a lease, one attempt more.
@@ -195,7 +203,7 @@ CLAIM_SINGLE = _CLAIM.replace(
 ).replace(
     "{order}", "c.run_after, c.id"
 ).replace(
-    "{read}", "count(*)"
+    "{read}", "pg_catalog.count(*)"
 )  # fmt: skip
 """:data:`CLAIM` for a service of one queue (the first of ``queues``), the same rows in the
 same order with less work: its oldest ready rows, up to ``limit``; the candidates it gives
@@ -215,7 +223,8 @@ CLAIM_USES = Uses(
 RENEW = """
 WITH held AS MATERIALIZED (
     SELECT h.*, 'running' AS state
-    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(claims)s::integer[])
+    FROM ROWS FROM (pg_catalog.unnest(%(ids)s::bigint[]),
+        pg_catalog.unnest(%(attempts)s::integer[]), pg_catalog.unnest(%(claims)s::integer[]))
         AS h(id, attempts, claims)
 ), ours AS MATERIALIZED (
     SELECT h.id
@@ -233,7 +242,7 @@ WITH held AS MATERIALIZED (
     ) AS j
 ), renewed AS (
     UPDATE {s}.jobs AS j
-    SET lease_until = now() + make_interval(secs => %(lease)s)
+    SET lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => %(lease)s)
     FROM free AS f
     WHERE j.id = f.id
     RETURNING j.id
@@ -261,7 +270,7 @@ RENEW_USES = Uses(reads=("id", "state", "claims", "attempts"), writes=("lease_un
 
 ACKNOWLEDGE = """
 WITH settled AS (
-    SELECT * FROM json_to_recordset(%(acks)s::json) AS s(
+    SELECT * FROM pg_catalog.json_to_recordset(%(acks)s::json) AS s(
         id bigint, attempts integer, claims integer, kind text, outcome text, error text,
         result text, delay float8
     )
@@ -288,9 +297,10 @@ SET state = t.next,
     attempts = CASE WHEN t.kind = 'requeue' THEN j.attempts - 1 ELSE j.attempts END,
     max_attempts = t.max_attempts,
     run_after = CASE WHEN t.next = 'queued'
-                     THEN now() + make_interval(secs => t.delay) ELSE j.run_after END,
+                     THEN pg_catalog.now() + pg_catalog.make_interval(secs => t.delay)
+                     ELSE j.run_after END,
     lease_until = NULL,
-    finished_at = CASE WHEN t.next = 'queued' THEN NULL ELSE now() END,
+    finished_at = CASE WHEN t.next = 'queued' THEN NULL ELSE pg_catalog.now() END,
     outcome = CASE WHEN t.kind = 'requeue' THEN j.outcome ELSE t.outcome END,
     last_error = CASE
         WHEN t.kind = 'requeue' THEN j.last_error
@@ -302,7 +312,8 @@ FROM target AS t
 WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
 RETURNING j.queue, t.kind, j.state, j.on_duplicate IN ('serial', 'queue_one'), j.id, j.claims,
     CASE WHEN t.kind = 'retry'
-        THEN json_build_array(j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, t.delay)
+        THEN pg_catalog.json_build_array(
+            j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, t.delay)
     END,
     t.state <> 'running'
 """
@@ -356,22 +367,23 @@ WITH expired AS (
     FROM (
         SELECT j.id, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate, j.dup_key
         FROM {s}.jobs AS j
-        WHERE j.state = 'running' AND j.lease_until < now()
+        WHERE j.state = 'running' AND j.lease_until < pg_catalog.now()
         ORDER BY j.lease_until
         LIMIT %(limit)s
         FOR UPDATE OF j SKIP LOCKED
     ) AS j
 )
 UPDATE {s}.jobs AS j
-SET state = e.next, max_attempts = e.max_attempts, run_after = now(), lease_until = NULL,
-    finished_at = CASE WHEN e.next = 'queued' THEN NULL ELSE now() END,
+SET state = e.next, max_attempts = e.max_attempts, run_after = pg_catalog.now(),
+    lease_until = NULL,
+    finished_at = CASE WHEN e.next = 'queued' THEN NULL ELSE pg_catalog.now() END,
     outcome = 'worker_lost',
-    last_error = format(
+    last_error = pg_catalog.format(
         'worker_lost: the lease of node %%s ran out at %%s during attempt %%s '
         '(the service died, or lost its database connection)',
         j.node_id, j.lease_until, j.attempts)
 FROM expired AS e
-WHERE j.id = e.id AND j.state = 'running' AND j.lease_until < now()
+WHERE j.id = e.id AND j.state = 'running' AND j.lease_until < pg_catalog.now()
 RETURNING j.queue, j.state
 """
 """Take back up to ``limit`` rows whose lease ran out: their service is gone. The attempt
@@ -394,11 +406,11 @@ SWEEP_USES = Uses(
 PURGE = """
 DELETE FROM {s}.jobs WHERE id = ANY(ARRAY(
     SELECT o.id
-    FROM unnest(%(queues)s::text[]) AS q(name)
+    FROM pg_catalog.unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
         SELECT j.id FROM {s}.jobs AS j
         WHERE j.queue = q.name AND j.state = '{state}'
-          AND j.finished_at < now() - make_interval(secs => %(keep)s)
+          AND j.finished_at < pg_catalog.now() - pg_catalog.make_interval(secs => %(keep)s)
         ORDER BY j.finished_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -425,7 +437,7 @@ PURGE_USES = Uses(reads=("id", "queue", "state", "finished_at"))
 PURGE_TICKS = """
 DELETE FROM {s}.schedule_ticks WHERE (task, tick) IN (
     SELECT task, tick FROM {s}.schedule_ticks
-    WHERE created_at < now() - make_interval(secs => %(keep)s)
+    WHERE created_at < pg_catalog.now() - pg_catalog.make_interval(secs => %(keep)s)
     LIMIT %(limit)s)
 RETURNING tick
 """
@@ -444,19 +456,20 @@ PURGE_TICKS_USES = Uses(reads=("task", "tick", "created_at"))
 SUBMIT_TICK = """
 WITH tick AS (
     INSERT INTO {s}.schedule_ticks (task, tick)
-    SELECT %(task)s, t FROM unnest(%(ticks)s::bigint[]) AS t
+    SELECT %(task)s, t FROM pg_catalog.unnest(%(ticks)s::bigint[]) AS t
     ON CONFLICT DO NOTHING
     RETURNING tick
 ), job AS (
     INSERT INTO {s}.jobs (uuid, queue, task, message, max_attempts, run_after,
                           on_duplicate, dup_key)
     SELECT %(uuid)s, %(queue)s, %(task)s, %(message)s, %(max_attempts)s,
-           now() + make_interval(secs => %(delay)s), %(on_duplicate)s, %(dup_key)s
-    WHERE (SELECT count(*) FROM tick) = cardinality(%(ticks)s::bigint[])
+           pg_catalog.now() + pg_catalog.make_interval(secs => %(delay)s), %(on_duplicate)s,
+           %(dup_key)s
+    WHERE (SELECT pg_catalog.count(*) FROM tick) = pg_catalog.cardinality(%(ticks)s::bigint[])
     ON CONFLICT DO NOTHING
     RETURNING queue
 )
-SELECT pg_notify(%(channel)s, job.queue) FROM job
+SELECT pg_catalog.pg_notify(%(channel)s, job.queue) FROM job
 """
 """Store a scheduled task's job once per (task, tick) across every service: only the one
 whose tick rows (``ticks``: every number the tick is known by) are all new inserts the job
@@ -470,11 +483,12 @@ SUBMIT_TICK_USES = {"jobs": Uses(reads=("queue",)), "schedule_ticks": Uses(reads
 
 QUARANTINE = """
 WITH {candidates}
-SELECT j.id, convert_to(j.uuid, e.name) AS uuid, convert_to(j.task, e.name) AS task,
-    convert_to(j.message, e.name) AS message, e.name AS encoding
+SELECT j.id, pg_catalog.convert_to(j.uuid, e.name) AS uuid,
+    pg_catalog.convert_to(j.task, e.name) AS task,
+    pg_catalog.convert_to(j.message, e.name) AS message, e.name AS encoding
 FROM candidates AS c
 JOIN {s}.jobs AS j ON j.id = c.id
-CROSS JOIN (SELECT current_setting('server_encoding') AS name) AS e
+CROSS JOIN (SELECT pg_catalog.current_setting('server_encoding')::name AS name) AS e
 ORDER BY j.id
 """.replace("{candidates}", _FAIR_CANDIDATES)
 """The rows a claim would read (``queues``, ``limit``: the candidates of :data:`CLAIM`, which
@@ -485,7 +499,7 @@ bytes that it leaves undefined (``0x81`` in ``WIN1252``), when a client in that 
 writes them (see ``claims.Claimer``)."""
 
 QUARANTINE_CHECK = """
-SELECT octet_length(convert_to(CASE %(column)s
+SELECT pg_catalog.octet_length(pg_catalog.convert_to(CASE %(column)s
         WHEN 'uuid' THEN j.uuid WHEN 'task' THEN j.task ELSE j.message END, 'UTF8'))
 FROM {s}.jobs AS j
 WHERE j.id = %(id)s
@@ -496,9 +510,10 @@ server knows (``EUC_JP``...)."""
 
 QUARANTINE_FAIL = """
 UPDATE {s}.jobs AS j
-SET state = 'failed', lease_until = NULL, finished_at = now(), outcome = 'rejected',
+SET state = 'failed', lease_until = NULL, finished_at = pg_catalog.now(), outcome = 'rejected',
     last_error = f.error
-FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
+FROM ROWS FROM (pg_catalog.unnest(%(ids)s::bigint[]), pg_catalog.unnest(%(errors)s::text[]))
+    AS f(id, error)
 WHERE j.id = f.id AND j.state = 'queued'
 """
 """Fail the rows ``ids`` that no service can read, each with its ``errors`` text."""
