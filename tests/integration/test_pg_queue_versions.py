@@ -295,6 +295,36 @@ def test_migrate_waits_for_a_migrate_in_progress_past_its_lock_timeout(
     assert f"from version 2 to {latest_version()}" in stdout
 
 
+def test_a_migrate_whose_connection_is_lost_says_nothing_was_changed(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str
+) -> None:
+    schema = at_version(pg_conn, unique_schema(), 2)
+    path = write_config(tmp_path, queue_config(pg_dsn, schema, channel))
+    with psycopg.connect(pg_dsn) as holder:  # the upgrade of jobs waits behind it
+        holder.execute(sql.SQL("SELECT count(*) FROM {}.jobs").format(sql.Identifier(schema)))
+        process = subprocess.Popen(
+            [*CTL, "--timeout", "30", "migrate", "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        blocked = (
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND wait_event = 'relation' AND datname = current_database()"
+        )
+        wait_until(lambda: pg_conn.execute(blocked).fetchone() is not None, timeout=20)
+        pg_conn.execute(f"SELECT pg_terminate_backend(({blocked}))")
+        stdout, stderr = process.communicate(timeout=30)
+    assert (process.returncode, stdout) == (1, "")
+    assert "the database stopped answering during the migration" in stderr
+    assert stderr.endswith(
+        "the migration is one transaction: nothing was changed, unless it was lost as it "
+        "committed; migrate again (it says which)\n"
+    )
+    assert versions(pg_conn, schema) == [1, 2]
+    assert ctl(path, "migrate").returncode == 0
+
+
 def test_the_printed_migration_bounds_its_lock_waits_as_migrate_does(
     pg_dsn: str, pg_conn: Conn, channel: str, tmp_path: Path
 ) -> None:

@@ -111,7 +111,10 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
     except psycopg.Error as exc:
         doing = "migrate the pg_queue tables in"
         if conn is not None and conn.broken:  # lost under a statement, not refused
-            then = "each version is a transaction of its own: migrate again does what is left"
+            then = (
+                "the migration is one transaction: nothing was changed, unless it was lost as "
+                "it committed; migrate again (it says which)"
+            )
             failure = stopped_answering(conninfo, exc, doing, "the migration", then)
         else:
             failure = broker_unavailable(conninfo, exc, doing)
