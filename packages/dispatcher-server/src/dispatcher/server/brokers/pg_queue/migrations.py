@@ -30,6 +30,13 @@ class MigrationError(DispatcherError):
     """The tables cannot be migrated: the database is newer than this code."""
 
 
+class VersionUnreadable(DispatcherError):
+    """The role may not read the version of the tables: whether they need a migration is unknown.
+
+    Reading it takes ``USAGE`` on their schema and ``SELECT`` on its ``migrations`` table.
+    """
+
+
 def latest_version() -> int:
     """The version of the tables this code needs (the last migration it ships)."""
     return max((m.version for m in migrations()), default=0)
@@ -251,6 +258,17 @@ def read_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
     return 0 if row is None else int(row[0])
 
 
+def version_to_migrate(conn: psycopg.Connection[Any], schema: str) -> int:
+    """The version of the tables of *schema*, ``0`` when there are none.
+
+    :raises VersionUnreadable: when the role may not read it.
+    """
+    try:
+        return read_version(conn, schema) or 0
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise VersionUnreadable(str(exc).strip()) from exc
+
+
 def bound_lock_waits(conn: psycopg.Connection[Any], seconds: float) -> None:
     """Have each statement of the transaction under way wait at most *seconds* for a lock.
 
@@ -275,6 +293,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None 
     run it), and nothing is created.
 
     :raises MigrationError: when the tables are newer than this code.
+    :raises VersionUnreadable: when the role may not read their version.
     """
     with conn.transaction():
         conn.execute(b"SELECT pg_catalog.set_config('lock_timeout', '0', true)")
@@ -282,7 +301,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None 
         conn.execute(first.encode())  # waits for a concurrent run to commit
         if lock_wait is not None:  # from here on, each wait for a lock is bounded
             bound_lock_waits(conn, lock_wait)
-        work = plan(schema, read_version(conn, schema) or 0)
+        work = plan(schema, version_to_migrate(conn, schema))
         if not work.steps:
             return work
         for statement in (*setup, *work.steps):
