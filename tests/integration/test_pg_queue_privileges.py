@@ -258,6 +258,43 @@ def test_migrate_needs_no_create_privilege_when_the_tables_are_up_to_date(
     assert done.stdout.endswith(": nothing to do\n")
 
 
+def test_migrate_by_a_role_that_cannot_read_the_version_names_only_what_reading_it_takes(
+    role: Role, pg_conn: Conn, tmp_path: Path, channel: str
+) -> None:
+    # A publisher's role, with the documented grants, runs migrate as a check: the tables
+    # are up to date, and nothing but the version table is out of its reach.
+    migrated(pg_conn, role.schema)
+    role.run(
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT INSERT, SELECT (queue) ON {schema}.jobs TO {role}",
+    )
+    config = write_config(tmp_path, role.conninfo, role.schema, channel)
+    schema, name = f'"{role.schema}"', f'"{role.name}"'
+    told = (
+        f"dispatcherctl: cannot read the version of the pg_queue tables in schema {schema} "
+        f"(whether they need a migration is not known): the role {name} lacks SELECT on "
+        f"{schema}.migrations: GRANT SELECT ON {schema}.migrations TO {name}\n"
+    )
+    for args in (("migrate",), ("migrate", "--print")):
+        refused = ctl(config, *args)
+        assert (refused.returncode, refused.stdout, refused.stderr) == (2, "", told), args
+    role.run("REVOKE USAGE ON SCHEMA {schema} FROM {role}")
+    refused = ctl(config, "migrate")
+    assert (refused.returncode, refused.stderr) == (
+        2,
+        f"dispatcherctl: cannot read the version of the pg_queue tables in schema {schema} "
+        f"(whether they need a migration is not known): the role {name} lacks USAGE on "
+        f"schema {schema}, SELECT on {schema}.migrations: GRANT USAGE ON SCHEMA {schema} TO "
+        f"{name}; GRANT SELECT ON {schema}.migrations TO {name}\n",
+    )
+    role.run(
+        "GRANT USAGE ON SCHEMA {schema} TO {role}", "GRANT SELECT ON {schema}.migrations TO {role}"
+    )
+    done = ctl(config, "migrate")  # what it was told to grant is all it needed
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(": nothing to do\n")
+
+
 def test_migrate_says_which_create_privilege_the_role_lacks(
     role: Role, pg_conn: Conn, tmp_path: Path, channel: str
 ) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from dispatcher.server.brokers.pg_queue.migrations import latest_version, plan
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
@@ -293,6 +294,92 @@ def test_migrate_waits_for_a_migrate_in_progress_past_its_lock_timeout(
         stdout, stderr = process.communicate(timeout=30)
     assert (process.returncode, stderr) == (0, "")
     assert f"from version 2 to {latest_version()}" in stdout
+
+
+@pytest.mark.parametrize("how", ["migrate", "print"])
+def test_a_statement_timeout_does_not_cut_the_wait_for_a_migrate_in_progress(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str, how: str
+) -> None:
+    """The role's statement_timeout (here the conninfo's) would cancel the wait for another
+    migration: it does not apply to that wait, in migrate or in the script it prints."""
+    schema = at_version(pg_conn, unique_schema(), 2)
+    impatient = make_conninfo(pg_dsn, options="-c statement_timeout=500")
+    path = write_config(tmp_path, queue_config(impatient, schema, channel))
+    printed = ctl(path, "migrate", "--print")
+    assert printed.returncode == 0, printed.stderr
+    key = f"dispatcher.migrate:{schema}"
+    outcome: list[BaseException | None] = []
+
+    def apply_script() -> None:
+        try:
+            with psycopg.connect(impatient, autocommit=True) as dba:
+                dba.execute(printed.stdout.encode())
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    with psycopg.connect(pg_dsn) as other:  # a migrate in progress holds this lock
+        other.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+        if how == "migrate":
+            process = subprocess.Popen(
+                [*CTL, "migrate", "--config", str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        else:
+            applying = threading.Thread(target=apply_script)
+            applying.start()
+        try:
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND wait_event = 'advisory' AND datname = current_database()"
+            )
+            wait_until(lambda: pg_conn.execute(waiting).fetchone() == (1,), timeout=20)
+            time.sleep(1)  # not a wait for anything: past the 0.5 s it would be cancelled after
+            still = process.poll() is None if how == "migrate" else applying.is_alive()
+        finally:
+            other.rollback()
+    if how == "migrate":
+        stdout, stderr = process.communicate(timeout=30)
+        assert (process.returncode, stderr) == (0, "")
+        assert f"from version 2 to {latest_version()}" in stdout
+    else:
+        applying.join(timeout=30)
+        assert outcome == [None]
+    assert still
+    assert versions(pg_conn, schema) == list(range(1, latest_version() + 1))
+
+
+def test_a_migrate_whose_connection_is_lost_says_nothing_was_changed(
+    tmp_path: Path, pg_dsn: str, pg_conn: Conn, channel: str
+) -> None:
+    schema = at_version(pg_conn, unique_schema(), 2)
+    path = write_config(tmp_path, queue_config(pg_dsn, schema, channel))
+    with psycopg.connect(pg_dsn) as holder:  # the upgrade of jobs waits behind it
+        holder.execute(sql.SQL("SELECT count(*) FROM {}.jobs").format(sql.Identifier(schema)))
+        process = subprocess.Popen(
+            [*CTL, "--timeout", "30", "migrate", "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        blocked = (
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND wait_event = 'relation' AND datname = current_database()"
+        )
+        wait_until(lambda: pg_conn.execute(blocked).fetchone() is not None, timeout=20)
+        pg_conn.execute(f"SELECT pg_terminate_backend(({blocked}))")
+        stdout, stderr = process.communicate(timeout=30)
+    assert (process.returncode, stdout) == (1, "")
+    assert "the database stopped answering during the migration" in stderr
+    assert stderr.endswith(
+        "the migration is one transaction: nothing was changed, unless it was lost as it "
+        "committed; migrate again (it says which)\n"
+    )
+    assert versions(pg_conn, schema) == [1, 2]
+    assert ctl(path, "migrate").returncode == 0
 
 
 def test_the_printed_migration_bounds_its_lock_waits_as_migrate_does(

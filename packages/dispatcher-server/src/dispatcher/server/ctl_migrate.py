@@ -13,11 +13,12 @@ from dispatcher.publish.connections import REFUSALS, connection_options, stopped
 from dispatcher.server.brokers.pg_queue.migrations import (
     VERSION_TABLE,
     MigrationError,
+    VersionUnreadable,
     bound_lock_waits,
     migrate,
     plan,
     quoted,
-    read_version,
+    version_to_migrate,
 )
 from dispatcher.server.logsafe import escape
 
@@ -88,10 +89,13 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
                 try:
                     with conn.transaction():
                         bound_lock_waits(conn, lock_wait)
-                        work = plan(schema, read_version(conn, schema) or 0)
+                        work = plan(schema, version_to_migrate(conn, schema))
                 except psycopg.errors.LockNotAvailable:
                     print(f"dispatcherctl: {_locked(conn, schema, lock_wait)}", file=sys.stderr)
                     return EXIT_UNREACHABLE
+                except VersionUnreadable as exc:
+                    print(f"dispatcherctl: {_unreadable(conn, schema, exc)}", file=sys.stderr)
+                    return EXIT_USAGE
                 print(work.script(lock_wait), end="")
                 return EXIT_OK
             try:
@@ -99,6 +103,9 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
             except psycopg.errors.LockNotAvailable:
                 print(f"dispatcherctl: {_locked(conn, schema, lock_wait)}", file=sys.stderr)
                 return EXIT_UNREACHABLE
+            except VersionUnreadable as exc:
+                print(f"dispatcherctl: {_unreadable(conn, schema, exc)}", file=sys.stderr)
+                return EXIT_USAGE
             except psycopg.errors.InsufficientPrivilege:
                 lacking = _lacking(conn, schema)
                 if lacking is None:
@@ -111,7 +118,10 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
     except psycopg.Error as exc:
         doing = "migrate the pg_queue tables in"
         if conn is not None and conn.broken:  # lost under a statement, not refused
-            then = "each version is a transaction of its own: migrate again does what is left"
+            then = (
+                "the migration is one transaction: nothing was changed, unless it was lost as "
+                "it committed; migrate again (it says which)"
+            )
             failure = stopped_answering(conninfo, exc, doing, "the migration", then)
         else:
             failure = broker_unavailable(conninfo, exc, doing)
@@ -166,6 +176,44 @@ def _lacking(conn: psycopg.Connection[Any], schema: str) -> str | None:
             "owner"
         )
     return None
+
+
+_READING: Final = """
+SELECT current_user, n.oid IS NOT NULL AND pg_catalog.has_schema_privilege(n.oid, 'USAGE'),
+       c.oid IS NULL OR pg_catalog.has_table_privilege(c.oid, 'SELECT')
+FROM (SELECT 1) AS one
+LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = %s
+LEFT JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = 'migrations'
+"""
+"""The role's name, whether it has USAGE on the schema and SELECT on its version table."""
+
+
+def _unreadable(conn: psycopg.Connection[Any], schema: str, exc: VersionUnreadable) -> str:
+    """Say that the role may not read the version, and which privilege would let it.
+
+    Only those: reading the version is all that tables already up to date need (a service's
+    or a publisher's role may run migrate as a check); what an upgrade needs is said once
+    the version says there is one.
+    """
+    doing = f'cannot read the version of the pg_queue tables in schema "{schema}"'
+    try:
+        row = conn.execute(_READING, (schema,)).fetchone()
+    except psycopg.Error:
+        row = None
+    if row is None or (row[1] and row[2]):
+        return f"{doing}: {exc}"
+    user, usage, select = row
+    role, name = quoted(user), quoted(schema)
+    table = f"{name}.{VERSION_TABLE}"
+    lacks = []
+    if not usage:
+        lacks.append((f"USAGE on schema {name}", f"GRANT USAGE ON SCHEMA {name} TO {role}"))
+    if not select:
+        lacks.append((f"SELECT on {table}", f"GRANT SELECT ON {table} TO {role}"))
+    return (
+        f"{doing} (whether they need a migration is not known): the role {role} lacks "
+        f"{', '.join(what for what, _ in lacks)}: {'; '.join(grant for _, grant in lacks)}"
+    )
 
 
 def _locked(conn: psycopg.Connection[Any], schema: str, waited: float) -> str:

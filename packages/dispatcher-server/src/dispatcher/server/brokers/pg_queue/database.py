@@ -75,6 +75,7 @@ SELECT pg_catalog.set_config(s.name, s.value, false)
 FROM (VALUES ('statement_timeout', %(timeout)s, false),
              ('idle_in_transaction_session_timeout', %(timeout)s, false),
              ('plan_cache_mode', 'force_generic_plan', false),
+             ('enable_seqscan', 'off', false),
              ('jit', 'off', false),
              ('lock_timeout', %(lock_timeout)s, false),
              ('idle_session_timeout', '0', true),
@@ -85,7 +86,8 @@ WHERE s.value IS NOT NULL
   AND (s.always OR p.source NOT IN ('client', 'user', 'database', 'database user'))
 """
 """The session's settings, unless the conninfo (``options``, ``PGOPTIONS``), the role or
-the database sets them (an operator's choice wins): the timeouts, generic plans, no JIT.
+the database sets them (an operator's choice wins): the timeouts, generic plans, no
+sequential scans, no JIT.
 
 Two are set whatever the operator chose, as the LISTEN session does for the first (see
 ``pg_notify.NEVER_IDLE_OUT``): ``idle_session_timeout`` off (PostgreSQL 14 and later; set on
@@ -105,8 +107,16 @@ types that beats a built-in one, and runs as this role. See security.md.
 
 Each statement of the broker runs thousands of times, with arrays whose length changes
 every time: planning it anew for each run (as PostgreSQL does whenever the custom plans
-look cheaper, as they do for a claim) costs a good part of the statement. Every statement
-in :mod:`.sql` is written so that its generic plan is the right one.
+look cheaper, as they do for a claim) costs a good part of the statement. A generic plan
+is kept until the table's statistics change (a VACUUM, an ANALYZE), however much the table
+grows meanwhile, and a VACUUM of the drained table leaves statistics that say it is empty
+until the next ANALYZE. Every statement in :mod:`.sql` reads the ``jobs`` rows it needs
+through an index (by id, or by the index that hands them over in order), so that it reads
+about the rows it changes whatever the estimates. But to a plan made while the table was
+empty, or while its statistics said so, a sequential scan costs nothing: it was chosen, and
+each claim read the whole backlog, seconds per claim. Sequential scans are therefore off
+(``enable_seqscan``: a planner preference, not a ban; a table that no index serves is still
+read in full).
 
 ``lock_timeout`` is set on the working connection only (none on the claiming one, whose
 claims skip locked rows): a row another session holds locked (``SELECT ... FOR UPDATE``)

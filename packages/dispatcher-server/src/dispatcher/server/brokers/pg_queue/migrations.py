@@ -30,6 +30,13 @@ class MigrationError(DispatcherError):
     """The tables cannot be migrated: the database is newer than this code."""
 
 
+class VersionUnreadable(DispatcherError):
+    """The role may not read the version of the tables: whether they need a migration is unknown.
+
+    Reading it takes ``USAGE`` on their schema and ``SELECT`` on its ``migrations`` table.
+    """
+
+
 def latest_version() -> int:
     """The version of the tables this code needs (the last migration it ships)."""
     return max((m.version for m in migrations()), default=0)
@@ -148,27 +155,21 @@ class Plan:
     def script(self, lock_wait: float | None = None) -> str:
         """The statements as one SQL script, in a transaction (a comment when up to date).
 
-        With *lock_wait*, it bounds its waits for a lock on the tables as :func:`migrate`
-        does: after the advisory lock (another migration is waited for however long it
-        takes), each statement waits at most that many seconds, then the whole script fails
-        and changes nothing.
+        It waits for another migration (the advisory lock) however long that takes, as
+        :func:`migrate` does. With *lock_wait*, it bounds its waits for a lock on the tables
+        as :func:`migrate` does: each statement after the advisory lock waits at most that
+        many seconds, then the whole script fails and changes nothing.
         """
         if not self.steps:
             return (
                 f"-- dispatcher pg_queue tables in schema {quoted(self.schema)}: "
                 f"at version {self.current}, nothing to do\n"
             )
-        statements = [f"{s.strip().rstrip(';')};\n\n" for s in self.statements]
+        wait, *rest = [f"{s.strip().rstrip(';')};\n\n" for s in self.statements]
+        bound = []
         if lock_wait is not None:
             seconds = _lock_timeout(lock_wait)
-            statements.insert(
-                0,
-                "-- Another migration is waited for however long it takes, whatever the\n"
-                "-- role's or the database's lock_timeout.\n"
-                "SET LOCAL lock_timeout = 0;\n\n",
-            )
-            statements.insert(
-                2,
+            bound.append(
                 f"-- Each statement waits at most {seconds} for a lock on the tables (a\n"
                 "-- long transaction of another session): queued behind it for its ACCESS\n"
                 "-- EXCLUSIVE lock, this script would hold up every publisher and service.\n"
@@ -176,6 +177,15 @@ class Plan:
                 "-- changed: run it again, once that transaction has ended.\n"
                 f"SET LOCAL lock_timeout = '{seconds}';\n\n",
             )
+        statements = [
+            "-- Another migration is waited for however long it takes, whatever the\n"
+            "-- role's or the database's lock_timeout and statement_timeout.\n"
+            f"{_UNBOUNDED_WAIT};\n\n",
+            wait,
+            f"{_BOUNDED_AGAIN};\n\n",
+            *bound,
+            *rest,
+        ]
         header = (
             f"-- dispatcher pg_queue tables in schema {quoted(self.schema)}: "
             f"version {self.current} -> {self.latest}\n"
@@ -251,6 +261,25 @@ def read_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
     return 0 if row is None else int(row[0])
 
 
+def version_to_migrate(conn: psycopg.Connection[Any], schema: str) -> int:
+    """The version of the tables of *schema*, ``0`` when there are none.
+
+    :raises VersionUnreadable: when the role may not read it.
+    """
+    try:
+        return read_version(conn, schema) or 0
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise VersionUnreadable(str(exc).strip()) from exc
+
+
+_UNBOUNDED_WAIT: Final = "SET LOCAL lock_timeout = 0;\nSET LOCAL statement_timeout = 0"
+"""Before the wait for another migration: however long it takes, whatever the role's or the
+database's ``lock_timeout`` and ``statement_timeout`` (this transaction only)."""
+
+_BOUNDED_AGAIN: Final = "SET LOCAL statement_timeout TO DEFAULT"
+"""After it: the role's (or the database's, or the conninfo's) ``statement_timeout`` again."""
+
+
 def bound_lock_waits(conn: psycopg.Connection[Any], seconds: float) -> None:
     """Have each statement of the transaction under way wait at most *seconds* for a lock.
 
@@ -265,24 +294,28 @@ def migrate(conn: psycopg.Connection[Any], schema: str, lock_wait: float | None 
     """Bring the tables of *schema* to the latest version, in one transaction.
 
     Safe to run again (it then does nothing) and concurrently (the runs take turns: a
-    second run waits for the first however long it takes). With *lock_wait*, each step waits
-    at most that many seconds for a lock on the tables (another session's transaction),
-    then fails with :class:`psycopg.errors.LockNotAvailable`, leaving the tables as they
-    were. Returns what was done (:attr:`Plan.pending` is empty when nothing was).
+    second run waits for the first however long it takes, whatever the role's
+    ``lock_timeout`` and ``statement_timeout``; the latter applies again once it is over).
+    With *lock_wait*, each step waits at most that many seconds for a lock on the tables
+    (another session's transaction), then fails with
+    :class:`psycopg.errors.LockNotAvailable`, leaving the tables as they were. Returns what
+    was done (:attr:`Plan.pending` is empty when nothing was).
 
     The version is read first (its wait for a lock bounded by *lock_wait* too): tables
     already at the latest version need no privilege but reading it (a service's role may
     run it), and nothing is created.
 
     :raises MigrationError: when the tables are newer than this code.
+    :raises VersionUnreadable: when the role may not read their version.
     """
     with conn.transaction():
-        conn.execute(b"SELECT pg_catalog.set_config('lock_timeout', '0', true)")
+        conn.execute(_UNBOUNDED_WAIT.encode())
         first, *setup = _setup(schema)
         conn.execute(first.encode())  # waits for a concurrent run to commit
+        conn.execute(_BOUNDED_AGAIN.encode())
         if lock_wait is not None:  # from here on, each wait for a lock is bounded
             bound_lock_waits(conn, lock_wait)
-        work = plan(schema, read_version(conn, schema) or 0)
+        work = plan(schema, version_to_migrate(conn, schema))
         if not work.steps:
             return work
         for statement in (*setup, *work.steps):

@@ -9,7 +9,13 @@ are named (``%(name)s``); arrays travel whole, so that one statement serves a wh
 
 The services plan each statement once (generic plans: see :mod:`.database`), so each is
 written to need no estimate to be right: rows are looked up by id, and the partial
-indexes are used only by the scans that want them.
+indexes are used only by the scans that want them. Rows that a part of the statement found
+are then written (or read again) through their ids, never through a plain join with
+``jobs``: all at once, ``j.id = ANY(ARRAY(SELECT ...))``, or, when the update needs more of
+what was found, one row at a time, ``j.id = ANY(ARRAY[t.id])`` (a condition the planner can
+only use as an index lookup for each row, not to join two whole tables). When the table
+looked empty to the planner (the statistics a VACUUM of the drained table leaves), a plain
+join was planned as a scan of the whole table for each row found.
 """
 
 from __future__ import annotations
@@ -118,8 +124,7 @@ WITH quick AS (
         max_attempts = {claim_limit}, node_id = %(node_id)s,
         lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => %(lease)s),
         started_at = pg_catalog.now()
-    FROM claimed
-    WHERE j.id = claimed.id
+    WHERE j.id = ANY(ARRAY(SELECT c.id FROM claimed AS c))
     RETURNING j.id, j.attempts, j.claims, j.queue,
         CASE WHEN pg_catalog.octet_length(j.message) <= %(max_bytes)s
             THEN j.message END AS message,
@@ -243,8 +248,7 @@ WITH held AS MATERIALIZED (
 ), renewed AS (
     UPDATE {s}.jobs AS j
     SET lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => %(lease)s)
-    FROM free AS f
-    WHERE j.id = f.id
+    WHERE j.id = ANY(ARRAY(SELECT f.id FROM free AS f))
     RETURNING j.id
 )
 SELECT o.id, r.id IS NOT NULL AS renewed FROM ours AS o LEFT JOIN renewed AS r ON r.id = o.id
@@ -309,7 +313,8 @@ SET state = t.next,
         ELSE t.error END,
     result = CASE WHEN t.next = 'done' THEN t.result::jsonb END
 FROM target AS t
-WHERE j.id = t.id AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
+WHERE j.id = ANY(ARRAY[t.id])
+  AND j.state = t.state AND j.claims = t.claims AND j.attempts = t.attempts
 RETURNING j.queue, t.kind, j.state, j.on_duplicate IN ('serial', 'queue_one'), j.id, j.claims,
     CASE WHEN t.kind = 'retry'
         THEN pg_catalog.json_build_array(
@@ -358,14 +363,14 @@ ACKNOWLEDGE_USES = Uses(
 """The columns of ``jobs`` that :data:`ACKNOWLEDGE` reads and writes."""
 
 SWEEP = """
-WITH expired AS (
-    SELECT j.id, j.max_attempts, CASE
+WITH expired AS MATERIALIZED (
+    SELECT j.id, j.state, j.max_attempts, CASE
             WHEN j.attempts >= j.max_attempts THEN 'failed'
             WHEN j.on_duplicate = 'queue_one' AND {waiting_twin} THEN 'cancelled'
             ELSE 'queued'
         END AS next
     FROM (
-        SELECT j.id, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate, j.dup_key
+        SELECT j.id, j.state, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate, j.dup_key
         FROM {s}.jobs AS j
         WHERE j.state = 'running' AND j.lease_until < pg_catalog.now()
         ORDER BY j.lease_until
@@ -383,13 +388,17 @@ SET state = e.next, max_attempts = e.max_attempts, run_after = pg_catalog.now(),
         '(the service died, or lost its database connection)',
         j.node_id, j.lease_until, j.attempts)
 FROM expired AS e
-WHERE j.id = e.id AND j.state = 'running' AND j.lease_until < pg_catalog.now()
+WHERE j.id = ANY(ARRAY[e.id]) AND j.state = e.state AND j.lease_until < pg_catalog.now()
 RETURNING j.queue, j.state
 """
 """Take back up to ``limit`` rows whose lease ran out: their service is gone. The attempt
 counts: the row waits again, or fails when none is left, by its task's declared
 ``max_attempts`` when the row has the queue's default (a row claimed by a service that did
-not know it), which the row then keeps (see :mod:`.limits`)."""
+not know it), which the row then keeps (see :mod:`.limits`).
+
+The update finds its rows by id: it compares ``j.state`` with the state they were read in,
+not with the constant ``'running'`` (see :data:`RENEW`), so that the jobs_running index,
+which holds every expired lease, is not read instead."""
 
 SWEEP_USES = Uses(
     reads=(
@@ -486,9 +495,9 @@ WITH {candidates}
 SELECT j.id, pg_catalog.convert_to(j.uuid, e.name) AS uuid,
     pg_catalog.convert_to(j.task, e.name) AS task,
     pg_catalog.convert_to(j.message, e.name) AS message, e.name AS encoding
-FROM candidates AS c
-JOIN {s}.jobs AS j ON j.id = c.id
+FROM {s}.jobs AS j
 CROSS JOIN (SELECT pg_catalog.current_setting('server_encoding')::name AS name) AS e
+WHERE j.id = ANY(ARRAY(SELECT c.id FROM candidates AS c))
 ORDER BY j.id
 """.replace("{candidates}", _FAIR_CANDIDATES)
 """The rows a claim would read (``queues``, ``limit``: the candidates of :data:`CLAIM`, which
