@@ -106,8 +106,9 @@ class Service:
     ``<host>-<pid>``, the next ones' end with ``-2``, ``-3``...).
 
     *adopt_orphans* (``dispatcher-standalone`` sets it): this process adopts the orphans of
-    its descendants, reaps every child it did not start, and kills those left as the service
-    stops (see :mod:`dispatcher.server.orphans`). Not for a service run in an application's
+    its descendants, reaps every child it did not start, and kills those adopted that are
+    left as the service stops; not the children it had before (see
+    :mod:`dispatcher.server.orphans`). Not for a service run in an application's
     process, whose own children it would reap.
     """
 
