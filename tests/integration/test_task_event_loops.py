@@ -144,3 +144,14 @@ def test_an_async_generator_a_task_dropped_is_closed_within_it(
     done = worker.run(TASKS + "drops_an_async_generator", str(record), uuid="u-agen")
     assert done["outcome"] == "ok", done
     assert _lines(record) == ["returned", "finally starts", "finally ends"]
+
+
+def test_an_async_generator_a_task_kept_is_closed_when_its_worker_stops(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """Its finally never ran: the worker ended without closing its event loop's generators."""
+    record = tmp_path / "record"
+    done = worker.run(TASKS + "keeps_an_async_generator", str(record), uuid="u-kept")
+    assert done["outcome"] == "ok", done
+    worker.close()
+    assert _lines(record) == ["kept", "finally"], worker.log

@@ -647,7 +647,7 @@ class TaskRunner:
         """
         if self._loop_interrupted:
             self._loop_interrupted = False
-            self._discard_loop()
+            self._discard_loop(interrupted=True)
             return
         loop = runner.loop
         if loop.is_closed():
@@ -713,17 +713,23 @@ class TaskRunner:
             )
             self._discard_loop()
 
-    def _discard_loop(self) -> None:
-        """Close the loop of ``async def`` tasks as it is: the next one gets a new loop."""
+    def _discard_loop(self, interrupted: bool = False) -> None:
+        """Close the loop of ``async def`` tasks: the next one gets a new loop.
+
+        The async generators left open on it are closed first (see :meth:`TaskLoop.close`),
+        unless a cancel *interrupted* the loop's own code: it is closed as it is then.
+        """
         if self._loop is not None:
             loop, self._loop = self._loop, None
             with contextlib.suppress(BaseException):
-                loop.close()
+                loop.close(None if interrupted else LEFTOVER_GRACE)
 
     def close(self) -> None:
         """Release the event loop of ``async def`` tasks, if one was made.
 
-        Threads of its executor still running are not waited for.
+        The async generators tasks kept open are closed (each gets its ``finally`` run, for
+        up to :data:`LEFTOVER_GRACE` seconds in all); threads of its executor still running
+        are not waited for.
         """
         self._discard_loop()
 
