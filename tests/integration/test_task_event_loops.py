@@ -136,6 +136,16 @@ def test_a_failure_through_gather_shows_no_frame_of_the_worker(worker: WorkerPro
     )
 
 
+def test_a_keyboard_interrupt_through_gather_blames_the_task_for_its_leftovers_only(
+    worker: WorkerProcess,
+) -> None:
+    """The worker's own asyncio.sleep(0), interrupted too, was listed as the task's leftover."""
+    done = worker.run(TASKS + "interrupted_in_gather", uuid="u-kbi")
+    assert done["outcome"] == "error", done
+    [warning] = [line for line in worker.log.splitlines() if "left asyncio tasks pending" in line]
+    assert warning.count("(asyncio task ") == 1, warning
+
+
 def test_an_async_generator_a_task_dropped_is_closed_within_it(
     worker: WorkerProcess, tmp_path: Path
 ) -> None:

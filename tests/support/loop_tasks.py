@@ -108,6 +108,18 @@ async def fails_in_gather() -> None:
 
 
 @task()
+async def interrupted_in_gather() -> None:
+    """Fail through ``asyncio.gather()`` with ``KeyboardInterrupt``, which the loop lets
+    through: the other child is left pending."""
+
+    async def interrupts() -> None:
+        await asyncio.sleep(0)
+        raise KeyboardInterrupt
+
+    await asyncio.gather(interrupts(), asyncio.sleep(0.2))
+
+
+@task()
 async def drops_an_async_generator(path: str) -> None:
     """Leave an async generator unfinished, its ``finally`` awaiting."""
 

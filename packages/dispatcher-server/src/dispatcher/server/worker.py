@@ -666,17 +666,20 @@ class TaskRunner:
         :data:`LEFTOVER_GRACE` seconds to end; a loop with some still pending then is closed
         as it is (a new one runs the next task), so none runs in a later task.
         """
+        own: list[asyncio.Task[Any]] = []  # (left pending if interrupted: not the task's)
         try:
-            loop.run_until_complete(asyncio.sleep(0))  # (the callbacks due run first)
+            own.append(loop.create_task(asyncio.sleep(0)))
+            loop.run_until_complete(own[-1])  # (the callbacks due run first)
             closing = {task for task in asyncio.all_tasks(loop) if _closes_a_generator(task)}
             if closing:
-                loop.run_until_complete(asyncio.wait(closing, timeout=LEFTOVER_GRACE))
+                own.append(loop.create_task(asyncio.wait(closing, timeout=LEFTOVER_GRACE)))
+                loop.run_until_complete(own[-1])
         except BaseException:  # one raised what a loop lets through (SystemExit...)
             pass
         left = asyncio.all_tasks(loop)
         if not left:
             return
-        strays = {task for task in left if not _closes_a_generator(task)}
+        strays = {task for task in left.difference(own) if not _closes_a_generator(task)}
         if strays and not self._told_leftovers:
             self._told_leftovers = True
             logger.warning(
