@@ -146,6 +146,18 @@ def test_a_keyboard_interrupt_through_gather_blames_the_task_for_its_leftovers_o
     assert warning.count("(asyncio task ") == 1, warning
 
 
+def test_a_keyboard_interrupt_through_gather_shows_no_frame_of_the_worker_or_its_loop(
+    worker: WorkerProcess,
+) -> None:
+    """Between the task's frames: worker.py's _call, worker_loop.py's run, asyncio's loop."""
+    done = worker.run(TASKS + "interrupted_in_gather", uuid="u-kbi")
+    shown = done["traceback"]
+    for frame in ("worker.py", "worker_loop.py", "base_events.py", "events.py"):
+        assert frame not in shown, shown
+    assert "await asyncio.gather(interrupts(), asyncio.sleep(0.2))\n" in shown, shown
+    assert shown.endswith("    raise KeyboardInterrupt\nKeyboardInterrupt\n"), shown
+
+
 def test_an_async_generator_a_task_dropped_is_closed_within_it(
     worker: WorkerProcess, tmp_path: Path
 ) -> None:

@@ -892,9 +892,9 @@ def task_traceback(exc: BaseException) -> str:
 
     The frames of this module (and of the asyncio runner between it and an ``async def``
     task) that lead to the task are left out: they are the same for every task and tell its
-    author nothing. So are the steps of :class:`_CancelTranslator` between the task's frames,
+    author nothing. So are the worker's frames between the task's (see :func:`_drop_steps`),
     where an exception came through a future it awaited (``asyncio.gather()``). Chained
-    exceptions are shown whole. When every frame is this module's (the task was never
+    exceptions are shown whole but for those. When every frame is this module's (the task was never
     reached), the traceback is shown whole.
     """
     first = exc.__traceback__
@@ -910,7 +910,13 @@ def task_traceback(exc: BaseException) -> str:
 
 
 def _drop_steps(rendered: traceback.TracebackException) -> None:
-    """Leave the frames of :class:`_CancelTranslator`'s steps out of *rendered*, and its chain."""
+    """Leave the worker's frames between the task's own out of *rendered*, and its chain.
+
+    Those are the steps of :class:`_CancelTranslator`, and the worker's way back into the
+    task's code: its frames (``_call``, the loop's ``run``) and those of asyncio's event
+    loop that follow them (where an exception the loop lets through, ``KeyboardInterrupt``
+    from a gathered child, came out of the loop and was raised again in the task).
+    """
     seen: set[int] = set()
     waiting = [rendered]
     while waiting:
@@ -918,11 +924,32 @@ def _drop_steps(rendered: traceback.TracebackException) -> None:
         if id(one) in seen:
             continue
         seen.add(id(one))
-        if any(map(_is_step, one.stack)):
-            kept = [frame for frame in one.stack if not _is_step(frame)]
-            one.stack = traceback.StackSummary.from_list(kept)
+        if any(_is_runner_frame(frame.filename) for frame in one.stack):
+            one.stack = traceback.StackSummary.from_list(_tasks_frames(one.stack))
         waiting.extend(e for e in (one.__cause__, one.__context__) if e is not None)
         waiting.extend(one.exceptions or ())
+
+
+def _tasks_frames(stack: list[traceback.FrameSummary]) -> list[traceback.FrameSummary]:
+    """*stack* without the worker's steps, nor its frames that lead back to the task's code.
+
+    asyncio's frames right after such a frame of the worker's are its event loop's: out too.
+    """
+    kept: list[traceback.FrameSummary] = []
+    at = 0
+    while at < len(stack):
+        frame = stack[at]
+        if os.path.abspath(frame.filename) in _RUNNER_FILES:
+            end = at + 1
+            while end < len(stack) and _is_runner_frame(stack[end].filename):
+                end += 1
+            if end < len(stack):  # (the task's code follows)
+                at = end
+                continue
+        if not _is_step(frame):
+            kept.append(frame)
+        at += 1
+    return kept
 
 
 def _is_step(frame: traceback.FrameSummary) -> bool:
