@@ -117,10 +117,15 @@ print("AFTER", status, alive() is None, flush=True)
 
 
 def run_app(
-    script: str, tmp_path: Path, configs: list[dict[str, Any]], *, services: int = 1
+    script: str,
+    tmp_path: Path,
+    configs: list[dict[str, Any]],
+    *,
+    services: int = 1,
+    env: dict[str, str] | None = None,
 ) -> str:
-    """Run *script* with the paths of *configs*, stop its services with one SIGTERM once
-    *services* listen, and return what it wrote (it must exit with 0)."""
+    """Run *script* with the paths of *configs* (and *env*), stop its services with one
+    SIGTERM once *services* listen, and return what it wrote (it must exit with 0)."""
     paths = []
     for n, config in enumerate(configs):
         path = tmp_path / f"dispatcher-{n}.yml"
@@ -133,7 +138,12 @@ def run_app(
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
-            env={"PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin"},
+            env={
+                "PYTHONPATH": str(TESTS),
+                "PYTHONUNBUFFERED": "1",
+                "PATH": "/usr/bin:/bin",
+                **(env or {}),
+            },
         )
     try:
         wait_until(lambda: output.read_text().count("listening on channels") >= services, 30)
@@ -165,18 +175,22 @@ def test_a_service_in_the_apps_loop_gives_the_loops_signal_handler_back(
     assert "AFTER 0 True" in log, log
 
 
+@pytest.mark.parametrize("given", [None, "pod-a"])
 def test_one_sigterm_stops_every_service_of_a_loop_and_each_has_its_own_node_id(
-    service_config: dict[str, Any], tmp_path: Path, channel: str
+    service_config: dict[str, Any], tmp_path: Path, channel: str, given: str | None
 ) -> None:
     """The second service's handler replaced the first's, which then ran on; both took the
-    same default node id (host and pid)."""
+    same default node id (host and pid), or both took $DISPATCHER_NODE_ID as it was."""
     other = json.loads(json.dumps(service_config))
     other["brokers"]["pg_notify"]["channels"] = [f"{channel}_b"]
     other["brokers"]["pg_notify"]["default_publish_channel"] = f"{channel}_b"
-    log = run_app(TWO_SERVICES, tmp_path, [service_config, other], services=2)
+    env = None if given is None else {"DISPATCHER_NODE_ID": given}
+    log = run_app(TWO_SERVICES, tmp_path, [service_config, other], services=2, env=env)
     assert "AFTER [0, 0]" in log, log
     started = re.findall(r"dispatcher service (\S+) started", log)
     assert len(set(started)) == len(started) == 2, log
+    if given is not None:
+        assert sorted(started) == [given, f"{given}-2"], log
     stopped = re.findall(r"dispatcher service (\S+) stopped", log)
     assert sorted(stopped) == sorted(started), log
 

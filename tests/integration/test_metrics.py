@@ -502,8 +502,11 @@ def test_probes_tell_ready_from_alive(
 
     status, body = wait_until(failing_broker, 20)
     assert status == 503
-    assert "Connection refused" in body
+    # Only which broker and since when: its error (the database's host, port, role) goes
+    # to status and the log, not to any client of the port.
+    assert re.fullmatch(re.escape(failing) + r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)\n", body), body
     assert "socket" not in body  # it serves
+    assert "Connection refused" in service.log
 
     proxy.up()
     try:

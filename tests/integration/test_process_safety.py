@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,6 +136,28 @@ def test_a_daemon_a_task_started_ends_with_the_service_after_its_fork_server_was
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(daemon, signal.SIGKILL)
+
+
+def test_children_the_service_inherited_across_exec_are_reaped_but_never_killed(
+    start_service: StartService, service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A container's entrypoint ``sidecar & exec dispatcher-standalone`` hands the sidecar to
+    the service: it was killed as the service stopped, said to be left behind by tasks."""
+    started = tmp_path / "sidecars"
+    sidecar = f"sleep 300 & echo $! >> {started}"
+    wrapper = ["sh", "-c", f'{sidecar}; {sidecar}; exec "$@"', "sh"]
+    service = start_service(service_config, prefix=wrapper)
+    kept, ended = (int(pid) for pid in started.read_text().split())
+    try:
+        assert parent_of(kept) == parent_of(ended) == service.pid
+        os.kill(ended, signal.SIGKILL)
+        wait_until(lambda: not os.path.exists(f"/proc/{ended}"), timeout=5)  # reaped
+        assert service.stop() == 0, service.log
+        assert alive(kept)
+        assert "left behind" not in service.log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(kept, signal.SIGKILL)
 
 
 def pid_namespaces_work() -> bool:

@@ -322,6 +322,31 @@ def test_worker_replaced_after_max_tasks(
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
 
 
+@pytest.mark.parametrize("ended_by", ["max_tasks", "the service's stop"])
+def test_an_async_generator_a_task_kept_is_closed_as_its_worker_ends(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    tmp_path: Path,
+    ended_by: str,
+) -> None:
+    """Its finally never ran: the worker left without closing its loop's async generators."""
+    pool = {"min_workers": 1, "max_workers": 1}
+    if ended_by == "max_tasks":
+        pool["max_tasks_per_worker"] = 1
+    service_config["service"]["pool"] = pool
+    service_config["tasks"]["modules"] = ["support.loop_tasks"]
+    service = start_service(service_config)
+    record = tmp_path / "record"
+    notify(channel, message("support.loop_tasks.keeps_an_async_generator", str(record)))
+    if ended_by != "max_tasks":
+        wait_until(lambda: record.exists() and "kept" in record.read_text(), timeout=10)
+        assert service.stop() == 0, service.log
+    wait_until(lambda: record.exists() and "finally" in record.read_text(), timeout=10)
+    assert record.read_text().splitlines() == ["kept", "finally"]
+
+
 def test_pool_grows_with_backlog_and_shrinks_when_idle(
     start_service: StartService,
     service_config: dict[str, Any],

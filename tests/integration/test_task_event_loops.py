@@ -136,6 +136,28 @@ def test_a_failure_through_gather_shows_no_frame_of_the_worker(worker: WorkerPro
     )
 
 
+def test_a_keyboard_interrupt_through_gather_blames_the_task_for_its_leftovers_only(
+    worker: WorkerProcess,
+) -> None:
+    """The worker's own asyncio.sleep(0), interrupted too, was listed as the task's leftover."""
+    done = worker.run(TASKS + "interrupted_in_gather", uuid="u-kbi")
+    assert done["outcome"] == "error", done
+    [warning] = [line for line in worker.log.splitlines() if "left asyncio tasks pending" in line]
+    assert warning.count("(asyncio task ") == 1, warning
+
+
+def test_a_keyboard_interrupt_through_gather_shows_no_frame_of_the_worker_or_its_loop(
+    worker: WorkerProcess,
+) -> None:
+    """Between the task's frames: worker.py's _call, worker_loop.py's run, asyncio's loop."""
+    done = worker.run(TASKS + "interrupted_in_gather", uuid="u-kbi")
+    shown = done["traceback"]
+    for frame in ("worker.py", "worker_loop.py", "base_events.py", "events.py"):
+        assert frame not in shown, shown
+    assert "await asyncio.gather(interrupts(), asyncio.sleep(0.2))\n" in shown, shown
+    assert shown.endswith("    raise KeyboardInterrupt\nKeyboardInterrupt\n"), shown
+
+
 def test_an_async_generator_a_task_dropped_is_closed_within_it(
     worker: WorkerProcess, tmp_path: Path
 ) -> None:
@@ -144,3 +166,14 @@ def test_an_async_generator_a_task_dropped_is_closed_within_it(
     done = worker.run(TASKS + "drops_an_async_generator", str(record), uuid="u-agen")
     assert done["outcome"] == "ok", done
     assert _lines(record) == ["returned", "finally starts", "finally ends"]
+
+
+def test_an_async_generator_a_task_kept_is_closed_when_its_worker_stops(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """Its finally never ran: the worker ended without closing its event loop's generators."""
+    record = tmp_path / "record"
+    done = worker.run(TASKS + "keeps_an_async_generator", str(record), uuid="u-kept")
+    assert done["outcome"] == "ok", done
+    worker.close()
+    assert _lines(record) == ["kept", "finally"], worker.log

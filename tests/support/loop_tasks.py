@@ -108,6 +108,18 @@ async def fails_in_gather() -> None:
 
 
 @task()
+async def interrupted_in_gather() -> None:
+    """Fail through ``asyncio.gather()`` with ``KeyboardInterrupt``, which the loop lets
+    through: the other child is left pending."""
+
+    async def interrupts() -> None:
+        await asyncio.sleep(0)
+        raise KeyboardInterrupt
+
+    await asyncio.gather(interrupts(), asyncio.sleep(0.2))
+
+
+@task()
 async def drops_an_async_generator(path: str) -> None:
     """Leave an async generator unfinished, its ``finally`` awaiting."""
 
@@ -136,3 +148,25 @@ def collects_garbage() -> None:
 async def collects_garbage_async() -> None:
     """:func:`collects_garbage`, as an ``async def`` task."""
     gc.collect()
+
+
+_KEPT: list[AsyncIterator[int]] = []
+"""Async generators tasks keep past their end (a stream, a cursor)."""
+
+
+@task()
+async def keeps_an_async_generator(path: str) -> None:
+    """Keep an async generator started (``__anext__()``) in a global; its ``finally`` awaits."""
+
+    async def numbers() -> AsyncIterator[int]:
+        try:
+            for number in range(10):
+                yield number
+        finally:
+            await asyncio.sleep(0.01)
+            _record(path, "finally")
+
+    kept = numbers()
+    await kept.__anext__()
+    _KEPT.append(kept)
+    _record(path, "kept")

@@ -1,11 +1,15 @@
-"""The default node id: from the host name and pid, unique per host, whole in connection names."""
+"""Node ids: the default from the host name and pid, unique per host, whole in connection names;
+one of each service of a process."""
 
 from __future__ import annotations
 
+from typing import Final
+
 import pytest
 
+from dispatcher.config import load_settings
 from dispatcher.schema import MAX_WHOLE_NODE_ID_BYTES, is_valid_channel_name
-from dispatcher.server.node_ids import default_node_id
+from dispatcher.server.node_ids import NODE_ID_ENV, default_node_id, node_id
 
 REPLICAS = ["dispatcher-worker-7d9f8b6c5d-x2k4q", "dispatcher-worker-7d9f8b6c5d-abcde"]
 """Two pods of one Deployment: their names differ only in their last characters."""
@@ -51,3 +55,28 @@ def test_the_further_services_of_a_process_get_their_own_node_ids_as_short(host:
     for node in ids:
         assert len(node) <= MAX_WHOLE_NODE_ID_BYTES
         assert is_valid_channel_name(node)
+
+
+SETTINGS: Final = {"version": 1, "brokers": {"socket": {"path": "d.sock"}}}
+
+
+@pytest.mark.parametrize("given", ["pod-a", "web-7d9f8b6c5d-x2k4q", "x" * 33, "y" * 63])
+def test_the_further_services_of_a_process_number_the_node_id_of_the_environment(
+    given: str,
+) -> None:
+    """Every service of the process took $DISPATCHER_NODE_ID as it was: one id for all."""
+    environ = {NODE_ID_ENV: given}
+    ids = [node_id(load_settings(SETTINGS), environ, instance=n) for n in (1, 2, 3, 12)]
+    assert ids[0] == given  # the first one's is exact
+    assert len(set(ids)) == len(ids)
+    for node in ids[1:]:
+        assert len(node) <= MAX_WHOLE_NODE_ID_BYTES  # seen whole by control clients
+        assert is_valid_channel_name(node)
+    assert ids[1].endswith("-2")
+    if len(given) <= MAX_WHOLE_NODE_ID_BYTES - 3:
+        assert ids[1:] == [f"{given}-2", f"{given}-3", f"{given}-12"]
+
+
+def test_a_node_id_the_config_sets_is_taken_as_it_is_by_every_service() -> None:
+    settings = load_settings({**SETTINGS, "service": {"node_id": "named"}})
+    assert node_id(settings, {NODE_ID_ENV: "pod-a"}, instance=2) == "named"

@@ -93,17 +93,18 @@ def _children_by_scan() -> list[int]:
     return found
 
 
-def reap_children(spare: Collection[int] = ()) -> int:
-    """Reap this process's children that have ended, but those in *spare*; how many.
+def reap_children(spare: Collection[int] = ()) -> set[int]:
+    """Reap this process's children that have ended, but those in *spare*; their pids.
 
     Each is waited for by its pid: the exit status of a child in *spare* (one that other
     code waits for) is left for that code.
     """
-    reaped = 0
+    reaped = set()
     for pid in children():
         if pid not in spare:
             with contextlib.suppress(ChildProcessError):
-                reaped += os.waitpid(pid, os.WNOHANG)[0] == pid
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped.add(pid)
     return reaped
 
 

@@ -90,7 +90,10 @@ class MetricsSource(Protocol):
         """The registered task names (none until the first worker has said)."""
 
     def readiness(self) -> list[str]:
-        """Why the service does not serve now, one reason each; none: it serves."""
+        """Why the service does not serve now, one reason each; none: it serves.
+
+        Any client of the port reads them: no error text (it may name hosts and roles).
+        """
 
 
 def metrics_url(host: str, port: int) -> str:

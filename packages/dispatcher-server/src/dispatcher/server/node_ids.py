@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from dispatcher.config import ConfigError, Settings
-from dispatcher.schema import CHANNEL_NAME_RULE, is_valid_channel_name
+from dispatcher.schema import CHANNEL_NAME_RULE, MAX_WHOLE_NODE_ID_BYTES, is_valid_channel_name
 
 NODE_ID_ENV: Final = "DISPATCHER_NODE_ID"
 """Environment variable giving the node id when the config sets no ``service.node_id``
@@ -37,7 +37,8 @@ def node_id(settings: Settings, environ: Mapping[str, str] = os.environ, instanc
     """The node id of a service run with *settings*.
 
     ``service.node_id`` if set, else :data:`NODE_ID_ENV` if set (and not empty), else
-    :func:`default_node_id` (for the *instance*-th service of the process).
+    :func:`default_node_id`; either of the last two for the *instance*-th service of the
+    process that takes it at the same time (see :func:`numbered`).
 
     :raises ConfigError: when :data:`NODE_ID_ENV` is not a valid node id.
     """
@@ -51,7 +52,20 @@ def node_id(settings: Settings, environ: Mapping[str, str] = os.environ, instanc
             f"${NODE_ID_ENV}",
             [f"{given!r} is not a valid node id: it must be {CHANNEL_NAME_RULE}"],
         )
-    return given
+    return numbered(given, instance)
+
+
+def numbered(node: str, instance: int) -> str:
+    """*node* for the *instance*-th service of the process that takes it at the same time.
+
+    The first one's is *node* itself; the next ones' end with ``-<instance>``, *node*
+    shortened (by :func:`short_host`) for the whole to fit in
+    :data:`~dispatcher.schema.MAX_WHOLE_NODE_ID_BYTES`, where control clients see it whole.
+    """
+    if instance == 1:
+        return node
+    extra = f"-{instance}"
+    return f"{short_host(node, MAX_WHOLE_NODE_ID_BYTES - len(extra))}{extra}"
 
 
 def default_node_id(host: str | None = None, pid: int | None = None, instance: int = 1) -> str:

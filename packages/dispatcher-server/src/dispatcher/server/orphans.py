@@ -12,7 +12,12 @@ exec`` session left behind, say).
 Either way it reaps them as they end (on SIGCHLD), and kills those still running, with the
 process groups they lead, once the service has stopped its fork servers. Only the children
 the service did not start are reaped, each by its pid: the fork servers are waited for by the
-launcher, which reads their exit status. An application that runs a service in its own
+launcher, which reads their exit status.
+
+The children the process already had when it began adopting are no orphans: the program
+that ``exec``'d the service left them (a container's entrypoint ``sidecar & exec
+dispatcher-standalone``). They are reaped as they end, as they are the service's children
+now, but never killed: they run on after the service. An application that runs a service in its own
 process (``run_service()``) may wait for children of its own: the service adopts nothing
 there (see :class:`~dispatcher.server.service.Service`).
 """
@@ -28,7 +33,7 @@ from typing import Final
 import anyio
 from anyio.abc import TaskStatus
 
-from dispatcher.server.lifeline import adopt_orphans, kill_children, reap_children
+from dispatcher.server.lifeline import adopt_orphans, children, kill_children, reap_children
 from dispatcher.server.logsafe import counted, get_logger
 
 logger = get_logger("dispatcher.service")
@@ -38,26 +43,38 @@ KILL_GRACE: Final = 0.5
 
 
 class Orphans:
-    """The children of this process that the service did not start: adopted, reaped, killed.
+    """The children of this process that the service did not start: reaped; killed if adopted.
 
     *own* gives the pids of the children the service waits for itself (its fork servers).
     """
 
     def __init__(self, own: Callable[[], Collection[int]]) -> None:
         self._own = own
+        self._inherited: set[int] = set()
+        """The children this process had before it adopted any (not yet reaped): left alone."""
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Adopt the orphans of this process's descendants, and reap them until cancelled."""
         adopt_orphans()
+        self._inherited = set(children()).difference(self._own())
         with anyio.open_signal_receiver(signal.SIGCHLD) as ended:
-            reap_children(self._own())  # those that ended before
+            self._reap()  # those that ended before
             task_status.started()
             async for _ in ended:
-                reap_children(self._own())
+                self._reap()
+
+    def _reap(self) -> None:
+        # (a pid reaped may be taken again, by an orphan adopted later)
+        self._inherited.difference_update(reap_children(self._own()))
 
     def kill(self) -> None:
-        """Kill the adopted children still running, and the groups they lead; reap them."""
-        killed = kill_children(time.monotonic() + KILL_GRACE, spare=self._own())
+        """Kill the adopted children still running, and the groups they lead; reap them.
+
+        The children inherited across ``exec`` are spared (reaped if they ended).
+        """
+        self._reap()
+        spared = {*self._own(), *self._inherited}
+        killed = kill_children(time.monotonic() + KILL_GRACE, spare=spared)
         if killed:
             logger.info(
                 "killed %s left behind: by tasks whose fork server had ended%s",

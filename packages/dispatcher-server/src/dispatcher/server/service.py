@@ -38,7 +38,7 @@ from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
 from dispatcher.server.logsafe import Block, first_line, get_logger
 from dispatcher.server.metrics import MetricsServer
-from dispatcher.server.node_ids import NODE_ID_ENV, node_id
+from dispatcher.server.node_ids import node_id
 from dispatcher.server.origin import Origin
 from dispatcher.server.orphans import Orphans
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
@@ -78,22 +78,23 @@ class CannotRunHere(DispatcherError, RuntimeError):
     """
 
 
-_DEFAULT_IDS_TAKEN: set[str] = set()
-"""The default node ids of this process's services that exist and have not ended."""
+_IDS_TAKEN: set[str] = set()
+"""The node ids this process's services took (not from their config), while they last."""
 
 
 def _take_node_id(settings: Settings) -> tuple[str, bool]:
-    """The node id of a new service of this process, and whether it is a default one.
+    """The node id of a new service of this process, and whether it is held by it.
 
-    A default one (neither ``service.node_id`` nor ``$DISPATCHER_NODE_ID`` set) is the first
-    no other service of this process holds; it is now held.
+    Without ``service.node_id``, the id (``$DISPATCHER_NODE_ID``, else the default) is the
+    first, numbered after the first service's, that no other service of this process
+    holds; it is now held.
     """
-    if settings.service.node_id or os.environ.get(NODE_ID_ENV):
-        return node_id(settings), False
+    if settings.service.node_id:
+        return settings.service.node_id, False
     instance = 1
-    while (taken := node_id(settings, instance=instance)) in _DEFAULT_IDS_TAKEN:
+    while (taken := node_id(settings, instance=instance)) in _IDS_TAKEN:
         instance += 1
-    _DEFAULT_IDS_TAKEN.add(taken)
+    _IDS_TAKEN.add(taken)
     return taken, True
 
 
@@ -103,11 +104,13 @@ class Service:
     asyncio's only (under trio, :meth:`run` raises :class:`CannotRunHere`), in the main
     thread. Several services may run in one loop: each stop signal stops them all, and
     each takes a node id of its own when the config sets none (the first one's is
-    ``<host>-<pid>``, the next ones' end with ``-2``, ``-3``...).
+    ``$DISPATCHER_NODE_ID``, else ``<host>-<pid>``, the next ones' end with ``-2``,
+    ``-3``...).
 
     *adopt_orphans* (``dispatcher-standalone`` sets it): this process adopts the orphans of
-    its descendants, reaps every child it did not start, and kills those left as the service
-    stops (see :mod:`dispatcher.server.orphans`). Not for a service run in an application's
+    its descendants, reaps every child it did not start, and kills those adopted that are
+    left as the service stops; not the children it had before (see
+    :mod:`dispatcher.server.orphans`). Not for a service run in an application's
     process, whose own children it would reap.
     """
 
@@ -129,10 +132,10 @@ class Service:
         that is the service's alone, as ``dispatcher-standalone``'s is; an application's
         objects would never be collected again."""
         self._release_node_id: Callable[[], object] | None = None
-        """Gives the default node id back: once the service ended, or is no more."""
-        self.node_id, default = _take_node_id(settings)
-        if default:
-            self._release_node_id = weakref.finalize(self, _DEFAULT_IDS_TAKEN.discard, self.node_id)
+        """Gives the node id taken back: once the service ended, or is no more."""
+        self.node_id, held = _take_node_id(settings)
+        if held:
+            self._release_node_id = weakref.finalize(self, _IDS_TAKEN.discard, self.node_id)
         self.stats = ServiceStats()
         self.exit_status = EXIT_OK
         # First: a cron schedule without croniter refuses the config before anything starts.

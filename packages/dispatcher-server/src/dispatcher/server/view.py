@@ -68,13 +68,14 @@ class ServiceView:
         """Why the service does not serve now, one reason each; none: it serves.
 
         It serves once started and until it stops, while every broker serves (as the
-        ``brokers`` of ``status`` and ``dispatcher_broker_up`` say).
+        ``brokers`` of ``status`` and ``dispatcher_broker_up`` say). A broker's error is
+        not among them: it may name the database's host and role, and the reasons go to
+        any client of the metrics port (``/readyz``); ``status`` and the log give it.
         """
         if self.phase != "serving":
             return [f"the service is {self.phase}"]
         return [
-            f"the {name} broker is not serving (since {_utc(health.failing_since)}: "
-            f"{health.last_error or 'no reason given'})"
+            f"the {name} broker is not serving (since {_utc(health.failing_since)})"
             for name, health in sorted(self.stats.brokers.items())
             if health.failing_since is not None
         ]

@@ -647,7 +647,7 @@ class TaskRunner:
         """
         if self._loop_interrupted:
             self._loop_interrupted = False
-            self._discard_loop()
+            self._discard_loop(interrupted=True)
             return
         loop = runner.loop
         if loop.is_closed():
@@ -666,17 +666,20 @@ class TaskRunner:
         :data:`LEFTOVER_GRACE` seconds to end; a loop with some still pending then is closed
         as it is (a new one runs the next task), so none runs in a later task.
         """
+        own: list[asyncio.Task[Any]] = []  # (left pending if interrupted: not the task's)
         try:
-            loop.run_until_complete(asyncio.sleep(0))  # (the callbacks due run first)
+            own.append(loop.create_task(asyncio.sleep(0)))
+            loop.run_until_complete(own[-1])  # (the callbacks due run first)
             closing = {task for task in asyncio.all_tasks(loop) if _closes_a_generator(task)}
             if closing:
-                loop.run_until_complete(asyncio.wait(closing, timeout=LEFTOVER_GRACE))
+                own.append(loop.create_task(asyncio.wait(closing, timeout=LEFTOVER_GRACE)))
+                loop.run_until_complete(own[-1])
         except BaseException:  # one raised what a loop lets through (SystemExit...)
             pass
         left = asyncio.all_tasks(loop)
         if not left:
             return
-        strays = {task for task in left if not _closes_a_generator(task)}
+        strays = {task for task in left.difference(own) if not _closes_a_generator(task)}
         if strays and not self._told_leftovers:
             self._told_leftovers = True
             logger.warning(
@@ -713,17 +716,23 @@ class TaskRunner:
             )
             self._discard_loop()
 
-    def _discard_loop(self) -> None:
-        """Close the loop of ``async def`` tasks as it is: the next one gets a new loop."""
+    def _discard_loop(self, interrupted: bool = False) -> None:
+        """Close the loop of ``async def`` tasks: the next one gets a new loop.
+
+        The async generators left open on it are closed first (see :meth:`TaskLoop.close`),
+        unless a cancel *interrupted* the loop's own code: it is closed as it is then.
+        """
         if self._loop is not None:
             loop, self._loop = self._loop, None
             with contextlib.suppress(BaseException):
-                loop.close()
+                loop.close(None if interrupted else LEFTOVER_GRACE)
 
     def close(self) -> None:
         """Release the event loop of ``async def`` tasks, if one was made.
 
-        Threads of its executor still running are not waited for.
+        The async generators tasks kept open are closed (each gets its ``finally`` run, for
+        up to :data:`LEFTOVER_GRACE` seconds in all); threads of its executor still running
+        are not waited for.
         """
         self._discard_loop()
 
@@ -883,9 +892,9 @@ def task_traceback(exc: BaseException) -> str:
 
     The frames of this module (and of the asyncio runner between it and an ``async def``
     task) that lead to the task are left out: they are the same for every task and tell its
-    author nothing. So are the steps of :class:`_CancelTranslator` between the task's frames,
+    author nothing. So are the worker's frames between the task's (see :func:`_drop_steps`),
     where an exception came through a future it awaited (``asyncio.gather()``). Chained
-    exceptions are shown whole. When every frame is this module's (the task was never
+    exceptions are shown whole but for those. When every frame is this module's (the task was never
     reached), the traceback is shown whole.
     """
     first = exc.__traceback__
@@ -901,7 +910,13 @@ def task_traceback(exc: BaseException) -> str:
 
 
 def _drop_steps(rendered: traceback.TracebackException) -> None:
-    """Leave the frames of :class:`_CancelTranslator`'s steps out of *rendered*, and its chain."""
+    """Leave the worker's frames between the task's own out of *rendered*, and its chain.
+
+    Those are the steps of :class:`_CancelTranslator`, and the worker's way back into the
+    task's code: its frames (``_call``, the loop's ``run``) and those of asyncio's event
+    loop that follow them (where an exception the loop lets through, ``KeyboardInterrupt``
+    from a gathered child, came out of the loop and was raised again in the task).
+    """
     seen: set[int] = set()
     waiting = [rendered]
     while waiting:
@@ -909,11 +924,32 @@ def _drop_steps(rendered: traceback.TracebackException) -> None:
         if id(one) in seen:
             continue
         seen.add(id(one))
-        if any(map(_is_step, one.stack)):
-            kept = [frame for frame in one.stack if not _is_step(frame)]
-            one.stack = traceback.StackSummary.from_list(kept)
+        if any(_is_runner_frame(frame.filename) for frame in one.stack):
+            one.stack = traceback.StackSummary.from_list(_tasks_frames(one.stack))
         waiting.extend(e for e in (one.__cause__, one.__context__) if e is not None)
         waiting.extend(one.exceptions or ())
+
+
+def _tasks_frames(stack: list[traceback.FrameSummary]) -> list[traceback.FrameSummary]:
+    """*stack* without the worker's steps, nor its frames that lead back to the task's code.
+
+    asyncio's frames right after such a frame of the worker's are its event loop's: out too.
+    """
+    kept: list[traceback.FrameSummary] = []
+    at = 0
+    while at < len(stack):
+        frame = stack[at]
+        if os.path.abspath(frame.filename) in _RUNNER_FILES:
+            end = at + 1
+            while end < len(stack) and _is_runner_frame(stack[end].filename):
+                end += 1
+            if end < len(stack):  # (the task's code follows)
+                at = end
+                continue
+        if not _is_step(frame):
+            kept.append(frame)
+        at += 1
+    return kept
 
 
 def _is_step(frame: traceback.FrameSummary) -> bool:

@@ -17,6 +17,7 @@ executor's threads (``asyncio.Runner.close()`` waits for them, without a time li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 from collections.abc import Callable, Coroutine
@@ -88,11 +89,22 @@ class TaskLoop:
         old.shutdown(wait=False)
         return True
 
-    def close(self) -> None:
-        """Close the loop as it is, without waiting for the threads of its executor."""
+    def close(self, generators_grace: float | None = None) -> None:
+        """Close the loop, without waiting for the threads of its executor.
+
+        First the async generators still open on it (kept by a task in a global) are
+        closed, as ``asyncio.Runner.close()`` does: their ``finally`` gets
+        *generators_grace* seconds, and what they raise is ignored. ``None``: the loop is
+        closed as it is (its state may be halfway through a change).
+        """
         self._threads.shutdown(wait=False)  # (loop.close() does too, unless it raises)
-        if not self.loop.is_running():
-            self.loop.close()
+        if self.loop.is_running() or self.loop.is_closed():
+            return
+        if generators_grace is not None:
+            with contextlib.suppress(BaseException):
+                closing = self.loop.create_task(self.loop.shutdown_asyncgens())
+                self.loop.run_until_complete(asyncio.wait({closing}, timeout=generators_grace))
+        self.loop.close()
 
 
 _Held = tuple[asyncio.AbstractEventLoop | None, bool] | None
