@@ -198,8 +198,17 @@ class QueueDatabase:
         (from the start of the first to the end of the last); ``0.0`` when none failed (the
         first connection; one that the server ended while idle, replaced before use)."""
 
-    async def fetch(self, statement: bytes, params: Mapping[str, Any]) -> Rows:
+    async def fetch(
+        self,
+        statement: bytes,
+        params: Mapping[str, Any],
+        *,
+        unless: Callable[[], bool] | None = None,
+    ) -> Rows:
         """Run *statement*; return its rows (none for a statement that returns none).
+
+        Not when *unless* (asked once the connection is open, the one that runs the
+        statement: opening it may have changed the answer) says so: no rows then.
 
         :raises psycopg.Error: as psycopg does (the connection is dropped if it broke).
         :raises OSError: when no connection can be opened.
@@ -208,7 +217,7 @@ class QueueDatabase:
         ended = False
         for retry in range(RETRIES + 1):
             try:
-                return await self._run(statement, params)
+                return await self._run(statement, params, unless)
             except RETRIED:
                 if retry == RETRIES:
                     raise
@@ -220,9 +229,13 @@ class QueueDatabase:
                 ended = True
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run(self, statement: bytes, params: Mapping[str, Any]) -> Rows:
+    async def _run(
+        self, statement: bytes, params: Mapping[str, Any], unless: Callable[[], bool] | None
+    ) -> Rows:
         """:meth:`fetch`, once."""
         conn = await self._connection()
+        if unless is not None and unless():
+            return []
         sent = time.monotonic()
         try:
             cursor = await conn.execute(statement, params)
