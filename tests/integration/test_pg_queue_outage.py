@@ -412,3 +412,34 @@ def node_connections(conn: Conn, node: str) -> int:
         (f"dispatcher-queue:{node}",),
     ).fetchone()
     return 0 if row is None else int(row[0])
+
+
+def test_a_renewal_that_waits_for_the_reconnect_delay_says_so(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A renewal that never reached the database (its connection waited out the delay
+    before the next attempt to reconnect) was logged as the database not answering."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        service = start_service(queue_config(proxy.dsn, schema, channel, lease=3))
+        uuids = enqueue(
+            pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 14)]
+        )
+        evidence.wait_for(1)
+        proxy.down()  # the delays between attempts grow past a renewal's 1 s
+        service.wait_for_log(
+            r"renewal of leases failed: no connection to the database: waiting [0-9.]+ s "
+            r"more before reconnecting",
+            timeout=20,
+        )
+        proxy.up()
+        wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=30)
+    finally:
+        proxy.down()
+    assert "renewal of leases failed: the database did not answer" not in service.log

@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import anyio
 
-from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
+from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Reconnecting, Rows
 from dispatcher.server.brokers.pg_queue.outcomes import Ack
 from dispatcher.server.logsafe import Phrase, counted, get_logger
 
@@ -217,12 +217,20 @@ class Leases:
         :raises TimeoutError: when the database did not answer within :attr:`renew_limit`
             (a network partition: the statement is cancelled, and the connection it was
             on closed, so that the next renewal opens a new one).
+        :raises Reconnecting: when the db's connection is lost and its next attempt to
+            reconnect comes after :attr:`renew_limit` (the next renewal tries again).
         """
         if not self.held:
             return
         held = dict(self.held)
-        sent = time.monotonic()
         limit = self.renew_limit
+        wait = 0.0 if fetch is not None else self._db.reconnect_in
+        if wait >= limit:
+            raise Reconnecting(
+                f"no connection to the database: waiting {wait:.1f} s more before "
+                "reconnecting (the last attempt failed)"
+            )
+        sent = time.monotonic()
         rows: Rows = []
         with anyio.move_on_after(limit) as renewal:
             rows = await (fetch or self._db.fetch)(
@@ -235,7 +243,8 @@ class Leases:
                 },
             )
         if renewal.cancelled_caught:
-            raise TimeoutError(f"the database did not answer within {limit:g} s")
+            waited = f" ({wait:.1f} s of it waiting to reconnect)" if wait else ""
+            raise TimeoutError(f"the database did not answer within {limit:g} s{waited}")
         ours: dict[int, bool] = dict(rows)
         locked: list[int] = []
         for row, claim in held.items():
