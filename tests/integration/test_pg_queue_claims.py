@@ -184,6 +184,45 @@ def test_a_row_claimed_again_by_the_service_running_it_is_settled_by_the_running
     assert "outcome not recorded" not in service.log
 
 
+def test_a_row_gone_back_in_time_is_not_started_twice_by_the_service_running_it(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A failover that lost the last writes puts the running row back as it was before its
+    claim, its claim number too: claimed again by the service running it, it had the same
+    numbers as the running copy's, and a second copy started beside the first."""
+    config = queue_config(pg_dsn, schema, channel, lease=3, poll_interval=0.1)
+    config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}  # one stays free
+    service = start_service(config)
+    (uuid,) = enqueue(
+        pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 4, "run")]
+    )
+    evidence.wait_for(1)
+    jobs = sql.Identifier(schema, "jobs")
+    pg_conn.execute(
+        sql.SQL(
+            "UPDATE {} SET state = 'queued', attempts = attempts - 1, claims = claims - 1,"
+            " node_id = NULL, lease_until = NULL, started_at = NULL, run_after = now()"
+            " WHERE uuid = %s AND state = 'running'"
+        ).format(jobs),
+        (uuid,),
+    )
+    pg_conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_WAKEUP_CHANNEL, channel))
+    service.wait_for_log(rf"job \d+ \(uuid {uuid}\) claimed again \(attempt 1\) while this")
+    wait_for_states(pg_conn, schema, [uuid], {"done"})
+    row = job_row(pg_conn, schema, uuid)
+    assert row is not None
+    assert (row["attempts"], row["claims"]) == (1, 1)
+    records = evidence.records()
+    assert [record["event"] for record in records] == ["start", "end"]  # one copy
+    assert "not recorded" not in service.log
+    assert "lease ran out meanwhile" not in service.log  # (it did not: the row went back)
+
+
 def test_jobs_held_ahead_whose_lease_ran_out_meanwhile_are_not_started(
     start_service: Start,
     pg_dsn: str,

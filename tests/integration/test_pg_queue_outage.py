@@ -30,7 +30,7 @@ from support.durable import (
 )
 from support.proxy import DatabaseProxy
 from support.queue_rows import unique_schema
-from support.service import TASKS, Evidence, ServiceProcess, wait_until
+from support.service import TASKS, Evidence, ServiceProcess, task_message, wait_until
 from support.service_tasks import DURABLE_TICKS
 
 pytestmark = pytest.mark.timeout(90)
@@ -345,3 +345,101 @@ def test_tables_checked_on_a_database_that_comes_up_late_let_the_service_serve(
         assert service.stop() == 0
     finally:
         proxy.down()
+
+
+def test_an_idle_service_back_first_from_an_outage_leaves_the_others_a_lease_to_renew(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    notify: Callable[[str, str], None],
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A service with no lease of its own reconnects by its sweep: the sweep that opened
+    the connection (and so began the wait of one lease) went on at once, and took back the
+    job that another service, not back yet, still ran."""
+    proxies = DatabaseProxy(pg_dsn), DatabaseProxy(pg_dsn)
+    for proxy in proxies:
+        proxy.up()
+    try:
+        queue, busy = f"{channel}_q", f"{channel}_n"
+        services = []
+        for node, proxy in zip(("hold-a", "hold-b"), proxies, strict=True):
+            config = queue_config(proxy.dsn, schema, queue, lease=3, prefetch=0, poll_interval=0.1)
+            config["service"]["node_id"] = node
+            config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+            if node == "hold-b":  # its only worker busy with a NOTIFY task: it claims nothing
+                config["brokers"]["pg_notify"] = {"conninfo": proxy.dsn, "channels": [busy]}
+            services.append(start_service(config))
+        idle = services[1]
+        # Its first sweep made (by its claiming connection) and its sweeps' connection open.
+        wait_until(lambda: node_connections(pg_conn, "hold-b") == 2, timeout=10)
+        notify(busy, task_message("sleep_then_record", evidence.path, 30, "busy"))
+        evidence.wait_for(1)
+        uuids = enqueue(
+            pg_conn, schema, queue, [job_message("sleep_then_record", evidence.path, 8, "job")]
+        )
+        evidence.wait_for(2)  # the job runs on "hold-a"
+        for proxy in proxies:
+            proxy.down()
+        # As if the outage had lasted longer than the lease.
+        pg_conn.execute(
+            sql.SQL("UPDATE {} SET lease_until = now() - interval '1 second'").format(
+                sql.Identifier(schema, "jobs")
+            )
+        )
+        back = time.monotonic() + 4
+        wait_until(lambda: time.monotonic() >= back, timeout=10)
+        proxies[1].up()  # the idle service is back first
+        idle.wait_for_log(r"taking back no expired lease for 3 s \(the database was out")
+        proxies[0].up()  # the other one a second later: its lease is not taken meanwhile
+        rows = wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=30)
+    finally:
+        for proxy in proxies:
+            proxy.down()
+    assert [(row["attempts"], row["node_id"]) for row in rows] == [(1, "hold-a")]
+    runs = [record["label"] for record in evidence.records() if record["event"] == "start"]
+    assert runs == ["busy", "job"]  # it ran once
+    assert "ran out" not in idle.log, idle.log
+
+
+def node_connections(conn: Conn, node: str) -> int:
+    """How many pg_queue working connections the service *node* has open."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        " AND datname = current_database()",
+        (f"dispatcher-queue:{node}",),
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def test_a_renewal_that_waits_for_the_reconnect_delay_says_so(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A renewal that never reached the database (its connection waited out the delay
+    before the next attempt to reconnect) was logged as the database not answering."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        service = start_service(queue_config(proxy.dsn, schema, channel, lease=3))
+        uuids = enqueue(
+            pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 14)]
+        )
+        evidence.wait_for(1)
+        proxy.down()  # the delays between attempts grow past a renewal's 1 s
+        service.wait_for_log(
+            r"renewal of leases failed: no connection to the database: waiting [0-9.]+ s "
+            r"more before reconnecting",
+            timeout=20,
+        )
+        proxy.up()
+        wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=30)
+    finally:
+        proxy.down()
+    assert "renewal of leases failed: the database did not answer" not in service.log

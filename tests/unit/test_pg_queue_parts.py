@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +74,38 @@ def test_retry_jitter_stays_within_its_fraction() -> None:
     delays = {policy.delay(1) for _ in range(200)}
     assert all(3.0 <= delay <= 5.0 for delay in delays)
     assert len(delays) > 1
+
+
+@pytest.mark.anyio
+async def test_a_lost_queue_database_is_tried_again_at_least_every_five_seconds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failover of 30 s left services 20 to 25 s more without their database: the delay
+    between two attempts to reconnect had doubled up to 30 s meanwhile."""
+    with socket.socket() as probe:  # a port nothing listens on: every attempt is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    waits: list[float] = []
+
+    async def wait(seconds: float) -> None:  # not waited: each attempt logs its delay
+        waits.append(seconds)
+
+    from dispatcher.server.brokers.pg_queue import database
+
+    async def on_open(conn: Any) -> None:
+        pass
+
+    db = database.QueueDatabase(f"host=127.0.0.1 port={port} connect_timeout=2", "t", on_open)
+    monkeypatch.setattr(database.anyio, "sleep", wait)
+    with caplog.at_level("WARNING", logger="dispatcher.pg_queue"):
+        for _ in range(12):
+            with pytest.raises(database.FAILURES):
+                await db.ready()
+    delays = [float(d) for d in re.findall(r"retrying in ([0-9.]+) s", caplog.text)]
+    assert len(delays) == 12
+    assert 0.05 <= delays[0] <= 0.15  # doubling from a tenth of a second
+    assert max(delays) <= 5.0
+    assert min(delays[7:]) >= 4.5, delays  # up to 5 s, then that
 
 
 # -- outcomes --------------------------------------------------------------------------------
@@ -589,6 +623,8 @@ async def test_a_renewal_the_database_does_not_answer_is_given_up_in_time() -> N
     cancelled: list[bool] = []
 
     class Silent:
+        reconnect_in = 0.0
+
         async def fetch(self, statement: bytes, params: Any) -> list[tuple[Any, ...]]:
             try:
                 await anyio.sleep_forever()

@@ -10,6 +10,11 @@ FIRST_RETRY: Final = 0.1
 after it failed); doubled for each further one."""
 MAX_RETRY: Final = 30.0
 """Longest wait between two such attempts, in seconds."""
+MAX_RECONNECT: Final = 5.0
+"""Longest wait between two attempts to reconnect a service's database connections (the
+listeners', the durable queue's), in seconds: a service is back at most that long after its
+database (a failover, a restart), however long the outage; a server that is down gets one
+attempt per connection every 5 s."""
 HEALTHY_AFTER: Final = 5.0
 """Seconds a connection (or a broker's run) must have lasted for its loss to start the
 backoff afresh."""
@@ -18,7 +23,7 @@ backoff afresh."""
 class Backoff:
     """Yields retry delays ``initial, 2*initial, ...``, each +-10 %, never above ``maximum``.
 
-    The jitter of a delay at the cap only shortens it: "up to 30 s" holds.
+    The jitter of a delay at the cap only shortens it: "up to" the cap holds.
     """
 
     def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:

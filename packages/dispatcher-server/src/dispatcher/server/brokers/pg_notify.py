@@ -39,7 +39,7 @@ from dispatcher.schema import (
     service_application_name,
     split_message,
 )
-from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RETRY, Backoff
+from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.logsafe import first_line, get_logger, named_list
 from dispatcher.server.origin import Origin
@@ -116,7 +116,7 @@ class PgNotifyBroker(BrokerBase):
     ) -> None:
         """Listen until cancelled, reconnecting whenever the connection fails."""
         task_status.started()  # retries go on in the background
-        backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
+        backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RECONNECT)
         where = describe_server(self.settings.conninfo)
         connected_at: float | None = None
         while True:

@@ -155,7 +155,7 @@ class Acknowledger:
         del self._pending[: len(batch)]
         taken = given_up.union((row[4], row[5]) for row in rows)
         late = {(row[4], row[5]) for row in rows if row[7]}
-        fenced: list[str] = []
+        fenced: list[Phrase] = []
         waiting: list[Ack] = []
         newly_locked: list[int] = []
         for original, ack in zip(queued, batch, strict=True):
@@ -175,8 +175,8 @@ class Acknowledger:
             if uuid is None:  # it settles the claim adopted meanwhile: written next
                 self._pending.append(original)
                 continue
-            if refused:
-                fenced.append(uuid)
+            if refused:  # (its uuid always known: one copy of a row's job at a time)
+                fenced.append(Phrase("%s", uuid) if uuid != "?" else Phrase("? (job %d)", ack.id))
             elif key in late:
                 _log_late(ack, uuid)
             if ack.kind == "retry" or ack.delay:
@@ -195,10 +195,10 @@ class Acknowledger:
             some = fenced[first : first + MAX_UUIDS_LOGGED]
             logger.warning(
                 "%s not recorded: the jobs are no longer this service's claims (their "
-                "lease ran out, or an operator changed them), so they may run again, "
-                "or already have: uuids %s",
+                "lease ran out, an operator changed them, or a failover lost the last "
+                "writes), so they may run again, or already have: uuids %s",
                 counted(len(some), "outcome"),
-                Phrase.joined(", ", (Phrase("%s", uuid) for uuid in some)),
+                Phrase.joined(", ", some),
             )
         return waiting
 

@@ -12,7 +12,7 @@ Whatever the role or the database say, the session is never ended for idleness
 its statements in ``read committed`` (the isolation they are written for). Then *on_open*
 runs (the broker checks the tables' version and sweeps what dead services left behind).
 While the server cannot be reached, attempts to connect are spaced by a growing delay (0.1
-s, doubling up to 30 s), shared by every user of the connection, and each failure is
+s, doubling up to 5 s), shared by every user of the connection, and each failure is
 logged once. So are the statements after a write the server refused as read-only (a
 standby, or ``default_transaction_read_only`` on the role or the database): the connection
 is replaced, after that delay.
@@ -38,7 +38,7 @@ from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import describe_server
 from dispatcher.publish.connections import IdleWatch, with_cause
-from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
+from dispatcher.server.backoff import FIRST_RETRY, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
 from dispatcher.server.logsafe import first_line, get_logger
@@ -143,6 +143,10 @@ FAILURES = (psycopg.Error, OSError, BrokerNotReady)
 that are missing or too old (found when a connection is opened)."""
 
 
+class Reconnecting(ConnectionError):
+    """No connection, and the next attempt to open one is not due yet: the last one failed."""
+
+
 class QueueDatabase:
     """One autocommit connection, opened when first needed and after each loss.
 
@@ -183,7 +187,7 @@ class QueueDatabase:
         self._watch: IdleWatch | None = None
         """Tells whether the server ended the connection while it was idle."""
         self._lock = anyio.Lock()
-        self._backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
+        self._backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RECONNECT)
         self._retry_at = 0.0
         self._read_only = False
         """The last statement was a write refused as read-only, and none has passed since:
@@ -198,8 +202,17 @@ class QueueDatabase:
         (from the start of the first to the end of the last); ``0.0`` when none failed (the
         first connection; one that the server ended while idle, replaced before use)."""
 
-    async def fetch(self, statement: bytes, params: Mapping[str, Any]) -> Rows:
+    async def fetch(
+        self,
+        statement: bytes,
+        params: Mapping[str, Any],
+        *,
+        unless: Callable[[], bool] | None = None,
+    ) -> Rows:
         """Run *statement*; return its rows (none for a statement that returns none).
+
+        Not when *unless* (asked once the connection is open, the one that runs the
+        statement: opening it may have changed the answer) says so: no rows then.
 
         :raises psycopg.Error: as psycopg does (the connection is dropped if it broke).
         :raises OSError: when no connection can be opened.
@@ -208,7 +221,7 @@ class QueueDatabase:
         ended = False
         for retry in range(RETRIES + 1):
             try:
-                return await self._run(statement, params)
+                return await self._run(statement, params, unless)
             except RETRIED:
                 if retry == RETRIES:
                     raise
@@ -220,9 +233,13 @@ class QueueDatabase:
                 ended = True
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run(self, statement: bytes, params: Mapping[str, Any]) -> Rows:
+    async def _run(
+        self, statement: bytes, params: Mapping[str, Any], unless: Callable[[], bool] | None
+    ) -> Rows:
         """:meth:`fetch`, once."""
         conn = await self._connection()
+        if unless is not None and unless():
+            return []
         sent = time.monotonic()
         try:
             cursor = await conn.execute(statement, params)
@@ -306,6 +323,13 @@ class QueueDatabase:
     def waiting(self) -> bool:
         """Whether the server failed lately and the next attempt must wait a while."""
         return self._conn is None and self._retry_at > time.monotonic()
+
+    @property
+    def reconnect_in(self) -> float:
+        """Seconds before the next attempt to connect: ``0.0`` when connected or due now."""
+        if self._conn is not None:
+            return 0.0
+        return max(0.0, self._retry_at - time.monotonic())
 
     @property
     def failing(self) -> bool:

@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import anyio
 
-from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
+from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Reconnecting, Rows
 from dispatcher.server.brokers.pg_queue.outcomes import Ack
 from dispatcher.server.logsafe import Phrase, counted, get_logger
 
@@ -78,16 +78,21 @@ class Leases:
         *sent* is when (``time.monotonic()``) the claiming statement was sent; *uuid* is its
         job's. Returns whether to deliver it: not when this service still has the row's job
         from an earlier claim whose outcome is not written yet (its lease ran out and the row
-        was taken back meanwhile, a partition, say): the new claim is adopted, settled by
-        that copy's outcome (see :meth:`settling`), so that the service never runs two copies
-        of one job. While that outcome is being written, the claim may as well be a new
+        was taken back meanwhile, a partition, say; or a failover lost the last writes and
+        the row went back in time, so that this claim may even have the same numbers as the
+        earlier one): the new claim is adopted, settled by that copy's outcome (see
+        :meth:`settling`), so that the service never runs two copies of one job, whatever
+        the numbers say. While that outcome is being written, the claim may as well be a new
         attempt (a retry the write just recorded): *deliver*, if given, is called with *claimed*
         then, when the write turns out to have been recorded (see :meth:`release`).
+
+        A row of another job (another uuid: a failover lost the row, and its id was given
+        again) is delivered.
         """
         self.held[row] = (attempts, claim)
         self._confirmed[row] = sent
         delivered = self._delivered.get(row)
-        if delivered is None or delivered[0] == claim:
+        if delivered is None or delivered[1] != uuid:
             self._delivered[row] = (claim, uuid)
             return True
         if deliver is not None and row in self._writing:
@@ -101,8 +106,9 @@ class Leases:
         self._adopted[row, delivered] = (attempts, claim)
         logger.warning(
             "job %d (uuid %s) claimed again (attempt %d) while this service still has it "
-            "from an earlier claim (its lease ran out meanwhile): not started twice; the "
-            "earlier copy's outcome settles the new claim",
+            "from an earlier claim, which the database no longer had (its lease ran out, an "
+            "operator changed the row, or a failover lost the last writes): not started "
+            "twice; the earlier copy's outcome settles the new claim",
             row,
             uuid,
             attempts,
@@ -211,12 +217,20 @@ class Leases:
         :raises TimeoutError: when the database did not answer within :attr:`renew_limit`
             (a network partition: the statement is cancelled, and the connection it was
             on closed, so that the next renewal opens a new one).
+        :raises Reconnecting: when the db's connection is lost and its next attempt to
+            reconnect comes after :attr:`renew_limit` (the next renewal tries again).
         """
         if not self.held:
             return
         held = dict(self.held)
-        sent = time.monotonic()
         limit = self.renew_limit
+        wait = 0.0 if fetch is not None else self._db.reconnect_in
+        if wait >= limit:
+            raise Reconnecting(
+                f"no connection to the database: waiting {wait:.1f} s more before "
+                "reconnecting (the last attempt failed)"
+            )
+        sent = time.monotonic()
         rows: Rows = []
         with anyio.move_on_after(limit) as renewal:
             rows = await (fetch or self._db.fetch)(
@@ -229,7 +243,8 @@ class Leases:
                 },
             )
         if renewal.cancelled_caught:
-            raise TimeoutError(f"the database did not answer within {limit:g} s")
+            waited = f" ({wait:.1f} s of it waiting to reconnect)" if wait else ""
+            raise TimeoutError(f"the database did not answer within {limit:g} s{waited}")
         ours: dict[int, bool] = dict(rows)
         locked: list[int] = []
         for row, claim in held.items():
@@ -250,8 +265,10 @@ class Leases:
                 del self.held[row]
                 del self._confirmed[row]
                 logger.warning(
-                    "lost the claim of job %d (uuid %s, attempt %d): its lease ran out and "
-                    "it may run again elsewhere",
+                    "lost the claim of job %d (uuid %s, attempt %d): the database no longer "
+                    "has the row under this claim (its lease ran out and it was taken back, "
+                    "an operator changed it, or a failover lost the last writes); it may run "
+                    "again elsewhere",
                     row,
                     self.uuid(row),
                     claim[0],

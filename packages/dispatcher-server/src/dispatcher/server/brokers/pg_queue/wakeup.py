@@ -21,7 +21,7 @@ import psycopg
 
 from dispatcher.publish import describe_server
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
-from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RETRY, Backoff
+from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.pg_notify import open_connection, start_listening
 from dispatcher.server.logsafe import first_line, get_logger
 
@@ -98,7 +98,7 @@ async def listen(
     conninfo: str, application_name: str, queues: Collection[str], wakeup: Wakeup
 ) -> None:
     """LISTEN for wake-ups of *queues* until cancelled, reconnecting when the connection fails."""
-    backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RETRY)
+    backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RECONNECT)
     where = describe_server(conninfo)
     wanted = frozenset(queues)
     while True:
