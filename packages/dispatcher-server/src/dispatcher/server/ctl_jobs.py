@@ -23,9 +23,10 @@ import psycopg
 from dispatcher.config import PgQueueBroker, Settings
 from dispatcher.publish import broker_unavailable, describe_server
 from dispatcher.publish.connections import (
-    REFUSALS,
     UNTRANSLATABLE,
     connection_options,
+    note_server,
+    refused_for_good,
     server_encoding,
     stopped_answering,
     with_cause,
@@ -155,6 +156,7 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
             try:
                 return _run_command(conn, section, options)
             except psycopg.Error as exc:
+                note_server(exc, conn, section.conninfo)  # (a standby, or a read-only role)
                 refusal = refused_option(options, encoding, exc)
                 if refusal is None:
                     raise
@@ -163,7 +165,7 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         lost = conn is not None and conn.broken
         message = database_error(exc, section.conninfo, options.command, options.timeout, lost)
         # Refused for good (a missing privilege, say): trying again would not help.
-        return _fail(message, EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_FAILED)
+        return _fail(message, EXIT_USAGE if refused_for_good(exc) else EXIT_FAILED)
     except queue_admin.TablesMissing as exc:
         return _fail(str(exc), EXIT_USAGE)  # set-up to finish: retrying alone would not help
     except DispatcherError as exc:
@@ -397,7 +399,11 @@ def cancel_waiting_job(
             if unstorable(texts, [server_encoding(conn)]) is not None:
                 return None, None  # no job can have it
             limit_waits(conn, timeout)
-            queue = queue_admin.cancel_waiting(conn, section.schema, uuid, task)
+            try:
+                queue = queue_admin.cancel_waiting(conn, section.schema, uuid, task)
+            except psycopg.Error as exc:
+                note_server(exc, conn, section.conninfo)  # (a standby, or a read-only role)
+                raise
     except (queue_admin.NotCancelled, queue_admin.TablesMissing):
         return None, None
     except psycopg.Error as exc:

@@ -32,7 +32,7 @@ from psycopg import sql
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.publish import AsyncConnectionProvider, describe_server
-from dispatcher.publish.connections import NOTIFY_ONE, connection_options
+from dispatcher.publish.connections import NOTIFY_ONE, all_attempts, connection_options
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     is_valid_channel_name,
@@ -152,7 +152,7 @@ class PgNotifyBroker(BrokerBase):
                 connected_at = None
                 self._stats.listener_failures += 1
                 delay = backoff.next_delay()
-                reason = first_line(exc)
+                reason = all_attempts(exc) or first_line(exc)
                 self._stats.broker(self.name).failed(reason)
                 logger.warning(
                     "pg_notify connection to %s failed (%s); retrying in %.1f s",
