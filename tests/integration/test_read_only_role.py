@@ -32,6 +32,7 @@ from dispatcher.publish import (
     submit_task,
 )
 from support.durable import own_schema, queue_config
+from support.proxy import DatabaseProxy
 from support.queue_rows import insert_job
 from support.service import TASKS, ServiceProcess
 
@@ -162,3 +163,32 @@ def test_the_service_says_why_and_waits_longer_each_time(
     assert refused
     assert all(READ_ONLY in line for line in refused)
     assert service.stop() == 0
+
+
+def test_a_connection_to_several_hosts_says_why_each_failed(
+    read_only: tuple[str, str], pg_dsn: str, channel: str, tmp_path: Path
+) -> None:
+    """A standby (here a read-only session) up, the primary down: each host's failure is
+    told, not only libpq's first line, which is the last host's ("Connection refused")."""
+    conninfo, _ = read_only
+    down = DatabaseProxy(pg_dsn)  # a port where nothing listens
+    params = conninfo_to_dict(conninfo)
+    several = make_conninfo(
+        conninfo,
+        host="127.0.0.1,127.0.0.1",
+        port=f"{params.get('port') or 5432},{down.port}",
+        target_session_attrs="read-write",
+    )
+    config = tmp_path / "dispatcher.yml"
+    brokers = {"pg_notify": {"conninfo": several, "channels": [channel]}}
+    config.write_text(json.dumps({"version": 1, "brokers": brokers}))
+    done = subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", "alive", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "session is read-only" in done.stderr
+    assert "Connection refused" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
