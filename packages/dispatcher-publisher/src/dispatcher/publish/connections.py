@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
 from psycopg import BaseConnection
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
 from dispatcher.config import get_settings
@@ -238,6 +238,24 @@ def describe_server(conninfo: str) -> str:
     if user := given("user"):
         parts.append(f"user {user!r}")
     return ", ".join(parts)
+
+
+def describe_connection(connection: BaseConnection[Any], conninfo: str) -> str:
+    """:func:`describe_server` for *connection*, opened with *conninfo*: the host it reached.
+
+    A conninfo may name several hosts (``host=db1,db2``): the line names the one the
+    connection went to (after a failover, the new primary).
+    """
+    where = describe_server(conninfo)
+    try:
+        params = conninfo_to_dict(conninfo)
+        host, port = connection.info.host, connection.info.port
+    except psycopg.Error:  # broken meanwhile: its parameters cannot be read any more
+        return where
+    if "," not in str(params.get("host") or params.get("hostaddr") or ""):
+        return where
+    reached = {key: value for key, value in params.items() if key != "hostaddr"}
+    return describe_server(make_conninfo("", **{**reached, "host": host, "port": port}))
 
 
 def broker_unavailable(conninfo: str, exc: psycopg.Error, doing: str) -> BrokerUnavailable:

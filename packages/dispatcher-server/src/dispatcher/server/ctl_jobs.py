@@ -25,6 +25,8 @@ from dispatcher.publish import broker_unavailable, describe_server
 from dispatcher.publish.connections import (
     UNTRANSLATABLE,
     connection_options,
+    describe_connection,
+    hot_standby,
     note_server,
     refused_for_good,
     server_encoding,
@@ -178,6 +180,12 @@ def _run_command(
     queue = getattr(options, "queue", None)
     if queue is not None and not queue_admin.queue_known(conn, section, queue):
         return _fail(unknown_queue(queue, section.queues), EXIT_USAGE)
+    if options.command == "jobs" and hot_standby(conn):
+        print(
+            f"dispatcherctl: warning: {describe_connection(conn, section.conninfo)} is a "
+            "standby (in_hot_standby = on): its rows may lag behind the primary's",
+            file=sys.stderr,
+        )
     return _COMMANDS[options.command](conn, section.schema, options)
 
 
