@@ -9,6 +9,7 @@ refusals.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -19,11 +20,19 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dispatcher.config import reset, setup
-from dispatcher.publish import BrokerUnavailable, PublishError, close_connections, submit_task
+from dispatcher.publish import (
+    BrokerUnavailable,
+    PublishError,
+    aclose_connections,
+    asubmit_task,
+    close_connections,
+    submit_task,
+)
 from support.durable import own_schema, queue_config
+from support.proxy import DatabaseProxy
 from support.queue_rows import insert_job
 from support.service import TASKS, ServiceProcess
 
@@ -31,7 +40,7 @@ pytestmark = pytest.mark.timeout(60)
 
 Conn = psycopg.Connection[Any]
 
-READ_ONLY = "the database or the role is read-only (default_transaction_read_only, or a standby)"
+READ_ONLY = "the database or the role is read-only (default_transaction_read_only)"
 
 
 @pytest.fixture
@@ -74,6 +83,47 @@ def test_the_sdk_raises_an_error_no_retry_cures_saying_why(
     assert "sending again will not help" in str(raised.value)
 
 
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_the_sdk_connects_again_after_a_refusal(
+    pg_conn: Conn, read_only: tuple[str, str], channel: str, api: str
+) -> None:
+    """The connection a write was refused on is not kept: the next submission connects
+    again, and may reach a server (or a session) that takes it. After a failover behind a VIP
+    or a proxy, a connection kept would stay on the standby for ever.
+
+    (A NOTIFY passes in a read-only transaction, refused on a standby only: its send takes
+    the same path, the SDK's shared connection.)"""
+    conninfo, schema = read_only
+    queue = {"conninfo": conninfo, "schema": schema, "queues": [channel]}
+    setup({"version": 1, "brokers": {"pg_queue": queue}})
+    role = sql.Identifier(str(conninfo_to_dict(conninfo)["user"]))
+
+    def mend() -> None:  # for the sessions opened from now on
+        pg_conn.execute(sql.SQL("ALTER ROLE {} RESET default_transaction_read_only").format(role))
+
+    try:
+        if api == "sync":
+            with pytest.raises(PublishError, match="read-only"):
+                submit_task(TASKS + "noop", queue=channel)
+            mend()
+            submit_task(TASKS + "noop", queue=channel)
+        else:
+
+            async def submit_twice() -> None:
+                try:
+                    with pytest.raises(PublishError, match="read-only"):
+                        await asubmit_task(TASKS + "noop", queue=channel)
+                    mend()
+                    await asubmit_task(TASKS + "noop", queue=channel)
+                finally:
+                    await aclose_connections()
+
+            asyncio.run(submit_twice())
+    finally:
+        close_connections()
+        reset()
+
+
 def test_dispatcherctl_refuses_with_exit_status_2_saying_why(
     pg_conn: Conn, read_only: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -113,3 +163,32 @@ def test_the_service_says_why_and_waits_longer_each_time(
     assert refused
     assert all(READ_ONLY in line for line in refused)
     assert service.stop() == 0
+
+
+def test_a_connection_to_several_hosts_says_why_each_failed(
+    read_only: tuple[str, str], pg_dsn: str, channel: str, tmp_path: Path
+) -> None:
+    """A standby (here a read-only session) up, the primary down: each host's failure is
+    told, not only libpq's first line, which is the last host's ("Connection refused")."""
+    conninfo, _ = read_only
+    down = DatabaseProxy(pg_dsn)  # a port where nothing listens
+    params = conninfo_to_dict(conninfo)
+    several = make_conninfo(
+        conninfo,
+        host="127.0.0.1,127.0.0.1",
+        port=f"{params.get('port') or 5432},{down.port}",
+        target_session_attrs="read-write",
+    )
+    config = tmp_path / "dispatcher.yml"
+    brokers = {"pg_notify": {"conninfo": several, "channels": [channel]}}
+    config.write_text(json.dumps({"version": 1, "brokers": brokers}))
+    done = subprocess.run(
+        [sys.executable, "-m", "dispatcher.server.ctl", "alive", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "session is read-only" in done.stderr
+    assert "Connection refused" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -363,7 +363,13 @@ class ConnectionProvider:
                         raise lost from None
                     resends -= 1
                 except psycopg.Error as exc:
-                    raise broker_failure(self.conninfo, exc, doing, what, own) from None
+                    failure = broker_failure(self.conninfo, exc, doing, what, own)
+                    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+                        # A standby, or a session made read-only: the next call connects
+                        # again, which may reach the primary (a VIP or proxy moved to it)
+                        # or a session without the setting.
+                        self._drop(slot, own)
+                    raise failure from None
                 except BaseException:
                     # Interrupted (an exception of a signal handler's or a deadline's, a
                     # gevent.Timeout) with the statement perhaps under way and its reply
@@ -392,9 +398,10 @@ class ConnectionProvider:
             ) from None
 
     def _drop(self, slot: _Slot, own: Connection[Any]) -> None:
-        """Close *own*, which the server ended while idle (or a caller interrupted left busy).
+        """Close *own*: ended while idle, left busy, or a write on it was refused as read-only.
 
-        The next use opens another. Called under ``slot.sending``, with *own* the slot's: no
+        The server ended it while it was idle, or a caller interrupted left it busy. The next
+        use opens another. Called under ``slot.sending``, with *own* the slot's: no
         other caller's statement runs on it.
         """
         with self._lock:

@@ -25,7 +25,7 @@ from dispatcher.publish import (
     broker_unavailable,
     describe_server,
 )
-from dispatcher.publish.connections import REFUSALS, connection_options
+from dispatcher.publish.connections import connection_options, note_server, refused_for_good
 from dispatcher.schema import LOG_LEVELS, sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_jobs, ctl_submit
 from dispatcher.server.ctl_arguments import Text, count, json_list, json_object, positive_seconds
@@ -665,13 +665,17 @@ def install_sql(settings: Settings) -> int:
     for function, conninfo, text in installs:
         try:
             with psycopg.connect(conninfo, autocommit=True, **connection_options(conninfo)) as conn:
-                conn.execute(text.encode())
+                try:
+                    conn.execute(text.encode())
+                except psycopg.Error as exc:
+                    note_server(exc, conn, conninfo)  # (a standby, or a read-only role: which)
+                    raise
                 # Where the file created it: the first schema of the session's search_path.
                 row = conn.execute(b"SELECT pg_catalog.current_schema()").fetchone()
         except psycopg.Error as exc:
             failure = broker_unavailable(conninfo, exc, f"install {function} in")
             print(f"dispatcherctl: {shown(failure)}", file=sys.stderr)
-            return EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_MISSING
+            return EXIT_USAGE if refused_for_good(exc) else EXIT_MISSING
         schema = f'"{shown(row[0])}"' if row is not None and row[0] is not None else "?"
         print(f"installed {function} in schema {schema} of {describe_server(conninfo)}")
     return EXIT_OK

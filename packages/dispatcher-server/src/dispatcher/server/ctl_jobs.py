@@ -23,9 +23,12 @@ import psycopg
 from dispatcher.config import PgQueueBroker, Settings
 from dispatcher.publish import broker_unavailable, describe_server
 from dispatcher.publish.connections import (
-    REFUSALS,
     UNTRANSLATABLE,
     connection_options,
+    describe_connection,
+    hot_standby,
+    note_server,
+    refused_for_good,
     server_encoding,
     stopped_answering,
     with_cause,
@@ -155,6 +158,7 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
             try:
                 return _run_command(conn, section, options)
             except psycopg.Error as exc:
+                note_server(exc, conn, section.conninfo)  # (a standby, or a read-only role)
                 refusal = refused_option(options, encoding, exc)
                 if refusal is None:
                     raise
@@ -163,7 +167,7 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
         lost = conn is not None and conn.broken
         message = database_error(exc, section.conninfo, options.command, options.timeout, lost)
         # Refused for good (a missing privilege, say): trying again would not help.
-        return _fail(message, EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_FAILED)
+        return _fail(message, EXIT_USAGE if refused_for_good(exc) else EXIT_FAILED)
     except queue_admin.TablesMissing as exc:
         return _fail(str(exc), EXIT_USAGE)  # set-up to finish: retrying alone would not help
     except DispatcherError as exc:
@@ -176,6 +180,12 @@ def _run_command(
     queue = getattr(options, "queue", None)
     if queue is not None and not queue_admin.queue_known(conn, section, queue):
         return _fail(unknown_queue(queue, section.queues), EXIT_USAGE)
+    if options.command == "jobs" and hot_standby(conn):
+        print(
+            f"dispatcherctl: warning: {describe_connection(conn, section.conninfo)} is a "
+            "standby (in_hot_standby = on): its rows may lag behind the primary's",
+            file=sys.stderr,
+        )
     return _COMMANDS[options.command](conn, section.schema, options)
 
 
@@ -397,7 +407,11 @@ def cancel_waiting_job(
             if unstorable(texts, [server_encoding(conn)]) is not None:
                 return None, None  # no job can have it
             limit_waits(conn, timeout)
-            queue = queue_admin.cancel_waiting(conn, section.schema, uuid, task)
+            try:
+                queue = queue_admin.cancel_waiting(conn, section.schema, uuid, task)
+            except psycopg.Error as exc:
+                note_server(exc, conn, section.conninfo)  # (a standby, or a read-only role)
+                raise
     except (queue_admin.NotCancelled, queue_admin.TablesMissing):
         return None, None
     except psycopg.Error as exc:

@@ -9,7 +9,12 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
-from dispatcher.publish.connections import REFUSALS, connection_options, stopped_answering
+from dispatcher.publish.connections import (
+    connection_options,
+    note_server,
+    refused_for_good,
+    stopped_answering,
+)
 from dispatcher.server.brokers.pg_queue.migrations import (
     VERSION_TABLE,
     MigrationError,
@@ -106,6 +111,9 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
             except VersionUnreadable as exc:
                 print(f"dispatcherctl: {_unreadable(conn, schema, exc)}", file=sys.stderr)
                 return EXIT_USAGE
+            except psycopg.errors.ReadOnlySqlTransaction as exc:
+                note_server(exc, conn, conninfo)  # (a standby, or a read-only role: which)
+                raise
             except psycopg.errors.InsufficientPrivilege:
                 lacking = _lacking(conn, schema)
                 if lacking is None:
@@ -126,7 +134,7 @@ def migrate_command(settings: Settings, print_only: bool = False, lock_wait: flo
         else:
             failure = broker_unavailable(conninfo, exc, doing)
         print(f"dispatcherctl: {failure}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, REFUSALS) else EXIT_UNREACHABLE
+        return EXIT_USAGE if refused_for_good(exc) else EXIT_UNREACHABLE
     where = f'the pg_queue tables in schema "{schema}" of {describe_server(conninfo)}'
     if done.pending:
         print(f"migrated {where} from version {done.current} to {done.latest}")

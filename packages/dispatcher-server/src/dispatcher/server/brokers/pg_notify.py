@@ -32,7 +32,12 @@ from psycopg import sql
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.publish import AsyncConnectionProvider, describe_server
-from dispatcher.publish.connections import NOTIFY_ONE, connection_options
+from dispatcher.publish.connections import (
+    NOTIFY_ONE,
+    all_attempts,
+    connection_options,
+    describe_connection,
+)
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     is_valid_channel_name,
@@ -128,20 +133,21 @@ class PgNotifyBroker(BrokerBase):
                     # comes this way.
                     conn.add_notify_handler(drain.take)
                     await self._listen(conn)
+                    reached = describe_connection(conn, self.settings.conninfo)
                     connected_at = time.monotonic()
                     self._stats.listener_connects += 1
                     self._stats.broker(self.name).serving()
                     if self._stats.listener_connects == 1 and self.channels:
                         channels = named_list(self.channels)
-                        logger.info("listening on channels %s (%s)", channels, where)
+                        logger.info("listening on channels %s (%s)", channels, reached)
                     elif self._stats.listener_connects == 1:
                         logger.info(
                             "listening on no channel (%s): brokers.pg_notify.channels is "
                             "empty, so no task nor control command comes this way",
-                            where,
+                            reached,
                         )
                     else:
-                        logger.info("reconnected to %s; listening again", where)
+                        logger.info("reconnected to %s; listening again", reached)
                     await self._serve(conn, drain)
                 finally:
                     with anyio.CancelScope(shield=True):  # closed even when cancelled
@@ -152,7 +158,7 @@ class PgNotifyBroker(BrokerBase):
                 connected_at = None
                 self._stats.listener_failures += 1
                 delay = backoff.next_delay()
-                reason = first_line(exc)
+                reason = all_attempts(exc) or first_line(exc)
                 self._stats.broker(self.name).failed(reason)
                 logger.warning(
                     "pg_notify connection to %s failed (%s); retrying in %.1f s",

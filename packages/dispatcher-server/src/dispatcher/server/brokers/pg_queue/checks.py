@@ -6,7 +6,7 @@ import psycopg
 
 from dispatcher.config import PgQueueBroker as PgQueueSettings
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import REFUSALS, connection_options
+from dispatcher.publish.connections import REFUSALS, all_attempts, connection_options
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_queue import privileges
 from dispatcher.server.brokers.pg_queue.migrations import latest_version, problem, read_version
@@ -53,7 +53,7 @@ def check_tables(
     except psycopg.Error as exc:
         logger.warning(
             "cannot check the tables now (%s); will check when connected",
-            first_line(exc),
+            all_attempts(exc) or first_line(exc),
         )
         return False
     refusal = problem(found, schema, config_file)

@@ -37,7 +37,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import IdleWatch, with_cause
+from dispatcher.publish.connections import IdleWatch, all_attempts, note_server, with_cause
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
@@ -259,6 +259,7 @@ class QueueDatabase:
                 # operator mends it. Waited out as an unreachable server is (a new
                 # connection may reach the primary after a failover), not tried at once.
                 self._read_only = True
+                note_server(exc, conn, self._conninfo)  # (a standby, or a read-only role)
                 self._failed_since(sent)
                 self._failed(exc)
                 await self.discard(None, conn)
@@ -383,6 +384,7 @@ class QueueDatabase:
                 self.outage = 0.0 if failing is None else failing[1] - failing[0]
                 await self._on_open(conn)
             except BaseException as exc:
+                note_server(exc, conn, self._conninfo)  # (a standby, or a read-only role)
                 with anyio.CancelScope(shield=True):
                     await conn.close()
                 if isinstance(exc, FAILURES):
@@ -402,14 +404,14 @@ class QueueDatabase:
     def _failed(self, exc: BaseException) -> None:
         if self._stats is not None:
             self._stats.pg_queue_connect_failures += 1
-            self._stats.pg_queue_last_error = first_line(exc)
+            self._stats.pg_queue_last_error = all_attempts(exc) or first_line(exc)
             self._stats.pg_queue_last_error_time = time.time()
         delay = self._backoff.next_delay()
         self._retry_at = time.monotonic() + delay
         logger.warning(
             "pg_queue connection to %s failed (%s); retrying in %.1f s",
             self.where,
-            with_cause(exc, first_line(exc)),
+            with_cause(exc, all_attempts(exc) or first_line(exc)),
             delay,
         )
 

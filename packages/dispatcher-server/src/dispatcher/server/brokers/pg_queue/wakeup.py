@@ -20,6 +20,7 @@ import anyio
 import psycopg
 
 from dispatcher.publish import describe_server
+from dispatcher.publish.connections import all_attempts
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.pg_notify import open_connection, start_listening
@@ -121,7 +122,7 @@ async def listen(
             logger.warning(
                 "wake-up connection to %s failed (%s); retrying in %.1f s",
                 where,
-                first_line(exc),
+                all_attempts(exc) or first_line(exc),
                 delay,
             )
             await anyio.sleep(delay)
