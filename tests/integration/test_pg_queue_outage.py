@@ -29,7 +29,7 @@ from support.durable import (
     wait_for_states,
 )
 from support.proxy import DatabaseProxy
-from support.queue_rows import unique_schema
+from support.queue_rows import insert_job, unique_schema
 from support.service import TASKS, Evidence, ServiceProcess, task_message, wait_until
 from support.service_tasks import DURABLE_TICKS
 
@@ -402,6 +402,48 @@ def test_an_idle_service_back_first_from_an_outage_leaves_the_others_a_lease_to_
     runs = [record["label"] for record in evidence.records() if record["event"] == "start"]
     assert runs == ["busy", "job"]  # it ran once
     assert "ran out" not in idle.log, idle.log
+
+
+def test_a_service_started_while_the_database_was_out_of_reach_leaves_the_others_a_lease(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """The first sweep (by the claiming connection's first open) went ahead after an outage
+    too: a service started (or restarted) while the database was out of reach took back at
+    once the job of another service that was still reconnecting."""
+    queue = f"{channel}_q"
+    other = insert_job(pg_conn, schema, queue=queue, state="running", attempts=1, max_attempts=1)
+    table = sql.Identifier(schema, "jobs")
+    pg_conn.execute(  # another service's lease, which runs out during the outage
+        sql.SQL(
+            "UPDATE {} SET node_id = 'elsewhere', lease_until = now() + interval '2 s'"
+            " WHERE uuid = %s"
+        ).format(table),
+        (other,),
+    )
+    proxy = DatabaseProxy(pg_dsn)
+    try:
+        service = start_service(queue_config(proxy.dsn, schema, queue, lease=12), wait=False)
+        back = time.monotonic() + 6  # longer than a third of the lease
+        wait_until(lambda: time.monotonic() >= back, timeout=10)
+        proxy.up()
+        service.wait_for_log(r"taking back no expired lease for 12 s \(the database was out")
+        # Its claiming connection is open (it claimed and ran a job), and the other service's
+        # job is still its own.
+        uuids = enqueue(pg_conn, schema, queue, [job_message("record", evidence.path, 1)])
+        wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=30)
+        state = sql.SQL("SELECT state FROM {} WHERE uuid = %s").format(table)
+        assert pg_conn.execute(state, (other,)).fetchone() == ("running",)
+        # Once the lease has passed, the expired lease is taken back.
+        (row,) = wait_for_states(pg_conn, schema, [other], {"failed"}, timeout=30)
+        assert row["outcome"] == "worker_lost"
+        assert service.stop() == 0
+    finally:
+        proxy.down()
 
 
 def node_connections(conn: Conn, node: str) -> int:

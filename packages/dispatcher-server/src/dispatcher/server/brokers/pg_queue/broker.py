@@ -370,8 +370,10 @@ class PgQueueBroker(BrokerBase):
 
         This service's own leases are renewed first: reconnecting after an outage longer
         than the lease, the jobs it ran meanwhile (outcomes not written yet) are its own,
-        not lost. Only the first connection sweeps at once: one that came back from an
-        outage leaves the other services of the database a lease to come back too (see
+        not lost. Only the first connection sweeps at once, and not even it when it opens
+        after an outage (a service started while the database was out of reach) or on a
+        server that started less than a lease ago: one that came back from an outage
+        leaves the other services of the database a lease to come back too (see
         :meth:`_came_back`).
         The upkeep sweeps only after that first sweep (claims, and so this, wait until the
         service knows its tasks' declared ``max_attempts``, which a sweep applies).
@@ -382,10 +384,10 @@ class PgQueueBroker(BrokerBase):
             return await (await conn.execute(statement, params)).fetchall()
 
         await self._leases.renew(fetch)
-        if "claims" in self._opened:
-            await self._came_back(conn, self._claims_db)
-        else:
-            await sweep(fetch, self._statements.sweep, self._stats, limits=self._limits)
+        await self._came_back(conn, self._claims_db)
+        if "claims" not in self._opened:
+            if not self._upkeep.sweeps_held():
+                await sweep(fetch, self._statements.sweep, self._stats, limits=self._limits)
             self._upkeep.begin_sweeps()
         self._opened.add("claims")
 

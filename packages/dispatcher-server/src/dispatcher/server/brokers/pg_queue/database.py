@@ -198,9 +198,11 @@ class QueueDatabase:
         """Since the last connection opened, when (``time.monotonic()``) the first attempt
         that failed for want of a connection began, and when the last one ended."""
         self.outage = 0.0
-        """Seconds that attempts failed for want of a connection before the last one opened
-        (from the start of the first to the end of the last); ``0.0`` when none failed (the
-        first connection; one that the server ended while idle, replaced before use)."""
+        """Seconds without a connection before the last one opened, its attempts failing:
+        from the start of the first attempt that failed to the start of the one that
+        opened it (the wait between them counts: the others may have been cut off as long);
+        ``0.0`` when none failed (the first connection; one that the server ended while
+        idle, replaced before use)."""
 
     async def fetch(
         self,
@@ -381,7 +383,7 @@ class QueueDatabase:
                         _SESSION, {"timeout": self._timeout, "lock_timeout": self._lock_timeout}
                     )
                 failing = self._failing
-                self.outage = 0.0 if failing is None else failing[1] - failing[0]
+                self.outage = 0.0 if failing is None else began - failing[0]
                 await self._on_open(conn)
             except BaseException as exc:
                 note_server(exc, conn, self._conninfo)  # (a standby, or a read-only role)

@@ -157,7 +157,7 @@ class Upkeep:
             deadline = now + budget  # one for the sweep and the purge: renewals stay on time
             # Never sweep before this service's own leases are renewed: after a long outage
             # they ran out too, and the jobs it ran meanwhile are not lost, only unrecorded.
-            if now >= next_sweep and renewed and self._swept and not self._held():
+            if now >= next_sweep and renewed and self._swept and not self.sweeps_held():
                 next_sweep = now + self._lease / 2
                 await self._attempt("sweep of lost leases", SETTLE, self._sweep, deadline)
             if now >= next_purge:
@@ -203,11 +203,11 @@ class Upkeep:
         async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
             # Asked again once the connection is open: the sweep that opens it after an
             # outage is the one that learns sweeps must wait (see hold_sweeps).
-            return await self._db.fetch(statement, params, unless=self._held)
+            return await self._db.fetch(statement, params, unless=self.sweeps_held)
 
         await sweep(fetch, self._statements.sweep, self._stats, deadline, limits=self._limits)
 
-    def _held(self) -> bool:
+    def sweeps_held(self) -> bool:
         """Whether sweeps wait now (see :meth:`hold_sweeps`)."""
         return time.monotonic() < self._sweeps_from
 
