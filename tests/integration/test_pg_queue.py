@@ -1150,7 +1150,7 @@ def test_an_error_text_the_database_encoding_cannot_hold_is_recorded_escaped(
         errors = ["caf\u00e9 \u65e5\u672c", "plain"]
         for (row, claim), uuid, error in zip(ids, uuids, errors, strict=True):
             leases.add(row, 1, claim, time.monotonic(), uuid)
-            acks.add(Ack(row, 1, claim, "failed", "rejected", error))
+            acks.add(Ack(row, 1, claim, "failed", "rejected", error, uuid=uuid))
         try:
             await acks.flush()
         finally:

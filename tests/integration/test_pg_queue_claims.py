@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import psycopg
 import pytest
@@ -182,6 +183,44 @@ def test_a_row_claimed_again_by_the_service_running_it_is_settled_by_the_running
     assert [record["event"] for record in records] == ["start", "end"]
     assert done["finished_at"].timestamp() >= records[1]["time"] - 0.5  # by the one run
     assert "outcome not recorded" not in service.log
+
+
+def test_a_row_id_given_to_another_job_is_settled_by_that_jobs_outcome_only(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    # A failover lost the running row of job A, and its id went to a new job B, claimed by
+    # the same service with the same numbers while A still runs. A's outcome, which ends
+    # first, is refused (it once settled B's row); B's is recorded.
+    config = queue_config(pg_dsn, schema, channel, lease=30, poll_interval=0.1)
+    config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
+    service = start_service(config)
+    (first,) = enqueue(
+        pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 1.5, "run")]
+    )
+    evidence.wait_for(1)
+    second = str(uuid4())
+    pg_conn.execute(
+        sql.SQL(
+            "UPDATE {} SET uuid = %s, message = replace(message, uuid, %s), state = 'queued',"
+            " attempts = 0, claims = claims - 1, lease_until = NULL, run_after = now()"
+            " WHERE uuid = %s AND state = 'running'"
+        ).format(sql.Identifier(schema, "jobs")),
+        (second, second, first),
+    )
+    pg_conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_WAKEUP_CHANNEL, channel))
+    evidence.wait_for(2)
+    service.wait_for_log(rf"1 outcome not recorded: .* uuids {first}\b")
+    (done,) = wait_for_states(pg_conn, schema, [second], {"done"})
+    records = evidence.wait_for(4)
+    assert [record["event"] for record in records] == ["start", "start", "end", "end"]
+    assert done["attempts"] == 1
+    assert done["finished_at"].timestamp() >= records[3]["time"] - 0.5  # by B's own run
+    assert "? (job" not in service.log
 
 
 def test_a_row_gone_back_in_time_is_not_started_twice_by_the_service_running_it(

@@ -82,13 +82,15 @@ def fill(conn: Conn, schema: str) -> None:
                 finished_at="now() - interval '1 day'")  # fmt: skip
 
 
-def held(conn: Conn, schema: str, order: str) -> list[int]:
-    """The ids of a batch of the rows running under a lease that has not run out."""
-    query = "SELECT id FROM {}.jobs WHERE uuid LIKE 'held-%%' AND state = 'running' ORDER BY id "
+def held(conn: Conn, schema: str, order: str) -> list[tuple[int, str]]:
+    """The ids and uuids of a batch of the rows running under a lease that has not run out."""
+    query = (
+        "SELECT id, uuid FROM {}.jobs WHERE uuid LIKE 'held-%%' AND state = 'running' ORDER BY id "
+    )
     rows = conn.execute(
         sql.SQL(query + order + " LIMIT {}").format(sql.Identifier(schema), BATCH)
     ).fetchall()
-    return [row[0] for row in rows]
+    return [(row[0], row[1]) for row in rows]
 
 
 def parameters(conn: Conn, schema: str) -> dict[str, dict[str, Any]]:
@@ -105,13 +107,19 @@ def parameters(conn: Conn, schema: str) -> dict[str, dict[str, Any]]:
     renewed = held(conn, schema, "ASC")
     acks = [
         {"id": id, "attempts": 1, "claims": 1, "kind": "done", "outcome": None,
-         "error": None, "result": "1", "delay": None}
-        for id in held(conn, schema, "DESC")
+         "error": None, "result": "1", "delay": None, "uuid": uuid}
+        for id, uuid in held(conn, schema, "DESC")
     ]  # fmt: skip
     return {
         "claim": claim,
         "claim_single": {**claim, "queues": ["q"]},
-        "renew": {"ids": renewed, "attempts": [1] * BATCH, "claims": [1] * BATCH, "lease": 60},
+        "renew": {
+            "ids": [id for id, _ in renewed],
+            "uuids": [uuid for _, uuid in renewed],
+            "attempts": [1] * BATCH,
+            "claims": [1] * BATCH,
+            "lease": 60,
+        },
         "acknowledge": {"acks": json.dumps(acks), **NO_LIMITS},
         "sweep": {"limit": BATCH, **NO_LIMITS},
         "purge": {"queues": ["q"], "keep": 0, "limit": BATCH},

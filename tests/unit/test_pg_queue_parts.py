@@ -130,14 +130,14 @@ POLICY = RetryPolicy(backoff=2.0, backoff_max=60.0, jitter=0.0)
     ],
 )
 def test_each_outcome_changes_its_row_in_one_way(outcome: str, kind: str) -> None:
-    ack = to_ack(Settled("12:3:4", outcome, "why"), POLICY)
+    ack = to_ack(Settled("12:3:4:u", outcome, "why"), POLICY)
     assert ack is not None
     assert (ack.id, ack.attempts, ack.claim, ack.kind, ack.outcome) == (12, 3, 4, kind, outcome)
 
 
 def test_a_refused_job_waits_a_moment_and_one_given_back_at_shutdown_does_not() -> None:
-    refused = to_ack(Settled("1:1:4", "refused", "service.limits.max_queued"), POLICY)
-    abandoned = to_ack(Settled("1:1:4", "abandoned"), POLICY)
+    refused = to_ack(Settled("1:1:4:u", "refused", "service.limits.max_queued"), POLICY)
+    abandoned = to_ack(Settled("1:1:4:u", "abandoned"), POLICY)
     assert refused is not None
     assert abandoned is not None
     assert (refused.delay, abandoned.delay) == (REFUSED_DELAY, 0.0)
@@ -146,30 +146,30 @@ def test_a_refused_job_waits_a_moment_and_one_given_back_at_shutdown_does_not() 
 
 def test_a_failed_attempt_keeps_its_error_and_traceback_and_waits_its_backoff() -> None:
     settled = Settled(
-        "7:3:4", "error", "ValueError: no", traceback="Traceback...\nValueError: no\n"
+        "7:3:4:u", "error", "ValueError: no", traceback="Traceback...\nValueError: no\n"
     )
     assert to_ack(settled, POLICY) == Ack(
-        7, 3, 4, "retry", "error", "ValueError: no\nTraceback...\nValueError: no", None, 8.0
+        7, 3, 4, "retry", "error", "ValueError: no\nTraceback...\nValueError: no", None, 8.0, "u"
     )
 
 
 def test_a_result_is_kept_for_a_job_done_and_the_note_when_it_was_not() -> None:
-    assert to_ack(Settled("1:1:4", "ok", result='{"a":1}'), POLICY) == Ack(
-        1, 1, 4, "done", "ok", None, '{"a":1}'
+    assert to_ack(Settled("1:1:4:u", "ok", result='{"a":1}'), POLICY) == Ack(
+        1, 1, 4, "done", "ok", None, '{"a":1}', uuid="u"
     )
-    dropped = to_ack(Settled("1:1:4", "ok", "result not kept: too big"), POLICY)
+    dropped = to_ack(Settled("1:1:4:u", "ok", "result not kept: too big"), POLICY)
     assert dropped is not None
     assert dropped.error == "result not kept: too big"
 
 
 def test_a_rejected_message_fails_with_the_reason() -> None:
-    ack = to_ack(Settled("5:1:4", "rejected", "not JSON (Expecting value)"), POLICY)
-    assert ack == Ack(5, 1, 4, "failed", "rejected", "not JSON (Expecting value)")
+    ack = to_ack(Settled("5:1:4:u", "rejected", "not JSON (Expecting value)"), POLICY)
+    assert ack == Ack(5, 1, 4, "failed", "rejected", "not JSON (Expecting value)", uuid="u")
 
 
 @pytest.mark.parametrize(
     "receipt",
-    ["", "12", "12:3", "a:1:1", "1:b:1", "1:1:c", "--1:2:3", "1:2:3:4", "9" * 20 + ":1:1"],
+    ["", "12", "12:3", "a:1:1", "1:b:1", "1:1:c", "--1:2:3", "1:2:3", "9" * 20 + ":1:1:u"],
 )
 def test_receipts_that_are_not_ours_are_ignored(receipt: str) -> None:
     assert parse_receipt(receipt) is None
@@ -178,8 +178,8 @@ def test_receipts_that_are_not_ours_are_ignored(receipt: str) -> None:
 
 def test_a_row_with_a_negative_id_or_claim_counter_is_still_settled() -> None:
     # Rows inserted by hand may have them (an id given with OVERRIDING SYSTEM VALUE).
-    assert parse_receipt("-7:1:1") == (-7, 1, 1)
-    assert to_ack(Settled("3:1:-4", "ok"), POLICY) == Ack(3, 1, -4, "done", "ok", None, None)
+    assert parse_receipt("-7:1:1:u") == (-7, 1, 1, "u")
+    assert to_ack(Settled("3:1:-4:u", "ok"), POLICY) == Ack(3, 1, -4, "done", "ok", uuid="u")
 
 
 def test_error_text_is_made_safe_for_postgresql() -> None:
@@ -197,7 +197,7 @@ def test_error_text_is_made_safe_for_postgresql() -> None:
 def test_a_long_message_leaves_room_for_its_traceback() -> None:
     message = "ValueError: " + "m" * 40_000
     traceback = "Traceback (most recent call last):\n  File 't.py', line 1, in f\n" + message
-    ack = to_ack(Settled("1:1:1", "error", message, traceback=traceback, final=True), POLICY)
+    ack = to_ack(Settled("1:1:1:u", "error", message, traceback=traceback, final=True), POLICY)
     assert ack is not None
     assert ack.error is not None
     assert ack.error.startswith("ValueError: mmm")
@@ -647,20 +647,47 @@ async def test_a_renewal_the_database_does_not_answer_is_given_up_in_time() -> N
 def test_a_row_claimed_again_while_its_job_is_delivered_is_adopted_not_delivered_twice() -> None:
     leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
     assert leases.add(7, 1, 1, time.monotonic(), "u-7")
-    assert leases.held_until(7, 1) > time.monotonic()
+    assert leases.held_until(7, 1, "u-7") > time.monotonic()
     # Its lease ran out and the row was taken back; this service claims it again.
     del leases.held[7]
     assert not leases.add(7, 2, 2, time.monotonic(), "u-7")
     assert leases.held == {7: (2, 2)}
-    assert leases.held_until(7, 1) > time.monotonic()  # the running copy may still start
+    assert leases.held_until(7, 1, "u-7") > time.monotonic()  # the running copy may still start
     # The copy's outcome settles the later claim (the one the row has).
-    [settled] = leases.settling([Ack(7, 1, 1, "done", "ok")])
-    assert settled == Ack(7, 2, 2, "done", "ok")
+    [settled] = leases.settling([Ack(7, 1, 1, "done", "ok", uuid="u-7")])
+    assert settled == Ack(7, 2, 2, "done", "ok", uuid="u-7")
     assert leases.release(settled) == "u-7"
     assert leases.held == {}
     # Its outcome written: claimed again later, the row is delivered again.
     assert leases.add(7, 3, 3, time.monotonic(), "u-7")
-    assert leases.settling([Ack(7, 3, 3, "done", "ok")]) == [Ack(7, 3, 3, "done", "ok")]
+    assert leases.settling([Ack(7, 3, 3, "done", "ok", uuid="u-7")]) == [
+        Ack(7, 3, 3, "done", "ok", uuid="u-7")
+    ]
+
+
+def test_a_row_id_given_to_another_job_is_never_settled_by_the_first_jobs_outcome() -> None:
+    # A failover lost row 7 (job A, still running here) and gave its id to job B, claimed
+    # here with the same numbers.
+    leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
+    assert leases.add(7, 1, 1, time.monotonic(), "uuid-A")
+    assert leases.add(7, 1, 1, time.monotonic(), "uuid-B")
+    assert leases.held_until(7, 1, "uuid-A") == 0.0  # the row is B's now
+    # A's outcome is written as A's (its uuid is in the fence: the database refuses it).
+    [settled] = leases.settling([Ack(7, 1, 1, "done", "ok", None, '"A"', uuid="uuid-A")])
+    assert settled == Ack(7, 1, 1, "done", "ok", None, '"A"', uuid="uuid-A")
+    assert leases.release(settled, refused=True) == "uuid-A"
+    # B keeps its lease, and its own outcome settles it.
+    assert leases.held == {7: (1, 1)}
+    assert leases.held_until(7, 1, "uuid-B") > time.monotonic()
+    [settled] = leases.settling([Ack(7, 1, 1, "done", "ok", uuid="uuid-B")])
+    assert leases.release(settled) == "uuid-B"
+    assert leases.held == {}
+    # Claimed under another number: A's refused outcome neither names B nor forgets it.
+    leases.add(7, 1, 1, time.monotonic(), "uuid-A")
+    leases.add(7, 1, 5, time.monotonic(), "uuid-B")
+    [settled] = leases.settling([Ack(7, 1, 1, "done", "ok", uuid="uuid-A")])
+    assert leases.release(settled, refused=True) == "uuid-A"
+    assert not leases.add(7, 2, 6, time.monotonic(), "uuid-B")  # B is not started twice
 
 
 class _FencedDb:
@@ -717,12 +744,12 @@ async def test_rows_locked_by_another_session_hold_back_no_other_outcome_nor_the
         assert leases.add(row, 1, 1, time.monotonic(), f"u-{row}")
     db.locked = {1, 2, 3}
     for row in range(1, 6):
-        acks.add(Ack(row, 1, 1, "done", "ok"))
+        acks.add(Ack(row, 1, 1, "done", "ok", uuid=f"u-{row}"))
     await acks.flush()
     assert sorted(row for row, *_ in db.written) == [4, 5]
     assert acks.pending == 3
     db.lock_waits = 0
-    acks.add(Ack(6, 1, 1, "done", "ok"))
+    acks.add(Ack(6, 1, 1, "done", "ok", uuid="u-6"))
     await acks.flush()  # a job's end: the locked rows are not tried
     assert (db.lock_waits, acks.pending) == (0, 3)
     assert sorted(row for row, *_ in db.written) == [4, 5, 6]
@@ -752,7 +779,7 @@ async def test_a_row_claimed_again_while_its_outcome_waits_to_be_written_is_adop
     acks = _acknowledger(db, leases)
     assert leases.add(7, 1, 1, time.monotonic(), "u-7")
     del leases.held[7]  # the partition: the lease ran out, another service swept the row
-    acks.add(Ack(7, 1, 1, "done", "ok"))
+    acks.add(Ack(7, 1, 1, "done", "ok", uuid="u-7"))
     db.down = True
     with pytest.raises(OSError, match="unreachable"):
         await acks.flush()
@@ -779,7 +806,7 @@ async def test_a_row_claimed_again_while_its_outcome_is_being_written_waits_for_
     acks = _acknowledger(db, leases)
     delivered: list[int] = []
     assert leases.add(7, 1, 1, time.monotonic(), "u-7", delivered.append, 1)
-    acks.add(Ack(7, 1, 1, "done", "ok"))
+    acks.add(Ack(7, 1, 1, "done", "ok", uuid="u-7"))
 
     def taken_back() -> None:
         db.claims[7] = 2
@@ -795,7 +822,7 @@ async def test_a_row_claimed_again_while_its_outcome_is_being_written_waits_for_
     leases = Leases(None, b"renew", 30)  # type: ignore[arg-type]
     acks = _acknowledger(db, leases)
     assert leases.add(8, 1, 1, time.monotonic(), "u-8", delivered.append, 1)
-    acks.add(Ack(8, 1, 1, "retry", "error", "boom", delay=1.0))
+    acks.add(Ack(8, 1, 1, "retry", "error", "boom", delay=1.0, uuid="u-8"))
 
     def claimed_again() -> None:
         assert not leases.add(8, 2, 2, time.monotonic(), "u-8", delivered.append, 2)
@@ -805,7 +832,7 @@ async def test_a_row_claimed_again_while_its_outcome_is_being_written_waits_for_
     db.claims[8] = 2
     assert db.written == [(8, 1, "error")]
     assert (acks.pending, leases.held, delivered) == (0, {8: (2, 2)}, [2])
-    acks.add(Ack(8, 2, 2, "done", "ok"))
+    acks.add(Ack(8, 2, 2, "done", "ok", uuid="u-8"))
     await acks.flush()
     assert db.written[-1] == (8, 2, "ok")
     assert leases.held == {}

@@ -280,6 +280,7 @@ class Acknowledger:
                 "error": ack.error,
                 "result": ack.result,
                 "delay": ack.delay,
+                "uuid": ack.uuid,
             }
             for ack in batch
         ]

@@ -314,12 +314,12 @@ class Claimer:
             fields = rejection_fields("oversized", uuid, "pg_queue", queue)
             fields[ATTEMPT] = attempts
             logger.warning("job %d (uuid %s) rejected: %s", row, uuid, reason, extra=fields)
-            self._acks.add(Ack(row, attempts, claim, "failed", "rejected", reason))
+            self._acks.add(Ack(row, attempts, claim, "failed", "rejected", reason, uuid=uuid))
             return
         origin = Origin(
             "pg_queue",
             channel=queue,
-            receipt=receipt(row, attempts, claim),
+            receipt=receipt(row, attempts, claim, uuid),
             scheduled_by_broker=True,
             authenticated=True,
             stored_as=StoredRow(uuid, task, mode, delay),

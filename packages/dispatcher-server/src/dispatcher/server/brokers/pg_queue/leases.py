@@ -34,7 +34,8 @@ class Leases:
 
     A claim is fenced by both numbers the row had when it was claimed (both in the
     delivery's receipt): its attempt and its claim number (the row's ``claims``, which
-    counts every claim and is never reset, not even by ``dispatcherctl retry``).
+    counts every claim and is never reset, not even by ``dispatcherctl retry``), and by its
+    job's uuid (a failover that lost a row may give its id to another job).
     """
 
     def __init__(self, db: QueueDatabase, statement: bytes, lease: float) -> None:
@@ -43,24 +44,27 @@ class Leases:
         self._lease = lease
         self.held: dict[int, tuple[int, int]] = {}
         """Each claimed row's id, and the attempt and claim number it was claimed as."""
+        self._uuids: dict[int, str] = {}
+        """Each claimed row's id, and the uuid of the job it was claimed with."""
         self._confirmed: dict[int, float] = {}
         """Each claimed row's id, and when (``time.monotonic()``) the statement that last
         granted its lease was sent: the lease runs at least ``lease`` seconds from then."""
-        self._delivered: dict[int, tuple[int, str]] = {}
-        """Each row delivered to the service whose outcome is not written yet (its job runs,
-        waits for a worker, or has ended and its outcome waits to be written), with the claim
-        number it was delivered with and its job's uuid (kept when the lease is lost: the
-        outcome still comes, and is logged if refused)."""
-        self._adopted: dict[tuple[int, int], tuple[int, int]] = {}
-        """A delivered claim (row, claim) whose row was claimed again meanwhile, and the
-        attempt and claim number of that later claim: the one its outcome settles."""
-        self._writing: set[int] = set()
-        """The delivered rows whose outcome is being written (see :meth:`settling`)."""
+        self._delivered: dict[tuple[int, str], int] = {}
+        """Each job (row, uuid) delivered to the service whose outcome is not written yet (it
+        runs, waits for a worker, or has ended and its outcome waits to be written), with the
+        claim number it was delivered with (kept when the lease is lost: the outcome still
+        comes, and is logged if refused). Two jobs may have one row: a failover lost the row
+        of the first, and gave its id to the second."""
+        self._adopted: dict[tuple[int, str], tuple[int, int]] = {}
+        """A delivered job (row, uuid) whose row was claimed again meanwhile, and the attempt
+        and claim number of that later claim: the one its outcome settles."""
+        self._writing: set[tuple[int, str]] = set()
+        """The delivered jobs (row, uuid) whose outcome is being written (see :meth:`settling`)."""
         self._locked: set[int] = set()
         """The held rows another session held locked at the last renewal (logged once)."""
-        self._parked: dict[int, tuple[int, int, str, Deliver, Any]] = {}
-        """A row claimed again while its outcome was being written: the later claim's
-        attempt, claim number, uuid, delivery and what to deliver, until the write says
+        self._parked: dict[tuple[int, str], tuple[int, int, Deliver, Any]] = {}
+        """A job (row, uuid) claimed again while its outcome was being written: the later
+        claim's attempt, claim number, delivery and what to deliver, until the write says
         which it is."""
 
     def add(
@@ -87,23 +91,26 @@ class Leases:
         then, when the write turns out to have been recorded (see :meth:`release`).
 
         A row of another job (another uuid: a failover lost the row, and its id was given
-        again) is delivered.
+        again) is delivered; the earlier job's outcome, which names its uuid, settles only
+        its own claim (refused by the database now), never the other job's.
         """
         self.held[row] = (attempts, claim)
+        self._uuids[row] = uuid
         self._confirmed[row] = sent
-        delivered = self._delivered.get(row)
-        if delivered is None or delivered[1] != uuid:
-            self._delivered[row] = (claim, uuid)
+        key = (row, uuid)
+        if key not in self._delivered:
+            self._delivered[key] = claim
             return True
-        if deliver is not None and row in self._writing:
-            self._parked[row] = (attempts, claim, uuid, deliver, claimed)
+        if deliver is not None and key in self._writing:
+            self._parked[key] = (attempts, claim, deliver, claimed)
         else:
-            self._adopt(row, delivered[0], attempts, claim, uuid)
+            self._adopt(key, attempts, claim)
         return False
 
-    def _adopt(self, row: int, delivered: int, attempts: int, claim: int, uuid: str) -> None:
-        """The row's claim *claim* is settled by the outcome of its *delivered* one."""
-        self._adopted[row, delivered] = (attempts, claim)
+    def _adopt(self, key: tuple[int, str], attempts: int, claim: int) -> None:
+        """The delivered job *key* (row, uuid) was claimed again: its outcome settles *claim*."""
+        self._adopted[key] = (attempts, claim)
+        row, uuid = key
         logger.warning(
             "job %d (uuid %s) claimed again (attempt %d) while this service still has it "
             "from an earlier claim, which the database no longer had (its lease ran out, an "
@@ -123,10 +130,10 @@ class Leases:
         """
         written: list[Ack] = []
         for ack in acks:
-            delivered = self._delivered.get(ack.id)
-            if delivered is not None and delivered[0] == ack.claim:
-                self._writing.add(ack.id)
-                adopted = self._adopted.get((ack.id, ack.claim)) if self._adopted else None
+            key = (ack.id, ack.uuid)
+            if self._delivered.get(key) == ack.claim:
+                self._writing.add(key)
+                adopted = self._adopted.get(key) if self._adopted else None
                 if adopted is not None:
                     ack = ack._replace(attempts=adopted[0], claim=adopted[1])
             written.append(ack)
@@ -138,24 +145,25 @@ class Leases:
         A row claimed again meanwhile is adopted: the outcome is not known to be written.
         """
         for ack in acks:
-            self._writing.discard(ack.id)
-            parked = self._parked.pop(ack.id, None)
-            delivered = self._delivered.get(ack.id)
-            if parked is not None and delivered is not None:
-                self._adopt(ack.id, delivered[0], *parked[:3])
+            key = (ack.id, ack.uuid)
+            self._writing.discard(key)
+            parked = self._parked.pop(key, None)
+            if parked is not None and key in self._delivered:
+                self._adopt(key, *parked[:2])
 
-    def held_until(self, row: int, claim: int) -> float:
+    def held_until(self, row: int, claim: int, uuid: str) -> float:
         """Until when (``time.monotonic()``) the claim of *row* numbered *claim* surely holds.
 
         Past that time the lease may have run out (the service was stopped, or could not
         renew it): another service may have taken the row back, so its job must not start.
-        ``0.0`` when the claim is not held (any more).
+        ``0.0`` when the claim is not held (any more); *uuid* is its job's.
         """
-        adopted = self._adopted.get((row, claim))
-        if adopted is not None:  # claimed again meanwhile: that claim holds the row
-            claim = adopted[1]
+        key = (row, uuid)
+        adopted = self._adopted.get(key) if self._adopted else None
+        if adopted is not None and self._delivered.get(key) == claim:
+            claim = adopted[1]  # claimed again meanwhile: that claim holds the row
         held = self.held.get(row)
-        if held is None or held[1] != claim:
+        if held is None or held[1] != claim or self._uuids[row] != uuid:
             return 0.0
         return self._confirmed[row] + self._lease
 
@@ -168,30 +176,31 @@ class Leases:
         recorded write (a retry put it back) is delivered now. A later claim is kept.
         """
         row = ack.id
-        self._writing.discard(row)
-        entry = self._delivered.get(row)
-        delivered = ack.claim if entry is None else entry[0]
-        parked = self._parked.pop(row, None) if self._parked else None
+        key = (row, ack.uuid)
+        self._writing.discard(key)
+        entry = self._delivered.get(key)
+        parked = self._parked.pop(key, None) if self._parked else None
         if refused:
-            if parked is not None:
-                self._adopt(row, delivered, *parked[:3])
-            adopted = self._adopted.get((row, delivered))
+            if parked is not None and entry is not None:
+                self._adopt(key, *parked[:2])
+            adopted = self._adopted.get(key) if self._adopted else None
             if adopted is not None and adopted[1] != ack.claim:
                 return None
         if entry is not None:
-            del self._delivered[row]
+            del self._delivered[key]
         if self._adopted:
-            self._adopted.pop((row, delivered), None)
+            self._adopted.pop(key, None)
         held = self.held.get(row)
-        if held is not None and held[1] == ack.claim:
+        if held is not None and held[1] == ack.claim and self._uuids[row] == ack.uuid:
             del self.held[row]
+            del self._uuids[row]
             del self._confirmed[row]
             self._locked.discard(row)
         if parked is not None and not refused:
-            _, claim, later, deliver, claimed = parked
-            self._delivered[row] = (claim, later)
+            _, claim, deliver, claimed = parked
+            self._delivered[key] = claim
             deliver(claimed)
-        return "?" if entry is None else entry[1]
+        return "?" if entry is None else ack.uuid
 
     @property
     def renew_limit(self) -> float:
@@ -202,9 +211,8 @@ class Leases:
         return min(self._lease / 3, RENEW_LIMIT)
 
     def uuid(self, row: int) -> str:
-        """The uuid of the job of *row*, delivered to this service (``"?"``: not known)."""
-        delivered = self._delivered.get(row)
-        return "?" if delivered is None else delivered[1]
+        """The uuid of the job *row* is claimed with (``"?"``: not known)."""
+        return self._uuids.get(row, "?")
 
     async def renew(self, fetch: Fetch | None = None) -> None:
         """Extend every held lease, in one statement (through *fetch*, default the db's).
@@ -223,6 +231,7 @@ class Leases:
         if not self.held:
             return
         held = dict(self.held)
+        uuids = [self._uuids[row] for row in held]
         limit = self.renew_limit
         wait = 0.0 if fetch is not None else self._db.reconnect_in
         if wait >= limit:
@@ -239,6 +248,7 @@ class Leases:
                     "ids": list(held),
                     "attempts": [attempts for attempts, _ in held.values()],
                     "claims": [claim for _, claim in held.values()],
+                    "uuids": uuids,
                     "lease": self._lease,
                 },
             )
@@ -247,8 +257,8 @@ class Leases:
             raise TimeoutError(f"the database did not answer within {limit:g} s{waited}")
         ours: dict[int, bool] = dict(rows)
         locked: list[int] = []
-        for row, claim in held.items():
-            if self.held.get(row) != claim:
+        for (row, claim), uuid in zip(held.items(), uuids, strict=True):
+            if self.held.get(row) != claim or self._uuids[row] != uuid:
                 continue  # settled (or claimed again) meanwhile
             renewed = ours.get(row)
             if renewed:
@@ -263,6 +273,7 @@ class Leases:
             else:
                 self._locked.discard(row)
                 del self.held[row]
+                del self._uuids[row]
                 del self._confirmed[row]
                 logger.warning(
                     "lost the claim of job %d (uuid %s, attempt %d): the database no longer "
@@ -270,7 +281,7 @@ class Leases:
                     "an operator changed it, or a failover lost the last writes); it may run "
                     "again elsewhere",
                     row,
-                    self.uuid(row),
+                    uuid,
                     claim[0],
                 )
         if locked:  # ours, but another session holds them locked: said once for each

@@ -83,29 +83,33 @@ class Ack(NamedTuple):
     """JSON text of the return value (``done`` only)."""
     delay: float = 0.0
     """Seconds before the next attempt (``retry``, and ``requeue`` of a refused job)."""
+    uuid: str = ""
+    """Its job's uuid, also in the fence: a failover that lost the row may have given its id,
+    even with the same numbers, to another job."""
 
 
-def parse_receipt(receipt: str) -> tuple[int, int, int] | None:
-    """``"<id>:<attempts>:<claim>"`` as three numbers; ``None`` when it is not one of ours."""
-    parts = receipt.split(":")
-    if len(parts) != 3:
+def parse_receipt(receipt: str) -> tuple[int, int, int, str] | None:
+    """``"<id>:<attempts>:<claim>:<uuid>"`` as three numbers and a uuid (``None``: not ours)."""
+    parts = receipt.split(":", 3)
+    if len(parts) != 4:
         return None
     # A row inserted by hand may have a negative id or claim counter: still ours to settle.
-    row, attempts, claim = (part.removeprefix("-") for part in parts)
+    row, attempts, claim = (part.removeprefix("-") for part in parts[:3])
     if not (row.isdigit() and attempts.isdigit() and claim.isdigit()):
         return None
     if len(row) > 19 or len(attempts) > 10 or len(claim) > 10:
         return None
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    return int(parts[0]), int(parts[1]), int(parts[2]), parts[3]
 
 
-def receipt(row: int, attempts: int, claim: int) -> str:
+def receipt(row: int, attempts: int, claim: int, uuid: str) -> str:
     """The receipt of the claim of job *row* as attempt *attempts*, claim number *claim*.
 
     The claim number tells two claims with the same attempt apart (one made before a
-    ``dispatcherctl retry`` reset the attempts, one after), even in the same service.
+    ``dispatcherctl retry`` reset the attempts, one after), even in the same service; the
+    job's *uuid*, two jobs given the same row id (a failover lost the first one's row).
     """
-    return f"{row}:{attempts}:{claim}"
+    return f"{row}:{attempts}:{claim}:{uuid}"
 
 
 def to_ack(settled: Settled, policy: RetryPolicy) -> Ack | None:
@@ -113,22 +117,23 @@ def to_ack(settled: Settled, policy: RetryPolicy) -> Ack | None:
     parsed = parse_receipt(settled.receipt)
     if parsed is None:
         return None
-    row, attempts, claim = parsed
+    row, attempts, claim, uuid = parsed
     outcome = settled.outcome
     kind = _KINDS.get(outcome)
     if kind is None:  # error, timeout, worker_lost, killed, memory_exceeded (or unknown)
         error = _error(settled)
         if settled.final:
-            return Ack(row, attempts, claim, "failed", outcome, error)
-        return Ack(row, attempts, claim, "retry", outcome, error, None, policy.delay(attempts))
+            return Ack(row, attempts, claim, "failed", outcome, error, uuid=uuid)
+        delay = policy.delay(attempts)
+        return Ack(row, attempts, claim, "retry", outcome, error, None, delay, uuid)
     if kind == "done":
         reason = clean_text(settled.reason)
-        return Ack(row, attempts, claim, kind, outcome, reason, settled.result)
+        return Ack(row, attempts, claim, kind, outcome, reason, settled.result, uuid=uuid)
     reason = settled.reason
     if outcome == "discarded" and not reason:
         reason = "an identical job was active (on_duplicate)"
     delay = REFUSED_DELAY if outcome == "refused" else 0.0
-    return Ack(row, attempts, claim, kind, outcome, clean_text(reason), None, delay)
+    return Ack(row, attempts, claim, kind, outcome, clean_text(reason), None, delay, uuid)
 
 
 def _error(settled: Settled) -> str:

@@ -229,20 +229,22 @@ RENEW = """
 WITH held AS MATERIALIZED (
     SELECT h.*, 'running' AS state
     FROM ROWS FROM (pg_catalog.unnest(%(ids)s::bigint[]),
-        pg_catalog.unnest(%(attempts)s::integer[]), pg_catalog.unnest(%(claims)s::integer[]))
-        AS h(id, attempts, claims)
+        pg_catalog.unnest(%(attempts)s::integer[]), pg_catalog.unnest(%(claims)s::integer[]),
+        pg_catalog.unnest(%(uuids)s::text[]))
+        AS h(id, attempts, claims, uuid)
 ), ours AS MATERIALIZED (
     SELECT h.id
     FROM held AS h CROSS JOIN LATERAL (
-        SELECT j.state, j.claims, j.attempts FROM {s}.jobs AS j WHERE j.id = h.id OFFSET 0
+        SELECT j.state, j.claims, j.attempts, j.uuid FROM {s}.jobs AS j WHERE j.id = h.id OFFSET 0
     ) AS j
     WHERE j.state = h.state AND j.claims = h.claims AND j.attempts = h.attempts
+      AND j.uuid = h.uuid
 ), free AS MATERIALIZED (
     SELECT j.id
     FROM held AS h CROSS JOIN LATERAL (
         SELECT j.id FROM {s}.jobs AS j
         WHERE j.id = h.id AND j.state = h.state AND j.claims = h.claims
-          AND j.attempts = h.attempts
+          AND j.attempts = h.attempts AND j.uuid = h.uuid
         FOR UPDATE OF j SKIP LOCKED
     ) AS j
 ), renewed AS (
@@ -253,8 +255,8 @@ WITH held AS MATERIALIZED (
 )
 SELECT o.id, r.id IS NOT NULL AS renewed FROM ours AS o LEFT JOIN renewed AS r ON r.id = o.id
 """
-"""Extend the leases of the claims still held; returns the rows still ours, each with
-whether its lease was extended.
+"""Extend the leases of the claims still held (each fenced as :data:`ACKNOWLEDGE` is, its
+job's uuid included); returns the rows still ours, each with whether its lease was extended.
 
 A row that another session holds locked (an operator's transaction, an application's
 ``SELECT ... FOR UPDATE``) is skipped, not waited for: the others are renewed all the same.
@@ -269,14 +271,14 @@ index cannot be chosen instead (a partial index whose dead entries pile up betwe
 vacuums: a bitmap scan of it reads them all, for every batch); each lateral subquery (kept
 apart by ``OFFSET 0``, or by its lock) can only look its row up by id."""
 
-RENEW_USES = Uses(reads=("id", "state", "claims", "attempts"), writes=("lease_until",))
+RENEW_USES = Uses(reads=("id", "uuid", "state", "claims", "attempts"), writes=("lease_until",))
 """The columns of ``jobs`` that :data:`RENEW` reads and writes."""
 
 ACKNOWLEDGE = """
 WITH settled AS (
     SELECT * FROM pg_catalog.json_to_recordset(%(acks)s::json) AS s(
         id bigint, attempts integer, claims integer, kind text, outcome text, error text,
-        result text, delay float8
+        result text, delay float8, uuid text
     )
 ), target AS MATERIALIZED (
     SELECT s.*, j.state, j.max_attempts, CASE
@@ -288,10 +290,10 @@ WITH settled AS (
         END AS next
     FROM settled AS s CROSS JOIN LATERAL (
         SELECT j.state, j.claims, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate,
-            j.dup_key, j.outcome, j.last_error
+            j.dup_key, j.outcome, j.last_error, j.uuid
         FROM {s}.jobs AS j WHERE j.id = s.id OFFSET 0
     ) AS j
-    WHERE j.claims = s.claims AND j.attempts = s.attempts
+    WHERE j.claims = s.claims AND j.attempts = s.attempts AND j.uuid = s.uuid
       AND (j.state = 'running'
            OR j.state = 'failed' AND j.outcome = 'worker_lost' AND s.kind <> 'requeue'
               AND j.last_error LIKE 'worker_lost: the lease of node %%')
@@ -331,11 +333,13 @@ declared one when the row has the queue's default, which the row then keeps: see
 abandoned, for its ``delay`` when refused.
 
 The fence: the row is still under the claim the outcome settles (its claim number and
-attempt), running; or the claim's lease ran out, a sweep failed the row as lost
-(``worker_lost``, no attempt left, the error :data:`SWEEP` writes) and nobody claimed it
-since, so that the late outcome of the job (which did run, or end) is the truth (a job
-handed back unstarted, ``requeue``, leaves such a row as it is). The second case is only
-looked at for a row that is not running: the common one costs nothing more.
+attempt, and its job's uuid: a failover that lost a row may have given its id to another
+job, even under the same numbers), running; or the claim's lease ran out, a sweep failed
+the row as lost (``worker_lost``, no attempt left, the error :data:`SWEEP` writes) and
+nobody claimed it since, so that the late outcome of the job (which did run, or end) is
+the truth (a job handed back unstarted, ``requeue``, leaves such a row as it is). The
+second case is only looked at for a row that is not running: the common one costs nothing
+more.
 
 It takes no row lock before its update (a lock per row would write each tuple twice): a
 row locked by another session makes it wait, for the working connection's
