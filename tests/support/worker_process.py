@@ -29,6 +29,7 @@ options = WorkerOptions(
     idle_timeout=None, log_level=logging.INFO,
 )
 worker_main(socket.socket(fileno=int(sys.argv[1])), options)
+os._exit(0)  # as under the fork server: a thread a task left running is not waited for
 """
 
 
