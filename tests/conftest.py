@@ -11,6 +11,19 @@ from support import postgres
 from support.service import Evidence, ServiceProcess
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, naming it, when ``$DISPATCHER_TEST_DSN`` is set and nothing answers there.
+
+    Checked in the controlling process only (before pytest-xdist starts its workers).
+    """
+    if hasattr(session.config, "workerinput"):
+        return
+    try:
+        postgres.configured_dsn()
+    except postgres.DeadTestDatabase as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 @pytest.fixture(scope="session")
 def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """DSN of a real PostgreSQL for the whole session (see support.postgres)."""

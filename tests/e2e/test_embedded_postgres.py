@@ -40,6 +40,7 @@ def test_harness_prefers_the_configured_dsn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(postgres.TEST_DSN_ENV, "host=db.example user=someone")
+    monkeypatch.setattr(postgres, "refusal", lambda dsn, timeout=3: None)
     monkeypatch.setattr(postgres, "own_database", contextlib.nullcontext)
     with postgres.test_database(tmp_path) as dsn:
         assert dsn == "host=db.example user=someone"

