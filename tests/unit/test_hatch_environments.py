@@ -6,8 +6,14 @@ tools, and ``hatch run test`` / ``lint`` / ... as the commands for the rest.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 from typing import Any
 
 from support.paths import REPO
@@ -42,3 +48,37 @@ def test_every_development_script_is_reachable_from_the_default_environment() ->
         assert forwarded.startswith(f"hatch run dev:{name}"), forwarded
     assert envs["dev"]["path"] == ".venv"
     assert names(envs["dev"]["extra-dependencies"]) >= {"pytest", "mypy", "ruff"}
+
+
+def run_like_hatch(commands: list[str], cwd: Path) -> list[int]:
+    """Run a script's commands as hatch does: in turn, stopping after the first that fails.
+
+    (A command written ``- command`` may fail without stopping the script.)
+    """
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    codes = []
+    for command in commands:
+        ignore, command = command.startswith("- "), command.removeprefix("- ")
+        codes.append(subprocess.run(shlex.split(command), cwd=cwd, env=env).returncode)
+        if codes[-1] and not ignore:
+            break
+    return codes
+
+
+def test_format_formats_even_when_a_lint_error_is_left(tmp_path: Path) -> None:
+    commands = environments()["dev"]["scripts"]["format"]
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    for folder in ("packages", "tests", "benchmarks", "tools", "docs/examples"):
+        (tmp_path / folder).mkdir(parents=True)
+    module = tmp_path / "packages" / "module.py"
+    # Too long a line (not fixable by ruff check, fixed by the formatter), an unused import
+    # (fixable) and a lint error nothing fixes (a public function without a docstring).
+    module.write_text(
+        '"""A module."""\n\nimport os\n\n\ndef public():\n'
+        '    return {"a_fairly_long_key_name_one": 1, "a_fairly_long_key_name_two": 2, "a_fairly_long_key_name_three": 3}\n'
+    )
+    codes = run_like_hatch(commands if isinstance(commands, list) else [commands], tmp_path)
+    text = module.read_text()
+    assert "import os" not in text
+    assert '        "a_fairly_long_key_name_one": 1,\n' in text, text  # formatted
+    assert codes[-1] != 0  # the missing docstring is reported
