@@ -15,7 +15,11 @@ the tokens of the code (never on the text of strings or comments):
 
 The generation fails, naming the file, when a rule of a table matched nothing (a stale rule
 hides a missing rename), and when the output still holds ``async``, ``await`` or a name that
-means async code (``AsyncConnection``, ``asynccontextmanager``, ``anext``, ``aclose``, ...).
+means async code (``AsyncConnection``, ``asynccontextmanager``, ``anext``, ``aclose``, ...),
+including a name of the ``a`` convention that has no rename: one the source defines with
+``async def a<name>``, or imports from a module that also has the sync ``<name>`` (such as
+``abatch`` beside ``batch``). A name of that shape that is no async twin of another stays
+by a rename to itself.
 The output is formatted with the ruff version pinned in ``hatch.toml``; another version
 stops the generation, since its formatting may differ.
 
@@ -40,6 +44,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHER = REPO / "packages/dispatcher-publisher/src/dispatcher"
+MODULE_ROOTS = (*sorted(REPO.glob("packages/*/src")), REPO / "tests")
+"""Where the modules that the async sources import from are found (``support`` in tests)."""
 INTEGRATION = REPO / "tests/integration"
 HATCH_TOML = REPO / "hatch.toml"
 
@@ -265,11 +271,82 @@ def generate(twin: Twin, source: str) -> str:
         filename=name,
     )
     text = format_code(header + body, twin.target)
-    problems = find_leftovers(text)
+    unrenamed = async_convention_names(source, twin.source) - set(twin.renames.values())
+    problems = find_leftovers(text, unrenamed)
     if problems:
         where = "\n".join(f"{_display(twin.target)}:{line}: {what}" for line, what in problems)
-        raise GenerationError(f"async code left in the sync twin of {name}:\n{where}")
+        left = sorted({what for _, what in problems} & {repr(n) for n in unrenamed})
+        hint = (
+            f"\n{', '.join(left)}: async by the `a` naming convention, with no rename: add "
+            f"`{left[0]}: <its sync name>` to the renames of {_twin_name(twin)} in "
+            "tools/async_to_sync.py"
+            if left
+            else ""
+        )
+        raise GenerationError(f"async code left in the sync twin of {name}:\n{where}{hint}")
     return text
+
+
+def async_convention_names(source: str, path: Path) -> frozenset[str]:
+    """The names of the async module text *source* that are async by the ``a`` convention.
+
+    Those it defines with ``async def a<name>`` (``_a<name>`` too), and those ``a<name>`` it
+    imports from a module (found in :data:`MODULE_ROOTS`) that also has ``<name>``.
+    """
+    tree = ast.parse(source, str(path))
+    found = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AsyncFunctionDef) and node.name.lstrip("_").startswith("a")
+    }
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        candidates = [a for a in node.names if a.name.lstrip("_").startswith("a")]
+        module = _module_file(node.module, node.level, path) if candidates else None
+        if module is None:
+            continue
+        bound = _top_level_names(module)
+        for alias in candidates:
+            underscores = alias.name[: len(alias.name) - len(alias.name.lstrip("_"))]
+            if underscores + alias.name.lstrip("_")[1:] in bound:
+                found.add(alias.asname or alias.name)
+    return frozenset(found)
+
+
+def _module_file(module: str | None, level: int, importer: Path) -> Path | None:
+    """The file of the module that ``from <level dots><module> import`` in *importer* names."""
+    if not module:
+        return None  # `from . import x`: x is a module, not a function
+    for base in [importer.parents[level - 1]] if level else MODULE_ROOTS:
+        stem = base.joinpath(*module.split("."))
+        for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _top_level_names(path: Path) -> set[str]:
+    """The names bound at the top level of the module file *path* (imports included)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names.update(a.asname or a.name.partition(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        else:
+            name = _defined_name(node)
+            if name is not None:
+                names.add(name)
+    return names
+
+
+def _twin_name(twin: Twin) -> str:
+    """The name of the table of *twin* in this module (``CONTROL``, ...)."""
+    for name, value in globals().items():
+        if value is twin and name.isupper():
+            return name
+    return f"the Twin of {_display(twin.source)}"
 
 
 def convert(
@@ -396,30 +473,33 @@ def _outside_f_strings(
             yield index, token
 
 
-def find_leftovers(text: str) -> list[tuple[int, str]]:
-    """Return ``(line, description)`` for each piece of async code in the module *text*."""
+def find_leftovers(text: str, also: frozenset[str] = frozenset()) -> list[tuple[int, str]]:
+    """Return ``(line, description)`` for each piece of async code in the module *text*.
+
+    The names in *also* count as async code too (see :func:`async_convention_names`).
+    """
     found: set[tuple[int, str]] = set()
     tokens = _tokens(text, "<generated>")
     for _, token in _outside_f_strings(tokens):
-        if token.type == tokenize.NAME and is_leftover(token.string):
+        if token.type == tokenize.NAME and (is_leftover(token.string) or token.string in also):
             found.add((token.start[0], repr(token.string)))
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.JoinedStr):
             for inner in ast.walk(node):
-                for name in _async_names(inner):
+                for name in _async_names(inner, also):
                     found.add((getattr(inner, "lineno", node.lineno), repr(name)))
     return sorted(found)
 
 
-def _async_names(node: ast.AST) -> list[str]:
+def _async_names(node: ast.AST, also: frozenset[str]) -> list[str]:
     """The async keywords and names of *node* itself (not of its children)."""
     if isinstance(node, ast.Await):
         return ["await"]
     if isinstance(node, ast.comprehension) and node.is_async:
         return ["async"]
-    if isinstance(node, ast.Name) and is_leftover(node.id):
+    if isinstance(node, ast.Name) and (is_leftover(node.id) or node.id in also):
         return [node.id]
-    if isinstance(node, ast.Attribute) and is_leftover(node.attr):
+    if isinstance(node, ast.Attribute) and (is_leftover(node.attr) or node.attr in also):
         return [node.attr]
     return []
 

@@ -266,3 +266,68 @@ def test_ruff_must_be_pinned_exactly(dependencies: str) -> None:
 
 def test_the_installed_ruff_is_the_pinned_one() -> None:
     assert tool.installed_ruff_version() == tool.pinned_ruff_version()
+
+
+def test_an_async_def_of_the_a_convention_without_a_rename_fails_naming_it_and_the_table() -> None:
+    # A new `async def aX` in the control client and no rule: the twin would get `def aX`.
+    source = tool.CONTROL.source.read_text(encoding="utf-8") + textwrap.dedent(
+        '''
+
+        async def adescriptions(*, timeout: float = 2.0) -> dict[str, Any]:
+            """Each answering service's description, by node id."""
+            result = await acontrol_with_reply("status", timeout=timeout)
+            return {str(r.get("node_id")): r.get("description") for r in result.replies}
+        '''
+    )
+    with pytest.raises(tool.GenerationError) as caught:
+        tool.generate(tool.CONTROL, source)
+    message = str(caught.value)
+    assert "client_sync.py:" in message
+    assert ": 'adescriptions'" in message
+    assert message.endswith(
+        "'adescriptions': async by the `a` naming convention, with no rename: add "
+        "`'adescriptions': <its sync name>` to the renames of CONTROL in tools/async_to_sync.py"
+    )
+    renamed = tool.Twin(
+        source=tool.CONTROL.source,
+        target=tool.CONTROL.target,
+        summary=tool.CONTROL.summary,
+        renames={**tool.CONTROL.renames, "adescriptions": "descriptions"},
+        strings=tool.CONTROL.strings,
+    )
+    assert "\ndef descriptions(" in tool.generate(renamed, source)
+
+
+def test_an_imported_async_name_of_the_a_convention_needs_a_rename_too(tmp_path: Path) -> None:
+    # support.twins has both agather and gather; support.postgres has no dapter_classes.
+    source = '''\
+        """The async thing."""
+
+        from support.postgres import adapter_classes
+        from support.twins import agather
+
+
+        async def f() -> int:
+            await agather()
+            return adapter_classes()
+        '''
+    with pytest.raises(tool.GenerationError) as caught:
+        tool.generate(twin(tmp_path, source), textwrap.dedent(source))
+    assert str(caught.value).startswith(
+        f"async code left in the sync twin of {tmp_path / 'thing_async.py'}:\n"
+        f"{tmp_path / 'thing_sync.py'}:7: 'agather'\n"
+        f"{tmp_path / 'thing_sync.py'}:11: 'agather'\n"
+        "'agather': async by the `a` naming convention, with no rename: add "
+        "`'agather': <its sync name>` to the renames of the Twin of "
+    )
+    generated = tool.generate(
+        twin(tmp_path, source, renames={"agather": "gather"}), textwrap.dedent(source)
+    )
+    assert "from support.twins import gather\n" in generated
+    assert "return adapter_classes()" in generated
+
+
+def test_an_a_name_that_is_no_async_twin_stays_by_a_rename_to_itself(tmp_path: Path) -> None:
+    source = "async def acquire() -> None:\n    await g()\n"
+    thing = twin(tmp_path, source, renames={"acquire": "acquire"})
+    assert "\ndef acquire() -> None:\n    g()\n" in tool.generate(thing, source)
