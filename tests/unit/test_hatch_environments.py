@@ -82,3 +82,22 @@ def test_format_formats_even_when_a_lint_error_is_left(tmp_path: Path) -> None:
     assert "import os" not in text
     assert '        "a_fairly_long_key_name_one": 1,\n' in text, text  # formatted
     assert codes[-1] != 0  # the missing docstring is reported
+
+
+def test_the_readme_table_lists_every_script_and_no_other() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    development = readme.split("\n## Development\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `hatch run ([\w-]+)` \|", development, re.MULTILINE)
+    assert sorted(listed) == sorted(environments()["default"]["scripts"])
+
+
+def test_every_hatch_run_command_written_down_exists() -> None:
+    scripts = environments()["default"]["scripts"]
+    files = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    for folder in ("packages", "tests", "tools", "benchmarks"):
+        files += sorted((REPO / folder).rglob("*.py"))
+    for path in files:
+        for name in re.findall(
+            r"hatch run (?:dev:(?=\w))?([\w-]+)(?![\w:-])", path.read_text(encoding="utf-8")
+        ):
+            assert name in scripts, f"{path.relative_to(REPO)}: `hatch run {name}`"
