@@ -512,13 +512,60 @@ def test_schema_defaults_match_settings_defaults(schema_path: tuple[str, ...], c
     node = load_schema("config")
     for key in schema_path:
         node = node["properties"][key]
-    documented = _schema_defaults(node)
-    assert documented  # the schema documents the defaults
+    assert _schema_defaults(node)  # the schema documents the defaults
+    assert default_mismatches(".".join(schema_path), node, cls) == []
+
+
+def default_mismatches(path: str, node: dict[str, Any], cls: type) -> list[str]:
+    """How the defaults of the schema *node* (at *path*) differ from those of dataclass *cls*."""
+    where = f"{cls.__qualname__} ({cls.__module__})"
+    fields = {field.name for field in dataclasses.fields(cls)}
     actual = _dataclass_defaults(cls)
-    for key, value in documented.items():
-        if isinstance(value, list):
-            value = tuple(value)
-        assert actual[key] == value, key
+    found = []
+    for key, value in _schema_defaults(node).items():
+        expected = tuple(value) if isinstance(value, list) else value
+        if key not in fields:
+            found.append(
+                f"{path}.{key}: the schema's default is {value!r}, and {where} has no field "
+                f"{key!r}: add it there, with that default"
+            )
+        elif key not in actual:
+            found.append(
+                f"{path}.{key}: the schema's default is {value!r}, and the field {key!r} of "
+                f"{where} has none: give it that default"
+            )
+        elif actual[key] != expected:
+            found.append(
+                f"{path}.{key}: the schema's default is {value!r}, the default of the field "
+                f"{key!r} of {where} is {actual[key]!r}"
+            )
+    return found
+
+
+def test_a_default_missing_from_the_settings_is_named_with_where_to_add_it() -> None:
+    @dataclasses.dataclass
+    class Section:
+        size: int
+        kind: str = "a"
+        names: tuple[str, ...] = ("x",)
+
+    node = {
+        "properties": {
+            "size": {"default": 1},
+            "kind": {"default": "b"},
+            "names": {"default": ["x"]},
+            "label": {"default": "billing"},
+        }
+    }
+    where = f"{Section.__qualname__} ({__name__})"
+    assert default_mismatches("service", node, Section) == [
+        f"service.size: the schema's default is 1, and the field 'size' of {where} has none: "
+        "give it that default",
+        f"service.kind: the schema's default is 'b', the default of the field 'kind' of {where} "
+        "is 'a'",
+        f"service.label: the schema's default is 'billing', and {where} has no field 'label': "
+        "add it there, with that default",
+    ]
 
 
 def test_settings_are_read_only() -> None:

@@ -29,6 +29,7 @@ from dispatcher.config import (
     setup,
 )
 from dispatcher.config.loading import settings_from_file_data
+from dispatcher.schema import load_schema
 from support import dispatcherd
 
 CHANNEL_RULE = "1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':'"
@@ -667,9 +668,10 @@ def test_without_version_dispatcherd_keys_are_recognised() -> None:
     ("config", "expected"),
     [
         (
+            # Refused as any key the schema does not have, listing the keys it has.
             {"version": 1, "service": {"pool_kwargs": {}}},
-            "service.pool_kwargs: unknown key (expected one of: cancel_grace, chunk_expiry, "
-            "control, limits, log_format, metrics, node_id, pool, shutdown_grace, task_log)",
+            "service.pool_kwargs: unknown key (expected one of: "
+            f"{', '.join(sorted(load_schema('config')['properties']['service']['properties']))})",
         ),
         ({"version": 3}, f"{WRONG_VERSION}another number"),
         ({"version": "2"}, f"{WRONG_VERSION}string"),
