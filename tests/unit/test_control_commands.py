@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -24,8 +26,11 @@ from dispatcher.server.control import STATUS_WAITING_LIMIT, ControlCommands
 from dispatcher.server.control_messages import ControlMessages
 from dispatcher.server.control_shapes import MAX_LISTED_BYTES, producers_reply
 from dispatcher.server.rejection import Rejected
+from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
+from dispatcher.server.view import ServiceView
 from support.dispatcherd_readers import awx_still_running, demo_aio_tasks, running_worker_uuid
+from support.paths import REPO
 
 DISPATCHERD_STATUS_KEYS = {
     "running",
@@ -448,3 +453,56 @@ def test_the_cancel_setting_defaults_to_refuse_in_schema_and_settings() -> None:
     prop = node["properties"]["control"]["properties"]["cancel_without_filter"]
     assert prop["default"] == ServiceControl().cancel_without_filter == "refuse"
     assert load_settings({"version": 1}).service.control == ServiceControl()
+
+
+# -- the docs ------------------------------------------------------------------------------
+
+
+def documented_words(command: str) -> set[str]:
+    """The names written in code spans in the row of *command* of docs/control.md's table."""
+    text = (REPO / "docs" / "control.md").read_text(encoding="utf-8")
+    [row] = [line for line in text.splitlines() if line.startswith(f"| `{command}` |")]
+    return {word for span in re.findall(r"`([^`]+)`", row) for word in re.findall(r"\w+", span)}
+
+
+def nested_keys(value: Any) -> set[str]:
+    """Every key of the dicts in *value*, at any depth (through lists too)."""
+    if isinstance(value, dict):
+        return set(value) | {key for inner in value.values() for key in nested_keys(inner)}
+    if isinstance(value, list):
+        return {key for inner in value for key in nested_keys(inner)}
+    return set()
+
+
+def test_every_key_of_status_and_metrics_is_documented(service: FakeService) -> None:
+    settings = load_settings(
+        {
+            "version": 1,
+            "brokers": {
+                "pg_notify": {"conninfo": "dbname=app", "channels": ["c"]},
+                "pg_queue": {"queues": ["q"]},
+            },
+        }
+    )
+    stats = ServiceStats()
+    stats.broker("pg_notify").failed("connection lost")
+    stats.task_failed("app.t", "u-1", "error", "ValueError: no", 1.0)
+    # The parts of the reply the service's view makes, as it makes them.
+    nothing = cast(Any, None)
+    view = ServiceView(stats, nothing, nothing, nothing, nothing)
+    view.metrics_server = cast(
+        Any, SimpleNamespace(host="127.0.0.1", port=8070, url="http://x/metrics", requests=1)
+    )
+    service.metrics_endpoint = view.metrics_endpoint  # type: ignore[method-assign]
+    service.signatures = SignatureCheck(settings.security).summary  # type: ignore[method-assign]
+    status = json.loads(json.dumps(ControlCommands(service, settings, stats).handle("status", {})))
+
+    words = documented_words("status")
+    assert set(status) - words == set()
+    # Ours (dispatcherd's replies have rows of their own, and tests of their shapes).
+    ours = {"pool", "listener", "pg_queue", "signatures", "recent_failures"}
+    assert ours <= set(status)
+    assert {key for name in ours for key in nested_keys(status[name])} - words == set()
+    [broker] = status["brokers"].values()
+    assert set(broker) - words == set()
+    assert nested_keys(status["metrics"]) - documented_words("metrics") == set()
