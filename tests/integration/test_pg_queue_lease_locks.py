@@ -104,15 +104,16 @@ def lease_until(conn: Conn, schema: str, row: int) -> Any:
 
 def skipped_by_renewal(conn: Conn, service: Service, rows: list[tuple[int, int, str]]) -> list[int]:
     """The rows among *rows* that the renewal statement finds locked (ours, not renewed)."""
+    ids = [row for row, _, _ in rows]
     params = {
-        "ids": [row for row, _, _ in rows],
+        "ids": ids,
         "attempts": [1] * len(rows),
         "claims": [claim for _, claim, _ in rows],
         "uuids": [uuid for _, _, uuid in rows],
         "lease": LEASE,
     }
     answer = conn.execute(service.statements.renew, params).fetchall()
-    assert sorted(row for row, _ in answer) == sorted(params["ids"])  # all still ours
+    assert sorted(row for row, _ in answer) == sorted(ids)  # all still ours
     return [row for row, renewed in answer if not renewed]
 
 
