@@ -74,8 +74,14 @@ def test_a_row_locked_by_another_session_costs_no_other_job_its_lease(
         # The outcome of a job whose row is not locked is recorded all the same.
         [row] = wait_for_states(pg_conn, schema, [third], {"done"}, timeout=lease)
         assert (row["node_id"], row["attempts"]) == ("lock-a", 1)
-        holder.wait_for_log(rf"lease not renewed: locked by another session.* \(uuid {locked}\)")
-        holder.wait_for_log(rf"outcome not recorded yet: locked by another session.*{locked}")
+        holder.wait_for_log(
+            rf"INFO .*1 lease not renewed this round: their rows stayed locked by another "
+            rf"transaction.* \(uuid {locked}\)"
+        )
+        holder.wait_for_log(rf"WARNING .*1 lease at risk of running out: .* \(uuid {locked}\)")
+        holder.wait_for_log(
+            rf"outcome not recorded yet: their rows stayed locked by another transaction.*{locked}"
+        )
         # The locked row's own lease ran out meanwhile: no other service may take it back
         # once the lock is released (this one would, before its next renewal).
         assert sweeper.stop() == 0

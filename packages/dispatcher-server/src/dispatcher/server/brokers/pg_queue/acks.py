@@ -27,7 +27,7 @@ import psycopg
 
 from dispatcher.server.brokers.base import Settled
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
-from dispatcher.server.brokers.pg_queue.leases import LOCKED_BY_ANOTHER_SESSION, Leases
+from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
 from dispatcher.server.logsafe import Phrase, counted, first_line, get_logger
@@ -184,9 +184,12 @@ class Acknowledger:
         self._count(rows)
         if newly_locked:  # said once for each
             logger.warning(
-                "%s not recorded yet: %s; tried again at each renewal of leases: %s",
+                "%s not recorded yet: their rows stayed locked by another transaction for "
+                "longer than this service's lock_timeout (a statement of the services of this "
+                "queue holds a row for that statement's time only: more likely a transaction "
+                "on the jobs table, an operator's or an application's, such as SELECT ... FOR "
+                "UPDATE); tried again at each renewal of leases: %s",
                 counted(len(newly_locked), "outcome"),
-                LOCKED_BY_ANOTHER_SESSION,
                 self._leases.named(newly_locked),
             )
         # Every uuid is logged (each job may have run twice): a line per few of them, never

@@ -122,7 +122,9 @@ class PgQueueBroker(BrokerBase):
             pooled=pooled,
             stats=stats,
         )
-        self._leases = leases = Leases(db, statements.renew, settings.lease)
+        self._leases = leases = Leases(
+            db, statements.renew, settings.lease, statements.renew_waiting
+        )
         policy = RetryPolicy(
             settings.retry_backoff, settings.retry_backoff_max, settings.retry_jitter
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 
 import anyio
+import psycopg
 
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Reconnecting, Rows
 from dispatcher.server.brokers.pg_queue.outcomes import Ack
@@ -17,12 +19,21 @@ logger = get_logger("dispatcher.pg_queue")
 Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
 Deliver = Callable[[Any], None]
 
-LOCKED_BY_ANOTHER_SESSION: Final = (
-    "locked by another session (a transaction that holds the row, such as SELECT ... FOR UPDATE)"
-)
-"""Why a row's lease or outcome waits, in the log."""
 MAX_NAMED: Final = 20
-"""Jobs named in one line about rows locked by another session (the count says the rest)."""
+"""Jobs named in one line about rows locked by another transaction (the count says the rest)."""
+
+LOCK_WAIT: Final = 0.05
+"""Most seconds a renewal waits for the rows it found locked, once it renewed the others
+(see ``sql.RENEW_WAITING``); a thirtieth of the lease when that is shorter. A claim or a sweep
+of another service may hold a row it met as it changed (just claimed, or renewed) until
+that statement ends, milliseconds (see ``sql.RENEW``): waited for, not taken for a lock
+that lasts."""
+
+HELD_BRIEFLY: Final = (
+    "a claim or a sweep of a service of this queue that met a row as it changed holds it "
+    "until that statement ends; an operator's or an application's transaction until it ends"
+)
+"""Who holds a row that a renewal found locked for a moment, in the log."""
 
 RENEW_LIMIT: Final = 30.0
 """Most seconds a renewal may take, as a write of outcomes (``acks.WRITE_LIMIT``); a third of
@@ -38,10 +49,27 @@ class Leases:
     job's uuid (a failover that lost a row may give its id to another job).
     """
 
-    def __init__(self, db: QueueDatabase, statement: bytes, lease: float) -> None:
+    def __init__(
+        self,
+        db: QueueDatabase,
+        statement: bytes,
+        lease: float,
+        waiting: bytes = b"",
+        lock_wait: float | None = None,
+    ) -> None:
+        """Renew through *db* with *statement* (``sql.RENEW``), for *lease* seconds.
+
+        *waiting* (``sql.RENEW_WAITING``; none: not tried) renews at once the rows
+        *statement* found locked, waiting *lock_wait* seconds at most for each (default:
+        :data:`LOCK_WAIT`, a thirtieth of the lease when that is shorter).
+        """
+        if lock_wait is None:
+            lock_wait = min(LOCK_WAIT, lease / 30)
         self._db = db
         self._statement = statement
         self._lease = lease
+        self._waiting = waiting
+        self._lock_wait = f"{max(1, round(lock_wait * 1000))}ms"
         self.held: dict[int, tuple[int, int]] = {}
         """Each claimed row's id, and the attempt and claim number it was claimed as."""
         self._uuids: dict[int, str] = {}
@@ -61,7 +89,9 @@ class Leases:
         self._writing: set[tuple[int, str]] = set()
         """The delivered jobs (row, uuid) whose outcome is being written (see :meth:`settling`)."""
         self._locked: set[int] = set()
-        """The held rows another session held locked at the last renewal (logged once)."""
+        """The held rows found locked by another transaction at the last renewal (said once)."""
+        self._at_risk: set[int] = set()
+        """Those of them whose lease was said to be at risk of running out (said once)."""
         self._parked: dict[tuple[int, str], tuple[int, int, Deliver, Any]] = {}
         """A job (row, uuid) claimed again while its outcome was being written: the later
         claim's attempt, claim number, delivery and what to deliver, until the write says
@@ -196,6 +226,7 @@ class Leases:
             del self._uuids[row]
             del self._confirmed[row]
             self._locked.discard(row)
+            self._at_risk.discard(row)
         if parked is not None and not refused:
             _, claim, deliver, claimed = parked
             self._delivered[key] = claim
@@ -219,8 +250,12 @@ class Leases:
 
         A claim the database no longer has as ours (its lease ran out and another service
         took it over) is dropped, with a warning: its job may run twice. A row that another
-        session holds locked is kept, its lease not extended this time (said once, with a
-        warning), and tried again at the next renewal.
+        transaction holds locked is skipped, then tried again at once in a second statement
+        that waits for it briefly (:data:`LOCK_WAIT`): a claim or a sweep of another service
+        may hold it for a moment. A row still locked then is kept, its lease not extended
+        this time, and tried again at the next renewal: said once (at INFO), and said again,
+        with a warning, once its lease has less than half of its time left (it was not
+        renewed at least twice in a row: a lock that lasts).
 
         :raises TimeoutError: when the database did not answer within :attr:`renew_limit`
             (a network partition: the statement is cancelled, and the connection it was
@@ -231,7 +266,7 @@ class Leases:
         if not self.held:
             return
         held = dict(self.held)
-        uuids = [self._uuids[row] for row in held]
+        uuids = dict(self._uuids)
         limit = self.renew_limit
         wait = 0.0 if fetch is not None else self._db.reconnect_in
         if wait >= limit:
@@ -239,39 +274,78 @@ class Leases:
                 f"no connection to the database: waiting {wait:.1f} s more before "
                 "reconnecting (the last attempt failed)"
             )
+        run = fetch or self._db.fetch
         sent = time.monotonic()
-        rows: Rows = []
+        ours: dict[int, bool] | None = None
+        granted: dict[int, float] = {}  # when the statement that renewed each row was sent
         with anyio.move_on_after(limit) as renewal:
-            rows = await (fetch or self._db.fetch)(
-                self._statement,
-                {
-                    "ids": list(held),
-                    "attempts": [attempts for attempts, _ in held.values()],
-                    "claims": [claim for _, claim in held.values()],
-                    "uuids": uuids,
-                    "lease": self._lease,
-                },
-            )
+            ours = dict(await run(self._statement, self._parameters(held, uuids)))
+            granted = dict.fromkeys((row for row, renewed in ours.items() if renewed), sent)
+            locked = {row: held[row] for row, renewed in ours.items() if not renewed}
+            if locked and self._waiting:
+                again = time.monotonic()
+                params = {**self._parameters(locked, uuids), "lock_wait": self._lock_wait}
+                try:
+                    rows = await run(self._waiting, params)
+                except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                    rows = []  # one of them stayed locked: all wait for the next renewal
+                granted.update((row, again) for row, renewed in rows if renewed)
+        if ours is not None:  # (renewed, even if the second statement did not answer)
+            self._record(held, uuids, ours, granted)
         if renewal.cancelled_caught:
             waited = f" ({wait:.1f} s of it waiting to reconnect)" if wait else ""
             raise TimeoutError(f"the database did not answer within {limit:g} s{waited}")
-        ours: dict[int, bool] = dict(rows)
+
+    def _parameters(
+        self, rows: Mapping[int, tuple[int, int]], uuids: Mapping[int, str]
+    ) -> dict[str, Any]:
+        """The parameters of a renewal of *rows* (``id -> (attempt, claim)``)."""
+        return {
+            "ids": list(rows),
+            "attempts": [attempts for attempts, _ in rows.values()],
+            "claims": [claim for _, claim in rows.values()],
+            "uuids": [uuids[row] for row in rows],
+            "lease": self._lease,
+        }
+
+    def _record(
+        self,
+        held: Mapping[int, tuple[int, int]],
+        uuids: Mapping[int, str],
+        ours: Mapping[int, bool],
+        granted: Mapping[int, float],
+    ) -> None:
+        """Keep what a renewal of *held* found: the rows still *ours*, those *granted* a lease."""
+        now = time.monotonic()
         locked: list[int] = []
-        for (row, claim), uuid in zip(held.items(), uuids, strict=True):
+        at_risk: list[int] = []
+        for row, claim in held.items():
+            uuid = uuids[row]
             if self.held.get(row) != claim or self._uuids[row] != uuid:
                 continue  # settled (or claimed again) meanwhile
-            renewed = ours.get(row)
-            if renewed:
-                self._confirmed[row] = sent
+            if row in granted:
+                self._confirmed[row] = granted[row]
                 if row in self._locked:
                     self._locked.discard(row)
-                    logger.info("the lease of job %d is renewed again: the lock is gone", row)
-            elif renewed is not None:
-                if row not in self._locked:
+                    said = row in self._at_risk
+                    self._at_risk.discard(row)
+                    logger.log(
+                        logging.INFO if said else logging.DEBUG,
+                        "the lease of job %d is renewed again: the lock is gone",
+                        row,
+                    )
+            elif row in ours:
+                if self._confirmed[row] + self._lease - now < self._lease / 2:
+                    self._locked.add(row)
+                    if row not in self._at_risk:
+                        self._at_risk.add(row)
+                        at_risk.append(row)
+                elif row not in self._locked:
                     self._locked.add(row)
                     locked.append(row)
             else:
                 self._locked.discard(row)
+                self._at_risk.discard(row)
                 del self.held[row]
                 del self._uuids[row]
                 del self._confirmed[row]
@@ -284,14 +358,33 @@ class Leases:
                     uuid,
                     claim[0],
                 )
-        if locked:  # ours, but another session holds them locked: said once for each
-            logger.warning(
-                "%s not renewed: %s; the jobs go on, and their leases are renewed once the "
-                "lock is released (a lock held for longer than the lease lets another service "
-                "take a job back): %s",
+        if locked:  # ours, but locked for a while: tried again at the next round
+            left = min(self._confirmed[row] for row in locked) + self._lease - now
+            logger.info(
+                "%s not renewed this round: their rows stayed locked by another transaction "
+                "for over %s (%s); tried again at the next renewal, %.1f s before the leases "
+                "run out: %s",
                 counted(len(locked), "lease"),
-                LOCKED_BY_ANOTHER_SESSION,
+                self._lock_wait if self._waiting else "a moment",
+                HELD_BRIEFLY,
+                left,
                 self.named(locked),
+            )
+        if at_risk:  # not renewed twice in a row or more: said once for each
+            since = now - max(self._confirmed[row] for row in at_risk)
+            left = min(self._confirmed[row] for row in at_risk) + self._lease - now
+            logger.warning(
+                "%s at risk of running out: not renewed for %.1f s, their rows found locked "
+                "by another transaction at each renewal since (a statement of the services of "
+                "this queue holds a row for that statement's time only: more likely a "
+                "transaction on the jobs table that lasts, an operator's or an "
+                "application's, such as SELECT ... FOR UPDATE); %s: the jobs go on, but "
+                "once a lease runs out and the lock is released another service may take its "
+                "job back and run it again: %s",
+                counted(len(at_risk), "lease"),
+                since,
+                f"they run out in {left:.1f} s" if left > 0 else "they have run out",
+                self.named(at_risk),
             )
 
     def named(self, rows: list[int]) -> Phrase:

@@ -225,9 +225,9 @@ CLAIM_USES = Uses(
 )  # fmt: skip
 """The columns of ``jobs`` that :data:`CLAIM` reads and writes."""
 
-RENEW = """
+_RENEW = """
 WITH held AS MATERIALIZED (
-    SELECT h.*, 'running' AS state
+    SELECT h.*, 'running' AS state{wait}
     FROM ROWS FROM (pg_catalog.unnest(%(ids)s::bigint[]),
         pg_catalog.unnest(%(attempts)s::integer[]), pg_catalog.unnest(%(claims)s::integer[]),
         pg_catalog.unnest(%(uuids)s::text[]))
@@ -245,7 +245,7 @@ WITH held AS MATERIALIZED (
         SELECT j.id FROM {s}.jobs AS j
         WHERE j.id = h.id AND j.state = h.state AND j.claims = h.claims
           AND j.attempts = h.attempts AND j.uuid = h.uuid
-        FOR UPDATE OF j SKIP LOCKED
+        FOR UPDATE OF j{skip}
     ) AS j
 ), renewed AS (
     UPDATE {s}.jobs AS j
@@ -255,15 +255,24 @@ WITH held AS MATERIALIZED (
 )
 SELECT o.id, r.id IS NOT NULL AS renewed FROM ours AS o LEFT JOIN renewed AS r ON r.id = o.id
 """
+
+RENEW = _RENEW.replace("{wait}", "").replace("{skip}", " SKIP LOCKED")
 """Extend the leases of the claims still held (each fenced as :data:`ACKNOWLEDGE` is, its
 job's uuid included); returns the rows still ours, each with whether its lease was extended.
 
-A row that another session holds locked (an operator's transaction, an application's
-``SELECT ... FOR UPDATE``) is skipped, not waited for: the others are renewed all the same.
-It comes back as still ours (read without a lock, from the statement's snapshot) but not
-renewed, and is tried again at the next renewal; a row that is no longer ours (its lease
-ran out and it was taken back, or an operator changed it) does not come back at all. The
-row locks cost a renewal little: it runs every ``lease / 3`` seconds, not once per job.
+A row that another transaction holds locked is skipped, not waited for: the others are
+renewed all the same. It comes back as still ours (read without a lock, from the
+statement's snapshot) but not renewed, and :data:`RENEW_WAITING` tries it again at once;
+a row that is no longer ours (its lease ran out and it was taken back, or an operator
+changed it) does not come back at all. The row locks cost a renewal little: it runs every
+``lease / 3`` seconds, not once per job.
+
+The lock may well be one of our own statements': a claim or a sweep of another service
+(or a purge, the write of an outcome) that met the row just as it changed (claimed, or
+renewed, after the statement began) locks it although it leaves it alone. PostgreSQL locks
+the row's latest version before it checks the statement's conditions on it again (read
+committed), and keeps the lock when the row no longer meets them, until that statement
+ends: milliseconds. No condition written in the statement can keep it from doing so.
 
 The rows are found by id, whatever the plan's estimates: ``j.state`` is compared with a
 column of a materialized CTE, not with the constant ``'running'``, so the jobs_running
@@ -271,8 +280,19 @@ index cannot be chosen instead (a partial index whose dead entries pile up betwe
 vacuums: a bitmap scan of it reads them all, for every batch); each lateral subquery (kept
 apart by ``OFFSET 0``, or by its lock) can only look its row up by id."""
 
+RENEW_WAITING = _RENEW.replace(
+    "{wait}", ",\n        pg_catalog.set_config('lock_timeout', %(lock_wait)s, true) AS lock_wait"
+).replace("{skip}", "")
+""":data:`RENEW` for the rows it found locked, waiting for each at most ``lock_wait`` (a
+``lock_timeout``: ``'50ms'``), set for this statement alone before it locks a row, whatever
+the session's. Long enough for a statement of another service that holds the row (see
+:data:`RENEW`) to end, short enough that a lock held for long (an operator's transaction)
+costs the renewals and outcomes behind it little; when one row stays locked that long, the
+statement fails (``LockNotAvailable``) and renews none of its rows: they wait for the next
+renewal."""
+
 RENEW_USES = Uses(reads=("id", "uuid", "state", "claims", "attempts"), writes=("lease_until",))
-"""The columns of ``jobs`` that :data:`RENEW` reads and writes."""
+"""The columns of ``jobs`` that :data:`RENEW` (and :data:`RENEW_WAITING`) reads and writes."""
 
 ACKNOWLEDGE = """
 WITH settled AS (
@@ -549,6 +569,8 @@ class Statements:
     quarantine: bytes = b""
     quarantine_check: bytes = b""
     quarantine_fail: bytes = b""
+    renew_waiting: bytes = b""
+    """The renewal of the rows :attr:`renew` found locked, waiting for them briefly."""
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -579,4 +601,5 @@ class Statements:
             make(QUARANTINE),
             make(QUARANTINE_CHECK),
             make(QUARANTINE_FAIL),
+            renew_waiting=make(RENEW_WAITING),
         )
