@@ -13,6 +13,7 @@ from dispatcher.server.ctl_render import (
     add_elapsed,
     cut,
     duration_text,
+    mixed_versions,
     render,
     size_text,
     tally,
@@ -235,3 +236,27 @@ def test_two_copies_of_one_job_on_two_workers_each_show_their_own_run_time() -> 
     }
     shown = add_elapsed(running, task_ages(workers), now=160.0)
     assert [entry["elapsed"] for entry in shown.values()] == [50.0, 2.0, 60.0]
+
+
+def test_status_shows_each_service_s_version_and_says_when_they_differ() -> None:
+    replies = [
+        {"node_id": f"web-{n}", "version": version, "uptime": 1.0}
+        for n, version in enumerate(["0.2.0", "0.1.0", "0.2.0", *["0.2.0"] * 5])
+    ]
+    old = {"node_id": "old-1", "uptime": 1.0}  # a release that did not say its version
+    result = ControlResult("status", replies=[*replies, old])
+    assert render(result).splitlines()[:3] == ["old-1:", "  uptime: 1.0 s", "web-0:"]
+    assert render(result).splitlines()[3] == "  version: 0.2.0"
+    assert mixed_versions(result) == (
+        "the services run different versions of dispatcher: 0.1.0: web-1; "
+        "0.2.0: web-0, web-2, web-3, web-4, web-5 and 2 more; "
+        "no version (an older release): old-1"
+    )
+    assert mixed_versions(ControlResult("status", replies=replies[2:])) is None
+    assert mixed_versions(ControlResult("status", replies=[old, {**old, "node_id": "x"}])) is None
+    assert mixed_versions(ControlResult("alive", replies=[old, replies[0]])) is None
+    hostile = {"node_id": "evil", "version": "1\x1b[2J\nforged"}
+    said = mixed_versions(ControlResult("status", replies=[hostile, replies[0]]))
+    assert said is not None
+    assert "\n" not in said
+    assert "\x1b" not in said

@@ -175,6 +175,40 @@ def shortfall(result: ControlResult) -> str:
     return f"{text}; not taken, or no answer, from {missing}" if result.missing else text
 
 
+VERSION_NODES_SHOWN: Final = 5
+"""Node ids :func:`mixed_versions` names per version (the others are counted)."""
+
+
+def mixed_versions(result: ControlResult) -> str | None:
+    """Say which services run which version of dispatcher, when they run different ones.
+
+    Read from the ``version`` of their ``status`` replies; a reply without one is from a
+    service of a release older than that field (or a dispatcherd service). ``None`` when
+    every reply says the same, or none says any.
+    """
+    if result.command != "status":
+        return None
+    by_version: dict[str | None, list[str]] = {}
+    for reply in result.replies:
+        version = reply.get("version")
+        said = None if version is None else shown(version)
+        by_version.setdefault(said, []).append(shown(reply.get("node_id", "?")))
+    if len(by_version) < 2:
+        return None
+    versions = sorted(version for version in by_version if version is not None)
+    groups = [f"{version}: {_some(sorted(by_version[version]))}" for version in versions]
+    if None in by_version:
+        groups.append(f"no version (an older release): {_some(sorted(by_version[None]))}")
+    return f"the services run different versions of dispatcher: {'; '.join(groups)}"
+
+
+def _some(nodes: list[str]) -> str:
+    """*nodes* joined, past :data:`VERSION_NODES_SHOWN` counted: ``a, b and 3 more``."""
+    if len(nodes) <= VERSION_NODES_SHOWN:
+        return ", ".join(nodes)
+    return f"{', '.join(nodes[:VERSION_NODES_SHOWN])} and {len(nodes) - VERSION_NODES_SHOWN} more"
+
+
 def render(result: ControlResult, now: float | None = None) -> str:
     """Replies as text for people: one block per service.
 
