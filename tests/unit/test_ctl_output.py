@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -15,6 +16,7 @@ from dispatcher.server.ctl_render import (
     duration_text,
     mixed_versions,
     render,
+    shortfall,
     size_text,
     tally,
     task_ages,
@@ -260,3 +262,36 @@ def test_status_shows_each_service_s_version_and_says_when_they_differ() -> None
     assert said is not None
     assert "\n" not in said
     assert "\x1b" not in said
+
+
+def test_a_silent_service_whose_name_lists_no_channels_may_serve_other_channels() -> None:
+    """A service of an older release is waited for on every channel (its connection's name
+    says none): on another channel, its silence is no fault, and --expected-replies helps."""
+    nodes = [f"vm-{n}" for n in range(6)]
+    result = ControlResult("alive", expected=6, expected_nodes=nodes, unlisted_nodes=["vm-3"])
+    for node in nodes[:3] + nodes[4:]:
+        result.add(json.dumps({"node_id": node}))
+    assert shortfall(result) == (
+        "5 of 6 expected replies; no answer from vm-3, whose connection's name lists no "
+        "channels (as an older release names them): it may serve other channels only; if so, "
+        "--expected-replies 5 waits for the others alone"
+    )
+    result.replies.pop(0)  # vm-0, which says where it listens, is silent too
+    result.unlisted_nodes.append("vm-5")
+    result.replies.pop()  # and vm-5
+    assert shortfall(result) == (
+        "3 of 6 expected replies; no answer from vm-0, vm-3, vm-5; of those, vm-3, vm-5 are "
+        "services whose connections' names list no channels (as an older release names "
+        "them): they may serve other channels only; if so, --expected-replies 4 waits for "
+        "the others alone"
+    )
+    alone = ControlResult("alive", expected=1, expected_nodes=["vm-3"], unlisted_nodes=["vm-3"])
+    assert shortfall(alone) == (
+        "0 of 1 expected replies; no answer from vm-3, whose connection's name lists no "
+        "channels (as an older release names them): it may serve other channels only; if so, "
+        "no service found listens there"
+    )
+    listed = ControlResult("alive", expected=1, expected_nodes=["vm-0"])
+    assert shortfall(listed) == "0 of 1 expected replies; no answer from vm-0"
+    # The option it names is dispatcherctl's own.
+    assert parser().parse_args(["--expected-replies", "5", "alive"]).expected_replies == 5

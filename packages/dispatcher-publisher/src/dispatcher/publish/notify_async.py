@@ -574,6 +574,7 @@ async def acontrol_with_reply(
                 listening = [s for s in services if s is not None and s.may_listen_on(channel)]
                 replies.expected_nodes = [s.node_id for s in listening if s.tells_channels]
                 replies.uncertain_nodes = [s.node_id for s in listening if not s.tells_channels]
+                replies.unlisted_nodes = [s.node_id for s in listening if s.channels_digest is None]
                 replies.expected = len(replies.expected_nodes)
             else:
                 replies.expected = expected_replies

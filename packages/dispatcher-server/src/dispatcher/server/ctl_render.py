@@ -165,14 +165,46 @@ def shortfall(result: ControlResult) -> str:
     text = f"{len(result.replies)} of {result.expected} expected replies"
     missing = shown(", ".join(result.missing))
     if not result.too_large:
-        return f"{text}; no answer from {missing}" if result.missing else text
+        return f"{text}; no answer from {missing}{unlisted(result)}" if result.missing else text
     text += (
         f"; {counted(result.too_large, 'reply', 'replies')} came too large to take (over "
         f"{MAX_MESSAGE_BYTES} bytes: from a service of another version?)"
     )
     if len(result.missing) == result.too_large:
         return f"{text}, in place of those of {missing}"
-    return f"{text}; not taken, or no answer, from {missing}" if result.missing else text
+    if not result.missing:
+        return text
+    return f"{text}; not taken, or no answer, from {missing}{unlisted(result)}"
+
+
+def unlisted(result: ControlResult) -> str:
+    """Why services that did not answer may not have got the command at all, if they may.
+
+    Their connections' names list no channels (:attr:`ControlResult.unlisted_nodes`: an
+    older release names them so), so they are waited for whatever the channel; one that
+    serves other channels only never answers. Said after the list of those missing, with
+    the ``--expected-replies`` that waits for the others alone. Empty when none is such.
+    """
+    silent = [node for node in result.missing if node in result.unlisted_nodes]
+    if not silent:
+        return ""
+    one = len(silent) == 1
+    names = "connection's name lists" if one else "connections' names list"
+    if len(silent) == len(result.missing):
+        who = f", whose {names}"
+    else:
+        which = "is a service" if one else "are services"
+        who = f"; of those, {shown(', '.join(silent))} {which} whose {names}"
+    others = result.expected - len(silent)
+    then = (
+        f"--expected-replies {others} waits for the others alone"
+        if others
+        else "no service found listens there"
+    )
+    return (
+        f"{who} no channels (as an older release names them): {'it' if one else 'they'} "
+        f"may serve other channels only; if so, {then}"
+    )
 
 
 VERSION_NODES_SHOWN: Final = 5
