@@ -267,6 +267,35 @@ def test_older_services_and_long_node_ids_with_colons_are_waited_for(
     assert result.stderr == ""
 
 
+def test_an_older_service_on_another_channel_is_said_to_be_maybe_elsewhere(
+    pg_dsn: str, channel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its connection's name lists no channels: it is waited for on every one (as clients
+    # always did), and on this one it never answers. It was only "no answer from old-1".
+    from support import fake_services
+
+    with monkeypatch.context() as older:
+        older.setattr(
+            fake_services, "service_application_name", lambda node, _: f"dispatcher-service:{node}"
+        )
+        started = [FakeService(pg_dsn, postgres_channel(), "old-1")]
+    started.append(FakeService(pg_dsn, channel, "new-1"))
+    config = write_config(tmp_path / "dispatcher.json", pg_dsn, channel)
+    try:
+        result = ctl(config, "--timeout", "1", "alive")
+        told = ctl(config, "--expected-replies", "1", "alive")
+    finally:
+        for service in started:
+            service.stop()
+    assert result.returncode == 1
+    assert result.stderr == (
+        "dispatcherctl: 1 of 2 expected replies; no answer from old-1, whose connection's name "
+        "lists no channels (as an older release names them): it may serve other channels "
+        "only; if so, --expected-replies 1 waits for the others alone\n"
+    )
+    assert (told.returncode, told.stderr) == (0, "")
+
+
 def test_a_stuck_service_sharing_its_node_id_is_named(
     pg_dsn: str, channel: str, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 from dispatcher.config import reset, setup
 from dispatcher.publish import close_connections, submit_task
+from dispatcher.server.release import DISTRIBUTION
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.queue_rows import unique_schema
 from support.service import TASKS, TESTS, Evidence, ServiceProcess, task_message, wait_until
@@ -132,6 +134,8 @@ def test_json_log_lines_carry_each_tasks_facts_and_every_line_is_json(
     [started] = find(records, dispatcher_event="service_started")
     [stopped] = find(records, dispatcher_event="service_stopped")
     assert started["dispatcher_node"] == stopped["dispatcher_node"]
+    # Which code a service of a fleet runs: the version --version prints.
+    assert started["message"].endswith(f" workers, dispatcher-server {version(DISTRIBUTION)})")
 
 
 def test_the_config_chooses_the_format_and_the_command_line_wins(

@@ -217,4 +217,4 @@ def test_the_default_pool_size_is_the_cpus_the_service_may_run_on(
     # taskset) or its container's CPU limit allowed.
     service_config["service"]["pool"] = {"min_workers": 1}  # max_workers: the default
     service = start_service(service_config, env=fault_env(cpus="1"))
-    service.wait_for_log(r"dispatcher service \S+ started \(pid \d+, 1-1 workers\)")
+    service.wait_for_log(r"dispatcher service \S+ started \(pid \d+, 1-1 workers, ")

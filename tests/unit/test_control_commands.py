@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
+from importlib import metadata
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -20,6 +21,7 @@ import pytest
 
 from dispatcher.config import ServiceControl, load_settings
 from dispatcher.control import entries
+from dispatcher.control.result import parse_reply
 from dispatcher.schema import MAX_MESSAGE_BYTES, load_schema
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.control import STATUS_WAITING_LIMIT, ControlCommands
@@ -301,6 +303,15 @@ def test_status_holds_every_read_only_reply_and_our_counters(service: FakeServic
     assert status["pool"] == {"count": 2, "min": 1, "max": 4, "started": 0, "lost": 0}
     assert status["finished"] == {"ok": 3, "error": 1, "cancelled": 2, "timeout": 1}
     assert status["running_omitted"] == 0
+
+
+def test_status_names_the_version_the_service_runs_first(service: FakeService) -> None:
+    # An operator replacing the services of a fleet confirms which run the new code.
+    [status] = ask(service, "status")
+    assert next(iter(status)) == "version"
+    assert status["version"] == metadata.version("dispatcher-server")
+    # The client takes it as any reply (replies are checked against control-reply.schema.json).
+    assert parse_reply(json.dumps(status)) == status
 
 
 def test_status_lists_only_the_tasks_on_workers_behind_a_long_queue(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -13,7 +14,9 @@ from dispatcher.server.ctl_render import (
     add_elapsed,
     cut,
     duration_text,
+    mixed_versions,
     render,
+    shortfall,
     size_text,
     tally,
     task_ages,
@@ -235,3 +238,60 @@ def test_two_copies_of_one_job_on_two_workers_each_show_their_own_run_time() -> 
     }
     shown = add_elapsed(running, task_ages(workers), now=160.0)
     assert [entry["elapsed"] for entry in shown.values()] == [50.0, 2.0, 60.0]
+
+
+def test_status_shows_each_service_s_version_and_says_when_they_differ() -> None:
+    replies = [
+        {"node_id": f"web-{n}", "version": version, "uptime": 1.0}
+        for n, version in enumerate(["0.2.0", "0.1.0", "0.2.0", *["0.2.0"] * 5])
+    ]
+    old = {"node_id": "old-1", "uptime": 1.0}  # a release that did not say its version
+    result = ControlResult("status", replies=[*replies, old])
+    assert render(result).splitlines()[:3] == ["old-1:", "  uptime: 1.0 s", "web-0:"]
+    assert render(result).splitlines()[3] == "  version: 0.2.0"
+    assert mixed_versions(result) == (
+        "the services run different versions of dispatcher: 0.1.0: web-1; "
+        "0.2.0: web-0, web-2, web-3, web-4, web-5 and 2 more; "
+        "no version (an older release): old-1"
+    )
+    assert mixed_versions(ControlResult("status", replies=replies[2:])) is None
+    assert mixed_versions(ControlResult("status", replies=[old, {**old, "node_id": "x"}])) is None
+    assert mixed_versions(ControlResult("alive", replies=[old, replies[0]])) is None
+    hostile = {"node_id": "evil", "version": "1\x1b[2J\nforged"}
+    said = mixed_versions(ControlResult("status", replies=[hostile, replies[0]]))
+    assert said is not None
+    assert "\n" not in said
+    assert "\x1b" not in said
+
+
+def test_a_silent_service_whose_name_lists_no_channels_may_serve_other_channels() -> None:
+    """A service of an older release is waited for on every channel (its connection's name
+    says none): on another channel, its silence is no fault, and --expected-replies helps."""
+    nodes = [f"vm-{n}" for n in range(6)]
+    result = ControlResult("alive", expected=6, expected_nodes=nodes, unlisted_nodes=["vm-3"])
+    for node in nodes[:3] + nodes[4:]:
+        result.add(json.dumps({"node_id": node}))
+    assert shortfall(result) == (
+        "5 of 6 expected replies; no answer from vm-3, whose connection's name lists no "
+        "channels (as an older release names them): it may serve other channels only; if so, "
+        "--expected-replies 5 waits for the others alone"
+    )
+    result.replies.pop(0)  # vm-0, which says where it listens, is silent too
+    result.unlisted_nodes.append("vm-5")
+    result.replies.pop()  # and vm-5
+    assert shortfall(result) == (
+        "3 of 6 expected replies; no answer from vm-0, vm-3, vm-5; of those, vm-3, vm-5 are "
+        "services whose connections' names list no channels (as an older release names "
+        "them): they may serve other channels only; if so, --expected-replies 4 waits for "
+        "the others alone"
+    )
+    alone = ControlResult("alive", expected=1, expected_nodes=["vm-3"], unlisted_nodes=["vm-3"])
+    assert shortfall(alone) == (
+        "0 of 1 expected replies; no answer from vm-3, whose connection's name lists no "
+        "channels (as an older release names them): it may serve other channels only; if so, "
+        "no service found listens there"
+    )
+    listed = ControlResult("alive", expected=1, expected_nodes=["vm-0"])
+    assert shortfall(listed) == "0 of 1 expected replies; no answer from vm-0"
+    # The option it names is dispatcherctl's own.
+    assert parser().parse_args(["--expected-replies", "5", "alive"]).expected_replies == 5

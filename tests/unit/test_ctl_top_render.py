@@ -91,6 +91,13 @@ def test_each_worker_shows_what_it_runs_and_for_how_long() -> None:
     assert "workers 2 (min 1, max 4)" in text
 
 
+def test_each_service_shows_the_version_it_runs_when_it_says_it() -> None:
+    text = text_of(screen(Poll(at=1.0, wall=NOW, replies=[status(version="0.2.0")])))
+    assert "workers 2 (min 1, max 4)   version 0.2.0" in text
+    older = text_of(screen(Poll(at=1.0, wall=NOW, replies=[status()])))
+    assert "version" not in older
+
+
 def test_a_failure_is_listed_with_its_task_uuid_age_and_error_line() -> None:
     failure = {
         "task": "app.tasks.charge",

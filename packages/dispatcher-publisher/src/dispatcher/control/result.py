@@ -55,6 +55,11 @@ class ControlResult:
     cannot tell (see :data:`~dispatcher.schema.MAX_TELLING_DIGEST_BITS`). They are waited
     for as well, but not as long, and are never :attr:`missing`: those that did not answer
     are :attr:`unconfirmed`."""
+    unlisted_nodes: list[str] = field(default_factory=list)
+    """The node ids among :attr:`expected_nodes` whose connections' names list no channels
+    (carry no digest of them), as those of services of an older release do. Where they
+    listen cannot be told: they are waited for whatever the channel, as clients always did,
+    and one that serves other channels only does not answer, and is :attr:`missing`."""
     skipped: list[str] = field(default_factory=list)
     """Why payloads on the reply channel were not taken as replies (not JSON, nested too
     deeply, not a control reply, an invalid chunk envelope): anyone may NOTIFY that

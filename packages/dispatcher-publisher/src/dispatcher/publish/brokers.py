@@ -39,6 +39,9 @@ class ReplyCollector(Protocol):
     uncertain_nodes: list[str]
     """The node ids of the services that may or may not get the command, when the broker
     cannot tell: waited for too, but not for long (see :func:`wait_until`)."""
+    unlisted_nodes: list[str]
+    """The node ids among :attr:`expected_nodes` of services that do not say where they
+    listen (an older release's): expected whatever the channel, they may not get it."""
 
     @property
     def complete(self) -> bool:

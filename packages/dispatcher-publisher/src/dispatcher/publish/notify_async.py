@@ -253,6 +253,8 @@ class AsyncConnectionProvider:
         :raises PublishError: naming the server and *what* was refused, when the database
             refuses the statement for a reason no retry cures (a missing privilege).
         :raises psycopg.errors.UndefinedTable: when a table the statement names is missing.
+        :raises psycopg.errors.UndefinedColumn: when a column it names is missing (the tables
+            are older than the statement).
         """
         return await self._run(query, params, doing, what, notifying=False, resend=resend)
 
@@ -351,7 +353,7 @@ class AsyncConnectionProvider:
                         raise rolled_back(self.conninfo, exc) from None
                     rolled = True
                     continue
-                except psycopg.errors.UndefinedTable:
+                except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
                     raise  # the database answered: the caller knows which table is meant
                 except psycopg.OperationalError as exc:
                     if slot.retired and own.closed and not own.broken:
@@ -572,6 +574,7 @@ async def acontrol_with_reply(
                 listening = [s for s in services if s is not None and s.may_listen_on(channel)]
                 replies.expected_nodes = [s.node_id for s in listening if s.tells_channels]
                 replies.uncertain_nodes = [s.node_id for s in listening if not s.tells_channels]
+                replies.unlisted_nodes = [s.node_id for s in listening if s.channels_digest is None]
                 replies.expected = len(replies.expected_nodes)
             else:
                 replies.expected = expected_replies

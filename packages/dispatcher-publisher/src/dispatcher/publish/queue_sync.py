@@ -20,6 +20,7 @@ from dispatcher.publish.connections import (
     TextNotStorable,
     caller_connection,
     caller_lost,
+    first_line,
     server_encoding,
 )
 from dispatcher.publish.errors import PublishError
@@ -41,6 +42,7 @@ from dispatcher.publish.pg_text import (
     unstorable,
 )
 from dispatcher.publish.timestamps import session_zone
+from dispatcher.schema import migrations
 
 
 def store(
@@ -64,7 +66,8 @@ def store(
     :raises BrokerUnavailable: when the database cannot be reached, or fails the statement
         in a way sending it again later may cure; when *connection* is closed or its
         transaction aborted (nothing is sent on it then).
-    :raises PublishError: when the queue's tables are missing from *schema*; when the
+    :raises PublishError: when the queue's tables are missing from *schema*, or older than
+        a column of *statement* (not migrated: ``dispatcherctl migrate``); when the
         database refuses the rows for a reason no retry cures (a missing privilege), saying
         it refused *what* (default: the job, or the jobs).
     :raises InvalidSubmission: naming the job and the value, when a text holds a character
@@ -92,6 +95,8 @@ def store(
             shared_provider(conninfo).execute(statement, params, what=what, resend=resend)
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
+    except psycopg.errors.UndefinedColumn as exc:
+        raise _tables_too_old(schema, exc) from None
     except TextNotStorable as exc:
         refusal = job_not_storable(rows, [exc.encoding]) or job_refused(
             rows, exc.encoding, str(exc)
@@ -110,7 +115,7 @@ def get_job(uuid: str, *, connection: Connection[Any] | None = None) -> Job | No
 
     :raises TypeError: when *uuid* is not a ``str``.
     :raises PublishError: when the config has no ``brokers.pg_queue``, or its tables are
-        missing.
+        missing or older than this version needs (not migrated: ``dispatcherctl migrate``).
     :raises BrokerUnavailable: when the database cannot be reached, or *connection* is
         closed or its transaction aborted.
     """
@@ -137,7 +142,7 @@ def jobs(
     :raises TypeError: when *queue* or *task* is neither ``None`` nor a ``str``.
     :raises ValueError: when *state* or *limit* is not valid.
     :raises PublishError: when the config has no ``brokers.pg_queue``, or its tables are
-        missing.
+        missing or older than this version needs (not migrated: ``dispatcherctl migrate``).
     :raises BrokerUnavailable: when the database cannot be reached, or *connection* is
         closed or its transaction aborted.
     """
@@ -186,6 +191,8 @@ def _read(
         return cursor.fetchall(), session_zone(cursor.connection)
     except psycopg.errors.UndefinedTable:
         raise _tables_missing(schema) from None
+    except psycopg.errors.UndefinedColumn as exc:
+        raise _tables_too_old(schema, exc) from None
     except TextNotStorable:
         return [], UTC  # a text no row can hold, as the database's encoding lacks a character
 
@@ -272,12 +279,32 @@ def _storing(rows: Sequence[list[Any]]) -> str:
 
 
 def _tables_missing(schema: str) -> PublishError:
+    return PublishError(
+        f"the durable queue's tables are missing from schema {schema!r}: "
+        f"run `{_migrate_command()}` first (it creates them, or "
+        "says what to do if they were damaged)"
+    )
+
+
+def _tables_too_old(schema: str, exc: psycopg.Error) -> PublishError:
+    """The error for a statement refused for a column its table lacks (*exc*).
+
+    The tables are older than this SDK needs: not migrated since an upgrade. Said as a
+    service says it, but for the version they are at, which is not read (that would cost
+    every call a round trip, or this failure one more on an aborted transaction).
+    """
+    latest = max((m.version for m in migrations()), default=0)
+    return PublishError(
+        f'the pg_queue tables in schema "{schema}" are older than version {latest}, which this '
+        f"version of dispatcher needs: run '{_migrate_command()}' (the database said: "
+        f"{first_line(exc)})"
+    )
+
+
+def _migrate_command() -> str:
+    """``dispatcherctl migrate``, with the config's file when it was read from one."""
     try:
         config_file = get_settings().file
     except ConfigError:
         config_file = None  # the caller's connection, and no config
-    return PublishError(
-        f"the durable queue's tables are missing from schema {schema!r}: "
-        f"run `{dispatcherctl_command('migrate', config_file)}` first (it creates them, or "
-        "says what to do if they were damaged)"
-    )
+    return dispatcherctl_command("migrate", config_file)

@@ -11,9 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dispatcher.schema import LOG_FORMATS, LOG_LEVELS
-
-DISTRIBUTION = "dispatcher-server"
-"""The distribution whose version ``--version`` prints."""
+from dispatcher.server.release import DISTRIBUTION, installed_version
 
 
 class _PrintVersion(argparse.Action):
@@ -32,9 +30,7 @@ class _PrintVersion(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
-        from importlib.metadata import version
-
-        print(f"{DISTRIBUTION} {version(DISTRIBUTION)}")
+        print(f"{DISTRIBUTION} {installed_version()}")
         parser.exit(0)
 
 

@@ -30,6 +30,7 @@ from dispatcher.server.control_shapes import (
 from dispatcher.server.logsafe import Phrase, get_logger
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
+from dispatcher.server.release import installed_version
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.control")
@@ -267,7 +268,11 @@ class ControlCommands:
         return self._target.aio_tasks(data.get("limit", 6))
 
     def status(self, data: Mapping[str, Any]) -> Reply:
-        """Every read-only command's reply, and our counters beside them."""
+        """Every read-only command's reply, and our counters beside them.
+
+        Also the version of dispatcher the service runs (``version``), as
+        ``dispatcher-standalone --version`` says it.
+        """
         stats = self._stats
         counts = self._target.counts()
         waiting = counts["queued"] + counts["blocked"] + counts["delayed"]
@@ -277,6 +282,7 @@ class ControlCommands:
             found, omitted = self._target.on_workers(), waiting
         running, too_many = slotted(found)
         return {
+            "version": installed_version(),  # first: people read it at the top
             "running": running,
             "aio_tasks": self._target.aio_tasks(6),
             "workers": self.workers({}),

@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from importlib import metadata
 from typing import Any, Final
 
 import psycopg
@@ -35,6 +34,7 @@ from dispatcher.server.ctl_render import (
     add_elapsed,
     control_channel,
     control_failure,
+    mixed_versions,
     no_service_found,
     render,
     shortfall,
@@ -44,6 +44,7 @@ from dispatcher.server.ctl_render import (
     uncertain,
 )
 from dispatcher.server.logsafe import EscapingFormatter
+from dispatcher.server.release import installed_version
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_ERROR_REPLY = 0, 1, 2, 3
 """Exit statuses of control commands: every expected service answered, without an error;
@@ -283,10 +284,7 @@ def parser() -> argparse.ArgumentParser:
 
 def version() -> str:
     """The version of dispatcher installed (of the ``dispatcher-server`` distribution)."""
-    try:
-        return metadata.version("dispatcher-server")
-    except metadata.PackageNotFoundError:
-        return "(version unknown)"
+    return installed_version()
 
 
 def _own_log_level(text: str) -> str:
@@ -554,6 +552,9 @@ def _control(settings: Settings, options: argparse.Namespace) -> int:
         )
         print(render(shown_result), end="")
         print(tally(result, looked_up, channel))
+        versions = mixed_versions(result)
+        if versions is not None:
+            print(f"dispatcherctl: {versions}", file=sys.stderr)
     if waiting is not None:
         print(shown(waiting), file=waiting_to)
     for note in result.skipped:

@@ -165,14 +165,80 @@ def shortfall(result: ControlResult) -> str:
     text = f"{len(result.replies)} of {result.expected} expected replies"
     missing = shown(", ".join(result.missing))
     if not result.too_large:
-        return f"{text}; no answer from {missing}" if result.missing else text
+        return f"{text}; no answer from {missing}{unlisted(result)}" if result.missing else text
     text += (
         f"; {counted(result.too_large, 'reply', 'replies')} came too large to take (over "
         f"{MAX_MESSAGE_BYTES} bytes: from a service of another version?)"
     )
     if len(result.missing) == result.too_large:
         return f"{text}, in place of those of {missing}"
-    return f"{text}; not taken, or no answer, from {missing}" if result.missing else text
+    if not result.missing:
+        return text
+    return f"{text}; not taken, or no answer, from {missing}{unlisted(result)}"
+
+
+def unlisted(result: ControlResult) -> str:
+    """Why services that did not answer may not have got the command at all, if they may.
+
+    Their connections' names list no channels (:attr:`ControlResult.unlisted_nodes`: an
+    older release names them so), so they are waited for whatever the channel; one that
+    serves other channels only never answers. Said after the list of those missing, with
+    the ``--expected-replies`` that waits for the others alone. Empty when none is such.
+    """
+    silent = [node for node in result.missing if node in result.unlisted_nodes]
+    if not silent:
+        return ""
+    one = len(silent) == 1
+    names = "connection's name lists" if one else "connections' names list"
+    if len(silent) == len(result.missing):
+        who = f", whose {names}"
+    else:
+        which = "is a service" if one else "are services"
+        who = f"; of those, {shown(', '.join(silent))} {which} whose {names}"
+    others = result.expected - len(silent)
+    then = (
+        f"--expected-replies {others} waits for the others alone"
+        if others
+        else "no service found listens there"
+    )
+    return (
+        f"{who} no channels (as an older release names them): {'it' if one else 'they'} "
+        f"may serve other channels only; if so, {then}"
+    )
+
+
+VERSION_NODES_SHOWN: Final = 5
+"""Node ids :func:`mixed_versions` names per version (the others are counted)."""
+
+
+def mixed_versions(result: ControlResult) -> str | None:
+    """Say which services run which version of dispatcher, when they run different ones.
+
+    Read from the ``version`` of their ``status`` replies; a reply without one is from a
+    service of a release older than that field (or a dispatcherd service). ``None`` when
+    every reply says the same, or none says any.
+    """
+    if result.command != "status":
+        return None
+    by_version: dict[str | None, list[str]] = {}
+    for reply in result.replies:
+        version = reply.get("version")
+        said = None if version is None else shown(version)
+        by_version.setdefault(said, []).append(shown(reply.get("node_id", "?")))
+    if len(by_version) < 2:
+        return None
+    versions = sorted(version for version in by_version if version is not None)
+    groups = [f"{version}: {_some(sorted(by_version[version]))}" for version in versions]
+    if None in by_version:
+        groups.append(f"no version (an older release): {_some(sorted(by_version[None]))}")
+    return f"the services run different versions of dispatcher: {'; '.join(groups)}"
+
+
+def _some(nodes: list[str]) -> str:
+    """*nodes* joined, past :data:`VERSION_NODES_SHOWN` counted: ``a, b and 3 more``."""
+    if len(nodes) <= VERSION_NODES_SHOWN:
+        return ", ".join(nodes)
+    return f"{', '.join(nodes[:VERSION_NODES_SHOWN])} and {len(nodes) - VERSION_NODES_SHOWN} more"
 
 
 def render(result: ControlResult, now: float | None = None) -> str:

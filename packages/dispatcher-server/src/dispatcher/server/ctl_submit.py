@@ -14,12 +14,16 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
+import psycopg
+
 from dispatcher.config import Settings, install
 from dispatcher.publish import BrokerUnavailable, InvalidSubmission, PublishError, submit_task
 from dispatcher.publish.brokers import is_job_broker
+from dispatcher.publish.connections import broker_unavailable, connection_options
 from dispatcher.publish.messages import no_default_queue
 from dispatcher.publish.routing import broker_for, default_broker, publish_broker
 from dispatcher.schema import ON_DUPLICATE_MODES
+from dispatcher.server import queue_admin
 from dispatcher.server.ctl_arguments import Text, count, json_list, json_object, seconds
 from dispatcher.server.logsafe import escape
 
@@ -106,6 +110,9 @@ def run(settings: Settings, options: argparse.Namespace) -> int:
                 f"queue (its queues: {listed})",
                 EXIT_USAGE,
             )
+    unready = _tables_refusal(settings, queue)
+    if unready is not None:
+        return _fail(*unready)
     # The command line has no application transaction to join: an application's
     # connection factory (its web framework's connection) is not called here.
     install(settings.without_connection_factories())
@@ -144,6 +151,44 @@ def run(settings: Settings, options: argparse.Namespace) -> int:
     print(f"task: {escape(options.task, limit=None)}")
     print(f"queue: {escape(submission.channel, limit=None)} ({broker.name} {where})")
     return EXIT_OK
+
+
+def _tables_refusal(settings: Settings, queue: str | None) -> tuple[str, int] | None:
+    """Why a job for the durable *queue* (``None``: the default) cannot be stored, if it cannot.
+
+    With the exit status: the tables are not migrated (missing, or older than this version
+    needs), as ``dispatcherctl migrate`` would tell, or the database cannot be reached. (The
+    SDK's insert does not check their version: an older table takes the row, for services
+    that refuse to start on it.) ``None`` for a channel, or when the tables cannot be
+    checked otherwise (the submission then says why).
+    """
+    section = settings.brokers.pg_queue
+    if section is None:
+        return None
+    if queue is None:
+        try:
+            queue = default_broker(settings).default_queue
+        except PublishError:
+            return None
+    if queue not in section.queues:
+        return None
+    conninfo = section.conninfo
+    try:
+        conn = psycopg.connect(
+            conninfo, autocommit=True, connect_timeout=10, **connection_options(conninfo)
+        )
+    except psycopg.OperationalError as exc:  # not twice the wait for the connection
+        return str(broker_unavailable(conninfo, exc, "connect to")), EXIT_UNREACHABLE
+    except psycopg.Error:
+        return None
+    try:
+        with conn:
+            queue_admin.check_tables(conn, section.schema, settings.file)
+    except queue_admin.TablesMissing as exc:
+        return str(exc), EXIT_USAGE
+    except psycopg.Error:
+        return None
+    return None
 
 
 def _no_default_queue(settings: Settings, task: str) -> str | None:

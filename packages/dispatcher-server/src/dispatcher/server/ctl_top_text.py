@@ -124,13 +124,17 @@ def header_text(current: Poll) -> str:
 
 
 def summary_lines(reply: Mapping[str, Any], speed: Rates | None) -> list[str]:
-    """A service's counters: uptime, pool, queue lengths, rates, tasks finished, rejected."""
+    """A service's counters: uptime, pool, queue lengths, rates, tasks finished, rejected.
+
+    And the version of dispatcher it runs, when its reply says it (an older release's does not).
+    """
     pool = pool_of(reply)
     uptime = _number(reply.get("uptime"))
+    version = "" if reply.get("version") is None else f"   version {cell(reply['version'])}"
     return [
         f"uptime {'-' if uptime is None else duration_text(uptime)}   pid {cell(reply.get('pid'))}"
         f"   workers {cell(pool.get('count'))} (min {cell(pool.get('min'))}, "
-        f"max {cell(pool.get('max'))})",
+        f"max {cell(pool.get('max'))}){version}",
         "   ".join(f"{name} {cell(reply.get(name))}" for name in ("queued", "blocked", "delayed"))
         + "   "
         + (

@@ -29,7 +29,12 @@ from dispatcher.publish.job import COLUMNS, MAX_LISTED, get_job_query, jobs_quer
 from dispatcher.publish.jsonb import register_tolerant_jsonb
 from dispatcher.publish.timestamps import read_timestamp, session_zone, timestamp_sql
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, DispatcherError
-from dispatcher.server.brokers.pg_queue.migrations import VERSION_TABLE, damaged
+from dispatcher.server.brokers.pg_queue.migrations import (
+    VERSION_TABLE,
+    damaged,
+    problem,
+    read_version,
+)
 
 MAX_LIMIT: Final = MAX_LISTED
 """The most jobs one listing returns."""
@@ -58,7 +63,10 @@ class QueueNotConfigured(DispatcherError):
 
 
 class TablesMissing(DispatcherError):
-    """The queue's tables do not exist in the configured schema: not migrated yet."""
+    """The queue's tables do not exist in the configured schema, or are at an older version.
+
+    Not migrated yet, or not since this version of dispatcher was installed.
+    """
 
 
 class NotRetried(DispatcherError):
@@ -91,10 +99,35 @@ def _jobs(schema: str) -> sql.Composed:
 
 
 def check_tables(conn: psycopg.Connection[Any], schema: str, config_file: str | None) -> None:
-    """Raise :class:`TablesMissing` unless *schema* holds the queue's ``jobs`` table.
+    """Raise :class:`TablesMissing` unless *schema* holds the queue's tables, migrated.
 
+    Refused: tables missing, damaged, or at a version older than this code needs (said as a
+    service says it, naming ``dispatcherctl migrate``); newer ones are taken (a rolling
+    upgrade). A role that may not read the version gets the existence check alone.
     *config_file* is the config's file (:attr:`Settings.file`), for the command to run.
     """
+    try:
+        found = read_version(conn, schema)
+    except psycopg.errors.InsufficientPrivilege:
+        _check_jobs_table(conn, schema, config_file)
+        return
+    if found is None or found == 0:
+        raise TablesMissing(_missing(schema, config_file))
+    refusal = problem(found, schema, config_file)
+    if refusal is not None:
+        raise TablesMissing(refusal)
+
+
+def _missing(schema: str, config_file: str | None) -> str:
+    return (
+        f"the durable queue's tables are missing from schema {schema!r}: "
+        f"run `{dispatcherctl_command('migrate', config_file)}` first (it creates them, or "
+        "says what to do if they were damaged)"
+    )
+
+
+def _check_jobs_table(conn: psycopg.Connection[Any], schema: str, config_file: str | None) -> None:
+    """Raise :class:`TablesMissing` unless *schema* holds the queue's ``jobs`` table."""
     name = sql.Identifier(schema).as_string(conn)
     row = conn.execute(
         "SELECT pg_catalog.to_regclass(%s) IS NOT NULL, pg_catalog.to_regclass(%s) IS NOT NULL",
@@ -103,11 +136,7 @@ def check_tables(conn: psycopg.Connection[Any], schema: str, config_file: str | 
     if row is not None and not row[0] and row[1]:  # migrated, then the jobs table dropped
         raise TablesMissing(damaged(schema))
     if not (row and row[0]):
-        raise TablesMissing(
-            f"the durable queue's tables are missing from schema {schema!r}: "
-            f"run `{dispatcherctl_command('migrate', config_file)}` first (it creates them, or "
-            "says what to do if they were damaged)"
-        )
+        raise TablesMissing(_missing(schema, config_file))
 
 
 MAX_SETTING_MS: Final = 2_147_483_647

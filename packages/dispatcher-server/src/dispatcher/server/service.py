@@ -44,6 +44,7 @@ from dispatcher.server.orphans import Orphans
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
 from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.rejection import Rejected
+from dispatcher.server.release import DISTRIBUTION, installed_version
 from dispatcher.server.resources import PROCESS_LIMIT, fds_needed, raise_fd_limit, shortage_text
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.service_signals import receiving_stop_signals
@@ -399,11 +400,13 @@ class Service:
             # of every future garbage collection.
             gc.freeze()
         logger.info(
-            "dispatcher service %s started (pid %d, %d-%d workers)",
+            "dispatcher service %s started (pid %d, %d-%d workers, %s %s)",
             self.node_id,
             os.getpid(),
             self.supervisor.min_workers,
             self.supervisor.max_workers,
+            DISTRIBUTION,
+            installed_version(),
             extra=self._fields("service_started"),
         )
         if not self.brokers:
