@@ -134,7 +134,7 @@ def test_dispatcherd_dispatcherctl_reads_every_command(
     dispatcherd_bin()  # made first (or the test skipped), before the service starts
     service_config["service"]["node_id"] = channel
     start_service(service_config)
-    notify(channel, message("sleep_recording_cancel", evidence.path, 30, uuid="u-dd"))
+    notify(channel, message("sleep_recording_cancel", evidence.path, 300, uuid="u-dd"))
     notify(channel, message("record", evidence.path, "later", uuid="u-later", delay=60))
     evidence.wait_for(1)
 
