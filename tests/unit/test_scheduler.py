@@ -1,4 +1,4 @@
-"""The scheduler: delay, duplicate gate, FIFO queue, matching, limits, running, cancel, close.
+"""The scheduler: delay, duplicate gate, fair queue (lanes), matching, limits, running, cancel, close.
 
 Workers are :class:`FakeRunner` objects (or real worker handles on fake processes where the
 signal a cancel sends matters); time is a manual clock.
