@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,7 +20,7 @@ from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from support.durable import enqueue, job_message, migrated, queue_config
 from support.queue_rows import unique_schema
-from support.service import Evidence, ServiceProcess
+from support.service import Evidence, ServiceProcess, task_message, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -187,3 +188,41 @@ def test_a_busy_queue_does_not_hold_up_the_other_queues_of_the_service(
     assert Counter(ran) == {"A": 30, "B": 5}
     # The queues take turns: B's five jobs run among the first eleven.
     assert [n for n, queue in enumerate(ran) if queue == "B"][-1] <= 10, ran
+
+
+def test_a_durable_job_is_claimed_and_run_while_a_notify_backlog_waits(
+    start_service: Start,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    evidence: Evidence,
+    channel: str,
+    notify: Callable[[str, str], None],
+    tmp_path: Path,
+) -> None:
+    # The durable job ran after the whole NOTIFY backlog: the broker's capacity counted the
+    # backlog as waiting for its workers, so it claimed nothing while more jobs waited than
+    # its prefetch (here none), and the queue was FIFO.
+    flood = 40
+    config = queue_config(pg_dsn, schema, f"{channel}_q", prefetch=0)
+    config["brokers"]["pg_notify"] = {"conninfo": pg_dsn, "channels": [channel]}
+    config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    start_service(config)
+    gate = tmp_path / "gate"
+    notify(channel, task_message("wait_for_file", evidence.path, str(gate), "blocker"))
+    evidence.wait_for(1)  # the only worker is busy: what comes next waits
+    for n in range(flood):
+        notify(channel, task_message("sleep_then_record", evidence.path, 0.05, f"flood-{n}"))
+    enqueue(pg_conn, schema, f"{channel}_q", [job_message("record", evidence.path, "durable")])
+    gate.touch()
+
+    def durable_ran() -> list[dict[str, Any]] | None:
+        records = evidence.records()
+        return records if any(r.get("args") == ["durable"] for r in records) else None
+
+    records = wait_until(durable_ran, timeout=30)
+    ran = [r.get("label") or r["args"][0] for r in records if r.get("event") != "end"]
+    assert ran[0] == "blocker"
+    started = ran.index("durable")
+    assert started < flood, ran  # before the backlog drained
+    assert ran[1:started] == [f"flood-{n}" for n in range(started - 1)]  # FIFO on its channel

@@ -36,6 +36,16 @@ def sleep_then_record(path: str, seconds: float, label: str = "") -> None:
 
 
 @task()
+def wait_for_file(path: str, gate: str, label: str = "") -> None:
+    """Record the start, wait (30 s at most) until the file *gate* exists, record the end."""
+    _record(path, event="start", label=label)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _record(path, event="end", label=label)
+
+
+@task()
 async def async_record(path: str, value: Any) -> None:
     """An ``async def`` task."""
     await asyncio.sleep(0.01)

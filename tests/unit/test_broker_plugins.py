@@ -207,7 +207,7 @@ def test_a_broker_delivers_with_its_origin_and_stops_receiving_on_request() -> N
 
 def test_the_capacity_gauge_wakes_a_waiting_broker() -> None:
     free = [0]
-    gauge = CapacityGauge(lambda: free[0])
+    gauge = CapacityGauge(lambda ahead: free[0] + ahead)
     seen: list[int] = []
 
     async def main() -> None:
@@ -231,6 +231,34 @@ def test_the_capacity_gauge_wakes_a_waiting_broker() -> None:
     assert gauge.free() == 0
     # Jobs allowed to wait ahead of the workers count as room.
     assert (gauge.free(ahead=2), gauge.free(ahead=5)) == (0, 3)
+
+
+def test_each_brokers_view_of_the_capacity_is_its_own_and_woken_with_the_gauge() -> None:
+    taking, others_free = [False], [-5]
+    gauge = CapacityGauge(taking=lambda: taking[0])
+    mine = gauge.view(lambda ahead: 1 + ahead)
+    other = gauge.view(lambda ahead: others_free[0] + ahead)
+    assert (mine.free(2), other.free(2)) == (0, 0)  # none until the service takes work
+    taking[0] = True
+    assert (mine.free(2), other.free(2), other.free(7)) == (3, 0, 2)
+    seen: list[int] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+
+            async def wait() -> None:
+                seen.append(await other.wait_free(5))
+
+            group.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            gauge.changed()  # wakes the views' waiters: still nothing free for this one
+            await anyio.wait_all_tasks_blocked()
+            assert seen == []
+            others_free[0] = 0  # its jobs have started
+            gauge.changed()
+
+    anyio.run(main)
+    assert seen == [5]
 
 
 def test_plugin_names_reach_the_publisher_without_server_code(

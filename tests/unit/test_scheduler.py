@@ -1,4 +1,4 @@
-"""The scheduler: delay, duplicate gate, FIFO queue, matching, limits, running, cancel, close.
+"""The scheduler: delay, duplicate gate, fair queue (lanes), matching, limits, running, cancel, close.
 
 Workers are :class:`FakeRunner` objects (or real worker handles on fake processes where the
 signal a cancel sends matters); time is a manual clock.
@@ -630,9 +630,14 @@ def test_close_leaves_out_empty_places() -> None:
 # -- durable jobs whose broker no longer holds them ---------------------------------------
 
 
-def durable(job: Job) -> Job:
-    """*job* as a durable broker delivers it: with a receipt to settle."""
-    return job._replace(broker="pg_queue", receipt=f"{job.uuid}:1:1")
+def durable(job: Job, queue: str = "jobs") -> Job:
+    """*job* as a durable broker delivers it from *queue*: with a receipt to settle."""
+    return job._replace(broker="pg_queue", receipt=f"{job.uuid}:1:1", channel=queue)
+
+
+def notified(job: Job, channel: str = "jobs") -> Job:
+    """*job* as it comes on a pg_notify *channel* (its source: a lane of the queue)."""
+    return job._replace(broker="pg_notify", channel=channel)
 
 
 def test_a_waiting_job_no_longer_held_is_handed_back_and_the_next_one_runs() -> None:
@@ -685,13 +690,14 @@ def test_jobs_sent_ahead_carry_the_time_their_broker_holds_them_until() -> None:
         rig.scheduler.submit(job)
     rig.scheduler.worker_free(handle)
     requests = [read_line(line) for line in b"".join(process.lines).splitlines()]
+    # The durable job's lane takes its turn after the first job's.
     assert [(r["message"]["uuid"], r.get("start_by")) for r in requests] == [
         (first.uuid, None),
-        (plain.uuid, None),
         (leased.uuid, 1e9),
+        (plain.uuid, None),
     ]
     assert rig.scheduler.held_bytes == 0
-    assert [job.uuid for job in handle.ahead] == [plain.uuid, leased.uuid]
+    assert [job.uuid for job in handle.ahead] == [leased.uuid, plain.uuid]
 
 
 def test_a_job_given_back_with_a_stale_start_by_is_sent_with_the_new_one() -> None:
@@ -709,7 +715,9 @@ def test_a_job_given_back_with_a_stale_start_by_is_sent_with_the_new_one() -> No
 
 def test_no_job_is_sent_ahead_behind_one_whose_task_is_not_known_quick() -> None:
     rig, handle, process = pipelined_rig()
-    first, quick, slow, after = make_job(), make_job(), make_job("app.slow"), make_job()
+    first, quick, slow, after = (
+        notified(job) for job in (make_job(), make_job(), make_job("app.slow"), make_job())
+    )
     for job in (first, quick, slow, after):
         rig.scheduler.submit(job)
     rig.scheduler.worker_free(handle)
@@ -742,8 +750,8 @@ def test_jobs_given_back_one_at_a_time_keep_their_order_before_the_queue() -> No
 
 def test_no_refill_goes_behind_a_held_job_whose_task_is_not_known_quick() -> None:
     rig, handle, process = pipelined_rig()
-    first, quick, slow = make_job(), make_job(), make_job("app.slow")
-    later = [make_job() for _ in range(3)]
+    first, quick, slow = (notified(job) for job in (make_job(), make_job(), make_job("app.slow")))
+    later = [notified(make_job()) for _ in range(3)]
     for job in (first, quick, slow, *later):
         rig.scheduler.submit(job)
     rig.scheduler.worker_free(handle)
@@ -759,12 +767,188 @@ def test_a_job_whose_lease_may_run_out_before_its_turn_is_not_sent_ahead() -> No
     rig.scheduler.ahead_wait = 5.0
     soon = time.monotonic() + 3  # held for less than a job sent ahead may wait
     rig.scheduler.held_until = lambda job: soon if job.uuid == "u-short" else 1e12
-    first, plain, short = make_job(), make_job(), durable(make_job(uuid="u-short"))
+    first, plain = durable(make_job()), durable(make_job())
+    short = durable(make_job(uuid="u-short"))
     for job in (first, plain, short):
         rig.scheduler.submit(job)
     rig.scheduler.worker_free(handle)
-    assert process.lines == [first.line, plain.line]
+    requests = [read_line(line) for line in b"".join(process.lines).splitlines()]
+    assert [r["message"]["uuid"] for r in requests] == [first.uuid, plain.uuid]
     assert uuids(rig.scheduler.running())[-1] == ("queued", "u-short")
     free = rig.runner()
     rig.scheduler.worker_free(free)  # a free worker starts it at once, while it is held
     assert free.ran == [short]
+
+
+# -- fair lanes: sources take turns ------------------------------------------------------
+
+
+def started(rig: Rig, worker: FakeRunner, count: int) -> list[Job]:
+    """The next *count* jobs *worker* starts, one after the other (its job ends each time)."""
+    jobs = []
+    for _ in range(count):
+        rig.finish(worker)
+        jobs.append(worker.ran[-1])
+    return jobs
+
+
+def test_a_source_with_a_few_jobs_does_not_wait_behind_a_flood_of_another() -> None:
+    rig = Rig(Limits(max_queued=20_000))
+    workers = [rig.runner() for _ in range(3)]
+    flood = [notified(make_job("app.flood"), "a") for _ in range(10_000)]
+    for job in flood:
+        rig.scheduler.submit(job)
+    trickle = [notified(make_job("app.trickle"), "b") for _ in range(3)]
+    for job in trickle:
+        rig.scheduler.submit(job)
+    order: list[Job] = []
+    for _ in range(4):
+        for worker in workers:
+            order += started(rig, worker, 1)
+    assert [job for job in order if job in trickle] == trickle  # FIFO within its source
+    assert set(trickle) <= set(order[:6])  # every other start, not after 10,000 others
+    assert order[:6:2] == flood[3:6]  # the flood's own order is kept too
+    assert rig.scheduler.queued == 10_000 + 3 - 3 - len(order)
+
+
+def test_sources_take_turns_and_each_keeps_its_order() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    rig.scheduler.submit(first := make_job())
+    a = [notified(make_job(), "a") for _ in range(4)]
+    b = [notified(make_job(), "b") for _ in range(2)]
+    queue = [durable(make_job(), "q") for _ in range(3)]
+    for job in (a[0], a[1], a[2], b[0], queue[0], a[3], queue[1], b[1], queue[2]):
+        rig.scheduler.submit(job)
+    # running lists them in the order they will start.
+    expected = [a[0], b[0], queue[0], a[1], b[1], queue[1], a[2], queue[2], a[3]]
+    assert [uuid for where, uuid in uuids(rig.scheduler.running())] == [first.uuid] + [
+        job.uuid for job in expected
+    ]
+    assert started(rig, worker, len(expected)) == expected
+    assert rig.scheduler.queued == 0
+
+
+def test_a_channel_and_a_queue_of_the_same_name_are_two_sources() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    rig.scheduler.submit(make_job())
+    notify = [notified(make_job(), "jobs") for _ in range(3)]
+    queue = [durable(make_job(), "jobs") for _ in range(2)]
+    for job in (*notify, *queue):
+        rig.scheduler.submit(job)
+    assert started(rig, worker, 5) == [notify[0], queue[0], notify[1], queue[1], notify[2]]
+
+
+def test_each_scheduled_task_has_a_lane_of_its_own() -> None:
+    """Jobs made inside the service (producers) take turns by task with the channels."""
+    rig = Rig(Limits(max_queued=2_000))
+    worker = rig.runner()
+    for _ in range(1_000):
+        rig.scheduler.submit(notified(make_job("app.flood"), "a"))
+    ticks = [make_job("app.tick"), make_job("app.report")]  # as producers submit them
+    for job in ticks:
+        rig.scheduler.submit(job)
+    assert set(started(rig, worker, 4)) >= set(ticks)
+
+
+def test_jobs_given_back_go_first_whatever_their_source_and_keep_their_order() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    rig.scheduler.submit(make_job())
+    waiting = [notified(make_job(), "a"), durable(make_job(), "q")]
+    for job in waiting:
+        rig.scheduler.submit(job)
+    back = [durable(make_job(), "q"), notified(make_job(), "b"), notified(make_job(), "a")]
+    rig.scheduler.put_back(back[:2])
+    rig.scheduler.put_back(back[2:])
+    assert started(rig, worker, 5) == [*back, *waiting]
+
+
+def test_cancel_and_running_see_every_lane() -> None:
+    rig = Rig()
+    rig.runner()
+    rig.scheduler.submit(make_job())
+    jobs = [
+        notified(make_job("app.x"), "a"),
+        notified(make_job("app.y"), "a"),
+        notified(make_job("app.x"), "b"),
+        durable(make_job("app.x"), "q"),
+        make_job("app.x"),
+    ]
+    for job in jobs:
+        rig.scheduler.submit(job)
+    rig.scheduler.put_back([back := notified(make_job("app.x"), "c")])
+    listed = {
+        uuid for where, uuid in uuids(rig.scheduler.running(task="app.x")) if where == "queued"
+    }
+    assert listed == {job.uuid for job in (*jobs, back) if job.task == "app.x"}
+    held = rig.scheduler.held_bytes
+    found = rig.scheduler.cancel(task="app.x")
+    assert {uuid for _, uuid in uuids(found)} >= listed
+    assert rig.scheduler.queued == 1
+    assert rig.scheduler.held_bytes == held - sum(
+        len(job.line) for job in (*jobs, back) if job.task == "app.x"
+    )
+    assert [uuid for where, uuid in uuids(rig.scheduler.running()) if where == "queued"] == [
+        jobs[1].uuid
+    ]
+    # The lanes emptied by the cancel take turns again once they have jobs.
+    again = [notified(make_job(), "b"), durable(make_job(), "q")]
+    for job in again:
+        rig.scheduler.submit(job)
+    worker = rig.workers[0]
+    assert isinstance(worker, FakeRunner)
+    assert started(rig, worker, 3) == [jobs[1], *again]
+
+
+def test_max_queued_counts_the_jobs_of_every_lane() -> None:
+    rig = Rig(Limits(max_queued=3))
+    rig.runner()
+    rig.scheduler.submit(make_job())
+    for channel in ("a", "b", "c"):
+        assert rig.scheduler.submit(notified(make_job(), channel))
+    assert not rig.scheduler.submit(notified(make_job(), "d"))
+    assert rig.stats.rejected["overloaded"] == 1
+    assert rig.scheduler.queued == 3
+
+
+def test_jobs_sent_ahead_take_turns_between_sources() -> None:
+    rig, handle, process = pipelined_rig()
+    a = [notified(make_job(), "a") for _ in range(6)]
+    b = [notified(make_job(), "b") for _ in range(2)]
+    for job in (*a, *b):
+        rig.scheduler.submit(job)
+    rig.scheduler.worker_free(handle)
+    sent = [read_line(line)["message"]["uuid"] for line in b"".join(process.lines).splitlines()]
+    assert sent == [job.uuid for job in (a[0], b[0], a[1], b[1], a[2])]
+
+
+def test_queued_from_counts_a_brokers_jobs_waiting_in_its_lanes_and_given_back() -> None:
+    rig = Rig()
+    rig.runner()
+    rig.scheduler.submit(make_job())
+    for job in (notified(make_job(), "a"), durable(make_job(), "q1"), durable(make_job(), "q2")):
+        rig.scheduler.submit(job)
+    rig.scheduler.put_back([durable(make_job(), "q1"), notified(make_job(), "b")])
+    assert rig.scheduler.queued_from("pg_queue") == 3
+    assert rig.scheduler.queued_from("pg_notify") == 2
+    assert rig.scheduler.queued_from(None) == 0
+    assert rig.scheduler.queued == 5
+
+
+def test_sources_that_come_and_go_keep_their_turns() -> None:
+    """Socket connections each have a lane: many come and go, the queue stays fair."""
+    rig = Rig()
+    worker = rig.runner()
+    rig.scheduler.submit(make_job())
+    for connection in range(500):
+        job = notified(make_job(), f"socket:{connection}")
+        rig.scheduler.submit(job)
+        assert started(rig, worker, 1) == [job]
+    flood = [notified(make_job(), "socket:flood") for _ in range(100)]
+    for job in flood:
+        rig.scheduler.submit(job)
+    late = notified(make_job(), "socket:late")
+    rig.scheduler.submit(late)
+    assert started(rig, worker, 2) == [flood[0], late]

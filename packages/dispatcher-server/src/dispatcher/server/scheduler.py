@@ -1,10 +1,17 @@
-"""From a submitted job to a worker: delay, duplicate gate, FIFO queue, matching.
+"""From a submitted job to a worker: delay, duplicate gate, fair queue, matching.
 
 A job submitted is held for its ``delay`` (:mod:`~dispatcher.server.delayer`), passes the
 ``on_duplicate`` gate (:mod:`~dispatcher.server.gate`), then runs on the longest-idle ready
-worker or waits in a FIFO queue. ``cancel`` and ``running`` look at every place that holds
+worker or waits in the queue. ``cancel`` and ``running`` look at every place that holds
 a job: workers, the queue, the gate and the delayer. Each holding place is bounded by
 ``service.limits``; a job over a limit is refused, counted (``overloaded``) and logged.
+
+The queue is fair between the sources of its jobs: each source (a broker's channel or
+queue, a socket connection; for a job made inside the service, its task: one lane per
+scheduled producer) has a lane of its own, FIFO, and the lanes that hold jobs take turns
+(round-robin) to give the next job to a worker. A flood on one channel does not hold up
+another channel, a durable queue or a schedule: their next job starts within one turn of
+each lane. Jobs a worker gave back unstarted come before every lane, in the order given.
 
 While a backlog exists, a busy worker whose task is quick (:attr:`Scheduler.ahead_allowed`)
 is also sent the next jobs to hold ahead, several in one write, so that it never waits for
@@ -24,7 +31,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from itertools import zip_longest
+from typing import Any, Final, Protocol
 
 from dispatcher.config import Limits
 from dispatcher.schema import Outcome
@@ -42,6 +50,10 @@ from dispatcher.server.timers import Scheduling
 logger = get_logger("dispatcher.scheduler")
 
 JobFilter = Callable[[Job], bool]
+
+LANES_KEPT: Final = 64
+"""Lanes kept, empty, for sources that may send again, before empty ones are dropped (each
+socket connection has its own lane: they come and go)."""
 
 
 class Runner(Protocol):
@@ -128,10 +140,19 @@ class Scheduler:
         self._gate = DuplicateGate()
         self._delayer = Delayer(timers, self._admit)
         self._idle: deque[Runner] = deque()
-        self._queue: deque[Job] = deque()
-        self._returned = 0
-        """How many jobs at the front of the queue were given back (:meth:`put_back`): the
-        next ones given back go after them, so that they keep the order they were sent in."""
+        self._lanes: dict[str | None, dict[str, deque[Job]]] = {}
+        """The lanes of the queue, by broker then source (:func:`source`), FIFO each; kept
+        when empty (up to about :data:`LANES_KEPT`), so that a busy source makes no new one."""
+        self._turns: deque[deque[Job]] = deque()
+        """The lanes that hold jobs, in the order of their turns: the first gives the next
+        job, then goes last. A lane is in it exactly when it is not empty."""
+        self._lane_count = 0
+        self._prune_at = LANES_KEPT
+        self._returned: deque[Job] = deque()
+        """Jobs given back unstarted (:meth:`put_back`): taken before every lane, in the
+        order they were given back, so that they keep the order they were sent in."""
+        self._queued = 0
+        """Jobs in the queue: in the lanes and given back."""
         self._held_bytes = 0
         """Bytes of the messages of jobs submitted and not yet running (nor dropped)."""
         self._closed = False
@@ -158,7 +179,7 @@ class Scheduler:
             self._held_bytes += size
             self._delayer.hold(job, job.delay)
             return True
-        if not self._idle and len(self._queue) >= limits.max_queued:
+        if not self._idle and self._queued >= limits.max_queued:
             return self._refuse(job, "max_queued", limits.max_queued)
         self._held_bytes += size
         return self._admit(job)
@@ -206,15 +227,37 @@ class Scheduler:
         return True
 
     def _dispatch(self, job: Job) -> None:
-        """Run *job* on the longest-idle worker, or queue it (FIFO) if all are busy."""
+        """Run *job* on the longest-idle worker, or queue it in its lane if all are busy."""
         while self._idle:
             worker = self._idle.popleft()
             if worker.is_ready:
                 self._start(worker, job)
                 return
-        self._queue.append(job)
-        if len(self._queue) == 1:
+        lanes = self._lanes.get(job.broker)
+        if lanes is None:
+            lanes = self._lanes[job.broker] = {}
+        key = job.task if job.channel is None else job.channel  # source(job), inlined
+        lane = lanes.get(key)
+        if lane is None:
+            lane = self._new_lane(lanes, key)
+        if not lane:
+            self._turns.append(lane)
+        lane.append(job)
+        self._queued += 1
+        if self._queued == 1:
             self.on_backlog()
+
+    def _new_lane(self, lanes: dict[str, deque[Job]], key: str) -> deque[Job]:
+        if self._lane_count >= self._prune_at:
+            for by_source in self._lanes.values():
+                for empty in [name for name, lane in by_source.items() if not lane]:
+                    del by_source[empty]
+            self._lane_count = sum(map(len, self._lanes.values()))
+            # Pruned again only once as many more were made: a few jobs' cost each at most.
+            self._prune_at = max(LANES_KEPT, 2 * self._lane_count)
+        lane = lanes[key] = deque()
+        self._lane_count += 1
+        return lane
 
     def _start(self, worker: Runner, job: Job) -> None:
         self._unhold(job)
@@ -260,10 +303,9 @@ class Scheduler:
         While jobs wait, a worker running a quick task is also sent the next ones to hold
         ahead (all in one write).
         """
-        queue = self._queue
-        while queue and not self._closed and worker.is_ready:
+        while self._queued and not self._closed and worker.is_ready:
             self._start_waiting(worker, self._take())
-        if queue and not self._closed and worker.room_ahead:
+        if self._queued and not self._closed and worker.room_ahead:
             self._send_ahead(worker)
         if worker.is_ready:
             self._idle.append(worker)
@@ -274,9 +316,8 @@ class Scheduler:
         if held and not self.is_quick(held[-1]):
             return  # nothing goes behind a job that may be long
         room = min(worker.room_ahead, self.ahead_allowed(worker) - len(held))
-        queue = self._queue
         batch: list[Job] = []
-        while queue and len(batch) < room and self._may_wait_ahead(queue[0]):
+        while self._queued and len(batch) < room and self._may_wait_ahead(self._next()):
             job = self._take()
             deadline = self._start_by(job)
             if deadline is None:
@@ -297,11 +338,27 @@ class Scheduler:
         left = self.held_until(job) - time.monotonic()
         return left <= 0 or left > self.ahead_wait
 
+    def _next(self) -> Job:
+        """The job :meth:`_take` would take (the queue is not empty)."""
+        return self._returned[0] if self._returned else self._turns[0][0]
+
     def _take(self) -> Job:
-        """The first job of the queue, taken out of it."""
+        """The next job of the queue, taken out of it.
+
+        One given back, else the first of the lane whose turn it is (which then goes last,
+        or out of the turns once empty).
+        """
+        self._queued -= 1
         if self._returned:
-            self._returned -= 1
-        return self._queue.popleft()
+            return self._returned.popleft()
+        turns = self._turns
+        lane = turns[0]
+        job = lane.popleft()
+        if not lane:
+            turns.popleft()
+        elif len(turns) > 1:
+            turns.rotate(-1)
+        return job
 
     def put_back(self, jobs: Iterable[Job]) -> None:
         """Jobs a worker held ahead and never started: first in the queue again.
@@ -323,9 +380,9 @@ class Scheduler:
             return
         for job in jobs:
             self._held_bytes += len(job.line)
-            self._queue.insert(self._returned, job)
-            self._returned += 1
-        while self._queue and self._idle:
+        self._returned.extend(jobs)
+        self._queued += len(jobs)
+        while self._queued and self._idle:
             worker = self._idle.popleft()
             if worker.is_ready:
                 self._start_waiting(worker, self._take())
@@ -349,7 +406,7 @@ class Scheduler:
 
     def _held(self) -> Iterable[tuple[str, list[Job]]]:
         return (
-            ("queued", list(self._queue)),
+            ("queued", self._in_order()),
             ("blocked", list(self._gate.blocked())),
             ("delayed", self._delayer.held()),
         )
@@ -393,11 +450,15 @@ class Scheduler:
             for job in worker.pending_ahead:
                 if match(job) and worker.cancel_ahead(job, Outcome.CANCELLED):
                     found.append(describe(job, f"worker-{worker.id} next"))
-        queued = [job for job in self._queue if match(job)]
+        queued = [job for job in self._in_order() if match(job)]
         if queued:
-            returned = [job for _, job in zip(range(self._returned), self._queue, strict=False)]
-            self._returned -= sum(1 for job in returned if match(job))
-            self._queue = deque(job for job in self._queue if not match(job))
+            for lane in (self._returned, *self._turns):
+                kept = [job for job in lane if not match(job)]
+                if len(kept) < len(lane):
+                    lane.clear()
+                    lane.extend(kept)
+            self._turns = deque(lane for lane in self._turns if lane)
+            self._queued -= len(queued)
         for where, jobs in (
             ("queued", queued),
             ("blocked", self._gate.remove(match)),
@@ -412,10 +473,27 @@ class Scheduler:
                     self.job_ended(job)
         return found
 
+    def _in_order(self) -> list[Job]:
+        """The jobs of the queue, in the order they would be taken."""
+        jobs = list(self._returned)
+        if len(self._turns) == 1:
+            jobs += self._turns[0]
+        elif self._turns:
+            jobs += (job for turn in zip_longest(*self._turns) for job in turn if job is not None)
+        return jobs
+
     @property
     def queued(self) -> int:
         """Jobs waiting for a worker."""
-        return len(self._queue)
+        return self._queued
+
+    def queued_from(self, broker: str | None) -> int:
+        """Jobs that *broker* delivered waiting for a worker (``None``: made inside)."""
+        lanes = self._lanes.get(broker)
+        count = 0 if lanes is None else sum(map(len, lanes.values()))
+        if self._returned:
+            count += sum(1 for job in self._returned if job.broker == broker)
+        return count
 
     @property
     def blocked(self) -> int:
@@ -439,12 +517,25 @@ class Scheduler:
         for _, jobs in abandoned:
             for job in jobs:
                 self._settle(job, ABANDONED)
-        self._queue.clear()
-        self._returned = 0
+        for lanes in self._lanes.values():
+            for lane in lanes.values():
+                lane.clear()
+        self._turns.clear()
+        self._returned.clear()
+        self._queued = 0
         self._gate.remove(lambda job: True)
         self._delayer.remove(lambda job: True)
         self._held_bytes = 0
         return abandoned
+
+
+def source(job: Job) -> str:
+    """The source of *job* within its broker, which has a lane of its own in the queue.
+
+    Its channel or queue (a socket connection); for a job made inside the service (a
+    producer's, the ``run`` command's), its task: each schedule has its own lane.
+    """
+    return job.task if job.channel is None else job.channel
 
 
 def stamped(job: Job, deadline: float) -> Job:

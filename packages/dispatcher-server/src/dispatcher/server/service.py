@@ -160,7 +160,8 @@ class Service:
         self.capacity = CapacityGauge(
             self._free_capacity, taking=lambda: catalogue.names is not None
         )
-        """Free capacity, for brokers that pull work: none until the tasks are known."""
+        """Free capacity, for brokers that pull work: none until the tasks are known. Each
+        broker has a view of its own (see :meth:`_free_capacity_for`)."""
         context = BrokerContext(
             self.node_id,
             settings,
@@ -168,7 +169,10 @@ class Service:
             self.capacity,
             declared_attempts=lambda: catalogue.max_attempts,
         )
-        self.brokers = create_brokers(context)
+        self.brokers = create_brokers(
+            context,
+            lambda name: self.capacity.view(lambda ahead: self._free_capacity_for(name, ahead)),
+        )
         self.replies = ReplyRouter(self.brokers)
         self.settlements = Settlements(self.brokers)
         timers = Timers()
@@ -456,8 +460,8 @@ class Service:
         """Begin a graceful shutdown."""
         self._stop.set()
 
-    def _free_capacity(self) -> int:
-        """Jobs the service would start at once: free worker places less jobs waiting.
+    def _free_capacity(self, ahead: int) -> int:
+        """Jobs the service would take now: free worker places less jobs waiting, plus *ahead*.
 
         Waiting for a worker (queued, or held ahead by a busy one), or for the first worker
         to say which tasks are registered.
@@ -468,7 +472,33 @@ class Service:
                 busy += 1
             held += len(worker.ahead)
         waiting = self.scheduler.queued + held + self.intake.waiting
-        return self.supervisor.max_workers - busy - waiting
+        return self.supervisor.max_workers - busy - waiting + ahead
+
+    def _free_capacity_for(self, broker: str, ahead: int) -> int:
+        """Jobs *broker* may have the service take now, letting *ahead* of them wait.
+
+        Free worker places less the jobs of *broker* waiting for a worker (queued in its
+        lanes, or held ahead by a busy one), plus *ahead*: the jobs of other sources that
+        wait do not count, as the lanes take turns (see ``scheduler``); a durable broker
+        claims while a NOTIFY backlog waits. When none of its jobs waits but others' do,
+        it may take one at least, even with no *ahead*: a lane needs a job to take its
+        turn, and no worker place would ever be free while that backlog lasts.
+        """
+        busy = held = own_held = 0
+        for worker in self.supervisor.workers:
+            if worker.job is not None:
+                busy += 1
+            if worker.ahead:
+                held += len(worker.ahead)
+                own_held += sum(1 for job in worker.ahead if job.broker == broker)
+        queued = self.scheduler.queued_from(broker)
+        own = queued + own_held
+        free = self.supervisor.max_workers - busy - own + ahead
+        if free <= 0 and not own:
+            others = self.scheduler.queued - queued + held - own_held + self.intake.waiting
+            if others:
+                return 1
+        return free
 
     def _deliver(self, payload: str, origin: Origin) -> None:
         """What brokers hand every payload to (see ``brokers.base.Deliver``)."""

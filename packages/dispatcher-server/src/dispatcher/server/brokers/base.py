@@ -203,10 +203,12 @@ class Capacity(Protocol):
     """How much work the service can take now: durable brokers claim no more than that."""
 
     def free(self, ahead: int = 0) -> int:
-        """Jobs the service would take now.
+        """Jobs the service would take now from this broker.
 
-        That is its free worker places, less the jobs waiting for one, plus *ahead*: how many
-        jobs the broker lets wait for a worker, so that the next is at hand.
+        That is its free worker places, less the jobs of this broker waiting for one, plus
+        *ahead*: how many jobs the broker lets wait for a worker, so that the next is at
+        hand. Other sources' jobs waiting do not count, as the service's queue takes turns
+        between sources; while some wait and none of this broker's, it is at least 1.
         """
         ...
 

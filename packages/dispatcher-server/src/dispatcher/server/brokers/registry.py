@@ -7,12 +7,13 @@ factory, ``factory(options, context) -> Broker``. Only configured brokers are bu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from dispatcher.config import ConfigError, PluginError, load_plugin
 from dispatcher.server.brokers import pg_notify, socket
-from dispatcher.server.brokers.base import Broker, BrokerContext, BrokerFactory
+from dispatcher.server.brokers.base import Broker, BrokerContext, BrokerFactory, Capacity
 from dispatcher.server.brokers.pg_queue import broker as pg_queue
 
 BUILTIN_FACTORIES: Final[Mapping[str, BrokerFactory]] = {
@@ -37,8 +38,13 @@ def broker_factory(name: str) -> BrokerFactory:
     return factory  # type: ignore[no-any-return]
 
 
-def create_brokers(context: BrokerContext) -> list[Broker]:
+def create_brokers(
+    context: BrokerContext, capacity_of: Callable[[str], Capacity] | None = None
+) -> list[Broker]:
     """Build every broker the config names, in the order of the config.
+
+    Each gets *context*, with ``capacity_of(name)`` as its capacity when given: a view of
+    the service's capacity of its own, which counts only its own jobs as waiting.
 
     :raises ConfigError: when a plug-in's service side cannot be loaded or refuses its
         options (naming ``brokers.<name>`` and the reason).
@@ -48,8 +54,13 @@ def create_brokers(context: BrokerContext) -> list[Broker]:
     for name in brokers.names:
         plugin = brokers.plugins.get(name)
         options: Mapping[str, Any] = {} if plugin is None else plugin.options
+        own = (
+            context
+            if capacity_of is None
+            else dataclasses.replace(context, capacity=capacity_of(name))
+        )
         try:
-            broker = broker_factory(name)(options, context)
+            broker = broker_factory(name)(options, own)
         except (PluginError, ValueError, TypeError) as exc:
             raise ConfigError(context.settings.source, [f"brokers.{name}: {exc}"]) from exc
         if broker.name != name:
