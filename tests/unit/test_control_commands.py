@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from types import SimpleNamespace
 from typing import Any, cast
 
+import anyio
 import pytest
 
 from dispatcher.config import ServiceControl, load_settings
@@ -27,6 +29,8 @@ from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.control import STATUS_WAITING_LIMIT, ControlCommands
 from dispatcher.server.control_messages import ControlMessages
 from dispatcher.server.control_shapes import MAX_LISTED_BYTES, producers_reply
+from dispatcher.server.jobs import Job, JobPick, Snapshot
+from dispatcher.server.protocol import run_line
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
@@ -45,9 +49,10 @@ DISPATCHERD_STATUS_KEYS = {
 }
 
 
-def job(place: str, uuid: str, task: str = "app.t", **message: Any) -> dict[str, Any]:
-    """A job as the scheduler describes it."""
-    return {"where": place, "uuid": uuid, "task": task, "message": {"task": task, **message}}
+def job(place: str, uuid: str, task: str = "app.t", **message: Any) -> tuple[str, Job]:
+    """A job where the scheduler holds it."""
+    body = json.dumps({"task": task, **message})
+    return place, Job(uuid=uuid, task=task, line=run_line(body, "chan"))
 
 
 class FakeService:
@@ -63,26 +68,25 @@ class FakeService:
             job("blocked", "u-b", args=[1]),
             job("delayed", "u-d", args=[1], delay=30),
         ]
-        self.cancelled: list[tuple[str | None, str | None]] = []
+        self.taken: list[JobPick] = []
+        self.settled: list[tuple[str, str]] = []
         self.submitted: list[dict[str, Any]] = []
 
-    def running(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
-        return [
-            j
-            for j in self.jobs
-            if (uuid is None or j["uuid"] == uuid) and (task is None or j["task"] == task)
-        ]
+    def snapshot(self, limit: int | None) -> Snapshot:
+        seen: Counter[str] = Counter()
+        found = Snapshot(total=len(self.jobs))
+        for where, held in self.jobs:
+            seen[where] += 1
+            if limit is None or where.startswith("worker-") or seen[where] <= limit:
+                found.places.append((where, [held]))
+        return found
 
-    def on_workers(self) -> list[dict[str, Any]]:
-        return [j for j in self.jobs if j["where"].startswith("worker-")]
+    def take(self, pick: JobPick) -> list[tuple[str, list[Job]]]:
+        self.taken.append(pick)
+        return [(where, [held]) for where, held in self.jobs if pick(held)]
 
-    def cancel(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
-        self.cancelled.append((uuid, task))
-        return self.running(uuid, task)
-
-    def cancel_all(self) -> list[dict[str, Any]]:
-        self.cancelled.append(("*", "*"))
-        return list(self.jobs)
+    def cancelled(self, where: str, held: Job) -> None:
+        self.settled.append((where, held.uuid))
 
     def workers(self) -> list[dict[str, Any]]:
         return [
@@ -103,7 +107,7 @@ class FakeService:
         ]
 
     def counts(self) -> dict[str, Any]:
-        places = [j["where"] for j in self.jobs]
+        places = [where for where, _ in self.jobs]
         return {
             "queued": places.count("queued"),
             "blocked": places.count("blocked"),
@@ -156,12 +160,14 @@ def ask(
     target: FakeService, command: str, data: dict[str, Any] | None = None, **config: Any
 ) -> list[dict[str, Any]]:
     """One service's reply as a client gets it: through JSON, with ``node_id``, in a list."""
-    answer = ControlMessages(
+    messages = ControlMessages(
         commands(target, **config),
         ControlAllowList(load_settings({"version": 1}).brokers),
         ServiceStats(),
         "node-a",
-    ).answer({"control": command, "control_data": data or {}}, "chan", None)
+    )
+    message = {"control": command, "control_data": data or {}}
+    answer = anyio.run(messages.answer, message, "chan", None)
     return [json.loads(json.dumps(answer))]
 
 
@@ -215,7 +221,7 @@ def test_running_filters_as_dispatcherd_does(
 ) -> None:
     [reply] = ask(service, "running", data)
     found = [task["uuid"] for task in entries(reply).values()]
-    assert found == (uuids if uuids is not None else [j["uuid"] for j in service.jobs])
+    assert found == (uuids if uuids is not None else [held.uuid for _, held in service.jobs])
 
 
 def test_cancel_without_a_filter_is_refused_by_default(service: FakeService) -> None:
@@ -223,20 +229,20 @@ def test_cancel_without_a_filter_is_refused_by_default(service: FakeService) -> 
         [reply] = ask(service, "cancel", data)
         assert reply["error"].startswith("cancel needs a filter: uuid, task, args or kwargs")
         assert "service.control.cancel_without_filter is 'refuse'" in reply["error"]
-    assert service.cancelled == []
+    assert service.taken == []
 
 
 def test_cancel_without_a_filter_cancels_all_when_configured(service: FakeService) -> None:
     config = {"service": {"control": {"cancel_without_filter": "all"}}}
     [reply] = ask(service, "cancel", {}, **config)
-    assert service.cancelled == [("*", "*")]
+    assert service.taken == [JobPick()]
     assert len(entries(reply)) == len(service.jobs)
     assert running_worker_uuid([reply]) == "u-run"
 
 
 def test_cancel_all_explicitly_and_not_with_a_filter(service: FakeService) -> None:
     [reply] = ask(service, "cancel", {"all": True})
-    assert service.cancelled == [("*", "*")]
+    assert service.taken == [JobPick()]
     assert "worker-1" in reply
     [mixed] = ask(service, "cancel", {"all": True, "uuid": "u-run"})
     assert mixed["error"] == "cancel: give either all or a filter, not both"
@@ -248,9 +254,9 @@ def test_cancel_by_uuid_and_by_args(service: FakeService) -> None:
         "delayed-0": {"task": "app.t", "args": [1], "delay": 30, "uuid": "u-d", "where": "delayed"},
         "node_id": "node-a",
     }
-    service.cancelled.clear()
+    service.taken.clear()
     [by_args] = ask(service, "cancel", {"args": [3]})
-    assert service.cancelled == [("u-q2", "app.t")]
+    assert service.taken == [JobPick(uuids=frozenset({"u-q2"}))]
     assert [t["uuid"] for t in entries(by_args).values()] == ["u-q2"]
 
 
@@ -343,7 +349,8 @@ def test_a_listing_too_large_for_one_reply_lists_what_fits_and_counts_the_rest(
     size = len(json.dumps(reply))
     assert MAX_LISTED_BYTES * 0.9 < size < MAX_MESSAGE_BYTES
     if command == "cancel":
-        assert service.cancelled == [(None, "app.big")]  # every one, listed or not
+        assert service.taken == [JobPick(task="app.big")]  # every one, listed or not
+        assert len(service.settled) == 10_000
 
 
 def test_a_listing_that_fits_says_nothing_of_omitted_tasks(service: FakeService) -> None:
@@ -506,7 +513,8 @@ def test_every_key_of_status_and_metrics_is_documented(service: FakeService) -> 
     )
     service.metrics_endpoint = view.metrics_endpoint  # type: ignore[method-assign]
     service.signatures = SignatureCheck(settings.security).summary  # type: ignore[method-assign]
-    status = json.loads(json.dumps(ControlCommands(service, settings, stats).handle("status", {})))
+    commands = ControlCommands(service, settings, stats)
+    status = json.loads(json.dumps(anyio.run(commands.handle, "status", {})))
 
     words = documented_words("status")
     assert set(status) - words == set()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from dispatcher.config import reset, setup
@@ -24,7 +25,7 @@ from dispatcher.schema import DecodeError, decode_json, validator
 from dispatcher.schema.chunks import ChunkAssembler, ChunkError, split_message
 from dispatcher.server.brokers.socket import LineBuffer, LineTooLong
 from dispatcher.server.origin import PG_NOTIFY, Origin
-from dispatcher.server.service import Service
+from dispatcher.server.service import MAX_CONTROL_IN_FLIGHT, Service
 
 SEED = 20_240_917
 PER_KIND = 2_000
@@ -144,6 +145,21 @@ def service(tmp_path: Path) -> Iterator[Service]:
 
 
 def test_hostile_inputs_never_cost_an_internal_error(service: Service) -> None:
+    anyio.run(feed_hostile_inputs, service)
+
+
+async def feed_hostile_inputs(service: Service) -> None:
+    # Control commands are answered in tasks of the service's own: a task group stands in
+    # for the one Service.run opens, and the commands run as the loop gets turns.
+    async with anyio.create_task_group() as tasks:
+        service._tasks = tasks
+        try:
+            await feed(service)
+        finally:
+            service._tasks = None
+
+
+async def feed(service: Service) -> None:
     rng = random.Random(SEED)
     replies: list[dict[str, Any]] = []
     socket = Origin("socket", reply=lambda reply_to, reply: replies.append(reply))
@@ -163,6 +179,8 @@ def test_hostile_inputs_never_cost_an_internal_error(service: Service) -> None:
         receive(json.dumps(control_message(rng, commands)))
         receive(mutate(json.dumps(control_message(rng, commands)), rng))
         sent += 6
+        await anyio.sleep(0)
+    await anyio.wait_all_tasks_blocked()
     assert sent >= 10_000
     rejected = service.stats.rejected
     assert rejected["too_deep"] >= PER_KIND // 2
@@ -245,3 +263,31 @@ def test_decode_json_raises_only_decode_errors() -> None:
         except DecodeError as exc:
             reasons.add(exc.reason)
     assert reasons == {"not_json", "too_deep"}
+
+
+def test_control_commands_beyond_the_bound_in_flight_are_refused_with_a_reply(
+    service: Service,
+) -> None:
+    """Each control message is answered in a task of its own: a flood of them (sent before
+    any could be answered) is bounded, the rest refused with an error reply, not queued."""
+    flood = MAX_CONTROL_IN_FLIGHT + 5
+    replies: list[dict[str, Any]] = []
+    socket = Origin("socket", reply=lambda reply_to, reply: replies.append(reply))
+
+    async def send_all() -> None:
+        async with anyio.create_task_group() as tasks:
+            service._tasks = tasks
+            try:
+                for n in range(flood):  # no checkpoint: none is answered before the last
+                    message = {"control": "alive", "reply_to": "r", "uuid": f"c{n}"}
+                    service.intake.receive(json.dumps(message), "fuzz", socket)
+                await anyio.wait_all_tasks_blocked()
+            finally:
+                service._tasks = None
+
+    anyio.run(send_all)
+    refused = [reply for reply in replies if "error" in reply]
+    assert len(replies) == flood
+    assert len(refused) == 5
+    assert all("being answered already" in reply["error"] for reply in refused)
+    assert service.stats.rejected["overloaded"] == 5

@@ -173,9 +173,11 @@ def test_a_chunked_reply_is_bounded() -> None:
 class FakeService:
     """A socket that records what each connection sends and answers with fixed bytes."""
 
-    def __init__(self, path: Path, answer: bytes) -> None:
+    def __init__(self, path: Path, answer: bytes, keep_open: bool = False) -> None:
         self.path = path
         self.answer = answer
+        self.keep_open = keep_open
+        """Keep each connection open after answering, until the client closes it."""
         self.received: list[bytes] = []
         self.server = socket.socket(socket.AF_UNIX)
         self.server.bind(str(path))
@@ -198,6 +200,8 @@ class FakeService:
                     data += piece
                 self.received.append(data)
                 connection.sendall(self.answer)
+                if self.keep_open:
+                    connection.recv(1)  # returns once the client closes
 
     @staticmethod
     def _whole(data: bytes) -> bytes:
@@ -276,6 +280,45 @@ def test_dispatcherctl_says_a_reply_is_malformed_and_exits_1(
     assert f"dispatcherctl: {said}" in err
     assert "dispatcherctl: 0 of 1 expected replies" in err
     assert "(0 of 1 replies)" in out
+
+
+def test_dispatcherctl_says_the_wait_ran_out_while_a_reply_was_still_arriving(
+    tmp_path: Path, fake: list[FakeService], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long reply still coming when ``--timeout`` ran out: not "missing", not silence."""
+    first = socket_lines(json.dumps({"node_id": "n", "x": "y" * 3000}))[0]
+    service = FakeService(tmp_path / "s.sock", first.encode() + b"\n", keep_open=True)
+    fake.append(service)
+    try:
+        status = ctl.main(
+            ["--timeout", "0.5", "running", "--config", str(ctl_config(tmp_path, service.path))]
+        )
+    finally:
+        reset()
+    _, err = capsys.readouterr()
+    assert status == ctl.EXIT_MISSING
+    assert (
+        "dispatcherctl: skipped a reply: the wait ran out (after 0.5 s) while it was still "
+        "arriving, in chunk envelopes; a longer timeout (dispatcherctl --timeout) lets it come "
+        "whole\n"
+    ) in err
+    assert err.endswith(
+        "dispatcherctl: 0 of 1 expected replies; a reply was still arriving when the wait ran "
+        "out: a longer --timeout lets it come whole\n"
+    ), err
+
+
+def test_replies_still_arriving_when_the_wait_ran_out_are_counted_and_said_so() -> None:
+    result = ControlResult("running", expected=1)
+    for text in ('{"node_id": "a", "x": "' + "y" * 3000 + '"}', '{"node_id": "b"}' + " " * 2000):
+        for line in socket_lines(text)[:-1]:
+            result.add(line)
+    result.finish(ran_out_after=2)
+    assert result.arriving == 2
+    assert result.skipped == [
+        "skipped 2 replies: the wait ran out (after 2 s) while they were still arriving, in "
+        "chunk envelopes; a longer timeout (dispatcherctl --timeout) lets them come whole"
+    ]
 
 
 def test_dispatcherctl_says_a_reply_too_large_to_take_came_rather_than_none(

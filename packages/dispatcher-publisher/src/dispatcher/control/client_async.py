@@ -7,6 +7,7 @@ and run ``hatch run generate-sync``.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -97,6 +98,7 @@ async def acontrol_with_reply(
     _check_queue(command, queue)
     _check_waiting(command, expected_replies, timeout)
     result = ControlResult(command)
+    started = time.monotonic()
     await control_broker().acontrol_with_reply(
         _text(message),
         reply_to,
@@ -105,7 +107,8 @@ async def acontrol_with_reply(
         expected_replies=expected_replies,
         timeout=timeout,
     )
-    result.finish()
+    waited = time.monotonic() - started
+    result.finish(ran_out_after=timeout if waited >= timeout else None)
     return result
 
 

@@ -6,6 +6,7 @@ Generated from ``client_async.py`` by ``tools/async_to_sync.py``; do not edit.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -96,6 +97,7 @@ def control_with_reply(
     _check_queue(command, queue)
     _check_waiting(command, expected_replies, timeout)
     result = ControlResult(command)
+    started = time.monotonic()
     control_broker().control_with_reply(
         _text(message),
         reply_to,
@@ -104,7 +106,8 @@ def control_with_reply(
         expected_replies=expected_replies,
         timeout=timeout,
     )
-    result.finish()
+    waited = time.monotonic() - started
+    result.finish(ran_out_after=timeout if waited >= timeout else None)
     return result
 
 

@@ -69,6 +69,10 @@ class ControlResult:
     :data:`~dispatcher.schema.MAX_MESSAGE_BYTES` (each also noted in :attr:`skipped`). Our
     services keep their replies under it; one from elsewhere (an older version, dispatcherd)
     may not. Whose they were is not known: a reply names its service only once whole."""
+    arriving: int = 0
+    """Replies still arriving (some of their chunk envelopes had come) when the wait ran
+    out, and so not taken (each also noted in :attr:`skipped`): a longer timeout lets them
+    come whole."""
     _chunks: ReplyChunks = field(init=False, repr=False, compare=False)
 
     @property
@@ -183,16 +187,28 @@ class ControlResult:
                 self.too_large += 1
             self._skip(str(exc))
 
-    def finish(self) -> None:
+    def finish(self, ran_out_after: float | None = None) -> None:
         """Note in :attr:`skipped` the chunked replies still missing envelopes.
 
-        Call it once no more payloads will come (the wait is over). Also logs a warning
-        for each node id in :attr:`duplicates`.
+        Call it once no more payloads will come (the wait is over); *ran_out_after*, the
+        timeout, when the wait ended because it ran out: such replies were most likely still
+        arriving (a long reply takes a while), which the note says, with what to do
+        (:attr:`arriving` counts them). Also logs a warning for each node id in
+        :attr:`duplicates`.
         """
         for node in self.duplicates:
             logger.warning("%s", duplicate_node_id(node))
         incomplete = self._chunks.incomplete
-        if incomplete == 1:
+        if incomplete and ran_out_after is not None and not self.complete:
+            self.arriving = incomplete
+            it, was, them = ("it", "was", "it") if incomplete == 1 else ("they", "were", "them")
+            self.skipped.append(
+                f"skipped {counted_replies(incomplete)}: the wait ran out (after "
+                f"{ran_out_after:g} s) while {it} {was} still arriving, in chunk envelopes; "
+                f"a longer timeout (dispatcherctl --timeout) lets {them} come whole"
+            )
+            logger.warning("%s", self.skipped[-1])
+        elif incomplete == 1:
             self._skip("a chunked reply is missing some of its chunk envelopes")
         elif incomplete:
             self._skip(f"{incomplete} chunked replies are missing some of their chunk envelopes")
@@ -218,6 +234,11 @@ class ControlResult:
         :attr:`complete`, and every one of the :attr:`uncertain_nodes` answered.
         """
         return self.complete and not self.unconfirmed
+
+
+def counted_replies(count: int) -> str:
+    """*count* replies, in words: ``a reply``, ``2 replies``."""
+    return "a reply" if count == 1 else f"{count} replies"
 
 
 def duplicate_node_id(node: str) -> str:

@@ -11,22 +11,29 @@ where no dispatcherd reader trips on them (see ``docs/control.md``).
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any, Final, Protocol
+
+import anyio
 
 from dispatcher.config import Settings
 from dispatcher.schema import Outcome, Validator
 from dispatcher.server.control_shapes import (
     FILTER_PROPERTIES,
+    MAX_LISTED_JOBS,
+    Listing,
     NextRuns,
     TaskFilter,
     producers_reply,
-    slotted,
 )
+from dispatcher.server.jobs import Job, JobPick, Snapshot, describe
 from dispatcher.server.logsafe import Phrase, get_logger
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
@@ -36,6 +43,11 @@ from dispatcher.server.stats import ServiceStats
 logger = get_logger("dispatcher.control")
 
 Reply = dict[str, Any]
+
+WALK_SLICE: Final = 1000
+"""Jobs a command looks at (describes, matches, settles) between two turns of the event
+loop: a command over a long backlog lets the service go on (dispatch, timers, lease
+renewals) while it walks it."""
 
 STATUS_WAITING_LIMIT: Final = 100
 """Most waiting tasks (queued, blocked, delayed) ``status`` lists under ``running``: beyond,
@@ -64,20 +76,17 @@ _NOTHING: dict[str, Any] = {"type": "object", "additionalProperties": False, "pr
 class ControlTarget(Protocol):
     """What control commands act on and read: the service, seen through a narrow window."""
 
-    def running(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
-        """Jobs running, queued, blocked and delayed, filtered by uuid and/or task.
+    def snapshot(self, limit: int | None) -> Snapshot:
+        """Where the jobs are now: on workers (running, held ahead), queued, blocked, delayed.
 
-        Each is described as ``{"where", "uuid", "task", "message"}``.
+        With *limit*, the last three places list their first *limit* jobs only.
         """
 
-    def on_workers(self) -> list[dict[str, Any]]:
-        """The jobs running on workers and held ahead by them, described as by :meth:`running`."""
+    def take(self, pick: JobPick) -> list[tuple[str, list[Job]]]:
+        """Cancel the jobs *pick* names at once; return them by place (see :meth:`cancelled`)."""
 
-    def cancel(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
-        """Cancel the jobs matching the filter (at least one of the two); return them."""
-
-    def cancel_all(self) -> list[dict[str, Any]]:
-        """Cancel every job; return them."""
+    def cancelled(self, where: str, job: Job) -> None:
+        """Count and settle a job :meth:`take` took out of *where*."""
 
     def workers(self) -> list[dict[str, Any]]:
         """Each worker, with dispatcherd's fields (``worker_id``, ``pid``, ...) and ours."""
@@ -112,7 +121,8 @@ class ControlError(Exception):
 class Command:
     """One entry of the command table."""
 
-    handler: Callable[[Mapping[str, Any]], Reply]
+    handler: Callable[[Mapping[str, Any]], Reply | Awaitable[Reply]]
+    """Answers the command; one that walks the jobs held is a coroutine function."""
     data: Validator
     """Checks the command's ``control_data``."""
 
@@ -152,8 +162,10 @@ class ControlCommands:
             "description": "A level name or number.",
         }
         limit = {"type": "integer", "minimum": 0, "maximum": 1000, "description": "Stack depth."}
+        self._walking = anyio.Lock()
+        """Held by a command walking the jobs: one at a time (each holds a snapshot)."""
         self.table: dict[str, Command] = {}
-        for name, handler, data in (
+        commands: tuple[tuple[str, Callable[..., Any], dict[str, Any]], ...] = (
             ("alive", lambda data: {}, _NOTHING),
             ("running", self.running, _FILTER),
             ("cancel", self.cancel, _data(**FILTER_PROPERTIES, all=cancel_all)),
@@ -166,11 +178,16 @@ class ControlCommands:
             ("set_log_level", self.set_log_level, {**_data(level=level), "required": ["level"]}),
             ("metrics", self.metrics, _NOTHING),
             ("run", self.run, {"type": "object"}),
-        ):
+        )
+        for name, handler, data in commands:
             self.table[name] = Command(handler, _schema(name, data))
 
-    def handle(self, command: str, data: Mapping[str, Any] | None) -> Reply:
-        """Run *command* with *data*; return its reply (``{"error": ...}`` when it fails)."""
+    async def handle(self, command: str, data: Mapping[str, Any] | None) -> Reply:
+        """Run *command* with *data*; return its reply (``{"error": ...}`` when it fails).
+
+        A command that walks the jobs held (``running``, ``cancel``, ``status``) lets the
+        event loop run every :data:`WALK_SLICE` jobs; the others answer at once.
+        """
         entry = self.table.get(command)
         if entry is None:
             known = ", ".join(sorted(self.table))
@@ -180,7 +197,8 @@ class ControlCommands:
             problems = "; ".join(f"control_data.{p}" for p in entry.data.problems(data))
             return {"error": f"invalid control_data for {command}: {problems}"}
         try:
-            return entry.handler(data)
+            reply = entry.handler(data)
+            return await reply if inspect.isawaitable(reply) else reply
         except ControlError as exc:
             return {"error": str(exc)}
         except Exception as exc:
@@ -190,55 +208,70 @@ class ControlCommands:
 
     # -- the commands ----------------------------------------------------------------------
 
-    def running(self, data: Mapping[str, Any]) -> Reply:
+    async def running(self, data: Mapping[str, Any]) -> Reply:
         """The tasks running, queued, blocked and delayed, optionally filtered.
 
         Those beyond :data:`~dispatcher.server.control_shapes.MAX_LISTED_BYTES` are counted
-        (``omitted``), not listed.
+        (``omitted``), not listed (nor described). Without a filter, the count comes from the
+        number of jobs held: the reply costs what it lists, however long the backlog.
         """
-        return _listing(*slotted(self._found(TaskFilter.from_data(data))))
+        wanted = TaskFilter.from_data(data)
+        listing = Listing()
+        async with self._walking:
+            if wanted.is_empty:
+                snapshot = self._target.snapshot(MAX_LISTED_JOBS)
+                await _list(listing, _every(snapshot), count_rest=False)
+                accounted = len(listing.listed) + listing.omitted
+                listing.omitted += max(0, snapshot.total - accounted)
+            else:
+                await _list(listing, _matching(self._target.snapshot(None), wanted))
+        return _listing(listing)
 
-    def _found(self, wanted: TaskFilter) -> list[dict[str, Any]]:
-        entries = self._target.running(wanted.uuid, wanted.task)
-        return [e for e in entries if wanted.matches(e)] if wanted.needs_message else entries
-
-    def cancel(self, data: Mapping[str, Any]) -> Reply:
+    async def cancel(self, data: Mapping[str, Any]) -> Reply:
         """Cancel the tasks matching the filter (or all, if asked explicitly or so configured).
 
         What was cancelled is logged at INFO. The reply lists the tasks cancelled, those
         beyond :data:`~dispatcher.server.control_shapes.MAX_LISTED_BYTES` counted
         (``omitted``).
+
+        The tasks are taken out of the service at once (for a filter on ``args`` or
+        ``kwargs``, once every job held has been looked at, a slice at a time: by uuid
+        then, wherever each job is by that time); each is then settled, a slice at a time.
         """
-        cancelled = self._cancel(data)
+        wanted = TaskFilter.from_data(data)
+        async with self._walking:
+            pick = await self._pick(data, wanted)
+            listing = Listing()
+            if pick is not None:
+                await _settle(self._target, self._target.take(pick), listing)
+        count = len(listing.listed) + listing.omitted
         logger.info(
             "control cancel (%s): cancelled %d task%s%s",
             _filter_text(data),
-            len(cancelled),
-            "" if len(cancelled) == 1 else "s",
-            _cancelled_text(cancelled),
+            count,
+            "" if count == 1 else "s",
+            _cancelled_text(listing.listed, count),
         )
-        return _listing(*slotted(cancelled))
+        return _listing(listing)
 
-    def _cancel(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
-        wanted = TaskFilter.from_data(data)
+    async def _pick(self, data: Mapping[str, Any], wanted: TaskFilter) -> JobPick | None:
+        """Which jobs a cancel takes (``None``: none matches)."""
         if data.get("all"):
             if not wanted.is_empty:
                 raise ControlError("cancel: give either all or a filter, not both")
-            return self._target.cancel_all()
+            return JobPick()
         if wanted.is_empty:
             if self._settings.service.control.cancel_without_filter == "all":
-                return self._target.cancel_all()
+                return JobPick()
             raise ControlError(
                 "cancel needs a filter: uuid, task, args or kwargs (or all: true); "
                 "service.control.cancel_without_filter is 'refuse' in "
                 f"{self._settings.source}"
             )
         if not wanted.needs_message:
-            return self._target.cancel(wanted.uuid, wanted.task)
-        cancelled: list[dict[str, Any]] = []
-        for uuid, task in dict.fromkeys((e["uuid"], e["task"]) for e in self._found(wanted)):
-            cancelled += self._target.cancel(uuid, task)
-        return cancelled
+            return JobPick(wanted.uuid, wanted.task)
+        uuids = {job.uuid async for _, job in _matching(self._target.snapshot(None), wanted)}
+        return JobPick(wanted.uuid, wanted.task, frozenset(uuids)) if uuids else None
 
     def workers(self, data: Mapping[str, Any]) -> Reply:
         """Each worker, keyed ``worker-N``: pid, status, age, tasks finished, current task."""
@@ -276,21 +309,22 @@ class ControlCommands:
         stats = self._stats
         counts = self._target.counts()
         waiting = counts["queued"] + counts["blocked"] + counts["delayed"]
-        if waiting <= STATUS_WAITING_LIMIT:
-            found, omitted = self._target.running(None, None), 0
-        else:
-            found, omitted = self._target.on_workers(), waiting
-        running, too_many = slotted(found)
+        limit = None if waiting <= STATUS_WAITING_LIMIT else 0
+        listing = Listing()
+        for where, jobs in self._target.snapshot(limit).places:  # at most 100 waiting
+            for job in jobs:
+                listing.add_job(where, job)
+        omitted = 0 if limit is None else waiting
         return {
             "version": installed_version(),  # first: people read it at the top
-            "running": running,
+            "running": listing.listed,
             "aio_tasks": self._target.aio_tasks(6),
             "workers": self.workers({}),
             "producers": self.producers({}),
             "metrics": self.metrics({}),
             "main": self.main({}),
             "chunks": self.chunks({}),
-            "running_omitted": omitted + too_many,
+            "running_omitted": omitted + listing.omitted,
             "pid": os.getpid(),
             "uptime": self._uptime(),
             "received": stats.received_tasks,
@@ -394,13 +428,83 @@ CANCELLED_SHOWN: Final = 3
 """Cancelled tasks a ``cancel`` log line names (the others are counted)."""
 
 
-def _listing(listed: Reply, omitted: int) -> Reply:
-    """A ``running``/``cancel`` reply: the tasks *listed*, and ``omitted`` when some are not.
+def _listing(listing: Listing) -> Reply:
+    """A ``running``/``cancel`` reply: the tasks listed, and ``omitted`` when some are not.
 
     (Only then: dispatcherd's readers take every value of the reply but ``node_id`` for a
     task.)
     """
-    return {**listed, "omitted": omitted} if omitted else listed
+    if listing.omitted:
+        return {**listing.listed, "omitted": listing.omitted}
+    return listing.listed
+
+
+async def _every(snapshot: Snapshot) -> AsyncGenerator[tuple[str, Job], None]:
+    """Each job of *snapshot*, where it was."""
+    for where, jobs in snapshot.places:
+        for job in jobs:
+            yield where, job
+
+
+async def _matching(
+    snapshot: Snapshot, wanted: TaskFilter
+) -> AsyncGenerator[tuple[str, Job], None]:
+    """The jobs of *snapshot* that *wanted* lets through, where each was.
+
+    The event loop runs every :data:`WALK_SLICE` jobs looked at. A filter on the uuid or
+    the task name looks at the jobs without a Python call for each; one on ``args`` or
+    ``kwargs`` reads each message (among those with the uuid and the task name).
+    """
+    pick = JobPick(wanted.uuid, wanted.task)
+    for where, jobs in snapshot.places:
+        for start in range(0, len(jobs), WALK_SLICE):
+            part = jobs[start : start + WALK_SLICE]
+            for job in compress(part, pick.flags(part)):
+                if not wanted.needs_message or wanted.matches(describe(job, where)):
+                    yield where, job
+            await anyio.sleep(0)
+
+
+async def _list(
+    listing: Listing, found: AsyncGenerator[tuple[str, Job], None], *, count_rest: bool = True
+) -> None:
+    """List the jobs *found* in *listing*, the event loop running every :data:`WALK_SLICE`.
+
+    Once the listing is full, the others are only counted; without *count_rest*, the walk
+    stops there (the caller counts them otherwise).
+    """
+    async with contextlib.aclosing(found):
+        described = 0
+        async for where, job in found:
+            if listing.full:
+                if not count_rest:
+                    return
+                listing.omitted += 1
+                continue
+            listing.add_job(where, job)
+            described += 1
+            if described % WALK_SLICE == 0:
+                await anyio.sleep(0)
+
+
+async def _settle(
+    target: ControlTarget, taken: list[tuple[str, list[Job]]], listing: Listing
+) -> None:
+    """Count and settle the jobs a cancel *taken*, and list them, a slice at a time.
+
+    Those left when the service stops meanwhile are settled at once (they are no longer
+    anywhere else).
+    """
+    left = ((where, job) for where, jobs in taken for job in jobs)
+    try:
+        for done, (where, job) in enumerate(left, 1):
+            target.cancelled(where, job)
+            listing.add_job(where, job)
+            if done % WALK_SLICE == 0:
+                await anyio.sleep(0)
+    finally:
+        for where, job in left:
+            target.cancelled(where, job)
 
 
 def _filter_text(data: Mapping[str, Any]) -> Phrase:
@@ -412,16 +516,17 @@ def _filter_text(data: Mapping[str, Any]) -> Phrase:
     return Phrase.joined(", ", shown) if shown else Phrase("no filter")
 
 
-def _cancelled_text(cancelled: list[dict[str, Any]]) -> Phrase:
-    """The first tasks a ``cancel`` command cancelled, for its log line (empty: none)."""
-    if not cancelled:
+def _cancelled_text(listed: Mapping[str, Mapping[str, Any]], count: int) -> Phrase:
+    """The first tasks a ``cancel`` command cancelled (of *count*), for its log line."""
+    if not count:
         return Phrase("")
+    shown = list(listed.values())[:CANCELLED_SHOWN]
     named = Phrase.joined(
         ", ",
         (
-            Phrase("%s (uuid %s, %s)", entry["task"], entry["uuid"], entry["where"])
-            for entry in cancelled[:CANCELLED_SHOWN]
+            Phrase("%s (uuid %s, %s)", entry.get("task"), entry["uuid"], entry["where"])
+            for entry in shown
         ),
     )
-    more = ", ..." if len(cancelled) > CANCELLED_SHOWN else ""
+    more = ", ..." if count > len(shown) else ""
     return Phrase(": " + named.text + more, *named.args)

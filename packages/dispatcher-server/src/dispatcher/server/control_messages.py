@@ -39,12 +39,13 @@ class ControlMessages:
         self._validator = validator("control-message")
         self._rejections = RateLimitedLog(logger, logging.WARNING)
 
-    def answer(
+    async def answer(
         self, message: dict[str, Any], where: str, broker: BrokerName | None
     ) -> dict[str, Any]:
         """Run a control message from *where* over *broker*; return the reply with ``node_id``.
 
-        The message must match its schema and its command be allowed over *broker*.
+        The message must match its schema and its command be allowed over *broker*. A
+        command that walks the jobs held lets the event loop run meanwhile.
         """
         refusal: str | None
         if not self._validator.is_valid(message):
@@ -63,7 +64,7 @@ class ControlMessages:
             reply = {"error": refusal}
         else:
             self._stats.control += 1
-            reply = self.commands.handle(message["control"], message.get("control_data"))
+            reply = await self.commands.handle(message["control"], message.get("control_data"))
         return {**reply, "node_id": self.node_id}
 
     def refused(self, error: str) -> dict[str, Any]:

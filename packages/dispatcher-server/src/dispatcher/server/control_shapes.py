@@ -8,7 +8,8 @@ by busy worker N, not started: listed as ``queued-I``), ``queued``, ``blocked`` 
 ``delayed``.
 
 A reply lists tasks up to :data:`MAX_LISTED_BYTES` of JSON: one that would list more counts
-the others (``omitted``), so that it stays a reply a client can take.
+the others (``omitted``), so that it stays a reply a client can take. The ones counted are
+not described: making a reply costs what it shows, not what the service holds.
 
 The filter is dispatcherd's too: ``uuid``, ``task``, ``args`` and ``kwargs``, each compared
 for equality with the message's value; an empty or null value filters nothing.
@@ -21,12 +22,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from dispatcher.config import Settings
 from dispatcher.schema import MAX_MESSAGE_BYTES
+from dispatcher.server.jobs import Job, describe
 from dispatcher.server.stats import ServiceStats
 
 MAX_LISTED_BYTES: Final = MAX_MESSAGE_BYTES // 2
@@ -111,28 +113,52 @@ def slot(where: str, counters: Counter[str]) -> str:
     return key
 
 
-def slotted(
-    entries: Iterable[Mapping[str, Any]], max_bytes: int = MAX_LISTED_BYTES
-) -> tuple[dict[str, Any], int]:
-    """The ``running``/``cancel`` reply listing described jobs, and how many it leaves out.
+class Listing:
+    """A ``running``/``cancel`` listing being made: jobs listed while they fit, then counted.
 
     The jobs are listed in order while their JSON stays within *max_bytes*; the ones after
-    are only counted.
+    are only counted (``omitted``), not described: a listing costs no more than what a reply
+    can show, however many jobs it counts.
     """
-    reply: dict[str, Any] = {}
-    counters: Counter[str] = Counter()
-    size = omitted = 0
-    for entry in entries:
-        if omitted:
-            omitted += 1
-            continue
+
+    def __init__(self, max_bytes: int = MAX_LISTED_BYTES) -> None:
+        self.listed: dict[str, Any] = {}
+        """The jobs listed, keyed as :func:`slot` keys them."""
+        self.omitted = 0
+        """The jobs counted but not listed."""
+        self._max_bytes = max_bytes
+        self._size = 0
+        self._counters: Counter[str] = Counter()
+
+    @property
+    def full(self) -> bool:
+        """Tell whether it lists no more jobs (the next ones are only counted)."""
+        return self.omitted > 0
+
+    def add(self, entry: Mapping[str, Any]) -> None:
+        """List a described job (``where``, ``uuid``, ``task``, ``message``), or count it."""
+        if self.omitted:
+            self.omitted += 1
+            return
         value = {**entry["message"], "uuid": entry["uuid"], "where": entry["where"]}
-        size += len(json.dumps(value, separators=(",", ":"), default=str)) + _ENTRY_OVERHEAD
-        if size > max_bytes:
-            omitted = 1
-            continue
-        reply[slot(entry["where"], counters)] = value
-    return reply, omitted
+        self._size += len(json.dumps(value, separators=(",", ":"), default=str))
+        self._size += _ENTRY_OVERHEAD
+        if self._size > self._max_bytes:
+            self.omitted = 1
+            return
+        self.listed[slot(entry["where"], self._counters)] = value
+
+    def add_job(self, where: str, job: Job) -> None:
+        """List *job*, found at *where*, or only count it once the listing is full."""
+        if self.omitted:
+            self.omitted += 1
+        else:
+            self.add(describe(job, where))
+
+
+MAX_LISTED_JOBS: Final = MAX_LISTED_BYTES // 60
+"""Jobs one listing could hold at most: each costs :data:`_ENTRY_OVERHEAD` and at least 28
+bytes of JSON (``{"uuid":"","where":"queued"}``). Looking at more cannot change a reply."""
 
 
 def producers_reply(

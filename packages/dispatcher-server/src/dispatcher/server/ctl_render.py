@@ -164,6 +164,12 @@ def shortfall(result: ControlResult) -> str:
     """
     text = f"{len(result.replies)} of {result.expected} expected replies"
     missing = shown(", ".join(result.missing))
+    if result.arriving:
+        still = "a reply was" if result.arriving == 1 else f"{result.arriving} replies were"
+        text += (
+            f"; {still} still arriving when the wait ran out: a longer --timeout lets "
+            f"{'it' if result.arriving == 1 else 'them'} come whole"
+        )
     if not result.too_large:
         return f"{text}; no answer from {missing}{unlisted(result)}" if result.missing else text
     text += (

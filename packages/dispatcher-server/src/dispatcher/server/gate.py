@@ -16,7 +16,7 @@ import enum
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from dispatcher.server.jobs import Job
+from dispatcher.server.jobs import Job, JobPick
 
 
 class Admission(enum.Enum):
@@ -93,6 +93,25 @@ class DuplicateGate:
             kept = deque(job for job in waiting if not match(job))
             if kept:
                 self._blocked[key] = kept
+            else:
+                del self._blocked[key]
+        return removed
+
+    def take(self, pick: JobPick) -> list[Job]:
+        """Take the blocked jobs *pick* names out of the gate; return them.
+
+        Each key's jobs are told apart without a Python call for each (see
+        :meth:`JobPick.flags`): a gate may hold many blocked jobs.
+        """
+        removed: list[Job] = []
+        for key, waiting in list(self._blocked.items()):
+            taken, kept = pick.split(waiting)
+            if not taken:
+                continue
+            removed += taken
+            self.blocked_count -= len(taken)
+            if kept:
+                self._blocked[key] = deque(kept)
             else:
                 del self._blocked[key]
         return removed

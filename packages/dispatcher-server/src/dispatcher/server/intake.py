@@ -24,7 +24,6 @@ from dispatcher.schema import (
     MAX_MESSAGE_BYTES,
     SIGNED_KEY,
     DecodeError,
-    Outcome,
     decode_json,
     duplicate_identity,
     new_uuid,
@@ -52,10 +51,11 @@ MAX_WAITING_FOR_WORKERS: Final = 100_000
 """Messages held while the first worker starts (until the registered names are known)."""
 
 
-ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], str | None]
+ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], None]
 """Runs a control message, ``sink(message, channel, origin, refused)``, and answers it; with
-*refused*, the message was refused and is only answered with the error. Returns the error
-of its reply (an unknown command, invalid ``control_data``), or ``None``."""
+*refused*, the message was refused and is only answered with the error. Otherwise, once it
+has answered (maybe later: a command may take a while), it settles *origin*: ``ok``, or
+``rejected`` with its reply's error (an unknown command, invalid ``control_data``)."""
 
 _NOT_TASKS: Final = {
     "control": "a control command",
@@ -172,11 +172,7 @@ class Intake:
         if "control" in message and origin.stored_as is not None:
             _control_agrees_with_row(message, origin.stored_as)
         if "control" in message and self._on_control is not None:
-            error = self._on_control(message, channel, origin, None)
-            if error is None:
-                self._settlements.origin(origin, Outcome.OK)
-            else:  # a stored control message ends failed, with its reply's error
-                self._settlements.origin(origin, REJECTED, error)
+            self._on_control(message, channel, origin, None)
             return True
         if "control" in message:
             raise Rejected(

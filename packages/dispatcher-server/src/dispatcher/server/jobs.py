@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import and_, attrgetter, not_
 from typing import Any, NamedTuple
 
 from dispatcher.schema.log_fields import ATTEMPT, BROKER, EVENT, QUEUE, TASK, UUID
@@ -77,3 +81,64 @@ def describe(job: Job, where: str) -> dict[str, Any]:
     if job.channel is not None:
         message["channel"] = job.channel
     return {"where": where, "uuid": job.uuid, "task": job.task, "message": message}
+
+
+_UUID = attrgetter("uuid")
+_TASK = attrgetter("task")
+
+
+@dataclass(frozen=True)
+class JobPick:
+    """Which jobs a cancel takes: by ``uuid`` and/or ``task`` name, or by any of ``uuids``.
+
+    With none of them, every job. :meth:`flags` tells many jobs apart without a Python
+    call for each (a backlog may hold a million).
+    """
+
+    uuid: str | None = None
+    task: str | None = None
+    uuids: frozenset[str] | None = None
+
+    def __call__(self, job: Job) -> bool:
+        """Tell whether *job* is one to take."""
+        if self.uuids is not None and job.uuid not in self.uuids:
+            return False
+        return job.matches(self.uuid, self.task)
+
+    def flags(self, jobs: Collection[Job]) -> Iterable[bool]:
+        """Whether each of *jobs* is one to take, in order (*jobs* is read once per key)."""
+        tests = []
+        if self.uuids is not None:
+            tests.append(map(self.uuids.__contains__, map(_UUID, jobs)))
+        if self.uuid is not None:
+            tests.append(map(self.uuid.__eq__, map(_UUID, jobs)))
+        if self.task is not None:
+            tests.append(map(self.task.__eq__, map(_TASK, jobs)))
+        if not tests:
+            return repeat(True, len(jobs))
+        found = tests[0]
+        for test in tests[1:]:
+            found = map(and_, found, test)
+        return found
+
+    def split(self, jobs: Sequence[Job]) -> tuple[list[Job], list[Job]]:
+        """*jobs* as those to take and the others, each in order."""
+        flags = list(self.flags(jobs))
+        taken = list(compress(jobs, flags))
+        if not taken:
+            return [], list(jobs)
+        return taken, list(compress(jobs, map(not_, flags)))
+
+
+@dataclass
+class Snapshot:
+    """Where the jobs held were at one moment: lists, safe to walk while the event loop runs.
+
+    ``places`` lists each holding place with its jobs, in the order ``running`` lists them
+    (each worker's job and those it holds ahead, then ``queued``, ``blocked``,
+    ``delayed``). A place taken with a limit holds only its first jobs: ``total`` counts
+    them all.
+    """
+
+    places: list[tuple[str, Sequence[Job]]] = field(default_factory=list)
+    total: int = 0

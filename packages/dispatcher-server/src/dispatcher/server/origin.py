@@ -41,6 +41,11 @@ class Origin:
     reply: ReplySink | None = None
     """Sends control replies back over the same connection (the socket does); ``None`` means
     the service queues them for the broker's ``reply(reply_to, reply)``."""
+    answering: Callable[[], Callable[[], None]] | None = None
+    """Told that a control message from here is being answered in a task of its own (a
+    command may take a while); it returns what to call once that task has ended, its reply
+    (if any) sent through :attr:`reply`. The socket sends a line's replies once they are
+    all there."""
     channel: str = ""
     """The channel, queue or connection the payload arrived on, as logs and bound tasks
     name it (``socket:3`` for the third socket connection)."""

@@ -26,12 +26,13 @@ The scheduler knows workers only through the small :class:`Runner` protocol.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from itertools import zip_longest
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import attrgetter
 from typing import Any, Final, Protocol
 
 from dispatcher.config import Limits
@@ -39,7 +40,7 @@ from dispatcher.schema import Outcome
 from dispatcher.schema.log_fields import REASON
 from dispatcher.server.delayer import Delayer
 from dispatcher.server.gate import Admission, DuplicateGate
-from dispatcher.server.jobs import Job, describe, job_fields, listed
+from dispatcher.server.jobs import Job, JobPick, Snapshot, describe, job_fields, listed
 from dispatcher.server.logsafe import counted, get_logger
 from dispatcher.server.protocol import has_start_by, with_start_by
 from dispatcher.server.ratelimit import RateLimitedLog
@@ -49,7 +50,10 @@ from dispatcher.server.timers import Scheduling
 
 logger = get_logger("dispatcher.scheduler")
 
-JobFilter = Callable[[Job], bool]
+_HELD: Final = frozenset({"queued", "blocked", "delayed"})
+"""The places that hold jobs not on a worker (:meth:`Scheduler.take` takes them out)."""
+
+_LINE = attrgetter("line")
 
 LANES_KEPT: Final = 64
 """Lanes kept, empty, for sources that may send again, before empty ones are dropped (each
@@ -404,27 +408,40 @@ class Scheduler:
 
     # -- looking and cancelling ------------------------------------------------------------
 
-    def _held(self) -> Iterable[tuple[str, list[Job]]]:
-        return (
-            ("queued", self._in_order()),
-            ("blocked", list(self._gate.blocked())),
-            ("delayed", self._delayer.held()),
-        )
+    def snapshot(self, limit: int | None = None) -> Snapshot:
+        """Where every job is now, as lists: on workers, held ahead, queued, blocked, delayed.
+
+        With *limit*, each of the last three places lists its first *limit* jobs only (and
+        ``total`` counts them all), so that looking at a long backlog costs no more than what
+        a reply can show. The lists are copies: walking them may let the event loop run.
+        """
+        found = Snapshot()
+        for worker in self._workers():
+            if worker.job is not None:
+                found.places.append((f"worker-{worker.id}", [worker.job]))
+            ahead = worker.pending_ahead
+            if ahead:
+                found.places.append((f"worker-{worker.id} next", list(ahead)))
+        found.places += [
+            ("queued", list(itertools.islice(self._in_order(), limit))),
+            ("blocked", list(itertools.islice(self._gate.blocked(), limit))),
+            ("delayed", self._delayer.first(limit)),
+        ]
+        found.total = sum(len(jobs) for _, jobs in found.places[:-3])
+        found.total += self._queued + self._gate.blocked_count + self._delayer.count
+        return found
 
     def running(self, uuid: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
-        """Describe the jobs running, queued, blocked and delayed (filtered like cancel)."""
-        found = []
-        for worker in self._workers():
-            if worker.job is not None and worker.job.matches(uuid, task):
-                found.append(describe(worker.job, f"worker-{worker.id}"))
-            found += [
-                describe(job, f"worker-{worker.id} next")
-                for job in worker.pending_ahead
-                if job.matches(uuid, task)
-            ]
-        for where, jobs in self._held():
-            found += [describe(job, where) for job in jobs if job.matches(uuid, task)]
-        return found
+        """Describe the jobs running, queued, blocked and delayed (filtered like cancel).
+
+        Every one: for a bounded look at a long backlog, see :meth:`snapshot`.
+        """
+        return [
+            describe(job, where)
+            for where, jobs in self.snapshot().places
+            for job in jobs
+            if job.matches(uuid, task)
+        ]
 
     def cancel(self, uuid: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
         """Cancel the jobs with this uuid and/or task name, wherever they are.
@@ -434,53 +451,82 @@ class Scheduler:
         """
         if uuid is None and task is None:
             raise ValueError("cancel needs a uuid or a task name")
-        return self._cancel(lambda job: job.matches(uuid, task))
+        return self._cancel(JobPick(uuid, task))
 
     def cancel_all(self) -> list[dict[str, Any]]:
         """Cancel every job: running, queued, blocked and delayed."""
-        return self._cancel(lambda job: True)
+        return self._cancel(JobPick())
 
-    def _cancel(self, match: JobFilter) -> list[dict[str, Any]]:
+    def _cancel(self, pick: JobPick) -> list[dict[str, Any]]:
         found = []
-        for worker in self._workers():
-            job = worker.job
-            if job is not None and match(job):
-                worker.cancel(Outcome.CANCELLED)
-                found.append(describe(job, f"worker-{worker.id}"))
-            for job in worker.pending_ahead:
-                if match(job) and worker.cancel_ahead(job, Outcome.CANCELLED):
-                    found.append(describe(job, f"worker-{worker.id} next"))
-        queued = [job for job in self._in_order() if match(job)]
-        if queued:
-            for lane in (self._returned, *self._turns):
-                kept = [job for job in lane if not match(job)]
-                if len(kept) < len(lane):
-                    lane.clear()
-                    lane.extend(kept)
-            self._turns = deque(lane for lane in self._turns if lane)
-            self._queued -= len(queued)
-        for where, jobs in (
-            ("queued", queued),
-            ("blocked", self._gate.remove(match)),
-            ("delayed", self._delayer.remove(match)),
-        ):
+        for where, jobs in self.take(pick):
             for job in jobs:
-                self._unhold(job)
-                self._stats.task_ended(job.task, Outcome.CANCELLED)
-                self._settle(job, Outcome.CANCELLED)
+                self.cancelled(where, job)
                 found.append(describe(job, where))
-                if where == "queued":  # it was active in the gate
-                    self.job_ended(job)
         return found
 
-    def _in_order(self) -> list[Job]:
-        """The jobs of the queue, in the order they would be taken."""
-        jobs = list(self._returned)
+    def take(self, pick: JobPick) -> list[tuple[str, list[Job]]]:
+        """Cancel the jobs *pick* names, at once, wherever they are; return them by place.
+
+        Running ones are cancelled on their worker, and those held ahead where they are.
+        Queued, blocked and delayed ones are taken out, but not yet counted nor settled:
+        :meth:`cancelled` does that, for each of them in turn (a cancel of a long backlog
+        does it a slice at a time, and lets the event loop run between slices). They are
+        told apart without a Python call for each (see :meth:`JobPick.flags`).
+        """
+        found: list[tuple[str, list[Job]]] = []
+        for worker in self._workers():
+            job = worker.job
+            if job is not None and pick(job):
+                worker.cancel(Outcome.CANCELLED)
+                found.append((f"worker-{worker.id}", [job]))
+            ahead = [
+                job
+                for job in worker.pending_ahead
+                if pick(job) and worker.cancel_ahead(job, Outcome.CANCELLED)
+            ]
+            if ahead:
+                found.append((f"worker-{worker.id} next", ahead))
+        queued: list[Job] = []
+        for lane in (self._returned, *self._turns):
+            taken, kept = pick.split(lane)
+            if taken:
+                queued += taken
+                lane.clear()
+                lane.extend(kept)
+        if queued:
+            self._turns = deque(lane for lane in self._turns if lane)
+            self._queued -= len(queued)
+        held = [("queued", queued), ("blocked", self._gate.take(pick))]
+        held.append(("delayed", self._delayer.take(pick)))
+        for where, jobs in held:
+            self._held_bytes -= sum(map(len, map(_LINE, jobs)))
+            if jobs:
+                found.append((where, jobs))
+        return found
+
+    def cancelled(self, where: str, job: Job) -> None:
+        """Count and settle *job*, which :meth:`take` took out of *where*, as cancelled.
+
+        One taken off a worker (running or held ahead) is counted when its worker says it
+        ended: nothing is done for it here. One that was queued (active in the duplicate
+        gate) lets its blocked duplicate in.
+        """
+        if where not in _HELD:
+            return
+        self._stats.task_ended(job.task, Outcome.CANCELLED)
+        self._settle(job, Outcome.CANCELLED)
+        if where == "queued":
+            self.job_ended(job)
+
+    def _in_order(self) -> Iterator[Job]:
+        """The jobs of the queue, in the order they would be taken (walked lazily)."""
+        yield from self._returned
         if len(self._turns) == 1:
-            jobs += self._turns[0]
+            yield from self._turns[0]
         elif self._turns:
-            jobs += (job for turn in zip_longest(*self._turns) for job in turn if job is not None)
-        return jobs
+            for turn in itertools.zip_longest(*self._turns):
+                yield from (job for job in turn if job is not None)
 
     @property
     def queued(self) -> int:
@@ -513,7 +559,7 @@ class Scheduler:
     def close(self) -> list[tuple[str, list[Job]]]:
         """Take no more jobs; return those abandoned (queued, blocked, delayed), by place."""
         self._closed = True
-        abandoned = [(where, jobs) for where, jobs in self._held() if jobs]
+        abandoned = [(where, list(jobs)) for where, jobs in self.snapshot().places[-3:] if jobs]
         for _, jobs in abandoned:
             for job in jobs:
                 self._settle(job, ABANDONED)

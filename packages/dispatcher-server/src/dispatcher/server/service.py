@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dispatcher.config import Settings
-from dispatcher.schema import DispatcherError
+from dispatcher.schema import DispatcherError, Outcome
 from dispatcher.schema.log_fields import EVENT, NODE
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.brokers.base import BrokerContext, Leasing, StartRefused
@@ -42,13 +42,13 @@ from dispatcher.server.node_ids import node_id
 from dispatcher.server.origin import Origin
 from dispatcher.server.orphans import Orphans
 from dispatcher.server.producers import DurableRoutes, run_schedule, start_on_start_tasks
-from dispatcher.server.ratelimit import flush_suppressed
+from dispatcher.server.ratelimit import InternalErrorLog, flush_suppressed
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.release import DISTRIBUTION, installed_version
 from dispatcher.server.resources import PROCESS_LIMIT, fds_needed, raise_fd_limit, shortage_text
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.service_signals import receiving_stop_signals
-from dispatcher.server.settlement import Settlements
+from dispatcher.server.settlement import REJECTED, Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
@@ -68,6 +68,9 @@ EXIT_TASK_MODULES: Final = 3
 SETTLE_WAIT: Final = 10.0
 """Seconds a stop waits for each durable broker to take the last outcomes (a broker whose
 database does not answer gives up sooner, and says what it could not write)."""
+MAX_CONTROL_IN_FLIGHT: Final = 64
+"""Control messages answered at once, at most; one more is refused (``overloaded``) with an
+error reply: a flood of commands that walk a long backlog cannot pile up tasks unbounded."""
 
 
 class CannotRunHere(DispatcherError, RuntimeError):
@@ -225,7 +228,8 @@ class Service:
         commands = ControlCommands(
             self.view, settings, self.stats, next_runs=self.schedules.next_runs
         )
-        self.supervisor.on_control = commands.handle
+        self._commands = commands
+        self.supervisor.on_control = self._worker_control
         allow_list = ControlAllowList(settings.brokers)
         for broker, name in allow_list.unknown(commands.table):
             logger.warning(
@@ -249,6 +253,11 @@ class Service:
                 application_name=f"dispatcher-sampler:{self.node_id}"[:63],
             )
         self._stop = anyio.Event()
+        self._tasks: TaskGroup | None = None
+        self._control_in_flight = 0
+        """Control messages being answered (at most :data:`MAX_CONTROL_IN_FLIGHT`)."""
+        """The service's own tasks (set once it runs): control commands run in them."""
+        self._internal_errors = InternalErrorLog(logger)
         self._schedules: anyio.CancelScope | None = None
         """Where ``producers.scheduled`` run: cancelled as the service begins to stop."""
         self._started = False
@@ -299,6 +308,7 @@ class Service:
         try:
             with receiving_stop_signals(self._on_stop_signal):
                 async with anyio.create_task_group() as task_group:
+                    self._tasks = task_group
                     if self._orphans is not None:
                         await task_group.start(self._orphans.run, name="orphans")
                     if await self._task_modules_ready():
@@ -582,23 +592,80 @@ class Service:
 
     def _control_message(
         self, message: dict[str, Any], channel: str, origin: Origin, refused: Rejected | None
-    ) -> str | None:
+    ) -> None:
         """A control message arrived: run it (unless *refused*), answer on ``reply_to``.
 
-        Returns the reply's error, if it has one.
+        It runs in a task of its own (a command walking a long backlog lets the service go
+        on meanwhile), which settles *origin* once it has answered: ``ok``, or ``rejected``
+        with the reply's error.
         """
-        if refused is None:
-            reply = self.control.answer(message, channel, origin.broker)
+        if refused is not None:
+            self._reply(message, origin, self.control.refused(str(refused)))
+        elif self._control_in_flight >= MAX_CONTROL_IN_FLIGHT:
+            self.stats.rejected["overloaded"] += 1
+            error = (
+                f"{MAX_CONTROL_IN_FLIGHT} control commands are being answered already: "
+                "try again once they are"
+            )
+            self._reply(message, origin, self.control.refused(error))
+            self.settlements.origin(origin, REJECTED, error)
         else:
-            reply = self.control.refused(str(refused))
+            ended = None if origin.answering is None else origin.answering()
+            self._control_in_flight += 1
+            self._start_soon(self._answer_control, message, channel, origin, ended)
+
+    async def _answer_control(
+        self,
+        message: dict[str, Any],
+        channel: str,
+        origin: Origin,
+        ended: Callable[[], None] | None,
+    ) -> None:
+        try:
+            reply = await self.control.answer(message, channel, origin.broker)
+            self._reply(message, origin, reply)
+        except Exception as exc:  # a bug here must cost one message, never the service
+            self.stats.rejected["internal_error"] += 1
+            self._internal_errors.report("control", exc, f"a message on {channel}")
+            self.settlements.origin(origin, REJECTED, "internal error")
+            return
+        finally:
+            self._control_in_flight -= 1
+            if ended is not None:
+                ended()
+        error = reply.get("error")
+        if error is None:
+            self.settlements.origin(origin, Outcome.OK)
+        else:  # a stored control message ends failed, with its reply's error
+            self.settlements.origin(origin, REJECTED, str(error))
+
+    def _reply(self, message: dict[str, Any], origin: Origin, reply: dict[str, Any]) -> None:
+        """Send *reply* to the control *message*'s ``reply_to``, if it has one."""
         reply_to = message.get("reply_to")
         if reply_to:
             if origin.reply is not None:
                 origin.reply(str(reply_to), reply)
             elif origin.broker is not None:
                 self.replies.send(origin.broker, str(reply_to), reply)
-        error = reply.get("error")
-        return None if error is None else str(error)
+
+    def _worker_control(
+        self,
+        command: str,
+        data: dict[str, Any],
+        answer: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """A bound task's control request: run it in a task of its own, then *answer*."""
+
+        async def run() -> None:
+            answer(await self._commands.handle(command, data))
+
+        self._start_soon(run)
+
+    def _start_soon(self, function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Run *function* in a task of the service's own."""
+        if self._tasks is None:
+            raise RuntimeError("the service is not running")
+        self._tasks.start_soon(function, *args, name="control")
 
     def _refused(self, refused: StartRefused) -> None:
         """A broker or the metrics server refuses to start late: stop, with exit status 2.

@@ -66,8 +66,9 @@ STATUS_WAIT: Final = 0.5
 EXIT_WAIT: Final = 5.0
 """Seconds a worker asked to stop (or seen to die) has to exit before it is killed."""
 
-ControlHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
-"""Runs a bound task's control request: ``handler(command, data) -> reply``."""
+ControlHandler = Callable[[str, dict[str, Any], Callable[[dict[str, Any]], None]], None]
+"""Runs a bound task's control request, ``handler(command, data, answer)``: it calls
+``answer(reply)`` once it has the reply (maybe later: a command may take a while)."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,9 @@ class Supervisor:
         self.settings = settings.pool
         self.min_workers = self.settings.min_workers
         self.max_workers = self.settings.max_workers or usable_cpus()
-        self.on_control: ControlHandler = lambda command, data: {"error": "no control here"}
+        self.on_control: ControlHandler = lambda command, data, answer: answer(
+            {"error": "no control here"}
+        )
         """Answers bound tasks' control requests (set by the service)."""
         self._cancel_grace = settings.cancel_grace
         self._launcher = launcher
@@ -348,8 +351,11 @@ class Supervisor:
             self._failed_starts, self._starts_paused_until = 0, 0.0
             self._wakeup.set()
         elif kind == "control":
-            reply = self.on_control(event["command"], event.get("data") or {})
-            worker.reply(reply_line(reply))
+            self.on_control(
+                event["command"],
+                event.get("data") or {},
+                lambda reply: worker.reply(reply_line(reply)),
+            )
         elif kind == "fatal":
             worker.stop()
             worker.started.set()
@@ -661,9 +667,12 @@ class Supervisor:
         """
         running = {f"worker-{w.id}" for w in self.workers if w is not probe}
         waiting: dict[str, list[str]] = {}
-        for entry in self._scheduler.running():
-            if entry["task"] not in tasks and entry["where"] not in running:
-                waiting.setdefault(str(entry["task"]), []).append(str(entry["uuid"]))
+        for where, jobs in self._scheduler.snapshot().places:
+            if where in running:
+                continue
+            for job in jobs:
+                if job.task not in tasks:
+                    waiting.setdefault(job.task, []).append(job.uuid)
         for task, uuids in waiting.items():
             logger.warning(
                 "reload: %d waiting tasks name %s, which the new code does not register: "

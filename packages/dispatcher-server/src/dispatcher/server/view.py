@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
 from dispatcher.server.intake import Intake
-from dispatcher.server.jobs import describe
+from dispatcher.server.jobs import Job, JobPick, Snapshot
 from dispatcher.server.memory import resident_bytes
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.scheduler import Scheduler
@@ -84,26 +84,17 @@ class ServiceView:
         """The registered task names (none until the first worker has said)."""
         return self._intake.catalogue.names or frozenset()
 
-    def running(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
-        """Jobs running, queued, blocked and delayed, filtered by uuid and/or task."""
-        return self._scheduler.running(uuid, task)
+    def snapshot(self, limit: int | None) -> Snapshot:
+        """Where the jobs are now (see :meth:`Scheduler.snapshot`)."""
+        return self._scheduler.snapshot(limit)
 
-    def on_workers(self) -> list[dict[str, Any]]:
-        """The jobs running on workers and held ahead by them, described as by ``running``."""
-        found = []
-        for worker in self._supervisor.workers:
-            if worker.job is not None:
-                found.append(describe(worker.job, f"worker-{worker.id}"))
-            found += [describe(job, f"worker-{worker.id} next") for job in worker.pending_ahead]
-        return found
+    def take(self, pick: JobPick) -> list[tuple[str, list[Job]]]:
+        """Cancel the jobs *pick* names at once; return them by place."""
+        return self._scheduler.take(pick)
 
-    def cancel(self, uuid: str | None, task: str | None) -> list[dict[str, Any]]:
-        """Cancel the jobs matching the filter; return them."""
-        return self._scheduler.cancel(uuid, task)
-
-    def cancel_all(self) -> list[dict[str, Any]]:
-        """Cancel every job; return them."""
-        return self._scheduler.cancel_all()
+    def cancelled(self, where: str, job: Job) -> None:
+        """Count and settle a job :meth:`take` took out of *where*."""
+        self._scheduler.cancelled(where, job)
 
     def workers(self) -> list[dict[str, Any]]:
         """Each worker, with dispatcherd's fields and ours.

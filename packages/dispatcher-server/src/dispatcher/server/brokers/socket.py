@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -200,7 +200,13 @@ class SocketBroker(BrokerBase):
     async def _read_lines(self, client: SocketStream, deliver: Deliver, name: str) -> None:
         lines = LineBuffer()
         replies: list[Mapping[str, Any]] = []
-        origin = Origin("socket", reply=lambda _to, reply: replies.append(reply), channel=name)
+        answers = _Answers()
+        origin = Origin(
+            "socket",
+            reply=lambda _to, reply: replies.append(reply),
+            channel=name,
+            answering=answers.begun,
+        )
         try:
             while True:
                 complete: list[bytes] = []
@@ -218,7 +224,7 @@ class SocketBroker(BrokerBase):
                     return
                 for line in complete:
                     if line and not line.isspace():  # as line.strip(), without a copy
-                        await self._handle_line(client, line, deliver, origin, replies)
+                        await self._handle_line(client, line, deliver, origin, replies, answers)
         except LineTooLong as exc:
             self._stats.rejected["oversized"] += 1
             logger.warning("%s: %s: closing the connection", name, exc)
@@ -238,14 +244,17 @@ class SocketBroker(BrokerBase):
         deliver: Deliver,
         origin: Origin,
         replies: list[Mapping[str, Any]],
+        answers: _Answers,
     ) -> None:
         """Deliver one line, then send back the control replies it produced.
 
-        A reply over 1 kB goes as chunk envelopes, one per line. Whatever goes wrong costs
-        this line only.
+        A command answered in a task of its own is waited for (the service goes on
+        meanwhile); the next line is read after. A reply over 1 kB goes as chunk envelopes,
+        one per line. Whatever goes wrong costs this line only.
         """
         try:
             deliver(line.decode("utf-8", errors="replace"), origin)
+            await answers.all_ended()
             for reply in replies:
                 text = json.dumps(reply, separators=(",", ":"), default=str)
                 await self._send(client, "".join(part + "\n" for part in socket_lines(text)))
@@ -266,6 +275,35 @@ class SocketBroker(BrokerBase):
             await client.send(text.encode())
             return
         raise ClientStalled
+
+
+class _Answers:
+    """The control messages of one connection being answered in tasks of their own."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._ended = anyio.Event()
+
+    def begun(self) -> Callable[[], None]:
+        """One more is being answered; call what this returns once it has ended."""
+        self._running += 1
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self._running -= 1
+                if not self._running:
+                    self._ended.set()
+
+        return end
+
+    async def all_ended(self) -> None:
+        """Wait until none is being answered."""
+        while self._running:
+            await self._ended.wait()
+            self._ended = anyio.Event()
 
 
 def create(options: Mapping[str, Any], context: BrokerContext) -> SocketBroker:
