@@ -17,6 +17,7 @@ from typing import Final
 from dispatcher.config import Settings
 from dispatcher.publish import interception
 from dispatcher.publish.errors import InvalidSubmission, PublishError
+from dispatcher.publish.per_config import PerConfig
 from dispatcher.publish.registry import registry
 from dispatcher.publish.routing import broker_for
 from dispatcher.schema import InvalidArgumentType
@@ -34,8 +35,8 @@ TASK_NAME_CUTOFF: Final = 0.75
 MAX_REMEMBERED_NAMES: Final = 4096
 """Names remembered as checked; past that they are forgotten (and may be warned about again)."""
 
-_checked_queues: tuple[Settings | None, dict[str, str | None]] = (None, {})
-"""The config the queues were checked under, and those queues."""
+_checked_queues: PerConfig[dict[str, str | None]] = PerConfig(lambda settings: {})
+"""The queues checked under each config used lately, and the refusal of each (if any)."""
 _checked_tasks: set[str] = set()
 
 
@@ -116,11 +117,9 @@ def check_queue(queue: str, settings: Settings) -> None:
     :raises InvalidSubmission: when *queue* is a near miss of a durable queue's name (a
         typo would otherwise turn a job stored for sure into a NOTIFY nobody hears).
     """
-    global _checked_queues
-    checked_under, checked = _checked_queues
-    if checked_under is not settings or len(checked) >= MAX_REMEMBERED_NAMES:
-        checked = {}
-        _checked_queues = settings, checked
+    checked = _checked_queues.get(settings)
+    if len(checked) >= MAX_REMEMBERED_NAMES:
+        checked.clear()
     if queue in checked:
         refusal = checked[queue]
         if refusal is not None:
