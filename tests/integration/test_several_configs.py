@@ -18,9 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from dispatcher.config import Settings, load_settings, reset, setup, using
+from dispatcher.config import Settings, install, load_settings, reset, setup, using
 from dispatcher.control import control
 from dispatcher.publish import (
+    InvalidSubmission,
     aclose_connections,
     aget_job,
     asubmit_task,
@@ -196,3 +197,47 @@ def test_notifies_signatures_and_control_follow_the_block(
     ]
     assert [(m["task"], m["args"]) for m in in_b] == [("support.tasks.add", [2, 2])]
     assert wait_for_notifies(b.conn, 1, timeout=0.2) == []
+
+
+def test_a_batch_sends_with_the_config_in_force_where_it_opened(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    install(a.settings)
+    opened, switched = threading.Event(), threading.Event()
+    sent: list[str] = []
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            with batch():
+                sent.append(submit_task(tasks.add, args=[1, 1], queue=QUEUE).uuid)
+                opened.set()
+                switched.wait(10)  # another thread sets up config B meanwhile
+                sent.append(submit_task(tasks.add, args=[2, 2], queue=QUEUE).uuid)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    assert opened.wait(10)
+    setup(_config(b.dsn, b.schema, "unused", signed=False))
+    switched.set()
+    thread.join(10)
+    assert failures == []
+    assert a.uuids() == set(sent)
+    assert b.uuids() == set()
+    in_b = submit_task(tasks.add, args=[3, 3], queue=QUEUE)  # the new config's, once ended
+    assert b.uuids() == {in_b.uuid}
+
+
+def test_a_batch_holds_only_its_own_configs_submissions(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    with batch():
+        in_b = submit_task(tasks.add, args=[1, 1], queue=QUEUE)
+        with using(a.settings):
+            with pytest.raises(InvalidSubmission, match=r"prepared under another config than"):
+                submit_task(tasks.add, args=[2, 2], queue=QUEUE)
+            with batch():  # sent by itself, to config A, when it ends
+                in_a = submit_task(tasks.add, args=[3, 3], queue=QUEUE)
+            assert a.uuids() == {in_a.uuid}
+        assert b.uuids() == set()
+    assert b.uuids() == {in_b.uuid}
