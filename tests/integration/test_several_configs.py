@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import Settings, install, load_settings, reset, setup, using
 from dispatcher.control import control
@@ -33,6 +35,7 @@ from dispatcher.publish import (
 from support import tasks
 from support.durable import jobs, own_schema
 from support.postgres import own_database, unique_channel, wait_for_notifies
+from support.service import wait_until
 
 QUEUE = "orders"
 """The durable queue of both configs: one name, two databases."""
@@ -241,3 +244,69 @@ def test_a_batch_holds_only_its_own_configs_submissions(sides: tuple[Side, Side]
             assert a.uuids() == {in_a.uuid}
         assert b.uuids() == set()
     assert b.uuids() == {in_b.uuid}
+
+
+def _sdk_connections(conn: psycopg.Connection[Any], name: str) -> list[int]:
+    """The server pids of the connections named *name* (the SDK's, given that name)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid", (name,)
+    ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def _named(dsn: str, name: str) -> str:
+    return make_conninfo(dsn, application_name=name)
+
+
+def test_a_new_config_lets_go_of_the_connections_it_no_longer_needs(
+    sides: tuple[Side, Side], channel: str
+) -> None:
+    a, b = sides
+    name = unique_channel("sdk")
+    setup(_config(_named(a.dsn, name), a.schema, channel, signed=False))
+    submit_task(tasks.add, args=[1, 1], queue=channel)
+    [pid] = _sdk_connections(a.conn, name)
+    inside, done = threading.Event(), threading.Event()
+    pids: list[list[int]] = []
+    old = load_settings(_config(_named(a.dsn, name), a.schema, channel, signed=False))
+
+    def in_a_block() -> None:
+        with using(old):
+            inside.set()
+            done.wait(10)
+            submit_task(tasks.add, args=[2, 2], queue=channel)
+            pids.append(_sdk_connections(a.conn, name))
+
+    thread = threading.Thread(target=in_a_block)
+    thread.start()
+    assert inside.wait(10)
+    install(b.settings)  # a block still uses the database: its connection stays
+    done.set()
+    thread.join(10)
+    assert pids == [[pid]]
+    install(b.settings)  # no block uses it any more: closed
+    assert wait_until(lambda: _sdk_connections(a.conn, name) == [], timeout=10)
+
+
+def test_an_event_loop_lets_go_of_its_connections_no_config_needs(
+    sides: tuple[Side, Side], channel: str
+) -> None:
+    a, b = sides
+    name = unique_channel("sdk")
+    setup(_config(_named(a.dsn, name), a.schema, channel, signed=False))
+
+    async def main() -> tuple[list[int], list[int]]:
+        try:
+            await asubmit_task(tasks.add, args=[1, 1], queue=channel)
+            opened = _sdk_connections(a.conn, name)
+            install(b.settings)
+            await asubmit_task(tasks.add, args=[2, 2], queue=channel)
+            deadline = time.monotonic() + 10
+            while _sdk_connections(a.conn, name) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return opened, _sdk_connections(a.conn, name)
+        finally:
+            await aclose_connections()
+
+    opened, left = asyncio.run(main())
+    assert (len(opened), left) == (1, [])

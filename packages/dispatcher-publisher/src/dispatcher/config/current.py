@@ -54,6 +54,7 @@ def setup(
     global _settings
     with _lock:
         _settings = settings
+    _replaced(settings)
     return settings
 
 
@@ -121,7 +122,24 @@ def install(settings: Settings) -> Settings:
     global _settings
     with _lock:
         _settings = settings
+    _replaced(settings)
     return settings
+
+
+_when_replaced: list[Callable[[Settings], object]] = []
+
+
+def when_replaced(hook: Callable[[Settings], object]) -> None:
+    """Call *hook* with the new config each time :func:`setup` or :func:`install` installs one.
+
+    For what the SDK keeps per database: what no config in use needs any more is let go of.
+    """
+    _when_replaced.append(hook)
+
+
+def _replaced(settings: Settings) -> None:
+    for hook in list(_when_replaced):
+        hook(settings)
 
 
 def is_setup() -> bool:

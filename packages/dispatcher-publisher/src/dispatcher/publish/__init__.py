@@ -24,6 +24,7 @@ replies, a command-line tool): :class:`ConnectionProvider` and
 its password).
 """
 
+from dispatcher.publish import retiring  # noqa: F401  (lets go of connections no config needs)
 from dispatcher.publish.batching import Batch
 from dispatcher.publish.chunking import ChunkAssembler, split_message
 from dispatcher.publish.connections import broker_unavailable, describe_server
