@@ -106,6 +106,7 @@ NOTIFY = Twin(
         "async_close_when_free": "sync_close_when_free",
         "async_later": "sync_later",
         "async_inside": "sync_inside",
+        "async_in_loop": "sync_in_loop",
         "aclose_connections": "close_connections",
         "asend": "send",
         "acontrol_with_reply": "control_with_reply",

@@ -104,6 +104,42 @@ def test_a_near_miss_of_a_durable_queue_is_refused_every_time(
     assert prepare_submission(tasks.add, args=[1, 2], queue="paymnets").channel == "paymnets"
 
 
+@pytest.mark.parametrize(
+    ("queue", "durable"),
+    [
+        ("paymnets", "payments"),  # two letters swapped
+        ("payment", "payments"),  # one missing
+        ("Payments", "payments"),  # case
+        ("payments-eu", "payments_eu"),  # separators
+        ("notifcaitons", "notifications"),  # two slips in a long word
+    ],
+)
+def test_likely_typos_of_a_durable_queue_are_refused(queue: str, durable: str) -> None:
+    configure(pg_queue={"queues": [durable]})
+    with pytest.raises(InvalidSubmission, match=f"but close to the durable queue '{durable}'"):
+        prepare_submission(tasks.add, args=[1, 2], queue=queue)
+
+
+@pytest.mark.parametrize(
+    ("queue", "durable"),
+    [
+        ("tenant1_tasks", "tenant2_tasks"),  # another number of a series
+        ("orders_sync", "orders_async"),  # another word, one letter longer
+        ("orders_us", "orders_uk"),  # a short word: another one
+        ("reports_v2", "reports_v3"),
+        ("sync_orders", "orders_sync"),  # the words in another order
+        ("orders_fast", "orders"),  # a word added
+    ],
+)
+def test_other_names_close_to_a_durable_queue_are_let_through(
+    queue: str, durable: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure(pg_queue={"queues": [durable]})
+    assert prepare_submission(tasks.add, args=[1, 2], queue=queue).channel == queue
+    [warning] = warnings_of(caplog)  # no channel of the config: warned about, sent
+    assert warning.startswith(f"queue {queue!r} is not one of brokers.pg_notify.channels")
+
+
 def test_each_config_is_checked_on_its_own(caplog: pytest.LogCaptureFixture) -> None:
     configure()
     prepare_submission(tasks.add, args=[1, 2], queue="my_app")

@@ -197,3 +197,36 @@ def test_a_refused_document_is_always_explained_whatever_it_holds(
 )
 def test_a_number_json_does_not_have_is_named_as_such(value: Any, said: str) -> None:
     assert explain("task-message", {**TASK, "timeout": value}) == [f"timeout: {said}"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "value", "quoted", "unquoted"),
+    [
+        ({"minLength": 1}, "", "'' should be non-empty", "too short (at least 1 character)"),
+        ({"minLength": 3}, "ab", "'ab' is too short (at least 3 characters)", None),
+        ({"maxLength": 0}, "a", "'a' is too long (at most 0 characters)", None),
+        ({"minItems": 1}, [], "[] is too short (at least 1 item)", "expected at least 1 item"),
+        ({"maxItems": 0}, [1], "[1] is too long (at most 0 items)", "expected at most 0 items"),
+        ({"minProperties": 1}, {}, "{} is too small (at least 1 key)", None),
+        ({"maxProperties": 0}, {"a": 1}, "{'a': 1} is too large (at most 0 keys)", None),
+        (
+            {"prefixItems": [{}], "items": False},
+            [1, 2, 3],
+            "[1, 2, 3] is too long (at most 1 item)",
+            "expected at most 1 item",
+        ),
+    ],
+)
+def test_counted_bounds_are_worded_alike_at_every_jsonschema_version(
+    schema: dict[str, Any], value: Any, quoted: str, unquoted: str | None
+) -> None:
+    # jsonschema 4.21 changed its own words for these (``'' is too short`` became ``''
+    # should be non-empty``): the problems do not depend on the version installed.
+    import jsonschema
+
+    from dispatcher.schema.errors import problems_from_errors
+
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(value))
+    assert [p.reason for p in problems_from_errors(errors)] == [quoted]
+    if unquoted is not None:
+        assert [p.reason for p in problems_from_errors(errors, quote_values=False)] == [unquoted]

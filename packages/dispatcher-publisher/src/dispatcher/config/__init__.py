@@ -10,10 +10,11 @@ named by ``$DISPATCHER_CONFIG_FILE``, else by ``$DISPATCHERD_CONFIG_FILE``, else
 ``./dispatcher.yml``. Every problem is reported as a :class:`ConfigError` (a
 :class:`DispatcherError`) naming the file, the location and the reason. dispatcherd's config
 layout (``version: 2``) is read too, translated; what has no equivalent is listed in
-:attr:`Settings.warnings`.
+:attr:`Settings.warnings`. :func:`using` gives a block of code a config of its own (in its
+thread or asyncio task only), to publish with several configs in one process.
 """
 
-from dispatcher.config.current import get_settings, install, is_setup, reset, setup
+from dispatcher.config.current import Using, get_settings, install, is_setup, reset, setup, using
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.loading import (
     CONFIG_FILE_ENV,
@@ -73,6 +74,7 @@ __all__ = [
     "SocketBroker",
     "TaskOptions",
     "Tasks",
+    "Using",
     "Worker",
     "get_settings",
     "install",
@@ -82,4 +84,5 @@ __all__ = [
     "load_settings",
     "reset",
     "setup",
+    "using",
 ]

@@ -24,6 +24,9 @@ replies, a command-line tool): :class:`ConnectionProvider` and
 its password).
 """
 
+# libpq first: without libpq, it says what to install (psycopg's ImportError does not);
+# retiring lets go of the connections no config needs once another one is set up.
+from dispatcher.publish import libpq, retiring  # noqa: F401
 from dispatcher.publish.batching import Batch
 from dispatcher.publish.chunking import ChunkAssembler, split_message
 from dispatcher.publish.connections import broker_unavailable, describe_server

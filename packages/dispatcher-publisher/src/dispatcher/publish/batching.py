@@ -15,6 +15,9 @@ handler's, before the exit's first line ran: nothing of the exit ran) harmless: 
 over: what is submitted next is sent at once, or joins the block still running around it.
 Anything submitted where no batch is usable is sent at once, never held by a batch that
 will not send it.
+
+A batch is sent with the config in force where its block began, which its block's code uses
+too (see ``dispatcher.config.using``), whatever another thread sets up meanwhile.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
+from dispatcher.config import Settings
+from dispatcher.config.current import Using, in_force, override, restore
+from dispatcher.publish.errors import InvalidSubmission
 from dispatcher.publish.submission import Submission
 from dispatcher.schema import InvalidArgumentType
 
@@ -74,6 +81,9 @@ class Batch:
     holder: Callable[[], object | None] = field(default=_held_for_ever, repr=False, compare=False)
     """A weak reference to what the ``with`` statement that entered the block holds while
     the block runs (see :class:`BlockExit`): ``None`` once it is gone."""
+    settings: Settings | None = field(default=None, repr=False, compare=False)
+    """The config in force where the block began, which its code uses and the batch is sent
+    with (``None``: none was in force then; the one in force when it is sent)."""
     # Re-entrant: a signal handler (or a __del__) submitting in the thread it interrupted
     # may find that thread adding to the batch.
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -131,6 +141,8 @@ def collect(submission: Submission, connection: object | None) -> bool:
     """Add *submission* to the innermost usable batch, if any; tell whether it was added.
 
     :raises TypeError: when a connection is passed to a single call inside a batch.
+    :raises InvalidSubmission: when it was prepared under another config than the batch's
+        (a ``using()`` block inside the ``batch()`` block).
     """
     batch = current_batch.get()
     while batch is not None:
@@ -138,23 +150,38 @@ def collect(submission: Submission, connection: object | None) -> bool:
             raise InvalidArgumentType(
                 "inside batch(), pass connection= to batch(), not to each submission"
             )
+        settings = batch.settings
+        if settings is not None and settings is not in_force() and batch.usable:
+            raise InvalidSubmission(
+                f"cannot submit {submission.message.get('task')} inside batch(): it was"
+                f" prepared under another config than the batch's ({settings.source}), which"
+                " sends it to its own brokers: open the batch() inside the using() block"
+            )
         if batch.add([submission]):
             return True
         batch = batch.parent
     return False
 
 
-def join(batch: Batch | None, submissions: Sequence[Submission], connection: object | None) -> bool:
+def join(
+    batch: Batch | None,
+    submissions: Sequence[Submission],
+    connection: object | None,
+    settings: Settings | None,
+) -> bool:
     """Add a block's *submissions* to the batch it joins; tell whether they were added.
 
     That is *batch*, the batch usable where the block began, or the innermost batch still
     usable around that one.
 
     A block with a *connection* of its own joins only a batch on that connection: else it
-    sends in that connection's transaction itself.
+    sends in that connection's transaction itself. So does a block under another config
+    than the batch's (*settings*, the block's): its submissions go to other brokers.
     """
     while batch is not None:
         if connection is not None and connection is not batch.connection:
+            return False
+        if settings is not None and batch.settings is not None and settings is not batch.settings:
             return False
         if batch.add(submissions):
             return True
@@ -184,7 +211,7 @@ def ending(batch: Batch) -> list[Submission]:
 class BlockState:
     """A block's entry: what its exit needs, apart from the block object (see BlockExit)."""
 
-    __slots__ = ("batch", "connection", "exit_ref", "token")
+    __slots__ = ("batch", "config_token", "connection", "exit_ref", "token")
 
     def __init__(self, connection: object | None) -> None:
         self.connection = connection
@@ -192,6 +219,8 @@ class BlockState:
         """The block's batch, once entered."""
         self.token: Token[Batch | None] | None = None
         """What puts the batch current before the block back, until the block has ended."""
+        self.config_token: Token[Any] | None = None
+        """What gives back the config in force before the block, until the block has ended."""
         self.exit_ref: weakref.ref[Callable[..., object]] | None = None
         """The exit the ``with`` statement looked up just before entering the block."""
 
@@ -220,11 +249,17 @@ class Block:
         # however; else (entered by hand, or by an ExitStack) the block object is.
         holder = exit_ref if exit_ref is not None and exit_ref() is not None else weakref.ref(self)
         previous = current_batch.get()
-        batch = state.batch = Batch(connection=state.connection, parent=current(), holder=holder)
+        settings = in_force()
+        batch = state.batch = Batch(
+            connection=state.connection, parent=current(), holder=holder, settings=settings
+        )
         # Made current last, and undone on any exception until the block has it: one a
         # signal handler raises (KeyboardInterrupt, a task's cancel, a deadline) as set()
-        # returns leaves no batch open behind it.
+        # returns leaves no batch open behind it. The block's config is the batch's while
+        # the batch is usable only: even left behind, it ends with the block.
         try:
+            if settings is not None:
+                state.config_token = override(settings, lambda: batch.usable)
             state.token = current_batch.set(batch)
             return batch
         except BaseException:
@@ -233,6 +268,9 @@ class Block:
                 current_batch.reset(state.token)
             elif current_batch.get() is batch:  # (interrupted as set() returned)
                 current_batch.set(previous)
+            if state.config_token is not None:
+                restore(state.config_token)
+                state.config_token = None
             raise
 
 
@@ -254,9 +292,18 @@ def leave(state: BlockState, ok: bool) -> list[Submission]:
     finally:
         state.token = None
         current_batch.reset(token)
-    if join(batch.parent, submissions, state.connection):
+        config_token, state.config_token = state.config_token, None
+        if config_token is not None:
+            restore(config_token)
+    if join(batch.parent, submissions, state.connection, batch.settings):
         return []
     return submissions
+
+
+def sending_config(state: BlockState) -> AbstractContextManager[object]:
+    """The block that sends a block's batch with its config: the one in force where it began."""
+    settings = None if state.batch is None else state.batch.settings
+    return nullcontext() if settings is None else Using(settings)
 
 
 R = TypeVar("R")

@@ -855,6 +855,22 @@ def sync_require_loop() -> None:
     """The sync twin of :func:`async_require_loop`: nothing to check."""
 
 
+def async_in_loop() -> bool:
+    """Whether an asyncio event loop runs here (async connections may be used)."""
+    import asyncio  # only async callers pay for it
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def sync_in_loop() -> bool:
+    """The sync twin of :func:`async_in_loop`: sync connections may always be used."""
+    return True
+
+
 def running_loop() -> asyncio.AbstractEventLoop:
     """The running asyncio event loop.
 

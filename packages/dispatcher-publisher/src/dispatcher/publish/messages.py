@@ -12,7 +12,6 @@ from typing import Any, Final, NamedTuple
 from dispatcher.config import (
     ConfigError,
     NotConfiguredError,
-    Settings,
     SigningKey,
     get_settings,
 )
@@ -28,6 +27,7 @@ from dispatcher.publish.json_values import (
     shown,
 )
 from dispatcher.publish.mistakes import check_queue, check_task_name
+from dispatcher.publish.per_config import PerConfig
 from dispatcher.publish.pg_text import text_problem
 from dispatcher.publish.registry import Queue, RegisteredTask, check_max_attempts, registry
 from dispatcher.publish.routing import default_broker, job_broker_for
@@ -367,9 +367,9 @@ class _Route(NamedTuple):
 MAX_REMEMBERED_ROUTES: Final = 1024
 """Routes remembered per config (queue functions may name many queues): then forgotten."""
 
-_routes: tuple[Settings | None, dict[str | None, _Route]] = (None, {})
-"""The config in force and the routes found under it, by the queue a submission names
-(``None``: the default queue). A config never changes, nor do its brokers' queues."""
+_routes: PerConfig[dict[str | None, _Route]] = PerConfig(lambda settings: {})
+"""The routes found under each config used lately, by the queue a submission names (``None``:
+the default queue). A config never changes, nor do its brokers' queues."""
 
 
 def _known_route(queue: str | None) -> _Route | None:
@@ -380,8 +380,7 @@ def _known_route(queue: str | None) -> _Route | None:
         settings = get_settings()
     except ConfigError:
         return None  # the long way says what is wrong, when it matters
-    remembered, routes = _routes
-    return routes.get(queue) if remembered is settings else None
+    return _routes.get(settings).get(queue)
 
 
 def _remember_route(queue: str | None, channel: str, durable: bool) -> _Route:
@@ -389,7 +388,6 @@ def _remember_route(queue: str | None, channel: str, durable: bool) -> _Route:
 
     A NOTIFY channel no service of the config listens on is warned about here, once.
     """
-    global _routes
     route = _Route(channel, durable, signing_key())
     try:
         settings = get_settings()
@@ -397,10 +395,9 @@ def _remember_route(queue: str | None, channel: str, durable: bool) -> _Route:
         return route  # an explicit queue and connection need no config
     if not durable:
         check_queue(channel, settings)
-    remembered, routes = _routes
-    if remembered is not settings or len(routes) >= MAX_REMEMBERED_ROUTES:
-        routes = {}
-        _routes = settings, routes
+    routes = _routes.get(settings)
+    if len(routes) >= MAX_REMEMBERED_ROUTES:
+        routes.clear()
     routes[queue] = route
     return route
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
@@ -17,15 +18,22 @@ from typing import Final
 from dispatcher.config import Settings
 from dispatcher.publish import interception
 from dispatcher.publish.errors import InvalidSubmission, PublishError
+from dispatcher.publish.per_config import PerConfig
 from dispatcher.publish.registry import registry
 from dispatcher.publish.routing import broker_for
 from dispatcher.schema import InvalidArgumentType
 
 logger = logging.getLogger("dispatcher.publish")
 
-TYPO_CUTOFF: Final = 0.8
-"""How alike a NOTIFY queue's name must be to a durable queue's to be refused as its typo
-(``paymnets`` and ``payments``: 0.88; ``orders_fast`` and ``orders``: 0.71, let through)."""
+TYPO_MIN_WORD: Final = 5
+"""The shortest word of a queue's name a one-character slip in which is taken for a typo:
+a slip in a shorter one makes another word as often (``orders_us``, ``orders_uk``)."""
+
+TYPO_MIN_WORD_TWO_SLIPS: Final = 8
+"""The shortest word of a queue's name two slips in which are taken for a typo."""
+
+_WORDS: Final = re.compile(r"[0-9]+|[^\W\d_]+")
+"""The words of a queue's name: runs of letters, runs of digits (separators and case aside)."""
 
 TASK_NAME_CUTOFF: Final = 0.75
 """How alike two parts of task names must be to suggest one for the other (``sned`` and
@@ -34,8 +42,8 @@ TASK_NAME_CUTOFF: Final = 0.75
 MAX_REMEMBERED_NAMES: Final = 4096
 """Names remembered as checked; past that they are forgotten (and may be warned about again)."""
 
-_checked_queues: tuple[Settings | None, dict[str, str | None]] = (None, {})
-"""The config the queues were checked under, and those queues."""
+_checked_queues: PerConfig[dict[str, str | None]] = PerConfig(lambda settings: {})
+"""The queues checked under each config used lately, and the refusal of each (if any)."""
 _checked_tasks: set[str] = set()
 
 
@@ -107,20 +115,84 @@ def _similarity(text: str, other: str) -> float:
     return matcher.ratio()
 
 
+def is_typo_of(name: str, meant: str) -> bool:
+    """Whether the queue name *name* is likely a slip of the fingers for *meant*.
+
+    That is, the same words but for case and separators (``Payments``, ``payments-eu`` for
+    ``payments_eu``, ``orderssync`` for ``orders_sync``), or the same words but one, which
+    is one slip away from its counterpart (a letter missing, extra, wrong, or two letters
+    swapped: ``paymnets``, ``payment``), two in a long one (``notifcaitons``). Not another
+    word: one with other digits (``tenant1_tasks``, ``tenant2_tasks``), one a letter or two
+    longer in front (``orders_sync``, ``orders_async``), a short one (``orders_us``,
+    ``orders_uk``), words added, left out or in another order.
+    """
+    if name == meant:
+        return False
+    words, meant_words = _WORDS.findall(name.lower()), _WORDS.findall(meant.lower())
+    if "".join(words) == "".join(meant_words):
+        return True
+    if len(words) != len(meant_words):
+        return False
+    differing = [(w, m) for w, m in zip(words, meant_words, strict=True) if w != m]
+    if len(differing) != 1:
+        return False
+    word, meant_word = differing[0]
+    if word.isdigit() or meant_word.isdigit():
+        return False  # another number: a name of a series (tenant1, tenant2)
+    if word.endswith(meant_word) or meant_word.endswith(word):
+        return False  # a prefix added: another word (sync, async; send, resend)
+    longest = max(len(word), len(meant_word))
+    if longest < TYPO_MIN_WORD:
+        return False
+    slips = 1 if longest < TYPO_MIN_WORD_TWO_SLIPS else 2
+    return _slips(word, meant_word, slips) <= slips
+
+
+def _slips(text: str, other: str, most: int) -> int:
+    """How many slips make *other* of *text*; past *most*, any number above it.
+
+    A slip: a character inserted, deleted or replaced, or two adjacent ones swapped.
+    """
+    if abs(len(text) - len(other)) > most:
+        return most + 1
+    before: list[int] | None = None
+    previous = list(range(len(other) + 1))
+    for i, char in enumerate(text, 1):
+        row = [i]
+        for j, other_char in enumerate(other, 1):
+            cost = min(
+                previous[j] + 1,
+                row[j - 1] + 1,
+                previous[j - 1] + (char != other_char),
+            )
+            if (
+                before is not None
+                and i > 1
+                and j > 1
+                and char == other[j - 2]
+                and text[i - 2] == other_char
+            ):
+                cost = min(cost, before[j - 2] + 1)
+            row.append(cost)
+        if min(row) > most:
+            return most + 1
+        before, previous = previous, row
+    return previous[-1]
+
+
 def check_queue(queue: str, settings: Settings) -> None:
     """Warn, once per queue and config, when *queue* goes by NOTIFY where no service listens.
 
     That is a queue the pg_notify broker carries (no other broker claims it) while not one of
     the ``brokers.pg_notify.channels`` the config lists. Nothing when it lists none.
 
-    :raises InvalidSubmission: when *queue* is a near miss of a durable queue's name (a
-        typo would otherwise turn a job stored for sure into a NOTIFY nobody hears).
+    :raises InvalidSubmission: when *queue* is likely a typo of a durable queue's name
+        (:func:`is_typo_of`): it would otherwise turn a job stored for sure into a NOTIFY
+        nobody hears.
     """
-    global _checked_queues
-    checked_under, checked = _checked_queues
-    if checked_under is not settings or len(checked) >= MAX_REMEMBERED_NAMES:
-        checked = {}
-        _checked_queues = settings, checked
+    checked = _checked_queues.get(settings)
+    if len(checked) >= MAX_REMEMBERED_NAMES:
+        checked.clear()
     if queue in checked:
         refusal = checked[queue]
         if refusal is not None:
@@ -135,7 +207,7 @@ def check_queue(queue: str, settings: Settings) -> None:
     except PublishError:
         return  # sending says what is wrong
     durable = settings.brokers.pg_queue.queues if settings.brokers.pg_queue is not None else ()
-    near_durable = close_name(queue, durable, cutoff=TYPO_CUTOFF)
+    near_durable = next((name for name in durable if is_typo_of(queue, name)), None)
     if near_durable is not None:
         refusal = checked[queue] = (
             f"queue {queue!r} is not one of brokers.pg_queue.queues in {settings.source}, "

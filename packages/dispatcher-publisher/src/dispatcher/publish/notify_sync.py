@@ -5,10 +5,11 @@ Generated from ``notify_async.py`` by ``tools/async_to_sync.py``; do not edit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Final
 
 import psycopg
@@ -34,6 +35,7 @@ from dispatcher.publish.connections import (
     rolled_back,
     stopped_answering,
     sync_close_when_free,
+    sync_in_loop,
     sync_inside,
     sync_later,
     sync_opening_lock,
@@ -438,6 +440,36 @@ class ConnectionProvider:
             self._lock.release()
         self._close_retired(closing, owner)
 
+    def let_go_here(self) -> bool:
+        """Let go of the caller's connection, and of those whose owners are gone, for good.
+
+        For a provider no caller gets any more (see :func:`retire_providers`): its
+        connection is closed once the statement running on it ends, by a task of the
+        caller's event loop (a daemon thread, for the sync twin). Connections of other
+        event loops still running are theirs to let go of. Tell whether none is left.
+        """
+        spare = self._spare
+        if spare is not None:
+            spare.let_go_here()
+        owner = sync_owner()
+        slots = self._slots
+        if owner.key not in slots and all(slot.owner.alive() for slot in slots.values()):
+            return not slots
+        if not self._lock.acquire(timeout=LOCK_WAIT):
+            return False  # (the thread this caller interrupted holds it: another time)
+        try:
+            closing = self._retire(owner)
+        finally:
+            self._lock.release()
+        for slot in closing:
+            if slot.connection is None:
+                continue
+            if slot.owner.same(owner):
+                sync_later(sync_close_when_free, slot.connection)
+            else:
+                abandon(slot.connection, slot.owner)
+        return not self._slots
+
     def _close_when_unlocked(self, owner: Owner) -> None:
         with self._lock:
             closing = self._retire(owner)
@@ -463,6 +495,9 @@ class ConnectionProvider:
 
 
 _providers: dict[str, ConnectionProvider] = {}
+_retired: list[ConnectionProvider] = []
+"""Providers let go of (no config in use names their conninfo) that still hold connections:
+each event loop lets go of its own at its next submission (see :func:`retire_providers`)."""
 # Re-entrant: a signal handler submitting in the thread it interrupted may find it making
 # the provider.
 _providers_lock = threading.RLock()
@@ -484,6 +519,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def shared_provider(conninfo: str) -> ConnectionProvider:
     """The SDK's own connection to *conninfo*, shared by every caller in this process."""
+    if _retired:
+        let_go_retired()
     provider = _providers.get(conninfo)
     if provider is not None:
         return provider
@@ -492,6 +529,31 @@ def shared_provider(conninfo: str) -> ConnectionProvider:
         if provider is None:
             provider = _providers[conninfo] = ConnectionProvider(conninfo)
         return provider
+
+
+def retire_providers(keep: Collection[str]) -> None:
+    """Let go of the SDK's own connections to conninfos not in *keep*, closed once free.
+
+    For a config replaced by one that names other databases: its connections would
+    otherwise stay open for good. Those of the caller's event loop (of the process, for the
+    sync twin) are closed now, once the statement running on them ends; those of other
+    event loops at their next submission. A caller that still needs one opens a new one.
+    """
+    with _providers_lock:
+        unused = [provider for conninfo, provider in _providers.items() if conninfo not in keep]
+        for provider in unused:
+            del _providers[provider.conninfo]
+        _retired.extend(unused)
+    if sync_in_loop():  # (else each event loop lets go of its own at its next submission)
+        let_go_retired()
+
+
+def let_go_retired() -> None:
+    """Let go of the caller's connections of the providers retired (:func:`retire_providers`)."""
+    for provider in list(_retired):
+        if provider.let_go_here():
+            with contextlib.suppress(ValueError):  # (another caller's, just now)
+                _retired.remove(provider)
 
 
 def close_connections() -> None:

@@ -11,8 +11,6 @@ when configured, else the task default.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -24,6 +22,7 @@ from dispatcher.publish.brokers import (
     is_job_broker,
 )
 from dispatcher.publish.errors import PublishError
+from dispatcher.publish.per_config import PerConfig
 from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_notify import create as create_pg_notify
 from dispatcher.publish.pg_queue import create as create_pg_queue
@@ -51,28 +50,8 @@ class _Brokers:
         self.jobs_by_queue: dict[str, JobBroker | None] = {}
 
 
-_current: _Brokers | None = None
-# Re-entrant: a signal handler (or a __del__) submitting in the thread it interrupted may find
-# that thread holding it.
-_lock = threading.RLock()
-
-
-def _after_fork_in_child() -> None:
-    # A lock held by another thread at the fork would stay held for ever in the child.
-    global _lock
-    _lock = threading.RLock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _brokers(settings: Settings) -> _Brokers:
-    global _current
-    current = _current
-    if current is None or current.settings is not settings:
-        with _lock:
-            current = _current = _Brokers(settings)
-    return current
+_brokers: PerConfig[_Brokers] = PerConfig(_Brokers)
+"""The publishing brokers of each config used lately."""
 
 
 def publish_broker(name: str, settings: Settings | None = None) -> PublishBroker:
@@ -82,7 +61,7 @@ def publish_broker(name: str, settings: Settings | None = None) -> PublishBroker
         side (or it cannot be loaded).
     """
     settings = settings or get_settings()
-    brokers = _brokers(settings)
+    brokers = _brokers.get(settings)
     broker = brokers.built.get(name)
     if broker is not None:
         return broker
@@ -135,12 +114,7 @@ def control_broker(settings: Settings | None = None) -> PublishBroker:
 def broker_for(queue: str, settings: Settings | None = None) -> PublishBroker:
     """The broker a task for *queue* goes through."""
     settings = settings or get_settings()
-    current = _current
-    if current is not None and current.settings is settings:  # known: one dict look-up
-        broker = current.by_queue.get(queue)
-        if broker is not None:
-            return broker
-    brokers = _brokers(settings)
+    brokers = _brokers.get(settings)
     broker = brokers.by_queue.get(queue)
     if broker is None:
         claims = (publish_broker(name, settings) for name in settings.brokers.names)
@@ -161,7 +135,7 @@ def job_broker_for(queue: str) -> JobBroker | None:
         return None
     if settings.brokers.pg_queue is None and not settings.brokers.plugins:
         return None
-    brokers = _brokers(settings)
+    brokers = _brokers.get(settings)
     try:
         return brokers.jobs_by_queue[queue]
     except KeyError:

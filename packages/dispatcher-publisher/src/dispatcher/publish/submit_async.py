@@ -15,7 +15,15 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import interception
-from dispatcher.publish.batching import Batch, Block, BlockExit, BlockState, collect, leave
+from dispatcher.publish.batching import (
+    Batch,
+    Block,
+    BlockExit,
+    BlockState,
+    collect,
+    leave,
+    sending_config,
+)
 from dispatcher.publish.brokers import Outgoing, PublishBroker, is_job_broker
 from dispatcher.publish.connections import async_require_loop, expect_connection, in_use_here
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
@@ -235,7 +243,8 @@ async def _aexit_block(
     """Send the block's batch (or join it to the outer one's), unless the block raised."""
     submissions = leave(state, kind is None)
     if submissions:
-        await asend(submissions, state.connection)
+        with sending_config(state):
+            await asend(submissions, state.connection)
 
 
 class AsyncBatchBlock(Block):

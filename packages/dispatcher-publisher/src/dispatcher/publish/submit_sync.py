@@ -14,7 +14,15 @@ from psycopg import Connection
 from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import interception
-from dispatcher.publish.batching import Batch, Block, BlockExit, BlockState, collect, leave
+from dispatcher.publish.batching import (
+    Batch,
+    Block,
+    BlockExit,
+    BlockState,
+    collect,
+    leave,
+    sending_config,
+)
 from dispatcher.publish.brokers import Outgoing, PublishBroker, is_job_broker
 from dispatcher.publish.connections import expect_connection, in_use_here, sync_require_loop
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
@@ -234,7 +242,8 @@ def _exit_block(
     """Send the block's batch (or join it to the outer one's), unless the block raised."""
     submissions = leave(state, kind is None)
     if submissions:
-        send(submissions, state.connection)
+        with sending_config(state):
+            send(submissions, state.connection)
 
 
 class BatchBlock(Block):

@@ -252,8 +252,36 @@ def _reason(error: ValidationError, schema: dict[str, Any]) -> str:
     if keyword == "enum":
         choices = ", ".join(repr(choice) for choice in expected)
         return f"{quoted(instance)} is not one of {choices}"
+    if keyword == "items" and expected is False:  # no item past prefixItems
+        expected, keyword = len(schema.get("prefixItems", [])), "maxItems"
+    counted = _count_rule(keyword, expected)
+    if counted is not None:
+        # Worded here: jsonschema's words for these changed in 4.21 ("is too short" became
+        # "should be non-empty" for a bound of 1; items: false's too), and the message must
+        # not depend on the version installed.
+        if keyword == "minLength" and expected == 1 and instance == "":
+            return "'' should be non-empty"
+        return f"{quoted(instance)} is {counted}"
     # jsonschema's own words quote the value whole: quote it as above instead.
     return str(error.message).replace(repr(instance), quoted(instance))
+
+
+_COUNTED = {
+    "minLength": ("too short (at least", "character"),
+    "maxLength": ("too long (at most", "character"),
+    "minItems": ("too short (at least", "item"),
+    "maxItems": ("too long (at most", "item"),
+    "minProperties": ("too small (at least", "key"),
+    "maxProperties": ("too large (at most", "key"),
+}
+
+
+def _count_rule(keyword: object, limit: Any) -> str | None:
+    """``too short (at least 2 characters)`` and the like, for a keyword bounding a count."""
+    if keyword not in _COUNTED or not isinstance(limit, int):
+        return None
+    rule, unit = _COUNTED[keyword]
+    return f"{rule} {limit} {unit}{'' if limit == 1 else 's'})"
 
 
 _INT_OR_FLOAT = ", which is no number of JSON: give an int or a float"
@@ -304,6 +332,8 @@ def _unquoted_reason(error: ValidationError, schema: dict[str, Any]) -> str:
         return f"must be {expected!r}"
     if keyword == "enum":
         return f"expected one of {', '.join(repr(choice) for choice in expected)}"
+    if keyword == "items" and expected is False:  # no item past prefixItems
+        expected, keyword = len(schema.get("prefixItems", [])), "maxItems"
     if keyword in ("minItems", "maxItems", "minProperties", "maxProperties"):
         bound = "least" if keyword.startswith("min") else "most"
         what = "item" if keyword.endswith("Items") else "key"
