@@ -56,6 +56,7 @@ from dispatcher.server.brokers.pg_queue.privileges import SCHEDULE, SETTLE, Priv
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
+from dispatcher.server.cancelling import execute_within
 from dispatcher.server.logsafe import counted, first_line, get_logger, named_list
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
@@ -383,7 +384,7 @@ class PgQueueBroker(BrokerBase):
         await self._check_tables(conn)
 
         async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
-            return await (await conn.execute(statement, params)).fetchall()
+            return await execute_within(conn, statement, dict(params))  # (a renewal's limit)
 
         await self._leases.renew(fetch)
         await self._came_back(conn, self._claims_db)
@@ -404,7 +405,7 @@ class PgQueueBroker(BrokerBase):
         """
 
         async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
-            return await (await conn.execute(statement, params)).fetchall()
+            return await execute_within(conn, statement, dict(params))  # (a renewal's limit)
 
         refused = BrokerNotReady if self._tables_checked else StartRefused
         schema = self.settings.schema

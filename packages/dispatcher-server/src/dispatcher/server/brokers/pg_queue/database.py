@@ -41,6 +41,7 @@ from dispatcher.publish.connections import IdleWatch, all_attempts, note_server,
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
+from dispatcher.server.cancelling import execute_within
 from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
@@ -210,11 +211,18 @@ class QueueDatabase:
         params: Mapping[str, Any],
         *,
         unless: Callable[[], bool] | None = None,
+        cancel_safely: bool = False,
     ) -> Rows:
         """Run *statement*; return its rows (none for a statement that returns none).
 
         Not when *unless* (asked once the connection is open, the one that runs the
         statement: opening it may have changed the answer) says so: no rows then.
+
+        *cancel_safely*: the caller may give up on the statement (a time limit of its own):
+        the server is then asked to cancel it before its connection is closed, lest its
+        session stay there, waiting for what held the statement up (a commit waiting for a
+        synchronous standby is bounded by no ``statement_timeout``). See
+        :mod:`dispatcher.server.cancelling`.
 
         :raises psycopg.Error: as psycopg does (the connection is dropped if it broke).
         :raises OSError: when no connection can be opened.
@@ -223,7 +231,7 @@ class QueueDatabase:
         ended = False
         for retry in range(RETRIES + 1):
             try:
-                return await self._run(statement, params, unless)
+                return await self._run(statement, params, unless, cancel_safely)
             except RETRIED:
                 if retry == RETRIES:
                     raise
@@ -236,7 +244,11 @@ class QueueDatabase:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(
-        self, statement: bytes, params: Mapping[str, Any], unless: Callable[[], bool] | None
+        self,
+        statement: bytes,
+        params: Mapping[str, Any],
+        unless: Callable[[], bool] | None,
+        cancel_safely: bool = False,
     ) -> Rows:
         """:meth:`fetch`, once."""
         conn = await self._connection()
@@ -244,8 +256,11 @@ class QueueDatabase:
             return []
         sent = time.monotonic()
         try:
-            cursor = await conn.execute(statement, params)
-            rows = await cursor.fetchall() if cursor.description is not None else []
+            if cancel_safely:
+                rows = await execute_within(conn, statement, dict(params))
+            else:
+                cursor = await conn.execute(statement, params)
+                rows = await cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.IdleSessionTimeout):
                 self._ended_while_idle(_reason(exc.diag))

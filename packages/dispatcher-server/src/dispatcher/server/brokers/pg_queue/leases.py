@@ -242,16 +242,17 @@ class Leases:
         sent = time.monotonic()
         rows: Rows = []
         with anyio.move_on_after(limit) as renewal:
-            rows = await (fetch or self._db.fetch)(
-                self._statement,
-                {
-                    "ids": list(held),
-                    "attempts": [attempts for attempts, _ in held.values()],
-                    "claims": [claim for _, claim in held.values()],
-                    "uuids": uuids,
-                    "lease": self._lease,
-                },
-            )
+            params = {
+                "ids": list(held),
+                "attempts": [attempts for attempts, _ in held.values()],
+                "claims": [claim for _, claim in held.values()],
+                "uuids": uuids,
+                "lease": self._lease,
+            }
+            if fetch is None:
+                rows = await self._db.fetch(self._statement, params, cancel_safely=True)
+            else:
+                rows = await fetch(self._statement, params)
         if renewal.cancelled_caught:
             waited = f" ({wait:.1f} s of it waiting to reconnect)" if wait else ""
             raise TimeoutError(f"the database did not answer within {limit:g} s{waited}")

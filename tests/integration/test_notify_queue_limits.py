@@ -1,0 +1,185 @@
+"""When the server cannot take a NOTIFY: one blocked (a committing NOTIFY waits for a
+synchronous standby, holding the cluster-wide lock every other NOTIFY needs), or the
+cluster-wide NOTIFY queue full (a listener that never reads).
+
+The service's listener keeps its one connection (it neither leaves sessions behind nor
+reconnects over and over), and durable jobs are stored still (their wake-up NOTIFY is best
+effort: polling finds them). These tests disturb their whole cluster, so they have one of
+their own: an embedded PostgreSQL with a small NOTIFY queue (``max_notify_queue_pages``,
+PostgreSQL 17 and later), fast to fill.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+from dispatcher.config import PgNotifyBroker as PgNotifySettings
+from dispatcher.server.brokers.pg_notify import PgNotifyBroker
+from dispatcher.server.origin import Origin
+from dispatcher.server.stats import ServiceStats
+from support.postgres import EmbeddedServer
+
+pytestmark = pytest.mark.timeout(60)
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture(scope="module")
+def own_pg() -> Iterator[str]:
+    """The DSN of an embedded PostgreSQL these tests may reconfigure (a NOTIFY queue of 64
+    pages, 512 kB, where the server has the setting)."""
+    parent = Path(tempfile.mkdtemp(prefix="dispatcher-notifyq-pg-"))
+    try:
+        server = EmbeddedServer(parent)
+        try:
+            with psycopg.connect(server.dsn, autocommit=True) as conn:
+                if conn.info.server_version >= 170000:
+                    conn.execute("ALTER SYSTEM SET max_notify_queue_pages = 64")
+            server.stop()
+            server.start()
+            yield server.dsn
+        finally:
+            server.remove()
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def sessions(dsn: str, application_name: str) -> list[int]:
+    """The pids of the server sessions named *application_name*."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid",
+            (application_name,),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def poll(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.02)
+
+
+async def apoll(condition: Callable[[], bool], timeout: float = 20) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.02)
+
+
+@pytest.fixture
+def blocked_notify(own_pg: str) -> Iterator[None]:
+    """NOTIFY blocked cluster-wide: a committing NOTIFY waits for a synchronous standby that
+    does not exist, holding the lock every NOTIFY takes to commit."""
+    with psycopg.connect(own_pg, autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'no_such_standby'")
+        admin.execute("SELECT pg_reload_conf()")
+        poll(lambda: _setting(own_pg, "synchronous_standby_names") == "no_such_standby")
+        name = f"blocker_{uuid.uuid4().hex[:8]}"
+        blocker = threading.Thread(target=_notify_once, args=(own_pg, name), daemon=True)
+        blocker.start()
+        try:
+            poll(lambda: _waiting_for_standby(own_pg, name))
+            yield
+        finally:
+            admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            admin.execute("SELECT pg_reload_conf()")
+            blocker.join(20)
+
+
+def _setting(dsn: str, name: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _notify_once(dsn: str, application_name: str) -> None:
+    with psycopg.connect(dsn, autocommit=True, application_name=application_name) as conn:
+        # With a write: a transaction that wrote nothing else does not wait for the standby.
+        conn.execute(
+            "DO $$BEGIN CREATE TEMP TABLE written (); NOTIFY somebody_else, 'stuck'; END$$"
+        )
+
+
+def _waiting_for_standby(dsn: str, application_name: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT wait_event FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        ).fetchone()
+    return row is not None and row[0] == "SyncRep"
+
+
+@pytest.fixture
+def full_notify_queue(own_pg: str) -> Iterator[None]:
+    """The cluster's NOTIFY queue full: a listener sits in a transaction, never reading."""
+    with psycopg.connect(own_pg, autocommit=True) as lagging:
+        if lagging.info.server_version < 170000:
+            pytest.skip("max_notify_queue_pages (PostgreSQL 17): the queue is 8 GB before")
+        lagging.execute("LISTEN never_read")
+        lagging.execute("BEGIN")
+        lagging.execute("SELECT 1")
+        with psycopg.connect(own_pg, autocommit=True) as filler:
+            payload = "x" * 7900
+            for n in range(10_000):
+                try:
+                    filler.execute("SELECT pg_notify('never_read', %s)", (f"{payload}{n}",))
+                except psycopg.errors.ProgramLimitExceeded:
+                    break
+            else:
+                pytest.fail("the NOTIFY queue never filled")
+        try:
+            yield
+        finally:
+            lagging.execute("ROLLBACK")
+
+
+def listening(dsn: str, channel: str, stats: ServiceStats) -> PgNotifyBroker:
+    settings = PgNotifySettings(
+        conninfo=dsn, channels=(channel,), self_check_interval=0.1, self_check_timeout=0.3
+    )
+    return PgNotifyBroker(settings, f"dispatcher-test-{uuid.uuid4().hex[:12]}", stats)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_blocked_self_check_leaves_no_session_behind_and_keeps_the_connection(
+    own_pg: str, blocked_notify: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A self-check whose NOTIFY the server holds up is cancelled, on the connection that
+    stays: before, the listener closed it and reconnected, and its server session stayed,
+    waiting for the lock, one more at every self-check until the cluster ran out of them."""
+    stats = ServiceStats()
+    channel = f"ch_{uuid.uuid4().hex[:12]}"
+    broker = listening(own_pg, channel, stats)
+    received: list[tuple[str, Origin]] = []
+    name = broker.application_name
+    with caplog.at_level(logging.WARNING, logger="dispatcher.listener"):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(broker.run, lambda text, origin: received.append((text, origin)))
+            await apoll(lambda: stats.listener_connects == 1)
+            first = await anyio.to_thread.run_sync(sessions, own_pg, name)
+            # Several self-checks' time (each blocked, then cancelled).
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                assert await anyio.to_thread.run_sync(sessions, own_pg, name) == first
+                await anyio.sleep(0.2)
+            assert stats.listener_connects == 1
+            tasks.cancel_scope.cancel()
+    assert len(first) == 1
+    assert "held up" in caplog.text
+    assert "synchronous_standby_names" in caplog.text
+    poll(lambda: sessions(own_pg, name) == [])  # closed on the way out, nothing left behind
