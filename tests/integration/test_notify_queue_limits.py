@@ -183,3 +183,30 @@ async def test_a_blocked_self_check_leaves_no_session_behind_and_keeps_the_conne
     assert "held up" in caplog.text
     assert "synchronous_standby_names" in caplog.text
     poll(lambda: sessions(own_pg, name) == [])  # closed on the way out, nothing left behind
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_self_check_refused_by_a_full_notify_queue_keeps_the_connection(
+    own_pg: str, full_notify_queue: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server refusing the self-check's NOTIFY (its queue is full) answered: the
+    connection is fine. Before, it was replaced at every self-check, and what was sent while
+    it was being replaced was lost."""
+    stats = ServiceStats()
+    channel = f"ch_{uuid.uuid4().hex[:12]}"
+    broker = listening(own_pg, channel, stats)
+    with caplog.at_level(logging.WARNING, logger="dispatcher.listener"):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(broker.run, lambda text, origin: None)
+            await apoll(lambda: stats.listener_connects == 1)
+            first = await anyio.to_thread.run_sync(sessions, own_pg, broker.application_name)
+            await anyio.sleep(1.5)  # many self-checks
+            assert stats.listener_connects == 1
+            assert stats.listener_failures == 0
+            again = await anyio.to_thread.run_sync(sessions, own_pg, broker.application_name)
+            assert again == first
+            tasks.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in caplog.records if "NOTIFY queue" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once, not at every self-check
+    assert "pg_notification_queue_usage" in warnings[0]

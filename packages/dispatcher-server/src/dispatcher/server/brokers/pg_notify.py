@@ -10,12 +10,14 @@ after a backoff delay, and the channels are listened to again. The first retry c
 attempts fail, and while connections break again soon after they were opened. The
 self-check's message is handled here and never delivered.
 
-A connection whose server answers, but holds up the check's NOTIFY, is kept:
+A connection whose server answers, but holds up or refuses the check's NOTIFY, is kept:
 replacing it would not help, and notifications would be lost meanwhile. A NOTIFY held up
 past ``self_check_timeout`` (every NOTIFY waits at commit for a cluster-wide lock, which a
 committing NOTIFY holds: one waiting for a synchronous standby, say) is cancelled on the
-server, and that logged, once a minute at most. Only a NOTIFY that the cancel does not
-end in time has the connection replaced: its session may then stay on
+server, and that logged, once a minute at most. One whose NOTIFY the server refuses (its
+NOTIFY queue is full, say) answered as well: it is kept, and the server's error logged,
+once a minute at most. Only a NOTIFY that
+the cancel does not end in time has the connection replaced: its session may then stay on
 the server, waiting, so the delays before the next connections keep growing while that
 happens again, and listening sessions are ones the server ends once their client is gone
 (``client_connection_check_interval``, where the server has it), lest they pile up.
@@ -172,6 +174,17 @@ HELD_UP: Final = (
     "disk. Notifications (tasks, control commands and replies) are held up meanwhile"
 )
 
+REFUSED: Final = "%s refused the self-check's NOTIFY (%s); the connection answered and is kept"
+
+REFUSED_FULL: Final = (
+    "%s refused the self-check's NOTIFY (%s): its NOTIFY queue is %.0f %% full "
+    "(pg_notification_queue_usage() = %.3g). A session that LISTENs and stays in a "
+    "transaction keeps it from being emptied (the server log names its PID: 'NOTIFY queue "
+    "is ... full'); until it ends its transaction, every NOTIFY fails: tasks and control "
+    "commands sent over pg_notify, control replies (durable queues' jobs are stored still, "
+    "and found by polling). The connection answered and is kept"
+)
+
 
 class PgNotifyBroker(BrokerBase):
     """Receives notifications on ``brokers.pg_notify.channels``; replies with NOTIFY."""
@@ -283,8 +296,8 @@ class PgNotifyBroker(BrokerBase):
     async def _self_check(self, conn: psycopg.AsyncConnection[Any], drain: _Drain) -> None:
         """Send a NOTIFY to ourselves; raise :class:`SelfCheckTimeout` if it comes back late.
 
-        A NOTIFY that the server holds up is no sign of a dead connection: the server
-        answers (see the module).
+        A NOTIFY that the server holds up, or refuses, is no sign of a dead connection: the
+        server answered (see the module).
 
         :raises SelfCheckStuck: when the NOTIFY is held up, and not cancelled in time.
         """
@@ -302,6 +315,11 @@ class PgNotifyBroker(BrokerBase):
             return
         except StatementStuck:
             raise SelfCheckStuck(timeout, wait) from None
+        except psycopg.Error as exc:
+            if conn.broken or exc.sqlstate is None:
+                raise
+            await self._refused(conn, exc)
+            return
         if time.monotonic() - started >= timeout:  # completed once asked to cancel
             self._server_trouble.log(HELD_UP, self._where(), timeout)
             return
@@ -323,6 +341,22 @@ class PgNotifyBroker(BrokerBase):
 
     def _where(self) -> str:
         return describe_server(self.settings.conninfo)
+
+    async def _refused(self, conn: psycopg.AsyncConnection[Any], exc: psycopg.Error) -> None:
+        """Log that the server refused the self-check's NOTIFY (with the queue's usage if full)."""
+        reason = f"{first_line(exc)}, SQLSTATE {exc.sqlstate}"
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+            try:
+                row = await (
+                    await conn.execute("SELECT pg_catalog.pg_notification_queue_usage()")
+                ).fetchone()
+            except psycopg.Error:
+                row = None
+            if row is not None:
+                usage = float(row[0])
+                self._server_trouble.log(REFUSED_FULL, self._where(), reason, usage * 100, usage)
+                return
+        self._server_trouble.log(REFUSED, self._where(), reason)
 
 
 class _Drain:
