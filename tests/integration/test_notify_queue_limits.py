@@ -26,9 +26,14 @@ import psycopg
 import pytest
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
+from dispatcher.config import reset, setup
+from dispatcher.publish import close_connections, submit_task
+from dispatcher.schema import sql_queue_publisher
 from dispatcher.server.brokers.pg_notify import PgNotifyBroker
+from dispatcher.server.brokers.pg_queue import sql as queue_sql
 from dispatcher.server.origin import Origin
 from dispatcher.server.stats import ServiceStats
+from support.durable import own_schema
 from support.postgres import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,8 +42,8 @@ Conn = psycopg.Connection[Any]
 
 
 @pytest.fixture(scope="module")
-def own_pg() -> Iterator[str]:
-    """The DSN of an embedded PostgreSQL these tests may reconfigure (a NOTIFY queue of 64
+def own_server() -> Iterator[EmbeddedServer]:
+    """An embedded PostgreSQL these tests may reconfigure and restart (a NOTIFY queue of 64
     pages, 512 kB, where the server has the setting)."""
     parent = Path(tempfile.mkdtemp(prefix="dispatcher-notifyq-pg-"))
     try:
@@ -49,11 +54,17 @@ def own_pg() -> Iterator[str]:
                     conn.execute("ALTER SYSTEM SET max_notify_queue_pages = 64")
             server.stop()
             server.start()
-            yield server.dsn
+            yield server
         finally:
             server.remove()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def own_pg(own_server: EmbeddedServer) -> str:
+    """The DSN of :func:`own_server`."""
+    return own_server.dsn
 
 
 def sessions(dsn: str, application_name: str) -> list[int]:
@@ -124,8 +135,14 @@ def _waiting_for_standby(dsn: str, application_name: str) -> bool:
 
 
 @pytest.fixture
-def full_notify_queue(own_pg: str) -> Iterator[None]:
-    """The cluster's NOTIFY queue full: a listener sits in a transaction, never reading."""
+def full_notify_queue(own_server: EmbeddedServer, own_pg: str) -> Iterator[None]:
+    """The cluster's NOTIFY queue full: a listener sits in a transaction, never reading.
+
+    On a server started afresh: one whose queue was full once counts it full again long
+    before (it gives back the space read in segments of 32 pages, half of this queue).
+    """
+    own_server.stop()
+    own_server.start()
     with psycopg.connect(own_pg, autocommit=True) as lagging:
         if lagging.info.server_version < 170000:
             pytest.skip("max_notify_queue_pages (PostgreSQL 17): the queue is 8 GB before")
@@ -210,3 +227,71 @@ async def test_a_self_check_refused_by_a_full_notify_queue_keeps_the_connection(
     warnings = [r.getMessage() for r in caplog.records if "NOTIFY queue" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once, not at every self-check
     assert "pg_notification_queue_usage" in warnings[0]
+
+
+@pytest.fixture
+def durable_settings(own_pg: str) -> Iterator[tuple[str, str]]:
+    """Publishing to the durable queue ``orders`` (and the NOTIFY channel ``plain``)."""
+    with own_schema(own_pg) as schema:
+        setup(
+            {
+                "version": 1,
+                "brokers": {
+                    "pg_notify": {"conninfo": own_pg, "channels": ["plain"]},
+                    "pg_queue": {"queues": ["orders"], "schema": schema},
+                },
+            }
+        )
+        try:
+            yield own_pg, schema
+        finally:
+            close_connections()
+            reset()
+
+
+def stored(dsn: str, schema: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            psycopg.sql.SQL("SELECT task FROM {}.jobs ORDER BY id").format(
+                psycopg.sql.Identifier(schema)
+            )
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_durable_jobs_are_stored_while_the_notify_queue_is_full(
+    full_notify_queue: None, durable_settings: tuple[str, str]
+) -> None:
+    """Their wake-up NOTIFY is skipped (polling finds the jobs), where it made the store fail,
+    and the caller's own transaction with it, at COMMIT."""
+    dsn, schema = durable_settings
+    submit_task("app.first", queue="orders")
+    with psycopg.connect(dsn) as conn:
+        submit_task("app.second", queue="orders", connection=conn)
+        conn.commit()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql_queue_publisher().encode())
+        conn.execute(
+            "SELECT dispatcher_enqueue('orders', 'app.third', '[]', '{}', '{}', %s)", (schema,)
+        )
+        tick = queue_sql.Statements.for_schema(schema).submit_tick
+        conn.execute(
+            tick,
+            {
+                "task": "app.fourth",
+                "ticks": [1],
+                "uuid": str(uuid.uuid4()),
+                "queue": "orders",
+                "message": '{"task": "app.fourth"}',
+                "max_attempts": 1,
+                "delay": 0,
+                "on_duplicate": None,
+                "dup_key": None,
+                "channel": "dispatcher_queue_wakeup",
+            },
+        )
+    assert stored(dsn, schema) == ["app.first", "app.second", "app.third", "app.fourth"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_notification_queue_usage()").fetchone()
+    assert row is not None
+    assert row[0] >= 0.5  # (so full all along that a wake-up would have been sent otherwise)
