@@ -198,12 +198,18 @@ class QueueDatabase:
         self._failing: tuple[float, float] | None = None
         """Since the last connection opened, when (``time.monotonic()``) the first attempt
         that failed for want of a connection began, and when the last one ended."""
+        self._failing_why = ""
+        """What made the last of those attempts fail."""
         self.outage = 0.0
         """Seconds without a connection before the last one opened, its attempts failing:
         from the start of the first attempt that failed to the start of the one that
         opened it (the wait between them counts: the others may have been cut off as long);
         ``0.0`` when none failed (the first connection; one that the server ended while
         idle, replaced before use)."""
+        self.outage_cause = ""
+        """What made the last attempt of that outage fail, in a few words (``it could not
+        be reached``, ``it refused writes as read-only``...): the database may have been
+        reachable, and refused the work."""
 
     async def fetch(
         self,
@@ -266,7 +272,7 @@ class QueueDatabase:
                 self._ended_while_idle(_reason(exc.diag))
                 await self.discard(None, conn)
             elif conn.broken or (isinstance(exc, BROKEN) and not isinstance(exc, CANCELLED)):
-                self._failed_since(sent)
+                self._failed_since(sent, "the connection was lost")
                 reason = f"lost the connection to {self.where} ({first_line(exc)})"
                 await self.discard(reason, conn)
             elif isinstance(exc, psycopg.errors.UndefinedTable):
@@ -277,7 +283,7 @@ class QueueDatabase:
                 # connection may reach the primary after a failover), not tried at once.
                 self._read_only = True
                 note_server(exc, conn, self._conninfo)  # (a standby, or a read-only role)
-                self._failed_since(sent)
+                self._failed_since(sent, "it refused writes as read-only")
                 self._failed(exc)
                 await self.discard(None, conn)
             elif isinstance(exc, _PREPARED_STATEMENT_LOST) and not self._unprepared:
@@ -296,7 +302,7 @@ class QueueDatabase:
                 await self.discard(None, conn)
             raise
         except BaseException:  # cancelled mid-statement: the connection's state is unknown
-            self._failed_since(sent)
+            self._failed_since(sent, "a statement was given up, not answered in time")
             await self.discard(None, conn)
             raise
         if self._read_only:
@@ -322,13 +328,14 @@ class QueueDatabase:
         if not self._idle_ends.log(message, *args):
             logger.debug(message, *args)
 
-    def _failed_since(self, began: float) -> None:
+    def _failed_since(self, began: float, why: str) -> None:
         """An attempt that began at *began* (``time.monotonic()``) failed: no connection.
 
-        The database was out of reach from then until now, at least.
+        The database could not be used from then until now, at least: *why*.
         """
         now = time.monotonic()
         self._failing = (began if self._failing is None else self._failing[0], now)
+        self._failing_why = why
 
     async def ready(self) -> None:
         """Open the connection now if there is none (waiting out a reconnect delay first).
@@ -387,7 +394,7 @@ class QueueDatabase:
             try:
                 conn = await open_connection(self._conninfo, self._application_name)
             except (psycopg.Error, OSError) as exc:
-                self._failed_since(began)
+                self._failed_since(began, "it could not be reached")
                 self._failed(exc)
                 raise
             try:
@@ -399,13 +406,14 @@ class QueueDatabase:
                     )
                 failing = self._failing
                 self.outage = 0.0 if failing is None else began - failing[0]
+                self.outage_cause = "" if failing is None else self._failing_why
                 await self._on_open(conn)
             except BaseException as exc:
                 note_server(exc, conn, self._conninfo)  # (a standby, or a read-only role)
                 with anyio.CancelScope(shield=True):
                     await conn.close()
                 if isinstance(exc, FAILURES):
-                    self._failed_since(began)
+                    self._failed_since(began, f"opening a connection failed: {first_line(exc)}")
                     self._failed(exc)
                 raise
             if not self._read_only:
