@@ -358,7 +358,9 @@ BEGIN
         USING task_id, queue, task, message::text, attempts, delay_seconds, mode, key,
             pg_catalog.clock_timestamp();
     GET DIAGNOSTICS stored = ROW_COUNT;
-    IF stored > 0 THEN
+    -- The wake-up is a hint (the services poll): not while the NOTIFY queue is half full
+    -- or more, where it could fail the caller's transaction at COMMIT, the job with it.
+    IF stored > 0 AND pg_catalog.pg_notification_queue_usage() < 0.5 THEN
         PERFORM pg_catalog.pg_notify('dispatcher_queue_wakeup', queue);
     END IF;
     RETURN task_id;

@@ -1166,6 +1166,43 @@ def test_an_error_text_the_database_encoding_cannot_hold_is_recorded_escaped(
     ]
 
 
+def test_a_renewal_given_up_is_cancelled_on_the_server_and_leaves_no_session(
+    pg_dsn: str, pg_conn: Conn, schema: str
+) -> None:
+    """A renewal that the database holds up past its limit (here a table lock; a commit that
+    waits for a synchronous standby, which no statement_timeout bounds) is cancelled on the
+    server before its connection is closed: before, its session stayed there, and every
+    renewal that followed left one more."""
+    uuid = insert_job(pg_conn, schema, state="running", attempts=1)
+    row, claim = pg_conn.execute(
+        sql.SQL("SELECT id, claims FROM {}.jobs WHERE uuid = %s").format(sql.Identifier(schema)),
+        (uuid,),
+    ).fetchall()[0]
+    name = f"pg-queue-renew-{unique_schema()}"[:60]
+    with psycopg.connect(pg_dsn) as locker:
+        locker.execute(
+            sql.SQL("LOCK TABLE {}.jobs IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema))
+        )
+
+        async def renew() -> None:
+            async def nothing(conn: object) -> None:
+                pass
+
+            db = QueueDatabase(pg_dsn, name, nothing)
+            leases = Leases(db, Statements.for_schema(schema).renew, 3)  # (a limit of 1 s)
+            leases.add(row, 1, claim, time.monotonic(), uuid)
+            try:
+                with pytest.raises(TimeoutError):
+                    await leases.renew()
+            finally:
+                await db.close()
+
+        anyio.run(renew)
+        still = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        wait_until(lambda: pg_conn.execute(still, (name,)).fetchone() == (0,), timeout=5)
+        locker.rollback()
+
+
 def test_a_service_holds_no_more_jobs_than_its_workers_plus_prefetch(
     start_service: Start, pg_dsn: str, pg_conn: Conn, schema: str, channel: str, evidence: Evidence
 ) -> None:

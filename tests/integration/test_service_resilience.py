@@ -103,8 +103,8 @@ def test_self_check_finds_a_silently_dead_connection(
         proxy.freeze()  # packets stop; no connection is closed
         service.wait_for_log(
             r"pg_notify connection to PostgreSQL at .* failed \(the self-check round trip took "
-            r"longer than brokers\.pg_notify\.self_check_timeout \(0\.5 s\)\); retrying in "
-            r"0\.1 s",
+            r"longer than brokers\.pg_notify\.self_check_timeout \(0\.5 s\), and its NOTIFY "
+            r"went on 1 s after the server was asked to cancel it\); retrying in 0\.1 s",
             timeout=10,
         )
         service.wait_for_log(r"reconnected to PostgreSQL", timeout=10)

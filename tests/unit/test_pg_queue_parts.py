@@ -507,7 +507,7 @@ async def test_a_sweep_or_purge_with_endless_rows_due_stops_at_its_deadline() ->
     # Millions of rows due at once must not hold up the renewal of leases that follows.
     calls = 0
 
-    async def fetch(statement: bytes, params: Any) -> list[tuple[Any, ...]]:
+    async def fetch(statement: bytes, params: Any, **_: object) -> list[tuple[Any, ...]]:
         nonlocal calls
         calls += 1
         await anyio.sleep(0.001)
@@ -542,7 +542,7 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
         clock[0] += seconds
         await anyio.sleep(0)
 
-    async def fetch(statement: bytes, params: Any) -> list[tuple[Any, ...]]:
+    async def fetch(statement: bytes, params: Any, **_: object) -> list[tuple[Any, ...]]:
         clock[0] += 0.1
         return [("q", "queued")] * params["limit"]
 
@@ -625,7 +625,7 @@ async def test_a_renewal_the_database_does_not_answer_is_given_up_in_time() -> N
     class Silent:
         reconnect_in = 0.0
 
-        async def fetch(self, statement: bytes, params: Any) -> list[tuple[Any, ...]]:
+        async def fetch(self, statement: bytes, params: Any, **_: object) -> list[tuple[Any, ...]]:
             try:
                 await anyio.sleep_forever()
             except anyio.get_cancelled_exc_class():

@@ -8,7 +8,8 @@
 // 3: it goes in the row, not in the message). DISPATCHER_QUEUE_SCHEMA names the schema of
 // the tables (brokers.pg_queue.schema, default "dispatcher").
 //
-// One statement inserts the row and NOTIFYs dispatcher_queue_wakeup with the queue's name:
+// One statement inserts the row and NOTIFYs dispatcher_queue_wakeup with the queue's name
+// (unless the server's NOTIFY queue is half full or more: the services poll):
 // inside a transaction of yours (BEGIN ... COMMIT on the same client), the job exists once it
 // commits, never if it rolls back. The row is not signed (signing protects NOTIFY payloads);
 // the queue must be listed under brokers.pg_queue.queues, or no service claims the job.
@@ -86,7 +87,10 @@ export async function enqueue(client, queue, task, args = [], kwargs = {}, optio
       " VALUES ($1, $2, $3, $4, $5, statement_timestamp()," +
       " statement_timestamp() + make_interval(secs => $6), $7, $8)" +
       " ON CONFLICT DO NOTHING RETURNING queue)" +
-      ` SELECT pg_notify('${WAKEUP_CHANNEL}', queue) FROM stored`,
+      ` SELECT pg_notify('${WAKEUP_CHANNEL}', queue) FROM stored` +
+      // The wake-up is a hint (the services poll): not while the server's NOTIFY queue is
+      // half full or more, where it would fail the transaction at COMMIT, the job with it.
+      " WHERE pg_notification_queue_usage() < 0.5",
     [
       message.uuid,
       queue,

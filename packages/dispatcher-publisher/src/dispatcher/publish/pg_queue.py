@@ -3,7 +3,8 @@
 All the jobs of one send go in one statement: an ``INSERT`` of every row (arrays unnested,
 ``ON CONFLICT DO NOTHING``: a uuid already stored, or a duplicate ``on_duplicate`` refuses,
 is skipped) followed, in the same statement, by one NOTIFY on
-:data:`~dispatcher.schema.QUEUE_WAKEUP_CHANNEL` per queue that received a row. In the
+:data:`~dispatcher.schema.QUEUE_WAKEUP_CHANNEL` per queue that received a row (best effort:
+none while the server's NOTIFY queue is half full or more; the services poll). In the
 caller's transaction when it passes a connection (the jobs exist once it commits, never if it
 rolls back); else on the SDK's own connection, as a transaction of its own.
 
@@ -24,7 +25,13 @@ from dispatcher.publish.job import quote_identifier
 from dispatcher.publish.queue_async import astore
 from dispatcher.publish.queue_sync import store
 from dispatcher.publish.submission import Submission
-from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, DecodeError, decode_json, duplicate_key
+from dispatcher.schema import (
+    QUEUE_WAKEUP_CHANNEL,
+    QUEUE_WAKEUP_IF_ROOM,
+    DecodeError,
+    decode_json,
+    duplicate_key,
+)
 
 TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
 """The ``on_duplicate`` modes the table enforces (``parallel`` is no mode at all)."""
@@ -85,9 +92,12 @@ def _store(schema: str) -> str:
 
 _WAKE: Final = (
     f"SELECT pg_catalog.count(pg_catalog.pg_notify('{QUEUE_WAKEUP_CHANNEL}', queue))"
-    " FROM (SELECT DISTINCT queue FROM stored) AS woken"
+    f" FROM (SELECT DISTINCT queue FROM stored) AS woken WHERE {QUEUE_WAKEUP_IF_ROOM}"
 )
-"""One NOTIFY per queue that received a row of ``stored``."""
+"""One NOTIFY per queue that received a row of ``stored``: none while the server's NOTIFY
+queue is half full or more (see :data:`~dispatcher.schema.QUEUE_WAKEUP_IF_ROOM`), so that
+the jobs are stored still, found by polling, where the NOTIFY would fail the statement (in
+the caller's transaction: its COMMIT)."""
 
 
 def job_rows(jobs: Sequence[Submission], default_max_attempts: int) -> JobRows:

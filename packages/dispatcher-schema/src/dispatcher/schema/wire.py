@@ -242,8 +242,18 @@ QUEUE_WAKEUP_CHANNEL: Final = "dispatcher_queue_wakeup"
 """The channel services of the durable ``pg_queue`` broker LISTEN on to wake up.
 
 Whoever stores a job NOTIFYs it here, in the same transaction, with the queue's name as the
-payload; the row holds the message, the notification only says where to look.
+payload; the row holds the message, the notification only says where to look. Unless the
+server's NOTIFY queue is half full or more (:data:`QUEUE_WAKEUP_IF_ROOM`): the wake-up is a
+hint (the services poll), and a NOTIFY into a full queue fails the whole transaction at
+COMMIT, the job with it.
 """
+
+QUEUE_WAKEUP_IF_ROOM: Final = "pg_catalog.pg_notification_queue_usage() < 0.5"
+"""The SQL condition under which a job's wake-up NOTIFY is sent: the cluster-wide NOTIFY
+queue is less than half full. A listener that never reads (one LISTENing in a transaction
+left open) lets the queue fill up; once full, every NOTIFY fails, and a durable job stored
+with one would fail with it. Skipped, the job is stored, and found by the services' next
+poll (``brokers.pg_queue.poll_interval``). The function reads shared memory: cheap."""
 
 CHUNK_KEY: Final = "__dispatcherd_chunk__"
 """The key that marks a JSON object as a chunk envelope (its value is the envelope version)."""

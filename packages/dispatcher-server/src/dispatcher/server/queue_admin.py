@@ -28,7 +28,7 @@ from dispatcher.publish import JOB_STATES, JobState
 from dispatcher.publish.job import COLUMNS, MAX_LISTED, get_job_query, jobs_query, read_row
 from dispatcher.publish.jsonb import register_tolerant_jsonb
 from dispatcher.publish.timestamps import read_timestamp, session_zone, timestamp_sql
-from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, DispatcherError
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, QUEUE_WAKEUP_IF_ROOM, DispatcherError
 from dispatcher.server.brokers.pg_queue.migrations import (
     VERSION_TABLE,
     damaged,
@@ -392,11 +392,15 @@ def _retry_one(
 
 
 def _wake(conn: psycopg.Connection[Any], queues: Counter[str]) -> None:
-    """NOTIFY the services' wake-up channel once per queue (delivered on commit)."""
+    """NOTIFY the services' wake-up channel once per queue (delivered on commit).
+
+    Not while the server's NOTIFY queue is half full or more: the services poll.
+    """
     names: Sequence[str] = sorted(queues)
     if names:
         conn.execute(
-            "SELECT pg_catalog.pg_notify(%s, name) FROM pg_catalog.unnest(%s::text[]) AS name",
+            "SELECT pg_catalog.pg_notify(%s, name) FROM pg_catalog.unnest(%s::text[]) AS name"
+            f" WHERE {QUEUE_WAKEUP_IF_ROOM}",
             (QUEUE_WAKEUP_CHANNEL, list(names)),
         )
 

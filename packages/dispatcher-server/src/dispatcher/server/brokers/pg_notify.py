@@ -10,6 +10,18 @@ after a backoff delay, and the channels are listened to again. The first retry c
 attempts fail, and while connections break again soon after they were opened. The
 self-check's message is handled here and never delivered.
 
+A connection whose server answers, but holds up or refuses the check's NOTIFY, is kept:
+replacing it would not help, and notifications would be lost meanwhile. A NOTIFY held up
+past ``self_check_timeout`` (every NOTIFY waits at commit for a cluster-wide lock, which a
+committing NOTIFY holds: one waiting for a synchronous standby, say) is cancelled on the
+server, and that logged, once a minute at most. One whose NOTIFY the server refuses (its
+NOTIFY queue is full, say) answered as well: it is kept, and the server's error logged,
+once a minute at most. Only a NOTIFY that
+the cancel does not end in time has the connection replaced: its session may then stay on
+the server, waiting, so the delays before the next connections keep growing while that
+happens again, and listening sessions are ones the server ends once their client is gone
+(``client_connection_check_interval``, where the server has it), lest they pile up.
+
 Control replies go out on a connection of their own (the listening one is busy), as NOTIFYs
 on their ``reply_to`` channel; a reply too large for one NOTIFY goes as chunk envelopes.
 """
@@ -19,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -46,8 +59,10 @@ from dispatcher.schema import (
 )
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
+from dispatcher.server.cancelling import CANCEL_WAIT, StatementStuck, execute_within
 from dispatcher.server.logsafe import first_line, get_logger, named_list
 from dispatcher.server.origin import Origin
+from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.resources import names_shortages
 from dispatcher.server.stats import ServiceStats
 
@@ -83,9 +98,30 @@ for notifications is all it does, and ``idle_session_timeout`` set on the role o
 would cut it every few seconds, losing what is sent meanwhile."""
 
 
+CLIENT_CHECK_INTERVAL: Final = "5s"
+"""How often the server checks, while a statement of a LISTEN session runs, that the client
+is still there (``client_connection_check_interval``, PostgreSQL 14 and later): a session
+whose statement was held up (a NOTIFY waiting for its lock) and whose client gave up on it
+then ends, rather than staying until the statement completes."""
+
+SESSION_SETTINGS: Final = (
+    "SELECT pg_catalog.set_config(name, CASE name WHEN 'idle_session_timeout' THEN '0'"
+    f" ELSE '{CLIENT_CHECK_INTERVAL}' END, false) FROM pg_catalog.pg_settings"
+    " WHERE name IN ('idle_session_timeout', 'client_connection_check_interval')"
+)
+""":data:`NEVER_IDLE_OUT`, and :data:`CLIENT_CHECK_INTERVAL` (refused on a server whose
+platform cannot check: :data:`NEVER_IDLE_OUT` alone then)."""
+
+
 async def start_listening(conn: psycopg.AsyncConnection[Any], channels: Iterable[str]) -> None:
-    """LISTEN on *channels*, in a session that no ``idle_session_timeout`` ends."""
-    await conn.execute(NEVER_IDLE_OUT)
+    """LISTEN on *channels*, in a session that no ``idle_session_timeout`` ends.
+
+    Its statements end when its client is gone, where the server can tell.
+    """
+    try:
+        await conn.execute(SESSION_SETTINGS)
+    except psycopg.errors.InvalidParameterValue:  # no client_connection_check_interval here
+        await conn.execute(NEVER_IDLE_OUT)
     for channel in channels:
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
@@ -98,6 +134,56 @@ class SelfCheckTimeout(TimeoutError):
             "the self-check round trip took longer than brokers.pg_notify.self_check_timeout "
             f"({timeout:g} s)"
         )
+
+
+class SelfCheckStuck(SelfCheckTimeout):
+    """The self-check's NOTIFY went on after the server was asked to cancel it.
+
+    Its connection is closed; its session may stay on the server.
+    """
+
+    def __init__(self, timeout: float, cancel_wait: float) -> None:
+        TimeoutError.__init__(
+            self,
+            "the self-check round trip took longer than brokers.pg_notify.self_check_timeout "
+            f"({timeout:g} s), and its NOTIFY went on {cancel_wait:g} s after the server was "
+            "asked to cancel it",
+        )
+
+
+def cancel_wait(timeout: float) -> float:
+    """Seconds the server has to cancel a self-check's NOTIFY held up past *timeout*.
+
+    As long as the self-check's timeout (a dead connection is replaced that much later),
+    within 1 s and :data:`~dispatcher.server.cancelling.CANCEL_WAIT`.
+    """
+    return min(max(timeout, 1.0), CANCEL_WAIT)
+
+
+SERVER_TROUBLE_WINDOW: Final = 60.0
+"""Seconds in which one line at most says that the server held up or refused a self-check's
+NOTIFY (the others are counted)."""
+
+HELD_UP: Final = (
+    "the self-check's NOTIFY on %s was held up on the server for more than "
+    "brokers.pg_notify.self_check_timeout (%g s), and cancelled; the connection answered and "
+    "is kept. Every NOTIFY waits at commit for a cluster-wide lock, which a transaction "
+    "that sent one holds until its commit completes: one waiting for a synchronous standby "
+    "(synchronous_standby_names set, the standby gone or behind; pg_stat_activity shows it "
+    "with wait_event SyncRep, the others waiting with wait_event object), or for a slow "
+    "disk. Notifications (tasks, control commands and replies) are held up meanwhile"
+)
+
+REFUSED: Final = "%s refused the self-check's NOTIFY (%s); the connection answered and is kept"
+
+REFUSED_FULL: Final = (
+    "%s refused the self-check's NOTIFY (%s): its NOTIFY queue is %.0f %% full "
+    "(pg_notification_queue_usage() = %.3g). A session that LISTENs and stays in a "
+    "transaction keeps it from being emptied (the server log names its PID: 'NOTIFY queue "
+    "is ... full'); until it ends its transaction, every NOTIFY fails: tasks and control "
+    "commands sent over pg_notify, control replies (durable queues' jobs are stored still, "
+    "and found by polling). The connection answered and is kept"
+)
 
 
 class PgNotifyBroker(BrokerBase):
@@ -115,6 +201,9 @@ class PgNotifyBroker(BrokerBase):
         self._stats = stats
         self._check_serial = 0
         self._replies = AsyncConnectionProvider(settings.conninfo)
+        self._server_trouble = RateLimitedLog(
+            logger, logging.WARNING, 1, window=SERVER_TROUBLE_WINDOW
+        )
 
     async def receive(
         self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -153,7 +242,12 @@ class PgNotifyBroker(BrokerBase):
                     with anyio.CancelScope(shield=True):  # closed even when cancelled
                         await conn.close()
             except (psycopg.Error, OSError, TimeoutError) as exc:
-                if connected_at is not None and time.monotonic() - connected_at >= HEALTHY_AFTER:
+                # Not after a check left its session stuck on the server: the delays before
+                # the next connections keep growing while that happens again.
+                healthy = connected_at is not None and time.monotonic() - connected_at >= (
+                    HEALTHY_AFTER
+                )
+                if healthy and not isinstance(exc, SelfCheckStuck):
                     backoff.reset()
                 connected_at = None
                 self._stats.listener_failures += 1
@@ -200,14 +294,37 @@ class PgNotifyBroker(BrokerBase):
             drain.last_heard = time.monotonic()
 
     async def _self_check(self, conn: psycopg.AsyncConnection[Any], drain: _Drain) -> None:
-        """Send a NOTIFY to ourselves; raise :class:`SelfCheckTimeout` if it comes back late."""
+        """Send a NOTIFY to ourselves; raise :class:`SelfCheckTimeout` if it comes back late.
+
+        A NOTIFY that the server holds up, or refuses, is no sign of a dead connection: the
+        server answered (see the module).
+
+        :raises SelfCheckStuck: when the NOTIFY is held up, and not cancelled in time.
+        """
         self._check_serial += 1
         token = str(self._check_serial)
         started = time.monotonic()
         timeout = self.settings.self_check_timeout
+        wait = cancel_wait(timeout)
         try:
-            with anyio.fail_after(timeout):
-                await conn.execute(NOTIFY_ONE, (self.check_channel, token))
+            await execute_within(
+                conn, NOTIFY_ONE, (self.check_channel, token), timeout, cancel_wait=wait
+            )
+        except psycopg.errors.QueryCanceled:
+            self._server_trouble.log(HELD_UP, self._where(), timeout)
+            return
+        except StatementStuck:
+            raise SelfCheckStuck(timeout, wait) from None
+        except psycopg.Error as exc:
+            if conn.broken or exc.sqlstate is None:
+                raise
+            await self._refused(conn, exc)
+            return
+        if time.monotonic() - started >= timeout:  # completed once asked to cancel
+            self._server_trouble.log(HELD_UP, self._where(), timeout)
+            return
+        try:
+            with anyio.fail_after(timeout - (time.monotonic() - started)):
                 while True:
                     drain.run()
                     if drain.check_token == token:
@@ -221,6 +338,25 @@ class PgNotifyBroker(BrokerBase):
         stats.self_check_seconds += took
         stats.self_check_max_seconds = max(stats.self_check_max_seconds, took)
         logger.debug("self-check round trip %.1f ms", took * 1000)
+
+    def _where(self) -> str:
+        return describe_server(self.settings.conninfo)
+
+    async def _refused(self, conn: psycopg.AsyncConnection[Any], exc: psycopg.Error) -> None:
+        """Log that the server refused the self-check's NOTIFY (with the queue's usage if full)."""
+        reason = f"{first_line(exc)}, SQLSTATE {exc.sqlstate}"
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+            try:
+                row = await (
+                    await conn.execute("SELECT pg_catalog.pg_notification_queue_usage()")
+                ).fetchone()
+            except psycopg.Error:
+                row = None
+            if row is not None:
+                usage = float(row[0])
+                self._server_trouble.log(REFUSED_FULL, self._where(), reason, usage * 100, usage)
+                return
+        self._server_trouble.log(REFUSED, self._where(), reason)
 
 
 class _Drain:

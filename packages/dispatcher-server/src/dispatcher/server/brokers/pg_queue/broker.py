@@ -56,6 +56,7 @@ from dispatcher.server.brokers.pg_queue.privileges import SCHEDULE, SETTLE, Priv
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
+from dispatcher.server.cancelling import execute_within
 from dispatcher.server.logsafe import counted, first_line, get_logger, named_list
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
@@ -344,8 +345,9 @@ class PgQueueBroker(BrokerBase):
     async def _came_back(self, conn: Connection, db: QueueDatabase) -> None:
         """*db*'s connection *conn* opened again: hold sweeps if the outage may cost a lease.
 
-        See ``Upkeep.hold_sweeps``. That is when the database was out of reach (the
-        attempts failing) for longer than a third of the lease, or when its server started
+        See ``Upkeep.hold_sweeps``. That is when the database could not be used (out of
+        reach, read-only, not answering in time: the attempts failing) for longer than a
+        third of the lease, or when its server started
         less than a lease ago: the outage may have cut every service off for long enough
         that a lease ran out (a service renews its leases every third of the lease). Not
         after a connection that was ended alone (an idle timeout, ``pg_terminate_backend()``)
@@ -355,18 +357,20 @@ class PgQueueBroker(BrokerBase):
         lease = self.settings.lease
         reason: str | None = None
         if db.outage > lease / 3:
-            reason = f"the database was out of reach for {db.outage:.1f} s"
+            reason = f"the database could not be used for {db.outage:.1f} s: {db.outage_cause}"
         else:
             row = await (await conn.execute(_SERVER_UP_FOR)).fetchone()
             if row is not None and row[0] is not None and row[0] < lease:
                 reason = f"its server started {row[0]:.1f} s ago"
         if reason is not None:
-            logger.info(
-                "taking back no expired lease for %g s (%s): the other services have that "
-                "long to come back and renew theirs",
-                lease,
-                reason,
-            )
+            # Once per outage: both connections come back from it (the hold is extended).
+            if not self._upkeep.sweeps_held():
+                logger.info(
+                    "taking back no expired lease for %g s (%s): the other services have "
+                    "that long to come back and renew theirs",
+                    lease,
+                    reason,
+                )
             self._upkeep.hold_sweeps()
 
     async def _on_open_claims(self, conn: Connection) -> None:
@@ -385,7 +389,7 @@ class PgQueueBroker(BrokerBase):
         await self._check_tables(conn)
 
         async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
-            return await (await conn.execute(statement, params)).fetchall()
+            return await execute_within(conn, statement, dict(params))  # (a renewal's limit)
 
         await self._leases.renew(fetch)
         await self._came_back(conn, self._claims_db)
@@ -406,7 +410,7 @@ class PgQueueBroker(BrokerBase):
         """
 
         async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
-            return await (await conn.execute(statement, params)).fetchall()
+            return await execute_within(conn, statement, dict(params))  # (a renewal's limit)
 
         refused = BrokerNotReady if self._tables_checked else StartRefused
         schema = self.settings.schema

@@ -41,6 +41,7 @@ from dispatcher.publish.connections import IdleWatch, all_attempts, note_server,
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
+from dispatcher.server.cancelling import execute_within
 from dispatcher.server.logsafe import first_line, get_logger
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.stats import ServiceStats
@@ -199,12 +200,18 @@ class QueueDatabase:
         self._failing: tuple[float, float] | None = None
         """Since the last connection opened, when (``time.monotonic()``) the first attempt
         that failed for want of a connection began, and when the last one ended."""
+        self._failing_why = ""
+        """What made the last of those attempts fail."""
         self.outage = 0.0
         """Seconds without a connection before the last one opened, its attempts failing:
         from the start of the first attempt that failed to the start of the one that
         opened it (the wait between them counts: the others may have been cut off as long);
         ``0.0`` when none failed (the first connection; one that the server ended while
         idle, replaced before use)."""
+        self.outage_cause = ""
+        """What made the last attempt of that outage fail, in a few words (``it could not
+        be reached``, ``it refused writes as read-only``...): the database may have been
+        reachable, and refused the work."""
 
     async def fetch(
         self,
@@ -212,11 +219,18 @@ class QueueDatabase:
         params: Mapping[str, Any],
         *,
         unless: Callable[[], bool] | None = None,
+        cancel_safely: bool = False,
     ) -> Rows:
         """Run *statement*; return its rows (none for a statement that returns none).
 
         Not when *unless* (asked once the connection is open, the one that runs the
         statement: opening it may have changed the answer) says so: no rows then.
+
+        *cancel_safely*: the caller may give up on the statement (a time limit of its own):
+        the server is then asked to cancel it before its connection is closed, lest its
+        session stay there, waiting for what held the statement up (a commit waiting for a
+        synchronous standby is bounded by no ``statement_timeout``). See
+        :mod:`dispatcher.server.cancelling`.
 
         :raises psycopg.Error: as psycopg does (the connection is dropped if it broke).
         :raises OSError: when no connection can be opened.
@@ -225,7 +239,7 @@ class QueueDatabase:
         ended = False
         for retry in range(RETRIES + 1):
             try:
-                return await self._run(statement, params, unless)
+                return await self._run(statement, params, unless, cancel_safely)
             except RETRIED:
                 if retry == RETRIES:
                     raise
@@ -238,7 +252,11 @@ class QueueDatabase:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(
-        self, statement: bytes, params: Mapping[str, Any], unless: Callable[[], bool] | None
+        self,
+        statement: bytes,
+        params: Mapping[str, Any],
+        unless: Callable[[], bool] | None,
+        cancel_safely: bool = False,
     ) -> Rows:
         """:meth:`fetch`, once."""
         conn = await self._connection()
@@ -246,14 +264,17 @@ class QueueDatabase:
             return []
         sent = time.monotonic()
         try:
-            cursor = await conn.execute(statement, params)
-            rows = await cursor.fetchall() if cursor.description is not None else []
+            if cancel_safely:
+                rows = await execute_within(conn, statement, dict(params))
+            else:
+                cursor = await conn.execute(statement, params)
+                rows = await cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.IdleSessionTimeout):
                 self._ended_while_idle(_reason(exc.diag))
                 await self.discard(None, conn)
             elif conn.broken or (isinstance(exc, BROKEN) and not isinstance(exc, CANCELLED)):
-                self._failed_since(sent)
+                self._failed_since(sent, "the connection was lost")
                 reason = f"lost the connection to {self.where} ({first_line(exc)})"
                 await self.discard(reason, conn)
             elif isinstance(exc, psycopg.errors.UndefinedTable):
@@ -264,7 +285,7 @@ class QueueDatabase:
                 # connection may reach the primary after a failover), not tried at once.
                 self._read_only = True
                 note_server(exc, conn, self._conninfo)  # (a standby, or a read-only role)
-                self._failed_since(sent)
+                self._failed_since(sent, "it refused writes as read-only")
                 self._failed(exc)
                 await self.discard(None, conn)
             elif isinstance(exc, _PREPARED_STATEMENT_LOST) and not self._unprepared:
@@ -283,7 +304,7 @@ class QueueDatabase:
                 await self.discard(None, conn)
             raise
         except BaseException:  # cancelled mid-statement: the connection's state is unknown
-            self._failed_since(sent)
+            self._failed_since(sent, "a statement was given up, not answered in time")
             await self.discard(None, conn)
             raise
         if self._read_only:
@@ -309,13 +330,14 @@ class QueueDatabase:
         if not self._idle_ends.log(message, *args):
             logger.debug(message, *args)
 
-    def _failed_since(self, began: float) -> None:
+    def _failed_since(self, began: float, why: str) -> None:
         """An attempt that began at *began* (``time.monotonic()``) failed: no connection.
 
-        The database was out of reach from then until now, at least.
+        The database could not be used from then until now, at least: *why*.
         """
         now = time.monotonic()
         self._failing = (began if self._failing is None else self._failing[0], now)
+        self._failing_why = why
 
     async def ready(self) -> None:
         """Open the connection now if there is none (waiting out a reconnect delay first).
@@ -374,7 +396,7 @@ class QueueDatabase:
             try:
                 conn = await open_connection(self._conninfo, self._application_name)
             except (psycopg.Error, OSError) as exc:
-                self._failed_since(began)
+                self._failed_since(began, "it could not be reached")
                 self._failed(exc)
                 raise
             try:
@@ -386,13 +408,14 @@ class QueueDatabase:
                     )
                 failing = self._failing
                 self.outage = 0.0 if failing is None else began - failing[0]
+                self.outage_cause = "" if failing is None else self._failing_why
                 await self._on_open(conn)
             except BaseException as exc:
                 note_server(exc, conn, self._conninfo)  # (a standby, or a read-only role)
                 with anyio.CancelScope(shield=True):
                     await conn.close()
                 if isinstance(exc, FAILURES):
-                    self._failed_since(began)
+                    self._failed_since(began, f"opening a connection failed: {first_line(exc)}")
                     self._failed(exc)
                 raise
             if not self._read_only:

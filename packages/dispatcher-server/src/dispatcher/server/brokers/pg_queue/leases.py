@@ -274,7 +274,12 @@ class Leases:
                 f"no connection to the database: waiting {wait:.1f} s more before "
                 "reconnecting (the last attempt failed)"
             )
-        run = fetch or self._db.fetch
+
+        async def run(statement: bytes, params: Mapping[str, Any]) -> Rows:
+            if fetch is not None:
+                return await fetch(statement, params)
+            return await self._db.fetch(statement, params, cancel_safely=True)
+
         sent = time.monotonic()
         ours: dict[int, bool] | None = None
         granted: dict[int, float] = {}  # when the statement that renewed each row was sent

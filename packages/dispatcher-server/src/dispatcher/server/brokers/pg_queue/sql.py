@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dispatcher.schema import QUEUE_WAKEUP_IF_ROOM
 from dispatcher.server.brokers.pg_queue.migrations import quoted
 
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -502,13 +503,16 @@ WITH tick AS (
     ON CONFLICT DO NOTHING
     RETURNING queue
 )
-SELECT pg_catalog.pg_notify(%(channel)s, job.queue) FROM job
+SELECT CASE WHEN {wake_if_room} THEN pg_catalog.pg_notify(%(channel)s, job.queue) END
+FROM job
 """
 """Store a scheduled task's job once per (task, tick) across every service: only the one
 whose tick rows (``ticks``: every number the tick is known by) are all new inserts the job
-and wakes the services, in the same transaction. The database does not judge whether the
-tick is still due (its clock may differ from the services'): the services stop offering
-a tick in time (see ``producers.run_once_per_tick``)."""
+and wakes the services, in the same transaction (unless the NOTIFY queue is half full or
+more: see ``dispatcher.schema.QUEUE_WAKEUP_IF_ROOM``; a row is returned all the same).
+The database does not judge whether the tick is still due (its clock may differ from the
+services'): the services stop offering a tick in time (see ``producers.run_once_per_tick``).
+"""
 
 SUBMIT_TICK_USES = {"jobs": Uses(reads=("queue",)), "schedule_ticks": Uses(reads=("tick",))}
 """The columns :data:`SUBMIT_TICK` reads, by table (it inserts rows in both)."""
@@ -585,7 +589,12 @@ class Statements:
             }
             claimable = _CLAIMABLE.format(s=name)
             filled = text.format(
-                s=name, waiting_twin=twin, state=state, claimable=claimable, **limits
+                s=name,
+                waiting_twin=twin,
+                state=state,
+                claimable=claimable,
+                wake_if_room=QUEUE_WAKEUP_IF_ROOM,
+                **limits,
             )
             return filled.strip().encode()
 

@@ -203,7 +203,9 @@ class Upkeep:
         async def fetch(statement: bytes, params: Mapping[str, Any]) -> Rows:
             # Asked again once the connection is open: the sweep that opens it after an
             # outage is the one that learns sweeps must wait (see hold_sweeps).
-            return await self._db.fetch(statement, params, unless=self.sweeps_held)
+            return await self._db.fetch(
+                statement, params, unless=self.sweeps_held, cancel_safely=True
+            )
 
         await sweep(fetch, self._statements.sweep, self._stats, deadline, limits=self._limits)
 
@@ -230,7 +232,7 @@ class Upkeep:
             while True:
                 if time.monotonic() >= deadline:
                     return False
-                rows = await self._db.fetch(statement, params)
+                rows = await self._db.fetch(statement, params, cancel_safely=True)
                 if len(rows) < BATCH:
                     break
         return True

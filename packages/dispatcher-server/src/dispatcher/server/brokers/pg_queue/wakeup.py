@@ -11,6 +11,7 @@ while it was not listening. Notifications are only hints: the claim loop also lo
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import time
 from collections.abc import Collection
@@ -24,12 +25,16 @@ from dispatcher.publish.connections import all_attempts
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.pg_notify import open_connection, start_listening
+from dispatcher.server.cancelling import execute_within
 from dispatcher.server.logsafe import first_line, get_logger
 
 logger = get_logger("dispatcher.pg_queue")
 
 CHECK_AFTER: Final = 30.0
 """Seconds without a notification after which the listening connection is checked."""
+
+CHECK_TIMEOUT: Final = 10.0
+"""Seconds the check of the listening connection may take before it is cancelled."""
 
 MAX_DUE: Final = 1024
 """Retry times a :class:`Wakeup` keeps (the earliest): see :meth:`Wakeup.after`."""
@@ -113,8 +118,9 @@ async def listen(
                     async for notify in conn.notifies(timeout=CHECK_AFTER):
                         if notify.payload in wanted:
                             wakeup.set()
-                    with anyio.fail_after(10):
-                        await conn.execute("SELECT 1")
+                    # Cancelled on the server if late, lest a session of ours stay there.
+                    with contextlib.suppress(psycopg.errors.QueryCanceled):  # (it answered)
+                        await execute_within(conn, "SELECT 1", None, CHECK_TIMEOUT)
         except (psycopg.Error, OSError, TimeoutError) as exc:
             if connected_at is not None and time.monotonic() - connected_at >= HEALTHY_AFTER:
                 backoff.reset()
