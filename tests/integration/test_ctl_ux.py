@@ -134,7 +134,7 @@ def test_human_output_has_units_and_json_words(
     assert re.search(r"\d+\.\d MiB$", row), row  # its memory
     status = ctl(ours.config_path, "status")
     assert status.returncode == 0, status.stderr
-    assert re.search(r"^  uptime: \d+(\.\d)? (s|min)", status.stdout, re.MULTILINE)
+    assert re.search(r"^  uptime: \d+(\.\d)? (ms|s|min)", status.stdout, re.MULTILINE)
     assert "    enabled: false\n" in status.stdout  # metrics
     producers = ctl(theirs.config_path, "producers")
     assert "    produced_count: null\n" in producers.stdout  # control-producer's
