@@ -117,11 +117,15 @@ class DatabaseProxy:
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        sent = b""  # what was forwarded since the connection was marked to be cut
         try:
             while data := source.recv(65536):
                 if source not in self._frozen:
                     sink.sendall(data)
                 if source in self._cut_after_send:
+                    sent += data
+                    if not ends_a_request(sent):
+                        continue  # a request can come in several reads: all of it goes
                     source.shutdown(socket.SHUT_RDWR)  # the server's side stays open
                     return
         except OSError:
@@ -129,6 +133,21 @@ class DatabaseProxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
+
+
+def ends_a_request(data: bytes) -> bool:
+    """Whether *data* (a client's messages, from a message's start) holds a whole request:
+    a simple ``Query``, or an extended one up to its ``Sync`` (until which the server does
+    not commit it)."""
+    at = 0
+    while at + 5 <= len(data):
+        kind, length = data[at : at + 1], int.from_bytes(data[at + 1 : at + 5], "big")
+        at += 1 + length
+        if at > len(data):
+            return False
+        if kind in (b"Q", b"S"):
+            return True
+    return False
 
 
 class SilentServer:
