@@ -268,8 +268,9 @@ def test_decode_json_raises_only_decode_errors() -> None:
 def test_control_commands_beyond_the_bound_in_flight_are_refused_with_a_reply(
     service: Service,
 ) -> None:
-    """Each control message is answered in a task of its own: a flood of them (sent before
-    any could be answered) is bounded, the rest refused with an error reply, not queued."""
+    """Each control message is answered in a task of its own: a flood of commands that look
+    at every task held (sent before any could be answered) is bounded, the rest refused with
+    an error reply, not queued; commands that answer at once are never refused so."""
     flood = MAX_CONTROL_IN_FLIGHT + 5
     replies: list[dict[str, Any]] = []
     socket = Origin("socket", reply=lambda reply_to, reply: replies.append(reply))
@@ -279,15 +280,16 @@ def test_control_commands_beyond_the_bound_in_flight_are_refused_with_a_reply(
             service._tasks = tasks
             try:
                 for n in range(flood):  # no checkpoint: none is answered before the last
-                    message = {"control": "alive", "reply_to": "r", "uuid": f"c{n}"}
-                    service.intake.receive(json.dumps(message), "fuzz", socket)
+                    for command in ("running", "alive", "workers"):
+                        message = {"control": command, "reply_to": "r", "uuid": f"{command}{n}"}
+                        service.intake.receive(json.dumps(message), "fuzz", socket)
                 await anyio.wait_all_tasks_blocked()
             finally:
                 service._tasks = None
 
     anyio.run(send_all)
     refused = [reply for reply in replies if "error" in reply]
-    assert len(replies) == flood
+    assert len(replies) == 3 * flood
     assert len(refused) == 5
     assert all("being answered already" in reply["error"] for reply in refused)
     assert service.stats.rejected["overloaded"] == 5

@@ -48,6 +48,8 @@ WALK_SLICE: Final = 1000
 """Jobs a command looks at (describes, matches, settles) between two turns of the event
 loop: a command over a long backlog lets the service go on (dispatch, timers, lease
 renewals) while it walks it."""
+WALKING_COMMANDS: Final = frozenset({"running", "cancel", "status"})
+"""The commands that look at every task held, one at a time (the others answer at once)."""
 
 STATUS_WAITING_LIMIT: Final = 100
 """Most waiting tasks (queued, blocked, delayed) ``status`` lists under ``running``: beyond,

@@ -520,13 +520,22 @@ class Scheduler:
             self.job_ended(job)
 
     def _in_order(self) -> Iterator[Job]:
-        """The jobs of the queue, in the order they would be taken (walked lazily)."""
+        """The jobs of the queue, in the order they would be taken (walked lazily).
+
+        Each job costs the same, however many lanes and however uneven: a lane that runs
+        out leaves the turns, and the last one left is walked through at once.
+        """
         yield from self._returned
-        if len(self._turns) == 1:
-            yield from self._turns[0]
-        elif self._turns:
-            for turn in itertools.zip_longest(*self._turns):
-                yield from (job for job in turn if job is not None)
+        turns = deque(map(iter, self._turns))
+        while len(turns) > 1:
+            job = next(turns[0], None)
+            if job is None:
+                turns.popleft()
+            else:
+                yield job
+                turns.rotate(-1)
+        if turns:
+            yield from turns[0]
 
     @property
     def queued(self) -> int:

@@ -29,7 +29,7 @@ from dispatcher.server.brokers.registry import create_brokers
 from dispatcher.server.brokers.replies import ReplyRouter
 from dispatcher.server.brokers.runner import run_broker
 from dispatcher.server.catalogue import TaskCatalogue
-from dispatcher.server.control import ControlCommands
+from dispatcher.server.control import WALKING_COMMANDS, ControlCommands
 from dispatcher.server.control_messages import ControlMessages
 from dispatcher.server.forkserver import ForkedServer, worker_options
 from dispatcher.server.heap import release_free_memory
@@ -69,8 +69,10 @@ SETTLE_WAIT: Final = 10.0
 """Seconds a stop waits for each durable broker to take the last outcomes (a broker whose
 database does not answer gives up sooner, and says what it could not write)."""
 MAX_CONTROL_IN_FLIGHT: Final = 64
-"""Control messages answered at once, at most; one more is refused (``overloaded``) with an
-error reply: a flood of commands that walk a long backlog cannot pile up tasks unbounded."""
+"""Control messages that look at every task held (``running``, ``cancel``, ``status``: one at
+a time, each a while over a long backlog) waiting or being answered, at most; one more is
+refused (``overloaded``) with an error reply, so that a flood of them cannot pile up. Other
+commands answer at once, however many arrive together."""
 
 
 class CannotRunHere(DispatcherError, RuntimeError):
@@ -255,7 +257,9 @@ class Service:
         self._stop = anyio.Event()
         self._tasks: TaskGroup | None = None
         self._control_in_flight = 0
-        """Control messages being answered (at most :data:`MAX_CONTROL_IN_FLIGHT`)."""
+        """Control messages being answered."""
+        self._walks_in_flight = 0
+        """Those of them that look at every task held (at most :data:`MAX_CONTROL_IN_FLIGHT`)."""
         """The service's own tasks (set once it runs): control commands run in them."""
         self._internal_errors = InternalErrorLog(logger)
         self._schedules: anyio.CancelScope | None = None
@@ -601,18 +605,21 @@ class Service:
         """
         if refused is not None:
             self._reply(message, origin, self.control.refused(str(refused)))
-        elif self._control_in_flight >= MAX_CONTROL_IN_FLIGHT:
+        elif (walking := str(message.get("control")) in WALKING_COMMANDS) and (
+            self._walks_in_flight >= MAX_CONTROL_IN_FLIGHT
+        ):
             self.stats.rejected["overloaded"] += 1
             error = (
-                f"{MAX_CONTROL_IN_FLIGHT} control commands are being answered already: "
-                "try again once they are"
+                f"{MAX_CONTROL_IN_FLIGHT} commands that look at every task held are being "
+                "answered already: try again once they are"
             )
             self._reply(message, origin, self.control.refused(error))
             self.settlements.origin(origin, REJECTED, error)
         else:
             ended = None if origin.answering is None else origin.answering()
             self._control_in_flight += 1
-            self._start_soon(self._answer_control, message, channel, origin, ended)
+            self._walks_in_flight += walking
+            self._start_soon(self._answer_control, message, channel, origin, ended, walking)
 
     async def _answer_control(
         self,
@@ -620,6 +627,7 @@ class Service:
         channel: str,
         origin: Origin,
         ended: Callable[[], None] | None,
+        walking: bool,
     ) -> None:
         try:
             reply = await self.control.answer(message, channel, origin.broker)
@@ -631,6 +639,7 @@ class Service:
             return
         finally:
             self._control_in_flight -= 1
+            self._walks_in_flight -= walking
             if ended is not None:
                 ended()
         error = reply.get("error")
