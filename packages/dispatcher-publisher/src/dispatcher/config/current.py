@@ -230,7 +230,12 @@ def restore(token: Token[Any]) -> None:
 
 def overriding_configs() -> list[Settings]:
     """The configs :func:`using` blocks (and batches) may still give, in some context."""
-    return [o.settings for o in list(_overrides) if o.in_force is None or o.in_force()]
+    while True:
+        try:
+            given = list(_overrides)
+        except RuntimeError:  # another thread (or a signal handler) added one meanwhile
+            continue
+        return [o.settings for o in given if o.in_force is None or o.in_force()]
 
 
 def reset() -> None:
