@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Final, NoReturn
 
+from dispatcher.schema import DispatcherError
+
 NO_LIBPQ: Final = (
     "psycopg cannot load libpq, the PostgreSQL client library: "
     "pip install 'dispatcher-publisher[binary]' (psycopg's own copy of it), "
@@ -21,7 +23,7 @@ NO_LIBPQ: Final = (
 """What to do when psycopg finds no libpq."""
 
 
-class LibpqMissing(ImportError):
+class LibpqMissing(DispatcherError, ImportError):
     """psycopg cannot be imported: it finds no libpq (the message says what to install)."""
 
 
