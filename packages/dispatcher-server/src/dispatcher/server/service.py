@@ -254,9 +254,9 @@ class Service:
             )
         self._stop = anyio.Event()
         self._tasks: TaskGroup | None = None
+        """The service's own tasks (set once it runs): control commands run in them."""
         self._control_in_flight = 0
         """Control messages being answered (at most :data:`MAX_CONTROL_IN_FLIGHT`)."""
-        """The service's own tasks (set once it runs): control commands run in them."""
         self._internal_errors = InternalErrorLog(logger)
         self._schedules: anyio.CancelScope | None = None
         """Where ``producers.scheduled`` run: cancelled as the service begins to stop."""
