@@ -26,7 +26,7 @@ from dispatcher.control import entries
 from dispatcher.control.result import parse_reply
 from dispatcher.schema import MAX_MESSAGE_BYTES, load_schema
 from dispatcher.server.allowlist import ControlAllowList
-from dispatcher.server.control import STATUS_WAITING_LIMIT, ControlCommands
+from dispatcher.server.control import STATUS_WAITING_LIMIT, WALK_SLICE, ControlCommands, Reply
 from dispatcher.server.control_messages import ControlMessages
 from dispatcher.server.control_shapes import MAX_LISTED_BYTES, producers_reply
 from dispatcher.server.jobs import Job, JobPick, Snapshot
@@ -258,6 +258,29 @@ def test_cancel_by_uuid_and_by_args(service: FakeService) -> None:
     [by_args] = ask(service, "cancel", {"args": [3]})
     assert service.taken == [JobPick(uuids=frozenset({"u-q2"}))]
     assert [t["uuid"] for t in entries(by_args).values()] == ["u-q2"]
+
+
+def test_a_cancel_cut_short_once_it_took_its_jobs_settles_them_all_and_replies(
+    service: FakeService,
+) -> None:
+    service.jobs = [job("queued", f"u-{n}") for n in range(3 * WALK_SLICE)]
+    running = commands(service)
+    replies: list[Reply] = []
+
+    async def cut_short() -> None:
+        async with anyio.create_task_group() as tasks:
+
+            async def cancel() -> None:
+                replies.append(await running.handle("cancel", {"task": "app.t"}))
+
+            tasks.start_soon(cancel)
+            while not service.settled:  # taken, and settling its first slice
+                await anyio.sleep(0)
+            tasks.cancel_scope.cancel()  # (the service stopping, say)
+
+    anyio.run(cut_short)
+    assert len(service.settled) == len(service.jobs)
+    assert [len(reply) for reply in replies] == [len(service.jobs)]
 
 
 def test_filters_of_the_wrong_type_or_unknown_get_an_error_naming_them(

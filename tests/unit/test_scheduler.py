@@ -7,6 +7,7 @@ signal a cancel sends matters); time is a manual clock.
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from dispatcher.server.scheduler import Runner, Scheduler
 from dispatcher.server.settlement import ABANDONED
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.workers import WorkerHandle
+from support.examples import examples
 from support.scheduling import FakeProcess, FakeRunner, FakeTimers, make_job
 
 
@@ -461,6 +463,101 @@ def test_cancelling_a_job_and_its_blocked_duplicate_runs_neither() -> None:
     worker = rig.runner()
     assert worker.ran == []
     assert rig.scheduler.running() == []
+
+
+def test_a_released_job_runs_whatever_mode_its_blocked_duplicates_asked_for() -> None:
+    rig = Rig()
+    worker = rig.runner()
+    running = make_job("app.sync", 1, on_duplicate="serial")
+    one_waiting = make_job("app.sync", 1, on_duplicate="queue_one")
+    serial = make_job("app.sync", 1, on_duplicate="serial")
+    for job in (running, one_waiting, serial):
+        rig.scheduler.submit(job)
+    assert rig.scheduler.blocked == 2
+    # queue_one was checked when it came: nothing was blocked then. Released, it runs (it
+    # is not checked again, against the serial one blocked behind it), and that one after it.
+    rig.finish(worker)
+    assert worker.ran == [running, one_waiting]
+    rig.finish(worker)
+    assert worker.ran == [running, one_waiting, serial]
+    assert rig.settled == []
+    assert rig.scheduler.blocked == 0
+
+
+MODES = [None, None, "parallel", "discard", "serial", "serial", "queue_one", "queue_one"]
+
+
+def test_mixed_on_duplicate_modes_lose_no_job_and_leave_none_blocked_behind_nothing() -> None:
+    """Identical tasks sent with every mix of modes, ending and cancelled in random orders.
+
+    After each step, each blocked job waits behind an identical one queued or running (whose
+    end lets it in); a job that comes with no delay is discarded, blocked or run exactly as
+    the rules say; in the end every job ran or was settled, once.
+    """
+    for seed in range(examples(30)):
+        mixed_modes_run(random.Random(seed))
+
+
+def mixed_modes_run(rnd: random.Random) -> None:
+    rig = Rig()
+    workers = [rig.runner() for _ in range(2)]
+    scheduler = rig.scheduler
+    sent: list[Job] = []
+
+    def places() -> dict[str, list[Job]]:
+        found: dict[str, list[Job]] = {"active": [], "blocked": [], "delayed": []}
+        for where, jobs in scheduler.snapshot().places:
+            found[where if where in ("blocked", "delayed") else "active"] += jobs
+        return found
+
+    for step in range(300):
+        op = rnd.random()
+        if op < 0.5:
+            job = make_job(
+                "app.same",
+                rnd.randrange(2),
+                on_duplicate=rnd.choice(MODES),
+                delay=rnd.choice([0, 0, 0, 1.0]),
+            )
+            before = places()
+            active = {other.key for other in before["active"]}
+            blocked = {other.key for other in before["blocked"]}
+            settled = len(rig.settled)
+            scheduler.submit(job)
+            sent.append(job)
+            if job.delay or job.key is None:
+                continue
+            if job.on_duplicate == "discard":
+                expected = "discarded" if job.key in active | blocked else "active"
+            elif job.on_duplicate == "queue_one" and job.key in blocked:
+                expected = "discarded"
+            else:
+                expected = "blocked" if job.key in active else "active"
+            after = places()
+            found = next((where for where, jobs in after.items() if job in jobs), None)
+            if rig.settled[settled:] == [(job, "discarded")]:
+                found = "discarded"
+            assert found == expected, (step, job.on_duplicate)
+        elif op < 0.85:
+            busy = [worker for worker in workers if worker.job is not None]
+            if busy:
+                rig.finish(rnd.choice(busy))
+        elif op < 0.93 and sent:
+            scheduler.cancel(uuid=rnd.choice(sent).uuid)
+        else:
+            rig.timers.advance(1.0)
+        now = places()
+        behind = {job.key for job in now["active"]}
+        assert all(job.key in behind for job in now["blocked"]), step
+
+    rig.timers.advance(10.0)
+    while busy := [worker for worker in workers if worker.job is not None]:
+        for worker in busy:
+            rig.finish(worker)
+    assert (scheduler.queued, scheduler.blocked, scheduler.delayed) == (0, 0, 0)
+    ran = [job.uuid for worker in workers for job in worker.ran]
+    settled = [job.uuid for job, _ in rig.settled]
+    assert sorted(ran + settled) == sorted(job.uuid for job in sent)
 
 
 def test_cancel_needs_a_uuid_or_a_task_name() -> None:

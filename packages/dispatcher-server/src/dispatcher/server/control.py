@@ -166,6 +166,10 @@ class ControlCommands:
         limit = {"type": "integer", "minimum": 0, "maximum": 1000, "description": "Stack depth."}
         self._walking = anyio.Lock()
         """Held by a command walking the jobs: one at a time (each holds a snapshot)."""
+        self.stopping = False
+        """Set as the service begins to stop: a ``cancel`` then settles the jobs it took all
+        at once, not a slice at a time, so that their outcomes are among the last the
+        service hands its brokers."""
         self.table: dict[str, Command] = {}
         commands: tuple[tuple[str, Callable[..., Any], dict[str, Any]], ...] = (
             ("alive", lambda data: {}, _NOTHING),
@@ -238,14 +242,18 @@ class ControlCommands:
 
         The tasks are taken out of the service at once (for a filter on ``args`` or
         ``kwargs``, once every job held has been looked at, a slice at a time: by uuid
-        then, wherever each job is by that time); each is then settled, a slice at a time.
+        then, wherever each job is by that time); each is then settled, a slice at a time
+        (all at once when the service stops). Once the jobs are taken, the command is not
+        cut short: they are settled, and the reply says so.
         """
         wanted = TaskFilter.from_data(data)
         async with self._walking:
             pick = await self._pick(data, wanted)
             listing = Listing()
             if pick is not None:
-                await _settle(self._target, self._target.take(pick), listing)
+                taken = self._target.take(pick)
+                with anyio.CancelScope(shield=True):
+                    await _settle(self._target, taken, listing, lambda: self.stopping)
         count = len(listing.listed) + listing.omitted
         logger.info(
             "control cancel (%s): cancelled %d task%s%s",
@@ -490,19 +498,22 @@ async def _list(
 
 
 async def _settle(
-    target: ControlTarget, taken: list[tuple[str, list[Job]]], listing: Listing
+    target: ControlTarget,
+    taken: list[tuple[str, list[Job]]],
+    listing: Listing,
+    stopping: Callable[[], bool],
 ) -> None:
     """Count and settle the jobs a cancel *taken*, and list them, a slice at a time.
 
-    Those left when the service stops meanwhile are settled at once (they are no longer
-    anywhere else).
+    Once *stopping* says so, the rest at once. Those left if this fails are settled at once
+    too (they are no longer anywhere else).
     """
     left = ((where, job) for where, jobs in taken for job in jobs)
     try:
         for done, (where, job) in enumerate(left, 1):
             target.cancelled(where, job)
             listing.add_job(where, job)
-            if done % WALK_SLICE == 0:
+            if done % WALK_SLICE == 0 and not stopping():
                 await anyio.sleep(0)
     finally:
         for where, job in left:

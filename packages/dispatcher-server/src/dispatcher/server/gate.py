@@ -8,6 +8,12 @@ messages that ask for ``discard``, ``serial`` or ``queue_one`` are tracked:
 - ``serial``: blocked while an identical task is active, then released, one at a time;
 - ``queue_one``: dropped if an identical task is already blocked, else blocked while one is
   active (so at most one waits).
+
+The rules apply when a job arrives. A blocked job, once released, runs whatever arrived
+after it: it becomes active as it leaves the gate, not admitted again (a ``queue_one`` job
+re-admitted behind a ``serial`` one blocked after it would be dropped, and that one left
+blocked with nothing active ahead of it, forever). So every identity with blocked jobs has
+an active one, whose end releases the next.
 """
 
 from __future__ import annotations
@@ -63,18 +69,22 @@ class DuplicateGate:
         return Admission.RUN
 
     def finished(self, job: Job) -> Job | None:
-        """*job* is no longer active; return a blocked job that may now run, if any."""
+        """*job* is no longer active; return the blocked job that may now run, if any.
+
+        The job returned is active already: run it (:meth:`admit` is not for it).
+        """
         key = job.key
         if key is None or key not in self._active:
             return None
         self._active[key] -= 1
         if self._active[key]:
             return None
-        del self._active[key]
         waiting = self._blocked.get(key)
         if not waiting:
+            del self._active[key]
             return None
         released = waiting.popleft()
+        self._active[key] = 1
         self.blocked_count -= 1
         if not waiting:
             del self._blocked[key]

@@ -403,8 +403,12 @@ class Scheduler:
         """*job* has ended, whatever its outcome: let a blocked duplicate of it in."""
         if job.key is not None:
             released = self._gate.finished(job)
+            while released is not None and self._closed:
+                self._unhold(released)
+                self._settle(released, ABANDONED)
+                released = self._gate.finished(released)
             if released is not None:
-                self._admit(released)
+                self._dispatch(released)  # active already: not admitted again
 
     # -- looking and cancelling ------------------------------------------------------------
 

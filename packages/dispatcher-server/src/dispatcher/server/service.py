@@ -48,7 +48,7 @@ from dispatcher.server.release import DISTRIBUTION, installed_version
 from dispatcher.server.resources import PROCESS_LIMIT, fds_needed, raise_fd_limit, shortage_text
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.service_signals import receiving_stop_signals
-from dispatcher.server.settlement import REJECTED, Settlements
+from dispatcher.server.settlement import ABANDONED, REJECTED, Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
@@ -73,6 +73,14 @@ MAX_CONTROL_IN_FLIGHT: Final = 64
 a time, each a while over a long backlog) waiting or being answered, at most; one more is
 refused (``overloaded``) with an error reply, so that a flood of them cannot pile up. Other
 commands answer at once, however many arrive together."""
+CONTROL_WAIT: Final = 2.0
+"""Seconds a stop waits (``service.shutdown_grace`` if less), once the workers have stopped,
+for the control commands still being answered; those not answered by then are cut short (a
+stored one is handed back to its queue, to run again). A ``cancel`` that has taken its jobs
+always ends: it settles them."""
+NOT_ANSWERED: Final = "the service stopped before it could answer"
+"""The error replied to a control message cut short by the stop (and why a stored one is
+handed back)."""
 
 
 class CannotRunHere(DispatcherError, RuntimeError):
@@ -256,11 +264,18 @@ class Service:
             )
         self._stop = anyio.Event()
         self._tasks: TaskGroup | None = None
+        """The service's own tasks (set once it runs): control commands run in them."""
         self._control_in_flight = 0
         """Control messages being answered."""
         self._walks_in_flight = 0
         """Those of them that look at every task held (at most :data:`MAX_CONTROL_IN_FLIGHT`)."""
-        """The service's own tasks (set once it runs): control commands run in them."""
+        self._answering: set[anyio.CancelScope] = set()
+        """Where each control command being answered runs (a message's, a bound task's): a
+        stop cuts short those that outlast :data:`CONTROL_WAIT`, before its last flush."""
+        self._answered: anyio.Event | None = None
+        """Set when the last command being answered ends, for a stop waiting for it."""
+        self._answering_closed = False
+        """The stop no longer waits for control commands: one arriving now is not run."""
         self._internal_errors = InternalErrorLog(logger)
         self._schedules: anyio.CancelScope | None = None
         """Where ``producers.scheduled`` run: cancelled as the service begins to stop."""
@@ -546,13 +561,45 @@ class Service:
         self.intake.stop_accepting()
         for broker in self.brokers:
             broker.stop_receiving()
+        self._commands.stopping = True
         await self.supervisor.shutdown(self.settings.service.shutdown_grace)
         self._launcher.close()
         self.intake.close()
+        await self._end_control_answers()
         await self.settlements.flush(SETTLE_WAIT)
         pending = len(self.intake.chunks)
         if pending:
             logger.warning("dropped %d incomplete chunked messages", pending)
+
+    async def _end_control_answers(self) -> None:
+        """Let the control commands being answered end, then cut short those still going.
+
+        They get up to :data:`CONTROL_WAIT` s; those cut short settle what they hold on
+        their way out (before the stop's last flush).
+        """
+        with anyio.move_on_after(min(CONTROL_WAIT, self.settings.service.shutdown_grace)):
+            await self._no_answers()
+        self._answering_closed = True
+        for scope in self._answering:
+            scope.cancel()
+        with anyio.move_on_after(CONTROL_WAIT):  # (each ends at its next await)
+            await self._no_answers()
+
+    async def _no_answers(self) -> None:
+        while self._answering:
+            self._answered = anyio.Event()
+            await self._answered.wait()
+
+    def _answer_begun(self) -> anyio.CancelScope:
+        """Where a control command about to be answered runs (see :attr:`_answering`)."""
+        scope = anyio.CancelScope()
+        self._answering.add(scope)
+        return scope
+
+    def _answer_ended(self, scope: anyio.CancelScope) -> None:
+        self._answering.discard(scope)
+        if not self._answering and self._answered is not None:
+            self._answered.set()
 
     async def _flush_suppressed_lines(self) -> None:
         while True:
@@ -601,10 +648,13 @@ class Service:
 
         It runs in a task of its own (a command walking a long backlog lets the service go
         on meanwhile), which settles *origin* once it has answered: ``ok``, or ``rejected``
-        with the reply's error.
+        with the reply's error; ``abandoned`` (to be delivered again) when the service
+        stops before it could answer.
         """
         if refused is not None:
             self._reply(message, origin, self.control.refused(str(refused)))
+        elif self._answering_closed:
+            self._not_answered(message, origin)
         elif (walking := str(message.get("control")) in WALKING_COMMANDS) and (
             self._walks_in_flight >= MAX_CONTROL_IN_FLIGHT
         ):
@@ -619,7 +669,8 @@ class Service:
             ended = None if origin.answering is None else origin.answering()
             self._control_in_flight += 1
             self._walks_in_flight += walking
-            self._start_soon(self._answer_control, message, channel, origin, ended, walking)
+            scope = self._answer_begun()
+            self._start_soon(self._answer_control, message, channel, origin, ended, scope, walking)
 
     async def _answer_control(
         self,
@@ -627,10 +678,16 @@ class Service:
         channel: str,
         origin: Origin,
         ended: Callable[[], None] | None,
+        scope: anyio.CancelScope,
         walking: bool,
     ) -> None:
+        reply: dict[str, Any] | None = None
         try:
-            reply = await self.control.answer(message, channel, origin.broker)
+            with scope:
+                reply = await self.control.answer(message, channel, origin.broker)
+            if reply is None:  # the stop cut it short
+                self._not_answered(message, origin)
+                return
             self._reply(message, origin, reply)
         except Exception as exc:  # a bug here must cost one message, never the service
             self.stats.rejected["internal_error"] += 1
@@ -640,6 +697,7 @@ class Service:
         finally:
             self._control_in_flight -= 1
             self._walks_in_flight -= walking
+            self._answer_ended(scope)
             if ended is not None:
                 ended()
         error = reply.get("error")
@@ -647,6 +705,15 @@ class Service:
             self.settlements.origin(origin, Outcome.OK)
         else:  # a stored control message ends failed, with its reply's error
             self.settlements.origin(origin, REJECTED, str(error))
+
+    def _not_answered(self, message: dict[str, Any], origin: Origin) -> None:
+        """The service stops before it could answer *message*.
+
+        A stored one runs again later (its reply comes then); the sender of another is told.
+        """
+        if origin.receipt is None:
+            self._reply(message, origin, self.control.refused(NOT_ANSWERED))
+        self.settlements.origin(origin, ABANDONED, NOT_ANSWERED)
 
     def _reply(self, message: dict[str, Any], origin: Origin, reply: dict[str, Any]) -> None:
         """Send *reply* to the control *message*'s ``reply_to``, if it has one."""
@@ -664,9 +731,16 @@ class Service:
         answer: Callable[[dict[str, Any]], None],
     ) -> None:
         """A bound task's control request: run it in a task of its own, then *answer*."""
+        if self._answering_closed:
+            return  # its worker has stopped by now
+        scope = self._answer_begun()
 
         async def run() -> None:
-            answer(await self._commands.handle(command, data))
+            try:
+                with scope:
+                    answer(await self._commands.handle(command, data))
+            finally:
+                self._answer_ended(scope)
 
         self._start_soon(run)
 
