@@ -224,14 +224,14 @@ def test_a_delayed_duplicate_meets_the_gate_when_due() -> None:
 
 
 def test_max_held_bytes_refuses_a_job_that_would_pass_it() -> None:
-    size = len(make_job().line)
-    rig = Rig(Limits(max_held_bytes=2 * size))
     kept = [make_job(), make_job(delay=1)]
     refused = make_job()
+    size = sum(len(job.line) for job in kept)  # (a job's line grows with the jobs made before)
+    rig = Rig(Limits(max_held_bytes=size))
     assert all(rig.scheduler.submit(job) for job in kept)
     assert not rig.scheduler.submit(refused)
     assert rig.stats.rejected["overloaded"] == 1
-    assert rig.scheduler.held_bytes == 2 * size
+    assert rig.scheduler.held_bytes == size
     rig.timers.advance(1)
     worker = rig.runner()
     rig.finish(worker)
