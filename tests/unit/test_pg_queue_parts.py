@@ -97,7 +97,7 @@ async def test_a_lost_queue_database_is_tried_again_at_least_every_five_seconds(
 
     db = database.QueueDatabase(f"host=127.0.0.1 port={port} connect_timeout=2", "t", on_open)
     monkeypatch.setattr(database.anyio, "sleep", wait)
-    with caplog.at_level("WARNING", logger="dispatcher.pg_queue"):
+    with caplog.at_level("DEBUG", logger="dispatcher.pg_queue"):
         for _ in range(12):
             with pytest.raises(database.FAILURES):
                 await db.ready()

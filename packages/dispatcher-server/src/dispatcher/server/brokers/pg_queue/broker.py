@@ -21,7 +21,6 @@ import psycopg
 from anyio.abc import TaskStatus
 
 from dispatcher.config import PgQueueBroker as PgQueueSettings
-from dispatcher.publish import AsyncConnectionProvider
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     QUEUE_WAKEUP_CHANNEL,
@@ -72,6 +71,12 @@ _SERVER_UP_FOR: Final = (
     b"SELECT extract(epoch FROM pg_catalog.now() - pg_catalog.pg_postmaster_start_time())::float8"
 )
 """Seconds since the database server started."""
+_NOTIFY: Final = (
+    b"SELECT pg_catalog.count(pg_catalog.pg_notify(c, p)) FROM ROWS FROM"
+    b" (pg_catalog.unnest(%(channels)s::text[]), pg_catalog.unnest(%(payloads)s::text[]))"
+    b" AS m(c, p)"
+)
+"""Sends a control reply's NOTIFYs (its chunks, in order) in one statement."""
 TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
 """The ``on_duplicate`` modes the table enforces (``parallel`` needs nothing)."""
 LOCK_TIMEOUT: Final = 2.0
@@ -160,6 +165,7 @@ class PgQueueBroker(BrokerBase):
             stats,
             limits,
             schema=settings.schema,
+            work=db,
             quarantine=(
                 statements.quarantine,
                 statements.quarantine_check,
@@ -177,8 +183,8 @@ class PgQueueBroker(BrokerBase):
             settings.queues,
             schema=settings.schema,
             limits=limits,
+            spare=self._claims_db,
         )
-        self._replies = AsyncConnectionProvider(settings.conninfo)
         self._ack_failures = RateLimitedLog(logger, logging.WARNING)
         self._opened: set[str] = set()
         """The connections (``work``, ``claims``) opened at least once: one opened again came
@@ -288,12 +294,17 @@ class PgQueueBroker(BrokerBase):
             raise PrivilegeRefused(why) from None
 
     async def reply(self, reply_to: str, reply: Mapping[str, Any]) -> None:
-        """NOTIFY *reply* on the channel *reply_to* (chunked when too large)."""
+        """NOTIFY *reply* on the channel *reply_to* (chunked when too large).
+
+        On the working connection, in one statement: a connection of its own, opened by
+        the first reply, could not be opened near ``max_connections``.
+        """
         if not is_valid_channel_name(reply_to):
             return  # no channel can have that name: nobody waits for it
         text = json.dumps(reply, separators=(",", ":"), default=str)
         payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
-        await self._replies.notify_many([reply_to] * len(payloads), payloads)
+        channels = [reply_to] * len(payloads)
+        await self._db.fetch(_NOTIFY, {"channels": channels, "payloads": payloads})
 
     async def close(self) -> None:
         """Write what acknowledgements wait (briefly), then close the connections."""
@@ -317,7 +328,6 @@ class PgQueueBroker(BrokerBase):
             )
         await self._claims_db.close()
         await self._db.close()
-        await self._replies.close()
 
     async def _write_while_stopping(self, retry_locked: bool = False) -> None:
         """Write the outcomes waiting, within :data:`CLOSE_FLUSH_TIMEOUT` (see there).
