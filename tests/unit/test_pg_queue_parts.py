@@ -429,10 +429,10 @@ async def test_outcomes_carry_the_result_and_the_traceback_to_the_broker() -> No
     accounting.lost(job, Outcome.WORKER_LOST, 3, 99, 0.0, 1.0)
     await settlements.flush()
     assert broker.settled == [
-        Settled("1:1:4", "ok", None, "[1,2]"),
-        Settled("1:1:4", "ok", "result not kept: big"),
-        Settled("1:1:4", "error", "ValueError: no", traceback="Traceback..."),
-        Settled("1:1:4", "worker_lost", "worker_lost: worker 3 (pid 99) ended with it"),
+        Settled("1:1:4", "ok", None, "[1,2]", ran=1.0),
+        Settled("1:1:4", "ok", "result not kept: big", ran=1.0),
+        Settled("1:1:4", "error", "ValueError: no", traceback="Traceback...", ran=1.0),
+        Settled("1:1:4", "worker_lost", "worker_lost: worker 3 (pid 99) ended with it", ran=1.0),
     ]
 
 

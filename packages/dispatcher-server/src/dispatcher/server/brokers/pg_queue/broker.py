@@ -51,6 +51,7 @@ from dispatcher.server.brokers.pg_queue.migrations import (
     version_queries,
 )
 from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy
+from dispatcher.server.brokers.pg_queue.prefetch import Prefetch
 from dispatcher.server.brokers.pg_queue.privileges import SCHEDULE, SETTLE, PrivilegeRefused
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
@@ -147,13 +148,14 @@ class PgQueueBroker(BrokerBase):
             on_twin_free=wakeup.set,
             limits=limits,
         )
+        self._prefetch = Prefetch(None if settings.prefetch == "auto" else settings.prefetch)
         options = ClaimOptions(
             settings.queues,
             node_id,
             settings.lease,
             settings.poll_interval,
             settings.batch_size,
-            settings.prefetch,
+            self._prefetch.ahead,
         )
         self._claimer = Claimer(
             self._claims_db,
@@ -235,6 +237,7 @@ class PgQueueBroker(BrokerBase):
         renewed meanwhile.
         """
         self._acks.add_settled(settled)
+        self._prefetch.ran(item.ran for item in settled if item.ran is not None)
         if self._db.waiting:
             return  # the database is away: the upkeep writes them once it is back
         try:

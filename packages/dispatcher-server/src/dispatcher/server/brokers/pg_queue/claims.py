@@ -6,11 +6,12 @@ while it cannot be, the loop claims nothing and says why (a service that claimed
 ran jobs it could never settle: their rows stayed ``running``, their leases ran out, and
 they ran again elsewhere).
 
-The loop waits for free capacity (free workers, plus ``prefetch`` jobs held ahead of them),
-claims up to that many rows (at most ``batch_size``, and :data:`CLAIM_BYTES` of messages) in
-one statement, and delivers each. When it got fewer than it asked for, and not for want of
-bytes, the queue is drained for now: it waits for a wake-up (a NOTIFY, a retry or delayed
-job becoming ready: the claim says when the first one does) or ``poll_interval`` seconds.
+The loop waits for free capacity (free workers, plus the jobs held ahead of them: see
+:mod:`.prefetch`), claims up to that many rows (at most ``batch_size``, and
+:data:`CLAIM_BYTES` of messages) in one statement, and delivers each. When it got fewer than
+it asked for, and not for want of bytes, the queue is drained for now: it waits for a
+wake-up (a NOTIFY, a retry or delayed job becoming ready: the claim says when the first one
+does) or ``poll_interval`` seconds.
 A claim and its deliveries are never cut in two by a shutdown: rows claimed are always
 delivered (and so always acknowledged).
 
@@ -26,7 +27,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -78,7 +79,8 @@ class ClaimOptions:
     lease: float
     poll_interval: float
     batch_size: int
-    prefetch: int = 0
+    prefetch: Callable[[], int] = lambda: 0
+    """How many jobs to hold ahead of the free workers now (see :mod:`.prefetch`)."""
 
 
 UNREADABLE: Final = (
@@ -167,7 +169,7 @@ class Claimer:
         """Claim and deliver until cancelled."""
         options = self._options
         while True:
-            wanted = min(await self._capacity.wait_free(options.prefetch), options.batch_size)
+            wanted = min(await self._capacity.wait_free(options.prefetch()), options.batch_size)
             drained = True
             try:
                 # Connecting (and waiting out a reconnect delay) may be cancelled; the claim
