@@ -11,7 +11,6 @@ Delivery is at least once: a job runs again if its service dies while running it
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -58,7 +57,7 @@ from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.logsafe import counted, first_line, get_logger, named_list
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
@@ -187,7 +186,8 @@ class PgQueueBroker(BrokerBase):
             limits=limits,
             spare=self._claims_db,
         )
-        self._ack_failures = RateLimitedLog(logger, logging.WARNING)
+        self._ack_failures = FailureLog(logger)
+        """Says why outcomes wait: once per cause (a minute apart while it lasts)."""
         self._opened: set[str] = set()
         """The connections (``work``, ``claims``) opened at least once: one opened again came
         back after it was lost, and may hold sweeps (see :meth:`_came_back`)."""
@@ -248,8 +248,13 @@ class PgQueueBroker(BrokerBase):
         except FAILURES as exc:
             why = await privileges.explain(exc, self._db.fetch, self.settings.schema, SETTLE)
             self._ack_failures.log(
-                "%s not recorded yet (%s); retrying", counted(self._acks.pending, "outcome"), why
+                why,
+                "%s not recorded yet (%s); retrying",
+                counted(self._acks.pending, "outcome"),
+                why,
             )
+        else:
+            self._ack_failures.ended()
 
     def held_until(self, receipt: str) -> float:
         """Until when the job of *receipt* may start: its claim held, its lease not out."""

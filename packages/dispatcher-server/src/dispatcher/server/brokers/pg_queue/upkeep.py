@@ -217,9 +217,10 @@ class Upkeep:
             await self._leases.renew()
         except FAILURES:
             spare = self._spare
-            # Only on a claiming connection already open: one more to open (or to wait
-            # for) during an outage would only delay the next renewal on the working one.
-            if spare is None or not self._db.failing or not spare.connected:
+            # Not while the claiming connection waits to reconnect too (the next renewal
+            # would wait for it); its own reconnect delays grow apart from the working
+            # one's, so that after an outage the first of them to get through renews.
+            if spare is None or not self._db.failing or spare.reconnect_in > 0:
                 raise
             await self._leases.renew(spare.fetch)
         return True
