@@ -358,7 +358,7 @@ def test_a_broker_that_fails_is_shown_in_status_and_metrics_until_it_serves_agai
     service_config["brokers"]["pg_notify"]["conninfo"] = proxy.dsn
     service_config["brokers"]["socket"] = {"path": str(socket_path)}
     service_config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
-    service = start_service(service_config, wait=False)
+    service = start_service(service_config, wait=False, log_level="DEBUG")  # (the repeats)
     service.wait_for_log(r"pg_notify connection to .* failed", count=2)
     ctl_config = tmp_path / "ctl.yml"
     ctl_config.write_text(

@@ -51,7 +51,7 @@ def test_jobs_claimed_ahead_are_given_back_on_a_graceful_stop_and_run_once_elsew
     channel: str,
     evidence: Evidence,
 ) -> None:
-    config = queue_config(pg_dsn, schema, channel)  # 2 workers, prefetch 100, grace 5 s
+    config = queue_config(pg_dsn, schema, channel, prefetch=100)  # 2 workers, grace 5 s
     first = start_service(on_node(config, "node-a"))
     running = [job_message("sleep_then_record", evidence.path, 3, f"long-{n}") for n in (1, 2)]
     ahead = [job_message("record", evidence.path, n) for n in range(10)]

@@ -377,8 +377,9 @@ def test_an_idle_service_back_first_from_an_outage_leaves_the_others_a_lease_to_
                 config["brokers"]["pg_notify"] = {"conninfo": proxy.dsn, "channels": [busy]}
             services.append(start_service(config))
         idle = services[1]
-        # Its first sweep made (by its claiming connection) and its sweeps' connection open.
-        wait_until(lambda: node_connections(pg_conn, "hold-b") == 2, timeout=10)
+        # Its first sweep made (by its claiming connection, opened after its working one, the
+        # sweeps'); with pg_notify its wake-up listener is named after the node too.
+        wait_until(lambda: node_connections(pg_conn, "hold-b") == 3, timeout=10)
         notify(busy, task_message("sleep_then_record", evidence.path, 30, "busy"))
         evidence.wait_for(1)
         uuids = enqueue(
@@ -457,7 +458,8 @@ def test_a_service_started_while_the_database_was_out_of_reach_leaves_the_others
 
 
 def node_connections(conn: Conn, node: str) -> int:
-    """How many pg_queue working connections the service *node* has open."""
+    """How many pg_queue connections the service *node* has open (its wake-up listener
+    among them when it has pg_notify, which names the service otherwise)."""
     row = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
         " AND datname = current_database()",

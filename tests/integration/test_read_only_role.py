@@ -149,12 +149,13 @@ def test_the_service_says_why_and_waits_longer_each_time(
     conninfo, schema = read_only
     # A round of upkeep every third of a second, each with a purge (keep_finished: 0).
     config = queue_config(conninfo, schema, channel, lease=1, keep_finished=0)
-    service = start_service(config)
+    service = start_service(config, log_level="DEBUG")
     claims = service.wait_for_log(r"cannot claim jobs: ")
     assert READ_ONLY in claims[0]
     # Each refused purge makes the next wait, on a new connection, twice as long as the
-    # last (0.1 s at first): the working connection logs the delay, until it passes 1.4 s
-    # (five refusals in a row), where a round of upkeep comes every third of a second.
+    # last (0.1 s at first): the working connection logs the delay (at DEBUG after the first
+    # line), until it passes 1.4 s (five refusals in a row), where a round of upkeep comes
+    # every third of a second.
     longer = r"retrying in (1\.[4-9]|[2-9]\.\d|\d\d+\.\d) s"
     waits = service.wait_for_log(r"failed \(cannot execute DELETE .*" + longer, timeout=30)
     assert READ_ONLY in waits[0]

@@ -97,7 +97,7 @@ async def test_a_lost_queue_database_is_tried_again_at_least_every_five_seconds(
 
     db = database.QueueDatabase(f"host=127.0.0.1 port={port} connect_timeout=2", "t", on_open)
     monkeypatch.setattr(database.anyio, "sleep", wait)
-    with caplog.at_level("WARNING", logger="dispatcher.pg_queue"):
+    with caplog.at_level("DEBUG", logger="dispatcher.pg_queue"):
         for _ in range(12):
             with pytest.raises(database.FAILURES):
                 await db.ready()
@@ -429,10 +429,10 @@ async def test_outcomes_carry_the_result_and_the_traceback_to_the_broker() -> No
     accounting.lost(job, Outcome.WORKER_LOST, 3, 99, 0.0, 1.0)
     await settlements.flush()
     assert broker.settled == [
-        Settled("1:1:4", "ok", None, "[1,2]"),
-        Settled("1:1:4", "ok", "result not kept: big"),
-        Settled("1:1:4", "error", "ValueError: no", traceback="Traceback..."),
-        Settled("1:1:4", "worker_lost", "worker_lost: worker 3 (pid 99) ended with it"),
+        Settled("1:1:4", "ok", None, "[1,2]", ran=1.0),
+        Settled("1:1:4", "ok", "result not kept: big", ran=1.0),
+        Settled("1:1:4", "error", "ValueError: no", traceback="Traceback...", ran=1.0),
+        Settled("1:1:4", "worker_lost", "worker_lost: worker 3 (pid 99) ended with it", ran=1.0),
     ]
 
 

@@ -79,8 +79,9 @@ class PgQueueBroker:
     """Seconds a finished job stays in the table."""
     batch_size: int = 100
     """Most jobs claimed or settled in one statement."""
-    prefetch: int = 100
-    """Jobs claimed ahead of the free workers (leased to this service while they wait)."""
+    prefetch: int | Literal["auto"] = "auto"
+    """Jobs claimed ahead of the free workers (leased to this service while they wait):
+    that many, or (``auto``) as many as the pace of the recent jobs makes worth it."""
     transaction_pooler: bool = False
     """Whether the conninfo leads to a pooler in transaction mode: prepare and set nothing."""
     allow_control: tuple[str, ...] | None = None

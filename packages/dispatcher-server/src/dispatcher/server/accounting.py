@@ -76,10 +76,11 @@ class Accounting:
         the worker found no such task (a reload removed it since the job came): it fails,
         and is counted as refused (``unknown_task``), never under its name.
         """
+        ran = None if started is None else finished - started
         if outcome is Outcome.OK:
-            self._settle(job, outcome, result_note, result=result)
+            self._settle(job, outcome, result_note, result=result, ran=ran)
         else:
-            self._settle(job, outcome, error, traceback=traceback or None, final=final)
+            self._settle(job, outcome, error, traceback=traceback or None, final=final, ran=ran)
         if unregistered:
             self._stats.task_refused()
         else:
@@ -92,10 +93,10 @@ class Accounting:
         level = logging.ERROR if failed else self._end_level
         if not logger.isEnabledFor(level):
             return
-        ran = 0.0 if started is None else finished - started
         fields = job_fields("task_failed" if failed else "task_finished", job)
         fields[OUTCOME] = outcome.value
         fields[WORKER] = worker_id
+        ran = 0.0 if ran is None else ran
         fields[DURATION] = ran
         if failed:
             fields[ERROR] = error
@@ -137,7 +138,7 @@ class Accounting:
         is known.
         """
         error = f"{outcome}: worker {worker_id} (pid {pid}) ended with it"
-        self._settle(job, outcome, error)
+        self._settle(job, outcome, error, ran=ended - started)
         self._stats.task_ended(job.task, outcome)
         self._stats.timings(job.task, job.published, started, ended)
         self._failed(job, outcome, error)
@@ -191,7 +192,7 @@ class Accounting:
                 worker_id,
                 extra=fields,
             )
-        self._settle(job, Outcome.KILLED, error)
+        self._settle(job, Outcome.KILLED, error, ran=ended - started)
         self._stats.task_ended(job.task, Outcome.KILLED)
         self._stats.timings(job.task, job.published, started, ended)
         self._failed(job, Outcome.KILLED, error)

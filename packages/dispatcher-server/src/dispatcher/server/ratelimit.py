@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 import weakref
@@ -78,6 +79,74 @@ class RateLimitedLog:
                 counted(count, "similar line"),
                 escape(last, 120),
             )
+
+
+_NUMBERS: Final = re.compile(r"\d+(?:\.\d+)?")
+REPEAT_WINDOW: Final = 60.0
+"""Seconds during which a failure that goes on for the same cause is logged once
+(:class:`FailureLog`)."""
+
+
+class FailureLog:
+    """Says that something keeps failing: once per cause, then once per *window* at most.
+
+    For the attempts of one connection (or one periodic step) that fail again and again
+    while the database is out of reach or has no connection slot left: each attempt used
+    to log a line (over a fleet, a thousand lines in two minutes, for one cause). The
+    first failure is logged; further ones for the same *cause* are counted (and logged at
+    DEBUG), and logged again (with that count) once *window* seconds have passed; a
+    failure for another cause is logged at once (numbers aside: ``waiting 2.1 s more``
+    and ``waiting 4.3 s more`` are one cause). :meth:`ended` (the thing worked again)
+    starts afresh.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        level: int = logging.WARNING,
+        *,
+        window: float = REPEAT_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._level = level
+        self._window = window
+        self._clock = clock
+        self._cause: str | None = None
+        self._logged_at = 0.0
+        self._repeats = 0
+
+    @property
+    def failing(self) -> bool:
+        """Whether a failure was logged and nothing worked since (see :meth:`ended`)."""
+        return self._cause is not None
+
+    def log(self, cause: str, message: str, *args: object) -> bool:
+        """Log ``message % args`` unless it repeats the same *cause* within the window.
+
+        Returns whether it was logged (``False``: counted, said with the next line).
+        """
+        now = self._clock()
+        cause = _NUMBERS.sub("#", cause)
+        if cause == self._cause and now - self._logged_at < self._window:
+            self._repeats += 1
+            self._logger.debug(message, *args)
+            return False
+        if self._repeats and cause == self._cause:
+            message += " (%s since the last line)"
+            args = (*args, counted(self._repeats, "similar failure"))
+        elif self._repeats:
+            message += " (after %s like the last line)"
+            args = (*args, counted(self._repeats, "more failure"))
+        self._cause, self._logged_at, self._repeats = cause, now, 0
+        self._logger.log(self._level, message, *args)
+        return True
+
+    def ended(self) -> int:
+        """It worked again: the next failure is logged at once; returns the failures held back."""
+        repeats = self._repeats
+        self._cause, self._repeats = None, 0
+        return repeats
 
 
 _instances: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()

@@ -47,6 +47,7 @@ class SettleJob(Protocol):
         result: str | None = None,
         traceback: str | None = None,
         final: bool = False,
+        ran: float | None = None,
     ) -> None:
         """Settle *job* with *outcome* (see :meth:`Settlements.job`)."""
 
@@ -59,6 +60,7 @@ def settle_nothing(
     result: str | None = None,
     traceback: str | None = None,
     final: bool = False,
+    ran: float | None = None,
 ) -> None:
     """A :class:`SettleJob` that does nothing (for parts used without durable brokers)."""
 
@@ -88,15 +90,16 @@ class Settlements:
         result: str | None = None,
         traceback: str | None = None,
         final: bool = False,
+        ran: float | None = None,
     ) -> None:
         """Settle *job* (a no-op for jobs that came without a receipt).
 
         *result* is the task's return value as JSON text (``ok``); *reason* and *traceback*
-        say why it failed, and *final* that no attempt can do better (see
-        :class:`~dispatcher.server.brokers.base.Settled`).
+        say why it failed, and *final* that no attempt can do better; *ran*, the seconds it
+        ran (see :class:`~dispatcher.server.brokers.base.Settled`).
         """
         if job.receipt is not None and job.broker is not None:
-            settled = Settled(job.receipt, outcome, reason, result, traceback, final)
+            settled = Settled(job.receipt, outcome, reason, result, traceback, final, ran)
             self._add(job.broker, settled)
 
     def _add(self, broker: str, settled: Settled) -> None:

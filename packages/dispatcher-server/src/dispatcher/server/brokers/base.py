@@ -102,6 +102,9 @@ class Settled:
     final: bool = False
     """For ``error``: no attempt can end otherwise (the message's arguments do not fit the
     task's signature, so its code never ran): a durable broker should not retry it."""
+    ran: float | None = None
+    """Seconds the job ran on its worker (``None``: it never started); a durable broker
+    holds jobs ahead of its workers only while its jobs run quickly."""
 
 
 @runtime_checkable

@@ -22,8 +22,13 @@ the server, waiting, so the delays before the next connections keep growing whil
 happens again, and listening sessions are ones the server ends once their client is gone
 (``client_connection_check_interval``, where the server has it), lest they pile up.
 
-Control replies go out on a connection of their own (the listening one is busy), as NOTIFYs
-on their ``reply_to`` channel; a reply too large for one NOTIFY goes as chunk envelopes.
+Control replies go out on the listening connection, as NOTIFYs on their ``reply_to``
+channel (a reply too large for one NOTIFY goes as chunk envelopes, in one statement): the
+serving task sends them between two reads, as it sends the self-check, and a reply's NOTIFY
+held up or refused is cancelled or given up as the check's is (the reply is lost, the
+connection kept). They used to have a connection of their own, opened by the first reply:
+near ``max_connections`` a service that listened (and so received the command) could not
+open it, and every reply was lost.
 """
 
 from __future__ import annotations
@@ -44,12 +49,13 @@ from anyio.abc import TaskStatus
 from psycopg import sql
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
-from dispatcher.publish import AsyncConnectionProvider, describe_server
+from dispatcher.publish import describe_server
 from dispatcher.publish.connections import (
     NOTIFY_ONE,
     all_attempts,
     connection_options,
     describe_connection,
+    notify_statement,
 )
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
@@ -62,7 +68,7 @@ from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.cancelling import CANCEL_WAIT, StatementStuck, execute_within
 from dispatcher.server.logsafe import first_line, get_logger, named_list
 from dispatcher.server.origin import Origin
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.ratelimit import FailureLog, RateLimitedLog
 from dispatcher.server.resources import names_shortages
 from dispatcher.server.stats import ServiceStats
 
@@ -70,6 +76,8 @@ logger = get_logger("dispatcher.listener")
 
 MAX_PER_TURN: Final = 256
 """Notifications delivered in one go, before the other tasks of the service get a turn."""
+REPLY_TIMEOUT: Final = 10.0
+"""Seconds a control reply may wait for the listening connection to send it."""
 
 
 @names_shortages  # (out of threads or file descriptors: an OSError, retried as one)
@@ -200,7 +208,12 @@ class PgNotifyBroker(BrokerBase):
         self._origins = {channel: Origin("pg_notify", channel=channel) for channel in self.channels}
         self._stats = stats
         self._check_serial = 0
-        self._replies = AsyncConnectionProvider(settings.conninfo)
+        self._listening = False
+        """Whether a listening connection is being served (replies can go out on it)."""
+        self._outbox: list[_Outgoing] = []
+        """Replies waiting for the serving task to send them."""
+        self._outbox_filled = anyio.Event()
+        """Set when a reply was added to :attr:`_outbox`."""
         self._server_trouble = RateLimitedLog(
             logger, logging.WARNING, 1, window=SERVER_TROUBLE_WINDOW
         )
@@ -213,6 +226,7 @@ class PgNotifyBroker(BrokerBase):
         backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RECONNECT)
         where = describe_server(self.settings.conninfo)
         connected_at: float | None = None
+        failures = FailureLog(logger)
         while True:
             try:
                 conn = await self._connect()
@@ -224,6 +238,7 @@ class PgNotifyBroker(BrokerBase):
                     await self._listen(conn)
                     reached = describe_connection(conn, self.settings.conninfo)
                     connected_at = time.monotonic()
+                    failures.ended()
                     self._stats.listener_connects += 1
                     self._stats.broker(self.name).serving()
                     if self._stats.listener_connects == 1 and self.channels:
@@ -237,8 +252,11 @@ class PgNotifyBroker(BrokerBase):
                         )
                     else:
                         logger.info("reconnected to %s; listening again", reached)
+                    self._listening = True
                     await self._serve(conn, drain)
                 finally:
+                    self._listening = False
+                    self._fail_outbox("the listening connection was lost before it was sent")
                     with anyio.CancelScope(shield=True):  # closed even when cancelled
                         await conn.close()
             except (psycopg.Error, OSError, TimeoutError) as exc:
@@ -254,7 +272,8 @@ class PgNotifyBroker(BrokerBase):
                 delay = backoff.next_delay()
                 reason = all_attempts(exc) or first_line(exc)
                 self._stats.broker(self.name).failed(reason)
-                logger.warning(
+                failures.log(
+                    reason,
                     "pg_notify connection to %s failed (%s); retrying in %.1f s",
                     where,
                     reason,
@@ -268,11 +287,64 @@ class PgNotifyBroker(BrokerBase):
             return  # no channel can have that name: nobody waits for it
         text = json.dumps(reply, separators=(",", ":"), default=str)
         payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
-        await self._replies.notify_many([reply_to] * len(payloads), payloads)
+        if not self._listening:
+            raise ConnectionError("no listening connection to send it on (reconnecting)")
+        outgoing = _Outgoing([(reply_to, payload) for payload in payloads])
+        self._outbox.append(outgoing)
+        self._outbox_filled.set()
+        with anyio.fail_after(REPLY_TIMEOUT):
+            await outgoing.done.wait()
+        if outgoing.error is not None:
+            raise outgoing.error
 
     async def close(self) -> None:
-        """Close the connection replies are sent on."""
-        await self._replies.close()
+        """Nothing to close: the replies go out on the listening connection."""
+
+    def _fail_outbox(self, why: str) -> None:
+        """Fail the replies waiting to be sent, saying *why*."""
+        for outgoing in self._outbox:
+            outgoing.finish(ConnectionError(why))
+        self._outbox = []
+        self._outbox_filled = anyio.Event()
+
+    async def _send_replies(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Send the replies waiting, each in one statement (its chunks in order).
+
+        Within ``self_check_timeout`` each, as the self-check's NOTIFY: one held up longer
+        is cancelled, one the server refuses given up (the reply is lost, the connection
+        kept).
+
+        :raises StatementStuck: when a NOTIFY went on after the server was asked to cancel
+            it (the connection is closed), and as psycopg does when the connection broke.
+        """
+        self._outbox_filled = anyio.Event()
+        batch, self._outbox = self._outbox, []
+        timeout = self.settings.self_check_timeout
+        for n, outgoing in enumerate(batch):
+            try:
+                await execute_within(
+                    conn,
+                    *notify_statement(outgoing.messages),
+                    timeout,
+                    cancel_wait=cancel_wait(timeout),
+                )
+            except psycopg.Error as exc:
+                if conn.broken or exc.sqlstate is None:
+                    self._fail_batch(batch[n:], exc)
+                    raise
+                outgoing.finish(exc)  # held up and cancelled, or refused: this one only
+                continue
+            except BaseException as exc:
+                self._fail_batch(batch[n:], exc)
+                raise
+            outgoing.finish(None)
+
+    @staticmethod
+    def _fail_batch(batch: list[_Outgoing], exc: BaseException) -> None:
+        """Fail *batch* (sent or not: never again) for *exc*."""
+        failure = exc if isinstance(exc, Exception) else ConnectionError("cancelled")
+        for outgoing in batch:
+            outgoing.finish(failure)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         return await open_connection(self.settings.conninfo, self.application_name)
@@ -285,12 +357,18 @@ class PgNotifyBroker(BrokerBase):
         interval = self.settings.self_check_interval
         while True:
             with drain.watching():
-                while (quiet_for := time.monotonic() - drain.last_heard) < interval:
-                    with anyio.move_on_after(interval - quiet_for):
-                        await drain.failed.wait()
+                while (
+                    not self._outbox
+                    and (quiet_for := time.monotonic() - drain.last_heard) < interval
+                ):
+                    await _first_of(drain.failed, self._outbox_filled, interval - quiet_for)
                     drain.raise_failure()
             drain.raise_failure()  # (one on entering the block, its deadline already past)
-            await self._self_check(conn, drain)  # (psycopg needs the socket to itself)
+            # Both need the socket to itself (psycopg reads it while a statement runs).
+            if self._outbox:
+                await self._send_replies(conn)
+                continue
+            await self._self_check(conn, drain)
             drain.last_heard = time.monotonic()
 
     async def _self_check(self, conn: psycopg.AsyncConnection[Any], drain: _Drain) -> None:
@@ -357,6 +435,33 @@ class PgNotifyBroker(BrokerBase):
                 self._server_trouble.log(REFUSED_FULL, self._where(), reason, usage * 100, usage)
                 return
         self._server_trouble.log(REFUSED, self._where(), reason)
+
+
+class _Outgoing:
+    """A control reply (its NOTIFYs) waiting for the listening connection to send it."""
+
+    def __init__(self, messages: list[tuple[str, str]]) -> None:
+        self.messages = messages
+        self.done = anyio.Event()
+        self.error: Exception | None = None
+
+    def finish(self, error: Exception | None) -> None:
+        """Sent (*error* ``None``), or not: wake the replier."""
+        self.error = error
+        self.done.set()
+
+
+async def _first_of(first: anyio.Event, second: anyio.Event, timeout: float) -> None:
+    """Return once either event is set, or after *timeout* seconds."""
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as group:
+
+            async def wait(event: anyio.Event) -> None:
+                await event.wait()
+                group.cancel_scope.cancel()
+
+            group.start_soon(wait, first)
+            group.start_soon(wait, second)
 
 
 class _Drain:

@@ -11,7 +11,6 @@ Delivery is at least once: a job runs again if its service dies while running it
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -21,7 +20,6 @@ import psycopg
 from anyio.abc import TaskStatus
 
 from dispatcher.config import PgQueueBroker as PgQueueSettings
-from dispatcher.publish import AsyncConnectionProvider
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     QUEUE_WAKEUP_CHANNEL,
@@ -52,13 +50,14 @@ from dispatcher.server.brokers.pg_queue.migrations import (
     version_queries,
 )
 from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy
+from dispatcher.server.brokers.pg_queue.prefetch import Prefetch
 from dispatcher.server.brokers.pg_queue.privileges import SCHEDULE, SETTLE, PrivilegeRefused
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.logsafe import counted, first_line, get_logger, named_list
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
@@ -72,6 +71,12 @@ _SERVER_UP_FOR: Final = (
     b"SELECT extract(epoch FROM pg_catalog.now() - pg_catalog.pg_postmaster_start_time())::float8"
 )
 """Seconds since the database server started."""
+_NOTIFY: Final = (
+    b"SELECT pg_catalog.count(pg_catalog.pg_notify(c, p)) FROM ROWS FROM"
+    b" (pg_catalog.unnest(%(channels)s::text[]), pg_catalog.unnest(%(payloads)s::text[]))"
+    b" AS m(c, p)"
+)
+"""Sends a control reply's NOTIFYs (its chunks, in order) in one statement."""
 TRACKED: Final = frozenset({"discard", "serial", "queue_one"})
 """The ``on_duplicate`` modes the table enforces (``parallel`` needs nothing)."""
 LOCK_TIMEOUT: Final = 2.0
@@ -142,13 +147,14 @@ class PgQueueBroker(BrokerBase):
             on_twin_free=wakeup.set,
             limits=limits,
         )
+        self._prefetch = Prefetch(None if settings.prefetch == "auto" else settings.prefetch)
         options = ClaimOptions(
             settings.queues,
             node_id,
             settings.lease,
             settings.poll_interval,
             settings.batch_size,
-            settings.prefetch,
+            self._prefetch.ahead,
         )
         self._claimer = Claimer(
             self._claims_db,
@@ -160,6 +166,7 @@ class PgQueueBroker(BrokerBase):
             stats,
             limits,
             schema=settings.schema,
+            work=db,
             quarantine=(
                 statements.quarantine,
                 statements.quarantine_check,
@@ -177,9 +184,10 @@ class PgQueueBroker(BrokerBase):
             settings.queues,
             schema=settings.schema,
             limits=limits,
+            spare=self._claims_db,
         )
-        self._replies = AsyncConnectionProvider(settings.conninfo)
-        self._ack_failures = RateLimitedLog(logger, logging.WARNING)
+        self._ack_failures = FailureLog(logger)
+        """Says why outcomes wait: once per cause (a minute apart while it lasts)."""
         self._opened: set[str] = set()
         """The connections (``work``, ``claims``) opened at least once: one opened again came
         back after it was lost, and may hold sweeps (see :meth:`_came_back`)."""
@@ -229,6 +237,7 @@ class PgQueueBroker(BrokerBase):
         renewed meanwhile.
         """
         self._acks.add_settled(settled)
+        self._prefetch.ran(item.ran for item in settled if item.ran is not None)
         if self._db.waiting:
             return  # the database is away: the upkeep writes them once it is back
         try:
@@ -239,8 +248,13 @@ class PgQueueBroker(BrokerBase):
         except FAILURES as exc:
             why = await privileges.explain(exc, self._db.fetch, self.settings.schema, SETTLE)
             self._ack_failures.log(
-                "%s not recorded yet (%s); retrying", counted(self._acks.pending, "outcome"), why
+                why,
+                "%s not recorded yet (%s); retrying",
+                counted(self._acks.pending, "outcome"),
+                why,
             )
+        else:
+            self._ack_failures.ended()
 
     def held_until(self, receipt: str) -> float:
         """Until when the job of *receipt* may start: its claim held, its lease not out."""
@@ -288,12 +302,17 @@ class PgQueueBroker(BrokerBase):
             raise PrivilegeRefused(why) from None
 
     async def reply(self, reply_to: str, reply: Mapping[str, Any]) -> None:
-        """NOTIFY *reply* on the channel *reply_to* (chunked when too large)."""
+        """NOTIFY *reply* on the channel *reply_to* (chunked when too large).
+
+        On the working connection, in one statement: a connection of its own, opened by
+        the first reply, could not be opened near ``max_connections``.
+        """
         if not is_valid_channel_name(reply_to):
             return  # no channel can have that name: nobody waits for it
         text = json.dumps(reply, separators=(",", ":"), default=str)
         payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
-        await self._replies.notify_many([reply_to] * len(payloads), payloads)
+        channels = [reply_to] * len(payloads)
+        await self._db.fetch(_NOTIFY, {"channels": channels, "payloads": payloads})
 
     async def close(self) -> None:
         """Write what acknowledgements wait (briefly), then close the connections."""
@@ -317,7 +336,6 @@ class PgQueueBroker(BrokerBase):
             )
         await self._claims_db.close()
         await self._db.close()
-        await self._replies.close()
 
     async def _write_while_stopping(self, retry_locked: bool = False) -> None:
         """Write the outcomes waiting, within :data:`CLOSE_FLUSH_TIMEOUT` (see there).

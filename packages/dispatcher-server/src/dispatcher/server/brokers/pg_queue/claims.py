@@ -1,10 +1,17 @@
 """Claiming ready jobs, no more than the service can take, and delivering them.
 
-The loop waits for free capacity (free workers, plus ``prefetch`` jobs held ahead of them),
-claims up to that many rows (at most ``batch_size``, and :data:`CLAIM_BYTES` of messages) in
-one statement, and delivers each. When it got fewer than it asked for, and not for want of
-bytes, the queue is drained for now: it waits for a wake-up (a NOTIFY, a retry or delayed
-job becoming ready: the claim says when the first one does) or ``poll_interval`` seconds.
+No claim is made without both connections its jobs need: the working one (their outcomes
+and lease renewals) is opened (and checked) before the claiming one, before every claim;
+while it cannot be, the loop claims nothing and says why (a service that claimed without it
+ran jobs it could never settle: their rows stayed ``running``, their leases ran out, and
+they ran again elsewhere).
+
+The loop waits for free capacity (free workers, plus the jobs held ahead of them: see
+:mod:`.prefetch`), claims up to that many rows (at most ``batch_size``, and
+:data:`CLAIM_BYTES` of messages) in one statement, and delivers each. When it got fewer than
+it asked for, and not for want of bytes, the queue is drained for now: it waits for a
+wake-up (a NOTIFY, a retry or delayed job becoming ready: the claim says when the first one
+does) or ``poll_interval`` seconds.
 A claim and its deliveries are never cut in two by a shutdown: rows claimed are always
 delivered (and so always acknowledged).
 
@@ -20,17 +27,18 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
 import psycopg
 
+from dispatcher.publish.connections import all_attempts
 from dispatcher.publish.pg_text import HOLDS_ANY_TEXT, python_codec
 from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.schema.log_fields import ATTEMPT
-from dispatcher.server.brokers.base import Capacity, Deliver
+from dispatcher.server.brokers.base import BrokerNotReady, Capacity, Deliver
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
@@ -40,7 +48,7 @@ from dispatcher.server.brokers.pg_queue.privileges import CLAIM, explain
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
 from dispatcher.server.logsafe import counted, first_line, get_logger
 from dispatcher.server.origin import Origin, StoredRow
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.rejection import rejection_fields
 from dispatcher.server.stats import ServiceStats
 
@@ -58,6 +66,10 @@ RACES: Final = 5
 """Claims retried, with a smaller batch, after losing a race for an identical serial job."""
 
 
+class NoWorkingConnection(ConnectionError):
+    """No claim: the working connection, which its jobs' outcomes need, cannot be opened."""
+
+
 @dataclass(frozen=True)
 class ClaimOptions:
     """What the claim loop needs from ``brokers.pg_queue``."""
@@ -67,7 +79,8 @@ class ClaimOptions:
     lease: float
     poll_interval: float
     batch_size: int
-    prefetch: int = 0
+    prefetch: Callable[[], int] = lambda: 0
+    """How many jobs to hold ahead of the free workers now (see :mod:`.prefetch`)."""
 
 
 UNREADABLE: Final = (
@@ -124,9 +137,13 @@ class Claimer:
         limits: DeclaredAttempts | None = None,
         *,
         schema: str | None = None,
+        work: QueueDatabase | None = None,
         quarantine: tuple[bytes, bytes, bytes] | None = None,
     ) -> None:
         self._db = db
+        self._work = work
+        """The connection the claimed jobs' outcomes and lease renewals go through: open
+        before each claim (none is made while it cannot be opened)."""
         self._quarantine_statements = quarantine
         """The statements that find, check and fail rows no service can read (see _quarantine)."""
         self._limits = limits
@@ -138,7 +155,7 @@ class Claimer:
         self._leases = leases
         self._acks = acks
         self._stats = stats
-        self._failures = RateLimitedLog(logger, logging.WARNING)
+        self._failures = FailureLog(logger, logging.WARNING)
         self._failing_from = (0.0, 0)
         """Since when (``time.monotonic()``) claims fail, and how many had failed before."""
         self._order = list(options.queues)
@@ -152,12 +169,12 @@ class Claimer:
         """Claim and deliver until cancelled."""
         options = self._options
         while True:
-            wanted = min(await self._capacity.wait_free(options.prefetch), options.batch_size)
+            wanted = min(await self._capacity.wait_free(options.prefetch()), options.batch_size)
             drained = True
             try:
                 # Connecting (and waiting out a reconnect delay) may be cancelled; the claim
                 # itself may not: rows claimed are always delivered, so always settled.
-                await self._db.ready()
+                await self._ready()
                 with anyio.move_on_after(CLAIM_TIMEOUT, shield=True):
                     sent = time.monotonic()
                     rows, limit = await self._claim(wanted)
@@ -181,6 +198,30 @@ class Claimer:
             if drained:
                 await wakeup.wait(options.poll_interval)
 
+    async def _ready(self) -> None:
+        """Open the connections a claim needs (when not open): the working one first.
+
+        :raises NoWorkingConnection: when the working connection cannot be opened.
+        """
+        work = self._work
+        if work is not None:
+            # The reconnect delay waited out here, not in ready(): that would hold the
+            # connection's lock meanwhile, and the renewals and outcomes behind it.
+            delay = work.reconnect_in
+            if delay > 0:
+                await anyio.sleep(delay)
+            try:
+                await work.ready(wait=False)
+            except FAILURES as exc:
+                if isinstance(exc, psycopg.errors.InsufficientPrivilege | BrokerNotReady):
+                    raise
+                why = all_attempts(exc) or first_line(exc)
+                raise NoWorkingConnection(
+                    f"no connection for the outcomes and lease renewals of the jobs it would "
+                    f"claim ({why}): claiming none until one opens"
+                ) from None
+        await self._db.ready()
+
     async def _explain(self, exc: BaseException) -> str:
         """Why a claim failed, in one line (with what to grant, if refused a privilege)."""
         if self._schema is None:
@@ -196,12 +237,13 @@ class Claimer:
         if stats.pg_queue_failing_since is None:
             stats.pg_queue_failing_since = stats.pg_queue_last_error_time
             self._failing_from = (time.monotonic(), stats.pg_queue_claim_failures - 1)
-        self._failures.log("cannot claim jobs: %s", error)
+        self._failures.log(error, "cannot claim jobs: %s", error)
 
     def _succeeded(self) -> None:
         """A claim worked: after failures, say that claiming goes on again."""
         if self._stats.pg_queue_failing_since is None:
             return
+        self._failures.ended()
         self._stats.pg_queue_failing_since = None
         self._stats.broker("pg_queue").serving()
         since, before = self._failing_from

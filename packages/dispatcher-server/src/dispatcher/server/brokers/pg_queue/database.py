@@ -15,7 +15,9 @@ While the server cannot be reached, attempts to connect are spaced by a growing 
 s, doubling up to 5 s), shared by every user of the connection, and each failure is
 logged once. So are the statements after a write the server refused as read-only (a
 standby, or ``default_transaction_read_only`` on the role or the database): the connection
-is replaced, after that delay.
+is replaced, after that delay. An attempt that fails for the cause the last line gave is
+logged at DEBUG only, and again at WARNING a minute later (with the count of those held
+back): a fleet near ``max_connections`` once logged a line per attempt and connection.
 
 A statement the server rolled back for a serialization failure or a deadlock is sent again
 (at most :data:`RETRIES` times), on the same connection: it did nothing, and the connection
@@ -43,7 +45,7 @@ from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.logsafe import first_line, get_logger
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.ratelimit import FailureLog, RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
@@ -191,6 +193,8 @@ class QueueDatabase:
         """Tells whether the server ended the connection while it was idle."""
         self._lock = anyio.Lock()
         self._backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RECONNECT)
+        self._failure_lines = FailureLog(logger)
+        """Says why attempts fail: once per cause (a minute apart while it lasts)."""
         self._retry_at = 0.0
         self._read_only = False
         """The last statement was a write refused as read-only, and none has passed since:
@@ -202,6 +206,8 @@ class QueueDatabase:
         that failed for want of a connection began, and when the last one ended."""
         self._failing_why = ""
         """What made the last of those attempts fail."""
+        self.last_error: str | None = None
+        """Why the last attempt to connect failed (``None``: none failed yet)."""
         self.outage = 0.0
         """Seconds without a connection before the last one opened, its attempts failing:
         from the start of the first attempt that failed to the start of the one that
@@ -310,6 +316,7 @@ class QueueDatabase:
         if self._read_only:
             self._read_only = False
             self._backoff.reset()
+            self._failure_lines.ended()
         return rows
 
     def _ended_while_idle(self, reason: str | None) -> None:
@@ -339,12 +346,15 @@ class QueueDatabase:
         self._failing = (began if self._failing is None else self._failing[0], now)
         self._failing_why = why
 
-    async def ready(self) -> None:
+    async def ready(self, *, wait: bool = True) -> None:
         """Open the connection now if there is none (waiting out a reconnect delay first).
+
+        Without *wait*, the delay is not waited out (nor the connection's lock held
+        meanwhile, which its other users would wait for): :class:`Reconnecting` instead.
 
         :raises psycopg.Error, OSError, BrokerNotReady: as :meth:`fetch` does.
         """
-        await self._connection()
+        await self._connection(wait)
 
     @property
     def waiting(self) -> bool:
@@ -357,6 +367,11 @@ class QueueDatabase:
         if self._conn is not None:
             return 0.0
         return max(0.0, self._retry_at - time.monotonic())
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open (as far as is known: it may have broken unseen)."""
+        return self._conn is not None and not self._conn.closed
 
     @property
     def failing(self) -> bool:
@@ -377,7 +392,7 @@ class QueueDatabase:
             with anyio.CancelScope(shield=True):
                 await conn.close()
 
-    async def _connection(self) -> Connection:
+    async def _connection(self, wait: bool = True) -> Connection:
         async with self._lock:
             conn = self._conn
             if conn is not None and not conn.closed:
@@ -389,9 +404,11 @@ class QueueDatabase:
                 # one, before a statement is sent on it and fails.
                 self._ended_while_idle(_farewell(conn))
                 await self.discard(None, conn)
-            wait = self._retry_at - time.monotonic()
-            if wait > 0:
-                await anyio.sleep(wait)
+            delay = self._retry_at - time.monotonic()
+            if delay > 0 and not wait:
+                raise Reconnecting(self.last_error or "the last attempt to connect failed")
+            if delay > 0:
+                await anyio.sleep(delay)
             began = time.monotonic()
             try:
                 conn = await open_connection(self._conninfo, self._application_name)
@@ -420,6 +437,7 @@ class QueueDatabase:
                 raise
             if not self._read_only:
                 self._backoff.reset()
+                self._failure_lines.ended()
             self._retry_at = 0.0
             self._failing = None
             self._conn = conn
@@ -435,11 +453,10 @@ class QueueDatabase:
             self._stats.pg_queue_last_error_time = time.time()
         delay = self._backoff.next_delay()
         self._retry_at = time.monotonic() + delay
-        logger.warning(
-            "pg_queue connection to %s failed (%s); retrying in %.1f s",
-            self.where,
-            with_cause(exc, all_attempts(exc) or first_line(exc)),
-            delay,
+        why = with_cause(exc, all_attempts(exc) or first_line(exc))
+        self.last_error = why
+        self._failure_lines.log(
+            why, "pg_queue connection to %s failed (%s); retrying in %.1f s", self.where, why, delay
         )
 
     async def close(self) -> None:

@@ -1,6 +1,7 @@
 """The pg_queue broker's periodic work: renew leases, retry acknowledgements, sweep, purge.
 
-- every ``lease / 3`` seconds: write acknowledgements still waiting, renew held leases;
+- every ``lease / 3`` seconds: write acknowledgements still waiting, renew held leases (on
+  the claiming connection while the working one cannot be opened);
 - every ``lease / 2`` seconds (and on each new connection): sweep rows whose lease ran
   out back to the queue (or to ``failed`` when no attempt is left), but only right after
   this service's own leases were renewed: after an outage longer than the lease, its own
@@ -22,7 +23,6 @@ service runs is taken for lost and run elsewhere meanwhile.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -37,7 +37,7 @@ from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempt
 from dispatcher.server.brokers.pg_queue.privileges import PURGE, SETTLE, Need, explain
 from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.logsafe import counted, first_line, get_logger
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
@@ -106,8 +106,11 @@ class Upkeep:
         *,
         schema: str | None = None,
         limits: DeclaredAttempts | None = None,
+        spare: QueueDatabase | None = None,
     ) -> None:
         self._db = db
+        self._spare = spare
+        """The claiming connection: leases are renewed on it while *db* cannot connect."""
         self._schema = schema
         """The tables' schema: a step refused a privilege says what to grant on it."""
         self._statements = statements
@@ -118,7 +121,8 @@ class Upkeep:
         self._keep_finished = keep_finished
         self._queues = list(queues)
         """The queues whose finished rows this service purges: those it serves."""
-        self._failures = RateLimitedLog(logger, logging.WARNING)
+        self._failures: dict[str, FailureLog] = {}
+        """Says why each step fails: once per cause (a minute apart while it lasts)."""
         self._sweeps_from = 0.0
         """No sweep before this (``time.monotonic()``): see :meth:`hold_sweeps`."""
         self._limits = limits
@@ -177,26 +181,48 @@ class Upkeep:
 
         A privilege it *needs* refused, the line says what to grant.
         """
+        lines = self._failures.get(what)
+        if lines is None:
+            lines = self._failures[what] = FailureLog(logger)
         try:
             if not args:
-                return await step()
+                done = await step()
+                lines.ended()
+                return done
             # A sweep or a purge: its statements stop being started at the deadline; one
             # the database does not answer (a partition) is given up a renewal's time later,
             # so that the next renewal of the leases is not held up.
             limit = args[0] - time.monotonic() + min(self._lease / 3, RENEW_LIMIT)
             with anyio.move_on_after(max(limit, 0.0)):
-                return await step(*args)
+                done = await step(*args)
+                lines.ended()
+                return done
             raise TimeoutError(f"the database did not answer within {max(limit, 0.0):.3g} s")
         except FAILURES as exc:
             if self._schema is None:
                 why = first_line(exc)
             else:
                 why = await explain(exc, self._db.fetch, self._schema, needs)
-            self._failures.log("%s failed: %s", what, why)
+            lines.log(why, "%s failed: %s", what, why)
             return None
 
     async def _renew(self) -> bool:
-        await self._leases.renew()
+        """Renew the leases held; on the claiming connection when the working one is lost.
+
+        The claim loop claims nothing while the working connection cannot be opened, but the
+        jobs claimed before it was lost still run: their leases are kept if the claiming
+        connection can keep them (their outcomes wait for the working connection).
+        """
+        try:
+            await self._leases.renew()
+        except FAILURES:
+            spare = self._spare
+            # Not while the claiming connection waits to reconnect too (the next renewal
+            # would wait for it); its own reconnect delays grow apart from the working
+            # one's, so that after an outage the first of them to get through renews.
+            if spare is None or not self._db.failing or spare.reconnect_in > 0:
+                raise
+            await self._leases.renew(spare.fetch)
         return True
 
     async def _sweep(self, deadline: float) -> None:

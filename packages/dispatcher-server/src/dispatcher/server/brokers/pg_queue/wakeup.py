@@ -27,6 +27,7 @@ from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT,
 from dispatcher.server.brokers.pg_notify import open_connection, start_listening
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.ratelimit import FailureLog
 
 logger = get_logger("dispatcher.pg_queue")
 
@@ -107,12 +108,14 @@ async def listen(
     backoff = Backoff(initial=FIRST_RETRY, maximum=MAX_RECONNECT)
     where = describe_server(conninfo)
     wanted = frozenset(queues)
+    failures = FailureLog(logger)
     while True:
         connected_at: float | None = None
         try:
             async with await open_connection(conninfo, application_name) as conn:
                 await start_listening(conn, [QUEUE_WAKEUP_CHANNEL])
                 connected_at = time.monotonic()
+                failures.ended()
                 wakeup.set()  # jobs may have come while nobody listened
                 while True:
                     async for notify in conn.notifies(timeout=CHECK_AFTER):
@@ -125,10 +128,8 @@ async def listen(
             if connected_at is not None and time.monotonic() - connected_at >= HEALTHY_AFTER:
                 backoff.reset()
             delay = backoff.next_delay()
-            logger.warning(
-                "wake-up connection to %s failed (%s); retrying in %.1f s",
-                where,
-                all_attempts(exc) or first_line(exc),
-                delay,
+            why = all_attempts(exc) or first_line(exc)
+            failures.log(
+                why, "wake-up connection to %s failed (%s); retrying in %.1f s", where, why, delay
             )
             await anyio.sleep(delay)
