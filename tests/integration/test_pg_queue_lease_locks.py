@@ -23,13 +23,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import Connection, QueueDatabase
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS
-from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy
 from dispatcher.server.brokers.pg_queue.sql import FINAL_STATES, Statements
-from dispatcher.server.stats import ServiceStats
 from support.durable import migrated
 from support.queue_rows import insert_job, unique_schema
 
@@ -368,61 +365,3 @@ def test_no_statement_locks_a_row_of_another_service_that_it_leaves_alone(
         assert not skipped_by_renewal(pg_conn, service, held), name
         other.rollback()
     anyio.run(service.db.close)
-
-
-def test_an_outcome_write_given_up_on_a_locked_row_leaves_no_session_behind(
-    pg_dsn: str, pg_conn: Conn, schema: str, other: Conn
-) -> None:
-    """An outcome write that waits for a row another transaction holds (through a pooler in
-    transaction mode: no ``lock_timeout`` on the session) is given up at its time limit:
-    its statement is cancelled on the server first. It was not: anyio's cancellation closed
-    the connection without the cancel sent, and each write left a session waiting there."""
-    statements = Statements.for_schema(schema)
-    insert_job(pg_conn, schema, queue="q")
-    application = f"ack_{schema}"
-
-    async def claim_then_write() -> list[str]:
-        db = QueueDatabase(pg_dsn, application, nothing, pooled=True)
-        try:
-            [row] = [
-                r
-                for r in await db.fetch(statements.claim_single, claim_params(1, "n1"))
-                if r[0] is not None
-            ]
-            other.execute(
-                sql.SQL("SELECT id FROM {} WHERE id = %s FOR UPDATE").format(
-                    sql.Identifier(schema, "jobs")
-                ),
-                (row[0],),
-            )
-            leases = Leases(db, statements.renew, LEASE)
-            leases.add(row[0], row[1], row[2], time.monotonic(), row[7])
-            acks = Acknowledger(
-                db, statements.acknowledge, leases, RetryPolicy(), 10, ServiceStats()
-            )
-            acks.add(Ack(row[0], row[1], row[2], "done", "ok", uuid=row[7]))
-            failures = []
-            for _ in range(2):
-                try:
-                    await acks.flush(limit=1.0)
-                except TimeoutError as exc:
-                    failures.append(str(exc))
-            return failures
-        finally:
-            await db.close()
-
-    failures = anyio.run(claim_then_write)
-    assert len(failures) == 2  # both given up, the row still locked
-
-    def sessions_left() -> int:
-        [(count,)] = pg_conn.execute(
-            "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity"
-            " WHERE application_name = %s",
-            (application,),
-        ).fetchall()
-        return int(count)
-
-    try:  # (a closed session leaves the server's view shortly after)
-        wait_until(lambda: sessions_left() == 0, "no session left", timeout=5)
-    finally:
-        other.rollback()

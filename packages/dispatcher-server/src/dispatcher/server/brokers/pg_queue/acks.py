@@ -220,9 +220,7 @@ class Acknowledger:
         with anyio.CancelScope(shield=True) as write:
             write.deadline = anyio.current_time() + limit
             try:
-                rows = await self._db.fetch(
-                    self._statement, self._params(batch), cancel_safely=True
-                )
+                rows = await self._db.fetch(self._statement, self._params(batch))
             except psycopg.errors.LockNotAvailable:
                 if len(batch) == 1:
                     locked.add((batch[0].id, batch[0].claim))
@@ -258,9 +256,7 @@ class Acknowledger:
         """
         for _ in range(3):
             try:
-                return await self._db.fetch(
-                    self._statement, self._params([ack]), cancel_safely=True
-                )
+                return await self._db.fetch(self._statement, self._params([ack]))
             # PostgreSQL refused the result or a text, or the connection's encoding (not
             # UTF8) has no code for one of its characters.
             except (psycopg.DataError, UnicodeEncodeError) as exc:
