@@ -27,6 +27,9 @@ dropped."""
 GATHER_TIME: Final = 0.005
 """Seconds the writer, woken by a line, waits for more before it writes them all."""
 
+STALLED_WAIT: Final = 0.1
+"""Seconds a drain waits for a write to end, when the drain before it ran out of time."""
+
 _KEPT_SIGNALS: Final = frozenset(
     {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT}
 )
@@ -61,7 +64,7 @@ class LineWriter:
         self._wake = threading.Condition(self._lock)
         """Notified when a line comes for a writer that waits (and when it must stop)."""
         self._written = threading.Condition(self._lock)
-        """Notified when the writer has written everything it was given."""
+        """Notified when a write ends, and when the writer has written all it was given."""
         self._lines: list[str] = []
         self._chars = 0
         self._unsaid = 0
@@ -98,14 +101,21 @@ class LineWriter:
         """Wait until every line given so far is written, *timeout* seconds at most.
 
         Tell whether it was (``False``: the reader has not read them in time). After a drain
-        that ran out of time, the next one waits only if a write ended meanwhile: a reader
-        gone for good holds the process's stop once.
+        that ran out of time, the next one waits :data:`STALLED_WAIT` seconds at most for a
+        write to end, then *timeout* if one did: a reader gone for good holds the process's
+        stop once, not at every drain.
         """
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         with self._lock:
+            writes = self._writes
+            if self._gave_up_at == writes:
+                deadline = min(deadline, start + STALLED_WAIT)
             while self._lines or self._unsaid or not self._idle:
+                if self._writes != writes:  # the reader reads again
+                    deadline = start + timeout
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._gave_up_at == self._writes:
+                if remaining <= 0:
                     self._gave_up_at = self._writes
                     return False
                 if not self._thread.is_alive():
@@ -161,3 +171,4 @@ class LineWriter:
                 self.dropped += len(lines)
         with self._lock:
             self._writes += 1
+            self._written.notify_all()
