@@ -145,7 +145,7 @@ def root_saved() -> Iterator[None]:
 
 def stream_of(pipe: Pipe) -> TextIO:
     logging.getLogger().handlers[:] = []  # (pytest's own, added since: log_to would keep them)
-    return open(pipe.write_fd, "w", encoding="utf-8", closefd=False, buffering=1)  # noqa: SIM115
+    return open(pipe.write_fd, "w", encoding="utf-8", closefd=False, buffering=1)
 
 
 @pytest.mark.usefixtures("root_saved")
