@@ -90,9 +90,9 @@ def test_a_log_nobody_reads_holds_neither_the_loop_nor_the_stop(
     service = UnreadService(service_config, tmp_path).start()
     try:
         service.wait_ready()
-        # Each failure's log line holds a traceback of 32 KiB: 40 of them fill the pipe and
+        # Each failure's log line holds a traceback of 32 KiB: 60 of them fill the pipe, and
         # more than the lines the service keeps waiting (1 Mi characters).
-        for _ in range(40):
+        for _ in range(60):
             notify(channel, message(LOUD_FAILURE, evidence.path, 40, 900))
         wait_until(lambda: status()["log_lines_dropped"] > 0, timeout=20)
 
@@ -113,7 +113,7 @@ def test_a_log_nobody_reads_holds_neither_the_loop_nor_the_stop(
         assert "ValueError: 00000" in service.log  # the lines before the drop are whole
 
         # Full again, with nobody reading: a stop still ends the service in a few seconds.
-        for _ in range(40):
+        for _ in range(60):
             notify(channel, message(LOUD_FAILURE, evidence.path, 40, 900))
         wait_until(lambda: status()["log_lines_dropped"] > dropped, timeout=20)
         started = time.monotonic()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final
 
 MAX_QUEUED_CHARS: Final = 1 << 20
-"""Characters of log lines that wait to be written, at most (beside those being written): a
+"""Characters of log lines that wait to be written, at most (those being written included): a
 few seconds of a busy service's lines at ``DEBUG``. Lines that come when this much waits are
 dropped."""
 
@@ -67,6 +67,7 @@ class LineWriter:
         """Notified when a write ends, and when the writer has written all it was given."""
         self._lines: list[str] = []
         self._chars = 0
+        """Characters of the lines waiting, and of those being written."""
         self._unsaid = 0
         """Lines dropped since the last notice was written (or its write failed)."""
         self._idle = False
@@ -153,14 +154,15 @@ class LineWriter:
             # the burst come, then writes them at once, not one by one.
             time.sleep(GATHER_TIME)
             with self._lock:
-                lines, self._lines, self._chars = self._lines, [], 0
+                lines, self._lines = self._lines, []
                 unsaid, self._unsaid = self._unsaid, 0
             self._write(lines, unsaid)
 
     def _write(self, lines: list[str], unsaid: int) -> None:
         """Write *lines*, then the notice of *unsaid* lines dropped after them (if any)."""
+        text = "".join(lines)
+        chars = len(text)
         try:
-            text = "".join(lines)
             if unsaid:
                 text += self._notice(unsaid)
             data = memoryview(text.encode(self._encoding, self._errors))
@@ -170,5 +172,6 @@ class LineWriter:
             with self._lock:
                 self.dropped += len(lines)
         with self._lock:
+            self._chars -= chars
             self._writes += 1
             self._written.notify_all()
