@@ -74,6 +74,13 @@ def fail_saying(path: str, text: str) -> None:
 
 
 @task()
+def fail_at_length(path: str, lines: int, width: int) -> None:
+    """Record, then raise a ValueError of *lines* lines of *width* characters (a long log)."""
+    _record(path, event="fail")
+    raise ValueError("\n".join(f"{number:05d}" + "x" * width for number in range(lines)))
+
+
+@task()
 def noop() -> None:
     """Does nothing (for load tests)."""
 

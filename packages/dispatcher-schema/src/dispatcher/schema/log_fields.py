@@ -77,10 +77,11 @@ EVENTS: Final = (
     "service_started",
     "service_stopping",
     "service_stopped",
+    "log_lines_dropped",
 )
 """Every value of :data:`EVENT`: a task sent by a publisher (DEBUG), received by the service
 (DEBUG), started, past its timeout (being cancelled), still running after its cancel (its
 worker being stopped), ended (``task_finished``; ``task_failed`` when it raised;
 ``task_lost`` with its worker; ``task_abandoned`` still running when the shutdown grace
 ran out), dropped by its ``on_duplicate`` (DEBUG); a message rejected; the service started,
-told to stop, stopped."""
+told to stop, stopped; lines of the service's log dropped, its reader behind."""

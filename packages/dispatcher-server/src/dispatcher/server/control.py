@@ -34,7 +34,7 @@ from dispatcher.server.control_shapes import (
     producers_reply,
 )
 from dispatcher.server.jobs import Job, JobPick, Snapshot, describe
-from dispatcher.server.logsafe import Phrase, get_logger
+from dispatcher.server.logsafe import Phrase, get_logger, log_lines_dropped
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.release import installed_version
@@ -342,6 +342,7 @@ class ControlCommands:
             "rejected": dict(stats.rejected),
             "finished": dict(stats.finished),
             "discarded": stats.discarded,
+            "log_lines_dropped": log_lines_dropped(),
             "queued": counts["queued"],
             "blocked": counts["blocked"],
             "delayed": counts["delayed"],

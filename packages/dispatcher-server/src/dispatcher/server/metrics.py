@@ -27,7 +27,7 @@ from dispatcher.schema import Outcome
 from dispatcher.server.accepting import serve_connections
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import StartRefused
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.logsafe import first_line, get_logger, log_lines_dropped
 from dispatcher.server.rejection import REJECTION_REASONS
 from dispatcher.server.resources import shortage_text
 from dispatcher.server.stats import BUCKETS, Histogram, QueueSampling, ServiceStats
@@ -315,6 +315,10 @@ def render(source: MetricsSource, zeros: ZeroSeries | None = None) -> Iterator[s
     yield (zeros or ZeroSeries()).lines(source.registered_tasks(), finished)
     yield _family("dispatcher_tasks_discarded_total", "counter", "Tasks dropped by on_duplicate.")
     yield f"dispatcher_tasks_discarded_total {stats.discarded}\n"
+    yield _family(
+        "dispatcher_log_lines_dropped_total", "counter", "Log lines dropped: the reader behind."
+    )
+    yield f"dispatcher_log_lines_dropped_total {log_lines_dropped()}\n"
     yield _family("dispatcher_workers", "gauge", "Worker processes, by status.")
     statuses = source.worker_statuses()
     for status in ("starting", "ready", "busy", "stopping"):

@@ -36,7 +36,13 @@ from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
-from dispatcher.server.logsafe import Block, first_line, get_logger
+from dispatcher.server.logsafe import (
+    Block,
+    first_line,
+    flush_logs,
+    get_logger,
+    logs_written_in_background,
+)
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.node_ids import node_id
 from dispatcher.server.origin import Origin
@@ -295,7 +301,10 @@ class Service:
 
         Leaves the process as it found it (a service may run in the application's own
         process): its logging, and its handlers of the stop signals (the Python-level ones
-        and the loop's), which the service's replace while it runs.
+        and the loop's), which the service's replace while it runs. The service's own
+        handler of standard error (``dispatcher-standalone``'s, ``rundispatcher``'s) writes
+        from a thread while it runs, so that the loop never waits for the log's reader (see
+        :mod:`dispatcher.server.log_writer`).
 
         :raises CannotRunHere: outside the main thread, or where no asyncio loop runs
             (under trio, say).
@@ -310,7 +319,7 @@ class Service:
                     " here (under trio, say): run it in an asyncio loop, or with"
                     " run_service() from the main thread of a process of its own"
                 ) from None
-            with quiet_own_cancellations():
+            with quiet_own_cancellations(), logs_written_in_background():
                 return await self._run()
         finally:
             if self._release_node_id is not None:
@@ -547,6 +556,7 @@ class Service:
             self.supervisor.kill_all()
             if self._orphans is not None:
                 self._orphans.kill()
+            flush_logs()  # (bounded: the reader may be the reason it is stuck)
             os._exit(EXIT_FORCED)
 
     def _fields(self, event: str) -> dict[str, object]:
