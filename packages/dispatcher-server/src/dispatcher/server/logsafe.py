@@ -458,7 +458,8 @@ class _ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Have a thread write the lines from now on; tell whether this call started it.
 
         Not for a stream without a file descriptor (nothing to wait for), nor where one
-        writes already.
+        writes already, nor when no thread can start (a process at its limit of threads:
+        each line is then written as it comes, as before the service ran).
         """
         if self.writer is not None:
             return False
@@ -474,7 +475,10 @@ class _ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
             getattr(stream, "encoding", None) or "utf-8",
             getattr(stream, "errors", None) or "backslashreplace",
         )
-        writer.start()
+        try:
+            writer.start()
+        except RuntimeError:  # no thread can start now: each line is written as it comes
+            return False
         self.writer = writer
         return True
 
