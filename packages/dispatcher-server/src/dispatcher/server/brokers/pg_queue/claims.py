@@ -204,7 +204,7 @@ class Claimer:
         :raises NoWorkingConnection: when the working connection cannot be opened.
         """
         work = self._work
-        if work is not None:
+        if work is not None and not work.connected:  # (open: its lock not waited for)
             # The reconnect delay waited out here, not in ready(): that would hold the
             # connection's lock meanwhile, and the renewals and outcomes behind it.
             delay = work.reconnect_in
