@@ -93,6 +93,7 @@ def test_json_log_lines_carry_each_tasks_facts_and_every_line_is_json(
     notify(channel, task_message("no_such_task", uuid="u-unknown"))
     evidence.wait_for(4)
     service.wait_for_log(r'"dispatcher_uuid": "u-logs"')
+    service.wait_for_log(r'"dispatcher_uuid": "u-unknown"')  # (the last one sent)
     assert service.stop() == 0
     records = json_lines(service.log)
 
