@@ -49,13 +49,6 @@ class PerConfig(Generic[T]):
             self._last = found
             return found[1]
 
-    def peek(self, settings: Settings) -> T | None:
-        """The value of *settings* if it was made for it already (nothing is made)."""
-        last = self._last
-        if last is not None and last[0] is settings:
-            return last[1]
-        return None
-
 
 _made: list[PerConfig[Any]] = []
 

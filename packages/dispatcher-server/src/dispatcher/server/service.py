@@ -271,10 +271,9 @@ class Service:
         self._stop = anyio.Event()
         self._tasks: TaskGroup | None = None
         """The service's own tasks (set once it runs): control commands run in them."""
-        self._control_in_flight = 0
-        """Control messages being answered."""
         self._walks_in_flight = 0
-        """Those of them that look at every task held (at most :data:`MAX_CONTROL_IN_FLIGHT`)."""
+        """Control messages that look at every task held being answered (at most
+        :data:`MAX_CONTROL_IN_FLIGHT`; all of those being answered: :attr:`_answering`)."""
         self._answering: set[anyio.CancelScope] = set()
         """Where each control command being answered runs (a message's, a bound task's): a
         stop cuts short those that outlast :data:`CONTROL_WAIT`, before its last flush."""
@@ -677,7 +676,6 @@ class Service:
             self.settlements.origin(origin, REJECTED, error)
         else:
             ended = None if origin.answering is None else origin.answering()
-            self._control_in_flight += 1
             self._walks_in_flight += walking
             scope = self._answer_begun()
             self._start_soon(self._answer_control, message, channel, origin, ended, scope, walking)
@@ -705,7 +703,6 @@ class Service:
             self.settlements.origin(origin, REJECTED, "internal error")
             return
         finally:
-            self._control_in_flight -= 1
             self._walks_in_flight -= walking
             self._answer_ended(scope)
             if ended is not None:
