@@ -30,8 +30,11 @@ class DatabaseProxy:
         self._frozen: set[socket.socket] = set()
         self._upstream: set[socket.socket] = set()
         self._cut_after_send: set[socket.socket] = set()
+        self._peer: dict[socket.socket, socket.socket] = {}  # client -> its upstream
+        self._ready: dict[socket.socket, int] = {}  # upstream -> ReadyForQuery since frozen
         self._frozen_new = False
         self._lock = threading.Lock()
+        self._replied = threading.Condition(self._lock)
         self.accepted = 0
         """Connections accepted so far."""
 
@@ -76,12 +79,14 @@ class DatabaseProxy:
             self._frozen_new = new
 
     def lose_next_reply(self) -> None:
-        """On the open connections, forward the client's next data to the server, then end the
-        connection on the client's side without the server's reply (the server still runs
-        what it got): a statement that reached the server, its reply lost in a partition.
-        New connections are forwarded as usual."""
+        """On the open connections, forward the client's next request to the server, then end
+        the connection on the client's side without the server's reply: a statement that
+        reached the server and ran, its reply lost in a partition. The cut comes once the
+        server has answered (or after 10 s), so what the request did is in the database when
+        the client hears of the cut. New connections are forwarded as usual."""
         with self._lock:
             self._frozen.update(self._upstream)
+            self._ready.update(dict.fromkeys(self._upstream, 0))
             self._cut_after_send.update(set(self._sockets) - self._upstream)
 
     def swallow_replies(self) -> None:
@@ -112,20 +117,25 @@ class DatabaseProxy:
             with self._lock:
                 self._sockets += [client, upstream]
                 self._upstream.add(upstream)
+                self._peer[client] = upstream
                 self.accepted += 1
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         sent = b""  # what was forwarded since the connection was marked to be cut
+        dropped = b""  # the server's messages dropped since its connection was frozen
         try:
             while data := source.recv(65536):
                 if source not in self._frozen:
                     sink.sendall(data)
+                elif source in self._upstream:
+                    dropped = self._count_replies(source, dropped + data)
                 if source in self._cut_after_send:
                     sent += data
                     if not ends_a_request(sent):
                         continue  # a request can come in several reads: all of it goes
+                    self._wait_for_replies(self._peer.get(source), requests_in(sent))
                     source.shutdown(socket.SHUT_RDWR)  # the server's side stays open
                     return
         except OSError:
@@ -133,6 +143,26 @@ class DatabaseProxy:
         finally:
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
+
+    def _count_replies(self, upstream: socket.socket, data: bytes) -> bytes:
+        """Count the ``ReadyForQuery`` messages in *data*; return its unfinished tail."""
+        at = 0
+        while at + 5 <= len(data):
+            end = at + 1 + int.from_bytes(data[at + 1 : at + 5], "big")
+            if end > len(data):
+                break
+            if data[at : at + 1] == b"Z":
+                with self._replied:
+                    self._ready[upstream] = self._ready.get(upstream, 0) + 1
+                    self._replied.notify_all()
+            at = end
+        return data[at:]
+
+    def _wait_for_replies(self, upstream: socket.socket | None, requests: int) -> None:
+        if upstream is None:
+            return
+        with self._replied:
+            self._replied.wait_for(lambda: self._ready.get(upstream, 0) >= requests, timeout=10)
 
 
 def ends_a_request(data: bytes) -> bool:
@@ -148,6 +178,17 @@ def ends_a_request(data: bytes) -> bool:
         if kind in (b"Q", b"S"):
             return True
     return False
+
+
+def requests_in(data: bytes) -> int:
+    """How many whole requests (see `ends_a_request`) *data* holds."""
+    at, requests = 0, 0
+    while at + 5 <= len(data):
+        kind, length = data[at : at + 1], int.from_bytes(data[at + 1 : at + 5], "big")
+        at += 1 + length
+        if at <= len(data) and kind in (b"Q", b"S"):
+            requests += 1
+    return requests
 
 
 class SilentServer:
