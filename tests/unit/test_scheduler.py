@@ -24,7 +24,8 @@ from dispatcher.server.protocol import (
     read_line,
     with_start_by,
 )
-from dispatcher.server.scheduler import Runner, Scheduler
+from dispatcher.server.runners import Runner
+from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import ABANDONED
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.workers import WorkerHandle

@@ -37,7 +37,8 @@ from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.resources import shortage_text
-from dispatcher.server.scheduler import Runner, Scheduler
+from dispatcher.server.runners import Runner
+from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.task_imports import ended_early
