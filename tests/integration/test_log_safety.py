@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from dispatcher.server.logsafe import escape
+from dispatcher.server.log_text import escape
 from support.log_lines import FORGED, FORGED_SHOWN, assert_every_line_is_ours
 from support.service import Evidence, ServiceProcess, task_message
 from support.service_tasks import FORGED_NAME

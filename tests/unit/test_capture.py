@@ -6,13 +6,13 @@ import subprocess
 import sys
 import textwrap
 
-from dispatcher.server.logsafe import MAX_LOGGED_CHARS
+from dispatcher.server.log_text import MAX_LOGGED_CHARS
 
 SCRIPT = textwrap.dedent(
     """
     import logging, os, subprocess, sys
     from dispatcher.server.capture import OutputCapture
-    from dispatcher.server.logsafe import log_to
+    from dispatcher.server.log_setup import log_to
 
     capture = OutputCapture(int(sys.argv[1]))
     log_to(capture.start(), logging.INFO, "LOG %(message)s")
@@ -90,7 +90,7 @@ FD_SCRIPT = textwrap.dedent(
     """
     import logging, os, sys
     from dispatcher.server.capture import OutputCapture
-    from dispatcher.server.logsafe import log_to
+    from dispatcher.server.log_setup import log_to
 
     capture = OutputCapture(4096)
     log_to(capture.start(), logging.INFO, "LOG %(message)s")
@@ -138,7 +138,7 @@ KEPT_SCRIPT = textwrap.dedent(
     """
     import io, logging, os, sys
     from dispatcher.server.capture import OutputCapture
-    from dispatcher.server.logsafe import log_to
+    from dispatcher.server.log_setup import log_to
 
     capture = OutputCapture(4096)
     log_to(capture.start(), logging.INFO, "LOG %(message)s")

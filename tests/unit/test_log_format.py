@@ -13,8 +13,9 @@ import pytest
 
 from dispatcher.schema import LOG_FORMATS, load_schema
 from dispatcher.schema import log_fields as fields
+from dispatcher.server.log_setup import log_to
+from dispatcher.server.log_text import MAX_LOGGED_CHARS
 from dispatcher.server.logformat import HeldRecords, JsonFormatter
-from dispatcher.server.logsafe import MAX_LOGGED_CHARS, log_to
 from dispatcher.server.rejection import REJECTION_REASONS
 from support.paths import REPO
 

@@ -19,15 +19,11 @@ import pytest
 
 from dispatcher.schema.resources import load_schema
 from dispatcher.server.jobs import Job, listed
+from dispatcher.server.log_arguments import Phrase, named_list
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_setup import lean_records, log_to
 from dispatcher.server.log_streams import EscapingStream, HandlerStreams
-from dispatcher.server.logsafe import (
-    MAX_LOGGED_CHARS,
-    Phrase,
-    get_logger,
-    lean_records,
-    log_to,
-    named_list,
-)
+from dispatcher.server.log_text import MAX_LOGGED_CHARS
 
 FORGED = "x\nCRITICAL dispatcher.service: FORGED LINE"
 LONGEST_NAME = "app.tasks." + "n" * 245

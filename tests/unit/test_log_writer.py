@@ -15,15 +15,15 @@ from typing import TextIO
 
 import pytest
 
-from dispatcher.server.log_writer import LineWriter
-from dispatcher.server.logformat import TEXT_FORMAT, JsonFormatter
-from dispatcher.server.logsafe import (
-    get_logger,
+from dispatcher.server.log_handler import (
     is_service_handler,
     log_lines_dropped,
-    log_to,
     logs_written_in_background,
 )
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_setup import log_to
+from dispatcher.server.log_writer import LineWriter
+from dispatcher.server.logformat import TEXT_FORMAT, JsonFormatter
 
 
 class Pipe:

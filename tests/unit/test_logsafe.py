@@ -10,18 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.server.logsafe import (
+from dispatcher.server.log_arguments import Block, Excerpt
+from dispatcher.server.log_records import EscapingFilter, get_logger
+from dispatcher.server.log_setup import log_to
+from dispatcher.server.log_text import (
     MAX_BLOCK_HEAD_LINES,
     MAX_BLOCK_LINES,
     MAX_LOGGED_CHARS,
-    Block,
-    EscapingFilter,
-    Excerpt,
     cut_middle,
     escape,
-    get_logger,
     indented,
-    log_to,
 )
 from support.paths import PACKAGES
 
@@ -173,16 +171,22 @@ def _direct_get_logger_calls(path: Path) -> list[int]:
     return found
 
 
-def test_server_modules_get_their_loggers_from_logsafe() -> None:
+LOGGING_SET_UP = {"log_records.py", "log_handler.py", "log_setup.py"}
+"""The modules that make loggers and handlers (the only ones that call logging.getLogger)."""
+
+
+def test_server_modules_get_their_loggers_from_log_records() -> None:
     modules = sorted(SERVER.rglob("*.py"))
     assert len(modules) > 10
     offenders = [
         f"{path.relative_to(SERVER)}:{line}"
         for path in modules
-        if path.name != "logsafe.py"
+        if path.name not in LOGGING_SET_UP
         for line in _direct_get_logger_calls(path)
     ]
-    assert offenders == [], "use dispatcher.server.logsafe.get_logger instead of logging.getLogger"
+    assert offenders == [], (
+        "use dispatcher.server.log_records.get_logger instead of logging.getLogger"
+    )
 
 
 def test_an_empty_block_adds_no_line() -> None:

@@ -27,7 +27,7 @@ import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup
 from anyio.streams.stapled import MultiListener
 
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.log_records import get_logger
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
 
 ACCEPT_PAUSE: Final = 0.5

@@ -9,7 +9,8 @@ from dispatcher.config.settings import TaskLog
 from dispatcher.schema import Outcome
 from dispatcher.schema.log_fields import DURATION, ERROR, EVENT, OUTCOME, TRACEBACK, WORKER
 from dispatcher.server.jobs import Job, job_fields
-from dispatcher.server.logsafe import Block, Whole, get_logger
+from dispatcher.server.log_arguments import Block, Whole
+from dispatcher.server.log_records import get_logger
 from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
 

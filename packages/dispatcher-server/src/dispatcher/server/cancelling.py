@@ -24,7 +24,8 @@ from typing import Any, Final
 import anyio
 import psycopg
 
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 
 logger = get_logger("dispatcher.database")
 

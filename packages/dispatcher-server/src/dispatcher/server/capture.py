@@ -32,8 +32,9 @@ import sys
 import threading
 from typing import Final, TextIO
 
+from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_streams import HandlerStreams
-from dispatcher.server.logsafe import MAX_LOGGED_CHARS, get_logger
+from dispatcher.server.log_text import MAX_LOGGED_CHARS
 
 logger = get_logger("dispatcher.worker")
 

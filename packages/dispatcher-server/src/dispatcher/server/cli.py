@@ -80,8 +80,8 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
     try:
         from dispatcher.config import ConfigError, NotConfiguredError
         from dispatcher.server.forkserver import fork_server, worker_options
+        from dispatcher.server.log_setup import log_to
         from dispatcher.server.logformat import HeldRecords, service_formatter, with_log_format
-        from dispatcher.server.logsafe import log_to
         from dispatcher.server.task_imports import missing_modules
 
         # Until the config says the format (reading it may log), records wait for it; a
@@ -124,7 +124,7 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
             gc.enable()
     try:
         from dispatcher.server.brokers.base import BrokerNotReady
-        from dispatcher.server.logsafe import lean_records
+        from dispatcher.server.log_setup import lean_records
         from dispatcher.server.service import Service, run_in_event_loop
 
         try:

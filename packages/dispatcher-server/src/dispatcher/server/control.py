@@ -34,7 +34,9 @@ from dispatcher.server.control_shapes import (
     producers_reply,
 )
 from dispatcher.server.jobs import Job, JobPick, Snapshot, describe
-from dispatcher.server.logsafe import Phrase, get_logger, log_lines_dropped
+from dispatcher.server.log_arguments import Phrase
+from dispatcher.server.log_handler import log_lines_dropped
+from dispatcher.server.log_records import get_logger
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.release import installed_version

@@ -14,7 +14,9 @@ from dispatcher.config import BrokerName
 from dispatcher.schema import validator
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.control import ControlCommands
-from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, get_logger
+from dispatcher.server.log_arguments import Excerpt
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import MAX_REASON_CHARS
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.rejection import rejection_fields
 from dispatcher.server.stats import ServiceStats

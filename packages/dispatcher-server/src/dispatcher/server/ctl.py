@@ -43,7 +43,7 @@ from dispatcher.server.ctl_render import (
     task_ages,
     uncertain,
 )
-from dispatcher.server.logsafe import EscapingFormatter
+from dispatcher.server.log_records import EscapingFormatter
 from dispatcher.server.release import installed_version
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_ERROR_REPLY = 0, 1, 2, 3
@@ -443,7 +443,7 @@ class _StderrHandler(logging.Handler):
     """Writes each record to the ``sys.stderr`` of the moment, escaped.
 
     ``top``'s live view puts a ``sys.stderr`` of its own in place while it draws; the
-    escaping is :class:`~dispatcher.server.logsafe.EscapingFormatter`'s.
+    escaping is :class:`~dispatcher.server.log_records.EscapingFormatter`'s.
     """
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -44,7 +44,7 @@ from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin
 from dispatcher.server.ctl_arguments import Text, count_between, seconds_up_to
 from dispatcher.server.ctl_render import aligned, cut
-from dispatcher.server.logsafe import escape, first_line
+from dispatcher.server.log_text import escape, first_line
 from dispatcher.server.queue_admin import (
     FINISHED_STATES,
     MAX_LIMIT,

@@ -25,7 +25,7 @@ from dispatcher.server.brokers.pg_queue.migrations import (
     quoted,
     version_to_migrate,
 )
-from dispatcher.server.logsafe import escape
+from dispatcher.server.log_text import escape
 
 _HOLDERS: Final = """
 SELECT a.pid, coalesce(nullif(a.application_name, ''), '-'), coalesce(a.state, 'state unknown'),

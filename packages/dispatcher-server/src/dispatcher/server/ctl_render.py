@@ -18,7 +18,7 @@ from dispatcher.control import ControlResult
 from dispatcher.publish import PublishError
 from dispatcher.publish.routing import control_broker
 from dispatcher.schema import MAX_MESSAGE_BYTES
-from dispatcher.server.logsafe import counted, escape
+from dispatcher.server.log_text import counted, escape
 
 DISPATCHERD_NOT_FOUND = (
     "dispatcherd services cannot be found there: pass --expected-replies N to wait for N replies"
@@ -254,7 +254,7 @@ def render(result: ControlResult, now: float | None = None) -> str:
     ``status``) are shown as tables, one row per task, worker or asyncio task; ``--json``
     shows everything. A task's ``elapsed`` (see :func:`add_elapsed`) is shown when it is
     there; in ``status``, it is worked out from the reply itself. Every value is shown
-    escaped (see :func:`dispatcher.server.logsafe.escape`): a reply cannot start a line of
+    escaped (see :func:`dispatcher.server.log_text.escape`): a reply cannot start a line of
     its own in the terminal, or send it control sequences.
     """
     lines = []

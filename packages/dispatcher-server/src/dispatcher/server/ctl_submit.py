@@ -25,7 +25,7 @@ from dispatcher.publish.routing import broker_for, default_broker, publish_broke
 from dispatcher.schema import ON_DUPLICATE_MODES
 from dispatcher.server import queue_admin
 from dispatcher.server.ctl_arguments import Text, count, json_list, json_object, seconds
-from dispatcher.server.logsafe import escape
+from dispatcher.server.log_text import escape
 
 EXIT_OK: Final = 0
 EXIT_UNREACHABLE: Final = 1

@@ -25,7 +25,7 @@ from dispatcher.publish import BrokerUnavailable, PublishError, describe_server
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler, sampling_connection
 from dispatcher.server.ctl_render import control_channel, control_failure, no_service_found, shown
 from dispatcher.server.ctl_top_text import Poll
-from dispatcher.server.logsafe import first_line
+from dispatcher.server.log_text import first_line
 from dispatcher.server.stats import QueueDepth
 
 APPLICATION_NAME: Final = "dispatcherctl-top"

@@ -42,7 +42,7 @@ from dispatcher.publish import (
 )
 from dispatcher.publish.registry import generator_problem
 from dispatcher.schema import ON_DUPLICATE_MODES, is_valid_channel_name
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.log_records import get_logger
 
 logger = get_logger("dispatcher.worker")
 

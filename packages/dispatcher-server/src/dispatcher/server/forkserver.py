@@ -52,12 +52,10 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.lifeline import adopt_orphans, die_with_parent, kill_children
-from dispatcher.server.logsafe import (
-    Block,
-    describe_exception,
-    get_logger,
-    root_left_to_the_app,
-)
+from dispatcher.server.log_arguments import Block
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_setup import root_left_to_the_app
+from dispatcher.server.log_text import describe_exception
 from dispatcher.server.task_imports import import_report
 from dispatcher.server.worker import WorkerOptions, worker_main
 

@@ -32,7 +32,9 @@ from dispatcher.schema import (
 from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job, job_fields
-from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, get_logger
+from dispatcher.server.log_arguments import Excerpt
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import MAX_REASON_CHARS
 from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin, StoredRow
 from dispatcher.server.protocol import run_line
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog

@@ -10,7 +10,7 @@ from operator import and_, attrgetter, not_
 from typing import Any, NamedTuple
 
 from dispatcher.schema.log_fields import ATTEMPT, BROKER, EVENT, QUEUE, TASK, UUID
-from dispatcher.server.logsafe import Phrase
+from dispatcher.server.log_arguments import Phrase
 
 
 class Job(NamedTuple):

@@ -32,7 +32,8 @@ from dispatcher.server.forkserver import (
     ForkedServer,
     PacketJoiner,
 )
-from dispatcher.server.logsafe import counted, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted
 from dispatcher.server.resources import PROCESS_LIMIT, out_of_fds_text
 from dispatcher.server.worker import WorkerOptions
 

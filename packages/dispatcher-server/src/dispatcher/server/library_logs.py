@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator
 from typing import Final
 
-from dispatcher.server.logsafe import library_logger
+from dispatcher.server.log_records import library_logger
 
 _CANCELLATION_INTERRUPTED: Final = "query cancellation interrupted"
 

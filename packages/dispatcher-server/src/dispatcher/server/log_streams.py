@@ -22,7 +22,8 @@ import logging
 import threading
 from typing import Final, TextIO
 
-from dispatcher.server.logsafe import INDENT, escape, is_service_handler
+from dispatcher.server.log_handler import is_service_handler
+from dispatcher.server.log_text import INDENT, escape
 
 _HANDLERS: Final[list[object]] = getattr(logging, "_handlerList", [])
 """Weak references to every handler made, the newest last (appended by ``Handler()``)."""
@@ -38,7 +39,7 @@ class EscapingStream:
     Each write is one record (a :class:`logging.StreamHandler` writes a record and its line
     break at once): its first line is escaped as a logged value is (a line break, a control
     character becomes ``\n``, ``\x1b``...), each following one (a traceback) is escaped too
-    and starts with :data:`~dispatcher.server.logsafe.INDENT` (as the service's own blocks
+    and starts with :data:`~dispatcher.server.log_text.INDENT` (as the service's own blocks
     do), so that nothing a record holds can begin a line of the log. A record of printable
     text on one line, the common case, is written as it is.
     """

@@ -21,7 +21,8 @@ from typing import Any, Final
 from dispatcher.config import Settings
 from dispatcher.schema import LogFormat
 from dispatcher.schema.log_fields import WORKER
-from dispatcher.server.logsafe import escaped, safe_str
+from dispatcher.server.log_records import escaped
+from dispatcher.server.log_text import safe_str
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The service's text lines: ``2026-05-04 10:00:01,234 INFO dispatcher.tasks: ...``."""

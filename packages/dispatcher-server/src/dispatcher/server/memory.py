@@ -9,7 +9,8 @@ from typing import Final
 import anyio
 
 from dispatcher.schema import Outcome
-from dispatcher.server.logsafe import Phrase, get_logger
+from dispatcher.server.log_arguments import Phrase
+from dispatcher.server.log_records import get_logger
 from dispatcher.server.workers import WorkerHandle
 
 logger = get_logger("dispatcher.memory")

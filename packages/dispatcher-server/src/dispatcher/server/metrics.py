@@ -27,7 +27,9 @@ from dispatcher.schema import Outcome
 from dispatcher.server.accepting import serve_connections
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import StartRefused
-from dispatcher.server.logsafe import first_line, get_logger, log_lines_dropped
+from dispatcher.server.log_handler import log_lines_dropped
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 from dispatcher.server.rejection import REJECTION_REASONS
 from dispatcher.server.resources import shortage_text
 from dispatcher.server.stats import BUCKETS, Histogram, QueueSampling, ServiceStats

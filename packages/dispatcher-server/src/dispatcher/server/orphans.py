@@ -34,7 +34,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dispatcher.server.lifeline import adopt_orphans, children, kill_children, reap_children
-from dispatcher.server.logsafe import counted, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted
 
 logger = get_logger("dispatcher.service")
 

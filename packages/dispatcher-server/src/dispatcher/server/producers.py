@@ -15,7 +15,9 @@ from dispatcher.server.backoff import FIRST_RETRY, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import TICK_OFFER_WINDOW, OncePerTick
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.intake import Intake
-from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, get_logger
+from dispatcher.server.log_arguments import Excerpt
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import MAX_REASON_CHARS
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.timetables import ScheduleBoard, Timetable

@@ -10,7 +10,8 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Final
 
-from dispatcher.server.logsafe import Block, counted, escape
+from dispatcher.server.log_arguments import Block
+from dispatcher.server.log_text import counted, escape
 
 
 class RateLimitedLog:

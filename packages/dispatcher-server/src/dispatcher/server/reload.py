@@ -23,7 +23,7 @@ from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.log_records import get_logger
 
 if TYPE_CHECKING:
     import anyio

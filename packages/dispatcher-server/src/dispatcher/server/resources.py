@@ -19,7 +19,8 @@ from typing import Final, ParamSpec, TypeVar
 
 import psycopg
 
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 
 logger = get_logger("dispatcher.service")
 

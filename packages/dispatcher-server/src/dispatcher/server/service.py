@@ -36,13 +36,10 @@ from dispatcher.server.heap import release_free_memory
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
-from dispatcher.server.logsafe import (
-    Block,
-    first_line,
-    flush_logs,
-    get_logger,
-    logs_written_in_background,
-)
+from dispatcher.server.log_arguments import Block
+from dispatcher.server.log_handler import flush_logs, logs_written_in_background
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.node_ids import node_id
 from dispatcher.server.origin import Origin

@@ -19,7 +19,8 @@ from anyio.abc import TaskStatus
 
 from dispatcher.server.brokers.base import Acknowledging, Broker, Settled
 from dispatcher.server.jobs import Job
-from dispatcher.server.logsafe import counted, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted
 from dispatcher.server.origin import Origin
 from dispatcher.server.ratelimit import RateLimitedLog
 

@@ -32,7 +32,9 @@ from dispatcher.server.launcher import (
     WorkerLauncher,
     WorkerProcess,
 )
-from dispatcher.server.logsafe import Phrase, counted, escape, first_line, get_logger
+from dispatcher.server.log_arguments import Phrase
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted, escape, first_line
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.protocol import PIPELINE_DEPTH, reply_line
 from dispatcher.server.ratelimit import InternalErrorLog

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.log_records import get_logger
 
 logger = get_logger("dispatcher.timers")
 

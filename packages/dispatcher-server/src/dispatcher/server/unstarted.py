@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dispatcher.schema import Outcome
 from dispatcher.schema.log_fields import REASON
 from dispatcher.server.jobs import Job, job_fields, listed
-from dispatcher.server.logsafe import counted, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.settlement import ABANDONED, DISCARDED, REFUSED
 from dispatcher.server.stats import ServiceStats

@@ -39,17 +39,11 @@ from dispatcher.server import worker_loop
 from dispatcher.server.capture import OutputCapture
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks, conventions, is_adopted
 from dispatcher.server.hooks import BaseWorker
+from dispatcher.server.log_arguments import Block, Phrase
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_setup import log_to, root_left_to_the_app, set_apart
+from dispatcher.server.log_text import cut_middle, describe_exception
 from dispatcher.server.logformat import worker_formatter
-from dispatcher.server.logsafe import (
-    Block,
-    Phrase,
-    cut_middle,
-    describe_exception,
-    get_logger,
-    log_to,
-    root_left_to_the_app,
-    set_apart,
-)
 from dispatcher.server.protocol import (
     CANCEL_SIGNALS,
     RECALL_SIGNAL,

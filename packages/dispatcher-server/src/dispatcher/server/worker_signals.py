@@ -25,7 +25,8 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from dispatcher.server.logsafe import Phrase, get_logger
+from dispatcher.server.log_arguments import Phrase
+from dispatcher.server.log_records import get_logger
 
 logger = get_logger("dispatcher.worker")
 

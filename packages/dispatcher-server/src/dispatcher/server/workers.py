@@ -28,7 +28,7 @@ import anyio
 from dispatcher.schema import Outcome
 from dispatcher.schema.log_fields import WORKER
 from dispatcher.server.jobs import Job, job_fields
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.log_records import get_logger
 from dispatcher.server.protocol import (
     CANCEL_SIGNALS,
     PIPELINE_DEPTH,

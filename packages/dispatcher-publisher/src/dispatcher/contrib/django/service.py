@@ -78,8 +78,8 @@ def run(
     try:
         from dispatcher.server.early_signals import held_stop_signals
         from dispatcher.server.forkserver import fork_server, worker_options
+        from dispatcher.server.log_setup import log_to
         from dispatcher.server.logformat import service_formatter, with_log_format
-        from dispatcher.server.logsafe import log_to
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[:2] == ["dispatcher", "server"]:
             raise ServerMissing from None

@@ -66,7 +66,9 @@ from dispatcher.schema import (
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.cancelling import CANCEL_WAIT, StatementStuck, execute_within
-from dispatcher.server.logsafe import first_line, get_logger, named_list
+from dispatcher.server.log_arguments import named_list
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 from dispatcher.server.origin import Origin
 from dispatcher.server.ratelimit import FailureLog, RateLimitedLog
 from dispatcher.server.resources import names_shortages

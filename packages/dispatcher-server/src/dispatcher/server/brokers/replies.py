@@ -16,7 +16,8 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from dispatcher.server.brokers.base import Broker
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 from dispatcher.server.ratelimit import RateLimitedLog
 
 logger = get_logger("dispatcher.replies")

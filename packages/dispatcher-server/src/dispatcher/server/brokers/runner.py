@@ -19,7 +19,9 @@ from anyio.abc import TaskStatus
 
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RETRY, Backoff
 from dispatcher.server.brokers.base import Broker, Deliver, StartRefused
-from dispatcher.server.logsafe import Block, first_line, get_logger
+from dispatcher.server.log_arguments import Block
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 from dispatcher.server.resources import shortage_text
 from dispatcher.server.stats import BrokerHealth
 

@@ -40,7 +40,7 @@ from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.schema.chunks import socket_lines
 from dispatcher.server.accepting import serve_connections
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver, StartRefused
-from dispatcher.server.logsafe import get_logger
+from dispatcher.server.log_records import get_logger
 from dispatcher.server.origin import Origin
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
 from dispatcher.server.stats import ServiceStats

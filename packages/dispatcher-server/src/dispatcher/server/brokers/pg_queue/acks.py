@@ -30,7 +30,9 @@ from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
-from dispatcher.server.logsafe import Phrase, counted, first_line, get_logger
+from dispatcher.server.log_arguments import Phrase
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted, first_line
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")

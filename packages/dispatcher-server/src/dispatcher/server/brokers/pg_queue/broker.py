@@ -56,7 +56,9 @@ from dispatcher.server.brokers.pg_queue.sql import Statements
 from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
 from dispatcher.server.cancelling import execute_within
-from dispatcher.server.logsafe import counted, first_line, get_logger, named_list
+from dispatcher.server.log_arguments import named_list
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted, first_line
 from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.stats import ServiceStats
 

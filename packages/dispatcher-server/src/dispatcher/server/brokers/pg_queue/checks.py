@@ -10,7 +10,9 @@ from dispatcher.publish.connections import REFUSALS, all_attempts, connection_op
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_queue import privileges
 from dispatcher.server.brokers.pg_queue.migrations import latest_version, problem, read_version
-from dispatcher.server.logsafe import MAX_REASON_CHARS, Excerpt, first_line, get_logger
+from dispatcher.server.log_arguments import Excerpt
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import MAX_REASON_CHARS, first_line
 
 logger = get_logger("dispatcher.pg_queue")
 

@@ -46,7 +46,8 @@ from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempt
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, receipt
 from dispatcher.server.brokers.pg_queue.privileges import CLAIM, explain
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup
-from dispatcher.server.logsafe import counted, first_line, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted, first_line
 from dispatcher.server.origin import Origin, StoredRow
 from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.rejection import rejection_fields

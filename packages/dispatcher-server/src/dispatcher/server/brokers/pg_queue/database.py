@@ -44,7 +44,8 @@ from dispatcher.server.backoff import FIRST_RETRY, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_notify import open_connection
 from dispatcher.server.cancelling import execute_within
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 from dispatcher.server.ratelimit import FailureLog, RateLimitedLog
 from dispatcher.server.stats import ServiceStats
 

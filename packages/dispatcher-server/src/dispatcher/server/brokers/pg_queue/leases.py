@@ -12,7 +12,9 @@ import psycopg
 
 from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Reconnecting, Rows
 from dispatcher.server.brokers.pg_queue.outcomes import Ack
-from dispatcher.server.logsafe import Phrase, counted, get_logger
+from dispatcher.server.log_arguments import Phrase
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted
 
 logger = get_logger("dispatcher.pg_queue")
 

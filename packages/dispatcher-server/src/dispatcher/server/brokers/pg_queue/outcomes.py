@@ -16,7 +16,7 @@ from typing import Final, Literal, NamedTuple
 
 from dispatcher.schema import Outcome
 from dispatcher.server.brokers.base import Settled
-from dispatcher.server.logsafe import cut_middle
+from dispatcher.server.log_text import cut_middle
 
 AckKind = Literal["done", "cancelled", "failed", "retry", "requeue"]
 
@@ -32,7 +32,7 @@ it back at once, again and again."""
 
 MAX_ERROR_CHARS: Final = 32 * 1024
 """Longest error text (message and traceback) kept on a row; a longer one keeps its start and
-its end (see :func:`~dispatcher.server.logsafe.cut_middle`)."""
+its end (see :func:`~dispatcher.server.log_text.cut_middle`)."""
 
 MAX_REASON_SHARE: Final = MAX_ERROR_CHARS // 4
 """Of :data:`MAX_ERROR_CHARS`, the most an error's message takes before its traceback (which

@@ -26,7 +26,7 @@ from dispatcher.publish.connections import with_cause
 from dispatcher.schema import DispatcherError
 from dispatcher.server.brokers.pg_queue import sql
 from dispatcher.server.brokers.pg_queue.migrations import VERSION_TABLE, quoted
-from dispatcher.server.logsafe import first_line
+from dispatcher.server.log_text import first_line
 
 SCHEMA: Final = ""
 """The "table" of :data:`Need` that stands for the schema itself (``USAGE``)."""

@@ -30,7 +30,8 @@ from psycopg import sql
 from dispatcher.publish import describe_server
 from dispatcher.publish.connections import connection_options
 from dispatcher.server.backoff import Backoff
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 from dispatcher.server.resources import names_shortages
 from dispatcher.server.stats import QueueDepth, QueueSampling
 

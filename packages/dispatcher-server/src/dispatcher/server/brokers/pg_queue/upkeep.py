@@ -36,7 +36,8 @@ from dispatcher.server.brokers.pg_queue.leases import RENEW_LIMIT, Leases
 from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.privileges import PURGE, SETTLE, Need, explain
 from dispatcher.server.brokers.pg_queue.sql import Statements
-from dispatcher.server.logsafe import counted, first_line, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import counted, first_line
 from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.stats import ServiceStats
 

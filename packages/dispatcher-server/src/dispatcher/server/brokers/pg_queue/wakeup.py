@@ -26,7 +26,8 @@ from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.pg_notify import open_connection, start_listening
 from dispatcher.server.cancelling import execute_within
-from dispatcher.server.logsafe import first_line, get_logger
+from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import first_line
 from dispatcher.server.ratelimit import FailureLog
 
 logger = get_logger("dispatcher.pg_queue")
