@@ -376,7 +376,7 @@ COMMAND_LINES = {
 def test_every_command_prints_json_with_json_or_refuses_it(
     pg_dsn: str, pg_conn: Any, channel: str, tmp_path: Path
 ) -> None:
-    from dispatcher.server.ctl import parser
+    from dispatcher.server.ctl_parser import parser
     from support.durable import migrated
     from support.queue_rows import insert_job, unique_schema
 

@@ -29,7 +29,7 @@ from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.config import reset, setup
 from dispatcher.publish import close_connections, submit_task
 from dispatcher.schema import sql_queue_publisher
-from dispatcher.server.brokers.pg_notify import PgNotifyBroker
+from dispatcher.server.brokers.pg_notify.broker import PgNotifyBroker
 from dispatcher.server.brokers.pg_queue import sql as queue_sql
 from dispatcher.server.origin import Origin
 from dispatcher.server.stats import ServiceStats

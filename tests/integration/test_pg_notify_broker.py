@@ -21,8 +21,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
-from dispatcher.server.brokers import pg_notify
-from dispatcher.server.brokers.pg_notify import PgNotifyBroker
+from dispatcher.server.brokers.pg_connections import open_connection
+from dispatcher.server.brokers.pg_notify.broker import PgNotifyBroker
+from dispatcher.server.brokers.pg_notify.drain import Drain
 from dispatcher.server.origin import Origin
 from dispatcher.server.stats import ServiceStats
 
@@ -110,8 +111,8 @@ async def test_a_notification_psycopg_reads_during_a_statement_is_delivered(
     def deliver(text: str, origin: Origin) -> None:
         received.append((text, origin))
 
-    async with await pg_notify.open_connection(pg_dsn, "dispatcher-test") as conn:
-        drain = pg_notify._Drain(conn, broker.check_channel, broker._origins, deliver)
+    async with await open_connection(pg_dsn, "dispatcher-test") as conn:
+        drain = Drain(conn, broker.check_channel, broker._origins, deliver)
         conn.add_notify_handler(drain.take)
         await broker._listen(conn)
         # Our own NOTIFY comes back before the statement ends: psycopg reads it.
@@ -139,8 +140,8 @@ async def test_a_broken_connection_leaves_its_socket_number_to_whoever_gets_it_n
     loop = asyncio.get_running_loop()
     readable = anyio.Event()
     first, second = socket.socketpair()
-    async with await pg_notify.open_connection(pg_dsn, "dispatcher-test") as conn:
-        drain = pg_notify._Drain(conn, broker.check_channel, broker._origins, lambda *_: None)
+    async with await open_connection(pg_dsn, "dispatcher-test") as conn:
+        drain = Drain(conn, broker.check_channel, broker._origins, lambda *_: None)
         await broker._listen(conn)
         fileno = drain.fileno
         try:

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from dispatcher.server import ctl
+from dispatcher.server import ctl_parser
 
 COMMANDS = ("jobs", "retry", "purge", "submit")
 """The commands whose free-text options name rows and tasks in PostgreSQL."""
@@ -27,7 +27,9 @@ FREE_TEXT = {
 
 def free_text_options() -> set[tuple[str, str]]:
     """The options of :data:`COMMANDS` that take any string (``--config``, a path, aside)."""
-    [commands] = [a for a in ctl.parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    [commands] = [
+        a for a in ctl_parser.parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ]
     return {
         (name, (action.option_strings or [action.dest])[0])
         for name in COMMANDS
@@ -55,11 +57,11 @@ def test_every_free_text_option_refuses_what_no_row_can_hold(
     assert free_text_options() == set(FREE_TEXT)  # a new option needs a line in FREE_TEXT
     for (command, option), words in FREE_TEXT.items():
         with pytest.raises(SystemExit) as refused:
-            ctl.parser().parse_args([*words, value])
+            ctl_parser.parser().parse_args([*words, value])
         err = capsys.readouterr().err
         assert refused.value.code == 2, (command, option)
         assert f"dispatcherctl {command}: error: argument {option}: {said}\n" in err
-        taken = ctl.parser().parse_args([*words, "café-1"])
+        taken = ctl_parser.parser().parse_args([*words, "café-1"])
         assert getattr(taken, option.lstrip("-")) == "café-1"
 
 
@@ -82,7 +84,7 @@ def test_json_nested_too_deep_for_the_decoder_is_a_usage_error(
         else '{"a":' * 60_000 + "1" + "}" * 60_000
     )
     with pytest.raises(SystemExit) as refused:
-        ctl.parser().parse_args([*words, deep])
+        ctl_parser.parser().parse_args([*words, deep])
     err = capsys.readouterr().err
     assert refused.value.code == 2
     assert f"argument {words[-1]}: arrays and objects nested more than 64 levels deep: " in err
@@ -92,10 +94,10 @@ def test_json_nested_too_deep_for_the_decoder_is_a_usage_error(
 
 def test_purge_looks_back_at_most_a_year(capsys: pytest.CaptureFixture[str]) -> None:
     words = ["purge", "--state", "done", "--older-than"]
-    assert ctl.parser().parse_args([*words, "31536000"]).older_than == 31_536_000
+    assert ctl_parser.parser().parse_args([*words, "31536000"]).older_than == 31_536_000
     for value in ("31536001", "1e20"):
         with pytest.raises(SystemExit) as refused:
-            ctl.parser().parse_args([*words, value])
+            ctl_parser.parser().parse_args([*words, value])
         assert refused.value.code == 2
         assert (
             "argument --older-than: expected a number of seconds from 0 to 31536000 (365 days), "

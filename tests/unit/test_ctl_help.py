@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from dispatcher.server import cli, ctl
+from dispatcher.server import cli, ctl, ctl_parser
 
 OPTION_LINE = re.compile(r"^  (?:-h, )?(--[a-z-]+)(?: (\S+))?")
 COMMAND_LINE = re.compile(r"^    ([a-z_-]+)")
@@ -75,7 +75,7 @@ def value(option: str, metavar: str | None) -> list[str]:
 def accepted(args: list[str], capsys: pytest.CaptureFixture[str]) -> str | None:
     """``None`` when the command line parses; else what dispatcherctl said."""
     try:
-        ctl.parse_command_line(args)
+        ctl_parser.parse_command_line(args)
     except SystemExit:
         return capsys.readouterr().err
     return None
@@ -147,5 +147,5 @@ def test_config_says_where_the_config_comes_from_without_it() -> None:
         "config file (default: $DISPATCHER_CONFIG_FILE, else $DISPATCHERD_CONFIG_FILE, "
         "else ./dispatcher.yml)"
     )
-    for parser in (cli.parser(), ctl.parser()):
+    for parser in (cli.parser(), ctl_parser.parser()):
         assert said in " ".join(parser.format_help().split())

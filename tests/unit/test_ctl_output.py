@@ -8,7 +8,8 @@ import re
 import pytest
 
 from dispatcher.control import ControlResult
-from dispatcher.server.ctl import _control_data, parser
+from dispatcher.server.ctl_control import _control_data
+from dispatcher.server.ctl_parser import parser
 from dispatcher.server.ctl_render import (
     ARGUMENTS_WIDTH,
     add_elapsed,

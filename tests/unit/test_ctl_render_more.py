@@ -18,7 +18,9 @@ from rich.console import Console, RenderableType
 
 from dispatcher.config import load_settings, reset
 from dispatcher.control import ControlResult
-from dispatcher.server import ctl, ctl_top_poll, ctl_top_render
+from dispatcher.server import ctl, ctl_control, ctl_parser, ctl_top_poll, ctl_top_render
+from dispatcher.server.ctl_exits import EXIT_INTERRUPTED, EXIT_OK
+from dispatcher.server.ctl_output import STDERR_HANDLER
 from dispatcher.server.ctl_render import duration_text, render, size_text, width
 from dispatcher.server.ctl_top_poll import Collector
 from dispatcher.server.ctl_top_render import Poll, screen
@@ -164,7 +166,7 @@ def test_the_header_names_the_key_that_quits() -> None:
 
 def every_parser() -> Iterator[argparse.ArgumentParser]:
     """dispatcherctl's parser, each command's, and top's (built when top runs)."""
-    main = ctl.parser()
+    main = ctl_parser.parser()
     yield main
     for action in main._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -209,9 +211,11 @@ def test_every_typed_option_refuses_nonsense_naming_itself(
 
 
 def test_the_options_take_what_people_type(capsys: pytest.CaptureFixture[str]) -> None:
-    options = ctl.parser().parse_args(["--timeout", "0.5", "alive", "--expected-replies", "0"])
+    options = ctl_parser.parser().parse_args(
+        ["--timeout", "0.5", "alive", "--expected-replies", "0"]
+    )
     assert (options.timeout, options.expected_replies) == (0.5, 0)
-    submit = ctl.parser().parse_args(["submit", "t", "--delay", "0", "--timeout", "2.5"])
+    submit = ctl_parser.parser().parse_args(["submit", "t", "--delay", "0", "--timeout", "2.5"])
     assert (submit.delay, submit.task_timeout) == (0.0, 2.5)
     assert not math.isnan(submit.delay)
 
@@ -255,7 +259,7 @@ def answer_with(monkeypatch: pytest.MonkeyPatch, result: Any) -> None:
         logging.getLogger("psycopg").warning("%s", "a \x1b[31mwarning")
         return result  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(ctl, "control_with_reply", control_with_reply)
+    monkeypatch.setattr(ctl_control, "control_with_reply", control_with_reply)
 
 
 @pytest.mark.parametrize(
@@ -275,7 +279,7 @@ def test_dispatcherds_log_level_option_is_taken_before_or_after_the_command(
     result = ControlResult("alive", replies=[{"node_id": "n"}], expected=1)
     result.skipped.append("skipped a reply: junk")
     answer_with(monkeypatch, result)
-    assert ctl.main([*argv, "--config", str(config)]) == ctl.EXIT_OK
+    assert ctl.main([*argv, "--config", str(config)]) == EXIT_OK
     err = capsys.readouterr().err
     assert err.count("skipped a reply: junk") == 1  # said once, by dispatcherctl
     if "ERROR" in argv[0]:
@@ -283,14 +287,14 @@ def test_dispatcherds_log_level_option_is_taken_before_or_after_the_command(
     else:
         assert "a \\x1b[31mwarning\n" in err  # log lines are escaped
         assert "\x1b" not in err
-    assert ctl._HANDLER not in logging.getLogger().handlers  # left as found
+    assert STDERR_HANDLER not in logging.getLogger().handlers  # left as found
 
 
 def test_ctrl_c_exits_130_without_a_traceback(
     config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     answer_with(monkeypatch, KeyboardInterrupt())
-    assert ctl.main(["alive", "--config", str(config)]) == ctl.EXIT_INTERRUPTED == 130
+    assert ctl.main(["alive", "--config", str(config)]) == EXIT_INTERRUPTED == 130
     assert capsys.readouterr().err == ""
 
 

@@ -14,7 +14,7 @@ OUT_OF_FDS = textwrap.dedent(
     """
     import os, resource
     import anyio
-    from dispatcher.server.brokers.pg_notify import open_connection
+    from dispatcher.server.brokers.pg_connections import open_connection
 
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 

@@ -85,14 +85,14 @@ def test_log_levels_are_logging_levels_from_the_most_verbose() -> None:
 
 
 def test_command_line_tools_offer_the_shared_log_levels() -> None:
-    from dispatcher.server import cli, ctl
+    from dispatcher.server import cli, ctl_parser
 
     [service_level] = [a for a in cli.parser()._actions if a.dest == "log_level"]
     assert tuple(service_level.choices or ()) == LOG_LEVELS
-    options = ctl.parser().parse_args(["set_log_level", "debug"])
+    options = ctl_parser.parser().parse_args(["set_log_level", "debug"])
     assert options.level == "DEBUG"
     with pytest.raises(SystemExit):
-        ctl.parser().parse_args(["set_log_level", "loud"])
+        ctl_parser.parser().parse_args(["set_log_level", "loud"])
 
 
 def test_whole_node_ids_fit_in_application_name_after_the_prefix_and_digest() -> None:

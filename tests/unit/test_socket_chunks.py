@@ -31,6 +31,7 @@ from dispatcher.schema.chunks import (
 )
 from dispatcher.server import ctl
 from dispatcher.server.brokers.socket import SocketBroker
+from dispatcher.server.ctl_exits import EXIT_MISSING, EXIT_OK
 from dispatcher.server.origin import Origin
 
 ENVELOPE = validator("chunk-envelope")
@@ -276,7 +277,7 @@ def test_dispatcherctl_says_a_reply_is_malformed_and_exits_1(
     finally:
         reset()
     out, err = capsys.readouterr()
-    assert status == ctl.EXIT_MISSING
+    assert status == EXIT_MISSING
     assert f"dispatcherctl: {said}" in err
     assert "dispatcherctl: 0 of 1 expected replies" in err
     assert "(0 of 1 replies)" in out
@@ -296,7 +297,7 @@ def test_dispatcherctl_says_the_wait_ran_out_while_a_reply_was_still_arriving(
     finally:
         reset()
     _, err = capsys.readouterr()
-    assert status == ctl.EXIT_MISSING
+    assert status == EXIT_MISSING
     assert (
         "dispatcherctl: skipped a reply: the wait ran out (after 0.5 s) while it was still "
         "arriving, in chunk envelopes; a longer timeout (dispatcherctl --timeout) lets it come "
@@ -336,7 +337,7 @@ def test_dispatcherctl_says_a_reply_too_large_to_take_came_rather_than_none(
     finally:
         reset()
     _, err = capsys.readouterr()
-    assert status == ctl.EXIT_MISSING
+    assert status == EXIT_MISSING
     assert err.endswith(
         "dispatcherctl: 0 of 1 expected replies; 1 reply came too large to take (over "
         f"{MAX_MESSAGE_BYTES} bytes: from a service of another version?)\n"
@@ -359,7 +360,7 @@ def test_dispatcherctl_shows_a_chunked_reply_whole(
     finally:
         reset()
     out, err = capsys.readouterr()
-    assert (status, err) == (ctl.EXIT_OK, "")
+    assert (status, err) == (EXIT_OK, "")
     assert json.loads(out) == [reply]
 
 

@@ -6,12 +6,13 @@ argparse prefixes each error with the option's name (``argument --timeout: ...``
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from dispatcher.control import MAX_CONTROL_TIMEOUT
-from dispatcher.schema import DecodeError, decode_json
+from dispatcher.schema import LOG_LEVELS, DecodeError, decode_json
 
 SHOWN_CHARACTERS: Final = 80
 """Characters of a refused value quoted in the error (a long one is cut short)."""
@@ -182,3 +183,21 @@ def count_between(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def own_log_level(text: str) -> str:
+    """A level name for ``--log-level``, upper-cased when it is one (else shown as given)."""
+    return text.upper() if text.upper() in LOG_LEVELS else text
+
+
+def log_level(text: str) -> str | int:
+    """A level for ``set_log_level``: a whole number, or a level name (upper-cased)."""
+    if text.strip().isdigit():
+        return int(text)
+    name = text.strip().upper()
+    if name not in logging.getLevelNamesMapping():
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r} (expected a whole number, 0 or more, or one of "
+            f"{', '.join(LOG_LEVELS)})"
+        )
+    return name

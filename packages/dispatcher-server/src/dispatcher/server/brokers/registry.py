@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from dispatcher.config import ConfigError, PluginError, load_plugin
-from dispatcher.server.brokers import pg_notify, socket
+from dispatcher.server.brokers import socket
 from dispatcher.server.brokers.base import Broker, BrokerContext, BrokerFactory, Capacity
+from dispatcher.server.brokers.pg_notify import broker as pg_notify
 from dispatcher.server.brokers.pg_queue import broker as pg_queue
 
 BUILTIN_FACTORIES: Final[Mapping[str, BrokerFactory]] = {

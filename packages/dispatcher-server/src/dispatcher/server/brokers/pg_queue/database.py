@@ -42,7 +42,7 @@ from dispatcher.publish import describe_server
 from dispatcher.publish.connections import IdleWatch, all_attempts, note_server, with_cause
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
-from dispatcher.server.brokers.pg_notify import open_connection
+from dispatcher.server.brokers.pg_connections import open_connection
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import first_line
@@ -94,7 +94,7 @@ the database sets them (an operator's choice wins): the timeouts, generic plans,
 sequential scans, no JIT.
 
 Two are set whatever the operator chose, as the LISTEN session does for the first (see
-``pg_notify.NEVER_IDLE_OUT``): ``idle_session_timeout`` off (PostgreSQL 14 and later; set on
+``pg_connections.NEVER_IDLE_OUT``): ``idle_session_timeout`` off (PostgreSQL 14 and later; set on
 the role, it ended these connections between two statements: each came back with an error,
 and a new connection), and ``default_transaction_isolation`` read committed (the statements
 are written for it: under ``serializable`` they fail with serialization errors, which a

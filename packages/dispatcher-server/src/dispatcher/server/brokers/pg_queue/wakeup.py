@@ -24,7 +24,7 @@ from dispatcher.publish import describe_server
 from dispatcher.publish.connections import all_attempts
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
-from dispatcher.server.brokers.pg_notify import open_connection, start_listening
+from dispatcher.server.brokers.pg_connections import open_connection, start_listening
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import first_line
