@@ -4,7 +4,7 @@ For development. The folders holding the configured task modules are watched wit
 watchfiles (the optional extra ``dispatcher-server[reload]``): a package's own folder, or
 the folder of a module file, with their subfolders. A change to a ``.py`` file there (not in
 ``__pycache__``, not an editor's temporary or lock file; a burst of changes counts once) has
-the pool reload (:meth:`~dispatcher.server.supervisor.Supervisor.reload`): a new fork server
+the pool reload (:meth:`~dispatcher.server.pool_reload.Reloader.reload`): a new fork server
 imports the modules afresh and the workers are replaced by its own, the queued jobs waiting
 for them. When the new code cannot be imported, the old workers carry on and the next change
 is tried again.
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from dispatcher.server.log_records import get_logger
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import anyio
     from watchfiles import Change
 
-    from dispatcher.server.supervisor import Supervisor
+    from dispatcher.server.pool_reload import Reloaded
 
 logger = get_logger("dispatcher.reload")
 
@@ -41,6 +41,13 @@ STEP_MS: Final = 100
 
 FOUND_AGAIN_POLL: Final = 0.5
 """Seconds between looks for a watched folder that was deleted or moved away."""
+
+
+class ReloadablePool(Protocol):
+    """What the watch reloads (a :class:`~dispatcher.server.supervisor.Supervisor`)."""
+
+    async def reload(self) -> Reloaded:
+        """Replace every worker by one running the task modules as they are now."""
 
 
 def missing_watchfiles() -> str | None:
@@ -113,7 +120,7 @@ def describe(paths: Sequence[str]) -> str:
     return paths[0] + (f" (and {more} more)" if more > 0 else "")
 
 
-async def watch_task_modules(modules: Sequence[str], supervisor: Supervisor) -> None:
+async def watch_task_modules(modules: Sequence[str], supervisor: ReloadablePool) -> None:
     """Reload *supervisor*'s workers whenever the source of *modules* changes; until cancelled.
 
     A watched folder that is deleted or moved away (a branch switched, a folder replaced)
@@ -147,7 +154,9 @@ async def watch_task_modules(modules: Sequence[str], supervisor: Supervisor) -> 
         group.cancel_scope.cancel()
 
 
-async def _watch(folders: Sequence[Path], supervisor: Supervisor, stop: anyio.Event) -> Path | None:
+async def _watch(
+    folders: Sequence[Path], supervisor: ReloadablePool, stop: anyio.Event
+) -> Path | None:
     """Reload at each change in *folders*; return one that went away (``None``: stopped)."""
     from watchfiles import awatch
 
@@ -181,7 +190,7 @@ async def _found_again(modules: Sequence[str]) -> list[Path]:
         await anyio.sleep(FOUND_AGAIN_POLL)
 
 
-async def _reload(supervisor: Supervisor) -> bool:
+async def _reload(supervisor: ReloadablePool) -> bool:
     """Reload the workers and log how it went; ``False`` when the service is stopping."""
     outcome = await supervisor.reload()
     if outcome.shutting_down:
