@@ -18,31 +18,28 @@ import contextlib
 import contextvars
 import functools
 import gc
-import importlib
 import inspect
 import json
 import os
-import selectors
 import signal
 import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from dispatcher.publish import DispatcherCancel, registry
 from dispatcher.schema import LogFormat
-from dispatcher.server import worker_loop
 from dispatcher.server.capture import OutputCapture
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks, conventions, is_adopted
 from dispatcher.server.hooks import BaseWorker
 from dispatcher.server.log_arguments import Block, Phrase
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_setup import log_to, root_left_to_the_app, set_apart
-from dispatcher.server.log_text import cut_middle, describe_exception
+from dispatcher.server.log_text import describe_exception
 from dispatcher.server.logformat import worker_formatter
 from dispatcher.server.protocol import (
     CANCEL_SIGNALS,
@@ -53,16 +50,15 @@ from dispatcher.server.protocol import (
     read_line,
 )
 from dispatcher.server.results import encode_result
-from dispatcher.server.task_imports import failure
+from dispatcher.server.worker_forks import FORKED, call_hook, exit_forked, note_fork
+from dispatcher.server.worker_frames import in_event_loop_code
 from dispatcher.server.worker_loop import TaskLoop, put_back_thread_loop
+from dispatcher.server.worker_refusals import NotRegisteredHere, refuse_generator
 from dispatcher.server.worker_signals import Handler, SignalKeeper
+from dispatcher.server.worker_start import StartFailed, import_task_code, ready_event
+from dispatcher.server.worker_tracebacks import NOT_RETRIED, capped, does_not_fit, traceback_of
 
 logger = get_logger("dispatcher.worker")
-
-MAX_REPORTED_CHARS: Final = 32 * 1024
-"""Longest error text, and traceback, that a worker reports for a task (an exception's
-message can be as large as the task makes it; the service logs and stores what it gets)."""
-
 
 LEFTOVER_GRACE: Final = 1.0
 """Seconds the asyncio tasks an ``async def`` task left pending get to end once cancelled."""
@@ -148,8 +144,8 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     channel = BlockingLineSocket(sock)
     try:
         with root_left_to_the_app():  # (imports may set the app's logging up: basicConfig())
-            hooks = _start(options)
-    except _StartFailed as failed:  # said as the start-up checks say it: no traceback
+            hooks = import_task_code(options.modules, options.hooks_class, options.worker_id)
+    except StartFailed as failed:  # said as the start-up checks say it: no traceback
         capture.close()
         error = str(failed.report.get("error"))
         channel.send(event_line({"event": "fatal", "error": error, "report": failed.report}))
@@ -157,23 +153,23 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     except BaseException:
         capture.close()
         channel.send(
-            event_line({"event": "fatal", "error": _capped(traceback.format_exc(), whole=True)})
+            event_line({"event": "fatal", "error": capped(traceback.format_exc(), whole=True)})
         )
         return
     runner = TaskRunner(options.worker_id, channel, hooks, capture)
     runner.signals.install()
-    os.register_at_fork(after_in_child=_note_fork)
-    _call_hook(hooks.on_start)
+    os.register_at_fork(after_in_child=note_fork)
+    call_hook(hooks.on_start)
     runner.signals.keep("on_start")  # its alarm cancelled, the handlers it set kept
     adopt_dispatcherd_tasks()  # after every import: the task modules, the hooks, on_start
     capture.keep_streams()  # as the hooks and the imports left them: what tasks get back
-    channel.send(event_line(_ready_event()))
+    channel.send(event_line(ready_event()))
     try:
         while True:
             try:
                 line = channel.read(timeout=options.idle_timeout)
             except TimeoutError:
-                _call_hook(hooks.on_idle)
+                call_hook(hooks.on_idle)
                 continue
             if line is None:
                 break
@@ -188,136 +184,8 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
                     break
     finally:
         runner.close()
-        _call_hook(hooks.on_shutdown)
+        call_hook(hooks.on_shutdown)
         capture.close()
-
-
-def _ready_event() -> dict[str, Any]:
-    """The first event: this worker's pid, its registered tasks and their fixed queues.
-
-    Also the ``max_attempts`` and the ``timeout`` of the tasks that set one.
-    """
-    names = sorted(registry.names())
-    queues, attempts, timeouts = {}, {}, {}
-    for name in names:
-        entry = registry.get(name)
-        if entry is None:
-            continue
-        if isinstance(entry.queue, str):
-            queues[name] = entry.queue
-        if entry.max_attempts is not None:
-            attempts[name] = entry.max_attempts
-        if entry.timeout is not None:
-            timeouts[name] = entry.timeout
-    return {
-        "event": "ready",
-        "pid": os.getpid(),
-        "tasks": names,
-        "queues": queues,
-        "max_attempts": attempts,
-        "timeouts": timeouts,
-    }
-
-
-class _StartFailed(Exception):
-    """A task module, or the module of ``worker.class``, cannot be imported."""
-
-    def __init__(self, report: dict[str, Any]) -> None:
-        super().__init__(report.get("error"))
-        self.report = report
-        """What :func:`~dispatcher.server.task_imports.failure` says, and ``field``."""
-
-
-def _start(options: WorkerOptions) -> BaseWorker:
-    """Import the task modules and the module of ``worker.class``; return the hooks.
-
-    :raises _StartFailed: when one cannot be imported (the fork server imported them when it
-        started, but one may fail since: a fork server replaced imports them afresh).
-    """
-    for module in options.modules:
-        try:
-            importlib.import_module(module)
-        except BaseException as exc:
-            raise _StartFailed({**failure(module, exc), "field": "tasks.modules"}) from None
-    path = options.hooks_class
-    if path is not None:
-        module = path.rpartition(".")[0]
-        try:
-            importlib.import_module(module)
-        except BaseException as exc:
-            report = {**failure(module, exc), "field": "worker.class", "name": path}
-            raise _StartFailed(report) from None
-    return _load_hooks(path, options.worker_id)
-
-
-def _load_hooks(path: str | None, worker_id: int) -> BaseWorker:
-    if path is None:
-        return BaseWorker(worker_id)
-    module_name, _, class_name = path.rpartition(".")
-    hooks_class = getattr(importlib.import_module(module_name), class_name, None)
-    if not isinstance(hooks_class, type):
-        raise TypeError(f"worker.class: {path} is not a class")
-    instance = hooks_class(worker_id)
-    if not isinstance(instance, BaseWorker):
-        raise TypeError(f"worker.class: {path} must subclass dispatcher.server.BaseWorker")
-    return instance
-
-
-def _call_hook(hook: Callable[..., object], *args: Any) -> None:
-    try:
-        hook(*args)
-    except Exception:
-        logger.exception("worker hook %s raised; the worker carries on", hook.__name__)
-    finally:
-        if _FORKED[0]:
-            _exit_forked("worker hook %s", hook.__name__)
-
-
-_FORKED: Final = [False]
-"""Whether this process is a child that ``os.fork()`` made of the worker (set in the child,
-see :func:`worker_main`): a check cheaper than ``os.getpid()``, for every hook called."""
-
-
-def _note_fork() -> None:
-    _FORKED[0] = True
-
-
-def _exit_forked(what: str, *args: object) -> NoReturn:
-    """End this process: a child that *what* forked, returning into the worker's code.
-
-    Left to go on, it would be a second worker on the same socket: it would report the end
-    of the task as well, and read the next requests. ``what`` and ``args`` are a log format.
-    Called while a ``SystemExit`` propagates (``sys.exit(0)`` in the child), it exits with
-    that status, as the child meant to, its standard streams flushed first.
-    """
-    leaving = sys.exc_info()[1]
-    if isinstance(leaving, SystemExit):
-        status = _exit_status(leaving)
-    else:
-        status = 1
-        with contextlib.suppress(BaseException):
-            logger.error(
-                f"a process forked by {what} returned into the worker (pid %d): it exits "
-                "(a forked child must end with os._exit())",
-                *args,
-                os.getpid(),
-            )
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BaseException):
-            stream.flush()
-    os._exit(status)
-
-
-def _exit_status(request: SystemExit) -> int:
-    """The status a process ends with on *request*, as Python's own exit gives it."""
-    code = request.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    with contextlib.suppress(BaseException):
-        print(code, file=sys.stderr)  # as Python prints a message given to sys.exit()
-    return 1
 
 
 class TaskRunner:
@@ -399,7 +267,7 @@ class TaskRunner:
                 self._loop_interrupted = True
             raise self._cancel
         if _in_coroutine_step(frame):  # as the translation would have made it
-            if _in_event_loop_code(frame):
+            if in_event_loop_code(frame):
                 self._loop_interrupted = True
             raise _cancellation(self._cancel)
         self._cancel_due = True
@@ -484,7 +352,7 @@ class TaskRunner:
         self._started, self._ended = self.requests, False
         done: dict[str, Any] = {"event": "done", "uuid": message.get("uuid", "")}
         self._capture.begin(str(message.get("task")), str(done["uuid"]))
-        _call_hook(self._hooks.pre_task, message)
+        call_hook(self._hooks.pre_task, message)
         # When it started and ended are points in time (the wall clock); how long it ran is
         # measured on the monotonic clock, which a step of the wall clock does not move.
         done["started"] = time.time()
@@ -504,15 +372,15 @@ class TaskRunner:
             done["outcome"] = "exit"
         except BaseException as exc:  # SystemExit, KeyboardInterrupt...: errors of the task
             error = describe_exception(exc)
-            if _does_not_fit(exc):
-                error += f" ({_NOT_RETRIED})"
+            if does_not_fit(exc):
+                error += f" ({NOT_RETRIED})"
                 done["final"] = True
             elif isinstance(exc, NotRegisteredHere) and registry.get(message["task"]) is None:
                 done["unregistered"] = True  # never ran: counted as refused, not by its name
             done.update(
                 outcome="error",
-                error=_capped(error),
-                traceback=_capped(_traceback_of(exc), whole=True),
+                error=capped(error),
+                traceback=capped(traceback_of(exc), whole=True),
             )
         if done["outcome"] in ("ok", "error") and _has_follow_ups(message):
             self._follow_up(message, done)
@@ -526,7 +394,7 @@ class TaskRunner:
         self._forget_cancels()
         done["run_time"] = time.monotonic() - began
         done["finished"] = time.time()
-        _call_hook(self._hooks.post_task, done)
+        call_hook(self._hooks.post_task, done)
         self.signals.check(message.get("task"), done["uuid"])
         self._capture.end()  # its output, logged with its name and uuid
         return done
@@ -581,7 +449,7 @@ class TaskRunner:
                 kind.removesuffix("s"),
                 follow_up.get("task"),
                 describe_exception(exc),
-                Block(_traceback_of(exc)),
+                Block(traceback_of(exc)),
             )
             return self._follow_ups(follow_up, uuid, failed=True)
         return self._follow_ups(follow_up, uuid, failed=False)
@@ -615,13 +483,13 @@ class TaskRunner:
                 runner = self._runner()
                 result = runner.run(_awaited(_CancelTranslator(result, self)), context)
         finally:
-            if _FORKED[0] or os.getpid() != self._pid:  # (a fork that os.fork() did not make)
-                _exit_forked("task %s (uuid %s)", message["task"], message.get("uuid"))
+            if FORKED[0] or os.getpid() != self._pid:  # (a fork that os.fork() did not make)
+                exit_forked("task %s (uuid %s)", message["task"], message.get("uuid"))
             self._running = False
             self._async_task, self._cancel_due = None, False
             if runner is not None:
                 self._after_async_task(runner, message)
-        _refuse_generator(result)
+        refuse_generator(result)
         return result
 
     def _runner(self) -> TaskLoop:
@@ -766,33 +634,6 @@ _EVERY_TASK: Final = _task_registry()
 """See :func:`_task_registry`: checked after each ``async def`` task before asking more."""
 
 
-class NotRegisteredHere(LookupError):
-    """A job names a task the worker's code does not register (changed since it was sent)."""
-
-
-class GeneratorReturned(TypeError):
-    """A task returned a generator: its body never ran (a generator function is no task)."""
-
-
-def _refuse_generator(result: object) -> None:
-    """Raise :class:`GeneratorReturned` when *result* is a generator (closed first).
-
-    ``@task`` refuses generator functions, but a decorator can hide one, and a function may
-    return a generator: ending ``ok`` would pass off a body that never ran as done.
-    """
-    if inspect.isgenerator(result):
-        result.close()  # not started: no code of the task runs
-        kind = "a generator"
-    elif inspect.isasyncgen(result):
-        kind = "an async generator"  # not started: it needs no closing
-    else:
-        return
-    raise GeneratorReturned(
-        f"the task returned {kind}: its body never ran; a task must do its work when called "
-        "(a plain or async def function that does not yield), returning the values in a list"
-    )
-
-
 class _CancelTranslator:
     """Awaits an ``async def`` task's awaitable step by step, as ``await`` would.
 
@@ -860,142 +701,12 @@ def _in_coroutine_step(frame: FrameType | None) -> bool:
     return False
 
 
-def _in_event_loop_code(frame: FrameType | None) -> bool:
-    """Whether *frame*, the innermost frame of a step of a coroutine, is asyncio's own code."""
-    if frame is None:
-        return False
-    path = os.path.abspath(frame.f_code.co_filename)
-    return os.path.dirname(path) == _ASYNCIO_DIR or path == _SELECTORS_FILE
-
-
 def _nothing() -> None:
     """A callback that does nothing: scheduled to wake an event loop up."""
 
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
-
-
-_RUNNER_FILES: Final = frozenset({os.path.abspath(__file__), os.path.abspath(worker_loop.__file__)})
-_ASYNCIO_DIR: Final = os.path.dirname(os.path.abspath(asyncio.__file__))
-_SELECTORS_FILE: Final = os.path.abspath(selectors.__file__)
-
-
-def task_traceback(exc: BaseException) -> str:
-    """The traceback of *exc*, raised by a task, from the task's own code on.
-
-    The frames of this module (and of the asyncio runner between it and an ``async def``
-    task) that lead to the task are left out: they are the same for every task and tell its
-    author nothing. So are the worker's frames between the task's (see :func:`_drop_steps`),
-    where an exception came through a future it awaited (``asyncio.gather()``). Chained
-    exceptions are shown whole but for those. When every frame is this module's (the task was never
-    reached), the traceback is shown whole.
-    """
-    first = exc.__traceback__
-    while first is not None and _is_runner_frame(first.tb_frame.f_code.co_filename):
-        first = first.tb_next
-    shown = first if first is not None else exc.__traceback__
-    try:
-        rendered = traceback.TracebackException(type(exc), exc, shown, compact=True)
-        _drop_steps(rendered)
-        return "".join(rendered.format())
-    except BaseException as failure:  # the task's exception fails its own rendering (notes)
-        return f"(its traceback could not be shown: {describe_exception(failure)})"
-
-
-def _drop_steps(rendered: traceback.TracebackException) -> None:
-    """Leave the worker's frames between the task's own out of *rendered*, and its chain.
-
-    Those are the steps of :class:`_CancelTranslator`, and the worker's way back into the
-    task's code: its frames (``_call``, the loop's ``run``) and those of asyncio's event
-    loop that follow them (where an exception the loop lets through, ``KeyboardInterrupt``
-    from a gathered child, came out of the loop and was raised again in the task).
-    """
-    seen: set[int] = set()
-    waiting = [rendered]
-    while waiting:
-        one = waiting.pop()
-        if id(one) in seen:
-            continue
-        seen.add(id(one))
-        if any(_is_runner_frame(frame.filename) for frame in one.stack):
-            one.stack = traceback.StackSummary.from_list(_tasks_frames(one.stack))
-        waiting.extend(e for e in (one.__cause__, one.__context__) if e is not None)
-        waiting.extend(one.exceptions or ())
-
-
-def _tasks_frames(stack: list[traceback.FrameSummary]) -> list[traceback.FrameSummary]:
-    """*stack* without the worker's steps, nor its frames that lead back to the task's code.
-
-    asyncio's frames right after such a frame of the worker's are its event loop's: out too.
-    """
-    kept: list[traceback.FrameSummary] = []
-    at = 0
-    while at < len(stack):
-        frame = stack[at]
-        if os.path.abspath(frame.filename) in _RUNNER_FILES:
-            end = at + 1
-            while end < len(stack) and _is_runner_frame(stack[end].filename):
-                end += 1
-            if end < len(stack):  # (the task's code follows)
-                at = end
-                continue
-        if not _is_step(frame):
-            kept.append(frame)
-        at += 1
-    return kept
-
-
-def _is_step(frame: traceback.FrameSummary) -> bool:
-    return frame.name == "__await__" and os.path.abspath(frame.filename) in _RUNNER_FILES
-
-
-def _traceback_of(exc: BaseException) -> str:
-    """The traceback to show for *exc*: none where the worker's own frames are all it holds.
-
-    That is when the worker found no task, or when the task returned a generator.
-    """
-    if isinstance(exc, NotRegisteredHere | GeneratorReturned):
-        return ""
-    return task_traceback(exc)
-
-
-_NOT_RETRIED: Final = "the task's code never ran: its arguments do not fit it; not retried"
-
-
-def _does_not_fit(exc: BaseException) -> bool:
-    """Whether *exc* says the message's arguments do not fit the task's signature.
-
-    That is a ``TypeError`` raised before any frame of the task's own code (by the call
-    itself): no later attempt of the same message can end otherwise.
-    """
-    if type(exc) is not TypeError:
-        return False
-    frame = exc.__traceback__
-    while frame is not None:
-        if not _is_runner_frame(frame.tb_frame.f_code.co_filename):
-            return False
-        frame = frame.tb_next
-    return True
-
-
-def _capped(text: str, whole: bool = False) -> str:
-    """*text*, cut to :data:`MAX_REPORTED_CHARS`, saying how much was left out and where.
-
-    An error's message keeps its start (its type, what went wrong); a traceback (*whole*)
-    its start and its end, the frames and what was raised, cutting the middle.
-    """
-    if whole:
-        return cut_middle(text, MAX_REPORTED_CHARS)
-    cut = len(text) - MAX_REPORTED_CHARS
-    if cut <= 0:
-        return text
-    return f"{text[:MAX_REPORTED_CHARS]}... ({cut} more characters)"
-
-
-def _is_runner_frame(filename: str) -> bool:
-    path = os.path.abspath(filename)
-    return path in _RUNNER_FILES or os.path.dirname(path) == _ASYNCIO_DIR
 
 
 def _has_follow_ups(message: Mapping[str, Any]) -> bool:
