@@ -16,10 +16,15 @@ from typing import Final
 
 RUNNER_MODULES: Final = (
     "worker",
+    "worker_bound",
+    "worker_cancel",
+    "worker_follow_ups",
     "worker_forks",
     "worker_frames",
     "worker_loop",
+    "worker_loop_keeper",
     "worker_refusals",
+    "worker_runner",
     "worker_start",
     "worker_tracebacks",
 )
