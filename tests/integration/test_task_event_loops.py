@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.server.worker_frames import RUNNER_MODULES
 from support.service import wait_until
 from support.worker_process import WorkerProcess
 
@@ -129,7 +130,8 @@ def test_trio_cancelled_in_a_task_cleans_up_within_it(
 def test_a_failure_through_gather_shows_no_frame_of_the_worker(worker: WorkerProcess) -> None:
     done = worker.run(TASKS + "fails_in_gather", uuid="u-gather")
     assert done["outcome"] == "error", done
-    assert "worker.py" not in done["traceback"], done["traceback"]
+    for name in RUNNER_MODULES:
+        assert f"/{name}.py" not in done["traceback"], done["traceback"]
     assert (
         'in fails_in_gather\n    await asyncio.gather(fails(1), fails(2))\n  File "'
         in (done["traceback"])
@@ -149,10 +151,10 @@ def test_a_keyboard_interrupt_through_gather_blames_the_task_for_its_leftovers_o
 def test_a_keyboard_interrupt_through_gather_shows_no_frame_of_the_worker_or_its_loop(
     worker: WorkerProcess,
 ) -> None:
-    """Between the task's frames: worker.py's _call, worker_loop.py's run, asyncio's loop."""
+    """Between the task's frames: worker_runner.py's _call, worker_loop.py's run, asyncio's loop."""
     done = worker.run(TASKS + "interrupted_in_gather", uuid="u-kbi")
     shown = done["traceback"]
-    for frame in ("worker.py", "worker_loop.py", "base_events.py", "events.py"):
+    for frame in (*(f"/{name}.py" for name in RUNNER_MODULES), "base_events.py", "events.py"):
         assert frame not in shown, shown
     assert "await asyncio.gather(interrupts(), asyncio.sleep(0.2))\n" in shown, shown
     assert shown.endswith("    raise KeyboardInterrupt\nKeyboardInterrupt\n"), shown

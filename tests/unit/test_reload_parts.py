@@ -17,7 +17,7 @@ from dispatcher.server.hooks import BaseWorker
 from dispatcher.server.jobs import Job
 from dispatcher.server.protocol import CANCEL_SIGNALS, RECALL_SIGNAL
 from dispatcher.server.reload import describe, forget_bytecode, is_source, watched_folders
-from dispatcher.server.worker import TaskRunner
+from dispatcher.server.worker_runner import TaskRunner
 from dispatcher.server.workers import WorkerHandle, WorkerStatus
 from support.scheduling import FakeProcess, FakeTimers, make_job
 

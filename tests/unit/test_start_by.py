@@ -16,7 +16,7 @@ from dispatcher.server.protocol import (
     start_by_of,
     with_start_by,
 )
-from dispatcher.server.worker import TaskRunner
+from dispatcher.server.worker_runner import TaskRunner
 
 MESSAGE = '{"uuid": "u-1", "task": "app.work",\n "args": ["a,b", {"start_by": 1}]}'
 
