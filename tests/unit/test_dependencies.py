@@ -39,6 +39,10 @@ def _optional(distribution: str) -> set[str]:
     return {_normalized(Requirement(text).name) for texts in extras.values() for text in texts}
 
 
+DATA_ONLY = frozenset({"tzdata"})
+"""Distributions of data the standard library reads, that no module imports: ``tzdata``,
+the time zones ``zoneinfo`` reads where the OS has none (Windows)."""
+
 SERVICE_SIDE = frozenset({"dispatcher.contrib.django.service", "dispatcher.contrib.django.worker"})
 """Publisher modules that run only in a service (``manage.py rundispatcher``, its workers),
 where dispatcher-server is installed: they may import it and its dependencies (the command
@@ -81,7 +85,7 @@ def test_dependencies_are_exactly_the_imported_distributions(distribution: str) 
     declared = set(_declared(distribution))
     allowed = declared | _optional(distribution)  # an extra's: imported where it is needed
     undeclared = {name: sorted(users) for name, users in imported.items() if name not in allowed}
-    unused = sorted(declared - set(imported))
+    unused = sorted(declared - set(imported) - DATA_ONLY)
     assert (undeclared, unused) == ({}, [])
 
 
@@ -144,3 +148,16 @@ def test_a_distribution_declared_in_several_places_has_one_floor() -> None:
         if name not in DISTRIBUTIONS:
             floors.setdefault(name, set()).add(_floor(requirement))
     assert {name: found for name, found in floors.items() if len(found) > 1} == {}
+
+
+@pytest.mark.parametrize("distribution", ["dispatcher-publisher", "dispatcher-server"])
+def test_windows_gets_a_time_zone_database(distribution: str) -> None:
+    """Scheduled time zones (even ``UTC``) need one; Windows has none of its own."""
+    requirement = _declared(distribution).get("tzdata")
+    assert requirement is not None and requirement.marker is not None
+    assert requirement.marker.evaluate({"sys_platform": "win32"})
+    assert not requirement.marker.evaluate({"sys_platform": "linux"})
+
+
+def test_the_server_says_it_runs_on_linux() -> None:
+    assert "Operating System :: POSIX :: Linux" in _project("dispatcher-server")["classifiers"]

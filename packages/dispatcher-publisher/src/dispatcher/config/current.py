@@ -14,6 +14,7 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
 
+from dispatcher.config.forking import at_fork
 from dispatcher.config.loading import load_settings
 from dispatcher.config.settings import Settings
 from dispatcher.schema import InvalidArgumentType
@@ -30,7 +31,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)
 
 
 def setup(

@@ -148,7 +148,9 @@ def _read_secret_file(
     except UnicodeDecodeError:
         problems.append(Problem(where, f"{path!r} is not UTF-8 text"))
         return None
-    text = text.removesuffix("\n").removesuffix("\r")
+    # A byte order mark (Windows' Notepad writes one) is no part of the secret: a service
+    # whose copy of the file has none must compute the same signature.
+    text = text.removeprefix("\ufeff").removesuffix("\n").removesuffix("\r")
     if not text:
         problems.append(Problem(where, f"{path!r} is empty"))
         return None

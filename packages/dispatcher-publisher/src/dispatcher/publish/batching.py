@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from dispatcher.config import Settings
 from dispatcher.config.current import Using, in_force, override, restore
+from dispatcher.config.forking import at_fork
 from dispatcher.publish.errors import InvalidSubmission
 from dispatcher.publish.submission import Submission
 from dispatcher.schema import InvalidArgumentType
@@ -51,7 +52,7 @@ def _after_fork_in_child() -> None:
     _pid = os.getpid()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)
 
 
 def _held_for_ever() -> object:

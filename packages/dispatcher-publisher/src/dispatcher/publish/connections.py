@@ -18,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
 from dispatcher.config import get_settings
+from dispatcher.config.forking import at_fork
 from dispatcher.publish.errors import AsyncioRequired, BrokerUnavailable, PublishError
 from dispatcher.schema import DispatcherError, InvalidArgumentType
 
@@ -307,7 +308,7 @@ class IdleWatch:
     def __init__(self, connection: BaseConnection[Any]) -> None:
         self.connection = connection
         self._poll: Any = None
-        if hasattr(select, "poll"):
+        if sys.platform != "win32" and hasattr(select, "poll"):
             try:
                 self._poll = select.poll()
                 self._poll.register(connection.pgconn.socket, select.POLLIN)
@@ -797,7 +798,7 @@ def _after_fork_in_child() -> None:
     _pid = os.getpid()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)
 
 
 class Owner:
@@ -875,12 +876,14 @@ def running_loop() -> asyncio.AbstractEventLoop:
     """The running asyncio event loop.
 
     :raises AsyncioRequired: when there is none: the caller runs under another event loop
-        (trio, curio) or none at all.
+        (trio, curio) or none at all; or when it is Windows' ProactorEventLoop, on which
+        psycopg's async connections cannot run (a retry would not help: it is no
+        :class:`BrokerUnavailable`).
     """
     import asyncio  # only async callers pay for it
 
     try:
-        return asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         raise AsyncioRequired(
             "the async API (asubmit_task, adelay, abatch...) needs a running asyncio event"
@@ -888,6 +891,19 @@ def running_loop() -> asyncio.AbstractEventLoop:
             " connections do). Under trio, call the sync API in a worker thread, e.g."
             " `await trio.to_thread.run_sync(my_task.delay, ...)`"
         ) from None
+    if sys.platform == "win32" and isinstance(loop, asyncio.ProactorEventLoop):
+        raise AsyncioRequired(PROACTOR_LOOP)
+    return loop
+
+
+PROACTOR_LOOP: Final = (
+    "the async API (asubmit_task, adelay, abatch...) cannot run on Windows' default event"
+    " loop, the ProactorEventLoop: psycopg's async connections need a selector loop. Run"
+    " your code on one: asyncio.run(main(), loop_factory=asyncio.SelectorEventLoop) on"
+    " Python 3.12 and later; on 3.11,"
+    " asyncio.Runner(loop_factory=asyncio.SelectorEventLoop).run(main())"
+)
+"""What the async API says, raising :class:`AsyncioRequired`, on a ProactorEventLoop."""
 
 
 class ThreadInside(threading.local):

@@ -40,6 +40,10 @@ class BrokerUnavailable(PublishError):
 class AsyncioRequired(PublishError, RuntimeError):
     """An ``a``-prefixed (asyncio) function was called where no asyncio event loop runs.
 
+    Or where the running one is Windows' default ``ProactorEventLoop``, on which psycopg's
+    async connections cannot run: run the code on a ``SelectorEventLoop`` (the message says
+    how on each Python version).
+
     Under trio, curio or another event loop: the async API runs on asyncio only (psycopg's
     async connections do). From trio, call the sync API in a worker thread:
     ``await trio.to_thread.run_sync(my_task.delay, ...)``.

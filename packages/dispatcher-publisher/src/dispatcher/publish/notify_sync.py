@@ -6,7 +6,6 @@ Generated from ``notify_async.py`` by ``tools/async_to_sync.py``; do not edit.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Collection, Sequence
@@ -16,6 +15,7 @@ import psycopg
 from psycopg import Connection, Cursor, sql
 from psycopg.pq import TransactionStatus
 
+from dispatcher.config.forking import at_fork
 from dispatcher.publish.brokers import ReplyCollector, wait_until
 from dispatcher.publish.connections import (
     CALLER_CONNECTION,
@@ -514,7 +514,7 @@ def _after_fork_in_child() -> None:
             provider._spare._lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)
 
 
 def shared_provider(conninfo: str) -> ConnectionProvider:

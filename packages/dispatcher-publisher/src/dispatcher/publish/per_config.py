@@ -6,12 +6,12 @@ between them keeps what each one's brokers, routes and checks cost to work out.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
 from dispatcher.config import Settings
+from dispatcher.config.forking import at_fork
 
 T = TypeVar("T")
 
@@ -59,4 +59,4 @@ def _after_fork_in_child() -> None:
         per_config._lock = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)

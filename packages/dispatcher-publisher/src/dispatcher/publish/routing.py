@@ -5,7 +5,8 @@ durable queues of ``brokers.pg_queue``, the channels of ``brokers.pg_notify``), 
 through ``publish.default_broker``; without that setting, through ``pg_notify`` when it is
 configured, else through the only configured broker besides ``socket``, else through
 ``socket``. Control commands go through ``publish.default_control_broker``, else ``socket``
-when configured, else the task default.
+when configured and this platform has Unix sockets (not Windows: a config shared with the
+service's host still serves a laptop there), else the task default.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_notify import create as create_pg_notify
 from dispatcher.publish.pg_queue import create as create_pg_queue
 from dispatcher.publish.socket import create as create_socket
+from dispatcher.publish.socket import unix_sockets
 from dispatcher.publish.submission import Submission
 from dispatcher.schema.log_fields import BROKER, EVENT, QUEUE, TASK, UUID
 
@@ -106,7 +108,7 @@ def control_broker(settings: Settings | None = None) -> PublishBroker:
     """The broker control commands go through."""
     settings = settings or get_settings()
     name = settings.publish.default_control_broker
-    if name is None and settings.brokers.socket is not None:
+    if name is None and settings.brokers.socket is not None and unix_sockets():
         name = "socket"
     return default_broker(settings) if name is None else publish_broker(name, settings)
 

@@ -4,7 +4,8 @@ No database is involved: ``dispatcherctl`` on the service's host works while the
 down. The socket speaks dispatcherd's format, both ways: one payload per line, over one
 connection per request; a control message over 1 kB goes in chunk envelopes, one per line;
 the service answers on the same connection, one line per reply, or the reply's chunk
-envelopes when it is over 1 kB (the reply collector joins them).
+envelopes when it is over 1 kB (the reply collector joins them). Where Python has no Unix
+sockets (Windows), a send through it fails, saying to use pg_notify.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from dispatcher.config import Settings
 from dispatcher.publish.brokers import Outgoing, ReplyCollector
@@ -32,6 +34,29 @@ REFUSAL_WAIT = 1.0
 _READ_SIZE = 1 << 16
 
 
+NO_UNIX_SOCKETS: Final = (
+    "this platform has no Unix sockets (Windows): the socket broker serves the service's own"
+    " host only; send control commands through pg_notify instead"
+    " (publish.default_control_broker: pg_notify)"
+)
+"""Why a send through ``brokers.socket`` fails where Python has no ``socket.AF_UNIX``."""
+
+
+def unix_sockets() -> bool:
+    """Whether this platform has Unix sockets (``socket.AF_UNIX``: not on Windows)."""
+    return hasattr(socket, "AF_UNIX")
+
+
+def _unix_socket() -> socket.socket:
+    """A new Unix stream socket.
+
+    :raises BrokerUnavailable: where there are none (:data:`NO_UNIX_SOCKETS`).
+    """
+    if sys.platform == "win32" or not unix_sockets():
+        raise BrokerUnavailable(NO_UNIX_SOCKETS)
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
 class connected:
     """A connection to the service's socket at *path*, with *timeout* on each operation.
 
@@ -40,7 +65,7 @@ class connected:
 
     def __init__(self, path: str, timeout: float) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _unix_socket()
         self.sock.settimeout(timeout)
 
     def __enter__(self) -> socket.socket:
@@ -128,7 +153,7 @@ def send_lines(path: str, payloads: Sequence[str], timeout: float = SEND_TIMEOUT
 
     :raises BrokerUnavailable: when nothing listens at *path*, or the send fails.
     """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    with _unix_socket() as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(path)

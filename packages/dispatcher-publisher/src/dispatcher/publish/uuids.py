@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Final
 
+from dispatcher.config.forking import at_fork
+
 BATCH: Final = 64
 """How many uuids one read of the random source makes."""
 
@@ -42,4 +44,4 @@ def submission_uuid() -> str:
             _refill()
 
 
-os.register_at_fork(after_in_child=_ready.clear)
+at_fork(after_in_child=_ready.clear)

@@ -15,7 +15,8 @@ import asyncio
 import contextvars
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Final
@@ -169,7 +170,18 @@ def _wait(awaitable: Awaitable[Any]) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(awaited())
+        return _run(awaited())
     context = contextvars.copy_context()  # the runs in progress, to bound their nesting
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-testing") as pool:
-        return pool.submit(context.run, asyncio.run, awaited()).result()
+        return pool.submit(context.run, _run, awaited()).result()
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run(coroutine)``; on Windows on a selector event loop.
+
+    Windows' default, the ``ProactorEventLoop``, cannot run psycopg's async connections, which
+    an ``async def`` task submitting through the async API uses.
+    """
+    factory = asyncio.SelectorEventLoop if sys.platform == "win32" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)

@@ -1,5 +1,5 @@
 """``python -m dispatcher.server``: the same as ``dispatcher-standalone``."""
 
-from dispatcher.server.cli import entry_point
+from dispatcher.server.scripts import dispatcher_standalone
 
-entry_point()
+dispatcher_standalone()

@@ -10,12 +10,15 @@ When standard output is not a terminal, or with ``--once``, one snapshot is prin
 else as plain text (:mod:`dispatcher.server.ctl_top_plain`, fitted to the terminal's width
 when printed on one); the exit status says whether every service answered, as for the
 other commands. The live view exits 0 when ``q`` is pressed (standard input is then read
-key by key, and its mode restored on the way out) or on Ctrl-C.
+key by key, and its mode restored on the way out) or on Ctrl-C (only Ctrl-C on Windows).
+The event loop is asyncio's selector loop on every platform (on Windows too, where psycopg's
+async connections cannot run on the default one): see :func:`run_async`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib
 import json
@@ -23,11 +26,9 @@ import logging
 import os
 import shutil
 import sys
-import termios
-import tty
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
     from dispatcher.server.ctl_top_poll import Collector
     from dispatcher.server.ctl_top_text import Poll
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_USAGE = 0, 2
 EXIT_INTERRUPTED: Final = 130
@@ -82,16 +85,26 @@ def run(settings: Settings, options: argparse.Namespace) -> int:
     if snapshot:
         how = "json" if options.json else "rich" if has_rich else "plain"
         try:
-            return anyio.run(_snapshot, collector, how)
+            return run_async(_snapshot, collector, how)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
     console = _console()
     try:
         with _keys_readable(sys.stdin) as keys:
-            anyio.run(_live, collector, console, options.interval, keys)
+            run_async(_live, collector, console, options.interval, keys)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def run_async(function: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``function(*args)`` with anyio on asyncio; its result.
+
+    On Windows on a selector event loop: psycopg's async connections refuse the default
+    one there, the ``ProactorEventLoop``.
+    """
+    options = {"loop_factory": asyncio.SelectorEventLoop} if sys.platform == "win32" else {}
+    return anyio.run(function, *args, backend="asyncio", backend_options=options)
 
 
 def _console() -> Console:
@@ -189,16 +202,19 @@ async def _quit_key(fd: int | None) -> None:
 def _keys_readable(stream: Any) -> Iterator[int | None]:
     """Standard input read key by key (cbreak mode) while inside, when it is a terminal.
 
-    Yields its file descriptor, or ``None`` when it is not a terminal (then only Ctrl-C
-    quits). Its previous mode is restored on the way out, whatever the way.
+    Yields its file descriptor, or ``None`` when it is not a terminal, or on Windows (then
+    only Ctrl-C quits). Its previous mode is restored on the way out, whatever the way.
     """
     try:
         fd = stream.fileno()
     except (AttributeError, ValueError, OSError):
         fd = -1
-    if fd < 0 or not os.isatty(fd):
-        yield None
+    if sys.platform == "win32" or fd < 0 or not os.isatty(fd):
+        yield None  # (Windows has no termios: Ctrl-C quits there)
         return
+    import termios
+    import tty
+
     saved = termios.tcgetattr(fd)
     try:
         tty.setcbreak(fd, termios.TCSANOW)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import traceback
 import weakref
 from collections.abc import Iterator
 from typing import Final, TextIO
 
+from dispatcher.config.forking import at_fork
 from dispatcher.schema.log_fields import EVENT
 from dispatcher.server.log_arguments import Block
 from dispatcher.server.log_text import counted, escape
@@ -195,7 +195,7 @@ def _forget_writers() -> None:
         handler.writer = None
 
 
-os.register_at_fork(after_in_child=_forget_writers)
+at_fork(after_in_child=_forget_writers)
 
 
 def is_service_handler(handler: logging.Handler) -> bool:

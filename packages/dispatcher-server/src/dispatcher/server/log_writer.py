@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +32,9 @@ STALLED_WAIT: Final = 0.1
 """Seconds a drain waits for a write to end, when the drain before it ran out of time."""
 
 _KEPT_SIGNALS: Final = frozenset(
-    {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT}
+    getattr(signal, name)
+    for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT")
+    if hasattr(signal, name)  # (Windows has no SIGBUS)
 )
 """Signals the writer's thread does not block (those a fault raises in the faulting thread)."""
 
@@ -141,7 +144,8 @@ class LineWriter:
 
     def _run(self) -> None:
         # Signals are the main thread's to handle (a write here would be interrupted).
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _KEPT_SIGNALS)
+        if sys.platform != "win32":  # (which has no signal masks; dispatcherctl runs there)
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _KEPT_SIGNALS)
         while True:
             with self._lock:
                 while not (self._lines or self._unsaid):

@@ -13,7 +13,7 @@ import contextlib
 import errno
 import functools
 import os
-import resource
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, ParamSpec, TypeVar
 
@@ -52,6 +52,10 @@ def fds_needed(max_workers: int, servers: int) -> int:
 
 def fd_limit_text() -> str:
     """The soft file-descriptor limit, for messages: ``RLIMIT_NOFILE 1024, ulimit -n``."""
+    if sys.platform == "win32":  # (dispatcherctl runs there; the service does not)
+        return "the process's limit of open files"
+    import resource  # (here: Windows has no such module)
+
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     shown = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
     return f"RLIMIT_NOFILE {shown}, ulimit -n"
@@ -144,6 +148,10 @@ def raise_fd_limit(needed: int) -> None:
     the hard limit is lower than *needed* too, the soft one goes up to it, with a warning
     that names the limit: workers then fail to start (each a line) rather than the service.
     """
+    if sys.platform == "win32":  # (the service refuses to start there)
+        return
+    import resource  # (here: Windows has no such module)
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return

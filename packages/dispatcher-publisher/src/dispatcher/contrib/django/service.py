@@ -73,8 +73,16 @@ def run(
 
     :raises ServerMissing: when ``dispatcher-server`` is not installed.
     :raises DispatcherError: when a broker cannot be built or started (``ConfigError``,
-        ``BrokerNotReady``).
+        ``BrokerNotReady``), or this host cannot run the service (``UnsupportedHost``: not
+        Linux 5.3 or later).
     """
+    try:
+        from dispatcher.server.host import refuse_unsupported_host
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[:2] == ["dispatcher", "server"]:
+            raise ServerMissing from None
+        raise
+    refuse_unsupported_host()  # (before the modules that would not import on another OS)
     try:
         from dispatcher.server.early_signals import held_stop_signals
         from dispatcher.server.forkserver import fork_server, worker_options

@@ -20,6 +20,7 @@ import django
 from django.apps import apps
 from django.db import close_old_connections, connections
 
+from dispatcher.config.forking import at_fork
 from dispatcher.server.hooks import BaseWorker
 
 
@@ -40,7 +41,7 @@ def _close_connections_before_fork() -> None:
 
 
 setup_django()
-os.register_at_fork(before=_close_connections_before_fork)
+at_fork(before=_close_connections_before_fork)
 
 
 class DjangoWorker(BaseWorker):

@@ -22,7 +22,8 @@ class Command(BaseCommand):
     help = (
         "Run the dispatcher service with this project's settings: the config of "
         "settings.DISPATCHER, the task modules of tasks.modules, Django set up in every "
-        "worker. Stops gracefully on SIGTERM, SIGINT or SIGHUP. Needs dispatcher-server."
+        "worker. Stops gracefully on SIGTERM, SIGINT or SIGHUP. Needs dispatcher-server, on "
+        "Linux 5.3 or later."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

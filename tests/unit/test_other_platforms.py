@@ -1,0 +1,105 @@
+"""What a user of Windows, macOS or an old Linux sees, simulated in subprocesses.
+
+The publisher SDK and ``dispatcherctl`` import and run everywhere; the service runs on
+Linux 5.3 or later only, and its commands say so in one line (exit status 2) elsewhere,
+rather than failing with a traceback or running without workers. See
+``support/platforms/sitecustomize.py`` for what each simulation takes away.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from support.paths import REPO
+from support.platforms import platform_env
+
+pytestmark = pytest.mark.timeout(60)
+
+DJANGO_PROJECT = REPO / "tests" / "django_project"
+
+
+def run_as(
+    platform: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` as on *platform*; its output and exit status."""
+    environment = {k: v for k, v in os.environ.items() if not k.endswith("_CONFIG_FILE")}
+    environment.update(platform_env(platform))
+    if env is not None:
+        environment.update({"PYTHONPATH": environment["PYTHONPATH"], **env})
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=environment,
+        cwd=cwd,
+    )
+
+
+def test_the_publisher_sdk_imports_on_windows() -> None:
+    modules = [
+        "dispatcher.schema",
+        "dispatcher.config",
+        "dispatcher.publish",
+        "dispatcher.control",
+        "dispatcher.testing",
+        "dispatcher.testing.pytest_plugin",
+        "dispatcher.server.ctl",
+        "dispatcher.server.ctl_top",
+        "dispatcher.server.ctl_top_poll",
+    ]
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sys.platform, 'ok')"
+    result = run_as("windows", "-c", code)
+    assert (result.stdout, result.stderr) == ("win32 ok\n", "")
+
+
+@pytest.mark.parametrize(
+    ("platform", "said"),
+    [
+        ("windows", "not on Windows: run it in a Linux container"),
+        ("macos", "not on macOS: run it in a Linux container"),
+        ("old-linux", "pidfd_open fails here (Function not implemented): the kernel is older"),
+    ],
+)
+def test_the_service_refuses_to_start_where_it_cannot_run_saying_why(
+    platform: str, said: str, tmp_path: Path
+) -> None:
+    result = run_as(platform, "-m", "dispatcher.server", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        "dispatcher-standalone: the dispatcher service runs on Linux 5.3 or later"
+    )
+    assert said in line
+    if platform == "old-linux":
+        assert "seccomp" in line
+        assert "Docker before 20.10" in line
+
+
+def test_the_service_says_its_version_on_windows() -> None:
+    result = run_as("windows", "-m", "dispatcher.server", "--version")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"dispatcher-server {metadata.version('dispatcher-server')}\n"
+
+
+def test_rundispatcher_refuses_to_start_on_macos_saying_why() -> None:
+    django_env = {
+        "PYTHONPATH": os.pathsep.join(
+            [*platform_env("macos")["PYTHONPATH"].split(os.pathsep), str(DJANGO_PROJECT)]
+        ),
+        "DJANGO_SETTINGS_MODULE": "demo_site.settings",
+        "DEMO_SITE_DSN": "host=127.0.0.1 dbname=unused",
+        "DEMO_SITE_SCHEMA": "unused",
+        "DEMO_SITE_CHANNEL": "unused",
+    }
+    result = run_as("macos", "manage.py", "rundispatcher", cwd=DJANGO_PROJECT, env=django_env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "the dispatcher service runs on Linux 5.3 or later, not on macOS" in result.stderr
