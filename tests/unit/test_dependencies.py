@@ -154,7 +154,8 @@ def test_a_distribution_declared_in_several_places_has_one_floor() -> None:
 def test_windows_gets_a_time_zone_database(distribution: str) -> None:
     """Scheduled time zones (even ``UTC``) need one; Windows has none of its own."""
     requirement = _declared(distribution).get("tzdata")
-    assert requirement is not None and requirement.marker is not None
+    assert requirement is not None
+    assert requirement.marker is not None
     assert requirement.marker.evaluate({"sys_platform": "win32"})
     assert not requirement.marker.evaluate({"sys_platform": "linux"})
 

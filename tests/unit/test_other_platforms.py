@@ -18,6 +18,7 @@ import pytest
 
 from support.paths import REPO
 from support.platforms import platform_env
+from support.tools import load_tool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,3 +104,31 @@ def test_rundispatcher_refuses_to_start_on_macos_saying_why() -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "the dispatcher service runs on Linux 5.3 or later, not on macOS" in result.stderr
+
+
+def test_the_type_check_as_on_windows_covers_every_module_dispatcherctl_imports() -> None:
+    code = (
+        "import sys, dispatcher.server.ctl, dispatcher.server.ctl_top_poll\n"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items()"
+        " if n.partition('.')[2].startswith('server')))"
+    )
+    result = run_as("windows", "-c", code)
+    assert result.returncode == 0, result.stderr
+    imported = {str(Path(path).relative_to(REPO)) for path in result.stdout.split()}
+    checked = set(load_tool("mypy_platforms").portable_paths())
+    assert sorted(imported - checked) == []
+
+
+def test_importing_run_service_on_windows_says_where_the_service_runs() -> None:
+    code = (
+        "from dispatcher.server.host import UnsupportedHost\n"
+        "try:\n"
+        "    from dispatcher.server import run_service\n"
+        "except UnsupportedHost as exc:\n"
+        "    print(exc)\n"
+    )
+    result = run_as("windows", "-c", code)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith(
+        "the dispatcher service runs on Linux 5.3 or later, not on Windows"
+    )

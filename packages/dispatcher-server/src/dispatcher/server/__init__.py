@@ -11,6 +11,8 @@ Run it with the ``dispatcher-standalone`` command, or from Python::
 From the main thread only, where no event loop runs; inside a running asyncio loop,
 ``await Service(settings).run()``. Once it returns, the process's handlers of those signals
 are as they were. SIGHUP stays ignored in a process started with it ignored (``nohup``).
+The service runs on Linux (5.3 or later) only: on another platform, importing either name
+raises :class:`~dispatcher.server.host.UnsupportedHost`, saying so.
 
 The names are imported on first use, so that the workers' fork server, which imports
 ``dispatcher.server.forkserver``, does not load the service's own machinery (anyio, the
@@ -20,6 +22,7 @@ listener) into every worker.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,4 +42,8 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'dispatcher.server' has no attribute {name!r}")
+    if home == "dispatcher.server.service" and not sys.platform.startswith("linux"):
+        from dispatcher.server.host import refuse_unsupported_host
+
+        refuse_unsupported_host()  # (rather than fail importing what Linux alone has)
     return getattr(importlib.import_module(home), name)
