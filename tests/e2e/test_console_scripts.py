@@ -34,7 +34,7 @@ def _without_libpq() -> dict[str, str]:
     return {**os.environ, "PSYCOPG_IMPL": "c"}
 
 
-WHAT_TO_INSTALL = "pip install 'dispatcher-publisher[binary]'"
+WHAT_TO_INSTALL = 'pip install "dispatcher-publisher[binary]"'
 
 
 @pytest.mark.parametrize(

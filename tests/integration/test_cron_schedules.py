@@ -127,5 +127,5 @@ def test_without_croniter_a_cron_schedule_is_refused_in_one_line(tmp_path: Path)
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == (
         f"dispatcher-standalone: {config_path}: producers.scheduled['{TASKS}record'].schedule: "
-        "a cron schedule needs croniter: pip install 'dispatcher-server[cron]'"
+        'a cron schedule needs croniter: pip install "dispatcher-server[cron]"'
     )

@@ -597,7 +597,7 @@ def test_rundispatcher_reload_names_what_to_install(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "watchfiles", None)
     with pytest.raises(CommandError) as raised:
         call_command("rundispatcher", "--reload")
-    assert str(raised.value) == "--reload needs watchfiles: pip install 'dispatcher-server[reload]'"
+    assert str(raised.value) == '--reload needs watchfiles: pip install "dispatcher-server[reload]"'
 
 
 @pytest.mark.usefixtures("demo_site")

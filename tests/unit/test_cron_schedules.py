@@ -250,7 +250,7 @@ def test_without_croniter_the_loader_checks_the_shape_and_the_service_refuses(
         ScheduleBoard(loaded)
     assert str(caught.value) == (
         f"config: producers.scheduled['{TASK}'].schedule: a cron schedule needs croniter: "
-        "pip install 'dispatcher-server[cron]'"
+        'pip install "dispatcher-server[cron]"'
     )
     ScheduleBoard(settings(schedule=60))  # periods need nothing more
 

@@ -329,7 +329,7 @@ def test_without_rich_the_live_view_names_the_extra_to_install(
     assert ctl_top.run(load_settings({"version": 1}), top_options(once=False)) == 2
     assert capsys.readouterr().err == (
         "dispatcherctl: top's live view needs the rich library: pip install "
-        "'dispatcher-server[top]' (top --once prints a plain snapshot without it)\n"
+        '"dispatcher-server[top]" (top --once prints a plain snapshot without it)\n'
     )
 
 

@@ -47,7 +47,7 @@ def test_importing_it_without_django_names_the_extra() -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "ModuleNotFoundError: dispatcher.contrib.django needs Django: "
-        "pip install 'dispatcher-publisher[django]'"
+        'pip install "dispatcher-publisher[django]"'
     )
 
 

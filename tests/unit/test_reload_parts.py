@@ -100,7 +100,7 @@ def test_reload_without_watchfiles_is_refused_in_one_line(
     monkeypatch.setattr(importlib.util, "find_spec", without_watchfiles)
     assert cli.main(["--reload", "--config", "never-read.yml"]) == cli.EXIT_USAGE
     assert capsys.readouterr().err.splitlines() == [
-        "dispatcher-standalone: --reload needs watchfiles: pip install 'dispatcher-server[reload]'"
+        'dispatcher-standalone: --reload needs watchfiles: pip install "dispatcher-server[reload]"'
     ]
 
 

@@ -16,9 +16,9 @@ from dispatcher.schema import DispatcherError
 
 NO_LIBPQ: Final = (
     "psycopg cannot load libpq, the PostgreSQL client library: "
-    "pip install 'dispatcher-publisher[binary]' (psycopg's own copy of it), "
+    'pip install "dispatcher-publisher[binary]" (psycopg\'s own copy of it), '
     "or install the system's libpq (libpq5 on Debian and Ubuntu, libpq on Fedora and Alpine, "
-    "brew install libpq on macOS)"
+    "brew install libpq on macOS, PostgreSQL's installer on Windows with its bin folder on PATH)"
 )
 """What to do when psycopg finds no libpq."""
 

@@ -2,7 +2,7 @@
 
 A ``schedule`` is a number of seconds or a cron expression; a ``timezone`` goes with a cron
 expression only and must name an IANA time zone. The cron syntax is checked with croniter
-when it is installed (``pip install 'dispatcher-server[cron]'``); without it only the shape
+when it is installed (``pip install "dispatcher-server[cron]"``); without it only the shape
 (5 or 6 fields, or an ``@`` alias) is checked here, and the service refuses to start.
 """
 

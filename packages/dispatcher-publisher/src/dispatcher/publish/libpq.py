@@ -1,7 +1,7 @@
 """Imported first by :mod:`dispatcher.publish`: psycopg, or what to install to have it.
 
 :raises LibpqMissing: (an ``ImportError``) when psycopg finds no libpq: the message names
-    ``pip install 'dispatcher-publisher[binary]'``.
+    ``pip install "dispatcher-publisher[binary]"``.
 """
 
 from __future__ import annotations

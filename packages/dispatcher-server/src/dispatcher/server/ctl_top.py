@@ -49,7 +49,7 @@ EXIT_INTERRUPTED: Final = 130
 
 MISSING_RICH: Final = (
     "dispatcherctl: top's live view needs the rich library: pip install "
-    "'dispatcher-server[top]' (top --once prints a plain snapshot without it)"
+    '"dispatcher-server[top]" (top --once prints a plain snapshot without it)'
 )
 """What the live view says, and exits with :data:`EXIT_USAGE`, when rich is not installed."""
 QUIT_KEYS: Final = frozenset(b"qQ")

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = get_logger("dispatcher.reload")
 
-MISSING_WATCHFILES: Final = "--reload needs watchfiles: pip install 'dispatcher-server[reload]'"
+MISSING_WATCHFILES: Final = '--reload needs watchfiles: pip install "dispatcher-server[reload]"'
 """What ``--reload`` says when watchfiles is not installed."""
 
 STEP_MS: Final = 100

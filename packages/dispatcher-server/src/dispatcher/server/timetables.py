@@ -141,7 +141,7 @@ def timetable_for(task: str, entry: ScheduledTask, source: str) -> Timetable:
     except ImportError as exc:
         if exc.name != "croniter":
             raise
-        reason = f"a cron schedule needs croniter: pip install '{CRON_EXTRA}'"
+        reason = f'a cron schedule needs croniter: pip install "{CRON_EXTRA}"'
         problem = Problem(("producers", "scheduled", task, "schedule"), reason)
         raise ConfigError(source, [str(problem)]) from None
 

@@ -19,7 +19,7 @@ from importlib.util import find_spec
 
 if find_spec("django") is None:
     raise ModuleNotFoundError(
-        "dispatcher.contrib.django needs Django: pip install 'dispatcher-publisher[django]'",
+        'dispatcher.contrib.django needs Django: pip install "dispatcher-publisher[django]"',
         name="django",
     )
 
