@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from dispatcher.config import reset, setup
-from dispatcher.server import service as service_module
+from dispatcher.server import control_answers, service_brokers
 from dispatcher.server.brokers.base import BrokerBase, Settled
 from dispatcher.server.control import WALK_SLICE
 from dispatcher.server.origin import Origin
@@ -44,8 +44,8 @@ class Spool(BrokerBase):
 @pytest.fixture
 def spool(monkeypatch: pytest.MonkeyPatch) -> Spool:
     spool = Spool()
-    built = service_module.create_brokers
-    monkeypatch.setattr(service_module, "create_brokers", lambda *args: [*built(*args), spool])
+    built = service_brokers.create_brokers
+    monkeypatch.setattr(service_brokers, "create_brokers", lambda *args: [*built(*args), spool])
     return spool
 
 
@@ -70,8 +70,8 @@ def stored(
 async def stop(service: Service) -> None:
     """Stop as ``Service.run`` does: shut down, then cancel the service's own tasks."""
     await service._shut_down()
-    assert service._tasks is not None
-    service._tasks.cancel_scope.cancel()
+    assert service.answers.tasks is not None
+    service.answers.tasks.cancel_scope.cancel()
 
 
 def backlog(service: Service, count: int) -> list[str]:
@@ -91,7 +91,7 @@ def test_a_control_message_answered_as_the_service_stops_is_settled(
 
     async def scenario() -> None:
         async with anyio.create_task_group() as tasks:
-            service._tasks = tasks
+            service.answers.tasks = tasks
             service.intake.receive(*stored("running", "ctl-1", replies, task="app.work"))
             await stop(service)
 
@@ -103,7 +103,7 @@ def test_a_control_message_answered_as_the_service_stops_is_settled(
 def test_control_messages_the_stop_cuts_short_are_handed_back_to_run_again(
     service: Service, spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service_module, "CONTROL_WAIT", 0.05)
+    monkeypatch.setattr(control_answers, "CONTROL_WAIT", 0.05)
     receipts = backlog(service, 10)
     replies: list[dict[str, Any]] = []
     told: list[dict[str, Any]] = []
@@ -111,7 +111,7 @@ def test_control_messages_the_stop_cuts_short_are_handed_back_to_run_again(
 
     async def scenario() -> None:
         async with anyio.create_task_group() as tasks:
-            service._tasks = tasks
+            service.answers.tasks = tasks
             # Another command walking a long backlog, all along: these wait for it.
             async with service._commands._walking:
                 service.intake.receive(*stored("running", "ctl-1", replies, task="app.work"))
@@ -130,18 +130,18 @@ def test_control_messages_the_stop_cuts_short_are_handed_back_to_run_again(
     assert [reply["error"] for reply in told] == ["the service stopped before it could answer"]
 
 
-@pytest.mark.parametrize("wait", [service_module.CONTROL_WAIT, 0])
+@pytest.mark.parametrize("wait", [control_answers.CONTROL_WAIT, 0])
 def test_a_cancel_of_a_long_backlog_under_way_at_the_stop_settles_every_job_it_took_once(
     service: Service, spool: Spool, monkeypatch: pytest.MonkeyPatch, wait: float
 ) -> None:
     """Whether the stop waits for it or not: once the jobs are taken, the cancel ends."""
-    monkeypatch.setattr(service_module, "CONTROL_WAIT", wait)
+    monkeypatch.setattr(control_answers, "CONTROL_WAIT", wait)
     receipts = backlog(service, 5 * WALK_SLICE)
     replies: list[dict[str, Any]] = []
 
     async def scenario() -> None:
         async with anyio.create_task_group() as tasks:
-            service._tasks = tasks
+            service.answers.tasks = tasks
             service.intake.receive(*stored("cancel", "ctl-1", replies, task="app.work"))
             with anyio.fail_after(5):
                 while service.scheduler.queued:  # taken, and settled a slice at a time

@@ -24,8 +24,9 @@ from dispatcher.control import ControlResult
 from dispatcher.schema import DecodeError, decode_json, validator
 from dispatcher.schema.chunks import ChunkAssembler, ChunkError, split_message
 from dispatcher.server.brokers.socket import LineBuffer, LineTooLong
+from dispatcher.server.control_answers import MAX_CONTROL_IN_FLIGHT
 from dispatcher.server.origin import PG_NOTIFY, Origin
-from dispatcher.server.service import MAX_CONTROL_IN_FLIGHT, Service
+from dispatcher.server.service import Service
 
 SEED = 20_240_917
 PER_KIND = 2_000
@@ -152,11 +153,11 @@ async def feed_hostile_inputs(service: Service) -> None:
     # Control commands are answered in tasks of the service's own: a task group stands in
     # for the one Service.run opens, and the commands run as the loop gets turns.
     async with anyio.create_task_group() as tasks:
-        service._tasks = tasks
+        service.answers.tasks = tasks
         try:
             await feed(service)
         finally:
-            service._tasks = None
+            service.answers.tasks = None
 
 
 async def feed(service: Service) -> None:
@@ -277,7 +278,7 @@ def test_control_commands_beyond_the_bound_in_flight_are_refused_with_a_reply(
 
     async def send_all() -> None:
         async with anyio.create_task_group() as tasks:
-            service._tasks = tasks
+            service.answers.tasks = tasks
             try:
                 for n in range(flood):  # no checkpoint: none is answered before the last
                     for command in ("running", "alive", "workers"):
@@ -285,7 +286,7 @@ def test_control_commands_beyond_the_bound_in_flight_are_refused_with_a_reply(
                         service.intake.receive(json.dumps(message), "fuzz", socket)
                 await anyio.wait_all_tasks_blocked()
             finally:
-                service._tasks = None
+                service.answers.tasks = None
 
     anyio.run(send_all)
     refused = [reply for reply in replies if "error" in reply]

@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dispatcher.server.hooks import BaseWorker
-    from dispatcher.server.service import Service, run_service
+    from dispatcher.server.service import Service
+    from dispatcher.server.service_loop import run_service
 
 __all__ = ["BaseWorker", "Service", "run_service"]
 
 _HOMES = {
     "BaseWorker": "dispatcher.server.hooks",
     "Service": "dispatcher.server.service",
-    "run_service": "dispatcher.server.service",
+    "run_service": "dispatcher.server.service_loop",
 }
 
 

@@ -125,7 +125,8 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
     try:
         from dispatcher.server.brokers.base import BrokerNotReady
         from dispatcher.server.log_setup import lean_records
-        from dispatcher.server.service import Service, run_in_event_loop
+        from dispatcher.server.service import Service
+        from dispatcher.server.service_loop import run_in_event_loop
 
         try:
             service = Service(
