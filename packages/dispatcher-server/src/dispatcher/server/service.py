@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -174,7 +175,7 @@ class Service:
         # what a broker pulled meanwhile, and a durable broker would claim its rows without
         # the max_attempts their tasks declare (see brokers.pg_queue.limits).
         self.capacity = CapacityGauge(
-            self._free_capacity, taking=lambda: catalogue.names is not None
+            self._free_capacity, taking=lambda: catalogue.names is not None, busy_for=self._busy_for
         )
         """Free capacity, for brokers that pull work: none until the tasks are known. Each
         broker has a view of its own (see :meth:`_free_capacity_for`)."""
@@ -507,6 +508,25 @@ class Service:
             held += len(worker.ahead)
         waiting = self.scheduler.queued + held + self.intake.waiting
         return self.supervisor.max_workers - busy - waiting + ahead
+
+    def _busy_for(self) -> float:
+        """Seconds every worker place has been taking a job: ``0`` while one is free.
+
+        The age of the youngest running job, once as many run as there may be workers
+        (see ``brokers.base.Capacity.busy_for``).
+        """
+        supervisor = self.supervisor
+        workers = supervisor.workers
+        if len(workers) < supervisor.max_workers:
+            return 0.0
+        busy, latest = 0, 0.0
+        for worker in workers:
+            if worker.job is not None:
+                busy += 1
+                latest = max(latest, worker.job_since)
+        if busy < supervisor.max_workers:
+            return 0.0
+        return time.monotonic() - latest
 
     def _free_capacity_for(self, broker: str, ahead: int) -> int:
         """Jobs *broker* may have the service take now, letting *ahead* of them wait.
