@@ -571,6 +571,9 @@ class NoCapacity:
         await anyio.sleep_forever()
         return 0
 
+    def busy_for(self) -> float:
+        return 0.0
+
 
 def test_a_tick_is_stored_whatever_the_databases_clock_says(
     pg_dsn: str, pg_conn: Conn, schema: str, monkeypatch: pytest.MonkeyPatch

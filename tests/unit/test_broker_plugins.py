@@ -261,6 +261,15 @@ def test_each_brokers_view_of_the_capacity_is_its_own_and_woken_with_the_gauge()
     assert seen == [5]
 
 
+def test_every_view_of_the_capacity_says_how_long_the_workers_have_been_busy() -> None:
+    busy = [0.0]
+    gauge = CapacityGauge(busy_for=lambda: busy[0])
+    mine = gauge.view(lambda ahead: ahead)
+    assert (gauge.busy_for(), mine.busy_for(), CapacityGauge().busy_for()) == (0.0, 0.0, 0.0)
+    busy[0] = 12.5
+    assert (gauge.busy_for(), mine.busy_for()) == (12.5, 12.5)
+
+
 def test_plugin_names_reach_the_publisher_without_server_code(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dispatcher.config import ConfigError, load_settings
-from dispatcher.server.brokers.pg_queue.prefetch import AUTO_CAP, RECENT, Prefetch
+from dispatcher.server.brokers.pg_queue.prefetch import AHEAD_SECONDS, AUTO_CAP, RECENT, Prefetch
 
 
 class Clock:
@@ -45,6 +45,34 @@ def test_auto_forgets_the_pace_after_a_quiet_spell() -> None:
     assert prefetch.ahead() == 0
     prefetch.ran([0.0004])
     assert prefetch.ahead() == AUTO_CAP
+
+
+def test_auto_holds_fewer_the_longer_every_worker_has_been_busy() -> None:
+    """The pace of the jobs that ended was quick, but the workers have all been on long
+    jobs since: a service holding a hundred ahead then kept quick jobs of a shared queue
+    waiting for 15 s while another service could have started them at once."""
+    clock, busy = Clock(), [0.0]
+    prefetch = Prefetch(None, clock, busy_for=lambda: busy[0])
+    prefetch.ran([0.0004] * 5)
+    assert prefetch.ahead() == AUTO_CAP
+    busy[0] = 0.002  # every worker just took a job: as quick as the pace says, maybe
+    assert prefetch.ahead() == AUTO_CAP
+    busy[0] = 0.05
+    assert prefetch.ahead() == 10
+    busy[0] = AHEAD_SECONDS + 0.01  # any job held now waits longer than the horizon
+    assert prefetch.ahead() == 0
+    busy[0] = 15.0
+    assert prefetch.ahead() == 0
+    busy[0] = 0.0  # a worker is free again: the pace of the jobs that ended
+    assert prefetch.ahead() == AUTO_CAP
+    prefetch.ran([0.05])
+    busy[0] = 0.01  # shorter than the pace: the pace decides
+    assert prefetch.ahead() == 10
+
+
+def test_a_number_is_held_ahead_however_long_the_workers_are_busy() -> None:
+    prefetch = Prefetch(7, Clock(), busy_for=lambda: 60.0)
+    assert prefetch.ahead() == 7
 
 
 @pytest.mark.parametrize("fixed", [0, 7, 100])

@@ -6,6 +6,7 @@ held jobs), never over the service or the pool class.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterable
 from typing import Protocol
 
@@ -22,6 +23,10 @@ class WorkerLoad(Protocol):
     @property
     def ahead(self) -> Collection[Job]:
         """The jobs held ahead for it, to run next."""
+
+    @property
+    def job_since(self) -> float:
+        """When (``time.monotonic()``) it began its job."""
 
 
 class Pool(Protocol):
@@ -56,7 +61,7 @@ class Held(Protocol):
 
 
 class FreeCapacity:
-    """The service's free capacity: in all (:meth:`total`), for one broker (:meth:`for_broker`)."""
+    """The service's free capacity, in all and for one broker; how long none has been free."""
 
     def __init__(self, pool: Pool, queues: Queues, held: Held) -> None:
         self._pool = pool
@@ -102,3 +107,19 @@ class FreeCapacity:
             if others:
                 return 1
         return free
+
+    def busy_for(self) -> float:
+        """Seconds every worker place has been taking a job: ``0`` while one is free.
+
+        The age of the youngest running job, once as many run as there may be workers
+        (see ``brokers.base.Capacity.busy_for``).
+        """
+        max_workers = self._pool.max_workers
+        busy, latest = 0, 0.0
+        for worker in self._pool.workers:
+            if worker.job is not None:
+                busy += 1
+                latest = max(latest, worker.job_since)
+        if busy < max_workers:
+            return 0.0
+        return time.monotonic() - latest

@@ -115,7 +115,9 @@ class Service:
         # what a broker pulled meanwhile, and a durable broker would claim its rows without
         # the max_attempts their tasks declare (see brokers.pg_queue.limits).
         self.capacity = CapacityGauge(
-            lambda ahead: self._free.total(ahead), taking=lambda: catalogue.names is not None
+            lambda ahead: self._free.total(ahead),
+            taking=lambda: catalogue.names is not None,
+            busy_for=lambda: self._free.busy_for(),
         )
         """Free capacity, for brokers that pull work: none until the tasks are known. Each
         broker has a view of its own (see :meth:`FreeCapacity.for_broker`)."""

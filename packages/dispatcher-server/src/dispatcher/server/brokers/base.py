@@ -219,6 +219,15 @@ class Capacity(Protocol):
         """Return :meth:`free` (with *ahead*) as soon as it is more than zero."""
         ...
 
+    def busy_for(self) -> float:
+        """Seconds every worker place has been taking a job: ``0`` while one is free.
+
+        The age of the youngest running job once none is free: jobs let wait now wait at
+        least until one of those ends, and the longer they have run, the longer they may
+        still run. A broker holding jobs ahead by their pace holds fewer as this grows.
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class BrokerContext:

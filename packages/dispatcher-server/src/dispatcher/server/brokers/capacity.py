@@ -15,22 +15,24 @@ class CapacityGauge:
     more wait than that). While *taking* says no (the service does not know its tasks yet),
     there is none. :meth:`changed` is called whenever a worker becomes free, or *taking*
     turns true; it wakes brokers waiting in :meth:`wait_free` (those of its :meth:`view`
-    gauges too), and costs nothing when none waits.
+    gauges too), and costs nothing when none waits. *busy_for()* is :meth:`busy_for`.
     """
 
     def __init__(
         self,
         compute: Callable[[int], int] = lambda ahead: ahead,
         taking: Callable[[], bool] = lambda: True,
+        busy_for: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._compute = compute
         self._taking = taking
+        self._busy_for = busy_for
         self._waiting: anyio.Event | None = None
         self._views: list[CapacityGauge] = []
 
     def view(self, compute: Callable[[int], int]) -> CapacityGauge:
         """A gauge of its own for one broker (*compute* sees its jobs), woken with this one."""
-        gauge = CapacityGauge(compute, self._taking)
+        gauge = CapacityGauge(compute, self._taking, self._busy_for)
         self._views.append(gauge)
         return gauge
 
@@ -39,6 +41,10 @@ class CapacityGauge:
         if not self._taking():
             return 0
         return max(0, self._compute(ahead))
+
+    def busy_for(self) -> float:
+        """Seconds every worker place has been taking a job: ``0`` while one is free."""
+        return self._busy_for()
 
     def changed(self) -> None:
         """Capacity may have grown: wake whoever waits for it."""

@@ -149,7 +149,10 @@ class PgQueueBroker(BrokerBase):
             on_twin_free=wakeup.set,
             limits=limits,
         )
-        self._prefetch = Prefetch(None if settings.prefetch == "auto" else settings.prefetch)
+        self._prefetch = Prefetch(
+            None if settings.prefetch == "auto" else settings.prefetch,
+            busy_for=capacity.busy_for,
+        )
         options = ClaimOptions(
             settings.queues,
             node_id,

@@ -15,6 +15,14 @@ of quick ones), and is forgotten after :data:`RECENT` seconds without a job endi
 after a quiet spell is claimed for the free workers only, until its first jobs show they are
 quick. An integer ``prefetch`` is held ahead always, whatever the jobs' pace (``0``: none).
 
+Jobs still running count too: once every worker place is taken, the jobs held ahead wait at
+least until one of those ends, so the age of the youngest running job (see
+``brokers.base.Capacity.busy_for``) is taken as a run time when it is the longer. A service
+whose workers have all been busy on long jobs for more than :data:`AHEAD_SECONDS` holds
+nothing more ahead, and leaves the quick jobs of a queue it shares to the services that can
+start them (without this, it claimed up to a hundred of them, held until the long jobs
+ended, while the pace of the last jobs that ended was quick).
+
 The pace is the service's, over all the queues it serves: a service that serves quick and
 long queues alike may hold long jobs ahead while its quick ones keep the pace quick (set
 ``prefetch: 0`` on the services of queues of long jobs, or serve those apart).
@@ -39,9 +47,16 @@ DECAY: Final = 0.9
 class Prefetch:
     """Says how many jobs to hold ahead: *fixed* always, or (``None``) by the recent pace."""
 
-    def __init__(self, fixed: int | None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        fixed: int | None,
+        clock: Callable[[], float] = time.monotonic,
+        busy_for: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        """*busy_for()*: seconds every worker place has been taking a job (``0``: one is free)."""
         self._fixed = fixed
         self._clock = clock
+        self._busy_for = busy_for
         self._slowest: float | None = None
         """A decaying maximum of the recent run times (``None``: none known)."""
         self._last = 0.0
@@ -66,6 +81,10 @@ class Prefetch:
         if self._clock() - self._last > RECENT:
             self._slowest = None  # forgotten: the next burst shows its own pace
             return 0
+        if slowest > AHEAD_SECONDS:
+            return 0  # (the workers' state cannot raise that)
+        # The jobs held now wait at least as long as the workers stay busy.
+        slowest = max(slowest, self._busy_for())
         if slowest * AUTO_CAP <= AHEAD_SECONDS:
             return AUTO_CAP
         return int(AHEAD_SECONDS / slowest)
