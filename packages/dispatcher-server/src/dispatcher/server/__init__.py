@@ -43,7 +43,7 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'dispatcher.server' has no attribute {name!r}")
-    if home == "dispatcher.server.service" and not sys.platform.startswith("linux"):
+    if home != "dispatcher.server.hooks" and not sys.platform.startswith("linux"):
         from dispatcher.server.host import refuse_unsupported_host
 
         refuse_unsupported_host()  # (rather than fail importing what Linux alone has)

@@ -22,11 +22,11 @@ from dispatcher.server.log_text import escape, first_line
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.pool_changes import PoolChanges
 from dispatcher.server.pool_reload import Reloader
+from dispatcher.server.pool_start_backoff import StartBackoff
 from dispatcher.server.protocol import reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
-from dispatcher.server.worker_starts import StartBackoff
 from dispatcher.server.workers import LIVE, WorkerHandle, WorkerStatus
 
 logger = get_logger("dispatcher.pool")
@@ -46,7 +46,7 @@ class EventPool(Protocol):
     def closing(self) -> bool:
         """Whether the pool is shutting down."""
 
-    def stop(self, worker: WorkerHandle) -> None:
+    def stop_worker(self, worker: WorkerHandle) -> None:
         """Ask a worker to exit (after its current task, if it has one)."""
 
     def replace_recalled(self, worker: WorkerHandle) -> None:
@@ -206,7 +206,7 @@ class PoolEvents:
             self._pool.wake()
             return
         if self._pool.closing:
-            self._pool.stop(worker)
+            self._pool.stop_worker(worker)
             return
         if worker.recalled and worker.job is None and self._reloader.current is None:
             self._pool.replace_recalled(worker)
@@ -221,7 +221,7 @@ class PoolEvents:
         else:
             logger.info("worker %d %s: replacing it", worker.id, reason)
             self._stats.workers_retired += 1
-            self._pool.stop(worker)
+            self._pool.stop_worker(worker)
 
     def _free(self, worker: WorkerHandle) -> None:
         """*worker* may take a job: give it one, unless it runs code a reload replaces."""

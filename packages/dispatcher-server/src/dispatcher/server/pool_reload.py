@@ -19,10 +19,10 @@ from dispatcher.server.launcher import ForkServerLink, WorkerLauncher
 from dispatcher.server.log_arguments import Phrase
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.pace import TaskPace
+from dispatcher.server.pool_start_backoff import STARTUP_TIMEOUT
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.task_imports import ended_early
-from dispatcher.server.worker_starts import STARTUP_TIMEOUT
 from dispatcher.server.workers import WorkerHandle, WorkerStatus
 
 logger = get_logger("dispatcher.pool")
@@ -69,7 +69,7 @@ class ReloadingPool(Protocol):
     def start_worker(self, link: ForkServerLink | None = None) -> WorkerHandle:
         """Start a worker from the current fork server, or from *link*."""
 
-    def stop(self, worker: WorkerHandle) -> None:
+    def stop_worker(self, worker: WorkerHandle) -> None:
         """Ask a worker to exit (after its current task, if it has one)."""
 
     def replace_recalled(self, worker: WorkerHandle) -> None:
@@ -126,7 +126,7 @@ class Reloader:
             error = await self._start_probe(reload, link)
             if error is not None or pool.closing:
                 if reload.probe is not None:
-                    pool.stop(reload.probe)
+                    pool.stop_worker(reload.probe)
                 self._launcher.discard(link)
                 if pool.closing:
                     return Reloaded(error="the service is shutting down", shutting_down=True)
@@ -137,7 +137,7 @@ class Reloader:
             self._forget_removed_tasks(reload.tasks, reload.probe)
             retired = [w for w in pool.workers if w.is_live and w is not reload.probe]
             for worker in retired:
-                pool.stop(worker)
+                pool.stop_worker(worker)
             return Reloaded(restarted=len(retired), tasks=len(reload.tasks))
         finally:
             self.current = None

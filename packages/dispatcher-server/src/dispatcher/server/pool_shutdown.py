@@ -17,8 +17,8 @@ from dispatcher.server.jobs import listed
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import counted
 from dispatcher.server.pool_changes import PoolChanges
+from dispatcher.server.pool_worker_exits import EXIT_WAIT, run_span
 from dispatcher.server.scheduler import Scheduler
-from dispatcher.server.worker_ends import EXIT_WAIT, run_span
 from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
 
 logger = get_logger("dispatcher.pool")
@@ -31,7 +31,7 @@ class StoppingPool(Protocol):
     def workers(self) -> list[WorkerHandle]:
         """Every worker the pool has (starting, ready, busy or stopping)."""
 
-    def stop(self, worker: WorkerHandle) -> None:
+    def stop_worker(self, worker: WorkerHandle) -> None:
         """Ask a worker to exit (after its current task, if it has one)."""
 
 
@@ -63,7 +63,7 @@ async def shut_down(
             )
     for worker in pool.workers:
         if worker.status is not WorkerStatus.BUSY:
-            pool.stop(worker)
+            pool.stop_worker(worker)
     busy = [w for w in pool.workers if w.status is WorkerStatus.BUSY]
     if busy:
         running = counted(len(busy), "running task")

@@ -3,10 +3,10 @@
 The supervisor owns the worker handles and their I/O. It starts workers through the fork
 server, has their events (``ready``, ``done``, ``control``, ``fatal``) handled
 (:mod:`~dispatcher.server.pool_events`), follows the scaling plan, pacing the starts while
-workers die unready (:mod:`~dispatcher.server.worker_starts`), reloads the task code
+workers die unready (:mod:`~dispatcher.server.pool_start_backoff`), reloads the task code
 (:mod:`~dispatcher.server.pool_reload`), and stops everything in order at shutdown
 (:mod:`~dispatcher.server.pool_shutdown`). A worker's death is noticed at once through its
-pidfd (:mod:`~dispatcher.server.worker_ends`), and the worker is replaced.
+pidfd (:mod:`~dispatcher.server.pool_worker_exits`), and the worker is replaced.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from dispatcher.server.pool_changes import PoolChanges
 from dispatcher.server.pool_events import ControlHandler, PoolEvents
 from dispatcher.server.pool_reload import Reloaded, Reloader
 from dispatcher.server.pool_shutdown import shut_down
+from dispatcher.server.pool_start_backoff import STARTUP_TIMEOUT, StartBackoff
+from dispatcher.server.pool_worker_exits import EXIT_WAIT, WorkerEnds
 from dispatcher.server.protocol import PIPELINE_DEPTH
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.runners import Runner
@@ -37,9 +39,7 @@ from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.timers import Timers
-from dispatcher.server.worker_ends import EXIT_WAIT, WorkerEnds
 from dispatcher.server.worker_io import WorkerEvents
-from dispatcher.server.worker_starts import STARTUP_TIMEOUT, StartBackoff
 from dispatcher.server.workers import WorkerHandle, WorkerStatus
 
 logger = get_logger("dispatcher.pool")
@@ -161,7 +161,7 @@ class Supervisor:
         for worker_id in plan.stop:
             worker = self._workers[worker_id]
             logger.debug("worker %d: stopping it (idle, or past its lifetime)", worker_id)
-            self.stop(worker)
+            self.stop_worker(worker)
         if now < self._backoff.paused_until:
             return  # the next look, within a second, starts what is missing
         # While starts fail, one worker at a time: the rest once one of them is ready.
@@ -232,7 +232,7 @@ class Supervisor:
         """*worker* gave back the jobs it held: it would give back any job sent to it now."""
         logger.info("worker %d gave back the jobs it held: replacing it", worker.id)
         self._stats.workers_retired += 1
-        self.stop(worker)
+        self.stop_worker(worker)
 
     def _ahead_allowed(self, runner: Runner) -> int:
         """How many jobs in all busy *runner* may hold ahead.
@@ -253,7 +253,7 @@ class Supervisor:
             return PIPELINE_DEPTH
         return max(0, min(PIPELINE_DEPTH, limit - worker.tasks_done - 1))
 
-    def stop(self, worker: WorkerHandle) -> None:
+    def stop_worker(self, worker: WorkerHandle) -> None:
         """Ask a worker to exit (after its current task, if it has one)."""
         self._scheduler.forget(worker)
         worker.stop()

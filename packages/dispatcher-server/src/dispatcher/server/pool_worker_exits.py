@@ -21,10 +21,10 @@ from dispatcher.server.accounting import Accounting
 from dispatcher.server.launcher import WorkerProcess
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.pool_changes import PoolChanges
+from dispatcher.server.pool_start_backoff import StartBackoff
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
-from dispatcher.server.worker_starts import StartBackoff
 from dispatcher.server.workers import WorkerHandle, WorkerStatus
 
 logger = get_logger("dispatcher.pool")
