@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher.schema import MAX_NESTING_DEPTH, DecodeError, decode_json, exceeds_depth
+from dispatcher.schema import (
+    MAX_NESTING_DEPTH,
+    DecodeError,
+    decode_json,
+    decode_json_sharing,
+    exceeds_depth,
+)
 from dispatcher.schema.decoding import _may_exceed_depth
 from support.examples import examples
 
@@ -252,3 +258,38 @@ def test_decoding_agrees_with_json_loads_on_any_value_and_surroundings(
             decode_json(text)
     else:
         assert decode_json(text) == expected == value
+
+
+def _verdict(decode: Any, text: str, limit: int) -> tuple[str, Any]:
+    try:
+        return "value", decode(text, max_depth=limit)
+    except DecodeError as exc:
+        return exc.reason, (str(exc), exc.uuid)
+
+
+SHARING_CASES = [
+    '{"task": "a.b", "uuid": "u1", "args": [1, 2.5, -3e5, null, true, {"k": [1]}]}',
+    '{"uuid": "u2", "n": NaN}',
+    '{"uuid": "u3", "n": 1e400}',
+    '{"uuid": "u4", "n": ' + "9" * 5_000 + "}",
+    "[" * 40 + "]" * 40,
+    '{"uuid": "u5", "a": ' + "[" * 40 + "]" * 40 + "}",
+    "[" * 100_000,
+    "{'a': 1}",
+    '{"a": 1} x',
+    "",
+]
+
+
+@pytest.mark.parametrize("text", SHARING_CASES)
+def test_the_decoder_for_worker_threads_gives_the_verdicts_of_the_other(text: str) -> None:
+    assert _verdict(decode_json_sharing, text, 32) == _verdict(decode_json, text, 32)
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(value=json_values, limit=st.integers(0, 12), indent=st.booleans())
+def test_the_decoder_for_worker_threads_agrees_on_any_value(
+    value: Any, limit: int, indent: bool
+) -> None:
+    text = json.dumps(value, indent=1 if indent else None)
+    assert _verdict(decode_json_sharing, text, limit) == _verdict(decode_json, text, limit)

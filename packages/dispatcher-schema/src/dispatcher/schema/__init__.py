@@ -7,6 +7,7 @@ whatever language they are written in. This package ships them as data and offer
 - :func:`validator`: a compiled validator per schema, cheap enough for every message;
 - :func:`explain`: why an instance is invalid, as ``path: reason`` lines;
 - :func:`decode_json`: JSON text from outside, decoded with bounded depth and strict numbers;
+  :func:`decode_json_sharing` the same, for a worker thread that lets the others run;
 - :func:`sign` and :func:`verify`: signed envelopes (HMAC-SHA256 with a shared secret);
 - :func:`split_message` and :class:`ChunkAssembler`: chunk envelopes, both ways;
 - :func:`migrations`: the versioned SQL that creates the durable queue's tables;
@@ -25,7 +26,7 @@ from dispatcher.schema.chunks import (
     is_chunk,
     split_message,
 )
-from dispatcher.schema.decoding import DecodeError, decode_json, exceeds_depth
+from dispatcher.schema.decoding import DecodeError, decode_json, decode_json_sharing, exceeds_depth
 from dispatcher.schema.errors import (
     DispatcherError,
     InvalidArgumentType,
@@ -129,6 +130,7 @@ __all__ = [
     "VerifiedMessage",
     "channels_digest",
     "decode_json",
+    "decode_json_sharing",
     "digest_has_channel",
     "digest_tells_channels",
     "duplicate_identity",

@@ -32,6 +32,7 @@ from dispatcher.schema import (
 from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job, job_fields
+from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, LargePayload, LargePayloads
 from dispatcher.server.log_arguments import Excerpt
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import MAX_REASON_CHARS
@@ -116,10 +117,29 @@ class Intake:
         self._rejections = RateLimitedLog(logger, logging.WARNING)
         self._internal_errors = InternalErrorLog(logger)
         self._stopping = False
+        self.large = LargePayloads(self._resume, self._take, limits.max_held_bytes)
+        """Decodes large payloads in a worker thread while its :meth:`~LargePayloads.run`
+        runs (the service runs it; without it, they are decoded here as they come)."""
+        self._ahead: dict[str, Any] = {}
+        """Texts :attr:`large` decoded, which :meth:`_decode` takes instead of decoding."""
 
     def receive(self, payload: str, channel: str, origin: Origin = PG_NOTIFY) -> None:
-        """Take one payload as it arrived on *channel* through *origin*; never raises."""
+        """Take one payload as it arrived on *channel* through *origin*; never raises.
+
+        Payloads from one source are handed on in the order they arrived, large ones too
+        (see :mod:`~dispatcher.server.large_payloads`).
+        """
         self._stats.delivered[origin.broker or ""] += 1
+        if self.large.holds(channel, origin):  # behind a large payload of its source being decoded
+            try:
+                self.large.hold(payload, channel, origin)
+            except Rejected as rejected:
+                self._refuse(rejected, channel, origin)
+            return
+        self._take(payload, channel, origin)
+
+    def _take(self, payload: str, channel: str, origin: Origin) -> None:
+        """Take *payload* on (see :meth:`receive`); never raises."""
         try:
             self._receive(payload, channel, origin)
         except Rejected as rejected:
@@ -128,6 +148,21 @@ class Intake:
             self._stats.rejected["internal_error"] += 1
             self._internal_errors.report("intake", exc, f"a message on {channel}")
             self._settlements.origin(origin, REJECTED, "internal error")
+
+    def _resume(self, large: LargePayload) -> None:
+        """Take on *large*, decoded in a worker thread; never raises."""
+        channel, origin = large.channel, large.origin
+        self._ahead = large.decoded
+        try:
+            self._unwrap(large.text, channel, origin, joined=large.joined)
+        except Rejected as rejected:
+            self._refuse(rejected, channel, origin)
+        except Exception as exc:  # a bug here must cost one message, never the service
+            self._stats.rejected["internal_error"] += 1
+            self._internal_errors.report("intake", exc, f"a message on {channel}")
+            self._settlements.origin(origin, REJECTED, "internal error")
+        finally:
+            self._ahead = {}
 
     def submit(self, message: dict[str, Any], source: str) -> str:
         """Accept a task message made inside the service (a producer, the ``run`` command).
@@ -142,14 +177,39 @@ class Intake:
             if key in message:
                 raise Rejected("invalid_message", f"{key}: {what}, not a task message")
         message = {**message, "uuid": message.get("uuid") or new_uuid()}
-        if not self._receive(json.dumps(message, separators=(",", ":")), source, INTERNAL):
+        text = json.dumps(message, separators=(",", ":"))
+        if not self._receive(text, source, INTERNAL, off_loop=False):
             raise Rejected("overloaded", "a limit of service.limits is reached (see the log)")
         return str(message["uuid"])
 
-    def _receive(self, payload: str, channel: str, origin: Origin) -> bool:
-        """Take one payload; ``False`` when the job sink refused its job (it says why)."""
-        payload, message = self._decode_payload(payload)
-        if CHUNK_KEY in message:
+    def _receive(self, payload: str, channel: str, origin: Origin, off_loop: bool = True) -> bool:
+        """Take one payload; ``False`` when the job sink refused its job (it says why).
+
+        With *off_loop*, a large one (or the whole text of a chunked one) is decoded in a
+        worker thread, and taken on from there (``True`` then).
+        """
+        large = off_loop and len(payload) >= LARGE_PAYLOAD_CHARS
+        if large and self.large.decode_later(payload, channel, origin, joined=False):
+            return True
+        return self._unwrap(payload, channel, origin, off_loop=off_loop)
+
+    def _unwrap(
+        self,
+        payload: str,
+        channel: str,
+        origin: Origin,
+        *,
+        joined: bool = False,
+        off_loop: bool = True,
+    ) -> bool:
+        """:meth:`_receive` from the decoding on; *joined*: the whole text of chunks."""
+        if joined:
+            message = self._decode(payload)
+            if CHUNK_KEY in message:
+                raise Rejected("invalid_chunk", "a chunk envelope holds another chunk envelope")
+        else:
+            payload, message = self._decode_payload(payload)
+        if CHUNK_KEY in message:  # (not in a joined text: refused above)
             if origin.receipt is not None:  # it could never be settled whole
                 raise Rejected(
                     "invalid_chunk", "a durable broker delivers whole messages, not chunks"
@@ -157,9 +217,10 @@ class Intake:
             whole = self._join(message)
             if whole is None:
                 return True
-            payload, message = whole, self._decode(whole)
-            if CHUNK_KEY in message:
-                raise Rejected("invalid_chunk", "a chunk envelope holds another chunk envelope")
+            large = off_loop and len(whole) >= LARGE_PAYLOAD_CHARS
+            if large and self.large.decode_later(whole, channel, origin, joined=True):
+                return True
+            return self._unwrap(whole, channel, origin, joined=True)
         try:
             payload, message = self._signatures.open(payload, message, origin, self._decode)
         except Rejected as rejected:
@@ -192,8 +253,12 @@ class Intake:
 
     @property
     def waiting(self) -> int:
-        """Task messages held until the first worker says which tasks are registered."""
-        return len(self._waiting)
+        """Messages held in the intake: they wait for a worker, or for their source's turn.
+
+        Task messages held until the first worker says which tasks are registered, and
+        large payloads being decoded, with those held behind them (see :attr:`large`).
+        """
+        return len(self._waiting) + self.large.waiting
 
     def _wait_for_workers(
         self, message: dict[str, Any], payload: str, channel: str, origin: Origin
@@ -228,7 +293,12 @@ class Intake:
 
     def _decode(self, text: str) -> dict[str, Any]:
         try:
-            message = decode_json(text)
+            if self._ahead and text in self._ahead:  # decoded in a worker thread
+                message = self._ahead.pop(text)
+                if isinstance(message, DecodeError):
+                    raise message
+            else:
+                message = decode_json(text)
         except DecodeError as exc:
             raise Rejected(exc.reason, str(exc), exc.uuid) from None
         if not isinstance(message, dict):
@@ -275,8 +345,14 @@ class Intake:
                 self._settlements.origin(origin, REJECTED, "internal error")
 
     def stop_accepting(self) -> None:
-        """The service begins to stop: refuse messages made inside it (:meth:`submit`)."""
+        """The service begins to stop: refuse messages made inside it (:meth:`submit`).
+
+        Large payloads being decoded, and those held behind them, are given back (to be
+        delivered again, where their broker can).
+        """
         self._stopping = True
+        for origin in self.large.close():
+            self._settlements.origin(origin, ABANDONED)
 
     def close(self) -> None:
         """The service stops: give back the messages still waiting for the first worker."""

@@ -311,6 +311,7 @@ class Service:
         steps = self._brokers.steps(
             self._deliver, self._stop.refused, self._stop.asked, self.stats.broker
         )
+        steps.insert(0, ("large-payloads", self.intake.large.run))  # before brokers deliver
         if self.metrics is not None:
             steps.append(
                 ("metrics", functools.partial(self.metrics.run, on_refused=self._stop.refused))

@@ -1,0 +1,190 @@
+"""Large payloads are decoded off the event loop, each source's payloads still in order.
+
+Decoded on the loop, a message of megabytes held up every other message (and everything
+else) for the time of its decoding, up to a second: a small message from another channel,
+received just after it, became a job only after it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import pytest
+
+from dispatcher.publish import split_message
+from dispatcher.server.intake import Intake
+from dispatcher.server.jobs import Job
+from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS
+from dispatcher.server.origin import Origin
+from dispatcher.server.stats import ServiceStats
+
+TASK = "app.tasks.work"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class RecordingPool:
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def submit(self, job: Job) -> bool:
+        self.jobs.append(job)
+        return True
+
+    @property
+    def uuids(self) -> list[str]:
+        return [job.uuid for job in self.jobs]
+
+
+@pytest.fixture
+def pool() -> RecordingPool:
+    return RecordingPool()
+
+
+@pytest.fixture
+def stats() -> ServiceStats:
+    return ServiceStats()
+
+
+@pytest.fixture
+async def intake(pool: RecordingPool, stats: ServiceStats) -> AsyncIterator[Intake]:
+    """An intake whose large payloads are decoded in a worker thread (as the service runs it)."""
+    intake = Intake(pool, stats, chunk_expiry=60)  # type: ignore[arg-type]
+    intake.catalogue.learn(frozenset({TASK}))
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(intake.large.run)
+        yield intake
+        task_group.cancel_scope.cancel()
+
+
+def message(uuid: str, size: int = 0) -> str:
+    """A task message; with *size*, of at least that many characters of dense JSON."""
+    args = [[index, 2.5, "x", None, {"a": index}] for index in range(size // 30)]
+    return json.dumps({"task": TASK, "uuid": uuid, "args": args}, separators=(",", ":"))
+
+
+BIG = 3_000_000
+"""Characters of the large messages: some 0.3 s to decode on an idle machine."""
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(60):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_large_message_holds_up_neither_other_channels_nor_the_loop(
+    intake: Intake, pool: RecordingPool
+) -> None:
+    intake.receive(message("big", BIG), "one")
+    intake.receive(message("other"), "two")
+    intake.receive(message("after-big"), "one")
+    assert pool.uuids == ["other"]  # at once: "after-big" waits for "big", of its channel
+    turns = 0
+    while len(pool.jobs) < 3:  # the loop goes on while "big" is decoded
+        await anyio.sleep(0)
+        turns += 1
+    assert pool.uuids == ["other", "big", "after-big"]
+    assert turns > 10
+    assert json.loads(pool.jobs[1].line)["message"]["args"][1][0] == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_chunked_large_message_is_decoded_off_the_loop_once_whole(
+    intake: Intake, pool: RecordingPool
+) -> None:
+    *first, last = split_message(message("big", BIG))
+    for chunk in first:
+        intake.receive(chunk, "one")
+    intake.receive(message("before-last-chunk"), "one")
+    intake.receive(last, "one")
+    intake.receive(message("other"), "two")
+    intake.receive(message("after-big"), "one")
+    assert pool.uuids == ["before-last-chunk", "other"]
+    await wait_for(lambda: len(pool.jobs) == 4)
+    assert pool.uuids == ["before-last-chunk", "other", "big", "after-big"]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_messages_held_behind_large_ones_keep_their_order(
+    intake: Intake, pool: RecordingPool
+) -> None:
+    sent = []
+    for index in range(6):
+        uuid = f"m{index}"
+        size = LARGE_PAYLOAD_CHARS * 2 if index in (1, 3) else 0
+        intake.receive(message(uuid, size), "one")
+        sent.append(uuid)
+    assert intake.waiting == 5
+    await wait_for(lambda: len(pool.jobs) == 6)
+    assert pool.uuids == sent
+    assert intake.waiting == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_large_payload_that_is_refused_costs_itself_only(
+    intake: Intake, pool: RecordingPool, stats: ServiceStats
+) -> None:
+    intake.receive("[" * 10 + " " * LARGE_PAYLOAD_CHARS, "one")  # not JSON
+    unknown = message("unknown", LARGE_PAYLOAD_CHARS).replace(TASK, "app.tasks.nope")
+    intake.receive(unknown, "one")
+    intake.receive(message("after"), "one")
+    await wait_for(lambda: len(pool.jobs) == 1)
+    assert pool.uuids == ["after"]
+    assert stats.rejected["not_json"] == 1
+    assert stats.rejected["unknown_task"] == 1
+
+
+def test_without_its_runner_a_large_message_is_decoded_as_it_comes(
+    pool: RecordingPool, stats: ServiceStats
+) -> None:
+    intake = Intake(pool, stats, chunk_expiry=60)  # type: ignore[arg-type]
+    intake.catalogue.learn(frozenset({TASK}))
+    intake.receive(message("big", LARGE_PAYLOAD_CHARS * 2), "one")
+    assert pool.uuids == ["big"]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_connection_waits_for_its_large_payload_to_be_taken(
+    intake: Intake, pool: RecordingPool
+) -> None:
+    """The socket reads a connection's next line once the last one is answered."""
+    begun: list[str] = []
+    ended: list[str] = []
+
+    def answering() -> Callable[[], None]:
+        begun.append("big")
+        return lambda: ended.append(f"big, with {len(pool.jobs)} job")
+
+    origin = Origin("socket", channel="socket:1", answering=answering)
+    intake.receive(message("big", LARGE_PAYLOAD_CHARS * 2), "socket:1", origin)
+    assert begun == ["big"]
+    assert ended == []
+    await wait_for(lambda: bool(ended))
+    assert ended == ["big, with 1 job"]
+    assert pool.uuids == ["big"]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_what_waits_when_the_service_stops_is_given_back(
+    intake: Intake, pool: RecordingPool
+) -> None:
+    intake.receive(message("big", BIG), "one")
+    intake.receive(message("after-big"), "one")
+    assert intake.waiting == 2
+    intake.stop_accepting()
+    assert intake.waiting == 0
+    await anyio.sleep(0.5)
+    assert pool.jobs == []
