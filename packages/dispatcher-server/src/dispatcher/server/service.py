@@ -567,7 +567,7 @@ class Service:
         self.intake.stop_accepting()
         for broker in self.brokers:
             broker.stop_receiving()
-        self._commands.stopping = True
+        self._commands.stopping.set()
         await self.supervisor.shutdown(self.settings.service.shutdown_grace)
         self._launcher.close()
         self.intake.close()
