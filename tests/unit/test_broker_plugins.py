@@ -11,7 +11,12 @@ import pytest
 
 from dispatcher.config import ConfigError, load_settings, plugins
 from dispatcher.publish import routing
-from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
+from dispatcher.server.brokers.base import (
+    BrokerBase,
+    BrokerContext,
+    Deliver,
+    ReplyingInBatches,
+)
 from dispatcher.server.brokers.capacity import CapacityGauge
 from dispatcher.server.brokers.registry import create_brokers
 from dispatcher.server.brokers.replies import ReplyRouter
@@ -186,6 +191,46 @@ def test_replies_go_through_their_broker_in_order_and_a_failure_costs_one(
     messages = [record.getMessage() for record in caplog.records]
     assert "could not send a control reply to fails over first: the line is down" in messages
     assert "no broker nobody to send the reply to d through" in messages
+
+
+class BatchRecorder(Recorder):
+    """A broker that sends the replies waiting together; one of them fails."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.batches: list[list[str]] = []
+
+    async def reply_batch(
+        self, replies: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[Exception | None]:
+        self.batches.append([reply_to for reply_to, _ in replies])
+        self.sent.extend(r for r in replies if r[0] != "fails")
+        if len(self.sent) >= 3:
+            self.done.set()
+        return [OSError("the line is down") if to == "fails" else None for to, _ in replies]
+
+
+def test_the_replies_waiting_go_together_to_a_broker_that_sends_them_in_batches(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = BatchRecorder("batched")
+    router = ReplyRouter([broker])
+    assert isinstance(broker, ReplyingInBatches)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            await group.start(router.run)
+            for reply_to in ("a", "fails", "b", "c"):  # queued before the sender runs
+                router.send("batched", reply_to, {"to": reply_to})
+            with anyio.fail_after(10):
+                await broker.done.wait()
+            group.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert broker.batches == [["a", "fails", "b", "c"]]
+    assert broker.sent == [("a", {"to": "a"}), ("b", {"to": "b"}), ("c", {"to": "c"})]
+    messages = [record.getMessage() for record in caplog.records]
+    assert "could not send a control reply to fails over batched: the line is down" in messages
 
 
 def test_a_broker_delivers_with_its_origin_and_stops_receiving_on_request() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -25,6 +26,7 @@ from dispatcher.config import ServiceControl, load_settings
 from dispatcher.control import entries
 from dispatcher.control.result import parse_reply
 from dispatcher.schema import MAX_MESSAGE_BYTES, load_schema
+from dispatcher.server import control as control_module
 from dispatcher.server.allowlist import ControlAllowList
 from dispatcher.server.control import STATUS_WAITING_LIMIT, WALK_SLICE, ControlCommands, Reply
 from dispatcher.server.control_messages import ControlMessages
@@ -281,6 +283,44 @@ def test_a_cancel_cut_short_once_it_took_its_jobs_settles_them_all_and_replies(
     anyio.run(cut_short)
     assert len(service.settled) == len(service.jobs)
     assert [len(reply) for reply in replies] == [len(service.jobs)]
+
+
+def test_a_walk_lets_the_service_run_by_the_clock_however_long_each_job_takes(
+    service: FakeService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not every so many jobs: reading 1,000 messages held the event loop for 25 ms."""
+    queued = [job("queued", f"u-{n}", args=[n])[1] for n in range(300)]
+    backlog = Snapshot(total=len(queued), places=[("queued", queued)])
+    monkeypatch.setattr(service, "snapshot", lambda limit: backlog)
+    read = control_module.describe
+
+    def slow_read(held: Job, where: str) -> dict[str, Any]:
+        time.sleep(0.001)  # a large message, a loaded machine
+        return read(held, where)
+
+    monkeypatch.setattr(control_module, "describe", slow_read)
+    running = commands(service)
+    turns = 0
+    replies: list[Reply] = []
+
+    async def walk_and_count_turns() -> None:
+        nonlocal turns
+        async with anyio.create_task_group() as tasks:
+
+            async def walk() -> None:
+                replies.append(await running.handle("running", {"args": ["none"]}))
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(walk)
+            while True:
+                await anyio.sleep(0)
+                turns += 1
+
+    anyio.run(walk_and_count_turns)
+    assert replies == [{}]
+    # 300 ms of reading: a pause every 5 ms of it (WALK_TURN), some 50 in all, each letting
+    # the counter run (many times, while the walk rests); a pause every 1,000 jobs, none.
+    assert turns >= 15
 
 
 def test_filters_of_the_wrong_type_or_unknown_get_an_error_naming_them(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -24,6 +25,7 @@ import pytest
 from dispatcher.config import Limits, Pool
 from dispatcher.config import Service as ServiceSettings
 from dispatcher.schema import Outcome
+from dispatcher.server import pool_shutdown
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job
 from dispatcher.server.launcher import WorkerProcess
@@ -490,6 +492,46 @@ async def test_shutdown_stops_idle_workers_first_then_waits_for_busy_ones_up_to_
             f"shutting down with 1 delayed task abandoned: {delayed.task} (uuid {delayed.uuid})"
             in messages
         )
+
+
+@pytest.mark.anyio
+async def test_shutdown_names_every_queued_task_it_abandons_twenty_a_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/delivery.md: they are "listed as abandoned in its log" (not 20 and "N more")."""
+    async with running_pool(1) as pool:  # its worker never ready: everything stays queued
+        queued = [make_job("app.work", n) for n in range(45)]
+        for job in queued:
+            pool.scheduler.submit(job)
+        with caplog.at_level(logging.INFO, logger="dispatcher.pool"), anyio.fail_after(5):
+            await pool.supervisor.shutdown(grace=0.1)
+    lines = [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()]
+    assert lines[0].startswith("shutting down with 45 queued tasks abandoned: app.work (uuid ")
+    assert lines[0].endswith(" and 25 more, named on 2 lines after this one")
+    assert lines[1].startswith("shutting down: queued tasks 21-40 of 45 abandoned: app.work")
+    assert lines[2].startswith("shutting down: queued tasks 41-45 of 45 abandoned: app.work")
+    named = [uuid for line in lines for uuid in re.findall(r"\(uuid ([^)]+)\)", line)]
+    assert named == [job.uuid for job in queued]
+    assert [len(re.findall(r"\(uuid ", line)) for line in lines] == [20, 20, 5]
+
+
+def test_beyond_the_most_a_stop_names_the_other_abandoned_tasks_are_counted_by_task(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_shutdown, "MAX_ABANDONED_LOGGED", 40)
+    lost = [make_job("app.work", n) for n in range(50)] + [make_job("app.other")]
+    with caplog.at_level(logging.INFO, logger="dispatcher.pool"):
+        pool_shutdown.log_abandoned("delayed", lost)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert lines[0].endswith(
+        " and 31 more, named on 1 line after this one and counted by task on the last"
+    )
+    assert lines[1].startswith("shutting down: delayed tasks 21-40 of 51 abandoned: ")
+    assert lines[2] == (
+        "shutting down: delayed tasks 41-51 of 51 abandoned, not named (only the first 40 "
+        "are), by task: app.work 10, app.other 1"
+    )
 
 
 @pytest.mark.anyio

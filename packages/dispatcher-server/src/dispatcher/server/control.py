@@ -41,15 +41,16 @@ from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
 from dispatcher.server.release import installed_version
 from dispatcher.server.stats import ServiceStats
+from dispatcher.server.walk_turns import Turns
 
 logger = get_logger("dispatcher.control")
 
 Reply = dict[str, Any]
 
 WALK_SLICE: Final = 1000
-"""Jobs a command looks at (describes, matches, settles) between two turns of the event
-loop: a command over a long backlog lets the service go on (dispatch, timers, lease
-renewals) while it walks it."""
+"""Jobs a walk compares by uuid and task name in one go (without a Python call for each),
+before it looks at the clock: it lets the service go on (dispatch, timers, lease renewals,
+control replies) every :data:`~dispatcher.server.walk_turns.WALK_TURN` s of walking."""
 WALKING_COMMANDS: Final = frozenset({"running", "cancel", "status"})
 """The commands that look at every task held, one at a time (the others answer at once)."""
 
@@ -168,10 +169,10 @@ class ControlCommands:
         limit = {"type": "integer", "minimum": 0, "maximum": 1000, "description": "Stack depth."}
         self._walking = anyio.Lock()
         """Held by a command walking the jobs: one at a time (each holds a snapshot)."""
-        self.stopping = False
+        self.stopping = anyio.Event()
         """Set as the service begins to stop: a ``cancel`` then settles the jobs it took all
-        at once, not a slice at a time, so that their outcomes are among the last the
-        service hands its brokers."""
+        at once, not a turn at a time, so that their outcomes are among the last the
+        service hands its brokers; a walk resting between two turns goes on at once."""
         self.table: dict[str, Command] = {}
         commands: tuple[tuple[str, Callable[..., Any], dict[str, Any]], ...] = (
             ("alive", lambda data: {}, _NOTHING),
@@ -194,7 +195,8 @@ class ControlCommands:
         """Run *command* with *data*; return its reply (``{"error": ...}`` when it fails).
 
         A command that walks the jobs held (``running``, ``cancel``, ``status``) lets the
-        event loop run every :data:`WALK_SLICE` jobs; the others answer at once.
+        event loop run every :data:`~dispatcher.server.walk_turns.WALK_TURN` s; the others
+        answer at once.
         """
         entry = self.table.get(command)
         if entry is None:
@@ -228,11 +230,12 @@ class ControlCommands:
         async with self._walking:
             if wanted.is_empty:
                 snapshot = self._target.snapshot(MAX_LISTED_JOBS)
-                await _list(listing, _every(snapshot), count_rest=False)
+                await _list(listing, _every(snapshot), self.stopping, count_rest=False)
                 accounted = len(listing.listed) + listing.omitted
                 listing.omitted += max(0, snapshot.total - accounted)
             else:
-                await _list(listing, _matching(self._target.snapshot(None), wanted))
+                found = _matching(self._target.snapshot(None), wanted, self.stopping)
+                await _list(listing, found, self.stopping)
         return _listing(listing)
 
     async def cancel(self, data: Mapping[str, Any]) -> Reply:
@@ -243,9 +246,9 @@ class ControlCommands:
         (``omitted``).
 
         The tasks are taken out of the service at once (for a filter on ``args`` or
-        ``kwargs``, once every job held has been looked at, a slice at a time: by uuid
-        then, wherever each job is by that time); each is then settled, a slice at a time
-        (all at once when the service stops). Once the jobs are taken, the command is not
+        ``kwargs``, once every job held has been looked at, a turn of the event loop at a
+        time: by uuid then, wherever each job is by that time); each is then settled, a turn
+        at a time (all at once when the service stops). Once the jobs are taken, the command is not
         cut short: they are settled, and the reply says so.
         """
         wanted = TaskFilter.from_data(data)
@@ -255,7 +258,7 @@ class ControlCommands:
             if pick is not None:
                 taken = self._target.take(pick)
                 with anyio.CancelScope(shield=True):
-                    await _settle(self._target, taken, listing, lambda: self.stopping)
+                    await _settle(self._target, taken, listing, self.stopping)
         count = len(listing.listed) + listing.omitted
         logger.info(
             "control cancel (%s): cancelled %d task%s%s",
@@ -282,7 +285,8 @@ class ControlCommands:
             )
         if not wanted.needs_message:
             return JobPick(wanted.uuid, wanted.task)
-        uuids = {job.uuid async for _, job in _matching(self._target.snapshot(None), wanted)}
+        found = _matching(self._target.snapshot(None), wanted, self.stopping)
+        uuids = {job.uuid async for _, job in found}
         return JobPick(wanted.uuid, wanted.task, frozenset(uuids)) if uuids else None
 
     def workers(self, data: Mapping[str, Any]) -> Reply:
@@ -460,34 +464,43 @@ async def _every(snapshot: Snapshot) -> AsyncGenerator[tuple[str, Job], None]:
 
 
 async def _matching(
-    snapshot: Snapshot, wanted: TaskFilter
+    snapshot: Snapshot, wanted: TaskFilter, stopping: anyio.Event
 ) -> AsyncGenerator[tuple[str, Job], None]:
     """The jobs of *snapshot* that *wanted* lets through, where each was.
 
-    The event loop runs every :data:`WALK_SLICE` jobs looked at. A filter on the uuid or
+    The event loop runs every :data:`~dispatcher.server.walk_turns.WALK_TURN` s (see
+    :class:`~dispatcher.server.walk_turns.Turns` for *stopping*). A filter on the uuid or
     the task name looks at the jobs without a Python call for each; one on ``args`` or
     ``kwargs`` reads each message (among those with the uuid and the task name).
     """
     pick = JobPick(wanted.uuid, wanted.task)
+    turns = Turns(stopping)
     for where, jobs in snapshot.places:
         for start in range(0, len(jobs), WALK_SLICE):
             part = jobs[start : start + WALK_SLICE]
             for job in compress(part, pick.flags(part)):
                 if not wanted.needs_message or wanted.matches(describe(job, where)):
                     yield where, job
-            await anyio.sleep(0)
+                if turns.due():
+                    await turns.pause()
+            if turns.due():
+                await turns.pause()
 
 
 async def _list(
-    listing: Listing, found: AsyncGenerator[tuple[str, Job], None], *, count_rest: bool = True
+    listing: Listing,
+    found: AsyncGenerator[tuple[str, Job], None],
+    stopping: anyio.Event,
+    *,
+    count_rest: bool = True,
 ) -> None:
-    """List the jobs *found* in *listing*, the event loop running every :data:`WALK_SLICE`.
+    """List the jobs *found* in *listing*, the event loop running every turn of the walk.
 
     Once the listing is full, the others are only counted; without *count_rest*, the walk
     stops there (the caller counts them otherwise).
     """
+    turns = Turns(stopping)
     async with contextlib.aclosing(found):
-        described = 0
         async for where, job in found:
             if listing.full:
                 if not count_rest:
@@ -495,29 +508,29 @@ async def _list(
                 listing.omitted += 1
                 continue
             listing.add_job(where, job)
-            described += 1
-            if described % WALK_SLICE == 0:
-                await anyio.sleep(0)
+            if turns.due():
+                await turns.pause()
 
 
 async def _settle(
     target: ControlTarget,
     taken: list[tuple[str, list[Job]]],
     listing: Listing,
-    stopping: Callable[[], bool],
+    stopping: anyio.Event,
 ) -> None:
-    """Count and settle the jobs a cancel *taken*, and list them, a slice at a time.
+    """Count and settle the jobs a cancel *taken*, and list them, a turn at a time.
 
-    Once *stopping* says so, the rest at once. Those left if this fails are settled at once
+    Once *stopping* is set, the rest at once. Those left if this fails are settled at once
     too (they are no longer anywhere else).
     """
     left = ((where, job) for where, jobs in taken for job in jobs)
+    turns = Turns(stopping)
     try:
-        for done, (where, job) in enumerate(left, 1):
+        for where, job in left:
             target.cancelled(where, job)
             listing.add_job(where, job)
-            if done % WALK_SLICE == 0 and not stopping():
-                await anyio.sleep(0)
+            if turns.due() and not stopping.is_set():
+                await turns.pause()
     finally:
         for where, job in left:
             target.cancelled(where, job)

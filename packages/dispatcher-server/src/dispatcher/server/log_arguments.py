@@ -122,6 +122,25 @@ def named_list(names: Sequence[str], shown: int = MAX_NAMES_LOGGED) -> Phrase:
     return Phrase.joined(", ", (Phrase("%s", name) for name in names[:shown]), len(names) - shown)
 
 
+MAX_PER_LINE: Final = 20
+"""Values (uuids, jobs) one line names when a log names every one of many, a line per few."""
+
+
+def in_lines(phrases: Sequence[Phrase], per_line: int = MAX_PER_LINE) -> list[tuple[int, Phrase]]:
+    """*phrases* in lines of *per_line*, for a log that must name every one of them.
+
+    Each line's phrases are joined with ``, ``; each comes with how many it holds. Lines
+    of a readable length (a single line of thousands of values is cut by what reads the
+    log), and none of them held back: no rate limit applies to such a list.
+    """
+    return [
+        (len(part), Phrase.joined(", ", part))
+        for part in (
+            phrases[first : first + per_line] for first in range(0, len(phrases), per_line)
+        )
+    ]
+
+
 def safe_arg(value: object) -> object:
     """*value* as it is written as an argument: escaped and cut, but for numbers and our types.
 

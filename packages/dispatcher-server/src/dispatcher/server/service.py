@@ -340,7 +340,7 @@ class Service:
         self._producers.stop_scheduled()  # no tick runs while the service stops
         self.intake.stop_accepting()
         self._brokers.stop_receiving()
-        self._commands.stopping = True
+        self._commands.stopping.set()
         await self.supervisor.shutdown(self.settings.service.shutdown_grace)
         self._launcher.close()
         self.intake.close()

@@ -6,7 +6,8 @@ Built-ins: :mod:`~dispatcher.server.brokers.pg_notify` (PostgreSQL LISTEN/NOTIFY
 are plug-ins, found through the entry-point group ``dispatcher.brokers`` (see
 :mod:`~dispatcher.server.brokers.registry` and ``docs/brokers.md``). A plug-in implements
 :class:`Broker` (most simply by subclassing :class:`BrokerBase`); a durable one also
-:class:`Acknowledging`.
+:class:`Acknowledging`; one that can send many replies in one round trip,
+:class:`ReplyingInBatches`.
 """
 
 from dispatcher.server.brokers.base import (
@@ -19,6 +20,7 @@ from dispatcher.server.brokers.base import (
     Capacity,
     Deliver,
     OncePerTick,
+    ReplyingInBatches,
     Settled,
 )
 from dispatcher.server.origin import Origin, ReplySink
@@ -35,5 +37,6 @@ __all__ = [
     "OncePerTick",
     "Origin",
     "ReplySink",
+    "ReplyingInBatches",
     "Settled",
 ]

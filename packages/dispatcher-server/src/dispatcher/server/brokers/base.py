@@ -108,6 +108,30 @@ class Settled:
 
 
 @runtime_checkable
+class ReplyingInBatches(Protocol):
+    """Optional: a broker that sends several control replies in one go.
+
+    A burst of control commands (a client's retries, a fleet's dashboards) leaves many
+    replies waiting; a broker that sends each in a round trip of its own makes the last
+    wait for all the others. When more than one reply waits, the service calls
+    :meth:`reply_batch` with them all (at most
+    :data:`~dispatcher.server.brokers.replies.MAX_REPLIES_AT_ONCE`), in place of
+    :meth:`Broker.reply` for each; from the same one task, never concurrently.
+    """
+
+    async def reply_batch(
+        self, replies: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[Exception | None]:
+        """Send each ``(reply_to, reply)`` of *replies*, in their order.
+
+        Return, for each, ``None`` when it was sent (or needs no sending), else the
+        exception that says why not (logged, rate-limited, as one :meth:`Broker.reply`
+        raises). An exception raised costs every reply of the batch.
+        """
+        ...
+
+
+@runtime_checkable
 class Acknowledging(Protocol):
     """Optional: a broker that must hear how each job it delivered ended (a durable queue).
 

@@ -1,8 +1,12 @@
 """Control replies, off the hot path: queued by the (synchronous) intake, sent by the brokers.
 
 Each broker gets a bounded queue and a task of its own that awaits ``broker.reply()`` for
-each reply in turn, so a slow or broken broker delays only its own replies. A reply that
-cannot be queued or sent is dropped, with a (rate-limited) log line.
+each reply in turn, so a slow or broken broker delays only its own replies. A broker that
+can send many replies in one go (:class:`~dispatcher.server.brokers.base.ReplyingInBatches`,
+such as pg_notify) is handed every reply waiting at once instead: a burst of commands (and
+the refusals of those over a limit) is answered in a round trip or a few, not one round trip
+per reply, each waiting for those before it. A reply that cannot be queued or sent is
+dropped, with a (rate-limited) log line.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from dispatcher.server.brokers.base import Broker
+from dispatcher.server.brokers.base import Broker, ReplyingInBatches
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import first_line
 from dispatcher.server.ratelimit import RateLimitedLog
@@ -24,6 +28,9 @@ logger = get_logger("dispatcher.replies")
 
 MAX_PENDING_REPLIES: Final = 1000
 """Replies waiting to be sent, per broker; more are dropped."""
+
+MAX_REPLIES_AT_ONCE: Final = 256
+"""Replies a broker that sends them in batches is handed at once, at most."""
 
 _Item = tuple[str, Mapping[str, Any]]
 _Streams = tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]]
@@ -72,14 +79,33 @@ class ReplyRouter:
             self._streams = {}
 
     async def _send_all(self, broker: Broker, queued: MemoryObjectReceiveStream[_Item]) -> None:
-        async for reply_to, reply in queued:
+        in_batches = isinstance(broker, ReplyingInBatches)
+        async for first in queued:
+            batch = [first]
+            while in_batches and len(batch) < MAX_REPLIES_AT_ONCE:
+                try:
+                    batch.append(queued.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            if len(batch) > 1 and isinstance(broker, ReplyingInBatches):
+                await self._send_batch(broker, broker.name, batch)
+                continue
+            reply_to, reply = first
             try:
                 await broker.reply(reply_to, reply)
             except Exception as exc:  # a broker's failure costs this reply only
-                reason = first_line(exc)
-                self._failures.log(
-                    "could not send a control reply to %s over %s: %s",
-                    reply_to,
-                    broker.name,
-                    reason,
-                )
+                self._failed(broker.name, reply_to, exc)
+
+    async def _send_batch(self, broker: ReplyingInBatches, name: str, batch: list[_Item]) -> None:
+        try:
+            errors = await broker.reply_batch(batch)
+        except Exception as exc:  # a broker's failure costs this batch only
+            errors = [exc] * len(batch)
+        for (reply_to, _), error in zip(batch, errors, strict=False):
+            if error is not None:
+                self._failed(name, reply_to, error)
+
+    def _failed(self, broker: str, reply_to: str, exc: Exception) -> None:
+        self._failures.log(
+            "could not send a control reply to %s over %s: %s", reply_to, broker, first_line(exc)
+        )

@@ -6,7 +6,8 @@ private channel (:mod:`.self_check`); a connection that fails the check, or brea
 replaced after a backoff delay, and the channels are listened to again. The first retry
 comes fast (0.1 s), since notifications sent while nobody listens are lost; the delay
 doubles while the attempts fail, and while connections break again soon after they were
-opened. Control replies go out on the listening connection (:mod:`.outbox`).
+opened. Control replies go out on the listening connection (:mod:`.outbox`), those waiting
+together in one statement (or a few).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT,
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.brokers.pg_connections import open_connection, start_listening
 from dispatcher.server.brokers.pg_notify.drain import Drain
-from dispatcher.server.brokers.pg_notify.outbox import Outbox
+from dispatcher.server.brokers.pg_notify.outbox import Outbox, Outgoing
 from dispatcher.server.brokers.pg_notify.self_check import SelfCheck, SelfCheckStuck
 from dispatcher.server.log_arguments import named_list
 from dispatcher.server.log_records import get_logger
@@ -133,17 +134,39 @@ class PgNotifyBroker(BrokerBase):
 
     async def reply(self, reply_to: str, reply: Mapping[str, Any]) -> None:
         """NOTIFY *reply* on the channel *reply_to* (chunked when too large)."""
-        if not is_valid_channel_name(reply_to):
-            return  # no channel can have that name: nobody waits for it
-        text = json.dumps(reply, separators=(",", ":"), default=str)
-        payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
-        if not self._listening:
-            raise ConnectionError("no listening connection to send it on (reconnecting)")
-        outgoing = self._outbox.add([(reply_to, payload) for payload in payloads])
-        with anyio.fail_after(REPLY_TIMEOUT):
-            await outgoing.done.wait()
-        if outgoing.error is not None:
-            raise outgoing.error
+        [error] = await self.reply_batch([(reply_to, reply)])
+        if error is not None:
+            raise error
+
+    async def reply_batch(
+        self, replies: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[Exception | None]:
+        """NOTIFY each reply on its channel: as few statements as the outbox can make them.
+
+        Each waits :data:`REPLY_TIMEOUT` s at most (then it fails with ``TimeoutError``).
+        """
+        errors: list[Exception | None] = [None] * len(replies)
+        waiting: list[tuple[int, Outgoing]] = []
+        for n, (reply_to, reply) in enumerate(replies):
+            if not is_valid_channel_name(reply_to):
+                continue  # no channel can have that name: nobody waits for it
+            if not self._listening:
+                errors[n] = ConnectionError("no listening connection to send it on (reconnecting)")
+                continue
+            text = json.dumps(reply, separators=(",", ":"), default=str)
+            payloads = [text] if len(text) <= MAX_NOTIFY_PAYLOAD_BYTES else split_message(text)
+            waiting.append((n, self._outbox.add([(reply_to, payload) for payload in payloads])))
+        with anyio.move_on_after(REPLY_TIMEOUT):
+            for _, outgoing in waiting:
+                await outgoing.done.wait()
+        for n, outgoing in waiting:
+            if not outgoing.done.is_set():
+                errors[n] = TimeoutError(
+                    f"not sent within {REPLY_TIMEOUT:g} s: the listening connection is busy"
+                )
+            else:
+                errors[n] = outgoing.error
+        return errors
 
     async def close(self) -> None:
         """Nothing to close: the replies go out on the listening connection."""

@@ -4,21 +4,31 @@ Control replies go out on the listening connection, as NOTIFYs on their ``reply_
 channel (a reply too large for one NOTIFY goes as chunk envelopes, in one statement): the
 serving task sends them between two reads, as it sends the self-check, and a reply's NOTIFY
 held up or refused is cancelled or given up as the check's is (the reply is lost, the
-connection kept). They used to have a connection of their own, opened by the first reply:
+connection kept). The replies waiting go together, in one statement or a few
+(:func:`statements`): under a burst of commands, a reply sent alone would wait for a
+statement (several turns of the event loop) for each reply ahead of it.
+
+They used to have a connection of their own, opened by the first reply:
 near ``max_connections`` a service that listened (and so received the command) could not
 open it, and every reply was lost.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import anyio
 import psycopg
 
 from dispatcher.publish.connections import notify_statement
+from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES
 from dispatcher.server.brokers.pg_notify.self_check import cancel_wait
 from dispatcher.server.cancelling import execute_within
+
+MAX_STATEMENT_BYTES: Final = 256 * 1024
+"""Bytes of payloads one statement sends, at most, when it sends several replies."""
 
 
 class Outgoing:
@@ -61,35 +71,38 @@ class Outbox:
         self.filled = anyio.Event()
 
     async def send(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
-        """Send the replies waiting, each in one statement (its chunks in order).
+        """Send the replies waiting, together in as few statements as :func:`statements` makes.
 
-        Within *timeout* (``self_check_timeout``) each, as the self-check's NOTIFY: one held
-        up longer is cancelled, one the server refuses given up (the reply is lost, the
-        connection kept).
+        Within *timeout* (``self_check_timeout``) each statement, as the self-check's NOTIFY:
+        one held up longer is cancelled, one the server refuses given up (its replies are
+        lost, the connection kept).
 
         :raises StatementStuck: when a NOTIFY went on after the server was asked to cancel
             it (the connection is closed), and as psycopg does when the connection broke.
         """
         self.filled = anyio.Event()
-        batch, self._waiting = self._waiting, []
-        for n, outgoing in enumerate(batch):
+        waiting, self._waiting = self._waiting, []
+        groups = statements(waiting)
+        for n, group in enumerate(groups):
             try:
                 await execute_within(
                     conn,
-                    *notify_statement(outgoing.messages),
+                    *notify_statement(group.messages),
                     timeout,
                     cancel_wait=cancel_wait(timeout),
                 )
             except psycopg.Error as exc:
                 if conn.broken or exc.sqlstate is None:
-                    self._fail_batch(batch[n:], exc)
+                    self._fail_batch([o for later in groups[n:] for o in later.replies], exc)
                     raise
-                outgoing.finish(exc)  # held up and cancelled, or refused: this one only
+                for outgoing in group.replies:  # held up and cancelled, or refused: these only
+                    outgoing.finish(exc)
                 continue
             except BaseException as exc:
-                self._fail_batch(batch[n:], exc)
+                self._fail_batch([o for later in groups[n:] for o in later.replies], exc)
                 raise
-            outgoing.finish(None)
+            for outgoing in group.replies:
+                outgoing.finish(None)
 
     @staticmethod
     def _fail_batch(batch: list[Outgoing], exc: BaseException) -> None:
@@ -97,3 +110,53 @@ class Outbox:
         failure = exc if isinstance(exc, Exception) else ConnectionError("cancelled")
         for outgoing in batch:
             outgoing.finish(failure)
+
+
+@dataclass
+class Statement:
+    """Replies to send in one statement, and its NOTIFYs (channel and payload each)."""
+
+    replies: list[Outgoing] = field(default_factory=list)
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    size: int = 0
+    """Bytes of its payloads."""
+    copies: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """How many times each NOTIFY is there already (before its spaces)."""
+
+    def take(self, outgoing: Outgoing) -> bool:
+        """Add *outgoing* unless it would make this statement too large (say whether it did).
+
+        PostgreSQL delivers a notification once however many times one transaction sends
+        it, and a client counts the replies it gets (two ``alive`` sent to one
+        ``reply_to`` have the same reply): each copy of a NOTIFY gets one more space at its
+        end than the copy before, which a JSON reader skips.
+        """
+        copies = Counter(self.copies)
+        messages = []
+        for channel, payload in outgoing.messages:
+            spaces = copies[channel, payload]
+            copies[channel, payload] += 1
+            messages.append((channel, payload + " " * spaces))
+        size = self.size + sum(len(payload.encode()) for _, payload in messages)
+        longest = max((len(payload.encode()) for _, payload in messages), default=0)
+        if self.replies and (size > MAX_STATEMENT_BYTES or longest > MAX_NOTIFY_PAYLOAD_BYTES):
+            return False
+        self.replies.append(outgoing)
+        self.messages.extend(messages)
+        self.size = size
+        self.copies = copies
+        return True
+
+
+def statements(waiting: list[Outgoing]) -> list[Statement]:
+    """*waiting* in groups, in order, each to send in one statement.
+
+    A statement holds up to :data:`MAX_STATEMENT_BYTES` of payloads (a reply larger than
+    that goes alone, its chunks in one statement as always); see :meth:`Statement.take`.
+    """
+    made = [Statement()]
+    for outgoing in waiting:
+        if not made[-1].take(outgoing):
+            made.append(Statement())
+            made[-1].take(outgoing)
+    return made if made[0].replies else []

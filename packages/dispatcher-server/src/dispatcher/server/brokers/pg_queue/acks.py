@@ -30,7 +30,7 @@ from dispatcher.server.brokers.pg_queue.database import QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import Leases
 from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.outcomes import Ack, RetryPolicy, to_ack
-from dispatcher.server.log_arguments import Phrase
+from dispatcher.server.log_arguments import Phrase, in_lines
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import counted, first_line
 from dispatcher.server.stats import ServiceStats
@@ -47,8 +47,6 @@ _ATTEMPT: Final = "task %s (uuid %s): attempt %d of %d ended in %s; "
 statement returns (task, uuid, attempts, max_attempts, outcome), then its delay."""
 _NO_ATTEMPT_LEFT: Final = "no attempt left: the job is failed"
 
-MAX_UUIDS_LOGGED: Final = 20
-"""Uuids named in one line about outcomes the database refused (more take more lines)."""
 _ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 """Text as it is (sent in the connection's encoding, as the other parameters are)."""
 
@@ -196,14 +194,13 @@ class Acknowledger:
             )
         # Every uuid is logged (each job may have run twice): a line per few of them, never
         # rate-limited (at most a batch's worth per statement).
-        for first in range(0, len(fenced), MAX_UUIDS_LOGGED):
-            some = fenced[first : first + MAX_UUIDS_LOGGED]
+        for count, uuids in in_lines(fenced):
             logger.warning(
                 "%s not recorded: the jobs are no longer this service's claims (their "
                 "lease ran out, an operator changed them, or a failover lost the last "
                 "writes), so they may run again, or already have: uuids %s",
-                counted(len(some), "outcome"),
-                Phrase.joined(", ", some),
+                counted(count, "outcome"),
+                uuids,
             )
         return waiting
 
