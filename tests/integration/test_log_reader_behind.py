@@ -1,7 +1,8 @@
 """A service whose standard error nobody reads goes on serving, and stops when told.
 
 Its log is a pipe: once the pipe is full, a line written by the event loop would wait for the
-reader, and with it dispatching, timeouts, control commands and lease renewals. Lines are
+reader, and with it dispatching, timeouts, control commands and lease renewals; a line
+written by a worker (its task's output) would hold that task, and the next. Lines are
 dropped instead, counted, and a line says how many once the reader reads again.
 """
 
@@ -30,6 +31,7 @@ from support.service import task_message as message
 
 LOUD_FAILURE = "support.service_tasks.fail_at_length"
 SLEEP = "support.service_tasks.sleep_recording_cancel"
+PRINT = "support.service_tasks.print_bytes"
 Notify = Callable[[str, str], None]
 
 
@@ -120,6 +122,61 @@ def test_a_log_nobody_reads_holds_neither_the_loop_nor_the_stop(
         service.signal(signal.SIGTERM)
         assert service.wait(timeout=15) == 0
         assert time.monotonic() - started < 10
+    finally:
+        service.kill_everything()
+        service.close()
+
+
+def _dropped_said(log: str) -> list[int]:
+    """The numbers of lines that the lines of *log* say were dropped."""
+    return [int(n) for n in re.findall(r"WARNING .*?: (\d+) log lines? dropped", log)]
+
+
+def _ended(finished: dict[str, int], tasks: int) -> dict[str, int] | None:
+    """*finished* (tasks by outcome) once *tasks* have ended, or one did not end ``ok``."""
+    return finished if set(finished) - {"ok"} or sum(finished.values()) >= tasks else None
+
+
+def test_a_log_nobody_reads_holds_no_task_of_a_worker(
+    service_config: dict[str, Any],
+    configured: Settings,
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    tmp_path: Path,
+) -> None:
+    """A worker wrote its task's output to the log before it reported the task's end: once the
+    pipe was full, a task that had ended in time ended ``timeout`` (then ``killed``), and the
+    next task's timeout ran while its worker still waited for the reader."""
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service = UnreadService(service_config, tmp_path).start()
+    try:
+        service.wait_ready()
+        # Each task prints 60 KB (under the cap of 64 KiB), logged as about 95 k characters:
+        # the first fills the pipe, the 40 are more than a worker lets wait (1.3 Mi).
+        for _ in range(40):
+            notify(channel, message(PRINT, evidence.path, 60_000, timeout=2))
+        # (Until they have all ended, or one has ended otherwise: ``timeout``, ``killed``.)
+        ended = wait_until(lambda: _ended(status()["finished"], 40), timeout=60)
+        assert ended == {"ok": 40}
+
+        # The same worker runs the next task as any other.
+        notify(channel, message(SLEEP, evidence.path, 0.1, "next", timeout=2))
+        wait_until(lambda: status()["finished"].get("ok") == 41, timeout=10)
+        ran = [r for r in evidence.records() if r.get("event") == "printed" or r.get("label")]
+        assert len({r["pid"] for r in ran}) == 1
+        assert [r["event"] for r in ran if r.get("label") == "next"] == ["start", "end"]
+        assert status()["log_lines_dropped"] > 0
+
+        # Read again: the worker says how many of its lines were dropped, where they were.
+        said = service.wait_for_log(r"WARNING worker-\d+ dispatcher\.worker: \d+ log lines", 10)
+        assert int(re.search(r": (\d+) log lines", said[0]).group(1)) > 0  # type: ignore[union-attr]
+        assert "task output [support.service_tasks.print_bytes " in service.log
+
+        # Every line dropped is counted, the worker's included (with its next task's end).
+        notify(channel, message(SLEEP, evidence.path, 0, "last", timeout=2))
+        wait_until(lambda: status()["finished"].get("ok") == 42, timeout=10)
+        wait_until(lambda: status()["log_lines_dropped"] == sum(_dropped_said(service.log)), 10)
     finally:
         service.kill_everything()
         service.close()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from dispatcher.server.log_text import MAX_LOGGED_CHARS
+from support.service import wait_until
 
 SCRIPT = textwrap.dedent(
     """
@@ -164,3 +167,52 @@ def test_streams_a_worker_hook_set_up_are_kept_for_its_tasks() -> None:
         "LOG task output [app.prints uuid-1] through the hook's stream",
         "LOG worker output [between tasks] True",
     ]
+
+
+UNREAD_SCRIPT = textwrap.dedent(
+    """
+    import json, logging, sys, time
+    from dispatcher.server.capture import OutputCapture
+    from dispatcher.server.log_setup import log_to
+
+    capture = OutputCapture(65536)
+    log_to(capture.start(), logging.INFO, "LOG %(message)s")
+    began = time.monotonic()
+    for n in range(40):  # each task's output logged: 60 kB, 240 lines
+        capture.begin("app.loud", f"uuid-{n}")
+        sys.stdout.write(("y" * 999 + "\\\\n") * 60)
+        capture.end()
+        capture.log_ended()
+    took = time.monotonic() - began
+    with open(sys.argv[1], "w") as report:
+        json.dump({"took": took, "dropped": capture.lines_dropped()}, report)
+    capture.close()
+    """
+)
+
+
+def test_a_log_nobody_reads_holds_no_task(tmp_path: Path) -> None:
+    """Its tasks' output, logged to a pipe nobody read, held the worker once the pipe was full."""
+    report = tmp_path / "report.json"
+    process = subprocess.Popen(
+        [sys.executable, "-c", UNREAD_SCRIPT, str(report)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: report.exists() and report.stat().st_size, timeout=20)
+        said = json.loads(report.read_text())
+        out, _ = process.communicate(timeout=20)  # read at last: what waits is written
+    finally:
+        process.kill()
+        process.wait()
+    assert said["took"] < 5
+    assert said["dropped"] > 0
+    lines = out.decode().splitlines()
+    notices = [line for line in lines if "log lines dropped" in line]
+    assert notices == [
+        f"WARNING dispatcher.worker: {said['dropped']} log lines dropped: the log's reader fell "
+        "behind (more than 1310720 characters waited)"
+    ]
+    assert lines[0] == "LOG task output [app.loud uuid-0] " + "y" * MAX_LOGGED_CHARS
+    assert lines[-1] == notices[0]  # where they were: the last lines were dropped

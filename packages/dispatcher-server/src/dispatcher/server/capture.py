@@ -4,11 +4,18 @@
 writes from C code and the output of child processes all land there. A daemon thread drains
 the pipe continuously (a task writing without end never blocks) into the buffer of the task
 running, which keeps the first ``cap`` bytes and counts the rest. When the task ends, its
-output is logged one line at a time, ``task output [<task> <uuid>] <line>``, escaped like
-every logged value, followed by ``task output [<task> <uuid>]: N more bytes dropped`` when
-it wrote more than the cap. What is written between tasks (hooks) is kept the same way and
-logged before the next task, or when the worker stops. A worker stopped by SIGTERM in the
-middle of a task (one that resisted its cancel) logs what the task wrote until then.
+output is kept (:meth:`OutputCapture.end`), and logged once the worker has reported the
+task's end (:meth:`OutputCapture.log_ended`), one line at a time, ``task output [<task>
+<uuid>] <line>``, escaped like every logged value, followed by ``task output [<task>
+<uuid>]: N more bytes dropped`` when it wrote more than the cap. What is written between
+tasks (hooks) is kept the same way and logged before the next task, or when the worker
+stops. A worker stopped by SIGTERM in the middle of a task (one that resisted its cancel)
+logs what the task wrote until then.
+
+The worker's log goes to copies of the standard output and error it inherited, through
+background streams (:mod:`dispatcher.server.log_background`): a log's reader that does
+not read never holds a task, nor the report of its end (lines are dropped and counted
+instead, see :meth:`OutputCapture.lines_dropped`).
 
 A task that closes file descriptors 0, 1 or 2 (``os.close(2)``), redirects 1 or 2
 (``os.dup2(f, 1)``), or leaves ``sys.stdout`` or ``sys.stderr`` replaced or closed, would
@@ -26,15 +33,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import select
 import sys
 import threading
-from typing import Final, TextIO
+from typing import Final, TextIO, cast
 
+from dispatcher.server.log_background import BackgroundStream
+from dispatcher.server.log_handler import LAST_LINES_WAIT
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_streams import HandlerStreams
 from dispatcher.server.log_text import MAX_LOGGED_CHARS
+from dispatcher.server.log_writer import MAX_QUEUED_CHARS
 
 logger = get_logger("dispatcher.worker")
 
@@ -57,6 +68,18 @@ _STD_FDS: Final = ("standard input (fd 0)", "standard output (fd 1)", "standard 
 
 _SALVAGE_LOCK_WAIT: Final = 0.1
 """Seconds a stopped worker waits for the capture's lock before logging what it has."""
+
+_SALVAGE_LOG_WAIT: Final = 0.2
+"""Seconds a stopped worker waits, at most, for its log lines to be written before it ends
+(the service sends SIGKILL half a second after SIGTERM)."""
+
+_LOG_CHARS_PER_OUTPUT_BYTE: Final = 4
+"""Characters of log lines a worker lets wait, per byte of a task's output kept (beyond
+:data:`~dispatcher.server.log_writer.MAX_QUEUED_CHARS`): a task's whole output, logged at
+once with its prefixes, fits while the reader keeps up."""
+
+_NOTICE_FORMAT: Final = "%(levelname)s %(name)s: %(message)s"
+"""The format of the line saying that lines were dropped, when the worker gives none."""
 
 _ADOPT_RETRY_MS: Final = 50
 """Milliseconds after which the thread draining the pipe looks again at a logging handler it
@@ -132,12 +155,19 @@ class OutputCapture:
         self._warned = False
         self._handlers: HandlerStreams | None = None
         """Points the application's logging handlers past the capture, once started."""
+        self._ended: CapturedOutput | None = None
+        """The output of the task that ended, until it is logged."""
+        self._log_streams: tuple[BackgroundStream, ...] = ()
+        """The copies of standard output and error that the log goes to, once started."""
 
-    def start(self) -> TextIO:
+    def start(self, formatter: logging.Formatter | None = None) -> TextIO:
         """Keep a copy of standard error for the log, redirect fds 1 and 2; return the copy.
 
-        The thread that drains the pipe starts before fds 1 and 2 point at it: when it
-        cannot start (the process limit reached), the error reaches the service's log.
+        The copy (and that of standard output, for the application's logging handlers) is a
+        :class:`~dispatcher.server.log_background.BackgroundStream`: its lines never wait for
+        the reader; *formatter* makes the line saying how many were dropped. The thread
+        that drains the pipe starts before fds 1 and 2 point at it: when it cannot start
+        (the process limit reached), the error reaches the service's log.
         """
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
@@ -149,13 +179,12 @@ class OutputCapture:
             os.close(write_fd)
             self._read_fd = -1
             raise
-        log_fd, out_fd = os.dup(2), os.dup(1)
-        self.log_stream = open(  # noqa: SIM115 (open for the life of the process)
-            log_fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1
-        )
-        out_stream = open(  # noqa: SIM115 (as the log's)
-            out_fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1
-        )
+        notice = formatter or logging.Formatter(_NOTICE_FORMAT)
+        limit = MAX_QUEUED_CHARS + _LOG_CHARS_PER_OUTPUT_BYTE * self.cap
+        log, out = (BackgroundStream(os.dup(fd), notice, logger.name, limit) for fd in (2, 1))
+        self._log_streams = (log, out)
+        self.log_stream = cast(TextIO, log)
+        out_stream = cast(TextIO, out)
         with contextlib.suppress(OSError):  # (over the user's limit: the check is weaker)
             fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self._pipe_size = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
@@ -178,6 +207,7 @@ class OutputCapture:
         """
         if self._handlers is not None:
             self._handlers.adopt()
+        self.log_ended()
         self._switch(CapturedOutput(self.cap, task, uuid)).emit()
 
     def keep_streams(self) -> None:
@@ -189,9 +219,10 @@ class OutputCapture:
         self._streams = (sys.stdout, sys.stderr)
 
     def end(self) -> None:
-        """The task has ended: log its output; collect what comes next as between tasks.
+        """The task has ended: keep its output for :meth:`log_ended`; collect what comes next.
 
-        Also puts back fds 0, 1 and 2, ``sys.stdout`` and ``sys.stderr`` if it changed them.
+        What comes next is collected as written between tasks. Also puts back fds 0, 1 and
+        2, ``sys.stdout`` and ``sys.stderr`` if it changed them.
         """
         stdout, stderr = self._streams
         try:
@@ -207,7 +238,23 @@ class OutputCapture:
             intact = False
         if not intact and self._saved_fds:
             self._restore()
-        self._switch(self._between).emit()
+        self.log_ended()  # (one ended before and not logged: in its order)
+        self._ended = self._switch(self._between)
+
+    def log_ended(self) -> None:
+        """Log the output of the task that ended last, unless it is logged already.
+
+        The worker calls it once it has reported the task's end: logging a large output
+        takes time (milliseconds), which the task's timeout, and the report that ends a
+        durable job, need not wait for.
+        """
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            ended.emit()
+
+    def lines_dropped(self) -> int:
+        """Log lines dropped so far, because the log's reader did not read them in time."""
+        return sum([stream.dropped for stream in self._log_streams])
 
     def _restore(self) -> None:
         """Put back what the task that ends changed of fds 0, 1 and 2 and the std streams."""
@@ -242,8 +289,14 @@ class OutputCapture:
             )
 
     def close(self) -> None:
-        """Log what is left; later writes to fd 1 are discarded, to fd 2 go to the log."""
+        """Log what is left; later writes to fd 1 are discarded, to fd 2 go to the log.
+
+        The log's lines are written before it returns, :data:`LAST_LINES_WAIT` seconds at
+        most (those the reader does not read by then are lost).
+        """
         self.end()
+        self.log_ended()
+        self._drain_log(LAST_LINES_WAIT)
         if self._read_fd < 0:
             return
         _flush_std_streams()
@@ -270,7 +323,14 @@ class OutputCapture:
                     self._read(_MAX_READS_AT_SWITCH)
             finally:
                 self._lock.release()
+        self.log_ended()
         self._current.emit()
+        self._drain_log(_SALVAGE_LOG_WAIT)
+
+    def _drain_log(self, timeout: float) -> None:
+        """Wait until the log's lines are written, *timeout* seconds at most (for each stream)."""
+        for stream in self._log_streams:
+            stream.drain(timeout)
 
     def _switch(self, following: CapturedOutput) -> CapturedOutput:
         """Collect what was written so far into the current buffer; make *following* current."""

@@ -53,6 +53,8 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.lifeline import adopt_orphans, die_with_parent, kill_children
 from dispatcher.server.log_arguments import Block
+from dispatcher.server.log_background import drain_log_streams
+from dispatcher.server.log_handler import LAST_LINES_WAIT
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_setup import root_left_to_the_app
 from dispatcher.server.log_text import describe_exception
@@ -246,6 +248,8 @@ class ForkServer:
             _report_worker_failure(worker_id, exc)
             status = 1
         finally:
+            with contextlib.suppress(BaseException):  # (the lines logged last: the failure's)
+                drain_log_streams(LAST_LINES_WAIT)
             os._exit(status)
 
     def _become_worker(self, worker_id: int, worker_fd: int) -> None:

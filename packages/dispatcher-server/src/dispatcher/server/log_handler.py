@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from typing import Final, TextIO
 
 from dispatcher.config.forking import at_fork
-from dispatcher.schema.log_fields import EVENT
 from dispatcher.server.log_arguments import Block
-from dispatcher.server.log_text import counted, escape
+from dispatcher.server.log_background import dropped_notice
+from dispatcher.server.log_text import escape
 from dispatcher.server.log_writer import MAX_QUEUED_CHARS, LineWriter
 
 
@@ -122,17 +122,8 @@ class ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _dropped_notice(self, number: int) -> str:
         """The line saying that *number* lines were dropped, in this handler's format."""
-        record = logging.LogRecord(
-            "dispatcher.service",
-            logging.WARNING,
-            __file__,
-            0,
-            "%s dropped: the log's reader fell behind (more than %d characters waited)",
-            (counted(number, "log line"), MAX_QUEUED_CHARS),
-            None,
-        )
-        record.__dict__[EVENT] = "log_lines_dropped"
-        return self.format(record) + self.terminator
+        formatter = self.formatter or logging.Formatter()
+        return dropped_notice(formatter, "dispatcher.service", number, MAX_QUEUED_CHARS)
 
 
 LAST_LINES_WAIT: Final = 2.0
@@ -143,17 +134,23 @@ _HANDLERS: Final[weakref.WeakSet[ServiceHandler]] = weakref.WeakSet()
 """Every :class:`ServiceHandler` of this process."""
 
 _DROPPED_BEFORE: Final = [0]
-"""Log lines dropped by the background writers that ended."""
+"""Log lines dropped by the background writers that ended, and those the workers reported."""
 
 
 def log_lines_dropped() -> int:
-    """How many log lines the service's handler dropped in this process (its reader behind).
+    """How many log lines the service dropped (its log's reader behind).
 
-    Counts the lines of :func:`logs_written_in_background`'s writers, never the ones an
+    Counts the lines of :func:`logs_written_in_background`'s writers in this process, and
+    those the workers reported (:func:`count_worker_lines_dropped`); never the ones an
     application's own handlers may lose.
     """
     writing = sum(handler.writer.dropped for handler in list(_HANDLERS) if handler.writer)
     return _DROPPED_BEFORE[0] + writing
+
+
+def count_worker_lines_dropped(number: int) -> None:
+    """Count *number* log lines a worker dropped, as it reported (with a task's end)."""
+    _DROPPED_BEFORE[0] += number
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ def log_to(stream: TextIO, level: int, fmt: str | logging.Formatter) -> None:
         logging.getLogger("dispatcher").setLevel(level)
         return
     handler = ServiceHandler(stream)
-    handler.setFormatter(_formatter(fmt))
+    handler.setFormatter(as_formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)
 
@@ -85,7 +85,8 @@ def root_left_to_the_app() -> Iterator[None]:
                 root.addHandler(handler)
 
 
-def _formatter(fmt: str | logging.Formatter) -> logging.Formatter:
+def as_formatter(fmt: str | logging.Formatter) -> logging.Formatter:
+    """*fmt* if it is a formatter, else an escaping formatter of the format string *fmt*."""
     return fmt if isinstance(fmt, logging.Formatter) else EscapingFormatter(fmt)
 
 
@@ -100,7 +101,7 @@ def set_apart(name: str, stream: TextIO, level: int, fmt: str | logging.Formatte
     ``getLogger(name)`` gives a new logger from then on: the application's.
     """
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(_formatter(fmt))
+    handler.setFormatter(as_formatter(fmt))
     logger = logging.getLogger(name)
     manager = logging.Manager(logging.root)
     manager.loggerDict[name] = logger

@@ -63,7 +63,9 @@ class LineWriter:
         self._encoding = encoding
         self._errors = errors
         self._limit = limit
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler that logs (a worker's SIGTERM handler logs what its
+        # task wrote) may run in the thread that was handing a line over, within put().
+        self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         """Notified when a line comes for a writer that waits (and when it must stop)."""
         self._written = threading.Condition(self._lock)

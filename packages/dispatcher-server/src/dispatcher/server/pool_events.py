@@ -17,6 +17,7 @@ from dispatcher.config import Pool as PoolSettings
 from dispatcher.server import scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.log_handler import count_worker_lines_dropped
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import escape, first_line
 from dispatcher.server.pace import TaskPace
@@ -167,6 +168,9 @@ class PoolEvents:
         return False
 
     def _finished(self, worker: WorkerHandle, event: dict[str, Any]) -> None:
+        dropped = event.get("log_lines_dropped")  # (by the worker, its log's reader behind)
+        if type(dropped) is int and dropped > 0:
+            count_worker_lines_dropped(dropped)
         started = _seconds(event.get("started"))
         ran = event.get("run_time")  # on the monotonic clock: "finished" may be stepped
         if not isinstance(ran, int | float):

@@ -25,7 +25,7 @@ from dispatcher.schema import LogFormat
 from dispatcher.server.capture import OutputCapture
 from dispatcher.server.dispatcherd_tasks import adopt_dispatcherd_tasks
 from dispatcher.server.log_records import get_logger
-from dispatcher.server.log_setup import log_to, root_left_to_the_app, set_apart
+from dispatcher.server.log_setup import as_formatter, log_to, root_left_to_the_app, set_apart
 from dispatcher.server.logformat import worker_formatter
 from dispatcher.server.protocol import BlockingLineSocket, event_line, read_line
 from dispatcher.server.worker_forks import call_hook, note_fork
@@ -57,12 +57,31 @@ class WorkerOptions:
     """Where :attr:`config` came from, as the service's config names it."""
 
 
+class LinesDropped:
+    """Reports to the service the log lines this worker dropped, with its tasks' ends."""
+
+    def __init__(self, capture: OutputCapture) -> None:
+        self._capture = capture
+        self._reported = 0
+
+    def report(self, done: dict[str, Any]) -> None:
+        """Add to the ``done`` event *done* the lines dropped since the last report, if any.
+
+        Lines dropped after a worker's last task are said in its log only.
+        """
+        dropped = self._capture.lines_dropped()
+        if dropped != self._reported:
+            done["log_lines_dropped"] = dropped - self._reported
+            self._reported = dropped
+
+
 def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     """Entry point of a worker process (called in the child the fork server forked)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle
     capture = OutputCapture(options.max_output_bytes)
-    stream = capture.start()  # (the app's handlers to fds 1 and 2 now write past it)
     log_format = worker_formatter(options.log_format, options.worker_id)
+    stream = capture.start(as_formatter(log_format))  # (the app's handlers to fds 1 and 2
+    # now write past it, and none of its lines waits for the log's reader)
     log_to(stream, options.log_level, log_format)  # (root handlers the task modules set kept)
     set_apart(logger.name, stream, options.log_level, log_format)  # (tasks configure logging)
     channel = BlockingLineSocket(sock)
@@ -88,6 +107,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     adopt_dispatcherd_tasks()  # after every import: the task modules, the hooks, on_start
     capture.keep_streams()  # as the hooks and the imports left them: what tasks get back
     channel.send(event_line(ready_event()))
+    dropped = LinesDropped(capture)
     try:
         while True:
             try:
@@ -103,7 +123,9 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
             if request["op"] == "run":
                 runner.requests += 1
                 done = runner.take(request)
+                dropped.report(done)
                 channel.send(event_line(done))
+                capture.log_ended()  # (the task's output: its end is reported already)
                 if done["outcome"] == "exit":
                     break
     finally:
