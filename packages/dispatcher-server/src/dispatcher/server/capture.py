@@ -254,7 +254,10 @@ class OutputCapture:
 
     def lines_dropped(self) -> int:
         """Log lines dropped so far, because the log's reader did not read them in time."""
-        return sum([stream.dropped for stream in self._log_streams])
+        dropped = 0
+        for stream in self._log_streams:
+            dropped += stream.dropped
+        return dropped
 
     def _restore(self) -> None:
         """Put back what the task that ends changed of fds 0, 1 and 2 and the std streams."""
