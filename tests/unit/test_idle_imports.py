@@ -1,9 +1,10 @@
-"""What a service's main process imports, for its memory at idle (issue 13).
+"""What a service's main process imports and compiles, for its memory at idle (issue 13).
 
-Every module the main process imports after the fork server is forked takes memory of its
-own (``benchmarks/footprint.py`` measures it): a service imports only the modules of what
-its config asks for. Each case runs in a fresh interpreter: what this test process imported
-already would hide the imports.
+Every module the main process imports, and every validator it compiles, after the fork
+server is forked takes memory of its own (``benchmarks/footprint.py`` measures it): a
+service imports only the modules of what its config asks for, and compiles its validators
+before the fork (``dispatcher-standalone`` calls ``compile_validators`` then). Each case runs
+in a fresh interpreter: what this test process imported already would hide the imports.
 """
 
 from __future__ import annotations
@@ -24,6 +25,22 @@ from dispatcher.server.service import Service
 
 Service(setup(json.loads(sys.argv[1])), logging.WARNING)
 print(json.dumps(sorted(sys.modules)))
+"""
+
+COMPILE_THEN_BUILD = """
+import json, logging, sys
+
+from dispatcher.config import setup
+from dispatcher.schema.validation import _validator
+from dispatcher.server.cli import compile_validators
+
+settings = setup(json.loads(sys.argv[1]))
+compile_validators()  # (where dispatcher-standalone forks the fork server)
+compiled = _validator.cache_info().currsize
+from dispatcher.server.service import Service
+
+Service(settings, logging.WARNING)
+print(json.dumps(_validator.cache_info().currsize - compiled))
 """
 
 PG_NOTIFY = {"conninfo": "dbname=x", "channels": ["jobs"]}
@@ -91,3 +108,8 @@ def test_the_modules_of_what_the_config_asks_for_are_imported(tmp_path: Path) ->
         "dispatcher.server.metrics",
     ):
         assert name in modules
+
+
+@pytest.mark.timeout(90)
+def test_the_service_compiles_no_validator_after_the_fork() -> None:
+    assert run(COMPILE_THEN_BUILD, {"version": 1, "brokers": {"pg_notify": PG_NOTIFY}}) == 0
