@@ -1,10 +1,18 @@
-"""What ``service.metrics`` builds: the metrics server and, with a durable queue, its sampler."""
+"""What ``service.metrics`` builds: the metrics server and, with a durable queue, its sampler.
+
+Their modules are imported only when the config asks for them: a service without metrics
+would carry them in its memory for nothing.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dispatcher.config import Settings
-from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
-from dispatcher.server.metrics import MetricsServer, MetricsSource
+
+if TYPE_CHECKING:
+    from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
+    from dispatcher.server.metrics import MetricsServer, MetricsSource
 
 
 def metrics_parts(
@@ -15,10 +23,16 @@ def metrics_parts(
     Neither without ``service.metrics``; no sampler without a ``pg_queue`` broker.
     """
     metrics = settings.service.metrics
-    server = None if metrics is None else MetricsServer(source, metrics.host, metrics.port)
+    if metrics is None:
+        return None, None
+    from dispatcher.server.metrics import MetricsServer
+
+    server = MetricsServer(source, metrics.host, metrics.port)
     durable = settings.brokers.pg_queue
-    if metrics is None or durable is None:
+    if durable is None:
         return server, None
+    from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
+
     sampler = QueueSampler(
         durable.conninfo,
         durable.schema,

@@ -11,18 +11,20 @@ import asyncio
 import io
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
 from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job, JobPick, Snapshot
 from dispatcher.server.memory import resident_bytes
-from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import QueueSampling, ServiceStats
 from dispatcher.server.supervisor import Supervisor
 from dispatcher.server.workers import LIVE, WorkerStatus
+
+if TYPE_CHECKING:  # (imported by the service only when the config asks for them)
+    from dispatcher.server.brokers.pg_queue.sampler import QueueSampler
+    from dispatcher.server.metrics import MetricsServer
 
 DISPATCHERD_STATUS: Final[Mapping[WorkerStatus, str]] = {
     WorkerStatus.STARTING: "starting",

@@ -8,21 +8,21 @@ factory, ``factory(options, context) -> Broker``. Only configured brokers are bu
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from dispatcher.config import ConfigError, PluginError, load_plugin
-from dispatcher.server.brokers import socket
 from dispatcher.server.brokers.base import Broker, BrokerContext, BrokerFactory, Capacity
-from dispatcher.server.brokers.pg_notify import broker as pg_notify
-from dispatcher.server.brokers.pg_queue import broker as pg_queue
 
-BUILTIN_FACTORIES: Final[Mapping[str, BrokerFactory]] = {
-    "pg_notify": pg_notify.create,
-    "socket": socket.create,
-    "pg_queue": pg_queue.create,
+BUILTIN_MODULES: Final[Mapping[str, str]] = {
+    "pg_notify": "dispatcher.server.brokers.pg_notify.broker",
+    "socket": "dispatcher.server.brokers.socket",
+    "pg_queue": "dispatcher.server.brokers.pg_queue.broker",
 }
-"""The factories of the brokers that ship with the service, by name."""
+"""The modules of the brokers that ship with the service, by name; each has a ``create``
+factory. A module is imported only when its broker is configured: the others' (the SQL of
+``pg_queue`` above all) would only take memory in every service."""
 
 
 def broker_factory(name: str) -> BrokerFactory:
@@ -30,8 +30,9 @@ def broker_factory(name: str) -> BrokerFactory:
 
     :raises PluginError: when no plug-in has that name, or its service side cannot be loaded.
     """
-    builtin = BUILTIN_FACTORIES.get(name)
-    if builtin is not None:
+    module = BUILTIN_MODULES.get(name)
+    if module is not None:
+        builtin: BrokerFactory = importlib.import_module(module).create
         return builtin
     factory = load_plugin(name).load_server(name)
     if not callable(factory):
