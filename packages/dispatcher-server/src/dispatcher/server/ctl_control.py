@@ -16,20 +16,18 @@ from dispatcher.control import ControlResult, control_with_reply, entries
 from dispatcher.control.result import duplicate_node_id
 from dispatcher.publish import BrokerUnavailable, PublishError
 from dispatcher.server import ctl_durable_cancel
+from dispatcher.server.ctl_columns import shown
 from dispatcher.server.ctl_exits import EXIT_ERROR_REPLY, EXIT_MISSING, EXIT_OK, EXIT_USAGE
 from dispatcher.server.ctl_parser import FILTERS
-from dispatcher.server.ctl_render import (
+from dispatcher.server.ctl_render import add_elapsed, render, task_ages
+from dispatcher.server.ctl_reply_notes import (
     DISPATCHERD_NOT_FOUND,
-    add_elapsed,
     control_channel,
     control_failure,
     mixed_versions,
     no_service_found,
-    render,
     shortfall,
-    shown,
     tally,
-    task_ages,
     uncertain,
 )
 

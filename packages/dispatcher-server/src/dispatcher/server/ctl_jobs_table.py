@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from dispatcher.server.ctl_render import aligned, cut
+from dispatcher.server.ctl_columns import aligned, cut
 from dispatcher.server.log_text import escape
 
 ERROR_WIDTH: Final = 60

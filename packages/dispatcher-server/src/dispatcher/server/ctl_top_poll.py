@@ -23,7 +23,8 @@ from dispatcher.config import Settings
 from dispatcher.control import ControlResult, acontrol_with_reply
 from dispatcher.publish import BrokerUnavailable, PublishError, describe_server
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler, sampling_connection
-from dispatcher.server.ctl_render import control_channel, control_failure, no_service_found, shown
+from dispatcher.server.ctl_columns import shown
+from dispatcher.server.ctl_reply_notes import control_channel, control_failure, no_service_found
 from dispatcher.server.ctl_top_text import Poll
 from dispatcher.server.log_text import first_line
 from dispatcher.server.stats import QueueDepth

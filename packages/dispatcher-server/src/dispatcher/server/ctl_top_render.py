@@ -3,7 +3,7 @@
 Nothing here talks to a service or a terminal: :func:`screen` turns one :class:`Poll` (and
 the one before it, for rates) into what is drawn, from the strings
 :mod:`dispatcher.server.ctl_top_text` makes of it. Every value from a reply is shown escaped
-(see :func:`dispatcher.server.ctl_render.shown`) and as plain text, never as rich markup: a
+(see :func:`dispatcher.server.ctl_columns.shown`) and as plain text, never as rich markup: a
 task name or an error cannot style the screen or send the terminal control sequences.
 A table fits the width it is drawn in (see :func:`dispatcher.server.ctl_top_text.fit_table`):
 its rows take one line each, only a failure's error wraps, in the room left.
@@ -21,7 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from dispatcher.server.ctl_render import shown
+from dispatcher.server.ctl_columns import shown
 from dispatcher.server.ctl_top_fit import FittedScreen
 from dispatcher.server.ctl_top_text import (
     ERROR_WIDTH,

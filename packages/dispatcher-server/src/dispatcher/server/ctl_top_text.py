@@ -2,7 +2,7 @@
 
 A :class:`Poll` is what one refresh collected; the functions here read its replies
 defensively (a field of an unexpected type shows as ``-``) and turn them into lines and
-table rows, every value escaped (see :func:`dispatcher.server.ctl_render.shown`), and fit
+table rows, every value escaped (see :func:`dispatcher.server.ctl_columns.shown`), and fit
 a table to the width it is drawn in (:func:`fit_table`). Both the rich screen
 (:mod:`dispatcher.server.ctl_top_render`) and the plain snapshot
 (:mod:`dispatcher.server.ctl_top_plain`) are drawn from them.
@@ -17,15 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from dispatcher.server.brokers.pg_queue.sampler import COUNT_CAP
-from dispatcher.server.ctl_render import (
-    UNKNOWN_SHAPE,
-    cut,
-    duration_text,
-    shown,
-    size_text,
-    value_text,
-    width,
-)
+from dispatcher.server.ctl_columns import cut, shown, width
+from dispatcher.server.ctl_render import UNKNOWN_SHAPE
+from dispatcher.server.ctl_values import duration_text, size_text, value_text
 from dispatcher.server.stats import QueueDepth
 
 FAILURES_SHOWN: Final = 5
