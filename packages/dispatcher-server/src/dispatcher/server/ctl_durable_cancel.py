@@ -17,7 +17,7 @@ from dispatcher.config import Settings
 from dispatcher.publish.connections import UNTRANSLATABLE, note_server, server_encoding
 from dispatcher.publish.pg_text import unstorable
 from dispatcher.schema import DispatcherError
-from dispatcher.server import queue_admin
+from dispatcher.server import queue_admin, queue_admin_cancel, queue_admin_list
 from dispatcher.server.ctl_jobs_database import connect, database_error
 from dispatcher.server.queue_admin import limit_waits
 
@@ -34,7 +34,7 @@ def waiting_of_task(settings: Settings, task: str, timeout: float) -> int:
     try:
         with connect(section.conninfo) as conn:
             limit_waits(conn, timeout)
-            return queue_admin.count_waiting(conn, section.schema, task)
+            return queue_admin_cancel.count_waiting(conn, section.schema, task)
     except (psycopg.Error, DispatcherError):  # a task no row can hold (UNTRANSLATABLE) too
         return 0
 
@@ -61,11 +61,11 @@ def cancel_waiting_job(
                 return None, None  # no job can have it
             limit_waits(conn, timeout)
             try:
-                queue = queue_admin.cancel_waiting(conn, section.schema, uuid, task)
+                queue = queue_admin_cancel.cancel_waiting(conn, section.schema, uuid, task)
             except psycopg.Error as exc:
                 note_server(exc, conn, section.conninfo)  # (a standby, or a read-only role)
                 raise
-    except (queue_admin.NotCancelled, queue_admin.TablesMissing):
+    except (queue_admin_cancel.NotCancelled, queue_admin.TablesMissing):
         return None, None
     except psycopg.Error as exc:
         if exc.sqlstate in UNTRANSLATABLE:
@@ -84,6 +84,6 @@ def waits(settings: Settings, uuid: str, timeout: float) -> bool:
     try:
         with connect(section.conninfo) as conn:
             limit_waits(conn, timeout)
-            return bool(queue_admin.list_jobs(conn, section.schema, state="queued", uuid=uuid))
+            return bool(queue_admin_list.list_jobs(conn, section.schema, state="queued", uuid=uuid))
     except (psycopg.Error, DispatcherError):  # a uuid no row can hold (UNTRANSLATABLE) too
         return False

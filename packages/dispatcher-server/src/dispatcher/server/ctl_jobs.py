@@ -29,12 +29,18 @@ from dispatcher.publish.connections import (
     server_encoding,
 )
 from dispatcher.schema import DispatcherError
-from dispatcher.server import queue_admin
+from dispatcher.server import (
+    queue_admin,
+    queue_admin_cancel,
+    queue_admin_list,
+    queue_admin_purge,
+    queue_admin_retry,
+)
 from dispatcher.server.ctl_jobs_database import connect, database_error
 from dispatcher.server.ctl_jobs_refusals import refused_option, unknown_queue, unstorable_option
 from dispatcher.server.ctl_jobs_table import render_jobs
 from dispatcher.server.log_text import escape
-from dispatcher.server.queue_admin import MAX_LIMIT
+from dispatcher.server.queue_admin_list import MAX_LIMIT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -102,7 +108,7 @@ def _fail(message: str, status: int = EXIT_FAILED) -> int:
 
 
 def _jobs(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
-    rows = queue_admin.list_jobs(
+    rows = queue_admin_list.list_jobs(
         conn,
         schema,
         state=options.state,
@@ -130,13 +136,13 @@ def _jobs(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespac
 
 def _retry(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
     if options.uuid is not None:
-        queue_admin.retry_job(conn, schema, options.uuid)
+        queue_admin_retry.retry_job(conn, schema, options.uuid)
         if options.json:
             print(json.dumps({"retried": 1, "skipped": 0, "uuid": options.uuid}))
         else:
             print(f"retried job {escape(options.uuid, limit=None)}")
         return EXIT_OK
-    done = queue_admin.retry_failed(conn, schema, options.queue)
+    done = queue_admin_retry.retry_failed(conn, schema, options.queue)
     if options.json:
         print(json.dumps({"retried": done.count, "skipped": done.skipped}))
         return EXIT_OK
@@ -152,7 +158,7 @@ def _retry(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespa
 
 def _purge(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
     queue = options.queue
-    count = queue_admin.purge(conn, schema, options.state, options.older_than, queue)
+    count = queue_admin_purge.purge(conn, schema, options.state, options.older_than, queue)
     if options.json:
         shown = {"purged": count, "state": options.state}
         print(json.dumps(shown if queue is None else {**shown, "queue": queue}))
@@ -168,7 +174,7 @@ def _purge(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespa
 def _cancel_job(conn: psycopg.Connection[Any], schema: str, options: argparse.Namespace) -> int:
     if options.task is not None:
         return _cancel_jobs_of_task(conn, schema, options.task, options.queue, options.json)
-    queue = queue_admin.cancel_waiting(conn, schema, options.uuid)
+    queue = queue_admin_cancel.cancel_waiting(conn, schema, options.uuid)
     if options.json:
         print(json.dumps({"cancelled": 1, "uuid": options.uuid, "queue": queue}))
     else:
@@ -182,7 +188,7 @@ def _cancel_job(conn: psycopg.Connection[Any], schema: str, options: argparse.Na
 def _cancel_jobs_of_task(
     conn: psycopg.Connection[Any], schema: str, task: str, queue: str | None, as_json: bool
 ) -> int:
-    cancelled = queue_admin.cancel_waiting_of_task(conn, schema, task, queue)
+    cancelled = queue_admin_cancel.cancel_waiting_of_task(conn, schema, task, queue)
     count = sum(cancelled.values())
     if as_json:
         print(json.dumps({"cancelled": count, "task": task, "by_queue": dict(cancelled)}))

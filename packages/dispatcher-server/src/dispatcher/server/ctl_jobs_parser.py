@@ -10,7 +10,8 @@ import argparse
 from collections.abc import Callable
 
 from dispatcher.server.ctl_arguments import Text, count_between, seconds_up_to
-from dispatcher.server.queue_admin import FINISHED_STATES, MAX_LIMIT, MAX_OLDER_THAN, STATES
+from dispatcher.server.queue_admin_list import MAX_LIMIT, STATES
+from dispatcher.server.queue_admin_purge import FINISHED_STATES, MAX_OLDER_THAN
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 """``dispatcherctl``'s way to add a subcommand: ``add(name, help, **taken) -> parser``, where

@@ -23,7 +23,7 @@ inserted by hand may hold any text) is cut, ending with ``…``; ``--json`` show
 
 
 def render_jobs(rows: list[dict[str, Any]]) -> str:
-    """Job rows (from :func:`~dispatcher.server.queue_admin.list_jobs`) as a text table.
+    """Job rows (from :func:`~dispatcher.server.queue_admin_list.list_jobs`) as a text table.
 
     Every value is escaped: a task name or an error cannot start a line of its own in the
     terminal or send it control sequences. Long values are cut to :data:`CELL_WIDTH` (the
