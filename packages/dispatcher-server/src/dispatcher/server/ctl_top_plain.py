@@ -5,7 +5,7 @@ a header, a block per service (its counters, its workers, its recent failures), 
 services that did not answer, the durable queues and the notes. Tables are aligned as
 the other commands align theirs (:func:`dispatcher.server.ctl_columns.aligned`) and, given
 the terminal's width, fitted to it as the rich screen's are
-(:func:`dispatcher.server.ctl_top_text.fit_table`): each row then takes one line, a
+(:func:`dispatcher.server.ctl_top_fit_width.fit_table`): each row then takes one line, a
 failure's error cut short to the room left.
 """
 
@@ -16,17 +16,15 @@ from typing import Any, Final
 
 from dispatcher.server.ctl_columns import aligned, cut, shown
 from dispatcher.server.ctl_columns import width as width_of
+from dispatcher.server.ctl_top_data import Poll, node_of
+from dispatcher.server.ctl_top_fit_width import COLUMN_GAP, fit_table
 from dispatcher.server.ctl_top_text import (
-    COLUMN_GAP,
     ERROR_WIDTH,
     FAILURE_COLUMNS,
     QUEUE_COLUMNS,
     WORKER_COLUMNS,
-    Poll,
     failure_rows,
-    fit_table,
     header_text,
-    node_of,
     older_failures,
     queue_rows,
     recent_failures,
