@@ -19,7 +19,7 @@ from psycopg import sql
 from dispatcher.config import reset, setup
 from dispatcher.publish import close_connections, get_job
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
-from dispatcher.server.ctl_jobs import CELL_WIDTH
+from dispatcher.server.ctl_jobs_table import CELL_WIDTH
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.queue_rows import insert_job, job_row, unique_schema
 from support.service import Evidence, ServiceProcess

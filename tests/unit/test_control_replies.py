@@ -163,7 +163,7 @@ def test_socket_reply_over_the_message_limit_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_reply_too_large_to_take_is_counted_and_said_so_not_taken_for_silence() -> None:
-    from dispatcher.server.ctl_render import shortfall
+    from dispatcher.server.ctl_reply_notes import shortfall
 
     result = ControlResult("running", expected=2, expected_nodes=["node-a", "node-b"])
     result.add('{"node_id": "node-b"}')

@@ -8,21 +8,12 @@ import re
 import pytest
 
 from dispatcher.control import ControlResult
+from dispatcher.server.ctl_columns import cut, width
 from dispatcher.server.ctl_control import _control_data
 from dispatcher.server.ctl_parser import parser
-from dispatcher.server.ctl_render import (
-    ARGUMENTS_WIDTH,
-    add_elapsed,
-    cut,
-    duration_text,
-    mixed_versions,
-    render,
-    shortfall,
-    size_text,
-    tally,
-    task_ages,
-    width,
-)
+from dispatcher.server.ctl_render import ARGUMENTS_WIDTH, add_elapsed, render, task_ages
+from dispatcher.server.ctl_reply_notes import mixed_versions, shortfall, tally
+from dispatcher.server.ctl_values import duration_text, size_text
 
 
 def test_replies_cannot_start_lines_or_send_terminal_sequences() -> None:

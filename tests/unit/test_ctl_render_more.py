@@ -19,11 +19,13 @@ from rich.console import Console, RenderableType
 from dispatcher.config import load_settings, reset
 from dispatcher.control import ControlResult
 from dispatcher.server import ctl, ctl_control, ctl_parser, ctl_top_poll, ctl_top_render
+from dispatcher.server.ctl_columns import width
 from dispatcher.server.ctl_exits import EXIT_INTERRUPTED, EXIT_OK
 from dispatcher.server.ctl_output import STDERR_HANDLER
-from dispatcher.server.ctl_render import duration_text, render, size_text, width
+from dispatcher.server.ctl_render import render
 from dispatcher.server.ctl_top_poll import Collector
 from dispatcher.server.ctl_top_render import Poll, screen
+from dispatcher.server.ctl_values import duration_text, size_text
 
 NOW = 1_800_000_000.0
 ABSURD = (1e300, -1e300, 1.7976931348623157e308, 10**30, -(10**30), 6.7e16)

@@ -1,7 +1,7 @@
 """``dispatcherctl``'s control commands: send one, print the replies, return the exit status.
 
 For ``cancel``, the durable job it names is cancelled too if it still waits in its table
-(see :mod:`~dispatcher.server.ctl_jobs`).
+(see :mod:`~dispatcher.server.ctl_durable_cancel`).
 """
 
 from __future__ import annotations
@@ -15,21 +15,19 @@ from dispatcher.config import Settings
 from dispatcher.control import ControlResult, control_with_reply, entries
 from dispatcher.control.result import duplicate_node_id
 from dispatcher.publish import BrokerUnavailable, PublishError
-from dispatcher.server import ctl_jobs
+from dispatcher.server import ctl_durable_cancel
+from dispatcher.server.ctl_columns import shown
 from dispatcher.server.ctl_exits import EXIT_ERROR_REPLY, EXIT_MISSING, EXIT_OK, EXIT_USAGE
 from dispatcher.server.ctl_parser import FILTERS
-from dispatcher.server.ctl_render import (
+from dispatcher.server.ctl_render import add_elapsed, render, task_ages
+from dispatcher.server.ctl_reply_notes import (
     DISPATCHERD_NOT_FOUND,
-    add_elapsed,
     control_channel,
     control_failure,
     mixed_versions,
     no_service_found,
-    render,
     shortfall,
-    shown,
     tally,
-    task_ages,
     uncertain,
 )
 
@@ -124,19 +122,21 @@ def _cancel_waiting(
 ) -> tuple[str | None, str | None]:
     """For ``cancel --uuid U``: cancel the durable job U too if it waits in the table.
 
-    See :func:`ctl_jobs.cancel_waiting_job`. Not with ``--args`` or ``--kwargs``, which
+    See :func:`ctl_durable_cancel.cancel_waiting_job`. Not with ``--args`` or ``--kwargs``, which
     compare as Python does (the table holds JSON text): then a hint names ``cancel-job``.
     """
     if options.command != "cancel" or not options.uuid:
         return None, None
     if options.args is not None or options.kwargs is not None:
-        if not ctl_jobs.waits(settings, options.uuid, options.timeout):
+        if not ctl_durable_cancel.waits(settings, options.uuid, options.timeout):
             return None, None
         return None, (
             f"job {options.uuid} waits in its durable queue, where --args and --kwargs are not "
             f"compared: cancel it with 'dispatcherctl cancel-job --uuid {options.uuid}'"
         )
-    return ctl_jobs.cancel_waiting_job(settings, options.uuid, options.task, options.timeout)
+    return ctl_durable_cancel.cancel_waiting_job(
+        settings, options.uuid, options.task, options.timeout
+    )
 
 
 def _waiting_of_task_hint(settings: Settings, options: argparse.Namespace) -> str | None:
@@ -147,7 +147,7 @@ def _waiting_of_task_hint(settings: Settings, options: argparse.Namespace) -> st
     """
     if options.command != "cancel" or not options.task or options.uuid:
         return None
-    count = ctl_jobs.waiting_of_task(settings, options.task, options.timeout)
+    count = ctl_durable_cancel.waiting_of_task(settings, options.task, options.timeout)
     if count == 0:
         return None
     jobs = "job of this task waits" if count == 1 else "jobs of this task wait"

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from dispatcher.config.loading import CONFIG_FILE_HELP
 from dispatcher.schema import LOG_LEVELS
-from dispatcher.server import ctl_jobs, ctl_submit
+from dispatcher.server import ctl_jobs_parser, ctl_submit
 from dispatcher.server.ctl_arguments import (
     Text,
     count,
@@ -231,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
         expected_replies=False,
     )
     migrate.add_argument("--print", action="store_true", help="print the SQL it would run")
-    ctl_jobs.add_commands(command, DEFAULT_TIMEOUT)
+    ctl_jobs_parser.add_commands(command, DEFAULT_TIMEOUT)
     return main
 
 

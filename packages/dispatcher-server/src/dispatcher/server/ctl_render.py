@@ -2,27 +2,21 @@
 
 Values are shown as JSON writes them (``true``, ``false``, ``null``), with units where the
 key says what a number is (durations such as ``9.4 s`` or ``3 min 12 s``, sizes such as
-``28.4 MiB``); nested objects as indented blocks, lists of objects as tables.
+``28.4 MiB``: see :mod:`~dispatcher.server.ctl_values`); nested objects as indented blocks,
+lists of objects as tables.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
-from dispatcher.config import Settings
 from dispatcher.control import ControlResult
-from dispatcher.publish import PublishError
-from dispatcher.publish.routing import control_broker
-from dispatcher.schema import MAX_MESSAGE_BYTES
-from dispatcher.server.log_text import counted, escape
-
-DISPATCHERD_NOT_FOUND = (
-    "dispatcherd services cannot be found there: pass --expected-replies N to wait for N replies"
-)
+from dispatcher.server.ctl_columns import aligned, cut, shown
+from dispatcher.server.ctl_values import value_text
+from dispatcher.server.log_text import escape
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "running": ("slot", "where", "uuid", "task", "elapsed", "args", "kwargs"),
@@ -48,203 +42,11 @@ next``); ``--json`` has it always. Workers show our
 except for a reply without ``state`` (a dispatcherd service's): its ``status``. A column
 no entry has a value for is left out."""
 
-DURATION_KEYS: Final = frozenset(
-    {
-        "age",
-        "current_task_age",
-        "elapsed",
-        "max_age",
-        "seconds_since_start",
-        "uptime",
-        "uptime_seconds",
-    }
-)
-"""Keys whose numbers are seconds."""
-
 DURATION_GROUPS: Final = frozenset({"top5", "near_worker_ct"})
 """Keys of objects whose numbers are seconds (``main.pool.usage``'s)."""
 
-SIZE_KEYS: Final = frozenset({"rss_bytes", "active_bytes"})
-"""Keys whose numbers are bytes."""
-
-TIME_KEYS: Final = frozenset({"time", "time_pub"})
-"""Keys whose numbers are dates, in seconds since the epoch (shown in local time)."""
-
 ARGUMENTS_WIDTH: Final = 40
 """Columns of a task's ``args`` or ``kwargs`` shown in a table (a longer one is cut, ``…``)."""
-
-
-def control_channel(settings: Settings) -> str | None:
-    """The channel control commands go on, when they go through pg_notify."""
-    try:
-        broker = control_broker(settings)
-    except PublishError:
-        return None
-    return broker.default_queue if broker.name == "pg_notify" else None
-
-
-def control_failure(settings: Settings, exc: PublishError) -> str:
-    """What to say when a control command could not be sent: *exc*, shown.
-
-    Unless control commands go through pg_notify and it has no channel to send them on:
-    then what to set in the config (the SDK's error also offers ``queue=...``, which the
-    command line has no option for).
-    """
-    try:
-        broker = control_broker(settings)
-    except PublishError:
-        return shown(exc)
-    if broker.name != "pg_notify" or broker.default_queue is not None:
-        return shown(exc)
-    return (
-        "cannot send control commands: no channel; set brokers.pg_notify."
-        f"default_publish_channel in {shown(settings.source)} to a channel the services "
-        "listen on (one of their brokers.pg_notify.channels)"
-    )
-
-
-def no_service_found(channel: str | None, result: ControlResult | None = None) -> str:
-    """What to say when no service was found to wait for (on *channel*, when known).
-
-    With *result*, also the services found that may listen there but did not answer.
-    """
-    listening = f" listening on channel {shown(channel)}" if channel else ""
-    found = f"no dispatcher service{listening} is connected to the database"
-    if result is not None and result.unconfirmed:
-        found = f"no dispatcher service{listening} answered ({uncertain(result.unconfirmed)})"
-    return f"{found} ({DISPATCHERD_NOT_FOUND})"
-
-
-def uncertain(nodes: list[str], where: str = "there") -> str:
-    """Say that the services *nodes* did not answer, and why they are not counted missing.
-
-    *where*: the channel, as in "may not listen *where*".
-    """
-    one = len(nodes) == 1
-    return (
-        f"{shown(', '.join(nodes))}, which may not listen {where}, did not answer: "
-        f"{'it listens' if one else 'they listen'} on too many channels for "
-        f"{'its connection' if one else 'their connections'}' names to tell, and "
-        f"{'is' if one else 'are'} not counted missing"
-    ).replace("connection' names", "connection's name")
-
-
-def tally(result: ControlResult, looked_up: bool, channel: str | None = None) -> str:
-    """Say how many replies came, and how many were waited for and why."""
-    came = len(result.replies)
-    maybe = len(result.uncertain_nodes)
-    if maybe:  # those answered are counted apart
-        came -= maybe - len(result.unconfirmed)
-    counted = f"{came} of {result.expected} replies"
-    if came > result.expected:  # services not looked up answered too (dispatcherd's)
-        counted = f"{came} replies, {result.expected} waited for"
-    if looked_up:
-        listening = (
-            f" listening on channel {shown(channel)}" if channel else " connected to the database"
-        )
-        uncertain = ""
-        if maybe:
-            answered = maybe - len(result.unconfirmed)
-            uncertain = (
-                f"; {answered} of {maybe} from those that may listen there (on too many "
-                "channels to tell)"
-            )
-        return (
-            f"({counted}: one per dispatcher service{listening}{uncertain}; "
-            "dispatcherd services are not counted: --expected-replies N waits for N)"
-        )
-    return f"({counted})"
-
-
-def shortfall(result: ControlResult) -> str:
-    """What to say when not every service waited for answered: replies came, or did not.
-
-    A reply that came too large to take (from a service of another version) is said so,
-    not taken for silence; whose it was is not known (it names its service once whole).
-    """
-    text = f"{len(result.replies)} of {result.expected} expected replies"
-    missing = shown(", ".join(result.missing))
-    if result.arriving:
-        still = "a reply was" if result.arriving == 1 else f"{result.arriving} replies were"
-        text += (
-            f"; {still} still arriving when the wait ran out: a longer --timeout lets "
-            f"{'it' if result.arriving == 1 else 'them'} come whole"
-        )
-    if not result.too_large:
-        return f"{text}; no answer from {missing}{unlisted(result)}" if result.missing else text
-    text += (
-        f"; {counted(result.too_large, 'reply', 'replies')} came too large to take (over "
-        f"{MAX_MESSAGE_BYTES} bytes: from a service of another version?)"
-    )
-    if len(result.missing) == result.too_large:
-        return f"{text}, in place of those of {missing}"
-    if not result.missing:
-        return text
-    return f"{text}; not taken, or no answer, from {missing}{unlisted(result)}"
-
-
-def unlisted(result: ControlResult) -> str:
-    """Why services that did not answer may not have got the command at all, if they may.
-
-    Their connections' names list no channels (:attr:`ControlResult.unlisted_nodes`: an
-    older release names them so), so they are waited for whatever the channel; one that
-    serves other channels only never answers. Said after the list of those missing, with
-    the ``--expected-replies`` that waits for the others alone. Empty when none is such.
-    """
-    silent = [node for node in result.missing if node in result.unlisted_nodes]
-    if not silent:
-        return ""
-    one = len(silent) == 1
-    names = "connection's name lists" if one else "connections' names list"
-    if len(silent) == len(result.missing):
-        who = f", whose {names}"
-    else:
-        which = "is a service" if one else "are services"
-        who = f"; of those, {shown(', '.join(silent))} {which} whose {names}"
-    others = result.expected - len(silent)
-    then = (
-        f"--expected-replies {others} waits for the others alone"
-        if others
-        else "no service found listens there"
-    )
-    return (
-        f"{who} no channels (as an older release names them): {'it' if one else 'they'} "
-        f"may serve other channels only; if so, {then}"
-    )
-
-
-VERSION_NODES_SHOWN: Final = 5
-"""Node ids :func:`mixed_versions` names per version (the others are counted)."""
-
-
-def mixed_versions(result: ControlResult) -> str | None:
-    """Say which services run which version of dispatcher, when they run different ones.
-
-    Read from the ``version`` of their ``status`` replies; a reply without one is from a
-    service of a release older than that field (or a dispatcherd service). ``None`` when
-    every reply says the same, or none says any.
-    """
-    if result.command != "status":
-        return None
-    by_version: dict[str | None, list[str]] = {}
-    for reply in result.replies:
-        version = reply.get("version")
-        said = None if version is None else shown(version)
-        by_version.setdefault(said, []).append(shown(reply.get("node_id", "?")))
-    if len(by_version) < 2:
-        return None
-    versions = sorted(version for version in by_version if version is not None)
-    groups = [f"{version}: {_some(sorted(by_version[version]))}" for version in versions]
-    if None in by_version:
-        groups.append(f"no version (an older release): {_some(sorted(by_version[None]))}")
-    return f"the services run different versions of dispatcher: {'; '.join(groups)}"
-
-
-def _some(nodes: list[str]) -> str:
-    """*nodes* joined, past :data:`VERSION_NODES_SHOWN` counted: ``a, b and 3 more``."""
-    if len(nodes) <= VERSION_NODES_SHOWN:
-        return ", ".join(nodes)
-    return f"{', '.join(nodes[:VERSION_NODES_SHOWN])} and {len(nodes) - VERSION_NODES_SHOWN} more"
 
 
 def render(result: ControlResult, now: float | None = None) -> str:
@@ -378,53 +180,6 @@ def _table(columns: list[str], rows: list[dict[str, Any]], indent: str) -> list[
     return aligned([[shown(c) for c in columns], *cells], indent)
 
 
-def aligned(rows: list[list[str]], indent: str) -> list[str]:
-    """*rows* of cells (the first being the titles) as lines, in columns two spaces apart.
-
-    A row shorter than the others leaves its last columns empty.
-    """
-    count = max(len(row) for row in rows)
-    filled = [row + [""] * (count - len(row)) for row in rows]
-    widths = [max(width(row[i]) for row in filled) for i in range(count)]
-    out = []
-    for row in filled:
-        padded = (value + " " * (w - width(value)) for value, w in zip(row, widths, strict=True))
-        out.append(indent + "  ".join(padded).rstrip())
-    return out
-
-
-def width(text: str) -> int:
-    """How many columns *text* takes in a terminal.
-
-    2 for a wide character (CJK), 0 for a combining mark, else 1 (non-printable characters
-    were escaped before).
-    """
-    if text.isascii():
-        return len(text)
-    return sum(
-        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
-        for char in text
-    )
-
-
-def cut(text: str, cells: int, measure: Callable[[str], int] = width) -> str:
-    """*text*, or as much of it as fits in *cells* columns followed by an ellipsis (``…``).
-
-    Columns as :func:`width` counts them (*measure*): a wide character takes two.
-    """
-    if text.isascii() and measure is width:
-        return text if len(text) <= cells else text[: max(cells - 1, 0)] + "…"
-    if measure(text) <= cells:
-        return text
-    kept, used = [], 0
-    for char in text:
-        used += measure(char)
-        if used > cells - 1:
-            break
-        kept.append(char)
-    return "".join(kept) + "…"
-
-
 def _cell(value: object, key: str) -> str:
     """A table cell: ``-`` for nothing; arguments and other lists or objects cut short."""
     if value is None:
@@ -433,89 +188,3 @@ def _cell(value: object, key: str) -> str:
         text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
         return cut(escape(text, ARGUMENTS_WIDTH * 2), ARGUMENTS_WIDTH)
     return value_text(value, key)
-
-
-def value_text(value: object, key: str | None = None) -> str:
-    """One value as people read it.
-
-    JSON's words for ``true``, ``false`` and ``null``; a duration or a size when *key* says
-    the number is one; lists and objects as JSON; everything escaped.
-    """
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int | float) and key is not None:
-        if key in DURATION_KEYS:
-            return duration_text(value)
-        if key in SIZE_KEYS:
-            return size_text(value)
-        if key in TIME_KEYS:
-            return date_text(value)
-    if isinstance(value, list | dict):
-        return shown(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str))
-    return shown(value)
-
-
-MAX_WHOLE_DAYS: Final = 99_999
-"""Longest duration, in days, written in whole days; beyond, in days with 3 digits
-(``1.16e+295 d``): a reply may hold any number."""
-
-
-def duration_text(seconds: float) -> str:
-    """*seconds* for people: ``250 ms``, ``9.4 s``, ``42 s``, ``3 min 5 s``, ``2 h 10 min``."""
-    if seconds < 0:
-        return f"-{duration_text(-seconds)}"
-    if seconds >= MAX_WHOLE_DAYS * 86400:
-        return f"{seconds / 86400:.3g} d"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    minutes, secs = divmod(whole, 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    if minutes:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-    return f"{secs} s"
-
-
-def date_text(seconds: float) -> str:
-    """*seconds* since the epoch as a local date and time, ``2026-11-29 16:15:48``.
-
-    A number no clock can show (a reply may hold any) is shown as it is.
-    """
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
-    except (OverflowError, OSError, ValueError):
-        return f"{seconds:g}"
-
-
-SIZE_UNITS: Final = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-"""Binary units of :func:`size_text`, beyond bytes."""
-
-
-def size_text(size: float) -> str:
-    """*size* bytes for people: ``512 B``, ``12.0 KiB``, ``28.4 MiB``, ``1.50 GiB``.
-
-    A size beyond the units (a reply may hold any number) keeps 3 digits: ``8.67e+279 EiB``.
-    """
-    if size < 0:
-        return f"-{size_text(-size)}"
-    if size < 1024:
-        return f"{size:.0f} B"
-    for power, unit in enumerate(SIZE_UNITS, start=1):
-        scaled = size / 1024**power
-        if scaled < 1024 or unit == SIZE_UNITS[-1]:
-            break
-    if scaled >= 1024:
-        return f"{scaled:.3g} {unit}"
-    return f"{scaled:.2f} {unit}" if power >= 3 else f"{scaled:.1f} {unit}"
-
-
-def shown(value: object) -> str:
-    """Return *value* for the terminal: whole, with its non-printable characters escaped."""
-    return escape(value, limit=None)

@@ -38,8 +38,8 @@ from dispatcher.server.ctl_arguments import seconds_between
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from dispatcher.server.ctl_top_data import Poll
     from dispatcher.server.ctl_top_poll import Collector
-    from dispatcher.server.ctl_top_text import Poll
 
 T = TypeVar("T")
 

@@ -3,9 +3,9 @@
 The same content as the rich screen (:mod:`dispatcher.server.ctl_top_render`), as lines:
 a header, a block per service (its counters, its workers, its recent failures), the
 services that did not answer, the durable queues and the notes. Tables are aligned as
-the other commands align theirs (:func:`dispatcher.server.ctl_render.aligned`) and, given
+the other commands align theirs (:func:`dispatcher.server.ctl_columns.aligned`) and, given
 the terminal's width, fitted to it as the rich screen's are
-(:func:`dispatcher.server.ctl_top_text.fit_table`): each row then takes one line, a
+(:func:`dispatcher.server.ctl_top_fit_width.fit_table`): each row then takes one line, a
 failure's error cut short to the room left.
 """
 
@@ -14,19 +14,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from dispatcher.server.ctl_render import aligned, cut, shown
-from dispatcher.server.ctl_render import width as width_of
+from dispatcher.server.ctl_columns import aligned, cut, shown
+from dispatcher.server.ctl_columns import width as width_of
+from dispatcher.server.ctl_top_data import Poll, node_of
+from dispatcher.server.ctl_top_fit_width import COLUMN_GAP, fit_table
 from dispatcher.server.ctl_top_text import (
-    COLUMN_GAP,
     ERROR_WIDTH,
     FAILURE_COLUMNS,
     QUEUE_COLUMNS,
     WORKER_COLUMNS,
-    Poll,
     failure_rows,
-    fit_table,
     header_text,
-    node_of,
     older_failures,
     queue_rows,
     recent_failures,

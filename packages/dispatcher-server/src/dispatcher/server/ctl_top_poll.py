@@ -4,7 +4,7 @@ One ``status`` request per refresh (it carries ``workers``, ``running``, the cou
 ``recent_failures``), and, when the config has ``brokers.pg_queue``, one sample of the
 durable queues' depth over a connection kept open between refreshes (the query the service's
 own sampler runs, see :mod:`dispatcher.server.brokers.pg_queue.sampler`). Failures become
-notes on the :class:`~dispatcher.server.ctl_top_text.Poll`, never exceptions: the live
+notes on the :class:`~dispatcher.server.ctl_top_data.Poll`, never exceptions: the live
 view shows them and tries again at the next refresh. Each part of a poll has a deadline of
 its own (:attr:`Collector.deadline`), so that a database that stops answering mid-way (a
 network partition) cannot freeze the view.
@@ -23,8 +23,9 @@ from dispatcher.config import Settings
 from dispatcher.control import ControlResult, acontrol_with_reply
 from dispatcher.publish import BrokerUnavailable, PublishError, describe_server
 from dispatcher.server.brokers.pg_queue.sampler import QueueSampler, sampling_connection
-from dispatcher.server.ctl_render import control_channel, control_failure, no_service_found, shown
-from dispatcher.server.ctl_top_text import Poll
+from dispatcher.server.ctl_columns import shown
+from dispatcher.server.ctl_reply_notes import control_channel, control_failure, no_service_found
+from dispatcher.server.ctl_top_data import Poll
 from dispatcher.server.log_text import first_line
 from dispatcher.server.stats import QueueDepth
 

@@ -3,9 +3,9 @@
 Nothing here talks to a service or a terminal: :func:`screen` turns one :class:`Poll` (and
 the one before it, for rates) into what is drawn, from the strings
 :mod:`dispatcher.server.ctl_top_text` makes of it. Every value from a reply is shown escaped
-(see :func:`dispatcher.server.ctl_render.shown`) and as plain text, never as rich markup: a
+(see :func:`dispatcher.server.ctl_columns.shown`) and as plain text, never as rich markup: a
 task name or an error cannot style the screen or send the terminal control sequences.
-A table fits the width it is drawn in (see :func:`dispatcher.server.ctl_top_text.fit_table`):
+A table fits the width it is drawn in (see :func:`dispatcher.server.ctl_top_fit_width.fit_table`):
 its rows take one line each, only a failure's error wraps, in the room left.
 """
 
@@ -21,24 +21,21 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from dispatcher.server.ctl_render import shown
+from dispatcher.server.ctl_columns import shown
+from dispatcher.server.ctl_top_data import Poll, Rates, node_of, rates
 from dispatcher.server.ctl_top_fit import FittedScreen
+from dispatcher.server.ctl_top_fit_width import fit_table
 from dispatcher.server.ctl_top_text import (
     ERROR_WIDTH,
     FAILURE_COLUMNS,
     FAILURES_SHOWN,
     QUEUE_COLUMNS,
     WORKER_COLUMNS,
-    Poll,
-    Rates,
     failure_rows,
-    fit_table,
     header_text,
     more_line,
-    node_of,
     older_failures,
     queue_rows,
-    rates,
     recent_failures,
     rejected_line,
     summary_lines,
@@ -69,7 +66,7 @@ WRAPPED_WIDTH: Final = 8
 
 WRAPPED: Final = frozenset({"error", "ready", "delayed", "oldest ready waited"})
 """Columns that wrap when they must; the others never do (they are cut short, see
-:func:`dispatcher.server.ctl_top_text.fit_table`)."""
+:func:`dispatcher.server.ctl_top_fit_width.fit_table`)."""
 
 
 def screen(
@@ -178,7 +175,7 @@ def workers_table(
     """A row per worker: what it runs (task, uuid, for how long), tasks done, memory.
 
     Fitted to the *width* it is drawn in: each row takes one line (see
-    :func:`dispatcher.server.ctl_top_text.fit_table`). With *shown_rows*, only the first
+    :func:`dispatcher.server.ctl_top_fit_width.fit_table`). With *shown_rows*, only the first
     ones (:func:`service_panel` says how many more there are).
     """
     table = _table(WORKER_COLUMNS, worker_rows(reply)[:shown_rows], width)
@@ -192,8 +189,9 @@ def workers_table(
 def failures_table(failures: list[Any], now: float, width: int | None = None) -> Table:
     """The newest failures (:data:`FAILURES_SHOWN`): when, how, task, uuid, error line.
 
-    Fitted to the *width* it is drawn in (see :func:`dispatcher.server.ctl_top_text.fit_table`):
-    the error keeps at least :data:`ERROR_WIDTH` columns and wraps in them.
+    Fitted to the *width* it is drawn in (see
+    :func:`dispatcher.server.ctl_top_fit_width.fit_table`): the error keeps at least
+    :data:`ERROR_WIDTH` columns and wraps in them.
     """
     entries = [f for f in failures if isinstance(f, dict)]
     table = _table(FAILURE_COLUMNS, failure_rows(entries, now), width, "recent failures")
