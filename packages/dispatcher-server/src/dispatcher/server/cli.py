@@ -61,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with held_stop_signals() as release:  # first: the modules take a while to import
         try:
             options = parser().parse_args(argv)
+            from dispatcher.server.host import unsupported_host
+
+            why = unsupported_host()
+            if why is not None:
+                print(f"dispatcher-standalone: {why}", file=sys.stderr)
+                return EXIT_USAGE
             stop_if_signalled()
             return _run(options, release)
         except KeyboardInterrupt:

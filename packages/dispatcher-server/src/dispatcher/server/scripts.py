@@ -15,8 +15,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from dispatcher.config.libpq import exit_without_libpq
-
 EXIT_USAGE = 2
 
 
@@ -25,19 +23,30 @@ def dispatcherctl() -> None:
     try:
         from dispatcher.server.ctl import entry_point
     except ImportError as exc:
+        from dispatcher.config.libpq import exit_without_libpq
+
         exit_without_libpq("dispatcherctl", exc)
         raise
     entry_point()
 
 
 def dispatcher_standalone() -> None:
-    """``dispatcher-standalone``: :func:`dispatcher.server.cli.entry_point`."""
-    refuse_unsupported_host(sys.argv[1:])
+    """``dispatcher-standalone``: :func:`dispatcher.server.cli.entry_point`.
+
+    Imports nothing before the command holds its stop signals (see
+    :mod:`dispatcher.server.early_signals`), except on a host that is not Linux, where the
+    command refuses at once; the kernel's part of the check (``pidfd_open``) is made by the
+    command itself, with the signals held.
+    """
+    if not sys.platform.startswith("linux"):
+        refuse_unsupported_host(sys.argv[1:])
     from dispatcher.server.cli import entry_point  # (which imports psycopg later, if needed)
 
     try:
         entry_point()
     except ImportError as exc:
+        from dispatcher.config.libpq import exit_without_libpq
+
         exit_without_libpq("dispatcher-standalone", exc)
         raise
 
