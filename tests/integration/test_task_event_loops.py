@@ -144,7 +144,8 @@ def test_a_keyboard_interrupt_through_gather_blames_the_task_for_its_leftovers_o
     """The worker's own asyncio.sleep(0), interrupted too, was listed as the task's leftover."""
     done = worker.run(TASKS + "interrupted_in_gather", uuid="u-kbi")
     assert done["outcome"] == "error", done
-    [warning] = [line for line in worker.log.splitlines() if "left asyncio tasks pending" in line]
+    log = worker.wait_for_log("left asyncio tasks pending")
+    [warning] = [line for line in log.splitlines() if "left asyncio tasks pending" in line]
     assert warning.count("(asyncio task ") == 1, warning
 
 

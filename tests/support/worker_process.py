@@ -33,6 +33,10 @@ os._exit(0)  # as under the fork server: a thread a task left running is not wai
 """
 
 
+LOG_SETTLE_MOST = 2.0
+"""Seconds the worker's log is waited for to be still, at most."""
+
+
 class WorkerProcess:
     """A worker importing *modules*, its log in *log_path*; use as a context manager.
 
@@ -70,7 +74,21 @@ class WorkerProcess:
 
     @property
     def log(self) -> str:
-        """What the worker has logged so far."""
+        """What the worker has logged so far, once its log has been still for a moment.
+
+        A worker writes its lines from a thread of its own (a task's end is reported before
+        its lines are written): the log read right after an event may not hold them yet.
+        """
+        still, size = 0, -1
+        deadline = time.monotonic() + LOG_SETTLE_MOST
+        while still < 3 and time.monotonic() < deadline:
+            current = self.log_path.stat().st_size
+            still = still + 1 if current == size else 0
+            size = current
+            time.sleep(0.02)
+        return self._read_log()
+
+    def _read_log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def event(self, timeout: float = 10) -> dict[str, Any]:
@@ -99,7 +117,7 @@ class WorkerProcess:
     def wait_for_log(self, text: str, timeout: float = 10) -> str:
         """Wait until the log holds *text*; return the log."""
         deadline = time.monotonic() + timeout
-        while text not in (log := self.log):
+        while text not in (log := self._read_log()):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{text!r} not in the worker's log:\n{log}")
             time.sleep(0.02)
