@@ -13,8 +13,8 @@ from typing import Any
 
 from dispatcher.control.local import control_payloads
 from dispatcher.control.result import MAX_CONTROL_TIMEOUT, ControlResult
-from dispatcher.publish.connections import sync_require_loop
 from dispatcher.publish.errors import InvalidSubmission, PublishError
+from dispatcher.publish.event_loops import sync_require_loop
 from dispatcher.publish.json_values import (
     may_hold_converted_key,
     may_hold_too_long_integer,

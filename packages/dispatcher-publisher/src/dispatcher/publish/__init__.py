@@ -28,8 +28,8 @@ its password).
 # retiring lets go of the connections no config needs once another one is set up.
 from dispatcher.publish import libpq, retiring  # noqa: F401
 from dispatcher.publish.batching import Batch
+from dispatcher.publish.broker_errors import broker_unavailable
 from dispatcher.publish.chunking import ChunkAssembler, split_message
-from dispatcher.publish.connections import broker_unavailable, describe_server
 from dispatcher.publish.decorator import (
     BoundTask,
     BoundTaskDecorator,
@@ -56,6 +56,7 @@ from dispatcher.publish.notify_sync import ConnectionProvider, close_connections
 from dispatcher.publish.queue_async import aget_job, ajobs
 from dispatcher.publish.queue_sync import get_job, jobs
 from dispatcher.publish.registry import Queue, RegisteredTask, TaskRegistry, registry
+from dispatcher.publish.server_description import describe_server
 from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import AsyncBatchBlock, abatch, asubmit_task
 from dispatcher.publish.submit_sync import BatchBlock, batch, submit_task

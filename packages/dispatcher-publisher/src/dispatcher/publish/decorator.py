@@ -13,7 +13,7 @@ from psycopg import AsyncConnection, Connection
 
 from dispatcher.publish import interception
 from dispatcher.publish.arguments import bind_problem, display_signature, shown_signature
-from dispatcher.publish.connections import expect_connection
+from dispatcher.publish.caller_connections import expect_connection
 from dispatcher.publish.errors import RegistrationError
 from dispatcher.publish.json_values import shown
 from dispatcher.publish.messages import ProcessorOptions, processor_option_values

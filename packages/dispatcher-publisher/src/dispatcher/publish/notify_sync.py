@@ -16,33 +16,25 @@ from psycopg import Connection, Cursor, sql
 from psycopg.pq import TransactionStatus
 
 from dispatcher.config.forking import at_fork
-from dispatcher.publish.brokers import ReplyCollector, wait_until
-from dispatcher.publish.connections import (
-    CALLER_CONNECTION,
-    LOCK_WAIT,
-    NOTIFY_ONE,
+from dispatcher.publish.broker_errors import (
     ROLLED_BACK,
-    IdleWatch,
-    Owner,
-    abandon,
     broker_failure,
     broker_unavailable,
-    caller_connection,
-    caller_lost,
-    connect_options,
-    describe_server,
-    notify_statement,
     rolled_back,
     stopped_answering,
-    sync_close_when_free,
-    sync_in_loop,
-    sync_inside,
-    sync_later,
-    sync_opening_lock,
-    sync_owner,
 )
+from dispatcher.publish.brokers import ReplyCollector, wait_until
+from dispatcher.publish.caller_connections import CALLER_CONNECTION, caller_connection, caller_lost
+from dispatcher.publish.closing import LOCK_WAIT, sync_close_when_free, sync_later
+from dispatcher.publish.connection_owners import Owner, abandon, sync_owner
+from dispatcher.publish.connection_settings import connect_options
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
+from dispatcher.publish.event_loops import sync_in_loop
+from dispatcher.publish.idle_check import IdleWatch
 from dispatcher.publish.jsonb import tolerant_adapters
+from dispatcher.publish.notify_statements import NOTIFY_ONE, notify_statement
+from dispatcher.publish.provider_locks import sync_inside, sync_opening_lock
+from dispatcher.publish.server_description import describe_server
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     SERVICE_NAME_PREFIX,

@@ -15,14 +15,13 @@ from psycopg.pq import TransactionStatus
 
 from dispatcher.config import ConfigError, NotConfiguredError, get_settings
 from dispatcher.config.settings import dispatcherctl_command
-from dispatcher.publish.connections import (
+from dispatcher.publish.broker_errors import (
     UNTRANSLATABLE,
     TextNotStorable,
-    caller_connection,
-    caller_lost,
     first_line,
     server_encoding,
 )
+from dispatcher.publish.caller_connections import caller_connection, caller_lost
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.job import (
     Job,

@@ -24,7 +24,8 @@ from dispatcher.publish.batching import (
     sending_config,
 )
 from dispatcher.publish.brokers import Outgoing, PublishBroker, is_job_broker
-from dispatcher.publish.connections import expect_connection, in_use_here, sync_require_loop
+from dispatcher.publish.caller_connections import expect_connection, in_use_here
+from dispatcher.publish.event_loops import sync_require_loop
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
 from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_queue import PgQueuePublisher
