@@ -51,8 +51,10 @@ from dispatcher.publish.errors import (
 )
 from dispatcher.publish.job import JOB_STATES, Job, JobState
 from dispatcher.publish.messages import ProcessorOptions, prepare_submission
-from dispatcher.publish.notify_async import AsyncConnectionProvider, aclose_connections
-from dispatcher.publish.notify_sync import ConnectionProvider, close_connections
+from dispatcher.publish.provider_async import AsyncConnectionProvider
+from dispatcher.publish.provider_registry_async import aclose_connections
+from dispatcher.publish.provider_registry_sync import close_connections
+from dispatcher.publish.provider_sync import ConnectionProvider
 from dispatcher.publish.queue_async import aget_job, ajobs
 from dispatcher.publish.queue_sync import get_job, jobs
 from dispatcher.publish.registry import Queue, RegisteredTask, TaskRegistry, registry

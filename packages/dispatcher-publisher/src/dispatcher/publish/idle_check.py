@@ -17,7 +17,7 @@ def closed_while_idle(connection: BaseConnection[Any]) -> bool:
     error of a ``pg_terminate_backend()``, a shutdown or an idle timeout (the server's, a
     pooler's), then the end of the stream; rarely, a notice or a changed parameter (then
     the connection is replaced for nothing). Checked before each NOTIFY, which is never
-    sent twice (see :class:`~dispatcher.publish.notify_async.AsyncConnectionProvider`),
+    sent twice (see :class:`~dispatcher.publish.provider_async.AsyncConnectionProvider`),
     through an :class:`IdleWatch` kept with the connection.
     """
     return IdleWatch(connection).closed()

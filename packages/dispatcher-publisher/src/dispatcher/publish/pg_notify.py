@@ -14,10 +14,10 @@ from dispatcher.publish.connection_factory import ConnectionFactory
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.notify_async import acontrol_with_reply as acollect_replies
 from dispatcher.publish.notify_async import asend as anotify
-from dispatcher.publish.notify_async import shared_provider as shared_async_provider
 from dispatcher.publish.notify_sync import control_with_reply as collect_replies
 from dispatcher.publish.notify_sync import send as notify
-from dispatcher.publish.notify_sync import shared_provider
+from dispatcher.publish.provider_registry_async import shared_provider as shared_async_provider
+from dispatcher.publish.provider_registry_sync import shared_provider
 
 
 class PgNotifyPublisher:

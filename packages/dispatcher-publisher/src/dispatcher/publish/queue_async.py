@@ -35,13 +35,13 @@ from dispatcher.publish.job import (
     may_be_stored,
 )
 from dispatcher.publish.jsonb import register_tolerant_jsonb
-from dispatcher.publish.notify_async import shared_provider
 from dispatcher.publish.pg_text import (
     checked_by_the_server,
     job_not_storable,
     job_refused,
     unstorable,
 )
+from dispatcher.publish.provider_registry_async import shared_provider
 from dispatcher.publish.timestamps import session_zone
 from dispatcher.schema import migrations
 
