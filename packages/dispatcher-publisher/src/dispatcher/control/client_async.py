@@ -22,7 +22,7 @@ from dispatcher.publish.json_values import (
     shown,
     unsendable_reason,
 )
-from dispatcher.publish.messages import too_deep
+from dispatcher.publish.message_text import too_deep
 from dispatcher.publish.routing import control_broker
 from dispatcher.publish.signing import signed, signing_key
 from dispatcher.schema import (

@@ -50,7 +50,8 @@ from dispatcher.publish.errors import (
     RegistrationError,
 )
 from dispatcher.publish.job import JOB_STATES, Job, JobState
-from dispatcher.publish.messages import ProcessorOptions, prepare_submission
+from dispatcher.publish.messages import prepare_submission
+from dispatcher.publish.processor_options import ProcessorOptions
 from dispatcher.publish.provider_async import AsyncConnectionProvider
 from dispatcher.publish.provider_registry_async import aclose_connections
 from dispatcher.publish.provider_registry_sync import close_connections
