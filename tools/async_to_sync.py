@@ -96,23 +96,56 @@ SUBMIT = Twin(
 NOTIFY = Twin(
     source=PUBLISHER / "publish/notify_async.py",
     target=PUBLISHER / "publish/notify_sync.py",
-    summary="The pg_notify broker's I/O from synchronous code.",
+    summary="The pg_notify broker's sends from synchronous code: task NOTIFYs, control commands.",
     renames={
-        "AsyncConnectionProvider": "ConnectionProvider",
+        "AsyncConnection": "Connection",
+        "provider_registry_async": "provider_registry_sync",
+        "asend": "send",
+        "acontrol_with_reply": "control_with_reply",
+    },
+    # The refusal of a connection of the wrong kind names the function to use instead.
+    strings={"asubmit_task": "submit_task", "submit_task": "asubmit_task"},
+)
+
+SLOTS = Twin(
+    source=PUBLISHER / "publish/slots_async.py",
+    target=PUBLISHER / "publish/slots_sync.py",
+    summary="The connections of one provider, one per owner, from synchronous code.",
+    renames={
+        "AsyncSlots": "Slots",
         "AsyncConnection": "Connection",
         "AsyncCursor": "Cursor",
         "async_owner": "sync_owner",
         "async_opening_lock": "sync_opening_lock",
         "async_close_when_free": "sync_close_when_free",
         "async_later": "sync_later",
+    },
+)
+
+PROVIDER = Twin(
+    source=PUBLISHER / "publish/provider_async.py",
+    target=PUBLISHER / "publish/provider_sync.py",
+    summary="The SDK's own connection to one conninfo, from synchronous code.",
+    renames={
+        "AsyncConnectionProvider": "ConnectionProvider",
+        "AsyncConnection": "Connection",
+        "AsyncCursor": "Cursor",
+        "AsyncSlots": "Slots",
+        "slots_async": "slots_sync",
         "async_inside": "sync_inside",
+    },
+)
+
+PROVIDER_REGISTRY = Twin(
+    source=PUBLISHER / "publish/provider_registry_async.py",
+    target=PUBLISHER / "publish/provider_registry_sync.py",
+    summary="The SDK's own connections, one provider per conninfo, from synchronous code.",
+    renames={
+        "AsyncConnectionProvider": "ConnectionProvider",
+        "provider_async": "provider_sync",
         "async_in_loop": "sync_in_loop",
         "aclose_connections": "close_connections",
-        "asend": "send",
-        "acontrol_with_reply": "control_with_reply",
     },
-    # The refusal of a connection of the wrong kind names the function to use instead.
-    strings={"asubmit_task": "submit_task", "submit_task": "asubmit_task"},
 )
 
 QUEUE = Twin(
@@ -122,7 +155,7 @@ QUEUE = Twin(
     renames={
         "AsyncConnection": "Connection",
         "AsyncCursor": "Cursor",
-        "notify_async": "notify_sync",
+        "provider_registry_async": "provider_registry_sync",
         "astore": "store",
         "aget_job": "get_job",
         "ajobs": "jobs",
@@ -216,7 +249,18 @@ CONTROL_TESTS = Twin(
     async_only=frozenset({"pytestmark", "anyio_backend"}),
 )
 
-TWINS = (SUBMIT, NOTIFY, QUEUE, CONTROL, PUBLISH_TESTS, CONTROL_TESTS, DURABLE_TESTS)
+TWINS = (
+    SUBMIT,
+    NOTIFY,
+    SLOTS,
+    PROVIDER,
+    PROVIDER_REGISTRY,
+    QUEUE,
+    CONTROL,
+    PUBLISH_TESTS,
+    CONTROL_TESTS,
+    DURABLE_TESTS,
+)
 
 LEFTOVER_NAMES = frozenset(
     {

@@ -10,7 +10,7 @@ import select
 import psycopg
 import pytest
 
-from dispatcher.publish.connections import closed_while_idle
+from dispatcher.publish.idle_check import closed_while_idle
 from support.service import wait_until
 
 

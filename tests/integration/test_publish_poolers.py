@@ -12,7 +12,7 @@ from psycopg.conninfo import make_conninfo
 
 from dispatcher.config import reset, setup
 from dispatcher.publish import close_connections, submit_task
-from dispatcher.publish.notify_sync import shared_provider
+from dispatcher.publish.provider_registry_sync import shared_provider
 
 
 @pytest.mark.parametrize("pooled", [True, False])

@@ -38,7 +38,7 @@ from dispatcher.publish import (
     batch,
     close_connections,
 )
-from dispatcher.publish.notify_sync import shared_provider
+from dispatcher.publish.provider_registry_sync import shared_provider
 from support import tasks
 from support.postgres import wait_for_notifies
 from support.proxy import DatabaseProxy
@@ -404,7 +404,7 @@ import json, signal, sys, threading, time, faulthandler
 import psycopg
 from dispatcher.config import setup
 from dispatcher.publish import PublishError
-from dispatcher.publish.notify_sync import shared_provider
+from dispatcher.publish.provider_registry_sync import shared_provider
 from support import tasks
 
 faulthandler.dump_traceback_later(30, exit=True)  # a hang: its stacks, then exit

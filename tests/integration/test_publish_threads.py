@@ -16,9 +16,10 @@ import psycopg
 import pytest
 
 from dispatcher.config import Settings
-from dispatcher.publish import Submission, batch, close_connections, notify_sync
+from dispatcher.publish import Submission, batch, close_connections, provider_registry_sync
 from dispatcher.publish.errors import BrokerUnavailable
-from dispatcher.publish.notify_sync import ConnectionProvider, shared_provider
+from dispatcher.publish.provider_registry_sync import shared_provider
+from dispatcher.publish.provider_sync import ConnectionProvider
 from support import tasks
 from support.postgres import wait_for_notifies
 from support.service import wait_until
@@ -175,10 +176,10 @@ def test_closing_the_connections_while_this_thread_holds_a_provider_lock_does_no
     pg_dsn: str, pg_conn: psycopg.Connection[Any], channel: str, held: str
 ) -> None:
     """As a signal handler does when it interrupts its thread taking a connection (the
-    provider's lock, in _slot() or _connection_of()) or a provider (shared_provider()'s)."""
+    provider's lock, in its slots' current() or connection_of()) or a provider (shared_provider()'s)."""
     provider = shared_provider(pg_dsn)
     pid = backend_of(provider)
-    lock = provider._lock if held == "provider" else notify_sync._providers_lock
+    lock = provider.slots._lock if held == "provider" else provider_registry_sync._providers_lock
     returned = threading.Event()
 
     def close_holding_the_lock() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.publish.connections import (
+from dispatcher.publish.connection_settings import (
     LIVENESS,
     TCP_USER_TIMEOUT,
     connect_options,

@@ -10,6 +10,11 @@ from support.tools import load_tool
 GENERATED = {
     "packages/dispatcher-publisher/src/dispatcher/publish/submit_sync.py": "submit_async.py",
     "packages/dispatcher-publisher/src/dispatcher/publish/notify_sync.py": "notify_async.py",
+    "packages/dispatcher-publisher/src/dispatcher/publish/slots_sync.py": "slots_async.py",
+    "packages/dispatcher-publisher/src/dispatcher/publish/provider_sync.py": "provider_async.py",
+    "packages/dispatcher-publisher/src/dispatcher/publish/provider_registry_sync.py": (
+        "provider_registry_async.py"
+    ),
     "packages/dispatcher-publisher/src/dispatcher/publish/queue_sync.py": "queue_async.py",
     "packages/dispatcher-publisher/src/dispatcher/control/client_sync.py": "client_async.py",
     "tests/integration/test_publish.py": "test_publish_async.py",

@@ -26,7 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.config import get_settings, reset, setup
-from dispatcher.publish import InvalidSubmission, prepare_submission, uuids
+from dispatcher.publish import (
+    InvalidSubmission,
+    message_routes,
+    message_text,
+    prepare_submission,
+    uuids,
+)
 from dispatcher.publish import messages as messages_module
 from dispatcher.publish.fast_path import RULES, rules_from_schema, surely_valid
 from dispatcher.schema import ON_DUPLICATE_MODES, load_schema, validator
@@ -270,7 +276,7 @@ def test_prepare_is_the_same_with_and_without_the_shortcuts(
 
 def _text_or_refusal(message: dict[str, Any], *, plain: bool) -> str:
     try:
-        return messages_module._serialise("t", message, plain=plain)
+        return message_text.serialise("t", message, plain=plain)
     except InvalidSubmission as exc:
         return f"refused: {exc}"
 
@@ -347,13 +353,13 @@ def test_signing_follows_the_config() -> None:
 
 
 def test_remembered_routes_are_bounded() -> None:
-    limit = messages_module.MAX_REMEMBERED_ROUTES
+    limit = message_routes.MAX_REMEMBERED_ROUTES
     for n in range(limit + 10):
         assert (
             prepare_submission(tasks.add, args=[1, 2], queue=lambda n=n: f"tenant_{n}").channel
             == f"tenant_{n}"
         )
-    assert len(messages_module._routes.get(get_settings())) <= limit
+    assert len(message_routes._routes.get(get_settings())) <= limit
 
 
 def test_an_odd_queue_function_result_is_refused_as_before() -> None:

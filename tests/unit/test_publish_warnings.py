@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dispatcher.config import reset, setup
-from dispatcher.publish import InvalidSubmission, messages, prepare_submission, submit_task
+from dispatcher.publish import InvalidSubmission, message_routes, prepare_submission, submit_task
 from dispatcher.testing import captured
 from support import testing_tasks as tasks
 
@@ -165,7 +165,9 @@ def test_no_warning_without_config_or_without_channels(caplog: pytest.LogCapture
 def test_the_check_runs_once_per_queue_not_per_submission(monkeypatch: pytest.MonkeyPatch) -> None:
     configure()
     checked: list[str] = []
-    monkeypatch.setattr(messages, "check_queue", lambda queue, settings: checked.append(queue))
+    monkeypatch.setattr(
+        message_routes, "check_queue", lambda queue, settings: checked.append(queue)
+    )
     for _ in range(100):
         prepare_submission(tasks.add, args=[1, 2], queue="myapp")
         prepare_submission(tasks.add, args=[1, 2], queue="reports")

@@ -13,13 +13,8 @@ from typing import Any
 import psycopg
 
 from dispatcher.publish import BrokerUnavailable, PublishError
-from dispatcher.publish.connections import (
-    all_attempts,
-    broker_failure,
-    broker_unavailable,
-    refused_for_good,
-    with_cause,
-)
+from dispatcher.publish.broker_errors import all_attempts, broker_failure, broker_unavailable
+from dispatcher.publish.refusals import refused_for_good, with_cause
 
 SEVERAL = "host=db1,db2 port=5432,5433 dbname=app user=web"
 

@@ -13,15 +13,15 @@ from typing import Any
 
 from dispatcher.control.local import control_payloads
 from dispatcher.control.result import MAX_CONTROL_TIMEOUT, ControlResult
-from dispatcher.publish.connections import sync_require_loop
 from dispatcher.publish.errors import InvalidSubmission, PublishError
+from dispatcher.publish.event_loops import sync_require_loop
 from dispatcher.publish.json_values import (
     may_hold_converted_key,
     may_hold_too_long_integer,
     shown,
     unsendable_reason,
 )
-from dispatcher.publish.messages import too_deep
+from dispatcher.publish.message_text import too_deep
 from dispatcher.publish.routing import control_broker
 from dispatcher.publish.signing import signed, signing_key
 from dispatcher.schema import (

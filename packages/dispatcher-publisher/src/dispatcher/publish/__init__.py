@@ -28,8 +28,8 @@ its password).
 # retiring lets go of the connections no config needs once another one is set up.
 from dispatcher.publish import libpq, retiring  # noqa: F401
 from dispatcher.publish.batching import Batch
+from dispatcher.publish.broker_errors import broker_unavailable
 from dispatcher.publish.chunking import ChunkAssembler, split_message
-from dispatcher.publish.connections import broker_unavailable, describe_server
 from dispatcher.publish.decorator import (
     BoundTask,
     BoundTaskDecorator,
@@ -50,12 +50,16 @@ from dispatcher.publish.errors import (
     RegistrationError,
 )
 from dispatcher.publish.job import JOB_STATES, Job, JobState
-from dispatcher.publish.messages import ProcessorOptions, prepare_submission
-from dispatcher.publish.notify_async import AsyncConnectionProvider, aclose_connections
-from dispatcher.publish.notify_sync import ConnectionProvider, close_connections
+from dispatcher.publish.messages import prepare_submission
+from dispatcher.publish.processor_options import ProcessorOptions
+from dispatcher.publish.provider_async import AsyncConnectionProvider
+from dispatcher.publish.provider_registry_async import aclose_connections
+from dispatcher.publish.provider_registry_sync import close_connections
+from dispatcher.publish.provider_sync import ConnectionProvider
 from dispatcher.publish.queue_async import aget_job, ajobs
 from dispatcher.publish.queue_sync import get_job, jobs
 from dispatcher.publish.registry import Queue, RegisteredTask, TaskRegistry, registry
+from dispatcher.publish.server_description import describe_server
 from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import AsyncBatchBlock, abatch, asubmit_task
 from dispatcher.publish.submit_sync import BatchBlock, batch, submit_task

@@ -18,7 +18,8 @@ from typing import Any
 
 import psycopg
 
-from dispatcher.publish.connections import first_line, not_a_connection_hint, type_name
+from dispatcher.publish.broker_errors import first_line
+from dispatcher.publish.caller_connections import not_a_connection_hint, type_name
 from dispatcher.publish.errors import BrokerUnavailable, PublishError
 
 

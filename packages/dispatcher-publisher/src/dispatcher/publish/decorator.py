@@ -13,11 +13,11 @@ from psycopg import AsyncConnection, Connection
 
 from dispatcher.publish import interception
 from dispatcher.publish.arguments import bind_problem, display_signature, shown_signature
-from dispatcher.publish.connections import expect_connection
+from dispatcher.publish.caller_connections import expect_connection
 from dispatcher.publish.errors import RegistrationError
 from dispatcher.publish.json_values import shown
-from dispatcher.publish.messages import ProcessorOptions, processor_option_values
 from dispatcher.publish.mistakes import SUBMIT_OPTIONS, check_submit_options
+from dispatcher.publish.processor_options import ProcessorOptions, processor_option_values
 from dispatcher.publish.registry import Queue, RegisteredTask, registry
 from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import asubmit_task

@@ -21,7 +21,7 @@ from psycopg.adapt import AdaptersMap, Loader
 from psycopg.pq import Format
 from psycopg.types.json import JsonbLoader
 
-from dispatcher.publish.connections import first_line
+from dispatcher.publish.broker_errors import first_line
 
 JSONB_OID: Final = psycopg.adapters.types["jsonb"].oid
 

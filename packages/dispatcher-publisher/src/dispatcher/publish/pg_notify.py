@@ -9,15 +9,15 @@ import psycopg
 
 from dispatcher.config import PgNotifyBroker, Settings
 from dispatcher.publish.brokers import Outgoing, ReplyCollector
+from dispatcher.publish.caller_connections import in_transaction, in_use_here
 from dispatcher.publish.connection_factory import ConnectionFactory
-from dispatcher.publish.connections import in_transaction, in_use_here
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.notify_async import acontrol_with_reply as acollect_replies
 from dispatcher.publish.notify_async import asend as anotify
-from dispatcher.publish.notify_async import shared_provider as shared_async_provider
 from dispatcher.publish.notify_sync import control_with_reply as collect_replies
 from dispatcher.publish.notify_sync import send as notify
-from dispatcher.publish.notify_sync import shared_provider
+from dispatcher.publish.provider_registry_async import shared_provider as shared_async_provider
+from dispatcher.publish.provider_registry_sync import shared_provider
 
 
 class PgNotifyPublisher:

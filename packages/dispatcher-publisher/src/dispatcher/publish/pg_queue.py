@@ -19,9 +19,9 @@ from typing import Any, Final
 
 from dispatcher.config import PgQueueBroker, Settings
 from dispatcher.publish.brokers import Outgoing, ReplyCollector
-from dispatcher.publish.connections import notify_statement
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.job import quote_identifier
+from dispatcher.publish.notify_statements import notify_statement
 from dispatcher.publish.queue_async import astore
 from dispatcher.publish.queue_sync import store
 from dispatcher.publish.submission import Submission

@@ -15,14 +15,13 @@ from psycopg.pq import TransactionStatus
 
 from dispatcher.config import ConfigError, NotConfiguredError, get_settings
 from dispatcher.config.settings import dispatcherctl_command
-from dispatcher.publish.connections import (
+from dispatcher.publish.broker_errors import (
     UNTRANSLATABLE,
     TextNotStorable,
-    caller_connection,
-    caller_lost,
     first_line,
     server_encoding,
 )
+from dispatcher.publish.caller_connections import caller_connection, caller_lost
 from dispatcher.publish.errors import PublishError
 from dispatcher.publish.job import (
     Job,
@@ -34,13 +33,13 @@ from dispatcher.publish.job import (
     may_be_stored,
 )
 from dispatcher.publish.jsonb import register_tolerant_jsonb
-from dispatcher.publish.notify_sync import shared_provider
 from dispatcher.publish.pg_text import (
     checked_by_the_server,
     job_not_storable,
     job_refused,
     unstorable,
 )
+from dispatcher.publish.provider_registry_sync import shared_provider
 from dispatcher.publish.timestamps import session_zone
 from dispatcher.schema import migrations
 

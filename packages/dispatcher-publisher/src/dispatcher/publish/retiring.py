@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dispatcher.config import Settings
 from dispatcher.config.current import overriding_configs, when_replaced
-from dispatcher.publish import notify_async, notify_sync
+from dispatcher.publish import provider_registry_async, provider_registry_sync
 
 
 def databases(settings: Settings) -> set[str]:
@@ -24,8 +24,8 @@ def retire_unused(settings: Settings) -> None:
     keep = databases(settings)
     for other in overriding_configs():
         keep |= databases(other)
-    notify_sync.retire_providers(keep)
-    notify_async.retire_providers(keep)
+    provider_registry_sync.retire_providers(keep)
+    provider_registry_async.retire_providers(keep)
 
 
 when_replaced(retire_unused)

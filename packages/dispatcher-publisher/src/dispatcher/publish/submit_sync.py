@@ -24,10 +24,12 @@ from dispatcher.publish.batching import (
     sending_config,
 )
 from dispatcher.publish.brokers import Outgoing, PublishBroker, is_job_broker
-from dispatcher.publish.connections import expect_connection, in_use_here, sync_require_loop
-from dispatcher.publish.messages import ProcessorOptions, prepare_submission
+from dispatcher.publish.caller_connections import expect_connection, in_use_here
+from dispatcher.publish.event_loops import sync_require_loop
+from dispatcher.publish.messages import prepare_submission
 from dispatcher.publish.pg_notify import PgNotifyPublisher
 from dispatcher.publish.pg_queue import PgQueuePublisher
+from dispatcher.publish.processor_options import ProcessorOptions
 from dispatcher.publish.registry import Queue
 from dispatcher.publish.routing import log_sent, logger, plan
 from dispatcher.publish.submission import Submission

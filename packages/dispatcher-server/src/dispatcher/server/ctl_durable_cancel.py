@@ -14,8 +14,9 @@ from typing import Any
 import psycopg
 
 from dispatcher.config import Settings
-from dispatcher.publish.connections import UNTRANSLATABLE, note_server, server_encoding
+from dispatcher.publish.broker_errors import UNTRANSLATABLE, server_encoding
 from dispatcher.publish.pg_text import unstorable
+from dispatcher.publish.refusals import note_server
 from dispatcher.schema import DispatcherError
 from dispatcher.server import queue_admin, queue_admin_cancel, queue_admin_list
 from dispatcher.server.ctl_jobs_database import connect, database_error

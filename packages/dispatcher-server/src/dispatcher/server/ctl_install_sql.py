@@ -8,7 +8,8 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
-from dispatcher.publish.connections import connection_options, note_server, refused_for_good
+from dispatcher.publish.connection_settings import connection_options
+from dispatcher.publish.refusals import note_server, refused_for_good
 from dispatcher.schema import sql_publisher, sql_queue_publisher
 from dispatcher.server.ctl_columns import shown
 from dispatcher.server.ctl_exits import EXIT_MISSING, EXIT_OK, EXIT_USAGE

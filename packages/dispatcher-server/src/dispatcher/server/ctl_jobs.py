@@ -21,13 +21,9 @@ from typing import Any, Final
 import psycopg
 
 from dispatcher.config import PgQueueBroker, Settings
-from dispatcher.publish.connections import (
-    describe_connection,
-    hot_standby,
-    note_server,
-    refused_for_good,
-    server_encoding,
-)
+from dispatcher.publish.broker_errors import server_encoding
+from dispatcher.publish.refusals import hot_standby, note_server, refused_for_good
+from dispatcher.publish.server_description import describe_connection
 from dispatcher.schema import DispatcherError
 from dispatcher.server import (
     queue_admin,

@@ -12,7 +12,9 @@ from typing import Any, Final
 import psycopg
 
 from dispatcher.publish import broker_unavailable, describe_server
-from dispatcher.publish.connections import connection_options, stopped_answering, with_cause
+from dispatcher.publish.broker_errors import stopped_answering
+from dispatcher.publish.connection_settings import connection_options
+from dispatcher.publish.refusals import with_cause
 from dispatcher.server.log_text import first_line
 
 DOING: Final = {
@@ -27,7 +29,7 @@ DOING: Final = {
 def connect(conninfo: str) -> psycopg.Connection[Any]:
     """An autocommit connection for a queue command.
 
-    A dead peer is noticed (:func:`~dispatcher.publish.connections.connection_options`): a
+    A dead peer is noticed (:func:`~dispatcher.publish.connection_settings.connection_options`): a
     network partition in the middle of a command fails it within about 20 s.
     """
     return psycopg.connect(

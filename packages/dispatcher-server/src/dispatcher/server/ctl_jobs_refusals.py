@@ -12,7 +12,7 @@ from typing import Final
 
 import psycopg
 
-from dispatcher.publish.connections import UNTRANSLATABLE
+from dispatcher.publish.broker_errors import UNTRANSLATABLE
 from dispatcher.publish.mistakes import did_you_mean
 from dispatcher.publish.pg_text import (
     field_holding,

@@ -9,12 +9,9 @@ import psycopg
 
 from dispatcher.config import Settings
 from dispatcher.publish import broker_unavailable, describe_server
-from dispatcher.publish.connections import (
-    connection_options,
-    note_server,
-    refused_for_good,
-    stopped_answering,
-)
+from dispatcher.publish.broker_errors import stopped_answering
+from dispatcher.publish.connection_settings import connection_options
+from dispatcher.publish.refusals import note_server, refused_for_good
 from dispatcher.server.brokers.pg_queue.migrations import (
     VERSION_TABLE,
     MigrationError,

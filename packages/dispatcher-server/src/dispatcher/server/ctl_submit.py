@@ -18,9 +18,10 @@ import psycopg
 
 from dispatcher.config import Settings, install
 from dispatcher.publish import BrokerUnavailable, InvalidSubmission, PublishError, submit_task
+from dispatcher.publish.broker_errors import broker_unavailable
 from dispatcher.publish.brokers import is_job_broker
-from dispatcher.publish.connections import broker_unavailable, connection_options
-from dispatcher.publish.messages import no_default_queue
+from dispatcher.publish.connection_settings import connection_options
+from dispatcher.publish.message_routes import no_default_queue
 from dispatcher.publish.routing import broker_for, default_broker, publish_broker
 from dispatcher.schema import ON_DUPLICATE_MODES
 from dispatcher.server import queue_admin

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any, Final
 
-from dispatcher.publish.connections import first_line
+from dispatcher.publish.broker_errors import first_line
 from dispatcher.publish.json_values import unsendable_reason
 
 MAX_RESULT_BYTES: Final = 64 * 1024

@@ -22,7 +22,7 @@ from dispatcher.config import get_settings
 from dispatcher.contrib.django.databases import same_database
 from dispatcher.publish import OnDuplicate, Submission, interception, prepare_submission
 from dispatcher.publish.decorator import SubmissionMethods
-from dispatcher.publish.messages import ProcessorOptions
+from dispatcher.publish.processor_options import ProcessorOptions
 from dispatcher.publish.registry import Queue
 from dispatcher.publish.routing import broker_for
 from dispatcher.publish.submit_sync import send

@@ -12,7 +12,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from dispatcher.publish.connections import connection_options
+from dispatcher.publish.connection_settings import connection_options
 from dispatcher.server.resources import names_shortages
 
 
@@ -22,7 +22,7 @@ async def open_connection(conninfo: str, application_name: str) -> psycopg.Async
 
     With a connect timeout, TCP keepalives and a bound on unacknowledged data, so that a
     silently dead server is noticed within about 20 s (see
-    :data:`~dispatcher.publish.connections.LIVENESS`).
+    :data:`~dispatcher.publish.connection_settings.LIVENESS`).
     """
     return await psycopg.AsyncConnection.connect(
         conninfo,

@@ -24,7 +24,8 @@ from anyio.abc import TaskStatus
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import all_attempts, describe_connection
+from dispatcher.publish.broker_errors import all_attempts
+from dispatcher.publish.server_description import describe_connection
 from dispatcher.schema import (
     MAX_NOTIFY_PAYLOAD_BYTES,
     is_valid_channel_name,

@@ -22,7 +22,7 @@ from typing import Any, Final
 import anyio
 import psycopg
 
-from dispatcher.publish.connections import notify_statement
+from dispatcher.publish.notify_statements import notify_statement
 from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES
 from dispatcher.server.brokers.pg_notify.self_check import cancel_wait
 from dispatcher.server.cancelling import execute_within

@@ -28,7 +28,7 @@ import psycopg
 
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import NOTIFY_ONE
+from dispatcher.publish.notify_statements import NOTIFY_ONE
 from dispatcher.server.brokers.pg_notify.drain import Drain
 from dispatcher.server.cancelling import CANCEL_WAIT, StatementStuck, execute_within
 from dispatcher.server.log_records import get_logger

@@ -6,7 +6,9 @@ import psycopg
 
 from dispatcher.config import PgQueueBroker as PgQueueSettings
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import REFUSALS, all_attempts, connection_options
+from dispatcher.publish.broker_errors import all_attempts
+from dispatcher.publish.connection_settings import connection_options
+from dispatcher.publish.refusals import REFUSALS
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_queue import privileges
 from dispatcher.server.brokers.pg_queue.migrations import latest_version, problem, read_version

@@ -34,7 +34,7 @@ from typing import Any, Final
 import anyio
 import psycopg
 
-from dispatcher.publish.connections import all_attempts
+from dispatcher.publish.broker_errors import all_attempts
 from dispatcher.publish.pg_text import HOLDS_ANY_TEXT, python_codec
 from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.schema.log_fields import ATTEMPT

@@ -39,7 +39,9 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import IdleWatch, all_attempts, note_server, with_cause
+from dispatcher.publish.broker_errors import all_attempts
+from dispatcher.publish.idle_check import IdleWatch
+from dispatcher.publish.refusals import note_server, with_cause
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_connections import open_connection

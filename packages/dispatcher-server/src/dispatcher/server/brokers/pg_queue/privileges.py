@@ -22,7 +22,7 @@ from typing import Any, Final, NamedTuple
 
 import psycopg
 
-from dispatcher.publish.connections import with_cause
+from dispatcher.publish.refusals import with_cause
 from dispatcher.schema import DispatcherError
 from dispatcher.server.brokers.pg_queue import sql
 from dispatcher.server.brokers.pg_queue.migrations import VERSION_TABLE, quoted
@@ -222,7 +222,7 @@ async def lacking_async(fetch: Fetch, schema: str, needs: Sequence[Need]) -> Lac
 async def explain(exc: BaseException, fetch: Fetch, schema: str, needs: Sequence[Need]) -> str:
     """The first line of *exc*; for a refused privilege, with the ``GRANT`` that mends it.
 
-    A write refused as read-only says why (``connections.READ_ONLY``). The database is asked
+    A write refused as read-only says why (``refusals.READ_ONLY``). The database is asked
     (through *fetch*) only when *exc* is a refused privilege; when that fails too, or finds
     nothing lacking among *needs*, the error alone.
     """

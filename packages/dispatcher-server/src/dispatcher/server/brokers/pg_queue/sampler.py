@@ -28,7 +28,7 @@ from anyio.abc import TaskStatus
 from psycopg import sql
 
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import connection_options
+from dispatcher.publish.connection_settings import connection_options
 from dispatcher.server.backoff import Backoff
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import first_line

@@ -21,7 +21,7 @@ import anyio
 import psycopg
 
 from dispatcher.publish import describe_server
-from dispatcher.publish.connections import all_attempts
+from dispatcher.publish.broker_errors import all_attempts
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.pg_connections import open_connection, start_listening
