@@ -8,16 +8,19 @@ received just after it, became a job only after it.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
 import pytest
 
+from dispatcher.config import Limits
 from dispatcher.publish import split_message
+from dispatcher.server.brokers import BrokerBase, Settled
 from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job
 from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS
 from dispatcher.server.origin import Origin
+from dispatcher.server.settlement import Settlements
 from dispatcher.server.stats import ServiceStats
 
 TASK = "app.tasks.work"
@@ -188,3 +191,42 @@ async def test_what_waits_when_the_service_stops_is_given_back(
     assert intake.waiting == 0
     await anyio.sleep(0.5)
     assert pool.jobs == []
+
+
+class Spool(BrokerBase):
+    """A durable broker that records how its deliveries were settled."""
+
+    def __init__(self) -> None:
+        super().__init__("spool")
+        self.settled: list[Settled] = []
+
+    async def acknowledge(self, settled: Sequence[Settled]) -> None:
+        self.settled.extend(settled)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_durable_job_refused_over_max_held_bytes_goes_back_to_its_queue(
+    pool: RecordingPool, stats: ServiceStats
+) -> None:
+    """Refused, not rejected: the broker delivers it again later (docs/durable-queues.md)."""
+    spool = Spool()
+    settlements = Settlements([spool])
+    limits = Limits(max_held_bytes=LARGE_PAYLOAD_CHARS * 5)
+    intake = Intake(pool, stats, 60, limits=limits, settlements=settlements)  # type: ignore[arg-type]
+    intake.catalogue.learn(frozenset({TASK}))
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(intake.large.run)
+        for index in range(4):  # two fit in max_held_bytes; the others are refused
+            origin = Origin("spool", receipt=f"r{index}")
+            intake.receive(message(f"big{index}", LARGE_PAYLOAD_CHARS * 2), "q", origin)
+        too_big = message("too-big", LARGE_PAYLOAD_CHARS * 6)
+        intake.receive(too_big, "q", Origin("spool", receipt="r-too-big"))
+        await wait_for(lambda: len(pool.jobs) == 2)
+        task_group.cancel_scope.cancel()
+    await settlements.flush()
+    outcomes = {settled.receipt: settled.outcome for settled in spool.settled}
+    assert outcomes == {"r2": "refused", "r3": "refused", "r-too-big": "rejected"}
+    assert pool.uuids == ["big0", "big1"]
+    assert stats.rejected["overloaded"] == 2
+    assert stats.rejected["oversized"] == 1  # alone larger than the limit: never holdable

@@ -40,7 +40,7 @@ from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin, StoredRow
 from dispatcher.server.protocol import run_line
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
 from dispatcher.server.rejection import Rejected, rejection_fields
-from dispatcher.server.settlement import ABANDONED, REJECTED, Settlements
+from dispatcher.server.settlement import ABANDONED, REFUSED, REJECTED, Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 
@@ -465,14 +465,20 @@ class Intake:
         return payload
 
     def _refuse(self, rejected: Rejected, channel: str, origin: Origin) -> None:
-        """Count and log *rejected*, and settle its delivery as rejected."""
+        """Count and log *rejected*, and settle its delivery.
+
+        As rejected; as refused when a limit of ``service.limits`` is reached
+        (``overloaded``): a durable broker then delivers it again later, its attempt not
+        counted, as it does for the scheduler's refusals.
+        """
         if origin.stored_as is not None:
             rejected.uuid = origin.stored_as[0]  # the row's: what listings show
             self._reject(rejected, f" in queue {channel}", origin.broker, channel)
         else:
             where = f" on channel {channel}" if channel else ""
             self._reject(rejected, where, origin.broker, channel or None)
-        self._settlements.origin(origin, REJECTED, str(rejected))
+        outcome = REFUSED if rejected.reason == "overloaded" else REJECTED
+        self._settlements.origin(origin, outcome, str(rejected))
 
     def _reject(
         self, rejected: Rejected, where: str, broker: str | None, channel: str | None

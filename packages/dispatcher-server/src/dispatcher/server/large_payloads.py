@@ -140,8 +140,10 @@ class LargePayloads:
     def hold(self, payload: str, channel: str, origin: Origin) -> None:
         """Hold *payload* until the large payloads before it from its source are handed on.
 
-        :raises Rejected: (``overloaded``) when too many are held.
+        :raises Rejected: (``overloaded``) when too many are held; (``oversized``) when
+            *payload* alone is larger than ``service.limits.max_held_bytes``.
         """
+        self._refuse_oversized(payload)
         if self._held_count >= MAX_HELD or self._bytes + len(payload) > self._max_held_bytes:
             raise Rejected(
                 "overloaded",
@@ -156,10 +158,12 @@ class LargePayloads:
     def decode_later(self, text: str, channel: str, origin: Origin, *, joined: bool) -> bool:
         """Take *text* to decode in a worker thread; ``False``: not running, decode it now.
 
-        :raises Rejected: (``overloaded``) when too much is held.
+        :raises Rejected: (``overloaded``) when too much is held; (``oversized``) when
+            *text* alone is larger than ``service.limits.max_held_bytes``.
         """
         if not self.running or self._closed:
             return False
+        self._refuse_oversized(text)
         if self._bytes + len(text) > self._max_held_bytes:
             raise Rejected(
                 "overloaded",
@@ -176,6 +180,15 @@ class LargePayloads:
         self._to_decode.append(large)
         self._added.set()
         return True
+
+    def _refuse_oversized(self, text: str) -> None:
+        """Refuse *text* for good when it could never be held, however little else is."""
+        if len(text) > self._max_held_bytes:
+            raise Rejected(
+                "oversized",
+                f"the message is {len(text)} bytes, more than service.limits.max_held_bytes "
+                f"({self._max_held_bytes}) lets this service hold",
+            )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Decode the large payloads and hand them on, one at a time, until cancelled."""
