@@ -7,7 +7,9 @@ received just after it, became a job only after it.
 
 from __future__ import annotations
 
+import gc
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
@@ -18,7 +20,7 @@ from dispatcher.publish import split_message
 from dispatcher.server.brokers import BrokerBase, Settled
 from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job
-from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS
+from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, CollectionPause
 from dispatcher.server.origin import Origin
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.stats import ServiceStats
@@ -230,3 +232,45 @@ async def test_a_durable_job_refused_over_max_held_bytes_goes_back_to_its_queue(
     assert pool.uuids == ["big0", "big1"]
     assert stats.rejected["overloaded"] == 2
     assert stats.rejected["oversized"] == 1  # alone larger than the limit: never holdable
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_large_payload_does_not_wait_for_the_threads_of_an_embedding_application(
+    intake: Intake, pool: RecordingPool
+) -> None:
+    """Decoded in a thread of its own, not one of anyio's default 40, shared by the process.
+
+    While the application's blocking calls held all 40, the payload, and every later one of
+    its source, waited for one of them, the garbage collector off the while.
+    """
+    release = threading.Event()
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    async with anyio.create_task_group() as application:
+        for _ in range(int(limiter.total_tokens)):
+            application.start_soon(anyio.to_thread.run_sync, release.wait)
+        try:
+            with anyio.fail_after(30):
+                while limiter.borrowed_tokens < limiter.total_tokens:
+                    await anyio.sleep(0.01)
+            intake.receive(message("big", LARGE_PAYLOAD_CHARS * 2), "one")
+            intake.receive(message("after-big"), "one")
+            with anyio.move_on_after(10):
+                while len(pool.jobs) < 2:
+                    await anyio.sleep(0.01)
+            assert pool.uuids == ["big", "after-big"]
+            assert gc.isenabled()
+        finally:
+            release.set()
+
+
+def test_a_decoding_thread_that_starts_after_its_wait_was_given_up_leaves_collection_on() -> None:
+    pause = CollectionPause()
+    pause.begin()
+    assert not gc.isenabled()
+    pause.end()
+    assert gc.isenabled()
+    late = CollectionPause()
+    late.end()  # its wait for the thread was cancelled
+    late.begin()  # then the thread started
+    assert gc.isenabled()
