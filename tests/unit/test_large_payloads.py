@@ -11,6 +11,7 @@ import gc
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -22,6 +23,7 @@ from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job
 from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, CollectionPause
 from dispatcher.server.origin import Origin
+from dispatcher.server.rejection import Rejected
 from dispatcher.server.settlement import Settlements
 from dispatcher.server.stats import ServiceStats
 
@@ -274,3 +276,36 @@ def test_a_decoding_thread_that_starts_after_its_wait_was_given_up_leaves_collec
     late.end()  # its wait for the thread was cancelled
     late.begin()  # then the thread started
     assert gc.isenabled()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_control_command_refused_behind_a_large_payload_is_answered(
+    pool: RecordingPool, stats: ServiceStats
+) -> None:
+    """Its client hears that it was refused (``overloaded``), rather than wait for a reply."""
+    answered: list[tuple[dict[str, Any], str, Rejected | None]] = []
+    big, filler = message("big", BIG), message("filler", 2000)
+    intake = Intake(
+        pool,  # type: ignore[arg-type]
+        stats,
+        chunk_expiry=60,
+        on_control=lambda message, channel, origin, refused: answered.append(
+            (message, channel, refused)
+        ),
+        limits=Limits(max_held_bytes=len(big) + len(filler) + 10),
+    )
+    intake.catalogue.learn(frozenset({TASK}))
+    control = {"control": "alive", "reply_to": "replies"}
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(intake.large.run)
+        intake.receive(big, "one")
+        intake.receive(filler, "one")  # fills what may be held behind it
+        intake.receive(json.dumps(control), "one")
+        [(said, channel, refused)] = answered
+        assert (said, channel) == (control, "one")
+        assert refused is not None
+        assert refused.reason == "overloaded"
+        await wait_for(lambda: len(pool.jobs) == 2)
+        task_group.cancel_scope.cancel()
+    assert stats.rejected["overloaded"] == 1

@@ -134,9 +134,40 @@ class Intake:
             try:
                 self.large.hold(payload, channel, origin)
             except Rejected as rejected:
-                self._refuse(rejected, channel, origin)
+                self._refuse_held(rejected, payload, channel, origin)
             return
         self._take(payload, channel, origin)
+
+    def _refuse_held(self, rejected: Rejected, payload: str, channel: str, origin: Origin) -> None:
+        """Refuse *payload*, which could not be held behind a large one (not decoded yet).
+
+        A control command among them is answered with the refusal, as other refused ones
+        are (its client would wait for a reply until it timed out); but for one a durable
+        broker delivers again (:meth:`_refuse` settles it ``refused``), whose reply comes
+        once it is run.
+        """
+        if self._on_control is not None and origin.receipt is None:
+            control = self._control_in(payload)
+            if control is not None:
+                self._on_control(control, channel, origin, rejected)
+        self._refuse(rejected, channel, origin)
+
+    def _control_in(self, payload: str) -> dict[str, Any] | None:
+        """The control message *payload* is (maybe in a signed envelope), if it is one.
+
+        Decoded only if it names ``control`` (a refusal under load costs little more) and
+        is small: on the loop, as the intake decodes small payloads.
+        """
+        if len(payload) >= LARGE_PAYLOAD_CHARS or '"control"' not in payload:
+            return None
+        try:
+            message = self._decode(payload)
+            body = message.get("body") if SIGNED_KEY in message else None
+            if isinstance(body, str):
+                message = self._decode(body)
+        except Rejected:
+            return None
+        return message if "control" in message else None
 
     def _take(self, payload: str, channel: str, origin: Origin) -> None:
         """Take *payload* on (see :meth:`receive`); never raises."""
