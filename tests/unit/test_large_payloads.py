@@ -211,7 +211,7 @@ class Spool(BrokerBase):
 @pytest.mark.anyio
 @pytest.mark.timeout(120)
 async def test_a_durable_job_refused_over_max_held_bytes_goes_back_to_its_queue(
-    pool: RecordingPool, stats: ServiceStats
+    pool: RecordingPool, stats: ServiceStats, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Refused, not rejected: the broker delivers it again later (docs/durable-queues.md)."""
     spool = Spool()
@@ -234,6 +234,9 @@ async def test_a_durable_job_refused_over_max_held_bytes_goes_back_to_its_queue(
     assert pool.uuids == ["big0", "big1"]
     assert stats.rejected["overloaded"] == 2
     assert stats.rejected["oversized"] == 1  # alone larger than the limit: never holdable
+    logged = [record.getMessage() for record in caplog.records]
+    assert logged[0].startswith("refused message on channel q, back to its queue: too many")
+    assert logged[-1].startswith("rejected message on channel q: the message is ")
 
 
 @pytest.mark.anyio

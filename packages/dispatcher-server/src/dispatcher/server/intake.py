@@ -502,31 +502,40 @@ class Intake:
         (``overloaded``): a durable broker then delivers it again later, its attempt not
         counted, as it does for the scheduler's refusals.
         """
+        comes_back = rejected.reason == "overloaded" and origin.receipt is not None
+        outcome = REFUSED if comes_back else REJECTED
         if origin.stored_as is not None:
             rejected.uuid = origin.stored_as[0]  # the row's: what listings show
-            self._reject(rejected, f" in queue {channel}", origin.broker, channel)
+            self._reject(rejected, f" in queue {channel}", origin.broker, channel, outcome)
         else:
             where = f" on channel {channel}" if channel else ""
-            self._reject(rejected, where, origin.broker, channel or None)
-        outcome = REFUSED if rejected.reason == "overloaded" else REJECTED
+            self._reject(rejected, where, origin.broker, channel or None, outcome)
         self._settlements.origin(origin, outcome, str(rejected))
 
     def _reject(
-        self, rejected: Rejected, where: str, broker: str | None, channel: str | None
+        self,
+        rejected: Rejected,
+        where: str,
+        broker: str | None,
+        channel: str | None,
+        outcome: str = REJECTED,
     ) -> None:
         """Count and log *rejected*.
 
         *where* says where it came from (`` on channel c``): the *channel* or queue of
-        *broker* (``None`` for neither).
+        *broker* (``None`` for neither); *outcome*, ``rejected``, or ``refused``: its
+        durable broker delivers it again.
         """
         self._stats.rejected[rejected.reason] += 1
         uuid = rejected.uuid if isinstance(rejected.uuid, str) else None
         shown = "" if uuid is None else f" (uuid {uuid})"
+        if outcome == REFUSED:
+            shown += ", back to its queue"
         reason = Excerpt(rejected, MAX_REASON_CHARS)  # every field's problem, each cut short
         fields = None
         if logger.isEnabledFor(logging.WARNING):
             fields = rejection_fields(rejected.reason, uuid, broker, channel)
-        self._rejections.log("rejected message%s%s: %s", where, shown, reason, extra=fields)
+        self._rejections.log("%s message%s%s: %s", outcome, where, shown, reason, extra=fields)
 
 
 def _timeout(message: dict[str, Any], catalogue: TaskCatalogue) -> float:
