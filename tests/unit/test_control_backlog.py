@@ -11,6 +11,7 @@ of the same event loop take its turns meanwhile.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
@@ -194,3 +195,46 @@ def test_cancel_by_args_matches_a_slice_at_a_time_and_takes_jobs_wherever_they_w
     assert backlog.worker.cancels == ["cancelled"]
     assert found == {f"u-{n}": "queued" for n in range(1000, BACKLOG, 1000)}
     assert backlog.scheduler.queued == BACKLOG - len(found) - 1
+
+
+@pytest.mark.timeout(120)
+def test_a_filtered_walk_pauses_by_one_clock_while_the_loop_is_busy() -> None:
+    """The walk and its listing share one clock: pauses every few milliseconds, not every job.
+
+    With a clock each, each pause of one let the other's turn run out: on a loop whose other
+    work takes 2 ms a turn, the walk paused after every job (seconds for a few thousand).
+    """
+    jobs = 2_000
+    held = Backlog()
+    held.submit("u-running", task="app.first")
+    for n in range(jobs):
+        assert held.scheduler.submit(
+            Job(uuid=f"u-{n}", task="app.big", line=line("app.big", [n % 2]))
+        )
+    other_turns = 0
+
+    async def busy_meanwhile() -> dict[str, Any]:
+        nonlocal other_turns
+        reply: dict[str, Any] = {}
+        async with anyio.create_task_group() as tasks:
+
+            async def command_task() -> None:
+                reply.update(await held.commands.handle("running", {"args": [1]}))
+                tasks.cancel_scope.cancel()
+
+            async def other_task() -> None:
+                nonlocal other_turns
+                while True:
+                    end = time.perf_counter() + 0.002
+                    while time.perf_counter() < end:
+                        pass
+                    other_turns += 1
+                    await anyio.sleep(0)
+
+            tasks.start_soon(other_task)
+            tasks.start_soon(command_task)
+        return reply
+
+    reply = anyio.run(busy_meanwhile)
+    assert len(entries(reply)) + reply.get("omitted", 0) == jobs // 2
+    assert other_turns < jobs // 10, f"the loop paused the walk {other_turns} times for {jobs} jobs"

@@ -7,17 +7,24 @@ received just after it, became a job only after it.
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import anyio
 import pytest
 
+from dispatcher.config import Limits
 from dispatcher.publish import split_message
+from dispatcher.server.brokers import BrokerBase, Settled
 from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job
-from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS
+from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, CollectionPause
 from dispatcher.server.origin import Origin
+from dispatcher.server.rejection import Rejected
+from dispatcher.server.settlement import Settlements
 from dispatcher.server.stats import ServiceStats
 
 TASK = "app.tasks.work"
@@ -188,3 +195,120 @@ async def test_what_waits_when_the_service_stops_is_given_back(
     assert intake.waiting == 0
     await anyio.sleep(0.5)
     assert pool.jobs == []
+
+
+class Spool(BrokerBase):
+    """A durable broker that records how its deliveries were settled."""
+
+    def __init__(self) -> None:
+        super().__init__("spool")
+        self.settled: list[Settled] = []
+
+    async def acknowledge(self, settled: Sequence[Settled]) -> None:
+        self.settled.extend(settled)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_durable_job_refused_over_max_held_bytes_goes_back_to_its_queue(
+    pool: RecordingPool, stats: ServiceStats, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused, not rejected: the broker delivers it again later (docs/durable-queues.md)."""
+    spool = Spool()
+    settlements = Settlements([spool])
+    limits = Limits(max_held_bytes=LARGE_PAYLOAD_CHARS * 5)
+    intake = Intake(pool, stats, 60, limits=limits, settlements=settlements)  # type: ignore[arg-type]
+    intake.catalogue.learn(frozenset({TASK}))
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(intake.large.run)
+        for index in range(4):  # two fit in max_held_bytes; the others are refused
+            origin = Origin("spool", receipt=f"r{index}")
+            intake.receive(message(f"big{index}", LARGE_PAYLOAD_CHARS * 2), "q", origin)
+        too_big = message("too-big", LARGE_PAYLOAD_CHARS * 6)
+        intake.receive(too_big, "q", Origin("spool", receipt="r-too-big"))
+        await wait_for(lambda: len(pool.jobs) == 2)
+        task_group.cancel_scope.cancel()
+    await settlements.flush()
+    outcomes = {settled.receipt: settled.outcome for settled in spool.settled}
+    assert outcomes == {"r2": "refused", "r3": "refused", "r-too-big": "rejected"}
+    assert pool.uuids == ["big0", "big1"]
+    assert stats.rejected["overloaded"] == 2
+    assert stats.rejected["oversized"] == 1  # alone larger than the limit: never holdable
+    logged = [record.getMessage() for record in caplog.records]
+    assert logged[0].startswith("refused message on channel q, back to its queue: too many")
+    assert logged[-1].startswith("rejected message on channel q: the message is ")
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_large_payload_does_not_wait_for_the_threads_of_an_embedding_application(
+    intake: Intake, pool: RecordingPool
+) -> None:
+    """Decoded in a thread of its own, not one of anyio's default 40, shared by the process.
+
+    While the application's blocking calls held all 40, the payload, and every later one of
+    its source, waited for one of them, the garbage collector off the while.
+    """
+    release = threading.Event()
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    async with anyio.create_task_group() as application:
+        for _ in range(int(limiter.total_tokens)):
+            application.start_soon(anyio.to_thread.run_sync, release.wait)
+        try:
+            with anyio.fail_after(30):
+                while limiter.borrowed_tokens < limiter.total_tokens:
+                    await anyio.sleep(0.01)
+            intake.receive(message("big", LARGE_PAYLOAD_CHARS * 2), "one")
+            intake.receive(message("after-big"), "one")
+            with anyio.move_on_after(10):
+                while len(pool.jobs) < 2:
+                    await anyio.sleep(0.01)
+            assert pool.uuids == ["big", "after-big"]
+            assert gc.isenabled()
+        finally:
+            release.set()
+
+
+def test_a_decoding_thread_that_starts_after_its_wait_was_given_up_leaves_collection_on() -> None:
+    pause = CollectionPause()
+    pause.begin()
+    assert not gc.isenabled()
+    pause.end()
+    assert gc.isenabled()
+    late = CollectionPause()
+    late.end()  # its wait for the thread was cancelled
+    late.begin()  # then the thread started
+    assert gc.isenabled()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_control_command_refused_behind_a_large_payload_is_answered(
+    pool: RecordingPool, stats: ServiceStats
+) -> None:
+    """Its client hears that it was refused (``overloaded``), rather than wait for a reply."""
+    answered: list[tuple[dict[str, Any], str, Rejected | None]] = []
+    big, filler = message("big", BIG), message("filler", 2000)
+    intake = Intake(
+        pool,  # type: ignore[arg-type]
+        stats,
+        chunk_expiry=60,
+        on_control=lambda message, channel, origin, refused: answered.append(
+            (message, channel, refused)
+        ),
+        limits=Limits(max_held_bytes=len(big) + len(filler) + 10),
+    )
+    intake.catalogue.learn(frozenset({TASK}))
+    control = {"control": "alive", "reply_to": "replies"}
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(intake.large.run)
+        intake.receive(big, "one")
+        intake.receive(filler, "one")  # fills what may be held behind it
+        intake.receive(json.dumps(control), "one")
+        [(said, channel, refused)] = answered
+        assert (said, channel) == (control, "one")
+        assert refused is not None
+        assert refused.reason == "overloaded"
+        await wait_for(lambda: len(pool.jobs) == 2)
+        task_group.cancel_scope.cancel()
+    assert stats.rejected["overloaded"] == 1

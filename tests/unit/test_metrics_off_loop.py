@@ -9,12 +9,15 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
+from dispatcher.server import metrics
 from dispatcher.server.metrics import MetricsServer
 from dispatcher.server.metrics_scrape import Body, MetricsText, encode_snapshot
 from dispatcher.server.metrics_snapshot import MetricsSnapshot
@@ -161,3 +164,34 @@ async def test_a_text_whose_scrape_is_cancelled_still_reaches_the_others() -> No
     assert encode.calls == 1
     assert len(got) == 1
     assert b"dispatcher_tasks_finished_total{" in got[0]
+
+
+async def _busy(milliseconds: float) -> None:
+    """Keep the loop busy *milliseconds* a turn, as a control command's walk does."""
+    while True:
+        end = time.perf_counter() + milliseconds / 1000
+        while time.perf_counter() < end:
+            pass
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_large_text_is_sent_whole_while_the_loop_is_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timeout bounds the wait for the request and each send, not the whole answer.
+
+    Sent in pieces of 2,048 lines, each awaited on a loop busy 20 ms a turn, the text of
+    2,000 tasks took longer than the timeout, and its answer was cut short.
+    """
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 1.0)
+    server = MetricsServer(ManyTasks(2_000), "127.0.0.1", 0)
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(server.run)
+        task_group.start_soon(_busy, 20)
+        answer = await anyio.to_thread.run_sync(lambda: _read_all(_get(server.port, "/metrics")))
+        task_group.cancel_scope.cancel()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert body.count(b"dispatcher_run_time_seconds_count{") == 2_000

@@ -643,3 +643,36 @@ async def test_workers_dying_idle_in_a_row_are_replaced_ever_more_slowly(
             ),
             ("WARNING", "worker 2 (pid 10002) exited unexpectedly (exit status 6)"),
         ]
+
+
+def test_a_stop_names_abandoned_tasks_within_one_budget_of_bytes_across_its_places(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Within what the log's writer holds (1 MiB) whatever the task names and the places.
+
+    10,000 names a place, with a task name of 62 characters, made 1.17 MB of JSON lines for
+    one place.
+    """
+    task = "awx.main.tasks.system.handle_success_and_failure_notifications"
+    places = {where: [make_job(task, n) for n in range(10_000)] for where in ("queued", "delayed")}
+    with caplog.at_level(logging.INFO, logger="dispatcher.pool"):
+        pool_shutdown.log_abandoned("queued", places["queued"])
+    assert (
+        sum(len(r.getMessage()) for r in caplog.records) <= 540_000
+    )  # was 836,831 (1.17 MB as JSON lines)
+    caplog.clear()
+    budget = pool_shutdown.NamingBudget()  # one stop's, shared by its places
+    with caplog.at_level(logging.INFO, logger="dispatcher.pool"):
+        for where, lost in places.items():
+            pool_shutdown.log_abandoned(where, lost, budget)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(map(len, lines)) <= 540_000
+    named = [uuid for line in lines for uuid in re.findall(r"\(uuid ([^)]+)\)", line)]
+    assert named == [job.uuid for job in places["queued"][: len(named)]]
+    assert 4_000 < len(named) < 10_000
+    assert lines[-2].startswith(f"shutting down: queued tasks {len(named) + 1}-10000 of 10000")
+    assert lines[-2].endswith(f"by task: {task} {10_000 - len(named)}")
+    assert lines[-1] == (
+        "shutting down with 10000 delayed tasks abandoned, not named (a stop names 512000 "
+        f"characters of abandoned tasks at most, used up by those before), by task: {task} 10000"
+    )

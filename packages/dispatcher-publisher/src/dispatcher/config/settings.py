@@ -178,7 +178,9 @@ class Limits:
     max_queued: int = 1_000_000
     """Tasks waiting for a free worker; beyond it the newest is refused."""
     max_held_bytes: int = 256 * 1024 * 1024
-    """Message bytes held in total (queued, delayed, blocked, waiting for the first worker)."""
+    """Message bytes held in each of three places, counted apart: the jobs queued, delayed or
+    blocked; those waiting for the first worker; the large ones being decoded with those held
+    behind them (up to about three times this in all)."""
 
 
 @dataclass(frozen=True)

@@ -230,12 +230,16 @@ class ControlCommands:
         async with self._walking:
             if wanted.is_empty:
                 snapshot = self._target.snapshot(MAX_LISTED_JOBS)
-                await _list(listing, _every(snapshot), self.stopping, count_rest=False)
+                turns = Turns(self.stopping)
+                await _list(listing, _every(snapshot), turns, count_rest=False)
                 accounted = len(listing.listed) + listing.omitted
                 listing.omitted += max(0, snapshot.total - accounted)
             else:
-                found = _matching(self._target.snapshot(None), wanted, self.stopping)
-                await _list(listing, found, self.stopping)
+                # One clock for the walk and its listing: with one each, each pause of
+                # one let the other's turn run out (a pause every job on a busy loop).
+                turns = Turns(self.stopping)
+                found = _matching(self._target.snapshot(None), wanted, turns)
+                await _list(listing, found, turns)
         return _listing(listing)
 
     async def cancel(self, data: Mapping[str, Any]) -> Reply:
@@ -285,7 +289,7 @@ class ControlCommands:
             )
         if not wanted.needs_message:
             return JobPick(wanted.uuid, wanted.task)
-        found = _matching(self._target.snapshot(None), wanted, self.stopping)
+        found = _matching(self._target.snapshot(None), wanted, Turns(self.stopping))
         uuids = {job.uuid async for _, job in found}
         return JobPick(wanted.uuid, wanted.task, frozenset(uuids)) if uuids else None
 
@@ -464,17 +468,15 @@ async def _every(snapshot: Snapshot) -> AsyncGenerator[tuple[str, Job], None]:
 
 
 async def _matching(
-    snapshot: Snapshot, wanted: TaskFilter, stopping: anyio.Event
+    snapshot: Snapshot, wanted: TaskFilter, turns: Turns
 ) -> AsyncGenerator[tuple[str, Job], None]:
     """The jobs of *snapshot* that *wanted* lets through, where each was.
 
-    The event loop runs every :data:`~dispatcher.server.walk_turns.WALK_TURN` s (see
-    :class:`~dispatcher.server.walk_turns.Turns` for *stopping*). A filter on the uuid or
-    the task name looks at the jobs without a Python call for each; one on ``args`` or
-    ``kwargs`` reads each message (among those with the uuid and the task name).
+    The event loop runs at each of *turns* (which its caller may share). A filter on the
+    uuid or the task name looks at the jobs without a Python call for each; one on ``args``
+    or ``kwargs`` reads each message (among those with the uuid and the task name).
     """
     pick = JobPick(wanted.uuid, wanted.task)
-    turns = Turns(stopping)
     for where, jobs in snapshot.places:
         for start in range(0, len(jobs), WALK_SLICE):
             part = jobs[start : start + WALK_SLICE]
@@ -490,16 +492,17 @@ async def _matching(
 async def _list(
     listing: Listing,
     found: AsyncGenerator[tuple[str, Job], None],
-    stopping: anyio.Event,
+    turns: Turns,
     *,
     count_rest: bool = True,
 ) -> None:
-    """List the jobs *found* in *listing*, the event loop running every turn of the walk.
+    """List the jobs *found* in *listing*, the event loop running at each of *turns*.
+
+    *turns* is the clock of the walk that finds them, if it has one: one clock for both.
 
     Once the listing is full, the others are only counted; without *count_rest*, the walk
     stops there (the caller counts them otherwise).
     """
-    turns = Turns(stopping)
     async with contextlib.aclosing(found):
         async for where, job in found:
             if listing.full:

@@ -40,7 +40,7 @@ from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin, StoredRow
 from dispatcher.server.protocol import run_line
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
 from dispatcher.server.rejection import Rejected, rejection_fields
-from dispatcher.server.settlement import ABANDONED, REJECTED, Settlements
+from dispatcher.server.settlement import ABANDONED, REFUSED, REJECTED, Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 
@@ -134,9 +134,40 @@ class Intake:
             try:
                 self.large.hold(payload, channel, origin)
             except Rejected as rejected:
-                self._refuse(rejected, channel, origin)
+                self._refuse_held(rejected, payload, channel, origin)
             return
         self._take(payload, channel, origin)
+
+    def _refuse_held(self, rejected: Rejected, payload: str, channel: str, origin: Origin) -> None:
+        """Refuse *payload*, which could not be held behind a large one (not decoded yet).
+
+        A control command among them is answered with the refusal, as other refused ones
+        are (its client would wait for a reply until it timed out); but for one a durable
+        broker delivers again (:meth:`_refuse` settles it ``refused``), whose reply comes
+        once it is run.
+        """
+        if self._on_control is not None and origin.receipt is None:
+            control = self._control_in(payload)
+            if control is not None:
+                self._on_control(control, channel, origin, rejected)
+        self._refuse(rejected, channel, origin)
+
+    def _control_in(self, payload: str) -> dict[str, Any] | None:
+        """The control message *payload* is (maybe in a signed envelope), if it is one.
+
+        Decoded only if it names ``control`` (a refusal under load costs little more) and
+        is small: on the loop, as the intake decodes small payloads.
+        """
+        if len(payload) >= LARGE_PAYLOAD_CHARS or '"control"' not in payload:
+            return None
+        try:
+            message = self._decode(payload)
+            body = message.get("body") if SIGNED_KEY in message else None
+            if isinstance(body, str):
+                message = self._decode(body)
+        except Rejected:
+            return None
+        return message if "control" in message else None
 
     def _take(self, payload: str, channel: str, origin: Origin) -> None:
         """Take *payload* on (see :meth:`receive`); never raises."""
@@ -465,31 +496,46 @@ class Intake:
         return payload
 
     def _refuse(self, rejected: Rejected, channel: str, origin: Origin) -> None:
-        """Count and log *rejected*, and settle its delivery as rejected."""
+        """Count and log *rejected*, and settle its delivery.
+
+        As rejected; as refused when a limit of ``service.limits`` is reached
+        (``overloaded``): a durable broker then delivers it again later, its attempt not
+        counted, as it does for the scheduler's refusals.
+        """
+        comes_back = rejected.reason == "overloaded" and origin.receipt is not None
+        outcome = REFUSED if comes_back else REJECTED
         if origin.stored_as is not None:
             rejected.uuid = origin.stored_as[0]  # the row's: what listings show
-            self._reject(rejected, f" in queue {channel}", origin.broker, channel)
+            self._reject(rejected, f" in queue {channel}", origin.broker, channel, outcome)
         else:
             where = f" on channel {channel}" if channel else ""
-            self._reject(rejected, where, origin.broker, channel or None)
-        self._settlements.origin(origin, REJECTED, str(rejected))
+            self._reject(rejected, where, origin.broker, channel or None, outcome)
+        self._settlements.origin(origin, outcome, str(rejected))
 
     def _reject(
-        self, rejected: Rejected, where: str, broker: str | None, channel: str | None
+        self,
+        rejected: Rejected,
+        where: str,
+        broker: str | None,
+        channel: str | None,
+        outcome: str = REJECTED,
     ) -> None:
         """Count and log *rejected*.
 
         *where* says where it came from (`` on channel c``): the *channel* or queue of
-        *broker* (``None`` for neither).
+        *broker* (``None`` for neither); *outcome*, ``rejected``, or ``refused``: its
+        durable broker delivers it again.
         """
         self._stats.rejected[rejected.reason] += 1
         uuid = rejected.uuid if isinstance(rejected.uuid, str) else None
         shown = "" if uuid is None else f" (uuid {uuid})"
+        if outcome == REFUSED:
+            shown += ", back to its queue"
         reason = Excerpt(rejected, MAX_REASON_CHARS)  # every field's problem, each cut short
         fields = None
         if logger.isEnabledFor(logging.WARNING):
             fields = rejection_fields(rejected.reason, uuid, broker, channel)
-        self._rejections.log("rejected message%s%s: %s", where, shown, reason, extra=fields)
+        self._rejections.log("%s message%s%s: %s", outcome, where, shown, reason, extra=fields)
 
 
 def _timeout(message: dict[str, Any], catalogue: TaskCatalogue) -> float:

@@ -22,10 +22,10 @@ being answered.
 
 from __future__ import annotations
 
-import contextlib
 import gc
+import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -126,6 +126,9 @@ class LargePayloads:
         self._bytes = 0
         self.running = False
         """Whether :meth:`run` runs: until it does, and after, nothing is decoded here."""
+        self._limiter: anyio.CapacityLimiter | None = None
+        """The thread it decodes in: its own, never waiting for an embedding application's
+        (anyio's default limiter, shared by every ``to_thread`` call of the process)."""
         self._closed = False
 
     @property
@@ -140,8 +143,10 @@ class LargePayloads:
     def hold(self, payload: str, channel: str, origin: Origin) -> None:
         """Hold *payload* until the large payloads before it from its source are handed on.
 
-        :raises Rejected: (``overloaded``) when too many are held.
+        :raises Rejected: (``overloaded``) when too many are held; (``oversized``) when
+            *payload* alone is larger than ``service.limits.max_held_bytes``.
         """
+        self._refuse_oversized(payload)
         if self._held_count >= MAX_HELD or self._bytes + len(payload) > self._max_held_bytes:
             raise Rejected(
                 "overloaded",
@@ -156,10 +161,12 @@ class LargePayloads:
     def decode_later(self, text: str, channel: str, origin: Origin, *, joined: bool) -> bool:
         """Take *text* to decode in a worker thread; ``False``: not running, decode it now.
 
-        :raises Rejected: (``overloaded``) when too much is held.
+        :raises Rejected: (``overloaded``) when too much is held; (``oversized``) when
+            *text* alone is larger than ``service.limits.max_held_bytes``.
         """
         if not self.running or self._closed:
             return False
+        self._refuse_oversized(text)
         if self._bytes + len(text) > self._max_held_bytes:
             raise Rejected(
                 "overloaded",
@@ -177,8 +184,18 @@ class LargePayloads:
         self._added.set()
         return True
 
+    def _refuse_oversized(self, text: str) -> None:
+        """Refuse *text* for good when it could never be held, however little else is."""
+        if len(text) > self._max_held_bytes:
+            raise Rejected(
+                "oversized",
+                f"the message is {len(text)} bytes, more than service.limits.max_held_bytes "
+                f"({self._max_held_bytes}) lets this service hold",
+            )
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Decode the large payloads and hand them on, one at a time, until cancelled."""
+        self._limiter = anyio.CapacityLimiter(1)
         self.running = True
         task_status.started()
         try:
@@ -187,14 +204,17 @@ class LargePayloads:
                     await self._added.wait()
                     self._added = anyio.Event()
                 large = self._decoding = self._to_decode.popleft()
-                with _no_garbage_collection():
-                    decoded = await _decode_ahead(large.text)
+                pause = CollectionPause()
+                try:
+                    decoded = await _decode_ahead(large.text, pause, self._limiter)
                     if self._decoding is not large:  # dropped meanwhile (see close())
                         continue
                     self._decoding = None
                     large.decoded = decoded
                     del decoded
                     self._take_on(large)
+                finally:
+                    pause.end()
                 await self._take_held(large)
         finally:
             self.running = False
@@ -246,8 +266,7 @@ class LargePayloads:
         return left
 
 
-@contextlib.contextmanager
-def _no_garbage_collection() -> Iterator[None]:
+class CollectionPause:
     """No garbage collection from a large payload's decoding until its objects are dropped.
 
     A second or so: nothing is held up meanwhile, only collected later.
@@ -258,21 +277,50 @@ def _no_garbage_collection() -> Iterator[None]:
     it is done, a young one over all it made, some 150 ms. All for nothing: what decoding
     makes holds no cycle, and it is dropped soon after (its objects leave the count as
     they go).
+
+    The collector is switched off when the decoding begins (:meth:`begin`, in its thread),
+    not while it waits for that thread, and back on at :meth:`end` (on the loop); a
+    :meth:`begin` after :meth:`end` (a thread that started after its wait was cancelled)
+    leaves it on.
     """
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._collecting = gc.isenabled()
+        self._paused = False
+        self._ended = False
+
+    def begin(self) -> None:
+        """The decoding begins: no collection until :meth:`end` (if there was any)."""
+        with self._lock:
+            if self._collecting and not self._ended and not self._paused:
+                gc.disable()
+                self._paused = True
+
+    def end(self) -> None:
+        """What the decoding made is dropped: collections as before :meth:`begin`."""
+        with self._lock:
+            self._ended = True
+            if self._paused:
+                self._paused = False
+                gc.enable()
 
 
-async def _decode_ahead(text: str) -> Decoded:
-    """:func:`decode_ahead` in a worker thread (here, when none can start)."""
+def _decode_paused(text: str, pause: CollectionPause) -> Decoded:
+    """:func:`decode_ahead` of *text*, without garbage collection from the start."""
+    pause.begin()
+    return decode_ahead(text)
+
+
+async def _decode_ahead(
+    text: str, pause: CollectionPause, limiter: anyio.CapacityLimiter | None
+) -> Decoded:
+    """:func:`decode_ahead` in a worker thread of *limiter* (here, when none can start)."""
     try:
-        return await anyio.to_thread.run_sync(decode_ahead, text, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(
+            _decode_paused, text, pause, abandon_on_cancel=True, limiter=limiter
+        )
     except RuntimeError as exc:
         if shortage_text(exc) is None:
             raise
-        return decode_ahead(text)
+        return _decode_paused(text, pause)

@@ -7,8 +7,9 @@ and ``GET /readyz`` (200 while it serves, 503 with the reason otherwise: see
 A small HTTP server of its own (no extra dependency): it reads one request per connection,
 answers it and closes. Malformed requests get 400, other paths 404, other methods 405; none
 can disturb the service. It serves at most :data:`MAX_CONNECTIONS` connections at once (more
-wait to be accepted), each for at most :data:`REQUEST_TIMEOUT` seconds, and outlives running
-out of file descriptors (see :mod:`dispatcher.server.accepting`).
+wait to be accepted); a client has :data:`REQUEST_TIMEOUT` seconds to send its request, and
+to take each piece of the answer (a text of megabytes is sent in pieces of a mebibyte), and
+it outlives running out of file descriptors (see :mod:`dispatcher.server.accepting`).
 """
 
 from __future__ import annotations
@@ -193,16 +194,19 @@ class MetricsServer:
     async def _answer(self, client: SocketStream) -> None:
         async with client:
             try:
-                with anyio.fail_after(REQUEST_TIMEOUT):  # a client that never reads too
-                    status, body, head_only, kind = await self._respond(await _read_head(client))
-                    allow = "Allow: GET, HEAD\r\n" if status.startswith("405") else ""
-                    head = (
-                        f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n{allow}"
-                        f"Content-Length: {sum(map(len, body))}\r\nConnection: close\r\n\r\n"
-                    )
-                    # HEAD: the headers GET would get, its Content-Length too, without the body.
-                    await client.send(head.encode())
-                    for piece in () if head_only else body:
+                with anyio.fail_after(REQUEST_TIMEOUT):  # a client that never sends it
+                    request = await _read_head(client)
+                # Not under the timeout: made off the loop, the text takes as long as the
+                # loop's other work lets it (the clients share it, one at a time).
+                status, body, head_only, kind = await self._respond(request)
+                allow = "Allow: GET, HEAD\r\n" if status.startswith("405") else ""
+                head = (
+                    f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n{allow}"
+                    f"Content-Length: {sum(map(len, body))}\r\nConnection: close\r\n\r\n"
+                )
+                # HEAD: the headers GET would get, its Content-Length too, without the body.
+                for piece in (head.encode(), *(() if head_only else body)):
+                    with anyio.fail_after(REQUEST_TIMEOUT):  # a client that stops reading
                         await client.send(piece)
             except (TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
                 return

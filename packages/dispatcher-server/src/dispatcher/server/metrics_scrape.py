@@ -31,8 +31,13 @@ from dispatcher.server.metrics_zeros import ZeroSeries
 from dispatcher.server.resources import shortage_text
 
 PIECE_LINES: Final = 2048
-"""Lines joined at a time. A join of a whole text of megabytes is one step of the interpreter
-that holds it (and so the event loop) for tens of milliseconds; pieces let it go between."""
+"""Lines joined at a time, in the worker thread: a join of a whole text of megabytes is one
+step of the interpreter that holds it (and so the event loop) for tens of milliseconds."""
+
+PIECE_BYTES: Final = 1 << 20
+"""Bytes of a piece of the body, at least (but the last): the loop sends each in one await.
+Small pieces (a few kilobytes) cost a turn of the loop each, a second or more for a text of
+megabytes while the loop is busy; a piece of 1 MiB is written in well under a millisecond."""
 
 
 Body = tuple[bytes, ...]
@@ -43,9 +48,17 @@ megabytes on the loop, and another in the transport's buffer, would stop it a wh
 def encode_snapshot(snapshot: MetricsSnapshot) -> Body:
     """The body of a ``/metrics`` answer: *snapshot* rendered, UTF-8, in pieces."""
     pieces: list[bytes] = []
+    gathered: list[bytes] = []
+    size = 0
     lines = render_snapshot(snapshot)
-    while piece := "".join(itertools.islice(lines, PIECE_LINES)):
-        pieces.append(piece.encode())
+    while part := "".join(itertools.islice(lines, PIECE_LINES)).encode():
+        gathered.append(part)
+        size += len(part)
+        if size >= PIECE_BYTES:
+            pieces.append(b"".join(gathered))
+            gathered, size = [], 0
+    if gathered:
+        pieces.append(b"".join(gathered))
     return tuple(pieces)
 
 

@@ -1,7 +1,7 @@
 """The pool's shutdown sequence: stop every worker in order, within the grace period.
 
 What waits in the scheduler is abandoned (or handed back to its durable queue) and said so,
-every abandoned job named (the first 10,000 of each place);
+every abandoned job named (the first 10,000 of each place, some 512 kB of names in all);
 idle workers are stopped at once; busy ones finish their task, or are terminated after the
 grace period (their job recorded as abandoned), then killed if they linger; a worker that
 has not gone after all that is killed.
@@ -28,9 +28,35 @@ from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatu
 logger = get_logger("dispatcher.pool")
 
 MAX_ABANDONED_LOGGED: Final = 10_000
-"""Abandoned jobs of one place (queued, blocked, delayed) a stop names in its log, twenty a
-line: 500 lines, some 750 kB, within what the log's writer holds when its reader lags
-(1 MiB). The others are counted by task."""
+"""Abandoned jobs of one place (queued, blocked, delayed) a stop names in its log, at most,
+twenty a line. The others are counted by task."""
+
+MAX_ABANDONED_NAMED_BYTES: Final = 512_000
+"""Characters of the abandoned jobs' names (task and uuid) a stop logs, across its places:
+with each line's own (its time, its JSON fields), well within what the log's writer holds
+when its reader lags (1 MiB). 10,000 names of one place with a task name of 62 characters
+made 1.17 MB of JSON lines. The others are counted by task."""
+
+NAME_OVERHEAD: Final = len(", ") + len(" (uuid )")
+"""Characters of a job's name in the log besides its task and uuid."""
+
+
+class NamingBudget:
+    """What is left of :data:`MAX_ABANDONED_NAMED_BYTES` as a stop names its abandoned jobs."""
+
+    def __init__(self, total: int = MAX_ABANDONED_NAMED_BYTES) -> None:
+        self.left = total
+
+    def take(self, jobs: Sequence[Job]) -> int:
+        """How many of the first *jobs* may be named (their names taken from what is left)."""
+        named = 0
+        for job in jobs[:MAX_ABANDONED_LOGGED]:
+            size = len(job.task) + len(job.uuid) + NAME_OVERHEAD
+            if size > self.left:
+                break
+            self.left -= size
+            named += 1
+        return named
 
 
 class StoppingPool(Protocol):
@@ -44,18 +70,27 @@ class StoppingPool(Protocol):
         """Ask a worker to exit (after its current task, if it has one)."""
 
 
-def log_abandoned(where: str, lost: Sequence[Job]) -> None:
+def log_abandoned(where: str, lost: Sequence[Job], budget: NamingBudget | None = None) -> None:
     """Log every job of *lost*, abandoned from *where* (``queued``, ...), twenty a line.
 
     The first line says how many there are, and on how many lines they are named: the log's
     writer drops lines when its reader lags far behind (and says how many), so that an
-    operator can tell a list is whole. Beyond :data:`MAX_ABANDONED_LOGGED` jobs, the others
-    are counted by task on a last line, not named.
+    operator can tell a list is whole. Beyond :data:`MAX_ABANDONED_LOGGED` jobs, or the
+    names *budget* (shared by the places of one stop) lets it name, the others are counted
+    by task on a last line, not named.
     """
-    named = in_lines(
-        [Phrase("%s (uuid %s)", job.task, job.uuid) for job in lost[:MAX_ABANDONED_LOGGED]]
-    )
+    nameable = (budget or NamingBudget()).take(lost)
     total = counted(len(lost), f"{where} task")
+    if not nameable:
+        logger.warning(
+            "shutting down with %s abandoned, not named (a stop names %d characters of "
+            "abandoned tasks at most, used up by those before), by task: %s",
+            total,
+            MAX_ABANDONED_NAMED_BYTES,
+            _by_task(lost),
+        )
+        return
+    named = in_lines([Phrase("%s (uuid %s)", job.task, job.uuid) for job in lost[:nameable]])
     (shown, first), rest = named[0], named[1:]
     if not rest and shown == len(lost):
         logger.warning("shutting down with %s abandoned: %s", total, first)
@@ -66,7 +101,7 @@ def log_abandoned(where: str, lost: Sequence[Job]) -> None:
         first,
         len(lost) - shown,
         counted(len(rest), "line"),
-        "" if len(lost) <= MAX_ABANDONED_LOGGED else " and counted by task on the last",
+        "" if nameable == len(lost) else " and counted by task on the last",
     )
     for count, jobs in rest:
         logger.warning(
@@ -79,8 +114,6 @@ def log_abandoned(where: str, lost: Sequence[Job]) -> None:
         )
         shown += count
     if shown < len(lost):
-        tasks = Counter(job.task for job in lost[shown:]).most_common()
-        by_task = (Phrase("%s %d", task, number) for task, number in tasks[:MAX_PER_LINE])
         logger.warning(
             "shutting down: %s tasks %d-%d of %d abandoned, not named (only the first %d "
             "are), by task: %s",
@@ -88,9 +121,16 @@ def log_abandoned(where: str, lost: Sequence[Job]) -> None:
             shown + 1,
             len(lost),
             len(lost),
-            MAX_ABANDONED_LOGGED,
-            Phrase.joined(", ", by_task, more=len(tasks) - MAX_PER_LINE),
+            nameable,
+            _by_task(lost[shown:]),
         )
+
+
+def _by_task(jobs: Sequence[Job]) -> Phrase:
+    """*jobs* counted by task, the most first: ``app.work 10, app.other 1``."""
+    tasks = Counter(job.task for job in jobs).most_common()
+    by_task = (Phrase("%s %d", task, number) for task, number in tasks[:MAX_PER_LINE])
+    return Phrase.joined(", ", by_task, more=len(tasks) - MAX_PER_LINE)
 
 
 async def shut_down(
@@ -101,12 +141,13 @@ async def shut_down(
     grace: float,
 ) -> None:
     """Stop every worker: idle ones at once, busy ones after their task or *grace* s."""
+    budget = NamingBudget()
     for where, jobs in scheduler.close():
         # A job with a receipt goes back to its broker (a durable queue): not lost.
         lost = [job for job in jobs if job.receipt is None]
         back = [job for job in jobs if job.receipt is not None]
         if lost:
-            log_abandoned(where, lost)
+            log_abandoned(where, lost, budget)
         if back:
             logger.info(
                 "shutting down: %d %s tasks handed back to their durable queue, to run "
