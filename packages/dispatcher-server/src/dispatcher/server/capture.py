@@ -15,7 +15,9 @@ logs what the task wrote until then.
 The worker's log goes to copies of the standard output and error it inherited, through
 background streams (:mod:`dispatcher.server.log_background`): a log's reader that does
 not read never holds a task, nor the report of its end (lines are dropped and counted
-instead, see :meth:`OutputCapture.lines_dropped`).
+instead, see :meth:`OutputCapture.lines_dropped`). When both are the same file (``2>&1``,
+journald, a container's log), one stream writes for both, so that their lines stay in the
+order they were written.
 
 A task that closes file descriptors 0, 1 or 2 (``os.close(2)``), redirects 1 or 2
 (``os.dup2(f, 1)``), or leaves ``sys.stdout`` or ``sys.stderr`` replaced or closed, would
@@ -40,7 +42,7 @@ import sys
 import threading
 from typing import Final, TextIO, cast
 
-from dispatcher.server.log_background import BackgroundStream
+from dispatcher.server.log_background import BackgroundStream, drain_streams
 from dispatcher.server.log_handler import LAST_LINES_WAIT
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_streams import HandlerStreams
@@ -181,8 +183,13 @@ class OutputCapture:
             raise
         notice = formatter or logging.Formatter(_NOTICE_FORMAT)
         limit = MAX_QUEUED_CHARS + _LOG_CHARS_PER_OUTPUT_BYTE * self.cap
-        log, out = (BackgroundStream(os.dup(fd), notice, logger.name, limit) for fd in (2, 1))
-        self._log_streams = (log, out)
+        log = BackgroundStream(os.dup(2), notice, logger.name, limit)
+        if _same_file(1, 2):  # (2>&1, journald, docker): one thread keeps their lines in order
+            out = log
+            self._log_streams = (log,)
+        else:
+            out = BackgroundStream(os.dup(1), notice, logger.name, limit)
+            self._log_streams = (log, out)
         self.log_stream = cast(TextIO, log)
         out_stream = cast(TextIO, out)
         with contextlib.suppress(OSError):  # (over the user's limit: the check is weaker)
@@ -331,9 +338,8 @@ class OutputCapture:
         self._drain_log(_SALVAGE_LOG_WAIT)
 
     def _drain_log(self, timeout: float) -> None:
-        """Wait until the log's lines are written, *timeout* seconds at most (for each stream)."""
-        for stream in self._log_streams:
-            stream.drain(timeout)
+        """Wait until the log's lines are written, *timeout* seconds at most (in all)."""
+        drain_streams(self._log_streams, timeout)
 
     def _switch(self, following: CapturedOutput) -> CapturedOutput:
         """Collect what was written so far into the current buffer; make *following* current."""
@@ -373,6 +379,14 @@ class OutputCapture:
             # Output: maybe the first line of a handler made in the task now running.
             handlers = self._handlers
             adopted = handlers is None or handlers.adopt(waiting=False)
+
+
+def _same_file(fd: int, other: int) -> bool:
+    """Whether file descriptors *fd* and *other* point at the same file (pipe, socket...)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.fstat(other))
+    except OSError:
+        return False
 
 
 def _closed(stream: TextIO) -> bool:
