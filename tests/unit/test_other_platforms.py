@@ -173,3 +173,41 @@ def test_an_embedded_service_refuses_to_run_where_it_cannot_saying_why(
     for _, _, why in said:
         assert why.startswith("the dispatcher service runs on Linux 5.3 or later: ")
         assert f"{call} fails here" in why
+
+
+TESTING_ON_THE_DEFAULT_LOOP = """
+import asyncio
+from dispatcher.config import setup
+from dispatcher.testing import captured, eager
+from support.testing_tasks import add
+
+setup(config={"version": 1, "brokers": {"pg_notify": {
+    "conninfo": "host=127.0.0.1 port=1 dbname=unused", "default_publish_channel": "orders"}}})
+
+async def main() -> None:
+    print(type(asyncio.get_running_loop()).__name__)
+    with eager() as mode:
+        await add.adelay(3, 4)
+        print("eager", mode.runs[-1].result)
+    with captured() as tasks:
+        await add.adelay(1, 2)
+        print("captured", len(tasks.for_task(add)))
+    try:
+        await add.adelay(5, 6)  # a real send: psycopg's async connections cannot run here
+    except Exception as exc:
+        print(type(exc).__name__, "ProactorEventLoop" in str(exc))
+
+asyncio.run(main())
+"""
+
+
+def test_the_testing_helpers_take_async_submissions_on_windows_default_loop() -> None:
+    # Nothing connects under dispatcher.testing: the ProactorEventLoop serves there.
+    result = run_as("windows", "-c", TESTING_ON_THE_DEFAULT_LOOP)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "ProactorEventLoop",
+        "eager 7",
+        "captured 1",
+        "AsyncioRequired True",
+    ]
