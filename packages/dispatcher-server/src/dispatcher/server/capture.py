@@ -10,7 +10,8 @@ task's end (:meth:`OutputCapture.log_ended`), one line at a time, ``task output 
 <uuid>]: N more bytes dropped`` when it wrote more than the cap. What is written between
 tasks (hooks) is kept the same way and logged before the next task, or when the worker
 stops. A worker stopped by SIGTERM in the middle of a task (one that resisted its cancel)
-logs what the task wrote until then.
+logs what the task wrote until then; one stopped while it logs the output of a task that
+ended (over ``worker.max_memory`` then, say) logs the rest of it.
 
 The worker's log goes to copies of the standard output and error it inherited, through
 background streams (:mod:`dispatcher.server.log_background`): a log's reader that does
@@ -91,7 +92,7 @@ found busy (see :meth:`HandlerStreams.adopt`), when no output wakes it before.""
 class CapturedOutput:
     """Output collected for one task (or between tasks): the first *cap* bytes, and a count."""
 
-    __slots__ = ("cap", "data", "dropped", "task", "uuid")
+    __slots__ = ("cap", "data", "dropped", "lines_logged", "task", "uuid")
 
     def __init__(self, cap: int, task: str | None = None, uuid: str = "") -> None:
         self.cap = cap
@@ -101,6 +102,8 @@ class CapturedOutput:
         self.data = bytearray()
         self.dropped = 0
         """Bytes written beyond the cap."""
+        self.lines_logged = 0
+        """Lines of :attr:`data` logged by an :meth:`emit` that was interrupted."""
 
     def add(self, chunk: bytes) -> None:
         """Keep what fits under the cap; count the rest."""
@@ -116,6 +119,8 @@ class CapturedOutput:
         """Log what was collected, then forget it.
 
         One line per line written (long lines in pieces), then the count of bytes dropped.
+        Called again after an interruption (the SIGTERM handler's call, made while the worker
+        logs), it goes on from the line it was logging.
         """
         if not self.data and not self.dropped:
             return
@@ -126,14 +131,17 @@ class CapturedOutput:
             prefix, args = "task output [%s %s]", (self.task, self.uuid)
         if self.data:
             text = self.data.decode("utf-8", "backslashreplace")
-            for line in text.removesuffix("\n").split("\n"):
+            lines = text.removesuffix("\n").split("\n")
+            for number in range(self.lines_logged, len(lines)):
+                line = lines[number]
                 # Pieces short enough to be logged whole (arguments are cut at that length).
                 for start in range(0, max(len(line), 1), MAX_LOGGED_CHARS):
                     logger.info(prefix + " %s", *args, line[start : start + MAX_LOGGED_CHARS])
+                self.lines_logged = number + 1
         if self.dropped:
             logger.info(prefix + ": %d more bytes dropped", *args, self.dropped)
         self.data.clear()
-        self.dropped = 0
+        self.dropped = self.lines_logged = 0
 
 
 class OutputCapture:
@@ -255,9 +263,10 @@ class OutputCapture:
         takes time (milliseconds), which the task's timeout, and the report that ends a
         durable job, need not wait for.
         """
-        ended, self._ended = self._ended, None
+        ended = self._ended
         if ended is not None:
-            ended.emit()
+            ended.emit()  # (kept until logged whole: a SIGTERM meanwhile logs the rest)
+            self._ended = None
 
     def lines_dropped(self) -> int:
         """Log lines dropped so far, because the log's reader did not read them in time."""
