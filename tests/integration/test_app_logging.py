@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from support.service import Evidence, ServiceProcess, task_message
+from support.worker_process import WorkerProcess
 
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
@@ -159,3 +160,16 @@ def test_a_basic_config_the_module_of_the_worker_hooks_runs_when_imported_is_kep
     service.wait_for_log(r"^APPFMT WARNING myapp\.hooks: before support\.service_tasks\.record$")
     log = service.log
     assert not re.search(r"worker-0 myapp\.hooks", log), log
+
+
+@pytest.mark.timeout(30)
+def test_lines_to_standard_output_and_error_keep_their_order_when_both_are_one_file(
+    tmp_path: Path,
+) -> None:
+    # The worker's standard output and error are one file (2>&1, journald, a container's
+    # log): the lines of the app's handlers to each come in the order they were logged.
+    with WorkerProcess(tmp_path / "worker.log", "support.app_logging_tasks") as worker:
+        worker.run(TASKS + "alternate", 2000)
+        log = worker.wait_for_log("step 1999")
+    steps = [int(number) for number in re.findall(r": step (\d+)$", log, re.MULTILINE)]
+    assert steps == list(range(2000))

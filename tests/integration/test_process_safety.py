@@ -261,6 +261,24 @@ def test_a_task_over_the_memory_limit_ends_as_memory_exceeded(
     assert reply["pool"]["lost"] == 0
 
 
+@pytest.mark.timeout(60)
+def test_an_idle_worker_over_the_memory_limit_logs_its_last_tasks_output_first(
+    start_service: StartService, service_config: dict[str, Any], notify: Notify, channel: str
+) -> None:
+    # The task ends ok, leaving its worker over the limit; the worker logs the task's output
+    # after reporting its end (slowly here: see support.memory_kept_tasks). Stopped with
+    # SIGTERM, not SIGKILL, it writes that output before it ends.
+    service_config["service"]["pool"] = {"min_workers": 1, "max_workers": 1}
+    service_config["worker"] = {"max_memory": 128 * 1024 * 1024}
+    service_config["tasks"]["modules"] = ["support.service_tasks", "support.memory_kept_tasks"]
+    service = start_service(service_config)
+    kept = "support.memory_kept_tasks.keep_memory_and_print"
+    notify(channel, message(kept, 200, 20, uuid="u-kept"))
+    service.wait_for_log(rf"task output \[{kept} u-kept\] kept line 19$")
+    service.wait_for_log(r"over worker\.max_memory \(128 MiB\): stopping it$")
+    assert status(service)["finished"] == {"ok": 1}
+
+
 def test_a_huge_time_pub_costs_no_worker_and_serial_duplicates_still_run(
     start_service: StartService,
     service_config: dict[str, Any],

@@ -123,3 +123,13 @@ def log_late_then_wait(path: str, text: str) -> None:
     _late_logger().warning("later: %s", text)
     _record(path, event="logged")
     _wait_for_go(path)
+
+
+@task()
+def alternate(steps: int) -> None:
+    """Log *steps* lines, in turn through the app's handler to standard output and its root
+    handler to standard error, each saying its number (``step N``)."""
+    out, err = logging.getLogger("app_logging.tasks"), logging.getLogger("other.lib")
+    for number in range(0, steps, 2):
+        out.info("step %d", number)
+        err.warning("step %d", number + 1)

@@ -216,3 +216,51 @@ def test_a_log_nobody_reads_holds_no_task(tmp_path: Path) -> None:
     ]
     assert lines[0] == "LOG task output [app.loud uuid-0] " + "y" * MAX_LOGGED_CHARS
     assert lines[-1] == notices[0]  # where they were: the last lines were dropped
+
+
+INTERRUPTED_SCRIPT = textwrap.dedent(
+    """
+    import logging, os
+    from dispatcher.server.capture import OutputCapture
+    from dispatcher.server.log_setup import log_to
+
+    class Interrupted(BaseException):
+        pass
+
+    class Stopper(logging.Handler):
+        # Stands for the SIGTERM that comes while the worker logs line 3: its handler
+        # logs what is left (capture.salvage() calls log_ended()), then the worker ends.
+        stopped = False
+
+        def emit(self, record):
+            if record.getMessage().endswith("line 3") and not self.stopped:
+                self.stopped = True
+                capture.log_ended()
+                raise Interrupted
+
+    capture = OutputCapture(42)  # (six lines of seven bytes)
+    log_to(capture.start(), logging.INFO, "LOG %(message)s")
+    logging.getLogger("dispatcher.worker").addHandler(Stopper())
+    capture.begin("app.task", "u-1")
+    os.write(1, b"".join(b"line %d\\n" % number for number in range(6)) + b"x" * 10)
+    capture.end()
+    try:
+        capture.log_ended()  # (once the task's end is reported)
+    except Interrupted:
+        pass
+    capture.close()
+    """
+)
+
+
+def test_output_whose_logging_a_sigterm_interrupts_is_logged_whole_by_its_handler() -> None:
+    # The worker logs a task's output after reporting its end; stopped meanwhile (SIGTERM),
+    # its handler logs what is left: every line once, the interrupted one included.
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_SCRIPT], capture_output=True, timeout=30, check=True
+    )
+    lines = [
+        line.removeprefix("LOG task output [app.task u-1]")
+        for line in result.stderr.decode().splitlines()
+    ]
+    assert lines == [f" line {n}" for n in range(6)] + [": 10 more bytes dropped"]

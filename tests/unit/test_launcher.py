@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ from dispatcher.server import launcher as launcher_module
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.forkserver import worker_options
 from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
+from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
@@ -250,3 +253,35 @@ async def test_workers_the_service_killed_with_a_silent_fork_server_are_said_so_
         "INFO worker 2 was not started: the fork server did not answer; it starts from a new "
         "one" in lines()
     )
+
+
+def test_a_worker_that_cannot_be_signalled_is_said_so_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A seccomp profile that blocks pidfd_send_signal: the timeouts, cancels and stops of
+    # the workers do nothing, and the log says why (a worker that has ended is no error).
+    errors = [OSError(errno.EPERM, os.strerror(errno.EPERM))] * 3 + [ProcessLookupError()]
+
+    def pidfd_send_signal(pidfd: int, signum: int) -> None:
+        raise errors.pop(0)
+
+    monkeypatch.setattr(signal, "pidfd_send_signal", pidfd_send_signal)
+    fresh = RateLimitedLog(launcher_module.logger, logging.WARNING, per_second=1, window=60.0)
+    monkeypatch.setattr(launcher_module, "_signal_failures", fresh, raising=False)
+    ours, theirs = socket.socketpair()
+    process = WorkerProcess(4242, os.pidfd_open(os.getpid()), ours)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dispatcher.launcher"):
+            process.terminate()
+            process.kill()
+            process.signal(signal.SIGRTMIN + 3)
+            process.kill()  # (it has ended)
+    finally:
+        os.close(process.pidfd)
+        ours.close()
+        theirs.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot signal worker pid 4242 (SIGTERM): pidfd_send_signal fails (Operation not "
+        "permitted): its timeouts, cancels and stops do nothing until it is allowed"
+    ]
+    assert errors == []

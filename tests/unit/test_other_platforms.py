@@ -66,6 +66,7 @@ def test_the_publisher_sdk_imports_on_windows() -> None:
         ("windows", "not on Windows: run it in a Linux container"),
         ("macos", "not on macOS: run it in a Linux container"),
         ("old-linux", "pidfd_open fails here (Function not implemented): the kernel is older"),
+        ("blocked-pidfd-signal", "pidfd_send_signal fails here (Operation not permitted)"),
     ],
 )
 def test_the_service_refuses_to_start_where_it_cannot_run_saying_why(
@@ -79,7 +80,7 @@ def test_the_service_refuses_to_start_where_it_cannot_run_saying_why(
         "dispatcher-standalone: the dispatcher service runs on Linux 5.3 or later"
     )
     assert said in line
-    if platform == "old-linux":
+    if platform in ("old-linux", "blocked-pidfd-signal"):
         assert "seccomp" in line
         assert "Docker before 20.10" in line
 
@@ -132,3 +133,81 @@ def test_importing_run_service_on_windows_says_where_the_service_runs() -> None:
     assert result.stdout.startswith(
         "the dispatcher service runs on Linux 5.3 or later, not on Windows"
     )
+
+
+EMBEDDED_RUNS = """
+import asyncio, signal, sys
+from dispatcher.config import setup
+from dispatcher.server import Service, run_service
+from dispatcher.server.host import UnsupportedHost
+
+signal.alarm(20)  # (a service that ran would run without workers, for ever)
+setup(config={"version": 1, "tasks": {"modules": ["support.service_tasks"]}})
+try:
+    run_service()
+except UnsupportedHost as exc:
+    print("run_service:", exc)
+
+async def main():
+    from dispatcher.config import get_settings
+    await Service(get_settings()).run()
+
+try:
+    asyncio.run(main())
+except UnsupportedHost as exc:
+    print("Service.run:", exc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("platform", "call"),
+    [("old-linux", "pidfd_open"), ("blocked-pidfd-signal", "pidfd_send_signal")],
+)
+def test_an_embedded_service_refuses_to_run_where_it_cannot_saying_why(
+    platform: str, call: str, tmp_path: Path
+) -> None:
+    result = run_as(platform, "-c", EMBEDDED_RUNS, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    said = [line.partition(": ") for line in result.stdout.splitlines()]
+    assert [who for who, _, _ in said] == ["run_service", "Service.run"]
+    for _, _, why in said:
+        assert why.startswith("the dispatcher service runs on Linux 5.3 or later: ")
+        assert f"{call} fails here" in why
+
+
+TESTING_ON_THE_DEFAULT_LOOP = """
+import asyncio
+from dispatcher.config import setup
+from dispatcher.testing import captured, eager
+from support.testing_tasks import add
+
+setup(config={"version": 1, "brokers": {"pg_notify": {
+    "conninfo": "host=127.0.0.1 port=1 dbname=unused", "default_publish_channel": "orders"}}})
+
+async def main() -> None:
+    print(type(asyncio.get_running_loop()).__name__)
+    with eager() as mode:
+        await add.adelay(3, 4)
+        print("eager", mode.runs[-1].result)
+    with captured() as tasks:
+        await add.adelay(1, 2)
+        print("captured", len(tasks.for_task(add)))
+    try:
+        await add.adelay(5, 6)  # a real send: psycopg's async connections cannot run here
+    except Exception as exc:
+        print(type(exc).__name__, "ProactorEventLoop" in str(exc))
+
+asyncio.run(main())
+"""
+
+
+def test_the_testing_helpers_take_async_submissions_on_windows_default_loop() -> None:
+    # Nothing connects under dispatcher.testing: the ProactorEventLoop serves there.
+    result = run_as("windows", "-c", TESTING_ON_THE_DEFAULT_LOOP)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "ProactorEventLoop",
+        "eager 7",
+        "captured 1",
+        "AsyncioRequired True",
+    ]

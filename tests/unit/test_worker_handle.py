@@ -425,8 +425,26 @@ def test_memory_check_spares_workers_under_the_limit_unreadable_or_stopping(
         handle.ready()
     handles[3].stop()
     memory.check(handles, limit=1000)
-    assert [p.signals for p in (small, big, unreadable, stopping)] == [[], [SIGKILL], [], []]
+    assert [p.signals for p in (small, big, unreadable, stopping)] == [[], [SIGTERM], [], []]
     assert handles[1].exited() == (None, None, True)
+
+
+def test_memory_check_stops_an_idle_worker_with_sigterm_then_sigkill(
+    timers: FakeTimers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Idle, it may still be logging its last task's output: SIGTERM has it written first.
+    monkeypatch.setattr(memory, "resident_bytes", lambda pid: 5000)
+    lingering, ending = FakeProcess(1), FakeProcess(2)
+    handles = [new_handle(timers, p) for p in (lingering, ending)]
+    for handle in handles:
+        handle.ready()
+    memory.check(handles, limit=1000)
+    memory.check(handles, limit=1000)  # being stopped: once is enough
+    assert [lingering.signals, ending.signals] == [[SIGTERM], [SIGTERM]]
+    assert all(h.status is WorkerStatus.STOPPING and not h.is_live for h in handles)
+    assert handles[1].exited() == (None, None, True)
+    timers.advance(KILL_AFTER_TERM)
+    assert [lingering.signals, ending.signals] == [[SIGTERM, SIGKILL], [SIGTERM]]
 
 
 # -- jobs held ahead ---------------------------------------------------------------------

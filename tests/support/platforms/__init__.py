@@ -9,7 +9,7 @@ from support.paths import REPO
 
 FOLDER = Path(__file__).resolve().parent
 
-PLATFORMS = ("windows", "macos", "old-linux")
+PLATFORMS = ("windows", "macos", "old-linux", "blocked-pidfd-signal")
 """The platforms the ``sitecustomize`` here simulates."""
 
 

@@ -13,6 +13,8 @@ the platform in ``DISPATCHER_SIMULATED_PLATFORM``:
   (``SIGRTMIN``), no ``sched_getaffinity``...
 - ``old-linux``: Linux before 5.3 (or a seccomp profile that blocks the call):
   ``os.pidfd_open`` fails with ENOSYS.
+- ``blocked-pidfd-signal``: Linux whose seccomp profile allows ``pidfd_open`` but not
+  ``pidfd_send_signal``: ``signal.pidfd_send_signal`` fails with EPERM.
 
 The standard library's modules that look at the platform as they are imported are imported
 first, as the real platform's, so that only the code under test sees the other one.
@@ -150,7 +152,21 @@ def _old_linux() -> None:
     os.pidfd_open = pidfd_open
 
 
+def _blocked_pidfd_signal() -> None:
+    import signal
+
+    def pidfd_send_signal(pidfd: int, sig: int, siginfo: object = None, flags: int = 0) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    signal.pidfd_send_signal = pidfd_send_signal
+
+
 if _PLATFORM:
     for _module in _PREIMPORTED:
         __import__(_module)
-    {"windows": _windows, "macos": _macos, "old-linux": _old_linux}[_PLATFORM]()
+    {
+        "windows": _windows,
+        "macos": _macos,
+        "old-linux": _old_linux,
+        "blocked-pidfd-signal": _blocked_pidfd_signal,
+    }[_PLATFORM]()

@@ -11,15 +11,20 @@ if TYPE_CHECKING:
     import asyncio
 
 
-def async_require_loop() -> None:
+def async_require_loop(*, connects: bool = True) -> None:
     """Check that an asyncio event loop runs, before code that would fail obscurely without.
 
-    :raises AsyncioRequired: when none runs (trio's, say).
+    *connects*: the code goes on to use psycopg's async connections, which Windows'
+    ProactorEventLoop cannot run; ``False`` where nothing connects (an interceptor of
+    :mod:`dispatcher.testing` takes the messages): any asyncio loop serves then.
+
+    :raises AsyncioRequired: when none runs (trio's, say), or, if it *connects*, when it is
+        Windows' ProactorEventLoop.
     """
-    running_loop()
+    running_loop(connects=connects)
 
 
-def sync_require_loop() -> None:
+def sync_require_loop(*, connects: bool = True) -> None:
     """The sync twin of :func:`async_require_loop`: nothing to check."""
 
 
@@ -39,13 +44,13 @@ def sync_in_loop() -> bool:
     return True
 
 
-def running_loop() -> asyncio.AbstractEventLoop:
-    """The running asyncio event loop.
+def running_loop(*, connects: bool = True) -> asyncio.AbstractEventLoop:
+    """The running asyncio event loop (one that async connections can use, if it *connects*).
 
     :raises AsyncioRequired: when there is none: the caller runs under another event loop
-        (trio, curio) or none at all; or when it is Windows' ProactorEventLoop, on which
-        psycopg's async connections cannot run (a retry would not help: it is no
-        :class:`BrokerUnavailable`).
+        (trio, curio) or none at all; or, if it *connects*, when it is Windows'
+        ProactorEventLoop, on which psycopg's async connections cannot run (a retry would
+        not help: it is no :class:`BrokerUnavailable`).
     """
     import asyncio  # only async callers pay for it
 
@@ -58,7 +63,7 @@ def running_loop() -> asyncio.AbstractEventLoop:
             " connections do). Under trio, call the sync API in a worker thread, e.g."
             " `await trio.to_thread.run_sync(my_task.delay, ...)`"
         ) from None
-    if sys.platform == "win32" and isinstance(loop, asyncio.ProactorEventLoop):
+    if connects and sys.platform == "win32" and isinstance(loop, asyncio.ProactorEventLoop):
         raise AsyncioRequired(PROACTOR_LOOP)
     return loop
 

@@ -59,7 +59,7 @@ async def asend(
     database (not repeated). See :mod:`dispatcher.publish.routing` for how the broker is chosen.
     While an interceptor is installed (:mod:`dispatcher.publish.interception`), it takes
     them instead and nothing is sent (the async API still needs an asyncio loop, as for a
-    real send).
+    real send; any one, Windows' ProactorEventLoop too, since nothing connects).
 
     :raises BrokerUnavailable: when the broker cannot be reached, or fails the send in a way
         sending again later may cure.
@@ -69,7 +69,7 @@ async def asend(
         return
     interceptor = interception.current
     if interceptor is not None:
-        async_require_loop()  # (the async API: as a real send, under trio say)
+        async_require_loop(connects=False)  # (the async API: as a real send, under trio say)
         await interceptor.asend(submissions, connection)
         return
     groups = plan(submissions, connection)

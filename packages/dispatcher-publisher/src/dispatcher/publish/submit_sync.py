@@ -58,7 +58,7 @@ def send(
     database (not repeated). See :mod:`dispatcher.publish.routing` for how the broker is chosen.
     While an interceptor is installed (:mod:`dispatcher.publish.interception`), it takes
     them instead and nothing is sent (the async API still needs an asyncio loop, as for a
-    real send).
+    real send; any one, Windows' ProactorEventLoop too, since nothing connects).
 
     :raises BrokerUnavailable: when the broker cannot be reached, or fails the send in a way
         sending again later may cure.
@@ -68,7 +68,7 @@ def send(
         return
     interceptor = interception.current
     if interceptor is not None:
-        sync_require_loop()  # (the async API: as a real send, under trio say)
+        sync_require_loop(connects=False)  # (the async API: as a real send, under trio say)
         interceptor.send(submissions, connection)
         return
     groups = plan(submissions, connection)

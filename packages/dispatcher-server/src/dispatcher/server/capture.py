@@ -10,12 +10,15 @@ task's end (:meth:`OutputCapture.log_ended`), one line at a time, ``task output 
 <uuid>]: N more bytes dropped`` when it wrote more than the cap. What is written between
 tasks (hooks) is kept the same way and logged before the next task, or when the worker
 stops. A worker stopped by SIGTERM in the middle of a task (one that resisted its cancel)
-logs what the task wrote until then.
+logs what the task wrote until then; one stopped while it logs the output of a task that
+ended (over ``worker.max_memory`` then, say) logs the rest of it.
 
 The worker's log goes to copies of the standard output and error it inherited, through
 background streams (:mod:`dispatcher.server.log_background`): a log's reader that does
 not read never holds a task, nor the report of its end (lines are dropped and counted
-instead, see :meth:`OutputCapture.lines_dropped`).
+instead, see :meth:`OutputCapture.lines_dropped`). When both are the same file (``2>&1``,
+journald, a container's log), one stream writes for both, so that their lines stay in the
+order they were written.
 
 A task that closes file descriptors 0, 1 or 2 (``os.close(2)``), redirects 1 or 2
 (``os.dup2(f, 1)``), or leaves ``sys.stdout`` or ``sys.stderr`` replaced or closed, would
@@ -40,7 +43,7 @@ import sys
 import threading
 from typing import Final, TextIO, cast
 
-from dispatcher.server.log_background import BackgroundStream
+from dispatcher.server.log_background import BackgroundStream, drain_streams
 from dispatcher.server.log_handler import LAST_LINES_WAIT
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_streams import HandlerStreams
@@ -89,7 +92,7 @@ found busy (see :meth:`HandlerStreams.adopt`), when no output wakes it before.""
 class CapturedOutput:
     """Output collected for one task (or between tasks): the first *cap* bytes, and a count."""
 
-    __slots__ = ("cap", "data", "dropped", "task", "uuid")
+    __slots__ = ("cap", "data", "dropped", "lines_logged", "task", "uuid")
 
     def __init__(self, cap: int, task: str | None = None, uuid: str = "") -> None:
         self.cap = cap
@@ -99,6 +102,8 @@ class CapturedOutput:
         self.data = bytearray()
         self.dropped = 0
         """Bytes written beyond the cap."""
+        self.lines_logged = 0
+        """Lines of :attr:`data` logged by an :meth:`emit` that was interrupted."""
 
     def add(self, chunk: bytes) -> None:
         """Keep what fits under the cap; count the rest."""
@@ -114,6 +119,8 @@ class CapturedOutput:
         """Log what was collected, then forget it.
 
         One line per line written (long lines in pieces), then the count of bytes dropped.
+        Called again after an interruption (the SIGTERM handler's call, made while the worker
+        logs), it goes on from the line it was logging.
         """
         if not self.data and not self.dropped:
             return
@@ -124,14 +131,17 @@ class CapturedOutput:
             prefix, args = "task output [%s %s]", (self.task, self.uuid)
         if self.data:
             text = self.data.decode("utf-8", "backslashreplace")
-            for line in text.removesuffix("\n").split("\n"):
+            lines = text.removesuffix("\n").split("\n")
+            for number in range(self.lines_logged, len(lines)):
+                line = lines[number]
                 # Pieces short enough to be logged whole (arguments are cut at that length).
                 for start in range(0, max(len(line), 1), MAX_LOGGED_CHARS):
                     logger.info(prefix + " %s", *args, line[start : start + MAX_LOGGED_CHARS])
+                self.lines_logged = number + 1
         if self.dropped:
             logger.info(prefix + ": %d more bytes dropped", *args, self.dropped)
         self.data.clear()
-        self.dropped = 0
+        self.dropped = self.lines_logged = 0
 
 
 class OutputCapture:
@@ -181,8 +191,13 @@ class OutputCapture:
             raise
         notice = formatter or logging.Formatter(_NOTICE_FORMAT)
         limit = MAX_QUEUED_CHARS + _LOG_CHARS_PER_OUTPUT_BYTE * self.cap
-        log, out = (BackgroundStream(os.dup(fd), notice, logger.name, limit) for fd in (2, 1))
-        self._log_streams = (log, out)
+        log = BackgroundStream(os.dup(2), notice, logger.name, limit)
+        if _same_file(1, 2):  # (2>&1, journald, docker): one thread keeps their lines in order
+            out = log
+            self._log_streams = (log,)
+        else:
+            out = BackgroundStream(os.dup(1), notice, logger.name, limit)
+            self._log_streams = (log, out)
         self.log_stream = cast(TextIO, log)
         out_stream = cast(TextIO, out)
         with contextlib.suppress(OSError):  # (over the user's limit: the check is weaker)
@@ -248,9 +263,10 @@ class OutputCapture:
         takes time (milliseconds), which the task's timeout, and the report that ends a
         durable job, need not wait for.
         """
-        ended, self._ended = self._ended, None
+        ended = self._ended
         if ended is not None:
-            ended.emit()
+            ended.emit()  # (kept until logged whole: a SIGTERM meanwhile logs the rest)
+            self._ended = None
 
     def lines_dropped(self) -> int:
         """Log lines dropped so far, because the log's reader did not read them in time."""
@@ -331,9 +347,8 @@ class OutputCapture:
         self._drain_log(_SALVAGE_LOG_WAIT)
 
     def _drain_log(self, timeout: float) -> None:
-        """Wait until the log's lines are written, *timeout* seconds at most (for each stream)."""
-        for stream in self._log_streams:
-            stream.drain(timeout)
+        """Wait until the log's lines are written, *timeout* seconds at most (in all)."""
+        drain_streams(self._log_streams, timeout)
 
     def _switch(self, following: CapturedOutput) -> CapturedOutput:
         """Collect what was written so far into the current buffer; make *following* current."""
@@ -373,6 +388,14 @@ class OutputCapture:
             # Output: maybe the first line of a handler made in the task now running.
             handlers = self._handlers
             adopted = handlers is None or handlers.adopt(waiting=False)
+
+
+def _same_file(fd: int, other: int) -> bool:
+    """Whether file descriptors *fd* and *other* point at the same file (pipe, socket...)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.fstat(other))
+    except OSError:
+        return False
 
 
 def _closed(stream: TextIO) -> bool:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import os
 import select
 import signal
@@ -34,12 +35,17 @@ from dispatcher.server.forkserver import (
 )
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import counted
+from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.resources import PROCESS_LIMIT, out_of_fds_text
 from dispatcher.server.worker import WorkerOptions
+from dispatcher.server.worker_signals import signal_name
 
 logger = get_logger("dispatcher.launcher")
 
 _MAX_FDS = 4
+
+_signal_failures = RateLimitedLog(logger, logging.WARNING, per_second=1, window=60.0)
+"""Says that a worker could not be signalled: one line a minute at most."""
 
 FORK_ANSWER_WAIT: Final = 15.0
 """Seconds a fork server that has imported the task modules may go without answering
@@ -122,8 +128,18 @@ class WorkerProcess:
         """Send *signum* to the worker, if it is still there."""
         if self.pidfd < 0:
             return
-        with contextlib.suppress(ProcessLookupError, OSError):
+        try:
             signal.pidfd_send_signal(self.pidfd, signum)
+        except ProcessLookupError:
+            pass  # it has ended: its end is noticed by other means
+        except OSError as exc:  # (blocked by a seccomp profile since the start-up check?)
+            _signal_failures.log(
+                "cannot signal worker pid %d (%s): pidfd_send_signal fails (%s): its "
+                "timeouts, cancels and stops do nothing until it is allowed",
+                self.pid,
+                signal_name(signum),
+                exc.strerror or exc,
+            )
 
     def kill(self) -> None:
         """SIGKILL the worker (its task's children go with it when it is reaped)."""

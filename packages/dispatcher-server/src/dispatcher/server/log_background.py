@@ -13,7 +13,9 @@ does (see :mod:`dispatcher.server.log_handler`).
 from __future__ import annotations
 
 import logging
+import time
 import weakref
+from collections.abc import Iterable
 from typing import Any, Final
 
 from dispatcher.config.forking import at_fork
@@ -131,13 +133,25 @@ _STREAMS: Final[weakref.WeakSet[BackgroundStream]] = weakref.WeakSet()
 """Every :class:`BackgroundStream` of this process."""
 
 
+def drain_streams(streams: Iterable[BackgroundStream], timeout: float) -> bool:
+    """Wait until *streams* have written what they were given, *timeout* seconds in all.
+
+    One deadline for all: a reader that does not read holds the caller *timeout* seconds,
+    however many streams write to it. Tell whether all was written.
+    """
+    deadline = time.monotonic() + timeout
+    written = True
+    for stream in streams:
+        written = stream.drain(max(0.0, deadline - time.monotonic())) and written
+    return written
+
+
 def drain_log_streams(timeout: float) -> None:
     """Wait until this process's background streams have written what they were given.
 
-    *timeout* seconds at most for each; before the process ends with ``os._exit()``.
+    *timeout* seconds at most in all; before the process ends with ``os._exit()``.
     """
-    for stream in list(_STREAMS):
-        stream.drain(timeout)
+    drain_streams(list(_STREAMS), timeout)
 
 
 def _forget_writers() -> None:

@@ -1,4 +1,4 @@
-"""``worker.max_memory``: workers whose resident memory passes the limit are killed."""
+"""``worker.max_memory``: workers whose resident memory passes the limit are stopped."""
 
 from __future__ import annotations
 
@@ -34,7 +34,13 @@ def resident_bytes(pid: int | None) -> int | None:
 
 
 def check(workers: Iterable[WorkerHandle], limit: int) -> None:
-    """Kill every live worker above *limit* bytes; its task ends as ``memory_exceeded``."""
+    """Stop every live worker above *limit* bytes; its task ends as ``memory_exceeded``.
+
+    A worker running a task is killed (SIGKILL) at once. One without a task gets SIGTERM
+    first, SIGKILL only :data:`~dispatcher.server.workers.KILL_AFTER_TERM` seconds later:
+    it may still be logging what its last task wrote (which it does once it has reported
+    the task's end), and its SIGTERM handler writes that before it ends.
+    """
     for worker in workers:
         if not worker.is_live or worker.killed_for is not None:
             continue
@@ -43,14 +49,19 @@ def check(workers: Iterable[WorkerHandle], limit: int) -> None:
             continue
         job = worker.job
         logger.warning(
-            "worker %d (pid %s) uses %d MiB, over worker.max_memory (%d MiB): killing it%s",
+            "worker %d (pid %s) uses %d MiB, over worker.max_memory (%d MiB): %s",
             worker.id,
             worker.pid,
             rss >> 20,
             limit >> 20,
-            Phrase("") if job is None else Phrase(" and its task %s (uuid %s)", job.task, job.uuid),
+            Phrase("stopping it")
+            if job is None
+            else Phrase("killing it and its task %s (uuid %s)", job.task, job.uuid),
         )
-        worker.kill(Outcome.MEMORY_EXCEEDED)
+        if job is None:
+            worker.terminate_then_kill()
+        else:
+            worker.kill(Outcome.MEMORY_EXCEEDED)
 
 
 async def watch(workers: Callable[[], Iterable[WorkerHandle]], limit: int) -> None:

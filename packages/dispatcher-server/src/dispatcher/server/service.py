@@ -29,6 +29,7 @@ from dispatcher.server.forkserver import ForkedServer, worker_options
 from dispatcher.server.free_capacity import FreeCapacity
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.held_node_ids import take_node_id
+from dispatcher.server.host import UnsupportedHost, refuse_unsupported_host
 from dispatcher.server.intake import Intake
 from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.library_logs import quiet_own_cancellations
@@ -215,10 +216,17 @@ class Service:
         from a thread while it runs, so that the loop never waits for the log's reader (see
         :mod:`dispatcher.server.log_writer`).
 
+        :raises UnsupportedHost: this host cannot run the service (not Linux 5.3 or later,
+            or ``pidfd_open`` or ``pidfd_send_signal`` blocked): it would run without workers.
         :raises CannotRunHere: outside the main thread, or where no asyncio loop runs
             (under trio, say).
         """
         try:
+            try:
+                refuse_unsupported_host()
+            except UnsupportedHost:
+                self._launcher.close()  # (its fork server, if it was given one)
+                raise
             check_main_thread("Service.run()")
             check_asyncio_loop_runs()
             with quiet_own_cancellations(), logs_written_in_background():

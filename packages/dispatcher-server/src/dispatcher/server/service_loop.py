@@ -10,6 +10,7 @@ import logging
 import anyio
 
 from dispatcher.config import Settings
+from dispatcher.server.host import refuse_unsupported_host
 from dispatcher.server.resources import shortage_text
 from dispatcher.server.run_place import check_main_thread, check_no_loop_runs
 from dispatcher.server.service import Service
@@ -30,12 +31,15 @@ def run_service(settings: Settings | None = None, log_level: int = logging.INFO)
     Service(settings).run()`` instead. Once it returns, the process's logging and its
     handlers of the stop signals are as they were.
 
+    :raises UnsupportedHost: this host cannot run the service (not Linux 5.3 or later, or
+        ``pidfd_open`` or ``pidfd_send_signal`` blocked): it would run without workers.
     :raises CannotRunHere: called from another thread, or inside a running event loop.
     :raises BrokerNotReady: when a broker cannot be built (a ``pg_queue`` broker whose
         tables are missing: see ``dispatcherctl migrate``).
     :raises ConfigError: when the config cannot serve (a cron schedule without croniter;
         ``$DISPATCHER_NODE_ID``, read without ``service.node_id``, not a valid node id).
     """
+    refuse_unsupported_host()  # (the commands check before this; an application may not)
     check_main_thread("run_service()")
     check_no_loop_runs()
     if settings is None:

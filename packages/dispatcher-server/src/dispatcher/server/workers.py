@@ -374,6 +374,25 @@ class WorkerHandle:
         if self.process is not None:
             self.process.kill()
 
+    def terminate_then_kill(self) -> None:
+        """SIGTERM it now (``→ STOPPING``); SIGKILL :data:`KILL_AFTER_TERM` s later if it is there.
+
+        For a worker without a job: it logs the output of its last task once it has reported
+        the task's end, and its SIGTERM handler still logs what waits (a SIGKILL would lose
+        it). A job it runs meanwhile (it had none) is the caller's to account for.
+        """
+        if self.status is WorkerStatus.EXITED:
+            return
+        self.status = WorkerStatus.STOPPING
+        self._doomed = True
+        if self.process is not None:
+            self.process.terminate()
+            self._timers.call_later(KILL_AFTER_TERM, self._kill_unless_exited)
+
+    def _kill_unless_exited(self) -> None:
+        if self.status is not WorkerStatus.EXITED and self.process is not None:
+            self.process.kill()
+
     def terminate(self) -> Job | None:
         """SIGTERM it now (``→ STOPPING``), taking its job away: the caller accounts for it."""
         job, self.job = self.job, None
