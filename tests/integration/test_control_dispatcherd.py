@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from ruamel.yaml import YAML
 
 from dispatcher.config import Settings
 from dispatcher.control import control_with_reply
-from support.dispatcherd import environment
+from support.dispatcherd import Driver, environment
 from support.dispatcherd_readers import (
     awx_still_running,
     demo_aio_tasks,
@@ -107,23 +107,46 @@ def dispatcherd_config(tmp_path: Path, pg_dsn: str, channel: str) -> Path:
     return path
 
 
+def dispatcherctl_arguments(config: Path, command: str, *options: str) -> list[str]:
+    """dispatcherd's ``dispatcherctl`` command line (options after the command, as it reads
+    them), quiet."""
+    return [command, *options, "--config", str(config), "--log-level", "ERROR"]
+
+
+def one_reply(status: int, stdout: str, log: str) -> list[dict[str, Any]]:
+    """The replies dispatcherd's ``dispatcherctl`` printed (YAML), checked to be one."""
+    assert status == 0, stdout + log
+    parsed: list[dict[str, Any]] = YAML(typ="safe").load(stdout)
+    assert len(parsed) == 1, stdout
+    return parsed
+
+
 def dispatcherctl(config: Path, command: str, *options: str) -> list[dict[str, Any]]:
-    """Run dispatcherd's ``dispatcherctl`` (options after the command, as it reads them)."""
-    quiet = ["--config", str(config), "--log-level", "ERROR"]
+    """Run dispatcherd's ``dispatcherctl`` as a command."""
     done = subprocess.run(
-        [str(dispatcherd_bin() / "dispatcherctl"), command, *options, *quiet],
+        [
+            str(dispatcherd_bin() / "dispatcherctl"),
+            *dispatcherctl_arguments(config, command, *options),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    parsed: list[dict[str, Any]] = YAML(typ="safe").load(done.stdout)
-    assert len(parsed) == 1, done.stdout
-    return parsed
+    return one_reply(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def dispatcherd_driver(dispatcherd_config: Path, tmp_path: Path) -> Iterator[Driver]:
+    """dispatcherd's code in one process of its environment (made first, or the test
+    skipped)."""
+    running = Driver(environment(), dispatcherd_config, tmp_path / "driver.log")
+    yield running
+    running.close()
 
 
 @pytest.mark.timeout(120)
 def test_dispatcherd_dispatcherctl_reads_every_command(
+    dispatcherd_driver: Driver,
     start_service: StartService,
     service_config: dict[str, Any],
     dispatcherd_config: Path,
@@ -131,7 +154,8 @@ def test_dispatcherd_dispatcherctl_reads_every_command(
     channel: str,
     evidence: Evidence,
 ) -> None:
-    dispatcherd_bin()  # made first (or the test skipped), before the service starts
+    """Each command through dispatcherd's ``dispatcherctl`` code in one process (a process
+    each took most of the test's time on a loaded machine); the first as the command too."""
     service_config["service"]["node_id"] = channel
     start_service(service_config)
     notify(channel, message("sleep_recording_cancel", evidence.path, 300, uuid="u-dd"))
@@ -139,10 +163,13 @@ def test_dispatcherd_dispatcherctl_reads_every_command(
     evidence.wait_for(1)
 
     def ctl(command: str, *options: str) -> dict[str, Any]:
-        [reply] = dispatcherctl(dispatcherd_config, command, *options)
+        argv = dispatcherctl_arguments(dispatcherd_config, command, *options)
+        done = dispatcherd_driver.call("dispatcherctl", argv=argv)
+        [reply] = one_reply(done["status"], done["stdout"], dispatcherd_driver.log.read_text())
         assert reply["node_id"] == channel
         return reply
 
+    assert dispatcherctl(dispatcherd_config, "alive") == [{"node_id": channel}]
     assert ctl("alive") == {"node_id": channel}
     running = ctl("running")
     assert running["worker-0"]["uuid"] == "u-dd"

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from support.ctl_here import dispatcherctl
 from support.fake_services import FakeService, silent
 from support.postgres import unique_channel as postgres_channel
 from support.proxy import SilentServer
@@ -374,8 +375,13 @@ COMMAND_LINES = {
 
 
 def test_every_command_prints_json_with_json_or_refuses_it(
-    pg_dsn: str, pg_conn: Any, channel: str, tmp_path: Path
+    pg_dsn: str,
+    pg_conn: Any,
+    channel: str,
+    tmp_path: Path,
 ) -> None:
+    """Each command in this process (a child each took minutes in all on a loaded machine);
+    one in a child too, for what the entry point adds."""
     from dispatcher.server.ctl_parser import parser
     from support.durable import migrated
     from support.queue_rows import insert_job, unique_schema
@@ -398,8 +404,12 @@ def test_every_command_prints_json_with_json_or_refuses_it(
     )
     service = FakeService(pg_dsn, channel, "echo-node")
     try:
+        in_a_child = ctl(config, "status", "--json")
+        assert in_a_child.returncode == 0, in_a_child.stderr
+        here = dispatcherctl(config, "status", "--json", env={"COLUMNS": "200"})
+        assert (here.returncode, json.loads(here.stdout)) == (0, json.loads(in_a_child.stdout))
         for command, args in COMMAND_LINES.items():
-            result = ctl(config, command, *args, "--json")
+            result = dispatcherctl(config, command, *args, "--json", env={"COLUMNS": "200"})
             if result.returncode == 2:
                 assert result.stderr.endswith(f"{command} has no --json output\n"), result.stderr
                 continue

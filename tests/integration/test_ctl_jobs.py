@@ -6,7 +6,6 @@ import dataclasses
 import json
 import re
 import subprocess
-import sys
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from dispatcher.config import reset, setup
 from dispatcher.publish import close_connections, get_job
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from dispatcher.server.ctl_jobs_table import CELL_WIDTH
+from support.ctl_here import dispatcherctl
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.queue_rows import insert_job, job_row, unique_schema
 from support.service import Evidence, ServiceProcess
@@ -28,12 +28,9 @@ Conn = psycopg.Connection[Any]
 
 
 def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher.server.ctl", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """dispatcherctl, in this process (several commands a test: a child each took most of
+    a test's time limit on a loaded machine)."""
+    return dispatcherctl(config, *args)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from dispatcher.config import reset, setup
 from dispatcher.publish import PublishError, aget_job, close_connections, get_job, jobs
 from dispatcher.server.brokers.pg_queue.migrations import latest_version, plan
 from dispatcher.server.ctl import main as dispatcherctl
+from support.ctl_here import dispatcherctl as ctl_here
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.queue_rows import insert_job, job_row, unique_schema
 from support.service import TASKS, Evidence, ServiceProcess, wait_until
@@ -206,7 +207,7 @@ def test_a_jobs_table_without_recorded_migrations_is_called_damaged_and_left_alo
     config = queue_config(pg_dsn, schema, channel)
     purge = ["purge", "--state", "done", "--older-than", "0"]
     for args in (["migrate"], ["migrate", "--print"], ["jobs"], purge):
-        refused = ctl(write_config(tmp_path, config), *args)
+        refused = ctl_here(write_config(tmp_path, config), *args)  # in this process
         assert (refused.returncode, refused.stderr) == (2, f"dispatcherctl: {unrecorded}\n")
     service = start_service(config, wait=False)
     assert service.wait() == 2

@@ -465,14 +465,20 @@ def test_a_signal_handler_publishing_while_its_thread_sends_does_not_hang(
     assert "nothing was sent" in refusal
 
 
-def run_child(script: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    """Run *script* in a Python child with the tests' modules; return what it printed (JSON)."""
+def run_child(
+    script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 50
+) -> Any:
+    """Run *script* in a Python child with the tests' modules; return what it printed (JSON).
+
+    *timeout* stays below the test's own limit, and above the child's watchdog
+    (``faulthandler``), so that a hang shows the child's stacks rather than pytest's.
+    """
     tests_folder = Path(tasks.__file__).parents[1]
     child = subprocess.run(
         [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=timeout,
         env=os.environ
         | (env or {})
         | {"PYTHONPATH": os.pathsep.join([str(tests_folder), *sys.path])},
@@ -550,7 +556,7 @@ from dispatcher.config import reset
 from dispatcher.publish import close_connections
 from support import tasks
 
-faulthandler.dump_traceback_later(60, exit=True)  # a hang: its stacks, then exit
+POINT_WATCHDOG = float(sys.argv[1])  # seconds for one point
 FILES = ("/dispatcher/config/", "/dispatcher/publish/")
 AFTER = frozenset(dis.opmap[n] for n in ("CALL", "CALL_FUNCTION_EX", "JUMP_BACKWARD") if n in dis.opmap)
 
@@ -599,6 +605,9 @@ def handler(n):
     return publish
 
 for n in range(10000):
+    # Armed again at each point: a point that hangs shows its stacks, however slow the
+    # machine is over all the points (one point takes milliseconds).
+    faulthandler.dump_traceback_later(POINT_WATCHDOG, exit=True)
     reset()  # the config is read from its file again, by the first submission
     close_connections()  # which opens the connection again
     publisher = PublishAt(n, handler(n))
@@ -610,10 +619,16 @@ for n in range(10000):
     sent.append(uuid)
     if not publisher.fired:
         break
+faulthandler.cancel_dump_traceback_later()
 print(json.dumps({"sent": sent, "failed": failed, "points": n}))
 """
+# The limits, from the smallest: one point (a hang), then the child's total (some 700
+# points: ~6 s of CPU, up to a minute on a loaded machine), then pytest's.
+REENTER_POINT_WATCHDOG = 10
+REENTER_CHILD_LIMIT = 240
 
 
+@pytest.mark.timeout(REENTER_CHILD_LIMIT + 60)
 def test_a_signal_handler_publishing_anywhere_in_the_first_submission_does_not_hang(
     pg_dsn: str, channel: str, listener: Conn, tmp_path: Path
 ) -> None:
@@ -626,7 +641,12 @@ def test_a_signal_handler_publishing_anywhere_in_the_first_submission_does_not_h
             {"version": 1, "brokers": {"pg_notify": {"conninfo": pg_dsn, "channels": [channel]}}}
         )
     )
-    outcome = run_child(REENTER_ANYWHERE, env={"DISPATCHER_CONFIG_FILE": str(config)})
+    outcome = run_child(
+        REENTER_ANYWHERE,
+        str(REENTER_POINT_WATCHDOG),
+        env={"DISPATCHER_CONFIG_FILE": str(config)},
+        timeout=REENTER_CHILD_LIMIT,
+    )
     assert outcome["failed"] == []
     assert outcome["points"] > 100
     assert sorted(arrived(listener, len(outcome["sent"]), timeout=30)) == sorted(outcome["sent"])

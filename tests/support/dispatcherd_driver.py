@@ -16,15 +16,22 @@ with one JSON line on stdout, ``{"result": ...}`` or ``{"error": "Type: text"}``
 - ``{"call": "control" | "acontrol", "command": ..., "data": {...}}``: fire and forget.
 - ``{"call": "publish_raw", "message": "...", "channel": ...}``: dispatcherd's broker
   publishes the text (and chunks it when it is large).
+- ``{"call": "dispatcherctl", "argv": [...]}``: dispatcherd's ``dispatcherctl`` (its
+  ``dispatcherd.cli.control``) run here with the command line *argv*. Result:
+  ``{"status": N, "stdout": "..."}``, its exit status and what it printed (its log and its
+  usage errors go to the driver's stderr).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import sys
 from typing import Any
 
+from dispatcherd import cli
 from dispatcherd.config import setup
 from dispatcherd.factories import get_control_from_settings, get_publisher_from_settings
 from dispatcherd.processors.blocker import Blocker
@@ -75,8 +82,23 @@ def control(request: dict[str, Any]) -> Any:
     return asyncio.run(ctl.acontrol(command, data=data))
 
 
+def dispatcherctl(argv: list[str]) -> dict[str, Any]:
+    """Run dispatcherd's ``dispatcherctl`` with *argv*, as its console script does."""
+    printed = io.StringIO()
+    sys.argv = ["dispatcherctl", *argv]
+    try:
+        with contextlib.redirect_stdout(printed):
+            cli.control()
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    return {"status": status, "stdout": printed.getvalue()}
+
+
 def answer(request: dict[str, Any]) -> Any:
     call = request["call"]
+    if call == "dispatcherctl":
+        return dispatcherctl(request["argv"])
     if call == "publish":
         return publish(
             request["task"],

@@ -473,6 +473,7 @@ MALFORMED = {
 }
 
 
+@pytest.mark.timeout(120)  # two commands started: over 30 s on a loaded machine
 @pytest.mark.parametrize("name", MALFORMED)
 def test_a_yaml_error_never_shows_a_value_of_the_file(
     tmp_path: Path, name: str, recwarn: pytest.WarningsRecorder

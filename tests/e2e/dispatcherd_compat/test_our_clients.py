@@ -25,6 +25,7 @@ from dispatcher.publish import submit_task
 from dispatcher.schema import MAX_NOTIFY_PAYLOAD_BYTES
 from support import dispatcherd, dispatcherd_tasks_ours
 from support import dispatcherd_shapes as shapes
+from support.ctl_here import dispatcherctl
 from support.dispatcherd import DispatcherdService
 from support.service import Evidence, wait_until
 
@@ -62,7 +63,9 @@ def ctl(config: Path, command: str, *options: str) -> subprocess.CompletedProces
 
 
 def ctl_json(config: Path, command: str, *options: str) -> list[dict[str, Any]]:
-    done = ctl(config, command, *options, "--expected-replies", "1", "--json")
+    """Our ``dispatcherctl --json``'s replies, run in this process (:func:`ctl` runs the
+    command)."""
+    done = dispatcherctl(config, command, *options, "--expected-replies", "1", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     parsed: list[dict[str, Any]] = json.loads(done.stdout)
     return parsed
