@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from support.durable import enqueue, job_message, migrated, queue_config, wait_f
 from support.proxy import DatabaseProxy
 from support.queue_rows import job_row, unique_schema
 from support.service import Evidence, ServiceProcess, children, wait_until
+from support.service_tasks import open_gate
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,15 +47,19 @@ def on_node(config: dict[str, Any], node_id: str) -> dict[str, Any]:
 
 def test_jobs_claimed_ahead_are_given_back_on_a_graceful_stop_and_run_once_elsewhere(
     start_service: Start,
+    tmp_path: Path,
     pg_dsn: str,
     pg_conn: Conn,
     schema: str,
     channel: str,
     evidence: Evidence,
 ) -> None:
-    config = queue_config(pg_dsn, schema, channel, prefetch=100)  # 2 workers, grace 5 s
+    config = queue_config(pg_dsn, schema, channel, prefetch=100)  # 2 workers
+    config["service"]["shutdown_grace"] = 30  # the long jobs end when the test says
     first = start_service(on_node(config, "node-a"))
-    running = [job_message("sleep_then_record", evidence.path, 3, f"long-{n}") for n in (1, 2)]
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    running = [job_message("wait_for_own_gate", evidence.path, gates, f"long-{n}") for n in (1, 2)]
     ahead = [job_message("record", evidence.path, n) for n in range(10)]
     uuids = enqueue(pg_conn, schema, channel, running + ahead)
     long_jobs, ahead_jobs = uuids[:2], uuids[2:]
@@ -66,6 +72,8 @@ def test_jobs_claimed_ahead_are_given_back_on_a_graceful_stop_and_run_once_elsew
 
     first.signal(signal.SIGTERM)
     given_back = wait_for_states(pg_conn, schema, ahead_jobs, {"queued"})
+    for start in starts:  # the long jobs end during the stop
+        open_gate(str(gates), start["pid"])
     assert first.wait() == 0
     assert "tasks handed back to their durable queue" in first.log
     assert "abandoned" not in first.log
@@ -95,18 +103,21 @@ def test_a_late_outcome_from_before_a_retry_never_settles_the_new_claim(
     # sweeps the job to failed (one attempt allowed). An operator retries it: its attempts
     # go back to 0 and B claims it as attempt 1 again. A's job then ends and A, back on
     # the database, reports the outcome of its own attempt 1: it must not count for B's.
+    # Each run ends when the test opens its gate (however long the steps before took).
+    gates = tmp_path / "gates"
+    gates.mkdir()
     proxy = DatabaseProxy(pg_dsn)
     proxy.up()
     try:
-        start_service(on_node(queue_config(proxy.dsn, schema, channel), "node-a"))
+        node_a = start_service(on_node(queue_config(proxy.dsn, schema, channel), "node-a"))
         (uuid,) = enqueue(
             pg_conn,
             schema,
             channel,
-            [job_message("sleep_then_record", evidence.path, 8, "twice")],
+            [job_message("wait_for_own_gate", evidence.path, str(gates), "twice")],
             max_attempts=1,
         )
-        evidence.wait_for(1)
+        [first_start] = evidence.wait_for(1)
         proxy.down()
         start_service(on_node(queue_config(pg_dsn, schema, channel), "node-b"))
         (swept,) = wait_for_states(pg_conn, schema, [uuid], {"failed"})
@@ -121,13 +132,21 @@ def test_a_late_outcome_from_before_a_retry_never_settles_the_new_claim(
             timeout=60,
         )
         assert retried.returncode == 0, retried.stderr
-        first_start, second_start = evidence.wait_for(2)
+        second_start = evidence.wait_for(2, timeout=30)[1]
+        assert second_start["event"] == "start"
         assert first_start["pid"] != second_start["pid"]
         proxy.up()
-        # A reconnects while both runs go on, and records its end first.
+        # A reconnects while both runs go on, and its run ends first; its outcome is
+        # refused by the fence, and the row stays B's.
         wait_until(lambda: "node-a" in connected_nodes(pg_conn), timeout=20)
+        open_gate(str(gates), first_start["pid"])
         first_end = evidence.wait_for(3, timeout=20)[2]
         assert (first_end["event"], first_end["pid"]) == ("end", first_start["pid"])
+        node_a.wait_for_log(
+            rf"not recorded: the jobs are no longer .*{re.escape(uuid)}", timeout=30
+        )
+        assert job_row(pg_conn, schema, uuid)["state"] == "running"  # type: ignore[index]
+        open_gate(str(gates), second_start["pid"])
         (row,) = wait_for_states(pg_conn, schema, [uuid], {"done"}, timeout=30)
         second_end = evidence.wait_for(4, timeout=20)[3]
     finally:
@@ -150,6 +169,7 @@ def connected_nodes(conn: Conn) -> set[str]:
 
 def test_a_row_claimed_again_by_the_service_running_it_is_settled_by_the_running_copy(
     start_service: Start,
+    tmp_path: Path,
     pg_dsn: str,
     pg_conn: Conn,
     schema: str,
@@ -161,10 +181,12 @@ def test_a_row_claimed_again_by_the_service_running_it_is_settled_by_the_running
     # again. It does not start a second copy: the new claim is adopted, and the running
     # copy's outcome settles it (its receipt names the first claim; the row has the second).
     service = start_service(queue_config(pg_dsn, schema, channel, lease=30))
+    gates = tmp_path / "gates"
+    gates.mkdir()
     (uuid,) = enqueue(
-        pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 1.5, "run")]
+        pg_conn, schema, channel, [job_message("wait_for_own_gate", evidence.path, gates, "run")]
     )
-    evidence.wait_for(1)
+    [started] = evidence.wait_for(1)
     jobs = sql.Identifier(schema, "jobs")
     pg_conn.execute(
         sql.SQL(
@@ -178,6 +200,7 @@ def test_a_row_claimed_again_by_the_service_running_it_is_settled_by_the_running
     row = job_row(pg_conn, schema, uuid)
     assert row is not None
     assert (row["state"], row["attempts"], row["claims"]) == ("running", 1, 2)
+    open_gate(str(gates), started["pid"])  # the run ends once the claim is adopted
     (done,) = wait_for_states(pg_conn, schema, [uuid], {"done"})
     records = evidence.records()
     assert [record["event"] for record in records] == ["start", "end"]
@@ -187,6 +210,7 @@ def test_a_row_claimed_again_by_the_service_running_it_is_settled_by_the_running
 
 def test_a_row_id_given_to_another_job_is_settled_by_that_jobs_outcome_only(
     start_service: Start,
+    tmp_path: Path,
     pg_dsn: str,
     pg_conn: Conn,
     schema: str,
@@ -199,10 +223,12 @@ def test_a_row_id_given_to_another_job_is_settled_by_that_jobs_outcome_only(
     config = queue_config(pg_dsn, schema, channel, lease=30, poll_interval=0.1)
     config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}
     service = start_service(config)
+    gates = tmp_path / "gates"
+    gates.mkdir()
     (first,) = enqueue(
-        pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 1.5, "run")]
+        pg_conn, schema, channel, [job_message("wait_for_own_gate", evidence.path, gates, "run")]
     )
-    evidence.wait_for(1)
+    [a_start] = evidence.wait_for(1)
     second = str(uuid4())
     pg_conn.execute(
         sql.SQL(
@@ -213,8 +239,11 @@ def test_a_row_id_given_to_another_job_is_settled_by_that_jobs_outcome_only(
         (second, second, first),
     )
     pg_conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_WAKEUP_CHANNEL, channel))
-    evidence.wait_for(2)
+    b_start = evidence.wait_for(2)[1]
+    open_gate(str(gates), a_start["pid"])  # A's run ends first
     service.wait_for_log(rf"1 outcome not recorded: .* uuids {first}\b")
+    assert job_row(pg_conn, schema, second)["state"] == "running"  # type: ignore[index]
+    open_gate(str(gates), b_start["pid"])
     (done,) = wait_for_states(pg_conn, schema, [second], {"done"})
     records = evidence.wait_for(4)
     assert [record["event"] for record in records] == ["start", "start", "end", "end"]
@@ -225,6 +254,7 @@ def test_a_row_id_given_to_another_job_is_settled_by_that_jobs_outcome_only(
 
 def test_a_row_gone_back_in_time_is_not_started_twice_by_the_service_running_it(
     start_service: Start,
+    tmp_path: Path,
     pg_dsn: str,
     pg_conn: Conn,
     schema: str,
@@ -237,10 +267,12 @@ def test_a_row_gone_back_in_time_is_not_started_twice_by_the_service_running_it(
     config = queue_config(pg_dsn, schema, channel, lease=3, poll_interval=0.1)
     config["service"]["pool"] = {"min_workers": 2, "max_workers": 2}  # one stays free
     service = start_service(config)
+    gates = tmp_path / "gates"
+    gates.mkdir()
     (uuid,) = enqueue(
-        pg_conn, schema, channel, [job_message("sleep_then_record", evidence.path, 4, "run")]
+        pg_conn, schema, channel, [job_message("wait_for_own_gate", evidence.path, gates, "run")]
     )
-    evidence.wait_for(1)
+    [started] = evidence.wait_for(1)
     jobs = sql.Identifier(schema, "jobs")
     pg_conn.execute(
         sql.SQL(
@@ -252,6 +284,7 @@ def test_a_row_gone_back_in_time_is_not_started_twice_by_the_service_running_it(
     )
     pg_conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_WAKEUP_CHANNEL, channel))
     service.wait_for_log(rf"job \d+ \(uuid {uuid}\) claimed again \(attempt 1\) while this")
+    open_gate(str(gates), started["pid"])  # the run ends once the claim is seen
     wait_for_states(pg_conn, schema, [uuid], {"done"})
     row = job_row(pg_conn, schema, uuid)
     assert row is not None

@@ -31,7 +31,7 @@ from support.durable import (
 from support.proxy import DatabaseProxy
 from support.queue_rows import insert_job, unique_schema
 from support.service import TASKS, Evidence, ServiceProcess, task_message, wait_until
-from support.service_tasks import DURABLE_TICKS
+from support.service_tasks import DURABLE_TICKS, open_gate
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,6 +47,7 @@ def schema(pg_conn: Conn) -> str:
 
 def test_a_stop_ends_in_bounded_time_when_the_database_hangs_on_an_open_connection(
     start_service: Start,
+    tmp_path: Path,
     pg_dsn: str,
     pg_conn: Conn,
     schema: str,
@@ -64,12 +65,17 @@ def test_a_stop_ends_in_bounded_time_when_the_database_hangs_on_an_open_connecti
         wait_for_states(pg_conn, schema, first, {"done"})
         # Two jobs end one after the other during the stop's grace: the first outcome's
         # write hangs, the second is written by the stop itself.
-        sleeping = [job_message("sleep_then_record", evidence.path, s) for s in (0.5, 1.5)]
-        enqueue(pg_conn, schema, channel, sleeping)
-        evidence.wait_for(3)  # both running
+        gates = tmp_path / "gates"
+        gates.mkdir()
+        waiting = [job_message("wait_for_own_gate", evidence.path, gates, n) for n in "12"]
+        enqueue(pg_conn, schema, channel, waiting)
+        running = evidence.wait_for(3)[1:]  # both running
         proxy.freeze(new=True)  # the database stops answering, as if SIGSTOPped
         started = time.monotonic()
         service.signal(signal.SIGTERM)
+        for count, run in enumerate(sorted(running, key=lambda r: r["label"]), start=4):
+            open_gate(str(gates), run["pid"])
+            assert evidence.wait_for(count)[-1]["event"] == "end"
         assert service.wait(timeout=30) == 0
         took = time.monotonic() - started
     finally:
@@ -353,6 +359,7 @@ def test_tables_checked_on_a_database_that_comes_up_late_let_the_service_serve(
 
 def test_an_idle_service_back_first_from_an_outage_leaves_the_others_a_lease_to_renew(
     start_service: Start,
+    tmp_path: Path,
     pg_dsn: str,
     pg_conn: Conn,
     notify: Callable[[str, str], None],
@@ -380,12 +387,15 @@ def test_an_idle_service_back_first_from_an_outage_leaves_the_others_a_lease_to_
         # Its first sweep made (by its claiming connection, opened after its working one, the
         # sweeps'); with pg_notify its wake-up listener is named after the node too.
         wait_until(lambda: node_connections(pg_conn, "hold-b") == 3, timeout=10)
-        notify(busy, task_message("sleep_then_record", evidence.path, 30, "busy"))
-        evidence.wait_for(1)
+        # Each run ends when the test opens its gate.
+        gates = tmp_path / "gates"
+        gates.mkdir()
+        notify(busy, task_message("wait_for_own_gate", evidence.path, str(gates), "busy"))
+        [busy_run] = evidence.wait_for(1)
         uuids = enqueue(
-            pg_conn, schema, queue, [job_message("sleep_then_record", evidence.path, 8, "job")]
+            pg_conn, schema, queue, [job_message("wait_for_own_gate", evidence.path, gates, "job")]
         )
-        evidence.wait_for(2)  # the job runs on "hold-a"
+        job_run = evidence.wait_for(2)[1]  # the job runs on "hold-a"
         for proxy in proxies:
             proxy.down()
         # As if the outage had lasted longer than the lease.
@@ -402,7 +412,13 @@ def test_an_idle_service_back_first_from_an_outage_leaves_the_others_a_lease_to_
             r"[0-9.]+ s: it could not be reached\)"
         )
         proxies[0].up()  # the other one a second later: its lease is not taken meanwhile
+        renewed = sql.SQL("SELECT lease_until > now() FROM {} WHERE uuid = %s").format(
+            sql.Identifier(schema, "jobs")
+        )
+        wait_until(lambda: pg_conn.execute(renewed, uuids).fetchone() == (True,), timeout=30)
+        open_gate(str(gates), job_run["pid"])  # the job ends once "hold-a" is back
         rows = wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=30)
+        open_gate(str(gates), busy_run["pid"])
     finally:
         for proxy in proxies:
             proxy.down()

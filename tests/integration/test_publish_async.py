@@ -490,10 +490,15 @@ async def test_closing_the_connection_while_tasks_of_its_loop_publish_loses_no_s
 ) -> None:
     """Each send is delivered once: the connection is closed between statements, never
     under one (its socket closed while a task waits on it), and a call that had not sent
-    yet sends on a new one (a close never makes a send fail)."""
+    yet sends on a new one (a close never makes a send fail).
+
+    A close waits for a send to land since the one before: each close while a connect is
+    under way makes the tasks connect again, and closes at a fixed pace starved them on a
+    loaded machine."""
     delivered: list[str] = []
     unavailable: list[str] = []
     publishing = 4
+    closes = 0
 
     async def publish() -> None:
         nonlocal publishing
@@ -507,15 +512,19 @@ async def test_closing_the_connection_while_tasks_of_its_loop_publish_loses_no_s
         publishing -= 1
 
     async def close() -> None:
-        for _ in range(2000):
-            if not publishing:
-                break
-            await aclose_connections()
+        nonlocal closes
+        landed = 0
+        while publishing:
+            if len(delivered) > landed:  # the connection was used since the last close
+                landed = len(delivered)
+                await aclose_connections()
+                closes += 1
             await asyncio.sleep(0.002)  # pacing only: closes between the sends
 
-    await asyncio.wait_for(asyncio.gather(*[publish() for _ in range(4)], close()), 40)
+    await asyncio.gather(*[publish() for _ in range(4)], close())
     assert unavailable == []
     assert len(delivered) == 4 * 12 * 10
+    assert closes >= 10  # closed while the others sent, again and again
     arrived = wait_for_notifies(listener, len(delivered), 30)
     assert sorted(json.loads(n.payload)["uuid"] for n in arrived) == sorted(delivered)
     assert nothing_more(listener)

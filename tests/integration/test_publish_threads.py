@@ -67,7 +67,8 @@ from dispatcher.publish import batch, close_connections
 from dispatcher.publish.errors import BrokerUnavailable
 from support import tasks
 
-faulthandler.dump_traceback_later(40, exit=True)  # a hang: its stacks, then exit
+HANG = 15  # seconds without a send landing: a hang (its stacks, then exit)
+faulthandler.dump_traceback_later(HANG, exit=True)
 dsn, channel, each = sys.argv[1], sys.argv[2], int(sys.argv[3])
 setup({"version": 1, "brokers": {"pg_notify": {"conninfo": dsn, "channels": [channel]}}})
 delivered, unavailable, other = [], [], []
@@ -86,18 +87,26 @@ def publish(thread):
 threads = [threading.Thread(target=publish, args=(t,)) for t in range(4)]
 for thread in threads:
     thread.start()
-closes = 0
-while any(thread.is_alive() for thread in threads) and closes < 10 * each:
-    close_connections()  # as an application's shutdown hook or a test's teardown may
-    closes += 1
-    threading.Event().wait(0.01)  # pacing only: about a hundred closes a second
+# A close waits for a send to land since the one before (each close while a connect is
+# under way makes the threads connect again: closes at a fixed pace starved them on a
+# loaded machine); the watchdog is armed again at each, so that it finds a hang, not slowness.
+closes = landed = 0
+while any(thread.is_alive() for thread in threads):
+    if len(delivered) > landed:
+        landed = len(delivered)
+        faulthandler.dump_traceback_later(HANG, exit=True)
+        close_connections()  # as an application's shutdown hook or a test's teardown may
+        closes += 1
+    threading.Event().wait(0.01)  # pacing only: at most about a hundred closes a second
 for thread in threads:
     thread.join()
+faulthandler.cancel_dump_traceback_later()
 close_connections()
-print(json.dumps({"delivered": delivered, "unavailable": unavailable, "other": other}))
+print(json.dumps({"delivered": delivered, "unavailable": unavailable, "other": other, "closes": closes}))
 """
 
 
+@pytest.mark.timeout(120)  # above the child's limit, itself above its watchdog's
 def test_closing_the_connections_while_threads_publish_neither_crashes_nor_loses_a_send(
     pg_dsn: str, channel: str, listener: psycopg.Connection[Any]
 ) -> None:
@@ -107,7 +116,7 @@ def test_closing_the_connections_while_threads_publish_neither_crashes_nor_loses
         [sys.executable, "-c", RACING_CLOSE, pg_dsn, channel, "100"],
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=90,
         env=env,
     )
     assert child.returncode == 0, child.stderr[-3000:]
@@ -115,6 +124,7 @@ def test_closing_the_connections_while_threads_publish_neither_crashes_nor_loses
     assert outcome["other"] == []
     assert outcome["unavailable"] == []  # a close never makes a send fail
     assert len(outcome["delivered"]) == 4 * 100 * 10
+    assert outcome["closes"] >= 10  # closed while the others sent, again and again
     arrived = wait_for_notifies(listener, len(outcome["delivered"]), timeout=30)
     assert sorted(json.loads(n.payload)["uuid"] for n in arrived) == sorted(outcome["delivered"])
     assert list(listener.notifies(timeout=0.5, stop_after=1)) == []  # each sent once

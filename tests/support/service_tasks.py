@@ -46,6 +46,25 @@ def wait_for_file(path: str, gate: str, label: str = "") -> None:
 
 
 @task()
+def wait_for_own_gate(path: str, gates: str, label: str = "") -> None:
+    """Record the start, wait (60 s at most) until the folder *gates* holds a file named by
+    this worker's pid, record the end: each run of the job (a retry's too, in another
+    worker) ends when the test opens that run's own gate (see :func:`open_gate`)."""
+    _record(path, event="start", label=label)
+    gate = os.path.join(gates, str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _record(path, event="end", label=label)
+
+
+def open_gate(gates: str, pid: int) -> None:
+    """Let the run of :func:`wait_for_own_gate` in the worker *pid* end."""
+    with open(os.path.join(gates, str(pid)), "w"):
+        pass
+
+
+@task()
 async def async_record(path: str, value: Any) -> None:
     """An ``async def`` task."""
     await asyncio.sleep(0.01)
