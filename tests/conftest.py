@@ -25,9 +25,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_dsn() -> Iterator[str]:
     """DSN of a real PostgreSQL for the whole session (see support.postgres)."""
-    with postgres.test_database(tmp_path_factory.mktemp("embedded-postgres")) as dsn:
+    with postgres.test_database() as dsn:
         yield dsn
 
 

