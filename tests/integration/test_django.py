@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class DemoSite:
     dsn: str
     schema: str
     channel: str
+    environ: Mapping[str, str] = field(default_factory=dict)
+    """What the project's set-up put in ``os.environ`` (see :func:`project_environment`)."""
 
     def env(self, channel: str | None = None, settings: str = SETTINGS_MODULE) -> dict[str, str]:
         """The environment of a ``manage.py`` subprocess of the project."""
@@ -73,29 +75,69 @@ class DemoSite:
         return env
 
 
-@pytest.fixture(scope="module")
-def demo_site(pg_dsn: str) -> Iterator[DemoSite]:
+@contextlib.contextmanager
+def project_environment(environ: Mapping[str, str]) -> Iterator[None]:
+    """This process as the project needs it: *environ* in ``os.environ`` (its settings
+    module, what its settings read, the ``TZ`` Django set), the project's folder on
+    ``sys.path``; both as they were afterwards."""
+    saved = dict(os.environ)
+    os.environ.update(environ)
+    time.tzset()
+    sys.path.insert(0, str(PROJECT))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(PROJECT))
+        os.environ.clear()
+        os.environ.update(saved)
+        time.tzset()
+
+
+@pytest.fixture(scope="session")
+def demo_project(pg_dsn: str) -> Iterator[DemoSite]:
+    """The demo project, set up in this process once, for the whole session.
+
+    Django is set up once per process (a second ``django.setup()`` does nothing, and the
+    settings module, which reads the schema and channel from the environment, is read once):
+    a module-scoped set-up, torn down and made again when the tests of several modules
+    interleave, left Django on the first one's dropped schema and the config reset.
+    """
     site = DemoSite(pg_dsn, f"demo_site_{uuid.uuid4().hex[:12]}", unique_channel("django"))
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(site.schema)))
         migrate(conn, site.schema)  # the durable queue's tables
-    saved = dict(os.environ)
-    os.environ.update({k: v for k, v in site.env().items() if k.startswith(("DEMO_", "DJANGO_"))})
-    sys.path.insert(0, str(PROJECT))
+    before = dict(os.environ)
+    given = {k: v for k, v in site.env().items() if k.startswith(("DEMO_", "DJANGO_"))}
     try:
-        django.setup()  # the app's ready() applies settings.DISPATCHER
-        call_command("migrate", verbosity=0)
-        yield site
+        with project_environment(given):
+            django.setup()  # the app's ready() applies settings.DISPATCHER (once)
+            call_command("migrate", verbosity=0)
+            environ = {k: v for k, v in os.environ.items() if before.get(k) != v}
+        yield replace(site, environ=environ)
     finally:
         connections.close_all()
         close_connections()
         reset()
-        sys.path.remove(str(PROJECT))
-        os.environ.clear()
-        os.environ.update(saved)
-        time.tzset()  # Django set TZ from TIME_ZONE
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(site.schema)))
+
+
+@pytest.fixture(autouse=True)
+def demo_site(demo_project: DemoSite) -> Iterator[DemoSite]:
+    """The demo project for each test, ``settings.DISPATCHER`` the config in force.
+
+    Applied for each test, as ``ready()`` did once: a test of another module in this process
+    may have reset the config (or installed its own) since; reset again afterwards.
+    """
+    from dispatcher.contrib.django.config import configure
+
+    with project_environment(demo_project.environ):
+        configure()
+        try:
+            yield demo_project
+        finally:
+            close_connections()
+            reset()
 
 
 class ManagePy:
@@ -145,11 +187,11 @@ class ManagePy:
 
 @pytest.fixture(scope="module")
 def site_service(
-    demo_site: DemoSite, tmp_path_factory: pytest.TempPathFactory
+    demo_project: DemoSite, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ManagePy]:
     """``manage.py rundispatcher`` on the project's channel (one worker: tasks run in order)."""
     log = tmp_path_factory.mktemp("rundispatcher") / "service.log"
-    service = ManagePy(demo_site.env(), log, "rundispatcher")
+    service = ManagePy(demo_project.env(), log, "rundispatcher")
     try:
         yield service.wait_ready()
     finally:

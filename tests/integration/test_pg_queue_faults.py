@@ -6,10 +6,7 @@ records the outcome of the job that ran through the outage, and claims what come
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,15 +23,11 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[EmbeddedServer]:
     """An embedded PostgreSQL this module may stop and start (see test_faults.py)."""
-    parent = Path(tempfile.mkdtemp(prefix="dispatcher-queue-fault-pg-"))
+    server = EmbeddedServer()
     try:
-        server = EmbeddedServer(parent)
-        try:
-            yield server
-        finally:
-            server.remove()
+        yield server
     finally:
-        shutil.rmtree(parent, ignore_errors=True)
+        server.remove()
 
 
 def test_a_database_restart_loses_nothing_and_the_service_goes_on(
