@@ -6,12 +6,43 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import weakref
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 
+def port_socket(port: int) -> socket.socket:
+    """A socket bound to 127.0.0.1:*port* (0: a free port), not listening yet.
+
+    Bound without listening, it holds the port: connections to it are refused, and no other
+    socket takes it (nor is it given to one binding port 0). ``SO_REUSEPORT`` lets the next
+    one of the proxy's own be bound beside it before it is closed, so that the port is never
+    free for a moment.
+    """
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _close(holder: list[socket.socket]) -> None:
+    for sock in holder:
+        sock.close()
+
+
 class DatabaseProxy:
-    """Forwards 127.0.0.1:<port> to the test database while up; refuses connections while down."""
+    """Forwards 127.0.0.1:<port> to the test database while up; refuses connections while down.
+
+    It holds its port from the start to its end, up or down (see :func:`port_socket`): a
+    port given back while the proxy was down could be taken by another process meanwhile,
+    and the proxy could not come up again where its clients connect.
+    """
 
     def __init__(self, dsn: str) -> None:
         params = conninfo_to_dict(dsn)
@@ -21,9 +52,11 @@ class DatabaseProxy:
             if host.startswith("/")
             else (socket.AF_INET, (host, port))
         )
-        with socket.socket() as probe:  # pick a free port, then leave it closed (down)
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        held = port_socket(0)  # bound, not listening: down
+        self.port = held.getsockname()[1]
+        self._held = [held]
+        """The socket on the port: listening while up, only bound while down."""
+        weakref.finalize(self, _close, self._held)  # when the proxy goes, the port goes
         self.dsn = make_conninfo(dsn, host="127.0.0.1", port=self.port)
         self._listener: socket.socket | None = None
         self._sockets: list[socket.socket] = []
@@ -39,20 +72,19 @@ class DatabaseProxy:
         """Connections accepted so far."""
 
     def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        self._listener = listener
+        """Accept connections on the port, and forward them."""
+        with self._lock:
+            if self._listener is not None:
+                return
+            [listener] = self._held
+            listener.listen()
+            self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def down(self) -> None:
+        """Refuse new connections and cut the open ones."""
         with self._lock:
-            if self._listener is not None:
-                with contextlib.suppress(OSError):  # (wakes the thread blocked in accept())
-                    self._listener.shutdown(socket.SHUT_RDWR)
-                self._listener.close()
-                self._listener = None
+            self._stop_listening()
             for sock in self._sockets:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
@@ -62,11 +94,18 @@ class DatabaseProxy:
     def refuse_new(self) -> None:
         """Refuse new connections; the open ones go on as they are."""
         with self._lock:
-            if self._listener is not None:
-                with contextlib.suppress(OSError):  # (wakes the thread blocked in accept())
-                    self._listener.shutdown(socket.SHUT_RDWR)
-                self._listener.close()
-                self._listener = None
+            self._stop_listening()
+
+    def _stop_listening(self) -> None:
+        """Close the listening socket, a bound one holding the port first (under the lock)."""
+        listener = self._listener
+        if listener is None:
+            return
+        self._held[:] = [port_socket(self.port)]
+        with contextlib.suppress(OSError):  # (wakes the thread blocked in accept())
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        self._listener = None
 
     def freeze(self, *, new: bool = False) -> None:
         """Stop forwarding on the open connections, without closing them: a silent partition.
