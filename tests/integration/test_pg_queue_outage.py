@@ -71,16 +71,19 @@ def test_a_stop_ends_in_bounded_time_when_the_database_hangs_on_an_open_connecti
         enqueue(pg_conn, schema, channel, waiting)
         running = evidence.wait_for(3)[1:]  # both running
         proxy.freeze(new=True)  # the database stops answering, as if SIGSTOPped
-        started = time.monotonic()
         service.signal(signal.SIGTERM)
         for count, run in enumerate(sorted(running, key=lambda r: r["label"]), start=4):
             open_gate(str(gates), run["pid"])
-            assert evidence.wait_for(count)[-1]["event"] == "end"
+            last_end = evidence.wait_for(count)[-1]
+            assert last_end["event"] == "end"
         assert service.wait(timeout=30) == 0
-        took = time.monotonic() - started
+        # From the last job's end (in the worker's clock): the jobs end when the test says,
+        # so the grace's part is the test's; what is left is the stop's own writes (5 s
+        # each), with some to spare.
+        took = time.time() - last_end["time"]
     finally:
         proxy.down()
-    assert took < 3 + 10, took
+    assert took < 10 + 3, took
     assert "2 outcomes not recorded" in service.log  # it says what it gave up
 
 
@@ -395,7 +398,7 @@ def test_an_idle_service_back_first_from_an_outage_leaves_the_others_a_lease_to_
         uuids = enqueue(
             pg_conn, schema, queue, [job_message("wait_for_own_gate", evidence.path, gates, "job")]
         )
-        job_run = evidence.wait_for(2)[1]  # the job runs on "hold-a"
+        job_run = evidence.wait_for(2, timeout=30)[1]  # the job runs on "hold-a"
         for proxy in proxies:
             proxy.down()
         # As if the outage had lasted longer than the lease.

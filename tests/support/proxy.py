@@ -145,15 +145,23 @@ class DatabaseProxy:
                 if self._listener is not listener:  # accepted as it went down: refused
                     client.close()
                     return
-            if self._frozen_new:
-                with self._lock:
+                if self._frozen_new:
                     self._sockets.append(client)
                     self.accepted += 1
-                continue
+                    continue
             family, address = self._target
             upstream = socket.socket(family)
-            upstream.connect(address)
+            try:
+                upstream.connect(address)
+            except OSError:  # the database is not there: the client is cut
+                upstream.close()
+                client.close()
+                continue
             with self._lock:
+                if self._listener is not listener:  # went down meanwhile: closed as it did
+                    upstream.close()
+                    client.close()
+                    return
                 self._sockets += [client, upstream]
                 self._upstream.add(upstream)
                 self._peer[client] = upstream

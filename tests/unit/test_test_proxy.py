@@ -8,6 +8,7 @@ port, reached something else or nothing.
 from __future__ import annotations
 
 import errno
+import gc
 import socket
 from collections.abc import Iterator
 
@@ -60,3 +61,16 @@ def test_the_proxy_holds_its_port_up_and_down(upstream: str) -> None:
         assert (taken(proxy.port), answered(proxy.port)) == (True, False)
     finally:
         proxy.down()
+
+
+def test_a_connection_accepted_as_the_proxy_goes_down_is_closed(upstream: str) -> None:
+    """A connection the proxy was forwarding as it went down was added to its sockets after
+    they were closed: never closed (a ResourceWarning, an error in this suite, later)."""
+    for _ in range(100):
+        proxy = DatabaseProxy(upstream)
+        proxy.up()
+        with socket.create_connection(("127.0.0.1", proxy.port)):
+            pass
+        proxy.down()
+        del proxy
+    gc.collect()
