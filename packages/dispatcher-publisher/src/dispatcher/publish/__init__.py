@@ -30,16 +30,7 @@ from dispatcher.publish import libpq, retiring  # noqa: F401
 from dispatcher.publish.batching import Batch
 from dispatcher.publish.broker_errors import broker_unavailable
 from dispatcher.publish.chunking import ChunkAssembler, split_message
-from dispatcher.publish.decorator import (
-    BoundTask,
-    BoundTaskDecorator,
-    BoundTaskFunction,
-    SubmissionMethods,
-    TaskDecorator,
-    TaskFunction,
-    UndecoratedTaskDecorator,
-    task,
-)
+from dispatcher.publish.decorator import task
 from dispatcher.publish.errors import (
     AsyncioRequired,
     BrokerUnavailable,
@@ -63,6 +54,15 @@ from dispatcher.publish.server_description import describe_server
 from dispatcher.publish.submission import Submission
 from dispatcher.publish.submit_async import AsyncBatchBlock, abatch, asubmit_task
 from dispatcher.publish.submit_sync import BatchBlock, batch, submit_task
+from dispatcher.publish.task_types import (
+    BoundTask,
+    BoundTaskDecorator,
+    BoundTaskFunction,
+    SubmissionMethods,
+    TaskDecorator,
+    TaskFunction,
+    UndecoratedTaskDecorator,
+)
 from dispatcher.schema import (
     DispatcherError,
     InvalidArgumentType,

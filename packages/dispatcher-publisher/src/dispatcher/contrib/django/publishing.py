@@ -21,11 +21,11 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from dispatcher.config import get_settings
 from dispatcher.contrib.django.databases import same_database
 from dispatcher.publish import OnDuplicate, Submission, interception, prepare_submission
-from dispatcher.publish.decorator import SubmissionMethods
 from dispatcher.publish.processor_options import ProcessorOptions
 from dispatcher.publish.registry import Queue
 from dispatcher.publish.routing import broker_for
 from dispatcher.publish.submit_sync import send
+from dispatcher.publish.task_types import SubmissionMethods
 
 P = ParamSpec("P")
 
