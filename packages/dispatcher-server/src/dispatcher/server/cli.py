@@ -189,7 +189,8 @@ def _load_settings(path: str | None) -> Any:
     read with the stop signals let through, so that they can end the wait.
     """
     from dispatcher.config import load_settings
-    from dispatcher.config.loading import read_limited, settings_from_file_data
+    from dispatcher.config.loading import settings_from_file_data
+    from dispatcher.config.yaml_reading import read_limited
 
     if path is None or _is_regular_file(path):
         return load_settings(file_path=path)

@@ -21,7 +21,7 @@ from django.db import DEFAULT_DB_ALIAS
 from dispatcher.config import ConfigError, Settings, setup
 from dispatcher.config.dispatcherd_layout import is_dispatcherd
 from dispatcher.config.legacy import is_unversioned
-from dispatcher.config.loading import read_yaml
+from dispatcher.config.yaml_reading import read_yaml
 from dispatcher.contrib.django.databases import database_conninfo, is_postgresql
 
 SETTING: Final = "DISPATCHER"
