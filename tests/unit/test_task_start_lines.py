@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from dispatcher.config.settings import TaskLog
+from dispatcher.config.service_settings import TaskLog
 from dispatcher.schema import Outcome
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.jobs import Job

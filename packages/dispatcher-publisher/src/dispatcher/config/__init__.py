@@ -24,20 +24,16 @@ from dispatcher.config.loading import (
 )
 from dispatcher.config.plugins import BrokerPlugin, PluginError, installed_plugins, load_plugin
 from dispatcher.config.security import Security, SigningKey
+from dispatcher.config.service_settings import Limits, Metrics, Pool, Service, ServiceControl
 from dispatcher.config.settings import (
     BrokerName,
     Brokers,
-    Limits,
-    Metrics,
     PgNotifyBroker,
     PgQueueBroker,
     PluginBroker,
-    Pool,
     Producers,
     Publish,
     ScheduledTask,
-    Service,
-    ServiceControl,
     Settings,
     SocketBroker,
     TaskOptions,

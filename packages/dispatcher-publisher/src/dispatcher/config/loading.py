@@ -21,7 +21,8 @@ from dispatcher.config import dispatcherd_layout, legacy, plugins
 from dispatcher.config.cross_field_checks import cross_field_problems
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.security import hide_secret, load_security
-from dispatcher.config.settings import Settings, settings_from_document
+from dispatcher.config.settings import Settings
+from dispatcher.config.settings_building import settings_from_document
 from dispatcher.config.unusable_values import unusable_values
 from dispatcher.config.yaml_reading import parse_yaml, read_yaml
 from dispatcher.schema import InvalidArgumentType, Problem, validator

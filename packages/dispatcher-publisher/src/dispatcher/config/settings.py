@@ -1,7 +1,9 @@
 """The validated config as typed, read-only objects.
 
 Every default here is also written in ``config.schema.json`` (for the docs); a test keeps
-the two equal.
+the two equal. The ``service`` section's objects are in
+:mod:`~dispatcher.config.service_settings`; :mod:`~dispatcher.config.settings_building` makes
+a :class:`Settings` of a validated document.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from dispatcher.config.security import Security
-from dispatcher.schema import LogFormat, OnDuplicate
-from dispatcher.schema.chunks import MAX_PARTIAL_BYTES, MAX_PARTIAL_MESSAGES
+from dispatcher.config.service_settings import Service
+from dispatcher.schema import OnDuplicate
 
 BrokerName = str
 """The name of a broker, as a key of the config's ``brokers`` section: ``pg_notify``,
@@ -142,80 +144,6 @@ class Tasks:
 
 
 @dataclass(frozen=True)
-class Pool:
-    """``service.pool``: the worker subprocesses."""
-
-    min_workers: int = 1
-    max_workers: int | None = None
-    scaledown_wait: float = 15
-    max_worker_lifetime: float | None = 14400
-    max_tasks_per_worker: int | None = None
-    hold_ahead_below: float = 0.002
-    """A busy worker is sent the next jobs ahead while a backlog exists only when its task
-    has lately run for less than this many seconds; ``0`` never sends jobs ahead."""
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """``service.metrics``: the Prometheus endpoint."""
-
-    host: str = "127.0.0.1"
-    port: int = 8070
-
-
-@dataclass(frozen=True)
-class Limits:
-    """``service.limits``: bounds on what publishers can make the service hold."""
-
-    max_partial_messages: int = MAX_PARTIAL_MESSAGES
-    """Incomplete chunked messages held; beyond it the oldest is evicted."""
-    max_partial_bytes: int = MAX_PARTIAL_BYTES
-    """Memory held by the slices of incomplete chunked messages; beyond it the oldest go."""
-    max_delayed: int = 100_000
-    """Tasks waiting for their delay; beyond it the newest is refused."""
-    max_blocked: int = 100_000
-    """Tasks held back by ``on_duplicate``; beyond it the newest is refused."""
-    max_queued: int = 1_000_000
-    """Tasks waiting for a free worker; beyond it the newest is refused."""
-    max_held_bytes: int = 256 * 1024 * 1024
-    """Message bytes held in each of three places, counted apart: the jobs queued, delayed or
-    blocked; those waiting for the first worker; the large ones being decoded with those held
-    behind them (up to about three times this in all)."""
-
-
-@dataclass(frozen=True)
-class ServiceControl:
-    """``service.control``: how the service answers control commands."""
-
-    cancel_without_filter: Literal["refuse", "all"] = "refuse"
-    """What ``cancel`` with no filter does: ``refuse`` (an error reply), or cancel ``all``
-    tasks, as dispatcherd does."""
-
-
-TaskLog = Literal["end", "start_and_end", "off"]
-"""``service.task_log``: which per-task lines the service logs at INFO."""
-
-
-@dataclass(frozen=True)
-class Service:
-    """``service``: the service process."""
-
-    node_id: str | None = None
-    pool: Pool = field(default_factory=Pool)
-    shutdown_grace: float = 30
-    cancel_grace: float = 5
-    chunk_expiry: float = 1800
-    task_log: TaskLog = "end"
-    """Per-task INFO lines: at each task's ``end``, at its ``start_and_end``, or ``off``."""
-    log_format: LogFormat = "text"
-    """How ``dispatcher-standalone`` and ``rundispatcher`` write the log (``text`` lines, or
-    ``json`` objects), and the workers their own lines, whatever starts the service."""
-    metrics: Metrics | None = None
-    limits: Limits = field(default_factory=Limits)
-    control: ServiceControl = field(default_factory=ServiceControl)
-
-
-@dataclass(frozen=True)
 class TaskOptions:
     """Options of a task the service starts by itself (``producers.on_start`` entries)."""
 
@@ -239,9 +167,6 @@ class ScheduledTask(TaskOptions):
     def is_cron(self) -> bool:
         """Tell whether :attr:`schedule` is a cron expression rather than a period."""
         return isinstance(self.schedule, str)
-
-
-_Options = TypeVar("_Options", bound=TaskOptions)
 
 
 @dataclass(frozen=True)
@@ -315,106 +240,3 @@ def dispatcherctl_command(command: str, config_file: str | None) -> str:
     if config_file is None:
         return f"dispatcherctl {command}"
     return f"dispatcherctl {command} --config {shlex.quote(config_file)}"
-
-
-def settings_from_document(
-    source: str, document: Mapping[str, Any], security: Security | None = None
-) -> Settings:
-    """Build :class:`Settings` from a document already validated against the config schema.
-
-    *security* is its ``security`` section with the secrets read (see ``load_security``).
-    """
-    brokers = document.get("brokers", {})
-    service = document.get("service", {})
-    producers = document.get("producers", {})
-    pg_notify = brokers.get("pg_notify")
-    socket = brokers.get("socket")
-    pg_queue = brokers.get("pg_queue")
-    metrics = service.get("metrics")
-    worker = document.get("worker", {})
-    return Settings(
-        source=source,
-        data=document,
-        brokers=Brokers(
-            pg_notify=None if pg_notify is None else _pg_notify(pg_notify),
-            socket=None if socket is None else SocketBroker(**_allow_control(socket)),
-            pg_queue=None if pg_queue is None else _pg_queue(pg_queue, pg_notify),
-            plugins=MappingProxyType(
-                {
-                    name: _plugin(name, section)
-                    for name, section in brokers.items()
-                    if name not in {"pg_notify", "socket", "pg_queue"}
-                }
-            ),
-        ),
-        tasks=Tasks(modules=tuple(document.get("tasks", {}).get("modules", ()))),
-        service=Service(
-            **{
-                k: v
-                for k, v in service.items()
-                if k not in {"pool", "metrics", "limits", "control"}
-            },
-            pool=Pool(**service.get("pool", {})),
-            metrics=None if metrics is None else Metrics(**metrics),
-            limits=Limits(**service.get("limits", {})),
-            control=ServiceControl(**service.get("control", {})),
-        ),
-        producers=Producers(
-            scheduled=_entries(producers.get("scheduled", {}), ScheduledTask),
-            on_start=_entries(producers.get("on_start", {}), TaskOptions),
-            control="control" in producers,
-        ),
-        worker=Worker(
-            worker_class=worker.get("class"),
-            idle_timeout=worker.get("idle_timeout"),
-            max_memory=worker.get("max_memory"),
-            max_output_bytes=worker.get("max_output_bytes", Worker.max_output_bytes),
-        ),
-        publish=Publish(**document.get("publish", {})),
-        security=security or Security(),
-    )
-
-
-def _pg_notify(section: Mapping[str, Any]) -> PgNotifyBroker:
-    values = _allow_control(section)
-    values["channels"] = tuple(values.get("channels", ()))
-    return PgNotifyBroker(**values)
-
-
-def _pg_queue(section: Mapping[str, Any], pg_notify: Mapping[str, Any] | None) -> PgQueueBroker:
-    values = _allow_control(section)
-    values["queues"] = tuple(values["queues"])
-    if "conninfo" not in values and pg_notify is not None:
-        values["conninfo"] = pg_notify["conninfo"]
-    return PgQueueBroker(**values)
-
-
-def _plugin(name: str, section: Mapping[str, Any]) -> PluginBroker:
-    allowed = section.get("allow_control")
-    return PluginBroker(
-        name=name,
-        options=MappingProxyType({k: v for k, v in section.items() if k != "allow_control"}),
-        allow_control=None if allowed is None else tuple(allowed),
-    )
-
-
-def _allow_control(section: Mapping[str, Any]) -> dict[str, Any]:
-    values = dict(section)
-    if "allow_control" in values:
-        values["allow_control"] = tuple(values["allow_control"])
-    return values
-
-
-def _entries(
-    section: Mapping[str, Mapping[str, Any]], cls: type[_Options]
-) -> Mapping[str, _Options]:
-    return MappingProxyType({name: cls(**_options(values)) for name, values in section.items()})
-
-
-def _options(section: Mapping[str, Any]) -> dict[str, Any]:
-    values = dict(section)
-    if "args" in values:
-        values["args"] = tuple(values["args"])
-    if "kwargs" in values:
-        values["kwargs"] = MappingProxyType(dict(values["kwargs"]))
-    return values

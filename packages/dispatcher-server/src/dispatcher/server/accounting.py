@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from dispatcher.config.settings import TaskLog
+from dispatcher.config.service_settings import TaskLog
 from dispatcher.schema import Outcome
 from dispatcher.schema.log_fields import DURATION, ERROR, EVENT, OUTCOME, TRACEBACK, WORKER
 from dispatcher.server.jobs import Job, job_fields
