@@ -264,3 +264,56 @@ def test_output_whose_logging_a_sigterm_interrupts_is_logged_whole_by_its_handle
         for line in result.stderr.decode().splitlines()
     ]
     assert lines == [f" line {n}" for n in range(6)] + [": 10 more bytes dropped"]
+
+
+INTERRUPTED_LONG_LINE_SCRIPT = textwrap.dedent(
+    """
+    import logging, os
+    from dispatcher.server.capture import OutputCapture
+    from dispatcher.server.log_setup import log_to
+    from dispatcher.server.log_text import MAX_LOGGED_CHARS
+
+    class Interrupted(BaseException):
+        pass
+
+    class Stopper(logging.Handler):
+        # Stands for the SIGTERM that comes while the worker logs the second piece of a
+        # long line: its handler logs what is left, then the worker ends.
+        stopped = False
+
+        def emit(self, record):
+            if record.getMessage().endswith("b") and not self.stopped:
+                self.stopped = True
+                capture.log_ended()
+                raise Interrupted
+
+    capture = OutputCapture(10_000)
+    log_to(capture.start(), logging.INFO, "LOG %(message)s")
+    logging.getLogger("dispatcher.worker").addHandler(Stopper())
+    capture.begin("app.task", "u-1")
+    line = b"a" * MAX_LOGGED_CHARS + b"b" * MAX_LOGGED_CHARS + b"c" * 10
+    os.write(1, line + b"\\nlast line\\n")
+    capture.end()
+    try:
+        capture.log_ended()  # (once the task's end is reported)
+    except Interrupted:
+        pass
+    capture.close()
+    """
+)
+
+
+def test_a_long_line_whose_logging_a_sigterm_interrupts_is_logged_in_pieces_each_once() -> None:
+    # Interrupted in the middle of a line longer than a log line takes, the handler goes on
+    # from the piece it was at: the pieces before it were logged already.
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_LONG_LINE_SCRIPT],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    lines = [
+        line.removeprefix("LOG task output [app.task u-1] ")
+        for line in result.stderr.decode().splitlines()
+    ]
+    assert lines == ["a" * MAX_LOGGED_CHARS, "b" * MAX_LOGGED_CHARS, "c" * 10, "last line"]

@@ -312,3 +312,86 @@ async def test_a_control_command_refused_behind_a_large_payload_is_answered(
         await wait_for(lambda: len(pool.jobs) == 2)
         task_group.cancel_scope.cancel()
     assert stats.rejected["overloaded"] == 1
+
+
+def answering_intake(
+    pool: RecordingPool, stats: ServiceStats, max_held_bytes: int
+) -> tuple[Intake, list[tuple[dict[str, Any], Rejected | None]]]:
+    """An intake that notes the control messages it answers (message, and why refused)."""
+    answered: list[tuple[dict[str, Any], Rejected | None]] = []
+    intake = Intake(
+        pool,  # type: ignore[arg-type]
+        stats,
+        chunk_expiry=60,
+        on_control=lambda message, channel, origin, refused: answered.append((message, refused)),
+        limits=Limits(max_held_bytes=max_held_bytes),
+    )
+    intake.catalogue.learn(frozenset({TASK}))
+    return intake, answered
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_chunked_message_with_a_slice_refused_behind_a_large_one_is_refused_whole(
+    pool: RecordingPool, stats: ServiceStats
+) -> None:
+    """Its other slices waited: once whole, a task is not run, a control command answered."""
+    big = message("big", BIG)
+    task = split_message(message("chunked", 3000), 2000)
+    control = {"control": "alive", "reply_to": "replies", "padding": "x" * 3000}
+    command = split_message(json.dumps(control), 2000)
+    held = len(task[0]) + len(command[0])
+    intake, answered = answering_intake(pool, stats, len(big) + held)
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(intake.large.run)
+        intake.receive(big, "one")
+        intake.receive(task[0], "one")  # held
+        intake.receive(command[0], "one")  # held: what may be held is full
+        for chunk in [*task[1:], *command[1:]]:
+            intake.receive(chunk, "one")  # refused
+        assert answered == []  # not whole yet
+        await wait_for(lambda: bool(answered))
+        [(said, refused)] = answered
+        assert said == control
+        assert refused is not None
+        assert refused.reason == "overloaded"
+        task_group.cancel_scope.cancel()
+    assert pool.uuids == ["big"]
+    assert len(intake.chunks) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_large_refused_control_command_is_read_in_the_decoding_thread(
+    pool: RecordingPool, stats: ServiceStats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole, its text is large: it is decoded off the loop, then answered."""
+    big = message("big", BIG)
+    data = {"args": [[index, "x" * 20] for index in range(LARGE_PAYLOAD_CHARS // 20)]}
+    control = {"control": "running", "reply_to": "replies", "control_data": data}
+    text = json.dumps(control)
+    first, *rest = split_message(text, len(text) // 2 + 200)
+    assert len(first) < LARGE_PAYLOAD_CHARS <= len(text)
+    intake, answered = answering_intake(pool, stats, len(big) + len(first))
+    on_the_loop: list[int] = []
+
+    def decode_json(text: str) -> Any:
+        on_the_loop.append(len(text))
+        return json.loads(text)
+
+    monkeypatch.setattr("dispatcher.server.intake.decode_json", decode_json)
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(intake.large.run)
+        intake.receive(big, "one")
+        intake.receive(first, "one")  # held
+        for chunk in rest:
+            intake.receive(chunk, "one")  # refused
+        await wait_for(lambda: bool(answered))
+        [(said, refused)] = answered
+        assert said == control
+        assert refused is not None
+        assert refused.reason == "overloaded"
+        task_group.cancel_scope.cancel()
+    assert pool.uuids == ["big"]
+    assert on_the_loop
+    assert max(on_the_loop) < LARGE_PAYLOAD_CHARS

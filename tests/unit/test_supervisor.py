@@ -29,6 +29,7 @@ from dispatcher.server import pool_shutdown
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job
 from dispatcher.server.launcher import WorkerProcess
+from dispatcher.server.logformat import JsonFormatter
 from dispatcher.server.protocol import RECALL_SIGNAL, STOP_LINE, event_line, read_line
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
@@ -676,3 +677,21 @@ def test_a_stop_names_abandoned_tasks_within_one_budget_of_bytes_across_its_plac
         "shutting down with 10000 delayed tasks abandoned, not named (a stop names 512000 "
         f"characters of abandoned tasks at most, used up by those before), by task: {task} 10000"
     )
+
+
+@pytest.mark.parametrize("character", ["\U0001f600", "é", "\x00"])
+def test_a_stop_names_abandoned_tasks_within_the_budget_as_written_whatever_their_uuids(
+    caplog: pytest.LogCaptureFixture, character: str
+) -> None:
+    """Counted as the JSON log writes them: a uuid of other characters is written longer.
+
+    A uuid (any text, 255 characters at most) of emoji is written 12 times as long (``\\ud83d
+    \\ude00``), of control characters 5 times (``\\\\x00``): counted by its characters, the
+    names written made 2.4 to 5.8 MB of JSON lines, beyond what the log's writer holds (1 MiB).
+    """
+    lost = [make_job("app.work", uuid=character * 255 + str(n)) for n in range(10_000)]
+    with caplog.at_level(logging.INFO, logger="dispatcher.pool"):
+        pool_shutdown.log_abandoned("queued", lost)
+    written = [JsonFormatter().format(record) for record in caplog.records]
+    assert sum(map(len, written)) <= 540_000
+    assert sum(line.count("(uuid ") for line in written) > 100  # as many as fit

@@ -92,7 +92,7 @@ found busy (see :meth:`HandlerStreams.adopt`), when no output wakes it before.""
 class CapturedOutput:
     """Output collected for one task (or between tasks): the first *cap* bytes, and a count."""
 
-    __slots__ = ("cap", "data", "dropped", "lines_logged", "task", "uuid")
+    __slots__ = ("cap", "chars_logged", "data", "dropped", "lines_logged", "task", "uuid")
 
     def __init__(self, cap: int, task: str | None = None, uuid: str = "") -> None:
         self.cap = cap
@@ -104,6 +104,8 @@ class CapturedOutput:
         """Bytes written beyond the cap."""
         self.lines_logged = 0
         """Lines of :attr:`data` logged by an :meth:`emit` that was interrupted."""
+        self.chars_logged = 0
+        """Characters of the next line logged by it (a long line is logged in pieces)."""
 
     def add(self, chunk: bytes) -> None:
         """Keep what fits under the cap; count the rest."""
@@ -120,7 +122,7 @@ class CapturedOutput:
 
         One line per line written (long lines in pieces), then the count of bytes dropped.
         Called again after an interruption (the SIGTERM handler's call, made while the worker
-        logs), it goes on from the line it was logging.
+        logs), it goes on from the line it was logging, and the piece of it.
         """
         if not self.data and not self.dropped:
             return
@@ -135,13 +137,14 @@ class CapturedOutput:
             for number in range(self.lines_logged, len(lines)):
                 line = lines[number]
                 # Pieces short enough to be logged whole (arguments are cut at that length).
-                for start in range(0, max(len(line), 1), MAX_LOGGED_CHARS):
+                for start in range(self.chars_logged, max(len(line), 1), MAX_LOGGED_CHARS):
                     logger.info(prefix + " %s", *args, line[start : start + MAX_LOGGED_CHARS])
-                self.lines_logged = number + 1
+                    self.chars_logged = start + MAX_LOGGED_CHARS
+                self.lines_logged, self.chars_logged = number + 1, 0
         if self.dropped:
             logger.info(prefix + ": %d more bytes dropped", *args, self.dropped)
         self.data.clear()
-        self.dropped = self.lines_logged = 0
+        self.dropped = self.lines_logged = self.chars_logged = 0
 
 
 class OutputCapture:

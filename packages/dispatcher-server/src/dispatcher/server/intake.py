@@ -12,6 +12,7 @@ registered. Any other text that is not JSON is rejected (``not_json``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import deque
@@ -31,6 +32,7 @@ from dispatcher.schema import (
 )
 from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
 from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.held_refusals import RefusedChunks, may_be_control
 from dispatcher.server.jobs import Job, job_fields
 from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, LargePayload, LargePayloads
 from dispatcher.server.log_arguments import Excerpt
@@ -122,6 +124,8 @@ class Intake:
         runs (the service runs it; without it, they are decoded here as they come)."""
         self._ahead: dict[str, Any] = {}
         """Texts :attr:`large` decoded, which :meth:`_decode` takes instead of decoding."""
+        self._refused_chunks = RefusedChunks(limits.max_partial_messages)
+        """Chunked messages a slice of which was refused behind a large payload."""
 
     def receive(self, payload: str, channel: str, origin: Origin = PG_NOTIFY) -> None:
         """Take one payload as it arrived on *channel* through *origin*; never raises.
@@ -142,32 +146,74 @@ class Intake:
         """Refuse *payload*, which could not be held behind a large one (not decoded yet).
 
         A control command among them is answered with the refusal, as other refused ones
-        are (its client would wait for a reply until it timed out); but for one a durable
-        broker delivers again (:meth:`_refuse` settles it ``refused``), whose reply comes
-        once it is run.
+        are (its client would wait for a reply until it timed out), in whichever form it
+        came (see :mod:`~dispatcher.server.held_refusals`); but for one a durable broker
+        delivers again (:meth:`_refuse` settles it ``refused``), whose reply comes once it
+        is run.
         """
-        if self._on_control is not None and origin.receipt is None:
-            control = self._control_in(payload)
-            if control is not None:
-                self._on_control(control, channel, origin, rejected)
+        if self._on_control is not None and origin.receipt is None and may_be_control(payload):
+            self._answer_refused(payload, channel, origin, rejected)
         self._refuse(rejected, channel, origin)
 
-    def _control_in(self, payload: str) -> dict[str, Any] | None:
-        """The control message *payload* is (maybe in a signed envelope), if it is one.
+    def _answer_refused(
+        self, text: str, channel: str, origin: Origin, rejected: Rejected, joined: bool = False
+    ) -> None:
+        """Answer with *rejected* the control command the refused *text* carries, if any.
 
-        Decoded only if it names ``control`` (a refusal under load costs little more) and
-        is small: on the loop, as the intake decodes small payloads.
+        *joined*: the whole text of a chunked message. A small text is decoded here, as the
+        intake decodes small payloads; a large one in the decoding thread (then
+        :meth:`_resume` answers), if it has room, never here: else (or once the service
+        stops) the refusal goes unanswered, logged only.
         """
-        if len(payload) >= LARGE_PAYLOAD_CHARS or '"control"' not in payload:
-            return None
+        if len(text) >= LARGE_PAYLOAD_CHARS:
+            with contextlib.suppress(Rejected):  # no room to read it
+                self.large.decode_later(text, channel, origin, joined=joined, refused=rejected)
+            return
         try:
-            message = self._decode(payload)
+            message = self._decode(text)
+        except Rejected:
+            return
+        self._answer_refused_message(message, channel, origin, rejected, joined)
+
+    def _answer_refused_message(
+        self,
+        message: dict[str, Any],
+        channel: str,
+        origin: Origin,
+        rejected: Rejected,
+        joined: bool,
+    ) -> None:
+        """:meth:`_answer_refused` from the decoded *message* on."""
+        if CHUNK_KEY in message:
+            whole = None if joined else self._join_refused(message, rejected)
+            if whole is not None:
+                self._answer_refused(whole, channel, origin, rejected, joined=True)
+            return
+        try:
             body = message.get("body") if SIGNED_KEY in message else None
             if isinstance(body, str):
                 message = self._decode(body)
         except Rejected:
-            return None
-        return message if "control" in message else None
+            return
+        if "control" in message and self._on_control is not None:
+            self._on_control(message, channel, origin, rejected)
+
+    def _join_refused(self, envelope: dict[str, Any], rejected: Rejected) -> str | None:
+        """Join the refused slice *envelope* with the others; the whole text once complete.
+
+        Until then, its message is remembered as refused (:attr:`_refused_chunks`): once
+        whole, it is answered if it is a control command, and not run.
+        """
+        try:
+            whole = self._join(envelope)
+        except Rejected:
+            return None  # (not a valid slice, or its message was dropped)
+        message_id = str(envelope["message_id"])
+        if whole is None:
+            self._refused_chunks.refuse(message_id, rejected)
+        else:
+            self._refused_chunks.take(message_id)
+        return whole
 
     def _take(self, payload: str, channel: str, origin: Origin) -> None:
         """Take *payload* on (see :meth:`receive`); never raises."""
@@ -181,13 +227,21 @@ class Intake:
             self._settlements.origin(origin, REJECTED, "internal error")
 
     def _resume(self, large: LargePayload) -> None:
-        """Take on *large*, decoded in a worker thread; never raises."""
+        """Take on *large*, decoded in a worker thread; never raises.
+
+        One that was refused is only answered, if it is a control command.
+        """
         channel, origin = large.channel, large.origin
         self._ahead = large.decoded
         try:
+            if large.refused is not None:
+                message = self._decode(large.text)
+                self._answer_refused_message(message, channel, origin, large.refused, large.joined)
+                return
             self._unwrap(large.text, channel, origin, joined=large.joined)
         except Rejected as rejected:
-            self._refuse(rejected, channel, origin)
+            if large.refused is None:
+                self._refuse(rejected, channel, origin)
         except Exception as exc:  # a bug here must cost one message, never the service
             self._stats.rejected["internal_error"] += 1
             self._internal_errors.report("intake", exc, f"a message on {channel}")
@@ -247,6 +301,11 @@ class Intake:
                 )
             whole = self._join(message)
             if whole is None:
+                return True
+            refused = self._refused_chunks.take(str(message["message_id"]))
+            if refused is not None:  # a slice of it was refused: so is the whole
+                if self._on_control is not None:
+                    self._answer_refused(whole, channel, origin, refused, joined=True)
                 return True
             large = off_loop and len(whole) >= LARGE_PAYLOAD_CHARS
             if large and self.large.decode_later(whole, channel, origin, joined=True):

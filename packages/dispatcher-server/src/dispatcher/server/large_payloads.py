@@ -89,6 +89,9 @@ class LargePayload:
     """What the worker thread decoded (empty until it has)."""
     answered: Callable[[], None] | None = None
     """Tells its connection that it has been answered (see the module)."""
+    refused: Rejected | None = None
+    """Why it was refused, if it was: decoded only to answer the control command it may be
+    (see :mod:`~dispatcher.server.held_refusals`)."""
 
 
 Source = tuple[str | None, str]
@@ -158,8 +161,19 @@ class LargePayloads:
         self._held_count += 1
         self._bytes += len(payload)
 
-    def decode_later(self, text: str, channel: str, origin: Origin, *, joined: bool) -> bool:
+    def decode_later(
+        self,
+        text: str,
+        channel: str,
+        origin: Origin,
+        *,
+        joined: bool,
+        refused: Rejected | None = None,
+    ) -> bool:
         """Take *text* to decode in a worker thread; ``False``: not running, decode it now.
+
+        *refused*: it was refused (see :attr:`LargePayload.refused`), and takes its place
+        all the same.
 
         :raises Rejected: (``overloaded``) when too much is held; (``oversized``) when
             *text* alone is larger than ``service.limits.max_held_bytes``.
@@ -173,7 +187,7 @@ class LargePayloads:
                 f"too many large messages being decoded ({self._bytes} bytes; "
                 f"service.limits.max_held_bytes is {self._max_held_bytes})",
             )
-        large = LargePayload(text, channel, origin, joined)
+        large = LargePayload(text, channel, origin, joined, refused=refused)
         if origin.answering is not None:
             large.answered = origin.answering()
         source = _source(origin, channel)

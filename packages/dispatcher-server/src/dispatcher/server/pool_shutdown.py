@@ -9,6 +9,7 @@ has not gone after all that is killed.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from typing import Final, Protocol
@@ -19,7 +20,7 @@ from dispatcher.server.accounting import Accounting
 from dispatcher.server.jobs import Job, listed
 from dispatcher.server.log_arguments import MAX_PER_LINE, Phrase, in_lines
 from dispatcher.server.log_records import get_logger
-from dispatcher.server.log_text import counted
+from dispatcher.server.log_text import MAX_LOGGED_CHARS, counted
 from dispatcher.server.pool_changes import PoolChanges
 from dispatcher.server.pool_worker_exits import EXIT_WAIT, run_span
 from dispatcher.server.scheduler import Scheduler
@@ -32,13 +33,28 @@ MAX_ABANDONED_LOGGED: Final = 10_000
 twenty a line. The others are counted by task."""
 
 MAX_ABANDONED_NAMED_BYTES: Final = 512_000
-"""Characters of the abandoned jobs' names (task and uuid) a stop logs, across its places:
-with each line's own (its time, its JSON fields), well within what the log's writer holds
-when its reader lags (1 MiB). 10,000 names of one place with a task name of 62 characters
-made 1.17 MB of JSON lines. The others are counted by task."""
+"""Characters of the abandoned jobs' names (task and uuid) a stop logs, across its places, as
+a JSON line writes them (see :func:`name_size`): with each line's own (its time, its JSON
+fields), well within what the log's writer holds when its reader lags (1 MiB). 10,000 names
+of one place with a task name of 62 characters made 1.17 MB of JSON lines. The others are
+counted by task."""
 
 NAME_OVERHEAD: Final = len(", ") + len(" (uuid )")
 """Characters of a job's name in the log besides its task and uuid."""
+
+
+def name_size(job: Job) -> int:
+    r"""Characters of *job*'s name (``task (uuid u), ``) in a log line, written as JSON.
+
+    A uuid may be any text: a character the log escapes (``\x00``, 5 characters in JSON), or
+    one a JSON line writes as an escape (``\u00e9``; 12 characters for an emoji) counts as
+    written, not as one.
+    """
+    task, uuid = job.task, job.uuid
+    if task.isascii() and uuid.isascii() and uuid.isprintable() and len(uuid) <= MAX_LOGGED_CHARS:
+        return len(task) + len(uuid) + NAME_OVERHEAD + uuid.count("\\") + uuid.count('"')
+    written = str(Phrase("%s (uuid %s)", task, uuid))
+    return len(json.dumps(written)) - 2 + len(", ")
 
 
 class NamingBudget:
@@ -51,7 +67,7 @@ class NamingBudget:
         """How many of the first *jobs* may be named (their names taken from what is left)."""
         named = 0
         for job in jobs[:MAX_ABANDONED_LOGGED]:
-            size = len(job.task) + len(job.uuid) + NAME_OVERHEAD
+            size = name_size(job)
             if size > self.left:
                 break
             self.left -= size
