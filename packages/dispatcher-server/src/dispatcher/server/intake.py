@@ -31,6 +31,7 @@ from dispatcher.schema import (
 )
 from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
 from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.intake_rows import control_agrees_with_row, task_agrees_with_row
 from dispatcher.server.jobs import Job, job_fields
 from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, LargePayload, LargePayloads
 from dispatcher.server.log_arguments import Excerpt
@@ -264,7 +265,7 @@ class Intake:
         else:
             self._stats.received_tasks += 1
         if "control" in message and origin.stored_as is not None:
-            _control_agrees_with_row(message, origin.stored_as)
+            control_agrees_with_row(message, origin.stored_as)
         if "control" in message and self._on_control is not None:
             self._on_control(message, channel, origin, None)
             return True
@@ -480,19 +481,11 @@ class Intake:
         :raises Rejected: when the message names another uuid or task than its row, or asks
             for a delay or an on_duplicate its row does not hold.
         """
-        uuid, task = stored_as.uuid, stored_as.task
+        uuid = stored_as.uuid
         if message.get("uuid") is None:
             message["uuid"] = uuid
             payload = _with_uuid(payload, uuid)
-        for key, stored in (("task", task), ("uuid", uuid)):
-            if message[key] != stored:
-                raise Rejected(
-                    "invalid_message",
-                    f"{key}: the message's {message[key]!r} is not the {stored!r} its row was "
-                    f"stored under (the row's {key} column)",
-                    uuid,
-                )
-        _delay_and_mode_agree_with_row(message, stored_as)
+        task_agrees_with_row(message, stored_as)
         return payload
 
     def _refuse(self, rejected: Rejected, channel: str, origin: Origin) -> None:
@@ -548,69 +541,6 @@ def _timeout(message: dict[str, Any], catalogue: TaskCatalogue) -> float:
     if timeout is None:
         return catalogue.timeouts.get(message["task"], 0)
     return timeout or 0
-
-
-DELAY_SLACK: Final = 1.0
-"""Seconds a row's delay (``run_after - created_at``) may fall short of its message's.
-
-The two columns may be stamped by different clocks: ``created_at`` by a client's clock
-(an application that writes it) and ``run_after`` by the database's (its default, ``now()``),
-or ``created_at`` by ``clock_timestamp()`` after ``run_after`` by ``now()``, the start of
-the inserting transaction. A row short by more holds a delay other than its message's."""
-
-
-def _delay_and_mode_agree_with_row(message: dict[str, Any], row: StoredRow) -> None:
-    """Refuse a task message whose delay or on_duplicate its row does not apply.
-
-    A message without a delay (or with a delay of 0) agrees with any row; one with a delay
-    agrees with a row whose delay falls short of it by at most :data:`DELAY_SLACK`.
-    """
-    mode = message.get("on_duplicate")
-    if mode == "parallel":
-        mode = None
-    if mode != row.on_duplicate:
-        raise Rejected(
-            "invalid_message",
-            f"on_duplicate: the message's {message.get('on_duplicate', 'parallel')!r} is not "
-            f"the row's {row.on_duplicate or 'parallel'!r} (the row's on_duplicate and dup_key "
-            "columns enforce it: NULL for parallel)",
-            row.uuid,
-        )
-    delay = message.get("delay") or 0
-    if not delay or row.delay is None or delay <= row.delay + DELAY_SLACK:
-        return
-    if round(row.delay, 6) >= 0:
-        stored = f"only {_seconds(row.delay)} seconds after"
-    else:
-        stored = f"{_seconds(-row.delay)} seconds before"
-    raise Rejected(
-        "invalid_message",
-        f"delay: the message asks for a delay of {_seconds(delay)} seconds, but its row's "
-        f"run_after is {stored} its created_at: store run_after = created_at + delay (the "
-        f"row may fall short by up to {DELAY_SLACK:g} s, for clocks that differ)",
-        row.uuid,
-    )
-
-
-def _seconds(value: float) -> str:
-    """*value* to the microsecond, without trailing zeros: ``20``, ``0.000715``."""
-    return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def _control_agrees_with_row(message: dict[str, Any], row: StoredRow) -> None:
-    """Refuse a control message stored under a task column other than ``control:<command>``.
-
-    Listings go by the task column: one naming a task would show the command's outcome as
-    that task's.
-    """
-    expected = f"control:{message['control']}"
-    if row.task != expected:
-        raise Rejected(
-            "invalid_message",
-            f"task: a control message is stored under {row.task!r}, where its row's task "
-            f"column must be {expected!r}",
-            row.uuid,
-        )
 
 
 def _follow_ups(message: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
