@@ -31,17 +31,15 @@ from dispatcher.schema import (
 )
 from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
 from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.intake_refusals import Refusals
 from dispatcher.server.intake_rows import control_agrees_with_row, task_agrees_with_row
 from dispatcher.server.jobs import Job, job_fields
 from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, LargePayload, LargePayloads
-from dispatcher.server.log_arguments import Excerpt
 from dispatcher.server.log_records import get_logger
-from dispatcher.server.log_text import MAX_REASON_CHARS
 from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin, StoredRow
 from dispatcher.server.protocol import run_line
-from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
-from dispatcher.server.rejection import Rejected, rejection_fields
-from dispatcher.server.settlement import ABANDONED, REFUSED, REJECTED, Settlements
+from dispatcher.server.rejection import Rejected
+from dispatcher.server.settlement import ABANDONED, Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 
@@ -115,8 +113,7 @@ class Intake:
         self._chunk_validator = validator("chunk-envelope")
         self._waiting: deque[tuple[dict[str, Any], str, str, Origin]] = deque()
         self._waiting_bytes = 0
-        self._rejections = RateLimitedLog(logger, logging.WARNING)
-        self._internal_errors = InternalErrorLog(logger)
+        self._refusals = Refusals(stats, self._settlements)
         self._stopping = False
         self.large = LargePayloads(self._resume, self._take, limits.max_held_bytes)
         """Decodes large payloads in a worker thread while its :meth:`~LargePayloads.run`
@@ -144,14 +141,14 @@ class Intake:
 
         A control command among them is answered with the refusal, as other refused ones
         are (its client would wait for a reply until it timed out); but for one a durable
-        broker delivers again (:meth:`_refuse` settles it ``refused``), whose reply comes
+        broker delivers again (:meth:`Refusals.refuse` settles it ``refused``), whose reply comes
         once it is run.
         """
         if self._on_control is not None and origin.receipt is None:
             control = self._control_in(payload)
             if control is not None:
                 self._on_control(control, channel, origin, rejected)
-        self._refuse(rejected, channel, origin)
+        self._refusals.refuse(rejected, channel, origin)
 
     def _control_in(self, payload: str) -> dict[str, Any] | None:
         """The control message *payload* is (maybe in a signed envelope), if it is one.
@@ -175,11 +172,9 @@ class Intake:
         try:
             self._receive(payload, channel, origin)
         except Rejected as rejected:
-            self._refuse(rejected, channel, origin)
+            self._refusals.refuse(rejected, channel, origin)
         except Exception as exc:  # a bug here must cost one message, never the service
-            self._stats.rejected["internal_error"] += 1
-            self._internal_errors.report("intake", exc, f"a message on {channel}")
-            self._settlements.origin(origin, REJECTED, "internal error")
+            self._refusals.internal_error(exc, channel, origin)
 
     def _resume(self, large: LargePayload) -> None:
         """Take on *large*, decoded in a worker thread; never raises."""
@@ -188,11 +183,9 @@ class Intake:
         try:
             self._unwrap(large.text, channel, origin, joined=large.joined)
         except Rejected as rejected:
-            self._refuse(rejected, channel, origin)
+            self._refusals.refuse(rejected, channel, origin)
         except Exception as exc:  # a bug here must cost one message, never the service
-            self._stats.rejected["internal_error"] += 1
-            self._internal_errors.report("intake", exc, f"a message on {channel}")
-            self._settlements.origin(origin, REJECTED, "internal error")
+            self._refusals.internal_error(exc, channel, origin)
         finally:
             self._ahead = {}
 
@@ -355,10 +348,10 @@ class Intake:
                     f"incomplete chunked message {message_id} evicted to make room "
                     "(service.limits.max_partial_messages or max_partial_bytes reached)",
                 )
-                self._reject(evicted, "", None, None)
+                self._refusals.lost(evicted)
         for message_id in self.chunks.expire():
             expired = Rejected("chunk_expired", f"incomplete chunked message {message_id} expired")
-            self._reject(expired, "", None, None)
+            self._refusals.lost(expired)
         return whole
 
     def _release_waiting(self, names: frozenset[str]) -> None:
@@ -370,11 +363,9 @@ class Intake:
             try:
                 self._dispatch(message, payload, channel, origin)
             except Rejected as rejected:
-                self._refuse(rejected, channel, origin)
+                self._refusals.refuse(rejected, channel, origin)
             except Exception as exc:  # costs this message, never the others waiting
-                self._stats.rejected["internal_error"] += 1
-                self._internal_errors.report("intake", exc, f"a message on {channel}")
-                self._settlements.origin(origin, REJECTED, "internal error")
+                self._refusals.internal_error(exc, channel, origin)
 
     def stop_accepting(self) -> None:
         """The service begins to stop: refuse messages made inside it (:meth:`submit`).
@@ -487,48 +478,6 @@ class Intake:
             payload = _with_uuid(payload, uuid)
         task_agrees_with_row(message, stored_as)
         return payload
-
-    def _refuse(self, rejected: Rejected, channel: str, origin: Origin) -> None:
-        """Count and log *rejected*, and settle its delivery.
-
-        As rejected; as refused when a limit of ``service.limits`` is reached
-        (``overloaded``): a durable broker then delivers it again later, its attempt not
-        counted, as it does for the scheduler's refusals.
-        """
-        comes_back = rejected.reason == "overloaded" and origin.receipt is not None
-        outcome = REFUSED if comes_back else REJECTED
-        if origin.stored_as is not None:
-            rejected.uuid = origin.stored_as[0]  # the row's: what listings show
-            self._reject(rejected, f" in queue {channel}", origin.broker, channel, outcome)
-        else:
-            where = f" on channel {channel}" if channel else ""
-            self._reject(rejected, where, origin.broker, channel or None, outcome)
-        self._settlements.origin(origin, outcome, str(rejected))
-
-    def _reject(
-        self,
-        rejected: Rejected,
-        where: str,
-        broker: str | None,
-        channel: str | None,
-        outcome: str = REJECTED,
-    ) -> None:
-        """Count and log *rejected*.
-
-        *where* says where it came from (`` on channel c``): the *channel* or queue of
-        *broker* (``None`` for neither); *outcome*, ``rejected``, or ``refused``: its
-        durable broker delivers it again.
-        """
-        self._stats.rejected[rejected.reason] += 1
-        uuid = rejected.uuid if isinstance(rejected.uuid, str) else None
-        shown = "" if uuid is None else f" (uuid {uuid})"
-        if outcome == REFUSED:
-            shown += ", back to its queue"
-        reason = Excerpt(rejected, MAX_REASON_CHARS)  # every field's problem, each cut short
-        fields = None
-        if logger.isEnabledFor(logging.WARNING):
-            fields = rejection_fields(rejected.reason, uuid, broker, channel)
-        self._rejections.log("%s message%s%s: %s", outcome, where, shown, reason, extra=fields)
 
 
 def _timeout(message: dict[str, Any], catalogue: TaskCatalogue) -> float:
