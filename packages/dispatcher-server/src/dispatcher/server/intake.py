@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
@@ -33,6 +32,7 @@ from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, Chu
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.intake_refusals import Refusals
 from dispatcher.server.intake_rows import control_agrees_with_row, task_agrees_with_row
+from dispatcher.server.intake_waiting import WaitingForWorkers
 from dispatcher.server.jobs import Job, job_fields
 from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, LargePayload, LargePayloads
 from dispatcher.server.log_records import get_logger
@@ -48,9 +48,6 @@ logger = get_logger("dispatcher.intake")
 MAX_TASK_NAME: Final = 255
 """The longest task name (the task-message schema says the same); a longer bare payload is
 not looked at as one."""
-
-MAX_WAITING_FOR_WORKERS: Final = 100_000
-"""Messages held while the first worker starts (until the registered names are known)."""
 
 
 ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], None]
@@ -111,8 +108,7 @@ class Intake:
         )
         self._task_validator = validator("task-message")
         self._chunk_validator = validator("chunk-envelope")
-        self._waiting: deque[tuple[dict[str, Any], str, str, Origin]] = deque()
-        self._waiting_bytes = 0
+        self._waiting = WaitingForWorkers(limits)
         self._refusals = Refusals(stats, self._settlements)
         self._stopping = False
         self.large = LargePayloads(self._resume, self._take, limits.max_held_bytes)
@@ -272,7 +268,7 @@ class Intake:
             problems = "; ".join(str(p) for p in self._task_validator.problems(message))
             raise Rejected("invalid_message", problems, message.get("uuid"))
         if self.catalogue.names is None:
-            self._wait_for_workers(message, payload, channel, origin)
+            self._waiting.hold(message, payload, channel, origin)
             return True
         return self._dispatch(message, payload, channel, origin)
 
@@ -284,24 +280,6 @@ class Intake:
         large payloads being decoded, with those held behind them (see :attr:`large`).
         """
         return len(self._waiting) + self.large.waiting
-
-    def _wait_for_workers(
-        self, message: dict[str, Any], payload: str, channel: str, origin: Origin
-    ) -> None:
-        """Hold a task until the first worker says which tasks are registered."""
-        uuid = message.get("uuid")
-        if len(self._waiting) >= MAX_WAITING_FOR_WORKERS:
-            raise Rejected("overloaded", "too many messages while workers start", uuid)
-        size = len(payload)
-        if self._waiting_bytes + size > self._limits.max_held_bytes:
-            limit = self._limits.max_held_bytes
-            raise Rejected(
-                "overloaded",
-                f"service.limits.max_held_bytes ({limit}) reached while workers start",
-                uuid,
-            )
-        self._waiting_bytes += size
-        self._waiting.append((message, payload, channel, origin))
 
     def _decode_payload(self, payload: str) -> tuple[str, dict[str, Any]]:
         """Decode a payload as received: JSON text, or a bare task name (as dispatcherd)."""
@@ -357,9 +335,7 @@ class Intake:
     def _release_waiting(self, names: frozenset[str]) -> None:
         """The registered task names are known: release what waited for them."""
         logger.info("%d registered tasks", len(names))
-        self._waiting_bytes = 0
-        while self._waiting:
-            message, payload, channel, origin = self._waiting.popleft()
+        for message, payload, channel, origin in self._waiting.release():
             try:
                 self._dispatch(message, payload, channel, origin)
             except Rejected as rejected:
@@ -379,10 +355,8 @@ class Intake:
 
     def close(self) -> None:
         """The service stops: give back the messages still waiting for the first worker."""
-        while self._waiting:
-            _, _, _, origin = self._waiting.popleft()
+        for _, _, _, origin in self._waiting.release():
             self._settlements.origin(origin, ABANDONED)
-        self._waiting_bytes = 0
 
     def _dispatch(
         self, message: dict[str, Any], payload: str, channel: str, origin: Origin
