@@ -22,14 +22,13 @@ from dispatcher.schema import (
     CHUNK_KEY,
     MAX_MESSAGE_BYTES,
     SIGNED_KEY,
-    DecodeError,
-    decode_json,
     duplicate_identity,
     new_uuid,
     validator,
 )
-from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
+from dispatcher.schema.chunks import ChunkAssembler
 from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.intake_decoding import ChunkJoiner, PayloadDecoder
 from dispatcher.server.intake_refusals import Refusals
 from dispatcher.server.intake_rows import control_agrees_with_row, task_agrees_with_row
 from dispatcher.server.intake_waiting import WaitingForWorkers
@@ -44,10 +43,6 @@ from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.intake")
-
-MAX_TASK_NAME: Final = 255
-"""The longest task name (the task-message schema says the same); a longer bare payload is
-not looked at as one."""
 
 
 ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], None]
@@ -107,15 +102,16 @@ class Intake:
             max_memory=limits.max_partial_bytes,
         )
         self._task_validator = validator("task-message")
-        self._chunk_validator = validator("chunk-envelope")
         self._waiting = WaitingForWorkers(limits)
         self._refusals = Refusals(stats, self._settlements)
+        self._decoder = PayloadDecoder()
+        """Decodes payloads; its :attr:`~PayloadDecoder.ahead` holds the texts :attr:`large`
+        decoded, taken instead of decoding them."""
+        self._joiner = ChunkJoiner(self.chunks, self._refusals.lost)
         self._stopping = False
         self.large = LargePayloads(self._resume, self._take, limits.max_held_bytes)
         """Decodes large payloads in a worker thread while its :meth:`~LargePayloads.run`
         runs (the service runs it; without it, they are decoded here as they come)."""
-        self._ahead: dict[str, Any] = {}
-        """Texts :attr:`large` decoded, which :meth:`_decode` takes instead of decoding."""
 
     def receive(self, payload: str, channel: str, origin: Origin = PG_NOTIFY) -> None:
         """Take one payload as it arrived on *channel* through *origin*; never raises.
@@ -155,10 +151,10 @@ class Intake:
         if len(payload) >= LARGE_PAYLOAD_CHARS or '"control"' not in payload:
             return None
         try:
-            message = self._decode(payload)
+            message = self._decoder.decode(payload)
             body = message.get("body") if SIGNED_KEY in message else None
             if isinstance(body, str):
-                message = self._decode(body)
+                message = self._decoder.decode(body)
         except Rejected:
             return None
         return message if "control" in message else None
@@ -175,7 +171,7 @@ class Intake:
     def _resume(self, large: LargePayload) -> None:
         """Take on *large*, decoded in a worker thread; never raises."""
         channel, origin = large.channel, large.origin
-        self._ahead = large.decoded
+        self._decoder.ahead = large.decoded
         try:
             self._unwrap(large.text, channel, origin, joined=large.joined)
         except Rejected as rejected:
@@ -183,7 +179,7 @@ class Intake:
         except Exception as exc:  # a bug here must cost one message, never the service
             self._refusals.internal_error(exc, channel, origin)
         finally:
-            self._ahead = {}
+            self._decoder.ahead = {}
 
     def submit(self, message: dict[str, Any], source: str) -> str:
         """Accept a task message made inside the service (a producer, the ``run`` command).
@@ -225,17 +221,17 @@ class Intake:
     ) -> bool:
         """:meth:`_receive` from the decoding on; *joined*: the whole text of chunks."""
         if joined:
-            message = self._decode(payload)
+            message = self._decoder.decode(payload)
             if CHUNK_KEY in message:
                 raise Rejected("invalid_chunk", "a chunk envelope holds another chunk envelope")
         else:
-            payload, message = self._decode_payload(payload)
+            payload, message = self._decoder.decode_payload(payload)
         if CHUNK_KEY in message:  # (not in a joined text: refused above)
             if origin.receipt is not None:  # it could never be settled whole
                 raise Rejected(
                     "invalid_chunk", "a durable broker delivers whole messages, not chunks"
                 )
-            whole = self._join(message)
+            whole = self._joiner.join(message)
             if whole is None:
                 return True
             large = off_loop and len(whole) >= LARGE_PAYLOAD_CHARS
@@ -243,7 +239,7 @@ class Intake:
                 return True
             return self._unwrap(whole, channel, origin, joined=True)
         try:
-            payload, message = self._signatures.open(payload, message, origin, self._decode)
+            payload, message = self._signatures.open(payload, message, origin, self._decoder.decode)
         except Rejected as rejected:
             if rejected.control is not None and self._on_control is not None:
                 self._on_control(rejected.control, channel, origin, rejected)
@@ -280,57 +276,6 @@ class Intake:
         large payloads being decoded, with those held behind them (see :attr:`large`).
         """
         return len(self._waiting) + self.large.waiting
-
-    def _decode_payload(self, payload: str) -> tuple[str, dict[str, Any]]:
-        """Decode a payload as received: JSON text, or a bare task name (as dispatcherd)."""
-        try:
-            return payload, self._decode(payload)
-        except Rejected as rejected:
-            if rejected.reason != "not_json" or not self._is_task_name(payload):
-                raise
-        message = {"task": payload}
-        return json.dumps(message, separators=(",", ":")), message
-
-    def _is_task_name(self, text: str) -> bool:
-        return len(text) <= MAX_TASK_NAME and self._task_validator.is_valid({"task": text})
-
-    def _decode(self, text: str) -> dict[str, Any]:
-        try:
-            if self._ahead and text in self._ahead:  # decoded in a worker thread
-                message = self._ahead.pop(text)
-                if isinstance(message, DecodeError):
-                    raise message
-            else:
-                message = decode_json(text)
-        except DecodeError as exc:
-            raise Rejected(exc.reason, str(exc), exc.uuid) from None
-        if not isinstance(message, dict):
-            kind = type(message).__name__ if message is not None else "null"
-            raise Rejected("not_object", f"a JSON {_json_kind(kind)}, not an object")
-        return message
-
-    def _join(self, envelope: dict[str, Any]) -> str | None:
-        if not self._chunk_validator.is_valid(envelope):
-            problems = "; ".join(str(p) for p in self._chunk_validator.problems(envelope))
-            raise Rejected("invalid_chunk", f"invalid chunk envelope: {problems}")
-        try:
-            whole = self.chunks.add(envelope)
-        except ChunkedMessageTooLarge as exc:
-            raise Rejected("oversized", str(exc)) from None
-        except ChunkError as exc:
-            raise Rejected("invalid_chunk", str(exc)) from None
-        finally:
-            for message_id in self.chunks.take_evicted():
-                evicted = Rejected(
-                    "chunk_evicted",
-                    f"incomplete chunked message {message_id} evicted to make room "
-                    "(service.limits.max_partial_messages or max_partial_bytes reached)",
-                )
-                self._refusals.lost(evicted)
-        for message_id in self.chunks.expire():
-            expired = Rejected("chunk_expired", f"incomplete chunked message {message_id} expired")
-            self._refusals.lost(expired)
-        return whole
 
     def _release_waiting(self, names: frozenset[str]) -> None:
         """The registered task names are known: release what waited for them."""
@@ -487,10 +432,3 @@ def _with_uuid(payload: str, uuid: str) -> str:
     """
     head, brace, rest = payload.partition("{")
     return f'{head}{brace}"uuid":"{uuid}",{rest}'
-
-
-_JSON_KINDS: Final = {"list": "array", "str": "string", "int": "number", "float": "number"}
-
-
-def _json_kind(python_type: str) -> str:
-    return _JSON_KINDS.get(python_type, {"bool": "boolean"}.get(python_type, python_type))
