@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from dispatcher.config import Limits
 from dispatcher.publish import split_message
-from dispatcher.server.intake import Intake, _with_uuid
+from dispatcher.server.intake import Intake
+from dispatcher.server.intake_jobs import _with_uuid
 from dispatcher.server.jobs import Job
 from dispatcher.server.stats import ServiceStats
 from support.examples import examples
