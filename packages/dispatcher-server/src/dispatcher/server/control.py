@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from itertools import compress
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import anyio
 
@@ -33,6 +33,7 @@ from dispatcher.server.control_shapes import (
     TaskFilter,
     producers_reply,
 )
+from dispatcher.server.control_target import ControlTarget
 from dispatcher.server.jobs import Job, JobPick, Snapshot, describe
 from dispatcher.server.log_arguments import Phrase
 from dispatcher.server.log_handler import log_lines_dropped
@@ -76,46 +77,6 @@ _FILTER: dict[str, Any] = {
     "properties": FILTER_PROPERTIES,
 }
 _NOTHING: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
-
-
-class ControlTarget(Protocol):
-    """What control commands act on and read: the service, seen through a narrow window."""
-
-    def snapshot(self, limit: int | None) -> Snapshot:
-        """Where the jobs are now: on workers (running, held ahead), queued, blocked, delayed.
-
-        With *limit*, the last three places list their first *limit* jobs only.
-        """
-
-    def take(self, pick: JobPick) -> list[tuple[str, list[Job]]]:
-        """Cancel the jobs *pick* names at once; return them by place (see :meth:`cancelled`)."""
-
-    def cancelled(self, where: str, job: Job) -> None:
-        """Count and settle a job :meth:`take` took out of *where*."""
-
-    def workers(self) -> list[dict[str, Any]]:
-        """Each worker, with dispatcherd's fields (``worker_id``, ``pid``, ...) and ours."""
-
-    def counts(self) -> dict[str, Any]:
-        """Jobs held (``queued``, ``blocked``, ``delayed``) and ``workers`` (count, min, max)."""
-
-    def pool(self) -> dict[str, Any]:
-        """``next_worker_id``, ``worker_ct``, ``running_ct`` and ``active_task_ct``."""
-
-    def chunks(self) -> dict[str, Any]:
-        """Incomplete chunked messages: ``{"status": {...}, "partials": ...}``."""
-
-    def aio_tasks(self, limit: int) -> dict[str, Any]:
-        """The main process's asyncio tasks: ``{name: {"done", "stack"}}``."""
-
-    def signatures(self) -> dict[str, Any]:
-        """The signature settings in force and the replay guard's state."""
-
-    def metrics_endpoint(self) -> dict[str, Any]:
-        """Whether the metrics endpoint is on, and where."""
-
-    def submit(self, message: dict[str, Any]) -> str:
-        """Submit a task message made here; return its uuid (raises ``Rejected``)."""
 
 
 class ControlError(Exception):
