@@ -11,14 +11,12 @@ where no dispatcherd reader trips on them (see ``docs/control.md``).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from itertools import compress
 from typing import Any, Final
 
 import anyio
@@ -34,7 +32,8 @@ from dispatcher.server.control_shapes import (
     producers_reply,
 )
 from dispatcher.server.control_target import ControlTarget
-from dispatcher.server.jobs import Job, JobPick, Snapshot, describe
+from dispatcher.server.control_walks import every_job, list_found, matching_jobs, settle_taken
+from dispatcher.server.jobs import JobPick
 from dispatcher.server.log_arguments import Phrase
 from dispatcher.server.log_handler import log_lines_dropped
 from dispatcher.server.log_records import get_logger
@@ -48,10 +47,6 @@ logger = get_logger("dispatcher.control")
 
 Reply = dict[str, Any]
 
-WALK_SLICE: Final = 1000
-"""Jobs a walk compares by uuid and task name in one go (without a Python call for each),
-before it looks at the clock: it lets the service go on (dispatch, timers, lease renewals,
-control replies) every :data:`~dispatcher.server.walk_turns.WALK_TURN` s of walking."""
 WALKING_COMMANDS: Final = frozenset({"running", "cancel", "status"})
 """The commands that look at every task held, one at a time (the others answer at once)."""
 
@@ -192,15 +187,15 @@ class ControlCommands:
             if wanted.is_empty:
                 snapshot = self._target.snapshot(MAX_LISTED_JOBS)
                 turns = Turns(self.stopping)
-                await _list(listing, _every(snapshot), turns, count_rest=False)
+                await list_found(listing, every_job(snapshot), turns, count_rest=False)
                 accounted = len(listing.listed) + listing.omitted
                 listing.omitted += max(0, snapshot.total - accounted)
             else:
                 # One clock for the walk and its listing: with one each, each pause of
                 # one let the other's turn run out (a pause every job on a busy loop).
                 turns = Turns(self.stopping)
-                found = _matching(self._target.snapshot(None), wanted, turns)
-                await _list(listing, found, turns)
+                found = matching_jobs(self._target.snapshot(None), wanted, turns)
+                await list_found(listing, found, turns)
         return _listing(listing)
 
     async def cancel(self, data: Mapping[str, Any]) -> Reply:
@@ -223,7 +218,7 @@ class ControlCommands:
             if pick is not None:
                 taken = self._target.take(pick)
                 with anyio.CancelScope(shield=True):
-                    await _settle(self._target, taken, listing, self.stopping)
+                    await settle_taken(self._target, taken, listing, self.stopping)
         count = len(listing.listed) + listing.omitted
         logger.info(
             "control cancel (%s): cancelled %d task%s%s",
@@ -250,7 +245,7 @@ class ControlCommands:
             )
         if not wanted.needs_message:
             return JobPick(wanted.uuid, wanted.task)
-        found = _matching(self._target.snapshot(None), wanted, Turns(self.stopping))
+        found = matching_jobs(self._target.snapshot(None), wanted, Turns(self.stopping))
         uuids = {job.uuid async for _, job in found}
         return JobPick(wanted.uuid, wanted.task, frozenset(uuids)) if uuids else None
 
@@ -419,85 +414,6 @@ def _listing(listing: Listing) -> Reply:
     if listing.omitted:
         return {**listing.listed, "omitted": listing.omitted}
     return listing.listed
-
-
-async def _every(snapshot: Snapshot) -> AsyncGenerator[tuple[str, Job], None]:
-    """Each job of *snapshot*, where it was."""
-    for where, jobs in snapshot.places:
-        for job in jobs:
-            yield where, job
-
-
-async def _matching(
-    snapshot: Snapshot, wanted: TaskFilter, turns: Turns
-) -> AsyncGenerator[tuple[str, Job], None]:
-    """The jobs of *snapshot* that *wanted* lets through, where each was.
-
-    The event loop runs at each of *turns* (which its caller may share). A filter on the
-    uuid or the task name looks at the jobs without a Python call for each; one on ``args``
-    or ``kwargs`` reads each message (among those with the uuid and the task name).
-    """
-    pick = JobPick(wanted.uuid, wanted.task)
-    for where, jobs in snapshot.places:
-        for start in range(0, len(jobs), WALK_SLICE):
-            part = jobs[start : start + WALK_SLICE]
-            for job in compress(part, pick.flags(part)):
-                if not wanted.needs_message or wanted.matches(describe(job, where)):
-                    yield where, job
-                if turns.due():
-                    await turns.pause()
-            if turns.due():
-                await turns.pause()
-
-
-async def _list(
-    listing: Listing,
-    found: AsyncGenerator[tuple[str, Job], None],
-    turns: Turns,
-    *,
-    count_rest: bool = True,
-) -> None:
-    """List the jobs *found* in *listing*, the event loop running at each of *turns*.
-
-    *turns* is the clock of the walk that finds them, if it has one: one clock for both.
-
-    Once the listing is full, the others are only counted; without *count_rest*, the walk
-    stops there (the caller counts them otherwise).
-    """
-    async with contextlib.aclosing(found):
-        async for where, job in found:
-            if listing.full:
-                if not count_rest:
-                    return
-                listing.omitted += 1
-                continue
-            listing.add_job(where, job)
-            if turns.due():
-                await turns.pause()
-
-
-async def _settle(
-    target: ControlTarget,
-    taken: list[tuple[str, list[Job]]],
-    listing: Listing,
-    stopping: anyio.Event,
-) -> None:
-    """Count and settle the jobs a cancel *taken*, and list them, a turn at a time.
-
-    Once *stopping* is set, the rest at once. Those left if this fails are settled at once
-    too (they are no longer anywhere else).
-    """
-    left = ((where, job) for where, jobs in taken for job in jobs)
-    turns = Turns(stopping)
-    try:
-        for where, job in left:
-            target.cancelled(where, job)
-            listing.add_job(where, job)
-            if turns.due() and not stopping.is_set():
-                await turns.pause()
-    finally:
-        for where, job in left:
-            target.cancelled(where, job)
 
 
 def _filter_text(data: Mapping[str, Any]) -> Phrase:
