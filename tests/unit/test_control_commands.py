@@ -28,9 +28,10 @@ from dispatcher.control.result import parse_reply
 from dispatcher.schema import MAX_MESSAGE_BYTES, load_schema
 from dispatcher.server import control_walks
 from dispatcher.server.allowlist import ControlAllowList
-from dispatcher.server.control import STATUS_WAITING_LIMIT, ControlCommands, Reply
+from dispatcher.server.control import ControlCommands, Reply
 from dispatcher.server.control_messages import ControlMessages
 from dispatcher.server.control_shapes import MAX_LISTED_BYTES, producers_reply
+from dispatcher.server.control_state import STATUS_WAITING_LIMIT
 from dispatcher.server.control_walks import WALK_SLICE
 from dispatcher.server.jobs import Job, JobPick, Snapshot
 from dispatcher.server.protocol import run_line
