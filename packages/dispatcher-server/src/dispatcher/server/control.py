@@ -21,6 +21,7 @@ import anyio
 
 from dispatcher.config import Settings
 from dispatcher.schema import Validator
+from dispatcher.server.control_cancel_log import cancelled_text, filter_text
 from dispatcher.server.control_shapes import (
     FILTER_PROPERTIES,
     MAX_LISTED_JOBS,
@@ -33,7 +34,6 @@ from dispatcher.server.control_state import StateReplies
 from dispatcher.server.control_target import ControlTarget
 from dispatcher.server.control_walks import every_job, list_found, matching_jobs, settle_taken
 from dispatcher.server.jobs import JobPick
-from dispatcher.server.log_arguments import Phrase
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
@@ -200,10 +200,10 @@ class ControlCommands:
         count = len(listing.listed) + listing.omitted
         logger.info(
             "control cancel (%s): cancelled %d task%s%s",
-            _filter_text(data),
+            filter_text(data),
             count,
             "" if count == 1 else "s",
-            _cancelled_text(listing.listed, count),
+            cancelled_text(listing.listed, count),
         )
         return _listing(listing)
 
@@ -268,10 +268,6 @@ class ControlCommands:
         return {"ack": {**data, "uuid": uuid}, "uuid": uuid}
 
 
-CANCELLED_SHOWN: Final = 3
-"""Cancelled tasks a ``cancel`` log line names (the others are counted)."""
-
-
 def _listing(listing: Listing) -> Reply:
     """A ``running``/``cancel`` reply: the tasks listed, and ``omitted`` when some are not.
 
@@ -281,28 +277,3 @@ def _listing(listing: Listing) -> Reply:
     if listing.omitted:
         return {**listing.listed, "omitted": listing.omitted}
     return listing.listed
-
-
-def _filter_text(data: Mapping[str, Any]) -> Phrase:
-    """The filter of a ``cancel`` command, for its log line."""
-    if data.get("all"):
-        return Phrase("all")
-    keys = [key for key in ("uuid", "task", "args", "kwargs") if key in data]
-    shown = [Phrase(f"{key}=%s", repr(data[key])) for key in keys]
-    return Phrase.joined(", ", shown) if shown else Phrase("no filter")
-
-
-def _cancelled_text(listed: Mapping[str, Mapping[str, Any]], count: int) -> Phrase:
-    """The first tasks a ``cancel`` command cancelled (of *count*), for its log line."""
-    if not count:
-        return Phrase("")
-    shown = list(listed.values())[:CANCELLED_SHOWN]
-    named = Phrase.joined(
-        ", ",
-        (
-            Phrase("%s (uuid %s, %s)", entry.get("task"), entry["uuid"], entry["where"])
-            for entry in shown
-        ),
-    )
-    more = ", ..." if count > len(shown) else ""
-    return Phrase(": " + named.text + more, *named.args)
