@@ -21,7 +21,7 @@ import pytest
 from dispatcher.config import reset, setup
 from dispatcher.server import control_answers, service_brokers
 from dispatcher.server.brokers.base import BrokerBase, Settled
-from dispatcher.server.control import WALK_SLICE
+from dispatcher.server.control_walks import WALK_SLICE
 from dispatcher.server.origin import Origin
 from dispatcher.server.service import Service
 from support.scheduling import make_job

@@ -26,11 +26,13 @@ from dispatcher.config import ServiceControl, load_settings
 from dispatcher.control import entries
 from dispatcher.control.result import parse_reply
 from dispatcher.schema import MAX_MESSAGE_BYTES, load_schema
-from dispatcher.server import control as control_module
+from dispatcher.server import control_walks
 from dispatcher.server.allowlist import ControlAllowList
-from dispatcher.server.control import STATUS_WAITING_LIMIT, WALK_SLICE, ControlCommands, Reply
+from dispatcher.server.control import ControlCommands, Reply
 from dispatcher.server.control_messages import ControlMessages
 from dispatcher.server.control_shapes import MAX_LISTED_BYTES, producers_reply
+from dispatcher.server.control_state import STATUS_WAITING_LIMIT
+from dispatcher.server.control_walks import WALK_SLICE
 from dispatcher.server.jobs import Job, JobPick, Snapshot
 from dispatcher.server.protocol import run_line
 from dispatcher.server.rejection import Rejected
@@ -292,13 +294,13 @@ def test_a_walk_lets_the_service_run_by_the_clock_however_long_each_job_takes(
     queued = [job("queued", f"u-{n}", args=[n])[1] for n in range(300)]
     backlog = Snapshot(total=len(queued), places=[("queued", queued)])
     monkeypatch.setattr(service, "snapshot", lambda limit: backlog)
-    read = control_module.describe
+    read = control_walks.describe
 
     def slow_read(held: Job, where: str) -> dict[str, Any]:
         time.sleep(0.001)  # a large message, a loaded machine
         return read(held, where)
 
-    monkeypatch.setattr(control_module, "describe", slow_read)
+    monkeypatch.setattr(control_walks, "describe", slow_read)
     running = commands(service)
     turns = 0
     replies: list[Reply] = []

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dispatcher.config import Limits
 from dispatcher.publish import split_message
-from dispatcher.server.intake import Intake, _with_uuid
+from dispatcher.server.intake import Intake
+from dispatcher.server.intake_jobs import _with_uuid
 from dispatcher.server.jobs import Job
 from dispatcher.server.stats import ServiceStats
 from support.examples import examples
@@ -222,6 +224,29 @@ def test_messages_wait_until_the_tasks_are_known(pool: RecordingPool, stats: Ser
     intake.catalogue.learn(frozenset({"app.tasks.work"}))
     assert [job.uuid for job in pool.jobs] == ["early"]
     assert stats.rejected == {"unknown_task": 1}
+
+
+def test_messages_waiting_for_the_tasks_are_held_within_max_held_bytes(
+    pool: RecordingPool, stats: ServiceStats, caplog: pytest.LogCaptureFixture
+) -> None:
+    def payload(uuid: str) -> str:
+        return json.dumps({"task": "app.tasks.work", "uuid": uuid, "args": ["x" * 1000]})
+
+    limit = 2 * len(payload("u-1")) + 10  # two held, not three
+    limits = Limits(max_held_bytes=limit)
+    intake = Intake(pool, stats, chunk_expiry=60, limits=limits)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="dispatcher.intake"):
+        for uuid in ("u-1", "u-2", "u-3"):
+            intake.receive(payload(uuid), "c")
+    assert intake.waiting == 2
+    assert stats.rejected == {"overloaded": 1}
+    [record] = caplog.records
+    line = record.getMessage()
+    assert "(uuid u-3)" in line
+    assert f"service.limits.max_held_bytes ({limit}) reached while workers start" in line
+    intake.catalogue.learn(frozenset({"app.tasks.work"}))
+    assert [job.uuid for job in pool.jobs] == ["u-1", "u-2"]
+    assert intake.waiting == 0
 
 
 def test_rejection_lines_are_rate_limited(

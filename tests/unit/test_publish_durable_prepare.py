@@ -13,7 +13,7 @@ from dispatcher.config import reset, setup
 from dispatcher.publish import InvalidSubmission, RegistrationError, prepare_submission, task
 from dispatcher.publish.pg_queue import job_rows
 from dispatcher.schema import duplicate_identity, duplicate_key
-from dispatcher.server import intake
+from dispatcher.server import intake_jobs
 
 SECRET = "s" * 32
 
@@ -119,4 +119,4 @@ def test_the_duplicate_key_is_the_digest_of_the_identity_the_service_compares() 
     assert duplicate_key(a) == hashlib.sha256(duplicate_identity(a).encode()).hexdigest()
     assert duplicate_key(a) != duplicate_key({**a, "args": [1.0, "é"]})
     # One definition: the service's intake uses this very function.
-    assert intake.duplicate_identity is duplicate_identity
+    assert intake_jobs.duplicate_identity is duplicate_identity

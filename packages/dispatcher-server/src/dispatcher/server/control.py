@@ -11,64 +11,39 @@ where no dispatcherd reader trips on them (see ``docs/control.md``).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-import os
-import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from itertools import compress
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import anyio
 
 from dispatcher.config import Settings
-from dispatcher.schema import Outcome, Validator
+from dispatcher.schema import Validator
+from dispatcher.server.control_cancel_log import cancelled_text, filter_text
 from dispatcher.server.control_shapes import (
     FILTER_PROPERTIES,
     MAX_LISTED_JOBS,
     Listing,
     NextRuns,
+    Reply,
     TaskFilter,
-    producers_reply,
 )
-from dispatcher.server.jobs import Job, JobPick, Snapshot, describe
-from dispatcher.server.log_arguments import Phrase
-from dispatcher.server.log_handler import log_lines_dropped
+from dispatcher.server.control_state import StateReplies
+from dispatcher.server.control_target import ControlTarget
+from dispatcher.server.control_walks import every_job, list_found, matching_jobs, settle_taken
+from dispatcher.server.jobs import JobPick
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.rejection import Rejected
-from dispatcher.server.release import installed_version
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.walk_turns import Turns
 
 logger = get_logger("dispatcher.control")
 
-Reply = dict[str, Any]
-
-WALK_SLICE: Final = 1000
-"""Jobs a walk compares by uuid and task name in one go (without a Python call for each),
-before it looks at the clock: it lets the service go on (dispatch, timers, lease renewals,
-control replies) every :data:`~dispatcher.server.walk_turns.WALK_TURN` s of walking."""
 WALKING_COMMANDS: Final = frozenset({"running", "cancel", "status"})
 """The commands that look at every task held, one at a time (the others answer at once)."""
-
-STATUS_WAITING_LIMIT: Final = 100
-"""Most waiting tasks (queued, blocked, delayed) ``status`` lists under ``running``: beyond,
-it lists the tasks on workers only, and ``running_omitted`` counts the others (and those
-beyond :data:`~dispatcher.server.control_shapes.MAX_LISTED_BYTES`)."""
-
-CANCELLED_OUTCOMES: Final = frozenset(
-    {
-        Outcome.CANCELLED,
-        Outcome.TIMEOUT,
-        Outcome.KILLED,
-        Outcome.WORKER_LOST,
-        Outcome.MEMORY_EXCEEDED,
-    }
-)
-"""Outcomes dispatcherd would count in ``canceled_count`` (the others, in ``finished_count``)."""
 
 _FILTER: dict[str, Any] = {
     "type": "object",
@@ -76,46 +51,6 @@ _FILTER: dict[str, Any] = {
     "properties": FILTER_PROPERTIES,
 }
 _NOTHING: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
-
-
-class ControlTarget(Protocol):
-    """What control commands act on and read: the service, seen through a narrow window."""
-
-    def snapshot(self, limit: int | None) -> Snapshot:
-        """Where the jobs are now: on workers (running, held ahead), queued, blocked, delayed.
-
-        With *limit*, the last three places list their first *limit* jobs only.
-        """
-
-    def take(self, pick: JobPick) -> list[tuple[str, list[Job]]]:
-        """Cancel the jobs *pick* names at once; return them by place (see :meth:`cancelled`)."""
-
-    def cancelled(self, where: str, job: Job) -> None:
-        """Count and settle a job :meth:`take` took out of *where*."""
-
-    def workers(self) -> list[dict[str, Any]]:
-        """Each worker, with dispatcherd's fields (``worker_id``, ``pid``, ...) and ours."""
-
-    def counts(self) -> dict[str, Any]:
-        """Jobs held (``queued``, ``blocked``, ``delayed``) and ``workers`` (count, min, max)."""
-
-    def pool(self) -> dict[str, Any]:
-        """``next_worker_id``, ``worker_ct``, ``running_ct`` and ``active_task_ct``."""
-
-    def chunks(self) -> dict[str, Any]:
-        """Incomplete chunked messages: ``{"status": {...}, "partials": ...}``."""
-
-    def aio_tasks(self, limit: int) -> dict[str, Any]:
-        """The main process's asyncio tasks: ``{name: {"done", "stack"}}``."""
-
-    def signatures(self) -> dict[str, Any]:
-        """The signature settings in force and the replay guard's state."""
-
-    def metrics_endpoint(self) -> dict[str, Any]:
-        """Whether the metrics endpoint is on, and where."""
-
-    def submit(self, message: dict[str, Any]) -> str:
-        """Submit a task message made here; return its uuid (raises ``Rejected``)."""
 
 
 class ControlError(Exception):
@@ -155,9 +90,8 @@ class ControlCommands:
         self._target = target
         self._settings = settings
         self._stats = stats
-        self._next_runs = next_runs
-        self._started = time.monotonic()
         self._internal_errors = InternalErrorLog(logger)
+        state = StateReplies(target, settings, stats, next_runs)
         cancel_all = {"const": True, "description": "Cancel every task: must be explicit."}
         level = {
             "type": ["string", "integer"],
@@ -178,14 +112,14 @@ class ControlCommands:
             ("alive", lambda data: {}, _NOTHING),
             ("running", self.running, _FILTER),
             ("cancel", self.cancel, _data(**FILTER_PROPERTIES, all=cancel_all)),
-            ("workers", self.workers, _NOTHING),
-            ("status", self.status, _NOTHING),
-            ("main", self.main, _NOTHING),
-            ("aio_tasks", self.aio_tasks, _data(limit=limit)),
-            ("producers", self.producers, _NOTHING),
-            ("chunks", self.chunks, _NOTHING),
+            ("workers", state.workers, _NOTHING),
+            ("status", state.status, _NOTHING),
+            ("main", state.main, _NOTHING),
+            ("aio_tasks", state.aio_tasks, _data(limit=limit)),
+            ("producers", state.producers, _NOTHING),
+            ("chunks", state.chunks, _NOTHING),
             ("set_log_level", self.set_log_level, {**_data(level=level), "required": ["level"]}),
-            ("metrics", self.metrics, _NOTHING),
+            ("metrics", state.metrics, _NOTHING),
             ("run", self.run, {"type": "object"}),
         )
         for name, handler, data in commands:
@@ -231,15 +165,15 @@ class ControlCommands:
             if wanted.is_empty:
                 snapshot = self._target.snapshot(MAX_LISTED_JOBS)
                 turns = Turns(self.stopping)
-                await _list(listing, _every(snapshot), turns, count_rest=False)
+                await list_found(listing, every_job(snapshot), turns, count_rest=False)
                 accounted = len(listing.listed) + listing.omitted
                 listing.omitted += max(0, snapshot.total - accounted)
             else:
                 # One clock for the walk and its listing: with one each, each pause of
                 # one let the other's turn run out (a pause every job on a busy loop).
                 turns = Turns(self.stopping)
-                found = _matching(self._target.snapshot(None), wanted, turns)
-                await _list(listing, found, turns)
+                found = matching_jobs(self._target.snapshot(None), wanted, turns)
+                await list_found(listing, found, turns)
         return _listing(listing)
 
     async def cancel(self, data: Mapping[str, Any]) -> Reply:
@@ -262,14 +196,14 @@ class ControlCommands:
             if pick is not None:
                 taken = self._target.take(pick)
                 with anyio.CancelScope(shield=True):
-                    await _settle(self._target, taken, listing, self.stopping)
+                    await settle_taken(self._target, taken, listing, self.stopping)
         count = len(listing.listed) + listing.omitted
         logger.info(
             "control cancel (%s): cancelled %d task%s%s",
-            _filter_text(data),
+            filter_text(data),
             count,
             "" if count == 1 else "s",
-            _cancelled_text(listing.listed, count),
+            cancelled_text(listing.listed, count),
         )
         return _listing(listing)
 
@@ -289,117 +223,9 @@ class ControlCommands:
             )
         if not wanted.needs_message:
             return JobPick(wanted.uuid, wanted.task)
-        found = _matching(self._target.snapshot(None), wanted, Turns(self.stopping))
+        found = matching_jobs(self._target.snapshot(None), wanted, Turns(self.stopping))
         uuids = {job.uuid async for _, job in found}
         return JobPick(wanted.uuid, wanted.task, frozenset(uuids)) if uuids else None
-
-    def workers(self, data: Mapping[str, Any]) -> Reply:
-        """Each worker, keyed ``worker-N``: pid, status, age, tasks finished, current task."""
-        return {f"worker-{worker['worker_id']}": worker for worker in self._target.workers()}
-
-    def main(self, data: Mapping[str, Any]) -> Reply:
-        """Counters of the main process and of the pool."""
-        stats = self._stats
-        finished = stats.finished
-        return {
-            "received_count": stats.received_tasks,
-            "control_count": stats.control,
-            "pid": os.getpid(),
-            "pool": {
-                "finished_count": sum(
-                    n for o, n in finished.items() if o not in CANCELLED_OUTCOMES
-                ),
-                "canceled_count": sum(n for o, n in finished.items() if o in CANCELLED_OUTCOMES),
-                "retirement_count": stats.workers_retired,
-                **self._target.pool(),
-            },
-            "uptime": self._uptime(),
-        }
-
-    def aio_tasks(self, data: Mapping[str, Any]) -> Reply:
-        """The main process's asyncio tasks: whether each is done, and its stack."""
-        return self._target.aio_tasks(data.get("limit", 6))
-
-    def status(self, data: Mapping[str, Any]) -> Reply:
-        """Every read-only command's reply, and our counters beside them.
-
-        Also the version of dispatcher the service runs (``version``), as
-        ``dispatcher-standalone --version`` says it.
-        """
-        stats = self._stats
-        counts = self._target.counts()
-        waiting = counts["queued"] + counts["blocked"] + counts["delayed"]
-        limit = None if waiting <= STATUS_WAITING_LIMIT else 0
-        listing = Listing()
-        for where, jobs in self._target.snapshot(limit).places:  # at most 100 waiting
-            for job in jobs:
-                listing.add_job(where, job)
-        omitted = 0 if limit is None else waiting
-        return {
-            "version": installed_version(),  # first: people read it at the top
-            "running": listing.listed,
-            "aio_tasks": self._target.aio_tasks(6),
-            "workers": self.workers({}),
-            "producers": self.producers({}),
-            "metrics": self.metrics({}),
-            "main": self.main({}),
-            "chunks": self.chunks({}),
-            "running_omitted": omitted + listing.omitted,
-            "pid": os.getpid(),
-            "uptime": self._uptime(),
-            "received": stats.received_tasks,
-            "received_control": stats.received_control,
-            "rejected": dict(stats.rejected),
-            "finished": dict(stats.finished),
-            "discarded": stats.discarded,
-            "log_lines_dropped": log_lines_dropped(),
-            "queued": counts["queued"],
-            "blocked": counts["blocked"],
-            "delayed": counts["delayed"],
-            "pool": {
-                **counts["workers"],
-                "started": stats.workers_started,
-                "lost": stats.workers_lost,
-            },
-            "brokers": {name: health.as_reply() for name, health in sorted(stats.brokers.items())},
-            "listener": {
-                "connects": stats.listener_connects,
-                "failures": stats.listener_failures,
-                "self_checks": stats.self_checks,
-            },
-            **self._pg_queue_health(),
-            "signatures": self._target.signatures(),
-            "recent_failures": [failure.as_reply() for failure in reversed(stats.recent_failures)],
-        }
-
-    def _pg_queue_health(self) -> Reply:
-        """``{"pg_queue": ...}``: its connections and claims, when the service has one."""
-        if self._settings.brokers.pg_queue is None:
-            return {}
-        stats = self._stats
-        return {
-            "pg_queue": {
-                "connects": stats.pg_queue_connects,
-                "connect_failures": stats.pg_queue_connect_failures,
-                "claim_failures": stats.pg_queue_claim_failures,
-                "claiming": stats.pg_queue_failing_since is None,
-                "failing_since": stats.pg_queue_failing_since,
-                "last_error": stats.pg_queue_last_error,
-                "last_error_time": stats.pg_queue_last_error_time,
-            }
-        }
-
-    def producers(self, data: Mapping[str, Any]) -> Reply:
-        """What feeds the service tasks: each broker, the schedules, on-start tasks, ``run``."""
-        return producers_reply(self._settings, self._stats, self._uptime(), self._next_runs)
-
-    def chunks(self, data: Mapping[str, Any]) -> Reply:
-        """Incomplete chunked messages being assembled, and what became of the others."""
-        return self._target.chunks()
-
-    def metrics(self, data: Mapping[str, Any]) -> Reply:
-        """Whether the metrics endpoint is on, and where."""
-        return self._target.metrics_endpoint()
 
     def set_log_level(self, data: Mapping[str, Any]) -> Reply:
         """Change the level of the service's ``dispatcher`` loggers (a name, or a number)."""
@@ -441,13 +267,6 @@ class ControlCommands:
         logger.info("control run: submitted task %s (uuid %s)", data.get("task"), uuid)
         return {"ack": {**data, "uuid": uuid}, "uuid": uuid}
 
-    def _uptime(self) -> float:
-        return round(time.monotonic() - self._started, 3)
-
-
-CANCELLED_SHOWN: Final = 3
-"""Cancelled tasks a ``cancel`` log line names (the others are counted)."""
-
 
 def _listing(listing: Listing) -> Reply:
     """A ``running``/``cancel`` reply: the tasks listed, and ``omitted`` when some are not.
@@ -458,107 +277,3 @@ def _listing(listing: Listing) -> Reply:
     if listing.omitted:
         return {**listing.listed, "omitted": listing.omitted}
     return listing.listed
-
-
-async def _every(snapshot: Snapshot) -> AsyncGenerator[tuple[str, Job], None]:
-    """Each job of *snapshot*, where it was."""
-    for where, jobs in snapshot.places:
-        for job in jobs:
-            yield where, job
-
-
-async def _matching(
-    snapshot: Snapshot, wanted: TaskFilter, turns: Turns
-) -> AsyncGenerator[tuple[str, Job], None]:
-    """The jobs of *snapshot* that *wanted* lets through, where each was.
-
-    The event loop runs at each of *turns* (which its caller may share). A filter on the
-    uuid or the task name looks at the jobs without a Python call for each; one on ``args``
-    or ``kwargs`` reads each message (among those with the uuid and the task name).
-    """
-    pick = JobPick(wanted.uuid, wanted.task)
-    for where, jobs in snapshot.places:
-        for start in range(0, len(jobs), WALK_SLICE):
-            part = jobs[start : start + WALK_SLICE]
-            for job in compress(part, pick.flags(part)):
-                if not wanted.needs_message or wanted.matches(describe(job, where)):
-                    yield where, job
-                if turns.due():
-                    await turns.pause()
-            if turns.due():
-                await turns.pause()
-
-
-async def _list(
-    listing: Listing,
-    found: AsyncGenerator[tuple[str, Job], None],
-    turns: Turns,
-    *,
-    count_rest: bool = True,
-) -> None:
-    """List the jobs *found* in *listing*, the event loop running at each of *turns*.
-
-    *turns* is the clock of the walk that finds them, if it has one: one clock for both.
-
-    Once the listing is full, the others are only counted; without *count_rest*, the walk
-    stops there (the caller counts them otherwise).
-    """
-    async with contextlib.aclosing(found):
-        async for where, job in found:
-            if listing.full:
-                if not count_rest:
-                    return
-                listing.omitted += 1
-                continue
-            listing.add_job(where, job)
-            if turns.due():
-                await turns.pause()
-
-
-async def _settle(
-    target: ControlTarget,
-    taken: list[tuple[str, list[Job]]],
-    listing: Listing,
-    stopping: anyio.Event,
-) -> None:
-    """Count and settle the jobs a cancel *taken*, and list them, a turn at a time.
-
-    Once *stopping* is set, the rest at once. Those left if this fails are settled at once
-    too (they are no longer anywhere else).
-    """
-    left = ((where, job) for where, jobs in taken for job in jobs)
-    turns = Turns(stopping)
-    try:
-        for where, job in left:
-            target.cancelled(where, job)
-            listing.add_job(where, job)
-            if turns.due() and not stopping.is_set():
-                await turns.pause()
-    finally:
-        for where, job in left:
-            target.cancelled(where, job)
-
-
-def _filter_text(data: Mapping[str, Any]) -> Phrase:
-    """The filter of a ``cancel`` command, for its log line."""
-    if data.get("all"):
-        return Phrase("all")
-    keys = [key for key in ("uuid", "task", "args", "kwargs") if key in data]
-    shown = [Phrase(f"{key}=%s", repr(data[key])) for key in keys]
-    return Phrase.joined(", ", shown) if shown else Phrase("no filter")
-
-
-def _cancelled_text(listed: Mapping[str, Mapping[str, Any]], count: int) -> Phrase:
-    """The first tasks a ``cancel`` command cancelled (of *count*), for its log line."""
-    if not count:
-        return Phrase("")
-    shown = list(listed.values())[:CANCELLED_SHOWN]
-    named = Phrase.joined(
-        ", ",
-        (
-            Phrase("%s (uuid %s, %s)", entry.get("task"), entry["uuid"], entry["where"])
-            for entry in shown
-        ),
-    )
-    more = ", ..." if count > len(shown) else ""
-    return Phrase(": " + named.text + more, *named.args)

@@ -31,6 +31,9 @@ from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.server.jobs import Job, describe
 from dispatcher.server.stats import ServiceStats
 
+Reply = dict[str, Any]
+"""A control command's reply (a JSON object)."""
+
 MAX_LISTED_BYTES: Final = MAX_MESSAGE_BYTES // 2
 """JSON bytes of the tasks one reply lists at most (``running``, ``cancel``, and ``status``
 under ``running``); the others are counted, not listed. A reply over

@@ -14,16 +14,25 @@ whichever form it came:
 So the intake reads a refused payload that :func:`may_be_control` lets through (on the loop
 if it is small, else in the decoding thread, if it has room), and joins a refused slice with
 the others of its message (:class:`RefusedChunks` remembers that the message was refused, to
-answer it rather than run it once whole).
+answer it rather than run it once whole): :class:`RefusedAnswers` does all this.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
-from dispatcher.schema import CHUNK_KEY
+from dispatcher.schema import CHUNK_KEY, SIGNED_KEY
+from dispatcher.server.intake_decoding import ChunkJoiner, PayloadDecoder
+from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, LargePayloads
+from dispatcher.server.origin import Origin
 from dispatcher.server.rejection import Rejected
+
+RefusalSink = Callable[[dict[str, Any], str, Origin, Rejected], None]
+"""Answers a refused control message with its refusal: ``sink(message, channel, origin,
+refused)`` (the intake's control sink)."""
 
 _CONTROL_SIGNS: Final = ("control", CHUNK_KEY, "\\u")
 """Texts one of which the JSON text of a control message, in any form, holds verbatim."""
@@ -70,3 +79,92 @@ class RefusedChunks:
         if not self._refused:
             return None
         return self._refused.pop(message_id, None)
+
+
+class RefusedAnswers:
+    """Answers the control commands refused behind a large payload, in any form they came.
+
+    *decoder* and *joiner* are the intake's (a refused slice joins the others of its
+    message); a large text is decoded by *large*, in its thread, which gives it back to the
+    intake (then :meth:`answer_decoded`). Without *on_control*, nothing is answered.
+    """
+
+    def __init__(
+        self,
+        on_control: RefusalSink | None,
+        decoder: PayloadDecoder,
+        joiner: ChunkJoiner,
+        large: LargePayloads,
+        capacity: int,
+    ) -> None:
+        self._on_control = on_control
+        self._decoder = decoder
+        self._joiner = joiner
+        self._large = large
+        self._chunks = RefusedChunks(capacity)
+
+    def answer(
+        self, text: str, channel: str, origin: Origin, rejected: Rejected, joined: bool = False
+    ) -> None:
+        """Answer with *rejected* the control command the refused *text* carries, if any.
+
+        *joined*: the whole text of a chunked message. A small text is decoded here, as the
+        intake decodes small payloads; a large one in the decoding thread, if it has room,
+        never here: else (or once the service stops) the refusal goes unanswered, logged only.
+        """
+        if self._on_control is None:
+            return
+        if len(text) >= LARGE_PAYLOAD_CHARS:
+            with contextlib.suppress(Rejected):  # no room to read it
+                self._large.decode_later(text, channel, origin, joined=joined, refused=rejected)
+            return
+        try:
+            message = self._decoder.decode(text)
+        except Rejected:
+            return
+        self.answer_decoded(message, channel, origin, rejected, joined=joined)
+
+    def answer_decoded(
+        self,
+        message: dict[str, Any],
+        channel: str,
+        origin: Origin,
+        rejected: Rejected,
+        *,
+        joined: bool,
+    ) -> None:
+        """:meth:`answer` from the decoded *message* on."""
+        if CHUNK_KEY in message:
+            whole = None if joined else self._join(message, rejected)
+            if whole is not None:
+                self.answer(whole, channel, origin, rejected, joined=True)
+            return
+        try:
+            body = message.get("body") if SIGNED_KEY in message else None
+            if isinstance(body, str):
+                message = self._decoder.decode(body)
+        except Rejected:
+            return
+        if "control" in message and self._on_control is not None:
+            self._on_control(message, channel, origin, rejected)
+
+    def whole_refused(self, message_id: str) -> Rejected | None:
+        """Why the chunked message *message_id*, whole now, was refused; ``None`` if it was not."""
+        return self._chunks.take(message_id)
+
+    def _join(self, envelope: dict[str, Any], rejected: Rejected) -> str | None:
+        """Join the refused slice *envelope* with the others; the whole text once complete.
+
+        Until then, its message is remembered as refused: once whole, it is answered if it
+        is a control command, and not run.
+        """
+        try:
+            whole = self._joiner.join(envelope)
+        except Rejected:
+            return None  # (not a valid slice, or its message was dropped)
+        message_id = str(envelope["message_id"])
+        if whole is None:
+            self._chunks.refuse(message_id, rejected)
+        else:
+            self._chunks.take(message_id)
+        return whole

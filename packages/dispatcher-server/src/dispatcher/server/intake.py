@@ -12,48 +12,30 @@ registered. Any other text that is not JSON is rejected (``not_json``).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from dispatcher.config import Limits, Security
-from dispatcher.schema import (
-    CHUNK_KEY,
-    MAX_MESSAGE_BYTES,
-    SIGNED_KEY,
-    DecodeError,
-    decode_json,
-    duplicate_identity,
-    new_uuid,
-    validator,
-)
-from dispatcher.schema.chunks import ChunkAssembler, ChunkedMessageTooLarge, ChunkError
+from dispatcher.schema import CHUNK_KEY, MAX_MESSAGE_BYTES, SIGNED_KEY, new_uuid, validator
+from dispatcher.schema.chunks import ChunkAssembler
 from dispatcher.server.catalogue import TaskCatalogue
-from dispatcher.server.held_refusals import RefusedChunks, may_be_control
-from dispatcher.server.jobs import Job, job_fields
+from dispatcher.server.held_refusals import RefusedAnswers, may_be_control
+from dispatcher.server.intake_decoding import ChunkJoiner, PayloadDecoder
+from dispatcher.server.intake_jobs import JobMaker
+from dispatcher.server.intake_refusals import Refusals
+from dispatcher.server.intake_rows import control_agrees_with_row
+from dispatcher.server.intake_waiting import WaitingForWorkers
+from dispatcher.server.jobs import Job
 from dispatcher.server.large_payloads import LARGE_PAYLOAD_CHARS, LargePayload, LargePayloads
-from dispatcher.server.log_arguments import Excerpt
 from dispatcher.server.log_records import get_logger
-from dispatcher.server.log_text import MAX_REASON_CHARS
-from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin, StoredRow
-from dispatcher.server.protocol import run_line
-from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
-from dispatcher.server.rejection import Rejected, rejection_fields
-from dispatcher.server.settlement import ABANDONED, REFUSED, REJECTED, Settlements
+from dispatcher.server.origin import INTERNAL, PG_NOTIFY, Origin
+from dispatcher.server.rejection import Rejected
+from dispatcher.server.settlement import ABANDONED, Settlements
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.intake")
-
-MAX_TASK_NAME: Final = 255
-"""The longest task name (the task-message schema says the same); a longer bare payload is
-not looked at as one."""
-
-MAX_WAITING_FOR_WORKERS: Final = 100_000
-"""Messages held while the first worker starts (until the registered names are known)."""
 
 
 ControlSink = Callable[[dict[str, Any], str, Origin, Rejected | None], None]
@@ -105,7 +87,7 @@ class Intake:
         self._on_control = on_control
         self._signatures = signatures or SignatureCheck(Security())
         self._stats = stats
-        limits = self._limits = limits or Limits()
+        limits = limits or Limits()
         self.chunks = ChunkAssembler(
             expiry=chunk_expiry,
             max_bytes=MAX_MESSAGE_BYTES,
@@ -113,19 +95,20 @@ class Intake:
             max_memory=limits.max_partial_bytes,
         )
         self._task_validator = validator("task-message")
-        self._chunk_validator = validator("chunk-envelope")
-        self._waiting: deque[tuple[dict[str, Any], str, str, Origin]] = deque()
-        self._waiting_bytes = 0
-        self._rejections = RateLimitedLog(logger, logging.WARNING)
-        self._internal_errors = InternalErrorLog(logger)
+        self._refusals = Refusals(stats, self._settlements)
+        self._decoder = PayloadDecoder()
+        """Decodes payloads; its :attr:`~PayloadDecoder.ahead` holds the texts :attr:`large`
+        decoded, taken instead of decoding them."""
+        self._joiner = ChunkJoiner(self.chunks, self._refusals.lost)
+        self._job_maker = JobMaker(self.catalogue, limits)
+        self._waiting = WaitingForWorkers(limits)
         self._stopping = False
         self.large = LargePayloads(self._resume, self._take, limits.max_held_bytes)
         """Decodes large payloads in a worker thread while its :meth:`~LargePayloads.run`
         runs (the service runs it; without it, they are decoded here as they come)."""
-        self._ahead: dict[str, Any] = {}
-        """Texts :attr:`large` decoded, which :meth:`_decode` takes instead of decoding."""
-        self._refused_chunks = RefusedChunks(limits.max_partial_messages)
-        """Chunked messages a slice of which was refused behind a large payload."""
+        self._refused = RefusedAnswers(
+            on_control, self._decoder, self._joiner, self.large, limits.max_partial_messages
+        )
 
     def receive(self, payload: str, channel: str, origin: Origin = PG_NOTIFY) -> None:
         """Take one payload as it arrived on *channel* through *origin*; never raises.
@@ -148,83 +131,21 @@ class Intake:
         A control command among them is answered with the refusal, as other refused ones
         are (its client would wait for a reply until it timed out), in whichever form it
         came (see :mod:`~dispatcher.server.held_refusals`); but for one a durable broker
-        delivers again (:meth:`_refuse` settles it ``refused``), whose reply comes once it
-        is run.
+        delivers again (:meth:`Refusals.refuse` settles it ``refused``), whose reply comes
+        once it is run.
         """
-        if self._on_control is not None and origin.receipt is None and may_be_control(payload):
-            self._answer_refused(payload, channel, origin, rejected)
-        self._refuse(rejected, channel, origin)
-
-    def _answer_refused(
-        self, text: str, channel: str, origin: Origin, rejected: Rejected, joined: bool = False
-    ) -> None:
-        """Answer with *rejected* the control command the refused *text* carries, if any.
-
-        *joined*: the whole text of a chunked message. A small text is decoded here, as the
-        intake decodes small payloads; a large one in the decoding thread (then
-        :meth:`_resume` answers), if it has room, never here: else (or once the service
-        stops) the refusal goes unanswered, logged only.
-        """
-        if len(text) >= LARGE_PAYLOAD_CHARS:
-            with contextlib.suppress(Rejected):  # no room to read it
-                self.large.decode_later(text, channel, origin, joined=joined, refused=rejected)
-            return
-        try:
-            message = self._decode(text)
-        except Rejected:
-            return
-        self._answer_refused_message(message, channel, origin, rejected, joined)
-
-    def _answer_refused_message(
-        self,
-        message: dict[str, Any],
-        channel: str,
-        origin: Origin,
-        rejected: Rejected,
-        joined: bool,
-    ) -> None:
-        """:meth:`_answer_refused` from the decoded *message* on."""
-        if CHUNK_KEY in message:
-            whole = None if joined else self._join_refused(message, rejected)
-            if whole is not None:
-                self._answer_refused(whole, channel, origin, rejected, joined=True)
-            return
-        try:
-            body = message.get("body") if SIGNED_KEY in message else None
-            if isinstance(body, str):
-                message = self._decode(body)
-        except Rejected:
-            return
-        if "control" in message and self._on_control is not None:
-            self._on_control(message, channel, origin, rejected)
-
-    def _join_refused(self, envelope: dict[str, Any], rejected: Rejected) -> str | None:
-        """Join the refused slice *envelope* with the others; the whole text once complete.
-
-        Until then, its message is remembered as refused (:attr:`_refused_chunks`): once
-        whole, it is answered if it is a control command, and not run.
-        """
-        try:
-            whole = self._join(envelope)
-        except Rejected:
-            return None  # (not a valid slice, or its message was dropped)
-        message_id = str(envelope["message_id"])
-        if whole is None:
-            self._refused_chunks.refuse(message_id, rejected)
-        else:
-            self._refused_chunks.take(message_id)
-        return whole
+        if origin.receipt is None and may_be_control(payload):
+            self._refused.answer(payload, channel, origin, rejected)
+        self._refusals.refuse(rejected, channel, origin)
 
     def _take(self, payload: str, channel: str, origin: Origin) -> None:
         """Take *payload* on (see :meth:`receive`); never raises."""
         try:
             self._receive(payload, channel, origin)
         except Rejected as rejected:
-            self._refuse(rejected, channel, origin)
+            self._refusals.refuse(rejected, channel, origin)
         except Exception as exc:  # a bug here must cost one message, never the service
-            self._stats.rejected["internal_error"] += 1
-            self._internal_errors.report("intake", exc, f"a message on {channel}")
-            self._settlements.origin(origin, REJECTED, "internal error")
+            self._refusals.internal_error(exc, channel, origin)
 
     def _resume(self, large: LargePayload) -> None:
         """Take on *large*, decoded in a worker thread; never raises.
@@ -232,22 +153,22 @@ class Intake:
         One that was refused is only answered, if it is a control command.
         """
         channel, origin = large.channel, large.origin
-        self._ahead = large.decoded
+        self._decoder.ahead = large.decoded
         try:
             if large.refused is not None:
-                message = self._decode(large.text)
-                self._answer_refused_message(message, channel, origin, large.refused, large.joined)
+                message = self._decoder.decode(large.text)
+                self._refused.answer_decoded(
+                    message, channel, origin, large.refused, joined=large.joined
+                )
                 return
             self._unwrap(large.text, channel, origin, joined=large.joined)
         except Rejected as rejected:
             if large.refused is None:
-                self._refuse(rejected, channel, origin)
+                self._refusals.refuse(rejected, channel, origin)
         except Exception as exc:  # a bug here must cost one message, never the service
-            self._stats.rejected["internal_error"] += 1
-            self._internal_errors.report("intake", exc, f"a message on {channel}")
-            self._settlements.origin(origin, REJECTED, "internal error")
+            self._refusals.internal_error(exc, channel, origin)
         finally:
-            self._ahead = {}
+            self._decoder.ahead = {}
 
     def submit(self, message: dict[str, Any], source: str) -> str:
         """Accept a task message made inside the service (a producer, the ``run`` command).
@@ -289,30 +210,29 @@ class Intake:
     ) -> bool:
         """:meth:`_receive` from the decoding on; *joined*: the whole text of chunks."""
         if joined:
-            message = self._decode(payload)
+            message = self._decoder.decode(payload)
             if CHUNK_KEY in message:
                 raise Rejected("invalid_chunk", "a chunk envelope holds another chunk envelope")
         else:
-            payload, message = self._decode_payload(payload)
+            payload, message = self._decoder.decode_payload(payload)
         if CHUNK_KEY in message:  # (not in a joined text: refused above)
             if origin.receipt is not None:  # it could never be settled whole
                 raise Rejected(
                     "invalid_chunk", "a durable broker delivers whole messages, not chunks"
                 )
-            whole = self._join(message)
+            whole = self._joiner.join(message)
             if whole is None:
                 return True
-            refused = self._refused_chunks.take(str(message["message_id"]))
+            refused = self._refused.whole_refused(str(message["message_id"]))
             if refused is not None:  # a slice of it was refused: so is the whole
-                if self._on_control is not None:
-                    self._answer_refused(whole, channel, origin, refused, joined=True)
+                self._refused.answer(whole, channel, origin, refused, joined=True)
                 return True
             large = off_loop and len(whole) >= LARGE_PAYLOAD_CHARS
             if large and self.large.decode_later(whole, channel, origin, joined=True):
                 return True
             return self._unwrap(whole, channel, origin, joined=True)
         try:
-            payload, message = self._signatures.open(payload, message, origin, self._decode)
+            payload, message = self._signatures.open(payload, message, origin, self._decoder.decode)
         except Rejected as rejected:
             if rejected.control is not None and self._on_control is not None:
                 self._on_control(rejected.control, channel, origin, rejected)
@@ -323,7 +243,7 @@ class Intake:
         else:
             self._stats.received_tasks += 1
         if "control" in message and origin.stored_as is not None:
-            _control_agrees_with_row(message, origin.stored_as)
+            control_agrees_with_row(message, origin.stored_as)
         if "control" in message and self._on_control is not None:
             self._on_control(message, channel, origin, None)
             return True
@@ -337,9 +257,9 @@ class Intake:
             problems = "; ".join(str(p) for p in self._task_validator.problems(message))
             raise Rejected("invalid_message", problems, message.get("uuid"))
         if self.catalogue.names is None:
-            self._wait_for_workers(message, payload, channel, origin)
+            self._waiting.hold(message, payload, channel, origin)
             return True
-        return self._dispatch(message, payload, channel, origin)
+        return self._jobs.submit(self._job_maker.make(message, payload, channel, origin))
 
     @property
     def waiting(self) -> int:
@@ -350,89 +270,16 @@ class Intake:
         """
         return len(self._waiting) + self.large.waiting
 
-    def _wait_for_workers(
-        self, message: dict[str, Any], payload: str, channel: str, origin: Origin
-    ) -> None:
-        """Hold a task until the first worker says which tasks are registered."""
-        uuid = message.get("uuid")
-        if len(self._waiting) >= MAX_WAITING_FOR_WORKERS:
-            raise Rejected("overloaded", "too many messages while workers start", uuid)
-        size = len(payload)
-        if self._waiting_bytes + size > self._limits.max_held_bytes:
-            limit = self._limits.max_held_bytes
-            raise Rejected(
-                "overloaded",
-                f"service.limits.max_held_bytes ({limit}) reached while workers start",
-                uuid,
-            )
-        self._waiting_bytes += size
-        self._waiting.append((message, payload, channel, origin))
-
-    def _decode_payload(self, payload: str) -> tuple[str, dict[str, Any]]:
-        """Decode a payload as received: JSON text, or a bare task name (as dispatcherd)."""
-        try:
-            return payload, self._decode(payload)
-        except Rejected as rejected:
-            if rejected.reason != "not_json" or not self._is_task_name(payload):
-                raise
-        message = {"task": payload}
-        return json.dumps(message, separators=(",", ":")), message
-
-    def _is_task_name(self, text: str) -> bool:
-        return len(text) <= MAX_TASK_NAME and self._task_validator.is_valid({"task": text})
-
-    def _decode(self, text: str) -> dict[str, Any]:
-        try:
-            if self._ahead and text in self._ahead:  # decoded in a worker thread
-                message = self._ahead.pop(text)
-                if isinstance(message, DecodeError):
-                    raise message
-            else:
-                message = decode_json(text)
-        except DecodeError as exc:
-            raise Rejected(exc.reason, str(exc), exc.uuid) from None
-        if not isinstance(message, dict):
-            kind = type(message).__name__ if message is not None else "null"
-            raise Rejected("not_object", f"a JSON {_json_kind(kind)}, not an object")
-        return message
-
-    def _join(self, envelope: dict[str, Any]) -> str | None:
-        if not self._chunk_validator.is_valid(envelope):
-            problems = "; ".join(str(p) for p in self._chunk_validator.problems(envelope))
-            raise Rejected("invalid_chunk", f"invalid chunk envelope: {problems}")
-        try:
-            whole = self.chunks.add(envelope)
-        except ChunkedMessageTooLarge as exc:
-            raise Rejected("oversized", str(exc)) from None
-        except ChunkError as exc:
-            raise Rejected("invalid_chunk", str(exc)) from None
-        finally:
-            for message_id in self.chunks.take_evicted():
-                evicted = Rejected(
-                    "chunk_evicted",
-                    f"incomplete chunked message {message_id} evicted to make room "
-                    "(service.limits.max_partial_messages or max_partial_bytes reached)",
-                )
-                self._reject(evicted, "", None, None)
-        for message_id in self.chunks.expire():
-            expired = Rejected("chunk_expired", f"incomplete chunked message {message_id} expired")
-            self._reject(expired, "", None, None)
-        return whole
-
     def _release_waiting(self, names: frozenset[str]) -> None:
         """The registered task names are known: release what waited for them."""
         logger.info("%d registered tasks", len(names))
-        self._waiting_bytes = 0
-        while self._waiting:
-            message, payload, channel, origin = self._waiting.popleft()
+        for message, payload, channel, origin in self._waiting.release():
             try:
-                self._dispatch(message, payload, channel, origin)
+                self._jobs.submit(self._job_maker.make(message, payload, channel, origin))
             except Rejected as rejected:
-                self._refuse(rejected, channel, origin)
+                self._refusals.refuse(rejected, channel, origin)
             except Exception as exc:  # costs this message, never the others waiting
-                self._stats.rejected["internal_error"] += 1
-                self._internal_errors.report("intake", exc, f"a message on {channel}")
-                self._settlements.origin(origin, REJECTED, "internal error")
+                self._refusals.internal_error(exc, channel, origin)
 
     def stop_accepting(self) -> None:
         """The service begins to stop: refuse messages made inside it (:meth:`submit`).
@@ -446,257 +293,5 @@ class Intake:
 
     def close(self) -> None:
         """The service stops: give back the messages still waiting for the first worker."""
-        while self._waiting:
-            _, _, _, origin = self._waiting.popleft()
+        for _, _, _, origin in self._waiting.release():
             self._settlements.origin(origin, ABANDONED)
-        self._waiting_bytes = 0
-
-    def _dispatch(
-        self, message: dict[str, Any], payload: str, channel: str, origin: Origin
-    ) -> bool:
-        name = message["task"]
-        names = self.catalogue.names
-        assert names is not None
-        if name not in names:
-            raise Rejected(
-                "unknown_task",
-                f"task {name!r} is not registered{self._suggestion(name)}",
-                message.get("uuid"),
-            )
-        if "callbacks" in message or "errbacks" in message:
-            for where, follow_up in _follow_ups(message):
-                if follow_up not in names:
-                    raise Rejected(
-                        "unknown_task",
-                        f"{where}: task {follow_up!r} is not registered"
-                        f"{self._suggestion(follow_up)}",
-                        message.get("uuid"),
-                    )
-        if origin.stored_as is not None:
-            payload = self._agree_with_row(message, payload, origin.stored_as)
-        uuid = message.get("uuid")
-        if uuid is None:
-            # Random, not counted: a counter's values repeat across restarts and services,
-            # so a cancel by one such uuid would reach every service's job of that number.
-            uuid = message["uuid"] = new_uuid()
-            payload = _with_uuid(payload, uuid)
-        on_duplicate = message.get("on_duplicate")
-        # A broker that schedules its messages (pg_queue) has applied the delay already
-        # (run_after) and enforces on_duplicate across hosts (unique indexes): the job is
-        # neither held nor gated again here.
-        scheduled = origin.scheduled_by_broker
-        tracked = on_duplicate is not None and on_duplicate != "parallel" and not scheduled
-        line = run_line(payload, channel, keep_result=origin.receipt is not None)
-        if len(line) > self._limits.max_held_bytes:  # never takeable: refusing it would loop
-            raise Rejected(
-                "oversized",
-                f"the message is {len(payload)} bytes, more than service.limits.max_held_bytes "
-                f"({self._limits.max_held_bytes}) lets this service hold",
-                uuid,
-            )
-        job = Job(
-            uuid=uuid,
-            task=name,
-            line=line,
-            timeout=_timeout(message, self.catalogue),
-            delay=0 if scheduled else message.get("delay") or 0,
-            on_duplicate=on_duplicate,
-            key=duplicate_identity(message) if tracked else None,
-            published=message.get("time_pub") or 0,
-            broker=origin.broker,
-            receipt=origin.receipt,
-            channel=None if origin.broker is None else channel,
-            attempt=origin.attempt,
-        )
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "received task %s (uuid %s) on %s (%s)",
-                name,
-                uuid,
-                channel,
-                origin.broker or "made inside the service",
-                extra=job_fields("task_received", job),
-            )
-        return self._jobs.submit(job)
-
-    def _suggestion(self, name: str) -> str:
-        """``" (did you mean 'x'?)"`` when a registered name is close to *name*, else ``""``.
-
-        Not always: see :meth:`TaskCatalogue.close_name`.
-        """
-        close = self.catalogue.close_name(name)
-        return f" (did you mean {close!r}?)" if close is not None else ""
-
-    def _agree_with_row(self, message: dict[str, Any], payload: str, stored_as: StoredRow) -> str:
-        """*payload*, checked against the columns its row was stored under.
-
-        A message without a uuid takes the row's. Listings, ``get_job()`` and a cancel by
-        uuid go by the row's columns: a message naming another uuid or task (a row written
-        by hand) would run as something they cannot find. The table applies the delay and
-        on_duplicate: a message asking for either where its row does not would run early,
-        or beside its twin, silently.
-
-        :raises Rejected: when the message names another uuid or task than its row, or asks
-            for a delay or an on_duplicate its row does not hold.
-        """
-        uuid, task = stored_as.uuid, stored_as.task
-        if message.get("uuid") is None:
-            message["uuid"] = uuid
-            payload = _with_uuid(payload, uuid)
-        for key, stored in (("task", task), ("uuid", uuid)):
-            if message[key] != stored:
-                raise Rejected(
-                    "invalid_message",
-                    f"{key}: the message's {message[key]!r} is not the {stored!r} its row was "
-                    f"stored under (the row's {key} column)",
-                    uuid,
-                )
-        _delay_and_mode_agree_with_row(message, stored_as)
-        return payload
-
-    def _refuse(self, rejected: Rejected, channel: str, origin: Origin) -> None:
-        """Count and log *rejected*, and settle its delivery.
-
-        As rejected; as refused when a limit of ``service.limits`` is reached
-        (``overloaded``): a durable broker then delivers it again later, its attempt not
-        counted, as it does for the scheduler's refusals.
-        """
-        comes_back = rejected.reason == "overloaded" and origin.receipt is not None
-        outcome = REFUSED if comes_back else REJECTED
-        if origin.stored_as is not None:
-            rejected.uuid = origin.stored_as[0]  # the row's: what listings show
-            self._reject(rejected, f" in queue {channel}", origin.broker, channel, outcome)
-        else:
-            where = f" on channel {channel}" if channel else ""
-            self._reject(rejected, where, origin.broker, channel or None, outcome)
-        self._settlements.origin(origin, outcome, str(rejected))
-
-    def _reject(
-        self,
-        rejected: Rejected,
-        where: str,
-        broker: str | None,
-        channel: str | None,
-        outcome: str = REJECTED,
-    ) -> None:
-        """Count and log *rejected*.
-
-        *where* says where it came from (`` on channel c``): the *channel* or queue of
-        *broker* (``None`` for neither); *outcome*, ``rejected``, or ``refused``: its
-        durable broker delivers it again.
-        """
-        self._stats.rejected[rejected.reason] += 1
-        uuid = rejected.uuid if isinstance(rejected.uuid, str) else None
-        shown = "" if uuid is None else f" (uuid {uuid})"
-        if outcome == REFUSED:
-            shown += ", back to its queue"
-        reason = Excerpt(rejected, MAX_REASON_CHARS)  # every field's problem, each cut short
-        fields = None
-        if logger.isEnabledFor(logging.WARNING):
-            fields = rejection_fields(rejected.reason, uuid, broker, channel)
-        self._rejections.log("%s message%s%s: %s", outcome, where, shown, reason, extra=fields)
-
-
-def _timeout(message: dict[str, Any], catalogue: TaskCatalogue) -> float:
-    """The seconds *message* may run: its own ``timeout``, else its task's ``@task(timeout=)``.
-
-    A message published by name (SQL, another language, ``dispatcherctl submit``, a
-    publisher without the task's module) says none: the task's own still holds.
-    """
-    timeout = message.get("timeout")
-    if timeout is None:
-        return catalogue.timeouts.get(message["task"], 0)
-    return timeout or 0
-
-
-DELAY_SLACK: Final = 1.0
-"""Seconds a row's delay (``run_after - created_at``) may fall short of its message's.
-
-The two columns may be stamped by different clocks: ``created_at`` by a client's clock
-(an application that writes it) and ``run_after`` by the database's (its default, ``now()``),
-or ``created_at`` by ``clock_timestamp()`` after ``run_after`` by ``now()``, the start of
-the inserting transaction. A row short by more holds a delay other than its message's."""
-
-
-def _delay_and_mode_agree_with_row(message: dict[str, Any], row: StoredRow) -> None:
-    """Refuse a task message whose delay or on_duplicate its row does not apply.
-
-    A message without a delay (or with a delay of 0) agrees with any row; one with a delay
-    agrees with a row whose delay falls short of it by at most :data:`DELAY_SLACK`.
-    """
-    mode = message.get("on_duplicate")
-    if mode == "parallel":
-        mode = None
-    if mode != row.on_duplicate:
-        raise Rejected(
-            "invalid_message",
-            f"on_duplicate: the message's {message.get('on_duplicate', 'parallel')!r} is not "
-            f"the row's {row.on_duplicate or 'parallel'!r} (the row's on_duplicate and dup_key "
-            "columns enforce it: NULL for parallel)",
-            row.uuid,
-        )
-    delay = message.get("delay") or 0
-    if not delay or row.delay is None or delay <= row.delay + DELAY_SLACK:
-        return
-    if round(row.delay, 6) >= 0:
-        stored = f"only {_seconds(row.delay)} seconds after"
-    else:
-        stored = f"{_seconds(-row.delay)} seconds before"
-    raise Rejected(
-        "invalid_message",
-        f"delay: the message asks for a delay of {_seconds(delay)} seconds, but its row's "
-        f"run_after is {stored} its created_at: store run_after = created_at + delay (the "
-        f"row may fall short by up to {DELAY_SLACK:g} s, for clocks that differ)",
-        row.uuid,
-    )
-
-
-def _seconds(value: float) -> str:
-    """*value* to the microsecond, without trailing zeros: ``20``, ``0.000715``."""
-    return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def _control_agrees_with_row(message: dict[str, Any], row: StoredRow) -> None:
-    """Refuse a control message stored under a task column other than ``control:<command>``.
-
-    Listings go by the task column: one naming a task would show the command's outcome as
-    that task's.
-    """
-    expected = f"control:{message['control']}"
-    if row.task != expected:
-        raise Rejected(
-            "invalid_message",
-            f"task: a control message is stored under {row.task!r}, where its row's task "
-            f"column must be {expected!r}",
-            row.uuid,
-        )
-
-
-def _follow_ups(message: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
-    """``(where, task name)`` of each of the ``callbacks`` and ``errbacks``, at any depth.
-
-    *message* is valid (see the task-message schema): each is an object with a ``task``.
-    """
-    for kind in ("errbacks", "callbacks"):
-        for index, follow_up in enumerate(message.get(kind) or ()):
-            where = f"{prefix}{kind}[{index}]"
-            yield where, follow_up["task"]
-            yield from _follow_ups(follow_up, f"{where}.")
-
-
-def _with_uuid(payload: str, uuid: str) -> str:
-    """The JSON text *payload* of a task message without ``uuid``, with ``uuid`` first.
-
-    The text is not encoded again: *uuid* (ASCII, nothing to escape) goes in after the
-    opening brace, which only whitespace can precede; the message holds ``task``, so a
-    comma follows.
-    """
-    head, brace, rest = payload.partition("{")
-    return f'{head}{brace}"uuid":"{uuid}",{rest}'
-
-
-_JSON_KINDS: Final = {"list": "array", "str": "string", "int": "number", "float": "number"}
-
-
-def _json_kind(python_type: str) -> str:
-    return _JSON_KINDS.get(python_type, {"bool": "boolean"}.get(python_type, python_type))

@@ -24,7 +24,7 @@ class StoredRow(NamedTuple):
     delay: float | None = None
     """How long after its creation the row may run (``run_after - created_at``, in seconds),
     ``None`` when not known: at least the message's delay, which the table applies, less the
-    slack for clocks that differ (:data:`~dispatcher.server.intake.DELAY_SLACK`)."""
+    slack for clocks that differ (:data:`~dispatcher.server.intake_rows.DELAY_SLACK`)."""
 
 
 @dataclass(frozen=True, slots=True)

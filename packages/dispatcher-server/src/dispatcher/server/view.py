@@ -1,6 +1,6 @@
 """The service as control commands and metrics see it: one narrow window over its parts.
 
-:class:`ServiceView` implements :class:`~dispatcher.server.control.ControlTarget` and
+:class:`ServiceView` implements :class:`~dispatcher.server.control_target.ControlTarget` and
 :class:`~dispatcher.server.metrics.MetricsSource` by asking the part that owns each fact,
 so that neither control nor metrics depends on the service or on the pool's classes.
 """

@@ -187,7 +187,7 @@ queue_one rows left for later; a busy queue that gave its quota while another ha
 give), so that the queues are not taken for drained: the rows behind are claimed next, at
 once. Each row also gives its ``on_duplicate`` and, while it was never settled, its delay
 (``run_after - created_at``), which the message's must not exceed by more than
-``intake.DELAY_SLACK``; a row settled before
+``intake_rows.DELAY_SLACK``; a row settled before
 (retried by hand, or by its retry policy) waits from a later time, and gives ``NULL``.
 
 A claim that took fewer rows than ``limit`` (the queues drained for now) ends with one more
