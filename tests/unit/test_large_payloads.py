@@ -379,7 +379,7 @@ async def test_a_large_refused_control_command_is_read_in_the_decoding_thread(
         on_the_loop.append(len(text))
         return json.loads(text)
 
-    monkeypatch.setattr("dispatcher.server.intake.decode_json", decode_json)
+    monkeypatch.setattr("dispatcher.server.intake_decoding.decode_json", decode_json)
     async with anyio.create_task_group() as task_group:
         await task_group.start(intake.large.run)
         intake.receive(big, "one")
