@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +15,25 @@ from support.paths import REPO
 from support.service import alive
 
 
+@pytest.fixture
+def demo_folder() -> Iterator[Path]:
+    """Where the demo runs (its embedded server's data in ``.demo``), outside pytest's
+    temporary root: pytest makes that root mode 0700 again as any session starts, which the
+    embedded server's user (when the tests run as root) then cannot cross."""
+    folder = Path(tempfile.mkdtemp(prefix="dispatcher-demo-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_demo_runs_on_an_embedded_database_and_leaves_nothing_running(tmp_path: Path) -> None:
+def test_demo_runs_on_an_embedded_database_and_leaves_nothing_running(demo_folder: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "docs" / "examples" / "demo.py"), "--embedded"],
         capture_output=True,
         text=True,
         timeout=240,
-        cwd=tmp_path,
+        cwd=demo_folder,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -28,14 +41,14 @@ def test_demo_runs_on_an_embedded_database_and_leaves_nothing_running(tmp_path: 
     assert "published 17 tasks:" in out
     assert "  14 ok\n   2 timeout\n   1 error\nall tasks ran." in out
     assert "embedded PostgreSQL stopped" in out
-    pid_file = tmp_path / ".demo" / "pgdata" / "postmaster.pid"
+    pid_file = demo_folder / ".demo" / "pgdata" / "postmaster.pid"
     if pid_file.exists():
         assert not alive(int(pid_file.read_text().split()[0]))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
+def test_ctrl_c_leaves_nothing_running(demo_folder: Path) -> None:
     import signal
 
     from support.service import children, wait_until
@@ -45,7 +58,7 @@ def test_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        cwd=tmp_path,
+        cwd=demo_folder,
     ) as demo:
         assert demo.stdout is not None
         seen = []
@@ -61,5 +74,5 @@ def test_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
     assert "interrupted: everything started was stopped" in rest
     assert "embedded PostgreSQL stopped" in rest
     wait_until(lambda: not any(alive(pid) for pid in started), timeout=20)
-    pid_file = tmp_path / ".demo" / "pgdata" / "postmaster.pid"
+    pid_file = demo_folder / ".demo" / "pgdata" / "postmaster.pid"
     assert not pid_file.exists() or not alive(int(pid_file.read_text().split()[0]))
