@@ -18,7 +18,7 @@ import anyio
 
 from dispatcher.schema import Outcome
 from dispatcher.server.accounting import Accounting
-from dispatcher.server.launcher import WorkerProcess
+from dispatcher.server.launched_process import WorkerProcess
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.pool_changes import PoolChanges
 from dispatcher.server.pool_start_backoff import StartBackoff

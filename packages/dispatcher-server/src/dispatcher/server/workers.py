@@ -61,7 +61,10 @@ LIVE: Final = frozenset({WorkerStatus.STARTING, WorkerStatus.READY, WorkerStatus
 
 
 class Process(Protocol):
-    """What a handle needs of its process (a :class:`~dispatcher.server.launcher.WorkerProcess`)."""
+    """What a handle needs of its process.
+
+    (A :class:`~dispatcher.server.launched_process.WorkerProcess`.)
+    """
 
     pid: int
 
