@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import anyio
 
 from dispatcher.server.catalogue import TaskCatalogue
-from dispatcher.server.launcher import ForkServerLink, WorkerLauncher
+from dispatcher.server.fork_server_link import ForkServerLink
+from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.log_arguments import Phrase
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.pace import TaskPace

@@ -23,9 +23,10 @@ from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.cpus import usable_cpus
+from dispatcher.server.fork_server_link import ForkServerLink
 from dispatcher.server.launch_errors import LaunchError
 from dispatcher.server.launched_process import WorkerProcess
-from dispatcher.server.launcher import ForkServerLink, WorkerLauncher
+from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.pool_changes import PoolChanges
