@@ -22,6 +22,7 @@ from dispatcher.server import launched_process as launched_process_module
 from dispatcher.server import launcher as launcher_module
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.forkserver import worker_options
+from dispatcher.server.handle_status import WorkerStatus
 from dispatcher.server.launch_errors import LaunchError
 from dispatcher.server.launched_process import WorkerProcess
 from dispatcher.server.launcher import WorkerLauncher
@@ -31,7 +32,7 @@ from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
 from dispatcher.server.timers import Timers
 from dispatcher.server.worker import WorkerOptions
-from dispatcher.server.workers import WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 
 
 @pytest.fixture

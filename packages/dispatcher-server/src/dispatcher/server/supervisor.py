@@ -24,6 +24,7 @@ from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.cpus import usable_cpus
 from dispatcher.server.fork_server_link import ForkServerLink
+from dispatcher.server.handle_status import WorkerStatus
 from dispatcher.server.launch_errors import LaunchError
 from dispatcher.server.launched_process import WorkerProcess
 from dispatcher.server.launcher import WorkerLauncher
@@ -43,7 +44,7 @@ from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.timers import Timers
 from dispatcher.server.worker_io import WorkerEvents
-from dispatcher.server.workers import WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 
 logger = get_logger("dispatcher.pool")
 

@@ -9,24 +9,25 @@ cancelled gets the cancel signal of its request (``DispatcherCancel`` in the tas
 held ahead ends ``cancelled`` without running); still running ``cancel_grace`` seconds
 later, its worker gets SIGTERM, then SIGKILL.
 
-The handle talks to its process through the small :class:`Process` protocol and schedules
-through :class:`~dispatcher.server.timers.Scheduling`, so that it is tested without
-processes or an event loop.
+The handle talks to its process through the small
+:class:`~dispatcher.server.handle_status.Process` protocol and schedules through
+:class:`~dispatcher.server.timers.Scheduling`, so that it is tested without processes or an
+event loop.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Final
 
 import anyio
 
 from dispatcher.schema import Outcome
 from dispatcher.schema.log_fields import WORKER
+from dispatcher.server.handle_status import LIVE, Process, WorkerStatus
 from dispatcher.server.jobs import Job, job_fields
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.protocol import (
@@ -44,44 +45,6 @@ logger = get_logger("dispatcher.workers")
 
 KILL_AFTER_TERM: Final = 0.5
 """Seconds between SIGTERM and SIGKILL when a cancelled task will not stop."""
-
-
-class WorkerStatus(enum.Enum):
-    """Where a worker is in its life."""
-
-    STARTING = "starting"
-    READY = "ready"
-    BUSY = "busy"
-    STOPPING = "stopping"
-    EXITED = "exited"
-
-
-LIVE: Final = frozenset({WorkerStatus.STARTING, WorkerStatus.READY, WorkerStatus.BUSY})
-"""Statuses of workers that count towards the pool's size."""
-
-
-class Process(Protocol):
-    """What a handle needs of its process.
-
-    (A :class:`~dispatcher.server.launched_process.WorkerProcess`.)
-    """
-
-    pid: int
-
-    def send(self, line: bytes) -> bool:
-        """Write a line; ``False`` when part of it waits for :meth:`flush`."""
-
-    async def flush(self) -> None:
-        """Write what waits."""
-
-    def signal(self, signum: int) -> None:
-        """Send a signal."""
-
-    def kill(self) -> None:
-        """SIGKILL."""
-
-    def terminate(self) -> None:
-        """SIGTERM."""
 
 
 _timeouts = RateLimitedLog(logger, logging.WARNING)
