@@ -19,14 +19,8 @@ from typing import Any
 
 import anyio
 
-from dispatcher.server.forkserver import (
-    CONTROL_FD_ENV,
-    MAX_MESSAGE,
-    PARENT_ENV,
-    SETUP_FD_ENV,
-    ForkedServer,
-    PacketJoiner,
-)
+from dispatcher.server.fork_server_packets import MAX_MESSAGE, PacketJoiner
+from dispatcher.server.forkserver import CONTROL_FD_ENV, PARENT_ENV, SETUP_FD_ENV, ForkedServer
 from dispatcher.server.launch_errors import LaunchError, failure_text
 from dispatcher.server.launched_process import WorkerProcess
 from dispatcher.server.resources import out_of_fds_text

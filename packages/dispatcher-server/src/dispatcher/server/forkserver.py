@@ -27,10 +27,10 @@ worker's socket attached (``SCM_RIGHTS``). Messages from it: first ``{"event": "
 spawn requests wait until then), then ``{"event": "spawned", "id": N, "pid": P}`` with the
 pidfd attached, ``{"event": "failed", "id": N, "error": "..."}``, and ``{"event": "exited",
 "pid": P, "status": S}`` (``S`` as from ``os.waitstatus_to_exitcode``). A message longer than
-one packet (:data:`MAX_MESSAGE`: the import report of thousands of tasks) goes in parts
-(:func:`packets`, joined by a :class:`PacketJoiner`). A fork server started as a program
-reads its settings (the config among them, of any size) from a memory file whose descriptor
-it inherits.
+one packet (:data:`~dispatcher.server.fork_server_packets.MAX_MESSAGE`: the import report of
+thousands of tasks) goes in parts (see :mod:`dispatcher.server.fork_server_packets`). A fork
+server started as a program reads its settings (the config among them, of any size) from a
+memory file whose descriptor it inherits.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ import traceback
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+from dispatcher.server.fork_server_packets import MAX_MESSAGE, send_message
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.lifeline import adopt_orphans, die_with_parent, kill_children
 from dispatcher.server.log_arguments import Block
@@ -66,16 +67,7 @@ if TYPE_CHECKING:
 
 logger = get_logger("dispatcher.worker")
 
-MAX_MESSAGE: Final = 1 << 16
-"""Longest packet on the fork server's socket; a longer message goes in several
-(:func:`packets`)."""
 _MAX_FDS: Final = 4
-
-_PART: Final = b"+"
-"""First byte of a packet that holds a part of a message, more parts following."""
-_LAST_PART: Final = b"."
-"""First byte of the packet holding the last part of a message sent in parts (a message
-sent whole is a JSON object: it starts with ``{``)."""
 
 CONTROL_FD_ENV: Final = "DISPATCHER_FORKSERVER_FD"
 """Environment variable naming the fork server's end of its control socket."""
@@ -112,48 +104,6 @@ def _report_worker_failure(worker_id: int, exc: BaseException) -> None:
             describe_exception(exc),
             Block("".join(traceback.format_exception(exc))),
         )
-
-
-def packets(data: bytes) -> list[bytes]:
-    """The packets that carry the message *data*: itself, or its parts when too long for one.
-
-    Each part is marked by its first byte (:data:`_PART`, :data:`_LAST_PART`); see
-    :class:`PacketJoiner`.
-    """
-    if len(data) <= MAX_MESSAGE:
-        return [data]
-    size = MAX_MESSAGE - 1
-    parts = [data[start : start + size] for start in range(0, len(data), size)]
-    return [_PART + part for part in parts[:-1]] + [_LAST_PART + parts[-1]]
-
-
-class PacketJoiner:
-    """Joins the packets of one socket (see :func:`packets`) into whole messages."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def add(self, packet: bytes) -> bytes | None:
-        """The message *packet* is, or completes; ``None`` when more parts must come."""
-        marker = packet[:1]
-        if marker == _PART:
-            self._parts.append(packet[1:])
-            return None
-        if marker == _LAST_PART:
-            self._parts.append(packet[1:])
-            whole = b"".join(self._parts)
-            self._parts = []
-            return whole
-        self._parts = []  # (parts without their last one cannot be: the sender died?)
-        return packet
-
-
-def _send(control: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    *parts, last = packets(json.dumps(message, separators=(",", ":")).encode())
-    with contextlib.suppress(OSError):  # the service has gone: we are about to exit too
-        for part in parts:  # (the socket blocks: the service reads them as they come)
-            control.send(part)
-        socket.send_fds(control, [last], fds or [])
 
 
 class ForkServer:
@@ -209,14 +159,16 @@ class ForkServer:
         if request.get("op") != "spawn" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            _send(self._control, {"event": "failed", "id": worker_id, "error": "bad request"})
+            send_message(
+                self._control, {"event": "failed", "id": worker_id, "error": "bad request"}
+            )
             return True
         worker_fd = fds[0]
         try:
             pid = self._fork(worker_id, worker_fd)
         except OSError as exc:
             failed = {"event": "failed", "id": worker_id, "error": str(exc), "errno": exc.errno}
-            _send(self._control, failed)
+            send_message(self._control, failed)
             return True
         finally:
             os.close(worker_fd)
@@ -228,9 +180,9 @@ class ForkServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             failed = {"event": "failed", "id": worker_id, "error": str(exc), "errno": exc.errno}
-            _send(self._control, failed)
+            send_message(self._control, failed)
             return True
-        _send(self._control, {"event": "spawned", "id": worker_id, "pid": pid}, [pidfd])
+        send_message(self._control, {"event": "spawned", "id": worker_id, "pid": pid}, [pidfd])
         os.close(pidfd)
         return True
 
@@ -283,7 +235,7 @@ class ForkServer:
             self._workers.discard(pid)
             _kill_group(pid)  # the children its task left behind
             code = os.waitstatus_to_exitcode(status)
-            _send(self._control, {"event": "exited", "pid": pid, "status": code})
+            send_message(self._control, {"event": "exited", "pid": pid, "status": code})
 
     def _kill_all(self) -> None:
         for pid in list(self._workers):
@@ -469,7 +421,7 @@ def _preload_and_serve(
     _install_service_config(options, settings)
     with root_left_to_the_app():  # (it has the service's handler: a basicConfig() must work)
         report = import_report(options.get("modules", ()))
-    _send(control, {"event": "imported", **report})
+    send_message(control, {"event": "imported", **report})
     ForkServer(control, options).serve()
 
 
