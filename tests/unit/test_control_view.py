@@ -6,8 +6,8 @@ import time
 from types import SimpleNamespace
 from typing import Any, cast
 
+from dispatcher.server.handle_status import WorkerStatus
 from dispatcher.server.view import ServiceView
-from dispatcher.server.workers import WorkerStatus
 
 
 def worker(n: int, status: WorkerStatus, idle_for: float = 0.0, busy: bool = False) -> Any:

@@ -18,17 +18,21 @@ import pytest
 
 from dispatcher.config import Limits, Pool, load_settings
 from dispatcher.config import Service as ServiceSettings
+from dispatcher.server import launched_process as launched_process_module
 from dispatcher.server import launcher as launcher_module
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.forkserver import worker_options
-from dispatcher.server.launcher import LaunchError, WorkerLauncher, WorkerProcess
+from dispatcher.server.handle_status import WorkerStatus
+from dispatcher.server.launch_errors import LaunchError
+from dispatcher.server.launched_process import WorkerProcess
+from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.ratelimit import RateLimitedLog
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.supervisor import Supervisor
 from dispatcher.server.timers import Timers
 from dispatcher.server.worker import WorkerOptions
-from dispatcher.server.workers import WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 
 
 @pytest.fixture
@@ -266,8 +270,10 @@ def test_a_worker_that_cannot_be_signalled_is_said_so_once_a_minute(
         raise errors.pop(0)
 
     monkeypatch.setattr(signal, "pidfd_send_signal", pidfd_send_signal)
-    fresh = RateLimitedLog(launcher_module.logger, logging.WARNING, per_second=1, window=60.0)
-    monkeypatch.setattr(launcher_module, "_signal_failures", fresh, raising=False)
+    fresh = RateLimitedLog(
+        launched_process_module.logger, logging.WARNING, per_second=1, window=60.0
+    )
+    monkeypatch.setattr(launched_process_module, "_signal_failures", fresh, raising=False)
     ours, theirs = socket.socketpair()
     process = WorkerProcess(4242, os.pidfd_open(os.getpid()), ours)
     try:

@@ -13,12 +13,13 @@ from watchfiles import Change
 from dispatcher.publish import task
 from dispatcher.schema import Outcome
 from dispatcher.server import cli
+from dispatcher.server.handle_status import WorkerStatus
 from dispatcher.server.hooks import BaseWorker
 from dispatcher.server.jobs import Job
 from dispatcher.server.protocol import CANCEL_SIGNALS, RECALL_SIGNAL
 from dispatcher.server.reload import describe, forget_bytecode, is_source, watched_folders
 from dispatcher.server.worker_runner import TaskRunner
-from dispatcher.server.workers import WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 from support.scheduling import FakeProcess, FakeTimers, make_job
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from dispatcher.config import Pool
+from dispatcher.server.handle_status import WorkerStatus
 from dispatcher.server.scaling import Plan, past_lifetime, plan, retire_reason
-from dispatcher.server.workers import WorkerStatus
 
 READY, BUSY, STARTING = WorkerStatus.READY, WorkerStatus.BUSY, WorkerStatus.STARTING
 STOPPING, EXITED = WorkerStatus.STOPPING, WorkerStatus.EXITED

@@ -28,7 +28,7 @@ from dispatcher.schema import Outcome
 from dispatcher.server import pool_shutdown
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.jobs import Job
-from dispatcher.server.launcher import WorkerProcess
+from dispatcher.server.launched_process import WorkerProcess
 from dispatcher.server.logformat import JsonFormatter
 from dispatcher.server.protocol import RECALL_SIGNAL, STOP_LINE, event_line, read_line
 from dispatcher.server.scheduler import Scheduler

@@ -9,9 +9,11 @@ import pytest
 
 from dispatcher.schema import Outcome
 from dispatcher.server import memory
+from dispatcher.server.cancel_escalation import KILL_AFTER_TERM
+from dispatcher.server.handle_status import WorkerStatus
 from dispatcher.server.jobs import Job
 from dispatcher.server.protocol import CANCEL_SIGNALS, PIPELINE_DEPTH, REFILL_BELOW, STOP_LINE
-from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 from support.scheduling import FakeProcess, FakeTimers, make_job
 
 GRACE = 2.0

@@ -27,10 +27,11 @@ worker's socket attached (``SCM_RIGHTS``). Messages from it: first ``{"event": "
 spawn requests wait until then), then ``{"event": "spawned", "id": N, "pid": P}`` with the
 pidfd attached, ``{"event": "failed", "id": N, "error": "..."}``, and ``{"event": "exited",
 "pid": P, "status": S}`` (``S`` as from ``os.waitstatus_to_exitcode``). A message longer than
-one packet (:data:`MAX_MESSAGE`: the import report of thousands of tasks) goes in parts
-(:func:`packets`, joined by a :class:`PacketJoiner`). A fork server started as a program
-reads its settings (the config among them, of any size) from a memory file whose descriptor
-it inherits.
+one packet (:data:`~dispatcher.server.fork_server_packets.MAX_MESSAGE`: the import report of
+thousands of tasks) goes in parts (see :mod:`dispatcher.server.fork_server_packets`). A fork
+server started as a program reads its settings (the config among them, of any size) from a
+memory file whose descriptor it inherits. What it does once it runs is in
+:mod:`dispatcher.server.fork_server_loop`.
 """
 
 from __future__ import annotations
@@ -45,37 +46,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import traceback
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from dispatcher.server.heap import release_free_memory
-from dispatcher.server.lifeline import adopt_orphans, die_with_parent, kill_children
-from dispatcher.server.log_arguments import Block
-from dispatcher.server.log_background import drain_log_streams
-from dispatcher.server.log_handler import LAST_LINES_WAIT
-from dispatcher.server.log_records import get_logger
-from dispatcher.server.log_setup import root_left_to_the_app
-from dispatcher.server.log_text import describe_exception
-from dispatcher.server.task_imports import import_report
-from dispatcher.server.worker import WorkerOptions, worker_main
+from dispatcher.server.fork_server_loop import DEATH_SIGNAL, preload_and_serve
+from dispatcher.server.lifeline import adopt_orphans, die_with_parent
+from dispatcher.server.worker import WorkerOptions
 
 if TYPE_CHECKING:
     from dispatcher.config import Settings
-
-logger = get_logger("dispatcher.worker")
-
-MAX_MESSAGE: Final = 1 << 16
-"""Longest packet on the fork server's socket; a longer message goes in several
-(:func:`packets`)."""
-_MAX_FDS: Final = 4
-
-_PART: Final = b"+"
-"""First byte of a packet that holds a part of a message, more parts following."""
-_LAST_PART: Final = b"."
-"""First byte of the packet holding the last part of a message sent in parts (a message
-sent whole is a JSON object: it starts with ``{``)."""
 
 CONTROL_FD_ENV: Final = "DISPATCHER_FORKSERVER_FD"
 """Environment variable naming the fork server's end of its control socket."""
@@ -84,224 +64,8 @@ SETUP_FD_ENV: Final = "DISPATCHER_FORKSERVER_SETUP_FD"
 """Environment variable naming the file a fork server started as a program reads its
 settings from."""
 
-DEATH_SIGNAL: Final = signal.SIGUSR2
-"""What the kernel sends the fork server when the service's main process ends."""
-
 PARENT_ENV: Final = "DISPATCHER_FORKSERVER_PARENT"
 """Environment variable with the pid of the service that started the fork server."""
-
-
-def _report_worker_failure(worker_id: int, exc: BaseException) -> None:
-    """Log what ended a worker outside any task, escaped: its text may come from task code.
-
-    A worker whose socket the service closed (it could not take the worker on: out of file
-    descriptors, say, and said so) exits with one line, its traceback at DEBUG only.
-    """
-    with contextlib.suppress(BaseException):  # the worker exits whatever happens here
-        if isinstance(exc, BrokenPipeError | ConnectionResetError):
-            logger.info(
-                "worker %d exits: the service closed its socket (%s)",
-                worker_id,
-                describe_exception(exc),
-            )
-            logger.debug("worker %d:%s", worker_id, Block("".join(traceback.format_exception(exc))))
-            return
-        logger.critical(
-            "worker %d ended on an unexpected error: %s%s",
-            worker_id,
-            describe_exception(exc),
-            Block("".join(traceback.format_exception(exc))),
-        )
-
-
-def packets(data: bytes) -> list[bytes]:
-    """The packets that carry the message *data*: itself, or its parts when too long for one.
-
-    Each part is marked by its first byte (:data:`_PART`, :data:`_LAST_PART`); see
-    :class:`PacketJoiner`.
-    """
-    if len(data) <= MAX_MESSAGE:
-        return [data]
-    size = MAX_MESSAGE - 1
-    parts = [data[start : start + size] for start in range(0, len(data), size)]
-    return [_PART + part for part in parts[:-1]] + [_LAST_PART + parts[-1]]
-
-
-class PacketJoiner:
-    """Joins the packets of one socket (see :func:`packets`) into whole messages."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def add(self, packet: bytes) -> bytes | None:
-        """The message *packet* is, or completes; ``None`` when more parts must come."""
-        marker = packet[:1]
-        if marker == _PART:
-            self._parts.append(packet[1:])
-            return None
-        if marker == _LAST_PART:
-            self._parts.append(packet[1:])
-            whole = b"".join(self._parts)
-            self._parts = []
-            return whole
-        self._parts = []  # (parts without their last one cannot be: the sender died?)
-        return packet
-
-
-def _send(control: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    *parts, last = packets(json.dumps(message, separators=(",", ":")).encode())
-    with contextlib.suppress(OSError):  # the service has gone: we are about to exit too
-        for part in parts:  # (the socket blocks: the service reads them as they come)
-            control.send(part)
-        socket.send_fds(control, [last], fds or [])
-
-
-class ForkServer:
-    """The loop of the fork server process."""
-
-    def __init__(self, control: socket.socket, options: dict[str, Any]) -> None:
-        self._control = control
-        self._options = options
-        self._pid = os.getpid()
-        self._workers: set[int] = set()
-        self._wakeup_read, self._wakeup_write = os.pipe()
-        os.set_blocking(self._wakeup_write, False)
-        os.set_blocking(self._wakeup_read, False)
-
-    def serve(self) -> NoReturn:
-        """Fork workers on request until the service goes away; then kill them all."""
-        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(number, signal.SIG_IGN)  # the service's to handle
-        signal.signal(DEATH_SIGNAL, self._on_service_death)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
-        # Everything imported so far is shared with every worker: keep the garbage collector
-        # from touching (so copying) those pages in the workers.
-        gc.freeze()
-        release_free_memory()  # pages the imports freed: not inherited by every worker
-        try:
-            while True:
-                self._reap()
-                watched = [self._control.fileno(), self._wakeup_read]
-                readable, _, _ = select.select(watched, [], [])
-                if self._wakeup_read in readable:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wakeup_read, 512)
-                if watched[0] in readable and not self._handle_request():
-                    break
-        finally:
-            self._kill_all()
-        os._exit(0)
-
-    def _on_service_death(self, signum: int, frame: object) -> NoReturn:
-        self._kill_all()
-        os._exit(0)
-
-    def _handle_request(self) -> bool:
-        try:
-            data, fds, _, _ = socket.recv_fds(self._control, MAX_MESSAGE, _MAX_FDS)
-        except OSError:
-            return False
-        if not data:
-            return False
-        request = json.loads(data)
-        worker_id = int(request["id"])
-        if request.get("op") != "spawn" or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            _send(self._control, {"event": "failed", "id": worker_id, "error": "bad request"})
-            return True
-        worker_fd = fds[0]
-        try:
-            pid = self._fork(worker_id, worker_fd)
-        except OSError as exc:
-            failed = {"event": "failed", "id": worker_id, "error": str(exc), "errno": exc.errno}
-            _send(self._control, failed)
-            return True
-        finally:
-            os.close(worker_fd)
-        self._workers.add(pid)  # from now on it is reaped, and killed with the others
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError as exc:  # the service could not watch it: it must not run
-            _kill_group(pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            failed = {"event": "failed", "id": worker_id, "error": str(exc), "errno": exc.errno}
-            _send(self._control, failed)
-            return True
-        _send(self._control, {"event": "spawned", "id": worker_id, "pid": pid}, [pidfd])
-        os.close(pidfd)
-        return True
-
-    def _fork(self, worker_id: int, worker_fd: int) -> int:
-        pid = os.fork()
-        if pid:
-            # Set here too, so the group exists before this process could ever signal it.
-            with contextlib.suppress(OSError):
-                os.setpgid(pid, pid)
-            return pid
-        status = 0
-        try:
-            self._become_worker(worker_id, worker_fd)
-        except BaseException as exc:
-            _report_worker_failure(worker_id, exc)
-            status = 1
-        finally:
-            with contextlib.suppress(BaseException):  # (the lines logged last: the failure's)
-                drain_log_streams(LAST_LINES_WAIT)
-            os._exit(status)
-
-    def _become_worker(self, worker_id: int, worker_fd: int) -> None:
-        """Runs in the new child: shed the fork server's state, then be a worker."""
-        signal.set_wakeup_fd(-1)
-        for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, DEATH_SIGNAL):
-            signal.signal(number, signal.SIG_DFL)
-        self._control.close()
-        os.close(self._wakeup_read)
-        os.close(self._wakeup_write)
-        os.setpgid(0, 0)  # its own group: whatever the task starts can be killed with it
-        die_with_parent(signal.SIGKILL, parent=self._pid)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)  # a worker never reads the terminal (and is not stopped for it)
-        os.close(null)
-        options = WorkerOptions(**{**self._options, "worker_id": worker_id})
-        worker_main(socket.socket(fileno=worker_fd), options)
-
-    def _reap(self) -> None:
-        """Reap the workers that ended, and the orphans of their tasks it adopted."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self._workers.clear()
-                return
-            if pid == 0:
-                return
-            if pid not in self._workers:
-                continue  # an orphan a task left (see adopt_orphans): reaped, nothing more
-            self._workers.discard(pid)
-            _kill_group(pid)  # the children its task left behind
-            code = os.waitstatus_to_exitcode(status)
-            _send(self._control, {"event": "exited", "pid": pid, "status": code})
-
-    def _kill_all(self) -> None:
-        for pid in list(self._workers):
-            _kill_group(pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        # What their tasks left in a process group or session of its own (out of reach of
-        # the kill of a worker's group), adopted here as their parent ended.
-        kill_children(time.monotonic() + ADOPTED_GRACE)
-
-
-ADOPTED_GRACE: Final = 0.5
-"""Seconds a fork server that stops spends killing the processes it adopted (at most)."""
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def worker_options(settings: Settings, log_level: int) -> WorkerOptions:
@@ -452,48 +216,10 @@ def _forked(
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-        _preload_and_serve(control, options, settings)
+        preload_and_serve(control, options, settings)
     except BaseException:
         traceback.print_exc()
     os._exit(1)
-
-
-def _preload_and_serve(
-    control: socket.socket, options: dict[str, Any], settings: Settings | None = None
-) -> NoReturn:
-    """Import the task modules, report how that went, then fork workers on request.
-
-    The service waits for the report before any broker listens. Serving goes on after a
-    failure too: each worker then imports the modules again and reports its error.
-    """
-    _install_service_config(options, settings)
-    with root_left_to_the_app():  # (it has the service's handler: a basicConfig() must work)
-        report = import_report(options.get("modules", ()))
-    _send(control, {"event": "imported", **report})
-    ForkServer(control, options).serve()
-
-
-def _install_service_config(options: Mapping[str, Any], settings: Settings | None) -> None:
-    """Make the service's config the one in force here, so in every worker, from now on.
-
-    Whatever the task modules do when imported (a framework's start-up, such as Django's,
-    may set up a config of its own where none is), ``get_settings()`` in a task answers with
-    the config the service runs on: *settings* when the service's process gave them (it
-    checked them: a config of thousands of channels costs time to check), else the config
-    document of *options*, loaded here.
-    """
-    from dispatcher.config import ConfigError, install, setup
-
-    if settings is not None:  # (also when the config cannot travel as a document)
-        install(settings)
-        return
-    document = options.get("config")
-    if document is None:
-        return
-    try:
-        setup(config=document, source=options.get("config_source") or "config")
-    except ConfigError as exc:  # (it was valid in the service: not expected)
-        logger.warning("the service's config could not be installed in the fork server: %s", exc)
 
 
 def main() -> NoReturn:
@@ -506,7 +232,7 @@ def main() -> NoReturn:
     sys.path[:] = setup["sys_path"]
     known = {f.name for f in dataclasses.fields(WorkerOptions)}
     options = {k: v for k, v in setup["options"].items() if k in known}
-    _preload_and_serve(control, options)
+    preload_and_serve(control, options)
 
 
 if __name__ == "__main__":

@@ -1,51 +1,45 @@
 """The service's side of the fork server: start it, ask it for workers, hear of their ends.
 
 See :mod:`dispatcher.server.forkserver` for the process itself. Each worker comes back as a
-:class:`WorkerProcess`: its pid, the service's end of its socket, and a pidfd, through which
-the service signals it (no pid-reuse race) and learns of its death at once.
+:class:`~dispatcher.server.launched_process.WorkerProcess`: its pid, the service's end of its
+socket, and a pidfd, through which the service signals it (no pid-reuse race) and learns of
+its death at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import errno
 import json
-import logging
 import os
 import select
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
 
-from dispatcher.server.forkserver import (
-    CONTROL_FD_ENV,
-    MAX_MESSAGE,
-    PARENT_ENV,
-    SETUP_FD_ENV,
-    ForkedServer,
-    PacketJoiner,
+from dispatcher.server.fork_server_link import (
+    ForkServerLink,
+    ask_to_spawn,
+    close_link,
+    fail_waiting,
+    hand_answer,
+    reap,
+    receive,
+    spawn_fork_server,
+    worker_from_answer,
 )
+from dispatcher.server.forkserver import ForkedServer
+from dispatcher.server.launch_errors import ForkServerReplaced
+from dispatcher.server.launched_process import ENDED, KILLED_SILENT, WorkerProcess
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import counted
-from dispatcher.server.ratelimit import RateLimitedLog
-from dispatcher.server.resources import PROCESS_LIMIT, out_of_fds_text
 from dispatcher.server.worker import WorkerOptions
-from dispatcher.server.worker_signals import signal_name
 
 logger = get_logger("dispatcher.launcher")
-
-_MAX_FDS = 4
-
-_signal_failures = RateLimitedLog(logger, logging.WARNING, per_second=1, window=60.0)
-"""Says that a worker could not be signalled: one line a minute at most."""
 
 FORK_ANSWER_WAIT: Final = 15.0
 """Seconds a fork server that has imported the task modules may go without answering
@@ -53,189 +47,6 @@ while a fork request waits (a fork takes milliseconds; requests are answered one
 another, so the silence is measured, not each request's wait): one that stays silent
 that long is stopped, or stuck, and is replaced. Long, since replacing it kills its
 workers: a machine stalled for a few seconds (swapping, throttled) must not cost that."""
-
-
-class LaunchError(Exception):
-    """A worker could not be started."""
-
-
-class ForkServerReplaced(LaunchError):
-    """The fork server did not answer in time: the service is replacing it.
-
-    Not the worker's doing, nor its code's: the next one comes from the new fork server.
-    """
-
-
-KILLED_SILENT: Final = "the service killed its fork server, which did not answer"
-"""Why workers ended with a fork server that stayed silent (see :data:`FORK_ANSWER_WAIT`)."""
-ENDED: Final = "its fork server ended"
-"""Why workers ended with a fork server that ended otherwise (killed from outside, say)."""
-
-
-class WorkerProcess:
-    """A running (or ended) worker process, seen from the service."""
-
-    def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
-        self.pid = pid
-        """The worker's process id (also its process group id)."""
-        self.pidfd = pidfd
-        """Readable once the process has ended."""
-        self.sock = sock
-        """The service's end of the worker's socket (non-blocking)."""
-        self.fd = sock.fileno()
-        """The socket's descriptor: read and written with os calls, which cost less."""
-        self.fork_server_end: str | None = None
-        """Why it ended with its fork server (:data:`KILLED_SILENT`, :data:`ENDED`), if it
-        did (see :meth:`ended_with_fork_server`)."""
-        self.notice_fork_server_end: Callable[[], None] | None = None
-        """Has the end of its fork server handled now, if it has ended (set by the launcher)."""
-        self._outbox = bytearray()
-
-    def send(self, line: bytes) -> bool:
-        """Write *line* to the worker without blocking.
-
-        Returns ``False`` when part of it had to wait in the outbox: :meth:`flush` it then.
-        A worker that has gone is not an error here: its end is noticed by other means.
-        """
-        if self._outbox:
-            self._outbox += line
-            return True  # a flush is already under way
-        try:
-            sent = os.write(self.fd, line)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return True
-        if sent == len(line):
-            return True
-        self._outbox += line[sent:]
-        return False
-
-    async def flush(self) -> None:
-        """Write what waits in the outbox, as the worker reads."""
-        while self._outbox:
-            await anyio.wait_writable(self.sock)
-            try:
-                sent = self.sock.send(self._outbox)
-            except BlockingIOError:
-                continue
-            except OSError:
-                self._outbox.clear()
-                return
-            del self._outbox[:sent]
-
-    def signal(self, signum: int) -> None:
-        """Send *signum* to the worker, if it is still there."""
-        if self.pidfd < 0:
-            return
-        try:
-            signal.pidfd_send_signal(self.pidfd, signum)
-        except ProcessLookupError:
-            pass  # it has ended: its end is noticed by other means
-        except OSError as exc:  # (blocked by a seccomp profile since the start-up check?)
-            _signal_failures.log(
-                "cannot signal worker pid %d (%s): pidfd_send_signal fails (%s): its "
-                "timeouts, cancels and stops do nothing until it is allowed",
-                self.pid,
-                signal_name(signum),
-                exc.strerror or exc,
-            )
-
-    def kill(self) -> None:
-        """SIGKILL the worker (its task's children go with it when it is reaped)."""
-        self.signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        """SIGTERM the worker."""
-        self.signal(signal.SIGTERM)
-
-    async def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to *timeout* seconds (``None``: for ever) for the process to end.
-
-        Returns whether it has ended.
-        """
-        with anyio.move_on_after(timeout):
-            await anyio.wait_readable(self.pidfd)
-        readable, _, _ = select.select([self.pidfd], [], [], 0)
-        return bool(readable)
-
-    def ended_with_fork_server(self) -> str | None:
-        """Why the process ended with its fork server; ``None`` when it did not (or runs).
-
-        For a process that has ended: its end may be seen before its fork server's, whose
-        workers all die with it (by their parent-death signal).
-        """
-        if self.notice_fork_server_end is not None:
-            self.notice_fork_server_end()
-        return self.fork_server_end
-
-    def close(self) -> None:
-        """Release the pidfd and the socket."""
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-        anyio.notify_closing(self.sock)  # a flush still waiting on it gives up
-        self.sock.close()
-        self.fd = -1
-
-
-def _failure_text(event: dict[str, Any]) -> str:
-    """Why the fork server could not start a worker, with the limit it likely reached."""
-    error = str(event.get("error", "the fork server is gone"))
-    number = event.get("errno")
-    if number == errno.EAGAIN:  # fork(): the process limit, usually
-        return f"{error}: the fork server cannot fork: {PROCESS_LIMIT}"
-    if number in (errno.EMFILE, errno.ENFILE):
-        return f"{error}: the fork server is out of file descriptors"
-    if number == errno.ENOMEM:
-        return f"{error}: no memory for a new process"
-    return error
-
-
-def _memory_file(data: bytes) -> int:
-    """A descriptor of an anonymous file holding *data*, read from its start."""
-    fd = os.memfd_create("dispatcher-forkserver-setup", os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-class ForkServerLink:
-    """One fork server, seen from the launcher: its process and our end of its socket."""
-
-    def __init__(
-        self, process: subprocess.Popen[bytes] | ForkedServer, control: socket.socket
-    ) -> None:
-        self.process = process
-        """The fork server's process."""
-        self.control = control
-        """The service's end of its control socket (non-blocking once opened)."""
-        self.pending: dict[int, tuple[anyio.Event, list[Any]]] = {}
-        """Spawn requests waiting for an answer, by worker id."""
-        self.workers: set[int] = set()
-        """Pids of the workers it forked that it has not reported ended."""
-        self.processes: dict[int, WorkerProcess] = {}
-        """Those of :attr:`workers` handed out as processes, by pid."""
-        self.retiring = False
-        """Replaced by a newer fork server: closed once its last worker has ended."""
-        self.report: dict[str, Any] | None = None
-        """Its report on importing the task modules (see ``forkserver``), once received;
-        ``{"ok": False, "ended": status}`` when it ended before it could report."""
-        self.reported = anyio.Event()
-        """Set when :attr:`report` has arrived, or the fork server has ended without one."""
-        self.heard = time.monotonic()
-        """When it last sent anything (``time.monotonic()``)."""
-        self.joiner = PacketJoiner()
-        """Joins the parts of its messages too long for one packet (its import report)."""
-        self.pidfd = -1
-        """Readable once its process has ended (its socket may outlive it, held by a child
-        that a task module forked as it was imported)."""
 
 
 class WorkerLauncher:
@@ -285,14 +96,14 @@ class WorkerLauncher:
         if early is not None:
             self._current = self._open(ForkServerLink(early, early.control))
         else:
-            self._current = self._open(self._spawn())
+            self._current = self._open(spawn_fork_server(self.options))
 
     def prepare(self) -> ForkServerLink:
         """Start a new fork server beside the current one; workers come from it once switched.
 
         It is a new program: it imports the task modules as they are now.
         """
-        return self._open(self._spawn())
+        return self._open(spawn_fork_server(self.options))
 
     def switch_to(self, link: ForkServerLink) -> None:
         """Have new workers come from *link*; the old fork server goes with its last worker."""
@@ -306,7 +117,7 @@ class WorkerLauncher:
         if link is not self._current:
             importing = not link.reported.is_set()  # (stuck there, maybe: not waited for)
             self._detach(link)
-            self._reap(link, 0.0 if importing else 5.0)
+            reap(link, 0.0 if importing else 5.0)
 
     async def import_report(self, link: ForkServerLink | None = None) -> dict[str, Any] | None:
         """Wait for the task-import report of *link* (default: the current fork server).
@@ -330,40 +141,6 @@ class WorkerLauncher:
         self._links.append(link)
         return link
 
-    def _spawn(self) -> ForkServerLink:
-        """Start the fork server as a new program.
-
-        Its settings (the config among them, of any size) are written to a memory file it
-        inherits: nothing here waits for it to read them.
-        """
-        setup = {"sys_path": sys.path, "options": dataclasses.asdict(self.options)}
-        written = _memory_file(json.dumps(setup).encode())
-        try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        except OSError:
-            os.close(written)
-            raise
-        env = {
-            **os.environ,
-            CONTROL_FD_ENV: str(theirs.fileno()),
-            SETUP_FD_ENV: str(written),
-            PARENT_ENV: str(os.getpid()),
-        }
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "dispatcher.server.forkserver"],
-                pass_fds=[theirs.fileno(), written],
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-            os.close(written)
-        return ForkServerLink(process, ours)
-
     async def launch(self, worker_id: int, link: ForkServerLink | None = None) -> WorkerProcess:
         """Start worker *worker_id*; return it once forked (it then imports and says ready).
 
@@ -380,13 +157,7 @@ class WorkerLauncher:
         result: list[Any] = []
         link.pending[worker_id] = (done, result)
         try:
-            request = json.dumps({"op": "spawn", "id": worker_id}).encode()
-            try:
-                socket.send_fds(link.control, [request], [theirs.fileno()])
-            except OSError as exc:
-                raise LaunchError(f"the fork server is gone ({exc})") from None
-            finally:
-                theirs.close()
+            ask_to_spawn(link, worker_id, theirs)
             await link.reported.wait()  # (spawn requests wait for the import: not timed)
             asked = time.monotonic()
             while not done.is_set():
@@ -403,19 +174,7 @@ class WorkerLauncher:
             link.pending.pop(worker_id, None)
             if link.retiring:
                 self._close_if_idle(link)
-        event, fds = result
-        if event["event"] != "spawned":
-            ours.close()
-            for fd in fds:
-                os.close(fd)
-            raise LaunchError(_failure_text(event))
-        if len(fds) != 1:  # the kernel dropped the pidfd: no descriptor was left for it
-            ours.close()  # the worker reads end-of-file and exits
-            for fd in fds:
-                os.close(fd)
-            raise LaunchError(f"{out_of_fds_text()}: its pidfd could not be received")
-        ours.setblocking(False)
-        process = WorkerProcess(int(event["pid"]), fds[0], ours)
+        process = worker_from_answer(result, ours)
         if process.pid in link.workers:  # (not reported ended meanwhile)
             link.processes[process.pid] = process
             process.notice_fork_server_end = lambda: self._notice_end(link)
@@ -430,18 +189,12 @@ class WorkerLauncher:
         while True:
             if link not in self._links:  # closed meanwhile (a retired one's last worker)
                 return True
-            try:
-                data, fds, _, _ = socket.recv_fds(link.control, MAX_MESSAGE, _MAX_FDS)
-            except BlockingIOError:
+            message = receive(link)
+            if message is None:
                 return True
-            except OSError:
-                data, fds = b"", []
-            if not data:
+            whole, fds = message
+            if not whole:
                 return False
-            link.heard = time.monotonic()
-            whole = link.joiner.add(data)
-            if whole is None:
-                continue
             event = json.loads(whole)
             kind = event.get("event")
             if kind == "exited":
@@ -455,15 +208,7 @@ class WorkerLauncher:
             if kind == "imported":
                 self._reported(link, event)
                 continue
-            if kind == "spawned":
-                link.workers.add(int(event["pid"]))
-            waiting = link.pending.get(int(event.get("id", -1)))
-            if waiting is None:  # nobody waits for it (cancelled, or not ours): do not leak it
-                for fd in fds:
-                    os.close(fd)
-                continue
-            waiting[1].extend((event, fds))
-            waiting[0].set()
+            hand_answer(link, event, fds)
 
     def _notice_end(self, link: ForkServerLink) -> None:
         """Handle the end of *link*'s fork server now, if it has ended."""
@@ -479,7 +224,7 @@ class WorkerLauncher:
         """A fork server ended (it was killed): its workers went with it.
 
         *reported*: its end has been logged already; *why*: what its workers are told
-        (:attr:`WorkerProcess.fork_server_end`).
+        (:attr:`~dispatcher.server.launched_process.WorkerProcess.fork_server_end`).
         """
         if link not in self._links:
             return
@@ -489,7 +234,7 @@ class WorkerLauncher:
         importing = not link.reported.is_set()
         # Its socket is closed, or its process has ended: it is exiting, or gone. Its
         # status says how (os._exit(n), a signal).
-        status = self._reap(link, 1.0)
+        status = reap(link, 1.0)
         if importing:
             self._reported(link, {"ok": False, "ended": status})
         self._detach(link)
@@ -501,12 +246,7 @@ class WorkerLauncher:
                     "with the next worker",
                     status,
                 )
-        for done, result in link.pending.values():
-            result.extend(({"event": "failed", "error": "the fork server ended"}, []))
-            done.set()
-        for process in link.processes.values():
-            process.fork_server_end = why
-        link.processes.clear()
+        fail_waiting(link, why)
         if self.on_exit is not None:
             # Its workers die with it, by their parent-death signal: it cannot say so now.
             for pid in sorted(link.workers):
@@ -543,7 +283,7 @@ class WorkerLauncher:
         if link.workers or link.pending or link not in self._links:
             return False
         self._detach(link)
-        self._reap(link, 5.0)
+        reap(link, 5.0)
         return True
 
     def close(self) -> None:
@@ -559,27 +299,10 @@ class WorkerLauncher:
             self._detach(link)
         self._current = None
         for link in links:
-            self._reap(link, 0.0 if id(link) in importing else 5.0)
+            reap(link, 0.0 if id(link) in importing else 5.0)
 
     def _detach(self, link: ForkServerLink) -> None:
         """Stop reading *link* and close our end of its socket (the fork server then exits)."""
         if link in self._links:
             self._links.remove(link)
-        link.reported.set()  # no report will come now (it is ours that closes it)
-        with contextlib.suppress(RuntimeError, ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(link.control.fileno())
-        link.control.close()
-        if link.pidfd >= 0:
-            with contextlib.suppress(RuntimeError, ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(link.pidfd)
-            os.close(link.pidfd)
-            link.pidfd = -1
-
-    @staticmethod
-    def _reap(link: ForkServerLink, timeout: float) -> int:
-        """Wait up to *timeout* seconds for *link*'s process to end, then kill it; its status."""
-        try:
-            return link.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            link.process.kill()
-            return link.process.wait()
+        close_link(link)

@@ -37,9 +37,9 @@ def check(workers: Iterable[WorkerHandle], limit: int) -> None:
     """Stop every live worker above *limit* bytes; its task ends as ``memory_exceeded``.
 
     A worker running a task is killed (SIGKILL) at once. One without a task gets SIGTERM
-    first, SIGKILL only :data:`~dispatcher.server.workers.KILL_AFTER_TERM` seconds later:
-    it may still be logging what its last task wrote (which it does once it has reported
-    the task's end), and its SIGTERM handler writes that before it ends.
+    first, SIGKILL only :data:`~dispatcher.server.cancel_escalation.KILL_AFTER_TERM`
+    seconds later: it may still be logging what its last task wrote (which it does once it
+    has reported the task's end), and its SIGTERM handler writes that before it ends.
     """
     for worker in workers:
         if not worker.is_live or worker.killed_for is not None:

@@ -17,6 +17,7 @@ from dispatcher.config import Pool as PoolSettings
 from dispatcher.server import scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
+from dispatcher.server.handle_status import LIVE, WorkerStatus
 from dispatcher.server.log_handler import count_worker_lines_dropped
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import escape, first_line
@@ -28,7 +29,7 @@ from dispatcher.server.protocol import reply_line
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
-from dispatcher.server.workers import LIVE, WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 
 logger = get_logger("dispatcher.pool")
 

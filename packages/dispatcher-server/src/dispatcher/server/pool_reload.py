@@ -15,7 +15,9 @@ from typing import Any, Protocol
 import anyio
 
 from dispatcher.server.catalogue import TaskCatalogue
-from dispatcher.server.launcher import ForkServerLink, WorkerLauncher
+from dispatcher.server.fork_server_link import ForkServerLink
+from dispatcher.server.handle_status import WorkerStatus
+from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.log_arguments import Phrase
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.pace import TaskPace
@@ -23,7 +25,7 @@ from dispatcher.server.pool_start_backoff import STARTUP_TIMEOUT
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.task_imports import ended_early
-from dispatcher.server.workers import WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 
 logger = get_logger("dispatcher.pool")
 

@@ -17,6 +17,8 @@ from typing import Final, Protocol
 import anyio
 
 from dispatcher.server.accounting import Accounting
+from dispatcher.server.cancel_escalation import KILL_AFTER_TERM
+from dispatcher.server.handle_status import WorkerStatus
 from dispatcher.server.jobs import Job, listed
 from dispatcher.server.log_arguments import MAX_PER_LINE, Phrase, in_lines
 from dispatcher.server.log_records import get_logger
@@ -24,7 +26,7 @@ from dispatcher.server.log_text import MAX_LOGGED_CHARS, counted
 from dispatcher.server.pool_changes import PoolChanges
 from dispatcher.server.pool_worker_exits import EXIT_WAIT, run_span
 from dispatcher.server.scheduler import Scheduler
-from dispatcher.server.workers import KILL_AFTER_TERM, WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 
 logger = get_logger("dispatcher.pool")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from dispatcher.server.launcher import ForkServerReplaced
+from dispatcher.server.launch_errors import ForkServerReplaced
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import counted
 from dispatcher.server.resources import shortage_text

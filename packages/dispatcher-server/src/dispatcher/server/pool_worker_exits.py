@@ -18,14 +18,15 @@ import anyio
 
 from dispatcher.schema import Outcome
 from dispatcher.server.accounting import Accounting
-from dispatcher.server.launcher import WorkerProcess
+from dispatcher.server.handle_status import WorkerStatus
+from dispatcher.server.launched_process import WorkerProcess
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.pool_changes import PoolChanges
 from dispatcher.server.pool_start_backoff import StartBackoff
 from dispatcher.server.ratelimit import InternalErrorLog
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.stats import ServiceStats
-from dispatcher.server.workers import WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 
 logger = get_logger("dispatcher.pool")
 

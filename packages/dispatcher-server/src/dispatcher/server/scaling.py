@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dispatcher.config import Pool as PoolSettings
-from dispatcher.server.workers import LIVE, WorkerStatus
+from dispatcher.server.handle_status import LIVE, WorkerStatus
 
 
 class WorkerState(Protocol):

@@ -23,7 +23,11 @@ from dispatcher.server import memory, scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.cpus import usable_cpus
-from dispatcher.server.launcher import ForkServerLink, LaunchError, WorkerLauncher, WorkerProcess
+from dispatcher.server.fork_server_link import ForkServerLink
+from dispatcher.server.handle_status import WorkerStatus
+from dispatcher.server.launch_errors import LaunchError
+from dispatcher.server.launched_process import WorkerProcess
+from dispatcher.server.launcher import WorkerLauncher
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.pace import TaskPace
 from dispatcher.server.pool_changes import PoolChanges
@@ -40,7 +44,7 @@ from dispatcher.server.settlement import SettleJob, settle_nothing
 from dispatcher.server.stats import ServiceStats
 from dispatcher.server.timers import Timers
 from dispatcher.server.worker_io import WorkerEvents
-from dispatcher.server.workers import WorkerHandle, WorkerStatus
+from dispatcher.server.workers import WorkerHandle
 
 logger = get_logger("dispatcher.pool")
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from dispatcher.server.handle_status import LIVE, WorkerStatus
 from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job, JobPick, Snapshot
 from dispatcher.server.memory import resident_bytes
@@ -20,7 +21,6 @@ from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.signatures import SignatureCheck
 from dispatcher.server.stats import QueueSampling, ServiceStats
 from dispatcher.server.supervisor import Supervisor
-from dispatcher.server.workers import LIVE, WorkerStatus
 
 if TYPE_CHECKING:  # (imported by the service only when the config asks for them)
     from dispatcher.server.brokers.pg_queue.sampler import QueueSampler

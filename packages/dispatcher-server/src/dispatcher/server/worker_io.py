@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
-from dispatcher.server.launcher import WorkerProcess
+from dispatcher.server.launched_process import WorkerProcess
 from dispatcher.server.protocol import LineReader, LineTooLong, read_line
 
 _READ_SIZE: Final = 1 << 16

@@ -1,87 +1,41 @@
 """The service's handle on one worker process: its state, its job, and the signals it gets.
 
 A worker moves through ``STARTING → READY ⇄ BUSY → STOPPING → EXITED`` (it may also go to
-``STOPPING`` or ``EXITED`` from any earlier state). Every transition is a method here, so
-the rules live in one place. While a backlog exists, a busy worker may also hold the next
+``STOPPING`` or ``EXITED`` from any earlier state). Every transition is a method of the
+handle, so the rules live in one class. While a backlog exists, a busy worker may also hold the next
 jobs (up to :data:`~dispatcher.server.protocol.PIPELINE_DEPTH`), sent ahead several in one
 write, so that the next starts the moment the current one ends. A task that times out or is
 cancelled gets the cancel signal of its request (``DispatcherCancel`` in the task; a job
 held ahead ends ``cancelled`` without running); still running ``cancel_grace`` seconds
 later, its worker gets SIGTERM, then SIGKILL.
 
-The handle talks to its process through the small :class:`Process` protocol and schedules
-through :class:`~dispatcher.server.timers.Scheduling`, so that it is tested without
-processes or an event loop.
+The handle talks to its process through the small
+:class:`~dispatcher.server.handle_status.Process` protocol and schedules through
+:class:`~dispatcher.server.timers.Scheduling`, so that it is tested without processes or an
+event loop. Its jobs held ahead are handled in :mod:`~dispatcher.server.held_ahead`, its
+cancels, timeouts and kills in :mod:`~dispatcher.server.cancel_escalation` (its base
+classes).
 """
 
 from __future__ import annotations
 
-import enum
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Final
 
 import anyio
 
 from dispatcher.schema import Outcome
-from dispatcher.schema.log_fields import WORKER
-from dispatcher.server.jobs import Job, job_fields
+from dispatcher.server.cancel_escalation import CancelEscalation
+from dispatcher.server.handle_status import LIVE, Process, WorkerStatus
+from dispatcher.server.held_ahead import HeldAhead
+from dispatcher.server.jobs import Job
 from dispatcher.server.log_records import get_logger
-from dispatcher.server.protocol import (
-    CANCEL_SIGNALS,
-    PIPELINE_DEPTH,
-    RECALL_SIGNAL,
-    REFILL_BELOW,
-    STOP_LINE,
-    start_by_of,
-)
-from dispatcher.server.ratelimit import RateLimitedLog
+from dispatcher.server.protocol import STOP_LINE, start_by_of
 from dispatcher.server.timers import Scheduling
 
 logger = get_logger("dispatcher.workers")
-
-KILL_AFTER_TERM: Final = 0.5
-"""Seconds between SIGTERM and SIGKILL when a cancelled task will not stop."""
-
-
-class WorkerStatus(enum.Enum):
-    """Where a worker is in its life."""
-
-    STARTING = "starting"
-    READY = "ready"
-    BUSY = "busy"
-    STOPPING = "stopping"
-    EXITED = "exited"
-
-
-LIVE: Final = frozenset({WorkerStatus.STARTING, WorkerStatus.READY, WorkerStatus.BUSY})
-"""Statuses of workers that count towards the pool's size."""
-
-
-class Process(Protocol):
-    """What a handle needs of its process (a :class:`~dispatcher.server.launcher.WorkerProcess`)."""
-
-    pid: int
-
-    def send(self, line: bytes) -> bool:
-        """Write a line; ``False`` when part of it waits for :meth:`flush`."""
-
-    async def flush(self) -> None:
-        """Write what waits."""
-
-    def signal(self, signum: int) -> None:
-        """Send a signal."""
-
-    def kill(self) -> None:
-        """SIGKILL."""
-
-    def terminate(self) -> None:
-        """SIGTERM."""
-
-
-_timeouts = RateLimitedLog(logger, logging.WARNING)
 
 _EXPIRY_MARGIN: Final = 1.0
 """Seconds: a held job whose ``start_by`` is nearer than this when its turn comes may come
@@ -94,7 +48,7 @@ _REPORTABLE: Final = {outcome.value: outcome for outcome in (Outcome.OK, Outcome
 """Outcomes a worker reports as they are (besides ``cancelled`` and ``exit``), by word."""
 
 
-class WorkerHandle:
+class WorkerHandle(HeldAhead, CancelEscalation):
     """One worker process as the service sees it.
 
     *on_backlog* is called with the handle when a line could not be written whole (its
@@ -167,18 +121,6 @@ class WorkerHandle:
         return self.status is WorkerStatus.READY
 
     @property
-    def room_ahead(self) -> int:
-        """How many jobs it may be sent now to hold ahead (:meth:`hold_ahead`).
-
-        None unless it is busy and holds fewer than
-        :data:`~dispatcher.server.protocol.REFILL_BELOW`; then as many as make
-        :data:`~dispatcher.server.protocol.PIPELINE_DEPTH`, so that they go in one write.
-        """
-        if self.status is not WorkerStatus.BUSY or len(self.ahead) >= REFILL_BELOW or self.recalled:
-            return 0
-        return PIPELINE_DEPTH - len(self.ahead)
-
-    @property
     def is_live(self) -> bool:
         """Whether it counts towards the pool's size (starting, ready or busy)."""
         return self.status in LIVE
@@ -231,60 +173,6 @@ class WorkerHandle:
     def _start_clock(self, job: Job) -> None:
         if job.timeout > 0:
             self._timers.call_later(job.timeout, self._timed_out, job, self._running)
-
-    @property
-    def pending_ahead(self) -> list[Job]:
-        """The jobs held ahead that are to run: those not cancelled while held."""
-        if not self._cancelled_ahead:
-            return list(self.ahead)
-        first = self._requests - len(self.ahead) + 1
-        return [
-            job
-            for number, job in enumerate(self.ahead, first)
-            if number not in self._cancelled_ahead
-        ]
-
-    def take_ahead(self) -> tuple[list[Job], list[tuple[Job, Outcome]]]:
-        """Take back the jobs held ahead (none started: its process is gone or going).
-
-        Returns those to run elsewhere, and those cancelled while held, with the outcome
-        each ends with.
-        """
-        first = self._requests - len(self.ahead) + 1
-        again: list[Job] = []
-        ended: list[tuple[Job, Outcome]] = []
-        for number, job in enumerate(self.ahead, first):
-            cancelled = self._cancelled_ahead.get(number)
-            if cancelled is None:
-                again.append(job)
-            else:
-                ended.append((job, cancelled))
-        self.ahead.clear()
-        self._cancelled_ahead.clear()
-        return again, ended
-
-    def recall_ahead(self) -> bool:
-        """Have the jobs it holds ahead not run here (a reload), if it holds any.
-
-        The worker ends unstarted each one it has not started when the signal comes
-        (:data:`~dispatcher.server.protocol.RECALL_SIGNAL`), reporting it ``recalled``: it
-        comes back through :meth:`take_unstarted`. One it had started already runs to its end
-        and ends as reported. Once recalled, a worker is sent nothing more: it is to retire.
-        Returns whether it was recalled (now or before).
-        """
-        if not self.recalled and self.pending_ahead and self.process is not None:
-            self.recalled = True
-            self.process.signal(RECALL_SIGNAL)
-        return self.recalled
-
-    def take_unstarted(self) -> list[Job]:
-        """Take the jobs the worker has ended unstarted.
-
-        They were recalled (see :meth:`recall_ahead`), or expired: they came to it after
-        their ``start_by``.
-        """
-        jobs, self._unstarted = self._unstarted, []
-        return jobs
 
     def finish(self, reported: str) -> tuple[Job | None, Outcome]:
         """Its task ended as the worker *reported*: ``BUSY → READY``; returns job and outcome.
@@ -363,46 +251,6 @@ class WorkerHandle:
         else:
             self._send(STOP_LINE)
 
-    def kill(self, outcome: Outcome | None = None) -> None:
-        """Kill it now (``→ STOPPING``); its task, if any, ends as *outcome*."""
-        if self.status is WorkerStatus.EXITED:
-            return
-        if outcome is not None and self.killed_for is None:
-            self.killed_for = outcome
-        self.status = WorkerStatus.STOPPING
-        self._doomed = True
-        if self.process is not None:
-            self.process.kill()
-
-    def terminate_then_kill(self) -> None:
-        """SIGTERM it now (``→ STOPPING``); SIGKILL :data:`KILL_AFTER_TERM` s later if it is there.
-
-        For a worker without a job: it logs the output of its last task once it has reported
-        the task's end, and its SIGTERM handler still logs what waits (a SIGKILL would lose
-        it). A job it runs meanwhile (it had none) is the caller's to account for.
-        """
-        if self.status is WorkerStatus.EXITED:
-            return
-        self.status = WorkerStatus.STOPPING
-        self._doomed = True
-        if self.process is not None:
-            self.process.terminate()
-            self._timers.call_later(KILL_AFTER_TERM, self._kill_unless_exited)
-
-    def _kill_unless_exited(self) -> None:
-        if self.status is not WorkerStatus.EXITED and self.process is not None:
-            self.process.kill()
-
-    def terminate(self) -> Job | None:
-        """SIGTERM it now (``→ STOPPING``), taking its job away: the caller accounts for it."""
-        job, self.job = self.job, None
-        if self.status is not WorkerStatus.EXITED:
-            self.status = WorkerStatus.STOPPING
-            self._doomed = True
-            if self.process is not None:
-                self.process.terminate()
-        return job
-
     def exited(self) -> tuple[Job | None, Outcome | None, bool]:
         """Its process ended: ``→ EXITED``.
 
@@ -419,88 +267,6 @@ class WorkerHandle:
         outcome = None if job is None else (self.killed_for or Outcome.WORKER_LOST)
         return job, outcome, expected
 
-    # -- cancelling ----------------------------------------------------------------------
-
-    def cancel(self, reason: Outcome = Outcome.CANCELLED) -> None:
-        """Cancel the running task: its cancel signal now, SIGTERM and SIGKILL if it resists."""
-        job = self.job
-        if self.cancelling is not None or job is None or self.process is None:
-            return
-        self.cancelling = reason
-        self.process.signal(_cancel_signal(self._running))
-        self._timers.call_later(self._cancel_grace, self._escalate, job, self._running)
-
-    def cancel_ahead(self, job: Job, reason: Outcome = Outcome.CANCELLED) -> bool:
-        """Cancel *job*, held ahead: the worker ends it ``cancelled`` without running it.
-
-        Returns ``False`` if *job* is not held ahead here, or was cancelled already.
-        """
-        for position, held in enumerate(self.ahead):
-            if held is job:
-                number = self._requests - len(self.ahead) + 1 + position
-                if number in self._cancelled_ahead:
-                    return False  # cancelled already
-                self._cancelled_ahead[number] = reason
-                if self.process is not None:
-                    self.process.signal(_cancel_signal(number))
-                return True
-        return False
-
-    @property
-    def _running(self) -> int:
-        """The number of the run request of :attr:`job` (as the worker counts them)."""
-        return self._requests - len(self.ahead)
-
-    def _is_running(self, job: Job, number: int) -> bool:
-        """Whether *job* is still the running job, in run request *number*.
-
-        (A job given back unstarted may come to this worker again, in a later request.)
-        """
-        return self.job is job and self._running == number
-
-    def _timed_out(self, job: Job, number: int) -> None:
-        if self._is_running(job, number):
-            fields = None
-            if logger.isEnabledFor(logging.WARNING):
-                fields = job_fields("task_timeout", job)
-                fields[WORKER] = self.id
-            _timeouts.log(
-                "task %s (uuid %s) exceeded its timeout of %g s: cancelling it",
-                job.task,
-                job.uuid,
-                job.timeout,
-                extra=fields,
-            )
-            self.cancel(Outcome.TIMEOUT)
-
-    def _escalate(self, job: Job, number: int) -> None:
-        if not self._is_running(job, number) or self.process is None:
-            return
-        if logger.isEnabledFor(logging.WARNING):
-            fields = job_fields("task_terminating", job)
-            fields[WORKER] = self.id
-            logger.warning(
-                "task %s (uuid %s) is still running %g s after its cancel: terminating worker %d",
-                job.task,
-                job.uuid,
-                self._cancel_grace,
-                self.id,
-                extra=fields,
-            )
-        # A cancel asked for stays one when it needs force: the task ends cancelled (a
-        # durable job is not run again); a timeout forced home ends the task killed.
-        self.killed_for = (
-            Outcome.CANCELLED if self.cancelling is Outcome.CANCELLED else Outcome.KILLED
-        )
-        self.status = WorkerStatus.STOPPING
-        self._doomed = True
-        self.process.terminate()
-        self._timers.call_later(KILL_AFTER_TERM, self._kill_if_running, job, number)
-
-    def _kill_if_running(self, job: Job, number: int) -> None:
-        if self._is_running(job, number) and self.process is not None:
-            self.process.kill()
-
     # -- talking to it -------------------------------------------------------------------
 
     def reply(self, line: bytes) -> None:
@@ -510,8 +276,3 @@ class WorkerHandle:
     def _send(self, line: bytes) -> None:
         if self.process is not None and not self.process.send(line):
             self._on_backlog(self)
-
-
-def _cancel_signal(request: int) -> int:
-    """The signal that cancels run request number *request* of a worker."""
-    return CANCEL_SIGNALS[request % len(CANCEL_SIGNALS)]
