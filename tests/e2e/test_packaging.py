@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -23,6 +24,33 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         subprocess.run(
             [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(out)],
             cwd=PACKAGES / name,
+            check=True,
+            capture_output=True,
+        )
+        [wheel] = out.glob(f"{name.replace('-', '_')}-*.whl")
+        built[name] = wheel
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheels_from_sdists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A wheel of each distribution built from its sdist alone, unpacked away from the tree."""
+    out = tmp_path_factory.mktemp("sdists")
+    built = {}
+    for name in DISTRIBUTIONS:
+        subprocess.run(
+            [sys.executable, "-m", "hatchling", "build", "-t", "sdist", "-d", str(out)],
+            cwd=PACKAGES / name,
+            check=True,
+            capture_output=True,
+        )
+        [sdist] = out.glob(f"{name.replace('-', '_')}-*.tar.gz")
+        with tarfile.open(sdist) as archive:
+            archive.extractall(out, filter="data")
+        [unpacked] = out.glob(f"{name.replace('-', '_')}-*/")
+        subprocess.run(
+            [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(out)],
+            cwd=unpacked,
             check=True,
             capture_output=True,
         )
@@ -109,3 +137,16 @@ def test_schemas_load_from_the_installed_wheel(wheels: dict[str, Path], tmp_path
     location, count = result.stdout.split()
     assert location.startswith(str(target))
     assert count == str(len(SCHEMA_NAMES))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", DISTRIBUTIONS)
+def test_the_sdist_builds_the_same_wheel(
+    wheels: dict[str, Path], wheels_from_sdists: dict[str, Path], name: str
+) -> None:
+    """Every file, with the same content: the sdist holds all the wheel is built from."""
+    with zipfile.ZipFile(wheels[name]) as tree, zipfile.ZipFile(wheels_from_sdists[name]) as sdist:
+        assert sorted(sdist.namelist()) == sorted(tree.namelist())
+        for member in tree.namelist():
+            assert sdist.read(member) == tree.read(member), member

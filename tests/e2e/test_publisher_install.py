@@ -1,4 +1,8 @@
-"""A web app installs only the schema and publisher distributions: no anyio, no server."""
+"""A web app installs only the schema and publisher distributions: no anyio, no server.
+
+The SDK (dispatcher.publish, dispatcher.control, dispatcher.config) imports, and pip finds
+nothing missing.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ def test_publisher_installs_without_server_or_anyio(tmp_path: Path) -> None:
     python = fresh_environment(env_dir, wheels)
     probe = (
         "import importlib.metadata as md, importlib.util, json, sys\n"
-        "import dispatcher.config\n"
+        "import dispatcher.config, dispatcher.control, dispatcher.publish\n"
         "settings = dispatcher.config.setup({'version': 1})\n"
         "installed = sorted(d.metadata['Name'].lower() for d in md.distributions())\n"
         "print(json.dumps({\n"
@@ -43,3 +47,9 @@ def test_publisher_installs_without_server_or_anyio(tmp_path: Path) -> None:
     assert report["anyio_loaded"] is False
     assert report["version"] == 1
     assert sys.prefix != str(env_dir)
+    checked = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "check"],
+        capture_output=True,
+        text=True,
+    )
+    assert (checked.returncode, checked.stdout) == (0, "No broken requirements found.\n")

@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,16 @@ from support.service import TASKS, Evidence, ServiceProcess
 
 
 def ctl(
-    config: Path | None, *args: str, cwd: Path | None = None
+    config: Path | None,
+    *args: str,
+    cwd: Path | None = None,
+    python_options: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run our dispatcherctl (with *config* when given)."""
+    """Run our dispatcherctl (with *config* when given; *python_options* for Python)."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_CONFIG_FILE")}
     options = ["--config", str(config)] if config is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "dispatcher.server.ctl", *args, *options],
+        [sys.executable, *python_options, "-m", "dispatcher.server.ctl", *args, *options],
         capture_output=True,
         text=True,
         timeout=60,
@@ -195,6 +198,18 @@ def test_submit_publishes_a_task_that_runs(ours: ServiceProcess, tmp_path: Path)
     assert as_json.returncode == 0, as_json.stderr
     shown = json.loads(as_json.stdout)
     assert (shown["uuid"], shown["queue"], shown["durable"]) == ("u-json", channel, False)
+
+
+def test_submit_closes_its_connection_before_it_exits(ours: ServiceProcess, tmp_path: Path) -> None:
+    """Python's development mode says so of a connection still open at exit (a
+    ResourceWarning, on standard error)."""
+    evidence = Evidence(tmp_path / "evidence.jsonl")
+    args = json.dumps([str(evidence.path), "submitted"])
+    result = ctl(
+        ours.config_path, "submit", TASKS + "record", "--args", args, python_options=["-X", "dev"]
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    evidence.wait_for(1)
 
 
 @pytest.mark.parametrize(

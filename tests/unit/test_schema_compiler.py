@@ -348,7 +348,8 @@ NAN = float("nan")
         ({"uniqueItems": True}, [[1], [True], [1.5]], True),
         ({"uniqueItems": True}, [1, NAN, 1], False),
         ({"uniqueItems": True}, [NAN, NAN], False),  # one object twice, as json.loads makes
-        ({"const": [NAN]}, [NAN], True),
+        ({"const": [NAN]}, [NAN], True),  # jsonschema before 4.22 alone: [nan] is not [nan]
+        ({"enum": [[NAN]]}, [NAN], True),  # jsonschema 4.21 alone
         # patternProperties and additionalProperties match keys as ``pattern`` does
         ({"patternProperties": {"^x$": False}}, {"x\n": 1}, True),
         ({"patternProperties": {"^x$": {}}, "additionalProperties": False}, {"x\n": 1}, False),
@@ -375,6 +376,29 @@ def test_values_the_two_validators_once_disagreed_on(
     schema: dict[str, Any], instance: Any, expected: bool
 ) -> None:
     assert verdicts(schema, instance) == (expected, expected)
+
+
+@pytest.mark.parametrize(
+    ("schema", "instance", "explained"),
+    [
+        ({"enum": [[1]]}, [True], "(root): expected one of [1]"),
+        (
+            {"properties": {"x": {"enum": [[0], "a"]}}},
+            {"x": [False]},
+            "x: expected one of [0], 'a'",
+        ),
+        ({"const": {"a": [1]}}, {"a": [True]}, "(root): must be {'a': [1]}"),
+    ],
+)
+def test_enum_and_const_are_explained_with_json_equality(
+    schema: dict[str, Any], instance: Any, explained: str
+) -> None:
+    """``true`` is not ``1`` inside an array or an object either: the refusal says what was
+    expected, and where (jsonschema before 4.21 compared enum values as Python does, found
+    nothing to explain, and the refusal was a bare "does not match the schema")."""
+    checker = Validator("config", schema)
+    assert not checker.is_valid(instance)
+    assert [str(p) for p in checker.problems(instance, quote_values=False)] == [explained]
 
 
 def _canonical(value: Any) -> Any:

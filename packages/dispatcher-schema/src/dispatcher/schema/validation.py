@@ -8,7 +8,7 @@ import numbers
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from dispatcher.schema.compiler import UnsupportedSchema, compile_schema, repeated
+from dispatcher.schema.compiler import UnsupportedSchema, compile_schema, json_equal, repeated
 from dispatcher.schema.errors import PathItem, Problem, SchemaValidationError, problems_from_errors
 from dispatcher.schema.patterns import ecma_pattern, unlisted_keys
 from dispatcher.schema.resources import SchemaName, load_schema
@@ -143,7 +143,10 @@ def _explainer_class() -> type[jsonschema.Draft202012Validator]:
     ``uniqueItems`` finds any two equal items (``jsonschema`` compares only neighbours once
     sorted, and ``[[1], [true], [1]]`` sorts with the two ``[1]`` apart), and names each
     repeated item by its index and the first one's (``channels[3]: repeats item [0]``), at
-    most :data:`MAX_REPEATS_SHOWN`, rather than quoting the whole array.
+    most :data:`MAX_REPEATS_SHOWN`, rather than quoting the whole array; ``const`` and
+    ``enum`` compare values as the compiled schema does (:func:`json_equal`), whichever
+    ``jsonschema`` is installed (before 4.21 its ``enum`` took ``[true]`` for ``[1]``, and
+    before 4.22 its ``const`` found a NaN unequal to itself).
     """
     import jsonschema  # costs ~0.1 s to import: only when there is something to explain
 
@@ -195,6 +198,18 @@ def _explainer_class() -> type[jsonschema.Draft202012Validator]:
                 f"{count} items repeat earlier ones; the first {MAX_REPEATS_SHOWN} are named"
             )
 
+    def const(
+        validator: Any, const: Any, instance: Any, schema: dict[str, Any]
+    ) -> Iterator[jsonschema.ValidationError]:
+        if not json_equal(instance, const):
+            yield jsonschema.ValidationError(f"{const!r} was expected")
+
+    def enum(
+        validator: Any, enums: Any, instance: Any, schema: dict[str, Any]
+    ) -> Iterator[jsonschema.ValidationError]:
+        if not any(json_equal(instance, each) for each in enums):
+            yield jsonschema.ValidationError(f"{instance!r} is not one of {enums!r}")
+
     checker = base.TYPE_CHECKER.redefine_many(
         {
             "array": lambda checker, instance: isinstance(instance, (list, tuple)),
@@ -216,6 +231,8 @@ def _explainer_class() -> type[jsonschema.Draft202012Validator]:
             "patternProperties": pattern_properties,
             "additionalProperties": additional_properties,
             "uniqueItems": unique_items,
+            "const": const,
+            "enum": enum,
         },
         type_checker=checker,
     )

@@ -17,7 +17,13 @@ from typing import Final
 import psycopg
 
 from dispatcher.config import Settings, install
-from dispatcher.publish import BrokerUnavailable, InvalidSubmission, PublishError, submit_task
+from dispatcher.publish import (
+    BrokerUnavailable,
+    InvalidSubmission,
+    PublishError,
+    close_connections,
+    submit_task,
+)
 from dispatcher.publish.broker_errors import broker_unavailable
 from dispatcher.publish.brokers import is_job_broker
 from dispatcher.publish.connection_settings import connection_options
@@ -135,6 +141,8 @@ def run(settings: Settings, options: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_UNREACHABLE)
     except PublishError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    finally:
+        close_connections()  # not left for the interpreter's exit, which warns of it
     broker = broker_for(submission.channel, settings)
     durable = is_job_broker(broker)
     if options.json:
