@@ -25,11 +25,18 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import unquote
 
-from dispatcher.schema.errors import DispatcherError
+from dispatcher.schema.compiler_keywords import (
+    ANNOTATIONS,
+    GUARDS,
+    KEYWORDS,
+    TYPE_TESTS,
+    UnsupportedSchema,
+    is_leaf,
+)
 from dispatcher.schema.json_equality import all_unique, json_equal, repeated
 from dispatcher.schema.patterns import ecma_pattern
 
-__all__ = [  # json_equal, all_unique, repeated: named here, defined in json_equality
+__all__ = [  # all but compile_schema named here, defined in compiler_keywords and json_equality
     "ANNOTATIONS",
     "UnsupportedSchema",
     "all_unique",
@@ -38,80 +45,9 @@ __all__ = [  # json_equal, all_unique, repeated: named here, defined in json_equ
     "repeated",
 ]
 
-ANNOTATIONS: Final = frozenset(
-    {
-        "$schema",
-        "$id",
-        "$comment",
-        "$defs",
-        "title",
-        "description",
-        "default",
-        "examples",
-        "deprecated",
-        "readOnly",
-        "writeOnly",
-        "format",  # an annotation only, unless a format checker is asked for (it is not)
-    }
-)
-"""Keywords that describe and never constrain (``$defs`` holds subschemas reached by ``$ref``)."""
-
-_TYPE_TESTS: Final = {
-    "object": "isinstance({v}, dict)",
-    "array": "isinstance({v}, (list, tuple))",  # a tuple is written as an array
-    "string": "isinstance({v}, str)",
-    "boolean": "({v} is True or {v} is False)",
-    "null": "{v} is None",
-    "integer": (
-        "(isinstance({v}, int) and not isinstance({v}, bool)"
-        " or isinstance({v}, float) and {v}.is_integer())"
-    ),
-    "number": (
-        "(isinstance({v}, int) and not isinstance({v}, bool)"
-        " or isinstance({v}, float) and {v} - {v} == 0)"  # not NaN, not infinite
-    ),
-}
-"""Per ``type``, the test of a value in ``{v}``."""
-_GUARDS: Final = {
-    "number": "isinstance({v}, (int, float)) and not isinstance({v}, bool)",
-    "string": "isinstance({v}, str)",
-    "array": "isinstance({v}, (list, tuple))",
-    "object": "isinstance({v}, dict)",
-}
-"""Per kind of keyword (``minimum`` is a number's), the test that the keyword applies to ``{v}``."""
-_KEYWORDS: Final = frozenset(
-    {
-        "$ref", "type", "enum", "const", "allOf", "anyOf", "oneOf", "not",
-        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-        "minLength", "maxLength", "pattern",
-        "items", "prefixItems", "minItems", "maxItems", "uniqueItems",
-        "properties", "required", "additionalProperties", "patternProperties",
-        "propertyNames", "minProperties", "maxProperties",
-    }
-)  # fmt: skip
-"""The constraining keywords implemented here."""
-
-
-_NESTING: Final = frozenset(
-    {
-        "$ref", "allOf", "anyOf", "oneOf", "not", "items", "prefixItems", "properties",
-        "additionalProperties", "patternProperties", "propertyNames",
-    }
-)  # fmt: skip
-"""The keywords holding subschemas."""
-
-
-def _is_leaf(node: Any) -> bool:
-    """Tell whether *node* holds no subschema: a ``$ref`` to it is written inline."""
-    return not isinstance(node, Mapping) or not _NESTING & node.keys()
-
 
 def _indent(lines: list[str]) -> list[str]:
     return [f"    {line}" for line in lines]
-
-
-class UnsupportedSchema(DispatcherError, ValueError):
-    """The schema uses something :func:`compile_schema` does not implement."""
 
 
 class _Matching:
@@ -220,7 +156,7 @@ class _Compiler:
             return ["return False"]
         if not isinstance(node, Mapping):
             raise UnsupportedSchema(f"a schema must be an object or a boolean, not {node!r}")
-        unknown = set(node) - _KEYWORDS - ANNOTATIONS
+        unknown = set(node) - KEYWORDS - ANNOTATIONS
         if unknown:
             raise UnsupportedSchema(f"keyword {min(map(repr, unknown))} is not supported")
         self.refuse_embedded_resource(node)
@@ -230,10 +166,10 @@ class _Compiler:
             types = node["type"]
             names = [types] if isinstance(types, str) else types
             if not isinstance(names, list) or not all(
-                isinstance(t, str) and t in _TYPE_TESTS for t in names
+                isinstance(t, str) and t in TYPE_TESTS for t in names
             ):
                 raise UnsupportedSchema(f"type {types!r} is not supported")
-            test = " or ".join(_TYPE_TESTS[t].format(v=var) for t in names)
+            test = " or ".join(TYPE_TESTS[t].format(v=var) for t in names)
             lines.append(f"if not ({test}): return False")
             only = names[0] if len(names) == 1 else None
         if "$ref" in node:
@@ -260,14 +196,14 @@ class _Compiler:
         ):
             kept = lines_of(node, var, depth)
             if kept and not (only == kind or (kind == "number" and only == "integer")):
-                kept = [f"if {_GUARDS[kind].format(v=var)}:", *_indent(kept)]
+                kept = [f"if {GUARDS[kind].format(v=var)}:", *_indent(kept)]
             lines.extend(kept)
         return lines
 
     def reference(self, reference: Any, var: str, depth: int) -> list[str]:
         """Checks of *var* against the target of ``$ref`` *reference*."""
         target = self.target(reference)
-        if reference in self.active or not _is_leaf(target):
+        if reference in self.active or not is_leaf(target):
             name = self.function(target, reference)
             return [f"if not {name}({var}): return False"]
         self.active.append(reference)
