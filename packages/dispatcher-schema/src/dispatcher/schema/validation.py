@@ -8,9 +8,8 @@ import numbers
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from dispatcher.schema.compiler import UnsupportedSchema, compile_schema
+from dispatcher.schema.compiler import UnsupportedSchema, compile_schema, repeated
 from dispatcher.schema.errors import PathItem, Problem, SchemaValidationError, problems_from_errors
-from dispatcher.schema.json_equality import repeated
 from dispatcher.schema.patterns import ecma_pattern, unlisted_keys
 from dispatcher.schema.resources import SchemaName, load_schema
 from dispatcher.schema.wire import MAX_INTEGER_DIGITS, has_too_many_digits
