@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from dispatcher.control.result import InvalidReply, ReplyChunks
+from dispatcher.control.reply_parsing import InvalidReply, ReplyChunks
 from dispatcher.publish.brokers import PublishBroker
 from dispatcher.publish.errors import BrokerUnavailable
 from dispatcher.publish.socket import (

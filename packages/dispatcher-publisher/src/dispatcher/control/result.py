@@ -1,4 +1,8 @@
-"""What a control request returns."""
+"""What a control request returns.
+
+How each payload on the reply channel is taken as a reply is in
+:mod:`dispatcher.control.reply_parsing`.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,27 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from dispatcher.schema import (
-    CHUNK_KEY,
-    MAX_MESSAGE_BYTES,
-    MAX_WHOLE_NODE_ID_BYTES,
-    ChunkAssembler,
-    ChunkedMessageTooLarge,
-    ChunkError,
-    DecodeError,
-    DispatcherError,
-    decode_json,
-    is_chunk,
-    matches_node_id,
-    validator,
+from dispatcher.control.reply_parsing import (
+    MAX_PENDING_CHUNKED_REPLIES,
+    InvalidReply,
+    ReplyChunks,
+    ReplyTooLarge,
+    parse_reply,
 )
+from dispatcher.schema import MAX_WHOLE_NODE_ID_BYTES, matches_node_id
+
+__all__ = [  # the reply's parsing (InvalidReply...) named here, defined in reply_parsing
+    "MAX_CONTROL_TIMEOUT",
+    "MAX_PENDING_CHUNKED_REPLIES",
+    "ControlResult",
+    "InvalidReply",
+    "ReplyChunks",
+    "ReplyTooLarge",
+    "counted_replies",
+    "duplicate_node_id",
+    "entries",
+    "parse_reply",
+]
 
 logger = logging.getLogger("dispatcher.control")
 
@@ -271,92 +282,6 @@ def _unanswered(nodes: list[str], answered: list[str]) -> list[str]:
         else:
             answered.remove(reply)
     return unanswered
-
-
-class InvalidReply(DispatcherError, ValueError):
-    """A payload on the reply channel that is not a control reply; the message says why."""
-
-
-class ReplyTooLarge(InvalidReply):
-    """A reply, chunked, that adds up to more than :data:`~dispatcher.schema.MAX_MESSAGE_BYTES`."""
-
-
-_MAX_REASON_CHARS = 300
-
-MAX_PENDING_CHUNKED_REPLIES = 100
-"""Chunked replies a :class:`ReplyChunks` assembles at once; the oldest give way."""
-
-
-class ReplyChunks:
-    """Joins replies that come cut into chunk envelopes (dispatcherd's format, and ours).
-
-    Bounded: a reply may not exceed :data:`~dispatcher.schema.MAX_MESSAGE_BYTES`, nor more
-    than :data:`MAX_PENDING_CHUNKED_REPLIES` be incomplete at once (anyone may NOTIFY a
-    reply channel).
-    """
-
-    def __init__(self) -> None:
-        self._assembler = ChunkAssembler(
-            max_bytes=MAX_MESSAGE_BYTES, max_messages=MAX_PENDING_CHUNKED_REPLIES
-        )
-        self._validator = validator("chunk-envelope")
-
-    def join(self, payload: str | bytes) -> str | bytes | None:
-        """The reply *payload* is, or completes; ``None`` while envelopes of it are missing.
-
-        A payload that is not a chunk envelope is returned as it is.
-
-        :raises InvalidReply: when it is an invalid chunk envelope, or one that contradicts
-            the others of its reply; :class:`ReplyTooLarge` when it makes its reply too
-            large.
-        """
-        if isinstance(payload, str):
-            if CHUNK_KEY not in payload:
-                return payload
-        elif CHUNK_KEY.encode() not in payload:
-            return payload
-        try:
-            envelope = decode_json(payload)
-        except DecodeError:
-            return payload  # not JSON: parse_reply says so
-        if not isinstance(envelope, dict) or not is_chunk(envelope):
-            return payload
-        if not self._validator.is_valid(envelope):
-            problems = "; ".join(str(p) for p in self._validator.problems(envelope))
-            raise InvalidReply(f"an invalid chunk envelope ({_cut(problems)})")
-        try:
-            return self._assembler.add(envelope)
-        except ChunkedMessageTooLarge as exc:
-            raise ReplyTooLarge(f"a chunked reply too large to take: {exc}") from None
-        except ChunkError as exc:
-            raise InvalidReply(f"a chunked reply: {exc}") from None
-
-    @property
-    def incomplete(self) -> int:
-        """Chunked replies still missing envelopes."""
-        return len(self._assembler)
-
-
-def _cut(problems: str) -> str:
-    if len(problems) > _MAX_REASON_CHARS:
-        return problems[:_MAX_REASON_CHARS] + "..."
-    return problems
-
-
-def parse_reply(payload: str | bytes) -> dict[str, Any]:
-    """Decode one reply (bounded in depth, like every message).
-
-    :raises InvalidReply: when it is not JSON, too deep, or not a control reply.
-    """
-    try:
-        reply = decode_json(payload)
-    except DecodeError as exc:
-        raise InvalidReply(str(exc)) from None
-    checker = validator("control-reply")
-    if not checker.is_valid(reply):
-        problems = "; ".join(str(p) for p in checker.problems(reply))
-        raise InvalidReply(f"not a control reply ({_cut(problems)})")
-    return reply  # type: ignore[no-any-return]
 
 
 def entries(reply: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -14,196 +14,38 @@ exceptions that both sides of this package apply (see ``_explainer_class`` in
 ECMA-262 regular expression (:mod:`dispatcher.schema.patterns`), so ``$`` matches only at the
 very end of the text, never before a final newline as Python's ``$`` does, and matches string
 keys only; ``uniqueItems`` finds any two equal items, even apart once sorted (see
-:func:`all_unique`). Values JSON cannot
-represent are refused where a number is expected: ``NaN`` and the infinities are not numbers
-here.
+:func:`~dispatcher.schema.json_equality.all_unique`). Values JSON cannot represent are
+refused where a number is expected: ``NaN`` and the infinities are not numbers here.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import unquote
 
-from dispatcher.schema.errors import DispatcherError
-from dispatcher.schema.patterns import ecma_pattern
-
-ANNOTATIONS: Final = frozenset(
-    {
-        "$schema",
-        "$id",
-        "$comment",
-        "$defs",
-        "title",
-        "description",
-        "default",
-        "examples",
-        "deprecated",
-        "readOnly",
-        "writeOnly",
-        "format",  # an annotation only, unless a format checker is asked for (it is not)
-    }
+from dispatcher.schema.compiler_keywords import (
+    ANNOTATIONS,
+    GUARDS,
+    KEYWORDS,
+    TYPE_TESTS,
+    UnsupportedSchema,
+    is_leaf,
 )
-"""Keywords that describe and never constrain (``$defs`` holds subschemas reached by ``$ref``)."""
+from dispatcher.schema.compiler_kinds import KindChecks, indent
+from dispatcher.schema.json_equality import all_unique, json_equal, repeated
 
-_TYPE_TESTS: Final = {
-    "object": "isinstance({v}, dict)",
-    "array": "isinstance({v}, (list, tuple))",  # a tuple is written as an array
-    "string": "isinstance({v}, str)",
-    "boolean": "({v} is True or {v} is False)",
-    "null": "{v} is None",
-    "integer": (
-        "(isinstance({v}, int) and not isinstance({v}, bool)"
-        " or isinstance({v}, float) and {v}.is_integer())"
-    ),
-    "number": (
-        "(isinstance({v}, int) and not isinstance({v}, bool)"
-        " or isinstance({v}, float) and {v} - {v} == 0)"  # not NaN, not infinite
-    ),
-}
-"""Per ``type``, the test of a value in ``{v}``."""
-_GUARDS: Final = {
-    "number": "isinstance({v}, (int, float)) and not isinstance({v}, bool)",
-    "string": "isinstance({v}, str)",
-    "array": "isinstance({v}, (list, tuple))",
-    "object": "isinstance({v}, dict)",
-}
-"""Per kind of keyword (``minimum`` is a number's), the test that the keyword applies to ``{v}``."""
-_KEYWORDS: Final = frozenset(
-    {
-        "$ref", "type", "enum", "const", "allOf", "anyOf", "oneOf", "not",
-        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-        "minLength", "maxLength", "pattern",
-        "items", "prefixItems", "minItems", "maxItems", "uniqueItems",
-        "properties", "required", "additionalProperties", "patternProperties",
-        "propertyNames", "minProperties", "maxProperties",
-    }
-)  # fmt: skip
-"""The constraining keywords implemented here."""
+__all__ = [  # all but compile_schema named here, defined in compiler_keywords and json_equality
+    "ANNOTATIONS",
+    "UnsupportedSchema",
+    "all_unique",
+    "compile_schema",
+    "json_equal",
+    "repeated",
+]
 
 
-_NESTING: Final = frozenset(
-    {
-        "$ref", "allOf", "anyOf", "oneOf", "not", "items", "prefixItems", "properties",
-        "additionalProperties", "patternProperties", "propertyNames",
-    }
-)  # fmt: skip
-"""The keywords holding subschemas."""
-
-
-def _is_leaf(node: Any) -> bool:
-    """Tell whether *node* holds no subschema: a ``$ref`` to it is written inline."""
-    return not isinstance(node, Mapping) or not _NESTING & node.keys()
-
-
-def _indent(lines: list[str]) -> list[str]:
-    return [f"    {line}" for line in lines]
-
-
-class UnsupportedSchema(DispatcherError, ValueError):
-    """The schema uses something :func:`compile_schema` does not implement."""
-
-
-class _Matching:
-    """A pattern's test, remembering the texts that matched (task names repeat)."""
-
-    __slots__ = ("search", "seen")
-
-    LIMIT: Final = 4096
-    """At most this many texts are remembered; then the memory starts again."""
-
-    def __init__(self, pattern: re.Pattern[str]) -> None:
-        self.search = pattern.search
-        self.seen: dict[str, None] = {}
-
-    def check(self, text: str) -> bool:
-        """Tell whether the pattern matches *text* (not yet remembered as matching)."""
-        if self.search(text) is None:
-            return False
-        if len(self.seen) >= self.LIMIT:
-            self.seen.clear()
-        if type(text) is str:  # a subclass could compare equal and still differ
-            self.seen[text] = None
-        return True
-
-
-def json_equal(one: Any, other: Any) -> bool:
-    """Equality as JSON means it: ``true`` is not ``1``, ``1`` is ``1.0``, deep for containers.
-
-    A value is equal to itself, even ``NaN``, as ``jsonschema`` has it.
-    """
-    if one is other:
-        return True
-    if isinstance(one, bool) or isinstance(other, bool):
-        return type(one) is type(other) and bool(one == other)
-    if isinstance(one, str) or isinstance(other, str):
-        return bool(one == other)
-    if isinstance(one, (list, tuple)) and isinstance(other, (list, tuple)):
-        return len(one) == len(other) and all(map(json_equal, one, other))
-    if isinstance(one, dict) and isinstance(other, dict):
-        return one.keys() == other.keys() and all(json_equal(one[k], other[k]) for k in one)
-    return bool(one == other)
-
-
-def all_unique(items: Sequence[Any]) -> bool:
-    """Tell whether no two of *items* are :func:`json_equal` (``uniqueItems``)."""
-    return not repeated(items, 1)
-
-
-def repeated(items: Sequence[Any], limit: int | None = None) -> list[tuple[int, int]]:
-    """``(first, index)`` of each item :func:`json_equal` to an earlier one, in order.
-
-    *first* is the index of the first item of that value. At most *limit* pairs. Each item
-    is hashed once by its JSON form (:func:`_canonical`), so that a list of thousands costs
-    thousands of steps, not millions of comparisons; only a list holding a value that has
-    no such form (of a type JSON does not know, unhashable) is compared pair by pair.
-    """
-    found: list[tuple[int, int]] = []
-    try:
-        seen: dict[Any, int] = {}
-        for index, item in enumerate(items):
-            first = seen.setdefault(_canonical(item), index)
-            if first != index:
-                found.append((first, index))
-                if len(found) == limit:
-                    break
-        return found
-    except (TypeError, RecursionError):
-        found = []
-    for index, item in enumerate(items):
-        for first in range(index):
-            if json_equal(items[first], item):
-                found.append((first, index))
-                if len(found) == limit:
-                    return found
-                break
-    return found
-
-
-_BOOLEAN, _STRING, _ARRAY, _OBJECT, _OTHER = range(5)
-
-
-def _canonical(value: Any) -> Any:
-    """A hashable form of *value*, equal to another's exactly when :func:`json_equal` says.
-
-    A value equals itself, even ``NaN`` (Python's containers compare identity first).
-
-    :raises TypeError: for a value of a type JSON does not know that cannot be hashed.
-    """
-    if isinstance(value, bool):
-        return _BOOLEAN, value
-    if isinstance(value, str):
-        return _STRING, value
-    if isinstance(value, (list, tuple)):
-        return _ARRAY, tuple(_canonical(item) for item in value)
-    if isinstance(value, dict):
-        return _OBJECT, frozenset((key, _canonical(item)) for key, item in value.items())
-    hash(value)
-    return _OTHER, value  # numbers (1 equals 1.0), null, and what == says of the others
-
-
-class _Compiler:
+class _Compiler(KindChecks):
     """Writes Python that checks a value against a schema.
 
     Subschemas are written inline, each checking its own variable (``x`` at the top, ``v1``,
@@ -253,7 +95,7 @@ class _Compiler:
             body = self.checks(node, "x", 0)
         finally:
             self.active = outer
-        self.lines.extend([f"def {name}(x):", *_indent(body), "    return True"])
+        self.lines.extend([f"def {name}(x):", *indent(body), "    return True"])
         return name
 
     def target(self, reference: Any) -> Any:
@@ -286,7 +128,7 @@ class _Compiler:
             return ["return False"]
         if not isinstance(node, Mapping):
             raise UnsupportedSchema(f"a schema must be an object or a boolean, not {node!r}")
-        unknown = set(node) - _KEYWORDS - ANNOTATIONS
+        unknown = set(node) - KEYWORDS - ANNOTATIONS
         if unknown:
             raise UnsupportedSchema(f"keyword {min(map(repr, unknown))} is not supported")
         self.refuse_embedded_resource(node)
@@ -296,10 +138,10 @@ class _Compiler:
             types = node["type"]
             names = [types] if isinstance(types, str) else types
             if not isinstance(names, list) or not all(
-                isinstance(t, str) and t in _TYPE_TESTS for t in names
+                isinstance(t, str) and t in TYPE_TESTS for t in names
             ):
                 raise UnsupportedSchema(f"type {types!r} is not supported")
-            test = " or ".join(_TYPE_TESTS[t].format(v=var) for t in names)
+            test = " or ".join(TYPE_TESTS[t].format(v=var) for t in names)
             lines.append(f"if not ({test}): return False")
             only = names[0] if len(names) == 1 else None
         if "$ref" in node:
@@ -326,14 +168,14 @@ class _Compiler:
         ):
             kept = lines_of(node, var, depth)
             if kept and not (only == kind or (kind == "number" and only == "integer")):
-                kept = [f"if {_GUARDS[kind].format(v=var)}:", *_indent(kept)]
+                kept = [f"if {GUARDS[kind].format(v=var)}:", *indent(kept)]
             lines.extend(kept)
         return lines
 
     def reference(self, reference: Any, var: str, depth: int) -> list[str]:
         """Checks of *var* against the target of ``$ref`` *reference*."""
         target = self.target(reference)
-        if reference in self.active or not _is_leaf(target):
+        if reference in self.active or not is_leaf(target):
             name = self.function(target, reference)
             return [f"if not {name}({var}): return False"]
         self.active.append(reference)
@@ -363,145 +205,6 @@ class _Compiler:
             return [f"if not (isinstance({var}, str) and {var} in {allowed}): return False"]
         listed = self.constant(tuple(values))
         return [f"if not any(_equal({var}, v) for v in {listed}): return False"]
-
-    def numeric(self, node: Mapping[str, Any], var: str, depth: int) -> list[str]:
-        """Checks of the bounds of a number, for a value known to be one."""
-        lines = []
-        for keyword, fails in (
-            ("minimum", "<"),
-            ("maximum", ">"),
-            ("exclusiveMinimum", "<="),
-            ("exclusiveMaximum", ">="),
-        ):
-            if keyword in node:
-                bound = node[keyword]
-                if isinstance(bound, bool) or not isinstance(bound, (int, float)):
-                    raise UnsupportedSchema(f"{keyword} must be a number")
-                lines.append(f"if {var} {fails} {self.constant(bound)}: return False")
-        return lines
-
-    def string(self, node: Mapping[str, Any], var: str, depth: int) -> list[str]:
-        """Checks of a string's length and pattern, for a value known to be one."""
-        lines = self.sizes(node, var, "minLength", "maxLength")
-        if "pattern" in node:
-            matching = _Matching(self.pattern(node["pattern"]))
-            seen, check = self.constant(matching.seen), self.constant(matching.check)
-            lines.append(f"if {var} not in {seen} and not {check}({var}): return False")
-        return lines
-
-    def array(self, node: Mapping[str, Any], var: str, depth: int) -> list[str]:
-        """Checks of an array's items and size, for a value known to be one."""
-        lines = self.sizes(node, var, "minItems", "maxItems")
-        prefix = node.get("prefixItems", [])
-        if not isinstance(prefix, list):
-            raise UnsupportedSchema("prefixItems must be an array")
-        item = f"v{depth + 1}"
-        for index, sub in enumerate(prefix):
-            checks = self.checks(sub, item, depth + 1)
-            if checks:
-                lines.append(f"if len({var}) > {index}:")
-                lines.extend(_indent([f"{item} = {var}[{index}]", *checks]))
-        if "items" in node:
-            checks = self.checks(node["items"], item, depth + 1)
-            if checks:
-                start = f"{var}[{len(prefix)}:]" if prefix else var
-                lines.extend([f"for {item} in {start}:", *_indent(checks)])
-        unique = node.get("uniqueItems", False)
-        if not isinstance(unique, bool):
-            raise UnsupportedSchema("uniqueItems must be a boolean")
-        if unique:
-            lines.append(f"if not _unique({var}): return False")
-        return lines
-
-    def object(self, node: Mapping[str, Any], var: str, depth: int) -> list[str]:
-        """Checks of an object's keys and values, for a value known to be one."""
-        lines = []
-        required = node.get("required", [])
-        if not isinstance(required, list) or not all(isinstance(k, str) for k in required):
-            raise UnsupportedSchema("required must be an array of strings")
-        lines.extend(self.sizes(node, var, "minProperties", "maxProperties"))
-        properties = node.get("properties", {})
-        patterns = node.get("patternProperties", {})
-        if not isinstance(properties, Mapping) or not isinstance(patterns, Mapping):
-            raise UnsupportedSchema("properties and patternProperties must be objects")
-        additional = node.get("additionalProperties", True)
-        names = node.get("propertyNames", True)
-        value = f"v{depth + 1}"
-        for key in required:
-            if key not in properties or additional is not True or patterns or names is not True:
-                lines.append(f"if {self.constant(key)} not in {var}: return False")
-        if additional is True and not patterns and names is True:
-            # Only the listed keys can fail: look each one up.
-            for key, sub in properties.items():
-                checks = self.checks(sub, value, depth + 1)
-                name = self.constant(key)
-                if key in required:
-                    lines.append(f"if {name} not in {var}: return False")
-                if checks:
-                    fetch = f"{value} = {var}[{name}]"
-                    if key in required:
-                        lines.extend([fetch, *checks])
-                    else:
-                        lines.extend([f"if {name} in {var}:", *_indent([fetch, *checks])])
-            return lines
-        key = f"k{depth + 1}"
-        loop: list[str] = []
-        if names is not True:
-            loop.extend(self.checks(names, key, depth + 1))
-        entries = [f"{self.constant(k)}: {self.function(v)}" for k, v in properties.items()]
-        by_name = self.table("{" + ", ".join(entries) + "}")
-        loop.append(f"f = {by_name}.get({key})")
-        loop.append(f"if f is not None and not f({value}): return False")
-        rest = "f is None"
-        if patterns:
-            by_pattern = self.table(
-                "("
-                + "".join(
-                    f"({self.constant(self.pattern(p).search)}, {self.function(v)}), "
-                    for p, v in patterns.items()
-                )
-                + ")"
-            )
-            loop.append("matched = False")
-            loop.append(f"for search, g in {by_pattern}:")
-            loop.append(f"    if isinstance({key}, str) and search({key}) is not None:")
-            loop.append("        matched = True")
-            loop.append(f"        if not g({value}): return False")
-            rest = "f is None and not matched"
-        if additional is False:
-            loop.append(f"if {rest}: return False")
-        elif additional is not True:
-            loop.append(f"if {rest}:")
-            loop.extend(_indent(self.checks(additional, value, depth + 1) or ["pass"]))
-        lines.extend([f"for {key}, {value} in {var}.items():", *_indent(loop)])
-        return lines
-
-    def sizes(self, node: Mapping[str, Any], var: str, least: str, most: str) -> list[str]:
-        """Checks of ``len(var)`` for the keywords *least* and *most* (e.g. ``minItems``)."""
-        lines = []
-        if least in node:
-            lines.append(f"if len({var}) < {self.count_of(node, least)}: return False")
-        if most in node:
-            lines.append(f"if len({var}) > {self.count_of(node, most)}: return False")
-        return lines
-
-    @staticmethod
-    def count_of(node: Mapping[str, Any], keyword: str) -> int:
-        """The non-negative integer *keyword* (e.g. ``minLength``) holds in *node*."""
-        value = node[keyword]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UnsupportedSchema(f"{keyword} must be a non-negative integer")
-        return int(value)  # a plain int: its text goes into the generated source
-
-    @staticmethod
-    def pattern(text: Any) -> re.Pattern[str]:
-        """The compiled ``pattern`` or ``patternProperties`` key *text*."""
-        if not isinstance(text, str):
-            raise UnsupportedSchema("pattern must be a string")
-        try:
-            return ecma_pattern(text)
-        except re.error as exc:
-            raise UnsupportedSchema(f"pattern {text!r} is not supported: {exc}") from None
 
 
 def compile_schema(schema: Any) -> Callable[[Any], bool]:

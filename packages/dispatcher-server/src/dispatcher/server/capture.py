@@ -11,7 +11,8 @@ task's end (:meth:`OutputCapture.log_ended`), one line at a time, ``task output 
 tasks (hooks) is kept the same way and logged before the next task, or when the worker
 stops. A worker stopped by SIGTERM in the middle of a task (one that resisted its cancel)
 logs what the task wrote until then; one stopped while it logs the output of a task that
-ended (over ``worker.max_memory`` then, say) logs the rest of it.
+ended (over ``worker.max_memory`` then, say) logs the rest of it. A task's buffer is a
+:class:`~dispatcher.server.captured_output.CapturedOutput`.
 
 The worker's log goes to copies of the standard output and error it inherited, through
 background streams (:mod:`dispatcher.server.log_background`): a log's reader that does
@@ -20,13 +21,9 @@ instead, see :meth:`OutputCapture.lines_dropped`). When both are the same file (
 journald, a container's log), one stream writes for both, so that their lines stay in the
 order they were written.
 
-A task that closes file descriptors 0, 1 or 2 (``os.close(2)``), redirects 1 or 2
-(``os.dup2(f, 1)``), or leaves ``sys.stdout`` or ``sys.stderr`` replaced or closed, would
-break every later task of its worker: each is put back as the worker set it up once the task
-ends (a closed stream by a new one on the same fd), with a warning (once per worker). The
-check costs about a microsecond a task: fds 1 and 2 are known to still be the capture's pipe
-by its size (:data:`PIPE_SIZE`, which few other pipes have), and fd 0 to be open (fd 0
-pointed at another file is not noticed).
+A task that closes or redirects fds 0, 1 or 2, or replaces ``sys.stdout`` or ``sys.stderr``,
+has them put back once it ends (:mod:`dispatcher.server.std_fds_guard`, a base class of
+:class:`OutputCapture`).
 
 Logging handlers of the application's that write to standard output or error are not
 captured: they write to the log at once (see :mod:`dispatcher.server.log_streams`).
@@ -43,12 +40,13 @@ import sys
 import threading
 from typing import Final, TextIO, cast
 
+from dispatcher.server.captured_output import CapturedOutput
 from dispatcher.server.log_background import BackgroundStream, drain_streams
 from dispatcher.server.log_handler import LAST_LINES_WAIT
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_streams import HandlerStreams
-from dispatcher.server.log_text import MAX_LOGGED_CHARS
 from dispatcher.server.log_writer import MAX_QUEUED_CHARS
+from dispatcher.server.std_fds_guard import StdFdsGuard
 
 logger = get_logger("dispatcher.worker")
 
@@ -62,12 +60,6 @@ writing cannot hold the worker; what it writes later goes to the next buffer."""
 PIPE_SIZE: Final = 1 << 17
 """Bytes the capture's pipe holds: twice the default, so that fds 1 and 2 pointing at
 another pipe (or at anything else) are told apart by one ``fcntl`` each."""
-
-_fcntl: Final = fcntl.fcntl
-_GETPIPE_SZ: Final = fcntl.F_GETPIPE_SZ
-_GETFD: Final = fcntl.F_GETFD
-
-_STD_FDS: Final = ("standard input (fd 0)", "standard output (fd 1)", "standard error (fd 2)")
 
 _SALVAGE_LOCK_WAIT: Final = 0.1
 """Seconds a stopped worker waits for the capture's lock before logging what it has."""
@@ -89,65 +81,7 @@ _ADOPT_RETRY_MS: Final = 50
 found busy (see :meth:`HandlerStreams.adopt`), when no output wakes it before."""
 
 
-class CapturedOutput:
-    """Output collected for one task (or between tasks): the first *cap* bytes, and a count."""
-
-    __slots__ = ("cap", "chars_logged", "data", "dropped", "lines_logged", "task", "uuid")
-
-    def __init__(self, cap: int, task: str | None = None, uuid: str = "") -> None:
-        self.cap = cap
-        self.task = task
-        """The task's name; ``None`` between tasks."""
-        self.uuid = uuid
-        self.data = bytearray()
-        self.dropped = 0
-        """Bytes written beyond the cap."""
-        self.lines_logged = 0
-        """Lines of :attr:`data` logged by an :meth:`emit` that was interrupted."""
-        self.chars_logged = 0
-        """Characters of the next line logged by it (a long line is logged in pieces)."""
-
-    def add(self, chunk: bytes) -> None:
-        """Keep what fits under the cap; count the rest."""
-        room = self.cap - len(self.data)
-        if room >= len(chunk):
-            self.data += chunk
-            return
-        if room > 0:
-            self.data += chunk[:room]
-        self.dropped += len(chunk) - max(room, 0)
-
-    def emit(self) -> None:
-        """Log what was collected, then forget it.
-
-        One line per line written (long lines in pieces), then the count of bytes dropped.
-        Called again after an interruption (the SIGTERM handler's call, made while the worker
-        logs), it goes on from the line it was logging, and the piece of it.
-        """
-        if not self.data and not self.dropped:
-            return
-        args: tuple[str, ...] = ()
-        if self.task is None:
-            prefix = "worker output [between tasks]"
-        else:
-            prefix, args = "task output [%s %s]", (self.task, self.uuid)
-        if self.data:
-            text = self.data.decode("utf-8", "backslashreplace")
-            lines = text.removesuffix("\n").split("\n")
-            for number in range(self.lines_logged, len(lines)):
-                line = lines[number]
-                # Pieces short enough to be logged whole (arguments are cut at that length).
-                for start in range(self.chars_logged, max(len(line), 1), MAX_LOGGED_CHARS):
-                    logger.info(prefix + " %s", *args, line[start : start + MAX_LOGGED_CHARS])
-                    self.chars_logged = start + MAX_LOGGED_CHARS
-                self.lines_logged, self.chars_logged = number + 1, 0
-        if self.dropped:
-            logger.info(prefix + ": %d more bytes dropped", *args, self.dropped)
-        self.data.clear()
-        self.dropped = self.lines_logged = self.chars_logged = 0
-
-
-class OutputCapture:
+class OutputCapture(StdFdsGuard):
     """Captures file descriptors 1 and 2 of this process; see the module docstring."""
 
     def __init__(self, cap: int) -> None:
@@ -162,7 +96,7 @@ class OutputCapture:
         self.log_stream: TextIO = sys.stderr
         """Where the worker's own log goes: the original standard error, once started."""
         self._saved_fds: tuple[int, ...] = ()
-        """Copies of fds 0, 1 and 2 as set up, to put back (see :meth:`_check_fds`)."""
+        """Copies of fds 0, 1 and 2 as set up, to put back (see :meth:`_put_back_std_fds`)."""
         self._pipe_size = -1
         self._streams = (sys.stdout, sys.stderr)
         self._warned = False
@@ -228,34 +162,13 @@ class OutputCapture:
         self.log_ended()
         self._switch(CapturedOutput(self.cap, task, uuid)).emit()
 
-    def keep_streams(self) -> None:
-        """Take ``sys.stdout`` and ``sys.stderr`` as they are now as the ones to put back.
-
-        Called once the worker is set up: a worker hook or a module it imported may have
-        wrapped them (a line-buffered writer, a colouring one), and tasks keep that.
-        """
-        self._streams = (sys.stdout, sys.stderr)
-
     def end(self) -> None:
         """The task has ended: keep its output for :meth:`log_ended`; collect what comes next.
 
         What comes next is collected as written between tasks. Also puts back fds 0, 1 and
         2, ``sys.stdout`` and ``sys.stderr`` if it changed them.
         """
-        stdout, stderr = self._streams
-        try:
-            intact = (
-                sys.stdout is stdout
-                and sys.stderr is stderr
-                and not stdout.closed
-                and not stderr.closed
-                and _fcntl(1, _GETPIPE_SZ) == self._pipe_size == _fcntl(2, _GETPIPE_SZ)
-                and _fcntl(0, _GETFD) >= 0
-            )
-        except (OSError, AttributeError):  # closed, or not a pipe; a stream of a hook's own
-            intact = False
-        if not intact and self._saved_fds:
-            self._restore()
+        self._put_back_std_fds()
         self.log_ended()  # (one ended before and not logged: in its order)
         self._ended = self._switch(self._between)
 
@@ -277,38 +190,6 @@ class OutputCapture:
         for stream in self._log_streams:
             dropped += stream.dropped
         return dropped
-
-    def _restore(self) -> None:
-        """Put back what the task that ends changed of fds 0, 1 and 2 and the std streams."""
-        changed = []
-        for fd, saved in enumerate(self._saved_fds):
-            try:
-                same = os.path.samestat(os.fstat(fd), os.fstat(saved))
-            except OSError:
-                same = False
-            if not same:
-                changed.append(_STD_FDS[fd])
-                with contextlib.suppress(OSError):  # (our copy closed too: nothing to do)
-                    os.dup2(saved, fd)
-        kept = []
-        for fd, name, current in ((1, "sys.stdout", sys.stdout), (2, "sys.stderr", sys.stderr)):
-            stream = self._streams[fd - 1]
-            closed = _closed(stream)
-            if closed or current is not stream:
-                changed.append(name)
-            kept.append(_reopened(stream, fd) if closed else stream)
-        self._streams = (kept[0], kept[1])
-        sys.stdout, sys.stderr = self._streams
-        if changed and not self._warned:
-            self._warned = True
-            current = self._current
-            logger.warning(
-                "task %s (uuid %s) closed or replaced the worker's %s: put back as they were, "
-                "for the tasks that follow (said once per worker)",
-                current.task,
-                current.uuid,
-                ", ".join(changed),
-            )
 
     def close(self) -> None:
         """Log what is left; later writes to fd 1 are discarded, to fd 2 go to the log.
@@ -399,28 +280,6 @@ def _same_file(fd: int, other: int) -> bool:
         return os.path.samestat(os.fstat(fd), os.fstat(other))
     except OSError:
         return False
-
-
-def _closed(stream: TextIO) -> bool:
-    """Whether *stream* is closed (a stream without a ``closed`` that says so is not)."""
-    try:
-        return stream.closed is True
-    except Exception:
-        return False
-
-
-def _reopened(stream: TextIO, fd: int) -> TextIO:
-    """A new text stream on *fd* for the closed *stream* (its encoding and errors kept)."""
-    reopened = open(  # noqa: SIM115 (sys.stdout or sys.stderr: open for the life of the process)
-        fd,
-        "w",
-        encoding=getattr(stream, "encoding", None) or "utf-8",
-        errors=getattr(stream, "errors", None) or "backslashreplace",
-        closefd=False,
-    )
-    if getattr(stream, "line_buffering", False) is True:
-        reopened.reconfigure(line_buffering=True)
-    return reopened
 
 
 def _flush_std_streams() -> None:
