@@ -271,7 +271,8 @@ def test_status_reports_failing_claims_and_the_log_says_when_claiming_resumes(
         config["brokers"]["socket"] = {"path": str(tmp_path / "dispatcher.sock")}
         config["service"]["node_id"] = "outage-a"
         service = start_service(config)
-        service.wait_for_log(r"cannot claim jobs: cannot execute UPDATE in a read-only")
+        # (Refused as its claiming connection opens: its first sweep, a SELECT that updates.)
+        service.wait_for_log(r"cannot claim jobs: cannot execute SELECT FOR UPDATE in a read-only")
         status = ctl_status(service)
         health = status["pg_queue"]
         assert health["claim_failures"] >= 1, health

@@ -53,7 +53,7 @@ from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy
 from dispatcher.server.brokers.pg_queue.prefetch import Prefetch
 from dispatcher.server.brokers.pg_queue.privileges import SCHEDULE, SETTLE, PrivilegeRefused
 from dispatcher.server.brokers.pg_queue.sql import Statements
-from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
+from dispatcher.server.brokers.pg_queue.upkeep import Upkeep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.log_arguments import named_list
@@ -418,7 +418,7 @@ class PgQueueBroker(BrokerBase):
         await self._came_back(conn, self._claims_db)
         if "claims" not in self._opened:
             if not self._upkeep.sweeps_held():
-                await sweep(fetch, self._statements.sweep, self._stats, limits=self._limits)
+                await self._upkeep.sweeper.run(fetch)
             self._upkeep.begin_sweeps()
         self._opened.add("claims")
 

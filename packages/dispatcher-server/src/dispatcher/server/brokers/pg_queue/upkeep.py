@@ -33,11 +33,12 @@ from dispatcher.server.brokers.base import TICK_OFFER_WINDOW
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import RENEW_LIMIT, Leases
-from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
+from dispatcher.server.brokers.pg_queue.limits import DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.privileges import PURGE, SETTLE, Need, explain
 from dispatcher.server.brokers.pg_queue.sql import Statements
+from dispatcher.server.brokers.pg_queue.sweeps import Sweeper
 from dispatcher.server.log_records import get_logger
-from dispatcher.server.log_text import counted, first_line
+from dispatcher.server.log_text import first_line
 from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.stats import ServiceStats
 
@@ -46,49 +47,13 @@ logger = get_logger("dispatcher.pg_queue")
 Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
 
 BATCH: Final = 1000
-"""Rows swept or deleted per statement."""
+"""Rows deleted per statement."""
 PURGE_EVERY: Final = 60.0
 """Seconds between purges of finished rows."""
 KEEP_TICKS: Final = 2 * TICK_OFFER_WINDOW
 """Seconds a schedule tick is remembered (an hour): twice as long as any service may still
 offer it (:data:`~dispatcher.server.brokers.base.TICK_OFFER_WINDOW`), so that a service
 that offers it late (it was cut off from the database meanwhile) finds it taken."""
-
-
-async def sweep(
-    fetch: Fetch,
-    statement: bytes,
-    stats: ServiceStats,
-    deadline: float = float("inf"),
-    *,
-    limits: DeclaredAttempts | None = None,
-) -> int:
-    """Take back every row whose lease ran out; return how many.
-
-    Or as many as there is time for before the :func:`time.monotonic` *deadline*. A row
-    with the queue's default ``max_attempts`` goes by its task's declared one (*limits*).
-    """
-    total = failed = 0
-    params = {"limit": BATCH, **(NO_LIMITS if limits is None else limits.params())}
-    while time.monotonic() < deadline:
-        rows = await fetch(statement, params)
-        for queue, state in rows:
-            stats.pg_queue_lease_expiries[queue] += 1
-            if state == "failed":
-                stats.pg_queue_failures[queue] += 1
-                failed += 1
-        total += len(rows)
-        if len(rows) < BATCH:
-            break
-    if total:
-        logger.warning(
-            "the leases of %s ran out (not renewed: their service stopped, or could not "
-            "reach the database): %d waiting again, %d failed with no attempt left",
-            counted(total, "job"),
-            total - failed,
-            failed,
-        )
-    return total
 
 
 class Upkeep:
@@ -117,7 +82,6 @@ class Upkeep:
         self._statements = statements
         self._leases = leases
         self._acks = acks
-        self._stats = stats
         self._lease = lease
         self._keep_finished = keep_finished
         self._queues = list(queues)
@@ -126,7 +90,10 @@ class Upkeep:
         """Says why each step fails: once per cause (a minute apart while it lasts)."""
         self._sweeps_from = 0.0
         """No sweep before this (``time.monotonic()``): see :meth:`hold_sweeps`."""
-        self._limits = limits
+        self.sweeper = Sweeper(
+            statements.sweep, statements.sweep_alone, lease, stats, limits=limits
+        )
+        """Takes back the expired leases (the claiming connection's first sweep too)."""
         self._swept = False
         """The claiming connection swept first (see :meth:`begin_sweeps`)."""
 
@@ -234,7 +201,7 @@ class Upkeep:
                 statement, params, unless=self.sweeps_held, cancel_safely=True
             )
 
-        await sweep(fetch, self._statements.sweep, self._stats, deadline, limits=self._limits)
+        await self.sweeper.run(fetch, deadline)
 
     def sweeps_held(self) -> bool:
         """Whether sweeps wait now (see :meth:`hold_sweeps`)."""
