@@ -595,8 +595,10 @@ SET state = 'failed', lease_until = NULL, finished_at = pg_catalog.now(), outcom
 FROM ROWS FROM (pg_catalog.unnest(%(ids)s::bigint[]), pg_catalog.unnest(%(errors)s::text[]))
     AS f(id, error)
 WHERE j.id = f.id AND j.state = 'queued'
+RETURNING j.queue
 """
-"""Fail the rows ``ids`` that no service can read, each with its ``errors`` text."""
+"""Fail the rows ``ids`` that no service can read, each with its ``errors`` text; return
+the queue of each row failed (one no longer waiting is left as it is)."""
 
 
 @dataclass(frozen=True)
