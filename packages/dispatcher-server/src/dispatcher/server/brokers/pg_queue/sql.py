@@ -323,9 +323,9 @@ UPDATE {s}.jobs AS j
 SET state = t.next,
     attempts = CASE WHEN t.kind = 'requeue' THEN j.attempts - 1 ELSE j.attempts END,
     max_attempts = t.max_attempts,
-    run_after = CASE WHEN t.next = 'queued'
-                     THEN pg_catalog.now() + pg_catalog.make_interval(secs => t.delay)
-                     ELSE j.run_after END,
+    run_after = CASE
+        WHEN t.next <> 'queued' OR t.kind = 'requeue' AND t.delay = 0 THEN j.run_after
+        ELSE pg_catalog.now() + pg_catalog.make_interval(secs => t.delay) END,
     lease_until = NULL,
     finished_at = CASE WHEN t.next = 'queued' THEN NULL ELSE pg_catalog.now() END,
     outcome = CASE WHEN t.kind = 'requeue' THEN j.outcome ELSE t.outcome END,
@@ -351,7 +351,9 @@ retry waits for its backoff, or fails once the row's ``max_attempts`` are used (
 declared one when the row has the queue's default, which the row then keeps: see
 :mod:`.limits`); a requeue
 (refused, abandoned: the job never ran) waits again, its attempt not counted: at once when
-abandoned, for its ``delay`` when refused.
+abandoned, in its place (its ``run_after`` as it was: a queue's rows are claimed oldest
+first, and one that waited from the time it was given back went behind every job stored
+meanwhile), for its ``delay`` when refused.
 
 The fence: the row is still under the claim the outcome settles (its claim number and
 attempt, and its job's uuid: a failover that lost a row may have given its id to another
