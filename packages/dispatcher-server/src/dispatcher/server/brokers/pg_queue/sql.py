@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dispatcher.schema import QUEUE_WAKEUP_IF_ROOM
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, QUEUE_WAKEUP_IF_ROOM
 from dispatcher.server.brokers.pg_queue.migrations import quoted
 
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -47,6 +47,15 @@ _WAITING_TWIN = """EXISTS (
             WHERE w.state = 'queued' AND w.on_duplicate = 'queue_one' AND w.dup_key = j.dup_key)"""
 """A queue_one row going back to wait while an identical one already waits (at most one
 may: the jobs_one_waiting index); it is cancelled instead."""
+
+_WAKE = f"""CASE WHEN {{when}} AND {QUEUE_WAKEUP_IF_ROOM}
+            THEN pg_catalog.pg_notify('{QUEUE_WAKEUP_CHANNEL}', {{queue}}) IS NULL END"""
+"""Wake the services of the queue ``{queue}`` (a NOTIFY on the wake-up channel, sent at
+commit) when ``{when}``: a row ready again without being stored (given back unstarted, or
+taken back from a dead service) has no publisher to wake them, and they would find it only
+at their next poll (``poll_interval``, the fallback for lost wake-ups). Not while the
+server's NOTIFY queue is half full or more (see ``dispatcher.schema.QUEUE_WAKEUP_IF_ROOM``).
+PostgreSQL sends one NOTIFY per queue however many rows call it in a statement."""
 
 _LIMIT = """CASE WHEN j.max_attempts = %(default_attempts)s THEN greatest({least}, coalesce((
             SELECT d.n
@@ -308,10 +317,11 @@ WITH settled AS (
                  AND {waiting_twin} THEN 'cancelled'
             WHEN s.kind IN ('retry', 'requeue') THEN 'queued'
             ELSE s.kind
-        END AS next
+        END AS next,
+        {woken} AS woken
     FROM settled AS s CROSS JOIN LATERAL (
         SELECT j.state, j.claims, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate,
-            j.dup_key, j.outcome, j.last_error, j.uuid
+            j.dup_key, j.outcome, j.last_error, j.uuid, j.queue
         FROM {s}.jobs AS j WHERE j.id = s.id OFFSET 0
     ) AS j
     WHERE j.claims = s.claims AND j.attempts = s.attempts AND j.uuid = s.uuid
@@ -344,7 +354,10 @@ RETURNING j.queue, t.kind, j.state, j.on_duplicate IN ('serial', 'queue_one'), j
             j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, t.delay)
     END,
     t.state <> 'running'
-"""
+""".replace(
+    "{woken}",
+    _WAKE.replace("{when}", "s.kind = 'requeue' AND s.delay = 0").replace("{queue}", "j.queue"),
+)
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
 retry waits for its backoff, or fails once the row's ``max_attempts`` are used (its task's
@@ -362,7 +375,9 @@ the row as lost (``worker_lost``, no attempt left, the error :data:`SWEEP` write
 nobody claimed it since, so that the late outcome of the job (which did run, or end) is
 the truth (a job handed back unstarted, ``requeue``, leaves such a row as it is). The
 second case is only looked at for a row that is not running: the common one costs nothing
-more.
+more. A job handed back unstarted wakes the services of its queue (see :data:`_WAKE`): it
+is ready at once (an identical queue_one job waiting may cancel it instead: a wake-up for
+nothing, then).
 
 It takes no row lock before its update (a lock per row would write each tuple twice): a
 row locked by another session makes it wait, for the working connection's
@@ -395,7 +410,8 @@ _EXPIRED = """expired AS MATERIALIZED (
             WHEN j.on_duplicate = 'queue_one' AND {waiting_twin} THEN 'cancelled'
             WHEN j.on_duplicate = 'queue_one' THEN {queue_one_back}
             ELSE 'queued'
-        END AS next
+        END AS next,
+        {woken} AS woken
     FROM (
         SELECT j.id, j.state, j.queue, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate,
             j.dup_key
@@ -407,7 +423,8 @@ _EXPIRED = """expired AS MATERIALIZED (
     ) AS j
 )"""
 """The rows whose lease ran out that a sweep takes (``{which}`` narrows them), each with the
-state it goes to: ``{queue_one_back}`` for a queue_one row going back to wait."""
+state it goes to: ``{queue_one_back}`` for a queue_one row going back to wait. Those going
+back to wait wake the services of their queue (see :data:`_WAKE`; ``{woken}`` says which)."""
 
 _TAKE_BACK = """
 UPDATE {s}.jobs AS j
@@ -435,6 +452,12 @@ SELECT e.queue, NULL, e.id FROM expired AS e WHERE e.next = 'alone'
 """.replace("{queue_one_back}", "'alone'")
     .replace("{wait}", "")
     .replace("{which}", "")
+    .replace(
+        "{woken}",
+        _WAKE.replace(
+            "{when}", "j.attempts < j.max_attempts AND j.on_duplicate IS DISTINCT FROM 'queue_one'"
+        ).replace("{queue}", "j.queue"),
+    )
 )
 """Take back up to ``limit`` rows whose lease ran out: their service is gone. The attempt
 counts: the row waits again, or fails when none is left, by its task's declared
@@ -462,6 +485,10 @@ WITH wait AS MATERIALIZED (
 """.replace("{queue_one_back}", "'queued'")
     .replace("{wait}", " CROSS JOIN wait")
     .replace("{which}", " AND j.id = %(id)s")
+    .replace(  # (an identical job waiting may cancel it instead: a wake-up for nothing)
+        "{woken}",
+        _WAKE.replace("{when}", "j.attempts < j.max_attempts").replace("{queue}", "j.queue"),
+    )
 )
 """:data:`SWEEP` of the one row ``id`` that it left alone (a queue_one row going back to
 wait), waiting at most ``lock_wait`` (a ``lock_timeout`` set for this statement alone, pooler
