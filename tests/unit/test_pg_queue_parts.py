@@ -557,8 +557,13 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
                 raise _Enough
 
     class FakeAcks:
+        unwritten = False
+
         async def flush_all(self) -> None:
             pass
+
+        async def wait_unwritten(self, timeout: float) -> None:
+            await sleep(timeout)
 
     from dispatcher.server.brokers.pg_queue import sweeps
     from dispatcher.server.brokers.pg_queue import upkeep as module

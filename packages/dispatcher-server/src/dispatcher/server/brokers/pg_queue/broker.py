@@ -190,6 +190,7 @@ class PgQueueBroker(BrokerBase):
             schema=settings.schema,
             limits=limits,
             spare=self._claims_db,
+            stopping=lambda: self._stopped,
         )
         self._ack_failures = FailureLog(logger)
         """Says why outcomes wait: once per cause (a minute apart while it lasts)."""
@@ -243,8 +244,9 @@ class PgQueueBroker(BrokerBase):
         """
         self._acks.add_settled(settled)
         self._prefetch.ran(item.ran for item in settled if item.ran is not None)
-        if self._db.waiting:
-            return  # the database is away: the upkeep writes them once it is back
+        if self._db.waiting:  # the database is away: the upkeep writes them once it is back
+            self._acks.note_unwritten()
+            return
         try:
             if self._stopped:  # a stop waits for no database: close() says what is left
                 await self._write_while_stopping()

@@ -1,7 +1,8 @@
 """The pg_queue broker's periodic work: renew leases, retry acknowledgements, sweep, purge.
 
 - every ``lease / 3`` seconds: write acknowledgements still waiting, renew held leases (on
-  the claiming connection while the working one cannot be opened);
+  the claiming connection while the working one cannot be opened); in between, every
+  second, the acknowledgements a failure left unwritten, once the database is back;
 - every ``lease / 2`` seconds (and on each new connection): sweep rows whose lease ran
   out back to the queue (or to ``failed`` when no attempt is left), but only right after
   this service's own leases were renewed: after an outage longer than the lease, its own
@@ -23,6 +24,7 @@ service runs is taken for lost and run elsewhere meanwhile.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -50,6 +52,8 @@ BATCH: Final = 1000
 """Rows deleted per statement."""
 PURGE_EVERY: Final = 60.0
 """Seconds between purges of finished rows."""
+OUTCOME_RETRY: Final = 1.0
+"""Seconds between two tries, between rounds, of the outcomes a failure left unwritten."""
 KEEP_TICKS: Final = 2 * TICK_OFFER_WINDOW
 """Seconds a schedule tick is remembered (an hour): twice as long as any service may still
 offer it (:data:`~dispatcher.server.brokers.base.TICK_OFFER_WINDOW`), so that a service
@@ -73,8 +77,12 @@ class Upkeep:
         schema: str | None = None,
         limits: DeclaredAttempts | None = None,
         spare: QueueDatabase | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._db = db
+        self._stopping = stopping
+        """Whether the service stops: the stop writes the last outcomes itself, each write
+        given a few seconds (see ``broker.CLOSE_FLUSH_TIMEOUT``), and none is tried here."""
         self._spare = spare
         """The claiming connection: leases are renewed on it while *db* cannot connect."""
         self._schema = schema
@@ -121,7 +129,7 @@ class Upkeep:
         next_sweep, next_purge = now + self._lease / 2, now + purge_every
         budget = self._lease / 3
         while True:
-            await anyio.sleep(budget)
+            await self._pause(budget)
             # Each step on its own: a failing flush must never cost the renewal of leases.
             renewed = await self._attempt("renewal of leases", SETTLE, self._renew)
             await self._attempt("writing of outcomes", SETTLE, self._acks.flush_all)
@@ -137,6 +145,32 @@ class Upkeep:
                     "purge of finished jobs", PURGE, self.purge, deadline
                 )
                 next_purge = now if finished is False else now + purge_every
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait *seconds*, until the next round, writing the outcomes a failure left unwritten.
+
+        Those of jobs that ended while the database was away, once it is back: tried every
+        :data:`OUTCOME_RETRY` seconds, unless the working connection waits out a reconnect
+        delay, each write given until the round is due. An idle service otherwise left them
+        for its next round, a third of the lease later (minutes, for a long lease), their
+        jobs ``running`` in the table meanwhile and their serial twins waiting. Those whose
+        rows another session holds locked are left to the rounds.
+        """
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            if not self._acks.unwritten:
+                await self._acks.wait_unwritten(left)
+                continue
+            await anyio.sleep(min(left, OUTCOME_RETRY))
+            if self._stopping():
+                continue
+            if time.monotonic() < until and self._acks.unwritten and not self._db.waiting:
+                write = functools.partial(self._write_unwritten, until)
+                await self._attempt("writing of outcomes", SETTLE, write)
+
+    async def _write_unwritten(self, until: float) -> None:
+        """Write the outcomes waiting (those of locked rows aside), by *until* at the latest."""
+        await self._acks.flush(max(until - time.monotonic(), 0.1))
 
     async def _attempt(
         self,
