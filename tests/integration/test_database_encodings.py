@@ -30,6 +30,7 @@ from dispatcher.publish import (
 from dispatcher.publish.pg_text import CHECKED_IN_ADVANCE
 from dispatcher.server.brokers.pg_queue.migrations import migrate
 from support.ctl_here import dispatcherctl
+from support.metrics import free_port, scrape
 from support.service import TASKS, Evidence, ServiceProcess, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -439,3 +440,30 @@ def test_a_row_no_service_can_read_behind_serial_jobs_whose_twin_runs_is_found(
     finally:
         with psycopg.connect(encoded_dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM dispatcher.jobs WHERE id > %s", first)
+
+
+@pytest.mark.parametrize("encoded_dsn", ["SQL_ASCII"], indirect=True)
+def test_a_row_no_service_can_read_counts_as_a_failure_of_its_queue(
+    encoded_dsn: str, channel: str, evidence: Evidence, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """The rows failed for text no service can read were failed by the claim loop itself, not
+    through an outcome: ``dispatcher_pg_queue_failures_total`` (failed jobs, refused ones
+    included, to alert on) did not count them."""
+    queue = f"{QUEUE}_{uuids.uuid4().hex[:8]}"
+    message = json.dumps({"task": TASKS + "record", "args": [str(evidence.path), "x"]})
+    with psycopg.connect(encoded_dsn, autocommit=True, client_encoding="UTF8") as conn:
+        conn.execute(
+            "INSERT INTO dispatcher.jobs (uuid, queue, task, message, max_attempts)"
+            " VALUES (%s, %s, %s, convert_from(%s, 'SQL_ASCII'), 3)",
+            (f"{queue}-bad", queue, TASKS + "record", message[:-1].encode() + b', "\xe9": 1}'),
+        )
+    config = config_of(encoded_dsn, channel)
+    config["brokers"]["pg_queue"]["queues"] = [queue]
+    port = free_port()
+    config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
+    service = start_service(config)
+    service.wait_for_log(r"rejected: its message ")
+    failures = ("dispatcher_pg_queue_failures_total", (("queue", queue),))
+    assert wait_until(lambda: scrape(port).get(failures) == 1, 10)
+    with psycopg.connect(encoded_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM dispatcher.jobs WHERE queue = %s", (queue,))

@@ -90,6 +90,102 @@ def test_jobs_claimed_ahead_are_given_back_on_a_graceful_stop_and_run_once_elsew
     assert ran == Counter(range(10))  # each exactly once
 
 
+def test_jobs_given_back_on_a_graceful_stop_keep_their_place_in_the_queue(
+    start_service: Start,
+    tmp_path: Path,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Jobs claimed ahead and given back unstarted went to wait from the time they were given
+    back, behind every job stored since: a queue's jobs run oldest first (``run_after``,
+    then id), and each stop pushed those a service held to the back of a backlog."""
+    config = queue_config(pg_dsn, schema, channel, prefetch=3)
+    config["service"].update(pool={"min_workers": 1, "max_workers": 1}, shutdown_grace=30)
+    first = start_service(on_node(config, "node-a"))
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    long_job = job_message("wait_for_own_gate", evidence.path, gates, "long")
+    held = [job_message("record", evidence.path, f"held-{n}") for n in range(3)]
+    uuids = enqueue(pg_conn, schema, channel, [long_job, *held])
+    [start] = evidence.wait_for(1)
+    wait_for_states(pg_conn, schema, uuids, {"running"})  # the long job, and three held ahead
+    later = [job_message("record", evidence.path, f"later-{n}") for n in range(3)]
+    later_jobs = enqueue(pg_conn, schema, channel, later)  # the service holds all it may
+
+    first.signal(signal.SIGTERM)
+    wait_for_states(pg_conn, schema, uuids[1:], {"queued"})
+    open_gate(str(gates), start["pid"])
+    assert first.wait() == 0
+
+    second = queue_config(pg_dsn, schema, channel, prefetch=0)  # one job at a time, in order
+    second["service"].update(pool={"min_workers": 1, "max_workers": 1})
+    start_service(on_node(second, "node-b"))
+    wait_for_states(pg_conn, schema, uuids[1:] + later_jobs, {"done"})
+    ran = [record["args"][0] for record in evidence.records() if "args" in record]
+    assert ran == [f"held-{n}" for n in range(3)] + [f"later-{n}" for n in range(3)]
+
+
+def claimed_nothing(conn: Conn, node: str) -> bool:
+    """Whether the service *node* claimed, and now waits for a wake-up or its next poll."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        " AND state = 'idle' AND query LIKE 'WITH quick AS%%' AND datname = current_database()",
+        (f"dispatcher-queue:{node}",),
+    ).fetchone()
+    return row is not None and row[0] > 0
+
+
+def test_jobs_given_back_or_taken_back_wake_the_idle_services_at_once(
+    start_service: Start,
+    tmp_path: Path,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A job that becomes ready without being stored (given back on a graceful stop, or
+    taken back from a dead service by a sweep) sent no wake-up: the idle services found it
+    at their next poll, ``poll_interval`` later (the fallback for lost wake-ups, which a
+    fleet sets long to spare the database), although they could have started it at once."""
+    poll = 60.0
+    config = queue_config(pg_dsn, schema, channel, prefetch=5, poll_interval=poll)
+    config["service"].update(pool={"min_workers": 1, "max_workers": 1}, shutdown_grace=30)
+    first = start_service(on_node(config, "node-a"))
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    long_job = job_message("wait_for_own_gate", evidence.path, gates, "long")
+    held = [job_message("record", evidence.path, f"held-{n}") for n in range(3)]
+    uuids = enqueue(pg_conn, schema, channel, [long_job, *held])
+    [start] = evidence.wait_for(1)
+    wait_for_states(pg_conn, schema, uuids, {"running"})  # the long job, and three held ahead
+    start_service(on_node(config, "node-b"))
+    wait_until(lambda: claimed_nothing(pg_conn, "node-b"), 10)  # every ready job is held
+
+    first.signal(signal.SIGTERM)  # the three held are given back to the queue
+    rows = wait_for_states(pg_conn, schema, uuids[1:], {"done"}, timeout=poll / 4)
+    assert {row["node_id"] for row in rows} == {"node-b"}
+    open_gate(str(gates), start["pid"])
+    assert first.wait() == 0
+
+    # A job of a service that died: its lease runs out in a moment, and a sweep takes it
+    # back while the service that could run it waits for its next poll.
+    lost = job_message("record", evidence.path, "lost")
+    pg_conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (uuid, queue, task, message, max_attempts, state, attempts, claims,"
+            " node_id, started_at, lease_until)"
+            " VALUES (%s, %s, %s, %s, 3, 'running', 1, 1, 'gone', now(), now() + interval '1s')"
+        ).format(sql.Identifier(schema, "jobs")),
+        [lost["uuid"], channel, lost["task"], json.dumps(lost)],
+    )
+    (row,) = wait_for_states(pg_conn, schema, [lost["uuid"]], {"done"}, timeout=poll / 4)
+    assert (row["node_id"], row["attempts"]) == ("node-b", 2)
+
+
 def test_a_late_outcome_from_before_a_retry_never_settles_the_new_claim(
     start_service: Start,
     tmp_path: Path,

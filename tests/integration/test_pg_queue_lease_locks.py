@@ -205,7 +205,7 @@ def race_a_sweep(pg_conn: Conn, other: Conn, schema: str, service: Service) -> t
     finally:
         pg_conn.execute("SELECT pg_advisory_unlock(%s)", (PAUSE,))
         thread.join(10)
-    assert [state for _, state in swept] == ["queued"]  # the dead service's row, not ours
+    assert [state for _, state, _ in swept] == ["queued"]  # the dead service's row, not ours
     return row
 
 

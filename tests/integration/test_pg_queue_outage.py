@@ -112,6 +112,40 @@ def test_a_stop_on_a_database_that_answers_records_every_outcome(
     assert "not recorded" not in service.log, service.log
 
 
+def test_an_outcome_not_written_during_an_outage_is_written_once_the_database_is_back(
+    start_service: Start,
+    tmp_path: Path,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """An outcome whose write failed (the database away as the job ended) waited for the
+    next outcome of the service, or for its next renewal of leases, a third of the lease
+    later: an idle service with a long lease left the job running in the table for minutes
+    after the database came back (its serial twins waiting, get_job() saying running)."""
+    proxy = DatabaseProxy(pg_dsn)
+    proxy.up()
+    try:
+        # A long lease: no round of renewals (every 200 s) comes during the test.
+        config = queue_config(proxy.dsn, schema, channel, lease=600, prefetch=0)
+        service = start_service(config)
+        gates = tmp_path / "gates"
+        gates.mkdir()
+        message = job_message("wait_for_own_gate", evidence.path, gates, "outage")
+        uuids = enqueue(pg_conn, schema, channel, [message])
+        [start] = evidence.wait_for(1)
+        proxy.down()
+        open_gate(str(gates), start["pid"])  # the job ends while the database is away
+        service.wait_for_log(r"1 outcome not recorded yet")
+        proxy.up()
+        (row,) = wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=15)
+        assert row["attempts"] == 1
+    finally:
+        proxy.down()
+
+
 def test_a_service_back_on_the_database_renews_its_own_leases_before_it_sweeps(
     start_service: Start,
     pg_dsn: str,
@@ -271,7 +305,8 @@ def test_status_reports_failing_claims_and_the_log_says_when_claiming_resumes(
         config["brokers"]["socket"] = {"path": str(tmp_path / "dispatcher.sock")}
         config["service"]["node_id"] = "outage-a"
         service = start_service(config)
-        service.wait_for_log(r"cannot claim jobs: cannot execute UPDATE in a read-only")
+        # (Refused as its claiming connection opens: its first sweep, a SELECT that updates.)
+        service.wait_for_log(r"cannot claim jobs: cannot execute SELECT FOR UPDATE in a read-only")
         status = ctl_status(service)
         health = status["pg_queue"]
         assert health["claim_failures"] >= 1, health

@@ -40,7 +40,8 @@ from dispatcher.server.brokers.pg_queue.outcomes import (
     to_ack,
 )
 from dispatcher.server.brokers.pg_queue.sql import Statements
-from dispatcher.server.brokers.pg_queue.upkeep import BATCH, Upkeep, sweep
+from dispatcher.server.brokers.pg_queue.sweeps import Sweeper
+from dispatcher.server.brokers.pg_queue.upkeep import BATCH, Upkeep
 from dispatcher.server.brokers.pg_queue.wakeup import MAX_DUE, Wakeup
 from dispatcher.server.intake import Intake
 from dispatcher.server.jobs import Job
@@ -511,11 +512,12 @@ async def test_a_sweep_or_purge_with_endless_rows_due_stops_at_its_deadline() ->
         nonlocal calls
         calls += 1
         await anyio.sleep(0.001)
-        return [("q", "queued")] * params["limit"]
+        return [("q", "queued", 1)] * params["limit"]
 
     stats = ServiceStats()
     with anyio.fail_after(10):
-        swept = await sweep(fetch, b"SWEEP", stats, time.monotonic() + 0.05)
+        sweeper = Sweeper(b"SWEEP", b"SWEEP_ALONE", 3, stats)
+        swept = await sweeper.run(fetch, time.monotonic() + 0.05)
     assert swept == calls * BATCH > 0
     db: Any = type("Db", (), {"fetch": staticmethod(fetch)})()
     upkeep = Upkeep(
@@ -544,7 +546,7 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
 
     async def fetch(statement: bytes, params: Any, **_: object) -> list[tuple[Any, ...]]:
         clock[0] += 0.1
-        return [("q", "queued")] * params["limit"]
+        return [("q", "queued", 1)] * params["limit"]
 
     renewals: list[float] = []
 
@@ -555,12 +557,19 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
                 raise _Enough
 
     class FakeAcks:
+        unwritten = False
+
         async def flush_all(self) -> None:
             pass
 
+        async def wait_unwritten(self, timeout: float) -> None:
+            await sleep(timeout)
+
+    from dispatcher.server.brokers.pg_queue import sweeps
     from dispatcher.server.brokers.pg_queue import upkeep as module
 
     monkeypatch.setattr(module, "time", type("Clock", (), {"monotonic": lambda: clock[0]}))
+    monkeypatch.setattr(sweeps, "time", type("Clock", (), {"monotonic": lambda: clock[0]}))
     fake_anyio = {"sleep": staticmethod(sleep), "move_on_after": staticmethod(anyio.move_on_after)}
     monkeypatch.setattr(module, "anyio", type("Anyio", (), fake_anyio))
     db: Any = type("Db", (), {"fetch": staticmethod(fetch)})()

@@ -80,11 +80,34 @@ class Acknowledger:
         self._locked: set[tuple[int, int]] = set()
         """The outcomes (row, claim) whose row another session held locked: each is tried
         again alone, by :meth:`flush_all`."""
+        self._failed = anyio.Event()
+        """Set when outcomes are left unwritten by a failure (see :meth:`wait_unwritten`)."""
 
     @property
     def pending(self) -> int:
         """Acknowledgements not written yet."""
         return len(self._pending)
+
+    @property
+    def unwritten(self) -> bool:
+        """Whether outcomes wait that a failure left unwritten (not those of locked rows).
+
+        Those are tried again by :meth:`flush`; the outcomes whose rows another session
+        holds locked only by :meth:`flush_all`.
+        """
+        locked = self._locked
+        return any((ack.id, ack.claim) not in locked for ack in self._pending)
+
+    def note_unwritten(self) -> None:
+        """Outcomes were queued and not written (the database is away): see :meth:`unwritten`."""
+        self._failed.set()
+
+    async def wait_unwritten(self, timeout: float) -> None:
+        """Return once a failure left outcomes unwritten (since the last call), or in *timeout*."""
+        with anyio.move_on_after(timeout):
+            await self._failed.wait()
+        if self._failed.is_set():
+            self._failed = anyio.Event()
 
     def add_settled(self, settled: Sequence[Settled]) -> None:
         """Queue the rows' changes for *settled* (receipts that are not ours are ignored)."""
@@ -125,6 +148,7 @@ class Acknowledger:
             self._pending[:] = alone + others
             waiting: list[Ack] = []
             still: list[Ack] = []
+            written = False
             try:
                 for left in range(len(alone), 0, -1):
                     still = await self._flush_batch(1, limit)
@@ -137,8 +161,11 @@ class Acknowledger:
                         break
                 while self._pending:
                     waiting += await self._flush_batch(self._batch_size, limit)
+                written = True
             finally:
                 self._pending[:0] = waiting + later + still
+                if not written and self._pending:
+                    self.note_unwritten()
 
     async def _flush_batch(self, size: int, limit: float) -> list[Ack]:
         """Write the first *size* outcomes queued; return those whose rows are locked."""

@@ -53,7 +53,7 @@ from dispatcher.server.brokers.pg_queue.outcomes import RetryPolicy
 from dispatcher.server.brokers.pg_queue.prefetch import Prefetch
 from dispatcher.server.brokers.pg_queue.privileges import SCHEDULE, SETTLE, PrivilegeRefused
 from dispatcher.server.brokers.pg_queue.sql import Statements
-from dispatcher.server.brokers.pg_queue.upkeep import Upkeep, sweep
+from dispatcher.server.brokers.pg_queue.upkeep import Upkeep
 from dispatcher.server.brokers.pg_queue.wakeup import Wakeup, listen
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.log_arguments import named_list
@@ -190,6 +190,7 @@ class PgQueueBroker(BrokerBase):
             schema=settings.schema,
             limits=limits,
             spare=self._claims_db,
+            stopping=lambda: self._stopped,
         )
         self._ack_failures = FailureLog(logger)
         """Says why outcomes wait: once per cause (a minute apart while it lasts)."""
@@ -243,8 +244,9 @@ class PgQueueBroker(BrokerBase):
         """
         self._acks.add_settled(settled)
         self._prefetch.ran(item.ran for item in settled if item.ran is not None)
-        if self._db.waiting:
-            return  # the database is away: the upkeep writes them once it is back
+        if self._db.waiting:  # the database is away: the upkeep writes them once it is back
+            self._acks.note_unwritten()
+            return
         try:
             if self._stopped:  # a stop waits for no database: close() says what is left
                 await self._write_while_stopping()
@@ -418,7 +420,7 @@ class PgQueueBroker(BrokerBase):
         await self._came_back(conn, self._claims_db)
         if "claims" not in self._opened:
             if not self._upkeep.sweeps_held():
-                await sweep(fetch, self._statements.sweep, self._stats, limits=self._limits)
+                await self._upkeep.sweeper.run(fetch)
             self._upkeep.begin_sweeps()
         self._opened.add("claims")
 

@@ -308,7 +308,9 @@ class Claimer:
                 self._stats.rejected["invalid_message"] += 1
                 logger.warning("job %d rejected: %s", row, reason)
         if ids:
-            await self._db.fetch(fail, {"ids": ids, "errors": errors})
+            failed = await self._db.fetch(fail, {"ids": ids, "errors": errors})
+            for (queue,) in failed:  # failed jobs, as those whose outcome says so are
+                self._stats.pg_queue_failures[queue] += 1
         return bool(ids)
 
     async def _refused(self, check: bytes, row: int, columns: list[str]) -> str | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dispatcher.schema import QUEUE_WAKEUP_IF_ROOM
+from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, QUEUE_WAKEUP_IF_ROOM
 from dispatcher.server.brokers.pg_queue.migrations import quoted
 
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -47,6 +47,15 @@ _WAITING_TWIN = """EXISTS (
             WHERE w.state = 'queued' AND w.on_duplicate = 'queue_one' AND w.dup_key = j.dup_key)"""
 """A queue_one row going back to wait while an identical one already waits (at most one
 may: the jobs_one_waiting index); it is cancelled instead."""
+
+_WAKE = f"""CASE WHEN {{when}} AND {QUEUE_WAKEUP_IF_ROOM}
+            THEN pg_catalog.pg_notify('{QUEUE_WAKEUP_CHANNEL}', {{queue}}) IS NULL END"""
+"""Wake the services of the queue ``{queue}`` (a NOTIFY on the wake-up channel, sent at
+commit) when ``{when}``: a row ready again without being stored (given back unstarted, or
+taken back from a dead service) has no publisher to wake them, and they would find it only
+at their next poll (``poll_interval``, the fallback for lost wake-ups). Not while the
+server's NOTIFY queue is half full or more (see ``dispatcher.schema.QUEUE_WAKEUP_IF_ROOM``).
+PostgreSQL sends one NOTIFY per queue however many rows call it in a statement."""
 
 _LIMIT = """CASE WHEN j.max_attempts = %(default_attempts)s THEN greatest({least}, coalesce((
             SELECT d.n
@@ -308,10 +317,11 @@ WITH settled AS (
                  AND {waiting_twin} THEN 'cancelled'
             WHEN s.kind IN ('retry', 'requeue') THEN 'queued'
             ELSE s.kind
-        END AS next
+        END AS next,
+        {woken} AS woken
     FROM settled AS s CROSS JOIN LATERAL (
         SELECT j.state, j.claims, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate,
-            j.dup_key, j.outcome, j.last_error, j.uuid
+            j.dup_key, j.outcome, j.last_error, j.uuid, j.queue
         FROM {s}.jobs AS j WHERE j.id = s.id OFFSET 0
     ) AS j
     WHERE j.claims = s.claims AND j.attempts = s.attempts AND j.uuid = s.uuid
@@ -323,9 +333,9 @@ UPDATE {s}.jobs AS j
 SET state = t.next,
     attempts = CASE WHEN t.kind = 'requeue' THEN j.attempts - 1 ELSE j.attempts END,
     max_attempts = t.max_attempts,
-    run_after = CASE WHEN t.next = 'queued'
-                     THEN pg_catalog.now() + pg_catalog.make_interval(secs => t.delay)
-                     ELSE j.run_after END,
+    run_after = CASE
+        WHEN t.next <> 'queued' OR t.kind = 'requeue' AND t.delay = 0 THEN j.run_after
+        ELSE pg_catalog.now() + pg_catalog.make_interval(secs => t.delay) END,
     lease_until = NULL,
     finished_at = CASE WHEN t.next = 'queued' THEN NULL ELSE pg_catalog.now() END,
     outcome = CASE WHEN t.kind = 'requeue' THEN j.outcome ELSE t.outcome END,
@@ -344,14 +354,19 @@ RETURNING j.queue, t.kind, j.state, j.on_duplicate IN ('serial', 'queue_one'), j
             j.task, j.uuid, j.attempts, j.max_attempts, t.outcome, t.delay)
     END,
     t.state <> 'running'
-"""
+""".replace(
+    "{woken}",
+    _WAKE.replace("{when}", "s.kind = 'requeue' AND s.delay = 0").replace("{queue}", "j.queue"),
+)
 """Record a batch of outcomes (see :mod:`.outcomes` for the kinds), given as one JSON array of
 objects (encoding it costs a microsecond per row; psycopg's arrays cost ten times that). A
 retry waits for its backoff, or fails once the row's ``max_attempts`` are used (its task's
 declared one when the row has the queue's default, which the row then keeps: see
 :mod:`.limits`); a requeue
 (refused, abandoned: the job never ran) waits again, its attempt not counted: at once when
-abandoned, for its ``delay`` when refused.
+abandoned, in its place (its ``run_after`` as it was: a queue's rows are claimed oldest
+first, and one that waited from the time it was given back went behind every job stored
+meanwhile), for its ``delay`` when refused.
 
 The fence: the row is still under the claim the outcome settles (its claim number and
 attempt, and its job's uuid: a failover that lost a row may have given its id to another
@@ -360,7 +375,9 @@ the row as lost (``worker_lost``, no attempt left, the error :data:`SWEEP` write
 nobody claimed it since, so that the late outcome of the job (which did run, or end) is
 the truth (a job handed back unstarted, ``requeue``, leaves such a row as it is). The
 second case is only looked at for a row that is not running: the common one costs nothing
-more.
+more. A job handed back unstarted wakes the services of its queue (see :data:`_WAKE`): it
+is ready at once (an identical queue_one job waiting may cancel it instead: a wake-up for
+nothing, then).
 
 It takes no row lock before its update (a lock per row would write each tuple twice): a
 row locked by another session makes it wait, for the working connection's
@@ -387,22 +404,29 @@ ACKNOWLEDGE_USES = Uses(
 )  # fmt: skip
 """The columns of ``jobs`` that :data:`ACKNOWLEDGE` reads and writes."""
 
-SWEEP = """
-WITH expired AS MATERIALIZED (
-    SELECT j.id, j.state, j.max_attempts, CASE
+_EXPIRED = """expired AS MATERIALIZED (
+    SELECT j.id, j.state, j.queue, j.max_attempts, CASE
             WHEN j.attempts >= j.max_attempts THEN 'failed'
             WHEN j.on_duplicate = 'queue_one' AND {waiting_twin} THEN 'cancelled'
+            WHEN j.on_duplicate = 'queue_one' THEN {queue_one_back}
             ELSE 'queued'
-        END AS next
+        END AS next,
+        {woken} AS woken
     FROM (
-        SELECT j.id, j.state, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate, j.dup_key
-        FROM {s}.jobs AS j
-        WHERE j.state = 'running' AND j.lease_until < pg_catalog.now()
+        SELECT j.id, j.state, j.queue, j.attempts, {ack_limit} AS max_attempts, j.on_duplicate,
+            j.dup_key
+        FROM {s}.jobs AS j{wait}
+        WHERE j.state = 'running' AND j.lease_until < pg_catalog.now(){which}
         ORDER BY j.lease_until
         LIMIT %(limit)s
         FOR UPDATE OF j SKIP LOCKED
     ) AS j
-)
+)"""
+"""The rows whose lease ran out that a sweep takes (``{which}`` narrows them), each with the
+state it goes to: ``{queue_one_back}`` for a queue_one row going back to wait. Those going
+back to wait wake the services of their queue (see :data:`_WAKE`; ``{woken}`` says which)."""
+
+_TAKE_BACK = """
 UPDATE {s}.jobs AS j
 SET state = e.next, max_attempts = e.max_attempts, run_after = pg_catalog.now(),
     lease_until = NULL,
@@ -414,16 +438,64 @@ SET state = e.next, max_attempts = e.max_attempts, run_after = pg_catalog.now(),
         j.node_id, j.lease_until, j.attempts)
 FROM expired AS e
 WHERE j.id = ANY(ARRAY[e.id]) AND j.state = e.state AND j.lease_until < pg_catalog.now()
-RETURNING j.queue, j.state
-"""
+  AND e.next <> 'alone'
+RETURNING j.queue, j.state, j.id"""
+"""Take back the rows of ``expired`` (but those left to go ``alone``)."""
+
+SWEEP = (
+    f"""
+WITH {_EXPIRED}, taken AS ({_TAKE_BACK}
+)
+SELECT t.queue, t.state, t.id FROM taken AS t
+UNION ALL
+SELECT e.queue, NULL, e.id FROM expired AS e WHERE e.next = 'alone'
+""".replace("{queue_one_back}", "'alone'")
+    .replace("{wait}", "")
+    .replace("{which}", "")
+    .replace(
+        "{woken}",
+        _WAKE.replace(
+            "{when}", "j.attempts < j.max_attempts AND j.on_duplicate IS DISTINCT FROM 'queue_one'"
+        ).replace("{queue}", "j.queue"),
+    )
+)
 """Take back up to ``limit`` rows whose lease ran out: their service is gone. The attempt
 counts: the row waits again, or fails when none is left, by its task's declared
 ``max_attempts`` when the row has the queue's default (a row claimed by a service that did
 not know it), which the row then keeps (see :mod:`.limits`).
 
+Each row comes back as its queue, its new state and its id; a queue_one row that would go
+back to wait (no identical job waits) is left as it is, and comes back with the state
+``NULL``: :data:`SWEEP_ALONE` takes it back, alone. An identical job may wait unseen, stored
+by a transaction still open (a publisher's, in the application's own transaction): the
+row's entry in the jobs_one_waiting index waits for that transaction to end, and in a
+statement of many rows held them all (the sweep failed at its time limit at each round, no
+expired lease taken back while the transaction lasted, and a service starting meanwhile,
+which sweeps as its claiming connection opens, claimed nothing).
+
 The update finds its rows by id: it compares ``j.state`` with the state they were read in,
 not with the constant ``'running'`` (see :data:`RENEW`), so that the jobs_running index,
 which holds every expired lease, is not read instead."""
+
+SWEEP_ALONE = (
+    f"""
+WITH wait AS MATERIALIZED (
+    SELECT pg_catalog.set_config('lock_timeout', %(lock_wait)s, true) AS lock_wait
+), {_EXPIRED}{_TAKE_BACK}
+""".replace("{queue_one_back}", "'queued'")
+    .replace("{wait}", " CROSS JOIN wait")
+    .replace("{which}", " AND j.id = %(id)s")
+    .replace(  # (an identical job waiting may cancel it instead: a wake-up for nothing)
+        "{woken}",
+        _WAKE.replace("{when}", "j.attempts < j.max_attempts").replace("{queue}", "j.queue"),
+    )
+)
+""":data:`SWEEP` of the one row ``id`` that it left alone (a queue_one row going back to
+wait), waiting at most ``lock_wait`` (a ``lock_timeout`` set for this statement alone, pooler
+or not) for a transaction that holds an identical job it has not committed: the statement
+then fails (``LockNotAvailable``), and the row is tried again at the next sweep (cancelled
+then if that job was committed, back to wait if it was rolled back). Up to ``limit`` (1)
+row: its queue, its new state and its id."""
 
 SWEEP_USES = Uses(
     reads=(
@@ -435,7 +507,7 @@ SWEEP_USES = Uses(
         "last_error",
     ),
 )  # fmt: skip
-"""The columns of ``jobs`` that :data:`SWEEP` reads and writes."""
+"""The columns of ``jobs`` that :data:`SWEEP` (and :data:`SWEEP_ALONE`) reads and writes."""
 
 PURGE = """
 DELETE FROM {s}.jobs WHERE id = ANY(ARRAY(
@@ -552,8 +624,10 @@ SET state = 'failed', lease_until = NULL, finished_at = pg_catalog.now(), outcom
 FROM ROWS FROM (pg_catalog.unnest(%(ids)s::bigint[]), pg_catalog.unnest(%(errors)s::text[]))
     AS f(id, error)
 WHERE j.id = f.id AND j.state = 'queued'
+RETURNING j.queue
 """
-"""Fail the rows ``ids`` that no service can read, each with its ``errors`` text."""
+"""Fail the rows ``ids`` that no service can read, each with its ``errors`` text; return
+the queue of each row failed (one no longer waiting is left as it is)."""
 
 
 @dataclass(frozen=True)
@@ -575,6 +649,8 @@ class Statements:
     quarantine_fail: bytes = b""
     renew_waiting: bytes = b""
     """The renewal of the rows :attr:`renew` found locked, waiting for them briefly."""
+    sweep_alone: bytes = b""
+    """The sweep of one row :attr:`sweep` left alone (a queue_one row going back to wait)."""
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -611,4 +687,5 @@ class Statements:
             make(QUARANTINE_CHECK),
             make(QUARANTINE_FAIL),
             renew_waiting=make(RENEW_WAITING),
+            sweep_alone=make(SWEEP_ALONE),
         )

@@ -1,7 +1,8 @@
 """The pg_queue broker's periodic work: renew leases, retry acknowledgements, sweep, purge.
 
 - every ``lease / 3`` seconds: write acknowledgements still waiting, renew held leases (on
-  the claiming connection while the working one cannot be opened);
+  the claiming connection while the working one cannot be opened); in between, every
+  second, the acknowledgements a failure left unwritten, once the database is back;
 - every ``lease / 2`` seconds (and on each new connection): sweep rows whose lease ran
   out back to the queue (or to ``failed`` when no attempt is left), but only right after
   this service's own leases were renewed: after an outage longer than the lease, its own
@@ -23,6 +24,7 @@ service runs is taken for lost and run elsewhere meanwhile.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -33,11 +35,12 @@ from dispatcher.server.brokers.base import TICK_OFFER_WINDOW
 from dispatcher.server.brokers.pg_queue.acks import Acknowledger
 from dispatcher.server.brokers.pg_queue.database import FAILURES, QueueDatabase, Rows
 from dispatcher.server.brokers.pg_queue.leases import RENEW_LIMIT, Leases
-from dispatcher.server.brokers.pg_queue.limits import NO_LIMITS, DeclaredAttempts
+from dispatcher.server.brokers.pg_queue.limits import DeclaredAttempts
 from dispatcher.server.brokers.pg_queue.privileges import PURGE, SETTLE, Need, explain
 from dispatcher.server.brokers.pg_queue.sql import Statements
+from dispatcher.server.brokers.pg_queue.sweeps import Sweeper
 from dispatcher.server.log_records import get_logger
-from dispatcher.server.log_text import counted, first_line
+from dispatcher.server.log_text import first_line
 from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.stats import ServiceStats
 
@@ -46,49 +49,15 @@ logger = get_logger("dispatcher.pg_queue")
 Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
 
 BATCH: Final = 1000
-"""Rows swept or deleted per statement."""
+"""Rows deleted per statement."""
 PURGE_EVERY: Final = 60.0
 """Seconds between purges of finished rows."""
+OUTCOME_RETRY: Final = 1.0
+"""Seconds between two tries, between rounds, of the outcomes a failure left unwritten."""
 KEEP_TICKS: Final = 2 * TICK_OFFER_WINDOW
 """Seconds a schedule tick is remembered (an hour): twice as long as any service may still
 offer it (:data:`~dispatcher.server.brokers.base.TICK_OFFER_WINDOW`), so that a service
 that offers it late (it was cut off from the database meanwhile) finds it taken."""
-
-
-async def sweep(
-    fetch: Fetch,
-    statement: bytes,
-    stats: ServiceStats,
-    deadline: float = float("inf"),
-    *,
-    limits: DeclaredAttempts | None = None,
-) -> int:
-    """Take back every row whose lease ran out; return how many.
-
-    Or as many as there is time for before the :func:`time.monotonic` *deadline*. A row
-    with the queue's default ``max_attempts`` goes by its task's declared one (*limits*).
-    """
-    total = failed = 0
-    params = {"limit": BATCH, **(NO_LIMITS if limits is None else limits.params())}
-    while time.monotonic() < deadline:
-        rows = await fetch(statement, params)
-        for queue, state in rows:
-            stats.pg_queue_lease_expiries[queue] += 1
-            if state == "failed":
-                stats.pg_queue_failures[queue] += 1
-                failed += 1
-        total += len(rows)
-        if len(rows) < BATCH:
-            break
-    if total:
-        logger.warning(
-            "the leases of %s ran out (not renewed: their service stopped, or could not "
-            "reach the database): %d waiting again, %d failed with no attempt left",
-            counted(total, "job"),
-            total - failed,
-            failed,
-        )
-    return total
 
 
 class Upkeep:
@@ -108,8 +77,12 @@ class Upkeep:
         schema: str | None = None,
         limits: DeclaredAttempts | None = None,
         spare: QueueDatabase | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._db = db
+        self._stopping = stopping
+        """Whether the service stops: the stop writes the last outcomes itself, each write
+        given a few seconds (see ``broker.CLOSE_FLUSH_TIMEOUT``), and none is tried here."""
         self._spare = spare
         """The claiming connection: leases are renewed on it while *db* cannot connect."""
         self._schema = schema
@@ -117,7 +90,6 @@ class Upkeep:
         self._statements = statements
         self._leases = leases
         self._acks = acks
-        self._stats = stats
         self._lease = lease
         self._keep_finished = keep_finished
         self._queues = list(queues)
@@ -126,7 +98,10 @@ class Upkeep:
         """Says why each step fails: once per cause (a minute apart while it lasts)."""
         self._sweeps_from = 0.0
         """No sweep before this (``time.monotonic()``): see :meth:`hold_sweeps`."""
-        self._limits = limits
+        self.sweeper = Sweeper(
+            statements.sweep, statements.sweep_alone, lease, stats, limits=limits
+        )
+        """Takes back the expired leases (the claiming connection's first sweep too)."""
         self._swept = False
         """The claiming connection swept first (see :meth:`begin_sweeps`)."""
 
@@ -154,7 +129,7 @@ class Upkeep:
         next_sweep, next_purge = now + self._lease / 2, now + purge_every
         budget = self._lease / 3
         while True:
-            await anyio.sleep(budget)
+            await self._pause(budget)
             # Each step on its own: a failing flush must never cost the renewal of leases.
             renewed = await self._attempt("renewal of leases", SETTLE, self._renew)
             await self._attempt("writing of outcomes", SETTLE, self._acks.flush_all)
@@ -170,6 +145,32 @@ class Upkeep:
                     "purge of finished jobs", PURGE, self.purge, deadline
                 )
                 next_purge = now if finished is False else now + purge_every
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait *seconds*, until the next round, writing the outcomes a failure left unwritten.
+
+        Those of jobs that ended while the database was away, once it is back: tried every
+        :data:`OUTCOME_RETRY` seconds, unless the working connection waits out a reconnect
+        delay, each write given until the round is due. An idle service otherwise left them
+        for its next round, a third of the lease later (minutes, for a long lease), their
+        jobs ``running`` in the table meanwhile and their serial twins waiting. Those whose
+        rows another session holds locked are left to the rounds.
+        """
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            if not self._acks.unwritten:
+                await self._acks.wait_unwritten(left)
+                continue
+            await anyio.sleep(min(left, OUTCOME_RETRY))
+            if self._stopping():
+                continue
+            if time.monotonic() < until and self._acks.unwritten and not self._db.waiting:
+                write = functools.partial(self._write_unwritten, until)
+                await self._attempt("writing of outcomes", SETTLE, write)
+
+    async def _write_unwritten(self, until: float) -> None:
+        """Write the outcomes waiting (those of locked rows aside), by *until* at the latest."""
+        await self._acks.flush(max(until - time.monotonic(), 0.1))
 
     async def _attempt(
         self,
@@ -234,7 +235,7 @@ class Upkeep:
                 statement, params, unless=self.sweeps_held, cancel_safely=True
             )
 
-        await sweep(fetch, self._statements.sweep, self._stats, deadline, limits=self._limits)
+        await self.sweeper.run(fetch, deadline)
 
     def sweeps_held(self) -> bool:
         """Whether sweeps wait now (see :meth:`hold_sweeps`)."""
