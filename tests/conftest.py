@@ -8,7 +8,16 @@ import psycopg
 import pytest
 
 from support import postgres
+from support.examples import scaled_seconds
 from support.service import Evidence, ServiceProcess
+
+PROPERTY_TEST_TIMEOUT = 180.0
+"""The hang detector of a property test (a Hypothesis ``@given``) that sets none of its own.
+
+A property test does its hundreds of examples on the CPU: the slowest take 20 to 30 s on a
+busy machine with two cores, and took 60 to 80 s (the suite's 60 s timeout) where the
+machine was loaded five times over. Scaled with the examples (``DISPATCHER_TEST_EXAMPLES``).
+"""
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -22,6 +31,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         postgres.configured_dsn()
     except postgres.DeadTestDatabase as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each property test without a timeout of its own :data:`PROPERTY_TEST_TIMEOUT`."""
+    for item in items:
+        is_property_test = getattr(getattr(item, "obj", None), "is_hypothesis_test", False)
+        if is_property_test and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(scaled_seconds(PROPERTY_TEST_TIMEOUT)))
 
 
 @pytest.fixture(scope="session")

@@ -490,12 +490,16 @@ def test_a_service_started_while_the_database_was_out_of_reach_leaves_the_others
     proxy = DatabaseProxy(pg_dsn)
     try:
         service = start_service(queue_config(proxy.dsn, schema, queue, lease=12), wait=False)
+        # The outage the service sees begins with its first attempt, seconds after its
+        # start on a loaded machine (timed from the start, it was a third of the lease).
+        service.wait_for_log(r"pg_queue connection to .* failed", timeout=30)
         back = time.monotonic() + 6  # longer than a third of the lease
         wait_until(lambda: time.monotonic() >= back, timeout=10)
         proxy.up()
-        service.wait_for_log(
+        service.wait_for_log(  # (at its next attempt: up to 5 s away)
             r"taking back no expired lease for 12 s \(the database could not be used for "
-            r"[0-9.]+ s: it could not be reached\)"
+            r"[0-9.]+ s: it could not be reached\)",
+            timeout=30,
         )
         # Its claiming connection is open (it claimed and ran a job), and the other service's
         # job is still its own.

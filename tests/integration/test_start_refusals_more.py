@@ -7,6 +7,7 @@ an error whose text would forge log lines.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -28,10 +29,13 @@ from support.service import (
     worker_pids,
 )
 
-REFUSAL_SECONDS = 8.0
-"""Longest a refusal may take, from the start of the process: under the 10 s after which
-a slow import is reported (what "at once" must be told apart from), with room for a
-loaded machine, where starting the interpreter and the fork server alone takes seconds."""
+HANG_SECONDS = 45.0
+"""Longest a refusal may take, from the start of the process, before it is taken for a hang.
+
+Not how fast it is: starting the interpreter and the fork server alone takes seconds on a
+loaded machine (10 s were seen on one loaded five times over). That it came at once is
+checked by what the service did not do: say that the import was slow (as it does after 10 s
+of it), or wait for the end of the socket a module's child holds (for a minute: longer)."""
 STOP_SECONDS = 2.0
 """Longest a service still importing its task modules may take to stop on SIGTERM."""
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ |  \| )")
@@ -99,12 +103,11 @@ def assert_log_lines_are_the_services(log: str) -> None:
 def test_a_module_that_ends_the_process_is_refused_with_its_exit_status(
     service_config: dict[str, Any], project: Path, tmp_path: Path
 ) -> None:
-    began = time.monotonic()
     service = start(service_config, "exits_t", project, tmp_path)
-    assert service.wait(10) == 3, service.log
-    assert time.monotonic() - began < REFUSAL_SECONDS
+    assert service.wait(HANG_SECONDS) == 3, service.log
     log = service.log
     assert "cannot start: the fork server ended (exit status 7) while it imported" in log
+    assert "still importing" not in log  # not taken for a slow import
     assert "os._exit()" in log
     assert "a new one starts" not in log  # none will: the service does not start
     assert "listening on" not in log
@@ -114,16 +117,20 @@ def test_a_module_that_ends_the_process_is_refused_with_its_exit_status(
 def test_a_module_whose_child_outlives_the_fork_server_is_refused_at_once(
     service_config: dict[str, Any], project: Path, tmp_path: Path
 ) -> None:
-    began = time.monotonic()
     service = start(service_config, "forks_t", project, tmp_path)
     try:
-        assert service.wait(10) == 3, service.log
-        assert time.monotonic() - began < REFUSAL_SECONDS
+        # (Waiting for the end of the socket, which the child holds for a minute, the
+        # refusal would be taken for a hang.)
+        assert service.wait(HANG_SECONDS) == 3, service.log
         assert "the fork server ended (exit status 5) while it imported" in service.log
+        assert "still importing" not in service.log  # not taken for a slow import
     finally:
         child = project / "forks_t.py.pid"
         wait_until(child.exists, timeout=10)
-        os.kill(int(child.read_text()), signal.SIGKILL)
+        # (Gone if the service had adopted it, its fork server ending after the service
+        # began to adopt orphans: it kills those it adopted as it stops.)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize(
@@ -138,7 +145,7 @@ def test_exceptions_beyond_exception_are_refused_like_any_other(
     tmp_path: Path,
 ) -> None:
     service = start(service_config, module, project, tmp_path)
-    assert service.wait(10) == 3, service.log
+    assert service.wait(HANG_SECONDS) == 3, service.log
     assert f"cannot import task module {module!r}" in service.log
     assert f"  | {error}\n" in service.log
     assert f"  | at: {project / module}.py:1\n" in service.log
@@ -148,7 +155,7 @@ def test_an_error_text_cannot_forge_log_lines(
     service_config: dict[str, Any], project: Path, tmp_path: Path
 ) -> None:
     service = start(service_config, "forges_t", project, tmp_path)
-    assert service.wait(10) == 3, service.log
+    assert service.wait(HANG_SECONDS) == 3, service.log
     log = service.log
     assert_log_lines_are_the_services(log)
     assert "\x1b" not in log
@@ -191,7 +198,7 @@ def test_a_sigterm_at_any_moment_of_the_start_stops_the_service_quietly(
         wait_until(lambda pid=pid: catches(pid, signal.SIGTERM), timeout=10, interval=0.001)
         time.sleep(attempt * 0.01)  # the scenario: each time a little further into the start
         service.signal(signal.SIGTERM)
-        assert service.wait(10) == 0, service.log
+        assert service.wait(HANG_SECONDS) == 0, service.log
         assert "Traceback" not in service.log
         service.kill_everything()
 
@@ -209,7 +216,7 @@ def test_two_stop_signals_at_once_during_the_start_stop_the_service_once(
         began = time.monotonic()
         service.signal(signal.SIGINT)
         service.signal(signal.SIGTERM)
-        assert service.wait(10) == 0, service.log
+        assert service.wait(HANG_SECONDS) == 0, service.log
         assert time.monotonic() - began < STOP_SECONDS, service.log
         assert "Traceback" not in service.log
         service.kill_everything()
@@ -223,7 +230,7 @@ def test_a_signal_while_the_service_starts_stops_it_quietly(
     service = start(service_config, "support.service_tasks", project, tmp_path)
     wait_until(lambda: catches(service.pid, signal.SIGTERM), timeout=10, interval=0.001)
     service.signal(number)
-    assert service.wait(10) == 0, service.log
+    assert service.wait(HANG_SECONDS) == 0, service.log
     assert "received SIG" not in service.log  # (it came before the service's own handling)
     assert "Traceback" not in service.log
     assert_log_lines_are_the_services(service.log)

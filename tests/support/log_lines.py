@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Final
 
 FORGED: Final = "x\nCRITICAL dispatcher.service: FORGED LINE"
@@ -20,3 +21,8 @@ def assert_every_line_is_ours(log: str) -> None:
     """Fail on any line of *log* that neither starts a record nor continues one."""
     for line in log.splitlines():
         assert LINE_START.match(line) or line.startswith("  | "), f"line not ours: {line!r}"
+
+
+def logged_at(line: str) -> datetime:
+    """When the service wrote the record *line* starts (its time stamp, to the millisecond)."""
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")

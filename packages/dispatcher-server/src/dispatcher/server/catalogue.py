@@ -15,11 +15,13 @@ MAX_SUGGESTION_CANDIDATES: Final = 5_000
 comparison with each)."""
 
 SUGGESTION_SECONDS: Final = 0.05
-"""Seconds a second at most spent looking for the registered names close to unknown ones
-(each look costs milliseconds with thousands of registered names, up to a second with long
-ones, and anyone who can publish can send unknown names): a look stops when the second's
-budget is spent, and an unknown name then gets no "did you mean" unless it was looked up
-whole before."""
+"""Seconds of CPU time a second at most spent looking for the registered names close to
+unknown ones (each look costs milliseconds with thousands of registered names, up to a
+second with long ones, and anyone who can publish can send unknown names): a look stops
+when the second's budget is spent, and an unknown name then gets no "did you mean" unless
+it was looked up whole before. Only the CPU time counts: on a busy machine a look also waits
+for the CPU, and that wait, counted, took the whole budget from a look of a few
+milliseconds' work (no unknown name got a suggestion)."""
 
 MAX_REMEMBERED_SUGGESTIONS: Final = 1024
 """Unknown names whose look-up is remembered (the oldest are forgotten first)."""
@@ -28,7 +30,11 @@ MAX_REMEMBERED_SUGGESTIONS: Final = 1024
 class TaskCatalogue:
     """Which task names may run. Empty (unknown) until the first worker reports them."""
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.perf_counter,
+        cpu_clock: Callable[[], float] = time.thread_time,
+    ) -> None:
         self.names: frozenset[str] | None = None
         """The registered names; ``None`` until a worker has said."""
         self.queues: Mapping[str, str] = MappingProxyType({})
@@ -41,6 +47,9 @@ class TaskCatalogue:
         that sets none runs under it, whoever published it and however."""
         self._listeners: list[Callable[[frozenset[str]], None]] = []
         self._clock = clock
+        """Tells when a second begins (the wall clock)."""
+        self._cpu_clock = cpu_clock
+        """Tells what a look-up spends: the CPU time of the thread looking."""
         self._close: dict[str, str | None] = {}
         """The registered name close to each unknown name looked up (``None``: none)."""
         self._window = -math.inf
@@ -80,27 +89,28 @@ class TaskCatalogue:
     def close_name(self, name: object) -> str | None:
         """The registered name *name* is likely a typo of, if one is known to be.
 
-        Looked up for at most :data:`SUGGESTION_SECONDS` a second in all (a look-up stops
-        when they are spent), and remembered when the look-up ended; ``None`` otherwise, as
-        for a name close to none (or before the names are known).
+        Looked up for at most :data:`SUGGESTION_SECONDS` of CPU time a second in all (a
+        look-up stops when they are spent), and remembered when the look-up ended; ``None``
+        otherwise, as for a name close to none (or before the names are known).
         """
         names = self.names
         if names is None or not isinstance(name, str) or len(names) > MAX_SUGGESTION_CANDIDATES:
             return None
         if name in self._close:
             return self._close[name]
-        began = self._clock()
-        if began - self._window >= 1.0:
-            self._window, self._spent = began, 0.0
+        now = self._clock()
+        if now - self._window >= 1.0:
+            self._window, self._spent = now, 0.0
         if self._spent >= SUGGESTION_SECONDS:
             return None
+        began = self._cpu_clock()
         deadline = began + SUGGESTION_SECONDS - self._spent
         try:
-            close = close_task_name(name, names, deadline, self._clock)
+            close = close_task_name(name, names, deadline, self._cpu_clock)
         except TimeoutError:  # not remembered: it may be found whole in a later second
             self._spent = SUGGESTION_SECONDS
             return None
-        self._spent += self._clock() - began
+        self._spent += self._cpu_clock() - began
         if len(self._close) >= MAX_REMEMBERED_SUGGESTIONS:
             del self._close[next(iter(self._close))]
         self._close[name] = close
