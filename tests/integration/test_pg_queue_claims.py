@@ -103,15 +103,8 @@ def test_jobs_given_back_on_a_graceful_stop_keep_their_place_in_the_queue(
     back, behind every job stored since: a queue's jobs run oldest first (``run_after``,
     then id), and each stop pushed those a service held to the back of a backlog."""
     config = queue_config(pg_dsn, schema, channel, prefetch=3)
-    config["service"].update(pool={"min_workers": 1, "max_workers": 1}, shutdown_grace=30)
-    first = start_service(on_node(config, "node-a"))
     gates = tmp_path / "gates"
-    gates.mkdir()
-    long_job = job_message("wait_for_own_gate", evidence.path, gates, "long")
-    held = [job_message("record", evidence.path, f"held-{n}") for n in range(3)]
-    uuids = enqueue(pg_conn, schema, channel, [long_job, *held])
-    [start] = evidence.wait_for(1)
-    wait_for_states(pg_conn, schema, uuids, {"running"})  # the long job, and three held ahead
+    first, start, uuids = holding_three_ahead(start_service, config, pg_conn, evidence, gates)
     later = [job_message("record", evidence.path, f"later-{n}") for n in range(3)]
     later_jobs = enqueue(pg_conn, schema, channel, later)  # the service holds all it may
 
@@ -126,6 +119,29 @@ def test_jobs_given_back_on_a_graceful_stop_keep_their_place_in_the_queue(
     wait_for_states(pg_conn, schema, uuids[1:] + later_jobs, {"done"})
     ran = [record["args"][0] for record in evidence.records() if "args" in record]
     assert ran == [f"held-{n}" for n in range(3)] + [f"later-{n}" for n in range(3)]
+
+
+def holding_three_ahead(
+    start_service: Start,
+    config: dict[str, Any],
+    conn: Conn,
+    evidence: Evidence,
+    gates: Path,
+) -> tuple[ServiceProcess, dict[str, Any], list[str]]:
+    """Start the service ``node-a`` (one worker) on *config*'s queue and store four jobs: a
+    long one, which runs until its gate in *gates* opens, and three the service claims ahead
+    of it. Returns the service, the long job's start record and the uuids (the long job's
+    first), once all four are ``running``."""
+    config["service"].update(pool={"min_workers": 1, "max_workers": 1}, shutdown_grace=30)
+    service = start_service(on_node(config, "node-a"))
+    gates.mkdir()
+    long_job = job_message("wait_for_own_gate", evidence.path, gates, "long")
+    held = [job_message("record", evidence.path, f"held-{n}") for n in range(3)]
+    section = config["brokers"]["pg_queue"]
+    uuids = enqueue(conn, section["schema"], section["queues"][0], [long_job, *held])
+    [start] = evidence.wait_for(1)
+    wait_for_states(conn, section["schema"], uuids, {"running"})
+    return service, start, uuids
 
 
 def claimed_nothing(conn: Conn, node: str) -> bool:
@@ -153,15 +169,8 @@ def test_jobs_given_back_or_taken_back_wake_the_idle_services_at_once(
     fleet sets long to spare the database), although they could have started it at once."""
     poll = 60.0
     config = queue_config(pg_dsn, schema, channel, prefetch=5, poll_interval=poll)
-    config["service"].update(pool={"min_workers": 1, "max_workers": 1}, shutdown_grace=30)
-    first = start_service(on_node(config, "node-a"))
     gates = tmp_path / "gates"
-    gates.mkdir()
-    long_job = job_message("wait_for_own_gate", evidence.path, gates, "long")
-    held = [job_message("record", evidence.path, f"held-{n}") for n in range(3)]
-    uuids = enqueue(pg_conn, schema, channel, [long_job, *held])
-    [start] = evidence.wait_for(1)
-    wait_for_states(pg_conn, schema, uuids, {"running"})  # the long job, and three held ahead
+    first, start, uuids = holding_three_ahead(start_service, config, pg_conn, evidence, gates)
     start_service(on_node(config, "node-b"))
     wait_until(lambda: claimed_nothing(pg_conn, "node-b"), 10)  # every ready job is held
 
