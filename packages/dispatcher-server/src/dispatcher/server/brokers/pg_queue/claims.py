@@ -16,7 +16,7 @@ A claim and its deliveries are never cut in two by a shutdown: rows claimed are 
 delivered (and so always acknowledged).
 
 Over several queues, a claim shares its rows among the queues that have ready jobs, which
-take turns in the order of the list it is given (see ``sql.CLAIM``); the loop rotates that
+take turns in the order of the list it is given (see ``sql_claims.CLAIM``); the loop rotates that
 list after each claim, to begin after the last queue that got the most rows, so that no
 queue waits behind a busier one, even when each claim takes one job.
 """

@@ -129,7 +129,7 @@ claims skip locked rows): a row another session holds locked (``SELECT ... FOR U
 stops an outcome's write for that long at most, not for the ``statement_timeout``, and the
 renewals of leases that share the connection do not wait behind it (see :mod:`.acks`). The
 renewal's second try of the rows it found locked sets a shorter one for itself alone (see
-``sql.RENEW_WAITING``), pooler or not.
+``sql_outcomes.RENEW_WAITING``), pooler or not.
 
 JIT compilation is off: PostgreSQL decides it from the plan's estimated cost, which for a
 claim over a large backlog (the ``LIMIT`` aside) passes ``jit_above_cost``, and then

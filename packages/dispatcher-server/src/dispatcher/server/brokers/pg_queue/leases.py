@@ -26,10 +26,10 @@ MAX_NAMED: Final = 20
 
 LOCK_WAIT: Final = 0.05
 """Most seconds a renewal waits for the rows it found locked, once it renewed the others
-(see ``sql.RENEW_WAITING``); a thirtieth of the lease when that is shorter. A claim or a sweep
-of another service may hold a row it met as it changed (just claimed, or renewed) until
-that statement ends, milliseconds (see ``sql.RENEW``): waited for, not taken for a lock
-that lasts."""
+(see ``sql_outcomes.RENEW_WAITING``); a thirtieth of the lease when that is shorter. A
+claim or a sweep of another service may hold a row it met as it changed (just claimed, or
+renewed) until that statement ends, milliseconds (see ``sql_outcomes.RENEW``): waited for,
+not taken for a lock that lasts."""
 
 HELD_BRIEFLY: Final = (
     "a claim or a sweep of a service of this queue that met a row as it changed holds it "
@@ -59,9 +59,9 @@ class Leases:
         waiting: bytes = b"",
         lock_wait: float | None = None,
     ) -> None:
-        """Renew through *db* with *statement* (``sql.RENEW``), for *lease* seconds.
+        """Renew through *db* with *statement* (``sql_outcomes.RENEW``), for *lease* seconds.
 
-        *waiting* (``sql.RENEW_WAITING``; none: not tried) renews at once the rows
+        *waiting* (``sql_outcomes.RENEW_WAITING``; none: not tried) renews at once the rows
         *statement* found locked, waiting *lock_wait* seconds at most for each (default:
         :data:`LOCK_WAIT`, a thirtieth of the lease when that is shorter).
         """

@@ -24,8 +24,16 @@ import psycopg
 
 from dispatcher.publish.refusals import with_cause
 from dispatcher.schema import DispatcherError
-from dispatcher.server.brokers.pg_queue import sql
 from dispatcher.server.brokers.pg_queue.migrations import VERSION_TABLE, quoted
+from dispatcher.server.brokers.pg_queue.sql_claims import CLAIM_USES
+from dispatcher.server.brokers.pg_queue.sql_outcomes import ACKNOWLEDGE_USES, RENEW_USES
+from dispatcher.server.brokers.pg_queue.sql_shared import Uses
+from dispatcher.server.brokers.pg_queue.sql_sweeps import SWEEP_USES
+from dispatcher.server.brokers.pg_queue.sql_upkeep import (
+    PURGE_TICKS_USES,
+    PURGE_USES,
+    SUBMIT_TICK_USES,
+)
 from dispatcher.server.log_text import first_line
 
 SCHEMA: Final = ""
@@ -49,7 +57,7 @@ class Need(NamedTuple):
     columns: tuple[str, ...] | None = None
 
 
-def _uses(table: str, purpose: str, *uses: sql.Uses, lock: bool = False) -> tuple[Need, ...]:
+def _uses(table: str, purpose: str, *uses: Uses, lock: bool = False) -> tuple[Need, ...]:
     """The ``SELECT`` and ``UPDATE`` of *table* that statements of these *uses* need.
 
     *lock*: they lock rows (``FOR UPDATE``), which needs ``UPDATE`` on a column at least.
@@ -64,15 +72,13 @@ def _uses(table: str, purpose: str, *uses: sql.Uses, lock: bool = False) -> tupl
 
 REACH: Final = (Need(SCHEMA, "USAGE", "reaching the tables"),)
 VERSION: Final = (Need(VERSION_TABLE, "SELECT", "reading the tables' version", ("version",)),)
-CLAIM: Final = _uses("jobs", "claiming jobs", sql.CLAIM_USES)
-SETTLE: Final = _uses(
-    "jobs", "recording their outcomes", sql.RENEW_USES, sql.ACKNOWLEDGE_USES, sql.SWEEP_USES
-)
+CLAIM: Final = _uses("jobs", "claiming jobs", CLAIM_USES)
+SETTLE: Final = _uses("jobs", "recording their outcomes", RENEW_USES, ACKNOWLEDGE_USES, SWEEP_USES)
 """Renewing leases, writing outcomes, sweeping lost leases."""
 PURGE: Final = (
-    *_uses("jobs", "purging finished jobs", sql.PURGE_USES, lock=True),
+    *_uses("jobs", "purging finished jobs", PURGE_USES, lock=True),
     Need("jobs", "DELETE", "purging finished jobs"),
-    *_uses("schedule_ticks", "purging old schedule ticks", sql.PURGE_TICKS_USES),
+    *_uses("schedule_ticks", "purging old schedule ticks", PURGE_TICKS_USES),
     Need("schedule_ticks", "DELETE", "purging old schedule ticks"),
 )
 SCHEDULE: Final = (
@@ -80,7 +86,7 @@ SCHEDULE: Final = (
     Need("schedule_ticks", "INSERT", "storing the jobs of schedules"),
     *(
         need
-        for table, uses in sql.SUBMIT_TICK_USES.items()
+        for table, uses in SUBMIT_TICK_USES.items()
         for need in _uses(table, "storing the jobs of schedules", uses)
     ),
 )

@@ -1,7 +1,7 @@
 """Taking back the rows whose lease ran out: their service died, or lost the database.
 
-A batch of rows per statement (``sql.SWEEP``), but for the queue_one rows that go back to
-wait: each of those is taken back by a statement of its own (``sql.SWEEP_ALONE``), which
+A batch of rows per statement (``sql_sweeps.SWEEP``), but for the queue_one rows that go back to
+wait: each of those is taken back by a statement of its own (``sql_sweeps.SWEEP_ALONE``), which
 waits briefly for an identical job that a transaction still open has stored (its entry in
 the unique index of waiting queue_one jobs holds the row until that transaction ends). Such
 a row is left as it is until the next sweep; the others never wait for it.
