@@ -186,7 +186,9 @@ def refusal(report: Mapping[str, Any] | None, modules: Sequence[str], source: st
             ]
         )
     module = report.get("module")
-    if report.get("field") == "worker.class":
+    if report.get("unusable"):
+        lines = [f"worker.class {report.get('name')!r} cannot be used (worker.class in {source})"]
+    elif report.get("field") == "worker.class":
         lines = [f"cannot import worker.class {report.get('name')!r} (worker.class in {source})"]
     else:
         lines = [f"cannot import task module {module!r} (tasks.modules in {source})"]
@@ -195,6 +197,8 @@ def refusal(report: Mapping[str, Any] | None, modules: Sequence[str], source: st
         lines.append(f"at: {report['location']}")
     if report.get("raised_in"):
         lines.append(f"raised in: {report['raised_in']}")
+    if report.get("hint"):
+        lines.append(f"hint: {report['hint']}")
     if report.get("import_error") and report.get("field") != "worker.class":
         lines += _import_hints(report, str(module), source)
     return "\n".join(lines)

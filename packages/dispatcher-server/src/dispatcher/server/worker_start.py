@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import Any, Final
 
 from dispatcher.publish import registry
 from dispatcher.server.hooks import BaseWorker
@@ -83,14 +83,55 @@ def load_hooks(path: str | None, worker_id: int) -> BaseWorker:
     """The hooks of worker *worker_id*: an instance of the class at *path* (``worker.class``).
 
     :class:`~dispatcher.server.hooks.BaseWorker` itself when *path* is ``None``.
+
+    :raises StartFailed: when *path* names no subclass of ``BaseWorker`` (a subclass of
+        dispatcherd's ``TaskWorker`` among others), or its constructor fails.
     """
     if path is None:
         return BaseWorker(worker_id)
     module_name, _, class_name = path.rpartition(".")
-    hooks_class = getattr(importlib.import_module(module_name), class_name, None)
+    module = importlib.import_module(module_name)
+    if not hasattr(module, class_name):
+        raise StartFailed(
+            _unusable(path, f"module {module_name!r} has no attribute {class_name!r}")
+        )
+    hooks_class = getattr(module, class_name)
     if not isinstance(hooks_class, type):
-        raise TypeError(f"worker.class: {path} is not a class")
-    instance = hooks_class(worker_id)
-    if not isinstance(instance, BaseWorker):
-        raise TypeError(f"worker.class: {path} must subclass dispatcher.server.BaseWorker")
-    return instance
+        kind = type(hooks_class).__name__
+        raise StartFailed(_unusable(path, f"{path} is not a class (a {kind})"))
+    if not issubclass(hooks_class, BaseWorker):
+        error = f"{path} does not subclass dispatcher.server.BaseWorker"
+        raise StartFailed(_unusable(path, error, _base_class_hint(hooks_class)))
+    try:
+        return hooks_class(worker_id)
+    except Exception as exc:  # the application's code: said as an import error is
+        raise StartFailed({**failure(module_name, exc), **_unusable(path, "")}) from None
+
+
+HOOK_NAMES: Final = ("on_start", "pre_task", "post_task", "on_idle", "on_shutdown")
+"""The hooks of :class:`~dispatcher.server.hooks.BaseWorker` (dispatcherd's have these names)."""
+
+
+def _unusable(path: str, error: str, hint: str | None = None) -> dict[str, Any]:
+    """The report of ``worker.class`` *path*, imported but unusable: *error* says why."""
+    report: dict[str, Any] = {"field": "worker.class", "name": path, "unusable": True}
+    if error:
+        report["error"] = error
+    if hint:
+        report["hint"] = hint
+    return report
+
+
+def _base_class_hint(hooks_class: type) -> str:
+    """What to do with *hooks_class*, which is no ``BaseWorker``: port it, or subclass ours."""
+    hooks = ", ".join(HOOK_NAMES[:-1]) + f" and {HOOK_NAMES[-1]}"
+    for base in hooks_class.__mro__[1:]:
+        if base.__module__.partition(".")[0] == "dispatcherd":
+            return (
+                f"it subclasses dispatcherd's {base.__module__}.{base.__qualname__}, whose "
+                f"workers run another loop: move its hooks ({', '.join(HOOK_NAMES)}) to a "
+                "subclass of dispatcher.server.BaseWorker (its other methods, such as "
+                "run_callable, are never called here: wrap each task in pre_task and "
+                "post_task instead)"
+            )
+    return f"subclass dispatcher.server.BaseWorker, whose hooks are {hooks}"
