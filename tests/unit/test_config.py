@@ -308,10 +308,15 @@ def test_unusable_file_content(tmp_path: Path, content: bytes, message: str | No
         assert str(caught.value) == message
 
 
-def test_missing_file(tmp_path: Path) -> None:
+def test_missing_file_names_the_folder_a_relative_path_was_looked_for_in(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(ConfigError) as caught:
         setup(file_path="nope.yml")
-    assert str(caught.value) == "nope.yml: file not found"
+    assert str(caught.value) == f"nope.yml: file not found in {Path.cwd()}"
+    with pytest.raises(ConfigError) as caught:
+        setup(file_path=str(tmp_path / "nope.yml"))
+    assert str(caught.value) == f"{tmp_path / 'nope.yml'}: file not found"
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:

@@ -18,15 +18,18 @@ class ConfigError(DispatcherError):
         """Where the config came from: a file name as given, or ``config`` for a dict."""
         self.problems = list(problems)
         """What is wrong, one ``location: reason`` (or plain reason) per entry."""
-        shown = source if source.isprintable() else _escaped(source)
+        shown = escaped(source)
         super().__init__("\n".join(f"{shown}: {problem}" for problem in self.problems))
 
 
-def _escaped(text: str) -> str:
+def escaped(text: str) -> str:
     r"""*text* with its non-printable characters escaped (``\x1b``).
 
-    A file name given on a command line may hold a terminal's escape sequence.
+    A file name given on a command line (or a folder's name) may hold a terminal's escape
+    sequence.
     """
+    if text.isprintable():
+        return text
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 

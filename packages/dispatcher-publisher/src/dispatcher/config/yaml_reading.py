@@ -14,7 +14,7 @@ import re
 import warnings
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
-from dispatcher.config.errors import ConfigError
+from dispatcher.config.errors import ConfigError, escaped
 from dispatcher.config.unusable_values import MAX_CONFIG_VALUES
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def read_yaml(file_path: str | os.PathLike[str]) -> Any:
         with open(file_path, "rb") as stream:
             data = read_limited(stream, source)
     except FileNotFoundError:
-        raise ConfigError(source, ["file not found"]) from None
+        raise ConfigError(source, [_not_found(source)]) from None
     except IsADirectoryError:
         raise ConfigError(source, ["is a directory, not a file"]) from None
     except PermissionError:
@@ -44,6 +44,17 @@ def read_yaml(file_path: str | os.PathLike[str]) -> Any:
     except OSError as exc:
         raise ConfigError(source, [exc.strerror or str(exc)]) from None
     return parse_yaml(source, data)
+
+
+def _not_found(source: str) -> str:
+    """Why *source* was not read: with the folder it was looked for in when it is relative.
+
+    A relative path is read from the working directory, which is not always the one the
+    reader thinks of (a service started elsewhere, a unit's ``WorkingDirectory``).
+    """
+    if os.path.isabs(source):
+        return "file not found"
+    return f"file not found in {escaped(os.getcwd())}"
 
 
 def parse_yaml(source: str, data: bytes) -> Any:
