@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from dispatcher.config import ConfigError, load_settings, plugins
-from dispatcher.publish import routing
+from dispatcher.publish import PublishError, routing
 from dispatcher.server.brokers.base import (
     BrokerBase,
     BrokerContext,
@@ -323,3 +323,12 @@ def test_plugin_names_reach_the_publisher_without_server_code(
     assert plugins.load_plugin("example_spool").publisher == (
         "dispatcher_example_broker.publisher:create"
     )
+
+
+def test_a_config_without_brokers_says_to_configure_one() -> None:
+    with pytest.raises(PublishError) as caught:
+        routing.default_broker(load_settings({"version": 1}))
+    message = str(caught.value)
+    assert message.startswith("config configures no broker: add one under brokers")
+    assert "brokers.pg_notify" in message
+    assert "default_broker" not in message  # naming a broker needs one configured first

@@ -93,12 +93,16 @@ def default_broker(settings: Settings | None = None) -> PublishBroker:
     if name is None and "pg_notify" in names:
         name = "pg_notify"
     if name is None:
+        if not names:
+            raise PublishError(
+                f"{settings.source} configures no broker: add one under brokers, "
+                "e.g. brokers.pg_notify with its conninfo and channels"
+            )
         others = [n for n in names if n != "socket"] or list(names)
         if len(others) != 1:
             raise PublishError(
-                f"cannot submit tasks: {settings.source} configures "
-                + ("no broker" if not names else f"brokers {', '.join(names)}")
-                + "; set publish.default_broker"
+                f"{settings.source} configures brokers {', '.join(names)}: "
+                "set publish.default_broker to the one tasks go through by default"
             )
         name = others[0]
     return publish_broker(name, settings)
