@@ -36,6 +36,7 @@ from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT,
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
 from dispatcher.server.brokers.pg_connections import open_connection, start_listening
 from dispatcher.server.brokers.pg_notify.drain import Drain
+from dispatcher.server.brokers.pg_notify.neighbours import others_on, warn_of_others
 from dispatcher.server.brokers.pg_notify.outbox import Outbox, Outgoing
 from dispatcher.server.brokers.pg_notify.self_check import SelfCheck, SelfCheckStuck
 from dispatcher.server.log_arguments import named_list
@@ -88,6 +89,9 @@ class PgNotifyBroker(BrokerBase):
                     # comes this way.
                     conn.add_notify_handler(drain.take)
                     await self._listen(conn)
+                    if not self._stats.listener_connects and self.channels:
+                        timeout = self.settings.self_check_timeout
+                        warn_of_others(await others_on(conn, self.channels, timeout))
                     reached = describe_connection(conn, self.settings.conninfo)
                     connected_at = time.monotonic()
                     failures.ended()
