@@ -327,6 +327,8 @@ def test_an_address_another_process_holds_stops_the_start(
         service_config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
         said = (
             rf"cannot start: cannot serve metrics on 127\.0\.0\.1:{port}: .*address already in use"
+            r"; another process holds the port \(is this service already running\?\): stop it, "
+            r"or choose another service\.metrics\.port"
         )
     else:
         holder = socket.socket(socket.AF_UNIX)

@@ -15,6 +15,7 @@ it outlives running out of file descriptors (see :mod:`dispatcher.server.accepti
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
@@ -178,7 +179,13 @@ class MetricsServer:
                 return await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
             except OSError as exc:
                 where = f"{self.host}:{self.port}"
-                raise StartRefused(f"cannot serve metrics on {where}: {exc}") from None
+                hint = ""
+                if exc.errno == errno.EADDRINUSE:
+                    hint = (
+                        "; another process holds the port (is this service already running?): "
+                        "stop it, or choose another service.metrics.port"
+                    )
+                raise StartRefused(f"cannot serve metrics on {where}: {exc}{hint}") from None
             except RuntimeError as exc:  # no thread: a limit reached, maybe for a moment
                 delay = backoff.next_delay()
                 logger.warning(
