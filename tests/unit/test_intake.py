@@ -181,6 +181,11 @@ def test_rejections(
         ("myapp.tasks.send_confirmaton", " (did you mean 'myapp.tasks.send_confirmation'?)"),
         ("myap.tasks.slow", " (did you mean 'myapp.tasks.slow'?)"),
         ("myapp.mails.slow", ""),
+        (  # the publisher's script defined it: no service can import that module
+            "__main__.slow",
+            " (it was defined in the script that sent it, run as __main__, which no service "
+            "imports: define it in a module of tasks.modules and import it from there)",
+        ),
     ],
 )
 def test_an_unknown_task_is_suggested_a_name_only_when_it_looks_like_a_typo(

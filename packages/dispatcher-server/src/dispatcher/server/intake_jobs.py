@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 from dispatcher.config import Limits
 from dispatcher.schema import duplicate_identity, new_uuid
@@ -21,6 +21,15 @@ from dispatcher.server.protocol import run_line
 from dispatcher.server.rejection import Rejected
 
 logger = get_logger("dispatcher.intake")
+
+MAIN_PREFIX: Final = "__main__."
+"""How the names of tasks defined in a script run as a program begin."""
+
+MAIN_HINT: Final = (
+    " (it was defined in the script that sent it, run as __main__, which no service imports: "
+    "define it in a module of tasks.modules and import it from there)"
+)
+"""What the rejection of a ``__main__`` task adds: the publisher warned of it too."""
 
 
 class JobMaker:
@@ -104,8 +113,11 @@ class JobMaker:
     def _suggestion(self, name: str) -> str:
         """``" (did you mean 'x'?)"`` when a registered name is close to *name*, else ``""``.
 
-        Not always: see :meth:`TaskCatalogue.close_name`.
+        Not always: see :meth:`TaskCatalogue.close_name`. A task of ``__main__`` gets what
+        to do instead: no service imports the script that defined it.
         """
+        if name.startswith(MAIN_PREFIX):
+            return MAIN_HINT
         close = self._catalogue.close_name(name)
         return f" (did you mean {close!r}?)" if close is not None else ""
 
