@@ -65,3 +65,29 @@ def test_refusals_without_a_report_or_without_tasks() -> None:
     assert refusal({"ok": True, "task_count": 2}, ["a"], "d.yml") is None
     assert missing_modules([], "d.yml") is not None
     assert missing_modules(["a"], "d.yml") is None
+
+
+def test_a_worker_class_whose_module_is_missing_gets_a_hint_not_the_services_own_line(
+    modules: Path,
+) -> None:
+    """The import is the service's own code: no line of it is the user's to look at."""
+    from dispatcher.server.worker_start import StartFailed, import_task_code
+
+    (modules / "hooks_pkg_t").mkdir()
+    (modules / "hooks_pkg_t" / "__init__.py").write_text("")
+    try:
+        with pytest.raises(StartFailed) as caught:
+            import_task_code((), "hooks_pkg_t.worker.AppWorker", 0)
+    finally:
+        sys.modules.pop("hooks_pkg_t", None)
+    text = refusal(caught.value.report, [], "d.yml")
+    assert text is not None
+    assert text.splitlines() == [
+        "cannot import worker.class 'hooks_pkg_t.worker.AppWorker' (worker.class in d.yml)",
+        "error: ModuleNotFoundError: No module named 'hooks_pkg_t.worker'",
+        f"working directory: {modules} (on sys.path)",
+        text.splitlines()[3],  # sys.path, as for a task module
+        "hint: the package 'hooks_pkg_t' was found, but holds no module 'worker': check the "
+        "name in worker.class",
+    ]
+    assert text.splitlines()[3].startswith("sys.path: ")

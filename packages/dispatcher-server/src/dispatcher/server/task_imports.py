@@ -123,6 +123,7 @@ def _locations(module: str, exc: BaseException) -> tuple[str | None, str | None]
     user = raised = None
     own = _own_folders(module)
     libraries = _library_folders()
+    ours = _dispatcher_folders()
     for frame in traceback.extract_tb(exc.__traceback__):
         name = frame.filename
         if name.startswith("<frozen ") or name == _THIS_FILE:
@@ -130,6 +131,8 @@ def _locations(module: str, exc: BaseException) -> tuple[str | None, str | None]
         path = os.path.abspath(name)
         if os.path.dirname(path) == _IMPORTLIB_DIR:
             continue
+        if user is None and raised is None and _under(path, ours) and not _under(path, own):
+            continue  # the service's own call of the import (worker.class): none of the user's
         raised = f"{name}:{frame.lineno}"
         if _under(path, own) or not _under(path, libraries):
             user = raised
@@ -148,9 +151,14 @@ def _library_folders() -> list[str]:
     folders = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
     with contextlib.suppress(AttributeError):
         folders.update(site.getsitepackages())
-    namespace = sys.modules.get("dispatcher")
-    folders.update(getattr(namespace, "__path__", ()))
+    folders.update(_dispatcher_folders())
     return [os.path.abspath(folder) for folder in folders if folder]
+
+
+def _dispatcher_folders() -> list[str]:
+    """The folders of this project's own packages (the ``dispatcher`` namespace)."""
+    namespace = sys.modules.get("dispatcher")
+    return [os.path.abspath(folder) for folder in getattr(namespace, "__path__", ()) if folder]
 
 
 def _own_folders(module: str) -> list[str]:
@@ -199,13 +207,19 @@ def refusal(report: Mapping[str, Any] | None, modules: Sequence[str], source: st
         lines.append(f"raised in: {report['raised_in']}")
     if report.get("hint"):
         lines.append(f"hint: {report['hint']}")
-    if report.get("import_error") and report.get("field") != "worker.class":
+    if report.get("import_error"):
         lines += _import_hints(report, str(module), source)
     return "\n".join(lines)
 
 
 def _import_hints(report: Mapping[str, Any], module: str, source: str) -> list[str]:
-    """Where Python looked for the module, and what to do about it (*source*: the config)."""
+    """Where Python looked for the module, and what to do about it (*source*: the config).
+
+    The module is a task module, or the module of ``worker.class`` (the report's ``field``).
+    """
+    field = str(report.get("field") or "tasks.modules")
+    named = "task module" if field == "tasks.modules" else "module of worker.class"
+    looked_for = "task modules" if field == "tasks.modules" else "the module of worker.class"
     path = [str(entry) for entry in report.get("sys_path") or ()]
     cwd = str(report.get("cwd"))
     more = int(report.get("more_path_entries") or 0)
@@ -228,7 +242,7 @@ def _import_hints(report: Mapping[str, Any], module: str, source: str) -> list[s
         parent, _, name = missing.rpartition(".")  # (Python names the first part not found)
         lines.append(
             f"hint: the package {parent!r} was found, but holds no module {name!r}: check "
-            "the name in tasks.modules"
+            f"the name in {field}"
         )
     elif missing and f"{module}.".startswith(f"{missing}."):  # the task module, or its package
         beside = _beside_config(missing, source)
@@ -240,18 +254,18 @@ def _import_hints(report: Mapping[str, Any], module: str, source: str) -> list[s
             return lines
         example = cwd if "cwd" in report and on_path == "not on" else "/path/to/project"
         lines.append(
-            "hint: Python looks for task modules on sys.path; put the folder that holds the "
+            f"hint: Python looks for {looked_for} on sys.path; put the folder that holds the "
             f"module's top-level package on PYTHONPATH (e.g. PYTHONPATH={example}), or "
             "install the project into the service's environment"
         )
     elif missing and missing.partition(".")[0] == module.partition(".")[0]:
         lines.append(
-            f"hint: {missing!r}, imported by the task module, is not in its package: a file "
+            f"hint: {missing!r}, imported by the {named}, is not in its package: a file "
             "missing, or a misspelt import"
         )
     elif missing:
         lines.append(
-            f"hint: the task module imports {missing!r}, which is not installed where the "
+            f"hint: the {named} imports {missing!r}, which is not installed where the "
             "service runs: install it into the service's environment (or, if it is part of "
             "your project, put its folder on PYTHONPATH)"
         )
