@@ -268,9 +268,10 @@ def test_version() -> None:
 def test_without_a_config_it_says_to_pass_one(tmp_path: Path) -> None:
     result = ctl(None, "alive", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == (
-        "dispatcherctl: no config found: pass --config FILE, set DISPATCHER_CONFIG_FILE (or "
-        "DISPATCHERD_CONFIG_FILE), or create ./dispatcher.yml\n"
+    assert result.stderr == (  # as dispatcher-standalone says it, with where it looked
+        "dispatcherctl: no config file found: pass --config FILE, or set DISPATCHER_CONFIG_FILE "
+        "(or DISPATCHERD_CONFIG_FILE), or create dispatcher.yml in the working directory "
+        f"({tmp_path})\n"
     )
 
 

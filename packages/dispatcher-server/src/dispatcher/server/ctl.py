@@ -16,11 +16,11 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Final
 
 from dispatcher.config import ConfigError, NotConfiguredError, Settings, setup
 from dispatcher.schema import sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_control, ctl_jobs, ctl_submit
+from dispatcher.server.cli import no_config_found
 from dispatcher.server.ctl_exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from dispatcher.server.ctl_install_sql import install_sql
 from dispatcher.server.ctl_migrate import migrate_command
@@ -31,11 +31,6 @@ from dispatcher.server.ctl_output import (
     output_in_one_write,
 )
 from dispatcher.server.ctl_parser import parse_command_line
-
-NOT_CONFIGURED: Final = (
-    "no config found: pass --config FILE, set DISPATCHER_CONFIG_FILE (or "
-    "DISPATCHERD_CONFIG_FILE), or create ./dispatcher.yml"
-)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,7 +79,7 @@ def _settings(config: str | None) -> Settings | None:
     try:
         return setup(file_path=config)
     except NotConfiguredError:
-        print(f"dispatcherctl: {NOT_CONFIGURED}", file=sys.stderr)
+        print(f"dispatcherctl: {no_config_found()}", file=sys.stderr)
     except ConfigError as exc:
         print(f"dispatcherctl: {exc}", file=sys.stderr)
     return None
