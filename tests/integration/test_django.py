@@ -302,6 +302,32 @@ def test_a_durable_job_is_stored_at_commit_and_never_on_rollback(
 
 
 @pytest.mark.usefixtures("site_service")
+def test_a_job_read_on_djangos_connection_has_its_result_decoded() -> None:
+    """Django reads jsonb as text on its connections (its JSONField decodes it): a job read
+    there with ``connection=``, as the publishing docs show, is read as on the SDK's own."""
+    from demo_notes.tasks import noted_result
+
+    from dispatcher.contrib.django import submit_on_commit
+    from dispatcher.publish import get_job, jobs
+
+    submission = submit_on_commit(noted_result, args=["read"], queue="demo_durable")
+
+    def done() -> Any:
+        job = get_job(submission.uuid)
+        return job if job is not None and job.state == "done" else None
+
+    expected = {"text": "read", "numbers": [1, 2]}
+    assert wait_until(done, 15).result == expected
+    connections["default"].ensure_connection()
+    django_connection = connections["default"].connection
+    read = get_job(submission.uuid, connection=django_connection)
+    assert read is not None
+    assert read.result == expected
+    listed = jobs(task="demo_notes.tasks.noted_result", connection=django_connection)
+    assert [job.result for job in listed if job.uuid == submission.uuid] == [expected]
+
+
+@pytest.mark.usefixtures("site_service")
 def test_delay_on_commit_outside_atomic_sends_at_once() -> None:
     from demo_notes.tasks import write_note
 
