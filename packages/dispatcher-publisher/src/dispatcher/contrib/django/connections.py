@@ -26,7 +26,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg.pq import TransactionStatus
 
 STOP_WAIT: Final = 2.0
-"""Seconds given to the server to cancel an interrupted statement, then to say it did."""
+"""Seconds given to the server to cancel an interrupted statement and say it did."""
 
 
 def close_connections_and_pools() -> None:
@@ -62,10 +62,10 @@ def stop_statement(raw: psycopg.Connection[Any], wait: float = STOP_WAIT) -> boo
     Afterwards the connection is idle, or in a failed transaction to roll back, as after any
     statement that failed.
     """
+    deadline = time.monotonic() + wait
     with contextlib.suppress(psycopg.Error):
         raw.cancel_safe(timeout=wait)
     pgconn = raw.pgconn
-    deadline = time.monotonic() + wait
     try:
         pgconn.consume_input()
         while pgconn.is_busy():
