@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.util import find_spec
 from typing import Any
 
 import psycopg
@@ -27,3 +28,8 @@ def listener(pg_dsn: str, channel: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f'LISTEN "{channel}"')
         yield conn
+
+
+if find_spec("django") is not None:
+    # The demo Django project, for the test modules of dispatcher.contrib.django.
+    from support.django_site import demo_project, demo_site  # noqa: F401

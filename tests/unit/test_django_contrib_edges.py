@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,63 @@ def test_values_left_out_are_those_of_the_libpq_environment(
     entry = {"ENGINE": "django.db.backends.postgresql", "NAME": "", "PORT": "6543"}
     assert same_database("host=db.internal dbname=shop", entry)
     assert not same_database("host=db.internal dbname=shop port=5432", entry)
+
+
+UNCONFIGURED_PROJECT = """
+import sys
+import django
+from django.conf import settings
+
+apps = ["dispatcher.contrib.django"] if sys.argv[1] == "installed" else []
+extra = {"DISPATCHER": {"version": 1}} if sys.argv[2] == "set" else {}
+settings.configure(INSTALLED_APPS=apps, **extra)
+django.setup()
+from dispatcher.config import get_settings
+get_settings()
+"""
+
+
+@pytest.mark.parametrize(
+    ("installed", "setting", "hint"),
+    [
+        (
+            "installed",
+            "absent",
+            "in this Django project: set DISPATCHER in its settings",
+        ),
+        (
+            "not-installed",
+            "set",
+            "settings.DISPATCHER is not read: add 'dispatcher.contrib.django' to INSTALLED_APPS",
+        ),
+        (
+            "not-installed",
+            "absent",
+            "in this Django project: add 'dispatcher.contrib.django' to INSTALLED_APPS and "
+            "set DISPATCHER in its settings",
+        ),
+    ],
+)
+def test_a_django_project_without_a_config_is_told_what_it_lacks(
+    installed: str, setting: str, hint: str, tmp_path: Path
+) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DISPATCHER_CONFIG_FILE", "DISPATCHERD_CONFIG_FILE")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", UNCONFIGURED_PROJECT, installed, setting],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,  # no dispatcher.yml
+        env=env,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "dispatcher.config.errors.NotConfiguredError: dispatcher is not configured: call "
+        "dispatcher.config.setup(config=...) or setup(file_path=...), set "
+        f"DISPATCHER_CONFIG_FILE, or create ./dispatcher.yml; {hint}"
+    )

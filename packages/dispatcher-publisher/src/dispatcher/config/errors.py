@@ -36,11 +36,10 @@ def escaped(text: str) -> str:
 class NotConfiguredError(ConfigError):
     """No config was given and none was found where one is looked for."""
 
-    def __init__(self) -> None:
-        super().__init__(
-            "dispatcher is not configured",
-            [
-                "call dispatcher.config.setup(config=...) or setup(file_path=...), "
-                "set DISPATCHER_CONFIG_FILE, or create ./dispatcher.yml"
-            ],
+    def __init__(self, hint: str | None = None) -> None:
+        """*hint*: what else to do, where the process says more (its Django project)."""
+        advice = (
+            "call dispatcher.config.setup(config=...) or setup(file_path=...), "
+            "set DISPATCHER_CONFIG_FILE, or create ./dispatcher.yml"
         )
+        super().__init__("dispatcher is not configured", [f"{advice}; {hint}" if hint else advice])

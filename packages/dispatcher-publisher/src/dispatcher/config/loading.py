@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from dispatcher.config import dispatcherd_layout, legacy, plugins
 from dispatcher.config.cross_field_checks import cross_field_problems
+from dispatcher.config.django_hint import django_hint
 from dispatcher.config.errors import ConfigError, NotConfiguredError
 from dispatcher.config.security import hide_secret, load_security
 from dispatcher.config.settings import Settings
@@ -86,7 +87,7 @@ def load_settings(
         )
     if file_path is None:
         if not Path(DEFAULT_CONFIG_FILE).is_file():
-            raise NotConfiguredError
+            raise NotConfiguredError(django_hint())
         file_path = DEFAULT_CONFIG_FILE
     source = os.fspath(file_path)
     return dataclasses.replace(settings_from_data(source, read_yaml(file_path)), file=source)

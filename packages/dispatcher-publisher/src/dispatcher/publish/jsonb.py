@@ -5,7 +5,8 @@ A value set by hand can be beyond that: an integer of more than 4,300 digits, or
 deeper than Python's recursion limit. psycopg's loader would then raise, failing a whole
 listing of jobs (or ``get_job()``) for one such row. :func:`register_tolerant_jsonb` wraps
 the loader in force (psycopg's, or the application's own from ``set_json_loads()``) so that
-such a value reads as ``None`` instead, with a warning.
+such a value reads as ``None`` instead, with a warning; where the loader in force decodes no
+JSON (Django's connections read ``jsonb`` as text), psycopg's is wrapped instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from psycopg import abc
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import AdaptersMap, Loader
 from psycopg.pq import Format
-from psycopg.types.json import JsonbLoader
+from psycopg.types.json import JsonbLoader, JsonLoader
 
 from dispatcher.publish.broker_errors import first_line
 
@@ -39,10 +40,18 @@ def tolerant_adapters(context: AdaptContext | None = None) -> AdaptersMap:
 
 
 def register_tolerant_jsonb(adapters: AdaptersMap) -> None:
-    """Have *adapters* read a ``jsonb`` value their loader cannot decode as ``None``."""
+    """Have *adapters* decode ``jsonb``, and read a value they cannot decode as ``None``.
+
+    With the JSON loader in force, or psycopg's where the one in force is no JSON loader:
+    Django's connections read ``jsonb`` as text (its ``JSONField`` decodes it), and a job
+    read on one (``connection=django.db.connection.connection``) would have its result as
+    a string.
+    """
     wrapped = adapters.get_loader(JSONB_OID, Format.TEXT) or JsonbLoader
     if issubclass(wrapped, _Tolerant):
         return
+    if not issubclass(wrapped, JsonbLoader | JsonLoader):  # (set_json_loads() makes these)
+        wrapped = JsonbLoader
     adapters.register_loader(JSONB_OID, _tolerant(wrapped))
 
 

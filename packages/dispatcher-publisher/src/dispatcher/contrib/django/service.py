@@ -13,9 +13,8 @@ import dataclasses
 import sys
 from typing import Final
 
-from django.db import connections
-
 from dispatcher.config import Settings
+from dispatcher.contrib.django.connections import close_connections_and_pools
 from dispatcher.schema import DispatcherError, LogFormat
 
 WORKER_MODULE: Final = "dispatcher.contrib.django.worker"
@@ -94,7 +93,7 @@ def run(
         raise
     settings = with_log_format(service_settings(settings), log_format)
     log_to(sys.stderr, log_level, service_formatter(settings.service.log_format))
-    connections.close_all()  # neither the fork server nor the workers may share them
+    close_connections_and_pools()  # neither the fork server nor the workers may share them
     forked = None
     # A stop signal while the service starts stops it once it is built: exit status 0.
     with held_stop_signals() as release:
