@@ -24,6 +24,7 @@ from psycopg import sql
 
 from dispatcher.config import PgQueueBroker, Settings
 from dispatcher.config.settings import dispatcherctl_command
+from dispatcher.publish.connection_settings import through_transaction_pooler
 from dispatcher.schema import DispatcherError
 from dispatcher.server.brokers.pg_queue.migrations import (
     VERSION_TABLE,
@@ -111,13 +112,20 @@ MAX_SETTING_MS: Final = 2_147_483_647
 """The largest number of milliseconds a PostgreSQL timeout setting takes."""
 
 
-def limit_waits(conn: psycopg.Connection[Any], lock_timeout: float) -> None:
+def limit_waits(conn: psycopg.Connection[Any], lock_timeout: float, conninfo: str) -> None:
     """Make *conn*'s statements wait at most *lock_timeout* seconds for a lock.
 
     A statement that waits longer fails with :class:`psycopg.errors.LockNotAvailable`,
     which undoes what its transaction did. How long a statement runs once it has its locks
     is not bounded here: retrying a million failed jobs takes as long as it takes.
+
+    Nothing is set when the config marks *conninfo* (the connection's) ``transaction_pooler``:
+    the setting would stay on a server session the pooler lends to other clients after
+    this one is gone (their statements then cancelled after *lock_timeout* waiting for a
+    lock). The role's ``lock_timeout`` applies then.
     """
+    if through_transaction_pooler(conninfo):
+        return
     conn.execute(
         "SELECT pg_catalog.set_config('lock_timeout', %s, false)", (_milliseconds(lock_timeout),)
     )

@@ -95,8 +95,7 @@ async def sampling_connection(
         autocommit=True,
         application_name=application_name,
         connect_timeout=connect_timeout,
-        prepare_threshold=None,
-        **connection_options(conninfo),  # a server gone silently is noticed, as elsewhere
+        **{**connection_options(conninfo), "prepare_threshold": None},  # (and a dead peer noticed)
     )
 
 
