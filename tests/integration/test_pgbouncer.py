@@ -8,7 +8,7 @@ LISTEN) is met by the next, as a team running pgbouncer in production would meet
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,12 @@ import pytest
 from psycopg import sql
 
 from support.ctl_here import dispatcherctl
-from support.durable import enqueue, job_message, migrated
+from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
+from support.metrics import Samples, free_port, scrape
 from support.pgbouncer import NOT_INSTALLED, Pgbouncer, pgbouncer_binary, running_pgbouncer
 from support.pgbouncer import server_sessions as sessions_of
 from support.queue_rows import unique_schema
+from support.service import Evidence, ServiceProcess, wait_until
 
 pytestmark = [
     pytest.mark.skipif(pgbouncer_binary() is None, reason=NOT_INSTALLED),
@@ -28,6 +30,7 @@ pytestmark = [
 ]
 
 Conn = psycopg.Connection[Any]
+Start = Callable[..., ServiceProcess]
 
 
 @pytest.fixture(scope="module")
@@ -98,4 +101,50 @@ def test_queue_commands_leave_nothing_on_the_pools_session(
     for command in commands:
         done = dispatcherctl(config, *command)
         assert done.returncode == 0, done
+    assert sessions_of(transaction_pool) == [untouched(pg_conn)]
+
+
+def test_services_sharing_a_transaction_pool_run_each_job_once_and_leave_nothing_on_it(
+    transaction_pool: Pgbouncer,
+    start_service: Start,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Two services and a publisher share one server session of a transaction-mode pool:
+    every job ran once, a long one kept its lease (renewed), a failed one was retried, the
+    queue-depth sampler exported its gauges. The wake-up listener LISTENed through the
+    pool (lost to it: the LISTEN stayed on the shared session, whose notifications pgbouncer
+    then dropped, or handed to whichever client it lent the session to)."""
+    port = free_port()
+    services = []
+    for n in range(2):
+        config = queue_config(
+            transaction_pool.dsn, schema, channel, transaction_pooler=True, poll_interval=0.2
+        )
+        config["service"]["node_id"] = f"pooled-{n}"
+        if n == 0:
+            config["service"]["metrics"] = {"host": "127.0.0.1", "port": port}
+        services.append(start_service(config))
+    slow = job_message("sleep_then_record", evidence.path, 3, "slow")  # > the lease of 2 s
+    retried = job_message("fail_first", str(evidence.path) + ".first")
+    quick = [job_message("record", evidence.path, n) for n in range(20)]
+    uuids = enqueue(pg_conn, schema, channel, [slow, retried, *quick])
+    rows = wait_for_states(pg_conn, schema, uuids, {"done"}, timeout=30)
+    assert [row["attempts"] for row in rows] == [1, 2, *[1] * 20]
+    ran = sorted(str(record.get("args", [None])[0]) for record in evidence.records())
+    assert ran == sorted([*map(str, range(20)), "None", "None"])  # the slow one's start, end
+
+    def sampled() -> Samples | None:
+        found = scrape(port)
+        claims = found.get(("dispatcher_pg_queue_claims_total", (("queue", channel),)))
+        return found if claims is not None and claims > 0 else None
+
+    assert (
+        wait_until(sampled, timeout=15)[("dispatcher_pg_queue_ready_jobs", (("queue", channel),))]
+        == 0
+    )
+    for service in services:
+        assert "prepared statement" not in service.log, service.log
     assert sessions_of(transaction_pool) == [untouched(pg_conn)]

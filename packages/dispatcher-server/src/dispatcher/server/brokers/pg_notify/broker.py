@@ -33,7 +33,7 @@ from dispatcher.schema import (
     split_message,
 )
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
-from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
+from dispatcher.server.brokers.base import BrokerBase, BrokerContext, BrokerNotReady, Deliver
 from dispatcher.server.brokers.pg_connections import open_connection, start_listening
 from dispatcher.server.brokers.pg_notify.drain import Drain
 from dispatcher.server.brokers.pg_notify.outbox import Outbox, Outgoing
@@ -212,9 +212,23 @@ async def _first_of(first: anyio.Event, second: anyio.Event, timeout: float) -> 
 
 
 def create(options: Mapping[str, Any], context: BrokerContext) -> PgNotifyBroker:
-    """The factory of ``brokers.pg_notify`` (it reads the typed section of the settings)."""
+    """The factory of ``brokers.pg_notify`` (it reads the typed section of the settings).
+
+    :raises BrokerNotReady: when the section says its conninfo leads to a pooler in
+        transaction mode: the broker LISTENs, and such a pooler would lose every
+        notification (tasks, control commands) while lending the LISTENing server session
+        to other clients.
+    """
     settings = context.settings.brokers.pg_notify
     assert settings is not None, "the pg_notify factory is only called when it is configured"
+    if settings.transaction_pooler:
+        raise BrokerNotReady(
+            f"brokers.pg_notify.transaction_pooler is true in {context.settings.source}: a "
+            "service LISTENs on brokers.pg_notify.conninfo, and a pooler in transaction mode "
+            "loses notifications (tasks and control commands would never reach it). Give "
+            "the services a config whose brokers.pg_notify.conninfo leads to PostgreSQL or to "
+            "a pool in session mode (transaction_pooler is for the publishers' config)"
+        )
     # Named after the node and its channels: a control client counts the services that will
     # get its command (those listening on the channel it sends on).
     name = service_application_name(context.node_id, settings.channels)
