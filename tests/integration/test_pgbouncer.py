@@ -16,6 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dispatcher.config import reset, setup
+from dispatcher.publish import close_connections, submit_task
 from support.ctl_here import dispatcherctl
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.metrics import Samples, free_port, scrape
@@ -148,3 +150,68 @@ def test_services_sharing_a_transaction_pool_run_each_job_once_and_leave_nothing
     for service in services:
         assert "prepared statement" not in service.log, service.log
     assert sessions_of(transaction_pool) == [untouched(pg_conn)]
+
+
+@pytest.fixture(scope="module")
+def session_pool(pg_dsn: str) -> Iterator[Pgbouncer]:
+    """A pgbouncer in session mode, for the module (a server session per client)."""
+    with running_pgbouncer(pg_dsn, "session", pool_size=10) as bouncer:
+        yield bouncer
+
+
+def test_a_service_listening_through_a_transaction_pool_says_its_notifications_are_lost(
+    transaction_pool: Pgbouncer,
+    start_service: Start,
+    service_config: dict[str, Any],
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+) -> None:
+    """Its config does not say so (no ``transaction_pooler``): it said it was listening, lost
+    every task sent to it, and only now and then logged that a self-check 'took longer than'
+    its timeout. So did its durable queue's wake-up listener, without a word."""
+    service_config["brokers"]["pg_notify"]["conninfo"] = transaction_pool.dsn
+    queue = f"{channel}_durable"
+    service_config["brokers"]["pg_queue"] = {
+        "conninfo": transaction_pool.dsn,
+        "schema": schema,
+        "queues": [queue],
+    }
+    service = start_service(service_config, wait=False)
+    service.wait_for_log(
+        r"pg_notify connection to .* failed \(notifications do not arrive \(a probe did not "
+        r"come back within 2 s\): a pooler in transaction mode\? .* point "
+        r"brokers.pg_notify.conninfo of the services at PostgreSQL or a session-mode pool\)"
+    )
+    service.wait_for_log(
+        r"wake-up connection to .* failed \(notifications do not arrive .* set "
+        r"brokers.pg_queue.transaction_pooler: true, or point its conninfo at PostgreSQL or a "
+        r"session-mode pool\)"
+    )
+    assert "listening on channels" not in service.log
+
+
+def test_a_service_listening_through_a_session_pool_gets_its_tasks_and_commands(
+    session_pool: Pgbouncer,
+    start_service: Start,
+    service_config: dict[str, Any],
+    tmp_path: Path,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """A pool in session mode keeps the LISTEN's session for its client: the probe comes
+    back, tasks and control commands arrive, replies come back through the pool too."""
+    service_config["brokers"]["pg_notify"]["conninfo"] = session_pool.dsn
+    service = start_service(service_config)
+    setup(service_config)
+    try:
+        submit_task("support.service_tasks.record", args=[str(evidence.path), "pooled"])
+        evidence.wait_for(1)
+    finally:
+        close_connections()
+        reset()
+    config = tmp_path / "ctl.yml"
+    config.write_text(json.dumps(service_config), encoding="utf-8")
+    alive = dispatcherctl(config, "alive")
+    assert alive.returncode == 0, alive
+    assert "do not arrive" not in service.log

@@ -38,6 +38,7 @@ from dispatcher.server.brokers.pg_connections import open_connection, start_list
 from dispatcher.server.brokers.pg_notify.drain import Drain
 from dispatcher.server.brokers.pg_notify.outbox import Outbox, Outgoing
 from dispatcher.server.brokers.pg_notify.self_check import SelfCheck, SelfCheckStuck
+from dispatcher.server.brokers.pooler_probe import check_notifications_arrive
 from dispatcher.server.log_arguments import named_list
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import first_line
@@ -46,6 +47,11 @@ from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.listener")
+
+LISTEN_REMEDY: Final = (
+    "point brokers.pg_notify.conninfo of the services at PostgreSQL or a session-mode pool"
+)
+"""How a listener whose notifications a pooler loses is put right (see :mod:`.pooler_probe`)."""
 
 REPLY_TIMEOUT: Final = 10.0
 """Seconds a control reply may wait for the listening connection to send it."""
@@ -84,6 +90,13 @@ class PgNotifyBroker(BrokerBase):
                 conn = await self._connect()
                 try:
                     drain = Drain(conn, self.check_channel, self._origins, deliver)
+                    await check_notifications_arrive(  # (it reads its probe itself)
+                        conn,
+                        self.settings.conninfo,
+                        self.check_channel,
+                        self.settings.self_check_timeout,
+                        LISTEN_REMEDY,
+                    )
                     # What psycopg reads while a statement runs (LISTEN, the self-check)
                     # comes this way.
                     conn.add_notify_handler(drain.take)
