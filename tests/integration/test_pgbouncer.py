@@ -7,6 +7,7 @@ LISTEN) is met by the next, as a team running pgbouncer in production would meet
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,16 @@ import pytest
 from psycopg import sql
 
 from dispatcher.config import reset, setup
-from dispatcher.publish import close_connections, submit_task
+from dispatcher.publish import (
+    abatch,
+    aclose_connections,
+    aget_job,
+    asubmit_task,
+    batch,
+    close_connections,
+    get_job,
+    submit_task,
+)
 from support.ctl_here import dispatcherctl
 from support.durable import enqueue, job_message, migrated, queue_config, wait_for_states
 from support.metrics import Samples, free_port, scrape
@@ -35,9 +45,10 @@ Conn = psycopg.Connection[Any]
 Start = Callable[..., ServiceProcess]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def transaction_pool(pg_dsn: str) -> Iterator[Pgbouncer]:
-    """A pgbouncer in transaction mode with one server session, for the module."""
+    """A pgbouncer in transaction mode with one server session, for the test alone (what a
+    test leaves on the session is its own)."""
     with running_pgbouncer(pg_dsn, "transaction") as bouncer:
         yield bouncer
 
@@ -215,3 +226,57 @@ def test_a_service_listening_through_a_session_pool_gets_its_tasks_and_commands(
     alive = dispatcherctl(config, "alive")
     assert alive.returncode == 0, alive
     assert "do not arrive" not in service.log
+
+
+@pytest.mark.parametrize("marked", [False, True], ids=["unmarked", "transaction_pooler"])
+def test_publishers_through_a_transaction_pool_prepare_nothing_said_or_not(
+    transaction_pool: Pgbouncer, pg_conn: Conn, schema: str, channel: str, marked: bool
+) -> None:
+    """Two of the SDK's connections (a thread's and an event loop's) share the pool's one
+    server session. Unmarked, each prepared its statements there at their fifth run, under
+    the same names: the second was refused (``prepared statement "_pg3_0" already exists``),
+    or ran the other's statement. Every way to publish, sync and async, durable or not."""
+    queue = f"{channel}_durable"
+    brokers = {
+        "pg_notify": {
+            "conninfo": transaction_pool.dsn,
+            "channels": [channel],
+            "transaction_pooler": marked,
+        },
+        "pg_queue": {
+            "conninfo": transaction_pool.dsn,
+            "schema": schema,
+            "queues": [queue],
+            "transaction_pooler": marked,
+        },
+    }
+    setup({"version": 1, "brokers": brokers})
+    name = "support.service_tasks.record"
+    try:
+        for n in range(6):
+            submit_task(name, args=[n], queue=channel)
+            job = submit_task(name, args=[n], queue=queue)
+            with batch():
+                submit_task(name, args=[n], queue=channel)
+                submit_task(name, args=[n], queue=queue)
+            assert get_job(job.uuid) is not None
+
+        async def publish() -> None:
+            for n in range(6):
+                await asubmit_task(name, args=[n], queue=channel)
+                job = await asubmit_task(name, args=[n], queue=queue)
+                async with abatch():
+                    await asubmit_task(name, args=[n], queue=channel)
+                    await asubmit_task(name, args=[n], queue=queue)
+                assert await aget_job(job.uuid) is not None
+            await aclose_connections()
+
+        asyncio.run(publish())
+    finally:
+        close_connections()
+        reset()
+    stored = pg_conn.execute(
+        sql.SQL("SELECT count(*) FROM {}.jobs").format(sql.Identifier(schema))
+    ).fetchone()
+    assert stored == (24,)
+    assert sessions_of(transaction_pool) == [untouched(pg_conn)]

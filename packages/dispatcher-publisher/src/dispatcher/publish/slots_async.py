@@ -24,6 +24,13 @@ from dispatcher.publish.idle_check import IdleWatch
 from dispatcher.publish.jsonb import tolerant_adapters
 from dispatcher.publish.provider_locks import async_opening_lock
 
+SERVER_PID = "SELECT pg_catalog.pg_backend_pid()"
+"""Read once per connection: a server process id other than the one given at connection
+means a pooler in between (pgbouncer gives its own). The connection then prepares no
+statement, whatever the config says: a pooler in transaction mode would hand a prepared
+statement's name (``_pg3_0``) to another client's session, or lose it (``prepared statement
+"_pg3_0" already exists``, ``does not exist``, or another client's statement run instead)."""
+
 
 class Slot:
     """An owner's connection, the cursor NOTIFYs go through, and the locks to open and use it."""
@@ -106,6 +113,14 @@ class AsyncSlots:
                 fresh = await AsyncConnection.connect(
                     self.conninfo, context=tolerant_adapters(), **connect_options(self.conninfo)
                 )
+                try:
+                    if fresh.prepare_threshold is not None:
+                        row = await (await fresh.execute(SERVER_PID)).fetchone()
+                        if row is not None and row[0] != fresh.info.backend_pid:
+                            fresh.prepare_threshold = None  # a pooler in between
+                except BaseException:
+                    await fresh.close()
+                    raise
             except psycopg.Error as exc:
                 slot.attempts += 1
                 slot.failure = broker_unavailable(self.conninfo, exc, "connect to")
