@@ -280,3 +280,38 @@ def test_publishers_through_a_transaction_pool_prepare_nothing_said_or_not(
     ).fetchone()
     assert stored == (24,)
     assert sessions_of(transaction_pool) == [untouched(pg_conn)]
+
+
+def test_a_service_finds_its_queue_behind_a_transaction_pool_and_sets_nothing_on_it(
+    transaction_pool: Pgbouncer,
+    start_service: Start,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Its config does not say ``transaction_pooler``: its queue connections gave their
+    ``statement_timeout`` of 25 s, ``enable_seqscan = off``, ``jit = off`` and the rest to the
+    pool's session, which every other client then had (an application's long report was
+    cancelled after 25 s)."""
+    config = queue_config(transaction_pool.dsn, schema, channel, poll_interval=0.2)
+    service = start_service(config)
+    uuids = enqueue(pg_conn, schema, channel, [job_message("record", evidence.path, 1)])
+    wait_for_states(pg_conn, schema, uuids, {"done"})
+    with psycopg.connect(transaction_pool.dsn, prepare_threshold=None) as other:
+        row = other.execute(
+            "SELECT current_setting('statement_timeout'), current_setting('enable_seqscan'),"
+            " current_setting('jit'), current_setting('search_path')"
+        ).fetchone()
+    with psycopg.connect(pg_conn.info.dsn) as fresh:
+        assert (
+            row
+            == fresh.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('enable_seqscan'),"
+                " current_setting('jit'), current_setting('search_path')"
+            ).fetchone()
+        )
+    service.wait_for_log(
+        r"the durable queue's connections to .* go through a pooler in transaction mode .*"
+        r" Set brokers.pg_queue.transaction_pooler: true"
+    )

@@ -82,3 +82,19 @@ async def check_notifications_arrive(
         f"notifications do not arrive (a probe did not come back within {timeout:g} s): a "
         f"pooler in transaction mode? LISTEN needs a session of its own: {remedy}"
     )
+
+
+async def lent_to_others(
+    conn: psycopg.AsyncConnection[Any], conninfo: str, channel: str, timeout: float
+) -> bool:
+    """Whether *conn* goes through a pooler in transaction mode (its session lent to others).
+
+    Found as :func:`check_notifications_arrive` finds lost notifications (a probe on
+    *channel*, which *conn* LISTENs on then); ``False`` on a direct connection, and through a
+    pooler in session mode, whose server session stays its client's until it disconnects.
+    """
+    try:
+        await check_notifications_arrive(conn, conninfo, channel, timeout, "")
+    except NotificationsLost:
+        return True
+    return False
