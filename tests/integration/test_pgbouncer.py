@@ -315,3 +315,27 @@ def test_a_service_finds_its_queue_behind_a_transaction_pool_and_sets_nothing_on
         r"the durable queue's connections to .* go through a pooler in transaction mode .*"
         r" Set brokers.pg_queue.transaction_pooler: true"
     )
+
+
+def test_queue_commands_set_nothing_through_a_pool_the_config_does_not_name(
+    transaction_pool: Pgbouncer, pg_conn: Conn, schema: str, channel: str, tmp_path: Path
+) -> None:
+    """Without ``transaction_pooler`` in its config, ``dispatcherctl jobs --timeout 7`` left
+    its ``lock_timeout`` of 7 s on the pool's session, and ``retry`` its prepared statement."""
+    messages = [job_message("record", n, on_duplicate="discard") for n in range(8)]
+    enqueue(pg_conn, schema, channel, messages)
+    pg_conn.execute(
+        sql.SQL(
+            "UPDATE {}.jobs SET state = 'failed', outcome = 'error', finished_at = now()"
+        ).format(sql.Identifier(schema))
+    )
+    brokers = {
+        "pg_queue": {"conninfo": transaction_pool.dsn, "schema": schema, "queues": [channel]}
+    }
+    config = tmp_path / "dispatcher.yml"
+    config.write_text(json.dumps({"version": 1, "brokers": brokers}), encoding="utf-8")
+    retried = dispatcherctl(config, "retry", "--failed")
+    assert "retried 8 failed jobs" in retried.stdout, retried
+    listed = dispatcherctl(config, "jobs", "--timeout", "7")
+    assert listed.returncode == 0, listed
+    assert sessions_of(transaction_pool) == [untouched(pg_conn)]
