@@ -339,3 +339,25 @@ def test_queue_commands_set_nothing_through_a_pool_the_config_does_not_name(
     listed = dispatcherctl(config, "jobs", "--timeout", "7")
     assert listed.returncode == 0, listed
     assert sessions_of(transaction_pool) == [untouched(pg_conn)]
+
+
+def test_replies_lost_in_a_transaction_pool_are_said_to_be(
+    transaction_pool: Pgbouncer,
+    start_service: Start,
+    service_config: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """A control client whose config does not say ``transaction_pooler`` LISTENed for the
+    replies through the pool, which lost them: ``dispatcherctl alive`` said only that the
+    service, alive (it listens directly), did not answer."""
+    service_config["service"]["node_id"] = "direct-node"
+    start_service(service_config)
+    ctl = {**service_config, "brokers": {"pg_notify": dict(service_config["brokers"]["pg_notify"])}}
+    ctl["brokers"]["pg_notify"]["conninfo"] = transaction_pool.dsn
+    config = tmp_path / "ctl.yml"
+    config.write_text(json.dumps(ctl), encoding="utf-8")
+    alive = dispatcherctl(config, "alive", "--timeout", "1")
+    assert alive.returncode == 1, alive
+    assert "no answer from direct-node: the replies were waited for through a pooler" in (
+        alive.stderr
+    ), alive.stderr

@@ -73,6 +73,14 @@ def connection_options(conninfo: str) -> dict[str, Any]:
     return options
 
 
+SERVER_PID: Final = "SELECT pg_catalog.pg_backend_pid()"
+"""The server process id of a connection's session. Other than the one given at connection,
+it means a pooler in between (pgbouncer gives its own): the SDK's connections then prepare
+no statement, whatever the config says (a pooler in transaction mode hands a prepared
+statement's name, ``_pg3_0``, to another client's session, or loses it: ``prepared statement
+"_pg3_0" already exists``, ``does not exist``, or another client's statement run instead),
+and a control command's replies, missing, may have been lost there."""
+
 APPLICATION_NAME: Final = "dispatcher-publisher"
 """``application_name`` of the SDK's own connections, unless the conninfo sets one."""
 

@@ -14,18 +14,11 @@ from psycopg import Connection, Cursor
 from dispatcher.publish.broker_errors import broker_unavailable
 from dispatcher.publish.closing import LOCK_WAIT, sync_close_when_free, sync_later
 from dispatcher.publish.connection_owners import Owner, abandon, sync_owner
-from dispatcher.publish.connection_settings import connect_options
+from dispatcher.publish.connection_settings import SERVER_PID, connect_options
 from dispatcher.publish.errors import BrokerUnavailable
 from dispatcher.publish.idle_check import IdleWatch
 from dispatcher.publish.jsonb import tolerant_adapters
 from dispatcher.publish.provider_locks import sync_opening_lock
-
-SERVER_PID = "SELECT pg_catalog.pg_backend_pid()"
-"""Read once per connection: a server process id other than the one given at connection
-means a pooler in between (pgbouncer gives its own). The connection then prepares no
-statement, whatever the config says: a pooler in transaction mode would hand a prepared
-statement's name (``_pg3_0``) to another client's session, or lose it (``prepared statement
-"_pg3_0" already exists``, ``does not exist``, or another client's statement run instead)."""
 
 
 class Slot:
