@@ -58,9 +58,9 @@ def schema(pg_conn: Conn) -> str:
     return migrated(pg_conn, unique_schema())
 
 
-def untouched(pg_conn: Conn) -> tuple[object, ...]:
+def untouched(pg_dsn: str) -> tuple[object, ...]:
     """What a server session holds that no client changed (the server's defaults)."""
-    with psycopg.connect(pg_conn.info.dsn, prepare_threshold=None) as fresh:
+    with psycopg.connect(pg_dsn, prepare_threshold=None) as fresh:
         row = fresh.execute(
             "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'),"
             " current_setting('search_path'), 0::bigint, ARRAY[]::text[]"
@@ -89,20 +89,31 @@ def pooled_config(tmp_path: Path, conninfo: str, schema: str, queue: str) -> Pat
     return path
 
 
-def test_queue_commands_leave_nothing_on_the_pools_session(
-    transaction_pool: Pgbouncer, pg_conn: Conn, schema: str, channel: str, tmp_path: Path
-) -> None:
-    """``retry`` of many jobs prepared its statement on the pool's session (left there for
-    the next client, whose psycopg names its own ``_pg3_0`` too), and ``jobs``, ``purge``
-    and ``cancel-job`` set their ``lock_timeout`` (``--timeout``) on it: another client's
-    statements were then cancelled after that long waiting for a lock."""
+def failed_jobs(pg_conn: Conn, schema: str, queue: str) -> None:
+    """Eight failed jobs in *queue*, each with an ``on_duplicate``: ``retry --failed`` queues
+    them again one by one, the same statement each time (prepared at its fifth run)."""
     messages = [job_message("record", n, on_duplicate="discard") for n in range(8)]
-    enqueue(pg_conn, schema, channel, messages)
+    enqueue(pg_conn, schema, queue, messages)
     pg_conn.execute(
         sql.SQL(
             "UPDATE {}.jobs SET state = 'failed', outcome = 'error', finished_at = now()"
         ).format(sql.Identifier(schema))
     )
+
+
+def test_queue_commands_leave_nothing_on_the_pools_session(
+    transaction_pool: Pgbouncer,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    tmp_path: Path,
+) -> None:
+    """``retry`` of many jobs prepared its statement on the pool's session (left there for
+    the next client, whose psycopg names its own ``_pg3_0`` too), and ``jobs``, ``purge``
+    and ``cancel-job`` set their ``lock_timeout`` (``--timeout``) on it: another client's
+    statements were then cancelled after that long waiting for a lock."""
+    failed_jobs(pg_conn, schema, channel)
     config = pooled_config(tmp_path, transaction_pool.dsn, schema, channel)
     commands = [
         ("jobs", "--timeout", "7"),
@@ -114,11 +125,12 @@ def test_queue_commands_leave_nothing_on_the_pools_session(
     for command in commands:
         done = dispatcherctl(config, *command)
         assert done.returncode == 0, done
-    assert sessions_of(transaction_pool) == [untouched(pg_conn)]
+    assert sessions_of(transaction_pool) == [untouched(pg_dsn)]
 
 
 def test_services_sharing_a_transaction_pool_run_each_job_once_and_leave_nothing_on_it(
     transaction_pool: Pgbouncer,
+    pg_dsn: str,
     start_service: Start,
     pg_conn: Conn,
     schema: str,
@@ -160,7 +172,7 @@ def test_services_sharing_a_transaction_pool_run_each_job_once_and_leave_nothing
     )
     for service in services:
         assert "prepared statement" not in service.log, service.log
-    assert sessions_of(transaction_pool) == [untouched(pg_conn)]
+    assert sessions_of(transaction_pool) == [untouched(pg_dsn)]
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +242,7 @@ def test_a_service_listening_through_a_session_pool_gets_its_tasks_and_commands(
 
 @pytest.mark.parametrize("marked", [False, True], ids=["unmarked", "transaction_pooler"])
 def test_publishers_through_a_transaction_pool_prepare_nothing_said_or_not(
-    transaction_pool: Pgbouncer, pg_conn: Conn, schema: str, channel: str, marked: bool
+    transaction_pool: Pgbouncer, pg_dsn: str, pg_conn: Conn, schema: str, channel: str, marked: bool
 ) -> None:
     """Two of the SDK's connections (a thread's and an event loop's) share the pool's one
     server session. Unmarked, each prepared its statements there at their fifth run, under
@@ -279,11 +291,12 @@ def test_publishers_through_a_transaction_pool_prepare_nothing_said_or_not(
         sql.SQL("SELECT count(*) FROM {}.jobs").format(sql.Identifier(schema))
     ).fetchone()
     assert stored == (24,)
-    assert sessions_of(transaction_pool) == [untouched(pg_conn)]
+    assert sessions_of(transaction_pool) == [untouched(pg_dsn)]
 
 
 def test_a_service_finds_its_queue_behind_a_transaction_pool_and_sets_nothing_on_it(
     transaction_pool: Pgbouncer,
+    pg_dsn: str,
     start_service: Start,
     pg_conn: Conn,
     schema: str,
@@ -303,7 +316,7 @@ def test_a_service_finds_its_queue_behind_a_transaction_pool_and_sets_nothing_on
             "SELECT current_setting('statement_timeout'), current_setting('enable_seqscan'),"
             " current_setting('jit'), current_setting('search_path')"
         ).fetchone()
-    with psycopg.connect(pg_conn.info.dsn) as fresh:
+    with psycopg.connect(pg_dsn) as fresh:
         assert (
             row
             == fresh.execute(
@@ -318,17 +331,16 @@ def test_a_service_finds_its_queue_behind_a_transaction_pool_and_sets_nothing_on
 
 
 def test_queue_commands_set_nothing_through_a_pool_the_config_does_not_name(
-    transaction_pool: Pgbouncer, pg_conn: Conn, schema: str, channel: str, tmp_path: Path
+    transaction_pool: Pgbouncer,
+    pg_dsn: str,
+    pg_conn: Conn,
+    schema: str,
+    channel: str,
+    tmp_path: Path,
 ) -> None:
     """Without ``transaction_pooler`` in its config, ``dispatcherctl jobs --timeout 7`` left
     its ``lock_timeout`` of 7 s on the pool's session, and ``retry`` its prepared statement."""
-    messages = [job_message("record", n, on_duplicate="discard") for n in range(8)]
-    enqueue(pg_conn, schema, channel, messages)
-    pg_conn.execute(
-        sql.SQL(
-            "UPDATE {}.jobs SET state = 'failed', outcome = 'error', finished_at = now()"
-        ).format(sql.Identifier(schema))
-    )
+    failed_jobs(pg_conn, schema, channel)
     brokers = {
         "pg_queue": {"conninfo": transaction_pool.dsn, "schema": schema, "queues": [channel]}
     }
@@ -338,7 +350,7 @@ def test_queue_commands_set_nothing_through_a_pool_the_config_does_not_name(
     assert "retried 8 failed jobs" in retried.stdout, retried
     listed = dispatcherctl(config, "jobs", "--timeout", "7")
     assert listed.returncode == 0, listed
-    assert sessions_of(transaction_pool) == [untouched(pg_conn)]
+    assert sessions_of(transaction_pool) == [untouched(pg_dsn)]
 
 
 def test_replies_lost_in_a_transaction_pool_are_said_to_be(
