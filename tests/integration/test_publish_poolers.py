@@ -105,3 +105,34 @@ def test_a_service_refuses_to_listen_through_a_transaction_pooler(
     assert "brokers.pg_notify.transaction_pooler is true in" in service.log
     assert "a pool in session mode" in service.log
     assert "listening on channels" not in service.log
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["notify", "durable"])
+def test_nothing_is_prepared_on_the_callers_connection(
+    pg_dsn: str, pg_conn: psycopg.Connection[Any], channel: str, durable: bool
+) -> None:
+    """The caller's connection (``connection=``) may go through a pooler in transaction mode,
+    which the SDK cannot tell: psycopg prepared the SDK's statements on it at their fifth
+    run, and the pooler kept them on a server session it lends to other clients."""
+    schema = migrated(pg_conn, unique_schema())
+    queue = f"{channel}_durable"
+    brokers = {
+        "pg_notify": {"conninfo": pg_dsn, "channels": [channel]},
+        "pg_queue": {"conninfo": pg_dsn, "schema": schema, "queues": [queue]},
+    }
+    setup({"version": 1, "brokers": brokers})
+    try:
+        with psycopg.connect(pg_dsn) as caller:
+            for n in range(8):
+                with caller.transaction():
+                    submit_task(
+                        "myapp.tasks.work",
+                        args=[n],
+                        queue=queue if durable else channel,
+                        connection=caller,
+                    )
+            row = caller.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    finally:
+        close_connections()
+        reset()
+    assert row == (0,)

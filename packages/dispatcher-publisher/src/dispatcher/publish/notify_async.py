@@ -61,7 +61,9 @@ async def asend(
             connection, AsyncConnection, "asubmit_task", "submit_task", whose
         )
         try:
-            await caller.execute(*notify_statement(messages))
+            # Never prepared on a caller's connection: it may go through a pooler in
+            # transaction mode, which would keep the statement on a session it lends to others.
+            await caller.execute(*notify_statement(messages), prepare=False)
         except psycopg.Error as exc:
             lost = caller_lost(caller, exc, "send to", whose)
             if lost is None:

@@ -56,7 +56,9 @@ def send(
     if connection is not None:
         caller = caller_connection(connection, Connection, "submit_task", "asubmit_task", whose)
         try:
-            caller.execute(*notify_statement(messages))
+            # Never prepared on a caller's connection: it may go through a pooler in
+            # transaction mode, which would keep the statement on a session it lends to others.
+            caller.execute(*notify_statement(messages), prepare=False)
         except psycopg.Error as exc:
             lost = caller_lost(caller, exc, "send to", whose)
             if lost is None:
