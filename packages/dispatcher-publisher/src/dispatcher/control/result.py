@@ -71,6 +71,10 @@ class ControlResult:
     (carry no digest of them), as those of services of an older release do. Where they
     listen cannot be told: they are waited for whatever the channel, as clients always did,
     and one that serves other channels only does not answer, and is :attr:`missing`."""
+    through_pooler: bool = False
+    """Whether the replies were waited for through a pooler (pgbouncer, say: the process id
+    the server gave at connection was not its session's). One in transaction mode loses
+    every reply: those that did not come may have been sent."""
     skipped: list[str] = field(default_factory=list)
     """Why payloads on the reply channel were not taken as replies (not JSON, nested too
     deeply, not a control reply, an invalid chunk envelope): anyone may NOTIFY that

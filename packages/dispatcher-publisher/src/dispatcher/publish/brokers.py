@@ -42,6 +42,9 @@ class ReplyCollector(Protocol):
     unlisted_nodes: list[str]
     """The node ids among :attr:`expected_nodes` of services that do not say where they
     listen (an older release's): expected whatever the channel, they may not get it."""
+    through_pooler: bool
+    """Whether the replies were waited for through a pooler (the broker found one): one in
+    transaction mode loses them."""
 
     @property
     def complete(self) -> bool:

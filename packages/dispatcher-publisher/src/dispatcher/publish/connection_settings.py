@@ -57,14 +57,29 @@ def connection_options(conninfo: str) -> dict[str, Any]:
     """``connect()`` keyword arguments every connection to *conninfo* the project opens takes.
 
     :data:`UTF8`, and :data:`LIVENESS` but for the settings *conninfo* makes itself (an
-    operator's choice wins).
+    operator's choice wins). No statement is prepared on a conninfo the config in force marks
+    ``transaction_pooler`` (:func:`through_transaction_pooler`): the SDK's connections, the
+    services' and ``dispatcherctl``'s alike, lest one leave a prepared statement on a server
+    session the pooler then lends to another client (whose psycopg names its own the same:
+    ``prepared statement "_pg3_0" already exists``).
     """
     try:
         given = conninfo_to_dict(conninfo)
     except psycopg.Error:  # connect() says what is wrong with it
         given = {}
-    return {**UTF8, **{key: value for key, value in LIVENESS.items() if key not in given}}
+    options = {**UTF8, **{key: value for key, value in LIVENESS.items() if key not in given}}
+    if through_transaction_pooler(conninfo):
+        options["prepare_threshold"] = None
+    return options
 
+
+SERVER_PID: Final = "SELECT pg_catalog.pg_backend_pid()"
+"""The server process id of a connection's session. Other than the one given at connection,
+it means a pooler in between (pgbouncer gives its own): the SDK's connections then prepare
+no statement, whatever the config says (a pooler in transaction mode hands a prepared
+statement's name, ``_pg3_0``, to another client's session, or loses it: ``prepared statement
+"_pg3_0" already exists``, ``does not exist``, or another client's statement run instead),
+and a control command's replies, missing, may have been lost there."""
 
 APPLICATION_NAME: Final = "dispatcher-publisher"
 """``application_name`` of the SDK's own connections, unless the conninfo sets one."""
@@ -109,13 +124,11 @@ def connect_options(conninfo: str) -> dict[str, Any]:
     """Keyword arguments for ``connect()``: autocommit, UTF-8, our defaults the conninfo lacks.
 
     Text is UTF-8 whatever the conninfo says (:data:`UTF8`); a dead peer is noticed
-    (:data:`LIVENESS`). No statement is prepared on a
-    conninfo the config marks ``transaction_pooler``.
+    (:data:`LIVENESS`); none is prepared through a transaction pooler (see
+    :func:`connection_options`).
     """
     given = conninfo_to_dict(conninfo)
     options: dict[str, Any] = {"autocommit": True, **connection_options(conninfo)}
-    if through_transaction_pooler(conninfo):
-        options["prepare_threshold"] = None
     if "application_name" not in given:
         options["application_name"] = APPLICATION_NAME
     if "connect_timeout" not in given:

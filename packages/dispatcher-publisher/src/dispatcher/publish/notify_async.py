@@ -18,7 +18,7 @@ from psycopg import AsyncConnection, sql
 from dispatcher.publish.broker_errors import broker_failure, broker_unavailable
 from dispatcher.publish.brokers import ReplyCollector, wait_until
 from dispatcher.publish.caller_connections import CALLER_CONNECTION, caller_connection, caller_lost
-from dispatcher.publish.connection_settings import connect_options
+from dispatcher.publish.connection_settings import SERVER_PID, connect_options
 from dispatcher.publish.notify_statements import notify_statement
 from dispatcher.publish.provider_registry_async import shared_provider
 from dispatcher.schema import (
@@ -61,7 +61,9 @@ async def asend(
             connection, AsyncConnection, "asubmit_task", "submit_task", whose
         )
         try:
-            await caller.execute(*notify_statement(messages))
+            # Never prepared on a caller's connection: it may go through a pooler in
+            # transaction mode, which would keep the statement on a session it lends to others.
+            await caller.execute(*notify_statement(messages), prepare=False)
         except psycopg.Error as exc:
             lost = caller_lost(caller, exc, "send to", whose)
             if lost is None:
@@ -96,6 +98,8 @@ async def acontrol_with_reply(
     try:
         async with await _connect(conninfo) as conn:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(reply_to)))
+            row = await (await conn.execute(SERVER_PID)).fetchone()
+            replies.through_pooler = row is not None and row[0] != conn.info.backend_pid
             if expected_replies is None:
                 cursor = await conn.execute(SERVICES_QUERY, (SERVICE_NAME_PREFIX,))
                 services = [parse_service_name(str(name)) for (name,) in await cursor.fetchall()]

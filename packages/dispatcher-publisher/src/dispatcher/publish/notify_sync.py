@@ -15,7 +15,7 @@ from psycopg import Connection, sql
 from dispatcher.publish.broker_errors import broker_failure, broker_unavailable
 from dispatcher.publish.brokers import ReplyCollector, wait_until
 from dispatcher.publish.caller_connections import CALLER_CONNECTION, caller_connection, caller_lost
-from dispatcher.publish.connection_settings import connect_options
+from dispatcher.publish.connection_settings import SERVER_PID, connect_options
 from dispatcher.publish.notify_statements import notify_statement
 from dispatcher.publish.provider_registry_sync import shared_provider
 from dispatcher.schema import (
@@ -56,7 +56,9 @@ def send(
     if connection is not None:
         caller = caller_connection(connection, Connection, "submit_task", "asubmit_task", whose)
         try:
-            caller.execute(*notify_statement(messages))
+            # Never prepared on a caller's connection: it may go through a pooler in
+            # transaction mode, which would keep the statement on a session it lends to others.
+            caller.execute(*notify_statement(messages), prepare=False)
         except psycopg.Error as exc:
             lost = caller_lost(caller, exc, "send to", whose)
             if lost is None:
@@ -91,6 +93,8 @@ def control_with_reply(
     try:
         with _connect(conninfo) as conn:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(reply_to)))
+            row = (conn.execute(SERVER_PID)).fetchone()
+            replies.through_pooler = row is not None and row[0] != conn.info.backend_pid
             if expected_replies is None:
                 cursor = conn.execute(SERVICES_QUERY, (SERVICE_NAME_PREFIX,))
                 services = [parse_service_name(str(name)) for (name,) in cursor.fetchall()]

@@ -18,6 +18,7 @@ from dispatcher.publish.notify_sync import control_with_reply as collect_replies
 from dispatcher.publish.notify_sync import send as notify
 from dispatcher.publish.provider_registry_async import shared_provider as shared_async_provider
 from dispatcher.publish.provider_registry_sync import shared_provider
+from dispatcher.publish.server_description import describe_server
 
 
 class PgNotifyPublisher:
@@ -32,6 +33,8 @@ class PgNotifyPublisher:
         self.default_queue: str | None = None
         self._factory: ConnectionFactory | None = None
         self._async_factory: ConnectionFactory | None = None
+        self._pooled = settings is not None and settings.transaction_pooler
+        """Whether the conninfo leads to a pooler in transaction mode: no reply comes back."""
         if settings is not None:
             self.default_queue = settings.default_publish_channel
             if self.default_queue is None and len(settings.channels) == 1:
@@ -170,7 +173,21 @@ class PgNotifyPublisher:
         return self.conninfo
 
     def _control_target(self, queue: str | None) -> tuple[str, str]:
-        self._own_conninfo()
+        """The conninfo and channel of a command whose replies are waited for.
+
+        Refused through a pooler in transaction mode: the replies' LISTEN would be made on a
+        server session the pooler lends to other clients between statements, and no reply
+        would come (the command looked unanswered, the services alive).
+        """
+        conninfo = self._own_conninfo()
+        if self._pooled:
+            raise PublishError(
+                f"cannot wait for control replies through {describe_server(conninfo)}: "
+                f"brokers.pg_notify.transaction_pooler in {self.source} says it is a pooler in "
+                "transaction mode, which loses them (LISTEN needs a session of its own); "
+                "use a config whose brokers.pg_notify.conninfo leads to PostgreSQL or to a "
+                "pool in session mode"
+            )
         channel = queue or self.default_queue
         if channel is None:
             raise PublishError(

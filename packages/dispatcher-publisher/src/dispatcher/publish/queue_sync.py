@@ -231,19 +231,21 @@ def _run_on_caller(
     guarded = checked_by_the_server(encoding) and (
         not caller.autocommit or caller.info.transaction_status != TransactionStatus.IDLE
     )
+    # Nothing is prepared on a caller's connection: it may go through a pooler in
+    # transaction mode, which would keep the statement on a session it lends to others.
     try:
         if not guarded:
-            cursor.execute(statement, params)
+            cursor.execute(statement, params, prepare=False)
             return
-        caller.execute(f"SAVEPOINT {_SAVEPOINT}")
+        caller.execute(f"SAVEPOINT {_SAVEPOINT}", prepare=False)
         try:
-            cursor.execute(statement, params)
+            cursor.execute(statement, params, prepare=False)
         except psycopg.Error as exc:
             if exc.sqlstate in UNTRANSLATABLE:
-                caller.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-                caller.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+                caller.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", prepare=False)
+                caller.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", prepare=False)
             raise
-        caller.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        caller.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}", prepare=False)
     except psycopg.Error as exc:
         lost = caller_lost(caller, exc, doing)
         if lost is None:

@@ -18,7 +18,7 @@ from psycopg import AsyncConnection, AsyncCursor
 from dispatcher.publish.broker_errors import broker_unavailable
 from dispatcher.publish.closing import LOCK_WAIT, async_close_when_free, async_later
 from dispatcher.publish.connection_owners import Owner, abandon, async_owner
-from dispatcher.publish.connection_settings import connect_options
+from dispatcher.publish.connection_settings import SERVER_PID, connect_options
 from dispatcher.publish.errors import BrokerUnavailable
 from dispatcher.publish.idle_check import IdleWatch
 from dispatcher.publish.jsonb import tolerant_adapters
@@ -106,6 +106,14 @@ class AsyncSlots:
                 fresh = await AsyncConnection.connect(
                     self.conninfo, context=tolerant_adapters(), **connect_options(self.conninfo)
                 )
+                try:
+                    if fresh.prepare_threshold is not None:
+                        row = await (await fresh.execute(SERVER_PID)).fetchone()
+                        if row is not None and row[0] != fresh.info.backend_pid:
+                            fresh.prepare_threshold = None  # a pooler in between
+                except BaseException:
+                    await fresh.close()
+                    raise
             except psycopg.Error as exc:
                 slot.attempts += 1
                 slot.failure = broker_unavailable(self.conninfo, exc, "connect to")

@@ -14,7 +14,7 @@ from psycopg import Connection, Cursor
 from dispatcher.publish.broker_errors import broker_unavailable
 from dispatcher.publish.closing import LOCK_WAIT, sync_close_when_free, sync_later
 from dispatcher.publish.connection_owners import Owner, abandon, sync_owner
-from dispatcher.publish.connection_settings import connect_options
+from dispatcher.publish.connection_settings import SERVER_PID, connect_options
 from dispatcher.publish.errors import BrokerUnavailable
 from dispatcher.publish.idle_check import IdleWatch
 from dispatcher.publish.jsonb import tolerant_adapters
@@ -102,6 +102,14 @@ class Slots:
                 fresh = Connection.connect(
                     self.conninfo, context=tolerant_adapters(), **connect_options(self.conninfo)
                 )
+                try:
+                    if fresh.prepare_threshold is not None:
+                        row = (fresh.execute(SERVER_PID)).fetchone()
+                        if row is not None and row[0] != fresh.info.backend_pid:
+                            fresh.prepare_threshold = None  # a pooler in between
+                except BaseException:
+                    fresh.close()
+                    raise
             except psycopg.Error as exc:
                 slot.attempts += 1
                 slot.failure = broker_unavailable(self.conninfo, exc, "connect to")

@@ -34,7 +34,7 @@ def waiting_of_task(settings: Settings, task: str, timeout: float) -> int:
         return 0
     try:
         with connect(section.conninfo) as conn:
-            limit_waits(conn, timeout)
+            limit_waits(conn, timeout, section.conninfo)
             return queue_admin_cancel.count_waiting(conn, section.schema, task)
     except (psycopg.Error, DispatcherError):  # a task no row can hold (UNTRANSLATABLE) too
         return 0
@@ -60,7 +60,7 @@ def cancel_waiting_job(
             texts = [("uuid", uuid), ("task", task)] if task is not None else [("uuid", uuid)]
             if unstorable(texts, [server_encoding(conn)]) is not None:
                 return None, None  # no job can have it
-            limit_waits(conn, timeout)
+            limit_waits(conn, timeout, section.conninfo)
             try:
                 queue = queue_admin_cancel.cancel_waiting(conn, section.schema, uuid, task)
             except psycopg.Error as exc:
@@ -84,7 +84,7 @@ def waits(settings: Settings, uuid: str, timeout: float) -> bool:
         return False
     try:
         with connect(section.conninfo) as conn:
-            limit_waits(conn, timeout)
+            limit_waits(conn, timeout, section.conninfo)
             return bool(queue_admin_list.list_jobs(conn, section.schema, state="queued", uuid=uuid))
     except (psycopg.Error, DispatcherError):  # a uuid no row can hold (UNTRANSLATABLE) too
         return False

@@ -62,7 +62,7 @@ def run(options: argparse.Namespace, settings: Settings) -> int:
             refusal = unstorable_option(options, encoding)
             if refusal is not None:
                 return _fail(refusal, EXIT_USAGE)
-            queue_admin.limit_waits(conn, options.timeout)
+            queue_admin.limit_waits(conn, options.timeout, section.conninfo)
             queue_admin.check_tables(conn, section.schema, settings.file)
             try:
                 return _run_command(conn, section, options)

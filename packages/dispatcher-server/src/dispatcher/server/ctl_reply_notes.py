@@ -22,6 +22,14 @@ DISPATCHERD_NOT_FOUND = (
 )
 
 
+LOST_IN_A_POOL: Final = (
+    "the replies were waited for through a pooler, and one in transaction mode loses them "
+    "(LISTEN needs a session of its own): point brokers.pg_notify.conninfo at PostgreSQL or "
+    "a session-mode pool"
+)
+"""Why replies may not have come, when they were waited for through a pooler."""
+
+
 def control_channel(settings: Settings) -> str | None:
     """The channel control commands go on, when they go through pg_notify."""
     try:
@@ -112,6 +120,8 @@ def shortfall(result: ControlResult) -> str:
     """
     text = f"{len(result.replies)} of {result.expected} expected replies"
     missing = shown(", ".join(result.missing))
+    if result.through_pooler and result.missing:
+        return f"{text}; no answer from {missing}: {LOST_IN_A_POOL}"
     if result.arriving:
         still = "a reply was" if result.arriving == 1 else f"{result.arriving} replies were"
         text += (

@@ -24,6 +24,7 @@ from psycopg import sql
 
 from dispatcher.config import PgQueueBroker, Settings
 from dispatcher.config.settings import dispatcherctl_command
+from dispatcher.publish.connection_settings import through_transaction_pooler
 from dispatcher.schema import DispatcherError
 from dispatcher.server.brokers.pg_queue.migrations import (
     VERSION_TABLE,
@@ -111,16 +112,31 @@ MAX_SETTING_MS: Final = 2_147_483_647
 """The largest number of milliseconds a PostgreSQL timeout setting takes."""
 
 
-def limit_waits(conn: psycopg.Connection[Any], lock_timeout: float) -> None:
+def limit_waits(conn: psycopg.Connection[Any], lock_timeout: float, conninfo: str) -> None:
     """Make *conn*'s statements wait at most *lock_timeout* seconds for a lock.
 
     A statement that waits longer fails with :class:`psycopg.errors.LockNotAvailable`,
     which undoes what its transaction did. How long a statement runs once it has its locks
     is not bounded here: retrying a million failed jobs takes as long as it takes.
+
+    Nothing is set through a pooler: when the config marks *conninfo* (the connection's)
+    ``transaction_pooler``, or when the server session is not the connection's own (the
+    process id given at connection is the pooler's, whatever its mode). In transaction mode
+    the setting would stay on a server session the pooler lends to other clients after this
+    one is gone (their statements then cancelled after *lock_timeout* waiting for a lock).
+    The role's ``lock_timeout`` applies then, and *conn* prepares no statement either.
     """
+    if through_transaction_pooler(conninfo) or _behind_a_pooler(conn):
+        conn.prepare_threshold = None
+        return
     conn.execute(
         "SELECT pg_catalog.set_config('lock_timeout', %s, false)", (_milliseconds(lock_timeout),)
     )
+
+
+def _behind_a_pooler(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_catalog.pg_backend_pid()", prepare=False).fetchone()
+    return row is not None and int(row[0]) != conn.info.backend_pid
 
 
 def _milliseconds(seconds: float) -> str:

@@ -33,12 +33,13 @@ from dispatcher.schema import (
     split_message,
 )
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
-from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver
+from dispatcher.server.brokers.base import BrokerBase, BrokerContext, BrokerNotReady, Deliver
 from dispatcher.server.brokers.pg_connections import open_connection, start_listening
 from dispatcher.server.brokers.pg_notify.drain import Drain
 from dispatcher.server.brokers.pg_notify.neighbours import others_on, warn_of_others
 from dispatcher.server.brokers.pg_notify.outbox import Outbox, Outgoing
 from dispatcher.server.brokers.pg_notify.self_check import SelfCheck, SelfCheckStuck
+from dispatcher.server.brokers.pooler_probe import check_notifications_arrive
 from dispatcher.server.log_arguments import named_list
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import first_line
@@ -47,6 +48,11 @@ from dispatcher.server.ratelimit import FailureLog
 from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.listener")
+
+LISTEN_REMEDY: Final = (
+    "point brokers.pg_notify.conninfo of the services at PostgreSQL or a session-mode pool"
+)
+"""How a listener whose notifications a pooler loses is put right (see :mod:`.pooler_probe`)."""
 
 REPLY_TIMEOUT: Final = 10.0
 """Seconds a control reply may wait for the listening connection to send it."""
@@ -85,6 +91,13 @@ class PgNotifyBroker(BrokerBase):
                 conn = await self._connect()
                 try:
                     drain = Drain(conn, self.check_channel, self._origins, deliver)
+                    await check_notifications_arrive(  # (it reads its probe itself)
+                        conn,
+                        self.settings.conninfo,
+                        self.check_channel,
+                        self.settings.self_check_timeout,
+                        LISTEN_REMEDY,
+                    )
                     # What psycopg reads while a statement runs (LISTEN, the self-check)
                     # comes this way.
                     conn.add_notify_handler(drain.take)
@@ -216,9 +229,23 @@ async def _first_of(first: anyio.Event, second: anyio.Event, timeout: float) -> 
 
 
 def create(options: Mapping[str, Any], context: BrokerContext) -> PgNotifyBroker:
-    """The factory of ``brokers.pg_notify`` (it reads the typed section of the settings)."""
+    """The factory of ``brokers.pg_notify`` (it reads the typed section of the settings).
+
+    :raises BrokerNotReady: when the section says its conninfo leads to a pooler in
+        transaction mode: the broker LISTENs, and such a pooler would lose every
+        notification (tasks, control commands) while lending the LISTENing server session
+        to other clients.
+    """
     settings = context.settings.brokers.pg_notify
     assert settings is not None, "the pg_notify factory is only called when it is configured"
+    if settings.transaction_pooler:
+        raise BrokerNotReady(
+            f"brokers.pg_notify.transaction_pooler is true in {context.settings.source}: a "
+            "service LISTENs on brokers.pg_notify.conninfo, and a pooler in transaction mode "
+            "loses notifications (tasks and control commands would never reach it). Give "
+            "the services a config whose brokers.pg_notify.conninfo leads to PostgreSQL or to "
+            "a pool in session mode (transaction_pooler is for the publishers' config)"
+        )
     # Named after the node and its channels: a control client counts the services that will
     # get its command (those listening on the channel it sends on).
     name = service_application_name(context.node_id, settings.channels)

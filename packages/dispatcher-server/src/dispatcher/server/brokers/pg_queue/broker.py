@@ -217,7 +217,13 @@ class PgQueueBroker(BrokerBase):
     async def receive(
         self, deliver: Deliver, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen for wake-ups and claim jobs until ``stop_receiving()``."""
+        """Listen for wake-ups and claim jobs until ``stop_receiving()``.
+
+        Not through a pooler in transaction mode (``transaction_pooler``): a LISTEN would stay
+        on a server session the pooler lends to other clients (which would then get the
+        wake-ups, while pgbouncer drops those that come when no client has the session), and
+        none would reach this service. It claims every ``poll_interval`` seconds then.
+        """
         task_status.started()  # connecting goes on in the background
         logger.info(
             "claiming jobs of queues %s (schema %s, %s)",
@@ -225,15 +231,22 @@ class PgQueueBroker(BrokerBase):
             self.settings.schema,
             self._db.where,
         )
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(
-                listen,
-                self.settings.conninfo,
-                self._listen_name,
-                self.queues,
-                self._wakeup,
-                name="pg_queue:listen",
+        if self.settings.transaction_pooler:
+            logger.info(
+                "not listening for wake-ups: brokers.pg_queue.transaction_pooler is true, and "
+                "LISTEN needs a session of its own; jobs start within poll_interval (%g s)",
+                self.settings.poll_interval,
             )
+        async with anyio.create_task_group() as task_group:
+            if not self.settings.transaction_pooler:
+                task_group.start_soon(
+                    listen,
+                    self.settings.conninfo,
+                    self._listen_name,
+                    self.queues,
+                    self._wakeup,
+                    name="pg_queue:listen",
+                )
             await self._claimer.run(deliver, self._wakeup)
 
     async def acknowledge(self, settled: Sequence[Settled]) -> None:

@@ -45,6 +45,7 @@ from dispatcher.publish.refusals import note_server, with_cause
 from dispatcher.server.backoff import FIRST_RETRY, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.base import BrokerNotReady
 from dispatcher.server.brokers.pg_connections import open_connection
+from dispatcher.server.brokers.pooler_probe import lent_to_others, probe_channel
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import first_line
@@ -146,6 +147,12 @@ session other than the one that prepared them."""
 _WARNED_UNPREPARED: set[str] = set()
 """The servers a lost prepared statement was reported for (once each, not per connection)."""
 
+_WARNED_POOLED: set[str] = set()
+"""The servers found behind a pooler in transaction mode (said once each)."""
+
+PROBE_TIMEOUT: Final = 2.0
+"""Seconds the probe of a connection found behind a pooler has to come back."""
+
 FAILURES = (psycopg.Error, OSError, BrokerNotReady)
 """What a statement can fail with: the database's errors, an unreachable server, tables
 that are missing or too old (found when a connection is opened)."""
@@ -162,9 +169,10 @@ class QueueDatabase:
     database sets one; so is *lock_timeout* (seconds; ``None``: the server's). *pooled*:
     the conninfo leads to a pooler in transaction mode, whose sessions are shared with
     other clients and keep no prepared statement from one transaction to the next: nothing
-    is prepared and nothing set on the session. A prepared statement found gone turns
-    preparing off from then on, with a warning that names the setting (the session
-    settings are still made: only the operator can say whether they reach other clients).
+    is prepared and nothing set on the session. So it is when a connection is found to go
+    through such a pooler though *pooled* is false (see :func:`lent_to_others`), with a
+    warning that names the setting. A prepared statement found gone turns preparing off from
+    then on, with a warning that names the setting.
     """
 
     def __init__(
@@ -187,6 +195,8 @@ class QueueDatabase:
         self._pooled = pooled
         self._unprepared = pooled
         """Whether its connections prepare nothing: configured so, or found necessary."""
+        self._probe_channel = probe_channel()
+        """Where a connection found behind a pooler is probed (see :func:`lent_to_others`)."""
         self._on_open = on_open
         self._stats = stats
         self._conn: Connection | None = None
@@ -420,6 +430,10 @@ class QueueDatabase:
                 self._failed(exc)
                 raise
             try:
+                if not self._pooled and await lent_to_others(
+                    conn, self._conninfo, self._probe_channel, PROBE_TIMEOUT
+                ):
+                    self._found_pooled()
                 if self._unprepared:
                     conn.prepare_threshold = None
                 if not self._pooled:
@@ -448,6 +462,20 @@ class QueueDatabase:
             if self._stats is not None:
                 self._stats.pg_queue_connects += 1
             return conn
+
+    def _found_pooled(self) -> None:
+        """Act as ``transaction_pooler: true`` says, its connection found lent to others."""
+        self._pooled = self._unprepared = True
+        if self.where not in _WARNED_POOLED:
+            _WARNED_POOLED.add(self.where)
+            logger.warning(
+                "the durable queue's connections to %s go through a pooler in transaction mode "
+                "(a probe sent to one did not come back): they set nothing on its sessions, "
+                "which other clients share, and prepare nothing. Set "
+                "brokers.pg_queue.transaction_pooler: true, and the settings on the services' "
+                "role (see the docs: pgbouncer and other poolers)",
+                self.where,
+            )
 
     def _failed(self, exc: BaseException) -> None:
         if self._stats is not None:

@@ -90,13 +90,14 @@ async def sampling_connection(
     (A sample runs every few seconds: preparing saves nothing, and a pooler in transaction
     mode loses prepared statements between transactions.)
     """
+    # A server gone silently is noticed, as elsewhere.
+    options = connection_options(conninfo) | {"prepare_threshold": None}
     return await psycopg.AsyncConnection.connect(
         conninfo,
         autocommit=True,
         application_name=application_name,
         connect_timeout=connect_timeout,
-        prepare_threshold=None,
-        **connection_options(conninfo),  # a server gone silently is noticed, as elsewhere
+        **options,
     )
 
 

@@ -25,6 +25,7 @@ from dispatcher.publish.broker_errors import all_attempts
 from dispatcher.schema import QUEUE_WAKEUP_CHANNEL
 from dispatcher.server.backoff import FIRST_RETRY, HEALTHY_AFTER, MAX_RECONNECT, Backoff
 from dispatcher.server.brokers.pg_connections import open_connection, start_listening
+from dispatcher.server.brokers.pooler_probe import check_notifications_arrive, probe_channel
 from dispatcher.server.cancelling import execute_within
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import first_line
@@ -37,6 +38,15 @@ CHECK_AFTER: Final = 30.0
 
 CHECK_TIMEOUT: Final = 10.0
 """Seconds the check of the listening connection may take before it is cancelled."""
+
+PROBE_TIMEOUT: Final = 5.0
+"""Seconds a probe through a pooler has to come back (see :mod:`..pooler_probe`)."""
+
+REMEDY: Final = (
+    "set brokers.pg_queue.transaction_pooler: true, or point its conninfo at PostgreSQL or a "
+    "session-mode pool"
+)
+"""How a wake-up listener whose notifications a pooler loses is put right."""
 
 MAX_DUE: Final = 1024
 """Retry times a :class:`Wakeup` keeps (the earliest): see :meth:`Wakeup.after`."""
@@ -110,10 +120,12 @@ async def listen(
     where = describe_server(conninfo)
     wanted = frozenset(queues)
     failures = FailureLog(logger)
+    probes = probe_channel()
     while True:
         connected_at: float | None = None
         try:
             async with await open_connection(conninfo, application_name) as conn:
+                await check_notifications_arrive(conn, conninfo, probes, PROBE_TIMEOUT, REMEDY)
                 await start_listening(conn, [QUEUE_WAKEUP_CHANNEL])
                 connected_at = time.monotonic()
                 failures.ended()
