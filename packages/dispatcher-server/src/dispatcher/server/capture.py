@@ -22,7 +22,8 @@ journald, a container's log), one stream writes for both, so that their lines st
 order they were written.
 
 A task that closes or redirects fds 0, 1 or 2, or replaces ``sys.stdout`` or ``sys.stderr``,
-has them put back once it ends (:mod:`dispatcher.server.std_fds_guard`, a base class of
+has them put back once it ends; one that closes the capture's pipe or the log's copies has
+its worker replaced (:mod:`dispatcher.server.std_fds_guard`, a base class of
 :class:`OutputCapture`).
 
 Logging handlers of the application's that write to standard output or error are not
@@ -255,6 +256,8 @@ class OutputCapture(StdFdsGuard):
                 chunk = os.read(self._read_fd, _READ_SIZE)
             except BlockingIOError:
                 return True
+            except OSError:  # task code closed it (see fds_taken()): nothing more to read
+                return False
             if not chunk:
                 return False
             self._current.add(chunk)

@@ -7,7 +7,9 @@ line would stop dispatching, timers, control commands and the renewal of durable
 A :class:`LineWriter` takes the lines instead (appending to a list costs less than the
 write did), and its thread writes them, several at once. When more than its limit of text
 waits (the reader fell behind for long), the lines that come are dropped, and counted; once
-writing works again, a line says how many were dropped, where they were.
+writing works again, a line says how many were dropped, where they were. Lines are written
+only while the file descriptor is the file it was when the writer was made: one that task
+code closed (in a worker), and that may since number a file of the task's, gets none.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ _KEPT_SIGNALS: Final = frozenset(
 """Signals the writer's thread does not block (those a fault raises in the faulting thread)."""
 
 
+def file_identity(fd: int) -> tuple[int, int] | None:
+    """The device and inode of the file *fd* is open on; ``None`` when it is not open."""
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 class LineWriter:
     """Writes the lines it is given to the file descriptor *fd*, from a thread of its own.
 
@@ -57,8 +68,12 @@ class LineWriter:
         encoding: str = "utf-8",
         errors: str = "backslashreplace",
         limit: int = MAX_QUEUED_CHARS,
+        identity: tuple[int, int] | None = None,
     ) -> None:
         self._fd = fd
+        self._identity = file_identity(fd) if identity is None else identity
+        """The file the lines go to (*identity*, else the one *fd* is open on now): the
+        descriptor open on another one is not written to."""
         self._notice = notice
         self._encoding = encoding
         self._errors = errors
@@ -172,9 +187,11 @@ class LineWriter:
             if unsaid:
                 text += self._notice(unsaid)
             data = memoryview(text.encode(self._encoding, self._errors))
+            if file_identity(self._fd) != self._identity:  # (a system call a write, at most)
+                raise OSError(f"file descriptor {self._fd} was closed or replaced")
             while data:
                 data = data[os.write(self._fd, data) :]
-        except Exception:  # EPIPE, EBADF, a notice that could not be made: the lines are lost
+        except Exception:  # EPIPE, EBADF, another file, a notice that could not be made: lost
             with self._lock:
                 self.dropped += len(lines)
         with self._lock:

@@ -233,7 +233,20 @@ class TaskRunner:
         self.signals.check(message.get("task"), done["uuid"])
         self.places.check(message.get("task"), done["uuid"])
         self._capture.end()  # its output, logged with its name and uuid
+        taken = self._capture.fds_taken()
+        if taken is not None:  # (it could not be told in the log, which may be gone)
+            self.retire()
+            done["retire"] = taken
         return done
+
+    def retire(self) -> None:
+        """Run no more requests: this worker can no longer be trusted.
+
+        Those it holds, and those sent before the service reads why, end unstarted
+        (``recalled``): the service gives them back, and replaces the worker.
+        """
+        if self._recalled_after is None:
+            self._recalled_after = self._started
 
     def _call(self, message: Mapping[str, Any]) -> Any:
         entry = registry.get(message["task"])
