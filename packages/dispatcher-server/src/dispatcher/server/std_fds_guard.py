@@ -14,7 +14,7 @@ that closes one (a double ``os.close()`` of a number since reused, a ``closerang
 would have the worker's every later line lost without a word, or written into a file the
 task opened next, which takes the closed number; a pipe left without its reader would have
 every later ``print()`` fail. :meth:`StdFdsGuard.fds_taken` tells, after each task, that
-the worker must be replaced (about half a microsecond: an ``fcntl`` and a ``fstat``); until
+the worker must be replaced (about a microsecond: an ``fcntl`` and a ``fstat``); until
 then, a log line is written only while its descriptor is still the log's file.
 
 A base class of :class:`~dispatcher.server.capture.OutputCapture`, which sets them up.
