@@ -43,6 +43,17 @@ def test_a_task_configuring_logging_leaves_the_workers_own_log_alone(
     worker.wait_for_log(f"task {LEAKY}closes_streams (uuid u-close) closed or replaced")
 
 
+def test_a_task_patching_os_functions_leaves_the_workers_log_working(
+    worker: WorkerProcess,
+) -> None:
+    """The worker's log thread wrote with ``os.write``, looked up at each write: patched, every
+    later line of the worker was dropped without a word."""
+    assert worker.run(LEAKY + "patches_os", uuid="u-patch")["outcome"] == "ok"
+    assert worker.run(LEAKY + "says", "after", uuid="u-after")["outcome"] == "ok"
+    log = worker.wait_for_log(f"task output [{LEAKY}says u-after] printed after")
+    assert "leaky: logged after" in log
+
+
 def test_a_task_closing_sys_stdout_and_stderr_has_them_put_back(worker: WorkerProcess) -> None:
     assert worker.run(LEAKY + "closes_streams", uuid="u-close")["outcome"] == "ok"
     after = worker.run(LEAKY + "says", "after", uuid="u-after")

@@ -168,6 +168,17 @@ def where_it_works(path: str) -> dict[str, str]:
     return {"cwd": os.getcwd(), "mode": oct(os.stat(path).st_mode & 0o777)}
 
 
+def _broken(*args: Any, **kwargs: Any) -> Any:
+    raise OSError("patched by a task")
+
+
+@task()
+def patches_os() -> None:
+    """Leave ``os.read``, ``os.write``, ``os.fstat`` and ``time.sleep`` patched, as a mock
+    started and never stopped, or a green-thread library's patching, would."""
+    os.read = os.write = os.fstat = time.sleep = _broken
+
+
 @task()
 def sleeps(seconds: float) -> str:
     """Sleep *seconds*."""

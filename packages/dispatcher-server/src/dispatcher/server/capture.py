@@ -51,6 +51,8 @@ from dispatcher.server.std_fds_guard import StdFdsGuard
 
 logger = get_logger("dispatcher.worker")
 
+_os_read: Final = os.read  # (as imported: task code may patch os)
+
 _READ_SIZE: Final = 1 << 16
 
 _MAX_READS_AT_SWITCH: Final = 64
@@ -253,7 +255,7 @@ class OutputCapture(StdFdsGuard):
         """
         for _ in range(reads):
             try:
-                chunk = os.read(self._read_fd, _READ_SIZE)
+                chunk = _os_read(self._read_fd, _READ_SIZE)
             except BlockingIOError:
                 return True
             except OSError:  # task code closed it (see fds_taken()): nothing more to read

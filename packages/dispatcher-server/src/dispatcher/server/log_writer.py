@@ -33,6 +33,13 @@ GATHER_TIME: Final = 0.005
 STALLED_WAIT: Final = 0.1
 """Seconds a drain waits for a write to end, when the drain before it ran out of time."""
 
+_fstat: Final = os.fstat
+_write: Final = os.write
+_sleep: Final = time.sleep
+_monotonic: Final = time.monotonic
+"""Taken when this module is imported: task code that patches ``os`` or ``time`` (a mock
+started and never stopped, a green-thread library) leaves the writer as it was."""
+
 _KEPT_SIGNALS: Final = frozenset(
     getattr(signal, name)
     for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT")
@@ -44,7 +51,7 @@ _KEPT_SIGNALS: Final = frozenset(
 def file_identity(fd: int) -> tuple[int, int] | None:
     """The device and inode of the file *fd* is open on; ``None`` when it is not open."""
     try:
-        stat = os.fstat(fd)
+        stat = _fstat(fd)
     except OSError:
         return None
     return stat.st_dev, stat.st_ino
@@ -126,7 +133,7 @@ class LineWriter:
         write to end, then *timeout* if one did: a reader gone for good holds the process's
         stop once, not at every drain.
         """
-        start = time.monotonic()
+        start = _monotonic()
         deadline = start + timeout
         with self._lock:
             writes = self._writes
@@ -135,7 +142,7 @@ class LineWriter:
             while self._lines or self._unsaid or not self._idle:
                 if self._writes != writes:  # the reader reads again
                     deadline = start + timeout
-                remaining = deadline - time.monotonic()
+                remaining = deadline - _monotonic()
                 if remaining <= 0:
                     self._gave_up_at = self._writes
                     return False
@@ -173,7 +180,7 @@ class LineWriter:
                     self._wake.wait()
             # Lines come in bursts (a task's few, many under load): it lets the others of
             # the burst come, then writes them at once, not one by one.
-            time.sleep(GATHER_TIME)
+            _sleep(GATHER_TIME)
             with self._lock:
                 lines, self._lines = self._lines, []
                 unsaid, self._unsaid = self._unsaid, 0
@@ -190,7 +197,7 @@ class LineWriter:
             if file_identity(self._fd) != self._identity:  # (a system call a write, at most)
                 raise OSError(f"file descriptor {self._fd} was closed or replaced")
             while data:
-                data = data[os.write(self._fd, data) :]
+                data = data[_write(self._fd, data) :]
         except Exception:  # EPIPE, EBADF, another file, a notice that could not be made: lost
             with self._lock:
                 self.dropped += len(lines)

@@ -34,7 +34,9 @@ from dispatcher.server.log_records import get_logger
 
 logger = get_logger("dispatcher.worker")
 
-_fcntl: Final = fcntl.fcntl
+_fcntl: Final = fcntl.fcntl  # (these as imported: task code may patch os)
+_fstat: Final = os.fstat
+_dup2: Final = os.dup2
 _GETPIPE_SZ: Final = fcntl.F_GETPIPE_SZ
 _GETFD: Final = fcntl.F_GETFD
 
@@ -98,13 +100,13 @@ class StdFdsGuard:
         changed = []
         for fd, saved in enumerate(self._saved_fds):
             try:
-                same = os.path.samestat(os.fstat(fd), os.fstat(saved))
+                same = os.path.samestat(_fstat(fd), _fstat(saved))
             except OSError:
                 same = False
             if not same:
                 changed.append(_STD_FDS[fd])
                 with contextlib.suppress(OSError):  # (our copy closed too: nothing to do)
-                    os.dup2(saved, fd)
+                    _dup2(saved, fd)
         kept = []
         for fd, name, current in ((1, "sys.stdout", sys.stdout), (2, "sys.stderr", sys.stderr)):
             stream = self._streams[fd - 1]

@@ -24,8 +24,12 @@ from dispatcher.server.log_records import get_logger
 
 logger = get_logger("dispatcher.worker")
 
-_getcwd: Final = os.getcwd
+_getcwd: Final = os.getcwd  # (these as imported: task code may patch os)
 _umask: Final = os.umask
+_fchdir: Final = os.fchdir
+_chdir: Final = os.chdir
+_stat: Final = os.stat
+_fstat: Final = os.fstat
 
 _DIRECTORY_FLAGS: Final = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0)
 """How the working directory is kept open: ``O_PATH`` (Linux) needs no right to read it."""
@@ -75,9 +79,9 @@ class PlaceKeeper:
             changes.insert(0, Phrase("working directory (to %s)", where or "a removed directory"))
             with contextlib.suppress(OSError):  # (removed, or no longer ours to enter)
                 if self._directory_fd >= 0:
-                    os.fchdir(self._directory_fd)
+                    _fchdir(self._directory_fd)
                 elif self._directory is not None:
-                    os.chdir(self._directory)
+                    _chdir(self._directory)
         elif where != self._directory:
             self._directory = where  # renamed from outside: the same directory, named anew
         if changes and not self._warned:
@@ -94,6 +98,6 @@ class PlaceKeeper:
         if self._directory_fd < 0:
             return False
         try:
-            return os.path.samestat(os.stat("."), os.fstat(self._directory_fd))
+            return os.path.samestat(_stat("."), _fstat(self._directory_fd))
         except OSError:
             return False
