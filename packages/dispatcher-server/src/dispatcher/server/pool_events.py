@@ -231,7 +231,9 @@ class PoolEvents:
             worker.pid,
         )
         worker.recalled = True
-        if worker.job is None:  # (else once it has given back the jobs it holds)
+        # Stopped now; else once it has given back the jobs it holds, or it exits already
+        # (its task raised DispatcherExit).
+        if worker.job is None and worker.status is not WorkerStatus.STOPPING:
             self._stats.workers_retired += 1
             self._pool.stop_worker(worker)
 
