@@ -105,7 +105,11 @@ class BackgroundStream:
 
         Task code may have closed it, and put a file of its own in its place. One system call.
         """
-        return file_identity(self._stream.fileno()) == self._identity
+        try:
+            fd = self._stream.fileno()
+        except ValueError:  # the stream itself closed (by code that found it)
+            return False
+        return file_identity(fd) == self._identity
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)  # encoding, errors, isatty()...
