@@ -270,3 +270,25 @@ def test_a_task_closing_a_descriptor_of_its_workers_gets_its_worker_replaced(
     assert "internal error" not in service.log
     assert "worker_lost" not in service.log
     assert "CRITICAL" not in service.log
+
+
+def test_a_bound_tasks_control_command_too_large_to_send_is_refused_to_it(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Sent, it was taken for a task writing on the event pipe: its worker was killed, its
+    job lost (``worker_lost``), where a durable job failed so at every attempt."""
+    service = start_service(config)
+    notify(channel, message(UNRULY + "asks_too_much", evidence.path, 60, uuid="u-ask"))
+    [asked] = evidence.wait_for(1, timeout=30)
+    assert asked["reply"] == {
+        "error": "the control command is 62914619 bytes of JSON, over the limit of 51380224 "
+        "a worker may send its service"
+    }
+    service.wait_for_log(r"\(uuid u-ask\) finished ok")
+    notify(channel, message("record", evidence.path, "next"))
+    assert evidence.wait_for(2)[-1]["pid"] == asked["pid"]
+    assert "on its event pipe" not in service.log

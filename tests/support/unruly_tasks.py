@@ -156,3 +156,10 @@ def takes_a_worker_fd(path: str, how: str) -> None:
     logging.getLogger("unruly").warning("LOGGED BY THE TASK")
     with contextlib.suppress(BrokenPipeError):  # (the pipe without its reader)
         print("PRINTED BY THE TASK", flush=True)
+
+
+@task(bind=True)
+def asks_too_much(dispatcher: Any, path: str, megabytes: int) -> None:
+    """Send its service a control command with *megabytes* MiB of data; record the reply."""
+    reply = dispatcher.control("running", {"task": "x" * (megabytes << 20)})
+    _record(path, event="asked", reply=reply)
