@@ -77,11 +77,7 @@ class PlaceKeeper:
             changes.append(Phrase("umask (to %s)", oct(umask)))
         if where != self._directory and not self._same_directory():
             changes.insert(0, Phrase("working directory (to %s)", where or "a removed directory"))
-            with contextlib.suppress(OSError):  # (removed, or no longer ours to enter)
-                if self._directory_fd >= 0:
-                    _fchdir(self._directory_fd)
-                elif self._directory is not None:
-                    _chdir(self._directory)
+            self._go_back()
         elif where != self._directory:
             self._directory = where  # renamed from outside: the same directory, named anew
         if changes and not self._warned:
@@ -92,6 +88,15 @@ class PlaceKeeper:
                 who,
                 Phrase.joined(", ", changes),
             )
+
+    def _go_back(self) -> None:
+        """Enter the directory kept: by its descriptor, else (a task closed it) by its path."""
+        try:
+            _fchdir(self._directory_fd)
+        except OSError:
+            if self._directory is not None:
+                with contextlib.suppress(OSError):  # (removed, or no longer ours to enter)
+                    _chdir(self._directory)
 
     def _same_directory(self) -> bool:
         """Whether the working directory is the one kept, whatever its path is now."""
