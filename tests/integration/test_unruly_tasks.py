@@ -272,6 +272,27 @@ def test_a_task_closing_a_descriptor_of_its_workers_gets_its_worker_replaced(
     assert "CRITICAL" not in service.log
 
 
+def test_a_task_closing_its_workers_socket_gets_a_line_that_says_so(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Its job's end cannot be reported (``worker_lost``); the worker's last line said
+    ``ended on an unexpected error: OSError: [Errno 9] Bad file descriptor``."""
+    service = start_service(config)
+    notify(channel, message(UNRULY + "takes_a_worker_fd", evidence.path, "socket", uuid="u-s"))
+    [taking] = evidence.wait_for(1)
+    service.wait_for_log(
+        r"CRITICAL worker-\d+ dispatcher\.worker: worker \d+ ended: the socket it reports to "
+        r"the service on was closed or replaced, by its task most likely \(OSError: "
+    )
+    service.wait_for_log(r"\(uuid u-s\): worker_lost")
+    notify(channel, message("record", evidence.path, "next"))
+    assert evidence.wait_for(2)[-1]["pid"] != taking["pid"]
+
+
 def test_a_bound_tasks_control_command_too_large_to_send_is_refused_to_it(
     start_service: StartService,
     config: dict[str, Any],

@@ -140,13 +140,17 @@ def _capture_pipe_reader() -> int:
 def takes_a_worker_fd(path: str, how: str) -> None:
     """Record, then close a file descriptor of the worker's own (as a double close of a
     number since reused would): the one its log goes to, or with *how* ``pipe`` the one
-    that reads its output. With *how* ``reuses``, put the file *path*.taken in the log's
+    that reads its output, ``socket`` its socket to the service. With *how* ``reuses``, put the file *path*.taken in the log's
     place, kept open. Then log and print: lines the worker would write to its log."""
     _record(path, event="taking")
     if how == "pipe":
         os.close(_capture_pipe_reader())
+    if how == "socket":  # the worker's line to its service
+        for candidate in gc.get_objects():
+            if isinstance(candidate, socket.socket) and candidate.family == socket.AF_UNIX:
+                os.close(candidate.fileno())
     for candidate in gc.get_objects():
-        if how != "pipe" and isinstance(candidate, BackgroundStream):
+        if how in ("closes", "reuses") and isinstance(candidate, BackgroundStream):
             fd = candidate.fileno()
             os.close(fd)
             if how == "reuses":

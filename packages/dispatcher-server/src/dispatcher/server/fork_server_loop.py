@@ -9,6 +9,7 @@ from the service or started as a program, is in :mod:`dispatcher.server.forkserv
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -44,11 +45,17 @@ DEATH_SIGNAL: Final = signal.SIGUSR2
 """What the kernel sends the fork server when the service's main process ends."""
 
 
+_SOCKET_TAKEN: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
+"""What the worker's socket fails with once task code closed it (``os.close()``,
+``os.closerange()``) or put another file in its place (``os.dup2()``)."""
+
+
 def _report_worker_failure(worker_id: int, exc: BaseException) -> None:
     """Log what ended a worker outside any task, escaped: its text may come from task code.
 
     A worker whose socket the service closed (it could not take the worker on: out of file
-    descriptors, say, and said so) exits with one line, its traceback at DEBUG only.
+    descriptors, say, and said so) exits with one line, its traceback at DEBUG only; one
+    whose socket its task closed says so.
     """
     with contextlib.suppress(BaseException):  # the worker exits whatever happens here
         if isinstance(exc, BrokenPipeError | ConnectionResetError):
@@ -58,6 +65,16 @@ def _report_worker_failure(worker_id: int, exc: BaseException) -> None:
                 describe_exception(exc),
             )
             logger.debug("worker %d:%s", worker_id, Block("".join(traceback.format_exception(exc))))
+            return
+        if isinstance(exc, OSError) and exc.errno in _SOCKET_TAKEN:
+            # Between tasks, the worker uses no other descriptor that would fail so.
+            logger.critical(
+                "worker %d ended: the socket it reports to the service on was closed or "
+                "replaced, by its task most likely (%s)%s",
+                worker_id,
+                describe_exception(exc),
+                Block("".join(traceback.format_exception(exc))),
+            )
             return
         logger.critical(
             "worker %d ended on an unexpected error: %s%s",
