@@ -51,9 +51,12 @@ class PlaceKeeper:
         self._directory_fd = -1
         self._umask = 0o022
         self._warned = False
+        self._kept = False
+        """Whether :meth:`keep` has run: nothing is put back before."""
 
     def keep(self) -> None:
         """Take the working directory and the umask as they are now as the ones to put back."""
+        self._kept = True
         self._umask = _umask(self._umask)
         _umask(self._umask)
         self._directory = _where()
@@ -66,6 +69,8 @@ class PlaceKeeper:
 
     def check(self, task: object, uuid: object) -> None:
         """Put back what task *task* (uuid *uuid*), which has just ended, changed."""
+        if not self._kept:
+            return
         umask = _umask(self._umask)
         where = _where()
         if umask != self._umask or where != self._directory:
@@ -93,7 +98,7 @@ class PlaceKeeper:
         """Enter the directory kept: by its descriptor, else (a task closed it) by its path."""
         try:
             _fchdir(self._directory_fd)
-        except OSError:
+        except (OSError, ValueError):  # (ValueError: none could be kept)
             if self._directory is not None:
                 with contextlib.suppress(OSError):  # (removed, or no longer ours to enter)
                     _chdir(self._directory)
