@@ -180,3 +180,21 @@ def test_an_async_generator_a_task_kept_is_closed_when_its_worker_stops(
     assert done["outcome"] == "ok", done
     worker.close()
     assert _lines(record) == ["kept", "finally"], worker.log
+
+
+def test_the_settings_a_task_changed_on_the_workers_loop_are_put_back(
+    worker: WorkerProcess,
+) -> None:
+    """A task factory that raised failed every later ``async def`` task of the worker; its
+    debug mode had every callback logged as slow."""
+    before = worker.run(TASKS + "the_loop_as_it_is", uuid="u-before", keep_result=True)
+    assert worker.run(TASKS + "changes_the_loop", uuid="u-change")["outcome"] == "ok"
+    after = worker.run(TASKS + "the_loop_as_it_is", uuid="u-after", keep_result=True)
+    assert after["outcome"] == "ok", after
+    assert after["result"] == before["result"] == "[false,null,0.1]"
+    log = worker.wait_for_log(f"task {TASKS}changes_the_loop (uuid u-change) changed")
+    assert (
+        "changed the event loop of async def tasks (its task factory, exception handler, debug "
+        "mode, slow_callback_duration): put back as they were, for the tasks that follow (said "
+        "once per worker)" in log
+    ), log

@@ -1,7 +1,7 @@
 """What a task leaves changed in its worker process never reaches the tasks that follow.
 
 Logging configured anew, standard streams closed, asyncio tasks left pending or the event
-loop closed, signal handlers, masks and alarms, a forked child returning into the worker,
+loop closed, signal handlers, masks and alarms, the working directory and the umask, a forked child returning into the worker,
 an exception whose ``__str__`` raises ``SystemExit``, context variables. Each test runs one worker process
 (``worker_main``, without a service) and drives it over its socket.
 """
@@ -41,6 +41,17 @@ def test_a_task_configuring_logging_leaves_the_workers_own_log_alone(
     assert worker.run(LEAKY + "closes_streams", uuid="u-close")["outcome"] == "ok"
     worker.wait_for_log(f"task output [{LEAKY}says u-after] printed after")
     worker.wait_for_log(f"task {LEAKY}closes_streams (uuid u-close) closed or replaced")
+
+
+def test_a_task_patching_os_functions_leaves_the_workers_log_working(
+    worker: WorkerProcess,
+) -> None:
+    """The worker's log thread wrote with ``os.write``, looked up at each write: patched, every
+    later line of the worker was dropped without a word."""
+    assert worker.run(LEAKY + "patches_os", uuid="u-patch")["outcome"] == "ok"
+    assert worker.run(LEAKY + "says", "after", uuid="u-after")["outcome"] == "ok"
+    log = worker.wait_for_log(f"task output [{LEAKY}says u-after] printed after")
+    assert "leaky: logged after" in log
 
 
 def test_a_task_closing_sys_stdout_and_stderr_has_them_put_back(worker: WorkerProcess) -> None:
@@ -136,6 +147,25 @@ def test_an_alarm_the_on_start_hook_left_is_cancelled_and_blamed_on_it(tmp_path:
         assert json.loads(effects["result"])["false"] == 0  # SIGCHLD ignored, as on_start wants
         log = worker.wait_for_log("worker hook on_start changed the worker's signals (alarm set)")
         assert "u-first) changed" not in log
+
+
+def test_the_working_directory_and_umask_a_task_changed_are_put_back(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """The next task ran in a removed directory (``os.getcwd()`` failed), and the files it
+    made could not be read (umask 0o777)."""
+    before = worker.run(LEAKY + "where_it_works", str(tmp_path / "a"), keep_result=True)
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    assert worker.run(LEAKY + "moves_out", str(folder), uuid="u-move")["outcome"] == "ok"
+    after = worker.run(LEAKY + "where_it_works", str(tmp_path / "b"), keep_result=True)
+    assert after["outcome"] == "ok", after
+    assert json.loads(after["result"]) == json.loads(before["result"])
+    log = worker.wait_for_log(f"task {LEAKY}moves_out (uuid u-move) changed the worker's")
+    assert (
+        "changed the worker's working directory (to a removed directory), umask (to 0o777): "
+        "put back as they were, for the tasks that follow (said once per worker)" in log
+    ), log
 
 
 @pytest.mark.parametrize("reader", ["reads_context_variables", "reads_context_variables_async"])

@@ -232,3 +232,84 @@ def test_a_huge_exception_message_is_reported_cut_and_the_worker_carries_on(
     service.wait_for_log(r"task \S+raises_a_huge_error \(uuid u-big\) failed: ValueError: e+")
     assert "on its event pipe" not in service.log
     assert "internal error" not in service.log
+
+
+@pytest.mark.parametrize(
+    ("how", "what"),
+    [
+        ("closes", "the file descriptor its worker logs to"),
+        ("reuses", "the file descriptor its worker logs to"),
+        ("pipe", "the pipe its worker captures its output with"),
+    ],
+)
+def test_a_task_closing_a_descriptor_of_its_workers_gets_its_worker_replaced(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+    how: str,
+    what: str,
+) -> None:
+    """Its log closed, every later line of the worker (its tasks' output, its own warnings)
+    was lost without a word, or written into the file the task had put in the log's place;
+    its output's pipe closed, the worker died (``worker_lost``) on an error of its own."""
+    service = start_service(config)
+    notify(channel, message(UNRULY + "takes_a_worker_fd", evidence.path, how, uuid="u-take"))
+    [taking] = evidence.wait_for(1)
+    service.wait_for_log(
+        r"WARNING dispatcher\.\w+: task support\.unruly_tasks\.takes_a_worker_fd \(uuid "
+        rf"u-take\) closed or replaced {what}: replacing worker \d+ \(pid {taking['pid']}\)"
+    )
+    service.wait_for_log(r"takes_a_worker_fd \(uuid u-take\) finished ok")
+    notify(channel, message("record", evidence.path, "next"))
+    records = evidence.wait_for(2)
+    assert records[-1]["pid"] != taking["pid"]
+    taken = evidence.path.with_name(evidence.path.name + ".taken")
+    assert not taken.exists() or taken.read_text() == ""
+    assert "internal error" not in service.log
+    assert "worker_lost" not in service.log
+    assert "CRITICAL" not in service.log
+
+
+def test_a_task_closing_its_workers_socket_gets_a_line_that_says_so(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Its job's end cannot be reported (``worker_lost``); the worker's last line said
+    ``ended on an unexpected error: OSError: [Errno 9] Bad file descriptor``."""
+    service = start_service(config)
+    notify(channel, message(UNRULY + "takes_a_worker_fd", evidence.path, "socket", uuid="u-s"))
+    [taking] = evidence.wait_for(1)
+    service.wait_for_log(
+        r"CRITICAL worker-\d+ dispatcher\.worker: worker \d+ ended: the socket it reports to "
+        r"the service on was closed or replaced, by its task most likely \(OSError: "
+    )
+    service.wait_for_log(r"\(uuid u-s\): worker_lost")
+    notify(channel, message("record", evidence.path, "next"))
+    assert evidence.wait_for(2)[-1]["pid"] != taking["pid"]
+
+
+def test_a_bound_tasks_control_command_too_large_to_send_is_refused_to_it(
+    start_service: StartService,
+    config: dict[str, Any],
+    notify: Notify,
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """Sent, it was taken for a task writing on the event pipe: its worker was killed, its
+    job lost (``worker_lost``), where a durable job failed so at every attempt."""
+    service = start_service(config)
+    notify(channel, message(UNRULY + "asks_too_much", evidence.path, 60, uuid="u-ask"))
+    [asked] = evidence.wait_for(1, timeout=30)
+    assert asked["reply"] == {
+        "error": "the control command is 62914619 bytes of JSON, over the limit of 51380224 "
+        "a worker may send its service"
+    }
+    service.wait_for_log(r"\(uuid u-ask\) finished ok")
+    notify(channel, message("record", evidence.path, "next"))
+    assert evidence.wait_for(2)[-1]["pid"] == asked["pid"]
+    assert "on its event pipe" not in service.log

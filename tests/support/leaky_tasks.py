@@ -153,6 +153,33 @@ def signal_state() -> dict[str, Any]:
 
 
 @task()
+def moves_out(folder: str) -> None:
+    """Work in *folder*, removed meanwhile, with a umask that lets no one read a new file."""
+    os.chdir(folder)
+    os.rmdir(folder)
+    os.umask(0o777)
+
+
+@task()
+def where_it_works(path: str) -> dict[str, str]:
+    """The working directory, and the permissions of a new file made at *path*."""
+    with open(path, "w"):
+        pass
+    return {"cwd": os.getcwd(), "mode": oct(os.stat(path).st_mode & 0o777)}
+
+
+def _broken(*args: Any, **kwargs: Any) -> Any:
+    raise OSError("patched by a task")
+
+
+@task()
+def patches_os() -> None:
+    """Leave ``os.read``, ``os.write``, ``os.fstat`` and ``time.sleep`` patched, as a mock
+    started and never stopped, or a green-thread library's patching, would."""
+    os.read = os.write = os.fstat = time.sleep = _broken
+
+
+@task()
 def sleeps(seconds: float) -> str:
     """Sleep *seconds*."""
     time.sleep(seconds)

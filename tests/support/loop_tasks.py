@@ -2,7 +2,7 @@
 
 A thread ``asyncio.to_thread()`` started still running when the task ends, an object bound
 to the worker's event loop kept in a global, ``asyncio.run()`` in a plain task, trio run
-inside a task, an async generator dropped unfinished. Each records what it saw in a file
+inside a task, an async generator dropped unfinished, the loop's settings changed. Each records what it saw in a file
 (*path*), so a test reads it whatever the task's outcome.
 """
 
@@ -170,3 +170,25 @@ async def keeps_an_async_generator(path: str) -> None:
     await kept.__anext__()
     _KEPT.append(kept)
     _record(path, "kept")
+
+
+def _refuses(*args: object, **kwargs: object) -> object:
+    raise RuntimeError("set by an earlier task")
+
+
+@task()
+async def changes_the_loop() -> None:
+    """Set the loop's task factory and exception handler (both failing), and its debug mode."""
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(_refuses)  # type: ignore[arg-type]
+    loop.set_exception_handler(_refuses)
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0
+
+
+@task()
+async def the_loop_as_it_is() -> list[object]:
+    """Start an asyncio task; say whether the loop is in debug mode, and how it handles errors."""
+    loop = asyncio.get_running_loop()
+    await loop.create_task(asyncio.sleep(0))
+    return [loop.get_debug(), loop.get_exception_handler(), loop.slow_callback_duration]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,3 +67,20 @@ def spawn_daemon(path: str) -> None:
         check=True,
     )
     _record(path, event="start", daemon=int(started.stdout))
+
+
+PARENT_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGQUIT", "SIGALRM", "SIGPROF", "SIGTTIN", "SIGRTMIN")
+"""Signals whose default ends or stops a process, that code written for another server's
+workers sends their parent (gunicorn's master reopens its logs on SIGUSR1, adds a worker on
+SIGTTIN...)."""
+
+
+@task()
+def signals_its_parent(path: str) -> None:
+    """Record its parent and which of :data:`PARENT_SIGNALS` this worker handles by their
+    default, then send each to its parent (the fork server)."""
+    numbers = {name: getattr(signal, name) for name in PARENT_SIGNALS}
+    handled = {name: signal.getsignal(number) == signal.SIG_DFL for name, number in numbers.items()}
+    _record(path, event="signalling", parent=os.getppid(), handled=handled)
+    for number in numbers.values():
+        os.kill(os.getppid(), number)

@@ -4,9 +4,11 @@ back a generator whose body never runs. Each leaves evidence before it misbehave
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import gc
 import json
+import logging
 import os
 import socket
 import time
@@ -14,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from dispatcher.publish import task
+from dispatcher.server.log_background import BackgroundStream
 
 
 def _record(path: str, **fields: Any) -> None:
@@ -116,3 +119,51 @@ def raises_a_huge_error(path: str, size: int) -> None:
     """Record, then raise an exception whose message is *size* characters long."""
     _record(path, event="raising")
     raise ValueError("e" * size)
+
+
+_KEPT: list[Any] = []
+
+
+def _capture_pipe_reader() -> int:
+    """The descriptor that reads the pipe fd 1 writes to."""
+    pipe = os.readlink("/proc/self/fd/1")
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):
+            reads = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+            if reads and os.readlink(f"/proc/self/fd/{fd}") == pipe:
+                return fd
+    raise LookupError("no reader of fd 1's pipe")
+
+
+@task()
+def takes_a_worker_fd(path: str, how: str) -> None:
+    """Record, then close a file descriptor of the worker's own (as a double close of a
+    number since reused would): the one its log goes to, or with *how* ``pipe`` the one
+    that reads its output, ``socket`` its socket to the service. With *how* ``reuses``, put the file *path*.taken in the log's
+    place, kept open. Then log and print: lines the worker would write to its log."""
+    _record(path, event="taking")
+    if how == "pipe":
+        os.close(_capture_pipe_reader())
+    if how == "socket":  # the worker's line to its service
+        for candidate in gc.get_objects():
+            if isinstance(candidate, socket.socket) and candidate.family == socket.AF_UNIX:
+                os.close(candidate.fileno())
+    for candidate in gc.get_objects():
+        if how in ("closes", "reuses") and isinstance(candidate, BackgroundStream):
+            fd = candidate.fileno()
+            os.close(fd)
+            if how == "reuses":
+                taken = open(path + ".taken", "w")  # noqa: SIM115 (kept open)
+                _KEPT.append(taken)
+                os.dup2(taken.fileno(), fd)
+    logging.getLogger("unruly").warning("LOGGED BY THE TASK")
+    with contextlib.suppress(BrokenPipeError):  # (the pipe without its reader)
+        print("PRINTED BY THE TASK", flush=True)
+
+
+@task(bind=True)
+def asks_too_much(dispatcher: Any, path: str, megabytes: int) -> None:
+    """Send its service a control command with *megabytes* MiB of data; record the reply."""
+    reply = dispatcher.control("running", {"task": "x" * (megabytes << 20)})
+    _record(path, event="asked", reply=reply)

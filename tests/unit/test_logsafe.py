@@ -18,6 +18,7 @@ from dispatcher.server.log_text import (
     MAX_BLOCK_LINES,
     MAX_LOGGED_CHARS,
     cut_middle,
+    describe_exception,
     escape,
     indented,
 )
@@ -346,3 +347,10 @@ def test_numbers_of_subclasses_are_escaped(root_log: io.StringIO, value: object)
     lines = root_log.getvalue().splitlines()
     assert len(lines) == 2
     assert not any(line.startswith("CRITICAL") for line in lines)
+
+
+def test_an_exception_without_a_message_is_described_by_its_type_alone() -> None:
+    """``raise KeyboardInterrupt`` failed its task with ``KeyboardInterrupt: ``, as if cut."""
+    assert describe_exception(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert describe_exception(SystemExit(0)) == "SystemExit: 0"
+    assert describe_exception(ValueError("")) == "ValueError"

@@ -20,6 +20,7 @@ from dispatcher.server.protocol import CANCEL_SIGNALS, RECALL_SIGNAL
 from dispatcher.server.reload import describe, forget_bytecode, is_source, watched_folders
 from dispatcher.server.worker_runner import TaskRunner
 from dispatcher.server.workers import WorkerHandle
+from support.no_capture import NoCapture
 from support.scheduling import FakeProcess, FakeTimers, make_job
 
 
@@ -207,14 +208,6 @@ def test_a_recalled_job_that_was_also_cancelled_ends_cancelled(timers: FakeTimer
 # -- the worker's side of a recall --------------------------------------------------------
 
 
-class _NoCapture:
-    def begin(self, task: str, uuid: str) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-
 RAN: list[str] = []
 
 
@@ -237,7 +230,7 @@ def take(runner: TaskRunner, label: str, recall: bool = False) -> str:
 @pytest.fixture
 def runner() -> TaskRunner:
     RAN.clear()
-    RUNNER[:] = [TaskRunner(0, None, BaseWorker(0), _NoCapture())]  # type: ignore[arg-type]
+    RUNNER[:] = [TaskRunner(0, None, BaseWorker(0), NoCapture())]  # type: ignore[arg-type]
     return RUNNER[0]
 
 

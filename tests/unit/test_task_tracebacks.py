@@ -12,18 +12,9 @@ from dispatcher.publish import task
 from dispatcher.server.hooks import BaseWorker
 from dispatcher.server.worker_frames import RUNNER_FILES
 from dispatcher.server.worker_runner import TaskRunner
+from support.no_capture import NoCapture
 
 PREFIX = "tests_unit_tracebacks_t."
-
-
-class _NoCapture:
-    """Stands in for the worker's output capture."""
-
-    def begin(self, task: str, uuid: str) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
 
 
 def _inner() -> None:
@@ -69,7 +60,7 @@ def ok() -> None:
 
 
 def run(task_name: str, **extra: Any) -> dict[str, Any]:
-    runner = TaskRunner(0, None, BaseWorker(0), _NoCapture())  # type: ignore[arg-type]
+    runner = TaskRunner(0, None, BaseWorker(0), NoCapture())  # type: ignore[arg-type]
     try:
         return runner.run({"task": PREFIX + task_name, "uuid": "u-1", **extra})
     finally:

@@ -18,7 +18,7 @@ from support.imports import module_graph, modules
 
 WORKER = "dispatcher.server.worker"
 
-BETWEEN_TASKS = {"dispatcher.server.worker_signals"}
+BETWEEN_TASKS = {"dispatcher.server.worker_signals", "dispatcher.server.worker_places"}
 """Modules of the worker's that run only between tasks, never under a task's code."""
 
 

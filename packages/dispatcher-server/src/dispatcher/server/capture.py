@@ -22,7 +22,8 @@ journald, a container's log), one stream writes for both, so that their lines st
 order they were written.
 
 A task that closes or redirects fds 0, 1 or 2, or replaces ``sys.stdout`` or ``sys.stderr``,
-has them put back once it ends (:mod:`dispatcher.server.std_fds_guard`, a base class of
+has them put back once it ends; one that closes the capture's pipe or the log's copies has
+its worker replaced (:mod:`dispatcher.server.std_fds_guard`, a base class of
 :class:`OutputCapture`).
 
 Logging handlers of the application's that write to standard output or error are not
@@ -49,6 +50,8 @@ from dispatcher.server.log_writer import MAX_QUEUED_CHARS
 from dispatcher.server.std_fds_guard import StdFdsGuard
 
 logger = get_logger("dispatcher.worker")
+
+_os_read: Final = os.read  # (as imported: task code may patch os)
 
 _READ_SIZE: Final = 1 << 16
 
@@ -252,9 +255,11 @@ class OutputCapture(StdFdsGuard):
         """
         for _ in range(reads):
             try:
-                chunk = os.read(self._read_fd, _READ_SIZE)
+                chunk = _os_read(self._read_fd, _READ_SIZE)
             except BlockingIOError:
                 return True
+            except OSError:  # task code closed it (see fds_taken()): nothing more to read
+                return False
             if not chunk:
                 return False
             self._current.add(chunk)

@@ -9,6 +9,7 @@ from the service or started as a program, is in :mod:`dispatcher.server.forkserv
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from dispatcher.server.fork_server_packets import MAX_MESSAGE, send_message
+from dispatcher.server.fork_server_signals import give_back_defaults, ignore_stray_signals
 from dispatcher.server.heap import release_free_memory
 from dispatcher.server.lifeline import die_with_parent, kill_children
 from dispatcher.server.log_arguments import Block
@@ -43,11 +45,17 @@ DEATH_SIGNAL: Final = signal.SIGUSR2
 """What the kernel sends the fork server when the service's main process ends."""
 
 
+_SOCKET_TAKEN: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
+"""What the worker's socket fails with once task code closed it (``os.close()``,
+``os.closerange()``) or put another file in its place (``os.dup2()``)."""
+
+
 def _report_worker_failure(worker_id: int, exc: BaseException) -> None:
     """Log what ended a worker outside any task, escaped: its text may come from task code.
 
     A worker whose socket the service closed (it could not take the worker on: out of file
-    descriptors, say, and said so) exits with one line, its traceback at DEBUG only.
+    descriptors, say, and said so) exits with one line, its traceback at DEBUG only; one
+    whose socket its task closed says so.
     """
     with contextlib.suppress(BaseException):  # the worker exits whatever happens here
         if isinstance(exc, BrokenPipeError | ConnectionResetError):
@@ -57,6 +65,16 @@ def _report_worker_failure(worker_id: int, exc: BaseException) -> None:
                 describe_exception(exc),
             )
             logger.debug("worker %d:%s", worker_id, Block("".join(traceback.format_exception(exc))))
+            return
+        if isinstance(exc, OSError) and exc.errno in _SOCKET_TAKEN:
+            # Between tasks, the worker uses no other descriptor that would fail so.
+            logger.critical(
+                "worker %d ended: the socket it reports to the service on was closed or "
+                "replaced, by its task most likely (%s)%s",
+                worker_id,
+                describe_exception(exc),
+                Block("".join(traceback.format_exception(exc))),
+            )
             return
         logger.critical(
             "worker %d ended on an unexpected error: %s%s",
@@ -73,6 +91,8 @@ class ForkServer:
         self._control = control
         self._options = options
         self._pid = os.getpid()
+        self._parent = os.getppid()
+        """The service's main process, while it lives."""
         self._workers: set[int] = set()
         self._wakeup_read, self._wakeup_write = os.pipe()
         os.set_blocking(self._wakeup_write, False)
@@ -80,8 +100,7 @@ class ForkServer:
 
     def serve(self) -> NoReturn:
         """Fork workers on request until the service goes away; then kill them all."""
-        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(number, signal.SIG_IGN)  # the service's to handle
+        ignore_stray_signals()  # (a task's os.kill(os.getppid(), ...) reaches this process)
         signal.signal(DEATH_SIGNAL, self._on_service_death)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
@@ -103,7 +122,15 @@ class ForkServer:
             self._kill_all()
         os._exit(0)
 
-    def _on_service_death(self, signum: int, frame: object) -> NoReturn:
+    def _on_service_death(self, signum: int, frame: object) -> None:
+        """The service has ended: kill every worker, and exit.
+
+        Unless the service is still this process's parent: then the signal came from
+        elsewhere (a task's ``os.kill(os.getppid(), ...)``); the kernel gives the fork
+        server its new parent before it sends the signal of the old one's end.
+        """
+        if os.getppid() == self._parent:
+            return
         self._kill_all()
         os._exit(0)
 
@@ -167,7 +194,8 @@ class ForkServer:
     def _become_worker(self, worker_id: int, worker_fd: int) -> None:
         """Runs in the new child: shed the fork server's state, then be a worker."""
         signal.set_wakeup_fd(-1)
-        for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, DEATH_SIGNAL):
+        give_back_defaults()
+        for number in (signal.SIGCHLD, DEATH_SIGNAL):
             signal.signal(number, signal.SIG_DFL)
         self._control.close()
         os.close(self._wakeup_read)

@@ -21,7 +21,7 @@ from typing import Any, Final
 from dispatcher.config.forking import at_fork
 from dispatcher.schema.log_fields import EVENT
 from dispatcher.server.log_text import counted
-from dispatcher.server.log_writer import LineWriter
+from dispatcher.server.log_writer import LineWriter, file_identity
 
 
 def dropped_notice(formatter: logging.Formatter, logger: str, number: int, limit: int) -> str:
@@ -60,6 +60,7 @@ class BackgroundStream:
         self._stream = open(  # noqa: SIM115 (open for the life of the process)
             fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1
         )
+        self._identity = file_identity(fd)
         self._formatter = formatter
         self._logger = logger
         self._limit = limit
@@ -99,6 +100,17 @@ class BackgroundStream:
         """The file descriptor written to."""
         return self._stream.fileno()
 
+    def intact(self) -> bool:
+        """Whether the file descriptor written to is still open on the file it was.
+
+        Task code may have closed it, and put a file of its own in its place. One system call.
+        """
+        try:
+            fd = self._stream.fileno()
+        except ValueError:  # the stream itself closed (by code that found it)
+            return False
+        return file_identity(fd) == self._identity
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)  # encoding, errors, isatty()...
 
@@ -111,6 +123,7 @@ class BackgroundStream:
             self._stream.encoding,
             self._stream.errors or "backslashreplace",
             self._limit,
+            self._identity,
         )
         try:
             writer.start()

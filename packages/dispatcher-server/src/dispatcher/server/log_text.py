@@ -125,8 +125,9 @@ def safe_str(value: object) -> str:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` for *exc*, whatever its ``__str__`` does."""
-    return f"{type(exc).__name__}: {safe_str(exc)}"
+    """``Type: message`` for *exc*, whatever its ``__str__`` does; ``Type`` alone without one."""
+    text = safe_str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def counted(number: int, noun: str, plural: str | None = None) -> str:

@@ -7,7 +7,9 @@ line would stop dispatching, timers, control commands and the renewal of durable
 A :class:`LineWriter` takes the lines instead (appending to a list costs less than the
 write did), and its thread writes them, several at once. When more than its limit of text
 waits (the reader fell behind for long), the lines that come are dropped, and counted; once
-writing works again, a line says how many were dropped, where they were.
+writing works again, a line says how many were dropped, where they were. Lines are written
+only while the file descriptor is the file it was when the writer was made: one that task
+code closed (in a worker), and that may since number a file of the task's, gets none.
 """
 
 from __future__ import annotations
@@ -31,12 +33,28 @@ GATHER_TIME: Final = 0.005
 STALLED_WAIT: Final = 0.1
 """Seconds a drain waits for a write to end, when the drain before it ran out of time."""
 
+_fstat: Final = os.fstat
+_write: Final = os.write
+_sleep: Final = time.sleep
+_monotonic: Final = time.monotonic
+"""Taken when this module is imported: task code that patches ``os`` or ``time`` (a mock
+started and never stopped, a green-thread library) leaves the writer as it was."""
+
 _KEPT_SIGNALS: Final = frozenset(
     getattr(signal, name)
     for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT")
     if hasattr(signal, name)  # (Windows has no SIGBUS)
 )
 """Signals the writer's thread does not block (those a fault raises in the faulting thread)."""
+
+
+def file_identity(fd: int) -> tuple[int, int] | None:
+    """The device and inode of the file *fd* is open on; ``None`` when it is not open."""
+    try:
+        stat = _fstat(fd)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 class LineWriter:
@@ -57,8 +75,12 @@ class LineWriter:
         encoding: str = "utf-8",
         errors: str = "backslashreplace",
         limit: int = MAX_QUEUED_CHARS,
+        identity: tuple[int, int] | None = None,
     ) -> None:
         self._fd = fd
+        self._identity = file_identity(fd) if identity is None else identity
+        """The file the lines go to (*identity*, else the one *fd* is open on now): the
+        descriptor open on another one is not written to."""
         self._notice = notice
         self._encoding = encoding
         self._errors = errors
@@ -111,7 +133,7 @@ class LineWriter:
         write to end, then *timeout* if one did: a reader gone for good holds the process's
         stop once, not at every drain.
         """
-        start = time.monotonic()
+        start = _monotonic()
         deadline = start + timeout
         with self._lock:
             writes = self._writes
@@ -120,7 +142,7 @@ class LineWriter:
             while self._lines or self._unsaid or not self._idle:
                 if self._writes != writes:  # the reader reads again
                     deadline = start + timeout
-                remaining = deadline - time.monotonic()
+                remaining = deadline - _monotonic()
                 if remaining <= 0:
                     self._gave_up_at = self._writes
                     return False
@@ -158,7 +180,7 @@ class LineWriter:
                     self._wake.wait()
             # Lines come in bursts (a task's few, many under load): it lets the others of
             # the burst come, then writes them at once, not one by one.
-            time.sleep(GATHER_TIME)
+            _sleep(GATHER_TIME)
             with self._lock:
                 lines, self._lines = self._lines, []
                 unsaid, self._unsaid = self._unsaid, 0
@@ -172,9 +194,11 @@ class LineWriter:
             if unsaid:
                 text += self._notice(unsaid)
             data = memoryview(text.encode(self._encoding, self._errors))
+            if file_identity(self._fd) != self._identity:  # (a system call a write, at most)
+                raise OSError(f"file descriptor {self._fd} was closed or replaced")
             while data:
-                data = data[os.write(self._fd, data) :]
-        except Exception:  # EPIPE, EBADF, a notice that could not be made: the lines are lost
+                data = data[_write(self._fd, data) :]
+        except Exception:  # EPIPE, EBADF, another file, a notice that could not be made: lost
             with self._lock:
                 self.dropped += len(lines)
         with self._lock:

@@ -4,20 +4,23 @@ A ready worker is offered a job (unless a reload parks it); a ``done`` ends its 
 scheduler is told, the pace of the task noted, the outcome recorded) and the worker takes
 the next job, or is stopped or replaced; a bound task's ``control`` request is answered;
 a ``fatal`` one stops the worker (and, from a reload's first worker, fails the reload). A
-worker that writes what is not an event of its own is distrusted and stopped.
+worker that writes what is not an event of its own is distrusted and stopped. One whose
+task left it unfit for more (a ``done`` with ``retire``: its log or its output's pipe
+closed) is replaced.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from dispatcher.config import Pool as PoolSettings
 from dispatcher.server import scaling
 from dispatcher.server.accounting import Accounting
 from dispatcher.server.catalogue import TaskCatalogue
 from dispatcher.server.handle_status import LIVE, WorkerStatus
+from dispatcher.server.log_arguments import Phrase
 from dispatcher.server.log_handler import count_worker_lines_dropped
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.log_text import escape, first_line
@@ -32,6 +35,12 @@ from dispatcher.server.stats import ServiceStats
 from dispatcher.server.workers import WorkerHandle
 
 logger = get_logger("dispatcher.pool")
+
+RETIRE_REASONS: Final = {
+    "log": "closed or replaced the file descriptor its worker logs to",
+    "output": "closed or replaced the pipe its worker captures its output with",
+}
+"""What a task did to its worker, by the word of a ``done`` event's ``retire``."""
 
 ControlHandler = Callable[[str, dict[str, Any], Callable[[dict[str, Any]], None]], None]
 """Runs a bound task's control request, ``handler(command, data, answer)``: it calls
@@ -188,6 +197,8 @@ class PoolEvents:
         if job is not None:
             self._scheduler.job_ended(job)
         self._scheduler.put_back(worker.take_unstarted())
+        if "retire" in event:
+            self._retire(worker, event, job.task if job is not None else None)
         self._after_task(worker)
         self._changes.signal()
         if job is not None:
@@ -204,6 +215,27 @@ class PoolEvents:
                 event.get("final") is True,
                 unregistered,
             )
+
+    def _retire(self, worker: WorkerHandle, event: dict[str, Any], task: str | None) -> None:
+        """Replace *worker*, which its task (*task*) left unfit to run more.
+
+        It is sent nothing more, and gives back what it holds (it ends those ``recalled``).
+        """
+        why = RETIRE_REASONS.get(str(event["retire"]), "left its worker unfit to run more")
+        logger.warning(
+            "task %s (uuid %s) %s: replacing worker %d (pid %d)",
+            task,
+            event.get("uuid"),
+            Phrase(why),
+            worker.id,
+            worker.pid,
+        )
+        worker.recalled = True
+        # Stopped now; else once it has given back the jobs it holds, or it exits already
+        # (its task raised DispatcherExit).
+        if worker.job is None and worker.status is not WorkerStatus.STOPPING:
+            self._stats.workers_retired += 1
+            self._pool.stop_worker(worker)
 
     def _after_task(self, worker: WorkerHandle) -> None:
         """A worker's task has ended: give it the next job, or stop or replace it."""

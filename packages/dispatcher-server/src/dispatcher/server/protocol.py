@@ -16,6 +16,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from dispatcher.schema import MAX_MESSAGE_BYTES
+
+MAX_EVENT_BYTES: Final = 6 * MAX_MESSAGE_BYTES + (1 << 20)
+"""Longest event line taken from a worker: a bound task's ``control("run", ...)`` carries a
+message of up to :data:`~dispatcher.schema.MAX_MESSAGE_BYTES`, which the event's JSON may
+write six times longer (non-ASCII characters escaped); its other events are far shorter (a
+task's end: a result of at most 64 KiB of JSON, an error and traceback cut by the worker).
+A longer line is the task writing on the event pipe, and ends the worker: a bound task's
+control command that would make one is not sent (its reply says why)."""
+
 STOP_LINE: Final = b'{"op":"stop"}\n'
 """Asks a worker to exit after its current task."""
 

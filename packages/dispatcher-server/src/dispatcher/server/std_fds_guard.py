@@ -8,6 +8,15 @@ check costs about a microsecond a task: fds 1 and 2 are known to still be the ca
 by its size (:data:`~dispatcher.server.capture.PIPE_SIZE`, which few other pipes have), and
 fd 0 to be open (fd 0 pointed at another file is not noticed).
 
+The worker's own descriptors cannot be put back so: the read end of the capture's pipe, and
+the copies of the standard output and error its log goes to, which it alone holds. A task
+that closes one (a double ``os.close()`` of a number since reused, a ``closerange()``)
+would have the worker's every later line lost without a word, or written into a file the
+task opened next, which takes the closed number; a pipe left without its reader would have
+every later ``print()`` fail. :meth:`StdFdsGuard.fds_taken` tells, after each task, that
+the worker must be replaced (about a microsecond: an ``fcntl`` and a ``fstat``); until
+then, a log line is written only while its descriptor is still the log's file.
+
 A base class of :class:`~dispatcher.server.capture.OutputCapture`, which sets them up.
 """
 
@@ -20,11 +29,14 @@ import sys
 from typing import Final, TextIO
 
 from dispatcher.server.captured_output import CapturedOutput
+from dispatcher.server.log_background import BackgroundStream
 from dispatcher.server.log_records import get_logger
 
 logger = get_logger("dispatcher.worker")
 
-_fcntl: Final = fcntl.fcntl
+_fcntl: Final = fcntl.fcntl  # (these as imported: task code may patch os)
+_fstat: Final = os.fstat
+_dup2: Final = os.dup2
 _GETPIPE_SZ: Final = fcntl.F_GETPIPE_SZ
 _GETFD: Final = fcntl.F_GETFD
 
@@ -35,6 +47,8 @@ class StdFdsGuard:
     """Checks, after each task, that fds 0, 1 and 2 and the std streams are as set up."""
 
     _saved_fds: tuple[int, ...]
+    _read_fd: int
+    _log_streams: tuple[BackgroundStream, ...]
     _pipe_size: int
     _streams: tuple[TextIO, TextIO]
     _warned: bool
@@ -47,6 +61,22 @@ class StdFdsGuard:
         wrapped them (a line-buffered writer, a colouring one), and tasks keep that.
         """
         self._streams = (sys.stdout, sys.stderr)
+
+    def fds_taken(self) -> str | None:
+        """What task code closed or replaced of the worker's own descriptors, if anything.
+
+        ``"output"``: the capture's pipe; ``"log"``: a copy the log goes to; else ``None``.
+        """
+        try:
+            pipe = self._read_fd < 0 or _fcntl(self._read_fd, _GETPIPE_SZ) == self._pipe_size
+        except OSError:
+            pipe = False
+        if not pipe:
+            return "output"
+        for stream in self._log_streams:
+            if not stream.intact():
+                return "log"
+        return None
 
     def _put_back_std_fds(self) -> None:
         """Put back fds 0, 1 and 2, ``sys.stdout`` and ``sys.stderr`` if a task changed them."""
@@ -70,13 +100,13 @@ class StdFdsGuard:
         changed = []
         for fd, saved in enumerate(self._saved_fds):
             try:
-                same = os.path.samestat(os.fstat(fd), os.fstat(saved))
+                same = os.path.samestat(_fstat(fd), _fstat(saved))
             except OSError:
                 same = False
             if not same:
                 changed.append(_STD_FDS[fd])
                 with contextlib.suppress(OSError):  # (our copy closed too: nothing to do)
-                    os.dup2(saved, fd)
+                    _dup2(saved, fd)
         kept = []
         for fd, name, current in ((1, "sys.stdout", sys.stdout), (2, "sys.stderr", sys.stderr)):
             stream = self._streams[fd - 1]

@@ -104,6 +104,7 @@ def worker_main(sock: socket.socket, options: WorkerOptions) -> None:
     os.register_at_fork(after_in_child=note_fork)
     call_hook(hooks.on_start)
     runner.signals.keep("on_start")  # its alarm cancelled, the handlers it set kept
+    runner.places.keep()  # the working directory and umask it chose, if it did
     adopt_dispatcherd_tasks()  # after every import: the task modules, the hooks, on_start
     capture.keep_streams()  # as the hooks and the imports left them: what tasks get back
     channel.send(event_line(ready_event()))

@@ -12,7 +12,12 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from dispatcher.server.protocol import CANCEL_SIGNALS, BlockingLineSocket, event_line
+from dispatcher.server.protocol import (
+    CANCEL_SIGNALS,
+    MAX_EVENT_BYTES,
+    BlockingLineSocket,
+    event_line,
+)
 
 
 class BoundTask:
@@ -30,14 +35,22 @@ class BoundTask:
 
         It travels over the worker's own connection to the service, not the broker. Commands
         here: ``run`` (start a task; needs ``producers.control``), ``running``, ``cancel``.
+        One too large to send (:data:`~dispatcher.server.protocol.MAX_EVENT_BYTES` of JSON)
+        is not sent: its reply says so, as the service's say why a command failed.
         """
         request = {"event": "control", "command": command, "data": dict(data or {})}
+        line = event_line(request)
+        if len(line) > MAX_EVENT_BYTES:  # (the service would take it for garbage)
+            return {
+                "error": f"the control command is {len(line)} bytes of JSON, over the limit of "
+                f"{MAX_EVENT_BYTES} a worker may send its service"
+            }
         # A cancel arriving mid-send would cut the line in two, and one arriving between a
         # read and the keeping of what it read would lose the run requests that came with
         # the reply: hold cancels until the reply is in (the service answers at once).
         signal.pthread_sigmask(signal.SIG_BLOCK, _CANCELLING)
         try:
-            self._channel.send(event_line(request))
+            self._channel.send(line)
             line = self._channel.read_reply()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _CANCELLING)

@@ -13,18 +13,10 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.server.launched_process import WorkerProcess
-from dispatcher.server.protocol import LineReader, LineTooLong, read_line
+from dispatcher.server.protocol import MAX_EVENT_BYTES, LineReader, LineTooLong, read_line
 
 _READ_SIZE: Final = 1 << 16
-
-MAX_EVENT_BYTES: Final = 6 * MAX_MESSAGE_BYTES + (1 << 20)
-"""Longest event line taken from a worker: a bound task's ``control("run", ...)`` carries a
-message of up to :data:`~dispatcher.schema.MAX_MESSAGE_BYTES`, which the event's JSON may
-write six times longer (non-ASCII characters escaped); its other events are far shorter (a
-task's end: a result of at most 64 KiB of JSON, an error and traceback cut by the worker).
-A longer line is the task writing on the event pipe, and ends the worker."""
 
 _SHOWN_BYTES: Final = 200
 """Bytes of an overlong line passed on to be shown (the log line escapes and cuts them)."""

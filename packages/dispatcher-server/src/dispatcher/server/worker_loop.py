@@ -62,6 +62,30 @@ class TaskLoop:
         """The event loop."""
         self._threads = _TaskThreads()
         self.loop.set_default_executor(self._threads)
+        self._debug = self.loop.get_debug()  # (PYTHONASYNCIODEBUG, -X dev)
+        self._slow = self.loop.slow_callback_duration
+
+    def put_back_settings(self) -> list[str]:
+        """Put back the loop's settings a task changed; return the names of those it did.
+
+        Its task factory and exception handler (a task factory that raises fails every
+        later task), its debug mode and ``slow_callback_duration``: a few attribute reads.
+        """
+        loop = self.loop
+        changed = []
+        if loop.get_task_factory() is not None:
+            loop.set_task_factory(None)
+            changed.append("task factory")
+        if loop.get_exception_handler() is not None:
+            loop.set_exception_handler(None)
+            changed.append("exception handler")
+        if loop.get_debug() != self._debug:
+            loop.set_debug(self._debug)
+            changed.append("debug mode")
+        if loop.slow_callback_duration != self._slow:
+            loop.slow_callback_duration = self._slow
+            changed.append("slow_callback_duration")
+        return changed
 
     def run(self, coroutine: Coroutine[Any, Any, _T], context: contextvars.Context) -> _T:
         """Run *coroutine* as an asyncio task in *context*, until it ends; return its result.

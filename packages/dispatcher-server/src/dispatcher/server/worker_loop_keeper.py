@@ -1,8 +1,9 @@
 """The event loop of a worker's ``async def`` tasks, kept in order from one task to the next.
 
 It is made at the first such task (:class:`~dispatcher.server.worker_loop.TaskLoop`) and
-kept for the next ones. After each, what the task left on it is ended, as ``asyncio.run``
-ends it: the callbacks it left due run, the async generators it dropped get their
+kept for the next ones. After each, the settings the task changed on it (its task factory,
+exception handler, debug mode) are put back, and what the task left on it is ended, as
+``asyncio.run`` ends it: the callbacks it left due run, the async generators it dropped get their
 ``finally`` run, the asyncio tasks it left pending are cancelled (and named in a warning,
 once per worker). A loop that cannot go on (a cancel interrupted its own code, a task closed
 it, or tasks left on it did not end on their cancel) is closed, and the next task gets a
@@ -39,6 +40,8 @@ class LoopKeeper:
         left halfway through a change of its state: the loop is then replaced."""
         self._told_leftovers = False
         """Whether the asyncio tasks an ``async def`` task left pending were logged."""
+        self._told_settings = False
+        """Whether the loop's settings an ``async def`` task changed were logged."""
 
     def get(self) -> TaskLoop:
         """The event loop of ``async def`` tasks: made anew if it was closed (by a task)."""
@@ -62,6 +65,16 @@ class LoopKeeper:
         loop = runner.loop
         if loop.is_closed():
             return  # (replaced before the next task)
+        changed = runner.put_back_settings()  # (first: the tidying below creates tasks)
+        if changed and not self._told_settings:
+            self._told_settings = True
+            logger.warning(
+                "task %s (uuid %s) changed the event loop of async def tasks (its %s): put back "
+                "as they were, for the tasks that follow (said once per worker)",
+                message.get("task"),
+                message.get("uuid"),
+                Phrase(", ".join(changed)),  # (words of ours)
+            )
         ready = getattr(loop, "_ready", None)  # callbacks due (an async generator's closing)
         if _EVERY_TASK is None or _EVERY_TASK or ready is None or ready:
             self._end_leftovers(loop, message)

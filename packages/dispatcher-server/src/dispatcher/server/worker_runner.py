@@ -39,6 +39,7 @@ from dispatcher.server.worker_follow_ups import FollowUps, has_follow_ups
 from dispatcher.server.worker_forks import FORKED, call_hook, exit_forked
 from dispatcher.server.worker_loop import put_back_thread_loop
 from dispatcher.server.worker_loop_keeper import LoopKeeper
+from dispatcher.server.worker_places import PlaceKeeper
 from dispatcher.server.worker_refusals import NotRegisteredHere, refuse_generator
 from dispatcher.server.worker_signals import Handler, SignalKeeper
 from dispatcher.server.worker_tracebacks import NOT_RETRIED, capped, does_not_fit, traceback_of
@@ -98,6 +99,8 @@ class TaskRunner:
         handlers[signal.SIGTERM] = functools.partial(_stopped, capture, self._pid)
         self.signals = SignalKeeper(handlers)
         """The worker's handlers of the signals it reserves, put back after each task."""
+        self.places = PlaceKeeper()
+        """The working directory and the umask, put back after each task."""
 
     def on_cancel_signal(self, signum: int, frame: FrameType | None) -> None:
         """SIGUSR1: cancel the running task (ignored between tasks)."""
@@ -228,8 +231,22 @@ class TaskRunner:
         done["finished"] = time.time()
         call_hook(self._hooks.post_task, done)
         self.signals.check(message.get("task"), done["uuid"])
+        self.places.check(message.get("task"), done["uuid"])
         self._capture.end()  # its output, logged with its name and uuid
+        taken = self._capture.fds_taken()
+        if taken is not None:  # (it could not be told in the log, which may be gone)
+            self.retire()
+            done["retire"] = taken
         return done
+
+    def retire(self) -> None:
+        """Run no more requests: this worker can no longer be trusted.
+
+        Those it holds, and those sent before the service reads why, end unstarted
+        (``recalled``): the service gives them back, and replaces the worker.
+        """
+        if self._recalled_after is None:
+            self._recalled_after = self._started
 
     def _call(self, message: Mapping[str, Any]) -> Any:
         entry = registry.get(message["task"])
