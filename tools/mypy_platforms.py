@@ -33,6 +33,7 @@ DISPATCHERCTL_MODULES = (
     "resources.py",
     "release.py",
     "origin.py",
+    "missing_config.py",
     "queue_admin.py",
     "queue_admin_cancel.py",
     "queue_admin_list.py",

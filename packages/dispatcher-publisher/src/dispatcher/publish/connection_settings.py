@@ -12,8 +12,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from dispatcher.config import get_settings
+from dispatcher.config.current import in_force
 from dispatcher.publish.errors import PublishError
-from dispatcher.schema import DispatcherError
 
 UTF8: Final[dict[str, Any]] = {"client_encoding": "UTF8"}
 """Connect option of every connection the project opens (the SDK's, the services', dispatcherctl's).
@@ -109,11 +109,14 @@ def through_transaction_pooler(conninfo: str) -> bool:
     set for a section with that conninfo. Such a pooler loses prepared statements between
     transactions, or hands the name of one (psycopg's ``_pg3_0``) to another client's server
     session.
+
+    Only a config already in force counts: none is loaded here (a service, which has its
+    own, would read one from the working directory, or from the environment).
     """
-    try:
-        brokers = get_settings().brokers
-    except DispatcherError:
+    settings = in_force()
+    if settings is None:
         return False
+    brokers = settings.brokers
     return any(
         section is not None and section.transaction_pooler and section.conninfo == conninfo
         for section in (brokers.pg_notify, brokers.pg_queue)

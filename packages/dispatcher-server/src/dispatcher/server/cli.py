@@ -116,6 +116,8 @@ def _run(options: argparse.Namespace, release: Callable[[], None]) -> int:
         try:
             settings = with_log_format(_load_settings(options.config), options.log_format)
         except NotConfiguredError:
+            from dispatcher.server.missing_config import no_config_found
+
             start_logging(options.log_format or "text")
             print(f"dispatcher-standalone: {no_config_found()}", file=sys.stderr)
             return EXIT_USAGE
@@ -207,21 +209,6 @@ def _is_regular_file(path: str) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return True  # let the loader say what is wrong
-
-
-def no_config_found() -> str:
-    """What to do when no config file was named and ``./dispatcher.yml`` does not exist."""
-    from dispatcher.config import (
-        CONFIG_FILE_ENV,
-        DEFAULT_CONFIG_FILE,
-        DISPATCHERD_CONFIG_FILE_ENV,
-    )
-
-    return (
-        f"no config file found: pass --config FILE, or set {CONFIG_FILE_ENV} (or "
-        f"{DISPATCHERD_CONFIG_FILE_ENV}), or create {DEFAULT_CONFIG_FILE} in the working "
-        f"directory ({os.getcwd()})"
-    )
 
 
 def entry_point() -> None:

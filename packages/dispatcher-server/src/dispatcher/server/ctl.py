@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dispatcher.config import ConfigError, NotConfiguredError, Settings, setup
 from dispatcher.schema import sql_publisher, sql_queue_publisher
 from dispatcher.server import ctl_control, ctl_jobs, ctl_submit
-from dispatcher.server.cli import no_config_found
 from dispatcher.server.ctl_exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from dispatcher.server.ctl_install_sql import install_sql
 from dispatcher.server.ctl_migrate import migrate_command
@@ -31,6 +30,7 @@ from dispatcher.server.ctl_output import (
     output_in_one_write,
 )
 from dispatcher.server.ctl_parser import parse_command_line
+from dispatcher.server.missing_config import no_config_found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
