@@ -9,8 +9,6 @@ the resident memory of the service's main process.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dispatcher.control.local import socket_request
-from support.service import ServiceProcess, wait_until
+from support.service import ServiceProcess, socket_control, vm_rss_bytes, wait_until
 
 StartService = Callable[..., ServiceProcess]
 
@@ -35,18 +32,8 @@ FROM generate_series(1, %(count)s::int) AS n
 """
 
 
-def vm_rss_bytes(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    assert match is not None
-    return int(match.group(1)) * 1024
-
-
 def finished_ok(service: ServiceProcess) -> int:
-    path = service.config["brokers"]["socket"]["path"]
-    line = socket_request(path, {"control": "status", "reply_to": "test"}, timeout=10)
-    assert line is not None, "no reply to status"
-    return int(json.loads(line)["finished"].get("ok", 0))
+    return int(socket_control(service, "status")["finished"].get("ok", 0))
 
 
 def run_batches(
