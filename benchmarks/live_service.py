@@ -121,6 +121,8 @@ class LiveService:
             },
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.options: list[str] = []  # more options of dispatcher-standalone (--reload)
+        self.python_path: list[Path] = []  # folders of task modules, before the benchmarks'
 
     @property
     def pid(self) -> int:
@@ -134,11 +136,13 @@ class LiveService:
         command = [
             *(sys.executable, "-m", "dispatcher.server"),
             *("--log-level", self.log_level, "--config", str(config_path)),
+            *self.options,
         ]
         # The benchmarks' tasks, after the caller's path: PYTHONPATH naming another
         # checkout's sources measures that code (an A/B against an older commit).
         given = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (given, str(HERE))))}
+        path = (given, *map(str, self.python_path), str(HERE))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
         env.pop("DISPATCHER_CONFIG_FILE", None)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -164,9 +168,13 @@ class LiveService:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def control(self, command: str, timeout: float = 10) -> dict[str, Any] | None:
+    def control(
+        self, command: str, timeout: float = 10, data: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """Run a control command over the socket; return its reply, or ``None``."""
-        request = {"control": command, "reply_to": "benchmark"}
+        request: dict[str, Any] = {"control": command, "reply_to": "benchmark"}
+        if data is not None:
+            request["control_data"] = data
         try:
             reply = socket_request(str(self.socket_path), request, timeout)
         except BrokerUnavailable:

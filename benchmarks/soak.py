@@ -10,16 +10,24 @@ main process and of each of its descendants (the fork server and the workers) ev
 ``--sample-every`` seconds. At the end it reports tasks sent and run, losses, and memory at
 the start and end of the steady phase with its growth. Exit status 1 if a task was lost or
 the service died.
+
+With ``--mixed``, a mixed load instead (pg_notify tasks, durable jobs delayed, failing,
+retried, timing out and ``on_duplicate``, cancels, a schedule, worker recycling, reloads,
+control commands, the service's connections terminated), with memory, fds, threads,
+connections, ``status`` and table rows sampled, and every task accounted for: see
+``soak_mixed.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from live_service import DEFAULT_DSN, LiveService, descendants, mib, parent_pid, rss_bytes
+from soak_mixed import run_mixed
 
 from dispatcher.config import setup
 from dispatcher.publish import batch, close_connections, submit_task
@@ -94,7 +102,25 @@ def main() -> int:
         "--sample-every", type=float, default=5.0, help="seconds between memory samples"
     )
     parser.add_argument("--tick", type=float, default=0.05, help="seconds between two batches")
+    parser.add_argument("--mixed", action="store_true", help="the mixed load (soak_mixed.py)")
+    parser.add_argument("--max-tasks-per-worker", type=int, default=200, help="with --mixed")
+    parser.add_argument(
+        "--keep-finished", type=float, default=120, help="with --mixed: retention of jobs"
+    )
+    parser.add_argument(
+        "--warm-up", type=float, default=120, help="with --mixed: seconds before growth counts"
+    )
+    parser.add_argument("--keep", action="store_true", help="with --mixed: keep its folder")
+    parser.add_argument("--log-level", default="WARNING", help="with --mixed: the service's")
     options = parser.parse_args()
+    if options.mixed:
+        options.rate = 100.0 if options.rate is None else options.rate
+        folder = Path(tempfile.mkdtemp(prefix="dispatcher-soak-"))
+        try:
+            return run_mixed(options, folder)
+        finally:
+            if not options.keep:
+                shutil.rmtree(folder, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="dispatcher-soak-") as tmp:
         service = LiveService(Path(tmp), options.dsn, options.workers, log_level="WARNING")
         setup({"version": 1, "brokers": {"pg_notify": {"conninfo": options.dsn}}})

@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from dispatcher.control.local import socket_request
 from dispatcher.schema import MAX_NESTING_DEPTH
-from support.service import Evidence, ServiceProcess, task_message, wait_until
+from support.service import Evidence, ServiceProcess, task_message, vm_rss_bytes, wait_until
+from support.service import socket_control as control
 
 StartService = Callable[..., ServiceProcess]
 Notify = Callable[[str, str], None]
@@ -23,26 +23,10 @@ DEEP = "[" * 2000 + "]" * 2000
 TOO_DEEP_LINE = rf"rejected message on channel .*nested more than {MAX_NESTING_DEPTH} levels deep"
 
 
-def control(service: ServiceProcess, command: str) -> dict[str, Any]:
-    """Ask *service* over its socket; return its reply."""
-    path = service.config["brokers"]["socket"]["path"]
-    message = {"control": command, "reply_to": "test"}
-    line = socket_request(path, message, timeout=10)
-    assert line is not None, f"no reply to {command}"
-    return json.loads(line)  # type: ignore[no-any-return]
-
-
 @pytest.fixture
 def with_socket(service_config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     service_config["brokers"]["socket"] = {"path": str(tmp_path / "d.sock")}
     return service_config
-
-
-def vm_rss_bytes(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    assert match is not None
-    return int(match.group(1)) * 1024
 
 
 def test_a_deep_socket_line_is_rejected_and_the_service_carries_on(

@@ -17,6 +17,7 @@ from typing import Any
 from dispatcher.schema import Outcome
 from dispatcher.server.jobs import Job
 from dispatcher.server.protocol import run_line
+from dispatcher.server.timers import Timer
 
 _uuids = itertools.count(1)
 
@@ -51,11 +52,17 @@ class FakeTimers:
 
     def __init__(self) -> None:
         self.now = 0.0
-        self._heap: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
+        self._heap: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
 
-    def call_later(self, delay: float, function: Callable[..., Any], *args: Any) -> None:
-        heapq.heappush(self._heap, (self.now + delay, next(self._order), function, args))
+    def call_later(self, delay: float, function: Callable[..., Any], *args: Any) -> Timer:
+        timer = Timer(function, args)
+        heapq.heappush(self._heap, (self.now + delay, next(self._order), timer))
+        return timer
+
+    def pending(self) -> int:
+        """The calls still to be made (cancelled ones not counted)."""
+        return sum(1 for _, _, timer in self._heap if timer.function is not None)
 
     def clock(self) -> float:
         """The current time (to give a worker handle as its clock)."""
@@ -65,9 +72,12 @@ class FakeTimers:
         """Move the clock on, firing each call due by then at its own time, in order."""
         target = self.now + seconds
         while self._heap and self._heap[0][0] <= target:
-            deadline, _, function, args = heapq.heappop(self._heap)
-            self.now = deadline
-            function(*args)
+            deadline, _, timer = heapq.heappop(self._heap)
+            call = timer.take()
+            if call is not None:
+                self.now = deadline
+                function, args = call
+                function(*args)
         self.now = target
 
 

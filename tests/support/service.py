@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dispatcher.control.local import socket_request
 from support.paths import REPO
 
 TESTS = REPO / "tests"
@@ -101,6 +102,22 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def vm_rss_bytes(pid: int) -> int:
+    """The resident memory of process *pid* (``VmRSS``), in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    assert match is not None
+    return int(match.group(1)) * 1024
+
+
+def socket_control(service: ServiceProcess, command: str) -> dict[str, Any]:
+    """Ask *service* over its socket (``brokers.socket`` in its config); return its reply."""
+    path = service.config["brokers"]["socket"]["path"]
+    line = socket_request(path, {"control": command, "reply_to": "test"}, timeout=10)
+    assert line is not None, f"no reply to {command}"
+    return json.loads(line)  # type: ignore[no-any-return]
 
 
 class Evidence:

@@ -105,6 +105,11 @@ def noop() -> None:
 
 
 @task()
+def ignore(*args: Any, **kwargs: Any) -> None:
+    """Does nothing with what it is given (a message as large as a test wants)."""
+
+
+@task()
 def sleep_recording_cancel(path: str, seconds: float, label: str = "") -> None:
     """Record the start; sleep; record ``end``, or ``cancelled`` (then re-raise) if cancelled."""
     _record(path, event="start", label=label)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
+import tracemalloc
+import weakref
 
 import anyio
 import pytest
@@ -93,6 +96,53 @@ async def test_a_call_added_by_a_call_fires_too() -> None:
     await run_until(timers, done)
 
 
+@pytest.mark.anyio
+async def test_a_cancelled_call_is_not_made() -> None:
+    timers, done = Timers(), anyio.Event()
+    fired: list[object] = []
+    deadline = time.monotonic() - 1
+    timers.call_at(deadline, fired.append, "kept")
+    timers.call_at(deadline, fired.append, "cancelled").cancel()
+    timers.call_at(deadline, done.set)
+    await run_until(timers, done)
+    assert fired == ["kept"]
+    assert len(timers) == 0
+
+
+class Held:
+    """Something a call holds (a job, its message), that can be watched going."""
+
+
+def test_a_cancelled_call_lets_go_of_what_it_holds_at_once() -> None:
+    timers = Timers()
+    held = Held()
+    gone = weakref.ref(held)
+    call = timers.call_later(3600, print, held)
+    del held
+    gc.collect()
+    assert gone() is not None
+    call.cancel()
+    call.cancel()  # twice: nothing more
+    gc.collect()
+    assert gone() is None
+    assert len(timers) == 0
+
+
+def test_cancelled_calls_do_not_pile_up_until_their_deadline() -> None:
+    timers = Timers()
+    timers.call_later(7200, print, "the one that stays")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(100_000):  # quick tasks with a timeout of an hour
+            timers.call_later(3600, print, "a task's deadline").cancel()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(timers) == 1
+    assert grown < 100_000, f"{grown} bytes kept for 100,000 cancelled calls"
+
+
 # -- the delayer, on a manual clock --------------------------------------------------------
 
 
@@ -127,5 +177,6 @@ def test_removed_jobs_never_come_out() -> None:
 
     assert held.remove(match) == [removed]
     assert held.remove(match) == []
+    assert timers.pending() == 1  # the removed job's timer is cancelled with it
     timers.advance(2)
     assert due == [kept]

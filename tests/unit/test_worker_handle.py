@@ -339,6 +339,19 @@ def test_a_timeout_after_the_task_finished_does_nothing(
     assert ready.job is following
 
 
+def test_a_task_that_ends_before_its_timeout_leaves_no_deadline(
+    ready: WorkerHandle, timers: FakeTimers
+) -> None:
+    # Kept until due, the deadlines of quick tasks with a timeout of a day would keep a
+    # day of jobs.
+    ready.run(make_job(timeout=86400))
+    ready.finish("ok")
+    assert timers.pending() == 0
+    ready.run(make_job(timeout=86400))
+    ready.exited()
+    assert timers.pending() == 0
+
+
 def test_an_escalation_does_not_hit_the_next_task(
     ready: WorkerHandle, process: FakeProcess, timers: FakeTimers
 ) -> None:

@@ -18,7 +18,7 @@ from dispatcher.server.jobs import Job, job_fields
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.protocol import CANCEL_SIGNALS
 from dispatcher.server.ratelimit import RateLimitedLog
-from dispatcher.server.timers import Scheduling
+from dispatcher.server.timers import Cancellable, Scheduling
 
 logger = get_logger("dispatcher.workers")
 
@@ -43,6 +43,7 @@ class CancelEscalation:
     _requests: int
     _cancelled_ahead: dict[int, Outcome]
     _timers: Scheduling
+    _deadline: Cancellable | None
     _cancel_grace: float
 
     def kill(self, outcome: Outcome | None = None) -> None:
@@ -78,6 +79,7 @@ class CancelEscalation:
     def terminate(self) -> Job | None:
         """SIGTERM it now (``→ STOPPING``), taking its job away: the caller accounts for it."""
         job, self.job = self.job, None
+        self._stop_clock()
         if self.status is not WorkerStatus.EXITED:
             self.status = WorkerStatus.STOPPING
             self._doomed = True
@@ -121,6 +123,22 @@ class CancelEscalation:
         (A job given back unstarted may come to this worker again, in a later request.)
         """
         return self.job is job and self._running == number
+
+    def _start_clock(self, job: Job) -> None:
+        """*job* starts: its timeout, if it has one, is counted from now."""
+        if job.timeout > 0:
+            self._deadline = self._timers.call_later(
+                job.timeout, self._timed_out, job, self._running
+            )
+
+    def _stop_clock(self) -> None:
+        """The running job has ended (or is taken away): its timeout no longer matters.
+
+        Cancelled, it lets go of the job at once rather than when the timeout falls due.
+        """
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _timed_out(self, job: Job, number: int) -> None:
         if self._is_running(job, number):

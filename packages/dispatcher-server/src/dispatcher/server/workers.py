@@ -33,7 +33,7 @@ from dispatcher.server.held_ahead import HeldAhead
 from dispatcher.server.jobs import Job
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.protocol import STOP_LINE, start_by_of
-from dispatcher.server.timers import Scheduling
+from dispatcher.server.timers import Cancellable, Scheduling
 
 logger = get_logger("dispatcher.workers")
 
@@ -106,6 +106,8 @@ class WorkerHandle(HeldAhead, CancelEscalation):
         """Jobs the worker ended unstarted (recalled, or expired: they came after their
         ``start_by``), to be taken back (:meth:`take_unstarted`)."""
         self._timers = timers
+        self._deadline: Cancellable | None = None
+        """The timeout of the running job, if it has one."""
         self._cancel_grace = cancel_grace
         self._on_backlog = on_backlog
         self._clock = clock
@@ -170,16 +172,13 @@ class WorkerHandle(HeldAhead, CancelEscalation):
             self._requests += len(jobs)
             self._send(b"".join([job.line for job in jobs]))
 
-    def _start_clock(self, job: Job) -> None:
-        if job.timeout > 0:
-            self._timers.call_later(job.timeout, self._timed_out, job, self._running)
-
     def finish(self, reported: str) -> tuple[Job | None, Outcome]:
         """Its task ended as the worker *reported*: ``BUSY → READY``; returns job and outcome.
 
         After ``DispatcherExit`` it goes to ``STOPPING`` instead (the worker exits).
         """
         job, self.job = self.job, None
+        self._stop_clock()
         unsure, self._start_unsure = self._start_unsure, None
         unstarted = reported in _UNSTARTED
         if reported == "recalled" and not self.recalled:
@@ -263,6 +262,7 @@ class WorkerHandle(HeldAhead, CancelEscalation):
         self.gone.set()
         self.started.set()
         job, self.job = self.job, None
+        self._stop_clock()
         self._start_unsure = None
         outcome = None if job is None else (self.killed_for or Outcome.WORKER_LOST)
         return job, outcome, expected
