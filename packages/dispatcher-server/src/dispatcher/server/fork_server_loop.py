@@ -194,13 +194,15 @@ class ForkServer:
     def _become_worker(self, worker_id: int, worker_fd: int) -> None:
         """Runs in the new child: shed the fork server's state, then be a worker."""
         signal.set_wakeup_fd(-1)
+        os.setpgid(0, 0)  # its own group: whatever the task starts can be killed with it
+        # (first: a Ctrl-C sent to the fork server's group no longer reaches it, so the
+        # defaults given back next cannot end it before the worker ignores SIGINT)
         give_back_defaults()
         for number in (signal.SIGCHLD, DEATH_SIGNAL):
             signal.signal(number, signal.SIG_DFL)
         self._control.close()
         os.close(self._wakeup_read)
         os.close(self._wakeup_write)
-        os.setpgid(0, 0)  # its own group: whatever the task starts can be killed with it
         die_with_parent(signal.SIGKILL, parent=self._pid)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)  # a worker never reads the terminal (and is not stopped for it)
