@@ -29,6 +29,12 @@ TICK_ATTEMPT_LIMIT: Final = 10.0
 (on a new connection): a database that froze, or a connection cut without a word, holds
 the tick no longer than that."""
 
+WALL_CLOCK_CHECK: Final = 10.0
+"""Seconds a wait for a time of the wall clock sleeps at most before it reads the clock
+again. Sleeps follow the monotonic clock, which a step of the wall clock (an NTP step, a
+virtual machine resumed after a pause) does not move: a run is at most that late after a
+step forwards, never late by the step's length."""
+
 
 def give_up_time(timetable: Timetable, due: float) -> float:
     """When the tick due at *due* stops being offered (seconds since the epoch).
@@ -244,16 +250,20 @@ async def _run_on_wall_clock(
 ) -> None:
     """Call ``run(due)`` at each time of the task's timetable; times missed are skipped.
 
-    With *give_up* (when a run due at ``due`` is too late), a run is still made late, until
-    then: a *run* that returned after the next run's time (a tick offered until then) does
-    not skip the next run.
+    The wall clock is read again every :data:`WALL_CLOCK_CHECK` seconds at least: after a
+    step forwards, the run awaited is made (late, once) and the runs stepped over are
+    skipped; after a step backwards, the runs wait for the clock to show their time again
+    (none runs twice). With *give_up* (when a run due at ``due`` is too late), a run is
+    still made late, until then: a *run* that returned after the next run's time (a tick
+    offered until then) does not skip the next run.
     """
     timetable = board.timetable(task)
     due = timetable.next_after(time.time())
     while True:
         board.expect(task, due)
-        while (left := due - time.time()) > 0:  # the wall clock may lag the sleep's clock
-            await anyio.sleep(left)
+        # Sleeps follow the monotonic clock: the wall clock may lag it, or be stepped.
+        while (left := due - time.time()) > 0:
+            await anyio.sleep(min(left, WALL_CLOCK_CHECK))
         await run(due)
         now = time.time()
         if give_up is None:
