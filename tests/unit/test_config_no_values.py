@@ -79,11 +79,11 @@ def test_no_problem_quotes_a_value_wherever_it_is(path: tuple[str | int, ...], s
         ),
         (
             "producers: {scheduled: {app.t: {schedule: 'hunter2 * * * *'}}}",
-            "producers.scheduled['app.t'].schedule: not a cron expression: not acceptable",
+            "producers.scheduled['app.t'].schedule: not a cron expression: minute: not acceptable",
         ),
         (
             "producers: {scheduled: {app.t: {schedule: '0 hunter2 * * mon#9'}}}",
-            "producers.scheduled['app.t'].schedule: not a cron expression: not acceptable",
+            "producers.scheduled['app.t'].schedule: not a cron expression: hour: not acceptable",
         ),
         (
             "producers: {scheduled: {app.t: {schedule: '0 0 * * *', timezone: hunter2}}}",

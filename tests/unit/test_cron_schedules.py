@@ -127,9 +127,17 @@ def test_a_period_is_still_a_number_of_seconds() -> None:
         ("0 3-3 * * *", f"hour: {ONE_VALUE}"),
         ("0 0 * * sun-sun", f"day-of-week: {ONE_VALUE}"),
         ("0 0 * * 7-0", f"day-of-week: {ONE_VALUE}"),
-        ("0 0 * * ²", "not acceptable"),  # a digit int() does not read: croniter refuses it
+        # A digit int() does not read: croniter refuses it, without naming the field.
+        ("0 0 * * ²", "day-of-week: not acceptable"),
+        ("1,,2 * * * *", "minute: not acceptable"),
+        ("0 0 * * 5L", "day-of-week: not acceptable"),  # croniter's last Friday is L5
+        ("0 0 * * mon-frx", "day-of-week: not acceptable"),
+        ("0 0 * * * 1,,2", "seconds: not acceptable"),
         ("*/² * * * *", "minute: the step (after '/') is not a positive number"),
-        ("0 0 * * mon#9", "Invalid day_of_week value"),  # croniter's words, without the value
+        (
+            "0 0 * * mon#9",
+            "day-of-week: Invalid day_of_week value",
+        ),  # croniter's words, without the value
         ("every day", "2 fields"),
     ],
 )

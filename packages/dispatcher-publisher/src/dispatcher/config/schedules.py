@@ -105,12 +105,31 @@ def _croniter_problem(expression: str, what: str) -> str | None:
         schedule = croniter(expression.strip(), _SOME_TIME)
     except (ValueError, TypeError, KeyError, IndexError) as exc:  # croniter's own: ValueError
         reason = _BRACKETED_EXPRESSION.sub("", str(exc)).removeprefix("is ").strip()
-        reason = _QUOTED_PART.sub("", reason).strip(" :.").removeprefix("not acceptable, ")
-        return f"{what}: {reason or 'not acceptable'}"
+        reason = _QUOTED_PART.sub("", reason).strip(" :.")
+        reason = reason.removeprefix("not acceptable, ").removeprefix("not acceptable. ")
+        field = _refused_field(croniter, cron_fields(expression))
+        where = "" if field is None else f"{field}: "
+        return f"{what}: {where}{reason or 'not acceptable'}"
     try:
         schedule.get_next(float)
     except CroniterBadDateError:
         return f"{what}: no date matches it"
+    return None
+
+
+def _refused_field(croniter: Any, fields: list[str]) -> str | None:
+    """The name of the first field croniter refuses alone (the others ``*``), if any.
+
+    croniter's messages quote the whole expression, which is not shown, and seldom name the
+    field: this names it.
+    """
+    for index, text in enumerate(fields):
+        alone = ["*"] * len(fields)
+        alone[index] = text
+        try:
+            croniter(" ".join(alone), _SOME_TIME)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return CRON_FIELDS[index][0]
     return None
 
 
