@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -23,7 +24,7 @@ class FakeClock:
         self.now = now
         self.stepped = 0.0
         """How far the wall clock was stepped in all (the monotonic clock was not)."""
-        self._steps: list[tuple[float, float]] = []
+        self._steps: list[tuple[float, float, Callable[[], None]]] = []
         fake_anyio = types.SimpleNamespace(
             sleep=self.sleep, fail_after=anyio.fail_after, Event=anyio.Event
         )
@@ -40,20 +41,23 @@ class FakeClock:
         """The simulated monotonic clock: the wall clock less its steps."""
         return self.now - self.stepped
 
-    def step_at(self, when: float, by: float) -> None:
+    def step_at(self, when: float, by: float, then: Callable[[], None] = lambda: None) -> None:
         """Step the wall clock by *by* seconds once a sleep takes it past *when*.
 
-        Forwards (an NTP step, a virtual machine resumed after a pause) or backwards.
+        Forwards (an NTP step, a virtual machine resumed after a pause) or backwards; *then*
+        is called right after the step, while the sleep goes on.
         """
-        self._steps.append((when, by))
-        self._steps.sort()
+        self._steps.append((when, by, then))
+        self._steps.sort(key=lambda step: step[0])
 
     async def sleep(self, seconds: float) -> None:
         """Move the clock on by *seconds*, and by every step passed meanwhile."""
         end = self.now + max(0.0, seconds)
         while self._steps and self._steps[0][0] <= end:
-            _, by = self._steps.pop(0)
+            when, by, then = self._steps.pop(0)
+            self.now = max(self.now, when) + by
             end += by
             self.stepped += by
+            then()
         self.now = end
         await anyio.sleep(0)

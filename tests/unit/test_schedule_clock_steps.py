@@ -7,6 +7,7 @@ the runs it jumped over. Periods run by one service stay on their own (monotonic
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ import anyio
 import pytest
 
 from dispatcher.config import Settings, load_settings
+from dispatcher.server import timetables
 from dispatcher.server.producers import WALL_CLOCK_CHECK, run_once_per_tick, run_schedule
 from dispatcher.server.timetables import ScheduleBoard
 from support.producer_clock import FakeClock
@@ -147,3 +149,28 @@ async def test_a_period_run_here_keeps_its_pace_whatever_the_wall_clock_does(
     runs = Runs(clock, wanted=4)
     await run_here(runs, settings(60))
     assert [at - start for at in runs.times] == [60, 120 + by, 180 + by, 240 + by]
+
+
+@pytest.mark.anyio
+async def test_next_runs_of_a_period_run_here_follow_a_step_of_the_wall_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The next run was noted as a wall-clock time before the sleep: after a step, the
+    producers reply showed it off by the step until the run."""
+    start = utc(1, 10)
+    clock = FakeClock(monkeypatch, start)
+    fake_time = types.SimpleNamespace(time=clock.time, monotonic=clock.monotonic)
+    monkeypatch.setattr(timetables, "time", fake_time)
+    config = settings(60)
+    board = ScheduleBoard(config)
+    shown: list[str] = []
+    clock.step_at(start + 30, DAY, lambda: shown.extend(board.next_runs(TASK, 2)))
+    runs = Runs(clock, wanted=1)
+    entry = config.producers.scheduled[TASK]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_schedule, runs, TASK, entry, board)
+            await runs.enough.wait()
+            group.cancel_scope.cancel()
+    assert runs.times == [start + 60 + DAY]
+    assert shown == [board.timetable(TASK).show(start + DAY + at) for at in (60, 120)]

@@ -116,9 +116,12 @@ async def run_schedule(
     not made up. A task whose queue is durable (see :class:`DurableRoutes`) is stored in
     its queue instead, once per tick across every service (see :func:`run_once_per_tick`).
     """
-    start, now = time.monotonic(), time.time()
+    start = time.monotonic()
     period = None if isinstance(entry.schedule, str) else entry.schedule
-    board.expect(task, board.timetable(task).next_after(now) if period is None else now + period)
+    if period is None:
+        board.expect(task, board.timetable(task).next_after(time.time()))
+    else:  # run here, or on a durable queue's grid once its route is known
+        board.expect_monotonic(task, start + period)
     route = None if routes is None else await routes.route(task)
     if route is not None and routes is not None:
         await run_once_per_tick(route[0], route[1], task, entry, board, routes.max_attempts)
@@ -145,7 +148,7 @@ async def _run_every(
     runs = 1
     while True:
         due = start + runs * period
-        board.expect(task, time.time() + due - time.monotonic())
+        board.expect_monotonic(task, due)
         await anyio.sleep(max(0.0, due - time.monotonic()))
         _submit(intake, "scheduled", task, entry)
         runs = max(runs + 1, int((time.monotonic() - start) // period) + 1)

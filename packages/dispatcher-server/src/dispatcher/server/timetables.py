@@ -159,6 +159,8 @@ class ScheduleBoard:
             task: timetable_for(task, entry, settings.source) for task, entry in scheduled.items()
         }
         self._due: dict[str, float] = {}
+        self._on_monotonic: set[str] = set()
+        """The tasks whose next run is noted on the monotonic clock (see expect_monotonic)."""
 
     def timetable(self, task: str) -> Timetable:
         """The timetable of the entry *task*."""
@@ -167,6 +169,16 @@ class ScheduleBoard:
     def expect(self, task: str, due: float) -> None:
         """Note that the next run of *task* is due at *due* (seconds since the epoch)."""
         self._due[task] = due
+        self._on_monotonic.discard(task)
+
+    def expect_monotonic(self, task: str, due: float) -> None:
+        """Note that the next run of *task* is due at *due* on ``time.monotonic()``.
+
+        For a period run by this service alone: its runs follow the monotonic clock, so
+        the wall-clock time shown is worked out when asked, after any step of the clock.
+        """
+        self._due[task] = due
+        self._on_monotonic.add(task)
 
     def next_runs(self, task: str, count: int = NEXT_RUNS_SHOWN) -> list[str]:
         """The next *count* runs of *task*, in ISO 8601 with an offset."""
@@ -176,6 +188,8 @@ class ScheduleBoard:
         due = self._due.get(task)
         if due is None:  # not started yet: where its timetable would put it
             due = timetable.next_after(time.time())
+        elif task in self._on_monotonic:
+            due += time.time() - time.monotonic()
         runs = [due]
         while len(runs) < count:
             runs.append(timetable.following(runs[-1]))
