@@ -92,6 +92,37 @@ async def main():
 asyncio.run(main())
 """
 
+APP_LOOP_SERVES = """
+import asyncio, logging, os, signal, sys, time
+
+logging.basicConfig(level=logging.INFO)
+
+from dispatcher.config import load_settings, setup
+from dispatcher.control import acontrol_with_reply
+from dispatcher.publish import asubmit_task
+from dispatcher.server import Service
+
+
+async def main():
+    setup(file_path=sys.argv[1])
+    service = asyncio.create_task(Service(load_settings(file_path=sys.argv[1])).run())
+    answered = 0
+    deadline = time.monotonic() + 30
+    while not answered and time.monotonic() < deadline and not service.done():
+        result = await acontrol_with_reply("status", expected_replies=1, timeout=1)
+        answered = len(result.replies)
+    print("ANSWERED", answered, flush=True)
+    await asubmit_task("support.service_tasks.record", args=[sys.argv[2], "ran"])
+    while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    print("TASK RAN", os.path.exists(sys.argv[2]), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("AFTER", await asyncio.wait_for(service, 30), flush=True)
+
+
+asyncio.run(main())
+"""
+
 APP_OBJECTS_COLLECTED = """
 import gc, logging, sys, weakref
 
@@ -123,9 +154,12 @@ def run_app(
     *,
     services: int = 1,
     env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    stops: bool = True,
 ) -> str:
-    """Run *script* with the paths of *configs* (and *env*), stop its services with one
-    SIGTERM once *services* listen, and return what it wrote (it must exit with 0)."""
+    """Run *script* with the paths of *configs* (then *args*, and *env*), stop its services
+    with one SIGTERM once *services* listen (unless not *stops*: the script stops them
+    itself), and return what it wrote (it must exit with 0)."""
     paths = []
     for n, config in enumerate(configs):
         path = tmp_path / f"dispatcher-{n}.yml"
@@ -134,7 +168,7 @@ def run_app(
     output = tmp_path / "output.txt"
     with output.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-c", script, *paths],
+            [sys.executable, "-c", script, *paths, *(args or [])],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
@@ -146,9 +180,10 @@ def run_app(
             },
         )
     try:
-        wait_until(lambda: output.read_text().count("listening on channels") >= services, 30)
-        process.send_signal(signal.SIGTERM)
-        status = process.wait(60)
+        if stops:
+            wait_until(lambda: output.read_text().count("listening on channels") >= services, 30)
+            process.send_signal(signal.SIGTERM)
+        status = process.wait(90 if stops else 120)
     finally:
         if process.poll() is None:
             process.kill()
@@ -193,6 +228,20 @@ def test_one_sigterm_stops_every_service_of_a_loop_and_each_has_its_own_node_id(
         assert sorted(started) == [given, f"{given}-2"], log
     stopped = re.findall(r"dispatcher service (\S+) stopped", log)
     assert sorted(stopped) == sorted(started), log
+
+
+def test_a_service_in_the_apps_plain_asyncio_loop_answers_control_and_runs_tasks(
+    service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """Under asyncio.run() (not anyio's), with sniffio installed, the callbacks that read
+    the listening connection found no async library: every control command failed with an
+    internal error in intake (``NoEventLoopError``), and went unanswered."""
+    evidence = tmp_path / "evidence.jsonl"
+    log = run_app(APP_LOOP_SERVES, tmp_path, [service_config], args=[str(evidence)], stops=False)
+    assert "ANSWERED 1" in log, log
+    assert "TASK RAN True" in log, log
+    assert "AFTER 0" in log, log
+    assert "internal error" not in log, log
 
 
 def test_run_service_leaves_the_apps_objects_collectable(

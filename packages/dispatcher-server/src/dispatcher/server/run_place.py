@@ -8,7 +8,9 @@ its own (``run_service()``, where none runs yet).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 
 from dispatcher.schema import DispatcherError
 
@@ -61,3 +63,26 @@ def check_no_loop_runs() -> None:
             " own): there, `await Service(settings).run()`, with Service from"
             " dispatcher.server"
         )
+
+
+@contextlib.contextmanager
+def asyncio_named_as_the_library() -> Iterator[None]:
+    """Name asyncio as the running async library for what the block starts.
+
+    anyio asks sniffio, when it is installed, which library runs; under ``asyncio.run()``
+    (not anyio's ``run()``), sniffio finds it from the current task only. The callbacks the
+    service registers on the loop (the readers of the listening connection, of the workers'
+    pipes) run outside any task: there anyio found no loop, and every notification the
+    service read failed. Callbacks, tasks and threads started in the block copy its context,
+    this name included; the caller's context is given back as it was.
+    """
+    try:
+        import sniffio
+    except ImportError:  # anyio then assumes asyncio wherever a loop runs
+        yield
+        return
+    token = sniffio.current_async_library_cvar.set("asyncio")
+    try:
+        yield
+    finally:
+        sniffio.current_async_library_cvar.reset(token)

@@ -43,7 +43,12 @@ from dispatcher.server.producers import DurableRoutes
 from dispatcher.server.ratelimit import flush_suppressed
 from dispatcher.server.release import DISTRIBUTION, installed_version
 from dispatcher.server.resources import fds_needed, raise_fd_limit
-from dispatcher.server.run_place import CannotRunHere, check_asyncio_loop_runs, check_main_thread
+from dispatcher.server.run_place import (
+    CannotRunHere,
+    asyncio_named_as_the_library,
+    check_asyncio_loop_runs,
+    check_main_thread,
+)
 from dispatcher.server.scheduler import Scheduler
 from dispatcher.server.service_brokers import ServiceBrokers
 from dispatcher.server.service_chores import expire_chunks, flush_suppressed_lines
@@ -229,7 +234,11 @@ class Service:
                 raise
             check_main_thread("Service.run()")
             check_asyncio_loop_runs()
-            with quiet_own_cancellations(), logs_written_in_background():
+            with (
+                asyncio_named_as_the_library(),
+                quiet_own_cancellations(),
+                logs_written_in_background(),
+            ):
                 return await self._run()
         finally:
             if self._release_node_id is not None:
