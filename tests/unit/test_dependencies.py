@@ -47,6 +47,11 @@ DATA_ONLY = frozenset({"tzdata"})
 """Distributions of data the standard library reads, that no module imports: ``tzdata``,
 the time zones ``zoneinfo`` reads where the OS has none (Windows)."""
 
+WHERE_INSTALLED = {"dispatcher-server": frozenset({"sniffio"})}
+"""Distributions a distribution imports only where they are installed, needing none: sniffio,
+which anyio consults when it is there (``run_place.asyncio_named_as_the_library`` tells it
+which library runs, for the loop callbacks of a service in the application's own loop)."""
+
 SERVICE_SIDE = frozenset({"dispatcher.contrib.django.service", "dispatcher.contrib.django.worker"})
 """Publisher modules that run only in a service (``manage.py rundispatcher``, its workers),
 where dispatcher-server is installed: they may import it and its dependencies (the command
@@ -88,6 +93,7 @@ def test_dependencies_are_exactly_the_imported_distributions(distribution: str) 
             imported[server_side] = users
     declared = set(_declared(distribution))
     allowed = declared | _optional(distribution)  # an extra's: imported where it is needed
+    allowed |= WHERE_INSTALLED.get(distribution, frozenset())
     undeclared = {name: sorted(users) for name, users in imported.items() if name not in allowed}
     unused = sorted(declared - set(imported) - DATA_ONLY)
     assert (undeclared, unused) == ({}, [])
