@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatcher.config import Settings
 from dispatcher.control import control_with_reply, entries
 from support.log_lines import assert_every_line_is_ours
-from support.metrics import free_port
+from support.metrics import free_port, probe
 from support.proxy import DatabaseProxy
 from support.service import Evidence, ServiceProcess, wait_until
 from support.service import task_message as message
@@ -464,15 +464,6 @@ def test_the_ipv6_any_address_serves_ipv4_clients_too(
     for url in (f"http://127.0.0.1:{port}/metrics", f"http://[::1]:{port}/metrics"):
         with urllib.request.urlopen(url, timeout=5) as response:
             assert b"dispatcher_workers" in response.read()
-
-
-def probe(port: int, path: str) -> tuple[int, str]:
-    """GET *path* of the metrics server: the status code and the body."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_probes_tell_ready_from_alive(

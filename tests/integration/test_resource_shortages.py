@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -172,8 +174,39 @@ def test_a_socket_path_refused_is_named_whole_and_the_stop_is_quiet(
     service = start_service(service_config, wait=False)
     assert service.wait(30) == 2
     whole = service.folder / "no-such-folder" / "service.sock"
-    assert f"cannot listen on socket {whole}: No such file or directory" in service.log
+    said = (
+        f"cannot listen on socket {whole}: No such file or directory: the directory"
+        f" {whole.parent} does not exist: create it, or set brokers.socket.path to a path in"
+        " one that does"
+    )
+    assert said in service.log, service.log
     assert "psycopg" not in service.log, service.log
+
+
+def test_a_socket_directory_the_services_user_may_not_write_is_named_with_what_to_do(
+    start_service: StartService, service_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """An unprivileged user (here root without its capabilities: the directory is another
+    user's) is told which directory refused and which setting to change."""
+    folder = tmp_path / "not-yours"
+    folder.mkdir(mode=0o755)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root, and no setpriv to drop the capabilities")
+        os.chown(folder, 65534, 65534)
+        prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    else:
+        folder.chmod(0o555)
+    service_config["brokers"]["socket"] = {"path": str(folder / "service.sock")}
+    service = start_service(service_config, wait=False, prefix=prefix)
+    assert service.wait(30) == 2
+    said = (
+        f"cannot listen on socket {folder / 'service.sock'}: Permission denied: this service's"
+        f" user (uid {os.geteuid()}) may not create files in {folder}: let it, or set"
+        " brokers.socket.path to a path in a directory it may write"
+    )
+    assert said in service.log, service.log
 
 
 def test_the_service_silences_psycopgs_warning_about_its_own_cancellations(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,3 +33,12 @@ def scrape(port: int) -> Samples:
 def tasks_labelled(samples: Samples) -> set[str]:
     """The task names any sample has as its ``task`` label."""
     return {value for _, labels in samples for key, value in labels if key == "task"}
+
+
+def probe(port: int, path: str) -> tuple[int, str]:
+    """GET *path* of the metrics server on *port* of 127.0.0.1: the status code and the body."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

@@ -551,6 +551,8 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
     renewals: list[float] = []
 
     class FakeLeases:
+        held = {1: (1, 1)}  # a job runs: each renewal reaches the database
+
         async def renew(self) -> None:
             renewals.append(clock[0])
             if len(renewals) == 8:

@@ -31,6 +31,12 @@ MAIN_HINT: Final = (
 )
 """What the rejection of a ``__main__`` task adds: the publisher warned of it too."""
 
+STORED_HINT: Final = (
+    "; the job is failed, not retried: if services of another release register the task"
+    " (during a rolling deploy), run "
+)
+"""What the rejection of a stored job adds, before the command that queues it again."""
+
 
 class JobMaker:
     """Makes the jobs of task messages whose task names the *catalogue* knows."""
@@ -49,20 +55,11 @@ class JobMaker:
         names = self._catalogue.names
         assert names is not None
         if name not in names:
-            raise Rejected(
-                "unknown_task",
-                f"task {name!r} is not registered{self._suggestion(name)}",
-                message.get("uuid"),
-            )
+            raise self._not_registered(name, "", message, origin)
         if "callbacks" in message or "errbacks" in message:
             for where, follow_up in _follow_ups(message):
                 if follow_up not in names:
-                    raise Rejected(
-                        "unknown_task",
-                        f"{where}: task {follow_up!r} is not registered"
-                        f"{self._suggestion(follow_up)}",
-                        message.get("uuid"),
-                    )
+                    raise self._not_registered(follow_up, f"{where}: ", message, origin)
         if origin.stored_as is not None:
             payload = _agree_with_row(message, payload, origin.stored_as)
         uuid = message.get("uuid")
@@ -109,6 +106,26 @@ class JobMaker:
                 extra=job_fields("task_received", job),
             )
         return job
+
+    def _not_registered(
+        self, name: str, where: str, message: Mapping[str, Any], origin: Origin
+    ) -> Rejected:
+        """The rejection of *message*, whose task (or follow-up, *where*) *name* is unknown.
+
+        A stored job is failed for good by it, while services of another release may know
+        the task (a rolling deploy, a release that adds a task): its reason says how to
+        run the job again once they all do.
+        """
+        uuid = message.get("uuid")
+        if origin.stored_as is None:
+            reason = f"{where}task {name!r} is not registered{self._suggestion(name)}"
+            return Rejected("unknown_task", reason, uuid)
+        again = f"--uuid {uuid}" if isinstance(uuid, str) and uuid else "--failed"
+        reason = (
+            f"{where}task {name!r} is not registered in this service{self._suggestion(name)}"
+            f"{STORED_HINT}'dispatcherctl retry {again}' once every service does"
+        )
+        return Rejected("unknown_task", reason, uuid)
 
     def _suggestion(self, name: str) -> str:
         """``" (did you mean 'x'?)"`` when a registered name is close to *name*, else ``""``.

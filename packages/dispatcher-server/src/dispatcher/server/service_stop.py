@@ -17,8 +17,10 @@ import anyio
 from dispatcher.schema.log_fields import EVENT, NODE
 from dispatcher.server.brokers.base import StartRefused
 from dispatcher.server.exit_statuses import EXIT_CONFIG, EXIT_FORCED, EXIT_OK
+from dispatcher.server.log_arguments import Excerpt
 from dispatcher.server.log_handler import flush_logs
 from dispatcher.server.log_records import get_logger
+from dispatcher.server.log_text import MAX_REASON_CHARS
 
 logger = get_logger("dispatcher.service")
 
@@ -65,7 +67,7 @@ class ServiceStop:
 
     def refused_at_start(self, refused: StartRefused) -> None:
         """A broker or the metrics server refuses to start: stop, with exit status 2."""
-        logger.critical("cannot start: %s", refused)
+        logger.critical("cannot start: %s", _whole(refused))
         self.exit_status = EXIT_CONFIG
         self.asked.set()
 
@@ -77,6 +79,14 @@ class ServiceStop:
         orchestrator that sees the service end can tell.)
         """
         if self.exit_status == EXIT_OK:
-            logger.critical("cannot go on, stopping: %s", refused)
+            logger.critical("cannot go on, stopping: %s", _whole(refused))
             self.exit_status = EXIT_CONFIG
         self.asked.set()
+
+
+def _whole(refused: StartRefused) -> Excerpt:
+    """*refused* as its line shows it: whole, escaped all the same.
+
+    Not cut at one value's length: it names paths, settings and what to do after them.
+    """
+    return Excerpt(refused, MAX_REASON_CHARS)

@@ -49,17 +49,29 @@ class BrokerHealth:
     """The first line of its last failure (kept after it serves again)."""
     failures: int = 0
     """Its failures so far."""
+    failed_by: str | None = None
+    """Which part of the broker said it fails, last (pg_queue's ``renewals``); ``None``: the
+    broker itself."""
 
-    def failed(self, error: str) -> None:
-        """It failed with *error* (one line)."""
+    def failed(self, error: str, by: str | None = None) -> None:
+        """It failed with *error* (one line), as its part *by* (if any) found."""
         if self.failing_since is None:
             self.failing_since = time.time()
         self.last_error = error
         self.failures += 1
+        self.failed_by = by
 
-    def serving(self) -> None:
-        """It serves (again)."""
+    def serving(self, by: str | None = None) -> None:
+        """It serves (again); said by its part *by*, only if that part said it failed last.
+
+        A part that works proves only itself: pg_queue's renewals of leases may work while
+        its claims are refused (a missing privilege), while a claim that works proves the
+        whole broker serves.
+        """
+        if by is not None and self.failed_by != by:
+            return
         self.failing_since = None
+        self.failed_by = None
 
     def as_reply(self) -> dict[str, Any]:
         """Its part of the ``status`` reply."""

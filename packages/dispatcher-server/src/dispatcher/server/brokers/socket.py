@@ -40,6 +40,7 @@ from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.schema.chunks import socket_lines
 from dispatcher.server.accepting import serve_connections
 from dispatcher.server.brokers.base import BrokerBase, BrokerContext, Deliver, StartRefused
+from dispatcher.server.brokers.socket_refusals import socket_refusal
 from dispatcher.server.log_records import get_logger
 from dispatcher.server.origin import Origin
 from dispatcher.server.ratelimit import InternalErrorLog, RateLimitedLog
@@ -144,9 +145,7 @@ class SocketBroker(BrokerBase):
             self._claim_path()
             listener = await anyio.create_unix_listener(self.path)
         except OSError as exc:
-            why = exc.strerror or str(exc)  # (not str(exc): it may name the path again)
-            # Named whole: a relative path says nothing of the directory that refused.
-            raise StartRefused(f"cannot listen on socket {self.path.absolute()}: {why}") from None
+            raise StartRefused(socket_refusal(self.path, exc)) from None
         finally:
             os.umask(old_umask)
         logger.info("listening on socket %s", self.path.absolute())

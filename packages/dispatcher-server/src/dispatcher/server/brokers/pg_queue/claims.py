@@ -241,12 +241,15 @@ class Claimer:
         self._failures.log(error, "cannot claim jobs: %s", error)
 
     def _succeeded(self) -> None:
-        """A claim worked: after failures, say that claiming goes on again."""
+        """A claim worked: the broker serves; after failures, say that claiming goes on again.
+
+        (It serves even when the renewals of leases said it failed: the database is back.)
+        """
+        self._stats.broker("pg_queue").serving()
         if self._stats.pg_queue_failing_since is None:
             return
         self._failures.ended()
         self._stats.pg_queue_failing_since = None
-        self._stats.broker("pg_queue").serving()
         since, before = self._failing_from
         logger.info(
             "claiming jobs again after %s over %.1f s",

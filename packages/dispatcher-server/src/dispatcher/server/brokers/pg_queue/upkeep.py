@@ -46,6 +46,9 @@ from dispatcher.server.stats import ServiceStats
 
 logger = get_logger("dispatcher.pg_queue")
 
+RENEWALS: Final = "renewals"
+"""The part of the broker that renews leases, as its health names it (see ``BrokerHealth``)."""
+
 Fetch = Callable[[bytes, Mapping[str, Any]], Awaitable[Rows]]
 
 BATCH: Final = 1000
@@ -94,6 +97,9 @@ class Upkeep:
         self._keep_finished = keep_finished
         self._queues = list(queues)
         """The queues whose finished rows this service purges: those it serves."""
+        self._stats = stats
+        self._last_failure = ""
+        """Why the last step that failed failed (one line)."""
         self._failures: dict[str, FailureLog] = {}
         """Says why each step fails: once per cause (a minute apart while it lasts)."""
         self._sweeps_from = 0.0
@@ -131,7 +137,10 @@ class Upkeep:
         while True:
             await self._pause(budget)
             # Each step on its own: a failing flush must never cost the renewal of leases.
+            reaches_database = bool(self._leases.held)
             renewed = await self._attempt("renewal of leases", SETTLE, self._renew)
+            if reaches_database:
+                self._tell_health(renewed is not None)
             await self._attempt("writing of outcomes", SETTLE, self._acks.flush_all)
             now = time.monotonic()
             deadline = now + budget  # one for the sweep and the purge: renewals stay on time
@@ -145,6 +154,18 @@ class Upkeep:
                     "purge of finished jobs", PURGE, self.purge, deadline
                 )
                 next_purge = now if finished is False else now + purge_every
+
+    def _tell_health(self, renewed: bool) -> None:
+        """Say whether the broker serves, as a renewal of leases found it.
+
+        While every worker is busy no claim runs, and the renewals of the leases of the
+        jobs they run are what finds the database away (``/readyz``, ``status``).
+        """
+        health = self._stats.broker("pg_queue")
+        if renewed:
+            health.serving(by=RENEWALS)
+        else:
+            health.failed(f"renewal of leases failed: {self._last_failure}", by=RENEWALS)
 
     async def _pause(self, seconds: float) -> None:
         """Wait *seconds*, until the next round, writing the outcomes a failure left unwritten.
@@ -206,6 +227,7 @@ class Upkeep:
             else:
                 why = await explain(exc, self._db.fetch, self._schema, needs)
             lines.log(why, "%s failed: %s", what, why)
+            self._last_failure = why
             return None
 
     async def _renew(self) -> bool:
