@@ -9,7 +9,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import psycopg
@@ -551,7 +551,7 @@ async def test_leases_are_renewed_within_two_thirds_of_a_lease_however_much_is_d
     renewals: list[float] = []
 
     class FakeLeases:
-        held = {1: (1, 1)}  # a job runs: each renewal reaches the database
+        held: ClassVar = {1: (1, 1)}  # a job runs: each renewal reaches the database
 
         async def renew(self) -> None:
             renewals.append(clock[0])
