@@ -22,7 +22,12 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from dispatcher.schema import QUEUE_WAKEUP_CHANNEL, duplicate_key, sql_queue_publisher
+from dispatcher.schema import (
+    CHANNEL_NAME_RULE,
+    QUEUE_WAKEUP_CHANNEL,
+    duplicate_key,
+    sql_queue_publisher,
+)
 from dispatcher.server.brokers.pg_queue.migrations import migrate
 from support.paths import EXAMPLES, REPO, SCHEMAS
 from support.service import Evidence, ServiceProcess
@@ -120,6 +125,29 @@ def test_node_publisher_submits_a_task_that_runs(
     refused = node(node_example, "publisher.js", channel, "lambda: 1", env=env)
     assert refused.returncode != 0
     assert "invalid task message: /task must match pattern" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    ("script", "arguments", "reason"),
+    [
+        ("publisher.js", ["a b", "a.b"], 'channel "a b": not a valid channel name'),
+        ("publisher.js", ["", "a.b"], 'channel "": not a valid channel name'),
+        ("publisher.js", ["node_cli", "a.b", "[1,"], "args: not JSON: "),
+        ("publisher.js", ["node_cli", "a.b", "[]", "{x}"], "kwargs: not JSON: "),
+        ("enqueue.js", ["a b", "a.b"], 'queue "a b": not a valid channel name'),
+        ("enqueue.js", ["orders", "a.b", "[]", "{}", "nope"], "options: not JSON: "),
+    ],
+)
+def test_node_command_lines_refuse_bad_input_in_one_line(
+    node_example: Path, pg_dsn: str, script: str, arguments: list[str], reason: str
+) -> None:
+    refused = node(node_example, script, *arguments, env={"DISPATCHER_DSN": node_dsn(pg_dsn)})
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.startswith(f"{script}: {reason}")
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
 
 
 @pytest.mark.slow
@@ -318,12 +346,17 @@ const cases = {
   bytes: [[[new Uint8Array([1, 2])]], {}, {}],
   date: [[new Date(0)], {}, {}],
   hole: [[1, , 3], {}, {}],
+  name_empty: [[], {}, {}, ''],
+  name_space: [[], {}, {}, 'a b'],
+  name_long: [[], {}, {}, 'a'.repeat(64)],
+  name_accent: [[], {}, {}, 'caf\u00e9'],
+  name_not_text: [[], {}, {}, 42],
 };
-for (const [name, [args, kwargs, options]] of Object.entries(cases)) {
+for (const [name, [args, kwargs, options, target]] of Object.entries(cases)) {
   for (const how of ['notify', 'queue']) {
     try {
-      if (how === 'notify') await submit(client, 'node_refusals', { ...buildMessage('a.b', args, kwargs), ...options }, null);
-      else await enqueue(client, 'orders', 'a.b', args, kwargs, options, process.env.DISPATCHER_QUEUE_SCHEMA);
+      if (how === 'notify') await submit(client, target ?? 'node_refusals', { ...buildMessage('a.b', args, kwargs), ...options }, null);
+      else await enqueue(client, target ?? 'orders', 'a.b', args, kwargs, options, process.env.DISPATCHER_QUEUE_SCHEMA);
       console.log(JSON.stringify([name, how, 'sent']));
     } catch (e) {
       console.log(JSON.stringify([name, how, e.message]));
@@ -381,9 +414,24 @@ def test_node_refuses_what_a_service_would_drop_naming_the_place(
         "hole": "invalid task message: args[1]: a hole in a sparse array"
         " (JSON.stringify would send null)",
     }
+    # A name no service can listen on, or PostgreSQL refuses, is refused before anything is
+    # sent, naming the argument and the rule (a message NOTIFYd there would reach no one).
+    for name, text in BAD_NAMES.items():
+        for how, argument in (("notify", "channel"), ("queue", "queue")):
+            expected_by_how = f"{argument} {text}: not a valid channel name ({CHANNEL_NAME_RULE})"
+            assert outcomes.pop((name, how)) == expected_by_how
     assert outcomes == {
         (name, how): text for name, text in expected.items() for how in ("notify", "queue")
     }
+
+
+BAD_NAMES = {
+    "name_empty": '""',
+    "name_space": '"a b"',
+    "name_long": json.dumps("a" * 64),
+    "name_accent": '"café"',
+    "name_not_text": "42",
+}
 
 
 UUID_SCRIPT = """

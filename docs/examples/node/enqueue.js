@@ -16,7 +16,7 @@
 import { createHash } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
-import { buildMessage, checkMessage } from "./publisher.js";
+import { buildMessage, checkChannelName, checkMessage, parseArgument, runCommand } from "./publisher.js";
 
 const WAKEUP_CHANNEL = "dispatcher_queue_wakeup";
 const TRACKED = new Set(["discard", "serial", "queue_one"]);
@@ -71,7 +71,7 @@ export function duplicateKey(task, args, kwargs) {
 }
 
 export async function enqueue(client, queue, task, args = [], kwargs = {}, options = {}, schema = "dispatcher") {
-  if (!/^[A-Za-z0-9_.:-]{1,63}$/.test(queue)) throw new Error(`queue ${JSON.stringify(queue)}: not a valid channel name`);
+  checkChannelName(queue, "queue");
   const { max_attempts: maxAttempts = 3, ...messageOptions } = options;
   if (!Number.isInteger(maxAttempts) || maxAttempts < 1 || maxAttempts > 1000) {
     throw new Error(`max_attempts: expected an integer between 1 and 1000, got ${JSON.stringify(maxAttempts)}`);
@@ -106,14 +106,18 @@ export async function enqueue(client, queue, task, args = [], kwargs = {}, optio
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const [queue, task, args = "[]", kwargs = "{}", options = "{}"] = process.argv.slice(2);
-  const schema = process.env.DISPATCHER_QUEUE_SCHEMA ?? "dispatcher";
-  const client = new pg.Client({ connectionString: process.env.DISPATCHER_DSN });
-  await client.connect();
-  try {
-    const uuid = await enqueue(client, queue, task, JSON.parse(args), JSON.parse(kwargs), JSON.parse(options), schema);
-    console.log(`enqueued ${task} as ${uuid}`);
-  } finally {
-    await client.end();
-  }
+  await runCommand("enqueue.js", async () => {
+    const [queue, task, args = "[]", kwargs = "{}", options = "{}"] = process.argv.slice(2);
+    const parsed = [parseArgument("args", args), parseArgument("kwargs", kwargs), parseArgument("options", options)];
+    checkChannelName(queue, "queue");
+    const schema = process.env.DISPATCHER_QUEUE_SCHEMA ?? "dispatcher";
+    const client = new pg.Client({ connectionString: process.env.DISPATCHER_DSN });
+    await client.connect();
+    try {
+      const uuid = await enqueue(client, queue, task, ...parsed, schema);
+      console.log(`enqueued ${task} as ${uuid}`);
+    } finally {
+      await client.end();
+    }
+  });
 }

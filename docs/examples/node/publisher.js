@@ -10,7 +10,8 @@
 // null (JSON.stringify writes undefined, a function, NaN or an infinity as null, a Map or a
 // Uint8Array as an object of other keys, and throws at a BigInt); a hole in an array;
 // arrays and objects nested more than 64 levels in all, the message itself included; a
-// uuid holding a NUL character or a lone surrogate, which PostgreSQL text cannot hold.
+// uuid holding a NUL character or a lone surrogate, which PostgreSQL text cannot hold; a
+// channel name no service can listen on.
 //
 // With DISPATCHER_SIGNING_KEY_ID and DISPATCHER_SIGNING_SECRET set (a key of the services'
 // security.keys), the message is sent in a signed envelope (schemas/signed-envelope.schema.json).
@@ -25,6 +26,18 @@ const SCHEMAS = process.env.DISPATCHER_SCHEMAS ?? join(dirname(fileURLToPath(imp
 const MAX_NOTIFY_BYTES = 7999;
 export const MAX_NESTING_DEPTH = 64; // as services decode: the message itself is level 1
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+// As services check the channels they listen on: PostgreSQL also takes "a b" or "café",
+// but no service listens there, and a message sent to one reaches no one.
+const CHANNEL_NAME = /^[A-Za-z0-9_.:-]{1,63}$/;
+
+// Throw, naming the argument, unless *name* is a channel a service can listen on.
+export function checkChannelName(name, argument = "channel") {
+  if (typeof name !== "string" || !CHANNEL_NAME.test(name)) {
+    const rule = "1-63 bytes of ASCII letters, digits, '_', '.', '-' or ':'";
+    throw new Error(`${argument} ${JSON.stringify(name)}: not a valid channel name (${rule})`);
+  }
+}
 
 export function loadValidator(name) {
   const schema = JSON.parse(readFileSync(join(SCHEMAS, `${name}.schema.json`), "utf8"));
@@ -136,6 +149,7 @@ export function signingKeyFromEnv(env = process.env) {
 
 // Send the message; return its uuid (a new one, added to what is sent, when it has none).
 export async function submit(client, channel, message, key = signingKeyFromEnv()) {
+  checkChannelName(channel);
   if (message.uuid === undefined) message = { ...message, uuid: randomUUID() };
   checkMessage(message);
   const body = JSON.stringify(message);
@@ -147,15 +161,38 @@ export async function submit(client, channel, message, key = signingKeyFromEnv()
   return message.uuid;
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const [channel, task, args = "[]", kwargs = "{}"] = process.argv.slice(2);
-  const client = new pg.Client({ connectionString: process.env.DISPATCHER_DSN });
-  await client.connect();
+// The JSON in an argument of a command line, or an error naming the argument.
+export function parseArgument(name, text) {
   try {
-    const key = signingKeyFromEnv();
-    const uuid = await submit(client, channel, buildMessage(task, JSON.parse(args), JSON.parse(kwargs)), key);
-    console.log(`submitted ${task} as ${uuid}${key ? ` (signed with key ${key.id})` : ""}`);
-  } finally {
-    await client.end();
+    return JSON.parse(text);
+  } catch (error) {
+    throw new Error(`${name}: not JSON: ${error.message}`);
   }
+}
+
+// Run a command line's *main*; a refusal is one line on stderr and exit status 1, no stack.
+export async function runCommand(script, main) {
+  try {
+    await main();
+  } catch (error) {
+    console.error(`${script}: ${error.message}`.replace(/\n/g, " "));
+    process.exitCode = 1;
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  await runCommand("publisher.js", async () => {
+    const [channel, task, args = "[]", kwargs = "{}"] = process.argv.slice(2);
+    const message = buildMessage(task, parseArgument("args", args), parseArgument("kwargs", kwargs));
+    checkChannelName(channel);
+    const key = signingKeyFromEnv();
+    const client = new pg.Client({ connectionString: process.env.DISPATCHER_DSN });
+    await client.connect();
+    try {
+      const uuid = await submit(client, channel, message, key);
+      console.log(`submitted ${task} as ${uuid}${key ? ` (signed with key ${key.id})` : ""}`);
+    } finally {
+      await client.end();
+    }
+  });
 }
