@@ -25,7 +25,7 @@ import pytest
 from dispatcher.config import PgNotifyBroker as PgNotifySettings
 from dispatcher.config import reset, setup
 from dispatcher.publish import close_connections, submit_task
-from dispatcher.schema import sql_queue_publisher
+from dispatcher.schema import sql_publisher, sql_queue_publisher
 from dispatcher.server.brokers.pg_notify.broker import PgNotifyBroker
 from dispatcher.server.brokers.pg_queue import sql as queue_sql
 from dispatcher.server.origin import Origin
@@ -288,3 +288,25 @@ def test_durable_jobs_are_stored_while_the_notify_queue_is_full(
         row = conn.execute("SELECT pg_notification_queue_usage()").fetchone()
     assert row is not None
     assert row[0] >= 0.5  # (so full all along that a wake-up would have been sent otherwise)
+
+
+def test_dispatcher_submit_fails_the_callers_commit_while_the_notify_queue_is_full(
+    full_notify_queue: None, own_pg: str
+) -> None:
+    """The call itself succeeds (a NOTIFY is queued at COMMIT); the COMMIT then fails with
+    the server's error, and the caller's other changes roll back with it: never a commit
+    that reports success for a task that was not sent."""
+    with own_schema(own_pg) as schema, psycopg.connect(own_pg) as conn:
+        conn.execute(psycopg.sql.SQL("SET search_path = {}").format(psycopg.sql.Identifier(schema)))
+        conn.execute(sql_publisher().encode())
+        conn.commit()
+        conn.execute("CREATE TABLE orders (n integer)")
+        conn.commit()
+        conn.execute("INSERT INTO orders VALUES (1)")
+        conn.execute("SELECT dispatcher_submit('plain', 'app.small')")
+        conn.execute(
+            "SELECT dispatcher_submit('plain', 'app.large', jsonb_build_array(repeat('x', 50000)))"
+        )
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="too many notifications"):
+            conn.commit()
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
