@@ -176,29 +176,37 @@ BEGIN
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'dispatcher_submit: options: unknown key(s) % (expected: timeout, delay, on_duplicate, bind, uuid, guid)', unknown;
     END IF;
+    -- A refused value is shown cut to 40 characters, and its length: a number may have a
+    -- hundred thousand digits, a string megabytes.
     FOREACH option_name IN ARRAY ARRAY['timeout', 'delay'] LOOP
         IF options ? option_name THEN
             IF pg_catalog.jsonb_typeof(options -> option_name) <> 'number' THEN
-                RAISE EXCEPTION 'dispatcher_submit: options.%: expected a number of seconds, got %', option_name, options -> option_name;
+                RAISE EXCEPTION 'dispatcher_submit: options.%: expected a number of seconds, got %', option_name,
+                    pg_catalog.left((options -> option_name)::text, 40) || CASE WHEN pg_catalog.length((options -> option_name)::text) > 40 THEN '... (' || pg_catalog.length((options -> option_name)::text) || ' characters)' ELSE '' END;
             END IF;
             seconds := (options ->> option_name)::numeric;
             IF seconds < 0 OR seconds > 31536000 THEN
-                RAISE EXCEPTION 'dispatcher_submit: options.%: must be between 0 and 31536000 seconds, got %', option_name, seconds;
+                RAISE EXCEPTION 'dispatcher_submit: options.%: must be between 0 and 31536000 seconds, got %', option_name,
+                    pg_catalog.left((options -> option_name)::text, 40) || CASE WHEN pg_catalog.length((options -> option_name)::text) > 40 THEN '... (' || pg_catalog.length((options -> option_name)::text) || ' characters)' ELSE '' END;
             END IF;
         END IF;
     END LOOP;
     IF options ? 'on_duplicate' AND (options ->> 'on_duplicate') NOT IN ('parallel', 'discard', 'serial', 'queue_one')
         OR options ? 'on_duplicate' AND pg_catalog.jsonb_typeof(options -> 'on_duplicate') <> 'string' THEN
-        RAISE EXCEPTION 'dispatcher_submit: options.on_duplicate: % is not one of parallel, discard, serial, queue_one', options -> 'on_duplicate';
+        RAISE EXCEPTION 'dispatcher_submit: options.on_duplicate: % is not one of parallel, discard, serial, queue_one',
+            pg_catalog.left((options -> 'on_duplicate')::text, 40) || CASE WHEN pg_catalog.length((options -> 'on_duplicate')::text) > 40 THEN '... (' || pg_catalog.length((options -> 'on_duplicate')::text) || ' characters)' ELSE '' END;
     END IF;
     IF options ? 'bind' AND pg_catalog.jsonb_typeof(options -> 'bind') <> 'boolean' THEN
-        RAISE EXCEPTION 'dispatcher_submit: options.bind: expected true or false, got %', options -> 'bind';
+        RAISE EXCEPTION 'dispatcher_submit: options.bind: expected true or false, got %',
+            pg_catalog.left((options -> 'bind')::text, 40) || CASE WHEN pg_catalog.length((options -> 'bind')::text) > 40 THEN '... (' || pg_catalog.length((options -> 'bind')::text) || ' characters)' ELSE '' END;
     END IF;
     IF options ? 'uuid' AND (pg_catalog.jsonb_typeof(options -> 'uuid') <> 'string' OR pg_catalog.length(options ->> 'uuid') NOT BETWEEN 1 AND 255) THEN
-        RAISE EXCEPTION 'dispatcher_submit: options.uuid: expected a non-empty string, got %', options -> 'uuid';
+        RAISE EXCEPTION 'dispatcher_submit: options.uuid: expected a string of 1 to 255 characters, got %',
+            pg_catalog.left((options -> 'uuid')::text, 40) || CASE WHEN pg_catalog.length((options -> 'uuid')::text) > 40 THEN '... (' || pg_catalog.length((options -> 'uuid')::text) || ' characters)' ELSE '' END;
     END IF;
     IF options ? 'guid' AND pg_catalog.jsonb_typeof(options -> 'guid') <> 'string' THEN
-        RAISE EXCEPTION 'dispatcher_submit: options.guid: expected a string, got %', options -> 'guid';
+        RAISE EXCEPTION 'dispatcher_submit: options.guid: expected a string, got %',
+            pg_catalog.left((options -> 'guid')::text, 40) || CASE WHEN pg_catalog.length((options -> 'guid')::text) > 40 THEN '... (' || pg_catalog.length((options -> 'guid')::text) || ' characters)' ELSE '' END;
     END IF;
 
     -- As services decode messages: at most 64 levels (the message, args or kwargs, then what

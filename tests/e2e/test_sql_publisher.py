@@ -144,6 +144,14 @@ def test_raw_pg_notify_from_psql(
             "dispatcher_submit('c', 'a.b', '[]', '{}', '{\"on_duplicate\": \"x\"}')",
             'options.on_duplicate: "x" is not one of',
         ),
+        (  # a refused value is shown cut short, with its length
+            "dispatcher_submit('c', 'a.b', '[]', '{}', jsonb_build_object('uuid', repeat('u', 256)))",
+            'options.uuid: expected a string of 1 to 255 characters, got "uuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu... (258 characters)',
+        ),
+        (
+            "dispatcher_submit('c', 'a.b', '[]', '{}', jsonb_build_object('delay', ('1e' || 100000)::numeric))",
+            "options.delay: must be between 0 and 31536000 seconds, got 1000000000000000000000000000000000000000... (100001 characters)",
+        ),
         (
             "dispatcher_submit('c', 'a.b', '[]', '{}', '{\"retries\": 3}')",
             "options: unknown key(s) retries",

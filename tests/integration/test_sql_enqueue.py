@@ -276,6 +276,33 @@ def test_bad_calls_are_refused_with_a_reason(
         enqueue(conn, schema, *args)
 
 
+HUGE_OPTIONS = [
+    ("delay", "1e100000", "must be between 0 and 31536000 seconds, got 1000000000"),
+    ("timeout", "-1e-16000", "must be between 0 and 31536000 seconds, got -0.000000000"),
+    ("max_attempts", "1e100000", "expected an integer between 1 and 1000, got 1000000000"),
+    ("delay", json.dumps("9" * 10**6), 'expected a number of seconds, got "999999999'),
+    ("uuid", json.dumps("u" * 256), 'expected a string of 1 to 255 characters, got "uuuuuuuu'),
+    ("on_duplicate", json.dumps("x" * 10**6), "x... (1000002 characters) is not one of"),
+    ("bind", json.dumps(["b"] * 10**5), 'expected true or false, got ["b", "b", '),
+    ("guid", json.dumps([0] * 10**5), "expected a string, got [0, 0, 0"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "reason"), HUGE_OPTIONS)
+def test_a_refused_option_of_megabytes_is_shown_cut_short(
+    conn: Conn, schema: str, option: str, value: str, reason: str
+) -> None:
+    """Named with the reason, its start and its length; not a hundred thousand digits."""
+    options = f'{{"{option}": {value}}}'
+    with pytest.raises(psycopg.errors.RaiseException) as refused:
+        enqueue(conn, schema, "orders", "a.b", "[]", "{}", options)
+    message = str(refused.value).splitlines()[0]
+    assert message.startswith(f"dispatcher_enqueue: options.{option}: ")
+    assert reason in message
+    assert re.search(r"\.\.\. \(\d+ characters\)", message), message
+    assert len(message) < 200, message
+
+
 def test_an_integral_max_attempts_and_a_sub_microsecond_delay_are_taken(
     conn: Conn, schema: str
 ) -> None:

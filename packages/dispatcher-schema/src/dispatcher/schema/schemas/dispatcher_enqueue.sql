@@ -274,29 +274,37 @@ BEGIN
     IF unknown IS NOT NULL THEN
         RAISE EXCEPTION 'dispatcher_enqueue: options: unknown key(s) % (expected: timeout, delay, on_duplicate, bind, uuid, guid, max_attempts)', unknown;
     END IF;
+    -- A refused value is shown cut to 40 characters, and its length: a number may have a
+    -- hundred thousand digits, a string megabytes.
     FOREACH option_name IN ARRAY ARRAY['timeout', 'delay'] LOOP
         IF options ? option_name THEN
             IF pg_catalog.jsonb_typeof(options -> option_name) <> 'number' THEN
-                RAISE EXCEPTION 'dispatcher_enqueue: options.%: expected a number of seconds, got %', option_name, options -> option_name;
+                RAISE EXCEPTION 'dispatcher_enqueue: options.%: expected a number of seconds, got %', option_name,
+                    pg_catalog.left((options -> option_name)::text, 40) || CASE WHEN pg_catalog.length((options -> option_name)::text) > 40 THEN '... (' || pg_catalog.length((options -> option_name)::text) || ' characters)' ELSE '' END;
             END IF;
             seconds := (options ->> option_name)::numeric;
             IF seconds < 0 OR seconds > 31536000 THEN
-                RAISE EXCEPTION 'dispatcher_enqueue: options.%: must be between 0 and 31536000 seconds, got %', option_name, seconds;
+                RAISE EXCEPTION 'dispatcher_enqueue: options.%: must be between 0 and 31536000 seconds, got %', option_name,
+                    pg_catalog.left((options -> option_name)::text, 40) || CASE WHEN pg_catalog.length((options -> option_name)::text) > 40 THEN '... (' || pg_catalog.length((options -> option_name)::text) || ' characters)' ELSE '' END;
             END IF;
         END IF;
     END LOOP;
     IF options ? 'on_duplicate' AND (options ->> 'on_duplicate') NOT IN ('parallel', 'discard', 'serial', 'queue_one')
         OR options ? 'on_duplicate' AND pg_catalog.jsonb_typeof(options -> 'on_duplicate') <> 'string' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: options.on_duplicate: % is not one of parallel, discard, serial, queue_one', options -> 'on_duplicate';
+        RAISE EXCEPTION 'dispatcher_enqueue: options.on_duplicate: % is not one of parallel, discard, serial, queue_one',
+            pg_catalog.left((options -> 'on_duplicate')::text, 40) || CASE WHEN pg_catalog.length((options -> 'on_duplicate')::text) > 40 THEN '... (' || pg_catalog.length((options -> 'on_duplicate')::text) || ' characters)' ELSE '' END;
     END IF;
     IF options ? 'bind' AND pg_catalog.jsonb_typeof(options -> 'bind') <> 'boolean' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: options.bind: expected true or false, got %', options -> 'bind';
+        RAISE EXCEPTION 'dispatcher_enqueue: options.bind: expected true or false, got %',
+            pg_catalog.left((options -> 'bind')::text, 40) || CASE WHEN pg_catalog.length((options -> 'bind')::text) > 40 THEN '... (' || pg_catalog.length((options -> 'bind')::text) || ' characters)' ELSE '' END;
     END IF;
     IF options ? 'uuid' AND (pg_catalog.jsonb_typeof(options -> 'uuid') <> 'string' OR pg_catalog.length(options ->> 'uuid') NOT BETWEEN 1 AND 255) THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: options.uuid: expected a non-empty string, got %', options -> 'uuid';
+        RAISE EXCEPTION 'dispatcher_enqueue: options.uuid: expected a string of 1 to 255 characters, got %',
+            pg_catalog.left((options -> 'uuid')::text, 40) || CASE WHEN pg_catalog.length((options -> 'uuid')::text) > 40 THEN '... (' || pg_catalog.length((options -> 'uuid')::text) || ' characters)' ELSE '' END;
     END IF;
     IF options ? 'guid' AND pg_catalog.jsonb_typeof(options -> 'guid') <> 'string' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: options.guid: expected a string, got %', options -> 'guid';
+        RAISE EXCEPTION 'dispatcher_enqueue: options.guid: expected a string, got %',
+            pg_catalog.left((options -> 'guid')::text, 40) || CASE WHEN pg_catalog.length((options -> 'guid')::text) > 40 THEN '... (' || pg_catalog.length((options -> 'guid')::text) || ' characters)' ELSE '' END;
     END IF;
     IF options ? 'max_attempts' THEN
         -- An integral number, as JSON Schema counts integers: 3.0 is 3.
@@ -304,7 +312,8 @@ BEGIN
             count := (options ->> 'max_attempts')::numeric;
         END IF;
         IF count IS NULL OR count NOT BETWEEN 1 AND 1000 OR count <> pg_catalog.trunc(count) THEN
-            RAISE EXCEPTION 'dispatcher_enqueue: options.max_attempts: expected an integer between 1 and 1000, got %', options -> 'max_attempts';
+            RAISE EXCEPTION 'dispatcher_enqueue: options.max_attempts: expected an integer between 1 and 1000, got %',
+            pg_catalog.left((options -> 'max_attempts')::text, 40) || CASE WHEN pg_catalog.length((options -> 'max_attempts')::text) > 40 THEN '... (' || pg_catalog.length((options -> 'max_attempts')::text) || ' characters)' ELSE '' END;
         END IF;
         attempts := count::integer;
     END IF;
