@@ -252,10 +252,12 @@ DECLARE
     option_name text;
 BEGIN
     IF queue IS NULL OR queue !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: queue %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')', pg_catalog.quote_nullable(queue);
+        RAISE EXCEPTION 'dispatcher_enqueue: queue %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')',
+            pg_catalog.left(pg_catalog.quote_nullable(queue), 40) || CASE WHEN pg_catalog.length(pg_catalog.quote_nullable(queue)) > 40 THEN '... (' || pg_catalog.length(pg_catalog.quote_nullable(queue)) || ' characters)' ELSE '' END;
     END IF;
     IF task IS NULL OR pg_catalog.length(task) > 255 OR task !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)', pg_catalog.quote_nullable(task);
+        RAISE EXCEPTION 'dispatcher_enqueue: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)',
+            pg_catalog.left(pg_catalog.quote_nullable(task), 40) || CASE WHEN pg_catalog.length(pg_catalog.quote_nullable(task)) > 40 THEN '... (' || pg_catalog.length(pg_catalog.quote_nullable(task)) || ' characters)' ELSE '' END;
     END IF;
     IF args IS NULL OR pg_catalog.jsonb_typeof(args) <> 'array' THEN
         RAISE EXCEPTION 'dispatcher_enqueue: args must be a JSON array, got %', coalesce(pg_catalog.jsonb_typeof(args), 'NULL');
@@ -267,7 +269,8 @@ BEGIN
         RAISE EXCEPTION 'dispatcher_enqueue: options must be a JSON object, got %', coalesce(pg_catalog.jsonb_typeof(options), 'NULL');
     END IF;
     IF queue_schema IS NULL OR queue_schema !~ '^[a-z_][a-z0-9_]{0,62}$' THEN
-        RAISE EXCEPTION 'dispatcher_enqueue: queue_schema %: not a valid PostgreSQL identifier (a lower-case letter or ''_'', then up to 62 lower-case letters, digits or ''_'')', pg_catalog.quote_nullable(queue_schema);
+        RAISE EXCEPTION 'dispatcher_enqueue: queue_schema %: not a valid PostgreSQL identifier (a lower-case letter or ''_'', then up to 62 lower-case letters, digits or ''_'')',
+            pg_catalog.left(pg_catalog.quote_nullable(queue_schema), 40) || CASE WHEN pg_catalog.length(pg_catalog.quote_nullable(queue_schema)) > 40 THEN '... (' || pg_catalog.length(pg_catalog.quote_nullable(queue_schema)) || ' characters)' ELSE '' END;
     END IF;
     SELECT pg_catalog.string_agg(k, ', ' ORDER BY k) INTO unknown FROM pg_catalog.jsonb_object_keys(options) AS k
         WHERE k NOT IN ('timeout', 'delay', 'on_duplicate', 'bind', 'uuid', 'guid', 'max_attempts');

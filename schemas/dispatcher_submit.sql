@@ -157,10 +157,12 @@ DECLARE
     option_name text;
 BEGIN
     IF channel IS NULL OR channel !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
-        RAISE EXCEPTION 'dispatcher_submit: channel %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')', pg_catalog.quote_nullable(channel);
+        RAISE EXCEPTION 'dispatcher_submit: channel %: not a valid channel name (1-63 bytes of ASCII letters, digits, ''_'', ''.'', ''-'' or '':'')',
+            pg_catalog.left(pg_catalog.quote_nullable(channel), 40) || CASE WHEN pg_catalog.length(pg_catalog.quote_nullable(channel)) > 40 THEN '... (' || pg_catalog.length(pg_catalog.quote_nullable(channel)) || ' characters)' ELSE '' END;
     END IF;
     IF task IS NULL OR pg_catalog.length(task) > 255 OR task !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$' THEN
-        RAISE EXCEPTION 'dispatcher_submit: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)', pg_catalog.quote_nullable(task);
+        RAISE EXCEPTION 'dispatcher_submit: task %: not a valid task name (dotted Python identifiers in ASCII, at most 255 characters)',
+            pg_catalog.left(pg_catalog.quote_nullable(task), 40) || CASE WHEN pg_catalog.length(pg_catalog.quote_nullable(task)) > 40 THEN '... (' || pg_catalog.length(pg_catalog.quote_nullable(task)) || ' characters)' ELSE '' END;
     END IF;
     IF args IS NULL OR pg_catalog.jsonb_typeof(args) <> 'array' THEN
         RAISE EXCEPTION 'dispatcher_submit: args must be a JSON array, got %', coalesce(pg_catalog.jsonb_typeof(args), 'NULL');

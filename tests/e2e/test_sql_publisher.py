@@ -144,6 +144,10 @@ def test_raw_pg_notify_from_psql(
             "dispatcher_submit('c', 'a.b', '[]', '{}', '{\"on_duplicate\": \"x\"}')",
             'options.on_duplicate: "x" is not one of',
         ),
+        (
+            "dispatcher_submit('c', repeat('t', 1000000))",
+            "task 'ttttttttttttttttttttttttttttttttttttttt... (1000002 characters): not a valid",
+        ),
         (  # a refused value is shown cut short, with its length
             "dispatcher_submit('c', 'a.b', '[]', '{}', jsonb_build_object('uuid', repeat('u', 256)))",
             'options.uuid: expected a string of 1 to 255 characters, got "uuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu... (258 characters)',

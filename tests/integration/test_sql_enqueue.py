@@ -303,6 +303,35 @@ def test_a_refused_option_of_megabytes_is_shown_cut_short(
     assert len(message) < 200, message
 
 
+@pytest.mark.parametrize(
+    ("place", "call"),
+    [
+        ("queue", ("q" * 10**6, "a.b")),
+        ("task", ("orders", "t" * 10**6)),
+    ],
+)
+def test_a_refused_name_of_megabytes_is_shown_cut_short(
+    conn: Conn, schema: str, place: str, call: tuple[str, str]
+) -> None:
+    with pytest.raises(psycopg.errors.RaiseException) as refused:
+        enqueue(conn, schema, *call)
+    message = str(refused.value).splitlines()[0]
+    assert message.startswith(f"dispatcher_enqueue: {place} '")
+    assert "... (1000002 characters): not a valid" in message
+    assert len(message) < 300, message[:300]
+
+
+def test_a_refused_queue_schema_of_megabytes_is_shown_cut_short(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.RaiseException) as refused:
+        conn.execute(
+            "SELECT dispatcher_enqueue('orders', 'a.b', queue_schema => %s)", ["S" * 10**6]
+        )
+    message = str(refused.value).splitlines()[0]
+    assert "queue_schema 'SSSSS" in message
+    assert "... (1000002 characters): not a valid PostgreSQL identifier" in message
+    assert len(message) < 300, message[:300]
+
+
 def test_an_integral_max_attempts_and_a_sub_microsecond_delay_are_taken(
     conn: Conn, schema: str
 ) -> None:
