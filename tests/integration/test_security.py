@@ -163,6 +163,37 @@ def test_required_task_signatures_refuse_unsigned_tasks_and_run_signed_ones(
     assert status(service.config_path)["rejected"] == {"unsigned": 1}
 
 
+def test_required_task_signatures_refuse_an_unsigned_run_command_too(
+    start_service: StartService,
+    service_config: dict[str, Any],
+    client_config: Callable[..., None],
+    pg_conn: psycopg.Connection[Any],
+    channel: str,
+    evidence: Evidence,
+) -> None:
+    """``run`` submits the task it carries: unsigned, it would get round ``[task]``."""
+    service_config["security"] = {**SECURITY, "require_signed": ["task"]}
+    service_config["producers"] = {"control": {}}
+    service = start_service(service_config)
+    reply_to = f"{channel}_r3"
+    pg_conn.execute(f'LISTEN "{reply_to}"')
+    task = json.loads(message("record", evidence.path, "unsigned"))
+    run = {"control": "run", "reply_to": reply_to, "control_data": task}
+    pg_conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(run)))
+    [notify] = list(pg_conn.notifies(timeout=10, stop_after=1))
+    assert json.loads(notify.payload)["error"] == (
+        "unsigned run command over pg_notify: it submits a task, and this service requires "
+        "task messages to be signed (security.require_signed)"
+    )
+    client_config(SECURITY)  # the control client signs
+    signed = {**task, "args": [str(evidence.path), "signed"]}
+    [ack] = control_with_reply("run", signed, expected_replies=1).replies
+    assert "error" not in ack
+    [record] = evidence.wait_for(1)
+    assert record["args"] == ["signed"]
+    assert status(service.config_path)["rejected"] == {"unsigned": 1}
+
+
 def test_allow_control_restricts_pg_notify_but_not_the_socket_or_bound_tasks(
     start_service: StartService,
     service_config: dict[str, Any],

@@ -174,6 +174,26 @@ def test_unsigned_messages_pass_unless_their_kind_is_required() -> None:
     assert check("task", "control").open(TASK, task, INTERNAL, decode) == (TASK, task)
 
 
+def test_an_unsigned_run_command_is_refused_where_tasks_must_be_signed() -> None:
+    """``run`` submits the task message it carries: it may not carry one in unsigned where
+    task messages must be signed, even when control messages need no signature."""
+    run = {"control": "run", "control_data": envelope(TASK), "reply_to": "r"}
+    for origin in (PG_NOTIFY, Origin("socket")):
+        with pytest.raises(Rejected) as caught:
+            check("task").open(json.dumps(run), run, origin, decode)
+        assert caught.value.reason == "unsigned"
+        assert caught.value.control == run  # answered with the error on reply_to
+        assert str(caught.value) == (
+            f"unsigned run command over {origin.broker}: it submits a task, and this service "
+            "requires task messages to be signed (security.require_signed)"
+        )
+    alive = {"control": "alive"}
+    assert check("task").open("{}", alive, PG_NOTIFY, decode) == ("{}", alive)
+    assert check().open("{}", run, PG_NOTIFY, decode) == ("{}", run)
+    signed = sign(json.dumps(run), "k1", KEYS["k1"], NOW)
+    assert check("task").open(signed, envelope(signed), PG_NOTIFY, decode)[1] == run
+
+
 def test_a_signed_message_is_opened_once() -> None:
     text = sign(TASK, "k1", KEYS["k1"], NOW)
     opener = check("task")

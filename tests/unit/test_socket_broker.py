@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -215,3 +216,40 @@ def test_a_client_that_reads_no_reply_is_closed_and_frees_its_place(
         "socket:1: replies left unread for 0.5 s: closing the connection" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_the_rest_of_the_service_keeps_its_umask_while_the_socket_is_made(tmp_path: Path) -> None:
+    """The socket file's private mode must not leak into what the service does meanwhile.
+
+    The umask is the process's: a worker started, or a file written, while the socket is
+    being bound would otherwise get mode 0600 files (and directories without ``x``).
+    """
+    broker = SocketBroker(str(tmp_path / "d.sock"))
+    seen: set[int] = set()
+
+    def intake(text: str, origin: Origin) -> None:
+        """No message is sent."""
+
+    async def watch_umask(started: anyio.Event) -> None:
+        while not started.is_set():
+            umask = os.umask(0o022)
+            os.umask(umask)
+            seen.add(umask)
+            await anyio.sleep(0)
+
+    async def main() -> None:
+        started = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch_umask, started)
+            await anyio.sleep(0)
+            await group.start(broker.run, intake)
+            started.set()
+            assert broker.path.stat().st_mode & 0o777 == 0o600
+            group.cancel_scope.cancel()
+
+    old = os.umask(0o022)
+    try:
+        anyio.run(main)
+    finally:
+        os.umask(old)
+    assert seen == {0o022}

@@ -3,7 +3,9 @@
 The intake hands every message (after chunk reassembly, before routing) to
 :meth:`SignatureCheck.open`. A signed envelope is verified (``security.keys``,
 ``security.max_age``) and replaced by its body; an unsigned message passes unless its kind
-is listed in ``security.require_signed``. Messages made inside the service need no signature.
+is listed in ``security.require_signed``. An unsigned ``run`` command is refused too where
+task messages must be signed: it submits the task it carries. Messages made inside the
+service need no signature.
 
 A durable broker's rows (``Origin.authenticated``) are guarded by the table's privileges:
 an unsigned task row passes, and a signed one is not checked for its age or replay (its
@@ -98,6 +100,13 @@ class SignatureCheck:
                     message.get("uuid"),
                     control=message if kind == "control" else None,
                 )
+            if "task" in self._required and _submits_a_task(message, origin):
+                raise Rejected(
+                    "unsigned",
+                    f"unsigned run command over {origin.broker}: it submits a task, and this "
+                    "service requires task messages to be signed (security.require_signed)",
+                    control=message,
+                )
         return payload, message
 
     def _open_signed(
@@ -145,6 +154,14 @@ class SignatureCheck:
             "remembered": len(self.replays),
             "forgotten": self.replays.forgotten,
         }
+
+
+def _submits_a_task(message: dict[str, Any], origin: Origin) -> bool:
+    """Whether the control *message* is a ``run`` command that needs a task's signature.
+
+    Not a durable row's: a role that may store it may store the task's row itself.
+    """
+    return message.get("control") == "run" and not origin.authenticated
 
 
 def _stored_row(origin: Origin) -> bool:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import SocketListener, SocketStream, TaskStatus
 
 from dispatcher.schema import MAX_MESSAGE_BYTES
 from dispatcher.schema.chunks import socket_lines
@@ -106,6 +106,28 @@ class LineBuffer:
         return lines
 
 
+def private_unix_socket(path: Path) -> socket.socket:
+    """A Unix socket listening at *path*, its file created with mode 0600.
+
+    Only the file's owner (and root) may connect. The mode comes from the umask, which is the
+    whole process's: it is set and put back around ``bind()`` alone, in this thread and
+    without yielding to the event loop, so that no worker started and no file written
+    meanwhile by the service gets it.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class SocketBroker(BrokerBase):
     """Serves the unix socket at *path*; replies go back on the connection they answer."""
 
@@ -140,14 +162,11 @@ class SocketBroker(BrokerBase):
         :raises StartRefused: when the socket cannot be created (another service uses the
             path, its directory is missing or not writable).
         """
-        old_umask = os.umask(0o177)  # the file is created 0600: only its owner may connect
         try:
             self._claim_path()
-            listener = await anyio.create_unix_listener(self.path)
+            listener = await SocketListener.from_socket(private_unix_socket(self.path))
         except OSError as exc:
             raise StartRefused(socket_refusal(self.path, exc)) from None
-        finally:
-            os.umask(old_umask)
         logger.info("listening on socket %s", self.path.absolute())
         task_status.started()
         try:
