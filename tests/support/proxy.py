@@ -121,8 +121,9 @@ class DatabaseProxy:
         """On the open connections, forward the client's next request to the server, then end
         the connection on the client's side without the server's reply: a statement that
         reached the server and ran, its reply lost in a partition. The cut comes once the
-        server has answered (or after 10 s), so what the request did is in the database when
-        the client hears of the cut. New connections are forwarded as usual."""
+        server has answered (or after 20 s: a commit may wait for another one's on a busy
+        server), so what the request did is in the database when the client hears of the
+        cut. New connections are forwarded as usual."""
         with self._lock:
             self._frozen.update(self._upstream)
             self._ready.update(dict.fromkeys(self._upstream, 0))
@@ -209,7 +210,7 @@ class DatabaseProxy:
         if upstream is None:
             return
         with self._replied:
-            self._replied.wait_for(lambda: self._ready.get(upstream, 0) >= requests, timeout=10)
+            self._replied.wait_for(lambda: self._ready.get(upstream, 0) >= requests, timeout=20)
 
 
 def ends_a_request(data: bytes) -> bool:
