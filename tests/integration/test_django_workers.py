@@ -48,16 +48,23 @@ def backend_notes(label: str, count: int) -> dict[int, set[int]]:
     return by_worker
 
 
-@pytest.fixture
-def pooled_service(demo_site: DemoSite, tmp_path: Path) -> Iterator[tuple[ManagePy, str]]:
-    """``rundispatcher`` with Django's connection pool, two workers, a query at import."""
-    channel = unique_channel("pooled")
-    env = demo_site.env(channel, settings="demo_site.settings_pool")
+def rundispatcher(
+    demo_site: DemoSite, tmp_path: Path, name: str, settings: str
+) -> Iterator[tuple[ManagePy, str]]:
+    """``rundispatcher`` of the demo project with *settings*, on a channel of its own."""
+    channel = unique_channel(name)
+    env = demo_site.env(channel, settings=settings)
     service = ManagePy(env, tmp_path / "service.log", "rundispatcher")
     try:
         yield service.wait_ready(), channel
     finally:
         service.kill()
+
+
+@pytest.fixture
+def pooled_service(demo_site: DemoSite, tmp_path: Path) -> Iterator[tuple[ManagePy, str]]:
+    """``rundispatcher`` with Django's connection pool, two workers, a query at import."""
+    yield from rundispatcher(demo_site, tmp_path, "pooled", "demo_site.settings_pool")
 
 
 @pytest.mark.timeout(90)
@@ -79,13 +86,7 @@ def test_workers_never_share_the_pool_the_fork_server_opened(
 @pytest.fixture
 def persistent_service(demo_site: DemoSite, tmp_path: Path) -> Iterator[tuple[ManagePy, str]]:
     """``rundispatcher`` with ``CONN_MAX_AGE`` set, one worker."""
-    channel = unique_channel("persistent")
-    env = demo_site.env(channel, settings="demo_site.settings_persistent")
-    service = ManagePy(env, tmp_path / "service.log", "rundispatcher")
-    try:
-        yield service.wait_ready(), channel
-    finally:
-        service.kill()
+    yield from rundispatcher(demo_site, tmp_path, "persistent", "demo_site.settings_persistent")
 
 
 def running_queries(dsn: str, label: str) -> list[int]:
